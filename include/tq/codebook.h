@@ -1,0 +1,35 @@
+// Lloyd-Max optimal scalar codebooks for one coordinate of a uniformly random unit vector.
+//
+// In dimension d, a coordinate x of a random unit vector has the density
+//   f(x) = Gamma(d/2) / (sqrt(pi) Gamma((d-1)/2)) * (1 - x^2)^((d-3)/2),  x in [-1, 1]
+// (a scaled Beta), which tends to N(0, 1/d). The codebook minimizes E (x - c(x))^2 for that exact
+// density, computed by numerical integration (deterministic, no sampling) and cached per (d, b).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace tq {
+
+struct Codebook {
+  uint32_t dim = 0;  // the dimension d of the unit vectors; 0 for the Gaussian limit N(0, 1)
+  uint32_t bits = 0;
+  std::vector<float> centroids;   // [2^bits], ascending, symmetric about 0
+  std::vector<float> boundaries;  // [2^bits - 1], midpoints between neighbouring centroids
+  // Expected squared error of one unit vector, E||x - x~||^2 = d * E(x_i - c(x_i))^2, from the
+  // density (for the Gaussian limit: E(z - c(z))^2 with z ~ N(0, 1)).
+  double expected_mse = 0;
+  uint32_t iterations = 0;  // Lloyd iterations until convergence
+
+  // Index of the nearest centroid: the number of boundaries strictly below x. Ties go down.
+  uint8_t encode(float x) const;
+};
+
+// The codebook for unit vectors in dimension `dim` (3 <= dim <= 65536) at `bits` (1..8). Thread-safe;
+// computed once per process and kept.
+const Codebook& codebook(uint32_t dim, uint32_t bits);
+
+// The Gaussian-limit codebook for N(0, 1): centroids in units of 1/sqrt(d).
+const Codebook& gaussian_codebook(uint32_t bits);
+
+}  // namespace tq

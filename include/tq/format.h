@@ -1,0 +1,205 @@
+// The packed paged-KV format, defined once for the CPU and the CUDA paths.
+//
+// docs/format.md describes every byte and says why the layout is what it is; this header is the
+// normative definition: sizes are constexpr, pack/unpack are __host__ __device__, and the CPU
+// reference, the SIMD paths and the CUDA kernels all read and write through it.
+//
+// The cache is an array of blocks, one per (layer, page, kv_head), in that order:
+//   block index = (layer * num_pages + page) * kv_heads + kv_head
+//   block bytes = BlockLayout::bytes (a multiple of 16)
+// Inside a block, sections are 16-byte aligned, each holding page_size rows:
+//   K codes | K QJL signs (prod keys only) | V codes | K norms | K residual norms (prod) | V norms
+#pragma once
+
+#include <cstdint>
+
+#include "tq/common.h"
+
+namespace tq {
+
+// How one of K or V is stored.
+enum class Encoding : uint8_t {
+  kFp32 = 0,
+  kFp16 = 1,
+  kBf16 = 2,
+  kFp8E4M3 = 3,  // with one scale per tensor, kept in the cache's metadata, not in the blocks
+  kTqMse = 4,    // TurboQuant-MSE: fp16 norm + `bits` per coordinate of the rotated unit vector
+  kTqProd = 5,   // TurboQuant-prod: MSE at bits-1, then 1 QJL sign per coordinate + fp16 residual norm
+};
+
+struct TensorCode {
+  Encoding enc = Encoding::kFp16;
+  uint8_t bits = 16;  // tq encodings: 1..8 bits per coordinate in total; floats: their width
+};
+
+// Coordinates are packed in groups of 32: a group of b-bit codes is exactly b 32-bit words, so no
+// code straddles a word and a row is a whole number of words. Head dims that are not a multiple of
+// 32 are zero-padded before the rotation (the rotation is over the padded dimension), so every
+// stored coordinate carries information.
+inline constexpr uint32_t kGroup = 32;
+inline constexpr uint32_t kAlign = 16;  // section alignment: one 16-byte load / bulk copy unit
+inline constexpr uint32_t kMaxHeadDim = 1024;
+inline constexpr uint32_t kMaxPageSize = 1024;
+
+TQ_HD constexpr uint32_t padded_dim(uint32_t head_dim) { return (head_dim + kGroup - 1) / kGroup * kGroup; }
+TQ_HD constexpr uint32_t align_up(uint32_t n, uint32_t a = kAlign) { return (n + a - 1) / a * a; }
+
+TQ_HD constexpr bool is_tq(Encoding e) { return e == Encoding::kTqMse || e == Encoding::kTqProd; }
+
+TQ_HD constexpr uint32_t float_bytes(Encoding e) {
+  return e == Encoding::kFp32 ? 4 : e == Encoding::kFp8E4M3 ? 1 : 2;
+}
+
+// Bits of centroid index per coordinate: all of them for MSE, all but the QJL bit for prod.
+TQ_HD constexpr uint32_t mse_bits(TensorCode c) {
+  return c.enc == Encoding::kTqMse ? c.bits : c.enc == Encoding::kTqProd ? c.bits - 1u : 0u;
+}
+
+// Bytes of one row of b-bit codes for a head of `head_dim` coordinates.
+TQ_HD constexpr uint32_t code_row_bytes(uint32_t head_dim, uint32_t bits) {
+  return padded_dim(head_dim) / kGroup * bits * 4;
+}
+
+// Bytes of the first section's row: codes for tq encodings, raw elements for floats.
+TQ_HD constexpr uint32_t main_row_bytes(TensorCode c, uint32_t head_dim) {
+  return is_tq(c.enc) ? code_row_bytes(head_dim, mse_bits(c)) : head_dim * float_bytes(c.enc);
+}
+
+// Byte offsets of the sections of one (layer, page, kv_head) block. Absent sections have size 0
+// and the offset of the next section.
+struct BlockLayout {
+  uint32_t k_row = 0;      // bytes per token in the K codes / K elements section
+  uint32_t k_qjl_row = 0;  // bytes per token of QJL signs (prod keys), padded_dim / 8
+  uint32_t v_row = 0;      // bytes per token in the V section
+  uint32_t k_codes = 0;    // [page_size][k_row]
+  uint32_t k_qjl = 0;      // [page_size][k_qjl_row]
+  uint32_t v_codes = 0;    // [page_size][v_row]
+  uint32_t k_norms = 0;    // [page_size] fp16 ||k|| (tq keys)
+  uint32_t k_rnorms = 0;   // [page_size] fp16 ||residual|| (prod keys)
+  uint32_t v_norms = 0;    // [page_size] fp16 ||v|| (tq values)
+  uint32_t bytes = 0;      // total, a multiple of kAlign
+};
+
+TQ_HD constexpr BlockLayout block_layout(TensorCode k, TensorCode v, uint32_t head_dim, uint32_t page_size) {
+  BlockLayout L{};
+  L.k_row = main_row_bytes(k, head_dim);
+  L.k_qjl_row = k.enc == Encoding::kTqProd ? padded_dim(head_dim) / 8 : 0;
+  L.v_row = main_row_bytes(v, head_dim);
+  uint32_t off = 0;
+  L.k_codes = off;
+  off = align_up(off + page_size * L.k_row);
+  L.k_qjl = off;
+  off = align_up(off + page_size * L.k_qjl_row);
+  L.v_codes = off;
+  off = align_up(off + page_size * L.v_row);
+  L.k_norms = off;
+  off = align_up(off + (is_tq(k.enc) ? page_size * 2 : 0));
+  L.k_rnorms = off;
+  off = align_up(off + (k.enc == Encoding::kTqProd ? page_size * 2 : 0));
+  L.v_norms = off;
+  off = align_up(off + (is_tq(v.enc) ? page_size * 2 : 0));
+  L.bytes = off;
+  return L;
+}
+
+// Exact bytes per token per KV head, padding included, when pages are full.
+TQ_HD constexpr double bytes_per_token_head(TensorCode k, TensorCode v, uint32_t head_dim, uint32_t page_size) {
+  return double(block_layout(k, v, head_dim, page_size).bytes) / page_size;
+}
+
+// ---- Bit layout of one group of 32 codes -------------------------------------------------------
+//
+// A width b is split into planes of 4, 2 and 1 bits (its binary digits, widest first; b = 8 is one
+// byte plane). The planes hold the code's bits from the lowest up: for b = 3, plane 0 (2 bits wide,
+// 2 words) holds bits 0-1 and plane 1 (1 bit, 1 word) holds bit 2. Words follow in plane order.
+//
+// Inside a plane of width w in {1, 2, 4}, coordinate i (0..31) sits in
+//   word  i * w / 32,   octet o = (i % (32 / w)) / 8,   k = i % 8,   bit 4k + w*o  (w bits).
+// So octet o of a word is spread over the 8 nibbles: one shift by w*o and one AND turn it into
+// 8 nibbles = 8 consecutive coordinates, which is the selector format of the GPU's byte-permute
+// (PRMT) instruction, a 3-bit code indexes an 8-entry table held in two registers. For w = 8 the
+// code is byte i % 4 of word i / 4.
+
+TQ_HD constexpr uint32_t plane_count(uint32_t bits) {
+  return bits == 8 ? 1u : ((bits >> 2) & 1u) + ((bits >> 1) & 1u) + (bits & 1u);
+}
+// Width of plane p (0-based) of a b-bit code; planes are the binary digits of b, widest first.
+TQ_HD constexpr uint32_t plane_width(uint32_t bits, uint32_t p) {
+  if (bits == 8) return 8;
+  uint32_t seen = 0;
+  for (uint32_t w = 4; w >= 1; w >>= 1) {
+    if (bits & w) {
+      if (seen == p) return w;
+      ++seen;
+    }
+  }
+  return 0;
+}
+
+// Packs 32 codes (each < 2^bits) into `bits` words. out: [bits] words.
+TQ_HD void pack_group(const uint8_t* codes, uint32_t bits, uint32_t* out) {
+  for (uint32_t i = 0; i < bits; ++i) out[i] = 0;
+  if (bits == 8) {
+    for (uint32_t i = 0; i < 32; ++i) out[i / 4] |= uint32_t(codes[i]) << (8 * (i % 4));
+    return;
+  }
+  uint32_t word0 = 0, shift = 0;  // first word of the current plane, first code bit it holds
+  for (uint32_t p = 0, n = plane_count(bits); p < n; ++p) {
+    const uint32_t w = plane_width(bits, p), mask = (1u << w) - 1u, per_word = 32 / w;
+    for (uint32_t i = 0; i < 32; ++i) {
+      const uint32_t field = (uint32_t(codes[i]) >> shift) & mask;
+      const uint32_t o = (i % per_word) / 8, k = i % 8;
+      out[word0 + i / per_word] |= field << (4 * k + w * o);
+    }
+    word0 += w;
+    shift += w;
+  }
+}
+
+// Inverse of pack_group. in: [bits] words; codes: [32].
+TQ_HD void unpack_group(const uint32_t* in, uint32_t bits, uint8_t* codes) {
+  if (bits == 8) {
+    for (uint32_t i = 0; i < 32; ++i) codes[i] = uint8_t(in[i / 4] >> (8 * (i % 4)));
+    return;
+  }
+  for (uint32_t i = 0; i < 32; ++i) codes[i] = 0;
+  uint32_t word0 = 0, shift = 0;
+  for (uint32_t p = 0, n = plane_count(bits); p < n; ++p) {
+    const uint32_t w = plane_width(bits, p), mask = (1u << w) - 1u, per_word = 32 / w;
+    for (uint32_t i = 0; i < 32; ++i) {
+      const uint32_t o = (i % per_word) / 8, k = i % 8;
+      const uint32_t field = (in[word0 + i / per_word] >> (4 * k + w * o)) & mask;
+      codes[i] = uint8_t(codes[i] | (field << shift));
+    }
+    word0 += w;
+    shift += w;
+  }
+}
+
+// Packs a row of padded_dim codes. codes: [padded_dim(head_dim)], out: [code_row_bytes / 4] words.
+TQ_HD void pack_row(const uint8_t* codes, uint32_t head_dim, uint32_t bits, uint32_t* out) {
+  if (bits == 0) return;
+  for (uint32_t g = 0, n = padded_dim(head_dim) / kGroup; g < n; ++g) pack_group(codes + g * kGroup, bits, out + g * bits);
+}
+TQ_HD void unpack_row(const uint32_t* in, uint32_t head_dim, uint32_t bits, uint8_t* codes) {
+  if (bits == 0) return;
+  for (uint32_t g = 0, n = padded_dim(head_dim) / kGroup; g < n; ++g) unpack_group(in + g * bits, bits, codes + g * kGroup);
+}
+
+// QJL signs: bit i of the row (byte i / 8, bit i % 8) is 1 where (S r)_i >= 0.
+
+// ---- Compile-time checks of the layout ---------------------------------------------------------
+namespace detail {
+inline constexpr TensorCode kK3{Encoding::kTqMse, 3}, kV2{Encoding::kTqMse, 2};
+// K3/V2 at head dim 128, 16-token pages: 48 + 32 code bytes + 2 + 2 norm bytes per token.
+static_assert(block_layout(kK3, kV2, 128, 16).bytes == 16 * (48 + 32 + 2 + 2));
+static_assert(bytes_per_token_head(kK3, kV2, 128, 16) == 84.0);
+static_assert(block_layout(TensorCode{Encoding::kFp16, 16}, TensorCode{Encoding::kFp16, 16}, 128, 16).bytes == 16 * 512);
+static_assert(code_row_bytes(80, 3) == 36);  // 80 pads to 96
+static_assert(plane_count(3) == 2 && plane_width(3, 0) == 2 && plane_width(3, 1) == 1);
+static_assert(plane_count(7) == 3 && plane_width(7, 2) == 1);
+static_assert(block_layout(TensorCode{Encoding::kTqProd, 3}, kV2, 128, 16).bytes == 16 * (32 + 16 + 32 + 2 + 2 + 2));
+static_assert(block_layout(kK3, kV2, 64, 1).bytes % kAlign == 0);
+}  // namespace detail
+
+}  // namespace tq

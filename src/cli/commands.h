@@ -1,0 +1,11 @@
+// Each `tq` subcommand registers itself on the CLI11 app; one file per subcommand.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace tq::cli {
+
+void add_distortion(CLI::App& app);
+void add_kv_size(CLI::App& app);
+
+}  // namespace tq::cli

@@ -1,0 +1,143 @@
+// AVX2 + FMA kernels; this file alone is compiled with -mavx2 -mfma and is only called after
+// has_avx2() said yes.
+#include <immintrin.h>
+
+#include <cmath>
+
+#include "simd.h"
+#include "tq/format.h"
+
+namespace tq::simd {
+
+void fwht_avx2(float* x, uint32_t n) {
+  // Stages h = 1, 2, 4 inside each 8-float register, then h >= 8 across registers. Every output
+  // is the same single add or subtract of the same two inputs as in the scalar loop, so the
+  // result is bit-identical.
+  if (n < 8) {
+    for (uint32_t h = 1; h < n; h *= 2)
+      for (uint32_t i = 0; i < n; i += 2 * h)
+        for (uint32_t j = i; j < i + h; ++j) {
+          const float a = x[j], b = x[j + h];
+          x[j] = a + b;
+          x[j + h] = a - b;
+        }
+  } else {
+    const __m256 neg1 = _mm256_castsi256_ps(_mm256_setr_epi32(0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN, 0, INT32_MIN));
+    const __m256 neg2 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, INT32_MIN, INT32_MIN, 0, 0, INT32_MIN, INT32_MIN));
+    const __m256 neg4 = _mm256_castsi256_ps(_mm256_setr_epi32(0, 0, 0, 0, INT32_MIN, INT32_MIN, INT32_MIN, INT32_MIN));
+    for (uint32_t i = 0; i < n; i += 8) {
+      __m256 v = _mm256_loadu_ps(x + i);
+      // h = 1: (a, b) -> (a + b, a - b): lanes swapped pairwise, the odd lanes negated.
+      __m256 s = _mm256_permute_ps(v, 0xB1);                         // b a d c ...
+      v = _mm256_add_ps(_mm256_xor_ps(v, neg1), s);                  // a+b, b'... see below
+      // For odd lanes the above gives (-b) + a = a - b: exact, same rounding as a - b.
+      s = _mm256_permute_ps(v, 0x4E);                                // h = 2
+      v = _mm256_add_ps(_mm256_xor_ps(v, neg2), s);
+      s = _mm256_permute2f128_ps(v, v, 0x01);                        // h = 4
+      v = _mm256_add_ps(_mm256_xor_ps(v, neg4), s);
+      _mm256_storeu_ps(x + i, v);
+    }
+    for (uint32_t h = 8; h < n; h *= 2)
+      for (uint32_t i = 0; i < n; i += 2 * h)
+        for (uint32_t j = i; j < i + h; j += 8) {
+          const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + h);
+          _mm256_storeu_ps(x + j, _mm256_add_ps(a, b));
+          _mm256_storeu_ps(x + j + h, _mm256_sub_ps(a, b));
+        }
+  }
+  const float s = float(1.0 / std::sqrt(double(n)));
+  const __m256 sv = _mm256_set1_ps(s);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), sv));
+  for (; i < n; ++i) x[i] *= s;
+}
+
+namespace {
+
+// Codes of octet `og` (coordinates 8og..8og+7) of one 32-coordinate group, one per 32-bit lane.
+inline __m256i octet_codes(const uint32_t* g, uint32_t bits, uint32_t og) {
+  if (bits == 8) return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(g + 2 * og)));
+  const __m256i k4 = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  __m256i idx = _mm256_setzero_si256();
+  uint32_t word0 = 0, shift = 0;
+  for (uint32_t w = 4; w >= 1; w >>= 1) {
+    if (!(bits & w)) continue;
+    const uint32_t word = word0 + og * w / 4, o = og % (4 / w);
+    const __m256i v = _mm256_srlv_epi32(_mm256_set1_epi32(int(g[word])), _mm256_add_epi32(k4, _mm256_set1_epi32(int(w * o))));
+    const __m256i field = _mm256_and_si256(v, _mm256_set1_epi32((1 << w) - 1));
+    idx = _mm256_or_si256(idx, _mm256_slli_epi32(field, int(shift)));
+    word0 += w;
+    shift += w;
+  }
+  return idx;
+}
+
+}  // namespace
+
+float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const uint32_t groups = pd / kGroup;
+  if (bits <= 3) {
+    // The whole table fits one register: a lane permute is the lookup.
+    alignas(32) float t[8] = {0};
+    for (uint32_t j = 0; j < (1u << bits); ++j) t[j] = centroids[j];
+    const __m256 table = _mm256_load_ps(t);
+    for (uint32_t g = 0; g < groups; ++g) {
+      const uint32_t* w = codes + g * bits;
+      for (uint32_t og = 0; og < 4; og += 2) {
+        const __m256 v0 = _mm256_permutevar8x32_ps(table, octet_codes(w, bits, og));
+        const __m256 v1 = _mm256_permutevar8x32_ps(table, octet_codes(w, bits, og + 1));
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), v0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8 + 8), v1, acc1);
+      }
+    }
+  } else if (bits == 4) {
+    // 16 entries: two permutes, blended on the code's top bit.
+    const __m256 lo = _mm256_loadu_ps(centroids), hi = _mm256_loadu_ps(centroids + 8);
+    for (uint32_t g = 0; g < groups; ++g) {
+      const uint32_t* w = codes + g * bits;
+      for (uint32_t og = 0; og < 4; ++og) {
+        const __m256i idx = octet_codes(w, bits, og);
+        const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 -> sign bit
+        const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), sel);
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), v, acc0);
+      }
+    }
+  } else {
+    for (uint32_t g = 0; g < groups; ++g) {
+      const uint32_t* w = codes + g * bits;
+      for (uint32_t og = 0; og < 4; ++og) {
+        const __m256 v = _mm256_i32gather_ps(centroids, octet_codes(w, bits, og), 4);
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), v, acc0);
+      }
+    }
+  }
+  const __m256 acc = _mm256_add_ps(acc0, acc1);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+  return _mm_cvtss_f32(s);
+}
+
+void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t bits, uint8_t* codes) {
+  const uint32_t nb = (1u << bits) - 1;
+  uint32_t i = 0;
+  if (bits <= 4) {
+    for (; i + 8 <= n; i += 8) {
+      const __m256 v = _mm256_loadu_ps(y + i);
+      __m256i cnt = _mm256_setzero_si256();
+      for (uint32_t j = 0; j < nb; ++j)  // compare gives -1 where boundary < y: subtract to count
+        cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(_mm256_set1_ps(boundaries[j]), v, _CMP_LT_OQ)));
+      alignas(32) int32_t c[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(c), cnt);
+      for (int k = 0; k < 8; ++k) codes[i + k] = uint8_t(c[k]);
+    }
+  }
+  for (; i < n; ++i) {
+    uint32_t c = 0;
+    for (uint32_t j = 0; j < nb; ++j) c += boundaries[j] < y[i];
+    codes[i] = uint8_t(c);
+  }
+}
+
+}  // namespace tq::simd

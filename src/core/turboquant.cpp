@@ -1,0 +1,150 @@
+#include "tq/turboquant.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "simd.h"
+#include "tq/common.h"
+#include "tq/numeric.h"
+#include "tq/rng.h"
+
+namespace tq {
+
+double qjl_scale(uint32_t pd) { return std::sqrt(M_PI / 2.0) / double(pd); }
+
+namespace {
+constexpr uint32_t kQjlPurpose = 7;
+
+void check_config(const TqConfig& c) {
+  TQ_CHECK(c.dim >= 1 && c.dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, c.dim);
+  TQ_CHECK(c.bits >= 1 && c.bits <= 8, "TurboQuant bits must be 1..8, got {}", c.bits);
+  TQ_CHECK(!(c.prod && c.norm_correction), "norm correction applies to MSE rows only, not to prod (already unbiased)");
+}
+}  // namespace
+
+TurboQuant::TurboQuant(const TqConfig& cfg)
+    : cfg_((check_config(cfg), cfg)), pd_(tq::padded_dim(cfg.dim)), rot_(cfg.rotation, pd_, cfg.seed) {
+  if (code_bits() > 0) cb_ = &tq::codebook(pd_, code_bits());
+  if (cfg_.prod) {
+    Rng rng(derive_seed(cfg_.seed, 0, 0, kQjlPurpose));
+    s_.resize(size_t(pd_) * pd_);
+    for (float& v : s_) v = float(rng.normal());
+  }
+}
+
+void TurboQuant::encode(const float* x, const RowRef& out) const {
+  double nn = 0;
+  for (uint32_t i = 0; i < cfg_.dim; ++i) {
+    TQ_CHECK(std::isfinite(x[i]), "cannot quantize a non-finite value: element {} is {}", i, x[i]);
+    nn += double(x[i]) * x[i];
+  }
+  const double norm = std::sqrt(nn);
+  TQ_CHECK(norm <= kF16Max, "vector norm {:.6g} exceeds the fp16 range of the stored norm ({})", norm, kF16Max);
+
+  std::vector<float> y(pd_, 0.0f), c(pd_, 0.0f);  // rotated unit vector, its reconstruction
+  if (norm > 0)
+    for (uint32_t i = 0; i < cfg_.dim; ++i) y[i] = float(x[i] / norm);
+  rot_.forward(y.data(), y.data());
+
+  const uint32_t b = code_bits();
+  std::vector<uint8_t> codes(pd_, 0);
+  if (b > 0) {
+    if (b <= 4 && simd::has_avx2()) {
+      simd::encode_avx2(y.data(), pd_, cb_->boundaries.data(), b, codes.data());
+    } else {
+      for (uint32_t i = 0; i < pd_; ++i) codes[i] = cb_->encode(y[i]);
+    }
+    for (uint32_t i = 0; i < pd_; ++i) c[i] = cb_->centroids[codes[i]];
+    pack_row(codes.data(), cfg_.dim, b, out.codes);
+  }
+
+  double stored = norm;
+  if (cfg_.norm_correction && norm > 0) {
+    double cn = 0;
+    for (float v : c) cn += double(v) * v;
+    if (cn > 0) stored = norm / std::sqrt(cn);
+    TQ_CHECK(stored <= kF16Max, "norm-corrected norm {:.6g} exceeds the fp16 range", stored);
+  }
+  *out.norm = f32_to_f16(float(stored));
+
+  if (cfg_.prod) {
+    std::vector<float> r(pd_);
+    double rn = 0;
+    for (uint32_t i = 0; i < pd_; ++i) {
+      r[i] = y[i] - c[i];
+      rn += double(r[i]) * r[i];
+    }
+    *out.rnorm = f32_to_f16(float(std::sqrt(rn)));
+    for (uint32_t i = 0; i < pd_ / 8; ++i) out.qjl[i] = 0;
+    for (uint32_t i = 0; i < pd_; ++i) {
+      const float* s = &s_[size_t(i) * pd_];
+      float acc = 0;
+      for (uint32_t k = 0; k < pd_; ++k) acc += s[k] * r[k];
+      if (acc >= 0) out.qjl[i / 8] = uint8_t(out.qjl[i / 8] | (1u << (i % 8)));
+    }
+  }
+}
+
+void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
+  const uint32_t b = code_bits();
+  if (b > 0) {
+    std::vector<uint8_t> codes(pd_);
+    unpack_row(in.codes, cfg_.dim, b, codes.data());
+    for (uint32_t i = 0; i < pd_; ++i) out[i] = cb_->centroids[codes[i]];
+  } else {
+    for (uint32_t i = 0; i < pd_; ++i) out[i] = 0;
+  }
+  if (cfg_.prod) {
+    // x~ += ||r|| sqrt(pi/2)/pd * S^T sign(S r)
+    const float scale = float(qjl_scale(pd_) * f16_to_f32(*in.rnorm));
+    for (uint32_t i = 0; i < pd_; ++i) {
+      const float sgn = (in.qjl[i / 8] >> (i % 8)) & 1u ? scale : -scale;
+      const float* s = &s_[size_t(i) * pd_];
+      for (uint32_t k = 0; k < pd_; ++k) out[k] += sgn * s[k];
+    }
+  }
+}
+
+void TurboQuant::decode(const ConstRowRef& in, float* out) const {
+  std::vector<float> y(pd_);
+  decode_rotated(in, y.data());
+  rot_.inverse(y.data(), y.data());
+  const float norm = f16_to_f32(*in.norm);
+  for (uint32_t i = 0; i < cfg_.dim; ++i) out[i] = y[i] * norm;
+}
+
+void TurboQuant::prepare(const float* q, Query& out) const {
+  out.rot.assign(pd_, 0.0f);
+  for (uint32_t i = 0; i < cfg_.dim; ++i) out.rot[i] = q[i];
+  rot_.forward(out.rot.data(), out.rot.data());
+  if (cfg_.prod) {
+    out.sq.assign(pd_, 0.0f);
+    for (uint32_t i = 0; i < pd_; ++i) {
+      const float* s = &s_[size_t(i) * pd_];
+      float acc = 0;
+      for (uint32_t k = 0; k < pd_; ++k) acc += s[k] * out.rot[k];
+      out.sq[i] = acc;
+    }
+  }
+}
+
+float TurboQuant::dot(const Query& q, const ConstRowRef& row) const {
+  float acc = 0;
+  const uint32_t b = code_bits();
+  if (b > 0) {
+    uint8_t codes[kGroup];
+    for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
+      unpack_group(row.codes + g * b, b, codes);
+      for (uint32_t i = 0; i < kGroup; ++i) acc += q.rot[g * kGroup + i] * cb_->centroids[codes[i]];
+    }
+  }
+  if (cfg_.prod) {
+    float qjl = 0;
+    for (uint32_t i = 0; i < pd_; ++i) qjl += (row.qjl[i / 8] >> (i % 8)) & 1u ? q.sq[i] : -q.sq[i];
+    acc += float(qjl_scale(pd_)) * f16_to_f32(*row.rnorm) * qjl;
+  }
+  return acc * f16_to_f32(*row.norm);
+}
+
+}  // namespace tq
