@@ -1,0 +1,83 @@
+// ggml tensor types as stored in GGUF files: their block geometry, dequantization to float32, and a
+// matrix-vector product on (possibly quantized) rows.
+//
+// Layouts follow ggml's ggml-common.h / ggml-quants.c (block_q8_0, block_q4_0, block_q4_1,
+// block_q4_K, block_q5_K, block_q6_K): all multi-byte fields little-endian, fp16 scales IEEE half.
+// Every type is read byte by byte (no struct casts), so the source needs no particular alignment.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace tq::model {
+
+// Values are ggml's `enum ggml_type` ids, as written in GGUF tensor infos. Only the types marked
+// "dequantized" below can be turned into floats; the others are known so that a GGUF file using them
+// can still be parsed (sizes are needed for bounds checks) and the error names the type.
+enum class GgmlType : uint32_t {
+  F32 = 0,   // dequantized
+  F16 = 1,   // dequantized
+  Q4_0 = 2,  // dequantized
+  Q4_1 = 3,  // dequantized
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,  // dequantized
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,  // dequantized
+  Q5_K = 13,  // dequantized
+  Q6_K = 14,  // dequantized
+  Q8_K = 15,
+  IQ2_XXS = 16,
+  IQ2_XS = 17,
+  IQ3_XXS = 18,
+  IQ1_S = 19,
+  IQ4_NL = 20,
+  IQ3_S = 21,
+  IQ2_S = 22,
+  IQ4_XS = 23,
+  I8 = 24,
+  I16 = 25,
+  I32 = 26,
+  I64 = 27,
+  F64 = 28,
+  IQ1_M = 29,
+  BF16 = 30,  // dequantized
+  TQ1_0 = 34,
+  TQ2_0 = 35,
+};
+
+inline constexpr size_t kQK = 32;    // elements per block of Q8_0 / Q4_0 / Q4_1
+inline constexpr size_t kQK_K = 256;  // elements per super-block of the K-quants
+
+struct GgmlTypeInfo {
+  GgmlType type;
+  const char* name;      // ggml's name: "f32", "q4_K", ...
+  uint32_t block_elems;  // elements per block (1 for plain types)
+  uint32_t block_bytes;  // bytes per block
+  bool dequantizable;    // supported by dequantize_row / dot_rows
+};
+
+// nullptr when `raw` is not a ggml type id (or a removed one, e.g. 4, 5, 31..33).
+const GgmlTypeInfo* ggml_type_info(uint32_t raw);
+const GgmlTypeInfo& ggml_type_info(GgmlType t);
+const char* ggml_type_name(GgmlType t);
+// Bytes of one row of n_cols elements. Throws tq::Error (naming `what`) when n_cols is not a
+// multiple of the block size or the size overflows.
+size_t ggml_row_bytes(GgmlType t, uint64_t n_cols, std::string_view what = "tensor");
+// Throws tq::Error naming `what` and the type when it cannot be dequantized.
+void ggml_check_dequantizable(GgmlType t, std::string_view what = "tensor");
+
+// dst[0..n) = values of the n elements starting at `src` (n a multiple of the block size: checked).
+void dequantize_row(GgmlType t, const void* src, float* dst, size_t n);
+
+// y = W x for W [n_rows][n_cols] row-major in type `t` (each row ggml_row_bytes(t, n_cols) bytes,
+// rows contiguous), x [n_cols], y [n_rows]. Each row is dequantized a block at a time into a small
+// stack buffer and accumulated in float. With n_threads > 1 rows are split over std::threads
+// (only for matrices large enough to pay for the thread start).
+void dot_rows(GgmlType t, const void* rows, size_t n_rows, size_t n_cols, const float* x, float* y,
+              unsigned n_threads = 1);
+
+}  // namespace tq::model

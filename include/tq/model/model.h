@@ -1,0 +1,114 @@
+// A source-independent description of a Llama-family decoder: its hyper-parameters (ModelConfig)
+// and views of its weight tensors (Weights), loaded from a llama2.c checkpoint or a GGUF file.
+// Weights are not copied: each TensorRef points into the memory-mapped file and keeps its ggml
+// type, so quantized GGUF weights stay quantized and are multiplied with dot_rows.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tq/model/byte_source.h"
+#include "tq/model/ggml_quants.h"
+#include "tq/model/gguf.h"
+
+namespace tq::model {
+
+enum class WeightSource { Llama2c, Gguf };
+enum class Arch { Llama, Qwen2 };
+const char* arch_name(Arch a);
+
+// Which elements of a head the rotary embedding rotates together (frequency index i in
+// [0, rope_dim/2), theta_i = rope_theta^(-2i/rope_dim)).
+enum class RopeStyle {
+  // (2i, 2i+1). llama2.c's run.c. Also GGUF "llama": llama.cpp's converter (convert_hf_to_gguf.py,
+  // LlamaModel.permute) reorders the rows of attn_q / attn_k inside each head so that the HF
+  // rotate-half pairs become adjacent, and llama.cpp runs LLM_ARCH_LLAMA with LLAMA_ROPE_TYPE_NORM.
+  AdjacentPairs,
+  // (i, i + rope_dim/2): HF's rotate_half, ggml's NEOX mode. GGUF "qwen2" (rows not permuted).
+  HalfSplit,
+};
+
+enum class ChatTemplate { None, ChatML, Llama3 };
+const char* chat_template_name(ChatTemplate c);
+
+struct ModelConfig {
+  WeightSource source = WeightSource::Llama2c;
+  Arch arch = Arch::Llama;
+  int n_layers = 0;
+  int dim = 0;         // residual stream width
+  int hidden_dim = 0;  // FFN width
+  int n_heads = 0;     // query heads
+  int n_kv_heads = 0;  // key/value heads (grouped-query attention when < n_heads)
+  int head_dim = 0;
+  int vocab_size = 0;
+  int max_seq = 0;   // training context length
+  int rope_dim = 0;  // leading elements of each head that are rotated (== head_dim here)
+  float rope_theta = 10000.0f;
+  float rms_eps = 1e-5f;
+  RopeStyle rope_style = RopeStyle::AdjacentPairs;
+  bool tied_embeddings = false;  // output classifier == token embedding
+  bool has_qkv_bias = false;
+  int bos_id = -1;  // -1: none
+  int eos_id = -1;
+  ChatTemplate chat_template = ChatTemplate::None;
+
+  int q_dim() const { return n_heads * head_dim; }
+  int kv_dim() const { return n_kv_heads * head_dim; }
+};
+
+// A weight matrix [n_rows][n_cols], row-major, rows contiguous, elements of `type` (a vector is
+// one row). For the projections, y[n_rows] = W x[n_cols]: rows are output features.
+struct TensorRef {
+  std::string name;
+  GgmlType type = GgmlType::F32;
+  const uint8_t* data = nullptr;  // inside Model::storage; null when the tensor is absent
+  size_t n_rows = 0, n_cols = 0;
+
+  bool present() const { return data != nullptr; }
+  size_t row_bytes() const { return ggml_row_bytes(type, n_cols, name); }
+  void matvec(const float* x, float* y, unsigned n_threads = 1) const;  // y[n_rows] = W x
+  void dequantize_row(size_t r, float* out) const;                     // out[n_cols] (embedding lookup)
+  std::vector<float> to_f32() const;                                   // [n_rows][n_cols]
+};
+
+struct LayerWeights {
+  TensorRef attn_norm;   // [1][dim]
+  TensorRef wq;          // [q_dim][dim]
+  TensorRef wk;          // [kv_dim][dim]
+  TensorRef wv;          // [kv_dim][dim]
+  TensorRef wo;          // [dim][q_dim]
+  TensorRef bq, bk, bv;  // optional biases [1][q_dim], [1][kv_dim], [1][kv_dim] (qwen2)
+  TensorRef ffn_norm;    // [1][dim]
+  TensorRef w_gate;      // [hidden][dim]: llama2.c w1, GGUF ffn_gate
+  TensorRef w_up;        // [hidden][dim]: llama2.c w3, GGUF ffn_up
+  TensorRef w_down;      // [dim][hidden]: llama2.c w2, GGUF ffn_down
+};
+
+// FFN: w_down (silu(w_gate x) * (w_up x)). Norms: x * rsqrt(mean(x^2) + rms_eps) * weight.
+struct Weights {
+  TensorRef token_embd;  // [vocab][dim]
+  std::vector<LayerWeights> layers;
+  TensorRef output_norm;  // [1][dim]
+  TensorRef output;       // [vocab][dim]; a copy of token_embd's view when tied
+};
+
+struct Model {
+  ModelConfig config;
+  Weights weights;
+  std::shared_ptr<const ByteSource> storage;  // keeps the file bytes alive for the TensorRefs
+  std::shared_ptr<const GgufFile> gguf;       // the GGUF file (tokenizer metadata); null for llama2.c
+};
+
+// llama2.c legacy checkpoint (run.c's format). Throws tq::Error on a bad header or a size mismatch.
+Model load_llama2c(const std::string& path);
+Model load_llama2c(std::shared_ptr<const ByteSource> src);
+// GGUF with general.architecture "llama" or "qwen2".
+Model load_gguf(const std::string& path);
+Model load_gguf(std::shared_ptr<const GgufFile> file);
+// By content: "GGUF" magic -> load_gguf, otherwise load_llama2c.
+Model load_model(const std::string& path);
+
+}  // namespace tq::model

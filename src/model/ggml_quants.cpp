@@ -1,0 +1,288 @@
+// Dequantization of the ggml block formats, written from the layouts in ggml-common.h and the
+// reference loops in ggml-quants.c (dequantize_row_*), reading bytes explicitly.
+#include "tq/model/ggml_quants.h"
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstring>
+#include <limits>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "tq/common.h"
+#include "tq/numeric.h"
+
+namespace tq::model {
+namespace {
+
+// F32 rows are copied as they are and the fp16 fields are assembled from bytes: a big-endian host
+// would need byte swaps for the former.
+static_assert(std::endian::native == std::endian::little, "GGUF data is little-endian");
+
+constexpr GgmlTypeInfo kTypes[] = {
+    {GgmlType::F32, "f32", 1, 4, true},
+    {GgmlType::F16, "f16", 1, 2, true},
+    {GgmlType::Q4_0, "q4_0", 32, 18, true},
+    {GgmlType::Q4_1, "q4_1", 32, 20, true},
+    {GgmlType::Q5_0, "q5_0", 32, 22, false},
+    {GgmlType::Q5_1, "q5_1", 32, 24, false},
+    {GgmlType::Q8_0, "q8_0", 32, 34, true},
+    {GgmlType::Q8_1, "q8_1", 32, 36, false},
+    {GgmlType::Q2_K, "q2_K", 256, 84, false},
+    {GgmlType::Q3_K, "q3_K", 256, 110, false},
+    {GgmlType::Q4_K, "q4_K", 256, 144, true},
+    {GgmlType::Q5_K, "q5_K", 256, 176, true},
+    {GgmlType::Q6_K, "q6_K", 256, 210, true},
+    {GgmlType::Q8_K, "q8_K", 256, 292, false},
+    {GgmlType::IQ2_XXS, "iq2_xxs", 256, 66, false},
+    {GgmlType::IQ2_XS, "iq2_xs", 256, 74, false},
+    {GgmlType::IQ3_XXS, "iq3_xxs", 256, 98, false},
+    {GgmlType::IQ1_S, "iq1_s", 256, 50, false},
+    {GgmlType::IQ4_NL, "iq4_nl", 32, 18, false},
+    {GgmlType::IQ3_S, "iq3_s", 256, 110, false},
+    {GgmlType::IQ2_S, "iq2_s", 256, 82, false},
+    {GgmlType::IQ4_XS, "iq4_xs", 256, 136, false},
+    {GgmlType::I8, "i8", 1, 1, false},
+    {GgmlType::I16, "i16", 1, 2, false},
+    {GgmlType::I32, "i32", 1, 4, false},
+    {GgmlType::I64, "i64", 1, 8, false},
+    {GgmlType::F64, "f64", 1, 8, false},
+    {GgmlType::IQ1_M, "iq1_m", 256, 56, false},
+    {GgmlType::BF16, "bf16", 1, 2, true},
+    {GgmlType::TQ1_0, "tq1_0", 256, 54, false},
+    {GgmlType::TQ2_0, "tq2_0", 256, 66, false},
+};
+
+inline uint16_t rd_u16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
+inline float rd_f16(const uint8_t* p) { return f16_to_f32(rd_u16(p)); }
+
+// ---- plain types: `n` elements ----
+void deq_f32(const uint8_t* s, float* y, size_t n) { std::memcpy(y, s, n * 4); }  // host is little-endian
+void deq_f16(const uint8_t* s, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] = f16_to_f32(rd_u16(s + 2 * i));
+}
+void deq_bf16(const uint8_t* s, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] = bf16_to_f32(rd_u16(s + 2 * i));
+}
+
+// ---- 32-element blocks ----
+// block_q8_0 (34 B): d fp16 | qs int8[32]; x = d * q.
+void deq_q8_0(const uint8_t* b, float* y) {
+  const float d = rd_f16(b);
+  for (size_t j = 0; j < 32; ++j) y[j] = float(int8_t(b[2 + j])) * d;
+}
+// block_q4_0 (18 B): d fp16 | qs[16] nibbles; byte j holds element j (low nibble) and j+16 (high);
+// x = d * (q - 8).
+void deq_q4_0(const uint8_t* b, float* y) {
+  const float d = rd_f16(b);
+  const uint8_t* qs = b + 2;
+  for (size_t j = 0; j < 16; ++j) {
+    y[j] = float(int(qs[j] & 0x0F) - 8) * d;
+    y[j + 16] = float(int(qs[j] >> 4) - 8) * d;
+  }
+}
+// block_q4_1 (20 B): d fp16 | m fp16 | qs[16] nibbles (same order as q4_0); x = d * q + m.
+void deq_q4_1(const uint8_t* b, float* y) {
+  const float d = rd_f16(b), m = rd_f16(b + 2);
+  const uint8_t* qs = b + 4;
+  for (size_t j = 0; j < 16; ++j) {
+    y[j] = float(qs[j] & 0x0F) * d + m;
+    y[j + 16] = float(qs[j] >> 4) * d + m;
+  }
+}
+
+// ---- 256-element super-blocks ----
+// The 12 `scales` bytes of q4_K / q5_K pack 8 six-bit scales and 8 six-bit mins (one per 32-element
+// sub-block): sub-blocks 0..3 use the low 6 bits of bytes 0..3 (scale) and 4..7 (min); sub-blocks
+// 4..7 take their low 4 bits from bytes 8..11 (low nibble: scale, high nibble: min) and their high 2
+// bits from the top bits of bytes 0..3 (scale) and 4..7 (min). (ggml's get_scale_min_k4.)
+inline void scale_min_k4(size_t j, const uint8_t* q, int& sc, int& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+// block_q4_K (144 B): d fp16 | dmin fp16 | scales[12] | qs[128].
+// Elements come in 4 groups of 64; group g uses qs[32g .. 32g+32): the low nibbles are sub-block 2g,
+// the high nibbles sub-block 2g+1. x = (d*sc) * q - (dmin*m).
+void deq_q4_K(const uint8_t* b, float* y) {
+  const float d = rd_f16(b), dmin = rd_f16(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* qs = b + 16;
+  for (size_t g = 0; g < 4; ++g, qs += 32, y += 64) {
+    int sc, m;
+    scale_min_k4(2 * g, scales, sc, m);
+    const float d1 = d * float(sc), m1 = dmin * float(m);
+    scale_min_k4(2 * g + 1, scales, sc, m);
+    const float d2 = d * float(sc), m2 = dmin * float(m);
+    for (size_t l = 0; l < 32; ++l) y[l] = d1 * float(qs[l] & 0x0F) - m1;
+    for (size_t l = 0; l < 32; ++l) y[32 + l] = d2 * float(qs[l] >> 4) - m2;
+  }
+}
+// block_q5_K (176 B): d fp16 | dmin fp16 | scales[12] | qh[32] | qs[128].
+// As q4_K, plus a 5th bit: for element l of group g, bit 2g of qh[l] (low-nibble half) or bit 2g+1
+// (high-nibble half) adds 16. x = (d*sc) * q - (dmin*m), q in 0..31.
+void deq_q5_K(const uint8_t* b, float* y) {
+  const float d = rd_f16(b), dmin = rd_f16(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* qh = b + 16;
+  const uint8_t* qs = b + 48;
+  for (size_t g = 0; g < 4; ++g, qs += 32, y += 64) {
+    int sc, m;
+    scale_min_k4(2 * g, scales, sc, m);
+    const float d1 = d * float(sc), m1 = dmin * float(m);
+    scale_min_k4(2 * g + 1, scales, sc, m);
+    const float d2 = d * float(sc), m2 = dmin * float(m);
+    const uint8_t u1 = uint8_t(1u << (2 * g)), u2 = uint8_t(2u << (2 * g));
+    for (size_t l = 0; l < 32; ++l) y[l] = d1 * float((qs[l] & 0x0F) + ((qh[l] & u1) ? 16 : 0)) - m1;
+    for (size_t l = 0; l < 32; ++l) y[32 + l] = d2 * float((qs[l] >> 4) + ((qh[l] & u2) ? 16 : 0)) - m2;
+  }
+}
+// block_q6_K (210 B): ql[128] low 4 bits | qh[64] high 2 bits | scales int8[16] | d fp16.
+// Two halves of 128 elements; half h uses ql[64h..), qh[32h..), scales[8h..). Within a half, for
+// l in 0..31: element l      = ql[l] low nibble    | qh[l] bits 0-1, scale sc[l/16]
+//             element l + 32 = ql[l+32] low nibble | qh[l] bits 2-3, scale sc[l/16 + 2]
+//             element l + 64 = ql[l] high nibble   | qh[l] bits 4-5, scale sc[l/16 + 4]
+//             element l + 96 = ql[l+32] high nibble| qh[l] bits 6-7, scale sc[l/16 + 6]
+// x = d * sc * (q - 32), q in 0..63.
+void deq_q6_K(const uint8_t* b, float* y) {
+  const float d = rd_f16(b + 208);
+  const uint8_t* ql = b;
+  const uint8_t* qh = b + 128;
+  const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+  for (size_t h = 0; h < 2; ++h, ql += 64, qh += 32, sc += 8, y += 128) {
+    for (size_t l = 0; l < 32; ++l) {
+      const size_t is = l / 16;
+      const int q1 = int((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      const int q2 = int((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = int((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q4 = int((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      y[l] = d * float(sc[is + 0]) * float(q1);
+      y[l + 32] = d * float(sc[is + 2]) * float(q2);
+      y[l + 64] = d * float(sc[is + 4]) * float(q3);
+      y[l + 96] = d * float(sc[is + 6]) * float(q4);
+    }
+  }
+}
+
+using BlockFn = void (*)(const uint8_t*, float*);
+BlockFn block_fn(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q8_0: return deq_q8_0;
+    case GgmlType::Q4_0: return deq_q4_0;
+    case GgmlType::Q4_1: return deq_q4_1;
+    case GgmlType::Q4_K: return deq_q4_K;
+    case GgmlType::Q5_K: return deq_q5_K;
+    case GgmlType::Q6_K: return deq_q6_K;
+    default: return nullptr;
+  }
+}
+
+// Dequantizes n elements (n a multiple of the block size, validated by the callers).
+void dequantize_unchecked(GgmlType t, const uint8_t* s, float* y, size_t n) {
+  switch (t) {
+    case GgmlType::F32: deq_f32(s, y, n); return;
+    case GgmlType::F16: deq_f16(s, y, n); return;
+    case GgmlType::BF16: deq_bf16(s, y, n); return;
+    default: break;
+  }
+  const GgmlTypeInfo& ti = ggml_type_info(t);
+  const BlockFn fn = block_fn(t);
+  for (size_t i = 0; i < n / ti.block_elems; ++i) fn(s + i * ti.block_bytes, y + i * ti.block_elems);
+}
+
+// Rows [r0, r1) of y = W x. The chunk is one block for the block types and 256 elements for the
+// plain ones, so the scratch buffer stays on the stack.
+void dot_range(GgmlType t, const uint8_t* rows, size_t row_bytes, size_t n_cols, const float* x,
+               float* y, size_t r0, size_t r1) {
+  const GgmlTypeInfo& ti = ggml_type_info(t);
+  const size_t chunk = ti.block_elems == 1 ? kQK_K : ti.block_elems;
+  std::array<float, kQK_K> buf;  // [chunk] dequantized weights
+  for (size_t r = r0; r < r1; ++r) {
+    const uint8_t* row = rows + r * row_bytes;
+    float acc = 0.0f;
+    for (size_t c0 = 0; c0 < n_cols; c0 += chunk) {
+      const size_t n = std::min(chunk, n_cols - c0);
+      dequantize_unchecked(t, row + c0 / ti.block_elems * ti.block_bytes, buf.data(), n);
+      float part = 0.0f;
+      for (size_t j = 0; j < n; ++j) part += buf[j] * x[c0 + j];
+      acc += part;
+    }
+    y[r] = acc;
+  }
+}
+
+}  // namespace
+
+const GgmlTypeInfo* ggml_type_info(uint32_t raw) {
+  for (const auto& ti : kTypes)
+    if (uint32_t(ti.type) == raw) return &ti;
+  return nullptr;
+}
+
+const GgmlTypeInfo& ggml_type_info(GgmlType t) {
+  const GgmlTypeInfo* ti = ggml_type_info(uint32_t(t));
+  TQ_CHECK(ti != nullptr, "unknown ggml type {}", uint32_t(t));
+  return *ti;
+}
+
+const char* ggml_type_name(GgmlType t) {
+  const GgmlTypeInfo* ti = ggml_type_info(uint32_t(t));
+  return ti ? ti->name : "unknown";
+}
+
+size_t ggml_row_bytes(GgmlType t, uint64_t n_cols, std::string_view what) {
+  const GgmlTypeInfo& ti = ggml_type_info(t);
+  TQ_CHECK(n_cols % ti.block_elems == 0, "{}: row length {} is not a multiple of the {} block size {}",
+           what, n_cols, ti.name, ti.block_elems);
+  const uint64_t blocks = n_cols / ti.block_elems;
+  TQ_CHECK(blocks <= std::numeric_limits<uint64_t>::max() / ti.block_bytes, "{}: row of {} {} elements overflows",
+           what, n_cols, ti.name);
+  return size_t(blocks * ti.block_bytes);
+}
+
+void ggml_check_dequantizable(GgmlType t, std::string_view what) {
+  const GgmlTypeInfo* ti = ggml_type_info(uint32_t(t));
+  TQ_CHECK(ti != nullptr, "{}: unknown ggml type {}", what, uint32_t(t));
+  TQ_CHECK(ti->dequantizable,
+           "{}: ggml type {} ({}) is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q4_K, q5_K, q6_K)",
+           what, ti->name, uint32_t(t));
+}
+
+void dequantize_row(GgmlType t, const void* src, float* dst, size_t n) {
+  ggml_check_dequantizable(t, "dequantize_row");
+  ggml_row_bytes(t, n, "dequantize_row");  // validates n against the block size
+  dequantize_unchecked(t, static_cast<const uint8_t*>(src), dst, n);
+}
+
+void dot_rows(GgmlType t, const void* rows, size_t n_rows, size_t n_cols, const float* x, float* y,
+              unsigned n_threads) {
+  ggml_check_dequantizable(t, "dot_rows");
+  const size_t row_bytes = ggml_row_bytes(t, n_cols, "dot_rows");
+  const auto* base = static_cast<const uint8_t*>(rows);
+  // Below ~64K weights a thread start costs more than it saves.
+  const size_t min_work = size_t(1) << 16;
+  const size_t threads =
+      std::min<size_t>({size_t(std::max(1u, n_threads)), n_rows, std::max<size_t>(1, n_rows * n_cols / min_work)});
+  if (threads <= 1) {
+    dot_range(t, base, row_bytes, n_cols, x, y, 0, n_rows);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  const size_t per = (n_rows + threads - 1) / threads;
+  for (size_t k = 1; k < threads; ++k) {
+    const size_t r0 = std::min(n_rows, k * per), r1 = std::min(n_rows, r0 + per);
+    pool.emplace_back(dot_range, t, base, row_bytes, n_cols, x, y, r0, r1);
+  }
+  dot_range(t, base, row_bytes, n_cols, x, y, 0, std::min(n_rows, per));
+  for (auto& th : pool) th.join();
+}
+
+}  // namespace tq::model

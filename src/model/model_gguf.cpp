@@ -1,0 +1,173 @@
+// ModelConfig + Weights from a GGUF file written by llama.cpp's convert_hf_to_gguf.py.
+//
+// Tensor names (llama.cpp's LLM_TENSOR_NAMES for llama / qwen2): token_embd.weight,
+// blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}.weight,
+// blk.N.attn_{q,k,v}.bias (qwen2), output_norm.weight, output.weight (absent: tied to token_embd).
+// A ggml tensor of dims [ne0, ne1] holds ne1 rows of ne0 contiguous elements, i.e. [ne1][ne0]
+// row-major: attn_q.weight has dims {dim, q_dim}, so it is [q_dim][dim] = [out][in] as in TensorRef.
+//
+// RoPE pairing: for "llama" the converter permutes the rows of attn_q / attn_k within each head
+// (LlamaModel.permute: reshape(n_head, 2, head_dim/2, ...).swapaxes(1, 2)), turning HF's rotate-half
+// pairs (i, i + head_dim/2) into adjacent pairs (2i, 2i+1); llama.cpp then uses
+// LLAMA_ROPE_TYPE_NORM (adjacent pairs) for LLM_ARCH_LLAMA. "qwen2" is not permuted and uses
+// LLAMA_ROPE_TYPE_NEOX (half split). See llama-model.cpp llama_model_rope_type().
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "tq/common.h"
+#include "tq/model/model.h"
+
+namespace tq::model {
+
+namespace {
+
+int to_int(uint64_t v, const std::string& key) {
+  TQ_CHECK(v > 0 && v <= uint64_t(1) << 30, "GGUF metadata '{}' = {} is out of range [1, 2^30]", key, v);
+  return int(v);
+}
+
+class WeightBinder {
+ public:
+  WeightBinder(const GgufFile& f) : f_(f) {}
+
+  // The tensor `name`, which must have dims {cols} (rows == 1) or {cols, rows} and a type that can
+  // be dequantized. Absent + optional -> an empty TensorRef.
+  TensorRef bind(const std::string& name, uint64_t rows, uint64_t cols, bool optional = false) const {
+    const GgufTensorInfo* t = f_.find_tensor(name);
+    if (t == nullptr) {
+      TQ_CHECK(optional, "GGUF '{}': required tensor '{}' is missing", f_.name(), name);
+      return {};
+    }
+    const bool vector_ok = rows == 1 && t->dims.size() == 1 && t->dims[0] == cols;
+    const bool matrix_ok = t->dims.size() == 2 && t->dims[0] == cols && t->dims[1] == rows;
+    TQ_CHECK(vector_ok || matrix_ok, "GGUF tensor '{}': dims [{}], expected [{}]", name, fmt::join(t->dims, ", "),
+             rows == 1 ? fmt::to_string(cols) : fmt::format("{}, {}", cols, rows));
+    ggml_check_dequantizable(t->type, fmt::format("GGUF tensor '{}'", name));
+    TensorRef r;
+    r.name = name;
+    r.type = t->type;
+    r.data = f_.tensor_bytes(*t).data();
+    r.n_rows = size_t(rows);
+    r.n_cols = size_t(cols);
+    return r;
+  }
+
+ private:
+  const GgufFile& f_;
+};
+
+ChatTemplate detect_chat_template(const GgufFile& f) {
+  const GgufValue* v = f.find("tokenizer.chat_template");
+  if (v == nullptr || v->type != GgufType::STRING) return ChatTemplate::None;
+  if (v->str.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
+  if (v->str.find("<|start_header_id|>") != std::string::npos) return ChatTemplate::Llama3;
+  return ChatTemplate::None;
+}
+
+}  // namespace
+
+Model load_gguf(const std::string& path) { return load_gguf(std::make_shared<const GgufFile>(GgufFile::open(path))); }
+
+Model load_gguf(std::shared_ptr<const GgufFile> file) {
+  TQ_CHECK(file != nullptr, "load_gguf: null file");
+  const GgufFile& f = *file;
+  Model m;
+  m.storage = f.source();
+  m.gguf = file;
+  ModelConfig& c = m.config;
+  c.source = WeightSource::Gguf;
+
+  const std::string arch = f.get_string("general.architecture");
+  if (arch == "llama") {
+    c.arch = Arch::Llama;
+    c.rope_style = RopeStyle::AdjacentPairs;
+  } else if (arch == "qwen2") {
+    c.arch = Arch::Qwen2;
+    c.rope_style = RopeStyle::HalfSplit;
+  } else {
+    throw Error(fmt::format("GGUF '{}': unsupported architecture '{}' (supported: llama, qwen2)", f.name(), arch));
+  }
+  const auto key = [&](const char* k) { return arch + "." + k; };
+  const auto req = [&](const char* k) { return to_int(f.get_uint(key(k)), key(k)); };
+
+  c.n_layers = req("block_count");
+  c.dim = req("embedding_length");
+  c.hidden_dim = req("feed_forward_length");
+  c.n_heads = req("attention.head_count");
+  c.n_kv_heads = f.has(key("attention.head_count_kv")) ? req("attention.head_count_kv") : c.n_heads;
+  c.max_seq = req("context_length");
+  TQ_CHECK(c.n_heads % c.n_kv_heads == 0, "GGUF '{}': head_count {} is not a multiple of head_count_kv {}", f.name(),
+           c.n_heads, c.n_kv_heads);
+  if (f.has(key("attention.key_length"))) {
+    c.head_dim = req("attention.key_length");
+  } else {
+    TQ_CHECK(c.dim % c.n_heads == 0, "GGUF '{}': embedding_length {} is not a multiple of head_count {}", f.name(),
+             c.dim, c.n_heads);
+    c.head_dim = c.dim / c.n_heads;
+  }
+  if (f.has(key("attention.value_length")))
+    TQ_CHECK(req("attention.value_length") == c.head_dim, "GGUF '{}': value_length {} != key_length {} is not supported",
+             f.name(), req("attention.value_length"), c.head_dim);
+  c.rope_dim = f.has(key("rope.dimension_count")) ? req("rope.dimension_count") : c.head_dim;
+  TQ_CHECK(c.rope_dim % 2 == 0 && c.rope_dim <= c.head_dim, "GGUF '{}': rope.dimension_count {} (head dim {})",
+           f.name(), c.rope_dim, c.head_dim);
+  c.rope_theta = float(f.get_float_or(key("rope.freq_base"), 10000.0));
+  c.rms_eps = float(f.get_float_or(key("attention.layer_norm_rms_epsilon"), 1e-5));
+  TQ_CHECK(c.rope_theta > 0.0f && c.rms_eps > 0.0f, "GGUF '{}': rope.freq_base {} / rms epsilon {} must be positive",
+           f.name(), c.rope_theta, c.rms_eps);
+  const std::string scaling = f.get_string_or(key("rope.scaling.type"), "none");
+  TQ_CHECK(scaling == "none", "GGUF '{}': RoPE scaling type '{}' is not supported", f.name(), scaling);
+  TQ_CHECK(!f.has("rope_freqs.weight"), "GGUF '{}': per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 "
+           "long-context scaling) are not supported", f.name());
+
+  const GgufTensorInfo& emb = f.tensor("token_embd.weight");
+  TQ_CHECK(emb.dims.size() == 2, "GGUF tensor 'token_embd.weight': {} dims, expected 2", emb.dims.size());
+  c.vocab_size = to_int(emb.dims[1], "token_embd.weight rows");
+  if (f.has(key("vocab_size")))
+    TQ_CHECK(f.get_uint(key("vocab_size")) == uint64_t(c.vocab_size),
+             "GGUF '{}': {} = {} but token_embd.weight has {} rows", f.name(), key("vocab_size"),
+             f.get_uint(key("vocab_size")), c.vocab_size);
+  c.bos_id = int(f.get_int_or("tokenizer.ggml.bos_token_id", -1));
+  c.eos_id = int(f.get_int_or("tokenizer.ggml.eos_token_id", -1));
+  TQ_CHECK(c.bos_id < c.vocab_size && c.eos_id < c.vocab_size, "GGUF '{}': bos {} / eos {} outside the vocabulary ({})",
+           f.name(), c.bos_id, c.eos_id, c.vocab_size);
+  c.chat_template = detect_chat_template(f);
+
+  const uint64_t D = uint64_t(c.dim), H = uint64_t(c.hidden_dim), V = uint64_t(c.vocab_size);
+  const uint64_t QD = uint64_t(c.q_dim()), KVD = uint64_t(c.kv_dim());
+  const WeightBinder b(f);
+  Weights& w = m.weights;
+  w.token_embd = b.bind("token_embd.weight", V, D);
+  // block_count comes from the file: grow the vector as layers are found rather than trusting it
+  w.layers.reserve(std::min(size_t(c.n_layers), f.tensors().size()));
+  for (int l = 0; l < c.n_layers; ++l) {
+    LayerWeights& lw = w.layers.emplace_back();
+    const std::string p = fmt::format("blk.{}.", l);
+    lw.attn_norm = b.bind(p + "attn_norm.weight", 1, D);
+    lw.wq = b.bind(p + "attn_q.weight", QD, D);
+    lw.wk = b.bind(p + "attn_k.weight", KVD, D);
+    lw.wv = b.bind(p + "attn_v.weight", KVD, D);
+    lw.wo = b.bind(p + "attn_output.weight", D, QD);
+    lw.bq = b.bind(p + "attn_q.bias", 1, QD, true);
+    lw.bk = b.bind(p + "attn_k.bias", 1, KVD, true);
+    lw.bv = b.bind(p + "attn_v.bias", 1, KVD, true);
+    const bool any_bias = lw.bq.present() || lw.bk.present() || lw.bv.present();
+    const bool all_bias = lw.bq.present() && lw.bk.present() && lw.bv.present();
+    TQ_CHECK(any_bias == all_bias, "GGUF '{}': layer {} has only some of the attn_q/k/v biases", f.name(), l);
+    TQ_CHECK(l == 0 || all_bias == c.has_qkv_bias, "GGUF '{}': layer {} differs from layer 0 in having q/k/v biases",
+             f.name(), l);
+    c.has_qkv_bias = all_bias;
+    lw.ffn_norm = b.bind(p + "ffn_norm.weight", 1, D);
+    lw.w_gate = b.bind(p + "ffn_gate.weight", H, D);
+    lw.w_up = b.bind(p + "ffn_up.weight", H, D);
+    lw.w_down = b.bind(p + "ffn_down.weight", D, H);
+  }
+  w.output_norm = b.bind("output_norm.weight", 1, D);
+  c.tied_embeddings = f.find_tensor("output.weight") == nullptr;
+  w.output = c.tied_embeddings ? w.token_embd : b.bind("output.weight", V, D);
+  return m;
+}
+
+}  // namespace tq::model

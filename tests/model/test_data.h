@@ -1,0 +1,36 @@
+// Locating ../shared/data (the model and texts used by the data-dependent tests).
+#pragma once
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include <unistd.h>
+
+namespace tq::model::testing {
+
+// $TQ_SHARED_DATA, else the directory CMake passed (<repo>/../shared/data).
+inline std::string shared_data_dir() {
+  if (const char* e = std::getenv("TQ_SHARED_DATA"); e != nullptr && *e != '\0') return e;
+#ifdef TQ_SHARED_DATA_DIR
+  return TQ_SHARED_DATA_DIR;
+#else
+  return "../shared/data";
+#endif
+}
+
+inline std::string shared_data_file(const std::string& rel) { return shared_data_dir() + "/" + rel; }
+
+// A fresh file path in the temp directory (removed by the caller or left for the OS).
+inline std::string temp_path(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("tq_model_test_" + std::to_string(::getpid()) + "_" + name)).string();
+}
+
+}  // namespace tq::model::testing
+
+// Skips the test (with the reason) when a shared data file is absent.
+#define TQ_REQUIRE_SHARED(path)                                                                         \
+  do {                                                                                                 \
+    if (!std::filesystem::exists(path))                                                                \
+      GTEST_SKIP() << "shared data file " << (path) << " not found (set TQ_SHARED_DATA to the data dir)"; \
+  } while (0)

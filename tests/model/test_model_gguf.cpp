@@ -1,0 +1,178 @@
+// ModelConfig / Weights from GGUF files built in memory.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+#include "test_data.h"
+#include "tiny_models.h"
+#include "tq/common.h"
+#include "tq/model/model.h"
+
+namespace tq::model {
+namespace {
+
+using testing::TinyModelSpec;
+
+Model load(const testing::GgufWriter& w) {
+  return load_gguf(std::make_shared<const GgufFile>(GgufFile::from_bytes(w.bytes())));
+}
+
+template <typename Fn>
+void expect_error(Fn fn, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
+  }
+}
+
+class GgufWeightType : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(GgufWeightType, LlamaConfigAndWeights) {
+  TinyModelSpec s;
+  s.wtype = GetParam();
+  s.dim = 256;  // K-quants need rows of 256
+  s.hidden = 256;
+  s.n_heads = 4;
+  s.n_kv_heads = 2;
+  s.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}...";
+  const Model m = load(testing::tiny_model(s));
+  const ModelConfig& c = m.config;
+  EXPECT_EQ(c.source, WeightSource::Gguf);
+  EXPECT_EQ(c.arch, Arch::Llama);
+  EXPECT_EQ(c.n_layers, 2);
+  EXPECT_EQ(c.dim, 256);
+  EXPECT_EQ(c.hidden_dim, 256);
+  EXPECT_EQ(c.n_heads, 4);
+  EXPECT_EQ(c.n_kv_heads, 2);
+  EXPECT_EQ(c.head_dim, 64);
+  EXPECT_EQ(c.rope_dim, 64);
+  EXPECT_EQ(c.vocab_size, 16);
+  EXPECT_EQ(c.max_seq, 128);
+  EXPECT_EQ(c.rope_theta, 500000.0f);
+  EXPECT_EQ(c.rms_eps, 1e-6f);
+  EXPECT_EQ(c.rope_style, RopeStyle::AdjacentPairs);
+  EXPECT_FALSE(c.tied_embeddings);
+  EXPECT_FALSE(c.has_qkv_bias);
+  EXPECT_EQ(c.chat_template, ChatTemplate::ChatML);
+  ASSERT_EQ(m.weights.layers.size(), 2u);
+  const LayerWeights& l1 = m.weights.layers[1];
+  EXPECT_EQ(l1.wq.type, GetParam());
+  EXPECT_EQ(l1.wq.n_rows, 256u);
+  EXPECT_EQ(l1.wq.n_cols, 256u);
+  EXPECT_EQ(l1.wk.n_rows, 128u);
+  EXPECT_EQ(l1.wo.n_cols, 256u);
+  EXPECT_EQ(l1.w_down.n_rows, 256u);
+  EXPECT_FALSE(l1.bq.present());
+  EXPECT_EQ(l1.wk.name, "blk.1.attn_k.weight");
+  EXPECT_EQ(m.weights.output.name, "output.weight");
+
+  // The views are the file's bytes: matvec == dot of the dequantized tensor read through GgufFile.
+  const GgufTensorInfo& ti = m.gguf->tensor("blk.1.attn_k.weight");
+  EXPECT_EQ(l1.wk.data, m.gguf->tensor_bytes(ti).data());
+  const std::vector<float> wk = m.gguf->dequantize(ti);  // [128][256]
+  std::vector<float> x(256), y(128);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 7) - 3.0f;
+  l1.wk.matvec(x.data(), y.data(), 2);
+  for (size_t r = 0; r < 128; ++r) {
+    double ref = 0, mag = 0;
+    for (size_t cidx = 0; cidx < 256; ++cidx) {
+      ref += double(wk[r * 256 + cidx]) * x[cidx];
+      mag += std::fabs(double(wk[r * 256 + cidx]) * x[cidx]);
+    }
+    EXPECT_NEAR(y[r], ref, 1e-5 * mag + 1e-6);
+  }
+  std::vector<float> row(256);
+  m.weights.token_embd.dequantize_row(3, row.data());
+  const std::vector<float> emb = m.gguf->dequantize(m.gguf->tensor("token_embd.weight"));  // [16][256]
+  EXPECT_EQ(row, std::vector<float>(emb.begin() + 3 * 256, emb.begin() + 4 * 256));
+  EXPECT_EQ(l1.attn_norm.to_f32(), m.gguf->dequantize(m.gguf->tensor("blk.1.attn_norm.weight")));
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GgufWeightType,
+                         ::testing::Values(GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K),
+                         [](const auto& info) { return std::string(ggml_type_name(info.param)); });
+
+TEST(ModelGguf, TiedOutputAndQwen2Biases) {
+  TinyModelSpec s;
+  s.arch = "qwen2";
+  s.tied = true;
+  s.bias = true;
+  s.chat_template = "<|start_header_id|>";
+  const Model m = load(testing::tiny_model(s));
+  EXPECT_EQ(m.config.arch, Arch::Qwen2);
+  EXPECT_EQ(m.config.rope_style, RopeStyle::HalfSplit);
+  EXPECT_TRUE(m.config.tied_embeddings);
+  EXPECT_EQ(m.weights.output.data, m.weights.token_embd.data);
+  EXPECT_TRUE(m.config.has_qkv_bias);
+  EXPECT_EQ(m.weights.layers[0].bk.n_cols, 16u);
+  EXPECT_EQ(m.config.chat_template, ChatTemplate::Llama3);
+}
+
+TEST(ModelGguf, LoadModelDispatchesOnMagic) {
+  const std::string path = testing::temp_path("tiny.gguf");
+  testing::tiny_model(TinyModelSpec{}).write(path);
+  const Model m = load_model(path);
+  EXPECT_EQ(m.config.source, WeightSource::Gguf);
+  EXPECT_EQ(m.config.chat_template, ChatTemplate::None);
+  std::remove(path.c_str());
+}
+
+TEST(ModelGguf, Errors) {
+  TinyModelSpec s;
+  s.arch = "gemma2";
+  expect_error([&] { load(testing::tiny_model(s)); }, "unsupported architecture 'gemma2'");
+
+  s = TinyModelSpec{};
+  s.n_heads = 4;
+  s.n_kv_heads = 3;
+  expect_error([&] { load(testing::tiny_model(s)); }, "head_count 4 is not a multiple of head_count_kv 3");
+
+  s = TinyModelSpec{};
+  s.wtype = GgmlType::Q5_0;  // parses, but cannot be multiplied
+  expect_error([&] { load(testing::tiny_model(s)); }, "GGUF tensor 'blk.0.attn_q.weight': ggml type q5_0");
+
+  {
+    testing::GgufWriter w = testing::tiny_model(TinyModelSpec{});
+    w.add_u32("llama.vocab_size", 17);
+    expect_error([&] { load(w); }, "llama.vocab_size = 17 but token_embd.weight has 16 rows");
+  }
+  {  // a huge block_count must fail on the first missing layer, not allocate a million layers
+    testing::GgufWriter w;
+    w.add_string("general.architecture", "llama");
+    w.add_u32("llama.context_length", 32);
+    w.add_u32("llama.embedding_length", 32);
+    w.add_u32("llama.feed_forward_length", 32);
+    w.add_u32("llama.attention.head_count", 2);
+    w.add_u32("llama.block_count", 1000000);
+    w.add_tensor_f32("token_embd.weight", {32, 4}, std::vector<float>(128, 0.0f));
+    expect_error([&] { load(w); }, "required tensor 'blk.0.attn_norm.weight' is missing");
+  }
+  {
+    testing::GgufWriter w;
+    w.add_string("general.architecture", "llama");
+    expect_error([&] { load(w); }, "metadata key 'llama.block_count' is missing");
+  }
+}
+
+TEST(ModelGguf, WrongShapeIsNamed) {
+  // attn_k declared with the query width: a shape error naming the tensor
+  TinyModelSpec s;
+  s.n_kv_heads = 2;  // file has [32][32] k/v ...
+  testing::GgufWriter w = testing::tiny_model(s);
+  auto bytes = w.bytes();
+  // ... but the metadata claims 1 KV head: patch head_count_kv (u32 value right after its key)
+  const std::string key = "llama.attention.head_count_kv";
+  const auto it = std::search(bytes.begin(), bytes.end(), key.begin(), key.end());
+  ASSERT_NE(it, bytes.end());
+  const size_t at = size_t(it - bytes.begin()) + key.size() + 4;
+  bytes[at] = 1;
+  expect_error([&] { load_gguf(std::make_shared<const GgufFile>(GgufFile::from_bytes(bytes))); },
+               "GGUF tensor 'blk.0.attn_k.weight': dims [32, 32], expected [32, 16]");
+}
+
+}  // namespace
+}  // namespace tq::model

@@ -1,0 +1,153 @@
+// Test helpers: tiny GGUF models (llama / qwen2 tensor layout) and a small byte-level BPE vocabulary.
+#pragma once
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gguf_writer.h"
+#include "quant_packers.h"
+
+namespace tq::model::testing {
+
+// GPT-2 bytes_to_unicode, re-derived for the tests: printable bytes ('!'..'~', 0xA1..0xAC,
+// 0xAE..0xFF) stand for themselves, the others map to U+0100 + their rank among them.
+inline std::string byte_char(uint8_t b) {
+  uint32_t cp = b;
+  const auto printable = [](uint32_t x) { return (x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || x >= 0xAE; };
+  if (!printable(b)) {
+    cp = 256;
+    for (uint32_t x = 0; x < b; ++x)
+      if (!printable(x)) ++cp;
+  }
+  std::string s;
+  if (cp < 0x80) {
+    s += char(cp);
+  } else {
+    s += char(0xC0 | (cp >> 6));
+    s += char(0x80 | (cp & 0x3F));
+  }
+  return s;
+}
+
+struct BpeVocab {
+  std::vector<std::string> tokens;
+  std::vector<int32_t> types;  // 1 normal, 3 control
+  std::vector<std::string> merges;
+  int find(const std::string& t) const {
+    for (size_t i = 0; i < tokens.size(); ++i)
+      if (tokens[i] == t) return int(i);
+    return -1;
+  }
+};
+
+// Byte tokens (all 256 bytes, or only those of `alphabet`), merged tokens in rank order, and the
+// control tokens <|endoftext|>, <|im_start|>, <|im_end|>.
+inline BpeVocab small_bpe_vocab(bool all_bytes) {
+  BpeVocab v;
+  const std::string alphabet = " abcdefghijklmnopqrstuvwxyzHTW.,!'0123456789\n<>|_";
+  for (int b = 0; b < 256; ++b)
+    if (all_bytes || alphabet.find(char(b)) != std::string::npos) {
+      v.tokens.push_back(byte_char(uint8_t(b)));
+      v.types.push_back(1);
+    }
+  const char* merges[][2] = {{"Ġ", "t"},   {"h", "e"},  {"Ġt", "he"}, {"i", "n"},      {"Ġ", "w"},
+                             {"o", "r"},   {"Ġw", "or"}, {"l", "d"},  {"Ġwor", "ld"}, {"H", "e"},
+                             {"l", "l"},   {"He", "ll"}, {"Hell", "o"}, {"Ġ", "Ġ"}};
+  for (const auto& m : merges) {
+    v.merges.push_back(std::string(m[0]) + " " + m[1]);
+    v.tokens.push_back(std::string(m[0]) + m[1]);
+    v.types.push_back(1);
+  }
+  for (const char* s : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {
+    v.tokens.push_back(s);
+    v.types.push_back(3);
+  }
+  return v;
+}
+
+inline void add_bpe_tokenizer(GgufWriter& w, const BpeVocab& v, const std::string& pre = "smollm") {
+  w.add_string("tokenizer.ggml.model", "gpt2");
+  w.add_string("tokenizer.ggml.pre", pre);
+  w.add_string_array("tokenizer.ggml.tokens", v.tokens);
+  w.add_i32_array("tokenizer.ggml.token_type", v.types);
+  w.add_string_array("tokenizer.ggml.merges", v.merges);
+  w.add_u32("tokenizer.ggml.bos_token_id", uint32_t(v.find("<|endoftext|>")));
+  w.add_u32("tokenizer.ggml.eos_token_id", uint32_t(v.find("<|im_end|>")));
+}
+
+struct TinyModelSpec {
+  std::string arch = "llama";
+  int dim = 32, n_heads = 2, n_kv_heads = 1, hidden = 64, n_layers = 2, vocab = 16;
+  bool tied = false;
+  bool bias = false;
+  GgmlType wtype = GgmlType::F32;  // type of the attention / FFN matrices (F32, F16, Q8_0, ...)
+  std::string chat_template;
+  const BpeVocab* tokenizer = nullptr;  // adds its metadata (vocab must then equal its size)
+};
+
+// A random matrix [rows][cols] of type t.
+inline std::vector<uint8_t> random_matrix(GgmlType t, size_t rows, size_t cols, std::mt19937& rng) {
+  std::vector<uint8_t> out;
+  if (!ggml_type_info(t).dequantizable) {  // types the loader must reject: contents do not matter
+    out.resize(rows * ggml_row_bytes(t, cols), 0);
+    return out;
+  }
+  std::vector<float> unused;
+  for (size_t r = 0; r < rows; ++r) {
+    const auto row = random_row(t, cols, rng, unused);
+    out.insert(out.end(), row.begin(), row.end());
+  }
+  return out;
+}
+
+inline GgufWriter tiny_model(const TinyModelSpec& s) {
+  GgufWriter w;
+  const std::string a = s.arch;
+  w.add_string("general.architecture", a);
+  w.add_string("general.name", "tiny");
+  w.add_u32(a + ".context_length", 128);
+  w.add_u32(a + ".embedding_length", uint32_t(s.dim));
+  w.add_u32(a + ".block_count", uint32_t(s.n_layers));
+  w.add_u32(a + ".feed_forward_length", uint32_t(s.hidden));
+  w.add_u32(a + ".attention.head_count", uint32_t(s.n_heads));
+  w.add_u32(a + ".attention.head_count_kv", uint32_t(s.n_kv_heads));
+  w.add_f32(a + ".rope.freq_base", 500000.0f);
+  w.add_f32(a + ".attention.layer_norm_rms_epsilon", 1e-6f);
+  w.add_u32(a + ".rope.dimension_count", uint32_t(s.dim / s.n_heads));
+  if (!s.chat_template.empty()) w.add_string("tokenizer.chat_template", s.chat_template);
+  if (s.tokenizer != nullptr) add_bpe_tokenizer(w, *s.tokenizer);
+
+  std::mt19937 rng(2024);
+  const uint64_t D = uint64_t(s.dim), H = uint64_t(s.hidden), V = uint64_t(s.vocab);
+  const uint64_t hd = D / uint64_t(s.n_heads), QD = hd * uint64_t(s.n_heads), KVD = hd * uint64_t(s.n_kv_heads);
+  const auto mat = [&](const std::string& name, uint64_t rows, uint64_t cols, GgmlType t) {
+    w.add_tensor(name, {cols, rows}, t, random_matrix(t, rows, cols, rng));
+  };
+  const auto vec = [&](const std::string& name, uint64_t n) {
+    w.add_tensor(name, {n}, GgmlType::F32, random_matrix(GgmlType::F32, 1, n, rng));
+  };
+  mat("token_embd.weight", V, D, GgmlType::F32);
+  for (int l = 0; l < s.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    vec(p + "attn_norm.weight", D);
+    mat(p + "attn_q.weight", QD, D, s.wtype);
+    mat(p + "attn_k.weight", KVD, D, s.wtype);
+    mat(p + "attn_v.weight", KVD, D, s.wtype);
+    mat(p + "attn_output.weight", D, QD, s.wtype);
+    if (s.bias) {
+      vec(p + "attn_q.bias", QD);
+      vec(p + "attn_k.bias", KVD);
+      vec(p + "attn_v.bias", KVD);
+    }
+    vec(p + "ffn_norm.weight", D);
+    mat(p + "ffn_gate.weight", H, D, s.wtype);
+    mat(p + "ffn_up.weight", H, D, s.wtype);
+    mat(p + "ffn_down.weight", D, H, s.wtype);
+  }
+  vec("output_norm.weight", D);
+  if (!s.tied) mat("output.weight", V, D, GgmlType::F32);
+  return w;
+}
+
+}  // namespace tq::model::testing
