@@ -72,8 +72,15 @@ class TurboQuant {
   // <q, decode(row)>, without materializing the decoded row: the scalar reference.
   float dot(const Query& q, const ConstRowRef& row) const;
 
+  // The same through the SIMD path when the CPU has one (MSE rows); equal to dot() within float
+  // summation error (tests/core/test_turboquant.cpp states the bound).
+  float dot_fast(const Query& q, const ConstRowRef& row) const;
+
   // Decoded row in the rotated domain, unit norm scale: c[codes] (+ QJL term). out: [pd]
   void decode_rotated(const ConstRowRef& in, float* out) const;
+  // acc += weight * norm * decode_rotated(row): accumulating values for attention stays in the
+  // rotated domain; un-rotate the sum once with rotation().inverse(). acc: [pd]
+  void accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const;
 
  private:
   TqConfig cfg_;

@@ -4,7 +4,6 @@
 
 #include <cstring>
 
-#include "simd.h"
 #include "tq/numeric.h"
 #include "tq/quantizer.h"
 #include "tq/turboquant.h"
@@ -43,17 +42,10 @@ class TurboQuantizer final : public Quantizer {
   void dot(const float* q, const uint8_t* in, size_t rows, float* out) const override {
     TurboQuant::Query prepared;
     tq_.prepare(q, prepared);
-    const bool simd = fast_ && simd::has_avx2() && !tq_.config().prod && tq_.code_bits() > 0;
     for (size_t r = 0; r < rows; ++r) {
       uint16_t norm, rnorm;
       const ConstRowRef ref = row(in, rows, r, norm, rnorm);
-      if (simd) {
-        out[r] = simd::dot_codes_avx2(prepared.rot.data(), ref.codes, tq_.padded_dim(), tq_.code_bits(),
-                                      tq_.codebook()->centroids.data()) *
-                 f16_to_f32(norm);
-      } else {
-        out[r] = tq_.dot(prepared, ref);
-      }
+      out[r] = fast_ ? tq_.dot_fast(prepared, ref) : tq_.dot(prepared, ref);
     }
   }
 

@@ -106,6 +106,33 @@ void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
   }
 }
 
+float TurboQuant::dot_fast(const Query& q, const ConstRowRef& row) const {
+  if (!cfg_.prod && code_bits() > 0 && simd::has_avx2())
+    return simd::dot_codes_avx2(q.rot.data(), row.codes, pd_, code_bits(), cb_->centroids.data()) * f16_to_f32(*row.norm);
+  return dot(q, row);
+}
+
+void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const {
+  const float w = weight * f16_to_f32(*row.norm);
+  if (w == 0) return;
+  const uint32_t b = code_bits();
+  if (b > 0) {
+    uint8_t codes[kGroup];
+    for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
+      unpack_group(row.codes + g * b, b, codes);
+      for (uint32_t i = 0; i < kGroup; ++i) acc[g * kGroup + i] += w * cb_->centroids[codes[i]];
+    }
+  }
+  if (cfg_.prod) {
+    const float scale = w * float(qjl_scale(pd_)) * f16_to_f32(*row.rnorm);
+    for (uint32_t i = 0; i < pd_; ++i) {
+      const float sgn = (row.qjl[i / 8] >> (i % 8)) & 1u ? scale : -scale;
+      const float* s = &s_[size_t(i) * pd_];
+      for (uint32_t k = 0; k < pd_; ++k) acc[k] += sgn * s[k];
+    }
+  }
+}
+
 void TurboQuant::decode(const ConstRowRef& in, float* out) const {
   std::vector<float> y(pd_);
   decode_rotated(in, y.data());

@@ -304,5 +304,26 @@ TEST(FusedDot, EqualsDotOfDecodedRow) {
     }
 }
 
+TEST(AccumulateRotated, WeightedSumOfDecodedRows) {
+  // Attention accumulates values in the rotated domain and un-rotates once: sum_t w_t decode(v_t).
+  for (bool prod : {false, true}) {
+    TurboQuant t(cfg_of(64, 3, prod));
+    const size_t n = 9;
+    const auto v = test::outlier_rows(n, 64, 21);
+    std::vector<float> acc(t.padded_dim(), 0.0f), want(64, 0.0f), dec(64), out(t.padded_dim());
+    for (size_t i = 0; i < n; ++i) {
+      Encoded e(t);
+      t.encode(&v[i * 64], e.ref());
+      const float w = 0.1f * float(i + 1);
+      t.accumulate_rotated(e.cref(), w, acc.data());
+      t.decode(e.cref(), dec.data());
+      for (int k = 0; k < 64; ++k) want[k] += w * dec[k];
+    }
+    t.rotation().inverse(acc.data(), out.data());
+    const double scale = std::sqrt(test::sq_norm(want.data(), 64));
+    for (int k = 0; k < 64; ++k) EXPECT_NEAR(out[k], want[k], 1e-5 * scale * n) << k;
+  }
+}
+
 }  // namespace
 }  // namespace tq
