@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Decode-attention benchmark on one GPU, everything in one process.
+
+Our kernels (through the C API in libtq_capi.so, loaded with ctypes) for k3v2, k4v4, fp8 and bf16
+paged caches, next to torch.nn.functional.scaled_dot_product_attention on contiguous bf16 K/V, for
+32 query heads, 8 KV heads, head dim 128 at the (batch, context) shapes of issue 4. Times are
+medians of CUDA-event-timed calls after warm-up; bandwidth counts the cache bytes each call must
+read (K and V of every token once, norms included). Also: quantize_store throughput and its cost
+next to one decode step, and a check that our bf16 path agrees with torch.
+
+  python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --json out.json
+"""
+import argparse
+import ctypes
+import json
+import statistics
+import sys
+
+import torch
+import torch.nn.functional as F
+
+QH, KVH, D, PAGE = 32, 8, 128, 16
+SHAPES = [(1, 32768), (8, 32768), (16, 32768), (32, 8192), (4, 131072), (64, 4096), (1, 1024), (1, 4096)]
+SPECS = ["k3v2", "k4v4", "fp8", "bf16"]
+DT = {"f32": 0, "f16": 1, "bf16": 2}
+
+
+def load(path):
+    lib = ctypes.CDLL(path)
+    c = ctypes
+    lib.tq_cache_create.restype = c.c_void_p
+    lib.tq_cache_create.argtypes = [c.c_uint32, c.c_uint32, c.c_uint32, c.c_char_p, c.c_char_p, c.c_int]
+    lib.tq_cache_destroy.argtypes = [c.c_void_p]
+    lib.tq_cache_bytes.restype = c.c_uint64
+    lib.tq_cache_bytes.argtypes = [c.c_void_p]
+    lib.tq_cache_block_bytes.restype = c.c_uint32
+    lib.tq_cache_block_bytes.argtypes = [c.c_void_p]
+    lib.tq_quantize_store.argtypes = [c.c_void_p, c.c_void_p, c.c_void_p, c.c_int, c.c_void_p, c.c_uint32, c.c_void_p, c.c_char_p, c.c_int]
+    lib.tq_decode_workspace.restype = c.c_uint64
+    lib.tq_decode_workspace.argtypes = [c.c_void_p] + [c.c_uint32] * 6
+    lib.tq_decode.argtypes = [c.c_void_p, c.c_void_p, c.c_int, c.c_void_p, c.c_int, c.c_void_p, c.c_void_p] + [c.c_uint32] * 6 + [
+        c.c_void_p, c.c_void_p, c.c_char_p, c.c_int]
+    return lib
+
+
+def check(rc, err):
+    if rc != 0:
+        raise RuntimeError(err.value.decode())
+
+
+def timed(fn, iters=50, warmup=10):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+class PagedCache:
+    """One layer of our paged cache on the GPU, filled through quantize_store."""
+
+    def __init__(self, lib, spec, batch, ctx, k, v):
+        self.lib, self.batch, self.ctx = lib, batch, ctx
+        self.err = ctypes.create_string_buffer(512)
+        pages_per_seq = ctx // PAGE
+        self.num_pages = batch * pages_per_seq
+        self.h = lib.tq_cache_create(KVH, D, self.num_pages, spec.encode(), self.err, 512)
+        if not self.h:
+            raise RuntimeError(self.err.value.decode())
+        # a shuffled page pool, as a paged cache sees it after some traffic
+        g = torch.Generator().manual_seed(1)
+        perm = torch.randperm(self.num_pages, generator=g).to(torch.int32)
+        self.block_tables = perm.view(batch, pages_per_seq).cuda()
+        tok = torch.arange(ctx, dtype=torch.int64)
+        slots = (perm.view(batch, pages_per_seq).to(torch.int64)[:, tok // PAGE] * PAGE + tok % PAGE).reshape(-1).cuda()
+        self.slots = slots
+        self.fill(k, v)
+        self.seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
+        self.ws = torch.empty(lib.tq_decode_workspace(self.h, batch, 1, QH, pages_per_seq, ctx, 0), dtype=torch.uint8, device="cuda")
+
+    def fill(self, k, v):  # k, v: [batch * ctx, KVH, D] bf16
+        step = 1 << 16
+        for s in range(0, k.shape[0], step):
+            e = min(s + step, k.shape[0])
+            check(self.lib.tq_quantize_store(self.h, k[s:e].data_ptr(), v[s:e].data_ptr(), DT["bf16"], self.slots[s:e].data_ptr(), e - s,
+                                             None, self.err, 512), self.err)
+
+    def bytes(self):
+        return self.lib.tq_cache_bytes(self.h)
+
+    def decode(self, q, out):
+        check(self.lib.tq_decode(self.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], self.block_tables.data_ptr(),
+                                 self.seq_lens.data_ptr(), self.batch, 1, QH, self.ctx // PAGE, self.ctx, 0, self.ws.data_ptr(),
+                                 None, self.err, 512), self.err)
+
+    def close(self):
+        self.lib.tq_cache_destroy(self.h)
+
+
+def torch_sdpa(q, kt, vt):
+    # q [B, QH, 1, D], kt/vt [B, KVH, L, D]
+    return F.scaled_dot_product_attention(q, kt, vt, enable_gqa=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lib", required=True)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--shapes", default=None, help="e.g. 16x32768,4x131072")
+    args = ap.parse_args()
+    lib = load(args.lib)
+    shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    torch.manual_seed(0)
+    dev = torch.cuda.get_device_properties(0)
+    print(f"# {dev.name}, {dev.multi_processor_count} SMs, torch {torch.__version__}", flush=True)
+    rows = []
+    for (B, L) in shapes:
+        k = torch.randn(B * L, KVH, D, dtype=torch.bfloat16, device="cuda")
+        v = torch.randn(B * L, KVH, D, dtype=torch.bfloat16, device="cuda")
+        k[:, :, 0] *= 8  # an outlier channel
+        q = torch.randn(B, 1, QH, D, dtype=torch.bfloat16, device="cuda") * 0.3
+        kt = k.view(B, L, KVH, D).transpose(1, 2).contiguous()
+        vt = v.view(B, L, KVH, D).transpose(1, 2).contiguous()
+        qt = q.view(B, QH, 1, D)
+        ref = torch_sdpa(qt, kt, vt)
+        t_torch = timed(lambda: torch_sdpa(qt, kt, vt))
+        bf16_bytes = 2 * B * L * KVH * D * 2
+        rows.append(dict(batch=B, context=L, kv="torch-sdpa-bf16", ms=t_torch, bytes=bf16_bytes, gbps=bf16_bytes / t_torch / 1e6))
+        print(f"B={B:3d} L={L:6d} torch-sdpa-bf16 {t_torch:8.4f} ms {bf16_bytes / t_torch / 1e6:7.0f} GB/s", flush=True)
+        for spec in SPECS:
+            cache = PagedCache(lib, spec, B, L, k, v)
+            out = torch.empty(B, 1, QH, D, dtype=torch.bfloat16, device="cuda")
+            cache.decode(q, out)
+            torch.cuda.synchronize()
+            rel = ((out.view(B, QH, 1, D).float() - ref.float()).norm() / ref.float().norm()).item()
+            t = timed(lambda: cache.decode(q, out))
+            nbytes = cache.bytes()
+            row = dict(batch=B, context=L, kv=spec, ms=t, bytes=nbytes, gbps=nbytes / t / 1e6, speedup_vs_torch=t_torch / t,
+                       rel_err_vs_torch=rel)
+            if spec == "k3v2":
+                # one decode step writes one new token per sequence
+                newk, newv = k[:B].clone(), v[:B].clone()
+                slots = cache.slots[:B].clone()
+                err = ctypes.create_string_buffer(512)
+                qs = lambda: check(lib.tq_quantize_store(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B, None,
+                                                         err, 512), err)
+                row["quantize_store_ms"] = timed(qs)
+                row["quantize_store_pct_of_decode"] = 100 * row["quantize_store_ms"] / t
+            rows.append(row)
+            print(f"B={B:3d} L={L:6d} {spec:15s} {t:8.4f} ms {nbytes / t / 1e6:7.0f} GB/s  x{t_torch / t:5.2f} vs torch  "
+                  f"rel err vs torch {rel:.2e}" + (f"  quantize_store {row['quantize_store_ms'] * 1e3:.1f} us "
+                                                   f"({row['quantize_store_pct_of_decode']:.1f}% of decode)" if spec == "k3v2" else ""),
+                  flush=True)
+            cache.close()
+        del k, v, kt, vt
+        torch.cuda.empty_cache()
+    # bulk quantize_store throughput
+    n = 1 << 18
+    k = torch.randn(n, KVH, D, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn(n, KVH, D, dtype=torch.bfloat16, device="cuda")
+    cache = PagedCache(lib, "k3v2", 1, n, k, v)
+    t = timed(lambda: cache.fill(k, v), iters=10, warmup=2)
+    print(f"quantize_store k3v2: {n} tokens x {KVH} heads in {t:.3f} ms = {n / t / 1e3:.1f} M tokens/s", flush=True)
+    rows.append(dict(kv="k3v2", quantize_store_bulk_tokens=n, ms=t, mtokens_per_s=n / t / 1e3))
+    cache.close()
+
+    print("\n| batch | context | kv | ms | GB/s | vs torch bf16 |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        if "batch" in r:
+            print(f"| {r['batch']} | {r['context']} | {r['kv']} | {r['ms']:.4f} | {r['gbps']:.0f} | "
+                  f"{r.get('speedup_vs_torch', 1.0):.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=dev.name, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

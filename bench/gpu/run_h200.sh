@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build, test (with compute-sanitizer), read the resource report and
+# SASS, benchmark; prints a short summary table last. Logs go to $OUT (or ./gpu-out).
+#   bash bench/gpu/run_h200.sh            (needs .devdeps/ with fmt headers and googletest sources
+#                                          when the machine lacks the Debian packages: see below)
+# .devdeps is made on the development machine: mkdir .devdeps && cp -r /usr/include/fmt
+# /usr/src/googletest .devdeps/   (and carried to the GPU machine with the work tree).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+export PATH=/usr/local/cuda/bin:$PATH
+deps=()
+[ -d .devdeps ] && deps=(-DTQ_DEPS_DIR="$PWD/.devdeps")
+start=$(date +%s)
+cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_CUDA_VERBOSE=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
+  >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
+ninja -C build/h200 test_cuda test_core tq_capi >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+note "build: $(( $(date +%s) - start )) s"
+grep -A2 "decode_kernel\|quantize_store_kernel" "$OUT/build.log" | grep -E "registers|spill" | sort | uniq -c | sort -rn | head -8 > "$OUT/ptxas_summary.txt"
+cat "$OUT/ptxas_summary.txt"
+obj=$(find build/h200 -name 'decode_attention.cu.o' | head -1)
+if command -v cuobjdump >/dev/null; then
+  cuobjdump -sass "$obj" > "$OUT/decode_attention.sass" 2>&1
+  fn=$(grep -o 'Function : [^ ]*decode_kernelILi128ELNS1_4KindE0ELi3ELi2E[^ ]*' "$OUT/decode_attention.sass" | head -1 | cut -d' ' -f3)
+  awk -v f="$fn" '$0 ~ "Function : "f {on=1} on && /Function : / && $0 !~ f {on=0} on' "$OUT/decode_attention.sass" > "$OUT/k3v2_d128.sass"
+  note "SASS k3v2 d128: $(grep -c HMMA "$OUT/k3v2_d128.sass") HMMA, $(grep -c PRMT "$OUT/k3v2_d128.sass") PRMT, $(grep -cE 'LDG' "$OUT/k3v2_d128.sass") LDG, $(grep -cE 'LDL|STL' "$OUT/k3v2_d128.sass") LDL/STL"
+fi
+
+./build/h200/tests/core/test_core --gtest_brief=1 >"$OUT/test_core.log" 2>&1
+note "test_core: $(grep -E '^\[  PASSED|FAILED TEST' "$OUT/test_core.log" | head -3 | tr '\n' ' ')"
+./build/h200/tests/cuda/test_cuda --gtest_output=xml:"$OUT/test_cuda.xml" >"$OUT/test_cuda.log" 2>&1
+note "test_cuda: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/test_cuda.log" | tr '\n' ' ')"
+grep -E "^\[  FAILED" "$OUT/test_cuda.log" | head -20
+grep -B3 -A8 "Failure" "$OUT/test_cuda.log" | head -60
+grep -o 'worst_rel_err="[^"]*"' "$OUT/test_cuda.xml" | sort -t'"' -k2 -g | tail -3 | tr '\n' ' ' | sed 's/^/worst errors: /'; echo
+
+small='All/Decode.*t4_L9_97_1000*:All/Decode.*page_7*:All/Decode.*k4v2_nc*:DecodeGraph.*:All/QuantizeStore.*k3v2_d128:All/QuantizeStore.*fp8*:QuantizeStoreErrors.*'
+if command -v compute-sanitizer >/dev/null; then
+  for tool in memcheck racecheck; do
+    timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 ./build/h200/tests/cuda/test_cuda --gtest_filter="$small" \
+      >"$OUT/sanitizer_$tool.log" 2>&1
+    rc=$?
+    note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
+  done
+fi
+
+python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^|'
+echo
+echo "================ summary ================"
+printf '%s\n' "${summary[@]}"
+grep '^|' "$OUT/bench.log"
+grep 'quantize_store k3v2' "$OUT/bench.log"

@@ -1,0 +1,80 @@
+// C++ API of the CUDA kernels: raw device pointers and plain params structs, no framework types.
+// Build with TQ_CUDA; every launch is asynchronous on the given stream, allocates nothing and never
+// synchronizes with the host, so it can be captured in a CUDA graph.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tq/format.h"
+
+struct CUstream_st;
+
+namespace tq::cuda {
+
+using Stream = CUstream_st*;  // cudaStream_t
+
+enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBf16 = 2 };
+
+// The per-layer tables a TurboQuant-encoded tensor needs on the device (see DeviceCodecs).
+struct CodecTables {
+  const float* centroids = nullptr;   // [2^bits]
+  const float* boundaries = nullptr;  // [2^bits - 1]
+  const float* signs = nullptr;       // [kv_heads][pd] +-1, Hadamard rotation (else null)
+  const float* matrix = nullptr;      // [kv_heads][pd][pd] row-major R, dense rotation (else null)
+  uint32_t bits = 0;
+  bool norm_correction = false;
+};
+
+// One layer of a paged cache in device memory, in the format of docs/format.md.
+struct CacheView {
+  uint8_t* data = nullptr;  // [num_pages][kv_heads][layout.bytes]
+  uint32_t num_pages = 0, kv_heads = 0, head_dim = 0, page_size = 0;
+  TensorCode k, v;
+  BlockLayout layout;
+  float k_scale = 1, v_scale = 1;  // fp8 per-tensor scales
+  CodecTables kt, vt;              // TurboQuant tensors only
+  float fwht_scale = 0;            // float(1 / sqrt(padded_dim)), the normalization of the FWHT
+};
+
+// quantize_store: new K and V rows -> rotated, quantized, packed into their slots.
+struct QuantizeStoreParams {
+  CacheView cache;
+  const void* k = nullptr;             // [num_tokens][kv_heads][head_dim]
+  const void* v = nullptr;             // [num_tokens][kv_heads][head_dim]
+  DType dtype = DType::kF16;           // of k and v: fp16 or bf16 (fp32 for tests)
+  const int64_t* slot_mapping = nullptr;  // [num_tokens], slot = page * page_size + offset; -1 = skip
+  uint32_t num_tokens = 0;
+  int32_t* error_flag = nullptr;       // optional [1]: set to 1 if a row had NaN/Inf or a norm beyond fp16
+};
+void quantize_store(const QuantizeStoreParams& p, Stream stream);
+
+// decode_attention: queries of num_seqs sequences against their pages. Sequence s has seq_lens[s]
+// tokens; its num_q_tokens queries (1..8) are its last tokens, causal among themselves. Query head
+// h reads KV head h / (q_heads / kv_heads).
+struct DecodeParams {
+  CacheView cache;
+  const void* q = nullptr;       // [num_seqs][num_q_tokens][q_heads][head_dim]
+  DType q_dtype = DType::kF16;
+  void* out = nullptr;           // [num_seqs][num_q_tokens][q_heads][head_dim]
+  DType out_dtype = DType::kF16;
+  const int32_t* block_tables = nullptr;  // [num_seqs][max_pages]
+  const int32_t* seq_lens = nullptr;      // [num_seqs]
+  uint32_t num_seqs = 0, num_q_tokens = 1, q_heads = 0, max_pages = 0;
+  uint32_t max_seq_len = 0;  // an upper bound of seq_lens, known on the host: sets the split count
+  float scale = 0;           // softmax scale; 0: 1/sqrt(head_dim)
+  uint32_t num_splits = 0;   // 0: chosen from the shape to fill the GPU
+  void* workspace = nullptr; // decode_workspace_bytes(...) bytes
+};
+// Splits the launch will use, and the workspace it needs (computed on the host, no device calls
+// except a cached device-property query on first use).
+uint32_t decode_num_splits(const DecodeParams& p);
+size_t decode_workspace_bytes(const DecodeParams& p);
+void decode_attention(const DecodeParams& p, Stream stream);
+
+// Throws tq::Error naming the problem when a params struct is inconsistent (shapes, encodings this
+// build has no kernel for, missing pointers). Called by the launchers before any launch.
+void validate(const DecodeParams& p);
+void validate(const QuantizeStoreParams& p);
+
+}  // namespace tq::cuda

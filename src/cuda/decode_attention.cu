@@ -1,0 +1,517 @@
+// Paged decode attention over the packed cache, on tensor cores.
+//
+// One thread block of 4 warps handles (sequence, KV head, m-tile, split): up to 8 query rows (the
+// GQA group times the query tokens) against a range of the sequence's tokens, so every query head
+// that shares a KV head reads each packed page once. Each warp takes 16-token tiles in turn:
+//   S = Q K^T   m16n8k16 MMAs; A = the 8 query rows (rows 0-7: fp16 high parts, rows 8-15: the
+//               low parts, so Q keeps ~22 bits: free, the tile has 16 rows and GQA fills <= 8);
+//               B = K codes turned into fp16 by byte-permute lookups (device_common.cuh).
+//   online softmax in the log2 domain, P scaled by the value norms, split high/low the same way;
+//   O += P V    B = V codes, decoded and paired across tokens with one PRMT per register.
+// The k index of S = Q K^T may map to the stored coordinates in any order as long as Q uses the
+// same map; thread t of a quad owns coordinates [t D/4, (t+1) D/4) of a key, which is one group of
+// 32 codes at D = 128 (its `bits` words). Likewise output column n of n-tile nt is coordinate
+// (n D/8 + nt), so thread g decodes D/8 consecutive coordinates of each value.
+// Warps merge in shared memory; splits merge in merge_kernel, which also un-rotates the output once.
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "device_common.cuh"
+#include "launch_common.h"
+#include "tq/common.h"
+#include "tq/cuda/kernels.h"
+
+namespace tq::cuda {
+namespace {
+
+constexpr int kWarps = 4, kThreads = 32 * kWarps, kRows = 8, kTile = 16;
+constexpr float kLog2e = 1.4426950408889634f;
+
+enum class Kind { kTq, kF16, kBf16, kFp8 };
+
+// Shared memory of one block.
+template <int D>
+struct Smem {
+  float q[kRows][D];  // query rows, rotated and scaled
+  __half lut_k[256], lut_v[256];
+  float m[kWarps][kRows], l[kWarps][kRows];
+  float o[kWarps][kRows][D];
+};
+
+// Where token T of a sequence lives: the start of its (page, kv head) block and its row.
+struct TokenAddr {
+  const uint8_t* block;
+  uint32_t row;
+};
+__device__ __forceinline__ TokenAddr token_addr(const DecodeParams& p, const int32_t* bt, int T, int kvh) {
+  const int ps = int(p.cache.page_size);
+  const int page = bt[T / ps];
+  return {p.cache.data + (size_t(page) * p.cache.kv_heads + kvh) * p.cache.layout.bytes, uint32_t(T % ps)};
+}
+
+__device__ __forceinline__ float norm_at(const TokenAddr& a, uint32_t section) {
+  return __half2float(reinterpret_cast<const __half*>(a.block + section)[a.row]);
+}
+
+// Four half2 (8 consecutive coordinates) of octet og of a group of packed codes w (its B words).
+template <int B>
+__device__ __forceinline__ void decode_octet(const uint32_t (&w)[B], int og, const dev::Lut8& lut, const __half* lut_s,
+                                             uint32_t (&h)[4]) {
+  if constexpr (B <= 3) {
+    dev::lookup8(dev::octet_selector<B>(w, og), lut, h);
+  } else {
+    uint32_t c[8];
+    dev::octet_codes<B>(w, og, c);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = dev::pack_half2(lut_s[c[2 * i]], lut_s[c[2 * i + 1]]);
+  }
+}
+
+template <int D, Kind KIND, int KB, int VB>
+__global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles,
+                                                           float* __restrict__ ws_o, float2* __restrict__ ws_ml) {
+  constexpr bool kBf = KIND == Kind::kBf16;
+  using Op = dev::Operand<kBf>;
+  __shared__ Smem<D> sm;
+
+  const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int group = int(p.q_heads / p.cache.kv_heads), rows_total = group * int(p.num_q_tokens);
+  const int len = p.seq_lens[seq];
+  const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len);
+  const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
+  const CacheView& c = p.cache;
+  const BlockLayout& L = c.layout;
+  const float inv_sqrt_pd = rsqrtf(float(D));
+
+  // ---- query rows: load, rotate (TurboQuant keys), scale ----
+  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
+    const int r = i / D, col = i % D, row = mt * kRows + r;
+    float v = 0.0f;
+    if (row < rows_total && col < int(c.head_dim)) {
+      const int j = row / group, h = kvh * group + row % group;
+      const size_t at = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * c.head_dim + col;
+      v = p.q_dtype == DType::kF32   ? static_cast<const float*>(p.q)[at]
+          : p.q_dtype == DType::kF16 ? __half2float(static_cast<const __half*>(p.q)[at])
+                                     : __bfloat162float(static_cast<const __nv_bfloat16*>(p.q)[at]);
+    }
+    if constexpr (KIND == Kind::kTq)
+      if (c.kt.signs) v *= c.kt.signs[size_t(kvh) * D + col];
+    sm.q[r][col] = v;
+  }
+  if constexpr (KIND == Kind::kTq) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) {
+      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
+      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
+    }
+  }
+  __syncthreads();
+  const float qscale = (p.scale > 0 ? p.scale : rsqrtf(float(c.head_dim))) * kLog2e * (KIND == Kind::kFp8 ? c.k_scale : 1.0f);
+  if constexpr (KIND == Kind::kTq) {
+    if (c.kt.signs) {  // in-place FWHT over each row, then its normalization
+      for (int h = 1; h < D; h *= 2) {
+        for (int i = threadIdx.x; i < kRows * D / 2; i += kThreads) {
+          const int r = i / (D / 2), k = i % (D / 2), lo = (k / h) * 2 * h + k % h;
+          const float a = sm.q[r][lo], b = sm.q[r][lo + h];
+          sm.q[r][lo] = a + b;
+          sm.q[r][lo + h] = a - b;
+        }
+        __syncthreads();
+      }
+      for (int i = threadIdx.x; i < kRows * D; i += kThreads) sm.q[i / D][i % D] *= c.fwht_scale * qscale;
+    } else {  // dense: q_rot = R q, rows of R in global memory
+      float acc[kRows * D / kThreads];
+      const float* R = c.kt.matrix + size_t(kvh) * D * D;
+#pragma unroll
+      for (int n = 0; n < kRows * D / kThreads; ++n) {
+        const int i = threadIdx.x + n * kThreads, r = i / D, row = i % D;
+        float s = 0.0f;
+        for (int k = 0; k < D; ++k) s = fmaf(R[size_t(row) * D + k], sm.q[r][k], s);
+        acc[n] = s;
+      }
+      __syncthreads();
+#pragma unroll
+      for (int n = 0; n < kRows * D / kThreads; ++n) {
+        const int i = threadIdx.x + n * kThreads;
+        sm.q[i / D][i % D] = acc[n] * qscale;
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < kRows * D; i += kThreads) sm.q[i / D][i % D] *= qscale;
+  }
+  __syncthreads();
+
+  // A fragments of Q: k-tile kt covers coordinates t*D/4 + 4kt + {0,1} (k = 2t, 2t+1) and {2,3}.
+  constexpr int KT = D / 16;
+  uint32_t qa[KT][4];
+#pragma unroll
+  for (int kt = 0; kt < KT; ++kt) {
+    const int c0 = t * (D / 4) + 4 * kt;
+    float hi[4], lo[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float x = sm.q[g][c0 + e];
+      hi[e] = Op::round(x);
+      lo[e] = x - hi[e];
+    }
+    qa[kt][0] = Op::pack(hi[0], hi[1]);
+    qa[kt][1] = Op::pack(lo[0], lo[1]);
+    qa[kt][2] = Op::pack(hi[2], hi[3]);
+    qa[kt][3] = Op::pack(lo[2], lo[3]);
+  }
+  dev::Lut8 lut_k{}, lut_v{};
+  if constexpr (KIND == Kind::kTq) {
+    lut_k = dev::make_lut8(sm.lut_k);
+    lut_v = dev::make_lut8(sm.lut_v);
+  }
+
+  // Causal limit of this thread's row g: query token j sees positions < len - ntok + j + 1.
+  const int my_row = mt * kRows + g;
+  const int visible = my_row < rows_total ? len - int(p.num_q_tokens) + my_row / group + 1 : len;
+
+  constexpr int NT = D / 8;  // output n-tiles
+  float o[NT][4];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+  float m_run = -INFINITY, l_run = 0.0f;
+
+  for (int T0 = begin + kTile * warp; T0 < end; T0 += kTile * kWarps) {
+    // ---- scores for tokens T0 + [0, 16) ----
+    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+    for (int nn = 0; nn < 2; ++nn) {
+      const TokenAddr a = token_addr(p, bt, min(T0 + g + 8 * nn, len - 1), kvh);
+      const uint8_t* row = a.block + L.k_codes + size_t(a.row) * L.k_row;
+      if constexpr (KIND == Kind::kTq) {
+        // Thread t's octets t*D/32 + j: groups t*D/128 + j/4 (D >= 128) or t/2 (D = 64, where
+        // the octet within the group, 2(t%2) + j, is known only at run time).
+        constexpr int kGroups = D >= 128 ? D / 128 : 1, kOct = D / 32;
+        const int g0 = t * D / 128;
+        uint32_t w[kGroups][KB];
+#pragma unroll
+        for (int gi = 0; gi < kGroups; ++gi)
+#pragma unroll
+          for (int i = 0; i < KB; ++i) w[gi][i] = reinterpret_cast<const uint32_t*>(row)[(g0 + gi) * KB + i];
+#pragma unroll
+        for (int j = 0; j < kOct; ++j) {
+          uint32_t h[4];
+          decode_octet<KB>(w[j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4, lut_k, sm.lut_k, h);
+          Op::mma(s[nn], qa[2 * j], h[0], h[1]);
+          Op::mma(s[nn], qa[2 * j + 1], h[2], h[3]);
+        }
+      } else if constexpr (KIND == Kind::kFp8) {
+        const uint32_t* src = reinterpret_cast<const uint32_t*>(row + t * (D / 4));
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt) {
+          const uint32_t x = src[kt];
+          Op::mma(s[nn], qa[kt], dev::e4m3x2_to_half2(uint16_t(x)), dev::e4m3x2_to_half2(uint16_t(x >> 16)));
+        }
+      } else {
+        const uint4* src = reinterpret_cast<const uint4*>(row + t * (D / 2));
+#pragma unroll
+        for (int i = 0; i < KT / 2; ++i) {
+          const uint4 x = src[i];
+          Op::mma(s[nn], qa[2 * i], x.x, x.y);
+          Op::mma(s[nn], qa[2 * i + 1], x.z, x.w);
+        }
+      }
+    }
+    // Row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9 (high + low halves of the query).
+    const int tok[4] = {T0 + 2 * t, T0 + 2 * t + 1, T0 + 2 * t + 8, T0 + 2 * t + 9};
+    TokenAddr va[4];
+    float x[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      va[e] = token_addr(p, bt, min(tok[e], len - 1), kvh);
+      x[e] = s[e / 2][e % 2] + s[e / 2][e % 2 + 2];
+      if constexpr (KIND == Kind::kTq) x[e] *= norm_at(va[e], L.k_norms) * inv_sqrt_pd;
+      if (tok[e] >= end || tok[e] >= visible) x[e] = -INFINITY;
+    }
+    float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_run, mx);
+    // A row with nothing visible yet keeps m = -inf; exponents then use 0 so that p = 0, not NaN.
+    // (No early exit: the MMAs below need the whole warp.)
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = exp2f(m_run - m_use);
+    m_run = m_new;
+    float pv[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float pe = exp2f(x[e] - m_use);
+      l_run = (e == 0 ? l_run * alpha : l_run) + pe;
+      pv[e] = pe;
+      if constexpr (KIND == Kind::kTq) pv[e] *= norm_at(va[e], L.v_norms) * inv_sqrt_pd;
+      if constexpr (KIND == Kind::kFp8) pv[e] *= c.v_scale;
+    }
+    if (__any_sync(0xffffffffu, alpha != 1.0f)) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        o[nt][0] *= alpha;
+        o[nt][1] *= alpha;
+        o[nt][2] *= alpha;
+        o[nt][3] *= alpha;
+      }
+    }
+    uint32_t pa[4];
+    {
+      const float h0 = Op::round(pv[0]), h1 = Op::round(pv[1]), h2 = Op::round(pv[2]), h3 = Op::round(pv[3]);
+      pa[0] = Op::pack(h0, h1);
+      pa[1] = Op::pack(pv[0] - h0, pv[1] - h1);
+      pa[2] = Op::pack(h2, h3);
+      pa[3] = Op::pack(pv[2] - h2, pv[3] - h3);
+    }
+    // ---- values: thread g decodes coordinates [g D/8, (g+1) D/8) of its four tokens ----
+    constexpr int kPairs = D / 16;  // half2 per token
+    uint32_t hv[4][kPairs];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const uint8_t* row = va[e].block + L.v_codes + size_t(va[e].row) * L.v_row;
+      if constexpr (KIND == Kind::kTq) {
+        const int gv = g * D / 256;  // the group holding this thread's coordinates
+        uint32_t w[VB];
+#pragma unroll
+        for (int i = 0; i < VB; ++i) w[i] = reinterpret_cast<const uint32_t*>(row)[gv * VB + i];
+#pragma unroll
+        for (int j = 0; j < D / 64; ++j) {
+          uint32_t h[4];
+          decode_octet<VB>(w, (g * D / 64 + j) % 4, lut_v, sm.lut_v, h);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) hv[e][4 * j + i] = h[i];
+        }
+      } else if constexpr (KIND == Kind::kFp8) {
+        const uint16_t* src = reinterpret_cast<const uint16_t*>(row + g * (D / 8));
+#pragma unroll
+        for (int i = 0; i < kPairs; ++i) hv[e][i] = dev::e4m3x2_to_half2(src[i]);
+      } else {
+        const uint4* src = reinterpret_cast<const uint4*>(row + g * (D / 4));
+#pragma unroll
+        for (int i = 0; i < kPairs / 4; ++i) {
+          const uint4 v = src[i];
+          hv[e][4 * i] = v.x;
+          hv[e][4 * i + 1] = v.y;
+          hv[e][4 * i + 2] = v.z;
+          hv[e][4 * i + 3] = v.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const uint32_t sel = nt % 2 ? 0x7632u : 0x5410u;  // the high or low element of each pair
+      const uint32_t b0 = __byte_perm(hv[0][nt / 2], hv[1][nt / 2], sel);
+      const uint32_t b1 = __byte_perm(hv[2][nt / 2], hv[3][nt / 2], sel);
+      Op::mma(o[nt], pa, b0, b1);
+    }
+  }
+
+  // ---- merge the warps: row g holds o[nt][0..1] + o[nt][2..3] at coordinates (2t + e) D/8 + nt ----
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  if (t == 0) {
+    sm.m[warp][g] = m_run;
+    sm.l[warp][g] = l_run;
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    sm.o[warp][g][(2 * t) * (D / 8) + nt] = o[nt][0] + o[nt][2];
+    sm.o[warp][g][(2 * t + 1) * (D / 8) + nt] = o[nt][1] + o[nt][3];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
+    const int r = i / D, col = i % D, row = mt * kRows + r;
+    if (row >= rows_total) continue;
+    float M = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm.m[w][r]);
+    float acc = 0.0f, lsum = 0.0f;
+    if (M != -INFINITY)
+      for (int w = 0; w < kWarps; ++w) {
+        if (sm.m[w][r] == -INFINITY) continue;
+        const float f = exp2f(sm.m[w][r] - M);
+        acc += sm.o[w][r][col] * f;
+        lsum += sm.l[w][r] * f;
+      }
+    const int j = row / group, h = kvh * group + row % group;
+    const size_t slot = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * gridDim.x + split;
+    ws_o[slot * D + col] = acc;
+    if (col == 0) ws_ml[slot] = make_float2(M, lsum);
+  }
+}
+
+// Combines the splits of one (sequence, query token, query head), un-rotates, writes the output.
+template <int D, bool TQ>
+__global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, int splits, const float* __restrict__ ws_o,
+                                                          const float2* __restrict__ ws_ml) {
+  __shared__ float o[D];
+  const size_t r = blockIdx.x;  // (seq * ntok + j) * q_heads + h
+  const int h = int(r % p.q_heads), kvh = h / int(p.q_heads / p.cache.kv_heads);
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, ws_ml[r * splits + s].x);
+  float Lsum = 0.0f;
+  for (int s = 0; s < splits; ++s) {
+    const float2 ml = ws_ml[r * splits + s];
+    if (ml.x != -INFINITY) Lsum += ml.y * exp2f(ml.x - M);
+  }
+  const float inv = Lsum > 0 ? 1.0f / Lsum : 0.0f;
+  for (int col = threadIdx.x; col < D; col += kThreads) {
+    float acc = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      const float2 ml = ws_ml[r * splits + s];
+      if (ml.x != -INFINITY) acc += ws_o[(r * splits + s) * D + col] * exp2f(ml.x - M);
+    }
+    o[col] = acc * inv;
+  }
+  __syncthreads();
+  const CacheView& c = p.cache;
+  if constexpr (TQ) {
+    if (c.vt.signs) {  // x = D_signs H o / sqrt(D)
+      for (int hh = 1; hh < D; hh *= 2) {
+        for (int k = threadIdx.x; k < D / 2; k += kThreads) {
+          const int lo = (k / hh) * 2 * hh + k % hh;
+          const float a = o[lo], b = o[lo + hh];
+          o[lo] = a + b;
+          o[lo + hh] = a - b;
+        }
+        __syncthreads();
+      }
+      for (int col = threadIdx.x; col < D; col += kThreads) o[col] *= c.fwht_scale * c.vt.signs[size_t(kvh) * D + col];
+      __syncthreads();
+    } else {  // x = R^T o
+      const float* R = c.vt.matrix + size_t(kvh) * D * D;
+      float acc[D / kThreads > 0 ? D / kThreads : 1];
+      for (int n = 0; n * kThreads < D; ++n) {
+        const int col = threadIdx.x + n * kThreads;
+        float s = 0.0f;
+        if (col < D)
+          for (int i = 0; i < D; ++i) s = fmaf(R[size_t(i) * D + col], o[i], s);
+        acc[n] = s;
+      }
+      __syncthreads();
+      for (int n = 0; n * kThreads < D; ++n) {
+        const int col = threadIdx.x + n * kThreads;
+        if (col < D) o[col] = acc[n];
+      }
+      __syncthreads();
+    }
+  }
+  for (int col = threadIdx.x; col < int(c.head_dim); col += kThreads) {
+    const size_t at = r * c.head_dim + col;
+    if (p.out_dtype == DType::kF32) {
+      static_cast<float*>(p.out)[at] = o[col];
+    } else if (p.out_dtype == DType::kF16) {
+      static_cast<__half*>(p.out)[at] = __float2half_rn(o[col]);
+    } else {
+      static_cast<__nv_bfloat16*>(p.out)[at] = __float2bfloat16_rn(o[col]);
+    }
+  }
+}
+
+struct Plan {
+  int D, splits, tokens_per_split, mtiles;
+  size_t ws_o_bytes, ws_ml_bytes;
+};
+
+Plan make_plan(const DecodeParams& p) {
+  Plan pl{};
+  const bool tq = is_tq(p.cache.k.enc);
+  pl.D = int(tq ? padded_dim(p.cache.head_dim) : p.cache.head_dim);
+  const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
+  pl.mtiles = (rows + kRows - 1) / kRows;
+  const int tiles = std::max(1, int((p.max_seq_len + kTile - 1) / kTile));
+  int splits = int(p.num_splits);
+  if (splits == 0) {
+    // Enough blocks for ~2 waves over the SMs, but keep >= 4 tiles (one per warp) per split.
+    const int blocks = int(p.num_seqs * p.cache.kv_heads) * pl.mtiles;
+    const int want = (2 * device_sm_count() + blocks - 1) / blocks;
+    splits = std::clamp(want, 1, std::max(1, tiles / kWarps));
+  }
+  splits = std::clamp(splits, 1, tiles);
+  const int tiles_per_split = (tiles + splits - 1) / splits;
+  pl.tokens_per_split = tiles_per_split * kTile;
+  pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
+  const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * pl.splits;
+  pl.ws_o_bytes = slots * pl.D * sizeof(float);
+  pl.ws_ml_bytes = slots * sizeof(float2);
+  return pl;
+}
+
+template <int D, Kind KIND, int KB, int VB>
+void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
+  float* ws_o = static_cast<float*>(p.workspace);
+  float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
+  const dim3 grid(pl.splits, p.cache.kv_heads * pl.mtiles, p.num_seqs);
+  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, 0, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml);
+  merge_kernel<D, KIND == Kind::kTq><<<p.num_seqs * p.num_q_tokens * p.q_heads, kThreads, 0, stream>>>(p, pl.splits, ws_o, ws_ml);
+}
+
+template <int D>
+void dispatch_dim(const DecodeParams& p, const Plan& pl, Stream s) {
+  const TensorCode k = p.cache.k, v = p.cache.v;
+  switch (k.enc) {
+    case Encoding::kFp16: return launch<D, Kind::kF16, 0, 0>(p, pl, s);
+    case Encoding::kBf16: return launch<D, Kind::kBf16, 0, 0>(p, pl, s);
+    case Encoding::kFp8E4M3: return launch<D, Kind::kFp8, 0, 0>(p, pl, s);
+    default: break;
+  }
+  // TurboQuant widths with kernels in this build: K and V each 2, 3 or 4 bits.
+  const auto with_v = [&](auto kb) {
+    switch (v.bits) {
+      case 2: return launch<D, Kind::kTq, decltype(kb)::value, 2>(p, pl, s);
+      case 3: return launch<D, Kind::kTq, decltype(kb)::value, 3>(p, pl, s);
+      case 4: return launch<D, Kind::kTq, decltype(kb)::value, 4>(p, pl, s);
+    }
+  };
+  switch (k.bits) {
+    case 2: return with_v(std::integral_constant<int, 2>{});
+    case 3: return with_v(std::integral_constant<int, 3>{});
+    case 4: return with_v(std::integral_constant<int, 4>{});
+  }
+}
+
+}  // namespace
+
+void validate(const DecodeParams& p) {
+  validate_cache(p.cache);
+  const CacheView& c = p.cache;
+  TQ_CHECK(c.k.enc != Encoding::kTqProd, "decode_attention: prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)");
+  TQ_CHECK(c.k.enc != Encoding::kFp32 && c.v.enc != Encoding::kFp32, "decode_attention: fp32 caches have no GPU kernel (use fp16/bf16)");
+  TQ_CHECK(is_tq(c.k.enc) == is_tq(c.v.enc) && (is_tq(c.k.enc) || c.k.enc == c.v.enc),
+           "decode_attention: K and V must both be TurboQuant or the same float encoding");
+  if (is_tq(c.k.enc))
+    TQ_CHECK(c.k.bits >= 2 && c.k.bits <= 4 && c.v.bits >= 2 && c.v.bits <= 4,
+             "decode_attention: this build has kernels for K and V widths 2..4 bits, got k{}v{}", c.k.bits, c.v.bits);
+  const uint32_t D = is_tq(c.k.enc) ? padded_dim(c.head_dim) : c.head_dim;
+  TQ_CHECK(D == 64 || D == 128 || D == 256, "decode_attention: head dim {} (padded {}) has no kernel; supported: 64, 128, 256",
+           c.head_dim, D);
+  TQ_CHECK(p.q && p.out && p.block_tables && p.seq_lens, "decode_attention: q, out, block_tables and seq_lens must be set");
+  TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "decode_attention: num_seqs must be 1..65535, got {}", p.num_seqs);
+  TQ_CHECK(p.num_q_tokens >= 1 && p.num_q_tokens <= 8, "decode_attention: 1..8 query tokens per sequence, got {}", p.num_q_tokens);
+  TQ_CHECK(p.q_heads >= c.kv_heads && p.q_heads % c.kv_heads == 0, "decode_attention: {} query heads is not a multiple of {} KV heads",
+           p.q_heads, c.kv_heads);
+  TQ_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_pages * c.page_size,
+           "decode_attention: max_seq_len {} must be 1..max_pages*page_size = {}", p.max_seq_len, p.max_pages * c.page_size);
+  TQ_CHECK(p.workspace, "decode_attention: workspace is null (size it with decode_workspace_bytes)");
+}
+
+uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p).splits); }
+
+size_t decode_workspace_bytes(const DecodeParams& p) {
+  const Plan pl = make_plan(p);
+  return pl.ws_o_bytes + pl.ws_ml_bytes;
+}
+
+void decode_attention(const DecodeParams& p, Stream stream) {
+  validate(p);
+  const Plan pl = make_plan(p);
+  switch (pl.D) {
+    case 64: dispatch_dim<64>(p, pl, stream); break;
+    case 128: dispatch_dim<128>(p, pl, stream); break;
+    case 256: dispatch_dim<256>(p, pl, stream); break;
+  }
+  check_launch("decode_attention");
+}
+
+}  // namespace tq::cuda

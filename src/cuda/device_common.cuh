@@ -1,0 +1,145 @@
+// Device helpers shared by the kernels: tensor-core MMA wrappers, byte-permute (PRMT) codebook
+// lookups on the packed format of docs/format.md, and small conversions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+
+#include <cstdint>
+
+#include "tq/format.h"
+
+namespace tq::cuda::dev {
+
+// D = A B + D, m16n8k16, fp32 accumulate. Fragment ownership for lane = 4g + t:
+//   a[0]: A[g][2t..2t+1]  a[1]: A[g+8][2t..2t+1]  a[2]: A[g][2t+8..2t+9]  a[3]: A[g+8][2t+8..2t+9]
+//   b[0]: B[2t..2t+1][g]  b[1]: B[2t+8..2t+9][g]
+//   d[0..1]: D[g][2t..2t+1]  d[2..3]: D[g+8][2t..2t+1]
+__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Operand element type of the MMAs: fp16, or bf16 for bf16 caches.
+template <bool BF16>
+struct Operand;
+template <>
+struct Operand<false> {
+  __device__ static uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+  __device__ static float round(float x) { return __half2float(__float2half_rn(x)); }
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { mma_f16(d, a, b0, b1); }
+};
+template <>
+struct Operand<true> {
+  __device__ static uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+  __device__ static float round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { mma_bf16(d, a, b0, b1); }
+};
+
+// An 8-entry fp16 table held in four registers for PRMT lookups: the low bytes of the eight
+// values in lo[0..1], the high bytes in hi[0..1].
+struct Lut8 {
+  uint32_t lo0, lo1, hi0, hi1;
+};
+__device__ __forceinline__ Lut8 make_lut8(const __half* table) {  // table: [8] (unused entries 0)
+  uint32_t b[16];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const uint16_t u = __half_as_ushort(table[j]);
+    b[j] = u & 0xffu;
+    b[8 + j] = u >> 8;
+  }
+  Lut8 l;
+  l.lo0 = b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24;
+  l.lo1 = b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24;
+  l.hi0 = b[8] | b[9] << 8 | b[10] << 16 | b[11] << 24;
+  l.hi1 = b[12] | b[13] << 8 | b[14] << 16 | b[15] << 24;
+  return l;
+}
+
+// Eight codes < 8, one per nibble of `sel`, to four half2 (coordinates 0-1, 2-3, 4-5, 6-7):
+// 2 PRMTs look up the low and high bytes of four codes, 2 more interleave them into half2.
+__device__ __forceinline__ void lookup8(uint32_t sel, const Lut8& l, uint32_t (&h)[4]) {
+  const uint32_t sel_hi = sel >> 16;
+  const uint32_t lo_a = __byte_perm(l.lo0, l.lo1, sel), hi_a = __byte_perm(l.hi0, l.hi1, sel);
+  const uint32_t lo_b = __byte_perm(l.lo0, l.lo1, sel_hi), hi_b = __byte_perm(l.hi0, l.hi1, sel_hi);
+  h[0] = __byte_perm(lo_a, hi_a, 0x5140);
+  h[1] = __byte_perm(lo_a, hi_a, 0x7362);
+  h[2] = __byte_perm(lo_b, hi_b, 0x5140);
+  h[3] = __byte_perm(lo_b, hi_b, 0x7362);
+}
+
+// w[i] for a run-time i < N without indexing a register array at run time (which would move the
+// array to local memory): a chain of selects.
+template <int N>
+__device__ __forceinline__ uint32_t pick(const uint32_t (&w)[N], int i) {
+  uint32_t r = w[0];
+#pragma unroll
+  for (int k = 1; k < N; ++k) r = i == k ? w[k] : r;
+  return r;
+}
+
+// Octet `og` (0..3, may be a run-time value) of a group of 32 b-bit codes (b <= 3) as 8 nibbles:
+// the format's one shift and one AND per plane (docs/format.md, "Why this layout").
+template <int B>
+__device__ __forceinline__ uint32_t octet_selector(const uint32_t (&w)[B], int og) {
+  static_assert(B >= 1 && B <= 3, "PRMT lookups need codes < 8");
+  if constexpr (B == 1) {
+    return (w[0] >> og) & 0x11111111u;
+  } else if constexpr (B == 2) {
+    return (pick(w, og >> 1) >> (2 * (og & 1))) & 0x33333333u;
+  } else {
+    const uint32_t w01[2] = {w[0], w[1]};
+    return ((pick(w01, og >> 1) >> (2 * (og & 1))) & 0x33333333u) | (((w[2] >> og) & 0x11111111u) << 2);
+  }
+}
+
+// Any width 1..8: the 8 codes of octet og, for the generic (table-in-shared-memory) path.
+template <int B>
+__device__ __forceinline__ void octet_codes(const uint32_t (&w)[B], int og, uint32_t (&c)[8]) {
+#pragma unroll
+  for (int k = 0; k < 8; ++k) c[k] = 0;
+  if constexpr (B == 8) {
+    const uint32_t lo = pick(w, 2 * og), hi = pick(w, 2 * og + 1);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) c[k] = ((k < 4 ? lo : hi) >> (8 * (k % 4))) & 0xffu;
+  } else {
+    int word0 = 0, shift = 0;
+#pragma unroll
+    for (int wd = 4; wd >= 1; wd >>= 1) {
+      if (!(B & wd)) continue;
+      const uint32_t word = pick(w, word0 + og * wd / 4), o = og % (4 / wd), mask = (1u << wd) - 1u;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) c[k] |= ((word >> (4 * k + wd * o)) & mask) << shift;
+      word0 += wd;
+      shift += wd;
+    }
+  }
+}
+
+__device__ __forceinline__ uint32_t pack_half2(__half a, __half b) {
+  return uint32_t(__half_as_ushort(a)) | uint32_t(__half_as_ushort(b)) << 16;
+}
+
+// Two e4m3 bytes (low half of x) to a half2 (exact: every e4m3 value is an fp16 value).
+__device__ __forceinline__ uint32_t e4m3x2_to_half2(uint16_t x) {
+  __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(x), __NV_E4M3);
+  return uint32_t(r.x) | uint32_t(r.y) << 16;
+}
+
+}  // namespace tq::cuda::dev

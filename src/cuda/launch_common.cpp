@@ -1,0 +1,48 @@
+#include "launch_common.h"
+
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <mutex>
+#include <vector>
+
+#include "tq/common.h"
+
+namespace tq::cuda {
+
+int device_sm_count() {
+  static std::mutex mu;
+  static std::vector<int> counts;
+  int dev = 0;
+  TQ_CHECK(cudaGetDevice(&dev) == cudaSuccess, "no CUDA device");
+  std::lock_guard<std::mutex> lock(mu);
+  if (counts.size() <= size_t(dev)) counts.resize(dev + 1, 0);
+  if (!counts[dev]) cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev);
+  return counts[dev];
+}
+
+void check_launch(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  TQ_CHECK(e == cudaSuccess, "{}: launch failed: {}", what, cudaGetErrorString(e));
+}
+
+void validate_cache(const CacheView& c) {
+  TQ_CHECK(c.data, "cache view: data is null");
+  TQ_CHECK(c.kv_heads >= 1 && c.num_pages >= 1 && c.page_size >= 1 && c.page_size <= kMaxPageSize,
+           "cache view: kv_heads {}, num_pages {}, page_size {} out of range", c.kv_heads, c.num_pages, c.page_size);
+  TQ_CHECK(c.head_dim >= 1 && c.head_dim <= kMaxHeadDim, "cache view: head dim {} out of range", c.head_dim);
+  const BlockLayout L = block_layout(c.k, c.v, c.head_dim, c.page_size);
+  TQ_CHECK(L.bytes == c.layout.bytes && L.k_codes == c.layout.k_codes && L.v_codes == c.layout.v_codes && L.k_norms == c.layout.k_norms &&
+               L.v_norms == c.layout.v_norms,
+           "cache view: layout does not match block_layout() of its encodings");
+  for (const auto& [code, tab, name] : {std::tuple{c.k, c.kt, "K"}, std::tuple{c.v, c.vt, "V"}}) {
+    if (!is_tq(code.enc)) continue;
+    TQ_CHECK(tab.centroids && tab.boundaries, "cache view: {} codebook tables are null", name);
+    TQ_CHECK((tab.signs != nullptr) != (tab.matrix != nullptr), "cache view: {} needs exactly one of Hadamard signs or a dense matrix", name);
+    TQ_CHECK(tab.bits == mse_bits(code), "cache view: {} table bits {} differ from the encoding's {}", name, tab.bits, mse_bits(code));
+  }
+  if (is_tq(c.k.enc) || is_tq(c.v.enc))
+    TQ_CHECK(c.fwht_scale > 0, "cache view: fwht_scale must be float(1/sqrt(padded dim)), got {}", c.fwht_scale);
+}
+
+}  // namespace tq::cuda

@@ -1,0 +1,224 @@
+// quantize_store: new K and V rows -> (rotate, quantize, pack) -> their slots of the paged cache.
+//
+// One warp per (token, KV head, K or V); lane l holds coordinates [l E, (l+1) E) of the padded row,
+// E = padded_dim / 32. The arithmetic repeats the CPU reference operation for operation (the same
+// float butterflies of the Hadamard transform, the dense product summed in the same order without
+// FMA, the same float boundaries), so the codes are the reference's bit for bit. The one
+// difference: the sum of squares of the norm is added in double in another order, which can move
+// the norm by one double ulp and, astronomically rarely, a coordinate across a boundary.
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include "device_common.cuh"
+#include "launch_common.h"
+#include "tq/common.h"
+#include "tq/cuda/kernels.h"
+#include "tq/numeric.h"
+
+namespace tq::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+
+__device__ __forceinline__ float load_elem(const void* base, DType t, size_t i) {
+  switch (t) {
+    case DType::kF32: return static_cast<const float*>(base)[i];
+    case DType::kF16: return __half2float(static_cast<const __half*>(base)[i]);
+    default: return __bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]);
+  }
+}
+
+// Bits that coordinate i (0..31) with `code` contributes to word `wg` of its group (format.h).
+__device__ __forceinline__ uint32_t word_bits(uint32_t code, uint32_t i, uint32_t bits, uint32_t wg) {
+  if (bits == 8) return i / 4 == wg ? code << (8 * (i % 4)) : 0u;
+  uint32_t out = 0, word0 = 0, shift = 0;
+  for (uint32_t w = 4; w >= 1; w >>= 1) {
+    if (!(bits & w)) continue;
+    const uint32_t per_word = 32 / w;
+    if (wg == word0 + i / per_word) out |= ((code >> shift) & ((1u << w) - 1u)) << (4 * (i % 8) + w * ((i % per_word) / 8));
+    word0 += w;
+    shift += w;
+  }
+  return out;
+}
+
+__device__ __forceinline__ void flag_error(const QuantizeStoreParams& p) {
+  if (p.error_flag) atomicExch(p.error_flag, 1);
+}
+
+template <int PD>
+__global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const QuantizeStoreParams p) {
+  constexpr int E = PD / 32;
+  __shared__ float ys[kWarps][PD];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const CacheView& c = p.cache;
+  const uint32_t item = blockIdx.x * kWarps + warp;  // (token, head, K/V)
+  const uint32_t tok = item / (2 * c.kv_heads), head = (item / 2) % c.kv_heads;
+  const bool is_v = item % 2;
+  if (tok >= p.num_tokens) return;
+  const int64_t slot = p.slot_mapping[tok];
+  if (slot < 0) return;
+  if (slot >= int64_t(c.num_pages) * c.page_size) {
+    if (lane == 0) flag_error(p);
+    return;
+  }
+  const uint32_t page = uint32_t(slot / c.page_size), off = uint32_t(slot % c.page_size);
+  uint8_t* block = c.data + (size_t(page) * c.kv_heads + head) * c.layout.bytes;
+  const TensorCode code = is_v ? c.v : c.k;
+  const CodecTables& tab = is_v ? c.vt : c.kt;
+  const uint32_t row_bytes = is_v ? c.layout.v_row : c.layout.k_row;
+  uint8_t* row = block + (is_v ? c.layout.v_codes : c.layout.k_codes) + size_t(off) * row_bytes;
+  const size_t src0 = (size_t(tok) * c.kv_heads + head) * c.head_dim;
+  const void* src = is_v ? p.v : p.k;
+
+  float x[E];
+  bool finite = true;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const uint32_t col = lane * E + e;
+    x[e] = col < c.head_dim ? load_elem(src, p.dtype, src0 + col) : 0.0f;
+    finite &= isfinite(x[e]);
+  }
+  if (__any_sync(0xffffffffu, !finite)) {
+    if (lane == 0) flag_error(p);
+    return;
+  }
+
+  if (!is_tq(code.enc)) {  // float encodings: store the elements
+    for (uint32_t col = lane; col < c.head_dim; col += 32) {
+      const float v = load_elem(src, p.dtype, src0 + col);
+      switch (code.enc) {
+        case Encoding::kFp32: reinterpret_cast<float*>(row)[col] = v; break;
+        case Encoding::kFp16: reinterpret_cast<uint16_t*>(row)[col] = f32_to_f16(v); break;
+        case Encoding::kBf16: reinterpret_cast<uint16_t*>(row)[col] = f32_to_bf16(v); break;
+        default: row[col] = f32_to_e4m3(v / (is_v ? c.v_scale : c.k_scale)); break;
+      }
+    }
+    return;
+  }
+
+  double ss = 0;
+#pragma unroll
+  for (int e = 0; e < E; ++e) ss += double(x[e]) * double(x[e]);
+#pragma unroll
+  for (int o = 16; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  const double norm = sqrt(ss);
+  if (norm > double(kF16Max)) {
+    if (lane == 0) flag_error(p);
+    return;
+  }
+  float y[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) y[e] = norm > 0 ? float(double(x[e]) / norm) : 0.0f;
+
+  if (tab.signs) {  // Hadamard: signs, then the butterflies of fwht_scalar in the same order
+#pragma unroll
+    for (int e = 0; e < E; ++e) y[e] *= tab.signs[size_t(head) * PD + lane * E + e];
+#pragma unroll
+    for (int h = 1; h < E; h *= 2)
+#pragma unroll
+      for (int i = 0; i < E; ++i)
+        if ((i / h) % 2 == 0) {
+          const float a = y[i], b = y[i + h];
+          y[i] = a + b;
+          y[i + h] = a - b;
+        }
+#pragma unroll
+    for (int h = E; h < PD; h *= 2) {
+      const int mask = h / E;
+      const bool upper = lane & mask;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float other = __shfl_xor_sync(0xffffffffu, y[e], mask);
+        y[e] = upper ? other - y[e] : y[e] + other;  // upper: x[j+h] = a - b with a the lower element
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < E; ++e) y[e] *= c.fwht_scale;
+  } else {  // dense: y_i = sum_k R_ik y_k, summed in order without FMA, as Rotation::forward
+#pragma unroll
+    for (int e = 0; e < E; ++e) ys[warp][lane * E + e] = y[e];
+    __syncwarp();
+    const float* R = tab.matrix + size_t(head) * PD * PD;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float* r = R + size_t(lane * E + e) * PD;
+      float s = 0.0f;
+      for (int k = 0; k < PD; ++k) s = __fadd_rn(s, __fmul_rn(r[k], ys[warp][k]));
+      y[e] = s;
+    }
+  }
+
+  // Codes: the number of boundaries strictly below y (Codebook::encode).
+  const uint32_t bits = tab.bits, nb = (1u << bits) - 1u;
+  uint32_t codes[E];
+  double cc = 0;
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    uint32_t lo = 0, n = nb;
+    while (n > 0) {
+      const uint32_t half = n / 2;
+      if (tab.boundaries[lo + half] < y[e]) {
+        lo += half + 1;
+        n -= half + 1;
+      } else {
+        n = half;
+      }
+    }
+    codes[e] = lo;
+    const float cv = tab.centroids[lo];
+    cc += double(cv) * double(cv);
+  }
+  double stored = norm;
+  if (tab.norm_correction && norm > 0) {
+#pragma unroll
+    for (int o = 16; o >= 1; o >>= 1) cc += __shfl_xor_sync(0xffffffffu, cc, o);
+    if (cc > 0) stored = norm / sqrt(cc);
+    if (stored > double(kF16Max)) {
+      if (lane == 0) flag_error(p);
+      return;
+    }
+  }
+
+  // Pack: every word of the row is the OR of its coordinates' bits over the warp.
+  uint32_t* words = reinterpret_cast<uint32_t*>(row);
+  const uint32_t my_group = lane * E / 32;
+  for (uint32_t grp = 0; grp < PD / 32; ++grp)
+    for (uint32_t wg = 0; wg < bits; ++wg) {
+      uint32_t v = 0;
+      if (my_group == grp)
+#pragma unroll
+        for (int e = 0; e < E; ++e) v |= word_bits(codes[e], (lane * E + e) % 32, bits, wg);
+      v = __reduce_or_sync(0xffffffffu, v);
+      if (lane == 0) words[grp * bits + wg] = v;
+    }
+  if (lane == 0) reinterpret_cast<uint16_t*>(block + (is_v ? c.layout.v_norms : c.layout.k_norms))[off] = f32_to_f16(float(stored));
+}
+
+}  // namespace
+
+void validate(const QuantizeStoreParams& p) {
+  validate_cache(p.cache);
+  const CacheView& c = p.cache;
+  TQ_CHECK(c.k.enc != Encoding::kTqProd, "quantize_store: prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)");
+  TQ_CHECK(p.k && p.v && p.slot_mapping, "quantize_store: k, v and slot_mapping must be set");
+  const uint32_t pd = padded_dim(c.head_dim);
+  TQ_CHECK(pd == 32 || pd == 64 || pd == 96 || pd == 128 || pd == 256,
+           "quantize_store: head dim {} (padded {}) has no kernel; supported padded dims: 32, 64, 96, 128, 256", c.head_dim, pd);
+}
+
+void quantize_store(const QuantizeStoreParams& p, Stream stream) {
+  validate(p);
+  if (p.num_tokens == 0) return;
+  const uint32_t warps = p.num_tokens * p.cache.kv_heads * 2, blocks = (warps + kWarps - 1) / kWarps;
+  switch (padded_dim(p.cache.head_dim)) {
+    case 32: quantize_store_kernel<32><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+    case 96: quantize_store_kernel<96><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+    case 64: quantize_store_kernel<64><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+    case 128: quantize_store_kernel<128><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+    case 256: quantize_store_kernel<256><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+  }
+  check_launch("quantize_store");
+}
+
+}  // namespace tq::cuda

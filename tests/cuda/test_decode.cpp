@@ -1,0 +1,208 @@
+// decode_attention against attention_reference (double precision over the dequantized cache) on
+// the same packed cache: output within 1e-3 relative error, every element written.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "cuda_test_util.h"
+#include "test_util.h"
+#include "tq/attention.h"
+#include "tq/cuda/device_codecs.h"
+#include "tq/cuda/kernels.h"
+#include "tq/rng.h"
+
+namespace tq {
+namespace {
+
+struct DecodeCase {
+  std::string spec;
+  uint32_t head_dim, gqa, ntok;
+  std::vector<int32_t> lens;
+  uint32_t splits = 0;  // 0: automatic
+};
+
+std::string case_name(const DecodeCase& c) {
+  std::string s = c.spec + "_d" + std::to_string(c.head_dim) + "_g" + std::to_string(c.gqa) + "_t" + std::to_string(c.ntok) + "_L";
+  for (int32_t l : c.lens) s += std::to_string(l) + "_";
+  s += "s" + std::to_string(c.splits);
+  for (char& ch : s)
+    if (!isalnum(ch)) ch = '_';
+  return s;
+}
+
+// Everything one decode call needs, on both sides.
+struct DecodeSetup {
+  uint32_t hkv = 2, qh, d, ntok, ps, max_pages = 0;
+  std::unique_ptr<PagedKvCache> cpu;
+  std::vector<int32_t> bt, lens;
+  std::vector<float> q;
+  DecodeSetup(const DecodeCase& c, uint64_t seed) : qh(2 * c.gqa), d(c.head_dim), ntok(c.ntok), lens(c.lens) {
+    const KvSpec spec = parse_kv_spec(c.spec);
+    ps = spec.page_size;
+    for (int32_t l : lens) max_pages = std::max<uint32_t>(max_pages, (l + ps - 1) / ps);
+    const uint32_t pages = max_pages * uint32_t(lens.size()) + 3;
+    cpu = std::make_unique<PagedKvCache>(CacheShape{1, hkv, d, pages}, spec);
+    // Block tables: a shuffled page pool shared by all sequences.
+    std::vector<int32_t> pool(pages);
+    std::iota(pool.begin(), pool.end(), 0);
+    Rng r(seed);
+    for (uint32_t i = pages - 1; i > 0; --i) std::swap(pool[i], pool[r.next() % (i + 1)]);
+    bt.assign(lens.size() * max_pages, 0);
+    size_t next = 0;
+    for (size_t s = 0; s < lens.size(); ++s) {
+      const uint32_t np = (lens[s] + ps - 1) / ps;
+      for (uint32_t i = 0; i < np; ++i) bt[s * max_pages + i] = pool[next++];
+      const auto k = test::outlier_rows(lens[s], size_t(hkv) * d, seed + 10 * s), v = test::gaussian(lens[s], size_t(hkv) * d, seed + 10 * s + 1);
+      for (int32_t t = 0; t < lens[s]; ++t)
+        cpu->write(0, int64_t(bt[s * max_pages + t / ps]) * ps + t % ps, &k[size_t(t) * hkv * d], &v[size_t(t) * hkv * d]);
+    }
+    q = test::outlier_rows(lens.size() * ntok * qh, d, seed + 99);
+    for (float& x : q) x *= 0.05f;  // keys have norms ~100: keep logits in a realistic range
+  }
+};
+
+class Decode : public ::testing::TestWithParam<DecodeCase> {};
+
+TEST_P(Decode, MatchesReferenceWithin1e3) {
+  TQ_REQUIRE_GPU();
+  const DecodeCase& c = GetParam();
+  DecodeSetup s(c, 7);
+  const uint32_t nseq = uint32_t(s.lens.size());
+  std::vector<float> ref(s.q.size());
+  AttentionBatch a;
+  a.q = s.q.data();
+  a.out = ref.data();
+  a.block_tables = s.bt.data();
+  a.seq_lens = s.lens.data();
+  a.num_seqs = nseq;
+  a.num_q_tokens = s.ntok;
+  a.q_heads = s.qh;
+  a.max_pages = s.max_pages;
+  attention_reference(*s.cpu, 0, a);
+
+  cuda::DeviceCodecs codecs(*s.cpu);
+  test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
+  CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
+  test::DeviceBuffer<float> dq(s.q), out(s.q.size());
+  test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
+  cuda::DecodeParams p;
+  p.cache = codecs.view(0, cache.ptr);
+  p.q = dq.ptr;
+  p.q_dtype = cuda::DType::kF32;
+  p.out = out.ptr;
+  p.out_dtype = cuda::DType::kF32;
+  p.block_tables = dbt.ptr;
+  p.seq_lens = dlen.ptr;
+  p.num_seqs = nseq;
+  p.num_q_tokens = s.ntok;
+  p.q_heads = s.qh;
+  p.max_pages = s.max_pages;
+  p.max_seq_len = uint32_t(*std::max_element(s.lens.begin(), s.lens.end()));
+  p.num_splits = c.splits;
+  test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));
+  p.workspace = ws.ptr;
+  out.poison();
+  cuda::decode_attention(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  const auto got = out.download();
+  double worst = 0;
+  for (size_t row = 0; row < got.size() / s.d; ++row) {
+    double e = 0, n = 0;
+    for (uint32_t i = 0; i < s.d; ++i) {
+      ASSERT_TRUE(std::isfinite(got[row * s.d + i])) << "row " << row << " element " << i << " not written or not finite";
+      e += std::pow(double(got[row * s.d + i]) - ref[row * s.d + i], 2);
+      n += std::pow(double(ref[row * s.d + i]), 2);
+    }
+    worst = std::max(worst, std::sqrt(e / n));
+  }
+  EXPECT_LT(worst, 1e-3) << "worst relative L2 error of an output row (splits " << cuda::decode_num_splits(p) << ")";
+  RecordProperty("worst_rel_err", std::to_string(worst));
+}
+
+std::vector<DecodeCase> cases() {
+  std::vector<DecodeCase> v;
+  const std::vector<int32_t> mixed{1, 17, 97, 4097, 300};
+  for (const char* spec : {"k3v2", "k4v4", "k2v2", "k3v4", "fp16", "bf16", "fp8"})
+    for (uint32_t d : {64u, 128u, 256u}) v.push_back({spec, d, 4, 1, mixed});
+  for (uint32_t gqa : {1u, 8u}) v.push_back({"k3v2", 128, gqa, 1, mixed});
+  for (uint32_t ntok : {2u, 4u, 8u}) v.push_back({"k3v2", 128, 4, ntok, {9, 97, 1000}});
+  v.push_back({"fp16", 128, 4, 4, {9, 97, 1000}});
+  v.push_back({"k3v2", 128, 4, 1, {4097}, 1});   // one split: the long loop inside one block
+  v.push_back({"k3v2", 128, 4, 1, {4097}, 37});  // many uneven splits
+  v.push_back({"k3v2:page=1", 128, 4, 1, {1, 17, 97}});
+  v.push_back({"k3v2:page=7", 128, 4, 2, {2, 17, 97}});
+  v.push_back({"k3v2:page=64", 128, 4, 1, {1, 17, 97, 4097}});
+  v.push_back({"k3v2:rot=dense", 128, 4, 1, {17, 97}});
+  v.push_back({"k3v2", 112, 4, 1, {17, 97}});  // pads to 128
+  v.push_back({"k4v2:nc", 64, 2, 1, {33, 1}});
+  return v;
+}
+INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const auto& i) { return case_name(i.param); });
+
+TEST(DecodeGraph, CapturedLaunchReplaysTheSameResult) {
+  TQ_REQUIRE_GPU();
+  DecodeCase c{"k3v2", 128, 4, 1, {300, 1000}};
+  DecodeSetup s(c, 3);
+  cuda::DeviceCodecs codecs(*s.cpu);
+  test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
+  CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
+  test::DeviceBuffer<float> dq(s.q), out1(s.q.size()), out2(s.q.size());
+  test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
+  cuda::DecodeParams p;
+  p.cache = codecs.view(0, cache.ptr);
+  p.q = dq.ptr;
+  p.q_dtype = cuda::DType::kF32;
+  p.out_dtype = cuda::DType::kF32;
+  p.block_tables = dbt.ptr;
+  p.seq_lens = dlen.ptr;
+  p.num_seqs = 2;
+  p.q_heads = s.qh;
+  p.max_pages = s.max_pages;
+  p.max_seq_len = 1000;
+  test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));
+  p.workspace = ws.ptr;
+  p.out = out1.ptr;
+  cuda::decode_attention(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  cudaStream_t st;
+  CUDA_OK(cudaStreamCreate(&st));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  p.out = out2.ptr;
+  out2.poison();
+  CUDA_OK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
+  cuda::decode_attention(p, st);
+  CUDA_OK(cudaStreamEndCapture(st, &graph));
+  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_OK(cudaGraphLaunch(exec, st));
+  CUDA_OK(cudaGraphLaunch(exec, st));
+  CUDA_OK(cudaStreamSynchronize(st));
+  EXPECT_EQ(out1.download(), out2.download());
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(st);
+}
+
+TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
+  TQ_REQUIRE_GPU();
+  PagedKvCache cpu(CacheShape{1, 2, 80, 4}, parse_kv_spec("k3v2"));
+  cuda::DeviceCodecs codecs(cpu);
+  test::DeviceBuffer<uint8_t> cache(cpu.bytes());
+  cuda::DecodeParams p;
+  p.cache = codecs.view(0, cache.ptr);
+  try {
+    cuda::validate(p);
+    FAIL() << "head dim 80 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("80"), std::string::npos) << e.what();
+  }
+  PagedKvCache prod(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2:prod"));
+  cuda::DeviceCodecs pc(prod);
+  p.cache = pc.view(0, cache.ptr);
+  EXPECT_THROW(cuda::validate(p), Error);
+}
+
+}  // namespace
+}  // namespace tq

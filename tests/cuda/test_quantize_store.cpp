@@ -1,0 +1,125 @@
+// quantize_store against the CPU reference (PagedKvCache::write): the same bytes.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "cuda_test_util.h"
+#include "test_util.h"
+#include "tq/cuda/device_codecs.h"
+#include "tq/cuda/kernels.h"
+#include "tq/numeric.h"
+
+namespace tq {
+namespace {
+
+struct StoreCase {
+  std::string spec;
+  uint32_t head_dim;
+};
+class QuantizeStore : public ::testing::TestWithParam<StoreCase> {};
+
+TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
+  TQ_REQUIRE_GPU();
+  const auto& [spec_text, d] = GetParam();
+  const KvSpec spec = parse_kv_spec(spec_text);
+  const uint32_t hkv = 3, pages = 9, ps = spec.page_size, n = 5 * ps + 7;  // partly filled last page
+  PagedKvCache cpu(CacheShape{1, hkv, d, pages}, spec);
+  // fp16 inputs, as a model would write them; rows of all kinds.
+  auto k = test::outlier_rows(n, size_t(hkv) * d, 1), v = test::gaussian(n, size_t(hkv) * d, 2, 3.0f);
+  std::fill(k.begin() + 3 * hkv * d, k.begin() + 4 * hkv * d, 0.0f);  // a zero token
+  for (size_t i = 0; i < hkv * d; ++i) v[7 * hkv * d + i] *= 1000.0f;  // a huge (but fp16-storable) one
+  std::vector<uint16_t> kh(k.size()), vh(v.size());
+  for (size_t i = 0; i < k.size(); ++i) {
+    kh[i] = f32_to_f16(k[i]);
+    vh[i] = f32_to_f16(v[i]);
+    k[i] = f16_to_f32(kh[i]);
+    v[i] = f16_to_f32(vh[i]);
+  }
+  // Slots: shuffled pages, every 11th token skipped.
+  std::vector<int64_t> slots(n);
+  std::vector<int> perm(pages);
+  for (uint32_t i = 0; i < pages; ++i) perm[i] = int((i * 4 + 1) % pages);
+  for (uint32_t t = 0; t < n; ++t) slots[t] = t % 11 == 5 ? -1 : int64_t(perm[t / ps]) * ps + t % ps;
+  for (uint32_t t = 0; t < n; ++t) cpu.write(0, slots[t], &k[size_t(t) * hkv * d], &v[size_t(t) * hkv * d]);
+
+  cuda::DeviceCodecs codecs(cpu);
+  test::DeviceBuffer<uint8_t> cache(cpu.bytes());
+  CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
+  test::DeviceBuffer<uint16_t> dk(kh), dv(vh);
+  test::DeviceBuffer<int64_t> ds(slots);
+  test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+  cuda::QuantizeStoreParams p;
+  p.cache = codecs.view(0, cache.ptr);
+  p.k = dk.ptr;
+  p.v = dv.ptr;
+  p.dtype = cuda::DType::kF16;
+  p.slot_mapping = ds.ptr;
+  p.num_tokens = n;
+  p.error_flag = flag.ptr;
+  cuda::quantize_store(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(flag.download()[0], 0);
+  const auto got = cache.download();
+  const uint8_t* want = cpu.data();
+  size_t diff = 0, first = got.size();
+  for (size_t i = 0; i < got.size(); ++i)
+    if (got[i] != want[i]) {
+      ++diff;
+      first = std::min(first, i);
+    }
+  EXPECT_EQ(diff, 0u) << "first differing byte " << first << " (block " << first / cpu.layout().bytes << ", offset "
+                      << first % cpu.layout().bytes << ")";
+}
+
+INSTANTIATE_TEST_SUITE_P(All, QuantizeStore,
+                         ::testing::Values(StoreCase{"k3v2", 128}, StoreCase{"k3v2", 64}, StoreCase{"k3v2", 256}, StoreCase{"k4v4", 128},
+                                           StoreCase{"k2v2", 128}, StoreCase{"k8v1", 128}, StoreCase{"k5v7:nc", 64},
+                                           StoreCase{"k3v2:rot=dense", 128}, StoreCase{"k3v2", 80}, StoreCase{"k3v2:page=1", 128},
+                                           StoreCase{"k3v2:page=7", 128}, StoreCase{"fp16", 128}, StoreCase{"bf16", 128}, StoreCase{"fp8", 128}),
+                         [](const auto& i) {
+                           std::string s = i.param.spec + "_d" + std::to_string(i.param.head_dim);
+                           for (char& ch : s)
+                             if (!isalnum(ch)) ch = '_';
+                           return s;
+                         });
+
+TEST(QuantizeStoreErrors, NonFiniteAndHugeRowsAreFlaggedAndNotWritten) {
+  TQ_REQUIRE_GPU();
+  const uint32_t d = 128;
+  PagedKvCache cpu(CacheShape{1, 1, d, 2}, parse_kv_spec("k3v2"));
+  cuda::DeviceCodecs codecs(cpu);
+  test::DeviceBuffer<uint8_t> cache(cpu.bytes());
+  for (float bad : {NAN, INFINITY, 60000.0f}) {  // 60000 in every coordinate: norm ~6.8e5 > fp16 max
+    CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
+    std::vector<uint16_t> k(d, f32_to_f16(0.5f)), v(d, f32_to_f16(0.25f));
+    if (bad == 60000.0f) {
+      std::fill(k.begin(), k.end(), f32_to_f16(bad));
+    } else {
+      k[17] = f32_to_f16(bad);
+    }
+    test::DeviceBuffer<uint16_t> dk(k), dv(v);
+    test::DeviceBuffer<int64_t> ds(std::vector<int64_t>{3});
+    test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+    cuda::QuantizeStoreParams p;
+    p.cache = codecs.view(0, cache.ptr);
+    p.k = dk.ptr;
+    p.v = dv.ptr;
+    p.slot_mapping = ds.ptr;
+    p.num_tokens = 1;
+    p.error_flag = flag.ptr;
+    cuda::quantize_store(p, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(flag.download()[0], 1) << bad;
+    const auto got = cache.download();
+    const BlockLayout& L = cpu.layout();
+    for (uint32_t i = 0; i < L.k_row; ++i) EXPECT_EQ(got[L.k_codes + 3 * L.k_row + i], 0) << "K row written for " << bad;
+  }
+  // Bad parameters are refused on the host, naming the problem.
+  cuda::QuantizeStoreParams p;
+  p.cache = codecs.view(0, cache.ptr);
+  EXPECT_THROW(cuda::quantize_store(p, nullptr), Error);
+}
+
+}  // namespace
+}  // namespace tq
