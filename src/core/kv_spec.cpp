@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <tuple>
+#include <utility>
 
 #include "tq/common.h"
 
@@ -28,7 +30,46 @@ std::vector<std::string> split(const std::string& s, char sep) {
   return out;
 }
 
+// fp32 | fp16 | bf16 | fp8 | k<N>v<M>: the K and V codes of a base (TurboQuant as MSE).
+std::pair<TensorCode, TensorCode> parse_base(const std::string& base, const std::string& text) {
+  TQ_CHECK(!base.empty(), "empty KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2", text);
+  if (base == "fp32" || base == "fp16" || base == "bf16" || base == "fp8") {
+    const Encoding e = base == "fp32" ? Encoding::kFp32 : base == "fp16" ? Encoding::kFp16 : base == "bf16" ? Encoding::kBf16 : Encoding::kFp8E4M3;
+    const TensorCode c{e, uint8_t(8 * float_bytes(e))};
+    return {c, c};
+  }
+  const size_t vpos = base.find('v');
+  TQ_CHECK(base[0] == 'k' && vpos != std::string::npos && vpos > 1 && vpos + 1 < base.size(),
+           "unknown KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2", text);
+  const uint64_t kb = parse_uint(base.substr(1, vpos - 1), "the K width", text);
+  const uint64_t vb = parse_uint(base.substr(vpos + 1), "the V width", text);
+  TQ_CHECK(kb >= 1 && kb <= 8, "KV spec '{}': K width must be 1..8 bits, got {}", text, kb);
+  TQ_CHECK(vb >= 1 && vb <= 8, "KV spec '{}': V width must be 1..8 bits, got {}", text, vb);
+  return {TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}};
+}
+
+std::string base_name(TensorCode k, TensorCode v) {
+  if (!is_tq(k.enc))
+    return k.enc == Encoding::kFp32 ? "fp32" : k.enc == Encoding::kFp16 ? "fp16" : k.enc == Encoding::kBf16 ? "bf16" : "fp8";
+  return fmt::format("k{}v{}", k.bits, v.bits);
+}
+
 }  // namespace
+
+KvSpec KvSpec::layer_spec(uint32_t layer, uint32_t n_layers) const {
+  KvSpec s = *this;
+  s.edge_layers = 0;
+  s.sink = s.window = 0;
+  s.key_sim.clear();
+  if (edge_layers > 0 && (layer < edge_layers || layer + edge_layers >= n_layers)) {
+    s.k = edge_k;
+    s.v = edge_v;
+  } else {
+    s.key_sim = key_sim;
+  }
+  s.text = s.canonical();
+  return s;
+}
 
 RotationKind KvSpec::rotation_for(uint32_t head_dim) const {
   if (!auto_rotation) return rotation;
@@ -40,16 +81,17 @@ double KvSpec::bits_per_element(uint32_t head_dim) const {
 }
 
 std::string KvSpec::canonical() const {
-  std::string s;
-  if (!is_tq(k.enc)) {
-    s = k.enc == Encoding::kFp32 ? "fp32" : k.enc == Encoding::kFp16 ? "fp16" : k.enc == Encoding::kBf16 ? "bf16" : "fp8";
-  } else {
-    s = fmt::format("k{}v{}", k.bits, v.bits);
+  std::string s = base_name(k, v);
+  if (is_tq(k.enc)) {
     if (k.enc == Encoding::kTqProd) s += ":prod";
     if (norm_correction) s += ":nc";
     if (!auto_rotation) s += fmt::format(":rot={}", rotation_name(rotation));
   }
   if (page_size != 16) s += fmt::format(":page={}", page_size);
+  if (edge_layers > 0) s += fmt::format(":edge={}/{}", edge_layers, base_name(edge_k, edge_v));
+  if (sink > 0) s += fmt::format(":sink={}", sink);
+  if (window > 0) s += fmt::format(":window={}", window);
+  if (!key_sim.empty()) s += fmt::format(":ksim={}", key_sim);
   return s;
 }
 
@@ -57,22 +99,7 @@ KvSpec parse_kv_spec(const std::string& text) {
   KvSpec spec;
   spec.text = text;
   const auto parts = split(text, ':');
-  const std::string& base = parts[0];
-  TQ_CHECK(!base.empty(), "empty KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2", text);
-  if (base == "fp32" || base == "fp16" || base == "bf16" || base == "fp8") {
-    const Encoding e = base == "fp32" ? Encoding::kFp32 : base == "fp16" ? Encoding::kFp16 : base == "bf16" ? Encoding::kBf16 : Encoding::kFp8E4M3;
-    spec.k = spec.v = TensorCode{e, uint8_t(8 * float_bytes(e))};
-  } else {
-    const size_t vpos = base.find('v');
-    TQ_CHECK(base[0] == 'k' && vpos != std::string::npos && vpos > 1 && vpos + 1 < base.size(),
-             "unknown KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2", text);
-    const uint64_t kb = parse_uint(base.substr(1, vpos - 1), "the K width", text);
-    const uint64_t vb = parse_uint(base.substr(vpos + 1), "the V width", text);
-    TQ_CHECK(kb >= 1 && kb <= 8, "KV spec '{}': K width must be 1..8 bits, got {}", text, kb);
-    TQ_CHECK(vb >= 1 && vb <= 8, "KV spec '{}': V width must be 1..8 bits, got {}", text, vb);
-    spec.k = {Encoding::kTqMse, uint8_t(kb)};
-    spec.v = {Encoding::kTqMse, uint8_t(vb)};
-  }
+  std::tie(spec.k, spec.v) = parse_base(parts[0], text);
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& opt = parts[i];
     const size_t eq = opt.find('=');
@@ -98,8 +125,28 @@ KvSpec parse_kv_spec(const std::string& text) {
       const uint64_t p = parse_uint(val, "page", text);
       TQ_CHECK(p >= 1 && p <= kMaxPageSize, "KV spec '{}': page size must be 1..{} tokens, got {}", text, kMaxPageSize, p);
       spec.page_size = uint32_t(p);
+    } else if (key == "edge" && eq != std::string::npos) {
+      const size_t slash = val.find('/');
+      TQ_CHECK(slash != std::string::npos, "KV spec '{}': edge needs <layers>/<base>, e.g. edge=2/k4v4, got '{}'", text, opt);
+      const uint64_t n = parse_uint(val.substr(0, slash), "edge layers", text);
+      TQ_CHECK(n >= 1 && n <= 1024, "KV spec '{}': edge layers must be 1..1024, got {}", text, n);
+      spec.edge_layers = uint32_t(n);
+      std::tie(spec.edge_k, spec.edge_v) = parse_base(val.substr(slash + 1), text);
+    } else if ((key == "sink" || key == "window") && eq != std::string::npos) {
+      const uint64_t n = parse_uint(val, key, text);
+      TQ_CHECK(n <= 65536, "KV spec '{}': {} must be 0..65536 tokens, got {}", text, key, n);
+      (key == "sink" ? spec.sink : spec.window) = uint32_t(n);
+    } else if (key == "ksim" && eq != std::string::npos) {
+      TQ_CHECK(val == "int4" || val == "int8" || val == "int2" || val == "q4_0",
+               "KV spec '{}': ksim must be int4, int8, int2 or q4_0, got '{}'", text, val);
+      TQ_CHECK(spec.k.enc == Encoding::kFp32 || spec.k.enc == Encoding::kFp16,
+               "KV spec '{}': ksim (simulated key quantization) needs an fp32 or fp16 base", text);
+      spec.key_sim = val;
     } else {
-      throw Error(fmt::format("KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N)", text, opt));
+      throw Error(fmt::format(
+          "KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, sink=N, window=N, "
+          "ksim=int4)",
+          text, opt));
     }
   }
   return spec;

@@ -58,11 +58,35 @@ INSTANTIATE_TEST_SUITE_P(All, BadSpec,
                                            std::pair{"int4", "int4"}, std::pair{"k3v2:foo", "'foo'"},
                                            std::pair{"k3v2:page=0", "got 0"}, std::pair{"k3v2:page=5000", "5000"},
                                            std::pair{"k3v2:rot=givens", "givens"}, std::pair{"fp16:prod", "prod"},
-                                           std::pair{"k3v2:seed=-1", "-1"}, std::pair{"k3v2:page=1x", "1x"}));
+                                           std::pair{"k3v2:seed=-1", "-1"}, std::pair{"k3v2:page=1x", "1x"},
+                                           std::pair{"k3v2:edge=2", "edge=2/k4v4"}, std::pair{"k3v2:edge=0/k4v4", "got 0"},
+                                           std::pair{"k3v2:edge=2/k9v4", "got 9"}, std::pair{"k3v2:sink=x", "'x'"},
+                                           std::pair{"k3v2:window=99999", "99999"}, std::pair{"k3v2:ksim=int4", "fp32 or fp16"},
+                                           std::pair{"fp32:ksim=int5", "int5"}));
 
 TEST(KvSpec, CanonicalRoundTrip) {
   for (const char* s : {"fp16", "bf16", "fp8", "fp32", "k3v2", "k4v4:prod", "k2v2:nc", "k3v2:rot=dense", "k3v2:page=32"})
     EXPECT_EQ(parse_kv_spec(s).canonical(), s);
+  for (const char* s : {"k3v2:edge=2/k4v4:sink=4:window=64", "fp32:ksim=int4", "k2v2:nc:edge=1/fp16"})
+    EXPECT_EQ(parse_kv_spec(s).canonical(), s);
+}
+
+TEST(KvSpec, QualityKnobs) {
+  const auto s = parse_kv_spec("k3v2:nc:edge=2/k4v4:sink=4:window=64");
+  EXPECT_EQ(s.edge_layers, 2u);
+  EXPECT_EQ(s.sink, 4u);
+  EXPECT_EQ(s.window, 64u);
+  // Layers 0, 1, 28, 29 of 30 are edge layers: k4v4 with the spec's other options, knobs cleared.
+  for (uint32_t l : {0u, 1u, 28u, 29u}) {
+    const KvSpec e = s.layer_spec(l, 30);
+    EXPECT_EQ(e.k.bits, 4) << l;
+    EXPECT_EQ(e.v.bits, 4) << l;
+    EXPECT_TRUE(e.norm_correction);
+    EXPECT_EQ(e.canonical(), "k4v4:nc");
+  }
+  EXPECT_EQ(s.layer_spec(2, 30).canonical(), "k3v2:nc");
+  EXPECT_EQ(s.layer_spec(27, 30).canonical(), "k3v2:nc");
+  EXPECT_EQ(parse_kv_spec("fp32:ksim=int4").layer_spec(0, 1).key_sim, "int4");
 }
 
 }  // namespace

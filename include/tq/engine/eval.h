@@ -1,0 +1,63 @@
+// Quality of KV configurations, measured end to end: perplexity, KL divergence and top-1
+// agreement against a full-precision cache (all configurations run in lockstep, chunk by chunk,
+// so the reference logits never need to be stored), and pass-key retrieval.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tq/kv_spec.h"
+#include "tq/model/model.h"
+#include "tq/model/tokenizer.h"
+
+namespace tq::engine {
+
+struct PerplexityOptions {
+  uint32_t ctx = 2048;         // tokens per window; each window starts from an empty cache
+  uint32_t chunk = 64;         // tokens per forward pass
+  unsigned threads = 0;
+  std::string reference = "fp32";  // KV spec of the reference cache
+};
+
+struct PerplexityRow {
+  std::string kv;
+  double bits_per_element = 0;  // pages only, over all layers (edge layers included)
+  double kv_mib = 0;            // one full window: pages + side buffers
+  double ppl = 0;
+  double delta_pct = 0;  // ppl vs the reference, %
+  double kl = 0;         // mean KL(reference || this) of the next-token distribution, nats
+  double top1 = 0;       // fraction of positions whose argmax equals the reference's
+};
+
+struct PerplexityResult {
+  PerplexityRow reference;
+  std::vector<PerplexityRow> rows;  // one per spec, in order
+  size_t scored = 0;                // positions scored
+};
+
+// Scores every position but the last of each window of `tokens` (next-token log-likelihood).
+// progress(done, total) is called after each chunk.
+PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<int>& tokens, const std::vector<KvSpec>& specs,
+                                     const PerplexityOptions& o, const std::function<void(size_t, size_t)>& progress = {});
+
+struct PasskeyOptions {
+  std::vector<uint32_t> lengths{256, 512, 1024};  // prompt lengths in tokens (approximate)
+  std::vector<double> depths{0.1, 0.5, 0.9};      // where the key sits, as a fraction of the filler
+  uint64_t seed = 1234;
+  uint32_t answer_tokens = 8;
+  unsigned threads = 0;
+};
+
+struct PasskeyRow {
+  std::string kv;
+  uint32_t length = 0;  // tokens of the prompts (longest of the depths)
+  uint32_t correct = 0, trials = 0;
+};
+
+// A random 5-digit key hidden in filler text at each depth; greedy decoding must produce it.
+std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tokenizer& tok, const std::vector<KvSpec>& specs,
+                                         const PasskeyOptions& o, const std::function<void(const std::string&)>& progress = {});
+
+}  // namespace tq::engine

@@ -1,0 +1,164 @@
+#include "tq/engine/eval.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <random>
+
+#include "tq/common.h"
+#include "tq/engine/engine.h"
+
+namespace tq::engine {
+namespace {
+
+// log-softmax of one row of logits, in double. out: [n]
+void log_softmax(const float* x, size_t n, std::vector<double>& out) {
+  out.resize(n);
+  const double mx = *std::max_element(x, x + n);
+  double s = 0;
+  for (size_t i = 0; i < n; ++i) s += std::exp(double(x[i]) - mx);
+  const double lse = mx + std::log(s);
+  for (size_t i = 0; i < n; ++i) out[i] = double(x[i]) - lse;
+}
+
+struct Acc {
+  double nll = 0, kl = 0;
+  size_t top1 = 0, n = 0;
+  size_t bytes = 0;
+};
+
+PerplexityRow finish(const KvSpec& s, const Engine& e, const Acc& a, double ref_ppl) {
+  PerplexityRow r;
+  r.kv = s.text;
+  r.bits_per_element = e.kv().bits_per_element();
+  r.kv_mib = double(a.bytes) / (1024.0 * 1024.0);
+  r.ppl = std::exp(a.nll / double(std::max<size_t>(1, a.n)));
+  r.delta_pct = ref_ppl > 0 ? 100.0 * (r.ppl / ref_ppl - 1.0) : 0.0;
+  r.kl = a.kl / double(std::max<size_t>(1, a.n));
+  r.top1 = double(a.top1) / double(std::max<size_t>(1, a.n));
+  return r;
+}
+
+}  // namespace
+
+PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<int>& tokens, const std::vector<KvSpec>& specs,
+                                     const PerplexityOptions& o, const std::function<void(size_t, size_t)>& progress) {
+  TQ_CHECK(o.ctx >= 2, "--ctx must be at least 2 tokens, got {}", o.ctx);
+  TQ_CHECK(tokens.size() >= 2, "the text has {} tokens; perplexity needs at least 2", tokens.size());
+  EngineOptions eo{.threads = o.threads, .context = o.ctx, .max_seqs = 1, .num_pages = 0, .max_chunk = o.chunk};
+  const KvSpec ref_spec = parse_kv_spec(o.reference);
+  std::vector<std::unique_ptr<Engine>> engines;  // [0] reference, then one per spec
+  engines.push_back(std::make_unique<Engine>(m, ref_spec, eo));
+  for (const KvSpec& s : specs) engines.push_back(std::make_unique<Engine>(m, s, eo));
+  std::vector<Acc> acc(engines.size());
+  const size_t V = size_t(m.config.vocab_size);
+  std::vector<double> lp_ref, lp;
+  std::vector<int> seqs;
+  for (auto& e : engines) seqs.push_back(e->add_sequence());
+
+  const size_t total = tokens.size();
+  for (size_t w0 = 0; w0 + 1 < total; w0 += o.ctx) {
+    const size_t w1 = std::min(total, w0 + o.ctx);  // window [w0, w1)
+    for (size_t i = 0; i < engines.size(); ++i) engines[i]->reset_sequence(seqs[i]);
+    for (size_t c0 = w0; c0 < w1; c0 += o.chunk) {
+      const size_t c1 = std::min(w1, c0 + o.chunk);
+      const BatchItem item{0, std::vector<int>(tokens.begin() + long(c0), tokens.begin() + long(c1)), true};
+      std::vector<std::vector<float>> logits(engines.size());  // [engines][c1-c0][V]
+      for (size_t i = 0; i < engines.size(); ++i) {
+        BatchItem it = item;
+        it.seq = seqs[i];
+        logits[i] = engines[i]->forward({it});
+      }
+      for (size_t t = c0; t < c1 && t + 1 < w1; ++t) {  // position t predicts token t+1 of the window
+        const size_t r = t - c0;
+        log_softmax(&logits[0][r * V], V, lp_ref);
+        const int target = tokens[t + 1];
+        const size_t ref_top = size_t(std::max_element(lp_ref.begin(), lp_ref.end()) - lp_ref.begin());
+        for (size_t i = 0; i < engines.size(); ++i) {
+          Acc& a = acc[i];
+          const std::vector<double>* l = &lp_ref;
+          if (i > 0) {
+            log_softmax(&logits[i][r * V], V, lp);
+            l = &lp;
+            double kl = 0;
+            for (size_t j = 0; j < V; ++j) kl += std::exp(lp_ref[j]) * (lp_ref[j] - lp[j]);
+            a.kl += kl;
+            a.top1 += size_t(std::max_element(lp.begin(), lp.end()) - lp.begin()) == ref_top;
+          } else {
+            a.top1 += 1;
+          }
+          a.nll -= (*l)[size_t(target)];
+          a.n += 1;
+        }
+      }
+      if (progress) progress(c1, total);
+    }
+    for (size_t i = 0; i < engines.size(); ++i) acc[i].bytes = std::max(acc[i].bytes, engines[i]->kv_bytes(seqs[i]));
+  }
+  PerplexityResult res;
+  res.reference = finish(ref_spec, *engines[0], acc[0], 0);
+  for (size_t i = 0; i < specs.size(); ++i) res.rows.push_back(finish(specs[i], *engines[i + 1], acc[i + 1], res.reference.ppl));
+  res.scored = acc[0].n;
+  return res;
+}
+
+std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tokenizer& tok, const std::vector<KvSpec>& specs,
+                                         const PasskeyOptions& o, const std::function<void(const std::string&)>& progress) {
+  TQ_CHECK(!o.lengths.empty() && !o.depths.empty(), "passkey needs at least one length and one depth");
+  const std::string intro =
+      "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about "
+      "the pass key.\n";
+  const std::string filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+  const std::string question = "\nWhat is the pass key? The pass key is";
+  const size_t filler_tokens = std::max<size_t>(1, tok.encode(filler, false).size());
+  const bool bos = tok.bos_id() >= 0 && (tok.add_bos_default() || m.config.source == model::WeightSource::Llama2c);
+  std::mt19937_64 rng(o.seed);
+  std::vector<PasskeyRow> rows;
+  // Prompts first (the same prompts for every spec).
+  struct Trial {
+    uint32_t length;
+    std::string key;
+    std::vector<int> prompt;
+  };
+  std::vector<Trial> trials;
+  for (uint32_t len : o.lengths)
+    for (double d : o.depths) {
+      const std::string key = std::to_string(10000 + rng() % 90000);
+      const std::string needle = fmt::format("The pass key is {}. Remember it. {} is the pass key. ", key, key);
+      const size_t n = len > 80 ? (len - 80) / filler_tokens : 1;  // ~80 tokens of intro, needle and question
+      const size_t at = size_t(std::lround(d * double(n)));
+      std::string text = intro;
+      for (size_t i = 0; i < n; ++i) text += (i == at ? needle : "") + filler;
+      if (at >= n) text += needle;
+      trials.push_back({len, key, tok.encode(text + question, bos)});
+    }
+  for (const KvSpec& s : specs)
+    for (uint32_t len : o.lengths) {
+      PasskeyRow row{s.text, 0, 0, 0};
+      for (const Trial& t : trials) {
+        if (t.length != len) continue;
+        row.length = std::max(row.length, uint32_t(t.prompt.size()));
+        Engine e(m, s, {.threads = o.threads, .context = uint32_t(t.prompt.size() + o.answer_tokens)});
+        const int seq = e.add_sequence();
+        std::vector<float> logits = e.prefill(seq, t.prompt);
+        std::string answer;
+        int prev = t.prompt.back();
+        for (uint32_t i = 0; i < o.answer_tokens; ++i) {
+          const int next = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+          if (next == tok.eos_id() || next == tok.eot_id()) break;
+          answer += tok.decode_next(prev, next);
+          prev = next;
+          if (i + 1 < o.answer_tokens) logits = e.forward({BatchItem{seq, {next}, false}});
+        }
+        row.correct += answer.find(t.key) != std::string::npos;
+        row.trials += 1;
+        if (progress) progress(fmt::format("{} len {}: key {} -> '{}'", s.text, t.prompt.size(), t.key, answer));
+      }
+      rows.push_back(row);
+    }
+  return rows;
+}
+
+}  // namespace tq::engine
