@@ -14,7 +14,9 @@ namespace tq {
 struct Codebook {
   uint32_t dim = 0;  // the dimension d of the unit vectors; 0 for the Gaussian limit N(0, 1)
   uint32_t bits = 0;
-  std::vector<float> centroids;   // [2^bits], ascending, symmetric about 0
+  // [2^bits], ascending, symmetric about 0. For dim > 0 each is h / sqrt(dim) with h an fp16
+  // number (the format's definition, shared with the GPU's fp16 tables).
+  std::vector<float> centroids;
   std::vector<float> boundaries;  // [2^bits - 1], midpoints between neighbouring centroids
   // Expected squared error of one unit vector, E||x - x~||^2 = d * E(x_i - c(x_i))^2, from the
   // density (for the Gaussian limit: E(z - c(z))^2 with z ~ N(0, 1)).

@@ -52,10 +52,6 @@ __device__ __forceinline__ TokenAddr token_addr(const DecodeParams& p, const int
   return {p.cache.data + (size_t(page) * p.cache.kv_heads + kvh) * p.cache.layout.bytes, uint32_t(T % ps)};
 }
 
-__device__ __forceinline__ float norm_at(const TokenAddr& a, uint32_t section) {
-  return __half2float(reinterpret_cast<const __half*>(a.block + section)[a.row]);
-}
-
 // Four half2 (8 consecutive coordinates) of octet og of a group of packed codes w (its B words).
 template <int B>
 __device__ __forceinline__ void decode_octet(const uint32_t (&w)[B], int og, const dev::Lut8& lut, const __half* lut_s,
@@ -67,6 +63,96 @@ __device__ __forceinline__ void decode_octet(const uint32_t (&w)[B], int og, con
     dev::octet_codes<B>(w, og, c);
 #pragma unroll
     for (int i = 0; i < 4; ++i) h[i] = dev::pack_half2(lut_s[c[2 * i]], lut_s[c[2 * i + 1]]);
+  }
+}
+
+// The bytes one thread needs from a 16-token tile: keys of tokens g and g + 8 (its D/4 coordinates),
+// values of tokens 2t, 2t+1, 2t+8, 2t+9 (its D/8 coordinates) and, for TurboQuant, their norms.
+template <int D, Kind KIND, int KB, int VB>
+struct Tile;
+template <int D, int KB, int VB>
+struct Tile<D, Kind::kTq, KB, VB> {
+  static constexpr int kGroups = D >= 128 ? D / 128 : 1;
+  uint32_t k[2][kGroups][KB];  // the groups of packed words holding the thread's key coordinates
+  uint32_t v[4][VB];           // the group holding the thread's value coordinates
+  uint16_t kn[4], vn[4];       // fp16 norms of tokens 2t, 2t+1, 2t+8, 2t+9
+};
+template <int D, int KB, int VB>
+struct Tile<D, Kind::kF16, KB, VB> {
+  uint4 k[2][D / 32];  // D/4 fp16 = D/2 bytes
+  uint4 v[4][D / 64];  // D/8 fp16 = D/4 bytes
+};
+template <int D, int KB, int VB>
+struct Tile<D, Kind::kBf16, KB, VB> : Tile<D, Kind::kF16, KB, VB> {};
+template <int D, int KB, int VB>
+struct Tile<D, Kind::kFp8, KB, VB> {
+  uint32_t k[2][D / 16];  // D/4 bytes
+  uint32_t v[4][D / 32];  // D/8 bytes
+};
+
+// Addresses of the rows of one tile. When pages hold whole tiles (page_size % 16 == 0) the page
+// lookup is one warp-uniform load; otherwise each token finds its own page. Rows past the end of
+// the sequence are clamped to its last token, so every load reads written bytes.
+struct TileRows {
+  const uint8_t* block = nullptr;  // uniform case
+  int row0 = 0;
+  __device__ TokenAddr operator()(const DecodeParams& p, const int32_t* bt, int kvh, int T0, int local, int len) const {
+    const int T = min(T0 + local, len - 1);
+    if (block) return {block, uint32_t(row0 + T - T0)};
+    return token_addr(p, bt, T, kvh);
+  }
+};
+
+template <int D, Kind KIND, int KB, int VB>
+__device__ __forceinline__ void load_tile(const DecodeParams& p, const int32_t* bt, int kvh, int T0, int len, int g, int t,
+                                          Tile<D, KIND, KB, VB>& tile) {
+  const CacheView& c = p.cache;
+  const BlockLayout& L = c.layout;
+  TileRows rows;
+  if (c.page_size % kTile == 0) {
+    rows.block = c.data + (size_t(bt[T0 / int(c.page_size)]) * c.kv_heads + kvh) * L.bytes;
+    rows.row0 = T0 % int(c.page_size);
+  }
+#pragma unroll
+  for (int nn = 0; nn < 2; ++nn) {
+    const TokenAddr a = rows(p, bt, kvh, T0, g + 8 * nn, len);
+    const uint8_t* row = a.block + L.k_codes + size_t(a.row) * L.k_row;
+    if constexpr (KIND == Kind::kTq) {
+      constexpr int kGroups = Tile<D, KIND, KB, VB>::kGroups;
+      const uint32_t* w = reinterpret_cast<const uint32_t*>(row) + (t * D / 128) * KB;
+#pragma unroll
+      for (int gi = 0; gi < kGroups; ++gi)
+#pragma unroll
+        for (int i = 0; i < KB; ++i) tile.k[nn][gi][i] = w[gi * KB + i];
+    } else if constexpr (KIND == Kind::kFp8) {
+      const uint32_t* src = reinterpret_cast<const uint32_t*>(row + t * (D / 4));
+#pragma unroll
+      for (int i = 0; i < D / 16; ++i) tile.k[nn][i] = src[i];
+    } else {
+      const uint4* src = reinterpret_cast<const uint4*>(row + t * (D / 2));
+#pragma unroll
+      for (int i = 0; i < D / 32; ++i) tile.k[nn][i] = src[i];
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const TokenAddr a = rows(p, bt, kvh, T0, 2 * t + (e & 1) + 8 * (e >> 1), len);
+    const uint8_t* row = a.block + L.v_codes + size_t(a.row) * L.v_row;
+    if constexpr (KIND == Kind::kTq) {
+      const uint32_t* w = reinterpret_cast<const uint32_t*>(row) + (g * D / 256) * VB;
+#pragma unroll
+      for (int i = 0; i < VB; ++i) tile.v[e][i] = w[i];
+      tile.kn[e] = reinterpret_cast<const uint16_t*>(a.block + L.k_norms)[a.row];
+      tile.vn[e] = reinterpret_cast<const uint16_t*>(a.block + L.v_norms)[a.row];
+    } else if constexpr (KIND == Kind::kFp8) {
+      const uint32_t* src = reinterpret_cast<const uint32_t*>(row + g * (D / 8));
+#pragma unroll
+      for (int i = 0; i < D / 32; ++i) tile.v[e][i] = src[i];
+    } else {
+      const uint4* src = reinterpret_cast<const uint4*>(row + g * (D / 4));
+#pragma unroll
+      for (int i = 0; i < D / 64; ++i) tile.v[e][i] = src[i];
+    }
   }
 }
 
@@ -84,7 +170,6 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, 
   const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len);
   const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
   const CacheView& c = p.cache;
-  const BlockLayout& L = c.layout;
   const float inv_sqrt_pd = rsqrtf(float(D));
 
   // ---- query rows: load, rotate (TurboQuant keys), scale ----
@@ -178,57 +263,54 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, 
   for (int nt = 0; nt < NT; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
   float m_run = -INFINITY, l_run = 0.0f;
 
-  for (int T0 = begin + kTile * warp; T0 < end; T0 += kTile * kWarps) {
-    // ---- scores for tokens T0 + [0, 16) ----
+  // Tiles of 16 tokens, warp w taking tiles w, w + 4, ...; for packed caches the next tile's
+  // bytes are loaded while the current one is computed (the registers are few).
+  constexpr bool kPrefetch = KIND == Kind::kTq && D <= 128;  // at D = 256 two tiles do not fit the registers
+  const int step = kTile * kWarps;
+  int T0 = begin + kTile * warp;
+  Tile<D, KIND, KB, VB> cur;
+  if (T0 < end) load_tile(p, bt, kvh, T0, len, g, t, cur);
+  for (; T0 < end; T0 += step) {
+    Tile<D, KIND, KB, VB> nxt;
+    if (kPrefetch && T0 + step < end) load_tile(p, bt, kvh, T0 + step, len, g, t, nxt);
+    // ---- scores for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
     float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
 #pragma unroll
     for (int nn = 0; nn < 2; ++nn) {
-      const TokenAddr a = token_addr(p, bt, min(T0 + g + 8 * nn, len - 1), kvh);
-      const uint8_t* row = a.block + L.k_codes + size_t(a.row) * L.k_row;
       if constexpr (KIND == Kind::kTq) {
-        // Thread t's octets t*D/32 + j: groups t*D/128 + j/4 (D >= 128) or t/2 (D = 64, where
-        // the octet within the group, 2(t%2) + j, is known only at run time).
         constexpr int kGroups = D >= 128 ? D / 128 : 1, kOct = D / 32;
-        const int g0 = t * D / 128;
-        uint32_t w[kGroups][KB];
-#pragma unroll
-        for (int gi = 0; gi < kGroups; ++gi)
-#pragma unroll
-          for (int i = 0; i < KB; ++i) w[gi][i] = reinterpret_cast<const uint32_t*>(row)[(g0 + gi) * KB + i];
 #pragma unroll
         for (int j = 0; j < kOct; ++j) {
           uint32_t h[4];
-          decode_octet<KB>(w[j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4, lut_k, sm.lut_k, h);
+          decode_octet<KB>(cur.k[nn][j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4, lut_k, sm.lut_k, h);
           Op::mma(s[nn], qa[2 * j], h[0], h[1]);
           Op::mma(s[nn], qa[2 * j + 1], h[2], h[3]);
         }
       } else if constexpr (KIND == Kind::kFp8) {
-        const uint32_t* src = reinterpret_cast<const uint32_t*>(row + t * (D / 4));
 #pragma unroll
         for (int kt = 0; kt < KT; ++kt) {
-          const uint32_t x = src[kt];
+          const uint32_t x = cur.k[nn][kt];
           Op::mma(s[nn], qa[kt], dev::e4m3x2_to_half2(uint16_t(x)), dev::e4m3x2_to_half2(uint16_t(x >> 16)));
         }
       } else {
-        const uint4* src = reinterpret_cast<const uint4*>(row + t * (D / 2));
 #pragma unroll
         for (int i = 0; i < KT / 2; ++i) {
-          const uint4 x = src[i];
+          const uint4 x = cur.k[nn][i];
           Op::mma(s[nn], qa[2 * i], x.x, x.y);
           Op::mma(s[nn], qa[2 * i + 1], x.z, x.w);
         }
       }
     }
     // Row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9 (high + low halves of the query).
-    const int tok[4] = {T0 + 2 * t, T0 + 2 * t + 1, T0 + 2 * t + 8, T0 + 2 * t + 9};
-    TokenAddr va[4];
     float x[4];
+    bool live[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      va[e] = token_addr(p, bt, min(tok[e], len - 1), kvh);
+      const int tok = T0 + 2 * t + (e & 1) + 8 * (e >> 1);
+      live[e] = tok < end && tok < visible;
       x[e] = s[e / 2][e % 2] + s[e / 2][e % 2 + 2];
-      if constexpr (KIND == Kind::kTq) x[e] *= norm_at(va[e], L.k_norms) * inv_sqrt_pd;
-      if (tok[e] >= end || tok[e] >= visible) x[e] = -INFINITY;
+      if constexpr (KIND == Kind::kTq) x[e] *= __half2float(__ushort_as_half(cur.kn[e])) * inv_sqrt_pd;
+      if (!live[e]) x[e] = -INFINITY;
     }
     float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -244,9 +326,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, 
     for (int e = 0; e < 4; ++e) {
       const float pe = exp2f(x[e] - m_use);
       l_run = (e == 0 ? l_run * alpha : l_run) + pe;
-      pv[e] = pe;
-      if constexpr (KIND == Kind::kTq) pv[e] *= norm_at(va[e], L.v_norms) * inv_sqrt_pd;
-      if constexpr (KIND == Kind::kFp8) pv[e] *= c.v_scale;
+      float w = pe;
+      if constexpr (KIND == Kind::kTq) w *= __half2float(__ushort_as_half(cur.vn[e])) * inv_sqrt_pd;
+      if constexpr (KIND == Kind::kFp8) w *= c.v_scale;
+      pv[e] = live[e] ? w : 0.0f;  // rows past the end may hold anything: never let them reach the MMA
     }
     if (__any_sync(0xffffffffu, alpha != 1.0f)) {
 #pragma unroll
@@ -270,32 +353,24 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, 
     uint32_t hv[4][kPairs];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const uint8_t* row = va[e].block + L.v_codes + size_t(va[e].row) * L.v_row;
       if constexpr (KIND == Kind::kTq) {
-        const int gv = g * D / 256;  // the group holding this thread's coordinates
-        uint32_t w[VB];
-#pragma unroll
-        for (int i = 0; i < VB; ++i) w[i] = reinterpret_cast<const uint32_t*>(row)[gv * VB + i];
 #pragma unroll
         for (int j = 0; j < D / 64; ++j) {
           uint32_t h[4];
-          decode_octet<VB>(w, (g * D / 64 + j) % 4, lut_v, sm.lut_v, h);
+          decode_octet<VB>(cur.v[e], (g * D / 64 + j) % 4, lut_v, sm.lut_v, h);
 #pragma unroll
           for (int i = 0; i < 4; ++i) hv[e][4 * j + i] = h[i];
         }
       } else if constexpr (KIND == Kind::kFp8) {
-        const uint16_t* src = reinterpret_cast<const uint16_t*>(row + g * (D / 8));
 #pragma unroll
-        for (int i = 0; i < kPairs; ++i) hv[e][i] = dev::e4m3x2_to_half2(src[i]);
+        for (int i = 0; i < kPairs; ++i) hv[e][i] = dev::e4m3x2_to_half2(uint16_t(cur.v[e][i / 2] >> (16 * (i % 2))));
       } else {
-        const uint4* src = reinterpret_cast<const uint4*>(row + g * (D / 4));
 #pragma unroll
         for (int i = 0; i < kPairs / 4; ++i) {
-          const uint4 v = src[i];
-          hv[e][4 * i] = v.x;
-          hv[e][4 * i + 1] = v.y;
-          hv[e][4 * i + 2] = v.z;
-          hv[e][4 * i + 3] = v.w;
+          hv[e][4 * i] = cur.v[e][i].x;
+          hv[e][4 * i + 1] = cur.v[e][i].y;
+          hv[e][4 * i + 2] = cur.v[e][i].z;
+          hv[e][4 * i + 3] = cur.v[e][i].w;
         }
       }
     }
@@ -305,6 +380,11 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, 
       const uint32_t b0 = __byte_perm(hv[0][nt / 2], hv[1][nt / 2], sel);
       const uint32_t b1 = __byte_perm(hv[2][nt / 2], hv[3][nt / 2], sel);
       Op::mma(o[nt], pa, b0, b1);
+    }
+    if constexpr (kPrefetch) {
+      cur = nxt;
+    } else if (T0 + step < end) {
+      load_tile(p, bt, kvh, T0 + step, len, g, t, cur);
     }
   }
 

@@ -182,13 +182,12 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
 
   // Pack: every word of the row is the OR of its coordinates' bits over the warp.
   uint32_t* words = reinterpret_cast<uint32_t*>(row);
-  const uint32_t my_group = lane * E / 32;
   for (uint32_t grp = 0; grp < PD / 32; ++grp)
     for (uint32_t wg = 0; wg < bits; ++wg) {
       uint32_t v = 0;
-      if (my_group == grp)
 #pragma unroll
-        for (int e = 0; e < E; ++e) v |= word_bits(codes[e], (lane * E + e) % 32, bits, wg);
+      for (int e = 0; e < E; ++e)  // (a lane's coordinates may straddle two groups when E = 3)
+        if ((lane * E + e) / 32 == grp) v |= word_bits(codes[e], (lane * E + e) % 32, bits, wg);
       v = __reduce_or_sync(0xffffffffu, v);
       if (lane == 0) words[grp * bits + wg] = v;
     }

@@ -23,7 +23,7 @@ TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
   TQ_REQUIRE_GPU();
   const auto& [spec_text, d] = GetParam();
   const KvSpec spec = parse_kv_spec(spec_text);
-  const uint32_t hkv = 3, pages = 9, ps = spec.page_size, n = 5 * ps + 7;  // partly filled last page
+  const uint32_t hkv = 3, ps = spec.page_size, n = 5 * ps + 7, pages = n / ps + 3;  // partly filled last page
   PagedKvCache cpu(CacheShape{1, hkv, d, pages}, spec);
   // fp16 inputs, as a model would write them; rows of all kinds.
   auto k = test::outlier_rows(n, size_t(hkv) * d, 1), v = test::gaussian(n, size_t(hkv) * d, 2, 3.0f);
@@ -39,7 +39,7 @@ TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
   // Slots: shuffled pages, every 11th token skipped.
   std::vector<int64_t> slots(n);
   std::vector<int> perm(pages);
-  for (uint32_t i = 0; i < pages; ++i) perm[i] = int((i * 4 + 1) % pages);
+  for (uint32_t i = 0; i < pages; ++i) perm[i] = int(pages - 1 - i);  // pages in reverse order
   for (uint32_t t = 0; t < n; ++t) slots[t] = t % 11 == 5 ? -1 : int64_t(perm[t / ps]) * ps + t % ps;
   for (uint32_t t = 0; t < n; ++t) cpu.write(0, slots[t], &k[size_t(t) * hkv * d], &v[size_t(t) * hkv * d]);
 
