@@ -33,13 +33,39 @@ constexpr float kLog2e = 1.4426950408889634f;
 enum class Kind { kTq, kF16, kBf16, kFp8 };
 
 // Shared memory of one block.
-template <int D>
+// Packed caches whose pages hold whole 16-token tiles are streamed through shared memory: each warp
+// keeps a ring of kStages tiles, filled by cp.async kStages - 1 tiles ahead of its compute, so the
+// loads of a tile are in flight for the whole of the tiles before it. A stage is the tile's slice
+// of the (page, kv head) block: K codes, V codes, K norms, V norms.
+template <int D, int KB, int VB>
+struct Staging {
+  static constexpr int kRowK = D / 32 * KB * 4, kRowV = D / 32 * VB * 4;
+  static constexpr int kBytes = kTile * (kRowK + kRowV) + 2 * 2 * kTile;  // [K codes][V codes][K norms][V norms]
+  static constexpr int kFree = 40 * 1024 - 32 * D - 1024;               // smem left beside q and the LUTs
+  static constexpr int kStages = KB == 0 ? 0 : (kFree / (kWarps * kBytes) >= 4 ? 4 : kFree / (kWarps * kBytes) >= 3 ? 3 : 2);
+  static constexpr int kRing = kWarps * kStages * kBytes;
+};
+
+template <int D, int KB, int VB>
 struct Smem {
   float q[kRows][D];  // query rows, rotated and scaled
   __half lut_k[256], lut_v[256];
   float m[kWarps][kRows], l[kWarps][kRows];
-  float o[kWarps][kRows][D];
+  union {  // the staging ring during the loop, the warps' outputs after it
+    float o[kWarps][kRows][D];
+    alignas(16) uint8_t ring[Staging<D, KB, VB>::kRing > 0 ? Staging<D, KB, VB>::kRing : 16];
+  };
 };
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
 
 // Where token T of a sequence lives: the start of its (page, kv head) block and its row.
 struct TokenAddr {
@@ -103,16 +129,19 @@ struct TileRows {
   }
 };
 
-template <int D, Kind KIND, int KB, int VB>
-__device__ __forceinline__ void load_tile(const DecodeParams& p, const int32_t* bt, int kvh, int T0, int len, int g, int t,
-                                          Tile<D, KIND, KB, VB>& tile) {
-  const CacheView& c = p.cache;
-  const BlockLayout& L = c.layout;
+__device__ __forceinline__ TileRows tile_rows(const DecodeParams& p, const int32_t* bt, int kvh, int T0) {
   TileRows rows;
-  if (c.page_size % kTile == 0) {
-    rows.block = c.data + (size_t(bt[T0 / int(c.page_size)]) * c.kv_heads + kvh) * L.bytes;
-    rows.row0 = T0 % int(c.page_size);
+  if (p.cache.page_size % kTile == 0) {
+    rows.block = p.cache.data + (size_t(bt[T0 / int(p.cache.page_size)]) * p.cache.kv_heads + kvh) * p.cache.layout.bytes;
+    rows.row0 = T0 % int(p.cache.page_size);
   }
+  return rows;
+}
+
+template <int D, Kind KIND, int KB, int VB>
+__device__ __forceinline__ void load_keys(const DecodeParams& p, const int32_t* bt, int kvh, const TileRows& rows, int T0, int len,
+                                          int g, int t, Tile<D, KIND, KB, VB>& tile) {
+  const BlockLayout& L = p.cache.layout;
 #pragma unroll
   for (int nn = 0; nn < 2; ++nn) {
     const TokenAddr a = rows(p, bt, kvh, T0, g + 8 * nn, len);
@@ -134,6 +163,12 @@ __device__ __forceinline__ void load_tile(const DecodeParams& p, const int32_t* 
       for (int i = 0; i < D / 32; ++i) tile.k[nn][i] = src[i];
     }
   }
+}
+
+template <int D, Kind KIND, int KB, int VB>
+__device__ __forceinline__ void load_values(const DecodeParams& p, const int32_t* bt, int kvh, const TileRows& rows, int T0, int len,
+                                            int g, int t, Tile<D, KIND, KB, VB>& tile) {
+  const BlockLayout& L = p.cache.layout;
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
     const TokenAddr a = rows(p, bt, kvh, T0, 2 * t + (e & 1) + 8 * (e >> 1), len);
@@ -157,11 +192,11 @@ __device__ __forceinline__ void load_tile(const DecodeParams& p, const int32_t* 
 }
 
 template <int D, Kind KIND, int KB, int VB>
-__global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles,
+__global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles,
                                                            float* __restrict__ ws_o, float2* __restrict__ ws_ml) {
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
-  __shared__ Smem<D> sm;
+  __shared__ Smem<D, KB, VB> sm;
 
   const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -263,18 +298,12 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, 
   for (int nt = 0; nt < NT; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
   float m_run = -INFINITY, l_run = 0.0f;
 
-  // Tiles of 16 tokens, warp w taking tiles w, w + 4, ...; for packed caches the next tile's
-  // bytes are loaded while the current one is computed (the registers are few).
-  constexpr bool kPrefetch = KIND == Kind::kTq && D <= 128;  // at D = 256 two tiles do not fit the registers
-  const int step = kTile * kWarps;
-  int T0 = begin + kTile * warp;
-  Tile<D, KIND, KB, VB> cur;
-  if (T0 < end) load_tile(p, bt, kvh, T0, len, g, t, cur);
-  for (; T0 < end; T0 += step) {
-    Tile<D, KIND, KB, VB> nxt;
-    if (kPrefetch && T0 + step < end) load_tile(p, bt, kvh, T0 + step, len, g, t, nxt);
+  // One 16-token tile, its bytes already in `cur` (values of float caches are loaded by
+  // late_values() after the scores, which keeps their registers under the cap of three blocks/SM).
+  auto process = [&](Tile<D, KIND, KB, VB>& cur, const int T0, auto&& late_values) {
     // ---- scores for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
-    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    // Two accumulators per n-tile (even and odd k-tiles) halve the chain of dependent MMAs.
+    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, s2[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
 #pragma unroll
     for (int nn = 0; nn < 2; ++nn) {
       if constexpr (KIND == Kind::kTq) {
@@ -284,22 +313,24 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, 
           uint32_t h[4];
           decode_octet<KB>(cur.k[nn][j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4, lut_k, sm.lut_k, h);
           Op::mma(s[nn], qa[2 * j], h[0], h[1]);
-          Op::mma(s[nn], qa[2 * j + 1], h[2], h[3]);
+          Op::mma(s2[nn], qa[2 * j + 1], h[2], h[3]);
         }
       } else if constexpr (KIND == Kind::kFp8) {
 #pragma unroll
         for (int kt = 0; kt < KT; ++kt) {
           const uint32_t x = cur.k[nn][kt];
-          Op::mma(s[nn], qa[kt], dev::e4m3x2_to_half2(uint16_t(x)), dev::e4m3x2_to_half2(uint16_t(x >> 16)));
+          Op::mma(kt % 2 ? s2[nn] : s[nn], qa[kt], dev::e4m3x2_to_half2(uint16_t(x)), dev::e4m3x2_to_half2(uint16_t(x >> 16)));
         }
       } else {
 #pragma unroll
         for (int i = 0; i < KT / 2; ++i) {
           const uint4 x = cur.k[nn][i];
           Op::mma(s[nn], qa[2 * i], x.x, x.y);
-          Op::mma(s[nn], qa[2 * i + 1], x.z, x.w);
+          Op::mma(s2[nn], qa[2 * i + 1], x.z, x.w);
         }
       }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[nn][e] += s2[nn][e];
     }
     // Row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9 (high + low halves of the query).
     float x[4];
@@ -340,6 +371,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, 
         o[nt][3] *= alpha;
       }
     }
+    late_values(cur);
     uint32_t pa[4];
     {
       const float h0 = Op::round(pv[0]), h1 = Op::round(pv[1]), h2 = Op::round(pv[2]), h3 = Op::round(pv[3]);
@@ -381,11 +413,77 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(const DecodeParams p, 
       const uint32_t b1 = __byte_perm(hv[2][nt / 2], hv[3][nt / 2], sel);
       Op::mma(o[nt], pa, b0, b1);
     }
-    if constexpr (kPrefetch) {
-      cur = nxt;
-    } else if (T0 + step < end) {
-      load_tile(p, bt, kvh, T0 + step, len, g, t, cur);
+  };
+
+  const int first = begin + kTile * warp, step = kTile * kWarps;
+  if constexpr (Staging<D, KB, VB>::kStages > 0) {
+    if (c.page_size % kTile == 0) {
+      using St = Staging<D, KB, VB>;
+      uint8_t* ring = sm.ring + warp * St::kStages * St::kBytes;
+      const BlockLayout& L = c.layout;
+      // Copies tile T0 into stage `st`: 16-byte chunks, the warp's lanes side by side.
+      auto issue = [&](int T0, int st) {
+        if (T0 < end) {
+          const uint8_t* blk = c.data + (size_t(bt[T0 / int(c.page_size)]) * c.kv_heads + kvh) * L.bytes;
+          const int row0 = T0 % int(c.page_size);
+          uint8_t* dst = ring + st * St::kBytes;
+          const uint8_t* src[4] = {blk + L.k_codes + row0 * St::kRowK, blk + L.v_codes + row0 * St::kRowV, blk + L.k_norms + 2 * row0,
+                                   blk + L.v_norms + 2 * row0};
+          constexpr int kChunks[4] = {St::kRowK, St::kRowV, 2, 2};  // 16-byte chunks per part
+#pragma unroll
+          for (int part = 0, off = 0; part < 4; off += 16 * kChunks[part], ++part)
+            for (int i = lane; i < kChunks[part]; i += 32) cp_async16(dst + off + 16 * i, src[part] + 16 * i);
+        }
+        cp_async_commit();  // an empty group past the end keeps the wait count uniform
+      };
+#pragma unroll
+      for (int i = 0; i < St::kStages - 1; ++i) issue(first + i * step, i);
+      int st = 0;
+      for (int T0 = first; T0 < end; T0 += step) {
+        issue(T0 + (St::kStages - 1) * step, (st + St::kStages - 1) % St::kStages);
+        cp_async_wait<St::kStages - 1>();
+        __syncwarp();
+        const uint8_t* stage = ring + st * St::kBytes;
+        Tile<D, KIND, KB, VB> cur;
+#pragma unroll
+        for (int nn = 0; nn < 2; ++nn) {
+          const uint32_t* w = reinterpret_cast<const uint32_t*>(stage + (g + 8 * nn) * St::kRowK) + (t * D / 128) * KB;
+#pragma unroll
+          for (int gi = 0; gi < Tile<D, KIND, KB, VB>::kGroups; ++gi)
+#pragma unroll
+            for (int i = 0; i < KB; ++i) cur.k[nn][gi][i] = w[gi * KB + i];
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tok = 2 * t + (e & 1) + 8 * (e >> 1);
+          const uint32_t* w = reinterpret_cast<const uint32_t*>(stage + kTile * St::kRowK + tok * St::kRowV) + (g * D / 256) * VB;
+#pragma unroll
+          for (int i = 0; i < VB; ++i) cur.v[e][i] = w[i];
+          const uint16_t* norms = reinterpret_cast<const uint16_t*>(stage + kTile * (St::kRowK + St::kRowV));
+          cur.kn[e] = norms[tok];
+          cur.vn[e] = norms[kTile + tok];
+        }
+        process(cur, T0, [](auto&) {});
+        __syncwarp();  // every lane has read the stage before the next issue overwrites it
+        st = (st + 1) % St::kStages;
+      }
+      cp_async_wait<0>();
+      __syncthreads();  // the ring becomes sm.o below
     }
+  }
+  if (!(Staging<D, KB, VB>::kStages > 0 && c.page_size % kTile == 0)) {
+    for (int T0 = first; T0 < end; T0 += step) {
+      Tile<D, KIND, KB, VB> cur;
+      const TileRows rows = tile_rows(p, bt, kvh, T0);
+      load_keys(p, bt, kvh, rows, T0, len, g, t, cur);
+      if constexpr (KIND == Kind::kTq) {
+        load_values(p, bt, kvh, rows, T0, len, g, t, cur);
+        process(cur, T0, [](auto&) {});
+      } else {
+        process(cur, T0, [&](auto& tile) { load_values(p, bt, kvh, rows, T0, len, g, t, tile); });
+      }
+    }
+    __syncthreads();
   }
 
   // ---- merge the warps: row g holds o[nt][0..1] + o[nt][2..3] at coordinates (2t + e) D/8 + nt ----
