@@ -7,6 +7,10 @@
 
 #include <unistd.h>
 
+#include <gtest/gtest.h>
+
+#include "tq/common.h"
+
 namespace tq::model::testing {
 
 // $TQ_SHARED_DATA, else the directory CMake passed (<repo>/../shared/data).
@@ -24,6 +28,17 @@ inline std::string shared_data_file(const std::string& rel) { return shared_data
 // A fresh file path in the temp directory (removed by the caller or left for the OS).
 inline std::string temp_path(const std::string& name) {
   return (std::filesystem::temp_directory_path() / ("tq_model_test_" + std::to_string(::getpid()) + "_" + name)).string();
+}
+
+// Expects fn() to throw tq::Error with a message containing `needle` (bad input is named).
+template <typename Fn>
+void expect_error(Fn fn, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
+  }
 }
 
 }  // namespace tq::model::testing

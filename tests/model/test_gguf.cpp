@@ -17,15 +17,7 @@ namespace {
 using testing::GgufWriter;
 
 // Expects `fn` to throw tq::Error whose message contains `needle`.
-template <typename Fn>
-void expect_error(Fn fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-  }
-}
+using testing::expect_error;
 
 GgufWriter all_types_writer(uint32_t version) {
   GgufWriter w(version);

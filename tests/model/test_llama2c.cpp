@@ -14,15 +14,7 @@
 namespace tq::model {
 namespace {
 
-template <typename Fn>
-void expect_error(Fn fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-  }
-}
+using testing::expect_error;
 
 // A checkpoint whose float k holds the value k: each array's first value is its offset in floats.
 std::vector<uint8_t> synthetic(std::array<int32_t, 7> h, int64_t n_floats) {

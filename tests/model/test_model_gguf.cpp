@@ -19,15 +19,7 @@ Model load(const testing::GgufWriter& w) {
   return load_gguf(std::make_shared<const GgufFile>(GgufFile::from_bytes(w.bytes())));
 }
 
-template <typename Fn>
-void expect_error(Fn fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-  }
-}
+using testing::expect_error;
 
 class GgufWeightType : public ::testing::TestWithParam<GgmlType> {};
 

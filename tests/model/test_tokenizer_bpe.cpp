@@ -5,21 +5,14 @@
 #include <random>
 
 #include "tiny_models.h"
+#include "test_data.h"
 #include "tq/common.h"
 #include "tq/model/tokenizer.h"
 
 namespace tq::model {
 namespace {
 
-template <typename Fn>
-void expect_error(Fn fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-  }
-}
+using testing::expect_error;
 
 struct Split {
   std::string pre;

@@ -14,15 +14,7 @@
 namespace tq::model {
 namespace {
 
-template <typename Fn>
-void expect_error(Fn fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "no exception; expected one mentioning '" << needle << "'";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << "message: " << e.what();
-  }
-}
+using testing::expect_error;
 
 std::string tok512_path() { return testing::shared_data_file("stories260K/tok512.bin"); }
 
