@@ -55,3 +55,6 @@ echo "================ summary ================"
 printf '%s\n' "${summary[@]}"
 grep '^|' "$OUT/bench.log"
 grep 'quantize_store k3v2' "$OUT/bench.log"
+# At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
+( cd "$OUT" && keep="bench.json bench.log test_cuda.log ptxas_summary.txt k3v2_d128.sass gpu.txt" &&
+  rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -f $rest ) || true

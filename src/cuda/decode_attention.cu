@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 
 #include "device_common.cuh"
@@ -41,19 +42,20 @@ template <int D, int KB, int VB>
 struct Staging {
   static constexpr int kRowK = D / 32 * KB * 4, kRowV = D / 32 * VB * 4;
   static constexpr int kBytes = kTile * (kRowK + kRowV) + 2 * 2 * kTile;  // [K codes][V codes][K norms][V norms]
-  static constexpr int kFree = 40 * 1024 - 32 * D - 1024;               // smem left beside q and the LUTs
+  static constexpr int kFree = 44 * 1024 - 32 * D - 1300;  // smem left beside the Q fragments, LUTs, m and l
   static constexpr int kStages = KB == 0 ? 0 : (kFree / (kWarps * kBytes) >= 4 ? 4 : kFree / (kWarps * kBytes) >= 3 ? 3 : 2);
   static constexpr int kRing = kWarps * kStages * kBytes;
 };
 
 template <int D, int KB, int VB>
 struct Smem {
-  float q[kRows][D];  // query rows, rotated and scaled
+  uint4 qa[D / 16][32];  // A fragments of the query (per k-tile, per lane): read each tile, not held in registers
   __half lut_k[256], lut_v[256];
   float m[kWarps][kRows], l[kWarps][kRows];
-  union {  // the staging ring during the loop, the warps' outputs after it
-    float o[kWarps][kRows][D];
-    alignas(16) uint8_t ring[Staging<D, KB, VB>::kRing > 0 ? Staging<D, KB, VB>::kRing : 16];
+  union {
+    float q[kRows][D];  // the prologue: query rows, rotated and scaled
+    alignas(16) uint8_t ring[Staging<D, KB, VB>::kRing > 0 ? Staging<D, KB, VB>::kRing : 16];  // the loop
+    float o[kWarps][kRows][D];  // the epilogue: the warps' outputs
   };
 };
 
@@ -191,22 +193,12 @@ __device__ __forceinline__ void load_values(const DecodeParams& p, const int32_t
   }
 }
 
-template <int D, Kind KIND, int KB, int VB>
-__global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles,
-                                                           float* __restrict__ ws_o, float2* __restrict__ ws_ml) {
-  constexpr bool kBf = KIND == Kind::kBf16;
-  using Op = dev::Operand<kBf>;
-  __shared__ Smem<D, KB, VB> sm;
-
-  const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int group = int(p.q_heads / p.cache.kv_heads), rows_total = group * int(p.num_q_tokens);
-  const int len = p.seq_lens[seq];
-  const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len);
-  const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
+// The 8 query rows of (sequence, KV head, m-tile): loaded, rotated with the keys' rotation
+// (TurboQuant), scaled by softmax scale * log2(e); zero rows past the group. q: shared [kRows][D].
+template <int D, Kind KIND>
+__device__ void rotate_queries(const DecodeParams& p, int seq, int kvh, int mt, float (&q)[kRows][D]) {
   const CacheView& c = p.cache;
-  const float inv_sqrt_pd = rsqrtf(float(D));
-
+  const int group = int(p.q_heads / c.kv_heads), rows_total = group * int(p.num_q_tokens);
   // ---- query rows: load, rotate (TurboQuant keys), scale ----
   for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
     const int r = i / D, col = i % D, row = mt * kRows + r;
@@ -220,13 +212,7 @@ __global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams 
     }
     if constexpr (KIND == Kind::kTq)
       if (c.kt.signs) v *= c.kt.signs[size_t(kvh) * D + col];
-    sm.q[r][col] = v;
-  }
-  if constexpr (KIND == Kind::kTq) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) {
-      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
-      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
-    }
+    q[r][col] = v;
   }
   __syncthreads();
   const float qscale = (p.scale > 0 ? p.scale : rsqrtf(float(c.head_dim))) * kLog2e * (KIND == Kind::kFp8 ? c.k_scale : 1.0f);
@@ -235,13 +221,13 @@ __global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams 
       for (int h = 1; h < D; h *= 2) {
         for (int i = threadIdx.x; i < kRows * D / 2; i += kThreads) {
           const int r = i / (D / 2), k = i % (D / 2), lo = (k / h) * 2 * h + k % h;
-          const float a = sm.q[r][lo], b = sm.q[r][lo + h];
-          sm.q[r][lo] = a + b;
-          sm.q[r][lo + h] = a - b;
+          const float a = q[r][lo], b = q[r][lo + h];
+          q[r][lo] = a + b;
+          q[r][lo + h] = a - b;
         }
         __syncthreads();
       }
-      for (int i = threadIdx.x; i < kRows * D; i += kThreads) sm.q[i / D][i % D] *= c.fwht_scale * qscale;
+      for (int i = threadIdx.x; i < kRows * D; i += kThreads) q[i / D][i % D] *= c.fwht_scale * qscale;
     } else {  // dense: q_rot = R q, rows of R in global memory
       float acc[kRows * D / kThreads];
       const float* R = c.kt.matrix + size_t(kvh) * D * D;
@@ -249,39 +235,79 @@ __global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams 
       for (int n = 0; n < kRows * D / kThreads; ++n) {
         const int i = threadIdx.x + n * kThreads, r = i / D, row = i % D;
         float s = 0.0f;
-        for (int k = 0; k < D; ++k) s = fmaf(R[size_t(row) * D + k], sm.q[r][k], s);
+        for (int k = 0; k < D; ++k) s = fmaf(R[size_t(row) * D + k], q[r][k], s);
         acc[n] = s;
       }
       __syncthreads();
 #pragma unroll
       for (int n = 0; n < kRows * D / kThreads; ++n) {
         const int i = threadIdx.x + n * kThreads;
-        sm.q[i / D][i % D] = acc[n] * qscale;
+        q[i / D][i % D] = acc[n] * qscale;
       }
     }
   } else {
-    for (int i = threadIdx.x; i < kRows * D; i += kThreads) sm.q[i / D][i % D] *= qscale;
+    for (int i = threadIdx.x; i < kRows * D; i += kThreads) q[i / D][i % D] *= qscale;
+  }
+  __syncthreads();
+
+}
+
+// Rotates each query once (not once per split): [seq][kv head][m-tile][kRows][D] floats in the workspace.
+template <int D, Kind KIND>
+__global__ void __launch_bounds__(kThreads) prepare_queries(const DecodeParams p, int mtiles, float* __restrict__ ws_q) {
+  __shared__ float q[kRows][D];
+  const int kvh = blockIdx.x / mtiles, mt = blockIdx.x % mtiles, seq = blockIdx.y;
+  rotate_queries<D, KIND>(p, seq, kvh, mt, q);
+  float* dst = ws_q + size_t(blockIdx.y * gridDim.x + blockIdx.x) * kRows * D;
+  for (int i = threadIdx.x; i < kRows * D; i += kThreads) dst[i] = q[i / D][i % D];
+}
+
+template <int D, Kind KIND, int KB, int VB>
+__global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles,
+                                                           float* __restrict__ ws_o, float2* __restrict__ ws_ml,
+                                                           const float* __restrict__ ws_q) {
+  constexpr bool kBf = KIND == Kind::kBf16;
+  using Op = dev::Operand<kBf>;
+  __shared__ Smem<D, KB, VB> sm;
+
+  const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int group = int(p.q_heads / p.cache.kv_heads), rows_total = group * int(p.num_q_tokens);
+  const int len = p.seq_lens[seq];
+  const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len);
+  const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
+  const CacheView& c = p.cache;
+  const float inv_sqrt_pd = rsqrtf(float(D));
+
+  // ---- query rows, rotated once by prepare_queries ----
+  {
+    const float4* src = reinterpret_cast<const float4*>(ws_q + (size_t(seq) * gridDim.y + blockIdx.y) * kRows * D);
+    for (int i = threadIdx.x; i < kRows * D / 4; i += kThreads) reinterpret_cast<float4*>(&sm.q[0][0])[i] = src[i];
+  }
+  if constexpr (KIND == Kind::kTq) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) {
+      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
+      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
+    }
   }
   __syncthreads();
 
   // A fragments of Q: k-tile kt covers coordinates t*D/4 + 4kt + {0,1} (k = 2t, 2t+1) and {2,3}.
   constexpr int KT = D / 16;
-  uint32_t qa[KT][4];
-#pragma unroll
-  for (int kt = 0; kt < KT; ++kt) {
-    const int c0 = t * (D / 4) + 4 * kt;
+  // Every warp uses the same fragments: built once into shared memory (one LDS.128 per k-tile
+  // later), which keeps 4 * KT registers free for occupancy.
+  for (int i = threadIdx.x; i < KT * 32; i += kThreads) {
+    const int kt = i / 32, ln = i % 32, c0 = (ln % 4) * (D / 4) + 4 * kt;
     float hi[4], lo[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float x = sm.q[g][c0 + e];
+      const float x = sm.q[ln / 4][c0 + e];
       hi[e] = Op::round(x);
       lo[e] = x - hi[e];
     }
-    qa[kt][0] = Op::pack(hi[0], hi[1]);
-    qa[kt][1] = Op::pack(lo[0], lo[1]);
-    qa[kt][2] = Op::pack(hi[2], hi[3]);
-    qa[kt][3] = Op::pack(lo[2], lo[3]);
+    sm.qa[kt][ln] = make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
   }
+  __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
   dev::Lut8 lut_k{}, lut_v{};
   if constexpr (KIND == Kind::kTq) {
     lut_k = dev::make_lut8(sm.lut_k);
@@ -300,38 +326,45 @@ __global__ void __launch_bounds__(kThreads, 3) decode_kernel(const DecodeParams 
 
   // One 16-token tile, its bytes already in `cur` (values of float caches are loaded by
   // late_values() after the scores, which keeps their registers under the cap of three blocks/SM).
+  auto qfrag = [&](int kt) {
+    const uint4 v = sm.qa[kt][lane];
+    return std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
+  };
   auto process = [&](Tile<D, KIND, KB, VB>& cur, const int T0, auto&& late_values) {
     // ---- scores for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
     // Two accumulators per n-tile (even and odd k-tiles) halve the chain of dependent MMAs.
     float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, s2[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
 #pragma unroll
-    for (int nn = 0; nn < 2; ++nn) {
-      if constexpr (KIND == Kind::kTq) {
-        constexpr int kGroups = D >= 128 ? D / 128 : 1, kOct = D / 32;
+    for (int j = 0; j < KT / 2; ++j) {  // k-tiles 2j and 2j + 1, both n-tiles
+      const auto qa0 = qfrag(2 * j), qa1 = qfrag(2 * j + 1);
+      const uint32_t a0[4] = {qa0[0], qa0[1], qa0[2], qa0[3]}, a1[4] = {qa1[0], qa1[1], qa1[2], qa1[3]};
 #pragma unroll
-        for (int j = 0; j < kOct; ++j) {
-          uint32_t h[4];
+      for (int nn = 0; nn < 2; ++nn) {
+        uint32_t h[4];
+        if constexpr (KIND == Kind::kTq) {
+          constexpr int kGroups = D >= 128 ? D / 128 : 1;
           decode_octet<KB>(cur.k[nn][j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4, lut_k, sm.lut_k, h);
-          Op::mma(s[nn], qa[2 * j], h[0], h[1]);
-          Op::mma(s2[nn], qa[2 * j + 1], h[2], h[3]);
+        } else if constexpr (KIND == Kind::kFp8) {
+          const uint32_t x0 = cur.k[nn][2 * j], x1 = cur.k[nn][2 * j + 1];
+          h[0] = dev::e4m3x2_to_half2(uint16_t(x0));
+          h[1] = dev::e4m3x2_to_half2(uint16_t(x0 >> 16));
+          h[2] = dev::e4m3x2_to_half2(uint16_t(x1));
+          h[3] = dev::e4m3x2_to_half2(uint16_t(x1 >> 16));
+        } else {
+          const uint4 x = cur.k[nn][j];
+          h[0] = x.x;
+          h[1] = x.y;
+          h[2] = x.z;
+          h[3] = x.w;
         }
-      } else if constexpr (KIND == Kind::kFp8) {
-#pragma unroll
-        for (int kt = 0; kt < KT; ++kt) {
-          const uint32_t x = cur.k[nn][kt];
-          Op::mma(kt % 2 ? s2[nn] : s[nn], qa[kt], dev::e4m3x2_to_half2(uint16_t(x)), dev::e4m3x2_to_half2(uint16_t(x >> 16)));
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < KT / 2; ++i) {
-          const uint4 x = cur.k[nn][i];
-          Op::mma(s[nn], qa[2 * i], x.x, x.y);
-          Op::mma(s2[nn], qa[2 * i + 1], x.z, x.w);
-        }
+        Op::mma(s[nn], a0, h[0], h[1]);
+        Op::mma(s2[nn], a1, h[2], h[3]);
       }
+    }
+#pragma unroll
+    for (int nn = 0; nn < 2; ++nn)
 #pragma unroll
       for (int e = 0; e < 4; ++e) s[nn][e] += s2[nn][e];
-    }
     // Row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9 (high + low halves of the query).
     float x[4];
     bool live[4];
@@ -589,7 +622,7 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, i
 
 struct Plan {
   int D, splits, tokens_per_split, mtiles;
-  size_t ws_o_bytes, ws_ml_bytes;
+  size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;
 };
 
 Plan make_plan(const DecodeParams& p) {
@@ -601,10 +634,14 @@ Plan make_plan(const DecodeParams& p) {
   const int tiles = std::max(1, int((p.max_seq_len + kTile - 1) / kTile));
   int splits = int(p.num_splits);
   if (splits == 0) {
-    // Enough blocks for ~2 waves over the SMs, but keep >= 4 tiles (one per warp) per split.
+    // Blocks per SM to aim for. Packed caches: ~4 (one full wave at 4 resident blocks per SM;
+    // Nsight Compute showed 2.4 of 4 warps per scheduler at 2 per SM, and 8 per SM made batch 1
+    // slower: every split repeats the query rotation and adds merge work). Float caches: 2.
+    // Keep >= 8 tiles (two per warp) per split.
     const int blocks = int(p.num_seqs * p.cache.kv_heads) * pl.mtiles;
-    const int want = (2 * device_sm_count() + blocks - 1) / blocks;
-    splits = std::clamp(want, 1, std::max(1, tiles / kWarps));
+    const int per_sm = is_tq(p.cache.k.enc) ? 4 : 2;
+    const int want = (per_sm * device_sm_count() + blocks - 1) / blocks;
+    splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));  // >= 2 tiles per warp: short splits cost more than they give
   }
   splits = std::clamp(splits, 1, tiles);
   const int tiles_per_split = (tiles + splits - 1) / splits;
@@ -612,7 +649,8 @@ Plan make_plan(const DecodeParams& p) {
   pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
   const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * pl.splits;
   pl.ws_o_bytes = slots * pl.D * sizeof(float);
-  pl.ws_ml_bytes = slots * sizeof(float2);
+  pl.ws_ml_bytes = (slots * sizeof(float2) + 15) / 16 * 16;
+  pl.ws_q_bytes = size_t(p.num_seqs) * p.cache.kv_heads * pl.mtiles * kRows * pl.D * sizeof(float);
   return pl;
 }
 
@@ -620,8 +658,10 @@ template <int D, Kind KIND, int KB, int VB>
 void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
   float* ws_o = static_cast<float*>(p.workspace);
   float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
+  float* ws_q = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes + pl.ws_ml_bytes);
+  prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
   const dim3 grid(pl.splits, p.cache.kv_heads * pl.mtiles, p.num_seqs);
-  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, 0, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml);
+  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, 0, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml, ws_q);
   merge_kernel<D, KIND == Kind::kTq><<<p.num_seqs * p.num_q_tokens * p.q_heads, kThreads, 0, stream>>>(p, pl.splits, ws_o, ws_ml);
 }
 
@@ -678,7 +718,7 @@ uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p)
 
 size_t decode_workspace_bytes(const DecodeParams& p) {
   const Plan pl = make_plan(p);
-  return pl.ws_o_bytes + pl.ws_ml_bytes;
+  return pl.ws_o_bytes + pl.ws_ml_bytes + pl.ws_q_bytes;
 }
 
 void decode_attention(const DecodeParams& p, Stream stream) {
