@@ -691,7 +691,8 @@ void dispatch_dim(const DecodeParams& p, const Plan& pl, Stream s) {
 
 }  // namespace
 
-void validate(const DecodeParams& p) {
+namespace {
+void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char* name) {
   validate_cache(p.cache);
   const CacheView& c = p.cache;
   TQ_CHECK(c.k.enc != Encoding::kTqProd, "decode_attention: prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)");
@@ -706,13 +707,17 @@ void validate(const DecodeParams& p) {
            c.head_dim, D);
   TQ_CHECK(p.q && p.out && p.block_tables && p.seq_lens, "decode_attention: q, out, block_tables and seq_lens must be set");
   TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "decode_attention: num_seqs must be 1..65535, got {}", p.num_seqs);
-  TQ_CHECK(p.num_q_tokens >= 1 && p.num_q_tokens <= 8, "decode_attention: 1..8 query tokens per sequence, got {}", p.num_q_tokens);
+  TQ_CHECK(p.num_q_tokens >= 1 && p.num_q_tokens <= max_q_tokens, "{}: 1..{} query tokens per sequence, got {}", name, max_q_tokens,
+           p.num_q_tokens);
   TQ_CHECK(p.q_heads >= c.kv_heads && p.q_heads % c.kv_heads == 0, "decode_attention: {} query heads is not a multiple of {} KV heads",
            p.q_heads, c.kv_heads);
   TQ_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_pages * c.page_size,
            "decode_attention: max_seq_len {} must be 1..max_pages*page_size = {}", p.max_seq_len, p.max_pages * c.page_size);
   TQ_CHECK(p.workspace, "decode_attention: workspace is null (size it with decode_workspace_bytes)");
 }
+}  // namespace
+
+void validate(const DecodeParams& p) { validate_attention(p, kMaxDecodeQueryTokens, "decode_attention"); }
 
 uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p).splits); }
 
@@ -721,15 +726,26 @@ size_t decode_workspace_bytes(const DecodeParams& p) {
   return pl.ws_o_bytes + pl.ws_ml_bytes + pl.ws_q_bytes;
 }
 
-void decode_attention(const DecodeParams& p, Stream stream) {
-  validate(p);
+namespace {
+void launch_attention(const DecodeParams& p, Stream stream) {
   const Plan pl = make_plan(p);
   switch (pl.D) {
     case 64: dispatch_dim<64>(p, pl, stream); break;
     case 128: dispatch_dim<128>(p, pl, stream); break;
     case 256: dispatch_dim<256>(p, pl, stream); break;
   }
-  check_launch("decode_attention");
+  check_launch("attention");
+}
+}  // namespace
+
+void decode_attention(const DecodeParams& p, Stream stream) {
+  validate(p);
+  launch_attention(p, stream);
+}
+
+void prefill_attention(const DecodeParams& p, Stream stream) {
+  validate_attention(p, kMaxPrefillChunk, "prefill_attention");
+  launch_attention(p, stream);
 }
 
 }  // namespace tq::cuda

@@ -21,12 +21,13 @@ struct DecodeCase {
   uint32_t head_dim, gqa, ntok;
   std::vector<int32_t> lens;
   uint32_t splits = 0;  // 0: automatic
+  bool prefill = false;  // through prefill_attention (a chunk of ntok new tokens per sequence)
 };
 
 std::string case_name(const DecodeCase& c) {
   std::string s = c.spec + "_d" + std::to_string(c.head_dim) + "_g" + std::to_string(c.gqa) + "_t" + std::to_string(c.ntok) + "_L";
   for (int32_t l : c.lens) s += std::to_string(l) + "_";
-  s += "s" + std::to_string(c.splits);
+  s += "s" + std::to_string(c.splits) + (c.prefill ? "_prefill" : "");
   for (char& ch : s)
     if (!isalnum(ch)) ch = '_';
   return s;
@@ -104,7 +105,11 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));
   p.workspace = ws.ptr;
   out.poison();
-  cuda::decode_attention(p, nullptr);
+  if (c.prefill) {
+    cuda::prefill_attention(p, nullptr);
+  } else {
+    cuda::decode_attention(p, nullptr);
+  }
   CUDA_OK(cudaDeviceSynchronize());
   const auto got = out.download();
   double worst = 0;
@@ -137,6 +142,11 @@ std::vector<DecodeCase> cases() {
   v.push_back({"k3v2:rot=dense", 128, 4, 1, {17, 97}});
   v.push_back({"k3v2", 112, 4, 1, {17, 97}});  // pads to 128
   v.push_back({"k4v2:nc", 64, 2, 1, {33, 1}});
+  // Chunked prefill: a chunk of new tokens attends to the prefix and causally to itself.
+  v.push_back({"k3v2", 128, 4, 64, {64, 161, 1000}, 0, true});
+  v.push_back({"k3v2", 64, 2, 17, {17, 97}, 0, true});
+  v.push_back({"k4v4:page=7", 256, 1, 33, {40}, 0, true});
+  v.push_back({"bf16", 128, 4, 64, {64, 300}, 0, true});
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const auto& i) { return case_name(i.param); });
@@ -198,6 +208,26 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("80"), std::string::npos) << e.what();
   }
+  // Query tokens: decode takes 1..8, prefill chunks up to kMaxPrefillChunk.
+  PagedKvCache ok(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2"));
+  cuda::DeviceCodecs okc(ok);
+  p.cache = okc.view(0, cache.ptr);
+  p.q = p.out = cache.ptr;
+  p.block_tables = p.seq_lens = reinterpret_cast<const int32_t*>(cache.ptr);
+  p.num_seqs = 1;
+  p.q_heads = 2;
+  p.max_pages = 4;
+  p.max_seq_len = 64;
+  p.workspace = cache.ptr;
+  p.num_q_tokens = 9;
+  try {
+    cuda::validate(p);
+    FAIL() << "9 query tokens accepted by decode";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("9"), std::string::npos) << e.what();
+  }
+  p.num_q_tokens = cuda::kMaxPrefillChunk + 1;
+  EXPECT_THROW(cuda::prefill_attention(p, nullptr), Error);
   PagedKvCache prod(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2:prod"));
   cuda::DeviceCodecs pc(prod);
   p.cache = pc.view(0, cache.ptr);

@@ -66,6 +66,15 @@ struct DecodeParams {
   uint32_t num_splits = 0;   // 0: chosen from the shape to fill the GPU
   void* workspace = nullptr; // decode_workspace_bytes(...) bytes
 };
+// prefill_attention (chunked prefill): the same, with a chunk of up to kMaxPrefillChunk new queries
+// per sequence whose K/V rows are already in the cache (quantize_store them first): each attends
+// to the packed prefix and, causally, to the chunk. Same tensor-core kernels: one block per 8
+// query rows, so each block streams the prefix once (a first version: larger query tiles would
+// read it fewer times). decode_workspace_bytes sizes its workspace too.
+inline constexpr uint32_t kMaxDecodeQueryTokens = 8;
+inline constexpr uint32_t kMaxPrefillChunk = 2048;
+void prefill_attention(const DecodeParams& p, Stream stream);
+
 // Splits the launch will use, and the workspace it needs (computed on the host, no device calls
 // except a cached device-property query on first use).
 uint32_t decode_num_splits(const DecodeParams& p);
