@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "simd.h"
@@ -42,34 +43,38 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
   const double norm = std::sqrt(nn);
   TQ_CHECK(norm <= kF16Max, "vector norm {:.6g} exceeds the fp16 range of the stored norm ({})", norm, kF16Max);
 
-  std::vector<float> y(pd_, 0.0f), c(pd_, 0.0f);  // rotated unit vector, its reconstruction
+  // Scratch on the stack (pd <= kMaxHeadDim): this runs for every token written to the cache.
+  float y[kMaxHeadDim], c[kMaxHeadDim];  // [pd] rotated unit vector, its reconstruction
+  std::fill(y, y + pd_, 0.0f);
+  std::fill(c, c + pd_, 0.0f);
   if (norm > 0)
     for (uint32_t i = 0; i < cfg_.dim; ++i) y[i] = float(x[i] / norm);
-  rot_.forward(y.data(), y.data());
+  rot_.forward(y, y);
 
   const uint32_t b = code_bits();
-  std::vector<uint8_t> codes(pd_, 0);
+  uint8_t codes[kMaxHeadDim];
+  std::fill(codes, codes + pd_, uint8_t(0));
   if (b > 0) {
     if (b <= 4 && simd::has_avx2()) {
-      simd::encode_avx2(y.data(), pd_, cb_->boundaries.data(), b, codes.data());
+      simd::encode_avx2(y, pd_, cb_->boundaries.data(), b, codes);
     } else {
       for (uint32_t i = 0; i < pd_; ++i) codes[i] = cb_->encode(y[i]);
     }
     for (uint32_t i = 0; i < pd_; ++i) c[i] = cb_->centroids[codes[i]];
-    pack_row(codes.data(), cfg_.dim, b, out.codes);
+    pack_row(codes, cfg_.dim, b, out.codes);
   }
 
   double stored = norm;
   if (cfg_.norm_correction && norm > 0) {
     double cn = 0;
-    for (float v : c) cn += double(v) * v;
+    for (uint32_t i = 0; i < pd_; ++i) cn += double(c[i]) * c[i];
     if (cn > 0) stored = norm / std::sqrt(cn);
     TQ_CHECK(stored <= kF16Max, "norm-corrected norm {:.6g} exceeds the fp16 range", stored);
   }
   *out.norm = f32_to_f16(float(stored));
 
   if (cfg_.prod) {
-    std::vector<float> r(pd_);
+    float r[kMaxHeadDim];
     double rn = 0;
     for (uint32_t i = 0; i < pd_; ++i) {
       r[i] = y[i] - c[i];
@@ -89,8 +94,8 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
 void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
   const uint32_t b = code_bits();
   if (b > 0) {
-    std::vector<uint8_t> codes(pd_);
-    unpack_row(in.codes, cfg_.dim, b, codes.data());
+    uint8_t codes[kMaxHeadDim];
+    unpack_row(in.codes, cfg_.dim, b, codes);
     for (uint32_t i = 0; i < pd_; ++i) out[i] = cb_->centroids[codes[i]];
   } else {
     for (uint32_t i = 0; i < pd_; ++i) out[i] = 0;
@@ -134,9 +139,9 @@ void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float*
 }
 
 void TurboQuant::decode(const ConstRowRef& in, float* out) const {
-  std::vector<float> y(pd_);
-  decode_rotated(in, y.data());
-  rot_.inverse(y.data(), y.data());
+  float y[kMaxHeadDim];
+  decode_rotated(in, y);
+  rot_.inverse(y, y);
   const float norm = f16_to_f32(*in.norm);
   for (uint32_t i = 0; i < cfg_.dim; ++i) out[i] = y[i] * norm;
 }
