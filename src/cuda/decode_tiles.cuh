@@ -18,7 +18,6 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 enum class Kind { kTq, kF16, kBf16, kFp8 };
 
-// Shared memory of one block.
 // Packed caches whose pages hold whole 16-token tiles are streamed through shared memory: each warp
 // keeps a ring of kStages tiles, filled by cp.async kStages - 1 tiles ahead of its compute, so the
 // loads of a tile are in flight for the whole of the tiles before it. A stage is the tile's slice
@@ -32,6 +31,7 @@ struct Staging {
   static constexpr int kRing = kWarps * kStages * kBytes;
 };
 
+// Shared memory of one block.
 template <int D, int KB, int VB>
 struct Smem {
   uint4 qa[D / 16][32];  // A fragments of the query (per k-tile, per lane): read each tile, not held in registers
