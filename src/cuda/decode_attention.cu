@@ -53,7 +53,9 @@ __device__ void rotate_queries(const DecodeParams& p, int seq, int kvh, int mt, 
     q[r][col] = v;
   }
   __syncthreads();
-  const float qscale = (p.scale > 0 ? p.scale : rsqrtf(float(c.head_dim))) * kLog2e * (KIND == Kind::kFp8 ? c.k_scale : 1.0f);
+  // TurboQuant keys decode in units of 1/sqrt(D) (the codebook's z-units): that factor rides here.
+  const float qscale = (p.scale > 0 ? p.scale : rsqrtf(float(c.head_dim))) * kLog2e * (KIND == Kind::kFp8 ? c.k_scale : 1.0f) *
+                       (KIND == Kind::kTq ? rsqrtf(float(D)) : 1.0f);
   if constexpr (KIND == Kind::kTq) {
     if (c.kt.signs) {  // in-place FWHT over each row, then its normalization
       for (int h = 1; h < D; h *= 2) {
@@ -115,9 +117,8 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
   const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len);
   const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
   const CacheView& c = p.cache;
-  const float inv_sqrt_pd = rsqrtf(float(D));
 
-  // ---- query rows, rotated once by prepare_queries ----
+  // ---- query rows, rotated and scaled once by prepare_queries ----
   {
     const float4* src = reinterpret_cast<const float4*>(ws_q + (size_t(seq) * gridDim.y + blockIdx.y) * kRows * D);
     for (int i = threadIdx.x; i < kRows * D / 4; i += kThreads) reinterpret_cast<float4*>(&sm.q[0][0])[i] = src[i];
@@ -156,20 +157,24 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
   const int my_row = mt * kRows + g;
   const int visible = my_row < rows_total ? len - int(p.num_q_tokens) + my_row / group + 1 : len;
 
-  constexpr int NT = D / 8;  // output n-tiles
-  float o[NT][4];
+  // O^T = V^T P^T: the accumulators are m-tiles of 16 value coordinates by the 8 query rows.
+  // Thread g owns coordinates [g D/8, (g+1) D/8) of the output (cb below); m-tile i row g is
+  // coordinate cb + 2i, row g + 8 is cb + 2i + 1; column n = query row n. So o[i] holds
+  //   O[2t][cb+2i], O[2t+1][cb+2i], O[2t][cb+2i+1], O[2t+1][cb+2i+1].
+  constexpr int MT = D / 16;
+  float o[MT][4];
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+  for (int i = 0; i < MT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float m_run = -INFINITY, l_run = 0.0f;
 
-  // One 16-token tile, its bytes already in `cur` (values of float caches are loaded by
-  // late_values() after the scores, which keeps their registers under the cap of three blocks/SM).
   auto qfrag = [&](int kt) {
     const uint4 v = sm.qa[kt][lane];
     return std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
   };
+  // One 16-token tile, its bytes already in `cur` (values of float caches are loaded by
+  // late_values() after the scores, which keeps their registers under the cap of three blocks/SM).
   auto process = [&](Tile<D, KIND, KB, VB>& cur, const int T0, auto&& late_values) {
-    // ---- scores for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
+    // ---- S = Q K^T for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
     // Two accumulators per n-tile (even and odd k-tiles) halve the chain of dependent MMAs.
     float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, s2[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
 #pragma unroll
@@ -199,10 +204,6 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
         Op::mma(s2[nn], a1, h[2], h[3]);
       }
     }
-#pragma unroll
-    for (int nn = 0; nn < 2; ++nn)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[nn][e] += s2[nn][e];
     // Row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9 (high + low halves of the query).
     float x[4];
     bool live[4];
@@ -210,10 +211,19 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
     for (int e = 0; e < 4; ++e) {
       const int tok = T0 + 2 * t + (e & 1) + 8 * (e >> 1);
       live[e] = tok < end && tok < visible;
-      x[e] = s[e / 2][e % 2] + s[e / 2][e % 2 + 2];
-      if constexpr (KIND == Kind::kTq) x[e] *= __half2float(__ushort_as_half(cur.kn[e])) * inv_sqrt_pd;
-      if (!live[e]) x[e] = -INFINITY;
+      x[e] = (s[e / 2][e % 2] + s2[e / 2][e % 2]) + (s[e / 2][e % 2 + 2] + s2[e / 2][e % 2 + 2]);
     }
+    if constexpr (KIND == Kind::kTq) {  // key norms (the 1/sqrt(D) of the codebook is in the query scale)
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const float2 kn = __half22float2(*reinterpret_cast<const __half2*>(&cur.kn[e2]));
+        x[2 * e2] *= kn.x;
+        x[2 * e2 + 1] *= kn.y;
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (!live[e]) x[e] = -INFINITY;
     float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -221,68 +231,101 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
     // A row with nothing visible yet keeps m = -inf; exponents then use 0 so that p = 0, not NaN.
     // (No early exit: the MMAs below need the whole warp.)
     const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    const float alpha = exp2f(m_run - m_use);
+    const float alpha = dev::fast_exp2(m_run - m_use);
     m_run = m_new;
-    float pv[4];
+    float pv[4], psum = 0.0f;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float pe = exp2f(x[e] - m_use);
-      l_run = (e == 0 ? l_run * alpha : l_run) + pe;
-      float w = pe;
-      if constexpr (KIND == Kind::kTq) w *= __half2float(__ushort_as_half(cur.vn[e])) * inv_sqrt_pd;
-      if constexpr (KIND == Kind::kFp8) w *= c.v_scale;
-      pv[e] = live[e] ? w : 0.0f;  // rows past the end may hold anything: never let them reach the MMA
+      pv[e] = dev::fast_exp2(x[e] - m_use);
+      psum += pv[e];
     }
-    if (__any_sync(0xffffffffu, alpha != 1.0f)) {
+    l_run = l_run * alpha + psum;
+    if constexpr (KIND == Kind::kTq) {  // value norms (their 1/sqrt(D) is applied once, at the end)
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        o[nt][0] *= alpha;
-        o[nt][1] *= alpha;
-        o[nt][2] *= alpha;
-        o[nt][3] *= alpha;
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const float2 vn = __half22float2(*reinterpret_cast<const __half2*>(&cur.vn[e2]));
+        pv[2 * e2] *= vn.x;
+        pv[2 * e2 + 1] *= vn.y;
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if constexpr (KIND == Kind::kFp8) pv[e] *= c.v_scale;
+      if (!live[e]) pv[e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
+    }
+    if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // rescale: the accumulators are query rows 2t, 2t+1
+      const float a_even = __shfl_sync(0xffffffffu, alpha, 8 * t), a_odd = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        o[i][0] *= a_even;
+        o[i][1] *= a_odd;
+        o[i][2] *= a_even;
+        o[i][3] *= a_odd;
       }
     }
     late_values(cur);
-    uint32_t pa[4];
-    {
-      const float h0 = Op::round(pv[0]), h1 = Op::round(pv[1]), h2 = Op::round(pv[2]), h3 = Op::round(pv[3]);
-      pa[0] = Op::pack(h0, h1);
-      pa[1] = Op::pack(pv[0] - h0, pv[1] - h1);
-      pa[2] = Op::pack(h2, h3);
-      pa[3] = Op::pack(pv[2] - h2, pv[3] - h3);
+    // B = P^T (k = token, n = query row g): exactly this thread's P entries, high and low halves.
+    uint32_t pb_hi[2], pb_lo[2];
+#pragma unroll
+    for (int e2 = 0; e2 < 2; ++e2) {
+      const float h0 = Op::round(pv[2 * e2]), h1 = Op::round(pv[2 * e2 + 1]);
+      pb_hi[e2] = Op::pack(h0, h1);
+      pb_lo[e2] = Op::pack(pv[2 * e2] - h0, pv[2 * e2 + 1] - h1);
     }
-    // ---- values: thread g decodes coordinates [g D/8, (g+1) D/8) of its four tokens ----
-    constexpr int kPairs = D / 16;  // half2 per token
-    uint32_t hv[4][kPairs];
+    // ---- O^T += V^T P^T: A fragment of m-tile i = {(2t, 2t+1) at cb+2i, at cb+2i+1, (2t+8, 2t+9) at cb+2i, at cb+2i+1} ----
+    auto pv_mma = [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3) {
+      const uint32_t a[4] = {a0, a1, a2, a3};
+      Op::mma(o[i], a, pb_hi[0], pb_hi[1]);
+      Op::mma(o[i], a, pb_lo[0], pb_lo[1]);
+    };
+    if constexpr (KIND == Kind::kTq) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if constexpr (KIND == Kind::kTq) {
+      for (int j = 0; j < D / 64; ++j) {  // octets of the thread's coordinates: m-tiles 4j .. 4j+3
+        using VW = ValueWords<D, VB>;
+        uint32_t ev[2][4], od[2][4];  // [token pair][i]: (A, B) at coordinate cb + 8j + 2i (+1 for od)
 #pragma unroll
-        for (int j = 0; j < D / 64; ++j) {
-          uint32_t h[4];
-          decode_octet<VB>(cur.v[e], (g * D / 64 + j) % 4, lut_v, sm.lut_v, h);
+        for (int pr = 0; pr < 2; ++pr) {
+          if constexpr (VB <= 3) {
+            uint32_t even, odd;
+            dev::mix_tokens(VW::selector(cur.v[2 * pr], j), VW::selector(cur.v[2 * pr + 1], j), even, odd);
+            dev::lookup8(even, lut_v, ev[pr]);
+            dev::lookup8(odd, lut_v, od[pr]);
+          } else {
+            uint32_t ca[8], cb8[8];
+            VW::codes(cur.v[2 * pr], j, ca);
+            VW::codes(cur.v[2 * pr + 1], j, cb8);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) hv[e][4 * j + i] = h[i];
+            for (int i = 0; i < 4; ++i) {
+              ev[pr][i] = dev::pack_half2(sm.lut_v[ca[2 * i]], sm.lut_v[cb8[2 * i]]);
+              od[pr][i] = dev::pack_half2(sm.lut_v[ca[2 * i + 1]], sm.lut_v[cb8[2 * i + 1]]);
+            }
+          }
         }
-      } else if constexpr (KIND == Kind::kFp8) {
 #pragma unroll
-        for (int i = 0; i < kPairs; ++i) hv[e][i] = dev::e4m3x2_to_half2(uint16_t(cur.v[e][i / 2] >> (16 * (i % 2))));
-      } else {
+        for (int i = 0; i < 4; ++i) pv_mma(4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
+      }
+    } else {
+      // hv[e][i]: coordinates cb + 2i, cb + 2i + 1 of token e, as the cache stores them
+      uint32_t hv[4][MT];
 #pragma unroll
-        for (int i = 0; i < kPairs / 4; ++i) {
-          hv[e][4 * i] = cur.v[e][i].x;
-          hv[e][4 * i + 1] = cur.v[e][i].y;
-          hv[e][4 * i + 2] = cur.v[e][i].z;
-          hv[e][4 * i + 3] = cur.v[e][i].w;
+      for (int e = 0; e < 4; ++e) {
+        if constexpr (KIND == Kind::kFp8) {
+#pragma unroll
+          for (int i = 0; i < MT; ++i) hv[e][i] = dev::e4m3x2_to_half2(uint16_t(cur.v[e][i / 2] >> (16 * (i % 2))));
+        } else {
+#pragma unroll
+          for (int i = 0; i < MT / 4; ++i) {
+            hv[e][4 * i] = cur.v[e][i].x;
+            hv[e][4 * i + 1] = cur.v[e][i].y;
+            hv[e][4 * i + 2] = cur.v[e][i].z;
+            hv[e][4 * i + 3] = cur.v[e][i].w;
+          }
         }
       }
-    }
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const uint32_t sel = nt % 2 ? 0x7632u : 0x5410u;  // the high or low element of each pair
-      const uint32_t b0 = __byte_perm(hv[0][nt / 2], hv[1][nt / 2], sel);
-      const uint32_t b1 = __byte_perm(hv[2][nt / 2], hv[3][nt / 2], sel);
-      Op::mma(o[nt], pa, b0, b1);
+      for (int i = 0; i < MT; ++i)
+        pv_mma(i, dev::prmt(hv[0][i], hv[1][i], 0x5410), dev::prmt(hv[0][i], hv[1][i], 0x7632), dev::prmt(hv[2][i], hv[3][i], 0x5410),
+               dev::prmt(hv[2][i], hv[3][i], 0x7632));
     }
   };
 
@@ -290,53 +333,73 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
   if constexpr (Staging<D, KB, VB>::kStages > 0) {
     if (c.page_size % kTile == 0) {
       using St = Staging<D, KB, VB>;
-      uint8_t* ring = sm.ring + warp * St::kStages * St::kBytes;
-      const BlockLayout& L = c.layout;
-      // Copies tile T0 into stage `st`: 16-byte chunks, the warp's lanes side by side.
-      auto issue = [&](int T0, int st) {
-        if (T0 < end) {
-          const uint8_t* blk = c.data + (size_t(bt[T0 / int(c.page_size)]) * c.kv_heads + kvh) * L.bytes;
-          const int row0 = T0 % int(c.page_size);
-          uint8_t* dst = ring + st * St::kBytes;
-          const uint8_t* src[4] = {blk + L.k_codes + row0 * St::kRowK, blk + L.v_codes + row0 * St::kRowV, blk + L.k_norms + 2 * row0,
-                                   blk + L.v_norms + 2 * row0};
-          constexpr int kChunks[4] = {St::kRowK, St::kRowV, 2, 2};  // 16-byte chunks per part
-#pragma unroll
-          for (int part = 0, off = 0; part < 4; off += 16 * kChunks[part], ++part)
-            for (int i = lane; i < kChunks[part]; i += 32) cp_async16(dst + off + 16 * i, src[part] + 16 * i);
+      constexpr int S = St::kStages;
+      const StageMap<D, KB, VB> map(c.data, c.layout, lane);
+      const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + warp * S * St::kBytes + 16 * lane;
+      // This thread's words in a stage, as byte offsets from the warp's ring (kept in registers):
+      // key rows g and g + 8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs.
+      uint32_t k_at = warp * S * St::kBytes + g * St::kRowK + (t * D / 128) * KB * 4;
+      uint32_t v_at = warp * S * St::kBytes + kTile * St::kRowK + 2 * t * St::kRowV + (g * D / 256) * VB * 4;
+      uint32_t n_at = warp * S * St::kBytes + kTile * (St::kRowK + St::kRowV) + 4 * t;
+      const int og0 = (g * D / 64) % 4;
+      asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
+      // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
+      // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
+      // loaded one tile ahead of its use, which hides that load's latency behind a tile.
+      const int ps = int(c.page_size), step_pages = step / ps, step_rows = step % ps;
+      int cur_T = first, cur_page = first / ps, cur_row = first % ps;
+      auto advance = [&] {
+        cur_T += step;
+        cur_page += step_pages;
+        cur_row += step_rows;
+        if (cur_row >= ps) {
+          cur_row -= ps;
+          ++cur_page;
         }
-        cp_async_commit();  // an empty group past the end keeps the wait count uniform
+      };
+      // Copies the tile at the cursor (in page `page`) into stage st, then closes a commit group;
+      // past the end the group is empty, which keeps the wait count uniform.
+      auto issue = [&](int32_t page, int st) {
+        if (cur_T < end) {
+          const size_t block = (size_t(page) * c.kv_heads + kvh) * c.layout.bytes;
+#pragma unroll
+          for (int r = 0; r < St::kRounds; ++r)
+            if (map.has(lane, r))
+              cp_async16(ring_s + st * St::kBytes + 32 * 16 * r, map.src[r] + block + uint32_t(cur_row) * map.per_row[r]);
+          advance();
+        }
+        cp_async_commit();
       };
 #pragma unroll
-      for (int i = 0; i < St::kStages - 1; ++i) issue(first + i * step, i);
+      for (int i = 0; i < S - 1; ++i) issue(cur_T < end ? bt[cur_page] : 0, i);
+      int32_t next_page = cur_T < end ? bt[cur_page] : 0;
       int st = 0;
       for (int T0 = first; T0 < end; T0 += step) {
-        issue(T0 + (St::kStages - 1) * step, (st + St::kStages - 1) % St::kStages);
-        cp_async_wait<St::kStages - 1>();
+        issue(next_page, (st + S - 1) % S);
+        if (cur_T < end) next_page = bt[cur_page];
+        cp_async_wait<S - 1>();
         __syncwarp();
-        const uint8_t* stage = ring + st * St::kBytes;
+        const uint8_t* stage = sm.ring + st * St::kBytes;
         Tile<D, KIND, KB, VB> cur;
 #pragma unroll
         for (int nn = 0; nn < 2; ++nn) {
-          const uint32_t* w = reinterpret_cast<const uint32_t*>(stage + (g + 8 * nn) * St::kRowK) + (t * D / 128) * KB;
+          const uint32_t* w = reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK);
 #pragma unroll
           for (int gi = 0; gi < Tile<D, KIND, KB, VB>::kGroups; ++gi)
 #pragma unroll
             for (int i = 0; i < KB; ++i) cur.k[nn][gi][i] = w[gi * KB + i];
         }
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int tok = 2 * t + (e & 1) + 8 * (e >> 1);
-          const uint32_t* w = reinterpret_cast<const uint32_t*>(stage + kTile * St::kRowK + tok * St::kRowV) + (g * D / 256) * VB;
-#pragma unroll
-          for (int i = 0; i < VB; ++i) cur.v[e][i] = w[i];
-          const uint16_t* norms = reinterpret_cast<const uint16_t*>(stage + kTile * (St::kRowK + St::kRowV));
-          cur.kn[e] = norms[tok];
-          cur.vn[e] = norms[kTile + tok];
-        }
+        for (int e = 0; e < 4; ++e)
+          ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);
+        const uint32_t* norms = reinterpret_cast<const uint32_t*>(stage + n_at);  // fp16 pairs of tokens (2t, 2t+1)
+        cur.kn[0] = norms[0];
+        cur.kn[1] = norms[4];
+        cur.vn[0] = norms[8];
+        cur.vn[1] = norms[12];
         process(cur, T0, [](auto&) {});
         __syncwarp();  // every lane has read the stage before the next issue overwrites it
-        st = (st + 1) % St::kStages;
+        st = st + 1 == S ? 0 : st + 1;
       }
       cp_async_wait<0>();
       __syncthreads();  // the ring becomes sm.o below
@@ -357,19 +420,26 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
     __syncthreads();
   }
 
-  // ---- merge the warps: row g holds o[nt][0..1] + o[nt][2..3] at coordinates (2t + e) D/8 + nt ----
+  // ---- merge the warps ----
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
   l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
   if (t == 0) {
     sm.m[warp][g] = m_run;
     sm.l[warp][g] = l_run;
   }
+  {
+    const int cb = g * (D / 8);
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    sm.o[warp][g][(2 * t) * (D / 8) + nt] = o[nt][0] + o[nt][2];
-    sm.o[warp][g][(2 * t + 1) * (D / 8) + nt] = o[nt][1] + o[nt][3];
+    for (int i = 0; i < MT; ++i) {
+      sm.o[warp][2 * t][cb + 2 * i] = o[i][0];
+      sm.o[warp][2 * t + 1][cb + 2 * i] = o[i][1];
+      sm.o[warp][2 * t][cb + 2 * i + 1] = o[i][2];
+      sm.o[warp][2 * t + 1][cb + 2 * i + 1] = o[i][3];
+    }
   }
   __syncthreads();
+  // TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.
+  const float out_scale = KIND == Kind::kTq ? rsqrtf(float(D)) : 1.0f;
   for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
     const int r = i / D, col = i % D, row = mt * kRows + r;
     if (row >= rows_total) continue;
@@ -385,7 +455,7 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
       }
     const int j = row / group, h = kvh * group + row % group;
     const size_t slot = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * gridDim.x + split;
-    ws_o[slot * D + col] = acc;
+    ws_o[slot * D + col] = acc * out_scale;
     if (col == 0) ws_ml[slot] = make_float2(M, lsum);
   }
 }

@@ -69,19 +69,47 @@ __device__ __forceinline__ Lut8 make_lut8(const __half* table) {  // table: [8] 
   l.lo1 = b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24;
   l.hi0 = b[8] | b[9] << 8 | b[10] << 16 | b[11] << 24;
   l.hi1 = b[12] | b[13] << 8 | b[14] << 16 | b[15] << 24;
+  // Opaque to the compiler from here: it otherwise keeps the (uniform) table in uniform registers
+  // and copies it back into a vector register before every PRMT, one wasted move a lookup.
+  asm volatile("" : "+r"(l.lo0), "+r"(l.lo1), "+r"(l.hi0), "+r"(l.hi1));
   return l;
 }
 
-// Eight codes < 8, one per nibble of `sel`, to four half2 (coordinates 0-1, 2-3, 4-5, 6-7):
+// PRMT without the `& 0x7777` that __byte_perm adds to its selector: every selector built here
+// has bit 3 of each nibble clear (codes < 8), so the mask would be one wasted instruction a lookup.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
+// 2^x with flush-to-zero and no range fix-ups (exp2f adds a compare and two multiplies for
+// denormal results; softmax weights that small do not matter). ex2(-inf) = 0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+
+// Eight codes < 8, one per nibble of `sel`, to four half2 (nibbles 0-1, 2-3, 4-5, 6-7):
 // 2 PRMTs look up the low and high bytes of four codes, 2 more interleave them into half2.
 __device__ __forceinline__ void lookup8(uint32_t sel, const Lut8& l, uint32_t (&h)[4]) {
   const uint32_t sel_hi = sel >> 16;
-  const uint32_t lo_a = __byte_perm(l.lo0, l.lo1, sel), hi_a = __byte_perm(l.hi0, l.hi1, sel);
-  const uint32_t lo_b = __byte_perm(l.lo0, l.lo1, sel_hi), hi_b = __byte_perm(l.hi0, l.hi1, sel_hi);
-  h[0] = __byte_perm(lo_a, hi_a, 0x5140);
-  h[1] = __byte_perm(lo_a, hi_a, 0x7362);
-  h[2] = __byte_perm(lo_b, hi_b, 0x5140);
-  h[3] = __byte_perm(lo_b, hi_b, 0x7362);
+  const uint32_t lo_a = prmt(l.lo0, l.lo1, sel), hi_a = prmt(l.hi0, l.hi1, sel);
+  const uint32_t lo_b = prmt(l.lo0, l.lo1, sel_hi), hi_b = prmt(l.hi0, l.hi1, sel_hi);
+  h[0] = prmt(lo_a, hi_a, 0x5140);
+  h[1] = prmt(lo_a, hi_a, 0x7362);
+  h[2] = prmt(lo_b, hi_b, 0x5140);
+  h[3] = prmt(lo_b, hi_b, 0x7362);
+}
+
+// Two 8-nibble selectors of tokens A and B (the same 8 coordinates) interleaved, so that each
+// lookup8 result pairs the two tokens at one coordinate, as the k = token layout of an MMA
+// operand wants: even[i] = (A, B) at coordinate 2i of the octet, odd[i] at coordinate 2i + 1.
+// Two shifts and two LOP3s replace the four PRMTs a pairing after the lookup would cost.
+__device__ __forceinline__ void mix_tokens(uint32_t sel_a, uint32_t sel_b, uint32_t& even, uint32_t& odd) {
+  even = (sel_a & 0x0f0f0f0fu) | ((sel_b << 4) & 0xf0f0f0f0u);
+  odd = ((sel_a >> 4) & 0x0f0f0f0fu) | (sel_b & 0xf0f0f0f0u);
 }
 
 // w[i] for a run-time i < N without indexing a register array at run time (which would move the
