@@ -102,8 +102,13 @@ __global__ void __launch_bounds__(kThreads) prepare_queries(const DecodeParams p
   for (int i = threadIdx.x; i < kRows * D; i += kThreads) dst[i] = q[i / D][i % D];
 }
 
+// Blocks of decode_kernel resident per SM, which its register budget is compiled for (and
+// make_plan sizes the grid to whole waves of): 4 at D <= 128, 2 at D = 256. (5 for k3v2 at
+// D = 128 forced 96 registers and was 4% slower at (16, 32K) on the H200.)
+constexpr int resident_blocks(int D) { return D >= 256 ? 2 : 4; }
+
 template <int D, Kind KIND, int KB, int VB>
-__global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles,
+__global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles,
                                                            float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                                                            const float* __restrict__ ws_q) {
   constexpr bool kBf = KIND == Kind::kBf16;
@@ -148,14 +153,22 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
   }
   __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
   dev::Lut8 lut_k{}, lut_v{};
+  uint32_t lut_v2[2] = {0, 0};  // 2-bit values: the four fp16 centroids, two to a register
   if constexpr (KIND == Kind::kTq) {
     lut_k = dev::make_lut8(sm.lut_k);
-    lut_v = dev::make_lut8(sm.lut_v);
+    if constexpr (VB == 2) {
+      lut_v2[0] = dev::pack_half2(sm.lut_v[0], sm.lut_v[1]);
+      lut_v2[1] = dev::pack_half2(sm.lut_v[2], sm.lut_v[3]);
+      asm volatile("" : "+r"(lut_v2[0]), "+r"(lut_v2[1]));  // in registers, as make_lut8 explains
+    } else {
+      lut_v = dev::make_lut8(sm.lut_v);
+    }
   }
 
   // Causal limit of this thread's row g: query token j sees positions < len - ntok + j + 1.
   const int my_row = mt * kRows + g;
   const int visible = my_row < rows_total ? len - int(p.num_q_tokens) + my_row / group + 1 : len;
+  const int visible_min = len - int(p.num_q_tokens) + 1;  // of every row of the block: the first query token's
 
   // O^T = V^T P^T: the accumulators are m-tiles of 16 value coordinates by the 8 query rows.
   // Thread g owns coordinates [g D/8, (g+1) D/8) of the output (cb below); m-tile i row g is
@@ -206,12 +219,18 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
     }
     // Row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9 (high + low halves of the query).
     float x[4];
-    bool live[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int tok = T0 + 2 * t + (e & 1) + 8 * (e >> 1);
-      live[e] = tok < end && tok < visible;
-      x[e] = (s[e / 2][e % 2] + s2[e / 2][e % 2]) + (s[e / 2][e % 2 + 2] + s2[e / 2][e % 2 + 2]);
+    for (int e = 0; e < 4; ++e) x[e] = (s[e / 2][e % 2] + s2[e / 2][e % 2]) + (s[e / 2][e % 2 + 2] + s2[e / 2][e % 2 + 2]);
+    // Tokens past the split's end or the row's causal limit are masked; most tiles have none
+    // (a warp-uniform test), which saves the per-token compares.
+    const bool full = T0 + kTile <= end && T0 + kTile <= visible_min;
+    bool live[4] = {true, true, true, true};
+    if (!full) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = T0 + 2 * t + (e & 1) + 8 * (e >> 1);
+        live[e] = tok < end && tok < visible;
+      }
     }
     if constexpr (KIND == Kind::kTq) {  // key norms (the 1/sqrt(D) of the codebook is in the query scale)
 #pragma unroll
@@ -221,9 +240,11 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
         x[2 * e2 + 1] *= kn.y;
       }
     }
+    if (!full) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      if (!live[e]) x[e] = -INFINITY;
+      for (int e = 0; e < 4; ++e)
+        if (!live[e]) x[e] = -INFINITY;
+    }
     float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
@@ -248,10 +269,13 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
         pv[2 * e2 + 1] *= vn.y;
       }
     }
+    if constexpr (KIND == Kind::kFp8)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if constexpr (KIND == Kind::kFp8) pv[e] *= c.v_scale;
-      if (!live[e]) pv[e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
+      for (int e = 0; e < 4; ++e) pv[e] *= c.v_scale;
+    if (!full) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (!live[e]) pv[e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
     }
     if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // rescale: the accumulators are query rows 2t, 2t+1
       const float a_even = __shfl_sync(0xffffffffu, alpha, 8 * t), a_odd = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
@@ -278,7 +302,44 @@ __global__ void __launch_bounds__(kThreads, D >= 256 ? 2 : 4) decode_kernel(cons
       Op::mma(o[i], a, pb_hi[0], pb_hi[1]);
       Op::mma(o[i], a, pb_lo[0], pb_lo[1]);
     };
-    if constexpr (KIND == Kind::kTq) {
+    if constexpr (KIND == Kind::kTq && VB == 2) {
+      // 2-bit values: the 4-entry fp16 table fits two registers, so one PRMT looks up a pair
+      // (A, B) of tokens at one coordinate when its selector nibbles are (2a, 2a+1, 2b, 2b+1),
+      // which one IMAD builds from bytes a, b: x 0x22 + 0x10. Bytes [A, B, A', B'] come from the
+      // two tokens' words interleaved bytewise (nibble k of a word: coordinate k at bits 0-1 and
+      // k + 8 at bits 2-3; a byte holds nibbles 2m, 2m+1). Octet j's coordinates 8j + (2m, 2m+1)
+      // of the thread sit at shifts 2j and 2j + 4 of each byte.
+      constexpr int kW = ValueWords<D, VB>::kWords;
+#pragma unroll
+      for (int w = 0; w < kW; ++w) {
+        uint32_t X[2][2];  // [token pair][nibbles 0-3, 4-7]
+#pragma unroll
+        for (int pr = 0; pr < 2; ++pr) {
+          X[pr][0] = dev::prmt(cur.v[2 * pr][w], cur.v[2 * pr + 1][w], 0x5140);
+          X[pr][1] = dev::prmt(cur.v[2 * pr][w], cur.v[2 * pr + 1][w], 0x7362);
+        }
+#pragma unroll
+        for (int jj = 0; jj < (D >= 128 ? 2 : 1); ++jj) {
+          const int j = 2 * w + jj;  // octet of the thread's coordinates: m-tiles 4j .. 4j+3
+          uint32_t ev[2][4], od[2][4];
+#pragma unroll
+          for (int pr = 0; pr < 2; ++pr)
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+#pragma unroll
+              for (int odd = 0; odd < 2; ++odd) {
+                const uint32_t codes = (X[pr][half] >> (2 * jj + 4 * odd)) & 0x03030303u;
+                uint32_t* out = odd ? od[pr] : ev[pr];
+                // selectors of bytes 0-1 and 2-3; the high one as a multiply-high, which runs on
+                // the FMA pipe instead of a shift on the busier integer pipe
+                out[2 * half] = dev::prmt(lut_v2[0], lut_v2[1], codes * 0x22u + 0x10101010u);
+                out[2 * half + 1] = dev::prmt(lut_v2[0], lut_v2[1], __umulhi(codes, 0x220000u) + 0x1010u);
+              }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) pv_mma(4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
+        }
+      }
+    } else if constexpr (KIND == Kind::kTq) {
 #pragma unroll
       for (int j = 0; j < D / 64; ++j) {  // octets of the thread's coordinates: m-tiles 4j .. 4j+3
         using VW = ValueWords<D, VB>;
@@ -465,23 +526,52 @@ template <int D, bool TQ>
 __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, int splits, const float* __restrict__ ws_o,
                                                           const float2* __restrict__ ws_ml) {
   __shared__ float o[D];
+  __shared__ float f[kThreads];  // a chunk of the splits' weights 2^(m_s - M)
+  __shared__ float red[kWarps];
   const size_t r = blockIdx.x;  // (seq * ntok + j) * q_heads + h
   const int h = int(r % p.q_heads), kvh = h / int(p.q_heads / p.cache.kv_heads);
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, ws_ml[r * splits + s].x);
-  float Lsum = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float2 ml = ws_ml[r * splits + s];
-    if (ml.x != -INFINITY) Lsum += ml.y * exp2f(ml.x - M);
-  }
-  const float inv = Lsum > 0 ? 1.0f / Lsum : 0.0f;
-  for (int col = threadIdx.x; col < D; col += kThreads) {
-    float acc = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float2 ml = ws_ml[r * splits + s];
-      if (ml.x != -INFINITY) acc += ws_o[(r * splits + s) * D + col] * exp2f(ml.x - M);
+  const float2* ml = ws_ml + r * splits;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // Block-wide max and sum, the splits spread over the threads (batch 1 uses ~60 splits).
+  auto reduce = [&](float v, bool is_max) {
+#pragma unroll
+    for (int d = 16; d >= 1; d /= 2) {
+      const float u = __shfl_xor_sync(0xffffffffu, v, d);
+      v = is_max ? fmaxf(v, u) : v + u;
     }
-    o[col] = acc * inv;
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = red[0];
+    for (int w = 1; w < kWarps; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+    __syncthreads();
+    return v;
+  };
+  float M = -INFINITY;
+  for (int s = threadIdx.x; s < splits; s += kThreads) M = fmaxf(M, ml[s].x);
+  M = reduce(M, true);
+  float Lsum = 0.0f;
+  if (M != -INFINITY)
+    for (int s = threadIdx.x; s < splits; s += kThreads) Lsum += ml[s].x != -INFINITY ? ml[s].y * exp2f(ml[s].x - M) : 0.0f;
+  Lsum = reduce(Lsum, false);
+  const float inv = Lsum > 0 ? 1.0f / Lsum : 0.0f;
+  float acc[(D + kThreads - 1) / kThreads] = {};
+  for (int s0 = 0; s0 < splits; s0 += kThreads) {
+    const int s = s0 + threadIdx.x;
+    f[threadIdx.x] = s < splits && ml[s].x != -INFINITY ? exp2f(ml[s].x - M) : 0.0f;
+    __syncthreads();
+    const int n = min(kThreads, splits - s0);
+#pragma unroll
+    for (int k = 0; k < (D + kThreads - 1) / kThreads; ++k) {
+      const int col = threadIdx.x + k * kThreads;
+      if (col < D)
+        for (int i = 0; i < n; ++i) acc[k] += ws_o[(r * splits + s0 + i) * D + col] * f[i];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int k = 0; k < (D + kThreads - 1) / kThreads; ++k) {
+    const int col = threadIdx.x + k * kThreads;
+    if (col < D) o[col] = acc[k] * inv;
   }
   __syncthreads();
   const CacheView& c = p.cache;
@@ -542,14 +632,16 @@ Plan make_plan(const DecodeParams& p) {
   const int tiles = std::max(1, int((p.max_seq_len + kTile - 1) / kTile));
   int splits = int(p.num_splits);
   if (splits == 0) {
-    // Blocks per SM to aim for. Packed caches: ~4 (one full wave at 4 resident blocks per SM;
-    // Nsight Compute showed 2.4 of 4 warps per scheduler at 2 per SM, and 8 per SM made batch 1
-    // slower: every split repeats the query rotation and adds merge work). Float caches: 2.
-    // Keep >= 8 tiles (two per warp) per split.
+    // Packed caches: as many splits as fit one wave of their resident blocks (resident_blocks;
+    // Nsight Compute showed too few eligible warps at 2 per SM). Rounding down matters:
+    // 640 blocks on 528 slots leave a second, mostly empty wave that costs almost a whole block
+    // time. Float caches: about 2 blocks per SM, rounded up (measured best for them).
+    // Each split keeps >= 2 tiles per warp: shorter splits cost more (query fragments, merge
+    // work) than they give.
     const int blocks = int(p.num_seqs * p.cache.kv_heads) * pl.mtiles;
-    const int per_sm = is_tq(p.cache.k.enc) ? 4 : 2;
-    const int want = (per_sm * device_sm_count() + blocks - 1) / blocks;
-    splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));  // >= 2 tiles per warp: short splits cost more than they give
+    const int resident = resident_blocks(pl.D);
+    const int want = is_tq(p.cache.k.enc) ? resident * device_sm_count() / blocks : (2 * device_sm_count() + blocks - 1) / blocks;
+    splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
   splits = std::clamp(splits, 1, tiles);
   const int tiles_per_split = (tiles + splits - 1) / splits;
