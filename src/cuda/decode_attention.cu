@@ -136,8 +136,40 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
   }
   __syncthreads();
 
-  // A fragments of Q: k-tile kt covers coordinates t*D/4 + 4kt + {0,1} (k = 2t, 2t+1) and {2,3}.
+  // Keys of 2 and 3 bits go through int8 tensor cores (S = Q K^T as m16n8k32 s8 MMAs): their
+  // centroids are exact int16 fixed point (fp16 z-units x 2^13, checked by test_codebook), split
+  // into high and low bytes, each a PRMT lookup that yields four int8 operands at once, with no
+  // interleaving. The query is int16 fixed point per row (step = max|q| / kQ16Max), high bytes in
+  // rows 0-7 of A and low bytes in rows 8-15 as with fp16. S = 2^8 hh + hl + lh (+ ll / 2^8,
+  // dropped: below 2^-16 of the scale) in int32, times the row's step and 2^-13 * 2^8.
+  constexpr bool kInt8K = KIND == Kind::kTq && KB <= 3;
   constexpr int KT = D / 16;
+  if constexpr (kInt8K) {
+    constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
+    for (int r = warp * 2; r < warp * 2 + 2; ++r) {  // row r's max |q|: warp w takes rows 2w, 2w+1
+      float mx = 0.0f;
+      for (int col = lane; col < D; col += 32) mx = fmaxf(mx, fabsf(sm.q[r][col]));
+#pragma unroll
+      for (int d = 16; d >= 1; d /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, d));
+      if (lane == 0) sm.qrs[r] = mx / kQ16Max;
+    }
+    __syncthreads();
+    // k-tile j: lane (g, t) holds coordinates c0 + 0..3 (k = 4t..4t+3) and c0 + 4..7 (k = 4t+16..)
+    // with c0 = t D/4 + 8j: octet j of the thread's key coordinates, as the key lookups give them.
+    for (int i = threadIdx.x; i < D / 32 * 32; i += kThreads) {
+      const int j = i / 32, ln = i % 32, r = ln / 4, c0 = (ln % 4) * (D / 4) + 8 * j;
+      const float inv = sm.qrs[r] > 0 ? 1.0f / sm.qrs[r] : 0.0f;
+      uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int q16 = __float2int_rn(sm.q[r][c0 + e] * inv), l8 = int(int8_t(q16 & 0xff)), h8 = (q16 - l8) >> 8;
+        hi[e / 4] |= uint32_t(h8 & 0xff) << (8 * (e % 4));
+        lo[e / 4] |= uint32_t(l8 & 0xff) << (8 * (e % 4));
+      }
+      sm.qa[j][ln] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
+    }
+  } else {
+  // A fragments of Q: k-tile kt covers coordinates t*D/4 + 4kt + {0,1} (k = 2t, 2t+1) and {2,3}.
   // Every warp uses the same fragments: built once into shared memory (one LDS.128 per k-tile
   // later), which keeps 4 * KT registers free for occupancy.
   for (int i = threadIdx.x; i < KT * 32; i += kThreads) {
@@ -151,11 +183,29 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
     }
     sm.qa[kt][ln] = make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
   }
+  }
   __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
+  // int8 keys: this thread's row step times the table's 2^-13 and the 2^8 of the combination
+  const float s_scale = kInt8K ? sm.qrs[g] * (1.0f / 32.0f) : 1.0f;
   dev::Lut8 lut_k{}, lut_v{};
   uint32_t lut_v2[2] = {0, 0};  // 2-bit values: the four fp16 centroids, two to a register
-  if constexpr (KIND == Kind::kTq) {
+  if constexpr (kInt8K) {  // the high and low bytes of the int16 centroids, 8 to a register pair
+    uint32_t b[16];
+#pragma unroll
+    for (int c8 = 0; c8 < 8; ++c8) {
+      const int k16 = __float2int_rn(__half2float(sm.lut_k[c8]) * 8192.0f), l8 = int(int8_t(k16 & 0xff));
+      b[c8] = uint32_t(l8 & 0xff);
+      b[8 + c8] = uint32_t(((k16 - l8) >> 8) & 0xff);
+    }
+    lut_k.lo0 = b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24;
+    lut_k.lo1 = b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24;
+    lut_k.hi0 = b[8] | b[9] << 8 | b[10] << 16 | b[11] << 24;
+    lut_k.hi1 = b[12] | b[13] << 8 | b[14] << 16 | b[15] << 24;
+    asm volatile("" : "+r"(lut_k.lo0), "+r"(lut_k.lo1), "+r"(lut_k.hi0), "+r"(lut_k.hi1));
+  } else if constexpr (KIND == Kind::kTq) {
     lut_k = dev::make_lut8(sm.lut_k);
+  }
+  if constexpr (KIND == Kind::kTq) {
     if constexpr (VB == 2) {
       lut_v2[0] = dev::pack_half2(sm.lut_v[0], sm.lut_v[1]);
       lut_v2[1] = dev::pack_half2(sm.lut_v[2], sm.lut_v[3]);
@@ -188,6 +238,28 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
   // late_values() after the scores, which keeps their registers under the cap of three blocks/SM).
   auto process = [&](Tile<D, KIND, KB, VB>& cur, const int T0, auto&& late_values) {
     // ---- S = Q K^T for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
+    float x[4];  // row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9
+    if constexpr (kInt8K) {
+      int acc_hi[2][4] = {}, acc_lo[2][4] = {};  // [n-tile]: K high bytes, K low bytes
+#pragma unroll
+      for (int j = 0; j < D / 32; ++j) {  // octet j of the thread's key coordinates = int8 k-tile j
+        const auto qa = qfrag(j);
+        const uint32_t a[4] = {qa[0], qa[1], qa[2], qa[3]};
+#pragma unroll
+        for (int nn = 0; nn < 2; ++nn) {
+          constexpr int kGroups = D >= 128 ? D / 128 : 1;
+          const uint32_t sel = dev::octet_selector<KB>(cur.k[nn][j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4);
+          const uint32_t sel_hi = sel >> 16;
+          dev::mma_s8(acc_hi[nn], a, dev::prmt(lut_k.hi0, lut_k.hi1, sel), dev::prmt(lut_k.hi0, lut_k.hi1, sel_hi));
+          dev::mma_s8(acc_lo[nn], a, dev::prmt(lut_k.lo0, lut_k.lo1, sel), dev::prmt(lut_k.lo0, lut_k.lo1, sel_hi));
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int nn = e / 2, c = e % 2;  // d[c] = row g (query high bytes), d[c + 2] = row g + 8 (low)
+        x[e] = float(acc_hi[nn][c] * 256 + acc_hi[nn][c + 2] + acc_lo[nn][c]) * s_scale;
+      }
+    } else {
     // Two accumulators per n-tile (even and odd k-tiles) halve the chain of dependent MMAs.
     float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, s2[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
 #pragma unroll
@@ -217,10 +289,10 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
         Op::mma(s2[nn], a1, h[2], h[3]);
       }
     }
-    // Row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9 (high + low halves of the query).
-    float x[4];
+    // high + low halves of the query
 #pragma unroll
     for (int e = 0; e < 4; ++e) x[e] = (s[e / 2][e % 2] + s2[e / 2][e % 2]) + (s[e / 2][e % 2 + 2] + s2[e / 2][e % 2 + 2]);
+    }
     // Tokens past the split's end or the row's causal limit are masked; most tiles have none
     // (a warp-uniform test), which saves the per-token compares.
     const bool full = T0 + kTile <= end && T0 + kTile <= visible_min;

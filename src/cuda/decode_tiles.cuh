@@ -64,6 +64,7 @@ struct Smem {
   uint4 qa[D / 16][32];  // A fragments of the query (per k-tile, per lane): read each tile, not held in registers
   __half lut_k[256], lut_v[256];
   float m[kWarps][kRows], l[kWarps][kRows];
+  float qrs[kRows];  // int8 keys: a query row's fixed-point step (its max |q| / kQ16Max)
   union {
     float q[kRows][D];  // the prologue: query rows, rotated and scaled
     alignas(16) uint8_t ring[Staging<D, KB, VB>::kRing > 0 ? Staging<D, KB, VB>::kRing : 16];  // the loop

@@ -29,6 +29,16 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// D = A B + D, m16n8k32, int8 operands, int32 accumulate. Lane = 4g + t owns
+//   a[0]: A[g][4t..4t+3]  a[1]: A[g+8][4t..4t+3]  a[2]: A[g][4t+16..4t+19]  a[3]: A[g+8][4t+16..4t+19]
+//   b[0]: B[4t..4t+3][g]  b[1]: B[4t+16..4t+19][g]   d: as mma_f16
+__device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // Operand element type of the MMAs: fp16, or bf16 for bf16 caches.
 template <bool BF16>
 struct Operand;

@@ -4,6 +4,7 @@
 
 #include "tq/codebook.h"
 #include "tq/common.h"
+#include "tq/numeric.h"
 
 namespace tq {
 namespace {
@@ -99,6 +100,20 @@ TEST(ExactCodebook, RejectsBadArguments) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("9"), std::string::npos) << e.what();
   }
+}
+
+// The CUDA decode kernels use 2- and 3-bit key centroids as int16 fixed point (their fp16 z-unit
+// values x 2^13, split into two int8 tensor-core operands): that must be exact, and fit.
+TEST(ExactCodebook, KeyCentroidsAreExactInt16FixedPoint) {
+  for (uint32_t pd : {64u, 128u, 256u})
+    for (uint32_t bits : {2u, 3u}) {
+      const Codebook& cb = codebook(pd, bits);
+      for (float c : cb.centroids) {
+        const double z = f16_to_f32(f32_to_f16(c * std::sqrt(float(pd)))), q = z * 8192.0;  // as the kernel's table
+        EXPECT_EQ(q, std::rint(q)) << "pd " << pd << " bits " << bits << " z " << z;
+        EXPECT_LE(std::fabs(q), 32639.0) << "pd " << pd << " bits " << bits;
+      }
+    }
 }
 
 }  // namespace
