@@ -63,6 +63,22 @@ def timed(fn, iters=50, warmup=10):
     return statistics.median(times)
 
 
+def timed_graph(fn, reps=20, iters=20):
+    """Time of one call inside a CUDA graph of `reps` calls: what a captured decode step pays,
+    without the Python and launch overhead of one call (fn takes the stream to launch on)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn(side.cuda_stream)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        stream = torch.cuda.current_stream().cuda_stream
+        for _ in range(reps):
+            fn(stream)
+    return timed(graph.replay, iters, warmup=3) / reps
+
+
 class PagedCache:
     """One layer of our paged cache on the GPU, filled through quantize_store."""
 
@@ -95,10 +111,10 @@ class PagedCache:
     def bytes(self):
         return self.lib.tq_cache_bytes(self.h)
 
-    def decode(self, q, out):
+    def decode(self, q, out, stream=None):
         check(self.lib.tq_decode(self.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], self.block_tables.data_ptr(),
                                  self.seq_lens.data_ptr(), self.batch, 1, QH, self.ctx // PAGE, self.ctx, 0, self.ws.data_ptr(),
-                                 None, self.err, 512), self.err)
+                                 stream, self.err, 512), self.err)
 
     def close(self):
         self.lib.tq_cache_destroy(self.h)
@@ -133,8 +149,10 @@ def main():
         qt = q.view(B, QH, 1, D)
         ref = torch_sdpa(qt, kt, vt)
         t_torch = timed(lambda: torch_sdpa(qt, kt, vt))
+        g_torch = timed_graph(lambda st: torch_sdpa(qt, kt, vt))
         bf16_bytes = 2 * B * L * KVH * D * 2
-        rows.append(dict(batch=B, context=L, kv="torch-sdpa-bf16", ms=t_torch, bytes=bf16_bytes, gbps=bf16_bytes / t_torch / 1e6))
+        rows.append(dict(batch=B, context=L, kv="torch-sdpa-bf16", ms=t_torch, bytes=bf16_bytes, gbps=bf16_bytes / t_torch / 1e6,
+                         graph_ms=g_torch))
         print(f"B={B:3d} L={L:6d} torch-sdpa-bf16 {t_torch:8.4f} ms {bf16_bytes / t_torch / 1e6:7.0f} GB/s", flush=True)
         for spec in args.specs.split(","):
             cache = PagedCache(lib, spec, B, L, k, v)
@@ -143,22 +161,27 @@ def main():
             torch.cuda.synchronize()
             rel = ((out.view(B, QH, 1, D).float() - ref.float()).norm() / ref.float().norm()).item()
             t = timed(lambda: cache.decode(q, out))
+            g = timed_graph(lambda st: cache.decode(q, out, st))
             nbytes = cache.bytes()
             row = dict(batch=B, context=L, kv=spec, ms=t, bytes=nbytes, gbps=nbytes / t / 1e6, speedup_vs_torch=t_torch / t,
-                       rel_err_vs_torch=rel)
+                       rel_err_vs_torch=rel, graph_ms=g, graph_speedup_vs_torch=g_torch / g)
             if spec == "k3v2":
                 # one decode step writes one new token per sequence
                 newk, newv = k[:B].clone(), v[:B].clone()
                 slots = cache.slots[:B].clone()
                 err = ctypes.create_string_buffer(512)
-                qs = lambda: check(lib.tq_quantize_store(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B, None,
-                                                         err, 512), err)
+                qs = lambda st=None: check(lib.tq_quantize_store(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B,
+                                                                 st, err, 512), err)
                 row["quantize_store_ms"] = timed(qs)
                 row["quantize_store_pct_of_decode"] = 100 * row["quantize_store_ms"] / t
+                row["quantize_store_graph_ms"] = timed_graph(qs)
+                row["quantize_store_graph_pct_of_decode"] = 100 * row["quantize_store_graph_ms"] / g
             rows.append(row)
             print(f"B={B:3d} L={L:6d} {spec:15s} {t:8.4f} ms {nbytes / t / 1e6:7.0f} GB/s  x{t_torch / t:5.2f} vs torch  "
-                  f"rel err vs torch {rel:.2e}" + (f"  quantize_store {row['quantize_store_ms'] * 1e3:.1f} us "
-                                                   f"({row['quantize_store_pct_of_decode']:.1f}% of decode)" if spec == "k3v2" else ""),
+                  f"rel err vs torch {rel:.2e}  in a graph {g * 1e3:.1f} us (x{g_torch / g:5.2f})" +
+                  (f"  quantize_store {row['quantize_store_ms'] * 1e3:.1f} us ({row['quantize_store_pct_of_decode']:.1f}% of decode),"
+                   f" in a graph {row['quantize_store_graph_ms'] * 1e3:.1f} us ({row['quantize_store_graph_pct_of_decode']:.1f}%)"
+                   if spec == "k3v2" else ""),
                   flush=True)
             cache.close()
         del k, v, kt, vt
@@ -174,12 +197,12 @@ def main():
         rows.append(dict(kv="k3v2", quantize_store_bulk_tokens=n, ms=t, mtokens_per_s=n / t / 1e3))
         cache.close()
 
-    print("\n| batch | context | kv | ms | GB/s | vs torch bf16 |")
-    print("|---|---|---|---|---|---|")
+    print("\n| batch | context | kv | ms (one call) | GB/s | vs torch bf16 | us in a CUDA graph | vs torch, both in graphs |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "batch" in r:
             print(f"| {r['batch']} | {r['context']} | {r['kv']} | {r['ms']:.4f} | {r['gbps']:.0f} | "
-                  f"{r.get('speedup_vs_torch', 1.0):.2f}x |")
+                  f"{r.get('speedup_vs_torch', 1.0):.2f}x | {r['graph_ms'] * 1e3:.1f} | {r.get('graph_speedup_vs_torch', 1.0):.2f}x |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=dev.name, rows=rows), f, indent=1)

@@ -33,7 +33,8 @@ using namespace decode;  // tiles, staging, loads: decode_tiles.cuh
 
 // The 8 query rows of (sequence, KV head, m-tile): loaded, rotated with the keys' rotation
 // (TurboQuant), scaled by softmax scale * log2(e); zero rows past the group. q: shared [kRows][D].
-template <int D, Kind KIND>
+// kDense = false compiles only the Hadamard path (the decode kernel's own copy).
+template <int D, Kind KIND, bool kDense = true>
 __device__ void rotate_queries(const DecodeParams& p, int seq, int kvh, int mt, float (&q)[kRows][D]) {
   const CacheView& c = p.cache;
   const int group = int(p.q_heads / c.kv_heads), rows_total = group * int(p.num_q_tokens);
@@ -68,7 +69,7 @@ __device__ void rotate_queries(const DecodeParams& p, int seq, int kvh, int mt, 
         __syncthreads();
       }
       for (int i = threadIdx.x; i < kRows * D; i += kThreads) q[i / D][i % D] *= c.fwht_scale * qscale;
-    } else {  // dense: q_rot = R q, rows of R in global memory
+    } else if constexpr (kDense) {  // dense: q_rot = R q, rows of R in global memory
       float acc[kRows * D / kThreads];
       const float* R = c.kt.matrix + size_t(kvh) * D * D;
 #pragma unroll
@@ -123,8 +124,11 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
   const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
   const CacheView& c = p.cache;
 
-  // ---- query rows, rotated and scaled once by prepare_queries ----
-  {
+  // ---- query rows, rotated and scaled: here (Hadamard, float caches: a few shared-memory passes)
+  // or, for dense rotations (a D x D product per row), once by prepare_queries into ws_q ----
+  if (ws_q == nullptr) {
+    rotate_queries<D, KIND, false>(p, seq, kvh, mt, sm.q);
+  } else {
     const float4* src = reinterpret_cast<const float4*>(ws_q + (size_t(seq) * gridDim.y + blockIdx.y) * kRows * D);
     for (int i = threadIdx.x; i < kRows * D / 4; i += kThreads) reinterpret_cast<float4*>(&sm.q[0][0])[i] = src[i];
   }
@@ -731,9 +735,12 @@ void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
   float* ws_o = static_cast<float*>(p.workspace);
   float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
   float* ws_q = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes + pl.ws_ml_bytes);
-  prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
+  // Dense rotations are applied once per query by a kernel of their own; the others in the decode
+  // kernel itself (one launch less: ~3 us of a batch-1 step in a CUDA graph on the H200).
+  const bool dense = KIND == Kind::kTq && p.cache.kt.signs == nullptr;
+  if (dense) prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
   const dim3 grid(pl.splits, p.cache.kv_heads * pl.mtiles, p.num_seqs);
-  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, 0, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml, ws_q);
+  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, 0, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml, dense ? ws_q : nullptr);
   merge_kernel<D, KIND == Kind::kTq><<<p.num_seqs * p.num_q_tokens * p.q_heads, kThreads, 0, stream>>>(p, pl.splits, ws_o, ws_ml);
 }
 
