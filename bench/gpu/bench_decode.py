@@ -43,6 +43,9 @@ def load(path):
     return lib
 
 
+SPLITS = [0]  # splits our decode is asked for (--splits); 0: the library chooses
+
+
 def check(rc, err):
     if rc != 0:
         raise RuntimeError(err.value.decode())
@@ -99,7 +102,8 @@ class PagedCache:
         self.slots = slots
         self.fill(k, v)
         self.seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
-        self.ws = torch.empty(lib.tq_decode_workspace(self.h, batch, 1, QH, pages_per_seq, ctx, 0), dtype=torch.uint8, device="cuda")
+        self.ws = torch.empty(lib.tq_decode_workspace(self.h, batch, 1, QH, pages_per_seq, ctx, SPLITS[0]), dtype=torch.uint8,
+                              device="cuda")
 
     def fill(self, k, v):  # k, v: [batch * ctx, KVH, D] bf16
         step = 1 << 16
@@ -113,7 +117,7 @@ class PagedCache:
 
     def decode(self, q, out, stream=None):
         check(self.lib.tq_decode(self.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], self.block_tables.data_ptr(),
-                                 self.seq_lens.data_ptr(), self.batch, 1, QH, self.ctx // PAGE, self.ctx, 0, self.ws.data_ptr(),
+                                 self.seq_lens.data_ptr(), self.batch, 1, QH, self.ctx // PAGE, self.ctx, SPLITS[0], self.ws.data_ptr(),
                                  stream, self.err, 512), self.err)
 
     def close(self):
@@ -132,7 +136,9 @@ def main():
     ap.add_argument("--shapes", default=None, help="e.g. 16x32768,4x131072")
     ap.add_argument("--specs", default=",".join(SPECS), help="KV specs of our kernels, e.g. k3v2,bf16")
     ap.add_argument("--no-bulk", action="store_true", help="skip the bulk quantize_store measurement")
+    ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
     args = ap.parse_args()
+    SPLITS[0] = args.splits
     lib = load(args.lib)
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     torch.manual_seed(0)

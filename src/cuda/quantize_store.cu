@@ -56,6 +56,27 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   const uint32_t tok = item / (2 * c.kv_heads), head = (item / 2) % c.kv_heads;
   const bool is_v = item % 2;
   if (tok >= p.num_tokens) return;
+  // The loads a warp needs do not depend on each other: the row, the slot and (widths <= 4) the
+  // codebook boundaries are all issued before the first is used, which is what a one-token-per-
+  // sequence call costs (latency, not work).
+  const TensorCode code = is_v ? c.v : c.k;
+  const CodecTables& tab = is_v ? c.vt : c.kt;
+  const size_t src0 = (size_t(tok) * c.kv_heads + head) * c.head_dim;
+  const void* src = is_v ? p.v : p.k;
+  float x[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const uint32_t col = lane * E + e;
+    x[e] = col < c.head_dim ? load_elem(src, p.dtype, src0 + col) : 0.0f;
+  }
+  constexpr int kMaxB = 15;  // boundaries of widths <= 4, held in registers
+  float bnd[kMaxB];
+  const bool small = is_tq(code.enc) && tab.bits <= 4;
+  if (small) {
+    const uint32_t nb = (1u << tab.bits) - 1u;
+#pragma unroll
+    for (int i = 0; i < kMaxB; ++i) bnd[i] = uint32_t(i) < nb ? tab.boundaries[i] : INFINITY;
+  }
   const int64_t slot = p.slot_mapping[tok];
   if (slot < 0) return;
   if (slot >= int64_t(c.num_pages) * c.page_size) {
@@ -64,21 +85,11 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   }
   const uint32_t page = uint32_t(slot / c.page_size), off = uint32_t(slot % c.page_size);
   uint8_t* block = c.data + (size_t(page) * c.kv_heads + head) * c.layout.bytes;
-  const TensorCode code = is_v ? c.v : c.k;
-  const CodecTables& tab = is_v ? c.vt : c.kt;
   const uint32_t row_bytes = is_v ? c.layout.v_row : c.layout.k_row;
   uint8_t* row = block + (is_v ? c.layout.v_codes : c.layout.k_codes) + size_t(off) * row_bytes;
-  const size_t src0 = (size_t(tok) * c.kv_heads + head) * c.head_dim;
-  const void* src = is_v ? p.v : p.k;
-
-  float x[E];
   bool finite = true;
 #pragma unroll
-  for (int e = 0; e < E; ++e) {
-    const uint32_t col = lane * E + e;
-    x[e] = col < c.head_dim ? load_elem(src, p.dtype, src0 + col) : 0.0f;
-    finite &= isfinite(x[e]);
-  }
+  for (int e = 0; e < E; ++e) finite &= isfinite(x[e]);
   if (__any_sync(0xffffffffu, !finite)) {
     if (lane == 0) flag_error(p);
     return;
@@ -155,7 +166,11 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   double cc = 0;
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    uint32_t lo = 0, n = nb;
+    uint32_t lo = 0, n = small ? 0 : nb;
+    if (small) {  // the same count as the search below, from registers
+#pragma unroll
+      for (int i = 0; i < kMaxB; ++i) lo += bnd[i] < y[e] ? 1u : 0u;
+    }
     while (n > 0) {
       const uint32_t half = n / 2;
       if (tab.boundaries[lo + half] < y[e]) {
