@@ -129,8 +129,13 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
 std::vector<DecodeCase> cases() {
   std::vector<DecodeCase> v;
   const std::vector<int32_t> mixed{1, 17, 97, 4097, 300};
-  for (const char* spec : {"k3v2", "k4v4", "k2v2", "k3v4", "fp16", "bf16", "fp8"})
+  // Every key path (int8 for 2 and 3 bits, fp16 table for 4) and value path (4-entry pair table
+  // for 2 bits, interleaved selectors for 3, shared-memory table for 4) at every head dim.
+  for (const char* spec : {"k3v2", "k4v4", "k2v2", "k3v4", "k2v3", "k3v3", "fp16", "bf16", "fp8"})
     for (uint32_t d : {64u, 128u, 256u}) v.push_back({spec, d, 4, 1, mixed});
+  v.push_back({"k2v4", 128, 4, 1, mixed});
+  v.push_back({"k3v3:page=7", 128, 4, 1, {2, 17, 97}});  // tokens find their own pages: the unstaged loads
+  v.push_back({"k2v2:page=7", 64, 4, 1, {2, 17, 97}});
   for (uint32_t gqa : {1u, 8u}) v.push_back({"k3v2", 128, gqa, 1, mixed});
   for (uint32_t ntok : {2u, 4u, 8u}) v.push_back({"k3v2", 128, 4, ntok, {9, 97, 1000}});
   v.push_back({"fp16", 128, 4, 4, {9, 97, 1000}});
