@@ -1,0 +1,528 @@
+// The decode kernel: paged attention of up to 8 query rows over one split of a sequence's packed
+// pages, on tensor cores. Used only by decode_attention.cu.
+//
+// One thread block of 4 warps handles (sequence, KV head, m-tile, split): up to 8 query rows (the
+// GQA group times the query tokens) against a range of the sequence's tokens, so every query head
+// that shares a KV head reads each packed page once. Each warp takes 16-token tiles in turn:
+//   S = Q K^T      the 8 query rows are M (rows 8-15 carry the query's low part, free: the tile
+//                  has 16 rows); keys of 2-3 bits as int8 operands (m16n8k32, int16 fixed point
+//                  split in bytes), others as fp16/bf16 (m16n8k16); looked up by byte-permute
+//                  (PRMT) from tables in registers (device_common.cuh).
+//   online softmax in the log2 domain; key norms scale S, value norms scale P (fp16 high + low).
+//   O^T += V^T P^T the values are A (16 coordinates x 16 tokens, a register holding two tokens
+//                  at one coordinate), P^T is B, which is the layout the scores are already in.
+// The k index of S = Q K^T may map to the stored coordinates in any order as long as Q uses the
+// same map; thread t of a quad owns coordinates [t D/4, (t+1) D/4) of a key, which is one group of
+// 32 codes at D = 128 (its `bits` words). Thread g owns output coordinates [g D/8, (g+1) D/8):
+// m-tile i rows g and g + 8 are its coordinates 2i and 2i + 1.
+// Warps merge in shared memory; splits merge in merge_kernel (decode_merge.cuh).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <array>
+#include <cmath>
+
+#include "decode_query.cuh"
+#include "decode_tiles.cuh"
+#include "device_common.cuh"
+#include "tq/cuda/kernels.h"
+
+namespace tq::cuda::decode {
+
+// Blocks of decode_kernel resident per SM, which its register budget is compiled for (and
+// make_plan sizes the grid to whole waves of): 4 at D <= 128, 2 at D = 256. (5 for k3v2 at
+// D = 128 forced 96 registers and was 4% slower at (16, 32K) on the H200.)
+constexpr int resident_blocks(int D) { return D >= 256 ? 2 : 4; }
+
+template <int D, Kind KIND, int KB, int VB>
+__global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles,
+                                                           float* __restrict__ ws_o, float2* __restrict__ ws_ml,
+                                                           const float* __restrict__ ws_q) {
+  constexpr bool kBf = KIND == Kind::kBf16;
+  using Op = dev::Operand<kBf>;
+  __shared__ Smem<D, KB, VB> sm;
+
+  const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int group = int(p.q_heads / p.cache.kv_heads), rows_total = group * int(p.num_q_tokens);
+  const int len = p.seq_lens[seq];
+  const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len);
+  const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
+  const CacheView& c = p.cache;
+
+  // ---- query rows, rotated and scaled: here (Hadamard, float caches: a few shared-memory passes)
+  // or, for dense rotations (a D x D product per row), once by prepare_queries into ws_q ----
+  if (ws_q == nullptr) {
+    rotate_queries<D, KIND, false>(p, seq, kvh, mt, sm.q);
+  } else {
+    const float4* src = reinterpret_cast<const float4*>(ws_q + (size_t(seq) * gridDim.y + blockIdx.y) * kRows * D);
+    for (int i = threadIdx.x; i < kRows * D / 4; i += kThreads) reinterpret_cast<float4*>(&sm.q[0][0])[i] = src[i];
+  }
+  if constexpr (KIND == Kind::kTq) {
+    for (int i = threadIdx.x; i < 256; i += kThreads) {
+      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
+      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
+    }
+  }
+  __syncthreads();
+
+  // Keys of 2 and 3 bits go through int8 tensor cores (S = Q K^T as m16n8k32 s8 MMAs): their
+  // centroids are exact int16 fixed point (fp16 z-units x 2^13, checked by test_codebook), split
+  // into high and low bytes, each a PRMT lookup that yields four int8 operands at once, with no
+  // interleaving. The query is int16 fixed point per row (step = max|q| / kQ16Max), high bytes in
+  // rows 0-7 of A and low bytes in rows 8-15 as with fp16. S = 2^8 hh + hl + lh (+ ll / 2^8,
+  // dropped: below 2^-16 of the scale) in int32, times the row's step and 2^-13 * 2^8.
+  constexpr bool kInt8K = KIND == Kind::kTq && KB <= 3;
+  constexpr int KT = D / 16;
+  if constexpr (kInt8K) {
+    constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
+    for (int r = warp * 2; r < warp * 2 + 2; ++r) {  // row r's max |q|: warp w takes rows 2w, 2w+1
+      float mx = 0.0f;
+      for (int col = lane; col < D; col += 32) mx = fmaxf(mx, fabsf(sm.q[r][col]));
+#pragma unroll
+      for (int d = 16; d >= 1; d /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, d));
+      if (lane == 0) sm.qrs[r] = mx / kQ16Max;
+    }
+    __syncthreads();
+    // k-tile j: lane (g, t) holds coordinates c0 + 0..3 (k = 4t..4t+3) and c0 + 4..7 (k = 4t+16..)
+    // with c0 = t D/4 + 8j: octet j of the thread's key coordinates, as the key lookups give them.
+    for (int i = threadIdx.x; i < D / 32 * 32; i += kThreads) {
+      const int j = i / 32, ln = i % 32, r = ln / 4, c0 = (ln % 4) * (D / 4) + 8 * j;
+      const float inv = sm.qrs[r] > 0 ? 1.0f / sm.qrs[r] : 0.0f;
+      uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const int q16 = __float2int_rn(sm.q[r][c0 + e] * inv), l8 = int(int8_t(q16 & 0xff)), h8 = (q16 - l8) >> 8;
+        hi[e / 4] |= uint32_t(h8 & 0xff) << (8 * (e % 4));
+        lo[e / 4] |= uint32_t(l8 & 0xff) << (8 * (e % 4));
+      }
+      sm.qa[j][ln] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
+    }
+  } else {
+  // A fragments of Q: k-tile kt covers coordinates t*D/4 + 4kt + {0,1} (k = 2t, 2t+1) and {2,3}.
+  // Every warp uses the same fragments: built once into shared memory (one LDS.128 per k-tile
+  // later), which keeps 4 * KT registers free for occupancy.
+  for (int i = threadIdx.x; i < KT * 32; i += kThreads) {
+    const int kt = i / 32, ln = i % 32, c0 = (ln % 4) * (D / 4) + 4 * kt;
+    float hi[4], lo[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float x = sm.q[ln / 4][c0 + e];
+      hi[e] = Op::round(x);
+      lo[e] = x - hi[e];
+    }
+    sm.qa[kt][ln] = make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
+  }
+  }
+  __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
+  // int8 keys: this thread's row step times the table's 2^-13 and the 2^8 of the combination
+  const float s_scale = kInt8K ? sm.qrs[g] * (1.0f / 32.0f) : 1.0f;
+  dev::Lut8 lut_k{}, lut_v{};
+  uint32_t lut_v2[2] = {0, 0};  // 2-bit values: the four fp16 centroids, two to a register
+  if constexpr (kInt8K) {  // the high and low bytes of the int16 centroids, 8 to a register pair
+    uint32_t b[16];
+#pragma unroll
+    for (int c8 = 0; c8 < 8; ++c8) {
+      const int k16 = __float2int_rn(__half2float(sm.lut_k[c8]) * 8192.0f), l8 = int(int8_t(k16 & 0xff));
+      b[c8] = uint32_t(l8 & 0xff);
+      b[8 + c8] = uint32_t(((k16 - l8) >> 8) & 0xff);
+    }
+    lut_k.lo0 = b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24;
+    lut_k.lo1 = b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24;
+    lut_k.hi0 = b[8] | b[9] << 8 | b[10] << 16 | b[11] << 24;
+    lut_k.hi1 = b[12] | b[13] << 8 | b[14] << 16 | b[15] << 24;
+    asm volatile("" : "+r"(lut_k.lo0), "+r"(lut_k.lo1), "+r"(lut_k.hi0), "+r"(lut_k.hi1));
+  } else if constexpr (KIND == Kind::kTq) {
+    lut_k = dev::make_lut8(sm.lut_k);
+  }
+  if constexpr (KIND == Kind::kTq) {
+    if constexpr (VB == 2) {
+      lut_v2[0] = dev::pack_half2(sm.lut_v[0], sm.lut_v[1]);
+      lut_v2[1] = dev::pack_half2(sm.lut_v[2], sm.lut_v[3]);
+      asm volatile("" : "+r"(lut_v2[0]), "+r"(lut_v2[1]));  // in registers, as make_lut8 explains
+    } else {
+      lut_v = dev::make_lut8(sm.lut_v);
+    }
+  }
+
+  // Causal limit of this thread's row g: query token j sees positions < len - ntok + j + 1.
+  const int my_row = mt * kRows + g;
+  const int visible = my_row < rows_total ? len - int(p.num_q_tokens) + my_row / group + 1 : len;
+  const int visible_min = len - int(p.num_q_tokens) + 1;  // of every row of the block: the first query token's
+
+  // O^T = V^T P^T: the accumulators are m-tiles of 16 value coordinates by the 8 query rows.
+  // Thread g owns coordinates [g D/8, (g+1) D/8) of the output (cb below); m-tile i row g is
+  // coordinate cb + 2i, row g + 8 is cb + 2i + 1; column n = query row n. So o[i] holds
+  //   O[2t][cb+2i], O[2t+1][cb+2i], O[2t][cb+2i+1], O[2t+1][cb+2i+1].
+  constexpr int MT = D / 16;
+  float o[MT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m_run = -INFINITY, l_run = 0.0f;
+
+  auto qfrag = [&](int kt) {
+    const uint4 v = sm.qa[kt][lane];
+    return std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
+  };
+  // One 16-token tile, its bytes already in `cur` (values of float caches are loaded by
+  // late_values() after the scores, which keeps their registers under the cap of three blocks/SM).
+  auto process = [&](Tile<D, KIND, KB, VB>& cur, const int T0, auto&& late_values) {
+    // ---- S = Q K^T for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
+    float x[4];  // row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9
+    if constexpr (kInt8K) {
+      int acc_hi[2][4] = {}, acc_lo[2][4] = {};  // [n-tile]: K high bytes, K low bytes
+#pragma unroll
+      for (int j = 0; j < D / 32; ++j) {  // octet j of the thread's key coordinates = int8 k-tile j
+        const auto qa = qfrag(j);
+        const uint32_t a[4] = {qa[0], qa[1], qa[2], qa[3]};
+#pragma unroll
+        for (int nn = 0; nn < 2; ++nn) {
+          constexpr int kGroups = D >= 128 ? D / 128 : 1;
+          const uint32_t sel = dev::octet_selector<KB>(cur.k[nn][j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4);
+          const uint32_t sel_hi = sel >> 16;
+          dev::mma_s8(acc_hi[nn], a, dev::prmt(lut_k.hi0, lut_k.hi1, sel), dev::prmt(lut_k.hi0, lut_k.hi1, sel_hi));
+          dev::mma_s8(acc_lo[nn], a, dev::prmt(lut_k.lo0, lut_k.lo1, sel), dev::prmt(lut_k.lo0, lut_k.lo1, sel_hi));
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int nn = e / 2, c = e % 2;  // d[c] = row g (query high bytes), d[c + 2] = row g + 8 (low)
+        x[e] = float(acc_hi[nn][c] * 256 + acc_hi[nn][c + 2] + acc_lo[nn][c]) * s_scale;
+      }
+    } else {
+    // Two accumulators per n-tile (even and odd k-tiles) halve the chain of dependent MMAs.
+    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, s2[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+    for (int j = 0; j < KT / 2; ++j) {  // k-tiles 2j and 2j + 1, both n-tiles
+      const auto qa0 = qfrag(2 * j), qa1 = qfrag(2 * j + 1);
+      const uint32_t a0[4] = {qa0[0], qa0[1], qa0[2], qa0[3]}, a1[4] = {qa1[0], qa1[1], qa1[2], qa1[3]};
+#pragma unroll
+      for (int nn = 0; nn < 2; ++nn) {
+        uint32_t h[4];
+        if constexpr (KIND == Kind::kTq) {
+          constexpr int kGroups = D >= 128 ? D / 128 : 1;
+          decode_octet<KB>(cur.k[nn][j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4, lut_k, sm.lut_k, h);
+        } else if constexpr (KIND == Kind::kFp8) {
+          const uint32_t x0 = cur.k[nn][2 * j], x1 = cur.k[nn][2 * j + 1];
+          h[0] = dev::e4m3x2_to_half2(uint16_t(x0));
+          h[1] = dev::e4m3x2_to_half2(uint16_t(x0 >> 16));
+          h[2] = dev::e4m3x2_to_half2(uint16_t(x1));
+          h[3] = dev::e4m3x2_to_half2(uint16_t(x1 >> 16));
+        } else {
+          const uint4 x = cur.k[nn][j];
+          h[0] = x.x;
+          h[1] = x.y;
+          h[2] = x.z;
+          h[3] = x.w;
+        }
+        Op::mma(s[nn], a0, h[0], h[1]);
+        Op::mma(s2[nn], a1, h[2], h[3]);
+      }
+    }
+    // high + low halves of the query
+#pragma unroll
+    for (int e = 0; e < 4; ++e) x[e] = (s[e / 2][e % 2] + s2[e / 2][e % 2]) + (s[e / 2][e % 2 + 2] + s2[e / 2][e % 2 + 2]);
+    }
+    // Tokens past the split's end or the row's causal limit are masked; most tiles have none
+    // (a warp-uniform test), which saves the per-token compares.
+    const bool full = T0 + kTile <= end && T0 + kTile <= visible_min;
+    bool live[4] = {true, true, true, true};
+    if (!full) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = T0 + 2 * t + (e & 1) + 8 * (e >> 1);
+        live[e] = tok < end && tok < visible;
+      }
+    }
+    if constexpr (KIND == Kind::kTq) {  // key norms (the 1/sqrt(D) of the codebook is in the query scale)
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const float2 kn = __half22float2(*reinterpret_cast<const __half2*>(&cur.kn[e2]));
+        x[2 * e2] *= kn.x;
+        x[2 * e2 + 1] *= kn.y;
+      }
+    }
+    if (!full) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (!live[e]) x[e] = -INFINITY;
+    }
+    float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m_run, mx);
+    // A row with nothing visible yet keeps m = -inf; exponents then use 0 so that p = 0, not NaN.
+    // (No early exit: the MMAs below need the whole warp.)
+    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+    const float alpha = dev::fast_exp2(m_run - m_use);
+    m_run = m_new;
+    float pv[4], psum = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      pv[e] = dev::fast_exp2(x[e] - m_use);
+      psum += pv[e];
+    }
+    l_run = l_run * alpha + psum;
+    if constexpr (KIND == Kind::kTq) {  // value norms (their 1/sqrt(D) is applied once, at the end)
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const float2 vn = __half22float2(*reinterpret_cast<const __half2*>(&cur.vn[e2]));
+        pv[2 * e2] *= vn.x;
+        pv[2 * e2 + 1] *= vn.y;
+      }
+    }
+    if constexpr (KIND == Kind::kFp8)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pv[e] *= c.v_scale;
+    if (!full) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (!live[e]) pv[e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
+    }
+    if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // rescale: the accumulators are query rows 2t, 2t+1
+      const float a_even = __shfl_sync(0xffffffffu, alpha, 8 * t), a_odd = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        o[i][0] *= a_even;
+        o[i][1] *= a_odd;
+        o[i][2] *= a_even;
+        o[i][3] *= a_odd;
+      }
+    }
+    late_values(cur);
+    // B = P^T (k = token, n = query row g): exactly this thread's P entries, high and low halves.
+    uint32_t pb_hi[2], pb_lo[2];
+#pragma unroll
+    for (int e2 = 0; e2 < 2; ++e2) {
+      const float h0 = Op::round(pv[2 * e2]), h1 = Op::round(pv[2 * e2 + 1]);
+      pb_hi[e2] = Op::pack(h0, h1);
+      pb_lo[e2] = Op::pack(pv[2 * e2] - h0, pv[2 * e2 + 1] - h1);
+    }
+    // ---- O^T += V^T P^T: A fragment of m-tile i = {(2t, 2t+1) at cb+2i, at cb+2i+1, (2t+8, 2t+9) at cb+2i, at cb+2i+1} ----
+    auto pv_mma = [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3) {
+      const uint32_t a[4] = {a0, a1, a2, a3};
+      Op::mma(o[i], a, pb_hi[0], pb_hi[1]);
+      Op::mma(o[i], a, pb_lo[0], pb_lo[1]);
+    };
+    if constexpr (KIND == Kind::kTq && VB == 2) {
+      // 2-bit values: the 4-entry fp16 table fits two registers, so one PRMT looks up a pair
+      // (A, B) of tokens at one coordinate when its selector nibbles are (2a, 2a+1, 2b, 2b+1),
+      // which one IMAD builds from bytes a, b: x 0x22 + 0x10. Bytes [A, B, A', B'] come from the
+      // two tokens' words interleaved bytewise (nibble k of a word: coordinate k at bits 0-1 and
+      // k + 8 at bits 2-3; a byte holds nibbles 2m, 2m+1). Octet j's coordinates 8j + (2m, 2m+1)
+      // of the thread sit at shifts 2j and 2j + 4 of each byte.
+      constexpr int kW = ValueWords<D, VB>::kWords;
+#pragma unroll
+      for (int w = 0; w < kW; ++w) {
+        uint32_t X[2][2];  // [token pair][nibbles 0-3, 4-7]
+#pragma unroll
+        for (int pr = 0; pr < 2; ++pr) {
+          X[pr][0] = dev::prmt(cur.v[2 * pr][w], cur.v[2 * pr + 1][w], 0x5140);
+          X[pr][1] = dev::prmt(cur.v[2 * pr][w], cur.v[2 * pr + 1][w], 0x7362);
+        }
+#pragma unroll
+        for (int jj = 0; jj < (D >= 128 ? 2 : 1); ++jj) {
+          const int j = 2 * w + jj;  // octet of the thread's coordinates: m-tiles 4j .. 4j+3
+          uint32_t ev[2][4], od[2][4];
+#pragma unroll
+          for (int pr = 0; pr < 2; ++pr)
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+#pragma unroll
+              for (int odd = 0; odd < 2; ++odd) {
+                const uint32_t codes = (X[pr][half] >> (2 * jj + 4 * odd)) & 0x03030303u;
+                uint32_t* out = odd ? od[pr] : ev[pr];
+                // selectors of bytes 0-1 and 2-3; the high one as a multiply-high, which runs on
+                // the FMA pipe instead of a shift on the busier integer pipe
+                out[2 * half] = dev::prmt(lut_v2[0], lut_v2[1], codes * 0x22u + 0x10101010u);
+                out[2 * half + 1] = dev::prmt(lut_v2[0], lut_v2[1], __umulhi(codes, 0x220000u) + 0x1010u);
+              }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) pv_mma(4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
+        }
+      }
+    } else if constexpr (KIND == Kind::kTq) {
+#pragma unroll
+      for (int j = 0; j < D / 64; ++j) {  // octets of the thread's coordinates: m-tiles 4j .. 4j+3
+        using VW = ValueWords<D, VB>;
+        uint32_t ev[2][4], od[2][4];  // [token pair][i]: (A, B) at coordinate cb + 8j + 2i (+1 for od)
+#pragma unroll
+        for (int pr = 0; pr < 2; ++pr) {
+          if constexpr (VB <= 3) {
+            uint32_t even, odd;
+            dev::mix_tokens(VW::selector(cur.v[2 * pr], j), VW::selector(cur.v[2 * pr + 1], j), even, odd);
+            dev::lookup8(even, lut_v, ev[pr]);
+            dev::lookup8(odd, lut_v, od[pr]);
+          } else {
+            uint32_t ca[8], cb8[8];
+            VW::codes(cur.v[2 * pr], j, ca);
+            VW::codes(cur.v[2 * pr + 1], j, cb8);
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              ev[pr][i] = dev::pack_half2(sm.lut_v[ca[2 * i]], sm.lut_v[cb8[2 * i]]);
+              od[pr][i] = dev::pack_half2(sm.lut_v[ca[2 * i + 1]], sm.lut_v[cb8[2 * i + 1]]);
+            }
+          }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) pv_mma(4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
+      }
+    } else {
+      // hv[e][i]: coordinates cb + 2i, cb + 2i + 1 of token e, as the cache stores them
+      uint32_t hv[4][MT];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if constexpr (KIND == Kind::kFp8) {
+#pragma unroll
+          for (int i = 0; i < MT; ++i) hv[e][i] = dev::e4m3x2_to_half2(uint16_t(cur.v[e][i / 2] >> (16 * (i % 2))));
+        } else {
+#pragma unroll
+          for (int i = 0; i < MT / 4; ++i) {
+            hv[e][4 * i] = cur.v[e][i].x;
+            hv[e][4 * i + 1] = cur.v[e][i].y;
+            hv[e][4 * i + 2] = cur.v[e][i].z;
+            hv[e][4 * i + 3] = cur.v[e][i].w;
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+        pv_mma(i, dev::prmt(hv[0][i], hv[1][i], 0x5410), dev::prmt(hv[0][i], hv[1][i], 0x7632), dev::prmt(hv[2][i], hv[3][i], 0x5410),
+               dev::prmt(hv[2][i], hv[3][i], 0x7632));
+    }
+  };
+
+  const int first = begin + kTile * warp, step = kTile * kWarps;
+  if constexpr (Staging<D, KB, VB>::kStages > 0) {
+    if (c.page_size % kTile == 0) {
+      using St = Staging<D, KB, VB>;
+      constexpr int S = St::kStages;
+      const StageMap<D, KB, VB> map(c.data, c.layout, lane);
+      const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + warp * S * St::kBytes + 16 * lane;
+      // This thread's words in a stage, as byte offsets from the warp's ring (kept in registers):
+      // key rows g and g + 8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs.
+      uint32_t k_at = warp * S * St::kBytes + g * St::kRowK + (t * D / 128) * KB * 4;
+      uint32_t v_at = warp * S * St::kBytes + kTile * St::kRowK + 2 * t * St::kRowV + (g * D / 256) * VB * 4;
+      uint32_t n_at = warp * S * St::kBytes + kTile * (St::kRowK + St::kRowV) + 4 * t;
+      const int og0 = (g * D / 64) % 4;
+      asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
+      // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
+      // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
+      // loaded one tile ahead of its use, which hides that load's latency behind a tile.
+      const int ps = int(c.page_size), step_pages = step / ps, step_rows = step % ps;
+      int cur_T = first, cur_page = first / ps, cur_row = first % ps;
+      auto advance = [&] {
+        cur_T += step;
+        cur_page += step_pages;
+        cur_row += step_rows;
+        if (cur_row >= ps) {
+          cur_row -= ps;
+          ++cur_page;
+        }
+      };
+      // Copies the tile at the cursor (in page `page`) into stage st, then closes a commit group;
+      // past the end the group is empty, which keeps the wait count uniform.
+      auto issue = [&](int32_t page, int st) {
+        if (cur_T < end) {
+          const size_t block = (size_t(page) * c.kv_heads + kvh) * c.layout.bytes;
+#pragma unroll
+          for (int r = 0; r < St::kRounds; ++r)
+            if (map.has(lane, r))
+              cp_async16(ring_s + st * St::kBytes + 32 * 16 * r, map.src[r] + block + uint32_t(cur_row) * map.per_row[r]);
+          advance();
+        }
+        cp_async_commit();
+      };
+#pragma unroll
+      for (int i = 0; i < S - 1; ++i) issue(cur_T < end ? bt[cur_page] : 0, i);
+      int32_t next_page = cur_T < end ? bt[cur_page] : 0;
+      int st = 0;
+      for (int T0 = first; T0 < end; T0 += step) {
+        issue(next_page, (st + S - 1) % S);
+        if (cur_T < end) next_page = bt[cur_page];
+        cp_async_wait<S - 1>();
+        __syncwarp();
+        const uint8_t* stage = sm.ring + st * St::kBytes;
+        Tile<D, KIND, KB, VB> cur;
+#pragma unroll
+        for (int nn = 0; nn < 2; ++nn) {
+          const uint32_t* w = reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK);
+#pragma unroll
+          for (int gi = 0; gi < Tile<D, KIND, KB, VB>::kGroups; ++gi)
+#pragma unroll
+            for (int i = 0; i < KB; ++i) cur.k[nn][gi][i] = w[gi * KB + i];
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);
+        const uint32_t* norms = reinterpret_cast<const uint32_t*>(stage + n_at);  // fp16 pairs of tokens (2t, 2t+1)
+        cur.kn[0] = norms[0];
+        cur.kn[1] = norms[4];
+        cur.vn[0] = norms[8];
+        cur.vn[1] = norms[12];
+        process(cur, T0, [](auto&) {});
+        __syncwarp();  // every lane has read the stage before the next issue overwrites it
+        st = st + 1 == S ? 0 : st + 1;
+      }
+      cp_async_wait<0>();
+      __syncthreads();  // the ring becomes sm.o below
+    }
+  }
+  if (!(Staging<D, KB, VB>::kStages > 0 && c.page_size % kTile == 0)) {
+    for (int T0 = first; T0 < end; T0 += step) {
+      Tile<D, KIND, KB, VB> cur;
+      const TileRows rows = tile_rows(p, bt, kvh, T0);
+      load_keys(p, bt, kvh, rows, T0, len, g, t, cur);
+      if constexpr (KIND == Kind::kTq) {
+        load_values(p, bt, kvh, rows, T0, len, g, t, cur);
+        process(cur, T0, [](auto&) {});
+      } else {
+        process(cur, T0, [&](auto& tile) { load_values(p, bt, kvh, rows, T0, len, g, t, tile); });
+      }
+    }
+    __syncthreads();
+  }
+
+  // ---- merge the warps ----
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  if (t == 0) {
+    sm.m[warp][g] = m_run;
+    sm.l[warp][g] = l_run;
+  }
+  {
+    const int cb = g * (D / 8);
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      sm.o[warp][2 * t][cb + 2 * i] = o[i][0];
+      sm.o[warp][2 * t + 1][cb + 2 * i] = o[i][1];
+      sm.o[warp][2 * t][cb + 2 * i + 1] = o[i][2];
+      sm.o[warp][2 * t + 1][cb + 2 * i + 1] = o[i][3];
+    }
+  }
+  __syncthreads();
+  // TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.
+  const float out_scale = KIND == Kind::kTq ? rsqrtf(float(D)) : 1.0f;
+  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
+    const int r = i / D, col = i % D, row = mt * kRows + r;
+    if (row >= rows_total) continue;
+    float M = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm.m[w][r]);
+    float acc = 0.0f, lsum = 0.0f;
+    if (M != -INFINITY)
+      for (int w = 0; w < kWarps; ++w) {
+        if (sm.m[w][r] == -INFINITY) continue;
+        const float f = exp2f(sm.m[w][r] - M);
+        acc += sm.o[w][r][col] * f;
+        lsum += sm.l[w][r] * f;
+      }
+    const int j = row / group, h = kvh * group + row % group;
+    const size_t slot = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * gridDim.x + split;
+    ws_o[slot * D + col] = acc * out_scale;
+    if (col == 0) ws_ml[slot] = make_float2(M, lsum);
+  }
+}
+
+}  // namespace tq::cuda::decode

@@ -1,0 +1,112 @@
+// The split merge of decode attention: combines the splits' (max, sum, output), un-rotates the
+// output once and writes it in the output's dtype. Used only by decode_attention.cu.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "decode_tiles.cuh"
+#include "tq/cuda/kernels.h"
+
+namespace tq::cuda::decode {
+
+// Combines the splits of one (sequence, query token, query head), un-rotates, writes the output.
+template <int D, bool TQ>
+__global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, int splits, const float* __restrict__ ws_o,
+                                                          const float2* __restrict__ ws_ml) {
+  __shared__ float o[D];
+  __shared__ float f[kThreads];  // a chunk of the splits' weights 2^(m_s - M)
+  __shared__ float red[kWarps];
+  const size_t r = blockIdx.x;  // (seq * ntok + j) * q_heads + h
+  const int h = int(r % p.q_heads), kvh = h / int(p.q_heads / p.cache.kv_heads);
+  const float2* ml = ws_ml + r * splits;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  // Block-wide max and sum, the splits spread over the threads (batch 1 uses ~60 splits).
+  auto reduce = [&](float v, bool is_max) {
+#pragma unroll
+    for (int d = 16; d >= 1; d /= 2) {
+      const float u = __shfl_xor_sync(0xffffffffu, v, d);
+      v = is_max ? fmaxf(v, u) : v + u;
+    }
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = red[0];
+    for (int w = 1; w < kWarps; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+    __syncthreads();
+    return v;
+  };
+  float M = -INFINITY;
+  for (int s = threadIdx.x; s < splits; s += kThreads) M = fmaxf(M, ml[s].x);
+  M = reduce(M, true);
+  float Lsum = 0.0f;
+  if (M != -INFINITY)
+    for (int s = threadIdx.x; s < splits; s += kThreads) Lsum += ml[s].x != -INFINITY ? ml[s].y * exp2f(ml[s].x - M) : 0.0f;
+  Lsum = reduce(Lsum, false);
+  const float inv = Lsum > 0 ? 1.0f / Lsum : 0.0f;
+  float acc[(D + kThreads - 1) / kThreads] = {};
+  for (int s0 = 0; s0 < splits; s0 += kThreads) {
+    const int s = s0 + threadIdx.x;
+    f[threadIdx.x] = s < splits && ml[s].x != -INFINITY ? exp2f(ml[s].x - M) : 0.0f;
+    __syncthreads();
+    const int n = min(kThreads, splits - s0);
+#pragma unroll
+    for (int k = 0; k < (D + kThreads - 1) / kThreads; ++k) {
+      const int col = threadIdx.x + k * kThreads;
+      if (col < D)
+        for (int i = 0; i < n; ++i) acc[k] += ws_o[(r * splits + s0 + i) * D + col] * f[i];
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int k = 0; k < (D + kThreads - 1) / kThreads; ++k) {
+    const int col = threadIdx.x + k * kThreads;
+    if (col < D) o[col] = acc[k] * inv;
+  }
+  __syncthreads();
+  const CacheView& c = p.cache;
+  if constexpr (TQ) {
+    if (c.vt.signs) {  // x = D_signs H o / sqrt(D)
+      for (int hh = 1; hh < D; hh *= 2) {
+        for (int k = threadIdx.x; k < D / 2; k += kThreads) {
+          const int lo = (k / hh) * 2 * hh + k % hh;
+          const float a = o[lo], b = o[lo + hh];
+          o[lo] = a + b;
+          o[lo + hh] = a - b;
+        }
+        __syncthreads();
+      }
+      for (int col = threadIdx.x; col < D; col += kThreads) o[col] *= c.fwht_scale * c.vt.signs[size_t(kvh) * D + col];
+      __syncthreads();
+    } else {  // x = R^T o
+      const float* R = c.vt.matrix + size_t(kvh) * D * D;
+      float acc[D / kThreads > 0 ? D / kThreads : 1];
+      for (int n = 0; n * kThreads < D; ++n) {
+        const int col = threadIdx.x + n * kThreads;
+        float s = 0.0f;
+        if (col < D)
+          for (int i = 0; i < D; ++i) s = fmaf(R[size_t(i) * D + col], o[i], s);
+        acc[n] = s;
+      }
+      __syncthreads();
+      for (int n = 0; n * kThreads < D; ++n) {
+        const int col = threadIdx.x + n * kThreads;
+        if (col < D) o[col] = acc[n];
+      }
+      __syncthreads();
+    }
+  }
+  for (int col = threadIdx.x; col < int(c.head_dim); col += kThreads) {
+    const size_t at = r * c.head_dim + col;
+    if (p.out_dtype == DType::kF32) {
+      static_cast<float*>(p.out)[at] = o[col];
+    } else if (p.out_dtype == DType::kF16) {
+      static_cast<__half*>(p.out)[at] = __float2half_rn(o[col]);
+    } else {
+      static_cast<__nv_bfloat16*>(p.out)[at] = __float2bfloat16_rn(o[col]);
+    }
+  }
+}
+
+}  // namespace tq::cuda::decode
