@@ -78,6 +78,7 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
   constexpr int KT = D / 16;
   if constexpr (kInt8K) {
     constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
+    static_assert(kRows == 2 * kWarps, "each warp finds the max of two query rows");
     for (int r = warp * 2; r < warp * 2 + 2; ++r) {  // row r's max |q|: warp w takes rows 2w, 2w+1
       float mx = 0.0f;
       for (int col = lane; col < D; col += 32) mx = fmaxf(mx, fabsf(sm.q[r][col]));
@@ -94,7 +95,10 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
       uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const int q16 = __float2int_rn(sm.q[r][c0 + e] * inv), l8 = int(int8_t(q16 & 0xff)), h8 = (q16 - l8) >> 8;
+        // |q| / step <= 32639.01, so q16 is in range; the clamp keeps the high byte from wrapping
+        // to -128 whatever the rounding
+        const int q16 = max(-32639, min(32639, __float2int_rn(sm.q[r][c0 + e] * inv)));
+        const int l8 = int(int8_t(q16 & 0xff)), h8 = (q16 - l8) >> 8;
         hi[e / 4] |= uint32_t(h8 & 0xff) << (8 * (e % 4));
         lo[e / 4] |= uint32_t(l8 & 0xff) << (8 * (e % 4));
       }
@@ -167,7 +171,7 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
     return std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
   };
   // One 16-token tile, its bytes already in `cur` (values of float caches are loaded by
-  // late_values() after the scores, which keeps their registers under the cap of three blocks/SM).
+  // late_values() after the scores, which keeps their registers out of the score phase).
   auto process = [&](Tile<D, KIND, KB, VB>& cur, const int T0, auto&& late_values) {
     // ---- S = Q K^T for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
     float x[4];  // row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9
