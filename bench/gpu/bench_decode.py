@@ -3,9 +3,11 @@
 
 Our kernels (through the C API in libtq_capi.so, loaded with ctypes) for k3v2, k4v4, fp8 and bf16
 paged caches, next to torch.nn.functional.scaled_dot_product_attention on contiguous bf16 K/V, for
-32 query heads, 8 KV heads, head dim 128 at the (batch, context) shapes of issue 4. Times are
-medians of CUDA-event-timed calls after warm-up; bandwidth counts the cache bytes each call must
-read (K and V of every token once, norms included). Also: quantize_store throughput and its cost
+32 query heads, 8 KV heads, head dim 128 at the (batch, context) shapes of issue 4. Each call is
+timed two ways: one call between two CUDA events (includes the Python call and launch overhead,
+~20 us) and inside a CUDA graph of 20 calls (the GPU time a captured decode step pays: the figure
+to quote); medians after warm-up. Bandwidth counts the cache bytes each call must read (K and V of
+every token once, norms included), over the one-call time. Also: quantize_store throughput and its cost
 next to one decode step, and a check that our bf16 path agrees with torch.
 
   python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --json out.json

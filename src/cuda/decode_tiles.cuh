@@ -1,6 +1,6 @@
 // The pieces of the decode kernel that describe data, not control: the block's shared memory,
-// the shared-memory staging ring, a thread's share of a 16-token tile and how
-// it is loaded, and the octet decode of packed codes. Used only by decode_attention.cu.
+// the shared-memory staging ring and the map of its copies, a thread's share of a 16-token tile
+// and how it is loaded, and the octet decode of packed codes. Used only by the decode kernels.
 #pragma once
 
 #include <cuda_bf16.h>
