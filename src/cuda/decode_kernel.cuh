@@ -97,10 +97,10 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
       for (int e = 0; e < 8; ++e) {
         // |q| * inv <= 32639 (1 + 2^-22) < 32639.5, so q16 stays in [-32639, 32639] and the high
         // byte never wraps to -128 (which would flip the sign of the row's largest element)
-        const int q16 = __float2int_rn(sm.q[r][c0 + e] * inv);
-        const int l8 = int(int8_t(q16 & 0xff)), h8 = (q16 - l8) >> 8;
-        hi[e / 4] |= uint32_t(h8 & 0xff) << (8 * (e % 4));
-        lo[e / 4] |= uint32_t(l8 & 0xff) << (8 * (e % 4));
+        uint32_t h8, l8;
+        dev::split_i16(__float2int_rn(sm.q[r][c0 + e] * inv), h8, l8);
+        hi[e / 4] |= h8 << (8 * (e % 4));
+        lo[e / 4] |= l8 << (8 * (e % 4));
       }
       sm.qa[j][ln] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
     }
@@ -128,16 +128,8 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
   if constexpr (kInt8K) {  // the high and low bytes of the int16 centroids, 8 to a register pair
     uint32_t b[16];
 #pragma unroll
-    for (int c8 = 0; c8 < 8; ++c8) {
-      const int k16 = __float2int_rn(__half2float(sm.lut_k[c8]) * 8192.0f), l8 = int(int8_t(k16 & 0xff));
-      b[c8] = uint32_t(l8 & 0xff);
-      b[8 + c8] = uint32_t(((k16 - l8) >> 8) & 0xff);
-    }
-    lut_k.lo0 = b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24;
-    lut_k.lo1 = b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24;
-    lut_k.hi0 = b[8] | b[9] << 8 | b[10] << 16 | b[11] << 24;
-    lut_k.hi1 = b[12] | b[13] << 8 | b[14] << 16 | b[15] << 24;
-    asm volatile("" : "+r"(lut_k.lo0), "+r"(lut_k.lo1), "+r"(lut_k.hi0), "+r"(lut_k.hi1));
+    for (int c8 = 0; c8 < 8; ++c8) dev::split_i16(__float2int_rn(__half2float(sm.lut_k[c8]) * 8192.0f), b[8 + c8], b[c8]);
+    lut_k = dev::lut8_from_bytes(b);
   } else if constexpr (KIND == Kind::kTq) {
     lut_k = dev::make_lut8(sm.lut_k);
   }
@@ -451,13 +443,7 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
         const uint8_t* stage = sm.ring + st * St::kBytes;
         Tile<D, KIND, KB, VB> cur;
 #pragma unroll
-        for (int nn = 0; nn < 2; ++nn) {
-          const uint32_t* w = reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK);
-#pragma unroll
-          for (int gi = 0; gi < Tile<D, KIND, KB, VB>::kGroups; ++gi)
-#pragma unroll
-            for (int i = 0; i < KB; ++i) cur.k[nn][gi][i] = w[gi * KB + i];
-        }
+        for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK));
 #pragma unroll
         for (int e = 0; e < 4; ++e)
           ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);

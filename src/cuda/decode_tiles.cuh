@@ -138,16 +138,11 @@ struct ValueWords {
     if constexpr (VB == 2) return two;
     else return two | (((x[kW2] >> j) & 0x11111111u) << 2);
   }
-  // Octet j as 8 codes (any width here; the 4-bit path looks them up in shared memory).
+  // Octet j of 4-bit codes as 8 codes (looked up in shared memory: 16 entries are too many for PRMT).
   __device__ static void codes(const uint32_t (&x)[kWords], int j, uint32_t (&c)[8]) {
-    if constexpr (VB == 4) {
+    static_assert(VB == 4);
 #pragma unroll
-      for (int k = 0; k < 8; ++k) c[k] = (x[j] >> (4 * k)) & 0xfu;
-    } else {
-      const uint32_t sel = selector(x, j);
-#pragma unroll
-      for (int k = 0; k < 8; ++k) c[k] = (sel >> (4 * k)) & 0xfu;
-    }
+    for (int k = 0; k < 8; ++k) c[k] = (x[j] >> (4 * k)) & 0xfu;
   }
 };
 
@@ -160,6 +155,13 @@ template <int D, int KB, int VB>
 struct Tile<D, Kind::kTq, KB, VB> {
   static constexpr int kGroups = D >= 128 ? D / 128 : 1;
   uint32_t k[2][kGroups][KB];  // the groups of packed words holding the thread's key coordinates
+  // Key row nn's groups, from the thread's first word w of that row (global or shared memory).
+  __device__ void load_key_words(int nn, const uint32_t* w) {
+#pragma unroll
+    for (int gi = 0; gi < kGroups; ++gi)
+#pragma unroll
+      for (int i = 0; i < KB; ++i) k[nn][gi][i] = w[gi * KB + i];
+  }
   uint32_t v[4][ValueWords<D, VB>::kWords];  // per token, the words of the thread's value coordinates
   uint32_t kn[2], vn[2];       // fp16 norms of tokens (2t, 2t+1) and (2t+8, 2t+9), two to a register
 };
@@ -207,12 +209,7 @@ __device__ __forceinline__ void load_keys(const DecodeParams& p, const int32_t* 
     const TokenAddr a = rows(p, bt, kvh, T0, g + 8 * nn, len);
     const uint8_t* row = a.block + L.k_codes + size_t(a.row) * L.k_row;
     if constexpr (KIND == Kind::kTq) {
-      constexpr int kGroups = Tile<D, KIND, KB, VB>::kGroups;
-      const uint32_t* w = reinterpret_cast<const uint32_t*>(row) + (t * D / 128) * KB;
-#pragma unroll
-      for (int gi = 0; gi < kGroups; ++gi)
-#pragma unroll
-        for (int i = 0; i < KB; ++i) tile.k[nn][gi][i] = w[gi * KB + i];
+      tile.load_key_words(nn, reinterpret_cast<const uint32_t*>(row) + (t * D / 128) * KB);
     } else if constexpr (KIND == Kind::kFp8) {
       const uint32_t* src = reinterpret_cast<const uint32_t*>(row + t * (D / 4));
 #pragma unroll

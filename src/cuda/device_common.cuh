@@ -61,19 +61,13 @@ struct Operand<true> {
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { mma_bf16(d, a, b0, b1); }
 };
 
-// An 8-entry fp16 table held in four registers for PRMT lookups: the low bytes of the eight
-// values in lo[0..1], the high bytes in hi[0..1].
+// An 8-entry table of 16-bit values held in four registers for PRMT lookups: the low bytes of
+// the eight values in lo[0..1], the high bytes in hi[0..1].
 struct Lut8 {
   uint32_t lo0, lo1, hi0, hi1;
 };
-__device__ __forceinline__ Lut8 make_lut8(const __half* table) {  // table: [8] (unused entries 0)
-  uint32_t b[16];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const uint16_t u = __half_as_ushort(table[j]);
-    b[j] = u & 0xffu;
-    b[8 + j] = u >> 8;
-  }
+// b[0..7]: the low bytes of entries 0..7, b[8..15] their high bytes.
+__device__ __forceinline__ Lut8 lut8_from_bytes(const uint32_t (&b)[16]) {
   Lut8 l;
   l.lo0 = b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24;
   l.lo1 = b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24;
@@ -83,6 +77,24 @@ __device__ __forceinline__ Lut8 make_lut8(const __half* table) {  // table: [8] 
   // and copies it back into a vector register before every PRMT, one wasted move a lookup.
   asm volatile("" : "+r"(l.lo0), "+r"(l.lo1), "+r"(l.hi0), "+r"(l.hi1));
   return l;
+}
+__device__ __forceinline__ Lut8 make_lut8(const __half* table) {  // table: [8] fp16 (unused entries 0)
+  uint32_t b[16];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const uint16_t u = __half_as_ushort(table[j]);
+    b[j] = u & 0xffu;
+    b[8 + j] = u >> 8;
+  }
+  return lut8_from_bytes(b);
+}
+
+// An int16 value v as two int8 operands: v = 256 hi + lo with lo the signed low byte (so hi
+// stays in int8 for |v| <= 32639). Returned as their bytes (0..255).
+__device__ __forceinline__ void split_i16(int v, uint32_t& hi, uint32_t& lo) {
+  const int l8 = int(int8_t(v & 0xff));
+  lo = uint32_t(l8 & 0xff);
+  hi = uint32_t(((v - l8) >> 8) & 0xff);
 }
 
 // PRMT without the `& 0x7777` that __byte_perm adds to its selector: every selector built here
