@@ -45,9 +45,6 @@ def load(path):
     return lib
 
 
-SPLITS = [0]  # splits our decode is asked for (--splits); 0: the library chooses
-
-
 def check(rc, err):
     if rc != 0:
         raise RuntimeError(err.value.decode())
@@ -87,8 +84,8 @@ def timed_graph(fn, reps=20, iters=20):
 class PagedCache:
     """One layer of our paged cache on the GPU, filled through quantize_store."""
 
-    def __init__(self, lib, spec, batch, ctx, k, v):
-        self.lib, self.batch, self.ctx = lib, batch, ctx
+    def __init__(self, lib, spec, batch, ctx, k, v, splits=0):  # splits of our decode; 0: the library chooses
+        self.lib, self.batch, self.ctx, self.splits = lib, batch, ctx, splits
         self.err = ctypes.create_string_buffer(512)
         pages_per_seq = ctx // PAGE
         self.num_pages = batch * pages_per_seq
@@ -104,7 +101,7 @@ class PagedCache:
         self.slots = slots
         self.fill(k, v)
         self.seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
-        self.ws = torch.empty(lib.tq_decode_workspace(self.h, batch, 1, QH, pages_per_seq, ctx, SPLITS[0]), dtype=torch.uint8,
+        self.ws = torch.empty(lib.tq_decode_workspace(self.h, batch, 1, QH, pages_per_seq, ctx, splits), dtype=torch.uint8,
                               device="cuda")
 
     def fill(self, k, v):  # k, v: [batch * ctx, KVH, D] bf16
@@ -119,7 +116,7 @@ class PagedCache:
 
     def decode(self, q, out, stream=None):
         check(self.lib.tq_decode(self.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], self.block_tables.data_ptr(),
-                                 self.seq_lens.data_ptr(), self.batch, 1, QH, self.ctx // PAGE, self.ctx, SPLITS[0], self.ws.data_ptr(),
+                                 self.seq_lens.data_ptr(), self.batch, 1, QH, self.ctx // PAGE, self.ctx, self.splits, self.ws.data_ptr(),
                                  stream, self.err, 512), self.err)
 
     def close(self):
@@ -140,7 +137,6 @@ def main():
     ap.add_argument("--no-bulk", action="store_true", help="skip the bulk quantize_store measurement")
     ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
     args = ap.parse_args()
-    SPLITS[0] = args.splits
     lib = load(args.lib)
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     torch.manual_seed(0)
@@ -163,7 +159,7 @@ def main():
                          graph_ms=g_torch))
         print(f"B={B:3d} L={L:6d} torch-sdpa-bf16 {t_torch:8.4f} ms {bf16_bytes / t_torch / 1e6:7.0f} GB/s", flush=True)
         for spec in args.specs.split(","):
-            cache = PagedCache(lib, spec, B, L, k, v)
+            cache = PagedCache(lib, spec, B, L, k, v, args.splits)
             out = torch.empty(B, 1, QH, D, dtype=torch.bfloat16, device="cuda")
             cache.decode(q, out)
             torch.cuda.synchronize()
