@@ -18,6 +18,20 @@ namespace {
 
 using namespace decode;  // the kernels and their pieces
 
+// resident_blocks of the kernel a cache gets.
+template <int D>
+int resident_blocks_at(const CacheView& c) {
+  switch (c.k.enc) {
+    case Encoding::kFp16:
+    case Encoding::kBf16: return resident_blocks<D, Kind::kBf16, 0, 0>();  // the same layout
+    case Encoding::kFp8E4M3: return resident_blocks<D, Kind::kFp8, 0, 0>();
+    default: return resident_blocks<D, Kind::kTq, 2, 2>();  // every width alike
+  }
+}
+int resident_blocks_of(int D, const CacheView& c) {
+  return D == 64 ? resident_blocks_at<64>(c) : D == 128 ? resident_blocks_at<128>(c) : resident_blocks_at<256>(c);
+}
+
 struct Plan {
   int D, splits, tokens_per_split, mtiles;
   size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;
@@ -32,15 +46,13 @@ Plan make_plan(const DecodeParams& p) {
   const int tiles = std::max(1, int((p.max_seq_len + kTile - 1) / kTile));
   int splits = int(p.num_splits);
   if (splits == 0) {
-    // Packed caches: as many splits as fit one wave of their resident blocks (resident_blocks;
-    // Nsight Compute showed too few eligible warps at 2 per SM). Rounding down matters:
-    // 640 blocks on 528 slots leave a second, mostly empty wave that costs almost a whole block
-    // time. Float caches: about 2 blocks per SM, rounded up (measured best for them).
+    // As many splits as fit one wave of resident blocks (resident_blocks; Nsight Compute showed
+    // too few eligible warps at 2 per SM for packed caches). Rounding down matters: 640 blocks
+    // on 528 slots leave a second, mostly empty wave that costs almost a whole block time.
     // Each split keeps >= 2 tiles per warp: shorter splits cost more (query fragments, merge
     // work) than they give.
     const int blocks = int(p.num_seqs * p.cache.kv_heads) * pl.mtiles;
-    const int resident = resident_blocks(pl.D);
-    const int want = is_tq(p.cache.k.enc) ? resident * device_sm_count() / blocks : (2 * device_sm_count() + blocks - 1) / blocks;
+    const int want = resident_blocks_of(pl.D, p.cache) * device_sm_count() / blocks;
     splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
   splits = std::clamp(splits, 1, tiles);
@@ -64,7 +76,12 @@ void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
   const bool dense = KIND == Kind::kTq && p.cache.kt.signs == nullptr;
   if (dense) prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
   const dim3 grid(pl.splits, p.cache.kv_heads * pl.mtiles, p.num_seqs);
-  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, 0, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml, dense ? ws_q : nullptr);
+  constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB>);
+  if (smem > 48 * 1024) {  // beyond the default limit of dynamic shared memory (a host-side setting, capture-safe)
+    const cudaError_t e = cudaFuncSetAttribute(decode_kernel<D, KIND, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+    TQ_CHECK(e == cudaSuccess, "decode_attention: {} bytes of shared memory per block refused: {}", smem, cudaGetErrorString(e));
+  }
+  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, smem, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml, dense ? ws_q : nullptr);
   merge_kernel<D, KIND == Kind::kTq><<<p.num_seqs * p.num_q_tokens * p.q_heads, kThreads, 0, stream>>>(p, pl.splits, ws_o, ws_ml);
 }
 

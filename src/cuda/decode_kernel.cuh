@@ -13,7 +13,8 @@
 //                  at one coordinate), P^T is B, which is the layout the scores are already in.
 // The k index of S = Q K^T may map to the stored coordinates in any order as long as Q uses the
 // same map; thread t of a quad owns coordinates [t D/4, (t+1) D/4) of a key, which is one group of
-// 32 codes at D = 128 (its `bits` words). Thread g owns output coordinates [g D/8, (g+1) D/8):
+// 32 codes at D = 128 (its `bits` words). Thread g owns output coordinates [g D/8, (g+1) D/8)
+// (float caches interleave both maps by 16-byte units instead: FloatUnits in decode_tiles.cuh):
 // m-tile i rows g and g + 8 are its coordinates 2i and 2i + 1.
 // Warps merge in shared memory; splits merge in merge_kernel (decode_merge.cuh).
 #pragma once
@@ -32,17 +33,24 @@
 namespace tq::cuda::decode {
 
 // Blocks of decode_kernel resident per SM, which its register budget is compiled for (and
-// make_plan sizes the grid to whole waves of): 4 at D <= 128, 2 at D = 256. (5 for k3v2 at
-// D = 128 forced 96 registers and was 4% slower at (16, 32K) on the H200.)
-constexpr int resident_blocks(int D) { return D >= 256 ? 2 : 4; }
+// make_plan sizes the grid to whole waves of). Packed caches: 4 at D <= 128, 2 at D = 256 (5 for
+// k3v2 at D = 128 forced 96 registers and was 4% slower at (16, 32K) on the H200). Float caches:
+// as many as their staging rings fit in an SM's 228 KB (bf16: 2 at D = 128, 1 at D = 256).
+template <int D, Kind KIND, int KB, int VB>
+constexpr int resident_blocks() {
+  if constexpr (KIND == Kind::kTq) return D >= 256 ? 2 : 4;
+  constexpr int n = 227 * 1024 / int(sizeof(Smem<D, KIND, KB, VB>) + 1024);  // 1 KB a block reserved by the driver
+  return n < 1 ? 1 : n > 4 ? 4 : n;
+}
 
 template <int D, Kind KIND, int KB, int VB>
-__global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles,
-                                                           float* __restrict__ ws_o, float2* __restrict__ ws_ml,
-                                                           const float* __restrict__ ws_q) {
+__global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>()))
+    decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
+                  const float* __restrict__ ws_q) {
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
-  __shared__ Smem<D, KB, VB> sm;
+  extern __shared__ uint4 smem_raw[];
+  Smem<D, KIND, KB, VB>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB>*>(smem_raw);
 
   const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -105,11 +113,13 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
       sm.qa[j][ln] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
     }
   } else {
-  // A fragments of Q: k-tile kt covers coordinates t*D/4 + 4kt + {0,1} (k = 2t, 2t+1) and {2,3}.
+  // A fragments of Q: k-tile kt covers coordinates t*D/4 + 4kt + {0,1} (k = 2t, 2t+1) and {2,3}
+  // (float caches: the thread's coordinates 4kt.. of the FloatUnits key map).
   // Every warp uses the same fragments: built once into shared memory (one LDS.128 per k-tile
   // later), which keeps 4 * KT registers free for occupancy.
   for (int i = threadIdx.x; i < KT * 32; i += kThreads) {
-    const int kt = i / 32, ln = i % 32, c0 = (ln % 4) * (D / 4) + 4 * kt;
+    const int kt = i / 32, ln = i % 32;
+    const int c0 = KIND == Kind::kTq ? (ln % 4) * (D / 4) + 4 * kt : FloatUnits<D, KIND>::key_coord(ln % 4, 4 * kt);
     float hi[4], lo[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
@@ -149,8 +159,9 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
   const int visible_min = len - int(p.num_q_tokens) + 1;  // of every row of the block: the first query token's
 
   // O^T = V^T P^T: the accumulators are m-tiles of 16 value coordinates by the 8 query rows.
-  // Thread g owns coordinates [g D/8, (g+1) D/8) of the output (cb below); m-tile i row g is
-  // coordinate cb + 2i, row g + 8 is cb + 2i + 1; column n = query row n. So o[i] holds
+  // Thread g owns coordinates [g D/8, (g+1) D/8) of the output (cb below; float caches: the
+  // FloatUnits map); m-tile i row g is coordinate cb + 2i, row g + 8 is cb + 2i + 1; column
+  // n = query row n. So o[i] holds
   //   O[2t][cb+2i], O[2t+1][cb+2i], O[2t][cb+2i+1], O[2t+1][cb+2i+1].
   constexpr int MT = D / 16;
   float o[MT][4];
@@ -366,7 +377,7 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
         for (int i = 0; i < 4; ++i) pv_mma(4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
       }
     } else {
-      // hv[e][i]: coordinates cb + 2i, cb + 2i + 1 of token e, as the cache stores them
+      // hv[e][i]: the thread's value coordinates 2i, 2i + 1 of token e, as the cache stores them
       uint32_t hv[4][MT];
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
@@ -391,19 +402,14 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
   };
 
   const int first = begin + kTile * warp, step = kTile * kWarps;
-  if constexpr (Staging<D, KB, VB>::kStages > 0) {
+  using SP = StagePlan<D, KIND, KB, VB>;
+  constexpr bool kStaged = SP::kStages > 0;
+  if constexpr (kStaged) {
     if (c.page_size % kTile == 0) {
-      using St = Staging<D, KB, VB>;
-      constexpr int S = St::kStages;
-      const StageMap<D, KB, VB> map(c.data, c.layout, lane);
-      const uint32_t ring_s = static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + warp * S * St::kBytes + 16 * lane;
-      // This thread's words in a stage, as byte offsets from the warp's ring (kept in registers):
-      // key rows g and g + 8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs.
-      uint32_t k_at = warp * S * St::kBytes + g * St::kRowK + (t * D / 128) * KB * 4;
-      uint32_t v_at = warp * S * St::kBytes + kTile * St::kRowK + 2 * t * St::kRowV + (g * D / 256) * VB * 4;
-      uint32_t n_at = warp * S * St::kBytes + kTile * (St::kRowK + St::kRowV) + 4 * t;
-      const int og0 = (g * D / 64) % 4;
-      asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
+      constexpr int S = SP::kStages;
+      const uint32_t ring_at = warp * S * SP::kBytes;  // the warp's ring, from the block's
+      const Stager<D, KIND, KB, VB> stager(c.data, c.layout, static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + ring_at,
+                                           ring_at, lane);
       // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
       // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
       // loaded one tile ahead of its use, which hides that load's latency behind a tile.
@@ -422,11 +428,7 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
       // past the end the group is empty, which keeps the wait count uniform.
       auto issue = [&](int32_t page, int st) {
         if (cur_T < end) {
-          const size_t block = (size_t(page) * c.kv_heads + kvh) * c.layout.bytes;
-#pragma unroll
-          for (int r = 0; r < St::kRounds; ++r)
-            if (map.has(lane, r))
-              cp_async16(ring_s + st * St::kBytes + 32 * 16 * r, map.src[r] + block + uint32_t(cur_row) * map.per_row[r]);
+          stager.copy(lane, st, (size_t(page) * c.kv_heads + kvh) * c.layout.bytes, cur_row);
           advance();
         }
         cp_async_commit();
@@ -440,19 +442,10 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
         if (cur_T < end) next_page = bt[cur_page];
         cp_async_wait<S - 1>();
         __syncwarp();
-        const uint8_t* stage = sm.ring + st * St::kBytes;
+        const uint8_t* stage = sm.ring + st * SP::kBytes;
         Tile<D, KIND, KB, VB> cur;
-#pragma unroll
-        for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK));
-#pragma unroll
-        for (int e = 0; e < 4; ++e)
-          ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);
-        const uint32_t* norms = reinterpret_cast<const uint32_t*>(stage + n_at);  // fp16 pairs of tokens (2t, 2t+1)
-        cur.kn[0] = norms[0];
-        cur.kn[1] = norms[4];
-        cur.vn[0] = norms[8];
-        cur.vn[1] = norms[12];
-        process(cur, T0, [](auto&) {});
+        stager.load(stage, cur);
+        process(cur, T0, [&](auto& tile) { stager.load_values(stage, tile); });
         __syncwarp();  // every lane has read the stage before the next issue overwrites it
         st = st + 1 == S ? 0 : st + 1;
       }
@@ -460,7 +453,7 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
       __syncthreads();  // the ring becomes sm.o below
     }
   }
-  if (!(Staging<D, KB, VB>::kStages > 0 && c.page_size % kTile == 0)) {
+  if (!(kStaged && c.page_size % kTile == 0)) {
     for (int T0 = first; T0 < end; T0 += step) {
       Tile<D, KIND, KB, VB> cur;
       const TileRows rows = tile_rows(p, bt, kvh, T0);
@@ -482,15 +475,13 @@ __global__ void __launch_bounds__(kThreads, resident_blocks(D)) decode_kernel(co
     sm.m[warp][g] = m_run;
     sm.l[warp][g] = l_run;
   }
-  {
-    const int cb = g * (D / 8);
 #pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      sm.o[warp][2 * t][cb + 2 * i] = o[i][0];
-      sm.o[warp][2 * t + 1][cb + 2 * i] = o[i][1];
-      sm.o[warp][2 * t][cb + 2 * i + 1] = o[i][2];
-      sm.o[warp][2 * t + 1][cb + 2 * i + 1] = o[i][3];
-    }
+  for (int i = 0; i < MT; ++i) {  // the thread's value coordinates 2i, 2i + 1 (FloatUnits' map for float caches)
+    const int c0 = KIND == Kind::kTq ? g * (D / 8) + 2 * i : FloatUnits<D, KIND>::value_coord(g, 2 * i);
+    sm.o[warp][2 * t][c0] = o[i][0];
+    sm.o[warp][2 * t + 1][c0] = o[i][1];
+    sm.o[warp][2 * t][c0 + 1] = o[i][2];
+    sm.o[warp][2 * t + 1][c0 + 1] = o[i][3];
   }
   __syncthreads();
   // TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.

@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
@@ -33,33 +34,53 @@ struct Staging {
   static constexpr int kRing = kWarps * kStages * kBytes;
 };
 
-// Where one lane's 16-byte pieces of every stage come from: piece r of a tile in page-block
-// `block` whose first row in its page is row0 is at src[r] + block + row0 * per_row[r], and goes to
-// byte 16 (lane + 32 r) of the stage. Fixed for the whole loop (and kept in registers: the
-// compiler would otherwise rebuild them every tile), so a tile's copies cost little but the copies.
-template <int D, int KB, int VB>
-struct StageMap {
-  using St = Staging<D, KB, VB>;
-  const uint8_t* src[St::kRounds];
-  uint32_t per_row[St::kRounds];
-  __device__ StageMap(const uint8_t* data, const BlockLayout& L, int lane) {
-    constexpr int nk = St::kRowK, nv = St::kRowV;  // 16 rows of kRow bytes = kRow pieces
-#pragma unroll
-    for (int r = 0; r < St::kRounds; ++r) {
-      const int i = min(lane + 32 * r, St::kChunks - 1);  // lanes without a piece r never copy it
-      src[r] = data + (i < nk ? L.k_codes + 16 * i
-                       : i < nk + nv ? L.v_codes + 16 * (i - nk)
-                       : i < nk + nv + 2 ? L.k_norms + 16 * (i - nk - nv)
-                                         : L.v_norms + 16 * (i - nk - nv - 2));
-      per_row[r] = i < nk ? nk : i < nk + nv ? nv : 2;
-      asm volatile("" : "+l"(src[r]), "+r"(per_row[r]));
-    }
+// Float caches (fp16, bf16, fp8 e4m3): a thread's share of a tile is a few 16-byte units of each
+// row, interleaved with its neighbours' rather than contiguous, so that the quad's key units (and
+// the 8 groups' value units) fall in different shared-memory banks once swizzled (FloatStaging):
+//   keys:   thread t of a quad owns units t + 4j of rows g and g + 8 (its D/4 coordinates);
+//   values: thread g owns units g + 8j of rows 2t, 2t+1, 2t+8, 2t+9 (its D/8 coordinates;
+//           units of 8 bytes when a row's eighth is smaller than 16: fp8 at D = 64).
+// The k index of S = Q K^T follows the key map (the query fragments use key_coord); the output
+// coordinates follow the value map (value_coord).
+template <int D, Kind KIND>
+struct FloatUnits {
+  static constexpr int kEB = KIND == Kind::kFp8 ? 1 : 2;  // bytes per element
+  static constexpr int kRow = D * kEB;                     // bytes of one K (or V) row
+  static constexpr int kKeyUnits = kRow / 64;              // a thread's key units per row
+  static constexpr int kValBytes = kRow / 8 < 16 ? kRow / 8 : 16, kValUnits = kRow / 8 / kValBytes;
+  // Stored coordinate of the thread's u-th key (value) coordinate.
+  __device__ static int key_coord(int t, int u) {
+    constexpr int c = 16 / kEB;
+    return c * (t + 4 * (u / c)) + u % c;
   }
-  __device__ static bool has(int lane, int r) { return (r + 1) * 32 <= St::kChunks || lane + 32 * r < St::kChunks; }
+  __device__ static int value_coord(int g, int u) {
+    constexpr int c = kValBytes / kEB;
+    return c * (g + 8 * (u / c)) + u % c;
+  }
 };
 
-// Shared memory of one block.
-template <int D, int KB, int VB>
+// Float caches stream whole tiles as they lie in the page (16 K rows, then 16 V rows) through a
+// per-warp ring of kStages tiles, as the packed caches do. A row's 16-byte units are stored
+// swizzled so that the reads of FloatUnits are free of bank conflicts: unit c of key row r at
+// c ^ 4 (r & 1) (the quad's 4 units and rows g, g + 1 of an 8-lane phase hit 8 different bank
+// groups), of value row r at c ^ 2 ((r >> 1) & 3) (groups g, g + 1 and the 4 rows 2t).
+// Rows need >= 8 units (fp8 at D = 64 has 4: it takes the unstaged loads).
+template <int D, Kind KIND>
+struct FloatStaging {
+  static constexpr int kRow = FloatUnits<D, KIND>::kRow;
+  static constexpr int kBytes = 2 * kTile * kRow;         // [16 K rows][16 V rows]
+  static constexpr int kRounds = kTile * kRow / 16 / 32;  // 16-byte copies per lane, of K and of V
+  static constexpr int kStages = kRow >= 128 ? 3 : 0;
+  static constexpr int kRing = kWarps * kStages * kBytes;
+  __device__ static int k_pos(int r, int c) { return r * kRow + 16 * (c ^ 4 * (r & 1)); }
+  __device__ static int v_pos(int r, int c) { return (kTile + r) * kRow + 16 * (c ^ 2 * ((r >> 1) & 3)); }
+};
+
+template <int D, Kind KIND, int KB, int VB>
+using StagePlan = std::conditional_t<KIND == Kind::kTq, Staging<D, KB, VB>, FloatStaging<D, KIND>>;
+
+// Shared memory of one block (dynamic: the float caches' rings exceed the 48 KB of static memory).
+template <int D, Kind KIND, int KB, int VB>
 struct Smem {
   uint4 qa[D / 16][32];  // A fragments of the query (per k-tile, per lane): read each tile, not held in registers
   __half lut_k[256], lut_v[256];
@@ -67,7 +88,7 @@ struct Smem {
   float qrs[kRows];  // int8 keys: a query row's fixed-point step (its max |q| / kQ16Max)
   union {
     float q[kRows][D];  // the prologue: query rows, rotated and scaled
-    alignas(16) uint8_t ring[Staging<D, KB, VB>::kRing > 0 ? Staging<D, KB, VB>::kRing : 16];  // the loop
+    alignas(16) uint8_t ring[StagePlan<D, KIND, KB, VB>::kRing > 0 ? StagePlan<D, KIND, KB, VB>::kRing : 16];  // the loop
     float o[kWarps][kRows][D];  // the epilogue: the warps' outputs
   };
 };
@@ -167,15 +188,24 @@ struct Tile<D, Kind::kTq, KB, VB> {
 };
 template <int D, int KB, int VB>
 struct Tile<D, Kind::kF16, KB, VB> {
-  uint4 k[2][D / 32];  // D/4 fp16 = D/2 bytes
-  uint4 v[4][D / 64];  // D/8 fp16 = D/4 bytes
+  uint4 k[2][D / 32];  // D/4 fp16 = D/2 bytes: FloatUnits key units in order
+  uint4 v[4][D / 64];  // D/8 fp16 = D/4 bytes: value units in order
+  __device__ void set_key_unit(int nn, int j, uint4 x) { k[nn][j] = x; }
+  __device__ uint32_t& v_word(int e, int w) { return (&v[e][w / 4].x)[w % 4]; }
 };
 template <int D, int KB, int VB>
 struct Tile<D, Kind::kBf16, KB, VB> : Tile<D, Kind::kF16, KB, VB> {};
 template <int D, int KB, int VB>
 struct Tile<D, Kind::kFp8, KB, VB> {
-  uint32_t k[2][D / 16];  // D/4 bytes
-  uint32_t v[4][D / 32];  // D/8 bytes
+  uint32_t k[2][D / 16];  // D/4 bytes: FloatUnits key units in order
+  uint32_t v[4][D / 32];  // D/8 bytes: value units in order
+  __device__ void set_key_unit(int nn, int j, uint4 x) {
+    k[nn][4 * j] = x.x;
+    k[nn][4 * j + 1] = x.y;
+    k[nn][4 * j + 2] = x.z;
+    k[nn][4 * j + 3] = x.w;
+  }
+  __device__ uint32_t& v_word(int e, int w) { return v[e][w]; }
 };
 
 // Addresses of the rows of one tile. When pages hold whole tiles (page_size % 16 == 0) the page
@@ -210,14 +240,10 @@ __device__ __forceinline__ void load_keys(const DecodeParams& p, const int32_t* 
     const uint8_t* row = a.block + L.k_codes + size_t(a.row) * L.k_row;
     if constexpr (KIND == Kind::kTq) {
       tile.load_key_words(nn, reinterpret_cast<const uint32_t*>(row) + (t * D / 128) * KB);
-    } else if constexpr (KIND == Kind::kFp8) {
-      const uint32_t* src = reinterpret_cast<const uint32_t*>(row + t * (D / 4));
+    } else {  // units t + 4j (FloatUnits)
+      const uint4* src = reinterpret_cast<const uint4*>(row);
 #pragma unroll
-      for (int i = 0; i < D / 16; ++i) tile.k[nn][i] = src[i];
-    } else {
-      const uint4* src = reinterpret_cast<const uint4*>(row + t * (D / 2));
-#pragma unroll
-      for (int i = 0; i < D / 32; ++i) tile.k[nn][i] = src[i];
+      for (int j = 0; j < FloatUnits<D, KIND>::kKeyUnits; ++j) tile.set_key_unit(nn, j, src[t + 4 * j]);
     }
   }
 }
@@ -241,16 +267,138 @@ __device__ __forceinline__ void load_values(const DecodeParams& p, const int32_t
         tile.kn[e >> 1] = kn;
         tile.vn[e >> 1] = vn;
       }
-    } else if constexpr (KIND == Kind::kFp8) {
-      const uint32_t* src = reinterpret_cast<const uint32_t*>(row + g * (D / 8));
+    } else {  // units g + 8j (FloatUnits), of 8 bytes for fp8 at D = 64
+      using FU = FloatUnits<D, KIND>;
+      constexpr int kW = FU::kValBytes / 4;  // words per unit
+      const uint32_t* src = reinterpret_cast<const uint32_t*>(row);
 #pragma unroll
-      for (int i = 0; i < D / 32; ++i) tile.v[e][i] = src[i];
-    } else {
-      const uint4* src = reinterpret_cast<const uint4*>(row + g * (D / 4));
-#pragma unroll
-      for (int i = 0; i < D / 64; ++i) tile.v[e][i] = src[i];
+      for (int w = 0; w < FU::kValUnits * kW; ++w) tile.v_word(e, w) = src[kW * (g + 8 * (w / kW)) + w % kW];
     }
   }
 }
+
+// One lane's share of the streaming of a packed cache (Staging): its copies into a stage and its
+// reads of a staged tile. Where its 16-byte pieces come from: piece r of a tile in page-block
+// `block` whose first row in its page is row0 is at src[r] + block + row0 * per_row[r], and goes to
+// byte 16 (lane + 32 r) of the stage. Fixed for the whole loop (and kept in registers: the
+// compiler would otherwise rebuild them every tile), so a tile's copies cost little but the copies.
+template <int D, int KB, int VB>
+struct TqStager {
+  using St = Staging<D, KB, VB>;
+  const uint8_t* src[St::kRounds];
+  uint32_t per_row[St::kRounds];
+  uint32_t dst;               // shared-window address of this lane's first piece in the warp's ring
+  uint32_t k_at, v_at, n_at;  // this thread's words in a stage, as byte offsets from the block's ring:
+  int og0;                    // key rows g, g+8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs
+  __device__ TqStager(const uint8_t* data, const BlockLayout& L, uint32_t ring_s, uint32_t ring_at, int lane) {
+    constexpr int nk = St::kRowK, nv = St::kRowV;  // 16 rows of kRow bytes = kRow pieces
+#pragma unroll
+    for (int r = 0; r < St::kRounds; ++r) {
+      const int i = min(lane + 32 * r, St::kChunks - 1);  // lanes without a piece r never copy it
+      src[r] = data + (i < nk ? L.k_codes + 16 * i
+                       : i < nk + nv ? L.v_codes + 16 * (i - nk)
+                       : i < nk + nv + 2 ? L.k_norms + 16 * (i - nk - nv)
+                                         : L.v_norms + 16 * (i - nk - nv - 2));
+      per_row[r] = i < nk ? nk : i < nk + nv ? nv : 2;
+      asm volatile("" : "+l"(src[r]), "+r"(per_row[r]));
+    }
+    const int g = lane / 4, t = lane % 4;
+    dst = ring_s + 16 * lane;
+    k_at = ring_at + g * St::kRowK + (t * D / 128) * KB * 4;
+    v_at = ring_at + kTile * St::kRowK + 2 * t * St::kRowV + (g * D / 256) * VB * 4;
+    n_at = ring_at + kTile * (St::kRowK + St::kRowV) + 4 * t;
+    og0 = (g * D / 64) % 4;
+    asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
+  }
+  __device__ static bool has(int lane, int r) { return (r + 1) * 32 <= St::kChunks || lane + 32 * r < St::kChunks; }
+  // Copies the tile at row row0 of the page block at byte `block` of the cache into stage st.
+  __device__ void copy(int lane, int st, size_t block, int row0) const {
+#pragma unroll
+    for (int r = 0; r < St::kRounds; ++r)
+      if (has(lane, r)) cp_async16(dst + st * St::kBytes + 32 * 16 * r, src[r] + block + uint32_t(row0) * per_row[r]);
+  }
+  template <Kind KIND>
+  __device__ void load(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
+#pragma unroll
+    for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK));
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);
+    const uint32_t* norms = reinterpret_cast<const uint32_t*>(stage + n_at);  // fp16 pairs of tokens (2t, 2t+1)
+    cur.kn[0] = norms[0];
+    cur.kn[1] = norms[4];
+    cur.vn[0] = norms[8];
+    cur.vn[1] = norms[12];
+  }
+  template <class TileT>
+  __device__ void load_values(const uint8_t*, TileT&) const {}  // loaded with the keys
+};
+
+// The same for float caches (FloatStaging): a tile's K rows and V rows are contiguous in the page
+// block, so piece r of a lane is at byte 16 (lane + 32 r) from the tile's first K (V) row, and goes
+// to its swizzled place. A round of 32 pieces covers 32 / kPerRow rows (1, 2 or 4), so piece
+// r + P lands 512 P bytes after piece r, swizzled alike, for P = 2 (keys: the swizzle depends on
+// row & 1) and P = 8 (values: on row & 7): P destinations per lane are kept in registers.
+template <int D, Kind KIND>
+struct FloatStager {
+  using FS = FloatStaging<D, KIND>;
+  static constexpr int kRow = FS::kRow, kPerRow = kRow / 16;
+  static constexpr int kPK = FS::kRounds < 2 ? FS::kRounds : 2, kPV = FS::kRounds < 8 ? FS::kRounds : 8;
+  const uint8_t *k_src, *v_src;  // this lane's first piece of the K and V sections of page block 0, row 0
+  uint32_t k_dst[kPK], v_dst[kPV];  // shared-window addresses of this lane's pieces 0..P-1 in stage 0
+  uint32_t k_rd[2], v_rd;           // this thread's reads, byte offsets from the block's ring (see load)
+  __device__ FloatStager(const uint8_t* data, const BlockLayout& L, uint32_t ring_s, uint32_t ring_at, int lane)
+      : k_src(data + L.k_codes + 16 * lane), v_src(data + L.v_codes + 16 * lane) {
+#pragma unroll
+    for (int r = 0; r < kPV; ++r) {
+      const int q = lane + 32 * r, row = q / kPerRow, c = q % kPerRow;
+      if (r < kPK) k_dst[r] = ring_s + FS::k_pos(row, c);
+      v_dst[r] = ring_s + FS::v_pos(row, c);
+    }
+    asm volatile("" : "+r"(k_dst[0]), "+r"(k_dst[kPK - 1]));  // kept, not rebuilt every tile
+#pragma unroll
+    for (int r = 0; r < kPV; ++r) asm volatile("" : "+r"(v_dst[r]));
+    const int g = lane / 4, t = lane % 4, p = g & 1;
+    // key unit t + 4j of row g sits at 16 ((t + 4j) ^ 4p) = 16 t + 64 j + (j even ? 64 p : -64 p)
+    k_rd[0] = ring_at + g * kRow + 16 * t + 64 * p;
+    k_rd[1] = ring_at + g * kRow + 16 * t - 64 * p;
+    // value unit g + 8j of row 2t (+1, +8, +9) sits at 16 ((g + 8j) ^ 2t) = 16 (g ^ 2t) + 128 j
+    v_rd = ring_at + (kTile + 2 * t) * kRow + 16 * (g ^ (2 * t));
+  }
+  __device__ void copy(int, int st, size_t block, int row0) const {
+    const uint8_t* k = k_src + block + uint32_t(row0) * kRow;
+    const uint8_t* v = v_src + block + uint32_t(row0) * kRow;
+    const uint32_t at = st * FS::kBytes;
+#pragma unroll
+    for (int r = 0; r < FS::kRounds; ++r) {
+      cp_async16(k_dst[r % kPK] + at + 512 * kPK * (r / kPK), k + 512 * r);
+      cp_async16(v_dst[r % kPV] + at + 512 * kPV * (r / kPV), v + 512 * r);
+    }
+  }
+  template <int KB, int VB>
+  __device__ void load(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {  // keys: before the scores
+#pragma unroll
+    for (int nn = 0; nn < 2; ++nn)
+#pragma unroll
+      for (int j = 0; j < FloatUnits<D, KIND>::kKeyUnits; ++j)
+        cur.set_key_unit(nn, j, *reinterpret_cast<const uint4*>(stage + k_rd[j & 1] + 64 * j + 8 * nn * kRow));
+  }
+  template <int KB, int VB>
+  __device__ void load_values(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {  // after them
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+#pragma unroll
+      for (int j = 0; j < FloatUnits<D, KIND>::kValUnits; ++j) {
+        const uint4 x = *reinterpret_cast<const uint4*>(stage + v_rd + ((e & 1) + 8 * (e >> 1)) * kRow + 128 * j);
+        cur.v_word(e, 4 * j) = x.x;
+        cur.v_word(e, 4 * j + 1) = x.y;
+        cur.v_word(e, 4 * j + 2) = x.z;
+        cur.v_word(e, 4 * j + 3) = x.w;
+      }
+  }
+};
+
+template <int D, Kind KIND, int KB, int VB>
+using Stager = std::conditional_t<KIND == Kind::kTq, TqStager<D, KB, VB>, FloatStager<D, KIND>>;
 
 }  // namespace tq::cuda::decode
