@@ -16,7 +16,8 @@
 // 32 codes at D = 128 (its `bits` words). Thread g owns output coordinates [g D/8, (g+1) D/8)
 // (float caches interleave both maps by 16-byte units instead: FloatUnits in decode_tiles.cuh):
 // m-tile i rows g and g + 8 are its coordinates 2i and 2i + 1.
-// Warps merge in shared memory; splits merge in merge_kernel (decode_merge.cuh).
+// Warps merge in shared memory; the splits of a (sequence, KV head, m-tile) are merged by whichever
+// of its blocks finishes last (decode_merge.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -25,6 +26,7 @@
 #include <array>
 #include <cmath>
 
+#include "decode_merge.cuh"
 #include "decode_query.cuh"
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
@@ -46,7 +48,7 @@ constexpr int resident_blocks() {
 template <int D, Kind KIND, int KB, int VB>
 __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>()))
     decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
-                  const float* __restrict__ ws_q) {
+                  const float* __restrict__ ws_q, unsigned* __restrict__ counters) {
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
   extern __shared__ uint4 smem_raw[];
@@ -504,6 +506,20 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     ws_o[slot * D + col] = acc * out_scale;
     if (col == 0) ws_ml[slot] = make_float2(M, lsum);
   }
+
+  // ---- the last split to finish merges them all (one counter per (sequence, KV head, m-tile),
+  // which it leaves at zero for the next call) ----
+  __threadfence();  // this block's partial results are visible device-wide before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned* count = counters + size_t(seq) * gridDim.y + blockIdx.y;
+    sm.last = gridDim.x == 1 || atomicAdd(count, 1u) == gridDim.x - 1;
+    if (sm.last && gridDim.x > 1) *count = 0;
+  }
+  __syncthreads();
+  if (!sm.last) return;
+  __threadfence();
+  merge_splits<D, KIND == Kind::kTq>(p, seq, kvh, mt, int(gridDim.x), ws_o, ws_ml, sm.mrg);
 }
 
 }  // namespace tq::cuda::decode

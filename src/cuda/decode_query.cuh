@@ -10,6 +10,21 @@
 
 namespace tq::cuda::decode {
 
+// In-place unnormalized Walsh-Hadamard transform of each of the kRows rows of x (shared memory),
+// the block's threads spread over the butterflies of a pass.
+template <int D>
+__device__ void fwht_rows(float (&x)[kRows][D]) {
+  for (int h = 1; h < D; h *= 2) {
+    for (int i = threadIdx.x; i < kRows * D / 2; i += kThreads) {
+      const int r = i / (D / 2), k = i % (D / 2), lo = (k / h) * 2 * h + k % h;
+      const float a = x[r][lo], b = x[r][lo + h];
+      x[r][lo] = a + b;
+      x[r][lo + h] = a - b;
+    }
+    __syncthreads();
+  }
+}
+
 // The 8 query rows of (sequence, KV head, m-tile): loaded, rotated with the keys' rotation
 // (TurboQuant), scaled by softmax scale * log2(e); zero rows past the group. q: shared [kRows][D].
 // kDense = false compiles only the Hadamard path (the decode kernel's own copy).
@@ -38,15 +53,7 @@ __device__ void rotate_queries(const DecodeParams& p, int seq, int kvh, int mt, 
                        (KIND == Kind::kTq ? rsqrtf(float(D)) : 1.0f);
   if constexpr (KIND == Kind::kTq) {
     if (c.kt.signs) {  // in-place FWHT over each row, then its normalization
-      for (int h = 1; h < D; h *= 2) {
-        for (int i = threadIdx.x; i < kRows * D / 2; i += kThreads) {
-          const int r = i / (D / 2), k = i % (D / 2), lo = (k / h) * 2 * h + k % h;
-          const float a = q[r][lo], b = q[r][lo + h];
-          q[r][lo] = a + b;
-          q[r][lo + h] = a - b;
-        }
-        __syncthreads();
-      }
+      fwht_rows(q);
       for (int i = threadIdx.x; i < kRows * D; i += kThreads) q[i / D][i % D] *= c.fwht_scale * qscale;
     } else if constexpr (kDense) {  // dense: q_rot = R q, rows of R in global memory
       float acc[kRows * D / kThreads];
