@@ -95,8 +95,8 @@ struct Smem {
   float m[kWarps][kRows], l[kWarps][kRows];
   float qrs[kRows];  // int8 keys: a query row's fixed-point step (its max |q| / kQ16Max)
   int last;          // this block is the last of its splits to finish: it merges them
+  float q[kRows][D];  // the prologue: query rows, rotated and scaled (the ring is filling meanwhile)
   union {
-    float q[kRows][D];  // the prologue: query rows, rotated and scaled
     alignas(16) uint8_t ring[StagePlan<D, KIND, KB, VB>::kRing > 0 ? StagePlan<D, KIND, KB, VB>::kRing : 16];  // the loop
     float o[kWarps][kRows][D];  // the epilogue: the warps' outputs
     MergeSmem<D> mrg;           // then the split merge

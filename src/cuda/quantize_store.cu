@@ -56,9 +56,9 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   const uint32_t tok = item / (2 * c.kv_heads), head = (item / 2) % c.kv_heads;
   const bool is_v = item % 2;
   if (tok >= p.num_tokens) return;
-  // The loads a warp needs do not depend on each other: the row, the slot and (widths <= 4) the
-  // codebook boundaries are all issued before the first is used, which is what a one-token-per-
-  // sequence call costs (latency, not work).
+  // The loads a warp needs do not depend on each other: the row, the slot, the Hadamard signs and
+  // (widths <= 4) the codebook are all issued before the first is used, which is what a
+  // one-token-per-sequence call costs (latency, not work).
   const TensorCode code = is_v ? c.v : c.k;
   const CodecTables& tab = is_v ? c.vt : c.kt;
   const size_t src0 = (size_t(tok) * c.kv_heads + head) * c.head_dim;
@@ -70,13 +70,19 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
     x[e] = col < c.head_dim ? load_elem(src, p.dtype, src0 + col) : 0.0f;
   }
   constexpr int kMaxB = 15;  // boundaries of widths <= 4, held in registers
-  float bnd[kMaxB];
+  float bnd[kMaxB], cent[kMaxB + 1], sg[E];
   const bool small = is_tq(code.enc) && tab.bits <= 4;
+  const bool nc = is_tq(code.enc) && tab.norm_correction;  // the centroids matter only then
   if (small) {
     const uint32_t nb = (1u << tab.bits) - 1u;
 #pragma unroll
     for (int i = 0; i < kMaxB; ++i) bnd[i] = uint32_t(i) < nb ? tab.boundaries[i] : INFINITY;
+#pragma unroll
+    for (int i = 0; i <= kMaxB; ++i) cent[i] = nc && uint32_t(i) <= nb ? tab.centroids[i] : 0.0f;
   }
+  const bool hadamard = is_tq(code.enc) && tab.signs;
+#pragma unroll
+  for (int e = 0; e < E; ++e) sg[e] = hadamard ? tab.signs[size_t(head) * PD + lane * E + e] : 1.0f;
   const int64_t slot = p.slot_mapping[tok];
   if (slot < 0) return;
   if (slot >= int64_t(c.num_pages) * c.page_size) {
@@ -122,9 +128,9 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
 #pragma unroll
   for (int e = 0; e < E; ++e) y[e] = norm > 0 ? float(double(x[e]) / norm) : 0.0f;
 
-  if (tab.signs) {  // Hadamard: signs, then the butterflies of fwht_scalar in the same order
+  if (hadamard) {  // Hadamard: signs, then the butterflies of fwht_scalar in the same order
 #pragma unroll
-    for (int e = 0; e < E; ++e) y[e] *= tab.signs[size_t(head) * PD + lane * E + e];
+    for (int e = 0; e < E; ++e) y[e] *= sg[e];
 #pragma unroll
     for (int h = 1; h < E; h *= 2)
 #pragma unroll
@@ -181,11 +187,19 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
       }
     }
     codes[e] = lo;
-    const float cv = tab.centroids[lo];
-    cc += double(cv) * double(cv);
+    if (nc) {
+      float cv = 0.0f;
+      if (small) {  // from registers: a selection, not an indexed (local-memory) load
+#pragma unroll
+        for (int i = 0; i <= kMaxB; ++i) cv = lo == uint32_t(i) ? cent[i] : cv;
+      } else {
+        cv = tab.centroids[lo];
+      }
+      cc += double(cv) * double(cv);
+    }
   }
   double stored = norm;
-  if (tab.norm_correction && norm > 0) {
+  if (nc && norm > 0) {
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) cc += __shfl_xor_sync(0xffffffffu, cc, o);
     if (cc > 0) stored = norm / sqrt(cc);
