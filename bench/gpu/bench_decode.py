@@ -101,7 +101,7 @@ class PagedCache:
         self.slots = slots
         self.fill(k, v)
         self.seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
-        self.ws = torch.zeros(lib.tq_decode_workspace(self.h, batch, 1, QH, pages_per_seq, ctx, splits), dtype=torch.uint8,
+        self.ws = torch.empty(lib.tq_decode_workspace(self.h, batch, 1, QH, pages_per_seq, ctx, splits), dtype=torch.uint8,
                               device="cuda")
 
     def fill(self, k, v):  # k, v: [batch * ctx, KVH, D] bf16

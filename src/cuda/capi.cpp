@@ -99,7 +99,6 @@ static tq::cuda::DecodeParams decode_params(void* handle, uint32_t num_seqs, uin
   return p;
 }
 
-// Bytes of the workspace tq_decode needs; zero-fill it once when allocated (decode_workspace_bytes).
 uint64_t tq_decode_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
                              uint32_t splits) {
   return tq::cuda::decode_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits));

@@ -1,13 +1,14 @@
 // Paged decode and chunked-prefill attention over the packed cache: the host side (validation,
 // the split plan, launches). The kernels: decode_kernel.cuh (attention over one split),
-// decode_query.cuh (query rotation), decode_merge.cuh (split merge, by the last split to finish),
-// decode_tiles.cuh (data layout and loads), device_common.cuh (MMAs and lookups). docs/cuda.md describes the design.
+// decode_query.cuh (query rotation), decode_merge.cuh (split merge), decode_tiles.cuh (data
+// layout and loads), device_common.cuh (MMAs and lookups). docs/cuda.md describes the design.
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 
 #include "decode_kernel.cuh"
+#include "decode_merge.cuh"
 #include "launch_common.h"
 #include "tq/common.h"
 #include "tq/cuda/kernels.h"
@@ -30,11 +31,6 @@ int resident_blocks_at(const CacheView& c) {
 int resident_blocks_of(int D, const CacheView& c) {
   return D == 64 ? resident_blocks_at<64>(c) : D == 128 ? resident_blocks_at<128>(c) : resident_blocks_at<256>(c);
 }
-
-// The workspace: [split counters: kSplitCounters][ws_o: slots x D floats][ws_ml: slots float2]
-// [ws_q: rotated queries, dense rotations only]. The counters come first, at a place that does not
-// depend on the shape, because every call leaves them at zero for the next one, whatever its shape.
-constexpr size_t kCounterBytes = kDecodeCounterBytes, kSplitCounters = kCounterBytes / sizeof(unsigned);
 
 struct Plan {
   int D, splits, tokens_per_split, mtiles;
@@ -72,10 +68,9 @@ Plan make_plan(const DecodeParams& p) {
 
 template <int D, Kind KIND, int KB, int VB>
 void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
-  unsigned* counters = static_cast<unsigned*>(p.workspace);
-  float* ws_o = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + kCounterBytes);
-  float2* ws_ml = reinterpret_cast<float2*>(reinterpret_cast<uint8_t*>(ws_o) + pl.ws_o_bytes);
-  float* ws_q = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(ws_ml) + pl.ws_ml_bytes);
+  float* ws_o = static_cast<float*>(p.workspace);
+  float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
+  float* ws_q = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes + pl.ws_ml_bytes);
   // Dense rotations are applied once per query by a kernel of their own; the others in the decode
   // kernel itself (one launch less: ~3 us of a batch-1 step in a CUDA graph on the H200).
   const bool dense = KIND == Kind::kTq && p.cache.kt.signs == nullptr;
@@ -86,8 +81,8 @@ void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
     const cudaError_t e = cudaFuncSetAttribute(decode_kernel<D, KIND, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     TQ_CHECK(e == cudaSuccess, "decode_attention: {} bytes of shared memory per block refused: {}", smem, cudaGetErrorString(e));
   }
-  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, smem, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml, dense ? ws_q : nullptr,
-                                                                     counters);
+  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, smem, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml, dense ? ws_q : nullptr);
+  merge_kernel<D, KIND == Kind::kTq><<<p.num_seqs * p.num_q_tokens * p.q_heads, kThreads, 0, stream>>>(p, pl.splits, ws_o, ws_ml);
 }
 
 template <int D>
@@ -148,17 +143,12 @@ uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p)
 
 size_t decode_workspace_bytes(const DecodeParams& p) {
   const Plan pl = make_plan(p);
-  return kCounterBytes + pl.ws_o_bytes + pl.ws_ml_bytes + pl.ws_q_bytes;
+  return pl.ws_o_bytes + pl.ws_ml_bytes + pl.ws_q_bytes;
 }
 
 namespace {
 void launch_attention(const DecodeParams& p, Stream stream) {
   const Plan pl = make_plan(p);
-  const size_t groups = size_t(p.num_seqs) * p.cache.kv_heads * pl.mtiles;  // (sequence, KV head, m-tile): one counter each
-  TQ_CHECK(pl.splits == 1 || groups <= kSplitCounters,
-           "decode_attention: {} splits of {} (sequence, KV head, query-row group) blocks: at most {} such groups can be split "
-           "(num_splits = 0 chooses 1 split for that many)",
-           pl.splits, groups, kSplitCounters);
   switch (pl.D) {
     case 64: dispatch_dim<64>(p, pl, stream); break;
     case 128: dispatch_dim<128>(p, pl, stream); break;

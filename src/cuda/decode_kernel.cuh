@@ -16,8 +16,7 @@
 // 32 codes at D = 128 (its `bits` words). Thread g owns output coordinates [g D/8, (g+1) D/8)
 // (float caches interleave both maps by 16-byte units instead: FloatUnits in decode_tiles.cuh):
 // m-tile i rows g and g + 8 are its coordinates 2i and 2i + 1.
-// Warps merge in shared memory; the splits of a (sequence, KV head, m-tile) are merged by whichever
-// of its blocks finishes last (decode_merge.cuh).
+// Warps merge in shared memory; splits merge in merge_kernel (decode_merge.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -26,7 +25,6 @@
 #include <array>
 #include <cmath>
 
-#include "decode_merge.cuh"
 #include "decode_query.cuh"
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
@@ -48,7 +46,7 @@ constexpr int resident_blocks() {
 template <int D, Kind KIND, int KB, int VB>
 __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>()))
     decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
-                  const float* __restrict__ ws_q, unsigned* __restrict__ counters) {
+                  const float* __restrict__ ws_q) {
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
   extern __shared__ uint4 smem_raw[];
@@ -57,73 +55,23 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int group = int(p.q_heads / p.cache.kv_heads), rows_total = group * int(p.num_q_tokens);
-  const CacheView& c = p.cache;
-  // Loads that depend on nothing are issued first (the query rows, the codebooks); the sequence
-  // length, then its page ids, then the first copies follow while they arrive.
-  float qv[kRows * D / kThreads];
-  if (ws_q == nullptr) load_queries<D>(p, seq, kvh, mt, qv);
-  float centroid_k = 0.0f, centroid_v = 0.0f;  // entry threadIdx.x of the codebooks
-  if constexpr (KIND == Kind::kTq) {
-    if (threadIdx.x < (1 << KB)) centroid_k = c.kt.centroids[threadIdx.x];
-    if (threadIdx.x < (1 << VB)) centroid_v = c.vt.centroids[threadIdx.x];
-  }
   const int len = p.seq_lens[seq];
   const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len);
   const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
-
-  // ---- the first tiles' copies, issued before the query work so that their latency hides
-  // behind it (packed caches and float caches whose pages hold whole 16-token tiles) ----
-  const int first = begin + kTile * warp, step = kTile * kWarps;
-  using SP = StagePlan<D, KIND, KB, VB>;
-  constexpr int S = SP::kStages > 0 ? SP::kStages : 1;
-  const bool staged = SP::kStages > 0 && c.page_size % kTile == 0;
-  const uint32_t ring_at = warp * S * SP::kBytes;  // the warp's ring, from the block's
-  const Stager<D, KIND, KB, VB> stager(c.data, c.layout, static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + ring_at, ring_at,
-                                       lane);
-  // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
-  // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
-  // loaded one tile ahead of its use, which hides that load's latency behind a tile.
-  const int ps = int(c.page_size), step_pages = step / ps, step_rows = step % ps;
-  int cur_T = first, cur_page = first / ps, cur_row = first % ps;
-  auto advance = [&] {
-    cur_T += step;
-    cur_page += step_pages;
-    cur_row += step_rows;
-    if (cur_row >= ps) {
-      cur_row -= ps;
-      ++cur_page;
-    }
-  };
-  // Copies the tile at the cursor (in page `page`) into stage st, then closes a commit group;
-  // past the end the group is empty, which keeps the wait count uniform.
-  auto issue = [&](int32_t page, int st) {
-    if (cur_T < end) {
-      stager.copy(lane, st, (size_t(page) * c.kv_heads + kvh) * c.layout.bytes, cur_row);
-      advance();
-    }
-    cp_async_commit();
-  };
-  int32_t next_page = 0;
-  if constexpr (SP::kStages > 0) {
-    if (staged) {
-#pragma unroll
-      for (int i = 0; i < S - 1; ++i) issue(cur_T < end ? bt[cur_page] : 0, i);
-      next_page = cur_T < end ? bt[cur_page] : 0;
-    }
-  }
+  const CacheView& c = p.cache;
 
   // ---- query rows, rotated and scaled: here (Hadamard, float caches: a few shared-memory passes)
   // or, for dense rotations (a D x D product per row), once by prepare_queries into ws_q ----
   if (ws_q == nullptr) {
-    rotate_queries<D, KIND, false>(p, kvh, qv, sm.q);
+    rotate_queries<D, KIND, false>(p, seq, kvh, mt, sm.q);
   } else {
     const float4* src = reinterpret_cast<const float4*>(ws_q + (size_t(seq) * gridDim.y + blockIdx.y) * kRows * D);
     for (int i = threadIdx.x; i < kRows * D / 4; i += kThreads) reinterpret_cast<float4*>(&sm.q[0][0])[i] = src[i];
   }
   if constexpr (KIND == Kind::kTq) {
     for (int i = threadIdx.x; i < 256; i += kThreads) {
-      sm.lut_k[i] = __float2half_rn(i == threadIdx.x ? centroid_k * sqrtf(float(D)) : 0.0f);
-      sm.lut_v[i] = __float2half_rn(i == threadIdx.x ? centroid_v * sqrtf(float(D)) : 0.0f);
+      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
+      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
     }
   }
   __syncthreads();
@@ -182,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     sm.qa[kt][ln] = make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
   }
   }
-  __syncthreads();
+  __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
   // int8 keys: this thread's row step times the table's 2^-13 and the 2^8 of the combination
   const float s_scale = kInt8K ? sm.qrs[g] * (1.0f / 32.0f) : 1.0f;
   dev::Lut8 lut_k{}, lut_v{};
@@ -453,8 +401,41 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     }
   };
 
-  if constexpr (SP::kStages > 0) {
-    if (staged) {
+  const int first = begin + kTile * warp, step = kTile * kWarps;
+  using SP = StagePlan<D, KIND, KB, VB>;
+  constexpr bool kStaged = SP::kStages > 0;
+  if constexpr (kStaged) {
+    if (c.page_size % kTile == 0) {
+      constexpr int S = SP::kStages;
+      const uint32_t ring_at = warp * S * SP::kBytes;  // the warp's ring, from the block's
+      const Stager<D, KIND, KB, VB> stager(c.data, c.layout, static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + ring_at,
+                                           ring_at, lane);
+      // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
+      // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
+      // loaded one tile ahead of its use, which hides that load's latency behind a tile.
+      const int ps = int(c.page_size), step_pages = step / ps, step_rows = step % ps;
+      int cur_T = first, cur_page = first / ps, cur_row = first % ps;
+      auto advance = [&] {
+        cur_T += step;
+        cur_page += step_pages;
+        cur_row += step_rows;
+        if (cur_row >= ps) {
+          cur_row -= ps;
+          ++cur_page;
+        }
+      };
+      // Copies the tile at the cursor (in page `page`) into stage st, then closes a commit group;
+      // past the end the group is empty, which keeps the wait count uniform.
+      auto issue = [&](int32_t page, int st) {
+        if (cur_T < end) {
+          stager.copy(lane, st, (size_t(page) * c.kv_heads + kvh) * c.layout.bytes, cur_row);
+          advance();
+        }
+        cp_async_commit();
+      };
+#pragma unroll
+      for (int i = 0; i < S - 1; ++i) issue(cur_T < end ? bt[cur_page] : 0, i);
+      int32_t next_page = cur_T < end ? bt[cur_page] : 0;
       int st = 0;
       for (int T0 = first; T0 < end; T0 += step) {
         issue(next_page, (st + S - 1) % S);
@@ -472,7 +453,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
       __syncthreads();  // the ring becomes sm.o below
     }
   }
-  if (!staged) {
+  if (!(kStaged && c.page_size % kTile == 0)) {
     for (int T0 = first; T0 < end; T0 += step) {
       Tile<D, KIND, KB, VB> cur;
       const TileRows rows = tile_rows(p, bt, kvh, T0);
@@ -523,20 +504,6 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     ws_o[slot * D + col] = acc * out_scale;
     if (col == 0) ws_ml[slot] = make_float2(M, lsum);
   }
-
-  // ---- the last split to finish merges them all (one counter per (sequence, KV head, m-tile),
-  // which it leaves at zero for the next call) ----
-  __threadfence();  // this block's partial results are visible device-wide before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    unsigned* count = counters + size_t(seq) * gridDim.y + blockIdx.y;
-    sm.last = gridDim.x == 1 || atomicAdd(count, 1u) == gridDim.x - 1;
-    if (sm.last && gridDim.x > 1) *count = 0;
-  }
-  __syncthreads();
-  if (!sm.last) return;
-  __threadfence();
-  merge_splits<D, KIND == Kind::kTq>(p, seq, kvh, mt, int(gridDim.x), ws_o, ws_ml, sm.mrg);
 }
 
 }  // namespace tq::cuda::decode

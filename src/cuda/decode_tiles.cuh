@@ -79,14 +79,6 @@ struct FloatStaging {
 template <int D, Kind KIND, int KB, int VB>
 using StagePlan = std::conditional_t<KIND == Kind::kTq, Staging<D, KB, VB>, FloatStaging<D, KIND>>;
 
-// Shared memory of the merge (it reuses the block's loop memory).
-template <int D>
-struct MergeSmem {
-  float f[kRows][kThreads];  // a chunk of the splits' weights 2^(m_s - M) / L, per row
-  float o[kRows][D];         // the merged rows
-  float M[kRows], inv_l[kRows];
-};
-
 // Shared memory of one block (dynamic: the float caches' rings exceed the 48 KB of static memory).
 template <int D, Kind KIND, int KB, int VB>
 struct Smem {
@@ -94,12 +86,10 @@ struct Smem {
   __half lut_k[256], lut_v[256];
   float m[kWarps][kRows], l[kWarps][kRows];
   float qrs[kRows];  // int8 keys: a query row's fixed-point step (its max |q| / kQ16Max)
-  int last;          // this block is the last of its splits to finish: it merges them
-  float q[kRows][D];  // the prologue: query rows, rotated and scaled (the ring is filling meanwhile)
   union {
+    float q[kRows][D];  // the prologue: query rows, rotated and scaled
     alignas(16) uint8_t ring[StagePlan<D, KIND, KB, VB>::kRing > 0 ? StagePlan<D, KIND, KB, VB>::kRing : 16];  // the loop
     float o[kWarps][kRows][D];  // the epilogue: the warps' outputs
-    MergeSmem<D> mrg;           // then the split merge
   };
 };
 

@@ -33,7 +33,6 @@ struct DeviceBuffer {
     return h;
   }
   void poison() { cudaMemset(ptr, 0xFF, sizeof(T) * n); }  // NaN for floats
-  void zero() { cudaMemset(ptr, 0, sizeof(T) * n); }
 };
 
 }  // namespace tq::test

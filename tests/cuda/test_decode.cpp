@@ -103,7 +103,6 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   p.max_seq_len = uint32_t(*std::max_element(s.lens.begin(), s.lens.end()));
   p.num_splits = c.splits;
   test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));
-  ws.zero();
   p.workspace = ws.ptr;
   out.poison();
   if (c.prefill) {
@@ -112,10 +111,6 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
     cuda::decode_attention(p, nullptr);
   }
   CUDA_OK(cudaDeviceSynchronize());
-  // The split counters are back at zero, ready for the next call.
-  std::vector<uint32_t> counters(cuda::kDecodeCounterBytes / 4, 1);
-  CUDA_OK(cudaMemcpy(counters.data(), ws.ptr, cuda::kDecodeCounterBytes, cudaMemcpyDeviceToHost));
-  EXPECT_EQ(std::count(counters.begin(), counters.end(), 0u), std::ptrdiff_t(counters.size())) << "split counters left non-zero";
   const auto got = out.download();
   double worst = 0;
   for (size_t row = 0; row < got.size() / s.d; ++row) {
@@ -182,7 +177,6 @@ TEST(DecodeGraph, CapturedLaunchReplaysTheSameResult) {
   p.max_pages = s.max_pages;
   p.max_seq_len = 1000;
   test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));
-  ws.zero();
   p.workspace = ws.ptr;
   p.out = out1.ptr;
   cuda::decode_attention(p, nullptr);
@@ -239,18 +233,6 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   }
   p.num_q_tokens = cuda::kMaxPrefillChunk + 1;
   EXPECT_THROW(cuda::prefill_attention(p, nullptr), Error);
-  // Splits of more (sequence, KV head, row group) blocks than the workspace has counters for.
-  p.num_q_tokens = 1;
-  p.num_seqs = 4097;
-  p.num_splits = 2;
-  try {
-    cuda::decode_attention(p, nullptr);
-    FAIL() << "2 splits of 8194 groups accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("8194"), std::string::npos) << e.what();
-  }
-  p.num_seqs = 1;
-  p.num_splits = 0;
   PagedKvCache prod(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2:prod"));
   cuda::DeviceCodecs pc(prod);
   p.cache = pc.view(0, cache.ptr);

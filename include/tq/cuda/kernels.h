@@ -64,10 +64,7 @@ struct DecodeParams {
   uint32_t max_seq_len = 0;  // an upper bound of seq_lens, known on the host: sets the split count
   float scale = 0;           // softmax scale; 0: 1/sqrt(head_dim)
   uint32_t num_splits = 0;   // 0: chosen from the shape to fill the GPU
-  // decode_workspace_bytes(...) bytes, zero-filled once when allocated: its first
-  // kDecodeCounterBytes count finished splits, and every call leaves them at zero. One call at a
-  // time per workspace.
-  void* workspace = nullptr;
+  void* workspace = nullptr; // decode_workspace_bytes(...) bytes
 };
 // prefill_attention (chunked prefill): the same, with a chunk of up to kMaxPrefillChunk new queries
 // per sequence whose K/V rows are already in the cache (quantize_store them first): each attends
@@ -75,7 +72,6 @@ struct DecodeParams {
 // query rows, so each block streams the prefix once (a first version: larger query tiles would
 // read it fewer times). decode_workspace_bytes sizes its workspace too.
 inline constexpr uint32_t kMaxDecodeQueryTokens = 8;
-inline constexpr size_t kDecodeCounterBytes = 16384;  // at the start of the workspace: 4096 split counters
 inline constexpr uint32_t kMaxPrefillChunk = 2048;
 void prefill_attention(const DecodeParams& p, Stream stream);
 
