@@ -136,6 +136,10 @@ std::vector<DecodeCase> cases() {
   v.push_back({"k2v4", 128, 4, 1, mixed});
   v.push_back({"k3v3:page=7", 128, 4, 1, {2, 17, 97}});  // tokens find their own pages: the unstaged loads
   v.push_back({"k2v2:page=7", 64, 4, 1, {2, 17, 97}});
+  // Float caches off the staged path: their interleaved units loaded from global memory.
+  v.push_back({"bf16:page=7", 128, 4, 1, {2, 17, 97}});
+  v.push_back({"fp16:page=7", 64, 4, 1, {2, 17, 97}});
+  v.push_back({"fp8:page=7", 256, 4, 1, {2, 17, 97}});
   for (uint32_t gqa : {1u, 8u}) v.push_back({"k3v2", 128, gqa, 1, mixed});
   for (uint32_t ntok : {2u, 4u, 8u}) v.push_back({"k3v2", 128, 4, ntok, {9, 97, 1000}});
   v.push_back({"fp16", 128, 4, 4, {9, 97, 1000}});
