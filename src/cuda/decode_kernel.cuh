@@ -49,7 +49,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
                   const float* __restrict__ ws_q) {
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
-  extern __shared__ uint4 smem_raw[];
+  extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)
   Smem<D, KIND, KB, VB>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB>*>(smem_raw);
 
   const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
