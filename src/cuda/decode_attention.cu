@@ -82,7 +82,19 @@ void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
     TQ_CHECK(e == cudaSuccess, "decode_attention: {} bytes of shared memory per block refused: {}", smem, cudaGetErrorString(e));
   }
   decode_kernel<D, KIND, KB, VB><<<grid, kThreads, smem, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml, dense ? ws_q : nullptr);
-  merge_kernel<D, KIND == Kind::kTq><<<p.num_seqs * p.num_q_tokens * p.q_heads, kThreads, 0, stream>>>(p, pl.splits, ws_o, ws_ml);
+  // The merge as a programmatic dependent launch on Hopper (see dev::allow_dependents).
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(p.num_seqs * p.num_q_tokens * p.q_heads);
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute pdl[1];
+  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = pdl;
+  cfg.numAttrs = device_cc_major() >= 9 ? 1 : 0;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, merge_kernel<D, KIND == Kind::kTq>, p, pl.splits, static_cast<const float*>(ws_o),
+                                           static_cast<const float2*>(ws_ml));
+  TQ_CHECK(e == cudaSuccess, "decode_attention: merge launch failed: {}", cudaGetErrorString(e));
 }
 
 template <int D>

@@ -52,6 +52,9 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)
   Smem<D, KIND, KB, VB>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB>*>(smem_raw);
 
+  // The merge kernel may be scheduled as soon as every block has started: its launch and
+  // prologue overlap this grid's tail, and it waits for our results (griddepcontrol).
+  dev::allow_dependents();
   const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int group = int(p.q_heads / p.cache.kv_heads), rows_total = group * int(p.num_q_tokens);

@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "decode_tiles.cuh"
+#include "device_common.cuh"
 #include "tq/cuda/kernels.h"
 
 namespace tq::cuda::decode {
@@ -23,6 +24,7 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, i
   const int h = int(r % p.q_heads), kvh = h / int(p.q_heads / p.cache.kv_heads);
   const float2* ml = ws_ml + r * splits;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  dev::wait_prerequisites();  // the decode grid has finished and its writes are visible
   // Block-wide max and sum, the splits spread over the threads (batch 1 uses ~60 splits).
   auto reduce = [&](float v, bool is_max) {
 #pragma unroll

@@ -192,4 +192,19 @@ __device__ __forceinline__ uint32_t e4m3x2_to_half2(uint16_t x) {
   return uint32_t(r.x) | uint32_t(r.y) << 16;
 }
 
+// Programmatic dependent launch (Hopper): a kernel lets the next one in the stream be scheduled
+// (launch_dependents); the next one, launched with the programmatic-serialization attribute,
+// waits for this grid's completion and memory (wait_prerequisites) before it reads its results.
+// No-ops before sm_90, where the launch attribute is not set either.
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_prerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 }  // namespace tq::cuda::dev

@@ -10,16 +10,26 @@
 
 namespace tq::cuda {
 
-int device_sm_count() {
+namespace {
+// One attribute of the current device, queried once per device.
+int cached_attribute(cudaDeviceAttr attr) {
   static std::mutex mu;
-  static std::vector<int> counts;
+  static std::vector<std::pair<int, int>> values;  // [device]: (SM count, compute capability major)
   int dev = 0;
   TQ_CHECK(cudaGetDevice(&dev) == cudaSuccess, "no CUDA device");
   std::lock_guard<std::mutex> lock(mu);
-  if (counts.size() <= size_t(dev)) counts.resize(dev + 1, 0);
-  if (!counts[dev]) cudaDeviceGetAttribute(&counts[dev], cudaDevAttrMultiProcessorCount, dev);
-  return counts[dev];
+  if (values.size() <= size_t(dev)) values.resize(dev + 1, {0, 0});
+  auto& [sms, major] = values[dev];
+  if (!sms) {
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  }
+  return attr == cudaDevAttrMultiProcessorCount ? sms : major;
 }
+}  // namespace
+
+int device_sm_count() { return cached_attribute(cudaDevAttrMultiProcessorCount); }
+int device_cc_major() { return cached_attribute(cudaDevAttrComputeCapabilityMajor); }
 
 void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();
