@@ -8,7 +8,8 @@ timed two ways: one call between two CUDA events (includes the Python call and l
 ~20 us) and inside a CUDA graph of 20 calls (the GPU time a captured decode step pays: the figure
 to quote); medians after warm-up. Bandwidth counts the cache bytes each call must read (K and V of
 every token once, norms included), over the one-call time. Also: quantize_store throughput and its cost
-next to one decode step, and a check that our bf16 path agrees with torch.
+next to one decode step (alone in a graph, and what it adds to a captured quantize_store + decode
+step), and a check that our bf16 path agrees with torch.
 
   python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --json out.json
 """
@@ -180,11 +181,16 @@ def main():
                 row["quantize_store_pct_of_decode"] = 100 * row["quantize_store_ms"] / t
                 row["quantize_store_graph_ms"] = timed_graph(qs)
                 row["quantize_store_graph_pct_of_decode"] = 100 * row["quantize_store_graph_ms"] / g
+                # what it adds to a decode step: quantize_store then decode, both captured, less decode alone
+                row["step_graph_ms"] = timed_graph(lambda st: (qs(st), cache.decode(q, out, st)))
+                row["quantize_store_step_ms"] = row["step_graph_ms"] - g
+                row["quantize_store_step_pct_of_decode"] = 100 * row["quantize_store_step_ms"] / g
             rows.append(row)
             print(f"B={B:3d} L={L:6d} {spec:15s} {t:8.4f} ms {nbytes / t / 1e6:7.0f} GB/s  x{t_torch / t:5.2f} vs torch  "
                   f"rel err vs torch {rel:.2e}  in a graph {g * 1e3:.1f} us (x{g_torch / g:5.2f})" +
                   (f"  quantize_store {row['quantize_store_ms'] * 1e3:.1f} us ({row['quantize_store_pct_of_decode']:.1f}% of decode),"
-                   f" in a graph {row['quantize_store_graph_ms'] * 1e3:.1f} us ({row['quantize_store_graph_pct_of_decode']:.1f}%)"
+                   f" in a graph {row['quantize_store_graph_ms'] * 1e3:.1f} us ({row['quantize_store_graph_pct_of_decode']:.1f}%),"
+                   f" added to a captured step {row['quantize_store_step_ms'] * 1e3:.1f} us ({row['quantize_store_step_pct_of_decode']:.1f}%)"
                    if spec == "k3v2" else ""),
                   flush=True)
             cache.close()

@@ -55,6 +55,8 @@ echo "================ summary ================"
 printf '%s\n' "${summary[@]}"
 grep '^|' "$OUT/bench.log"
 grep 'quantize_store k3v2' "$OUT/bench.log"
+echo "quantize_store k3v2, what it adds to a captured quantize_store + decode step:"
+grep ' k3v2 ' "$OUT/bench.log" | grep -o 'B= *[0-9]* L= *[0-9]*\|added to a captured step [^)]*)' | paste - -
 # At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
 ( cd "$OUT" && keep="bench.json bench.log test_cuda.log ptxas_summary.txt k3v2_d128.sass gpu.txt" &&
   rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -f $rest ) || true

@@ -66,6 +66,26 @@ Plan make_plan(const DecodeParams& p) {
   return pl;
 }
 
+// Launches `kernel` (kThreads a block) as a programmatic dependent launch on Hopper: it may be
+// scheduled while the previous kernel in the stream drains, and waits for it in
+// dev::wait_prerequisites before touching memory (dev::allow_dependents in the previous one
+// lets it start even earlier). Elsewhere, a plain launch.
+template <class... Params, class... Args>
+void launch_dependent(const char* what, void (*kernel)(Params...), dim3 grid, size_t smem, Stream stream, Args... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute pdl[1];
+  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = pdl;
+  cfg.numAttrs = device_cc_major() >= 9 ? 1 : 0;
+  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, Params(args)...);
+  TQ_CHECK(e == cudaSuccess, "decode_attention: {} launch failed: {}", what, cudaGetErrorString(e));
+}
+
 template <int D, Kind KIND, int KB, int VB>
 void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
   float* ws_o = static_cast<float*>(p.workspace);
@@ -81,20 +101,12 @@ void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
     const cudaError_t e = cudaFuncSetAttribute(decode_kernel<D, KIND, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
     TQ_CHECK(e == cudaSuccess, "decode_attention: {} bytes of shared memory per block refused: {}", smem, cudaGetErrorString(e));
   }
-  decode_kernel<D, KIND, KB, VB><<<grid, kThreads, smem, stream>>>(p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml, dense ? ws_q : nullptr);
-  // The merge as a programmatic dependent launch on Hopper (see dev::allow_dependents).
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(p.num_seqs * p.num_q_tokens * p.q_heads);
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = stream;
-  cudaLaunchAttribute pdl[1];
-  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = pdl;
-  cfg.numAttrs = device_cc_major() >= 9 ? 1 : 0;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, merge_kernel<D, KIND == Kind::kTq>, p, pl.splits, static_cast<const float*>(ws_o),
-                                           static_cast<const float2*>(ws_ml));
-  TQ_CHECK(e == cudaSuccess, "decode_attention: merge launch failed: {}", cudaGetErrorString(e));
+  // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
+  // previous kernel (e.g. quantize_store) finishes, the merge's while the decode grid drains.
+  launch_dependent("decode", decode_kernel<D, KIND, KB, VB>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml,
+                   static_cast<const float*>(dense ? ws_q : nullptr));
+  launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, dim3(p.num_seqs * p.num_q_tokens * p.q_heads), 0, stream, p, pl.splits,
+                   static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
 }
 
 template <int D>

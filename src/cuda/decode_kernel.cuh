@@ -52,8 +52,10 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)
   Smem<D, KIND, KB, VB>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB>*>(smem_raw);
 
-  // The merge kernel may be scheduled as soon as every block has started: its launch and
-  // prologue overlap this grid's tail, and it waits for our results (griddepcontrol).
+  // Launched as a programmatic dependent (decode_attention.cu): nothing is read before the
+  // previous kernel in the stream has finished. The merge kernel may then be scheduled as soon
+  // as every block has started; it waits for our results likewise.
+  dev::wait_prerequisites();
   dev::allow_dependents();
   const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
