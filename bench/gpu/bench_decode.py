@@ -9,7 +9,8 @@ timed two ways: one call between two CUDA events (includes the Python call and l
 to quote); medians after warm-up. Bandwidth counts the cache bytes each call must read (K and V of
 every token once, norms included), over the one-call time. Also: quantize_store throughput and its cost
 next to one decode step (alone in a graph, and what it adds to a captured quantize_store + decode
-step), and a check that our bf16 path agrees with torch.
+step), chunked prefill (512 new tokens on an 8K prefix) where it stands, and a check that our bf16
+path agrees with torch.
 
   python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --json out.json
 """
@@ -43,6 +44,7 @@ def load(path):
     lib.tq_decode_workspace.argtypes = [c.c_void_p] + [c.c_uint32] * 6
     lib.tq_decode.argtypes = [c.c_void_p, c.c_void_p, c.c_int, c.c_void_p, c.c_int, c.c_void_p, c.c_void_p] + [c.c_uint32] * 6 + [
         c.c_void_p, c.c_void_p, c.c_char_p, c.c_int]
+    lib.tq_prefill.argtypes = lib.tq_decode.argtypes
     return lib
 
 
@@ -124,6 +126,49 @@ class PagedCache:
         self.lib.tq_cache_destroy(self.h)
 
 
+def prefill_rows(lib, specs, prefix=8192, chunk=512):
+    """Chunked prefill at batch 1: `chunk` new queries attend to a `prefix`-token cache and,
+    causally, to themselves (their K/V already in the cache), against torch's SDPA with a
+    lower-right causal mask on contiguous bf16 K/V. Not a target of issue 4: where it stands."""
+    from torch.nn.attention.bias import causal_lower_right
+    T = prefix + chunk
+    k = torch.randn(T, KVH, D, dtype=torch.bfloat16, device="cuda")
+    v = torch.randn(T, KVH, D, dtype=torch.bfloat16, device="cuda")
+    k[:, :, 0] *= 8
+    q = torch.randn(1, chunk, QH, D, dtype=torch.bfloat16, device="cuda") * 0.3
+    kt = k.view(1, T, KVH, D).transpose(1, 2).contiguous()
+    vt = v.view(1, T, KVH, D).transpose(1, 2).contiguous()
+    qt = q.transpose(1, 2)
+    mask = causal_lower_right(chunk, T)
+    how = "enable_gqa"
+    try:
+        sdpa = lambda st=None: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=True)
+        ref = sdpa()
+    except Exception:  # this torch build has no GQA with a causal bias: K/V expanded to the query heads
+        how = "K/V expanded"
+        ke, ve = kt.repeat_interleave(QH // KVH, dim=1), vt.repeat_interleave(QH // KVH, dim=1)
+        sdpa = lambda st=None: F.scaled_dot_product_attention(qt, ke, ve, attn_mask=mask)
+        ref = sdpa()
+    rows = [dict(prefill_prefix=prefix, prefill_chunk=chunk, kv=f"torch-sdpa-bf16 ({how})", ms=timed(sdpa), graph_ms=timed_graph(sdpa))]
+    for spec in specs:
+        cache = PagedCache(lib, spec, 1, T, k, v)
+        ws = torch.zeros(lib.tq_decode_workspace(cache.h, 1, chunk, QH, T // PAGE, T, 0), dtype=torch.uint8, device="cuda")
+        out = torch.empty(1, chunk, QH, D, dtype=torch.bfloat16, device="cuda")
+        call = lambda st=None: check(lib.tq_prefill(cache.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], cache.block_tables.data_ptr(),
+                                                    cache.seq_lens.data_ptr(), 1, chunk, QH, T // PAGE, T, 0, ws.data_ptr(), st, cache.err,
+                                                    512), cache.err)
+        call()
+        torch.cuda.synchronize()
+        rel = ((out.transpose(1, 2).float() - ref.float()).norm() / ref.float().norm()).item()
+        rows.append(dict(prefill_prefix=prefix, prefill_chunk=chunk, kv=spec, ms=timed(call), graph_ms=timed_graph(call), rel_err_vs_torch=rel))
+        cache.close()
+    for r in rows:
+        print(f"prefill {chunk} new tokens on {prefix}: {r['kv']:28s} {r['ms']:.4f} ms one call, {r['graph_ms'] * 1e3:.1f} us in a graph"
+              f" (x{rows[0]['graph_ms'] / r['graph_ms']:.2f} vs torch)" + (f", rel err vs torch {r['rel_err_vs_torch']:.2e}" if "rel_err_vs_torch" in r else ""),
+              flush=True)
+    return rows
+
+
 def torch_sdpa(q, kt, vt):
     # q [B, QH, 1, D], kt/vt [B, KVH, L, D]
     return F.scaled_dot_product_attention(q, kt, vt, enable_gqa=True)
@@ -137,6 +182,7 @@ def main():
     ap.add_argument("--specs", default=",".join(SPECS), help="KV specs of our kernels, e.g. k3v2,bf16")
     ap.add_argument("--no-bulk", action="store_true", help="skip the bulk quantize_store measurement")
     ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
+    ap.add_argument("--no-prefill", action="store_true", help="skip the chunked-prefill measurement")
     args = ap.parse_args()
     lib = load(args.lib)
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
@@ -196,6 +242,8 @@ def main():
             cache.close()
         del k, v, kt, vt
         torch.cuda.empty_cache()
+    if not args.no_prefill:
+        rows += prefill_rows(lib, [s for s in args.specs.split(",") if s in ("k3v2", "bf16")])
     # bulk quantize_store throughput
     n = 0 if args.no_bulk else 1 << 18
     if n:

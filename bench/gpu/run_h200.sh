@@ -55,6 +55,7 @@ echo "================ summary ================"
 printf '%s\n' "${summary[@]}"
 grep '^|' "$OUT/bench.log"
 grep 'quantize_store k3v2' "$OUT/bench.log"
+grep '^prefill' "$OUT/bench.log"
 echo "quantize_store k3v2, what it adds to a captured quantize_store + decode step:"
 grep ' k3v2 ' "$OUT/bench.log" | grep -o 'B= *[0-9]* L= *[0-9]*\|added to a captured step [^)]*)' | paste - -
 # At most 8 files come back from the GPU machine: keep the main ones, pack the rest.

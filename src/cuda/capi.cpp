@@ -104,9 +104,9 @@ uint64_t tq_decode_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, uin
   return tq::cuda::decode_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits));
 }
 
-int tq_decode(void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
-              uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
-              void* stream, char* err, int errlen) {
+static int attention(bool prefill, void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables,
+                     const int32_t* seq_lens, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+                     uint32_t splits, void* workspace, void* stream, char* err, int errlen) {
   return guarded(err, errlen, [&] {
     tq::cuda::DecodeParams p = decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits);
     p.q = q;
@@ -116,8 +116,27 @@ int tq_decode(void* handle, const void* q, int q_dtype, void* out, int out_dtype
     p.block_tables = block_tables;
     p.seq_lens = seq_lens;
     p.workspace = workspace;
-    tq::cuda::decode_attention(p, static_cast<tq::cuda::Stream>(stream));
+    if (prefill) {
+      tq::cuda::prefill_attention(p, static_cast<tq::cuda::Stream>(stream));
+    } else {
+      tq::cuda::decode_attention(p, static_cast<tq::cuda::Stream>(stream));
+    }
   });
+}
+
+int tq_decode(void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
+              uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+              void* stream, char* err, int errlen) {
+  return attention(false, handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads, max_pages, max_seq_len,
+                   splits, workspace, stream, err, errlen);
+}
+
+// The same arguments; a chunk of ntok new queries per sequence (prefill_attention).
+int tq_prefill(void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
+               uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+               void* stream, char* err, int errlen) {
+  return attention(true, handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads, max_pages, max_seq_len,
+                   splits, workspace, stream, err, errlen);
 }
 
 }  // extern "C"
