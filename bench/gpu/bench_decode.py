@@ -243,7 +243,7 @@ def main():
         del k, v, kt, vt
         torch.cuda.empty_cache()
     if not args.no_prefill:
-        rows += prefill_rows(lib, [s for s in args.specs.split(",") if s in ("k3v2", "bf16")])
+        rows += prefill_rows(lib, args.specs.split(","))
     # bulk quantize_store throughput
     n = 0 if args.no_bulk else 1 << 18
     if n:

@@ -5,6 +5,7 @@
 #                                          when the machine lacks the Debian packages: see below)
 # .devdeps is made on the development machine: mkdir .devdeps && cp -r /usr/include/fmt
 # /usr/src/googletest .devdeps/   (and carried to the GPU machine with the work tree).
+# BENCH_ARGS passes options to bench_decode.py (e.g. BENCH_ARGS="--shapes 16x32768 --no-bulk").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -39,7 +40,7 @@ grep -E "^\[  FAILED" "$OUT/test_cuda.log" | head -20
 grep -B3 -A8 "Failure" "$OUT/test_cuda.log" | head -60
 note "worst relative error of a GPU test against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1) (bound 1e-3)"
 
-small='All/Decode.*t4_L9_97_1000*:All/Decode.*page_7*:All/Decode.*k4v2_nc*:DecodeGraph.*:All/QuantizeStore.*k3v2_d128:All/QuantizeStore.*fp8*:QuantizeStoreErrors.*'
+small='All/Decode.*t4_L9_97_1000*:All/Decode.*t50_L1000_60_s5_prefill*:All/Decode.*page_7*:All/Decode.*k4v2_nc*:DecodeGraph.*:All/QuantizeStore.*k3v2_d128:All/QuantizeStore.*fp8*:QuantizeStoreErrors.*'
 if command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 ./build/h200/tests/cuda/test_cuda --gtest_filter="$small" \
@@ -49,7 +50,7 @@ if command -v compute-sanitizer >/dev/null; then
   done
 fi
 
-python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v '^|'
+python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|'
 echo
 echo "================ summary ================"
 printf '%s\n' "${summary[@]}"

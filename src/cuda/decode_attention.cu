@@ -10,6 +10,7 @@
 #include "decode_kernel.cuh"
 #include "decode_merge.cuh"
 #include "launch_common.h"
+#include "prefill_kernel.cuh"
 #include "tq/common.h"
 #include "tq/cuda/kernels.h"
 
@@ -66,6 +67,34 @@ Plan make_plan(const DecodeParams& p) {
   return pl;
 }
 
+// Chunked prefill (prefill_kernel.cuh): blocks of 64 query rows, whose queries prepare_queries
+// writes as 8-row m-tiles (rounded up to whole blocks); splits only where the blocks do not
+// fill the GPU, each with >= 4 tiles.
+Plan make_prefill_plan(const DecodeParams& p) {
+  Plan pl{};
+  pl.D = int(is_tq(p.cache.k.enc) ? padded_dim(p.cache.head_dim) : p.cache.head_dim);
+  const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
+  const int rtiles = (rows + prefill::kBlockRows - 1) / prefill::kBlockRows;
+  pl.mtiles = rtiles * (prefill::kBlockRows / kRows);
+  const int T = pl.D >= 256 ? prefill::kTokens<256> : prefill::kTokens<128>;
+  const int tiles = std::max(1, int((p.max_seq_len + T - 1) / T));
+  int splits = int(p.num_splits);
+  if (splits == 0) {
+    const int resident = pl.D == 64 ? prefill::resident_blocks<64>() : pl.D == 128 ? prefill::resident_blocks<128>() : prefill::resident_blocks<256>();
+    const int want = resident * device_sm_count() / int(p.num_seqs * p.cache.kv_heads * rtiles);
+    splits = std::clamp(want, 1, std::max(1, tiles / 4));
+  }
+  splits = std::clamp(splits, 1, tiles);
+  const int tiles_per_split = (tiles + splits - 1) / splits;
+  pl.tokens_per_split = tiles_per_split * T;
+  pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
+  const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * pl.splits;
+  pl.ws_o_bytes = slots * pl.D * sizeof(float);
+  pl.ws_ml_bytes = (slots * sizeof(float2) + 15) / 16 * 16;
+  pl.ws_q_bytes = size_t(p.num_seqs) * p.cache.kv_heads * pl.mtiles * kRows * pl.D * sizeof(float);
+  return pl;
+}
+
 // Launches `kernel` (kThreads a block) as a programmatic dependent launch on Hopper: it may be
 // scheduled while the previous kernel in the stream drains, and waits for it in
 // dev::wait_prerequisites before touching memory (dev::allow_dependents in the previous one
@@ -86,44 +115,62 @@ void launch_dependent(const char* what, void (*kernel)(Params...), dim3 grid, si
   TQ_CHECK(e == cudaSuccess, "decode_attention: {} launch failed: {}", what, cudaGetErrorString(e));
 }
 
+// Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB (a
+// host-side setting, capture-safe).
+template <class Kernel>
+void allow_smem(Kernel kernel, size_t smem) {
+  if (smem <= 48 * 1024) return;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  TQ_CHECK(e == cudaSuccess, "decode_attention: {} bytes of shared memory per block refused: {}", smem, cudaGetErrorString(e));
+}
+
 template <int D, Kind KIND, int KB, int VB>
-void launch(const DecodeParams& p, const Plan& pl, Stream stream) {
+void launch(const DecodeParams& p, const Plan& pl, bool is_prefill, Stream stream) {
   float* ws_o = static_cast<float*>(p.workspace);
   float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
   float* ws_q = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes + pl.ws_ml_bytes);
+  const dim3 merge_grid(p.num_seqs * p.num_q_tokens * p.q_heads);
+  if (is_prefill) {  // queries rotated once for all blocks, then 64-row blocks, then the merge
+    prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
+    const int rtiles = pl.mtiles / (prefill::kBlockRows / kRows);
+    constexpr size_t smem = sizeof(prefill::Smem<D>);
+    allow_smem(prefill::prefill_kernel<D, KIND, KB, VB>, smem);
+    launch_dependent("prefill", prefill::prefill_kernel<D, KIND, KB, VB>, dim3(pl.splits, p.cache.kv_heads * rtiles, p.num_seqs), smem,
+                     stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
+    launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, static_cast<const float*>(ws_o),
+                     static_cast<const float2*>(ws_ml));
+    return;
+  }
   // Dense rotations are applied once per query by a kernel of their own; the others in the decode
   // kernel itself (one launch less: ~3 us of a batch-1 step in a CUDA graph on the H200).
   const bool dense = KIND == Kind::kTq && p.cache.kt.signs == nullptr;
   if (dense) prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
   const dim3 grid(pl.splits, p.cache.kv_heads * pl.mtiles, p.num_seqs);
   constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB>);
-  if (smem > 48 * 1024) {  // beyond the default limit of dynamic shared memory (a host-side setting, capture-safe)
-    const cudaError_t e = cudaFuncSetAttribute(decode_kernel<D, KIND, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    TQ_CHECK(e == cudaSuccess, "decode_attention: {} bytes of shared memory per block refused: {}", smem, cudaGetErrorString(e));
-  }
+  allow_smem(decode_kernel<D, KIND, KB, VB>, smem);
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
   // previous kernel (e.g. quantize_store) finishes, the merge's while the decode grid drains.
   launch_dependent("decode", decode_kernel<D, KIND, KB, VB>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml,
                    static_cast<const float*>(dense ? ws_q : nullptr));
-  launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, dim3(p.num_seqs * p.num_q_tokens * p.q_heads), 0, stream, p, pl.splits,
-                   static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
+  launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, static_cast<const float*>(ws_o),
+                   static_cast<const float2*>(ws_ml));
 }
 
 template <int D>
-void dispatch_dim(const DecodeParams& p, const Plan& pl, Stream s) {
+void dispatch_dim(const DecodeParams& p, const Plan& pl, bool is_prefill, Stream s) {
   const TensorCode k = p.cache.k, v = p.cache.v;
   switch (k.enc) {
-    case Encoding::kFp16: return launch<D, Kind::kF16, 0, 0>(p, pl, s);
-    case Encoding::kBf16: return launch<D, Kind::kBf16, 0, 0>(p, pl, s);
-    case Encoding::kFp8E4M3: return launch<D, Kind::kFp8, 0, 0>(p, pl, s);
+    case Encoding::kFp16: return launch<D, Kind::kF16, 0, 0>(p, pl, is_prefill, s);
+    case Encoding::kBf16: return launch<D, Kind::kBf16, 0, 0>(p, pl, is_prefill, s);
+    case Encoding::kFp8E4M3: return launch<D, Kind::kFp8, 0, 0>(p, pl, is_prefill, s);
     default: break;
   }
   // TurboQuant widths with kernels in this build: K and V each 2, 3 or 4 bits.
   const auto with_v = [&](auto kb) {
     switch (v.bits) {
-      case 2: return launch<D, Kind::kTq, decltype(kb)::value, 2>(p, pl, s);
-      case 3: return launch<D, Kind::kTq, decltype(kb)::value, 3>(p, pl, s);
-      case 4: return launch<D, Kind::kTq, decltype(kb)::value, 4>(p, pl, s);
+      case 2: return launch<D, Kind::kTq, decltype(kb)::value, 2>(p, pl, is_prefill, s);
+      case 3: return launch<D, Kind::kTq, decltype(kb)::value, 3>(p, pl, is_prefill, s);
+      case 4: return launch<D, Kind::kTq, decltype(kb)::value, 4>(p, pl, is_prefill, s);
     }
   };
   switch (k.bits) {
@@ -165,18 +212,18 @@ void validate(const DecodeParams& p) { validate_attention(p, kMaxDecodeQueryToke
 
 uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p).splits); }
 
-size_t decode_workspace_bytes(const DecodeParams& p) {
-  const Plan pl = make_plan(p);
-  return pl.ws_o_bytes + pl.ws_ml_bytes + pl.ws_q_bytes;
+size_t decode_workspace_bytes(const DecodeParams& p) {  // for either launch
+  const Plan d = make_plan(p), f = make_prefill_plan(p);
+  return std::max(d.ws_o_bytes + d.ws_ml_bytes + d.ws_q_bytes, f.ws_o_bytes + f.ws_ml_bytes + f.ws_q_bytes);
 }
 
 namespace {
-void launch_attention(const DecodeParams& p, Stream stream) {
-  const Plan pl = make_plan(p);
+void launch_attention(const DecodeParams& p, bool is_prefill, Stream stream) {
+  const Plan pl = is_prefill ? make_prefill_plan(p) : make_plan(p);
   switch (pl.D) {
-    case 64: dispatch_dim<64>(p, pl, stream); break;
-    case 128: dispatch_dim<128>(p, pl, stream); break;
-    case 256: dispatch_dim<256>(p, pl, stream); break;
+    case 64: dispatch_dim<64>(p, pl, is_prefill, stream); break;
+    case 128: dispatch_dim<128>(p, pl, is_prefill, stream); break;
+    case 256: dispatch_dim<256>(p, pl, is_prefill, stream); break;
   }
   check_launch("attention");
 }
@@ -184,12 +231,12 @@ void launch_attention(const DecodeParams& p, Stream stream) {
 
 void decode_attention(const DecodeParams& p, Stream stream) {
   validate(p);
-  launch_attention(p, stream);
+  launch_attention(p, false, stream);
 }
 
 void prefill_attention(const DecodeParams& p, Stream stream) {
   validate_attention(p, kMaxPrefillChunk, "prefill_attention");
-  launch_attention(p, stream);
+  launch_attention(p, true, stream);
 }
 
 }  // namespace tq::cuda

@@ -156,6 +156,16 @@ std::vector<DecodeCase> cases() {
   v.push_back({"k3v2", 64, 2, 17, {17, 97}, 0, true});
   v.push_back({"k4v4:page=7", 256, 1, 33, {40}, 0, true});
   v.push_back({"bf16", 128, 4, 64, {64, 300}, 0, true});
+  // prefill_kernel: 64-row blocks (partial last block), tiles spanning pages, every cache kind,
+  // forced splits (blocks whose whole split is past their rows' causal limit), dense rotation.
+  v.push_back({"fp16:page=7", 64, 4, 40, {40, 200}, 0, true});
+  v.push_back({"fp8", 256, 4, 20, {20, 97}, 0, true});
+  v.push_back({"k2v3", 128, 8, 100, {100, 4097}, 0, true});
+  v.push_back({"k3v2", 128, 4, 50, {1000, 60}, 5, true});
+  v.push_back({"k3v2:rot=dense", 128, 4, 24, {24, 333}, 0, true});
+  v.push_back({"k3v4:page=64", 128, 1, 70, {70, 130}, 0, true});
+  v.push_back({"k2v2", 256, 4, 9, {9, 500}, 0, true});
+  v.push_back({"k4v2:nc", 64, 2, 33, {33, 65}, 0, true});
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const auto& i) { return case_name(i.param); });

@@ -1,0 +1,412 @@
+// The chunked-prefill kernel: 64 query rows of one (sequence, KV head) against a split of the
+// sequence's pages, flash-attention style on tensor cores. Used only by decode_attention.cu.
+//
+// Decode reads each packed page once per 8 query rows, which is right when there are at most 8
+// (the GQA group times 1..8 query tokens) but makes a chunk of 512 new tokens stream its prefix
+// 256 times per KV head. Here the 4 warps of a block share each tile of kTokens keys and values:
+//   fill   the block's threads load the tile's packed rows (registers, or cp.async for fp16/bf16)
+//          while the tensor cores work on the previous tile, then decode them once into shared
+//          memory as 16-bit rows (TurboQuant: the fp16-exact centroids, norms kept apart);
+//   S      each warp owns 16 query rows: S = Q K^T with ldmatrix fragments, the query split in
+//          16-bit high and low parts (two MMAs) as in decode, so S is exact to fp32 rounding;
+//   P V    online softmax in the log2 domain, P scaled by the value norms and split likewise,
+//          O += P V from ldmatrix.trans fragments of the value rows.
+// So the integer work of unpacking codes is done once per 64 query rows instead of once per 8,
+// and the prefix is read from memory rows/64 times instead of rows/8.
+// Output as decode's splits: unnormalized rows with (max, sum) in the workspace, merged,
+// un-rotated and written by merge_kernel.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "decode_tiles.cuh"
+#include "device_common.cuh"
+#include "tq/cuda/kernels.h"
+
+namespace tq::cuda::prefill {
+
+using decode::Kind;
+using decode::kLog2e;
+constexpr int kWarps = 4, kThreads = 32 * kWarps, kWarpRows = 16, kBlockRows = kWarps * kWarpRows;
+
+// Tokens per shared tile: 64, or 32 at D = 256, whose accumulators take 128 registers already.
+template <int D>
+constexpr int kTokens = D >= 256 ? 32 : 64;
+
+// A 16-bit row of D elements is D/8 16-byte chunks; chunk c of row r is stored at c ^ (r & 7), so
+// the 8 rows an ldmatrix reads at one chunk fall in 8 different bank groups.
+template <int D>
+__device__ __forceinline__ int swz(int r, int c) {
+  return r * (D / 8) + (c ^ (r & 7));
+}
+
+template <int D>
+struct Smem {
+  uint4 q[2][kBlockRows][D / 8];       // query rows, 16-bit high and low parts (swizzled)
+  uint4 k[2][kTokens<D>][D / 8];       // decoded key tiles, double-buffered (swizzled)
+  uint4 v[2][kTokens<D>][D / 8];       // decoded value tiles
+  float kn[2][kTokens<D>], vn[2][kTokens<D>];  // TurboQuant norms of the tiles' tokens
+  __half lut_k[16], lut_v[16];         // TurboQuant centroids in fp16 z-units x sqrt(D)
+};
+
+// Blocks per SM, as shared memory allows (D = 128: 97 KB, 2 blocks).
+template <int D>
+constexpr int resident_blocks() {
+  constexpr int n = 227 * 1024 / int(sizeof(Smem<D>) + 1024);
+  return n < 1 ? 1 : n > 4 ? 4 : n;
+}
+
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr)
+               : "memory");
+}
+
+// The page block and row of token T (clamped to the sequence's last token, so every load reads
+// written bytes; such tokens are masked).
+__device__ __forceinline__ decode::TokenAddr row_of(const DecodeParams& p, const int32_t* bt, int kvh, int T, int len) {
+  return decode::token_addr(p, bt, min(T, len - 1), kvh);
+}
+
+// Loading one tile into shared memory, by cache kind: fetch() starts the global reads of tile T0
+// (into registers, or straight into shared memory for fp16/bf16), store() finishes them into
+// buffer `buf` as 16-bit rows. Between the two the block computes on the other buffer.
+template <int D, Kind KIND, int KB, int VB>
+struct Fill;
+
+// TurboQuant: a thread's units are (token, group of 32 codes) pairs; it loads the group's words
+// of the key row and of the value row, and the norms when its group is the first.
+template <int D, int KB, int VB>
+struct Fill<D, Kind::kTq, KB, VB> {
+  static constexpr int kGroups = D / 32, kUnits = kTokens<D> * kGroups / kThreads;
+  static_assert(kTokens<D> * kGroups % kThreads == 0, "whole units per thread");
+  uint32_t k[kUnits][KB], v[kUnits][VB];
+  uint16_t kn[kUnits], vn[kUnits];
+  __device__ static int token(int j) { return (int(threadIdx.x) + kThreads * j) / kGroups; }
+  __device__ void fetch(const DecodeParams& p, const int32_t* bt, int kvh, int T0, int len, Smem<D>&, int) {
+    const BlockLayout& L = p.cache.layout;
+    const int gi = int(threadIdx.x) % kGroups;
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      const decode::TokenAddr a = row_of(p, bt, kvh, T0 + token(j), len);
+      const uint32_t* kw = reinterpret_cast<const uint32_t*>(a.block + L.k_codes + size_t(a.row) * L.k_row) + gi * KB;
+      const uint32_t* vw = reinterpret_cast<const uint32_t*>(a.block + L.v_codes + size_t(a.row) * L.v_row) + gi * VB;
+#pragma unroll
+      for (int i = 0; i < KB; ++i) k[j][i] = kw[i];
+#pragma unroll
+      for (int i = 0; i < VB; ++i) v[j][i] = vw[i];
+      if (gi == 0) {
+        kn[j] = reinterpret_cast<const uint16_t*>(a.block + L.k_norms)[a.row];
+        vn[j] = reinterpret_cast<const uint16_t*>(a.block + L.v_norms)[a.row];
+      }
+    }
+  }
+  __device__ void store(Smem<D>& sm, int buf, const dev::Lut8& lut_k, const dev::Lut8& lut_v) const {
+    const int gi = int(threadIdx.x) % kGroups;
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      const int r = token(j);
+#pragma unroll
+      for (int og = 0; og < 4; ++og) {  // octet og of group gi: coordinates 32 gi + 8 og + 0..7
+        uint32_t h[4];
+        decode::decode_octet<KB>(k[j], og, lut_k, sm.lut_k, h);
+        reinterpret_cast<uint4*>(&sm.k[buf][0][0])[swz<D>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
+        decode::decode_octet<VB>(v[j], og, lut_v, sm.lut_v, h);
+        reinterpret_cast<uint4*>(&sm.v[buf][0][0])[swz<D>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
+      }
+      if (gi == 0) {
+        sm.kn[buf][r] = __half2float(__ushort_as_half(kn[j]));
+        sm.vn[buf][r] = __half2float(__ushort_as_half(vn[j]));
+      }
+    }
+  }
+};
+
+// fp16 and bf16: the rows are already what the MMAs take; 16-byte chunks copied with cp.async.
+template <int D, Kind KIND, int KB, int VB>
+struct Fill16 {
+  static constexpr int kChunks = D / 8, kUnits = kTokens<D> * kChunks / kThreads;
+  __device__ void fetch(const DecodeParams& p, const int32_t* bt, int kvh, int T0, int len, Smem<D>& sm, int buf) {
+    const BlockLayout& L = p.cache.layout;
+    const int c = int(threadIdx.x) % kChunks;  // kThreads is a multiple of kChunks: the same chunk every unit
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      const int r = (int(threadIdx.x) + kThreads * j) / kChunks;
+      const decode::TokenAddr a = row_of(p, bt, kvh, T0 + r, len);
+      decode::cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.k[buf][0][0] + swz<D>(r, c))),
+                         a.block + L.k_codes + size_t(a.row) * L.k_row + 16 * c);
+      decode::cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.v[buf][0][0] + swz<D>(r, c))),
+                         a.block + L.v_codes + size_t(a.row) * L.v_row + 16 * c);
+    }
+    decode::cp_async_commit();
+  }
+  __device__ void store(Smem<D>&, int, const dev::Lut8&, const dev::Lut8&) const { decode::cp_async_wait<0>(); }
+};
+template <int D, int KB, int VB>
+struct Fill<D, Kind::kF16, KB, VB> : Fill16<D, Kind::kF16, KB, VB> {};
+template <int D, int KB, int VB>
+struct Fill<D, Kind::kBf16, KB, VB> : Fill16<D, Kind::kBf16, KB, VB> {};
+
+// fp8 e4m3: 16-byte chunks of 16 elements loaded into registers, widened to fp16 (exact) on store.
+template <int D, int KB, int VB>
+struct Fill<D, Kind::kFp8, KB, VB> {
+  static constexpr int kChunks = D / 16, kUnits = kTokens<D> * kChunks / kThreads;
+  static_assert(kTokens<D> * kChunks % kThreads == 0, "whole units per thread");
+  uint4 k[kUnits], v[kUnits];
+  __device__ void fetch(const DecodeParams& p, const int32_t* bt, int kvh, int T0, int len, Smem<D>&, int) {
+    const BlockLayout& L = p.cache.layout;
+    const int c = int(threadIdx.x) % kChunks;
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      const int r = (int(threadIdx.x) + kThreads * j) / kChunks;
+      const decode::TokenAddr a = row_of(p, bt, kvh, T0 + r, len);
+      k[j] = *reinterpret_cast<const uint4*>(a.block + L.k_codes + size_t(a.row) * L.k_row + 16 * c);
+      v[j] = *reinterpret_cast<const uint4*>(a.block + L.v_codes + size_t(a.row) * L.v_row + 16 * c);
+    }
+  }
+  __device__ static uint4 widen(uint32_t a, uint32_t b) {
+    return make_uint4(dev::e4m3x2_to_half2(uint16_t(a)), dev::e4m3x2_to_half2(uint16_t(a >> 16)), dev::e4m3x2_to_half2(uint16_t(b)),
+                      dev::e4m3x2_to_half2(uint16_t(b >> 16)));
+  }
+  __device__ void store(Smem<D>& sm, int buf, const dev::Lut8&, const dev::Lut8&) const {
+    const int c = int(threadIdx.x) % kChunks;
+#pragma unroll
+    for (int j = 0; j < kUnits; ++j) {
+      const int r = (int(threadIdx.x) + kThreads * j) / kChunks;
+      uint4* kd = reinterpret_cast<uint4*>(&sm.k[buf][0][0]);
+      uint4* vd = reinterpret_cast<uint4*>(&sm.v[buf][0][0]);
+      kd[swz<D>(r, 2 * c)] = widen(k[j].x, k[j].y);
+      kd[swz<D>(r, 2 * c + 1)] = widen(k[j].z, k[j].w);
+      vd[swz<D>(r, 2 * c)] = widen(v[j].x, v[j].y);
+      vd[swz<D>(r, 2 * c + 1)] = widen(v[j].z, v[j].w);
+    }
+  }
+};
+
+// Grid: (splits, kv_heads * row tiles, seqs). Query rows come rotated and scaled from
+// prepare_queries (ws_q: [seq][kv head][8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
+template <int D, Kind KIND, int KB, int VB>
+__global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
+    prefill_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
+                   const float* __restrict__ ws_q) {
+  constexpr bool kBf = KIND == Kind::kBf16, kTq = KIND == Kind::kTq;
+  constexpr int T = kTokens<D>, NT = T / 8;  // n-tiles of S
+  using Op = dev::Operand<kBf>;
+  extern __shared__ __align__(128) uint4 smem_raw[];
+  Smem<D>& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
+  dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
+  dev::allow_dependents();
+
+  const int split = blockIdx.x, kvh = blockIdx.y / rtiles, rt = blockIdx.y % rtiles, seq = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const CacheView& c = p.cache;
+  const int group = int(p.q_heads / c.kv_heads), nq = int(p.num_q_tokens), rows_total = group * nq;
+  const int len = p.seq_lens[seq];
+  const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
+  // Query row r (0..rows_total) is query token r / group, at position len - nq + r / group: it sees
+  // tokens below len - nq + r / group + 1. The block's rows see at most up to its last row's limit.
+  const int row0 = rt * kBlockRows, last_row = min(row0 + kBlockRows, rows_total) - 1;
+  const int visible_min = len - nq + row0 / group + 1, visible_max = len - nq + last_row / group + 1;
+  const int begin = split * tokens_per_split, end = min(min(begin + tokens_per_split, len), visible_max);
+
+  // ---- query rows: 16-bit high and low parts, swizzled ----
+  {
+    const float* src = ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kBlockRows * D;
+    for (int i = threadIdx.x; i < kBlockRows * D / 8; i += kThreads) {
+      const int r = i / (D / 8), ch = i % (D / 8);
+      const float4 a = reinterpret_cast<const float4*>(src)[2 * i], b = reinterpret_cast<const float4*>(src)[2 * i + 1];
+      const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      uint32_t hi[4], lo[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float h0 = Op::round(x[2 * e]), h1 = Op::round(x[2 * e + 1]);
+        hi[e] = Op::pack(h0, h1);
+        lo[e] = Op::pack(x[2 * e] - h0, x[2 * e + 1] - h1);
+      }
+      reinterpret_cast<uint4*>(&sm.q[0][0][0])[swz<D>(r, ch)] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+      reinterpret_cast<uint4*>(&sm.q[1][0][0])[swz<D>(r, ch)] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    }
+  }
+  dev::Lut8 lut_k{}, lut_v{};
+  if constexpr (kTq) {
+    if (threadIdx.x < 16) {
+      const int i = threadIdx.x;
+      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
+      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
+    }
+    __syncthreads();
+    if constexpr (KB <= 3) lut_k = dev::make_lut8(sm.lut_k);
+    if constexpr (VB <= 3) lut_v = dev::make_lut8(sm.lut_v);
+  }
+
+  // This thread's rows: g and g + 8 of the warp's 16.
+  const int my_row[2] = {row0 + warp * kWarpRows + g, row0 + warp * kWarpRows + g + 8};
+  int visible[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) visible[i] = my_row[i] < rows_total ? len - nq + my_row[i] / group + 1 : len;
+
+  // O accumulators: n-tile nt holds coordinates 8 nt + 2t, +1 of rows g (o[nt][0..1]) and g + 8 ([2..3]).
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+
+  // Shared-window addresses of this lane's ldmatrix rows. Q (A of S): rows warp*16 + (lane & 15),
+  // chunk 2kt + (lane >> 4). K (B of S, two n-tiles): tokens (lane & 7) + 8 (lane >> 4), chunk
+  // 2kt + ((lane >> 3) & 1). V (B of P V, transposed, two n-tiles of coordinates): tokens
+  // (lane & 7) + 8 ((lane >> 3) & 1), chunk 2np + (lane >> 4). Every row index is = lane mod 8.
+  const uint32_t q_s = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.q[0][0][0]));
+  const uint32_t k_s = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.k[0][0][0]));
+  const uint32_t v_s = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.v[0][0][0]));
+  const int q_row = warp * kWarpRows + (lane & 15), k_row = (lane & 7) + 8 * (lane >> 4), v_row = (lane & 7) + 8 * ((lane >> 3) & 1);
+  const int q_hc = lane >> 4, k_hc = (lane >> 3) & 1, v_hc = lane >> 4;
+  constexpr uint32_t kQPart = kBlockRows * D * 2, kBuf = T * D * 2;  // bytes of a query part, of a K (V) buffer
+
+  Fill<D, KIND, KB, VB> fill;
+  const int tiles = begin < end ? (end - begin + T - 1) / T : 0;
+  if (tiles > 0) {
+    fill.fetch(p, bt, kvh, begin, len, sm, 0);
+    fill.store(sm, 0, lut_k, lut_v);
+  }
+  __syncthreads();  // the query rows and the first tile
+
+  for (int it = 0; it < tiles; ++it) {
+    const int T0 = begin + it * T, buf = it & 1;
+    if (it + 1 < tiles) fill.fetch(p, bt, kvh, T0 + T, len, sm, buf ^ 1);  // in flight during the MMAs
+
+    // ---- S = Q K^T: s[nt] holds rows g, g + 8 x tokens 8 nt + 2t, +1 ----
+    float s[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kt = 0; kt < D / 16; ++kt) {
+      uint32_t qh[4], ql[4];
+      const uint32_t qa = q_s + 16 * swz<D>(q_row, 2 * kt + q_hc);
+      ldsm_x4(qa, qh);
+      ldsm_x4(qa + kQPart, ql);
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t b[4];
+        ldsm_x4(k_s + buf * kBuf + 16 * swz<D>(16 * np + k_row, 2 * kt + k_hc), b);
+        Op::mma(s[2 * np], qh, b[0], b[1]);
+        Op::mma(s[2 * np], ql, b[0], b[1]);
+        Op::mma(s[2 * np + 1], qh, b[2], b[3]);
+        Op::mma(s[2 * np + 1], ql, b[2], b[3]);
+      }
+    }
+
+    // ---- key norms, masking, online softmax (rows g and g + 8: elements 0-1 and 2-3) ----
+    const bool full = T0 + T <= end && T0 + T <= visible_min;
+    float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int tok = 8 * nt + 2 * t;
+      float kn0 = 1.0f, kn1 = 1.0f;
+      if constexpr (kTq) {
+        const float2 kn = *reinterpret_cast<const float2*>(&sm.kn[buf][tok]);
+        kn0 = kn.x;
+        kn1 = kn.y;
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[nt][e] * (e & 1 ? kn1 : kn0);
+        if (!full) {
+          const int pos = T0 + tok + (e & 1);
+          if (pos >= end || pos >= visible[e >> 1]) x = -INFINITY;
+        }
+        s[nt][e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+    }
+    float alpha[2], m_use[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+      const float m_new = fmaxf(m_run[i], mx[i]);
+      m_use[i] = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: p = 0, not NaN
+      alpha[i] = dev::fast_exp2(m_run[i] - m_use[i]);
+      m_run[i] = m_new;
+      l_run[i] *= alpha[i];
+    }
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        o[i][0] *= alpha[0];
+        o[i][1] *= alpha[0];
+        o[i][2] *= alpha[1];
+        o[i][3] *= alpha[1];
+      }
+    }
+    // P, its row sums, then P scaled by the value norms (fp8: the value scale) for P V
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      float vn0 = KIND == Kind::kFp8 ? c.v_scale : 1.0f, vn1 = vn0;
+      if constexpr (kTq) {
+        const float2 vn = *reinterpret_cast<const float2*>(&sm.vn[buf][8 * nt + 2 * t]);
+        vn0 = vn.x;
+        vn1 = vn.y;
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float pe = dev::fast_exp2(s[nt][e] - m_use[e >> 1]);
+        l_run[e >> 1] += pe;
+        s[nt][e] = pe * (e & 1 ? vn1 : vn0);
+      }
+    }
+
+    // ---- O += P V: A = P (k = 16 tokens: n-tiles 2kk, 2kk + 1 of S), B = V rows transposed ----
+#pragma unroll
+    for (int kk = 0; kk < T / 16; ++kk) {
+      uint32_t ph[4], pl[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {  // a0: row g, n-tile 2kk; a1: row g+8; a2, a3: n-tile 2kk + 1
+        const float* x = &s[2 * kk + q / 2][2 * (q % 2)];
+        const float h0 = Op::round(x[0]), h1 = Op::round(x[1]);
+        ph[q] = Op::pack(h0, h1);
+        pl[q] = Op::pack(x[0] - h0, x[1] - h1);
+      }
+#pragma unroll
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_trans(v_s + buf * kBuf + 16 * swz<D>(16 * kk + v_row, 2 * np + v_hc), b);
+        Op::mma(o[2 * np], ph, b[0], b[1]);
+        Op::mma(o[2 * np], pl, b[0], b[1]);
+        Op::mma(o[2 * np + 1], ph, b[2], b[3]);
+        Op::mma(o[2 * np + 1], pl, b[2], b[3]);
+      }
+    }
+
+    if (it + 1 < tiles) fill.store(sm, buf ^ 1, lut_k, lut_v);
+    __syncthreads();  // the next tile is in place and every warp is done with this one
+  }
+
+  // ---- the warp's rows to the workspace (merge_kernel normalizes, un-rotates, writes) ----
+  // TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.
+  const float out_scale = kTq ? rsqrtf(float(D)) : 1.0f;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    const int row = my_row[i];
+    if (row >= rows_total) continue;
+    const int j = row / group, h = kvh * group + row % group;
+    const size_t slot = ((size_t(seq) * nq + j) * p.q_heads + h) * gridDim.x + split;
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt)
+      *reinterpret_cast<float2*>(&ws_o[slot * D + 8 * nt + 2 * t]) = make_float2(o[nt][2 * i] * out_scale, o[nt][2 * i + 1] * out_scale);
+    if (t == 0) ws_ml[slot] = make_float2(m_run[i], l_run[i]);
+  }
+}
+
+}  // namespace tq::cuda::prefill
