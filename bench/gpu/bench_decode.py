@@ -183,9 +183,12 @@ def main():
     ap.add_argument("--no-bulk", action="store_true", help="skip the bulk quantize_store measurement")
     ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
     ap.add_argument("--no-prefill", action="store_true", help="skip the chunked-prefill measurement")
+    ap.add_argument("--prefill-only", action="store_true", help="only the chunked-prefill measurement")
     args = ap.parse_args()
     lib = load(args.lib)
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    if args.prefill_only:
+        shapes = []
     torch.manual_seed(0)
     dev = torch.cuda.get_device_properties(0)
     print(f"# {dev.name}, {dev.multi_processor_count} SMs, torch {torch.__version__}", flush=True)
