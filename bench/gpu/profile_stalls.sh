@@ -2,6 +2,8 @@
 # Nsight Compute on one decode launch at (16, 32K): pipe utilization and why warps stall.
 # Run on the GPU machine after run_h200.sh has built build/h200 (clocks are left as found).
 #   bash bench/gpu/profile_stalls.sh [spec]     (spec: k3v2 by default)
+# KERNEL and PROFILE_ARGS pick another kernel and bench_decode.py call, e.g. the prefill kernel:
+#   KERNEL=prefill_kernel PROFILE_ARGS="--prefill-only --no-bulk" bash bench/gpu/profile_stalls.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -17,7 +19,7 @@ sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,sm__pipe_tensor_cycl
 sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__warps_active.avg.pct_of_peak_sustained_active,\
 smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,\
 l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,smsp__inst_executed.sum"
-ncu --clock-control none --kernel-name regex:decode_kernel --launch-skip 20 --launch-count 1 --metrics "${stall}${pipes}" \
-  python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --shapes 16x32768 --specs "$spec" --no-bulk \
+ncu --clock-control none --kernel-name regex:"${KERNEL:-decode_kernel}" --launch-skip 20 --launch-count 1 --metrics "${stall}${pipes}" \
+  python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --specs "$spec" ${PROFILE_ARGS:---shapes 16x32768 --no-bulk} \
   > "$OUT/ncu_stalls_$spec.txt" 2>&1
 grep -E "^\s+(sm|smsp|dram|gpu|l1tex)__" "$OUT/ncu_stalls_$spec.txt" | sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | awk '{printf "%-58s %s %s\n", $1, $2, $3}'

@@ -332,15 +332,14 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
       uint32_t qh[4], ql[4];
       ldsm_x4(q_at(0, kt), qh);
       ldsm_x4(q_at(0, kt) + kQPart, ql);
+      uint32_t b[NT / 2][4];
 #pragma unroll
-      for (int np = 0; np < NT / 2; ++np) {
-        uint32_t b[4];
-        ldsm_x4(k_at(16 * np, kt), b);
-        Op::mma(s[2 * np], qh, b[0], b[1]);
-        Op::mma(s[2 * np], ql, b[0], b[1]);
-        Op::mma(s[2 * np + 1], qh, b[2], b[3]);
-        Op::mma(s[2 * np + 1], ql, b[2], b[3]);
-      }
+      for (int np = 0; np < NT / 2; ++np) ldsm_x4(k_at(16 * np, kt), b[np]);
+      // the high parts into every n-tile, then the low parts: NT MMAs between two on one accumulator
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], qh, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], ql, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
     }
 
     // ---- key norms, masking, online softmax (rows g and g + 8: elements 0-1 and 2-3) ----
