@@ -45,6 +45,7 @@ def load(path):
     lib.tq_decode.argtypes = [c.c_void_p, c.c_void_p, c.c_int, c.c_void_p, c.c_int, c.c_void_p, c.c_void_p] + [c.c_uint32] * 6 + [
         c.c_void_p, c.c_void_p, c.c_char_p, c.c_int]
     lib.tq_prefill.argtypes = lib.tq_decode.argtypes
+    lib.tq_store_and_decode.argtypes = lib.tq_quantize_store.argtypes[:6] + lib.tq_decode.argtypes[1:]
     return lib
 
 
@@ -234,12 +235,22 @@ def main():
                 row["step_graph_ms"] = timed_graph(lambda st: (qs(st), cache.decode(q, out, st)))
                 row["quantize_store_step_ms"] = row["step_graph_ms"] - g
                 row["quantize_store_step_pct_of_decode"] = 100 * row["quantize_store_step_ms"] / g
+                # the same step as one quantize_store_and_decode call (the decode's prologue overlaps the store)
+                fused = lambda st: check(lib.tq_store_and_decode(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B,
+                                                                 q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"],
+                                                                 cache.block_tables.data_ptr(), cache.seq_lens.data_ptr(), B, 1, QH,
+                                                                 cache.ctx // PAGE, cache.ctx, cache.splits, cache.ws.data_ptr(), st, err,
+                                                                 512), err)
+                row["fused_step_graph_ms"] = timed_graph(fused)
+                row["quantize_store_fused_ms"] = row["fused_step_graph_ms"] - g
+                row["quantize_store_fused_pct_of_decode"] = 100 * row["quantize_store_fused_ms"] / g
             rows.append(row)
             print(f"B={B:3d} L={L:6d} {spec:15s} {t:8.4f} ms {nbytes / t / 1e6:7.0f} GB/s  x{t_torch / t:5.2f} vs torch  "
                   f"rel err vs torch {rel:.2e}  in a graph {g * 1e3:.1f} us (x{g_torch / g:5.2f})" +
                   (f"  quantize_store {row['quantize_store_ms'] * 1e3:.1f} us ({row['quantize_store_pct_of_decode']:.1f}% of decode),"
                    f" in a graph {row['quantize_store_graph_ms'] * 1e3:.1f} us ({row['quantize_store_graph_pct_of_decode']:.1f}%),"
-                   f" added to a captured step {row['quantize_store_step_ms'] * 1e3:.1f} us ({row['quantize_store_step_pct_of_decode']:.1f}%)"
+                   f" added to a captured step {row['quantize_store_step_ms'] * 1e3:.1f} us ({row['quantize_store_step_pct_of_decode']:.1f}%),"
+                   f" with quantize_store_and_decode {row['quantize_store_fused_ms'] * 1e3:.1f} us ({row['quantize_store_fused_pct_of_decode']:.1f}%)"
                    if spec == "k3v2" else ""),
                   flush=True)
             cache.close()

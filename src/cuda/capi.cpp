@@ -139,4 +139,29 @@ int tq_prefill(void* handle, const void* q, int q_dtype, void* out, int out_dtyp
                    splits, workspace, stream, err, errlen);
 }
 
+// quantize_store of num_tokens new rows, then decode, as one step (quantize_store_and_decode).
+int tq_store_and_decode(void* handle, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, const void* q,
+                        int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs,
+                        uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+                        void* stream, char* err, int errlen) {
+  return guarded(err, errlen, [&] {
+    tq::cuda::QuantizeStoreParams s;
+    s.cache = static_cast<Handle*>(handle)->view();
+    s.k = k;
+    s.v = v;
+    s.dtype = tq::cuda::DType(dtype);
+    s.slot_mapping = slots;
+    s.num_tokens = num_tokens;
+    tq::cuda::DecodeParams p = decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits);
+    p.q = q;
+    p.q_dtype = tq::cuda::DType(q_dtype);
+    p.out = out;
+    p.out_dtype = tq::cuda::DType(out_dtype);
+    p.block_tables = block_tables;
+    p.seq_lens = seq_lens;
+    p.workspace = workspace;
+    tq::cuda::quantize_store_and_decode(s, p, static_cast<tq::cuda::Stream>(stream));
+  });
+}
+
 }  // extern "C"

@@ -33,6 +33,10 @@ int resident_blocks_of(int D, const CacheView& c) {
   return D == 64 ? resident_blocks_at<64>(c) : D == 128 ? resident_blocks_at<128>(c) : resident_blocks_at<256>(c);
 }
 
+// What a launch is: decode, decode right after a quantize_store of the same step (its prologue
+// may then read everything but the cache before the store ends), or chunked prefill.
+enum class Mode { kDecode, kDecodeAfterStore, kPrefill };
+
 struct Plan {
   int D, splits, tokens_per_split, mtiles;
   size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;
@@ -125,12 +129,12 @@ void allow_smem(Kernel kernel, size_t smem) {
 }
 
 template <int D, Kind KIND, int KB, int VB>
-void launch(const DecodeParams& p, const Plan& pl, bool is_prefill, Stream stream) {
+void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   float* ws_o = static_cast<float*>(p.workspace);
   float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
   float* ws_q = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes + pl.ws_ml_bytes);
   const dim3 merge_grid(p.num_seqs * p.num_q_tokens * p.q_heads);
-  if (is_prefill) {  // queries rotated once for all blocks, then 64-row blocks, then the merge
+  if (mode == Mode::kPrefill) {  // queries rotated once for all blocks, then 64-row blocks, then the merge
     prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
     const int rtiles = pl.mtiles / (prefill::kBlockRows / kRows);
     constexpr size_t smem = sizeof(prefill::Smem<D>);
@@ -150,27 +154,28 @@ void launch(const DecodeParams& p, const Plan& pl, bool is_prefill, Stream strea
   allow_smem(decode_kernel<D, KIND, KB, VB>, smem);
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
   // previous kernel (e.g. quantize_store) finishes, the merge's while the decode grid drains.
+  // (Dense rotations read ws_q, written by prepare_queries just before: never early.)
   launch_dependent("decode", decode_kernel<D, KIND, KB, VB>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml,
-                   static_cast<const float*>(dense ? ws_q : nullptr));
+                   static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
   launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, static_cast<const float*>(ws_o),
                    static_cast<const float2*>(ws_ml));
 }
 
 template <int D>
-void dispatch_dim(const DecodeParams& p, const Plan& pl, bool is_prefill, Stream s) {
+void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
   const TensorCode k = p.cache.k, v = p.cache.v;
   switch (k.enc) {
-    case Encoding::kFp16: return launch<D, Kind::kF16, 0, 0>(p, pl, is_prefill, s);
-    case Encoding::kBf16: return launch<D, Kind::kBf16, 0, 0>(p, pl, is_prefill, s);
-    case Encoding::kFp8E4M3: return launch<D, Kind::kFp8, 0, 0>(p, pl, is_prefill, s);
+    case Encoding::kFp16: return launch<D, Kind::kF16, 0, 0>(p, pl, mode, s);
+    case Encoding::kBf16: return launch<D, Kind::kBf16, 0, 0>(p, pl, mode, s);
+    case Encoding::kFp8E4M3: return launch<D, Kind::kFp8, 0, 0>(p, pl, mode, s);
     default: break;
   }
   // TurboQuant widths with kernels in this build: K and V each 2, 3 or 4 bits.
   const auto with_v = [&](auto kb) {
     switch (v.bits) {
-      case 2: return launch<D, Kind::kTq, decltype(kb)::value, 2>(p, pl, is_prefill, s);
-      case 3: return launch<D, Kind::kTq, decltype(kb)::value, 3>(p, pl, is_prefill, s);
-      case 4: return launch<D, Kind::kTq, decltype(kb)::value, 4>(p, pl, is_prefill, s);
+      case 2: return launch<D, Kind::kTq, decltype(kb)::value, 2>(p, pl, mode, s);
+      case 3: return launch<D, Kind::kTq, decltype(kb)::value, 3>(p, pl, mode, s);
+      case 4: return launch<D, Kind::kTq, decltype(kb)::value, 4>(p, pl, mode, s);
     }
   };
   switch (k.bits) {
@@ -218,12 +223,12 @@ size_t decode_workspace_bytes(const DecodeParams& p) {  // for either launch
 }
 
 namespace {
-void launch_attention(const DecodeParams& p, bool is_prefill, Stream stream) {
-  const Plan pl = is_prefill ? make_prefill_plan(p) : make_plan(p);
+void launch_attention(const DecodeParams& p, Mode mode, Stream stream) {
+  const Plan pl = mode == Mode::kPrefill ? make_prefill_plan(p) : make_plan(p);
   switch (pl.D) {
-    case 64: dispatch_dim<64>(p, pl, is_prefill, stream); break;
-    case 128: dispatch_dim<128>(p, pl, is_prefill, stream); break;
-    case 256: dispatch_dim<256>(p, pl, is_prefill, stream); break;
+    case 64: dispatch_dim<64>(p, pl, mode, stream); break;
+    case 128: dispatch_dim<128>(p, pl, mode, stream); break;
+    case 256: dispatch_dim<256>(p, pl, mode, stream); break;
   }
   check_launch("attention");
 }
@@ -231,12 +236,23 @@ void launch_attention(const DecodeParams& p, bool is_prefill, Stream stream) {
 
 void decode_attention(const DecodeParams& p, Stream stream) {
   validate(p);
-  launch_attention(p, false, stream);
+  launch_attention(p, Mode::kDecode, stream);
 }
 
 void prefill_attention(const DecodeParams& p, Stream stream) {
   validate_attention(p, kMaxPrefillChunk, "prefill_attention");
-  launch_attention(p, true, stream);
+  launch_attention(p, Mode::kPrefill, stream);
+}
+
+void quantize_store_and_decode(const QuantizeStoreParams& store, const DecodeParams& p, Stream stream) {
+  validate(store);
+  validate(p);
+  TQ_CHECK(store.cache.data == p.cache.data, "quantize_store_and_decode: the store and the decode must use the same cache");
+  // quantize_store is a plain launch, so whatever wrote the queries had finished before it
+  // started, and the decode kernel (a programmatic dependent of it) may read them early. With no
+  // rows to store nothing is launched, and the decode must not assume so.
+  quantize_store(store, stream);
+  launch_attention(p, store.num_tokens > 0 ? Mode::kDecodeAfterStore : Mode::kDecode, stream);
 }
 
 }  // namespace tq::cuda

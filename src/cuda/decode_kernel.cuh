@@ -46,16 +46,18 @@ constexpr int resident_blocks() {
 template <int D, Kind KIND, int KB, int VB>
 __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>()))
     decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
-                  const float* __restrict__ ws_q) {
+                  const float* __restrict__ ws_q, bool inputs_ready) {
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
   extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)
   Smem<D, KIND, KB, VB>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB>*>(smem_raw);
 
   // Launched as a programmatic dependent (decode_attention.cu): nothing is read before the
-  // previous kernel in the stream has finished. The merge kernel may then be scheduled as soon
-  // as every block has started; it waits for our results likewise.
-  dev::wait_prerequisites();
+  // previous kernel in the stream has finished, except when inputs_ready says that only the
+  // cache is being written by it (quantize_store_and_decode): then the prologue reads the
+  // queries, the sequence length and the codebook first and waits just before the pages. The
+  // merge kernel may be scheduled as soon as every block has started; it waits for our results.
+  if (!inputs_ready) dev::wait_prerequisites();
   dev::allow_dependents();
   const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -136,6 +138,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   }
   }
   __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
+  if (inputs_ready) dev::wait_prerequisites();  // the cache's new rows are written
   // int8 keys: this thread's row step times the table's 2^-13 and the 2^8 of the combination
   const float s_scale = kInt8K ? sm.qrs[g] * (1.0f / 32.0f) : 1.0f;
   dev::Lut8 lut_k{}, lut_v{};

@@ -42,6 +42,39 @@ __device__ __forceinline__ uint32_t word_bits(uint32_t code, uint32_t i, uint32_
   return out;
 }
 
+// Packs a row's codes into its words (E codes a lane, coordinates [lane E, (lane+1) E)) with
+// the width B known at compile time. When E divides 32, a group of 32 coordinates is G = 32 / E
+// neighbouring lanes: each lane builds its share of the group's B words, the group ORs them with
+// log2(G) shuffles, and its first lane stores them. (At padded dim 96 a lane's coordinates may
+// straddle two groups: every word is then the OR over the warp.)
+template <int E, int B>
+__device__ __forceinline__ void pack_row(const uint32_t (&codes)[E], int lane, uint32_t* words) {
+  if constexpr (32 % E == 0) {
+    constexpr int G = 32 / E;
+    const int grp = lane / G, i0 = (lane % G) * E;
+#pragma unroll
+    for (int wg = 0; wg < B; ++wg) {
+      uint32_t v = 0;
+#pragma unroll
+      for (int e = 0; e < E; ++e) v |= word_bits(codes[e], i0 + e, B, wg);
+#pragma unroll
+      for (int o = 1; o < G; o *= 2) v |= __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane % G == 0) words[grp * B + wg] = v;
+    }
+  } else {
+    for (int grp = 0; grp < E; ++grp)  // E = PD / 32 groups
+#pragma unroll
+      for (int wg = 0; wg < B; ++wg) {
+        uint32_t v = 0;
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+          if ((lane * E + e) / 32 == grp) v |= word_bits(codes[e], (lane * E + e) % 32, B, wg);
+        v = __reduce_or_sync(0xffffffffu, v);
+        if (lane == 0) words[grp * B + wg] = v;
+      }
+  }
+}
+
 __device__ __forceinline__ void flag_error(const QuantizeStoreParams& p) {
   if (p.error_flag) atomicExch(p.error_flag, 1);
 }
@@ -212,17 +245,18 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
     }
   }
 
-  // Pack: every word of the row is the OR of its coordinates' bits over the warp.
+  // Pack: every word of the row is the OR of its coordinates' bits (pack_row, width as a constant).
   uint32_t* words = reinterpret_cast<uint32_t*>(row);
-  for (uint32_t grp = 0; grp < PD / 32; ++grp)
-    for (uint32_t wg = 0; wg < bits; ++wg) {
-      uint32_t v = 0;
-#pragma unroll
-      for (int e = 0; e < E; ++e)  // (a lane's coordinates may straddle two groups when E = 3)
-        if ((lane * E + e) / 32 == grp) v |= word_bits(codes[e], (lane * E + e) % 32, bits, wg);
-      v = __reduce_or_sync(0xffffffffu, v);
-      if (lane == 0) words[grp * bits + wg] = v;
-    }
+  switch (bits) {
+    case 1: pack_row<E, 1>(codes, lane, words); break;
+    case 2: pack_row<E, 2>(codes, lane, words); break;
+    case 3: pack_row<E, 3>(codes, lane, words); break;
+    case 4: pack_row<E, 4>(codes, lane, words); break;
+    case 5: pack_row<E, 5>(codes, lane, words); break;
+    case 6: pack_row<E, 6>(codes, lane, words); break;
+    case 7: pack_row<E, 7>(codes, lane, words); break;
+    default: pack_row<E, 8>(codes, lane, words); break;
+  }
   if (lane == 0) reinterpret_cast<uint16_t*>(block + (is_v ? c.layout.v_norms : c.layout.k_norms))[off] = f32_to_f16(float(stored));
 }
 
@@ -242,6 +276,8 @@ void quantize_store(const QuantizeStoreParams& p, Stream stream) {
   validate(p);
   if (p.num_tokens == 0) return;
   const uint32_t warps = p.num_tokens * p.cache.kv_heads * 2, blocks = (warps + kWarps - 1) / kWarps;
+  // A plain launch (not a programmatic dependent): everything before it in the stream has finished
+  // when it starts, which quantize_store_and_decode relies on.
   switch (padded_dim(p.cache.head_dim)) {
     case 32: quantize_store_kernel<32><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
     case 96: quantize_store_kernel<96><<<blocks, 32 * kWarps, 0, stream>>>(p); break;

@@ -39,6 +39,7 @@ struct DecodeSetup {
   std::unique_ptr<PagedKvCache> cpu;
   std::vector<int32_t> bt, lens;
   std::vector<float> q;
+  std::vector<float> last_k, last_v;  // [seq][hkv * d]: each sequence's last K and V rows
   DecodeSetup(const DecodeCase& c, uint64_t seed) : qh(2 * c.gqa), d(c.head_dim), ntok(c.ntok), lens(c.lens) {
     const KvSpec spec = parse_kv_spec(c.spec);
     ps = spec.page_size;
@@ -58,6 +59,8 @@ struct DecodeSetup {
       const auto k = test::outlier_rows(lens[s], size_t(hkv) * d, seed + 10 * s), v = test::gaussian(lens[s], size_t(hkv) * d, seed + 10 * s + 1);
       for (int32_t t = 0; t < lens[s]; ++t)
         cpu->write(0, int64_t(bt[s * max_pages + t / ps]) * ps + t % ps, &k[size_t(t) * hkv * d], &v[size_t(t) * hkv * d]);
+      last_k.insert(last_k.end(), k.end() - hkv * d, k.end());
+      last_v.insert(last_v.end(), v.end() - hkv * d, v.end());
     }
     q = test::outlier_rows(lens.size() * ntok * qh, d, seed + 99);
     for (float& x : q) x *= 0.05f;  // keys have norms ~100: keep logits in a realistic range
@@ -212,6 +215,88 @@ TEST(DecodeGraph, CapturedLaunchReplaysTheSameResult) {
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
   cudaStreamDestroy(st);
+}
+
+// quantize_store_and_decode: the device cache lacks each sequence's last token (its rows poisoned:
+// all-ones codes, NaN norms); the call stores them and attends to them. The decode kernel reads its
+// queries before the store ends, the pages only after: the output matches the reference and the
+// cache matches the CPU's byte for byte.
+TEST(StoreAndDecode, NewRowsAreStoredBeforeThePagesAreRead) {
+  TQ_REQUIRE_GPU();
+  for (const char* spec : {"k3v2", "k4v4:rot=dense", "bf16"}) {
+    DecodeCase c{spec, 128, 4, 1, {1, 300, 1000, 4097}};
+    DecodeSetup s(c, 5);
+    const uint32_t nseq = uint32_t(s.lens.size());
+    std::vector<float> ref(s.q.size());
+    AttentionBatch a;
+    a.q = s.q.data();
+    a.out = ref.data();
+    a.block_tables = s.bt.data();
+    a.seq_lens = s.lens.data();
+    a.num_seqs = nseq;
+    a.num_q_tokens = 1;
+    a.q_heads = s.qh;
+    a.max_pages = s.max_pages;
+    attention_reference(*s.cpu, 0, a);
+
+    const BlockLayout& L = s.cpu->layout();
+    std::vector<uint8_t> bytes(s.cpu->data(), s.cpu->data() + s.cpu->bytes());
+    std::vector<int64_t> slots;
+    for (uint32_t q = 0; q < nseq; ++q) {
+      const int32_t t = s.lens[q] - 1, page = s.bt[q * s.max_pages + t / s.ps], row = t % s.ps;
+      slots.push_back(int64_t(page) * s.ps + row);
+      for (uint32_t h = 0; h < s.hkv; ++h) {
+        uint8_t* block = bytes.data() + (size_t(page) * s.hkv + h) * L.bytes;
+        std::fill_n(block + L.k_codes + size_t(row) * L.k_row, L.k_row, 0xFF);
+        std::fill_n(block + L.v_codes + size_t(row) * L.v_row, L.v_row, 0xFF);
+        if (is_tq(parse_kv_spec(spec).k.enc)) {  // TurboQuant: fp16 norms, 0xFFFF = NaN
+          std::fill_n(block + L.k_norms + 2 * size_t(row), 2, 0xFF);
+          std::fill_n(block + L.v_norms + 2 * size_t(row), 2, 0xFF);
+        }
+      }
+    }
+    cuda::DeviceCodecs codecs(*s.cpu);
+    test::DeviceBuffer<uint8_t> cache(bytes);
+    test::DeviceBuffer<float> dq(s.q), out(s.q.size()), dk(s.last_k), dv(s.last_v);
+    test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
+    test::DeviceBuffer<int64_t> dslots(slots);
+    cuda::QuantizeStoreParams st;
+    st.cache = codecs.view(0, cache.ptr);
+    st.k = dk.ptr;
+    st.v = dv.ptr;
+    st.dtype = cuda::DType::kF32;
+    st.slot_mapping = dslots.ptr;
+    st.num_tokens = nseq;
+    cuda::DecodeParams p;
+    p.cache = st.cache;
+    p.q = dq.ptr;
+    p.q_dtype = cuda::DType::kF32;
+    p.out = out.ptr;
+    p.out_dtype = cuda::DType::kF32;
+    p.block_tables = dbt.ptr;
+    p.seq_lens = dlen.ptr;
+    p.num_seqs = nseq;
+    p.q_heads = s.qh;
+    p.max_pages = s.max_pages;
+    p.max_seq_len = 4097;
+    test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));
+    p.workspace = ws.ptr;
+    out.poison();
+    cuda::quantize_store_and_decode(st, p, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_TRUE(cache.download() == std::vector<uint8_t>(s.cpu->data(), s.cpu->data() + s.cpu->bytes())) << spec << ": cache bytes differ";
+    const auto got = out.download();
+    double worst = 0;
+    for (size_t row = 0; row < got.size() / s.d; ++row) {
+      double e = 0, n = 0;
+      for (uint32_t i = 0; i < s.d; ++i) {
+        e += std::pow(double(got[row * s.d + i]) - ref[row * s.d + i], 2);
+        n += std::pow(double(ref[row * s.d + i]), 2);
+      }
+      worst = std::max(worst, std::sqrt(e / n));  // NaN (a poisoned row read) fails too
+    }
+    EXPECT_LT(worst, 1e-3) << spec;
+  }
 }
 
 TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {

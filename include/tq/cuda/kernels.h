@@ -68,15 +68,21 @@ struct DecodeParams {
 };
 // prefill_attention (chunked prefill): the same, with a chunk of up to kMaxPrefillChunk new queries
 // per sequence whose K/V rows are already in the cache (quantize_store them first): each attends
-// to the packed prefix and, causally, to the chunk. Same tensor-core kernels: one block per 8
-// query rows, so each block streams the prefix once (a first version: larger query tiles would
-// read it fewer times). decode_workspace_bytes sizes its workspace too.
+// to the packed prefix and, causally, to the chunk. Its own kernel: blocks of 64 query rows share
+// each tile of the prefix, decoded once into shared memory (prefill_kernel.cuh).
+// decode_workspace_bytes sizes its workspace too.
 inline constexpr uint32_t kMaxDecodeQueryTokens = 8;
 inline constexpr uint32_t kMaxPrefillChunk = 2048;
 void prefill_attention(const DecodeParams& p, Stream stream);
 
-// Splits the launch will use, and the workspace it needs (computed on the host, no device calls
-// except a cached device-property query on first use).
+// One decode step: quantize_store of the step's new rows, then decode_attention, launched so that
+// they overlap: the decode kernel reads the queries, sequence lengths and codebooks while the
+// store runs, and waits for it only before it reads the pages (dense rotations excepted). The
+// queries must be complete when this is called in stream order, as for decode_attention.
+void quantize_store_and_decode(const QuantizeStoreParams& store, const DecodeParams& p, Stream stream);
+
+// Splits the decode launch will use, and the workspace decode_attention or prefill_attention
+// needs (computed on the host, no device calls except a cached device-property query on first use).
 uint32_t decode_num_splits(const DecodeParams& p);
 size_t decode_workspace_bytes(const DecodeParams& p);
 void decode_attention(const DecodeParams& p, Stream stream);
