@@ -42,6 +42,8 @@ def load(path):
     lib.tq_quantize_store.argtypes = [c.c_void_p, c.c_void_p, c.c_void_p, c.c_int, c.c_void_p, c.c_uint32, c.c_void_p, c.c_char_p, c.c_int]
     lib.tq_decode_workspace.restype = c.c_uint64
     lib.tq_decode_workspace.argtypes = [c.c_void_p] + [c.c_uint32] * 6
+    lib.tq_prefill_workspace.restype = c.c_uint64
+    lib.tq_prefill_workspace.argtypes = lib.tq_decode_workspace.argtypes
     lib.tq_decode.argtypes = [c.c_void_p, c.c_void_p, c.c_int, c.c_void_p, c.c_int, c.c_void_p, c.c_void_p] + [c.c_uint32] * 6 + [
         c.c_void_p, c.c_void_p, c.c_char_p, c.c_int]
     lib.tq_prefill.argtypes = lib.tq_decode.argtypes
@@ -153,7 +155,7 @@ def prefill_rows(lib, specs, prefix=8192, chunk=512):
     rows = [dict(prefill_prefix=prefix, prefill_chunk=chunk, kv=f"torch-sdpa-bf16 ({how})", ms=timed(sdpa), graph_ms=timed_graph(sdpa))]
     for spec in specs:
         cache = PagedCache(lib, spec, 1, T, k, v)
-        ws = torch.zeros(lib.tq_decode_workspace(cache.h, 1, chunk, QH, T // PAGE, T, 0), dtype=torch.uint8, device="cuda")
+        ws = torch.zeros(lib.tq_prefill_workspace(cache.h, 1, chunk, QH, T // PAGE, T, 0), dtype=torch.uint8, device="cuda")
         out = torch.empty(1, chunk, QH, D, dtype=torch.bfloat16, device="cuda")
         call = lambda st=None: check(lib.tq_prefill(cache.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], cache.block_tables.data_ptr(),
                                                     cache.seq_lens.data_ptr(), 1, chunk, QH, T // PAGE, T, 0, ws.data_ptr(), st, cache.err,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Nsight Compute: the duration of each of our kernels in one short bench_decode.py call, to see
 # where a small step's time goes (KERNELS: a regex of kernel names, ours by default; torch's
-# launches would use up the launch count). Run on the GPU machine after run_h200.sh.
+# launches would use up the launch count). Caches are left warm between launches, as in a
+# stream of decode steps. Run on the GPU machine after run_h200.sh.
 #   bash bench/gpu/profile_durations.sh [bench_decode.py options]
 #   (default: --shapes 1x1024 --specs k3v2,bf16 --no-bulk --no-prefill; one shape per call, since
 #   a kernel's launches at every shape would share one median)
@@ -11,7 +12,7 @@ OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--shapes 1x1024 --specs k3v2,bf16 --no-bulk --no-prefill)
-ncu --clock-control none --kernel-name regex:"${KERNELS:-decode_kernel|merge_kernel|quantize_store|prepare_queries|prefill_kernel}" \
+ncu --clock-control none --cache-control none --kernel-name regex:"${KERNELS:-decode_kernel|merge_kernel|quantize_store|prepare_queries|prefill_kernel}" \
   --launch-count 300 --metrics gpu__time_duration.sum --csv \
   python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so "${args[@]}" > "$OUT/ncu_durations.csv" 2>&1
 # Median duration per kernel (name shortened), in launch order of first appearance.

@@ -104,6 +104,11 @@ uint64_t tq_decode_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, uin
   return tq::cuda::decode_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits));
 }
 
+uint64_t tq_prefill_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+                              uint32_t splits) {
+  return tq::cuda::prefill_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits));
+}
+
 static int attention(bool prefill, void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables,
                      const int32_t* seq_lens, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
                      uint32_t splits, void* workspace, void* stream, char* err, int errlen) {

@@ -217,9 +217,14 @@ void validate(const DecodeParams& p) { validate_attention(p, kMaxDecodeQueryToke
 
 uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p).splits); }
 
-size_t decode_workspace_bytes(const DecodeParams& p) {  // for either launch
-  const Plan d = make_plan(p), f = make_prefill_plan(p);
-  return std::max(d.ws_o_bytes + d.ws_ml_bytes + d.ws_q_bytes, f.ws_o_bytes + f.ws_ml_bytes + f.ws_q_bytes);
+size_t decode_workspace_bytes(const DecodeParams& p) {
+  const Plan pl = make_plan(p);
+  return pl.ws_o_bytes + pl.ws_ml_bytes + pl.ws_q_bytes;
+}
+
+size_t prefill_workspace_bytes(const DecodeParams& p) {
+  const Plan pl = make_prefill_plan(p);
+  return pl.ws_o_bytes + pl.ws_ml_bytes + pl.ws_q_bytes;
 }
 
 namespace {

@@ -46,7 +46,7 @@ constexpr int resident_blocks() {
 template <int D, Kind KIND, int KB, int VB>
 __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>()))
     decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
-                  const float* __restrict__ ws_q, bool inputs_ready) {
+                  const float* ws_q, bool inputs_ready) {  // ws_q: prepare_queries' output (no __restrict__: see merge_kernel)
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
   extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)

@@ -14,9 +14,11 @@
 namespace tq::cuda::decode {
 
 // Combines the splits of one (sequence, query token, query head), un-rotates, writes the output.
+// ws_o and ws_ml are the decode grid's output, read after dev::wait_prerequisites: no __restrict__,
+// which would let the compiler treat them as invariant and hoist their loads above the wait (it
+// did, in a variant that read ws_ml right after the wait: SASS showed the load before ACQBULK).
 template <int D, bool TQ>
-__global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, int splits, const float* __restrict__ ws_o,
-                                                          const float2* __restrict__ ws_ml) {
+__global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, int splits, const float* ws_o, const float2* ws_ml) {
   __shared__ float o[D];
   __shared__ float f[kThreads];  // a chunk of the splits' weights 2^(m_s - M)
   __shared__ float red[kWarps];

@@ -227,7 +227,7 @@ struct Fill<D, Kind::kFp8, KB, VB> {
 template <int D, Kind KIND, int KB, int VB>
 __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
     prefill_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
-                   const float* __restrict__ ws_q) {
+                   const float* ws_q) {  // ws_q: prepare_queries' output, read after the wait (no __restrict__: see merge_kernel)
   constexpr bool kBf = KIND == Kind::kBf16, kTq = KIND == Kind::kTq;
   constexpr int T = kTokens<D>, NT = T / 8;  // n-tiles of S
   using Op = dev::Operand<kBf>;

@@ -105,7 +105,7 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   p.max_pages = s.max_pages;
   p.max_seq_len = uint32_t(*std::max_element(s.lens.begin(), s.lens.end()));
   p.num_splits = c.splits;
-  test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));
+  test::DeviceBuffer<uint8_t> ws(c.prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p));
   p.workspace = ws.ptr;
   out.poison();
   if (c.prefill) {

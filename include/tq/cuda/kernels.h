@@ -64,13 +64,13 @@ struct DecodeParams {
   uint32_t max_seq_len = 0;  // an upper bound of seq_lens, known on the host: sets the split count
   float scale = 0;           // softmax scale; 0: 1/sqrt(head_dim)
   uint32_t num_splits = 0;   // 0: chosen from the shape to fill the GPU
-  void* workspace = nullptr; // decode_workspace_bytes(...) bytes
+  void* workspace = nullptr; // decode_workspace_bytes(...) bytes (prefill: prefill_workspace_bytes)
 };
 // prefill_attention (chunked prefill): the same, with a chunk of up to kMaxPrefillChunk new queries
 // per sequence whose K/V rows are already in the cache (quantize_store them first): each attends
 // to the packed prefix and, causally, to the chunk. Its own kernel: blocks of 64 query rows share
-// each tile of the prefix, decoded once into shared memory (prefill_kernel.cuh).
-// decode_workspace_bytes sizes its workspace too.
+// each tile of the prefix, decoded once into shared memory (prefill_kernel.cuh). Its workspace:
+// prefill_workspace_bytes.
 inline constexpr uint32_t kMaxDecodeQueryTokens = 8;
 inline constexpr uint32_t kMaxPrefillChunk = 2048;
 void prefill_attention(const DecodeParams& p, Stream stream);
@@ -81,10 +81,11 @@ void prefill_attention(const DecodeParams& p, Stream stream);
 // queries must be complete when this is called in stream order, as for decode_attention.
 void quantize_store_and_decode(const QuantizeStoreParams& store, const DecodeParams& p, Stream stream);
 
-// Splits the decode launch will use, and the workspace decode_attention or prefill_attention
-// needs (computed on the host, no device calls except a cached device-property query on first use).
+// Splits the decode launch will use, and the workspace decode_attention (prefill_attention) needs
+// (computed on the host, no device calls except a cached device-property query on first use).
 uint32_t decode_num_splits(const DecodeParams& p);
 size_t decode_workspace_bytes(const DecodeParams& p);
+size_t prefill_workspace_bytes(const DecodeParams& p);
 void decode_attention(const DecodeParams& p, Stream stream);
 
 // Throws tq::Error naming the problem when a params struct is inconsistent (shapes, encodings this
