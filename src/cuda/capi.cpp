@@ -72,17 +72,22 @@ void tq_cache_destroy(void* handle) {
 uint64_t tq_cache_bytes(void* handle) { return static_cast<Handle*>(handle)->bytes; }
 uint32_t tq_cache_block_bytes(void* handle) { return static_cast<Handle*>(handle)->meta->layout().bytes; }
 
+static tq::cuda::QuantizeStoreParams store_params(void* handle, const void* k, const void* v, int dtype, const int64_t* slots,
+                                                  uint32_t num_tokens) {
+  tq::cuda::QuantizeStoreParams p;
+  p.cache = static_cast<Handle*>(handle)->view();
+  p.k = k;
+  p.v = v;
+  p.dtype = tq::cuda::DType(dtype);
+  p.slot_mapping = slots;
+  p.num_tokens = num_tokens;
+  return p;
+}
+
 int tq_quantize_store(void* handle, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, void* stream,
                       char* err, int errlen) {
   return guarded(err, errlen, [&] {
-    tq::cuda::QuantizeStoreParams p;
-    p.cache = static_cast<Handle*>(handle)->view();
-    p.k = k;
-    p.v = v;
-    p.dtype = tq::cuda::DType(dtype);
-    p.slot_mapping = slots;
-    p.num_tokens = num_tokens;
-    tq::cuda::quantize_store(p, static_cast<tq::cuda::Stream>(stream));
+    tq::cuda::quantize_store(store_params(handle, k, v, dtype, slots, num_tokens), static_cast<tq::cuda::Stream>(stream));
   });
 }
 
@@ -109,18 +114,26 @@ uint64_t tq_prefill_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, ui
   return tq::cuda::prefill_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits));
 }
 
+static tq::cuda::DecodeParams attention_params(void* handle, const void* q, int q_dtype, void* out, int out_dtype,
+                                               const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs, uint32_t ntok,
+                                               uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace) {
+  tq::cuda::DecodeParams p = decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits);
+  p.q = q;
+  p.q_dtype = tq::cuda::DType(q_dtype);
+  p.out = out;
+  p.out_dtype = tq::cuda::DType(out_dtype);
+  p.block_tables = block_tables;
+  p.seq_lens = seq_lens;
+  p.workspace = workspace;
+  return p;
+}
+
 static int attention(bool prefill, void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables,
                      const int32_t* seq_lens, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
                      uint32_t splits, void* workspace, void* stream, char* err, int errlen) {
   return guarded(err, errlen, [&] {
-    tq::cuda::DecodeParams p = decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits);
-    p.q = q;
-    p.q_dtype = tq::cuda::DType(q_dtype);
-    p.out = out;
-    p.out_dtype = tq::cuda::DType(out_dtype);
-    p.block_tables = block_tables;
-    p.seq_lens = seq_lens;
-    p.workspace = workspace;
+    const tq::cuda::DecodeParams p = attention_params(handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads,
+                                                      max_pages, max_seq_len, splits, workspace);
     if (prefill) {
       tq::cuda::prefill_attention(p, static_cast<tq::cuda::Stream>(stream));
     } else {
@@ -150,22 +163,10 @@ int tq_store_and_decode(void* handle, const void* k, const void* v, int dtype, c
                         uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
                         void* stream, char* err, int errlen) {
   return guarded(err, errlen, [&] {
-    tq::cuda::QuantizeStoreParams s;
-    s.cache = static_cast<Handle*>(handle)->view();
-    s.k = k;
-    s.v = v;
-    s.dtype = tq::cuda::DType(dtype);
-    s.slot_mapping = slots;
-    s.num_tokens = num_tokens;
-    tq::cuda::DecodeParams p = decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits);
-    p.q = q;
-    p.q_dtype = tq::cuda::DType(q_dtype);
-    p.out = out;
-    p.out_dtype = tq::cuda::DType(out_dtype);
-    p.block_tables = block_tables;
-    p.seq_lens = seq_lens;
-    p.workspace = workspace;
-    tq::cuda::quantize_store_and_decode(s, p, static_cast<tq::cuda::Stream>(stream));
+    tq::cuda::quantize_store_and_decode(store_params(handle, k, v, dtype, slots, num_tokens),
+                                        attention_params(handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads,
+                                                         max_pages, max_seq_len, splits, workspace),
+                                        static_cast<tq::cuda::Stream>(stream));
   });
 }
 

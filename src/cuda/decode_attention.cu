@@ -42,6 +42,20 @@ struct Plan {
   size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;
 };
 
+// The split count clamped to [1, tiles], whole tiles of tile_tokens per split (so the last
+// split may be shorter, never empty), and the workspace: per split and query row its output and
+// (max, sum), and the rotated queries of pl.mtiles 8-row m-tiles per (sequence, KV head).
+void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int tile_tokens) {
+  splits = std::clamp(splits, 1, tiles);
+  const int tiles_per_split = (tiles + splits - 1) / splits;
+  pl.tokens_per_split = tiles_per_split * tile_tokens;
+  pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
+  const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * pl.splits;
+  pl.ws_o_bytes = slots * pl.D * sizeof(float);
+  pl.ws_ml_bytes = (slots * sizeof(float2) + 15) / 16 * 16;
+  pl.ws_q_bytes = size_t(p.num_seqs) * p.cache.kv_heads * pl.mtiles * kRows * pl.D * sizeof(float);
+}
+
 Plan make_plan(const DecodeParams& p) {
   Plan pl{};
   const bool tq = is_tq(p.cache.k.enc);
@@ -60,14 +74,7 @@ Plan make_plan(const DecodeParams& p) {
     const int want = resident_blocks_of(pl.D, p.cache) * device_sm_count() / blocks;
     splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
-  splits = std::clamp(splits, 1, tiles);
-  const int tiles_per_split = (tiles + splits - 1) / splits;
-  pl.tokens_per_split = tiles_per_split * kTile;
-  pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
-  const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * pl.splits;
-  pl.ws_o_bytes = slots * pl.D * sizeof(float);
-  pl.ws_ml_bytes = (slots * sizeof(float2) + 15) / 16 * 16;
-  pl.ws_q_bytes = size_t(p.num_seqs) * p.cache.kv_heads * pl.mtiles * kRows * pl.D * sizeof(float);
+  size_splits(pl, p, tiles, splits, kTile);
   return pl;
 }
 
@@ -88,14 +95,7 @@ Plan make_prefill_plan(const DecodeParams& p) {
     const int want = resident * device_sm_count() / int(p.num_seqs * p.cache.kv_heads * rtiles);
     splits = std::clamp(want, 1, std::max(1, tiles / 4));
   }
-  splits = std::clamp(splits, 1, tiles);
-  const int tiles_per_split = (tiles + splits - 1) / splits;
-  pl.tokens_per_split = tiles_per_split * T;
-  pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
-  const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * pl.splits;
-  pl.ws_o_bytes = slots * pl.D * sizeof(float);
-  pl.ws_ml_bytes = (slots * sizeof(float2) + 15) / 16 * 16;
-  pl.ws_q_bytes = size_t(p.num_seqs) * p.cache.kv_heads * pl.mtiles * kRows * pl.D * sizeof(float);
+  size_splits(pl, p, tiles, splits, T);
   return pl;
 }
 

@@ -65,7 +65,37 @@ struct DecodeSetup {
     q = test::outlier_rows(lens.size() * ntok * qh, d, seed + 99);
     for (float& x : q) x *= 0.05f;  // keys have norms ~100: keep logits in a realistic range
   }
+  // attention_reference over the CPU cache: [seq][ntok][qh][d]
+  std::vector<float> reference() const {
+    std::vector<float> ref(q.size());
+    AttentionBatch a;
+    a.q = q.data();
+    a.out = ref.data();
+    a.block_tables = bt.data();
+    a.seq_lens = lens.data();
+    a.num_seqs = uint32_t(lens.size());
+    a.num_q_tokens = ntok;
+    a.q_heads = qh;
+    a.max_pages = max_pages;
+    attention_reference(*cpu, 0, a);
+    return ref;
+  }
 };
+
+// The worst relative L2 error of an output row of d elements (NaN when a row is not finite).
+double worst_row_error(const std::vector<float>& got, const std::vector<float>& ref, uint32_t d) {
+  double worst = 0;
+  for (size_t row = 0; row < got.size() / d; ++row) {
+    double e = 0, n = 0;
+    for (uint32_t i = 0; i < d; ++i) {
+      e += std::pow(double(got[row * d + i]) - ref[row * d + i], 2);
+      n += std::pow(double(ref[row * d + i]), 2);
+    }
+    const double r = std::sqrt(e / n);
+    worst = std::isnan(r) || std::isnan(worst) ? NAN : std::max(worst, r);
+  }
+  return worst;
+}
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
 
@@ -74,17 +104,7 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   const DecodeCase& c = GetParam();
   DecodeSetup s(c, 7);
   const uint32_t nseq = uint32_t(s.lens.size());
-  std::vector<float> ref(s.q.size());
-  AttentionBatch a;
-  a.q = s.q.data();
-  a.out = ref.data();
-  a.block_tables = s.bt.data();
-  a.seq_lens = s.lens.data();
-  a.num_seqs = nseq;
-  a.num_q_tokens = s.ntok;
-  a.q_heads = s.qh;
-  a.max_pages = s.max_pages;
-  attention_reference(*s.cpu, 0, a);
+  const std::vector<float> ref = s.reference();
 
   cuda::DeviceCodecs codecs(*s.cpu);
   test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
@@ -115,16 +135,9 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   }
   CUDA_OK(cudaDeviceSynchronize());
   const auto got = out.download();
-  double worst = 0;
-  for (size_t row = 0; row < got.size() / s.d; ++row) {
-    double e = 0, n = 0;
-    for (uint32_t i = 0; i < s.d; ++i) {
-      ASSERT_TRUE(std::isfinite(got[row * s.d + i])) << "row " << row << " element " << i << " not written or not finite";
-      e += std::pow(double(got[row * s.d + i]) - ref[row * s.d + i], 2);
-      n += std::pow(double(ref[row * s.d + i]), 2);
-    }
-    worst = std::max(worst, std::sqrt(e / n));
-  }
+  for (size_t i = 0; i < got.size(); ++i)
+    ASSERT_TRUE(std::isfinite(got[i])) << "row " << i / s.d << " element " << i % s.d << " not written or not finite";
+  const double worst = worst_row_error(got, ref, s.d);
   EXPECT_LT(worst, 1e-3) << "worst relative L2 error of an output row (splits " << cuda::decode_num_splits(p) << ")";
   RecordProperty("worst_rel_err", std::to_string(worst));
 }
@@ -227,17 +240,7 @@ TEST(StoreAndDecode, NewRowsAreStoredBeforeThePagesAreRead) {
     DecodeCase c{spec, 128, 4, 1, {1, 300, 1000, 4097}};
     DecodeSetup s(c, 5);
     const uint32_t nseq = uint32_t(s.lens.size());
-    std::vector<float> ref(s.q.size());
-    AttentionBatch a;
-    a.q = s.q.data();
-    a.out = ref.data();
-    a.block_tables = s.bt.data();
-    a.seq_lens = s.lens.data();
-    a.num_seqs = nseq;
-    a.num_q_tokens = 1;
-    a.q_heads = s.qh;
-    a.max_pages = s.max_pages;
-    attention_reference(*s.cpu, 0, a);
+    const std::vector<float> ref = s.reference();
 
     const BlockLayout& L = s.cpu->layout();
     std::vector<uint8_t> bytes(s.cpu->data(), s.cpu->data() + s.cpu->bytes());
@@ -285,17 +288,7 @@ TEST(StoreAndDecode, NewRowsAreStoredBeforeThePagesAreRead) {
     cuda::quantize_store_and_decode(st, p, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_TRUE(cache.download() == std::vector<uint8_t>(s.cpu->data(), s.cpu->data() + s.cpu->bytes())) << spec << ": cache bytes differ";
-    const auto got = out.download();
-    double worst = 0;
-    for (size_t row = 0; row < got.size() / s.d; ++row) {
-      double e = 0, n = 0;
-      for (uint32_t i = 0; i < s.d; ++i) {
-        e += std::pow(double(got[row * s.d + i]) - ref[row * s.d + i], 2);
-        n += std::pow(double(ref[row * s.d + i]), 2);
-      }
-      worst = std::max(worst, std::sqrt(e / n));  // NaN (a poisoned row read) fails too
-    }
-    EXPECT_LT(worst, 1e-3) << spec;
+    EXPECT_LT(worst_row_error(out.download(), ref, s.d), 1e-3) << spec;  // NaN (a poisoned row read) fails too
   }
 }
 
