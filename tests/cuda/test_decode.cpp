@@ -65,6 +65,23 @@ struct DecodeSetup {
     q = test::outlier_rows(lens.size() * ntok * qh, d, seed + 99);
     for (float& x : q) x *= 0.05f;  // keys have norms ~100: keep logits in a realistic range
   }
+  // DecodeParams over device copies of the queries, block tables and lengths (fp32 in and out).
+  cuda::DecodeParams params(const cuda::CacheView& cache, const float* dq, float* out, const int32_t* dbt, const int32_t* dlen) const {
+    cuda::DecodeParams p;
+    p.cache = cache;
+    p.q = dq;
+    p.q_dtype = cuda::DType::kF32;
+    p.out = out;
+    p.out_dtype = cuda::DType::kF32;
+    p.block_tables = dbt;
+    p.seq_lens = dlen;
+    p.num_seqs = uint32_t(lens.size());
+    p.num_q_tokens = ntok;
+    p.q_heads = qh;
+    p.max_pages = max_pages;
+    p.max_seq_len = uint32_t(*std::max_element(lens.begin(), lens.end()));
+    return p;
+  }
   // attention_reference over the CPU cache: [seq][ntok][qh][d]
   std::vector<float> reference() const {
     std::vector<float> ref(q.size());
@@ -103,7 +120,6 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   TQ_REQUIRE_GPU();
   const DecodeCase& c = GetParam();
   DecodeSetup s(c, 7);
-  const uint32_t nseq = uint32_t(s.lens.size());
   const std::vector<float> ref = s.reference();
 
   cuda::DeviceCodecs codecs(*s.cpu);
@@ -111,19 +127,7 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
   test::DeviceBuffer<float> dq(s.q), out(s.q.size());
   test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
-  cuda::DecodeParams p;
-  p.cache = codecs.view(0, cache.ptr);
-  p.q = dq.ptr;
-  p.q_dtype = cuda::DType::kF32;
-  p.out = out.ptr;
-  p.out_dtype = cuda::DType::kF32;
-  p.block_tables = dbt.ptr;
-  p.seq_lens = dlen.ptr;
-  p.num_seqs = nseq;
-  p.num_q_tokens = s.ntok;
-  p.q_heads = s.qh;
-  p.max_pages = s.max_pages;
-  p.max_seq_len = uint32_t(*std::max_element(s.lens.begin(), s.lens.end()));
+  cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
   p.num_splits = c.splits;
   test::DeviceBuffer<uint8_t> ws(c.prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p));
   p.workspace = ws.ptr;
@@ -270,18 +274,7 @@ TEST(StoreAndDecode, NewRowsAreStoredBeforeThePagesAreRead) {
     st.dtype = cuda::DType::kF32;
     st.slot_mapping = dslots.ptr;
     st.num_tokens = nseq;
-    cuda::DecodeParams p;
-    p.cache = st.cache;
-    p.q = dq.ptr;
-    p.q_dtype = cuda::DType::kF32;
-    p.out = out.ptr;
-    p.out_dtype = cuda::DType::kF32;
-    p.block_tables = dbt.ptr;
-    p.seq_lens = dlen.ptr;
-    p.num_seqs = nseq;
-    p.q_heads = s.qh;
-    p.max_pages = s.max_pages;
-    p.max_seq_len = 4097;
+    cuda::DecodeParams p = s.params(st.cache, dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
     test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));
     p.workspace = ws.ptr;
     out.poison();
