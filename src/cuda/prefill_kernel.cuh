@@ -9,8 +9,8 @@
 //          memory as 16-bit rows (TurboQuant: the fp16-exact centroids, norms kept apart);
 //   S      each warp owns 16 query rows: S = Q K^T with ldmatrix fragments, the query split in
 //          16-bit high and low parts (two MMAs) as in decode, so S is exact to fp32 rounding;
-//   P V    online softmax in the log2 domain, P scaled by the value norms and split likewise,
-//          O += P V from ldmatrix.trans fragments of the value rows.
+//   P V    online softmax in the log2 domain, P scaled by the value norms (fp16: its high part
+//          only; bf16: high and low), O += P V from ldmatrix.trans fragments of the value rows.
 // So the integer work of unpacking codes is done once per 64 query rows instead of once per 8,
 // and the prefix is read from memory rows/64 times instead of rows/8.
 // Output as decode's splits: unnormalized rows with (max, sum) in the workspace, merged,
@@ -29,7 +29,6 @@
 namespace tq::cuda::prefill {
 
 using decode::Kind;
-using decode::kLog2e;
 constexpr int kWarps = 4, kThreads = 32 * kWarps, kWarpRows = 16, kBlockRows = kWarps * kWarpRows;
 
 // Tokens per shared tile: 64, or 32 at D = 256, whose accumulators take 128 registers already.
