@@ -37,9 +37,13 @@ int resident_blocks_of(int D, const CacheView& c) {
 // may then read everything but the cache before the store ends), or chunked prefill.
 enum class Mode { kDecode, kDecodeAfterStore, kPrefill };
 
+// The head dim the kernels run at: TurboQuant rows are padded (e.g. 112 -> 128), float rows not.
+int kernel_dim(const CacheView& c) { return int(is_tq(c.k.enc) ? padded_dim(c.head_dim) : c.head_dim); }
+
 struct Plan {
   int D, splits, tokens_per_split, mtiles;
-  size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;
+  size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;  // the workspace: [ws_o][ws_ml][ws_q]
+  size_t workspace_bytes() const { return ws_o_bytes + ws_ml_bytes + ws_q_bytes; }
 };
 
 // The split count clamped to [1, tiles], whole tiles of tile_tokens per split (so the last
@@ -58,8 +62,7 @@ void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int til
 
 Plan make_plan(const DecodeParams& p) {
   Plan pl{};
-  const bool tq = is_tq(p.cache.k.enc);
-  pl.D = int(tq ? padded_dim(p.cache.head_dim) : p.cache.head_dim);
+  pl.D = kernel_dim(p.cache);
   const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
   pl.mtiles = (rows + kRows - 1) / kRows;
   const int tiles = std::max(1, int((p.max_seq_len + kTile - 1) / kTile));
@@ -83,11 +86,11 @@ Plan make_plan(const DecodeParams& p) {
 // fill the GPU, each with >= 4 tiles.
 Plan make_prefill_plan(const DecodeParams& p) {
   Plan pl{};
-  pl.D = int(is_tq(p.cache.k.enc) ? padded_dim(p.cache.head_dim) : p.cache.head_dim);
+  pl.D = kernel_dim(p.cache);
   const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
   const int rtiles = (rows + prefill::kBlockRows - 1) / prefill::kBlockRows;
   pl.mtiles = rtiles * (prefill::kBlockRows / kRows);
-  const int T = pl.D >= 256 ? prefill::kTokens<256> : prefill::kTokens<128>;
+  const int T = prefill::tile_tokens(pl.D);
   const int tiles = std::max(1, int((p.max_seq_len + T - 1) / T));
   int splits = int(p.num_splits);
   if (splits == 0) {
@@ -134,8 +137,13 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
   float* ws_q = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes + pl.ws_ml_bytes);
   const dim3 merge_grid(p.num_seqs * p.num_q_tokens * p.q_heads);
-  if (mode == Mode::kPrefill) {  // queries rotated once for all blocks, then 64-row blocks, then the merge
+  // Prefill and dense rotations rotate each query once, in a kernel of their own; the decode
+  // kernel rotates the others itself (one launch less: ~3 us of a batch-1 step in a CUDA graph
+  // on the H200).
+  const bool dense = KIND == Kind::kTq && p.cache.kt.signs == nullptr;
+  if (mode == Mode::kPrefill || dense)
     prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
+  if (mode == Mode::kPrefill) {  // 64-row blocks, then the merge
     const int rtiles = pl.mtiles / (prefill::kBlockRows / kRows);
     constexpr size_t smem = sizeof(prefill::Smem<D>);
     allow_smem(prefill::prefill_kernel<D, KIND, KB, VB>, smem);
@@ -145,10 +153,6 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
                      static_cast<const float2*>(ws_ml));
     return;
   }
-  // Dense rotations are applied once per query by a kernel of their own; the others in the decode
-  // kernel itself (one launch less: ~3 us of a batch-1 step in a CUDA graph on the H200).
-  const bool dense = KIND == Kind::kTq && p.cache.kt.signs == nullptr;
-  if (dense) prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
   const dim3 grid(pl.splits, p.cache.kv_heads * pl.mtiles, p.num_seqs);
   constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB>);
   allow_smem(decode_kernel<D, KIND, KB, VB>, smem);
@@ -198,7 +202,7 @@ void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char
   if (is_tq(c.k.enc))
     TQ_CHECK(c.k.bits >= 2 && c.k.bits <= 4 && c.v.bits >= 2 && c.v.bits <= 4,
              "decode_attention: this build has kernels for K and V widths 2..4 bits, got k{}v{}", c.k.bits, c.v.bits);
-  const uint32_t D = is_tq(c.k.enc) ? padded_dim(c.head_dim) : c.head_dim;
+  const int D = kernel_dim(c);
   TQ_CHECK(D == 64 || D == 128 || D == 256, "decode_attention: head dim {} (padded {}) has no kernel; supported: 64, 128, 256",
            c.head_dim, D);
   TQ_CHECK(p.q && p.out && p.block_tables && p.seq_lens, "decode_attention: q, out, block_tables and seq_lens must be set");
@@ -217,15 +221,9 @@ void validate(const DecodeParams& p) { validate_attention(p, kMaxDecodeQueryToke
 
 uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p).splits); }
 
-size_t decode_workspace_bytes(const DecodeParams& p) {
-  const Plan pl = make_plan(p);
-  return pl.ws_o_bytes + pl.ws_ml_bytes + pl.ws_q_bytes;
-}
+size_t decode_workspace_bytes(const DecodeParams& p) { return make_plan(p).workspace_bytes(); }
 
-size_t prefill_workspace_bytes(const DecodeParams& p) {
-  const Plan pl = make_prefill_plan(p);
-  return pl.ws_o_bytes + pl.ws_ml_bytes + pl.ws_q_bytes;
-}
+size_t prefill_workspace_bytes(const DecodeParams& p) { return make_prefill_plan(p).workspace_bytes(); }
 
 namespace {
 void launch_attention(const DecodeParams& p, Mode mode, Stream stream) {

@@ -32,8 +32,9 @@ using decode::Kind;
 constexpr int kWarps = 4, kThreads = 32 * kWarps, kWarpRows = 16, kBlockRows = kWarps * kWarpRows;
 
 // Tokens per shared tile: 64, or 32 at D = 256, whose accumulators take 128 registers already.
+constexpr int tile_tokens(int D) { return D >= 256 ? 32 : 64; }
 template <int D>
-constexpr int kTokens = D >= 256 ? 32 : 64;
+constexpr int kTokens = tile_tokens(D);
 
 // A 16-bit row of D elements is D/8 16-byte chunks; chunk c of row r is stored at c ^ (r & 7), so
 // the 8 rows an ldmatrix reads at one chunk fall in 8 different bank groups.
