@@ -66,6 +66,24 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len);
   const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
   const CacheView& c = p.cache;
+  const int first = begin + kTile * warp, step = kTile * kWarps;  // the warp's first tile, its stride
+
+  // Loads that nothing below depends on are issued before the query work, so that their latency
+  // hides behind it (a batch-1 step is a chain of such latencies): the codebook, and the page ids
+  // of the warp's first kStages tiles (entries past the sequence's pages are never used).
+  using SP = StagePlan<D, KIND, KB, VB>;
+  constexpr int kPre = SP::kStages > 0 ? SP::kStages : 1;
+  int32_t pre_page[kPre];
+#pragma unroll
+  for (int i = 0; i < kPre; ++i) {
+    const int page = (first + i * step) / int(c.page_size);
+    pre_page[i] = page < int(p.max_pages) ? bt[page] : 0;
+  }
+  float cent_k = 0.0f, cent_v = 0.0f;  // centroid threadIdx.x of K and V
+  if constexpr (KIND == Kind::kTq) {
+    if (threadIdx.x < (1u << KB)) cent_k = c.kt.centroids[threadIdx.x];
+    if (threadIdx.x < (1u << VB)) cent_v = c.vt.centroids[threadIdx.x];
+  }
 
   // ---- query rows, rotated and scaled: here (Hadamard, float caches: a few shared-memory passes)
   // or, for dense rotations (a D x D product per row), once by prepare_queries into ws_q ----
@@ -77,8 +95,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   }
   if constexpr (KIND == Kind::kTq) {
     for (int i = threadIdx.x; i < 256; i += kThreads) {
-      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
-      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
+      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? cent_k * sqrtf(float(D)) : 0.0f);  // i = threadIdx.x below 128
+      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? cent_v * sqrtf(float(D)) : 0.0f);
     }
   }
   __syncthreads();
@@ -409,8 +427,6 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     }
   };
 
-  const int first = begin + kTile * warp, step = kTile * kWarps;
-  using SP = StagePlan<D, KIND, KB, VB>;
   constexpr bool kStaged = SP::kStages > 0;
   if constexpr (kStaged) {
     if (c.page_size % kTile == 0) {
@@ -442,8 +458,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
         cp_async_commit();
       };
 #pragma unroll
-      for (int i = 0; i < S - 1; ++i) issue(cur_T < end ? bt[cur_page] : 0, i);
-      int32_t next_page = cur_T < end ? bt[cur_page] : 0;
+      for (int i = 0; i < S - 1; ++i) issue(pre_page[i], i);  // tile i is at page (first + i step) / ps
+      int32_t next_page = pre_page[S - 1];
       int st = 0;
       for (int T0 = first; T0 < end; T0 += step) {
         issue(next_page, (st + S - 1) % S);

@@ -26,7 +26,19 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, i
   const int h = int(r % p.q_heads), kvh = h / int(p.q_heads / p.cache.kv_heads);
   const float2* ml = ws_ml + r * splits;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const CacheView& c = p.cache;
+  // The Hadamard signs of the un-rotation are not the decode's output: loaded before the wait.
+  constexpr int kCols = (D + kThreads - 1) / kThreads;  // output coordinates per thread
+  float sg[kCols];
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) {
+    const int col = threadIdx.x + k * kThreads;
+    sg[k] = TQ && c.vt.signs && col < D ? c.vt.signs[size_t(kvh) * D + col] : 1.0f;
+  }
   dev::wait_prerequisites();  // the decode grid has finished and its writes are visible
+  // This thread's split of the first kThreads (all of them but at batch 1 of very long sequences),
+  // read once for the max, the sum and the weights.
+  const float2 ml0 = threadIdx.x < splits ? ml[threadIdx.x] : make_float2(-INFINITY, 0.0f);
   // Block-wide max and sum, the splits spread over the threads (batch 1 uses ~60 splits).
   auto reduce = [&](float v, bool is_max) {
 #pragma unroll
@@ -41,18 +53,21 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, i
     __syncthreads();
     return v;
   };
-  float M = -INFINITY;
-  for (int s = threadIdx.x; s < splits; s += kThreads) M = fmaxf(M, ml[s].x);
+  float M = ml0.x;
+  for (int s = threadIdx.x + kThreads; s < splits; s += kThreads) M = fmaxf(M, ml[s].x);
   M = reduce(M, true);
   float Lsum = 0.0f;
-  if (M != -INFINITY)
-    for (int s = threadIdx.x; s < splits; s += kThreads) Lsum += ml[s].x != -INFINITY ? ml[s].y * exp2f(ml[s].x - M) : 0.0f;
+  if (M != -INFINITY) {
+    if (ml0.x != -INFINITY) Lsum = ml0.y * exp2f(ml0.x - M);
+    for (int s = threadIdx.x + kThreads; s < splits; s += kThreads) Lsum += ml[s].x != -INFINITY ? ml[s].y * exp2f(ml[s].x - M) : 0.0f;
+  }
   Lsum = reduce(Lsum, false);
   const float inv = Lsum > 0 ? 1.0f / Lsum : 0.0f;
   float acc[(D + kThreads - 1) / kThreads] = {};
   for (int s0 = 0; s0 < splits; s0 += kThreads) {
     const int s = s0 + threadIdx.x;
-    f[threadIdx.x] = s < splits && ml[s].x != -INFINITY ? exp2f(ml[s].x - M) : 0.0f;
+    const float2 m = s0 == 0 ? ml0 : s < splits ? ml[s] : make_float2(-INFINITY, 0.0f);
+    f[threadIdx.x] = m.x != -INFINITY ? exp2f(m.x - M) : 0.0f;
     __syncthreads();
     const int n = min(kThreads, splits - s0);
 #pragma unroll
@@ -69,7 +84,6 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, i
     if (col < D) o[col] = acc[k] * inv;
   }
   __syncthreads();
-  const CacheView& c = p.cache;
   if constexpr (TQ) {
     if (c.vt.signs) {  // x = D_signs H o / sqrt(D)
       for (int hh = 1; hh < D; hh *= 2) {
@@ -81,7 +95,11 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, i
         }
         __syncthreads();
       }
-      for (int col = threadIdx.x; col < D; col += kThreads) o[col] *= c.fwht_scale * c.vt.signs[size_t(kvh) * D + col];
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) {
+        const int col = threadIdx.x + k * kThreads;
+        if (col < D) o[col] *= c.fwht_scale * sg[k];
+      }
       __syncthreads();
     } else {  // x = R^T o
       const float* R = c.vt.matrix + size_t(kvh) * D * D;
