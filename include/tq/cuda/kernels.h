@@ -76,9 +76,12 @@ inline constexpr uint32_t kMaxPrefillChunk = 2048;
 void prefill_attention(const DecodeParams& p, Stream stream);
 
 // One decode step: quantize_store of the step's new rows, then decode_attention, launched so that
-// they overlap: the decode kernel reads the queries, sequence lengths and codebooks while the
-// store runs, and waits for it only before it reads the pages (dense rotations excepted). The
-// queries must be complete when this is called in stream order, as for decode_attention.
+// they overlap: the decode kernel reads the queries, sequence lengths and codebooks, and copies
+// the pages of tiles before the new rows, while the store runs; it waits for the store before it
+// reads a tile that holds a new row (dense rotations: before any page). So the store must write
+// only the decode's new rows, positions [seq_len - num_q_tokens, seq_len) of its sequences (or
+// sequences the decode does not read). The queries must be complete when this is called in
+// stream order, as for decode_attention.
 void quantize_store_and_decode(const QuantizeStoreParams& store, const DecodeParams& p, Stream stream);
 
 // Splits the decode launch will use, and the workspace decode_attention (prefill_attention) needs
