@@ -86,13 +86,31 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     if (threadIdx.x < (1u << VB)) cent_v = c.vt.centroids[threadIdx.x];
   }
 
-  // ---- query rows, rotated and scaled: here (Hadamard, float caches: a few shared-memory passes)
-  // or, for dense rotations (a D x D product per row), once by prepare_queries into ws_q ----
-  if (ws_q == nullptr) {
-    rotate_queries<D, KIND, false>(p, seq, kvh, mt, sm.q);
-  } else {
-    const float4* src = reinterpret_cast<const float4*>(ws_q + (size_t(seq) * gridDim.y + blockIdx.y) * kRows * D);
-    for (int i = threadIdx.x; i < kRows * D / 4; i += kThreads) reinterpret_cast<float4*>(&sm.q[0][0])[i] = src[i];
+  // ---- query rows, rotated and scaled: here, in registers (Hadamard, float caches), or for dense
+  // rotations (a D x D product per row) once by prepare_queries into ws_q; 16 threads a row ----
+  // Keys of 2 and 3 bits go through int8 tensor cores (below): each row's max |q| is found here.
+  constexpr bool kInt8K = KIND == Kind::kTq && KB <= 3;
+  constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
+  {
+    float v[kQE<D>];
+    const int r = query_row(), c0 = query_col<D>();
+    if (ws_q == nullptr) {
+      query_registers<D, KIND>(p, seq, kvh, mt, v);
+    } else {
+      const float* src = ws_q + ((size_t(seq) * gridDim.y + blockIdx.y) * kRows + r) * D + c0;
+#pragma unroll
+      for (int e = 0; e < kQE<D>; ++e) v[e] = src[e];
+    }
+#pragma unroll
+    for (int e = 0; e < kQE<D>; ++e) sm.q[r][c0 + e] = v[e];
+    if constexpr (kInt8K) {
+      float mx = 0.0f;
+#pragma unroll
+      for (int e = 0; e < kQE<D>; ++e) mx = fmaxf(mx, fabsf(v[e]));
+#pragma unroll
+      for (int m = 1; m < 16; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
+      if (threadIdx.x % 16 == 0) sm.qrs[r] = mx / kQ16Max;
+    }
   }
   if constexpr (KIND == Kind::kTq) {
     for (int i = threadIdx.x; i < 256; i += kThreads) {
@@ -108,19 +126,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   // interleaving. The query is int16 fixed point per row (step = max|q| / kQ16Max), high bytes in
   // rows 0-7 of A and low bytes in rows 8-15 as with fp16. S = 2^8 hh + hl + lh (+ ll / 2^8,
   // dropped: below 2^-16 of the scale) in int32, times the row's step and 2^-13 * 2^8.
-  constexpr bool kInt8K = KIND == Kind::kTq && KB <= 3;
   constexpr int KT = D / 16;
   if constexpr (kInt8K) {
-    constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
-    static_assert(kRows == 2 * kWarps, "each warp finds the max of two query rows");
-    for (int r = warp * 2; r < warp * 2 + 2; ++r) {  // row r's max |q|: warp w takes rows 2w, 2w+1
-      float mx = 0.0f;
-      for (int col = lane; col < D; col += 32) mx = fmaxf(mx, fabsf(sm.q[r][col]));
-#pragma unroll
-      for (int d = 16; d >= 1; d /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, d));
-      if (lane == 0) sm.qrs[r] = mx / kQ16Max;
-    }
-    __syncthreads();
     // k-tile j: lane (g, t) holds coordinates c0 + 0..3 (k = 4t..4t+3) and c0 + 4..7 (k = 4t+16..)
     // with c0 = t D/4 + 8j: octet j of the thread's key coordinates, as the key lookups give them.
     for (int i = threadIdx.x; i < D / 32 * 32; i += kThreads) {
@@ -339,7 +346,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     // B = P^T (k = token, n = query row g): exactly this thread's P entries. fp16 P alone (relative
     // error <= 2^-11 a weight; worst test error unchanged at 2.9e-4) saves half of the P V MMAs:
     // 217 -> 203 us at (16, 32K) on the H200. bf16's 8-bit mantissa needs the low half too.
-    uint32_t pb_hi[2], pb_lo[2] = {0, 0};
+    uint32_t pb_hi[2];
+    [[maybe_unused]] uint32_t pb_lo[2];
 #pragma unroll
     for (int e2 = 0; e2 < 2; ++e2) {
       const float h0 = Op::round(pv[2 * e2]), h1 = Op::round(pv[2 * e2 + 1]);
@@ -526,24 +534,31 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   }
   __syncthreads();
   // TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.
+  // 16 threads a row, as the query: the warps' weights are computed once per row, not per element.
   const float out_scale = KIND == Kind::kTq ? rsqrtf(float(D)) : 1.0f;
-  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
-    const int r = i / D, col = i % D, row = mt * kRows + r;
-    if (row >= rows_total) continue;
+  const int r = query_row(), c0 = query_col<D>(), row = mt * kRows + r;
+  if (row < rows_total) {
     float M = -INFINITY;
+#pragma unroll
     for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm.m[w][r]);
-    float acc = 0.0f, lsum = 0.0f;
-    if (M != -INFINITY)
-      for (int w = 0; w < kWarps; ++w) {
-        if (sm.m[w][r] == -INFINITY) continue;
-        const float f = exp2f(sm.m[w][r] - M);
-        acc += sm.o[w][r][col] * f;
-        lsum += sm.l[w][r] * f;
-      }
+    float f[kWarps], lsum = 0.0f;  // warp w's weight; 0 for a warp that saw no token of the row
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      f[w] = sm.m[w][r] == -INFINITY ? 0.0f : exp2f(sm.m[w][r] - M);
+      lsum += sm.l[w][r] * f[w];
+    }
     const int j = row / group, h = kvh * group + row % group;
     const size_t slot = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * gridDim.x + split;
-    ws_o[slot * D + col] = acc * out_scale;
-    if (col == 0) ws_ml[slot] = make_float2(M, lsum);
+    float* dst = ws_o + slot * D + c0;
+#pragma unroll
+    for (int e = 0; e < kQE<D>; ++e) {
+      float acc = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w)
+        if (sm.m[w][r] != -INFINITY) acc += sm.o[w][r][c0 + e] * f[w];
+      dst[e] = acc * out_scale;
+    }
+    if (c0 == 0) ws_ml[slot] = make_float2(M, lsum);
   }
 }
 

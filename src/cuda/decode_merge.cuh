@@ -17,8 +17,9 @@ namespace tq::cuda::decode {
 // ws_o and ws_ml are the decode grid's output, read after dev::wait_prerequisites: no __restrict__,
 // which would let the compiler treat them as invariant and hoist their loads above the wait (it
 // did, in a variant that read ws_ml right after the wait: SASS showed the load before ACQBULK).
+// (4 blocks an SM as the bound only so that ptxas does not aim at 16 and spill, as it did at D = 256)
 template <int D, bool TQ>
-__global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, int splits, const float* ws_o, const float2* ws_ml) {
+__global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p, int splits, const float* ws_o, const float2* ws_ml) {
   __shared__ float o[D];
   __shared__ float f[kThreads];  // a chunk of the splits' weights 2^(m_s - M)
   __shared__ float red[kWarps];
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, i
   }
   Lsum = reduce(Lsum, false);
   const float inv = Lsum > 0 ? 1.0f / Lsum : 0.0f;
-  float acc[(D + kThreads - 1) / kThreads] = {};
+  float acc[kCols] = {};
   for (int s0 = 0; s0 < splits; s0 += kThreads) {
     const int s = s0 + threadIdx.x;
     const float2 m = s0 == 0 ? ml0 : s < splits ? ml[s] : make_float2(-INFINITY, 0.0f);
@@ -78,15 +79,29 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, i
     }
     __syncthreads();
   }
+  // Un-rotation x = D_signs H o / sqrt(D) (Hadamard): column bits 0-4 are the lane's, so the
+  // butterflies of distance < 32 are shuffles, and only the longer ones pass through shared
+  // memory, with a barrier each (2 at D = 128, where all 7 were).
+  const bool hadamard = TQ && c.vt.signs != nullptr;
 #pragma unroll
-  for (int k = 0; k < (D + kThreads - 1) / kThreads; ++k) {
+  for (int k = 0; k < kCols; ++k) acc[k] *= inv;
+  if (hadamard)
+#pragma unroll
+    for (int hh = 1; hh < 32 && hh < D; hh *= 2)
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) {
+        const float u = __shfl_xor_sync(0xffffffffu, acc[k], hh);
+        acc[k] = lane & hh ? u - acc[k] : acc[k] + u;
+      }
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) {
     const int col = threadIdx.x + k * kThreads;
-    if (col < D) o[col] = acc[k] * inv;
+    if (col < D) o[col] = acc[k];
   }
   __syncthreads();
   if constexpr (TQ) {
-    if (c.vt.signs) {  // x = D_signs H o / sqrt(D)
-      for (int hh = 1; hh < D; hh *= 2) {
+    if (hadamard) {
+      for (int hh = 32; hh < D; hh *= 2) {
         for (int k = threadIdx.x; k < D / 2; k += kThreads) {
           const int lo = (k / hh) * 2 * hh + k % hh;
           const float a = o[lo], b = o[lo + hh];
@@ -103,18 +118,20 @@ __global__ void __launch_bounds__(kThreads) merge_kernel(const DecodeParams p, i
       __syncthreads();
     } else {  // x = R^T o
       const float* R = c.vt.matrix + size_t(kvh) * D * D;
-      float acc[D / kThreads > 0 ? D / kThreads : 1];
+      float rot[D / kThreads > 0 ? D / kThreads : 1];
+#pragma unroll
       for (int n = 0; n * kThreads < D; ++n) {
         const int col = threadIdx.x + n * kThreads;
         float s = 0.0f;
         if (col < D)
           for (int i = 0; i < D; ++i) s = fmaf(R[size_t(i) * D + col], o[i], s);
-        acc[n] = s;
+        rot[n] = s;
       }
       __syncthreads();
+#pragma unroll
       for (int n = 0; n * kThreads < D; ++n) {
         const int col = threadIdx.x + n * kThreads;
-        if (col < D) o[col] = acc[n];
+        if (col < D) o[col] = rot[n];
       }
       __syncthreads();
     }

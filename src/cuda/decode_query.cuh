@@ -10,66 +10,144 @@
 
 namespace tq::cuda::decode {
 
-// The 8 query rows of (sequence, KV head, m-tile): loaded, rotated with the keys' rotation
-// (TurboQuant), scaled by softmax scale * log2(e); zero rows past the group. q: shared [kRows][D].
-// kDense = false compiles only the Hadamard path (the decode kernel's own copy).
-template <int D, Kind KIND, bool kDense = true>
-__device__ void rotate_queries(const DecodeParams& p, int seq, int kvh, int mt, float (&q)[kRows][D]) {
+// The 8 query rows of (sequence, KV head, m-tile) are held 16 threads a row (a half warp), each
+// with kQE consecutive coordinates, so the Hadamard transform runs in registers and shuffles:
+// at batch 1 the query work is the head of a chain of latencies (it was 7 shared-memory passes
+// with a barrier each, and loads one element at a time).
+template <int D>
+inline constexpr int kQE = D / 16;
+static_assert(kRows * 16 == kThreads, "16 threads a query row");
+
+// This thread's query row of the block and its first coordinate.
+__device__ __forceinline__ int query_row() { return threadIdx.x / 16; }
+template <int D>
+__device__ __forceinline__ int query_col() {
+  return int(threadIdx.x % 16) * kQE<D>;
+}
+
+// Coordinates [query_col, + kQE) of query row mt * kRows + query_row(), as given (times the keys'
+// Hadamard signs for TurboQuant); zero past the group and past head_dim.
+template <int D, Kind KIND>
+__device__ void load_query(const DecodeParams& p, int seq, int kvh, int mt, float (&v)[kQE<D>]) {
   const CacheView& c = p.cache;
   const int group = int(p.q_heads / c.kv_heads), rows_total = group * int(p.num_q_tokens);
-  // ---- query rows: load, rotate (TurboQuant keys), scale ----
-  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
-    const int r = i / D, col = i % D, row = mt * kRows + r;
-    float v = 0.0f;
-    if (row < rows_total && col < int(c.head_dim)) {
-      const int j = row / group, h = kvh * group + row % group;
-      const size_t at = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * c.head_dim + col;
-      v = p.q_dtype == DType::kF32   ? static_cast<const float*>(p.q)[at]
-          : p.q_dtype == DType::kF16 ? __half2float(static_cast<const __half*>(p.q)[at])
-                                     : __bfloat162float(static_cast<const __nv_bfloat16*>(p.q)[at]);
+  const int row = mt * kRows + query_row(), c0 = query_col<D>(), hd = int(c.head_dim);
+#pragma unroll
+  for (int e = 0; e < kQE<D>; ++e) v[e] = 0.0f;
+  if (row < rows_total) {
+    const int j = row / group, h = kvh * group + row % group;
+    const size_t at = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * c.head_dim + c0;
+    // all loads issued before any is used (the dtype test is uniform)
+    if (p.q_dtype == DType::kF32) {
+#pragma unroll
+      for (int e = 0; e < kQE<D>; ++e)
+        if (c0 + e < hd) v[e] = static_cast<const float*>(p.q)[at + e];
+    } else if (p.q_dtype == DType::kF16) {
+#pragma unroll
+      for (int e = 0; e < kQE<D>; ++e)
+        if (c0 + e < hd) v[e] = __half2float(static_cast<const __half*>(p.q)[at + e]);
+    } else {
+#pragma unroll
+      for (int e = 0; e < kQE<D>; ++e)
+        if (c0 + e < hd) v[e] = __bfloat162float(static_cast<const __nv_bfloat16*>(p.q)[at + e]);
     }
-    if constexpr (KIND == Kind::kTq)
-      if (c.kt.signs) v *= c.kt.signs[size_t(kvh) * D + col];
-    q[r][col] = v;
   }
-  __syncthreads();
-  // TurboQuant keys decode in units of 1/sqrt(D) (the codebook's z-units): that factor rides here.
-  const float qscale = (p.scale > 0 ? p.scale : rsqrtf(float(c.head_dim))) * kLog2e * (KIND == Kind::kFp8 ? c.k_scale : 1.0f) *
-                       (KIND == Kind::kTq ? rsqrtf(float(D)) : 1.0f);
   if constexpr (KIND == Kind::kTq) {
-    if (c.kt.signs) {  // in-place FWHT over each row, then its normalization
-      for (int h = 1; h < D; h *= 2) {
-        for (int i = threadIdx.x; i < kRows * D / 2; i += kThreads) {
-          const int r = i / (D / 2), k = i % (D / 2), lo = (k / h) * 2 * h + k % h;
-          const float a = q[r][lo], b = q[r][lo + h];
-          q[r][lo] = a + b;
-          q[r][lo + h] = a - b;
-        }
-        __syncthreads();
-      }
-      for (int i = threadIdx.x; i < kRows * D; i += kThreads) q[i / D][i % D] *= c.fwht_scale * qscale;
-    } else if constexpr (kDense) {  // dense: q_rot = R q, rows of R in global memory
-      float acc[kRows * D / kThreads];
-      const float* R = c.kt.matrix + size_t(kvh) * D * D;
+    if (c.kt.signs) {
+      const float* sg = c.kt.signs + size_t(kvh) * D + c0;
 #pragma unroll
-      for (int n = 0; n < kRows * D / kThreads; ++n) {
-        const int i = threadIdx.x + n * kThreads, r = i / D, row = i % D;
-        float s = 0.0f;
-        for (int k = 0; k < D; ++k) s = fmaf(R[size_t(row) * D + k], q[r][k], s);
-        acc[n] = s;
-      }
-      __syncthreads();
-#pragma unroll
-      for (int n = 0; n < kRows * D / kThreads; ++n) {
-        const int i = threadIdx.x + n * kThreads;
-        q[i / D][i % D] = acc[n] * qscale;
-      }
+      for (int e = 0; e < kQE<D>; ++e) v[e] *= sg[e];
     }
-  } else {
-    for (int i = threadIdx.x; i < kRows * D; i += kThreads) q[i / D][i % D] *= qscale;
+  }
+}
+
+// In-place unnormalized Walsh-Hadamard transform of a row of D = 16 kQE coordinates held by the
+// 16 lanes of a half warp (lane % 16 holds [lane % 16 * kQE, + kQE)): butterflies of distance
+// h < kQE inside a thread, then h = m kQE with the lane m apart. Every lane of the warp calls it.
+template <int E>
+__device__ __forceinline__ void fwht_half_warp(float (&v)[E]) {
+#pragma unroll
+  for (int h = 1; h < E; h *= 2)
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      if (!(e & h)) {
+        const float a = v[e], b = v[e + h];
+        v[e] = a + b;
+        v[e + h] = a - b;
+      }
+#pragma unroll
+  for (int m = 1; m < 16; m *= 2) {
+    const bool upper = threadIdx.x & m;  // this lane holds the "+ h" half of each pair
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const float u = __shfl_xor_sync(0xffffffffu, v[e], m);
+      v[e] = upper ? u - v[e] : v[e] + u;
+    }
+  }
+}
+
+// Softmax scale times log2(e), with the scales the cache's keys decode without.
+template <int D, Kind KIND>
+__device__ __forceinline__ float query_scale(const DecodeParams& p) {
+  const CacheView& c = p.cache;
+  // TurboQuant keys decode in units of 1/sqrt(D) (the codebook's z-units): that factor rides here.
+  return (p.scale > 0 ? p.scale : rsqrtf(float(c.head_dim))) * kLog2e * (KIND == Kind::kFp8 ? c.k_scale : 1.0f) *
+         (KIND == Kind::kTq ? rsqrtf(float(D)) : 1.0f);
+}
+
+// This thread's coordinates of its query row, rotated with the keys' Hadamard rotation
+// (TurboQuant) and scaled, in registers. Dense rotations are not applied here (rotate_queries).
+template <int D, Kind KIND>
+__device__ void query_registers(const DecodeParams& p, int seq, int kvh, int mt, float (&v)[kQE<D>]) {
+  load_query<D, KIND>(p, seq, kvh, mt, v);
+  float s = query_scale<D, KIND>(p);
+  if constexpr (KIND == Kind::kTq) {
+    if (p.cache.kt.signs) {
+      fwht_half_warp(v);
+      s *= p.cache.fwht_scale;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < kQE<D>; ++e) v[e] *= s;
+}
+
+// The 8 query rows of (sequence, KV head, m-tile), rotated with the keys' rotation and scaled,
+// into q (shared [kRows][D]); zero rows past the group. Dense rotations (a D x D product per row,
+// rows of R in global memory) go through shared memory.
+template <int D, Kind KIND>
+__device__ void rotate_queries(const DecodeParams& p, int seq, int kvh, int mt, float (&q)[kRows][D]) {
+  const CacheView& c = p.cache;
+  const int r = query_row(), c0 = query_col<D>();
+  float v[kQE<D>];
+  if (KIND != Kind::kTq || c.kt.signs) {
+    query_registers<D, KIND>(p, seq, kvh, mt, v);
+#pragma unroll
+    for (int e = 0; e < kQE<D>; ++e) q[r][c0 + e] = v[e];
+    __syncthreads();
+    return;
+  }
+  load_query<D, KIND>(p, seq, kvh, mt, v);
+#pragma unroll
+  for (int e = 0; e < kQE<D>; ++e) q[r][c0 + e] = v[e];
+  __syncthreads();
+  constexpr int kPer = kRows * D / kThreads;
+  float acc[kPer];
+  const float* R = c.kt.matrix + size_t(kvh) * D * D;
+#pragma unroll
+  for (int n = 0; n < kPer; ++n) {
+    const int i = threadIdx.x + n * kThreads, rr = i / D, row = i % D;
+    float sum = 0.0f;
+    for (int k = 0; k < D; ++k) sum = fmaf(R[size_t(row) * D + k], q[rr][k], sum);
+    acc[n] = sum;
   }
   __syncthreads();
-
+  const float qscale = query_scale<D, KIND>(p);
+#pragma unroll
+  for (int n = 0; n < kPer; ++n) {
+    const int i = threadIdx.x + n * kThreads;
+    q[i / D][i % D] = acc[n] * qscale;
+  }
+  __syncthreads();
 }
 
 // Rotates each query once (not once per split): [seq][kv head][m-tile][kRows][D] floats in the workspace.
