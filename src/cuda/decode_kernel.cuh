@@ -24,6 +24,7 @@
 #include <cuda_fp16.h>
 
 #include <array>
+#include <climits>
 #include <cmath>
 
 #include "decode_query.cuh"
@@ -164,17 +165,12 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   }
   }
   __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
-  // After a store (inputs_ready), the pages are read only once it is complete. The staged loop
-  // below issues its first copies before that where their tiles hold no row of this step:
-  // quantize_store_and_decode's store writes positions [len - num_q_tokens, len) only.
+  // After a store (inputs_ready), a page is read only once the store is complete if it may hold
+  // a row of this step: quantize_store_and_decode's store writes positions [len - num_q_tokens,
+  // len) only. The staged loop below waits per warp, before its first such tile; others here.
   constexpr bool kStaged = SP::kStages > 0;
   const bool staged = kStaged && c.page_size % kTile == 0;
-  bool store_done = !inputs_ready;
-  auto wait_store = [&] {
-    if (!store_done) dev::wait_prerequisites();
-    store_done = true;
-  };
-  if (!staged) wait_store();
+  if (inputs_ready && !staged) dev::wait_prerequisites();
   // int8 keys: this thread's row step times the table's 2^-13 and the 2^8 of the combination
   const float s_scale = kInt8K ? sm.qrs[g] * (1.0f / 32.0f) : 1.0f;
   dev::Lut8 lut_k{}, lut_v{};
@@ -468,22 +464,22 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
           ++cur_page;
         }
       };
+      // After a store, a warp waits for it just before it copies each tile that reaches the
+      // store's rows (positions >= len - num_q_tokens: the sequence's last tiles); warps whose
+      // tiles all end before them never wait, so the store's latency stays off their path.
+      const int wait_after = inputs_ready ? len - int(p.num_q_tokens) - kTile : INT_MAX;  // a tile start
       // Copies the tile at the cursor (in page `page`) into stage st, then closes a commit group;
       // past the end the group is empty, which keeps the wait count uniform.
       auto issue = [&](int32_t page, int st) {
         if (cur_T < end) {
+          dev::wait_prerequisites_if_greater(cur_T, wait_after);
           stager.copy(lane, st, (size_t(page) * c.kv_heads + kvh) * c.layout.bytes, cur_row);
           advance();
         }
         cp_async_commit();
       };
-      const int stored_from = len - int(p.num_q_tokens);  // the first position the store writes
 #pragma unroll
-      for (int i = 0; i < S - 1; ++i) {  // tile i is at page (first + i step) / ps
-        if (cur_T + kTile > stored_from) wait_store();  // warp-uniform
-        issue(pre_page[i], i);
-      }
-      wait_store();
+      for (int i = 0; i < S - 1; ++i) issue(pre_page[i], i);  // tile i is at page (first + i step) / ps
       int32_t next_page = pre_page[S - 1];
       int st = 0;
       for (int T0 = first; T0 < end; T0 += step) {

@@ -40,6 +40,17 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
   // This thread's split of the first kThreads (all of them but at batch 1 of very long sequences),
   // read once for the max, the sum and the weights.
   const float2 ml0 = threadIdx.x < splits ? ml[threadIdx.x] : make_float2(-INFINITY, 0.0f);
+  // The first kPre splits' partial outputs of this thread's columns, loaded together with ml0:
+  // a batch-1 merge (8 splits at 1K) then waits for one round trip to L2 after the wait, not two.
+  constexpr int kPre = 8;
+  float pre[kCols][kPre];
+#pragma unroll
+  for (int k = 0; k < kCols; ++k)
+#pragma unroll
+    for (int i = 0; i < kPre; ++i) {
+      const int col = threadIdx.x + k * kThreads;
+      pre[k][i] = i < splits && col < D ? ws_o[(r * splits + i) * D + col] : 0.0f;
+    }
   // Block-wide max and sum, the splits spread over the threads (batch 1 uses ~60 splits).
   auto reduce = [&](float v, bool is_max) {
 #pragma unroll
@@ -72,10 +83,15 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
     __syncthreads();
     const int n = min(kThreads, splits - s0);
 #pragma unroll
-    for (int k = 0; k < (D + kThreads - 1) / kThreads; ++k) {
+    for (int k = 0; k < kCols; ++k) {
       const int col = threadIdx.x + k * kThreads;
-      if (col < D)
-        for (int i = 0; i < n; ++i) acc[k] += ws_o[(r * splits + s0 + i) * D + col] * f[i];
+      if (col >= D) continue;
+      int i = 0;
+      if (s0 == 0)
+#pragma unroll
+        for (; i < kPre; ++i)
+          if (i < n) acc[k] += pre[k][i] * f[i];
+      for (i = s0 == 0 ? kPre : 0; i < n; ++i) acc[k] += ws_o[(r * splits + s0 + i) * D + col] * f[i];
     }
     __syncthreads();
   }

@@ -206,5 +206,14 @@ __device__ __forceinline__ void wait_prerequisites() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
+// wait_prerequisites() when a > b, as one predicated instruction (no branch: for a loop's hot
+// path; a wait after the prerequisites have completed returns at once).
+__device__ __forceinline__ void wait_prerequisites_if_greater(int a, int b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n\t.reg .pred p;\n\tsetp.gt.s32 p, %0, %1;\n\t@p griddepcontrol.wait;\n\t}" ::"r"(a), "r"(b)
+      : "memory");
+#endif
+}
 
 }  // namespace tq::cuda::dev
