@@ -449,7 +449,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
       constexpr int S = SP::kStages;
       const uint32_t ring_at = warp * S * SP::kBytes;  // the warp's ring, from the block's
       const Stager<D, KIND, KB, VB> stager(c.data, c.layout, static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + ring_at,
-                                           ring_at, lane);
+                                           ring_at, lane, kvh * c.layout.bytes);
+      const uint32_t page_stride = c.kv_heads * c.layout.bytes;  // < 4 GiB (validate_cache)
       // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
       // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
       // loaded one tile ahead of its use, which hides that load's latency behind a tile.
@@ -468,22 +469,24 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
       // store's rows (positions >= len - num_q_tokens: the sequence's last tiles); warps whose
       // tiles all end before them never wait, so the store's latency stays off their path.
       const int wait_after = inputs_ready ? len - int(p.num_q_tokens) - kTile : INT_MAX;  // a tile start
-      // Copies the tile at the cursor (in page `page`) into stage st, then closes a commit group;
-      // past the end the group is empty, which keeps the wait count uniform.
-      auto issue = [&](int32_t page, int st) {
+      // Copies the tile at the cursor (in page `page`) into the next stage in turn, then closes a
+      // commit group; past the end the group is empty, which keeps the wait count uniform.
+      uint32_t issue_at = 0;  // byte offset of that stage in the warp's ring
+      auto issue = [&](int32_t page) {
         if (cur_T < end) {
           dev::wait_prerequisites_if_greater(cur_T, wait_after);
-          stager.copy(lane, st, (size_t(page) * c.kv_heads + kvh) * c.layout.bytes, cur_row);
+          stager.copy(issue_at, uint64_t(uint32_t(page)) * page_stride, cur_row);
           advance();
         }
+        issue_at = issue_at == (S - 1) * SP::kBytes ? 0 : issue_at + SP::kBytes;
         cp_async_commit();
       };
 #pragma unroll
-      for (int i = 0; i < S - 1; ++i) issue(pre_page[i], i);  // tile i is at page (first + i step) / ps
+      for (int i = 0; i < S - 1; ++i) issue(pre_page[i]);  // tile i is at page (first + i step) / ps
       int32_t next_page = pre_page[S - 1];
       int st = 0;
       for (int T0 = first; T0 < end; T0 += step) {
-        issue(next_page, (st + S - 1) % S);
+        issue(next_page);  // into stage (st + S - 1) % S
         if (cur_T < end) next_page = bt[cur_page];
         cp_async_wait<S - 1>();
         __syncwarp();

@@ -281,24 +281,28 @@ __device__ __forceinline__ void load_values(const DecodeParams& p, const int32_t
 }
 
 // One lane's share of the streaming of a packed cache (Staging): its copies into a stage and its
-// reads of a staged tile. Where its 16-byte pieces come from: piece r of a tile in page-block
-// `block` whose first row in its page is row0 is at src[r] + block + row0 * per_row[r], and goes to
-// byte 16 (lane + 32 r) of the stage. Fixed for the whole loop (and kept in registers: the
-// compiler would otherwise rebuild them every tile), so a tile's copies cost little but the copies.
+// reads of a staged tile. Where its 16-byte pieces come from: piece r of a tile in page `block`
+// bytes into the cache (the KV head's block within it is in src) whose first row in its page is
+// row0 is at src[r] + block + row0 * per_row[r], and goes to byte 16 (lane + 32 r) of the stage.
+// Fixed for the whole loop (and kept in registers: the compiler would otherwise rebuild them from
+// the thread index every tile), so a tile's copies cost little but the copies.
 template <int D, int KB, int VB>
 struct TqStager {
   using St = Staging<D, KB, VB>;
+  static constexpr bool kPartial = St::kChunks % 32 != 0;  // the last round has pieces for some lanes only
   const uint8_t* src[St::kRounds];
   uint32_t per_row[St::kRounds];
   uint32_t dst;               // shared-window address of this lane's first piece in the warp's ring
+  uint32_t last;              // nonzero: this lane copies a piece in the last round
   uint32_t k_at, v_at, n_at;  // this thread's words in a stage, as byte offsets from the block's ring:
   int og0;                    // key rows g, g+8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs
-  __device__ TqStager(const uint8_t* data, const BlockLayout& L, uint32_t ring_s, uint32_t ring_at, int lane) {
+  // head_at: the KV head's block within a page (kvh x the block's bytes).
+  __device__ TqStager(const uint8_t* data, const BlockLayout& L, uint32_t ring_s, uint32_t ring_at, int lane, uint32_t head_at) {
     constexpr int nk = St::kRowK, nv = St::kRowV;  // 16 rows of kRow bytes = kRow pieces
 #pragma unroll
     for (int r = 0; r < St::kRounds; ++r) {
       const int i = min(lane + 32 * r, St::kChunks - 1);  // lanes without a piece r never copy it
-      src[r] = data + (i < nk ? L.k_codes + 16 * i
+      src[r] = data + head_at + (i < nk ? L.k_codes + 16 * i
                        : i < nk + nv ? L.v_codes + 16 * (i - nk)
                        : i < nk + nv + 2 ? L.k_norms + 16 * (i - nk - nv)
                                          : L.v_norms + 16 * (i - nk - nv - 2));
@@ -307,18 +311,20 @@ struct TqStager {
     }
     const int g = lane / 4, t = lane % 4;
     dst = ring_s + 16 * lane;
+    last = lane + 32 * (St::kRounds - 1) < St::kChunks;
+    asm volatile("" : "+r"(dst), "+r"(last));
     k_at = ring_at + g * St::kRowK + (t * D / 128) * KB * 4;
     v_at = ring_at + kTile * St::kRowK + 2 * t * St::kRowV + (g * D / 256) * VB * 4;
     n_at = ring_at + kTile * (St::kRowK + St::kRowV) + 4 * t;
     og0 = (g * D / 64) % 4;
     asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
   }
-  __device__ static bool has(int lane, int r) { return (r + 1) * 32 <= St::kChunks || lane + 32 * r < St::kChunks; }
-  // Copies the tile at row row0 of the page block at byte `block` of the cache into stage st.
-  __device__ void copy(int lane, int st, size_t block, int row0) const {
+  // Copies the tile at row row0 of the page at byte `page_at` of the cache into the stage at byte
+  // stage_at of the warp's ring.
+  __device__ void copy(uint32_t stage_at, size_t page_at, int row0) const {
 #pragma unroll
     for (int r = 0; r < St::kRounds; ++r)
-      if (has(lane, r)) cp_async16(dst + st * St::kBytes + 32 * 16 * r, src[r] + block + uint32_t(row0) * per_row[r]);
+      if (r + 1 < St::kRounds || !kPartial || last) cp_async16(dst + stage_at + 32 * 16 * r, src[r] + page_at + uint32_t(row0) * per_row[r]);
   }
   template <Kind KIND>
   __device__ void load(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
@@ -350,8 +356,8 @@ struct FloatStager {
   const uint8_t *k_src, *v_src;  // this lane's first piece of the K and V sections of page block 0, row 0
   uint32_t k_dst[kPK], v_dst[kPV];  // shared-window addresses of this lane's pieces 0..P-1 in stage 0
   uint32_t k_rd[2], v_rd;           // this thread's reads, byte offsets from the block's ring (see load)
-  __device__ FloatStager(const uint8_t* data, const BlockLayout& L, uint32_t ring_s, uint32_t ring_at, int lane)
-      : k_src(data + L.k_codes + 16 * lane), v_src(data + L.v_codes + 16 * lane) {
+  __device__ FloatStager(const uint8_t* data, const BlockLayout& L, uint32_t ring_s, uint32_t ring_at, int lane, uint32_t head_at)
+      : k_src(data + head_at + L.k_codes + 16 * lane), v_src(data + head_at + L.v_codes + 16 * lane) {
 #pragma unroll
     for (int r = 0; r < kPV; ++r) {
       const int q = lane + 32 * r, row = q / kPerRow, c = q % kPerRow;
@@ -368,10 +374,9 @@ struct FloatStager {
     // value unit g + 8j of row 2t (+1, +8, +9) sits at 16 ((g + 8j) ^ 2t) = 16 (g ^ 2t) + 128 j
     v_rd = ring_at + (kTile + 2 * t) * kRow + 16 * (g ^ (2 * t));
   }
-  __device__ void copy(int, int st, size_t block, int row0) const {
-    const uint8_t* k = k_src + block + uint32_t(row0) * kRow;
-    const uint8_t* v = v_src + block + uint32_t(row0) * kRow;
-    const uint32_t at = st * FS::kBytes;
+  __device__ void copy(uint32_t at, size_t page_at, int row0) const {  // as TqStager::copy
+    const uint8_t* k = k_src + page_at + uint32_t(row0) * kRow;
+    const uint8_t* v = v_src + page_at + uint32_t(row0) * kRow;
 #pragma unroll
     for (int r = 0; r < FS::kRounds; ++r) {
       cp_async16(k_dst[r % kPK] + at + 512 * kPK * (r / kPK), k + 512 * r);

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <cstdint>
 #include <mutex>
 #include <vector>
 
@@ -45,6 +46,8 @@ void validate_cache(const CacheView& c) {
   TQ_CHECK(L.bytes == c.layout.bytes && L.k_codes == c.layout.k_codes && L.v_codes == c.layout.v_codes && L.k_norms == c.layout.k_norms &&
                L.v_norms == c.layout.v_norms,
            "cache view: layout does not match block_layout() of its encodings");
+  TQ_CHECK(uint64_t(c.kv_heads) * L.bytes <= UINT32_MAX, "cache view: a page of {} KV heads x {} bytes exceeds 4 GiB", c.kv_heads,
+           L.bytes);  // the kernels address a page with 32-bit offsets
   for (const auto& [code, tab, name] : {std::tuple{c.k, c.kt, "K"}, std::tuple{c.v, c.vt, "V"}}) {
     if (!is_tq(code.enc)) continue;
     TQ_CHECK(tab.centroids && tab.boundaries, "cache view: {} codebook tables are null", name);

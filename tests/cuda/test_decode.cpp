@@ -318,6 +318,16 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   }
   p.num_q_tokens = cuda::kMaxPrefillChunk + 1;
   EXPECT_THROW(cuda::prefill_attention(p, nullptr), Error);
+  // A page of all KV heads must stay under 4 GiB (the kernels' page offsets are 32-bit).
+  cuda::DecodeParams huge = p;
+  huge.num_q_tokens = 1;
+  huge.cache.kv_heads = 1u << 30;
+  try {
+    cuda::validate(huge);
+    FAIL() << "a page of 2^30 KV heads accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("1073741824"), std::string::npos) << e.what();
+  }
   PagedKvCache prod(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2:prod"));
   cuda::DeviceCodecs pc(prod);
   p.cache = pc.view(0, cache.ptr);
