@@ -57,7 +57,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   // Launched as a programmatic dependent (decode_attention.cu): nothing is read before the
   // previous kernel in the stream has finished, except when inputs_ready says that only the
   // cache is being written by it (quantize_store_and_decode): then the prologue reads the
-  // queries, the sequence length and the codebook first and waits just before the pages. The
+  // queries, the sequence length and the codebook first, and a warp waits only before it copies
+  // a tile that may hold the new rows (see the staged loop; unstaged: before any page). The
   // merge kernel may be scheduled as soon as every block has started; it waits for our results.
   if (!inputs_ready) dev::wait_prerequisites();
   dev::allow_dependents();
