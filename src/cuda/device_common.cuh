@@ -206,8 +206,9 @@ __device__ __forceinline__ void wait_prerequisites() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
-// wait_prerequisites() when a > b, as one predicated instruction (no branch: for a loop's hot
-// path; a wait after the prerequisites have completed returns at once).
+// wait_prerequisites() when a > b, for a loop's hot path: a predicated wait in PTX (ptxas still
+// branches around the ACQBULK: ~4 instructions an iteration; a wait after the prerequisites have
+// completed returns at once).
 __device__ __forceinline__ void wait_prerequisites_if_greater(int a, int b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile(
