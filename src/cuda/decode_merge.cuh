@@ -86,12 +86,11 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
     for (int k = 0; k < kCols; ++k) {
       const int col = threadIdx.x + k * kThreads;
       if (col >= D) continue;
-      int i = 0;
       if (s0 == 0)
 #pragma unroll
-        for (; i < kPre; ++i)
+        for (int i = 0; i < kPre; ++i)
           if (i < n) acc[k] += pre[k][i] * f[i];
-      for (i = s0 == 0 ? kPre : 0; i < n; ++i) acc[k] += ws_o[(r * splits + s0 + i) * D + col] * f[i];
+      for (int i = s0 == 0 ? kPre : 0; i < n; ++i) acc[k] += ws_o[(r * splits + s0 + i) * D + col] * f[i];
     }
     __syncthreads();
   }

@@ -289,11 +289,10 @@ __device__ __forceinline__ void load_values(const DecodeParams& p, const int32_t
 template <int D, int KB, int VB>
 struct TqStager {
   using St = Staging<D, KB, VB>;
-  static constexpr bool kPartial = St::kChunks % 32 != 0;  // the last round has pieces for some lanes only
   const uint8_t* src[St::kRounds];
   uint32_t per_row[St::kRounds];
   uint32_t dst;               // shared-window address of this lane's first piece in the warp's ring
-  uint32_t last;              // nonzero: this lane copies a piece in the last round
+  uint32_t last;              // nonzero: this lane copies a piece in the last round (which has fewer than 32)
   uint32_t k_at, v_at, n_at;  // this thread's words in a stage, as byte offsets from the block's ring:
   int og0;                    // key rows g, g+8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs
   // head_at: the KV head's block within a page (kvh x the block's bytes).
@@ -324,7 +323,7 @@ struct TqStager {
   __device__ void copy(uint32_t stage_at, size_t page_at, int row0) const {
 #pragma unroll
     for (int r = 0; r < St::kRounds; ++r)
-      if (r + 1 < St::kRounds || !kPartial || last) cp_async16(dst + stage_at + 32 * 16 * r, src[r] + page_at + uint32_t(row0) * per_row[r]);
+      if (r + 1 < St::kRounds || last) cp_async16(dst + stage_at + 32 * 16 * r, src[r] + page_at + uint32_t(row0) * per_row[r]);
   }
   template <Kind KIND>
   __device__ void load(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
