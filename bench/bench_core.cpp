@@ -6,10 +6,11 @@
 
 #include <vector>
 
+#include "tq/cpu_features.h"
 #include "simd.h"
-#include "tq/quantizer.h"
+#include "tq/codec/quantizer.h"
 #include "tq/rng.h"
-#include "tq/turboquant.h"
+#include "tq/codec/turboquant.h"
 
 namespace {
 
@@ -46,25 +47,25 @@ void set_counters(benchmark::State& s, const Fixture& f) {
 
 // Args: head dim, bits, simd (1) or scalar reference (0).
 void BM_Quantize(benchmark::State& s) {
-  tq::simd::set_enabled(s.range(2) != 0);
+  tq::cpu::set_simd_enabled(s.range(2) != 0);
   Fixture f(uint32_t(s.range(0)), uint32_t(s.range(1)), true);
   for (auto _ : s) {
     f.q->quantize(f.x.data(), kRows, f.packed.data());
     benchmark::DoNotOptimize(f.packed.data());
   }
   set_counters(s, f);
-  tq::simd::set_enabled(true);
+  tq::cpu::set_simd_enabled(true);
 }
 
 void BM_Dequantize(benchmark::State& s) {
-  tq::simd::set_enabled(s.range(2) != 0);
+  tq::cpu::set_simd_enabled(s.range(2) != 0);
   Fixture f(uint32_t(s.range(0)), uint32_t(s.range(1)), true);
   for (auto _ : s) {
     f.q->dequantize(f.packed.data(), kRows, f.out.data());
     benchmark::DoNotOptimize(f.out.data());
   }
   set_counters(s, f);
-  tq::simd::set_enabled(true);
+  tq::cpu::set_simd_enabled(true);
 }
 
 void BM_FusedDot(benchmark::State& s) {

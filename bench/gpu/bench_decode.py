@@ -12,7 +12,7 @@ next to one decode step (alone in a graph, and what it adds to a captured quanti
 step), chunked prefill (512 new tokens on an 8K prefix) where it stands, and a check that our bf16
 path agrees with torch.
 
-  python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --json out.json
+  python3 bench/gpu/bench_decode.py --lib build/h200/bindings/c/libtq_capi.so --json out.json
 """
 import argparse
 import ctypes

@@ -13,7 +13,7 @@ mkdir -p "$OUT"
 for k in ${KERNEL:-decode_kernel merge_kernel}; do
   ncu --clock-control none --cache-control none --kernel-name regex:"$k" --launch-skip 20 --launch-count 1 \
     --section SourceCounters --section WarpStateStats --warp-sampling-interval 0 -f -o "$OUT/ncu_source_${TAG:-}$k" \
-    python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --specs "${SPEC:-k3v2}" \
+    python3 bench/gpu/bench_decode.py --lib build/h200/bindings/c/libtq_capi.so --specs "${SPEC:-k3v2}" \
     ${PROFILE_ARGS:---shapes 1x1024 --no-bulk --no-prefill} > "$OUT/ncu_source_${TAG:-}$k.log" 2>&1
   ncu -i "$OUT/ncu_source_${TAG:-}$k.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_source_${TAG:-}$k.csv" 2>>"$OUT/ncu_source_${TAG:-}$k.log"
   echo "== $k: instructions with the most warp samples"

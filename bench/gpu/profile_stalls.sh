@@ -20,6 +20,6 @@ sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active,sm__warps_active.avg.
 smsp__issue_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,gpu__time_duration.sum,\
 l1tex__data_bank_conflicts_pipe_lsu_mem_shared_op_ld.sum,smsp__inst_executed.sum"
 ncu --clock-control none --kernel-name regex:"${KERNEL:-decode_kernel}" --launch-skip 20 --launch-count 1 --metrics "${stall}${pipes}" \
-  python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --specs "$spec" ${PROFILE_ARGS:---shapes 16x32768 --no-bulk} \
+  python3 bench/gpu/bench_decode.py --lib build/h200/bindings/c/libtq_capi.so --specs "$spec" ${PROFILE_ARGS:---shapes 16x32768 --no-bulk} \
   > "$OUT/ncu_stalls_$spec.txt" 2>&1
 grep -E "^\s+(sm|smsp|dram|gpu|l1tex)__" "$OUT/ncu_stalls_$spec.txt" | sed -E 's/smsp__average_warps_issue_stalled_//; s/_per_issue_active.ratio//' | awk '{printf "%-58s %s %s\n", $1, $2, $3}'

@@ -21,7 +21,7 @@ deps=()
 start=$(date +%s)
 cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_CUDA_VERBOSE=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
   >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-ninja -C build/h200 test_cuda test_core tq_capi >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+ninja -C build/h200 test_cuda test_codec test_kv tq_capi >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 note "build: $(( $(date +%s) - start )) s"
 grep -A2 "decode_kernel\|quantize_store_kernel" "$OUT/build.log" | grep -E "registers|spill" | sort | uniq -c | sort -rn | head -8 > "$OUT/ptxas_summary.txt"
 cat "$OUT/ptxas_summary.txt"
@@ -34,8 +34,10 @@ if command -v cuobjdump >/dev/null; then
 fi
 
 if [ -z "${QUICK:-}" ]; then
-  ./build/h200/tests/core/test_core --gtest_brief=1 >"$OUT/test_core.log" 2>&1
-  note "test_core: $(grep -E '^\[  PASSED|FAILED TEST' "$OUT/test_core.log" | head -3 | tr '\n' ' ')"
+  for t in codec/test_codec kv/test_kv; do
+    ./build/h200/tests/$t --gtest_brief=1 >"$OUT/$(basename $t).log" 2>&1
+    note "$(basename $t): $(grep -E '^\[  PASSED|FAILED TEST' "$OUT/$(basename $t).log" | head -3 | tr '\n' ' ')"
+  done
 fi
 ./build/h200/tests/cuda/test_cuda --gtest_output=xml:"$OUT/test_cuda.xml" >"$OUT/test_cuda.log" 2>&1
 note "test_cuda: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/test_cuda.log" | tr '\n' ' ')"
@@ -53,7 +55,7 @@ if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
   done
 fi
 
-python3 bench/gpu/bench_decode.py --lib build/h200/src/cuda/libtq_capi.so --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|'
+python3 bench/gpu/bench_decode.py --lib build/h200/bindings/c/libtq_capi.so --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|'
 echo
 echo "================ summary ================"
 printf '%s\n' "${summary[@]}"

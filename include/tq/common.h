@@ -1,4 +1,6 @@
-// Shared basics: the error type every bad input throws, and the host/device annotation.
+// Shared basics: the error type every bad input throws, and the host/device annotation. Included
+// by device code too, so it compiles as C++17 and C++20 and includes nothing heavy (TQ_CHECK,
+// which needs fmt, is in check.h).
 #pragma once
 
 #include <stdexcept>
@@ -19,9 +21,3 @@ class Error : public std::runtime_error {
 };
 
 }  // namespace tq
-
-// TQ_CHECK(cond, fmt-args...): throws tq::Error with a formatted message when cond is false.
-#define TQ_CHECK(cond, ...)                                 \
-  do {                                                      \
-    if (!(cond)) throw ::tq::Error(::fmt::format(__VA_ARGS__)); \
-  } while (0)

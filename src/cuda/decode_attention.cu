@@ -11,7 +11,7 @@
 #include "decode_merge.cuh"
 #include "launch_common.h"
 #include "prefill_kernel.cuh"
-#include "tq/common.h"
+#include "tq/check.h"
 #include "tq/cuda/kernels.h"
 
 namespace tq::cuda {

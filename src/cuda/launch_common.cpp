@@ -7,7 +7,7 @@
 #include <mutex>
 #include <vector>
 
-#include "tq/common.h"
+#include "tq/check.h"
 
 namespace tq::cuda {
 

@@ -11,7 +11,7 @@
 
 #include "device_common.cuh"
 #include "launch_common.h"
-#include "tq/common.h"
+#include "tq/check.h"
 #include "tq/cuda/kernels.h"
 #include "tq/numeric.h"
 

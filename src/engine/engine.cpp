@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include "tq/common.h"
-#include "tq/engine/matmul.h"
+#include "tq/check.h"
+#include "tq/backend/cpu/matmul.h"
 
 namespace tq::engine {
 

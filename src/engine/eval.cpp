@@ -7,7 +7,7 @@
 #include <memory>
 #include <random>
 
-#include "tq/common.h"
+#include "tq/check.h"
 #include "tq/engine/engine.h"
 
 namespace tq::engine {

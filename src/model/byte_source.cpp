@@ -10,7 +10,7 @@
 
 #include <fmt/format.h>
 
-#include "tq/common.h"
+#include "tq/check.h"
 
 namespace tq::model {
 

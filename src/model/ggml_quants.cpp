@@ -7,12 +7,11 @@
 #include <bit>
 #include <cstring>
 #include <limits>
-#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
 
-#include "tq/common.h"
+#include "tq/check.h"
 #include "tq/numeric.h"
 
 namespace tq::model {
@@ -261,28 +260,10 @@ void dequantize_row(GgmlType t, const void* src, float* dst, size_t n) {
   dequantize_unchecked(t, static_cast<const uint8_t*>(src), dst, n);
 }
 
-void dot_rows(GgmlType t, const void* rows, size_t n_rows, size_t n_cols, const float* x, float* y,
-              unsigned n_threads) {
+void dot_rows(GgmlType t, const void* rows, size_t n_rows, size_t n_cols, const float* x, float* y) {
   ggml_check_dequantizable(t, "dot_rows");
   const size_t row_bytes = ggml_row_bytes(t, n_cols, "dot_rows");
-  const auto* base = static_cast<const uint8_t*>(rows);
-  // Below ~64K weights a thread start costs more than it saves.
-  const size_t min_work = size_t(1) << 16;
-  const size_t threads =
-      std::min<size_t>({size_t(std::max(1u, n_threads)), n_rows, std::max<size_t>(1, n_rows * n_cols / min_work)});
-  if (threads <= 1) {
-    dot_range(t, base, row_bytes, n_cols, x, y, 0, n_rows);
-    return;
-  }
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  const size_t per = (n_rows + threads - 1) / threads;
-  for (size_t k = 1; k < threads; ++k) {
-    const size_t r0 = std::min(n_rows, k * per), r1 = std::min(n_rows, r0 + per);
-    pool.emplace_back(dot_range, t, base, row_bytes, n_cols, x, y, r0, r1);
-  }
-  dot_range(t, base, row_bytes, n_cols, x, y, 0, std::min(n_rows, per));
-  for (auto& th : pool) th.join();
+  dot_range(t, static_cast<const uint8_t*>(rows), row_bytes, n_cols, x, y, 0, n_rows);
 }
 
 }  // namespace tq::model

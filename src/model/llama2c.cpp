@@ -29,7 +29,7 @@
 
 #include <fmt/format.h>
 
-#include "tq/common.h"
+#include "tq/check.h"
 #include "tq/model/model.h"
 
 namespace tq::model {

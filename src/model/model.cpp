@@ -3,7 +3,7 @@
 
 #include <fmt/format.h>
 
-#include "tq/common.h"
+#include "tq/check.h"
 #include "tq/model/model.h"
 
 namespace tq::model {
@@ -25,9 +25,9 @@ const char* chat_template_name(ChatTemplate c) {
   return "unknown";
 }
 
-void TensorRef::matvec(const float* x, float* y, unsigned n_threads) const {
+void TensorRef::matvec(const float* x, float* y) const {
   TQ_CHECK(present(), "weight '{}' is absent", name);
-  dot_rows(type, data, n_rows, n_cols, x, y, n_threads);
+  dot_rows(type, data, n_rows, n_cols, x, y);
 }
 
 void TensorRef::dequantize_row(size_t r, float* out) const {

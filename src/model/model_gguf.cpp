@@ -16,7 +16,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include "tq/common.h"
+#include "tq/check.h"
 #include "tq/model/model.h"
 
 namespace tq::model {

@@ -6,7 +6,7 @@
 #include <fmt/format.h>
 
 #include "tokenizer_impl.h"
-#include "tq/common.h"
+#include "tq/check.h"
 
 namespace tq::model {
 

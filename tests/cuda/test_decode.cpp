@@ -8,8 +8,8 @@
 
 #include "cuda_test_util.h"
 #include "test_util.h"
-#include "tq/attention.h"
-#include "tq/cuda/device_codecs.h"
+#include "tq/kv/attention_ref.h"
+#include "tq/cuda/device_format.h"
 #include "tq/cuda/kernels.h"
 #include "tq/rng.h"
 

@@ -6,7 +6,7 @@
 
 #include "cuda_test_util.h"
 #include "test_util.h"
-#include "tq/cuda/device_codecs.h"
+#include "tq/cuda/device_format.h"
 #include "tq/cuda/kernels.h"
 #include "tq/numeric.h"
 

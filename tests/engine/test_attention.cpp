@@ -5,8 +5,8 @@
 #include <cmath>
 #include <random>
 
-#include "tq/attention.h"
-#include "tq/engine/kv_store.h"
+#include "tq/kv/attention_ref.h"
+#include "tq/backend/cpu/kv_store.h"
 
 namespace tq::engine {
 namespace {

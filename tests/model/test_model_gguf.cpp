@@ -68,7 +68,7 @@ TEST_P(GgufWeightType, LlamaConfigAndWeights) {
   const std::vector<float> wk = m.gguf->dequantize(ti);  // [128][256]
   std::vector<float> x(256), y(128);
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 7) - 3.0f;
-  l1.wk.matvec(x.data(), y.data(), 2);
+  l1.wk.matvec(x.data(), y.data());
   for (size_t r = 0; r < 128; ++r) {
     double ref = 0, mag = 0;
     for (size_t cidx = 0; cidx < 256; ++cidx) {

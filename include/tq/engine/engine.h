@@ -11,9 +11,9 @@
 #include <memory>
 #include <vector>
 
-#include "tq/engine/kv_store.h"
-#include "tq/engine/thread_pool.h"
-#include "tq/kv_spec.h"
+#include "tq/backend/cpu/kv_store.h"
+#include "tq/backend/cpu/thread_pool.h"
+#include "tq/kv/spec.h"
 #include "tq/model/model.h"
 
 namespace tq::engine {

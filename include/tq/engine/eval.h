@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "tq/kv_spec.h"
+#include "tq/kv/spec.h"
 #include "tq/model/model.h"
 #include "tq/model/tokenizer.h"
 

@@ -75,9 +75,8 @@ void dequantize_row(GgmlType t, const void* src, float* dst, size_t n);
 
 // y = W x for W [n_rows][n_cols] row-major in type `t` (each row ggml_row_bytes(t, n_cols) bytes,
 // rows contiguous), x [n_cols], y [n_rows]. Each row is dequantized a block at a time into a small
-// stack buffer and accumulated in float. With n_threads > 1 rows are split over std::threads
-// (only for matrices large enough to pay for the thread start).
-void dot_rows(GgmlType t, const void* rows, size_t n_rows, size_t n_cols, const float* x, float* y,
-              unsigned n_threads = 1);
+// stack buffer and accumulated in float. Single-threaded: a reference; the CPU backend's matmul
+// (backend/cpu/matmul.h) is the fast, threaded product.
+void dot_rows(GgmlType t, const void* rows, size_t n_rows, size_t n_cols, const float* x, float* y);
 
 }  // namespace tq::model

@@ -69,7 +69,7 @@ struct TensorRef {
 
   bool present() const { return data != nullptr; }
   size_t row_bytes() const { return ggml_row_bytes(type, n_cols, name); }
-  void matvec(const float* x, float* y, unsigned n_threads = 1) const;  // y[n_rows] = W x
+  void matvec(const float* x, float* y) const;  // y[n_rows] = W x
   void dequantize_row(size_t r, float* out) const;                     // out[n_cols] (embedding lookup)
   std::vector<float> to_f32() const;                                   // [n_rows][n_cols]
 };

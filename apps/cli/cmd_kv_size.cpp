@@ -1,0 +1,81 @@
+// tq kv-size: exact bytes per token of a KV cache configuration and its ratio against fp16.
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "commands.h"
+#include "table.h"
+#include "tq/kv/spec.h"
+#include "tq/check.h"
+
+namespace tq::cli {
+namespace {
+
+struct Options {
+  uint32_t layers = 32, kv_heads = 8, head_dim = 128;
+  std::string kv = "k3v2";
+  uint64_t context = 0;
+  bool json = false;
+};
+
+void run(const Options& o) {
+  TQ_CHECK(o.head_dim >= 1 && o.head_dim <= kMaxHeadDim, "--head-dim must be 1..{}, got {}", kMaxHeadDim, o.head_dim);
+  const auto specs = parse_kv_specs(o.kv);
+  const double fp16 = 2.0 * 2.0 * o.head_dim * o.kv_heads * o.layers;  // K and V, 2 bytes each
+  Table t({{"kv", "kv"},
+           {"bits_per_element", "bits/elem", 3},
+           {"bytes_per_token", "bytes/token", 1},
+           {"ratio_vs_fp16", "vs fp16", 3},
+           {"context_mib", "MiB @ context", 1}});
+  for (const KvSpec& s : specs) {
+    const double per_head = bytes_per_token_head(s.k, s.v, o.head_dim, s.page_size);
+    const double bpt = per_head * o.kv_heads * o.layers;
+    nlohmann::json row{{"kv", s.canonical()},
+                       {"bits_per_element", s.bits_per_element(o.head_dim)},
+                       {"bytes_per_token", bpt},
+                       {"ratio_vs_fp16", fp16 / bpt},
+                       {"page_size", s.page_size},
+                       {"block_bytes", block_layout(s.k, s.v, o.head_dim, s.page_size).bytes}};
+    if (o.context) {
+      // Whole pages are allocated: a partly filled last page costs a full block.
+      const uint64_t pages = (o.context + s.page_size - 1) / s.page_size;
+      row["context_mib"] = double(pages) * block_layout(s.k, s.v, o.head_dim, s.page_size).bytes * o.kv_heads * o.layers / (1024.0 * 1024.0);
+    }
+    t.add(row);
+  }
+  if (o.json) {
+    nlohmann::json j = t.json();
+    j["layers"] = o.layers;
+    j["kv_heads"] = o.kv_heads;
+    j["head_dim"] = o.head_dim;
+    j["fp16_bytes_per_token"] = fp16;
+    if (specs.size() == 1) {
+      j["bytes_per_token"] = t.rows()[0]["bytes_per_token"];
+      j["ratio_vs_fp16"] = t.rows()[0]["ratio_vs_fp16"];
+    }
+    std::cout << j.dump(2) << "\n";
+  } else {
+    fmt::print("KV cache size: {} layers x {} KV heads x head dim {} (fp16: {:.0f} bytes/token)\n", o.layers, o.kv_heads,
+               o.head_dim, fp16);
+    fmt::print("{}", t.text());
+    fmt::print("Norms (fp16) and padding included; bytes/token assumes full pages. See docs/format.md.\n");
+  }
+}
+
+}  // namespace
+
+void add_kv_size(CLI::App& app) {
+  auto opts = std::make_shared<Options>();
+  CLI::App* c = app.add_subcommand("kv-size",
+                                   "Bytes per token of KV cache configurations, exactly as docs/format.md lays them out.\n"
+                                   "Example: tq kv-size --layers 32 --kv-heads 8 --head-dim 128 --kv fp16,fp8,k4v4,k3v2");
+  c->add_option("--layers", opts->layers, "transformer layers")->check(CLI::Range(1, 1024));
+  c->add_option("--kv-heads", opts->kv_heads, "KV heads per layer")->check(CLI::Range(1, 1024));
+  c->add_option("--head-dim", opts->head_dim, "head dimension");
+  c->add_option("--kv", opts->kv, "comma-separated KV specs (fp16, fp8, k3v2, k4v4:prod, ...)");
+  c->add_option("--context", opts->context, "also report the MiB for one sequence of this many tokens");
+  c->add_flag("--json", opts->json, "print JSON instead of the table");
+  c->callback([opts] { run(*opts); });
+}
+
+}  // namespace tq::cli

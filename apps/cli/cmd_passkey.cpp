@@ -1,0 +1,69 @@
+// tq passkey: retrieval of a 5-digit key hidden at several depths of filler text.
+#include <fmt/format.h>
+
+#include <iostream>
+
+#include "commands.h"
+#include "table.h"
+#include "tq/common.h"
+#include "tq/engine/eval.h"
+#include "model_files.h"
+
+namespace tq::cli {
+namespace {
+
+struct Options {
+  std::string model, tokenizer, kv = "fp16,k3v2";
+  std::vector<uint32_t> lengths{256, 512, 1024};
+  std::vector<double> depths{0.1, 0.5, 0.9};
+  uint64_t seed = 1234;
+  unsigned threads = 0;
+  bool json = false, verbose = false;
+};
+
+void run(const Options& o) {
+  const auto specs = parse_kv_specs(o.kv);
+  LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
+  engine::PasskeyOptions po;
+  po.lengths = o.lengths;
+  po.depths = o.depths;
+  po.seed = o.seed;
+  po.threads = o.threads;
+  const bool verbose = o.verbose;
+  const auto rows = engine::evaluate_passkey(lm.model, *lm.tokenizer, specs, po, [verbose](const std::string& msg) {
+    if (verbose) fmt::print(stderr, "  {}\n", msg);
+    else fmt::print(stderr, ".");
+  });
+  if (!verbose) fmt::print(stderr, "\n");
+  Table t({{"kv", "kv"}, {"length", "tokens"}, {"correct", "correct"}, {"trials", "trials"}, {"accuracy", "accuracy", 3}});
+  for (const auto& r : rows)
+    t.add({{"kv", r.kv}, {"length", r.length}, {"correct", r.correct}, {"trials", r.trials}, {"accuracy", double(r.correct) / r.trials}});
+  if (o.json) {
+    std::cout << t.json().dump(2) << "\n";
+  } else {
+    fmt::print("pass key retrieval, greedy decoding, {} depths per length (seed {})\n", o.depths.size(), o.seed);
+    fmt::print("{}", t.text());
+  }
+}
+
+}  // namespace
+
+void add_passkey(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* c = app.add_subcommand("passkey",
+                                   "Pass-key retrieval: a random 5-digit key (fixed seed) hidden at several depths of filler text;\n"
+                                   "accuracy of greedy decoding per KV configuration and prompt length.\n"
+                                   "Example: tq passkey --kv fp16,k3v2 --lengths 256,1024");
+  c->add_option("-m,--model", o->model, "model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  c->add_option("--kv", o->kv, "comma-separated KV specs");
+  c->add_option("--lengths", o->lengths, "prompt lengths in tokens")->delimiter(',');
+  c->add_option("--depths", o->depths, "depths of the key, fractions of the filler")->delimiter(',');
+  c->add_option("--seed", o->seed, "seed of the keys");
+  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  c->add_flag("--json", o->json, "print JSON instead of the table");
+  c->add_flag("-v,--verbose", o->verbose, "print each answer on stderr");
+  c->callback([o] { run(*o); });
+}
+
+}  // namespace tq::cli

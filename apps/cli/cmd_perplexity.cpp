@@ -1,0 +1,89 @@
+// tq perplexity: several KV configurations against a full-precision cache on one text, one table.
+#include <fmt/format.h>
+
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include "commands.h"
+#include "table.h"
+#include "tq/check.h"
+#include "tq/engine/eval.h"
+#include "model_files.h"
+
+namespace tq::cli {
+namespace {
+
+struct Options {
+  std::string model, tokenizer, file, kv = "fp16,k4v4,k3v2", ref = "fp32";
+  uint32_t ctx = 2048, chunk = 64;
+  size_t max_tokens = 0;
+  unsigned threads = 0;
+  bool json = false;
+};
+
+void run(const Options& o) {
+  const auto specs = parse_kv_specs(o.kv);
+  LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
+  std::ifstream in(o.file, std::ios::binary);
+  TQ_CHECK(in.good(), "cannot read text file '{}'", o.file);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const auto& tok = *lm.tokenizer;
+  const bool bos = tok.bos_id() >= 0 && (tok.add_bos_default() || lm.model.config.source == model::WeightSource::Llama2c);
+  std::vector<int> tokens = tok.encode(ss.str(), bos);
+  if (o.max_tokens && tokens.size() > o.max_tokens) tokens.resize(o.max_tokens);
+  fmt::print(stderr, "tq perplexity: {} on {} ({} tokens), windows of {}, reference cache {}\n", lm.path, o.file, tokens.size(), o.ctx,
+             o.ref);
+  engine::PerplexityOptions po{.ctx = o.ctx, .chunk = o.chunk, .threads = o.threads, .reference = o.ref};
+  const auto res = engine::evaluate_perplexity(lm.model, tokens, specs, po, [](size_t done, size_t total) {
+    fmt::print(stderr, "\r  {}/{} tokens", done, total);
+    if (done == total) fmt::print(stderr, "\n");
+  });
+  Table t({{"kv", "kv"},
+           {"bits_per_element", "bits/elem", 3},
+           {"kv_mib", "KV MiB", 2},
+           {"ppl", "ppl", 4},
+           {"delta_pct", "vs ref %", 2},
+           {"kl", "KL", 5},
+           {"top1", "top-1", 4}});
+  for (const auto& r : res.rows)
+    t.add({{"kv", r.kv}, {"bits_per_element", r.bits_per_element}, {"kv_mib", r.kv_mib}, {"ppl", r.ppl}, {"delta_pct", r.delta_pct},
+           {"kl", r.kl}, {"top1", r.top1}});
+  if (o.json) {
+    nlohmann::json j = t.json();
+    j["reference"] = {{"kv", res.reference.kv}, {"ppl", res.reference.ppl}, {"kv_mib", res.reference.kv_mib}};
+    j["tokens_scored"] = res.scored;
+    j["ctx"] = o.ctx;
+    j["model"] = lm.path;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    fmt::print("reference ({} cache): ppl {:.4f} over {} positions, windows of {} tokens\n", res.reference.kv, res.reference.ppl, res.scored,
+               o.ctx);
+    fmt::print("{}", t.text());
+    fmt::print("KL: mean KL(reference || config) of the next-token distribution (nats); top-1: argmax agreement.\n");
+  }
+}
+
+}  // namespace
+
+void add_perplexity(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* c = app.add_subcommand("perplexity",
+                                   "Perplexity of a text under several KV configurations, with KL divergence and top-1 agreement\n"
+                                   "against a full-precision cache computed in the same run.\n"
+                                   "Example: tq perplexity -f book.txt --ctx 2048 --kv fp16,k4v4,k3v2,k3v2:edge=2/k4v4");
+  c->add_option("-m,--model", o->model, "model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  c->add_option("-f,--file", o->file, "text file")->required();
+  c->add_option("--ctx", o->ctx, "tokens per window (each starts from an empty cache)")->check(CLI::Range(2, 1 << 20));
+  c->add_option("--max-tokens", o->max_tokens, "score only the first N tokens of the text (0: all)");
+  c->add_option("--kv", o->kv, "comma-separated KV specs");
+  c->add_option("--ref", o->ref, "KV spec of the reference cache (default fp32)");
+  c->add_option("--chunk", o->chunk, "tokens per forward pass")->check(CLI::Range(1, 4096));
+  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  c->add_flag("--json", o->json, "print JSON instead of the table");
+  c->callback([o] { run(*o); });
+}
+
+}  // namespace tq::cli

@@ -1,0 +1,124 @@
+// tq run: generate text with a model whose KV cache is compressed as the KV spec says.
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+#include "commands.h"
+#include "tq/check.h"
+#include "tq/engine/engine.h"
+#include "model_files.h"
+
+namespace tq::cli {
+namespace {
+
+struct Options {
+  std::string model, tokenizer, prompt, kv = "k3v2:edge=2/k4v4:sink=4:window=64";
+  int steps = 256;
+  float temp = 0.0f;
+  uint64_t seed = 42;
+  uint32_t ctx = 0;
+  unsigned threads = 0;
+  bool chat = false;
+  std::string logits_file;  // test hook: prompt token ids and last-token logits
+};
+
+int sample(const std::vector<float>& logits, float temp, std::mt19937_64& rng) {
+  if (temp <= 0) return int(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  std::vector<double> p(logits.size());
+  double s = 0;
+  for (size_t i = 0; i < p.size(); ++i) s += (p[i] = std::exp(double(logits[i] - mx) / temp));
+  double r = std::uniform_real_distribution<double>(0, s)(rng);
+  for (size_t i = 0; i < p.size(); ++i)
+    if ((r -= p[i]) <= 0) return int(i);
+  return int(p.size() - 1);
+}
+
+void run(const Options& o) {
+  using clock = std::chrono::steady_clock;
+  TQ_CHECK(o.steps >= 0, "-n must be >= 0, got {}", o.steps);
+  const KvSpec spec = parse_kv_spec(o.kv);
+  LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
+  const auto& cfg = lm.model.config;
+  const auto& tok = *lm.tokenizer;
+  TQ_CHECK(!o.chat || cfg.chat_template != model::ChatTemplate::None, "--chat: '{}' has no chat template", lm.path);
+  const std::string text = o.chat ? engine::apply_chat_template(cfg.chat_template, o.prompt) : o.prompt;
+  const bool llama2c = cfg.source == model::WeightSource::Llama2c;
+  const bool bos = tok.bos_id() >= 0 && (tok.add_bos_default() || llama2c);
+  std::vector<int> prompt = tok.encode(text, bos);
+  if (prompt.empty()) prompt.push_back(tok.bos_id() >= 0 ? tok.bos_id() : tok.eos_id());
+  TQ_CHECK(!prompt.empty() && prompt[0] >= 0, "empty prompt and the tokenizer has no BOS token: give -p");
+  const uint32_t ctx = o.ctx ? o.ctx : uint32_t(cfg.max_seq);
+  TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens (--ctx)", prompt.size(), ctx);
+  engine::Engine e(lm.model, spec, {.threads = o.threads, .context = ctx});
+  fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {} threads\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
+             cfg.head_dim, spec.canonical(), e.pool().size());
+
+  fmt::print("{}", o.chat ? o.prompt + "\n" : tok.decode(prompt));
+  std::fflush(stdout);
+  const int s = e.add_sequence();
+  const auto t0 = clock::now();
+  std::vector<float> logits = e.prefill(s, prompt);
+  const auto t1 = clock::now();
+  if (!o.logits_file.empty()) {  // [int32 n][int32 ids[n]][float32 logits[vocab]], little-endian
+    std::FILE* f = std::fopen(o.logits_file.c_str(), "wb");
+    TQ_CHECK(f != nullptr, "cannot write '{}'", o.logits_file);
+    const int32_t n = int32_t(prompt.size());
+    std::fwrite(&n, 4, 1, f);
+    for (int id : prompt) std::fwrite(&id, 4, 1, f);
+    std::fwrite(logits.data(), 4, logits.size(), f);
+    std::fclose(f);
+  }
+  std::mt19937_64 rng(o.seed);
+  int prev = prompt.back(), generated = 0;
+  while (generated < o.steps && e.seq_len(s) < ctx) {
+    const int next = sample(logits, o.temp, rng);
+    if (next == tok.eos_id() || next == tok.eot_id() || (llama2c && next == tok.bos_id())) break;
+    fmt::print("{}", tok.decode_next(prev, next));
+    std::fflush(stdout);
+    prev = next;
+    ++generated;
+    if (generated < o.steps && e.seq_len(s) < ctx) logits = e.forward({engine::BatchItem{s, {next}, false}});
+  }
+  const auto t2 = clock::now();
+  fmt::print("\n");
+  std::fflush(stdout);  // the text ends before the statistics on stderr
+  const double pt = std::chrono::duration<double>(t1 - t0).count(), gt = std::chrono::duration<double>(t2 - t1).count();
+  const double fp16 = 2.0 * 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * e.seq_len(s);
+  const double used = double(e.kv_bytes(s));
+  fmt::print(stderr, "prompt: {} tokens, {:.1f} tokens/s | generation: {} tokens, {:.1f} tokens/s\n", prompt.size(),
+             double(prompt.size()) / std::max(pt, 1e-9), generated, double(generated) / std::max(gt, 1e-9));
+  // The sink/window side buffers are a fixed fp16 cost per sequence, so short runs can use more
+  // than an fp16 cache would; say so, and give the ratio the pages reach on long sequences.
+  const double bits = e.kv().bits_per_element(), ratio = fp16 / std::max(used, 1.0);
+  fmt::print(stderr, "KV cache: {:.1f} KiB for {} tokens vs {:.1f} KiB for an fp16 cache ({:.2f}x {}); pages hold {:.3f} bits/element "
+             "({:.1f}x smaller than fp16 once the fixed sink/window buffers no longer dominate)\n",
+             used / 1024, e.seq_len(s), fp16 / 1024, ratio >= 1 ? ratio : 1 / ratio, ratio >= 1 ? "smaller" : "larger", bits, 16.0 / bits);
+}
+
+}  // namespace
+
+void add_run(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* c = app.add_subcommand("run",
+                                   "Generate text on the CPU with a compressed KV cache (quantized as tokens arrive; attention reads\n"
+                                   "the packed pages). Without -m: models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get_model.sh).\n"
+                                   "Example: tq run -p 'Why is the sky blue?' --chat --kv k3v2 -n 100");
+  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint");
+  c->add_option("-p,--prompt", o->prompt, "prompt text");
+  c->add_option("-n,--steps", o->steps, "tokens to generate (default 256)");
+  c->add_option("--temp", o->temp, "sampling temperature; 0 = greedy (default)");
+  c->add_option("--seed", o->seed, "sampling seed");
+  c->add_option("--kv", o->kv, "KV spec (default k3v2:edge=2/k4v4:sink=4:window=64, docs/quality.md says why)");
+  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  c->add_option("--ctx", o->ctx, "context length (default: the model's)");
+  c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests)");
+  c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
+  c->callback([o] { run(*o); });
+}
+
+}  // namespace tq::cli

@@ -1,0 +1,39 @@
+#include "model_files.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <filesystem>
+
+#include "tq/check.h"
+
+namespace tq::cli {
+
+std::string default_model_path() {
+  std::vector<std::string> tried{std::string("models/") + kDefaultModelFile};
+#ifdef TQ_SOURCE_DIR
+  tried.push_back(std::string(TQ_SOURCE_DIR) + "/models/" + kDefaultModelFile);
+#endif
+  for (const std::string& p : tried)
+    if (std::filesystem::exists(p)) return p;
+  throw Error(fmt::format("the default model {} is not in models/ (looked for {}): run scripts/get_model.sh to fetch it, or pass -m FILE",
+                          kDefaultModelFile, fmt::join(tried, ", ")));
+}
+
+LoadedModel load_model_and_tokenizer(const std::string& path, const std::string& tokenizer_path) {
+  LoadedModel out;
+  out.path = path.empty() ? default_model_path() : path;
+  TQ_CHECK(std::filesystem::exists(out.path), "model file '{}' not found", out.path);
+  out.model = model::load_model(out.path);
+  if (!tokenizer_path.empty()) {
+    out.tokenizer = model::load_llama2c_tokenizer(tokenizer_path, out.model.config.vocab_size);
+  } else {
+    TQ_CHECK(out.model.gguf != nullptr, "'{}' is a llama2.c checkpoint: give its tokenizer with --tokenizer (e.g. tok512.bin)", out.path);
+    out.tokenizer = model::tokenizer_from_gguf(*out.model.gguf);
+  }
+  TQ_CHECK(out.tokenizer->vocab_size() <= size_t(out.model.config.vocab_size),
+           "the tokenizer has {} tokens but the model only {} logits", out.tokenizer->vocab_size(), out.model.config.vocab_size);
+  return out;
+}
+
+}  // namespace tq::cli

@@ -1,0 +1,174 @@
+// A small C API over the CUDA kernels, for scripts that load the library with ctypes and hand it
+// device pointers (bench/gpu/bench_decode.py measures it next to PyTorch in one process).
+// Every function returns 0 on success, or -1 with the message in err.
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <cstring>
+#include <memory>
+
+#include "tq/cuda/device_format.h"
+#include "tq/cuda/kernels.h"
+#include "tq/kv/paged_cache.h"
+#include "tq/check.h"
+
+namespace {
+
+struct Handle {
+  std::unique_ptr<tq::PagedKvCache> meta;  // metadata only: one page of host storage
+  std::unique_ptr<tq::cuda::DeviceCodecs> codecs;
+  uint8_t* data = nullptr;
+  size_t bytes = 0;
+  uint32_t num_pages = 0;
+  tq::cuda::CacheView view() const {
+    tq::cuda::CacheView v = codecs->view(0, data);
+    v.num_pages = num_pages;
+    return v;
+  }
+};
+
+int fail(char* err, int n, const char* msg) {
+  if (err && n > 0) {
+    std::strncpy(err, msg, size_t(n) - 1);
+    err[n - 1] = 0;
+  }
+  return -1;
+}
+
+template <class F>
+int guarded(char* err, int n, F&& f) {
+  try {
+    f();
+    return 0;
+  } catch (const std::exception& e) {
+    return fail(err, n, e.what());
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+void* tq_cache_create(uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages, const char* spec, char* err, int errlen) {
+  auto h = std::make_unique<Handle>();
+  const int rc = guarded(err, errlen, [&] {
+    h->meta = std::make_unique<tq::PagedKvCache>(tq::CacheShape{1, kv_heads, head_dim, 1}, tq::parse_kv_spec(spec));
+    h->codecs = std::make_unique<tq::cuda::DeviceCodecs>(*h->meta);
+    h->num_pages = num_pages;
+    h->bytes = size_t(num_pages) * kv_heads * h->meta->layout().bytes;
+    const cudaError_t e = cudaMalloc(&h->data, h->bytes);
+    TQ_CHECK(e == cudaSuccess, "cudaMalloc of {} bytes: {}", h->bytes, cudaGetErrorString(e));
+    cudaMemset(h->data, 0, h->bytes);
+  });
+  return rc == 0 ? h.release() : nullptr;
+}
+
+void tq_cache_destroy(void* handle) {
+  auto* h = static_cast<Handle*>(handle);
+  if (!h) return;
+  cudaFree(h->data);
+  delete h;
+}
+
+uint64_t tq_cache_bytes(void* handle) { return static_cast<Handle*>(handle)->bytes; }
+uint32_t tq_cache_block_bytes(void* handle) { return static_cast<Handle*>(handle)->meta->layout().bytes; }
+
+static tq::cuda::QuantizeStoreParams store_params(void* handle, const void* k, const void* v, int dtype, const int64_t* slots,
+                                                  uint32_t num_tokens) {
+  tq::cuda::QuantizeStoreParams p;
+  p.cache = static_cast<Handle*>(handle)->view();
+  p.k = k;
+  p.v = v;
+  p.dtype = tq::cuda::DType(dtype);
+  p.slot_mapping = slots;
+  p.num_tokens = num_tokens;
+  return p;
+}
+
+int tq_quantize_store(void* handle, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, void* stream,
+                      char* err, int errlen) {
+  return guarded(err, errlen, [&] {
+    tq::cuda::quantize_store(store_params(handle, k, v, dtype, slots, num_tokens), static_cast<tq::cuda::Stream>(stream));
+  });
+}
+
+static tq::cuda::DecodeParams decode_params(void* handle, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages,
+                                            uint32_t max_seq_len, uint32_t splits) {
+  tq::cuda::DecodeParams p;
+  p.cache = static_cast<Handle*>(handle)->view();
+  p.num_seqs = num_seqs;
+  p.num_q_tokens = ntok;
+  p.q_heads = q_heads;
+  p.max_pages = max_pages;
+  p.max_seq_len = max_seq_len;
+  p.num_splits = splits;
+  return p;
+}
+
+uint64_t tq_decode_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+                             uint32_t splits) {
+  return tq::cuda::decode_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits));
+}
+
+uint64_t tq_prefill_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+                              uint32_t splits) {
+  return tq::cuda::prefill_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits));
+}
+
+static tq::cuda::DecodeParams attention_params(void* handle, const void* q, int q_dtype, void* out, int out_dtype,
+                                               const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs, uint32_t ntok,
+                                               uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace) {
+  tq::cuda::DecodeParams p = decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits);
+  p.q = q;
+  p.q_dtype = tq::cuda::DType(q_dtype);
+  p.out = out;
+  p.out_dtype = tq::cuda::DType(out_dtype);
+  p.block_tables = block_tables;
+  p.seq_lens = seq_lens;
+  p.workspace = workspace;
+  return p;
+}
+
+static int attention(bool prefill, void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables,
+                     const int32_t* seq_lens, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+                     uint32_t splits, void* workspace, void* stream, char* err, int errlen) {
+  return guarded(err, errlen, [&] {
+    const tq::cuda::DecodeParams p = attention_params(handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads,
+                                                      max_pages, max_seq_len, splits, workspace);
+    if (prefill) {
+      tq::cuda::prefill_attention(p, static_cast<tq::cuda::Stream>(stream));
+    } else {
+      tq::cuda::decode_attention(p, static_cast<tq::cuda::Stream>(stream));
+    }
+  });
+}
+
+int tq_decode(void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
+              uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+              void* stream, char* err, int errlen) {
+  return attention(false, handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads, max_pages, max_seq_len,
+                   splits, workspace, stream, err, errlen);
+}
+
+// The same arguments; a chunk of ntok new queries per sequence (prefill_attention).
+int tq_prefill(void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
+               uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+               void* stream, char* err, int errlen) {
+  return attention(true, handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads, max_pages, max_seq_len,
+                   splits, workspace, stream, err, errlen);
+}
+
+// quantize_store of num_tokens new rows, then decode, as one step (quantize_store_and_decode).
+int tq_store_and_decode(void* handle, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, const void* q,
+                        int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs,
+                        uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+                        void* stream, char* err, int errlen) {
+  return guarded(err, errlen, [&] {
+    tq::cuda::quantize_store_and_decode(store_params(handle, k, v, dtype, slots, num_tokens),
+                                        attention_params(handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads,
+                                                         max_pages, max_seq_len, splits, workspace),
+                                        static_cast<tq::cuda::Stream>(stream));
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,31 @@
+// The measurement harness behind `tq distortion` and the tests: quantize random unit vectors with
+// any Quantizer and measure the reconstruction error and the inner-product error.
+#pragma once
+
+#include <cstdint>
+
+#include "tq/codec/quantizer.h"
+
+namespace tq {
+
+struct DistortionStats {
+  uint64_t samples = 0;
+  double mse = 0;         // mean ||x - x~||^2 over unit vectors x
+  double mse_stderr = 0;  // standard error of that mean
+  // Queries y are unit vectors correlated with x (y = normalize(x + g), g ~ N(0, I/d)), so that
+  // <y, x> is about 0.7 and a multiplicative bias shows.
+  double ip_bias = 0;         // mean (<y, x~> - <y, x>)
+  double ip_bias_stderr = 0;  // its standard error
+  double ip_ratio = 0;        // mean <y, x~> / mean <y, x>  (2/pi for 1-bit MSE in high dimension, 1 if unbiased)
+  double ip_var = 0;          // variance of <y, x~> - <y, x>
+};
+
+// `samples` random unit vectors in dimension q.dim(), quantized in batches; deterministic for a seed.
+DistortionStats measure_distortion(const Quantizer& q, uint64_t samples, uint64_t seed);
+
+// Paper figures (Zandieh et al., table of D_mse for b = 1..4) and its bounds for unit vectors.
+double paper_mse(uint32_t bits);        // 0.36, 0.117, 0.03, 0.009; 0 when the paper gives none
+double mse_lower_bound(uint32_t bits);  // 4^-b, for any quantizer
+double mse_upper_bound(uint32_t bits);  // sqrt(3) pi / 2 * 4^-b, TurboQuant-MSE's guarantee
+
+}  // namespace tq

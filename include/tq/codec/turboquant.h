@@ -1,0 +1,96 @@
+// TurboQuant (Zandieh et al., arXiv 2504.19874): the codec of one row, MSE or prod flavour.
+//
+// MSE, b bits:  store fp16 ||x||; rotate the zero-padded unit vector; one Lloyd-Max index per
+//               coordinate of the rotated vector (codebook for the padded dimension).
+// prod, b bits: MSE at b-1 bits; the residual r of the *unit* vector in the rotated domain is kept
+//               as fp16 ||r|| and sign(S r), S a Gaussian [pd][pd] matrix (QJL). The estimate
+//               <y, x> ~ ||x|| (<Ry, c> + ||r|| sqrt(pi/2)/pd <S R y, sign(S r)>) is unbiased.
+//
+// The row's pieces live wherever the caller says (a paged block keeps codes, signs and norms in
+// separate sections): see RowRef. This is the scalar reference; fast paths are checked against it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "tq/codec/codebook.h"
+#include "tq/format.h"
+#include "tq/codec/rotation.h"
+
+namespace tq {
+
+struct TqConfig {
+  uint32_t dim = 128;  // head dim; padded to a multiple of 32 for the rotation and the codes
+  uint32_t bits = 3;   // total bits per coordinate (prod: bits-1 for the codebook + 1 QJL bit)
+  bool prod = false;
+  RotationKind rotation = RotationKind::kHadamard;
+  uint64_t seed = 0;             // seeds the rotation and, for prod, S
+  bool norm_correction = false;  // MSE only: store ||x|| / ||c|| so that the decoded row has norm ||x||
+};
+
+// Where one encoded row lives. codes: [code_row_bytes/4] words; qjl: [pd/8] bytes (prod only).
+struct RowRef {
+  uint32_t* codes = nullptr;
+  uint8_t* qjl = nullptr;
+  uint16_t* norm = nullptr;   // fp16
+  uint16_t* rnorm = nullptr;  // fp16, prod only
+};
+struct ConstRowRef {
+  const uint32_t* codes = nullptr;
+  const uint8_t* qjl = nullptr;
+  const uint16_t* norm = nullptr;
+  const uint16_t* rnorm = nullptr;
+};
+
+class TurboQuant {
+ public:
+  // Throws tq::Error on bits outside 1..8 (prod: 1..8, 1 meaning QJL alone), dim outside
+  // 1..kMaxHeadDim, or a Hadamard rotation of a padded dim that is not a power of two.
+  explicit TurboQuant(const TqConfig& cfg);
+
+  const TqConfig& config() const { return cfg_; }
+  uint32_t dim() const { return cfg_.dim; }
+  uint32_t padded_dim() const { return pd_; }
+  uint32_t code_bits() const { return cfg_.prod ? cfg_.bits - 1 : cfg_.bits; }  // 0 for prod at 1 bit
+  const Codebook* codebook() const { return cb_; }  // null when code_bits() == 0
+  const Rotation& rotation() const { return rot_; }
+  const std::vector<float>& qjl_matrix() const { return s_; }  // [pd][pd] row-major, prod only
+  TensorCode tensor_code() const { return {cfg_.prod ? Encoding::kTqProd : Encoding::kTqMse, uint8_t(cfg_.bits)}; }
+
+  // x: [dim]. Throws tq::Error (naming index and value) for NaN/Inf, or a norm beyond fp16 range.
+  void encode(const float* x, const RowRef& out) const;
+  // out: [dim]
+  void decode(const ConstRowRef& in, float* out) const;
+
+  // A query prepared once for many rows: rotated (and projected by S for prod).
+  struct Query {
+    std::vector<float> rot;  // [pd] R q (padded)
+    std::vector<float> sq;   // [pd] S R q, prod only
+  };
+  void prepare(const float* q, Query& out) const;
+  // <q, decode(row)>, without materializing the decoded row: the scalar reference.
+  float dot(const Query& q, const ConstRowRef& row) const;
+
+  // The same through the SIMD path when the CPU has one (MSE rows); equal to dot() within float
+  // summation error (tests/core/test_turboquant.cpp states the bound).
+  float dot_fast(const Query& q, const ConstRowRef& row) const;
+
+  // Decoded row in the rotated domain, unit norm scale: c[codes] (+ QJL term). out: [pd]
+  void decode_rotated(const ConstRowRef& in, float* out) const;
+  // acc += weight * norm * decode_rotated(row): accumulating values for attention stays in the
+  // rotated domain; un-rotate the sum once with rotation().inverse(). acc: [pd]
+  void accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const;
+
+ private:
+  TqConfig cfg_;
+  uint32_t pd_;
+  const Codebook* cb_ = nullptr;
+  Rotation rot_;
+  std::vector<float> s_;
+};
+
+// sqrt(pi/2) / pd: the QJL estimator's scale.
+double qjl_scale(uint32_t pd);
+
+}  // namespace tq

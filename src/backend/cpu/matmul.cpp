@@ -1,0 +1,50 @@
+#include "tq/backend/cpu/matmul.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "matmul_avx2.h"
+#include "tq/check.h"
+#include "tq/cpu_features.h"
+
+namespace tq::engine {
+
+float dot_f32(const float* a, const float* b, size_t n) {
+  if (cpu::has_avx2_fma()) return detail::dot_f32_avx2(a, b, n);
+  float acc[8] = {};  // 8 independent lanes: the compiler vectorizes this without reassociation
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += a[i + j] * b[i + j];
+  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void matmul(const model::TensorRef& w, const float* x, size_t T, float* y, ThreadPool& pool) {
+  TQ_CHECK(w.present(), "weight '{}' is absent", w.name);
+  model::ggml_check_dequantizable(w.type, w.name);
+  const size_t R = w.n_rows, C = w.n_cols, row_bytes = w.row_bytes();
+  // Rows per tile: 8 rows of <= 2K floats stay in L1/L2 while all T tokens stream past them.
+  constexpr size_t kTile = 8;
+  const size_t tiles = (R + kTile - 1) / kTile;
+  const bool avx2 = cpu::has_avx2_fma();
+  pool.parallel_for(tiles, [&](size_t t0, size_t t1) {
+    std::vector<float> tile(kTile * C);  // [kTile][C] dequantized weight rows
+    for (size_t tb = t0; tb < t1; ++tb) {
+      const size_t r0 = tb * kTile, nr = std::min(kTile, R - r0);
+      model::dequantize_row(w.type, w.data + r0 * row_bytes, tile.data(), nr * C);
+      for (size_t t = 0; t < T; ++t) {
+        const float* xt = x + t * C;
+        float* yt = y + t * R + r0;
+        size_t r = 0;
+        if (avx2)
+          for (; r + 4 <= nr; r += 4) detail::dot4_f32_avx2(xt, &tile[r * C], C, yt + r);
+        for (; r < nr; ++r) yt[r] = dot_f32(xt, &tile[r * C], C);
+      }
+    }
+  });
+}
+
+}  // namespace tq::engine

@@ -1,0 +1,22 @@
+// Runtime-dispatched SIMD kernels of the core (AVX2 + FMA). Each has a scalar twin that is the
+// reference; tests pin them together (bit-identical where the operations are the same, within a
+// stated tolerance where the summation order differs).
+#pragma once
+
+#include <cstdint>
+
+namespace tq::simd {
+
+// Callers check tq::cpu::has_avx2_fma() (tq/cpu_features.h) first.
+
+// In-place normalized fast Walsh-Hadamard transform, n a power of two; bit-identical to fwht_scalar.
+void fwht_avx2(float* x, uint32_t n);
+
+// sum_i q[i] * centroids[code_i] over one row of packed codes. q: [pd], codes: [pd / 32 * bits] words,
+// centroids: [2^bits]. Summation order differs from the scalar loop (8 lanes, FMA).
+float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids);
+
+// codes[i] = number of boundaries strictly below y[i] (the scalar Codebook::encode), for n values.
+void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t bits, uint8_t* codes);
+
+}  // namespace tq::simd

@@ -1,0 +1,183 @@
+#include "tq/codec/turboquant.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "simd.h"
+#include "tq/check.h"
+#include "tq/cpu_features.h"
+#include "tq/numeric.h"
+#include "tq/rng.h"
+
+namespace tq {
+
+double qjl_scale(uint32_t pd) { return std::sqrt(M_PI / 2.0) / double(pd); }
+
+namespace {
+constexpr uint32_t kQjlPurpose = 7;
+
+void check_config(const TqConfig& c) {
+  TQ_CHECK(c.dim >= 1 && c.dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, c.dim);
+  TQ_CHECK(c.bits >= 1 && c.bits <= 8, "TurboQuant bits must be 1..8, got {}", c.bits);
+  TQ_CHECK(!(c.prod && c.norm_correction), "norm correction applies to MSE rows only, not to prod (already unbiased)");
+}
+}  // namespace
+
+TurboQuant::TurboQuant(const TqConfig& cfg)
+    : cfg_((check_config(cfg), cfg)), pd_(tq::padded_dim(cfg.dim)), rot_(cfg.rotation, pd_, cfg.seed) {
+  if (code_bits() > 0) cb_ = &tq::codebook(pd_, code_bits());
+  if (cfg_.prod) {
+    Rng rng(derive_seed(cfg_.seed, 0, 0, kQjlPurpose));
+    s_.resize(size_t(pd_) * pd_);
+    for (float& v : s_) v = float(rng.normal());
+  }
+}
+
+void TurboQuant::encode(const float* x, const RowRef& out) const {
+  double nn = 0;
+  for (uint32_t i = 0; i < cfg_.dim; ++i) {
+    TQ_CHECK(std::isfinite(x[i]), "cannot quantize a non-finite value: element {} is {}", i, x[i]);
+    nn += double(x[i]) * x[i];
+  }
+  const double norm = std::sqrt(nn);
+  TQ_CHECK(norm <= kF16Max, "vector norm {:.6g} exceeds the fp16 range of the stored norm ({})", norm, kF16Max);
+
+  // Scratch on the stack (pd <= kMaxHeadDim): this runs for every token written to the cache.
+  float y[kMaxHeadDim], c[kMaxHeadDim];  // [pd] rotated unit vector, its reconstruction
+  std::fill(y, y + pd_, 0.0f);
+  std::fill(c, c + pd_, 0.0f);
+  if (norm > 0)
+    for (uint32_t i = 0; i < cfg_.dim; ++i) y[i] = float(x[i] / norm);
+  rot_.forward(y, y);
+
+  const uint32_t b = code_bits();
+  uint8_t codes[kMaxHeadDim];
+  std::fill(codes, codes + pd_, uint8_t(0));
+  if (b > 0) {
+    if (b <= 4 && cpu::has_avx2_fma()) {
+      simd::encode_avx2(y, pd_, cb_->boundaries.data(), b, codes);
+    } else {
+      for (uint32_t i = 0; i < pd_; ++i) codes[i] = cb_->encode(y[i]);
+    }
+    for (uint32_t i = 0; i < pd_; ++i) c[i] = cb_->centroids[codes[i]];
+    pack_row(codes, cfg_.dim, b, out.codes);
+  }
+
+  double stored = norm;
+  if (cfg_.norm_correction && norm > 0) {
+    double cn = 0;
+    for (uint32_t i = 0; i < pd_; ++i) cn += double(c[i]) * c[i];
+    if (cn > 0) stored = norm / std::sqrt(cn);
+    TQ_CHECK(stored <= kF16Max, "norm-corrected norm {:.6g} exceeds the fp16 range", stored);
+  }
+  *out.norm = f32_to_f16(float(stored));
+
+  if (cfg_.prod) {
+    float r[kMaxHeadDim];
+    double rn = 0;
+    for (uint32_t i = 0; i < pd_; ++i) {
+      r[i] = y[i] - c[i];
+      rn += double(r[i]) * r[i];
+    }
+    *out.rnorm = f32_to_f16(float(std::sqrt(rn)));
+    for (uint32_t i = 0; i < pd_ / 8; ++i) out.qjl[i] = 0;
+    for (uint32_t i = 0; i < pd_; ++i) {
+      const float* s = &s_[size_t(i) * pd_];
+      float acc = 0;
+      for (uint32_t k = 0; k < pd_; ++k) acc += s[k] * r[k];
+      if (acc >= 0) out.qjl[i / 8] = uint8_t(out.qjl[i / 8] | (1u << (i % 8)));
+    }
+  }
+}
+
+void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
+  const uint32_t b = code_bits();
+  if (b > 0) {
+    uint8_t codes[kMaxHeadDim];
+    unpack_row(in.codes, cfg_.dim, b, codes);
+    for (uint32_t i = 0; i < pd_; ++i) out[i] = cb_->centroids[codes[i]];
+  } else {
+    for (uint32_t i = 0; i < pd_; ++i) out[i] = 0;
+  }
+  if (cfg_.prod) {
+    // x~ += ||r|| sqrt(pi/2)/pd * S^T sign(S r)
+    const float scale = float(qjl_scale(pd_) * f16_to_f32(*in.rnorm));
+    for (uint32_t i = 0; i < pd_; ++i) {
+      const float sgn = (in.qjl[i / 8] >> (i % 8)) & 1u ? scale : -scale;
+      const float* s = &s_[size_t(i) * pd_];
+      for (uint32_t k = 0; k < pd_; ++k) out[k] += sgn * s[k];
+    }
+  }
+}
+
+float TurboQuant::dot_fast(const Query& q, const ConstRowRef& row) const {
+  if (!cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma())
+    return simd::dot_codes_avx2(q.rot.data(), row.codes, pd_, code_bits(), cb_->centroids.data()) * f16_to_f32(*row.norm);
+  return dot(q, row);
+}
+
+void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const {
+  const float w = weight * f16_to_f32(*row.norm);
+  if (w == 0) return;
+  const uint32_t b = code_bits();
+  if (b > 0) {
+    uint8_t codes[kGroup];
+    for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
+      unpack_group(row.codes + g * b, b, codes);
+      for (uint32_t i = 0; i < kGroup; ++i) acc[g * kGroup + i] += w * cb_->centroids[codes[i]];
+    }
+  }
+  if (cfg_.prod) {
+    const float scale = w * float(qjl_scale(pd_)) * f16_to_f32(*row.rnorm);
+    for (uint32_t i = 0; i < pd_; ++i) {
+      const float sgn = (row.qjl[i / 8] >> (i % 8)) & 1u ? scale : -scale;
+      const float* s = &s_[size_t(i) * pd_];
+      for (uint32_t k = 0; k < pd_; ++k) acc[k] += sgn * s[k];
+    }
+  }
+}
+
+void TurboQuant::decode(const ConstRowRef& in, float* out) const {
+  float y[kMaxHeadDim];
+  decode_rotated(in, y);
+  rot_.inverse(y, y);
+  const float norm = f16_to_f32(*in.norm);
+  for (uint32_t i = 0; i < cfg_.dim; ++i) out[i] = y[i] * norm;
+}
+
+void TurboQuant::prepare(const float* q, Query& out) const {
+  out.rot.assign(pd_, 0.0f);
+  for (uint32_t i = 0; i < cfg_.dim; ++i) out.rot[i] = q[i];
+  rot_.forward(out.rot.data(), out.rot.data());
+  if (cfg_.prod) {
+    out.sq.assign(pd_, 0.0f);
+    for (uint32_t i = 0; i < pd_; ++i) {
+      const float* s = &s_[size_t(i) * pd_];
+      float acc = 0;
+      for (uint32_t k = 0; k < pd_; ++k) acc += s[k] * out.rot[k];
+      out.sq[i] = acc;
+    }
+  }
+}
+
+float TurboQuant::dot(const Query& q, const ConstRowRef& row) const {
+  float acc = 0;
+  const uint32_t b = code_bits();
+  if (b > 0) {
+    uint8_t codes[kGroup];
+    for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
+      unpack_group(row.codes + g * b, b, codes);
+      for (uint32_t i = 0; i < kGroup; ++i) acc += q.rot[g * kGroup + i] * cb_->centroids[codes[i]];
+    }
+  }
+  if (cfg_.prod) {
+    float qjl = 0;
+    for (uint32_t i = 0; i < pd_; ++i) qjl += (row.qjl[i / 8] >> (i % 8)) & 1u ? q.sq[i] : -q.sq[i];
+    acc += float(qjl_scale(pd_)) * f16_to_f32(*row.rnorm) * qjl;
+  }
+  return acc * f16_to_f32(*row.norm);
+}
+
+}  // namespace tq

@@ -1,0 +1,161 @@
+#include "tq/kv/spec.h"
+
+#include <fmt/format.h>
+
+#include <charconv>
+#include <tuple>
+#include <utility>
+
+#include "tq/check.h"
+
+namespace tq {
+namespace {
+
+uint64_t parse_uint(const std::string& s, const std::string& what, const std::string& spec) {
+  uint64_t v = 0;
+  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  TQ_CHECK(ec == std::errc() && p == s.data() + s.size() && !s.empty(), "KV spec '{}': {} must be a non-negative integer, got '{}'", spec,
+           what, s);
+  return v;
+}
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  for (size_t i = 0; i <= s.size(); ++i)
+    if (i == s.size() || s[i] == sep) {
+      out.push_back(s.substr(start, i - start));
+      start = i + 1;
+    }
+  return out;
+}
+
+// fp32 | fp16 | bf16 | fp8 | k<N>v<M>: the K and V codes of a base (TurboQuant as MSE).
+std::pair<TensorCode, TensorCode> parse_base(const std::string& base, const std::string& text) {
+  TQ_CHECK(!base.empty(), "empty KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2", text);
+  if (base == "fp32" || base == "fp16" || base == "bf16" || base == "fp8") {
+    const Encoding e = base == "fp32" ? Encoding::kFp32 : base == "fp16" ? Encoding::kFp16 : base == "bf16" ? Encoding::kBf16 : Encoding::kFp8E4M3;
+    const TensorCode c{e, uint8_t(8 * float_bytes(e))};
+    return {c, c};
+  }
+  const size_t vpos = base.find('v');
+  TQ_CHECK(base[0] == 'k' && vpos != std::string::npos && vpos > 1 && vpos + 1 < base.size(),
+           "unknown KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2", text);
+  const uint64_t kb = parse_uint(base.substr(1, vpos - 1), "the K width", text);
+  const uint64_t vb = parse_uint(base.substr(vpos + 1), "the V width", text);
+  TQ_CHECK(kb >= 1 && kb <= 8, "KV spec '{}': K width must be 1..8 bits, got {}", text, kb);
+  TQ_CHECK(vb >= 1 && vb <= 8, "KV spec '{}': V width must be 1..8 bits, got {}", text, vb);
+  return {TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}};
+}
+
+std::string base_name(TensorCode k, TensorCode v) {
+  if (!is_tq(k.enc))
+    return k.enc == Encoding::kFp32 ? "fp32" : k.enc == Encoding::kFp16 ? "fp16" : k.enc == Encoding::kBf16 ? "bf16" : "fp8";
+  return fmt::format("k{}v{}", k.bits, v.bits);
+}
+
+}  // namespace
+
+KvSpec KvSpec::layer_spec(uint32_t layer, uint32_t n_layers) const {
+  KvSpec s = *this;
+  s.edge_layers = 0;
+  s.sink = s.window = 0;
+  s.key_sim.clear();
+  if (edge_layers > 0 && (layer < edge_layers || layer + edge_layers >= n_layers)) {
+    s.k = edge_k;
+    s.v = edge_v;
+  } else {
+    s.key_sim = key_sim;
+  }
+  s.text = s.canonical();
+  return s;
+}
+
+RotationKind KvSpec::rotation_for(uint32_t head_dim) const {
+  if (!auto_rotation) return rotation;
+  return is_pow2(padded_dim(head_dim)) ? RotationKind::kHadamard : RotationKind::kDense;
+}
+
+double KvSpec::bits_per_element(uint32_t head_dim) const {
+  return 8.0 * bytes_per_token_head(k, v, head_dim, page_size) / (2.0 * head_dim);
+}
+
+std::string KvSpec::canonical() const {
+  std::string s = base_name(k, v);
+  if (is_tq(k.enc)) {
+    if (k.enc == Encoding::kTqProd) s += ":prod";
+    if (norm_correction) s += ":nc";
+    if (!auto_rotation) s += fmt::format(":rot={}", rotation_name(rotation));
+  }
+  if (page_size != 16) s += fmt::format(":page={}", page_size);
+  if (edge_layers > 0) s += fmt::format(":edge={}/{}", edge_layers, base_name(edge_k, edge_v));
+  if (sink > 0) s += fmt::format(":sink={}", sink);
+  if (window > 0) s += fmt::format(":window={}", window);
+  if (!key_sim.empty()) s += fmt::format(":ksim={}", key_sim);
+  return s;
+}
+
+KvSpec parse_kv_spec(const std::string& text) {
+  KvSpec spec;
+  spec.text = text;
+  const auto parts = split(text, ':');
+  std::tie(spec.k, spec.v) = parse_base(parts[0], text);
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const std::string& opt = parts[i];
+    const size_t eq = opt.find('=');
+    const std::string key = opt.substr(0, eq), val = eq == std::string::npos ? "" : opt.substr(eq + 1);
+    const bool tqspec = is_tq(spec.k.enc);
+    if (key == "prod" && eq == std::string::npos) {
+      TQ_CHECK(tqspec, "KV spec '{}': option 'prod' applies to TurboQuant specs (k<N>v<M>) only", text);
+      spec.k.enc = Encoding::kTqProd;
+    } else if (key == "nc" && eq == std::string::npos) {
+      TQ_CHECK(tqspec, "KV spec '{}': option 'nc' applies to TurboQuant specs (k<N>v<M>) only", text);
+      spec.norm_correction = true;
+    } else if (key == "rot" && eq != std::string::npos) {
+      TQ_CHECK(tqspec, "KV spec '{}': option 'rot' applies to TurboQuant specs (k<N>v<M>) only", text);
+      if (val == "auto") {
+        spec.auto_rotation = true;
+      } else {
+        spec.auto_rotation = false;
+        spec.rotation = parse_rotation(val);
+      }
+    } else if (key == "seed" && eq != std::string::npos) {
+      spec.seed = parse_uint(val, "seed", text);
+    } else if (key == "page" && eq != std::string::npos) {
+      const uint64_t p = parse_uint(val, "page", text);
+      TQ_CHECK(p >= 1 && p <= kMaxPageSize, "KV spec '{}': page size must be 1..{} tokens, got {}", text, kMaxPageSize, p);
+      spec.page_size = uint32_t(p);
+    } else if (key == "edge" && eq != std::string::npos) {
+      const size_t slash = val.find('/');
+      TQ_CHECK(slash != std::string::npos, "KV spec '{}': edge needs <layers>/<base>, e.g. edge=2/k4v4, got '{}'", text, opt);
+      const uint64_t n = parse_uint(val.substr(0, slash), "edge layers", text);
+      TQ_CHECK(n >= 1 && n <= 1024, "KV spec '{}': edge layers must be 1..1024, got {}", text, n);
+      spec.edge_layers = uint32_t(n);
+      std::tie(spec.edge_k, spec.edge_v) = parse_base(val.substr(slash + 1), text);
+    } else if ((key == "sink" || key == "window") && eq != std::string::npos) {
+      const uint64_t n = parse_uint(val, key, text);
+      TQ_CHECK(n <= 65536, "KV spec '{}': {} must be 0..65536 tokens, got {}", text, key, n);
+      (key == "sink" ? spec.sink : spec.window) = uint32_t(n);
+    } else if (key == "ksim" && eq != std::string::npos) {
+      TQ_CHECK(val == "int4" || val == "int8" || val == "int2" || val == "q4_0",
+               "KV spec '{}': ksim must be int4, int8, int2 or q4_0, got '{}'", text, val);
+      TQ_CHECK(spec.k.enc == Encoding::kFp32 || spec.k.enc == Encoding::kFp16,
+               "KV spec '{}': ksim (simulated key quantization) needs an fp32 or fp16 base", text);
+      spec.key_sim = val;
+    } else {
+      throw Error(fmt::format(
+          "KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, sink=N, window=N, "
+          "ksim=int4)",
+          text, opt));
+    }
+  }
+  return spec;
+}
+
+std::vector<KvSpec> parse_kv_specs(const std::string& list) {
+  std::vector<KvSpec> out;
+  for (const std::string& s : split(list, ',')) out.push_back(parse_kv_spec(s));
+  return out;
+}
+
+}  // namespace tq

@@ -1,0 +1,120 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "tq/codec/codebook.h"
+#include "tq/common.h"
+#include "tq/numeric.h"
+
+namespace tq {
+namespace {
+
+// Gaussian-limit Lloyd-Max centroids (positive half), from the landscape doc / Max (1960).
+const std::vector<std::vector<double>> kGaussianPositive = {
+    {0.7979},
+    {0.4528, 1.5104},
+    {0.2451, 0.7560, 1.3440, 2.1520},
+    {0.1284, 0.3880, 0.6568, 0.9423, 1.2562, 1.6180, 2.0690, 2.7326}};
+const double kGaussianMse[] = {0.3634, 0.1175, 0.0345, 0.0095};
+
+class GaussianCodebook : public ::testing::TestWithParam<uint32_t> {};
+
+TEST_P(GaussianCodebook, MatchesKnownCentroids) {
+  const uint32_t b = GetParam();
+  const Codebook& cb = gaussian_codebook(b);
+  const auto& want = kGaussianPositive[b - 1];
+  const size_t n = cb.centroids.size();
+  ASSERT_EQ(n, size_t(1) << b);
+  for (size_t j = 0; j < want.size(); ++j) {
+    EXPECT_NEAR(cb.centroids[n / 2 + j], want[j], 1e-3) << "centroid " << j;
+    EXPECT_NEAR(cb.centroids[n / 2 - 1 - j], -want[j], 1e-3) << "centroid -" << j;
+  }
+  // The table's MSE figures are given to 4 digits.
+  EXPECT_NEAR(cb.expected_mse, kGaussianMse[b - 1], 1e-4 + 1e-3 * kGaussianMse[b - 1]);
+}
+INSTANTIATE_TEST_SUITE_P(Bits, GaussianCodebook, ::testing::Values(1u, 2u, 3u, 4u));
+
+struct DimBits {
+  uint32_t dim, bits;
+};
+class ExactCodebook : public ::testing::TestWithParam<DimBits> {};
+
+TEST_P(ExactCodebook, SymmetricOrderedAndBetterThanUpperBound) {
+  const auto [d, b] = GetParam();
+  const Codebook& cb = codebook(d, b);
+  const size_t n = size_t(1) << b;
+  ASSERT_EQ(cb.centroids.size(), n);
+  ASSERT_EQ(cb.boundaries.size(), n - 1);
+  for (size_t j = 0; j < n; ++j) EXPECT_EQ(cb.centroids[j], -cb.centroids[n - 1 - j]) << "symmetry at " << j;
+  for (size_t j = 1; j < n; ++j) EXPECT_LT(cb.centroids[j - 1], cb.centroids[j]) << "order at " << j;
+  for (size_t j = 0; j + 1 < n; ++j) {
+    EXPECT_GT(cb.boundaries[j], cb.centroids[j]);
+    EXPECT_LT(cb.boundaries[j], cb.centroids[j + 1]);
+  }
+  EXPECT_LE(cb.centroids[n - 1], 1.0f);  // coordinates of a unit vector
+  // TurboQuant's guarantee sqrt(3) pi / 2 * 4^-b and the universal lower bound 4^-b.
+  EXPECT_LT(cb.expected_mse, std::sqrt(3.0) * M_PI / 2 * std::pow(4.0, -double(b)));
+  // (d = 3 is the uniform density, where the uniform quantizer meets the bound exactly.)
+  EXPECT_GE(cb.expected_mse, std::pow(4.0, -double(b)) * (1 - 1e-6));
+}
+std::vector<DimBits> all_dim_bits() {
+  std::vector<DimBits> v;
+  for (uint32_t d : {3u, 8u, 32u, 64u, 96u, 128u, 256u, 1024u})
+    for (uint32_t b = 1; b <= 8; ++b) v.push_back({d, b});
+  return v;
+}
+INSTANTIATE_TEST_SUITE_P(All, ExactCodebook, ::testing::ValuesIn(all_dim_bits()),
+                         [](const auto& info) { return "d" + std::to_string(info.param.dim) + "_b" + std::to_string(info.param.bits); });
+
+TEST(ExactCodebook, Dim128MatchesExactBetaFigures) {
+  // Lloyd-Max distortion of the exact density at d = 128 (issue 2): 0.361, 0.116, 0.034, 0.0093.
+  const double want[] = {0.361, 0.116, 0.034, 0.0093};
+  for (uint32_t b = 1; b <= 4; ++b) EXPECT_NEAR(codebook(128, b).expected_mse, want[b - 1], 0.005 * want[b - 1] + 5e-5) << b;
+}
+
+TEST(ExactCodebook, TendsToGaussianLimit) {
+  for (uint32_t b = 1; b <= 4; ++b) {
+    const Codebook& e = codebook(65536, b);
+    const Codebook& g = gaussian_codebook(b);
+    for (size_t j = 0; j < g.centroids.size(); ++j) EXPECT_NEAR(e.centroids[j] * 256.0, g.centroids[j], 2e-3);
+  }
+}
+
+TEST(ExactCodebook, EncodePicksNearestCentroidAndTiesGoDown) {
+  const Codebook& cb = codebook(128, 3);
+  for (size_t j = 0; j < cb.centroids.size(); ++j) EXPECT_EQ(cb.encode(cb.centroids[j]), j);
+  for (size_t j = 0; j < cb.boundaries.size(); ++j) {
+    EXPECT_EQ(cb.encode(cb.boundaries[j]), j);
+    EXPECT_EQ(cb.encode(std::nextafter(cb.boundaries[j], 1.0f)), j + 1);
+  }
+  EXPECT_EQ(cb.encode(-2.0f), 0);
+  EXPECT_EQ(cb.encode(2.0f), 7);
+}
+
+TEST(ExactCodebook, RejectsBadArguments) {
+  EXPECT_THROW(codebook(128, 0), Error);
+  EXPECT_THROW(codebook(128, 9), Error);
+  EXPECT_THROW(codebook(2, 3), Error);
+  try {
+    codebook(128, 9);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("9"), std::string::npos) << e.what();
+  }
+}
+
+// The CUDA decode kernels use 2- and 3-bit key centroids as int16 fixed point (their fp16 z-unit
+// values x 2^13, split into two int8 tensor-core operands): that must be exact, and fit.
+TEST(ExactCodebook, KeyCentroidsAreExactInt16FixedPoint) {
+  for (uint32_t pd : {64u, 128u, 256u})
+    for (uint32_t bits : {2u, 3u}) {
+      const Codebook& cb = codebook(pd, bits);
+      for (float c : cb.centroids) {
+        const double z = f16_to_f32(f32_to_f16(c * std::sqrt(float(pd)))), q = z * 8192.0;  // as the kernel's table
+        EXPECT_EQ(q, std::rint(q)) << "pd " << pd << " bits " << bits << " z " << z;
+        EXPECT_LE(std::fabs(q), 32639.0) << "pd " << pd << " bits " << bits;
+      }
+    }
+}
+
+}  // namespace
+}  // namespace tq

@@ -1,0 +1,99 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "test_util.h"
+#include "tq/common.h"
+#include "tq/kv/paged_cache.h"
+
+namespace tq {
+namespace {
+
+class CacheSpec : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CacheSpec, PartlyFilledPagesRoundTripAndLeaveTheRestUntouched) {
+  const KvSpec spec = parse_kv_spec(GetParam());
+  const CacheShape shape{2, 3, 64, 4};
+  PagedKvCache cache(shape, spec);
+  const uint32_t ps = spec.page_size, partial = ps > 1 ? std::min(5u, ps - 1) : 0, n = ps + partial;
+  // one full page and `partial` tokens of the next
+  const auto k = test::outlier_rows(n, 3 * 64, 1), v = test::gaussian(n, 3 * 64, 2);
+  // Tokens go to pages 2 and 0 (a block table out of order), layer 1 only.
+  auto slot = [&](uint32_t t) { return int64_t(t < ps ? 2 * ps + t : t - ps); };
+  for (uint32_t t = 0; t < n; ++t) cache.write(1, slot(t), &k[t * 192], &v[t * 192]);
+  cache.write(1, -1, &k[0], &v[0]);  // skipped
+  // Layer 0, pages 1 and 3, and the unwritten rows of page 0 stay zero.
+  for (uint32_t h = 0; h < 3; ++h) {
+    for (uint32_t p = 0; p < 4; ++p) {
+      const uint8_t* b = cache.block(0, p, h);
+      for (uint32_t i = 0; i < cache.layout().bytes; ++i) ASSERT_EQ(b[i], 0) << "layer 0 page " << p;
+    }
+    const uint8_t* b1 = cache.block(1, 1, h);
+    for (uint32_t i = 0; i < cache.layout().bytes; ++i) ASSERT_EQ(b1[i], 0);
+    const uint8_t* b0 = cache.block(1, 0, h);
+    const BlockLayout& L = cache.layout();
+    for (uint32_t t = partial; t < ps; ++t)
+      for (uint32_t i = 0; i < L.k_row; ++i) ASSERT_EQ(b0[L.k_codes + t * L.k_row + i], 0) << "row " << t;
+  }
+  // Read back: each token within the format's error.
+  std::vector<float> kr(192), vr(192);
+  for (uint32_t t = 0; t < n; ++t) {
+    cache.read(1, slot(t), kr.data(), vr.data());
+    for (uint32_t h = 0; h < 3; ++h) {
+      const double ek = test::sq_dist(&k[t * 192 + h * 64], &kr[h * 64], 64) / test::sq_norm(&k[t * 192 + h * 64], 64);
+      const double ev = test::sq_dist(&v[t * 192 + h * 64], &vr[h * 64], 64) / test::sq_norm(&v[t * 192 + h * 64], 64);
+      if (is_tq(spec.k.enc)) {
+        EXPECT_LT(ek, 4 * codebook(64, mse_bits(spec.k) ? mse_bits(spec.k) : 1).expected_mse + 0.5 * (spec.k.enc == Encoding::kTqProd));
+        EXPECT_LT(ev, 4 * codebook(64, spec.v.bits).expected_mse);
+      } else {
+        const double tol = spec.k.enc == Encoding::kFp32 ? 0 : spec.k.enc == Encoding::kFp16 ? 1e-6 : spec.k.enc == Encoding::kBf16 ? 2e-5 : 5e-3;
+        EXPECT_LE(ek, tol);
+        EXPECT_LE(ev, tol);
+      }
+    }
+  }
+}
+INSTANTIATE_TEST_SUITE_P(All, CacheSpec, ::testing::Values("fp32", "fp16", "bf16", "fp8", "k3v2", "k4v4", "k2v2", "k8v8", "k3v2:prod", "k3v2:page=1", "k4v2:page=7"),
+                         [](const auto& i) {
+                           std::string s = i.param;
+                           for (char& c : s)
+                             if (!isalnum(c)) c = '_';
+                           return s;
+                         });
+
+TEST(PagedKvCache, QuantizeOnWriteEqualsTheCodec) {
+  // The bytes in the block are exactly what the layer's codec writes for the token.
+  const KvSpec spec = parse_kv_spec("k3v2");
+  PagedKvCache cache(CacheShape{1, 2, 128, 2}, spec);
+  const auto k = test::gaussian(1, 256, 3), v = test::gaussian(1, 256, 4);
+  cache.write(0, 19, k.data(), v.data());  // page 1, offset 3
+  const TurboQuant* kc = cache.k_codec(0, 1);
+  std::vector<uint32_t> codes(12);
+  uint16_t norm;
+  kc->encode(&k[128], RowRef{codes.data(), nullptr, &norm, nullptr});
+  const uint8_t* b = cache.block(0, 1, 1);
+  EXPECT_EQ(0, std::memcmp(b + cache.layout().k_codes + 3 * 48, codes.data(), 48));
+  EXPECT_EQ(0, std::memcmp(b + cache.layout().k_norms + 6, &norm, 2));
+  // Different (layer, head, K/V) get different rotation seeds.
+  EXPECT_NE(cache.seed_for(0, 0, false), cache.seed_for(0, 1, false));
+  EXPECT_NE(cache.seed_for(0, 0, false), cache.seed_for(0, 0, true));
+}
+
+TEST(PagedKvCache, BadInput) {
+  const KvSpec spec = parse_kv_spec("k3v2");
+  EXPECT_THROW(PagedKvCache(CacheShape{0, 1, 64, 1}, spec), Error);
+  EXPECT_THROW(PagedKvCache(CacheShape{1, 1, 2000, 1}, spec), Error);
+  EXPECT_THROW(PagedKvCache(CacheShape{1, 1, 80, 1}, parse_kv_spec("k3v2:rot=hadamard")), Error);
+  PagedKvCache cache(CacheShape{1, 1, 64, 2}, spec);
+  std::vector<float> x(64, 1.0f);
+  EXPECT_THROW(cache.write(0, 32, x.data(), x.data()), Error);
+  EXPECT_THROW(cache.write(1, 0, x.data(), x.data()), Error);
+  EXPECT_THROW(cache.write(0, -2, x.data(), x.data()), Error);
+  x[3] = NAN;
+  EXPECT_THROW(cache.write(0, 0, x.data(), x.data()), Error);
+  EXPECT_THROW(cache.block(0, 2, 0), Error);
+}
+
+}  // namespace
+}  // namespace tq
