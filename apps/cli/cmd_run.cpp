@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "tq/check.h"
 #include "tq/engine/engine.h"
+#include "tq/engine/generation.h"
 #include "model_files.h"
 
 namespace tq::cli {

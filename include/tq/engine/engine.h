@@ -76,7 +76,4 @@ class Engine {
   std::vector<float> rope_cos_, rope_sin_;                // [context][rope_dim / 2]
 };
 
-// A chat prompt wrapped in the model's template (ChatML, Llama-3); `prompt` as is when none.
-std::string apply_chat_template(model::ChatTemplate t, const std::string& prompt);
-
 }  // namespace tq::engine
