@@ -9,6 +9,7 @@
 #include "table.h"
 #include "tq/check.h"
 #include "tq/engine/eval.h"
+#include "tq/engine/generation.h"
 #include "model_files.h"
 
 namespace tq::cli {
@@ -30,8 +31,7 @@ void run(const Options& o) {
   std::stringstream ss;
   ss << in.rdbuf();
   const auto& tok = *lm.tokenizer;
-  const bool bos = tok.bos_id() >= 0 && (tok.add_bos_default() || lm.model.config.source == model::WeightSource::Llama2c);
-  std::vector<int> tokens = tok.encode(ss.str(), bos);
+  std::vector<int> tokens = tok.encode(ss.str(), engine::wants_bos(lm.model, tok));
   if (o.max_tokens && tokens.size() > o.max_tokens) tokens.resize(o.max_tokens);
   fmt::print(stderr, "tq perplexity: {} on {} ({} tokens), windows of {}, reference cache {}\n", lm.path, o.file, tokens.size(), o.ctx,
              o.ref);

@@ -2,14 +2,13 @@
 #include <fmt/format.h>
 
 #include <chrono>
-#include <cmath>
 #include <cstdio>
-#include <random>
 
 #include "commands.h"
 #include "tq/check.h"
 #include "tq/engine/engine.h"
 #include "tq/engine/generation.h"
+#include "tq/engine/sampler.h"
 #include "model_files.h"
 
 namespace tq::cli {
@@ -18,40 +17,23 @@ namespace {
 struct Options {
   std::string model, tokenizer, prompt, kv = "k3v2:edge=2/k4v4:sink=4:window=64";
   int steps = 256;
-  float temp = 0.0f;
-  uint64_t seed = 42;
+  engine::SamplingParams sampling{.seed = 42};
   uint32_t ctx = 0;
   unsigned threads = 0;
   bool chat = false;
   std::string logits_file;  // test hook: prompt token ids and last-token logits
 };
 
-int sample(const std::vector<float>& logits, float temp, std::mt19937_64& rng) {
-  if (temp <= 0) return int(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  const float mx = *std::max_element(logits.begin(), logits.end());
-  std::vector<double> p(logits.size());
-  double s = 0;
-  for (size_t i = 0; i < p.size(); ++i) s += (p[i] = std::exp(double(logits[i] - mx) / temp));
-  double r = std::uniform_real_distribution<double>(0, s)(rng);
-  for (size_t i = 0; i < p.size(); ++i)
-    if ((r -= p[i]) <= 0) return int(i);
-  return int(p.size() - 1);
-}
-
 void run(const Options& o) {
   using clock = std::chrono::steady_clock;
   TQ_CHECK(o.steps >= 0, "-n must be >= 0, got {}", o.steps);
+  engine::Sampler sampler(o.sampling);  // refuses bad --temp / --top-k / --top-p / --min-p before the model loads
   const KvSpec spec = parse_kv_spec(o.kv);
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
   const auto& cfg = lm.model.config;
   const auto& tok = *lm.tokenizer;
-  TQ_CHECK(!o.chat || cfg.chat_template != model::ChatTemplate::None, "--chat: '{}' has no chat template", lm.path);
-  const std::string text = o.chat ? engine::apply_chat_template(cfg.chat_template, o.prompt) : o.prompt;
-  const bool llama2c = cfg.source == model::WeightSource::Llama2c;
-  const bool bos = tok.bos_id() >= 0 && (tok.add_bos_default() || llama2c);
-  std::vector<int> prompt = tok.encode(text, bos);
-  if (prompt.empty()) prompt.push_back(tok.bos_id() >= 0 ? tok.bos_id() : tok.eos_id());
-  TQ_CHECK(!prompt.empty() && prompt[0] >= 0, "empty prompt and the tokenizer has no BOS token: give -p");
+  TQ_CHECK(!o.chat || cfg.chat_template != model::ChatTemplate::None, "--chat: '{}' has no chat template", lm.path);  // names the file
+  const std::vector<int> prompt = engine::prompt_tokens(lm.model, tok, o.prompt, o.chat);
   const uint32_t ctx = o.ctx ? o.ctx : uint32_t(cfg.max_seq);
   TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens (--ctx)", prompt.size(), ctx);
   engine::Engine e(lm.model, spec, {.threads = o.threads, .context = ctx});
@@ -73,17 +55,14 @@ void run(const Options& o) {
     std::fwrite(logits.data(), 4, logits.size(), f);
     std::fclose(f);
   }
-  std::mt19937_64 rng(o.seed);
-  int prev = prompt.back(), generated = 0;
-  while (generated < o.steps && e.seq_len(s) < ctx) {
-    const int next = sample(logits, o.temp, rng);
-    if (next == tok.eos_id() || next == tok.eot_id() || (llama2c && next == tok.bos_id())) break;
+  int prev = prompt.back();
+  const auto print = [&](int next) {  // streamed: each token's text as soon as it is sampled
     fmt::print("{}", tok.decode_next(prev, next));
     std::fflush(stdout);
     prev = next;
-    ++generated;
-    if (generated < o.steps && e.seq_len(s) < ctx) logits = e.forward({engine::BatchItem{s, {next}, false}});
-  }
+  };
+  const uint32_t generated =
+      engine::generate(e, s, std::move(logits), sampler, lm.model, tok, {.max_tokens = uint32_t(o.steps), .context = ctx}, print);
   const auto t2 = clock::now();
   fmt::print("\n");
   std::fflush(stdout);  // the text ends before the statistics on stderr
@@ -107,12 +86,20 @@ void add_run(CLI::App& app) {
   CLI::App* c = app.add_subcommand("run",
                                    "Generate text on the CPU with a compressed KV cache (quantized as tokens arrive; attention reads\n"
                                    "the packed pages). Without -m: models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get_model.sh).\n"
-                                   "Example: tq run -p 'Why is the sky blue?' --chat --kv k3v2 -n 100");
+                                   "Example: tq run -p 'Why is the sky blue?' --chat --kv k3v2 -n 100 --temp 0.7 --top-p 0.9");
   c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint");
   c->add_option("-p,--prompt", o->prompt, "prompt text");
   c->add_option("-n,--steps", o->steps, "tokens to generate (default 256)");
-  c->add_option("--temp", o->temp, "sampling temperature; 0 = greedy (default)");
-  c->add_option("--seed", o->seed, "sampling seed");
+  c->add_option("--temp", o->sampling.temperature,
+                "sampling temperature, a number >= 0: 0 = greedy, always the most likely token (default); 0.7-1 for\n"
+                "varied text (below 1 sharper, above 1 flatter); --top-k, --top-p, --min-p apply only when > 0");
+  c->add_option("--top-k", o->sampling.top_k, "sample among the K most likely tokens only (0 = off, default; 1 = greedy)");
+  c->add_option("--top-p", o->sampling.top_p,
+                "nucleus sampling: among the fewest most likely tokens whose probabilities add up to P, in (0, 1]\n"
+                "(1 = off, default; 0.9 is common); applied after --temp and --top-k");
+  c->add_option("--min-p", o->sampling.min_p,
+                "drop tokens less than P times as likely as the most likely one, in [0, 1] (0 = off, default)");
+  c->add_option("--seed", o->sampling.seed, "sampling seed: the same seed, prompt and flags give the same text (default 42)");
   c->add_option("--kv", o->kv, "KV spec (default k3v2:edge=2/k4v4:sink=4:window=64, docs/quality.md says why)");
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   c->add_option("--ctx", o->ctx, "context length (default: the model's)");

@@ -9,6 +9,8 @@
 
 #include "tq/check.h"
 #include "tq/engine/engine.h"
+#include "tq/engine/generation.h"
+#include "tq/engine/sampler.h"
 
 namespace tq::engine {
 namespace {
@@ -113,7 +115,6 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
   const std::string filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
   const std::string question = "\nWhat is the pass key? The pass key is";
   const size_t filler_tokens = std::max<size_t>(1, tok.encode(filler, false).size());
-  const bool bos = tok.bos_id() >= 0 && (tok.add_bos_default() || m.config.source == model::WeightSource::Llama2c);
   std::mt19937_64 rng(o.seed);
   std::vector<PasskeyRow> rows;
   // Prompts first (the same prompts for every spec).
@@ -132,8 +133,9 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
       std::string text = intro;
       for (size_t i = 0; i < n; ++i) text += (i == at ? needle : "") + filler;
       if (at >= n) text += needle;
-      trials.push_back({len, key, tok.encode(text + question, bos)});
+      trials.push_back({len, key, prompt_tokens(m, tok, text + question, false)});
     }
+  Sampler greedy({});  // temperature 0: the argmax, no random numbers
   for (const KvSpec& s : specs)
     for (uint32_t len : o.lengths) {
       PasskeyRow row{s.text, 0, 0, 0};
@@ -142,16 +144,12 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
         row.length = std::max(row.length, uint32_t(t.prompt.size()));
         Engine e(m, s, {.threads = o.threads, .context = uint32_t(t.prompt.size() + o.answer_tokens)});
         const int seq = e.add_sequence();
-        std::vector<float> logits = e.prefill(seq, t.prompt);
         std::string answer;
         int prev = t.prompt.back();
-        for (uint32_t i = 0; i < o.answer_tokens; ++i) {
-          const int next = int(std::max_element(logits.begin(), logits.end()) - logits.begin());
-          if (next == tok.eos_id() || next == tok.eot_id()) break;
+        generate(e, seq, e.prefill(seq, t.prompt), greedy, m, tok, {.max_tokens = o.answer_tokens}, [&](int next) {
           answer += tok.decode_next(prev, next);
           prev = next;
-          if (i + 1 < o.answer_tokens) logits = e.forward({BatchItem{seq, {next}, false}});
-        }
+        });
         row.correct += answer.find(t.key) != std::string::npos;
         row.trials += 1;
         if (progress) progress(fmt::format("{} len {}: key {} -> '{}'", s.text, t.prompt.size(), t.key, answer));

@@ -1,5 +1,7 @@
 #include "tq/engine/generation.h"
 
+#include "tq/check.h"
+
 namespace tq::engine {
 
 std::string apply_chat_template(model::ChatTemplate t, const std::string& prompt) {
@@ -11,6 +13,42 @@ std::string apply_chat_template(model::ChatTemplate t, const std::string& prompt
     case model::ChatTemplate::None: break;
   }
   return prompt;
+}
+
+bool wants_bos(const model::Model& m, const model::Tokenizer& tok) {
+  return tok.bos_id() >= 0 && (tok.add_bos_default() || m.config.source == model::WeightSource::Llama2c);
+}
+
+std::vector<int> prompt_tokens(const model::Model& m, const model::Tokenizer& tok, const std::string& text, bool chat) {
+  TQ_CHECK(!chat || m.config.chat_template != model::ChatTemplate::None, "chat prompt: the model has no chat template");
+  std::vector<int> ids = tok.encode(chat ? apply_chat_template(m.config.chat_template, text) : text, wants_bos(m, tok));
+  if (ids.empty()) {
+    const int start = tok.bos_id() >= 0 ? tok.bos_id() : tok.eos_id();
+    TQ_CHECK(start >= 0, "the prompt is empty and the tokenizer has neither a BOS nor an EOS token to start from");
+    ids.push_back(start);
+  }
+  return ids;
+}
+
+bool is_stop_token(const model::Model& m, const model::Tokenizer& tok, int id) {
+  if (id < 0) return false;  // eot_id / bos_id are -1 when the tokenizer has none
+  return id == tok.eos_id() || id == tok.eot_id() || (m.config.source == model::WeightSource::Llama2c && id == tok.bos_id());
+}
+
+uint32_t generate(Engine& e, int seq, std::vector<float> logits, Sampler& sampler, const model::Model& m, const model::Tokenizer& tok,
+                  const GenerateOptions& o, const std::function<void(int)>& on_token) {
+  const uint32_t start = e.seq_len(seq);
+  uint32_t generated = 0;
+  // Another token is sampled while both limits allow one more: it goes at position start + generated.
+  const auto more = [&] { return generated < o.max_tokens && (o.context == 0 || start + generated < o.context); };
+  while (more()) {
+    const int next = sampler.sample(logits);
+    if (is_stop_token(m, tok, next)) break;
+    on_token(next);
+    ++generated;
+    if (more()) logits = e.forward({BatchItem{seq, {next}, false}});
+  }
+  return generated;
 }
 
 }  // namespace tq::engine

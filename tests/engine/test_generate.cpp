@@ -9,6 +9,8 @@
 #include "model/test_data.h"
 #include "tq/common.h"
 #include "tq/engine/engine.h"
+#include "tq/engine/generation.h"
+#include "tq/engine/sampler.h"
 #include "tq/model/tokenizer.h"
 
 namespace tq::engine {
@@ -35,18 +37,23 @@ const Stories* stories() {
 
 // run.c's generate(): feed the prompt one token at a time, then the argmax; stop on BOS.
 std::string generate(Engine& e, const std::string& prompt, int steps) {
-  const auto& tok = *stories()->tok;
-  const std::vector<int> p = tok.encode(prompt, true);
+  const model::Model& m = stories()->m;
+  const model::Tokenizer& tok = *stories()->tok;
+  const std::vector<int> p = prompt_tokens(m, tok, prompt, false);
   const int s = e.add_sequence();
   std::string text;
-  int token = p[0];
-  for (int pos = 0; pos < steps; ++pos) {
-    const std::vector<float> logits = e.forward({BatchItem{s, {token}, false}});
-    const int next = pos + 1 < int(p.size()) ? p[size_t(pos) + 1] : int(std::max_element(logits.begin(), logits.end()) - logits.begin());
-    if (next == 1) break;
-    text += tok.decode_next(token, next);
-    token = next;
+  std::vector<float> logits;
+  for (size_t i = 0; i < p.size(); ++i) {
+    logits = e.forward({BatchItem{s, {p[i]}, false}});
+    if (i > 0) text += tok.decode_next(p[i - 1], p[i]);
   }
+  // run.c's `steps` counts positions from BOS: the prompt's tokens after BOS, then the generated ones.
+  Sampler greedy({});
+  int prev = p.back();
+  engine::generate(e, s, std::move(logits), greedy, m, tok, {.max_tokens = uint32_t(steps + 1 - int(p.size()))}, [&](int next) {
+    text += tok.decode_next(prev, next);
+    prev = next;
+  });
   e.remove_sequence(s);
   return text;
 }
@@ -116,6 +123,64 @@ TEST(Stories260K, BatchedSequencesMatchAlone) {
   const size_t V = lb.size();
   ASSERT_EQ(both.size(), 2 * V);
   for (size_t j = 0; j < V; ++j) EXPECT_NEAR(both[V + j], lb[j], 1e-4f * (1 + std::abs(lb[j])));
+}
+
+// The shared rules on a llama2.c checkpoint: BOS first, an empty prompt is BOS alone, BOS and
+// EOS stop, and there is no chat template to wrap a prompt in.
+TEST(Generation, RulesOnStories260K) {
+  REQUIRE_STORIES();
+  const model::Model& m = stories()->m;
+  const model::Tokenizer& tok = *stories()->tok;
+  EXPECT_TRUE(wants_bos(m, tok));
+  EXPECT_EQ(prompt_tokens(m, tok, "", false), std::vector<int>{tok.bos_id()});
+  const std::vector<int> p = prompt_tokens(m, tok, "Lily and Tom", false);
+  EXPECT_EQ(p, tok.encode("Lily and Tom", true));
+  EXPECT_TRUE(is_stop_token(m, tok, tok.bos_id()));
+  EXPECT_TRUE(is_stop_token(m, tok, tok.eos_id()));
+  EXPECT_FALSE(is_stop_token(m, tok, p[1]));
+  EXPECT_THROW(prompt_tokens(m, tok, "Lily", true), Error);
+}
+
+// generate() stops at max_tokens and where the text fills the context, and leaves the last
+// token unfed; greedy text (no BOS within 40 tokens) makes the counts exact.
+TEST(Generation, StopsAtMaxTokensAndContext) {
+  REQUIRE_STORIES();
+  const model::Model& m = stories()->m;
+  const model::Tokenizer& tok = *stories()->tok;
+  const std::vector<int> p = prompt_tokens(m, tok, "Lily and Tom went to the park", false);
+  Engine e(m, parse_kv_spec("k3v2"), {.threads = 2});
+  Sampler greedy({});
+  std::vector<int> out;
+  const auto keep = [&](int id) { out.push_back(id); };
+  const int a = e.add_sequence();
+  EXPECT_EQ(engine::generate(e, a, e.prefill(a, p), greedy, m, tok, {.max_tokens = 3}, keep), 3u);
+  EXPECT_EQ(out.size(), 3u);
+  EXPECT_EQ(e.seq_len(a), p.size() + 2);
+  const int b = e.add_sequence();
+  out.clear();
+  EXPECT_EQ(engine::generate(e, b, e.prefill(b, p), greedy, m, tok, {.max_tokens = 100, .context = uint32_t(p.size() + 5)}, keep), 5u);
+  EXPECT_EQ(e.seq_len(b), p.size() + 4);
+}
+
+// Sampled text is the seed's: the same seed gives the same tokens, another seed other ones.
+TEST(Generation, SampledTextIsTheSeeds) {
+  REQUIRE_STORIES();
+  const model::Model& m = stories()->m;
+  const model::Tokenizer& tok = *stories()->tok;
+  const std::vector<int> p = prompt_tokens(m, tok, "Once upon a time", false);
+  Engine e(m, parse_kv_spec("k3v2"), {.threads = 2, .max_seqs = 3});
+  const auto run = [&](uint64_t seed) {
+    Sampler s({.temperature = 1.0f, .top_p = 0.95f, .seed = seed});
+    std::vector<int> out;
+    const int q = e.add_sequence();
+    engine::generate(e, q, e.prefill(q, p), s, m, tok, {.max_tokens = 60}, [&](int id) { out.push_back(id); });
+    e.remove_sequence(q);
+    return out;
+  };
+  const std::vector<int> a = run(11);
+  EXPECT_GT(a.size(), 10u);
+  EXPECT_EQ(run(11), a);
+  EXPECT_NE(run(12), a);
 }
 
 TEST(Stories260K, ErrorsOnBadInput) {

@@ -1,0 +1,56 @@
+// The next token from a row of logits, as vLLM / llama.cpp / Hugging Face users expect it:
+// temperature first, then top-k, then top-p (nucleus), then min-p, over the softmax; greedy
+// (the argmax) when the temperature is 0. Ties, in the argmax and at every cut-off, go to the
+// lowest token id, so a run is reproducible from its seed alone.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+namespace tq::engine {
+
+struct SamplingParams {
+  float temperature = 0.0f;  // 0: greedy; > 0 divides the logits (below 1 sharpens, above flattens)
+  int top_k = 0;             // keep the k most likely tokens; 0: off
+  float top_p = 1.0f;        // keep the smallest set of most likely tokens whose probability reaches p; 1: off
+  float min_p = 0.0f;        // keep tokens at least min_p times as likely as the most likely one; 0: off
+  uint64_t seed = 0;
+
+  // Throws tq::Error naming the value: temperature NaN, infinite or negative; top_k negative;
+  // top_p outside (0, 1]; min_p outside [0, 1].
+  void validate() const;
+  bool greedy() const { return temperature == 0.0f; }
+};
+
+class Sampler {
+ public:
+  // Validates `p` (throws tq::Error) and seeds the generator with p.seed.
+  explicit Sampler(const SamplingParams& p);
+
+  const SamplingParams& params() const { return p_; }
+
+  // A token id in [0, logits.size()). Greedy calls draw no random number, sampling ones draw
+  // exactly one, so the same seed and the same logits give the same tokens. Logits may be -inf
+  // (a token that can never be chosen); throws tq::Error naming the position of a NaN or +inf
+  // logit, and on an empty row or a row of -inf only.
+  int sample(std::span<const float> logits);
+
+  // The distribution sample() draws from after the filters: p[vocab] sums to 1, zero outside
+  // the kept tokens; one-hot at the argmax when greedy. Same errors as sample().
+  void probabilities(std::span<const float> logits, std::vector<float>& p) const;
+
+  // A kept token and its weight: exp((logit - max logit) / temperature), not normalized.
+  struct Candidate {
+    int id;
+    double w;
+  };
+
+ private:
+  SamplingParams p_;
+  std::mt19937_64 rng_;
+  std::vector<Candidate> kept_;  // scratch of sample(): [kept tokens], most likely first
+};
+
+}  // namespace tq::engine
