@@ -28,18 +28,26 @@ void run(const Options& o) {
            {"ratio_vs_fp16", "vs fp16", 3},
            {"context_mib", "MiB @ context", 1}});
   for (const KvSpec& s : specs) {
-    const double per_head = bytes_per_token_head(s.k, s.v, o.head_dim, s.page_size);
-    const double bpt = per_head * o.kv_heads * o.layers;
+    // Every layer in its own format (edge layers differ); bytes per token over all of them.
+    double bpt = 0, block_bytes = 0;
+    for (uint32_t l = 0; l < o.layers; ++l) {
+      const KvFormat f = s.layer_format(l, o.layers);
+      bpt += bytes_per_token_head(f.k, f.v, o.head_dim, f.page_size) * o.kv_heads;
+      block_bytes += double(block_layout(f.k, f.v, o.head_dim, f.page_size).bytes) * o.kv_heads;
+    }
+    const uint32_t ps = s.format.page_size;
     nlohmann::json row{{"kv", s.canonical()},
-                       {"bits_per_element", s.bits_per_element(o.head_dim)},
+                       {"bits_per_element", 8.0 * bpt / (2.0 * o.head_dim * o.kv_heads * o.layers)},
                        {"bytes_per_token", bpt},
                        {"ratio_vs_fp16", fp16 / bpt},
-                       {"page_size", s.page_size},
-                       {"block_bytes", block_layout(s.k, s.v, o.head_dim, s.page_size).bytes}};
+                       {"page_size", ps},
+                       {"page_bytes", block_bytes}};
     if (o.context) {
-      // Whole pages are allocated: a partly filled last page costs a full block.
-      const uint64_t pages = (o.context + s.page_size - 1) / s.page_size;
-      row["context_mib"] = double(pages) * block_layout(s.k, s.v, o.head_dim, s.page_size).bytes * o.kv_heads * o.layers / (1024.0 * 1024.0);
+      // Whole pages are allocated: a partly filled last page costs a full page. The sink/window
+      // side buffer is a fixed fp16 cost per sequence: sink + window + one 64-token chunk.
+      const uint64_t pages = (o.context + ps - 1) / ps;
+      const uint32_t side_tokens = s.policy.sink + (s.policy.window ? s.policy.window + 64 : 0);
+      row["context_mib"] = (double(pages) * block_bytes + double(side_tokens) * fp16) / (1024.0 * 1024.0);
     }
     t.add(row);
   }

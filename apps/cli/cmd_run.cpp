@@ -37,8 +37,8 @@ void run(const Options& o) {
   const uint32_t ctx = o.ctx ? o.ctx : uint32_t(cfg.max_seq);
   TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens (--ctx)", prompt.size(), ctx);
   engine::Engine e(lm.model, spec, {.threads = o.threads, .context = ctx});
-  fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {} threads\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
-             cfg.head_dim, spec.canonical(), e.pool().size());
+  fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
+             cfg.head_dim, spec.canonical(), e.runner().describe());
 
   fmt::print("{}", o.chat ? o.prompt + "\n" : tok.decode(prompt));
   std::fflush(stdout);
@@ -73,7 +73,7 @@ void run(const Options& o) {
              double(prompt.size()) / std::max(pt, 1e-9), generated, double(generated) / std::max(gt, 1e-9));
   // The sink/window side buffers are a fixed fp16 cost per sequence, so short runs can use more
   // than an fp16 cache would; say so, and give the ratio the pages reach on long sequences.
-  const double bits = e.kv().bits_per_element(), ratio = fp16 / std::max(used, 1.0);
+  const double bits = e.runner().bits_per_element(), ratio = fp16 / std::max(used, 1.0);
   fmt::print(stderr, "KV cache: {:.1f} KiB for {} tokens vs {:.1f} KiB for an fp16 cache ({:.2f}x {}); pages hold {:.3f} bits/element "
              "({:.1f}x smaller than fp16 once the fixed sink/window buffers no longer dominate)\n",
              used / 1024, e.seq_len(s), fp16 / 1024, ratio >= 1 ? ratio : 1 / ratio, ratio >= 1 ? "smaller" : "larger", bits, 16.0 / bits);

@@ -1,6 +1,7 @@
-// A small C API over the CUDA kernels, for scripts that load the library with ctypes and hand it
-// device pointers (bench/gpu/bench_decode.py measures it next to PyTorch in one process).
-// Every function returns 0 on success, or -1 with the message in err.
+// The C API over the CUDA kernels (tq_capi.h), for scripts that load the library with ctypes and
+// hand it device pointers (bench/gpu/bench_decode.py measures it next to PyTorch in one process).
+#include "tq_capi.h"
+
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -9,23 +10,13 @@
 
 #include "tq/cuda/device_format.h"
 #include "tq/cuda/kernels.h"
-#include "tq/kv/paged_cache.h"
+#include "tq/kv/cache_format.h"
+#include "tq/kv/spec.h"
 #include "tq/check.h"
 
 namespace {
 
-struct Handle {
-  std::unique_ptr<tq::PagedKvCache> meta;  // metadata only: one page of host storage
-  std::unique_ptr<tq::cuda::DeviceCodecs> codecs;
-  uint8_t* data = nullptr;
-  size_t bytes = 0;
-  uint32_t num_pages = 0;
-  tq::cuda::CacheView view() const {
-    tq::cuda::CacheView v = codecs->view(0, data);
-    v.num_pages = num_pages;
-    return v;
-  }
-};
+using Handle = tq::cuda::DeviceKvCache;  // one layer of device pages and its codec tables
 
 int fail(char* err, int n, const char* msg) {
   if (err && n > 0) {
@@ -50,33 +41,28 @@ int guarded(char* err, int n, F&& f) {
 extern "C" {
 
 void* tq_cache_create(uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages, const char* spec, char* err, int errlen) {
-  auto h = std::make_unique<Handle>();
-  const int rc = guarded(err, errlen, [&] {
-    h->meta = std::make_unique<tq::PagedKvCache>(tq::CacheShape{1, kv_heads, head_dim, 1}, tq::parse_kv_spec(spec));
-    h->codecs = std::make_unique<tq::cuda::DeviceCodecs>(*h->meta);
-    h->num_pages = num_pages;
-    h->bytes = size_t(num_pages) * kv_heads * h->meta->layout().bytes;
-    const cudaError_t e = cudaMalloc(&h->data, h->bytes);
-    TQ_CHECK(e == cudaSuccess, "cudaMalloc of {} bytes: {}", h->bytes, cudaGetErrorString(e));
-    cudaMemset(h->data, 0, h->bytes);
+  std::unique_ptr<Handle> h;
+  guarded(err, errlen, [&] {
+    TQ_CHECK(spec != nullptr, "tq_cache_create: the KV spec is null");
+    const tq::KvSpec s = tq::parse_kv_spec(spec);
+    // The kernels read one layer of pages: the engine's policy knobs (sink, window, edge, ksim)
+    // are refused by name rather than dropped, before anything is allocated.
+    tq::refuse_policy(s, "tq_cache_create");
+    const tq::CacheFormat format(1, kv_heads, head_dim, s.format);
+    h = std::make_unique<Handle>(format, num_pages);
   });
-  return rc == 0 ? h.release() : nullptr;
+  return h.release();
 }
 
-void tq_cache_destroy(void* handle) {
-  auto* h = static_cast<Handle*>(handle);
-  if (!h) return;
-  cudaFree(h->data);
-  delete h;
-}
+void tq_cache_destroy(void* handle) { delete static_cast<Handle*>(handle); }
 
-uint64_t tq_cache_bytes(void* handle) { return static_cast<Handle*>(handle)->bytes; }
-uint32_t tq_cache_block_bytes(void* handle) { return static_cast<Handle*>(handle)->meta->layout().bytes; }
+uint64_t tq_cache_bytes(void* handle) { return static_cast<Handle*>(handle)->bytes(); }
+uint32_t tq_cache_block_bytes(void* handle) { return static_cast<Handle*>(handle)->format().layout().bytes; }
 
 static tq::cuda::QuantizeStoreParams store_params(void* handle, const void* k, const void* v, int dtype, const int64_t* slots,
                                                   uint32_t num_tokens) {
   tq::cuda::QuantizeStoreParams p;
-  p.cache = static_cast<Handle*>(handle)->view();
+  p.cache = static_cast<Handle*>(handle)->view(0);
   p.k = k;
   p.v = v;
   p.dtype = tq::cuda::DType(dtype);
@@ -95,7 +81,7 @@ int tq_quantize_store(void* handle, const void* k, const void* v, int dtype, con
 static tq::cuda::DecodeParams decode_params(void* handle, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages,
                                             uint32_t max_seq_len, uint32_t splits) {
   tq::cuda::DecodeParams p;
-  p.cache = static_cast<Handle*>(handle)->view();
+  p.cache = static_cast<Handle*>(handle)->view(0);
   p.num_seqs = num_seqs;
   p.num_q_tokens = ntok;
   p.q_heads = q_heads;

@@ -1,7 +1,6 @@
 #include "tq/cuda/device_format.h"
 
 #include <cuda_runtime.h>
-#include <fmt/format.h>
 
 #include <cmath>
 
@@ -9,23 +8,31 @@
 
 namespace tq::cuda {
 
-const float* DeviceCodecs::upload(const std::vector<float>& v) {
+void DeviceFree::operator()(void* p) const { cudaFree(p); }
+
+DevicePtr device_alloc(size_t bytes, const char* what, bool zero) {
   void* p = nullptr;
-  const cudaError_t e = cudaMalloc(&p, v.size() * sizeof(float));
-  TQ_CHECK(e == cudaSuccess, "DeviceCodecs: cudaMalloc of {} bytes failed: {}", v.size() * sizeof(float), cudaGetErrorString(e));
-  allocations_.push_back(p);
-  TQ_CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess, "DeviceCodecs: cudaMemcpy failed");
+  const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+  TQ_CHECK(e == cudaSuccess, "{}: cudaMalloc of {} bytes failed: {}", what, bytes, cudaGetErrorString(e));
+  DevicePtr out(p);
+  if (zero) TQ_CHECK(cudaMemset(p, 0, bytes) == cudaSuccess, "{}: cudaMemset of {} bytes failed", what, bytes);
+  return out;
+}
+
+const float* DeviceFormat::upload(const std::vector<float>& v) {
+  tables_.push_back(device_alloc(v.size() * sizeof(float), "DeviceFormat"));
+  void* p = tables_.back().get();
+  const cudaError_t e = cudaMemcpy(p, v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice);
+  TQ_CHECK(e == cudaSuccess, "DeviceFormat: cudaMemcpy of {} bytes failed: {}", v.size() * sizeof(float), cudaGetErrorString(e));
   return static_cast<const float*>(p);
 }
 
-DeviceCodecs::DeviceCodecs(const PagedKvCache& meta) : meta_(meta) {
-  const CacheShape& s = meta.shape();
-  for (uint32_t layer = 0; layer < s.layers; ++layer) {
+DeviceFormat::DeviceFormat(const CacheFormat& format) : format_(format) {
+  for (uint32_t layer = 0; layer < format.layers(); ++layer) {
     for (bool value : {false, true}) {
       CodecTables t;
-      const TurboQuant* first = value ? meta.v_codec(layer, 0) : meta.k_codec(layer, 0);
+      const TurboQuant* first = value ? format.v_codec(layer, 0) : format.k_codec(layer, 0);
       if (first) {
-        const uint32_t pd = first->padded_dim();
         t.bits = first->code_bits();
         t.norm_correction = first->config().norm_correction;
         t.centroids = upload(first->codebook()->centroids);
@@ -33,41 +40,46 @@ DeviceCodecs::DeviceCodecs(const PagedKvCache& meta) : meta_(meta) {
         // Per-head rotations, concatenated: [kv_heads][pd] signs or [kv_heads][pd][pd] matrices.
         std::vector<float> all;
         const bool hadamard = first->rotation().kind() == RotationKind::kHadamard;
-        for (uint32_t h = 0; h < s.kv_heads; ++h) {
-          const TurboQuant* c = value ? meta.v_codec(layer, h) : meta.k_codec(layer, h);
+        for (uint32_t h = 0; h < format.kv_heads(); ++h) {
+          const TurboQuant* c = value ? format.v_codec(layer, h) : format.k_codec(layer, h);
           const auto& part = hadamard ? c->rotation().signs() : c->rotation().matrix();
           all.insert(all.end(), part.begin(), part.end());
         }
         (hadamard ? t.signs : t.matrix) = upload(all);
-        (void)pd;
       }
       (value ? v_ : k_).push_back(t);
     }
   }
 }
 
-DeviceCodecs::~DeviceCodecs() {
-  for (void* p : allocations_) cudaFree(p);
-}
-
-CacheView DeviceCodecs::view(uint32_t layer, uint8_t* device_cache) const {
-  const CacheShape& s = meta_.shape();
-  TQ_CHECK(layer < s.layers, "DeviceCodecs::view: layer {} of {}", layer, s.layers);
+CacheView DeviceFormat::view(uint32_t layer, uint8_t* pages, uint32_t num_pages) const {
+  TQ_CHECK(layer < format_.layers(), "DeviceFormat::view: layer {} of {}", layer, format_.layers());
   CacheView v;
-  v.data = device_cache + size_t(layer) * s.num_pages * s.kv_heads * meta_.layout().bytes;
-  v.num_pages = s.num_pages;
-  v.kv_heads = s.kv_heads;
-  v.head_dim = s.head_dim;
-  v.page_size = meta_.page_size();
-  v.k = meta_.spec().k;
-  v.v = meta_.spec().v;
-  v.layout = meta_.layout();
-  v.k_scale = meta_.k_scale();
-  v.v_scale = meta_.v_scale();
+  v.data = pages + format_.block_offset(layer, 0, 0, num_pages);
+  v.num_pages = num_pages;
+  v.kv_heads = format_.kv_heads();
+  v.head_dim = format_.head_dim();
+  v.page_size = format_.page_size();
+  v.k = format_.format().k;
+  v.v = format_.format().v;
+  v.layout = format_.layout();
+  v.k_scale = format_.k_scale();
+  v.v_scale = format_.v_scale();
   v.kt = k_[layer];
   v.vt = v_[layer];
-  v.fwht_scale = float(1.0 / std::sqrt(double(padded_dim(s.head_dim))));
+  v.fwht_scale = float(1.0 / std::sqrt(double(padded_dim(format_.head_dim()))));
   return v;
 }
+
+namespace {
+// The page count is checked before the tables are uploaded.
+const CacheFormat& with_pages(const CacheFormat& format, uint32_t num_pages) {
+  TQ_CHECK(num_pages >= 1, "a device cache needs at least one page, got {}", num_pages);
+  return format;
+}
+}  // namespace
+
+DeviceKvCache::DeviceKvCache(const CacheFormat& format, uint32_t num_pages)
+    : tables_(with_pages(format, num_pages)), num_pages_(num_pages), pages_(device_alloc(format.bytes(num_pages), "DeviceKvCache", true)) {}
 
 }  // namespace tq::cuda

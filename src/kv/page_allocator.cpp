@@ -4,7 +4,7 @@
 
 #include "tq/check.h"
 
-namespace tq::engine {
+namespace tq {
 
 PageAllocator::PageAllocator(uint32_t num_pages) : refs_(num_pages, 0) {
   TQ_CHECK(num_pages >= 1, "the page pool needs at least one page");
@@ -40,4 +40,4 @@ uint32_t PageAllocator::refcount(int32_t page) const {
   return refs_[size_t(page)];
 }
 
-}  // namespace tq::engine
+}  // namespace tq

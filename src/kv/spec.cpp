@@ -56,31 +56,16 @@ std::string base_name(TensorCode k, TensorCode v) {
 
 }  // namespace
 
-KvSpec KvSpec::layer_spec(uint32_t layer, uint32_t n_layers) const {
-  KvSpec s = *this;
-  s.edge_layers = 0;
-  s.sink = s.window = 0;
-  s.key_sim.clear();
-  if (edge_layers > 0 && (layer < edge_layers || layer + edge_layers >= n_layers)) {
-    s.k = edge_k;
-    s.v = edge_v;
-  } else {
-    s.key_sim = key_sim;
-  }
-  s.text = s.canonical();
-  return s;
-}
-
-RotationKind KvSpec::rotation_for(uint32_t head_dim) const {
+RotationKind KvFormat::rotation_for(uint32_t head_dim) const {
   if (!auto_rotation) return rotation;
   return is_pow2(padded_dim(head_dim)) ? RotationKind::kHadamard : RotationKind::kDense;
 }
 
-double KvSpec::bits_per_element(uint32_t head_dim) const {
+double KvFormat::bits_per_element(uint32_t head_dim) const {
   return 8.0 * bytes_per_token_head(k, v, head_dim, page_size) / (2.0 * head_dim);
 }
 
-std::string KvSpec::canonical() const {
+std::string KvFormat::canonical() const {
   std::string s = base_name(k, v);
   if (is_tq(k.enc)) {
     if (k.enc == Encoding::kTqProd) s += ":prod";
@@ -88,60 +73,93 @@ std::string KvSpec::canonical() const {
     if (!auto_rotation) s += fmt::format(":rot={}", rotation_name(rotation));
   }
   if (page_size != 16) s += fmt::format(":page={}", page_size);
-  if (edge_layers > 0) s += fmt::format(":edge={}/{}", edge_layers, base_name(edge_k, edge_v));
-  if (sink > 0) s += fmt::format(":sink={}", sink);
-  if (window > 0) s += fmt::format(":window={}", window);
-  if (!key_sim.empty()) s += fmt::format(":ksim={}", key_sim);
   return s;
+}
+
+std::vector<std::string> KvPolicy::knobs() const {
+  std::vector<std::string> out;
+  if (edge_layers > 0) out.push_back(fmt::format("edge={}/{}", edge_layers, base_name(edge_k, edge_v)));
+  if (sink > 0) out.push_back(fmt::format("sink={}", sink));
+  if (window > 0) out.push_back(fmt::format("window={}", window));
+  if (!key_sim.empty()) out.push_back(fmt::format("ksim={}", key_sim));
+  return out;
+}
+
+bool KvSpec::is_edge_layer(uint32_t layer, uint32_t n_layers) const {
+  const uint32_t e = policy.edge_layers;
+  return e > 0 && (layer < e || layer + e >= n_layers);
+}
+
+KvFormat KvSpec::layer_format(uint32_t layer, uint32_t n_layers) const {
+  KvFormat f = format;
+  if (is_edge_layer(layer, n_layers)) {
+    f.k = policy.edge_k;
+    f.v = policy.edge_v;
+  }
+  return f;
+}
+
+std::string KvSpec::canonical() const {
+  std::string s = format.canonical();
+  for (const std::string& k : policy.knobs()) s += ":" + k;
+  return s;
+}
+
+void refuse_policy(const KvSpec& spec, const char* who) {
+  const auto knobs = spec.policy.knobs();
+  if (knobs.empty()) return;
+  throw Error(fmt::format("KV spec '{}': {} implements the page format only, not the policy knob '{}' (edge, sink, window and ksim "
+                          "are the engine's: run the spec through the engine, or pass '{}')",
+                          spec.text, who, knobs[0], spec.format.canonical()));
 }
 
 KvSpec parse_kv_spec(const std::string& text) {
   KvSpec spec;
   spec.text = text;
   const auto parts = split(text, ':');
-  std::tie(spec.k, spec.v) = parse_base(parts[0], text);
+  std::tie(spec.format.k, spec.format.v) = parse_base(parts[0], text);
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& opt = parts[i];
     const size_t eq = opt.find('=');
     const std::string key = opt.substr(0, eq), val = eq == std::string::npos ? "" : opt.substr(eq + 1);
-    const bool tqspec = is_tq(spec.k.enc);
+    const bool tqspec = is_tq(spec.format.k.enc);
     if (key == "prod" && eq == std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'prod' applies to TurboQuant specs (k<N>v<M>) only", text);
-      spec.k.enc = Encoding::kTqProd;
+      spec.format.k.enc = Encoding::kTqProd;
     } else if (key == "nc" && eq == std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'nc' applies to TurboQuant specs (k<N>v<M>) only", text);
-      spec.norm_correction = true;
+      spec.format.norm_correction = true;
     } else if (key == "rot" && eq != std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'rot' applies to TurboQuant specs (k<N>v<M>) only", text);
       if (val == "auto") {
-        spec.auto_rotation = true;
+        spec.format.auto_rotation = true;
       } else {
-        spec.auto_rotation = false;
-        spec.rotation = parse_rotation(val);
+        spec.format.auto_rotation = false;
+        spec.format.rotation = parse_rotation(val);
       }
     } else if (key == "seed" && eq != std::string::npos) {
-      spec.seed = parse_uint(val, "seed", text);
+      spec.format.seed = parse_uint(val, "seed", text);
     } else if (key == "page" && eq != std::string::npos) {
       const uint64_t p = parse_uint(val, "page", text);
       TQ_CHECK(p >= 1 && p <= kMaxPageSize, "KV spec '{}': page size must be 1..{} tokens, got {}", text, kMaxPageSize, p);
-      spec.page_size = uint32_t(p);
+      spec.format.page_size = uint32_t(p);
     } else if (key == "edge" && eq != std::string::npos) {
       const size_t slash = val.find('/');
       TQ_CHECK(slash != std::string::npos, "KV spec '{}': edge needs <layers>/<base>, e.g. edge=2/k4v4, got '{}'", text, opt);
       const uint64_t n = parse_uint(val.substr(0, slash), "edge layers", text);
       TQ_CHECK(n >= 1 && n <= 1024, "KV spec '{}': edge layers must be 1..1024, got {}", text, n);
-      spec.edge_layers = uint32_t(n);
-      std::tie(spec.edge_k, spec.edge_v) = parse_base(val.substr(slash + 1), text);
+      spec.policy.edge_layers = uint32_t(n);
+      std::tie(spec.policy.edge_k, spec.policy.edge_v) = parse_base(val.substr(slash + 1), text);
     } else if ((key == "sink" || key == "window") && eq != std::string::npos) {
       const uint64_t n = parse_uint(val, key, text);
       TQ_CHECK(n <= 65536, "KV spec '{}': {} must be 0..65536 tokens, got {}", text, key, n);
-      (key == "sink" ? spec.sink : spec.window) = uint32_t(n);
+      (key == "sink" ? spec.policy.sink : spec.policy.window) = uint32_t(n);
     } else if (key == "ksim" && eq != std::string::npos) {
       TQ_CHECK(val == "int4" || val == "int8" || val == "int2" || val == "q4_0",
                "KV spec '{}': ksim must be int4, int8, int2 or q4_0, got '{}'", text, val);
-      TQ_CHECK(spec.k.enc == Encoding::kFp32 || spec.k.enc == Encoding::kFp16,
+      TQ_CHECK(spec.format.k.enc == Encoding::kFp32 || spec.format.k.enc == Encoding::kFp16,
                "KV spec '{}': ksim (simulated key quantization) needs an fp32 or fp16 base", text);
-      spec.key_sim = val;
+      spec.policy.key_sim = val;
     } else {
       throw Error(fmt::format(
           "KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, sink=N, window=N, "

@@ -10,6 +10,7 @@
 #include "test_util.h"
 #include "tq/kv/attention_ref.h"
 #include "tq/cuda/device_format.h"
+#include "tq/kv/paged_cache.h"
 #include "tq/cuda/kernels.h"
 #include "tq/rng.h"
 
@@ -41,7 +42,7 @@ struct DecodeSetup {
   std::vector<float> q;
   std::vector<float> last_k, last_v;  // [seq][hkv * d]: each sequence's last K and V rows
   DecodeSetup(const DecodeCase& c, uint64_t seed) : qh(2 * c.gqa), d(c.head_dim), ntok(c.ntok), lens(c.lens) {
-    const KvSpec spec = parse_kv_spec(c.spec);
+    const KvFormat spec = parse_kv_spec(c.spec).format;
     ps = spec.page_size;
     for (int32_t l : lens) max_pages = std::max<uint32_t>(max_pages, (l + ps - 1) / ps);
     const uint32_t pages = max_pages * uint32_t(lens.size()) + 3;
@@ -122,12 +123,12 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   DecodeSetup s(c, 7);
   const std::vector<float> ref = s.reference();
 
-  cuda::DeviceCodecs codecs(*s.cpu);
+  cuda::DeviceFormat codecs(s.cpu->format());
   test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
   CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
   test::DeviceBuffer<float> dq(s.q), out(s.q.size());
   test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
-  cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
+  cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr, s.cpu->shape().num_pages), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
   p.num_splits = c.splits;
   test::DeviceBuffer<uint8_t> ws(c.prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p));
   p.workspace = ws.ptr;
@@ -194,13 +195,13 @@ TEST(DecodeGraph, CapturedLaunchReplaysTheSameResult) {
   TQ_REQUIRE_GPU();
   DecodeCase c{"k3v2", 128, 4, 1, {300, 1000}};
   DecodeSetup s(c, 3);
-  cuda::DeviceCodecs codecs(*s.cpu);
+  cuda::DeviceFormat codecs(s.cpu->format());
   test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
   CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
   test::DeviceBuffer<float> dq(s.q), out1(s.q.size()), out2(s.q.size());
   test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
   cuda::DecodeParams p;
-  p.cache = codecs.view(0, cache.ptr);
+  p.cache = codecs.view(0, cache.ptr, s.cpu->shape().num_pages);
   p.q = dq.ptr;
   p.q_dtype = cuda::DType::kF32;
   p.out_dtype = cuda::DType::kF32;
@@ -256,19 +257,19 @@ TEST(StoreAndDecode, NewRowsAreStoredBeforeThePagesAreRead) {
         uint8_t* block = bytes.data() + (size_t(page) * s.hkv + h) * L.bytes;
         std::fill_n(block + L.k_codes + size_t(row) * L.k_row, L.k_row, 0xFF);
         std::fill_n(block + L.v_codes + size_t(row) * L.v_row, L.v_row, 0xFF);
-        if (is_tq(parse_kv_spec(spec).k.enc)) {  // TurboQuant: fp16 norms, 0xFFFF = NaN
+        if (is_tq(parse_kv_spec(spec).format.k.enc)) {  // TurboQuant: fp16 norms, 0xFFFF = NaN
           std::fill_n(block + L.k_norms + 2 * size_t(row), 2, 0xFF);
           std::fill_n(block + L.v_norms + 2 * size_t(row), 2, 0xFF);
         }
       }
     }
-    cuda::DeviceCodecs codecs(*s.cpu);
+    cuda::DeviceFormat codecs(s.cpu->format());
     test::DeviceBuffer<uint8_t> cache(bytes);
     test::DeviceBuffer<float> dq(s.q), out(s.q.size()), dk(s.last_k), dv(s.last_v);
     test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
     test::DeviceBuffer<int64_t> dslots(slots);
     cuda::QuantizeStoreParams st;
-    st.cache = codecs.view(0, cache.ptr);
+    st.cache = codecs.view(0, cache.ptr, s.cpu->shape().num_pages);
     st.k = dk.ptr;
     st.v = dv.ptr;
     st.dtype = cuda::DType::kF32;
@@ -287,11 +288,11 @@ TEST(StoreAndDecode, NewRowsAreStoredBeforeThePagesAreRead) {
 
 TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   TQ_REQUIRE_GPU();
-  PagedKvCache cpu(CacheShape{1, 2, 80, 4}, parse_kv_spec("k3v2"));
-  cuda::DeviceCodecs codecs(cpu);
+  PagedKvCache cpu(CacheShape{1, 2, 80, 4}, parse_kv_spec("k3v2").format);
+  cuda::DeviceFormat codecs(cpu.format());
   test::DeviceBuffer<uint8_t> cache(cpu.bytes());
   cuda::DecodeParams p;
-  p.cache = codecs.view(0, cache.ptr);
+  p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
   try {
     cuda::validate(p);
     FAIL() << "head dim 80 accepted";
@@ -299,9 +300,9 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
     EXPECT_NE(std::string(e.what()).find("80"), std::string::npos) << e.what();
   }
   // Query tokens: decode takes 1..8, prefill chunks up to kMaxPrefillChunk.
-  PagedKvCache ok(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2"));
-  cuda::DeviceCodecs okc(ok);
-  p.cache = okc.view(0, cache.ptr);
+  PagedKvCache ok(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2").format);
+  cuda::DeviceFormat okc(ok.format());
+  p.cache = okc.view(0, cache.ptr, ok.shape().num_pages);
   p.q = p.out = cache.ptr;
   p.block_tables = p.seq_lens = reinterpret_cast<const int32_t*>(cache.ptr);
   p.num_seqs = 1;
@@ -328,9 +329,9 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("1073741824"), std::string::npos) << e.what();
   }
-  PagedKvCache prod(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2:prod"));
-  cuda::DeviceCodecs pc(prod);
-  p.cache = pc.view(0, cache.ptr);
+  PagedKvCache prod(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2:prod").format);
+  cuda::DeviceFormat pc(prod.format());
+  p.cache = pc.view(0, cache.ptr, prod.shape().num_pages);
   EXPECT_THROW(cuda::validate(p), Error);
 }
 

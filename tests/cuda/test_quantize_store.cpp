@@ -7,6 +7,7 @@
 #include "cuda_test_util.h"
 #include "test_util.h"
 #include "tq/cuda/device_format.h"
+#include "tq/kv/paged_cache.h"
 #include "tq/cuda/kernels.h"
 #include "tq/numeric.h"
 
@@ -22,7 +23,7 @@ class QuantizeStore : public ::testing::TestWithParam<StoreCase> {};
 TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
   TQ_REQUIRE_GPU();
   const auto& [spec_text, d] = GetParam();
-  const KvSpec spec = parse_kv_spec(spec_text);
+  const KvFormat spec = parse_kv_spec(spec_text).format;
   const uint32_t hkv = 3, ps = spec.page_size, n = 5 * ps + 7, pages = n / ps + 3;  // partly filled last page
   PagedKvCache cpu(CacheShape{1, hkv, d, pages}, spec);
   // fp16 inputs, as a model would write them; rows of all kinds.
@@ -43,14 +44,14 @@ TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
   for (uint32_t t = 0; t < n; ++t) slots[t] = t % 11 == 5 ? -1 : int64_t(perm[t / ps]) * ps + t % ps;
   for (uint32_t t = 0; t < n; ++t) cpu.write(0, slots[t], &k[size_t(t) * hkv * d], &v[size_t(t) * hkv * d]);
 
-  cuda::DeviceCodecs codecs(cpu);
+  cuda::DeviceFormat codecs(cpu.format());
   test::DeviceBuffer<uint8_t> cache(cpu.bytes());
   CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
   test::DeviceBuffer<uint16_t> dk(kh), dv(vh);
   test::DeviceBuffer<int64_t> ds(slots);
   test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
   cuda::QuantizeStoreParams p;
-  p.cache = codecs.view(0, cache.ptr);
+  p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
   p.k = dk.ptr;
   p.v = dv.ptr;
   p.dtype = cuda::DType::kF16;
@@ -89,8 +90,8 @@ INSTANTIATE_TEST_SUITE_P(All, QuantizeStore,
 TEST(QuantizeStoreErrors, NonFiniteAndHugeRowsAreFlaggedAndNotWritten) {
   TQ_REQUIRE_GPU();
   const uint32_t d = 128;
-  PagedKvCache cpu(CacheShape{1, 1, d, 2}, parse_kv_spec("k3v2"));
-  cuda::DeviceCodecs codecs(cpu);
+  PagedKvCache cpu(CacheShape{1, 1, d, 2}, parse_kv_spec("k3v2").format);
+  cuda::DeviceFormat codecs(cpu.format());
   test::DeviceBuffer<uint8_t> cache(cpu.bytes());
   for (float bad : {NAN, INFINITY, 60000.0f}) {  // 60000 in every coordinate: norm ~6.8e5 > fp16 max
     CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
@@ -104,7 +105,7 @@ TEST(QuantizeStoreErrors, NonFiniteAndHugeRowsAreFlaggedAndNotWritten) {
     test::DeviceBuffer<int64_t> ds(std::vector<int64_t>{3});
     test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
     cuda::QuantizeStoreParams p;
-    p.cache = codecs.view(0, cache.ptr);
+    p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
     p.k = dk.ptr;
     p.v = dv.ptr;
     p.slot_mapping = ds.ptr;
@@ -119,7 +120,7 @@ TEST(QuantizeStoreErrors, NonFiniteAndHugeRowsAreFlaggedAndNotWritten) {
   }
   // Bad parameters are refused on the host, naming the problem.
   cuda::QuantizeStoreParams p;
-  p.cache = codecs.view(0, cache.ptr);
+  p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
   EXPECT_THROW(cuda::quantize_store(p, nullptr), Error);
 }
 

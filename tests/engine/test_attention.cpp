@@ -7,8 +7,9 @@
 
 #include "tq/kv/attention_ref.h"
 #include "tq/backend/cpu/kv_store.h"
+#include "tq/kv/block_manager.h"
 
-namespace tq::engine {
+namespace tq::cpu {
 namespace {
 
 struct Case {
@@ -34,13 +35,15 @@ TEST_P(PagedAttention, MatchesReferenceOverDequantizedCache) {
   std::normal_distribution<float> n01;
   // Hostile data: a few outlier channels in K (as real keys have), one zero token.
   const size_t row = size_t(c.kv_heads) * c.head_dim;
-  SeqKv s, other;
-  store.init_sequence(s);
-  store.init_sequence(other);
+  BlockManager blocks(shape.num_pages, store.page_size());
+  const int other = blocks.add_sequence(), seq = blocks.add_sequence();
+  store.add_sequence(other);
+  store.add_sequence(seq);
+  const SeqPages s{seq, &blocks.block_table(seq)};
   float vmax = 0;
   for (uint32_t t = 0; t < c.len; ++t) {
-    store.reserve(other, 1);  // interleave pages of another sequence: the block table is not contiguous
-    store.reserve(s, 1);
+    blocks.reserve({{other, 1}});  // interleave pages of another sequence: the block table is not contiguous
+    blocks.reserve({{seq, 1}});
     std::vector<float> k(row), v(row);
     for (size_t i = 0; i < row; ++i) {
       k[i] = n01(rng) * (i % c.head_dim == 3 ? 20.0f : 1.0f) + (i % c.head_dim == 7 ? 5.0f : 0.0f);
@@ -60,11 +63,11 @@ TEST_P(PagedAttention, MatchesReferenceOverDequantizedCache) {
   AttentionBatch b;
   b.q = q.data();
   b.out = ref.data();
-  b.block_tables = s.block_table.data();
+  b.block_tables = s.block_table->data();
   b.seq_lens = &seq_len;
   b.num_q_tokens = c.nq;
   b.q_heads = c.q_heads;
-  b.max_pages = uint32_t(s.block_table.size());
+  b.max_pages = uint32_t(s.block_table->size());
   attention_reference(cache, local, b);
   for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], ref[i], 2e-4f * vmax) << "element " << i;
 }
@@ -77,4 +80,4 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"k3v2:edge=1/k4v4", 64, 1, 3, 30, 5}, Case{"fp8", 64, 1, 2, 33, 3}));
 
 }  // namespace
-}  // namespace tq::engine
+}  // namespace tq::cpu

@@ -103,7 +103,7 @@ TEST_P(ChunkVsDecode, SameLogits) {
       range = std::max(range, std::abs(b[j]));
       err = std::max(err, std::abs(a[i * V + j] - b[j]));
     }
-    EXPECT_LE(err, (is_tq(spec.k.enc) ? 1e-3f : 1e-4f) * range + 1e-5f) << "token " << i;
+    EXPECT_LE(err, (is_tq(spec.format.k.enc) ? 1e-3f : 1e-4f) * range + 1e-5f) << "token " << i;
   }
 }
 INSTANTIATE_TEST_SUITE_P(Specs, ChunkVsDecode,

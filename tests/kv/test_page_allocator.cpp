@@ -3,7 +3,7 @@
 #include "tq/common.h"
 #include "tq/kv/page_allocator.h"
 
-namespace tq::engine {
+namespace tq {
 namespace {
 
 TEST(PageAllocator, FreeListAndRefcounts) {
@@ -26,4 +26,4 @@ TEST(PageAllocator, FreeListAndRefcounts) {
 }
 
 }  // namespace
-}  // namespace tq::engine
+}  // namespace tq

@@ -13,7 +13,7 @@ namespace {
 class CacheSpec : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CacheSpec, PartlyFilledPagesRoundTripAndLeaveTheRestUntouched) {
-  const KvSpec spec = parse_kv_spec(GetParam());
+  const KvFormat spec = parse_kv_spec(GetParam()).format;
   const CacheShape shape{2, 3, 64, 4};
   PagedKvCache cache(shape, spec);
   const uint32_t ps = spec.page_size, partial = ps > 1 ? std::min(5u, ps - 1) : 0, n = ps + partial;
@@ -64,11 +64,11 @@ INSTANTIATE_TEST_SUITE_P(All, CacheSpec, ::testing::Values("fp32", "fp16", "bf16
 
 TEST(PagedKvCache, QuantizeOnWriteEqualsTheCodec) {
   // The bytes in the block are exactly what the layer's codec writes for the token.
-  const KvSpec spec = parse_kv_spec("k3v2");
+  const KvFormat spec = parse_kv_spec("k3v2").format;
   PagedKvCache cache(CacheShape{1, 2, 128, 2}, spec);
   const auto k = test::gaussian(1, 256, 3), v = test::gaussian(1, 256, 4);
   cache.write(0, 19, k.data(), v.data());  // page 1, offset 3
-  const TurboQuant* kc = cache.k_codec(0, 1);
+  const TurboQuant* kc = cache.format().k_codec(0, 1);
   std::vector<uint32_t> codes(12);
   uint16_t norm;
   kc->encode(&k[128], RowRef{codes.data(), nullptr, &norm, nullptr});
@@ -76,15 +76,15 @@ TEST(PagedKvCache, QuantizeOnWriteEqualsTheCodec) {
   EXPECT_EQ(0, std::memcmp(b + cache.layout().k_codes + 3 * 48, codes.data(), 48));
   EXPECT_EQ(0, std::memcmp(b + cache.layout().k_norms + 6, &norm, 2));
   // Different (layer, head, K/V) get different rotation seeds.
-  EXPECT_NE(cache.seed_for(0, 0, false), cache.seed_for(0, 1, false));
-  EXPECT_NE(cache.seed_for(0, 0, false), cache.seed_for(0, 0, true));
+  EXPECT_NE(cache.format().seed_for(0, 0, false), cache.format().seed_for(0, 1, false));
+  EXPECT_NE(cache.format().seed_for(0, 0, false), cache.format().seed_for(0, 0, true));
 }
 
 TEST(PagedKvCache, BadInput) {
-  const KvSpec spec = parse_kv_spec("k3v2");
+  const KvFormat spec = parse_kv_spec("k3v2").format;
   EXPECT_THROW(PagedKvCache(CacheShape{0, 1, 64, 1}, spec), Error);
   EXPECT_THROW(PagedKvCache(CacheShape{1, 1, 2000, 1}, spec), Error);
-  EXPECT_THROW(PagedKvCache(CacheShape{1, 1, 80, 1}, parse_kv_spec("k3v2:rot=hadamard")), Error);
+  EXPECT_THROW(PagedKvCache(CacheShape{1, 1, 80, 1}, parse_kv_spec("k3v2:rot=hadamard").format), Error);
   PagedKvCache cache(CacheShape{1, 1, 64, 2}, spec);
   std::vector<float> x(64, 1.0f);
   EXPECT_THROW(cache.write(0, 32, x.data(), x.data()), Error);
@@ -93,6 +93,25 @@ TEST(PagedKvCache, BadInput) {
   x[3] = NAN;
   EXPECT_THROW(cache.write(0, 0, x.data(), x.data()), Error);
   EXPECT_THROW(cache.block(0, 2, 0), Error);
+  EXPECT_THROW(PagedKvCache(CacheShape{1, 1, 64, 0}, spec), Error);
+}
+
+// The format is a value: copies share the codec tables, and host storage built from a copy has
+// exactly the bytes of storage built from the original.
+TEST(CacheFormat, CopiesShareTablesAndLayout) {
+  const CacheFormat f(2, 3, 96, parse_kv_spec("k3v2:rot=dense:seed=11").format);
+  const CacheFormat g = f;
+  EXPECT_EQ(f.k_codec(1, 2), g.k_codec(1, 2));
+  EXPECT_EQ(f.bytes(5), size_t(f.layout().bytes) * 2 * 5 * 3);
+  EXPECT_EQ(f.block_offset(1, 4, 2, 5), ((size_t(1) * 5 + 4) * 3 + 2) * f.layout().bytes);
+  PagedKvCache a(f, 5), b(g, 5);
+  const auto k = test::outlier_rows(1, 3 * 96, 7), v = test::gaussian(1, 3 * 96, 8);
+  a.write(1, 37, k.data(), v.data());
+  b.write(1, 37, k.data(), v.data());
+  ASSERT_EQ(a.bytes(), b.bytes());
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.bytes()));
+  EXPECT_THROW(f.k_codec(2, 0), Error);
+  EXPECT_THROW(CacheFormat(1, 0, 64, KvFormat{}), Error);
 }
 
 }  // namespace

@@ -8,29 +8,29 @@ namespace {
 
 TEST(KvSpec, ParsesBasesAndOptions) {
   auto s = parse_kv_spec("k3v2");
-  EXPECT_EQ(s.k.enc, Encoding::kTqMse);
-  EXPECT_EQ(s.k.bits, 3);
-  EXPECT_EQ(s.v.bits, 2);
-  EXPECT_EQ(s.page_size, 16u);
+  EXPECT_EQ(s.format.k.enc, Encoding::kTqMse);
+  EXPECT_EQ(s.format.k.bits, 3);
+  EXPECT_EQ(s.format.v.bits, 2);
+  EXPECT_EQ(s.format.page_size, 16u);
   s = parse_kv_spec("k4v4:prod:nc:rot=dense:seed=5:page=32");
-  EXPECT_EQ(s.k.enc, Encoding::kTqProd);
-  EXPECT_EQ(s.v.enc, Encoding::kTqMse);
-  EXPECT_TRUE(s.norm_correction);
-  EXPECT_FALSE(s.auto_rotation);
-  EXPECT_EQ(s.rotation, RotationKind::kDense);
-  EXPECT_EQ(s.seed, 5u);
-  EXPECT_EQ(s.page_size, 32u);
+  EXPECT_EQ(s.format.k.enc, Encoding::kTqProd);
+  EXPECT_EQ(s.format.v.enc, Encoding::kTqMse);
+  EXPECT_TRUE(s.format.norm_correction);
+  EXPECT_FALSE(s.format.auto_rotation);
+  EXPECT_EQ(s.format.rotation, RotationKind::kDense);
+  EXPECT_EQ(s.format.seed, 5u);
+  EXPECT_EQ(s.format.page_size, 32u);
   s = parse_kv_spec("fp8");
-  EXPECT_EQ(s.k.enc, Encoding::kFp8E4M3);
-  EXPECT_EQ(s.v.enc, Encoding::kFp8E4M3);
+  EXPECT_EQ(s.format.k.enc, Encoding::kFp8E4M3);
+  EXPECT_EQ(s.format.v.enc, Encoding::kFp8E4M3);
   EXPECT_EQ(parse_kv_specs("fp16,k4v4,k3v2").size(), 3u);
 }
 
 TEST(KvSpec, AutoRotation) {
   const auto s = parse_kv_spec("k3v2");
-  EXPECT_EQ(s.rotation_for(128), RotationKind::kHadamard);
-  EXPECT_EQ(s.rotation_for(80), RotationKind::kDense);   // pads to 96
-  EXPECT_EQ(s.rotation_for(112), RotationKind::kHadamard);  // pads to 128
+  EXPECT_EQ(s.format.rotation_for(128), RotationKind::kHadamard);
+  EXPECT_EQ(s.format.rotation_for(80), RotationKind::kDense);   // pads to 96
+  EXPECT_EQ(s.format.rotation_for(112), RotationKind::kHadamard);  // pads to 128
 }
 
 TEST(KvSpec, BitsPerElement) {
@@ -71,22 +71,44 @@ TEST(KvSpec, CanonicalRoundTrip) {
     EXPECT_EQ(parse_kv_spec(s).canonical(), s);
 }
 
-TEST(KvSpec, QualityKnobs) {
+TEST(KvSpec, FormatApartFromPolicy) {
   const auto s = parse_kv_spec("k3v2:nc:edge=2/k4v4:sink=4:window=64");
-  EXPECT_EQ(s.edge_layers, 2u);
-  EXPECT_EQ(s.sink, 4u);
-  EXPECT_EQ(s.window, 64u);
-  // Layers 0, 1, 28, 29 of 30 are edge layers: k4v4 with the spec's other options, knobs cleared.
+  EXPECT_EQ(s.policy.edge_layers, 2u);
+  EXPECT_EQ(s.policy.sink, 4u);
+  EXPECT_EQ(s.policy.window, 64u);
+  EXPECT_EQ(s.format.canonical(), "k3v2:nc");
+  EXPECT_EQ(s.policy.knobs(), (std::vector<std::string>{"edge=2/k4v4", "sink=4", "window=64"}));
+  EXPECT_TRUE(parse_kv_spec("k3v2:nc:rot=dense:page=8:seed=3").policy.empty());
+  // Layers 0, 1, 28, 29 of 30 are edge layers: k4v4 with the spec's other format options.
   for (uint32_t l : {0u, 1u, 28u, 29u}) {
-    const KvSpec e = s.layer_spec(l, 30);
+    EXPECT_TRUE(s.is_edge_layer(l, 30));
+    const KvFormat e = s.layer_format(l, 30);
     EXPECT_EQ(e.k.bits, 4) << l;
     EXPECT_EQ(e.v.bits, 4) << l;
     EXPECT_TRUE(e.norm_correction);
     EXPECT_EQ(e.canonical(), "k4v4:nc");
   }
-  EXPECT_EQ(s.layer_spec(2, 30).canonical(), "k3v2:nc");
-  EXPECT_EQ(s.layer_spec(27, 30).canonical(), "k3v2:nc");
-  EXPECT_EQ(parse_kv_spec("fp32:ksim=int4").layer_spec(0, 1).key_sim, "int4");
+  EXPECT_FALSE(s.is_edge_layer(2, 30));
+  EXPECT_EQ(s.layer_format(2, 30).canonical(), "k3v2:nc");
+  EXPECT_EQ(s.layer_format(27, 30).canonical(), "k3v2:nc");
+  EXPECT_EQ(parse_kv_spec("fp32:ksim=int4").policy.key_sim, "int4");
+}
+
+// Entry points that implement the format only refuse every policy knob by name, and nothing else.
+TEST(KvSpec, RefusePolicyNamesTheKnob) {
+  for (const char* knob : {"edge=1/fp16", "sink=4", "window=8"}) {
+    const std::string spec = std::string("k3v2:") + knob;
+    try {
+      refuse_policy(parse_kv_spec(spec), "the test");
+      FAIL() << "accepted " << spec;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(knob), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("the test"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("'k3v2'"), std::string::npos) << e.what();  // what to pass instead
+    }
+  }
+  EXPECT_THROW(refuse_policy(parse_kv_spec("fp16:ksim=int4"), "x"), Error);
+  EXPECT_NO_THROW(refuse_policy(parse_kv_spec("k4v2:prod:nc:rot=dense:seed=9:page=7"), "x"));
 }
 
 }  // namespace

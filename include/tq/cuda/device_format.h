@@ -1,32 +1,58 @@
-// Device copies of a cache's codec tables (codebooks, rotation signs or matrices), built from the
-// CPU PagedKvCache that owns the metadata, so the GPU uses exactly the reference's rotations.
+// The device side of a CacheFormat: its codec tables (codebooks, rotation signs or matrices)
+// uploaded once, and device storage of its pages. Both own what they allocate and free it on
+// destruction, also when construction throws half-way.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "tq/cuda/kernels.h"
-#include "tq/kv/paged_cache.h"
+#include "tq/kv/cache_format.h"
 
 namespace tq::cuda {
 
-class DeviceCodecs {
+// Frees a cudaMalloc'ed pointer.
+struct DeviceFree {
+  void operator()(void* p) const;
+};
+using DevicePtr = std::unique_ptr<void, DeviceFree>;
+// cudaMalloc of `bytes` (zeroed when `zero`); throws tq::Error naming `what` and the size.
+DevicePtr device_alloc(size_t bytes, const char* what, bool zero = false);
+
+class DeviceFormat {
  public:
   // Uploads the tables of every layer (cudaMalloc + cudaMemcpy: call at setup, not per step).
-  explicit DeviceCodecs(const PagedKvCache& meta);
-  ~DeviceCodecs();
-  DeviceCodecs(const DeviceCodecs&) = delete;
-  DeviceCodecs& operator=(const DeviceCodecs&) = delete;
+  explicit DeviceFormat(const CacheFormat& format);
 
-  // The view of one layer of a device cache laid out like `meta`: device_cache points at the
-  // whole cache ([layers][num_pages][kv_heads][block bytes]).
-  CacheView view(uint32_t layer, uint8_t* device_cache) const;
+  const CacheFormat& format() const { return format_; }
+  // The view of one layer of device pages laid out by this format: `pages` points at storage of
+  // `num_pages` pages ([layers][num_pages][kv_heads][block bytes]).
+  CacheView view(uint32_t layer, uint8_t* pages, uint32_t num_pages) const;
 
  private:
   const float* upload(const std::vector<float>& v);
-  const PagedKvCache& meta_;
-  std::vector<void*> allocations_;
+  CacheFormat format_;
+  std::vector<DevicePtr> tables_;
   std::vector<CodecTables> k_, v_;  // [layers]
+};
+
+// Device pages of a format: num_pages pages of every layer, zeroed.
+class DeviceKvCache {
+ public:
+  // Throws tq::Error (before allocating) when num_pages is 0, or when cudaMalloc fails.
+  DeviceKvCache(const CacheFormat& format, uint32_t num_pages);
+
+  const CacheFormat& format() const { return tables_.format(); }
+  uint32_t num_pages() const { return num_pages_; }
+  size_t bytes() const { return tables_.format().bytes(num_pages_); }
+  uint8_t* data() const { return static_cast<uint8_t*>(pages_.get()); }
+  CacheView view(uint32_t layer) const { return tables_.view(layer, data(), num_pages_); }
+
+ private:
+  DeviceFormat tables_;
+  uint32_t num_pages_;
+  DevicePtr pages_;
 };
 
 }  // namespace tq::cuda

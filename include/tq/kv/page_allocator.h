@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-namespace tq::engine {
+namespace tq {
 
 class PageAllocator {
  public:
@@ -25,4 +25,4 @@ class PageAllocator {
   std::vector<uint32_t> refs_;  // [num_pages]
 };
 
-}  // namespace tq::engine
+}  // namespace tq

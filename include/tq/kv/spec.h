@@ -12,8 +12,9 @@
 //            | window=<tokens> the most recent tokens (per query) are read from an fp16 side buffer
 //            | ksim=int4|int8|int2|q4_0  SIMULATED baseline: keys are quantize-dequantized by that
 //                              CPU quantizer before they enter a float cache (fp32/fp16 base only)
-// The last four are engine-level knobs (src/engine): the packed pages themselves use `k`/`v`.
-// A list of specs is comma-separated: "fp16,k4v4,k3v2:prod".
+// The first five options are the format (KvFormat: what the bytes are); the last four the policy
+// (KvPolicy: which tokens and layers are stored otherwise). A list of specs is comma-separated:
+// "fp16,k4v4,k3v2:prod".
 #pragma once
 
 #include <cstdint>
@@ -25,23 +26,16 @@
 
 namespace tq {
 
-struct KvSpec {
-  std::string text;  // as given
+// What the bytes of the pages are: the encodings of K and V, the rotation, the page size. Everything
+// that stores or reads pages (host and device storage, the kernels, the C API) takes this, so a
+// policy knob cannot reach them and be silently dropped.
+struct KvFormat {
   TensorCode k{Encoding::kFp16, 16}, v{Encoding::kFp16, 16};
   bool auto_rotation = true;
   RotationKind rotation = RotationKind::kHadamard;  // when !auto_rotation
   bool norm_correction = false;
   uint64_t seed = 0x7475726271756e74ull;  // "turbqunt"
   uint32_t page_size = 16;
-  // Quality knobs (engine-level, docs/kv-specs.md).
-  uint32_t edge_layers = 0;                                  // first and last N layers use edge_k/edge_v
-  TensorCode edge_k{Encoding::kFp16, 16}, edge_v{Encoding::kFp16, 16};
-  uint32_t sink = 0;    // tokens 0..sink-1 read from a full-precision side buffer
-  uint32_t window = 0;  // keys within `window` positions of the query read from the side buffer
-  std::string key_sim;  // "" or a make_baseline() name: simulated quantize-dequantize of keys
-
-  // The spec of a layer of an `n_layers` model: edge layers get the edge base (knobs cleared).
-  KvSpec layer_spec(uint32_t layer, uint32_t n_layers) const;
 
   // The rotation used for a head of `head_dim` coordinates.
   RotationKind rotation_for(uint32_t head_dim) const;
@@ -50,7 +44,37 @@ struct KvSpec {
   std::string canonical() const;
 };
 
+// Which tokens and layers are kept otherwise than in the format (docs/kv-specs.md): a backend
+// implements each knob or refuses it by name (refuse_policy).
+struct KvPolicy {
+  uint32_t edge_layers = 0;  // the first and last N layers use edge_k / edge_v
+  TensorCode edge_k{Encoding::kFp16, 16}, edge_v{Encoding::kFp16, 16};
+  uint32_t sink = 0;    // tokens 0..sink-1 read from a full-precision side buffer
+  uint32_t window = 0;  // keys within `window` positions of the query read from the side buffer
+  std::string key_sim;  // "" or a make_baseline() name: simulated quantize-dequantize of keys
+
+  bool empty() const { return knobs().empty(); }
+  // The knobs that are set, each as the spec writes it ("edge=2/k4v4", "sink=4", ...).
+  std::vector<std::string> knobs() const;
+};
+
+struct KvSpec {
+  std::string text;  // as given
+  KvFormat format;
+  KvPolicy policy;
+
+  // The format of layer `layer` of an `n_layers` model: edge layers get the edge base.
+  bool is_edge_layer(uint32_t layer, uint32_t n_layers) const;
+  KvFormat layer_format(uint32_t layer, uint32_t n_layers) const;
+  double bits_per_element(uint32_t head_dim) const { return format.bits_per_element(head_dim); }
+  std::string canonical() const;
+};
+
 KvSpec parse_kv_spec(const std::string& text);  // throws tq::Error naming the bad part
 std::vector<KvSpec> parse_kv_specs(const std::string& comma_list);
+
+// For entry points that implement the format only (one layer of pages, no side buffer): throws
+// tq::Error naming the first policy knob of `spec`, and `who`, when the policy is not empty.
+void refuse_policy(const KvSpec& spec, const char* who);
 
 }  // namespace tq

@@ -20,7 +20,7 @@
 #include "tq/backend/cpu/matmul.h"
 #include "tq/numeric.h"
 
-namespace tq::engine {
+namespace tq::cpu {
 namespace {
 
 constexpr uint32_t kQueryBlock = 16;  // query tokens per task: bounds the score matrix
@@ -36,12 +36,15 @@ ConstRowRef value_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
 
 }  // namespace
 
-void KvStore::attend(uint32_t layer, const SeqKv& s, uint32_t first, uint32_t nq, uint32_t q_heads, const float* q, float* out,
+void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t nq, uint32_t q_heads, const float* q, float* out,
                      ThreadPool& pool) const {
   const uint32_t H = shape_.kv_heads;
   TQ_CHECK(q_heads >= H && q_heads % H == 0, "query heads ({}) must be a multiple of KV heads ({})", q_heads, H);
-  TQ_CHECK(nq >= 1 && size_t(first) + nq <= s.len, "queries {}..{} are beyond the sequence ({} positions)", first, first + nq, s.len);
-  TQ_CHECK(spec_.window == 0 || nq <= shape_.max_chunk, "{} query tokens at once; the recent-token ring holds chunks of {}", nq,
+  TQ_CHECK(s.block_table != nullptr, "sequence {} has no block table", s.seq);
+  const size_t held = s.block_table->size() * size_t(page_size());
+  TQ_CHECK(nq >= 1 && size_t(first) + nq <= held, "queries {}..{} are beyond the pages of sequence {} ({} positions)", first, first + nq,
+           s.seq, held);
+  TQ_CHECK(spec_.policy.window == 0 || nq <= shape_.max_chunk, "{} query tokens at once; the recent-token ring holds chunks of {}", nq,
            shape_.max_chunk);
   const uint32_t blocks = (nq + kQueryBlock - 1) / kQueryBlock;
   pool.parallel_for(size_t(H) * blocks, [&](size_t t0, size_t t1) {
@@ -52,27 +55,28 @@ void KvStore::attend(uint32_t layer, const SeqKv& s, uint32_t first, uint32_t nq
   });
 }
 
-void KvStore::attend_head(uint32_t layer, const SeqKv& s, uint32_t h, uint32_t first, uint32_t j0, uint32_t j1, uint32_t q_heads,
+void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_t first, uint32_t j0, uint32_t j1, uint32_t q_heads,
                           const float* q, float* out) const {
   uint32_t local = 0;
   const PagedKvCache& cache = cache_of(layer, &local);
   const BlockLayout& L = cache.layout();
-  const TurboQuant* kc = cache.k_codec(local, h);
-  const TurboQuant* vc = cache.v_codec(local, h);
-  const Encoding kenc = cache.spec().k.enc, venc = cache.spec().v.enc;
-  const uint32_t H = shape_.kv_heads, D = shape_.head_dim, ps = spec_.page_size, group = q_heads / H;
+  const TurboQuant* kc = cache.format().k_codec(local, h);
+  const TurboQuant* vc = cache.format().v_codec(local, h);
+  const Encoding kenc = cache.format().format().k.enc, venc = cache.format().format().v.enc;
+  const uint32_t H = shape_.kv_heads, D = shape_.head_dim, ps = page_size(), group = q_heads / H;
   const uint32_t nqb = (j1 - j0) * group;  // queries of this task: token-major, then head in group
   const uint32_t span = first + j1;        // positions the last query sees
   const uint32_t pd = vc ? vc->padded_dim() : D;
   const float inv_sqrt = 1.0f / std::sqrt(float(D));
   const size_t row = size_t(H) * D;  // side-buffer row: [2][kv_heads][head_dim]
+  const Side* sd = spec_.policy.sink || spec_.policy.window ? &side(s.seq) : nullptr;
 
   const auto qpos = [&](uint32_t qi) { return first + j0 + qi / group; };
   const auto qvec = [&](uint32_t qi) { return q + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D; };
   // fp16 K (value=false) or V row of a side-buffer token, converted into `dst` [D].
   const auto side_row = [&](uint32_t t, bool value, float* dst) {
-    const uint16_t* src = t < spec_.sink ? &s.sink[(size_t(layer) * spec_.sink + t) * 2 * row]
-                                         : &s.recent[(size_t(layer) * ring() + t % ring()) * 2 * row];
+    const uint32_t sink = spec_.policy.sink;
+    const uint16_t* src = t < sink ? &sd->sink[(size_t(layer) * sink + t) * 2 * row] : &sd->recent[(size_t(layer) * ring() + t % ring()) * 2 * row];
     src += (value ? row : 0) + size_t(h) * D;
     for (uint32_t i = 0; i < D; ++i) dst[i] = f16_to_f32(src[i]);
   };
@@ -87,9 +91,9 @@ void KvStore::attend_head(uint32_t layer, const SeqKv& s, uint32_t h, uint32_t f
   // ---- scores
   for (uint32_t p0 = 0; p0 < span; p0 += ps) {
     const uint32_t p1 = std::min(span, p0 + ps);
-    const uint8_t* blk = cache.block(local, uint32_t(s.block_table[p0 / ps]), h);
+    const uint8_t* blk = cache.block(local, uint32_t((*s.block_table)[p0 / ps]), h);
     if (!kc)
-      for (uint32_t t = p0; t < p1; ++t) load_float_row(kenc, blk + L.k_codes + (t - p0) * L.k_row, D, cache.k_scale(), &tile[size_t(t - p0) * D]);
+      for (uint32_t t = p0; t < p1; ++t) load_float_row(kenc, blk + L.k_codes + (t - p0) * L.k_row, D, cache.format().k_scale(), &tile[size_t(t - p0) * D]);
     for (uint32_t qi = 0; qi < nqb; ++qi) {
       const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
       float* srow = &S[size_t(qi) * span];
@@ -123,9 +127,9 @@ void KvStore::attend_head(uint32_t layer, const SeqKv& s, uint32_t h, uint32_t f
   const bool use_tile = vc && nqb > 2;
   for (uint32_t p0 = 0; p0 < span; p0 += ps) {
     const uint32_t p1 = std::min(span, p0 + ps);
-    const uint8_t* blk = cache.block(local, uint32_t(s.block_table[p0 / ps]), h);
+    const uint8_t* blk = cache.block(local, uint32_t((*s.block_table)[p0 / ps]), h);
     if (!vc) {
-      for (uint32_t t = p0; t < p1; ++t) load_float_row(venc, blk + L.v_codes + (t - p0) * L.v_row, D, cache.v_scale(), &tile[size_t(t - p0) * D]);
+      for (uint32_t t = p0; t < p1; ++t) load_float_row(venc, blk + L.v_codes + (t - p0) * L.v_row, D, cache.format().v_scale(), &tile[size_t(t - p0) * D]);
     } else if (use_tile) {
       for (uint32_t t = p0; t < p1; ++t) {
         const ConstRowRef r = value_row(L, blk, t - p0);
@@ -171,4 +175,4 @@ void KvStore::attend_head(uint32_t layer, const SeqKv& s, uint32_t h, uint32_t f
   }
 }
 
-}  // namespace tq::engine
+}  // namespace tq::cpu

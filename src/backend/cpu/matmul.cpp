@@ -9,7 +9,7 @@
 #include "tq/check.h"
 #include "tq/cpu_features.h"
 
-namespace tq::engine {
+namespace tq::cpu {
 
 float dot_f32(const float* a, const float* b, size_t n) {
   if (cpu::has_avx2_fma()) return detail::dot_f32_avx2(a, b, n);
@@ -47,4 +47,4 @@ void matmul(const model::TensorRef& w, const float* x, size_t T, float* y, Threa
   });
 }
 
-}  // namespace tq::engine
+}  // namespace tq::cpu

@@ -3,7 +3,7 @@
 
 #include <immintrin.h>
 
-namespace tq::engine::detail {
+namespace tq::cpu::detail {
 namespace {
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -44,4 +44,4 @@ void dot4_f32_avx2(const float* x, const float* w, size_t n, float* out) {
     for (int r = 0; r < 4; ++r) out[r] += x[i] * w[size_t(r) * n + i];
 }
 
-}  // namespace tq::engine::detail
+}  // namespace tq::cpu::detail

@@ -4,10 +4,10 @@
 
 #include <cstddef>
 
-namespace tq::engine::detail {
+namespace tq::cpu::detail {
 
 float dot_f32_avx2(const float* a, const float* b, size_t n);
 // out[r] = <x, w + r * n> for r in 0..3
 void dot4_f32_avx2(const float* x, const float* w, size_t n, float* out);
 
-}  // namespace tq::engine::detail
+}  // namespace tq::cpu::detail

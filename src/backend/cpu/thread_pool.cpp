@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-namespace tq::engine {
+namespace tq::cpu {
 
 ThreadPool::ThreadPool(unsigned n_threads) {
   if (n_threads == 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
@@ -72,4 +72,4 @@ void ThreadPool::worker(unsigned index) {
   }
 }
 
-}  // namespace tq::engine
+}  // namespace tq::cpu

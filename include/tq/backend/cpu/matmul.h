@@ -8,7 +8,7 @@
 #include "tq/backend/cpu/thread_pool.h"
 #include "tq/model/model.h"
 
-namespace tq::engine {
+namespace tq::cpu {
 
 // y[T][R] = x[T][C] * W^T for W [R][C] (R = w.n_rows, C = w.n_cols). Rows of W are split over
 // the pool; each thread dequantizes a few rows into a small float tile and dots them with all T
@@ -18,4 +18,4 @@ void matmul(const model::TensorRef& w, const float* x, size_t T, float* y, Threa
 // <a, b> over n floats: the AVX2+FMA kernel when the CPU has it, else a portable 8-lane loop.
 float dot_f32(const float* a, const float* b, size_t n);
 
-}  // namespace tq::engine
+}  // namespace tq::cpu

@@ -10,7 +10,7 @@
 #include <thread>
 #include <vector>
 
-namespace tq::engine {
+namespace tq::cpu {
 
 class ThreadPool {
  public:
@@ -40,4 +40,4 @@ class ThreadPool {
   std::exception_ptr error_;
 };
 
-}  // namespace tq::engine
+}  // namespace tq::cpu

@@ -1,0 +1,52 @@
+/* The C API of the turboquant CUDA kernels (libtq_capi.so): one layer of packed paged-KV pages on
+ * the device, and the kernels of include/tq/cuda/kernels.h over it, on raw device pointers.
+ * Every int function returns 0 on success, or -1 with a message (naming the bad value) in err.
+ * dtype / q_dtype / out_dtype: 0 = fp32, 1 = fp16, 2 = bf16. stream: a cudaStream_t or NULL. */
+#ifndef TQ_CAPI_H
+#define TQ_CAPI_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* num_pages pages of one layer of `kv_heads` heads of `head_dim`, in the format of the KV spec
+ * (docs/kv-specs.md). The spec's policy knobs (edge, sink, window, ksim) belong to the engine and
+ * are refused by name. Returns NULL with the message in err on failure. */
+void* tq_cache_create(uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages, const char* spec, char* err, int errlen);
+void tq_cache_destroy(void* cache);
+uint64_t tq_cache_bytes(void* cache);
+uint32_t tq_cache_block_bytes(void* cache);
+
+/* k, v: [num_tokens][kv_heads][head_dim]; slots: [num_tokens] device int64 (page * page_size +
+ * offset, -1 = skip). */
+int tq_quantize_store(void* cache, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, void* stream,
+                      char* err, int errlen);
+
+/* Workspace bytes of tq_decode / tq_prefill for this shape (splits 0: chosen from the shape). */
+uint64_t tq_decode_workspace(void* cache, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+                             uint32_t splits);
+uint64_t tq_prefill_workspace(void* cache, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+                              uint32_t splits);
+
+/* q, out: [num_seqs][ntok][q_heads][head_dim]; block_tables: [num_seqs][max_pages] int32;
+ * seq_lens: [num_seqs] int32 (the queries are each sequence's last ntok tokens, 1..8). */
+int tq_decode(void* cache, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
+              uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+              void* stream, char* err, int errlen);
+/* The same arguments; a chunk of ntok new queries per sequence (chunked prefill). */
+int tq_prefill(void* cache, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
+               uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+               void* stream, char* err, int errlen);
+/* tq_quantize_store of num_tokens new rows, then tq_decode, as one overlapped step. */
+int tq_store_and_decode(void* cache, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, const void* q,
+                        int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs,
+                        uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+                        void* stream, char* err, int errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TQ_CAPI_H */

@@ -1,0 +1,46 @@
+// The CPU model runner: a forward pass for Llama-family models (llama2.c checkpoints, GGUF llama /
+// qwen2) on the host, its KV cache in the KV spec the user chose (kv_store.h: quantized as written,
+// attention over the packed pages). Every weight matrix is applied to all the step's tokens at
+// once; attention is per sequence, causal.
+#pragma once
+
+#include <memory>
+
+#include "tq/backend/cpu/kv_store.h"
+#include "tq/backend/cpu/thread_pool.h"
+#include "tq/engine/runner.h"
+
+namespace tq::cpu {
+
+class CpuModelRunner : public engine::ModelRunner {
+ public:
+  // Keeps a reference to `m` (must outlive the runner). Throws tq::Error on an unsupported model
+  // (head dim, missing tensors, weight types that cannot be dequantized) or a bad KV spec.
+  CpuModelRunner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& opts);
+
+  const model::ModelConfig& config() const override { return cfg_; }
+  std::string describe() const override;
+  void add_sequence(int seq) override { kv_.add_sequence(seq); }
+  std::vector<float> forward(const std::vector<engine::StepSeq>& step) override;
+  size_t page_bytes() const override { return kv_.page_bytes(); }
+  size_t side_bytes() const override { return kv_.side_bytes(); }
+  double bits_per_element() const override { return kv_.bits_per_element(); }
+
+  const KvStore& kv() const { return kv_; }
+  ThreadPool& pool() { return pool_; }
+
+ private:
+  void rmsnorm(const float* x, const std::vector<float>& w, float* out) const;
+  void rope(float* v, uint32_t pos) const;
+
+  const model::Model& model_;
+  model::ModelConfig cfg_;
+  engine::RunnerOptions opts_;
+  ThreadPool pool_;
+  KvStore kv_;
+  std::vector<std::vector<float>> attn_norm_, ffn_norm_;  // [layers][dim]
+  std::vector<float> out_norm_;                           // [dim]
+  std::vector<float> rope_cos_, rope_sin_;                // [context][rope_dim / 2]
+};
+
+}  // namespace tq::cpu

@@ -1,0 +1,58 @@
+// The backend boundary of the engine. A step is schedule -> run -> sample -> append (vLLM v1's
+// scheduler / model runner / sampler, nano-vllm's llm_engine.step): the engine schedules (which
+// sequences, which new tokens, which pages: the block manager), a ModelRunner runs the model over
+// them, the Sampler picks the next tokens. A runner owns the weights, the forward pass and the KV
+// storage, built from the KV spec in its own memory (host or device); it never allocates pages.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tq/kv/spec.h"
+#include "tq/model/model.h"
+
+namespace tq::engine {
+
+// One sequence's part of a step.
+struct StepSeq {
+  int seq = 0;                                        // block manager id
+  const int* tokens = nullptr;                        // [n] new tokens
+  uint32_t n = 0;
+  uint32_t first = 0;                                 // position of tokens[0]
+  const std::vector<int32_t>* block_table = nullptr;  // pages covering positions [0, first + n)
+  bool all_logits = false;                            // logits of every new token, or of the last only
+};
+
+// What a runner was built for: the page pool and the largest step.
+struct RunnerOptions {
+  uint32_t context = 0;     // most positions per sequence (the model's when 0)
+  uint32_t num_pages = 1;   // pages of the pool, indexed by the block manager's page ids
+  uint32_t max_chunk = 64;  // most new tokens per step, all sequences together
+  unsigned threads = 0;     // CPU threads (0: all cores)
+};
+
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+
+  virtual const model::ModelConfig& config() const = 0;
+  // "cpu, 2 threads", "cuda:0 (NVIDIA H200)": for the commands' status lines.
+  virtual std::string describe() const = 0;
+
+  // A sequence id the block manager handed out: per-sequence KV state (side buffers).
+  virtual void add_sequence(int seq) = 0;
+
+  // Runs the step's new tokens through the model: their K/V rows go to the pages of their block
+  // tables, attention reads them. Returns logits, sequence by sequence: [n or 1][vocab].
+  virtual std::vector<float> forward(const std::vector<StepSeq>& step) = 0;
+
+  // KV bytes: one page over every layer, and one sequence's fixed side buffers.
+  virtual size_t page_bytes() const = 0;
+  virtual size_t side_bytes() const = 0;
+  // Bits per K/V element of the pages over all layers (edge layers included).
+  virtual double bits_per_element() const = 0;
+};
+
+}  // namespace tq::engine

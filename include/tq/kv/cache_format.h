@@ -1,0 +1,59 @@
+// The format of a paged KV cache as a value: shape, encodings, page layout and the codecs'
+// tables, with no storage. Host pages (PagedKvCache), device pages (cuda::DeviceKvCache), the C
+// API and the kernels' CacheView are all built from one, so every byte position has one
+// definition (format.h) and every rotation one seed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "tq/codec/turboquant.h"
+#include "tq/format.h"
+#include "tq/kv/spec.h"
+
+namespace tq {
+
+class CacheFormat {
+ public:
+  // Throws tq::Error on a bad shape (layers, KV heads, head dim, page size) or a format the head
+  // dim cannot use (e.g. a Hadamard rotation of a non-power-of-two padded dim).
+  CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format);
+
+  uint32_t layers() const { return layers_; }
+  uint32_t kv_heads() const { return kv_heads_; }
+  uint32_t head_dim() const { return head_dim_; }
+  uint32_t page_size() const { return format_.page_size; }
+  const KvFormat& format() const { return format_; }
+  const BlockLayout& layout() const { return layout_; }
+
+  // Storage of `num_pages` pages is [layers][num_pages][kv_heads][layout().bytes].
+  size_t bytes(uint32_t num_pages) const { return size_t(layout_.bytes) * layers_ * num_pages * kv_heads_; }
+  size_t block_offset(uint32_t layer, uint32_t page, uint32_t head, uint32_t num_pages) const {
+    return ((size_t(layer) * num_pages + page) * kv_heads_ + head) * layout_.bytes;
+  }
+  // Bytes of one page over every layer and KV head.
+  size_t page_bytes() const { return bytes(1); }
+
+  // Codec of the keys / values of one (layer, kv_head); null for float encodings.
+  const TurboQuant* k_codec(uint32_t layer, uint32_t head) const;
+  const TurboQuant* v_codec(uint32_t layer, uint32_t head) const;
+  // The seed of the rotations of one (layer, kv_head, K or V).
+  uint64_t seed_for(uint32_t layer, uint32_t head, bool value) const;
+
+  // Per-tensor fp8 scales (1 unless set): stored value = x / scale.
+  float k_scale() const { return k_scale_; }
+  float v_scale() const { return v_scale_; }
+  void set_fp8_scales(float k_scale, float v_scale);
+
+ private:
+  using Codecs = std::vector<std::unique_ptr<const TurboQuant>>;  // [layers * kv_heads]
+  uint32_t layers_, kv_heads_, head_dim_;
+  KvFormat format_;
+  BlockLayout layout_;
+  float k_scale_ = 1.0f, v_scale_ = 1.0f;
+  std::shared_ptr<const Codecs> k_codecs_, v_codecs_;  // shared by copies: the tables are immutable
+};
+
+}  // namespace tq

@@ -1,0 +1,160 @@
+#include "tq/backend/cpu/runner.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "tq/backend/cpu/matmul.h"
+#include "tq/check.h"
+
+namespace tq::cpu {
+
+using engine::StepSeq;
+using model::TensorRef;
+
+namespace {
+
+// The KV shape of a model, after the checks that make it a model this runner can run.
+KvShape kv_shape(const model::ModelConfig& c, const engine::RunnerOptions& o) {
+  TQ_CHECK(c.n_layers >= 1 && c.dim >= 1 && c.n_heads >= 1 && c.n_kv_heads >= 1 && c.head_dim >= 1 && c.vocab_size >= 1,
+           "model has an empty shape ({} layers, dim {}, {} heads, {} KV heads, head dim {})", c.n_layers, c.dim, c.n_heads,
+           c.n_kv_heads, c.head_dim);
+  TQ_CHECK(c.n_heads % c.n_kv_heads == 0, "query heads ({}) must be a multiple of KV heads ({})", c.n_heads, c.n_kv_heads);
+  TQ_CHECK(c.rope_dim % 2 == 0 && c.rope_dim <= c.head_dim, "rope dim {} must be even and <= head dim {}", c.rope_dim, c.head_dim);
+  TQ_CHECK(o.max_chunk >= 1 && o.context >= 1, "max_chunk and context must be at least 1");
+  return KvShape{uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim), o.num_pages, o.max_chunk};
+}
+
+}  // namespace
+
+CpuModelRunner::CpuModelRunner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& opts)
+    : model_(m), cfg_(m.config), opts_(opts), pool_(opts.threads), kv_(kv_shape(m.config, opts), spec) {
+  const auto& c = cfg_;
+  const auto norm = [](const TensorRef& t) {
+    TQ_CHECK(t.present(), "weight '{}' is absent", t.name);
+    return t.to_f32();
+  };
+  for (const auto& l : m.weights.layers) {
+    attn_norm_.push_back(norm(l.attn_norm));
+    ffn_norm_.push_back(norm(l.ffn_norm));
+    for (const TensorRef* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      TQ_CHECK(t->present(), "weight '{}' is absent", t->name);
+      model::ggml_check_dequantizable(t->type, t->name);
+    }
+  }
+  TQ_CHECK(m.weights.layers.size() == size_t(c.n_layers), "model lists {} layers but has weights for {}", c.n_layers,
+           m.weights.layers.size());
+  out_norm_ = norm(m.weights.output_norm);
+  TQ_CHECK(m.weights.output.present() && m.weights.token_embd.present(), "model lacks its token embedding or output matrix");
+  model::ggml_check_dequantizable(m.weights.output.type, m.weights.output.name);
+
+  // RoPE angles as run.c computes them: theta_i = pos * rope_theta^(-2i/rope_dim), in float.
+  const size_t half = size_t(c.rope_dim) / 2;
+  rope_cos_.resize(size_t(opts_.context) * half);
+  rope_sin_.resize(rope_cos_.size());
+  for (uint32_t p = 0; p < opts_.context; ++p)
+    for (size_t i = 0; i < half; ++i) {
+      const float freq = 1.0f / std::pow(c.rope_theta, float(2 * i) / float(c.rope_dim));
+      const float a = float(p) * freq;
+      rope_cos_[p * half + i] = std::cos(a);
+      rope_sin_[p * half + i] = std::sin(a);
+    }
+}
+
+std::string CpuModelRunner::describe() const { return "cpu, " + std::to_string(pool_.size()) + " threads"; }
+
+void CpuModelRunner::rmsnorm(const float* x, const std::vector<float>& w, float* out) const {
+  const size_t n = w.size();
+  float ss = 0;
+  for (size_t i = 0; i < n; ++i) ss += x[i] * x[i];
+  const float r = 1.0f / std::sqrt(ss / float(n) + cfg_.rms_eps);
+  for (size_t i = 0; i < n; ++i) out[i] = w[i] * (r * x[i]);
+}
+
+void CpuModelRunner::rope(float* v, uint32_t pos) const {
+  const size_t half = size_t(cfg_.rope_dim) / 2;
+  const float* cs = &rope_cos_[pos * half];
+  const float* sn = &rope_sin_[pos * half];
+  const bool adjacent = cfg_.rope_style == model::RopeStyle::AdjacentPairs;
+  for (size_t i = 0; i < half; ++i) {
+    const size_t i0 = adjacent ? 2 * i : i, i1 = adjacent ? 2 * i + 1 : i + half;
+    const float a0 = v[i0], a1 = v[i1];
+    v[i0] = a0 * cs[i] - a1 * sn[i];
+    v[i1] = a0 * sn[i] + a1 * cs[i];
+  }
+}
+
+std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
+  const auto& c = cfg_;
+  const auto& W = model_.weights;
+  size_t N = 0;
+  for (const StepSeq& it : step) N += it.n;
+  const size_t D = size_t(c.dim), QD = size_t(c.q_dim()), KVD = size_t(c.kv_dim()), HD = size_t(c.head_dim), F = size_t(c.hidden_dim);
+  std::vector<float> x(N * D), xb(N * D), o(N * D);  // [N][dim] residual stream, normed input, projection output
+  std::vector<float> q(N * QD), att(N * QD);          // [N][q_dim]
+  std::vector<float> k(N * KVD), v(N * KVD);          // [N][kv_dim]
+  std::vector<float> g(N * F), u(N * F);              // [N][hidden]
+  std::vector<uint32_t> pos(N);                       // [N] position of each row
+  {
+    size_t r = 0;
+    for (const StepSeq& it : step)
+      for (uint32_t j = 0; j < it.n; ++j, ++r) {
+        W.token_embd.dequantize_row(size_t(it.tokens[j]), &x[r * D]);
+        pos[r] = it.first + j;
+      }
+  }
+  const auto add_bias = [&](const TensorRef& bias, std::vector<float>& y, size_t width) {
+    if (!bias.present()) return;
+    const std::vector<float> bf = bias.to_f32();
+    for (size_t r = 0; r < N; ++r)
+      for (size_t i = 0; i < width; ++i) y[r * width + i] += bf[i];
+  };
+  for (size_t l = 0; l < size_t(c.n_layers); ++l) {
+    const model::LayerWeights& w = W.layers[l];
+    for (size_t r = 0; r < N; ++r) rmsnorm(&x[r * D], attn_norm_[l], &xb[r * D]);
+    matmul(w.wq, xb.data(), N, q.data(), pool_);
+    matmul(w.wk, xb.data(), N, k.data(), pool_);
+    matmul(w.wv, xb.data(), N, v.data(), pool_);
+    add_bias(w.bq, q, QD);
+    add_bias(w.bk, k, KVD);
+    add_bias(w.bv, v, KVD);
+    for (size_t r = 0; r < N; ++r) {
+      for (size_t h = 0; h < size_t(c.n_heads); ++h) rope(&q[r * QD + h * HD], pos[r]);
+      for (size_t h = 0; h < size_t(c.n_kv_heads); ++h) rope(&k[r * KVD + h * HD], pos[r]);
+    }
+    // Quantize on write, then attend: a chunk's queries see the chunk's own keys (causal).
+    size_t r0 = 0;
+    for (const StepSeq& it : step) {
+      const SeqPages s{it.seq, it.block_table};
+      for (size_t j = 0; j < it.n; ++j) kv_.write(uint32_t(l), s, pos[r0 + j], &k[(r0 + j) * KVD], &v[(r0 + j) * KVD]);
+      kv_.attend(uint32_t(l), s, it.first, it.n, uint32_t(c.n_heads), &q[r0 * QD], &att[r0 * QD], pool_);
+      r0 += it.n;
+    }
+    matmul(w.wo, att.data(), N, o.data(), pool_);
+    for (size_t i = 0; i < N * D; ++i) x[i] += o[i];
+    for (size_t r = 0; r < N; ++r) rmsnorm(&x[r * D], ffn_norm_[l], &xb[r * D]);
+    matmul(w.w_gate, xb.data(), N, g.data(), pool_);
+    matmul(w.w_up, xb.data(), N, u.data(), pool_);
+    for (size_t i = 0; i < N * F; ++i) g[i] = g[i] * (1.0f / (1.0f + std::exp(-g[i]))) * u[i];  // SwiGLU
+    matmul(w.w_down, g.data(), N, o.data(), pool_);
+    for (size_t i = 0; i < N * D; ++i) x[i] += o[i];
+  }
+  // Final norm and classifier only for the rows whose logits are wanted.
+  std::vector<size_t> rows;
+  {
+    size_t r0 = 0;
+    for (const StepSeq& it : step) {
+      if (it.all_logits)
+        for (size_t j = 0; j < it.n; ++j) rows.push_back(r0 + j);
+      else
+        rows.push_back(r0 + it.n - 1);
+      r0 += it.n;
+    }
+  }
+  std::vector<float> xn(rows.size() * D);  // [rows][dim]
+  for (size_t i = 0; i < rows.size(); ++i) rmsnorm(&x[rows[i] * D], out_norm_, &xn[i * D]);
+  std::vector<float> logits(rows.size() * size_t(c.vocab_size));
+  matmul(W.output, xn.data(), rows.size(), logits.data(), pool_);
+  return logits;
+}
+
+}  // namespace tq::cpu

@@ -1,0 +1,59 @@
+#include "tq/kv/cache_format.h"
+
+#include <cmath>
+
+#include "tq/check.h"
+#include "tq/rng.h"
+
+namespace tq {
+
+CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format)
+    : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), format_(format) {
+  TQ_CHECK(layers >= 1 && layers <= 4096, "cache layers must be 1..4096, got {}", layers);
+  TQ_CHECK(kv_heads >= 1 && kv_heads <= 1024, "cache KV heads must be 1..1024, got {}", kv_heads);
+  TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
+  TQ_CHECK(format.page_size >= 1 && format.page_size <= kMaxPageSize, "page size must be 1..{}, got {}", kMaxPageSize, format.page_size);
+  layout_ = block_layout(format.k, format.v, head_dim, format.page_size);
+  auto k = std::make_shared<Codecs>(), v = std::make_shared<Codecs>();
+  for (uint32_t l = 0; l < layers; ++l)
+    for (uint32_t h = 0; h < kv_heads; ++h)
+      for (bool value : {false, true}) {
+        const TensorCode c = value ? format.v : format.k;
+        std::unique_ptr<const TurboQuant> codec;
+        if (is_tq(c.enc)) {
+          TqConfig cfg;
+          cfg.dim = head_dim;
+          cfg.bits = c.bits;
+          cfg.prod = c.enc == Encoding::kTqProd;
+          cfg.rotation = format.rotation_for(head_dim);
+          cfg.seed = seed_for(l, h, value);
+          cfg.norm_correction = format.norm_correction && !cfg.prod;
+          codec = std::make_unique<const TurboQuant>(cfg);
+        }
+        (value ? *v : *k).push_back(std::move(codec));
+      }
+  k_codecs_ = std::move(k);
+  v_codecs_ = std::move(v);
+}
+
+uint64_t CacheFormat::seed_for(uint32_t layer, uint32_t head, bool value) const {
+  return derive_seed(format_.seed, layer, head, value ? 2 : 1);
+}
+
+const TurboQuant* CacheFormat::k_codec(uint32_t layer, uint32_t head) const {
+  TQ_CHECK(layer < layers_ && head < kv_heads_, "codec ({}, {}) is outside the cache ({} layers, {} KV heads)", layer, head, layers_, kv_heads_);
+  return (*k_codecs_)[size_t(layer) * kv_heads_ + head].get();
+}
+const TurboQuant* CacheFormat::v_codec(uint32_t layer, uint32_t head) const {
+  TQ_CHECK(layer < layers_ && head < kv_heads_, "codec ({}, {}) is outside the cache ({} layers, {} KV heads)", layer, head, layers_, kv_heads_);
+  return (*v_codecs_)[size_t(layer) * kv_heads_ + head].get();
+}
+
+void CacheFormat::set_fp8_scales(float k_scale, float v_scale) {
+  TQ_CHECK(k_scale > 0 && std::isfinite(k_scale) && v_scale > 0 && std::isfinite(v_scale),
+           "fp8 scales must be positive and finite, got {} and {}", k_scale, v_scale);
+  k_scale_ = k_scale;
+  v_scale_ = v_scale;
+}
+
+}  // namespace tq
