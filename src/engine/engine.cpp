@@ -6,24 +6,25 @@
 #include "tq/check.h"
 
 namespace tq::engine {
-namespace {
 
-// The options with the defaults resolved against the model and the spec.
-EngineOptions resolved(const model::Model& m, const KvSpec& spec, EngineOptions o) {
-  if (o.context == 0) o.context = uint32_t(std::max(1, m.config.max_seq));
+EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, EngineOptions o) {
+  if (o.context == 0) o.context = uint32_t(std::max(1, c.max_seq));
   TQ_CHECK(o.max_chunk >= 1 && o.max_seqs >= 1, "max_chunk and max_seqs must be at least 1");
-  const uint32_t ps = spec.format.page_size;
-  if (o.num_pages == 0) o.num_pages = o.max_seqs * ((o.context + ps - 1) / ps);
+  TQ_CHECK(page_size >= 1, "page size must be at least 1");
+  if (o.num_pages == 0) o.num_pages = o.max_seqs * ((o.context + page_size - 1) / page_size);
   return o;
 }
 
-}  // namespace
+RunnerOptions Engine::runner_options(const EngineOptions& o) {
+  return RunnerOptions{.context = o.context, .num_pages = o.num_pages, .max_chunk = o.max_chunk, .threads = o.threads};
+}
 
 Engine::Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts)
-    : opts_(resolved(m, spec, opts)), blocks_(opts_.num_pages, spec.format.page_size) {
-  const RunnerOptions ro{.context = opts_.context, .num_pages = opts_.num_pages, .max_chunk = opts_.max_chunk, .threads = opts_.threads};
-  runner_ = std::make_unique<cpu::CpuModelRunner>(m, spec, ro);
-}
+    : Engine(std::make_unique<cpu::CpuModelRunner>(m, spec, runner_options(resolve(m.config, spec.format.page_size, opts))),
+             spec.format.page_size, opts) {}
+
+Engine::Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts)
+    : opts_(resolve(runner->config(), page_size, opts)), blocks_(opts_.num_pages, page_size), runner_(std::move(runner)) {}
 
 int Engine::add_sequence() {
   const int seq = blocks_.add_sequence();

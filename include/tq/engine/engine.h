@@ -36,6 +36,11 @@ class Engine {
   // unsupported model (head dim, missing tensors, weight types that cannot be dequantized) or a
   // bad KV spec.
   Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts = {});
+  // On any runner, built for resolve(runner's config, page size, opts).
+  Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts);
+  // The options with the defaults filled in: the model's context, the pool for max_seqs of it.
+  static EngineOptions resolve(const model::ModelConfig& c, uint32_t page_size, EngineOptions opts);
+  static RunnerOptions runner_options(const EngineOptions& resolved);
 
   const model::ModelConfig& config() const { return runner_->config(); }
   const EngineOptions& options() const { return opts_; }
