@@ -31,6 +31,7 @@
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
+#include "tq/kv/online_softmax.h"
 
 namespace tq::cuda::decode {
 
@@ -208,7 +209,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   float o[MT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m_run = -INFINITY, l_run = 0.0f;
+  SoftmaxState sstate;  // query row g, over this thread's tokens of it (its quad holds the rest)
 
   auto qfrag = [&](int kt) {
     const uint4 v = sm.qa[kt][lane];
@@ -300,19 +301,17 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m_run, mx);
-    // A row with nothing visible yet keeps m = -inf; exponents then use 0 so that p = 0, not NaN.
-    // (No early exit: the MMAs below need the whole warp.)
-    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    const float alpha = dev::fast_exp2(m_run - m_use);
-    m_run = m_new;
+    // A row with nothing visible yet keeps m = -inf and p = 0 (SoftmaxState::base_of). (No early
+    // exit: the MMAs below need the whole warp.)
+    const SoftmaxState::Step sstep = sstate.update(mx, dev::FastExp2{});
+    const float alpha = sstep.scale;
     float pv[4], psum = 0.0f;
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      pv[e] = dev::fast_exp2(x[e] - m_use);
+      pv[e] = dev::fast_exp2(x[e] - sstep.base);
       psum += pv[e];
     }
-    l_run = l_run * alpha + psum;
+    sstate.add(psum);
     if constexpr (KIND == Kind::kTq) {  // value norms (their 1/sqrt(D) is applied once, at the end)
 #pragma unroll
       for (int e2 = 0; e2 < 2; ++e2) {
@@ -518,11 +517,12 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   }
 
   // ---- merge the warps ----
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+  // The quad's threads share the row's max; their sums are the row's in parts.
+  sstate.d += __shfl_xor_sync(0xffffffffu, sstate.d, 1);
+  sstate.d += __shfl_xor_sync(0xffffffffu, sstate.d, 2);
   if (t == 0) {
-    sm.m[warp][g] = m_run;
-    sm.l[warp][g] = l_run;
+    sm.m[warp][g] = sstate.m;
+    sm.l[warp][g] = sstate.d;
   }
 #pragma unroll
   for (int i = 0; i < MT; ++i) {  // the thread's value coordinates 2i, 2i + 1 (FloatUnits' map for float caches)
@@ -540,11 +540,11 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   if (row < rows_total) {
     float M = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm.m[w][r]);
+    for (int w = 0; w < kWarps; ++w) M = softmax_max(M, sm.m[w][r]);
     float f[kWarps], lsum = 0.0f;  // warp w's weight; 0 for a warp that saw no token of the row
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) {
-      f[w] = sm.m[w][r] == -INFINITY ? 0.0f : exp2f(sm.m[w][r] - M);
+      f[w] = SoftmaxState::weight(sm.m[w][r], M, dev::Exp2{});
       lsum += sm.l[w][r] * f[w];
     }
     const int j = row / group, h = kvh * group + row % group;

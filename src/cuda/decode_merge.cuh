@@ -10,6 +10,7 @@
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
+#include "tq/kv/online_softmax.h"
 
 namespace tq::cuda::decode {
 
@@ -68,18 +69,20 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
   float M = ml0.x;
   for (int s = threadIdx.x + kThreads; s < splits; s += kThreads) M = fmaxf(M, ml[s].x);
   M = reduce(M, true);
+  // The splits' states combined against the max of all (SoftmaxState::weight: a split that saw
+  // no visible token weighs 0).
   float Lsum = 0.0f;
   if (M != -INFINITY) {
-    if (ml0.x != -INFINITY) Lsum = ml0.y * exp2f(ml0.x - M);
-    for (int s = threadIdx.x + kThreads; s < splits; s += kThreads) Lsum += ml[s].x != -INFINITY ? ml[s].y * exp2f(ml[s].x - M) : 0.0f;
+    Lsum = SoftmaxState::rescaled_sum(ml0.x, ml0.y, M, dev::Exp2{});
+    for (int s = threadIdx.x + kThreads; s < splits; s += kThreads) Lsum += SoftmaxState::rescaled_sum(ml[s].x, ml[s].y, M, dev::Exp2{});
   }
   Lsum = reduce(Lsum, false);
-  const float inv = Lsum > 0 ? 1.0f / Lsum : 0.0f;
+  const float inv = SoftmaxState::inv_sum(Lsum);
   float acc[kCols] = {};
   for (int s0 = 0; s0 < splits; s0 += kThreads) {
     const int s = s0 + threadIdx.x;
     const float2 m = s0 == 0 ? ml0 : s < splits ? ml[s] : make_float2(-INFINITY, 0.0f);
-    f[threadIdx.x] = m.x != -INFINITY ? exp2f(m.x - M) : 0.0f;
+    f[threadIdx.x] = SoftmaxState::weight(m.x, M, dev::Exp2{});
     __syncthreads();
     const int n = min(kThreads, splits - s0);
 #pragma unroll

@@ -113,6 +113,15 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return r;
 }
 
+// The exponentials the online softmax (tq/kv/online_softmax.h) is given: fast_exp2 in the
+// attention loops, exp2f (denormal results kept) where partial states are combined.
+struct FastExp2 {
+  __device__ float operator()(float x) const { return fast_exp2(x); }
+};
+struct Exp2 {
+  __device__ float operator()(float x) const { return exp2f(x); }
+};
+
 // Eight codes < 8, one per nibble of `sel`, to four half2 (nibbles 0-1, 2-3, 4-5, 6-7):
 // 2 PRMTs look up the low and high bytes of four codes, 2 more interleave them into half2.
 __device__ __forceinline__ void lookup8(uint32_t sel, const Lut8& l, uint32_t (&h)[4]) {

@@ -25,6 +25,7 @@
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
+#include "tq/kv/online_softmax.h"
 
 namespace tq::cuda::prefill {
 
@@ -288,6 +289,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
   float o[D / 8][4];
 #pragma unroll
   for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  // The online-softmax states (SoftmaxState) of rows g and g + 8, over this thread's tokens of
+  // them (the quad holds the rest).
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
 
   // Shared-window addresses of this lane's ldmatrix rows. Q (A of S): rows warp*16 + (lane & 15),
@@ -370,11 +373,9 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
     for (int i = 0; i < 2; ++i) {
       mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
       mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      const float m_new = fmaxf(m_run[i], mx[i]);
-      m_use[i] = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: p = 0, not NaN
-      alpha[i] = dev::fast_exp2(m_run[i] - m_use[i]);
-      m_run[i] = m_new;
-      l_run[i] *= alpha[i];
+      const SoftmaxState::Step st = SoftmaxState::update(m_run[i], l_run[i], mx[i], dev::FastExp2{});  // nothing visible yet: p = 0, not NaN
+      alpha[i] = st.scale;
+      m_use[i] = st.base;
     }
     if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
