@@ -40,6 +40,7 @@ inline constexpr uint32_t kGroup = 32;
 inline constexpr uint32_t kAlign = 16;  // section alignment: one 16-byte load / bulk copy unit
 inline constexpr uint32_t kMaxHeadDim = 1024;
 inline constexpr uint32_t kMaxPageSize = 1024;
+inline constexpr uint32_t kNormBytes = 2;  // a token's fp16 norm in each norm section
 
 TQ_HD constexpr uint32_t padded_dim(uint32_t head_dim) { return (head_dim + kGroup - 1) / kGroup * kGroup; }
 TQ_HD constexpr uint32_t align_up(uint32_t n, uint32_t a = kAlign) { return (n + a - 1) / a * a; }
@@ -93,11 +94,11 @@ TQ_HD constexpr BlockLayout block_layout(TensorCode k, TensorCode v, uint32_t he
   L.v_codes = off;
   off = align_up(off + page_size * L.v_row);
   L.k_norms = off;
-  off = align_up(off + (is_tq(k.enc) ? page_size * 2 : 0));
+  off = align_up(off + (is_tq(k.enc) ? page_size * kNormBytes : 0));
   L.k_rnorms = off;
-  off = align_up(off + (k.enc == Encoding::kTqProd ? page_size * 2 : 0));
+  off = align_up(off + (k.enc == Encoding::kTqProd ? page_size * kNormBytes : 0));
   L.v_norms = off;
-  off = align_up(off + (is_tq(v.enc) ? page_size * 2 : 0));
+  off = align_up(off + (is_tq(v.enc) ? page_size * kNormBytes : 0));
   L.bytes = off;
   return L;
 }
@@ -136,43 +137,44 @@ TQ_HD constexpr uint32_t plane_width(uint32_t bits, uint32_t p) {
   return 0;
 }
 
+// Words (= bytes / 4) of one group of 32 b-bit codes: b.
+TQ_HD constexpr uint32_t group_words(uint32_t bits) { return bits; }
+TQ_HD constexpr uint32_t group_bytes(uint32_t bits) { return 4 * group_words(bits); }
+
+// First word of plane p within its group, which is also the first code bit the plane holds:
+// a plane of width w is w words and w bits, so both are the widths of the planes before it.
+TQ_HD constexpr uint32_t plane_word0(uint32_t bits, uint32_t p) {
+  uint32_t word0 = 0;
+  for (uint32_t q = 0; q < p; ++q) word0 += plane_width(bits, q);
+  return word0;
+}
+
+// Where coordinate i (0..31) of a group sits in a plane of width w (1, 2, 4, or 8 for the byte
+// plane of 8-bit codes): its word within the plane (i w / 32) and its lowest bit in that word.
+TQ_HD constexpr uint32_t plane_word(uint32_t w, uint32_t i) { return i / (32 / w); }
+TQ_HD constexpr uint32_t plane_bit(uint32_t w, uint32_t i) { return w == 8 ? 8 * (i % 4) : 4 * (i % 8) + w * ((i % (32 / w)) / 8); }
+
 // Packs 32 codes (each < 2^bits) into `bits` words. out: [bits] words.
 TQ_HD void pack_group(const uint8_t* codes, uint32_t bits, uint32_t* out) {
   for (uint32_t i = 0; i < bits; ++i) out[i] = 0;
-  if (bits == 8) {
-    for (uint32_t i = 0; i < 32; ++i) out[i / 4] |= uint32_t(codes[i]) << (8 * (i % 4));
-    return;
-  }
-  uint32_t word0 = 0, shift = 0;  // first word of the current plane, first code bit it holds
   for (uint32_t p = 0, n = plane_count(bits); p < n; ++p) {
-    const uint32_t w = plane_width(bits, p), mask = (1u << w) - 1u, per_word = 32 / w;
+    const uint32_t w = plane_width(bits, p), mask = (1u << w) - 1u, word0 = plane_word0(bits, p);
     for (uint32_t i = 0; i < 32; ++i) {
-      const uint32_t field = (uint32_t(codes[i]) >> shift) & mask;
-      const uint32_t o = (i % per_word) / 8, k = i % 8;
-      out[word0 + i / per_word] |= field << (4 * k + w * o);
+      const uint32_t field = (uint32_t(codes[i]) >> word0) & mask;  // word0 = the plane's first code bit
+      out[word0 + plane_word(w, i)] |= field << plane_bit(w, i);
     }
-    word0 += w;
-    shift += w;
   }
 }
 
 // Inverse of pack_group. in: [bits] words; codes: [32].
 TQ_HD void unpack_group(const uint32_t* in, uint32_t bits, uint8_t* codes) {
-  if (bits == 8) {
-    for (uint32_t i = 0; i < 32; ++i) codes[i] = uint8_t(in[i / 4] >> (8 * (i % 4)));
-    return;
-  }
   for (uint32_t i = 0; i < 32; ++i) codes[i] = 0;
-  uint32_t word0 = 0, shift = 0;
   for (uint32_t p = 0, n = plane_count(bits); p < n; ++p) {
-    const uint32_t w = plane_width(bits, p), mask = (1u << w) - 1u, per_word = 32 / w;
+    const uint32_t w = plane_width(bits, p), mask = (1u << w) - 1u, word0 = plane_word0(bits, p);
     for (uint32_t i = 0; i < 32; ++i) {
-      const uint32_t o = (i % per_word) / 8, k = i % 8;
-      const uint32_t field = (in[word0 + i / per_word] >> (4 * k + w * o)) & mask;
-      codes[i] = uint8_t(codes[i] | (field << shift));
+      const uint32_t field = (in[word0 + plane_word(w, i)] >> plane_bit(w, i)) & mask;
+      codes[i] = uint8_t(codes[i] | (field << word0));
     }
-    word0 += w;
-    shift += w;
   }
 }
 
@@ -198,6 +200,17 @@ static_assert(block_layout(TensorCode{Encoding::kFp16, 16}, TensorCode{Encoding:
 static_assert(code_row_bytes(80, 3) == 36);  // 80 pads to 96
 static_assert(plane_count(3) == 2 && plane_width(3, 0) == 2 && plane_width(3, 1) == 1);
 static_assert(plane_count(7) == 3 && plane_width(7, 2) == 1);
+static_assert(plane_count(8) == 1 && plane_width(8, 0) == 8 && plane_word0(8, 0) == 0);
+static_assert(plane_word0(7, 1) == 4 && plane_word0(7, 2) == 6 && plane_word0(3, 1) == 2);
+static_assert(group_bytes(3) == 12 && code_row_bytes(128, 3) == 4 * group_bytes(3));
+// docs/format.md's example: b = 3, coordinate 9 is bits 6-7 of word 0 (2-bit plane) and bit 5 of
+// word 2 (1-bit plane).
+static_assert(plane_word(2, 9) == 0 && plane_bit(2, 9) == 6 && plane_word0(3, 1) + plane_word(1, 9) == 2 && plane_bit(1, 9) == 5);
+// Coordinates 8 + k of a 2-bit plane share nibble k with coordinate k (bits 2-3); the 1-bit
+// plane's nibble k holds k, 8 + k, 16 + k, 24 + k; bytes of the 8-bit plane follow the coordinates.
+static_assert(plane_bit(2, 8 + 5) == plane_bit(2, 5) + 2 && plane_word(2, 16) == 1 && plane_bit(2, 16) == 0);
+static_assert(plane_bit(1, 24 + 3) == 4 * 3 + 3 && plane_word(1, 31) == 0 && plane_word(4, 8) == 1 && plane_bit(4, 7) == 28);
+static_assert(plane_word(8, 13) == 3 && plane_bit(8, 13) == 8);
 static_assert(block_layout(TensorCode{Encoding::kTqProd, 3}, kV2, 128, 16).bytes == 16 * (32 + 16 + 32 + 2 + 2 + 2));
 static_assert(block_layout(kK3, kV2, 64, 1).bytes % kAlign == 0);
 }  // namespace detail

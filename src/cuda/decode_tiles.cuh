@@ -19,17 +19,34 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 enum class Kind { kTq, kF16, kBf16, kFp8 };
 
+// A block's shared memory outside the union of the query rows, the staging ring and the warps'
+// outputs (Smem below): what the ring's stage count is budgeted around.
+template <int D>
+struct SmemFixed {
+  uint4 qa[D / 16][32];  // A fragments of the query (per k-tile, per lane): read each tile, not held in registers
+  __half lut_k[256], lut_v[256];
+  float m[kWarps][kRows], l[kWarps][kRows];
+  float qrs[kRows];  // int8 keys: a query row's fixed-point step (its max |q| / kQ16Max)
+};
+
 // Packed caches whose pages hold whole 16-token tiles are streamed through shared memory: each warp
 // keeps a ring of kStages tiles, filled by cp.async kStages - 1 tiles ahead of its compute, so the
 // loads of a tile are in flight for the whole of the tiles before it. A stage is the tile's slice
 // of the (page, kv head) block: K codes, V codes, K norms, V norms, kChunks 16-byte pieces that
-// the warp's lanes copy kRounds at a time.
+// the warp's lanes copy kRounds at a time. Sizes from format.h: a row of codes is
+// code_row_bytes, a norm kNormBytes, and every section of a page block starts on 16 bytes, so
+// a 16-row slice of each is whole 16-byte pieces.
 template <int D, int KB, int VB>
 struct Staging {
-  static constexpr int kRowK = D / 32 * KB * 4, kRowV = D / 32 * VB * 4;
-  static constexpr int kBytes = kTile * (kRowK + kRowV) + 2 * 2 * kTile;  // [K codes][V codes][K norms][V norms]
+  static constexpr int kRowK = int(code_row_bytes(D, KB)), kRowV = int(code_row_bytes(D, VB));
+  static constexpr int kNormChunks = kTile * int(kNormBytes) / 16;  // 16-byte pieces of a tile's K (V) norms
+  static_assert(kTile * kRowK % 16 == 0 && kTile * kRowV % 16 == 0 && kTile * int(kNormBytes) % 16 == 0, "whole pieces");
+  static constexpr int kBytes = kTile * (kRowK + kRowV + 2 * int(kNormBytes));  // [K codes][V codes][K norms][V norms]
   static constexpr int kChunks = kBytes / 16, kRounds = (kChunks + 31) / 32;
-  static constexpr int kFree = 44 * 1024 - 32 * D - 1300;  // smem left beside the Q fragments, LUTs, m and l
+  // The shared memory a block of a packed cache is given (resident_blocks: 4 a SM at D <= 128),
+  // and what is left of it for the warps' rings.
+  static constexpr int kBudget = 44 * 1024;
+  static constexpr int kFree = kBudget - int(sizeof(SmemFixed<D>));
   static constexpr int kStages = KB == 0 ? 0 : (kFree / (kWarps * kBytes) >= 4 ? 4 : kFree / (kWarps * kBytes) >= 3 ? 3 : 2);
   static constexpr int kRing = kWarps * kStages * kBytes;
 };
@@ -81,11 +98,7 @@ using StagePlan = std::conditional_t<KIND == Kind::kTq, Staging<D, KB, VB>, Floa
 
 // Shared memory of one block (dynamic: the float caches' rings exceed the 48 KB of static memory).
 template <int D, Kind KIND, int KB, int VB>
-struct Smem {
-  uint4 qa[D / 16][32];  // A fragments of the query (per k-tile, per lane): read each tile, not held in registers
-  __half lut_k[256], lut_v[256];
-  float m[kWarps][kRows], l[kWarps][kRows];
-  float qrs[kRows];  // int8 keys: a query row's fixed-point step (its max |q| / kQ16Max)
+struct Smem : SmemFixed<D> {
   // The ring's 16-byte pieces must keep the alignment of their global 32-byte sectors: a ring
   // 16 bytes off a 32-byte boundary made every cp.async read two L2 sectors for one (Nsight
   // Compute: twice the L2 reads, our bf16 path 25% slower), so it starts on 128 bytes.
@@ -184,7 +197,7 @@ struct Tile<D, Kind::kTq, KB, VB> {
 #pragma unroll
     for (int gi = 0; gi < kGroups; ++gi)
 #pragma unroll
-      for (int i = 0; i < KB; ++i) k[nn][gi][i] = w[gi * KB + i];
+      for (int i = 0; i < KB; ++i) k[nn][gi][i] = w[gi * int(group_words(KB)) + i];
   }
   uint32_t v[4][ValueWords<D, VB>::kWords];  // per token, the words of the thread's value coordinates
   uint32_t kn[2], vn[2];       // fp16 norms of tokens (2t, 2t+1) and (2t+8, 2t+9), two to a register
@@ -242,7 +255,7 @@ __device__ __forceinline__ void load_keys(const DecodeParams& p, const int32_t* 
     const TokenAddr a = rows(p, bt, kvh, T0, g + 8 * nn, len);
     const uint8_t* row = a.block + L.k_codes + size_t(a.row) * L.k_row;
     if constexpr (KIND == Kind::kTq) {
-      tile.load_key_words(nn, reinterpret_cast<const uint32_t*>(row) + (t * D / 128) * KB);
+      tile.load_key_words(nn, reinterpret_cast<const uint32_t*>(row) + (t * D / 128) * int(group_words(KB)));  // its group
     } else {  // units t + 4j (FloatUnits)
       const uint4* src = reinterpret_cast<const uint4*>(row);
 #pragma unroll
@@ -260,7 +273,7 @@ __device__ __forceinline__ void load_values(const DecodeParams& p, const int32_t
     const TokenAddr a = rows(p, bt, kvh, T0, 2 * t + (e & 1) + 8 * (e >> 1), len);
     const uint8_t* row = a.block + L.v_codes + size_t(a.row) * L.v_row;
     if constexpr (KIND == Kind::kTq) {
-      ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(row) + (g * D / 256) * VB, (g * D / 64) % 4, tile.v[e]);
+      ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(row) + (g * D / 256) * int(group_words(VB)), (g * D / 64) % 4, tile.v[e]);
       const uint32_t kn = reinterpret_cast<const uint16_t*>(a.block + L.k_norms)[a.row];
       const uint32_t vn = reinterpret_cast<const uint16_t*>(a.block + L.v_norms)[a.row];
       if (e & 1) {
@@ -303,18 +316,18 @@ struct TqStager {
       const int i = min(lane + 32 * r, St::kChunks - 1);  // lanes without a piece r never copy it
       src[r] = data + head_at + (i < nk ? L.k_codes + 16 * i
                        : i < nk + nv ? L.v_codes + 16 * (i - nk)
-                       : i < nk + nv + 2 ? L.k_norms + 16 * (i - nk - nv)
-                                         : L.v_norms + 16 * (i - nk - nv - 2));
-      per_row[r] = i < nk ? nk : i < nk + nv ? nv : 2;
+                       : i < nk + nv + St::kNormChunks ? L.k_norms + 16 * (i - nk - nv)
+                                                      : L.v_norms + 16 * (i - nk - nv - St::kNormChunks));
+      per_row[r] = i < nk ? nk : i < nk + nv ? nv : kNormBytes;
       asm volatile("" : "+l"(src[r]), "+r"(per_row[r]));
     }
     const int g = lane / 4, t = lane % 4;
     dst = ring_s + 16 * lane;
     last = lane + 32 * (St::kRounds - 1) < St::kChunks;
     asm volatile("" : "+r"(dst), "+r"(last));
-    k_at = ring_at + g * St::kRowK + (t * D / 128) * KB * 4;
-    v_at = ring_at + kTile * St::kRowK + 2 * t * St::kRowV + (g * D / 256) * VB * 4;
-    n_at = ring_at + kTile * (St::kRowK + St::kRowV) + 4 * t;
+    k_at = ring_at + g * St::kRowK + (t * D / 128) * int(group_bytes(KB));
+    v_at = ring_at + kTile * St::kRowK + 2 * t * St::kRowV + (g * D / 256) * int(group_bytes(VB));
+    n_at = ring_at + kTile * (St::kRowK + St::kRowV) + 2 * int(kNormBytes) * t;
     og0 = (g * D / 64) % 4;
     asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
   }
@@ -333,10 +346,11 @@ struct TqStager {
     for (int e = 0; e < 4; ++e)
       ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);
     const uint32_t* norms = reinterpret_cast<const uint32_t*>(stage + n_at);  // fp16 pairs of tokens (2t, 2t+1)
+    constexpr int k8 = 8 * int(kNormBytes) / 4, kV = kTile * int(kNormBytes) / 4;  // in words: 8 tokens on, the V norms
     cur.kn[0] = norms[0];
-    cur.kn[1] = norms[4];
-    cur.vn[0] = norms[8];
-    cur.vn[1] = norms[12];
+    cur.kn[1] = norms[k8];
+    cur.vn[0] = norms[kV];
+    cur.vn[1] = norms[kV + k8];
   }
   template <class TileT>
   __device__ void load_values(const uint8_t*, TileT&) const {}  // loaded with the keys

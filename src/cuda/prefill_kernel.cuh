@@ -129,8 +129,8 @@ struct Fill<D, Kind::kTq, KB, VB> {
 #pragma unroll
     for (int j = 0; j < kUnits; ++j) {
       const decode::TokenAddr a = pages(T0 + token(j));
-      const uint32_t* kw = reinterpret_cast<const uint32_t*>(a.block + L.k_codes + size_t(a.row) * L.k_row) + gi * KB;
-      const uint32_t* vw = reinterpret_cast<const uint32_t*>(a.block + L.v_codes + size_t(a.row) * L.v_row) + gi * VB;
+      const uint32_t* kw = reinterpret_cast<const uint32_t*>(a.block + L.k_codes + size_t(a.row) * L.k_row) + gi * int(group_words(KB));
+      const uint32_t* vw = reinterpret_cast<const uint32_t*>(a.block + L.v_codes + size_t(a.row) * L.v_row) + gi * int(group_words(VB));
 #pragma unroll
       for (int i = 0; i < KB; ++i) k[j][i] = kw[i];
 #pragma unroll
@@ -300,7 +300,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
   const LdsmLane<D> q_at(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.q[0][0][0])), warp * kWarpRows + (lane & 15), lane >> 4);
   const LdsmLane<D> k_at0(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.k[0][0][0])), (lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1);
   const LdsmLane<D> v_at0(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.v[0][0][0])), (lane & 7) + 8 * ((lane >> 3) & 1), lane >> 4);
-  constexpr uint32_t kQPart = kBlockRows * D * 2, kBuf = T * D * 2;  // bytes of a query part, of a K (V) buffer
+  constexpr uint32_t kQPart = sizeof(sm.q[0]), kBuf = sizeof(sm.k[0]);  // bytes of a query part, of a K (V) buffer
+  static_assert(sizeof(sm.v[0]) == kBuf, "K and V buffers alike");
   // P V with the high part of P only, except for bf16 operands: P in [0, 1] rounded to fp16 is off
   // by at most 2^-11 of itself, independently per token, which averages out in O (the prefill
   // tests' worst error went from 1.4e-4 to 2.9e-4 of the 1e-3 bound, for 25% fewer MMAs);

@@ -28,16 +28,16 @@ __device__ __forceinline__ float load_elem(const void* base, DType t, size_t i) 
   }
 }
 
-// Bits that coordinate i (0..31) with `code` contributes to word `wg` of its group (format.h).
+// Bits that coordinate i (0..31) with `code` contributes to word `wg` of its group: the plane
+// layout of format.h (plane_word0, plane_word, plane_bit), with `bits` a compile-time constant
+// at every call, so all of it folds into constants and shifts.
 __device__ __forceinline__ uint32_t word_bits(uint32_t code, uint32_t i, uint32_t bits, uint32_t wg) {
-  if (bits == 8) return i / 4 == wg ? code << (8 * (i % 4)) : 0u;
-  uint32_t out = 0, word0 = 0, shift = 0;
-  for (uint32_t w = 4; w >= 1; w >>= 1) {
+  if (bits == 8) return plane_word(8, i) == wg ? code << plane_bit(8, i) : 0u;  // codes < 256: no mask
+  uint32_t out = 0, word0 = 0;  // the plane's first word in the group, also its first code bit (plane_word0)
+  for (uint32_t w = 4; w >= 1; w >>= 1) {  // the planes, widest first (plane_width)
     if (!(bits & w)) continue;
-    const uint32_t per_word = 32 / w;
-    if (wg == word0 + i / per_word) out |= ((code >> shift) & ((1u << w) - 1u)) << (4 * (i % 8) + w * ((i % per_word) / 8));
+    if (wg == word0 + plane_word(w, i)) out |= ((code >> word0) & ((1u << w) - 1u)) << plane_bit(w, i);
     word0 += w;
-    shift += w;
   }
   return out;
 }
