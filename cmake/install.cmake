@@ -10,6 +10,10 @@ set(_tq_targets tq_options tq_codec tq_kv tq_model tq_backend_cpu tq_engine)
 if(TQ_CUDA)
   list(APPEND _tq_targets tq_cuda)
 endif()
+foreach(t ${_tq_targets})
+  string(REPLACE "tq_" "" _name ${t})
+  set_target_properties(${t} PROPERTIES EXPORT_NAME ${_name})  # tq_engine -> tq::engine, as the aliases
+endforeach()
 install(TARGETS ${_tq_targets} EXPORT turboquantTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})

@@ -1,0 +1,21 @@
+# `cmake --install` of the build, then a project outside it that does find_package(turboquant)
+# and links tq::engine: the package a binding or another program would use.
+# Invoked by ctest: cmake -DBUILD=<build dir> -DSRC=<consumer source> -DTMP=<scratch> -P install_consumer.cmake
+file(REMOVE_RECURSE ${TMP}/prefix ${TMP}/consumer)
+execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD} --prefix ${TMP}/prefix RESULT_VARIABLE rc OUTPUT_QUIET)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "cmake --install failed (${rc})")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} -S ${SRC} -B ${TMP}/consumer -DCMAKE_PREFIX_PATH=${TMP}/prefix -DCMAKE_BUILD_TYPE=Release
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "configuring the consumer failed (${rc}):\n${out}\n${err}")
+endif()
+execute_process(COMMAND ${CMAKE_COMMAND} --build ${TMP}/consumer RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "building the consumer failed (${rc}):\n${out}\n${err}")
+endif()
+execute_process(COMMAND ${TMP}/consumer/c RESULT_VARIABLE rc OUTPUT_VARIABLE out)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "the consumer failed (${rc}): ${out}")
+endif()
