@@ -18,6 +18,7 @@ struct Options {
   std::vector<double> depths{0.1, 0.5, 0.9};
   uint64_t seed = 1234;
   unsigned threads = 0;
+  std::string device = "auto";
   bool json = false, verbose = false;
 };
 
@@ -29,6 +30,7 @@ void run(const Options& o) {
   po.depths = o.depths;
   po.seed = o.seed;
   po.threads = o.threads;
+  po.device = pick_device(o.device, lm.model.config, specs);
   const bool verbose = o.verbose;
   const auto rows = engine::evaluate_passkey(lm.model, *lm.tokenizer, specs, po, [verbose](const std::string& msg) {
     if (verbose) fmt::print(stderr, "  {}\n", msg);
@@ -61,6 +63,7 @@ void add_passkey(CLI::App& app) {
   c->add_option("--seed", o->seed, "seed of the keys");
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  c->add_option("--device", o->device, kDeviceHelp);
   c->add_flag("--json", o->json, "print JSON instead of the table");
   c->add_flag("-v,--verbose", o->verbose, "print each answer on stderr");
   c->callback([o] { run(*o); });

@@ -16,7 +16,7 @@ namespace tq::cli {
 namespace {
 
 struct Options {
-  std::string model, tokenizer, file, kv = "fp16,k4v4,k3v2", ref = "fp32";
+  std::string model, tokenizer, file, kv = "fp16,k4v4,k3v2", ref = "auto", device = "auto";
   uint32_t ctx = 2048, chunk = 64;
   size_t max_tokens = 0;
   unsigned threads = 0;
@@ -33,9 +33,15 @@ void run(const Options& o) {
   const auto& tok = *lm.tokenizer;
   std::vector<int> tokens = tok.encode(ss.str(), engine::wants_bos(lm.model, tok));
   if (o.max_tokens && tokens.size() > o.max_tokens) tokens.resize(o.max_tokens);
-  fmt::print(stderr, "tq perplexity: {} on {} ({} tokens), windows of {}, reference cache {}\n", lm.path, o.file, tokens.size(), o.ctx,
-             o.ref);
-  engine::PerplexityOptions po{.ctx = o.ctx, .chunk = o.chunk, .threads = o.threads, .reference = o.ref};
+  // The reference runs where the configurations run: fp32 on the CPU, fp16 on the GPU (its kernels
+  // have no fp32 cache).
+  std::vector<KvSpec> all = specs;
+  all.push_back(parse_kv_spec(o.ref == "auto" ? "fp16" : o.ref));
+  const engine::Device device = pick_device(o.device, lm.model.config, all);
+  const std::string ref = o.ref != "auto" ? o.ref : device == engine::Device::kCuda ? "fp16" : "fp32";
+  fmt::print(stderr, "tq perplexity: {} on {} ({} tokens), windows of {}, reference cache {}, on {}\n", lm.path, o.file, tokens.size(),
+             o.ctx, ref, engine::device_name(device));
+  engine::PerplexityOptions po{.ctx = o.ctx, .chunk = o.chunk, .threads = o.threads, .reference = ref, .device = device};
   const auto res = engine::evaluate_perplexity(lm.model, tokens, specs, po, [](size_t done, size_t total) {
     fmt::print(stderr, "\r  {}/{} tokens", done, total);
     if (done == total) fmt::print(stderr, "\n");
@@ -78,7 +84,8 @@ void add_perplexity(CLI::App& app) {
   c->add_option("--ctx", o->ctx, "tokens per window (each starts from an empty cache)")->check(CLI::Range(2, 1 << 20));
   c->add_option("--max-tokens", o->max_tokens, "score only the first N tokens of the text (0: all)");
   c->add_option("--kv", o->kv, "comma-separated KV specs");
-  c->add_option("--ref", o->ref, "KV spec of the reference cache (default fp32)");
+  c->add_option("--ref", o->ref, "KV spec of the reference cache (default: fp32 on the CPU, fp16 on the GPU)");
+  c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("--chunk", o->chunk, "tokens per forward pass")->check(CLI::Range(1, 4096));
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   c->add_option("-t,--threads", o->threads, "threads (default: all cores)");

@@ -20,6 +20,7 @@ struct Options {
   engine::SamplingParams sampling{.seed = 42};
   uint32_t ctx = 0;
   unsigned threads = 0;
+  std::string device = "auto";
   bool chat = false;
   std::string logits_file;  // test hook: prompt token ids and last-token logits
 };
@@ -36,7 +37,7 @@ void run(const Options& o) {
   const std::vector<int> prompt = engine::prompt_tokens(lm.model, tok, o.prompt, o.chat);
   const uint32_t ctx = o.ctx ? o.ctx : uint32_t(cfg.max_seq);
   TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens (--ctx)", prompt.size(), ctx);
-  engine::Engine e(lm.model, spec, {.threads = o.threads, .context = ctx});
+  engine::Engine e(lm.model, spec, {.device = pick_device(o.device, cfg, {spec}), .threads = o.threads, .context = ctx});
   fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
              cfg.head_dim, spec.canonical(), e.runner().describe());
 
@@ -104,6 +105,7 @@ void add_run(CLI::App& app) {
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   c->add_option("--ctx", o->ctx, "context length (default: the model's)");
   c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests)");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
   c->callback([o] { run(*o); });

@@ -36,4 +36,11 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const std::string&
   return out;
 }
 
+engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs) {
+  std::string note;
+  const engine::Device d = engine::choose_device(name, c, specs, &note);
+  if (!note.empty()) fmt::print(stderr, "tq: --device auto: {}\n", note);
+  return d;
+}
+
 }  // namespace tq::cli

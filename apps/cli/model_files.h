@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "tq/engine/engine.h"
 #include "tq/model/model.h"
 #include "tq/model/tokenizer.h"
 
@@ -24,5 +25,10 @@ std::string default_model_path();
 // path "" means the default model. GGUF files carry their tokenizer; llama2.c checkpoints need
 // `tokenizer_path` (tokenizer.bin). Throws tq::Error on unreadable or malformed files.
 LoadedModel load_model_and_tokenizer(const std::string& path, const std::string& tokenizer_path);
+
+// --device: engine::choose_device, with its note (why auto stays on the CPU where a GPU is) on stderr.
+engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs);
+inline constexpr const char* kDeviceHelp =
+    "where the model runs: auto (default: cuda where a GPU is and its runner implements the model and the KV spec, else cpu), cpu, cuda";
 
 }  // namespace tq::cli

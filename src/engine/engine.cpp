@@ -4,8 +4,45 @@
 
 #include "tq/backend/cpu/runner.h"
 #include "tq/check.h"
+#ifdef TQ_WITH_CUDA
+#include "tq/backend/cuda/runner.h"
+#endif
 
 namespace tq::engine {
+namespace {
+
+std::unique_ptr<ModelRunner> make_runner(const model::Model& m, const KvSpec& spec, const EngineOptions& o) {
+  if (o.device == Device::kCuda) {
+#ifdef TQ_WITH_CUDA
+    return cuda::make_model_runner(m, spec, Engine::runner_options(o));
+#else
+    throw Error("--device cuda: this build has no CUDA (it is built where nvcc is found, with -DTQ_CUDA=ON)");
+#endif
+  }
+  return std::make_unique<cpu::CpuModelRunner>(m, spec, Engine::runner_options(o));
+}
+
+}  // namespace
+
+const char* device_name(Device d) { return d == Device::kCuda ? "cuda" : "cpu"; }
+
+Device choose_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs, std::string* note) {
+  TQ_CHECK(name == "auto" || name == "cpu" || name == "cuda", "--device must be auto, cpu or cuda, got '{}'", name);
+  if (note) note->clear();
+  if (name == "cpu") return Device::kCpu;
+#ifdef TQ_WITH_CUDA
+  std::string why;
+  for (const KvSpec& s : specs)
+    if (!cuda::can_run(c, s, &why)) break;
+  if (why.empty()) return Device::kCuda;
+  TQ_CHECK(name == "auto", "--device cuda: {}", why);
+  if (note && cuda::device_available()) *note = why + "; running on the CPU";
+  return Device::kCpu;
+#else
+  TQ_CHECK(name == "auto", "--device cuda: this build has no CUDA (it is built where nvcc is found, with -DTQ_CUDA=ON)");
+  return Device::kCpu;
+#endif
+}
 
 EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, EngineOptions o) {
   if (o.context == 0) o.context = uint32_t(std::max(1, c.max_seq));
@@ -20,8 +57,7 @@ RunnerOptions Engine::runner_options(const EngineOptions& o) {
 }
 
 Engine::Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts)
-    : Engine(std::make_unique<cpu::CpuModelRunner>(m, spec, runner_options(resolve(m.config, spec.format.page_size, opts))),
-             spec.format.page_size, opts) {}
+    : Engine(make_runner(m, spec, resolve(m.config, spec.format.page_size, opts)), spec.format.page_size, opts) {}
 
 Engine::Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts)
     : opts_(resolve(runner->config(), page_size, opts)), blocks_(opts_.num_pages, page_size), runner_(std::move(runner)) {}

@@ -76,3 +76,10 @@ run_fails("min_p must be in [0, 1] (0: off), got 2" 2 run -m ${M} --tokenizer ${
 run_fails("k9v2" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --kv k9v2)
 run_fails("cannot read" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/nope.txt)
 message(STATUS "engine smoke: all passed")
+
+# --device: a name that is not a device, and cuda where it cannot run (no GPU here, or, on a GPU
+# machine, stories260K's head dim of 8 that the kernels do not take) are errors, not a silent CPU.
+run_fails("--device must be auto, cpu or cuda, got 'gpu'" 2 run -m ${M} --tokenizer ${T} -p "Once" -n 2 --device gpu)
+run_fails("--device cuda:" 2 run -m ${M} --tokenizer ${T} -p "Once" -n 2 --kv fp16 --device cuda)
+run_fails("--device cuda:" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --ctx 32 --kv fp16 --device cuda)
+run_ok(run -m ${M} --tokenizer ${T} -p "Once" -n 2 --kv fp16 --device cpu)

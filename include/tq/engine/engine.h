@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "tq/engine/runner.h"
@@ -15,7 +16,16 @@
 
 namespace tq::engine {
 
+enum class Device { kCpu, kCuda };
+
+// "cpu", "cuda" or "auto". auto is cuda where this build has CUDA, a GPU is present and the CUDA
+// runner implements the model and every spec (else cpu; *note then says why, when a GPU is
+// present). cuda throws tq::Error with the reason when that does not hold; other names too.
+Device choose_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs, std::string* note = nullptr);
+const char* device_name(Device d);
+
 struct EngineOptions {
+  Device device = Device::kCpu;
   unsigned threads = 0;     // CPU threads; 0: all hardware threads
   uint32_t context = 0;     // most tokens per sequence; 0: the model's training context
   uint32_t max_seqs = 1;    // sequences the page pool is sized for (when num_pages is 0)
@@ -32,9 +42,9 @@ struct BatchItem {
 
 class Engine {
  public:
-  // On the CPU runner. Keeps a reference to `m` (must outlive the engine). Throws tq::Error on an
-  // unsupported model (head dim, missing tensors, weight types that cannot be dequantized) or a
-  // bad KV spec.
+  // On the runner of opts.device. Keeps a reference to `m` (must outlive the engine). Throws
+  // tq::Error on an unsupported model (head dim, missing tensors, weight types that cannot be
+  // dequantized), a bad KV spec, or one the device's runner does not implement.
   Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts = {});
   // On any runner, built for resolve(runner's config, page size, opts).
   Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts);

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "tq/engine/engine.h"
 #include "tq/kv/spec.h"
 #include "tq/model/model.h"
 #include "tq/model/tokenizer.h"
@@ -19,6 +20,7 @@ struct PerplexityOptions {
   uint32_t chunk = 64;         // tokens per forward pass
   unsigned threads = 0;
   std::string reference = "fp32";  // KV spec of the reference cache
+  Device device = Device::kCpu;    // every configuration, the reference too, runs there
 };
 
 struct PerplexityRow {
@@ -48,6 +50,7 @@ struct PasskeyOptions {
   uint64_t seed = 1234;
   uint32_t answer_tokens = 8;
   unsigned threads = 0;
+  Device device = Device::kCpu;
 };
 
 struct PasskeyRow {

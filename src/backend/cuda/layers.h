@@ -1,0 +1,31 @@
+// The transformer's small kernels for the CUDA model runner (everything but the matrix products,
+// which are cuBLAS, and attention, which is tq::cuda's paged kernels). Activations are fp32 in the
+// residual stream and in the products' outputs; products read bf16 operands.
+#pragma once
+
+#include <cstdint>
+
+#include "tq/cuda/kernels.h"
+
+namespace tq::cuda::layers {
+
+using bf16_t = uint16_t;  // storage of a __nv_bfloat16 (host code does not include cuda_bf16.h)
+
+// x[r] = table[tokens[r]] as fp32. table: [vocab][dim] bf16, tokens: [n], x: [n][dim].
+void embed(const bf16_t* table, const int32_t* tokens, uint32_t n, uint32_t dim, float* x, Stream s);
+// For each of the n rows listed in rows (all rows 0..n-1 when rows is null): x[row] += add[row]
+// when add is set, then out[i] = bf16(w * x[row] / rms(x[row])). x, add: [*][dim]; out: [n][dim].
+void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, uint32_t dim, const float* w, float eps, bf16_t* out,
+                 Stream s);
+// y[r][i] += b[i]. y: [n][width].
+void add_bias(float* y, const float* b, uint32_t n, uint32_t width, Stream s);
+// RoPE in place on v: [n][heads][head_dim], position pos[r]; cos/sin: [context][rope_dim / 2].
+// adjacent: pairs (2i, 2i+1) (llama), else (i, i + rope_dim/2) (neox / qwen2).
+void rope(float* v, const int32_t* pos, uint32_t n, uint32_t heads, uint32_t head_dim, uint32_t rope_dim, const float* cos,
+          const float* sin, bool adjacent, Stream s);
+// h = bf16(silu(g) * u), n elements.
+void swiglu(const float* g, const float* u, size_t n, bf16_t* h, Stream s);
+// y = bf16(x), n elements.
+void to_bf16(const float* x, size_t n, bf16_t* y, Stream s);
+
+}  // namespace tq::cuda::layers
