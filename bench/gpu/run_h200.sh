@@ -6,7 +6,10 @@
 # .devdeps is made on the development machine: mkdir .devdeps && cp -r /usr/include/fmt
 # /usr/src/googletest .devdeps/   (and carried to the GPU machine with the work tree).
 # BENCH_ARGS passes options to bench_decode.py (e.g. BENCH_ARGS="--shapes 16x32768 --no-bulk");
-# QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel).
+# QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
+# benchmark.
+# BASE=DIR: a source tree of the baseline (e.g. main's `git archive`, carried in an ignored
+# folder): its C API is built too and benchmarked in the same call, before ours.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -21,7 +24,7 @@ deps=()
 start=$(date +%s)
 cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_CUDA_VERBOSE=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
   >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-ninja -C build/h200 test_cuda test_codec test_kv tq_capi >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+ninja -C build/h200 test_cuda test_capi test_cuda_runner test_codec test_kv test_engine tq_capi >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 note "build: $(( $(date +%s) - start )) s"
 grep -A2 "decode_kernel\|quantize_store_kernel" "$OUT/build.log" | grep -E "registers|spill" | sort | uniq -c | sort -rn | head -8 > "$OUT/ptxas_summary.txt"
 cat "$OUT/ptxas_summary.txt"
@@ -34,7 +37,7 @@ if command -v cuobjdump >/dev/null; then
 fi
 
 if [ -z "${QUICK:-}" ]; then
-  for t in codec/test_codec kv/test_kv; do
+  for t in codec/test_codec kv/test_kv engine/test_engine; do
     ./build/h200/tests/$t --gtest_brief=1 >"$OUT/$(basename $t).log" 2>&1
     note "$(basename $t): $(grep -E '^\[  PASSED|FAILED TEST' "$OUT/$(basename $t).log" | head -3 | tr '\n' ' ')"
   done
@@ -43,6 +46,12 @@ fi
 note "test_cuda: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/test_cuda.log" | tr '\n' ' ')"
 grep -E "^\[  FAILED" "$OUT/test_cuda.log" | head -20
 grep -B3 -A8 "Failure" "$OUT/test_cuda.log" | head -60
+for t in test_capi test_cuda_runner; do
+  ./build/h200/tests/cuda/$t --gtest_output=xml:"$OUT/$t.xml" >"$OUT/$t.log" 2>&1
+  note "$t: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/$t.log" | tr '\n' ' ')"
+  grep -B3 -A8 "Failure" "$OUT/$t.log" | head -40
+done
+note "CUDA runner vs CPU runner, KL per case (mean, max): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
 note "worst relative error of a GPU test against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1) (bound 1e-3)"
 
 small='All/Decode.*t4_L9_97_1000*:All/Decode.*t50_L1000_60_s5_prefill*:All/Decode.*page_7*:All/Decode.*k4v2_nc*:DecodeGraph.*:StoreAndDecode.*:All/QuantizeStore.*k3v2_d128:All/QuantizeStore.*fp8*:QuantizeStoreErrors.*'
@@ -55,15 +64,25 @@ if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
   done
 fi
 
+if [ -n "${NO_BENCH:-}" ]; then
+  echo "================ summary ================"; printf '%s\n' "${summary[@]}"; exit 0
+fi
+if [ -n "${BASE:-}" ] && [ -d "$BASE" ]; then
+  cmake -S "$BASE" -B build/h200-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_BUILD_TESTS=OFF -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
+    >"$OUT/configure_base.log" 2>&1 && ninja -C build/h200-base tq_capi >"$OUT/build_base.log" 2>&1 || { note "baseline build failed"; tail -20 "$OUT/build_base.log"; }
+  base_lib=$(find build/h200-base -name libtq_capi.so | head -1)
+  [ -n "$base_lib" ] && python3 bench/gpu/bench_decode.py --lib "$base_lib" --json "$OUT/bench_base.json" ${BENCH_ARGS:-} >"$OUT/bench_base.log" 2>&1
+fi
 python3 bench/gpu/bench_decode.py --lib build/h200/bindings/c/libtq_capi.so --json "$OUT/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | grep -v '^|'
 echo
 echo "================ summary ================"
 printf '%s\n' "${summary[@]}"
+if [ -f "$OUT/bench_base.log" ]; then echo "baseline ($BASE):"; grep '^|' "$OUT/bench_base.log"; grep '^prefill' "$OUT/bench_base.log"; echo "this tree:"; fi
 grep '^|' "$OUT/bench.log"
 grep 'quantize_store k3v2' "$OUT/bench.log"
 grep '^prefill' "$OUT/bench.log"
 echo "quantize_store k3v2, what it adds to a captured quantize_store + decode step (two calls; one quantize_store_and_decode):"
 grep ' k3v2 ' "$OUT/bench.log" | grep -o 'B= *[0-9]* L= *[0-9]*\|added to a captured step [^)]*)\|with quantize_store_and_decode [^)]*)' | paste - - -
 # At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
-( cd "$OUT" && keep="bench.json bench.log test_cuda.log ptxas_summary.txt k3v2_d128.sass gpu.txt" &&
+( cd "$OUT" && keep="bench.json bench.log bench_base.log test_cuda.log test_cuda_runner.log ptxas_summary.txt k3v2_d128.sass" &&
   rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -f $rest ) || true
