@@ -98,6 +98,7 @@ TinyModelSpec shape(int dim, int heads, int kv_heads, int layers, bool bias, con
   TinyModelSpec s;
   s.arch = arch;
   s.dim = dim, s.n_heads = heads, s.n_kv_heads = kv_heads, s.hidden = 2 * dim, s.n_layers = layers, s.vocab = 300, s.bias = bias;
+  s.realistic = true;
   return s;
 }
 

@@ -1,6 +1,8 @@
 // Test helpers: tiny GGUF models (llama / qwen2 tensor layout) and a small byte-level BPE vocabulary.
 #pragma once
 
+#include <cmath>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -82,6 +84,10 @@ struct TinyModelSpec {
   bool tied = false;
   bool bias = false;
   GgmlType wtype = GgmlType::F32;  // type of the attention / FFN matrices (F32, F16, Q8_0, ...)
+  // F32 weights at a trained model's scale (matrices uniform with variance 1/cols, norm weights
+  // near 1), so logits are O(1) as in a real model; otherwise values of up to +-15.6 that test the
+  // loaders' bytes.
+  bool realistic = false;
   std::string chat_template;
   const BpeVocab* tokenizer = nullptr;  // adds its metadata (vocab must then equal its size)
 };
@@ -121,11 +127,24 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
   std::mt19937 rng(2024);
   const uint64_t D = uint64_t(s.dim), H = uint64_t(s.hidden), V = uint64_t(s.vocab);
   const uint64_t hd = D / uint64_t(s.n_heads), QD = hd * uint64_t(s.n_heads), KVD = hd * uint64_t(s.n_kv_heads);
+  // n floats uniform in [center - half, center + half], as F32 bytes.
+  const auto uniform = [&](size_t n, float center, float half) {
+    std::vector<uint8_t> out(n * 4);
+    std::uniform_real_distribution<float> u(center - half, center + half);
+    for (size_t i = 0; i < n; ++i) {
+      const float v = u(rng);
+      std::memcpy(&out[i * 4], &v, 4);
+    }
+    return out;
+  };
   const auto mat = [&](const std::string& name, uint64_t rows, uint64_t cols, GgmlType t) {
-    w.add_tensor(name, {cols, rows}, t, random_matrix(t, rows, cols, rng));
+    if (s.realistic && t == GgmlType::F32)
+      w.add_tensor(name, {cols, rows}, t, uniform(rows * cols, 0.0f, std::sqrt(3.0f / float(cols))));
+    else
+      w.add_tensor(name, {cols, rows}, t, random_matrix(t, rows, cols, rng));
   };
   const auto vec = [&](const std::string& name, uint64_t n) {
-    w.add_tensor(name, {n}, GgmlType::F32, random_matrix(GgmlType::F32, 1, n, rng));
+    w.add_tensor(name, {n}, GgmlType::F32, s.realistic ? uniform(n, 1.0f, 0.2f) : random_matrix(GgmlType::F32, 1, n, rng));
   };
   mat("token_embd.weight", V, D, GgmlType::F32);
   for (int l = 0; l < s.n_layers; ++l) {
