@@ -136,6 +136,7 @@ CudaModelRunner::CudaModelRunner(const model::Model& m, const KvSpec& spec, cons
   const auto count = [&](const TensorRef& t, size_t elem) { weights += t.present() ? t.n_rows * t.n_cols * elem : 0; };
   count(m.weights.token_embd, 2);
   if (m.weights.output.data != m.weights.token_embd.data) count(m.weights.output, 2);
+  TQ_CHECK(m.weights.layers.size() == size_t(c.n_layers), "model lists {} layers but has weights for {}", c.n_layers, m.weights.layers.size());
   for (const auto& l : m.weights.layers)
     for (const TensorRef* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) count(*t, 2);
   uint32_t n_main = 0, n_edge = 0;
@@ -332,6 +333,9 @@ bool device_available(std::string* why) {
 
 bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) {
   std::string problem;
+  if (c.n_layers < 1 || c.n_heads < 1 || c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0 || c.rope_dim % 2 != 0 || c.rope_dim > c.head_dim)
+    problem = fmt::format("the model's shape ({} layers, {} query and {} KV heads, rope dim {} of head dim {}) is not one the runner takes",
+                          c.n_layers, c.n_heads, c.n_kv_heads, c.rope_dim, c.head_dim);
   for (const std::string& knob : spec.policy.knobs())
     if (knob.rfind("edge=", 0) != 0 && problem.empty())
       problem = fmt::format("KV spec '{}': the CUDA runner does not implement '{}' yet (the CPU runner does: --device cpu)", spec.text, knob);
