@@ -51,7 +51,7 @@ for t in test_capi test_cuda_runner; do
   note "$t: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/$t.log" | tr '\n' ' ')"
   grep -B3 -A8 "Failure" "$OUT/$t.log" | head -40
 done
-note "CUDA runner vs CPU runner, KL per case (mean, max): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
+note "CUDA runner vs CPU runner, KL per case (mean, max[, the quantization's own mean]): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"\|name="quantization_kl_mean" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
 note "worst relative error of a GPU test against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1) (bound 1e-3)"
 
 small='All/Decode.*t4_L9_97_1000*:All/Decode.*t50_L1000_60_s5_prefill*:All/Decode.*page_7*:All/Decode.*k4v2_nc*:DecodeGraph.*:StoreAndDecode.*:All/QuantizeStore.*k3v2_d128:All/QuantizeStore.*fp8*:QuantizeStoreErrors.*'

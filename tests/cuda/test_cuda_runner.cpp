@@ -3,13 +3,15 @@
 //
 // Bounds. The GPU runner rounds the weights and each product's input to bf16 (relative error
 // 2^-9 each) and sums in another order; the CPU runner keeps fp32. That moves logits by well under
-// 1% of their spread here, so per position we require KL(cpu || gpu) < 1e-2 nats (mean < 2e-3),
-// and the same argmax wherever the CPU's top-2 gap exceeds 5% of the logits' standard deviation.
-// A wrong row, position, head, page or cache entry moves logits by O(their spread): KL > 0.1.
+// 1% of their spread here, so with float caches we require KL(cpu || gpu) < 1e-2 nats per position
+// (mean < 2e-3), and the same argmax wherever the CPU's top-2 gap exceeds 5% of the logits'
+// standard deviation. Packed caches: see LogitsMatchTheCpuRunner. A wrong row, position, head,
+// page or cache entry moves logits by O(their spread): KL > 0.1.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
 #include "cuda_test_util.h"
 #include "tiny_models.h"
@@ -46,6 +48,42 @@ std::vector<float> logits_of(const model::Model& m, const KvSpec& spec, engine::
   return all;
 }
 
+struct Divergence {
+  double kl_mean = 0, kl_max = 0;
+  size_t decided = 0, agree = 0;  // positions whose top-2 gap in `a` is clear; of those, same argmax
+};
+
+// KL(a || b) per position of two [rows][V] logit arrays, and the argmax agreement where a's top-2
+// gap exceeds 5% of its logits' standard deviation.
+Divergence divergence(const std::vector<float>& A, const std::vector<float>& B, size_t V) {
+  Divergence d;
+  const size_t rows = A.size() / V;
+  for (size_t r = 0; r < rows; ++r) {
+    const float* a = &A[r * V];
+    const float* b = &B[r * V];
+    double ma = -1e30, mb = -1e30, mean = 0, var = 0, sa = 0, sb = 0, kl = 0;
+    for (size_t i = 0; i < V; ++i) ma = std::max(ma, double(a[i])), mb = std::max(mb, double(b[i])), mean += a[i];
+    mean /= double(V);
+    for (size_t i = 0; i < V; ++i) sa += std::exp(a[i] - ma), sb += std::exp(b[i] - mb), var += (a[i] - mean) * (a[i] - mean);
+    for (size_t i = 0; i < V; ++i) kl += std::exp(a[i] - ma) / sa * ((a[i] - ma - std::log(sa)) - (b[i] - mb - std::log(sb)));
+    d.kl_mean += kl / double(rows), d.kl_max = std::max(d.kl_max, kl);
+    std::vector<size_t> idx(V);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + 2, idx.end(), [&](size_t x, size_t y) { return a[x] > a[y]; });
+    if (a[idx[0]] - a[idx[1]] > 0.05 * std::sqrt(var / double(V))) {
+      ++d.decided;
+      d.agree += size_t(std::max_element(b, b + V) - b) == idx[0];
+    }
+  }
+  return d;
+}
+
+// Float caches: the runners differ by bf16 rounding only (bounds at the top). Packed caches: the
+// GPU's K/V rows differ from the CPU's by that rounding, which moves some of them across a
+// codebook boundary, so the two caches hold two draws of the quantization noise. Two draws are at
+// most about twice as far apart as one draw is from full precision (independent errors add their
+// variances): KL(cpu || gpu) must stay within 3x the quantization's own KL against an fp32 cache
+// on the CPU, plus the float bound.
 TEST_P(CudaRunner, LogitsMatchTheCpuRunner) {
   TQ_REQUIRE_GPU();
   const RunnerCase c = GetParam();
@@ -58,40 +96,22 @@ TEST_P(CudaRunner, LogitsMatchTheCpuRunner) {
   const std::vector<float> cpu = logits_of(m, spec, engine::Device::kCpu, prompt, 12);
   const std::vector<float> gpu = logits_of(m, spec, engine::Device::kCuda, prompt, 12);
   ASSERT_EQ(cpu.size(), gpu.size());
-  double kl_sum = 0, kl_max = 0;
-  size_t decided = 0, agree = 0;
-  for (size_t r = 0; r < cpu.size() / V; ++r) {
-    const float* a = &cpu[r * V];
-    const float* b = &gpu[r * V];
-    double ma = -1e30, mb = -1e30, mean = 0, var = 0;
-    for (size_t i = 0; i < V; ++i) {
-      ASSERT_TRUE(std::isfinite(b[i])) << "row " << r << " logit " << i;
-      ma = std::max(ma, double(a[i])), mb = std::max(mb, double(b[i])), mean += a[i];
-    }
-    mean /= double(V);
-    double sa = 0, sb = 0;
-    for (size_t i = 0; i < V; ++i) sa += std::exp(a[i] - ma), sb += std::exp(b[i] - mb), var += (a[i] - mean) * (a[i] - mean);
-    double kl = 0;
-    for (size_t i = 0; i < V; ++i) {
-      const double pa = std::exp(a[i] - ma) / sa, lpa = a[i] - ma - std::log(sa), lpb = b[i] - mb - std::log(sb);
-      kl += pa * (lpa - lpb);
-    }
-    kl_sum += kl, kl_max = std::max(kl_max, kl);
-    std::vector<size_t> idx(V);
-    std::iota(idx.begin(), idx.end(), 0);
-    std::partial_sort(idx.begin(), idx.begin() + 2, idx.end(), [&](size_t x, size_t y) { return a[x] > a[y]; });
-    if (a[idx[0]] - a[idx[1]] > 0.05 * std::sqrt(var / double(V))) {
-      ++decided;
-      agree += size_t(std::max_element(b, b + V) - b) == idx[0];
-    }
+  for (size_t i = 0; i < gpu.size(); ++i) ASSERT_TRUE(std::isfinite(gpu[i])) << "logit " << i;
+  const Divergence d = divergence(cpu, gpu, V);
+  RecordProperty("kl_mean", std::to_string(d.kl_mean));
+  RecordProperty("kl_max", std::to_string(d.kl_max));
+  if (!is_tq(spec.format.k.enc) && spec.policy.edge_layers == 0) {
+    EXPECT_LT(d.kl_max, 1e-2);
+    EXPECT_LT(d.kl_mean, 2e-3);
+    EXPECT_EQ(d.agree, d.decided) << "top-1 differs where the CPU's top-2 gap is clear";
+    EXPECT_GT(d.decided, cpu.size() / V / 2);
+  } else {
+    const Divergence q = divergence(logits_of(m, parse_kv_spec("fp32"), engine::Device::kCpu, prompt, 12), cpu, V);
+    RecordProperty("quantization_kl_mean", std::to_string(q.kl_mean));
+    EXPECT_LT(d.kl_mean, 3 * q.kl_mean + 2e-3) << "the quantization's own KL: " << q.kl_mean;
+    EXPECT_LT(d.kl_max, 3 * q.kl_max + 1e-2) << "the quantization's own KL: " << q.kl_max;
+    EXPECT_GT(q.kl_mean, 0.0);
   }
-  const double kl_mean = kl_sum / double(cpu.size() / V);
-  RecordProperty("kl_mean", std::to_string(kl_mean));
-  RecordProperty("kl_max", std::to_string(kl_max));
-  EXPECT_LT(kl_max, 1e-2);
-  EXPECT_LT(kl_mean, 2e-3);
-  EXPECT_EQ(agree, decided) << "top-1 differs where the CPU's top-2 gap is clear";
-  EXPECT_GT(decided, cpu.size() / V / 2);
 }
 
 TinyModelSpec shape(int dim, int heads, int kv_heads, int layers, bool bias, const char* arch) {
