@@ -7,7 +7,7 @@
 //   S = Q K^T      the 8 query rows are M (rows 8-15 carry the query's low part, free: the tile
 //                  has 16 rows); keys of 2-3 bits as int8 operands (m16n8k32, int16 fixed point
 //                  split in bytes), others as fp16/bf16 (m16n8k16); looked up by byte-permute
-//                  (PRMT) from tables in registers (device_common.cuh).
+//                  (PRMT) from tables in registers; per encoding in KeyOps (decode_ops.cuh).
 //   online softmax in the log2 domain; key norms scale S, value norms scale P (fp16; bf16 caches:
 //                  bf16 high + low parts).
 //   O^T += V^T P^T the values are A (16 coordinates x 16 tokens, a register holding two tokens
@@ -23,10 +23,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <array>
 #include <climits>
 #include <cmath>
 
+#include "decode_ops.cuh"
 #include "decode_query.cuh"
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
@@ -123,12 +123,9 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   }
   __syncthreads();
 
-  // Keys of 2 and 3 bits go through int8 tensor cores (S = Q K^T as m16n8k32 s8 MMAs): their
-  // centroids are exact int16 fixed point (fp16 z-units x 2^13, checked by test_codebook), split
-  // into high and low bytes, each a PRMT lookup that yields four int8 operands at once, with no
-  // interleaving. The query is int16 fixed point per row (step = max|q| / kQ16Max), high bytes in
-  // rows 0-7 of A and low bytes in rows 8-15 as with fp16. S = 2^8 hh + hl + lh (+ ll / 2^8,
-  // dropped: below 2^-16 of the scale) in int32, times the row's step and 2^-13 * 2^8.
+  // The query's A fragments, as the keys' MMAs take them (KeyOps, decode_ops.cuh): for keys of 2
+  // and 3 bits (int8 m16n8k32) int16 fixed point per row (step = max|q| / kQ16Max), high bytes in
+  // rows 0-7 of A and low bytes in rows 8-15; otherwise fp16 (bf16) high and low parts.
   constexpr int KT = D / 16;
   if constexpr (kInt8K) {
     // k-tile j: lane (g, t) holds coordinates c0 + 0..3 (k = 4t..4t+3) and c0 + 4..7 (k = 4t+16..)
@@ -173,10 +170,12 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   constexpr bool kStaged = SP::kStages > 0;
   const bool staged = kStaged && c.page_size % kTile == 0;
   if (inputs_ready && !staged) dev::wait_prerequisites();
-  // int8 keys: this thread's row step times the table's 2^-13 and the 2^8 of the combination
-  const float s_scale = kInt8K ? sm.qrs[g] * (1.0f / 32.0f) : 1.0f;
-  dev::Lut8 lut_k{}, lut_v{};
-  uint32_t lut_v2[2] = {0, 0};  // 2-bit values: the four fp16 centroids, two to a register
+  // The keys' operations (KeyOps, decode_ops.cuh) with their table in registers, from the fp16
+  // one in shared memory; int8 keys also scale S by this thread's query row's step. The table is
+  // built here, in the kernel's body: built in a function (even an inlined one), the int8 table
+  // made the compiler order the prologue differently (other SASS). The values' tables follow.
+  const float s_scale = kInt8K ? sm.qrs[g] * (1.0f / 32.0f) : 1.0f;  // int8 keys: step x 2^-13 (table) x 2^8 (hh)
+  dev::Lut8 lut_k{};
   if constexpr (kInt8K) {  // the high and low bytes of the int16 centroids, 8 to a register pair
     uint32_t b[16];
 #pragma unroll
@@ -185,6 +184,9 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   } else if constexpr (KIND == Kind::kTq) {
     lut_k = dev::make_lut8(sm.lut_k);
   }
+  const KeyOps<D, KIND, KB> keys(lut_k, s_scale);
+  dev::Lut8 lut_v{};
+  uint32_t lut_v2[2] = {0, 0};  // 2-bit values: the four fp16 centroids, two to a register
   if constexpr (KIND == Kind::kTq) {
     if constexpr (VB == 2) {
       lut_v2[0] = dev::pack_half2(sm.lut_v[0], sm.lut_v[1]);
@@ -211,69 +213,12 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   for (int i = 0; i < MT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   SoftmaxState sstate;  // query row g, over this thread's tokens of it (its quad holds the rest)
 
-  auto qfrag = [&](int kt) {
-    const uint4 v = sm.qa[kt][lane];
-    return std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
-  };
   // One 16-token tile, its bytes already in `cur` (values of float caches are loaded by
   // late_values() after the scores, which keeps their registers out of the score phase).
   auto process = [&](Tile<D, KIND, KB, VB>& cur, const int T0, auto&& late_values) {
     // ---- S = Q K^T for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
     float x[4];  // row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9
-    if constexpr (kInt8K) {
-      int acc_hi[2][4] = {}, acc_lo[2][4] = {};  // [n-tile]: K high bytes, K low bytes
-#pragma unroll
-      for (int j = 0; j < D / 32; ++j) {  // octet j of the thread's key coordinates = int8 k-tile j
-        const auto qa = qfrag(j);
-        const uint32_t a[4] = {qa[0], qa[1], qa[2], qa[3]};
-#pragma unroll
-        for (int nn = 0; nn < 2; ++nn) {
-          constexpr int kGroups = D >= 128 ? D / 128 : 1;
-          const uint32_t sel = dev::octet_selector<KB>(cur.k[nn][j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4);
-          const uint32_t sel_hi = sel >> 16;
-          dev::mma_s8(acc_hi[nn], a, dev::prmt(lut_k.hi0, lut_k.hi1, sel), dev::prmt(lut_k.hi0, lut_k.hi1, sel_hi));
-          dev::mma_s8(acc_lo[nn], a, dev::prmt(lut_k.lo0, lut_k.lo1, sel), dev::prmt(lut_k.lo0, lut_k.lo1, sel_hi));
-        }
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int nn = e / 2, c = e % 2;  // d[c] = row g (query high bytes), d[c + 2] = row g + 8 (low)
-        x[e] = float(acc_hi[nn][c] * 256 + acc_hi[nn][c + 2] + acc_lo[nn][c]) * s_scale;
-      }
-    } else {
-    // Two accumulators per n-tile (even and odd k-tiles) halve the chain of dependent MMAs.
-    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, s2[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
-#pragma unroll
-    for (int j = 0; j < KT / 2; ++j) {  // k-tiles 2j and 2j + 1, both n-tiles
-      const auto qa0 = qfrag(2 * j), qa1 = qfrag(2 * j + 1);
-      const uint32_t a0[4] = {qa0[0], qa0[1], qa0[2], qa0[3]}, a1[4] = {qa1[0], qa1[1], qa1[2], qa1[3]};
-#pragma unroll
-      for (int nn = 0; nn < 2; ++nn) {
-        uint32_t h[4];
-        if constexpr (KIND == Kind::kTq) {
-          constexpr int kGroups = D >= 128 ? D / 128 : 1;
-          decode_octet<KB>(cur.k[nn][j / 4 % kGroups], D == 64 ? 2 * (t & 1) + j : j % 4, lut_k, sm.lut_k, h);
-        } else if constexpr (KIND == Kind::kFp8) {
-          const uint32_t x0 = cur.k[nn][2 * j], x1 = cur.k[nn][2 * j + 1];
-          h[0] = dev::e4m3x2_to_half2(uint16_t(x0));
-          h[1] = dev::e4m3x2_to_half2(uint16_t(x0 >> 16));
-          h[2] = dev::e4m3x2_to_half2(uint16_t(x1));
-          h[3] = dev::e4m3x2_to_half2(uint16_t(x1 >> 16));
-        } else {
-          const uint4 x = cur.k[nn][j];
-          h[0] = x.x;
-          h[1] = x.y;
-          h[2] = x.z;
-          h[3] = x.w;
-        }
-        Op::mma(s[nn], a0, h[0], h[1]);
-        Op::mma(s2[nn], a1, h[2], h[3]);
-      }
-    }
-    // high + low halves of the query
-#pragma unroll
-    for (int e = 0; e < 4; ++e) x[e] = (s[e / 2][e % 2] + s2[e / 2][e % 2]) + (s[e / 2][e % 2 + 2] + s2[e / 2][e % 2 + 2]);
-    }
+    keys.scores(cur, sm.qa, lane, t, sm.lut_k, x);
     // Tokens past the split's end or the row's causal limit are masked; most tiles have none
     // (a warp-uniform test), which saves the per-token compares.
     const bool full = T0 + kTile <= end && T0 + kTile <= visible_min;
@@ -285,14 +230,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
         live[e] = tok < end && tok < visible;
       }
     }
-    if constexpr (KIND == Kind::kTq) {  // key norms (the 1/sqrt(D) of the codebook is in the query scale)
-#pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const float2 kn = __half22float2(*reinterpret_cast<const __half2*>(&cur.kn[e2]));
-        x[2 * e2] *= kn.x;
-        x[2 * e2 + 1] *= kn.y;
-      }
-    }
+    keys.scale(cur, x);  // key norms
     if (!full) {
 #pragma unroll
       for (int e = 0; e < 4; ++e)
@@ -312,14 +250,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
       psum += pv[e];
     }
     sstate.add(psum);
-    if constexpr (KIND == Kind::kTq) {  // value norms (their 1/sqrt(D) is applied once, at the end)
-#pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const float2 vn = __half22float2(*reinterpret_cast<const __half2*>(&cur.vn[e2]));
-        pv[2 * e2] *= vn.x;
-        pv[2 * e2 + 1] *= vn.y;
-      }
-    }
+    if constexpr (KIND == Kind::kTq) scale_by_value_norms(cur, pv);  // their 1/sqrt(D) is applied once, at the end
     if constexpr (KIND == Kind::kFp8)
 #pragma unroll
       for (int e = 0; e < 4; ++e) pv[e] *= c.v_scale;

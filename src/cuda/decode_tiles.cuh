@@ -129,20 +129,6 @@ __device__ __forceinline__ TokenAddr token_addr(const DecodeParams& p, const int
   return {p.cache.data + (size_t(page) * p.cache.kv_heads + kvh) * p.cache.layout.bytes, uint32_t(T % ps)};
 }
 
-// Four half2 (8 consecutive coordinates) of octet og of a group of packed codes w (its B words).
-template <int B>
-__device__ __forceinline__ void decode_octet(const uint32_t (&w)[B], int og, const dev::Lut8& lut, const __half* lut_s,
-                                             uint32_t (&h)[4]) {
-  if constexpr (B <= 3) {
-    dev::lookup8(dev::octet_selector<B>(w, og), lut, h);
-  } else {
-    uint32_t c[8];
-    dev::octet_codes<B>(w, og, c);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) h[i] = dev::pack_half2(lut_s[c[2 * i]], lut_s[c[2 * i + 1]]);
-  }
-}
-
 // A thread's value coordinates [g D/8, (g+1) D/8) are kOct octets of one group of 32 codes,
 // starting at octet og0 = (g D/64) mod 4. Per token the thread keeps only the words that hold them,
 // shifted at load time so that octet j is then at a compile-time shift (no run-time word picks).

@@ -22,6 +22,7 @@
 
 #include <cmath>
 
+#include "decode_ops.cuh"
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
@@ -205,8 +206,10 @@ struct Fill<D, Kind::kFp8, KB, VB> {
     }
   }
   __device__ static uint4 widen(uint32_t a, uint32_t b) {
-    return make_uint4(dev::e4m3x2_to_half2(uint16_t(a)), dev::e4m3x2_to_half2(uint16_t(a >> 16)), dev::e4m3x2_to_half2(uint16_t(b)),
-                      dev::e4m3x2_to_half2(uint16_t(b >> 16)));
+    uint4 h;
+    decode::e4m3x4_to_half2x2(a, h.x, h.y);
+    decode::e4m3x4_to_half2x2(b, h.z, h.w);
+    return h;
   }
   __device__ void store(Smem<D>& sm, int buf, const dev::Lut8&, const dev::Lut8&) const {
     const int c = int(threadIdx.x) % kChunks;

@@ -1,0 +1,189 @@
+// Per-encoding operations of the attention kernels, as small traits (in the spirit of
+// llama.cpp's get_vec_dot_KQ<type>): what a cache encoding does to a tile's keys for S = Q K^T
+// (KeyOps), and the pieces the decode and prefill kernels share (the octet decode of packed
+// codes, the fp8 widening, the norm scalings). The kernels keep the control (tiles, masks,
+// online softmax, the accumulators' layout); decode_kernel.cuh's tile step reads
+//   load tile -> KeyOps::scores -> KeyOps::scale -> online softmax -> value norms -> O^T += V^T P^T
+//
+//   keys: TurboQuant 2-3 bits   int8 MMAs (m16n8k32), centroids as int16 fixed point in bytes
+//         TurboQuant 4 bits     fp16 MMAs, codes looked up in the shared fp16 table
+//         fp16 / bf16 / fp8     fp16 (bf16) MMAs on the stored elements (fp8 widened, exact)
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <array>
+
+#include "decode_tiles.cuh"
+#include "device_common.cuh"
+
+namespace tq::cuda::decode {
+
+// Four half2 (8 consecutive coordinates) of octet og of a group of packed codes w (its B words).
+template <int B>
+__device__ __forceinline__ void decode_octet(const uint32_t (&w)[B], int og, const dev::Lut8& lut, const __half* lut_s,
+                                             uint32_t (&h)[4]) {
+  if constexpr (B <= 3) {
+    dev::lookup8(dev::octet_selector<B>(w, og), lut, h);
+  } else {
+    uint32_t c[8];
+    dev::octet_codes<B>(w, og, c);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = dev::pack_half2(lut_s[c[2 * i]], lut_s[c[2 * i + 1]]);
+  }
+}
+
+// Four e4m3 bytes (a word) as two half2: bytes 0-1 in lo, 2-3 in hi (exact).
+__device__ __forceinline__ void e4m3x4_to_half2x2(uint32_t x, uint32_t& lo, uint32_t& hi) {
+  lo = dev::e4m3x2_to_half2(uint16_t(x));
+  hi = dev::e4m3x2_to_half2(uint16_t(x >> 16));
+}
+
+// A-fragment k-tile kt of the query for this lane (built once per block in shared memory, one
+// LDS.128 per k-tile: qa[D/16][32]).
+template <int D>
+__device__ __forceinline__ std::array<uint32_t, 4> query_frag(const uint4 (&qa)[D / 16][32], int kt, int lane) {
+  const uint4 v = qa[kt][lane];
+  return std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
+}
+
+// ---- Keys: S = Q K^T of a 16-token tile, n-tile nn holding token g + 8 nn. scores() gives row
+// g's scores for tokens 2t, 2t+1, 2t+8, 2t+9 (this thread's accumulator entries), scale() applies
+// what the encoding stores beside the codes (the key norms).
+
+// The thread's key coordinates of k-tile j (j-th octet of its D/4): which group of the tile's key
+// words and which octet in it (at D = 64 the quad's threads share a group, two octets each).
+template <int D>
+struct KeyOctet {
+  static constexpr int kGroups = D >= 128 ? D / 128 : 1;
+  __device__ __forceinline__ static int group(int j) { return j / 4 % kGroups; }
+  __device__ __forceinline__ static int octet(int j, int t) { return D == 64 ? 2 * (t & 1) + j : j % 4; }
+};
+
+template <int D, Kind KIND, int KB, bool kInt8 = KIND == Kind::kTq && KB <= 3>
+struct KeyOps;
+
+// Key norms of tokens 2t, 2t+1, 2t+8, 2t+9 (TurboQuant; the 1/sqrt(D) of the codebook is in the
+// query's scale).
+template <class TileT>
+__device__ __forceinline__ void scale_by_key_norms(const TileT& cur, float (&x)[4]) {
+#pragma unroll
+  for (int e2 = 0; e2 < 2; ++e2) {
+    const float2 kn = __half22float2(*reinterpret_cast<const __half2*>(&cur.kn[e2]));
+    x[2 * e2] *= kn.x;
+    x[2 * e2 + 1] *= kn.y;
+  }
+}
+
+// TurboQuant keys of 2 and 3 bits: int8 tensor cores (m16n8k32 s8). Their centroids are exact
+// int16 fixed point (fp16 z-units x 2^13, checked by test_codebook), split into high and low
+// bytes, each a PRMT lookup that yields four int8 operands at once, with no interleaving. The
+// query is int16 fixed point per row (step = max|q| / kQ16Max), high bytes in rows 0-7 of A and
+// low bytes in rows 8-15 as with fp16. S = 2^8 hh + hl + lh (+ ll / 2^8, dropped: below 2^-16
+// of the scale) in int32, times the row's step and 2^-13 * 2^8.
+template <int D, int KB>
+struct KeyOps<D, Kind::kTq, KB, true> {
+  float s_scale;  // this thread's row step times the table's 2^-13 and the 2^8 of the combination
+  dev::Lut8 lut;  // the high and low bytes of the int16 centroids, 8 to a register pair
+  // table: built by the kernel from its fp16 centroids; scale: the thread's query row's step / 32
+  __device__ __forceinline__ KeyOps(const dev::Lut8& table, float scale) : s_scale(scale), lut(table) {}
+  template <class TileT>
+  __device__ __forceinline__ void scores(const TileT& cur, const uint4 (&qa)[D / 16][32], int lane, int t, const __half*, float (&x)[4]) const {
+    int acc_hi[2][4] = {}, acc_lo[2][4] = {};  // [n-tile]: K high bytes, K low bytes
+#pragma unroll
+    for (int j = 0; j < D / 32; ++j) {  // octet j of the thread's key coordinates = int8 k-tile j
+      const auto q = query_frag<D>(qa, j, lane);
+      const uint32_t a[4] = {q[0], q[1], q[2], q[3]};
+#pragma unroll
+      for (int nn = 0; nn < 2; ++nn) {
+        const uint32_t sel = dev::octet_selector<KB>(cur.k[nn][KeyOctet<D>::group(j)], KeyOctet<D>::octet(j, t));
+        const uint32_t sel_hi = sel >> 16;
+        dev::mma_s8(acc_hi[nn], a, dev::prmt(lut.hi0, lut.hi1, sel), dev::prmt(lut.hi0, lut.hi1, sel_hi));
+        dev::mma_s8(acc_lo[nn], a, dev::prmt(lut.lo0, lut.lo1, sel), dev::prmt(lut.lo0, lut.lo1, sel_hi));
+      }
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int nn = e / 2, c = e % 2;  // d[c] = row g (query high bytes), d[c + 2] = row g + 8 (low)
+      x[e] = float(acc_hi[nn][c] * 256 + acc_hi[nn][c + 2] + acc_lo[nn][c]) * s_scale;
+    }
+  }
+  template <class TileT>
+  __device__ __forceinline__ static void scale(const TileT& cur, float (&x)[4]) {
+    scale_by_key_norms(cur, x);
+  }
+};
+
+// Keys as fp16 (bf16) B operands of m16n8k16 MMAs: TurboQuant 4-bit codes looked up in the
+// shared fp16 table, fp8 widened (exact), fp16/bf16 as stored. The query's A fragments hold its
+// high and low parts (rows 0-7, 8-15), so S keeps ~22 bits.
+template <int D, Kind KIND, int KB>
+struct KeyOps<D, KIND, KB, false> {
+  using Op = dev::Operand<KIND == Kind::kBf16>;
+  // TurboQuant: the 8-entry PRMT table, built for every width as the int8 path's is (4-bit codes
+  // read the shared table instead; not building it is a separate change, to be measured).
+  dev::Lut8 lut{};
+  __device__ __forceinline__ KeyOps(const dev::Lut8& table, float) : lut(table) {}
+  // The B fragments of k-tiles 2j (h[0..1]) and 2j + 1 (h[2..3]) of n-tile nn.
+  template <class TileT>
+  __device__ __forceinline__ void key_frags(const TileT& cur, int nn, int j, int t, const __half* lut_s, uint32_t (&h)[4]) const {
+    if constexpr (KIND == Kind::kTq) {
+      decode_octet<KB>(cur.k[nn][KeyOctet<D>::group(j)], KeyOctet<D>::octet(j, t), lut, lut_s, h);
+    } else if constexpr (KIND == Kind::kFp8) {
+      e4m3x4_to_half2x2(cur.k[nn][2 * j], h[0], h[1]);
+      e4m3x4_to_half2x2(cur.k[nn][2 * j + 1], h[2], h[3]);
+    } else {
+      const uint4 x = cur.k[nn][j];
+      h[0] = x.x;
+      h[1] = x.y;
+      h[2] = x.z;
+      h[3] = x.w;
+    }
+  }
+  template <class TileT>
+  __device__ __forceinline__ void scores(const TileT& cur, const uint4 (&qa)[D / 16][32], int lane, int t, const __half* lut_s, float (&x)[4]) const {
+    constexpr int KT = D / 16;
+    // Two accumulators per n-tile (even and odd k-tiles) halve the chain of dependent MMAs.
+    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, s2[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+    for (int j = 0; j < KT / 2; ++j) {  // k-tiles 2j and 2j + 1, both n-tiles
+      const auto qa0 = query_frag<D>(qa, 2 * j, lane), qa1 = query_frag<D>(qa, 2 * j + 1, lane);
+      const uint32_t a0[4] = {qa0[0], qa0[1], qa0[2], qa0[3]}, a1[4] = {qa1[0], qa1[1], qa1[2], qa1[3]};
+#pragma unroll
+      for (int nn = 0; nn < 2; ++nn) {
+        uint32_t h[4];
+        key_frags(cur, nn, j, t, lut_s, h);
+        Op::mma(s[nn], a0, h[0], h[1]);
+        Op::mma(s2[nn], a1, h[2], h[3]);
+      }
+    }
+    // high + low halves of the query
+#pragma unroll
+    for (int e = 0; e < 4; ++e) x[e] = (s[e / 2][e % 2] + s2[e / 2][e % 2]) + (s[e / 2][e % 2 + 2] + s2[e / 2][e % 2 + 2]);
+  }
+  template <class TileT>
+  __device__ __forceinline__ static void scale(const TileT& cur, float (&x)[4]) {
+    if constexpr (KIND == Kind::kTq) scale_by_key_norms(cur, x);  // float caches store no norms
+  }
+};
+
+// ---- Values: the O^T += V^T P^T paths (TurboQuant 2 bits: pairs of tokens from one PRMT; 3
+// bits: token-interleaved selectors; 4 bits and float caches: per token, then paired) stay in
+// the kernel (decode_kernel.cuh): moved into functions, even inlined ones, they changed the
+// kernel's register allocation, which this refactor was not to touch. What the encoding stores
+// beside the value codes:
+
+// Value norms of tokens 2t, 2t+1, 2t+8, 2t+9 (TurboQuant; their 1/sqrt(D) is applied once, at
+// the end).
+template <class TileT>
+__device__ __forceinline__ void scale_by_value_norms(const TileT& cur, float (&pv)[4]) {
+#pragma unroll
+  for (int e2 = 0; e2 < 2; ++e2) {
+    const float2 vn = __half22float2(*reinterpret_cast<const __half2*>(&cur.vn[e2]));
+    pv[2 * e2] *= vn.x;
+    pv[2 * e2 + 1] *= vn.y;
+  }
+}
+
+}  // namespace tq::cuda::decode
