@@ -16,6 +16,7 @@
 #include <cmath>
 
 #include "tq/check.h"
+#include "tq/kv/online_softmax.h"
 #include "tq/backend/cpu/kv_store.h"
 #include "tq/backend/cpu/matmul.h"
 #include "tq/numeric.h"
@@ -111,15 +112,17 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
       }
     }
   }
-  // ---- softmax (unnormalized: the sum divides the output once)
-  std::vector<float> sum(nqb);
+  // ---- softmax (unnormalized: the sum divides the output once). The state the kernels share,
+  // with the whole row as one block: its max is known before any exponent is taken.
+  std::vector<float> inv_sum(nqb);  // [nqb] 1 / sum of the row's weights
+  const auto ex = [](float x) { return std::exp(x); };
   for (uint32_t qi = 0; qi < nqb; ++qi) {
     float* srow = &S[size_t(qi) * span];
     const uint32_t n = qpos(qi) + 1;
-    const float mx = *std::max_element(srow, srow + n);
-    float acc = 0;
-    for (uint32_t t = 0; t < n; ++t) acc += (srow[t] = std::exp(srow[t] - mx));
-    sum[qi] = acc;
+    SoftmaxState st;
+    const SoftmaxState::Step step = st.update(*std::max_element(srow, srow + n), ex);
+    for (uint32_t t = 0; t < n; ++t) st.add(srow[t] = ex(srow[t] - step.base));
+    inv_sum[qi] = st.inv_sum();
   }
   // ---- values
   std::vector<float> acc_rot(vc ? size_t(nqb) * pd : 0);  // [nqb][pd] TurboQuant values, rotated domain
@@ -165,7 +168,7 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
   for (uint32_t qi = 0; qi < nqb; ++qi) {
     float* o = out + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D;
     const float* a = &acc[size_t(qi) * D];
-    const float inv = 1.0f / sum[qi];
+    const float inv = inv_sum[qi];
     if (vc) {
       vc->rotation().inverse(&acc_rot[size_t(qi) * pd], unrot.data());
       for (uint32_t i = 0; i < D; ++i) o[i] = (a[i] + unrot[i]) * inv;
