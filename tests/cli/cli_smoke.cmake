@@ -12,6 +12,13 @@ string(JSON bpt GET "${OUT}" bytes_per_token)
 if(ratio LESS 6.0 OR NOT bpt EQUAL 21504)
   message(FATAL_ERROR "k3v2 at 32x8x128: ratio ${ratio}, bytes/token ${bpt}; expected >= 6.0 and 21504")
 endif()
+# Edge layers are counted in their own format: 28 layers of k3v2 (84 bytes a head and token) and
+# 4 of k4v4 (132), 8 heads.
+run_ok(kv-size --layers 32 --kv-heads 8 --head-dim 128 --kv k3v2:edge=2/k4v4 --json)
+string(JSON bpt GET "${OUT}" bytes_per_token)
+if(NOT bpt EQUAL 23040)
+  message(FATAL_ERROR "k3v2:edge=2/k4v4 at 32x8x128: bytes/token ${bpt}, expected 23040")
+endif()
 
 run_ok(distortion --dim 64 --bits 1,3 --method both --samples 500 --json)
 string(JSON n LENGTH "${OUT}" rows)
