@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
       psum += pv[e];
     }
     sstate.add(psum);
-    if constexpr (KIND == Kind::kTq) scale_by_value_norms(cur, pv);  // their 1/sqrt(D) is applied once, at the end
+    if constexpr (KIND == Kind::kTq) scale_by_norms(cur.vn, pv);  // their 1/sqrt(D) is applied once, at the end
     if constexpr (KIND == Kind::kFp8)
 #pragma unroll
       for (int e = 0; e < 4; ++e) pv[e] *= c.v_scale;

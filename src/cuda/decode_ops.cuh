@@ -64,15 +64,15 @@ struct KeyOctet {
 template <int D, Kind KIND, int KB, bool kInt8 = KIND == Kind::kTq && KB <= 3>
 struct KeyOps;
 
-// Key norms of tokens 2t, 2t+1, 2t+8, 2t+9 (TurboQuant; the 1/sqrt(D) of the codebook is in the
-// query's scale).
-template <class TileT>
-__device__ __forceinline__ void scale_by_key_norms(const TileT& cur, float (&x)[4]) {
+// Scales x (scores or P V terms of tokens 2t, 2t+1, 2t+8, 2t+9) by those tokens' fp16 norms,
+// two to a register: a tile's key norms (TurboQuant; the 1/sqrt(D) of the codebook is in the
+// query's scale) or value norms (their 1/sqrt(D) is applied once, at the end).
+__device__ __forceinline__ void scale_by_norms(const uint32_t (&norms)[2], float (&x)[4]) {
 #pragma unroll
   for (int e2 = 0; e2 < 2; ++e2) {
-    const float2 kn = __half22float2(*reinterpret_cast<const __half2*>(&cur.kn[e2]));
-    x[2 * e2] *= kn.x;
-    x[2 * e2 + 1] *= kn.y;
+    const float2 n = __half22float2(*reinterpret_cast<const __half2*>(&norms[e2]));
+    x[2 * e2] *= n.x;
+    x[2 * e2 + 1] *= n.y;
   }
 }
 
@@ -111,7 +111,7 @@ struct KeyOps<D, Kind::kTq, KB, true> {
   }
   template <class TileT>
   __device__ __forceinline__ static void scale(const TileT& cur, float (&x)[4]) {
-    scale_by_key_norms(cur, x);
+    scale_by_norms(cur.kn, x);
   }
 };
 
@@ -164,7 +164,7 @@ struct KeyOps<D, KIND, KB, false> {
   }
   template <class TileT>
   __device__ __forceinline__ static void scale(const TileT& cur, float (&x)[4]) {
-    if constexpr (KIND == Kind::kTq) scale_by_key_norms(cur, x);  // float caches store no norms
+    if constexpr (KIND == Kind::kTq) scale_by_norms(cur.kn, x);  // float caches store no norms
   }
 };
 
@@ -174,16 +174,5 @@ struct KeyOps<D, KIND, KB, false> {
 // kernel's register allocation, which this refactor was not to touch. What the encoding stores
 // beside the value codes:
 
-// Value norms of tokens 2t, 2t+1, 2t+8, 2t+9 (TurboQuant; their 1/sqrt(D) is applied once, at
-// the end).
-template <class TileT>
-__device__ __forceinline__ void scale_by_value_norms(const TileT& cur, float (&pv)[4]) {
-#pragma unroll
-  for (int e2 = 0; e2 < 2; ++e2) {
-    const float2 vn = __half22float2(*reinterpret_cast<const __half2*>(&cur.vn[e2]));
-    pv[2 * e2] *= vn.x;
-    pv[2 * e2 + 1] *= vn.y;
-  }
-}
 
 }  // namespace tq::cuda::decode
