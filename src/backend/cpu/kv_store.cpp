@@ -74,7 +74,7 @@ void KvStore::write(uint32_t layer, const SeqPages& s, uint32_t pos, const float
   cache.write(local, slot(s, pos), kw, v);
   if (spec_.policy.sink == 0 && spec_.policy.window == 0) return;
   // Side buffers keep the unquantized token (fp16), as a full-precision cache would.
-  Side& sd = const_cast<Side&>(side(s.seq));
+  Side& sd = side(s.seq);
   const auto put = [&](uint16_t* dst) {
     for (size_t i = 0; i < row; ++i) dst[i] = f32_to_f16(k[i]);
     for (size_t i = 0; i < row; ++i) dst[row + i] = f32_to_f16(v[i]);

@@ -75,6 +75,7 @@ class KvStore {
   bool in_side(uint32_t t, uint32_t qpos) const { return t < spec_.policy.sink || qpos - t < spec_.policy.window; }
   size_t ring() const { return spec_.policy.window ? size_t(spec_.policy.window) + shape_.max_chunk : 0; }
   const Side& side(int seq) const;
+  Side& side(int seq) { return const_cast<Side&>(static_cast<const KvStore*>(this)->side(seq)); }
   int64_t slot(const SeqPages& s, uint32_t pos) const;
 
   KvShape shape_;
