@@ -74,7 +74,7 @@ void run(const Options& o) {
              double(prompt.size()) / std::max(pt, 1e-9), generated, double(generated) / std::max(gt, 1e-9));
   // The sink/window side buffers are a fixed fp16 cost per sequence, so short runs can use more
   // than an fp16 cache would; say so, and give the ratio the pages reach on long sequences.
-  const double bits = e.runner().bits_per_element(), ratio = fp16 / std::max(used, 1.0);
+  const double bits = e.bits_per_element(), ratio = fp16 / std::max(used, 1.0);
   fmt::print(stderr, "KV cache: {:.1f} KiB for {} tokens vs {:.1f} KiB for an fp16 cache ({:.2f}x {}); pages hold {:.3f} bits/element "
              "({:.1f}x smaller than fp16 once the fixed sink/window buffers no longer dominate)\n",
              used / 1024, e.seq_len(s), fp16 / 1024, ratio >= 1 ? ratio : 1 / ratio, ratio >= 1 ? "smaller" : "larger", bits, 16.0 / bits);

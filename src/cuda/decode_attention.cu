@@ -195,16 +195,8 @@ namespace {
 void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char* name) {
   validate_cache(p.cache);
   const CacheView& c = p.cache;
-  TQ_CHECK(c.k.enc != Encoding::kTqProd, "decode_attention: prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)");
-  TQ_CHECK(c.k.enc != Encoding::kFp32 && c.v.enc != Encoding::kFp32, "decode_attention: fp32 caches have no GPU kernel (use fp16/bf16)");
-  TQ_CHECK(is_tq(c.k.enc) == is_tq(c.v.enc) && (is_tq(c.k.enc) || c.k.enc == c.v.enc),
-           "decode_attention: K and V must both be TurboQuant or the same float encoding");
-  if (is_tq(c.k.enc))
-    TQ_CHECK(c.k.bits >= 2 && c.k.bits <= 4 && c.v.bits >= 2 && c.v.bits <= 4,
-             "decode_attention: this build has kernels for K and V widths 2..4 bits, got k{}v{}", c.k.bits, c.v.bits);
-  const int D = kernel_dim(c);
-  TQ_CHECK(D == 64 || D == 128 || D == 256, "decode_attention: head dim {} (padded {}) has no kernel; supported: 64, 128, 256",
-           c.head_dim, D);
+  const std::string unsupported = attention_unsupported(c.k, c.v, c.head_dim);
+  TQ_CHECK(unsupported.empty(), "decode_attention: {}", unsupported);
   TQ_CHECK(p.q && p.out && p.block_tables && p.seq_lens, "decode_attention: q, out, block_tables and seq_lens must be set");
   TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "decode_attention: num_seqs must be 1..65535, got {}", p.num_seqs);
   TQ_CHECK(p.num_q_tokens >= 1 && p.num_q_tokens <= max_q_tokens, "{}: 1..{} query tokens per sequence, got {}", name, max_q_tokens,

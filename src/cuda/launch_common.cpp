@@ -37,6 +37,18 @@ void check_launch(const char* what) {
   TQ_CHECK(e == cudaSuccess, "{}: launch failed: {}", what, cudaGetErrorString(e));
 }
 
+std::string attention_unsupported(TensorCode k, TensorCode v, uint32_t head_dim) {
+  if (k.enc == Encoding::kTqProd) return "prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)";
+  if (k.enc == Encoding::kFp32 || v.enc == Encoding::kFp32) return "fp32 caches have no GPU kernel (use fp16/bf16)";
+  if (is_tq(k.enc) != is_tq(v.enc) || (!is_tq(k.enc) && k.enc != v.enc)) return "K and V must both be TurboQuant or the same float encoding";
+  if (is_tq(k.enc) && (k.bits < 2 || k.bits > 4 || v.bits < 2 || v.bits > 4))
+    return fmt::format("this build has kernels for K and V widths 2..4 bits, got k{}v{}", k.bits, v.bits);
+  // The head dim the kernels run at: TurboQuant rows are padded (e.g. 112 -> 128), float rows not.
+  const uint32_t d = is_tq(k.enc) ? padded_dim(head_dim) : head_dim;
+  if (d != 64 && d != 128 && d != 256) return fmt::format("head dim {} (padded {}) has no kernel; supported: 64, 128, 256", head_dim, d);
+  return "";
+}
+
 void validate_cache(const CacheView& c) {
   TQ_CHECK(c.data, "cache view: data is null");
   TQ_CHECK(c.kv_heads >= 1 && c.num_pages >= 1 && c.page_size >= 1 && c.page_size <= kMaxPageSize,

@@ -75,6 +75,12 @@ size_t Engine::kv_bytes(int seq) const {
   return blocks_.block_table(seq).size() * runner_->page_bytes() + runner_->side_bytes();
 }
 
+double Engine::bits_per_element() const {
+  const auto& c = config();
+  const double elements_per_page = 2.0 * c.n_layers * c.n_kv_heads * c.head_dim * blocks_.page_size();
+  return 8.0 * double(runner_->page_bytes()) / elements_per_page;
+}
+
 std::vector<float> Engine::forward(const std::vector<BatchItem>& batch) {
   const int vocab = config().vocab_size;
   size_t N = 0;

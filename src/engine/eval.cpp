@@ -34,7 +34,7 @@ struct Acc {
 PerplexityRow finish(const KvSpec& s, const Engine& e, const Acc& a, double ref_ppl) {
   PerplexityRow r;
   r.kv = s.text;
-  r.bits_per_element = e.runner().bits_per_element();
+  r.bits_per_element = e.bits_per_element();
   r.kv_mib = double(a.bytes) / (1024.0 * 1024.0);
   r.ppl = std::exp(a.nll / double(std::max<size_t>(1, a.n)));
   r.delta_pct = ref_ppl > 0 ? 100.0 * (r.ppl / ref_ppl - 1.0) : 0.0;

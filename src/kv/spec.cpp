@@ -90,6 +90,18 @@ bool KvSpec::is_edge_layer(uint32_t layer, uint32_t n_layers) const {
   return e > 0 && (layer < e || layer + e >= n_layers);
 }
 
+uint32_t KvSpec::edge_layer_count(uint32_t n_layers) const {
+  TQ_CHECK(2 * policy.edge_layers <= n_layers, "KV spec '{}': edge={} needs at least {} layers, the model has {}", text,
+           policy.edge_layers, 2 * policy.edge_layers, n_layers);
+  return 2 * policy.edge_layers;
+}
+
+uint32_t KvSpec::local_layer(uint32_t layer, uint32_t n_layers) const {
+  const uint32_t e = policy.edge_layers, n_edge = edge_layer_count(n_layers);
+  if (!is_edge_layer(layer, n_layers)) return layer - e;  // the middle layers, in order
+  return layer < e ? layer : layer - (n_layers - n_edge);  // the first e, then the last e
+}
+
 KvFormat KvSpec::layer_format(uint32_t layer, uint32_t n_layers) const {
   KvFormat f = format;
   if (is_edge_layer(layer, n_layers)) {

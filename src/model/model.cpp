@@ -1,4 +1,5 @@
 // TensorRef operations and loading by file type.
+#include <cmath>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -23,6 +24,19 @@ const char* chat_template_name(ChatTemplate c) {
     case ChatTemplate::Llama3: return "llama3";
   }
   return "unknown";
+}
+
+void rope_angles(const ModelConfig& c, uint32_t context, std::vector<float>& cs, std::vector<float>& sn) {
+  const size_t half = size_t(c.rope_dim) / 2;
+  cs.resize(size_t(context) * half);
+  sn.resize(cs.size());
+  for (uint32_t p = 0; p < context; ++p)
+    for (size_t i = 0; i < half; ++i) {
+      const float freq = 1.0f / std::pow(c.rope_theta, float(2 * i) / float(c.rope_dim));
+      const float a = float(p) * freq;
+      cs[p * half + i] = std::cos(a);
+      sn[p * half + i] = std::sin(a);
+    }
 }
 
 void TensorRef::matvec(const float* x, float* y) const {

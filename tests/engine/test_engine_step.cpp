@@ -31,7 +31,6 @@ class RecordingRunner : public ModelRunner {
   }
   size_t page_bytes() const override { return 100; }
   size_t side_bytes() const override { return 7; }
-  double bits_per_element() const override { return 3; }
 
   struct Seen {
     int seq;

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "tq/format.h"
 
@@ -90,6 +91,10 @@ uint32_t decode_num_splits(const DecodeParams& p);
 size_t decode_workspace_bytes(const DecodeParams& p);
 size_t prefill_workspace_bytes(const DecodeParams& p);
 void decode_attention(const DecodeParams& p, Stream stream);
+
+// Why the attention kernels have no path for caches of these encodings at this head dim, or ""
+// when they have one (host code: the model runner asks before it allocates anything).
+std::string attention_unsupported(TensorCode k, TensorCode v, uint32_t head_dim);
 
 // Throws tq::Error naming the problem when a params struct is inconsistent (shapes, encodings this
 // build has no kernel for, missing pointers). Called by the launchers before any launch.

@@ -62,6 +62,9 @@ class Engine {
   void reset_sequence(int seq);   // empty again (pages released)
   uint32_t seq_len(int seq) const { return blocks_.len(seq); }
   size_t kv_bytes(int seq) const;  // pages + side buffers held by the sequence
+  // Bits per K/V element of the pages over all layers (edge layers included), from the runner's
+  // page bytes; full pages, side buffers excluded.
+  double bits_per_element() const;
 
   // Runs the batch (total tokens <= max_chunk) and appends the tokens to their sequences.
   // Returns logits, item by item: [n_tokens or 1][vocab]. Throws tq::Error (before changing any

@@ -51,8 +51,6 @@ class ModelRunner {
   // KV bytes: one page over every layer, and one sequence's fixed side buffers.
   virtual size_t page_bytes() const = 0;
   virtual size_t side_bytes() const = 0;
-  // Bits per K/V element of the pages over all layers (edge layers included).
-  virtual double bits_per_element() const = 0;
 };
 
 }  // namespace tq::engine

@@ -66,6 +66,10 @@ struct KvSpec {
   // The format of layer `layer` of an `n_layers` model: edge layers get the edge base.
   bool is_edge_layer(uint32_t layer, uint32_t n_layers) const;
   KvFormat layer_format(uint32_t layer, uint32_t n_layers) const;
+  // Edge and other layers live in caches of their own, over the same page ids: how many layers
+  // the edge cache holds, and a layer's index in its cache. Needs 2 * edge_layers <= n_layers.
+  uint32_t edge_layer_count(uint32_t n_layers) const;
+  uint32_t local_layer(uint32_t layer, uint32_t n_layers) const;
   double bits_per_element(uint32_t head_dim) const { return format.bits_per_element(head_dim); }
   std::string canonical() const;
 };

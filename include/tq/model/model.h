@@ -61,6 +61,10 @@ struct ModelConfig {
 
 // A weight matrix [n_rows][n_cols], row-major, rows contiguous, elements of `type` (a vector is
 // one row). For the projections, y[n_rows] = W x[n_cols]: rows are output features.
+// RoPE angle tables as run.c computes them, in float: theta_i = pos * rope_theta^(-2i/rope_dim).
+// cos, sin: [context][rope_dim / 2]. Every runner uses these, so they rotate alike.
+void rope_angles(const ModelConfig& c, uint32_t context, std::vector<float>& cos, std::vector<float>& sin);
+
 struct TensorRef {
   std::string name;
   GgmlType type = GgmlType::F32;

@@ -10,18 +10,10 @@ namespace tq::cpu {
 KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec_(spec) {
   TQ_CHECK(shape.layers >= 1, "the model has no layers");
   TQ_CHECK(shape.max_chunk >= 1, "max_chunk must be at least 1");
-  const uint32_t edge = spec.policy.edge_layers;
-  TQ_CHECK(2 * edge <= shape.layers, "KV spec '{}': edge={} needs at least {} layers, the model has {}", spec.text, edge, 2 * edge,
-           shape.layers);
-  uint32_t n_main = 0, n_edge = 0;
-  for (uint32_t l = 0; l < shape.layers; ++l) {
-    const bool e = spec.is_edge_layer(l, shape.layers);
-    is_edge_.push_back(e);
-    local_.push_back(e ? n_edge++ : n_main++);
-  }
+  const uint32_t n_edge = spec.edge_layer_count(shape.layers), n_main = shape.layers - n_edge;
   // Both caches are indexed by the same page ids, so each holds num_pages pages per layer.
   if (n_main) main_ = std::make_unique<PagedKvCache>(CacheShape{n_main, shape.kv_heads, shape.head_dim, shape.num_pages},
-                                                     spec.layer_format(edge, shape.layers));
+                                                     spec.layer_format(spec.policy.edge_layers, shape.layers));
   if (n_edge) edge_ = std::make_unique<PagedKvCache>(CacheShape{n_edge, shape.kv_heads, shape.head_dim, shape.num_pages},
                                                      spec.layer_format(0, shape.layers));
   if (!spec.policy.key_sim.empty()) key_sim_ = make_baseline(spec.policy.key_sim, shape.head_dim);
@@ -29,8 +21,8 @@ KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec
 
 const PagedKvCache& KvStore::cache_of(uint32_t layer, uint32_t* local) const {
   TQ_CHECK(layer < shape_.layers, "layer {} is outside the cache ({} layers)", layer, shape_.layers);
-  *local = local_[layer];
-  return is_edge_[layer] ? *edge_ : *main_;
+  *local = spec_.local_layer(layer, shape_.layers);
+  return spec_.is_edge_layer(layer, shape_.layers) ? *edge_ : *main_;
 }
 
 void KvStore::add_sequence(int seq) {
@@ -56,13 +48,14 @@ int64_t KvStore::slot(const SeqPages& s, uint32_t pos) const {
 
 void KvStore::write(uint32_t layer, const SeqPages& s, uint32_t pos, const float* k, const float* v) {
   TQ_CHECK(layer < shape_.layers, "layer {} is outside the cache ({} layers)", layer, shape_.layers);
-  const uint32_t local = local_[layer];
-  PagedKvCache& cache = is_edge_[layer] ? *edge_ : *main_;
+  const bool edge = spec_.is_edge_layer(layer, shape_.layers);
+  const uint32_t local = spec_.local_layer(layer, shape_.layers);
+  PagedKvCache& cache = edge ? *edge_ : *main_;
   const uint32_t H = shape_.kv_heads, D = shape_.head_dim;
   const size_t row = size_t(H) * D;
   const float* kw = k;
   std::vector<float> ksim;  // [kv_heads][head_dim] simulated keys
-  if (key_sim_ && !is_edge_[layer]) {
+  if (key_sim_ && !edge) {
     ksim.resize(row);
     std::vector<uint8_t> packed(key_sim_->bytes(1));
     for (uint32_t h = 0; h < H; ++h) {
@@ -94,11 +87,6 @@ size_t KvStore::page_bytes() const {
 size_t KvStore::side_bytes() const {
   const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;
   return (size_t(spec_.policy.sink) + ring()) * shape_.layers * row * sizeof(uint16_t);
-}
-
-double KvStore::bits_per_element() const {
-  const double elems_per_page = 2.0 * shape_.layers * shape_.kv_heads * shape_.head_dim * page_size();
-  return 8.0 * double(page_bytes()) / elems_per_page;
 }
 
 }  // namespace tq::cpu

@@ -47,17 +47,7 @@ CpuModelRunner::CpuModelRunner(const model::Model& m, const KvSpec& spec, const 
   TQ_CHECK(m.weights.output.present() && m.weights.token_embd.present(), "model lacks its token embedding or output matrix");
   model::ggml_check_dequantizable(m.weights.output.type, m.weights.output.name);
 
-  // RoPE angles as run.c computes them: theta_i = pos * rope_theta^(-2i/rope_dim), in float.
-  const size_t half = size_t(c.rope_dim) / 2;
-  rope_cos_.resize(size_t(opts_.context) * half);
-  rope_sin_.resize(rope_cos_.size());
-  for (uint32_t p = 0; p < opts_.context; ++p)
-    for (size_t i = 0; i < half; ++i) {
-      const float freq = 1.0f / std::pow(c.rope_theta, float(2 * i) / float(c.rope_dim));
-      const float a = float(p) * freq;
-      rope_cos_[p * half + i] = std::cos(a);
-      rope_sin_[p * half + i] = std::sin(a);
-    }
+  model::rope_angles(c, opts_.context, rope_cos_, rope_sin_);
 }
 
 std::string CpuModelRunner::describe() const { return "cpu, " + std::to_string(pool_.size()) + " threads"; }

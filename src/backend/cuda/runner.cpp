@@ -62,21 +62,6 @@ struct Layer {
   Buf<float> attn_norm, ffn_norm, bq, bk, bv;  // biases: empty when absent
 };
 
-// Kernel dims of the attention kernels: 64, 128, 256 (TurboQuant rows are padded to 32).
-bool kernel_dim_ok(const TensorCode& k, uint32_t head_dim) {
-  const uint32_t d = is_tq(k.enc) ? padded_dim(head_dim) : head_dim;
-  return d == 64 || d == 128 || d == 256;
-}
-
-std::string format_problem(const KvFormat& f, uint32_t head_dim) {
-  if (f.k.enc == Encoding::kFp32 || f.v.enc == Encoding::kFp32) return "fp32 caches have no GPU kernel (use fp16 or bf16)";
-  if (f.k.enc == Encoding::kTqProd) return "prod keys have no GPU kernel (use MSE keys, e.g. k3v2)";
-  if (is_tq(f.k.enc) && (f.k.bits < 2 || f.k.bits > 4 || f.v.bits < 2 || f.v.bits > 4))
-    return fmt::format("the GPU kernels take K and V widths of 2..4 bits, not k{}v{}", f.k.bits, f.v.bits);
-  if (!kernel_dim_ok(f.k, head_dim)) return fmt::format("head dim {} has no GPU kernel (64, 128 and 256 do)", head_dim);
-  return "";
-}
-
 class CudaModelRunner : public engine::ModelRunner {
  public:
   CudaModelRunner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& o);
@@ -90,15 +75,13 @@ class CudaModelRunner : public engine::ModelRunner {
   std::vector<float> forward(const std::vector<StepSeq>& step) override;
   size_t page_bytes() const override { return page_bytes_; }
   size_t side_bytes() const override { return 0; }
-  double bits_per_element() const override {
-    return 8.0 * double(page_bytes_) / (2.0 * cfg_.n_layers * cfg_.n_kv_heads * cfg_.head_dim * spec_.format.page_size);
-  }
 
  private:
   // y[n][w.rows] = x[n][w.cols] w^T (bf16 operands, fp32 out).
   void gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y);
   CacheView view(uint32_t layer) const {
-    return spec_.is_edge_layer(layer, uint32_t(cfg_.n_layers)) ? edge_->view(local_[layer]) : main_->view(local_[layer]);
+    const uint32_t L = uint32_t(cfg_.n_layers), local = spec_.local_layer(layer, L);
+    return spec_.is_edge_layer(layer, L) ? edge_->view(local) : main_->view(local);
   }
   void attend(uint32_t layer, const std::vector<StepSeq>& step);
 
@@ -114,7 +97,6 @@ class CudaModelRunner : public engine::ModelRunner {
   std::vector<Layer> layers_;
   Buf<float> out_norm_, rope_cos_, rope_sin_;  // [dim], [context][rope_dim / 2] twice
   std::unique_ptr<DeviceKvCache> main_, edge_;  // edge_ only with edge layers; same page ids
-  std::vector<uint32_t> local_;                 // [layers] index in its cache
   size_t page_bytes_ = 0;
   // Scratch for max_chunk rows.
   Buf<float> x_, q_, k_, v_, att_, o_, g_, u_, logits_;  // [N][dim], [N][q_dim], [N][kv_dim] x2, [N][q_dim], [N][dim], [N][hidden] x2, [N][vocab]
@@ -139,8 +121,7 @@ CudaModelRunner::CudaModelRunner(const model::Model& m, const KvSpec& spec, cons
   TQ_CHECK(m.weights.layers.size() == size_t(c.n_layers), "model lists {} layers but has weights for {}", c.n_layers, m.weights.layers.size());
   for (const auto& l : m.weights.layers)
     for (const TensorRef* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) count(*t, 2);
-  uint32_t n_main = 0, n_edge = 0;
-  for (uint32_t l = 0; l < L; ++l) local_.push_back(spec.is_edge_layer(l, L) ? n_edge++ : n_main++);
+  const uint32_t n_edge = spec.edge_layer_count(L), n_main = L - n_edge;
   std::unique_ptr<CacheFormat> fmain, fedge;
   if (n_main) fmain = std::make_unique<CacheFormat>(n_main, c.n_kv_heads, c.head_dim, spec.layer_format(spec.policy.edge_layers, L));
   if (n_edge) fedge = std::make_unique<CacheFormat>(n_edge, c.n_kv_heads, c.head_dim, spec.layer_format(0, L));
@@ -172,15 +153,8 @@ CudaModelRunner::CudaModelRunner(const model::Model& m, const KvSpec& spec, cons
     layers_.push_back(std::move(y));
   }
   out_norm_ = upload_vector(m.weights.output_norm);
-  // RoPE angles exactly as the CPU runner computes them (float, run.c's formula).
-  const size_t half = size_t(c.rope_dim) / 2;
-  std::vector<float> cs(size_t(o.context) * half), sn(cs.size());
-  for (uint32_t p = 0; p < o.context; ++p)
-    for (size_t i = 0; i < half; ++i) {
-      const float freq = 1.0f / std::pow(c.rope_theta, float(2 * i) / float(c.rope_dim));
-      cs[p * half + i] = std::cos(float(p) * freq);
-      sn[p * half + i] = std::sin(float(p) * freq);
-    }
+  std::vector<float> cs, sn;  // [context][rope_dim / 2], the CPU runner's tables
+  model::rope_angles(c, o.context, cs, sn);
   rope_cos_ = upload(cs, "rope cos");
   rope_sin_ = upload(sn, "rope sin");
   if (fmain) main_ = std::make_unique<DeviceKvCache>(*fmain, o.num_pages);
@@ -341,12 +315,17 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
       problem = fmt::format("KV spec '{}': the CUDA runner does not implement '{}' yet (the CPU runner does: --device cpu)", spec.text, knob);
   const uint32_t L = uint32_t(std::max(c.n_layers, 0));
   for (uint32_t l = 0; l < L && problem.empty(); ++l) {
-    const std::string p = format_problem(spec.layer_format(l, L), uint32_t(c.head_dim));
+    const KvFormat f = spec.layer_format(l, L);
+    const std::string p = attention_unsupported(f.k, f.v, uint32_t(c.head_dim));
     if (!p.empty()) problem = fmt::format("KV spec '{}' on this model (layer {}): {}", spec.text, l, p);
   }
-  if (problem.empty() && 2 * spec.policy.edge_layers > L)
-    problem = fmt::format("KV spec '{}': edge={} needs at least {} layers, the model has {}", spec.text, spec.policy.edge_layers,
-                          2 * spec.policy.edge_layers, L);
+  if (problem.empty()) {
+    try {
+      spec.edge_layer_count(L);
+    } catch (const Error& e) {
+      problem = e.what();
+    }
+  }
   if (problem.empty()) device_available(&problem);
   if (why) *why = problem;
   return problem.empty();

@@ -62,8 +62,6 @@ class KvStore {
   size_t page_bytes() const;
   // Bytes of one sequence's side buffers (fixed, whatever its length).
   size_t side_bytes() const;
-  // Bits per K/V element of this configuration over all layers, full pages, side buffers excluded.
-  double bits_per_element() const;
 
  private:
   struct Side {
@@ -81,8 +79,6 @@ class KvStore {
   KvShape shape_;
   KvSpec spec_;
   std::unique_ptr<PagedKvCache> main_, edge_;   // edge_ only with edge layers
-  std::vector<uint32_t> local_;                 // [layers] index inside its cache
-  std::vector<uint8_t> is_edge_;                // [layers]
   std::unique_ptr<Quantizer> key_sim_;          // ksim: simulated key quantizer, else null
   std::vector<Side> sides_;                     // [sequence ids] (empty without sink/window)
 };

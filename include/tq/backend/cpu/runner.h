@@ -24,7 +24,6 @@ class CpuModelRunner : public engine::ModelRunner {
   std::vector<float> forward(const std::vector<engine::StepSeq>& step) override;
   size_t page_bytes() const override { return kv_.page_bytes(); }
   size_t side_bytes() const override { return kv_.side_bytes(); }
-  double bits_per_element() const override { return kv_.bits_per_element(); }
 
   const KvStore& kv() const { return kv_; }
   ThreadPool& pool() { return pool_; }
