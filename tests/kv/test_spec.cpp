@@ -92,6 +92,17 @@ TEST(KvSpec, FormatApartFromPolicy) {
   EXPECT_EQ(s.layer_format(2, 30).canonical(), "k3v2:nc");
   EXPECT_EQ(s.layer_format(27, 30).canonical(), "k3v2:nc");
   EXPECT_EQ(parse_kv_spec("fp32:ksim=int4").policy.key_sim, "int4");
+  // The edge cache holds layers 0, 1, 28, 29 at 0..3; the main cache 2..27 at 0..25.
+  EXPECT_EQ(s.edge_layer_count(30), 4u);
+  EXPECT_EQ(s.local_layer(0, 30), 0u);
+  EXPECT_EQ(s.local_layer(1, 30), 1u);
+  EXPECT_EQ(s.local_layer(28, 30), 2u);
+  EXPECT_EQ(s.local_layer(29, 30), 3u);
+  EXPECT_EQ(s.local_layer(2, 30), 0u);
+  EXPECT_EQ(s.local_layer(27, 30), 25u);
+  EXPECT_EQ(parse_kv_spec("k3v2").local_layer(7, 30), 7u);
+  EXPECT_EQ(parse_kv_spec("k3v2").edge_layer_count(30), 0u);
+  EXPECT_THROW(s.edge_layer_count(3), Error);  // edge=2 needs 4 layers
 }
 
 // Entry points that implement the format only refuse every policy knob by name, and nothing else.
