@@ -15,7 +15,7 @@ namespace tq::cli {
 namespace {
 
 struct Options {
-  std::string model, tokenizer, prompt, kv = "k3v2:edge=2/k4v4:sink=4:window=64";
+  std::string model, tokenizer, prompt, kv = kDefaultKvSpec;
   int steps = 256;
   engine::SamplingParams sampling{.seed = 42};
   uint32_t ctx = 0;

@@ -10,5 +10,6 @@ void add_kv_size(CLI::App& app);
 void add_run(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_passkey(CLI::App& app);
+void add_bench(CLI::App& app);
 
 }  // namespace tq::cli

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   tq::cli::add_run(app);
   tq::cli::add_perplexity(app);
   tq::cli::add_passkey(app);
+  tq::cli::add_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -4,25 +4,53 @@
 
 #include "tq/backend/cpu/runner.h"
 #include "tq/check.h"
+#include "tq/engine/sampler.h"
 #ifdef TQ_WITH_CUDA
 #include "tq/backend/cuda/runner.h"
 #endif
 
 namespace tq::engine {
 namespace {
+constexpr const char* kNoCuda = "--device cuda: this build has no CUDA (it is built where nvcc is found, with -DTQ_CUDA=ON)";
+}  // namespace
 
 std::unique_ptr<ModelRunner> make_runner(const model::Model& m, const KvSpec& spec, const EngineOptions& o) {
   if (o.device == Device::kCuda) {
 #ifdef TQ_WITH_CUDA
     return cuda::make_model_runner(m, spec, Engine::runner_options(o));
 #else
-    throw Error("--device cuda: this build has no CUDA (it is built where nvcc is found, with -DTQ_CUDA=ON)");
+    throw Error(kNoCuda);
 #endif
   }
   return std::make_unique<cpu::CpuModelRunner>(m, spec, Engine::runner_options(o));
 }
 
-}  // namespace
+std::unique_ptr<ModelRunner> make_random_runner(const model::ModelConfig& c, const KvSpec& spec, const EngineOptions& o, uint64_t seed) {
+  TQ_CHECK(o.device == Device::kCuda, "random weights of a named shape run on the GPU only (--device cuda); use a model file on the CPU");
+#ifdef TQ_WITH_CUDA
+  return cuda::make_random_model_runner(c, spec, Engine::runner_options(o), seed);
+#else
+  (void)c, (void)spec, (void)seed;
+  throw Error(kNoCuda);
+#endif
+}
+
+std::vector<int> ModelRunner::forward_greedy(const std::vector<StepSeq>& step) {
+  const std::vector<float> logits = forward(step);
+  const size_t vocab = size_t(config().vocab_size);
+  Sampler greedy(SamplingParams{});
+  std::vector<int> ids;
+  size_t row = 0;
+  for (const StepSeq& s : step) {
+    row += s.all_logits ? s.n : 1;  // the sequence's last row ends here
+    try {
+      ids.push_back(greedy.sample(std::span<const float>(logits).subspan((row - 1) * vocab, vocab)));
+    } catch (const Error& e) {
+      throw Error(fmt::format("sequence {}: {}", s.seq, e.what()));
+    }
+  }
+  return ids;
+}
 
 const char* device_name(Device d) { return d == Device::kCuda ? "cuda" : "cpu"; }
 
@@ -39,7 +67,7 @@ Device choose_device(const std::string& name, const model::ModelConfig& c, const
   if (note && cuda::device_available()) *note = why + "; running on the CPU";
   return Device::kCpu;
 #else
-  TQ_CHECK(name == "auto", "--device cuda: this build has no CUDA (it is built where nvcc is found, with -DTQ_CUDA=ON)");
+  TQ_CHECK(name == "auto", "{}", kNoCuda);
   return Device::kCpu;
 #endif
 }
@@ -53,14 +81,17 @@ EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, E
 }
 
 RunnerOptions Engine::runner_options(const EngineOptions& o) {
-  return RunnerOptions{.context = o.context, .num_pages = o.num_pages, .max_chunk = o.max_chunk, .threads = o.threads};
+  return RunnerOptions{.context = o.context, .num_pages = o.num_pages, .max_chunk = o.max_chunk, .threads = o.threads, .eager = o.eager,
+                       .gpu_memory = o.gpu_memory};
 }
 
 Engine::Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts)
     : Engine(make_runner(m, spec, resolve(m.config, spec.format.page_size, opts)), spec.format.page_size, opts) {}
 
 Engine::Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts)
-    : opts_(resolve(runner->config(), page_size, opts)), blocks_(opts_.num_pages, page_size), runner_(std::move(runner)) {}
+    : opts_(resolve(runner->config(), page_size, opts)), runner_(std::move(runner)), blocks_(runner_->num_pages(), page_size) {
+  opts_.num_pages = runner_->num_pages();
+}
 
 int Engine::add_sequence() {
   const int seq = blocks_.add_sequence();
@@ -81,7 +112,7 @@ double Engine::bits_per_element() const {
   return 8.0 * double(runner_->page_bytes()) / elements_per_page;
 }
 
-std::vector<float> Engine::forward(const std::vector<BatchItem>& batch) {
+std::vector<StepSeq> Engine::schedule(const std::vector<BatchItem>& batch) {
   const int vocab = config().vocab_size;
   size_t N = 0;
   std::vector<std::pair<int, uint32_t>> reserve;  // [items] (sequence, new tokens)
@@ -96,20 +127,32 @@ std::vector<float> Engine::forward(const std::vector<BatchItem>& batch) {
     reserve.emplace_back(it.seq, uint32_t(it.tokens.size()));
   }
   TQ_CHECK(N >= 1 && N <= opts_.max_chunk, "a forward pass takes 1..{} tokens, got {}", opts_.max_chunk, N);
-  // Schedule: pages for every item, all or nothing.
   blocks_.reserve(reserve);
   std::vector<StepSeq> step;
   for (const BatchItem& it : batch) {
     const uint32_t n = uint32_t(it.tokens.size());
     step.push_back(StepSeq{it.seq, it.tokens.data(), n, blocks_.len(it.seq) - n, &blocks_.block_table(it.seq), it.all_logits});
   }
+  return step;
+}
+
+template <class Fn>
+auto Engine::run(const std::vector<BatchItem>& batch, Fn&& fn) {
+  const std::vector<StepSeq> step = schedule(batch);
   try {
-    return runner_->forward(step);
+    return fn(step);
   } catch (...) {
-    // A failed step leaves no trace: the positions it reserved are given back.
     for (const StepSeq& s : step) blocks_.truncate(s.seq, s.first);
     throw;
   }
+}
+
+std::vector<float> Engine::forward(const std::vector<BatchItem>& batch) {
+  return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward(step); });
+}
+
+std::vector<int> Engine::forward_greedy(const std::vector<BatchItem>& batch) {
+  return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward_greedy(step); });
 }
 
 std::vector<float> Engine::prefill(int s, const std::vector<int>& tokens, bool all_logits) {

@@ -41,12 +41,15 @@ uint32_t generate(Engine& e, int seq, std::vector<float> logits, Sampler& sample
   uint32_t generated = 0;
   // Another token is sampled while both limits allow one more: it goes at position start + generated.
   const auto more = [&] { return generated < o.max_tokens && (o.context == 0 || start + generated < o.context); };
-  while (more()) {
-    const int next = sampler.sample(logits);
-    if (is_stop_token(m, tok, next)) break;
+  if (!more()) return 0;
+  // Greedy steps sample on the runner's device (only the ids come back); others on the host.
+  int next = sampler.sample(logits);
+  while (!is_stop_token(m, tok, next)) {
     on_token(next);
     ++generated;
-    if (more()) logits = e.forward({BatchItem{seq, {next}, false}});
+    if (!more()) break;
+    const std::vector<BatchItem> step{BatchItem{seq, {next}, false}};
+    next = sampler.params().greedy() ? e.forward_greedy(step)[0] : sampler.sample(e.forward(step));
   }
   return generated;
 }

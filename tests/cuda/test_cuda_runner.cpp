@@ -12,11 +12,16 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <random>
+#include <span>
 
 #include "cuda_test_util.h"
+#include "layers.h"
 #include "tiny_models.h"
 #include "tq/backend/cuda/runner.h"
 #include "tq/engine/engine.h"
+#include "tq/engine/sampler.h"
+#include "tq/model/shapes.h"
 
 namespace tq {
 namespace {
@@ -135,6 +140,145 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                              if (!isalnum(ch)) ch = '_';
                            return s;
                          });
+
+// The argmax kernel against the Sampler's greedy choice on hostile rows: ties (the lowest id
+// wins), a maximum in the last element, -inf entries, and rows it must refuse (NaN, +inf, only
+// -inf), for vocabularies that do and do not fill the block's 1024 threads.
+TEST(CudaSampling, ArgmaxIsTheSamplersGreedyChoice) {
+  TQ_REQUIRE_GPU();
+  for (uint32_t vocab : {1u, 31u, 1000u, 49159u}) {
+    std::mt19937 rng(vocab);
+    std::normal_distribution<float> nd;
+    const uint32_t rows = 9;
+    std::vector<float> h(size_t(rows) * vocab);
+    for (float& x : h) x = nd(rng);
+    const auto row = [&](uint32_t r) { return h.begin() + long(size_t(r) * vocab); };
+    std::fill(row(1), row(2), 0.5f);                  // every id ties: 0
+    row(2)[vocab - 1] = 100.0f;                        // the last id
+    if (vocab > 2) row(3)[vocab / 2] = row(3)[vocab - 2] = 50.0f;  // a tie of two: the lower
+    std::fill(row(4), row(5), -INFINITY);
+    row(4)[vocab - 1] = -3.0f;                         // -inf but one
+    row(5)[vocab / 3] = NAN;
+    row(6)[vocab - 1] = INFINITY;
+    std::fill(row(7), row(8), -INFINITY);             // nothing to pick
+    test::DeviceBuffer<float> d(h);
+    test::DeviceBuffer<int32_t> ids(rows);
+    ids.poison();
+    cuda::layers::argmax(d.ptr, rows, vocab, ids.ptr, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<int32_t> got = ids.download();
+    engine::Sampler greedy(engine::SamplingParams{});
+    for (uint32_t r = 0; r < rows; ++r) {
+      const std::span<const float> x(&h[size_t(r) * vocab], vocab);
+      int want = -1;
+      try {
+        want = greedy.sample(x);
+      } catch (const Error&) {
+      }
+      EXPECT_EQ(got[r], want) << "vocab " << vocab << " row " << r;
+    }
+  }
+}
+
+// Greedy decode steps replayed from CUDA graphs give the tokens of eager steps: each step's ids
+// against the argmax of the eager engine's logits on the same tokens, wherever its top-2 gap is
+// clear. A long prefill in the middle grows the attention workspace, which drops the captured
+// graphs (they point at the old buffer): later steps must still agree.
+TEST(CudaRunnerGraphs, GreedyStepsMatchEagerLogits) {
+  TQ_REQUIRE_GPU();
+  const model::Model m = tiny([] {
+    TinyModelSpec s;
+    s.dim = 256, s.n_heads = 4, s.n_kv_heads = 2, s.hidden = 512, s.n_layers = 2, s.vocab = 300, s.realistic = true;
+    return s;
+  }());
+  const KvSpec spec = parse_kv_spec("k3v2");
+  engine::Engine graphs(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400});
+  engine::Engine eager(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400, .eager = true});
+  EXPECT_NE(graphs.runner().describe().find("CUDA graphs"), std::string::npos) << graphs.runner().describe();
+  std::mt19937 rng(11);
+  const auto prompt = [&](size_t n) {
+    std::vector<int> p(n);
+    for (int& t : p) t = int(rng() % 300);
+    return p;
+  };
+  std::vector<int> seqs;
+  for (size_t n : {5u, 17u}) {
+    const std::vector<int> p = prompt(n);
+    seqs.push_back(graphs.add_sequence());
+    ASSERT_EQ(eager.add_sequence(), seqs.back());
+    graphs.prefill(seqs.back(), p);
+    eager.prefill(seqs.back(), p);
+  }
+  std::vector<int> next = {1, 2};
+  size_t decided = 0, steps = 0;
+  for (int i = 0; i < 40; ++i) {
+    if (i == 20) {  // a third sequence, prefilled in one long chunk
+      const std::vector<int> p = prompt(390);
+      seqs.push_back(graphs.add_sequence());
+      ASSERT_EQ(eager.add_sequence(), seqs.back());
+      graphs.prefill(seqs.back(), p);
+      eager.prefill(seqs.back(), p);
+      next.push_back(3);
+    }
+    std::vector<engine::BatchItem> batch;
+    for (size_t s = 0; s < seqs.size(); ++s) batch.push_back({seqs[s], {next[s]}, false});
+    const std::vector<int> ids = graphs.forward_greedy(batch);
+    const std::vector<float> logits = eager.forward(batch);
+    ASSERT_EQ(ids.size(), seqs.size());
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      const float* l = &logits[s * 300];
+      std::vector<float> sorted(l, l + 300);
+      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+      const int want = int(std::max_element(l, l + 300) - l);
+      ++steps;
+      if (sorted[0] - sorted[1] > 1e-3f * (sorted[0] - sorted[299])) {
+        ++decided;
+        EXPECT_EQ(ids[s], want) << "step " << i << " sequence " << s;
+      }
+    }
+    next = ids;
+  }
+  EXPECT_GT(decided, steps * 3 / 4);
+}
+
+// Random weights of a named shape run (finite logits, ids in the vocabulary), and --gpu-memory
+// sizes the pool from the device's memory, or refuses a fraction too small for one sequence.
+TEST(CudaRunnerRandom, NamedShapeAndGpuMemory) {
+  TQ_REQUIRE_GPU();
+  const model::ModelConfig c = model::named_shape("smollm2-135m");
+  const KvSpec spec = parse_kv_spec("k3v2");
+  auto r = cuda::make_random_model_runner(c, spec, {.context = 1024, .num_pages = 256, .max_chunk = 64}, 5);
+  EXPECT_EQ(r->num_pages(), 256u);
+  BlockManager blocks(r->num_pages(), 16);
+  std::vector<int> seqs{blocks.add_sequence(), blocks.add_sequence()};
+  std::vector<int> tokens(40, 7);
+  blocks.reserve({{seqs[0], 40}});
+  const std::vector<float> l = r->forward({{seqs[0], tokens.data(), 40, 0, &blocks.block_table(seqs[0]), true}});
+  ASSERT_EQ(l.size(), 40u * c.vocab_size);
+  for (size_t i = 0; i < l.size(); ++i) ASSERT_TRUE(std::isfinite(l[i])) << i;
+  std::vector<int> next{1, 2};
+  for (int i = 0; i < 5; ++i) {
+    blocks.reserve({{seqs[0], 1}, {seqs[1], 1}});
+    next = r->forward_greedy({{seqs[0], &next[0], 1, blocks.len(seqs[0]) - 1, &blocks.block_table(seqs[0]), false},
+                              {seqs[1], &next[1], 1, blocks.len(seqs[1]) - 1, &blocks.block_table(seqs[1]), false}});
+    for (int id : next) ASSERT_TRUE(id >= 0 && id < c.vocab_size) << id;
+  }
+  size_t free_b = 0, total_b = 0;
+  CUDA_OK(cudaMemGetInfo(&free_b, &total_b));
+  r.reset();
+  auto big = cuda::make_random_model_runner(c, spec, {.context = 1024, .num_pages = 1, .max_chunk = 64, .gpu_memory = 0.25}, 5);
+  const double pool = double(big->num_pages()) * big->page_bytes();
+  EXPECT_GT(pool, 0.2 * total_b - double(model::weight_bytes_bf16(c)) - 1e9);
+  EXPECT_LT(pool, 0.25 * total_b);
+  big.reset();
+  try {
+    cuda::make_random_model_runner(c, spec, {.context = 1024, .max_chunk = 64, .gpu_memory = 1e-4}, 5);
+    ADD_FAILURE() << "a 1e-4 share of the GPU was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--gpu-memory 0.0001"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(cuda::make_random_model_runner(c, spec, {.context = 1024, .max_chunk = 64, .gpu_memory = 1.5}, 5), Error);
+}
 
 // What the runner does not implement is refused by name before any device call (so this runs
 // without a GPU too).

@@ -2,7 +2,7 @@
 # Invoked by ctest: cmake -DTQ=<tq> -DDATA=<shared data dir> -DTMP=<scratch dir> -P engine_smoke.cmake
 include(${CMAKE_CURRENT_LIST_DIR}/../cmake/tq_cli_test.cmake)
 
-foreach(sub run perplexity passkey)
+foreach(sub run perplexity passkey bench)
   run_ok(${sub} --help)
 endforeach()
 
@@ -83,3 +83,23 @@ run_fails("--device must be auto, cpu or cuda, got 'gpu'" 2 run -m ${M} --tokeni
 run_fails("--device cuda:" 2 run -m ${M} --tokenizer ${T} -p "Once" -n 2 --kv fp16 --device cuda)
 run_fails("--device cuda:" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --ctx 32 --kv fp16 --device cuda)
 run_ok(run -m ${M} --tokenizer ${T} -p "Once" -n 2 --kv fp16 --device cpu)
+
+# tq bench on the CPU runner (a model file; random shapes need a GPU): every grid point and prompt
+# is a row; the fit table follows the budget; bad lists and shapes are named.
+run_ok(bench -m ${M} --tokenizer ${T} --device cpu --kv fp16,k3v2,default --batch 1,2,max --context 64,200 --prefill 100
+       --steps 2 --warmup 1 --reps 1 --kv-memory 0.001 --json ${TMP}/bench.json)
+file(READ ${TMP}/bench.json J)
+string(JSON nd LENGTH "${J}" decode)
+string(JSON np LENGTH "${J}" prefill)
+string(JSON fit GET "${J}" fit 0 max_batch_64)
+if(NOT nd EQUAL 18 OR NOT np EQUAL 3 OR NOT fit EQUAL 24)
+  message(FATAL_ERROR "tq bench --json: ${nd} decode rows (want 18), ${np} prefill rows (want 3), fp16 max batch @ 64 ${fit} (want 24)")
+endif()
+string(JSON ms GET "${J}" decode 0 ms_per_step)
+if(NOT ms GREATER 0)
+  message(FATAL_ERROR "tq bench: decode ms/step ${ms}")
+endif()
+run_fails("--batch: '0'" 2 bench -m ${M} --tokenizer ${T} --device cpu --batch 0)
+run_fails("--context 10: must exceed" 2 bench -m ${M} --tokenizer ${T} --device cpu --context 10)
+run_fails("unknown model shape 'nope' (known: llama-3.1-8b" 2 bench --shape nope --device cpu)
+run_fails("random weights of a named shape run on the GPU only" 2 bench --device cpu)

@@ -12,7 +12,7 @@ namespace {
 
 class RecordingRunner : public ModelRunner {
  public:
-  explicit RecordingRunner(int vocab) { cfg_.vocab_size = vocab; cfg_.max_seq = 64; }
+  RecordingRunner(int vocab, uint32_t pages) : pages_(pages) { cfg_.vocab_size = vocab; cfg_.max_seq = 64; }
   const model::ModelConfig& config() const override { return cfg_; }
   std::string describe() const override { return "recording"; }
   void add_sequence(int seq) override { added.push_back(seq); }
@@ -29,6 +29,7 @@ class RecordingRunner : public ModelRunner {
     }
     return std::vector<float>(rows * size_t(cfg_.vocab_size), 0.5f);
   }
+  uint32_t num_pages() const override { return pages_; }
   size_t page_bytes() const override { return 100; }
   size_t side_bytes() const override { return 7; }
 
@@ -44,10 +45,11 @@ class RecordingRunner : public ModelRunner {
 
  private:
   model::ModelConfig cfg_;
+  uint32_t pages_;
 };
 
 TEST(EngineStep, SchedulesPositionsAndPagesForTheRunner) {
-  auto r = std::make_unique<RecordingRunner>(10);
+  auto r = std::make_unique<RecordingRunner>(10, 6);
   RecordingRunner* rec = r.get();
   Engine e(std::move(r), 4, {.context = 32, .num_pages = 6, .max_chunk = 8});
   const int a = e.add_sequence(), b = e.add_sequence();
@@ -67,7 +69,7 @@ TEST(EngineStep, SchedulesPositionsAndPagesForTheRunner) {
 }
 
 TEST(EngineStep, AFailedStepLeavesNoTrace) {
-  auto r = std::make_unique<RecordingRunner>(10);
+  auto r = std::make_unique<RecordingRunner>(10, 3);
   RecordingRunner* rec = r.get();
   Engine e(std::move(r), 4, {.context = 32, .num_pages = 3, .max_chunk = 8});
   const int a = e.add_sequence(), b = e.add_sequence();

@@ -31,7 +31,16 @@ struct EngineOptions {
   uint32_t max_seqs = 1;    // sequences the page pool is sized for (when num_pages is 0)
   uint32_t num_pages = 0;   // pages in the pool; 0: max_seqs * ceil(context / page size)
   uint32_t max_chunk = 64;  // most tokens per forward() call, all sequences together
+  bool eager = false;       // CUDA: no graphs (RunnerOptions::eager)
+  double gpu_memory = 0;    // CUDA: fraction of the GPU's memory to use, the pool sized by it (RunnerOptions)
 };
+
+// The runner of o.device for `m`, built for Engine::resolve'd options (what Engine builds).
+std::unique_ptr<ModelRunner> make_runner(const model::Model& m, const KvSpec& spec, const EngineOptions& resolved);
+// A runner over random weights of the shape `c` from `seed` (model/shapes.h): the CUDA runner's
+// benchmark model. Throws tq::Error on the CPU or in a build without CUDA.
+std::unique_ptr<ModelRunner> make_random_runner(const model::ModelConfig& c, const KvSpec& spec, const EngineOptions& resolved,
+                                                uint64_t seed);
 
 // New tokens of one sequence in a batch.
 struct BatchItem {
@@ -46,7 +55,7 @@ class Engine {
   // tq::Error on an unsupported model (head dim, missing tensors, weight types that cannot be
   // dequantized), a bad KV spec, or one the device's runner does not implement.
   Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts = {});
-  // On any runner, built for resolve(runner's config, page size, opts).
+  // On any runner, built for resolve(runner's config, page size, opts); the pool is the runner's.
   Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts);
   // The options with the defaults filled in: the model's context, the pool for max_seqs of it.
   static EngineOptions resolve(const model::ModelConfig& c, uint32_t page_size, EngineOptions opts);
@@ -71,14 +80,23 @@ class Engine {
   // sequence) when a sequence would exceed the context, a token id is out of range, a sequence
   // appears twice, or the page pool is exhausted.
   std::vector<float> forward(const std::vector<BatchItem>& batch);
+  // The same step, sampled greedily by the runner (on its device): one token id per item, from
+  // the logits of its last token (all_logits is ignored). Same errors as forward().
+  std::vector<int> forward_greedy(const std::vector<BatchItem>& batch);
   // One sequence, tokens in chunks of max_chunk: logits of the last token [vocab], or of every
   // token [n][vocab] when all_logits.
   std::vector<float> prefill(int seq, const std::vector<int>& tokens, bool all_logits = false);
 
  private:
+  // Checks the batch and reserves its pages (all or nothing): the runner's step.
+  std::vector<StepSeq> schedule(const std::vector<BatchItem>& batch);
+  // Runs fn(step); a failed step leaves no trace (the positions it reserved are given back).
+  template <class Fn>
+  auto run(const std::vector<BatchItem>& batch, Fn&& fn);
+
   EngineOptions opts_;
-  BlockManager blocks_;
   std::unique_ptr<ModelRunner> runner_;
+  BlockManager blocks_;  // over the runner's pages
 };
 
 }  // namespace tq::engine

@@ -31,6 +31,9 @@ struct RunnerOptions {
   uint32_t num_pages = 1;   // pages of the pool, indexed by the block manager's page ids
   uint32_t max_chunk = 64;  // most new tokens per step, all sequences together
   unsigned threads = 0;     // CPU threads (0: all cores)
+  bool eager = false;       // GPU runners: launch every kernel of every step (no CUDA graphs)
+  double gpu_memory = 0;    // GPU runners: fraction of the device's memory for weights, scratch and
+                            // the pool, which gets what is left (num_pages is then ignored); 0: off
 };
 
 class ModelRunner {
@@ -48,6 +51,14 @@ class ModelRunner {
   // tables, attention reads them. Returns logits, sequence by sequence: [n or 1][vocab].
   virtual std::vector<float> forward(const std::vector<StepSeq>& step) = 0;
 
+  // forward(), then greedy sampling: the argmax of each sequence's last logits row, ties to the
+  // lowest id as in Sampler. Returns [step.size()] token ids; throws tq::Error naming the
+  // sequence when its row holds a NaN or +inf. Device runners sample on the device and copy back
+  // the ids only; this default samples forward()'s logits on the host.
+  virtual std::vector<int> forward_greedy(const std::vector<StepSeq>& step);
+
+  // Pages of the pool (RunnerOptions::num_pages, or what gpu_memory left for it).
+  virtual uint32_t num_pages() const = 0;
   // KV bytes: one page over every layer, and one sequence's fixed side buffers.
   virtual size_t page_bytes() const = 0;
   virtual size_t side_bytes() const = 0;

@@ -27,5 +27,15 @@ void rope(float* v, const int32_t* pos, uint32_t n, uint32_t heads, uint32_t hea
 void swiglu(const float* g, const float* u, size_t n, bf16_t* h, Stream s);
 // y = bf16(x), n elements.
 void to_bf16(const float* x, size_t n, bf16_t* y, Stream s);
+// ids[r] = the argmax of logits[r] (ties: the lowest id), or -1 when the row holds a NaN or +inf
+// or only -inf.
+// logits: [rows][vocab].
+void argmax(const float* logits, uint32_t rows, uint32_t vocab, int32_t* ids, Stream s);
+
+// Random weights of a model of a named shape (benchmarks, like vLLM's dummy load format):
+// p[i] uniform in [-scale, scale), a hash of (seed, i), so a run is reproducible.
+void fill_uniform(bf16_t* p, size_t n, float scale, uint64_t seed, Stream s);
+void fill_uniform(float* p, size_t n, float scale, uint64_t seed, Stream s);
+void fill(float* p, size_t n, float value, Stream s);
 
 }  // namespace tq::cuda::layers

@@ -6,11 +6,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <utility>
 
 #include "layers.h"
 #include "tq/check.h"
 #include "tq/cuda/device_format.h"
 #include "tq/cuda/kernels.h"
+#include "tq/model/shapes.h"
 #include "tq/numeric.h"
 
 namespace tq::cuda {
@@ -62,10 +65,25 @@ struct Layer {
   Buf<float> attn_norm, ffn_norm, bq, bk, bv;  // biases: empty when absent
 };
 
+// Pinned host memory for the sampled ids (an asynchronous copy needs it).
+struct HostFree {
+  void operator()(void* p) const { cudaFreeHost(p); }
+};
+
+// Decode steps are replayed from CUDA graphs captured per (batch, length bucket): the bucket is the
+// bound on sequence lengths the attention launch was planned for (its split count).
+uint32_t length_bucket(uint32_t max_len, uint32_t context) {
+  uint32_t b = 256;
+  while (b < max_len) b *= 2;
+  return std::min(b, context);
+}
+
 class CudaModelRunner : public engine::ModelRunner {
  public:
-  CudaModelRunner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& o);
+  // Weights from `m`, or (m null) random weights of the shape `c` from `seed`.
+  CudaModelRunner(const model::ModelConfig& c, const model::Model* m, const KvSpec& spec, const engine::RunnerOptions& o, uint64_t seed);
   ~CudaModelRunner() override {
+    for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
     if (blas_) cublasDestroy(blas_);
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -73,17 +91,30 @@ class CudaModelRunner : public engine::ModelRunner {
   std::string describe() const override { return describe_; }
   void add_sequence(int) override {}
   std::vector<float> forward(const std::vector<StepSeq>& step) override;
+  std::vector<int> forward_greedy(const std::vector<StepSeq>& step) override;
+  uint32_t num_pages() const override { return num_pages_; }
   size_t page_bytes() const override { return page_bytes_; }
   size_t side_bytes() const override { return 0; }
 
  private:
+  // A run of consecutive sequences with the same number of new tokens: one attention launch.
+  struct Group {
+    uint32_t seq0 = 0, count = 0, ntok = 0, max_len = 0;
+    size_t row0 = 0;  // first token row
+  };
   // y[n][w.rows] = x[n][w.cols] w^T (bf16 operands, fp32 out).
   void gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y);
   CacheView view(uint32_t layer) const {
     const uint32_t L = uint32_t(cfg_.n_layers), local = spec_.local_layer(layer, L);
     return spec_.is_edge_layer(layer, L) ? edge_->view(local) : main_->view(local);
   }
-  void attend(uint32_t layer, const std::vector<StepSeq>& step);
+  DecodeParams attention_params(uint32_t layer, const Group& g) const;
+  void ensure_workspace(const std::vector<Group>& groups);
+  // Uploads the step's tokens, positions, slots, block tables and logits rows (the last token's
+  // of each sequence only when last_only); returns the groups and the number of logits rows.
+  std::vector<Group> upload_step(const std::vector<StepSeq>& step, bool last_only, uint32_t* n_tokens, uint32_t* n_rows);
+  // Every kernel of the step, on stream_: logits_ [R][vocab], and ids_ [R] when greedy.
+  void enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool greedy);
 
   model::ModelConfig cfg_;
   KvSpec spec_;
@@ -98,84 +129,139 @@ class CudaModelRunner : public engine::ModelRunner {
   Buf<float> out_norm_, rope_cos_, rope_sin_;  // [dim], [context][rope_dim / 2] twice
   std::unique_ptr<DeviceKvCache> main_, edge_;  // edge_ only with edge layers; same page ids
   size_t page_bytes_ = 0;
+  uint32_t num_pages_ = 0;
   // Scratch for max_chunk rows.
   Buf<float> x_, q_, k_, v_, att_, o_, g_, u_, logits_;  // [N][dim], [N][q_dim], [N][kv_dim] x2, [N][q_dim], [N][dim], [N][hidden] x2, [N][vocab]
   Buf<bf16_t> hb_;                                      // [N][max(dim, q_dim, hidden)] bf16 operands
-  Buf<int32_t> tokens_, pos_, rows_, tables_, lens_;    // [N], [N], [N], [N][max pages], [N]
+  Buf<int32_t> tokens_, pos_, rows_, tables_, lens_, ids_;  // [N], [N], [N], [N][max pages], [N], [N]
   Buf<int64_t> slots_;                                  // [N]
-  Buf<uint8_t> workspace_;                              // attention, grown as needed
+  Buf<uint8_t> workspace_, blas_workspace_;             // attention (grown as needed), cuBLAS (fixed: graphs)
+  std::unique_ptr<int32_t, HostFree> host_ids_;         // [N] pinned
   uint32_t max_pages_ = 0;
+  std::map<std::pair<uint32_t, uint32_t>, cudaGraphExec_t> graphs_;  // (batch, length bucket) -> decode step
 };
 
-CudaModelRunner::CudaModelRunner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& o)
-    : cfg_(m.config), spec_(spec), opts_(o) {
+CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Model* m, const KvSpec& spec, const engine::RunnerOptions& o,
+                                 uint64_t seed)
+    : cfg_(cfg), spec_(spec), opts_(o) {
   std::string why;
   TQ_CHECK(can_run(cfg_, spec, &why), "{}", why);
   const auto& c = cfg_;
+  TQ_CHECK(o.max_chunk >= 1 && o.context >= 1, "max_chunk and context must be at least 1");
+  TQ_CHECK(o.gpu_memory >= 0 && o.gpu_memory <= 1, "--gpu-memory is a fraction of the GPU's memory in (0, 1], got {}", o.gpu_memory);
+  if (m) {
+    TQ_CHECK(m->weights.layers.size() == size_t(c.n_layers), "model lists {} layers but has weights for {}", c.n_layers,
+             m->weights.layers.size());
+    tied_ = m->weights.output.data == m->weights.token_embd.data;
+    cfg_.tied_embeddings = tied_;
+    cfg_.has_qkv_bias = !m->weights.layers.empty() && m->weights.layers[0].bq.present();
+  } else {
+    tied_ = c.tied_embeddings;
+  }
   const uint32_t L = uint32_t(c.n_layers), N = o.max_chunk, ps = spec.format.page_size;
-  // What the device must hold, checked against its free memory before anything is allocated.
-  size_t weights = 0;
-  const auto count = [&](const TensorRef& t, size_t elem) { weights += t.present() ? t.n_rows * t.n_cols * elem : 0; };
-  count(m.weights.token_embd, 2);
-  if (m.weights.output.data != m.weights.token_embd.data) count(m.weights.output, 2);
-  TQ_CHECK(m.weights.layers.size() == size_t(c.n_layers), "model lists {} layers but has weights for {}", c.n_layers, m.weights.layers.size());
-  for (const auto& l : m.weights.layers)
-    for (const TensorRef* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) count(*t, 2);
+  // What the device must hold, checked against its memory before anything is allocated.
+  const size_t weights = model::weight_bytes_bf16(cfg_);
   const uint32_t n_edge = spec.edge_layer_count(L), n_main = L - n_edge;
   std::unique_ptr<CacheFormat> fmain, fedge;
   if (n_main) fmain = std::make_unique<CacheFormat>(n_main, c.n_kv_heads, c.head_dim, spec.layer_format(spec.policy.edge_layers, L));
   if (n_edge) fedge = std::make_unique<CacheFormat>(n_edge, c.n_kv_heads, c.head_dim, spec.layer_format(0, L));
   page_bytes_ = (fmain ? fmain->page_bytes() : 0) + (fedge ? fedge->page_bytes() : 0);
-  const size_t pool = page_bytes_ * o.num_pages;
-  const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) + size_t(c.vocab_size));
+  max_pages_ = (o.context + ps - 1) / ps;
+  constexpr size_t kBlasWorkspace = size_t(32) << 20;
+  const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
+                                          size_t(c.vocab_size)) +
+                         size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * 4 * (6 + max_pages_) + kBlasWorkspace;
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   const double gib = double(1ull << 30);
+  num_pages_ = o.num_pages;
+  if (o.gpu_memory > 0) {
+    // vLLM's --gpu-memory-utilization: the pool gets what the fraction leaves after the rest.
+    const double left = o.gpu_memory * double(total_b) - double(weights + scratch);
+    TQ_CHECK(left >= double(page_bytes_) * max_pages_,
+             "--gpu-memory {}: {:.2f} of the GPU's {:.2f} GiB leave {:.2f} GiB for the KV pool after the weights ({:.2f}) and scratch "
+             "({:.2f}), less than one sequence of {} tokens needs ({:.3f} GiB)",
+             o.gpu_memory, o.gpu_memory * total_b / gib, total_b / gib, std::max(left, 0.0) / gib, weights / gib, scratch / gib, o.context,
+             double(page_bytes_) * max_pages_ / gib);
+    num_pages_ = uint32_t(std::min(left / double(page_bytes_), double(INT32_MAX)));
+  }
+  TQ_CHECK(num_pages_ >= 1, "the KV pool needs at least one page");
+  const size_t pool = page_bytes_ * num_pages_;
   TQ_CHECK(weights + pool + scratch < free_b, "the model needs {:.2f} GiB of GPU memory (weights {:.2f}, KV pool of {} pages {:.2f}, "
-           "scratch {:.2f}) but {:.2f} GiB of {:.2f} are free", (weights + pool + scratch) / gib, weights / gib, o.num_pages, pool / gib,
+           "scratch {:.2f}) but {:.2f} GiB of {:.2f} are free", (weights + pool + scratch) / gib, weights / gib, num_pages_, pool / gib,
            scratch / gib, free_b / gib, total_b / gib);
 
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   check(cublasCreate(&blas_), "cublasCreate");
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
+  // A fixed cuBLAS workspace: nothing is allocated while a graph is captured.
+  blas_workspace_ = alloc<uint8_t>(kBlasWorkspace, "cuBLAS workspace");
+  check(cublasSetWorkspace(blas_, blas_workspace_.get(), kBlasWorkspace), "cublasSetWorkspace");
+  const size_t D = size_t(c.dim), Q = size_t(c.q_dim()), KV = size_t(c.kv_dim()), F = size_t(c.hidden_dim), V = size_t(c.vocab_size);
+  uint64_t stream_of_seeds = seed;
+  // Random weights keep the activations of the order of one: matrices uniform in +-1/sqrt(cols),
+  // norms 1 (the values do not change the speed; they must stay finite).
+  const auto random_matrix = [&](size_t rows, size_t cols, float scale) {
+    Matrix w{alloc<bf16_t>(rows * cols, "random weights"), uint32_t(rows), uint32_t(cols)};
+    layers::fill_uniform(w.w.get(), rows * cols, scale, stream_of_seeds++, stream_);
+    return w;
+  };
+  const auto matrix = [&](const TensorRef* t, size_t rows, size_t cols) {
+    return m ? upload_matrix(*t) : random_matrix(rows, cols, float(1.0 / std::sqrt(double(cols))));
+  };
+  const auto vector = [&](const TensorRef* t, size_t n, bool bias) {
+    if (m) return upload_vector(*t);
+    Buf<float> b = alloc<float>(n, "random weights");
+    if (bias)
+      layers::fill_uniform(b.get(), n, 0.1f, stream_of_seeds++, stream_);
+    else
+      layers::fill(b.get(), n, 1.0f, stream_);
+    return b;
+  };
   // A tied classifier is the embedding table itself: one upload.
-  embd_ = upload_matrix(m.weights.token_embd);
-  tied_ = m.weights.output.data == m.weights.token_embd.data;
-  if (!tied_) output_ = upload_matrix(m.weights.output);
-  for (const auto& l : m.weights.layers) {
+  embd_ = m ? upload_matrix(m->weights.token_embd) : random_matrix(V, D, 1.0f);
+  if (!tied_) output_ = matrix(m ? &m->weights.output : nullptr, V, D);
+  for (uint32_t l = 0; l < L; ++l) {
+    const model::LayerWeights* w = m ? &m->weights.layers[l] : nullptr;
     Layer y;
-    y.wq = upload_matrix(l.wq), y.wk = upload_matrix(l.wk), y.wv = upload_matrix(l.wv), y.wo = upload_matrix(l.wo);
-    y.gate = upload_matrix(l.w_gate), y.up = upload_matrix(l.w_up), y.down = upload_matrix(l.w_down);
-    y.attn_norm = upload_vector(l.attn_norm), y.ffn_norm = upload_vector(l.ffn_norm);
-    if (l.bq.present()) y.bq = upload_vector(l.bq);
-    if (l.bk.present()) y.bk = upload_vector(l.bk);
-    if (l.bv.present()) y.bv = upload_vector(l.bv);
+    y.wq = matrix(w ? &w->wq : nullptr, Q, D), y.wk = matrix(w ? &w->wk : nullptr, KV, D), y.wv = matrix(w ? &w->wv : nullptr, KV, D);
+    y.wo = matrix(w ? &w->wo : nullptr, D, Q);
+    y.gate = matrix(w ? &w->w_gate : nullptr, F, D), y.up = matrix(w ? &w->w_up : nullptr, F, D), y.down = matrix(w ? &w->w_down : nullptr, D, F);
+    y.attn_norm = vector(w ? &w->attn_norm : nullptr, D, false), y.ffn_norm = vector(w ? &w->ffn_norm : nullptr, D, false);
+    if (cfg_.has_qkv_bias) {
+      y.bq = vector(w ? &w->bq : nullptr, Q, true), y.bk = vector(w ? &w->bk : nullptr, KV, true), y.bv = vector(w ? &w->bv : nullptr, KV, true);
+    }
     layers_.push_back(std::move(y));
   }
-  out_norm_ = upload_vector(m.weights.output_norm);
+  out_norm_ = vector(m ? &m->weights.output_norm : nullptr, D, false);
   std::vector<float> cs, sn;  // [context][rope_dim / 2], the CPU runner's tables
   model::rope_angles(c, o.context, cs, sn);
   rope_cos_ = upload(cs, "rope cos");
   rope_sin_ = upload(sn, "rope sin");
-  if (fmain) main_ = std::make_unique<DeviceKvCache>(*fmain, o.num_pages);
-  if (fedge) edge_ = std::make_unique<DeviceKvCache>(*fedge, o.num_pages);
+  if (fmain) main_ = std::make_unique<DeviceKvCache>(*fmain, num_pages_);
+  if (fedge) edge_ = std::make_unique<DeviceKvCache>(*fedge, num_pages_);
 
-  max_pages_ = (o.context + ps - 1) / ps;
-  x_ = alloc<float>(size_t(N) * c.dim, "x"), o_ = alloc<float>(size_t(N) * c.dim, "o");
-  q_ = alloc<float>(size_t(N) * c.q_dim(), "q"), att_ = alloc<float>(size_t(N) * c.q_dim(), "att");
-  k_ = alloc<float>(size_t(N) * c.kv_dim(), "k"), v_ = alloc<float>(size_t(N) * c.kv_dim(), "v");
-  g_ = alloc<float>(size_t(N) * c.hidden_dim, "g"), u_ = alloc<float>(size_t(N) * c.hidden_dim, "u");
-  logits_ = alloc<float>(size_t(N) * c.vocab_size, "logits");
-  hb_ = alloc<bf16_t>(size_t(N) * std::max({c.dim, c.q_dim(), c.hidden_dim}), "bf16 operands");
+  x_ = alloc<float>(size_t(N) * D, "x"), o_ = alloc<float>(size_t(N) * D, "o");
+  q_ = alloc<float>(size_t(N) * Q, "q"), att_ = alloc<float>(size_t(N) * Q, "att");
+  k_ = alloc<float>(size_t(N) * KV, "k"), v_ = alloc<float>(size_t(N) * KV, "v");
+  g_ = alloc<float>(size_t(N) * F, "g"), u_ = alloc<float>(size_t(N) * F, "u");
+  logits_ = alloc<float>(size_t(N) * V, "logits");
+  hb_ = alloc<bf16_t>(size_t(N) * std::max({D, Q, F}), "bf16 operands");
   tokens_ = alloc<int32_t>(N, "tokens"), pos_ = alloc<int32_t>(N, "positions"), rows_ = alloc<int32_t>(N, "rows");
   lens_ = alloc<int32_t>(N, "lengths"), tables_ = alloc<int32_t>(size_t(N) * max_pages_, "block tables");
+  ids_ = alloc<int32_t>(N, "sampled ids");
   slots_ = alloc<int64_t>(N, "slots");
+  void* pinned = nullptr;
+  check(cudaMallocHost(&pinned, size_t(N) * sizeof(int32_t)), "cudaMallocHost");
+  host_ids_.reset(static_cast<int32_t*>(pinned));
+  check(cudaStreamSynchronize(stream_), "weights");
   cudaDeviceProp prop{};
   int dev = 0;
   check(cudaGetDevice(&dev), "cudaGetDevice");
   check(cudaGetDeviceProperties(&prop, dev), "cudaGetDeviceProperties");
-  describe_ = fmt::format("cuda:{} ({}), weights {:.1f} MiB bf16, KV pool {:.1f} MiB ({} pages)", dev, prop.name, weights / 1048576.0,
-                          pool / 1048576.0, o.num_pages);
+  describe_ = fmt::format("cuda:{} ({}), weights {:.1f} MiB bf16{}, KV pool {:.1f} MiB ({} pages of {} tokens), scratch {:.1f} MiB{}", dev,
+                          prop.name, weights / 1048576.0, m ? "" : " (random)", pool / 1048576.0, num_pages_, ps, scratch / 1048576.0,
+                          o.eager ? ", eager" : ", CUDA graphs for decode");
 }
 
 void CudaModelRunner::gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y) {
@@ -187,56 +273,56 @@ void CudaModelRunner::gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* 
         "cublasGemmEx");
 }
 
-// Attention of the step's queries, one launch per run of consecutive sequences with the same
-// number of new tokens (decode for 1..8, prefill beyond), their block tables already on the device.
-void CudaModelRunner::attend(uint32_t layer, const std::vector<StepSeq>& step) {
+DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) const {
   const auto& c = cfg_;
-  size_t row0 = 0;
-  for (size_t i = 0; i < step.size();) {
-    size_t j = i + 1;
-    while (j < step.size() && step[j].n == step[i].n) ++j;
-    DecodeParams p;
-    p.cache = view(layer);
-    p.q = q_.get() + row0 * c.q_dim();
-    p.q_dtype = DType::kF32;
-    p.out = att_.get() + row0 * c.q_dim();
-    p.out_dtype = DType::kF32;
-    p.block_tables = tables_.get() + i * max_pages_;
-    p.seq_lens = lens_.get() + i;
-    p.num_seqs = uint32_t(j - i);
-    p.num_q_tokens = step[i].n;
-    p.q_heads = uint32_t(c.n_heads);
-    p.max_pages = max_pages_;
-    for (size_t s = i; s < j; ++s) p.max_seq_len = std::max(p.max_seq_len, step[s].first + step[s].n);
-    const bool prefill = step[i].n > kMaxDecodeQueryTokens;
-    const size_t ws = prefill ? prefill_workspace_bytes(p) : decode_workspace_bytes(p);
-    if (ws > workspace_.n) {
-      check(cudaStreamSynchronize(stream_), "workspace");  // the old buffer may be in use
-      workspace_ = alloc<uint8_t>(ws, "attention workspace");
-    }
-    p.workspace = workspace_.get();
-    if (prefill)
-      prefill_attention(p, stream_);
-    else
-      decode_attention(p, stream_);
-    for (size_t s = i; s < j; ++s) row0 += step[s].n;
-    i = j;
-  }
+  DecodeParams p;
+  p.cache = view(layer);
+  p.q = q_.get() + g.row0 * c.q_dim();
+  p.q_dtype = DType::kF32;
+  p.out = att_.get() + g.row0 * c.q_dim();
+  p.out_dtype = DType::kF32;
+  p.block_tables = tables_.get() + size_t(g.seq0) * max_pages_;
+  p.seq_lens = lens_.get() + g.seq0;
+  p.num_seqs = g.count;
+  p.num_q_tokens = g.ntok;
+  p.q_heads = uint32_t(c.n_heads);
+  p.max_pages = max_pages_;
+  p.max_seq_len = g.max_len;
+  p.workspace = workspace_.get();
+  return p;
 }
 
-std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
-  const auto& c = cfg_;
+void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
+  size_t need = 0;
+  for (uint32_t layer : {0u, uint32_t(cfg_.n_layers - 1)})  // the main and the edge cache's layouts
+    for (const Group& g : groups) {
+      const DecodeParams p = attention_params(layer, g);
+      need = std::max(need, g.ntok > kMaxDecodeQueryTokens ? prefill_workspace_bytes(p) : decode_workspace_bytes(p));
+    }
+  if (need <= workspace_.n) return;
+  check(cudaStreamSynchronize(stream_), "workspace");  // the old buffer may be in use
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);  // they point at the old buffer
+  graphs_.clear();
+  workspace_ = alloc<uint8_t>(need, "attention workspace");
+}
+
+std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vector<StepSeq>& step, bool last_only, uint32_t* n_tokens,
+                                                            uint32_t* n_rows) {
   const uint32_t ps = spec_.format.page_size;
-  // Host side of the step: tokens, positions, slots, logits rows, block tables and lengths.
   std::vector<int32_t> tokens, pos, rows, lens, tables(step.size() * max_pages_, 0);
   std::vector<int64_t> slots;
+  std::vector<Group> groups;
   for (size_t s = 0; s < step.size(); ++s) {
     const StepSeq& it = step[s];
     TQ_CHECK(it.block_table && it.block_table->size() <= max_pages_, "sequence {}: block table of {} pages, beyond the context",
              it.seq, it.block_table ? it.block_table->size() : 0);
+    TQ_CHECK(it.n >= 1 && it.n <= kMaxPrefillChunk, "sequence {}: {} new tokens in one step (1..{})", it.seq, it.n, kMaxPrefillChunk);
+    if (groups.empty() || groups.back().ntok != it.n) groups.push_back(Group{uint32_t(s), 0, it.n, 0, tokens.size()});
+    groups.back().count++;
+    groups.back().max_len = std::max(groups.back().max_len, it.first + it.n);
     for (uint32_t j = 0; j < it.n; ++j) {
       const uint32_t p = it.first + j;
-      if (it.all_logits || j + 1 == it.n) rows.push_back(int32_t(tokens.size()));
+      if ((it.all_logits && !last_only) || j + 1 == it.n) rows.push_back(int32_t(tokens.size()));
       tokens.push_back(it.tokens[j]);
       pos.push_back(int32_t(p));
       slots.push_back(int64_t((*it.block_table)[p / ps]) * ps + p % ps);
@@ -244,13 +330,19 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
     std::copy(it.block_table->begin(), it.block_table->end(), tables.begin() + long(s * max_pages_));
     lens.push_back(int32_t(it.first + it.n));
   }
-  const uint32_t N = uint32_t(tokens.size()), R = uint32_t(rows.size());
+  const uint32_t N = uint32_t(tokens.size());
   TQ_CHECK(N >= 1 && N <= opts_.max_chunk, "a step takes 1..{} tokens, got {}", opts_.max_chunk, N);
   const auto put = [&](auto& buf, const auto& v) {
     check(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(v[0]), cudaMemcpyHostToDevice, stream_), "upload");
   };
   put(tokens_, tokens), put(pos_, pos), put(rows_, rows), put(lens_, lens), put(tables_, tables), put(slots_, slots);
+  *n_tokens = N;
+  *n_rows = uint32_t(rows.size());
+  return groups;
+}
 
+void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool greedy) {
+  const auto& c = cfg_;
   const uint32_t D = uint32_t(c.dim), QD = uint32_t(c.q_dim()), KVD = uint32_t(c.kv_dim()), F = uint32_t(c.hidden_dim);
   const bool adjacent = c.rope_style == model::RopeStyle::AdjacentPairs;
   layers::embed(embd_.w.get(), tokens_.get(), N, D, x_.get(), stream_);
@@ -275,7 +367,13 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
     st.slot_mapping = slots_.get();
     st.num_tokens = N;
     quantize_store(st, stream_);
-    attend(uint32_t(l), step);
+    for (const Group& g : groups) {  // decode for 1..8 new tokens a sequence, prefill beyond
+      const DecodeParams p = attention_params(uint32_t(l), g);
+      if (g.ntok > kMaxDecodeQueryTokens)
+        prefill_attention(p, stream_);
+      else
+        decode_attention(p, stream_);
+    }
     layers::to_bf16(att_.get(), size_t(N) * QD, hb_.get(), stream_);
     gemm(w.wo, hb_.get(), N, o_.get());
     layers::add_rmsnorm(x_.get(), o_.get(), nullptr, N, D, w.ffn_norm.get(), c.rms_eps, hb_.get(), stream_);
@@ -286,11 +384,59 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   }
   layers::add_rmsnorm(x_.get(), o_.get(), rows_.get(), R, D, out_norm_.get(), c.rms_eps, hb_.get(), stream_);
   gemm(tied_ ? embd_ : output_, hb_.get(), R, logits_.get());
+  if (greedy) layers::argmax(logits_.get(), R, uint32_t(c.vocab_size), ids_.get(), stream_);
   check(cudaGetLastError(), "forward");
-  std::vector<float> out(size_t(R) * c.vocab_size);
+}
+
+std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
+  uint32_t N = 0, R = 0;
+  const std::vector<Group> groups = upload_step(step, false, &N, &R);
+  ensure_workspace(groups);
+  enqueue(N, R, groups, false);
+  std::vector<float> out(size_t(R) * cfg_.vocab_size);
   check(cudaMemcpyAsync(out.data(), logits_.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_), "logits");
   check(cudaStreamSynchronize(stream_), "forward");
   return out;
+}
+
+std::vector<int> CudaModelRunner::forward_greedy(const std::vector<StepSeq>& step) {
+  uint32_t N = 0, R = 0;
+  std::vector<Group> groups = upload_step(step, true, &N, &R);
+  // A step of one new token a sequence is a decode step: replayed from its graph (captured on
+  // first use), planned for the bucket's length bound rather than the step's.
+  if (!opts_.eager && groups.size() == 1 && groups[0].ntok == 1) {
+    groups[0].max_len = length_bucket(groups[0].max_len, opts_.context);
+    ensure_workspace(groups);
+    const auto key = std::make_pair(N, groups[0].max_len);
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      check(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+      try {
+        enqueue(N, R, groups, true);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      check(cudaStreamEndCapture(stream_, &graph), "cudaStreamEndCapture");
+      const cudaError_t e = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check(e, "cudaGraphInstantiate");
+      it = graphs_.emplace(key, exec).first;
+    }
+    check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
+  } else {
+    ensure_workspace(groups);
+    enqueue(N, R, groups, true);
+  }
+  check(cudaMemcpyAsync(host_ids_.get(), ids_.get(), R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "sampled ids");
+  check(cudaStreamSynchronize(stream_), "forward");
+  std::vector<int> ids(host_ids_.get(), host_ids_.get() + R);
+  for (size_t s = 0; s < ids.size(); ++s)
+    TQ_CHECK(ids[s] >= 0, "sequence {}: its logits hold a NaN or +inf (or only -inf): nothing to sample", step[s].seq);
+  return ids;
 }
 
 }  // namespace
@@ -332,7 +478,12 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
 }
 
 std::unique_ptr<engine::ModelRunner> make_model_runner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& opts) {
-  return std::make_unique<CudaModelRunner>(m, spec, opts);
+  return std::make_unique<CudaModelRunner>(m.config, &m, spec, opts, 0);
+}
+
+std::unique_ptr<engine::ModelRunner> make_random_model_runner(const model::ModelConfig& c, const KvSpec& spec,
+                                                              const engine::RunnerOptions& opts, uint64_t seed) {
+  return std::make_unique<CudaModelRunner>(c, nullptr, spec, opts, seed);
 }
 
 }  // namespace tq::cuda

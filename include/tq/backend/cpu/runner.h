@@ -22,6 +22,7 @@ class CpuModelRunner : public engine::ModelRunner {
   std::string describe() const override;
   void add_sequence(int seq) override { kv_.add_sequence(seq); }
   std::vector<float> forward(const std::vector<engine::StepSeq>& step) override;
+  uint32_t num_pages() const override { return opts_.num_pages; }
   size_t page_bytes() const override { return kv_.page_bytes(); }
   size_t side_bytes() const override { return kv_.side_bytes(); }
 

@@ -23,6 +23,13 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why =
 // has a knob this runner does not implement yet (sink, window, ksim: named), when the kernels
 // have no path for its format (fp32 caches, prod keys, head dims other than 64/128/256 padded),
 // or when the weights and the page pool do not fit the device's free memory.
+// opts.gpu_memory > 0 sizes the pool from the device's memory; --gpu-memory names it in errors.
 std::unique_ptr<engine::ModelRunner> make_model_runner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& opts);
+
+// The same runner over random weights of the shape `c` (model::named_shape), generated on the
+// device from `seed`: the engine benchmark's model where real weights cannot go (vLLM's
+// --load-format dummy). Its logits mean nothing; its speed is the real shape's.
+std::unique_ptr<engine::ModelRunner> make_random_model_runner(const model::ModelConfig& c, const KvSpec& spec,
+                                                              const engine::RunnerOptions& opts, uint64_t seed);
 
 }  // namespace tq::cuda

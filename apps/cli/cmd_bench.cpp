@@ -1,0 +1,303 @@
+// tq bench: the engine's speed, cache by cache, in one run and one table: decode steps over a
+// (batch, context) grid, prefill, and how many sequences each cache fits in a memory budget.
+// Without a model file it builds a model of a named real shape with random weights on the GPU
+// (vLLM's --load-format dummy): speed does not depend on the weights' values.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <map>
+#include <random>
+
+#include "commands.h"
+#include "model_files.h"
+#include "table.h"
+#include "tq/check.h"
+#include "tq/engine/engine.h"
+#include "tq/kv/block_manager.h"
+#include "tq/kv/cache_format.h"
+#include "tq/model/shapes.h"
+
+namespace tq::cli {
+namespace {
+
+struct Options {
+  std::string shape = "llama-3.1-8b", model, tokenizer, kv = "bf16,fp8,k4v4,k3v2,default", batch = "1,16,64,max", context = "4096,32768";
+  std::string prefill = "4096,32768", device = "auto", json;
+  double kv_memory_gb = 100, bandwidth_tbs = 4.2;
+  uint32_t steps = 10, warmup = 3, reps = 3, chunk = 0;
+  uint64_t seed = 1;
+  bool eager = false;
+};
+
+std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool allow_max, bool* has_max = nullptr) {
+  std::vector<uint32_t> v;
+  size_t at = 0;
+  while (at <= text.size()) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    const std::string item = text.substr(at, end - at);
+    if (allow_max && item == "max") {
+      *has_max = true;
+    } else {
+      size_t used = 0;
+      unsigned long x = 0;
+      try {
+        x = std::stoul(item, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      TQ_CHECK(used == item.size() && !item.empty() && x >= 1 && x <= (1ul << 24), "{}: '{}' is not a count in 1..16777216{}", flag,
+               item, allow_max ? " or max" : "");
+      v.push_back(uint32_t(x));
+    }
+    at = end + 1;
+  }
+  return v;
+}
+
+// Bytes a cache needs for one sequence of `ctx` tokens: whole pages, plus the side buffer.
+struct CacheCost {
+  double page_bytes = 0, side_bytes = 0, bytes_per_token = 0;
+  uint32_t page_size = 16;
+  double seq_bytes(uint32_t ctx) const { return std::ceil(double(ctx) / page_size) * page_bytes + side_bytes; }
+};
+CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t chunk) {
+  CacheCost k;
+  const uint32_t L = uint32_t(c.n_layers);
+  for (uint32_t l = 0; l < L; ++l) k.page_bytes += double(CacheFormat(1, c.n_kv_heads, c.head_dim, s.layer_format(l, L)).page_bytes());
+  k.page_size = s.format.page_size;
+  k.bytes_per_token = k.page_bytes / k.page_size;
+  // The CPU runner's side buffer (KvStore::side_bytes): sink + window + one chunk, fp16 K and V.
+  const double side_tokens = s.policy.sink + (s.policy.window ? s.policy.window + chunk : 0);
+  k.side_bytes = side_tokens * L * 2.0 * c.kv_dim() * 2.0;
+  return k;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+using clock_type = std::chrono::steady_clock;
+double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
+
+// Decode at (batch, ctx): sequences whose first positions are taken as written (zeroed pages: the
+// kernels read every byte whatever it holds), then steps of one token each, greedy on the device.
+std::vector<double> decode_steps(engine::ModelRunner& r, uint32_t page_size, uint32_t batch, uint32_t ctx, uint32_t warmup, uint32_t steps) {
+  BlockManager blocks(r.num_pages(), page_size);
+  std::vector<int> seqs;
+  for (uint32_t b = 0; b < batch; ++b) {
+    seqs.push_back(blocks.add_sequence());
+    r.add_sequence(seqs.back());
+  }
+  const uint32_t total = warmup + steps, start = ctx - total;
+  std::vector<std::pair<int, uint32_t>> req;
+  for (int s : seqs) req.emplace_back(s, start);
+  if (start) blocks.reserve(req);
+  for (auto& q : req) q.second = 1;
+  std::vector<int> tokens(batch, 1);
+  std::vector<double> ms;
+  for (uint32_t i = 0; i < total; ++i) {
+    blocks.reserve(req);
+    std::vector<engine::StepSeq> step;
+    for (uint32_t b = 0; b < batch; ++b)
+      step.push_back(engine::StepSeq{seqs[b], &tokens[b], 1, start + i, &blocks.block_table(seqs[b]), false});
+    const auto t0 = clock_type::now();
+    tokens = r.forward_greedy(step);
+    if (i >= warmup) ms.push_back(1e3 * seconds_since(t0));
+  }
+  return ms;
+}
+
+// Prefill of one prompt of `len` random tokens in chunks; seconds.
+double prefill_seconds(engine::ModelRunner& r, uint32_t page_size, uint32_t len, uint32_t chunk, std::mt19937& rng) {
+  BlockManager blocks(r.num_pages(), page_size);
+  const int s = blocks.add_sequence();
+  r.add_sequence(s);
+  std::vector<int> tokens(len);
+  for (int& t : tokens) t = int(rng() % uint32_t(r.config().vocab_size));
+  const auto t0 = clock_type::now();
+  for (uint32_t at = 0; at < len; at += chunk) {
+    const uint32_t n = std::min(chunk, len - at);
+    blocks.reserve({{s, n}});
+    r.forward({engine::StepSeq{s, tokens.data() + at, n, at, &blocks.block_table(s), false}});
+  }
+  return seconds_since(t0);
+}
+
+void run(const Options& o) {
+  bool max_batch = false;
+  std::vector<uint32_t> batches = parse_list(o.batch, "--batch", true, &max_batch);
+  const std::vector<uint32_t> contexts = parse_list(o.context, "--context", false);
+  const std::vector<uint32_t> prompts = o.prefill == "none" ? std::vector<uint32_t>{} : parse_list(o.prefill, "--prefill", false);
+  TQ_CHECK(o.steps >= 1, "--steps must be at least 1");
+  TQ_CHECK(o.kv_memory_gb > 0 && std::isfinite(o.kv_memory_gb), "--kv-memory must be a positive number of GB, got {}", o.kv_memory_gb);
+  TQ_CHECK(o.bandwidth_tbs > 0 && std::isfinite(o.bandwidth_tbs), "--bandwidth must be a positive number of TB/s, got {}", o.bandwidth_tbs);
+  std::vector<KvSpec> specs;
+  for (size_t at = 0; at <= o.kv.size();) {
+    const size_t end = std::min(o.kv.find(',', at), o.kv.size());
+    const std::string item = o.kv.substr(at, end - at);
+    specs.push_back(parse_kv_spec(item == "default" ? kDefaultKvSpec : item));
+    at = end + 1;
+  }
+
+  // The model: a file (any device), or a named shape with random weights (the GPU).
+  std::unique_ptr<LoadedModel> lm;
+  model::ModelConfig cfg;
+  if (!o.model.empty()) {
+    lm = std::make_unique<LoadedModel>(load_model_and_tokenizer(o.model, o.tokenizer));
+    cfg = lm->model.config;
+  } else {
+    cfg = model::named_shape(o.shape);
+  }
+  const std::string model_name = o.model.empty() ? o.shape + " (random weights)" : o.model;
+  const engine::Device device = pick_device(o.device, cfg, {});
+  TQ_CHECK(lm || device == engine::Device::kCuda, "random weights of a named shape run on the GPU only: pass -m FILE for --device cpu");
+  const uint32_t chunk = o.chunk ? o.chunk : device == engine::Device::kCuda ? 2048 : 64;
+  const uint32_t margin = o.warmup + o.steps;
+  for (uint32_t c : contexts)
+    TQ_CHECK(c > margin && c <= uint32_t(cfg.max_seq), "--context {}: must exceed --warmup + --steps ({}) and fit the model's {} tokens", c,
+             margin, cfg.max_seq);
+  for (uint32_t p : prompts) TQ_CHECK(p <= uint32_t(cfg.max_seq), "--prefill {}: beyond the model's {} tokens", p, cfg.max_seq);
+  const double budget = o.kv_memory_gb * 1e9, bw = o.bandwidth_tbs * 1e12;
+  const double weights = double(model::weight_bytes_bf16(cfg));
+
+  Table fit([&] {
+    std::vector<Column> cols{{"kv", "kv"}, {"bits_per_element", "bits/elem", 3}, {"bytes_per_token", "KV bytes/token", 0}};
+    for (uint32_t c : contexts) cols.push_back({fmt::format("max_batch_{}", c), fmt::format("max batch @ {}", c), 0});
+    return cols;
+  }());
+  Table dec({{"kv", "kv"},
+             {"batch", "batch"},
+             {"fit", "fit"},
+             {"context", "context"},
+             {"ms_per_step", "ms/step", 3},
+             {"tokens_per_s", "tokens/s", 0},
+             {"vs_first", "vs first", 2},
+             {"limit_ms", "limit ms", 3},
+             {"of_limit", "limit/ms", 2},
+             {"note", "note"}});
+  Table pre({{"kv", "kv"}, {"prompt", "prompt"}, {"tokens_per_s", "tokens/s", 0}, {"vs_first", "vs first", 2}});
+  std::map<std::pair<uint32_t, uint32_t>, double> first_dec;  // (batch index or max, context) -> tokens/s of the first spec
+  std::map<uint32_t, double> first_pre;
+  std::string where;
+  std::mt19937 rng(uint32_t(o.seed));
+
+  for (size_t si = 0; si < specs.size(); ++si) {
+    const KvSpec& spec = specs[si];
+    const CacheCost cost = cache_cost(cfg, spec, chunk);
+    nlohmann::json frow{{"kv", spec.canonical()},
+                        {"bits_per_element", 8.0 * cost.bytes_per_token / (2.0 * cfg.n_layers * cfg.kv_dim())},
+                        {"bytes_per_token", cost.bytes_per_token}};
+    // The largest batch each context allows in the budget (the decode grid's "max").
+    std::vector<uint32_t> fits;
+    for (uint32_t c : contexts) {
+      fits.push_back(uint32_t(std::floor(budget / cost.seq_bytes(c))));
+      frow[fmt::format("max_batch_{}", c)] = fits.back();
+    }
+    fit.add(frow);
+    // The grid: (batch, context) points, "max" at each context.
+    std::vector<std::tuple<uint32_t, uint32_t, bool>> grid;  // batch, context, is max
+    for (size_t ci = 0; ci < contexts.size(); ++ci) {
+      for (uint32_t b : batches) grid.emplace_back(b, contexts[ci], false);
+      if (max_batch && fits[ci] >= 1) grid.emplace_back(fits[ci], contexts[ci], true);
+    }
+    uint32_t pages = 0, most_batch = 1, ctx = 1;
+    for (const auto& [b, c, m] : grid) {
+      pages = std::max<uint32_t>(pages, b * uint32_t(std::ceil(double(c) / cost.page_size)));
+      most_batch = std::max(most_batch, b), ctx = std::max(ctx, c);
+    }
+    for (uint32_t p : prompts) pages = std::max<uint32_t>(pages, uint32_t(std::ceil(double(p) / cost.page_size))), ctx = std::max(ctx, p);
+    engine::EngineOptions eo{.device = device, .context = ctx, .num_pages = std::max(pages, 1u),
+                             .max_chunk = std::max(most_batch, chunk), .eager = o.eager};
+    std::unique_ptr<engine::ModelRunner> runner;
+    std::string why;
+    try {
+      runner = lm ? engine::make_runner(lm->model, spec, eo) : engine::make_random_runner(cfg, spec, eo, o.seed);
+    } catch (const Error& e) {
+      why = e.what();
+    }
+    if (!runner) {  // a cache this device cannot run: said in the table, the others go on
+      fmt::print(stderr, "tq bench: {}: not run: {}\n", spec.canonical(), why);
+      dec.add({{"kv", spec.canonical()}, {"note", why}});
+      continue;
+    }
+    if (where.empty()) where = runner->describe();
+    fmt::print(stderr, "tq bench: {}: {}\n", spec.canonical(), runner->describe());
+    size_t point = 0;
+    for (const auto& [b, c, is_max] : grid) {
+      fmt::print(stderr, "\r  decode batch {} context {} ({}/{})   ", b, c, ++point, grid.size());
+      const double ms = median(decode_steps(*runner, cost.page_size, b, c, o.warmup, o.steps));
+      const double tps = 1e3 * b / ms;
+      const auto key = std::make_pair(is_max ? 0u : b, c);
+      if (si == 0 || !first_dec.count(key)) first_dec[key] = tps;
+      // Bytes a step must read at least: every weight once, every page of every sequence once.
+      const double limit = 1e3 * (weights + double(b) * std::ceil(double(c) / cost.page_size) * double(runner->page_bytes())) / bw;
+      dec.add({{"kv", spec.canonical()}, {"batch", b}, {"context", c}, {"fit", is_max ? "max" : "-"},
+               {"ms_per_step", ms}, {"tokens_per_s", tps}, {"vs_first", tps / first_dec[key]}, {"limit_ms", limit},
+               {"of_limit", limit / ms}});
+    }
+    for (uint32_t p : prompts) {
+      fmt::print(stderr, "\r  prefill {} tokens                         ", p);
+      std::vector<double> t;
+      for (uint32_t i = 0; i < std::max(o.reps, 1u); ++i) t.push_back(prefill_seconds(*runner, cost.page_size, p, chunk, rng));
+      const double tps = p / median(t);
+      if (si == 0 || !first_pre.count(p)) first_pre[p] = tps;
+      pre.add({{"kv", spec.canonical()}, {"prompt", p}, {"tokens_per_s", tps}, {"vs_first", tps / first_pre[p]}});
+    }
+    fmt::print(stderr, "\r{:60}\r", "");
+  }
+
+  const std::string head = fmt::format("tq bench: {} on {}; decode medians of {} steps after {} warm-up, {}; limit = (weights {:.2f} GB + "
+                                       "pages read) / {} TB/s; fit in {} GB of KV",
+                                       model_name, where.empty() ? engine::device_name(device) : where, o.steps, o.warmup,
+                                       o.eager ? "eager (no CUDA graphs)" : "greedy sampling in the runner", weights / 1e9, o.bandwidth_tbs, o.kv_memory_gb);
+  if (!o.json.empty()) {
+    std::ofstream f(o.json);
+    TQ_CHECK(f.good(), "--json: cannot write '{}'", o.json);
+    nlohmann::json j{{"model", model_name}, {"device", where}, {"steps", o.steps}, {"warmup", o.warmup}, {"eager", o.eager},
+                     {"bandwidth_tbs", o.bandwidth_tbs}, {"kv_memory_gb", o.kv_memory_gb}, {"weight_bytes", weights},
+                     {"fit", fit.json()["rows"]}, {"decode", dec.json()["rows"]}, {"prefill", pre.json()["rows"]}};
+    f << j.dump(2) << "\n";
+  }
+  fmt::print("{}\n\nDecode (one token per sequence per step):\n{}", head, dec.text());
+  if (!prompts.empty()) fmt::print("\nPrefill (one sequence, chunks of {}; median of {}):\n{}", chunk, std::max(o.reps, 1u), pre.text());
+  fmt::print("\nLargest batch in {} GB of KV (whole pages{}):\n{}", o.kv_memory_gb, ", side buffers included", fit.text());
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* c = app.add_subcommand(
+      "bench",
+      "Engine benchmark: decode ms/step and tokens/s over a (batch, context) grid, prefill tokens/s, and the\n"
+      "largest batch each cache fits in a KV memory budget, for several KV specs in one run and one table.\n"
+      "Without -m the model is a named real shape with random weights on the GPU (speed does not depend on\n"
+      "the values; vLLM's --load-format dummy). Decode contexts are taken as already written (zeroed pages\n"
+      "are read like any other), so a 32K point costs no 32K prefill.\n"
+      "Example: tq bench --shape llama-3.1-8b --kv bf16,k3v2 --batch 1,16,max --context 4096,32768 --json out.json");
+  c->add_option("--shape", o->shape, "model shape with random weights: llama-3.1-8b (default), llama-3.2-1b, qwen2.5-7b, smollm2-135m");
+  c->add_option("-m,--model", o->model, "a model file (GGUF, llama2.c) instead of a shape; runs on --device cpu too");
+  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for a llama2.c checkpoint given with -m");
+  c->add_option("--kv", o->kv, "comma-separated KV specs; 'default' is tq run's (default: bf16,fp8,k4v4,k3v2,default)");
+  c->add_option("--batch", o->batch, "decode batch sizes; 'max' = the largest that fits --kv-memory at each context (default 1,16,64,max)");
+  c->add_option("--context", o->context, "decode contexts in tokens (default 4096,32768)");
+  c->add_option("--prefill", o->prefill, "prompt lengths for prefill tokens/s, or none (default 4096,32768)");
+  c->add_option("--chunk", o->chunk, "prefill chunk in tokens (default 2048 on cuda, 64 on cpu)");
+  c->add_option("--kv-memory", o->kv_memory_gb, "KV memory budget in GB (1e9 bytes) for the fit table and 'max' (default 100)");
+  c->add_option("--bandwidth", o->bandwidth_tbs,
+                "memory bandwidth in TB/s for the limit column (default 4.2: an H200's achievable; its datasheet says 4.8)");
+  c->add_option("--steps", o->steps, "timed decode steps per point (default 10)");
+  c->add_option("--warmup", o->warmup, "untimed decode steps first: graph capture, caches (default 3)");
+  c->add_option("--reps", o->reps, "prefill repetitions, median reported (default 3)");
+  c->add_option("--seed", o->seed, "seed of the random weights and prompts (default 1)");
+  c->add_option("--device", o->device, kDeviceHelp);
+  c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
+  c->add_option("--json", o->json, "also write the tables as JSON to FILE");
+  c->callback([o] { run(*o); });
+}
+
+}  // namespace tq::cli
