@@ -21,6 +21,7 @@ struct Options {
   uint32_t ctx = 0;
   unsigned threads = 0;
   std::string device = "auto";
+  double gpu_memory = 0;
   bool chat = false;
   std::string logits_file;  // test hook: prompt token ids and last-token logits
 };
@@ -37,7 +38,10 @@ void run(const Options& o) {
   const std::vector<int> prompt = engine::prompt_tokens(lm.model, tok, o.prompt, o.chat);
   const uint32_t ctx = o.ctx ? o.ctx : uint32_t(cfg.max_seq);
   TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens (--ctx)", prompt.size(), ctx);
-  engine::Engine e(lm.model, spec, {.device = pick_device(o.device, cfg, {spec}), .threads = o.threads, .context = ctx});
+  const engine::Device device = pick_device(o.device, cfg, {spec});
+  TQ_CHECK(o.gpu_memory == 0 || device == engine::Device::kCuda, "--gpu-memory {} applies to the GPU, but the model runs on the CPU",
+           o.gpu_memory);
+  engine::Engine e(lm.model, spec, {.device = device, .threads = o.threads, .context = ctx, .gpu_memory = o.gpu_memory});
   fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
              cfg.head_dim, spec.canonical(), e.runner().describe());
 
@@ -85,8 +89,8 @@ void run(const Options& o) {
 void add_run(CLI::App& app) {
   auto o = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand("run",
-                                   "Generate text on the CPU with a compressed KV cache (quantized as tokens arrive; attention reads\n"
-                                   "the packed pages). Without -m: models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get_model.sh).\n"
+                                   "Generate text with a compressed KV cache, on the GPU or the CPU (--device): quantized as tokens arrive,\n"
+                                   "attention reads the packed pages. Without -m: models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get_model.sh).\n"
                                    "Example: tq run -p 'Why is the sky blue?' --chat --kv k3v2 -n 100 --temp 0.7 --top-p 0.9");
   c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint");
   c->add_option("-p,--prompt", o->prompt, "prompt text");
@@ -106,6 +110,9 @@ void add_run(CLI::App& app) {
   c->add_option("--ctx", o->ctx, "context length (default: the model's)");
   c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
   c->add_option("--device", o->device, kDeviceHelp);
+  c->add_option("--gpu-memory", o->gpu_memory,
+                "fraction of the GPU's memory to use, in (0, 1]: the KV page pool gets what the weights and scratch\n"
+                "leave (vLLM's --gpu-memory-utilization); default: a pool of one --ctx sequence");
   c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests)");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
   c->callback([o] { run(*o); });

@@ -8,6 +8,9 @@
 # BENCH_ARGS passes options to bench_decode.py (e.g. BENCH_ARGS="--shapes 16x32768 --no-bulk");
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
 # benchmark.
+# ENGINE_BENCH="args": also `tq bench args` (the engine benchmark; JSON to $OUT/engine_bench.json).
+# CHECK_MODEL=FILE CHECK_TEXT=FILE: also bench/gpu/check_model.sh (GPU runner against the CPU runner
+# with the tq commands on a real model; scripts/stage_model.sh brings a model over 64 MiB).
 # BASE=DIR: a source tree of the baseline (e.g. main's `git archive`, carried in an ignored
 # folder): its C API is built too and benchmarked in the same call, before ours.
 set -uo pipefail
@@ -16,6 +19,11 @@ OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
+# At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
+pack() {
+  ( cd "$OUT" && keep="bench.json bench.log bench_base.log test_cuda_runner.log engine_bench.json engine_bench.txt check_model.md" &&
+    rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -rf $rest ) || true
+}
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 export PATH=/usr/local/cuda/bin:$PATH
@@ -24,7 +32,7 @@ deps=()
 start=$(date +%s)
 cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_CUDA_VERBOSE=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
   >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-ninja -C build/h200 test_cuda test_capi test_cuda_runner test_codec test_kv test_engine tq_capi >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+ninja -C build/h200 test_cuda test_capi test_cuda_runner test_codec test_kv test_engine tq_capi tq >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 note "build: $(( $(date +%s) - start )) s"
 grep -A2 "decode_kernel\|quantize_store_kernel" "$OUT/build.log" | grep -E "registers|spill" | sort | uniq -c | sort -rn | head -8 > "$OUT/ptxas_summary.txt"
 cat "$OUT/ptxas_summary.txt"
@@ -64,8 +72,19 @@ if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
   done
 fi
 
+if [ -n "${CHECK_MODEL:-}" ]; then
+  mkdir -p "$OUT/check"
+  bash bench/gpu/check_model.sh ./build/h200/apps/cli/tq "$CHECK_MODEL" "${CHECK_TEXT:?}" "$OUT/check" >"$OUT/check_model.md" 2>&1
+  note "model check ($CHECK_MODEL): rc=$?"
+fi
+if [ -n "${ENGINE_BENCH:-}" ]; then
+  ./build/h200/apps/cli/tq bench $ENGINE_BENCH --json "$OUT/engine_bench.json" >"$OUT/engine_bench.txt" 2>"$OUT/engine_bench.err"
+  note "tq bench $ENGINE_BENCH: rc=$?"
+fi
 if [ -n "${NO_BENCH:-}" ]; then
-  echo "================ summary ================"; printf '%s\n' "${summary[@]}"; exit 0
+  [ -f "$OUT/check_model.md" ] && cat "$OUT/check_model.md"
+  [ -f "$OUT/engine_bench.txt" ] && { tail -5 "$OUT/engine_bench.err"; cat "$OUT/engine_bench.txt"; }
+  echo "================ summary ================"; printf '%s\n' "${summary[@]}"; pack; exit 0
 fi
 if [ -n "${BASE:-}" ] && [ -d "$BASE" ]; then
   cmake -S "$BASE" -B build/h200-base -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_BUILD_TESTS=OFF -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
@@ -83,6 +102,4 @@ grep 'quantize_store k3v2' "$OUT/bench.log"
 grep '^prefill' "$OUT/bench.log"
 echo "quantize_store k3v2, what it adds to a captured quantize_store + decode step (two calls; one quantize_store_and_decode):"
 grep ' k3v2 ' "$OUT/bench.log" | grep -o 'B= *[0-9]* L= *[0-9]*\|added to a captured step [^)]*)\|with quantize_store_and_decode [^)]*)' | paste - - -
-# At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
-( cd "$OUT" && keep="bench.json bench.log bench_base.log test_cuda.log test_cuda_runner.log ptxas_summary.txt k3v2_d128.sass" &&
-  rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -f $rest ) || true
+pack

@@ -294,7 +294,8 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
 
 void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
   size_t need = 0;
-  for (uint32_t layer : {0u, uint32_t(cfg_.n_layers - 1)})  // the main and the edge cache's layouts
+  const uint32_t first_main = std::min(spec_.policy.edge_layers, uint32_t(cfg_.n_layers - 1));
+  for (uint32_t layer : {0u, first_main})  // the edge and the main cache's layouts
     for (const Group& g : groups) {
       const DecodeParams p = attention_params(layer, g);
       need = std::max(need, g.ntok > kMaxDecodeQueryTokens ? prefill_workspace_bytes(p) : decode_workspace_bytes(p));
