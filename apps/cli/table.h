@@ -20,6 +20,7 @@ class Table {
   // Adds a row; values by column key. Missing keys print "-" and are omitted from JSON.
   void add(nlohmann::json row) { rows_.push_back(std::move(row)); }
   const std::vector<nlohmann::json>& rows() const { return rows_; }
+  nlohmann::json& rows_back() { return rows_.back(); }
   std::string text() const;
   nlohmann::json json() const;
 

@@ -40,32 +40,43 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restric
   for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) out[size_t(blockIdx.x) * dim + i] = to_b(w[i] * (inv * xr[i]));
 }
 
-__global__ void add_bias_kernel(float* __restrict__ y, const float* __restrict__ b, size_t total, uint32_t width) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < total; i += size_t(gridDim.x) * blockDim.x) y[i] += b[i % width];
-}
-
-__global__ void rope_kernel(float* __restrict__ v, const int32_t* __restrict__ pos, uint32_t heads, uint32_t head_dim, uint32_t rope_dim,
-                            const float* __restrict__ cs, const float* __restrict__ sn, bool adjacent) {
-  const uint32_t half = rope_dim / 2, r = blockIdx.x;
+// One block a row (token).
+__global__ void qkv_rope_kernel(const float* __restrict__ qkv, const float* __restrict__ bias, const int32_t* __restrict__ pos,
+                                uint32_t hq, uint32_t hkv, uint32_t hd, uint32_t rope_dim, const float* __restrict__ cs,
+                                const float* __restrict__ sn, bool adjacent, float* __restrict__ q, float* __restrict__ k,
+                                float* __restrict__ v) {
+  const uint32_t r = blockIdx.x, width = (hq + 2 * hkv) * hd, half = rope_dim / 2;
+  const float* src = qkv + size_t(r) * width;
   const float* c = cs + size_t(pos[r]) * half;
   const float* s = sn + size_t(pos[r]) * half;
-  for (uint32_t t = threadIdx.x; t < heads * half; t += blockDim.x) {
-    const uint32_t h = t / half, i = t % half;
-    float* row = v + (size_t(r) * heads + h) * head_dim;
-    const uint32_t i0 = adjacent ? 2 * i : i, i1 = adjacent ? 2 * i + 1 : i + half;
-    const float a0 = row[i0], a1 = row[i1];
-    row[i0] = a0 * c[i] - a1 * s[i];
-    row[i1] = a0 * s[i] + a1 * c[i];
+  const auto dst = [&](uint32_t h, uint32_t e) -> float* {  // head h of the fused row: q heads, k heads, v heads
+    if (h < hq) return q + (size_t(r) * hq + h) * hd + e;
+    if (h < hq + hkv) return k + (size_t(r) * hkv + h - hq) * hd + e;
+    return v + (size_t(r) * hkv + h - hq - hkv) * hd + e;
+  };
+  // Rotated pairs of the q and k heads (the bias first, as the model adds it to the product).
+  for (uint32_t t = threadIdx.x; t < (hq + hkv) * half; t += blockDim.x) {
+    const uint32_t h = t / half, i = t % half, i0 = adjacent ? 2 * i : i, i1 = adjacent ? 2 * i + 1 : i + half;
+    const size_t at = size_t(h) * hd;
+    float a0 = src[at + i0], a1 = src[at + i1];
+    if (bias) a0 += bias[at + i0], a1 += bias[at + i1];
+    *dst(h, i0) = a0 * c[i] - a1 * s[i];
+    *dst(h, i1) = a0 * s[i] + a1 * c[i];
+  }
+  // Everything else: coordinates past rope_dim, and the v heads.
+  for (uint32_t t = threadIdx.x; t < width; t += blockDim.x) {
+    const uint32_t h = t / hd, e = t % hd;
+    if (h < hq + hkv && e < rope_dim) continue;
+    *dst(h, e) = bias ? src[t] + bias[t] : src[t];
   }
 }
 
-__global__ void swiglu_kernel(const float* __restrict__ g, const float* __restrict__ u, size_t n, bf16_t* __restrict__ h) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    h[i] = to_b(g[i] / (1.0f + __expf(-g[i])) * u[i]);
-}
-
-__global__ void to_bf16_kernel(const float* __restrict__ x, size_t n, bf16_t* __restrict__ y) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) y[i] = to_b(x[i]);
+__global__ void swiglu_kernel(const float* __restrict__ gu, uint32_t hidden, size_t n, bf16_t* __restrict__ h) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const size_t r = i / hidden, j = i % hidden;
+    const float g = gu[2 * r * hidden + j], u = gu[(2 * r + 1) * hidden + j];
+    h[i] = to_b(g / (1.0f + __expf(-g)) * u);
+  }
 }
 
 // One block a row. Each thread keeps its best (value, id), the first id on ties as it walks the
@@ -141,15 +152,13 @@ void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, ui
                  Stream s) {
   add_rmsnorm_kernel<<<n, 256, 0, s>>>(x, add, rows, dim, w, eps, out);
 }
-void add_bias(float* y, const float* b, uint32_t n, uint32_t width, Stream s) {
-  add_bias_kernel<<<blocks_for(size_t(n) * width), 256, 0, s>>>(y, b, size_t(n) * width, width);
+void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
+              uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, float* q, float* k, float* v, Stream s) {
+  qkv_rope_kernel<<<n, 256, 0, s>>>(qkv, bias, pos, q_heads, kv_heads, head_dim, rope_dim, cos, sin, adjacent, q, k, v);
 }
-void rope(float* v, const int32_t* pos, uint32_t n, uint32_t heads, uint32_t head_dim, uint32_t rope_dim, const float* cos,
-          const float* sin, bool adjacent, Stream s) {
-  rope_kernel<<<n, 256, 0, s>>>(v, pos, heads, head_dim, rope_dim, cos, sin, adjacent);
+void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s) {
+  swiglu_kernel<<<blocks_for(size_t(n) * hidden), 256, 0, s>>>(gu, hidden, size_t(n) * hidden, h);
 }
-void swiglu(const float* g, const float* u, size_t n, bf16_t* h, Stream s) { swiglu_kernel<<<blocks_for(n), 256, 0, s>>>(g, u, n, h); }
-void to_bf16(const float* x, size_t n, bf16_t* y, Stream s) { to_bf16_kernel<<<blocks_for(n), 256, 0, s>>>(x, n, y); }
 void argmax(const float* logits, uint32_t rows, uint32_t vocab, int32_t* ids, Stream s) { argmax_kernel<<<rows, 1024, 0, s>>>(logits, vocab, ids); }
 void fill_uniform(bf16_t* p, size_t n, float scale, uint64_t seed, Stream s) {
   fill_uniform_kernel<<<blocks_for(n), 256, 0, s>>>(p, n, scale, seed);

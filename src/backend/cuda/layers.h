@@ -17,16 +17,15 @@ void embed(const bf16_t* table, const int32_t* tokens, uint32_t n, uint32_t dim,
 // when add is set, then out[i] = bf16(w * x[row] / rms(x[row])). x, add: [*][dim]; out: [n][dim].
 void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, uint32_t dim, const float* w, float eps, bf16_t* out,
                  Stream s);
-// y[r][i] += b[i]. y: [n][width].
-void add_bias(float* y, const float* b, uint32_t n, uint32_t width, Stream s);
-// RoPE in place on v: [n][heads][head_dim], position pos[r]; cos/sin: [context][rope_dim / 2].
-// adjacent: pairs (2i, 2i+1) (llama), else (i, i + rope_dim/2) (neox / qwen2).
-void rope(float* v, const int32_t* pos, uint32_t n, uint32_t heads, uint32_t head_dim, uint32_t rope_dim, const float* cos,
-          const float* sin, bool adjacent, Stream s);
-// h = bf16(silu(g) * u), n elements.
-void swiglu(const float* g, const float* u, size_t n, bf16_t* h, Stream s);
-// y = bf16(x), n elements.
-void to_bf16(const float* x, size_t n, bf16_t* y, Stream s);
+// Splits the fused projection's rows into q, k, v with the bias added (when set) and RoPE applied
+// to q and k at position pos[r]. qkv: [n][(q_heads + 2 kv_heads) head_dim] (q heads, k heads, v
+// heads), bias: [that width] or null; q: [n][q_heads][head_dim]; k, v: [n][kv_heads][head_dim];
+// cos/sin: [context][rope_dim / 2]. adjacent: pairs (2i, 2i+1) (llama), else (i, i + rope_dim/2)
+// (neox / qwen2).
+void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
+              uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, float* q, float* k, float* v, Stream s);
+// h[r][i] = bf16(silu(gu[r][i]) * gu[r][hidden + i]): the fused gate and up products. gu: [n][2 hidden].
+void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s);
 // ids[r] = the argmax of logits[r] (ties: the lowest id), or -1 when the row holds a NaN or +inf
 // or only -inf.
 // logits: [rows][vocab].

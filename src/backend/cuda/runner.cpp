@@ -48,21 +48,31 @@ struct Matrix {
   Buf<bf16_t> w;
   uint32_t rows = 0, cols = 0;
 };
-Matrix upload_matrix(const TensorRef& t) {
-  TQ_CHECK(t.present(), "weight '{}' is absent", t.name);
-  const std::vector<float> f = t.to_f32();
-  std::vector<bf16_t> b(f.size());
-  for (size_t i = 0; i < f.size(); ++i) b[i] = f32_to_bf16(f[i]);
-  return Matrix{upload(b, t.name.c_str()), uint32_t(t.n_rows), uint32_t(t.n_cols)};
+// Matrices of the same width stacked by rows (q, k, v; gate, up): one product reads them all.
+Matrix upload_matrix(std::initializer_list<const TensorRef*> parts) {
+  std::vector<bf16_t> b;
+  uint32_t rows = 0, cols = uint32_t((*parts.begin())->n_cols);
+  for (const TensorRef* t : parts) {
+    TQ_CHECK(t->present(), "weight '{}' is absent", t->name);
+    TQ_CHECK(t->n_cols == cols, "weight '{}' has {} columns, {} expected", t->name, t->n_cols, cols);
+    for (float x : t->to_f32()) b.push_back(f32_to_bf16(x));
+    rows += uint32_t(t->n_rows);
+  }
+  return Matrix{upload(b, (*parts.begin())->name.c_str()), rows, cols};
 }
-Buf<float> upload_vector(const TensorRef& t) {
-  TQ_CHECK(t.present(), "weight '{}' is absent", t.name);
-  return upload(t.to_f32(), t.name.c_str());
+Buf<float> upload_vector(std::initializer_list<const TensorRef*> parts) {
+  std::vector<float> f;
+  for (const TensorRef* t : parts) {
+    TQ_CHECK(t->present(), "weight '{}' is absent", t->name);
+    const std::vector<float> x = t->to_f32();
+    f.insert(f.end(), x.begin(), x.end());
+  }
+  return upload(f, (*parts.begin())->name.c_str());
 }
 
 struct Layer {
-  Matrix wq, wk, wv, wo, gate, up, down;
-  Buf<float> attn_norm, ffn_norm, bq, bk, bv;  // biases: empty when absent
+  Matrix wqkv, wo, gate_up, down;  // wqkv: [q_dim + 2 kv_dim][dim]; gate_up: [2 hidden][dim]
+  Buf<float> attn_norm, ffn_norm, bqkv;  // bqkv: [q_dim + 2 kv_dim], empty when the model has no biases
 };
 
 // Pinned host memory for the sampled ids (an asynchronous copy needs it).
@@ -131,7 +141,7 @@ class CudaModelRunner : public engine::ModelRunner {
   size_t page_bytes_ = 0;
   uint32_t num_pages_ = 0;
   // Scratch for max_chunk rows.
-  Buf<float> x_, q_, k_, v_, att_, o_, g_, u_, logits_;  // [N][dim], [N][q_dim], [N][kv_dim] x2, [N][q_dim], [N][dim], [N][hidden] x2, [N][vocab]
+  Buf<float> x_, qkv_, q_, k_, v_, o_, gu_, logits_;  // [N][dim], [N][q_dim + 2 kv_dim], [N][q_dim], [N][kv_dim] x2, [N][dim], [N][2 hidden], [N][vocab]
   Buf<bf16_t> hb_;                                      // [N][max(dim, q_dim, hidden)] bf16 operands
   Buf<int32_t> tokens_, pos_, rows_, tables_, lens_, ids_;  // [N], [N], [N], [N][max pages], [N], [N]
   Buf<int64_t> slots_;                                  // [N]
@@ -168,7 +178,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   page_bytes_ = (fmain ? fmain->page_bytes() : 0) + (fedge ? fedge->page_bytes() : 0);
   max_pages_ = (o.context + ps - 1) / ps;
   constexpr size_t kBlasWorkspace = size_t(32) << 20;
-  const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 2 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
+  const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
                                           size_t(c.vocab_size)) +
                          size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * 4 * (6 + max_pages_) + kBlasWorkspace;
   size_t free_b = 0, total_b = 0;
@@ -206,11 +216,11 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
     layers::fill_uniform(w.w.get(), rows * cols, scale, stream_of_seeds++, stream_);
     return w;
   };
-  const auto matrix = [&](const TensorRef* t, size_t rows, size_t cols) {
-    return m ? upload_matrix(*t) : random_matrix(rows, cols, float(1.0 / std::sqrt(double(cols))));
+  const auto matrix = [&](std::initializer_list<const TensorRef*> t, size_t rows, size_t cols) {
+    return m ? upload_matrix(t) : random_matrix(rows, cols, float(1.0 / std::sqrt(double(cols))));
   };
-  const auto vector = [&](const TensorRef* t, size_t n, bool bias) {
-    if (m) return upload_vector(*t);
+  const auto vector = [&](std::initializer_list<const TensorRef*> t, size_t n, bool bias) {
+    if (m) return upload_vector(t);
     Buf<float> b = alloc<float>(n, "random weights");
     if (bias)
       layers::fill_uniform(b.get(), n, 0.1f, stream_of_seeds++, stream_);
@@ -219,21 +229,21 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
     return b;
   };
   // A tied classifier is the embedding table itself: one upload.
-  embd_ = m ? upload_matrix(m->weights.token_embd) : random_matrix(V, D, 1.0f);
-  if (!tied_) output_ = matrix(m ? &m->weights.output : nullptr, V, D);
+  embd_ = m ? upload_matrix({&m->weights.token_embd}) : random_matrix(V, D, 1.0f);
+  if (!tied_) output_ = matrix({m ? &m->weights.output : nullptr}, V, D);
+  static const model::LayerWeights none;  // random weights: the tensors are not read
   for (uint32_t l = 0; l < L; ++l) {
-    const model::LayerWeights* w = m ? &m->weights.layers[l] : nullptr;
+    const model::LayerWeights& w = m ? m->weights.layers[l] : none;
     Layer y;
-    y.wq = matrix(w ? &w->wq : nullptr, Q, D), y.wk = matrix(w ? &w->wk : nullptr, KV, D), y.wv = matrix(w ? &w->wv : nullptr, KV, D);
-    y.wo = matrix(w ? &w->wo : nullptr, D, Q);
-    y.gate = matrix(w ? &w->w_gate : nullptr, F, D), y.up = matrix(w ? &w->w_up : nullptr, F, D), y.down = matrix(w ? &w->w_down : nullptr, D, F);
-    y.attn_norm = vector(w ? &w->attn_norm : nullptr, D, false), y.ffn_norm = vector(w ? &w->ffn_norm : nullptr, D, false);
-    if (cfg_.has_qkv_bias) {
-      y.bq = vector(w ? &w->bq : nullptr, Q, true), y.bk = vector(w ? &w->bk : nullptr, KV, true), y.bv = vector(w ? &w->bv : nullptr, KV, true);
-    }
+    y.wqkv = matrix({&w.wq, &w.wk, &w.wv}, Q + 2 * KV, D);
+    y.wo = matrix({&w.wo}, D, Q);
+    y.gate_up = matrix({&w.w_gate, &w.w_up}, 2 * F, D);
+    y.down = matrix({&w.w_down}, D, F);
+    y.attn_norm = vector({&w.attn_norm}, D, false), y.ffn_norm = vector({&w.ffn_norm}, D, false);
+    if (cfg_.has_qkv_bias) y.bqkv = vector({&w.bq, &w.bk, &w.bv}, Q + 2 * KV, true);
     layers_.push_back(std::move(y));
   }
-  out_norm_ = vector(m ? &m->weights.output_norm : nullptr, D, false);
+  out_norm_ = vector({m ? &m->weights.output_norm : nullptr}, D, false);
   std::vector<float> cs, sn;  // [context][rope_dim / 2], the CPU runner's tables
   model::rope_angles(c, o.context, cs, sn);
   rope_cos_ = upload(cs, "rope cos");
@@ -242,9 +252,9 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   if (fedge) edge_ = std::make_unique<DeviceKvCache>(*fedge, num_pages_);
 
   x_ = alloc<float>(size_t(N) * D, "x"), o_ = alloc<float>(size_t(N) * D, "o");
-  q_ = alloc<float>(size_t(N) * Q, "q"), att_ = alloc<float>(size_t(N) * Q, "att");
+  qkv_ = alloc<float>(size_t(N) * (Q + 2 * KV), "qkv"), q_ = alloc<float>(size_t(N) * Q, "q");
   k_ = alloc<float>(size_t(N) * KV, "k"), v_ = alloc<float>(size_t(N) * KV, "v");
-  g_ = alloc<float>(size_t(N) * F, "g"), u_ = alloc<float>(size_t(N) * F, "u");
+  gu_ = alloc<float>(size_t(N) * 2 * F, "gate and up");
   logits_ = alloc<float>(size_t(N) * V, "logits");
   hb_ = alloc<bf16_t>(size_t(N) * std::max({D, Q, F}), "bf16 operands");
   tokens_ = alloc<int32_t>(N, "tokens"), pos_ = alloc<int32_t>(N, "positions"), rows_ = alloc<int32_t>(N, "rows");
@@ -279,8 +289,8 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
   p.cache = view(layer);
   p.q = q_.get() + g.row0 * c.q_dim();
   p.q_dtype = DType::kF32;
-  p.out = att_.get() + g.row0 * c.q_dim();
-  p.out_dtype = DType::kF32;
+  p.out = hb_.get() + g.row0 * c.q_dim();  // bf16: the operand of the output projection
+  p.out_dtype = DType::kBf16;
   p.block_tables = tables_.get() + size_t(g.seq0) * max_pages_;
   p.seq_lens = lens_.get() + g.seq0;
   p.num_seqs = g.count;
@@ -344,21 +354,16 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
 
 void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool greedy) {
   const auto& c = cfg_;
-  const uint32_t D = uint32_t(c.dim), QD = uint32_t(c.q_dim()), KVD = uint32_t(c.kv_dim()), F = uint32_t(c.hidden_dim);
+  const uint32_t D = uint32_t(c.dim), F = uint32_t(c.hidden_dim);
   const bool adjacent = c.rope_style == model::RopeStyle::AdjacentPairs;
   layers::embed(embd_.w.get(), tokens_.get(), N, D, x_.get(), stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& w = layers_[l];
     // The residual add of the previous layer's FFN output is fused into this norm.
     layers::add_rmsnorm(x_.get(), l ? o_.get() : nullptr, nullptr, N, D, w.attn_norm.get(), c.rms_eps, hb_.get(), stream_);
-    gemm(w.wq, hb_.get(), N, q_.get());
-    gemm(w.wk, hb_.get(), N, k_.get());
-    gemm(w.wv, hb_.get(), N, v_.get());
-    if (w.bq.n) layers::add_bias(q_.get(), w.bq.get(), N, QD, stream_);
-    if (w.bk.n) layers::add_bias(k_.get(), w.bk.get(), N, KVD, stream_);
-    if (w.bv.n) layers::add_bias(v_.get(), w.bv.get(), N, KVD, stream_);
-    layers::rope(q_.get(), pos_.get(), N, c.n_heads, c.head_dim, c.rope_dim, rope_cos_.get(), rope_sin_.get(), adjacent, stream_);
-    layers::rope(k_.get(), pos_.get(), N, c.n_kv_heads, c.head_dim, c.rope_dim, rope_cos_.get(), rope_sin_.get(), adjacent, stream_);
+    gemm(w.wqkv, hb_.get(), N, qkv_.get());
+    layers::qkv_rope(qkv_.get(), w.bqkv.n ? w.bqkv.get() : nullptr, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim,
+                     rope_cos_.get(), rope_sin_.get(), adjacent, q_.get(), k_.get(), v_.get(), stream_);
     // Quantize on write (fp32 rows: the codes are those the CPU reference writes for these rows).
     QuantizeStoreParams st;
     st.cache = view(uint32_t(l));
@@ -375,12 +380,10 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
       else
         decode_attention(p, stream_);
     }
-    layers::to_bf16(att_.get(), size_t(N) * QD, hb_.get(), stream_);
     gemm(w.wo, hb_.get(), N, o_.get());
     layers::add_rmsnorm(x_.get(), o_.get(), nullptr, N, D, w.ffn_norm.get(), c.rms_eps, hb_.get(), stream_);
-    gemm(w.gate, hb_.get(), N, g_.get());
-    gemm(w.up, hb_.get(), N, u_.get());
-    layers::swiglu(g_.get(), u_.get(), size_t(N) * F, hb_.get(), stream_);
+    gemm(w.gate_up, hb_.get(), N, gu_.get());
+    layers::swiglu(gu_.get(), N, F, hb_.get(), stream_);
     gemm(w.down, hb_.get(), N, o_.get());
   }
   layers::add_rmsnorm(x_.get(), o_.get(), rows_.get(), R, D, out_norm_.get(), c.rms_eps, hb_.get(), stream_);
