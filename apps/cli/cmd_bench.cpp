@@ -17,7 +17,6 @@
 #include "tq/check.h"
 #include "tq/engine/engine.h"
 #include "tq/kv/block_manager.h"
-#include "tq/kv/cache_format.h"
 #include "tq/model/shapes.h"
 
 namespace tq::cli {
@@ -32,12 +31,20 @@ struct Options {
   bool eager = false;
 };
 
+// "a,b,c" -> {a, b, c}; empty items are kept (and refused by the callers).
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> items;
+  for (size_t at = 0; at <= text.size();) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    items.push_back(text.substr(at, end - at));
+    at = end + 1;
+  }
+  return items;
+}
+
 std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool allow_max, bool* has_max = nullptr) {
   std::vector<uint32_t> v;
-  size_t at = 0;
-  while (at <= text.size()) {
-    const size_t end = std::min(text.find(',', at), text.size());
-    const std::string item = text.substr(at, end - at);
+  for (const std::string& item : split_commas(text)) {
     if (allow_max && item == "max") {
       *has_max = true;
     } else {
@@ -52,7 +59,6 @@ std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool
                item, allow_max ? " or max" : "");
       v.push_back(uint32_t(x));
     }
-    at = end + 1;
   }
   return v;
 }
@@ -65,13 +71,11 @@ struct CacheCost {
 };
 CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t chunk) {
   CacheCost k;
-  const uint32_t L = uint32_t(c.n_layers);
-  for (uint32_t l = 0; l < L; ++l) k.page_bytes += double(CacheFormat(1, c.n_kv_heads, c.head_dim, s.layer_format(l, L)).page_bytes());
+  k.page_bytes = double(s.page_bytes(uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim)));
   k.page_size = s.format.page_size;
   k.bytes_per_token = k.page_bytes / k.page_size;
-  // The CPU runner's side buffer (KvStore::side_bytes): sink + window + one chunk, fp16 K and V.
-  const double side_tokens = s.policy.sink + (s.policy.window ? s.policy.window + chunk : 0);
-  k.side_bytes = side_tokens * L * 2.0 * c.kv_dim() * 2.0;
+  // The CPU runner's side buffer (KvStore::side_bytes): fp16 K and V of each side token and layer.
+  k.side_bytes = double(s.policy.side_tokens(chunk)) * c.n_layers * 2.0 * c.kv_dim() * 2.0;
   return k;
 }
 
@@ -136,12 +140,7 @@ void run(const Options& o) {
   TQ_CHECK(o.kv_memory_gb > 0 && std::isfinite(o.kv_memory_gb), "--kv-memory must be a positive number of GB, got {}", o.kv_memory_gb);
   TQ_CHECK(o.bandwidth_tbs > 0 && std::isfinite(o.bandwidth_tbs), "--bandwidth must be a positive number of TB/s, got {}", o.bandwidth_tbs);
   std::vector<KvSpec> specs;
-  for (size_t at = 0; at <= o.kv.size();) {
-    const size_t end = std::min(o.kv.find(',', at), o.kv.size());
-    const std::string item = o.kv.substr(at, end - at);
-    specs.push_back(parse_kv_spec(item == "default" ? kDefaultKvSpec : item));
-    at = end + 1;
-  }
+  for (const std::string& item : split_commas(o.kv)) specs.push_back(parse_kv_spec(item == "default" ? kDefaultKvSpec : item));
 
   // The model: a file (any device), or a named shape with random weights (the GPU).
   std::unique_ptr<LoadedModel> lm;

@@ -29,12 +29,12 @@ void run(const Options& o) {
            {"context_mib", "MiB @ context", 1}});
   for (const KvSpec& s : specs) {
     // Every layer in its own format (edge layers differ); bytes per token over all of them.
-    double bpt = 0, block_bytes = 0;
+    double bpt = 0;
     for (uint32_t l = 0; l < o.layers; ++l) {
       const KvFormat f = s.layer_format(l, o.layers);
       bpt += bytes_per_token_head(f.k, f.v, o.head_dim, f.page_size) * o.kv_heads;
-      block_bytes += double(block_layout(f.k, f.v, o.head_dim, f.page_size).bytes) * o.kv_heads;
     }
+    const double block_bytes = double(s.page_bytes(o.layers, o.kv_heads, o.head_dim));
     const uint32_t ps = s.format.page_size;
     nlohmann::json row{{"kv", s.canonical()},
                        {"bits_per_element", 8.0 * bpt / (2.0 * o.head_dim * o.kv_heads * o.layers)},
@@ -46,8 +46,7 @@ void run(const Options& o) {
       // Whole pages are allocated: a partly filled last page costs a full page. The sink/window
       // side buffer is a fixed fp16 cost per sequence: sink + window + one 64-token chunk.
       const uint64_t pages = (o.context + ps - 1) / ps;
-      const uint32_t side_tokens = s.policy.sink + (s.policy.window ? s.policy.window + 64 : 0);
-      row["context_mib"] = (double(pages) * block_bytes + double(side_tokens) * fp16) / (1024.0 * 1024.0);
+      row["context_mib"] = (double(pages) * block_bytes + double(s.policy.side_tokens(64)) * fp16) / (1024.0 * 1024.0);
     }
     t.add(row);
   }

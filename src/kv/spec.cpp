@@ -61,6 +61,15 @@ RotationKind KvFormat::rotation_for(uint32_t head_dim) const {
   return is_pow2(padded_dim(head_dim)) ? RotationKind::kHadamard : RotationKind::kDense;
 }
 
+size_t KvSpec::page_bytes(uint32_t n_layers, uint32_t kv_heads, uint32_t head_dim) const {
+  size_t b = 0;
+  for (uint32_t l = 0; l < n_layers; ++l) {
+    const KvFormat f = layer_format(l, n_layers);
+    b += size_t(block_layout(f.k, f.v, head_dim, f.page_size).bytes) * kv_heads;
+  }
+  return b;
+}
+
 double KvFormat::bits_per_element(uint32_t head_dim) const {
   return 8.0 * bytes_per_token_head(k, v, head_dim, page_size) / (2.0 * head_dim);
 }

@@ -54,6 +54,9 @@ struct KvPolicy {
   std::string key_sim;  // "" or a make_baseline() name: simulated quantize-dequantize of keys
 
   bool empty() const { return knobs().empty(); }
+  // Tokens the side buffer holds per layer and sequence: the sink, and the window plus one chunk
+  // of `chunk` queries (so each query of a chunk sees its own window); 0 without sink and window.
+  uint32_t side_tokens(uint32_t chunk) const { return sink + (window ? window + chunk : 0); }
   // The knobs that are set, each as the spec writes it ("edge=2/k4v4", "sink=4", ...).
   std::vector<std::string> knobs() const;
 };
@@ -71,6 +74,9 @@ struct KvSpec {
   uint32_t edge_layer_count(uint32_t n_layers) const;
   uint32_t local_layer(uint32_t layer, uint32_t n_layers) const;
   double bits_per_element(uint32_t head_dim) const { return format.bits_per_element(head_dim); }
+  // Bytes of one page over every layer (each in its own format, edge layers too), as the page
+  // storage lays them out (CacheFormat): the size of a spec before any storage exists.
+  size_t page_bytes(uint32_t n_layers, uint32_t kv_heads, uint32_t head_dim) const;
   std::string canonical() const;
 };
 

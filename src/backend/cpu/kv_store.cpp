@@ -86,7 +86,7 @@ size_t KvStore::page_bytes() const {
 
 size_t KvStore::side_bytes() const {
   const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;
-  return (size_t(spec_.policy.sink) + ring()) * shape_.layers * row * sizeof(uint16_t);
+  return size_t(spec_.policy.side_tokens(shape_.max_chunk)) * shape_.layers * row * sizeof(uint16_t);
 }
 
 }  // namespace tq::cpu
