@@ -69,13 +69,13 @@ struct CacheCost {
   uint32_t page_size = 16;
   double seq_bytes(uint32_t ctx) const { return std::ceil(double(ctx) / page_size) * page_bytes + side_bytes; }
 };
-CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t chunk) {
+CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side_extra) {
   CacheCost k;
   k.page_bytes = double(s.page_bytes(uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim)));
   k.page_size = s.format.page_size;
   k.bytes_per_token = k.page_bytes / k.page_size;
-  // The CPU runner's side buffer (KvStore::side_bytes): fp16 K and V of each side token and layer.
-  k.side_bytes = double(s.policy.side_tokens(chunk)) * c.n_layers * 2.0 * c.kv_dim() * 2.0;
+  // The runner's side buffer (its side_bytes()): fp16 K and V of each side token and layer.
+  k.side_bytes = double(s.policy.side_tokens(side_extra)) * c.n_layers * 2.0 * c.kv_dim() * 2.0;
   return k;
 }
 
@@ -186,7 +186,7 @@ void run(const Options& o) {
 
   for (size_t si = 0; si < specs.size(); ++si) {
     const KvSpec& spec = specs[si];
-    const CacheCost cost = cache_cost(cfg, spec, chunk);
+    const CacheCost cost = cache_cost(cfg, spec, device == engine::Device::kCuda ? kSideRollback : chunk);
     nlohmann::json frow{{"kv", spec.canonical()},
                         {"bits_per_element", 8.0 * cost.bytes_per_token / (2.0 * cfg.n_layers * cfg.kv_dim())},
                         {"bytes_per_token", cost.bytes_per_token}};
@@ -216,7 +216,7 @@ void run(const Options& o) {
       most_batch = std::max(most_batch, b), ctx = std::max(ctx, c);
     }
     for (uint32_t p : prompts) pages = std::max<uint32_t>(pages, uint32_t(std::ceil(double(p) / cost.page_size))), ctx = std::max(ctx, p);
-    engine::EngineOptions eo{.device = device, .context = ctx, .num_pages = std::max(pages, 1u),
+    engine::EngineOptions eo{.device = device, .context = ctx, .max_seqs = most_batch, .num_pages = std::max(pages, 1u),
                              .max_chunk = std::max(most_batch, chunk), .eager = o.eager};
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;

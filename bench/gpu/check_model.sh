@@ -8,22 +8,23 @@
 # within max(0.5%, 3 standard errors of their difference) (s: the draws' pooled relative standard
 # deviation, n = 3); their text and pass-key counts are reported, not required equal.
 #   bash bench/gpu/check_model.sh TQ MODEL TEXT [OUTDIR]
-# Prints one table; exits 1 when a comparison fails. The default policy's sink/window run on the
-# CPU only so far: its closest GPU spec, k3v2:edge=2/k4v4, is compared instead.
+# Prints one table; exits 1 when a comparison fails. `def` is tq run's default spec (sink, window,
+# edge layers), on both devices.
 set -uo pipefail
 tq=${1:?tq binary}; model=${2:?model file}; text=${3:?text file}; out=${4:-${OUT:-.}}
-specs=fp16,k4v4,k3v2,k3v2:edge=2/k4v4
-seeds=k4v4:seed=1,k4v4:seed=2,k3v2:seed=1,k3v2:seed=2,k3v2:edge=2/k4v4:seed=1,k3v2:edge=2/k4v4:seed=2
+def=k3v2:sink=4:window=64:edge=2/k4v4
+specs=fp16,k4v4,k3v2,$def
+seeds=k4v4:seed=1,k4v4:seed=2,k3v2:seed=1,k3v2:seed=2,$def:seed=1,$def:seed=2
 for d in cpu cuda; do
   # fp16 reference on both devices (the GPU has no fp32 cache), so the rows compare alike.
   "$tq" perplexity -m "$model" -f "$text" --ctx 512 --max-tokens 4096 --kv $specs,$seeds --ref fp16 --chunk 128 --device $d --json \
     >"$out/ppl_$d.json" 2>"$out/ppl_$d.err" || { cat "$out/ppl_$d.err"; exit 1; }
-  "$tq" passkey -m "$model" --kv fp16,k3v2,k3v2:edge=2/k4v4 --lengths 256,1024 --device $d --json >"$out/passkey_$d.json" 2>"$out/passkey_$d.err" ||
+  "$tq" passkey -m "$model" --kv fp16,k3v2,$def --lengths 256,1024 --device $d --json >"$out/passkey_$d.json" 2>"$out/passkey_$d.err" ||
     { cat "$out/passkey_$d.err"; exit 1; }
   i=0
   for p in "Why is the sky blue?" "Write a haiku about the sea." "What is 17 times 23?" "Name three uses of a paperclip." \
            "Explain what a KV cache is in one paragraph."; do
-    for kv in fp16 k3v2:edge=2/k4v4; do
+    for kv in fp16 $def; do
       "$tq" run -m "$model" --chat -p "$p" -n 32 --temp 0 --kv $kv --device $d >"$out/run_${d}_${i}_${kv//[:\/=]/_}.txt" 2>>"$out/run_$d.err" ||
         { tail -3 "$out/run_$d.err"; exit 1; }
     done
@@ -60,7 +61,7 @@ for a, b in zip(pc, pg):
     ok &= good or not exact
     print(f"| passkey {a['kv']} @ {a['length']} | {a['correct']}/{a['trials']} | {b['correct']}/{b['trials']} | | "
           f"{'equal' if exact else 'reported'} | {'ok' if good else 'FAIL' if exact else 'differs'} |")
-for kv in ("fp16", "k3v2_edge_2_k4v4"):
+for kv in ("fp16", "k3v2_sink_4_window_64_edge_2_k4v4"):
     same = total = 0
     for f in sorted(glob.glob(f"{out}/run_cpu_*_{kv}.txt")):
         total += 1

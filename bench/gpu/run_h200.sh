@@ -63,6 +63,7 @@ note "CUDA runner vs CPU runner, KL per case (mean, max[, the quantization's own
 note "worst relative error of a GPU test against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1) (bound 1e-3)"
 
 small='All/Decode.*t4_L9_97_1000*:All/Decode.*t50_L1000_60_s5_prefill*:All/Decode.*page_7*:All/Decode.*k4v2_nc*:DecodeGraph.*:StoreAndDecode.*:All/QuantizeStore.*k3v2_d128:All/QuantizeStore.*fp8*:QuantizeStoreErrors.*'
+small+=':All/DecodeSide.*k3v2_sink_4_window_16_d128_g4*:All/DecodeSide.*prefill*:DecodeSide.Steps*'
 if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
     timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 ./build/h200/tests/cuda/test_cuda --gtest_filter="$small" \
@@ -72,7 +73,7 @@ if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
   done
   # The model runner's own kernels (argmax, q/k/v split + RoPE, SwiGLU, random fill) and a graph replay.
   timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 ./build/h200/tests/cuda/test_cuda_runner \
-    --gtest_filter='CudaSampling.*:CudaRunnerGraphs.*:All/CudaRunner.*d128_qwen2_k3v2*' >"$OUT/sanitizer_runner.log" 2>&1
+    --gtest_filter='CudaSampling.*:CudaRunnerGraphs.*:All/CudaRunner.*d128_qwen2_k3v2*:All/CudaRunner.*window*' >"$OUT/sanitizer_runner.log" 2>&1
   note "compute-sanitizer memcheck, model runner: rc=$?, $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer_runner.log" | tail -1)"
 fi
 

@@ -42,19 +42,22 @@ int kernel_dim(const CacheView& c) { return int(is_tq(c.k.enc) ? padded_dim(c.he
 
 struct Plan {
   int D, splits, tokens_per_split, mtiles;
+  int side;  // 1 with a side buffer: one more block along the splits (decode_side.cuh), else 0
   size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;  // the workspace: [ws_o][ws_ml][ws_q]
   size_t workspace_bytes() const { return ws_o_bytes + ws_ml_bytes + ws_q_bytes; }
 };
 
 // The split count clamped to [1, tiles], whole tiles of tile_tokens per split (so the last
-// split may be shorter, never empty), and the workspace: per split and query row its output and
-// (max, sum), and the rotated queries of pl.mtiles 8-row m-tiles per (sequence, KV head).
+// split may be shorter, never empty), and the workspace: per split (and the side block) and query
+// row its output and (max, sum), and the rotated queries of pl.mtiles 8-row m-tiles per
+// (sequence, KV head).
 void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int tile_tokens) {
   splits = std::clamp(splits, 1, tiles);
   const int tiles_per_split = (tiles + splits - 1) / splits;
   pl.tokens_per_split = tiles_per_split * tile_tokens;
   pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
-  const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * pl.splits;
+  pl.side = p.side.active() ? 1 : 0;
+  const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * (pl.splits + pl.side);
   pl.ws_o_bytes = slots * pl.D * sizeof(float);
   pl.ws_ml_bytes = (slots * sizeof(float2) + 15) / 16 * 16;
   pl.ws_q_bytes = size_t(p.num_seqs) * p.cache.kv_heads * pl.mtiles * kRows * pl.D * sizeof(float);
@@ -147,13 +150,13 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     const int rtiles = pl.mtiles / (prefill::kBlockRows / kRows);
     constexpr size_t smem = sizeof(prefill::Smem<D>);
     allow_smem(prefill::prefill_kernel<D, KIND, KB, VB>, smem);
-    launch_dependent("prefill", prefill::prefill_kernel<D, KIND, KB, VB>, dim3(pl.splits, p.cache.kv_heads * rtiles, p.num_seqs), smem,
+    launch_dependent("prefill", prefill::prefill_kernel<D, KIND, KB, VB>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs), smem,
                      stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
     launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, static_cast<const float*>(ws_o),
                      static_cast<const float2*>(ws_ml));
     return;
   }
-  const dim3 grid(pl.splits, p.cache.kv_heads * pl.mtiles, p.num_seqs);
+  const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * pl.mtiles, p.num_seqs);
   constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB>);
   allow_smem(decode_kernel<D, KIND, KB, VB>, smem);
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
@@ -206,6 +209,17 @@ void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char
   TQ_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_pages * c.page_size,
            "decode_attention: max_seq_len {} must be 1..max_pages*page_size = {}", p.max_seq_len, p.max_pages * c.page_size);
   TQ_CHECK(p.workspace, "decode_attention: workspace is null (size it with decode_workspace_bytes)");
+  const SideView& s = p.side;
+  if (!s.active()) return;
+  TQ_CHECK(s.data && s.slots && s.new_k && s.new_v, "{}: a side buffer (sink {}, window {}) needs data, slots, new_k and new_v", name,
+           s.sink, s.window);
+  TQ_CHECK(s.window == 0 ? s.ring == 0 : s.ring >= s.window, "{}: the side ring of {} positions must hold the window of {} (0 without one)",
+           name, s.ring, s.window);
+  TQ_CHECK(s.slot_stride >= size_t(s.sink + s.ring) * 2 * c.kv_heads * c.head_dim,
+           "{}: side slots of {} elements are smaller than sink + ring = {} rows of {} KV heads x {}", name, s.slot_stride, s.sink + s.ring,
+           c.kv_heads, c.head_dim);
+  TQ_CHECK(s.new_dtype == DType::kF32 || s.new_dtype == DType::kF16 || s.new_dtype == DType::kBf16, "{}: new rows dtype {} unknown", name,
+           int(s.new_dtype));
 }
 }  // namespace
 

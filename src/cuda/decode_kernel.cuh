@@ -17,7 +17,9 @@
 // 32 codes at D = 128 (its `bits` words). Thread g owns output coordinates [g D/8, (g+1) D/8)
 // (float caches interleave both maps by 16-byte units instead: FloatUnits in decode_tiles.cuh):
 // m-tile i rows g and g + 8 are its coordinates 2i and 2i + 1.
-// Warps merge in shared memory; splits merge in merge_kernel (decode_merge.cuh).
+// Warps merge in shared memory; splits merge in merge_kernel (decode_merge.cuh). With a side buffer
+// (SideView: sink, window) the tiles mask each row's side positions, and the grid's last split is
+// the side's block (decode_side.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -28,6 +30,7 @@
 
 #include "decode_ops.cuh"
 #include "decode_query.cuh"
+#include "decode_side.cuh"
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
@@ -54,6 +57,13 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   using Op = dev::Operand<kBf>;
   extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)
   Smem<D, KIND, KB, VB>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB>*>(smem_raw);
+  static_assert(sizeof(SideSmem<D>) <= sizeof(Smem<D, KIND, KB, VB>), "the side block reuses the shared memory");
+  if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block: its own, short path
+    dev::wait_prerequisites();
+    dev::allow_dependents();
+    side_attention<D>(p, blockIdx.z, blockIdx.y / mtiles, blockIdx.y % mtiles, blockIdx.x, ws_o, ws_ml, smem_raw);
+    return;
+  }
 
   // Launched as a programmatic dependent (decode_attention.cu): nothing is read before the
   // previous kernel in the stream has finished, except when inputs_ready says that only the
@@ -67,7 +77,10 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int group = int(p.q_heads / p.cache.kv_heads), rows_total = group * int(p.num_q_tokens);
   const int len = p.seq_lens[seq];
-  const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len);
+  // Positions below `sink`, and within `window` of a row's query, are the side block's: a row
+  // reads [sink, visible - window) here (no side buffer: sink = window = 0).
+  const int sink = int(p.side.sink), window = int(p.side.window);
+  const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len - window);
   const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
   const CacheView& c = p.cache;
   const int first = begin + kTile * warp, step = kTile * kWarps;  // the warp's first tile, its stride
@@ -201,6 +214,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   const int my_row = mt * kRows + g;
   const int visible = my_row < rows_total ? len - int(p.num_q_tokens) + my_row / group + 1 : len;
   const int visible_min = len - int(p.num_q_tokens) + 1;  // of every row of the block: the first query token's
+  const int packed_end = visible - window, packed_end_min = visible_min - window;  // the rows' packed limits
 
   // O^T = V^T P^T: the accumulators are m-tiles of 16 value coordinates by the 8 query rows.
   // Thread g owns coordinates [g D/8, (g+1) D/8) of the output (cb below; float caches: the
@@ -221,13 +235,13 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     keys.scores(cur, sm.qa, lane, t, sm.lut_k, x);
     // Tokens past the split's end or the row's causal limit are masked; most tiles have none
     // (a warp-uniform test), which saves the per-token compares.
-    const bool full = T0 + kTile <= end && T0 + kTile <= visible_min;
+    const bool full = T0 >= sink && T0 + kTile <= end && T0 + kTile <= packed_end_min;
     bool live[4] = {true, true, true, true};
     if (!full) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int tok = T0 + 2 * t + (e & 1) + 8 * (e >> 1);
-        live[e] = tok < end && tok < visible;
+        live[e] = tok >= sink && tok < end && tok < packed_end;
       }
     }
     keys.scale(cur, x);  // key norms

@@ -1,5 +1,6 @@
 // The split merge of decode attention: combines the splits' (max, sum, output), un-rotates the
-// output once and writes it in the output's dtype. Used only by decode_attention.cu.
+// output once, adds the side buffer's partial (decode_side.cuh) and writes it in the output's
+// dtype; then stores the step's rows into the side buffer. Used only by decode_attention.cu.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -7,6 +8,7 @@
 
 #include <cmath>
 
+#include "decode_side.cuh"
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
@@ -15,6 +17,7 @@
 namespace tq::cuda::decode {
 
 // Combines the splits of one (sequence, query token, query head), un-rotates, writes the output.
+// With a side buffer each row has splits + 1 partials, the last one the side's (not rotated).
 // ws_o and ws_ml are the decode grid's output, read after dev::wait_prerequisites: no __restrict__,
 // which would let the compiler treat them as invariant and hoist their loads above the wait (it
 // did, in a variant that read ws_ml right after the wait: SASS showed the load before ACQBULK).
@@ -26,7 +29,9 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
   __shared__ float red[kWarps];
   const size_t r = blockIdx.x;  // (seq * ntok + j) * q_heads + h
   const int h = int(r % p.q_heads), kvh = h / int(p.q_heads / p.cache.kv_heads);
-  const float2* ml = ws_ml + r * splits;
+  const bool side = p.side.active();
+  const int total = splits + (side ? 1 : 0);  // partials a row: the packed splits, then the side's
+  const float2* ml = ws_ml + r * total;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const CacheView& c = p.cache;
   // The Hadamard signs of the un-rotation are not the decode's output: loaded before the wait.
@@ -40,7 +45,7 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
   dev::wait_prerequisites();  // the decode grid has finished and its writes are visible
   // This thread's split of the first kThreads (all of them but at batch 1 of very long sequences),
   // read once for the max, the sum and the weights.
-  const float2 ml0 = threadIdx.x < splits ? ml[threadIdx.x] : make_float2(-INFINITY, 0.0f);
+  const float2 ml0 = threadIdx.x < total ? ml[threadIdx.x] : make_float2(-INFINITY, 0.0f);
   // The first kPre splits' partial outputs of this thread's columns, loaded together with ml0:
   // a batch-1 merge (8 splits at 1K) then waits for one round trip to L2 after the wait, not two.
   constexpr int kPre = 8;
@@ -50,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
 #pragma unroll
     for (int i = 0; i < kPre; ++i) {
       const int col = threadIdx.x + k * kThreads;
-      pre[k][i] = i < splits && col < D ? ws_o[(r * splits + i) * D + col] : 0.0f;
+      pre[k][i] = i < splits && col < D ? ws_o[(r * total + i) * D + col] : 0.0f;
     }
   // Block-wide max and sum, the splits spread over the threads (batch 1 uses ~60 splits).
   auto reduce = [&](float v, bool is_max) {
@@ -67,14 +72,14 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
     return v;
   };
   float M = ml0.x;
-  for (int s = threadIdx.x + kThreads; s < splits; s += kThreads) M = fmaxf(M, ml[s].x);
+  for (int s = threadIdx.x + kThreads; s < total; s += kThreads) M = fmaxf(M, ml[s].x);
   M = reduce(M, true);
   // The splits' states combined against the max of all (SoftmaxState::weight: a split that saw
   // no visible token weighs 0).
   float Lsum = 0.0f;
   if (M != -INFINITY) {
     Lsum = SoftmaxState::rescaled_sum(ml0.x, ml0.y, M, dev::Exp2{});
-    for (int s = threadIdx.x + kThreads; s < splits; s += kThreads) Lsum += SoftmaxState::rescaled_sum(ml[s].x, ml[s].y, M, dev::Exp2{});
+    for (int s = threadIdx.x + kThreads; s < total; s += kThreads) Lsum += SoftmaxState::rescaled_sum(ml[s].x, ml[s].y, M, dev::Exp2{});
   }
   Lsum = reduce(Lsum, false);
   const float inv = SoftmaxState::inv_sum(Lsum);
@@ -93,7 +98,7 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
 #pragma unroll
         for (int i = 0; i < kPre; ++i)
           if (i < n) acc[k] += pre[k][i] * f[i];
-      for (int i = s0 == 0 ? kPre : 0; i < n; ++i) acc[k] += ws_o[(r * splits + s0 + i) * D + col] * f[i];
+      for (int i = s0 == 0 ? kPre : 0; i < n; ++i) acc[k] += ws_o[(r * total + s0 + i) * D + col] * f[i];
     }
     __syncthreads();
   }
@@ -154,16 +159,22 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
       __syncthreads();
     }
   }
+  // The side's partial, in the model's own coordinates: added after the un-rotation.
+  const float side_w = side ? SoftmaxState::weight(ml[splits].x, M, dev::Exp2{}) * inv : 0.0f;
+  const float* side_o = ws_o + (r * total + splits) * D;
   for (int col = threadIdx.x; col < int(c.head_dim); col += kThreads) {
     const size_t at = r * c.head_dim + col;
+    const float x = side ? o[col] + side_w * side_o[col] : o[col];
     if (p.out_dtype == DType::kF32) {
-      static_cast<float*>(p.out)[at] = o[col];
+      static_cast<float*>(p.out)[at] = x;
     } else if (p.out_dtype == DType::kF16) {
-      static_cast<__half*>(p.out)[at] = __float2half_rn(o[col]);
+      static_cast<__half*>(p.out)[at] = __float2half_rn(x);
     } else {
-      static_cast<__nv_bfloat16*>(p.out)[at] = __float2bfloat16_rn(o[col]);
+      static_cast<__nv_bfloat16*>(p.out)[at] = __float2bfloat16_rn(x);
     }
   }
+  // Every query has read the side buffer (the attention grid is complete): the step's rows join it.
+  if (side) write_side_row(p, r);
 }
 
 }  // namespace tq::cuda::decode

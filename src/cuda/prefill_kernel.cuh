@@ -23,6 +23,7 @@
 #include <cmath>
 
 #include "decode_ops.cuh"
+#include "decode_side.cuh"
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
@@ -239,6 +240,13 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
   Smem<D>& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
   dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
   dev::allow_dependents();
+  static_assert(sizeof(decode::SideSmem<D>) <= sizeof(Smem<D>), "the side block reuses the shared memory");
+  if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block (decode_side.cuh), m-tile by m-tile
+    for (int i = 0; i < kBlockRows / decode::kRows; ++i)
+      decode::side_attention<D>(p, blockIdx.z, blockIdx.y / rtiles, blockIdx.y % rtiles * (kBlockRows / decode::kRows) + i, blockIdx.x,
+                                ws_o, ws_ml, smem_raw);
+    return;
+  }
 
   const int split = blockIdx.x, kvh = blockIdx.y / rtiles, rt = blockIdx.y % rtiles, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -250,7 +258,9 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
   // tokens below len - nq + r / group + 1. The block's rows see at most up to its last row's limit.
   const int row0 = rt * kBlockRows, last_row = min(row0 + kBlockRows, rows_total) - 1;
   const int visible_min = len - nq + row0 / group + 1, visible_max = len - nq + last_row / group + 1;
-  const int begin = split * tokens_per_split, end = min(min(begin + tokens_per_split, len), visible_max);
+  // Positions below `sink`, and within `window` of a row's query, are the side block's.
+  const int sink = int(p.side.sink), window = int(p.side.window);
+  const int begin = split * tokens_per_split, end = min(min(begin + tokens_per_split, len), visible_max - window);
 
   // ---- query rows: 16-bit high and low parts, swizzled ----
   {
@@ -350,7 +360,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
     }
 
     // ---- key norms, masking, online softmax (rows g and g + 8: elements 0-1 and 2-3) ----
-    const bool full = T0 + T <= end && T0 + T <= visible_min;
+    const bool full = T0 >= sink && T0 + T <= end && T0 + T <= visible_min - window;
     float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -366,7 +376,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
         float x = s[nt][e] * (e & 1 ? kn1 : kn0);
         if (!full) {
           const int pos = T0 + tok + (e & 1);
-          if (pos >= end || pos >= visible[e >> 1]) x = -INFINITY;
+          if (pos < sink || pos >= end || pos >= visible[e >> 1] - window) x = -INFINITY;
         }
         s[nt][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);

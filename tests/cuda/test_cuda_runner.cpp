@@ -133,7 +133,12 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                                            RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "k3v2"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k3v2:edge=1/k4v4"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "bf16:page=7"},
-                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "fp8"}),
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "fp8"},
+                                           // The KV policy's side buffer: windows the prompt outgrows, and tq run's default.
+                                           RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "fp16:sink=4:window=8"},
+                                           RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "k3v2:sink=4:window=16"},
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k4v4:window=5"},
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k3v2:sink=4:window=64:edge=2/k4v4"}),
                          [](const auto& i) {
                            std::string s = std::string(i.param.name) + "_" + i.param.spec;
                            for (char& ch : s)
@@ -191,54 +196,57 @@ TEST(CudaRunnerGraphs, GreedyStepsMatchEagerLogits) {
     s.dim = 256, s.n_heads = 4, s.n_kv_heads = 2, s.hidden = 512, s.n_layers = 2, s.vocab = 300, s.realistic = true;
     return s;
   }());
-  const KvSpec spec = parse_kv_spec("k3v2");
-  engine::Engine graphs(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400});
-  engine::Engine eager(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400, .eager = true});
-  EXPECT_NE(graphs.runner().describe().find("CUDA graphs"), std::string::npos) << graphs.runner().describe();
-  std::mt19937 rng(11);
-  const auto prompt = [&](size_t n) {
-    std::vector<int> p(n);
-    for (int& t : p) t = int(rng() % 300);
-    return p;
-  };
-  std::vector<int> seqs;
-  for (size_t n : {5u, 17u}) {
-    const std::vector<int> p = prompt(n);
-    seqs.push_back(graphs.add_sequence());
-    ASSERT_EQ(eager.add_sequence(), seqs.back());
-    graphs.prefill(seqs.back(), p);
-    eager.prefill(seqs.back(), p);
-  }
-  std::vector<int> next = {1, 2};
-  size_t decided = 0, steps = 0;
-  for (int i = 0; i < 40; ++i) {
-    if (i == 20) {  // a third sequence, prefilled in one long chunk
-      const std::vector<int> p = prompt(390);
+  for (const char* spec_text : {"k3v2", "k3v2:sink=4:window=16"}) {
+    SCOPED_TRACE(spec_text);
+    const KvSpec spec = parse_kv_spec(spec_text);
+    engine::Engine graphs(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400});
+    engine::Engine eager(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400, .eager = true});
+    EXPECT_NE(graphs.runner().describe().find("CUDA graphs"), std::string::npos) << graphs.runner().describe();
+    std::mt19937 rng(11);
+    const auto prompt = [&](size_t n) {
+      std::vector<int> p(n);
+      for (int& t : p) t = int(rng() % 300);
+      return p;
+    };
+    std::vector<int> seqs;
+    for (size_t n : {5u, 17u}) {
+      const std::vector<int> p = prompt(n);
       seqs.push_back(graphs.add_sequence());
       ASSERT_EQ(eager.add_sequence(), seqs.back());
       graphs.prefill(seqs.back(), p);
       eager.prefill(seqs.back(), p);
-      next.push_back(3);
     }
-    std::vector<engine::BatchItem> batch;
-    for (size_t s = 0; s < seqs.size(); ++s) batch.push_back({seqs[s], {next[s]}, false});
-    const std::vector<int> ids = graphs.forward_greedy(batch);
-    const std::vector<float> logits = eager.forward(batch);
-    ASSERT_EQ(ids.size(), seqs.size());
-    for (size_t s = 0; s < seqs.size(); ++s) {
-      const float* l = &logits[s * 300];
-      std::vector<float> sorted(l, l + 300);
-      std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
-      const int want = int(std::max_element(l, l + 300) - l);
-      ++steps;
-      if (sorted[0] - sorted[1] > 1e-3f * (sorted[0] - sorted[299])) {
-        ++decided;
-        EXPECT_EQ(ids[s], want) << "step " << i << " sequence " << s;
+    std::vector<int> next = {1, 2};
+    size_t decided = 0, steps = 0;
+    for (int i = 0; i < 40; ++i) {
+      if (i == 20) {  // a third sequence, prefilled in one long chunk
+        const std::vector<int> p = prompt(390);
+        seqs.push_back(graphs.add_sequence());
+        ASSERT_EQ(eager.add_sequence(), seqs.back());
+        graphs.prefill(seqs.back(), p);
+        eager.prefill(seqs.back(), p);
+        next.push_back(3);
       }
+      std::vector<engine::BatchItem> batch;
+      for (size_t s = 0; s < seqs.size(); ++s) batch.push_back({seqs[s], {next[s]}, false});
+      const std::vector<int> ids = graphs.forward_greedy(batch);
+      const std::vector<float> logits = eager.forward(batch);
+      ASSERT_EQ(ids.size(), seqs.size());
+      for (size_t s = 0; s < seqs.size(); ++s) {
+        const float* l = &logits[s * 300];
+        std::vector<float> sorted(l, l + 300);
+        std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<>());
+        const int want = int(std::max_element(l, l + 300) - l);
+        ++steps;
+        if (sorted[0] - sorted[1] > 1e-3f * (sorted[0] - sorted[299])) {
+          ++decided;
+          EXPECT_EQ(ids[s], want) << "step " << i << " sequence " << s;
+        }
+      }
+      next = ids;
     }
-    next = ids;
+    EXPECT_GT(decided, steps * 3 / 4);
   }
-  EXPECT_GT(decided, steps * 3 / 4);
 }
 
 // Random weights of a named shape run (finite logits, ids in the vocabulary), and --gpu-memory
@@ -278,6 +286,16 @@ TEST(CudaRunnerRandom, NamedShapeAndGpuMemory) {
     EXPECT_NE(std::string(e.what()).find("--gpu-memory 0.0001"), std::string::npos) << e.what();
   }
   EXPECT_THROW(cuda::make_random_model_runner(c, spec, {.context = 1024, .max_chunk = 64, .gpu_memory = 1.5}, 5), Error);
+  // Side buffers exist for max_seqs sequence ids: another id is refused by name.
+  auto side = cuda::make_random_model_runner(c, parse_kv_spec("k3v2:sink=4:window=64"), {.context = 1024, .num_pages = 64, .max_seqs = 2}, 5);
+  EXPECT_EQ(side->side_bytes(), size_t(4 + 64 + kSideRollback) * c.n_layers * 2 * c.kv_dim() * 2);
+  side->add_sequence(1);
+  try {
+    side->add_sequence(2);
+    FAIL() << "sequence id 2 accepted with max_seqs 2";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sequence id 2"), std::string::npos) << e.what();
+  }
 }
 
 // What the runner does not implement is refused by name before any device call (so this runs
@@ -286,9 +304,7 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
   model::ModelConfig c;
   c.n_layers = 4, c.dim = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.vocab_size = 300;
   std::string why;
-  for (const auto& [spec, expect] : std::vector<std::pair<const char*, const char*>>{{"k3v2:sink=4", "'sink=4'"},
-                                                                                      {"k3v2:edge=1/k4v4:window=64", "'window=64'"},
-                                                                                      {"fp16:ksim=int4", "'ksim=int4'"},
+  for (const auto& [spec, expect] : std::vector<std::pair<const char*, const char*>>{{"fp16:ksim=int4", "ksim=int4"},
                                                                                       {"fp32", "fp32 caches"},
                                                                                       {"k3v2:prod", "prod keys"},
                                                                                       {"k5v2", "k5v2"},

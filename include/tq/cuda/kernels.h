@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 
+#include "tq/common.h"
 #include "tq/format.h"
 
 struct CUstream_st;
@@ -50,6 +51,26 @@ struct QuantizeStoreParams {
 };
 void quantize_store(const QuantizeStoreParams& p, Stream stream);
 
+// The KV policy's full-precision side buffer (KvPolicy sink and window, docs/kv-specs.md), one
+// layer of it: a query at position q reads positions t < sink, and (q - window, q], from here in
+// fp16 instead of from the pages. Each sequence's buffer is a slot of
+//   [sink + ring][2 (K, V)][kv_heads][head_dim] fp16
+// rows 0 .. sink-1 hold positions 0 .. sink-1, row sink + t % ring position t >= sink (the ring
+// holds the last `ring` positions, ring >= window; ring - window positions may be rolled back).
+// The step's own tokens (the last num_q_tokens of each sequence) are read from new_k / new_v, the
+// rows quantize_store got; once every query has read them, the attention call writes them into
+// the slots (sink rows, and the ring for the last `ring` positions).
+struct SideView {
+  uint16_t* data = nullptr;          // fp16 bits of slot 0; slot i at data + i * slot_stride
+  const int32_t* slots = nullptr;    // [num_seqs] each sequence's slot
+  size_t slot_stride = 0;            // elements between slots (>= (sink + ring) * 2 * kv_heads * head_dim)
+  uint32_t sink = 0, window = 0, ring = 0;
+  const void* new_k = nullptr;       // [num_seqs][num_q_tokens][kv_heads][head_dim]
+  const void* new_v = nullptr;       // [num_seqs][num_q_tokens][kv_heads][head_dim]
+  DType new_dtype = DType::kF32;
+  TQ_HD bool active() const { return sink > 0 || window > 0; }
+};
+
 // decode_attention: queries of num_seqs sequences against their pages. Sequence s has seq_lens[s]
 // tokens; its num_q_tokens queries (1..8) are its last tokens, causal among themselves. Query head
 // h reads KV head h / (q_heads / kv_heads).
@@ -66,6 +87,7 @@ struct DecodeParams {
   float scale = 0;           // softmax scale; 0: 1/sqrt(head_dim)
   uint32_t num_splits = 0;   // 0: chosen from the shape to fill the GPU
   void* workspace = nullptr; // decode_workspace_bytes(...) bytes (prefill: prefill_workspace_bytes)
+  SideView side;             // sink / window: off unless side.active()
 };
 // prefill_attention (chunked prefill): the same, with a chunk of up to kMaxPrefillChunk new queries
 // per sequence whose K/V rows are already in the cache (quantize_store them first): each attends

@@ -28,7 +28,7 @@ struct EngineOptions {
   Device device = Device::kCpu;
   unsigned threads = 0;     // CPU threads; 0: all hardware threads
   uint32_t context = 0;     // most tokens per sequence; 0: the model's training context
-  uint32_t max_seqs = 1;    // sequences the page pool is sized for (when num_pages is 0)
+  uint32_t max_seqs = 1;    // sequences at once: the page pool's size (when num_pages is 0), GPU side buffers
   uint32_t num_pages = 0;   // pages in the pool; 0: max_seqs * ceil(context / page size)
   uint32_t max_chunk = 64;  // most tokens per forward() call, all sequences together
   bool eager = false;       // CUDA: no graphs (RunnerOptions::eager)

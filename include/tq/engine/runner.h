@@ -30,6 +30,7 @@ struct RunnerOptions {
   uint32_t context = 0;     // most positions per sequence (the model's when 0)
   uint32_t num_pages = 1;   // pages of the pool, indexed by the block manager's page ids
   uint32_t max_chunk = 64;  // most new tokens per step, all sequences together
+  uint32_t max_seqs = 1;    // GPU runners: sequence ids 0 .. max_seqs-1 get side buffers (sink, window)
   unsigned threads = 0;     // CPU threads (0: all cores)
   bool eager = false;       // GPU runners: launch every kernel of every step (no CUDA graphs)
   double gpu_memory = 0;    // GPU runners: fraction of the device's memory for weights, scratch and

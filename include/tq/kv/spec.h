@@ -54,12 +54,17 @@ struct KvPolicy {
   std::string key_sim;  // "" or a make_baseline() name: simulated quantize-dequantize of keys
 
   bool empty() const { return knobs().empty(); }
-  // Tokens the side buffer holds per layer and sequence: the sink, and the window plus one chunk
-  // of `chunk` queries (so each query of a chunk sees its own window); 0 without sink and window.
-  uint32_t side_tokens(uint32_t chunk) const { return sink + (window ? window + chunk : 0); }
+  // Tokens the side buffer holds per layer and sequence: the sink, and the window plus `extra`
+  // positions; 0 without sink and window. The CPU runner's extra is one chunk of queries (it
+  // writes a chunk's rows before they attend); the CUDA runner's kSideRollback.
+  uint32_t side_tokens(uint32_t extra) const { return sink + (window ? window + extra : 0); }
   // The knobs that are set, each as the spec writes it ("edge=2/k4v4", "sink=4", ...).
   std::vector<std::string> knobs() const;
 };
+
+// The CUDA runner's side ring keeps this many positions beyond the window (it writes a step's rows
+// after they attend), so that up to that many tokens can be taken back (rejected draft tokens).
+inline constexpr uint32_t kSideRollback = 8;
 
 struct KvSpec {
   std::string text;  // as given

@@ -99,12 +99,15 @@ class CudaModelRunner : public engine::ModelRunner {
   }
   const model::ModelConfig& config() const override { return cfg_; }
   std::string describe() const override { return describe_; }
-  void add_sequence(int) override {}
+  void add_sequence(int seq) override {
+    TQ_CHECK(seq >= 0 && (!side_.n || uint32_t(seq) < opts_.max_seqs),
+             "sequence id {} has no side buffer: the CUDA runner was built for {} sequences (max_seqs)", seq, opts_.max_seqs);
+  }
   std::vector<float> forward(const std::vector<StepSeq>& step) override;
   std::vector<int> forward_greedy(const std::vector<StepSeq>& step) override;
   uint32_t num_pages() const override { return num_pages_; }
   size_t page_bytes() const override { return page_bytes_; }
-  size_t side_bytes() const override { return 0; }
+  size_t side_bytes() const override { return side_slot_ * sizeof(uint16_t); }
 
  private:
   // A run of consecutive sequences with the same number of new tokens: one attention launch.
@@ -138,12 +141,17 @@ class CudaModelRunner : public engine::ModelRunner {
   std::vector<Layer> layers_;
   Buf<float> out_norm_, rope_cos_, rope_sin_;  // [dim], [context][rope_dim / 2] twice
   std::unique_ptr<DeviceKvCache> main_, edge_;  // edge_ only with edge layers; same page ids
+  // The policy's side buffer (sink, window): one slot a sequence id, [max_seqs][layers][side rows]
+  // [2][kv_heads][head_dim] fp16, side rows = sink + ring (SideView in tq/cuda/kernels.h).
+  Buf<uint16_t> side_;
+  uint32_t side_ring_ = 0;
+  size_t side_layer_ = 0, side_slot_ = 0;  // elements of one layer's rows of a slot, of a slot
   size_t page_bytes_ = 0;
   uint32_t num_pages_ = 0;
   // Scratch for max_chunk rows.
   Buf<float> x_, qkv_, q_, k_, v_, o_, gu_, logits_;  // [N][dim], [N][q_dim + 2 kv_dim], [N][q_dim], [N][kv_dim] x2, [N][dim], [N][2 hidden], [N][vocab]
   Buf<bf16_t> hb_;                                      // [N][max(dim, q_dim, hidden)] bf16 operands
-  Buf<int32_t> tokens_, pos_, rows_, tables_, lens_, ids_;  // [N], [N], [N], [N][max pages], [N], [N]
+  Buf<int32_t> tokens_, pos_, rows_, tables_, lens_, ids_, seq_ids_;  // [N], [N], [N], [N][max pages], [N], [N], [N]
   Buf<int64_t> slots_;                                  // [N]
   Buf<uint8_t> workspace_, blas_workspace_;             // attention (grown as needed), cuBLAS (fixed: graphs)
   std::unique_ptr<int32_t, HostFree> host_ids_;         // [N] pinned
@@ -178,9 +186,16 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   page_bytes_ = (fmain ? fmain->page_bytes() : 0) + (fedge ? fedge->page_bytes() : 0);
   max_pages_ = (o.context + ps - 1) / ps;
   constexpr size_t kBlasWorkspace = size_t(32) << 20;
+  const bool has_side = spec.policy.sink || spec.policy.window;
+  TQ_CHECK(!has_side || o.max_seqs >= 1, "max_seqs must be at least 1");
+  side_ring_ = spec.policy.window ? spec.policy.window + kSideRollback : 0;
+  side_layer_ = size_t(spec.policy.sink + side_ring_) * 2 * size_t(c.kv_dim());
+  side_slot_ = side_layer_ * L;
+  const size_t side_total = has_side ? side_slot_ * o.max_seqs * sizeof(uint16_t) : 0;
   const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
                                           size_t(c.vocab_size)) +
-                         size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * 4 * (6 + max_pages_) + kBlasWorkspace;
+                         size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * 4 * (7 + max_pages_) + kBlasWorkspace +
+                         side_total;
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   const double gib = double(1ull << 30);
@@ -259,7 +274,8 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   hb_ = alloc<bf16_t>(size_t(N) * std::max({D, Q, F}), "bf16 operands");
   tokens_ = alloc<int32_t>(N, "tokens"), pos_ = alloc<int32_t>(N, "positions"), rows_ = alloc<int32_t>(N, "rows");
   lens_ = alloc<int32_t>(N, "lengths"), tables_ = alloc<int32_t>(size_t(N) * max_pages_, "block tables");
-  ids_ = alloc<int32_t>(N, "sampled ids");
+  ids_ = alloc<int32_t>(N, "sampled ids"), seq_ids_ = alloc<int32_t>(N, "sequence ids");
+  if (has_side) side_ = alloc<uint16_t>(side_slot_ * o.max_seqs, "side buffers");
   slots_ = alloc<int64_t>(N, "slots");
   void* pinned = nullptr;
   check(cudaMallocHost(&pinned, size_t(N) * sizeof(int32_t)), "cudaMallocHost");
@@ -272,6 +288,9 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   describe_ = fmt::format("cuda:{} ({}), weights {:.1f} MiB bf16{}, KV pool {:.1f} MiB ({} pages of {} tokens), scratch {:.1f} MiB{}", dev,
                           prop.name, weights / 1048576.0, m ? "" : " (random)", pool / 1048576.0, num_pages_, ps, scratch / 1048576.0,
                           o.eager ? ", eager" : ", CUDA graphs for decode");
+  if (side_total)
+    describe_ += fmt::format(", side buffers {:.1f} MiB ({} sequences, sink {} + ring {})", side_total / 1048576.0, o.max_seqs,
+                             spec.policy.sink, side_ring_);
 }
 
 void CudaModelRunner::gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y) {
@@ -299,6 +318,17 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
   p.max_pages = max_pages_;
   p.max_seq_len = g.max_len;
   p.workspace = workspace_.get();
+  if (side_.n) {  // sink / window: this layer's rows of each sequence's slot, and the step's new rows
+    p.side.data = side_.get() + layer * side_layer_;
+    p.side.slots = seq_ids_.get() + g.seq0;
+    p.side.slot_stride = side_slot_;
+    p.side.sink = spec_.policy.sink;
+    p.side.window = spec_.policy.window;
+    p.side.ring = side_ring_;
+    p.side.new_k = k_.get() + g.row0 * c.kv_dim();
+    p.side.new_v = v_.get() + g.row0 * c.kv_dim();
+    p.side.new_dtype = DType::kF32;
+  }
   return p;
 }
 
@@ -320,7 +350,7 @@ void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
 std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vector<StepSeq>& step, bool last_only, uint32_t* n_tokens,
                                                             uint32_t* n_rows) {
   const uint32_t ps = spec_.format.page_size;
-  std::vector<int32_t> tokens, pos, rows, lens, tables(step.size() * max_pages_, 0);
+  std::vector<int32_t> tokens, pos, rows, lens, seq_ids, tables(step.size() * max_pages_, 0);
   std::vector<int64_t> slots;
   std::vector<Group> groups;
   for (size_t s = 0; s < step.size(); ++s) {
@@ -328,6 +358,8 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
     TQ_CHECK(it.block_table && it.block_table->size() <= max_pages_, "sequence {}: block table of {} pages, beyond the context",
              it.seq, it.block_table ? it.block_table->size() : 0);
     TQ_CHECK(it.n >= 1 && it.n <= kMaxPrefillChunk, "sequence {}: {} new tokens in one step (1..{})", it.seq, it.n, kMaxPrefillChunk);
+    TQ_CHECK(!side_.n || (it.seq >= 0 && uint32_t(it.seq) < opts_.max_seqs), "sequence id {} has no side buffer (max_seqs {})", it.seq,
+             opts_.max_seqs);
     if (groups.empty() || groups.back().ntok != it.n) groups.push_back(Group{uint32_t(s), 0, it.n, 0, tokens.size()});
     groups.back().count++;
     groups.back().max_len = std::max(groups.back().max_len, it.first + it.n);
@@ -340,13 +372,14 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
     }
     std::copy(it.block_table->begin(), it.block_table->end(), tables.begin() + long(s * max_pages_));
     lens.push_back(int32_t(it.first + it.n));
+    seq_ids.push_back(int32_t(it.seq));
   }
   const uint32_t N = uint32_t(tokens.size());
   TQ_CHECK(N >= 1 && N <= opts_.max_chunk, "a step takes 1..{} tokens, got {}", opts_.max_chunk, N);
   const auto put = [&](auto& buf, const auto& v) {
     check(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(v[0]), cudaMemcpyHostToDevice, stream_), "upload");
   };
-  put(tokens_, tokens), put(pos_, pos), put(rows_, rows), put(lens_, lens), put(tables_, tables), put(slots_, slots);
+  put(tokens_, tokens), put(pos_, pos), put(rows_, rows), put(lens_, lens), put(tables_, tables), put(slots_, slots), put(seq_ids_, seq_ids);
   *n_tokens = N;
   *n_rows = uint32_t(rows.size());
   return groups;
@@ -460,9 +493,9 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
   if (c.n_layers < 1 || c.n_heads < 1 || c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0 || c.rope_dim % 2 != 0 || c.rope_dim > c.head_dim)
     problem = fmt::format("the model's shape ({} layers, {} query and {} KV heads, rope dim {} of head dim {}) is not one the runner takes",
                           c.n_layers, c.n_heads, c.n_kv_heads, c.rope_dim, c.head_dim);
-  for (const std::string& knob : spec.policy.knobs())
-    if (knob.rfind("edge=", 0) != 0 && problem.empty())
-      problem = fmt::format("KV spec '{}': the CUDA runner does not implement '{}' yet (the CPU runner does: --device cpu)", spec.text, knob);
+  if (!spec.policy.key_sim.empty())
+    problem = fmt::format("KV spec '{}': ksim={} is a CPU simulation of another format; the CUDA runner has no such cache (--device cpu)",
+                          spec.text, spec.policy.key_sim);
   const uint32_t L = uint32_t(std::max(c.n_layers, 0));
   for (uint32_t l = 0; l < L && problem.empty(); ++l) {
     const KvFormat f = spec.layer_format(l, L);
