@@ -42,7 +42,7 @@ int kernel_dim(const CacheView& c) { return int(is_tq(c.k.enc) ? padded_dim(c.he
 
 struct Plan {
   int D, splits, tokens_per_split, mtiles;
-  int side;  // 1 with a side buffer: one more block along the splits (decode_side.cuh), else 0
+  int side;  // side blocks after the packed splits (decode_side.cuh): decode side_decode_blocks, prefill 1; 0 without
   size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;  // the workspace: [ws_o][ws_ml][ws_q]
   size_t workspace_bytes() const { return ws_o_bytes + ws_ml_bytes + ws_q_bytes; }
 };
@@ -51,12 +51,12 @@ struct Plan {
 // split may be shorter, never empty), and the workspace: per split (and the side block) and query
 // row its output and (max, sum), and the rotated queries of pl.mtiles 8-row m-tiles per
 // (sequence, KV head).
-void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int tile_tokens) {
+void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int tile_tokens, int side_blocks) {
   splits = std::clamp(splits, 1, tiles);
   const int tiles_per_split = (tiles + splits - 1) / splits;
   pl.tokens_per_split = tiles_per_split * tile_tokens;
   pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
-  pl.side = p.side.active() ? 1 : 0;
+  pl.side = side_blocks;
   const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * (pl.splits + pl.side);
   pl.ws_o_bytes = slots * pl.D * sizeof(float);
   pl.ws_ml_bytes = (slots * sizeof(float2) + 15) / 16 * 16;
@@ -80,7 +80,7 @@ Plan make_plan(const DecodeParams& p) {
     const int want = resident_blocks_of(pl.D, p.cache) * device_sm_count() / blocks;
     splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
-  size_splits(pl, p, tiles, splits, kTile);
+  size_splits(pl, p, tiles, splits, kTile, side_decode_blocks(p));
   return pl;
 }
 
@@ -101,7 +101,7 @@ Plan make_prefill_plan(const DecodeParams& p) {
     const int want = resident * device_sm_count() / int(p.num_seqs * p.cache.kv_heads * rtiles);
     splits = std::clamp(want, 1, std::max(1, tiles / 4));
   }
-  size_splits(pl, p, tiles, splits, T);
+  size_splits(pl, p, tiles, splits, T, p.side.active() ? 1 : 0);
   return pl;
 }
 
@@ -152,8 +152,8 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     allow_smem(prefill::prefill_kernel<D, KIND, KB, VB>, smem);
     launch_dependent("prefill", prefill::prefill_kernel<D, KIND, KB, VB>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs), smem,
                      stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
-    launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, static_cast<const float*>(ws_o),
-                     static_cast<const float2*>(ws_ml));
+    launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
+                     static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
     return;
   }
   const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * pl.mtiles, p.num_seqs);
@@ -164,8 +164,8 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   // (Dense rotations read ws_q, written by prepare_queries just before: never early.)
   launch_dependent("decode", decode_kernel<D, KIND, KB, VB>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml,
                    static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
-  launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, static_cast<const float*>(ws_o),
-                   static_cast<const float2*>(ws_ml));
+  launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
+                   static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
 }
 
 template <int D>

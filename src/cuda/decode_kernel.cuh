@@ -18,8 +18,8 @@
 // (float caches interleave both maps by 16-byte units instead: FloatUnits in decode_tiles.cuh):
 // m-tile i rows g and g + 8 are its coordinates 2i and 2i + 1.
 // Warps merge in shared memory; splits merge in merge_kernel (decode_merge.cuh). With a side buffer
-// (SideView: sink, window) the tiles mask each row's side positions, and the grid's last split is
-// the side's block (decode_side.cuh).
+// (SideView: sink, window) the tiles mask each row's side positions, and the grid's last splits
+// are side blocks (decode_side.cuh).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -58,10 +58,13 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)
   Smem<D, KIND, KB, VB>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB>*>(smem_raw);
   static_assert(sizeof(SideSmem<D>) <= sizeof(Smem<D, KIND, KB, VB>), "the side block reuses the shared memory");
-  if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block: its own, short path
+  const int side_blocks = side_decode_blocks(p);
+  if (side_blocks && int(blockIdx.x) >= int(gridDim.x) - side_blocks) {  // a side block: one chunk of the side positions
     dev::wait_prerequisites();
     dev::allow_dependents();
-    side_attention<D>(p, blockIdx.z, blockIdx.y / mtiles, blockIdx.y % mtiles, blockIdx.x, ws_o, ws_ml, smem_raw);
+    const int b = int(blockIdx.x) - (int(gridDim.x) - side_blocks);
+    side_attention<D>(p, blockIdx.z, blockIdx.y / mtiles, blockIdx.y % mtiles, blockIdx.x, b * kSideChunk, (b + 1) * kSideChunk, ws_o,
+                      ws_ml, smem_raw);
     return;
   }
 

@@ -17,20 +17,21 @@
 namespace tq::cuda::decode {
 
 // Combines the splits of one (sequence, query token, query head), un-rotates, writes the output.
-// With a side buffer each row has splits + 1 partials, the last one the side's (not rotated).
+// With a side buffer each row has splits + side_parts partials, the last ones the side blocks'
+// (not rotated).
 // ws_o and ws_ml are the decode grid's output, read after dev::wait_prerequisites: no __restrict__,
 // which would let the compiler treat them as invariant and hoist their loads above the wait (it
 // did, in a variant that read ws_ml right after the wait: SASS showed the load before ACQBULK).
 // (4 blocks an SM as the bound only so that ptxas does not aim at 16 and spill, as it did at D = 256)
 template <int D, bool TQ>
-__global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p, int splits, const float* ws_o, const float2* ws_ml) {
+__global__ void __launch_bounds__(kThreads, 4)
+    merge_kernel(const DecodeParams p, int splits, int side_parts, const float* ws_o, const float2* ws_ml) {
   __shared__ float o[D];
   __shared__ float f[kThreads];  // a chunk of the splits' weights 2^(m_s - M)
   __shared__ float red[kWarps];
   const size_t r = blockIdx.x;  // (seq * ntok + j) * q_heads + h
   const int h = int(r % p.q_heads), kvh = h / int(p.q_heads / p.cache.kv_heads);
-  const bool side = p.side.active();
-  const int total = splits + (side ? 1 : 0);  // partials a row: the packed splits, then the side's
+  const int total = splits + side_parts;  // partials a row: the packed splits, then the side blocks'
   const float2* ml = ws_ml + r * total;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const CacheView& c = p.cache;
@@ -159,12 +160,12 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
       __syncthreads();
     }
   }
-  // The side's partial, in the model's own coordinates: added after the un-rotation.
-  const float side_w = side ? SoftmaxState::weight(ml[splits].x, M, dev::Exp2{}) * inv : 0.0f;
-  const float* side_o = ws_o + (r * total + splits) * D;
+  // The side blocks' partials, in the model's own coordinates: added after the un-rotation.
   for (int col = threadIdx.x; col < int(c.head_dim); col += kThreads) {
     const size_t at = r * c.head_dim + col;
-    const float x = side ? o[col] + side_w * side_o[col] : o[col];
+    float x = o[col];
+    for (int b = 0; b < side_parts; ++b)
+      x += SoftmaxState::weight(ml[splits + b].x, M, dev::Exp2{}) * inv * ws_o[(r * total + splits + b) * D + col];
     if (p.out_dtype == DType::kF32) {
       static_cast<float*>(p.out)[at] = x;
     } else if (p.out_dtype == DType::kF16) {
@@ -174,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 4) merge_kernel(const DecodeParams p
     }
   }
   // Every query has read the side buffer (the attention grid is complete): the step's rows join it.
-  if (side) write_side_row(p, r);
+  if (p.side.active()) write_side_row(p, r);
 }
 
 }  // namespace tq::cuda::decode

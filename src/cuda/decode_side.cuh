@@ -8,7 +8,9 @@
 // more partial state per row. Its rows are not rotated (the side keeps the model's own K and V),
 // so merge_kernel adds this partial after it has un-rotated the packed ones. A block's side
 // tokens are few (sink + window + its rows' span), so this is plain CUDA-core work: chunks of
-// kSideChunk rows through shared memory, one score a thread, online softmax per query row.
+// kSideChunk rows through shared memory, online softmax per query row. Decode spreads a block's
+// side positions over several blocks, a chunk each (side_blocks); prefill, whose grid has blocks
+// enough, gives each 64-row block one side block that loops over its m-tiles and chunks.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -28,10 +30,7 @@ inline constexpr int kSideChunk = 16;  // side tokens a pass: one a lane of a qu
 
 template <int D>
 struct SideSmem {
-  float q[kRows][D];                 // the block's query rows as given (unrotated), scaled to the log2 domain
-  __half2 k[kSideChunk][D / 2 + 1];  // the chunk's keys; a word of padding staggers the rows' banks
-  __half v[kSideChunk][D];           // the chunk's values
-  float w[kRows][kSideChunk];        // the chunk's weights exp2(s - m) per query row
+  __half k[kSideChunk][D], v[kSideChunk][D];  // the chunk's keys and values (zero past head_dim)
 };
 
 // Element i of an array of the given dtype, as fp16 (round to nearest even, as the CPU's side
@@ -42,19 +41,54 @@ __device__ __forceinline__ __half side_half(const void* base, DType dt, size_t i
   return __float2half_rn(__bfloat162float(static_cast<const __nv_bfloat16*>(base)[i]));
 }
 
+// Elements i .. i + 7 (i a multiple of 8, 16-byte aligned as fp16) as 8 fp16 in a uint4.
+__device__ __forceinline__ uint4 side_half8(const void* base, DType dt, size_t i) {
+  if (dt == DType::kF16) return *reinterpret_cast<const uint4*>(static_cast<const __half*>(base) + i);
+  float f[8];
+  if (dt == DType::kF32) {
+    const float4 a = reinterpret_cast<const float4*>(static_cast<const float*>(base) + i)[0];
+    const float4 b = reinterpret_cast<const float4*>(static_cast<const float*>(base) + i)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  } else {
+    const uint4 u = *reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(base) + i);
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      f[2 * e] = __uint_as_float(w[e] << 16);
+      f[2 * e + 1] = __uint_as_float(w[e] & 0xFFFF0000u);
+    }
+  }
+  uint32_t h[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) h[e] = __half_as_ushort(__float2half_rn(f[2 * e])) | uint32_t(__half_as_ushort(__float2half_rn(f[2 * e + 1]))) << 16;
+  return make_uint4(h[0], h[1], h[2], h[3]);
+}
+
+// Side blocks of a decode grid (after its packed splits): one a chunk of the most side positions
+// a block's rows can have (sink, window, and the span of up to 8 query tokens); 0 without a side
+// buffer. Prefill grids have one (prefill_kernel.cuh).
+TQ_HD int side_decode_blocks(const DecodeParams& p) {
+  return p.side.active() ? int((p.side.sink + p.side.window + p.num_q_tokens + kSideChunk - 1) / kSideChunk) : 0;
+}
+
 // The row of the side slot that holds position t (t < sink, or a ring position), or -1.
 __device__ __forceinline__ int side_row(const SideView& sv, int t) {
   if (t < int(sv.sink)) return t;
   return sv.ring ? int(sv.sink) + t % int(sv.ring) : -1;
 }
 
-// The side partial of query rows mt * kRows .. + kRows of (seq, KV head kvh): into workspace slot
-// `split` (of gridDim.x) of each row, as the packed splits write theirs. Every thread of the
-// block calls it; `smem` holds at least a SideSmem<D>.
+// Of the side positions of query rows mt * kRows .. + kRows of (seq, KV head kvh) -- the union of
+// the rows' [0, sink) and (q - window, q], listed in position order -- entries [i_begin, i_end):
+// their partial state per row into workspace slot `split` (of gridDim.x), as the packed splits
+// write theirs (rows with none of them: m = -inf, sum 0). Every thread of the block calls it;
+// `smem` holds at least a SideSmem<D>. Thread (row r, lane l of 16) holds the row's query
+// coordinates [l D/16, + D/16) in registers; a chunk's 16 scores come from partial dots reduced
+// across the 16 lanes so that lane l ends with token l's.
 template <int D>
-__device__ __noinline__ void side_attention(const DecodeParams& p, int seq, int kvh, int mt, int split, float* ws_o, float2* ws_ml,
-                                            void* smem) {
+__device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, int kvh, int mt, int split, int i_begin, int i_end,
+                                               float* ws_o, float2* ws_ml, void* smem) {
   SideSmem<D>& sm = *static_cast<SideSmem<D>*>(smem);
+  constexpr int E = kQE<D>;  // coordinates a thread
   const SideView& sv = p.side;
   const int H = int(p.cache.kv_heads), hd = int(p.cache.head_dim);
   const int group = int(p.q_heads) / H, nq = int(p.num_q_tokens), rows_total = group * nq;
@@ -69,59 +103,101 @@ __device__ __noinline__ void side_attention(const DecodeParams& p, int seq, int 
   const int sink = int(sv.sink), window = int(sv.window);
   const int a_end = min(sink, q_hi + 1);
   const int b_begin = window ? max(a_end, q_lo - window + 1) : q_hi + 1;
-  const int count = a_end + (q_hi + 1 - b_begin);
+  const int count = min(i_end, a_end + (q_hi + 1 - b_begin));
   const auto position = [&](int i) { return i < a_end ? i : b_begin + (i - a_end); };
 
-  __syncthreads();  // a previous call's threads are done with sm
-  {
-    float v[kQE<D>];
-    load_query<D, Kind::kF16>(p, seq, kvh, mt, v);  // as given: no rotation, no cache scales
-    const float s = (p.scale > 0 ? p.scale : rsqrtf(float(hd))) * kLog2e;
+  float q[E];  // the row's query as given (unrotated, no cache scales), scaled to the log2 domain
+  load_query<D, Kind::kF16>(p, seq, kvh, mt, q);
+  const float qs = (p.scale > 0 ? p.scale : rsqrtf(float(hd))) * kLog2e;
 #pragma unroll
-    for (int e = 0; e < kQE<D>; ++e) sm.q[r][c0 + e] = v[e] * s;
-  }
+  for (int e = 0; e < E; ++e) q[e] *= qs;
   const uint16_t* slot = sv.data + size_t(sv.slots[seq]) * sv.slot_stride;
   const size_t row_elems = size_t(2) * H * hd;  // a side row: K then V of every KV head
+  // Where entry i's K row of this KV head is (its V row is H * hd elements further): the step's
+  // own rows in new_k / new_v, the others in the slot.
+  const auto source = [&](int i, const void*& kb, const void*& vb, DType& dt, size_t& at) {
+    const int t = position(i);
+    if (t >= first) {
+      kb = sv.new_k, vb = sv.new_v, dt = sv.new_dtype, at = ((size_t(seq) * nq + (t - first)) * H + kvh) * hd;
+    } else {
+      kb = vb = slot, dt = DType::kF16, at = size_t(side_row(sv, t)) * row_elems + size_t(kvh) * hd;
+      vb = slot + size_t(H) * hd;
+    }
+  };
 
-  float acc[kQE<D>];
+  float acc[E];
 #pragma unroll
-  for (int e = 0; e < kQE<D>; ++e) acc[e] = 0.0f;
+  for (int e = 0; e < E; ++e) acc[e] = 0.0f;
   float m = -INFINITY, dsum = 0.0f;  // SoftmaxState of this thread's row (each of its 16 threads keeps it)
-  for (int i0 = 0; i0 < count; i0 += kSideChunk) {
+  for (int i0 = i_begin; i0 < count; i0 += kSideChunk) {
     const int n = min(kSideChunk, count - i0);
-    __syncthreads();  // the previous chunk is read (the first time: the queries are in place)
-    for (int x = threadIdx.x; x < kSideChunk * D; x += kThreads) {
-      const int i = x / D, col = x % D;
-      __half kx = __float2half_rn(0.0f), vx = kx;
-      if (i < n && col < hd) {
-        const int t = position(i0 + i);
-        if (t >= first) {  // the step's own row
-          const size_t at = ((size_t(seq) * nq + (t - first)) * H + kvh) * hd + col;
-          kx = side_half(sv.new_k, sv.new_dtype, at);
-          vx = side_half(sv.new_v, sv.new_dtype, at);
-        } else {
-          const uint16_t* src = slot + size_t(side_row(sv, t)) * row_elems + size_t(kvh) * hd + col;
-          kx = __ushort_as_half(src[0]);
-          vx = __ushort_as_half(src[size_t(H) * hd]);
+    __syncthreads();  // the previous chunk (or call) is read
+    if (hd % 8 == 0) {  // 16-byte pieces, all issued before any is stored
+      constexpr int kUnits = kSideChunk * D / 8, kPer = (kUnits + kThreads - 1) / kThreads;
+      uint4 ku[kPer], vu[kPer];
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int x = int(threadIdx.x) + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
+        ku[u] = vu[u] = make_uint4(0, 0, 0, 0);
+        if (x < kUnits && i < n && col < hd) {
+          const void *kb, *vb;
+          DType dt;
+          size_t at;
+          source(i0 + i, kb, vb, dt, at);
+          ku[u] = side_half8(kb, dt, at + col);
+          vu[u] = side_half8(vb, dt, at + col);
         }
       }
-      reinterpret_cast<__half*>(&sm.k[i][0])[col] = kx;
-      sm.v[i][col] = vx;
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int x = int(threadIdx.x) + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
+        if (x < kUnits) {
+          *reinterpret_cast<uint4*>(&sm.k[i][col]) = ku[u];
+          *reinterpret_cast<uint4*>(&sm.v[i][col]) = vu[u];
+        }
+      }
+    } else {
+      for (int x = threadIdx.x; x < kSideChunk * D; x += kThreads) {
+        const int i = x / D, col = x % D;
+        __half kx = __float2half_rn(0.0f), vx = kx;
+        if (i < n && col < hd) {
+          const void *kb, *vb;
+          DType dt;
+          size_t at;
+          source(i0 + i, kb, vb, dt, at);
+          kx = side_half(kb, dt, at + col);
+          vx = side_half(vb, dt, at + col);
+        }
+        sm.k[i][col] = kx;
+        sm.v[i][col] = vx;
+      }
     }
     __syncthreads();
-    // ---- the score of (row r, token i0 + lane16), masked to the row's own side positions ----
+    // ---- scores: partial dots of the thread's coordinates with each of the 16 keys, reduced so
+    // that lane l of the row holds token i0 + l's ----
+    float part[kSideChunk];
+#pragma unroll
+    for (int i = 0; i < kSideChunk; ++i) {
+      float dot = 0.0f;
+#pragma unroll
+      for (int e = 0; e < E; e += 2) {
+        const float2 kk = __half22float2(*reinterpret_cast<const __half2*>(&sm.k[i][c0 + e]));
+        dot = fmaf(q[e], kk.x, fmaf(q[e + 1], kk.y, dot));
+      }
+      part[i] = dot;
+    }
+#pragma unroll
+    for (int o = kSideChunk / 2; o >= 1; o /= 2) {
+      const bool upper = lane16 & o;  // keeps entries [o, 2o) of the current range, sends [0, o)
+#pragma unroll
+      for (int j = 0; j < o; ++j) {
+        const float send = upper ? part[j] : part[j + o], keep = upper ? part[j + o] : part[j];
+        part[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+      }
+    }
     const int t = position(i0 + lane16);
     const bool live = valid && lane16 < n && t <= qpos && (t < sink || (window > 0 && t > qpos - window));
-    float s = -INFINITY;
-    if (live) {
-      float dot = 0.0f;
-#pragma unroll 8
-      for (int w = 0; w < D / 2; ++w) {
-        const float2 kk = __half22float2(sm.k[lane16][w]);
-        dot = fmaf(sm.q[r][2 * w], kk.x, fmaf(sm.q[r][2 * w + 1], kk.y, dot));
-      }
-      s = dot;
-    }
+    const float s = live ? part[0] : -INFINITY;
     float mx = s;
 #pragma unroll
     for (int o = 1; o < 16; o *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
@@ -131,21 +207,26 @@ __device__ __noinline__ void side_attention(const DecodeParams& p, int seq, int 
 #pragma unroll
     for (int o = 1; o < 16; o *= 2) wsum += __shfl_xor_sync(0xffffffffu, wsum, o);
     dsum += wsum;
-    sm.w[r][lane16] = w;
-    __syncwarp();  // the row's 16 threads share a warp
+    // ---- values: acc = acc * scale + sum_i w_i v_i over the thread's coordinates ----
 #pragma unroll
-    for (int e = 0; e < kQE<D>; ++e) acc[e] *= st.scale;
-    for (int i = 0; i < n; ++i) {
-      const float wi = sm.w[r][i];
+    for (int e = 0; e < E; ++e) acc[e] *= st.scale;
+    const int row_lane0 = int(threadIdx.x % 32) & 16;  // the row's first lane in the warp
 #pragma unroll
-      for (int e = 0; e < kQE<D>; ++e) acc[e] = fmaf(wi, __half2float(sm.v[i][c0 + e]), acc[e]);
+    for (int i = 0; i < kSideChunk; ++i) {
+      const float wi = __shfl_sync(0xffffffffu, w, row_lane0 + i);
+#pragma unroll
+      for (int e = 0; e < E; e += 2) {
+        const float2 vv = __half22float2(*reinterpret_cast<const __half2*>(&sm.v[i][c0 + e]));
+        acc[e] = fmaf(wi, vv.x, acc[e]);
+        acc[e + 1] = fmaf(wi, vv.y, acc[e + 1]);
+      }
     }
   }
   if (!valid) return;
   const int j = row / group, h = kvh * group + row % group;
   const size_t at = ((size_t(seq) * nq + j) * p.q_heads + h) * gridDim.x + split;
 #pragma unroll
-  for (int e = 0; e < kQE<D>; ++e) ws_o[at * D + c0 + e] = acc[e];
+  for (int e = 0; e < E; ++e) ws_o[at * D + c0 + e] = acc[e];
   if (lane16 == 0) ws_ml[at] = make_float2(m, dsum);
 }
 

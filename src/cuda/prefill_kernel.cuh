@@ -20,6 +20,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <climits>
 #include <cmath>
 
 #include "decode_ops.cuh"
@@ -243,8 +244,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
   static_assert(sizeof(decode::SideSmem<D>) <= sizeof(Smem<D>), "the side block reuses the shared memory");
   if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block (decode_side.cuh), m-tile by m-tile
     for (int i = 0; i < kBlockRows / decode::kRows; ++i)
-      decode::side_attention<D>(p, blockIdx.z, blockIdx.y / rtiles, blockIdx.y % rtiles * (kBlockRows / decode::kRows) + i, blockIdx.x,
-                                ws_o, ws_ml, smem_raw);
+      decode::side_attention<D>(p, blockIdx.z, blockIdx.y / rtiles, blockIdx.y % rtiles * (kBlockRows / decode::kRows) + i, blockIdx.x, 0,
+                                INT_MAX, ws_o, ws_ml, smem_raw);
     return;
   }
 
