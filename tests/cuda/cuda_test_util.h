@@ -4,12 +4,21 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <cstring>
+#include <string>
 #include <vector>
 
 namespace tq::test {
 
 bool have_gpu();
+
+// The attention tests' case name: spec, head dim, GQA ratio, query tokens, lengths, splits, prefill.
+std::string attention_case_name(const std::string& spec, uint32_t head_dim, uint32_t gqa, uint32_t ntok, const std::vector<int32_t>& lens,
+                                uint32_t splits, bool prefill);
+
+// The worst relative L2 error of an output row of d elements (NaN when a row is not finite).
+double worst_row_error(const std::vector<float>& got, const std::vector<float>& ref, uint32_t d);
 
 #define TQ_REQUIRE_GPU() \
   if (!::tq::test::have_gpu()) GTEST_SKIP() << "no CUDA device: GPU tests run on a machine with one (bench/gpu/run_h200.sh)"

@@ -26,12 +26,7 @@ struct DecodeCase {
 };
 
 std::string case_name(const DecodeCase& c) {
-  std::string s = c.spec + "_d" + std::to_string(c.head_dim) + "_g" + std::to_string(c.gqa) + "_t" + std::to_string(c.ntok) + "_L";
-  for (int32_t l : c.lens) s += std::to_string(l) + "_";
-  s += "s" + std::to_string(c.splits) + (c.prefill ? "_prefill" : "");
-  for (char& ch : s)
-    if (!isalnum(ch)) ch = '_';
-  return s;
+  return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill);
 }
 
 // Everything one decode call needs, on both sides.
@@ -100,21 +95,6 @@ struct DecodeSetup {
   }
 };
 
-// The worst relative L2 error of an output row of d elements (NaN when a row is not finite).
-double worst_row_error(const std::vector<float>& got, const std::vector<float>& ref, uint32_t d) {
-  double worst = 0;
-  for (size_t row = 0; row < got.size() / d; ++row) {
-    double e = 0, n = 0;
-    for (uint32_t i = 0; i < d; ++i) {
-      e += std::pow(double(got[row * d + i]) - ref[row * d + i], 2);
-      n += std::pow(double(ref[row * d + i]), 2);
-    }
-    const double r = std::sqrt(e / n);
-    worst = std::isnan(r) || std::isnan(worst) ? NAN : std::max(worst, r);
-  }
-  return worst;
-}
-
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
 
 TEST_P(Decode, MatchesReferenceWithin1e3) {
@@ -142,7 +122,7 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   const auto got = out.download();
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_TRUE(std::isfinite(got[i])) << "row " << i / s.d << " element " << i % s.d << " not written or not finite";
-  const double worst = worst_row_error(got, ref, s.d);
+  const double worst = test::worst_row_error(got, ref, s.d);
   EXPECT_LT(worst, 1e-3) << "worst relative L2 error of an output row (splits " << cuda::decode_num_splits(p) << ")";
   RecordProperty("worst_rel_err", std::to_string(worst));
 }
@@ -282,7 +262,7 @@ TEST(StoreAndDecode, NewRowsAreStoredBeforeThePagesAreRead) {
     cuda::quantize_store_and_decode(st, p, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_TRUE(cache.download() == std::vector<uint8_t>(s.cpu->data(), s.cpu->data() + s.cpu->bytes())) << spec << ": cache bytes differ";
-    EXPECT_LT(worst_row_error(out.download(), ref, s.d), 1e-3) << spec;  // NaN (a poisoned row read) fails too
+    EXPECT_LT(test::worst_row_error(out.download(), ref, s.d), 1e-3) << spec;  // NaN (a poisoned row read) fails too
   }
 }
 

@@ -28,26 +28,7 @@ struct SideCase {
 };
 
 std::string case_name(const SideCase& c) {
-  std::string s = c.spec + "_d" + std::to_string(c.head_dim) + "_g" + std::to_string(c.gqa) + "_t" + std::to_string(c.ntok) + "_L";
-  for (int32_t l : c.lens) s += std::to_string(l) + "_";
-  s += "s" + std::to_string(c.splits) + (c.prefill ? "_prefill" : "");
-  for (char& ch : s)
-    if (!isalnum(ch)) ch = '_';
-  return s;
-}
-
-double worst_row_error(const std::vector<float>& got, const std::vector<float>& ref, uint32_t d) {
-  double worst = 0;
-  for (size_t row = 0; row < got.size() / d; ++row) {
-    double e = 0, n = 0;
-    for (uint32_t i = 0; i < d; ++i) {
-      e += std::pow(double(got[row * d + i]) - ref[row * d + i], 2);
-      n += std::pow(double(ref[row * d + i]), 2);
-    }
-    const double r = std::sqrt(e / n);
-    worst = std::isnan(r) || std::isnan(worst) ? NAN : std::max(worst, r);
-  }
-  return worst;
+  return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill);
 }
 
 constexpr uint16_t kPoison = 0xFFFF;  // an fp16 NaN
@@ -206,7 +187,7 @@ TEST_P(DecodeSide, MatchesTheCpuAttentionAndWritesTheStepsRows) {
   const std::vector<float> got = r.run(c.prefill, c.splits);
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_TRUE(std::isfinite(got[i])) << "row " << i / s.d << " element " << i % s.d << " not written, not finite, or a NaN slot read";
-  const double worst = worst_row_error(got, ref, s.d);
+  const double worst = test::worst_row_error(got, ref, s.d);
   EXPECT_LT(worst, 1e-3) << "worst relative L2 error of an output row against KvStore::attend";
   RecordProperty("worst_rel_err", std::to_string(worst));
 
@@ -272,7 +253,7 @@ TEST(DecodeSide, StepsFromAnEmptySideBufferMatchTheCpu) {
       const std::vector<float> ref = s.reference();
       SideRun r(s, side.ptr);
       const std::vector<float> got = r.run(n > cuda::kMaxDecodeQueryTokens, 0);
-      const double worst = worst_row_error(got, ref, s.d);
+      const double worst = test::worst_row_error(got, ref, s.d);
       ASSERT_LT(worst, 1e-3) << spec << ": step " << i << " (" << n << " tokens to " << len << "); NaN: a slot read before it was written";
     }
   }
