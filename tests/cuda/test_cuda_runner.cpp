@@ -296,6 +296,21 @@ TEST(CudaRunnerRandom, NamedShapeAndGpuMemory) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("sequence id 2"), std::string::npos) << e.what();
   }
+  // A step may take back up to kSideRollback positions (its ring keeps them); further is refused.
+  BlockManager pages(side->num_pages(), 16);
+  const int s = pages.add_sequence();
+  side->add_sequence(s);
+  pages.reserve({{s, 40}});
+  side->forward({engine::StepSeq{s, tokens.data(), 30, 0, &pages.block_table(s), false}});
+  const uint32_t back = 30 - kSideRollback;  // taken back by the most the ring allows, then one step there
+  side->forward({engine::StepSeq{s, tokens.data(), 1, back, &pages.block_table(s), false}});
+  try {  // back + 1 positions written: one more than the ring allows
+    side->forward({engine::StepSeq{s, tokens.data(), 1, back - kSideRollback, &pages.block_table(s), false}});
+    FAIL() << "a step taken back beyond the ring accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("taken back"), std::string::npos) << e.what();
+  }
+  side->forward({engine::StepSeq{s, tokens.data(), 30, 0, &pages.block_table(s), false}});  // from the start: fine
 }
 
 // What the runner does not implement is refused by name before any device call (so this runs

@@ -102,6 +102,7 @@ class CudaModelRunner : public engine::ModelRunner {
   void add_sequence(int seq) override {
     TQ_CHECK(seq >= 0 && (!side_.n || uint32_t(seq) < opts_.max_seqs),
              "sequence id {} has no side buffer: the CUDA runner was built for {} sequences (max_seqs)", seq, opts_.max_seqs);
+    if (side_.n) side_written_[size_t(seq)] = 0;
   }
   std::vector<float> forward(const std::vector<StepSeq>& step) override;
   std::vector<int> forward_greedy(const std::vector<StepSeq>& step) override;
@@ -146,6 +147,7 @@ class CudaModelRunner : public engine::ModelRunner {
   Buf<uint16_t> side_;
   uint32_t side_ring_ = 0;
   size_t side_layer_ = 0, side_slot_ = 0;  // elements of one layer's rows of a slot, of a slot
+  std::vector<uint32_t> side_written_;     // [max_seqs] the end of the positions each slot's last step wrote
   size_t page_bytes_ = 0;
   uint32_t num_pages_ = 0;
   // Scratch for max_chunk rows.
@@ -275,7 +277,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   tokens_ = alloc<int32_t>(N, "tokens"), pos_ = alloc<int32_t>(N, "positions"), rows_ = alloc<int32_t>(N, "rows");
   lens_ = alloc<int32_t>(N, "lengths"), tables_ = alloc<int32_t>(size_t(N) * max_pages_, "block tables");
   ids_ = alloc<int32_t>(N, "sampled ids"), seq_ids_ = alloc<int32_t>(N, "sequence ids");
-  if (has_side) side_ = alloc<uint16_t>(side_slot_ * o.max_seqs, "side buffers");
+  if (has_side) side_ = alloc<uint16_t>(side_slot_ * o.max_seqs, "side buffers"), side_written_.assign(o.max_seqs, 0);
   slots_ = alloc<int64_t>(N, "slots");
   void* pinned = nullptr;
   check(cudaMallocHost(&pinned, size_t(N) * sizeof(int32_t)), "cudaMallocHost");
@@ -360,6 +362,12 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
     TQ_CHECK(it.n >= 1 && it.n <= kMaxPrefillChunk, "sequence {}: {} new tokens in one step (1..{})", it.seq, it.n, kMaxPrefillChunk);
     TQ_CHECK(!side_.n || (it.seq >= 0 && uint32_t(it.seq) < opts_.max_seqs), "sequence id {} has no side buffer (max_seqs {})", it.seq,
              opts_.max_seqs);
+    // The ring holds the window and kSideRollback positions more: a sequence taken back further
+    // (after a step that wrote its rows, then failed) has lost window rows it would read.
+    TQ_CHECK(!side_.n || !spec_.policy.window || it.first == 0 || it.first + kSideRollback >= side_written_[size_t(it.seq)],
+             "sequence {}: taken back from position {} to {}, further than the {} positions its recent-token ring keeps beyond the "
+             "window; reset it and prefill it again",
+             it.seq, side_written_[size_t(it.seq)], it.first, kSideRollback);
     if (groups.empty() || groups.back().ntok != it.n) groups.push_back(Group{uint32_t(s), 0, it.n, 0, tokens.size()});
     groups.back().count++;
     groups.back().max_len = std::max(groups.back().max_len, it.first + it.n);
@@ -376,6 +384,8 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
   }
   const uint32_t N = uint32_t(tokens.size());
   TQ_CHECK(N >= 1 && N <= opts_.max_chunk, "a step takes 1..{} tokens, got {}", opts_.max_chunk, N);
+  if (side_.n)  // the step's kernels write these positions' rows into the side slots
+    for (const StepSeq& it : step) side_written_[size_t(it.seq)] = it.first + it.n;
   const auto put = [&](auto& buf, const auto& v) {
     check(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(v[0]), cudaMemcpyHostToDevice, stream_), "upload");
   };
