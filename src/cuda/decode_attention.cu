@@ -48,9 +48,9 @@ struct Plan {
 };
 
 // The split count clamped to [1, tiles], whole tiles of tile_tokens per split (so the last
-// split may be shorter, never empty), and the workspace: per split (and the side block) and query
-// row its output and (max, sum), and the rotated queries of pl.mtiles 8-row m-tiles per
-// (sequence, KV head).
+// split may be shorter, never empty), and the workspace: per split (and side block) and query row
+// its output and (max, sum), and the rotated queries of pl.mtiles 8-row m-tiles per (sequence, KV
+// head).
 void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int tile_tokens, int side_blocks) {
   splits = std::clamp(splits, 1, tiles);
   const int tiles_per_split = (tiles + splits - 1) / splits;

@@ -191,7 +191,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   const bool has_side = spec.policy.sink || spec.policy.window;
   TQ_CHECK(!has_side || o.max_seqs >= 1, "max_seqs must be at least 1");
   side_ring_ = spec.policy.window ? spec.policy.window + kSideRollback : 0;
-  side_layer_ = size_t(spec.policy.sink + side_ring_) * 2 * size_t(c.kv_dim());
+  side_layer_ = size_t(spec.policy.side_tokens(kSideRollback)) * 2 * size_t(c.kv_dim());  // sink + ring rows
   side_slot_ = side_layer_ * L;
   const size_t side_total = has_side ? side_slot_ * o.max_seqs * sizeof(uint16_t) : 0;
   const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
