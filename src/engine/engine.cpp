@@ -35,18 +35,18 @@ std::unique_ptr<ModelRunner> make_random_runner(const model::ModelConfig& c, con
 #endif
 }
 
-std::vector<int> ModelRunner::forward_greedy(const std::vector<StepSeq>& step) {
+std::vector<int> ModelRunner::forward_sample(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args) {
+  TQ_CHECK(args.size() == step.size(), "a step of {} sequences got sampling arguments for {}", step.size(), args.size());
   const std::vector<float> logits = forward(step);
   const size_t vocab = size_t(config().vocab_size);
-  Sampler greedy(SamplingParams{});
   std::vector<int> ids;
   size_t row = 0;
-  for (const StepSeq& s : step) {
-    row += s.all_logits ? s.n : 1;  // the sequence's last row ends here
+  for (size_t i = 0; i < step.size(); ++i) {
+    row += step[i].all_logits ? step[i].n : 1;  // the sequence's last row ends here
     try {
-      ids.push_back(greedy.sample(std::span<const float>(logits).subspan((row - 1) * vocab, vocab)));
+      ids.push_back(Sampler(args[i].params).sample(std::span<const float>(logits).subspan((row - 1) * vocab, vocab), args[i].u));
     } catch (const Error& e) {
-      throw Error(fmt::format("sequence {}: {}", s.seq, e.what()));
+      throw Error(fmt::format("sequence {}: {}", step[i].seq, e.what()));
     }
   }
   return ids;
@@ -151,8 +151,9 @@ std::vector<float> Engine::forward(const std::vector<BatchItem>& batch) {
   return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward(step); });
 }
 
-std::vector<int> Engine::forward_greedy(const std::vector<BatchItem>& batch) {
-  return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward_greedy(step); });
+std::vector<int> Engine::forward_sample(const std::vector<BatchItem>& batch, const std::vector<SampleArgs>& args) {
+  TQ_CHECK(args.size() == batch.size(), "a batch of {} sequences got sampling arguments for {}", batch.size(), args.size());
+  return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward_sample(step, args); });
 }
 
 std::vector<float> Engine::prefill(int s, const std::vector<int>& tokens, bool all_logits) {

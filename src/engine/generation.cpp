@@ -42,14 +42,15 @@ uint32_t generate(Engine& e, int seq, std::vector<float> logits, Sampler& sample
   // Another token is sampled while both limits allow one more: it goes at position start + generated.
   const auto more = [&] { return generated < o.max_tokens && (o.context == 0 || start + generated < o.context); };
   if (!more()) return 0;
-  // Greedy steps sample on the runner's device (only the ids come back); others on the host.
+  // The prefill's logits are here already; later steps sample on the runner's device (only the
+  // ids come back).
   int next = sampler.sample(logits);
   while (!is_stop_token(m, tok, next)) {
     on_token(next);
     ++generated;
     if (!more()) break;
     const std::vector<BatchItem> step{BatchItem{seq, {next}, false}};
-    next = sampler.params().greedy() ? e.forward_greedy(step)[0] : sampler.sample(e.forward(step));
+    next = e.forward_sample(step, {sampler.next_args()})[0];
   }
   return generated;
 }

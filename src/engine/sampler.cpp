@@ -29,8 +29,7 @@ size_t checked_argmax(std::span<const float> x) {
 bool more_likely(const Candidate& a, const Candidate& b) { return a.w > b.w || (a.w == b.w && a.id < b.id); }
 
 // The tokens that survive temperature, top-k, top-p and min-p, with their softmax weights
-// (not normalized); returns the sum of the weights. kept: [tokens kept], most likely first
-// whenever a filter ranked them, in id order otherwise.
+// (not normalized); returns the sum of the weights. kept: [tokens kept] in id order.
 double filter(const SamplingParams& p, std::span<const float> x, std::vector<Candidate>& kept) {
   const size_t best = checked_argmax(x);
   kept.clear();
@@ -67,6 +66,8 @@ double filter(const SamplingParams& p, std::span<const float> x, std::vector<Can
     total = 0;
     for (const Candidate& c : kept) total += c.w;
   }
+  if (top_k || p.top_p < 1.0f || p.min_p > 0.0f)  // the draw walks the kept tokens in id order
+    std::sort(kept.begin(), kept.end(), [](const Candidate& a, const Candidate& b) { return a.id < b.id; });
   return total;
 }
 
@@ -81,12 +82,17 @@ void SamplingParams::validate() const {
 
 Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) { p_.validate(); }
 
-int Sampler::sample(std::span<const float> logits) {
+double Sampler::draw() {
+  // From the top 53 bits: std::uniform_real_distribution is not the same on every standard
+  // library, and a seed should give the same text everywhere.
+  return p_.greedy() ? 0.0 : double(rng_() >> 11) * 0x1.0p-53;
+}
+
+int Sampler::sample(std::span<const float> logits, double u) {
   const double total = filter(p_, logits, kept_);
   if (p_.greedy()) return kept_[0].id;
-  // u in [0, 1) from the top 53 bits: std::uniform_real_distribution is not the same on every
-  // standard library, and a seed should give the same text everywhere.
-  double r = double(rng_() >> 11) * 0x1.0p-53 * total;
+  TQ_CHECK(u >= 0.0 && u < 1.0, "a sampling draw must be in [0, 1), got {}", u);
+  double r = u * total;
   int last = kept_[0].id;  // rounding can leave r just above the last weight: the last token with w > 0
   for (const Candidate& c : kept_) {
     if (r < c.w) return c.id;

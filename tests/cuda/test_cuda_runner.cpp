@@ -146,45 +146,6 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                            return s;
                          });
 
-// The argmax kernel against the Sampler's greedy choice on hostile rows: ties (the lowest id
-// wins), a maximum in the last element, -inf entries, and rows it must refuse (NaN, +inf, only
-// -inf), for vocabularies that do and do not fill the block's 1024 threads.
-TEST(CudaSampling, ArgmaxIsTheSamplersGreedyChoice) {
-  TQ_REQUIRE_GPU();
-  for (uint32_t vocab : {1u, 31u, 1000u, 49159u}) {
-    std::mt19937 rng(vocab);
-    std::normal_distribution<float> nd;
-    const uint32_t rows = 9;
-    std::vector<float> h(size_t(rows) * vocab);
-    for (float& x : h) x = nd(rng);
-    const auto row = [&](uint32_t r) { return h.begin() + long(size_t(r) * vocab); };
-    std::fill(row(1), row(2), 0.5f);                  // every id ties: 0
-    row(2)[vocab - 1] = 100.0f;                        // the last id
-    if (vocab > 2) row(3)[vocab / 2] = row(3)[vocab - 2] = 50.0f;  // a tie of two: the lower
-    std::fill(row(4), row(5), -INFINITY);
-    row(4)[vocab - 1] = -3.0f;                         // -inf but one
-    row(5)[vocab / 3] = NAN;
-    row(6)[vocab - 1] = INFINITY;
-    std::fill(row(7), row(8), -INFINITY);             // nothing to pick
-    test::DeviceBuffer<float> d(h);
-    test::DeviceBuffer<int32_t> ids(rows);
-    ids.poison();
-    cuda::layers::argmax(d.ptr, rows, vocab, ids.ptr, nullptr);
-    CUDA_OK(cudaDeviceSynchronize());
-    const std::vector<int32_t> got = ids.download();
-    engine::Sampler greedy(engine::SamplingParams{});
-    for (uint32_t r = 0; r < rows; ++r) {
-      const std::span<const float> x(&h[size_t(r) * vocab], vocab);
-      int want = -1;
-      try {
-        want = greedy.sample(x);
-      } catch (const Error&) {
-      }
-      EXPECT_EQ(got[r], want) << "vocab " << vocab << " row " << r;
-    }
-  }
-}
-
 // Greedy decode steps replayed from CUDA graphs give the tokens of eager steps: each step's ids
 // against the argmax of the eager engine's logits on the same tokens, wherever its top-2 gap is
 // clear. A long prefill in the middle grows the attention workspace, which drops the captured

@@ -218,5 +218,40 @@ TEST(Sampler, SameSeedSameTokens) {
   EXPECT_GT(differ, 100);  // another seed is another sequence (most draws have tens of candidates)
 }
 
+// The draw u picks where it falls in the kept tokens' cumulative probabilities in id order,
+// whether or not a filter ranked them (the rule the GPU sampling kernel follows): kQuarters with
+// top-k 4 (a filter that keeps all) has cumulative sums 0.125, 0.625, 0.75, 1 at ids 0..3.
+TEST(Sampler, TheDrawWalksTheKeptTokensInIdOrder) {
+  for (const SamplingParams& p : {SamplingParams{.temperature = 1}, SamplingParams{.temperature = 1, .top_k = 4}}) {
+    Sampler s(p);
+    const std::vector<std::pair<double, int>> picks = {{0.0, 0}, {0.1, 0}, {0.2, 1}, {0.63, 2}, {0.8, 3}, {std::nextafter(1.0, 0.0), 3}};
+    for (const auto& [u, id] : picks) EXPECT_EQ(s.sample(kQuarters, u), id) << "u " << u << " top_k " << p.top_k;
+    // top-p 0.6 keeps ids 1 and 3 (2/3, 1/3): still in id order.
+    Sampler q({.temperature = 1, .top_p = 0.6f});
+    EXPECT_EQ(q.sample(kQuarters, 0.6), 1);
+    EXPECT_EQ(q.sample(kQuarters, 0.7), 3);
+  }
+  Sampler s({.temperature = 1});
+  EXPECT_NE(error_of([&] { s.sample(kQuarters, 1.0); }).find("draw must be in [0, 1), got 1"), std::string::npos);
+  EXPECT_NE(error_of([&] { s.sample(kQuarters, -0.5); }).find("got -0.5"), std::string::npos);
+}
+
+// Greedy samplers draw nothing; sampling ones one number a call, the one sample() uses.
+TEST(Sampler, DrawIsTheNumberSampleUses) {
+  Sampler greedy({.seed = 3});
+  EXPECT_EQ(greedy.draw(), 0.0);
+  const SamplingParams p{.temperature = 0.9f, .top_k = 20, .seed = 11};
+  Sampler a(p), b(p);
+  std::mt19937_64 rng(4);
+  std::vector<float> row(100);
+  for (int i = 0; i < 200; ++i) {
+    for (float& v : row) v = float(rng() % 1000) / 200.0f;
+    const double u = a.draw();
+    EXPECT_GE(u, 0.0);
+    EXPECT_LT(u, 1.0);
+    EXPECT_EQ(a.sample(row, u), b.sample(row));
+  }
+}
+
 }  // namespace
 }  // namespace tq::engine

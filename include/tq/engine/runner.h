@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "tq/engine/sampler.h"
 #include "tq/kv/spec.h"
 #include "tq/model/model.h"
 
@@ -52,11 +53,13 @@ class ModelRunner {
   // tables, attention reads them. Returns logits, sequence by sequence: [n or 1][vocab].
   virtual std::vector<float> forward(const std::vector<StepSeq>& step) = 0;
 
-  // forward(), then greedy sampling: the argmax of each sequence's last logits row, ties to the
-  // lowest id as in Sampler. Returns [step.size()] token ids; throws tq::Error naming the
-  // sequence when its row holds a NaN or +inf. Device runners sample on the device and copy back
-  // the ids only; this default samples forward()'s logits on the host.
-  virtual std::vector<int> forward_greedy(const std::vector<StepSeq>& step);
+  // forward(), then one token per sequence from its last logits row: what Sampler::sample(row, u)
+  // picks for args[s] = {params, u}. Returns [step.size()] token ids; throws tq::Error naming the
+  // sequence when its row holds a NaN or +inf or only -inf. Device runners sample on the device
+  // and copy back the ids only; this default samples forward()'s logits on the host.
+  virtual std::vector<int> forward_sample(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args);
+  // forward_sample() with greedy sampling: the argmax, ties to the lowest id.
+  std::vector<int> forward_greedy(const std::vector<StepSeq>& step) { return forward_sample(step, std::vector<SampleArgs>(step.size())); }
 
   // Pages of the pool (RunnerOptions::num_pages, or what gpu_memory left for it).
   virtual uint32_t num_pages() const = 0;

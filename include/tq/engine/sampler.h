@@ -1,7 +1,9 @@
 // The next token from a row of logits, as vLLM / llama.cpp / Hugging Face users expect it:
 // temperature first, then top-k, then top-p (nucleus), then min-p, over the softmax; greedy
 // (the argmax) when the temperature is 0. Ties, in the argmax and at every cut-off, go to the
-// lowest token id, so a run is reproducible from its seed alone.
+// lowest token id, so a run is reproducible from its seed alone. The draw is one uniform number
+// u in [0, 1) and the token is where u falls in the kept tokens' cumulative probabilities in id
+// order: the rule the GPU runners' sampling kernel follows, so a seed gives the same text there.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +26,13 @@ struct SamplingParams {
   bool greedy() const { return temperature == 0.0f; }
 };
 
+// One sequence's sampling in a step, for runners that sample on their device: the parameters and
+// the uniform number drawn for it (Sampler::draw).
+struct SampleArgs {
+  SamplingParams params;  // validated
+  double u = 0;           // in [0, 1); ignored when greedy
+};
+
 class Sampler {
  public:
   // Validates `p` (throws tq::Error) and seeds the generator with p.seed.
@@ -31,11 +40,19 @@ class Sampler {
 
   const SamplingParams& params() const { return p_; }
 
-  // A token id in [0, logits.size()). Greedy calls draw no random number, sampling ones draw
-  // exactly one, so the same seed and the same logits give the same tokens. Logits may be -inf
-  // (a token that can never be chosen); throws tq::Error naming the position of a NaN or +inf
-  // logit, and on an empty row or a row of -inf only.
-  int sample(std::span<const float> logits);
+  // A token id in [0, logits.size()): sample(logits, draw()). Greedy calls draw no random number,
+  // sampling ones draw exactly one, so the same seed and the same logits give the same tokens.
+  // Logits may be -inf (a token that can never be chosen); throws tq::Error naming the position
+  // of a NaN or +inf logit, and on an empty row or a row of -inf only.
+  int sample(std::span<const float> logits) { return sample(logits, draw()); }
+  // The token the draw u in [0, 1) picks: the first kept token, in id order, whose cumulative
+  // probability exceeds u (u is ignored when greedy). Same errors as sample().
+  int sample(std::span<const float> logits, double u);
+  // The next uniform number in [0, 1) from the seeded generator (the top 53 bits of a
+  // mt19937_64 draw, the same on every standard library); 0, drawing nothing, when greedy.
+  double draw();
+  // This sampler's next draw, for a runner that samples on its device.
+  SampleArgs next_args() { return {p_, draw()}; }
 
   // The distribution sample() draws from after the filters: p[vocab] sums to 1, zero outside
   // the kept tokens; one-hot at the argmax when greedy. Same errors as sample().
@@ -50,7 +67,7 @@ class Sampler {
  private:
   SamplingParams p_;
   std::mt19937_64 rng_;
-  std::vector<Candidate> kept_;  // scratch of sample(): [kept tokens], most likely first
+  std::vector<Candidate> kept_;  // scratch of sample(): [kept tokens], in id order
 };
 
 }  // namespace tq::engine

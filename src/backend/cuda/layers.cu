@@ -79,47 +79,6 @@ __global__ void swiglu_kernel(const float* __restrict__ gu, uint32_t hidden, siz
   }
 }
 
-// One block a row. Each thread keeps its best (value, id), the first id on ties as it walks the
-// ids upward; the reduction prefers the larger value, then the lower id.
-__global__ void argmax_kernel(const float* __restrict__ logits, uint32_t vocab, int32_t* __restrict__ ids) {
-  const float* row = logits + size_t(blockIdx.x) * vocab;
-  float best = -INFINITY;
-  int32_t at = -1;
-  bool bad = false;
-  for (uint32_t i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = row[i];
-    bad |= !(v < INFINITY);  // NaN or +inf
-    if (at < 0 || v > best) best = v, at = int32_t(i);
-  }
-  const auto better = [](float v, int32_t i, float bv, int32_t bi) { return bi < 0 || (i >= 0 && (v > bv || (v == bv && i < bi))); };
-  for (int o = 16; o > 0; o >>= 1) {
-    const float v = __shfl_xor_sync(0xffffffffu, best, o);
-    const int32_t i = __shfl_xor_sync(0xffffffffu, at, o);
-    if (better(v, i, best, at)) best = v, at = i;
-  }
-  bad = __any_sync(0xffffffffu, bad);
-  __shared__ float sv[32];
-  __shared__ int32_t si[32];
-  __shared__ int sbad;
-  if (threadIdx.x == 0) sbad = 0;
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) {
-    sv[threadIdx.x >> 5] = best, si[threadIdx.x >> 5] = at;
-    if (bad) sbad = 1;
-  }
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    const bool has = threadIdx.x < (blockDim.x >> 5);
-    best = has ? sv[threadIdx.x] : -INFINITY, at = has ? si[threadIdx.x] : -1;
-    for (int o = 16; o > 0; o >>= 1) {
-      const float v = __shfl_xor_sync(0xffffffffu, best, o);
-      const int32_t i = __shfl_xor_sync(0xffffffffu, at, o);
-      if (better(v, i, best, at)) best = v, at = i;
-    }
-    if (threadIdx.x == 0) ids[blockIdx.x] = sbad || !(best > -INFINITY) ? -1 : at;  // -inf only: nothing to pick
-  }
-}
-
 __device__ __forceinline__ float hash_uniform(uint64_t seed, size_t i) {  // splitmix64 -> [-1, 1)
   uint64_t z = seed + 0x9e3779b97f4a7c15ull * (uint64_t(i) + 1);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -159,7 +118,6 @@ void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t 
 void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s) {
   swiglu_kernel<<<blocks_for(size_t(n) * hidden), 256, 0, s>>>(gu, hidden, size_t(n) * hidden, h);
 }
-void argmax(const float* logits, uint32_t rows, uint32_t vocab, int32_t* ids, Stream s) { argmax_kernel<<<rows, 1024, 0, s>>>(logits, vocab, ids); }
 void fill_uniform(bf16_t* p, size_t n, float scale, uint64_t seed, Stream s) {
   fill_uniform_kernel<<<blocks_for(n), 256, 0, s>>>(p, n, scale, seed);
 }

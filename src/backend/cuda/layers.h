@@ -26,10 +26,17 @@ void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t 
               uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, float* q, float* k, float* v, Stream s);
 // h[r][i] = bf16(silu(gu[r][i]) * gu[r][hidden + i]): the fused gate and up products. gu: [n][2 hidden].
 void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s);
-// ids[r] = the argmax of logits[r] (ties: the lowest id), or -1 when the row holds a NaN or +inf
-// or only -inf.
-// logits: [rows][vocab].
-void argmax(const float* logits, uint32_t rows, uint32_t vocab, int32_t* ids, Stream s);
+// One row's sampling: engine::SamplingParams (validated) and the draw u in [0, 1).
+struct SampleRow {
+  float temperature = 0;  // 0: the argmax (ties: the lowest id)
+  int32_t top_k = 0;
+  float top_p = 1, min_p = 0;
+  double u = 0;
+};
+// ids[r] = the token engine::Sampler::sample(logits[r], args[r].u) picks with args[r]'s
+// parameters (sample.cu), or -1 when the row holds a NaN or +inf or only -inf.
+// logits: [rows][vocab], vocab < 2^24; args, ids: [rows].
+void sample(const float* logits, uint32_t rows, uint32_t vocab, const SampleRow* args, int32_t* ids, Stream s);
 
 // Random weights of a model of a named shape (benchmarks, like vLLM's dummy load format):
 // p[i] uniform in [-scale, scale), a hash of (seed, i), so a run is reproducible.

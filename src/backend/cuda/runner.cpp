@@ -105,7 +105,7 @@ class CudaModelRunner : public engine::ModelRunner {
     if (side_.n) side_written_[size_t(seq)] = 0;
   }
   std::vector<float> forward(const std::vector<StepSeq>& step) override;
-  std::vector<int> forward_greedy(const std::vector<StepSeq>& step) override;
+  std::vector<int> forward_sample(const std::vector<StepSeq>& step, const std::vector<engine::SampleArgs>& args) override;
   uint32_t num_pages() const override { return num_pages_; }
   size_t page_bytes() const override { return page_bytes_; }
   size_t side_bytes() const override { return side_slot_ * sizeof(uint16_t); }
@@ -127,8 +127,8 @@ class CudaModelRunner : public engine::ModelRunner {
   // Uploads the step's tokens, positions, slots, block tables and logits rows (the last token's
   // of each sequence only when last_only); returns the groups and the number of logits rows.
   std::vector<Group> upload_step(const std::vector<StepSeq>& step, bool last_only, uint32_t* n_tokens, uint32_t* n_rows);
-  // Every kernel of the step, on stream_: logits_ [R][vocab], and ids_ [R] when greedy.
-  void enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool greedy);
+  // Every kernel of the step, on stream_: logits_ [R][vocab], and ids_ [R] when sampling (from sample_args_).
+  void enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool sample);
 
   model::ModelConfig cfg_;
   KvSpec spec_;
@@ -155,6 +155,7 @@ class CudaModelRunner : public engine::ModelRunner {
   Buf<bf16_t> hb_;                                      // [N][max(dim, q_dim, hidden)] bf16 operands
   Buf<int32_t> tokens_, pos_, rows_, tables_, lens_, ids_, seq_ids_;  // [N], [N], [N], [N][max pages], [N], [N], [N]
   Buf<int64_t> slots_;                                  // [N]
+  Buf<layers::SampleRow> sample_args_;                  // [N]
   Buf<uint8_t> workspace_, blas_workspace_;             // attention (grown as needed), cuBLAS (fixed: graphs)
   std::unique_ptr<int32_t, HostFree> host_ids_;         // [N] pinned
   uint32_t max_pages_ = 0;
@@ -168,6 +169,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   TQ_CHECK(can_run(cfg_, spec, &why), "{}", why);
   const auto& c = cfg_;
   TQ_CHECK(o.max_chunk >= 1 && o.context >= 1, "max_chunk and context must be at least 1");
+  TQ_CHECK(c.vocab_size >= 1 && c.vocab_size < (1 << 24), "a vocabulary of {} tokens: the CUDA runner takes 1 .. 2^24 - 1", c.vocab_size);
   TQ_CHECK(o.gpu_memory >= 0 && o.gpu_memory <= 1, "--gpu-memory is a fraction of the GPU's memory in (0, 1], got {}", o.gpu_memory);
   if (m) {
     TQ_CHECK(m->weights.layers.size() == size_t(c.n_layers), "model lists {} layers but has weights for {}", c.n_layers,
@@ -196,7 +198,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   const size_t side_total = has_side ? side_slot_ * o.max_seqs * sizeof(uint16_t) : 0;
   const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
                                           size_t(c.vocab_size)) +
-                         size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * 4 * (7 + max_pages_) + kBlasWorkspace +
+                         size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * (4 * (7 + max_pages_) + sizeof(layers::SampleRow)) + kBlasWorkspace +
                          side_total;
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
@@ -279,6 +281,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   ids_ = alloc<int32_t>(N, "sampled ids"), seq_ids_ = alloc<int32_t>(N, "sequence ids");
   if (has_side) side_ = alloc<uint16_t>(side_slot_ * o.max_seqs, "side buffers"), side_written_.assign(o.max_seqs, 0);
   slots_ = alloc<int64_t>(N, "slots");
+  sample_args_ = alloc<layers::SampleRow>(N, "sampling arguments");
   void* pinned = nullptr;
   check(cudaMallocHost(&pinned, size_t(N) * sizeof(int32_t)), "cudaMallocHost");
   host_ids_.reset(static_cast<int32_t*>(pinned));
@@ -395,7 +398,7 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
   return groups;
 }
 
-void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool greedy) {
+void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool sample) {
   const auto& c = cfg_;
   const uint32_t D = uint32_t(c.dim), F = uint32_t(c.hidden_dim);
   const bool adjacent = c.rope_style == model::RopeStyle::AdjacentPairs;
@@ -431,7 +434,7 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
   }
   layers::add_rmsnorm(x_.get(), o_.get(), rows_.get(), R, D, out_norm_.get(), c.rms_eps, hb_.get(), stream_);
   gemm(tied_ ? embd_ : output_, hb_.get(), R, logits_.get());
-  if (greedy) layers::argmax(logits_.get(), R, uint32_t(c.vocab_size), ids_.get(), stream_);
+  if (sample) layers::sample(logits_.get(), R, uint32_t(c.vocab_size), sample_args_.get(), ids_.get(), stream_);
   check(cudaGetLastError(), "forward");
 }
 
@@ -446,9 +449,17 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   return out;
 }
 
-std::vector<int> CudaModelRunner::forward_greedy(const std::vector<StepSeq>& step) {
+std::vector<int> CudaModelRunner::forward_sample(const std::vector<StepSeq>& step, const std::vector<engine::SampleArgs>& args) {
+  TQ_CHECK(args.size() == step.size(), "a step of {} sequences got sampling arguments for {}", step.size(), args.size());
+  std::vector<layers::SampleRow> rows;
+  for (const engine::SampleArgs& a : args) {
+    a.params.validate();
+    TQ_CHECK(a.u >= 0.0 && a.u < 1.0, "a sampling draw must be in [0, 1), got {}", a.u);
+    rows.push_back({a.params.temperature, a.params.top_k, a.params.top_p, a.params.min_p, a.u});
+  }
   uint32_t N = 0, R = 0;
   std::vector<Group> groups = upload_step(step, true, &N, &R);
+  check(cudaMemcpyAsync(sample_args_.get(), rows.data(), rows.size() * sizeof(rows[0]), cudaMemcpyHostToDevice, stream_), "upload");
   // A step of one new token a sequence is a decode step: replayed from its graph (captured on
   // first use), planned for the bucket's length bound rather than the step's.
   if (!opts_.eager && groups.size() == 1 && groups[0].ntok == 1) {
