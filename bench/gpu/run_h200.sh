@@ -71,10 +71,15 @@ if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
     rc=$?
     note "compute-sanitizer $tool: rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer_$tool.log" | tail -1)"
   done
-  # The model runner's own kernels (argmax, q/k/v split + RoPE, SwiGLU, random fill) and a graph replay.
+  # The model runner's own kernels (sampling, q/k/v split + RoPE, SwiGLU, random fill) and a graph replay.
   timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 ./build/h200/tests/cuda/test_cuda_runner \
-    --gtest_filter='CudaSampling.*:CudaRunnerGraphs.*:All/CudaRunner.*d128_qwen2_k3v2*:All/CudaRunner.*window*' >"$OUT/sanitizer_runner.log" 2>&1
+    --gtest_filter='Vocab/CudaSampling.*vocab1000:CudaRunnerSampling.*:CudaRunnerGraphs.*:All/CudaRunner.*d128_qwen2_k3v2*:All/CudaRunner.*window*' \
+    >"$OUT/sanitizer_runner.log" 2>&1
   note "compute-sanitizer memcheck, model runner: rc=$?, $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer_runner.log" | tail -1)"
+  # The sampling kernel's shared-memory histograms and scans.
+  timeout 240 compute-sanitizer --tool racecheck --error-exitcode 9 ./build/h200/tests/cuda/test_cuda_runner \
+    --gtest_filter='Vocab/CudaSampling.*vocab31:Vocab/CudaSampling.*vocab1000' >"$OUT/sanitizer_sample_race.log" 2>&1
+  note "compute-sanitizer racecheck, sampling: rc=$?, $(grep -E 'RACECHECK SUMMARY' "$OUT/sanitizer_sample_race.log" | tail -1)"
 fi
 
 if [ -n "${CHECK_MODEL:-}" ]; then

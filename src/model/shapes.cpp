@@ -17,11 +17,12 @@ struct Named {
 };
 
 // From each model's config.json on the Hugging Face hub (meta-llama/Llama-3.1-8B,
-// meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-7B, HuggingFaceTB/SmolLM2-135M).
+// meta-llama/Llama-3.2-1B, Qwen/Qwen2.5-7B, Qwen/Qwen2.5-0.5B, HuggingFaceTB/SmolLM2-135M).
 constexpr Named kShapes[] = {
     {"llama-3.1-8b", Arch::Llama, 32, 4096, 14336, 32, 8, 128, 128256, 131072, 500000.0f, 1e-5f, false, false},
     {"llama-3.2-1b", Arch::Llama, 16, 2048, 8192, 32, 8, 64, 128256, 131072, 500000.0f, 1e-5f, true, false},
     {"qwen2.5-7b", Arch::Qwen2, 28, 3584, 18944, 28, 4, 128, 152064, 131072, 1000000.0f, 1e-6f, false, true},
+    {"qwen2.5-0.5b", Arch::Qwen2, 24, 896, 4864, 14, 2, 64, 151936, 32768, 1000000.0f, 1e-6f, true, true},
     {"smollm2-135m", Arch::Llama, 30, 576, 1536, 9, 3, 64, 49152, 8192, 100000.0f, 1e-5f, true, false},
 };
 

@@ -1,5 +1,6 @@
-// The CUDA model runner against the CPU runner on the same file: a synthetic GGUF of a Llama
-// shape the GPU kernels take (head dim 64 and 128, GQA, qwen2 biases), several KV specs.
+// The CUDA model runner against the CPU runner on the same file: synthetic GGUFs of small Llama
+// shapes the GPU kernels take (head dim 64 and 128, GQA, qwen2 biases), several KV specs, and of
+// real shapes (llama-3.2-1b, qwen2.5-0.5b).
 //
 // Bounds. The GPU runner rounds the weights and each product's input to bf16 (relative error
 // 2^-9 each) and sums in another order; the CPU runner keeps fp32. That moves logits by well under
@@ -145,6 +146,57 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                              if (!isalnum(ch)) ch = '_';
                            return s;
                          });
+
+// Real shapes (named_shape: head dim 64, GQA 4 and 7, vocabularies of 128K and 152K, 16 and 24
+// layers, qwen2 biases, tied classifiers) as synthetic GGUF files written by the tests' own
+// writer (F32 weights at a trained model's scale, a fixed seed), GPU runner against CPU runner
+// with the bounds of LogitsMatchTheCpuRunner, for a float cache and tq run's default policy. The
+// prompt (100 tokens, chunks of 24) passes the default spec's window of 64.
+class CudaRunnerRealShape : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(CudaRunnerRealShape, LogitsMatchTheCpuRunner) {
+  TQ_REQUIRE_GPU();
+  const model::ModelConfig c = model::named_shape(GetParam());
+  TinyModelSpec s;
+  s.arch = c.arch == model::Arch::Qwen2 ? "qwen2" : "llama";
+  s.dim = c.dim, s.n_heads = c.n_heads, s.n_kv_heads = c.n_kv_heads, s.hidden = c.hidden_dim, s.n_layers = c.n_layers;
+  s.vocab = c.vocab_size, s.tied = c.tied_embeddings, s.bias = c.has_qkv_bias, s.realistic = true, s.context = 256;
+  ASSERT_EQ(c.dim / c.n_heads, c.head_dim);
+  const model::Model m = tiny(s);
+  ASSERT_EQ(m.config.head_dim, c.head_dim);
+  std::mt19937 rng(9);
+  std::vector<int> prompt(112);
+  for (int& t : prompt) t = int(rng() % uint32_t(c.vocab_size));
+  const size_t V = size_t(c.vocab_size);
+  for (const char* spec_text : {"fp16", kDefaultKvSpec}) {
+    SCOPED_TRACE(spec_text);
+    const KvSpec spec = parse_kv_spec(spec_text);
+    const std::vector<float> cpu = logits_of(m, spec, engine::Device::kCpu, prompt, 12);
+    const std::vector<float> gpu = logits_of(m, spec, engine::Device::kCuda, prompt, 12);
+    ASSERT_EQ(cpu.size(), gpu.size());
+    for (size_t i = 0; i < gpu.size(); ++i) ASSERT_TRUE(std::isfinite(gpu[i])) << "logit " << i;
+    const Divergence d = divergence(cpu, gpu, V);
+    RecordProperty(std::string("kl_mean_") + spec.canonical(), std::to_string(d.kl_mean));
+    std::printf("%s %s: KL mean %.3g max %.3g, top-1 %zu of %zu\n", GetParam(), spec_text, d.kl_mean, d.kl_max, d.agree, d.decided);
+    if (!is_tq(spec.format.k.enc)) {
+      EXPECT_LT(d.kl_max, 1e-2);
+      EXPECT_LT(d.kl_mean, 2e-3);
+      EXPECT_EQ(d.agree, d.decided) << "top-1 differs where the CPU's top-2 gap is clear";
+      EXPECT_GT(d.decided, cpu.size() / V / 2);
+    } else {
+      const Divergence q = divergence(logits_of(m, parse_kv_spec("fp32"), engine::Device::kCpu, prompt, 12), cpu, V);
+      EXPECT_LT(d.kl_mean, 3 * q.kl_mean + 2e-3) << "the quantization's own KL: " << q.kl_mean;
+      EXPECT_LT(d.kl_max, 3 * q.kl_max + 1e-2) << "the quantization's own KL: " << q.kl_max;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaRunnerRealShape, ::testing::Values("llama-3.2-1b", "qwen2.5-0.5b"), [](const auto& i) {
+  std::string n = i.param;
+  for (char& ch : n)
+    if (!isalnum(ch)) ch = '_';
+  return n;
+});
 
 // Greedy decode steps replayed from CUDA graphs give the tokens of eager steps: each step's ids
 // against the argmax of the eager engine's logits on the same tokens, wherever its top-2 gap is

@@ -93,10 +93,13 @@ std::vector<std::vector<float>> hostile_rows(uint32_t vocab, std::mt19937& rng) 
   return rows;
 }
 
-TEST(CudaSampling, PicksTheSamplersToken) {
+class CudaSampling : public ::testing::TestWithParam<uint32_t> {};  // the vocabulary
+
+TEST_P(CudaSampling, PicksTheSamplersToken) {
   TQ_REQUIRE_GPU();
   size_t compared = 0, near = 0;
-  for (uint32_t vocab : {1u, 31u, 1000u, 49159u, 128256u}) {
+  {
+    const uint32_t vocab = GetParam();
     std::mt19937 rng(vocab);
     const std::vector<std::vector<float>> rows = hostile_rows(vocab, rng);
     const int k = int(vocab);
@@ -156,10 +159,13 @@ TEST(CudaSampling, PicksTheSamplersToken) {
   std::printf("%zu picks compared, %zu differ within 1e-5 of a boundary\n", compared, near);
 }
 
+INSTANTIATE_TEST_SUITE_P(Vocab, CudaSampling, ::testing::Values(1u, 31u, 1000u, 49159u, 128256u),
+                         [](const auto& i) { return "vocab" + std::to_string(i.param); });
+
 // Three sequences sampled with their own parameters in one step (top-k, top-p with min-p,
 // greedy), each from its own seeded Sampler, on a graph-replaying engine; an eager engine fed the
 // same tokens gives the logits the Sampler then picks from with the same draws.
-TEST(CudaSampling, SampledStepsMatchTheSamplerOnTheLogits) {
+TEST(CudaRunnerSampling, SampledStepsMatchTheSamplerOnTheLogits) {
   TQ_REQUIRE_GPU();
   model::testing::TinyModelSpec ms;
   ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = 300, ms.realistic = true;

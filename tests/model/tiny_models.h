@@ -81,6 +81,7 @@ inline void add_bpe_tokenizer(GgufWriter& w, const BpeVocab& v, const std::strin
 struct TinyModelSpec {
   std::string arch = "llama";
   int dim = 32, n_heads = 2, n_kv_heads = 1, hidden = 64, n_layers = 2, vocab = 16;
+  int context = 128;
   bool tied = false;
   bool bias = false;
   GgmlType wtype = GgmlType::F32;  // type of the attention / FFN matrices (F32, F16, Q8_0, ...)
@@ -112,7 +113,7 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
   const std::string a = s.arch;
   w.add_string("general.architecture", a);
   w.add_string("general.name", "tiny");
-  w.add_u32(a + ".context_length", 128);
+  w.add_u32(a + ".context_length", uint32_t(s.context));
   w.add_u32(a + ".embedding_length", uint32_t(s.dim));
   w.add_u32(a + ".block_count", uint32_t(s.n_layers));
   w.add_u32(a + ".feed_forward_length", uint32_t(s.hidden));

@@ -9,7 +9,7 @@
 
 namespace tq::model {
 
-// "llama-3.1-8b", "llama-3.2-1b", "qwen2.5-7b", "smollm2-135m": throws tq::Error listing the
+// "llama-3.1-8b", "llama-3.2-1b", "qwen2.5-7b", "qwen2.5-0.5b", "smollm2-135m": throws tq::Error listing the
 // names on any other. The source is Gguf (RoPE as llama.cpp runs that architecture).
 ModelConfig named_shape(const std::string& name);
 std::vector<std::string> named_shapes();
