@@ -24,7 +24,7 @@ namespace {
 
 struct Options {
   std::string shape = "llama-3.1-8b", model, tokenizer, kv = "bf16,fp8,k4v4,k3v2,default", batch = "1,16,64,max", context = "4096,32768";
-  std::string prefill = "4096,32768", device = "auto", json;
+  std::string prefill = "4096,32768", device = "auto", json, products = "gemv";
   double kv_memory_gb = 100, bandwidth_tbs = 4.2;
   uint32_t steps = 10, warmup = 3, reps = 3, chunk = 0;
   uint64_t seed = 1;
@@ -141,6 +141,11 @@ void run(const Options& o) {
   TQ_CHECK(o.bandwidth_tbs > 0 && std::isfinite(o.bandwidth_tbs), "--bandwidth must be a positive number of TB/s, got {}", o.bandwidth_tbs);
   std::vector<KvSpec> specs;
   for (const std::string& item : split_commas(o.kv)) specs.push_back(parse_kv_spec(item == "default" ? kDefaultKvSpec : item));
+  std::vector<bool> cublas_only;  // per --products item
+  for (const std::string& item : split_commas(o.products)) {
+    TQ_CHECK(item == "gemv" || item == "cublas", "--products: '{}' is neither gemv nor cublas", item);
+    cublas_only.push_back(item == "cublas");
+  }
 
   // The model: a file (any device), or a named shape with random weights (the GPU).
   std::unique_ptr<LoadedModel> lm;
@@ -184,8 +189,11 @@ void run(const Options& o) {
   std::string where, first_name;
   std::mt19937 rng(uint32_t(o.seed));
 
-  for (size_t si = 0; si < specs.size(); ++si) {
-    const KvSpec& spec = specs[si];
+  // Each cache once per --products item: "k3v2", "k3v2 cublas".
+  for (size_t run_i = 0; run_i < specs.size() * cublas_only.size(); ++run_i) {
+    const KvSpec& spec = specs[run_i / cublas_only.size()];
+    const size_t pi = run_i % cublas_only.size();
+    const std::string label = spec.canonical() + (cublas_only.size() > 1 ? (cublas_only[pi] ? " cublas" : " gemv") : "");
     const CacheCost cost = cache_cost(cfg, spec, device == engine::Device::kCuda ? kSideRollback : chunk);
     nlohmann::json frow{{"kv", spec.canonical()},
                         {"bits_per_element", 8.0 * cost.bytes_per_token / (2.0 * cfg.n_layers * cfg.kv_dim())},
@@ -196,7 +204,7 @@ void run(const Options& o) {
       fits.push_back(uint32_t(std::floor(budget / cost.seq_bytes(c))));
       frow[fmt::format("max_batch_{}", c)] = fits.back();
     }
-    fit.add(frow);
+    if (pi == 0) fit.add(frow);
     // The grid: (batch, context) points, "max" at each context.
     std::vector<std::tuple<uint32_t, uint32_t, bool>> grid;  // batch, context, is max
     std::vector<nlohmann::json> skipped;  // points beyond the budget: said, not run
@@ -205,7 +213,7 @@ void run(const Options& o) {
         if (b <= fits[ci])
           grid.emplace_back(b, contexts[ci], false);
         else
-          skipped.push_back({{"kv", spec.canonical()}, {"batch", b}, {"context", contexts[ci]},
+          skipped.push_back({{"kv", label}, {"batch", b}, {"context", contexts[ci]},
                              {"note", fmt::format("beyond {} GB of KV (fits {})", o.kv_memory_gb, fits[ci])}});
       }
       if (max_batch && fits[ci] >= 1) grid.emplace_back(fits[ci], contexts[ci], true);
@@ -217,7 +225,7 @@ void run(const Options& o) {
     }
     for (uint32_t p : prompts) pages = std::max<uint32_t>(pages, uint32_t(std::ceil(double(p) / cost.page_size))), ctx = std::max(ctx, p);
     engine::EngineOptions eo{.device = device, .context = ctx, .max_seqs = most_batch, .num_pages = std::max(pages, 1u),
-                             .max_chunk = std::max(most_batch, chunk), .eager = o.eager};
+                             .max_chunk = std::max(most_batch, chunk), .eager = o.eager, .cublas_only = cublas_only[pi]};
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;
     try {
@@ -226,13 +234,13 @@ void run(const Options& o) {
       why = e.what();
     }
     if (!runner) {  // a cache this device cannot run: said in the table, the others go on
-      fmt::print(stderr, "tq bench: {}: not run: {}\n", spec.canonical(), why);
-      dec.add({{"kv", spec.canonical()}, {"note", why}});
+      fmt::print(stderr, "tq bench: {}: not run: {}\n", label, why);
+      dec.add({{"kv", label}, {"note", why}});
       continue;
     }
     const bool is_ref = where.empty();  // the first cache that runs is the one the others are compared with
-    if (is_ref) where = runner->describe(), first_name = spec.canonical();
-    fmt::print(stderr, "tq bench: {}: {}\n", spec.canonical(), runner->describe());
+    if (is_ref) where = runner->describe(), first_name = label;
+    fmt::print(stderr, "tq bench: {}: {}\n", label, runner->describe());
     size_t point = 0;
     for (const auto& [b, c, is_max] : grid) {
       fmt::print(stderr, "\r  decode batch {} context {} ({}/{})   ", b, c, ++point, grid.size());
@@ -242,7 +250,7 @@ void run(const Options& o) {
       if (is_ref) first_dec[key] = tps;
       // Bytes a step must read at least: every weight once, every page of every sequence once.
       const double limit = 1e3 * (weights + double(b) * std::ceil(double(c) / cost.page_size) * double(runner->page_bytes())) / bw;
-      dec.add({{"kv", spec.canonical()}, {"batch", b}, {"context", c}, {"fit", is_max ? "max" : "-"},
+      dec.add({{"kv", label}, {"batch", b}, {"context", c}, {"fit", is_max ? "max" : "-"},
                {"ms_per_step", ms}, {"tokens_per_s", tps}, {"limit_ms", limit}, {"of_limit", limit / ms}});
       if (first_dec.count(key)) dec.rows_back()["vs_first"] = tps / first_dec[key];
     }
@@ -253,7 +261,7 @@ void run(const Options& o) {
       for (uint32_t i = 0; i < std::max(o.reps, 1u); ++i) t.push_back(prefill_seconds(*runner, cost.page_size, p, chunk, rng));
       const double tps = p / median(t);
       if (is_ref) first_pre[p] = tps;
-      pre.add({{"kv", spec.canonical()}, {"prompt", p}, {"tokens_per_s", tps}, {"vs_first", tps / first_pre[p]}});
+      pre.add({{"kv", label}, {"prompt", p}, {"tokens_per_s", tps}, {"vs_first", tps / first_pre[p]}});
     }
     fmt::print(stderr, "\r{:60}\r", "");
   }
@@ -306,6 +314,9 @@ void add_bench(CLI::App& app) {
   c->add_option("--seed", o->seed, "seed of the random weights and prompts (default 1)");
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
+  c->add_option("--products", o->products,
+                "how the CUDA runner multiplies by the weights: gemv (default: its GEMV kernel for steps of at most 8 rows, cuBLAS "
+                "beyond) or cublas (always cuBLAS); a list runs each cache once per item, for comparison");
   c->add_option("--json", o->json, "also write the tables as JSON to FILE");
   c->callback([o] { run(*o); });
 }

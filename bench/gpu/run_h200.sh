@@ -9,6 +9,8 @@
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
 # benchmark.
 # ENGINE_BENCH="args": also `tq bench args` (the engine benchmark; JSON to $OUT/engine_bench.json).
+# PROFILE_STEP="tq bench options": also bench/gpu/profile_step.sh (Nsight Compute: a Llama-3.1-8B
+# shape decode step at batch 1, kernel by kernel).
 # CHECK_MODEL=FILE CHECK_TEXT=FILE: also bench/gpu/check_model.sh (GPU runner against the CPU runner
 # with the tq commands on a real model; scripts/stage_model.sh brings a model over 64 MiB).
 # BASE=DIR: a source tree of the baseline (e.g. main's `git archive`, carried in an ignored
@@ -21,7 +23,7 @@ summary=()
 note() { summary+=("$1"); echo "== $1"; }
 # At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
 pack() {
-  ( cd "$OUT" && keep="bench.json bench.log bench_base.log test_cuda_runner.log engine_bench.json engine_bench.txt check_model.md" &&
+  ( cd "$OUT" && keep="bench.json bench.log bench_base.log test_cuda_runner.log engine_bench.json engine_bench.txt check_model.md profile_step.txt" &&
     rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -rf $rest ) || true
 }
 
@@ -42,6 +44,9 @@ if command -v cuobjdump >/dev/null; then
   fn=$(grep -o 'Function : [^ ]*decode_kernelILi128ELNS1_4KindE0ELi3ELi2E[^ ]*' "$OUT/decode_attention.sass" | head -1 | cut -d' ' -f3)
   awk -v f="$fn" '$0 ~ "Function : "f {on=1} on && /Function : / && $0 !~ f {on=0} on' "$OUT/decode_attention.sass" > "$OUT/k3v2_d128.sass"
   note "SASS k3v2 d128: $(grep -c HMMA "$OUT/k3v2_d128.sass") HMMA, $(grep -c PRMT "$OUT/k3v2_d128.sass") PRMT, $(grep -cE 'LDG' "$OUT/k3v2_d128.sass") LDG, $(grep -cE 'LDL|STL' "$OUT/k3v2_d128.sass") LDL/STL"
+  gemv_obj=$(find build/h200 -name 'gemv.cu.o' | head -1)
+  cuobjdump -sass "$gemv_obj" | awk '/Function : .*gemv_kernelILi1E/ {on=1; next} /Function : / {on=0} on' > "$OUT/gemv1.sass" 2>&1
+  note "SASS gemv<1>: $(grep -c 'LDG.*128' "$OUT/gemv1.sass") 128-bit LDG, $(grep -cE 'LDL|STL' "$OUT/gemv1.sass") LDL/STL"
 fi
 
 if [ -z "${QUICK:-}" ]; then
@@ -91,7 +96,12 @@ if [ -n "${ENGINE_BENCH:-}" ]; then
   ./build/h200/apps/cli/tq bench $ENGINE_BENCH --json "$OUT/engine_bench.json" >"$OUT/engine_bench.txt" 2>"$OUT/engine_bench.err"
   note "tq bench $ENGINE_BENCH: rc=$?"
 fi
+if [ -n "${PROFILE_STEP:-}" ] && command -v ncu >/dev/null; then  # e.g. PROFILE_STEP="--products gemv"
+  timeout 300 bash bench/gpu/profile_step.sh --shape llama-3.1-8b --kv k3v2 --batch 1 --context 4096 $PROFILE_STEP >"$OUT/profile_step.txt" 2>&1
+  note "profile of a decode step ($PROFILE_STEP): rc=$?, $(head -1 "$OUT/profile_step.txt")"
+fi
 if [ -n "${NO_BENCH:-}" ]; then
+  [ -f "$OUT/profile_step.txt" ] && head -25 "$OUT/profile_step.txt"
   [ -f "$OUT/check_model.md" ] && cat "$OUT/check_model.md"
   [ -f "$OUT/engine_bench.txt" ] && { tail -5 "$OUT/engine_bench.err"; cat "$OUT/engine_bench.txt"; }
   echo "================ summary ================"; printf '%s\n' "${summary[@]}"; pack; exit 0
