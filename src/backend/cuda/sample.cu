@@ -102,7 +102,9 @@ __device__ uint32_t nth_at_key(const Row& r, uint32_t key, unsigned long long nt
       }
   }
   __syncthreads();
-  return sh.id;
+  const uint32_t id = sh.id;
+  __syncthreads();  // every thread has read sh.id before anyone writes it again
+  return id;
 }
 
 // Ends the kept prefix at the token where the measure of the kept tokens, summed in rank order,
