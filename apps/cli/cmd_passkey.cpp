@@ -19,6 +19,7 @@ struct Options {
   uint64_t seed = 1234;
   unsigned threads = 0;
   std::string device = "auto";
+  double gpu_memory = 0;
   bool json = false, verbose = false;
 };
 
@@ -31,6 +32,8 @@ void run(const Options& o) {
   po.seed = o.seed;
   po.threads = o.threads;
   po.device = pick_device(o.device, lm.model.config, specs);
+  check_gpu_memory(o.gpu_memory, po.device);
+  po.gpu_memory = o.gpu_memory;
   const bool verbose = o.verbose;
   const auto rows = engine::evaluate_passkey(lm.model, *lm.tokenizer, specs, po, [verbose](const std::string& msg) {
     if (verbose) fmt::print(stderr, "  {}\n", msg);
@@ -64,6 +67,9 @@ void add_passkey(CLI::App& app) {
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
   c->add_option("--device", o->device, kDeviceHelp);
+  c->add_option("--gpu-memory", o->gpu_memory,
+                "fraction of the GPU's memory for the engine, in (0, 1]: weights, scratch, and a KV page pool of what\n"
+                "they leave (vLLM's --gpu-memory-utilization); default: a pool of one prompt");
   c->add_flag("--json", o->json, "print JSON instead of the table");
   c->add_flag("-v,--verbose", o->verbose, "print each answer on stderr");
   c->callback([o] { run(*o); });

@@ -20,6 +20,7 @@ struct Options {
   uint32_t ctx = 2048, chunk = 64;
   size_t max_tokens = 0;
   unsigned threads = 0;
+  double gpu_memory = 0;
   bool json = false;
 };
 
@@ -38,10 +39,11 @@ void run(const Options& o) {
   std::vector<KvSpec> all = specs;
   all.push_back(parse_kv_spec(o.ref == "auto" ? "fp16" : o.ref));
   const engine::Device device = pick_device(o.device, lm.model.config, all);
+  check_gpu_memory(o.gpu_memory, device);
   const std::string ref = o.ref != "auto" ? o.ref : device == engine::Device::kCuda ? "fp16" : "fp32";
   fmt::print(stderr, "tq perplexity: {} on {} ({} tokens), windows of {}, reference cache {}, on {}\n", lm.path, o.file, tokens.size(),
              o.ctx, ref, engine::device_name(device));
-  engine::PerplexityOptions po{.ctx = o.ctx, .chunk = o.chunk, .threads = o.threads, .reference = ref, .device = device};
+  engine::PerplexityOptions po{.ctx = o.ctx, .chunk = o.chunk, .threads = o.threads, .reference = ref, .device = device, .gpu_memory = o.gpu_memory};
   const auto res = engine::evaluate_perplexity(lm.model, tokens, specs, po, [](size_t done, size_t total) {
     fmt::print(stderr, "\r  {}/{} tokens", done, total);
     if (done == total) fmt::print(stderr, "\n");
@@ -86,6 +88,9 @@ void add_perplexity(CLI::App& app) {
   c->add_option("--kv", o->kv, "comma-separated KV specs");
   c->add_option("--ref", o->ref, "KV spec of the reference cache (default: fp32 on the CPU, fp16 on the GPU)");
   c->add_option("--device", o->device, kDeviceHelp);
+  c->add_option("--gpu-memory", o->gpu_memory,
+                "fraction of the GPU's memory in (0, 1] for all the caches compared at once (the reference and each\n"
+                "--kv spec run side by side, each with its own weights: 1/n of it each); default: what one window needs");
   c->add_option("--chunk", o->chunk, "tokens per forward pass")->check(CLI::Range(1, 4096));
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
   c->add_option("-t,--threads", o->threads, "threads (default: all cores)");

@@ -39,8 +39,7 @@ void run(const Options& o) {
   const uint32_t ctx = o.ctx ? o.ctx : uint32_t(cfg.max_seq);
   TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens (--ctx)", prompt.size(), ctx);
   const engine::Device device = pick_device(o.device, cfg, {spec});
-  TQ_CHECK(o.gpu_memory == 0 || device == engine::Device::kCuda, "--gpu-memory {} applies to the GPU, but the model runs on the CPU",
-           o.gpu_memory);
+  check_gpu_memory(o.gpu_memory, device);
   engine::Engine e(lm.model, spec, {.device = device, .threads = o.threads, .context = ctx, .gpu_memory = o.gpu_memory});
   fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
              cfg.head_dim, spec.canonical(), e.runner().describe());

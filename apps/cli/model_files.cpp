@@ -43,4 +43,9 @@ engine::Device pick_device(const std::string& name, const model::ModelConfig& c,
   return d;
 }
 
+void check_gpu_memory(double fraction, engine::Device d) {
+  TQ_CHECK(fraction == 0 || (fraction > 0 && fraction <= 1), "--gpu-memory is a fraction of the GPU's memory in (0, 1], got {}", fraction);
+  TQ_CHECK(fraction == 0 || d == engine::Device::kCuda, "--gpu-memory {} applies to the GPU, but the model runs on the CPU", fraction);
+}
+
 }  // namespace tq::cli

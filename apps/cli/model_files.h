@@ -31,6 +31,8 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const std::string&
 
 // --device: engine::choose_device, with its note (why auto stays on the CPU where a GPU is) on stderr.
 engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs);
+// --gpu-memory: a fraction in (0, 1] (0: not given), on the GPU only; throws tq::Error naming it.
+void check_gpu_memory(double fraction, engine::Device d);
 inline constexpr const char* kDeviceHelp =
     "where the model runs: auto (default: cuda where a GPU is and its runner implements the model and the KV spec, else cpu), cpu, cuda";
 

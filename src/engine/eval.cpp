@@ -49,11 +49,18 @@ PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<in
                                      const PerplexityOptions& o, const std::function<void(size_t, size_t)>& progress) {
   TQ_CHECK(o.ctx >= 2, "--ctx must be at least 2 tokens, got {}", o.ctx);
   TQ_CHECK(tokens.size() >= 2, "the text has {} tokens; perplexity needs at least 2", tokens.size());
-  EngineOptions eo{.device = o.device, .threads = o.threads, .context = o.ctx, .max_seqs = 1, .num_pages = 0, .max_chunk = o.chunk};
+  EngineOptions eo{.device = o.device, .threads = o.threads, .context = o.ctx, .max_seqs = 1, .num_pages = 0, .max_chunk = o.chunk,
+                   .gpu_memory = o.gpu_memory / double(specs.size() + 1)};  // each engine holds its own weights
   const KvSpec ref_spec = parse_kv_spec(o.reference);
   std::vector<std::unique_ptr<Engine>> engines;  // [0] reference, then one per spec
-  engines.push_back(std::make_unique<Engine>(m, ref_spec, eo));
-  for (const KvSpec& s : specs) engines.push_back(std::make_unique<Engine>(m, s, eo));
+  try {
+    engines.push_back(std::make_unique<Engine>(m, ref_spec, eo));
+    for (const KvSpec& s : specs) engines.push_back(std::make_unique<Engine>(m, s, eo));
+  } catch (const Error& e) {
+    if (o.gpu_memory == 0) throw;
+    throw Error(fmt::format("--gpu-memory {} is shared by {} engines (the reference and each spec): {}", o.gpu_memory, specs.size() + 1,
+                            e.what()));
+  }
   std::vector<Acc> acc(engines.size());
   const size_t V = size_t(m.config.vocab_size);
   std::vector<double> lp_ref, lp;
@@ -142,7 +149,8 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
       for (const Trial& t : trials) {
         if (t.length != len) continue;
         row.length = std::max(row.length, uint32_t(t.prompt.size()));
-        Engine e(m, s, {.device = o.device, .threads = o.threads, .context = uint32_t(t.prompt.size() + o.answer_tokens)});
+        Engine e(m, s, {.device = o.device, .threads = o.threads, .context = uint32_t(t.prompt.size() + o.answer_tokens),
+                        .gpu_memory = o.gpu_memory});
         const int seq = e.add_sequence();
         std::string answer;
         int prev = t.prompt.back();

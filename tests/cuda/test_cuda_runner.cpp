@@ -21,6 +21,7 @@
 #include "tiny_models.h"
 #include "tq/backend/cuda/runner.h"
 #include "tq/engine/engine.h"
+#include "tq/engine/eval.h"
 #include "tq/engine/sampler.h"
 #include "tq/model/shapes.h"
 
@@ -347,6 +348,30 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
   EXPECT_THROW(engine::choose_device("cuda", c, {parse_kv_spec("fp16")}), Error);
   EXPECT_EQ(engine::choose_device("auto", c, {parse_kv_spec("fp16")}), engine::Device::kCpu);
   EXPECT_THROW(engine::choose_device("gpu", c, {}), Error);
+}
+
+// tq perplexity's --gpu-memory: the engines compared in lockstep share the fraction (1/n each),
+// their pools get what it leaves, and the figures are those of the default pool's run.
+TEST(CudaRunnerEval, GpuMemoryIsSharedByTheEnginesAndChangesNoFigure) {
+  TQ_REQUIRE_GPU();
+  const model::Model m = tiny(shape(256, 4, 2, 2, false, "llama"));
+  std::mt19937 rng(3);
+  std::vector<int> tokens(300);
+  for (int& t : tokens) t = int(rng() % 300);
+  const std::vector<KvSpec> specs = {parse_kv_spec("k3v2"), parse_kv_spec("k4v4:sink=4:window=16")};
+  engine::PerplexityOptions o{.ctx = 128, .chunk = 32, .reference = "fp16", .device = engine::Device::kCuda};
+  const engine::PerplexityResult plain = engine::evaluate_perplexity(m, tokens, specs, o);
+  o.gpu_memory = 0.3;
+  const engine::PerplexityResult shared = engine::evaluate_perplexity(m, tokens, specs, o);
+  EXPECT_EQ(plain.reference.ppl, shared.reference.ppl);
+  for (size_t i = 0; i < specs.size(); ++i) EXPECT_EQ(plain.rows[i].ppl, shared.rows[i].ppl) << specs[i].text;
+  o.gpu_memory = 1e-5;  // too little for three copies of even this model's scratch
+  try {
+    engine::evaluate_perplexity(m, tokens, specs, o);
+    ADD_FAILURE() << "a 1e-5 share of the GPU was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is shared by 3 engines"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

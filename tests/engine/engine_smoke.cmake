@@ -83,6 +83,12 @@ run_fails("--device must be auto, cpu or cuda, got 'gpu'" 2 run -m ${M} --tokeni
 run_fails("--device cuda:" 2 run -m ${M} --tokenizer ${T} -p "Once" -n 2 --kv fp16 --device cuda)
 run_fails("--device cuda:" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --ctx 32 --kv fp16 --device cuda)
 run_ok(run -m ${M} --tokenizer ${T} -p "Once" -n 2 --kv fp16 --device cpu)
+# --gpu-memory: a fraction, and for the GPU only (each command that takes it).
+run_fails("--gpu-memory 0.5 applies to the GPU, but the model runs on the CPU" 2 run -m ${M} --tokenizer ${T} -p "Once" -n 2 --device cpu --gpu-memory 0.5)
+run_fails("--gpu-memory 0.5 applies to the GPU" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --ctx 32 --device cpu --gpu-memory 0.5)
+run_fails("--gpu-memory 0.5 applies to the GPU" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64 --device cpu --gpu-memory 0.5)
+run_fails("--gpu-memory is a fraction of the GPU's memory in (0, 1], got 1.5" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --device cpu --gpu-memory 1.5)
+run_fails("got -0.2" 2 run -m ${M} --tokenizer ${T} -p "Once" -n 2 --device cpu --gpu-memory -0.2)
 
 # tq bench on the CPU runner (a model file; random shapes need a GPU): every grid point and prompt
 # is a row; the fit table follows the budget; bad lists and shapes are named.
@@ -103,3 +109,4 @@ run_fails("--batch: '0'" 2 bench -m ${M} --tokenizer ${T} --device cpu --batch 0
 run_fails("--context 10: must exceed" 2 bench -m ${M} --tokenizer ${T} --device cpu --context 10)
 run_fails("unknown model shape 'nope' (known: llama-3.1-8b" 2 bench --shape nope --device cpu)
 run_fails("random weights of a named shape run on the GPU only" 2 bench --device cpu)
+run_fails("--products: 'fast' is neither gemv nor cublas" 2 bench -m ${M} --tokenizer ${T} --device cpu --products gemv,fast)

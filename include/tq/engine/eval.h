@@ -21,6 +21,8 @@ struct PerplexityOptions {
   unsigned threads = 0;
   std::string reference = "fp32";  // KV spec of the reference cache
   Device device = Device::kCpu;    // every configuration, the reference too, runs there
+  double gpu_memory = 0;           // CUDA: fraction of the GPU's memory for all the engines at once, which
+                                   // run in lockstep (the reference and each spec: 1/n of it each); 0: off
 };
 
 struct PerplexityRow {
@@ -51,6 +53,7 @@ struct PasskeyOptions {
   uint32_t answer_tokens = 8;
   unsigned threads = 0;
   Device device = Device::kCpu;
+  double gpu_memory = 0;  // CUDA: fraction of the GPU's memory for the engine (one at a time); 0: off
 };
 
 struct PasskeyRow {
