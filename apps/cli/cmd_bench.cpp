@@ -315,7 +315,7 @@ void add_bench(CLI::App& app) {
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
   c->add_option("--products", o->products,
-                "how the CUDA runner multiplies by the weights: gemv (default: its GEMV kernel for steps of at most 8 rows, cuBLAS "
+                "how the CUDA runner multiplies by the weights: gemv (default: its GEMV kernel for steps of one row, cuBLAS "
                 "beyond) or cublas (always cuBLAS); a list runs each cache once per item, for comparison");
   c->add_option("--json", o->json, "also write the tables as JSON to FILE");
   c->callback([o] { run(*o); });

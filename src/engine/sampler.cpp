@@ -50,7 +50,11 @@ double filter(const SamplingParams& p, std::span<const float> x, std::vector<Can
   }
   const double mx = double(x[best]), t = double(p.temperature);
   double total = 0;
-  for (Candidate& c : kept) total += (c.w = std::exp((c.w - mx) / t));
+  for (Candidate& c : kept) {
+    c.w = std::exp((c.w - mx) / t);
+    if (c.w < kMinSampleWeight) c.w = 0;  // kept (it still takes a top-k place), never drawn
+    total += c.w;
+  }
   if (p.top_p < 1.0f) {  // the smallest prefix whose probability reaches top_p
     double sum = 0;
     size_t n = 0;

@@ -1,9 +1,9 @@
-// The CUDA runner's GEMV kernel (layers::gemv, the products of decode steps) against a double
+// The CUDA runner's GEMV kernel (layers::gemv, the products of batch-1 decode steps) against a double
 // host reference. Its fp32 sums of bf16 products (exact in fp32) in another order than the
 // reference's must agree within the recursive-summation bound cols * 2^-24 * sum |w x| (Higham,
 // Accuracy and Stability of Numerical Algorithms, 2nd ed., eq. 4.4), on shapes whose row count is
 // and is not a multiple of the block's 8 rows, column counts below, at and far above one pass of
-// the warp's unrolled loads, 1 to 8 activation rows, and hostile values (zeros, huge and tiny
+// the warp's unrolled loads, and hostile values (zeros, huge and tiny
 // magnitudes, cancellation). Every output is poisoned first, so an unwritten one fails.
 #include <gtest/gtest.h>
 
@@ -58,14 +58,15 @@ TEST(CudaGemv, MatchesTheDoubleReferenceWithinTheSummationBound) {
   std::mt19937 rng(5);
   size_t checked = 0;
   for (const Shape& sh : {Shape{1, 8}, Shape{7, 264}, Shape{9, 2048}, Shape{1000, 4096}, Shape{33, 14336}, Shape{130, 8}, Shape{16, 2056}}) {
-    for (uint32_t n = 1; n <= cuda::layers::kGemvMaxRows; ++n) {
+    {
+      const uint32_t n = 1;
       for (bool hostile : {false, true}) {
         ASSERT_TRUE(cuda::layers::gemv_takes(n, sh.cols));
         const std::vector<bf16_t> w = values(size_t(sh.rows) * sh.cols, rng, hostile), x = values(size_t(n) * sh.cols, rng, hostile);
         test::DeviceBuffer<bf16_t> dw(w), dx(x);
         test::DeviceBuffer<float> dy(size_t(n) * sh.rows);
         dy.poison();
-        cuda::layers::gemv(dw.ptr, sh.rows, sh.cols, dx.ptr, n, dy.ptr, nullptr);
+        cuda::layers::gemv(dw.ptr, sh.rows, sh.cols, dx.ptr, dy.ptr, nullptr);
         CUDA_OK(cudaDeviceSynchronize());
         const std::vector<float> y = dy.download();
         for (uint32_t a = 0; a < n; ++a)
@@ -84,12 +85,12 @@ TEST(CudaGemv, MatchesTheDoubleReferenceWithinTheSummationBound) {
       }
     }
   }
-  EXPECT_GT(checked, 10000u);
+  EXPECT_GT(checked, 2000u);
 }
 
 TEST(CudaGemv, TakesOnlyWhatItImplements) {
   EXPECT_FALSE(cuda::layers::gemv_takes(0, 64));
-  EXPECT_FALSE(cuda::layers::gemv_takes(cuda::layers::kGemvMaxRows + 1, 64));
+  EXPECT_FALSE(cuda::layers::gemv_takes(2, 64));  // cuBLAS is as fast from two rows on
   EXPECT_FALSE(cuda::layers::gemv_takes(1, 60));  // not whole 16-byte vectors: cuBLAS
   EXPECT_TRUE(cuda::layers::gemv_takes(1, 64));
 }

@@ -232,6 +232,10 @@ TEST(Sampler, TheDrawWalksTheKeptTokensInIdOrder) {
     EXPECT_EQ(q.sample(kQuarters, 0.7), 3);
   }
   Sampler s({.temperature = 1});
+  // A token below kMinSampleWeight of the top one (e^-30 < 2^-40) is never drawn, even at u -> 1.
+  EXPECT_EQ(s.sample(std::vector<float>{0, -30}, std::nextafter(1.0, 0.0)), 0);
+  EXPECT_EQ(s.sample(std::vector<float>{0, -27}, std::nextafter(1.0, 0.0)), 1);  // e^-27 > 2^-40: drawable
+  expect_probs(probabilities({.temperature = 1}, {0, -30}), {1, 0});
   EXPECT_NE(error_of([&] { s.sample(kQuarters, 1.0); }).find("draw must be in [0, 1), got 1"), std::string::npos);
   EXPECT_NE(error_of([&] { s.sample(kQuarters, -0.5); }).find("got -0.5"), std::string::npos);
 }

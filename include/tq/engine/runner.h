@@ -35,7 +35,7 @@ struct RunnerOptions {
   unsigned threads = 0;     // CPU threads (0: all cores)
   bool eager = false;       // GPU runners: launch every kernel of every step (no CUDA graphs)
   bool cublas_only = false; // CUDA runner: every product through cuBLAS, none through the GEMV kernel of
-                            // steps of at most 8 rows (for comparison)
+                            // one-row steps (for comparison)
   double gpu_memory = 0;    // GPU runners: fraction of the device's memory for weights, scratch and
                             // the pool, which gets what is left (num_pages is then ignored); 0: off
 };

@@ -13,6 +13,10 @@
 
 namespace tq::engine {
 
+// Tokens less likely than this times the most likely one are never drawn: together they weigh
+// below 2^-40 * vocab (1e-7 at 152K tokens), and the GPU kernel's fixed-point masses end there.
+inline constexpr double kMinSampleWeight = 0x1.0p-40;
+
 struct SamplingParams {
   float temperature = 0.0f;  // 0: greedy; > 0 divides the logits (below 1 sharpens, above flattens)
   int top_k = 0;             // keep the k most likely tokens; 0: off

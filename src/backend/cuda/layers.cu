@@ -40,6 +40,54 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restric
   for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) out[size_t(blockIdx.x) * dim + i] = to_b(w[i] * (inv * xr[i]));
 }
 
+// The same for rows of whole float4s (dim % 4 == 0): each thread holds V of them in registers
+// between the sum and the scaling, so the row is read once; blockDim = dim / 4 / V rounded up to
+// a warp (up to 1024 threads), so a single row is not one slow thread chain.
+template <int V>
+__global__ void add_rmsnorm_vec_kernel(float* __restrict__ x, const float* __restrict__ add, const int32_t* __restrict__ rows, uint32_t dim,
+                                       const float* __restrict__ w, float eps, bf16_t* __restrict__ out) {
+  const size_t r = rows ? size_t(rows[blockIdx.x]) : blockIdx.x;
+  const uint32_t n4 = dim / 4;
+  float4* xr = reinterpret_cast<float4*>(x + r * dim);
+  const float4* ar = add ? reinterpret_cast<const float4*>(add + r * dim) : nullptr;
+  float4 v[V];
+  float ss = 0;
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const uint32_t i = threadIdx.x + j * blockDim.x;
+    if (i >= n4) continue;
+    v[j] = xr[i];
+    if (ar) {
+      const float4 a = ar[i];
+      v[j].x += a.x, v[j].y += a.y, v[j].z += a.z, v[j].w += a.w;
+      xr[i] = v[j];
+    }
+    ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+  }
+  __shared__ float part[32];
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    ss = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (threadIdx.x == 0) part[0] = ss;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(part[0] / float(dim) + eps);
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  uint2* o = reinterpret_cast<uint2*>(out + size_t(blockIdx.x) * dim);  // 4 bf16 a store
+#pragma unroll
+  for (int j = 0; j < V; ++j) {
+    const uint32_t i = threadIdx.x + j * blockDim.x;
+    if (i >= n4) continue;
+    const float4 g = w4[i];
+    const uint32_t lo = uint32_t(to_b(g.x * (inv * v[j].x))) | uint32_t(to_b(g.y * (inv * v[j].y))) << 16;
+    const uint32_t hi = uint32_t(to_b(g.z * (inv * v[j].z))) | uint32_t(to_b(g.w * (inv * v[j].w))) << 16;
+    o[i] = make_uint2(lo, hi);
+  }
+}
+
 // One block a row (token).
 __global__ void qkv_rope_kernel(const float* __restrict__ qkv, const float* __restrict__ bias, const int32_t* __restrict__ pos,
                                 uint32_t hq, uint32_t hkv, uint32_t hd, uint32_t rope_dim, const float* __restrict__ cs,
@@ -109,11 +157,23 @@ void embed(const bf16_t* table, const int32_t* tokens, uint32_t n, uint32_t dim,
 }
 void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, uint32_t dim, const float* w, float eps, bf16_t* out,
                  Stream s) {
-  add_rmsnorm_kernel<<<n, 256, 0, s>>>(x, add, rows, dim, w, eps, out);
+  const uint32_t n4 = dim / 4, per = (n4 + 1023) / 1024;  // float4s a thread
+  if (dim % 4 != 0 || per > 4) {
+    add_rmsnorm_kernel<<<n, 256, 0, s>>>(x, add, rows, dim, w, eps, out);
+    return;
+  }
+  const unsigned threads = ((n4 + per - 1) / per + 31) / 32 * 32;
+  switch (per) {
+    case 1: add_rmsnorm_vec_kernel<1><<<n, threads, 0, s>>>(x, add, rows, dim, w, eps, out); break;
+    case 2: add_rmsnorm_vec_kernel<2><<<n, threads, 0, s>>>(x, add, rows, dim, w, eps, out); break;
+    case 3: add_rmsnorm_vec_kernel<3><<<n, threads, 0, s>>>(x, add, rows, dim, w, eps, out); break;
+    default: add_rmsnorm_vec_kernel<4><<<n, threads, 0, s>>>(x, add, rows, dim, w, eps, out); break;
+  }
 }
 void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
               uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, float* q, float* k, float* v, Stream s) {
-  qkv_rope_kernel<<<n, 256, 0, s>>>(qkv, bias, pos, q_heads, kv_heads, head_dim, rope_dim, cos, sin, adjacent, q, k, v);
+  // 1024 threads: a decode step's row is one block, whose loops are its latency.
+  qkv_rope_kernel<<<n, 1024, 0, s>>>(qkv, bias, pos, q_heads, kv_heads, head_dim, rope_dim, cos, sin, adjacent, q, k, v);
 }
 void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s) {
   swiglu_kernel<<<blocks_for(size_t(n) * hidden), 256, 0, s>>>(gu, hidden, size_t(n) * hidden, h);

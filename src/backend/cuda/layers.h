@@ -26,12 +26,12 @@ void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t 
               uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, float* q, float* k, float* v, Stream s);
 // h[r][i] = bf16(silu(gu[r][i]) * gu[r][hidden + i]): the fused gate and up products. gu: [n][2 hidden].
 void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s);
-// y[n][rows] = x[n][cols] w^T for the few rows of a decode step (1 <= n <= kGemvMaxRows, cols a
-// multiple of 8: gemv_takes): each weight read once with 16-byte loads, fp32 sums. w: [rows][cols]
-// bf16, x: [n][cols] bf16, both 16-byte aligned; y: [n][rows] fp32.
-constexpr uint32_t kGemvMaxRows = 8;
-inline bool gemv_takes(uint32_t n, uint32_t cols) { return n >= 1 && n <= kGemvMaxRows && cols % 8 == 0; }
-void gemv(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, uint32_t n, float* y, Stream s);
+// y[rows] = w x for a step of one row (decode at batch 1, the logits of one sequence): each
+// weight read once with 16-byte loads, fp32 sums. w: [rows][cols] bf16 with cols % 8 == 0
+// (gemv_takes), x: [cols] bf16, both 16-byte aligned; y: [rows] fp32. Beyond one row cuBLAS is as
+// fast or faster (bench/results/2026-11-30-h200-sampling-gemv.md).
+inline bool gemv_takes(uint32_t n, uint32_t cols) { return n == 1 && cols % 8 == 0; }
+void gemv(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, float* y, Stream s);
 
 // One row's sampling: engine::SamplingParams (validated) and the draw u in [0, 1).
 struct SampleRow {

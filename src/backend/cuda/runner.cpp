@@ -300,7 +300,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
 }
 
 void CudaModelRunner::gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y) {
-  if (!opts_.cublas_only && layers::gemv_takes(n, w.cols)) return layers::gemv(w.w.get(), w.rows, w.cols, x, n, y, stream_);
+  if (!opts_.cublas_only && layers::gemv_takes(n, w.cols)) return layers::gemv(w.w.get(), w.rows, w.cols, x, y, stream_);
   // Row-major y[n][R] = x[n][C] W^T is, in cuBLAS's column-major terms, y (R x n, ld R) =
   // op_T(W seen as C x R, ld C) * x (C x n, ld C).
   const float one = 1.0f, zero = 0.0f;
