@@ -90,7 +90,36 @@ Divergence divergence(const std::vector<float>& A, const std::vector<float>& B, 
 // codebook boundary, so the two caches hold two draws of the quantization noise. Two draws are at
 // most about twice as far apart as one draw is from full precision (independent errors add their
 // variances): KL(cpu || gpu) must stay within 3x the quantization's own KL against an fp32 cache
-// on the CPU, plus the float bound.
+// on the CPU, plus the float bound. Records the KLs as test properties (`tag` before their names).
+Divergence check_against_cpu(const model::Model& m, const KvSpec& spec, const std::vector<int>& prompt, size_t V, const std::string& tag) {
+  const std::vector<float> cpu = logits_of(m, spec, engine::Device::kCpu, prompt, 12);
+  const std::vector<float> gpu = logits_of(m, spec, engine::Device::kCuda, prompt, 12);
+  EXPECT_EQ(cpu.size(), gpu.size());
+  if (cpu.size() != gpu.size()) return {};
+  for (size_t i = 0; i < gpu.size(); ++i)
+    if (!std::isfinite(gpu[i])) {
+      ADD_FAILURE() << "GPU logit " << i << " is " << gpu[i];
+      return {};
+    }
+  const Divergence d = divergence(cpu, gpu, V);
+  ::testing::Test::RecordProperty(tag + "kl_mean", std::to_string(d.kl_mean));
+  ::testing::Test::RecordProperty(tag + "kl_max", std::to_string(d.kl_max));
+  if (!is_tq(spec.format.k.enc) && spec.policy.edge_layers == 0) {
+    EXPECT_LT(d.kl_max, 1e-2);
+    EXPECT_LT(d.kl_mean, 2e-3);
+    EXPECT_EQ(d.agree, d.decided) << "top-1 differs where the CPU's top-2 gap is clear";
+    EXPECT_GT(d.decided, cpu.size() / V / 2);
+  } else {
+    const Divergence q = divergence(logits_of(m, parse_kv_spec("fp32"), engine::Device::kCpu, prompt, 12), cpu, V);
+    ::testing::Test::RecordProperty(tag + "quantization_kl_mean", std::to_string(q.kl_mean));
+    EXPECT_LT(d.kl_mean, 3 * q.kl_mean + 2e-3) << "the quantization's own KL: " << q.kl_mean;
+    EXPECT_LT(d.kl_max, 3 * q.kl_max + 1e-2) << "the quantization's own KL: " << q.kl_max;
+    EXPECT_GT(q.kl_mean, 0.0);
+  }
+  return d;
+}
+
+// Each small shape and spec against the CPU runner (check_against_cpu).
 TEST_P(CudaRunner, LogitsMatchTheCpuRunner) {
   TQ_REQUIRE_GPU();
   const RunnerCase c = GetParam();
@@ -100,25 +129,7 @@ TEST_P(CudaRunner, LogitsMatchTheCpuRunner) {
   std::vector<int> prompt(60);
   for (int& t : prompt) t = int(rng() % uint32_t(c.model.vocab));
   const size_t V = size_t(c.model.vocab);
-  const std::vector<float> cpu = logits_of(m, spec, engine::Device::kCpu, prompt, 12);
-  const std::vector<float> gpu = logits_of(m, spec, engine::Device::kCuda, prompt, 12);
-  ASSERT_EQ(cpu.size(), gpu.size());
-  for (size_t i = 0; i < gpu.size(); ++i) ASSERT_TRUE(std::isfinite(gpu[i])) << "logit " << i;
-  const Divergence d = divergence(cpu, gpu, V);
-  RecordProperty("kl_mean", std::to_string(d.kl_mean));
-  RecordProperty("kl_max", std::to_string(d.kl_max));
-  if (!is_tq(spec.format.k.enc) && spec.policy.edge_layers == 0) {
-    EXPECT_LT(d.kl_max, 1e-2);
-    EXPECT_LT(d.kl_mean, 2e-3);
-    EXPECT_EQ(d.agree, d.decided) << "top-1 differs where the CPU's top-2 gap is clear";
-    EXPECT_GT(d.decided, cpu.size() / V / 2);
-  } else {
-    const Divergence q = divergence(logits_of(m, parse_kv_spec("fp32"), engine::Device::kCpu, prompt, 12), cpu, V);
-    RecordProperty("quantization_kl_mean", std::to_string(q.kl_mean));
-    EXPECT_LT(d.kl_mean, 3 * q.kl_mean + 2e-3) << "the quantization's own KL: " << q.kl_mean;
-    EXPECT_LT(d.kl_max, 3 * q.kl_max + 1e-2) << "the quantization's own KL: " << q.kl_max;
-    EXPECT_GT(q.kl_mean, 0.0);
-  }
+  check_against_cpu(m, spec, prompt, V, "");
 }
 
 TinyModelSpec shape(int dim, int heads, int kv_heads, int layers, bool bias, const char* arch) {
@@ -172,23 +183,8 @@ TEST_P(CudaRunnerRealShape, LogitsMatchTheCpuRunner) {
   for (const char* spec_text : {"fp16", "k3v2:edge=2/k4v4:sink=4:window=64"}) {  // tq run's default
     SCOPED_TRACE(spec_text);
     const KvSpec spec = parse_kv_spec(spec_text);
-    const std::vector<float> cpu = logits_of(m, spec, engine::Device::kCpu, prompt, 12);
-    const std::vector<float> gpu = logits_of(m, spec, engine::Device::kCuda, prompt, 12);
-    ASSERT_EQ(cpu.size(), gpu.size());
-    for (size_t i = 0; i < gpu.size(); ++i) ASSERT_TRUE(std::isfinite(gpu[i])) << "logit " << i;
-    const Divergence d = divergence(cpu, gpu, V);
-    RecordProperty(std::string("kl_mean_") + spec.canonical(), std::to_string(d.kl_mean));
+    const Divergence d = check_against_cpu(m, spec, prompt, V, spec.canonical() + "_");
     std::printf("%s %s: KL mean %.3g max %.3g, top-1 %zu of %zu\n", GetParam(), spec_text, d.kl_mean, d.kl_max, d.agree, d.decided);
-    if (!is_tq(spec.format.k.enc)) {
-      EXPECT_LT(d.kl_max, 1e-2);
-      EXPECT_LT(d.kl_mean, 2e-3);
-      EXPECT_EQ(d.agree, d.decided) << "top-1 differs where the CPU's top-2 gap is clear";
-      EXPECT_GT(d.decided, cpu.size() / V / 2);
-    } else {
-      const Divergence q = divergence(logits_of(m, parse_kv_spec("fp32"), engine::Device::kCpu, prompt, 12), cpu, V);
-      EXPECT_LT(d.kl_mean, 3 * q.kl_mean + 2e-3) << "the quantization's own KL: " << q.kl_mean;
-      EXPECT_LT(d.kl_max, 3 * q.kl_max + 1e-2) << "the quantization's own KL: " << q.kl_max;
-    }
   }
 }
 

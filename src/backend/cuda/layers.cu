@@ -15,6 +15,22 @@ __global__ void embed_kernel(const bf16_t* __restrict__ table, const int32_t* __
   for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) x[r * dim + i] = from_b(src[i]);
 }
 
+// The sum of v over the block (blockDim.x a multiple of 32), for every thread; once a kernel (its
+// shared slot is read after the last barrier).
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x == 0) part[0] = v;
+  }
+  __syncthreads();
+  return part[0];
+}
+
 // One block a row: the sum of squares by a block reduction in fp32.
 __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ add, const int32_t* __restrict__ rows, uint32_t dim,
                                    const float* __restrict__ w, float eps, bf16_t* __restrict__ out) {
@@ -26,17 +42,7 @@ __global__ void add_rmsnorm_kernel(float* __restrict__ x, const float* __restric
     if (add) xr[i] = v = v + add[r * dim + i];
     ss += v * v;
   }
-  __shared__ float part[32];
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    ss = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if (threadIdx.x == 0) part[0] = ss;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(part[0] / float(dim) + eps);
+  const float inv = rsqrtf(block_sum(ss) / float(dim) + eps);
   for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) out[size_t(blockIdx.x) * dim + i] = to_b(w[i] * (inv * xr[i]));
 }
 
@@ -64,17 +70,7 @@ __global__ void add_rmsnorm_vec_kernel(float* __restrict__ x, const float* __res
     }
     ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
   }
-  __shared__ float part[32];
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    ss = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    if (threadIdx.x == 0) part[0] = ss;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(part[0] / float(dim) + eps);
+  const float inv = rsqrtf(block_sum(ss) / float(dim) + eps);
   const float4* w4 = reinterpret_cast<const float4*>(w);
   uint2* o = reinterpret_cast<uint2*>(out + size_t(blockIdx.x) * dim);  // 4 bf16 a store
 #pragma unroll
