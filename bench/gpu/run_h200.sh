@@ -45,8 +45,8 @@ if command -v cuobjdump >/dev/null; then
   awk -v f="$fn" '$0 ~ "Function : "f {on=1} on && /Function : / && $0 !~ f {on=0} on' "$OUT/decode_attention.sass" > "$OUT/k3v2_d128.sass"
   note "SASS k3v2 d128: $(grep -c HMMA "$OUT/k3v2_d128.sass") HMMA, $(grep -c PRMT "$OUT/k3v2_d128.sass") PRMT, $(grep -cE 'LDG' "$OUT/k3v2_d128.sass") LDG, $(grep -cE 'LDL|STL' "$OUT/k3v2_d128.sass") LDL/STL"
   gemv_obj=$(find build/h200 -name 'gemv.cu.o' | head -1)
-  cuobjdump -sass "$gemv_obj" | awk '/Function : .*gemv_kernelILi1E/ {on=1; next} /Function : / {on=0} on' > "$OUT/gemv1.sass" 2>&1
-  note "SASS gemv<1>: $(grep -c 'LDG.*128' "$OUT/gemv1.sass") 128-bit LDG, $(grep -cE 'LDL|STL' "$OUT/gemv1.sass") LDL/STL"
+  cuobjdump -sass "$gemv_obj" | awk '/Function : .*gemv_kernel/ {on=1; next} /Function : / {on=0} on' > "$OUT/gemv1.sass" 2>&1
+  note "SASS gemv: $(grep -c 'LDG.*128' "$OUT/gemv1.sass") 128-bit LDG, $(grep -cE 'LDL|STL' "$OUT/gemv1.sass") LDL/STL"
 fi
 
 if [ -z "${QUICK:-}" ]; then
