@@ -37,6 +37,14 @@ std::unique_ptr<ModelRunner> make_random_runner(const model::ModelConfig& c, con
 
 std::vector<int> ModelRunner::forward_sample(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args) {
   TQ_CHECK(args.size() == step.size(), "a step of {} sequences got sampling arguments for {}", step.size(), args.size());
+  for (const SampleArgs& a : args) {
+    a.params.validate();
+    TQ_CHECK(a.u >= 0.0 && a.u < 1.0, "a sampling draw must be in [0, 1), got {}", a.u);
+  }
+  return sample_step(step, args);
+}
+
+std::vector<int> ModelRunner::sample_step(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args) {
   const std::vector<float> logits = forward(step);
   const size_t vocab = size_t(config().vocab_size);
   std::vector<int> ids;
@@ -152,7 +160,6 @@ std::vector<float> Engine::forward(const std::vector<BatchItem>& batch) {
 }
 
 std::vector<int> Engine::forward_sample(const std::vector<BatchItem>& batch, const std::vector<SampleArgs>& args) {
-  TQ_CHECK(args.size() == batch.size(), "a batch of {} sequences got sampling arguments for {}", batch.size(), args.size());
   return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward_sample(step, args); });
 }
 

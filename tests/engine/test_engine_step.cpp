@@ -89,5 +89,31 @@ TEST(EngineStep, AFailedStepLeavesNoTrace) {
   EXPECT_EQ(e.seq_len(b), 0u);
 }
 
+// Sampling arguments are checked at the runner boundary, before the step runs: one per sequence,
+// valid parameters, a draw in [0, 1); a refused step leaves no trace. Good ones sample the
+// runner's logits (all equal here: the lowest id greedily, the draw's place otherwise).
+TEST(EngineStep, SamplingArgumentsAreCheckedBeforeTheStepRuns) {
+  auto r = std::make_unique<RecordingRunner>(10, 3);
+  RecordingRunner* rec = r.get();
+  Engine e(std::move(r), 4, {.context = 32, .num_pages = 3, .max_chunk = 8});
+  const int a = e.add_sequence();
+  const auto message = [&](const std::vector<SampleArgs>& args) {
+    try {
+      e.forward_sample({{a, {1}, false}}, args);
+    } catch (const Error& err) {
+      return std::string(err.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(message({}).find("a step of 1 sequences got sampling arguments for 0"), std::string::npos);
+  EXPECT_NE(message({{.params = {.temperature = 1}, .u = 1.0}}).find("draw must be in [0, 1), got 1"), std::string::npos);
+  EXPECT_NE(message({{.params = {.temperature = -2}}}).find("got -2"), std::string::npos);
+  EXPECT_TRUE(rec->steps.empty());
+  EXPECT_EQ(e.seq_len(a), 0u);
+  EXPECT_EQ(e.forward_greedy({{a, {1}, false}}), std::vector<int>{0});
+  EXPECT_EQ(e.forward_sample({{a, {2}, false}}, {{.params = {.temperature = 1}, .u = 0.75}}), std::vector<int>{7});
+  EXPECT_EQ(e.seq_len(a), 2u);
+}
+
 }  // namespace
 }  // namespace tq::engine

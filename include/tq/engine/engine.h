@@ -83,7 +83,8 @@ class Engine {
   std::vector<float> forward(const std::vector<BatchItem>& batch);
   // The same step, sampled by the runner (on its device): one token id per item, from the logits
   // of its last token (all_logits is ignored), as Sampler::sample(row, u) picks it for args[i].
-  // Same errors as forward(), and those of ModelRunner::forward_sample.
+  // Same errors as forward(), and those of ModelRunner::forward_sample (a failed step leaves no
+  // trace either).
   std::vector<int> forward_sample(const std::vector<BatchItem>& batch, const std::vector<SampleArgs>& args);
   std::vector<int> forward_greedy(const std::vector<BatchItem>& batch) { return forward_sample(batch, std::vector<SampleArgs>(batch.size())); }
   // One sequence, tokens in chunks of max_chunk: logits of the last token [vocab], or of every

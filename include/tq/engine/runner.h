@@ -56,10 +56,11 @@ class ModelRunner {
   virtual std::vector<float> forward(const std::vector<StepSeq>& step) = 0;
 
   // forward(), then one token per sequence from its last logits row: what Sampler::sample(row, u)
-  // picks for args[s] = {params, u}. Returns [step.size()] token ids; throws tq::Error naming the
-  // sequence when its row holds a NaN or +inf or only -inf. Device runners sample on the device
-  // and copy back the ids only; this default samples forward()'s logits on the host.
-  virtual std::vector<int> forward_sample(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args);
+  // picks for args[s] = {params, u}. Returns [step.size()] token ids. Throws tq::Error, before
+  // the step runs, on one args entry per sequence missing, invalid parameters or u outside
+  // [0, 1); and naming the sequence when its row holds a NaN or +inf or only -inf. Checks the
+  // arguments, then runs sample_step().
+  std::vector<int> forward_sample(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args);
   // forward_sample() with greedy sampling: the argmax, ties to the lowest id.
   std::vector<int> forward_greedy(const std::vector<StepSeq>& step) { return forward_sample(step, std::vector<SampleArgs>(step.size())); }
 
@@ -68,6 +69,11 @@ class ModelRunner {
   // KV bytes: one page over every layer, and one sequence's fixed side buffers.
   virtual size_t page_bytes() const = 0;
   virtual size_t side_bytes() const = 0;
+
+ protected:
+  // forward_sample() on checked arguments. Device runners sample on the device and copy back the
+  // ids only; this default samples forward()'s logits on the host.
+  virtual std::vector<int> sample_step(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args);
 };
 
 }  // namespace tq::engine

@@ -105,7 +105,7 @@ class CudaModelRunner : public engine::ModelRunner {
     if (side_.n) side_written_[size_t(seq)] = 0;
   }
   std::vector<float> forward(const std::vector<StepSeq>& step) override;
-  std::vector<int> forward_sample(const std::vector<StepSeq>& step, const std::vector<engine::SampleArgs>& args) override;
+  std::vector<int> sample_step(const std::vector<StepSeq>& step, const std::vector<engine::SampleArgs>& args) override;
   uint32_t num_pages() const override { return num_pages_; }
   size_t page_bytes() const override { return page_bytes_; }
   size_t side_bytes() const override { return side_slot_ * sizeof(uint16_t); }
@@ -451,14 +451,9 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   return out;
 }
 
-std::vector<int> CudaModelRunner::forward_sample(const std::vector<StepSeq>& step, const std::vector<engine::SampleArgs>& args) {
-  TQ_CHECK(args.size() == step.size(), "a step of {} sequences got sampling arguments for {}", step.size(), args.size());
-  std::vector<layers::SampleRow> rows;
-  for (const engine::SampleArgs& a : args) {
-    a.params.validate();
-    TQ_CHECK(a.u >= 0.0 && a.u < 1.0, "a sampling draw must be in [0, 1), got {}", a.u);
-    rows.push_back({a.params.temperature, a.params.top_k, a.params.top_p, a.params.min_p, a.u});
-  }
+std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, const std::vector<engine::SampleArgs>& args) {
+  std::vector<layers::SampleRow> rows;  // checked by forward_sample
+  for (const engine::SampleArgs& a : args) rows.push_back({a.params.temperature, a.params.top_k, a.params.top_p, a.params.min_p, a.u});
   uint32_t N = 0, R = 0;
   std::vector<Group> groups = upload_step(step, true, &N, &R);
   check(cudaMemcpyAsync(sample_args_.get(), rows.data(), rows.size() * sizeof(rows[0]), cudaMemcpyHostToDevice, stream_), "upload");
