@@ -43,7 +43,8 @@ void run(const Options& o) {
   const std::string ref = o.ref != "auto" ? o.ref : device == engine::Device::kCuda ? "fp16" : "fp32";
   fmt::print(stderr, "tq perplexity: {} on {} ({} tokens), windows of {}, reference cache {}, on {}\n", lm.path, o.file, tokens.size(),
              o.ctx, ref, engine::device_name(device));
-  engine::PerplexityOptions po{.ctx = o.ctx, .chunk = o.chunk, .threads = o.threads, .reference = ref, .device = device, .gpu_memory = o.gpu_memory};
+  engine::PerplexityOptions po{
+      .ctx = o.ctx, .chunk = o.chunk, .threads = o.threads, .reference = ref, .device = device, .gpu_memory = o.gpu_memory};
   const auto res = engine::evaluate_perplexity(lm.model, tokens, specs, po, [](size_t done, size_t total) {
     fmt::print(stderr, "\r  {}/{} tokens", done, total);
     if (done == total) fmt::print(stderr, "\n");

@@ -31,7 +31,7 @@ namespace {
 using model::testing::TinyModelSpec;
 
 model::Model tiny(const TinyModelSpec& s) {
-  return model::load_gguf(std::make_shared<const model::GgufFile>(model::GgufFile::from_bytes(model::testing::tiny_model(s).bytes())));
+  return model::testing::load_written(model::testing::tiny_model(s));
 }
 
 struct RunnerCase {

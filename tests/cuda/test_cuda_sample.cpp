@@ -169,8 +169,7 @@ TEST(CudaRunnerSampling, SampledStepsMatchTheSamplerOnTheLogits) {
   TQ_REQUIRE_GPU();
   model::testing::TinyModelSpec ms;
   ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = 300, ms.realistic = true;
-  const model::Model m =
-      model::load_gguf(std::make_shared<const model::GgufFile>(model::GgufFile::from_bytes(model::testing::tiny_model(ms).bytes())));
+  const model::Model m = model::testing::load_written(model::testing::tiny_model(ms));
   const KvSpec spec = parse_kv_spec("k3v2:sink=4:window=16");
   engine::Engine graphs(m, spec, {.device = engine::Device::kCuda, .context = 256, .max_seqs = 3, .max_chunk = 64});
   engine::Engine eager(m, spec, {.device = engine::Device::kCuda, .context = 256, .max_seqs = 3, .max_chunk = 64, .eager = true});

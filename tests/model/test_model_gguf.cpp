@@ -14,11 +14,6 @@ namespace tq::model {
 namespace {
 
 using testing::TinyModelSpec;
-
-Model load(const testing::GgufWriter& w) {
-  return load_gguf(std::make_shared<const GgufFile>(GgufFile::from_bytes(w.bytes())));
-}
-
 using testing::expect_error;
 
 class GgufWeightType : public ::testing::TestWithParam<GgmlType> {};
@@ -31,7 +26,7 @@ TEST_P(GgufWeightType, LlamaConfigAndWeights) {
   s.n_heads = 4;
   s.n_kv_heads = 2;
   s.chat_template = "{% for m in messages %}<|im_start|>{{ m.role }}...";
-  const Model m = load(testing::tiny_model(s));
+  const Model m = testing::load_written(testing::tiny_model(s));
   const ModelConfig& c = m.config;
   EXPECT_EQ(c.source, WeightSource::Gguf);
   EXPECT_EQ(c.arch, Arch::Llama);
@@ -94,7 +89,7 @@ TEST(ModelGguf, TiedOutputAndQwen2Biases) {
   s.tied = true;
   s.bias = true;
   s.chat_template = "<|start_header_id|>";
-  const Model m = load(testing::tiny_model(s));
+  const Model m = testing::load_written(testing::tiny_model(s));
   EXPECT_EQ(m.config.arch, Arch::Qwen2);
   EXPECT_EQ(m.config.rope_style, RopeStyle::HalfSplit);
   EXPECT_TRUE(m.config.tied_embeddings);
@@ -116,21 +111,21 @@ TEST(ModelGguf, LoadModelDispatchesOnMagic) {
 TEST(ModelGguf, Errors) {
   TinyModelSpec s;
   s.arch = "gemma2";
-  expect_error([&] { load(testing::tiny_model(s)); }, "unsupported architecture 'gemma2'");
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "unsupported architecture 'gemma2'");
 
   s = TinyModelSpec{};
   s.n_heads = 4;
   s.n_kv_heads = 3;
-  expect_error([&] { load(testing::tiny_model(s)); }, "head_count 4 is not a multiple of head_count_kv 3");
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "head_count 4 is not a multiple of head_count_kv 3");
 
   s = TinyModelSpec{};
   s.wtype = GgmlType::Q5_0;  // parses, but cannot be multiplied
-  expect_error([&] { load(testing::tiny_model(s)); }, "GGUF tensor 'blk.0.attn_q.weight': ggml type q5_0");
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "GGUF tensor 'blk.0.attn_q.weight': ggml type q5_0");
 
   {
     testing::GgufWriter w = testing::tiny_model(TinyModelSpec{});
     w.add_u32("llama.vocab_size", 17);
-    expect_error([&] { load(w); }, "llama.vocab_size = 17 but token_embd.weight has 16 rows");
+    expect_error([&] { testing::load_written(w); }, "llama.vocab_size = 17 but token_embd.weight has 16 rows");
   }
   {  // a huge block_count must fail on the first missing layer, not allocate a million layers
     testing::GgufWriter w;
@@ -141,12 +136,12 @@ TEST(ModelGguf, Errors) {
     w.add_u32("llama.attention.head_count", 2);
     w.add_u32("llama.block_count", 1000000);
     w.add_tensor_f32("token_embd.weight", {32, 4}, std::vector<float>(128, 0.0f));
-    expect_error([&] { load(w); }, "required tensor 'blk.0.attn_norm.weight' is missing");
+    expect_error([&] { testing::load_written(w); }, "required tensor 'blk.0.attn_norm.weight' is missing");
   }
   {
     testing::GgufWriter w;
     w.add_string("general.architecture", "llama");
-    expect_error([&] { load(w); }, "metadata key 'llama.block_count' is missing");
+    expect_error([&] { testing::load_written(w); }, "metadata key 'llama.block_count' is missing");
   }
 }
 

@@ -9,6 +9,8 @@
 
 #include "gguf_writer.h"
 #include "quant_packers.h"
+#include "tq/model/gguf.h"
+#include "tq/model/model.h"
 
 namespace tq::model::testing {
 
@@ -169,5 +171,8 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
   if (!s.tied) mat("output.weight", V, D, GgmlType::F32);
   return w;
 }
+
+// The model a writer's file holds, loaded from its bytes in memory.
+inline Model load_written(const GgufWriter& w) { return load_gguf(std::make_shared<const GgufFile>(GgufFile::from_bytes(w.bytes()))); }
 
 }  // namespace tq::model::testing
