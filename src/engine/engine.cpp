@@ -107,6 +107,25 @@ int Engine::add_sequence() {
   return seq;
 }
 
+int Engine::add_sequence(std::span<const int> tokens, uint32_t limit) {
+  const int seq = blocks_.add_sequence(tokens, limit);
+  try {
+    runner_->add_sequence(seq);
+  } catch (...) {
+    blocks_.remove(seq);
+    throw;
+  }
+  return seq;
+}
+
+std::string Engine::enable_prefix_cache() {
+  if (runner_->side_bytes() > 0)
+    return fmt::format("KV spec {} keeps its sink and window tokens in per-sequence side buffers, which pages do not carry",
+                       runner_->spec().text);
+  blocks_.enable_prefix_cache(std::hash<std::string>{}(runner_->spec().text));
+  return "";
+}
+
 void Engine::remove_sequence(int seq) { blocks_.remove(seq); }
 void Engine::reset_sequence(int seq) { blocks_.reset(seq); }
 

@@ -1,12 +1,13 @@
 #include "tq/kv/block_manager.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "tq/check.h"
 
 namespace tq {
 
-BlockManager::BlockManager(uint32_t num_pages, uint32_t page_size) : page_size_(page_size), alloc_(num_pages) {
+BlockManager::BlockManager(uint32_t num_pages, uint32_t page_size) : page_size_(page_size), alloc_(num_pages), entries_(num_pages) {
   TQ_CHECK(page_size >= 1, "page size must be at least 1, got {}", page_size);
 }
 
@@ -61,7 +62,11 @@ void BlockManager::reserve(const std::vector<std::pair<int, uint32_t>>& requests
            alloc_.free_pages(), alloc_.num_pages());
   for (const auto& [seq, n] : requests) {
     Seq& s = at(seq);
-    for (uint32_t i = pages_needed(seq, n); i > 0; --i) s.block_table.push_back(alloc_.allocate());
+    for (uint32_t i = pages_needed(seq, n); i > 0; --i) {
+      int32_t evicted = -1;
+      s.block_table.push_back(alloc_.allocate(&evicted));
+      if (evicted >= 0) uncache(evicted);
+    }
     s.len += n;
   }
 }
@@ -70,9 +75,95 @@ void BlockManager::truncate(int seq, uint32_t new_len) {
   Seq& s = at(seq);
   TQ_CHECK(new_len <= s.len, "cannot truncate sequence {} to {} positions: it has {}", seq, new_len, s.len);
   const size_t keep = (size_t(new_len) + page_size_ - 1) / page_size_;
-  for (size_t i = keep; i < s.block_table.size(); ++i) alloc_.release(s.block_table[i]);
+  if (new_len % page_size_ != 0 && keep <= s.hashes.size()) {
+    const int32_t cut = s.block_table[keep - 1];  // a cached page whose tail will be written again
+    TQ_CHECK(alloc_.refcount(cut) == 1, "cannot truncate sequence {} to {} positions: page {} is shared with another sequence", seq,
+             new_len, cut);
+    uncache(cut);
+  }
+  // Last page first: the LRU list then evicts a cached prefix from its end, which keeps its start
+  // (what other requests share) matchable longest.
+  for (size_t i = s.block_table.size(); i-- > keep;) alloc_.release(s.block_table[i]);
   s.block_table.resize(keep);
+  s.hashes.resize(std::min(s.hashes.size(), size_t(new_len / page_size_)));
   s.len = new_len;
+}
+
+void BlockManager::enable_prefix_cache(uint64_t salt) {
+  caching_ = true;
+  salt_ = salt;
+}
+
+uint64_t BlockManager::chain(uint64_t h, std::span<const int> page_tokens) const {
+  // splitmix64's finalizer over (hash, token) pairs: every bit of each token reaches every bit.
+  for (int t : page_tokens) {
+    uint64_t z = h ^ (uint64_t(uint32_t(t)) + 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    h = z ^ (z >> 31);
+  }
+  return h;
+}
+
+std::vector<int32_t> BlockManager::match_prefix(std::span<const int> tokens, uint32_t limit) const {
+  std::vector<int32_t> pages;
+  if (!caching_) return pages;
+  limit = uint32_t(std::min<size_t>(limit, tokens.size()));
+  uint64_t h = salt_;
+  for (uint32_t i = 0; (i + 1) * size_t(page_size_) <= limit; ++i) {
+    const std::span<const int> page = tokens.subspan(size_t(i) * page_size_, page_size_);
+    const uint64_t next = chain(h, page);
+    const auto it = cache_.find(next);
+    if (it == cache_.end()) break;
+    const Entry& e = *entries_[size_t(it->second)];
+    if (e.parent != h || !std::equal(page.begin(), page.end(), e.tokens.begin())) break;
+    pages.push_back(it->second);
+    h = next;
+  }
+  return pages;
+}
+
+int BlockManager::add_sequence(std::span<const int> tokens, uint32_t limit) {
+  const std::vector<int32_t> pages = match_prefix(tokens, limit);
+  const int seq = add_sequence();
+  Seq& s = at(seq);
+  for (int32_t p : pages) {
+    if (alloc_.refcount(p) == 0)
+      alloc_.revive(p);
+    else
+      alloc_.retain(p);
+    s.block_table.push_back(p);
+    s.hashes.push_back(entries_[size_t(p)]->hash);
+  }
+  s.len = uint32_t(pages.size()) * page_size_;
+  return seq;
+}
+
+void BlockManager::cache_full_pages(int seq, std::span<const int> tokens) {
+  if (!caching_) return;
+  Seq& s = at(seq);
+  TQ_CHECK(tokens.size() >= s.len, "sequence {} has {} positions but {} tokens were given", seq, s.len, tokens.size());
+  for (size_t i = s.hashes.size(); (i + 1) * page_size_ <= s.len; ++i) {
+    const uint64_t parent = i ? s.hashes[i - 1] : salt_;
+    const std::span<const int> page = tokens.subspan(i * page_size_, page_size_);
+    const uint64_t h = chain(parent, page);
+    const int32_t p = s.block_table[i];
+    if (!cache_.count(h) && !entries_[size_t(p)]) {
+      cache_.emplace(h, p);
+      entries_[size_t(p)] = Entry{h, parent, std::vector<int>(page.begin(), page.end())};
+      alloc_.set_cached(p, true);
+    }
+    s.hashes.push_back(h);
+  }
+}
+
+void BlockManager::uncache(int32_t page) {
+  std::optional<Entry>& e = entries_[size_t(page)];
+  if (!e) return;
+  const auto it = cache_.find(e->hash);
+  if (it != cache_.end() && it->second == page) cache_.erase(it);
+  e.reset();
+  alloc_.set_cached(page, false);
 }
 
 }  // namespace tq

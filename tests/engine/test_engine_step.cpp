@@ -14,6 +14,7 @@ class RecordingRunner : public ModelRunner {
  public:
   RecordingRunner(int vocab, uint32_t pages) : pages_(pages) { cfg_.vocab_size = vocab; cfg_.max_seq = 64; }
   const model::ModelConfig& config() const override { return cfg_; }
+  const KvSpec& spec() const override { return spec_; }
   std::string describe() const override { return "recording"; }
   void add_sequence(int seq) override { added.push_back(seq); }
   std::vector<float> forward(const std::vector<StepSeq>& step) override {
@@ -45,6 +46,7 @@ class RecordingRunner : public ModelRunner {
 
  private:
   model::ModelConfig cfg_;
+  KvSpec spec_ = parse_kv_spec("k3v2");
   uint32_t pages_;
 };
 

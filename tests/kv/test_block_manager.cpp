@@ -60,5 +60,66 @@ TEST(BlockManager, TruncateGivesPagesBackAndIdsAreReused) {
   EXPECT_EQ(b.add_sequence(), s);
 }
 
+// Prefix caching: full pages are found again by their tokens and the salt, partial pages never;
+// a different token anywhere before a page (or another salt) misses it; shared pages are held
+// by both sequences and come back to the pool as cached pages when both are gone.
+TEST(BlockManager, PrefixCacheMatchesFullPagesOfEqualPrefixes) {
+  BlockManager b(8, 4);
+  b.enable_prefix_cache(42);
+  const std::vector<int> t = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10};
+  const int s = b.add_sequence();
+  b.reserve({{s, 10}});
+  b.cache_full_pages(s, t);
+  EXPECT_EQ(b.cached_pages(), 2u);  // positions 0..7; 8..9 are a partial page
+  EXPECT_EQ(b.match_prefix(t, 10), (std::vector<int32_t>{b.block_table(s)[0], b.block_table(s)[1]}));
+  EXPECT_EQ(b.match_prefix(t, 7).size(), 1u);  // the limit cuts the second page
+  std::vector<int> other = t;
+  other[1] = 99;
+  EXPECT_TRUE(b.match_prefix(other, 10).empty());  // the first page differs, so the second's prefix does too
+  other = t;
+  other[6] = 99;
+  EXPECT_EQ(b.match_prefix(other, 10).size(), 1u);
+
+  const int u = b.add_sequence(t, 9);
+  EXPECT_EQ(b.len(u), 8u);
+  EXPECT_EQ(b.block_table(u), (std::vector<int32_t>{b.block_table(s)[0], b.block_table(s)[1]}));
+  EXPECT_EQ(b.allocator().refcount(b.block_table(s)[0]), 2u);
+  b.reserve({{u, 1}});  // position 8 goes to a page of u's own
+  EXPECT_NE(b.block_table(u)[2], b.block_table(s)[2]);
+  EXPECT_THROW(b.truncate(u, 6), Error);  // would write into a page s shares
+
+  b.remove(s);
+  b.remove(u);
+  EXPECT_EQ(b.allocator().free_pages(), 8u);
+  EXPECT_EQ(b.allocator().cached_free_pages(), 2u);
+  const int v = b.add_sequence(t, 10);  // revives the cached pages
+  EXPECT_EQ(b.len(v), 8u);
+  EXPECT_EQ(b.allocator().cached_free_pages(), 0u);
+  b.remove(v);
+
+  BlockManager salted(8, 4);
+  salted.enable_prefix_cache(43);
+  EXPECT_TRUE(salted.match_prefix(t, 10).empty());
+}
+
+// Allocation evicts unreferenced cached pages (their entries go) once the free list is empty.
+TEST(BlockManager, PrefixCacheEvictionDropsEntries) {
+  BlockManager b(3, 2);
+  b.enable_prefix_cache(1);
+  const std::vector<int> t = {1, 2, 3, 4, 5, 6};
+  const int s = b.add_sequence();
+  b.reserve({{s, 6}});
+  b.cache_full_pages(s, t);
+  EXPECT_EQ(b.cached_pages(), 3u);
+  b.remove(s);
+  const int u = b.add_sequence();
+  b.reserve({{u, 2}});  // evicts the page released first: the last one of t
+  EXPECT_EQ(b.cached_pages(), 2u);
+  EXPECT_EQ(b.match_prefix(t, 6).size(), 2u);
+  b.reserve({{u, 4}});
+  EXPECT_EQ(b.cached_pages(), 0u);
+  EXPECT_TRUE(b.match_prefix(t, 6).empty());
+}
+
 }  // namespace
 }  // namespace tq

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -68,6 +69,16 @@ class Engine {
   const BlockManager& blocks() const { return blocks_; }
 
   int add_sequence();             // a new empty sequence; returns its id
+  // A new sequence that starts with the cached pages of the longest prefix of tokens[0, limit)
+  // (BlockManager::match_prefix); seq_len() says how many positions it got. Without prefix
+  // caching, an empty sequence.
+  int add_sequence(std::span<const int> tokens, uint32_t limit);
+  // Turns prefix caching on (BlockManager, keyed by the KV spec). Returns why it cannot be, and
+  // leaves it off, when the spec keeps tokens outside the pages (sink and window side buffers:
+  // a sequence starting from shared pages would lack them); "" when it is on.
+  std::string enable_prefix_cache();
+  // Caches the sequence's full pages: tokens, at least its seq_len() first, are its tokens.
+  void cache_pages(int seq, std::span<const int> tokens) { blocks_.cache_full_pages(seq, tokens); }
   void remove_sequence(int seq);  // its pages go back to the pool
   void reset_sequence(int seq);   // empty again (pages released)
   uint32_t seq_len(int seq) const { return blocks_.len(seq); }

@@ -45,6 +45,7 @@ class ModelRunner {
   virtual ~ModelRunner() = default;
 
   virtual const model::ModelConfig& config() const = 0;
+  virtual const KvSpec& spec() const = 0;
   // "cpu, 2 threads", "cuda:0 (NVIDIA H200)": for the commands' status lines.
   virtual std::string describe() const = 0;
 

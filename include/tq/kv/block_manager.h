@@ -1,10 +1,21 @@
 // The block manager: which pages each sequence holds, in position order (its block table), and
 // how many positions it has. It sees token counts and pages, never tensors (nano-vllm's
 // BlockManager, vLLM's KV cache manager): the KV storage of a backend holds the bytes.
+//
+// Prefix caching (off until enable_prefix_cache): a full page is identified by a 64-bit hash
+// chained over the salt (the KV spec) and every token from position 0 to the page's end, so equal
+// hashes mean equal prefixes; the page also keeps its own tokens and its parent's hash, compared on
+// every match, so a hash collision can only miss, never share wrong bytes. Sequences that start
+// with a cached prefix hold its pages (reference counts) and compute only the rest. Only full pages
+// are shared and a sequence writes only past its shared pages, so shared bytes never change: packed
+// pages are shared as they are, never copied, dequantized or re-quantized. Unreferenced cached pages
+// stay in the pool until allocation evicts them, least recently released first (page_allocator.h).
 #pragma once
 
 #include <cstdint>
 #include <optional>
+#include <span>
+#include <unordered_map>
 #include <vector>
 
 #include "tq/kv/page_allocator.h"
@@ -35,20 +46,47 @@ class BlockManager {
   // Positions [len, len + n) of each (seq, n), allocating pages as needed, all or nothing: when
   // the pool runs out, throws tq::Error and no sequence changes.
   void reserve(const std::vector<std::pair<int, uint32_t>>& requests);
-  // Drops positions [new_len, len): pages past the new end go back to the pool (rollback).
+  // Drops positions [new_len, len): pages past the new end go back to the pool (rollback). A
+  // cached page cut into is no longer cached (its tail will be written again); cutting into one that
+  // another sequence shares throws tq::Error.
   void truncate(int seq, uint32_t new_len);
+
+  // Prefix caching, keyed by `salt` (a hash of the KV spec: pages of another format never match).
+  void enable_prefix_cache(uint64_t salt);
+  bool prefix_cache() const { return caching_; }
+  // The pages of the longest cached prefix of tokens[0, limit) in whole pages, in position order
+  // (not held: add_sequence(tokens, limit) takes them). Empty without prefix caching.
+  std::vector<int32_t> match_prefix(std::span<const int> tokens, uint32_t limit) const;
+  // A new sequence that holds the pages match_prefix(tokens, limit) finds: len() = their positions.
+  int add_sequence(std::span<const int> tokens, uint32_t limit);
+  // Caches the sequence's pages that are full and not cached yet; tokens: its tokens, at least
+  // [0, len). A page whose prefix is cached already (another sequence computed it at the same time)
+  // stays private. A no-op without prefix caching.
+  void cache_full_pages(int seq, std::span<const int> tokens);
+  uint32_t cached_pages() const { return uint32_t(cache_.size()); }  // pages with a cache entry, held or not
 
  private:
   struct Seq {
     std::vector<int32_t> block_table;
     uint32_t len = 0;
+    std::vector<uint64_t> hashes;  // [cached or matched full pages] chain hashes, a prefix of block_table
+  };
+  struct Entry {
+    uint64_t hash = 0, parent = 0;  // this page's chain hash and the previous page's (the salt for page 0)
+    std::vector<int> tokens;        // [page_size]
   };
   Seq& at(int seq);
   const Seq& at(int seq) const;
+  uint64_t chain(uint64_t parent, std::span<const int> page_tokens) const;
+  void uncache(int32_t page);
 
   uint32_t page_size_;
   PageAllocator alloc_;
   std::vector<std::optional<Seq>> seqs_;  // empty: removed
+  bool caching_ = false;
+  uint64_t salt_ = 0;
+  std::unordered_map<uint64_t, int32_t> cache_;  // chain hash -> page
+  std::vector<std::optional<Entry>> entries_;    // [num_pages] the cache entry of each page
 };
 
 }  // namespace tq

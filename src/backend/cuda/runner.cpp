@@ -98,6 +98,7 @@ class CudaModelRunner : public engine::ModelRunner {
     if (stream_) cudaStreamDestroy(stream_);
   }
   const model::ModelConfig& config() const override { return cfg_; }
+  const KvSpec& spec() const override { return spec_; }
   std::string describe() const override { return describe_; }
   void add_sequence(int seq) override {
     TQ_CHECK(seq >= 0 && (!side_.n || uint32_t(seq) < opts_.max_seqs),

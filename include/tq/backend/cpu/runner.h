@@ -19,6 +19,7 @@ class CpuModelRunner : public engine::ModelRunner {
   CpuModelRunner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& opts);
 
   const model::ModelConfig& config() const override { return cfg_; }
+  const KvSpec& spec() const override { return kv_.spec(); }
   std::string describe() const override;
   void add_sequence(int seq) override { kv_.add_sequence(seq); }
   std::vector<float> forward(const std::vector<engine::StepSeq>& step) override;

@@ -1,0 +1,117 @@
+// The serving scheduler: iteration-level continuous batching of many requests over one engine and
+// its shared page pool (vLLM v1's scheduler, nano-vllm's Scheduler). Each step() is one engine step
+// that mixes the running requests' decodes with chunks of prompts under a token budget (chunked
+// prefill); requests join and leave between steps.
+//
+//   order      first come, first served: running requests are served oldest first, waiting ones
+//              are admitted in arrival order and a request never overtakes an older waiting one.
+//   preemption when a running request needs a page and none is free, the newest running request
+//              gives its pages back and waits again at its place in the arrival order; when it
+//              is readmitted its prompt and the tokens it generated are recomputed (prefix hits
+//              included), and its sampler goes on from where it was, so its text does not change.
+//   prefix     with prefix caching, a new or readmitted request first takes the full pages of the
+//              longest cached prefix of its tokens (BlockManager::match_prefix) and computes only
+//              the rest.
+//
+// One thread drives a Scheduler; service.h puts it behind a thread-safe queue for the server.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tq/engine/engine.h"
+#include "tq/engine/sampler.h"
+
+namespace tq::serve {
+
+struct Request {
+  std::vector<int> prompt;           // [n >= 1] token ids
+  engine::SamplingParams sampling;   // validated by add()
+  uint32_t max_tokens = 16;          // most tokens to generate (>= 1)
+};
+
+enum class Finish { kNone, kStop, kLength, kCancelled, kError };
+// OpenAI's finish_reason: "stop", "length"; "cancelled" and "error" for the others.
+const char* finish_name(Finish f);
+
+// What a step did for one request: a generated token, or its end (or both: the last token
+// of a request that reaches max_tokens comes with kLength).
+struct Event {
+  uint64_t id = 0;
+  int token = -1;           // -1: none this step
+  Finish finish = Finish::kNone;
+  std::string error;        // kError: why
+};
+
+struct SchedulerOptions {
+  uint32_t max_num_seqs = 16;         // running requests at once (<= the engine's max_seqs)
+  uint32_t max_batched_tokens = 0;    // token budget of one step; 0: the engine's max_chunk
+  bool prefix_caching = true;         // share the full pages of cached prefixes
+};
+
+// Counters for /metrics; totals since construction.
+struct SchedulerStats {
+  uint32_t running = 0, waiting = 0;
+  uint32_t pages_total = 0, pages_free = 0;  // free: unreferenced, cached prefix pages included
+  uint32_t pages_cached = 0;                 // unreferenced pages still holding a cached prefix
+  uint64_t steps = 0, prompt_tokens = 0, computed_prompt_tokens = 0, generated_tokens = 0;
+  uint64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // over admissions
+  uint64_t preemptions = 0, finished = 0, cancelled = 0;
+};
+
+class Scheduler {
+ public:
+  // `is_stop(id)`: whether generating `id` ends a request (the token is not passed on). Prefix
+  // caching is turned off when the engine's KV spec keeps tokens outside its pages (sink and
+  // window side buffers): see prefix_caching_note().
+  Scheduler(engine::Engine& e, std::function<bool(int)> is_stop, const SchedulerOptions& o);
+  ~Scheduler();
+
+  const SchedulerOptions& options() const { return opts_; }
+  bool prefix_caching() const { return opts_.prefix_caching; }
+  // Why prefix caching is off although asked for; empty when it is on or was not asked for.
+  const std::string& prefix_caching_note() const { return prefix_note_; }
+
+  // Throws tq::Error naming the value when the request can never run: an empty prompt, a token
+  // outside the vocabulary, max_tokens 0, prompt + max_tokens beyond the context, more pages than
+  // the whole pool holds, invalid sampling parameters. Reads only what construction fixed, so
+  // another thread may call it while step() runs.
+  void check(const Request& r) const;
+  // check(), then queues the request; returns its id: `id` when not 0 (the caller's, unique and
+  // never reused), else the next of the scheduler's own.
+  uint64_t add(Request r, uint64_t id = 0);
+  // Ends a waiting or running request at the next step with Finish::kCancelled (its pages go back
+  // to the pool). Unknown or finished ids are ignored: a cancel may race with the end.
+  void cancel(uint64_t id);
+
+  bool idle() const { return running_.empty() && waiting_.empty() && cancels_.empty(); }
+  // One engine step over the running requests and those admitted now. Returns the events of the
+  // requests it touched, cancellations included; nothing when idle.
+  std::vector<Event> step();
+
+  SchedulerStats stats() const;
+
+ private:
+  struct Seq;
+  void admit(std::vector<engine::BatchItem>& batch, std::vector<Seq*>& items, uint32_t& budget, uint32_t& planned);
+  void preempt(Seq* s);
+  void release(Seq* s, bool cache);
+  void finish(Seq* s, Finish f, std::vector<Event>& out, int token = -1, std::string error = {});
+  void to_waiting(Seq* s);
+
+  engine::Engine& e_;
+  std::function<bool(int)> is_stop_;
+  SchedulerOptions opts_;
+  std::string prefix_note_;
+  uint64_t next_id_ = 1;
+  std::vector<std::unique_ptr<Seq>> running_;  // admission order of arrival: oldest first
+  std::deque<std::unique_ptr<Seq>> waiting_;   // arrival order
+  std::vector<uint64_t> cancels_;
+  SchedulerStats stats_;
+};
+
+}  // namespace tq::serve

@@ -1,0 +1,270 @@
+// The scheduler on stories260K (CPU): whatever it does to a request (batching with others,
+// chunked prefill, preemption and recompute, a prefix taken from the cache, cancellation of its
+// neighbours), the request's tokens are those it gets alone with engine::generate, and every page
+// is back in the pool at the end.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+
+#include "model/test_data.h"
+#include "tq/engine/generation.h"
+#include "tq/model/tokenizer.h"
+#include "tq/serve/scheduler.h"
+
+namespace tq::serve {
+namespace {
+
+using engine::BatchItem;
+using engine::Engine;
+using engine::EngineOptions;
+using engine::SamplingParams;
+using model::testing::shared_data_file;
+
+struct Stories {
+  model::Model m;
+  std::unique_ptr<model::Tokenizer> tok;
+};
+const Stories* stories() {
+  static const Stories* s = []() -> const Stories* {
+    const std::string mp = shared_data_file("stories260K/stories260K.bin"), tp = shared_data_file("stories260K/tok512.bin");
+    if (!std::filesystem::exists(mp) || !std::filesystem::exists(tp)) return nullptr;
+    auto* st = new Stories{model::load_llama2c(mp), nullptr};
+    st->tok = model::load_llama2c_tokenizer(tp, st->m.config.vocab_size);
+    return st;
+  }();
+  return s;
+}
+#define REQUIRE_STORIES() \
+  if (!stories()) GTEST_SKIP() << "stories260K not found under " << model::testing::shared_data_dir()
+
+bool is_stop(int id) { return engine::is_stop_token(stories()->m, *stories()->tok, id); }
+
+std::vector<int> prompt(const std::string& text) { return stories()->tok->encode(text, true); }
+
+// The request alone on a fresh engine: prefill, then engine::generate.
+std::vector<int> alone(const std::string& spec, const Request& r) {
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512});
+  const int s = e.add_sequence();
+  engine::Sampler sampler(r.sampling);
+  std::vector<int> out;
+  engine::generate(e, s, e.prefill(s, r.prompt), sampler, stories()->m, *stories()->tok, {.max_tokens = r.max_tokens},
+                   [&](int t) { out.push_back(t); });
+  return out;
+}
+
+// Runs the scheduler until idle; returns each request's tokens and how it ended.
+struct Outcome {
+  std::vector<int> tokens;
+  Finish finish = Finish::kNone;
+  int events_after_finish = 0;
+};
+std::map<uint64_t, Outcome> drain(Scheduler& s, int max_steps = 100000) {
+  std::map<uint64_t, Outcome> out;
+  for (int i = 0; i < max_steps && !s.idle(); ++i)
+    for (const Event& ev : s.step()) {
+      Outcome& o = out[ev.id];
+      if (o.finish != Finish::kNone) ++o.events_after_finish;
+      if (ev.token >= 0) o.tokens.push_back(ev.token);
+      if (ev.finish != Finish::kNone) o.finish = ev.finish;
+    }
+  EXPECT_TRUE(s.idle()) << "the scheduler did not finish in " << max_steps << " steps";
+  return out;
+}
+
+const std::vector<std::string> kPrompts = {
+    "Once upon a time",
+    "Lily and Tom went to the park to play with their new red ball",
+    "The cat",
+    "One day, a little bird flew over the big tree and saw a boy who was sad because he lost his toy",
+    "Max",
+    "There was a girl named Sue. She liked to sing. Every day she sang to the flowers in the garden and the flowers",
+};
+
+struct Case {
+  const char* name;
+  const char* spec;
+  EngineOptions eo;
+  SchedulerOptions so;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.name; }
+
+class SchedulerMatchesAlone : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SchedulerMatchesAlone, GreedyAndSeeded) {
+  REQUIRE_STORIES();
+  const Case& c = GetParam();
+  EngineOptions eo = c.eo;
+  eo.threads = 2;
+  eo.context = 512;
+  Engine e(stories()->m, parse_kv_spec(c.spec), eo);
+  Scheduler s(e, is_stop, c.so);
+  std::vector<Request> reqs;
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < kPrompts.size(); ++i) {
+    Request r{prompt(kPrompts[i]), {}, uint32_t(20 + 9 * i)};
+    if (i % 2) r.sampling = SamplingParams{.temperature = 0.9f, .top_p = 0.95f, .seed = 1000 + i};
+    reqs.push_back(r);
+    ids.push_back(s.add(r));
+  }
+  const auto got = drain(s);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const Outcome& o = got.at(ids[i]);
+    EXPECT_EQ(o.tokens, alone(c.spec, reqs[i])) << "request " << i;
+    EXPECT_TRUE(o.finish == Finish::kStop || o.finish == Finish::kLength) << finish_name(o.finish);
+    EXPECT_EQ(o.finish == Finish::kLength, o.tokens.size() == reqs[i].max_tokens);
+    EXPECT_EQ(o.events_after_finish, 0);
+  }
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
+  EXPECT_EQ(e.blocks().allocator().free_pages(), e.blocks().allocator().num_pages());
+  EXPECT_EQ(st.finished, reqs.size());
+  if (std::string(c.name) == "TinyPoolPreempts") {
+    EXPECT_GT(st.preemptions, 0u);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Stories260K, SchedulerMatchesAlone,
+    ::testing::Values(Case{"AllAtOnce", "k3v2:page=8", {.max_seqs = 8, .max_chunk = 256}, {.max_num_seqs = 8}},
+                      Case{"ChunkedPrefill", "k3v2:page=8", {.max_seqs = 8, .max_chunk = 256}, {.max_num_seqs = 4, .max_batched_tokens = 7}},
+                      Case{"TwoAtATime", "k4v4:page=16", {.max_seqs = 2, .max_chunk = 64}, {.max_num_seqs = 2}},
+                      // 16 pages of 8: two or three requests at once, so decodes preempt the newest.
+                      Case{"TinyPoolPreempts", "k3v2:page=8", {.max_seqs = 6, .num_pages = 16, .max_chunk = 64}, {.max_num_seqs = 6}},
+                      Case{"DefaultSpecSideBuffers", "k3v2:edge=2/k4v4:sink=4:window=16:page=8", {.max_seqs = 6, .num_pages = 16, .max_chunk = 64},
+                           {.max_num_seqs = 6, .max_batched_tokens = 13}},
+                      Case{"PrefixCacheFp16", "fp16:page=4", {.max_seqs = 4, .num_pages = 40, .max_chunk = 32}, {.max_num_seqs = 4}}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+// A prefix hit gives the tokens of a cold run and computes only what is not cached.
+TEST(SchedulerPrefix, SharedPrefixHitsGiveColdTokens) {
+  REQUIRE_STORIES();
+  const std::string spec = "k3v2:page=4";
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 4, .max_chunk = 64});
+  Scheduler s(e, is_stop, {.max_num_seqs = 4});
+  ASSERT_TRUE(s.prefix_caching());
+  const std::string system = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
+  const Request first{prompt(system + " One day"), {}, 12};
+  const uint64_t a = s.add(first);
+  const auto cold = drain(s);
+  EXPECT_EQ(cold.at(a).tokens, alone(spec, first));
+  const uint64_t before = s.stats().prefix_hit_tokens;
+  EXPECT_EQ(before, 0u);
+  // Three at once, sharing the system prefix; one repeats the first request exactly.
+  std::vector<Request> reqs = {{prompt(system + " One day"), {}, 12},
+                               {prompt(system + " Her mom"), {}, 15},
+                               {prompt(system + " The sun was"), SamplingParams{.temperature = 1.0f, .seed = 7}, 10}};
+  std::vector<uint64_t> ids;
+  for (const Request& r : reqs) ids.push_back(s.add(r));
+  const auto hot = drain(s);
+  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(hot.at(ids[i]).tokens, alone(spec, reqs[i])) << "request " << i;
+  const SchedulerStats st = s.stats();
+  const size_t shared_pages = (prompt(system).size() - 1) / 4;  // the last system token may merge with the next word
+  EXPECT_GE(st.prefix_hit_tokens, 3 * 4 * (shared_pages - 1));
+  EXPECT_EQ(st.pages_free, st.pages_total);
+  EXPECT_GT(st.pages_cached, 0u);
+}
+
+// With too few pages for every cached prefix, the least recently released are evicted, and hits
+// on what remains still give cold tokens.
+TEST(SchedulerPrefix, EvictionUnderPressure) {
+  REQUIRE_STORIES();
+  const std::string spec = "k3v2:page=4";
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 3, .num_pages = 24, .max_chunk = 64});
+  Scheduler s(e, is_stop, {.max_num_seqs = 3});
+  std::mt19937 rng(5);
+  std::vector<Request> reqs;
+  std::vector<uint64_t> ids;
+  for (int round = 0; round < 4; ++round) {
+    for (size_t i = 0; i < kPrompts.size(); ++i) {
+      Request r{prompt(kPrompts[(i + round) % kPrompts.size()] + (rng() % 2 ? " and" : "")), {}, uint32_t(8 + rng() % 12)};
+      reqs.push_back(r);
+      ids.push_back(s.add(r));
+    }
+    const auto got = drain(s);
+    for (size_t i = reqs.size() - kPrompts.size(); i < reqs.size(); ++i)
+      EXPECT_EQ(got.at(ids[i]).tokens, alone(spec, reqs[i])) << "round " << round << " request " << i;
+  }
+  const SchedulerStats st = s.stats();
+  EXPECT_GT(st.prefix_hit_tokens, 0u);
+  EXPECT_EQ(st.pages_free, st.pages_total);
+  EXPECT_LE(e.blocks().cached_pages(), st.pages_total);
+}
+
+TEST(SchedulerPrefix, OffWithSideBuffersAndSaysWhy) {
+  REQUIRE_STORIES();
+  Engine e(stories()->m, parse_kv_spec("k3v2:sink=4:window=16"), {.threads = 1, .context = 512, .max_seqs = 2});
+  Scheduler s(e, is_stop, {.max_num_seqs = 2});
+  EXPECT_FALSE(s.prefix_caching());
+  EXPECT_NE(s.prefix_caching_note().find("side buffers"), std::string::npos) << s.prefix_caching_note();
+}
+
+// Random arrivals, lengths and cancellations over a tiny pool: every request ends exactly once,
+// the ones not cancelled with their tokens alone, and no page leaks.
+TEST(SchedulerStress, RandomArrivalsAndCancellations) {
+  REQUIRE_STORIES();
+  const std::string spec = "k3v2:page=4";
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 5, .num_pages = 30, .max_chunk = 24});
+  Scheduler s(e, is_stop, {.max_num_seqs = 5, .max_batched_tokens = 11});
+  std::mt19937 rng(11);
+  std::map<uint64_t, Request> reqs;
+  std::map<uint64_t, Outcome> got;
+  std::vector<uint64_t> cancelled;
+  for (int step = 0; step < 400 && (step < 120 || !s.idle()); ++step) {
+    if (step < 120 && rng() % 3 == 0) {
+      Request r{prompt(kPrompts[rng() % kPrompts.size()]), {}, uint32_t(1 + rng() % 25)};
+      if (rng() % 2) r.sampling = SamplingParams{.temperature = 0.8f, .seed = rng()};
+      const uint64_t id = s.add(r);
+      reqs.emplace(id, r);
+    }
+    if (!reqs.empty() && rng() % 10 == 0) {
+      const uint64_t id = std::next(reqs.begin(), long(rng() % reqs.size()))->first;
+      s.cancel(id);
+      cancelled.push_back(id);
+    }
+    for (const Event& ev : s.step()) {
+      Outcome& o = got[ev.id];
+      if (o.finish != Finish::kNone) ++o.events_after_finish;
+      if (ev.token >= 0) o.tokens.push_back(ev.token);
+      if (ev.finish != Finish::kNone) o.finish = ev.finish;
+    }
+  }
+  ASSERT_TRUE(s.idle());
+  size_t checked = 0;
+  for (const auto& [id, r] : reqs) {
+    const Outcome& o = got[id];
+    EXPECT_NE(o.finish, Finish::kNone) << "request " << id << " never ended";
+    EXPECT_EQ(o.events_after_finish, 0);
+    if (o.finish == Finish::kCancelled) {
+      EXPECT_NE(std::find(cancelled.begin(), cancelled.end(), id), cancelled.end());
+      continue;
+    }
+    if (checked++ < 12) {
+      EXPECT_EQ(o.tokens, alone(spec, r)) << "request " << id;
+    }
+  }
+  const SchedulerStats st = s.stats();
+  EXPECT_GT(st.cancelled, 0u);
+  EXPECT_GT(st.preemptions, 0u);
+  EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
+}
+
+TEST(SchedulerErrors, RequestsThatCanNeverRunAreRefused) {
+  REQUIRE_STORIES();
+  Engine e(stories()->m, parse_kv_spec("k3v2:page=8"), {.threads = 1, .context = 64, .max_seqs = 2, .num_pages = 4, .max_chunk = 16});
+  Scheduler s(e, is_stop, {.max_num_seqs = 2});
+  using model::testing::expect_error;
+  expect_error([&] { s.add({{}, {}, 4}); }, "prompt is empty");
+  expect_error([&] { s.add({{1, 600}, {}, 4}); }, "token id 600");
+  expect_error([&] { s.add({{1, 2}, {}, 0}); }, "max_tokens");
+  expect_error([&] { s.add({std::vector<int>(60, 5), {}, 10}); }, "maximum context length is 64 tokens, but 70");
+  expect_error([&] { s.add({std::vector<int>(30, 5), {}, 10}); }, "more than the whole pool holds (4 pages)");
+  expect_error([&] { s.add({{1}, SamplingParams{.top_p = 2}, 4}); }, "top_p");
+  EXPECT_TRUE(s.idle());
+  expect_error([&] { Scheduler(e, is_stop, {.max_num_seqs = 3}); }, "--max-num-seqs");
+  expect_error([&] { Scheduler(e, is_stop, {.max_num_seqs = 2, .max_batched_tokens = 17}); }, "largest step");
+}
+
+}  // namespace
+}  // namespace tq::serve
