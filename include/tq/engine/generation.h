@@ -17,6 +17,15 @@ namespace tq::engine {
 // A chat prompt wrapped in the model's template (ChatML, Llama-3); `prompt` as is when none.
 std::string apply_chat_template(model::ChatTemplate t, const std::string& prompt);
 
+struct ChatMessage {
+  std::string role;  // "system", "user" or "assistant"
+  std::string content;
+};
+// A conversation in the template, each message in turn, ending with the opening of the
+// assistant's reply (what HF's apply_chat_template gives with add_generation_prompt). Throws
+// tq::Error for the template None or an unknown role.
+std::string apply_chat_template(model::ChatTemplate t, const std::vector<ChatMessage>& messages);
+
 // Whether a text starts with BOS: when the tokenizer has one and asks for it (GGUF
 // tokenizer.ggml.add_bos_token), and always for llama2.c checkpoints (run.c encodes with BOS).
 bool wants_bos(const model::Model& m, const model::Tokenizer& tok);

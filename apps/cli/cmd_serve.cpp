@@ -1,0 +1,129 @@
+// tq serve: an OpenAI-compatible HTTP server over the engine, with continuous batching and prefix
+// caching (docs/serving.md).
+#include <fmt/format.h>
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "commands.h"
+#include "model_files.h"
+#include "tq/check.h"
+#include "tq/engine/generation.h"
+#include "tq/serve/server.h"
+
+namespace tq::cli {
+namespace {
+
+struct Options {
+  std::string model, tokenizer, kv = kDefaultKvSpec, device = "auto", host = "127.0.0.1", name;
+  int port = 8000;
+  uint32_t max_num_seqs = 32, max_model_len = 0, max_batched_tokens = 512, num_pages = 0, max_queue = 256;
+  double gpu_memory = 0, shutdown_timeout = 10;
+  unsigned threads = 0;
+  bool no_prefix_caching = false;
+};
+
+void serve(const Options& o) {
+  TQ_CHECK(o.port >= 0 && o.port <= 65535, "--port must be in 0..65535, got {}", o.port);
+  TQ_CHECK(o.max_num_seqs >= 1, "--max-num-seqs must be at least 1");
+  TQ_CHECK(o.max_batched_tokens >= o.max_num_seqs, "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})", o.max_batched_tokens,
+           o.max_num_seqs);
+  TQ_CHECK(o.max_queue >= 1, "--max-queue must be at least 1");
+  TQ_CHECK(o.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0 seconds, got {}", o.shutdown_timeout);
+  const KvSpec spec = parse_kv_spec(o.kv);
+  // SIGINT and SIGTERM are taken by one thread (sigwait), so every thread started below (the engine's CPU workers too) inherits
+  // the mask and no handler runs inside a request.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is an error return, not the end of the server
+
+  LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
+  const auto& cfg = lm.model.config;
+  const uint32_t ctx = o.max_model_len ? o.max_model_len : uint32_t(cfg.max_seq);
+  TQ_CHECK(ctx >= 2 && ctx <= uint32_t(cfg.max_seq), "--max-model-len must be in 2..{} (the model's context), got {}", cfg.max_seq, ctx);
+  const engine::Device device = pick_device(o.device, cfg, {spec});
+  check_gpu_memory(o.gpu_memory, device);
+  engine::Engine e(lm.model, spec,
+                   {.device = device, .threads = o.threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
+                    .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory});
+  const std::string name = o.name.empty() ? std::filesystem::path(lm.path).stem().string() : o.name;
+
+  const model::Model& m = lm.model;
+  const model::Tokenizer& tok = *lm.tokenizer;
+  serve::Service svc(e, [&](int id) { return engine::is_stop_token(m, tok, id); },
+                     {.max_num_seqs = o.max_num_seqs, .max_batched_tokens = o.max_batched_tokens, .prefix_caching = !o.no_prefix_caching},
+                     {.max_waiting = o.max_queue});
+  serve::Server server(svc, m, tok,
+                       {.host = o.host, .port = o.port, .model_name = name, .threads = o.max_num_seqs + o.max_queue + 8,
+                        .shutdown_grace = std::chrono::milliseconds(int64_t(o.shutdown_timeout * 1000))});
+  const int port = server.bind();
+
+  const auto& sch = svc.scheduler();
+  const double pool_mib = double(e.blocks().allocator().num_pages()) * double(e.runner().page_bytes()) / (1 << 20);
+  fmt::print(stderr, "tq serve: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim,
+             spec.canonical(), e.runner().describe());
+  fmt::print(stderr, "tq serve: KV pool {} pages of {} tokens ({:.1f} MiB, {} tokens), up to {} requests of {} tokens, {} tokens a step\n",
+             e.blocks().allocator().num_pages(), e.blocks().page_size(), pool_mib,
+             size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size(), o.max_num_seqs, ctx, o.max_batched_tokens);
+  fmt::print(stderr, "tq serve: prefix caching {}\n",
+             sch.prefix_caching() ? "on" : o.no_prefix_caching ? "off (--no-enable-prefix-caching)" : "off: " + sch.prefix_caching_note());
+  if (cfg.chat_template == model::ChatTemplate::None) fmt::print(stderr, "tq serve: the model has no chat template; chat requests use ChatML\n");
+  fmt::print(stderr, "tq serve: serving '{}' on http://{}:{} (Ctrl-C stops)\n", name, o.host, port);
+  std::fflush(stderr);
+
+  std::thread signals([&] {
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    fmt::print(stderr, "tq serve: {} received, finishing requests (up to {} s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM", o.shutdown_timeout);
+    server.stop();
+  });
+  server.run();
+  pthread_kill(signals.native_handle(), SIGTERM);  // run() only returns after stop(); this wakes a sigwait that is still waiting
+  signals.join();
+  const serve::ServiceStats st = svc.stats();
+  fmt::print(stderr, "tq serve: stopped after {} requests ({} refused), {} tokens generated\n", st.requests, st.refused,
+             st.scheduler.generated_tokens);
+}
+
+}  // namespace
+
+void add_serve(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  CLI::App* c = app.add_subcommand("serve",
+                                   "Serve a model over HTTP with the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models),\n"
+                                   "/health and Prometheus /metrics; many requests at once over one KV page pool (docs/serving.md).\n"
+                                   "Example: tq serve -m model.gguf --port 8000 --max-num-seqs 64; then\n"
+                                   "  curl localhost:8000/v1/completions -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}'");
+  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  c->add_option("--host", o->host, "address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)");
+  c->add_option("--port", o->port, "port to listen on (default 8000; 0 = any free port, printed on stderr)");
+  c->add_option("--served-model-name", o->name, "the model's name in the API (default: the file name without extension)");
+  c->add_option("--kv", o->kv, "KV spec (default k3v2:edge=2/k4v4:sink=4:window=64; docs/kv-specs.md)");
+  c->add_option("--device", o->device, kDeviceHelp);
+  c->add_option("--max-num-seqs", o->max_num_seqs, "requests running at once (default 32); more wait in the queue");
+  c->add_option("--max-model-len", o->max_model_len, "most tokens per request, prompt and output (default: the model's context)");
+  c->add_option("--max-num-batched-tokens", o->max_batched_tokens,
+                "tokens one engine step takes, decodes and prompt chunks together (default 512): long prompts are\n"
+                "processed in chunks between the running requests' decode steps");
+  c->add_option("--num-pages", o->num_pages, "pages of the KV pool (default: --max-num-seqs full-length requests; --gpu-memory sizes it on the GPU)");
+  c->add_option("--gpu-memory", o->gpu_memory,
+                "fraction of the GPU's memory to use, in (0, 1]: the KV page pool gets what the weights and scratch\n"
+                "leave (vLLM's --gpu-memory-utilization)");
+  c->add_option("--max-queue", o->max_queue, "requests that may wait for admission (default 256); more get HTTP 429");
+  c->add_flag("--no-enable-prefix-caching", o->no_prefix_caching,
+              "do not share the KV pages of common prompt prefixes between requests (on by default where the KV spec\n"
+              "allows it: specs with sink or window side buffers do not)");
+  c->add_option("--shutdown-timeout", o->shutdown_timeout,
+                "on SIGINT or SIGTERM, seconds that running requests get to finish before they are cancelled (default 10)");
+  c->add_option("-t,--threads", o->threads, "CPU threads of the engine (default: all cores)");
+  c->callback([o] { serve(*o); });
+}
+
+}  // namespace tq::cli

@@ -1,0 +1,71 @@
+// The OpenAI API's request and response bodies (https://platform.openai.com/docs/api-reference):
+// /v1/completions and /v1/chat/completions, their streamed chunks and the error body. Parsing
+// checks every field it reads and names the field that is wrong; fields it does not implement
+// are refused by name when they ask for something other than the default, never silently dropped.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "tq/engine/generation.h"
+#include "tq/engine/sampler.h"
+
+namespace tq::serve {
+
+// An error for the client: HTTP status, OpenAI error type and the parameter at fault.
+class ApiError : public std::runtime_error {
+ public:
+  ApiError(int status, std::string message, std::string param = {}, std::string type = "invalid_request_error")
+      : std::runtime_error(message), status(status), param(std::move(param)), type(std::move(type)) {}
+  int status;
+  std::string param, type;
+};
+// {"error": {"message", "type", "param", "code"}}
+nlohmann::json error_body(const ApiError& e);
+
+struct CompletionRequest {
+  bool chat = false;
+  std::string model;                         // "" when not given
+  std::string prompt;                        // completions: the text (when prompt_ids is empty)
+  std::vector<int> prompt_ids;               // completions: a prompt given as token ids
+  std::vector<engine::ChatMessage> messages; // chat
+  std::optional<uint32_t> max_tokens;        // not given: up to the context
+  engine::SamplingParams sampling;           // temperature 1 unless given (the API's default)
+  bool seeded = false;                       // seed given; else the server draws one
+  std::vector<std::string> stop;             // at most 4, none empty
+  bool stream = false, include_usage = false;
+  bool echo = false;                         // completions: the prompt before the completion
+};
+
+// Throws ApiError (400) naming the field: a body that is not an object, wrong types, values out
+// of range, n other than 1, logprobs, a missing prompt or messages.
+CompletionRequest parse_completion(const nlohmann::json& body, bool chat);
+
+// Response bodies. `id`: "cmpl-..." or "chatcmpl-..."; `created`: Unix seconds.
+struct ResponseHead {
+  std::string id, model;
+  int64_t created = 0;
+  bool chat = false;
+};
+struct Usage {
+  uint32_t prompt = 0, completion = 0;
+};
+nlohmann::json usage_json(const Usage& u);
+nlohmann::json completion_body(const ResponseHead& h, const std::string& text, const std::string& finish, const Usage& u);
+// A streamed chunk: text (chat: delta content; the first chat chunk carries the role), and the
+// finish reason on the last one ("" for none).
+nlohmann::json chunk_body(const ResponseHead& h, const std::string& text, const std::string& finish, bool first);
+// The usage chunk at the end of a stream when stream_options.include_usage: no choices.
+nlohmann::json usage_chunk(const ResponseHead& h, const Usage& u);
+
+// One server-sent event line pair: "data: <json>\n\n" (invalid UTF-8 replaced, never thrown).
+std::string sse(const nlohmann::json& j);
+// JSON text for a body, invalid UTF-8 replaced by U+FFFD.
+std::string dump(const nlohmann::json& j);
+
+}  // namespace tq::serve

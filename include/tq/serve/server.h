@@ -1,0 +1,44 @@
+// The OpenAI-compatible HTTP server over a Service (cpp-httplib): /v1/completions,
+// /v1/chat/completions (stream: true as server-sent events), /v1/models, /health and /metrics.
+// docs/serving.md describes the routes, the errors and the metrics.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include "tq/model/model.h"
+#include "tq/model/tokenizer.h"
+#include "tq/serve/service.h"
+
+namespace tq::serve {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  int port = 8000;                  // 0: any free port (bind() says which)
+  std::string model_name;           // what /v1/models lists and requests may name
+  uint32_t threads = 64;            // HTTP worker threads: each open stream holds one
+  std::chrono::milliseconds shutdown_grace{10000};  // stop(): how long requests may finish
+};
+
+class Server {
+ public:
+  // The service, model and tokenizer must outlive the server.
+  Server(Service& svc, const model::Model& m, const model::Tokenizer& tok, const ServerOptions& o);
+  ~Server();
+
+  // Binds the listening socket; returns the port. Throws tq::Error naming host and port when it
+  // cannot.
+  int bind();
+  // Serves until stop(); bind() first.
+  void run();
+  // Refuses new requests (503), lets running ones finish for up to shutdown_grace, cancels the
+  // rest, closes the socket; run() then returns. Safe from any thread but a request handler.
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tq::serve

@@ -1,0 +1,200 @@
+#include "tq/serve/openai.h"
+
+#include <fmt/format.h>
+
+namespace tq::serve {
+
+using json = nlohmann::json;
+
+namespace {
+
+ApiError bad(const std::string& field, const std::string& what) { return ApiError(400, fmt::format("'{}' {}", field, what), field); }
+
+const json* field(const json& body, const char* key) {
+  const auto it = body.find(key);
+  return it == body.end() || it->is_null() ? nullptr : &*it;
+}
+
+std::optional<double> number(const json& body, const char* key, double lo, double hi) {
+  const json* v = field(body, key);
+  if (!v) return std::nullopt;
+  if (!v->is_number()) throw bad(key, fmt::format("must be a number, got {}", v->type_name()));
+  const double x = v->get<double>();
+  if (!(x >= lo && x <= hi)) throw bad(key, fmt::format("must be in [{}, {}], got {}", lo, hi, x));
+  return x;
+}
+
+std::optional<int64_t> integer(const json& body, const char* key, int64_t lo, int64_t hi) {
+  const json* v = field(body, key);
+  if (!v) return std::nullopt;
+  if (!v->is_number_integer()) throw bad(key, fmt::format("must be an integer, got {}", v->is_number() ? v->dump() : v->type_name()));
+  if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX)) throw bad(key, fmt::format("is too large: {}", v->dump()));
+  const int64_t x = v->get<int64_t>();
+  if (x < lo || x > hi) throw bad(key, fmt::format("must be in [{}, {}], got {}", lo, hi, x));
+  return x;
+}
+
+bool boolean(const json& body, const char* key) {
+  const json* v = field(body, key);
+  if (!v) return false;
+  if (!v->is_boolean()) throw bad(key, fmt::format("must be true or false, got {}", v->type_name()));
+  return v->get<bool>();
+}
+
+// Fields this server does not implement: accepted at their defaults only.
+void refuse_unsupported(const json& body, bool chat) {
+  if (const auto n = integer(body, "n", 1, 1 << 20); n && *n != 1) throw bad("n", fmt::format("must be 1 (one choice per request), got {}", *n));
+  if (const auto b = integer(body, "best_of", 1, 1 << 20); b && *b != 1) throw bad("best_of", fmt::format("must be 1, got {}", *b));
+  for (const char* k : {"frequency_penalty", "presence_penalty"})
+    if (const auto p = number(body, k, -2, 2); p && *p != 0) throw bad(k, "is not supported (send 0 or leave it out)");
+  if (const json* lb = field(body, "logit_bias"); lb && !lb->empty()) throw bad("logit_bias", "is not supported");
+  const json* lp = field(body, "logprobs");
+  if (lp && !(lp->is_boolean() && !lp->get<bool>()) && !(lp->is_number_integer() && lp->get<int64_t>() == 0))
+    throw bad("logprobs", "are not supported by this server");
+  if (const json* t = field(body, "top_logprobs"); t && !(t->is_number_integer() && t->get<int64_t>() == 0))
+    throw bad("top_logprobs", "are not supported by this server");
+  for (const char* k : {"tools", "tool_choice", "functions", "function_call", "response_format", "suffix"})
+    if (field(body, k)) throw bad(k, "is not supported by this server");
+  (void)chat;
+}
+
+std::string message_content(const json& c, size_t i) {
+  const std::string name = fmt::format("messages[{}].content", i);
+  if (c.is_string()) return c.get<std::string>();
+  if (!c.is_array()) throw bad(name, fmt::format("must be a string or an array of text parts, got {}", c.type_name()));
+  std::string text;
+  for (const json& part : c) {
+    const json* type = part.is_object() ? field(part, "type") : nullptr;
+    const json* t = part.is_object() ? field(part, "text") : nullptr;
+    if (!type || *type != "text" || !t || !t->is_string()) throw bad(name, "parts must be {\"type\": \"text\", \"text\": \"...\"}");
+    text += t->get<std::string>();
+  }
+  return text;
+}
+
+}  // namespace
+
+json error_body(const ApiError& e) {
+  return json{{"error", {{"message", e.what()}, {"type", e.type}, {"param", e.param.empty() ? json(nullptr) : json(e.param)}, {"code", nullptr}}}};
+}
+
+CompletionRequest parse_completion(const json& body, bool chat) {
+  if (!body.is_object()) throw ApiError(400, fmt::format("the request body must be a JSON object, got {}", body.type_name()));
+  CompletionRequest r;
+  r.chat = chat;
+  if (const json* m = field(body, "model")) {
+    if (!m->is_string()) throw bad("model", fmt::format("must be a string, got {}", m->type_name()));
+    r.model = m->get<std::string>();
+  }
+  refuse_unsupported(body, chat);
+  if (chat) {
+    const json* msgs = field(body, "messages");
+    if (!msgs) throw ApiError(400, "'messages' is required", "messages");
+    if (!msgs->is_array() || msgs->empty()) throw bad("messages", "must be a non-empty array of {role, content}");
+    for (size_t i = 0; i < msgs->size(); ++i) {
+      const json& m = (*msgs)[i];
+      const json* role = m.is_object() ? field(m, "role") : nullptr;
+      if (!role || !role->is_string()) throw bad(fmt::format("messages[{}].role", i), "must be a string");
+      const std::string rs = role->get<std::string>();
+      if (rs != "system" && rs != "user" && rs != "assistant" && rs != "developer")
+        throw bad(fmt::format("messages[{}].role", i), fmt::format("must be system, user or assistant, got '{}'", rs));
+      const json* content = field(m, "content");
+      if (!content) throw bad(fmt::format("messages[{}].content", i), "is required");
+      r.messages.push_back({rs == "developer" ? "system" : rs, message_content(*content, i)});
+    }
+  } else {
+    const json* p = field(body, "prompt");
+    if (!p) throw ApiError(400, "'prompt' is required", "prompt");
+    if (p->is_string()) {
+      r.prompt = p->get<std::string>();
+    } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
+      r.prompt = (*p)[0].get<std::string>();
+    } else if (p->is_array() && !p->empty() && std::all_of(p->begin(), p->end(), [](const json& t) { return t.is_number_integer(); })) {
+      for (const json& t : *p) {
+        const int64_t id = t.get<int64_t>();
+        if (id < 0 || id > INT32_MAX) throw bad("prompt", fmt::format("token id {} is out of range", id));
+        r.prompt_ids.push_back(int(id));
+      }
+    } else if (p->is_array() && p->size() > 1) {
+      throw bad("prompt", "must be one prompt: this server takes one prompt per request (send them as separate requests)");
+    } else {
+      throw bad("prompt", fmt::format("must be a string or an array of token ids, got {}", p->type_name()));
+    }
+    r.echo = boolean(body, "echo");
+  }
+  const char* max_key = chat && field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+  if (const auto m = integer(body, max_key, 1, INT32_MAX)) r.max_tokens = uint32_t(*m);
+  r.sampling.temperature = float(number(body, "temperature", 0, 2).value_or(1.0));
+  r.sampling.top_p = float(number(body, "top_p", 0, 1).value_or(1.0));
+  if (r.sampling.top_p == 0) throw bad("top_p", "must be above 0");
+  const int64_t top_k = integer(body, "top_k", -1, INT32_MAX).value_or(0);  // vLLM's extension; -1 or 0: off
+  r.sampling.top_k = top_k < 0 ? 0 : int(top_k);
+  r.sampling.min_p = float(number(body, "min_p", 0, 1).value_or(0.0));  // vLLM's extension
+  if (const json* s = field(body, "seed")) {
+    if (!s->is_number_integer()) throw bad("seed", fmt::format("must be an integer, got {}", s->type_name()));
+    r.sampling.seed = s->is_number_unsigned() ? s->get<uint64_t>() : uint64_t(s->get<int64_t>());
+    r.seeded = true;
+  }
+  if (const json* s = field(body, "stop")) {
+    if (s->is_string()) {
+      r.stop.push_back(s->get<std::string>());
+    } else if (s->is_array()) {
+      for (const json& x : *s) {
+        if (!x.is_string()) throw bad("stop", "must be a string or an array of strings");
+        r.stop.push_back(x.get<std::string>());
+      }
+    } else {
+      throw bad("stop", fmt::format("must be a string or an array of strings, got {}", s->type_name()));
+    }
+    if (r.stop.size() > 4) throw bad("stop", fmt::format("takes at most 4 strings, got {}", r.stop.size()));
+    for (const std::string& x : r.stop)
+      if (x.empty()) throw bad("stop", "strings must not be empty");
+  }
+  r.stream = boolean(body, "stream");
+  if (const json* so = field(body, "stream_options")) {
+    if (!so->is_object()) throw bad("stream_options", "must be an object");
+    if (!r.stream) throw bad("stream_options", "is only allowed with stream: true");
+    r.include_usage = boolean(*so, "include_usage");
+  }
+  return r;
+}
+
+json usage_json(const Usage& u) {
+  return json{{"prompt_tokens", u.prompt}, {"completion_tokens", u.completion}, {"total_tokens", u.prompt + u.completion}};
+}
+
+json completion_body(const ResponseHead& h, const std::string& text, const std::string& finish, const Usage& u) {
+  json choice = {{"index", 0}, {"finish_reason", finish}, {"logprobs", nullptr}};
+  if (h.chat)
+    choice["message"] = {{"role", "assistant"}, {"content", text}};
+  else
+    choice["text"] = text;
+  return json{{"id", h.id},         {"object", h.chat ? "chat.completion" : "text_completion"},
+              {"created", h.created}, {"model", h.model},
+              {"choices", {choice}}, {"usage", usage_json(u)}};
+}
+
+json chunk_body(const ResponseHead& h, const std::string& text, const std::string& finish, bool first) {
+  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish.empty() ? json(nullptr) : json(finish)}};
+  if (h.chat) {
+    json delta = json::object();
+    if (first) delta["role"] = "assistant";
+    if (!text.empty() || (first && finish.empty())) delta["content"] = text;
+    choice["delta"] = delta;
+  } else {
+    choice["text"] = text;
+  }
+  return json{{"id", h.id}, {"object", h.chat ? "chat.completion.chunk" : "text_completion"}, {"created", h.created}, {"model", h.model},
+              {"choices", {choice}}};
+}
+
+json usage_chunk(const ResponseHead& h, const Usage& u) {
+  return json{{"id", h.id},       {"object", h.chat ? "chat.completion.chunk" : "text_completion"},
+              {"created", h.created}, {"model", h.model}, {"choices", json::array()}, {"usage", usage_json(u)}};
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string sse(const json& j) { return "data: " + dump(j) + "\n\n"; }
+
+}  // namespace tq::serve

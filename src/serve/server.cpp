@@ -1,0 +1,248 @@
+#include "tq/serve/server.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "tq/check.h"
+#include "tq/engine/generation.h"
+#include "tq/serve/metrics.h"
+#include "tq/serve/openai.h"
+#include "tq/serve/text_stream.h"
+
+namespace tq::serve {
+
+using json = nlohmann::json;
+
+namespace {
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  res.status = e.status;
+  res.set_content(dump(error_body(e)), "application/json");
+}
+
+int64_t unix_now() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
+
+// One request's answer as it is produced: its text, token count and how it ended.
+struct Answer {
+  std::shared_ptr<Stream> stream;
+  ResponseHead head;
+  TextStream text;
+  Usage usage;
+  std::string finish;       // "" while running; "stop", "length", or "abort" (cancelled by a shutdown)
+  std::string error;        // the engine failed on it
+  bool first = true;        // no chunk sent yet
+
+  Answer(std::shared_ptr<Stream> s, ResponseHead h, const model::Tokenizer& tok, int prev, std::vector<std::string> stops, uint32_t prompt)
+      : stream(std::move(s)), head(std::move(h)), text(tok, prev, std::move(stops)) {
+    usage.prompt = prompt;
+  }
+
+  // Takes the stream's next events (waiting up to `wait`); returns the text they release. Ends
+  // the request in the service when a stop string appears.
+  std::string advance(Service& svc, std::chrono::milliseconds wait) {
+    std::vector<Event> events;
+    std::string out;
+    if (!stream->next(events, wait)) return out;
+    for (const Event& ev : events) {
+      if (ev.token >= 0 && finish.empty()) {
+        ++usage.completion;
+        out += text.push(ev.token);
+        if (text.stopped()) {
+          finish = "stop";
+          svc.cancel(stream->id());
+        }
+      }
+      if (ev.finish == Finish::kNone || !finish.empty()) continue;
+      if (ev.finish == Finish::kError) error = ev.error.empty() ? "the engine failed" : ev.error;
+      finish = ev.finish == Finish::kCancelled || ev.finish == Finish::kError ? "abort" : finish_name(ev.finish);
+      if (ev.finish == Finish::kStop || ev.finish == Finish::kLength) out += text.finish();
+    }
+    return out;
+  }
+};
+
+}  // namespace
+
+struct Server::Impl {
+  Service& svc;
+  const model::Model& m;
+  const model::Tokenizer& tok;
+  ServerOptions o;
+  httplib::Server http;
+  model::ChatTemplate chat_template;
+  std::atomic<uint64_t> next_id{1};
+  std::atomic<bool> stopping{false};
+  int64_t created = unix_now();
+
+  Impl(Service& s, const model::Model& model, const model::Tokenizer& t, const ServerOptions& opts) : svc(s), m(model), tok(t), o(opts) {
+    // Models without a template (llama2.c checkpoints) chat in ChatML, as llama-server does.
+    chat_template = m.config.chat_template == model::ChatTemplate::None ? model::ChatTemplate::ChatML : m.config.chat_template;
+    routes();
+  }
+
+  uint32_t context_ = 0;  // the engine's: prompt + max_tokens at most
+
+  void routes();
+  void complete(const httplib::Request& req, httplib::Response& res, bool chat);
+  std::shared_ptr<Answer> start(const CompletionRequest& cr, std::string* echo);
+  void stream(httplib::Response& res, std::shared_ptr<Answer> a, bool include_usage, std::string echo);
+};
+
+std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::string* echo) {
+  if (!cr.model.empty() && cr.model != o.model_name)
+    throw ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", cr.model, o.model_name), "model",
+                   "not_found_error");
+  std::vector<int> prompt;
+  try {
+    if (cr.chat)
+      prompt = engine::prompt_tokens(m, tok, engine::apply_chat_template(chat_template, cr.messages), false);
+    else if (!cr.prompt_ids.empty())
+      prompt = cr.prompt_ids;
+    else
+      prompt = engine::prompt_tokens(m, tok, cr.prompt, false);
+  } catch (const Error& e) {
+    throw ApiError(400, e.what(), cr.chat ? "messages" : "prompt");
+  }
+  const char* what = cr.chat ? "messages" : "prompt";
+  if (prompt.size() >= context_)
+    throw ApiError(400, fmt::format("this model's maximum context length is {} tokens, but the {} has {} tokens", context_, what, prompt.size()),
+                   what);
+  Request r{prompt, cr.sampling, cr.max_tokens.value_or(uint32_t(context_ - prompt.size()))};
+  if (!cr.seeded) r.sampling.seed = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+  if (echo) *echo = cr.echo ? (cr.prompt_ids.empty() ? cr.prompt : tok.decode(cr.prompt_ids)) : "";
+  std::shared_ptr<Stream> s;
+  try {
+    s = svc.submit(std::move(r));
+  } catch (const Busy& b) {
+    throw ApiError(b.shutting_down ? 503 : 429, b.what(), "", b.shutting_down ? "service_unavailable" : "rate_limit_error");
+  } catch (const Error& e) {
+    throw ApiError(400, e.what(), std::string(e.what()).find("max") != std::string::npos ? "max_tokens" : what);
+  }
+  ResponseHead h{fmt::format("{}-{}", cr.chat ? "chatcmpl" : "cmpl", s->id()), o.model_name, unix_now(), cr.chat};
+  return std::make_shared<Answer>(s, h, tok, prompt.back(), cr.stop, uint32_t(prompt.size()));
+}
+
+void Server::Impl::complete(const httplib::Request& req, httplib::Response& res, bool chat) {
+  try {
+    const json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded()) throw ApiError(400, "the request body is not valid JSON");
+    const CompletionRequest cr = parse_completion(body, chat);
+    std::string echo;
+    std::shared_ptr<Answer> a = start(cr, &echo);
+    if (cr.stream) return stream(res, std::move(a), cr.include_usage, echo);
+    std::string text = echo;
+    while (a->finish.empty()) text += a->advance(svc, std::chrono::milliseconds(500));
+    if (!a->error.empty()) throw ApiError(500, a->error, "", "server_error");
+    if (a->finish == "abort") throw ApiError(503, "the server shut down before the request finished", "", "service_unavailable");
+    res.set_content(dump(completion_body(a->head, text, a->finish, a->usage)), "application/json");
+  } catch (const ApiError& e) {
+    send_error(res, e);
+  }
+}
+
+void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Answer> a, bool include_usage, std::string echo) {
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [this, a, include_usage, echo](size_t, httplib::DataSink& sink) {
+        const auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+        const auto chunk = [&](const std::string& text, const std::string& finish) {
+          const bool first = a->first;
+          a->first = false;
+          return write(sse(chunk_body(a->head, text, finish, first)));
+        };
+        if (a->first && (a->head.chat || !echo.empty()) && !chunk(echo, "")) return false;
+        auto last_write = std::chrono::steady_clock::now();
+        while (a->finish.empty()) {
+          const std::string text = a->advance(svc, std::chrono::milliseconds(250));
+          if (!a->finish.empty()) {
+            if (!a->error.empty())
+              write(sse(error_body(ApiError(500, a->error, "", "server_error"))));
+            else if (!chunk(text, a->finish))
+              return false;
+            break;
+          }
+          if (!text.empty()) {
+            if (!chunk(text, "")) return false;  // the client is gone: the releaser cancels the request
+            last_write = std::chrono::steady_clock::now();
+          } else if (std::chrono::steady_clock::now() - last_write > std::chrono::seconds(1)) {
+            // An SSE comment while nothing is generated (queued, long prefill): a client that left
+            // fails this write, and its request is cancelled instead of waiting for its turn.
+            if (!write(": keep-alive\n\n")) return false;
+            last_write = std::chrono::steady_clock::now();
+          }
+        }
+        if (include_usage && a->error.empty()) write(sse(usage_chunk(a->head, a->usage)));
+        write("data: [DONE]\n\n");
+        sink.done();
+        return true;
+      },
+      [this, a](bool) {
+        if (a->finish.empty()) svc.cancel(a->stream->id());
+      });
+}
+
+void Server::Impl::routes() {
+  http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { complete(req, res, false); });
+  http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { complete(req, res, true); });
+  http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    const json model = {{"id", o.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "turboquant"}, {"max_model_len", context_}};
+    res.set_content(dump(json{{"object", "list"}, {"data", {model}}}), "application/json");
+  });
+  http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    res.status = stopping ? 503 : 200;
+    res.set_content(stopping ? R"({"status":"shutting down"})" : R"({"status":"ok"})", "application/json");
+  });
+  http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(prometheus_text(svc.stats()), "text/plain; version=0.0.4");
+  });
+  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 404) send_error(res, ApiError(404, fmt::format("no route {} {}", req.method, req.path), "", "not_found_error"));
+  });
+  http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+    std::string what = "unknown error";
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    send_error(res, ApiError(500, what, "", "server_error"));
+  });
+  const uint32_t threads = o.threads;
+  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http.set_payload_max_length(size_t(64) << 20);
+}
+
+Server::Server(Service& svc, const model::Model& m, const model::Tokenizer& tok, const ServerOptions& o)
+    : impl_(std::make_unique<Impl>(svc, m, tok, o)) {
+  impl_->context_ = svc.engine().options().context;
+}
+
+Server::~Server() = default;
+
+int Server::bind() {
+  Impl& s = *impl_;
+  if (s.o.port == 0) {
+    const int port = s.http.bind_to_any_port(s.o.host);
+    TQ_CHECK(port > 0, "cannot listen on {} (any port)", s.o.host);
+    return port;
+  }
+  TQ_CHECK(s.http.bind_to_port(s.o.host, s.o.port), "cannot listen on {}:{} (in use, or not an address of this machine)", s.o.host, s.o.port);
+  return s.o.port;
+}
+
+void Server::run() { impl_->http.listen_after_bind(); }
+
+void Server::stop() {
+  impl_->stopping = true;
+  impl_->svc.shutdown(impl_->o.shutdown_grace);
+  impl_->http.stop();
+}
+
+}  // namespace tq::serve

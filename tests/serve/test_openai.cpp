@@ -1,0 +1,105 @@
+// The OpenAI request parser names the field at fault for every wrong value, takes what the
+// openai package sends, and the response bodies have the API's shape.
+#include <gtest/gtest.h>
+
+#include "tq/serve/openai.h"
+
+namespace tq::serve {
+namespace {
+
+using json = nlohmann::json;
+
+TEST(OpenAiParse, CompletionDefaultsAndFields) {
+  CompletionRequest r = parse_completion(json{{"model", "m"}, {"prompt", "hi"}}, false);
+  EXPECT_EQ(r.prompt, "hi");
+  EXPECT_EQ(r.model, "m");
+  EXPECT_FALSE(r.max_tokens.has_value());
+  EXPECT_EQ(r.sampling.temperature, 1.0f);  // the API's default, not greedy
+  EXPECT_FALSE(r.seeded);
+  r = parse_completion(json::parse(R"({"prompt": ["one"], "max_tokens": 7, "temperature": 0, "top_p": 0.5, "top_k": -1, "seed": 9,
+                                       "stop": "x", "stream": true, "stream_options": {"include_usage": true}, "n": 1,
+                                       "logprobs": null, "presence_penalty": 0, "user": "u"})"),
+                       false);
+  EXPECT_EQ(r.prompt, "one");
+  EXPECT_EQ(*r.max_tokens, 7u);
+  EXPECT_EQ(r.sampling.temperature, 0.0f);
+  EXPECT_EQ(r.sampling.top_p, 0.5f);
+  EXPECT_EQ(r.sampling.top_k, 0);
+  EXPECT_EQ(r.sampling.seed, 9u);
+  EXPECT_TRUE(r.seeded && r.stream && r.include_usage);
+  EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
+  r = parse_completion(json::parse(R"({"prompt": [1, 2, 3]})"), false);
+  EXPECT_EQ(r.prompt_ids, (std::vector<int>{1, 2, 3}));
+}
+
+TEST(OpenAiParse, ChatMessages) {
+  const CompletionRequest r = parse_completion(json::parse(R"({"messages": [{"role": "developer", "content": "be brief"},
+      {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}], "max_completion_tokens": 3,
+      "logprobs": false})"),
+                                               true);
+  ASSERT_EQ(r.messages.size(), 2u);
+  EXPECT_EQ(r.messages[0].role, "system");
+  EXPECT_EQ(r.messages[1].content, "ab");
+  EXPECT_EQ(*r.max_tokens, 3u);
+}
+
+struct Bad {
+  const char* body;
+  bool chat;
+  const char* param;  // "" when the body as a whole is wrong
+};
+class OpenAiRefuses : public ::testing::TestWithParam<Bad> {};
+TEST_P(OpenAiRefuses, NamingTheField) {
+  const Bad& b = GetParam();
+  try {
+    parse_completion(json::parse(b.body), b.chat);
+    FAIL() << "accepted " << b.body;
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_EQ(e.param, b.param) << e.what();
+    if (*b.param) {
+      EXPECT_NE(std::string(e.what()).find(b.param), std::string::npos) << e.what();
+    }
+  }
+}
+INSTANTIATE_TEST_SUITE_P(
+    Bodies, OpenAiRefuses,
+    ::testing::Values(Bad{R"([1])", false, ""}, Bad{R"({})", false, "prompt"}, Bad{R"({"prompt": null})", false, "prompt"},
+                      Bad{R"({"prompt": 1})", false, "prompt"}, Bad{R"({"prompt": ["a", "b"]})", false, "prompt"},
+                      Bad{R"({"prompt": [1, -2]})", false, "prompt"}, Bad{R"({"prompt": "x", "max_tokens": 1.5})", false, "max_tokens"},
+                      Bad{R"({"prompt": "x", "max_tokens": -1})", false, "max_tokens"},
+                      Bad{R"({"prompt": "x", "temperature": "hot"})", false, "temperature"},
+                      Bad{R"({"prompt": "x", "temperature": 2.5})", false, "temperature"}, Bad{R"({"prompt": "x", "top_p": 0})", false, "top_p"},
+                      Bad{R"({"prompt": "x", "min_p": 2})", false, "min_p"}, Bad{R"({"prompt": "x", "seed": "s"})", false, "seed"},
+                      Bad{R"({"prompt": "x", "n": 4})", false, "n"}, Bad{R"({"prompt": "x", "best_of": 2})", false, "best_of"},
+                      Bad{R"({"prompt": "x", "logprobs": 5})", false, "logprobs"},
+                      Bad{R"({"prompt": "x", "frequency_penalty": 0.5})", false, "frequency_penalty"},
+                      Bad{R"({"prompt": "x", "stop": [""]})", false, "stop"}, Bad{R"({"prompt": "x", "stop": 3})", false, "stop"},
+                      Bad{R"({"prompt": "x", "stream": 1})", false, "stream"},
+                      Bad{R"({"prompt": "x", "stream_options": {"include_usage": true}})", false, "stream_options"},
+                      Bad{R"({"prompt": "x", "model": 3})", false, "model"}, Bad{R"({"messages": "hi"})", true, "messages"},
+                      Bad{R"({"messages": [{"role": "tool", "content": "x"}]})", true, "messages[0].role"},
+                      Bad{R"({"messages": [{"role": "user", "content": 5}]})", true, "messages[0].content"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "tools": []})", true, "tools"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", true, "logprobs"}));
+
+TEST(OpenAiBodies, Shapes) {
+  const ResponseHead chat{"chatcmpl-1", "m", 100, true}, cmpl{"cmpl-1", "m", 100, false};
+  const json c = completion_body(chat, "hi", "stop", {3, 1});
+  EXPECT_EQ(c["object"], "chat.completion");
+  EXPECT_EQ(c["choices"][0]["message"]["content"], "hi");
+  EXPECT_EQ(c["usage"]["total_tokens"], 4);
+  EXPECT_EQ(completion_body(cmpl, "hi", "length", {})["choices"][0]["text"], "hi");
+  const json first = chunk_body(chat, "", "", true);
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  EXPECT_TRUE(first["choices"][0]["finish_reason"].is_null());
+  EXPECT_EQ(chunk_body(chat, "", "stop", false)["choices"][0]["delta"], json::object());
+  EXPECT_EQ(usage_chunk(cmpl, {2, 2})["choices"], json::array());
+  const json e = error_body(ApiError(400, "bad n", "n"));
+  EXPECT_EQ(e["error"]["param"], "n");
+  EXPECT_EQ(e["error"]["type"], "invalid_request_error");
+  EXPECT_EQ(sse(json{{"text", "a\xC3"}}), "data: {\"text\":\"a\xEF\xBF\xBD\"}\n\n");  // invalid UTF-8 replaced, never thrown
+}
+
+}  // namespace
+}  // namespace tq::serve

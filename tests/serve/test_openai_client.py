@@ -1,0 +1,316 @@
+#!/usr/bin/env python3
+"""tq serve against the `openai` package, the client users have: a server started on a free
+localhost port with stories260K, then completions and chat, streaming and not, greedy text equal
+to `tq run`'s, concurrent streams with cancellations, prefix-cache hits, malformed requests, a full
+queue and a shutdown mid-stream. After each test that ran requests, every KV page is back in the pool.
+
+Usage: test_openai_client.py --tq build/release/apps/cli/tq --data ../shared/data
+Exits 77 (skipped) when the openai package or stories260K is missing.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unittest
+import urllib.error
+import urllib.request
+
+try:
+    import openai
+except ImportError:
+    print("skipped: the openai package is missing (scripts/setup.sh installs it into .venv)")
+    sys.exit(77)
+
+ARGS = None
+PROMPTS = ["Once upon a time", "Lily and Tom went to the park", "The little dog was sad because", "One day, a bird"]
+
+
+class Server:
+    """`tq serve` on a free port; stop() sends SIGTERM and returns the exit code."""
+
+    def __init__(self, *extra):
+        d = os.path.join(ARGS.data, "stories260K")
+        self.cmd = [ARGS.tq, "serve", "-m", os.path.join(d, "stories260K.bin"), "--tokenizer", os.path.join(d, "tok512.bin"),
+                    "--port", "0", "-t", "2", *extra]
+        self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, text=True)
+        self.log = []
+        ready = threading.Event()
+
+        def read():
+            for line in self.proc.stderr:
+                self.log.append(line)
+                m = re.search(r"on http://([\d.]+):(\d+)", line)
+                if m:
+                    self.url = f"http://{m.group(1)}:{m.group(2)}"
+                    ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30):
+            self.proc.kill()
+            raise RuntimeError("tq serve did not start:\n" + "".join(self.log))
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+    def get(self, path):
+        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+            return r.status, r.read().decode()
+
+    def post(self, path, body):
+        """Raw POST: (status, parsed JSON body)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def metrics(self):
+        _, text = self.get("/metrics")
+        return {k: float(v) for k, v in re.findall(r"^(tq_\w+) ([\d.e+-]+)$", text, re.M)}
+
+    def wait_drained(self, test):
+        """Every request ended and every page back in the pool (cached prefix pages count as free)."""
+        deadline = time.time() + 20
+        while True:
+            m = self.metrics()
+            if m["tq_requests_running"] == 0 and m["tq_requests_waiting"] == 0 and m["tq_kv_pages_used"] == 0:
+                return m
+            if time.time() > deadline:
+                test.fail(f"pages or requests left after the test: {m}")
+            time.sleep(0.1)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(30)
+        self.proc.stderr.close()
+        return code
+
+
+def tq_run(prompt, n, kv):
+    d = os.path.join(ARGS.data, "stories260K")
+    out = subprocess.run([ARGS.tq, "run", "-m", os.path.join(d, "stories260K.bin"), "--tokenizer", os.path.join(d, "tok512.bin"),
+                          "-p", prompt, "-n", str(n), "--kv", kv, "-t", "2"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith(prompt) and out.endswith("\n"), out
+    return out[len(prompt):-1]
+
+
+class ServeTest(unittest.TestCase):
+    KV = "k4v4:page=8"
+
+    @classmethod
+    def setUpClass(cls):
+        # A small pool (40 pages of 8 tokens for 8 requests of up to ~100) makes requests preempt each other.
+        cls.s = Server("--kv", cls.KV, "--max-num-seqs", "8", "--num-pages", "40", "--max-num-batched-tokens", "64")
+        cls.model = cls.s.client.models.list().data[0].id
+
+    @classmethod
+    def tearDownClass(cls):
+        code = cls.s.stop()
+        assert code == 0, f"tq serve exited with {code}:\n" + "".join(cls.s.log)
+
+    def complete(self, prompt, n, **kw):
+        return self.s.client.completions.create(model=self.model, prompt=prompt, max_tokens=n, temperature=0, **kw)
+
+    def test_models_and_health(self):
+        self.assertEqual(self.model, "stories260K")
+        self.assertEqual(self.s.get("/health"), (200, '{"status":"ok"}'))
+        m = self.s.client.models.list().data[0]
+        self.assertEqual(m.owned_by, "turboquant")
+
+    def test_greedy_completion_is_tq_runs_text(self):
+        for p in PROMPTS[:2]:
+            r = self.complete(p, 40)
+            self.assertEqual(r.choices[0].text, tq_run(p, 40, self.KV), p)
+            self.assertEqual(r.usage.completion_tokens, 40)
+            self.assertEqual(r.choices[0].finish_reason, "length")
+        self.s.wait_drained(self)
+
+    def test_streams_give_the_same_text(self):
+        full = self.complete(PROMPTS[2], 30).choices[0].text
+        chunks = list(self.s.client.completions.create(model=self.model, prompt=PROMPTS[2], max_tokens=30, temperature=0, stream=True))
+        self.assertEqual("".join(c.choices[0].text for c in chunks), full)
+        self.assertEqual(chunks[-1].choices[0].finish_reason, "length")
+        msgs = [{"role": "system", "content": "You tell stories."}, {"role": "user", "content": "A story about a cat"}]
+        chat = self.s.client.chat.completions.create(model=self.model, messages=msgs, max_tokens=25, temperature=0)
+        self.assertEqual(chat.choices[0].message.role, "assistant")
+        stream = self.s.client.chat.completions.create(model=self.model, messages=msgs, max_tokens=25, temperature=0, stream=True,
+                                                       stream_options={"include_usage": True})
+        parts, usage = [], None
+        for c in stream:
+            if c.usage:
+                usage = c.usage
+            if c.choices:
+                parts.append(c.choices[0].delta.content or "")
+        self.assertEqual("".join(parts), chat.choices[0].message.content)
+        self.assertEqual(usage.completion_tokens, chat.usage.completion_tokens)
+        self.s.wait_drained(self)
+
+    def test_seeded_sampling_repeats(self):
+        a = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=30, temperature=0.9, top_p=0.9, seed=123)
+        b = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=30, temperature=0.9, top_p=0.9, seed=123)
+        self.assertEqual(a.choices[0].text, b.choices[0].text)
+
+    def test_stop_strings_end_the_text(self):
+        full = self.complete(PROMPTS[0], 60).choices[0].text
+        stop = full.split()[4]  # a word the greedy text reaches
+        r = self.complete(PROMPTS[0], 60, stop=[stop, "zzzz"])
+        self.assertEqual(r.choices[0].text, full[:full.index(stop)])
+        self.assertEqual(r.choices[0].finish_reason, "stop")
+        streamed = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=60, temperature=0, stop=stop,
+                                                    stream=True)
+        self.assertEqual("".join(c.choices[0].text for c in streamed), full[:full.index(stop)])
+        self.s.wait_drained(self)
+
+    def test_prefix_cache_hits_give_cold_tokens(self):
+        long = " ".join(PROMPTS) + " and then they all went home to sleep"
+        before = self.s.metrics()["tq_prefix_cache_hit_tokens_total"]
+        cold = self.complete(long, 30).choices[0].text
+        hot = self.complete(long, 30).choices[0].text
+        self.assertEqual(hot, cold)
+        self.assertEqual(cold, tq_run(long, 30, self.KV))
+        self.assertGreater(self.s.metrics()["tq_prefix_cache_hit_tokens_total"], before)
+        self.s.wait_drained(self)
+
+    def test_concurrent_streams_with_cancellations(self):
+        expected = {p: self.complete(p, 70).choices[0].text for p in PROMPTS}
+        rng = random.Random(3)
+        jobs = [(PROMPTS[i % len(PROMPTS)], rng.random() < 0.3, rng.randint(1, 15)) for i in range(40)]
+        results, errors = [None] * len(jobs), []
+
+        def client(i):
+            prompt, cancel, after = jobs[i]
+            try:
+                stream = self.s.client.completions.create(model=self.model, prompt=prompt, max_tokens=70, temperature=0, stream=True)
+                text, n = "", 0
+                for c in stream:
+                    text += c.choices[0].text
+                    n += 1
+                    if cancel and n == after:
+                        stream.close()  # the client goes away mid-stream
+                        results[i] = "cancelled"
+                        return
+                results[i] = text
+            except Exception as e:  # noqa: BLE001 - every failure is reported below
+                errors.append(f"client {i}: {e!r}")
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(jobs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        self.assertEqual(errors, [])
+        for (prompt, cancel, _), got in zip(jobs, results):
+            if got != "cancelled":
+                self.assertEqual(got, expected[prompt])
+        m = self.s.wait_drained(self)
+        self.assertGreater(m["tq_preemptions_total"], 0)  # the pool is small on purpose
+        self.assertGreater(m["tq_requests_cancelled_total"], 0)  # clients that left were noticed
+
+    def test_malformed_requests_get_openai_errors(self):
+        cases = [
+            (b"{not json", 400, None),
+            ({"prompt": 5}, 400, "prompt"),
+            ({"prompt": "x", "max_tokens": "ten"}, 400, "max_tokens"),
+            ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+            ({"prompt": "x", "max_tokens": 100000}, 400, "max_tokens"),
+            ({"prompt": "x", "temperature": -1}, 400, "temperature"),
+            ({"prompt": "x", "top_p": 0}, 400, "top_p"),
+            ({"prompt": "x", "n": 2}, 400, "n"),
+            ({"prompt": "x", "logprobs": 3}, 400, "logprobs"),
+            ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+            ({"prompt": "x", "stream": "yes"}, 400, "stream"),
+            ({"prompt": ["a", "b"]}, 400, "prompt"),
+            ({"prompt": [1, 99999]}, 400, "prompt"),
+            ({"prompt": "once " * 600}, 400, "prompt"),
+            ({"prompt": "x", "model": "gpt-4"}, 404, "model"),
+            ({"max_tokens": 3}, 400, "prompt"),
+            ([1, 2], 400, None),
+        ]
+        for body, status, param in cases:
+            code, err = self.s.post("/v1/completions", body)
+            self.assertEqual(code, status, (body, err))
+            self.assertIn("message", err["error"], body)
+            self.assertEqual(err["error"]["param"], param, (body, err))
+        for body, param in [({"messages": []}, "messages"), ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
+                            ({"messages": [{"role": "user"}]}, "messages[0].content"), ({"prompt": "x"}, "messages")]:
+            code, err = self.s.post("/v1/chat/completions", body)
+            self.assertEqual((code, err["error"]["param"]), (400, param), (body, err))
+        with self.assertRaises(openai.BadRequestError):
+            self.s.client.completions.create(model=self.model, prompt="x", n=3)
+        with self.assertRaises(openai.NotFoundError):
+            self.s.client.completions.create(model="other", prompt="x")
+        with self.assertRaises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(self.s.url + "/v2/nothing", timeout=10)
+        self.assertEqual(e.exception.code, 404)
+        self.assertEqual(self.s.get("/health")[0], 200)  # still serving
+        self.s.wait_drained(self)
+
+
+class QueueAndShutdownTest(unittest.TestCase):
+    def test_full_queue_answers_429(self):
+        s = Server("--kv", "k3v2", "--max-num-seqs", "1", "--max-queue", "1", "--max-num-batched-tokens", "16")
+        try:
+            codes = []
+
+            def one():
+                try:
+                    s.client.completions.create(model="stories260K", prompt=PROMPTS[0], max_tokens=400, temperature=0)
+                    codes.append(200)
+                except openai.RateLimitError:
+                    codes.append(429)
+
+            threads = [threading.Thread(target=one) for _ in range(5)]
+            for t in threads:
+                t.start()
+                time.sleep(0.02)
+            for t in threads:
+                t.join(120)
+            self.assertIn(429, codes)
+            self.assertIn(200, codes)
+            m = s.wait_drained(self)
+            self.assertEqual(m["tq_requests_refused_total"], codes.count(429))
+        finally:
+            self.assertEqual(s.stop(), 0)
+
+    def test_sigterm_lets_a_running_stream_finish(self):
+        s = Server("--kv", "k3v2", "--shutdown-timeout", "30")
+        stream = s.client.completions.create(model="stories260K", prompt=PROMPTS[1], max_tokens=300, temperature=0, stream=True)
+        chunks = iter(stream)
+        first = next(chunks)
+        s.proc.send_signal(signal.SIGTERM)
+        rest = list(chunks)
+        self.assertEqual(rest[-1].choices[0].finish_reason, "length")
+        self.assertEqual(len(rest) + 1, 300)
+        del first
+        self.assertEqual(s.proc.wait(30), 0)
+        s.proc.stderr.close()
+        self.assertTrue(any("SIGTERM received" in line for line in s.log), s.log)
+
+    def test_sigterm_cancels_what_outlives_the_grace(self):
+        s = Server("--kv", "k3v2", "--shutdown-timeout", "0", "--max-num-seqs", "1", "--max-num-batched-tokens", "1")
+        stream = s.client.completions.create(model="stories260K", prompt=PROMPTS[1], max_tokens=500, temperature=0, stream=True)
+        chunks = iter(stream)
+        next(chunks)
+        s.proc.send_signal(signal.SIGTERM)
+        rest = list(chunks)
+        self.assertEqual(rest[-1].choices[0].finish_reason, "abort")
+        self.assertLess(len(rest), 499)
+        self.assertEqual(s.proc.wait(30), 0)
+        s.proc.stderr.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tq", required=True)
+    parser.add_argument("--data", required=True)
+    ARGS, rest = parser.parse_known_args()
+    if not os.path.exists(os.path.join(ARGS.data, "stories260K", "stories260K.bin")):
+        print("skipped: stories260K not found under", ARGS.data)
+        sys.exit(77)
+    unittest.main(argv=[sys.argv[0], "-v", *rest])
