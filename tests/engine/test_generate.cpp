@@ -201,3 +201,25 @@ TEST(Stories260K, ErrorsOnBadInput) {
 
 }  // namespace
 }  // namespace tq::engine
+
+namespace tq::engine {
+namespace {
+
+// Conversations in the templates: one user message is the single-prompt form; turns follow each
+// other and the assistant's reply is opened at the end.
+TEST(Generation, ChatTemplatesOfConversations) {
+  using model::ChatTemplate;
+  for (ChatTemplate t : {ChatTemplate::ChatML, ChatTemplate::Llama3})
+    EXPECT_EQ(apply_chat_template(t, std::vector<ChatMessage>{{"user", "hi"}}), apply_chat_template(t, std::string("hi")));
+  EXPECT_EQ(apply_chat_template(ChatTemplate::ChatML, std::vector<ChatMessage>{{"system", "s"}, {"user", "u"}, {"assistant", "a"}, {"user", "v"}}),
+            "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
+            "<|im_start|>user\nv<|im_end|>\n<|im_start|>assistant\n");
+  EXPECT_EQ(apply_chat_template(ChatTemplate::Llama3, std::vector<ChatMessage>{{"system", "s"}, {"user", "u"}}),
+            "<|start_header_id|>system<|end_header_id|>\n\ns<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nu<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_THROW(apply_chat_template(ChatTemplate::None, std::vector<ChatMessage>{{"user", "u"}}), Error);
+  EXPECT_THROW(apply_chat_template(ChatTemplate::ChatML, std::vector<ChatMessage>{{"robot", "u"}}), Error);
+}
+
+}  // namespace
+}  // namespace tq::engine
