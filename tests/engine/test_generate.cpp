@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "engine/stories.h"
 #include "model/test_data.h"
 #include "tq/common.h"
 #include "tq/engine/engine.h"
@@ -18,22 +19,7 @@ namespace {
 
 using model::testing::shared_data_file;
 
-struct Stories {
-  model::Model m;
-  std::unique_ptr<model::Tokenizer> tok;
-};
-const Stories* stories() {
-  static const Stories* s = [] () -> const Stories* {
-    const std::string mp = shared_data_file("stories260K/stories260K.bin"), tp = shared_data_file("stories260K/tok512.bin");
-    if (!std::filesystem::exists(mp) || !std::filesystem::exists(tp)) return nullptr;
-    auto* st = new Stories{model::load_llama2c(mp), nullptr};
-    st->tok = model::load_llama2c_tokenizer(tp, st->m.config.vocab_size);
-    return st;
-  }();
-  return s;
-}
-#define REQUIRE_STORIES() \
-  if (!stories()) GTEST_SKIP() << "stories260K not found under " << model::testing::shared_data_dir()
+using tq::testing::stories;
 
 // run.c's generate(): feed the prompt one token at a time, then the argmax; stop on BOS.
 std::string generate(Engine& e, const std::string& prompt, int steps) {

@@ -260,7 +260,7 @@ class QueueAndShutdownTest(unittest.TestCase):
 
             def one():
                 try:
-                    s.client.completions.create(model="stories260K", prompt=PROMPTS[0], max_tokens=400, temperature=0)
+                    s.client.completions.create(model="stories260K", prompt=PROMPTS[0], max_tokens=480, temperature=0)
                     codes.append(200)
                 except openai.RateLimitError:
                     codes.append(429)
@@ -268,7 +268,7 @@ class QueueAndShutdownTest(unittest.TestCase):
             threads = [threading.Thread(target=one) for _ in range(5)]
             for t in threads:
                 t.start()
-                time.sleep(0.02)
+                time.sleep(0.01)
             for t in threads:
                 t.join(120)
             self.assertIn(429, codes)

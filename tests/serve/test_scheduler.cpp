@@ -7,6 +7,7 @@
 #include <map>
 #include <random>
 
+#include "engine/stories.h"
 #include "model/test_data.h"
 #include "tq/engine/generation.h"
 #include "tq/model/tokenizer.h"
@@ -21,22 +22,7 @@ using engine::EngineOptions;
 using engine::SamplingParams;
 using model::testing::shared_data_file;
 
-struct Stories {
-  model::Model m;
-  std::unique_ptr<model::Tokenizer> tok;
-};
-const Stories* stories() {
-  static const Stories* s = []() -> const Stories* {
-    const std::string mp = shared_data_file("stories260K/stories260K.bin"), tp = shared_data_file("stories260K/tok512.bin");
-    if (!std::filesystem::exists(mp) || !std::filesystem::exists(tp)) return nullptr;
-    auto* st = new Stories{model::load_llama2c(mp), nullptr};
-    st->tok = model::load_llama2c_tokenizer(tp, st->m.config.vocab_size);
-    return st;
-  }();
-  return s;
-}
-#define REQUIRE_STORIES() \
-  if (!stories()) GTEST_SKIP() << "stories260K not found under " << model::testing::shared_data_dir()
+using tq::testing::stories;
 
 bool is_stop(int id) { return engine::is_stop_token(stories()->m, *stories()->tok, id); }
 
