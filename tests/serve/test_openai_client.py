@@ -34,10 +34,10 @@ PROMPTS = ["Once upon a time", "Lily and Tom went to the park", "The little dog 
 class Server:
     """`tq serve` on a free port; stop() sends SIGTERM and returns the exit code."""
 
-    def __init__(self, *extra):
+    def __init__(self, *extra, model=None):
         d = os.path.join(ARGS.data, "stories260K")
-        self.cmd = [ARGS.tq, "serve", "-m", os.path.join(d, "stories260K.bin"), "--tokenizer", os.path.join(d, "tok512.bin"),
-                    "--port", "0", "-t", "2", *extra]
+        files = ["-m", model] if model else ["-m", os.path.join(d, "stories260K.bin"), "--tokenizer", os.path.join(d, "tok512.bin")]
+        self.cmd = [ARGS.tq, "serve", *files, "--port", "0", "-t", "2", *extra]
         self.proc = subprocess.Popen(self.cmd, stderr=subprocess.PIPE, text=True)
         self.log = []
         ready = threading.Event()
@@ -51,7 +51,10 @@ class Server:
                     ready.set()
 
         threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(30):
+        deadline = time.time() + 60
+        while not ready.wait(0.1) and self.proc.poll() is None and time.time() < deadline:
+            pass
+        if not ready.is_set():
             self.proc.kill()
             raise RuntimeError("tq serve did not start:\n" + "".join(self.log))
         self.client = openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0, timeout=120)
@@ -250,6 +253,27 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(e.exception.code, 404)
         self.assertEqual(self.s.get("/health")[0], 200)  # still serving
         self.s.wait_drained(self)
+
+
+SMOLLM2 = os.path.join(os.path.dirname(__file__), "..", "..", "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@unittest.skipUnless(os.path.exists(SMOLLM2), "SmolLM2 not downloaded (scripts/get_model.sh)")
+class ChatTemplateTest(unittest.TestCase):
+    """A model with a real chat template: the chat route's greedy answer is `tq run --chat`'s."""
+
+    def test_chat_matches_tq_run(self):
+        s = Server("--kv", "k3v2", "--max-num-seqs", "2", model=SMOLLM2)
+        try:
+            q = "What is the capital of France?"
+            r = s.client.chat.completions.create(model="SmolLM2-135M-Instruct.Q4_1", messages=[{"role": "user", "content": q}],
+                                                 max_tokens=24, temperature=0)
+            out = subprocess.run([ARGS.tq, "run", "-m", SMOLLM2, "--chat", "-p", q, "-n", "24", "--kv", "k3v2", "-t", "2"],
+                                 capture_output=True, text=True, check=True).stdout
+            self.assertEqual(out, q + "\n" + r.choices[0].message.content + "\n")
+            s.wait_drained(self)
+        finally:
+            self.assertEqual(s.stop(), 0)
 
 
 class QueueAndShutdownTest(unittest.TestCase):
