@@ -25,6 +25,8 @@ std::string prometheus_text(const ServiceStats& s) {
          c.prefix_queried_tokens ? double(c.prefix_hit_tokens) / double(c.prefix_queried_tokens) : 0.0);
   metric(o, "tq_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", double(c.prompt_tokens));
   metric(o, "tq_generation_tokens_total", "counter", "Tokens generated.", double(c.generated_tokens));
+  metric(o, "tq_computed_tokens_total", "counter", "Positions run through the model (prompts, decodes, recomputes after preemption).",
+         double(c.computed_tokens));
   metric(o, "tq_generation_tokens_per_second", "gauge", "Tokens generated per second over the last 10 s.", s.tokens_per_second);
   metric(o, "tq_requests_total", "counter", "Requests accepted.", double(s.requests));
   metric(o, "tq_requests_refused_total", "counter", "Requests refused because the queue was full or the server was stopping.", double(s.refused));

@@ -195,7 +195,7 @@ std::vector<Event> Scheduler::step() {
   for (size_t i = 0; i < items.size(); ++i) {
     Seq* s = items[i];
     const uint32_t n = uint32_t(batch[i].tokens.size());
-    if (n > 1 || !samples[i] || s->computed < s->prompt_len) stats_.computed_prompt_tokens += n;
+    stats_.computed_tokens += n;
     s->computed += n;
     e_.cache_pages(s->seq, s->tokens);
     if (!samples[i]) continue;

@@ -58,7 +58,8 @@ struct SchedulerStats {
   uint32_t running = 0, waiting = 0;
   uint32_t pages_total = 0, pages_free = 0;  // free: unreferenced, cached prefix pages included
   uint32_t pages_cached = 0;                 // unreferenced pages still holding a cached prefix
-  uint64_t steps = 0, prompt_tokens = 0, computed_prompt_tokens = 0, generated_tokens = 0;
+  uint64_t steps = 0, prompt_tokens = 0, generated_tokens = 0;
+  uint64_t computed_tokens = 0;  // positions run through the model: prompts, decodes and recomputes
   uint64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // over admissions
   uint64_t preemptions = 0, finished = 0, cancelled = 0;
 };
