@@ -80,15 +80,18 @@ async def one(client, model, rng, a, stats):
     n = 0
     try:
         stream = await client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=a.temperature,
-                                                 stream=True, seed=rng.randrange(1 << 31))
+                                                 stream=True, seed=rng.randrange(1 << 31), stream_options={"include_usage": True})
+        chunks = 0
         async for chunk in stream:
+            if chunk.usage:
+                n = chunk.usage.completion_tokens  # a chunk may carry several tokens: the usage chunk counts them
             if not chunk.choices or not chunk.choices[0].text:
                 continue
             now = time.perf_counter()
             first = first or now
             last = now
-            n += 1  # a chunk per token, except where text is held (UTF-8, stop strings)
-            if leave_after is not None and n >= leave_after:
+            chunks += 1
+            if leave_after is not None and chunks >= leave_after:
                 await stream.close()
                 stats["cancelled"] += 1
                 return

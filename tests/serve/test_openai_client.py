@@ -304,14 +304,15 @@ class QueueAndShutdownTest(unittest.TestCase):
 
     def test_sigterm_lets_a_running_stream_finish(self):
         s = Server("--kv", "k3v2", "--shutdown-timeout", "30")
+        full = s.client.completions.create(model="stories260K", prompt=PROMPTS[1], max_tokens=300, temperature=0).choices[0].text
         stream = s.client.completions.create(model="stories260K", prompt=PROMPTS[1], max_tokens=300, temperature=0, stream=True)
         chunks = iter(stream)
         first = next(chunks)
         s.proc.send_signal(signal.SIGTERM)
         rest = list(chunks)
         self.assertEqual(rest[-1].choices[0].finish_reason, "length")
-        self.assertEqual(len(rest) + 1, 300)
-        del first
+        # A chunk may carry several tokens' text (the handler sends what has arrived): compare text, not chunk counts.
+        self.assertEqual(first.choices[0].text + "".join(c.choices[0].text for c in rest), full)
         self.assertEqual(s.proc.wait(30), 0)
         s.proc.stderr.close()
         self.assertTrue(any("SIGTERM received" in line for line in s.log), s.log)
@@ -324,7 +325,7 @@ class QueueAndShutdownTest(unittest.TestCase):
         s.proc.send_signal(signal.SIGTERM)
         rest = list(chunks)
         self.assertEqual(rest[-1].choices[0].finish_reason, "abort")
-        self.assertLess(len(rest), 499)
+        self.assertLess(len(rest), 499)  # chunks <= tokens
         self.assertEqual(s.proc.wait(30), 0)
         s.proc.stderr.close()
 
