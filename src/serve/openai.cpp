@@ -42,7 +42,7 @@ bool boolean(const json& body, const char* key) {
 }
 
 // Fields this server does not implement: accepted at their defaults only.
-void refuse_unsupported(const json& body, bool chat) {
+void refuse_unsupported(const json& body) {
   if (const auto n = integer(body, "n", 1, 1 << 20); n && *n != 1) throw bad("n", fmt::format("must be 1 (one choice per request), got {}", *n));
   if (const auto b = integer(body, "best_of", 1, 1 << 20); b && *b != 1) throw bad("best_of", fmt::format("must be 1, got {}", *b));
   for (const char* k : {"frequency_penalty", "presence_penalty"})
@@ -55,7 +55,6 @@ void refuse_unsupported(const json& body, bool chat) {
     throw bad("top_logprobs", "are not supported by this server");
   for (const char* k : {"tools", "tool_choice", "functions", "function_call", "response_format", "suffix"})
     if (field(body, k)) throw bad(k, "is not supported by this server");
-  (void)chat;
 }
 
 std::string message_content(const json& c, size_t i) {
@@ -86,7 +85,7 @@ CompletionRequest parse_completion(const json& body, bool chat) {
     if (!m->is_string()) throw bad("model", fmt::format("must be a string, got {}", m->type_name()));
     r.model = m->get<std::string>();
   }
-  refuse_unsupported(body, chat);
+  refuse_unsupported(body);
   if (chat) {
     const json* msgs = field(body, "messages");
     if (!msgs) throw ApiError(400, "'messages' is required", "messages");

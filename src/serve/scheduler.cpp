@@ -111,10 +111,22 @@ void Scheduler::preempt(Seq* s) {
   ++stats_.preemptions;
 }
 
-void Scheduler::admit(std::vector<engine::BatchItem>& batch, std::vector<Seq*>& items, uint32_t& budget, uint32_t& planned) {
+void Scheduler::take(Seq* s, uint32_t n, uint32_t pages, Plan& p) {
+  const auto first = s->tokens.begin() + s->computed;
+  p.batch.push_back(engine::BatchItem{s->seq, std::vector<int>(first, first + n)});
+  p.items.push_back(s);
+  p.budget -= n;
+  p.planned += pages;
+}
+
+void Scheduler::drop_finished() {
+  std::erase_if(running_, [](const auto& s) { return s->done != Finish::kNone; });
+}
+
+void Scheduler::admit(Plan& p) {
   const BlockManager& bm = e_.blocks();
   const uint32_t P = bm.page_size();
-  while (budget > 0 && running_.size() < opts_.max_num_seqs && !waiting_.empty()) {
+  while (p.budget > 0 && running_.size() < opts_.max_num_seqs && !waiting_.empty()) {
     Seq* w = waiting_.front().get();
     // At least the last token is computed: its logits give the next token.
     const uint32_t limit = uint32_t(w->tokens.size()) - 1;
@@ -122,19 +134,16 @@ void Scheduler::admit(std::vector<engine::BatchItem>& batch, std::vector<Seq*>& 
     uint32_t revive = 0;
     for (int32_t p : hit) revive += bm.allocator().refcount(p) == 0;
     const uint32_t start = uint32_t(hit.size()) * P;
-    const uint32_t n = std::min(uint32_t(w->tokens.size()) - start, budget);
+    const uint32_t n = std::min(uint32_t(w->tokens.size()) - start, p.budget);
     const uint32_t alloc = (start + n + P - 1) / P - uint32_t(hit.size());
-    if (alloc + revive + planned > bm.allocator().free_pages()) break;  // first come, first served: nobody overtakes it
+    if (alloc + revive + p.planned > bm.allocator().free_pages()) break;  // first come, first served: nobody overtakes it
     w->seq = e_.add_sequence(w->tokens, limit);
     w->computed = e_.seq_len(w->seq);
     stats_.prefix_queried_tokens += w->tokens.size();
     stats_.prefix_hit_tokens += w->computed;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
-    batch.push_back(engine::BatchItem{w->seq, std::vector<int>(w->tokens.begin() + w->computed, w->tokens.begin() + w->computed + n)});
-    items.push_back(w);
-    budget -= n;
-    planned += alloc;
+    take(w, n, alloc, p);
   }
 }
 
@@ -151,30 +160,27 @@ std::vector<Event> Scheduler::step() {
       }
   }
   cancels_.clear();
-  std::erase_if(running_, [](const auto& s) { return s->done != Finish::kNone; });
+  drop_finished();
   if (running_.empty() && waiting_.empty()) return out;
 
   const BlockManager& bm = e_.blocks();
-  uint32_t budget = opts_.max_batched_tokens, planned = 0;  // planned: pages this step's reservation will take
-  std::vector<engine::BatchItem> batch;
-  std::vector<Seq*> items;
+  Plan plan;
+  plan.budget = opts_.max_batched_tokens;
   // Running requests, oldest first; a request short of pages preempts the newest ones.
-  for (size_t i = 0; i < running_.size() && budget > 0;) {
+  for (size_t i = 0; i < running_.size() && plan.budget > 0; ++i) {
     Seq* s = running_[i].get();
-    const uint32_t n = std::min(uint32_t(s->tokens.size()) - s->computed, budget);
+    const uint32_t n = std::min(uint32_t(s->tokens.size()) - s->computed, plan.budget);
     const uint32_t need = bm.pages_needed(s->seq, n);
-    while (need + planned > bm.allocator().free_pages() && running_.size() > i + 1) preempt(running_.back().get());
-    if (need + planned > bm.allocator().free_pages()) {
+    while (need + plan.planned > bm.allocator().free_pages() && running_.size() > i + 1) preempt(running_.back().get());
+    if (need + plan.planned > bm.allocator().free_pages()) {
       preempt(s);  // the newest itself: it waits for the older ones to finish
       break;
     }
-    batch.push_back(engine::BatchItem{s->seq, std::vector<int>(s->tokens.begin() + s->computed, s->tokens.begin() + s->computed + n)});
-    items.push_back(s);
-    budget -= n;
-    planned += need;
-    ++i;
+    take(s, n, need, plan);
   }
-  admit(batch, items, budget, planned);
+  admit(plan);
+  const std::vector<engine::BatchItem>& batch = plan.batch;
+  const std::vector<Seq*>& items = plan.items;
   if (batch.empty()) return out;
 
   std::vector<engine::SampleArgs> args(batch.size());  // greedy placeholders for prompt chunks that sample nothing
@@ -188,7 +194,7 @@ std::vector<Event> Scheduler::step() {
     ids = e_.forward_sample(batch, args);
   } catch (const Error& err) {
     for (Seq* s : items) finish(s, Finish::kError, out, -1, err.what());
-    std::erase_if(running_, [](const auto& s) { return s->done != Finish::kNone; });
+    drop_finished();
     return out;
   }
   ++stats_.steps;
@@ -212,7 +218,7 @@ std::vector<Event> Scheduler::step() {
     else
       out.push_back(Event{s->id, t, Finish::kNone, {}});
   }
-  std::erase_if(running_, [](const auto& s) { return s->done != Finish::kNone; });
+  drop_finished();
   return out;
 }
 

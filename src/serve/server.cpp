@@ -74,17 +74,17 @@ struct Server::Impl {
   ServerOptions o;
   httplib::Server http;
   model::ChatTemplate chat_template;
-  std::atomic<uint64_t> next_id{1};
   std::atomic<bool> stopping{false};
   int64_t created = unix_now();
+  uint32_t context_;  // the engine's: prompt + max_tokens at most
 
-  Impl(Service& s, const model::Model& model, const model::Tokenizer& t, const ServerOptions& opts) : svc(s), m(model), tok(t), o(opts) {
+  Impl(Service& s, const model::Model& model, const model::Tokenizer& t, const ServerOptions& opts)
+      : svc(s), m(model), tok(t), o(opts), context_(s.engine().options().context) {
     // Models without a template (llama2.c checkpoints) chat in ChatML, as llama-server does.
     chat_template = m.config.chat_template == model::ChatTemplate::None ? model::ChatTemplate::ChatML : m.config.chat_template;
     routes();
   }
 
-  uint32_t context_ = 0;  // the engine's: prompt + max_tokens at most
 
   void routes();
   void complete(const httplib::Request& req, httplib::Response& res, bool chat);
@@ -220,9 +220,7 @@ void Server::Impl::routes() {
 }
 
 Server::Server(Service& svc, const model::Model& m, const model::Tokenizer& tok, const ServerOptions& o)
-    : impl_(std::make_unique<Impl>(svc, m, tok, o)) {
-  impl_->context_ = svc.engine().options().context;
-}
+    : impl_(std::make_unique<Impl>(svc, m, tok, o)) {}
 
 Server::~Server() = default;
 

@@ -4,7 +4,7 @@
 
 namespace tq::serve {
 
-size_t utf8_complete_prefix(const std::string& s) {
+size_t utf8_complete_prefix(std::string_view s) {
   // Only a character cut at the end is incomplete: look back at most 3 bytes for its lead byte.
   const size_t n = s.size();
   for (size_t back = 1; back <= std::min<size_t>(3, n); ++back) {
@@ -34,7 +34,7 @@ std::string TextStream::release(bool final) {
   size_t n = pending_.size();
   if (!final) {
     n = n > hold_ ? n - hold_ : 0;  // a stop string may be starting in the last hold_ bytes
-    n = utf8_complete_prefix(pending_.substr(0, n));
+    n = utf8_complete_prefix(std::string_view(pending_).substr(0, n));
   }
   std::string out = pending_.substr(0, n);
   pending_.erase(0, n);

@@ -45,15 +45,17 @@ struct Outcome {
   Finish finish = Finish::kNone;
   int events_after_finish = 0;
 };
+void record(std::map<uint64_t, Outcome>& out, const std::vector<Event>& events) {
+  for (const Event& ev : events) {
+    Outcome& o = out[ev.id];
+    if (o.finish != Finish::kNone) ++o.events_after_finish;
+    if (ev.token >= 0) o.tokens.push_back(ev.token);
+    if (ev.finish != Finish::kNone) o.finish = ev.finish;
+  }
+}
 std::map<uint64_t, Outcome> drain(Scheduler& s, int max_steps = 100000) {
   std::map<uint64_t, Outcome> out;
-  for (int i = 0; i < max_steps && !s.idle(); ++i)
-    for (const Event& ev : s.step()) {
-      Outcome& o = out[ev.id];
-      if (o.finish != Finish::kNone) ++o.events_after_finish;
-      if (ev.token >= 0) o.tokens.push_back(ev.token);
-      if (ev.finish != Finish::kNone) o.finish = ev.finish;
-    }
+  for (int i = 0; i < max_steps && !s.idle(); ++i) record(out, s.step());
   EXPECT_TRUE(s.idle()) << "the scheduler did not finish in " << max_steps << " steps";
   return out;
 }
@@ -209,12 +211,7 @@ TEST(SchedulerStress, RandomArrivalsAndCancellations) {
       s.cancel(id);
       cancelled.push_back(id);
     }
-    for (const Event& ev : s.step()) {
-      Outcome& o = got[ev.id];
-      if (o.finish != Finish::kNone) ++o.events_after_finish;
-      if (ev.token >= 0) o.tokens.push_back(ev.token);
-      if (ev.finish != Finish::kNone) o.finish = ev.finish;
-    }
+    record(got, s.step());
   }
   ASSERT_TRUE(s.idle());
   size_t checked = 0;

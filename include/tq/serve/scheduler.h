@@ -98,7 +98,16 @@ class Scheduler {
 
  private:
   struct Seq;
-  void admit(std::vector<engine::BatchItem>& batch, std::vector<Seq*>& items, uint32_t& budget, uint32_t& planned);
+  // The step being built: one batch item per request, the token budget left, and the pages the
+  // reservation will take.
+  struct Plan {
+    std::vector<engine::BatchItem> batch;
+    std::vector<Seq*> items;  // [batch] the request of each item
+    uint32_t budget = 0, planned = 0;
+  };
+  void take(Seq* s, uint32_t n, uint32_t pages, Plan& p);  // s's next n uncomputed tokens, taking `pages` new pages
+  void admit(Plan& p);
+  void drop_finished();
   void preempt(Seq* s);
   void release(Seq* s, bool cache);
   void finish(Seq* s, Finish f, std::vector<Event>& out, int token = -1, std::string error = {});

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tq/model/tokenizer.h"
@@ -36,6 +37,6 @@ class TextStream {
 };
 
 // Bytes of `s` that form whole UTF-8 characters from the start (an invalid byte counts as one).
-size_t utf8_complete_prefix(const std::string& s);
+size_t utf8_complete_prefix(std::string_view s);
 
 }  // namespace tq::serve
