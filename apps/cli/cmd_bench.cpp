@@ -11,8 +11,8 @@
 #include <map>
 #include <random>
 
+#include "bench_util.h"
 #include "commands.h"
-#include "model_files.h"
 #include "table.h"
 #include "tq/check.h"
 #include "tq/engine/engine.h"
@@ -30,62 +30,6 @@ struct Options {
   uint64_t seed = 1;
   bool eager = false;
 };
-
-// "a,b,c" -> {a, b, c}; empty items are kept (and refused by the callers).
-std::vector<std::string> split_commas(const std::string& text) {
-  std::vector<std::string> items;
-  for (size_t at = 0; at <= text.size();) {
-    const size_t end = std::min(text.find(',', at), text.size());
-    items.push_back(text.substr(at, end - at));
-    at = end + 1;
-  }
-  return items;
-}
-
-std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool allow_max, bool* has_max = nullptr) {
-  std::vector<uint32_t> v;
-  for (const std::string& item : split_commas(text)) {
-    if (allow_max && item == "max") {
-      *has_max = true;
-    } else {
-      size_t used = 0;
-      unsigned long x = 0;
-      try {
-        x = std::stoul(item, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      TQ_CHECK(used == item.size() && !item.empty() && x >= 1 && x <= (1ul << 24), "{}: '{}' is not a count in 1..16777216{}", flag,
-               item, allow_max ? " or max" : "");
-      v.push_back(uint32_t(x));
-    }
-  }
-  return v;
-}
-
-// Bytes a cache needs for one sequence of `ctx` tokens: whole pages, plus the side buffer.
-struct CacheCost {
-  double page_bytes = 0, side_bytes = 0, bytes_per_token = 0;
-  uint32_t page_size = 16;
-  double seq_bytes(uint32_t ctx) const { return std::ceil(double(ctx) / page_size) * page_bytes + side_bytes; }
-};
-CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side_extra) {
-  CacheCost k;
-  k.page_bytes = double(s.page_bytes(uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim)));
-  k.page_size = s.format.page_size;
-  k.bytes_per_token = k.page_bytes / k.page_size;
-  // The runner's side buffer (its side_bytes()): fp16 K and V of each side token and layer.
-  k.side_bytes = double(s.policy.side_tokens(side_extra)) * c.n_layers * 2.0 * c.kv_dim() * 2.0;
-  return k;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
-
-using clock_type = std::chrono::steady_clock;
-double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
 
 // Decode at (batch, ctx): sequences whose first positions are taken as written (zeroed pages: the
 // kernels read every byte whatever it holds), then steps of one token each, greedy on the device.
@@ -139,8 +83,7 @@ void run(const Options& o) {
   TQ_CHECK(o.steps >= 1, "--steps must be at least 1");
   TQ_CHECK(o.kv_memory_gb > 0 && std::isfinite(o.kv_memory_gb), "--kv-memory must be a positive number of GB, got {}", o.kv_memory_gb);
   TQ_CHECK(o.bandwidth_tbs > 0 && std::isfinite(o.bandwidth_tbs), "--bandwidth must be a positive number of TB/s, got {}", o.bandwidth_tbs);
-  std::vector<KvSpec> specs;
-  for (const std::string& item : split_commas(o.kv)) specs.push_back(parse_kv_spec(item == "default" ? kDefaultKvSpec : item));
+  const std::vector<KvSpec> specs = parse_kv_list(o.kv);
   std::vector<bool> cublas_only;  // per --products item
   for (const std::string& item : split_commas(o.products)) {
     TQ_CHECK(item == "gemv" || item == "cublas", "--products: '{}' is neither gemv nor cublas", item);
@@ -148,17 +91,11 @@ void run(const Options& o) {
   }
 
   // The model: a file (any device), or a named shape with random weights (the GPU).
-  std::unique_ptr<LoadedModel> lm;
-  model::ModelConfig cfg;
-  if (!o.model.empty()) {
-    lm = std::make_unique<LoadedModel>(load_model_and_tokenizer(o.model, o.tokenizer));
-    cfg = lm->model.config;
-  } else {
-    cfg = model::named_shape(o.shape);
-  }
-  const std::string model_name = o.model.empty() ? o.shape + " (random weights)" : o.model;
+  const BenchModel bm = load_bench_model(o.model, o.tokenizer, o.shape);
+  const model::ModelConfig& cfg = bm.config;
+  const std::string& model_name = bm.name;
   const engine::Device device = pick_device(o.device, cfg, {});
-  TQ_CHECK(lm || device == engine::Device::kCuda, "random weights of a named shape run on the GPU only: pass -m FILE for --device cpu");
+  TQ_CHECK(bm.file || device == engine::Device::kCuda, "random weights of a named shape run on the GPU only: pass -m FILE for --device cpu");
   const uint32_t chunk = o.chunk ? o.chunk : device == engine::Device::kCuda ? 2048 : 64;
   const uint32_t margin = o.warmup + o.steps;
   for (uint32_t c : contexts)
@@ -229,7 +166,7 @@ void run(const Options& o) {
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;
     try {
-      runner = lm ? engine::make_runner(lm->model, spec, eo) : engine::make_random_runner(cfg, spec, eo, o.seed);
+      runner = bm.runner(spec, eo, o.seed);
     } catch (const Error& e) {
       why = e.what();
     }

@@ -11,6 +11,7 @@ void add_run(CLI::App& app);
 void add_perplexity(CLI::App& app);
 void add_passkey(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_bench_serve(CLI::App& app);
 void add_serve(CLI::App& app);  // where cpp-httplib was found (TQ_WITH_SERVE)
 
 }  // namespace tq::cli

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   tq::cli::add_perplexity(app);
   tq::cli::add_passkey(app);
   tq::cli::add_bench(app);
+  tq::cli::add_bench_serve(app);
 #ifdef TQ_WITH_SERVE
   tq::cli::add_serve(app);
 #endif

@@ -9,6 +9,7 @@
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
 # benchmark.
 # ENGINE_BENCH="args": also `tq bench args` (the engine benchmark; JSON to $OUT/engine_bench.json).
+# SERVE_BENCH="args": also `tq bench-serve args` (the serving benchmark; JSON to $OUT/serve_bench.json).
 # PROFILE_STEP="tq bench options": also bench/gpu/profile_step.sh (Nsight Compute: a Llama-3.1-8B
 # shape decode step at batch 1, kernel by kernel).
 # CHECK_MODEL=FILE CHECK_TEXT=FILE: also bench/gpu/check_model.sh (GPU runner against the CPU runner
@@ -23,7 +24,7 @@ summary=()
 note() { summary+=("$1"); echo "== $1"; }
 # At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
 pack() {
-  ( cd "$OUT" && keep="bench.json bench.log bench_base.log test_cuda_runner.log engine_bench.json engine_bench.txt check_model.md profile_step.txt" &&
+  ( cd "$OUT" && keep="bench.json bench.log test_cuda_runner.log engine_bench.json engine_bench.txt serve_bench.json serve_bench.txt check_model.md" &&
     rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -rf $rest ) || true
 }
 
@@ -96,6 +97,10 @@ if [ -n "${ENGINE_BENCH:-}" ]; then
   ./build/h200/apps/cli/tq bench $ENGINE_BENCH --json "$OUT/engine_bench.json" >"$OUT/engine_bench.txt" 2>"$OUT/engine_bench.err"
   note "tq bench $ENGINE_BENCH: rc=$?"
 fi
+if [ -n "${SERVE_BENCH:-}" ]; then
+  ./build/h200/apps/cli/tq bench-serve $SERVE_BENCH --json "$OUT/serve_bench.json" >"$OUT/serve_bench.txt" 2>"$OUT/serve_bench.err"
+  note "tq bench-serve $SERVE_BENCH: rc=$?"
+fi
 if [ -n "${PROFILE_STEP:-}" ] && command -v ncu >/dev/null; then  # e.g. PROFILE_STEP="--products gemv"
   timeout 300 bash bench/gpu/profile_step.sh --shape llama-3.1-8b --kv k3v2 --batch 1 --context 4096 $PROFILE_STEP >"$OUT/profile_step.txt" 2>&1
   note "profile of a decode step ($PROFILE_STEP): rc=$?, $(head -1 "$OUT/profile_step.txt")"
@@ -104,6 +109,7 @@ if [ -n "${NO_BENCH:-}" ]; then
   [ -f "$OUT/profile_step.txt" ] && head -25 "$OUT/profile_step.txt"
   [ -f "$OUT/check_model.md" ] && cat "$OUT/check_model.md"
   [ -f "$OUT/engine_bench.txt" ] && { tail -5 "$OUT/engine_bench.err"; cat "$OUT/engine_bench.txt"; }
+  [ -f "$OUT/serve_bench.txt" ] && { tail -5 "$OUT/serve_bench.err" | tr '\r' '\n' | tail -5; cat "$OUT/serve_bench.txt"; }
   echo "================ summary ================"; printf '%s\n' "${summary[@]}"; pack; exit 0
 fi
 if [ -n "${BASE:-}" ] && [ -d "$BASE" ]; then

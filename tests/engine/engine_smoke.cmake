@@ -2,7 +2,7 @@
 # Invoked by ctest: cmake -DTQ=<tq> -DDATA=<shared data dir> -DTMP=<scratch dir> -P engine_smoke.cmake
 include(${CMAKE_CURRENT_LIST_DIR}/../cmake/tq_cli_test.cmake)
 
-foreach(sub run perplexity passkey bench)
+foreach(sub run perplexity passkey bench bench-serve)
   run_ok(${sub} --help)
 endforeach()
 
@@ -109,4 +109,19 @@ run_fails("--batch: '0'" 2 bench -m ${M} --tokenizer ${T} --device cpu --batch 0
 run_fails("--context 10: must exceed" 2 bench -m ${M} --tokenizer ${T} --device cpu --context 10)
 run_fails("unknown model shape 'nope' (known: llama-3.1-8b" 2 bench --shape nope --device cpu)
 run_fails("random weights of a named shape run on the GPU only" 2 bench --device cpu)
+# tq bench-serve on the CPU runner: a row per cache, every request through, the pool given back
+# (the command fails otherwise); its refusals name the value.
+run_ok(bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16,k3v2 --prompt 60 --output 12 --kv-memory 0.0005 --requests 20
+       --json ${TMP}/bench_serve.json)
+file(READ ${TMP}/bench_serve.json J)
+string(JSON nr LENGTH "${J}" rows)
+string(JSON c0 GET "${J}" rows 0 concurrency)
+string(JSON tps GET "${J}" rows 1 output_tokens_per_s)
+string(JSON ttft GET "${J}" rows 1 ttft_p99_s)
+if(NOT nr EQUAL 2 OR NOT c0 EQUAL 9 OR NOT tps GREATER 0 OR NOT ttft GREATER 0)
+  message(FATAL_ERROR "tq bench-serve --json: ${nr} rows (want 2), fp16 clients ${c0} (want 9), k3v2 output tokens/s ${tps}, TTFT p99 ${ttft}")
+endif()
+run_fails("--concurrency takes one value" 2 bench-serve -m ${M} --tokenizer ${T} --device cpu --concurrency 2,3)
+run_fails("--prompt 500 + --output 100 = 600 tokens: beyond the model's 512" 2 bench-serve -m ${M} --tokenizer ${T} --device cpu --prompt 500 --output 100)
+run_fails("random weights of a named shape run on the GPU only" 2 bench-serve --device cpu)
 run_fails("--products: 'fast' is neither gemv nor cublas" 2 bench -m ${M} --tokenizer ${T} --device cpu --products gemv,fast)

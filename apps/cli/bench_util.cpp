@@ -1,0 +1,90 @@
+#include "bench_util.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "tq/check.h"
+#include "tq/model/shapes.h"
+
+namespace tq::cli {
+
+std::vector<std::string> split_commas(const std::string& text) {
+  std::vector<std::string> items;
+  for (size_t at = 0; at <= text.size();) {
+    const size_t end = std::min(text.find(',', at), text.size());
+    items.push_back(text.substr(at, end - at));
+    at = end + 1;
+  }
+  return items;
+}
+
+std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool allow_max, bool* has_max) {
+  std::vector<uint32_t> v;
+  for (const std::string& item : split_commas(text)) {
+    if (allow_max && item == "max") {
+      *has_max = true;
+    } else {
+      size_t used = 0;
+      unsigned long x = 0;
+      try {
+        x = std::stoul(item, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      TQ_CHECK(used == item.size() && !item.empty() && x >= 1 && x <= (1ul << 24), "{}: '{}' is not a count in 1..16777216{}", flag,
+               item, allow_max ? " or max" : "");
+      v.push_back(uint32_t(x));
+    }
+  }
+  return v;
+}
+
+std::vector<KvSpec> parse_kv_list(const std::string& text) {
+  std::vector<KvSpec> specs;
+  for (const std::string& item : split_commas(text)) specs.push_back(parse_kv_spec(item == "default" ? kDefaultKvSpec : item));
+  return specs;
+}
+
+double CacheCost::seq_bytes(uint32_t ctx) const { return std::ceil(double(ctx) / page_size) * page_bytes + side_bytes; }
+
+CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side_extra) {
+  CacheCost k;
+  k.page_bytes = double(s.page_bytes(uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim)));
+  k.page_size = s.format.page_size;
+  k.bytes_per_token = k.page_bytes / k.page_size;
+  // The runner's side buffer (its side_bytes()): fp16 K and V of each side token and layer.
+  k.side_bytes = double(s.policy.side_tokens(side_extra)) * c.n_layers * 2.0 * c.kv_dim() * 2.0;
+  return k;
+}
+
+BenchModel load_bench_model(const std::string& file, const std::string& tokenizer, const std::string& shape) {
+  BenchModel b;
+  if (!file.empty()) {
+    b.file = std::make_unique<LoadedModel>(load_model_and_tokenizer(file, tokenizer));
+    b.config = b.file->model.config;
+    b.name = file;
+  } else {
+    b.config = model::named_shape(shape);
+    b.name = shape + " (random weights)";
+  }
+  return b;
+}
+
+std::unique_ptr<engine::ModelRunner> BenchModel::runner(const KvSpec& spec, const engine::EngineOptions& resolved, uint64_t seed) const {
+  return file ? engine::make_runner(file->model, spec, resolved) : engine::make_random_runner(config, spec, resolved, seed);
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double at = q * double(v.size() - 1);
+  const size_t lo = size_t(std::floor(at)), hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (at - double(lo)) * (v[hi] - v[lo]);
+}
+
+}  // namespace tq::cli

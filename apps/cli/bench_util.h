@@ -1,0 +1,52 @@
+// What the two benchmark commands (tq bench, tq bench-serve) share: list flags, the bytes a cache
+// needs per sequence, the runner they measure, medians and percentiles.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model_files.h"
+#include "tq/engine/engine.h"
+#include "tq/kv/spec.h"
+
+namespace tq::cli {
+
+// "a,b,c" -> {a, b, c}; empty items are kept (and refused by the callers).
+std::vector<std::string> split_commas(const std::string& text);
+// "1,16,max" -> {1, 16}, *has_max set where allow_max; throws tq::Error naming `flag` and the item.
+std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool allow_max, bool* has_max = nullptr);
+// "bf16,k3v2,default" -> the specs; "default" is tq run's.
+std::vector<KvSpec> parse_kv_list(const std::string& text);
+
+// Bytes a cache needs for one sequence of `ctx` tokens: whole pages, plus the side buffer.
+struct CacheCost {
+  double page_bytes = 0, side_bytes = 0, bytes_per_token = 0;
+  uint32_t page_size = 16;
+  double seq_bytes(uint32_t ctx) const;
+};
+// side_extra: the side buffer's rows beyond sink + window (the runner's: kSideRollback on the GPU,
+// the prefill chunk on the CPU).
+CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side_extra);
+
+// The model a benchmark runs: a file (any device), or a named shape with random weights (the GPU).
+struct BenchModel {
+  std::unique_ptr<LoadedModel> file;  // null: random weights of `config`
+  model::ModelConfig config;
+  std::string name;
+  // The runner for `resolved` options (Engine::resolve'd); throws tq::Error where it cannot run.
+  std::unique_ptr<engine::ModelRunner> runner(const KvSpec& spec, const engine::EngineOptions& resolved, uint64_t seed) const;
+};
+// -m FILE (with --tokenizer) or --shape NAME.
+BenchModel load_bench_model(const std::string& file, const std::string& tokenizer, const std::string& shape);
+
+double median(std::vector<double> v);
+// The q-quantile (0..1) by linear interpolation; 0 for an empty set.
+double percentile(std::vector<double> v, double q);
+
+using clock_type = std::chrono::steady_clock;
+inline double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
+
+}  // namespace tq::cli

@@ -1,0 +1,104 @@
+// The serving scheduler over the CUDA runner: requests arriving mid-run, batched with chunked
+// prefill, a pool small enough that decodes preempt and recompute, prefix hits. Each request is
+// greedy, so each of its tokens must be the argmax of an eager engine's logits over its prompt and
+// the tokens before, wherever that argmax is clear; and every page is back in the pool at the end.
+//
+// Bound. The scheduler's steps and the reference prefill run the same kernels on the same cache
+// format; they differ in batch composition and chunking, hence in summation order (fp32 sums of
+// bf16 products), which moves logits by far less than 1% of their spread (the CPU-against-GPU
+// tests bound a larger difference, fp32 against bf16 weights, by KL < 1e-2). So the argmax is
+// required where the top-2 gap exceeds 1% of the spread. A wrong page, position or sequence in a
+// step moves logits by O(their spread).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <map>
+#include <random>
+
+#include "cuda_test_util.h"
+#include "tiny_models.h"
+#include "tq/engine/engine.h"
+#include "tq/serve/scheduler.h"
+
+namespace tq {
+namespace {
+
+constexpr int kVocab = 300;
+
+TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
+  TQ_REQUIRE_GPU();
+  model::testing::TinyModelSpec ms;
+  ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = kVocab, ms.realistic = true;
+  const model::Model m = model::testing::load_written(model::testing::tiny_model(ms));
+  // 256 tokens of pages: two or three of the six requests at once, so decodes preempt.
+  for (const char* spec_text : {"k3v2", "fp16:page=8", "k3v2:sink=4:window=16"}) {
+    SCOPED_TRACE(spec_text);
+    const KvSpec spec = parse_kv_spec(spec_text);
+    engine::Engine e(m, spec, {.device = engine::Device::kCuda, .context = 256, .max_seqs = 6, .num_pages = 256 / spec.format.page_size, .max_chunk = 64});
+    serve::Scheduler s(e, [](int) { return false; }, {.max_num_seqs = 6, .max_batched_tokens = 40});
+    std::mt19937 rng(5);
+    const auto tokens = [&](size_t n) {
+      std::vector<int> p(n);
+      for (int& t : p) t = int(rng() % kVocab);
+      return p;
+    };
+    const std::vector<int> shared = tokens(40);  // the first 40 tokens of half the prompts: 2 full pages of 16
+    std::vector<serve::Request> reqs;
+    for (int i = 0; i < 10; ++i) {
+      std::vector<int> p = i % 2 ? shared : std::vector<int>{};
+      const std::vector<int> tail = tokens(3 + rng() % 60);
+      p.insert(p.end(), tail.begin(), tail.end());
+      reqs.push_back({p, {}, uint32_t(8 + rng() % 23)});
+    }
+    std::map<uint64_t, size_t> index;  // request id -> reqs index
+    std::map<uint64_t, std::vector<int>> got;
+    std::map<uint64_t, serve::Finish> ended;
+    for (size_t i = 0; i < 5; ++i) index[s.add(reqs[i])] = i;
+    for (int step = 0; !s.idle() && step < 10000; ++step) {
+      if (step == 6)
+        for (size_t i = 5; i < reqs.size(); ++i) index[s.add(reqs[i])] = i;  // arrivals while others run
+      for (const serve::Event& ev : s.step()) {
+        EXPECT_EQ(ended.count(ev.id), 0u) << "an event after the end of request " << ev.id;
+        if (ev.token >= 0) got[ev.id].push_back(ev.token);
+        if (ev.finish != serve::Finish::kNone) ended[ev.id] = ev.finish;
+      }
+    }
+    ASSERT_TRUE(s.idle());
+    const serve::SchedulerStats st = s.stats();
+    EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
+    EXPECT_EQ(st.finished, reqs.size());
+    EXPECT_GT(st.preemptions, 0u);
+    if (s.prefix_caching()) {
+      EXPECT_GT(st.prefix_hit_tokens, 0u);
+    }
+
+    // Each request teacher-forced through one eager prefill: logits of every position.
+    engine::Engine ref(m, spec, {.device = engine::Device::kCuda, .context = 256, .max_chunk = 256, .eager = true});
+    size_t decided = 0, total = 0;
+    for (const auto& [id, i] : index) {
+      const serve::Request& r = reqs[i];
+      const std::vector<int>& out = got[id];
+      ASSERT_EQ(ended[id], serve::Finish::kLength) << "request " << i;
+      ASSERT_EQ(out.size(), r.max_tokens) << "request " << i;
+      std::vector<int> seen = r.prompt;
+      seen.insert(seen.end(), out.begin(), out.end() - 1);
+      const int seq = ref.add_sequence();
+      const std::vector<float> logits = ref.prefill(seq, seen, true);
+      ref.remove_sequence(seq);
+      for (size_t k = 0; k < out.size(); ++k) {
+        const float* l = &logits[(r.prompt.size() - 1 + k) * kVocab];
+        std::vector<float> sorted(l, l + kVocab);
+        std::sort(sorted.begin(), sorted.end(), std::greater<>());
+        ++total;
+        if (sorted[0] - sorted[1] > 0.01f * (sorted[0] - sorted[kVocab - 1])) {
+          ++decided;
+          EXPECT_EQ(out[k], int(std::max_element(l, l + kVocab) - l)) << "request " << i << " token " << k;
+        }
+      }
+    }
+    EXPECT_GT(decided, total * 3 / 4) << "too few clear positions to judge: " << decided << " of " << total;
+  }
+}
+
+}  // namespace
+}  // namespace tq
