@@ -203,6 +203,7 @@ void run(const Options& o) {
                        {"pages", pages},
                        {"kv_bytes_per_request", cost.seq_bytes(ctx)}};
     if (full_tps > 0 && first_full > 0) row["full_decode_vs_first"] = full_tps / first_full;
+    fmt::print(stderr, "tq bench-serve: {}: {}\n", label, row.dump());  // each cache's result as soon as it stands
     tab.add(std::move(row));
   }
 
