@@ -49,6 +49,66 @@ bool is_stop_token(const model::Model& m, const model::Tokenizer& tok, int id) {
   return id == tok.eos_id() || id == tok.eot_id() || (m.config.source == model::WeightSource::Llama2c && id == tok.bos_id());
 }
 
+namespace {
+
+// A token from p[vocab] (sums to 1) without `skip`, renormalized: u in [0, 1) falls in the
+// cumulative mass of the other tokens in id order.
+int sample_without(const std::vector<float>& p, int skip, double u) {
+  double rest = 0;
+  for (size_t i = 0; i < p.size(); ++i) rest += int(i) == skip ? 0.0 : double(p[i]);
+  const double target = u * rest;
+  double acc = 0;
+  int last = -1;
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (int(i) == skip || p[i] <= 0) continue;
+    acc += double(p[i]), last = int(i);
+    if (acc > target) return int(i);
+  }
+  return last;  // rounding left u * rest at the very end
+}
+
+// One speculative step. `next` is the last token (emitted, not fed); the engine scores it with
+// the drafts in one pass. Drafted tokens the target agrees with are emitted (through `emit`, which
+// says false on a stop token); `next` becomes the target's token after them. Returns false when
+// a stop token ended the text. The cache keeps `next` and the emitted drafts only.
+bool verify_drafts(Engine& e, int seq, int& next, const std::vector<int>& drafts, Sampler& sampler, Speculation& sp,
+                   const std::function<bool(int)>& emit) {
+  const uint32_t before = e.seq_len(seq);
+  BatchItem item{seq, {next}, true};
+  item.tokens.insert(item.tokens.end(), drafts.begin(), drafts.end());
+  const std::vector<float> rows = e.forward({item});  // [1 + drafts][vocab]: row i scores the token after item.tokens[i]
+  const size_t V = rows.size() / item.tokens.size();
+  std::vector<float> p;
+  uint32_t kept = 0;
+  bool more = true;
+  int pick = -1;
+  for (; kept < drafts.size(); ++kept) {
+    const std::span<const float> row(&rows[kept * V], V);
+    const int d = drafts[kept];
+    if (sampler.params().greedy()) {
+      pick = sampler.sample(row);
+      if (pick != d) break;
+    } else {
+      sampler.probabilities(row, p);
+      if (!(sampler.draw() < double(p[size_t(d)]))) {
+        pick = sample_without(p, d, sampler.draw());
+        break;
+      }
+    }
+    if (!emit(d)) {  // a stop token: the text ends, d is not fed
+      more = false;
+      break;
+    }
+  }
+  sp.stats.steps++, sp.stats.drafted += drafts.size(), sp.stats.accepted += kept;
+  sp.update(uint32_t(drafts.size()), kept);
+  if (more) next = kept == drafts.size() ? sampler.sample(std::span<const float>(&rows[kept * V], V)) : pick;
+  e.truncate(seq, before + 1 + kept);
+  return more;
+}
+
+}  // namespace
+
 uint32_t generate(Engine& e, int seq, std::vector<float> logits, Sampler& sampler, const model::Model& m, const model::Tokenizer& tok,
                   const GenerateOptions& o, const std::function<void(int)>& on_token) {
   const uint32_t start = e.seq_len(seq);
@@ -56,13 +116,28 @@ uint32_t generate(Engine& e, int seq, std::vector<float> logits, Sampler& sample
   // Another token is sampled while both limits allow one more: it goes at position start + generated.
   const auto more = [&] { return generated < o.max_tokens && (o.context == 0 || start + generated < o.context); };
   if (!more()) return 0;
+  Speculation* sp = o.speculation;
+  const auto emit = [&](int t) {
+    if (is_stop_token(m, tok, t)) return false;
+    on_token(t);
+    ++generated;
+    if (sp) sp->drafter->extend({&t, 1});
+    return true;
+  };
   // The prefill's logits are here already; later steps sample on the runner's device (only the
   // ids come back).
   int next = sampler.sample(logits);
-  while (!is_stop_token(m, tok, next)) {
-    on_token(next);
-    ++generated;
-    if (!more()) break;
+  while (emit(next) && more()) {
+    // Drafts fit where their tokens and the target's one after them stay within both limits.
+    uint32_t room = sp ? std::min(sp->length(), o.max_tokens - generated - 1) : 0;
+    if (o.context) room = std::min(room, o.context - start - generated - 1);
+    const std::vector<int> drafts = room ? sp->drafter->draft(room) : std::vector<int>{};
+    if (!drafts.empty()) {
+      if (!verify_drafts(e, seq, next, drafts, sampler, *sp, emit)) break;
+      if (!more()) break;  // not reached: room keeps the target's token within the limits
+      continue;
+    }
+    if (sp) sp->stats.plain_steps++;
     const std::vector<BatchItem> step{BatchItem{seq, {next}, false}};
     next = e.forward_sample(step, {sampler.next_args()})[0];
   }

@@ -81,6 +81,11 @@ class Engine {
   void cache_pages(int seq, std::span<const int> tokens) { blocks_.cache_full_pages(seq, tokens); }
   void remove_sequence(int seq);  // its pages go back to the pool
   void reset_sequence(int seq);   // empty again (pages released)
+  // Takes the sequence back to its first `len` positions (rejected draft tokens); pages past them
+  // go back to the pool. The runners keep nothing past a sequence's length that a later step reads
+  // (the CPU's recent-token ring holds a chunk more than the window; the CUDA runner's ring
+  // kSideRollback positions more, and its next step refuses a sequence taken back further).
+  void truncate(int seq, uint32_t len) { blocks_.truncate(seq, len); }
   uint32_t seq_len(int seq) const { return blocks_.len(seq); }
   size_t kv_bytes(int seq) const;  // pages + side buffers held by the sequence
   // Bits per K/V element of the pages over all layers (edge layers included), from the runner's

@@ -9,6 +9,7 @@
 
 #include "tq/engine/engine.h"
 #include "tq/engine/sampler.h"
+#include "tq/engine/speculative.h"
 #include "tq/model/model.h"
 #include "tq/model/tokenizer.h"
 
@@ -42,13 +43,17 @@ bool is_stop_token(const model::Model& m, const model::Tokenizer& tok, int id);
 struct GenerateOptions {
   uint32_t max_tokens = 256;  // most tokens to generate
   uint32_t context = 0;       // most tokens of prompt + generated text (the engine's context); 0: no limit
+  // Speculative decoding (speculative.h): null, or a drafter already told the prompt. Each step
+  // then feeds the last token with up to length() drafts and keeps what the target agrees with.
+  Speculation* speculation = nullptr;
 };
 
 // Continues sequence `seq` of `e`, whose last token's logits ([vocab]) are `logits` (from the
 // prefill): samples a token, ends on a stop token (neither passed on nor fed), else passes it to
 // on_token and feeds it back for the next logits, until max_tokens are generated or the text
 // fills `context`. The last token is not fed (nothing would read its logits). Returns the number
-// of tokens passed to on_token.
+// of tokens passed to on_token. With speculation the sequence ends as without: rejected drafts are
+// taken back, and the tokens fed are the same.
 uint32_t generate(Engine& e, int seq, std::vector<float> logits, Sampler& sampler, const model::Model& m, const model::Tokenizer& tok,
                   const GenerateOptions& o, const std::function<void(int)>& on_token);
 

@@ -6,8 +6,11 @@
 //           a page-sized tile. Side-buffer tokens (sink/window): fp16 rows, unrotated query.
 //   values  TurboQuant values are accumulated in the rotated domain and un-rotated once per query
 //           at the end: with one or two queries through accumulate_rotated; with more, each page's
-//           rows are decoded (rotated domain, x norm) into a page tile once and shared by all
-//           queries of the block. Float values and side-buffer tokens accumulate directly.
+//           rows are decoded (rotated domain, centroids) into a page tile once and shared by all
+//           queries of the block. Both add (weight x norm) x centroid, so a query's output does
+//           not depend on how many queries a step carries: speculative verification gives the
+//           logits of one-token decoding bit for bit. Float values and side-buffer tokens
+//           accumulate directly.
 // No full-precision copy of the cache is made: the largest buffers are one page of rows and the
 // [queries][positions] score matrix.
 #include <fmt/format.h>
@@ -127,7 +130,8 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
   // ---- values
   std::vector<float> acc_rot(vc ? size_t(nqb) * pd : 0);  // [nqb][pd] TurboQuant values, rotated domain
   std::vector<float> acc(size_t(nqb) * D, 0.0f);          // [nqb][D] float values and side-buffer rows
-  const bool use_tile = vc && nqb > 2;
+  const bool use_tile = vc && nqb > 2 && !vc->config().prod;  // prod values: accumulate_rotated's own order
+  std::vector<float> norms(ps);                                // [ps] the tile's row norms
   for (uint32_t p0 = 0; p0 < span; p0 += ps) {
     const uint32_t p1 = std::min(span, p0 + ps);
     const uint8_t* blk = cache.block(local, uint32_t((*s.block_table)[p0 / ps]), h);
@@ -136,10 +140,8 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
     } else if (use_tile) {
       for (uint32_t t = p0; t < p1; ++t) {
         const ConstRowRef r = value_row(L, blk, t - p0);
-        float* dst = &tile[size_t(t - p0) * pd];
-        vc->decode_rotated(r, dst);
-        const float norm = f16_to_f32(*r.norm);
-        for (uint32_t i = 0; i < pd; ++i) dst[i] *= norm;
+        vc->decode_rotated(r, &tile[size_t(t - p0) * pd]);
+        norms[t - p0] = f16_to_f32(*r.norm);
       }
     }
     for (uint32_t qi = 0; qi < nqb; ++qi) {
@@ -154,9 +156,11 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
           const float* v = &tile[size_t(t - p0) * D];
           for (uint32_t i = 0; i < D; ++i) a[i] += w[t] * v[i];
         } else if (use_tile) {
+          const float wn = w[t] * norms[t - p0];  // as accumulate_rotated: the same products and sums
+          if (wn == 0) continue;
           const float* v = &tile[size_t(t - p0) * pd];
           float* ar = &acc_rot[size_t(qi) * pd];
-          for (uint32_t i = 0; i < pd; ++i) ar[i] += w[t] * v[i];
+          for (uint32_t i = 0; i < pd; ++i) ar[i] += wn * v[i];
         } else {
           vc->accumulate_rotated(value_row(L, blk, t - p0), w[t], &acc_rot[size_t(qi) * pd]);
         }
