@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 
 #include "commands.h"
 #include "tq/check.h"
@@ -24,6 +25,7 @@ struct Options {
   double gpu_memory = 0;
   bool chat = false;
   std::string logits_file;  // test hook: prompt token ids and last-token logits
+  std::string speculative;  // --spec: "" or a speculative_spec
 };
 
 void run(const Options& o) {
@@ -31,6 +33,13 @@ void run(const Options& o) {
   TQ_CHECK(o.steps >= 0, "-n must be >= 0, got {}", o.steps);
   engine::Sampler sampler(o.sampling);  // refuses bad --temp / --top-k / --top-p / --min-p before the model loads
   const KvSpec spec = parse_kv_spec(o.kv);
+  std::unique_ptr<engine::Drafter> drafter;
+  std::optional<engine::Speculation> speculation;
+  if (!o.speculative.empty()) {
+    const engine::SpeculativeSpec ss = engine::parse_speculative_spec(o.speculative);
+    drafter = engine::make_drafter(ss);
+    speculation.emplace(drafter.get(), ss.max_draft, ss.adaptive);
+  }
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
   const auto& cfg = lm.model.config;
   const auto& tok = *lm.tokenizer;
@@ -65,8 +74,10 @@ void run(const Options& o) {
     std::fflush(stdout);
     prev = next;
   };
-  const uint32_t generated =
-      engine::generate(e, s, std::move(logits), sampler, lm.model, tok, {.max_tokens = uint32_t(o.steps), .context = ctx}, print);
+  if (drafter) drafter->extend(prompt);
+  const uint32_t generated = engine::generate(e, s, std::move(logits), sampler, lm.model, tok,
+                                              {.max_tokens = uint32_t(o.steps), .context = ctx, .speculation = speculation ? &*speculation : nullptr},
+                                              print);
   const auto t2 = clock::now();
   fmt::print("\n");
   std::fflush(stdout);  // the text ends before the statistics on stderr
@@ -75,6 +86,11 @@ void run(const Options& o) {
   const double used = double(e.kv_bytes(s));
   fmt::print(stderr, "prompt: {} tokens, {:.1f} tokens/s | generation: {} tokens, {:.1f} tokens/s\n", prompt.size(),
              double(prompt.size()) / std::max(pt, 1e-9), generated, double(generated) / std::max(gt, 1e-9));
+  if (speculation) {
+    const engine::SpeculativeStats& st = speculation->stats;
+    fmt::print(stderr, "speculation ({}): {} verify steps and {} plain ones; {} of {} drafted tokens kept ({:.1f}%), {:.2f} tokens per verify step\n",
+               o.speculative, st.steps, st.plain_steps, st.accepted, st.drafted, 100 * st.acceptance(), st.tokens_per_step());
+  }
   // The sink/window side buffers are a fixed fp16 cost per sequence, so short runs can use more
   // than an fp16 cache would; say so, and give the ratio the pages reach on long sequences.
   const double bits = e.bits_per_element(), ratio = fp16 / std::max(used, 1.0);
@@ -112,6 +128,12 @@ void add_run(CLI::App& app) {
   c->add_option("--gpu-memory", o->gpu_memory,
                 "fraction of the GPU's memory to use, in (0, 1]: the KV page pool gets what the weights and scratch\n"
                 "leave (vLLM's --gpu-memory-utilization); default: a pool of one --ctx sequence");
+  c->add_option("--spec", o->speculative,
+                "speculative decoding: ngram = prompt lookup (the last n tokens looked up earlier in the text, what\n"
+                "followed them is drafted; fast where the answer copies from the prompt). Options after ':' -\n"
+                "k=N most drafted tokens per step, 1..8 (default 8), n=N longest n-gram matched (default 3),\n"
+                "min=N shortest (default 2), fixed=1 always k drafts (default: adaptive to the acceptance).\n"
+                "Greedy text is the same as without; sampled text keeps the same distribution. Example: --spec ngram:k=4");
   c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests)");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
   c->callback([o] { run(*o); });
