@@ -2,6 +2,8 @@
 // needs per sequence, the runner they measure, medians and percentiles.
 #pragma once
 
+#include <CLI/CLI.hpp>
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -40,6 +42,7 @@ struct BenchModel {
   std::unique_ptr<engine::ModelRunner> runner(const KvSpec& spec, const engine::EngineOptions& resolved, uint64_t seed) const;
 };
 // -m FILE (with --tokenizer) or --shape NAME.
+void add_model_options(CLI::App* c, std::string& shape, std::string& file, std::string& tokenizer);
 BenchModel load_bench_model(const std::string& file, const std::string& tokenizer, const std::string& shape);
 
 double median(std::vector<double> v);

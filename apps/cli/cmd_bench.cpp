@@ -234,10 +234,7 @@ void add_bench(CLI::App& app) {
       "the values; vLLM's --load-format dummy). Decode contexts are taken as already written (zeroed pages\n"
       "are read like any other), so a 32K point costs no 32K prefill.\n"
       "Example: tq bench --shape llama-3.1-8b --kv bf16,k3v2 --batch 1,16,max --context 4096,32768 --json out.json");
-  c->add_option("--shape", o->shape,
-                "model shape with random weights: llama-3.1-8b (default), llama-3.2-1b, qwen2.5-7b, qwen2.5-0.5b, smollm2-135m");
-  c->add_option("-m,--model", o->model, "a model file (GGUF, llama2.c) instead of a shape; runs on --device cpu too");
-  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for a llama2.c checkpoint given with -m");
+  add_model_options(c, o->shape, o->model, o->tokenizer);
   c->add_option("--kv", o->kv, "comma-separated KV specs; 'default' is tq run's (default: bf16,fp8,k4v4,k3v2,default)");
   c->add_option("--batch", o->batch, "decode batch sizes; 'max' = the largest that fits --kv-memory at each context (default 1,16,64,max)");
   c->add_option("--context", o->context, "decode contexts in tokens (default 4096,32768)");

@@ -236,10 +236,7 @@ void add_bench_serve(CLI::App& app) {
       "the same length. Without -m the model is a named real shape with random weights on the GPU.\n"
       "For the HTTP path with a real client, see bench/serve/serve_load.py.\n"
       "Example: tq bench-serve --shape llama-3.1-8b --kv bf16,fp8,k3v2 --prompt 32768 --output 256 --kv-memory 40");
-  c->add_option("--shape", o->shape,
-                "model shape with random weights: llama-3.1-8b (default), llama-3.2-1b, qwen2.5-7b, qwen2.5-0.5b, smollm2-135m");
-  c->add_option("-m,--model", o->model, "a model file (GGUF, llama2.c) instead of a shape; runs on --device cpu too");
-  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for a llama2.c checkpoint given with -m");
+  add_model_options(c, o->shape, o->model, o->tokenizer);
   c->add_option("--kv", o->kv, "comma-separated KV specs; 'default' is tq run's (default: bf16,fp8,k3v2)");
   c->add_option("--prompt", o->prompt, "prompt length in tokens (default 32768)");
   c->add_option("--output", o->output, "tokens generated per request (default 256)");
