@@ -64,7 +64,7 @@ int sample_without(const std::vector<float>& p, int skip, double u) {
     acc += double(p[i]), last = int(i);
     if (acc > target) return int(i);
   }
-  return last;  // rounding left u * rest at the very end
+  return last >= 0 ? last : skip;  // rounding left u * rest at the very end; or p is one-hot at skip
 }
 
 // One speculative step. `next` is the last token (emitted, not fed); the engine scores it with
@@ -131,6 +131,7 @@ uint32_t generate(Engine& e, int seq, std::vector<float> logits, Sampler& sample
     // Drafts fit where their tokens and the target's one after them stay within both limits.
     uint32_t room = sp ? std::min(sp->length(), o.max_tokens - generated - 1) : 0;
     if (o.context) room = std::min(room, o.context - start - generated - 1);
+    room = std::min(room, e.options().max_chunk - 1);  // the step carries the last token and the drafts
     const std::vector<int> drafts = room ? sp->drafter->draft(room) : std::vector<int>{};
     if (!drafts.empty()) {
       if (!verify_drafts(e, seq, next, drafts, sampler, *sp, emit)) break;
