@@ -5,35 +5,19 @@
 
 #include "tq/check.h"
 #include "tq/model/shapes.h"
+#include "tq/text.h"
 
 namespace tq::cli {
 
-std::vector<std::string> split_commas(const std::string& text) {
-  std::vector<std::string> items;
-  for (size_t at = 0; at <= text.size();) {
-    const size_t end = std::min(text.find(',', at), text.size());
-    items.push_back(text.substr(at, end - at));
-    at = end + 1;
-  }
-  return items;
-}
-
 std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool allow_max, bool* has_max) {
   std::vector<uint32_t> v;
-  for (const std::string& item : split_commas(text)) {
+  for (const std::string& item : split(text, ',')) {
     if (allow_max && item == "max") {
       *has_max = true;
     } else {
-      size_t used = 0;
-      unsigned long x = 0;
-      try {
-        x = std::stoul(item, &used);
-      } catch (const std::exception&) {
-        used = 0;
-      }
-      TQ_CHECK(used == item.size() && !item.empty() && x >= 1 && x <= (1ul << 24), "{}: '{}' is not a count in 1..16777216{}", flag,
-               item, allow_max ? " or max" : "");
-      v.push_back(uint32_t(x));
+      const std::optional<uint64_t> x = parse_uint(item);
+      TQ_CHECK(x && *x >= 1 && *x <= (1ul << 24), "{}: '{}' is not a count in 1..16777216{}", flag, item, allow_max ? " or max" : "");
+      v.push_back(uint32_t(*x));
     }
   }
   return v;
@@ -41,7 +25,7 @@ std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool
 
 std::vector<KvSpec> parse_kv_list(const std::string& text) {
   std::vector<KvSpec> specs;
-  for (const std::string& item : split_commas(text)) specs.push_back(parse_kv_spec(item == "default" ? kDefaultKvSpec : item));
+  for (const std::string& item : split(text, ',')) specs.push_back(parse_kv_spec(item == "default" ? kDefaultKvSpec : item));
   return specs;
 }
 

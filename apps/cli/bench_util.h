@@ -16,8 +16,6 @@
 
 namespace tq::cli {
 
-// "a,b,c" -> {a, b, c}; empty items are kept (and refused by the callers).
-std::vector<std::string> split_commas(const std::string& text);
 // "1,16,max" -> {1, 16}, *has_max set where allow_max; throws tq::Error naming `flag` and the item.
 std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool allow_max, bool* has_max = nullptr);
 // "bf16,k3v2,default" -> the specs; "default" is tq run's.

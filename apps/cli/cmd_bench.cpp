@@ -18,6 +18,7 @@
 #include "tq/engine/engine.h"
 #include "tq/kv/block_manager.h"
 #include "tq/model/shapes.h"
+#include "tq/text.h"
 
 namespace tq::cli {
 namespace {
@@ -85,7 +86,7 @@ void run(const Options& o) {
   TQ_CHECK(o.bandwidth_tbs > 0 && std::isfinite(o.bandwidth_tbs), "--bandwidth must be a positive number of TB/s, got {}", o.bandwidth_tbs);
   const std::vector<KvSpec> specs = parse_kv_list(o.kv);
   std::vector<bool> cublas_only;  // per --products item
-  for (const std::string& item : split_commas(o.products)) {
+  for (const std::string& item : split(o.products, ',')) {
     TQ_CHECK(item == "gemv" || item == "cublas", "--products: '{}' is neither gemv nor cublas", item);
     cublas_only.push_back(item == "cublas");
   }

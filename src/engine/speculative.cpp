@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "tq/check.h"
+#include "tq/text.h"
 
 namespace tq::engine {
 
@@ -45,30 +46,24 @@ SpeculativeSpec parse_speculative_spec(const std::string& text) {
   SpeculativeSpec s;
   s.text = text;
   bool min_given = false;
-  size_t at = text.find(':');
-  const std::string kind = text.substr(0, at);
-  TQ_CHECK(kind == "ngram", "--spec '{}': unknown draft source '{}' (known: ngram)", text, kind);
-  while (at != std::string::npos) {
-    const size_t next = text.find(':', at + 1);
-    const std::string part = text.substr(at + 1, next == std::string::npos ? std::string::npos : next - at - 1);
-    at = next;
+  const std::vector<std::string> parts = split(text, ':');
+  TQ_CHECK(parts[0] == "ngram", "--spec '{}': unknown draft source '{}' (known: ngram)", text, parts[0]);
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const std::string& part = parts[i];
     const size_t eq = part.find('=');
-    const std::string name = part.substr(0, eq), value = eq == std::string::npos ? "" : part.substr(eq + 1);
-    unsigned long v = 0;
-    size_t used = 0;
-    try {
-      v = std::stoul(value, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    TQ_CHECK(!value.empty() && used == value.size(), "--spec '{}': '{}' is not name=count", text, part);
+    const std::string name = part.substr(0, eq);
+    const std::optional<uint64_t> value = eq == std::string::npos ? std::nullopt : parse_uint(std::string_view(part).substr(eq + 1));
+    TQ_CHECK(value.has_value(), "--spec '{}': '{}' is not name=count", text, part);
+    const uint64_t v = *value;
     if (name == "k") {
       TQ_CHECK(v >= 1 && v <= 8, "--spec '{}': k={} drafted tokens per step, want 1..8", text, v);
       s.max_draft = uint32_t(v);
     } else if (name == "n") {
-      s.max_ngram = uint32_t(std::min(v, 1000ul));
+      TQ_CHECK(v >= 1 && v <= 8, "--spec '{}': n={} (longest n-gram matched), want 1..8", text, v);
+      s.max_ngram = uint32_t(v);
     } else if (name == "min") {
-      s.min_ngram = uint32_t(std::min(v, 1000ul)), min_given = true;
+      TQ_CHECK(v >= 1 && v <= 8, "--spec '{}': min={} (shortest n-gram matched), want 1..8", text, v);
+      s.min_ngram = uint32_t(v), min_given = true;
     } else if (name == "fixed") {
       TQ_CHECK(v <= 1, "--spec '{}': fixed={}, want 0 or 1", text, v);
       s.adaptive = v == 0;
@@ -76,10 +71,8 @@ SpeculativeSpec parse_speculative_spec(const std::string& text) {
       TQ_CHECK(false, "--spec '{}': unknown option '{}' (known: k, n, min, fixed)", text, name);
     }
   }
-  TQ_CHECK(s.max_ngram >= 1 && s.max_ngram <= 8, "--spec '{}': n={} (longest n-gram matched), want 1..8", text, s.max_ngram);
   if (!min_given) s.min_ngram = std::min(s.min_ngram, s.max_ngram);
-  TQ_CHECK(s.min_ngram >= 1 && s.min_ngram <= s.max_ngram, "--spec '{}': min={} (shortest n-gram matched), want 1..n={}", text, s.min_ngram,
-           s.max_ngram);
+  TQ_CHECK(s.min_ngram <= s.max_ngram, "--spec '{}': min={} (shortest n-gram matched), want 1..n={}", text, s.min_ngram, s.max_ngram);
   return s;
 }
 

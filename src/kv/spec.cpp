@@ -2,32 +2,20 @@
 
 #include <fmt/format.h>
 
-#include <charconv>
+#include <optional>
 #include <tuple>
 #include <utility>
 
 #include "tq/check.h"
+#include "tq/text.h"
 
 namespace tq {
 namespace {
 
-uint64_t parse_uint(const std::string& s, const std::string& what, const std::string& spec) {
-  uint64_t v = 0;
-  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-  TQ_CHECK(ec == std::errc() && p == s.data() + s.size() && !s.empty(), "KV spec '{}': {} must be a non-negative integer, got '{}'", spec,
-           what, s);
-  return v;
-}
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  for (size_t i = 0; i <= s.size(); ++i)
-    if (i == s.size() || s[i] == sep) {
-      out.push_back(s.substr(start, i - start));
-      start = i + 1;
-    }
-  return out;
+uint64_t uint_of(const std::string& s, const std::string& what, const std::string& spec) {
+  const std::optional<uint64_t> v = parse_uint(s);
+  TQ_CHECK(v.has_value(), "KV spec '{}': {} must be a non-negative integer, got '{}'", spec, what, s);
+  return *v;
 }
 
 // fp32 | fp16 | bf16 | fp8 | k<N>v<M>: the K and V codes of a base (TurboQuant as MSE).
@@ -41,8 +29,8 @@ std::pair<TensorCode, TensorCode> parse_base(const std::string& base, const std:
   const size_t vpos = base.find('v');
   TQ_CHECK(base[0] == 'k' && vpos != std::string::npos && vpos > 1 && vpos + 1 < base.size(),
            "unknown KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2", text);
-  const uint64_t kb = parse_uint(base.substr(1, vpos - 1), "the K width", text);
-  const uint64_t vb = parse_uint(base.substr(vpos + 1), "the V width", text);
+  const uint64_t kb = uint_of(base.substr(1, vpos - 1), "the K width", text);
+  const uint64_t vb = uint_of(base.substr(vpos + 1), "the V width", text);
   TQ_CHECK(kb >= 1 && kb <= 8, "KV spec '{}': K width must be 1..8 bits, got {}", text, kb);
   TQ_CHECK(vb >= 1 && vb <= 8, "KV spec '{}': V width must be 1..8 bits, got {}", text, vb);
   return {TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}};
@@ -159,20 +147,20 @@ KvSpec parse_kv_spec(const std::string& text) {
         spec.format.rotation = parse_rotation(val);
       }
     } else if (key == "seed" && eq != std::string::npos) {
-      spec.format.seed = parse_uint(val, "seed", text);
+      spec.format.seed = uint_of(val, "seed", text);
     } else if (key == "page" && eq != std::string::npos) {
-      const uint64_t p = parse_uint(val, "page", text);
+      const uint64_t p = uint_of(val, "page", text);
       TQ_CHECK(p >= 1 && p <= kMaxPageSize, "KV spec '{}': page size must be 1..{} tokens, got {}", text, kMaxPageSize, p);
       spec.format.page_size = uint32_t(p);
     } else if (key == "edge" && eq != std::string::npos) {
       const size_t slash = val.find('/');
       TQ_CHECK(slash != std::string::npos, "KV spec '{}': edge needs <layers>/<base>, e.g. edge=2/k4v4, got '{}'", text, opt);
-      const uint64_t n = parse_uint(val.substr(0, slash), "edge layers", text);
+      const uint64_t n = uint_of(val.substr(0, slash), "edge layers", text);
       TQ_CHECK(n >= 1 && n <= 1024, "KV spec '{}': edge layers must be 1..1024, got {}", text, n);
       spec.policy.edge_layers = uint32_t(n);
       std::tie(spec.policy.edge_k, spec.policy.edge_v) = parse_base(val.substr(slash + 1), text);
     } else if ((key == "sink" || key == "window") && eq != std::string::npos) {
-      const uint64_t n = parse_uint(val, key, text);
+      const uint64_t n = uint_of(val, key, text);
       TQ_CHECK(n <= 65536, "KV spec '{}': {} must be 0..65536 tokens, got {}", text, key, n);
       (key == "sink" ? spec.policy.sink : spec.policy.window) = uint32_t(n);
     } else if (key == "ksim" && eq != std::string::npos) {
