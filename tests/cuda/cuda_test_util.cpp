@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <functional>
 
 namespace tq::test {
 
@@ -21,6 +22,14 @@ std::string attention_case_name(const std::string& spec, uint32_t head_dim, uint
   for (char& ch : s)
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
   return s;
+}
+
+int clear_argmax(const float* logits, size_t n, float gap) {
+  std::vector<float> top(logits, logits + n);
+  std::partial_sort(top.begin(), top.begin() + 2, top.end(), std::greater<>());
+  const float lowest = *std::min_element(logits, logits + n);
+  if (!(top[0] - top[1] > gap * (top[0] - lowest))) return -1;
+  return int(std::max_element(logits, logits + n) - logits);
 }
 
 double worst_row_error(const std::vector<float>& got, const std::vector<float>& ref, uint32_t d) {

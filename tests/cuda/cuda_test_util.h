@@ -20,6 +20,10 @@ std::string attention_case_name(const std::string& spec, uint32_t head_dim, uint
 // The worst relative L2 error of an output row of d elements (NaN when a row is not finite).
 double worst_row_error(const std::vector<float>& got, const std::vector<float>& ref, uint32_t d);
 
+// The argmax of a row of n logits when its top-2 gap exceeds `gap` times the row's spread
+// (max - min); -1 when the row is too close to call.
+int clear_argmax(const float* logits, size_t n, float gap);
+
 #define TQ_REQUIRE_GPU() \
   if (!::tq::test::have_gpu()) GTEST_SKIP() << "no CUDA device: GPU tests run on a machine with one (bench/gpu/run_h200.sh)"
 
