@@ -135,8 +135,7 @@ uint32_t generate(Engine& e, int seq, std::vector<float> logits, Sampler& sample
     const std::vector<int> drafts = room ? sp->drafter->draft(room) : std::vector<int>{};
     if (!drafts.empty()) {
       if (!verify_drafts(e, seq, next, drafts, sampler, *sp, emit)) break;
-      if (!more()) break;  // not reached: room keeps the target's token within the limits
-      continue;
+      continue;  // room kept the target's token within the limits: the loop emits it
     }
     if (sp) sp->stats.plain_steps++;
     const std::vector<BatchItem> step{BatchItem{seq, {next}, false}};
