@@ -10,6 +10,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <tuple>
 
 #include "bench_util.h"
 #include "commands.h"
@@ -25,6 +26,7 @@ namespace {
 
 struct Options {
   std::string shape = "llama-3.1-8b", model, tokenizer, kv = "bf16,fp8,k4v4,k3v2,default", batch = "1,16,64,max", context = "4096,32768";
+  std::string queries = "1";
   std::string prefill = "4096,32768", device = "auto", json, products = "gemv";
   double kv_memory_gb = 100, bandwidth_tbs = 4.2;
   uint32_t steps = 10, warmup = 3, reps = 3, chunk = 0;
@@ -33,8 +35,11 @@ struct Options {
 };
 
 // Decode at (batch, ctx): sequences whose first positions are taken as written (zeroed pages: the
-// kernels read every byte whatever it holds), then steps of one token each, greedy on the device.
-std::vector<double> decode_steps(engine::ModelRunner& r, uint32_t page_size, uint32_t batch, uint32_t ctx, uint32_t warmup, uint32_t steps) {
+// kernels read every byte whatever it holds), then steps of `q` tokens each, greedy on the device.
+// q > 1 is a verification of q - 1 drafted tokens as generate() runs it: every position scored
+// and sampled, then all but the first taken back (the sequence grows by one token a step).
+std::vector<double> decode_steps(engine::ModelRunner& r, uint32_t page_size, uint32_t batch, uint32_t ctx, uint32_t q, uint32_t warmup,
+                                 uint32_t steps) {
   BlockManager blocks(r.num_pages(), page_size);
   std::vector<int> seqs;
   for (uint32_t b = 0; b < batch; ++b) {
@@ -45,17 +50,21 @@ std::vector<double> decode_steps(engine::ModelRunner& r, uint32_t page_size, uin
   std::vector<std::pair<int, uint32_t>> req;
   for (int s : seqs) req.emplace_back(s, start);
   if (start) blocks.reserve(req);
-  for (auto& q : req) q.second = 1;
-  std::vector<int> tokens(batch, 1);
+  for (auto& x : req) x.second = q;
+  std::vector<int> tokens(size_t(batch) * q, 1);
   std::vector<double> ms;
   for (uint32_t i = 0; i < total; ++i) {
     blocks.reserve(req);
     std::vector<engine::StepSeq> step;
     for (uint32_t b = 0; b < batch; ++b)
-      step.push_back(engine::StepSeq{seqs[b], &tokens[b], 1, start + i, &blocks.block_table(seqs[b]), false});
+      step.push_back(engine::StepSeq{seqs[b], &tokens[size_t(b) * q], q, start + i, &blocks.block_table(seqs[b]), q > 1});
     const auto t0 = clock_type::now();
-    tokens = r.forward_greedy(step);
+    const std::vector<int> ids = r.forward_greedy(step);
     if (i >= warmup) ms.push_back(1e3 * seconds_since(t0));
+    for (uint32_t b = 0; b < batch; ++b) {
+      std::fill_n(&tokens[size_t(b) * q], q, ids[size_t(b) * ids.size() / batch]);
+      blocks.truncate(seqs[b], start + i + 1);
+    }
   }
   return ms;
 }
@@ -80,6 +89,9 @@ void run(const Options& o) {
   bool max_batch = false;
   std::vector<uint32_t> batches = parse_list(o.batch, "--batch", true, &max_batch);
   const std::vector<uint32_t> contexts = parse_list(o.context, "--context", false);
+  const std::vector<uint32_t> queries = parse_list(o.queries, "--queries", false);
+  for (uint32_t q : queries) TQ_CHECK(q >= 1 && q <= 9, "--queries {}: tokens a sequence per step must be 1..9 (a token and up to 8 drafts)", q);
+  const uint32_t most_q = *std::max_element(queries.begin(), queries.end());
   const std::vector<uint32_t> prompts = o.prefill == "none" ? std::vector<uint32_t>{} : parse_list(o.prefill, "--prefill", false);
   TQ_CHECK(o.steps >= 1, "--steps must be at least 1");
   TQ_CHECK(o.kv_memory_gb > 0 && std::isfinite(o.kv_memory_gb), "--kv-memory must be a positive number of GB, got {}", o.kv_memory_gb);
@@ -100,8 +112,9 @@ void run(const Options& o) {
   const uint32_t chunk = o.chunk ? o.chunk : device == engine::Device::kCuda ? 2048 : 64;
   const uint32_t margin = o.warmup + o.steps;
   for (uint32_t c : contexts)
-    TQ_CHECK(c > margin && c <= uint32_t(cfg.max_seq), "--context {}: must exceed --warmup + --steps ({}) and fit the model's {} tokens", c,
-             margin, cfg.max_seq);
+    TQ_CHECK(c > margin && c + most_q - 1 <= uint32_t(cfg.max_seq),
+             "--context {}: must exceed --warmup + --steps ({}) and, with the --queries beyond it ({}), fit the model's {} tokens", c, margin,
+             most_q - 1, cfg.max_seq);
   for (uint32_t p : prompts) TQ_CHECK(p <= uint32_t(cfg.max_seq), "--prefill {}: beyond the model's {} tokens", p, cfg.max_seq);
   const double budget = o.kv_memory_gb * 1e9, bw = o.bandwidth_tbs * 1e12;
   const double weights = double(model::weight_bytes_bf16(cfg));
@@ -115,14 +128,16 @@ void run(const Options& o) {
              {"batch", "batch"},
              {"fit", "fit"},
              {"context", "context"},
+             {"queries", "tokens/seq"},
              {"ms_per_step", "ms/step", 3},
+             {"vs_one", "vs 1 token", 2},
              {"tokens_per_s", "tokens/s", 0},
              {"vs_first", "vs first", 2},
              {"limit_ms", "limit ms", 3},
              {"of_limit", "limit/ms", 2},
              {"note", "note"}});
   Table pre({{"kv", "kv"}, {"prompt", "prompt"}, {"tokens_per_s", "tokens/s", 0}, {"vs_first", "vs first", 2}});
-  std::map<std::pair<uint32_t, uint32_t>, double> first_dec;  // (batch index or max, context) -> tokens/s of the first spec
+  std::map<std::tuple<uint32_t, uint32_t, uint32_t>, double> first_dec;  // (batch or 0 for max, context, queries) -> tokens/s of the first spec
   std::map<uint32_t, double> first_pre;
   std::string where, first_name;
   std::mt19937 rng(uint32_t(o.seed));
@@ -158,12 +173,12 @@ void run(const Options& o) {
     }
     uint32_t pages = 0, most_batch = 1, ctx = 1;
     for (const auto& [b, c, m] : grid) {
-      pages = std::max<uint32_t>(pages, b * uint32_t(std::ceil(double(c) / cost.page_size)));
-      most_batch = std::max(most_batch, b), ctx = std::max(ctx, c);
+      pages = std::max<uint32_t>(pages, b * uint32_t(std::ceil(double(c + most_q - 1) / cost.page_size)));
+      most_batch = std::max(most_batch, b), ctx = std::max(ctx, c + most_q - 1);
     }
     for (uint32_t p : prompts) pages = std::max<uint32_t>(pages, uint32_t(std::ceil(double(p) / cost.page_size))), ctx = std::max(ctx, p);
     engine::EngineOptions eo{.device = device, .context = ctx, .max_seqs = most_batch, .num_pages = std::max(pages, 1u),
-                             .max_chunk = std::max(most_batch, chunk), .eager = o.eager, .cublas_only = cublas_only[pi]};
+                             .max_chunk = std::max(most_batch * most_q, chunk), .eager = o.eager, .cublas_only = cublas_only[pi]};
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;
     try {
@@ -181,16 +196,21 @@ void run(const Options& o) {
     fmt::print(stderr, "tq bench: {}: {}\n", label, runner->describe());
     size_t point = 0;
     for (const auto& [b, c, is_max] : grid) {
-      fmt::print(stderr, "\r  decode batch {} context {} ({}/{})   ", b, c, ++point, grid.size());
-      const double ms = median(decode_steps(*runner, cost.page_size, b, c, o.warmup, o.steps));
-      const double tps = 1e3 * b / ms;
-      const auto key = std::make_pair(is_max ? 0u : b, c);
-      if (is_ref) first_dec[key] = tps;
-      // Bytes a step must read at least: every weight once, every page of every sequence once.
-      const double limit = 1e3 * (weights + double(b) * std::ceil(double(c) / cost.page_size) * double(runner->page_bytes())) / bw;
-      dec.add({{"kv", label}, {"batch", b}, {"context", c}, {"fit", is_max ? "max" : "-"},
-               {"ms_per_step", ms}, {"tokens_per_s", tps}, {"limit_ms", limit}, {"of_limit", limit / ms}});
-      if (first_dec.count(key)) dec.rows_back()["vs_first"] = tps / first_dec[key];
+      double one = 0;  // ms of the one-token step at this point
+      for (uint32_t q : queries) {
+        fmt::print(stderr, "\r  decode batch {} context {} tokens/seq {} ({}/{})   ", b, c, q, ++point, grid.size() * queries.size());
+        const double ms = median(decode_steps(*runner, cost.page_size, b, c, q, o.warmup, o.steps));
+        const double tps = 1e3 * b * q / ms;
+        const auto key = std::make_tuple(is_max ? 0u : b, c, q);
+        if (is_ref) first_dec[key] = tps;
+        if (q == 1) one = ms;
+        // Bytes a step must read at least: every weight once, every page of every sequence once.
+        const double limit = 1e3 * (weights + double(b) * std::ceil(double(c) / cost.page_size) * double(runner->page_bytes())) / bw;
+        dec.add({{"kv", label}, {"batch", b}, {"context", c}, {"queries", q}, {"fit", is_max ? "max" : "-"},
+                 {"ms_per_step", ms}, {"tokens_per_s", tps}, {"limit_ms", limit}, {"of_limit", limit / ms}});
+        if (one > 0) dec.rows_back()["vs_one"] = ms / one;
+        if (first_dec.count(key)) dec.rows_back()["vs_first"] = tps / first_dec[key];
+      }
     }
     for (nlohmann::json& row : skipped) dec.add(std::move(row));
     for (uint32_t p : prompts) {
@@ -218,7 +238,9 @@ void run(const Options& o) {
                      {"fit", fit.json()["rows"]}, {"decode", dec.json()["rows"]}, {"prefill", pre.json()["rows"]}};
     f << j.dump(2) << "\n";
   }
-  fmt::print("{}\n\nDecode (one token per sequence per step):\n{}", head, dec.text());
+  fmt::print("{}\n\nDecode (tokens/seq per sequence per step: 1, or a token and drafts to verify, every position scored; "
+             "tokens/s counts scored tokens; 'vs 1 token': ms/step against the one-token step):\n{}",
+             head, dec.text());
   if (!prompts.empty()) fmt::print("\nPrefill (one sequence, chunks of {}; median of {}):\n{}", chunk, std::max(o.reps, 1u), pre.text());
   fmt::print("\nLargest batch in {} GB of KV (whole pages{}):\n{}", o.kv_memory_gb, ", side buffers included", fit.text());
 }
@@ -239,6 +261,9 @@ void add_bench(CLI::App& app) {
   c->add_option("--kv", o->kv, "comma-separated KV specs; 'default' is tq run's (default: bf16,fp8,k4v4,k3v2,default)");
   c->add_option("--batch", o->batch, "decode batch sizes; 'max' = the largest that fits --kv-memory at each context (default 1,16,64,max)");
   c->add_option("--context", o->context, "decode contexts in tokens (default 4096,32768)");
+  c->add_option("--queries", o->queries,
+                "tokens per sequence in a decode step (default 1); 2..9 time the verification of 1..8 drafted tokens "
+                "(speculative decoding: every position scored and sampled, all but one taken back)");
   c->add_option("--prefill", o->prefill, "prompt lengths for prefill tokens/s, or none (default 4096,32768)");
   c->add_option("--chunk", o->chunk, "prefill chunk in tokens (default 2048 on cuda, 64 on cpu)");
   c->add_option("--kv-memory", o->kv_memory_gb, "KV memory budget in GB (1e9 bytes) for the fit table and 'max' (default 100)");

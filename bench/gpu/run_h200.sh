@@ -10,6 +10,8 @@
 # benchmark.
 # ENGINE_BENCH="args": also `tq bench args` (the engine benchmark; JSON to $OUT/engine_bench.json).
 # SERVE_BENCH="args": also `tq bench-serve args` (the serving benchmark; JSON to $OUT/serve_bench.json).
+# SPEC_BENCH="args": also bench/speculative/bench_spec.py --device cuda args (speculative decoding
+# against plain decoding with `tq run`; its table to $OUT/spec_bench.md).
 # PROFILE_STEP="tq bench options": also bench/gpu/profile_step.sh (Nsight Compute: a Llama-3.1-8B
 # shape decode step at batch 1, kernel by kernel).
 # CHECK_MODEL=FILE CHECK_TEXT=FILE: also bench/gpu/check_model.sh (GPU runner against the CPU runner
@@ -24,7 +26,7 @@ summary=()
 note() { summary+=("$1"); echo "== $1"; }
 # At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
 pack() {
-  ( cd "$OUT" && keep="bench.json bench.log test_cuda_runner.log engine_bench.json engine_bench.txt serve_bench.json serve_bench.txt check_model.md" &&
+  ( cd "$OUT" && keep="bench.json bench.log test_cuda_runner.log engine_bench.json engine_bench.txt serve_bench.txt check_model.md spec_bench.md" &&
     rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -rf $rest ) || true
 }
 
@@ -79,7 +81,7 @@ if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
   done
   # The model runner's own kernels (sampling, q/k/v split + RoPE, SwiGLU, random fill) and a graph replay.
   timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 ./build/h200/tests/cuda/test_cuda_runner \
-    --gtest_filter='Vocab/CudaSampling.*vocab1000:CudaRunnerSampling.*:CudaRunnerGraphs.*:All/CudaRunner.*d128_qwen2_k3v2*:All/CudaRunner.*window*' \
+    --gtest_filter='Vocab/CudaSampling.*vocab1000:CudaRunnerSampling.*:CudaRunnerGraphs.*:All/CudaRunner.*d128_qwen2_k3v2*:All/CudaRunner.*window*:CudaSpeculation.*' \
     >"$OUT/sanitizer_runner.log" 2>&1
   note "compute-sanitizer memcheck, model runner: rc=$?, $(grep -E 'ERROR SUMMARY' "$OUT/sanitizer_runner.log" | tail -1)"
   # The sampling kernel's shared-memory histograms and scans.
@@ -101,6 +103,10 @@ if [ -n "${SERVE_BENCH:-}" ]; then
   ./build/h200/apps/cli/tq bench-serve $SERVE_BENCH --json "$OUT/serve_bench.json" >"$OUT/serve_bench.txt" 2>"$OUT/serve_bench.err"
   note "tq bench-serve $SERVE_BENCH: rc=$?"
 fi
+if [ -n "${SPEC_BENCH:-}" ]; then
+  python3 bench/speculative/bench_spec.py --tq ./build/h200/apps/cli/tq --device cuda $SPEC_BENCH >"$OUT/spec_bench.md" 2>"$OUT/spec_bench.err"
+  note "bench_spec.py $SPEC_BENCH: rc=$?"
+fi
 if [ -n "${PROFILE_STEP:-}" ] && command -v ncu >/dev/null; then  # e.g. PROFILE_STEP="--products gemv"
   timeout 300 bash bench/gpu/profile_step.sh --shape llama-3.1-8b --kv k3v2 --batch 1 --context 4096 $PROFILE_STEP >"$OUT/profile_step.txt" 2>&1
   note "profile of a decode step ($PROFILE_STEP): rc=$?, $(head -1 "$OUT/profile_step.txt")"
@@ -110,6 +116,7 @@ if [ -n "${NO_BENCH:-}" ]; then
   [ -f "$OUT/check_model.md" ] && cat "$OUT/check_model.md"
   [ -f "$OUT/engine_bench.txt" ] && { tail -5 "$OUT/engine_bench.err"; cat "$OUT/engine_bench.txt"; }
   [ -f "$OUT/serve_bench.txt" ] && { tail -5 "$OUT/serve_bench.err" | tr '\r' '\n' | tail -5; cat "$OUT/serve_bench.txt"; }
+  [ -f "$OUT/spec_bench.md" ] && { tail -3 "$OUT/spec_bench.err"; cat "$OUT/spec_bench.md"; }
   echo "================ summary ================"; printf '%s\n' "${summary[@]}"; pack; exit 0
 fi
 if [ -n "${BASE:-}" ] && [ -d "$BASE" ]; then

@@ -35,8 +35,15 @@ std::unique_ptr<ModelRunner> make_random_runner(const model::ModelConfig& c, con
 #endif
 }
 
+size_t sampled_rows(const std::vector<StepSeq>& step) {
+  size_t rows = 0;
+  for (const StepSeq& s : step) rows += s.all_logits ? s.n : 1;
+  return rows;
+}
+
 std::vector<int> ModelRunner::forward_sample(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args) {
-  TQ_CHECK(args.size() == step.size(), "a step of {} sequences got sampling arguments for {}", step.size(), args.size());
+  const size_t rows = sampled_rows(step);
+  TQ_CHECK(args.size() == rows, "a step of {} sequences ({} logits rows) got sampling arguments for {}", step.size(), rows, args.size());
   for (const SampleArgs& a : args) {
     a.params.validate();
     TQ_CHECK(a.u >= 0.0 && a.u < 1.0, "a sampling draw must be in [0, 1), got {}", a.u);
@@ -48,13 +55,14 @@ std::vector<int> ModelRunner::sample_step(const std::vector<StepSeq>& step, cons
   const std::vector<float> logits = forward(step);
   const size_t vocab = size_t(config().vocab_size);
   std::vector<int> ids;
-  size_t row = 0;
-  for (size_t i = 0; i < step.size(); ++i) {
-    row += step[i].all_logits ? step[i].n : 1;  // the sequence's last row ends here
-    try {
-      ids.push_back(Sampler(args[i].params).sample(std::span<const float>(logits).subspan((row - 1) * vocab, vocab), args[i].u));
-    } catch (const Error& e) {
-      throw Error(fmt::format("sequence {}: {}", step[i].seq, e.what()));
+  for (const StepSeq& s : step) {
+    for (uint32_t j = s.all_logits ? 0 : s.n - 1; j < s.n; ++j) {
+      const size_t row = ids.size();
+      try {
+        ids.push_back(Sampler(args[row].params).sample(std::span<const float>(logits).subspan(row * vocab, vocab), args[row].u));
+      } catch (const Error& e) {
+        throw Error(fmt::format("sequence {}: {}", s.seq, e.what()));
+      }
     }
   }
   return ids;
@@ -180,6 +188,12 @@ std::vector<float> Engine::forward(const std::vector<BatchItem>& batch) {
 
 std::vector<int> Engine::forward_sample(const std::vector<BatchItem>& batch, const std::vector<SampleArgs>& args) {
   return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward_sample(step, args); });
+}
+
+std::vector<int> Engine::forward_greedy(const std::vector<BatchItem>& batch) {
+  size_t rows = 0;
+  for (const BatchItem& it : batch) rows += it.all_logits ? it.tokens.size() : 1;
+  return forward_sample(batch, std::vector<SampleArgs>(rows));
 }
 
 std::vector<float> Engine::prefill(int s, const std::vector<int>& tokens, bool all_logits) {

@@ -76,33 +76,39 @@ bool verify_drafts(Engine& e, int seq, int& next, const std::vector<int>& drafts
   const uint32_t before = e.seq_len(seq);
   BatchItem item{seq, {next}, true};
   item.tokens.insert(item.tokens.end(), drafts.begin(), drafts.end());
-  const std::vector<float> rows = e.forward({item});  // [1 + drafts][vocab]: row i scores the token after item.tokens[i]
-  const size_t V = rows.size() / item.tokens.size();
-  std::vector<float> p;
   uint32_t kept = 0;
   bool more = true;
   int pick = -1;
-  for (; kept < drafts.size(); ++kept) {
-    const std::span<const float> row(&rows[kept * V], V);
-    const int d = drafts[kept];
-    if (sampler.params().greedy()) {
-      pick = sampler.sample(row);
-      if (pick != d) break;
-    } else {
-      sampler.probabilities(row, p);
+  if (sampler.params().greedy()) {
+    // The runner takes every row's argmax on its device: [1 + drafts] ids come back, not logits.
+    const std::vector<int> ids = e.forward_greedy({item});  // ids[i]: the token after item.tokens[i]
+    for (; kept < drafts.size() && ids[kept] == drafts[kept]; ++kept)
+      if (!emit(drafts[kept])) {  // a stop token: the text ends, it is not fed
+        more = false;
+        break;
+      }
+    pick = ids[kept];
+  } else {
+    const std::vector<float> rows = e.forward({item});  // [1 + drafts][vocab]: row i scores the token after item.tokens[i]
+    const size_t V = rows.size() / item.tokens.size();
+    std::vector<float> p;
+    for (; kept < drafts.size(); ++kept) {
+      const int d = drafts[kept];
+      sampler.probabilities(std::span<const float>(&rows[kept * V], V), p);
       if (!(sampler.draw() < double(p[size_t(d)]))) {
         pick = sample_without(p, d, sampler.draw());
         break;
       }
+      if (!emit(d)) {
+        more = false;
+        break;
+      }
     }
-    if (!emit(d)) {  // a stop token: the text ends, d is not fed
-      more = false;
-      break;
-    }
+    if (kept == drafts.size()) pick = sampler.sample(std::span<const float>(&rows[kept * V], V));
   }
   sp.stats.steps++, sp.stats.drafted += drafts.size(), sp.stats.accepted += kept;
   sp.update(uint32_t(drafts.size()), kept);
-  if (more) next = kept == drafts.size() ? sampler.sample(std::span<const float>(&rows[kept * V], V)) : pick;
+  if (more) next = pick;
   e.truncate(seq, before + 1 + kept);
   return more;
 }

@@ -107,7 +107,7 @@ TEST(EngineStep, SamplingArgumentsAreCheckedBeforeTheStepRuns) {
     }
     return std::string("(no error)");
   };
-  EXPECT_NE(message({}).find("a step of 1 sequences got sampling arguments for 0"), std::string::npos);
+  EXPECT_NE(message({}).find("a step of 1 sequences (1 logits rows) got sampling arguments for 0"), std::string::npos);
   EXPECT_NE(message({{.params = {.temperature = 1}, .u = 1.0}}).find("draw must be in [0, 1), got 1"), std::string::npos);
   EXPECT_NE(message({{.params = {.temperature = -2}}}).find("got -2"), std::string::npos);
   EXPECT_TRUE(rec->steps.empty());

@@ -9,6 +9,7 @@
 #include <numeric>
 #include <random>
 
+#include "engine/poisoned_drafter.h"
 #include "engine/stories.h"
 #include "tq/engine/generation.h"
 #include "tq/engine/speculative.h"
@@ -139,32 +140,6 @@ INSTANTIATE_TEST_SUITE_P(Specs, GreedySpeculation,
 
 // Drafts that are wrong, or right then wrong: the rejected tokens must leave nothing a later step
 // reads (pages, the recent-token ring), so the text and the cache are those of plain decoding.
-class PoisonedDrafter : public Drafter {
- public:
-  PoisonedDrafter(std::vector<int> truth, size_t prompt_len, int vocab, bool some_right)
-      : truth_(std::move(truth)), prompt_len_(prompt_len), vocab_(vocab), some_right_(some_right) {}
-  void extend(std::span<const int> t) override { len_ += t.size(); }
-  std::vector<int> draft(uint32_t max) override {
-    std::vector<int> d;
-    const size_t at = len_ - prompt_len_;  // tokens generated so far: the next one is truth_[at]
-    const uint32_t right = some_right_ ? uint32_t(rng_() % (max + 1)) : 0;
-    for (uint32_t i = 0; i < right && at + i < truth_.size(); ++i) d.push_back(truth_[at + i]);
-    while (d.size() < max) {
-      int t = int(rng_() % uint32_t(vocab_));
-      if (at + d.size() < truth_.size() && t == truth_[at + d.size()]) t = (t + 1) % vocab_;  // surely wrong
-      d.push_back(t);
-    }
-    return d;
-  }
-
- private:
-  std::vector<int> truth_;
-  size_t prompt_len_, len_ = 0;
-  int vocab_;
-  bool some_right_;
-  std::mt19937 rng_{7};
-};
-
 TEST(SpeculationRollback, PoisonedDraftsLeaveNoTrace) {
   REQUIRE_STORIES();
   const std::vector<int> prompt = stories()->tok->encode("Lily and Tom went to the park", true);
@@ -172,7 +147,7 @@ TEST(SpeculationRollback, PoisonedDraftsLeaveNoTrace) {
     SCOPED_TRACE(spec);
     const Outcome plain = run(spec, prompt, 150, nullptr, 0, false);
     for (bool some_right : {false, true}) {
-      PoisonedDrafter poison(plain.tokens, prompt.size(), stories()->m.config.vocab_size, some_right);
+      testing::PoisonedDrafter poison(plain.tokens, prompt.size(), stories()->m.config.vocab_size, some_right);
       const Outcome spec_run = run(spec, prompt, 150, &poison, 8, false);
       EXPECT_EQ(spec_run.tokens, plain.tokens) << (some_right ? "right then wrong" : "all wrong");
       EXPECT_EQ(spec_run.seq_len, plain.seq_len);
@@ -199,6 +174,37 @@ TEST(SpeculationRollback, LimitsAndStopsLikePlainDecoding) {
     const Outcome spec = run("k3v2", prompt, max_tokens, &ngram, 8, false);
     EXPECT_EQ(spec.tokens, plain.tokens) << "max_tokens " << max_tokens;
     EXPECT_EQ(spec.seq_len, plain.seq_len) << "max_tokens " << max_tokens;
+  }
+}
+
+// A verification step sampled by the runner: a token for every row of an all_logits item (each
+// with its own draw), and the last row of the others, as Sampler::sample picks from forward()'s
+// logits of the same step.
+TEST(SpeculationSampling, RunnerSamplesEveryRowOfAVerification) {
+  REQUIRE_STORIES();
+  Engine e(stories()->m, parse_kv_spec("k3v2"), {.threads = 2, .context = 128, .max_seqs = 2, .max_chunk = 16});
+  const int a = e.add_sequence(), b = e.add_sequence();
+  e.prefill(a, stories()->tok->encode("Lily saw a dog", true));
+  e.prefill(b, stories()->tok->encode("Tom had a ball", true));
+  const std::vector<BatchItem> step{{a, {30, 41, 52, 63}, true}, {b, {70, 81}, false}};
+  const uint32_t la = e.seq_len(a), lb = e.seq_len(b);
+  const std::vector<float> logits = e.forward(step);
+  e.truncate(a, la), e.truncate(b, lb);
+  std::vector<SampleArgs> args;
+  for (int i = 0; i < 5; ++i) args.push_back({.params = {.temperature = i % 2 ? 0.0f : 0.8f, .top_k = 40}, .u = 0.13 + 0.17 * i});
+  const std::vector<int> ids = e.forward_sample(step, args);
+  ASSERT_EQ(ids.size(), 5u);
+  const size_t V = size_t(stories()->m.config.vocab_size);
+  for (size_t r = 0; r < 5; ++r)
+    EXPECT_EQ(ids[r], Sampler(args[r].params).sample(std::span<const float>(&logits[r * V], V), args[r].u)) << "row " << r;
+  EXPECT_EQ(e.seq_len(a), la + 4);
+  e.truncate(a, la), e.truncate(b, lb);
+  EXPECT_EQ(e.forward_greedy(step).size(), 5u);
+  try {
+    e.forward_sample(step, std::vector<SampleArgs>(2));
+    ADD_FAILURE() << "two sampling arguments for five rows were accepted";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("(5 logits rows) got sampling arguments for 2"), std::string::npos) << err.what();
   }
 }
 

@@ -97,12 +97,12 @@ class Engine {
   // sequence) when a sequence would exceed the context, a token id is out of range, a sequence
   // appears twice, or the page pool is exhausted.
   std::vector<float> forward(const std::vector<BatchItem>& batch);
-  // The same step, sampled by the runner (on its device): one token id per item, from the logits
-  // of its last token (all_logits is ignored), as Sampler::sample(row, u) picks it for args[i].
-  // Same errors as forward(), and those of ModelRunner::forward_sample (a failed step leaves no
-  // trace either).
+  // The same step, sampled by the runner (on its device): a token id per logits row (the last
+  // token's of an item, every token's of an all_logits item), as Sampler::sample(row, u) picks it
+  // for args[row]. Same errors as forward(), and those of ModelRunner::forward_sample (a failed
+  // step leaves no trace either).
   std::vector<int> forward_sample(const std::vector<BatchItem>& batch, const std::vector<SampleArgs>& args);
-  std::vector<int> forward_greedy(const std::vector<BatchItem>& batch) { return forward_sample(batch, std::vector<SampleArgs>(batch.size())); }
+  std::vector<int> forward_greedy(const std::vector<BatchItem>& batch);
   // One sequence, tokens in chunks of max_chunk: logits of the last token [vocab], or of every
   // token [n][vocab] when all_logits.
   std::vector<float> prefill(int seq, const std::vector<int>& tokens, bool all_logits = false);

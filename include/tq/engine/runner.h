@@ -40,6 +40,9 @@ struct RunnerOptions {
                             // the pool, which gets what is left (num_pages is then ignored); 0: off
 };
 
+// Logits rows of a step: n for an all_logits sequence, 1 for the others.
+size_t sampled_rows(const std::vector<StepSeq>& step);
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
@@ -56,14 +59,17 @@ class ModelRunner {
   // tables, attention reads them. Returns logits, sequence by sequence: [n or 1][vocab].
   virtual std::vector<float> forward(const std::vector<StepSeq>& step) = 0;
 
-  // forward(), then one token per sequence from its last logits row: what Sampler::sample(row, u)
-  // picks for args[s] = {params, u}. Returns [step.size()] token ids. Throws tq::Error, before
-  // the step runs, on one args entry per sequence missing, invalid parameters or u outside
-  // [0, 1); and naming the sequence when its row holds a NaN or +inf or only -inf. Checks the
-  // arguments, then runs sample_step().
+  // forward(), then a token from each logits row (one row per sequence, every new token's of an
+  // all_logits sequence: a verification of drafted tokens): what Sampler::sample(row, u) picks
+  // for args[r] = {params, u}, rows in the step's order. Returns [rows] token ids. Throws
+  // tq::Error, before the step runs, on one args entry per row missing, invalid parameters or u
+  // outside [0, 1); and naming the sequence when its row holds a NaN or +inf or only -inf.
+  // Checks the arguments, then runs sample_step().
   std::vector<int> forward_sample(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args);
   // forward_sample() with greedy sampling: the argmax, ties to the lowest id.
-  std::vector<int> forward_greedy(const std::vector<StepSeq>& step) { return forward_sample(step, std::vector<SampleArgs>(step.size())); }
+  std::vector<int> forward_greedy(const std::vector<StepSeq>& step) {
+    return forward_sample(step, std::vector<SampleArgs>(sampled_rows(step)));
+  }
 
   // Pages of the pool (RunnerOptions::num_pages, or what gpu_memory left for it).
   virtual uint32_t num_pages() const = 0;

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
 #include <utility>
@@ -80,8 +81,9 @@ struct HostFree {
   void operator()(void* p) const { cudaFreeHost(p); }
 };
 
-// Decode steps are replayed from CUDA graphs captured per (batch, length bucket): the bucket is the
-// bound on sequence lengths the attention launch was planned for (its split count).
+// Decode and verification steps (1..8 new tokens a sequence, as many for each) are replayed from
+// CUDA graphs captured per (tokens a sequence, tokens, logits rows, length bucket): the bucket is
+// the bound on sequence lengths the attention launch was planned for (its split count).
 uint32_t length_bucket(uint32_t max_len, uint32_t context) {
   uint32_t b = 256;
   while (b < max_len) b *= 2;
@@ -125,9 +127,10 @@ class CudaModelRunner : public engine::ModelRunner {
   }
   DecodeParams attention_params(uint32_t layer, const Group& g) const;
   void ensure_workspace(const std::vector<Group>& groups);
-  // Uploads the step's tokens, positions, slots, block tables and logits rows (the last token's
-  // of each sequence only when last_only); returns the groups and the number of logits rows.
-  std::vector<Group> upload_step(const std::vector<StepSeq>& step, bool last_only, uint32_t* n_tokens, uint32_t* n_rows);
+  // Uploads the step's tokens, positions, slots, block tables and logits rows (every token's of
+  // an all_logits sequence, the last token's of the others); returns the groups and the number of
+  // logits rows.
+  std::vector<Group> upload_step(const std::vector<StepSeq>& step, uint32_t* n_tokens, uint32_t* n_rows);
   // Every kernel of the step, on stream_: logits_ [R][vocab], and ids_ [R] when sampling (from sample_args_).
   void enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool sample);
 
@@ -160,7 +163,8 @@ class CudaModelRunner : public engine::ModelRunner {
   Buf<uint8_t> workspace_, blas_workspace_;             // attention (grown as needed), cuBLAS (fixed: graphs)
   std::unique_ptr<int32_t, HostFree> host_ids_;         // [N] pinned
   uint32_t max_pages_ = 0;
-  std::map<std::pair<uint32_t, uint32_t>, cudaGraphExec_t> graphs_;  // (batch, length bucket) -> decode step
+  using GraphKey = std::array<uint32_t, 4>;  // tokens a sequence, tokens, logits rows, length bucket
+  std::map<GraphKey, cudaGraphExec_t> graphs_;  // -> the step's graph
 };
 
 CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Model* m, const KvSpec& spec, const engine::RunnerOptions& o,
@@ -355,7 +359,7 @@ void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
   workspace_ = alloc<uint8_t>(need, "attention workspace");
 }
 
-std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vector<StepSeq>& step, bool last_only, uint32_t* n_tokens,
+std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vector<StepSeq>& step, uint32_t* n_tokens,
                                                             uint32_t* n_rows) {
   const uint32_t ps = spec_.format.page_size;
   std::vector<int32_t> tokens, pos, rows, lens, seq_ids, tables(step.size() * max_pages_, 0);
@@ -379,7 +383,7 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
     groups.back().max_len = std::max(groups.back().max_len, it.first + it.n);
     for (uint32_t j = 0; j < it.n; ++j) {
       const uint32_t p = it.first + j;
-      if ((it.all_logits && !last_only) || j + 1 == it.n) rows.push_back(int32_t(tokens.size()));
+      if (it.all_logits || j + 1 == it.n) rows.push_back(int32_t(tokens.size()));
       tokens.push_back(it.tokens[j]);
       pos.push_back(int32_t(p));
       slots.push_back(int64_t((*it.block_table)[p / ps]) * ps + p % ps);
@@ -443,7 +447,7 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
 
 std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   uint32_t N = 0, R = 0;
-  const std::vector<Group> groups = upload_step(step, false, &N, &R);
+  const std::vector<Group> groups = upload_step(step, &N, &R);
   ensure_workspace(groups);
   enqueue(N, R, groups, false);
   std::vector<float> out(size_t(R) * cfg_.vocab_size);
@@ -456,14 +460,15 @@ std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, 
   std::vector<layers::SampleRow> rows;  // checked by forward_sample
   for (const engine::SampleArgs& a : args) rows.push_back({a.params.temperature, a.params.top_k, a.params.top_p, a.params.min_p, a.u});
   uint32_t N = 0, R = 0;
-  std::vector<Group> groups = upload_step(step, true, &N, &R);
+  std::vector<Group> groups = upload_step(step, &N, &R);
   check(cudaMemcpyAsync(sample_args_.get(), rows.data(), rows.size() * sizeof(rows[0]), cudaMemcpyHostToDevice, stream_), "upload");
-  // A step of one new token a sequence is a decode step: replayed from its graph (captured on
-  // first use), planned for the bucket's length bound rather than the step's.
-  if (!opts_.eager && groups.size() == 1 && groups[0].ntok == 1) {
+  // A step of 1..8 new tokens for every sequence (decode, or verification of drafts) is replayed
+  // from its graph (captured on first use), planned for the bucket's length bound rather than the
+  // step's.
+  if (!opts_.eager && groups.size() == 1 && groups[0].ntok <= kMaxDecodeQueryTokens) {
     groups[0].max_len = length_bucket(groups[0].max_len, opts_.context);
     ensure_workspace(groups);
-    const auto key = std::make_pair(N, groups[0].max_len);
+    const GraphKey key{groups[0].ntok, N, R, groups[0].max_len};
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
       cudaGraph_t graph = nullptr;
@@ -490,8 +495,10 @@ std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, 
   check(cudaMemcpyAsync(host_ids_.get(), ids_.get(), R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "sampled ids");
   check(cudaStreamSynchronize(stream_), "forward");
   std::vector<int> ids(host_ids_.get(), host_ids_.get() + R);
-  for (size_t s = 0; s < ids.size(); ++s)
-    TQ_CHECK(ids[s] >= 0, "sequence {}: its logits hold a NaN or +inf (or only -inf): nothing to sample", step[s].seq);
+  size_t row = 0;
+  for (const StepSeq& it : step)
+    for (uint32_t j = it.all_logits ? 0 : it.n - 1; j < it.n; ++j, ++row)
+      TQ_CHECK(ids[row] >= 0, "sequence {}: its logits hold a NaN or +inf (or only -inf): nothing to sample", it.seq);
   return ids;
 }
 
