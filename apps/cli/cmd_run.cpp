@@ -26,6 +26,7 @@ struct Options {
   bool chat = false;
   std::string logits_file;  // test hook: prompt token ids and last-token logits
   std::string speculative;  // --spec: "" or a speculative_spec
+  std::string draft, draft_kv;  // --draft model file, its KV spec ("" = --kv's)
 };
 
 void run(const Options& o) {
@@ -33,13 +34,15 @@ void run(const Options& o) {
   TQ_CHECK(o.steps >= 0, "-n must be >= 0, got {}", o.steps);
   engine::Sampler sampler(o.sampling);  // refuses bad --temp / --top-k / --top-p / --min-p before the model loads
   const KvSpec spec = parse_kv_spec(o.kv);
-  std::unique_ptr<engine::Drafter> drafter;
-  std::optional<engine::Speculation> speculation;
-  if (!o.speculative.empty()) {
-    const engine::SpeculativeSpec ss = engine::parse_speculative_spec(o.speculative);
-    drafter = engine::make_drafter(ss);
-    speculation.emplace(drafter.get(), ss.max_draft, ss.adaptive);
-  }
+  // --draft alone means --spec draft; the two sources exclude each other.
+  const std::string spec_text = o.speculative.empty() && !o.draft.empty() ? "draft" : o.speculative;
+  std::optional<engine::SpeculativeSpec> ss;
+  if (!spec_text.empty()) ss = engine::parse_speculative_spec(spec_text);
+  const bool by_model = ss && ss->source == engine::SpeculativeSpec::Source::kDraftModel;
+  TQ_CHECK(by_model == !o.draft.empty(), "{}", o.draft.empty() ? "--spec draft needs a draft model: --draft FILE"
+                                                                : fmt::format("--draft drafts with a model, --spec '{}' by prompt lookup: pick one", spec_text));
+  TQ_CHECK(o.draft_kv.empty() || by_model, "--draft-kv is the draft model's KV spec: give --draft FILE too");
+  const KvSpec draft_spec = parse_kv_spec(o.draft_kv.empty() ? o.kv : o.draft_kv);
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
   const auto& cfg = lm.model.config;
   const auto& tok = *lm.tokenizer;
@@ -49,9 +52,34 @@ void run(const Options& o) {
   TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens (--ctx)", prompt.size(), ctx);
   const engine::Device device = pick_device(o.device, cfg, {spec});
   check_gpu_memory(o.gpu_memory, device);
+  std::optional<LoadedModel> draft;
+  if (by_model) {
+    draft.emplace(load_draft_model(o.draft, o.tokenizer));
+    try {
+      engine::check_draft_vocabulary(tok, *draft->tokenizer);
+    } catch (const Error& e) {
+      throw Error(fmt::format("--draft '{}': {}", draft->path, e.what()));
+    }
+    TQ_CHECK(draft->model.config.max_seq >= int(ctx), "--draft '{}': its context ({} tokens) is shorter than --ctx {}", draft->path,
+             draft->model.config.max_seq, ctx);
+  }
   engine::Engine e(lm.model, spec, {.device = device, .threads = o.threads, .context = ctx, .gpu_memory = o.gpu_memory});
   fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
              cfg.head_dim, spec.canonical(), e.runner().describe());
+  std::unique_ptr<engine::Engine> draft_engine;
+  std::unique_ptr<engine::Drafter> drafter;
+  std::optional<engine::Speculation> speculation;
+  if (by_model) {
+    const engine::Device draft_device = pick_device(o.device, draft->model.config, {draft_spec});
+    draft_engine = std::make_unique<engine::Engine>(draft->model, draft_spec,
+                                                    engine::EngineOptions{.device = draft_device, .threads = o.threads, .context = ctx});
+    fmt::print(stderr, "tq run: draft model {} ({} layers), KV cache {}, {}\n", draft->path, draft->model.config.n_layers,
+               draft_spec.canonical(), draft_engine->runner().describe());
+    drafter = std::make_unique<engine::ModelDrafter>(*draft_engine);
+  } else if (ss) {
+    drafter = engine::make_drafter(*ss);
+  }
+  if (ss) speculation.emplace(drafter.get(), ss->max_draft, ss->adaptive);
 
   fmt::print("{}", o.chat ? o.prompt + "\n" : tok.decode(prompt));
   std::fflush(stdout);
@@ -89,7 +117,7 @@ void run(const Options& o) {
   if (speculation) {
     const engine::SpeculativeStats& st = speculation->stats;
     fmt::print(stderr, "speculation ({}): {} verify steps and {} plain ones; {} of {} drafted tokens kept ({:.1f}%), {:.2f} tokens per verify step\n",
-               o.speculative, st.steps, st.plain_steps, st.accepted, st.drafted, 100 * st.acceptance(), st.tokens_per_step());
+               spec_text, st.steps, st.plain_steps, st.accepted, st.drafted, 100 * st.acceptance(), st.tokens_per_step());
   }
   // The sink/window side buffers are a fixed fp16 cost per sequence, so short runs can use more
   // than an fp16 cache would; say so, and give the ratio the pages reach on long sequences.
@@ -130,10 +158,15 @@ void add_run(CLI::App& app) {
                 "leave (vLLM's --gpu-memory-utilization); default: a pool of one --ctx sequence");
   c->add_option("--spec", o->speculative,
                 "speculative decoding: ngram = prompt lookup (the last n tokens looked up earlier in the text, what\n"
-                "followed them is drafted; fast where the answer copies from the prompt). Options after ':' -\n"
-                "k=N most drafted tokens per step, 1..8 (default 8), n=N longest n-gram matched (default 3),\n"
-                "min=N shortest (default 2), fixed=1 always k drafts (default: adaptive to the acceptance).\n"
-                "Greedy text is the same as without; sampled text keeps the same distribution. Example: --spec ngram:k=4");
+                "followed them is drafted; fast where the answer copies from the prompt); draft = a draft model\n"
+                "(--draft). Options after ':' - k=N most drafted tokens per step, 1..8 (default 8), fixed=1 always k\n"
+                "drafts (default: adaptive to the acceptance); ngram only: n=N longest n-gram matched (default 3),\n"
+                "min=N shortest (default 2). Greedy text is the same as without; sampled text keeps the same\n"
+                "distribution. Examples: --spec ngram:k=4, --draft small.gguf --spec draft:k=4");
+  c->add_option("--draft", o->draft,
+                "draft model for speculative decoding (GGUF with the same tokenizer as -m, smaller and faster): it\n"
+                "drafts greedily on its own cache, the model checks the drafts in one step; implies --spec draft");
+  c->add_option("--draft-kv", o->draft_kv, "KV spec of the draft model's cache (default: --kv's)");
   c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests)");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
   c->callback([o] { run(*o); });

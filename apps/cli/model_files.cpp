@@ -36,6 +36,20 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const std::string&
   return out;
 }
 
+LoadedModel load_draft_model(const std::string& path, const std::string& tokenizer_path) {
+  LoadedModel out;
+  out.path = path;
+  TQ_CHECK(std::filesystem::exists(path), "--draft: model file '{}' not found", path);
+  out.model = model::load_model(path);
+  if (out.model.gguf) {
+    out.tokenizer = model::tokenizer_from_gguf(*out.model.gguf);
+  } else {
+    TQ_CHECK(!tokenizer_path.empty(), "--draft '{}' is a llama2.c checkpoint: it takes the model's --tokenizer, and none was given", path);
+    out.tokenizer = model::load_llama2c_tokenizer(tokenizer_path, out.model.config.vocab_size);
+  }
+  return out;
+}
+
 engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs) {
   std::string note;
   const engine::Device d = engine::choose_device(name, c, specs, &note);

@@ -30,6 +30,10 @@ std::string default_model_path();
 LoadedModel load_model_and_tokenizer(const std::string& path, const std::string& tokenizer_path);
 
 // --device: engine::choose_device, with its note (why auto stays on the CPU where a GPU is) on stderr.
+// A draft model for speculative decoding: its GGUF's tokenizer, or for a llama2.c checkpoint the
+// --tokenizer file (the target's: a draft model shares the target's tokenizer).
+LoadedModel load_draft_model(const std::string& path, const std::string& tokenizer_path);
+
 engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs);
 // --gpu-memory: a fraction in (0, 1] (0: not given), on the GPU only; throws tq::Error naming it.
 void check_gpu_memory(double fraction, engine::Device d);

@@ -42,12 +42,54 @@ std::vector<int> NgramDrafter::draft(uint32_t max) {
   return {};
 }
 
+ModelDrafter::ModelDrafter(Engine& e) : e_(e), seq_(e.add_sequence()) {}
+
+void ModelDrafter::extend(std::span<const int> tokens) { text_.insert(text_.end(), tokens.begin(), tokens.end()); }
+
+std::vector<int> ModelDrafter::draft(uint32_t max) {
+  if (text_.empty()) return {};
+  // Keep the cached tokens the text still starts with; at least the last token is fed again, for
+  // the logits of what follows it.
+  const size_t keep = std::min<size_t>(std::mismatch(fed_.begin(), fed_.end(), text_.begin(), text_.end()).first - fed_.begin(),
+                                       text_.size() - 1);
+  e_.truncate(seq_, uint32_t(keep));
+  fed_.resize(keep);
+  // Every drafted token but the last is fed (for the one after it): the text and room - 1 more fit.
+  const size_t context = e_.options().context;
+  if (max == 0 || text_.size() > context) return {};
+  const uint32_t room = uint32_t(std::min<size_t>(max, context - text_.size() + 1));
+  std::vector<int> drafts;
+  for (size_t at = keep; at < text_.size();) {  // the text not in the cache, in chunks; the last chunk's id is the first draft
+    const size_t n = std::min<size_t>(text_.size() - at, e_.options().max_chunk);
+    BatchItem item{seq_, std::vector<int>(text_.begin() + long(at), text_.begin() + long(at + n)), false};
+    const int id = e_.forward_greedy({item})[0];
+    fed_.insert(fed_.end(), item.tokens.begin(), item.tokens.end());
+    at += n;
+    if (at == text_.size()) drafts.push_back(id);
+  }
+  while (drafts.size() < room) {
+    const int last = drafts.back();
+    drafts.push_back(e_.forward_greedy({BatchItem{seq_, {last}, false}})[0]);
+    fed_.push_back(last);
+  }
+  return drafts;
+}
+
+void check_draft_vocabulary(const model::Tokenizer& target, const model::Tokenizer& draft) {
+  TQ_CHECK(target.vocab_size() == draft.vocab_size(), "the draft model's vocabulary has {} tokens, the target's {}: a draft model must "
+           "share the target's tokenizer", draft.vocab_size(), target.vocab_size());
+  for (int i = 0; i < int(target.vocab_size()); ++i)
+    TQ_CHECK(target.token_text(i) == draft.token_text(i), "token {} is '{}' for the target and '{}' for the draft model: a draft model "
+             "must share the target's tokenizer", i, target.token_text(i), draft.token_text(i));
+}
+
 SpeculativeSpec parse_speculative_spec(const std::string& text) {
   SpeculativeSpec s;
   s.text = text;
   bool min_given = false;
   const std::vector<std::string> parts = split(text, ':');
-  TQ_CHECK(parts[0] == "ngram", "--spec '{}': unknown draft source '{}' (known: ngram)", text, parts[0]);
+  TQ_CHECK(parts[0] == "ngram" || parts[0] == "draft", "--spec '{}': unknown draft source '{}' (known: ngram, draft)", text, parts[0]);
+  if (parts[0] == "draft") s.source = SpeculativeSpec::Source::kDraftModel;
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& part = parts[i];
     const size_t eq = part.find('=');
@@ -55,6 +97,8 @@ SpeculativeSpec parse_speculative_spec(const std::string& text) {
     const std::optional<uint64_t> value = eq == std::string::npos ? std::nullopt : parse_uint(std::string_view(part).substr(eq + 1));
     TQ_CHECK(value.has_value(), "--spec '{}': '{}' is not name=count", text, part);
     const uint64_t v = *value;
+    TQ_CHECK(s.source == SpeculativeSpec::Source::kNgram || (name != "n" && name != "min"),
+             "--spec '{}': {}= is an option of ngram (the draft model has none such)", text, name);
     if (name == "k") {
       TQ_CHECK(v >= 1 && v <= 8, "--spec '{}': k={} drafted tokens per step, want 1..8", text, v);
       s.max_draft = uint32_t(v);
@@ -76,7 +120,10 @@ SpeculativeSpec parse_speculative_spec(const std::string& text) {
   return s;
 }
 
-std::unique_ptr<Drafter> make_drafter(const SpeculativeSpec& s) { return std::make_unique<NgramDrafter>(s.min_ngram, s.max_ngram); }
+std::unique_ptr<Drafter> make_drafter(const SpeculativeSpec& s) {
+  TQ_CHECK(s.source == SpeculativeSpec::Source::kNgram, "--spec '{}': a draft model's drafter is built from its engine", s.text);
+  return std::make_unique<NgramDrafter>(s.min_ngram, s.max_ngram);
+}
 
 uint32_t Speculation::length() const { return adaptive ? std::min(current_, max_draft) : max_draft; }
 

@@ -9,8 +9,8 @@
 #include <numeric>
 #include <random>
 
-#include "engine/poisoned_drafter.h"
 #include "engine/stories.h"
+#include "model/tiny_models.h"
 #include "tq/engine/generation.h"
 #include "tq/engine/speculative.h"
 
@@ -62,6 +62,7 @@ TEST(NgramDrafter, SpecParsing) {
   EXPECT_FALSE(b.adaptive);
   EXPECT_EQ(parse_speculative_spec("ngram:n=1").min_ngram, 1u);
   for (const auto& [text, says] : std::vector<std::pair<const char*, const char*>>{{"eagle", "unknown draft source 'eagle'"},
+                                                                                   {"draft:n=2", "n= is an option of ngram"},
                                                                                    {"ngram:k=9", "k=9"},
                                                                                    {"ngram:k=0", "k=0"},
                                                                                    {"ngram:k=", "'k=' is not name=count"},
@@ -138,8 +139,122 @@ INSTANTIATE_TEST_SUITE_P(Specs, GreedySpeculation,
                                            Case{"k3v2:edge=1/k4v4:sink=2:window=6:page=4", 8, false},
                                            Case{"k3v2:edge=2/k4v4:sink=4:window=64", 8, true}));
 
+// The draft model's drafter checks itself: at every step its drafts must be those a fresh draft
+// engine, told the whole text at once, gives. So what it keeps of its cache between steps (the
+// kept drafts) and what it takes back (the rejected ones, the stale tail) leave no trace.
+class CheckedModelDrafter : public Drafter {
+ public:
+  CheckedModelDrafter(const KvSpec& spec) : engine_(stories()->m, spec, {.threads = 2, .context = 512}), inner_(engine_), spec_(spec) {}
+  void extend(std::span<const int> t) override {
+    inner_.extend(t);
+    text_.insert(text_.end(), t.begin(), t.end());
+  }
+  std::vector<int> draft(uint32_t max) override {
+    const std::vector<int> d = inner_.draft(max);
+    Engine fresh(stories()->m, spec_, {.threads = 2, .context = 512});
+    ModelDrafter cold(fresh);
+    cold.extend(text_);
+    EXPECT_EQ(d, cold.draft(max)) << "after " << text_.size() << " tokens";
+    ++checked;
+    return d;
+  }
+  int checked = 0;
+
+ private:
+  Engine engine_;
+  ModelDrafter inner_;
+  KvSpec spec_;
+  std::vector<int> text_;
+};
+
+// A draft model (stories260K itself): greedy text identical to plain decoding and the draft cache
+// exact. On the target's own cache every draft is kept (the CPU runner's logits do not depend on
+// the step); on other caches some are rejected (this tiny model's argmax moves with the cache).
+TEST(ModelDrafter, GreedyTextIdenticalAndDraftCacheExact) {
+  REQUIRE_STORIES();
+  const std::vector<int> prompt = stories()->tok->encode("Lily and Tom went to the park", true);
+  for (const char* draft_spec : {"k3v2", "fp16", "k2v2:nc:page=4"}) {
+    SCOPED_TRACE(draft_spec);
+    const Outcome plain = run("k3v2", prompt, 120, nullptr, 0, false);
+    CheckedModelDrafter d(parse_kv_spec(draft_spec));
+    const Outcome spec = run("k3v2", prompt, 120, &d, 5, true);
+    EXPECT_EQ(spec.tokens, plain.tokens);
+    EXPECT_EQ(spec.seq_len, plain.seq_len);
+    EXPECT_EQ(spec.next_logits, plain.next_logits);
+    if (std::string(draft_spec) == "k3v2") {
+      EXPECT_EQ(spec.stats.accepted, spec.stats.drafted);
+      EXPECT_GT(spec.stats.accepted, 90u);
+    } else {
+      EXPECT_GT(spec.stats.accepted, 10u);
+      EXPECT_LT(spec.stats.accepted, spec.stats.drafted);
+    }
+    EXPECT_GT(d.checked, 10);
+  }
+}
+
+// Drafts stop where the draft engine's context ends; a text beyond it gets none.
+TEST(ModelDrafter, StaysWithinItsContext) {
+  REQUIRE_STORIES();
+  Engine e(stories()->m, parse_kv_spec("fp16"), {.threads = 2, .context = 20});
+  ModelDrafter d(e);
+  EXPECT_TRUE(d.draft(4).empty());  // told nothing yet
+  d.extend(std::vector<int>(18, 5));
+  EXPECT_EQ(d.draft(8).size(), 3u);  // 18 tokens and 2 fed drafts fill the 20
+  d.extend(std::vector<int>(3, 6));
+  EXPECT_TRUE(d.draft(8).empty());  // 21 tokens: beyond the context
+}
+
+TEST(ModelDrafter, VocabularyMustBeTheTargets) {
+  REQUIRE_STORIES();
+  EXPECT_NO_THROW(check_draft_vocabulary(*stories()->tok, *stories()->tok));
+  const auto bpe = [](const model::testing::BpeVocab& v) {
+    model::testing::GgufWriter w;
+    model::testing::add_bpe_tokenizer(w, v);
+    return model::tokenizer_from_gguf(model::GgufFile::from_bytes(w.bytes()));
+  };
+  model::testing::BpeVocab v = model::testing::small_bpe_vocab(true);
+  const auto a = bpe(v);
+  const auto expect_error = [](const model::Tokenizer& t, const model::Tokenizer& d, const std::string& says) {
+    try {
+      check_draft_vocabulary(t, d);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+    }
+  };
+  expect_error(*a, *stories()->tok, "vocabulary has 512 tokens, the target's 273");
+  v.tokens[260] = "Ġx";
+  expect_error(*a, *bpe(v), "token 260 is");
+}
+
 // Drafts that are wrong, or right then wrong: the rejected tokens must leave nothing a later step
 // reads (pages, the recent-token ring), so the text and the cache are those of plain decoding.
+class PoisonedDrafter : public Drafter {
+ public:
+  PoisonedDrafter(std::vector<int> truth, size_t prompt_len, int vocab, bool some_right)
+      : truth_(std::move(truth)), prompt_len_(prompt_len), vocab_(vocab), some_right_(some_right) {}
+  void extend(std::span<const int> t) override { len_ += t.size(); }
+  std::vector<int> draft(uint32_t max) override {
+    std::vector<int> d;
+    const size_t at = len_ - prompt_len_;  // tokens generated so far: the next one is truth_[at]
+    const uint32_t right = some_right_ ? uint32_t(rng_() % (max + 1)) : 0;
+    for (uint32_t i = 0; i < right && at + i < truth_.size(); ++i) d.push_back(truth_[at + i]);
+    while (d.size() < max) {
+      int t = int(rng_() % uint32_t(vocab_));
+      if (at + d.size() < truth_.size() && t == truth_[at + d.size()]) t = (t + 1) % vocab_;  // surely wrong
+      d.push_back(t);
+    }
+    return d;
+  }
+
+ private:
+  std::vector<int> truth_;
+  size_t prompt_len_, len_ = 0;
+  int vocab_;
+  bool some_right_;
+  std::mt19937 rng_{7};
+};
+
 TEST(SpeculationRollback, PoisonedDraftsLeaveNoTrace) {
   REQUIRE_STORIES();
   const std::vector<int> prompt = stories()->tok->encode("Lily and Tom went to the park", true);
@@ -147,7 +262,7 @@ TEST(SpeculationRollback, PoisonedDraftsLeaveNoTrace) {
     SCOPED_TRACE(spec);
     const Outcome plain = run(spec, prompt, 150, nullptr, 0, false);
     for (bool some_right : {false, true}) {
-      testing::PoisonedDrafter poison(plain.tokens, prompt.size(), stories()->m.config.vocab_size, some_right);
+      PoisonedDrafter poison(plain.tokens, prompt.size(), stories()->m.config.vocab_size, some_right);
       const Outcome spec_run = run(spec, prompt, 150, &poison, 8, false);
       EXPECT_EQ(spec_run.tokens, plain.tokens) << (some_right ? "right then wrong" : "all wrong");
       EXPECT_EQ(spec_run.seq_len, plain.seq_len);

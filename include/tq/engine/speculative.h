@@ -19,6 +19,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include "tq/engine/engine.h"
+#include "tq/model/tokenizer.h"
+
 namespace tq::engine {
 
 // Proposes the next tokens of a text it is told about token by token.
@@ -51,14 +54,42 @@ class NgramDrafter : public Drafter {
   std::vector<std::unordered_map<uint64_t, uint32_t>> last_;
 };
 
-// "ngram", "ngram:k=8", "ngram:k=4:n=3:min=2" -> options; throws tq::Error naming a bad part.
+// A draft model (Leviathan et al. 2023; llama.cpp's --model-draft, transformers' assistant_model):
+// a smaller model with the target's tokenizer drafts greedily on its own engine, KV spec and cache.
+// Its cache keeps the text it was told and the drafts of the last step; when the text grows by
+// drafts the target kept, those stay, and the rest is taken back (Engine::truncate), so each step
+// feeds only the tokens the draft has not seen: the target's own token, or a rejected tail.
+class ModelDrafter : public Drafter {
+ public:
+  // `e`: the draft model's engine, which the drafter uses alone (one sequence); must outlive it.
+  explicit ModelDrafter(Engine& e);
+  void extend(std::span<const int> tokens) override;
+  std::vector<int> draft(uint32_t max) override;
+
+ private:
+  Engine& e_;
+  int seq_;
+  std::vector<int> text_;  // the text told so far
+  std::vector<int> fed_;   // the tokens in the draft's cache: [e_.seq_len(seq_)]
+};
+
+// Throws tq::Error unless a draft model can draft for the target: the same vocabulary, token by
+// token (the drafts are token ids of the target's tokenizer). Names the first token that differs.
+void check_draft_vocabulary(const model::Tokenizer& target, const model::Tokenizer& draft);
+
+// "ngram", "ngram:k=8", "ngram:k=4:n=3:min=2", "draft:k=4" -> options; throws tq::Error naming a
+// bad part. ngram: prompt lookup (NgramDrafter); draft: a draft model (ModelDrafter), which the
+// caller loads.
 struct SpeculativeSpec {
+  enum class Source { kNgram, kDraftModel };
+  Source source = Source::kNgram;
   uint32_t max_draft = 8;    // k: most drafted tokens per step (1..8)
   bool adaptive = true;      // draft length follows the acceptance (fixed=1 turns it off)
   uint32_t max_ngram = 3, min_ngram = 2;
   std::string text;
 };
 SpeculativeSpec parse_speculative_spec(const std::string& text);
+// The n-gram drafter of an ngram spec; throws tq::Error for a draft spec (its model is the caller's).
 std::unique_ptr<Drafter> make_drafter(const SpeculativeSpec& s);
 
 struct SpeculativeStats {
