@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <thread>
 
 #include "commands.h"
@@ -24,6 +25,7 @@ struct Options {
   double gpu_memory = 0, shutdown_timeout = 10;
   unsigned threads = 0;
   bool no_prefix_caching = false;
+  std::string speculative;  // --spec: requests' default
 };
 
 void serve(const Options& o) {
@@ -34,6 +36,10 @@ void serve(const Options& o) {
   TQ_CHECK(o.max_queue >= 1, "--max-queue must be at least 1");
   TQ_CHECK(o.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0 seconds, got {}", o.shutdown_timeout);
   const KvSpec spec = parse_kv_spec(o.kv);
+  std::optional<engine::SpeculativeSpec> speculation;
+  if (!o.speculative.empty()) speculation = engine::parse_speculative_spec(o.speculative);
+  TQ_CHECK(!speculation || speculation->source == engine::SpeculativeSpec::Source::kNgram,
+           "--spec '{}': the server drafts by prompt lookup only (ngram)", o.speculative);
   // SIGINT and SIGTERM are taken by one thread (sigwait), so every thread started below (the engine's CPU workers too) inherits
   // the mask and no handler runs inside a request.
   sigset_t sigs;
@@ -61,7 +67,7 @@ void serve(const Options& o) {
                      {.max_waiting = o.max_queue});
   serve::Server server(svc, m, tok,
                        {.host = o.host, .port = o.port, .model_name = name, .threads = o.max_num_seqs + o.max_queue + 8,
-                        .shutdown_grace = std::chrono::milliseconds(int64_t(o.shutdown_timeout * 1000))});
+                        .shutdown_grace = std::chrono::milliseconds(int64_t(o.shutdown_timeout * 1000)), .speculation = speculation});
   const int port = server.bind();
 
   const auto& sch = svc.scheduler();
@@ -73,6 +79,9 @@ void serve(const Options& o) {
              size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size(), o.max_num_seqs, ctx, o.max_batched_tokens);
   fmt::print(stderr, "tq serve: prefix caching {}\n",
              sch.prefix_caching() ? "on" : o.no_prefix_caching ? "off (--no-enable-prefix-caching)" : "off: " + sch.prefix_caching_note());
+  fmt::print(stderr, "tq serve: speculative decoding {}\n",
+             speculation ? fmt::format("{} for every request (a request's \"speculative\" overrides it)", o.speculative)
+                         : "off (a request may ask: \"speculative\": \"ngram\")");
   if (cfg.chat_template == model::ChatTemplate::None) fmt::print(stderr, "tq serve: the model has no chat template; chat requests use ChatML\n");
   fmt::print(stderr, "tq serve: serving '{}' on http://{}:{} (Ctrl-C stops)\n", name, o.host, port);
   std::fflush(stderr);
@@ -122,6 +131,9 @@ void add_serve(CLI::App& app) {
               "allows it: specs with sink or window side buffers do not)");
   c->add_option("--shutdown-timeout", o->shutdown_timeout,
                 "on SIGINT or SIGTERM, seconds that running requests get to finish before they are cancelled (default 10)");
+  c->add_option("--spec", o->speculative,
+                "speculative decoding by prompt lookup for every request: ngram[:k=N:n=N:min=N:fixed=1] (tq run --help\n"
+                "says what they mean); a request's \"speculative\" field (a spec, or \"off\") overrides it. Default: off");
   c->add_option("-t,--threads", o->threads, "CPU threads of the engine (default: all cores)");
   c->callback([o] { serve(*o); });
 }

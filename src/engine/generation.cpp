@@ -51,22 +51,6 @@ bool is_stop_token(const model::Model& m, const model::Tokenizer& tok, int id) {
 
 namespace {
 
-// A token from p[vocab] (sums to 1) without `skip`, renormalized: u in [0, 1) falls in the
-// cumulative mass of the other tokens in id order.
-int sample_without(const std::vector<float>& p, int skip, double u) {
-  double rest = 0;
-  for (size_t i = 0; i < p.size(); ++i) rest += int(i) == skip ? 0.0 : double(p[i]);
-  const double target = u * rest;
-  double acc = 0;
-  int last = -1;
-  for (size_t i = 0; i < p.size(); ++i) {
-    if (int(i) == skip || p[i] <= 0) continue;
-    acc += double(p[i]), last = int(i);
-    if (acc > target) return int(i);
-  }
-  return last >= 0 ? last : skip;  // rounding left u * rest at the very end; or p is one-hot at skip
-}
-
 // One speculative step. `next` is the last token (emitted, not fed); the engine scores it with
 // the drafts in one pass. Drafted tokens the target agrees with are emitted (through `emit`, which
 // says false on a stop token); `next` becomes the target's token after them. Returns false when
@@ -76,40 +60,16 @@ bool verify_drafts(Engine& e, int seq, int& next, const std::vector<int>& drafts
   const uint32_t before = e.seq_len(seq);
   BatchItem item{seq, {next}, true};
   item.tokens.insert(item.tokens.end(), drafts.begin(), drafts.end());
-  uint32_t kept = 0;
+  // Greedy, the runner takes every row's argmax on its device: ids come back, not logits.
+  const Verdict v = sampler.params().greedy() ? verify_greedy(e.forward_greedy({item}), drafts)
+                                              : verify_sampled(e.forward({item}), drafts, sampler);
+  uint32_t fed = 0;  // drafts emitted (a stop token among them ends the text, unfed)
   bool more = true;
-  int pick = -1;
-  if (sampler.params().greedy()) {
-    // The runner takes every row's argmax on its device: [1 + drafts] ids come back, not logits.
-    const std::vector<int> ids = e.forward_greedy({item});  // ids[i]: the token after item.tokens[i]
-    for (; kept < drafts.size() && ids[kept] == drafts[kept]; ++kept)
-      if (!emit(drafts[kept])) {  // a stop token: the text ends, it is not fed
-        more = false;
-        break;
-      }
-    pick = ids[kept];
-  } else {
-    const std::vector<float> rows = e.forward({item});  // [1 + drafts][vocab]: row i scores the token after item.tokens[i]
-    const size_t V = rows.size() / item.tokens.size();
-    std::vector<float> p;
-    for (; kept < drafts.size(); ++kept) {
-      const int d = drafts[kept];
-      sampler.probabilities(std::span<const float>(&rows[kept * V], V), p);
-      if (!(sampler.draw() < double(p[size_t(d)]))) {
-        pick = sample_without(p, d, sampler.draw());
-        break;
-      }
-      if (!emit(d)) {
-        more = false;
-        break;
-      }
-    }
-    if (kept == drafts.size()) pick = sampler.sample(std::span<const float>(&rows[kept * V], V));
-  }
-  sp.stats.steps++, sp.stats.drafted += drafts.size(), sp.stats.accepted += kept;
-  sp.update(uint32_t(drafts.size()), kept);
-  if (more) next = pick;
-  e.truncate(seq, before + 1 + kept);
+  while (fed < v.kept && (more = emit(drafts[fed]))) ++fed;
+  sp.stats.steps++, sp.stats.drafted += drafts.size(), sp.stats.accepted += fed;
+  sp.update(uint32_t(drafts.size()), fed);
+  if (more) next = v.next;
+  e.truncate(seq, before + 1 + fed);
   return more;
 }
 

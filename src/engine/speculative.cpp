@@ -125,6 +125,51 @@ std::unique_ptr<Drafter> make_drafter(const SpeculativeSpec& s) {
   return std::make_unique<NgramDrafter>(s.min_ngram, s.max_ngram);
 }
 
+namespace {
+
+// A token from p[vocab] (sums to 1) without `skip`, renormalized: u in [0, 1) falls in the
+// cumulative mass of the other tokens in id order.
+int sample_without(const std::vector<float>& p, int skip, double u) {
+  double rest = 0;
+  for (size_t i = 0; i < p.size(); ++i) rest += int(i) == skip ? 0.0 : double(p[i]);
+  const double target = u * rest;
+  double acc = 0;
+  int last = -1;
+  for (size_t i = 0; i < p.size(); ++i) {
+    if (int(i) == skip || p[i] <= 0) continue;
+    acc += double(p[i]), last = int(i);
+    if (acc > target) return int(i);
+  }
+  return last >= 0 ? last : skip;  // rounding left u * rest at the very end; or p is one-hot at skip
+}
+
+}  // namespace
+
+Verdict verify_greedy(std::span<const int> ids, std::span<const int> drafts) {
+  TQ_CHECK(ids.size() == drafts.size() + 1, "{} ids for {} drafts: want one per draft and one more", ids.size(), drafts.size());
+  Verdict v;
+  while (v.kept < drafts.size() && ids[v.kept] == drafts[v.kept]) ++v.kept;
+  v.next = ids[v.kept];
+  return v;
+}
+
+Verdict verify_sampled(std::span<const float> logits, std::span<const int> drafts, Sampler& sampler) {
+  TQ_CHECK(logits.size() % (drafts.size() + 1) == 0, "{} logits are not {} rows", logits.size(), drafts.size() + 1);
+  const size_t V = logits.size() / (drafts.size() + 1);
+  std::vector<float> p;
+  Verdict v;
+  for (; v.kept < drafts.size(); ++v.kept) {
+    const int d = drafts[v.kept];
+    sampler.probabilities(logits.subspan(v.kept * V, V), p);
+    if (!(sampler.draw() < double(p[size_t(d)]))) {
+      v.next = sample_without(p, d, sampler.draw());
+      return v;
+    }
+  }
+  v.next = sampler.sample(logits.subspan(v.kept * V, V));
+  return v;
+}
+
 uint32_t Speculation::length() const { return adaptive ? std::min(current_, max_draft) : max_draft; }
 
 void Speculation::update(uint32_t drafted, uint32_t accepted) {

@@ -35,6 +35,14 @@ std::string prometheus_text(const ServiceStats& s) {
   metric(o, "tq_preemptions_total", "counter", "Requests preempted for lack of pages (recomputed later).", double(c.preemptions));
   metric(o, "tq_scheduler_steps_total", "counter", "Engine steps run.", double(c.steps));
   metric(o, "tq_step_seconds_total", "counter", "Time inside scheduler steps.", s.step_seconds);
+  metric(o, "tq_spec_verify_steps_total", "counter", "Speculative steps: a request's step that carried drafts to verify.",
+         double(c.spec_verifications));
+  metric(o, "tq_spec_draft_tokens_total", "counter", "Tokens drafted (n-gram prompt lookup) and verified.", double(c.spec_drafted));
+  metric(o, "tq_spec_accepted_tokens_total", "counter", "Drafted tokens the model agreed with (kept).", double(c.spec_accepted));
+  metric(o, "tq_spec_acceptance_rate", "gauge", "Accepted over drafted tokens since the start.",
+         c.spec_drafted ? double(c.spec_accepted) / double(c.spec_drafted) : 0.0);
+  metric(o, "tq_spec_mean_accepted_length", "gauge", "Drafted tokens kept per verify step since the start (each step adds the model's own token).",
+         c.spec_verifications ? double(c.spec_accepted) / double(c.spec_verifications) : 0.0);
   const char* h = "tq_time_to_first_token_seconds";
   o += fmt::format("# HELP {0} From a request's arrival to its first generated token.\n# TYPE {0} histogram\n", h);
   for (size_t i = 0; i < s.ttft_buckets.size(); ++i) o += fmt::format("{}_bucket{{le=\"{}\"}} {}\n", h, s.ttft_buckets[i], s.ttft_counts[i]);

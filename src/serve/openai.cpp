@@ -134,6 +134,21 @@ CompletionRequest parse_completion(const json& body, bool chat) {
     r.sampling.seed = s->is_number_unsigned() ? s->get<uint64_t>() : uint64_t(s->get<int64_t>());
     r.seeded = true;
   }
+  if (const json* sp = field(body, "speculative")) {  // tq's extension
+    if (!sp->is_string()) throw bad("speculative", fmt::format("must be a string (e.g. \"ngram:k=4\" or \"off\"), got {}", sp->type_name()));
+    const std::string text = sp->get<std::string>();
+    if (text == "off") {
+      r.speculation.emplace(std::nullopt);
+    } else {
+      try {
+        r.speculation.emplace(engine::parse_speculative_spec(text));
+      } catch (const Error& e) {
+        throw bad("speculative", e.what());
+      }
+      if (r.speculation->value().source != engine::SpeculativeSpec::Source::kNgram)
+        throw bad("speculative", fmt::format("'{}': this server drafts by prompt lookup only (ngram)", text));
+    }
+  }
   if (const json* s = field(body, "stop")) {
     if (s->is_string()) {
       r.stop.push_back(s->get<std::string>());

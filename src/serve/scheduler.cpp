@@ -25,9 +25,16 @@ struct Scheduler::Seq {
   int seq = -1;             // the engine's sequence while running
   uint32_t computed = 0;    // tokens whose K/V are in the cache (the engine's seq_len)
   Finish done = Finish::kNone;
+  std::unique_ptr<engine::Drafter> drafter;  // told every token of `tokens`; null without speculation
+  std::optional<engine::Speculation> spec;
 
   Seq(uint64_t i, Request&& r) : id(i), tokens(std::move(r.prompt)), max_tokens(r.max_tokens), sampler(r.sampling) {
     prompt_len = uint32_t(tokens.size());
+    if (r.speculation) {
+      drafter = engine::make_drafter(*r.speculation);
+      drafter->extend(tokens);
+      spec.emplace(drafter.get(), r.speculation->max_draft, r.speculation->adaptive);
+    }
   }
 };
 
@@ -67,6 +74,8 @@ void Scheduler::check(const Request& r) const {
   TQ_CHECK(pages <= stats_.pages_total, "the request needs {} KV pages ({} tokens), more than the whole pool holds ({} pages)", pages,
            n + r.max_tokens - 1, stats_.pages_total);
   r.sampling.validate();
+  TQ_CHECK(!r.speculation || r.speculation->source == engine::SpeculativeSpec::Source::kNgram,
+           "speculative '{}': the server drafts by prompt lookup only (ngram)", r.speculation ? r.speculation->text : "");
 }
 
 uint64_t Scheduler::add(Request r, uint64_t id) {
@@ -111,12 +120,35 @@ void Scheduler::preempt(Seq* s) {
   ++stats_.preemptions;
 }
 
-void Scheduler::take(Seq* s, uint32_t n, uint32_t pages, Plan& p) {
+void Scheduler::take(Seq* s, uint32_t n, uint32_t pages, Plan& p, std::vector<int> drafts) {
   const auto first = s->tokens.begin() + s->computed;
-  p.batch.push_back(engine::BatchItem{s->seq, std::vector<int>(first, first + n)});
+  engine::BatchItem item{s->seq, std::vector<int>(first, first + n), !drafts.empty()};
+  item.tokens.insert(item.tokens.end(), drafts.begin(), drafts.end());
+  p.budget -= uint32_t(item.tokens.size());
+  p.batch.push_back(std::move(item));
   p.items.push_back(s);
-  p.budget -= n;
+  p.drafts.push_back(std::move(drafts));
   p.planned += pages;
+}
+
+std::vector<int> Scheduler::drafts_for(Seq* s, uint32_t budget) {
+  if (!s->spec || budget < 2) return {};
+  // Every kept draft and the target's token after them are generated tokens: within max_tokens
+  // (and so within the context and the pages check() allowed).
+  const uint32_t room = std::min({s->spec->length(), s->max_tokens - s->generated - 1, budget - 1, e_.options().max_chunk - 1});
+  return room ? s->drafter->draft(room) : std::vector<int>{};
+}
+
+void Scheduler::emit(Seq* s, const std::vector<int>& tokens, std::vector<Event>& out) {
+  for (int t : tokens) {
+    if (is_stop_(t)) return finish(s, Finish::kStop, out);
+    s->tokens.push_back(t);
+    ++s->generated;
+    ++stats_.generated_tokens;
+    if (s->drafter) s->drafter->extend({&t, 1});
+    if (s->generated >= s->max_tokens) return finish(s, Finish::kLength, out, t);
+    out.push_back(Event{s->id, t, Finish::kNone, {}});
+  }
 }
 
 void Scheduler::drop_finished() {
@@ -170,53 +202,91 @@ std::vector<Event> Scheduler::step() {
   for (size_t i = 0; i < running_.size() && plan.budget > 0; ++i) {
     Seq* s = running_[i].get();
     const uint32_t n = std::min(uint32_t(s->tokens.size()) - s->computed, plan.budget);
-    const uint32_t need = bm.pages_needed(s->seq, n);
+    // A decode may carry drafts, leaving a token of the budget for each running request after it.
+    const uint32_t after = uint32_t(running_.size() - i - 1);
+    std::vector<int> drafts = s->computed + 1 == s->tokens.size() && plan.budget > after ? drafts_for(s, plan.budget - after)
+                                                                                          : std::vector<int>{};
+    uint32_t need = bm.pages_needed(s->seq, n + uint32_t(drafts.size()));
+    if (!drafts.empty() && need + plan.planned > bm.allocator().free_pages()) {  // drafts never preempt anyone
+      drafts.clear();
+      need = bm.pages_needed(s->seq, n);
+    }
     while (need + plan.planned > bm.allocator().free_pages() && running_.size() > i + 1) preempt(running_.back().get());
     if (need + plan.planned > bm.allocator().free_pages()) {
       preempt(s);  // the newest itself: it waits for the older ones to finish
       break;
     }
-    take(s, n, need, plan);
+    take(s, n, need, plan, std::move(drafts));
   }
   admit(plan);
   const std::vector<engine::BatchItem>& batch = plan.batch;
   const std::vector<Seq*>& items = plan.items;
   if (batch.empty()) return out;
 
-  std::vector<engine::SampleArgs> args(batch.size());  // greedy placeholders for prompt chunks that sample nothing
+  // Each item samples its last row, or every row when it carries drafts (a verification), on the
+  // runner's device; a sampled verification needs the logits (rejection sampling), and then the
+  // whole step is sampled on the host from them, by the same rule.
   std::vector<bool> samples(batch.size());
+  bool on_host = false;
   for (size_t i = 0; i < batch.size(); ++i) {
-    samples[i] = items[i]->computed + batch[i].tokens.size() == items[i]->tokens.size();
-    if (samples[i]) args[i] = items[i]->sampler.next_args();
+    samples[i] = items[i]->computed + batch[i].tokens.size() - plan.drafts[i].size() == items[i]->tokens.size();
+    on_host |= !plan.drafts[i].empty() && !items[i]->sampler.params().greedy();
   }
-  std::vector<int> ids;
+  std::vector<int> ids;      // [rows] on the device
+  std::vector<float> logits; // [rows][vocab] on the host
   try {
-    ids = e_.forward_sample(batch, args);
+    if (on_host) {
+      logits = e_.forward(batch);
+    } else {
+      std::vector<engine::SampleArgs> args;  // greedy placeholders for prompt chunks that sample nothing
+      for (size_t i = 0; i < batch.size(); ++i) {
+        if (!plan.drafts[i].empty())
+          args.resize(args.size() + batch[i].tokens.size());  // greedy verification
+        else
+          args.push_back(samples[i] ? items[i]->sampler.next_args() : engine::SampleArgs{});
+      }
+      ids = e_.forward_sample(batch, args);
+    }
   } catch (const Error& err) {
     for (Seq* s : items) finish(s, Finish::kError, out, -1, err.what());
     drop_finished();
     return out;
   }
   ++stats_.steps;
+  const size_t V = size_t(e_.config().vocab_size);
+  size_t row = 0;  // the item's first row
   for (size_t i = 0; i < items.size(); ++i) {
     Seq* s = items[i];
-    const uint32_t n = uint32_t(batch[i].tokens.size());
-    stats_.computed_tokens += n;
+    const std::vector<int>& drafts = plan.drafts[i];
+    const size_t rows = drafts.empty() ? 1 : batch[i].tokens.size();
+    const std::span<const float> item_logits = on_host ? std::span<const float>(logits).subspan(row * V, rows * V) : std::span<const float>();
+    const std::span<const int> item_ids = on_host ? std::span<const int>() : std::span<const int>(ids).subspan(row, rows);
+    row += rows;
+    const uint32_t n = uint32_t(batch[i].tokens.size() - drafts.size());
+    stats_.computed_tokens += batch[i].tokens.size();
     s->computed += n;
-    e_.cache_pages(s->seq, s->tokens);
-    if (!samples[i]) continue;
-    const int t = ids[i];
-    if (is_stop_(t)) {
-      finish(s, Finish::kStop, out);
+    if (!samples[i]) {
+      e_.cache_pages(s->seq, s->tokens);
       continue;
     }
-    s->tokens.push_back(t);
-    ++s->generated;
-    ++stats_.generated_tokens;
-    if (s->generated >= s->max_tokens)
-      finish(s, Finish::kLength, out, t);
-    else
-      out.push_back(Event{s->id, t, Finish::kNone, {}});
+    std::vector<int> emitted;
+    if (drafts.empty()) {
+      emitted.push_back(on_host ? s->sampler.sample(item_logits) : item_ids[0]);
+    } else {
+      const engine::Verdict v = on_host ? engine::verify_sampled(item_logits, drafts, s->sampler) : engine::verify_greedy(item_ids, drafts);
+      // The cache keeps the kept drafts up to a stop token among them (it ends the request, unfed).
+      uint32_t fed = 0;
+      while (fed < v.kept && !is_stop_(drafts[fed])) ++fed;
+      e_.truncate(s->seq, s->computed + fed);
+      s->computed += fed;
+      s->spec->update(uint32_t(drafts.size()), fed);
+      s->spec->stats.steps++, s->spec->stats.drafted += drafts.size(), s->spec->stats.accepted += fed;
+      ++stats_.spec_verifications, stats_.spec_drafted += drafts.size(), stats_.spec_accepted += fed;
+      emitted.assign(drafts.begin(), drafts.begin() + v.kept);
+      emitted.push_back(v.next);
+    }
+    emit(s, emitted, out);  // an end releases the pages, caching the full ones
+    if (s->done == Finish::kNone) e_.cache_pages(s->seq, s->tokens);
   }
   drop_finished();
   return out;

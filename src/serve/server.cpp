@@ -111,7 +111,7 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   if (prompt.size() >= context_)
     throw ApiError(400, fmt::format("this model's maximum context length is {} tokens, but the {} has {} tokens", context_, what, prompt.size()),
                    what);
-  Request r{prompt, cr.sampling, cr.max_tokens.value_or(uint32_t(context_ - prompt.size()))};
+  Request r{prompt, cr.sampling, cr.max_tokens.value_or(uint32_t(context_ - prompt.size())), cr.speculation.value_or(o.speculation)};
   if (!cr.seeded) r.sampling.seed = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
   if (echo) *echo = cr.echo ? (cr.prompt_ids.empty() ? cr.prompt : tok.decode(cr.prompt_ids)) : "";
   std::shared_ptr<Stream> s;

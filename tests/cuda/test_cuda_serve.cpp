@@ -1,5 +1,6 @@
 // The serving scheduler over the CUDA runner: requests arriving mid-run, batched with chunked
-// prefill, a pool small enough that decodes preempt and recompute, prefix hits. Each request is
+// prefill, a pool small enough that decodes preempt and recompute, prefix hits, speculative
+// requests (verification steps, rejected drafts taken back) among plain ones. Each request is
 // greedy, so each of its tokens must be the argmax of an eager engine's logits over its prompt and
 // the tokens before, wherever that argmax is clear; and every page is back in the pool at the end.
 //
@@ -47,7 +48,8 @@ TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
       std::vector<int> p = i % 2 ? shared : std::vector<int>{};
       const std::vector<int> tail = tokens(3 + rng() % 60);
       p.insert(p.end(), tail.begin(), tail.end());
-      reqs.push_back({p, {}, uint32_t(8 + rng() % 23)});
+      // A third speculate (n-gram drafts of one token and up, in steps shared with the others).
+      reqs.push_back({p, {}, uint32_t(8 + rng() % 23), i % 3 ? std::nullopt : std::optional(engine::parse_speculative_spec("ngram:min=1"))});
     }
     std::map<uint64_t, size_t> index;  // request id -> reqs index
     std::map<uint64_t, std::vector<int>> got;
@@ -67,6 +69,7 @@ TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
     EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
     EXPECT_EQ(st.finished, reqs.size());
     EXPECT_GT(st.preemptions, 0u);
+    EXPECT_GT(st.spec_verifications, 0u);
     if (s.prefix_caching()) {
       EXPECT_GT(st.prefix_hit_tokens, 0u);
     }

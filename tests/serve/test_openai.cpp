@@ -30,6 +30,12 @@ TEST(OpenAiParse, CompletionDefaultsAndFields) {
   EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
   r = parse_completion(json::parse(R"({"prompt": [1, 2, 3]})"), false);
   EXPECT_EQ(r.prompt_ids, (std::vector<int>{1, 2, 3}));
+  EXPECT_FALSE(r.speculation.has_value());  // the server's default
+  r = parse_completion(json::parse(R"({"prompt": "x", "speculative": "ngram:k=4"})"), false);
+  ASSERT_TRUE(r.speculation.has_value() && r.speculation->has_value());
+  EXPECT_EQ(r.speculation->value().max_draft, 4u);
+  r = parse_completion(json::parse(R"({"prompt": "x", "speculative": "off"})"), false);
+  EXPECT_TRUE(r.speculation.has_value() && !r.speculation->has_value());
 }
 
 TEST(OpenAiParse, ChatMessages) {
@@ -81,7 +87,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Bad{R"({"messages": [{"role": "tool", "content": "x"}]})", true, "messages[0].role"},
                       Bad{R"({"messages": [{"role": "user", "content": 5}]})", true, "messages[0].content"},
                       Bad{R"({"messages": [{"role": "user", "content": "x"}], "tools": []})", true, "tools"},
-                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", true, "logprobs"}));
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", true, "logprobs"},
+                      Bad{R"({"prompt": "x", "speculative": true})", false, "speculative"},
+                      Bad{R"({"prompt": "x", "speculative": "ngram:k=9"})", false, "speculative"},
+                      Bad{R"({"prompt": "x", "speculative": "draft"})", false, "speculative"}));
 
 TEST(OpenAiBodies, Shapes) {
   const ResponseHead chat{"chatcmpl-1", "m", 100, true}, cmpl{"cmpl-1", "m", 100, false};

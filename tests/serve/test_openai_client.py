@@ -8,6 +8,7 @@ Usage: test_openai_client.py --tq build/release/apps/cli/tq --data ../shared/dat
 Exits 77 (skipped) when the openai package or stories260K is missing.
 """
 import argparse
+import concurrent.futures
 import json
 import os
 import random
@@ -168,6 +169,25 @@ class ServeTest(unittest.TestCase):
         streamed = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=60, temperature=0, stop=stop,
                                                     stream=True)
         self.assertEqual("".join(c.choices[0].text for c in streamed), full[:full.index(stop)])
+        self.s.wait_drained(self)
+
+    def test_speculative_requests_keep_greedy_text(self):
+        before = self.s.metrics()
+        # Streams at once: two speculate (tq's "speculative" field), one does not; greedy text is tq run's.
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            futures = [pool.submit(self.complete, PROMPTS[i], 60, extra_body=body)
+                       for i, body in [(0, {"speculative": "ngram:min=1"}), (1, {"speculative": "ngram:k=3:min=1"}), (2, {})]]
+            texts = [f.result().choices[0].text for f in futures]
+        for i, text in enumerate(texts):
+            self.assertEqual(text, tq_run(PROMPTS[i], 60, self.KV), PROMPTS[i])
+        after = self.s.metrics()
+        self.assertGreater(after["tq_spec_verify_steps_total"], before["tq_spec_verify_steps_total"])
+        self.assertGreater(after["tq_spec_accepted_tokens_total"], before["tq_spec_accepted_tokens_total"])
+        self.assertGreater(after["tq_spec_draft_tokens_total"], after["tq_spec_accepted_tokens_total"])
+        self.assertTrue(0 < after["tq_spec_acceptance_rate"] < 1)
+        with self.assertRaises(openai.BadRequestError) as e:
+            self.complete(PROMPTS[0], 5, extra_body={"speculative": "draft"})
+        self.assertEqual(e.exception.param, "speculative")
         self.s.wait_drained(self)
 
     def test_prefix_cache_hits_give_cold_tokens(self):

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <optional>
 #include <random>
 
 #include "engine/stories.h"
@@ -28,14 +29,22 @@ bool is_stop(int id) { return engine::is_stop_token(stories()->m, *stories()->to
 
 std::vector<int> prompt(const std::string& text) { return stories()->tok->encode(text, true); }
 
-// The request alone on a fresh engine: prefill, then engine::generate.
-std::vector<int> alone(const std::string& spec, const Request& r) {
+// The request alone on a fresh engine: prefill, then engine::generate (speculating as the request
+// says when `speculate`).
+std::vector<int> alone(const std::string& spec, const Request& r, bool speculate = false) {
   Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512});
   const int s = e.add_sequence();
   engine::Sampler sampler(r.sampling);
+  std::unique_ptr<engine::Drafter> d;
+  std::optional<engine::Speculation> sp;
+  if (speculate && r.speculation) {
+    d = engine::make_drafter(*r.speculation);
+    d->extend(r.prompt);
+    sp.emplace(d.get(), r.speculation->max_draft, r.speculation->adaptive);
+  }
   std::vector<int> out;
-  engine::generate(e, s, e.prefill(s, r.prompt), sampler, stories()->m, *stories()->tok, {.max_tokens = r.max_tokens},
-                   [&](int t) { out.push_back(t); });
+  engine::generate(e, s, e.prefill(s, r.prompt), sampler, stories()->m, *stories()->tok,
+                   {.max_tokens = r.max_tokens, .speculation = sp ? &*sp : nullptr}, [&](int t) { out.push_back(t); });
   return out;
 }
 
@@ -91,7 +100,7 @@ TEST_P(SchedulerMatchesAlone, GreedyAndSeeded) {
   std::vector<Request> reqs;
   std::vector<uint64_t> ids;
   for (size_t i = 0; i < kPrompts.size(); ++i) {
-    Request r{prompt(kPrompts[i]), {}, uint32_t(20 + 9 * i)};
+    Request r{prompt(kPrompts[i]), {}, uint32_t(20 + 9 * i), {}};
     if (i % 2) r.sampling = SamplingParams{.temperature = 0.9f, .top_p = 0.95f, .seed = 1000 + i};
     reqs.push_back(r);
     ids.push_back(s.add(r));
@@ -111,6 +120,48 @@ TEST_P(SchedulerMatchesAlone, GreedyAndSeeded) {
   if (std::string(c.name) == "TinyPoolPreempts") {
     EXPECT_GT(st.preemptions, 0u);
   }
+}
+
+// Speculation per request, in steps shared with plain requests (ngram drafts; rejected ones taken
+// back). Greedy requests give the tokens they get alone without speculation. Sampled ones give the
+// tokens generate() gives them alone with the same speculation where nothing shortens their drafts
+// (a token budget or a small pool: drafts then give way, and so draw other numbers); elsewhere
+// they end as they should.
+TEST_P(SchedulerMatchesAlone, SpeculativeRequestsShareSteps) {
+  REQUIRE_STORIES();
+  const Case& c = GetParam();
+  EngineOptions eo = c.eo;
+  eo.threads = 2;
+  eo.context = 512;
+  Engine e(stories()->m, parse_kv_spec(c.spec), eo);
+  Scheduler s(e, is_stop, c.so);
+  std::vector<Request> reqs;
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < kPrompts.size(); ++i) {
+    Request r{prompt(kPrompts[i]), {}, uint32_t(30 + 9 * i), {}};
+    if (i % 2) r.sampling = SamplingParams{.temperature = 0.9f, .top_p = 0.95f, .seed = 1000 + i};
+    if (i % 3 != 2) r.speculation = engine::parse_speculative_spec(i % 2 ? "ngram:k=3:min=1" : "ngram:n=2:min=1");
+    reqs.push_back(r);
+    ids.push_back(s.add(r));
+  }
+  const auto got = drain(s);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const Outcome& o = got.at(ids[i]);
+    if (reqs[i].sampling.greedy()) {
+      EXPECT_EQ(o.tokens, alone(c.spec, reqs[i])) << "request " << i;
+    } else if (c.so.max_batched_tokens == 0 && c.eo.num_pages == 0) {
+      EXPECT_EQ(o.tokens, alone(c.spec, reqs[i], true)) << "request " << i;
+    }
+    EXPECT_TRUE(o.finish == Finish::kStop || o.finish == Finish::kLength) << finish_name(o.finish);
+    EXPECT_EQ(o.finish == Finish::kLength, o.tokens.size() == reqs[i].max_tokens);
+    EXPECT_EQ(o.events_after_finish, 0);
+  }
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
+  EXPECT_EQ(e.blocks().allocator().free_pages(), e.blocks().allocator().num_pages());
+  EXPECT_GT(st.spec_verifications, 10u);
+  EXPECT_GT(st.spec_accepted, 5u);
+  EXPECT_LT(st.spec_accepted, st.spec_drafted);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -133,16 +184,16 @@ TEST(SchedulerPrefix, SharedPrefixHitsGiveColdTokens) {
   Scheduler s(e, is_stop, {.max_num_seqs = 4});
   ASSERT_TRUE(s.prefix_caching());
   const std::string system = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park.";
-  const Request first{prompt(system + " One day"), {}, 12};
+  const Request first{prompt(system + " One day"), {}, 12, {}};
   const uint64_t a = s.add(first);
   const auto cold = drain(s);
   EXPECT_EQ(cold.at(a).tokens, alone(spec, first));
   const uint64_t before = s.stats().prefix_hit_tokens;
   EXPECT_EQ(before, 0u);
   // Three at once, sharing the system prefix; one repeats the first request exactly.
-  std::vector<Request> reqs = {{prompt(system + " One day"), {}, 12},
-                               {prompt(system + " Her mom"), {}, 15},
-                               {prompt(system + " The sun was"), SamplingParams{.temperature = 1.0f, .seed = 7}, 10}};
+  std::vector<Request> reqs = {{prompt(system + " One day"), {}, 12, {}},
+                               {prompt(system + " Her mom"), {}, 15, {}},
+                               {prompt(system + " The sun was"), SamplingParams{.temperature = 1.0f, .seed = 7}, 10, {}}};
   std::vector<uint64_t> ids;
   for (const Request& r : reqs) ids.push_back(s.add(r));
   const auto hot = drain(s);
@@ -166,7 +217,7 @@ TEST(SchedulerPrefix, EvictionUnderPressure) {
   std::vector<uint64_t> ids;
   for (int round = 0; round < 4; ++round) {
     for (size_t i = 0; i < kPrompts.size(); ++i) {
-      Request r{prompt(kPrompts[(i + round) % kPrompts.size()] + (rng() % 2 ? " and" : "")), {}, uint32_t(8 + rng() % 12)};
+      Request r{prompt(kPrompts[(i + round) % kPrompts.size()] + (rng() % 2 ? " and" : "")), {}, uint32_t(8 + rng() % 12), {}};
       reqs.push_back(r);
       ids.push_back(s.add(r));
     }
@@ -201,7 +252,7 @@ TEST(SchedulerStress, RandomArrivalsAndCancellations) {
   std::vector<uint64_t> cancelled;
   for (int step = 0; step < 400 && (step < 120 || !s.idle()); ++step) {
     if (step < 120 && rng() % 3 == 0) {
-      Request r{prompt(kPrompts[rng() % kPrompts.size()]), {}, uint32_t(1 + rng() % 25)};
+      Request r{prompt(kPrompts[rng() % kPrompts.size()]), {}, uint32_t(1 + rng() % 25), {}};
       if (rng() % 2) r.sampling = SamplingParams{.temperature = 0.8f, .seed = rng()};
       const uint64_t id = s.add(r);
       reqs.emplace(id, r);
@@ -238,12 +289,12 @@ TEST(SchedulerErrors, RequestsThatCanNeverRunAreRefused) {
   Engine e(stories()->m, parse_kv_spec("k3v2:page=8"), {.threads = 1, .context = 64, .max_seqs = 2, .num_pages = 4, .max_chunk = 16});
   Scheduler s(e, is_stop, {.max_num_seqs = 2});
   using model::testing::expect_error;
-  expect_error([&] { s.add({{}, {}, 4}); }, "prompt is empty");
-  expect_error([&] { s.add({{1, 600}, {}, 4}); }, "token id 600");
-  expect_error([&] { s.add({{1, 2}, {}, 0}); }, "max_tokens");
-  expect_error([&] { s.add({std::vector<int>(60, 5), {}, 10}); }, "maximum context length is 64 tokens, but 70");
-  expect_error([&] { s.add({std::vector<int>(30, 5), {}, 10}); }, "more than the whole pool holds (4 pages)");
-  expect_error([&] { s.add({{1}, SamplingParams{.top_p = 2}, 4}); }, "top_p");
+  expect_error([&] { s.add({{}, {}, 4, {}}); }, "prompt is empty");
+  expect_error([&] { s.add({{1, 600}, {}, 4, {}}); }, "token id 600");
+  expect_error([&] { s.add({{1, 2}, {}, 0, {}}); }, "max_tokens");
+  expect_error([&] { s.add({std::vector<int>(60, 5), {}, 10, {}}); }, "maximum context length is 64 tokens, but 70");
+  expect_error([&] { s.add({std::vector<int>(30, 5), {}, 10, {}}); }, "more than the whole pool holds (4 pages)");
+  expect_error([&] { s.add({{1}, SamplingParams{.top_p = 2}, 4, {}}); }, "top_p");
   EXPECT_TRUE(s.idle());
   expect_error([&] { Scheduler(e, is_stop, {.max_num_seqs = 3}); }, "--max-num-seqs");
   expect_error([&] { Scheduler(e, is_stop, {.max_num_seqs = 2, .max_batched_tokens = 17}); }, "largest step");

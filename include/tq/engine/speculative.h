@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "tq/engine/engine.h"
+#include "tq/engine/sampler.h"
 #include "tq/model/tokenizer.h"
 
 namespace tq::engine {
@@ -101,6 +102,18 @@ struct SpeculativeStats {
   // Tokens a verification pass gives on average: its accepted drafts plus the target's own token.
   double tokens_per_step() const { return steps ? double(accepted + steps) / double(steps) : 0; }
 };
+
+// What a verification step decided: the target kept drafts[0, kept) and then picks `next`.
+struct Verdict {
+  uint32_t kept = 0;
+  int next = -1;
+};
+// Greedy: ids[i] is the target's own pick after token i of the step (the last token, then each
+// draft: [1 + drafts]); a draft is kept while it is that pick.
+Verdict verify_greedy(std::span<const int> ids, std::span<const int> drafts);
+// Sampling: logits [1 + drafts][vocab] of the same rows. Draft d is kept when a draw is below
+// p(d), else the token is drawn from p without d, renormalized; after the last kept draft, from p.
+Verdict verify_sampled(std::span<const float> logits, std::span<const int> drafts, Sampler& sampler);
 
 // What generate() needs to speculate: the drafter (already told the prompt), the draft length rule
 // and the running statistics.

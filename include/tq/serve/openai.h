@@ -14,6 +14,7 @@
 
 #include "tq/engine/generation.h"
 #include "tq/engine/sampler.h"
+#include "tq/engine/speculative.h"
 
 namespace tq::serve {
 
@@ -40,6 +41,8 @@ struct CompletionRequest {
   std::vector<std::string> stop;             // at most 4, none empty
   bool stream = false, include_usage = false;
   bool echo = false;                         // completions: the prompt before the completion
+  // tq's extension "speculative": a --spec value ("ngram:k=4") or "off"; not given: the server's.
+  std::optional<std::optional<engine::SpeculativeSpec>> speculation;
 };
 
 // Throws ApiError (400) naming the field: a body that is not an object, wrong types, values out

@@ -9,6 +9,11 @@
 //              gives its pages back and waits again at its place in the arrival order; when it
 //              is readmitted its prompt and the tokens it generated are recomputed (prefix hits
 //              included), and its sampler goes on from where it was, so its text does not change.
+//   speculation a request with an ngram spec drafts from its own text each decode step; its step
+//              item carries the last token and the drafts, every row is sampled, the kept
+//              drafts and the target's token become events of that step, and the cache is taken
+//              back past the kept ones (speculative.h). Plain and speculative requests share
+//              steps; drafts count against the token budget and the pages like any token.
 //   prefix     with prefix caching, a new or readmitted request first takes the full pages of the
 //              longest cached prefix of its tokens (BlockManager::match_prefix) and computes only
 //              the rest.
@@ -20,11 +25,13 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "tq/engine/engine.h"
 #include "tq/engine/sampler.h"
+#include "tq/engine/speculative.h"
 
 namespace tq::serve {
 
@@ -32,6 +39,8 @@ struct Request {
   std::vector<int> prompt;           // [n >= 1] token ids
   engine::SamplingParams sampling;   // validated by add()
   uint32_t max_tokens = 16;          // most tokens to generate (>= 1)
+  // Speculative decoding by prompt lookup (an ngram spec; a draft model is refused by check()).
+  std::optional<engine::SpeculativeSpec> speculation;
 };
 
 enum class Finish { kNone, kStop, kLength, kCancelled, kError };
@@ -62,6 +71,8 @@ struct SchedulerStats {
   uint64_t computed_tokens = 0;  // positions run through the model: prompts, decodes and recomputes
   uint64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // over admissions
   uint64_t preemptions = 0, finished = 0, cancelled = 0;
+  // Speculative decoding, over verification items (a request's step that carried drafts).
+  uint64_t spec_verifications = 0, spec_drafted = 0, spec_accepted = 0;
 };
 
 class Scheduler {
@@ -102,10 +113,16 @@ class Scheduler {
   // reservation will take.
   struct Plan {
     std::vector<engine::BatchItem> batch;
-    std::vector<Seq*> items;  // [batch] the request of each item
+    std::vector<Seq*> items;                 // [batch] the request of each item
+    std::vector<std::vector<int>> drafts;    // [batch] the drafts an item carries after its last token
     uint32_t budget = 0, planned = 0;
   };
-  void take(Seq* s, uint32_t n, uint32_t pages, Plan& p);  // s's next n uncomputed tokens, taking `pages` new pages
+  // s's next n uncomputed tokens, and the drafts after them, taking `pages` new pages.
+  void take(Seq* s, uint32_t n, uint32_t pages, Plan& p, std::vector<int> drafts = {});
+  // The drafts a decoding request carries this step: within its limits, `budget` and the engine's step.
+  std::vector<int> drafts_for(Seq* s, uint32_t budget);
+  // A step's result for one request: its tokens in order, each passed on or ending it.
+  void emit(Seq* s, const std::vector<int>& tokens, std::vector<Event>& out);
   void admit(Plan& p);
   void drop_finished();
   void preempt(Seq* s);

@@ -5,8 +5,10 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "tq/engine/speculative.h"
 #include "tq/model/model.h"
 #include "tq/model/tokenizer.h"
 #include "tq/serve/service.h"
@@ -19,6 +21,8 @@ struct ServerOptions {
   std::string model_name;           // what /v1/models lists and requests may name
   uint32_t threads = 64;            // HTTP worker threads: each open stream holds one
   std::chrono::milliseconds shutdown_grace{10000};  // stop(): how long requests may finish
+  // Speculative decoding of requests that do not say ("speculative" in the body): --spec.
+  std::optional<engine::SpeculativeSpec> speculation;
 };
 
 class Server {
