@@ -103,7 +103,7 @@ uint32_t generate(Engine& e, int seq, std::vector<float> logits, Sampler& sample
       if (!verify_drafts(e, seq, next, drafts, sampler, *sp, emit)) break;
       continue;  // room kept the target's token within the limits: the loop emits it
     }
-    if (sp) sp->stats.plain_steps++, sp->plain_step();
+    if (sp) sp->stats.plain_steps++;
     const std::vector<BatchItem> step{BatchItem{seq, {next}, false}};
     next = e.forward_sample(step, {sampler.next_args()})[0];
   }

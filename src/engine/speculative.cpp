@@ -170,21 +170,11 @@ Verdict verify_sampled(std::span<const float> logits, std::span<const int> draft
   return v;
 }
 
-uint32_t Speculation::length() const {
-  if (!adaptive) return max_draft;
-  return pause_ ? 0 : std::min(current_, max_draft);
-}
+uint32_t Speculation::length() const { return adaptive ? std::min(current_, max_draft) : max_draft; }
 
 void Speculation::update(uint32_t drafted, uint32_t accepted) {
   if (drafted == 0) return;
-  if (!adaptive) return;
-  current_ = accepted == drafted ? std::min(current_ + 2, max_draft) : std::max(std::min(current_, max_draft), 2u) - 1;
-  misses_ = accepted ? 0 : std::min(misses_ + 1, 4u);
-  pause_ = misses_ ? (1u << misses_) - 1 : 0;
-}
-
-void Speculation::plain_step() {
-  if (pause_) --pause_;
+  current_ = accepted == drafted ? std::min(length() + 2, max_draft) : std::max(length(), 2u) - 1;
 }
 
 }  // namespace tq::engine

@@ -271,7 +271,6 @@ std::vector<Event> Scheduler::step() {
     }
     std::vector<int> emitted;
     if (drafts.empty()) {
-      if (s->spec) s->spec->plain_step();
       emitted.push_back(on_host ? s->sampler.sample(item_logits) : item_ids[0]);
     } else {
       const engine::Verdict v = on_host ? engine::verify_sampled(item_logits, drafts, s->sampler) : engine::verify_greedy(item_ids, drafts);

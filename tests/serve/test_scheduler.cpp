@@ -103,9 +103,9 @@ void matches_alone(const Case& c, bool speculate) {
   std::vector<Request> reqs;
   std::vector<uint64_t> ids;
   for (size_t i = 0; i < kPrompts.size(); ++i) {
-    Request r{prompt(kPrompts[i]), {}, uint32_t((speculate ? 30 : 20) + 9 * i), {}};
+    Request r{prompt(kPrompts[i]), {}, uint32_t(20 + 9 * i), {}};
     if (i % 2) r.sampling = SamplingParams{.temperature = 0.9f, .top_p = 0.95f, .seed = 1000 + i};
-    if (speculate && i % 3 != 2) r.speculation = engine::parse_speculative_spec(i % 2 ? "ngram:k=3:min=1" : "ngram:n=2:min=1:fixed=1");
+    if (speculate && i % 3 != 2) r.speculation = engine::parse_speculative_spec(i % 2 ? "ngram:k=3:min=1" : "ngram:n=2:min=1");
     reqs.push_back(r);
     ids.push_back(s.add(r));
   }

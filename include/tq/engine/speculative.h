@@ -124,16 +124,11 @@ struct Speculation {
   bool adaptive;
   SpeculativeStats stats;
   // The next draft length: adaptive, it grows by 2 after a step that kept every draft and shrinks
-  // by 1 otherwise (transformers' "heuristic" schedule for assisted generation), within
-  // 1..max_draft; and it is 0 (no drafting) for 2^m - 1 steps after m verify steps in a row kept
-  // nothing (m <= 4): where the guesses keep missing, a verify step costs more than it gives, and
-  // the pause grows until they hit again. Deterministic, so a seed still fixes the text.
+  // by 1 otherwise (transformers' "heuristic" schedule for assisted generation), within 1..max_draft.
   uint32_t length() const;
   void update(uint32_t drafted, uint32_t accepted);
-  void plain_step();  // a step without drafts: the pause counts down
 
  private:
-  uint32_t misses_ = 0, pause_ = 0;
   uint32_t current_ = 4;
 };
 
