@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
     for (uint32_t i = 0; i < n; ++i) {
       std::vector<int> p(prompt);
       for (uint32_t j = 0; j < prompt; ++j) p[j] = int((i * 7919 + j * 31) % 120000);  // no shared prefixes
-      s.add({std::move(p), {}, 1000});
+      s.add({std::move(p), {}, 1000, {}});
     }
     while (s.stats().generated_tokens < n) s.step();  // prefill, in chunks, until every request has its first token
     std::vector<double> us;
