@@ -269,11 +269,17 @@ std::vector<Event> Scheduler::step() {
       e_.cache_pages(s->seq, s->tokens);
       continue;
     }
-    std::vector<int> emitted;
-    if (drafts.empty()) {
-      emitted.push_back(on_host ? s->sampler.sample(item_logits) : item_ids[0]);
-    } else {
-      const engine::Verdict v = on_host ? engine::verify_sampled(item_logits, drafts, s->sampler) : engine::verify_greedy(item_ids, drafts);
+    engine::Verdict v;  // no drafts: kept 0, and the token sampled
+    try {  // sampling on the host refuses a NaN or +inf logit: the request ends with an error, the others go on
+      if (drafts.empty())
+        v.next = on_host ? s->sampler.sample(item_logits) : item_ids[0];
+      else
+        v = on_host ? engine::verify_sampled(item_logits, drafts, s->sampler) : engine::verify_greedy(item_ids, drafts);
+    } catch (const Error& err) {
+      finish(s, Finish::kError, out, -1, err.what());
+      continue;
+    }
+    if (!drafts.empty()) {
       // The cache keeps the kept drafts up to a stop token among them (it ends the request, unfed).
       uint32_t fed = 0;
       while (fed < v.kept && !is_stop_(drafts[fed])) ++fed;
@@ -282,9 +288,9 @@ std::vector<Event> Scheduler::step() {
       s->spec->update(uint32_t(drafts.size()), fed);
       s->spec->stats.steps++, s->spec->stats.drafted += drafts.size(), s->spec->stats.accepted += fed;
       ++stats_.spec_verifications, stats_.spec_drafted += drafts.size(), stats_.spec_accepted += fed;
-      emitted.assign(drafts.begin(), drafts.begin() + v.kept);
-      emitted.push_back(v.next);
     }
+    std::vector<int> emitted(drafts.begin(), drafts.begin() + v.kept);
+    emitted.push_back(v.next);
     emit(s, emitted, out);  // an end releases the pages, caching the full ones
     if (s->done == Finish::kNone) e_.cache_pages(s->seq, s->tokens);
   }
