@@ -191,9 +191,7 @@ std::vector<int> Engine::forward_sample(const std::vector<BatchItem>& batch, con
 }
 
 std::vector<int> Engine::forward_greedy(const std::vector<BatchItem>& batch) {
-  size_t rows = 0;
-  for (const BatchItem& it : batch) rows += it.all_logits ? it.tokens.size() : 1;
-  return forward_sample(batch, std::vector<SampleArgs>(rows));
+  return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward_greedy(step); });
 }
 
 std::vector<float> Engine::prefill(int s, const std::vector<int>& tokens, bool all_logits) {
