@@ -286,7 +286,6 @@ std::vector<Event> Scheduler::step() {
       e_.truncate(s->seq, s->computed + fed);
       s->computed += fed;
       s->spec->update(uint32_t(drafts.size()), fed);
-      s->spec->stats.steps++, s->spec->stats.drafted += drafts.size(), s->spec->stats.accepted += fed;
       ++stats_.spec_verifications, stats_.spec_drafted += drafts.size(), stats_.spec_accepted += fed;
     }
     std::vector<int> emitted(drafts.begin(), drafts.begin() + v.kept);
