@@ -24,6 +24,7 @@ struct Options {
   std::string device = "auto";
   double gpu_memory = 0;
   bool chat = false;
+  bool exact_products = false;
   std::string logits_file;  // test hook: prompt token ids and last-token logits
   std::string speculative;  // --spec: "" or a speculative_spec
   std::string draft, draft_kv;  // --draft model file, its KV spec ("" = --kv's)
@@ -63,7 +64,7 @@ void run(const Options& o) {
     TQ_CHECK(draft->model.config.max_seq >= int(ctx), "--draft '{}': its context ({} tokens) is shorter than --ctx {}", draft->path,
              draft->model.config.max_seq, ctx);
   }
-  engine::Engine e(lm.model, spec, {.device = device, .threads = o.threads, .context = ctx, .gpu_memory = o.gpu_memory});
+  engine::Engine e(lm.model, spec, {.device = device, .threads = o.threads, .context = ctx, .gpu_memory = o.gpu_memory, .exact_products = o.exact_products});
   fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
              cfg.head_dim, spec.canonical(), e.runner().describe());
   std::unique_ptr<engine::Engine> draft_engine;
@@ -168,6 +169,9 @@ void add_run(CLI::App& app) {
                 "drafts greedily on its own cache, the model checks the drafts in one step; implies --spec draft");
   c->add_option("--draft-kv", o->draft_kv, "KV spec of the draft model's cache (default: --kv's)");
   c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests)");
+  c->add_flag("--exact-products", o->exact_products,
+              "CPU: multiply quantized weights in fp32 on the activations as they are, instead of on activations\n"
+              "quantized to 8 bits per block of 32 or 256 (llama.cpp's way, the default); slower, for reference");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
   c->callback([o] { run(*o); });
 }

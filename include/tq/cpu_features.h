@@ -4,7 +4,8 @@
 
 namespace tq::cpu {
 
-// True when the CPU has AVX2 and FMA and SIMD has not been switched off.
+// True when the CPU has AVX2, FMA and F16C (every AVX2 CPU has F16C) and SIMD has not been
+// switched off.
 bool has_avx2_fma();
 void set_simd_enabled(bool on);
 bool simd_enabled();

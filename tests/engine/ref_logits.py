@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Test only: SmolLM2 (GGUF, arch llama) logits from an independent numpy forward pass, compared
-with the engine's (tq run --logits, fp32 KV cache).
+with the engine's (tq run --logits, fp32 KV cache), twice: with --exact-products (fp32 products on
+the dequantized weights) to a tight bound, and with the default 8-bit activations to a loose one.
 
 Weights are dequantized by the `gguf` package (gguf.quants.dequantize), the forward is written
 here from the architecture (RMSNorm, RoPE on adjacent pairs as llama.cpp runs GGUF llama, GQA,
@@ -8,6 +9,11 @@ SwiGLU) in float64. Tolerance: max |diff| <= 1e-4 * max |logit| (measured: 2.3e-
 weights; the engine computes in float32 (sums of <= 1536 products, ~1e-5 relative each, over 30
 layers), so its logits differ from float64 by about 1e-4 of their range; a wrong orientation, RoPE
 pairing, head mapping or norm moves them by O(1).
+
+The default path quantizes every product's activations to 8 bits (src/backend/cpu/qdot.cpp); that
+is noise of its own, about 2.6% of the largest logit here (measured: quantizing numpy's activations
+the same way, then again after a 1e-7 relative nudge of them, moves its logits by 0.75 of ~29, as
+codes cross rounding boundaries). Bound: 10% of the largest logit and the same argmax.
 
 Exit 77 (ctest: skipped) when the model or python packages are absent.
 """
@@ -35,14 +41,16 @@ def main():
     if not os.path.exists(a.model):
         print(f"skipped: {a.model} absent (scripts/get_model.sh fetches it)", file=sys.stderr)
         sys.exit(77)
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "logits.bin")
-        subprocess.run([a.tq, "run", "-m", a.model, "-p", a.prompt, "-n", "0", "--kv", "fp32", "--ctx", "64",
-                        "--logits", out], check=True, stdout=subprocess.DEVNULL)
-        raw = open(out, "rb").read()
-    n = int(np.frombuffer(raw[:4], "<i4")[0])
-    ids = np.frombuffer(raw[4:4 + 4 * n], "<i4")
-    got = np.frombuffer(raw[4 + 4 * n:], "<f4").astype(np.float64)
+    def engine(*flags):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "logits.bin")
+            subprocess.run([a.tq, "run", "-m", a.model, "-p", a.prompt, "-n", "0", "--kv", "fp32", "--ctx", "64",
+                            "--device", "cpu", "--logits", out, *flags], check=True, stdout=subprocess.DEVNULL)
+            raw = open(out, "rb").read()
+        n = int(np.frombuffer(raw[:4], "<i4")[0])
+        return n, np.frombuffer(raw[4:4 + 4 * n], "<i4"), np.frombuffer(raw[4 + 4 * n:], "<f4").astype(np.float64)
+    n, ids, exact = engine("--exact-products")
+    _, _, fast = engine()
 
     r = gguf.GGUFReader(a.model)
     f = {fl.name: fl for fl in r.fields.values()}
@@ -98,11 +106,14 @@ def main():
         x = x + (gt / (1 + np.exp(-gt)) * up) @ W(p + "ffn_down.weight").T
     out_w = W("output.weight") if "output.weight" in T else emb
     ref = rms(x[-1], W("output_norm.weight")[0]) @ out_w.T
-    err = np.max(np.abs(ref - got))
-    tol = 1e-4 * np.max(np.abs(ref))
-    print(f"{n} tokens, vocab {ref.size}: max |engine - numpy| = {err:.3e}, tolerance {tol:.3e}, "
-          f"argmax engine {int(np.argmax(got))} numpy {int(np.argmax(ref))}")
-    sys.exit(0 if err <= tol and np.argmax(got) == np.argmax(ref) else 1)
+    ok = True
+    for label, got, rel in (("exact products", exact, 1e-4), ("8-bit activations", fast, 0.1)):
+        err = np.max(np.abs(ref - got))
+        tol = rel * np.max(np.abs(ref))
+        print(f"{label}: {n} tokens, vocab {ref.size}: max |engine - numpy| = {err:.3e}, tolerance {tol:.3e}, "
+              f"argmax engine {int(np.argmax(got))} numpy {int(np.argmax(ref))}")
+        ok = ok and err <= tol and np.argmax(got) == np.argmax(ref)
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

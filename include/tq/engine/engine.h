@@ -35,6 +35,7 @@ struct EngineOptions {
   bool eager = false;       // CUDA: no graphs (RunnerOptions::eager)
   bool cublas_only = false; // CUDA: no GEMV kernel (RunnerOptions::cublas_only)
   double gpu_memory = 0;    // CUDA: fraction of the GPU's memory to use, the pool sized by it (RunnerOptions)
+  bool exact_products = false;  // CPU: fp32 products (RunnerOptions::exact_products)
 };
 
 // The runner of o.device for `m`, built for Engine::resolve'd options (what Engine builds).

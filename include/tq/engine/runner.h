@@ -33,6 +33,8 @@ struct RunnerOptions {
   uint32_t max_chunk = 64;  // most new tokens per step, all sequences together
   uint32_t max_seqs = 1;    // GPU runners: sequence ids 0 .. max_seqs-1 get side buffers (sink, window)
   unsigned threads = 0;     // CPU threads (0: all cores)
+  bool exact_products = false;  // CPU runner: products in fp32 on dequantized weights instead of on
+                                // 8-bit activations (the reference of the fast path; slower)
   bool eager = false;       // GPU runners: launch every kernel of every step (no CUDA graphs)
   bool cublas_only = false; // CUDA runner: every product through cuBLAS, none through the GEMV kernel of
                             // one-row steps (for comparison)

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "matmul_avx2.h"
+#include "tq/backend/cpu/qdot.h"
 #include "tq/check.h"
 #include "tq/cpu_features.h"
 
@@ -22,11 +23,13 @@ float dot_f32(const float* a, const float* b, size_t n) {
   return s;
 }
 
-void matmul(const model::TensorRef& w, const float* x, size_t T, float* y, ThreadPool& pool) {
-  TQ_CHECK(w.present(), "weight '{}' is absent", w.name);
-  model::ggml_check_dequantizable(w.type, w.name);
+namespace {
+
+// Float weights (f32, f16, bf16), or any weights when exact: a few rows at a time are converted to
+// fp32 and dotted with all T tokens; 8 rows of <= 2K floats stay in L1/L2 while the tokens stream
+// past them.
+void matmul_float(const model::TensorRef& w, const float* x, size_t T, float* y, ThreadPool& pool) {
   const size_t R = w.n_rows, C = w.n_cols, row_bytes = w.row_bytes();
-  // Rows per tile: 8 rows of <= 2K floats stay in L1/L2 while all T tokens stream past them.
   constexpr size_t kTile = 8;
   const size_t tiles = (R + kTile - 1) / kTile;
   const bool avx2 = cpu::has_avx2_fma();
@@ -45,6 +48,37 @@ void matmul(const model::TensorRef& w, const float* x, size_t T, float* y, Threa
       }
     }
   });
+}
+
+// Quantized weights: the T activation rows are quantized once (qdot.h), then each weight row
+// meets each of them in integers, straight from its blocks.
+void matmul_quantized(const model::TensorRef& w, ActFormat f, const float* x, size_t T, float* y, ThreadPool& pool) {
+  const size_t R = w.n_rows, C = w.n_cols, row_bytes = w.row_bytes(), act_bytes = act_row_bytes(f, C);
+  std::vector<uint8_t> act(T * act_bytes);  // [T][act_bytes] quantized activation rows
+  for (size_t t = 0; t < T; ++t) quantize_act_row(f, x + t * C, C, &act[t * act_bytes]);
+  // Tiles of 16 rows: enough work per tile to amortize the split, small enough to balance threads.
+  constexpr size_t kTile = 16;
+  const size_t tiles = (R + kTile - 1) / kTile;
+  pool.parallel_for(tiles, [&](size_t t0, size_t t1) {
+    const size_t r0 = t0 * kTile, r1 = std::min(R, t1 * kTile);
+    for (size_t t = 0; t < T; ++t) {
+      const uint8_t* at = &act[t * act_bytes];
+      float* yt = y + t * R;
+      for (size_t r = r0; r < r1; ++r) yt[r] = vec_dot(w.type, w.data + r * row_bytes, at, C);
+    }
+  });
+}
+
+}  // namespace
+
+void matmul(const model::TensorRef& w, const float* x, size_t T, float* y, ThreadPool& pool, bool exact) {
+  TQ_CHECK(w.present(), "weight '{}' is absent", w.name);
+  model::ggml_check_dequantizable(w.type, w.name);
+  const ActFormat f = act_format(w.type);
+  if (f == ActFormat::kF32 || exact)
+    matmul_float(w, x, T, y, pool);
+  else
+    matmul_quantized(w, f, x, T, y, pool);
 }
 
 }  // namespace tq::cpu

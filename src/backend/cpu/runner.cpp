@@ -101,9 +101,9 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
   for (size_t l = 0; l < size_t(c.n_layers); ++l) {
     const model::LayerWeights& w = W.layers[l];
     for (size_t r = 0; r < N; ++r) rmsnorm(&x[r * D], attn_norm_[l], &xb[r * D]);
-    matmul(w.wq, xb.data(), N, q.data(), pool_);
-    matmul(w.wk, xb.data(), N, k.data(), pool_);
-    matmul(w.wv, xb.data(), N, v.data(), pool_);
+    matmul(w.wq, xb.data(), N, q.data(), pool_, opts_.exact_products);
+    matmul(w.wk, xb.data(), N, k.data(), pool_, opts_.exact_products);
+    matmul(w.wv, xb.data(), N, v.data(), pool_, opts_.exact_products);
     add_bias(w.bq, q, QD);
     add_bias(w.bk, k, KVD);
     add_bias(w.bv, v, KVD);
@@ -119,13 +119,13 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
       kv_.attend(uint32_t(l), s, it.first, it.n, uint32_t(c.n_heads), &q[r0 * QD], &att[r0 * QD], pool_);
       r0 += it.n;
     }
-    matmul(w.wo, att.data(), N, o.data(), pool_);
+    matmul(w.wo, att.data(), N, o.data(), pool_, opts_.exact_products);
     for (size_t i = 0; i < N * D; ++i) x[i] += o[i];
     for (size_t r = 0; r < N; ++r) rmsnorm(&x[r * D], ffn_norm_[l], &xb[r * D]);
-    matmul(w.w_gate, xb.data(), N, g.data(), pool_);
-    matmul(w.w_up, xb.data(), N, u.data(), pool_);
+    matmul(w.w_gate, xb.data(), N, g.data(), pool_, opts_.exact_products);
+    matmul(w.w_up, xb.data(), N, u.data(), pool_, opts_.exact_products);
     for (size_t i = 0; i < N * F; ++i) g[i] = g[i] * (1.0f / (1.0f + std::exp(-g[i]))) * u[i];  // SwiGLU
-    matmul(w.w_down, g.data(), N, o.data(), pool_);
+    matmul(w.w_down, g.data(), N, o.data(), pool_, opts_.exact_products);
     for (size_t i = 0; i < N * D; ++i) x[i] += o[i];
   }
   // Final norm and classifier only for the rows whose logits are wanted.
@@ -143,7 +143,7 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
   std::vector<float> xn(rows.size() * D);  // [rows][dim]
   for (size_t i = 0; i < rows.size(); ++i) rmsnorm(&x[rows[i] * D], out_norm_, &xn[i * D]);
   std::vector<float> logits(rows.size() * size_t(c.vocab_size));
-  matmul(W.output, xn.data(), rows.size(), logits.data(), pool_);
+  matmul(W.output, xn.data(), rows.size(), logits.data(), pool_, opts_.exact_products);
   return logits;
 }
 

@@ -1,6 +1,5 @@
 // Matrix products of activations with (possibly quantized) ggml weight matrices: a batch of T
-// tokens goes through each weight matrix at once, so every weight row is dequantized once per
-// batch instead of once per token.
+// tokens goes through each weight matrix at once.
 #pragma once
 
 #include <cstddef>
@@ -11,9 +10,13 @@
 namespace tq::cpu {
 
 // y[T][R] = x[T][C] * W^T for W [R][C] (R = w.n_rows, C = w.n_cols). Rows of W are split over
-// the pool; each thread dequantizes a few rows into a small float tile and dots them with all T
-// tokens. Throws tq::Error when W is absent or of a type that cannot be dequantized.
-void matmul(const model::TensorRef& w, const float* x, size_t T, float* y, ThreadPool& pool);
+// the pool. Quantized W (q8_0, q4_0, q4_1, q4_K, q5_K, q6_K): the T rows of x are quantized once to
+// 8 bits and each weight row meets them in integer dot products (qdot.h). Float W (f32, f16, bf16):
+// each thread converts a few rows to fp32 and dots them with all T tokens. Throws tq::Error when W
+// is absent or of a type that cannot be dequantized.
+// exact: quantized W too is multiplied in fp32, row by row dequantized, on the unquantized x (the
+// numerical reference of the 8-bit path; slower).
+void matmul(const model::TensorRef& w, const float* x, size_t T, float* y, ThreadPool& pool, bool exact = false);
 
 // <a, b> over n floats: the AVX2+FMA kernel when the CPU has it, else a portable 8-lane loop.
 float dot_f32(const float* a, const float* b, size_t n);

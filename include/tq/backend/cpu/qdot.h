@@ -1,0 +1,53 @@
+// Quantized dot products: the CPU backend's matrix products keep the GGUF weights in their blocks
+// and quantize each activation row once to 8 bits, so a weight block and an activation block meet
+// in integer multiply-adds (AVX2 maddubs/madd) and only one float multiply-add per block remains.
+// This is what llama.cpp does (ggml's vec_dot_q4_1_q8_1 and kin); the layouts here are our own.
+//
+// Activation formats, chosen by the weight type:
+//   Q8x32  (q8_0, q4_0, q4_1 weights): blocks of 32: d, the sum of the codes, 32 int8 codes.
+//   Q8x256 (q4_K, q5_K, q6_K weights): blocks of 256: d, the sums of each 16 codes, 256 codes.
+//   F32    (f32, f16, bf16 weights): the activations as they are (matmul dequantizes the weights).
+// Codes are round(x / d) with d = max|x| / 127, so |x - d*q| <= d/2 for every element of a block.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tq/model/ggml_quants.h"
+
+namespace tq::cpu {
+
+enum class ActFormat { kF32, kQ8x32, kQ8x256 };
+
+struct ActQ8x32 {
+  float d;       // scale: x ~ d * q
+  int32_t sum;   // sum of q[0..32): the offset term of q4_0 and q4_1 weights
+  int8_t q[32];  // codes in [-127, 127]
+};
+struct ActQ8x256 {
+  float d;
+  int16_t bsums[16];  // bsums[i] = sum of q[16i .. 16i+16): the min / offset terms of the K-quants
+  int8_t q[256];
+};
+static_assert(sizeof(ActQ8x32) == 40 && sizeof(ActQ8x256) == 292);
+
+ActFormat act_format(model::GgmlType w);
+// Bytes of one quantized activation row of n elements (n a multiple of the format's block: checked).
+size_t act_row_bytes(ActFormat f, size_t n);
+// out[act_row_bytes(f, n)] = x[n] quantized. A non-finite element makes its block's d NaN, so the
+// products it enters are NaN rather than silently finite.
+void quantize_act_row(ActFormat f, const float* x, size_t n, void* out);
+
+// The scalar reference: integer sums per block (exact), combined in double. `abs_sum` is the sum of
+// the magnitudes of every product the dot is made of (code products and offset terms, times their
+// float scales): it bounds the rounding of an fp32 evaluation that groups them in any order.
+struct DotRef {
+  double value = 0, abs_sum = 0;
+};
+DotRef vec_dot_ref(model::GgmlType w, const uint8_t* row, const void* act, size_t n);
+
+// <row, act> over n elements of a weight row of type w (a quantized type) and its quantized
+// activation row: the AVX2 kernel when the CPU has it, else the reference rounded to float.
+float vec_dot(model::GgmlType w, const uint8_t* row, const void* act, size_t n);
+
+}  // namespace tq::cpu

@@ -1,0 +1,205 @@
+// Activation quantization and the scalar reference of the quantized dot products (qdot.h). The
+// weight layouts are those of src/model/ggml_quants.cpp, which documents them block by block.
+#include "tq/backend/cpu/qdot.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "qdot_avx2.h"
+#include "tq/check.h"
+#include "tq/cpu_features.h"
+#include "tq/numeric.h"
+
+namespace tq::cpu {
+
+using model::GgmlType;
+
+namespace {
+
+inline float rd_f16(const uint8_t* p) { return f16_to_f32(uint16_t(p[0] | (p[1] << 8))); }
+
+// 8-bit codes of n elements with one scale: d = max|x| / 127, q = round(x / d).
+float quantize_block(const float* x, size_t n, int8_t* q) {
+  float amax = 0;
+  bool finite = true;
+  for (size_t i = 0; i < n; ++i) {
+    finite &= std::isfinite(x[i]);
+    amax = std::max(amax, std::fabs(x[i]));
+  }
+  if (!finite) {
+    std::fill(q, q + n, int8_t(0));
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  if (amax == 0) {
+    std::fill(q, q + n, int8_t(0));
+    return 0;
+  }
+  const float inv = 127.0f / amax;
+  for (size_t i = 0; i < n; ++i) q[i] = int8_t(std::clamp(std::lrintf(x[i] * inv), -127L, 127L));
+  return amax / 127.0f;
+}
+
+// q4_K / q5_K: the 6-bit scale and min of sub-block j (ggml's get_scale_min_k4).
+inline void scale_min_k4(size_t j, const uint8_t* q, int& sc, int& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// Accumulates one float term of the reference: scale * isum, where the integer sum's products have
+// magnitudes adding up to iabs.
+inline void add(DotRef& r, double scale, int64_t isum, int64_t iabs) {
+  r.value += scale * double(isum);
+  r.abs_sum += std::fabs(scale) * double(iabs);
+}
+
+DotRef ref_q8x32(GgmlType t, const uint8_t* w, const ActQ8x32* a, size_t nb) {
+  const size_t bytes = model::ggml_type_info(t).block_bytes;
+  DotRef r;
+  for (size_t b = 0; b < nb; ++b, w += bytes, ++a) {
+    int64_t isum = 0, iabs = 0;
+    const auto mac = [&](int q, int x) { isum += q * x, iabs += std::abs(q * x); };
+    switch (t) {
+      case GgmlType::Q8_0:
+        for (size_t j = 0; j < 32; ++j) mac(int8_t(w[2 + j]), a->q[j]);
+        add(r, double(rd_f16(w)) * a->d, isum, iabs);
+        break;
+      case GgmlType::Q4_0:  // x = d * (q - 8)
+        for (size_t j = 0; j < 16; ++j) mac(w[2 + j] & 15, a->q[j]), mac(w[2 + j] >> 4, a->q[j + 16]);
+        add(r, double(rd_f16(w)) * a->d, isum, iabs);
+        add(r, double(rd_f16(w)) * a->d, -8 * a->sum, std::abs(8 * a->sum));
+        break;
+      case GgmlType::Q4_1:  // x = d * q + m
+        for (size_t j = 0; j < 16; ++j) mac(w[4 + j] & 15, a->q[j]), mac(w[4 + j] >> 4, a->q[j + 16]);
+        add(r, double(rd_f16(w)) * a->d, isum, iabs);
+        add(r, double(rd_f16(w + 2)) * a->d, a->sum, std::abs(a->sum));
+        break;
+      default: TQ_CHECK(false, "vec_dot: ggml type {} has no 32-element integer dot", model::ggml_type_name(t));
+    }
+  }
+  return r;
+}
+
+DotRef ref_q8x256(GgmlType t, const uint8_t* w, const ActQ8x256* a, size_t nb) {
+  const size_t bytes = model::ggml_type_info(t).block_bytes;
+  DotRef r;
+  for (size_t b = 0; b < nb; ++b, w += bytes, ++a) {
+    int64_t isum = 0, iabs = 0, osum = 0, oabs = 0;
+    if (t == GgmlType::Q4_K || t == GgmlType::Q5_K) {  // x = d*sc[s]*q - dmin*m[s], s = i / 32
+      const uint8_t* scales = w + 4;
+      const uint8_t* qh = w + 16;                               // q5_K only
+      const uint8_t* qs = w + (t == GgmlType::Q4_K ? 16 : 48);  // [128]: byte l of group g = elements 64g+l, 64g+32+l
+      for (size_t i = 0; i < 256; ++i) {
+        const size_t g = i / 64, l = i % 32, s = i / 32;
+        const bool high = (i % 64) >= 32;
+        int q = high ? qs[32 * g + l] >> 4 : qs[32 * g + l] & 15;
+        if (t == GgmlType::Q5_K) q += ((qh[l] >> (2 * g + (high ? 1 : 0))) & 1) * 16;
+        int sc, m;
+        scale_min_k4(s, scales, sc, m);
+        isum += int64_t(sc) * q * a->q[i], iabs += std::abs(int64_t(sc) * q * a->q[i]);
+        if (i % 16 == 0) osum += int64_t(m) * a->bsums[i / 16], oabs += std::abs(int64_t(m) * a->bsums[i / 16]);
+      }
+      add(r, double(rd_f16(w)) * a->d, isum, iabs);
+      add(r, -double(rd_f16(w + 2)) * a->d, osum, oabs);
+    } else if (t == GgmlType::Q6_K) {  // x = d * sc[i/16] * (q - 32)
+      const uint8_t* ql = w;
+      const uint8_t* qh = w + 128;
+      const int8_t* sc = reinterpret_cast<const int8_t*>(w + 192);
+      for (size_t i = 0; i < 256; ++i) {
+        const size_t h = i / 128, k = (i % 128) / 32, l = i % 32;  // k: which quarter of the half
+        const uint8_t lo = ql[64 * h + l + (k & 1) * 32];
+        const int q = ((k < 2 ? lo & 15 : lo >> 4) | (((qh[32 * h + l] >> (2 * k)) & 3) << 4));
+        isum += int64_t(sc[i / 16]) * q * a->q[i], iabs += std::abs(int64_t(sc[i / 16]) * q * a->q[i]);
+        if (i % 16 == 0) osum += int64_t(sc[i / 16]) * a->bsums[i / 16], oabs += std::abs(int64_t(sc[i / 16]) * a->bsums[i / 16]);
+      }
+      add(r, double(rd_f16(w + 208)) * a->d, isum - 32 * osum, iabs + 32 * oabs);
+    } else {
+      TQ_CHECK(false, "vec_dot: ggml type {} has no 256-element integer dot", model::ggml_type_name(t));
+    }
+  }
+  return r;
+}
+
+}  // namespace
+
+ActFormat act_format(GgmlType w) {
+  switch (w) {
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0:
+    case GgmlType::Q4_1: return ActFormat::kQ8x32;
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K:
+    case GgmlType::Q6_K: return ActFormat::kQ8x256;
+    default: return ActFormat::kF32;
+  }
+}
+
+size_t act_row_bytes(ActFormat f, size_t n) {
+  switch (f) {
+    case ActFormat::kQ8x32:
+      TQ_CHECK(n % 32 == 0, "activation row of {} elements is not a multiple of 32", n);
+      return n / 32 * sizeof(ActQ8x32);
+    case ActFormat::kQ8x256:
+      TQ_CHECK(n % 256 == 0, "activation row of {} elements is not a multiple of 256", n);
+      return n / 256 * sizeof(ActQ8x256);
+    case ActFormat::kF32: return n * sizeof(float);
+  }
+  return 0;
+}
+
+void quantize_act_row(ActFormat f, const float* x, size_t n, void* out) {
+  act_row_bytes(f, n);  // checks n
+  if (f == ActFormat::kF32) {
+    std::memcpy(out, x, n * sizeof(float));
+  } else if (f == ActFormat::kQ8x32) {
+    auto* a = static_cast<ActQ8x32*>(out);
+    for (size_t b = 0; b < n / 32; ++b, x += 32, ++a) {
+      a->d = quantize_block(x, 32, a->q);
+      a->sum = 0;
+      for (int8_t q : a->q) a->sum += q;
+    }
+  } else {
+    auto* a = static_cast<ActQ8x256*>(out);
+    for (size_t b = 0; b < n / 256; ++b, x += 256, ++a) {
+      a->d = quantize_block(x, 256, a->q);
+      for (size_t i = 0; i < 16; ++i) {
+        int s = 0;
+        for (size_t j = 0; j < 16; ++j) s += a->q[16 * i + j];
+        a->bsums[i] = int16_t(s);
+      }
+    }
+  }
+}
+
+DotRef vec_dot_ref(GgmlType w, const uint8_t* row, const void* act, size_t n) {
+  switch (act_format(w)) {
+    case ActFormat::kQ8x32: return ref_q8x32(w, row, static_cast<const ActQ8x32*>(act), n / 32);
+    case ActFormat::kQ8x256: return ref_q8x256(w, row, static_cast<const ActQ8x256*>(act), n / 256);
+    case ActFormat::kF32: break;
+  }
+  TQ_CHECK(false, "vec_dot: ggml type {} is not quantized", model::ggml_type_name(w));
+  return {};
+}
+
+float vec_dot(GgmlType w, const uint8_t* row, const void* act, size_t n) {
+  if (has_avx2_fma()) {
+    switch (w) {
+      case GgmlType::Q8_0: return detail::dot_q8_0_avx2(row, static_cast<const ActQ8x32*>(act), n / 32);
+      case GgmlType::Q4_0: return detail::dot_q4_0_avx2(row, static_cast<const ActQ8x32*>(act), n / 32);
+      case GgmlType::Q4_1: return detail::dot_q4_1_avx2(row, static_cast<const ActQ8x32*>(act), n / 32);
+      case GgmlType::Q4_K: return detail::dot_q4_K_avx2(row, static_cast<const ActQ8x256*>(act), n / 256);
+      case GgmlType::Q5_K: return detail::dot_q5_K_avx2(row, static_cast<const ActQ8x256*>(act), n / 256);
+      case GgmlType::Q6_K: return detail::dot_q6_K_avx2(row, static_cast<const ActQ8x256*>(act), n / 256);
+      default: break;
+    }
+  }
+  return float(vec_dot_ref(w, row, act, n).value);
+}
+
+}  // namespace tq::cpu

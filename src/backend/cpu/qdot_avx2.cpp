@@ -1,0 +1,166 @@
+// AVX2 kernels of the quantized dot products (qdot_avx2.h). Per block: the weight codes are
+// unpacked to unsigned bytes, _mm256_maddubs_epi16 multiplies them with the signed activation
+// codes and adds pairs (at most 2 * 63 * 127 in magnitude: no int16 saturation for any type here),
+// _mm256_madd_epi16 widens to int32 (times the sub-block scales of the K-quants), and one fp32
+// multiply-add per block applies d_weight * d_activation. Offsets (q4_0's -8, q4_1's m, the
+// K-quants' mins and q6_K's -32) go through the activation code sums, also in integers.
+#include "qdot_avx2.h"
+
+#include <immintrin.h>
+
+#include <cstring>
+
+namespace tq::cpu::detail {
+namespace {
+
+inline float f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _cvtsh_ss(h);
+}
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+  return _mm_cvtss_f32(s);
+}
+inline __m256i load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+// 16 bytes of nibble pairs -> 32 codes: byte j's low nibble is element j, its high nibble j + 16.
+inline __m256i nibbles16(const uint8_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(raw, 4), raw);
+  return _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+}
+// sum over pairs of u8 x s8 products, widened to 8 int32 lanes.
+inline __m256i dot_u8s8(__m256i u, __m256i s) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)); }
+// The same, each int16 pair sum multiplied by the int16 in `scale` of its lane.
+inline __m256i dot_u8s8_scaled(__m256i u, __m256i s, __m256i scale) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale); }
+
+// q4_K / q5_K scales and mins of the 8 sub-blocks (ggml's get_scale_min_k4).
+inline void scales_mins_k4(const uint8_t* q, int sc[8], int m[8]) {
+  for (int j = 0; j < 4; ++j) {
+    sc[j] = q[j] & 63;
+    m[j] = q[j + 4] & 63;
+    sc[j + 4] = (q[j + 8] & 0x0F) | ((q[j] >> 6) << 4);
+    m[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
+  }
+}
+
+}  // namespace
+
+float dot_q8_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  size_t b = 0;
+  const auto one = [&](size_t i, __m256 acc) {
+    const uint8_t* blk = w + i * 34;
+    const __m256i wq = load(blk + 2), aq = load(a[i].q);
+    const __m256i p = dot_u8s8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));  // |w| * (a * sign w)
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16(blk) * a[i].d), acc);
+  };
+  for (; b + 2 <= nb; b += 2) acc0 = one(b, acc0), acc1 = one(b + 1, acc1);
+  if (b < nb) acc0 = one(b, acc0);
+  return hsum(_mm256_add_ps(acc0, acc1));
+}
+
+float dot_q4_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  float off = 0;
+  const auto one = [&](size_t i, __m256 acc) {
+    const uint8_t* blk = w + i * 18;
+    const float dd = f16(blk) * a[i].d;
+    const __m256i p = dot_u8s8(nibbles16(blk + 2), load(a[i].q));
+    off += dd * float(-8 * a[i].sum);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dd), acc);
+  };
+  size_t b = 0;
+  for (; b + 2 <= nb; b += 2) acc0 = one(b, acc0), acc1 = one(b + 1, acc1);
+  if (b < nb) acc0 = one(b, acc0);
+  return hsum(_mm256_add_ps(acc0, acc1)) + off;
+}
+
+float dot_q4_1_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  float off = 0;
+  const auto one = [&](size_t i, __m256 acc) {
+    const uint8_t* blk = w + i * 20;
+    const __m256i p = dot_u8s8(nibbles16(blk + 4), load(a[i].q));
+    off += f16(blk + 2) * a[i].d * float(a[i].sum);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16(blk) * a[i].d), acc);
+  };
+  size_t b = 0;
+  for (; b + 2 <= nb; b += 2) acc0 = one(b, acc0), acc1 = one(b + 1, acc1);
+  if (b < nb) acc0 = one(b, acc0);
+  return hsum(_mm256_add_ps(acc0, acc1)) + off;
+}
+
+namespace {
+// q4_K and q5_K share everything but the fifth bit (qh, null for q4_K).
+template <bool kFive>
+float dot_qk_45(const uint8_t* w, const ActQ8x256* a, size_t nb) {
+  constexpr size_t kBytes = kFive ? 176 : 144;
+  __m256 acc = _mm256_setzero_ps();
+  float off = 0;
+  const __m256i low4 = _mm256_set1_epi8(0x0F), bit = _mm256_set1_epi8(1);
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * kBytes;
+    const uint8_t* qs = blk + (kFive ? 48 : 16);
+    int sc[8], m[8];
+    scales_mins_k4(blk + 4, sc, m);
+    int msum = 0;
+    for (int j = 0; j < 8; ++j) msum += m[j] * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
+    __m256i qh = kFive ? load(blk + 16) : _mm256_setzero_si256();
+    __m256i isum = _mm256_setzero_si256();
+    for (int g = 0; g < 4; ++g) {
+      const __m256i raw = load(qs + 32 * g);
+      __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+      if constexpr (kFive) {  // bit 2g of qh[l] is the fifth bit of the low half, bit 2g+1 of the high
+        lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(qh, bit), 4));
+        hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), bit), 4));
+        qh = _mm256_srli_epi16(qh, 2);
+      }
+      isum = _mm256_add_epi32(isum, dot_u8s8_scaled(lo, load(a[b].q + 64 * g), _mm256_set1_epi16(int16_t(sc[2 * g]))));
+      isum = _mm256_add_epi32(isum, dot_u8s8_scaled(hi, load(a[b].q + 64 * g + 32), _mm256_set1_epi16(int16_t(sc[2 * g + 1]))));
+    }
+    const float d = f16(blk) * a[b].d;
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
+    off -= f16(blk + 2) * a[b].d * float(msum);
+  }
+  return hsum(acc) + off;
+}
+}  // namespace
+
+float dot_q4_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return dot_qk_45<false>(w, a, nb); }
+float dot_q5_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return dot_qk_45<true>(w, a, nb); }
+
+float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * 210;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    int osum = 0;
+    for (int i = 0; i < 16; ++i) osum += sc[i] * a[b].bsums[i];
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i ql0 = load(blk + 64 * h), ql1 = load(blk + 64 * h + 32), qh = load(blk + 128 + 32 * h);
+      const __m256i q[4] = {
+          _mm256_or_si256(_mm256_and_si256(ql0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4)),
+          _mm256_or_si256(_mm256_and_si256(ql1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), low4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4)),
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), low4),
+                          _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4)),
+      };
+      for (int k = 0; k < 4; ++k) {  // elements 128h + 32k + [0, 32): scales sc[8h + 2k] (first 16), sc[8h + 2k + 1]
+        const int s = 8 * h + 2 * k;
+        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
+        isum = _mm256_add_epi32(isum, dot_u8s8_scaled(q[k], load(a[b].q + 128 * h + 32 * k), scale));
+      }
+    }
+    isum = _mm256_sub_epi32(isum, _mm256_setr_epi32(32 * osum, 0, 0, 0, 0, 0, 0, 0));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(blk + 208) * a[b].d), acc);
+  }
+  return hsum(acc);
+}
+
+}  // namespace tq::cpu::detail

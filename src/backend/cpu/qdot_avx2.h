@@ -1,0 +1,18 @@
+// AVX2 + FMA + F16C kernels of the quantized dot products (qdot.h); nb blocks of the weight type.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tq/backend/cpu/qdot.h"
+
+namespace tq::cpu::detail {
+
+float dot_q8_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb);
+float dot_q4_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb);
+float dot_q4_1_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb);
+float dot_q4_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
+float dot_q5_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
+float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
+
+}  // namespace tq::cpu::detail

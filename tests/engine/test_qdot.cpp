@@ -1,0 +1,252 @@
+// The quantized dot products of the CPU backend (backend/cpu/qdot.h) and the matrix product built
+// on them, against exact values.
+//
+// Bounds. Codes: every activation element is within d/2 of d*q (round to nearest), so against the
+// unquantized activations a dot may move by at most sum over blocks of d/2 * sum|w| (the activation
+// quantization's own error). The reference sums exact integer block dots in double: against the
+// exact value of sum w*d*q it is off by double rounding only. The fp32 kernels evaluate the same
+// terms with one rounding per product and per addition: at most (terms + 10) * 2^-24 times the sum
+// of the terms' magnitudes (the standard bound for recursive summation, with slack for the
+// products, the int32 -> float conversion and the horizontal sum). A wrong code, scale, nibble or
+// block moves the result by a whole term.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "model/quant_packers.h"
+#include "tq/backend/cpu/matmul.h"
+#include "tq/backend/cpu/qdot.h"
+#include "tq/check.h"
+#include "tq/cpu_features.h"
+#include "tq/numeric.h"
+
+namespace tq::cpu {
+namespace {
+
+using model::GgmlType;
+
+constexpr GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+
+size_t block_elems(GgmlType t) { return model::ggml_type_info(t).block_elems; }
+
+// Offsets of a block's fp16 scale fields.
+std::vector<size_t> f16_fields(GgmlType t) {
+  switch (t) {
+    case GgmlType::Q8_0:
+    case GgmlType::Q4_0: return {0};
+    case GgmlType::Q4_1:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: return {0, 2};
+    case GgmlType::Q6_K: return {208};
+    default: return {};
+  }
+}
+
+// A hostile row: random bytes everywhere (any code, nibble, high bit and 6-bit scale), with finite
+// fp16 scales of random sign spanning 2^-14 .. 2^4; `extreme` sets every code byte to 0xFF or 0x80.
+std::vector<uint8_t> hostile_row(GgmlType t, size_t n, std::mt19937& rng, int extreme) {
+  const auto& ti = model::ggml_type_info(t);
+  std::vector<uint8_t> row(n / ti.block_elems * ti.block_bytes);
+  for (auto& b : row) b = extreme == 0 ? uint8_t(rng()) : extreme == 1 ? 0xFF : 0x80;
+  for (size_t b = 0; b < n / ti.block_elems; ++b)
+    for (size_t at : f16_fields(t)) {
+      const float v = std::ldexp(1.0f + float(rng() % 1024) / 1024.0f, int(rng() % 19) - 14) * (rng() % 2 ? 1.0f : -1.0f);
+      const uint16_t h = f32_to_f16(v);
+      row[b * ti.block_bytes + at] = uint8_t(h & 0xFF);
+      row[b * ti.block_bytes + at + 1] = uint8_t(h >> 8);
+    }
+  return row;
+}
+
+// Activations of several kinds: normal, one large outlier per block, all equal (codes +-127),
+// zeros, and tiny values.
+std::vector<float> activations(size_t n, std::mt19937& rng, int kind) {
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> x(n);
+  for (size_t i = 0; i < n; ++i) {
+    switch (kind) {
+      case 0: x[i] = nd(rng); break;
+      case 1: x[i] = (i % 32 == 7) ? 1e4f * nd(rng) : nd(rng); break;
+      case 2: x[i] = (i % 3 == 0) ? -3.5f : 3.5f; break;
+      case 3: x[i] = 0.0f; break;
+      default: x[i] = 1e-30f * nd(rng); break;
+    }
+  }
+  return x;
+}
+
+struct Quantized {
+  std::vector<uint8_t> bytes;
+  std::vector<double> deq;    // d * q per element
+  std::vector<double> scale;  // d of each element's block
+};
+
+Quantized quantize(GgmlType t, const std::vector<float>& x) {
+  const ActFormat f = act_format(t);
+  Quantized q;
+  q.bytes.resize(act_row_bytes(f, x.size()));
+  quantize_act_row(f, x.data(), x.size(), q.bytes.data());
+  for (size_t i = 0; i < x.size(); ++i) {
+    float d;
+    int code;
+    if (f == ActFormat::kQ8x32) {
+      const auto& b = reinterpret_cast<const ActQ8x32*>(q.bytes.data())[i / 32];
+      d = b.d, code = b.q[i % 32];
+    } else {
+      const auto& b = reinterpret_cast<const ActQ8x256*>(q.bytes.data())[i / 256];
+      d = b.d, code = b.q[i % 256];
+    }
+    q.deq.push_back(double(d) * code);
+    q.scale.push_back(d);
+  }
+  return q;
+}
+
+TEST(ActQuantization, CodesSumsAndRounding) {
+  std::mt19937 rng(11);
+  for (ActFormat f : {ActFormat::kQ8x32, ActFormat::kQ8x256})
+    for (int kind = 0; kind < 5; ++kind) {
+      const size_t n = 512;
+      const std::vector<float> x = activations(n, rng, kind);
+      std::vector<uint8_t> out(act_row_bytes(f, n));
+      quantize_act_row(f, x.data(), n, out.data());
+      const size_t be = f == ActFormat::kQ8x32 ? 32 : 256;
+      for (size_t b = 0; b < n / be; ++b) {
+        const float d = f == ActFormat::kQ8x32 ? reinterpret_cast<const ActQ8x32*>(out.data())[b].d
+                                               : reinterpret_cast<const ActQ8x256*>(out.data())[b].d;
+        const int8_t* q = f == ActFormat::kQ8x32 ? reinterpret_cast<const ActQ8x32*>(out.data())[b].q
+                                                 : reinterpret_cast<const ActQ8x256*>(out.data())[b].q;
+        float amax = 0;
+        for (size_t j = 0; j < be; ++j) amax = std::max(amax, std::fabs(x[b * be + j]));
+        EXPECT_FLOAT_EQ(d, amax / 127.0f);
+        int sum = 0;
+        for (size_t j = 0; j < be; ++j) {
+          ASSERT_GE(q[j], -127);
+          // |x - d q| <= d/2, plus the rounding of x * (127 / amax) (a few ulps of the code).
+          ASSERT_LE(std::fabs(double(x[b * be + j]) - double(d) * q[j]), double(d) * (0.5 + 1e-5)) << "kind " << kind << " element " << j;
+          sum += q[j];
+        }
+        if (f == ActFormat::kQ8x32) {
+          EXPECT_EQ(reinterpret_cast<const ActQ8x32*>(out.data())[b].sum, sum);
+        } else {
+          for (size_t i = 0; i < 16; ++i) {
+            int s = 0;
+            for (size_t j = 0; j < 16; ++j) s += q[16 * i + j];
+            EXPECT_EQ(reinterpret_cast<const ActQ8x256*>(out.data())[b].bsums[i], s);
+          }
+        }
+      }
+    }
+}
+
+TEST(ActQuantization, RefusesRowsThatAreNotWholeBlocks) {
+  EXPECT_THROW(act_row_bytes(ActFormat::kQ8x32, 48), Error);
+  EXPECT_THROW(act_row_bytes(ActFormat::kQ8x256, 512 + 32), Error);
+}
+
+class QuantizedDot : public ::testing::TestWithParam<GgmlType> {};
+
+// The reference against values known exactly (test-side encoders), and against the unquantized
+// activations within the activation quantization's bound.
+TEST_P(QuantizedDot, ReferenceIsExactOnKnownBlocks) {
+  const GgmlType t = GetParam();
+  std::mt19937 rng(7);
+  for (size_t blocks : {1, 2, 5})
+    for (int kind = 0; kind < 5; ++kind) {
+      const size_t n = blocks * block_elems(t);
+      std::vector<float> w;
+      const std::vector<uint8_t> row = model::testing::random_row(t, n, rng, w);
+      const std::vector<float> x = activations(n, rng, kind);
+      const Quantized a = quantize(t, x);
+      double exact = 0, mag = 0, unq = 0, qbound = 0;
+      for (size_t i = 0; i < n; ++i) {
+        exact += double(w[i]) * a.deq[i];
+        mag += std::fabs(double(w[i]) * a.deq[i]);
+        unq += double(w[i]) * x[i];
+        qbound += std::fabs(double(w[i])) * a.scale[i] * (0.5 + 1e-5);
+      }
+      const DotRef r = vec_dot_ref(t, row.data(), a.bytes.data(), n);
+      EXPECT_NEAR(r.value, exact, 1e-12 * (mag + r.abs_sum)) << blocks << " blocks, activations " << kind;
+      EXPECT_NEAR(r.value, unq, qbound + 1e-12 * (mag + r.abs_sum)) << blocks << " blocks, activations " << kind;
+    }
+}
+
+// The kernel the CPU runs (AVX2 here) against the reference, on known and on hostile blocks.
+TEST_P(QuantizedDot, KernelMatchesReference) {
+  const GgmlType t = GetParam();
+  if (!has_avx2_fma()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU: vec_dot is the reference itself";
+  std::mt19937 rng(3);
+  for (int rowkind = -1; rowkind < 3; ++rowkind)
+    for (size_t blocks : {1, 2, 3, 8})
+      for (int kind = 0; kind < 5; ++kind) {
+        const size_t n = blocks * block_elems(t);
+        std::vector<float> w;
+        const std::vector<uint8_t> row = rowkind < 0 ? model::testing::random_row(t, n, rng, w) : hostile_row(t, n, rng, rowkind);
+        const Quantized a = quantize(t, activations(n, rng, kind));
+        const DotRef r = vec_dot_ref(t, row.data(), a.bytes.data(), n);
+        const double terms = double(2 * blocks);  // at most two float terms per block
+        const float got = vec_dot(t, row.data(), a.bytes.data(), n);
+        EXPECT_NEAR(double(got), r.value, (terms + 10) * std::ldexp(1.0, -24) * r.abs_sum)
+            << blocks << " blocks, row kind " << rowkind << ", activations " << kind;
+      }
+}
+
+TEST_P(QuantizedDot, NonFiniteActivationGivesNaN) {
+  const GgmlType t = GetParam();
+  std::mt19937 rng(5);
+  const size_t n = 2 * block_elems(t);
+  std::vector<float> w;
+  const std::vector<uint8_t> row = model::testing::random_row(t, n, rng, w);
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    std::vector<float> x = activations(n, rng, 0);
+    x[n - 3] = bad;
+    const Quantized a = quantize(t, x);
+    EXPECT_TRUE(std::isnan(vec_dot(t, row.data(), a.bytes.data(), n)));
+    EXPECT_TRUE(std::isnan(vec_dot_ref(t, row.data(), a.bytes.data(), n).value));
+  }
+}
+
+// matmul over a weight matrix of R rows (not a multiple of the 16-row tile) and T tokens, on one
+// and two threads: every output is its row's kernel dot.
+TEST_P(QuantizedDot, MatmulIsTheRowDots) {
+  const GgmlType t = GetParam();
+  std::mt19937 rng(9);
+  const size_t C = 2 * block_elems(t) * (t == GgmlType::Q8_0 ? 3 : 1), R = 37;
+  std::vector<uint8_t> bytes;
+  for (size_t r = 0; r < R; ++r) {
+    const std::vector<uint8_t> row = hostile_row(t, C, rng, 0);
+    bytes.insert(bytes.end(), row.begin(), row.end());
+  }
+  model::TensorRef w;
+  w.name = "test.weight";
+  w.type = t;
+  w.data = bytes.data();
+  w.n_rows = R;
+  w.n_cols = C;
+  for (size_t T : {1, 3})
+    for (unsigned threads : {1u, 2u}) {
+      ThreadPool pool(threads);
+      std::vector<float> x;
+      for (size_t i = 0; i < T; ++i) {
+        const std::vector<float> xi = activations(C, rng, int(i % 3));
+        x.insert(x.end(), xi.begin(), xi.end());
+      }
+      std::vector<float> y(T * R, std::numeric_limits<float>::quiet_NaN());
+      matmul(w, x.data(), T, y.data(), pool);
+      for (size_t i = 0; i < T; ++i) {
+        const Quantized a = quantize(t, std::vector<float>(x.begin() + long(i * C), x.begin() + long((i + 1) * C)));
+        for (size_t r = 0; r < R; ++r)
+          ASSERT_EQ(y[i * R + r], vec_dot(t, bytes.data() + r * w.row_bytes(), a.bytes.data(), C)) << "token " << i << " row " << r;
+      }
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, QuantizedDot, ::testing::ValuesIn(kTypes),
+                         [](const auto& info) { return std::string(model::ggml_type_name(info.param)); });
+
+}  // namespace
+}  // namespace tq::cpu
