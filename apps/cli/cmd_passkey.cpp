@@ -20,7 +20,7 @@ struct Options {
   unsigned threads = 0;
   std::string device = "auto";
   double gpu_memory = 0;
-  bool json = false, verbose = false;
+  bool json = false, verbose = false, allow_long = false;
 };
 
 void run(const Options& o) {
@@ -30,7 +30,8 @@ void run(const Options& o) {
   po.lengths = o.lengths;
   po.depths = o.depths;
   po.seed = o.seed;
-  po.threads = o.threads;
+  po.threads = threads_option(o.threads);
+  po.max_context = o.allow_long ? 0 : uint32_t(lm.model.config.max_seq);
   po.device = pick_device(o.device, lm.model.config, specs);
   check_gpu_memory(o.gpu_memory, po.device);
   po.gpu_memory = o.gpu_memory;
@@ -61,11 +62,15 @@ void add_passkey(CLI::App& app) {
                                    "Example: tq passkey --kv fp16,k3v2 --lengths 256,1024");
   c->add_option("-m,--model", o->model, "model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   c->add_option("--kv", o->kv, "comma-separated KV specs");
-  c->add_option("--lengths", o->lengths, "prompt lengths in tokens")->delimiter(',');
-  c->add_option("--depths", o->depths, "depths of the key, fractions of the filler")->delimiter(',');
+  c->add_option("--lengths", o->lengths,
+                "prompt lengths in tokens (default 256,512,1024); with the answer, within the model's training context\n"
+                "unless --allow-long-context")
+      ->delimiter(',');
+  c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
+  c->add_option("--depths", o->depths, "depths of the key, fractions of the filler in [0, 1] (default 0.1,0.5,0.9)")->delimiter(',');
   c->add_option("--seed", o->seed, "seed of the keys");
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
-  c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("--gpu-memory", o->gpu_memory,
                 "fraction of the GPU's memory for the engine, in (0, 1]: weights, scratch, and a KV page pool of what\n"

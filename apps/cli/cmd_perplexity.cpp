@@ -1,6 +1,7 @@
 // tq perplexity: several KV configurations against a full-precision cache on one text, one table.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <sstream>
@@ -17,16 +18,21 @@ namespace {
 
 struct Options {
   std::string model, tokenizer, file, kv = "fp16,k4v4,k3v2", ref = "auto", device = "auto";
-  uint32_t ctx = 2048, chunk = 64;
+  uint32_t ctx = 0, chunk = 64;  // ctx 0: kDefaultCtx, or the model's training context where shorter
   size_t max_tokens = 0;
   unsigned threads = 0;
   double gpu_memory = 0;
-  bool json = false;
+  bool json = false, allow_long = false;
 };
+
+constexpr uint32_t kDefaultCtx = 2048;
 
 void run(const Options& o) {
   const auto specs = parse_kv_specs(o.kv);
+  const unsigned threads = threads_option(o.threads);
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
+  if (o.ctx) check_context(o.ctx, fmt::format("--ctx {}", o.ctx), lm, o.allow_long);
+  const uint32_t ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, uint32_t(lm.model.config.max_seq));
   std::ifstream in(o.file, std::ios::binary);
   TQ_CHECK(in.good(), "cannot read text file '{}'", o.file);
   std::stringstream ss;
@@ -42,9 +48,9 @@ void run(const Options& o) {
   check_gpu_memory(o.gpu_memory, device);
   const std::string ref = o.ref != "auto" ? o.ref : device == engine::Device::kCuda ? "fp16" : "fp32";
   fmt::print(stderr, "tq perplexity: {} on {} ({} tokens), windows of {}, reference cache {}, on {}\n", lm.path, o.file, tokens.size(),
-             o.ctx, ref, engine::device_name(device));
+             ctx, ref, engine::device_name(device));
   engine::PerplexityOptions po{
-      .ctx = o.ctx, .chunk = o.chunk, .threads = o.threads, .reference = ref, .device = device, .gpu_memory = o.gpu_memory};
+      .ctx = ctx, .chunk = o.chunk, .threads = threads, .reference = ref, .device = device, .gpu_memory = o.gpu_memory};
   const auto res = engine::evaluate_perplexity(lm.model, tokens, specs, po, [](size_t done, size_t total) {
     fmt::print(stderr, "\r  {}/{} tokens", done, total);
     if (done == total) fmt::print(stderr, "\n");
@@ -63,12 +69,12 @@ void run(const Options& o) {
     nlohmann::json j = t.json();
     j["reference"] = {{"kv", res.reference.kv}, {"ppl", res.reference.ppl}, {"kv_mib", res.reference.kv_mib}};
     j["tokens_scored"] = res.scored;
-    j["ctx"] = o.ctx;
+    j["ctx"] = ctx;
     j["model"] = lm.path;
     std::cout << j.dump(2) << "\n";
   } else {
     fmt::print("reference ({} cache): ppl {:.4f} over {} positions, windows of {} tokens\n", res.reference.kv, res.reference.ppl, res.scored,
-               o.ctx);
+               ctx);
     fmt::print("{}", t.text());
     fmt::print("KL: mean KL(reference || config) of the next-token distribution (nats); top-1: argmax agreement.\n");
   }
@@ -84,7 +90,11 @@ void add_perplexity(CLI::App& app) {
                                    "Example: tq perplexity -f book.txt --ctx 2048 --kv fp16,k4v4,k3v2,k3v2:edge=2/k4v4");
   c->add_option("-m,--model", o->model, "model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   c->add_option("-f,--file", o->file, "text file")->required();
-  c->add_option("--ctx", o->ctx, "tokens per window (each starts from an empty cache)")->check(CLI::Range(2, 1 << 20));
+  c->add_option("--ctx", o->ctx,
+                "tokens per window, each starting from an empty cache (default: 2048, or the model's training context\n"
+                "where shorter; beyond it with --allow-long-context only)")
+      ->check(CLI::Range(2, 1 << 20));
+  c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
   c->add_option("--max-tokens", o->max_tokens, "score only the first N tokens of the text (0: all)");
   c->add_option("--kv", o->kv, "comma-separated KV specs");
   c->add_option("--ref", o->ref, "KV spec of the reference cache (default: fp32 on the CPU, fp16 on the GPU)");
@@ -94,7 +104,7 @@ void add_perplexity(CLI::App& app) {
                 "--kv spec run side by side, each with its own weights: 1/n of it each); default: what one window needs");
   c->add_option("--chunk", o->chunk, "tokens per forward pass")->check(CLI::Range(1, 4096));
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
-  c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->add_flag("--json", o->json, "print JSON instead of the table");
   c->callback([o] { run(*o); });
 }

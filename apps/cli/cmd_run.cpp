@@ -23,7 +23,8 @@ struct Options {
   unsigned threads = 0;
   std::string device = "auto";
   double gpu_memory = 0;
-  bool chat = false;
+  bool chat = false, allow_long = false;
+  bool steps_given = false;  // -n was on the command line
   bool exact_products = false;
   std::string logits_file;  // test hook: prompt token ids and last-token logits
   std::string speculative;  // --spec: "" or a speculative_spec
@@ -33,7 +34,22 @@ struct Options {
 void run(const Options& o) {
   using clock = std::chrono::steady_clock;
   TQ_CHECK(o.steps >= 0, "-n must be >= 0, got {}", o.steps);
-  engine::Sampler sampler(o.sampling);  // refuses bad --temp / --top-k / --top-p / --min-p before the model loads
+  // Bad --temp / --top-k / --top-p / --min-p are refused before the model loads, naming the option.
+  const auto check_sampling = [](const char* option, const auto& set) {
+    engine::SamplingParams p;
+    set(p);
+    try {
+      p.validate();
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: {}", option, e.what()));
+    }
+  };
+  check_sampling("--temp", [&](auto& p) { p.temperature = o.sampling.temperature; });
+  check_sampling("--top-k", [&](auto& p) { p.top_k = o.sampling.top_k; });
+  check_sampling("--top-p", [&](auto& p) { p.top_p = o.sampling.top_p; });
+  check_sampling("--min-p", [&](auto& p) { p.min_p = o.sampling.min_p; });
+  engine::Sampler sampler(o.sampling);
+  const unsigned threads = threads_option(o.threads);
   const KvSpec spec = parse_kv_spec(o.kv);
   // --draft alone means --spec draft; the two sources exclude each other.
   const std::string spec_text = o.speculative.empty() && !o.draft.empty() ? "draft" : o.speculative;
@@ -50,7 +66,14 @@ void run(const Options& o) {
   TQ_CHECK(!o.chat || cfg.chat_template != model::ChatTemplate::None, "--chat: '{}' has no chat template", lm.path);  // names the file
   const std::vector<int> prompt = engine::prompt_tokens(lm.model, tok, o.prompt, o.chat);
   const uint32_t ctx = o.ctx ? o.ctx : uint32_t(cfg.max_seq);
-  TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens (--ctx)", prompt.size(), ctx);
+  if (o.ctx) check_context(o.ctx, fmt::format("--ctx {}", o.ctx), lm, o.allow_long);
+  const std::string ctx_is = o.ctx ? "--ctx" : "the model's training context";
+  TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens ({})", prompt.size(), ctx, ctx_is);
+  // An -n the context cannot hold is a mistake; the default -n just stops where the context is full.
+  TQ_CHECK(!o.steps_given || uint32_t(o.steps) <= ctx, "-n {}: more tokens than the context holds ({} tokens, {}); lower -n{}", o.steps,
+           ctx, ctx_is, o.ctx ? "" : " or raise --ctx (past the model's context with --allow-long-context)");
+  // The page pool (and the runner's per-position tables) hold what this run can reach, not all of --ctx.
+  const uint32_t needed = uint32_t(std::min<uint64_t>(ctx, prompt.size() + uint64_t(o.steps)));
   const engine::Device device = pick_device(o.device, cfg, {spec});
   check_gpu_memory(o.gpu_memory, device);
   std::optional<LoadedModel> draft;
@@ -61,10 +84,13 @@ void run(const Options& o) {
     } catch (const Error& e) {
       throw Error(fmt::format("--draft '{}': {}", draft->path, e.what()));
     }
-    TQ_CHECK(draft->model.config.max_seq >= int(ctx), "--draft '{}': its context ({} tokens) is shorter than --ctx {}", draft->path,
-             draft->model.config.max_seq, ctx);
+    TQ_CHECK(o.allow_long || draft->model.config.max_seq >= int(needed),
+             "--draft '{}': its training context ({} tokens) is shorter than the run's {} tokens (prompt and -n); pass "
+             "--allow-long-context to run anyway",
+             draft->path, draft->model.config.max_seq, needed);
   }
-  engine::Engine e(lm.model, spec, {.device = device, .threads = o.threads, .context = ctx, .gpu_memory = o.gpu_memory, .exact_products = o.exact_products});
+  engine::Engine e(lm.model, spec,
+                   {.device = device, .threads = threads, .context = needed, .gpu_memory = o.gpu_memory, .exact_products = o.exact_products});
   fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
              cfg.head_dim, spec.canonical(), e.runner().describe());
   std::unique_ptr<engine::Engine> draft_engine;
@@ -73,7 +99,7 @@ void run(const Options& o) {
   if (by_model) {
     const engine::Device draft_device = pick_device(o.device, draft->model.config, {draft_spec});
     draft_engine = std::make_unique<engine::Engine>(draft->model, draft_spec,
-                                                    engine::EngineOptions{.device = draft_device, .threads = o.threads, .context = ctx});
+                                                    engine::EngineOptions{.device = draft_device, .threads = threads, .context = needed});
     fmt::print(stderr, "tq run: draft model {} ({} layers), KV cache {}, {}\n", draft->path, draft->model.config.n_layers,
                draft_spec.canonical(), draft_engine->runner().describe());
     drafter = std::make_unique<engine::ModelDrafter>(*draft_engine);
@@ -83,7 +109,7 @@ void run(const Options& o) {
   if (ss) speculation.emplace(drafter.get(), ss->max_draft, ss->adaptive);
 
   fmt::print("{}", o.chat ? o.prompt + "\n" : tok.decode(prompt));
-  std::fflush(stdout);
+  flush_stdout();
   const int s = e.add_sequence();
   const auto t0 = clock::now();
   std::vector<float> logits = e.prefill(s, prompt);
@@ -100,7 +126,7 @@ void run(const Options& o) {
   int prev = prompt.back();
   const auto print = [&](int next) {  // streamed: each token's text as soon as it is sampled
     fmt::print("{}", tok.decode_next(prev, next));
-    std::fflush(stdout);
+    flush_stdout();  // a write error (a full disk, a closed pipe) ends the run
     prev = next;
   };
   if (drafter) drafter->extend(prompt);
@@ -109,7 +135,10 @@ void run(const Options& o) {
                                               print);
   const auto t2 = clock::now();
   fmt::print("\n");
-  std::fflush(stdout);  // the text ends before the statistics on stderr
+  flush_stdout();  // the text ends before the statistics on stderr
+  if (generated < uint32_t(o.steps) && prompt.size() + generated >= ctx)
+    fmt::print(stderr, "tq run: stopped after {} of -n {} tokens: the context of {} tokens ({}) is full\n", generated, o.steps, ctx,
+               ctx_is);
   const double pt = std::chrono::duration<double>(t1 - t0).count(), gt = std::chrono::duration<double>(t2 - t1).count();
   const double fp16 = 2.0 * 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * e.seq_len(s);
   const double used = double(e.kv_bytes(s));
@@ -138,7 +167,8 @@ void add_run(CLI::App& app) {
                                    "Example: tq run -p 'Why is the sky blue?' --chat --kv k3v2 -n 100 --temp 0.7 --top-p 0.9");
   c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint");
   c->add_option("-p,--prompt", o->prompt, "prompt text");
-  c->add_option("-n,--steps", o->steps, "tokens to generate (default 256)");
+  CLI::Option* steps =
+      c->add_option("-n,--steps", o->steps, "tokens to generate, at most the context (default 256, or until the context is full)");
   c->add_option("--temp", o->sampling.temperature,
                 "sampling temperature, a number >= 0: 0 = greedy, always the most likely token (default); 0.7-1 for\n"
                 "varied text (below 1 sharper, above 1 flatter); --top-k, --top-p, --min-p apply only when > 0");
@@ -151,12 +181,15 @@ void add_run(CLI::App& app) {
   c->add_option("--seed", o->sampling.seed, "sampling seed: the same seed, prompt and flags give the same text (default 42)");
   c->add_option("--kv", o->kv, "KV spec (default k3v2:edge=2/k4v4:sink=4:window=64, docs/quality.md says why)");
   c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
-  c->add_option("--ctx", o->ctx, "context length (default: the model's)");
-  c->add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  c->add_option("--ctx", o->ctx,
+                "context length: generation stops when prompt and text fill it (default: the model's training context;\n"
+                "longer with --allow-long-context only)");
+  c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
+  c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("--gpu-memory", o->gpu_memory,
                 "fraction of the GPU's memory to use, in (0, 1]: the KV page pool gets what the weights and scratch\n"
-                "leave (vLLM's --gpu-memory-utilization); default: a pool of one --ctx sequence");
+                "leave (vLLM's --gpu-memory-utilization); default: a pool of what the run needs (prompt and -n, within --ctx)");
   c->add_option("--spec", o->speculative,
                 "speculative decoding: ngram = prompt lookup (the last n tokens looked up earlier in the text, what\n"
                 "followed them is drafted; fast where the answer copies from the prompt); draft = a draft model\n"
@@ -173,7 +206,10 @@ void add_run(CLI::App& app) {
               "CPU: multiply quantized weights in fp32 on the activations as they are, instead of on activations\n"
               "quantized to 8 bits per block of 32 or 256 (llama.cpp's way, the default); slower, for reference");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
-  c->callback([o] { run(*o); });
+  c->callback([o, steps] {
+    o->steps_given = steps->count() > 0;
+    run(*o);
+  });
 }
 
 }  // namespace tq::cli

@@ -30,11 +30,14 @@ struct Options {
 
 void serve(const Options& o) {
   TQ_CHECK(o.port >= 0 && o.port <= 65535, "--port must be in 0..65535, got {}", o.port);
-  TQ_CHECK(o.max_num_seqs >= 1, "--max-num-seqs must be at least 1");
+  // Each running or waiting request may hold an HTTP thread (the server starts them all at once): bounded.
+  TQ_CHECK(o.max_num_seqs >= 1 && o.max_num_seqs <= 4096, "--max-num-seqs must be 1..4096, got {}", o.max_num_seqs);
   TQ_CHECK(o.max_batched_tokens >= o.max_num_seqs, "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})", o.max_batched_tokens,
            o.max_num_seqs);
-  TQ_CHECK(o.max_queue >= 1, "--max-queue must be at least 1");
-  TQ_CHECK(o.shutdown_timeout >= 0, "--shutdown-timeout must be >= 0 seconds, got {}", o.shutdown_timeout);
+  TQ_CHECK(o.max_queue >= 1 && o.max_queue <= 4096, "--max-queue must be 1..4096, got {}", o.max_queue);
+  TQ_CHECK(o.shutdown_timeout >= 0 && o.shutdown_timeout <= 86400, "--shutdown-timeout must be 0..86400 seconds, got {}",
+           o.shutdown_timeout);  // NaN and inf fail too
+  const unsigned threads = threads_option(o.threads);
   const KvSpec spec = parse_kv_spec(o.kv);
   std::optional<engine::SpeculativeSpec> speculation;
   if (!o.speculative.empty()) speculation = engine::parse_speculative_spec(o.speculative);
@@ -56,7 +59,7 @@ void serve(const Options& o) {
   const engine::Device device = pick_device(o.device, cfg, {spec});
   check_gpu_memory(o.gpu_memory, device);
   engine::Engine e(lm.model, spec,
-                   {.device = device, .threads = o.threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
+                   {.device = device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
                     .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory});
   const std::string name = o.name.empty() ? std::filesystem::path(lm.path).stem().string() : o.name;
 
@@ -134,7 +137,7 @@ void add_serve(CLI::App& app) {
   c->add_option("--spec", o->speculative,
                 "speculative decoding by prompt lookup for every request: ngram[:k=N:n=N:min=N:fixed=1] (tq run --help\n"
                 "says what they mean); a request's \"speculative\" field (a spec, or \"off\") overrides it. Default: off");
-  c->add_option("-t,--threads", o->threads, "CPU threads of the engine (default: all cores)");
+  c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->callback([o] { serve(*o); });
 }
 

@@ -3,7 +3,10 @@
 
 #include <CLI/CLI.hpp>
 
+#include <new>
+
 #include "commands.h"
+#include "model_files.h"
 #include "tq/common.h"
 
 int main(int argc, char** argv) {
@@ -26,10 +29,22 @@ int main(int argc, char** argv) {
 #endif
   try {
     app.parse(argc, argv);
+    tq::cli::flush_stdout();  // output that could not be written (tq ... > /dev/full) is an error
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int rc = app.exit(e);  // --help and --version end here too
+    try {
+      tq::cli::flush_stdout();
+    } catch (const tq::Error& w) {
+      fmt::print(stderr, "tq: error: {}\n", w.what());
+      return rc ? rc : 2;
+    }
+    return rc;
   } catch (const tq::Error& e) {
     fmt::print(stderr, "tq: error: {}\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr, "tq: error: out of memory: this run needs more memory than the machine could give (a smaller --ctx, -n, "
+                       "--lengths or text needs less)\n");
     return 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "tq: internal error: {}\n", e.what());

@@ -3,7 +3,12 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <thread>
 
 #include "tq/check.h"
 
@@ -48,6 +53,28 @@ LoadedModel load_draft_model(const std::string& path, const std::string& tokeniz
     out.tokenizer = model::load_llama2c_tokenizer(tokenizer_path, out.model.config.vocab_size);
   }
   return out;
+}
+
+void flush_stdout() {
+  errno = 0;
+  if (std::fflush(stdout) == 0 && !std::ferror(stdout)) return;
+  const int err = errno;
+  throw Error(fmt::format("cannot write to standard output: {}", err ? std::strerror(err) : "write error"));
+}
+
+unsigned threads_option(unsigned requested) {
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  if (requested <= hw) return requested;
+  fmt::print(stderr, "tq: -t {}: more threads than this machine's {} hardware threads; using {}\n", requested, hw, hw);
+  return hw;
+}
+
+void check_context(uint64_t tokens, const std::string& option, const LoadedModel& lm, bool allow_long) {
+  const int max_seq = lm.model.config.max_seq;
+  TQ_CHECK(allow_long || tokens <= uint64_t(max_seq),
+           "{}: beyond the model's training context of {} tokens ('{}'): positions past it were never trained; pass "
+           "--allow-long-context to run anyway",
+           option, max_seq, lm.path);
 }
 
 engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs) {

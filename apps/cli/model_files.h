@@ -37,6 +37,23 @@ LoadedModel load_draft_model(const std::string& path, const std::string& tokeniz
 engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs);
 // --gpu-memory: a fraction in (0, 1] (0: not given), on the GPU only; throws tq::Error naming it.
 void check_gpu_memory(double fraction, engine::Device d);
+// fflush(stdout); throws tq::Error saying why when the output cannot be written (a full disk, a
+// closed pipe): the text a command prints is its result, so losing it is an error.
+void flush_stdout();
+
+// -t/--threads: 0 (all hardware threads) or a count, capped at the hardware threads with a note on
+// stderr (more threads than cores only slow the CPU runner; a huge count would exhaust the process
+// table).
+unsigned threads_option(unsigned requested);
+inline constexpr const char* kThreadsHelp = "CPU threads (default: all hardware threads; more are capped to them)";
+
+// The context a command asks for with `option` (e.g. "--ctx 10000"): what it needs beyond the
+// model's training context is refused (tq::Error naming the option, the model's context and the
+// flag) unless `allow_long` (--allow-long-context): positions past it were never trained.
+void check_context(uint64_t tokens, const std::string& option, const LoadedModel& lm, bool allow_long);
+inline constexpr const char* kAllowLongHelp =
+    "allow contexts beyond the model's training context (refused by default: positions past it were never trained)";
+
 inline constexpr const char* kDeviceHelp =
     "where the model runs: auto (default: cuda where a GPU is and its runner implements the model and the KV spec, else cpu), cpu, cuda";
 

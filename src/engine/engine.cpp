@@ -1,6 +1,7 @@
 #include "tq/engine/engine.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "tq/backend/cpu/runner.h"
 #include "tq/check.h"
@@ -90,6 +91,7 @@ Device choose_device(const std::string& name, const model::ModelConfig& c, const
 
 EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, EngineOptions o) {
   if (o.context == 0) o.context = uint32_t(std::max(1, c.max_seq));
+  o.threads = std::min(o.threads, std::max(1u, std::thread::hardware_concurrency()));  // a thread each, started at once
   TQ_CHECK(o.max_chunk >= 1 && o.max_seqs >= 1, "max_chunk and max_seqs must be at least 1");
   TQ_CHECK(page_size >= 1, "page size must be at least 1");
   if (o.num_pages == 0) o.num_pages = o.max_seqs * ((o.context + page_size - 1) / page_size);

@@ -49,7 +49,9 @@ PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<in
                                      const PerplexityOptions& o, const std::function<void(size_t, size_t)>& progress) {
   TQ_CHECK(o.ctx >= 2, "--ctx must be at least 2 tokens, got {}", o.ctx);
   TQ_CHECK(tokens.size() >= 2, "the text has {} tokens; perplexity needs at least 2", tokens.size());
-  EngineOptions eo{.device = o.device, .threads = o.threads, .context = o.ctx, .max_seqs = 1, .num_pages = 0, .max_chunk = o.chunk,
+  // A window holds at most the whole text: the pools are sized by that, not by a --ctx the text never fills.
+  const uint32_t window = uint32_t(std::min<size_t>(o.ctx, tokens.size()));
+  EngineOptions eo{.device = o.device, .threads = o.threads, .context = window, .max_seqs = 1, .num_pages = 0, .max_chunk = o.chunk,
                    .gpu_memory = o.gpu_memory / double(specs.size() + 1)};  // each engine holds its own weights
   const KvSpec ref_spec = parse_kv_spec(o.reference);
   std::vector<std::unique_ptr<Engine>> engines;  // [0] reference, then one per spec
@@ -116,6 +118,14 @@ PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<in
 std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tokenizer& tok, const std::vector<KvSpec>& specs,
                                          const PasskeyOptions& o, const std::function<void(const std::string&)>& progress) {
   TQ_CHECK(!o.lengths.empty() && !o.depths.empty(), "passkey needs at least one length and one depth");
+  for (double d : o.depths)  // NaN fails both
+    TQ_CHECK(d >= 0.0 && d <= 1.0, "--depths {}: a depth is a fraction of the filler, in [0, 1]", d);
+  const auto too_long = [&](uint64_t tokens) { return o.max_context && tokens + o.answer_tokens > o.max_context; };
+  for (uint32_t len : o.lengths) {
+    TQ_CHECK(len >= 1, "--lengths {}: a prompt length is at least 1 token", len);
+    TQ_CHECK(!too_long(len), "--lengths {}: with the {} answer tokens, beyond the model's training context of {} tokens; pass "
+             "--allow-long-context to run anyway", len, o.answer_tokens, o.max_context);
+  }
   const std::string intro =
       "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about "
       "the pass key.\n";
@@ -141,6 +151,9 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
       for (size_t i = 0; i < n; ++i) text += (i == at ? needle : "") + filler;
       if (at >= n) text += needle;
       trials.push_back({len, key, prompt_tokens(m, tok, text + question, false)});
+      const size_t n_prompt = trials.back().prompt.size();  // the intro and the question can make it longer than asked
+      TQ_CHECK(!too_long(n_prompt), "--lengths {}: its prompt has {} tokens; with the {} answer tokens, beyond the model's training "
+               "context of {} tokens; pass --allow-long-context to run anyway", len, n_prompt, o.answer_tokens, o.max_context);
     }
   Sampler greedy({});  // temperature 0: the argmax, no random numbers
   for (const KvSpec& s : specs)

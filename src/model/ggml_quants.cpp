@@ -254,6 +254,47 @@ void ggml_check_dequantizable(GgmlType t, std::string_view what) {
            what, ti->name, uint32_t(t));
 }
 
+size_t ggml_find_nonfinite(GgmlType t, const void* src, size_t n) {
+  ggml_check_dequantizable(t, "ggml_find_nonfinite");
+  ggml_row_bytes(t, n, "ggml_find_nonfinite");  // validates n against the block size
+  const uint8_t* s = static_cast<const uint8_t*>(src);
+  // inf and NaN are the values whose exponent bits are all ones.
+  const auto bad16 = [](const uint8_t* p) { return (rd_u16(p) & 0x7c00u) == 0x7c00u; };
+  switch (t) {
+    case GgmlType::F32:
+      for (size_t i = 0; i < n; ++i) {
+        uint32_t u;
+        std::memcpy(&u, s + 4 * i, 4);
+        if ((u & 0x7f800000u) == 0x7f800000u) return i;
+      }
+      return n;
+    case GgmlType::F16:
+      for (size_t i = 0; i < n; ++i)
+        if (bad16(s + 2 * i)) return i;
+      return n;
+    case GgmlType::BF16:
+      for (size_t i = 0; i < n; ++i)
+        if ((rd_u16(s + 2 * i) & 0x7f80u) == 0x7f80u) return i;
+      return n;
+    default: break;
+  }
+  // The fp16 fields of a block (ggml-common.h): d, and m or dmin where there is one.
+  size_t first = 0, second = 0;  // byte offsets; second == first: one field
+  switch (t) {
+    case GgmlType::Q4_1:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: second = 2; break;
+    case GgmlType::Q6_K: first = second = 208; break;
+    default: break;  // Q8_0, Q4_0: d only, at 0
+  }
+  const GgmlTypeInfo& ti = ggml_type_info(t);
+  for (size_t b = 0; b < n / ti.block_elems; ++b) {
+    const uint8_t* block = s + b * ti.block_bytes;
+    if (bad16(block + first) || bad16(block + second)) return b * ti.block_elems;
+  }
+  return n;
+}
+
 void dequantize_row(GgmlType t, const void* src, float* dst, size_t n) {
   ggml_check_dequantizable(t, "dequantize_row");
   ggml_row_bytes(t, n, "dequantize_row");  // validates n against the block size

@@ -59,9 +59,10 @@ class GgufParser {
              name(), p_[0], p_[1], p_[2], p_[3]);
     pos_ = 4;
     const uint32_t version = u32("the version");
-    TQ_CHECK(version != 1, "GGUF '{}': version 1 is not supported (only 2 and 3)", name());
-    TQ_CHECK((version & 0xffffu) != 0, "GGUF '{}': version {:#x} looks byte-swapped: big-endian GGUF is not supported",
-             name(), version);
+    TQ_CHECK(version != 0 && version != 1, "GGUF '{}': version {} is not supported (only 2 and 3)", name(), version);
+    // A big-endian file's version 1..3 reads as 0x01000000..0x03000000 here.
+    TQ_CHECK(version != 0x01000000u && version != 0x02000000u && version != 0x03000000u,
+             "GGUF '{}': version {:#x} looks byte-swapped: big-endian GGUF is not supported", name(), version);
     TQ_CHECK(version == 2 || version == 3, "GGUF '{}': unsupported version {} (only 2 and 3)", name(), version);
     f_.version_ = version;
     const uint64_t n_tensors = u64("the tensor count");

@@ -135,6 +135,7 @@ Model load_llama2c(std::shared_ptr<const ByteSource> src) {
     t.data = base + float_off * 4;
     t.n_rows = size_t(rows);
     t.n_cols = size_t(cols);
+    t.check_finite(fmt::format("llama2.c checkpoint '{}': weight", fname));
     return t;
   };
   Weights& w = m.weights;
@@ -154,7 +155,7 @@ Model load_llama2c(std::shared_ptr<const ByteSource> src) {
     lw.w_up = ref("w3" + sfx, o_w3 + l * H * D, H, D);
   }
   w.output_norm = ref("rms_final", o_rms_final, 1, D);
-  w.output = ref(shared ? "token_embedding" : "wcls", o_wcls, vocab, D);
+  w.output = shared ? w.token_embd : ref("wcls", o_wcls, vocab, D);
   return m;
 }
 

@@ -1,4 +1,5 @@
 // TensorRef operations and loading by file type.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -57,10 +58,25 @@ std::vector<float> TensorRef::to_f32() const {
   return out;
 }
 
+void TensorRef::check_finite(std::string_view where) const {
+  if (!present()) return;
+  const size_t n = n_rows * n_cols, at = ggml_find_nonfinite(type, data, n);
+  if (at == n) return;
+  std::vector<float> row(n_cols);
+  dequantize_row(at / n_cols, row.data());
+  const bool block = ggml_type_info(type).block_elems > 1;
+  const std::string why = block ? fmt::format(" (its {} block's scale is not finite)", ggml_type_name(type)) : "";
+  throw Error(fmt::format("{} '{}': element {} (row {}, column {}) is {}{}: weights must be finite numbers", where, name, at, at / n_cols,
+                          at % n_cols, row[at % n_cols], why));
+}
+
 Model load_model(const std::string& path) {
   auto src = ByteSource::map_file(path);
-  if (src->size() >= 4 && std::memcmp(src->data(), "GGUF", 4) == 0)
-    return load_gguf(std::make_shared<const GgufFile>(GgufFile::parse(src)));
+  const size_t n = src->size();
+  TQ_CHECK(n > 0, "'{}' is empty (0 bytes): not a model file (GGUF or llama2.c checkpoint)", path);
+  const bool magic = std::memcmp(src->data(), "GGUF", std::min<size_t>(n, 4)) == 0;  // a truncated file may have part of it
+  const bool named = path.size() >= 5 && path.compare(path.size() - 5, 5, ".gguf") == 0;
+  if (magic || named) return load_gguf(std::make_shared<const GgufFile>(GgufFile::parse(src)));
   return load_llama2c(src);
 }
 

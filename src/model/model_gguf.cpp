@@ -12,6 +12,7 @@
 // LLAMA_ROPE_TYPE_NORM (adjacent pairs) for LLM_ARCH_LLAMA. "qwen2" is not permuted and uses
 // LLAMA_ROPE_TYPE_NEOX (half split). See llama-model.cpp llama_model_rope_type().
 #include <algorithm>
+#include <cmath>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -51,6 +52,7 @@ class WeightBinder {
     r.data = f_.tensor_bytes(*t).data();
     r.n_rows = size_t(rows);
     r.n_cols = size_t(cols);
+    r.check_finite("GGUF tensor");
     return r;
   }
 
@@ -113,10 +115,14 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
   c.rope_dim = f.has(key("rope.dimension_count")) ? req("rope.dimension_count") : c.head_dim;
   TQ_CHECK(c.rope_dim % 2 == 0 && c.rope_dim <= c.head_dim, "GGUF '{}': rope.dimension_count {} (head dim {})",
            f.name(), c.rope_dim, c.head_dim);
-  c.rope_theta = float(f.get_float_or(key("rope.freq_base"), 10000.0));
-  c.rms_eps = float(f.get_float_or(key("attention.layer_norm_rms_epsilon"), 1e-5));
-  TQ_CHECK(c.rope_theta > 0.0f && c.rms_eps > 0.0f, "GGUF '{}': rope.freq_base {} / rms epsilon {} must be positive",
-           f.name(), c.rope_theta, c.rms_eps);
+  // Used as floats: a double beyond float's range is as unusable as inf.
+  const auto positive = [&](const char* k, double def) {
+    const double v = f.get_float_or(key(k), def);
+    TQ_CHECK(std::isfinite(float(v)) && float(v) > 0.0f, "GGUF '{}': {} = {} must be a finite number > 0", f.name(), key(k), v);
+    return float(v);
+  };
+  c.rope_theta = positive("rope.freq_base", 10000.0);
+  c.rms_eps = positive("attention.layer_norm_rms_epsilon", 1e-5);
   const std::string scaling = f.get_string_or(key("rope.scaling.type"), "none");
   TQ_CHECK(scaling == "none", "GGUF '{}': RoPE scaling type '{}' is not supported", f.name(), scaling);
   TQ_CHECK(!f.has("rope_freqs.weight"), "GGUF '{}': per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 "

@@ -36,4 +36,24 @@ run_fails("k9v2" 2 kv-size --kv k9v2)
 run_fails("'zz'" 2 kv-size --kv k3v2:zz)
 run_fails("head-dim" 2 kv-size --kv k3v2 --head-dim 0)
 run_fails("method" ANY distortion --method foo)
+
+# Model files named by what their bytes are: an empty or truncated .gguf is not "a llama2.c
+# checkpoint", GGUF version 0 is not "byte-swapped".
+file(WRITE ${TMP}/smoke_empty.gguf "")
+run_fails("'${TMP}/smoke_empty.gguf' is empty (0 bytes): not a model file" 2 run -m ${TMP}/smoke_empty.gguf)
+file(WRITE ${TMP}/smoke_trunc.gguf "GGU")
+run_fails("GGUF '${TMP}/smoke_trunc.gguf': truncated: the magic needs 4 bytes" 2 run -m ${TMP}/smoke_trunc.gguf)
+execute_process(COMMAND printf "GGUF\\000\\000\\000\\000garbage" OUTPUT_FILE ${TMP}/smoke_v0.gguf)  # CMake strings hold no NUL
+run_fails("GGUF '${TMP}/smoke_v0.gguf': version 0 is not supported (only 2 and 3)" 2 run -m ${TMP}/smoke_v0.gguf)
+file(WRITE ${TMP}/smoke_text.gguf "this is a text file, not a model")
+run_fails("'${TMP}/smoke_text.gguf' is not a GGUF file (magic bytes 74 68 69 73)" 2 run -m ${TMP}/smoke_text.gguf)
+# Output that cannot be written is an error (exit 2), --help's too.
+if(EXISTS /dev/full)
+  foreach(args "kv-size;--kv;k3v2;--json" "kv-size;--help")
+    execute_process(COMMAND ${TQ} ${args} OUTPUT_FILE /dev/full RESULT_VARIABLE rc ERROR_VARIABLE err)
+    if(NOT rc EQUAL 2 OR NOT err MATCHES "cannot write to standard output")
+      message(FATAL_ERROR "tq ${args} > /dev/full: exit ${rc}, want 2 and a write error:\n${err}")
+    endif()
+  endforeach()
+endif()
 message(STATUS "cli smoke: all passed")

@@ -85,8 +85,9 @@ if(NOT n EQUAL 2)
 endif()
 
 # Bad input: exit 2 with a message, never a crash.
-file(WRITE ${TMP}/smoke_bad.gguf "GGUF\x03\x00\x00\x00garbage")
-run_fails("GGUF" 2 run -m ${TMP}/smoke_bad.gguf)
+# (CMake strings hold no NUL and know no \x escapes: printf writes the version-3 header.)
+execute_process(COMMAND printf "GGUF\\003\\000\\000\\000garbage" OUTPUT_FILE ${TMP}/smoke_bad.gguf)
+run_fails("GGUF '${TMP}/smoke_bad.gguf': truncated" 2 run -m ${TMP}/smoke_bad.gguf)
 run_fails("not found" 2 run -m ${TMP}/does_not_exist.gguf)
 run_fails("--tokenizer" 2 run -m ${M})
 run_fails("context" 2 run -m ${M} --tokenizer ${T} --ctx 4 -p "Once upon a time there was a big dog")

@@ -2,7 +2,9 @@
 // schedule hands over (positions, block tables, logits rows) and that a failed step leaves no trace.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <stdexcept>
+#include <thread>
 
 #include "tq/common.h"
 #include "tq/engine/engine.h"
@@ -68,6 +70,18 @@ TEST(EngineStep, SchedulesPositionsAndPagesForTheRunner) {
   EXPECT_EQ(s1[1].token0, 7);
   EXPECT_EQ(e.seq_len(a), 6u);
   EXPECT_EQ(e.kv_bytes(a), 2u * 100 + 7);
+}
+
+// A thread count beyond the machine's (-t 4294967295) is capped, not started thread by thread.
+TEST(EngineStep, ThreadsAreCappedAtTheHardwareThreads) {
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  const model::ModelConfig c;
+  EXPECT_EQ(Engine::resolve(c, 4, {.threads = 4294967295u}).threads, hw);
+  EXPECT_EQ(Engine::resolve(c, 4, {.threads = hw + 1}).threads, hw);
+  EXPECT_EQ(Engine::resolve(c, 4, {.threads = 1}).threads, 1u);
+  EXPECT_EQ(Engine::resolve(c, 4, {.threads = 0}).threads, 0u);  // 0: all of them, as before
+  Engine e(std::make_unique<RecordingRunner>(10, 6), 4, {.threads = 4294967295u, .context = 32, .num_pages = 6});
+  EXPECT_EQ(e.options().threads, hw);
 }
 
 TEST(EngineStep, AFailedStepLeavesNoTrace) {

@@ -184,6 +184,10 @@ TEST(GgufMalformed, HeaderErrors) {
   expect_error([&] { GgufFile::from_bytes(bad); }, "version 1 is not supported");
   poke<uint32_t>(bad, 4, 0x03000000);
   expect_error([&] { GgufFile::from_bytes(bad); }, "big-endian");
+  poke<uint32_t>(bad, 4, 0);  // zero is no version, not a byte-swapped one
+  expect_error([&] { GgufFile::from_bytes(bad); }, "version 0 is not supported (only 2 and 3)");
+  poke<uint32_t>(bad, 4, 0x00050000);
+  expect_error([&] { GgufFile::from_bytes(bad); }, "unsupported version 327680");
   poke<uint32_t>(bad, 4, 7);
   expect_error([&] { GgufFile::from_bytes(bad); }, "unsupported version 7");
   bad = b;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <limits>
 
 #include "ref_forward.h"
 #include "test_data.h"
@@ -119,6 +120,14 @@ TEST(Llama2c, HeaderAndSizeErrors) {
   expect_error([&] { load_bytes(synthetic({1 << 30, 1 << 30, 1 << 30, 2, 1, 10, 4}, 0)); }, "size overflows");
   expect_error([] { load_bytes({1, 2, 3}); }, "smaller than the 28-byte header");
   expect_error([] { load_llama2c("/nonexistent/model.bin"); }, "/nonexistent/model.bin");
+}
+
+TEST(Llama2c, NonFiniteWeightIsNamed) {
+  const int64_t n = 10 * 8 + 2 * 8 + 2 * 64 + 2 * 2 * 32 + 2 * 64 + 2 * 8 + 3 * 2 * 96 + 8 + 16;
+  std::vector<uint8_t> b = synthetic({8, 12, 2, 2, 1, 10, 4}, n);
+  const float inf = std::numeric_limits<float>::infinity();
+  std::memcpy(b.data() + 28 + (10 * 8 + 2 * 8 + 64 + 8 + 3) * 4, &inf, 4);  // wq of layer 1, row 1, column 3
+  expect_error([&] { load_bytes(b); }, "llama2.c checkpoint 'ckpt.bin': weight 'wq[1]': element 11 (row 1, column 3) is inf");
 }
 
 // ---- the real stories260K model ----

@@ -4,6 +4,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
+
+#include <fmt/format.h>
 
 #include "test_data.h"
 #include "tiny_models.h"
@@ -82,6 +85,82 @@ TEST_P(GgufWeightType, LlamaConfigAndWeights) {
 INSTANTIATE_TEST_SUITE_P(Types, GgufWeightType,
                          ::testing::Values(GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K),
                          [](const auto& info) { return std::string(ggml_type_name(info.param)); });
+
+// A weight with a NaN, or a block whose scale is inf, is refused at load with the tensor named.
+class GgufNonFiniteWeight : public ::testing::TestWithParam<GgmlType> {};
+
+TEST_P(GgufNonFiniteWeight, RefusedNamingTheTensor) {
+  TinyModelSpec s;
+  s.wtype = GetParam();
+  s.dim = 256;  // K-quants need rows of 256
+  s.hidden = 256;
+  const size_t be = ggml_type_info(s.wtype).block_elems;
+  s.poison = "blk.1.ffn_up.weight";
+  const size_t col = be == kQK_K ? 0 : 2 * be;  // the third block of a row (K-quants: its only one)
+  s.poison_element = 2 * 256 + col;              // of row 2
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); },
+               fmt::format("GGUF tensor 'blk.1.ffn_up.weight': element {} (row 2, column {}) is ", s.poison_element, col));
+  if (be > 1)
+    expect_error([&] { testing::load_written(testing::tiny_model(s)); },
+                 fmt::format("(its {} block's scale is not finite): weights must be finite numbers", ggml_type_name(s.wtype)));
+  s.poison = "blk.0.attn_norm.weight";  // an F32 norm vector: ppl nan, top-1 1.0 before this was checked
+  s.poison_element = 7;
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); },
+               "GGUF tensor 'blk.0.attn_norm.weight': element 7 (row 0, column 7) is nan: weights must be finite numbers");
+  s.poison.clear();
+  EXPECT_NO_THROW(testing::load_written(testing::tiny_model(s)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, GgufNonFiniteWeight,
+                         ::testing::Values(GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
+                                           GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K),
+                         [](const auto& info) { return std::string(ggml_type_name(info.param)); });
+
+TEST(ModelGguf, NonFiniteHyperparametersAreNamed) {
+  TinyModelSpec s;
+  s.rope_theta = std::numeric_limits<float>::infinity();
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "llama.rope.freq_base = inf must be a finite number > 0");
+  s = TinyModelSpec{};
+  s.rms_eps = std::nanf("");
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); },
+               "llama.attention.layer_norm_rms_epsilon = nan must be a finite number > 0");
+  s = TinyModelSpec{};
+  s.rope_theta = -1.0f;
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "llama.rope.freq_base = -1 must be a finite number > 0");
+  testing::GgufWriter w;  // f64 beyond float's range: inf once used as a float
+  w.add_string("general.architecture", "llama");
+  w.add_f64("llama.rope.freq_base", 1e300);
+  for (const char* k : {"llama.context_length", "llama.embedding_length", "llama.feed_forward_length", "llama.block_count"})
+    w.add_u32(k, 32);
+  w.add_u32("llama.attention.head_count", 2);
+  expect_error([&] { testing::load_written(w); }, "llama.rope.freq_base = 1e+300 must be a finite number > 0");
+}
+
+// Detection by magic bytes: a truncated or empty .gguf is not "a llama2.c checkpoint".
+TEST(ModelGguf, LoadModelNamesTheFormatByMagic) {
+  const std::string path = testing::temp_path("trunc.gguf");
+  const auto write = [&](const std::string& p, const std::string& bytes) {
+    std::FILE* f = std::fopen(p.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::fwrite(bytes.data(), 1, bytes.size(), f);
+    std::fclose(f);
+  };
+  write(path, "");
+  expect_error([&] { load_model(path); }, "is empty (0 bytes): not a model file");
+  write(path, "GG");
+  expect_error([&] { load_model(path); }, "GGUF '" + path + "': truncated: the magic needs 4 bytes");
+  write(path, std::string("GGUF\x03\0\0\0", 8));
+  expect_error([&] { load_model(path); }, "GGUF '" + path + "': truncated");
+  write(path, std::string(40, 'x'));  // named .gguf, no magic: a GGUF error, not a llama2.c one
+  expect_error([&] { load_model(path); }, "is not a GGUF file (magic bytes 78 78 78 78)");
+  const std::string bin = testing::temp_path("short.bin");
+  write(bin, "GGU");  // the start of the magic, whatever the name
+  expect_error([&] { load_model(bin); }, "GGUF '" + bin + "': truncated");
+  write(bin, std::string(10, 'x'));  // no magic, not .gguf: the llama2.c loader's error
+  expect_error([&] { load_model(bin); }, "llama2.c checkpoint '" + bin + "': 10 bytes, smaller than the 28-byte header");
+  std::remove(path.c_str());
+  std::remove(bin.c_str());
+}
 
 TEST(ModelGguf, TiedOutputAndQwen2Biases) {
   TinyModelSpec s;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -93,7 +94,33 @@ struct TinyModelSpec {
   bool realistic = false;
   std::string chat_template;
   const BpeVocab* tokenizer = nullptr;  // adds its metadata (vocab must then equal its size)
+  float rope_theta = 500000.0f, rms_eps = 1e-6f;
+  // A tensor made non-finite (the loaders must refuse it): element `poison_element` is NaN, or for
+  // the block types the last fp16 scale of its block (m / dmin where there is one, else d) is inf.
+  std::string poison;
+  size_t poison_element = 0;
 };
+
+// Makes element e of `bytes` (type t) non-finite, as TinyModelSpec::poison says.
+inline void poison_element(GgmlType t, std::vector<uint8_t>& bytes, size_t e) {
+  const GgmlTypeInfo& ti = ggml_type_info(t);
+  const auto put = [&](size_t at, const void* v, size_t n) {
+    if (at + n > bytes.size()) throw std::out_of_range("poison_element: element past the tensor");
+    std::memcpy(bytes.data() + at, v, n);
+  };
+  const auto put16 = [&](size_t at, uint16_t v) { put(at, &v, 2); };
+  if (t == GgmlType::F32) {
+    const float nan = std::nanf("");
+    put(4 * e, &nan, 4);
+  } else if (t == GgmlType::F16) {
+    put16(2 * e, 0x7e00);  // NaN
+  } else if (t == GgmlType::BF16) {
+    put16(2 * e, 0x7fc0);  // NaN
+  } else {
+    const size_t field = t == GgmlType::Q6_K ? 208 : (t == GgmlType::Q4_1 || t == GgmlType::Q4_K || t == GgmlType::Q5_K) ? 2 : 0;
+    put16(e / ti.block_elems * ti.block_bytes + field, 0x7c00);  // +inf
+  }
+}
 
 // A random matrix [rows][cols] of type t.
 inline std::vector<uint8_t> random_matrix(GgmlType t, size_t rows, size_t cols, std::mt19937& rng) {
@@ -121,8 +148,8 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
   w.add_u32(a + ".feed_forward_length", uint32_t(s.hidden));
   w.add_u32(a + ".attention.head_count", uint32_t(s.n_heads));
   w.add_u32(a + ".attention.head_count_kv", uint32_t(s.n_kv_heads));
-  w.add_f32(a + ".rope.freq_base", 500000.0f);
-  w.add_f32(a + ".attention.layer_norm_rms_epsilon", 1e-6f);
+  w.add_f32(a + ".rope.freq_base", s.rope_theta);
+  w.add_f32(a + ".attention.layer_norm_rms_epsilon", s.rms_eps);
   w.add_u32(a + ".rope.dimension_count", uint32_t(s.dim / s.n_heads));
   if (!s.chat_template.empty()) w.add_string("tokenizer.chat_template", s.chat_template);
   if (s.tokenizer != nullptr) add_bpe_tokenizer(w, *s.tokenizer);
@@ -140,14 +167,18 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
     }
     return out;
   };
+  const auto add = [&](const std::string& name, const std::vector<uint64_t>& dims, GgmlType t, std::vector<uint8_t> bytes) {
+    if (name == s.poison) poison_element(t, bytes, s.poison_element);
+    w.add_tensor(name, dims, t, bytes);
+  };
   const auto mat = [&](const std::string& name, uint64_t rows, uint64_t cols, GgmlType t) {
     if (s.realistic && t == GgmlType::F32)
-      w.add_tensor(name, {cols, rows}, t, uniform(rows * cols, 0.0f, std::sqrt(3.0f / float(cols))));
+      add(name, {cols, rows}, t, uniform(rows * cols, 0.0f, std::sqrt(3.0f / float(cols))));
     else
-      w.add_tensor(name, {cols, rows}, t, random_matrix(t, rows, cols, rng));
+      add(name, {cols, rows}, t, random_matrix(t, rows, cols, rng));
   };
   const auto vec = [&](const std::string& name, uint64_t n) {
-    w.add_tensor(name, {n}, GgmlType::F32, s.realistic ? uniform(n, 1.0f, 0.2f) : random_matrix(GgmlType::F32, 1, n, rng));
+    add(name, {n}, GgmlType::F32, s.realistic ? uniform(n, 1.0f, 0.2f) : random_matrix(GgmlType::F32, 1, n, rng));
   };
   mat("token_embd.weight", V, D, GgmlType::F32);
   for (int l = 0; l < s.n_layers; ++l) {

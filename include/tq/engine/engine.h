@@ -27,7 +27,7 @@ const char* device_name(Device d);
 
 struct EngineOptions {
   Device device = Device::kCpu;
-  unsigned threads = 0;     // CPU threads; 0: all hardware threads
+  unsigned threads = 0;     // CPU threads; 0: all hardware threads, and more are capped to them
   uint32_t context = 0;     // most tokens per sequence; 0: the model's training context
   uint32_t max_seqs = 1;    // sequences at once: the page pool's size (when num_pages is 0), GPU side buffers
   uint32_t num_pages = 0;   // pages in the pool; 0: max_seqs * ceil(context / page size)

@@ -51,6 +51,9 @@ struct PasskeyOptions {
   std::vector<double> depths{0.1, 0.5, 0.9};      // where the key sits, as a fraction of the filler
   uint64_t seed = 1234;
   uint32_t answer_tokens = 8;
+  // Most tokens of a prompt and its answer (the model's training context where the caller keeps to
+  // it); a longer length is refused before any text is built. 0: no limit.
+  uint32_t max_context = 0;
   unsigned threads = 0;
   Device device = Device::kCpu;
   double gpu_memory = 0;  // CUDA: fraction of the GPU's memory for the engine (one at a time); 0: off
@@ -62,7 +65,8 @@ struct PasskeyRow {
   uint32_t correct = 0, trials = 0;
 };
 
-// A random 5-digit key hidden in filler text at each depth; greedy decoding must produce it.
+// A random 5-digit key hidden in filler text at each depth; greedy decoding must produce it. Throws
+// tq::Error, naming the value, on a depth outside [0, 1] and a length of 0 or beyond max_context.
 std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tokenizer& tok, const std::vector<KvSpec>& specs,
                                          const PasskeyOptions& o, const std::function<void(const std::string&)>& progress = {});
 

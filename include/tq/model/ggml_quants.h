@@ -70,6 +70,13 @@ size_t ggml_row_bytes(GgmlType t, uint64_t n_cols, std::string_view what = "tens
 // Throws tq::Error naming `what` and the type when it cannot be dequantized.
 void ggml_check_dequantizable(GgmlType t, std::string_view what = "tensor");
 
+// Index of the first of the n elements starting at `src` (a dequantizable type, n a multiple of
+// the block size: checked) that is not finite (NaN, inf); n when all are. The block types are
+// checked by their fp16 scales (their quants are small integers, so finite scales give finite
+// values): the index is then the first element of the first block whose scale is not finite. Reads
+// each value or scale once, without dequantizing: cheap enough for every weight at load.
+size_t ggml_find_nonfinite(GgmlType t, const void* src, size_t n);
+
 // dst[0..n) = values of the n elements starting at `src` (n a multiple of the block size: checked).
 void dequantize_row(GgmlType t, const void* src, float* dst, size_t n);
 

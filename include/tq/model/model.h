@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tq/model/byte_source.h"
@@ -76,6 +77,10 @@ struct TensorRef {
   void matvec(const float* x, float* y) const;  // y[n_rows] = W x
   void dequantize_row(size_t r, float* out) const;                     // out[n_cols] (embedding lookup)
   std::vector<float> to_f32() const;                                   // [n_rows][n_cols]
+  // Throws tq::Error, "<where> '<name>': ...", naming the first element that is NaN or inf (for
+  // block types: whose block scale is), its row and column, and its value. One read of the values
+  // or block scales (ggml_find_nonfinite): the loaders check every weight once.
+  void check_finite(std::string_view where) const;
 };
 
 struct LayerWeights {
@@ -106,13 +111,17 @@ struct Model {
   std::shared_ptr<const GgufFile> gguf;       // the GGUF file (tokenizer metadata); null for llama2.c
 };
 
-// llama2.c legacy checkpoint (run.c's format). Throws tq::Error on a bad header or a size mismatch.
+// llama2.c legacy checkpoint (run.c's format). Throws tq::Error on a bad header, a size mismatch or
+// a weight that is not finite (NaN, inf), naming the weight.
 Model load_llama2c(const std::string& path);
 Model load_llama2c(std::shared_ptr<const ByteSource> src);
-// GGUF with general.architecture "llama" or "qwen2".
+// GGUF with general.architecture "llama" or "qwen2". Throws tq::Error on bad metadata (non-finite
+// rope.freq_base or RMS epsilon included) and on weights that are not finite, naming the key or tensor.
 Model load_gguf(const std::string& path);
 Model load_gguf(std::shared_ptr<const GgufFile> file);
-// By content: "GGUF" magic -> load_gguf, otherwise load_llama2c.
+// By content: the "GGUF" magic (or its first bytes, in a truncated file) -> load_gguf; else a file
+// named *.gguf is a GGUF file that lacks the magic (an error); else load_llama2c (its checkpoints
+// have no magic). An empty file is an error that says so.
 Model load_model(const std::string& path);
 
 }  // namespace tq::model

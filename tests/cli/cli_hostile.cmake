@@ -1,0 +1,89 @@
+# Hostile input to the `tq` commands on stories260K (512 positions of training context): sizes past
+# the machine or the model, numbers that mean nothing, a context that fills up, output that cannot be
+# written. Each must end in a clear message naming the value, never a hang, a crash or garbage.
+# Invoked by ctest: cmake -DTQ=<tq> -DDATA=<shared data dir> -DTMP=<scratch dir> -P cli_hostile.cmake
+include(${CMAKE_CURRENT_LIST_DIR}/../cmake/tq_cli_test.cmake)
+
+set(M ${DATA}/stories260K/stories260K.bin)
+set(T ${DATA}/stories260K/tok512.bin)
+if(NOT EXISTS ${M})
+  message(STATUS "cli hostile: SKIPPED, ${M} is absent (the shared data: ../shared/data)")
+  return()
+endif()
+set(R run -m ${M} --tokenizer ${T})
+
+# Threads: more than the machine has are capped, with a note (not one thread each).
+run_ok(${R} -p "Once" -n 2 --kv fp16 -t 1000)
+if(NOT ERR MATCHES "tq: -t 1000: more threads than this machine's [0-9]+ hardware threads; using [0-9]+" OR ERR MATCHES "cpu, 1000 threads")
+  message(FATAL_ERROR "tq run -t 1000 was not capped with a note:\n${ERR}")
+endif()
+
+# Numbers: non-finite and out-of-range values are refused, naming the option and the value.
+run_fails("--temp: temperature must be a finite number >= 0 (0: greedy), got nan" 2 ${R} --temp nan)
+run_fails("--temp: temperature must be a finite number >= 0 (0: greedy), got inf" 2 ${R} --temp inf)
+run_fails("--temp: temperature must be a finite number >= 0 (0: greedy), got -1" 2 ${R} --temp -1)
+run_fails("--top-p: top_p must be in (0, 1] (1: off), got 1.5" 2 ${R} --temp 1 --top-p 1.5)
+run_fails("--top-p: top_p must be in (0, 1] (1: off), got nan" 2 ${R} --temp 1 --top-p nan)
+run_fails("--min-p: min_p must be in [0, 1] (0: off), got nan" 2 ${R} --temp 1 --min-p nan)
+run_fails("--gpu-memory is a fraction of the GPU's memory in (0, 1], got nan" 2 ${R} -p "Once" -n 2 --gpu-memory nan)
+run_fails("--depths nan: a depth is a fraction of the filler, in [0, 1]" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64 --depths nan)
+run_fails("--depths 1.5: a depth is a fraction of the filler, in [0, 1]" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64 --depths 1.5)
+execute_process(COMMAND ${TQ} serve --help RESULT_VARIABLE rc OUTPUT_QUIET ERROR_QUIET)
+if(rc EQUAL 0)  # a build with the server
+  run_fails("--shutdown-timeout must be 0..86400 seconds, got inf" 2 serve -m ${M} --tokenizer ${T} --shutdown-timeout inf)
+  run_fails("--max-queue must be 1..4096, got 4294967295" 2 serve -m ${M} --tokenizer ${T} --max-queue 4294967295)
+endif()
+
+# Sizes beyond the model's training context: refused unless asked for, before anything is allocated.
+set(beyond "beyond the model's training context of 512 tokens")
+run_fails("--ctx 10000000: ${beyond}" 2 ${R} -p "Once" -n 2 --ctx 10000000)
+run_fails("pass --allow-long-context to run anyway" 2 ${R} -p "Once" -n 2 --ctx 513)
+run_fails("-n 600: more tokens than the context holds (512 tokens, the model's training context)" 2 ${R} -p "Once" -n 600)
+run_fails("-n 100: more tokens than the context holds (50 tokens, --ctx)" 2 ${R} -p "Once" -n 100 --ctx 50)
+run_fails("--ctx 1048576: ${beyond}" 2 perplexity -m ${M} --tokenizer ${T} -f ${CMAKE_CURRENT_LIST_FILE} --ctx 1048576)
+run_fails("--lengths 99999999: with the 8 answer tokens, ${beyond}" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 99999999)
+run_fails("--lengths 0: a prompt length is at least 1 token" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 0)
+# A length the prompt's intro and question push past the context is refused with the prompt's size.
+run_fails("--lengths 500: its prompt has" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 500 --depths 0.5)
+# Asked for explicitly: a huge --ctx runs, the pool sized by what the run needs (prompt + -n), not by
+# --ctx (2e9 positions would need tens of GB for the pool and the RoPE tables alone).
+run_ok(${R} -p "Once" -n 4 --kv fp16 --ctx 2000000000 --allow-long-context)
+run_ok(perplexity -m ${M} --tokenizer ${T} -f ${CMAKE_CURRENT_LIST_FILE} --max-tokens 64 --kv fp16 --ctx 1048576 --allow-long-context --json)
+string(JSON w GET "${OUT}" ctx)
+if(NOT w EQUAL 1048576)
+  message(FATAL_ERROR "perplexity --ctx 1048576 --allow-long-context: JSON ctx ${w}")
+endif()
+# Without --ctx, perplexity's windows are the model's context where it is shorter than 2048.
+run_ok(perplexity -m ${M} --tokenizer ${T} -f ${CMAKE_CURRENT_LIST_FILE} --max-tokens 64 --kv fp16 --json)
+string(JSON w GET "${OUT}" ctx)
+if(NOT w EQUAL 512)
+  message(FATAL_ERROR "perplexity without --ctx on a 512-token model: windows of ${w}")
+endif()
+
+# A context that fills up ends the text with a message on stderr, not silently.
+run_ok(${R} -p "Once upon a time" -n 19 --kv fp16 --ctx 20)
+if(NOT ERR MATCHES "tq run: stopped after [0-9]+ of -n 19 tokens: the context of 20 tokens \\(--ctx\\) is full")
+  message(FATAL_ERROR "tq run with a full context said nothing:\n${ERR}")
+endif()
+run_ok(${R} -p "Once upon a time" -n 5 --kv fp16 --ctx 20)
+if(ERR MATCHES "is full")
+  message(FATAL_ERROR "tq run said the context was full when -n ended it:\n${ERR}")
+endif()
+run_ok(${R} -p "Once upon a time" --kv fp16 --ctx 20)  # the default -n (256) is not refused: it stops at the context
+if(NOT ERR MATCHES "stopped after [0-9]+ of -n 256 tokens: the context of 20 tokens")
+  message(FATAL_ERROR "tq run with the default -n and --ctx 20:\n${ERR}")
+endif()
+
+# Output that cannot be written is an error, and ends the run.
+if(EXISTS /dev/full)
+  execute_process(COMMAND ${TQ} ${R} -p "Once" -n 20 --kv fp16 OUTPUT_FILE /dev/full RESULT_VARIABLE rc ERROR_VARIABLE err)
+  if(NOT rc EQUAL 2 OR NOT err MATCHES "cannot write to standard output: No space left on device")
+    message(FATAL_ERROR "tq run > /dev/full: exit ${rc} (want 2):\n${err}")
+  endif()
+  execute_process(COMMAND ${TQ} passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 100 --depths 0.5 --json OUTPUT_FILE /dev/full
+                  RESULT_VARIABLE rc ERROR_VARIABLE err)
+  if(NOT rc EQUAL 2 OR NOT err MATCHES "cannot write to standard output")
+    message(FATAL_ERROR "tq passkey --json > /dev/full: exit ${rc} (want 2):\n${err}")
+  endif()
+endif()
+message(STATUS "cli hostile: all passed")
