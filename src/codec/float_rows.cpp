@@ -3,7 +3,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "simd.h"
 #include "tq/check.h"
+#include "tq/cpu_features.h"
 #include "tq/numeric.h"
 
 namespace tq {
@@ -31,15 +33,20 @@ void store_float_row(Encoding e, const float* x, uint32_t n, float scale, uint8_
 }
 
 void load_float_row(Encoding e, const uint8_t* src, uint32_t n, float scale, float* out) {
-  for (uint32_t i = 0; i < n; ++i) {
-    uint16_t h;
-    switch (e) {
-      case Encoding::kFp32: std::memcpy(out + i, src + 4 * i, 4); break;
-      case Encoding::kFp16: std::memcpy(&h, src + 2 * i, 2); out[i] = f16_to_f32(h); break;
-      case Encoding::kBf16: std::memcpy(&h, src + 2 * i, 2); out[i] = bf16_to_f32(h); break;
-      case Encoding::kFp8E4M3: out[i] = e4m3_to_f32(src[i]) * scale; break;
-      default: throw Error("load_float_row: not a float encoding");
-    }
+  uint16_t h;
+  switch (e) {
+    case Encoding::kFp32: std::memcpy(out, src, size_t(n) * 4); return;
+    case Encoding::kFp16:
+      if (cpu::has_avx2_fma()) return simd::load_f16_avx2(src, n, out);
+      for (uint32_t i = 0; i < n; ++i) std::memcpy(&h, src + 2 * i, 2), out[i] = f16_to_f32(h);
+      return;
+    case Encoding::kBf16:
+      for (uint32_t i = 0; i < n; ++i) std::memcpy(&h, src + 2 * i, 2), out[i] = bf16_to_f32(h);
+      return;
+    case Encoding::kFp8E4M3:
+      for (uint32_t i = 0; i < n; ++i) out[i] = e4m3_to_f32(src[i]) * scale;
+      return;
+    default: throw Error("load_float_row: not a float encoding");
   }
 }
 

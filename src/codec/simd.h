@@ -19,4 +19,7 @@ float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_
 // codes[i] = number of boundaries strictly below y[i] (the scalar Codebook::encode), for n values.
 void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t bits, uint8_t* codes);
 
+// out[i] = the fp16 value at src + 2i, for n values (F16C); bit-identical to f16_to_f32.
+void load_f16_avx2(const uint8_t* src, uint32_t n, float* out);
+
 }  // namespace tq::simd

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <cstring>
 
 #include "simd.h"
 #include "tq/format.h"
@@ -137,6 +138,17 @@ void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t b
     uint32_t c = 0;
     for (uint32_t j = 0; j < nb; ++j) c += boundaries[j] < y[i];
     codes[i] = uint8_t(c);
+  }
+}
+
+void load_f16_avx2(const uint8_t* src, uint32_t n, float* out) {
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
+  for (; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    out[i] = _cvtsh_ss(h);
   }
 }
 

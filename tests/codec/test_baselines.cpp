@@ -4,7 +4,9 @@
 
 #include "test_util.h"
 #include "tq/common.h"
+#include "tq/codec/float_rows.h"
 #include "tq/codec/quantizer.h"
+#include "tq/numeric.h"
 
 namespace tq {
 namespace {
@@ -122,6 +124,30 @@ TEST(Baseline, ConstantRowsAreExact) {
     q->quantize(x.data(), 1, p.data());
     q->dequantize(p.data(), 1, out.data());
     for (float v : out) EXPECT_EQ(v, 0.0f) << name;
+  }
+}
+
+}  // namespace
+}  // namespace tq
+
+namespace tq {
+namespace {
+
+// load_float_row's fp16 path (F16C where the CPU has it) against the scalar conversion, for every
+// half (odd row lengths exercise the tail): bit-identical, NaN for NaN (F16C quiets signaling NaNs).
+TEST(FloatRows, Fp16LoadIsTheScalarConversionForEveryHalf) {
+  for (uint32_t n : {65536u, 13u}) {
+    std::vector<uint8_t> src(2 * size_t(n));
+    for (uint32_t h = 0; h < n; ++h) src[2 * h] = uint8_t(h & 0xFF), src[2 * h + 1] = uint8_t(h >> 8);
+    std::vector<float> out(n);
+    load_float_row(Encoding::kFp16, src.data(), n, 1.0f, out.data());
+    for (uint32_t h = 0; h < n; ++h) {
+      const float want = f16_to_f32(uint16_t(h));
+      if (std::isnan(want))
+        ASSERT_TRUE(std::isnan(out[h])) << "half 0x" << std::hex << h;
+      else
+        ASSERT_EQ(f32_bits(out[h]), f32_bits(want)) << "half 0x" << std::hex << h;
+    }
   }
 }
 

@@ -250,3 +250,28 @@ INSTANTIATE_TEST_SUITE_P(Types, QuantizedDot, ::testing::ValuesIn(kTypes),
 
 }  // namespace
 }  // namespace tq::cpu
+
+namespace tq::cpu {
+namespace {
+
+// The AVX2 activation quantizer against the scalar one: the same bytes (scale, codes, sums), for
+// every kind of activation, NaN and infinity included.
+TEST(ActQuantization, SimdGivesTheScalarBytes) {
+  if (!has_avx2_fma()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU: only the scalar quantizer runs";
+  std::mt19937 rng(13);
+  for (ActFormat f : {ActFormat::kQ8x32, ActFormat::kQ8x256})
+    for (int kind = 0; kind < 7; ++kind) {
+      std::vector<float> x = activations(1024, rng, kind % 5);
+      if (kind == 5) x[300] = std::numeric_limits<float>::quiet_NaN();
+      if (kind == 6) x[700] = -std::numeric_limits<float>::infinity();
+      std::vector<uint8_t> fast(act_row_bytes(f, x.size())), slow(fast.size());
+      quantize_act_row(f, x.data(), x.size(), fast.data());
+      set_simd_enabled(false);
+      quantize_act_row(f, x.data(), x.size(), slow.data());
+      set_simd_enabled(true);
+      EXPECT_EQ(fast, slow) << "kind " << kind;
+    }
+}
+
+}  // namespace
+}  // namespace tq::cpu

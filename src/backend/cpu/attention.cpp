@@ -82,7 +82,7 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
     const uint32_t sink = spec_.policy.sink;
     const uint16_t* src = t < sink ? &sd->sink[(size_t(layer) * sink + t) * 2 * row] : &sd->recent[(size_t(layer) * ring() + t % ring()) * 2 * row];
     src += (value ? row : 0) + size_t(h) * D;
-    for (uint32_t i = 0; i < D; ++i) dst[i] = f16_to_f32(src[i]);
+    load_float_row(Encoding::kFp16, reinterpret_cast<const uint8_t*>(src), D, 1.0f, dst);
   };
 
   std::vector<TurboQuant::Query> prep(kc ? nqb : 0);

@@ -21,7 +21,7 @@ namespace {
 inline float rd_f16(const uint8_t* p) { return f16_to_f32(uint16_t(p[0] | (p[1] << 8))); }
 
 // 8-bit codes of n elements with one scale: d = max|x| / 127, q = round(x / d).
-float quantize_block(const float* x, size_t n, int8_t* q) {
+float quantize_block_scalar(const float* x, size_t n, int8_t* q) {
   float amax = 0;
   bool finite = true;
   for (size_t i = 0; i < n; ++i) {
@@ -39,6 +39,10 @@ float quantize_block(const float* x, size_t n, int8_t* q) {
   const float inv = 127.0f / amax;
   for (size_t i = 0; i < n; ++i) q[i] = int8_t(std::clamp(std::lrintf(x[i] * inv), -127L, 127L));
   return amax / 127.0f;
+}
+
+float quantize_block(const float* x, size_t n, int8_t* q) {
+  return has_avx2_fma() ? detail::quantize_block_avx2(x, n, q) : quantize_block_scalar(x, n, q);
 }
 
 // q4_K / q5_K: the 6-bit scale and min of sub-block j (ggml's get_scale_min_k4).

@@ -8,6 +8,7 @@
 
 #include <immintrin.h>
 
+#include <cmath>
 #include <cstring>
 
 namespace tq::cpu::detail {
@@ -47,6 +48,32 @@ inline void scales_mins_k4(const uint8_t* q, int sc[8], int m[8]) {
 }
 
 }  // namespace
+
+float quantize_block_avx2(const float* x, size_t n, int8_t* q) {
+  const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY);
+  __m256 amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  for (size_t i = 0; i < n; i += 8) {
+    const __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i));
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, inf, _CMP_NLT_UQ));  // inf or NaN
+    amax = _mm256_max_ps(amax, a);
+  }
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  const float am = _mm_cvtss_f32(m);
+  if (!_mm256_testz_ps(bad, bad) || am == 0) {
+    std::memset(q, 0, n);
+    return am == 0 ? 0.0f : NAN;
+  }
+  const __m256 inv = _mm256_set1_ps(127.0f / am);
+  for (size_t i = 0; i < n; i += 8) {
+    // x * inv rounded to nearest even (lrintf's rounding), |.| <= 127: packs to bytes unclamped.
+    const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), _mm_packs_epi16(w, w));
+  }
+  return am / 127.0f;
+}
 
 float dot_q8_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();

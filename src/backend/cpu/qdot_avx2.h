@@ -8,6 +8,9 @@
 
 namespace tq::cpu::detail {
 
+// d and the codes of n activations (n a multiple of 8): bit-identical to the scalar quantize_block.
+float quantize_block_avx2(const float* x, size_t n, int8_t* q);
+
 float dot_q8_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb);
 float dot_q4_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb);
 float dot_q4_1_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb);
