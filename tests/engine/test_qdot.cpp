@@ -211,7 +211,8 @@ TEST_P(QuantizedDot, NonFiniteActivationGivesNaN) {
 }
 
 // matmul over a weight matrix of R rows (not a multiple of the 16-row tile) and T tokens, on one
-// and two threads: every output is its row's kernel dot.
+// and two threads: every output is bit for bit its row's one-token kernel dot, however many tokens
+// share the pass (speculative verification relies on it).
 TEST_P(QuantizedDot, MatmulIsTheRowDots) {
   const GgmlType t = GetParam();
   std::mt19937 rng(9);
@@ -227,7 +228,7 @@ TEST_P(QuantizedDot, MatmulIsTheRowDots) {
   w.data = bytes.data();
   w.n_rows = R;
   w.n_cols = C;
-  for (size_t T : {1, 3})
+  for (size_t T : {1, 3, 4, 9})  // the 4-token kernel, with and without a tail
     for (unsigned threads : {1u, 2u}) {
       ThreadPool pool(threads);
       std::vector<float> x;

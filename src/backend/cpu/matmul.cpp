@@ -60,11 +60,22 @@ void matmul_quantized(const model::TensorRef& w, ActFormat f, const float* x, si
   constexpr size_t kTile = 16;
   const size_t tiles = (R + kTile - 1) / kTile;
   pool.parallel_for(tiles, [&](size_t t0, size_t t1) {
-    const size_t r0 = t0 * kTile, r1 = std::min(R, t1 * kTile);
-    for (size_t t = 0; t < T; ++t) {
-      const uint8_t* at = &act[t * act_bytes];
-      float* yt = y + t * R;
-      for (size_t r = r0; r < r1; ++r) yt[r] = vec_dot(w.type, w.data + r * row_bytes, at, C);
+    for (size_t tb = t0; tb < t1; ++tb) {  // a tile's rows stay in L1 while the T tokens pass
+      const size_t r0 = tb * kTile, r1 = std::min(R, r0 + kTile);
+      size_t t = 0;
+      for (; t + 4 <= T; t += 4) {  // four tokens at a time: each weight block unpacked once for them
+        const void* at[4] = {&act[t * act_bytes], &act[(t + 1) * act_bytes], &act[(t + 2) * act_bytes], &act[(t + 3) * act_bytes]};
+        float out[4];
+        for (size_t r = r0; r < r1; ++r) {
+          vec_dot4(w.type, w.data + r * row_bytes, at, C, out);
+          for (size_t j = 0; j < 4; ++j) y[(t + j) * R + r] = out[j];
+        }
+      }
+      for (; t < T; ++t) {
+        const uint8_t* at = &act[t * act_bytes];
+        float* yt = y + t * R;
+        for (size_t r = r0; r < r1; ++r) yt[r] = vec_dot(w.type, w.data + r * row_bytes, at, C);
+      }
     }
   });
 }

@@ -206,4 +206,17 @@ float vec_dot(GgmlType w, const uint8_t* row, const void* act, size_t n) {
   return float(vec_dot_ref(w, row, act, n).value);
 }
 
+void vec_dot4(GgmlType w, const uint8_t* row, const void* const act[4], size_t n, float out[4]) {
+  if (has_avx2_fma()) {
+    const auto* a = reinterpret_cast<const ActQ8x32* const*>(act);
+    switch (w) {
+      case GgmlType::Q8_0: return detail::dot4_q8_0_avx2(row, a, n / 32, out);
+      case GgmlType::Q4_0: return detail::dot4_q4_0_avx2(row, a, n / 32, out);
+      case GgmlType::Q4_1: return detail::dot4_q4_1_avx2(row, a, n / 32, out);
+      default: break;
+    }
+  }
+  for (int j = 0; j < 4; ++j) out[j] = vec_dot(w, row, act[j], n);
+}
+
 }  // namespace tq::cpu

@@ -75,50 +75,62 @@ float quantize_block_avx2(const float* x, size_t n, int8_t* q) {
   return am / 127.0f;
 }
 
-float dot_q8_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  size_t b = 0;
-  const auto one = [&](size_t i, __m256 acc) {
-    const uint8_t* blk = w + i * 34;
-    const __m256i wq = load(blk + 2), aq = load(a[i].q);
-    const __m256i p = dot_u8s8(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(aq, wq));  // |w| * (a * sign w)
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16(blk) * a[i].d), acc);
-  };
-  for (; b + 2 <= nb; b += 2) acc0 = one(b, acc0), acc1 = one(b + 1, acc1);
-  if (b < nb) acc0 = one(b, acc0);
-  return hsum(_mm256_add_ps(acc0, acc1));
-}
+namespace {
+// The 32-element block types: their bytes, the weight codes as bytes (prep), the integer dot of
+// prepared codes with activation codes, the scale and the offset term of a block.
+struct BlockQ8_0 {
+  static constexpr size_t kBytes = 34;
+  static __m256i prep(const uint8_t* b) { return load(b + 2); }
+  static __m256i dot(__m256i w, __m256i a) { return dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)); }  // |w| * (a sign w)
+  static float offset(const uint8_t*, float, const ActQ8x32&) { return 0; }
+};
+struct BlockQ4_0 {  // x = d * (q - 8)
+  static constexpr size_t kBytes = 18;
+  static __m256i prep(const uint8_t* b) { return nibbles16(b + 2); }
+  static __m256i dot(__m256i w, __m256i a) { return dot_u8s8(w, a); }
+  static float offset(const uint8_t*, float d, const ActQ8x32& a) { return d * a.d * float(-8 * a.sum); }
+};
+struct BlockQ4_1 {  // x = d * q + m
+  static constexpr size_t kBytes = 20;
+  static __m256i prep(const uint8_t* b) { return nibbles16(b + 4); }
+  static __m256i dot(__m256i w, __m256i a) { return dot_u8s8(w, a); }
+  static float offset(const uint8_t* b, float, const ActQ8x32& a) { return f16(b + 2) * a.d * float(a.sum); }
+};
 
-float dot_q4_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  float off = 0;
-  const auto one = [&](size_t i, __m256 acc) {
-    const uint8_t* blk = w + i * 18;
-    const float dd = f16(blk) * a[i].d;
-    const __m256i p = dot_u8s8(nibbles16(blk + 2), load(a[i].q));
-    off += dd * float(-8 * a[i].sum);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dd), acc);
-  };
-  size_t b = 0;
-  for (; b + 2 <= nb; b += 2) acc0 = one(b, acc0), acc1 = one(b + 1, acc1);
-  if (b < nb) acc0 = one(b, acc0);
-  return hsum(_mm256_add_ps(acc0, acc1)) + off;
+// K tokens' activation rows against one weight row. Each token's sums are formed exactly as with
+// K = 1 (even blocks in one accumulator, odd in the other, offsets in order), so a product does
+// not depend on how many tokens share the pass.
+template <class B, int K>
+void dot_rows(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) {
+  __m256 acc[K][2];
+  float off[K];
+  for (int j = 0; j < K; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps(), off[j] = 0;
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * B::kBytes;
+    const __m256i q = B::prep(blk);
+    const float d = f16(blk);
+    for (int j = 0; j < K; ++j) {
+      const ActQ8x32& ab = a[j][b];
+      acc[j][b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(B::dot(q, load(ab.q))), _mm256_set1_ps(d * ab.d), acc[j][b & 1]);
+      off[j] += B::offset(blk, d, ab);
+    }
+  }
+  for (int j = 0; j < K; ++j) out[j] = hsum(_mm256_add_ps(acc[j][0], acc[j][1])) + off[j];
 }
+template <class B>
+float dot_one(const uint8_t* w, const ActQ8x32* a, size_t nb) {
+  float out;
+  dot_rows<B, 1>(w, &a, nb, &out);
+  return out;
+}
+}  // namespace
 
-float dot_q4_1_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  float off = 0;
-  const auto one = [&](size_t i, __m256 acc) {
-    const uint8_t* blk = w + i * 20;
-    const __m256i p = dot_u8s8(nibbles16(blk + 4), load(a[i].q));
-    off += f16(blk + 2) * a[i].d * float(a[i].sum);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16(blk) * a[i].d), acc);
-  };
-  size_t b = 0;
-  for (; b + 2 <= nb; b += 2) acc0 = one(b, acc0), acc1 = one(b + 1, acc1);
-  if (b < nb) acc0 = one(b, acc0);
-  return hsum(_mm256_add_ps(acc0, acc1)) + off;
-}
+float dot_q8_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ8_0>(w, a, nb); }
+float dot_q4_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ4_0>(w, a, nb); }
+float dot_q4_1_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ4_1>(w, a, nb); }
+void dot4_q8_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ8_0, 4>(w, a, nb, out); }
+void dot4_q4_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ4_0, 4>(w, a, nb, out); }
+void dot4_q4_1_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ4_1, 4>(w, a, nb, out); }
 
 namespace {
 // q4_K and q5_K share everything but the fifth bit (qh, null for q4_K).

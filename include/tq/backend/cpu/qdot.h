@@ -49,5 +49,8 @@ DotRef vec_dot_ref(model::GgmlType w, const uint8_t* row, const void* act, size_
 // <row, act> over n elements of a weight row of type w (a quantized type) and its quantized
 // activation row: the AVX2 kernel when the CPU has it, else the reference rounded to float.
 float vec_dot(model::GgmlType w, const uint8_t* row, const void* act, size_t n);
+// out[j] = vec_dot(w, row, act[j], n) for four activation rows, bit for bit, the weight row's blocks
+// unpacked once for all four where a kernel does that (q8_0, q4_0, q4_1 with AVX2).
+void vec_dot4(model::GgmlType w, const uint8_t* row, const void* const act[4], size_t n, float out[4]);
 
 }  // namespace tq::cpu
