@@ -16,6 +16,14 @@ void fwht_avx2(float* x, uint32_t n);
 // centroids: [2^bits]. Summation order differs from the scalar loop (8 lanes, FMA).
 float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids);
 
+// out[i] = centroids[code i] over one row of packed codes (pd values).
+void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids, float* out);
+// sum_i q[i] * v[i] for v = decode_codes_avx2's output: bit-identical to dot_codes_avx2 on the codes
+// (the same products in the same accumulators).
+float dot_decoded_avx2(const float* q, const float* v, uint32_t pd, uint32_t bits);
+// y[i] += w * x[i] for n values, a multiply and an add each (no FMA): bit-identical to the plain loop.
+void axpy_avx2(float w, const float* x, float* y, uint32_t n);
+
 // codes[i] = number of boundaries strictly below y[i] (the scalar Codebook::encode), for n values.
 void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t bits, uint8_t* codes);
 

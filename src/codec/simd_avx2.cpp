@@ -120,6 +120,57 @@ float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_
   return _mm_cvtss_f32(s);
 }
 
+void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids, float* out) {
+  const uint32_t groups = pd / kGroup;
+  if (bits <= 3) {
+    alignas(32) float t[8] = {0};
+    for (uint32_t j = 0; j < (1u << bits); ++j) t[j] = centroids[j];
+    const __m256 table = _mm256_load_ps(t);
+    for (uint32_t g = 0; g < groups; ++g)
+      for (uint32_t og = 0; og < 4; ++og)
+        _mm256_storeu_ps(out + g * 32 + og * 8, _mm256_permutevar8x32_ps(table, octet_codes(codes + g * bits, bits, og)));
+  } else if (bits == 4) {
+    const __m256 lo = _mm256_loadu_ps(centroids), hi = _mm256_loadu_ps(centroids + 8);
+    for (uint32_t g = 0; g < groups; ++g)
+      for (uint32_t og = 0; og < 4; ++og) {
+        const __m256i idx = octet_codes(codes + g * bits, bits, og);
+        const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
+        _mm256_storeu_ps(out + g * 32 + og * 8, _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), sel));
+      }
+  } else {
+    for (uint32_t g = 0; g < groups; ++g)
+      for (uint32_t og = 0; og < 4; ++og)
+        _mm256_storeu_ps(out + g * 32 + og * 8, _mm256_i32gather_ps(centroids, octet_codes(codes + g * bits, bits, og), 4));
+  }
+}
+
+float dot_decoded_avx2(const float* q, const float* v, uint32_t pd, uint32_t bits) {
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const uint32_t groups = pd / kGroup;
+  for (uint32_t g = 0; g < groups; ++g)
+    if (bits <= 3) {  // dot_codes_avx2's two accumulators: even octets in acc0, odd in acc1
+      for (uint32_t og = 0; og < 4; og += 2) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), _mm256_loadu_ps(v + g * 32 + og * 8), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8 + 8), _mm256_loadu_ps(v + g * 32 + og * 8 + 8), acc1);
+      }
+    } else {
+      for (uint32_t og = 0; og < 4; ++og)
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), _mm256_loadu_ps(v + g * 32 + og * 8), acc0);
+    }
+  const __m256 acc = _mm256_add_ps(acc0, acc1);
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+  return _mm_cvtss_f32(s);
+}
+
+void axpy_avx2(float w, const float* x, float* y, uint32_t n) {
+  const __m256 wv = _mm256_set1_ps(w);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(wv, _mm256_loadu_ps(x + i))));
+  for (; i < n; ++i) y[i] += w * x[i];
+}
+
 void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t bits, uint8_t* codes) {
   const uint32_t nb = (1u << bits) - 1;
   uint32_t i = 0;

@@ -94,7 +94,9 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
 
 void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
   const uint32_t b = code_bits();
-  if (b > 0) {
+  if (b > 0 && cpu::has_avx2_fma()) {
+    simd::decode_codes_avx2(in.codes, pd_, b, cb_->centroids.data(), out);  // the same table entries
+  } else if (b > 0) {
     uint8_t codes[kMaxHeadDim];
     unpack_row(in.codes, cfg_.dim, b, codes);
     for (uint32_t i = 0; i < pd_; ++i) out[i] = cb_->centroids[codes[i]];
@@ -116,6 +118,12 @@ float TurboQuant::dot_fast(const Query& q, const ConstRowRef& row) const {
   if (!cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma())
     return simd::dot_codes_avx2(q.rot.data(), row.codes, pd_, code_bits(), cb_->centroids.data()) * f16_to_f32(*row.norm);
   return dot(q, row);
+}
+
+bool TurboQuant::can_score_decoded() const { return !cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma(); }
+
+float TurboQuant::dot_decoded(const Query& q, const float* decoded, const ConstRowRef& row) const {
+  return simd::dot_decoded_avx2(q.rot.data(), decoded, pd_, code_bits()) * f16_to_f32(*row.norm);
 }
 
 void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const {

@@ -328,3 +328,45 @@ TEST(AccumulateRotated, WeightedSumOfDecodedRows) {
 
 }  // namespace
 }  // namespace tq
+
+namespace tq {
+namespace {
+
+// Scoring many queries against a row decoded once (the CPU attention's key tile) gives dot_fast's
+// scores bit for bit, for every width; decode_rotated's AVX2 lookups are the scalar table entries;
+// axpy_avx2 is the plain loop's bits.
+TEST(DecodedScores, BitIdenticalToDotFast) {
+  if (!cpu::has_avx2_fma()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU: the decoded path is not taken";
+  for (uint32_t dim : {64u, 80u, 128u})
+    for (uint32_t bits = 1; bits <= 8; ++bits) {
+      TurboQuant t(cfg_of(dim, bits, false, dim == 80 ? RotationKind::kDense : RotationKind::kHadamard));
+      ASSERT_TRUE(t.can_score_decoded());
+      const auto x = test::gaussian(5, dim, bits);
+      const auto qs = test::gaussian(7, dim, bits + 100);
+      for (uint32_t r = 0; r < 5; ++r) {
+        Encoded e(t);
+        t.encode(&x[size_t(r) * dim], e.ref());
+        std::vector<float> fast(t.padded_dim()), slow(t.padded_dim());
+        t.decode_rotated(e.cref(), fast.data());
+        cpu::set_simd_enabled(false);
+        t.decode_rotated(e.cref(), slow.data());
+        cpu::set_simd_enabled(true);
+        ASSERT_EQ(fast, slow) << "dim " << dim << " bits " << bits;
+        for (uint32_t k = 0; k < 7; ++k) {
+          TurboQuant::Query q;
+          t.prepare(&qs[size_t(k) * dim], q);
+          ASSERT_EQ(f32_bits(t.dot_decoded(q, fast.data(), e.cref())), f32_bits(t.dot_fast(q, e.cref())))
+              << "dim " << dim << " bits " << bits << " row " << r << " query " << k;
+        }
+      }
+    }
+  EXPECT_FALSE(TurboQuant(cfg_of(64, 3, true)).can_score_decoded());  // prod: the QJL part is not decoded
+  const auto a = test::gaussian(1, 67, 3), b = test::gaussian(1, 67, 4);
+  std::vector<float> y1 = b, y2 = b;
+  simd::axpy_avx2(0.37f, a.data(), y1.data(), 67);
+  for (size_t i = 0; i < 67; ++i) y2[i] += 0.37f * a[i];
+  for (size_t i = 0; i < 67; ++i) ASSERT_EQ(f32_bits(y1[i]), f32_bits(y2[i])) << i;
+}
+
+}  // namespace
+}  // namespace tq

@@ -75,6 +75,11 @@ class TurboQuant {
   // The same through the SIMD path when the CPU has one (MSE rows); equal to dot() within float
   // summation error (tests/core/test_turboquant.cpp states the bound).
   float dot_fast(const Query& q, const ConstRowRef& row) const;
+  // Scoring many queries against one row: decode the row once (decode_rotated), then
+  // dot_decoded(q, decoded, row) == dot_fast(q, row) bit for bit, for every query. Only where
+  // can_score_decoded() (no QJL part, the AVX2 kernel present).
+  bool can_score_decoded() const;
+  float dot_decoded(const Query& q, const float* decoded, const ConstRowRef& row) const;
 
   // Decoded row in the rotated domain, unit norm scale: c[codes] (+ QJL term). out: [pd]
   void decode_rotated(const ConstRowRef& in, float* out) const;

@@ -18,7 +18,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "simd.h"
 #include "tq/check.h"
+#include "tq/cpu_features.h"
 #include "tq/kv/online_softmax.h"
 #include "tq/backend/cpu/kv_store.h"
 #include "tq/backend/cpu/matmul.h"
@@ -36,6 +38,12 @@ ConstRowRef key_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
 ConstRowRef value_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
   return {reinterpret_cast<const uint32_t*>(b + L.v_codes + off * L.v_row), nullptr, reinterpret_cast<const uint16_t*>(b + L.v_norms) + off,
           nullptr};
+}
+
+// y += w * x: a multiply and an add per element either way, so both give the same bits.
+void axpy(float w, const float* x, float* y, uint32_t n) {
+  if (cpu::has_avx2_fma()) return simd::axpy_avx2(w, x, y, n);
+  for (uint32_t i = 0; i < n; ++i) y[i] += w * x[i];
 }
 
 }  // namespace
@@ -89,15 +97,21 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
   for (uint32_t qi = 0; qi < prep.size(); ++qi) kc->prepare(qvec(qi), prep[qi]);
 
   std::vector<float> S(size_t(nqb) * span);  // [nqb][span] scores, then unnormalized weights
-  std::vector<float> tile(size_t(ps) * std::max(pd, D));  // [ps][pd or D] one page of rows
+  const uint32_t kpd = kc ? kc->padded_dim() : D;
+  std::vector<float> tile(size_t(ps) * std::max({pd, kpd, D}));  // [ps][pd or D] one page of rows
   std::vector<float> side(D);                              // [D] one side-buffer row
 
   // ---- scores
+  // TurboQuant keys: each row's centroids decoded once for all the task's queries (a GQA group at
+  // least), giving dot_fast's score bit for bit.
+  const bool key_tile = kc && kc->can_score_decoded();
   for (uint32_t p0 = 0; p0 < span; p0 += ps) {
     const uint32_t p1 = std::min(span, p0 + ps);
     const uint8_t* blk = cache.block(local, uint32_t((*s.block_table)[p0 / ps]), h);
     if (!kc)
       for (uint32_t t = p0; t < p1; ++t) load_float_row(kenc, blk + L.k_codes + (t - p0) * L.k_row, D, cache.format().k_scale(), &tile[size_t(t - p0) * D]);
+    if (key_tile)
+      for (uint32_t t = p0; t < p1; ++t) kc->decode_rotated(key_row(L, blk, t - p0), &tile[size_t(t - p0) * kpd]);
     for (uint32_t qi = 0; qi < nqb; ++qi) {
       const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
       float* srow = &S[size_t(qi) * span];
@@ -106,6 +120,8 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
         if (in_side(t, qp)) {
           side_row(t, false, side.data());
           dot = dot_f32(qvec(qi), side.data(), D);
+        } else if (key_tile) {
+          dot = kc->dot_decoded(prep[qi], &tile[size_t(t - p0) * kpd], key_row(L, blk, t - p0));
         } else if (kc) {
           dot = kc->dot_fast(prep[qi], key_row(L, blk, t - p0));
         } else {
@@ -151,16 +167,13 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
       for (uint32_t t = p0; t < end; ++t) {
         if (in_side(t, qp)) {
           side_row(t, true, side.data());
-          for (uint32_t i = 0; i < D; ++i) a[i] += w[t] * side[i];
+          axpy(w[t], side.data(), a, D);
         } else if (!vc) {
-          const float* v = &tile[size_t(t - p0) * D];
-          for (uint32_t i = 0; i < D; ++i) a[i] += w[t] * v[i];
+          axpy(w[t], &tile[size_t(t - p0) * D], a, D);
         } else if (use_tile) {
           const float wn = w[t] * norms[t - p0];  // as accumulate_rotated: the same products and sums
           if (wn == 0) continue;
-          const float* v = &tile[size_t(t - p0) * pd];
-          float* ar = &acc_rot[size_t(qi) * pd];
-          for (uint32_t i = 0; i < pd; ++i) ar[i] += wn * v[i];
+          axpy(wn, &tile[size_t(t - p0) * pd], &acc_rot[size_t(qi) * pd], pd);
         } else {
           vc->accumulate_rotated(value_row(L, blk, t - p0), w[t], &acc_rot[size_t(qi) * pd]);
         }
