@@ -52,7 +52,8 @@ PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<in
   // A window holds at most the whole text: the pools are sized by that, not by a --ctx the text never fills.
   const uint32_t window = uint32_t(std::min<size_t>(o.ctx, tokens.size()));
   EngineOptions eo{.device = o.device, .threads = o.threads, .context = window, .max_seqs = 1, .num_pages = 0, .max_chunk = o.chunk,
-                   .gpu_memory = o.gpu_memory / double(specs.size() + 1)};  // each engine holds its own weights
+                   .gpu_memory = o.gpu_memory / double(specs.size() + 1),  // each engine holds its own weights
+                   .exact_products = o.exact_products};
   const KvSpec ref_spec = parse_kv_spec(o.reference);
   std::vector<std::unique_ptr<Engine>> engines;  // [0] reference, then one per spec
   try {

@@ -23,6 +23,10 @@ struct PerplexityOptions {
   Device device = Device::kCpu;    // every configuration, the reference too, runs there
   double gpu_memory = 0;           // CUDA: fraction of the GPU's memory for all the engines at once, which
                                    // run in lockstep (the reference and each spec: 1/n of it each); 0: off
+  // CPU: fp32 products (EngineOptions::exact_products). On by default: 8-bit activations are noise of
+  // their own that the reference and each configuration draw differently, so it would mask the KV
+  // cache's own error (fp16 against fp32 reads KL ~0.0035, not 0, with them on SmolLM2).
+  bool exact_products = true;
 };
 
 struct PerplexityRow {

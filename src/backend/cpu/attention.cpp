@@ -96,7 +96,10 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
   std::vector<TurboQuant::Query> prep(kc ? nqb : 0);
   for (uint32_t qi = 0; qi < prep.size(); ++qi) kc->prepare(qvec(qi), prep[qi]);
 
-  std::vector<float> S(size_t(nqb) * span);  // [nqb][span] scores, then unnormalized weights
+  // [nqb][span] scores, then unnormalized weights: every element read is written first, so the
+  // thread's buffer is reused without clearing (a prompt block's is hundreds of KB).
+  thread_local std::vector<float> S;
+  S.resize(std::max(S.size(), size_t(nqb) * span));
   const uint32_t kpd = kc ? kc->padded_dim() : D;
   std::vector<float> tile(size_t(ps) * std::max({pd, kpd, D}));  // [ps][pd or D] one page of rows
   std::vector<float> side(D);                              // [D] one side-buffer row
