@@ -26,3 +26,15 @@ function(run_fails expect code)
     message(FATAL_ERROR "tq ${ARGN}: error message does not mention '${expect}':\n${err}${out}")
   endif()
 endfunction()
+
+# require_file(path why): when `path` is absent, prints "SKIPPED: <why>" and ends the script; the
+# tests register SKIP_REGULAR_EXPRESSION "SKIPPED: " (tq_cli_skip_marker), so ctest reports them
+# as skipped, not passed, and scripts/test.sh prints the reason. A macro: return() leaves the script.
+set(tq_cli_skip_marker "SKIPPED: ")
+macro(require_file path why)
+  if(NOT EXISTS "${path}")
+    message("${tq_cli_skip_marker}${path} is absent: ${why}")
+    return()
+  endif()
+endmacro()
+

@@ -8,10 +8,7 @@ endforeach()
 
 set(M ${DATA}/stories260K/stories260K.bin)
 set(T ${DATA}/stories260K/tok512.bin)
-if(NOT EXISTS ${M})
-  message(STATUS "engine smoke: ${M} absent, only --help checked")
-  return()
-endif()
+require_file(${M} "stories260K comes with the shared data (../shared/data beside the clone, or -DTQ_SHARED_DATA=DIR); only --help was checked")
 
 # Greedy generation with a full-precision cache is run.c's text.
 run_ok(run -m ${M} --tokenizer ${T} -p "Lily and Tom went to the park" -n 39 --temp 0 --kv fp32 -t 2)
