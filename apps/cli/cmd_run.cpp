@@ -193,8 +193,8 @@ void add_run(CLI::App& app) {
                                    "Generate text with a compressed KV cache, on the GPU or the CPU (--device): quantized as tokens arrive,\n"
                                    "attention reads the packed pages. Without -m: models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get_model.sh).\n"
                                    "Example: tq run -p 'Why is the sky blue?' --chat --kv k3v2 -n 100 --temp 0.7 --top-p 0.9");
-  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint");
-  c->add_option("-p,--prompt", o->prompt, "prompt text");
+  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  c->add_option("-p,--prompt", o->prompt, "prompt text (default: none, the text starts from the BOS token)");
   CLI::Option* steps =
       c->add_option("-n,--steps", o->steps, "tokens to generate, at most the context (default 256, or until the context is full)");
   c->add_option("--temp", o->sampling.temperature,
@@ -211,7 +211,7 @@ void add_run(CLI::App& app) {
                 "printed on stderr so the text can be repeated)")
       ->default_str("random");
   c->add_option("--kv", o->kv, "KV spec (default k3v2:edge=2/k4v4:sink=4:window=64, docs/quality.md says why)");
-  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("--ctx", o->ctx,
                 "context length: generation stops when prompt and text fill it (default: the model's training context;\n"
                 "longer with --allow-long-context only)");
@@ -230,9 +230,10 @@ void add_run(CLI::App& app) {
                 "distribution. Examples: --spec ngram:k=4, --draft small.gguf --spec draft:k=4");
   c->add_option("--draft", o->draft,
                 "draft model for speculative decoding (GGUF with the same tokenizer as -m, smaller and faster): it\n"
-                "drafts greedily on its own cache, the model checks the drafts in one step; implies --spec draft");
+                "drafts greedily on its own cache, the model checks the drafts in one step; implies --spec draft\n"
+                "(default: none)");
   c->add_option("--draft-kv", o->draft_kv, "KV spec of the draft model's cache (default: --kv's)");
-  c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests)");
+  c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests; default: none)");
   c->add_flag("--exact-products", o->exact_products,
               "CPU: multiply quantized weights in fp32 on the activations as they are, instead of on activations\n"
               "quantized to 8 bits per block of 32 or 256 (llama.cpp's way, the default); slower, for reference");

@@ -46,6 +46,24 @@ if(NOT OUT MATCHES "side KiB/seq" OR NOT OUT MATCHES "'default' is tq run's spec
   message(FATAL_ERROR "kv-size does not say what it counts:\n${OUT}")
 endif()
 
+# --help prints the defaults: the value after the type (CLI11's "TYPE=value").
+run_ok(run --help)
+foreach(want "-n,--steps INT=256" "--kv TEXT=k3v2:edge=2/k4v4:sink=4:window=64" "--top-p FLOAT=1")
+  string(FIND "${OUT}" "${want}" pos)
+  if(pos EQUAL -1)
+    message(FATAL_ERROR "tq run --help does not show '${want}':\n${OUT}")
+  endif()
+endforeach()
+run_ok(kv-size --help)
+foreach(want "--layers UINT:INT in [1 - 1024]=32" "--head-dim UINT=128" "--kv TEXT=fp16,fp8,default")
+  string(FIND "${OUT}" "${want}" pos)
+  if(pos EQUAL -1)
+    message(FATAL_ERROR "tq kv-size --help does not show '${want}':\n${OUT}")
+  endif()
+endforeach()
+# Every option that takes a value, in every subcommand, shows a default or says what it is.
+check_help_defaults()
+
 run_ok(distortion --dim 64 --bits 1,3 --method both --samples 500 --json)
 string(JSON n LENGTH "${OUT}" rows)
 if(NOT n EQUAL 4)
