@@ -24,17 +24,19 @@ else
   echo "setup: all packages present"
 fi
 
-# .venv: the Python packages the tests use as clients (tests/serve/requirements.txt: the openai
-# package that tests tq serve), from PyPI, kept out of the system Python.
+# .venv: the Python packages the tests use, from PyPI, kept out of the system Python: the openai
+# client that tests tq serve (tests/serve/requirements.txt), numpy and gguf for the reference
+# forward pass of tests/engine/ref_logits.py (tests/engine/requirements.txt). CMake runs those tests
+# with .venv/bin/python.
 cd "$(dirname "$0")/.."
-req=tests/serve/requirements.txt
-if [ -x .venv/bin/python ] && cmp -s "$req" .venv/requirements.installed; then
+reqs=(tests/serve/requirements.txt tests/engine/requirements.txt)
+if [ -x .venv/bin/python ] && cat "${reqs[@]}" | cmp -s - .venv/requirements.installed; then
   echo "setup: .venv up to date"
 else
-  echo "setup: installing $(tr '\n' ' ' < "$req")into .venv"
+  echo "setup: installing $(cat "${reqs[@]}" | tr '\n' ' ')into .venv"
   python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check -r "$req"
-  cp "$req" .venv/requirements.installed
+  for r in "${reqs[@]}"; do .venv/bin/pip install --quiet --disable-pip-version-check -r "$r"; done
+  cat "${reqs[@]}" > .venv/requirements.installed
 fi
 
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then

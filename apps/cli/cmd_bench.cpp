@@ -265,7 +265,7 @@ void add_bench(CLI::App& app) {
                 "tokens per sequence in a decode step (default 1); 2..9 time the verification of 1..8 drafted tokens "
                 "(speculative decoding: every position scored and sampled, all but one taken back)");
   c->add_option("--prefill", o->prefill, "prompt lengths for prefill tokens/s, or none (default 4096,32768)");
-  c->add_option("--chunk", o->chunk, "prefill chunk in tokens (default 2048 on cuda, 64 on cpu)");
+  c->add_option("--chunk", o->chunk, "prefill chunk in tokens (default: 2048 on cuda, 64 on cpu)");
   c->add_option("--kv-memory", o->kv_memory_gb, "KV memory budget in GB (1e9 bytes) for the fit table and 'max' (default 100)");
   c->add_option("--bandwidth", o->bandwidth_tbs,
                 "memory bandwidth in TB/s for the limit column (default 4.2: an H200's achievable; its datasheet says 4.8)");
@@ -278,7 +278,7 @@ void add_bench(CLI::App& app) {
   c->add_option("--products", o->products,
                 "how the CUDA runner multiplies by the weights: gemv (default: its GEMV kernel for steps of one row, cuBLAS "
                 "beyond) or cublas (always cuBLAS); a list runs each cache once per item, for comparison");
-  c->add_option("--json", o->json, "also write the tables as JSON to FILE");
+  c->add_option("--json", o->json, "also write the tables as JSON to FILE (default: none)");
   c->callback([o] { run(*o); });
 }
 

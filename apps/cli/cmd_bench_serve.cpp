@@ -243,12 +243,12 @@ void add_bench_serve(CLI::App& app) {
   c->add_option("--concurrency", o->concurrency, "clients at once, or max: as many requests as fit --kv-memory, per cache (default max)");
   c->add_option("--requests", o->requests, "requests in all (default: one per client)");
   c->add_option("--kv-memory", o->kv_memory_gb, "KV memory in GB (1e9 bytes) for every cache: its page pool and side buffers (default 40)");
-  c->add_option("--max-num-batched-tokens", o->batched_tokens, "token budget of one step (default 2048 on cuda, 256 on cpu; at least the clients)");
+  c->add_option("--max-num-batched-tokens", o->batched_tokens, "token budget of one step (default: 2048 on cuda, 256 on cpu; at least the clients)");
   c->add_flag("--no-enable-prefix-caching", o->no_prefix_caching, "do not look up cached prefixes (random prompts share none anyway)");
   c->add_option("--seed", o->seed, "seed of the random weights and prompts (default 1)");
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
-  c->add_option("--json", o->json, "also write the table as JSON to FILE");
+  c->add_option("--json", o->json, "also write the table as JSON to FILE (default: none)");
   c->callback([o] { run(*o); });
 }
 

@@ -2,7 +2,9 @@
 #include <fmt/format.h>
 
 #include <iostream>
+#include <vector>
 
+#include "bench_util.h"
 #include "commands.h"
 #include "table.h"
 #include "tq/kv/spec.h"
@@ -13,20 +15,25 @@ namespace {
 
 struct Options {
   uint32_t layers = 32, kv_heads = 8, head_dim = 128;
-  std::string kv = "k3v2";
-  uint64_t context = 0;
+  std::string kv = "fp16,fp8,default";
+  std::vector<uint64_t> contexts;  // --context: MiB of one sequence of each length
   bool json = false;
 };
 
 void run(const Options& o) {
   TQ_CHECK(o.head_dim >= 1 && o.head_dim <= kMaxHeadDim, "--head-dim must be 1..{}, got {}", kMaxHeadDim, o.head_dim);
-  const auto specs = parse_kv_specs(o.kv);
+  const auto specs = parse_kv_list(o.kv);  // "default": tq run's spec
   const double fp16 = 2.0 * 2.0 * o.head_dim * o.kv_heads * o.layers;  // K and V, 2 bytes each
-  Table t({{"kv", "kv"},
+  std::vector<Column> cols{{"kv", "kv"},
            {"bits_per_element", "bits/elem", 3},
            {"bytes_per_token", "bytes/token", 1},
            {"ratio_vs_fp16", "vs fp16", 3},
-           {"context_mib", "MiB @ context", 1}});
+           {"side_kib", "side KiB/seq", 1}};
+  for (uint64_t n : o.contexts) {
+    TQ_CHECK(n >= 1, "--context: lengths are at least 1 token, got {}", n);
+    cols.push_back({fmt::format("mib_at_{}", n), fmt::format("MiB @ {}", n), 1});
+  }
+  Table t(std::move(cols));
   for (const KvSpec& s : specs) {
     // Every layer in its own format (edge layers differ); bytes per token over all of them.
     double bpt = 0;
@@ -36,17 +43,20 @@ void run(const Options& o) {
     }
     const double block_bytes = double(s.page_bytes(o.layers, o.kv_heads, o.head_dim));
     const uint32_t ps = s.format.page_size;
+    // The sink/window side buffer: a fixed fp16 cost per sequence, sink + window + one 64-token
+    // chunk (the CPU runner's; docs/kv-specs.md).
+    const double side = double(s.policy.side_tokens(64)) * fp16;
     nlohmann::json row{{"kv", s.canonical()},
                        {"bits_per_element", 8.0 * bpt / (2.0 * o.head_dim * o.kv_heads * o.layers)},
                        {"bytes_per_token", bpt},
                        {"ratio_vs_fp16", fp16 / bpt},
                        {"page_size", ps},
-                       {"page_bytes", block_bytes}};
-    if (o.context) {
-      // Whole pages are allocated: a partly filled last page costs a full page. The sink/window
-      // side buffer is a fixed fp16 cost per sequence: sink + window + one 64-token chunk.
-      const uint64_t pages = (o.context + ps - 1) / ps;
-      row["context_mib"] = (double(pages) * block_bytes + double(s.policy.side_tokens(64)) * fp16) / (1024.0 * 1024.0);
+                       {"page_bytes", block_bytes},
+                       {"side_kib", side / 1024}};
+    for (uint64_t n : o.contexts) {
+      // Whole pages are allocated: a partly filled last page costs a full page; plus the side buffer.
+      const uint64_t pages = (n + ps - 1) / ps;
+      row[fmt::format("mib_at_{}", n)] = (double(pages) * block_bytes + side) / (1024.0 * 1024.0);
     }
     t.add(row);
   }
@@ -56,6 +66,7 @@ void run(const Options& o) {
     j["kv_heads"] = o.kv_heads;
     j["head_dim"] = o.head_dim;
     j["fp16_bytes_per_token"] = fp16;
+    j["contexts"] = o.contexts;
     if (specs.size() == 1) {
       j["bytes_per_token"] = t.rows()[0]["bytes_per_token"];
       j["ratio_vs_fp16"] = t.rows()[0]["ratio_vs_fp16"];
@@ -65,7 +76,11 @@ void run(const Options& o) {
     fmt::print("KV cache size: {} layers x {} KV heads x head dim {} (fp16: {:.0f} bytes/token)\n", o.layers, o.kv_heads,
                o.head_dim, fp16);
     fmt::print("{}", t.text());
-    fmt::print("Norms (fp16) and padding included; bytes/token assumes full pages. See docs/format.md.\n");
+    fmt::print("bytes/token: the packed pages, every layer in its own format (edge layers included), norms (fp16) and\n"
+               "padding included, full pages. side KiB/seq: the fp16 sink/window buffer, a fixed cost per sequence\n"
+               "whatever its length (in MiB @ N, not in bytes/token). 'default' is tq run's spec ({}).\n"
+               "See docs/format.md and docs/kv-specs.md.\n",
+               kDefaultKvSpec);
   }
 }
 
@@ -78,9 +93,11 @@ void add_kv_size(CLI::App& app) {
                                    "Example: tq kv-size --layers 32 --kv-heads 8 --head-dim 128 --kv fp16,fp8,k4v4,k3v2");
   c->add_option("--layers", opts->layers, "transformer layers")->check(CLI::Range(1, 1024));
   c->add_option("--kv-heads", opts->kv_heads, "KV heads per layer")->check(CLI::Range(1, 1024));
-  c->add_option("--head-dim", opts->head_dim, "head dimension");
-  c->add_option("--kv", opts->kv, "comma-separated KV specs (fp16, fp8, k3v2, k4v4:prod, ...)");
-  c->add_option("--context", opts->context, "also report the MiB for one sequence of this many tokens");
+  c->add_option("--head-dim", opts->head_dim, "head dimension");  // defaults: Llama-3-8B's shape
+  c->add_option("--kv", opts->kv, "comma-separated KV specs (fp16, fp8, k3v2, k4v4:prod, ...; default = tq run's spec)");
+  c->add_option("--context", opts->contexts, "also report the MiB of one sequence of each of these lengths, e.g. 8192,32768 (default: none)")
+      ->delimiter(',')
+      ->default_str("");
   c->add_flag("--json", opts->json, "print JSON instead of the table");
   c->callback([opts] { run(*opts); });
 }

@@ -69,7 +69,7 @@ void add_passkey(CLI::App& app) {
   c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
   c->add_option("--depths", o->depths, "depths of the key, fractions of the filler in [0, 1] (default 0.1,0.5,0.9)")->delimiter(',');
   c->add_option("--seed", o->seed, "seed of the keys");
-  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("--gpu-memory", o->gpu_memory,

@@ -105,7 +105,7 @@ void add_perplexity(CLI::App& app) {
                 "fraction of the GPU's memory in (0, 1] for all the caches compared at once (the reference and each\n"
                 "--kv spec run side by side, each with its own weights: 1/n of it each); default: what one window needs");
   c->add_option("--chunk", o->chunk, "tokens per forward pass")->check(CLI::Range(1, 4096));
-  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->add_flag("--fast-products", o->fast_products,
               "CPU: multiply on activations quantized to 8 bits, as tq run does (faster; its own noise then adds to\n"

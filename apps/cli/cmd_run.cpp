@@ -1,9 +1,12 @@
 // tq run: generate text with a model whose KV cache is compressed as the KV spec says.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <optional>
+#include <random>
 
 #include "commands.h"
 #include "tq/check.h"
@@ -18,7 +21,9 @@ namespace {
 struct Options {
   std::string model, tokenizer, prompt, kv = kDefaultKvSpec;
   int steps = 256;
-  engine::SamplingParams sampling{.seed = 42};
+  engine::SamplingParams sampling;
+  uint64_t seed = 0;
+  bool seed_given = false;  // --seed was on the command line; without it a fresh seed each run (printed)
   uint32_t ctx = 0;
   unsigned threads = 0;
   std::string device = "auto";
@@ -30,6 +35,31 @@ struct Options {
   std::string speculative;  // --spec: "" or a speculative_spec
   std::string draft, draft_kv;  // --draft model file, its KV spec ("" = --kv's)
 };
+
+// The KV line on stderr: the packed pages against the same pages in fp16 (like with like: whole
+// pages of the same token capacity), then the sink/window side buffers apart, a fixed fp16 cost per
+// sequence whatever its length, and the total.
+void print_kv_line(const engine::Engine& e, int s, const KvSpec& spec) {
+  const auto& c = e.config();
+  const double fp16_token = 2.0 * 2.0 * c.n_layers * c.n_kv_heads * c.head_dim;  // K and V, 2 bytes each
+  const size_t pages = e.blocks().block_table(s).size();
+  const uint32_t page_size = e.blocks().page_size();
+  const double packed = double(pages) * double(e.runner().page_bytes()), fp16 = double(pages) * page_size * fp16_token;
+  const double side = double(e.runner().side_bytes());
+  const double ratio = pages ? fp16 / packed : 1.0;
+  const std::string vs = std::abs(ratio - 1) < 5e-3 ? "as large as"
+                         : ratio > 1                ? fmt::format("{:.2f}x smaller than", ratio)
+                                                    : fmt::format("{:.2f}x larger than", 1 / ratio);
+  fmt::print(stderr, "KV cache: {} tokens in {} pages of {}: {:.1f} KiB at {:.3f} bits/element, {} the same pages in fp16 ({:.1f} KiB)\n",
+             e.seq_len(s), pages, page_size, packed / 1024, e.bits_per_element(), vs, fp16 / 1024);
+  if (side > 0) {
+    const auto& p = spec.policy;
+    const uint64_t rows = uint64_t(side / fp16_token + 0.5), extra = rows - std::min<uint64_t>(rows, p.sink + p.window);
+    fmt::print(stderr, "KV side buffers: {:.1f} KiB, fp16 rows of {} positions (sink {} + window {} + {} of a step), a fixed cost per "
+                       "sequence whatever its length; pages and side buffers together: {:.1f} KiB\n",
+               side / 1024, rows, p.sink, p.window, extra, (packed + side) / 1024);
+  }
+}
 
 void run(const Options& o) {
   using clock = std::chrono::steady_clock;
@@ -48,7 +78,10 @@ void run(const Options& o) {
   check_sampling("--top-k", [&](auto& p) { p.top_k = o.sampling.top_k; });
   check_sampling("--top-p", [&](auto& p) { p.top_p = o.sampling.top_p; });
   check_sampling("--min-p", [&](auto& p) { p.min_p = o.sampling.min_p; });
-  engine::Sampler sampler(o.sampling);
+  // Sampling is random unless --seed is given; the seed used is printed so a run can be repeated.
+  engine::SamplingParams sampling = o.sampling;
+  sampling.seed = o.seed_given ? o.seed : (uint64_t(std::random_device{}()) << 32 | std::random_device{}());
+  engine::Sampler sampler(sampling);
   const unsigned threads = threads_option(o.threads);
   const KvSpec spec = parse_kv_spec(o.kv);
   // --draft alone means --spec draft; the two sources exclude each other.
@@ -108,6 +141,8 @@ void run(const Options& o) {
   }
   if (ss) speculation.emplace(drafter.get(), ss->max_draft, ss->adaptive);
 
+  if (!sampling.greedy() && sampling.top_k != 1)
+    fmt::print(stderr, "tq run: sampling with seed {}{}\n", sampling.seed, o.seed_given ? "" : " (--seed to repeat this text)");
   fmt::print("{}", o.chat ? o.prompt + "\n" : tok.decode(prompt));
   flush_stdout();
   const int s = e.add_sequence();
@@ -140,8 +175,6 @@ void run(const Options& o) {
     fmt::print(stderr, "tq run: stopped after {} of -n {} tokens: the context of {} tokens ({}) is full\n", generated, o.steps, ctx,
                ctx_is);
   const double pt = std::chrono::duration<double>(t1 - t0).count(), gt = std::chrono::duration<double>(t2 - t1).count();
-  const double fp16 = 2.0 * 2.0 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * e.seq_len(s);
-  const double used = double(e.kv_bytes(s));
   fmt::print(stderr, "prompt: {} tokens, {:.1f} tokens/s | generation: {} tokens, {:.1f} tokens/s\n", prompt.size(),
              double(prompt.size()) / std::max(pt, 1e-9), generated, double(generated) / std::max(gt, 1e-9));
   if (speculation) {
@@ -149,12 +182,7 @@ void run(const Options& o) {
     fmt::print(stderr, "speculation ({}): {} verify steps and {} plain ones; {} of {} drafted tokens kept ({:.1f}%), {:.2f} tokens per verify step\n",
                spec_text, st.steps, st.plain_steps, st.accepted, st.drafted, 100 * st.acceptance(), st.tokens_per_step());
   }
-  // The sink/window side buffers are a fixed fp16 cost per sequence, so short runs can use more
-  // than an fp16 cache would; say so, and give the ratio the pages reach on long sequences.
-  const double bits = e.bits_per_element(), ratio = fp16 / std::max(used, 1.0);
-  fmt::print(stderr, "KV cache: {:.1f} KiB for {} tokens vs {:.1f} KiB for an fp16 cache ({:.2f}x {}); pages hold {:.3f} bits/element "
-             "({:.1f}x smaller than fp16 once the fixed sink/window buffers no longer dominate)\n",
-             used / 1024, e.seq_len(s), fp16 / 1024, ratio >= 1 ? ratio : 1 / ratio, ratio >= 1 ? "smaller" : "larger", bits, 16.0 / bits);
+  print_kv_line(e, s, spec);
 }
 
 }  // namespace
@@ -165,8 +193,8 @@ void add_run(CLI::App& app) {
                                    "Generate text with a compressed KV cache, on the GPU or the CPU (--device): quantized as tokens arrive,\n"
                                    "attention reads the packed pages. Without -m: models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get_model.sh).\n"
                                    "Example: tq run -p 'Why is the sky blue?' --chat --kv k3v2 -n 100 --temp 0.7 --top-p 0.9");
-  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint");
-  c->add_option("-p,--prompt", o->prompt, "prompt text");
+  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  c->add_option("-p,--prompt", o->prompt, "prompt text (default: none, the text starts from the BOS token)");
   CLI::Option* steps =
       c->add_option("-n,--steps", o->steps, "tokens to generate, at most the context (default 256, or until the context is full)");
   c->add_option("--temp", o->sampling.temperature,
@@ -178,9 +206,12 @@ void add_run(CLI::App& app) {
                 "(1 = off, default; 0.9 is common); applied after --temp and --top-k");
   c->add_option("--min-p", o->sampling.min_p,
                 "drop tokens less than P times as likely as the most likely one, in [0, 1] (0 = off, default)");
-  c->add_option("--seed", o->sampling.seed, "sampling seed: the same seed, prompt and flags give the same text (default 42)");
+  CLI::Option* seed = c->add_option("--seed", o->seed,
+                "sampling seed: the same seed, prompt and flags give the same text (default: a random seed each run,\n"
+                "printed on stderr so the text can be repeated)")
+      ->default_str("random");
   c->add_option("--kv", o->kv, "KV spec (default k3v2:edge=2/k4v4:sink=4:window=64, docs/quality.md says why)");
-  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("--ctx", o->ctx,
                 "context length: generation stops when prompt and text fill it (default: the model's training context;\n"
                 "longer with --allow-long-context only)");
@@ -199,15 +230,17 @@ void add_run(CLI::App& app) {
                 "distribution. Examples: --spec ngram:k=4, --draft small.gguf --spec draft:k=4");
   c->add_option("--draft", o->draft,
                 "draft model for speculative decoding (GGUF with the same tokenizer as -m, smaller and faster): it\n"
-                "drafts greedily on its own cache, the model checks the drafts in one step; implies --spec draft");
+                "drafts greedily on its own cache, the model checks the drafts in one step; implies --spec draft\n"
+                "(default: none)");
   c->add_option("--draft-kv", o->draft_kv, "KV spec of the draft model's cache (default: --kv's)");
-  c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests)");
+  c->add_option("--logits", o->logits_file, "write the prompt's token ids and last-token logits to FILE (tests; default: none)");
   c->add_flag("--exact-products", o->exact_products,
               "CPU: multiply quantized weights in fp32 on the activations as they are, instead of on activations\n"
               "quantized to 8 bits per block of 32 or 256 (llama.cpp's way, the default); slower, for reference");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
-  c->callback([o, steps] {
+  c->callback([o, steps, seed] {
     o->steps_given = steps->count() > 0;
+    o->seed_given = seed->count() > 0;
     run(*o);
   });
 }

@@ -113,7 +113,7 @@ void add_serve(CLI::App& app) {
                                    "Example: tq serve -m model.gguf --port 8000 --max-num-seqs 64; then\n"
                                    "  curl localhost:8000/v1/completions -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}'");
   c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
-  c->add_option("--tokenizer", o->tokenizer, "tokenizer.bin for llama2.c checkpoints");
+  c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("--host", o->host, "address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)");
   c->add_option("--port", o->port, "port to listen on (default 8000; 0 = any free port, printed on stderr)");
   c->add_option("--served-model-name", o->name, "the model's name in the API (default: the file name without extension)");
@@ -127,7 +127,7 @@ void add_serve(CLI::App& app) {
   c->add_option("--num-pages", o->num_pages, "pages of the KV pool (default: --max-num-seqs full-length requests; --gpu-memory sizes it on the GPU)");
   c->add_option("--gpu-memory", o->gpu_memory,
                 "fraction of the GPU's memory to use, in (0, 1]: the KV page pool gets what the weights and scratch\n"
-                "leave (vLLM's --gpu-memory-utilization)");
+                "leave (vLLM's --gpu-memory-utilization); default: the pool --num-pages says");
   c->add_option("--max-queue", o->max_queue, "requests that may wait for admission (default 256); more get HTTP 429");
   c->add_flag("--no-enable-prefix-caching", o->no_prefix_caching,
               "do not share the KV pages of common prompt prefixes between requests (on by default where the KV spec\n"

@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
       "k3v2:prod:rot=dense. See docs/kv-specs.md."};
   app.require_subcommand(1);
   app.set_version_flag("--version", "tq 0.1.0");
+  // --help shows each option's default after its type (e.g. "-n,--steps INT=256"); subcommands
+  // inherit this.
+  app.option_defaults()->always_capture_default();
   tq::cli::add_distortion(app);
   tq::cli::add_kv_size(app);
   tq::cli::add_run(app);
@@ -27,6 +30,11 @@ int main(int argc, char** argv) {
 #ifdef TQ_WITH_SERVE
   tq::cli::add_serve(app);
 #endif
+  // An option whose 0 means "decided at run time" (-t 0: all threads, --ctx 0: the model's) says
+  // what in its text ("default: ..."); --help shows that rather than a misleading "=0".
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
+    for (CLI::Option* opt : sub->get_options([](CLI::Option*) { return true; }))
+      if (opt->get_default_str() == "0" && opt->get_description().find("default:") != std::string::npos) opt->default_str("");
   try {
     app.parse(argc, argv);
     tq::cli::flush_stdout();  // output that could not be written (tq ... > /dev/full) is an error

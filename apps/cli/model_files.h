@@ -54,6 +54,8 @@ void check_context(uint64_t tokens, const std::string& option, const LoadedModel
 inline constexpr const char* kAllowLongHelp =
     "allow contexts beyond the model's training context (refused by default: positions past it were never trained)";
 
+inline constexpr const char* kTokenizerHelp = "tokenizer.bin of a llama2.c checkpoint (default: none; GGUF files carry their own)";
+
 inline constexpr const char* kDeviceHelp =
     "where the model runs: auto (default: cuda where a GPU is and its runner implements the model and the KV spec, else cpu), cpu, cuda";
 

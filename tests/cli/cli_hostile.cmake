@@ -6,10 +6,7 @@ include(${CMAKE_CURRENT_LIST_DIR}/../cmake/tq_cli_test.cmake)
 
 set(M ${DATA}/stories260K/stories260K.bin)
 set(T ${DATA}/stories260K/tok512.bin)
-if(NOT EXISTS ${M})
-  message(STATUS "cli hostile: SKIPPED, ${M} is absent (the shared data: ../shared/data)")
-  return()
-endif()
+require_file(${M} "stories260K comes with the shared data (../shared/data beside the clone, or -DTQ_SHARED_DATA=DIR)")
 set(R run -m ${M} --tokenizer ${T})
 
 # Threads: more than the machine has are capped, with a note (not one thread each).

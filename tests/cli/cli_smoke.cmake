@@ -20,6 +20,50 @@ if(NOT bpt EQUAL 23040)
   message(FATAL_ERROR "k3v2:edge=2/k4v4 at 32x8x128: bytes/token ${bpt}, expected 23040")
 endif()
 
+# The default is tq run's spec, against fp16 and fp8; the sink/window side buffer is its own
+# column (a fixed cost per sequence, not in bytes/token) and in each --context's MiB.
+run_ok(kv-size --layers 32 --kv-heads 8 --head-dim 128 --context 1024,32768 --json)
+string(JSON n LENGTH "${OUT}" rows)
+string(JSON k0 GET "${OUT}" rows 0 kv)
+string(JSON k1 GET "${OUT}" rows 1 kv)
+string(JSON k2 GET "${OUT}" rows 2 kv)
+if(NOT n EQUAL 3 OR NOT k0 STREQUAL "fp16" OR NOT k1 STREQUAL "fp8" OR NOT k2 STREQUAL "k3v2:edge=2/k4v4:sink=4:window=64")
+  message(FATAL_ERROR "kv-size without --kv: want fp16, fp8 and tq run's default spec, got ${n} rows:\n${OUT}")
+endif()
+string(JSON side0 GET "${OUT}" rows 0 side_kib)
+string(JSON side2 GET "${OUT}" rows 2 side_kib)
+string(JSON bpt GET "${OUT}" rows 2 bytes_per_token)
+string(JSON mib GET "${OUT}" rows 2 mib_at_32768)
+string(JSON fp16mib GET "${OUT}" rows 0 mib_at_1024)
+# (4 + 64 + 64) tokens of fp16 at 32x8x128 (131072 bytes a token) = 16896 KiB; 23040 bytes a token
+# in pages (see above), 32768 tokens = 720 MiB, plus the side buffer = 736.5 MiB; fp16 @ 1024 = 128 MiB.
+if(NOT side0 EQUAL 0 OR NOT side2 EQUAL 16896 OR NOT bpt EQUAL 23040 OR NOT mib EQUAL 736.5 OR NOT fp16mib EQUAL 128)
+  message(FATAL_ERROR "kv-size default spec: side KiB ${side0} / ${side2} (want 0 / 16896), bytes/token ${bpt} (23040), "
+                      "MiB @ 32768 ${mib} (736.5), fp16 MiB @ 1024 ${fp16mib} (128)")
+endif()
+run_ok(kv-size --layers 32 --kv-heads 8 --head-dim 128)
+if(NOT OUT MATCHES "side KiB/seq" OR NOT OUT MATCHES "'default' is tq run's spec \\(k3v2:edge=2/k4v4:sink=4:window=64\\)")
+  message(FATAL_ERROR "kv-size does not say what it counts:\n${OUT}")
+endif()
+
+# --help prints the defaults: the value after the type (CLI11's "TYPE=value").
+run_ok(run --help)
+foreach(want "-n,--steps INT=256" "--kv TEXT=k3v2:edge=2/k4v4:sink=4:window=64" "--top-p FLOAT=1")
+  string(FIND "${OUT}" "${want}" pos)
+  if(pos EQUAL -1)
+    message(FATAL_ERROR "tq run --help does not show '${want}':\n${OUT}")
+  endif()
+endforeach()
+run_ok(kv-size --help)
+foreach(want "--layers UINT:INT in [1 - 1024]=32" "--head-dim UINT=128" "--kv TEXT=fp16,fp8,default")
+  string(FIND "${OUT}" "${want}" pos)
+  if(pos EQUAL -1)
+    message(FATAL_ERROR "tq kv-size --help does not show '${want}':\n${OUT}")
+  endif()
+endforeach()
+# Every option that takes a value, in every subcommand, shows a default or says what it is.
+check_help_defaults()
+
 run_ok(distortion --dim 64 --bits 1,3 --method both --samples 500 --json)
 string(JSON n LENGTH "${OUT}" rows)
 if(NOT n EQUAL 4)
@@ -35,6 +79,7 @@ endforeach()
 run_fails("k9v2" 2 kv-size --kv k9v2)
 run_fails("'zz'" 2 kv-size --kv k3v2:zz)
 run_fails("head-dim" 2 kv-size --kv k3v2 --head-dim 0)
+run_fails("--context: lengths are at least 1 token, got 0" 2 kv-size --context 1024,0)
 run_fails("method" ANY distortion --method foo)
 
 # Model files named by what their bytes are: an empty or truncated .gguf is not "a llama2.c

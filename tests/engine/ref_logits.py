@@ -27,8 +27,9 @@ try:
     import numpy as np
     import gguf
     from gguf.quants import dequantize
-except ImportError as e:  # CI has neither by default
-    print(f"skipped: python package missing ({e}); pip install gguf numpy", file=sys.stderr)
+except ImportError as e:  # scripts/setup.sh installs both into .venv, which CMake runs this with
+    print(f"SKIPPED: python package missing ({e}) in {sys.executable}; bash scripts/setup.sh installs numpy and gguf "
+          "into .venv (tests/engine/requirements.txt), then reconfigure", file=sys.stderr)
     sys.exit(77)
 
 
@@ -39,7 +40,7 @@ def main():
     ap.add_argument("--prompt", default="The capital of France is Paris, and the capital of Italy is")
     a = ap.parse_args()
     if not os.path.exists(a.model):
-        print(f"skipped: {a.model} absent (scripts/get_model.sh fetches it)", file=sys.stderr)
+        print(f"SKIPPED: {a.model} is absent: bash scripts/get_model.sh fetches it (scripts/test.sh does)", file=sys.stderr)
         sys.exit(77)
     def engine(*flags):
         with tempfile.TemporaryDirectory() as d:

@@ -31,4 +31,5 @@ inline const Stories* stories() {
 }  // namespace tq::testing
 
 #define REQUIRE_STORIES() \
-  if (!::tq::testing::stories()) GTEST_SKIP() << "stories260K not found under " << ::tq::model::testing::shared_data_dir()
+  if (!::tq::testing::stories()) GTEST_SKIP() << "stories260K not found under " << ::tq::model::testing::shared_data_dir() \
+                 << " (the shared data: ../shared/data beside the clone, -DTQ_SHARED_DATA=DIR or $TQ_SHARED_DATA)"

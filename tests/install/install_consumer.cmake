@@ -1,10 +1,17 @@
-# `cmake --install` of the build, then a project outside it that does find_package(turboquant)
+# `cmake --install` of the build: the tq command in <prefix>/bin; then a project outside it that does find_package(turboquant)
 # and links tq::engine: the package a binding or another program would use.
 # Invoked by ctest: cmake -DBUILD=<build dir> -DSRC=<consumer source> -DTMP=<scratch> -P install_consumer.cmake
 file(REMOVE_RECURSE ${TMP}/prefix ${TMP}/consumer)
 execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD} --prefix ${TMP}/prefix RESULT_VARIABLE rc OUTPUT_QUIET)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "cmake --install failed (${rc})")
+endif()
+# The tq command lands in <prefix>/bin (on PATH for the default prefix /usr/local) and runs from there.
+if(EXISTS ${BUILD}/apps/cli/tq)
+  execute_process(COMMAND ${TMP}/prefix/bin/tq --version RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0 OR NOT out MATCHES "^tq [0-9]")
+    message(FATAL_ERROR "cmake --install did not give a working <prefix>/bin/tq (${rc}):\n${out}${err}")
+  endif()
 endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${SRC} -B ${TMP}/consumer -DCMAKE_PREFIX_PATH=${TMP}/prefix -DCMAKE_BUILD_TYPE=Release
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)

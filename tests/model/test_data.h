@@ -47,5 +47,6 @@ void expect_error(Fn fn, const std::string& needle) {
 #define TQ_REQUIRE_SHARED(path)                                                                         \
   do {                                                                                                 \
     if (!std::filesystem::exists(path))                                                                \
-      GTEST_SKIP() << "shared data file " << (path) << " not found (set TQ_SHARED_DATA to the data dir)"; \
+      GTEST_SKIP() << "shared data file " << (path)                                 \
+                   << " not found (the shared data: ../shared/data beside the clone, -DTQ_SHARED_DATA=DIR or $TQ_SHARED_DATA)"; \
   } while (0)

@@ -25,7 +25,7 @@ import urllib.request
 try:
     import openai
 except ImportError:
-    print("skipped: the openai package is missing (scripts/setup.sh installs it into .venv)")
+    print("SKIPPED: the openai package is missing (scripts/setup.sh installs it into .venv)")
     sys.exit(77)
 
 ARGS = None
@@ -356,6 +356,6 @@ if __name__ == "__main__":
     parser.add_argument("--data", required=True)
     ARGS, rest = parser.parse_known_args()
     if not os.path.exists(os.path.join(ARGS.data, "stories260K", "stories260K.bin")):
-        print("skipped: stories260K not found under", ARGS.data)
+        print("SKIPPED: stories260K not found under", ARGS.data)
         sys.exit(77)
     unittest.main(argv=[sys.argv[0], "-v", *rest])

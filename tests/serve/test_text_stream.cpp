@@ -18,7 +18,8 @@ const model::Tokenizer* tok() {
   return t.get();
 }
 #define REQUIRE_TOKENIZER() \
-  if (!tok()) GTEST_SKIP() << "stories260K not found under " << model::testing::shared_data_dir()
+  if (!tok()) GTEST_SKIP() << "stories260K not found under " << model::testing::shared_data_dir() \
+                 << " (the shared data: ../shared/data beside the clone, -DTQ_SHARED_DATA=DIR or $TQ_SHARED_DATA)"
 
 int byte_token(uint8_t b) {
   const int id = tok()->find_token(fmt::format("<0x{:02X}>", b));
