@@ -98,15 +98,7 @@ void deq_q4_1(const uint8_t* b, float* y) {
 // sub-block): sub-blocks 0..3 use the low 6 bits of bytes 0..3 (scale) and 4..7 (min); sub-blocks
 // 4..7 take their low 4 bits from bytes 8..11 (low nibble: scale, high nibble: min) and their high 2
 // bits from the top bits of bytes 0..3 (scale) and 4..7 (min). (ggml's get_scale_min_k4.)
-inline void scale_min_k4(size_t j, const uint8_t* q, int& sc, int& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
+constexpr auto scale_min_k4 = ggml_scale_min_k4;
 // block_q4_K (144 B): d fp16 | dmin fp16 | scales[12] | qs[128].
 // Elements come in 4 groups of 64; group g uses qs[32g .. 32g+32): the low nibbles are sub-block 2g,
 // the high nibbles sub-block 2g+1. x = (d*sc) * q - (dmin*m).

@@ -60,6 +60,18 @@ struct GgmlTypeInfo {
   bool dequantizable;    // supported by dequantize_row / dot_rows
 };
 
+// q4_K / q5_K: the 12 `scales` bytes pack 8 six-bit scales and 8 six-bit mins, one per 32-element
+// sub-block; sc and m of sub-block j (ggml's get_scale_min_k4; src/model/ggml_quants.cpp has the map).
+inline void ggml_scale_min_k4(size_t j, const uint8_t* q, int& sc, int& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
 // nullptr when `raw` is not a ggml type id (or a removed one, e.g. 4, 5, 31..33).
 const GgmlTypeInfo* ggml_type_info(uint32_t raw);
 const GgmlTypeInfo& ggml_type_info(GgmlType t);

@@ -45,16 +45,7 @@ float quantize_block(const float* x, size_t n, int8_t* q) {
   return has_avx2_fma() ? detail::quantize_block_avx2(x, n, q) : quantize_block_scalar(x, n, q);
 }
 
-// q4_K / q5_K: the 6-bit scale and min of sub-block j (ggml's get_scale_min_k4).
-inline void scale_min_k4(size_t j, const uint8_t* q, int& sc, int& m) {
-  if (j < 4) {
-    sc = q[j] & 63;
-    m = q[j + 4] & 63;
-  } else {
-    sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
-    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
-  }
-}
+constexpr auto scale_min_k4 = model::ggml_scale_min_k4;
 
 // Accumulates one float term of the reference: scale * isum, where the integer sum's products have
 // magnitudes adding up to iabs.

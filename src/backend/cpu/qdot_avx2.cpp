@@ -37,14 +37,9 @@ inline __m256i dot_u8s8(__m256i u, __m256i s) { return _mm256_madd_epi16(_mm256_
 // The same, each int16 pair sum multiplied by the int16 in `scale` of its lane.
 inline __m256i dot_u8s8_scaled(__m256i u, __m256i s, __m256i scale) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale); }
 
-// q4_K / q5_K scales and mins of the 8 sub-blocks (ggml's get_scale_min_k4).
+// q4_K / q5_K scales and mins of the 8 sub-blocks.
 inline void scales_mins_k4(const uint8_t* q, int sc[8], int m[8]) {
-  for (int j = 0; j < 4; ++j) {
-    sc[j] = q[j] & 63;
-    m[j] = q[j + 4] & 63;
-    sc[j + 4] = (q[j + 8] & 0x0F) | ((q[j] >> 6) << 4);
-    m[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
-  }
+  for (size_t j = 0; j < 8; ++j) model::ggml_scale_min_k4(j, q, sc[j], m[j]);
 }
 
 }  // namespace
