@@ -73,75 +73,67 @@ inline __m256i octet_codes(const uint32_t* g, uint32_t bits, uint32_t og) {
   return idx;
 }
 
-}  // namespace
-
-float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids) {
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  const uint32_t groups = pd / kGroup;
-  if (bits <= 3) {
-    // The whole table fits one register: a lane permute is the lookup.
-    alignas(32) float t[8] = {0};
-    for (uint32_t j = 0; j < (1u << bits); ++j) t[j] = centroids[j];
-    const __m256 table = _mm256_load_ps(t);
-    for (uint32_t g = 0; g < groups; ++g) {
-      const uint32_t* w = codes + g * bits;
-      for (uint32_t og = 0; og < 4; og += 2) {
-        const __m256 v0 = _mm256_permutevar8x32_ps(table, octet_codes(w, bits, og));
-        const __m256 v1 = _mm256_permutevar8x32_ps(table, octet_codes(w, bits, og + 1));
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), v0, acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8 + 8), v1, acc1);
-      }
-    }
-  } else if (bits == 4) {
-    // 16 entries: two permutes, blended on the code's top bit.
-    const __m256 lo = _mm256_loadu_ps(centroids), hi = _mm256_loadu_ps(centroids + 8);
-    for (uint32_t g = 0; g < groups; ++g) {
-      const uint32_t* w = codes + g * bits;
-      for (uint32_t og = 0; og < 4; ++og) {
-        const __m256i idx = octet_codes(w, bits, og);
-        const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 -> sign bit
-        const __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), sel);
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), v, acc0);
-      }
-    }
-  } else {
-    for (uint32_t g = 0; g < groups; ++g) {
-      const uint32_t* w = codes + g * bits;
-      for (uint32_t og = 0; og < 4; ++og) {
-        const __m256 v = _mm256_i32gather_ps(centroids, octet_codes(w, bits, og), 4);
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), v, acc0);
-      }
+// Centroids of a row's codes, one octet at a time: a lane permute of one register for <= 3 bits,
+// two permutes blended on the top bit for 4, a gather beyond. Every value is a table entry as it is.
+class CentroidLookup {
+ public:
+  CentroidLookup(uint32_t bits, const float* centroids) : bits_(bits), centroids_(centroids) {
+    if (bits <= 3) {
+      alignas(32) float t[8] = {0};
+      for (uint32_t j = 0; j < (1u << bits); ++j) t[j] = centroids[j];
+      lo_ = _mm256_load_ps(t);
+    } else if (bits == 4) {
+      lo_ = _mm256_loadu_ps(centroids);
+      hi_ = _mm256_loadu_ps(centroids + 8);
     }
   }
-  const __m256 acc = _mm256_add_ps(acc0, acc1);
+  // Coordinates 8og..8og+7 of the 32-coordinate group whose packed words start at g.
+  __m256 operator()(const uint32_t* g, uint32_t og) const {
+    const __m256i idx = octet_codes(g, bits_, og);
+    if (bits_ <= 3) return _mm256_permutevar8x32_ps(lo_, idx);
+    if (bits_ == 4) {
+      const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 -> sign bit
+      return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo_, idx), _mm256_permutevar8x32_ps(hi_, idx), sel);
+    }
+    return _mm256_i32gather_ps(centroids_, idx, 4);
+  }
+
+ private:
+  uint32_t bits_;
+  const float* centroids_;
+  __m256 lo_ = _mm256_setzero_ps(), hi_ = _mm256_setzero_ps();
+};
+
+inline float hsum(__m256 acc) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
   return _mm_cvtss_f32(s);
 }
 
-void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids, float* out) {
-  const uint32_t groups = pd / kGroup;
-  if (bits <= 3) {
-    alignas(32) float t[8] = {0};
-    for (uint32_t j = 0; j < (1u << bits); ++j) t[j] = centroids[j];
-    const __m256 table = _mm256_load_ps(t);
-    for (uint32_t g = 0; g < groups; ++g)
-      for (uint32_t og = 0; og < 4; ++og)
-        _mm256_storeu_ps(out + g * 32 + og * 8, _mm256_permutevar8x32_ps(table, octet_codes(codes + g * bits, bits, og)));
-  } else if (bits == 4) {
-    const __m256 lo = _mm256_loadu_ps(centroids), hi = _mm256_loadu_ps(centroids + 8);
-    for (uint32_t g = 0; g < groups; ++g)
-      for (uint32_t og = 0; og < 4; ++og) {
-        const __m256i idx = octet_codes(codes + g * bits, bits, og);
-        const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
-        _mm256_storeu_ps(out + g * 32 + og * 8, _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx), sel));
+}  // namespace
+
+float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids) {
+  const CentroidLookup lookup(bits, centroids);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (uint32_t g = 0; g < pd / kGroup; ++g) {
+    const uint32_t* w = codes + g * bits;
+    if (bits <= 3) {  // two accumulators: even octets in acc0, odd in acc1
+      for (uint32_t og = 0; og < 4; og += 2) {
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), lookup(w, og), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8 + 8), lookup(w, og + 1), acc1);
       }
-  } else {
-    for (uint32_t g = 0; g < groups; ++g)
-      for (uint32_t og = 0; og < 4; ++og)
-        _mm256_storeu_ps(out + g * 32 + og * 8, _mm256_i32gather_ps(centroids, octet_codes(codes + g * bits, bits, og), 4));
+    } else {
+      for (uint32_t og = 0; og < 4; ++og) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), lookup(w, og), acc0);
+    }
   }
+  return hsum(_mm256_add_ps(acc0, acc1));
+}
+
+void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids, float* out) {
+  const CentroidLookup lookup(bits, centroids);
+  for (uint32_t g = 0; g < pd / kGroup; ++g)
+    for (uint32_t og = 0; og < 4; ++og) _mm256_storeu_ps(out + g * 32 + og * 8, lookup(codes + g * bits, og));
 }
 
 float dot_decoded_avx2(const float* q, const float* v, uint32_t pd, uint32_t bits) {
@@ -157,11 +149,7 @@ float dot_decoded_avx2(const float* q, const float* v, uint32_t pd, uint32_t bit
       for (uint32_t og = 0; og < 4; ++og)
         acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), _mm256_loadu_ps(v + g * 32 + og * 8), acc0);
     }
-  const __m256 acc = _mm256_add_ps(acc0, acc1);
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-  return _mm_cvtss_f32(s);
+  return hsum(_mm256_add_ps(acc0, acc1));
 }
 
 void axpy_avx2(float w, const float* x, float* y, uint32_t n) {

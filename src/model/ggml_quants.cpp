@@ -97,8 +97,7 @@ void deq_q4_1(const uint8_t* b, float* y) {
 // The 12 `scales` bytes of q4_K / q5_K pack 8 six-bit scales and 8 six-bit mins (one per 32-element
 // sub-block): sub-blocks 0..3 use the low 6 bits of bytes 0..3 (scale) and 4..7 (min); sub-blocks
 // 4..7 take their low 4 bits from bytes 8..11 (low nibble: scale, high nibble: min) and their high 2
-// bits from the top bits of bytes 0..3 (scale) and 4..7 (min). (ggml's get_scale_min_k4.)
-constexpr auto scale_min_k4 = ggml_scale_min_k4;
+// bits from the top bits of bytes 0..3 (scale) and 4..7 (min): ggml_scale_min_k4 (ggml_quants.h).
 // block_q4_K (144 B): d fp16 | dmin fp16 | scales[12] | qs[128].
 // Elements come in 4 groups of 64; group g uses qs[32g .. 32g+32): the low nibbles are sub-block 2g,
 // the high nibbles sub-block 2g+1. x = (d*sc) * q - (dmin*m).
@@ -108,9 +107,9 @@ void deq_q4_K(const uint8_t* b, float* y) {
   const uint8_t* qs = b + 16;
   for (size_t g = 0; g < 4; ++g, qs += 32, y += 64) {
     int sc, m;
-    scale_min_k4(2 * g, scales, sc, m);
+    ggml_scale_min_k4(2 * g, scales, sc, m);
     const float d1 = d * float(sc), m1 = dmin * float(m);
-    scale_min_k4(2 * g + 1, scales, sc, m);
+    ggml_scale_min_k4(2 * g + 1, scales, sc, m);
     const float d2 = d * float(sc), m2 = dmin * float(m);
     for (size_t l = 0; l < 32; ++l) y[l] = d1 * float(qs[l] & 0x0F) - m1;
     for (size_t l = 0; l < 32; ++l) y[32 + l] = d2 * float(qs[l] >> 4) - m2;
@@ -126,9 +125,9 @@ void deq_q5_K(const uint8_t* b, float* y) {
   const uint8_t* qs = b + 48;
   for (size_t g = 0; g < 4; ++g, qs += 32, y += 64) {
     int sc, m;
-    scale_min_k4(2 * g, scales, sc, m);
+    ggml_scale_min_k4(2 * g, scales, sc, m);
     const float d1 = d * float(sc), m1 = dmin * float(m);
-    scale_min_k4(2 * g + 1, scales, sc, m);
+    ggml_scale_min_k4(2 * g + 1, scales, sc, m);
     const float d2 = d * float(sc), m2 = dmin * float(m);
     const uint8_t u1 = uint8_t(1u << (2 * g)), u2 = uint8_t(2u << (2 * g));
     for (size_t l = 0; l < 32; ++l) y[l] = d1 * float((qs[l] & 0x0F) + ((qh[l] & u1) ? 16 : 0)) - m1;

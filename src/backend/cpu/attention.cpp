@@ -40,9 +40,10 @@ ConstRowRef value_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
           nullptr};
 }
 
-// y += w * x: a multiply and an add per element either way, so both give the same bits.
-void axpy(float w, const float* x, float* y, uint32_t n) {
-  if (cpu::has_avx2_fma()) return simd::axpy_avx2(w, x, y, n);
+// y += w * x: a multiply and an add per element either way, so both give the same bits. `avx2`:
+// cpu::has_avx2_fma(), asked once per task rather than per row.
+void axpy(bool avx2, float w, const float* x, float* y, uint32_t n) {
+  if (avx2) return simd::axpy_avx2(w, x, y, n);
   for (uint32_t i = 0; i < n; ++i) y[i] += w * x[i];
 }
 
@@ -149,7 +150,8 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
   // ---- values
   std::vector<float> acc_rot(vc ? size_t(nqb) * pd : 0);  // [nqb][pd] TurboQuant values, rotated domain
   std::vector<float> acc(size_t(nqb) * D, 0.0f);          // [nqb][D] float values and side-buffer rows
-  const bool use_tile = vc && nqb > 2 && !vc->config().prod;  // prod values: accumulate_rotated's own order
+  const bool use_tile = vc && nqb > 2 && !vc->config().prod;
+  const bool avx2 = cpu::has_avx2_fma();  // prod values: accumulate_rotated's own order
   std::vector<float> norms(ps);                                // [ps] the tile's row norms
   for (uint32_t p0 = 0; p0 < span; p0 += ps) {
     const uint32_t p1 = std::min(span, p0 + ps);
@@ -170,13 +172,13 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
       for (uint32_t t = p0; t < end; ++t) {
         if (in_side(t, qp)) {
           side_row(t, true, side.data());
-          axpy(w[t], side.data(), a, D);
+          axpy(avx2, w[t], side.data(), a, D);
         } else if (!vc) {
-          axpy(w[t], &tile[size_t(t - p0) * D], a, D);
+          axpy(avx2, w[t], &tile[size_t(t - p0) * D], a, D);
         } else if (use_tile) {
           const float wn = w[t] * norms[t - p0];  // as accumulate_rotated: the same products and sums
           if (wn == 0) continue;
-          axpy(wn, &tile[size_t(t - p0) * pd], &acc_rot[size_t(qi) * pd], pd);
+          axpy(avx2, wn, &tile[size_t(t - p0) * pd], &acc_rot[size_t(qi) * pd], pd);
         } else {
           vc->accumulate_rotated(value_row(L, blk, t - p0), w[t], &acc_rot[size_t(qi) * pd]);
         }

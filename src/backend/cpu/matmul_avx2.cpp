@@ -1,17 +1,11 @@
 // AVX2 + FMA dot products (matmul_avx2.h).
 #include "matmul_avx2.h"
 
+#include "avx2_hsum.h"
+
 #include <immintrin.h>
 
 namespace tq::cpu::detail {
-namespace {
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
-}
-}  // namespace
 
 float dot_f32_avx2(const float* a, const float* b, size_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();

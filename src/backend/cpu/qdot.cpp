@@ -45,8 +45,6 @@ float quantize_block(const float* x, size_t n, int8_t* q) {
   return has_avx2_fma() ? detail::quantize_block_avx2(x, n, q) : quantize_block_scalar(x, n, q);
 }
 
-constexpr auto scale_min_k4 = model::ggml_scale_min_k4;
-
 // Accumulates one float term of the reference: scale * isum, where the integer sum's products have
 // magnitudes adding up to iabs.
 inline void add(DotRef& r, double scale, int64_t isum, int64_t iabs) {
@@ -96,7 +94,7 @@ DotRef ref_q8x256(GgmlType t, const uint8_t* w, const ActQ8x256* a, size_t nb) {
         int q = high ? qs[32 * g + l] >> 4 : qs[32 * g + l] & 15;
         if (t == GgmlType::Q5_K) q += ((qh[l] >> (2 * g + (high ? 1 : 0))) & 1) * 16;
         int sc, m;
-        scale_min_k4(s, scales, sc, m);
+        model::ggml_scale_min_k4(s, scales, sc, m);
         isum += int64_t(sc) * q * a->q[i], iabs += std::abs(int64_t(sc) * q * a->q[i]);
         if (i % 16 == 0) osum += int64_t(m) * a->bsums[i / 16], oabs += std::abs(int64_t(m) * a->bsums[i / 16]);
       }

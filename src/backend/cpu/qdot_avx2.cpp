@@ -6,6 +6,8 @@
 // K-quants' mins and q6_K's -32) go through the activation code sums, also in integers.
 #include "qdot_avx2.h"
 
+#include "avx2_hsum.h"
+
 #include <immintrin.h>
 
 #include <cmath>
@@ -18,12 +20,6 @@ inline float f16(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, 2);
   return _cvtsh_ss(h);
-}
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-  return _mm_cvtss_f32(s);
 }
 inline __m256i load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 // 16 bytes of nibble pairs -> 32 codes: byte j's low nibble is element j, its high nibble j + 16.
