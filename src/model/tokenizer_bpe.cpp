@@ -96,7 +96,12 @@ class BpeTokenizer final : public Tokenizer {
           *p = double(it->second);
           return true;
         });
-        for (const std::string& s : syms) emit_symbol(s, out);
+        size_t at = size_t(word.data() - text.data());  // offset in text of the symbol's first byte
+        for (const std::string& s : syms) {
+          const size_t done = emit_symbol(s, out);
+          if (done != kAll) detail::throw_unencodable_byte(text, at + done);
+          at += code_points(s);  // one code point per byte of the word
+        }
       }
     }
     return out;
@@ -119,19 +124,33 @@ class BpeTokenizer final : public Tokenizer {
   }
 
  private:
-  void emit_symbol(const std::string& s, std::vector<int>& out) const {
+  static constexpr size_t kAll = ~size_t(0);
+
+  static size_t code_points(std::string_view s) {
+    size_t n = 0;
+    for (size_t i = 0; i < s.size(); i += detail::utf8_len(s, i)) ++n;
+    return n;
+  }
+
+  // Appends the token(s) of one merged symbol. Returns kAll, or the index of the code point (= of
+  // the word's byte) that has no token, for the caller to name its offset in the text.
+  size_t emit_symbol(const std::string& s, std::vector<int>& out) const {
     if (const int id = find_token(s); id >= 0) {
       out.push_back(id);
-      return;
+      return kAll;
     }
-    // A merge result that is not a token (inconsistent merges): fall back to its code points.
-    for (size_t i = 0; i < s.size();) {
+    // A merge result that is not a token (inconsistent merges), or one byte whose code point the
+    // vocabulary lacks (byte-level vocabularies drop bytes that never occur in UTF-8, such as 0xFF):
+    // fall back to the code points.
+    size_t k = 0;
+    for (size_t i = 0; i < s.size(); ++k) {
       const size_t n = detail::utf8_len(s, i);
       const int id = find_token(std::string_view(s).substr(i, n));
-      TQ_CHECK(id >= 0, "BPE tokenizer: the vocabulary has no token for '{}' (part of '{}')", s.substr(i, n), s);
+      if (id < 0) return k;
       out.push_back(id);
       i += n;
     }
+    return kAll;
   }
 
   std::string pre_;

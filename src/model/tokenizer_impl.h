@@ -25,6 +25,11 @@ size_t utf8_len(std::string_view s, size_t i);
 uint32_t utf8_decode(std::string_view s, size_t i, size_t len);  // a sequence utf8_len accepted
 void utf8_append(std::string& out, uint32_t cp);
 
+// Throws tq::Error for the byte text[offset], which the vocabulary cannot encode (no token and no
+// byte-fallback token), naming the byte, its offset and, when the text is not valid UTF-8 there, that
+// cause: a Latin-1 file or a stray byte is the usual culprit, and the user can fix it with iconv.
+[[noreturn]] void throw_unencodable_byte(std::string_view text, size_t offset);
+
 // ---- greedy pair merging (SentencePiece and BPE) ----
 // Repeatedly merges the adjacent pair of `syms` with the smallest priority (leftmost on ties) until
 // no adjacent pair has one. prio(left, right, &p) returns false when the pair cannot merge.

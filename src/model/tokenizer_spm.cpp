@@ -78,7 +78,12 @@ class SpmTokenizer final : public Tokenizer {
     if (add_bos && bos_id_ >= 0) out.push_back(bos_id_);
     if (text.empty()) return out;
     if (flavor_ == Flavor::Llama2c) {
-      encode_piece(std::string(add_space_prefix_ ? " " : "") + std::string(text), out);
+      const std::string s = std::string(add_space_prefix_ ? " " : "") + std::string(text);
+      if (const size_t bad = encode_piece(s, out); bad < s.size()) {
+        const size_t prefix = add_space_prefix_ ? 1 : 0;
+        TQ_CHECK(bad >= prefix, "tokenizer: the vocabulary has no token for the space put before the text");
+        detail::throw_unencodable_byte(text, bad - prefix);
+      }
       return out;
     }
     bool prev_special = true;  // the start counts as "after a special token" for the prefix space
@@ -94,7 +99,13 @@ class SpmTokenizer final : public Tokenizer {
         if (c == ' ') s += kSpaceMark;
         else s += c;
       }
-      encode_piece(s, out);
+      if (const size_t bad = encode_piece(s, out); bad < s.size()) {
+        // map the offset in s back to fr.text: the prefix mark and each space became kSpaceMark
+        size_t at = add_space_prefix_ && prev_special ? kSpaceMark.size() : 0, k = 0;
+        for (; at < bad; ++k) at += fr.text[k] == ' ' ? kSpaceMark.size() : 1;
+        if (at > bad && k > 0) --k;  // inside the mark of the space fr.text[k - 1]
+        detail::throw_unencodable_byte(text, size_t(fr.text.data() - text.data()) + k);
+      }
       prev_special = false;
     }
     return out;
@@ -124,8 +135,9 @@ class SpmTokenizer final : public Tokenizer {
   }
 
  private:
-  // Tokenizes one plain fragment (spaces already in vocabulary form), appending to out.
-  void encode_piece(std::string_view s, std::vector<int>& out) const {
+  // Tokenizes one plain fragment (spaces already in vocabulary form), appending to out. Returns
+  // s.size(), or the offset in s of a byte that has neither a token nor a byte-fallback token.
+  size_t encode_piece(std::string_view s, std::vector<int>& out) const {
     std::vector<std::string> syms;  // [units] vocabulary strings
     for (size_t i = 0; i < s.size();) {
       size_t n = 1;  // run.c: a byte, then following continuation bytes, at most 4 bytes in all
@@ -134,9 +146,9 @@ class SpmTokenizer final : public Tokenizer {
       if (find_token(unit) >= 0) {
         syms.emplace_back(unit);
       } else {
-        for (const char c : unit) {
+        for (const char& c : unit) {
           const int id = byte_ids_[uint8_t(c)];
-          TQ_CHECK(id >= 0, "tokenizer: no byte-fallback token <0x{:02X}> for a byte of the input", uint8_t(c));
+          if (id < 0) return i + size_t(&c - unit.data());
           syms.push_back(texts_[size_t(id)]);
         }
       }
@@ -152,6 +164,7 @@ class SpmTokenizer final : public Tokenizer {
       return true;
     });
     for (const std::string& sym : syms) out.push_back(find_token(sym));
+    return s.size();
   }
 
   Flavor flavor_;

@@ -221,6 +221,24 @@ size_t utf8_len(std::string_view s, size_t i) {
   return n;
 }
 
+void throw_unencodable_byte(std::string_view text, size_t offset) {
+  const uint8_t b = uint8_t(text[offset]);
+  size_t start = offset;  // the lead byte of the sequence that may hold text[offset]
+  while (start > 0 && offset - start < 3 && (uint8_t(text[start]) & 0xC0) == 0x80) --start;
+  const size_t n = utf8_len(text, start);
+  const bool valid = b < 0x80 || (n > 1 && start + n > offset);
+  if (valid) {
+    const uint32_t cp = utf8_decode(text, start, n);
+    const std::string shown = cp >= 0x20 && cp != 0x7F ? fmt::format("'{}' ", text.substr(start, n)) : "";
+    throw Error(fmt::format("tokenizer: the character {}(U+{:04X}, byte 0x{:02X} at offset {} of the text) has no token in this model's "
+                            "vocabulary, nor a byte-fallback token",
+                            shown, cp, b, offset));
+  }
+  throw Error(fmt::format("tokenizer: byte 0x{:02X} at offset {} of the text is not valid UTF-8, and this model's vocabulary has no token "
+                          "for it: convert the text to UTF-8 first (e.g. iconv -f latin1 -t utf-8)",
+                          b, offset));
+}
+
 uint32_t utf8_decode(std::string_view s, size_t i, size_t len) {
   const auto u = [&](size_t k) { return uint32_t(uint8_t(s[k])); };
   switch (len) {

@@ -57,6 +57,16 @@ if(NOT w EQUAL 512)
   message(FATAL_ERROR "perplexity without --ctx on a 512-token model: windows of ${w}")
 endif()
 
+# Encodings: a byte that is not UTF-8 (a Latin-1 'ÿ') is scored as its byte token where the vocabulary
+# has byte tokens (stories260K's does; a vocabulary without one is refused naming the byte's offset, a
+# unit test checks that).
+string(ASCII 255 ff)
+file(WRITE ${TMP}/latin1.txt "Once upon a time there was a cat ${ff} named Tom.\n")
+run_ok(perplexity -m ${M} --tokenizer ${T} -f ${TMP}/latin1.txt --kv fp16 --json)
+if(NOT OUT MATCHES "\"tokens_scored\": 16")
+  message(FATAL_ERROR "tq perplexity on a Latin-1 byte gave no result:\n${OUT}\n${ERR}")
+endif()
+
 # A context that fills up ends the text with a message on stderr, not silently.
 run_ok(${R} -p "Once upon a time" -n 19 --kv fp16 --ctx 20)
 if(NOT ERR MATCHES "tq run: stopped after [0-9]+ of -n 19 tokens: the context of 20 tokens \\(--ctx\\) is full")

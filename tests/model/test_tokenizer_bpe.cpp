@@ -143,6 +143,16 @@ TEST(GgufBpe, ArbitraryBytesRoundTrip) {
   }
 }
 
+TEST(GgufBpe, UnencodableByteNamesItsOffset) {
+  // Byte-level vocabularies drop bytes that never occur in UTF-8 (SmolLM2's has no 0xFF): the error
+  // names the byte and where it is, and says why when the text is not UTF-8 there.
+  const auto tok = bpe(testing::small_bpe_vocab(false));
+  expect_error([&] { tok->encode("the \xff world", false); }, "byte 0xFF at offset 4 of the text is not valid UTF-8");
+  expect_error([&] { tok->encode("<|im_start|>ab\xff", false); }, "byte 0xFF at offset 14 of the text is not valid UTF-8");
+  expect_error([&] { tok->encode("caf\xc3\xa9", false); }, "the character '\xc3\xa9' (U+00E9, byte 0xC3 at offset 3 of the text)");
+  expect_error([&] { tok->encode("llll\xff", false); }, "byte 0xFF at offset 4");  // after merged symbols
+}
+
 TEST(GgufBpe, Llama3TakesWholeWordTokens) {
   testing::BpeVocab v = testing::small_bpe_vocab(true);
   v.tokens.push_back("Ġxyz");  // a token no merge produces
@@ -171,7 +181,7 @@ TEST(GgufBpe, MetadataErrors) {
   v.types[0] = 1;
   expect_error([&] { bpe(v, "tekken"); }, "unsupported BPE pre-tokenizer 'tekken'");
   // a character the vocabulary lacks is reported, not silently dropped (llama.cpp skips it)
-  expect_error([&] { bpe(v)->encode("Q", false); }, "no token for 'Q'");
+  expect_error([&] { bpe(v)->encode("Q", false); }, "the character 'Q' (U+0051, byte 0x51 at offset 0 of the text) has no token");
 }
 
 }  // namespace

@@ -114,15 +114,16 @@ TEST(Tok512, FileErrors) {
 }
 
 // ---- GGUF "llama" (SentencePiece with ▁ for spaces) ----
-std::vector<uint8_t> spm_gguf(bool space_prefix) {
+// without_byte >= 0: the byte-fallback token of that byte is replaced by an ordinary one.
+std::vector<uint8_t> spm_gguf(bool space_prefix, int without_byte = -1) {
   std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
   std::vector<int32_t> types = {2, 3, 3};
   std::vector<float> scores = {0, 0, 0};
   for (int b = 0; b < 256; ++b) {
     char buf[8];
-    std::snprintf(buf, sizeof buf, "<0x%02X>", b);
+    std::snprintf(buf, sizeof buf, b == without_byte ? "<u%02X>" : "<0x%02X>", b);
     tokens.push_back(buf);
-    types.push_back(6);
+    types.push_back(b == without_byte ? 1 : 6);
     scores.push_back(0);
   }
   const std::pair<const char*, float> normal[] = {
@@ -171,6 +172,14 @@ TEST(GgufSpm, EncodeDecode) {
   EXPECT_EQ(tok->decode(im_start), "<|im_start|>");
   EXPECT_EQ(tok->decode({im_start, hello}, false), "<|im_start|> hello");
   EXPECT_EQ(tok->encode("", true), (std::vector<int>{1}));
+}
+
+TEST(GgufSpm, UnencodableByteNamesItsOffset) {
+  const auto tok = tokenizer_from_gguf(GgufFile::from_bytes(spm_gguf(true, 0xFF)));
+  EXPECT_EQ(tok->encode("h\xfe", false).size(), 2u);  // 0xFE still falls back to its byte token
+  // the spaces before the byte became 3-byte marks: the offset is still the text's
+  expect_error([&] { tok->encode("hello  w\xff", false); }, "byte 0xFF at offset 8 of the text is not valid UTF-8");
+  expect_error([&] { tok->encode("<|im_start|>h \xff", false); }, "byte 0xFF at offset 14 of the text");
 }
 
 TEST(GgufSpm, NoSpacePrefix) {
