@@ -1,7 +1,10 @@
 #include "bench_util.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 
 #include "tq/check.h"
 #include "tq/model/shapes.h"
@@ -16,7 +19,7 @@ std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool
       *has_max = true;
     } else {
       const std::optional<uint64_t> x = parse_uint(item);
-      TQ_CHECK(x && *x >= 1 && *x <= (1ul << 24), "{}: '{}' is not a count in 1..16777216{}", flag, item, allow_max ? " or max" : "");
+      TQ_CHECK(x && *x >= 1 && *x <= kMaxCount, "{}: '{}' is not a count in 1..{}{}", flag, item, kMaxCount, allow_max ? " or max" : "");
       v.push_back(uint32_t(*x));
     }
   }
@@ -63,6 +66,32 @@ BenchModel load_bench_model(const std::string& file, const std::string& tokenize
 
 std::unique_ptr<engine::ModelRunner> BenchModel::runner(const KvSpec& spec, const engine::EngineOptions& resolved, uint64_t seed) const {
   return file ? engine::make_runner(file->model, spec, resolved) : engine::make_random_runner(config, spec, resolved, seed);
+}
+
+uint32_t batch_that_fits(double budget, const CacheCost& cost, uint32_t ctx) {
+  return uint32_t(std::min(std::floor(budget / cost.seq_bytes(ctx)), double(kMaxCount)));
+}
+
+double host_memory_available() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  double kib = 0;
+  while (in >> key >> kib) {
+    if (key == "MemAvailable:") return kib * 1024.0;
+    in.ignore(256, '\n');
+  }
+  const long pages = sysconf(_SC_AVPHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? double(pages) * double(page) : 0.0;
+}
+
+double usable_kv_budget(double budget, engine::Device device, const char* command) {
+  if (device != engine::Device::kCpu) return budget;
+  const double usable = 0.9 * host_memory_available();
+  if (usable <= 0 || budget <= usable) return budget;
+  fmt::print(stderr, "{}: --kv-memory {:.3g} GB is more than this machine's {:.1f} GB of available memory: the CPU runner's pool is held "
+             "to {:.1f} GB\n",
+             command, budget / 1e9, usable / 0.9 / 1e9, usable / 1e9);
+  return usable;
 }
 
 double median(std::vector<double> v) {

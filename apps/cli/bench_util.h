@@ -43,6 +43,18 @@ struct BenchModel {
 void add_model_options(CLI::App* c, std::string& shape, std::string& file, std::string& tokenizer);
 BenchModel load_bench_model(const std::string& file, const std::string& tokenizer, const std::string& shape);
 
+// The largest count a list flag takes (parse_list), and the cap of a computed "max" batch.
+constexpr uint32_t kMaxCount = 1u << 24;
+// The batch of `ctx`-token sequences `budget` bytes hold, at most kMaxCount.
+uint32_t batch_that_fits(double budget, const CacheCost& cost, uint32_t ctx);
+
+// Bytes of host memory available to this process now (Linux: MemAvailable), or 0 when unknown.
+double host_memory_available();
+// The KV budget a benchmark may allocate: on the CPU, the pool lives in host memory, so a budget
+// beyond 90% of what is available is lowered to it with a note on stderr (the GPU runner checks its
+// own memory).
+double usable_kv_budget(double budget, engine::Device device, const char* command);
+
 double median(std::vector<double> v);
 // The q-quantile (0..1) by linear interpolation; 0 for an empty set.
 double percentile(std::vector<double> v, double q);

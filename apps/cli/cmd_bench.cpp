@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 #include <tuple>
@@ -118,6 +119,7 @@ void run(const Options& o) {
   for (uint32_t p : prompts) TQ_CHECK(p <= uint32_t(cfg.max_seq), "--prefill {}: beyond the model's {} tokens", p, cfg.max_seq);
   const double budget = o.kv_memory_gb * 1e9, bw = o.bandwidth_tbs * 1e12;
   const double weights = double(model::weight_bytes_bf16(cfg));
+  const double host = usable_kv_budget(budget, device, "tq bench");
 
   Table fit([&] {
     std::vector<Column> cols{{"kv", "kv"}, {"bits_per_element", "bits/elem", 3}, {"bytes_per_token", "KV bytes/token", 0}};
@@ -154,7 +156,7 @@ void run(const Options& o) {
     // The largest batch each context allows in the budget (the decode grid's "max").
     std::vector<uint32_t> fits;
     for (uint32_t c : contexts) {
-      fits.push_back(uint32_t(std::floor(budget / cost.seq_bytes(c))));
+      fits.push_back(batch_that_fits(budget, cost, c));
       frow[fmt::format("max_batch_{}", c)] = fits.back();
     }
     if (pi == 0) fit.add(frow);
@@ -171,13 +173,25 @@ void run(const Options& o) {
       }
       if (max_batch && fits[ci] >= 1) grid.emplace_back(fits[ci], contexts[ci], true);
     }
-    uint32_t pages = 0, most_batch = 1, ctx = 1;
+    if (host < budget) {  // on the CPU the pool lives in host memory: points beyond what the machine has are said, not run
+      std::erase_if(grid, [&](const auto& point) {
+        const auto& [b, c, m] = point;
+        if (double(b) * cost.seq_bytes(c + most_q - 1) <= host) return false;
+        skipped.push_back({{"kv", label}, {"batch", b}, {"context", c}, {"fit", m ? "max" : "-"},
+                           {"note", fmt::format("beyond this machine's available memory ({:.1f} GB usable)", host / 1e9)}});
+        return true;
+      });
+    }
+    uint64_t pages = 0;
+    uint32_t most_batch = 1, ctx = 1;
     for (const auto& [b, c, m] : grid) {
-      pages = std::max<uint32_t>(pages, b * uint32_t(std::ceil(double(c + most_q - 1) / cost.page_size)));
+      pages = std::max<uint64_t>(pages, uint64_t(b) * uint64_t(std::ceil(double(c + most_q - 1) / cost.page_size)));
       most_batch = std::max(most_batch, b), ctx = std::max(ctx, c + most_q - 1);
     }
-    for (uint32_t p : prompts) pages = std::max<uint32_t>(pages, uint32_t(std::ceil(double(p) / cost.page_size))), ctx = std::max(ctx, p);
-    engine::EngineOptions eo{.device = device, .context = ctx, .max_seqs = most_batch, .num_pages = std::max(pages, 1u),
+    for (uint32_t p : prompts) pages = std::max<uint64_t>(pages, uint64_t(std::ceil(double(p) / cost.page_size))), ctx = std::max(ctx, p);
+    TQ_CHECK(pages <= uint64_t(std::numeric_limits<int32_t>::max()), "{}: the grid needs {} pages, more than a pool can number (2^31 - 1)",
+             label, pages);
+    engine::EngineOptions eo{.device = device, .context = ctx, .max_seqs = most_batch, .num_pages = uint32_t(std::max<uint64_t>(pages, 1)),
                              .max_chunk = std::max(most_batch * most_q, chunk), .eager = o.eager, .cublas_only = cublas_only[pi]};
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 
@@ -125,7 +126,7 @@ void run(const Options& o) {
   const uint32_t ctx = o.prompt + o.output;
   TQ_CHECK(ctx <= uint32_t(cfg.max_seq), "--prompt {} + --output {} = {} tokens: beyond the model's {}", o.prompt, o.output, ctx, cfg.max_seq);
   const uint32_t chunk = o.batched_tokens ? o.batched_tokens : device == engine::Device::kCuda ? 2048 : 256;
-  const double budget = o.kv_memory_gb * 1e9;
+  const double budget = usable_kv_budget(o.kv_memory_gb * 1e9, device, "tq bench-serve");
 
   Table tab({{"kv", "kv"},
              {"concurrency", "clients"},
@@ -149,7 +150,7 @@ void run(const Options& o) {
   for (const KvSpec& spec : specs) {
     const std::string label = spec.canonical();
     const CacheCost cost = cache_cost(cfg, spec, device == engine::Device::kCuda ? kSideRollback : chunk);
-    const uint32_t fits = uint32_t(std::floor(budget / cost.seq_bytes(ctx)));
+    const uint32_t fits = batch_that_fits(budget, cost, ctx);
     uint32_t clients = fit_max ? fits : fixed[0];
     if (clients == 0) {
       tab.add({{"kv", label}, {"note", fmt::format("one request of {} tokens needs {:.2f} GB, beyond --kv-memory", ctx, cost.seq_bytes(ctx) / 1e9)}});
@@ -159,9 +160,13 @@ void run(const Options& o) {
     clients = std::min(clients, total);
     const uint32_t step_tokens = std::max(chunk, clients);  // every running request decodes each step
     // The pool: every page the budget buys beside the clients' side buffers.
-    const uint32_t pages = uint32_t(std::max(0.0, std::floor((budget - clients * cost.side_bytes) / cost.page_bytes)));
-    TQ_CHECK(pages >= uint32_t(std::ceil(double(ctx) / cost.page_size)), "{}: --kv-memory {} GB holds {} pages, fewer than one request needs",
-             label, o.kv_memory_gb, pages);
+    const double page_count = std::max(0.0, std::floor((budget - clients * cost.side_bytes) / cost.page_bytes));
+    TQ_CHECK(page_count >= std::ceil(double(ctx) / cost.page_size), "{}: {:.3g} GB of KV holds {} pages, fewer than one request needs", label,
+             budget / 1e9, page_count);
+    // No more than the clients can hold at once (random prompts share no prefix, so pages beyond that
+    // are never used, and on the CPU the pool is allocated and zeroed up front); page ids are 32-bit.
+    const double needed = double(clients) * std::ceil(double(ctx) / cost.page_size);
+    const uint32_t pages = uint32_t(std::min({page_count, needed, double(std::numeric_limits<int32_t>::max())}));
     const engine::EngineOptions eo = engine::Engine::resolve(
         cfg, cost.page_size,
         {.device = device, .context = ctx, .max_seqs = clients, .num_pages = pages, .max_chunk = step_tokens, .eager = o.eager});
@@ -208,14 +213,14 @@ void run(const Options& o) {
   }
 
   const std::string head = fmt::format(
-      "tq bench-serve: {} on {}; prompts of {} random tokens, {} output tokens each (no stop), the same {} GB of KV for every cache; "
+      "tq bench-serve: {} on {}; prompts of {} random tokens, {} output tokens each (no stop), the same {:.3g} GB of KV for every cache; "
       "clients send their next request when one ends; steps of at most {} tokens; 'decode tok/s' over the steps that only decoded, 'all-decode' over "
       "those where every client decoded; 'vs first': against {}",
-      bm.name, where.empty() ? engine::device_name(device) : where, o.prompt, o.output, o.kv_memory_gb, chunk, first_name.empty() ? "-" : first_name);
+      bm.name, where.empty() ? engine::device_name(device) : where, o.prompt, o.output, budget / 1e9, chunk, first_name.empty() ? "-" : first_name);
   if (!o.json.empty()) {
     std::ofstream f(o.json);
     TQ_CHECK(f.good(), "--json: cannot write '{}'", o.json);
-    nlohmann::json j{{"model", bm.name}, {"device", where}, {"prompt", o.prompt}, {"output", o.output}, {"kv_memory_gb", o.kv_memory_gb},
+    nlohmann::json j{{"model", bm.name}, {"device", where}, {"prompt", o.prompt}, {"output", o.output}, {"kv_memory_gb", budget / 1e9},
                      {"max_batched_tokens", chunk}, {"prefix_caching", !o.no_prefix_caching}, {"rows", tab.json()["rows"]}};
     f << j.dump(2) << "\n";
   }

@@ -81,6 +81,19 @@ if(NOT ERR MATCHES "stopped after [0-9]+ of -n 256 tokens: the context of 20 tok
   message(FATAL_ERROR "tq run with the default -n and --ctx 20:\n${ERR}")
 endif()
 
+# Benchmarks: a KV budget beyond the machine is held to its available memory on the CPU (the pool
+# lives there), points beyond it are said and not run, and a huge budget does not overflow the fit.
+set(B -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prefill none --steps 2 --warmup 1)
+run_ok(bench ${B} --batch 1,1000000 --context 512 --kv-memory 1e30)
+if(NOT ERR MATCHES "--kv-memory 1e\\+30 GB is more than this machine's [0-9.]+ GB of available memory"
+   OR NOT OUT MATCHES "fp16 +1000000 .*beyond this machine's available memory" OR NOT OUT MATCHES "16777216")
+  message(FATAL_ERROR "tq bench --kv-memory 1e30 on the CPU:\n${OUT}\n${ERR}")
+endif()
+run_ok(bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 32 --output 4 --concurrency 2 --requests 2 --kv-memory 1e6)
+if(NOT ERR MATCHES "tq bench-serve: --kv-memory 1e\\+06 GB is more than this machine's" OR NOT ERR MATCHES "2 clients, 2 requests, 6 pages")
+  message(FATAL_ERROR "tq bench-serve --kv-memory 1e6 on the CPU:\n${OUT}\n${ERR}")
+endif()
+
 # Output that cannot be written is an error, and ends the run.
 if(EXISTS /dev/full)
   execute_process(COMMAND ${TQ} ${R} -p "Once" -n 20 --kv fp16 OUTPUT_FILE /dev/full RESULT_VARIABLE rc ERROR_VARIABLE err)
