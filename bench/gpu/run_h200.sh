@@ -3,8 +3,8 @@
 # SASS, benchmark; prints a short summary table last. Logs go to $OUT (or ./gpu-out).
 #   bash bench/gpu/run_h200.sh            (needs .devdeps/ with fmt headers and googletest sources
 #                                          when the machine lacks the Debian packages: see below)
-# .devdeps is made on the development machine: mkdir .devdeps && cp -r /usr/include/fmt
-# /usr/src/googletest .devdeps/   (and carried to the GPU machine with the work tree).
+# .devdeps is made on the development machine by bench/gpu/make_devdeps.sh (fmt headers, googletest
+# sources, cpp-httplib and the libraries it loads), and carried to the GPU machine with the work tree.
 # BENCH_ARGS passes options to bench_decode.py (e.g. BENCH_ARGS="--shapes 16x32768 --no-bulk");
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
 # benchmark.
@@ -14,6 +14,8 @@
 # against plain decoding with `tq run`; its table to $OUT/spec_bench.md).
 # PROFILE_STEP="tq bench options": also bench/gpu/profile_step.sh (Nsight Compute: a Llama-3.1-8B
 # shape decode step at batch 1, kernel by kernel).
+# SERVE_HTTP=MODEL: also bench/gpu/serve_http.sh (tq serve over HTTP with the openai client, which
+# SERVE_SITE=DIR holds: pip install --target DIR of carried wheels).
 # CHECK_MODEL=FILE CHECK_TEXT=FILE: also bench/gpu/check_model.sh (GPU runner against the CPU runner
 # with the tq commands on a real model; scripts/stage_model.sh brings a model over 64 MiB).
 # BASE=DIR: a source tree of the baseline (e.g. main's `git archive`, carried in an ignored
@@ -26,7 +28,7 @@ summary=()
 note() { summary+=("$1"); echo "== $1"; }
 # At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
 pack() {
-  ( cd "$OUT" && keep="bench.json bench.log test_cuda_runner.log engine_bench.json engine_bench.txt serve_bench.txt check_model.md spec_bench.md" &&
+  ( cd "$OUT" && keep="bench.json bench.log test_cuda_runner.log engine_bench.json engine_bench.txt serve_bench.txt check_model.md serve_http.txt" &&
     rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -rf $rest ) || true
 }
 
@@ -107,6 +109,10 @@ if [ -n "${SPEC_BENCH:-}" ]; then
   python3 bench/speculative/bench_spec.py --tq ./build/h200/apps/cli/tq --device cuda $SPEC_BENCH >"$OUT/spec_bench.md" 2>"$OUT/spec_bench.err"
   note "bench_spec.py $SPEC_BENCH: rc=$?"
 fi
+if [ -n "${SERVE_HTTP:-}" ]; then  # SERVE_HTTP=MODEL.gguf; SERVE_SITE=DIR holds the openai package (carried wheels)
+  PYTHONPATH=${SERVE_SITE:-${PYTHONPATH:-}} bash bench/gpu/serve_http.sh ./build/h200/apps/cli/tq "$SERVE_HTTP" "$OUT/serve" >"$OUT/serve_http.txt" 2>&1
+  note "tq serve over HTTP (bench/gpu/serve_http.sh): rc=$?"
+fi
 if [ -n "${PROFILE_STEP:-}" ] && command -v ncu >/dev/null; then  # e.g. PROFILE_STEP="--products gemv"
   timeout 300 bash bench/gpu/profile_step.sh --shape llama-3.1-8b --kv k3v2 --batch 1 --context 4096 $PROFILE_STEP >"$OUT/profile_step.txt" 2>&1
   note "profile of a decode step ($PROFILE_STEP): rc=$?, $(head -1 "$OUT/profile_step.txt")"
@@ -117,6 +123,7 @@ if [ -n "${NO_BENCH:-}" ]; then
   [ -f "$OUT/engine_bench.txt" ] && { tail -5 "$OUT/engine_bench.err"; cat "$OUT/engine_bench.txt"; }
   [ -f "$OUT/serve_bench.txt" ] && { tail -5 "$OUT/serve_bench.err" | tr '\r' '\n' | tail -5; cat "$OUT/serve_bench.txt"; }
   [ -f "$OUT/spec_bench.md" ] && { tail -3 "$OUT/spec_bench.err"; cat "$OUT/spec_bench.md"; }
+  [ -f "$OUT/serve_http.txt" ] && cat "$OUT/serve_http.txt"
   echo "================ summary ================"; printf '%s\n' "${summary[@]}"; pack; exit 0
 fi
 if [ -n "${BASE:-}" ] && [ -d "$BASE" ]; then

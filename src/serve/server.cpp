@@ -1,6 +1,7 @@
 #include "tq/serve/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <random>
@@ -73,6 +74,7 @@ struct Server::Impl {
   const model::Tokenizer& tok;
   ServerOptions o;
   httplib::Server http;
+  int listen_fd = -1;  // the listening socket, once httplib made it (see bind)
   model::ChatTemplate chat_template;
   std::atomic<bool> stopping{false};
   int64_t created = unix_now();
@@ -214,6 +216,10 @@ void Server::Impl::routes() {
     }
     send_error(res, ApiError(500, what, "", "server_error"));
   });
+  http.set_socket_options([this](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listen_fd = int(sock);
+  });
   const uint32_t threads = o.threads;
   http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http.set_payload_max_length(size_t(64) << 20);
@@ -226,13 +232,18 @@ Server::~Server() = default;
 
 int Server::bind() {
   Impl& s = *impl_;
-  if (s.o.port == 0) {
-    const int port = s.http.bind_to_any_port(s.o.host);
+  int port = s.o.port;
+  if (port == 0) {
+    port = s.http.bind_to_any_port(s.o.host);
     TQ_CHECK(port > 0, "cannot listen on {} (any port)", s.o.host);
-    return port;
+  } else {
+    TQ_CHECK(s.http.bind_to_port(s.o.host, port), "cannot listen on {}:{} (in use, or not an address of this machine)", s.o.host, port);
   }
-  TQ_CHECK(s.http.bind_to_port(s.o.host, s.o.port), "cannot listen on {}:{} (in use, or not an address of this machine)", s.o.host, s.o.port);
-  return s.o.port;
+  // cpp-httplib listens with a backlog of 5 connections (CPPHTTPLIB_LISTEN_BACKLOG, fixed when the
+  // library was built): 32 clients connecting at once overflowed it, and some of them saw their
+  // connection closed before any answer. listen(2) on a listening socket sets a new backlog.
+  if (s.listen_fd >= 0) ::listen(s.listen_fd, SOMAXCONN);
+  return port;
 }
 
 void Server::run() { impl_->http.listen_after_bind(); }
