@@ -29,7 +29,8 @@ class PagedAttention : public ::testing::TestWithParam<Case> {};
 // outputs by O(1) of the value scale).
 TEST_P(PagedAttention, MatchesReferenceOverDequantizedCache) {
   const Case c = GetParam();
-  KvShape shape{.layers = 2, .kv_heads = c.kv_heads, .head_dim = c.head_dim, .num_pages = 64, .max_chunk = 64};
+  const uint32_t pages = 2 * (c.len / parse_kv_spec(c.spec).format.page_size + 2);  // this sequence's and another's
+  KvShape shape{.layers = 2, .kv_heads = c.kv_heads, .head_dim = c.head_dim, .num_pages = pages, .max_chunk = 64};
   KvStore store(shape, parse_kv_spec(c.spec));
   std::mt19937 rng(42);
   std::normal_distribution<float> n01;
@@ -77,7 +78,47 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"fp32", 64, 2, 6, 37, 1}, Case{"fp16", 64, 2, 6, 37, 13}, Case{"k3v2", 64, 3, 9, 50, 1},
                       Case{"k3v2", 64, 3, 9, 50, 17}, Case{"k4v4:page=1", 128, 1, 2, 20, 4}, Case{"k3v2:prod", 64, 1, 4, 41, 2},
                       Case{"k2v2:nc:page=7", 80, 2, 4, 54, 9}, Case{"k4v3:rot=dense", 32, 1, 1, 97, 1},
-                      Case{"k3v2:edge=1/k4v4", 64, 1, 3, 30, 5}, Case{"fp8", 64, 1, 2, 33, 3}));
+                      Case{"k3v2:edge=1/k4v4", 64, 1, 3, 30, 5}, Case{"fp8", 64, 1, 2, 33, 3},
+                      // beyond one part of 512 positions: a decode merges 3 parts; a block of
+                      // queries straddles the cut at 512 (page=7: parts of 518)
+                      Case{"fp16", 64, 2, 6, 1100, 1}, Case{"k3v2", 64, 3, 9, 1100, 1}, Case{"k3v2", 64, 3, 9, 540, 40},
+                      Case{"k2v2:nc:page=7", 80, 2, 4, 530, 25}, Case{"fp16:sink=4:window=16", 64, 1, 3, 700, 20}));
+
+// A query's output is the same bits whatever else its step carries (a one-token decode, a
+// verification of drafts, a prompt chunk) and on any thread count: what makes speculative decoding
+// exact on the CPU. Positions beyond one part, so that parts merge.
+TEST(PagedAttention, AQueryGivesTheSameBitsInAnyStep) {
+  for (const char* spec : {"fp16", "k3v2", "k3v2:sink=4:window=16"}) {
+    const uint32_t len = 1200, D = 64, H = 2, QH = 6;
+    KvShape shape{.layers = 1, .kv_heads = H, .head_dim = D, .num_pages = len / 16 + 2, .max_chunk = 64};
+    KvStore store(shape, parse_kv_spec(spec));
+    BlockManager blocks(shape.num_pages, store.page_size());
+    const int seq = blocks.add_sequence();
+    store.add_sequence(seq);
+    blocks.reserve({{seq, len}});
+    const SeqPages s{seq, &blocks.block_table(seq)};
+    std::mt19937 rng(7);
+    std::normal_distribution<float> n01;
+    std::vector<float> k(size_t(H) * D), v(k.size());
+    for (uint32_t t = 0; t < len; ++t) {
+      for (size_t i = 0; i < k.size(); ++i) k[i] = n01(rng), v[i] = n01(rng);
+      store.write(0, s, t, k.data(), v.data());
+    }
+    std::vector<float> q(size_t(9) * QH * D);
+    for (float& x : q) x = n01(rng);
+    ThreadPool one(1), two(2);
+    std::vector<float> block(q.size()), alone(size_t(QH) * D), alone1(alone.size());
+    store.attend(0, s, len - 9, 9, QH, q.data(), block.data(), two);  // 9 tokens ending at len - 1
+    for (uint32_t j = 0; j < 9; ++j) {
+      store.attend(0, s, len - 9 + j, 1, QH, &q[size_t(j) * QH * D], alone.data(), two);
+      store.attend(0, s, len - 9 + j, 1, QH, &q[size_t(j) * QH * D], alone1.data(), one);
+      for (size_t i = 0; i < alone.size(); ++i) {
+        ASSERT_EQ(alone[i], block[size_t(j) * QH * D + i]) << spec << " token " << j << " element " << i;
+        ASSERT_EQ(alone1[i], alone[i]) << spec << " token " << j << " element " << i << " (1 thread against 2)";
+      }
+    }
+  }
+}
 
 }  // namespace
 }  // namespace tq::cpu

@@ -11,8 +11,13 @@
 //           not depend on how many queries a step carries: speculative verification gives the
 //           logits of one-token decoding bit for bit. Float values and side-buffer tokens
 //           accumulate directly.
+// The positions are cut into parts of kPartPositions (fixed, whole pages): each (KV head, query
+// block, part) is a task with its own softmax state, and the parts of a query merge in order at
+// the end (FlashDecoding's split). A decode step with few KV heads thus feeds every thread, and
+// since the cuts do not depend on the number of queries or threads, a query's output is the same
+// bits in a one-token step, a verification step or a prompt chunk, on any thread count.
 // No full-precision copy of the cache is made: the largest buffers are one page of rows and the
-// [queries][positions] score matrix.
+// [queries][part positions] score matrix.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -29,7 +34,8 @@
 namespace tq::cpu {
 namespace {
 
-constexpr uint32_t kQueryBlock = 16;  // query tokens per task: bounds the score matrix
+constexpr uint32_t kQueryBlock = 16;      // query tokens per task: bounds the score matrix
+constexpr uint32_t kPartPositions = 512;  // positions per part (rounded up to whole pages)
 
 ConstRowRef key_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
   return {reinterpret_cast<const uint32_t*>(b + L.k_codes + off * L.k_row), b + L.k_qjl + off * L.k_qjl_row,
@@ -59,17 +65,81 @@ void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t
            s.seq, held);
   TQ_CHECK(spec_.policy.window == 0 || nq <= shape_.max_chunk, "{} query tokens at once; the recent-token ring holds chunks of {}", nq,
            shape_.max_chunk);
+  uint32_t local = 0;
+  const PagedKvCache& cache = cache_of(layer, &local);
+  const TurboQuant* vc0 = cache.format().v_codec(local, 0);
+  const uint32_t D = shape_.head_dim, pd = vc0 ? vc0->padded_dim() : D, group = q_heads / H, ps = page_size();
+  const uint32_t part = (kPartPositions + ps - 1) / ps * ps;
+
+  // Tasks: (KV head, query block, part). Block b's queries see positions < first + its last token + 1.
+  struct Task {
+    uint32_t h, b, p;
+    size_t off;  // of its partial results in `parts`
+  };
   const uint32_t blocks = (nq + kQueryBlock - 1) / kQueryBlock;
-  pool.parallel_for(size_t(H) * blocks, [&](size_t t0, size_t t1) {
+  std::vector<Task> tasks;
+  std::vector<size_t> block_task(size_t(H) * blocks);  // [h * blocks + b] its first task
+  const size_t per_query = 2 + D + pd;                 // m, d, acc [D], acc_rot [pd]
+  size_t total = 0;
+  for (uint32_t h = 0; h < H; ++h)
+    for (uint32_t b = 0; b < blocks; ++b) {
+      const uint32_t j1 = std::min(nq, (b + 1) * kQueryBlock), nqb = (j1 - b * kQueryBlock) * group;
+      block_task[size_t(h) * blocks + b] = tasks.size();
+      for (uint32_t p = 0; p * part < first + j1; ++p) {
+        tasks.push_back({h, b, p, total});
+        total += nqb * per_query;
+      }
+    }
+  thread_local std::vector<float> part_buf;  // this (calling) thread's, reused
+  part_buf.resize(std::max(part_buf.size(), total));
+  float* const parts = part_buf.data();  // [tasks][queries of its block][per_query]; the lambdas run on other threads
+  pool.parallel_for(tasks.size(), [&](size_t t0, size_t t1) {
     for (size_t t = t0; t < t1; ++t) {
-      const uint32_t h = uint32_t(t % H), b = uint32_t(t / H);
-      attend_head(layer, s, h, first, b * kQueryBlock, std::min(nq, (b + 1) * kQueryBlock), q_heads, q, out);
+      const Task& k = tasks[t];
+      const uint32_t j0 = k.b * kQueryBlock, j1 = std::min(nq, j0 + kQueryBlock);
+      attend_part(layer, s, k.h, first, j0, j1, k.p * part, (k.p + 1) * part, q_heads, q, &parts[k.off]);
+    }
+  });
+  // Merge each query's parts in order, un-rotate once, normalize.
+  pool.parallel_for(size_t(H) * blocks, [&](size_t t0, size_t t1) {
+    std::vector<float> a(D), a_rot(pd), unrot(pd);
+    const auto ex = [](float x) { return std::exp(x); };
+    for (size_t hb = t0; hb < t1; ++hb) {
+      const uint32_t h = uint32_t(hb / blocks), b = uint32_t(hb % blocks);
+      const uint32_t j0 = b * kQueryBlock, j1 = std::min(nq, j0 + kQueryBlock), nqb = (j1 - j0) * group;
+      const size_t first_task = block_task[hb], n_parts = (hb + 1 < block_task.size() ? block_task[hb + 1] : tasks.size()) - first_task;
+      const TurboQuant* vc = cache.format().v_codec(local, h);
+      for (uint32_t qi = 0; qi < nqb; ++qi) {
+        const auto part_of = [&](size_t p) { return &parts[tasks[first_task + p].off + size_t(qi) * per_query]; };
+        float m_all = kSoftmaxNegInf;
+        for (size_t p = 0; p < n_parts; ++p) m_all = softmax_max(m_all, part_of(p)[0]);
+        float sum = 0.0f;
+        std::fill(a.begin(), a.end(), 0.0f);
+        std::fill(a_rot.begin(), a_rot.end(), 0.0f);
+        for (size_t p = 0; p < n_parts; ++p) {
+          const float* r = part_of(p);
+          const float w = SoftmaxState::weight(r[0], m_all, ex);
+          if (w == 0) continue;  // a part after the query's position, or with nothing visible
+          sum += r[1] * w;
+          for (uint32_t i = 0; i < D; ++i) a[i] += r[2 + i] * w;
+          if (vc)
+            for (uint32_t i = 0; i < pd; ++i) a_rot[i] += r[2 + D + i] * w;
+        }
+        float* o = out + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D;
+        const float inv = SoftmaxState::inv_sum(sum);
+        if (vc) {
+          vc->rotation().inverse(a_rot.data(), unrot.data());
+          for (uint32_t i = 0; i < D; ++i) o[i] = (a[i] + unrot[i]) * inv;
+        } else {
+          for (uint32_t i = 0; i < D; ++i) o[i] = a[i] * inv;
+        }
+      }
     }
   });
 }
 
-void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_t first, uint32_t j0, uint32_t j1, uint32_t q_heads,
-                          const float* q, float* out) const {
+void KvStore::attend_part(uint32_t layer, const SeqPages& s, uint32_t h, uint32_t first, uint32_t j0, uint32_t j1, uint32_t c0, uint32_t c1,
+                          uint32_t q_heads, const float* q, float* part) const {
   uint32_t local = 0;
   const PagedKvCache& cache = cache_of(layer, &local);
   const BlockLayout& L = cache.layout();
@@ -78,7 +148,7 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
   const Encoding kenc = cache.format().format().k.enc, venc = cache.format().format().v.enc;
   const uint32_t H = shape_.kv_heads, D = shape_.head_dim, ps = page_size(), group = q_heads / H;
   const uint32_t nqb = (j1 - j0) * group;  // queries of this task: token-major, then head in group
-  const uint32_t span = first + j1;        // positions the last query sees
+  const uint32_t span = std::min(c1, first + j1) - c0;  // positions of the part the last query sees: c0 .. c0 + span - 1
   const uint32_t pd = vc ? vc->padded_dim() : D;
   const float inv_sqrt = 1.0f / std::sqrt(float(D));
   const size_t row = size_t(H) * D;  // side-buffer row: [2][kv_heads][head_dim]
@@ -109,8 +179,8 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
   // TurboQuant keys: each row's centroids decoded once for all the task's queries (a GQA group at
   // least), giving dot_fast's score bit for bit.
   const bool key_tile = kc && kc->can_score_decoded();
-  for (uint32_t p0 = 0; p0 < span; p0 += ps) {
-    const uint32_t p1 = std::min(span, p0 + ps);
+  for (uint32_t p0 = c0; p0 < c0 + span; p0 += ps) {
+    const uint32_t p1 = std::min(c0 + span, p0 + ps);
     const uint8_t* blk = cache.block(local, uint32_t((*s.block_table)[p0 / ps]), h);
     if (!kc)
       for (uint32_t t = p0; t < p1; ++t) load_float_row(kenc, blk + L.k_codes + (t - p0) * L.k_row, D, cache.format().k_scale(), &tile[size_t(t - p0) * D]);
@@ -118,7 +188,7 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
       for (uint32_t t = p0; t < p1; ++t) kc->decode_rotated(key_row(L, blk, t - p0), &tile[size_t(t - p0) * kpd]);
     for (uint32_t qi = 0; qi < nqb; ++qi) {
       const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
-      float* srow = &S[size_t(qi) * span];
+      float* srow = &S[size_t(qi) * span];  // [span]: position c0 + i at i
       for (uint32_t t = p0; t < end; ++t) {
         float dot;
         if (in_side(t, qp)) {
@@ -131,30 +201,34 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
         } else {
           dot = dot_f32(qvec(qi), &tile[size_t(t - p0) * D], D);
         }
-        srow[t] = dot * inv_sqrt;
+        srow[t - c0] = dot * inv_sqrt;
       }
     }
   }
-  // ---- softmax (unnormalized: the sum divides the output once). The state the kernels share,
-  // with the whole row as one block: its max is known before any exponent is taken.
-  std::vector<float> inv_sum(nqb);  // [nqb] 1 / sum of the row's weights
+  // ---- softmax (unnormalized: the merge divides by the sum of the parts once). The state the
+  // kernels share, with the part as one block: its max is known before any exponent is taken. A
+  // query before the part sees none of it: m = -inf, d = 0, and the merge gives it weight 0.
   const auto ex = [](float x) { return std::exp(x); };
+  const size_t per_query = 2 + D + pd;  // part: [nqb][m, d, acc [D], acc_rot [pd]]
   for (uint32_t qi = 0; qi < nqb; ++qi) {
     float* srow = &S[size_t(qi) * span];
-    const uint32_t n = qpos(qi) + 1;
+    const uint32_t n = std::min(c0 + span, qpos(qi) + 1) - std::min(c0, qpos(qi) + 1);  // positions it sees
     SoftmaxState st;
-    const SoftmaxState::Step step = st.update(*std::max_element(srow, srow + n), ex);
-    for (uint32_t t = 0; t < n; ++t) st.add(srow[t] = ex(srow[t] - step.base));
-    inv_sum[qi] = st.inv_sum();
+    if (n > 0) {
+      const SoftmaxState::Step step = st.update(*std::max_element(srow, srow + n), ex);
+      for (uint32_t i = 0; i < n; ++i) st.add(srow[i] = ex(srow[i] - step.base));
+    }
+    part[qi * per_query] = st.m;
+    part[qi * per_query + 1] = st.d;
   }
   // ---- values
-  std::vector<float> acc_rot(vc ? size_t(nqb) * pd : 0);  // [nqb][pd] TurboQuant values, rotated domain
-  std::vector<float> acc(size_t(nqb) * D, 0.0f);          // [nqb][D] float values and side-buffer rows
+  // acc [D]: float values and side-buffer rows; acc_rot [pd]: TurboQuant values, rotated domain
+  for (uint32_t qi = 0; qi < nqb; ++qi) std::fill_n(&part[qi * per_query + 2], D + pd, 0.0f);
   const bool use_tile = vc && nqb > 2 && !vc->config().prod;
   const bool avx2 = cpu::has_avx2_fma();  // prod values: accumulate_rotated's own order
   std::vector<float> norms(ps);                                // [ps] the tile's row norms
-  for (uint32_t p0 = 0; p0 < span; p0 += ps) {
-    const uint32_t p1 = std::min(span, p0 + ps);
+  for (uint32_t p0 = c0; p0 < c0 + span; p0 += ps) {
+    const uint32_t p1 = std::min(c0 + span, p0 + ps);
     const uint8_t* blk = cache.block(local, uint32_t((*s.block_table)[p0 / ps]), h);
     if (!vc) {
       for (uint32_t t = p0; t < p1; ++t) load_float_row(venc, blk + L.v_codes + (t - p0) * L.v_row, D, cache.format().v_scale(), &tile[size_t(t - p0) * D]);
@@ -167,35 +241,23 @@ void KvStore::attend_head(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
     }
     for (uint32_t qi = 0; qi < nqb; ++qi) {
       const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
-      const float* w = &S[size_t(qi) * span];
-      float* a = &acc[size_t(qi) * D];
+      const float* w = &S[size_t(qi) * span];  // position c0 + i at i
+      float* a = &part[qi * per_query + 2];
+      float* a_rot = a + D;
       for (uint32_t t = p0; t < end; ++t) {
         if (in_side(t, qp)) {
           side_row(t, true, side.data());
-          axpy(avx2, w[t], side.data(), a, D);
+          axpy(avx2, w[t - c0], side.data(), a, D);
         } else if (!vc) {
-          axpy(avx2, w[t], &tile[size_t(t - p0) * D], a, D);
+          axpy(avx2, w[t - c0], &tile[size_t(t - p0) * D], a, D);
         } else if (use_tile) {
-          const float wn = w[t] * norms[t - p0];  // as accumulate_rotated: the same products and sums
+          const float wn = w[t - c0] * norms[t - p0];  // as accumulate_rotated: the same products and sums
           if (wn == 0) continue;
-          axpy(avx2, wn, &tile[size_t(t - p0) * pd], &acc_rot[size_t(qi) * pd], pd);
+          axpy(avx2, wn, &tile[size_t(t - p0) * pd], a_rot, pd);
         } else {
-          vc->accumulate_rotated(value_row(L, blk, t - p0), w[t], &acc_rot[size_t(qi) * pd]);
+          vc->accumulate_rotated(value_row(L, blk, t - p0), w[t - c0], a_rot);
         }
       }
-    }
-  }
-  // ---- un-rotate once per query, normalize
-  std::vector<float> unrot(pd);
-  for (uint32_t qi = 0; qi < nqb; ++qi) {
-    float* o = out + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D;
-    const float* a = &acc[size_t(qi) * D];
-    const float inv = inv_sum[qi];
-    if (vc) {
-      vc->rotation().inverse(&acc_rot[size_t(qi) * pd], unrot.data());
-      for (uint32_t i = 0; i < D; ++i) o[i] = (a[i] + unrot[i]) * inv;
-    } else {
-      for (uint32_t i = 0; i < D; ++i) o[i] = a[i] * inv;
     }
   }
 }

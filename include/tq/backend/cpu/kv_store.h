@@ -68,8 +68,11 @@ class KvStore {
     std::vector<uint16_t> sink;    // fp16 [layers][sink][2 (K, V)][kv_heads][head_dim]
     std::vector<uint16_t> recent;  // fp16 [layers][ring][2][kv_heads][head_dim]; position p at p % ring
   };
-  void attend_head(uint32_t layer, const SeqPages& s, uint32_t kvh, uint32_t first, uint32_t j0, uint32_t j1, uint32_t q_heads,
-                   const float* q, float* out) const;
+  // One task of attend(): KV head kvh, the queries of tokens j0..j1-1, the positions c0..c1-1.
+  // part: [queries][m, d, acc [head_dim], acc_rot [padded dim]] its softmax state and unnormalized
+  // outputs (acc_rot: TurboQuant values, still rotated).
+  void attend_part(uint32_t layer, const SeqPages& s, uint32_t kvh, uint32_t first, uint32_t j0, uint32_t j1, uint32_t c0, uint32_t c1,
+                   uint32_t q_heads, const float* q, float* part) const;
   bool in_side(uint32_t t, uint32_t qpos) const { return t < spec_.policy.sink || qpos - t < spec_.policy.window; }
   size_t ring() const { return spec_.policy.window ? size_t(spec_.policy.window) + shape_.max_chunk : 0; }
   const Side& side(int seq) const;
