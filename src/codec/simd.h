@@ -23,6 +23,11 @@ void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const 
 float dot_decoded_avx2(const float* q, const float* v, uint32_t pd, uint32_t bits);
 // y[i] += w * x[i] for n values, a multiply and an add each (no FMA): bit-identical to the plain loop.
 void axpy_avx2(float w, const float* x, float* y, uint32_t n);
+// y[g][i] += w[g][r] * x[r][i] for g < G, r < rows (in increasing r), i < n: the same multiplies and
+// adds, in the same order per element, as G x rows calls of axpy_avx2, with the rows read once for
+// all G outputs and each output kept in registers across the rows. Strides in floats.
+void axpy_rows_avx2(uint32_t G, const float* w, size_t w_stride, const float* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride,
+                    uint32_t n);
 
 // codes[i] = number of boundaries strictly below y[i] (the scalar Codebook::encode), for n values.
 void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t bits, uint8_t* codes);

@@ -159,6 +159,40 @@ void axpy_avx2(float w, const float* x, float* y, uint32_t n) {
   for (; i < n; ++i) y[i] += w * x[i];
 }
 
+namespace {
+// GN outputs (1..4) over 8 values at i: accumulators in registers across the rows.
+template <uint32_t GN>
+void axpy_rows8(const float* w, size_t w_stride, const float* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride) {
+  __m256 acc[GN];
+  for (uint32_t g = 0; g < GN; ++g) acc[g] = _mm256_loadu_ps(y + g * y_stride);
+  for (uint32_t r = 0; r < rows; ++r) {
+    const __m256 xv = _mm256_loadu_ps(x + r * x_stride);
+    for (uint32_t g = 0; g < GN; ++g) acc[g] = _mm256_add_ps(acc[g], _mm256_mul_ps(_mm256_set1_ps(w[g * w_stride + r]), xv));
+  }
+  for (uint32_t g = 0; g < GN; ++g) _mm256_storeu_ps(y + g * y_stride, acc[g]);
+}
+}  // namespace
+
+void axpy_rows_avx2(uint32_t G, const float* w, size_t w_stride, const float* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride,
+                    uint32_t n) {
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (uint32_t g0 = 0; g0 < G; g0 += 4) {
+      const float* wg = w + g0 * w_stride;
+      float* yg = y + g0 * y_stride + i;
+      switch (G - g0) {
+        case 1: axpy_rows8<1>(wg, w_stride, x + i, x_stride, rows, yg, y_stride); break;
+        case 2: axpy_rows8<2>(wg, w_stride, x + i, x_stride, rows, yg, y_stride); break;
+        case 3: axpy_rows8<3>(wg, w_stride, x + i, x_stride, rows, yg, y_stride); break;
+        default: axpy_rows8<4>(wg, w_stride, x + i, x_stride, rows, yg, y_stride); break;
+      }
+    }
+  }
+  for (; i < n; ++i)
+    for (uint32_t g = 0; g < G; ++g)
+      for (uint32_t r = 0; r < rows; ++r) y[g * y_stride + i] += w[g * w_stride + r] * x[r * x_stride + i];
+}
+
 void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t bits, uint8_t* codes) {
   const uint32_t nb = (1u << bits) - 1;
   uint32_t i = 0;

@@ -368,5 +368,23 @@ TEST(DecodedScores, BitIdenticalToDotFast) {
   for (size_t i = 0; i < 67; ++i) ASSERT_EQ(f32_bits(y1[i]), f32_bits(y2[i])) << i;
 }
 
+// axpy_rows_avx2 (a GQA group's outputs over a tile of value rows) is G x rows plain loops' bits,
+// for group sizes across its blocks of 4, rows 0..17, lengths with and without a tail of 8.
+TEST(DecodedScores, RowBlockAxpyIsThePlainLoops) {
+  if (!cpu::has_avx2_fma()) GTEST_SKIP() << "no AVX2 on this CPU";
+  for (uint32_t G : {1u, 3u, 4u, 7u})
+    for (uint32_t rows : {0u, 1u, 5u, 17u})
+      for (uint32_t n : {8u, 64u, 67u}) {
+        const size_t ws = rows + 3, xs = n + 5, ys = n + 2;  // strides wider than the data
+        const auto w = test::gaussian(G, ws, 11), x = test::gaussian(rows + 1, xs, 12), y0 = test::gaussian(G, ys, 13);
+        std::vector<float> y1 = y0, y2 = y0;
+        simd::axpy_rows_avx2(G, w.data(), ws, x.data(), xs, rows, y1.data(), ys, n);
+        for (uint32_t g = 0; g < G; ++g)
+          for (uint32_t r = 0; r < rows; ++r)
+            for (uint32_t i = 0; i < n; ++i) y2[g * ys + i] += w[g * ws + r] * x[r * xs + i];
+        for (size_t i = 0; i < y1.size(); ++i) ASSERT_EQ(f32_bits(y1[i]), f32_bits(y2[i])) << "G " << G << " rows " << rows << " n " << n << " at " << i;
+      }
+}
+
 }  // namespace
 }  // namespace tq

@@ -239,6 +239,30 @@ void KvStore::attend_part(uint32_t layer, const SeqPages& s, uint32_t h, uint32_
         norms[t - p0] = f16_to_f32(*r.norm);
       }
     }
+    if (!vc && avx2) {
+      // Float values: a token's GQA group sees the same rows, so they are read once for the
+      // group; per element the same products and sums in the same order as the loop below.
+      const uint32_t sink = spec_.policy.sink, window = spec_.policy.window;
+      for (uint32_t qi0 = 0; qi0 < nqb; qi0 += group) {
+        const uint32_t qp = qpos(qi0), end = std::min(p1, qp + 1);
+        if (end <= p0) continue;
+        // [p0, lo): sink rows, [lo, hi): page rows, [hi, end): window rows (in_side)
+        const uint32_t lo = std::max(p0, std::min(sink, end));
+        const uint32_t hi = window ? std::max(lo, std::min(end, qp + 1 > window ? qp + 1 - window : 0u)) : end;
+        const auto side_rows = [&](uint32_t t0, uint32_t t1) {
+          for (uint32_t t = t0; t < t1; ++t) {
+            side_row(t, true, side.data());
+            for (uint32_t g = 0; g < group; ++g)
+              simd::axpy_avx2(S[size_t(qi0 + g) * span + t - c0], side.data(), &part[(qi0 + g) * per_query + 2], D);
+          }
+        };
+        side_rows(p0, lo);
+        simd::axpy_rows_avx2(group, &S[size_t(qi0) * span + lo - c0], span, &tile[size_t(lo - p0) * D], D, hi - lo,
+                             &part[qi0 * per_query + 2], per_query, D);
+        side_rows(hi, end);
+      }
+      continue;
+    }
     for (uint32_t qi = 0; qi < nqb; ++qi) {
       const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
       const float* w = &S[size_t(qi) * span];  // position c0 + i at i
