@@ -1,5 +1,5 @@
 """Runs every ```python block of docs/python.md, in order, in one namespace, from the repository
-root: the examples stay runnable. Blocks marked "# needs: stories260K" or "# needs: cuda" are
+root: the examples stay runnable. Blocks marked "# needs: stories260K", "SmolLM2" or "cuda" are
 skipped, saying why, where that is missing."""
 
 import contextlib
@@ -34,6 +34,8 @@ def test_doc_block(index, monkeypatch):
         if not (data / "stories260K" / "stories260K.bin").exists():
             pytest.skip(f"docs/python.md block {index + 1} needs stories260K under {data}")
         code = code.replace("../shared/data", str(data))
+    if "# needs: SmolLM2" in code and not (ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists():
+        pytest.skip(f"docs/python.md block {index + 1} needs models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get_model.sh)")
     if "# needs: cuda" in code and not _cuda_ready():
         pytest.skip(f"docs/python.md block {index + 1} needs torch, a CUDA build and a GPU")
     monkeypatch.chdir(ROOT)

@@ -104,3 +104,23 @@ def test_callback_errors_propagate(llm):
     with pytest.raises(KeyError, match="from the callback"):
         llm._engine.generate(llm.tokenize(PROMPT), 10, 0.0, 0, 1.0, 0.0, 0, boom)
     assert llm.generate(PROMPT, max_tokens=5)  # the engine is usable afterwards
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    from conftest import ROOT
+
+    path = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (scripts/get_model.sh fetches it; test.sh does)")
+    return str(path)
+
+
+def test_gguf_chat_equals_tq_run(smollm2, run_tq):
+    llm = tq.LLM(smollm2, threads=1, device="cpu")  # the GGUF carries its tokenizer; kv_spec "default"
+    assert llm.config["chat_template"] != "none" and llm.kv_spec == tq.KvSpec("default")
+    question = "What is the capital of France?"
+    text = llm.generate(question, max_tokens=24, chat=True)
+    out = run_tq("run", "-m", smollm2, "-p", question, "--chat", "-n", 24, "-t", 1, "--device", "cpu")
+    assert out == question + "\n" + text + "\n"  # tq run --chat prints the question as given, then the reply
+    assert llm.chat([{"role": "user", "content": question}], max_tokens=24) == text
