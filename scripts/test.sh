@@ -16,5 +16,6 @@ out=build/release/Testing/ctest-output.txt
 mkdir -p build/release/Testing
 rc=0
 ctest --preset release -j "$jobs" 2>&1 | tee "$out" || rc=$?  # pipefail: ctest's status
+bash scripts/test_python.sh || rc=$?  # the Python package: pip install . and pytest (docs/python.md)
 python3 scripts/skipped_tests.py build/release "$out"
 exit "$rc"

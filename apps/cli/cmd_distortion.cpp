@@ -30,8 +30,7 @@ void run(const Options& o) {
   TQ_CHECK(o.method == "mse" || o.method == "prod" || o.method == "both", "--method must be mse, prod or both, got '{}'",
            o.method);
   TQ_CHECK(o.samples >= 100 && o.samples <= 10000000, "--samples must be 100..10000000, got {}", o.samples);
-  const RotationKind rot = o.rotation == "auto" ? (is_pow2(padded_dim(o.dim)) ? RotationKind::kHadamard : RotationKind::kDense)
-                                                : parse_rotation(o.rotation);
+  const RotationKind rot = o.rotation == "auto" ? KvFormat{}.rotation_for(o.dim) : parse_rotation(o.rotation);  // auto: as a KV spec picks
   std::vector<bool> prods;
   if (o.method != "prod") prods.push_back(false);
   if (o.method != "mse") prods.push_back(true);
@@ -56,11 +55,10 @@ void run(const Options& o) {
       cfg.rotation = rot;
       cfg.seed = o.seed;
       const auto start = std::chrono::steady_clock::now();
-      auto q = make_turboquant(cfg);
-      const DistortionStats s = measure_distortion(*q, o.samples, o.seed + 1000 * b);
+      const DistortionRow r = distortion_row(cfg, o.samples, o.seed + 1000 * b);
+      const DistortionStats& s = r.stats;
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (!o.json) fmt::print(stderr, "  {} {} bits: {} vectors in {:.1f} s\n", prod ? "prod" : "mse", b, o.samples, secs);
-      const uint32_t pd = padded_dim(o.dim);
       nlohmann::json row{{"method", prod ? "prod" : "mse"},
                          {"bits", b},
                          {"dim", o.dim},
@@ -72,15 +70,13 @@ void run(const Options& o) {
                          {"ip_bias_stderr", s.ip_bias_stderr},
                          {"ip_ratio", s.ip_ratio},
                          {"ip_var", s.ip_var * o.dim},
-                         {"mse_lower", mse_lower_bound(b)},
-                         {"mse_upper", mse_upper_bound(b)}};
+                         {"mse_lower", r.mse_lower},
+                         {"mse_upper", r.mse_upper}};
       if (!prod) {
-        row["mse_expected"] = codebook(pd, b).expected_mse;
-        if (paper_mse(b) > 0) row["mse_paper"] = paper_mse(b);
+        row["mse_expected"] = r.mse_expected;
+        if (r.mse_paper > 0) row["mse_paper"] = r.mse_paper;
       } else {
-        // QJL variance bound pi/(2d) ||y||^2 E||r||^2, with E||r||^2 the (b-1)-bit MSE (1 when b = 1).
-        const double r2 = b > 1 ? codebook(pd, b - 1).expected_mse : 1.0;
-        row["ip_var_bound"] = M_PI / (2.0 * pd) * r2 * o.dim;
+        row["ip_var_bound"] = r.ip_var_bound * o.dim;
       }
       t.add(row);
     }

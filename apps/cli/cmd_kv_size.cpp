@@ -7,6 +7,7 @@
 #include "bench_util.h"
 #include "commands.h"
 #include "table.h"
+#include "tq/kv/kv_size.h"
 #include "tq/kv/spec.h"
 #include "tq/check.h"
 
@@ -35,29 +36,15 @@ void run(const Options& o) {
   }
   Table t(std::move(cols));
   for (const KvSpec& s : specs) {
-    // Every layer in its own format (edge layers differ); bytes per token over all of them.
-    double bpt = 0;
-    for (uint32_t l = 0; l < o.layers; ++l) {
-      const KvFormat f = s.layer_format(l, o.layers);
-      bpt += bytes_per_token_head(f.k, f.v, o.head_dim, f.page_size) * o.kv_heads;
-    }
-    const double block_bytes = double(s.page_bytes(o.layers, o.kv_heads, o.head_dim));
-    const uint32_t ps = s.format.page_size;
-    // The sink/window side buffer: a fixed fp16 cost per sequence, sink + window + one 64-token
-    // chunk (the CPU runner's; docs/kv-specs.md).
-    const double side = double(s.policy.side_tokens(64)) * fp16;
+    const KvSize k = kv_size(s, o.layers, o.kv_heads, o.head_dim);
     nlohmann::json row{{"kv", s.canonical()},
-                       {"bits_per_element", 8.0 * bpt / (2.0 * o.head_dim * o.kv_heads * o.layers)},
-                       {"bytes_per_token", bpt},
-                       {"ratio_vs_fp16", fp16 / bpt},
-                       {"page_size", ps},
-                       {"page_bytes", block_bytes},
-                       {"side_kib", side / 1024}};
-    for (uint64_t n : o.contexts) {
-      // Whole pages are allocated: a partly filled last page costs a full page; plus the side buffer.
-      const uint64_t pages = (n + ps - 1) / ps;
-      row[fmt::format("mib_at_{}", n)] = (double(pages) * block_bytes + side) / (1024.0 * 1024.0);
-    }
+                       {"bits_per_element", k.bits_per_element},
+                       {"bytes_per_token", k.bytes_per_token},
+                       {"ratio_vs_fp16", k.ratio_vs_fp16},
+                       {"page_size", k.page_size},
+                       {"page_bytes", k.page_bytes},
+                       {"side_kib", k.side_bytes / 1024}};
+    for (uint64_t n : o.contexts) row[fmt::format("mib_at_{}", n)] = k.seq_bytes(n) / (1024.0 * 1024.0);
     t.add(row);
   }
   if (o.json) {

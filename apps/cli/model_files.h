@@ -13,9 +13,6 @@ namespace tq::cli {
 // File name of the default model, fetched into models/ by scripts/get_model.sh.
 inline constexpr const char* kDefaultModelFile = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-// tq run's KV spec: docs/quality.md says why.
-inline constexpr const char* kDefaultKvSpec = "k3v2:edge=2/k4v4:sink=4:window=64";
-
 struct LoadedModel {
   std::string path;
   model::Model model;

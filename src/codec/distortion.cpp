@@ -82,4 +82,22 @@ DistortionStats measure_distortion(const Quantizer& q, uint64_t samples, uint64_
   return st;
 }
 
+DistortionRow distortion_row(const TqConfig& cfg, uint64_t samples, uint64_t seed) {
+  DistortionRow row;
+  row.config = cfg;
+  const auto q = make_turboquant(cfg);
+  row.stats = measure_distortion(*q, samples, seed);
+  row.mse_lower = mse_lower_bound(cfg.bits);
+  row.mse_upper = mse_upper_bound(cfg.bits);
+  const uint32_t pd = padded_dim(cfg.dim);
+  if (!cfg.prod) {
+    row.mse_expected = codebook(pd, cfg.bits).expected_mse;
+    row.mse_paper = paper_mse(cfg.bits);
+  } else {
+    const double r2 = cfg.bits > 1 ? codebook(pd, cfg.bits - 1).expected_mse : 1.0;
+    row.ip_var_bound = M_PI / (2.0 * pd) * r2;
+  }
+  return row;
+}
+
 }  // namespace tq

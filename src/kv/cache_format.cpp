@@ -20,16 +20,7 @@ CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, 
       for (bool value : {false, true}) {
         const TensorCode c = value ? format.v : format.k;
         std::unique_ptr<const TurboQuant> codec;
-        if (is_tq(c.enc)) {
-          TqConfig cfg;
-          cfg.dim = head_dim;
-          cfg.bits = c.bits;
-          cfg.prod = c.enc == Encoding::kTqProd;
-          cfg.rotation = format.rotation_for(head_dim);
-          cfg.seed = seed_for(l, h, value);
-          cfg.norm_correction = format.norm_correction && !cfg.prod;
-          codec = std::make_unique<const TurboQuant>(cfg);
-        }
+        if (is_tq(c.enc)) codec = std::make_unique<const TurboQuant>(codec_config(format, head_dim, l, h, value));
         (value ? *v : *k).push_back(std::move(codec));
       }
   k_codecs_ = std::move(k);
@@ -38,6 +29,19 @@ CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, 
 
 uint64_t CacheFormat::seed_for(uint32_t layer, uint32_t head, bool value) const {
   return derive_seed(format_.seed, layer, head, value ? 2 : 1);
+}
+
+TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer, uint32_t head, bool value) {
+  const TensorCode c = value ? format.v : format.k;
+  TQ_CHECK(is_tq(c.enc), "codec_config: {} is stored as floats, not TurboQuant", value ? "V" : "K");
+  TqConfig cfg;
+  cfg.dim = head_dim;
+  cfg.bits = c.bits;
+  cfg.prod = c.enc == Encoding::kTqProd;
+  cfg.rotation = format.rotation_for(head_dim);
+  cfg.seed = derive_seed(format.seed, layer, head, value ? 2 : 1);
+  cfg.norm_correction = format.norm_correction && !cfg.prod;
+  return cfg;
 }
 
 const TurboQuant* CacheFormat::k_codec(uint32_t layer, uint32_t head) const {

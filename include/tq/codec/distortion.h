@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "tq/codec/quantizer.h"
+#include "tq/codec/turboquant.h"
 
 namespace tq {
 
@@ -27,5 +28,20 @@ DistortionStats measure_distortion(const Quantizer& q, uint64_t samples, uint64_
 double paper_mse(uint32_t bits);        // 0.36, 0.117, 0.03, 0.009; 0 when the paper gives none
 double mse_lower_bound(uint32_t bits);  // 4^-b, for any quantizer
 double mse_upper_bound(uint32_t bits);  // sqrt(3) pi / 2 * 4^-b, TurboQuant-MSE's guarantee
+
+// One row of the distortion table (`tq distortion`, the Python module's distortion()): TurboQuant
+// of `cfg` measured on `samples` random unit vectors drawn from `seed`, next to what theory says.
+struct DistortionRow {
+  TqConfig config;
+  DistortionStats stats;
+  double mse_expected = 0;  // MSE rows: the Lloyd-Max distortion of the exact coordinate density; 0 for prod
+  double mse_paper = 0;     // MSE rows: the paper's table (paper_mse); 0 where it gives none and for prod
+  double mse_lower = 0;     // mse_lower_bound(bits)
+  double mse_upper = 0;     // mse_upper_bound(bits)
+  // prod rows: the paper's QJL bound on stats.ip_var, pi/(2 pd) E||r||^2 with E||r||^2 the
+  // (bits-1)-bit MSE (1 at one bit); 0 for MSE rows.
+  double ip_var_bound = 0;
+};
+DistortionRow distortion_row(const TqConfig& cfg, uint64_t samples, uint64_t seed);
 
 }  // namespace tq

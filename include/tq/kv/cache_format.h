@@ -56,4 +56,9 @@ class CacheFormat {
   std::shared_ptr<const Codecs> k_codecs_, v_codecs_;  // shared by copies: the tables are immutable
 };
 
+// The TurboQuant codec of K (value false) or V of (layer, head) in pages of `format`: what
+// CacheFormat builds, so that a quantizer outside the cache (the Python module's) writes the same
+// codes. Throws tq::Error when that tensor is stored as floats.
+TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer, uint32_t head, bool value);
+
 }  // namespace tq

@@ -85,6 +85,9 @@ struct KvSpec {
   std::string canonical() const;
 };
 
+// The spec of `tq run`, `tq serve` and the Python LLM by default ("default" in a list): docs/quality.md says why.
+inline constexpr const char* kDefaultKvSpec = "k3v2:edge=2/k4v4:sink=4:window=64";
+
 KvSpec parse_kv_spec(const std::string& text);  // throws tq::Error naming the bad part
 std::vector<KvSpec> parse_kv_specs(const std::string& comma_list);
 

@@ -1,0 +1,22 @@
+// The parts of the turboquant._C module, each bound in its own file; module.cpp calls them.
+#pragma once
+
+#include <nanobind/nanobind.h>
+
+#include <string>
+
+#include "tq/kv/spec.h"
+
+namespace tq::py {
+
+namespace nb = nanobind;
+
+// "default" (tq run's spec) or a KV spec; throws tq::Error (ValueError in Python) naming the bad part.
+KvSpec parse_spec(const std::string& text);
+
+void bind_spec(nb::module_& m);    // KvSpec, kv_size, distortion_row
+void bind_codec(nb::module_& m);   // Quantizer, KvCache (CPU pages, reference attention)
+void bind_engine(nb::module_& m);  // Engine (model, tokenizer, generation)
+void bind_cuda(nb::module_& m);    // CudaFormat and the kernels, where the build has CUDA
+
+}  // namespace tq::py

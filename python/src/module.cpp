@@ -1,0 +1,143 @@
+// turboquant._C: the nanobind module under the turboquant package. It converts between Python and
+// the library and does nothing else: every number comes from the C++ the `tq` command uses.
+// This file: the error type, KV specs, kv_size and the distortion table's rows.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "bindings.h"
+#include "tq/codec/distortion.h"
+#include "tq/common.h"
+#include "tq/kv/kv_size.h"
+#include "tq/kv/spec.h"
+
+namespace tq::py {
+
+KvSpec parse_spec(const std::string& text) { return parse_kv_spec(text == "default" ? kDefaultKvSpec : text); }
+
+namespace {
+
+const char* encoding_name(Encoding e) {
+  switch (e) {
+    case Encoding::kFp32:
+      return "fp32";
+    case Encoding::kFp16:
+      return "fp16";
+    case Encoding::kBf16:
+      return "bf16";
+    case Encoding::kFp8E4M3:
+      return "fp8";
+    case Encoding::kTqMse:
+      return "tq_mse";
+    case Encoding::kTqProd:
+      return "tq_prod";
+  }
+  return "?";
+}
+
+nb::dict kv_size_dict(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim) {
+  const KvSize k = kv_size(s, layers, kv_heads, head_dim);
+  nb::dict d;
+  d["kv"] = s.canonical();
+  d["bits_per_element"] = k.bits_per_element;
+  d["bytes_per_token"] = k.bytes_per_token;
+  d["fp16_bytes_per_token"] = k.fp16_bytes_per_token;
+  d["ratio_vs_fp16"] = k.ratio_vs_fp16;
+  d["page_size"] = k.page_size;
+  d["page_bytes"] = k.page_bytes;
+  d["side_bytes"] = k.side_bytes;
+  return d;
+}
+
+nb::dict distortion_dict(uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t samples, uint64_t seed,
+                         uint64_t sample_seed) {
+  TqConfig cfg;
+  cfg.dim = dim;
+  cfg.bits = bits;
+  cfg.prod = prod;
+  cfg.rotation = rotation == "auto" ? KvFormat{}.rotation_for(dim) : parse_rotation(rotation);
+  cfg.seed = seed;
+  DistortionRow r;
+  {
+    nb::gil_scoped_release unlocked;  // seconds of work for 20000 samples
+    r = distortion_row(cfg, samples, sample_seed);
+  }
+  nb::dict d;
+  d["method"] = prod ? "prod" : "mse";
+  d["bits"] = bits;
+  d["dim"] = dim;
+  d["rotation"] = rotation_name(cfg.rotation);
+  d["samples"] = samples;
+  d["mse"] = r.stats.mse;
+  d["mse_stderr"] = r.stats.mse_stderr;
+  d["ip_bias"] = r.stats.ip_bias;
+  d["ip_bias_stderr"] = r.stats.ip_bias_stderr;
+  d["ip_ratio"] = r.stats.ip_ratio;
+  d["ip_var"] = r.stats.ip_var;
+  d["mse_lower"] = r.mse_lower;
+  d["mse_upper"] = r.mse_upper;
+  d["mse_expected"] = r.mse_expected;
+  d["mse_paper"] = r.mse_paper;
+  d["ip_var_bound"] = r.ip_var_bound;
+  return d;
+}
+
+}  // namespace
+
+void bind_spec(nb::module_& m) {
+  nb::class_<KvSpec>(m, "KvSpec", "A parsed KV spec (docs/kv-specs.md): the format of the pages and the policy around them.")
+      .def(
+          "__init__", [](KvSpec* self, const std::string& text) { new (self) KvSpec(parse_spec(text)); }, nb::arg("spec"),
+          "Parses a spec such as 'k3v2', 'k4v4:prod' or 'default'; raises ValueError naming the bad part.")
+      .def_ro("text", &KvSpec::text)
+      .def_prop_ro("canonical", &KvSpec::canonical)
+      .def_prop_ro("k_encoding", [](const KvSpec& s) { return encoding_name(s.format.k.enc); })
+      .def_prop_ro("v_encoding", [](const KvSpec& s) { return encoding_name(s.format.v.enc); })
+      .def_prop_ro("k_bits", [](const KvSpec& s) { return s.format.k.bits; })
+      .def_prop_ro("v_bits", [](const KvSpec& s) { return s.format.v.bits; })
+      .def_prop_ro("page_size", [](const KvSpec& s) { return s.format.page_size; })
+      .def_prop_ro("seed", [](const KvSpec& s) { return s.format.seed; })
+      .def_prop_ro("norm_correction", [](const KvSpec& s) { return s.format.norm_correction; })
+      .def_prop_ro("rotation", [](const KvSpec& s) { return s.format.auto_rotation ? "auto" : rotation_name(s.format.rotation); })
+      .def(
+          "rotation_for", [](const KvSpec& s, uint32_t head_dim) { return rotation_name(s.format.rotation_for(head_dim)); },
+          nb::arg("head_dim"))
+      .def_prop_ro(
+          "format", [](const KvSpec& s) { return s.format.canonical(); }, "The format part alone, as a spec.")
+      .def_prop_ro(
+          "policy", [](const KvSpec& s) { return s.policy.knobs(); }, "The policy knobs that are set: ['edge=2/k4v4', 'sink=4', ...].")
+      .def_prop_ro("sink", [](const KvSpec& s) { return s.policy.sink; })
+      .def_prop_ro("window", [](const KvSpec& s) { return s.policy.window; })
+      .def_prop_ro("edge_layers", [](const KvSpec& s) { return s.policy.edge_layers; })
+      .def("bits_per_element", &KvSpec::bits_per_element, nb::arg("head_dim"),
+           "Bits per K/V element of full pages at this head dim, norms and padding included (policy aside).")
+      .def("page_bytes", &KvSpec::page_bytes, nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"),
+           "Bytes of one page over every layer and KV head, edge layers in their own format.")
+      .def("__str__", &KvSpec::canonical)
+      .def("__repr__", [](const KvSpec& s) { return "KvSpec('" + s.canonical() + "')"; })
+      .def("__eq__", [](const KvSpec& a, const KvSpec& b) { return a.canonical() == b.canonical(); })
+      .def("__hash__", [](const KvSpec& s) { return nb::hash(nb::str(s.canonical().c_str())); });
+
+  m.attr("DEFAULT_KV_SPEC") = kDefaultKvSpec;
+  m.def("kv_size", &kv_size_dict, nb::arg("spec"), nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"));
+  m.def("distortion_row", &distortion_dict, nb::arg("dim"), nb::arg("bits"), nb::arg("prod"), nb::arg("rotation"), nb::arg("samples"),
+        nb::arg("seed"), nb::arg("sample_seed"));
+}
+
+}  // namespace tq::py
+
+NB_MODULE(_C, m) {
+  namespace nb = nanobind;
+  // Every bad input the library refuses throws tq::Error with a message naming the value: in
+  // Python a ValueError (turboquant.Error is its subclass).
+  nb::exception<tq::Error>(m, "Error", PyExc_ValueError);
+  tq::py::bind_spec(m);
+  tq::py::bind_codec(m);
+  tq::py::bind_engine(m);
+  tq::py::bind_cuda(m);
+#ifdef TQ_WITH_CUDA
+  m.attr("HAVE_CUDA") = true;
+#else
+  m.attr("HAVE_CUDA") = false;
+#endif
+}

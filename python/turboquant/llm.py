@@ -1,0 +1,249 @@
+"""turboquant.LLM: text generation on the C++ engine with a compressed KV cache, in the habits of
+llama-cpp-python's Llama and vLLM's LLM: construct once over a model file, then generate(),
+stream=True for pieces as they come, chat() for the model's chat template."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import queue
+import threading
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+from . import _C
+
+_END = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+class _StopText:
+    """Token bytes -> text: UTF-8 decoded across token boundaries, cut before the first stop
+    string. While the tail could still become a stop string it is held back, so that streamed
+    pieces never show a part of one."""
+
+    def __init__(self, stop: Sequence[str]):
+        self.stop = [s for s in stop if s]
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.pending = ""
+        self.done = False
+
+    def _cut(self, final: bool) -> str:
+        hits = [i for i in (self.pending.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            out, self.pending, self.done = self.pending[: min(hits)], "", True
+            return out
+        if final:
+            out, self.pending = self.pending, ""
+            return out
+        hold = 0
+        for s in self.stop:
+            for k in range(min(len(s) - 1, len(self.pending)), hold, -1):
+                if self.pending.endswith(s[:k]):
+                    hold = k
+                    break
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold :]
+        return out
+
+    def feed(self, piece: bytes) -> str:
+        if self.done:
+            return ""
+        self.pending += self.decoder.decode(piece)
+        return self._cut(False)
+
+    def finish(self) -> str:
+        if self.done:
+            return ""
+        self.pending += self.decoder.decode(b"", final=True)
+        return self._cut(True)
+
+
+class LLM:
+    """A model (GGUF, or a llama2.c checkpoint with its tokenizer.bin) on the C++ engine.
+
+    kv_spec: the KV cache (docs/kv-specs.md); "default" is tq run's k3v2:edge=2/k4v4:sink=4:window=64.
+    threads: CPU threads (0: all). n_ctx: most tokens of prompt and text (0: the model's training
+    context; longer only with allow_long_context=True). device: "auto", "cpu" or "cuda".
+    exact_products: fp32 products of the quantized weights instead of llama.cpp's 8-bit activations.
+    """
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike],
+        *,
+        tokenizer: Optional[Union[str, os.PathLike]] = None,
+        kv_spec: Union[str, _C.KvSpec] = "default",
+        threads: int = 0,
+        n_ctx: int = 0,
+        device: str = "auto",
+        exact_products: bool = False,
+        allow_long_context: bool = False,
+    ):
+        for name, v in (("threads", threads), ("n_ctx", n_ctx)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        spec = kv_spec.canonical if isinstance(kv_spec, _C.KvSpec) else str(kv_spec)
+        self._engine = _C.Engine(os.fspath(model), os.fspath(tokenizer) if tokenizer else "", spec, threads, n_ctx, device,
+                                 bool(exact_products), bool(allow_long_context))
+        self.last_seed: Optional[int] = None
+
+    # ---- what the engine is ---------------------------------------------------------------------
+    @property
+    def config(self) -> dict:
+        """The model's shape: arch, n_layers, dim, n_heads, n_kv_heads, head_dim, vocab_size, max_seq, chat_template."""
+        return self._engine.config
+
+    @property
+    def kv_spec(self) -> _C.KvSpec:
+        return self._engine.kv_spec
+
+    @property
+    def device(self) -> str:
+        return self._engine.device
+
+    @property
+    def n_ctx(self) -> int:
+        return self._engine.context
+
+    @property
+    def bits_per_element(self) -> float:
+        """Bits per K/V element of the cache's full pages over all layers (edge layers included)."""
+        return self._engine.bits_per_element
+
+    @property
+    def last(self) -> dict:
+        """The last generation: prompt_tokens, generated_tokens, prompt_seconds, generation_seconds,
+        kv_bytes (pages and side buffers of its sequence), kv_pages, finish_reason."""
+        return self._engine.last
+
+    def __repr__(self) -> str:
+        return f"LLM({self._engine.path!r}, kv_spec='{self.kv_spec.canonical}', device='{self.device}')"
+
+    # ---- text <-> tokens ------------------------------------------------------------------------
+    def tokenize(self, text: str, add_bos: Optional[bool] = None, chat: bool = False) -> List[int]:
+        """Token ids of `text`; BOS as the model asks for it unless add_bos says; chat=True wraps
+        the text in the model's chat template first (as tq run --chat)."""
+        return self._engine.tokenize(text, add_bos, chat)
+
+    def detokenize(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        return self._engine.detokenize(list(ids), skip_special).decode("utf-8", "replace")
+
+    def chat_prompt(self, messages: Sequence[Union[dict, Tuple[str, str]]]) -> str:
+        """A conversation ([{"role": "user", "content": "..."}, ...]) in the model's chat template,
+        ending with the opening of the assistant's reply."""
+        pairs = []
+        for m in messages:
+            if isinstance(m, dict):
+                pairs.append((m["role"], m["content"]))
+            else:
+                role, content = m
+                pairs.append((role, content))
+        return self._engine.chat_prompt(pairs)
+
+    # ---- generation -----------------------------------------------------------------------------
+    def generate(
+        self,
+        prompt: Union[str, Sequence[str], Sequence[int]],
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        seed: Optional[int] = None,
+        stop: Union[None, str, Sequence[str]] = None,
+        stream: bool = False,
+        chat: bool = False,
+    ) -> Union[str, List[str], Iterator[str]]:
+        """The text generated after `prompt` (without the prompt): greedy by default
+        (temperature 0), else sampled as tq run samples (temperature, then top_k, top_p, min_p);
+        the same seed gives the same text (seed None: a random one, kept in self.last_seed).
+        Ends at max_tokens, a stop token, a full context, or before the first of `stop`'s strings.
+        A list of prompts gives a list of texts. stream=True returns an iterator of text pieces
+        as they are generated (one prompt). prompt may also be token ids (a list of ints)."""
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+            raise ValueError(f"max_tokens must be an int >= 0, got {max_tokens!r}")
+        _C.validate_sampling(float(temperature), int(top_k), float(top_p), float(min_p))
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if not all(isinstance(s, str) for s in stops):
+            raise TypeError("stop must be a string or a list of strings")
+        if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+            if stream:
+                raise ValueError("stream=True takes one prompt, got a list of prompts")
+            return [self.generate(p, max_tokens, temperature, top_p, top_k, min_p, seed, stops, False, chat) for p in prompt]
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt, chat=chat)
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            if chat:
+                raise ValueError("chat=True wraps a text prompt in the chat template; token ids are used as they are")
+            ids = list(prompt)
+        else:
+            raise TypeError(f"prompt must be a str, a list of str or a list of token ids, got {type(prompt).__name__}")
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little") if temperature > 0 else 0
+        self.last_seed = seed
+        args = (ids, max_tokens, float(temperature), int(top_k), float(top_p), float(min_p), int(seed))
+        if stream:
+            return self._stream(args, stops)
+        text = _StopText(stops)
+        parts: List[str] = []
+
+        def on_token(_id: int, piece: bytes) -> bool:
+            parts.append(text.feed(piece))
+            return not text.done
+
+        self._engine.generate(*args, on_token)
+        parts.append(text.finish())
+        return "".join(parts)
+
+    def chat(self, messages: Sequence[Union[dict, Tuple[str, str]]], **kwargs) -> Union[str, Iterator[str]]:
+        """generate() on the conversation in the model's chat template (chat_prompt); the reply ends
+        at the template's end-of-turn token."""
+        return self.generate(self.chat_prompt(messages), **kwargs)
+
+    def _stream(self, args: tuple, stops: List[str]) -> Iterator[str]:
+        # The engine runs in a thread with the GIL released; its callback hands each piece over a
+        # queue. Leaving the loop early (break, close()) tells the callback to stop the engine.
+        pieces: "queue.Queue" = queue.Queue()
+        cancel = threading.Event()
+        text = _StopText(stops)
+
+        def on_token(_id: int, piece: bytes) -> bool:
+            if cancel.is_set():
+                return False
+            s = text.feed(piece)
+            if s:
+                pieces.put(s)
+            return not text.done
+
+        def run() -> None:
+            try:
+                self._engine.generate(*args, on_token)
+                tail = text.finish()
+                if tail:
+                    pieces.put(tail)
+            except BaseException as e:  # handed to the consumer, raised there
+                pieces.put(_Failure(e))
+            finally:
+                pieces.put(_END)
+
+        worker = threading.Thread(target=run, name="turboquant-generate", daemon=True)
+        worker.start()
+
+        def iterate() -> Iterator[str]:
+            try:
+                while True:
+                    item = pieces.get()
+                    if item is _END:
+                        return
+                    if isinstance(item, _Failure):
+                        raise item.exc
+                    yield item
+            finally:
+                cancel.set()
+                worker.join()
+
+        return iterate()

@@ -1,0 +1,228 @@
+"""PyTorch ops over the CUDA kernels: a paged cache made from a KV spec, quantize_store,
+decode_attention and prefill_attention, registered with torch.library so that torch.compile
+traces them (each has a fake implementation that checks shapes and dtypes and makes outputs
+without touching data) and CUDA graphs capture them (they run on torch's current stream and
+allocate only through torch).
+
+    import torch, turboquant.torch_ops as tqo
+    cache = tqo.CudaKvCache("k3v2", layers=32, kv_heads=8, head_dim=128, num_pages=1024)
+    cache.store(layer, k, v, slots)                     # k, v: [tokens, kv_heads, head_dim] fp16/bf16/fp32
+    out = cache.decode(layer, q, block_tables, seq_lens, max_seq_len)   # q: [seqs, 1..8, q_heads, head_dim]
+
+The ops themselves are torch.ops.turboquant.{new_cache, quantize_store, decode_attention,
+prefill_attention}; the pages are a uint8 tensor [layers, num_pages, kv_heads, block_bytes] in the
+format of docs/format.md. Only the page format is implemented: specs with policy knobs (sink,
+window, edge, ksim) are refused by name. Importing this module needs torch; the ops need a build
+with the CUDA kernels (turboquant.HAVE_CUDA) and a GPU. Before capturing a CUDA graph, run each
+shape once: the first call of a (spec, shape, device) uploads the codec tables.
+"""
+
+
+import functools
+from typing import Optional, Tuple
+
+import torch
+
+from . import _C
+
+__all__ = ["CudaKvCache", "available", "page_shape", "decode_attention", "new_cache", "prefill_attention", "quantize_store"]
+
+_ROW_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_DECODE_QUERY_TOKENS = 8  # kernels.h kMaxDecodeQueryTokens
+MAX_PREFILL_CHUNK = 2048  # kernels.h kMaxPrefillChunk
+
+
+def available() -> bool:
+    """Whether the ops can run here: a build with the CUDA kernels and a visible GPU."""
+    return bool(_C.HAVE_CUDA) and torch.cuda.is_available()
+
+
+def _require() -> None:
+    if not _C.HAVE_CUDA:
+        raise RuntimeError("this turboquant build has no CUDA kernels: pip install . where nvcc is found (docs/python.md)")
+
+
+@functools.lru_cache(maxsize=None)
+def _spec(spec: str) -> "_C.KvSpec":
+    s = _C.KvSpec(spec)
+    if s.policy:
+        raise ValueError(f"KV spec '{spec}': the CUDA ops implement the page format only, not the policy knob '{s.policy[0]}' "
+                         "(sink, window and edge layers belong to the engine)")
+    return s
+
+
+def page_shape(spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: int) -> Tuple[int, int, int, int]:
+    """The shape of the pages tensor: [layers, num_pages, kv_heads, block_bytes] (uint8)."""
+    s = _spec(spec)
+    for name, v, hi in (("layers", layers, 4096), ("kv_heads", kv_heads, 1024), ("head_dim", head_dim, 1024), ("num_pages", num_pages, 1 << 31)):
+        if not 1 <= v <= hi:
+            raise ValueError(f"{name} must be 1..{hi}, got {v}")
+    return (layers, num_pages, kv_heads, s.page_bytes(1, 1, head_dim))
+
+
+@functools.lru_cache(maxsize=None)
+def _format(spec: str, layers: int, kv_heads: int, head_dim: int, device: int) -> "_C.CudaFormat":
+    _require()
+    return _C.CudaFormat(_spec(spec), layers, kv_heads, head_dim, device)
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def _check_pages(fn: str, pages: torch.Tensor, spec: str, head_dim: int) -> None:
+    if pages.dtype != torch.uint8 or pages.dim() != 4:
+        raise TypeError(f"{fn}: pages must be a uint8 tensor [layers, num_pages, kv_heads, block_bytes] (new_cache), got "
+                        f"{pages.dtype} {list(pages.shape)}")
+    want = page_shape(spec, pages.shape[0], pages.shape[2], head_dim, pages.shape[1])
+    _check(tuple(pages.shape) == want, f"{fn}: pages {list(pages.shape)} are not pages of '{spec}' at head_dim {head_dim} "
+                                       f"(block_bytes {want[3]})")
+    _check(pages.is_contiguous(), f"{fn}: pages must be contiguous")
+
+
+def _check_rows(fn: str, name: str, t: torch.Tensor, shape: Tuple[Optional[int], ...], device: torch.device) -> None:
+    if t.dtype not in _ROW_DTYPES:
+        raise TypeError(f"{fn}: {name} must be float16, bfloat16 or float32, got {t.dtype}")
+    _check(t.dim() == len(shape) and all(w is None or w == g for w, g in zip(shape, t.shape)),
+           f"{fn}: {name} must have shape [{', '.join('*' if w is None else str(w) for w in shape)}], got {list(t.shape)}")
+    _check(t.device == device, f"{fn}: {name} is on {t.device}, the pages on {device}")
+    _check(t.is_contiguous(), f"{fn}: {name} must be contiguous (tensor.contiguous())")
+
+
+def _check_ints(fn: str, name: str, t: torch.Tensor, dtype: torch.dtype, shape: Tuple[Optional[int], ...], device: torch.device) -> None:
+    if t.dtype != dtype:
+        raise TypeError(f"{fn}: {name} must be {dtype}, got {t.dtype}")
+    _check(t.dim() == len(shape) and all(w is None or w == g for w, g in zip(shape, t.shape)),
+           f"{fn}: {name} must have shape [{', '.join('*' if w is None else str(w) for w in shape)}], got {list(t.shape)}")
+    _check(t.device == device, f"{fn}: {name} is on {t.device}, the pages on {device}")
+    _check(t.is_contiguous(), f"{fn}: {name} must be contiguous")
+
+
+def _stream(device: torch.device) -> int:
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+# ---- new_cache ----------------------------------------------------------------------------------
+@torch.library.custom_op("turboquant::new_cache", mutates_args=())
+def new_cache(spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: int, device: torch.device) -> torch.Tensor:
+    """Zeroed pages of `spec` for a model shape, with the format's codec tables uploaded to `device`."""
+    shape = page_shape(spec, layers, kv_heads, head_dim, num_pages)
+    device = torch.device(device)
+    _format(spec, layers, kv_heads, head_dim, device.index if device.index is not None else torch.cuda.current_device())
+    return torch.zeros(shape, dtype=torch.uint8, device=device)
+
+
+@new_cache.register_fake
+def _(spec, layers, kv_heads, head_dim, num_pages, device):
+    return torch.empty(page_shape(spec, layers, kv_heads, head_dim, num_pages), dtype=torch.uint8, device=device)
+
+
+# ---- quantize_store -----------------------------------------------------------------------------
+def _check_store(pages, k, v, slots, spec, layer):
+    fn = "quantize_store"
+    head_dim = k.shape[-1] if k.dim() == 3 else 0
+    _check_pages(fn, pages, spec, head_dim)
+    _check(0 <= layer < pages.shape[0], f"{fn}: layer {layer} is outside the cache's {pages.shape[0]} layers")
+    _check_ints(fn, "slots", slots, torch.int64, (None,), pages.device)
+    n, kv_heads = slots.shape[0], pages.shape[2]
+    _check_rows(fn, "k", k, (n, kv_heads, head_dim), pages.device)
+    _check_rows(fn, "v", v, (n, kv_heads, head_dim), pages.device)
+    _check(k.dtype == v.dtype, f"{fn}: k is {k.dtype}, v is {v.dtype}: give both the same dtype")
+
+
+@torch.library.custom_op("turboquant::quantize_store", mutates_args=("pages",))
+def quantize_store(pages: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, spec: str, layer: int) -> None:
+    """Rotates, quantizes and packs new K/V rows into their slots (page * page_size + offset; -1
+    skips) of `layer`. k, v: [tokens, kv_heads, head_dim]; slots: int64 [tokens]."""
+    _check_store(pages, k, v, slots, spec, layer)
+    f = _format(spec, pages.shape[0], pages.shape[2], k.shape[-1], pages.device.index)
+    f.quantize_store(layer, pages, k, v, slots, _stream(pages.device))
+
+
+@quantize_store.register_fake
+def _(pages, k, v, slots, spec, layer):
+    _check_store(pages, k, v, slots, spec, layer)
+
+
+# ---- decode_attention / prefill_attention -------------------------------------------------------
+def _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, max_q_tokens, out_dtype):
+    head_dim = q.shape[-1] if q.dim() == 4 else 0
+    _check_pages(fn, pages, spec, head_dim)
+    _check(0 <= layer < pages.shape[0], f"{fn}: layer {layer} is outside the cache's {pages.shape[0]} layers")
+    _check_rows(fn, "q", q, (None, None, None, head_dim), pages.device)
+    seqs, ntok, q_heads = q.shape[0], q.shape[1], q.shape[2]
+    _check(1 <= ntok <= max_q_tokens, f"{fn}: {ntok} query tokens per sequence, the kernel takes 1..{max_q_tokens}")
+    _check(q_heads % pages.shape[2] == 0, f"{fn}: q_heads ({q_heads}) must be a multiple of the cache's KV heads ({pages.shape[2]})")
+    _check_ints(fn, "block_tables", block_tables, torch.int32, (seqs, None), pages.device)
+    _check_ints(fn, "seq_lens", seq_lens, torch.int32, (seqs,), pages.device)
+    _check(max_seq_len >= ntok, f"{fn}: max_seq_len ({max_seq_len}) must bound every sequence's length, at least the {ntok} queries")
+    if out_dtype is not None and out_dtype not in _ROW_DTYPES:
+        raise TypeError(f"{fn}: out_dtype must be float16, bfloat16 or float32, got {out_dtype}")
+
+
+def _attention(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype):
+    fn = "prefill_attention" if prefill else "decode_attention"
+    _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len,
+                     MAX_PREFILL_CHUNK if prefill else MAX_DECODE_QUERY_TOKENS, out_dtype)
+    f = _format(spec, pages.shape[0], pages.shape[2], q.shape[-1], pages.device.index)
+    out = torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
+    shape = (q.shape[0], q.shape[1], q.shape[2], block_tables.shape[1], max_seq_len)
+    ws_bytes = f.prefill_workspace_bytes(*shape) if prefill else f.decode_workspace_bytes(*shape)
+    workspace = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=q.device)
+    f.attention(prefill, layer, pages, q, out, block_tables, seq_lens, max_seq_len, scale, workspace, _stream(pages.device))
+    return out
+
+
+@torch.library.custom_op("turboquant::decode_attention", mutates_args=())
+def decode_attention(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, spec: str, layer: int,
+                     max_seq_len: int, scale: float = 0.0, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Paged attention of each sequence's last 1..8 tokens (q: [seqs, tokens, q_heads, head_dim],
+    causal among themselves) over its pages: block_tables int32 [seqs, max_pages], seq_lens int32
+    [seqs] (the queries' K/V rows already stored), max_seq_len a bound of seq_lens known on the
+    host. GQA: query head h reads KV head h / (q_heads / kv_heads). scale 0: 1/sqrt(head_dim)."""
+    return _attention(False, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype)
+
+
+@decode_attention.register_fake
+def _(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None):
+    _check_attention("decode_attention", pages, q, block_tables, seq_lens, spec, layer, max_seq_len, MAX_DECODE_QUERY_TOKENS, out_dtype)
+    return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
+
+
+@torch.library.custom_op("turboquant::prefill_attention", mutates_args=())
+def prefill_attention(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, spec: str, layer: int,
+                      max_seq_len: int, scale: float = 0.0, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """decode_attention for a chunk of up to 2048 new queries per sequence (chunked prefill): each
+    attends to the packed prefix and, causally, to the chunk (store the chunk's K/V first)."""
+    return _attention(True, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype)
+
+
+@prefill_attention.register_fake
+def _(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None):
+    _check_attention("prefill_attention", pages, q, block_tables, seq_lens, spec, layer, max_seq_len, MAX_PREFILL_CHUNK, out_dtype)
+    return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
+
+
+class CudaKvCache:
+    """Pages of a KV spec on a GPU and the ops over them, layer by layer."""
+
+    def __init__(self, spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: int, device="cuda"):
+        self.spec = _C.KvSpec(spec).canonical
+        self.head_dim = head_dim
+        device = torch.device(device)
+        if device.type != "cuda":
+            raise ValueError(f"CudaKvCache lives on a CUDA device, got {device}")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.pages = torch.ops.turboquant.new_cache(self.spec, layers, kv_heads, head_dim, num_pages, device)
+        self.page_size = _spec(self.spec).page_size
+
+    def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+        torch.ops.turboquant.quantize_store(self.pages, k, v, slots, self.spec, layer)
+
+    def decode(self, layer, q, block_tables, seq_lens, max_seq_len, scale=0.0, out_dtype=None) -> torch.Tensor:
+        return torch.ops.turboquant.decode_attention(self.pages, q, block_tables, seq_lens, self.spec, layer, max_seq_len, scale, out_dtype)
+
+    def prefill(self, layer, q, block_tables, seq_lens, max_seq_len, scale=0.0, out_dtype=None) -> torch.Tensor:
+        return torch.ops.turboquant.prefill_attention(self.pages, q, block_tables, seq_lens, self.spec, layer, max_seq_len, scale, out_dtype)

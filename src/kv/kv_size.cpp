@@ -1,0 +1,31 @@
+#include "tq/kv/kv_size.h"
+
+#include "tq/check.h"
+
+namespace tq {
+
+double KvSize::seq_bytes(uint64_t tokens) const {
+  const uint64_t pages = (tokens + page_size - 1) / page_size;
+  return double(pages) * page_bytes + side_bytes;
+}
+
+KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uint32_t side_extra) {
+  TQ_CHECK(layers >= 1 && layers <= 1024, "layers must be 1..1024, got {}", layers);
+  TQ_CHECK(kv_heads >= 1 && kv_heads <= 1024, "KV heads must be 1..1024, got {}", kv_heads);
+  TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
+  KvSize out;
+  out.fp16_bytes_per_token = 2.0 * 2.0 * head_dim * kv_heads * layers;
+  // Every layer in its own format (edge layers differ); bytes per token over all of them.
+  for (uint32_t l = 0; l < layers; ++l) {
+    const KvFormat f = s.layer_format(l, layers);
+    out.bytes_per_token += bytes_per_token_head(f.k, f.v, head_dim, f.page_size) * kv_heads;
+  }
+  out.bits_per_element = 8.0 * out.bytes_per_token / (2.0 * head_dim * kv_heads * layers);
+  out.ratio_vs_fp16 = out.fp16_bytes_per_token / out.bytes_per_token;
+  out.page_size = s.format.page_size;
+  out.page_bytes = double(s.page_bytes(layers, kv_heads, head_dim));
+  out.side_bytes = double(s.policy.side_tokens(side_extra)) * out.fp16_bytes_per_token;
+  return out;
+}
+
+}  // namespace tq

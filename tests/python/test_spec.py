@@ -1,0 +1,103 @@
+"""KV specs, kv_size and the distortion table: the same numbers as the tq command's --json output."""
+
+import pytest
+
+import turboquant as tq
+
+
+def test_spec_fields():
+    s = tq.KvSpec("k3v2:prod:page=32")
+    assert s.canonical.startswith("k3v2")
+    assert (s.k_encoding, s.v_encoding) == ("tq_prod", "tq_mse")
+    assert (s.k_bits, s.v_bits, s.page_size) == (3, 2, 32)
+    d = tq.KvSpec("default")
+    assert d == tq.KvSpec(tq.DEFAULT_KV_SPEC)
+    assert (d.sink, d.window, d.edge_layers) == (4, 64, 2)
+    assert d.policy == ["edge=2/k4v4", "sink=4", "window=64"]
+    assert tq.KvSpec("k3v2").bits_per_element(128) == 2.625  # docs/format.md: 84 bytes per token per head
+    assert [s.canonical for s in tq.parse_kv_specs("fp16, k4v4")] == ["fp16", "k4v4"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("k9v2", "K width must be 1..8 bits, got 9"),
+        ("k3v0", "V width must be 1..8 bits, got 0"),
+        ("q4", "unknown KV spec 'q4'"),
+        ("k3v2:page=0", "page"),
+        ("k3v2:bogus", "bogus"),
+    ],
+)
+def test_bad_specs_name_the_part(text, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        tq.KvSpec(text)
+    assert issubclass(tq.Error, ValueError)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [dict(layers=32, kv_heads=8, head_dim=128), dict(layers=30, kv_heads=3, head_dim=64), dict(layers=5, kv_heads=2, head_dim=80)],
+)
+def test_kv_size_matches_the_command(run_tq, shape):
+    kv = "fp16,fp8,k4v4,k3v2,k3v2:prod,k2v2:page=32,default,k3v2:sink=4:window=64"
+    contexts = [1, 1000, 32768]
+    want = run_tq("kv-size", "--layers", shape["layers"], "--kv-heads", shape["kv_heads"], "--head-dim", shape["head_dim"], "--kv", kv,
+                  "--context", ",".join(map(str, contexts)), "--json", json_out=True)["rows"]
+    got = tq.kv_size(kv, context=contexts, **shape)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for k in g:
+            assert g[k] == w[k], (g["kv"], k)  # the same C++ and the same doubles: equal, not close
+
+
+def test_kv_size_defaults_and_readme_figure():
+    rows = {r["kv"]: r for r in tq.kv_size(context=[32768])}
+    default = tq.KvSpec("default").canonical
+    assert set(rows) == {"fp16", "fp8", default}
+    assert rows["fp16"]["mib_at_32768"] == 4096.0
+    assert round(rows[default]["mib_at_32768"], 1) == 736.5  # README: one 32K sequence
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(head_dim=0), ValueError, "head_dim must be 1..1024, got 0"),
+        (dict(layers=2000), ValueError, "layers must be 1..1024, got 2000"),
+        (dict(layers=1.5), TypeError, "layers must be an int"),
+        (dict(kv="k3v2,k9v9"), ValueError, "K width"),
+        (dict(context=[0]), ValueError, "context must be"),
+    ],
+)
+def test_kv_size_refuses(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        tq.kv_size(**kwargs)
+
+
+def test_distortion_matches_the_command(run_tq):
+    want = run_tq("distortion", "--dim", 64, "--bits", "1,2,3", "--method", "both", "--samples", 1000, "--seed", 7, "--json",
+                  json_out=True)["rows"]
+    got = tq.distortion(dim=64, bits=[1, 2, 3], method="both", samples=1000, seed=7)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for k in g:
+            if isinstance(w[k], float):
+                assert g[k] == pytest.approx(w[k], rel=1e-12, abs=1e-15), (g["method"], g["bits"], k)
+            else:
+                assert g[k] == w[k], (g["method"], g["bits"], k)
+
+
+def test_distortion_within_the_papers_bounds():
+    for row in tq.distortion(dim=128, bits=[1, 2, 3, 4], samples=2000):
+        assert row["mse_lower"] <= row["mse"] <= row["mse_upper"]
+        assert abs(row["mse"] - row["mse_expected"]) < 5 * row["mse_stderr"] + 1e-3
+
+
+def test_distortion_refuses():
+    with pytest.raises(ValueError, match="method must be mse, prod or both, got 'msa'"):
+        tq.distortion(method="msa")
+    with pytest.raises(ValueError, match="bits must be 1..8, got 9"):
+        tq.distortion(bits=[9])
+    with pytest.raises(ValueError, match="samples must be 100"):
+        tq.distortion(samples=5)

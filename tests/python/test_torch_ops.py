@@ -1,0 +1,124 @@
+"""The torch ops on a GPU (scripts/test_python_gpu.sh runs them on the H200): pages bit for bit
+equal to the CPU cache's, attention against the CPU reference, torch.compile and CUDA-graph
+capture equal to eager, and clear refusals. Skipped where torch, the CUDA kernels or a GPU is
+missing (the CPU CI)."""
+
+import numpy as np
+import pytest
+
+import turboquant as tq
+
+torch = pytest.importorskip("torch", reason="torch is not installed (the GPU machine has it)")
+if not tq.HAVE_CUDA:
+    pytest.skip("this turboquant build has no CUDA kernels (CPU CI builds with TQ_CUDA=OFF)", allow_module_level=True)
+if not torch.cuda.is_available():
+    pytest.skip("no GPU visible to torch", allow_module_level=True)
+
+import turboquant.torch_ops as tqo  # noqa: E402
+
+LAYERS, HEADS, D = 2, 2, 128
+
+
+def rows(n, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, HEADS, D, generator=g) * scale).to(torch.float16)
+
+
+def slots_for(tables, lens, ps):
+    return [torch.tensor([tables[s][t // ps] * ps + t % ps for t in range(n)], dtype=torch.int64) for s, n in enumerate(lens)]
+
+
+@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "k2v2:page=32", "fp16", "k3v2:rot=dense"])
+def test_pages_equal_the_cpu_cache(spec):
+    cache = tqo.CudaKvCache(spec, LAYERS, HEADS, D, num_pages=4)
+    cpu = tq.KvCache(tq.KvSpec(spec), LAYERS, HEADS, D, num_pages=4)
+    n = 2 * cache.page_size + 5
+    k, v = rows(n, 1), rows(n, 2, 3.0)
+    slots = torch.randperm(4 * cache.page_size)[:n].to(torch.int64)
+    slots[3] = -1  # skipped
+    cache.store(1, k.cuda(), v.cuda(), slots.cuda())
+    cpu.write(1, slots.numpy(), k.float().numpy(), v.float().numpy())
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(cache.pages.cpu().numpy(), cpu.data)
+
+
+def _filled(spec, lens, tables, seed=0):
+    cache = tqo.CudaKvCache(spec, LAYERS, HEADS, D, num_pages=12)
+    cpu = tq.KvCache(tq.KvSpec(spec), LAYERS, HEADS, D, num_pages=12)
+    for s, sl in enumerate(slots_for(tables, lens, cache.page_size)):
+        k, v = rows(len(sl), 10 + s + seed), rows(len(sl), 20 + s + seed)
+        cache.store(0, k.cuda(), v.cuda(), sl.cuda())
+        cpu.write(0, sl.numpy(), k.float().numpy(), v.float().numpy())
+    return cache, cpu
+
+
+@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "fp16"])
+@pytest.mark.parametrize("ntok, prefill", [(1, False), (4, False), (37, True)])
+def test_attention_matches_the_cpu_reference(spec, ntok, prefill):
+    lens, tables = [50, 90], [[3, 1, 5, 7, 0, 0], [0, 2, 4, 6, 8, 9]]  # pages in any order, none shared
+    cache, cpu = _filled(spec, lens, tables)
+    q = (torch.randn(2, ntok, 2 * HEADS, D, generator=torch.Generator().manual_seed(5))).to(torch.float16)
+    bt = torch.tensor(tables, dtype=torch.int32)
+    sl = torch.tensor(lens, dtype=torch.int32)
+    fn = cache.prefill if prefill else cache.decode
+    out = fn(0, q.cuda(), bt.cuda(), sl.cuda(), max_seq_len=max(lens), out_dtype=torch.float32).cpu().numpy()
+    ref = cpu.attention(0, q.float().numpy(), bt.numpy(), sl.numpy())
+    err = np.linalg.norm(out - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
+    assert err.max() < 1e-3  # tests/cuda's bound for the kernels against the reference
+
+
+def test_compile_and_cuda_graph_equal_eager():
+    lens, tables = [40, 70], [[1, 2, 3, 0, 0], [4, 5, 6, 7, 0]]
+    cache, _ = _filled("k3v2", lens, tables)
+    bt, sl = torch.tensor(tables, dtype=torch.int32).cuda(), torch.tensor(lens, dtype=torch.int32).cuda()
+    q = torch.randn(2, 1, 2 * HEADS, D, device="cuda", dtype=torch.float16)
+    new_k, new_v = torch.randn(2, HEADS, D, device="cuda", dtype=torch.float16), torch.randn(2, HEADS, D, device="cuda", dtype=torch.float16)
+    new_slots = torch.tensor([tables[0][40 // 16] * 16 + 40 % 16, tables[1][70 // 16] * 16 + 70 % 16], dtype=torch.int64, device="cuda")
+    sl1 = sl + 1
+
+    def step(pages, q, k, v, slots, bt, lens):
+        torch.ops.turboquant.quantize_store(pages, k, v, slots, "k3v2", 0)
+        return torch.ops.turboquant.decode_attention(pages, q, bt, lens, "k3v2", 0, 128)
+
+    eager = step(cache.pages, q, new_k, new_v, new_slots, bt, sl1).clone()
+    compiled = torch.compile(step, fullgraph=True)
+    np.testing.assert_array_equal(compiled(cache.pages, q, new_k, new_v, new_slots, bt, sl1).cpu().numpy(), eager.cpu().numpy())
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step(cache.pages, q, new_k, new_v, new_slots, bt, sl1)  # warm-up on the side stream, as torch's docs ask
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step(cache.pages, q, new_k, new_v, new_slots, bt, sl1)
+    graph.replay()
+    torch.cuda.synchronize()
+    np.testing.assert_array_equal(out.cpu().numpy(), eager.cpu().numpy())
+
+
+def test_refusals():
+    cache = tqo.CudaKvCache("k3v2", LAYERS, HEADS, D, num_pages=2)
+    k = torch.zeros(3, HEADS, D, device="cuda", dtype=torch.float16)
+    slots = torch.zeros(3, dtype=torch.int64, device="cuda")
+    with pytest.raises(TypeError, match="k must be float16, bfloat16 or float32, got torch.int32"):
+        cache.store(0, k.int(), k, slots)
+    with pytest.raises(ValueError, match=r"v must have shape \[3, 2, 128\], got \[3, 2, 64\]"):
+        cache.store(0, k, k[..., :64].contiguous(), slots)
+    with pytest.raises(TypeError, match="slots must be torch.int64"):
+        cache.store(0, k, k, slots.int())
+    with pytest.raises(ValueError, match="layer 5 is outside"):
+        cache.store(5, k, k, slots)
+    with pytest.raises(ValueError, match="policy knob 'sink=4'"):
+        tqo.CudaKvCache("k3v2:sink=4", LAYERS, HEADS, D, num_pages=2)
+    q = torch.zeros(1, 9, HEADS, D, device="cuda", dtype=torch.float16)
+    with pytest.raises(ValueError, match="9 query tokens per sequence, the kernel takes 1..8"):
+        cache.decode(0, q, torch.zeros(1, 2, dtype=torch.int32, device="cuda"), torch.ones(1, dtype=torch.int32, device="cuda"), 16)
+
+
+def test_llm_on_the_gpu(stories):
+    model, tok = stories
+    llm = tq.LLM(model, tokenizer=tok, kv_spec="k3v2", device="cuda")
+    assert llm.device == "cuda"
+    text = llm.generate("Once upon a time", max_tokens=30)
+    assert len(text) > 20 and "".join(llm.generate("Once upon a time", max_tokens=30, stream=True)) == text
