@@ -4,11 +4,11 @@
 # GoogleTest's sources, and cpp-httplib for `tq serve` (its header, its shared library and the
 # libraries that one loads: OpenSSL 3, zlib, Brotli; with the headers httplib.h includes, since its
 # classes change layout with the OpenSSL and compression switches Debian built it with).
-# Run scripts/setup.sh first; carry .devdeps with the work tree (a few MB).
+# Run scripts/setup.sh first; carry .devdeps with the work tree (14 MB; 3 MB as a tar.xz).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 d=.devdeps
-rm -rf "$d" && mkdir -p "$d/httplib/include" "$d/httplib/lib"
+rm -rf "$d/fmt" "$d/googletest" "$d/httplib" && mkdir -p "$d/httplib/include" "$d/httplib/lib"  # what scripts/python_gpu_deps.sh adds stays
 cp -r /usr/include/fmt "$d/"
 cp -r /usr/src/googletest "$d/"
 lib=/usr/lib/x86_64-linux-gnu
