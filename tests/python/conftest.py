@@ -53,3 +53,12 @@ def stories():
     if not model.exists() or not tok.exists():
         pytest.skip(f"stories260K not found under {d.parent} (../shared/data beside the clone, or $TQ_SHARED_DATA)")
     return str(model), str(tok)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M (head dim 64, which the GPU kernels take): models/ of the checkout, or $TQ_SMOLLM2."""
+    p = Path(os.environ.get("TQ_SMOLLM2", ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    if not p.exists():
+        pytest.skip(f"{p} not found (scripts/get_model.sh, or $TQ_SMOLLM2)")
+    return str(p)
