@@ -17,4 +17,5 @@ mkdir -p build/release/Testing
 rc=0
 ctest --preset release -j "$jobs" 2>&1 | tee "$out" || rc=$?  # pipefail: ctest's status
 python3 scripts/skipped_tests.py build/release "$out"
+bash scripts/test_sanitized.sh || rc=1  # ASan + UBSan build of the CPU tests, brief fuzz runs (README: Fuzzing and sanitizers)
 exit "$rc"
