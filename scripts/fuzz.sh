@@ -51,7 +51,9 @@ for t in "${targets[@]}"; do
   secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
   cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   artifact=$(sed -n "s/.*Test unit written to \(.*\)/\1/p" "$log" | tail -1)
-  if [ "$rc" -ne 0 ] || [ -n "$artifact" ]; then
+  if grep -q 'libFuzzer: run interrupted' "$log"; then
+    finding="0 (interrupted)"  # Ctrl-C or kill -INT of the fuzzer: its stats are still printed
+  elif [ "$rc" -ne 0 ] || [ -n "$artifact" ]; then
     found=1
     what=$(grep -m1 -oE 'ERROR: [A-Za-z]+Sanitizer: [a-z-]+|runtime error: .*|libFuzzer: [a-z -]+|what\(\): .*' "$log" || true)
     finding="1: ${what:-exit $rc} -> ${artifact:-no input written}"
