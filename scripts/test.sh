@@ -18,4 +18,5 @@ rc=0
 ctest --preset release -j "$jobs" 2>&1 | tee "$out" || rc=$?  # pipefail: ctest's status
 bash scripts/test_python.sh || rc=$?  # the Python package: pip install . and pytest (docs/python.md)
 python3 scripts/skipped_tests.py build/release "$out"
+bash scripts/test_sanitized.sh || rc=1  # ASan + UBSan build of the CPU tests, brief fuzz runs (README: Fuzzing and sanitizers)
 exit "$rc"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The CPU test suite built with clang's AddressSanitizer and UndefinedBehaviorSanitizer (the asan
+# preset: -O1, every report fatal), then the fuzz harnesses: each seed corpus replayed and each
+# target fuzzed for TQ_FUZZ_SECONDS (10) seconds. scripts/test.sh runs this after the release tests,
+# so CI does; TQ_SANITIZED=0 skips it. A sanitizer report, a fuzz finding or a failed test fails it.
+#
+# Not run sanitized (they run in the release suite): the slow data-dependent tests, whose code the
+# others already cover -- speculative decoding on stories260K, run to many tokens and thousands of
+# samples (SpeculationSampling, ModelDrafter, SpeculationRollback, GreedySpeculation: 10 of the 16
+# CPU-minutes the suite takes sanitized), and whole models run from Python (engine_ref_logits on
+# SmolLM2-135M, serve_openai_client) -- and install_consumer, which builds a project against the
+# installed package without the sanitizer runtimes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${TQ_SANITIZED:-1}" = 0 ]; then
+  echo "test_sanitized.sh: skipped (TQ_SANITIZED=0)"
+  exit 0
+fi
+bash scripts/clang_deps.sh
+jobs=$(nproc 2>/dev/null || echo 2)
+cmake --preset asan -DTQ_FUZZ_SECONDS="${TQ_FUZZ_SECONDS:-10}" >/dev/null
+cmake --build --preset asan -j "$jobs"
+out=build/asan/Testing/ctest-output.txt
+mkdir -p build/asan/Testing
+rc=0
+# The preset's test environment makes every ASan / UBSan report abort the test (halt_on_error).
+slow='^(engine_ref_logits|serve_openai_client|install_consumer)$|^(SpeculationSampling|ModelDrafter|SpeculationRollback)[.]|^Specs/GreedySpeculation[.]'
+ctest --preset asan -j "$jobs" -E "$slow" 2>&1 | tee "$out" || rc=$?
+python3 scripts/skipped_tests.py build/asan "$out"
+exit "$rc"

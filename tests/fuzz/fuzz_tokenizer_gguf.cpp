@@ -1,0 +1,54 @@
+// libFuzzer harness: the tokenizers built from GGUF metadata (byte-level BPE, "gpt2", and
+// SentencePiece, "llama"): loading the vocabulary, merges and special tokens from an arbitrary
+// GGUF file, then encoding and decoding arbitrary text; and the BPE pre-tokenizer's regex split
+// of the text, which needs no vocabulary. Input: [u16 n][n bytes of text][GGUF bytes] (fuzz_input.h).
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "fuzz_input.h"
+#include "tq/common.h"
+#include "tq/model/gguf.h"
+#include "tq/model/tokenizer.h"
+
+using namespace tq::model;
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const auto [text, file] = tq::fuzz::split_text(data, size);
+  for (const char* pre : {"gpt2", "smollm"}) {
+    size_t covered = 0;
+    for (std::string_view piece : bpe_pre_split(text, pre)) {
+      // The pieces are spans of the text, in order, that cover it.
+      if (piece.data() != text.data() + covered) std::abort();
+      covered += piece.size();
+    }
+    if (covered != text.size()) std::abort();
+  }
+  std::unique_ptr<Tokenizer> tok;
+  try {
+    const GgufFile f = GgufFile::from_bytes(std::vector<uint8_t>(file.begin(), file.end()), "fuzz-tok.gguf");
+    tok = tokenizer_from_gguf(f);
+  } catch (const tq::Error&) {
+    return 0;
+  }
+  for (bool bos : {false, true}) {
+    std::vector<int> ids;
+    try {
+      ids = tok->encode(text, bos);
+    } catch (const tq::Error&) {  // e.g. a BPE vocabulary without the byte tokens the text needs
+      continue;
+    }
+    for (int id : ids)
+      if (id < 0 || size_t(id) >= tok->vocab_size()) std::abort();  // encode returned an id outside the vocabulary
+    (void)tok->decode(ids);
+    (void)tok->decode(ids, false);
+    int prev = tok->bos_id();
+    for (int id : ids) {
+      (void)tok->decode_next(prev, id);
+      prev = id;
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,43 @@
+// libFuzzer harness: the SentencePiece-style tokenizer of llama2.c (tokenizer.bin): loading the
+// vocabulary from arbitrary bytes, then encoding and decoding arbitrary text with it.
+// Input: [u16 n][n bytes of text][tokenizer.bin bytes] (fuzz_input.h). Bad input may only throw
+// tq::Error; a vocabulary that loads must encode any text to ids it can decode.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "fuzz_input.h"
+#include "tq/common.h"
+#include "tq/model/tokenizer.h"
+
+using namespace tq::model;
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const auto [text, file] = tq::fuzz::split_text(data, size);
+  std::unique_ptr<Tokenizer> tok;
+  try {
+    tok = load_llama2c_tokenizer(ByteSource::from_vector(std::vector<uint8_t>(file.begin(), file.end()), "fuzz-tok.bin"));
+  } catch (const tq::Error&) {
+    return 0;
+  }
+  for (bool bos : {false, true}) {
+    std::vector<int> ids;
+    try {
+      ids = tok->encode(text, bos);
+    } catch (const tq::Error&) {  // e.g. a BPE vocabulary without the byte tokens the text needs
+      continue;
+    }
+    for (int id : ids)
+      if (id < 0 || size_t(id) >= tok->vocab_size()) std::abort();  // encode returned an id outside the vocabulary
+    (void)tok->decode(ids);
+    (void)tok->decode(ids, false);
+    int prev = tok->bos_id();
+    for (int id : ids) {
+      (void)tok->decode_next(prev, id);
+      prev = id;
+    }
+  }
+  return 0;
+}
