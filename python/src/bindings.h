@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "tq/codec/turboquant.h"
 #include "tq/kv/spec.h"
 
 namespace tq::py {
@@ -13,6 +14,8 @@ namespace nb = nanobind;
 
 // "default" (tq run's spec) or a KV spec; throws tq::Error (ValueError in Python) naming the bad part.
 KvSpec parse_spec(const std::string& text);
+// A TurboQuant configuration from the Python arguments; rotation "auto" is the KV format's choice.
+TqConfig tq_config(uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t seed, bool norm_correction);
 
 void bind_spec(nb::module_& m);    // KvSpec, kv_size, distortion_row
 void bind_codec(nb::module_& m);   // Quantizer, KvCache (CPU pages, reference attention)

@@ -45,16 +45,6 @@ struct PyQuantizer {
   }
 };
 
-TqConfig tq_config(uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t seed, bool norm_correction) {
-  TqConfig cfg;
-  cfg.dim = dim;
-  cfg.bits = bits;
-  cfg.prod = prod;
-  cfg.rotation = rotation == "auto" ? KvFormat{}.rotation_for(dim) : parse_rotation(rotation);
-  cfg.seed = seed;
-  cfg.norm_correction = norm_correction;
-  return cfg;
-}
 
 std::string float_baseline(Encoding e) {
   return e == Encoding::kFp32 ? "fp32" : e == Encoding::kFp16 ? "fp16" : e == Encoding::kBf16 ? "bf16" : "fp8";
@@ -93,6 +83,17 @@ struct PyKvCache {
 };
 
 }  // namespace
+
+TqConfig tq_config(uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t seed, bool norm_correction) {
+  TqConfig cfg;
+  cfg.dim = dim;
+  cfg.bits = bits;
+  cfg.prod = prod;
+  cfg.rotation = rotation == "auto" ? KvFormat{}.rotation_for(dim) : parse_rotation(rotation);
+  cfg.seed = seed;
+  cfg.norm_correction = norm_correction;
+  return cfg;
+}
 
 void bind_codec(nb::module_& m) {
   nb::class_<PyQuantizer>(m, "Quantizer",

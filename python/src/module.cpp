@@ -51,12 +51,7 @@ nb::dict kv_size_dict(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint3
 
 nb::dict distortion_dict(uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t samples, uint64_t seed,
                          uint64_t sample_seed) {
-  TqConfig cfg;
-  cfg.dim = dim;
-  cfg.bits = bits;
-  cfg.prod = prod;
-  cfg.rotation = rotation == "auto" ? KvFormat{}.rotation_for(dim) : parse_rotation(rotation);
-  cfg.seed = seed;
+  const TqConfig cfg = tq_config(dim, bits, prod, rotation, seed, false);
   DistortionRow r;
   {
     nb::gil_scoped_release unlocked;  // seconds of work for 20000 samples

@@ -22,22 +22,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   } catch (const tq::Error&) {
     return 0;
   }
-  for (bool bos : {false, true}) {
-    std::vector<int> ids;
-    try {
-      ids = tok->encode(text, bos);
-    } catch (const tq::Error&) {  // e.g. a BPE vocabulary without the byte tokens the text needs
-      continue;
-    }
-    for (int id : ids)
-      if (id < 0 || size_t(id) >= tok->vocab_size()) std::abort();  // encode returned an id outside the vocabulary
-    (void)tok->decode(ids);
-    (void)tok->decode(ids, false);
-    int prev = tok->bos_id();
-    for (int id : ids) {
-      (void)tok->decode_next(prev, id);
-      prev = id;
-    }
-  }
+  tq::fuzz::exercise_tokenizer(*tok, text);
   return 0;
 }
