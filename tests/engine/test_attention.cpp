@@ -104,16 +104,22 @@ TEST(PagedAttention, AQueryGivesTheSameBitsInAnyStep) {
       for (size_t i = 0; i < k.size(); ++i) k[i] = n01(rng), v[i] = n01(rng);
       store.write(0, s, t, k.data(), v.data());
     }
-    std::vector<float> q(size_t(9) * QH * D);
+    // 40 tokens ending at len - 1: 6 (KV head, block) pairs, a task each; 9 tokens: 2 pairs, every
+    // part a task; 1 token: 2 pairs, every part a task, on 1 and 2 threads.
+    const uint32_t n = 40, row = QH * D;
+    std::vector<float> q(size_t(n) * row);
     for (float& x : q) x = n01(rng);
     ThreadPool one(1), two(2);
-    std::vector<float> block(q.size()), alone(size_t(QH) * D), alone1(alone.size());
-    store.attend(0, s, len - 9, 9, QH, q.data(), block.data(), two);  // 9 tokens ending at len - 1
+    std::vector<float> chunk(q.size()), block(size_t(9) * row), alone(row), alone1(row);
+    store.attend(0, s, len - n, n, QH, q.data(), chunk.data(), two);
+    store.attend(0, s, len - 9, 9, QH, &q[size_t(n - 9) * row], block.data(), two);
     for (uint32_t j = 0; j < 9; ++j) {
-      store.attend(0, s, len - 9 + j, 1, QH, &q[size_t(j) * QH * D], alone.data(), two);
-      store.attend(0, s, len - 9 + j, 1, QH, &q[size_t(j) * QH * D], alone1.data(), one);
-      for (size_t i = 0; i < alone.size(); ++i) {
-        ASSERT_EQ(alone[i], block[size_t(j) * QH * D + i]) << spec << " token " << j << " element " << i;
+      const float* qj = &q[size_t(n - 9 + j) * row];
+      store.attend(0, s, len - 9 + j, 1, QH, qj, alone.data(), two);
+      store.attend(0, s, len - 9 + j, 1, QH, qj, alone1.data(), one);
+      for (size_t i = 0; i < row; ++i) {
+        ASSERT_EQ(alone[i], block[size_t(j) * row + i]) << spec << " token " << j << " element " << i << " (9-token step)";
+        ASSERT_EQ(alone[i], chunk[size_t(n - 9 + j) * row + i]) << spec << " token " << j << " element " << i << " (40-token step)";
         ASSERT_EQ(alone1[i], alone[i]) << spec << " token " << j << " element " << i << " (1 thread against 2)";
       }
     }

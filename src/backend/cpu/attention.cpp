@@ -71,70 +71,91 @@ void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t
   const uint32_t D = shape_.head_dim, pd = vc0 ? vc0->padded_dim() : D, group = q_heads / H, ps = page_size();
   const uint32_t part = (kPartPositions + ps - 1) / ps * ps;
 
-  // Tasks: (KV head, query block, part). Block b's queries see positions < first + its last token + 1.
-  struct Task {
-    uint32_t h, b, p;
-    size_t off;  // of its partial results in `parts`
-  };
+  // Work items: (KV head, query block) pairs, each of parts of `part` positions. Block b's queries
+  // see the positions before first + its last token + 1. Part p of a block keeps its results at
+  // p * nqb * per_query of the block's buffer: [parts][queries][m, d, acc [D], acc_rot [pd]].
   const uint32_t blocks = (nq + kQueryBlock - 1) / kQueryBlock;
-  std::vector<Task> tasks;
-  std::vector<size_t> block_task(size_t(H) * blocks);  // [h * blocks + b] its first task
-  const size_t per_query = 2 + D + pd;                 // m, d, acc [D], acc_rot [pd]
-  size_t total = 0;
-  for (uint32_t h = 0; h < H; ++h)
-    for (uint32_t b = 0; b < blocks; ++b) {
-      const uint32_t j1 = std::min(nq, (b + 1) * kQueryBlock), nqb = (j1 - b * kQueryBlock) * group;
-      block_task[size_t(h) * blocks + b] = tasks.size();
-      for (uint32_t p = 0; p * part < first + j1; ++p) {
-        tasks.push_back({h, b, p, total});
-        total += nqb * per_query;
-      }
-    }
-  thread_local std::vector<float> part_buf;  // this (calling) thread's, reused
-  part_buf.resize(std::max(part_buf.size(), total));
-  float* const parts = part_buf.data();  // [tasks][queries of its block][per_query]; the lambdas run on other threads
-  pool.parallel_for(tasks.size(), [&](size_t t0, size_t t1) {
-    for (size_t t = t0; t < t1; ++t) {
-      const Task& k = tasks[t];
-      const uint32_t j0 = k.b * kQueryBlock, j1 = std::min(nq, j0 + kQueryBlock);
-      attend_part(layer, s, k.h, first, j0, j1, k.p * part, (k.p + 1) * part, q_heads, q, &parts[k.off]);
-    }
-  });
-  // Merge each query's parts in order, un-rotate once, normalize.
-  pool.parallel_for(size_t(H) * blocks, [&](size_t t0, size_t t1) {
-    std::vector<float> a(D), a_rot(pd), unrot(pd);
+  const size_t per_query = 2 + D + pd;
+  const auto block_of = [&](size_t hb, uint32_t* j0, uint32_t* j1, uint32_t* nqb, uint32_t* n_parts) {
+    *j0 = uint32_t(hb % blocks) * kQueryBlock;
+    *j1 = std::min(nq, *j0 + kQueryBlock);
+    *nqb = (*j1 - *j0) * group;
+    *n_parts = (first + *j1 + part - 1) / part;
+  };
+  // Merges block hb's parts for each query in part order, un-rotates once, normalizes.
+  const auto merge = [&](size_t hb, const float* base, float* a, float* a_rot, float* unrot) {
+    uint32_t j0, j1, nqb, n_parts;
+    block_of(hb, &j0, &j1, &nqb, &n_parts);
+    const uint32_t h = uint32_t(hb / blocks);
+    const TurboQuant* vc = cache.format().v_codec(local, h);
     const auto ex = [](float x) { return std::exp(x); };
-    for (size_t hb = t0; hb < t1; ++hb) {
-      const uint32_t h = uint32_t(hb / blocks), b = uint32_t(hb % blocks);
-      const uint32_t j0 = b * kQueryBlock, j1 = std::min(nq, j0 + kQueryBlock), nqb = (j1 - j0) * group;
-      const size_t first_task = block_task[hb], n_parts = (hb + 1 < block_task.size() ? block_task[hb + 1] : tasks.size()) - first_task;
-      const TurboQuant* vc = cache.format().v_codec(local, h);
-      for (uint32_t qi = 0; qi < nqb; ++qi) {
-        const auto part_of = [&](size_t p) { return &parts[tasks[first_task + p].off + size_t(qi) * per_query]; };
-        float m_all = kSoftmaxNegInf;
-        for (size_t p = 0; p < n_parts; ++p) m_all = softmax_max(m_all, part_of(p)[0]);
-        float sum = 0.0f;
-        std::fill(a.begin(), a.end(), 0.0f);
-        std::fill(a_rot.begin(), a_rot.end(), 0.0f);
-        for (size_t p = 0; p < n_parts; ++p) {
-          const float* r = part_of(p);
-          const float w = SoftmaxState::weight(r[0], m_all, ex);
-          if (w == 0) continue;  // a part after the query's position, or with nothing visible
-          sum += r[1] * w;
-          for (uint32_t i = 0; i < D; ++i) a[i] += r[2 + i] * w;
-          if (vc)
-            for (uint32_t i = 0; i < pd; ++i) a_rot[i] += r[2 + D + i] * w;
-        }
-        float* o = out + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D;
-        const float inv = SoftmaxState::inv_sum(sum);
-        if (vc) {
-          vc->rotation().inverse(a_rot.data(), unrot.data());
-          for (uint32_t i = 0; i < D; ++i) o[i] = (a[i] + unrot[i]) * inv;
-        } else {
-          for (uint32_t i = 0; i < D; ++i) o[i] = a[i] * inv;
-        }
+    for (uint32_t qi = 0; qi < nqb; ++qi) {
+      const auto part_of = [&](uint32_t p) { return base + (size_t(p) * nqb + qi) * per_query; };
+      float m_all = kSoftmaxNegInf;
+      for (uint32_t p = 0; p < n_parts; ++p) m_all = softmax_max(m_all, part_of(p)[0]);
+      float sum = 0.0f;
+      std::fill_n(a, D, 0.0f);
+      std::fill_n(a_rot, pd, 0.0f);
+      for (uint32_t p = 0; p < n_parts; ++p) {
+        const float* r = part_of(p);
+        const float w = SoftmaxState::weight(r[0], m_all, ex);
+        if (w == 0) continue;  // a part after the query's position, or with nothing visible
+        sum += r[1] * w;
+        for (uint32_t i = 0; i < D; ++i) a[i] += r[2 + i] * w;
+        if (vc)
+          for (uint32_t i = 0; i < pd; ++i) a_rot[i] += r[2 + D + i] * w;
+      }
+      float* o = out + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D;
+      const float inv = SoftmaxState::inv_sum(sum);
+      if (vc) {
+        vc->rotation().inverse(a_rot, unrot);
+        for (uint32_t i = 0; i < D; ++i) o[i] = (a[i] + unrot[i]) * inv;
+      } else {
+        for (uint32_t i = 0; i < D; ++i) o[i] = a[i] * inv;
       }
     }
+  };
+  const auto run_part = [&](size_t hb, uint32_t p, float* base) {
+    uint32_t j0, j1, nqb, n_parts;
+    block_of(hb, &j0, &j1, &nqb, &n_parts);
+    attend_part(layer, s, uint32_t(hb / blocks), first, j0, j1, p * part, (p + 1) * part, q_heads, q, base + size_t(p) * nqb * per_query);
+  };
+
+  const size_t pairs = size_t(H) * blocks;
+  if (pairs >= 2 * size_t(pool.size())) {
+    // Enough pairs for every thread (a prompt chunk): a pair is one task, its parts one after the
+    // other in the thread's buffer, so memory is per thread, not per pair and part.
+    pool.parallel_for(pairs, [&](size_t t0, size_t t1) {
+      thread_local std::vector<float> buf;
+      std::vector<float> a(D), a_rot(pd), unrot(pd);
+      for (size_t hb = t0; hb < t1; ++hb) {
+        uint32_t j0, j1, nqb, n_parts;
+        block_of(hb, &j0, &j1, &nqb, &n_parts);
+        buf.resize(std::max(buf.size(), size_t(n_parts) * nqb * per_query));
+        for (uint32_t p = 0; p < n_parts; ++p) run_part(hb, p, buf.data());
+        merge(hb, buf.data(), a.data(), a_rot.data(), unrot.data());
+      }
+    });
+    return;
+  }
+  // Few pairs (a decode step): every part is a task, so that the threads share a long sequence.
+  std::vector<std::pair<size_t, uint32_t>> tasks;  // (pair, part)
+  std::vector<size_t> base(pairs + 1, 0);          // [pair] offset of its parts in part_buf
+  for (size_t hb = 0; hb < pairs; ++hb) {
+    uint32_t j0, j1, nqb, n_parts;
+    block_of(hb, &j0, &j1, &nqb, &n_parts);
+    for (uint32_t p = 0; p < n_parts; ++p) tasks.emplace_back(hb, p);
+    base[hb + 1] = base[hb] + size_t(n_parts) * nqb * per_query;
+  }
+  thread_local std::vector<float> part_buf;  // the calling thread's, reused
+  part_buf.resize(std::max(part_buf.size(), base[pairs]));
+  float* const parts = part_buf.data();  // the lambdas run on other threads: not part_buf there
+  pool.parallel_for(tasks.size(), [&](size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; ++t) run_part(tasks[t].first, tasks[t].second, parts + base[tasks[t].first]);
+  });
+  pool.parallel_for(pairs, [&](size_t t0, size_t t1) {
+    std::vector<float> a(D), a_rot(pd), unrot(pd);
+    for (size_t hb = t0; hb < t1; ++hb) merge(hb, parts + base[hb], a.data(), a_rot.data(), unrot.data());
   });
 }
 

@@ -25,6 +25,8 @@ constexpr auto kSpin = std::chrono::microseconds(2000);
 constexpr size_t kChunksPerThread = 4;
 
 inline uint32_t generation_of(uint64_t word) { return uint32_t(word >> 32); }
+// The chunk field of a job's word while its fields are being written: nothing can be claimed.
+constexpr uint32_t kClosed = 0xFFFFFFFFu;
 
 }  // namespace
 
@@ -48,9 +50,15 @@ void ThreadPool::run_chunks(uint32_t generation) {
   for (;;) {
     uint64_t word = word_.load(std::memory_order_acquire);
     if (generation_of(word) != generation) return;
-    const size_t chunk = size_t(uint32_t(word)), chunks = chunks_.load(std::memory_order_relaxed);
-    const size_t n = n_.load(std::memory_order_relaxed);
-    const Fn* fn = fn_.load(std::memory_order_relaxed);
+    if (uint32_t(word) == kClosed) {  // the job's fields are being written: they come in a moment
+      cpu_relax();
+      continue;
+    }
+    // Acquire: a field of a later job read here means that job closed the word first (below), so
+    // the claim of this word fails.
+    const size_t chunk = size_t(uint32_t(word)), chunks = chunks_.load(std::memory_order_acquire);
+    const size_t n = n_.load(std::memory_order_acquire);
+    const Fn* fn = fn_.load(std::memory_order_acquire);
     if (chunk >= chunks) return;
     if (!word_.compare_exchange_weak(word, word + 1, std::memory_order_acq_rel)) continue;
     try {
@@ -71,11 +79,17 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, size_t)
   }
   const size_t chunks = std::min(n, kChunksPerThread * size());
   error_ = nullptr;  // no worker touches it between jobs
-  fn_.store(&fn, std::memory_order_relaxed);
-  n_.store(n, std::memory_order_relaxed);
-  chunks_.store(chunks, std::memory_order_relaxed);
-  done_.store(0, std::memory_order_relaxed);
   const uint32_t g = ++generation_;
+  // Close the last job's word before its fields change. A worker may have read that word, then be
+  // descheduled, then read this job's fields: its claim of the old word must fail. Without this it
+  // could succeed (the old word was still current), run a chunk of this job that is claimed again
+  // below and count it twice, and this call then waited for ever (seen under two busy processes
+  // on two cores).
+  word_.store((uint64_t(g) << 32) | kClosed, std::memory_order_release);
+  fn_.store(&fn, std::memory_order_release);
+  n_.store(n, std::memory_order_release);
+  chunks_.store(chunks, std::memory_order_release);
+  done_.store(0, std::memory_order_relaxed);
   word_.store(uint64_t(g) << 32, std::memory_order_release);
   {
     // A worker about to sleep checks the word under mu_, so taking mu_ here orders this
