@@ -81,33 +81,12 @@ testing::TinyModelSpec tiny(const testing::BpeVocab* vocab) {
 
 // A SentencePiece vocabulary in GGUF (tokenizer.ggml.model "llama"): specials, byte tokens, words.
 Bytes gguf_spm() {
-  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
-  std::vector<int32_t> types = {2, 3, 3};
-  std::vector<float> scores = {0, 0, 0};
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, "<0x%02X>", b);
-    tokens.push_back(buf);
-    types.push_back(6);
-    scores.push_back(0);
-  }
+  std::vector<std::pair<std::string, float>> words;
   float score = -1;
-  for (const char* t : {"\xe2\x96\x81", "h", "e", "l", "o", "\xe2\x96\x81h", "he", "ll", "\xe2\x96\x81he", "llo", "\xe2\x96\x81hello"}) {
-    tokens.push_back(t);
-    types.push_back(1);
-    scores.push_back(score--);
-  }
-  tokens.push_back("<|im_start|>");
-  types.push_back(3);
-  scores.push_back(0);
+  for (const char* t : {"\xe2\x96\x81", "h", "e", "l", "o", "\xe2\x96\x81h", "he", "ll", "\xe2\x96\x81he", "llo", "\xe2\x96\x81hello"})
+    words.emplace_back(t, score--);
   testing::GgufWriter w;
-  w.add_string("tokenizer.ggml.model", "llama");
-  w.add_string_array("tokenizer.ggml.tokens", tokens);
-  w.add_f32_array("tokenizer.ggml.scores", scores);
-  w.add_i32_array("tokenizer.ggml.token_type", types);
-  w.add_u32("tokenizer.ggml.bos_token_id", 1);
-  w.add_u32("tokenizer.ggml.eos_token_id", 2);
-  w.add_bool("tokenizer.ggml.add_space_prefix", true);
+  testing::add_spm_tokenizer(w, words, {"<|im_start|>"}, true);
   return w.bytes();
 }
 

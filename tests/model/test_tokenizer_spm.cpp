@@ -8,6 +8,7 @@
 
 #include "gguf_writer.h"
 #include "test_data.h"
+#include "tiny_models.h"
 #include "tq/common.h"
 #include "tq/model/tokenizer.h"
 
@@ -116,39 +117,13 @@ TEST(Tok512, FileErrors) {
 // ---- GGUF "llama" (SentencePiece with ▁ for spaces) ----
 // without_byte >= 0: the byte-fallback token of that byte is replaced by an ordinary one.
 std::vector<uint8_t> spm_gguf(bool space_prefix, int without_byte = -1) {
-  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
-  std::vector<int32_t> types = {2, 3, 3};
-  std::vector<float> scores = {0, 0, 0};
-  for (int b = 0; b < 256; ++b) {
-    char buf[8];
-    std::snprintf(buf, sizeof buf, b == without_byte ? "<u%02X>" : "<0x%02X>", b);
-    tokens.push_back(buf);
-    types.push_back(b == without_byte ? 1 : 6);
-    scores.push_back(0);
-  }
-  const std::pair<const char*, float> normal[] = {
-      {"\xe2\x96\x81", -20}, {"h", -21},  {"e", -21},  {"l", -21},  {"o", -21},  {"w", -21},  {"r", -21},
-      {"d", -21},          {"\xe2\x96\x81h", -1}, {"he", -2}, {"ll", -3}, {"\xe2\x96\x81he", -4}, {"llo", -5},
-      {"\xe2\x96\x81hello", -6}, {"\xe2\x96\x81w", -7}, {"or", -8}, {"ld", -9}, {"\xe2\x96\x81wor", -10},
-      {"\xe2\x96\x81world", -11}};
-  for (const auto& [t, s] : normal) {
-    tokens.push_back(t);
-    types.push_back(1);
-    scores.push_back(s);
-  }
-  for (const char* t : {"<|im_start|>", "<|im_end|>"}) {
-    tokens.push_back(t);
-    types.push_back(3);
-    scores.push_back(0);
-  }
   testing::GgufWriter w;
-  w.add_string("tokenizer.ggml.model", "llama");
-  w.add_string_array("tokenizer.ggml.tokens", tokens);
-  w.add_f32_array("tokenizer.ggml.scores", scores);
-  w.add_i32_array("tokenizer.ggml.token_type", types);
-  w.add_u32("tokenizer.ggml.bos_token_id", 1);
-  w.add_u32("tokenizer.ggml.eos_token_id", 2);
-  w.add_bool("tokenizer.ggml.add_space_prefix", space_prefix);
+  testing::add_spm_tokenizer(w,
+                             {{"\xe2\x96\x81", -20}, {"h", -21}, {"e", -21}, {"l", -21}, {"o", -21}, {"w", -21}, {"r", -21},
+                              {"d", -21}, {"\xe2\x96\x81h", -1}, {"he", -2}, {"ll", -3}, {"\xe2\x96\x81he", -4}, {"llo", -5},
+                              {"\xe2\x96\x81hello", -6}, {"\xe2\x96\x81w", -7}, {"or", -8}, {"ld", -9}, {"\xe2\x96\x81wor", -10},
+                              {"\xe2\x96\x81world", -11}},
+                             {"<|im_start|>", "<|im_end|>"}, space_prefix, without_byte);
   return w.bytes();
 }
 

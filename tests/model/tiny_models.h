@@ -2,10 +2,12 @@
 #pragma once
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gguf_writer.h"
@@ -69,6 +71,40 @@ inline BpeVocab small_bpe_vocab(bool all_bytes) {
     v.types.push_back(3);
   }
   return v;
+}
+
+// A GGUF SentencePiece tokenizer (tokenizer.ggml.model "llama"): <unk> <s> </s> (ids 0..2), the 256
+// byte tokens <0xHH> (ids 3..258; without_byte >= 0: that byte's an ordinary token instead), then
+// `words` (text, score) and `specials` (control tokens). BOS 1, EOS 2.
+inline void add_spm_tokenizer(GgufWriter& w, const std::vector<std::pair<std::string, float>>& words, const std::vector<std::string>& specials,
+                              bool space_prefix, int without_byte = -1) {
+  std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+  std::vector<int32_t> types = {2, 3, 3};
+  std::vector<float> scores = {0, 0, 0};
+  for (int b = 0; b < 256; ++b) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, b == without_byte ? "<u%02X>" : "<0x%02X>", b);
+    tokens.push_back(buf);
+    types.push_back(b == without_byte ? 1 : 6);
+    scores.push_back(0);
+  }
+  for (const auto& [t, score] : words) {
+    tokens.push_back(t);
+    types.push_back(1);
+    scores.push_back(score);
+  }
+  for (const std::string& t : specials) {
+    tokens.push_back(t);
+    types.push_back(3);
+    scores.push_back(0);
+  }
+  w.add_string("tokenizer.ggml.model", "llama");
+  w.add_string_array("tokenizer.ggml.tokens", tokens);
+  w.add_f32_array("tokenizer.ggml.scores", scores);
+  w.add_i32_array("tokenizer.ggml.token_type", types);
+  w.add_u32("tokenizer.ggml.bos_token_id", 1);
+  w.add_u32("tokenizer.ggml.eos_token_id", 2);
+  w.add_bool("tokenizer.ggml.add_space_prefix", space_prefix);
 }
 
 inline void add_bpe_tokenizer(GgufWriter& w, const BpeVocab& v, const std::string& pre = "smollm") {
