@@ -111,16 +111,7 @@ void run(const Options& o) {
   check_gpu_memory(o.gpu_memory, device);
   std::optional<LoadedModel> draft;
   if (by_model) {
-    draft.emplace(load_draft_model(o.draft, o.tokenizer));
-    try {
-      engine::check_draft_vocabulary(tok, *draft->tokenizer);
-    } catch (const Error& e) {
-      throw Error(fmt::format("--draft '{}': {}", draft->path, e.what()));
-    }
-    TQ_CHECK(o.allow_long || draft->model.config.max_seq >= int(needed),
-             "--draft '{}': its training context ({} tokens) is shorter than the run's {} tokens (prompt and -n); pass "
-             "--allow-long-context to run anyway",
-             draft->path, draft->model.config.max_seq, needed);
+    draft.emplace(load_checked_draft(o.draft, o.tokenizer, tok, needed, o.allow_long, "the run (prompt and -n)"));
   }
   engine::Engine e(lm.model, spec,
                    {.device = device, .threads = threads, .context = needed, .gpu_memory = o.gpu_memory, .exact_products = o.exact_products});

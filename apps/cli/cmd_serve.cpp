@@ -26,6 +26,7 @@ struct Options {
   unsigned threads = 0;
   bool no_prefix_caching = false;
   std::string speculative;  // --spec: requests' default
+  std::string draft, draft_kv;  // --draft: a draft model for requests that ask for "draft"
 };
 
 void serve(const Options& o) {
@@ -39,10 +40,14 @@ void serve(const Options& o) {
            o.shutdown_timeout);  // NaN and inf fail too
   const unsigned threads = threads_option(o.threads);
   const KvSpec spec = parse_kv_spec(o.kv);
+  // --draft alone means --spec draft for every request; with --spec ngram, requests may still ask for "draft".
+  const std::string spec_text = o.speculative.empty() && !o.draft.empty() ? "draft" : o.speculative;
   std::optional<engine::SpeculativeSpec> speculation;
-  if (!o.speculative.empty()) speculation = engine::parse_speculative_spec(o.speculative);
-  TQ_CHECK(!speculation || speculation->source == engine::SpeculativeSpec::Source::kNgram,
-           "--spec '{}': the server drafts by prompt lookup only (ngram)", o.speculative);
+  if (!spec_text.empty()) speculation = engine::parse_speculative_spec(spec_text);
+  TQ_CHECK(!speculation || speculation->source == engine::SpeculativeSpec::Source::kNgram || !o.draft.empty(),
+           "--spec '{}' drafts with a model: give it with --draft FILE", spec_text);
+  TQ_CHECK(o.draft_kv.empty() || !o.draft.empty(), "--draft-kv is the draft model's KV spec: give --draft FILE too");
+  const KvSpec draft_spec = parse_kv_spec(o.draft_kv.empty() ? o.kv : o.draft_kv);
   // SIGINT and SIGTERM are taken by one thread (sigwait), so every thread started below (the engine's CPU workers too) inherits
   // the mask and no handler runs inside a request.
   sigset_t sigs;
@@ -58,6 +63,15 @@ void serve(const Options& o) {
   TQ_CHECK(ctx >= 2 && ctx <= uint32_t(cfg.max_seq), "--max-model-len must be in 2..{} (the model's context), got {}", cfg.max_seq, ctx);
   const engine::Device device = pick_device(o.device, cfg, {spec});
   check_gpu_memory(o.gpu_memory, device);
+  // The draft model's engine first: on a GPU, --gpu-memory then gives the model's pool what it leaves.
+  std::optional<LoadedModel> draft;
+  std::optional<engine::Engine> draft_engine;
+  if (!o.draft.empty()) {
+    draft.emplace(load_checked_draft(o.draft, o.tokenizer, *lm.tokenizer, ctx, false, "--max-model-len"));
+    const engine::Device draft_device = pick_device(o.device, draft->model.config, {draft_spec});
+    draft_engine.emplace(draft->model, draft_spec,
+                         engine::EngineOptions{.device = draft_device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs});
+  }
   engine::Engine e(lm.model, spec,
                    {.device = device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
                     .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory});
@@ -66,7 +80,10 @@ void serve(const Options& o) {
   const model::Model& m = lm.model;
   const model::Tokenizer& tok = *lm.tokenizer;
   serve::Service svc(e, [&](int id) { return engine::is_stop_token(m, tok, id); },
-                     {.max_num_seqs = o.max_num_seqs, .max_batched_tokens = o.max_batched_tokens, .prefix_caching = !o.no_prefix_caching},
+                     {.max_num_seqs = o.max_num_seqs,
+                      .max_batched_tokens = o.max_batched_tokens,
+                      .prefix_caching = !o.no_prefix_caching,
+                      .draft = draft_engine ? &*draft_engine : nullptr},
                      {.max_waiting = o.max_queue});
   serve::Server server(svc, m, tok,
                        {.host = o.host, .port = o.port, .model_name = name, .threads = o.max_num_seqs + o.max_queue + 8,
@@ -82,9 +99,12 @@ void serve(const Options& o) {
              size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size(), o.max_num_seqs, ctx, o.max_batched_tokens);
   fmt::print(stderr, "tq serve: prefix caching {}\n",
              sch.prefix_caching() ? "on" : o.no_prefix_caching ? "off (--no-enable-prefix-caching)" : "off: " + sch.prefix_caching_note());
+  if (draft_engine)
+    fmt::print(stderr, "tq serve: draft model {} ({} layers), KV cache {}, {}, {} pages\n", draft->path, draft->model.config.n_layers,
+               draft_spec.canonical(), draft_engine->runner().describe(), draft_engine->blocks().allocator().num_pages());
   fmt::print(stderr, "tq serve: speculative decoding {}\n",
-             speculation ? fmt::format("{} for every request (a request's \"speculative\" overrides it)", o.speculative)
-                         : "off (a request may ask: \"speculative\": \"ngram\")");
+             speculation ? fmt::format("{} for every request (a request's \"speculative\" overrides it)", spec_text)
+                         : fmt::format("off (a request may ask: \"speculative\": \"ngram\"{})", draft_engine ? " or \"draft\"" : ""));
   if (cfg.chat_template == model::ChatTemplate::None) fmt::print(stderr, "tq serve: the model has no chat template; chat requests use ChatML\n");
   fmt::print(stderr, "tq serve: serving '{}' on http://{}:{} (Ctrl-C stops)\n", name, o.host, port);
   std::fflush(stderr);
@@ -135,8 +155,14 @@ void add_serve(CLI::App& app) {
   c->add_option("--shutdown-timeout", o->shutdown_timeout,
                 "on SIGINT or SIGTERM, seconds that running requests get to finish before they are cancelled (default 10)");
   c->add_option("--spec", o->speculative,
-                "speculative decoding by prompt lookup for every request: ngram[:k=N:n=N:min=N:fixed=1] (tq run --help\n"
-                "says what they mean); a request's \"speculative\" field (a spec, or \"off\") overrides it. Default: off");
+                "speculative decoding for every request: ngram[:k=N:n=N:min=N:fixed=1] (prompt lookup) or draft[:k=N]\n"
+                "(the --draft model; tq run --help says what the options mean); a request's \"speculative\" field (a\n"
+                "spec, or \"off\") overrides it. Default: off, or draft with --draft");
+  c->add_option("--draft", o->draft,
+                "draft model for speculative decoding (GGUF with -m's tokenizer, smaller and faster): each running\n"
+                "request that speculates with \"draft\" drafts on its own sequence of it; implies --spec draft\n"
+                "(default: none)");
+  c->add_option("--draft-kv", o->draft_kv, "KV spec of the draft model's cache (default: --kv's)");
   c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->callback([o] { serve(*o); });
 }

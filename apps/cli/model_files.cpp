@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "tq/check.h"
+#include "tq/engine/speculative.h"
 
 namespace tq::cli {
 
@@ -53,6 +54,20 @@ LoadedModel load_draft_model(const std::string& path, const std::string& tokeniz
     out.tokenizer = model::load_llama2c_tokenizer(tokenizer_path, out.model.config.vocab_size);
   }
   return out;
+}
+
+LoadedModel load_checked_draft(const std::string& path, const std::string& tokenizer_path, const model::Tokenizer& target, uint32_t needed,
+                               bool allow_long, const char* needed_is) {
+  LoadedModel draft = load_draft_model(path, tokenizer_path);
+  try {
+    engine::check_draft_vocabulary(target, *draft.tokenizer);
+  } catch (const Error& e) {
+    throw Error(fmt::format("--draft '{}': {}", draft.path, e.what()));
+  }
+  TQ_CHECK(allow_long || draft.model.config.max_seq >= int(needed),
+           "--draft '{}': its training context ({} tokens) is shorter than {} ({} tokens); pass --allow-long-context to run anyway",
+           draft.path, draft.model.config.max_seq, needed_is, needed);
+  return draft;
 }
 
 void flush_stdout() {

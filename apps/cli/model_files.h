@@ -30,6 +30,10 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const std::string&
 // A draft model for speculative decoding: its GGUF's tokenizer, or for a llama2.c checkpoint the
 // --tokenizer file (the target's: a draft model shares the target's tokenizer).
 LoadedModel load_draft_model(const std::string& path, const std::string& tokenizer_path);
+// load_draft_model, then the checks a draft model must pass for `target`: its vocabulary token by
+// token, and a training context of at least `needed` tokens (unless allow_long). Errors name --draft.
+LoadedModel load_checked_draft(const std::string& path, const std::string& tokenizer_path, const model::Tokenizer& target, uint32_t needed,
+                               bool allow_long, const char* needed_is);
 
 engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs);
 // --gpu-memory: a fraction in (0, 1] (0: not given), on the GPU only; throws tq::Error naming it.

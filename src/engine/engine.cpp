@@ -118,8 +118,10 @@ int Engine::add_sequence() {
   return seq;
 }
 
-int Engine::add_sequence(std::span<const int> tokens, uint32_t limit) {
-  const int seq = blocks_.add_sequence(tokens, limit);
+int Engine::add_sequence(std::span<const int> tokens, uint32_t limit) { return add_cached_sequence(blocks_.match_prefix(tokens, limit)); }
+
+int Engine::add_cached_sequence(std::span<const int32_t> pages) {
+  const int seq = blocks_.add_cached_sequence(pages);
   try {
     runner_->add_sequence(seq);
   } catch (...) {

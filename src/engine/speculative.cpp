@@ -44,6 +44,8 @@ std::vector<int> NgramDrafter::draft(uint32_t max) {
 
 ModelDrafter::ModelDrafter(Engine& e) : e_(e), seq_(e.add_sequence()) {}
 
+ModelDrafter::~ModelDrafter() { e_.remove_sequence(seq_); }
+
 void ModelDrafter::extend(std::span<const int> tokens) { text_.insert(text_.end(), tokens.begin(), tokens.end()); }
 
 std::vector<int> ModelDrafter::draft(uint32_t max) {

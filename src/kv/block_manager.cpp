@@ -123,8 +123,11 @@ std::vector<int32_t> BlockManager::match_prefix(std::span<const int> tokens, uin
   return pages;
 }
 
-int BlockManager::add_sequence(std::span<const int> tokens, uint32_t limit) {
-  const std::vector<int32_t> pages = match_prefix(tokens, limit);
+int BlockManager::add_sequence(std::span<const int> tokens, uint32_t limit) { return add_cached_sequence(match_prefix(tokens, limit)); }
+
+int BlockManager::add_cached_sequence(std::span<const int32_t> pages) {
+  for (int32_t p : pages)
+    TQ_CHECK(caching_ && p >= 0 && size_t(p) < entries_.size() && entries_[size_t(p)], "page {} holds no cached prefix", p);
   const int seq = add_sequence();
   Seq& s = at(seq);
   for (int32_t p : pages) {

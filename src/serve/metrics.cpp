@@ -37,10 +37,12 @@ std::string prometheus_text(const ServiceStats& s) {
   metric(o, "tq_step_seconds_total", "counter", "Time inside scheduler steps.", s.step_seconds);
   metric(o, "tq_spec_verify_steps_total", "counter", "Speculative steps: a request's step that carried drafts to verify.",
          double(c.spec_verifications));
-  metric(o, "tq_spec_draft_tokens_total", "counter", "Tokens drafted (n-gram prompt lookup) and verified.", double(c.spec_drafted));
+  metric(o, "tq_spec_draft_tokens_total", "counter", "Tokens drafted (n-gram prompt lookup or the draft model) and verified.", double(c.spec_drafted));
   metric(o, "tq_spec_accepted_tokens_total", "counter", "Drafted tokens the model agreed with (kept).", double(c.spec_accepted));
   metric(o, "tq_spec_acceptance_rate", "gauge", "Accepted over drafted tokens since the start.",
          c.spec_drafted ? double(c.spec_accepted) / double(c.spec_drafted) : 0.0);
+  metric(o, "tq_spec_draft_failures_total", "counter", "Requests whose draft model failed; they went on without speculation.",
+         double(c.spec_failures));
   metric(o, "tq_spec_mean_accepted_length", "gauge", "Drafted tokens kept per verify step since the start (each step adds the model's own token).",
          c.spec_verifications ? double(c.spec_accepted) / double(c.spec_verifications) : 0.0);
   const char* h = "tq_time_to_first_token_seconds";

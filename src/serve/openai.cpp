@@ -144,9 +144,7 @@ CompletionRequest parse_completion(const json& body, bool chat) {
         r.speculation.emplace(engine::parse_speculative_spec(text));
       } catch (const Error& e) {
         throw bad("speculative", e.what());
-      }
-      if (r.speculation->value().source != engine::SpeculativeSpec::Source::kNgram)
-        throw bad("speculative", fmt::format("'{}': this server drafts by prompt lookup only (ngram)", text));
+      }  // "draft" needs a draft model: the scheduler's check says whether this server has one
     }
   }
   if (const json* s = field(body, "stop")) {

@@ -25,16 +25,21 @@ struct Scheduler::Seq {
   int seq = -1;             // the engine's sequence while running
   uint32_t computed = 0;    // tokens whose K/V are in the cache (the engine's seq_len)
   Finish done = Finish::kNone;
-  std::unique_ptr<engine::Drafter> drafter;  // told every token of `tokens`; null without speculation
+  // Told every token of `tokens`; null without speculation, and for a draft-model request while
+  // it is not running (its drafter holds a sequence of the draft engine).
+  std::unique_ptr<engine::Drafter> drafter;
   std::optional<engine::Speculation> spec;
+  bool model_draft = false;  // drafts on the draft model
 
   Seq(uint64_t i, Request&& r) : id(i), tokens(std::move(r.prompt)), max_tokens(r.max_tokens), sampler(r.sampling) {
     prompt_len = uint32_t(tokens.size());
-    if (r.speculation) {
+    if (!r.speculation) return;
+    model_draft = r.speculation->source == engine::SpeculativeSpec::Source::kDraftModel;
+    if (!model_draft) {
       drafter = engine::make_drafter(*r.speculation);
       drafter->extend(tokens);
-      spec.emplace(drafter.get(), r.speculation->max_draft, r.speculation->adaptive);
     }
+    spec.emplace(drafter.get(), r.speculation->max_draft, r.speculation->adaptive);
   }
 };
 
@@ -54,28 +59,55 @@ Scheduler::Scheduler(engine::Engine& e, std::function<bool(int)> is_stop, const 
     opts_.prefix_caching = prefix_note_.empty();
   }
   stats_.pages_total = e_.blocks().allocator().num_pages();
+  if (opts_.draft) {
+    TQ_CHECK(opts_.draft->options().max_seqs >= opts_.max_num_seqs,
+             "the draft model's engine holds {} sequences, fewer than --max-num-seqs ({}): each running request drafts on its own",
+             opts_.draft->options().max_seqs, opts_.max_num_seqs);
+    TQ_CHECK(opts_.draft->config().vocab_size == e_.config().vocab_size, "the draft model's vocabulary has {} tokens, the model's {}",
+             opts_.draft->config().vocab_size, e_.config().vocab_size);
+  }
 }
 
 Scheduler::~Scheduler() = default;
 
+namespace {
+// TQ_CHECK for a request field: throws Refused(param, message).
+template <typename... Args>
+void refuse_unless(bool ok, const char* param, fmt::format_string<Args...> f, Args&&... args) {
+  if (!ok) throw Refused(param, fmt::format(f, std::forward<Args>(args)...));
+}
+
+// The sampling field a validate() message is about: each starts with the field's name.
+const char* sampling_field(const std::string& what) {
+  for (const char* f : {"temperature", "top_k", "top_p", "min_p"})
+    if (what.rfind(f, 0) == 0) return f;
+  return "temperature";
+}
+}  // namespace
+
 void Scheduler::check(const Request& r) const {
   const engine::EngineOptions& eo = e_.options();
   const size_t n = r.prompt.size();
-  TQ_CHECK(n >= 1, "the prompt is empty");
+  refuse_unless(n >= 1, "prompt", "the prompt is empty");
   const int vocab = e_.config().vocab_size;
-  for (int t : r.prompt) TQ_CHECK(t >= 0 && t < vocab, "token id {} is outside the vocabulary ({})", t, vocab);
-  TQ_CHECK(r.max_tokens >= 1, "max_tokens must be at least 1");
-  TQ_CHECK(n + r.max_tokens <= eo.context,
-           "this model's maximum context length is {} tokens, but {} were asked for ({} in the prompt, {} to generate)", eo.context,
-           n + r.max_tokens, n, r.max_tokens);
+  for (int t : r.prompt) refuse_unless(t >= 0 && t < vocab, "prompt", "token id {} is outside the vocabulary ({})", t, vocab);
+  refuse_unless(r.max_tokens >= 1, "max_tokens", "max_tokens must be at least 1");
+  refuse_unless(n + r.max_tokens <= eo.context, "max_tokens",
+                "this model's maximum context length is {} tokens, but {} were asked for ({} in the prompt, {} to generate)", eo.context,
+                n + r.max_tokens, n, r.max_tokens);
   // The last generated token is never fed back, so prompt + max_tokens - 1 positions at most.
   const uint32_t P = e_.blocks().page_size();
   const size_t pages = (n + r.max_tokens - 1 + P - 1) / P;
-  TQ_CHECK(pages <= stats_.pages_total, "the request needs {} KV pages ({} tokens), more than the whole pool holds ({} pages)", pages,
-           n + r.max_tokens - 1, stats_.pages_total);
-  r.sampling.validate();
-  TQ_CHECK(!r.speculation || r.speculation->source == engine::SpeculativeSpec::Source::kNgram,
-           "speculative '{}': the server drafts by prompt lookup only (ngram)", r.speculation ? r.speculation->text : "");
+  refuse_unless(pages <= stats_.pages_total, "max_tokens", "the request needs {} KV pages ({} tokens), more than the whole pool holds ({} pages)",
+                pages, n + r.max_tokens - 1, stats_.pages_total);
+  try {
+    r.sampling.validate();
+  } catch (const Error& e) {
+    throw Refused(sampling_field(e.what()), e.what());
+  }
+  refuse_unless(!r.speculation || r.speculation->source == engine::SpeculativeSpec::Source::kNgram || opts_.draft, "speculative",
+                "speculative '{}': this server has no draft model (tq serve --draft FILE); it drafts by prompt lookup (ngram)",
+                r.speculation ? r.speculation->text : "");
 }
 
 uint64_t Scheduler::add(Request r, uint64_t id) {
@@ -94,6 +126,17 @@ void Scheduler::release(Seq* s, bool cache) {
   e_.remove_sequence(s->seq);
   s->seq = -1;
   s->computed = 0;
+  if (s->model_draft && s->spec) {  // its draft sequence goes back too; readmission starts a new one
+    s->drafter.reset();
+    s->spec->drafter = nullptr;
+  }
+}
+
+void Scheduler::start_drafter(Seq* s) {
+  if (!s->model_draft || !s->spec || s->drafter) return;
+  s->drafter = std::make_unique<engine::ModelDrafter>(*opts_.draft);
+  s->drafter->extend(s->tokens);
+  s->spec->drafter = s->drafter.get();
 }
 
 void Scheduler::finish(Seq* s, Finish f, std::vector<Event>& out, int token, std::string error) {
@@ -132,11 +175,19 @@ void Scheduler::take(Seq* s, uint32_t n, uint32_t pages, Plan& p, std::vector<in
 }
 
 std::vector<int> Scheduler::drafts_for(Seq* s, uint32_t budget) {
-  if (!s->spec || budget < 2) return {};
+  if (!s->spec || !s->drafter || budget < 2) return {};
   // Every kept draft and the target's token after them are generated tokens: within max_tokens
   // (and so within the context and the pages check() allowed).
   const uint32_t room = std::min({s->spec->length(), s->max_tokens - s->generated - 1, budget - 1, e_.options().max_chunk - 1});
-  return room ? s->drafter->draft(room) : std::vector<int>{};
+  if (!room) return {};
+  try {
+    return s->drafter->draft(room);
+  } catch (const Error&) {  // the draft model failed (its pool, its device): the request goes on without speculation
+    s->drafter.reset();
+    s->spec.reset();
+    ++stats_.spec_failures;
+    return {};
+  }
 }
 
 void Scheduler::emit(Seq* s, const std::vector<int>& tokens, std::vector<Event>& out) {
@@ -169,8 +220,9 @@ void Scheduler::admit(Plan& p) {
     const uint32_t n = std::min(uint32_t(w->tokens.size()) - start, p.budget);
     const uint32_t alloc = (start + n + P - 1) / P - uint32_t(hit.size());
     if (alloc + revive + p.planned > bm.allocator().free_pages()) break;  // first come, first served: nobody overtakes it
-    w->seq = e_.add_sequence(w->tokens, limit);
+    w->seq = e_.add_cached_sequence(hit);
     w->computed = e_.seq_len(w->seq);
+    start_drafter(w);
     stats_.prefix_queried_tokens += w->tokens.size();
     stats_.prefix_hit_tokens += w->computed;
     running_.push_back(std::move(waiting_.front()));

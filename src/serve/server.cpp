@@ -121,8 +121,8 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
     s = svc.submit(std::move(r));
   } catch (const Busy& b) {
     throw ApiError(b.shutting_down ? 503 : 429, b.what(), "", b.shutting_down ? "service_unavailable" : "rate_limit_error");
-  } catch (const Error& e) {
-    throw ApiError(400, e.what(), std::string(e.what()).find("max") != std::string::npos ? "max_tokens" : what);
+  } catch (const Refused& e) {
+    throw ApiError(400, e.what(), e.param);
   }
   ResponseHead h{fmt::format("{}-{}", cr.chat ? "chatcmpl" : "cmpl", s->id()), o.model_name, unix_now(), cr.chat};
   return std::make_shared<Answer>(s, h, tok, prompt.back(), cr.stop, uint32_t(prompt.size()));

@@ -36,6 +36,10 @@ TEST(OpenAiParse, CompletionDefaultsAndFields) {
   EXPECT_EQ(r.speculation->value().max_draft, 4u);
   r = parse_completion(json::parse(R"({"prompt": "x", "speculative": "off"})"), false);
   EXPECT_TRUE(r.speculation.has_value() && !r.speculation->has_value());
+  // A draft-model spec parses; whether the server has a draft model is the scheduler's check.
+  r = parse_completion(json::parse(R"({"prompt": "x", "speculative": "draft:k=3"})"), false);
+  ASSERT_TRUE(r.speculation.has_value() && r.speculation->has_value());
+  EXPECT_EQ(r.speculation->value().source, engine::SpeculativeSpec::Source::kDraftModel);
 }
 
 TEST(OpenAiParse, ChatMessages) {
@@ -89,8 +93,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Bad{R"({"messages": [{"role": "user", "content": "x"}], "tools": []})", true, "tools"},
                       Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", true, "logprobs"},
                       Bad{R"({"prompt": "x", "speculative": true})", false, "speculative"},
-                      Bad{R"({"prompt": "x", "speculative": "ngram:k=9"})", false, "speculative"},
-                      Bad{R"({"prompt": "x", "speculative": "draft"})", false, "speculative"}));
+                      Bad{R"({"prompt": "x", "speculative": "ngram:k=9"})", false, "speculative"}));
 
 TEST(OpenAiBodies, Shapes) {
   const ResponseHead chat{"chatcmpl-1", "m", 100, true}, cmpl{"cmpl-1", "m", 100, false};

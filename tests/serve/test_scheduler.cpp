@@ -31,14 +31,23 @@ std::vector<int> prompt(const std::string& text) { return stories()->tok->encode
 
 // The request alone on a fresh engine: prefill, then engine::generate (speculating as the request
 // says when `speculate`).
+// The draft model of draft-model requests: stories260K itself, on its own fp16 cache.
+constexpr const char* kDraftSpec = "fp16";
+
 std::vector<int> alone(const std::string& spec, const Request& r, bool speculate = false) {
   Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512});
   const int s = e.add_sequence();
   engine::Sampler sampler(r.sampling);
+  std::optional<Engine> draft_engine;
   std::unique_ptr<engine::Drafter> d;
   std::optional<engine::Speculation> sp;
   if (speculate && r.speculation) {
-    d = engine::make_drafter(*r.speculation);
+    if (r.speculation->source == engine::SpeculativeSpec::Source::kDraftModel) {
+      draft_engine.emplace(stories()->m, parse_kv_spec(kDraftSpec), EngineOptions{.threads = 2, .context = 512});
+      d = std::make_unique<engine::ModelDrafter>(*draft_engine);
+    } else {
+      d = engine::make_drafter(*r.speculation);
+    }
     d->extend(r.prompt);
     sp.emplace(d.get(), r.speculation->max_draft, r.speculation->adaptive);
   }
@@ -94,18 +103,27 @@ class SchedulerMatchesAlone : public ::testing::TestWithParam<Case> {};
 // with plain requests: greedy ones must still give the tokens they get alone without speculation;
 // sampled ones those generate() gives them alone with the same speculation, where nothing shortens
 // their drafts (a token budget or a small pool: drafts then give way, and so draw other numbers).
-void matches_alone(const Case& c, bool speculate) {
+// With `draft_model` too, two of those draft on a draft model (one sequence each on a shared
+// draft engine, given back on preemption and at the end).
+void matches_alone(const Case& c, bool speculate, bool draft_model = false) {
   EngineOptions eo = c.eo;
   eo.threads = 2;
   eo.context = 512;
   Engine e(stories()->m, parse_kv_spec(c.spec), eo);
-  Scheduler s(e, is_stop, c.so);
+  std::optional<Engine> draft;
+  SchedulerOptions so = c.so;
+  if (draft_model) {
+    draft.emplace(stories()->m, parse_kv_spec(kDraftSpec), EngineOptions{.threads = 2, .context = 512, .max_seqs = so.max_num_seqs});
+    so.draft = &*draft;
+  }
+  Scheduler s(e, is_stop, so);
   std::vector<Request> reqs;
   std::vector<uint64_t> ids;
   for (size_t i = 0; i < kPrompts.size(); ++i) {
     Request r{prompt(kPrompts[i]), {}, uint32_t(20 + 9 * i), {}};
     if (i % 2) r.sampling = SamplingParams{.temperature = 0.9f, .top_p = 0.95f, .seed = 1000 + i};
     if (speculate && i % 3 != 2) r.speculation = engine::parse_speculative_spec(i % 2 ? "ngram:k=3:min=1" : "ngram:n=2:min=1");
+    if (draft_model && i % 3 == 0) r.speculation = engine::parse_speculative_spec("draft:k=4");
     reqs.push_back(r);
     ids.push_back(s.add(r));
   }
@@ -132,6 +150,10 @@ void matches_alone(const Case& c, bool speculate) {
     EXPECT_GT(st.spec_verifications, 10u);
     EXPECT_GT(st.spec_accepted, 5u);
     EXPECT_LT(st.spec_accepted, st.spec_drafted);
+    EXPECT_EQ(st.spec_failures, 0u);
+  }
+  if (draft) {  // every draft sequence went back with its request
+    EXPECT_EQ(draft->blocks().allocator().free_pages(), draft->blocks().allocator().num_pages()) << "draft pages leaked";
   }
 }
 
@@ -143,6 +165,11 @@ TEST_P(SchedulerMatchesAlone, GreedyAndSeeded) {
 TEST_P(SchedulerMatchesAlone, SpeculativeRequestsShareSteps) {
   REQUIRE_STORIES();
   matches_alone(GetParam(), true);
+}
+
+TEST_P(SchedulerMatchesAlone, DraftModelRequestsShareSteps) {
+  REQUIRE_STORIES();
+  matches_alone(GetParam(), true, true);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -276,7 +303,27 @@ TEST(SchedulerErrors, RequestsThatCanNeverRunAreRefused) {
   expect_error([&] { s.add({std::vector<int>(60, 5), {}, 10, {}}); }, "maximum context length is 64 tokens, but 70");
   expect_error([&] { s.add({std::vector<int>(30, 5), {}, 10, {}}); }, "more than the whole pool holds (4 pages)");
   expect_error([&] { s.add({{1}, SamplingParams{.top_p = 2}, 4, {}}); }, "top_p");
+  expect_error([&] { s.add({{1}, {}, 4, engine::parse_speculative_spec("draft")}); }, "no draft model");
   EXPECT_TRUE(s.idle());
+  // Each refusal names the request field to blame (the server's error "param").
+  const auto param = [&](const Request& r) {
+    try {
+      s.check(r);
+    } catch (const Refused& e) {
+      return e.param;
+    }
+    return std::string("(accepted)");
+  };
+  EXPECT_EQ(param({{}, {}, 4, {}}), "prompt");
+  EXPECT_EQ(param({{1, 600}, {}, 4, {}}), "prompt");
+  EXPECT_EQ(param({{1, 2}, {}, 0, {}}), "max_tokens");
+  EXPECT_EQ(param({std::vector<int>(60, 5), {}, 10, {}}), "max_tokens");
+  EXPECT_EQ(param({{1}, SamplingParams{.temperature = -1}, 4, {}}), "temperature");
+  EXPECT_EQ(param({{1}, SamplingParams{.top_p = 2}, 4, {}}), "top_p");
+  EXPECT_EQ(param({{1}, SamplingParams{.top_k = -1}, 4, {}}), "top_k");
+  EXPECT_EQ(param({{1}, SamplingParams{.min_p = 2}, 4, {}}), "min_p");
+  EXPECT_EQ(param({{1}, {}, 4, engine::parse_speculative_spec("draft")}), "speculative");
+  EXPECT_EQ(param({{1}, {}, 4, {}}), "(accepted)");
   expect_error([&] { Scheduler(e, is_stop, {.max_num_seqs = 3}); }, "--max-num-seqs");
   expect_error([&] { Scheduler(e, is_stop, {.max_num_seqs = 2, .max_batched_tokens = 17}); }, "largest step");
 }

@@ -74,6 +74,8 @@ class Engine {
   // (BlockManager::match_prefix); seq_len() says how many positions it got. Without prefix
   // caching, an empty sequence.
   int add_sequence(std::span<const int> tokens, uint32_t limit);
+  // The same with the pages blocks().match_prefix() just found (BlockManager::add_cached_sequence).
+  int add_cached_sequence(std::span<const int32_t> pages);
   // Turns prefix caching on (BlockManager, keyed by the KV spec). Returns why it cannot be, and
   // leaves it off, when the spec keeps tokens outside the pages (sink and window side buffers:
   // a sequence starting from shared pages would lack them); "" when it is on.

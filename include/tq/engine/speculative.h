@@ -64,6 +64,9 @@ class ModelDrafter : public Drafter {
  public:
   // `e`: the draft model's engine, which the drafter uses alone (one sequence); must outlive it.
   explicit ModelDrafter(Engine& e);
+  ~ModelDrafter() override;  // its sequence goes back to the engine (a server makes one per request)
+  ModelDrafter(const ModelDrafter&) = delete;
+  ModelDrafter& operator=(const ModelDrafter&) = delete;
   void extend(std::span<const int> tokens) override;
   std::vector<int> draft(uint32_t max) override;
 

@@ -59,6 +59,9 @@ class BlockManager {
   std::vector<int32_t> match_prefix(std::span<const int> tokens, uint32_t limit) const;
   // A new sequence that holds the pages match_prefix(tokens, limit) finds: len() = their positions.
   int add_sequence(std::span<const int> tokens, uint32_t limit);
+  // A new sequence that holds `pages`, what match_prefix just answered (no page changed since):
+  // the scheduler matches once to see what an admission costs, then admits with the answer.
+  int add_cached_sequence(std::span<const int32_t> pages);
   // Caches the sequence's pages that are full and not cached yet; tokens: its tokens, at least
   // [0, len). A page whose prefix is cached already (another sequence computed it at the same time)
   // stays private. A no-op without prefix caching.

@@ -9,7 +9,8 @@
 //              gives its pages back and waits again at its place in the arrival order; when it
 //              is readmitted its prompt and the tokens it generated are recomputed (prefix hits
 //              included), and its sampler goes on from where it was, so its text does not change.
-//   speculation a request with an ngram spec drafts from its own text each decode step; its step
+//   speculation a request with an ngram spec drafts from its own text each decode step (with a
+//              draft spec, on the draft model, in a sequence it holds while it runs); its step
 //              item carries the last token and the drafts, every row is sampled, the kept
 //              drafts and the target's token become events of that step, and the cache is taken
 //              back past the kept ones (speculative.h). Plain and speculative requests share
@@ -29,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "tq/check.h"
 #include "tq/engine/engine.h"
 #include "tq/engine/sampler.h"
 #include "tq/engine/speculative.h"
@@ -39,8 +41,17 @@ struct Request {
   std::vector<int> prompt;           // [n >= 1] token ids
   engine::SamplingParams sampling;   // validated by add()
   uint32_t max_tokens = 16;          // most tokens to generate (>= 1)
-  // Speculative decoding by prompt lookup (an ngram spec; a draft model is refused by check()).
+  // Speculative decoding: by prompt lookup (ngram), or on the draft model (draft; the scheduler's
+  // SchedulerOptions::draft, else check() refuses it).
   std::optional<engine::SpeculativeSpec> speculation;
+};
+
+// Why a request can never run (Scheduler::check), and the request field to blame: the server
+// answers 400 and names it as the OpenAI error's "param".
+class Refused : public Error {
+ public:
+  Refused(std::string param, const std::string& what) : Error(what), param(std::move(param)) {}
+  std::string param;  // "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p" or "speculative"
 };
 
 enum class Finish { kNone, kStop, kLength, kCancelled, kError };
@@ -60,6 +71,10 @@ struct SchedulerOptions {
   uint32_t max_num_seqs = 16;         // running requests at once (<= the engine's max_seqs)
   uint32_t max_batched_tokens = 0;    // token budget of one step; 0: the engine's max_chunk
   bool prefix_caching = true;         // share the full pages of cached prefixes
+  // The draft model's engine, for requests whose speculation is "draft": a running one drafts on a
+  // sequence of its own there (ModelDrafter), given back when it ends or is preempted. Its
+  // max_seqs must reach max_num_seqs, its vocabulary be the target's (check_draft_vocabulary).
+  engine::Engine* draft = nullptr;
 };
 
 // Counters for /metrics; totals since construction.
@@ -73,6 +88,7 @@ struct SchedulerStats {
   uint64_t preemptions = 0, finished = 0, cancelled = 0;
   // Speculative decoding, over verification items (a request's step that carried drafts).
   uint64_t spec_verifications = 0, spec_drafted = 0, spec_accepted = 0;
+  uint64_t spec_failures = 0;  // requests whose draft model failed and that went on without speculation
 };
 
 class Scheduler {
@@ -88,10 +104,10 @@ class Scheduler {
   // Why prefix caching is off although asked for; empty when it is on or was not asked for.
   const std::string& prefix_caching_note() const { return prefix_note_; }
 
-  // Throws tq::Error naming the value when the request can never run: an empty prompt, a token
-  // outside the vocabulary, max_tokens 0, prompt + max_tokens beyond the context, more pages than
-  // the whole pool holds, invalid sampling parameters. Reads only what construction fixed, so
-  // another thread may call it while step() runs.
+  // Throws Refused naming the value and the field when the request can never run: an empty
+  // prompt, a token outside the vocabulary, max_tokens 0, prompt + max_tokens beyond the context,
+  // more pages than the whole pool holds, invalid sampling parameters, a speculation this server
+  // cannot do. Reads only what construction fixed, so another thread may call it while step() runs.
   void check(const Request& r) const;
   // check(), then queues the request; returns its id: `id` when not 0 (the caller's, unique and
   // never reused), else the next of the scheduler's own.
@@ -129,6 +145,7 @@ class Scheduler {
   void release(Seq* s, bool cache);
   void finish(Seq* s, Finish f, std::vector<Event>& out, int token = -1, std::string error = {});
   void to_waiting(Seq* s);
+  void start_drafter(Seq* s);  // a draft-model request's drafter, when it starts running
 
   engine::Engine& e_;
   std::function<bool(int)> is_stop_;

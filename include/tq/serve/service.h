@@ -65,7 +65,7 @@ class Service {
   const Scheduler& scheduler() const { return *sched_; }
   const engine::Engine& engine() const { return e_; }
 
-  // Checks and queues a request; its events come through the returned stream. Throws tq::Error
+  // Checks and queues a request; its events come through the returned stream. Throws Refused
   // for a request that can never run (Scheduler::check) and Busy when the queue is full or the
   // service is shutting down.
   std::shared_ptr<Stream> submit(Request r);
