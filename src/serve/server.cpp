@@ -1,7 +1,11 @@
 #include "tq/serve/server.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
+#include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <atomic>
 #include <random>
@@ -23,6 +27,58 @@ namespace {
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status;
   res.set_content(dump(error_body(e)), "application/json");
+}
+
+// An address as cpp-httplib writes it into a Request ("127.0.0.1", "::1") and its port.
+std::pair<std::string, int> address_of(const sockaddr_storage& a) {
+  char host[INET6_ADDRSTRLEN] = "";
+  if (a.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(a);
+    inet_ntop(AF_INET, &in.sin_addr, host, sizeof host);
+    return {host, ntohs(in.sin_port)};
+  }
+  if (a.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a);
+    inet_ntop(AF_INET6, &in6.sin6_addr, host, sizeof host);
+    return {host, ntohs(in6.sin6_port)};
+  }
+  return {"", -1};
+}
+
+// The socket of the connection a request came on, or -1. cpp-httplib 0.11 hands a handler no
+// socket, but the connection's address pair names it: it is looked for once among the process's
+// sockets (the handler runs on the thread that owns it, so it stays open until the handler returns).
+int connection_socket(const httplib::Request& req) {
+  DIR* d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  int found = -1;
+  while (const dirent* e = readdir(d)) {
+    char* end = nullptr;
+    const long fd = std::strtol(e->d_name, &end, 10);
+    if (*end != '\0' || fd < 0) continue;
+    struct stat st {};
+    if (fstat(int(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t ll = sizeof local, pl = sizeof peer;
+    if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&local), &ll) != 0 || getpeername(int(fd), reinterpret_cast<sockaddr*>(&peer), &pl) != 0)
+      continue;
+    if (address_of(local) == std::pair{req.local_addr, req.local_port} && address_of(peer) == std::pair{req.remote_addr, req.remote_port}) {
+      found = int(fd);
+      break;
+    }
+  }
+  closedir(d);
+  return found;
+}
+
+// Whether the client hung up (closed or reset its end). A client that sends more (a pipelined
+// request) is still there.
+bool client_gone(int fd) {
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  if (poll(&p, 1, 0) <= 0) return false;
+  if (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) return true;
+  char c;
+  return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
 
 int64_t unix_now() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
@@ -137,7 +193,17 @@ void Server::Impl::complete(const httplib::Request& req, httplib::Response& res,
     std::shared_ptr<Answer> a = start(cr, &echo);
     if (cr.stream) return stream(res, std::move(a), cr.include_usage, echo);
     std::string text = echo;
-    while (a->finish.empty()) text += a->advance(svc, std::chrono::milliseconds(500));
+    // A client that leaves before its answer cancels its request, as a stream's does (its pages
+    // go back now, not when the answer nobody reads is complete).
+    const int fd = connection_socket(req);
+    bool cancelled = false;
+    while (a->finish.empty()) {
+      text += a->advance(svc, std::chrono::milliseconds(250));
+      if (fd >= 0 && !cancelled && a->finish.empty() && client_gone(fd)) {
+        svc.cancel(a->stream->id());
+        cancelled = true;
+      }
+    }
     if (!a->error.empty()) throw ApiError(500, a->error, "", "server_error");
     if (a->finish == "abort") throw ApiError(503, "the server shut down before the request finished", "", "service_unavailable");
     res.set_content(dump(completion_body(a->head, text, a->finish, a->usage)), "application/json");

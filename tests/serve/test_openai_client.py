@@ -14,6 +14,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -295,6 +296,30 @@ class SmolLM2Test(unittest.TestCase):
         finally:
             self.assertEqual(s.stop(), 0)
 
+
+    def test_a_client_that_leaves_a_plain_request_cancels_it(self):
+        # Not streamed: the server writes nothing until the answer is complete, so it watches the
+        # connection itself; a client that hangs up ends its request within a step or so.
+        s = Server("--kv", "k3v2", "--max-num-seqs", "2", model=SMOLLM2)
+        try:
+            host, port = s.url.rsplit("//", 1)[1].split(":")
+            # Counting goes on for as long as max_tokens lets it (no end of text comes early).
+            body = json.dumps({"prompt": "Count from 1 to 1000: 1, 2, 3, 4,", "max_tokens": 1000, "temperature": 0}).encode()
+            conn = socket.create_connection((host, int(port)))
+            conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            deadline = time.time() + 60
+            while s.metrics()["tq_generation_tokens_total"] < 5:
+                self.assertLess(time.time(), deadline, "the request did not start")
+                time.sleep(0.05)
+            conn.close()
+            left = time.time()
+            m = s.wait_drained(self)
+            self.assertLess(time.time() - left, 5)
+            self.assertEqual(m["tq_requests_cancelled_total"], 1)
+            self.assertLess(m["tq_generation_tokens_total"], 200)
+        finally:
+            self.assertEqual(s.stop(), 0)
 
     def test_load_of_32_streams_with_cancellations(self):
         # bench/serve/serve_load.py as users would run it: 32 streaming clients at once on one async
