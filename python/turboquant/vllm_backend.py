@@ -55,6 +55,9 @@ class TurboQuantBackend(AttentionBackend):
     @classmethod
     def customize_spec(cls, spec: AttentionSpec) -> AttentionSpec:
         """One vLLM block = one page of the KV spec: per KV head, one state of block_bytes bytes."""
+        if spec.head_size_v != spec.head_size:
+            raise NotImplementedError(f"turboquant's vLLM backend: V head size {spec.head_size_v} differs from the K head size "
+                                      f"{spec.head_size} (docs/vllm.md)")
         tq_spec = adapter.resolve_spec(adapter.configured_spec(), spec.block_size)
         return replace(spec, dtype=torch.uint8, tokens_per_state=spec.block_size,
                        state_content_bytes=adapter.block_bytes(tq_spec, spec.head_size))

@@ -98,6 +98,8 @@ def test_what_the_ops_do_not_compute_is_refused(config, monkeypatch):
     assert {"head_size not supported", "kv_cache_dtype not supported", "attention sinks not supported"} <= set(reasons)
     with pytest.raises(NotImplementedError, match="soft-capping"):
         make_layers(config, 1, logits_soft_cap=30.0)
+    with pytest.raises(NotImplementedError, match="V head size 64 differs"):
+        specs_of(config, make_layers(config, 1, head_size_v=64))
     monkeypatch.setenv(va.ENV_SPEC, "k3v2:sink=4")
     with pytest.raises(ValueError, match="policy knob 'sink=4'"):
         make_layers(config, 1)
