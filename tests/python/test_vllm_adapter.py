@@ -1,0 +1,205 @@
+"""The vLLM backend's core (turboquant.vllm_adapter) without vLLM: a batch laid out as vLLM lays it
+out (a flat token layout cut by query_start_loc, block tables, slot mappings, a per-layer uint8 cache
+[num_blocks, kv_heads, 1, block_bytes]) mapped onto the ops. Everywhere: the plan's arithmetic, with
+a float reference in place of the ops. Where the ops run (a CUDA build on a GPU; CPU once the ops
+have a CPU implementation): the real ops against the host cache's reference attention and, for fp16
+pages, against plain attention over the same K/V. The vLLM side is tests/vllm (scripts/test_vllm.sh)."""
+
+import types
+
+import numpy as np
+import pytest
+
+import turboquant as tq
+
+torch = pytest.importorskip("torch", reason="torch is not installed (the vLLM backend needs it)")
+import turboquant.vllm_adapter as va  # noqa: E402
+
+HEADS, KV_HEADS, D, PS = 4, 2, 128, 16
+# A mixed step as vLLM's scheduler makes them: (tokens already in the cache, this step's queries).
+# Decodes, a speculative 3-token decode, a padding request (0 queries), a short prompt, a prompt
+# chunk over a cached prefix, and a prompt longer than one prefill chunk (2048).
+BATCH = [(49, 1), (0, 37), (20, 3), (5, 0), (70, 1), (33, 200), (0, 2100), (10, 1)]
+
+
+def make_batch(seed=0, num_blocks=None):
+    """vLLM-layout tensors for BATCH: pages in a scattered order, history rows, the step's rows."""
+    g = torch.Generator().manual_seed(seed)
+    lens = [h + n for h, n in BATCH]
+    need = [-(-max(n, 1) // PS) for n in lens]
+    num_blocks = num_blocks or sum(need) + 3
+    perm = torch.randperm(num_blocks, generator=g).tolist()
+    tables = torch.zeros(len(BATCH), max(need), dtype=torch.int32)
+    for r, k in enumerate(need):
+        tables[r, :k] = torch.tensor(perm[:k], dtype=torch.int32)
+        perm = perm[k:]
+    kk = [torch.randn(n, KV_HEADS, D, generator=g) for n in lens]
+    vv = [torch.randn(n, KV_HEADS, D, generator=g) for n in lens]
+    qq = [torch.randn(n, HEADS, D, generator=g) for _, n in BATCH]
+    slot = lambda r, t: int(tables[r, t // PS]) * PS + t % PS  # noqa: E731
+    hist_slots = torch.tensor([slot(r, t) for r, (h, _) in enumerate(BATCH) for t in range(h)], dtype=torch.int64)
+    step_slots = [slot(r, t) for r, (h, n) in enumerate(BATCH) for t in range(h, h + n)]
+    step_slots += [-1, -1]  # vLLM pads the token count (CUDA-graph sizes) with slot -1
+    qsl = torch.tensor(np.cumsum([0] + [n for _, n in BATCH]), dtype=torch.int32)
+    return types.SimpleNamespace(
+        lens=lens, tables=tables, num_blocks=num_blocks, k=kk, v=vv,
+        hist_k=torch.cat([k[:h] for k, (h, _) in zip(kk, BATCH)]), hist_v=torch.cat([v[:h] for v, (h, _) in zip(vv, BATCH)]),
+        hist_slots=hist_slots, query=torch.cat(qq + [torch.zeros(2, HEADS, D)]),
+        key=torch.cat([k[h:] for k, (h, _) in zip(kk, BATCH)] + [torch.zeros(2, KV_HEADS, D)]),
+        value=torch.cat([v[h:] for v, (h, _) in zip(vv, BATCH)] + [torch.zeros(2, KV_HEADS, D)]),
+        slots=torch.tensor(step_slots, dtype=torch.int64), qsl=qsl, seq_lens=torch.tensor(lens, dtype=torch.int32),
+        num_actual_tokens=int(qsl[-1]))
+
+
+def plain_attention(b, scale):
+    """Causal GQA attention of each request's queries over its unquantized K/V, flat [tokens, heads, D]."""
+    out = []
+    for r, (h, n) in enumerate(BATCH):
+        if n == 0:
+            continue
+        q = b.query[b.qsl[r]:b.qsl[r] + n].double()  # [n, H, D]
+        k = b.k[r].double().repeat_interleave(HEADS // KV_HEADS, 1)  # [L, H, D]
+        v = b.v[r].double().repeat_interleave(HEADS // KV_HEADS, 1)
+        s = torch.einsum("qhd,khd->hqk", q, k) * scale
+        pos = torch.arange(h, h + n)[:, None]
+        s = s.masked_fill(torch.arange(h + n)[None, :] > pos, float("-inf"))
+        out.append(torch.einsum("hqk,khd->qhd", s.softmax(-1), v))
+    return torch.cat(out)
+
+
+def run_step(b, spec, device, dtype=torch.float16, scale=D ** -0.5):
+    bb = va.block_bytes(spec, D)
+    kv_cache = torch.zeros(b.num_blocks, KV_HEADS, 1, bb, dtype=torch.uint8, device=device)  # a layer as vLLM views it
+    pages = va.pages_of(kv_cache, KV_HEADS, D, spec)
+    va.OPS.quantize_store(pages, b.hist_k.to(device, dtype), b.hist_v.to(device, dtype), b.hist_slots.to(device), spec, 0)
+    plan = va.build_plan(spec, b.qsl, b.seq_lens.to(device), b.tables.to(device), b.slots.to(device), b.num_actual_tokens, max(b.lens))
+    output = torch.full((len(b.slots), HEADS, D), 7.0, dtype=dtype, device=device)
+    va.forward(plan, kv_cache, b.query.to(device, dtype), b.key.to(device, dtype), b.value.to(device, dtype), output, scale)
+    return plan, kv_cache, output
+
+
+class FloatPages:
+    """The ops' contract over float rows kept beside the pages (keyed by the pages' storage): a
+    stand-in that checks the plan's slots, block tables, lengths and causal positions on any device."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def _store(self, pages):
+        return self.rows.setdefault(pages.data_ptr(), torch.zeros(pages.shape[1] * PS, 2, KV_HEADS, D, dtype=torch.float64))
+
+    def quantize_store(self, pages, k, v, slots, spec, layer):
+        assert pages.shape[0] == 1 and layer == 0 and slots.dtype == torch.int64 and k.is_contiguous()
+        keep = slots >= 0
+        self._store(pages)[slots[keep]] = torch.stack([k[keep], v[keep]], 1).double()
+
+    def _attention(self, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, limit):
+        assert 1 <= q.shape[1] <= limit and q.is_contiguous() and block_tables.dtype == seq_lens.dtype == torch.int32
+        assert int(seq_lens.max()) <= max_seq_len
+        rows, out = self._store(pages), torch.empty(q.shape, dtype=torch.float64)
+        n = q.shape[1]
+        for s in range(q.shape[0]):
+            L = int(seq_lens[s])
+            slots = block_tables[s].long()[torch.arange(L) // PS] * PS + torch.arange(L) % PS
+            k = rows[slots, 0].repeat_interleave(q.shape[2] // KV_HEADS, 1)
+            v = rows[slots, 1].repeat_interleave(q.shape[2] // KV_HEADS, 1)
+            sc = torch.einsum("qhd,khd->hqk", q[s].double(), k) * scale
+            sc = sc.masked_fill(torch.arange(L)[None, :] > torch.arange(L - n, L)[:, None], float("-inf"))
+            out[s] = torch.einsum("hqk,khd->qhd", sc.softmax(-1), v)
+        return out.to(out_dtype or q.dtype)
+
+    def decode_attention(self, *a):
+        return self._attention(*a, limit=8)
+
+    def prefill_attention(self, *a):
+        return self._attention(*a, limit=2048)
+
+
+def test_plan_maps_a_mixed_batch(monkeypatch):
+    monkeypatch.setattr(va, "OPS", FloatPages())
+    b = make_batch()
+    plan, _, out = run_step(b, "k3v2", "cpu", dtype=torch.float32)
+    kinds = sorted((c.prefill, c.q_len, c.num_seqs) for c in plan.calls)
+    # decodes of 1 token (3 requests), the 3-token one, 37 and 200 as one prefill each, 2100 as 2048 + 52
+    assert kinds == [(False, 1, 3), (False, 3, 1), (True, 37, 1), (True, 52, 1), (True, 200, 1), (True, 2048, 1)]
+    covered = torch.cat([torch.arange(c.start, c.start + c.num_seqs * c.q_len) if c.rows is None else c.rows for c in plan.calls])
+    assert sorted(covered.tolist()) == list(range(b.num_actual_tokens))  # every query once, padding rows never
+    np.testing.assert_allclose(out[:b.num_actual_tokens].double(), plain_attention(b, D ** -0.5), atol=1e-5)
+    assert (out[b.num_actual_tokens:] == 7).all()  # vLLM's padding rows untouched
+
+
+def test_plan_of_a_decode_batch_uses_vllms_tensors():
+    b = make_batch()
+    qsl = torch.arange(len(BATCH) + 1, dtype=torch.int32)
+    plan = va.build_plan("k3v2", qsl, b.seq_lens, b.tables, b.slots[:len(BATCH)], len(BATCH), max(b.lens))
+    (c,) = plan.calls
+    assert (c.prefill, c.num_seqs, c.q_len, c.start, c.rows) == (False, len(BATCH), 1, 0, None)
+    assert c.block_table.data_ptr() == b.tables.data_ptr() and c.seq_lens.data_ptr() == b.seq_lens.data_ptr()  # no copies
+
+
+def test_spec_and_layer_refusals():
+    assert va.resolve_spec("k3v2", 16) == "k3v2"
+    assert va.resolve_spec("k4v4:nc", 32) == tq.KvSpec("k4v4:nc:page=32").canonical  # vLLM's block size is the page size
+    with pytest.raises(ValueError, match="pass --block-size 32"):
+        va.resolve_spec("k3v2:page=32", 16)
+    with pytest.raises(ValueError, match="policy knob 'sink=4'"):
+        va.resolve_spec("k3v2:sink=4", 16)
+    with pytest.raises(ValueError, match="k9v2"):
+        va.resolve_spec("k9v2", 16)
+    assert va.page_size_bytes("k3v2", 8, 128) == 8 * tq.KvSpec("k3v2").page_bytes(1, 1, 128)
+    va.check_layer(32, 128, 8)
+    for kwargs, what in [(dict(sliding_window=4096), "sliding-window"), (dict(alibi_slopes=[1.0]), "ALiBi"),
+                         (dict(logits_soft_cap=30.0), "soft-capping"), (dict(attn_type="encoder_only"), "encoder_only"),
+                         (dict(extra={"sinks": torch.zeros(4)}), "'sinks'")]:
+        with pytest.raises(NotImplementedError, match=what):
+            va.check_layer(32, 128, 8, **kwargs)
+    with pytest.raises(NotImplementedError, match="head size 96 has no kernel"):
+        va.check_layer(32, 96, 8)
+    with pytest.raises(ValueError, match=r"not uint8 \[num_blocks, 2, 1, "):
+        va.pages_of(torch.zeros(4, 2, 16, 2 * D, dtype=torch.float16), 2, D, "k3v2")
+
+
+# ---- the real ops, where they run ------------------------------------------------------------------
+def _op_devices():
+    import turboquant.torch_ops as tqo
+
+    devices = ["cuda"] if tqo.available() else []
+    try:  # a CPU implementation of the ops, where the build has one
+        tqo.quantize_store(torch.zeros(1, 1, 1, va.block_bytes("fp16", 64), dtype=torch.uint8), torch.zeros(1, 1, 64),
+                           torch.zeros(1, 1, 64), torch.zeros(1, dtype=torch.int64), "fp16", 0)
+        devices.append("cpu")
+    except Exception:
+        pass
+    return devices
+
+
+OP_DEVICES = _op_devices()
+
+
+@pytest.mark.skipif(not OP_DEVICES, reason="the turboquant ops run on no device here (a CUDA build on a GPU, or CPU ops)")
+@pytest.mark.parametrize("device", OP_DEVICES)
+@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "fp16"])
+def test_real_ops_match_the_references(device, spec):
+    b = make_batch(seed=3)
+    scale = 0.1
+    _, kv_cache, out = run_step(b, spec, device, scale=scale)
+    out = out[:b.num_actual_tokens].double().cpu()
+    # the host cache's reference attention over the same writes (layer 0 of a one-layer cache)
+    host = tq.KvCache(tq.KvSpec(spec), 1, KV_HEADS, D, num_pages=b.num_blocks)
+    h = b.hist_slots.numpy()
+    host.write(0, h, b.hist_k.half().float().numpy(), b.hist_v.half().float().numpy())
+    real = b.slots >= 0
+    host.write(0, b.slots[real].numpy(), b.key[real].half().float().numpy(), b.value[real].half().float().numpy())
+    np.testing.assert_array_equal(kv_cache.cpu().view(1, b.num_blocks, KV_HEADS, -1).numpy(), host.data)  # the same bytes
+    for r, (hlen, n) in enumerate(BATCH):
+        if n == 0:
+            continue
+        q = b.query[b.qsl[r]:b.qsl[r] + n].half().float().numpy()[None]
+        ref = host.attention(0, q * scale * D ** 0.5, b.tables[r:r + 1].numpy(), b.seq_lens[r:r + 1].numpy())[0]
+        got = out[b.qsl[r]:b.qsl[r] + n].numpy()
+        err = np.linalg.norm(got - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
+        assert err.max() < 2e-3, (r, n, err.max())  # fp16 output against the float reference
+    if spec == "fp16":  # lossless pages: plain attention over the K/V vLLM gave
+        ref = plain_attention(types.SimpleNamespace(**{**vars(b), "k": [k.half().double() for k in b.k],
+                                                       "v": [v.half().double() for v in b.v], "query": b.query.half().double()}), scale)
+        assert ((out - ref).norm(dim=-1) / ref.norm(dim=-1)).max() < 2e-3
