@@ -156,21 +156,27 @@ def _check_store(pages, k, v, slots, spec, layer):
     _check(k.dtype == v.dtype, f"{fn}: k is {k.dtype}, v is {v.dtype}: give both the same dtype")
 
 
-@torch.library.custom_op("turboquant::quantize_store", mutates_args=("pages",))
-def quantize_store(pages: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, spec: str, layer: int) -> None:
-    """Rotates, quantizes and packs new K/V rows into their slots (page * page_size + offset; -1
-    skips) of `layer`. k, v: [tokens, kv_heads, head_dim]; slots: int64 [tokens]."""
+def _store_cuda(pages, k, v, slots, spec, layer):
     _check_store(pages, k, v, slots, spec, layer)
     f = _format(spec, pages.shape[0], pages.shape[2], k.shape[-1], pages.device.index)
     f.quantize_store(layer, pages, k, v, slots, _stream(pages.device))
 
 
-@quantize_store.register_kernel("cpu")
-def _(pages, k, v, slots, spec, layer):
+def _store_cpu(pages, k, v, slots, spec, layer):
     _check_store(pages, k, v, slots, spec, layer)
     f = _cpu_format(spec, pages.shape[0], pages.shape[2], k.shape[-1])
     # fp16 and bf16 rows widen to float32 exactly: the codes the CUDA kernel writes from them
     f.quantize_store(layer, pages, k.float().contiguous(), v.float().contiguous(), slots, _threads())
+
+
+@torch.library.custom_op("turboquant::quantize_store", mutates_args=("pages",))
+def quantize_store(pages: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, spec: str, layer: int) -> None:
+    """Rotates, quantizes and packs new K/V rows into their slots (page * page_size + offset; -1
+    skips) of `layer`. k, v: [tokens, kv_heads, head_dim]; slots: int64 [tokens]."""
+    _store_cuda(pages, k, v, slots, spec, layer)
+
+
+quantize_store.register_kernel("cpu")(_store_cpu)
 
 
 @quantize_store.register_fake
@@ -327,6 +333,22 @@ def _register(op, prefill: bool, side: bool) -> None:
 for _op, _prefill, _side in ((decode_attention, False, False), (prefill_attention, True, False), (decode_attention_side, False, True),
                              (prefill_attention_side, True, True)):
     _register(_op, _prefill, _side)
+
+
+# The ops' kernels without the torch dispatcher, for eager callers that call them per layer and
+# step (turboquant.transformers): the same code, less Python between the calls.
+def store(pages, k, v, slots, spec: str, layer: int) -> None:
+    """quantize_store on the pages' device, eagerly."""
+    (_store_cpu if pages.device.type == "cpu" else _store_cuda)(pages, k, v, slots, spec, layer)
+
+
+def attend(prefill: bool, pages, q, block_tables, seq_lens, spec: str, layer: int, max_seq_len: int, scale: float = 0.0, out_dtype=None,
+           side=None, side_slots=None, new_k=None, new_v=None, sink: int = 0, window: int = 0):
+    """prefill_attention (prefill) or decode_attention, with the side buffer where sink or window
+    is set (the *_side ops), on the pages' device, eagerly."""
+    fn = _attention_cpu if pages.device.type == "cpu" else _attention
+    return fn(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v, sink,
+              window)
 
 
 class CudaKvCache:

@@ -1,7 +1,8 @@
 """Hugging Face transformers with a TurboQuant KV cache: `TurboQuantCache`, a `Cache` whose layers
 are the library's packed pages, and the "turboquant" attention (registered with transformers'
 `AttentionInterface` on import) that reads those pages directly through the torch ops, the CUDA
-kernels on a GPU and the CPU engine's attention on the CPU. Nothing is dequantized: a step
+kernels on a GPU and the CPU engine's attention on the CPU (called eagerly, without torch's
+dispatcher: torch_ops.store / attend). Nothing is dequantized: a step
 quantizes its new K/V rows into the pages (quantize_store) and attends over the pages
 (decode_attention for 1..8 new tokens, prefill_attention in chunks of up to 2048), where
 transformers' own QuantizedCache dequantizes the whole history every step.
@@ -336,16 +337,17 @@ class TurboQuantCache(Cache):
         width = max(1, max(len(t) for t in self._tables))
         tables = [t + [0] * (width - len(t)) for t in self._tables]
         dev = self.device
+        pin = dev.type == "cuda"  # pinned host memory: the copies do not wait for the GPU's queue
+
+        def tensor(data, dtype):
+            return torch.tensor(data, dtype=dtype, pin_memory=pin).to(dev, non_blocking=pin)
+
         if valid is None or all(c == ntok for c in counts):
             groups = [(list(range(batch)), None, ntok)]
         else:  # a padded batch: each sequence attends over its own tokens
             groups = [([b], [t for t in range(ntok) if valid[b][t]], counts[b]) for b in range(batch) if counts[b] > 0]
-        st = _Step(key, mask, groups,
-                   torch.tensor(slots, dtype=torch.int64, device=dev),
-                   torch.tensor(tables, dtype=torch.int32, device=dev),
-                   torch.tensor(new_lens, dtype=torch.int32, device=dev),
-                   torch.arange(batch, dtype=torch.int32, device=dev),
-                   new_lens, max(new_lens) if new_lens else 0)
+        st = _Step(key, mask, groups, tensor(slots, torch.int64), tensor(tables, torch.int32), tensor(new_lens, torch.int32),
+                   tensor(list(range(batch)), torch.int32), new_lens, max(new_lens) if new_lens else 0)
         self._step = st
         return st
 
@@ -365,8 +367,8 @@ class TurboQuantCache(Cache):
         pages, local = self._where[layer]
         k_rows = key.transpose(1, 2)  # [batch, tokens, kv_heads, head_dim]
         v_rows = value.transpose(1, 2)
-        torch.ops.turboquant.quantize_store(pages.pages, k_rows.reshape(-1, self.kv_heads, head_dim).contiguous(),
-                                            v_rows.reshape(-1, self.kv_heads, head_dim).contiguous(), st.slots, pages.spec, local)
+        torch_ops.store(pages.pages, k_rows.reshape(-1, self.kv_heads, head_dim).contiguous(),
+                        v_rows.reshape(-1, self.kv_heads, head_dim).contiguous(), st.slots, pages.spec, local)
         q = query.transpose(1, 2)  # [batch, tokens, q_heads, head_dim]
         out = torch.zeros((batch, ntok, q_heads, head_dim), dtype=query.dtype, device=query.device) if len(st.groups) > 1 or \
             st.groups[0][1] is not None else None
@@ -392,15 +394,11 @@ class TurboQuantCache(Cache):
         """Attention of sequences whose last q.shape[1] tokens are the queries (stored already)."""
         ntok = q.shape[1]
         scale = float(scaling) if scaling else 0.0
-        ops = torch.ops.turboquant
-
         def call(prefill, q, lens, bound, k, v):
             if pages.side is None:
-                op = ops.prefill_attention if prefill else ops.decode_attention
-                return op(pages.pages, q, block_tables, lens, pages.spec, local, bound, scale)
-            op = ops.prefill_attention_side if prefill else ops.decode_attention_side
-            return op(pages.pages, q, block_tables, lens, pages.spec, local, bound, pages.side, side_slots, k.contiguous(), v.contiguous(),
-                      self.sink, self.window, scale)
+                return torch_ops.attend(prefill, pages.pages, q, block_tables, lens, pages.spec, local, bound, scale)
+            return torch_ops.attend(prefill, pages.pages, q, block_tables, lens, pages.spec, local, bound, scale, None, pages.side,
+                                    side_slots, k.contiguous(), v.contiguous(), self.sink, self.window)
 
         if ntok <= _DECODE_MAX:
             return call(False, q, seq_lens, max_len, k_rows, v_rows)
