@@ -169,6 +169,7 @@ class TurboQuantCache(Cache):
         reads them (it needs the padding mask and the module); returns them unchanged."""
         pending = getattr(_tls, "pending", None)
         if pending is not None and pending[0] is self:
+            _tls.pending = None
             raise RuntimeError(
                 f"TurboQuantCache: layer {pending[1]}'s attention did not read the cache (the model's attention is not "
                 f"'{ATTENTION}'); load the model with attn_implementation='{ATTENTION}' or call "
@@ -475,6 +476,10 @@ def turboquant_attention(module, query, key, value, attention_mask, scaling=None
     """The "turboquant" attention of transformers' AttentionInterface: over TurboQuantCache's pages
     when the keys are the ones its update() just returned, sdpa otherwise."""
     pending = getattr(_tls, "pending", None)
+    if pending is not None and pending[2] is not key and pending[1] == getattr(module, "layer_idx", None):
+        _tls.pending = None
+        raise RuntimeError(f"TurboQuantCache: layer {pending[1]}'s attention got other keys than the cache's update returned (the model "
+                           "changes them in between); TurboQuantCache cannot serve this model")
     if pending is None or pending[2] is not key:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         mask = _causal_mask(attention_mask, query.shape[0], query.shape[2], key.shape[2], sliding_window, query.device)
