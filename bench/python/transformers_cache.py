@@ -109,14 +109,37 @@ def bench_model(name, model, contexts, specs, steps, make_ids, rows, device):
             mib = (m["pages"] + m["side"]) / 2**20
             kl = compare(ref, logits)
             rows.append((name, n, f"TurboQuantCache {spec}", mib, steps / dec, pre, kl))
+            head_dim = model.model.layers[0].self_attn.head_dim
+            want = tq.kv_size(spec, cfg.num_hidden_layers, cfg.num_key_value_heads, head_dim, [total])[0][f"mib_at_{total}"]
             print(f"{name} {n:>6} {spec:17} {mib:9.1f} MiB  {steps / dec:7.1f} tok/s  prefill {pre:6.2f} s  KL mean {kl[0]:.2e} "
-                  f"max {kl[1]:.2e}  top-1 {kl[2]:.3f}  (kv_size: "
-                  f"{tq.kv_size(spec, cfg.num_hidden_layers, cfg.num_key_value_heads, model.model.layers[0].self_attn.head_dim, [total])[0][f'mib_at_{total}']:.1f} MiB)",
-                  flush=True)
+                  f"max {kl[1]:.2e}  top-1 {kl[2]:.3f}  (kv_size: {want:.1f} MiB)", flush=True)
             del cache
             gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def load_gguf(path, dtype, device):
+    """transformers' GGUF reader without its from_pretrained, which wants accelerate for a GGUF file:
+    the config from the file's metadata, the tensors dequantized and named for the model."""
+    try:
+        import accelerate  # noqa: F401
+
+        return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).to(device).eval()
+    except ImportError:
+        pass
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = transformers.AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    tensors = load_gguf_checkpoint(str(path), return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    missing = [m for m in missing if "rotary" not in m and not (m == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"{path.name}: tensors missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model.to(device=device, dtype=dtype).eval()
 
 
 def text_ids(tokenizer, n):
@@ -164,7 +187,7 @@ def main():
                 model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape)).eval()
         finally:
             torch.set_default_dtype(default_dtype)
-        name = "Llama-3.1-8B shape" + (f", {a.layers} of 32 layers" if a.layers != 32 and not a.smoke else "") + (" (smoke)" if a.smoke else "")
+        name = "Llama-3.1-8B shape" + (" (smoke)" if a.smoke else f", {a.layers} of 32 layers" if a.layers != 32 else "")
         print(f"{name}: random weights, {sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters, {dtype}, "
               f"built in {time.perf_counter() - t0:.1f} s", flush=True)
         g = torch.Generator().manual_seed(1)
@@ -184,7 +207,7 @@ def main():
             path = Path(a.gguf)
             tok = transformers.AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-            model = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype).to(device).eval()
+            model = load_gguf(path, dtype, device)
             limit = model.config.max_position_embeddings
             ctx = [c for c in contexts if c + a.steps + 2 <= limit]
             print(f"SmolLM2-135M from {path.name}: {dtype}, contexts {ctx} (its limit {limit})", flush=True)

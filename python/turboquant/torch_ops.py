@@ -12,11 +12,11 @@ engine's attention over them.
     out = cache.decode(layer, q, block_tables, seq_lens, max_seq_len)   # q: [seqs, 1..8, q_heads, head_dim]
 
 The ops themselves are torch.ops.turboquant.{new_cache, quantize_store, decode_attention,
-prefill_attention, decode_attention_side, prefill_attention_side}; the pages are a uint8 tensor [layers, num_pages, kv_heads, block_bytes] in the
-format of docs/format.md. The ops take a spec's format (specs with policy knobs are refused by
-name); the policy's sink and window are the side buffer of the *_side attention ops (SideView in
-include/tq/cuda/kernels.h), and edge layers are pages of their
-own format (turboquant.transformers.TurboQuantCache puts them together). Importing this module
+prefill_attention, decode_attention_side, prefill_attention_side}; the pages are a uint8 tensor
+[layers, num_pages, kv_heads, block_bytes] in the format of docs/format.md. The ops take a spec's
+format (specs with policy knobs are refused by name); the policy's sink and window are the side
+buffer of the *_side attention ops (SideView in include/tq/cuda/kernels.h), and edge layers are
+pages of their own format (turboquant.transformers.TurboQuantCache puts them together). Importing this module
 needs torch; the CUDA ops need a build with the CUDA kernels (turboquant.HAVE_CUDA) and a GPU.
 Before capturing a CUDA graph, run each shape once: the first call of a (spec, shape, device)
 uploads the codec tables.

@@ -357,8 +357,9 @@ class TurboQuantCache(Cache):
             self._init(module, key)
         batch, q_heads, ntok, head_dim = query.shape
         if (batch, key.shape[1], head_dim) != (self.batch, self.kv_heads, self.head_dim) or layer >= self.n_layers:
-            raise ValueError(f"TurboQuantCache: layer {layer} gives K/V of {list(key.shape)} (batch, KV heads, tokens, head dim); the cache "
-                             f"holds {self.batch} sequences of {self.n_layers} layers, {self.kv_heads} KV heads of {self.head_dim}")
+            raise ValueError(f"TurboQuantCache: layer {layer} gives K/V of {list(key.shape)} (batch, KV heads, tokens, head dim); "
+                             f"the cache holds {self.batch} sequences of {self.n_layers} layers, {self.kv_heads} KV heads of "
+                             f"{self.head_dim}")
         if key.device != self.device:
             raise ValueError(f"TurboQuantCache: layer {layer} is on {key.device}, the cache on {self.device}")
         st = self._plan(layer, mask, batch, ntok)
