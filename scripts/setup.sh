@@ -27,9 +27,10 @@ fi
 # .venv: the Python packages the tests use, from PyPI, kept out of the system Python: the openai
 # client that tests tq serve (tests/serve/requirements.txt), numpy and gguf for the reference
 # forward pass of tests/engine/ref_logits.py (tests/engine/requirements.txt). CMake runs those tests
-# with .venv/bin/python. The Python package's tests and build backend: tests/python/requirements.txt.
+# with .venv/bin/python. The Python package's tests and build backend: tests/python/requirements.txt;
+# torch and transformers for its transformers integration: tests/python/requirements-torch.txt.
 cd "$(dirname "$0")/.."
-reqs=(tests/serve/requirements.txt tests/engine/requirements.txt tests/python/requirements.txt)
+reqs=(tests/serve/requirements.txt tests/engine/requirements.txt tests/python/requirements.txt tests/python/requirements-torch.txt)
 if [ -x .venv/bin/python ] && cat "${reqs[@]}" | cmp -s - .venv/requirements.installed; then
   echo "setup: .venv up to date"
 else

@@ -21,5 +21,6 @@ void bind_spec(nb::module_& m);    // KvSpec, kv_size, distortion_row
 void bind_codec(nb::module_& m);   // Quantizer, KvCache (CPU pages, reference attention)
 void bind_engine(nb::module_& m);  // Engine (model, tokenizer, generation)
 void bind_cuda(nb::module_& m);    // CudaFormat and the kernels, where the build has CUDA
+void bind_cpu_ops(nb::module_& m);  // CpuFormat: the torch ops' CPU kernels (host pages tensor)
 
 }  // namespace tq::py

@@ -9,9 +9,11 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 
 #include <memory>
+#include <optional>
 
 #include "arrays.h"
 #include "tq/check.h"
@@ -95,10 +97,43 @@ struct PyCudaFormat {
     return p;
   }
 
-  cuda::DecodeParams shape_only(uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len) const {
+  // The KV policy's side buffer of `layer` (sink, window; SideView in tq/cuda/kernels.h): side is
+  // fp16 [slots, layers, sink + ring, 2, kv_heads, head_dim], side_slots int32 [num_seqs] each
+  // sequence's slot, new_k / new_v [num_seqs, num_q_tokens, kv_heads, head_dim] the rows the step
+  // stored (the kernels read the step's own positions from them, then write them into the slots).
+  void set_side(const char* fn, cuda::DecodeParams& p, uint32_t layer, const std::optional<nb::ndarray<>>& side,
+                const std::optional<nb::ndarray<>>& side_slots, const std::optional<nb::ndarray<>>& new_k,
+                const std::optional<nb::ndarray<>>& new_v, uint32_t sink, uint32_t window) const {
+    if (!sink && !window) return;
+    TQ_CHECK(side && side_slots && new_k && new_v, "{}: a side buffer (sink {}, window {}) needs side, side_slots, new_k and new_v", fn,
+             sink, window);
+    const uint32_t H = format->kv_heads(), D = format->head_dim();
+    const int64_t seqs = int64_t(p.num_seqs), ntok = int64_t(p.num_q_tokens);
+    check_cuda(*side, {fn, "side", "[slots, layers, sink + ring, 2, kv_heads, head_dim]"}, {f16()}, "float16",
+               {kAny, format->layers(), kAny, 2, H, D}, device);
+    check_cuda(*side_slots, {fn, "side_slots", "[num_seqs]"}, {nb::dtype<int32_t>()}, "int32", {seqs}, device);
+    const int ki = check_cuda(*new_k, {fn, "new_k", "[num_seqs, num_q_tokens, kv_heads, head_dim]"}, row_types(), kRowNames,
+                              {seqs, ntok, H, D}, device);
+    const int vi = check_cuda(*new_v, {fn, "new_v", "[num_seqs, num_q_tokens, kv_heads, head_dim]"}, row_types(), kRowNames,
+                              {seqs, ntok, H, D}, device);
+    TQ_CHECK(ki == vi, "{}: new_k is {}, new_v is {}: give both the same dtype", fn, dtype_name(new_k->dtype()), dtype_name(new_v->dtype()));
+    const size_t rows = side->shape(2);
+    TQ_CHECK(rows >= sink && (window == 0 ? rows == sink : rows - sink >= window),
+             "{}: side holds {} rows a layer; sink {} and window {} need sink + a ring of at least the window", fn, rows, sink, window);
+    const size_t layer_rows = rows * 2 * H * D;
+    p.side.data = static_cast<uint16_t*>(side->data()) + layer * layer_rows;
+    p.side.slots = static_cast<const int32_t*>(side_slots->data());
+    p.side.slot_stride = format->layers() * layer_rows;
+    p.side.sink = sink, p.side.window = window, p.side.ring = uint32_t(rows - sink);
+    p.side.new_k = new_k->data(), p.side.new_v = new_v->data(), p.side.new_dtype = to_dtype(ki);
+  }
+
+  cuda::DecodeParams shape_only(uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+                                uint32_t sink, uint32_t window) const {
     cuda::DecodeParams p;
     p.cache = tables->view(0, nullptr, 1);
     p.num_seqs = num_seqs, p.num_q_tokens = ntok, p.q_heads = q_heads, p.max_pages = max_pages, p.max_seq_len = max_seq_len;
+    p.side.sink = sink, p.side.window = window;  // the side blocks take workspace too
     return p;
   }
 };
@@ -138,26 +173,32 @@ void bind_cuda(nb::module_& m) {
           nb::arg("layer"), nb::arg("pages"), nb::arg("k"), nb::arg("v"), nb::arg("slots"), nb::arg("stream"))
       .def(
           "decode_workspace_bytes",
-          [](const PyCudaFormat& f, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len) {
+          [](const PyCudaFormat& f, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+             uint32_t sink, uint32_t window) {
             DeviceGuard g(f.device);
-            return cuda::decode_workspace_bytes(f.shape_only(num_seqs, ntok, q_heads, max_pages, max_seq_len));
+            return cuda::decode_workspace_bytes(f.shape_only(num_seqs, ntok, q_heads, max_pages, max_seq_len, sink, window));
           },
-          nb::arg("num_seqs"), nb::arg("num_q_tokens"), nb::arg("q_heads"), nb::arg("max_pages"), nb::arg("max_seq_len"))
+          nb::arg("num_seqs"), nb::arg("num_q_tokens"), nb::arg("q_heads"), nb::arg("max_pages"), nb::arg("max_seq_len"),
+          nb::arg("sink") = 0, nb::arg("window") = 0)
       .def(
           "prefill_workspace_bytes",
-          [](const PyCudaFormat& f, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len) {
+          [](const PyCudaFormat& f, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
+             uint32_t sink, uint32_t window) {
             DeviceGuard g(f.device);
-            return cuda::prefill_workspace_bytes(f.shape_only(num_seqs, ntok, q_heads, max_pages, max_seq_len));
+            return cuda::prefill_workspace_bytes(f.shape_only(num_seqs, ntok, q_heads, max_pages, max_seq_len, sink, window));
           },
-          nb::arg("num_seqs"), nb::arg("num_q_tokens"), nb::arg("q_heads"), nb::arg("max_pages"), nb::arg("max_seq_len"))
+          nb::arg("num_seqs"), nb::arg("num_q_tokens"), nb::arg("q_heads"), nb::arg("max_pages"), nb::arg("max_seq_len"),
+          nb::arg("sink") = 0, nb::arg("window") = 0)
       .def(
           "attention",
           [](const PyCudaFormat& f, bool prefill, uint32_t layer, nb::ndarray<> pages, nb::ndarray<> q, nb::ndarray<> out,
              nb::ndarray<> block_tables, nb::ndarray<> seq_lens, uint32_t max_seq_len, float scale, nb::ndarray<> workspace,
-             uintptr_t stream) {
+             uintptr_t stream, std::optional<nb::ndarray<>> side, std::optional<nb::ndarray<>> side_slots,
+             std::optional<nb::ndarray<>> new_k, std::optional<nb::ndarray<>> new_v, uint32_t sink, uint32_t window) {
             const char* fn = prefill ? "prefill_attention" : "decode_attention";
             DeviceGuard g(f.device);
-            const cuda::DecodeParams p = f.attention(fn, layer, pages, q, out, block_tables, seq_lens, max_seq_len, scale, workspace);
+            cuda::DecodeParams p = f.attention(fn, layer, pages, q, out, block_tables, seq_lens, max_seq_len, scale, workspace);
+            f.set_side(fn, p, layer, side, side_slots, new_k, new_v, sink, window);
             const size_t need = prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p);
             TQ_CHECK(workspace.shape(0) >= need, "{}: the workspace has {} bytes, the shape needs {}", fn, workspace.shape(0), need);
             if (prefill) {
@@ -167,7 +208,9 @@ void bind_cuda(nb::module_& m) {
             }
           },
           nb::arg("prefill"), nb::arg("layer"), nb::arg("pages"), nb::arg("q"), nb::arg("out"), nb::arg("block_tables"),
-          nb::arg("seq_lens"), nb::arg("max_seq_len"), nb::arg("scale"), nb::arg("workspace"), nb::arg("stream"));
+          nb::arg("seq_lens"), nb::arg("max_seq_len"), nb::arg("scale"), nb::arg("workspace"), nb::arg("stream"), nb::arg("side") = nb::none(),
+          nb::arg("side_slots") = nb::none(), nb::arg("new_k") = nb::none(), nb::arg("new_v") = nb::none(), nb::arg("sink") = 0,
+          nb::arg("window") = 0);
 }
 #endif
 

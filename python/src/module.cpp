@@ -6,6 +6,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "bindings.h"
+#include "tq/check.h"
 #include "tq/codec/distortion.h"
 #include "tq/common.h"
 #include "tq/kv/kv_size.h"
@@ -108,6 +109,25 @@ void bind_spec(nb::module_& m) {
            "Bits per K/V element of full pages at this head dim, norms and padding included (policy aside).")
       .def("page_bytes", &KvSpec::page_bytes, nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"),
            "Bytes of one page over every layer and KV head, edge layers in their own format.")
+      // The engine's per-layer layout of a spec with edge layers: edge and other layers are caches
+      // of their own over the same page ids (turboquant.transformers lays its pages out so).
+      .def(
+          "layer_format",
+          [](const KvSpec& s, uint32_t layer, uint32_t layers) {
+            TQ_CHECK(layer < layers, "KvSpec.layer_format: layer {} is outside the model's {} layers", layer, layers);
+            return s.layer_format(layer, layers).canonical();
+          },
+          nb::arg("layer"), nb::arg("layers"), "The format (a spec without policy) layer `layer` of a `layers`-layer model is stored in.")
+      .def("is_edge_layer", &KvSpec::is_edge_layer, nb::arg("layer"), nb::arg("layers"))
+      .def("edge_layer_count", &KvSpec::edge_layer_count, nb::arg("layers"),
+           "Layers in the edge cache: 2 * edge, refused where the model has fewer layers.")
+      .def(
+          "local_layer",
+          [](const KvSpec& s, uint32_t layer, uint32_t layers) {
+            TQ_CHECK(layer < layers, "KvSpec.local_layer: layer {} is outside the model's {} layers", layer, layers);
+            return s.local_layer(layer, layers);
+          },
+          nb::arg("layer"), nb::arg("layers"), "A layer's index in its cache (the edge cache or the other layers').")
       .def("__str__", &KvSpec::canonical)
       .def("__repr__", [](const KvSpec& s) { return "KvSpec('" + s.canonical() + "')"; })
       .def("__eq__", [](const KvSpec& a, const KvSpec& b) { return a.canonical() == b.canonical(); })
@@ -130,6 +150,7 @@ NB_MODULE(_C, m) {
   tq::py::bind_codec(m);
   tq::py::bind_engine(m);
   tq::py::bind_cuda(m);
+  tq::py::bind_cpu_ops(m);
 #ifdef TQ_WITH_CUDA
   m.attr("HAVE_CUDA") = true;
 #else

@@ -1,8 +1,10 @@
-"""PyTorch ops over the CUDA kernels: a paged cache made from a KV spec, quantize_store,
+"""PyTorch ops over the library's paged cache: a cache made from a KV spec, quantize_store,
 decode_attention and prefill_attention, registered with torch.library so that torch.compile
 traces them (each has a fake implementation that checks shapes and dtypes and makes outputs
 without touching data) and CUDA graphs capture them (they run on torch's current stream and
-allocate only through torch).
+allocate only through torch). On a GPU they run the CUDA kernels; on the CPU (a CPU kernel of the
+same ops) the library's CPU code on the same page layout: the same bytes in the pages, the CPU
+engine's attention over them.
 
     import torch, turboquant.torch_ops as tqo
     cache = tqo.CudaKvCache("k3v2", layers=32, kv_heads=8, head_dim=128, num_pages=1024)
@@ -10,14 +12,18 @@ allocate only through torch).
     out = cache.decode(layer, q, block_tables, seq_lens, max_seq_len)   # q: [seqs, 1..8, q_heads, head_dim]
 
 The ops themselves are torch.ops.turboquant.{new_cache, quantize_store, decode_attention,
-prefill_attention}; the pages are a uint8 tensor [layers, num_pages, kv_heads, block_bytes] in the
-format of docs/format.md. Only the page format is implemented: specs with policy knobs (sink,
-window, edge, ksim) are refused by name. Importing this module needs torch; the ops need a build
-with the CUDA kernels (turboquant.HAVE_CUDA) and a GPU. Before capturing a CUDA graph, run each
-shape once: the first call of a (spec, shape, device) uploads the codec tables.
+prefill_attention, decode_attention_side, prefill_attention_side}; the pages are a uint8 tensor
+[layers, num_pages, kv_heads, block_bytes] in the format of docs/format.md. The ops take a spec's
+format (specs with policy knobs are refused by name); the policy's sink and window are the side
+buffer of the *_side attention ops (SideView in include/tq/cuda/kernels.h), and edge layers are
+pages of their own format (turboquant.transformers.TurboQuantCache puts them together). Importing this module
+needs torch; the CUDA ops need a build with the CUDA kernels (turboquant.HAVE_CUDA) and a GPU.
+Before capturing a CUDA graph, run each shape once: the first call of a (spec, shape, device)
+uploads the codec tables.
 """
 
 
+import atexit
 import functools
 from typing import Optional, Tuple
 
@@ -25,7 +31,8 @@ import torch
 
 from . import _C
 
-__all__ = ["CudaKvCache", "available", "page_shape", "decode_attention", "new_cache", "prefill_attention", "quantize_store"]
+__all__ = ["CudaKvCache", "available", "page_shape", "decode_attention", "decode_attention_side", "new_cache", "prefill_attention",
+           "prefill_attention_side", "quantize_store"]
 
 _ROW_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_DECODE_QUERY_TOKENS = 8  # kernels.h kMaxDecodeQueryTokens
@@ -33,7 +40,8 @@ MAX_PREFILL_CHUNK = 2048  # kernels.h kMaxPrefillChunk
 
 
 def available() -> bool:
-    """Whether the ops can run here: a build with the CUDA kernels and a visible GPU."""
+    """Whether the CUDA ops can run here: a build with the CUDA kernels and a visible GPU (the CPU
+    ops run everywhere)."""
     return bool(_C.HAVE_CUDA) and torch.cuda.is_available()
 
 
@@ -64,6 +72,20 @@ def page_shape(spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: 
 def _format(spec: str, layers: int, kv_heads: int, head_dim: int, device: int) -> "_C.CudaFormat":
     _require()
     return _C.CudaFormat(_spec(spec), layers, kv_heads, head_dim, device)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_format(spec: str, layers: int, kv_heads: int, head_dim: int) -> "_C.CpuFormat":
+    return _C.CpuFormat(_spec(spec), layers, kv_heads, head_dim)
+
+
+# nanobind objects held by the caches are released before the interpreter's teardown (nanobind
+# reports objects still alive at its exit as leaks)
+atexit.register(lambda: [f.cache_clear() for f in (_spec, _format, _cpu_format)])
+
+
+def _threads() -> int:
+    return max(1, torch.get_num_threads())
 
 
 def _check(cond: bool, message: str) -> None:
@@ -109,7 +131,10 @@ def new_cache(spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: i
     """Zeroed pages of `spec` for a model shape, with the format's codec tables uploaded to `device`."""
     shape = page_shape(spec, layers, kv_heads, head_dim, num_pages)
     device = torch.device(device)
-    _format(spec, layers, kv_heads, head_dim, device.index if device.index is not None else torch.cuda.current_device())
+    if device.type == "cpu":
+        _cpu_format(spec, layers, kv_heads, head_dim)  # builds the codecs now, and refuses a head dim they cannot take
+    else:
+        _format(spec, layers, kv_heads, head_dim, device.index if device.index is not None else torch.cuda.current_device())
     return torch.zeros(shape, dtype=torch.uint8, device=device)
 
 
@@ -131,13 +156,27 @@ def _check_store(pages, k, v, slots, spec, layer):
     _check(k.dtype == v.dtype, f"{fn}: k is {k.dtype}, v is {v.dtype}: give both the same dtype")
 
 
+def _store_cuda(pages, k, v, slots, spec, layer):
+    _check_store(pages, k, v, slots, spec, layer)
+    f = _format(spec, pages.shape[0], pages.shape[2], k.shape[-1], pages.device.index)
+    f.quantize_store(layer, pages, k, v, slots, _stream(pages.device))
+
+
+def _store_cpu(pages, k, v, slots, spec, layer):
+    _check_store(pages, k, v, slots, spec, layer)
+    f = _cpu_format(spec, pages.shape[0], pages.shape[2], k.shape[-1])
+    # fp16 and bf16 rows widen to float32 exactly: the codes the CUDA kernel writes from them
+    f.quantize_store(layer, pages, k.float().contiguous(), v.float().contiguous(), slots, _threads())
+
+
 @torch.library.custom_op("turboquant::quantize_store", mutates_args=("pages",))
 def quantize_store(pages: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, spec: str, layer: int) -> None:
     """Rotates, quantizes and packs new K/V rows into their slots (page * page_size + offset; -1
     skips) of `layer`. k, v: [tokens, kv_heads, head_dim]; slots: int64 [tokens]."""
-    _check_store(pages, k, v, slots, spec, layer)
-    f = _format(spec, pages.shape[0], pages.shape[2], k.shape[-1], pages.device.index)
-    f.quantize_store(layer, pages, k, v, slots, _stream(pages.device))
+    _store_cuda(pages, k, v, slots, spec, layer)
+
+
+quantize_store.register_kernel("cpu")(_store_cpu)
 
 
 @quantize_store.register_fake
@@ -146,7 +185,31 @@ def _(pages, k, v, slots, spec, layer):
 
 
 # ---- decode_attention / prefill_attention -------------------------------------------------------
-def _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, max_q_tokens, out_dtype):
+def _check_side(fn, pages, q, side, side_slots, new_k, new_v, sink, window):
+    if sink < 0 or window < 0:
+        raise ValueError(f"{fn}: sink and window must be >= 0, got {sink} and {window}")
+    if not sink and not window:
+        return
+    if side is None or side_slots is None or new_k is None or new_v is None:
+        raise ValueError(f"{fn}: a side buffer (sink {sink}, window {window}) needs side, side_slots, new_k and new_v")
+    seqs, ntok, kv_heads, head_dim = q.shape[0], q.shape[1], pages.shape[2], q.shape[3]
+    if side.dtype != torch.float16 or side.dim() != 6:
+        raise TypeError(f"{fn}: side must be a float16 tensor [slots, layers, sink + ring, 2, kv_heads, head_dim], got {side.dtype} "
+                        f"{list(side.shape)}")
+    _check(side.shape[1] == pages.shape[0] and side.shape[3:] == (2, kv_heads, head_dim),
+           f"{fn}: side {list(side.shape)} must be [slots, {pages.shape[0]}, sink + ring, 2, {kv_heads}, {head_dim}]")
+    rows = side.shape[2]
+    _check(rows >= sink and (rows == sink if window == 0 else rows - sink >= window),
+           f"{fn}: side holds {rows} rows a layer; sink {sink} and window {window} need sink + a ring of at least the window")
+    _check(side.device == pages.device and side.is_contiguous(), f"{fn}: side must be contiguous, on {pages.device}")
+    _check_ints(fn, "side_slots", side_slots, torch.int32, (seqs,), pages.device)
+    _check_rows(fn, "new_k", new_k, (seqs, ntok, kv_heads, head_dim), pages.device)
+    _check_rows(fn, "new_v", new_v, (seqs, ntok, kv_heads, head_dim), pages.device)
+    _check(new_k.dtype == new_v.dtype, f"{fn}: new_k is {new_k.dtype}, new_v is {new_v.dtype}: give both the same dtype")
+
+
+def _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, max_q_tokens, out_dtype,
+                     side=None, side_slots=None, new_k=None, new_v=None, sink=0, window=0):
     head_dim = q.shape[-1] if q.dim() == 4 else 0
     _check_pages(fn, pages, spec, head_dim)
     _check(0 <= layer < pages.shape[0], f"{fn}: layer {layer} is outside the cache's {pages.shape[0]} layers")
@@ -159,19 +222,40 @@ def _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_
     _check(max_seq_len >= ntok, f"{fn}: max_seq_len ({max_seq_len}) must bound every sequence's length, at least the {ntok} queries")
     if out_dtype is not None and out_dtype not in _ROW_DTYPES:
         raise TypeError(f"{fn}: out_dtype must be float16, bfloat16 or float32, got {out_dtype}")
+    _check_side(fn, pages, q, side, side_slots, new_k, new_v, sink, window)
 
 
-def _attention(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype):
+def _max_tokens(prefill):
+    return MAX_PREFILL_CHUNK if prefill else MAX_DECODE_QUERY_TOKENS
+
+
+def _attention(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v,
+               sink, window):
     fn = "prefill_attention" if prefill else "decode_attention"
-    _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len,
-                     MAX_PREFILL_CHUNK if prefill else MAX_DECODE_QUERY_TOKENS, out_dtype)
+    _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side, side_slots,
+                     new_k, new_v, sink, window)
     f = _format(spec, pages.shape[0], pages.shape[2], q.shape[-1], pages.device.index)
     out = torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
-    shape = (q.shape[0], q.shape[1], q.shape[2], block_tables.shape[1], max_seq_len)
+    shape = (q.shape[0], q.shape[1], q.shape[2], block_tables.shape[1], max_seq_len, sink, window)
     ws_bytes = f.prefill_workspace_bytes(*shape) if prefill else f.decode_workspace_bytes(*shape)
     workspace = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=q.device)
-    f.attention(prefill, layer, pages, q, out, block_tables, seq_lens, max_seq_len, scale, workspace, _stream(pages.device))
+    f.attention(prefill, layer, pages, q, out, block_tables, seq_lens, max_seq_len, scale, workspace, _stream(pages.device),
+                side, side_slots, new_k, new_v, sink, window)
     return out
+
+
+def _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v,
+                   sink, window):
+    fn = "prefill_attention" if prefill else "decode_attention"
+    _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side, side_slots,
+                     new_k, new_v, sink, window)
+    f = _cpu_format(spec, pages.shape[0], pages.shape[2], q.shape[-1])
+    out = torch.empty(q.shape, dtype=torch.float32)
+    if sink or window:  # the side rows are fp16, the step's too (rounded as the CUDA kernels round them)
+        new_k, new_v = new_k.to(torch.float16).contiguous(), new_v.to(torch.float16).contiguous()
+    f.attention(layer, pages, q.float().contiguous(), out, block_tables, seq_lens, scale, side, side_slots, new_k, new_v, sink, window,
+                _threads())
+    return out.to(out_dtype or q.dtype)
 
 
 @torch.library.custom_op("turboquant::decode_attention", mutates_args=())
@@ -181,13 +265,7 @@ def decode_attention(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.T
     causal among themselves) over its pages: block_tables int32 [seqs, max_pages], seq_lens int32
     [seqs] (the queries' K/V rows already stored), max_seq_len a bound of seq_lens known on the
     host. GQA: query head h reads KV head h / (q_heads / kv_heads). scale 0: 1/sqrt(head_dim)."""
-    return _attention(False, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype)
-
-
-@decode_attention.register_fake
-def _(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None):
-    _check_attention("decode_attention", pages, q, block_tables, seq_lens, spec, layer, max_seq_len, MAX_DECODE_QUERY_TOKENS, out_dtype)
-    return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
+    return _attention(False, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, None, None, None, None, 0, 0)
 
 
 @torch.library.custom_op("turboquant::prefill_attention", mutates_args=())
@@ -195,13 +273,82 @@ def prefill_attention(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.
                       max_seq_len: int, scale: float = 0.0, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """decode_attention for a chunk of up to 2048 new queries per sequence (chunked prefill): each
     attends to the packed prefix and, causally, to the chunk (store the chunk's K/V first)."""
-    return _attention(True, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype)
+    return _attention(True, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, None, None, None, None, 0, 0)
 
 
-@prefill_attention.register_fake
-def _(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None):
-    _check_attention("prefill_attention", pages, q, block_tables, seq_lens, spec, layer, max_seq_len, MAX_PREFILL_CHUNK, out_dtype)
-    return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
+# The side-buffer variants are ops of their own: a mutated argument must be given (torch's custom
+# ops index mutated arguments by position), so the plain ops keep their signature.
+@torch.library.custom_op("turboquant::decode_attention_side", mutates_args=("side",))
+def decode_attention_side(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, spec: str,
+                          layer: int, max_seq_len: int, side: torch.Tensor, side_slots: torch.Tensor, new_k: torch.Tensor,
+                          new_v: torch.Tensor, sink: int, window: int, scale: float = 0.0,
+                          out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """decode_attention with the KV policy's side buffer (SideView in include/tq/cuda/kernels.h):
+    a query at position p reads positions < sink and within `window` of p from the fp16 side
+    rows instead of the pages. side: float16 [slots, layers, sink + ring, 2, kv_heads, head_dim]
+    (ring >= window, 0 without a window), side_slots int32 [seqs] each sequence's slot, new_k /
+    new_v [seqs, tokens, kv_heads, head_dim] the rows just stored: the step's own positions are
+    read from them, and the call then writes them into the slots (sink rows, the ring's last
+    `ring` positions)."""
+    return _attention(False, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v,
+                      sink, window)
+
+
+@torch.library.custom_op("turboquant::prefill_attention_side", mutates_args=("side",))
+def prefill_attention_side(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, spec: str,
+                           layer: int, max_seq_len: int, side: torch.Tensor, side_slots: torch.Tensor, new_k: torch.Tensor,
+                           new_v: torch.Tensor, sink: int, window: int, scale: float = 0.0,
+                           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """prefill_attention with the side buffer of decode_attention_side."""
+    return _attention(True, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v,
+                      sink, window)
+
+
+def _register(op, prefill: bool, side: bool) -> None:
+    fn = "prefill_attention" if prefill else "decode_attention"
+
+    if side:
+        def cpu(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, side, side_slots, new_k, new_v, sink, window, scale=0.0,
+                out_dtype=None):
+            return _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots,
+                                  new_k, new_v, sink, window)
+
+        def fake(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, side, side_slots, new_k, new_v, sink, window, scale=0.0,
+                 out_dtype=None):
+            _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side,
+                             side_slots, new_k, new_v, sink, window)
+            return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
+    else:
+        def cpu(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None):
+            return _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, None, None, None,
+                                  None, 0, 0)
+
+        def fake(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None):
+            _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype)
+            return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
+    op.register_kernel("cpu")(cpu)
+    op.register_fake(fake)
+
+
+for _op, _prefill, _side in ((decode_attention, False, False), (prefill_attention, True, False), (decode_attention_side, False, True),
+                             (prefill_attention_side, True, True)):
+    _register(_op, _prefill, _side)
+
+
+# The ops' kernels without the torch dispatcher, for eager callers that call them per layer and
+# step (turboquant.transformers): the same code, less Python between the calls.
+def store(pages, k, v, slots, spec: str, layer: int) -> None:
+    """quantize_store on the pages' device, eagerly."""
+    (_store_cpu if pages.device.type == "cpu" else _store_cuda)(pages, k, v, slots, spec, layer)
+
+
+def attend(prefill: bool, pages, q, block_tables, seq_lens, spec: str, layer: int, max_seq_len: int, scale: float = 0.0, out_dtype=None,
+           side=None, side_slots=None, new_k=None, new_v=None, sink: int = 0, window: int = 0):
+    """prefill_attention (prefill) or decode_attention, with the side buffer where sink or window
+    is set (the *_side ops), on the pages' device, eagerly."""
+    fn = _attention_cpu if pages.device.type == "cpu" else _attention
+    return fn(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v, sink,
+              window)
 
 
 class CudaKvCache:

@@ -15,7 +15,20 @@ PagedKvCache::PagedKvCache(const CacheFormat& format, uint32_t num_pages)
   TQ_CHECK(num_pages >= 1, "the cache needs at least one page, got {}", num_pages);
   const double total = double(format.layout().bytes) * format.layers() * num_pages * format.kv_heads();
   TQ_CHECK(total <= 64.0 * (1ull << 30), "the cache would take {:.1f} GiB; more than the 64 GiB allowed on the CPU", total / (1ull << 30));
-  data_.assign(format.bytes(num_pages), 0);
+  owned_.assign(format.bytes(num_pages), 0);
+  data_ = owned_.data();
+  bytes_ = owned_.size();
+}
+
+PagedKvCache::PagedKvCache(const CacheFormat& format, uint32_t num_pages, ViewTag)
+    : format_(format), shape_{format.layers(), format.kv_heads(), format.head_dim(), num_pages}, bytes_(format.bytes(num_pages)) {}
+
+PagedKvCache PagedKvCache::view(const CacheFormat& format, uint8_t* data, uint32_t num_pages) {
+  TQ_CHECK(num_pages >= 1, "the cache needs at least one page, got {}", num_pages);
+  TQ_CHECK(data != nullptr, "a view of pages needs their bytes");
+  PagedKvCache c(format, num_pages, ViewTag{});
+  c.data_ = data;
+  return c;
 }
 
 PagedKvCache::PagedKvCache(const CacheShape& shape, const KvFormat& format)
@@ -28,7 +41,7 @@ const uint8_t* PagedKvCache::block(uint32_t layer, uint32_t page, uint32_t head)
   TQ_CHECK(layer < shape_.layers && page < shape_.num_pages && head < shape_.kv_heads,
            "block ({}, {}, {}) is outside the cache ({} layers, {} pages, {} KV heads)", layer, page, head, shape_.layers,
            shape_.num_pages, shape_.kv_heads);
-  return data_.data() + format_.block_offset(layer, page, head, shape_.num_pages);
+  return data_ + format_.block_offset(layer, page, head, shape_.num_pages);
 }
 
 void PagedKvCache::check_slot(uint32_t layer, int64_t slot) const {

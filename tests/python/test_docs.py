@@ -1,6 +1,6 @@
 """Runs every ```python block of docs/python.md, in order, in one namespace, from the repository
-root: the examples stay runnable. Blocks marked "# needs: stories260K", "SmolLM2" or "cuda" are
-skipped, saying why, where that is missing."""
+root: the examples stay runnable. Blocks marked "# needs: stories260K", "SmolLM2", "cuda" or
+"transformers" are skipped, saying why, where that is missing."""
 
 import contextlib
 import io
@@ -26,6 +26,16 @@ def _cuda_ready():
         return False
 
 
+def _transformers_ready():
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_doc_block(index, monkeypatch):
     code = BLOCKS[index]
@@ -38,6 +48,8 @@ def test_doc_block(index, monkeypatch):
         pytest.skip(f"docs/python.md block {index + 1} needs models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get_model.sh)")
     if "# needs: cuda" in code and not _cuda_ready():
         pytest.skip(f"docs/python.md block {index + 1} needs torch, a CUDA build and a GPU")
+    if "# needs: transformers" in code and not _transformers_ready():
+        pytest.skip(f"docs/python.md block {index + 1} needs torch and transformers (tests/python/requirements-torch.txt)")
     monkeypatch.chdir(ROOT)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -1,7 +1,8 @@
 // Host storage of the packed paged-KV format: the pages of every layer, written token by token
 // (quantize on write) and read back through the format's codecs. Sequences own pages through
 // block tables (kv/page_allocator.h); slot = page * page_size + offset, and a slot of -1 means
-// "skip".
+// "skip". A view (PagedKvCache::view) does the same on bytes someone else owns, e.g. the uint8
+// tensor of the Python package's torch ops, so that they write and read the pages with this code.
 #pragma once
 
 #include <cstdint>
@@ -26,13 +27,20 @@ class PagedKvCache {
   PagedKvCache(const CacheFormat& format, uint32_t num_pages);
   // The same, building the format (throws on a bad shape or a format the head dim cannot use).
   PagedKvCache(const CacheShape& shape, const KvFormat& format);
+  // The pages at `data` ([layers][num_pages][kv_heads][layout().bytes], format.bytes(num_pages)
+  // bytes that outlive the view), not owned and not cleared.
+  static PagedKvCache view(const CacheFormat& format, uint8_t* data, uint32_t num_pages);
+  // The bytes are owned or viewed through data_: a copy would point at the original's.
+  PagedKvCache(const PagedKvCache&) = delete;
+  PagedKvCache& operator=(const PagedKvCache&) = delete;
+  PagedKvCache(PagedKvCache&&) = default;  // a moved vector keeps its buffer, so data_ stays valid
 
   const CacheFormat& format() const { return format_; }
   const CacheShape& shape() const { return shape_; }
   const BlockLayout& layout() const { return format_.layout(); }
   uint32_t page_size() const { return format_.page_size(); }
-  size_t bytes() const { return data_.size(); }
-  const uint8_t* data() const { return data_.data(); }
+  size_t bytes() const { return bytes_; }
+  const uint8_t* data() const { return data_; }
 
   // [layout().bytes] bytes of the (layer, page, kv_head) block.
   uint8_t* block(uint32_t layer, uint32_t page, uint32_t head);
@@ -44,11 +52,15 @@ class PagedKvCache {
   void read(uint32_t layer, int64_t slot, float* k, float* v) const;
 
  private:
+  struct ViewTag {};
+  PagedKvCache(const CacheFormat& format, uint32_t num_pages, ViewTag);
   void check_slot(uint32_t layer, int64_t slot) const;
 
   CacheFormat format_;
   CacheShape shape_;
-  std::vector<uint8_t> data_;  // [layers][num_pages][kv_heads][layout().bytes]
+  std::vector<uint8_t> owned_;  // the bytes of an owning cache (empty for a view)
+  uint8_t* data_ = nullptr;     // [layers][num_pages][kv_heads][layout().bytes]
+  size_t bytes_ = 0;
 };
 
 }  // namespace tq

@@ -1,4 +1,4 @@
-// Causal attention directly over the packed pages of one layer (KvStore::attend).
+// Causal attention directly over the packed pages of one layer (attend_pages; KvStore::attend on its own pages).
 //
 // Per (KV head, block of query tokens), two passes over the sequence's pages:
 //   scores  TurboQuant keys: each query is rotated once (prepare) and dotted with the packed rows
@@ -53,23 +53,177 @@ void axpy(bool avx2, float w, const float* x, float* y, uint32_t n) {
   for (uint32_t i = 0; i < n; ++i) y[i] += w * x[i];
 }
 
+// One task of attend_pages: KV head h, the queries of tokens j0..j1-1, the positions c0..c1-1.
+// part: [queries][m, d, acc [head_dim], acc_rot [padded dim]] its softmax state and unnormalized
+// outputs (acc_rot: TurboQuant values, still rotated).
+void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int32_t> block_table, const SideRows& side_rows, uint32_t h,
+                 uint32_t first, uint32_t j0, uint32_t j1, uint32_t c0, uint32_t c1, uint32_t q_heads, float scale, const float* q,
+                 float* part) {
+  const BlockLayout& L = cache.layout();
+  const TurboQuant* kc = cache.format().k_codec(local, h);
+  const TurboQuant* vc = cache.format().v_codec(local, h);
+  const Encoding kenc = cache.format().format().k.enc, venc = cache.format().format().v.enc;
+  const uint32_t H = cache.shape().kv_heads, D = cache.shape().head_dim, ps = cache.page_size(), group = q_heads / H;
+  const uint32_t nqb = (j1 - j0) * group;  // queries of this task: token-major, then head in group
+  const uint32_t span = std::min(c1, first + j1) - c0;  // positions of the part the last query sees: c0 .. c0 + span - 1
+  const uint32_t pd = vc ? vc->padded_dim() : D;
+  const size_t row = size_t(H) * D;  // side-buffer row: [2][kv_heads][head_dim]
+  const SideRows* sd = side_rows.active() ? &side_rows : nullptr;
+  const auto in_side = [&](uint32_t t, uint32_t qp) { return sd && sd->holds(t, qp); };
+
+  const auto qpos = [&](uint32_t qi) { return first + j0 + qi / group; };
+  const auto qvec = [&](uint32_t qi) { return q + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D; };
+  // fp16 K (value=false) or V row of a side-buffer token, converted into `dst` [D].
+  const auto side_row = [&](uint32_t t, bool value, float* dst) {
+    const uint16_t* src;
+    if (t >= sd->new_first) {
+      src = (value ? sd->new_v : sd->new_k) + (size_t(t - sd->new_first) * H + h) * D;
+    } else {
+      src = t < sd->sink ? sd->sink_rows + size_t(t) * 2 * row : sd->ring_rows + size_t(t % sd->ring) * 2 * row;
+      src += (value ? row : 0) + size_t(h) * D;
+    }
+    load_float_row(Encoding::kFp16, reinterpret_cast<const uint8_t*>(src), D, 1.0f, dst);
+  };
+  const auto block_of_page = [&](uint32_t p0) { return cache.block(local, uint32_t(block_table[p0 / ps]), h); };
+
+  std::vector<TurboQuant::Query> prep(kc ? nqb : 0);
+  for (uint32_t qi = 0; qi < prep.size(); ++qi) kc->prepare(qvec(qi), prep[qi]);
+
+  // [nqb][span] scores, then unnormalized weights: every element read is written first, so the
+  // thread's buffer is reused without clearing (a prompt block's is hundreds of KB).
+  thread_local std::vector<float> S;
+  S.resize(std::max(S.size(), size_t(nqb) * span));
+  const uint32_t kpd = kc ? kc->padded_dim() : D;
+  std::vector<float> tile(size_t(ps) * std::max({pd, kpd, D}));  // [ps][pd or D] one page of rows
+  std::vector<float> side(D);                              // [D] one side-buffer row
+
+  // ---- scores
+  // TurboQuant keys: each row's centroids decoded once for all the task's queries (a GQA group at
+  // least), giving dot_fast's score bit for bit.
+  const bool key_tile = kc && kc->can_score_decoded();
+  for (uint32_t p0 = c0; p0 < c0 + span; p0 += ps) {
+    const uint32_t p1 = std::min(c0 + span, p0 + ps);
+    const uint8_t* blk = block_of_page(p0);
+    if (!kc)
+      for (uint32_t t = p0; t < p1; ++t) load_float_row(kenc, blk + L.k_codes + (t - p0) * L.k_row, D, cache.format().k_scale(), &tile[size_t(t - p0) * D]);
+    if (key_tile)
+      for (uint32_t t = p0; t < p1; ++t) kc->decode_rotated(key_row(L, blk, t - p0), &tile[size_t(t - p0) * kpd]);
+    for (uint32_t qi = 0; qi < nqb; ++qi) {
+      const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
+      float* srow = &S[size_t(qi) * span];  // [span]: position c0 + i at i
+      for (uint32_t t = p0; t < end; ++t) {
+        float dot;
+        if (in_side(t, qp)) {
+          side_row(t, false, side.data());
+          dot = dot_f32(qvec(qi), side.data(), D);
+        } else if (key_tile) {
+          dot = kc->dot_decoded(prep[qi], &tile[size_t(t - p0) * kpd], key_row(L, blk, t - p0));
+        } else if (kc) {
+          dot = kc->dot_fast(prep[qi], key_row(L, blk, t - p0));
+        } else {
+          dot = dot_f32(qvec(qi), &tile[size_t(t - p0) * D], D);
+        }
+        srow[t - c0] = dot * scale;
+      }
+    }
+  }
+  // ---- softmax (unnormalized: the merge divides by the sum of the parts once). The state the
+  // kernels share, with the part as one block: its max is known before any exponent is taken. A
+  // query before the part sees none of it: m = -inf, d = 0, and the merge gives it weight 0.
+  const auto ex = [](float x) { return std::exp(x); };
+  const size_t per_query = 2 + D + pd;  // part: [nqb][m, d, acc [D], acc_rot [pd]]
+  for (uint32_t qi = 0; qi < nqb; ++qi) {
+    float* srow = &S[size_t(qi) * span];
+    const uint32_t n = std::min(c0 + span, qpos(qi) + 1) - std::min(c0, qpos(qi) + 1);  // positions it sees
+    SoftmaxState st;
+    if (n > 0) {
+      const SoftmaxState::Step step = st.update(*std::max_element(srow, srow + n), ex);
+      for (uint32_t i = 0; i < n; ++i) st.add(srow[i] = ex(srow[i] - step.base));
+    }
+    part[qi * per_query] = st.m;
+    part[qi * per_query + 1] = st.d;
+  }
+  // ---- values
+  // acc [D]: float values and side-buffer rows; acc_rot [pd]: TurboQuant values, rotated domain
+  for (uint32_t qi = 0; qi < nqb; ++qi) std::fill_n(&part[qi * per_query + 2], D + pd, 0.0f);
+  const bool use_tile = vc && nqb > 2 && !vc->config().prod;
+  const bool avx2 = cpu::has_avx2_fma();  // prod values: accumulate_rotated's own order
+  std::vector<float> norms(ps);                                // [ps] the tile's row norms
+  for (uint32_t p0 = c0; p0 < c0 + span; p0 += ps) {
+    const uint32_t p1 = std::min(c0 + span, p0 + ps);
+    const uint8_t* blk = block_of_page(p0);
+    if (!vc) {
+      for (uint32_t t = p0; t < p1; ++t) load_float_row(venc, blk + L.v_codes + (t - p0) * L.v_row, D, cache.format().v_scale(), &tile[size_t(t - p0) * D]);
+    } else if (use_tile) {
+      for (uint32_t t = p0; t < p1; ++t) {
+        const ConstRowRef r = value_row(L, blk, t - p0);
+        vc->decode_rotated(r, &tile[size_t(t - p0) * pd]);
+        norms[t - p0] = f16_to_f32(*r.norm);
+      }
+    }
+    if (!vc && avx2) {
+      // Float values: a token's GQA group sees the same rows, so they are read once for the
+      // group; per element the same products and sums in the same order as the loop below.
+      const uint32_t sink = sd ? sd->sink : 0, window = sd ? sd->window : 0;
+      for (uint32_t qi0 = 0; qi0 < nqb; qi0 += group) {
+        const uint32_t qp = qpos(qi0), end = std::min(p1, qp + 1);
+        if (end <= p0) continue;
+        // [p0, lo): sink rows, [lo, hi): page rows, [hi, end): window rows (in_side)
+        const uint32_t lo = std::max(p0, std::min(sink, end));
+        const uint32_t hi = window ? std::max(lo, std::min(end, qp + 1 > window ? qp + 1 - window : 0u)) : end;
+        const auto side_rows_of = [&](uint32_t t0, uint32_t t1) {
+          for (uint32_t t = t0; t < t1; ++t) {
+            side_row(t, true, side.data());
+            for (uint32_t g = 0; g < group; ++g)
+              simd::axpy_avx2(S[size_t(qi0 + g) * span + t - c0], side.data(), &part[(qi0 + g) * per_query + 2], D);
+          }
+        };
+        side_rows_of(p0, lo);
+        simd::axpy_rows_avx2(group, &S[size_t(qi0) * span + lo - c0], span, &tile[size_t(lo - p0) * D], D, hi - lo,
+                             &part[qi0 * per_query + 2], per_query, D);
+        side_rows_of(hi, end);
+      }
+      continue;
+    }
+    for (uint32_t qi = 0; qi < nqb; ++qi) {
+      const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
+      const float* w = &S[size_t(qi) * span];  // position c0 + i at i
+      float* a = &part[qi * per_query + 2];
+      float* a_rot = a + D;
+      for (uint32_t t = p0; t < end; ++t) {
+        if (in_side(t, qp)) {
+          side_row(t, true, side.data());
+          axpy(avx2, w[t - c0], side.data(), a, D);
+        } else if (!vc) {
+          axpy(avx2, w[t - c0], &tile[size_t(t - p0) * D], a, D);
+        } else if (use_tile) {
+          const float wn = w[t - c0] * norms[t - p0];  // as accumulate_rotated: the same products and sums
+          if (wn == 0) continue;
+          axpy(avx2, wn, &tile[size_t(t - p0) * pd], a_rot, pd);
+        } else {
+          vc->accumulate_rotated(value_row(L, blk, t - p0), w[t - c0], a_rot);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
-void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t nq, uint32_t q_heads, const float* q, float* out,
-                     ThreadPool& pool) const {
-  const uint32_t H = shape_.kv_heads;
+void attend_pages(const PagedKvCache& cache, uint32_t local, std::span<const int32_t> block_table, const SideRows& side, uint32_t first,
+                  uint32_t nq, uint32_t q_heads, float scale, const float* q, float* out, ThreadPool& pool) {
+  const uint32_t H = cache.shape().kv_heads;
+  TQ_CHECK(local < cache.shape().layers, "layer {} is outside the cache ({} layers)", local, cache.shape().layers);
   TQ_CHECK(q_heads >= H && q_heads % H == 0, "query heads ({}) must be a multiple of KV heads ({})", q_heads, H);
-  TQ_CHECK(s.block_table != nullptr, "sequence {} has no block table", s.seq);
-  const size_t held = s.block_table->size() * size_t(page_size());
-  TQ_CHECK(nq >= 1 && size_t(first) + nq <= held, "queries {}..{} are beyond the pages of sequence {} ({} positions)", first, first + nq,
-           s.seq, held);
-  TQ_CHECK(spec_.policy.window == 0 || nq <= shape_.max_chunk, "{} query tokens at once; the recent-token ring holds chunks of {}", nq,
-           shape_.max_chunk);
-  uint32_t local = 0;
-  const PagedKvCache& cache = cache_of(layer, &local);
+  const size_t held = block_table.size() * size_t(cache.page_size());
+  TQ_CHECK(nq >= 1 && size_t(first) + nq <= held, "queries {}..{} are beyond the sequence's pages ({} positions)", first, first + nq, held);
+  TQ_CHECK(!side.active() || (side.sink == 0 || side.sink_rows) && (side.window == 0 || (side.ring >= side.window && side.ring_rows)),
+           "side rows of sink {} and window {} need their buffers and a ring of at least the window (ring {})", side.sink, side.window,
+           side.ring);
   const TurboQuant* vc0 = cache.format().v_codec(local, 0);
-  const uint32_t D = shape_.head_dim, pd = vc0 ? vc0->padded_dim() : D, group = q_heads / H, ps = page_size();
+  const uint32_t D = cache.shape().head_dim, pd = vc0 ? vc0->padded_dim() : D, group = q_heads / H, ps = cache.page_size();
   const uint32_t part = (kPartPositions + ps - 1) / ps * ps;
+  if (scale == 0) scale = 1.0f / std::sqrt(float(D));
 
   // Work items: (KV head, query block) pairs, each of parts of `part` positions. Block b's queries
   // see the positions before first + its last token + 1. Part p of a block keeps its results at
@@ -118,7 +272,8 @@ void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t
   const auto run_part = [&](size_t hb, uint32_t p, float* base) {
     uint32_t j0, j1, nqb, n_parts;
     block_of(hb, &j0, &j1, &nqb, &n_parts);
-    attend_part(layer, s, uint32_t(hb / blocks), first, j0, j1, p * part, (p + 1) * part, q_heads, q, base + size_t(p) * nqb * per_query);
+    attend_part(cache, local, block_table, side, uint32_t(hb / blocks), first, j0, j1, p * part, (p + 1) * part, q_heads, scale, q,
+                base + size_t(p) * nqb * per_query);
   };
 
   const size_t pairs = size_t(H) * blocks;
@@ -159,152 +314,25 @@ void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t
   });
 }
 
-void KvStore::attend_part(uint32_t layer, const SeqPages& s, uint32_t h, uint32_t first, uint32_t j0, uint32_t j1, uint32_t c0, uint32_t c1,
-                          uint32_t q_heads, const float* q, float* part) const {
+
+void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t nq, uint32_t q_heads, const float* q, float* out,
+                     ThreadPool& pool) const {
+  TQ_CHECK(s.block_table != nullptr, "sequence {} has no block table", s.seq);
+  TQ_CHECK(spec_.policy.window == 0 || nq <= shape_.max_chunk, "{} query tokens at once; the recent-token ring holds chunks of {}", nq,
+           shape_.max_chunk);
   uint32_t local = 0;
   const PagedKvCache& cache = cache_of(layer, &local);
-  const BlockLayout& L = cache.layout();
-  const TurboQuant* kc = cache.format().k_codec(local, h);
-  const TurboQuant* vc = cache.format().v_codec(local, h);
-  const Encoding kenc = cache.format().format().k.enc, venc = cache.format().format().v.enc;
-  const uint32_t H = shape_.kv_heads, D = shape_.head_dim, ps = page_size(), group = q_heads / H;
-  const uint32_t nqb = (j1 - j0) * group;  // queries of this task: token-major, then head in group
-  const uint32_t span = std::min(c1, first + j1) - c0;  // positions of the part the last query sees: c0 .. c0 + span - 1
-  const uint32_t pd = vc ? vc->padded_dim() : D;
-  const float inv_sqrt = 1.0f / std::sqrt(float(D));
-  const size_t row = size_t(H) * D;  // side-buffer row: [2][kv_heads][head_dim]
-  const Side* sd = spec_.policy.sink || spec_.policy.window ? &side(s.seq) : nullptr;
-
-  const auto qpos = [&](uint32_t qi) { return first + j0 + qi / group; };
-  const auto qvec = [&](uint32_t qi) { return q + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D; };
-  // fp16 K (value=false) or V row of a side-buffer token, converted into `dst` [D].
-  const auto side_row = [&](uint32_t t, bool value, float* dst) {
-    const uint32_t sink = spec_.policy.sink;
-    const uint16_t* src = t < sink ? &sd->sink[(size_t(layer) * sink + t) * 2 * row] : &sd->recent[(size_t(layer) * ring() + t % ring()) * 2 * row];
-    src += (value ? row : 0) + size_t(h) * D;
-    load_float_row(Encoding::kFp16, reinterpret_cast<const uint8_t*>(src), D, 1.0f, dst);
-  };
-
-  std::vector<TurboQuant::Query> prep(kc ? nqb : 0);
-  for (uint32_t qi = 0; qi < prep.size(); ++qi) kc->prepare(qvec(qi), prep[qi]);
-
-  // [nqb][span] scores, then unnormalized weights: every element read is written first, so the
-  // thread's buffer is reused without clearing (a prompt block's is hundreds of KB).
-  thread_local std::vector<float> S;
-  S.resize(std::max(S.size(), size_t(nqb) * span));
-  const uint32_t kpd = kc ? kc->padded_dim() : D;
-  std::vector<float> tile(size_t(ps) * std::max({pd, kpd, D}));  // [ps][pd or D] one page of rows
-  std::vector<float> side(D);                              // [D] one side-buffer row
-
-  // ---- scores
-  // TurboQuant keys: each row's centroids decoded once for all the task's queries (a GQA group at
-  // least), giving dot_fast's score bit for bit.
-  const bool key_tile = kc && kc->can_score_decoded();
-  for (uint32_t p0 = c0; p0 < c0 + span; p0 += ps) {
-    const uint32_t p1 = std::min(c0 + span, p0 + ps);
-    const uint8_t* blk = cache.block(local, uint32_t((*s.block_table)[p0 / ps]), h);
-    if (!kc)
-      for (uint32_t t = p0; t < p1; ++t) load_float_row(kenc, blk + L.k_codes + (t - p0) * L.k_row, D, cache.format().k_scale(), &tile[size_t(t - p0) * D]);
-    if (key_tile)
-      for (uint32_t t = p0; t < p1; ++t) kc->decode_rotated(key_row(L, blk, t - p0), &tile[size_t(t - p0) * kpd]);
-    for (uint32_t qi = 0; qi < nqb; ++qi) {
-      const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
-      float* srow = &S[size_t(qi) * span];  // [span]: position c0 + i at i
-      for (uint32_t t = p0; t < end; ++t) {
-        float dot;
-        if (in_side(t, qp)) {
-          side_row(t, false, side.data());
-          dot = dot_f32(qvec(qi), side.data(), D);
-        } else if (key_tile) {
-          dot = kc->dot_decoded(prep[qi], &tile[size_t(t - p0) * kpd], key_row(L, blk, t - p0));
-        } else if (kc) {
-          dot = kc->dot_fast(prep[qi], key_row(L, blk, t - p0));
-        } else {
-          dot = dot_f32(qvec(qi), &tile[size_t(t - p0) * D], D);
-        }
-        srow[t - c0] = dot * inv_sqrt;
-      }
-    }
+  SideRows side;
+  if (spec_.policy.sink || spec_.policy.window) {
+    // This store writes every token into its side rows before it attends (write()), so nothing
+    // is read from new rows.
+    const Side& sd = this->side(s.seq);
+    const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;
+    side.sink = spec_.policy.sink, side.window = spec_.policy.window, side.ring = uint32_t(ring());
+    side.sink_rows = sd.sink.data() + size_t(layer) * side.sink * row;
+    side.ring_rows = sd.recent.data() + size_t(layer) * ring() * row;
   }
-  // ---- softmax (unnormalized: the merge divides by the sum of the parts once). The state the
-  // kernels share, with the part as one block: its max is known before any exponent is taken. A
-  // query before the part sees none of it: m = -inf, d = 0, and the merge gives it weight 0.
-  const auto ex = [](float x) { return std::exp(x); };
-  const size_t per_query = 2 + D + pd;  // part: [nqb][m, d, acc [D], acc_rot [pd]]
-  for (uint32_t qi = 0; qi < nqb; ++qi) {
-    float* srow = &S[size_t(qi) * span];
-    const uint32_t n = std::min(c0 + span, qpos(qi) + 1) - std::min(c0, qpos(qi) + 1);  // positions it sees
-    SoftmaxState st;
-    if (n > 0) {
-      const SoftmaxState::Step step = st.update(*std::max_element(srow, srow + n), ex);
-      for (uint32_t i = 0; i < n; ++i) st.add(srow[i] = ex(srow[i] - step.base));
-    }
-    part[qi * per_query] = st.m;
-    part[qi * per_query + 1] = st.d;
-  }
-  // ---- values
-  // acc [D]: float values and side-buffer rows; acc_rot [pd]: TurboQuant values, rotated domain
-  for (uint32_t qi = 0; qi < nqb; ++qi) std::fill_n(&part[qi * per_query + 2], D + pd, 0.0f);
-  const bool use_tile = vc && nqb > 2 && !vc->config().prod;
-  const bool avx2 = cpu::has_avx2_fma();  // prod values: accumulate_rotated's own order
-  std::vector<float> norms(ps);                                // [ps] the tile's row norms
-  for (uint32_t p0 = c0; p0 < c0 + span; p0 += ps) {
-    const uint32_t p1 = std::min(c0 + span, p0 + ps);
-    const uint8_t* blk = cache.block(local, uint32_t((*s.block_table)[p0 / ps]), h);
-    if (!vc) {
-      for (uint32_t t = p0; t < p1; ++t) load_float_row(venc, blk + L.v_codes + (t - p0) * L.v_row, D, cache.format().v_scale(), &tile[size_t(t - p0) * D]);
-    } else if (use_tile) {
-      for (uint32_t t = p0; t < p1; ++t) {
-        const ConstRowRef r = value_row(L, blk, t - p0);
-        vc->decode_rotated(r, &tile[size_t(t - p0) * pd]);
-        norms[t - p0] = f16_to_f32(*r.norm);
-      }
-    }
-    if (!vc && avx2) {
-      // Float values: a token's GQA group sees the same rows, so they are read once for the
-      // group; per element the same products and sums in the same order as the loop below.
-      const uint32_t sink = spec_.policy.sink, window = spec_.policy.window;
-      for (uint32_t qi0 = 0; qi0 < nqb; qi0 += group) {
-        const uint32_t qp = qpos(qi0), end = std::min(p1, qp + 1);
-        if (end <= p0) continue;
-        // [p0, lo): sink rows, [lo, hi): page rows, [hi, end): window rows (in_side)
-        const uint32_t lo = std::max(p0, std::min(sink, end));
-        const uint32_t hi = window ? std::max(lo, std::min(end, qp + 1 > window ? qp + 1 - window : 0u)) : end;
-        const auto side_rows = [&](uint32_t t0, uint32_t t1) {
-          for (uint32_t t = t0; t < t1; ++t) {
-            side_row(t, true, side.data());
-            for (uint32_t g = 0; g < group; ++g)
-              simd::axpy_avx2(S[size_t(qi0 + g) * span + t - c0], side.data(), &part[(qi0 + g) * per_query + 2], D);
-          }
-        };
-        side_rows(p0, lo);
-        simd::axpy_rows_avx2(group, &S[size_t(qi0) * span + lo - c0], span, &tile[size_t(lo - p0) * D], D, hi - lo,
-                             &part[qi0 * per_query + 2], per_query, D);
-        side_rows(hi, end);
-      }
-      continue;
-    }
-    for (uint32_t qi = 0; qi < nqb; ++qi) {
-      const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
-      const float* w = &S[size_t(qi) * span];  // position c0 + i at i
-      float* a = &part[qi * per_query + 2];
-      float* a_rot = a + D;
-      for (uint32_t t = p0; t < end; ++t) {
-        if (in_side(t, qp)) {
-          side_row(t, true, side.data());
-          axpy(avx2, w[t - c0], side.data(), a, D);
-        } else if (!vc) {
-          axpy(avx2, w[t - c0], &tile[size_t(t - p0) * D], a, D);
-        } else if (use_tile) {
-          const float wn = w[t - c0] * norms[t - p0];  // as accumulate_rotated: the same products and sums
-          if (wn == 0) continue;
-          axpy(avx2, wn, &tile[size_t(t - p0) * pd], a_rot, pd);
-        } else {
-          vc->accumulate_rotated(value_row(L, blk, t - p0), w[t - c0], a_rot);
-        }
-      }
-    }
-  }
+  attend_pages(cache, local, *s.block_table, side, first, nq, q_heads, 0.0f, q, out, pool);
 }
 
 }  // namespace tq::cpu

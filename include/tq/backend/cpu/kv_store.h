@@ -13,7 +13,9 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "tq/backend/cpu/thread_pool.h"
@@ -34,6 +36,32 @@ struct SeqPages {
   int seq = 0;                         // block manager id: keys the side buffers
   const std::vector<int32_t>* block_table = nullptr;  // [pages] page ids in position order
 };
+
+// The fp16 side rows of one sequence and layer (the KV policy's sink and window), each row
+// [2 (K, V)][kv_heads][head_dim]: position t < sink at sink_rows + t rows, a later one at
+// ring_rows + (t % ring) rows. KvStore keeps its sink and ring apart; the CUDA SideView's slot is
+// [sink + ring] rows, ring_rows = sink_rows + sink rows. A query at position q reads t < sink and
+// q - window < t <= q from here instead of the pages. Positions from new_first on (the call's own
+// tokens, under SideView's contract that the attention writes them into the slot afterwards) are
+// read from new_k / new_v instead, fp16 [positions - new_first][kv_heads][head_dim].
+struct SideRows {
+  uint32_t sink = 0, window = 0, ring = 0;
+  const uint16_t* sink_rows = nullptr;
+  const uint16_t* ring_rows = nullptr;
+  const uint16_t* new_k = nullptr;
+  const uint16_t* new_v = nullptr;
+  uint32_t new_first = std::numeric_limits<uint32_t>::max();
+  bool active() const { return sink > 0 || window > 0; }
+  bool holds(uint32_t t, uint32_t qpos) const { return t < sink || qpos - t < window; }
+};
+
+// Causal attention of nq query tokens at positions first .. first+nq-1 (their K/V in the pages)
+// over `layer` of `cache` (owned or a view), the sequence's pages in `block_table` (position order),
+// side rows where side.active(): q, out [nq][q_heads][head_dim], query head h reads KV head
+// h / (q_heads / kv_heads). scale 0: 1/sqrt(head_dim). KvStore::attend is this on its own pages;
+// the Python package's CPU torch ops call it on a torch tensor's bytes.
+void attend_pages(const PagedKvCache& cache, uint32_t layer, std::span<const int32_t> block_table, const SideRows& side, uint32_t first,
+                  uint32_t nq, uint32_t q_heads, float scale, const float* q, float* out, ThreadPool& pool);
 
 class KvStore {
  public:
@@ -68,12 +96,6 @@ class KvStore {
     std::vector<uint16_t> sink;    // fp16 [layers][sink][2 (K, V)][kv_heads][head_dim]
     std::vector<uint16_t> recent;  // fp16 [layers][ring][2][kv_heads][head_dim]; position p at p % ring
   };
-  // One task of attend(): KV head kvh, the queries of tokens j0..j1-1, the positions c0..c1-1.
-  // part: [queries][m, d, acc [head_dim], acc_rot [padded dim]] its softmax state and unnormalized
-  // outputs (acc_rot: TurboQuant values, still rotated).
-  void attend_part(uint32_t layer, const SeqPages& s, uint32_t kvh, uint32_t first, uint32_t j0, uint32_t j1, uint32_t c0, uint32_t c1,
-                   uint32_t q_heads, const float* q, float* part) const;
-  bool in_side(uint32_t t, uint32_t qpos) const { return t < spec_.policy.sink || qpos - t < spec_.policy.window; }
   size_t ring() const { return spec_.policy.window ? size_t(spec_.policy.window) + shape_.max_chunk : 0; }
   const Side& side(int seq) const;
   Side& side(int seq) { return const_cast<Side&>(static_cast<const KvStore*>(this)->side(seq)); }

@@ -1,0 +1,262 @@
+"""turboquant.transformers: TurboQuantCache and the "turboquant" attention in Hugging Face
+transformers' generate(), on tiny Llama, Qwen2 (q/k/v with bias) and Mistral models built from
+configs written here (random weights, fixed seeds, no download), on the CPU (CI) and on the GPU
+where there is one (scripts/test_python_gpu.sh). Against DynamicCache with sdpa: the same tokens
+and logits within fp16 rounding for the fp16 spec, a small KL for TurboQuant specs; memory equal
+to kv_size's figure; padded batches, beam search, crop, and refusals."""
+
+import warnings
+
+import pytest
+
+import turboquant as tq
+
+torch = pytest.importorskip("torch", reason="torch is not installed (tests/python/requirements-torch.txt)")
+transformers = pytest.importorskip("transformers", reason="transformers is not installed (tests/python/requirements-torch.txt)")
+
+import turboquant.torch_ops as tqo  # noqa: E402
+from turboquant.transformers import TurboQuantCache  # noqa: E402
+
+DynamicCache = transformers.DynamicCache
+DEVICES = ["cpu"] + (["cuda"] if tqo.available() else [])
+# head dim 64 (hidden 256 over 4 heads; one the CUDA kernels take), GQA 4 query heads over 2 KV
+# heads, 4 layers (the default spec's edge=2 needs 4). Initializer 0.05 instead of transformers'
+# 0.02: logits spread enough (std ~0.8) that quantization shows in the KL.
+COMMON = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+              max_position_embeddings=2048, rms_norm_eps=1e-5, initializer_range=0.05, tie_word_embeddings=False)
+FAMILIES = {
+    "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON)),
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON)),  # bias on q, k, v
+    "mistral": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(sliding_window=4096, **COMMON)),
+}
+POLICY = "k3v2:sink=4:window=16:edge=1/k4v4"  # every knob, with a window shorter than the sequences here
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated")  # 5.x renames it to cache; both work
+        yield
+
+
+def make(family, device="cpu", attn="turboquant"):
+    torch.manual_seed(0)
+    model = FAMILIES[family]()
+    model.config._attn_implementation = attn
+    return model.eval().to(device)
+
+
+def prompt(n, seed=1, batch=1):
+    return torch.randint(0, COMMON["vocab_size"], (batch, n), generator=torch.Generator().manual_seed(seed))
+
+
+def teacher_forced(model, cache, ids, prefill):
+    """Logits [tokens, vocab] of a prefill of `prefill` tokens, then one token a step."""
+    with torch.no_grad():
+        out = [model(ids[:, :prefill], past_key_values=cache, use_cache=True).logits[0]]
+        for t in range(prefill, ids.shape[1]):
+            out.append(model(ids[:, t:t + 1], past_key_values=cache, use_cache=True).logits[0])
+    return torch.cat(out).float().cpu()
+
+
+def kl(ref, other):
+    p, q = ref.log_softmax(-1), other.log_softmax(-1)
+    return (p.exp() * (p - q)).sum(-1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("spec", ["fp16", "k4v4", "k3v2", "default", POLICY])
+def test_generate(device, family, spec):
+    model = make(family, device)
+    ids = prompt(40).to(device)
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=8, do_sample=False, past_key_values=DynamicCache())
+        cache = TurboQuantCache(spec)
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, past_key_values=cache)
+    assert out.shape == ref.shape == (1, 48)
+    assert cache.get_seq_length() == 47  # the last token is not fed back
+    if spec == "fp16":
+        assert out.tolist() == ref.tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp16_logits_match_dynamic_cache(device, family):
+    # fp16 pages round each K and V element to 11 significant bits (relative error <= 2^-11 ~ 4.9e-4),
+    # which is what separates them from DynamicCache's float32 rows; through four layers that moves
+    # these logits (std ~0.8) by ~1e-3 at most (measured: 1.2e-3), so 5e-3 bounds it with room, and
+    # is far below what a wrong position, mask or head would give (>0.1).
+    model = make(family, device)
+    ids = prompt(60).to(device)
+    ref = teacher_forced(model, DynamicCache(), ids, 40)
+    got = teacher_forced(model, TurboQuantCache("fp16"), ids, 40)
+    assert (got - ref).abs().max().item() < 5e-3
+    assert got.argmax(-1).tolist() == ref.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_quantized_kl_is_small(device, family):
+    """Per-position KL(DynamicCache || TurboQuantCache) over a 100-token prefill and 20 decode steps.
+    Measured on the CPU: k4v4 ~0.01 mean, k3v2 ~0.07; the bounds are ~3x that. More bits, less KL,
+    and the policy (fp16 sink/window, k4v4 edge layers) below plain k3v2."""
+    model = make(family, device)
+    ids = prompt(120).to(device)
+    ref = teacher_forced(model, DynamicCache(), ids, 100)
+    mean = {}
+    for spec, bound in (("k4v4", 0.03), ("k3v2", 0.25), (POLICY, 0.25)):
+        d = kl(ref, teacher_forced(model, TurboQuantCache(spec), ids, 100))
+        mean[spec] = d.mean().item()
+        assert mean[spec] < bound and d.max().item() < 2 * bound, (spec, mean[spec], d.max().item())
+    assert mean["k4v4"] < mean["k3v2"] and mean[POLICY] < mean["k3v2"], mean
+
+
+@pytest.mark.parametrize("spec", ["fp16", "k3v2", "default", POLICY, "k2v2:page=32"])
+def test_memory_is_kv_size(spec):
+    model = make("llama")
+    n = 77
+    cache = TurboQuantCache(spec)
+    with torch.no_grad():
+        model(prompt(n), past_key_values=cache, use_cache=True)
+    m = cache.memory()
+    row = tq.kv_size(spec, layers=4, kv_heads=2, head_dim=64, context=[n])[0]
+    assert m["tokens"] == n
+    assert m["pages"] + m["side"] == row[f"mib_at_{n}"] * 2**20
+    assert cache.nbytes == m["allocated"] >= m["pages"] + m["side"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("spec", ["fp16", "k3v2", POLICY])
+def test_left_padded_batch_equals_each_sequence_alone(device, spec):
+    """Two prompts of 12 and 30 tokens, left-padded into one batch: pad tokens are never stored, so
+    each sequence's logits are those of the sequence alone (float rounding of the batched matmuls
+    aside), for prefill and every decode step."""
+    model = make("llama", device)
+    a, b = prompt(12, seed=2)[0], prompt(30, seed=3)[0]
+    ids = torch.zeros(2, 30, dtype=torch.long)
+    mask = torch.zeros(2, 30, dtype=torch.long)
+    ids[0, 18:], mask[0, 18:] = a, 1
+    ids[1], mask[1] = b, 1
+    kw = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    with torch.no_grad():
+        both = model.generate(ids.to(device), attention_mask=mask.to(device), past_key_values=TurboQuantCache(spec), **kw)
+        alone = [model.generate(p[None].to(device), past_key_values=TurboQuantCache(spec), **kw) for p in (a, b)]
+    for row in range(2):
+        for step in range(6):
+            torch.testing.assert_close(both.logits[step][row], alone[row].logits[step][0], atol=1e-4, rtol=1e-4)
+        assert both.sequences[row, 30:].tolist() == alone[row].sequences[0, -6:].tolist()
+    if spec == "fp16":  # and DynamicCache's padded batch, within fp16 rounding (test_fp16_logits_match_dynamic_cache)
+        with torch.no_grad():
+            ref = model.generate(ids.to(device), attention_mask=mask.to(device), past_key_values=DynamicCache(), **kw)
+        for step in range(6):
+            assert (ref.logits[step] - both.logits[step]).abs().max().item() < 5e-3
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_beam_search(device):
+    model = make("qwen2", device)
+    ids = prompt(20).to(device)
+    kw = dict(max_new_tokens=8, num_beams=3, do_sample=False, early_stopping=True)
+    with torch.no_grad():
+        ref = model.generate(ids, past_key_values=DynamicCache(), **kw)
+        out = model.generate(ids, past_key_values=TurboQuantCache("fp16"), **kw)
+        model.generate(ids, past_key_values=TurboQuantCache(POLICY), **kw)  # reorders pages and side rows
+    assert out.tolist() == ref.tolist()
+
+
+def test_batch_expansion_and_selection():
+    model = make("llama")
+    ids = prompt(20)
+    with torch.no_grad():
+        cache = TurboQuantCache("k3v2")
+        model(ids, past_key_values=cache, use_cache=True)
+        single = teacher_forced(model, cache, prompt(3, seed=9), 1)
+        cache = TurboQuantCache("k3v2")
+        model(ids, past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(3)
+        assert cache.memory()["pages"] == 3 * 2 * tq.KvSpec("k3v2").page_bytes(4, 2, 64)
+        cache.batch_select_indices(torch.tensor([2, 0]))
+        out = model(prompt(3, seed=9)[:, :1].repeat(2, 1), past_key_values=cache, use_cache=True).logits
+    torch.testing.assert_close(out[0, 0], single[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out[1, 0], single[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("spec", ["k3v2", POLICY])
+def test_crop_takes_tokens_back(spec):
+    model = make("mistral")
+    ids = prompt(50)
+    ref = teacher_forced(model, TurboQuantCache(spec), ids, 40)
+    cache = TurboQuantCache(spec)
+    teacher_forced(model, cache, ids[:, :46], 40)
+    cache.crop(-4)  # back to 42 tokens
+    assert cache.get_seq_length() == 42
+    with torch.no_grad():
+        again = model(ids[:, 42:50], past_key_values=cache, use_cache=True).logits[0]
+    torch.testing.assert_close(again, ref[42:50], atol=1e-4, rtol=1e-4)  # the prefill path (8 tokens at once) against one at a time
+    if "window" in spec:  # the ring keeps 64 positions beyond the window: no further
+        with torch.no_grad():
+            model(prompt(100), past_key_values=cache, use_cache=True)
+        with pytest.raises(ValueError, match="can take back 64 tokens, not 70"):
+            cache.crop(-70)
+        cache.crop(-cache.get_seq_length())  # all of them: an empty cache
+        assert cache.get_seq_length() == 0 and cache.memory()["pages"] == 0
+
+
+def test_other_caches_run_sdpa_under_the_turboquant_attention():
+    sdpa, ours = make("llama", attn="sdpa"), make("llama")
+    ids = torch.cat([torch.zeros(1, 5, dtype=torch.long), prompt(20)], 1).repeat(2, 1)
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    with torch.no_grad():
+        ref = sdpa(ids, attention_mask=mask, past_key_values=DynamicCache(), use_cache=True).logits
+        got = ours(ids, attention_mask=mask, past_key_values=DynamicCache(), use_cache=True).logits
+        plain = ours(ids).logits  # no cache at all
+    torch.testing.assert_close(got[:, 5:], ref[:, 5:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain[1], sdpa(ids).logits[1], atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_on_another_attention_is_switched(caplog):
+    model = make("llama", attn="sdpa")
+    ids = prompt(20)
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=DynamicCache())
+        out = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=TurboQuantCache("fp16"))
+    assert model.config._attn_implementation == "turboquant"
+    assert "switching the model's attention from 'sdpa' to 'turboquant'" in caplog.text
+    assert out.tolist() == ref.tolist()
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="K width must be 1..8 bits, got 9"):
+        TurboQuantCache("k9v2")
+    with pytest.raises(ValueError, match="max_cache_len must be a positive int"):
+        TurboQuantCache("k3v2", max_cache_len=0)
+    with pytest.raises(TypeError, match="spec must be a KV spec string"):
+        TurboQuantCache(3)
+    two = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**COMMON, "num_hidden_layers": 2})).eval()
+    with pytest.raises(ValueError, match="edge=2 needs at least 4 layers, the model has 2"), torch.no_grad():
+        two(prompt(5), past_key_values=TurboQuantCache("default"), use_cache=True)
+    model = make("llama")
+    cache = TurboQuantCache("k3v2")
+    with torch.no_grad():
+        model(prompt(5), past_key_values=cache, use_cache=True)
+        with pytest.raises(ValueError, match="holds 1 sequences"):
+            model(prompt(5, batch=2), past_key_values=cache, use_cache=True)
+    short = make("mistral")
+    short.config.sliding_window = 16
+    for layer in short.model.layers:
+        if hasattr(layer.self_attn, "sliding_window"):
+            layer.self_attn.sliding_window = 16
+    with pytest.raises(NotImplementedError, match="sliding window of 16 tokens is not implemented"), torch.no_grad():
+        short(prompt(20), past_key_values=TurboQuantCache("k3v2"), use_cache=True)
+
+
+def test_a_cache_read_by_another_attention_is_refused():
+    model = make("llama")
+    cache = TurboQuantCache("k3v2")
+    with torch.no_grad():
+        model(prompt(5), past_key_values=cache, use_cache=True)
+        cache.update(torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 1, 64), 0)  # an update no attention of ours reads
+        with pytest.raises(RuntimeError, match="layer 0's attention did not read the cache"):
+            model(prompt(1), past_key_values=cache, use_cache=True)
