@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Issue 17, item 1: what a key transform applied before TurboQuant buys on SmolLM2's real keys.
+
+softmax(q.k) is unchanged when every key of a (layer, KV head) is mapped k -> A (k - mu) and every
+query q -> A^-T q (q.k changes by q.mu, the same for every key of a query). The cache would then
+quantize A (k - mu): a smaller norm (the centre mu), and an error spread where queries look least
+(A). Calibrated once per model on a text; no change to the page format or the kernels, only two
+small maps around them. This script measures it, in a numpy fp64 forward pass of the GGUF model
+(as tests/engine/ref_logits.py, whose dequantizer it uses), with the library's own quantizers:
+
+  raw     no transform (what the cache does today)
+  centre  mu = the calibration keys' mean, A = I
+  diag    mu as centre, A = diag(s), s_c = (E[q_c^2] / E[(k_c - mu_c)^2])^PW (PW = 1/4 balances the
+          expected |A^-T q|^2 |A (k - mu)|^2 channel by channel)
+  full    mu as centre, A^T A = the matrix geometric mean of Sigma_k^-1 and Sigma_q
+
+Perplexity, KL and top-1 against the unquantized forward on the first --tokens tokens of the
+evaluation text; keys at --kbits, values exact or at --vbits. Results: bench/results/2026-11-30-key-transforms.md.
+
+  .venv/bin/python bench/quality/key_transforms.py --calib ../shared/data/text/emma.txt --modes raw,centre,diag,full
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "engine"))
+import gguf  # noqa: E402
+import turboquant as tq  # noqa: E402
+from ref_logits import dequantize  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--text", default=os.path.join(ROOT, "..", "shared", "data", "text", "northanger_abbey.txt"))
+    ap.add_argument("--calib", default=os.path.join(ROOT, "README.md"), help="calibration text (its first 256 tokens)")
+    ap.add_argument("--tokens", type=int, default=512)
+    ap.add_argument("--modes", default="raw,centre,diag,full")
+    ap.add_argument("--kbits", type=int, default=3)
+    ap.add_argument("--vbits", type=int, default=0, help="0: values exact")
+    ap.add_argument("--pw", type=float, default=0.25, help="diag's exponent")
+    a = ap.parse_args()
+
+    llm = tq.LLM(a.model, kv_spec="fp32", device="cpu", threads=1)  # its tokenizer
+    ids_eval = llm.tokenize(open(a.text).read()[:40000])[:a.tokens]
+    ids_cal = llm.tokenize(open(a.calib).read()[:20000])[:256]
+    r = gguf.GGUFReader(a.model)
+    fields = {f.name: f for f in r.fields.values()}
+    meta = lambda k: fields[k].parts[fields[k].data[0]][0]  # noqa: E731
+    L = int(meta("llama.block_count"))
+    nh, nkv = int(meta("llama.attention.head_count")), int(meta("llama.attention.head_count_kv"))
+    eps, theta = float(meta("llama.attention.layer_norm_rms_epsilon")), float(meta("llama.rope.freq_base"))
+    tensors = {t.name: t for t in r.tensors}
+    cache = {}
+
+    def W(name):
+        if name not in cache:
+            t = tensors[name]
+            cache[name] = dequantize(t.data, t.tensor_type).astype(np.float64).reshape(-1, int(t.shape[0]))
+        return cache[name]
+
+    emb = W("token_embd.weight")
+    hd = emb.shape[1] // nh
+    g = nh // nkv
+    inv = theta ** (-np.arange(0, hd, 2) / hd)
+    rms = lambda x, w: x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w  # noqa: E731
+
+    def rope(x):  # [n][heads][hd], pairs (2i, 2i+1)
+        ang = np.arange(x.shape[0])[:, None] * inv[None, :]
+        c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        y = np.empty_like(x)
+        y[..., 0::2] = x[..., 0::2] * c - x[..., 1::2] * s
+        y[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
+        return y
+
+    def softmax(s):
+        s = np.exp(s - s.max(axis=-1, keepdims=True))
+        return s / s.sum(axis=-1, keepdims=True)
+
+    # One quantizer per (layer, head), seeded apart, as the cache's pages are.
+    qk = [[tq.Quantizer(hd, a.kbits, seed=1000 * l + h) for h in range(nkv)] for l in range(L)]
+    qv = [[tq.Quantizer(hd, a.vbits, seed=5000 + 1000 * l + h) for h in range(nkv)] for l in range(L)] if a.vbits else None
+
+    def round_trip(qz, x):
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        return qz.dequantize(qz.quantize(x), x.shape[0]).astype(np.float64)
+
+    def forward(ids, transform=None, stats=None):
+        """Logits [n][vocab]; transform[l][h] = (mu, A, A^-T) quantizes keys (and values at --vbits);
+        stats collects each layer's post-RoPE q, k (position 0, the sink, left out)."""
+        n = len(ids)
+        x = emb[ids]
+        mask = np.triu(np.full((n, n), -np.inf), 1)
+        for l in range(L):
+            p = f"blk.{l}."
+            h = rms(x, W(p + "attn_norm.weight")[0])
+            q = rope((h @ W(p + "attn_q.weight").T).reshape(n, nh, hd))
+            k = rope((h @ W(p + "attn_k.weight").T).reshape(n, nkv, hd))
+            v = (h @ W(p + "attn_v.weight").T).reshape(n, nkv, hd)
+            if stats is not None:
+                stats.append((q[1:], k[1:]))
+            att = np.empty((n, nh, hd))
+            for kvh in range(nkv):
+                K, V, Q = k[:, kvh], v[:, kvh], q[:, kvh * g:kvh * g + g]
+                if transform is not None:
+                    mu, A, A_inv_t = transform[l][kvh]
+                    K = round_trip(qk[l][kvh], (K - mu) @ A.T)
+                    Q = Q @ A_inv_t.T
+                    if qv:
+                        V = round_trip(qv[l][kvh], V)
+                for j in range(g):
+                    att[:, kvh * g + j] = softmax(Q[:, j] @ K.T / np.sqrt(hd) + mask) @ V
+            x = x + att.reshape(n, -1) @ W(p + "attn_output.weight").T
+            f = rms(x, W(p + "ffn_norm.weight")[0])
+            gate, up = f @ W(p + "ffn_gate.weight").T, f @ W(p + "ffn_up.weight").T
+            x = x + (gate / (1 + np.exp(-gate)) * up) @ W(p + "ffn_down.weight").T
+        out = W("output.weight") if "output.weight" in tensors else emb
+        return rms(x, W("output_norm.weight")[0]) @ out.T
+
+    def sqrtm(M):
+        w, U = np.linalg.eigh(M)
+        return (U * np.sqrt(np.maximum(w, 1e-12))) @ U.T
+
+    stats = []
+    forward(ids_cal, stats=stats)
+
+    def make(mode):
+        out = []
+        for l in range(L):
+            q, k = stats[l]
+            row = []
+            for kvh in range(nkv):
+                K, Q = k[:, kvh], q[:, kvh * g:kvh * g + g].reshape(-1, hd)
+                mu = np.zeros(hd) if mode == "raw" else K.mean(0)
+                A = np.eye(hd)
+                if mode == "diag":
+                    A = np.diag(((Q ** 2).mean(0) / ((K - mu) ** 2).mean(0)) ** a.pw)
+                elif mode == "full":
+                    Sk = np.cov((K - mu).T, bias=True) + 1e-6 * np.eye(hd)
+                    Sq = Q.T @ Q / len(Q) + 1e-6 * np.eye(hd)
+                    r_ = sqrtm(Sk)
+                    ri = np.linalg.inv(r_)
+                    A = sqrtm(ri @ sqrtm(r_ @ Sq @ r_) @ ri)
+                elif mode not in ("raw", "centre"):
+                    sys.exit(f"unknown mode '{mode}'")
+                row.append((mu, A, np.linalg.inv(A).T))
+            out.append(row)
+        return out
+
+    ref = forward(ids_eval)
+    lp_ref = np.log(softmax(ref))
+    tgt = np.array(ids_eval[1:])
+    nll_ref = -lp_ref[np.arange(len(tgt)), tgt].mean()
+    print(f"{len(ids_eval)} tokens of {os.path.basename(a.text)}, calibration {os.path.basename(a.calib)}, keys {a.kbits} bits, "
+          f"values {a.vbits or 'exact'}; reference ppl {np.exp(nll_ref):.3f}\n")
+    print("| transform | ppl | vs exact % | KL (nats) | top-1 |\n|---|---|---|---|---|")
+    for mode in a.modes.split(","):
+        lo = forward(ids_eval, make(mode))
+        lp = np.log(softmax(lo))
+        nll = -lp[np.arange(len(tgt)), tgt].mean()
+        kl = (np.exp(lp_ref) * (lp_ref - lp)).sum(-1).mean()
+        top1 = (lo.argmax(-1) == ref.argmax(-1)).mean()
+        print(f"| {mode} | {np.exp(nll):.3f} | {(np.exp(nll - nll_ref) - 1) * 100:+.2f} | {kl:.4f} | {top1:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
