@@ -139,12 +139,24 @@ def test_left_padded_batch_equals_each_sequence_alone(device, spec):
     ids[0, 18:], mask[0, 18:] = a, 1
     ids[1], mask[1] = b, 1
     kw = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
-    with torch.no_grad():
-        both = model.generate(ids.to(device), attention_mask=mask.to(device), past_key_values=TurboQuantCache(spec), **kw)
-        alone = [model.generate(p[None].to(device), past_key_values=TurboQuantCache(spec), **kw) for p in (a, b)]
+    def run(cache):
+        with torch.no_grad():
+            both = model.generate(ids.to(device), attention_mask=mask.to(device), past_key_values=cache(), **kw)
+            alone = [model.generate(p[None].to(device), past_key_values=cache(), **kw) for p in (a, b)]
+        return both, alone
+
+    both, alone = run(lambda: TurboQuantCache(spec))
+    tol = 1e-4  # on the CPU the batched matmuls round within this
+    if device == "cuda":
+        # cuBLAS takes other kernels for a batch of two than for one, so the float model itself moves
+        # between the padded batch and each sequence alone (measured ~1.7e-4 on the H200): the bound
+        # is twice what DynamicCache (sdpa) moves by on the same device.
+        ref_both, ref_alone = run(DynamicCache)
+        floor = max((ref_both.logits[t][r] - ref_alone[r].logits[t][0]).abs().max().item() for r in range(2) for t in range(6))
+        tol = max(tol, 2 * floor)
     for row in range(2):
         for step in range(6):
-            torch.testing.assert_close(both.logits[step][row], alone[row].logits[step][0], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(both.logits[step][row], alone[row].logits[step][0], atol=tol, rtol=1e-4)
         assert both.sequences[row, 30:].tolist() == alone[row].sequences[0, -6:].tolist()
     if spec == "fp16":  # and DynamicCache's padded batch, within fp16 rounding (test_fp16_logits_match_dynamic_cache)
         with torch.no_grad():
