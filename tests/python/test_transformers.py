@@ -148,12 +148,17 @@ def test_left_padded_batch_equals_each_sequence_alone(device, spec):
     both, alone = run(lambda: TurboQuantCache(spec))
     tol = 1e-4  # on the CPU the batched matmuls round within this
     if device == "cuda":
-        # cuBLAS takes other kernels for a batch of two than for one, so the float model itself moves
-        # between the padded batch and each sequence alone (measured ~1.7e-4 on the H200): the bound
-        # is twice what DynamicCache (sdpa) moves by on the same device.
+        # On the GPU a batch of two is not computed as each sequence alone: cuBLAS picks other
+        # kernels, and the attention kernels split the history into other parts (with P rounded to
+        # 16 bits per part), so a row moves by the kernels' own rounding (1.7e-4..1.9e-4 measured on
+        # the H200, where DynamicCache with sdpa moved by less than 5e-5). The bound is twice the
+        # larger of what DynamicCache moves by and of the kernels' own error: the fp16 cache's
+        # distance to DynamicCache, each sequence alone.
         ref_both, ref_alone = run(DynamicCache)
         floor = max((ref_both.logits[t][r] - ref_alone[r].logits[t][0]).abs().max().item() for r in range(2) for t in range(6))
-        tol = max(tol, 2 * floor)
+        _, fp16_alone = run(lambda: TurboQuantCache("fp16"))
+        kernel = max((fp16_alone[r].logits[t][0] - ref_alone[r].logits[t][0]).abs().max().item() for r in range(2) for t in range(6))
+        tol = max(tol, 2 * floor, 2 * kernel)
     for row in range(2):
         for step in range(6):
             torch.testing.assert_close(both.logits[step][row], alone[row].logits[step][0], atol=tol, rtol=1e-4)
