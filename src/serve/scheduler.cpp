@@ -134,7 +134,13 @@ void Scheduler::release(Seq* s, bool cache) {
 
 void Scheduler::start_drafter(Seq* s) {
   if (!s->model_draft || !s->spec || s->drafter) return;
-  s->drafter = std::make_unique<engine::ModelDrafter>(*opts_.draft);
+  try {
+    s->drafter = std::make_unique<engine::ModelDrafter>(*opts_.draft);
+  } catch (const Error&) {  // no sequence for it in the draft engine: this request goes on without speculation
+    s->spec.reset();
+    ++stats_.spec_failures;
+    return;
+  }
   s->drafter->extend(s->tokens);
   s->spec->drafter = s->drafter.get();
 }
