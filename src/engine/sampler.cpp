@@ -78,10 +78,14 @@ double filter(const SamplingParams& p, std::span<const float> x, std::vector<Can
 }  // namespace
 
 void SamplingParams::validate() const {
-  TQ_CHECK(std::isfinite(temperature) && temperature >= 0.0f, "temperature must be a finite number >= 0 (0: greedy), got {}", temperature);
-  TQ_CHECK(top_k >= 0, "top_k must be >= 0 (0: off), got {}", top_k);
-  TQ_CHECK(top_p > 0.0f && top_p <= 1.0f, "top_p must be in (0, 1] (1: off), got {}", top_p);  // NaN fails both
-  TQ_CHECK(min_p >= 0.0f && min_p <= 1.0f, "min_p must be in [0, 1] (0: off), got {}", min_p);
+  const auto check = [](bool ok, const char* field, const std::string& what) {
+    if (!ok) throw InvalidSampling(field, what);
+  };
+  check(std::isfinite(temperature) && temperature >= 0.0f, "temperature",
+        fmt::format("temperature must be a finite number >= 0 (0: greedy), got {}", temperature));
+  check(top_k >= 0, "top_k", fmt::format("top_k must be >= 0 (0: off), got {}", top_k));
+  check(top_p > 0.0f && top_p <= 1.0f, "top_p", fmt::format("top_p must be in (0, 1] (1: off), got {}", top_p));  // NaN fails both
+  check(min_p >= 0.0f && min_p <= 1.0f, "min_p", fmt::format("min_p must be in [0, 1] (0: off), got {}", min_p));
 }
 
 Sampler::Sampler(const SamplingParams& p) : p_(p), rng_(p.seed) { p_.validate(); }

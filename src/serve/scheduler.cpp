@@ -77,12 +77,6 @@ void refuse_unless(bool ok, const char* param, fmt::format_string<Args...> f, Ar
   if (!ok) throw Refused(param, fmt::format(f, std::forward<Args>(args)...));
 }
 
-// The sampling field a validate() message is about: each starts with the field's name.
-const char* sampling_field(const std::string& what) {
-  for (const char* f : {"temperature", "top_k", "top_p", "min_p"})
-    if (what.rfind(f, 0) == 0) return f;
-  return "temperature";
-}
 }  // namespace
 
 void Scheduler::check(const Request& r) const {
@@ -102,8 +96,8 @@ void Scheduler::check(const Request& r) const {
                 pages, n + r.max_tokens - 1, stats_.pages_total);
   try {
     r.sampling.validate();
-  } catch (const Error& e) {
-    throw Refused(sampling_field(e.what()), e.what());
+  } catch (const engine::InvalidSampling& e) {
+    throw Refused(e.field, e.what());
   }
   refuse_unless(!r.speculation || r.speculation->source == engine::SpeculativeSpec::Source::kNgram || opts_.draft, "speculative",
                 "speculative '{}': this server has no draft model (tq serve --draft FILE); it drafts by prompt lookup (ngram)",

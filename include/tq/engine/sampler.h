@@ -9,13 +9,23 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <string>
 #include <vector>
+
+#include "tq/common.h"
 
 namespace tq::engine {
 
 // Tokens less likely than this times the most likely one are never drawn: together they weigh
 // below 2^-40 * vocab (1e-7 at 152K tokens), and the GPU kernel's fixed-point masses end there.
 inline constexpr double kMinSampleWeight = 0x1.0p-40;
+
+// What SamplingParams::validate throws: the message names the value, `field` the parameter.
+class InvalidSampling : public Error {
+ public:
+  InvalidSampling(const char* field, const std::string& what) : Error(what), field(field) {}
+  const char* field;  // "temperature", "top_k", "top_p" or "min_p"
+};
 
 struct SamplingParams {
   float temperature = 0.0f;  // 0: greedy; > 0 divides the logits (below 1 sharpens, above flattens)
@@ -24,7 +34,7 @@ struct SamplingParams {
   float min_p = 0.0f;        // keep tokens at least min_p times as likely as the most likely one; 0: off
   uint64_t seed = 0;
 
-  // Throws tq::Error naming the value: temperature NaN, infinite or negative; top_k negative;
+  // Throws InvalidSampling naming the value: temperature NaN, infinite or negative; top_k negative;
   // top_p outside (0, 1]; min_p outside [0, 1].
   void validate() const;
   bool greedy() const { return temperature == 0.0f; }
