@@ -18,6 +18,11 @@ namespace nb = nanobind;
 
 std::string dtype_name(nb::dlpack::dtype d);
 
+// The dtypes the bindings take, as DLPack names them.
+inline const nb::dlpack::dtype kF32 = nb::dtype<float>(), kU8 = nb::dtype<uint8_t>(), kI64 = nb::dtype<int64_t>(),
+                               kI32 = nb::dtype<int32_t>();
+inline const nb::dlpack::dtype kF16{uint8_t(nb::dlpack::dtype_code::Float), 16, 1};
+
 // One expected dimension: a fixed size, or any size (kAny) that is returned by check().
 inline constexpr int64_t kAny = -1;
 

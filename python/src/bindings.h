@@ -2,10 +2,12 @@
 #pragma once
 
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 
 #include <string>
 
 #include "tq/codec/turboquant.h"
+#include "tq/kv/paged_cache.h"
 #include "tq/kv/spec.h"
 
 namespace tq::py {
@@ -16,6 +18,12 @@ namespace nb = nanobind;
 KvSpec parse_spec(const std::string& text);
 // A TurboQuant configuration from the Python arguments; rotation "auto" is the KV format's choice.
 TqConfig tq_config(uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t seed, bool norm_correction);
+
+// Checks slots (int64 [tokens]; -1 skips) and k, v (float32 [tokens, kv_heads, head_dim]) for
+// `cache`, every slot before any row is written, then quantizes the rows into `layer` (over
+// `threads` threads, 1: the caller's): KvCache.write and the torch ops' CPU quantize_store.
+void store_rows(const char* fn, PagedKvCache& cache, uint32_t layer, const nb::ndarray<>& slots, const nb::ndarray<>& k,
+                const nb::ndarray<>& v, unsigned threads);
 
 void bind_spec(nb::module_& m);    // KvSpec, kv_size, distortion_row
 void bind_codec(nb::module_& m);   // Quantizer, KvCache (CPU pages, reference attention)

@@ -24,7 +24,6 @@
 namespace tq::py {
 namespace {
 
-const nb::dlpack::dtype kF32 = nb::dtype<float>(), kU8 = nb::dtype<uint8_t>(), kI64 = nb::dtype<int64_t>(), kI32 = nb::dtype<int32_t>();
 
 // A Quantizer and what was asked for, for repr().
 struct PyQuantizer {
@@ -206,17 +205,8 @@ void bind_codec(nb::module_& m) {
       .def(
           "write",
           [](PyKvCache& c, uint32_t layer, nb::ndarray<> slots, nb::ndarray<> k, nb::ndarray<> v) {
-            const CacheShape& s = c.shape();
-            TQ_CHECK(layer < s.layers, "KvCache.write: layer {} is outside the cache's {} layers", layer, s.layers);
-            check_cpu(slots, {"KvCache.write", "slots", "[tokens]"}, kI64, "int64", {kAny});
-            const int64_t n = int64_t(slots.shape(0));
-            check_cpu(k, {"KvCache.write", "k", "[tokens, kv_heads, head_dim]"}, kF32, "float32", {n, s.kv_heads, s.head_dim});
-            check_cpu(v, {"KvCache.write", "v", "[tokens, kv_heads, head_dim]"}, kF32, "float32", {n, s.kv_heads, s.head_dim});
-            const auto* sl = static_cast<const int64_t*>(slots.data());
-            const auto *kp = static_cast<const float*>(k.data()), *vp = static_cast<const float*>(v.data());
-            const size_t row = size_t(s.kv_heads) * s.head_dim;
-            nb::gil_scoped_release unlocked;
-            for (int64_t t = 0; t < n; ++t) c.cache.write(layer, sl[t], kp + t * row, vp + t * row);
+            TQ_CHECK(layer < c.shape().layers, "KvCache.write: layer {} is outside the cache's {} layers", layer, c.shape().layers);
+            store_rows("KvCache.write", c.cache, layer, slots, k, v, 1);
           },
           nb::arg("layer"), nb::arg("slots"), nb::arg("k"), nb::arg("v"),
           "Quantizes token rows into their slots (page * page_size + offset; -1 skips). k, v: float32 [tokens, kv_heads, head_dim].")

@@ -30,9 +30,6 @@
 namespace tq::py {
 namespace {
 
-const nb::dlpack::dtype kF32 = nb::dtype<float>(), kU8 = nb::dtype<uint8_t>(), kI64 = nb::dtype<int64_t>(), kI32 = nb::dtype<int32_t>();
-const nb::dlpack::dtype kF16{uint8_t(nb::dlpack::dtype_code::Float), 16, 1};
-
 // One pool for every call, remade when the caller asks for another thread count (torch's
 // intra-op thread count, passed by torch_ops): its workers spin a while after each job, so a pool
 // per format or per call would leave threads competing with torch's.
@@ -65,25 +62,8 @@ struct PyCpuFormat {
 
 void quantize_store(const PyCpuFormat& f, uint32_t layer, nb::ndarray<> pages, nb::ndarray<> k, nb::ndarray<> v, nb::ndarray<> slots,
                     unsigned threads) {
-  const char* fn = "quantize_store";
-  PagedKvCache cache = f.view(fn, layer, pages);
-  check_cpu(slots, {fn, "slots", "[tokens]"}, kI64, "int64", {kAny});
-  const int64_t n = int64_t(slots.shape(0));
-  const uint32_t H = f.format.kv_heads(), D = f.format.head_dim();
-  check_cpu(k, {fn, "k", "[tokens, kv_heads, head_dim]"}, kF32, "float32", {n, H, D});
-  check_cpu(v, {fn, "v", "[tokens, kv_heads, head_dim]"}, kF32, "float32", {n, H, D});
-  const auto* sl = static_cast<const int64_t*>(slots.data());
-  const auto *kp = static_cast<const float*>(k.data()), *vp = static_cast<const float*>(v.data());
-  const size_t row = size_t(H) * D;
-  const int64_t limit = int64_t(cache.shape().num_pages) * cache.page_size();
-  for (int64_t t = 0; t < n; ++t)  // checked before any row is written: all or nothing
-    TQ_CHECK(sl[t] == -1 || (sl[t] >= 0 && sl[t] < limit), "{}: slot {} at index {} is outside the cache ({} pages of {} tokens; -1 skips)",
-             fn, sl[t], t, cache.shape().num_pages, cache.page_size());
-  nb::gil_scoped_release unlocked;
-  // Tokens are independent (distinct slots), a task each.
-  pool(threads).parallel_for(size_t(n), [&](size_t t0, size_t t1) {
-    for (size_t t = t0; t < t1; ++t) cache.write(layer, sl[t], kp + t * row, vp + t * row);
-  });
+  PagedKvCache cache = f.view("quantize_store", layer, pages);
+  store_rows("quantize_store", cache, layer, slots, k, v, threads);
 }
 
 // The side buffer of one call: the layer's rows of each sequence's slot, and the step's new rows.
@@ -179,6 +159,31 @@ void attention(const PyCpuFormat& f, uint32_t layer, nb::ndarray<> pages, nb::nd
 }
 
 }  // namespace
+
+void store_rows(const char* fn, PagedKvCache& cache, uint32_t layer, const nb::ndarray<>& slots, const nb::ndarray<>& k,
+                const nb::ndarray<>& v, unsigned threads) {
+  check_cpu(slots, {fn, "slots", "[tokens]"}, kI64, "int64", {kAny});
+  const int64_t n = int64_t(slots.shape(0));
+  const uint32_t H = cache.shape().kv_heads, D = cache.shape().head_dim;
+  check_cpu(k, {fn, "k", "[tokens, kv_heads, head_dim]"}, kF32, "float32", {n, H, D});
+  check_cpu(v, {fn, "v", "[tokens, kv_heads, head_dim]"}, kF32, "float32", {n, H, D});
+  const auto* sl = static_cast<const int64_t*>(slots.data());
+  const auto *kp = static_cast<const float*>(k.data()), *vp = static_cast<const float*>(v.data());
+  const size_t row = size_t(H) * D;
+  const int64_t limit = int64_t(cache.shape().num_pages) * cache.page_size();
+  for (int64_t t = 0; t < n; ++t)  // checked before any row is written: all or nothing
+    TQ_CHECK(sl[t] == -1 || (sl[t] >= 0 && sl[t] < limit), "{}: slot {} at index {} is outside the cache ({} pages of {} tokens; -1 skips)",
+             fn, sl[t], t, cache.shape().num_pages, cache.page_size());
+  nb::gil_scoped_release unlocked;
+  if (threads <= 1) {
+    for (int64_t t = 0; t < n; ++t) cache.write(layer, sl[t], kp + t * row, vp + t * row);
+    return;
+  }
+  // Tokens are independent (distinct slots), a task each.
+  pool(threads).parallel_for(size_t(n), [&](size_t t0, size_t t1) {
+    for (size_t t = t0; t < t1; ++t) cache.write(layer, sl[t], kp + t * row, vp + t * row);
+  });
+}
 
 void bind_cpu_ops(nb::module_& m) {
   nb::class_<PyCpuFormat>(m, "CpuFormat", "A KV spec's page format on the host: the CPU kernels of turboquant.torch_ops.")
