@@ -28,7 +28,7 @@ namespace {
 struct Options {
   std::string shape = "llama-3.1-8b", model, tokenizer, kv = "bf16,fp8,k4v4,k3v2,default", batch = "1,16,64,max", context = "4096,32768";
   std::string queries = "1";
-  std::string prefill = "4096,32768", device = "auto", json, products = "gemv";
+  std::string prefill = "4096,32768", device = "auto", json, products = "rows";
   double kv_memory_gb = 100, bandwidth_tbs = 4.2;
   uint32_t steps = 10, warmup = 3, reps = 3, chunk = 0;
   uint64_t seed = 1;
@@ -98,10 +98,11 @@ void run(const Options& o) {
   TQ_CHECK(o.kv_memory_gb > 0 && std::isfinite(o.kv_memory_gb), "--kv-memory must be a positive number of GB, got {}", o.kv_memory_gb);
   TQ_CHECK(o.bandwidth_tbs > 0 && std::isfinite(o.bandwidth_tbs), "--bandwidth must be a positive number of TB/s, got {}", o.bandwidth_tbs);
   const std::vector<KvSpec> specs = parse_kv_list(o.kv);
-  std::vector<bool> cublas_only;  // per --products item
-  for (const std::string& item : split(o.products, ',')) {
-    TQ_CHECK(item == "gemv" || item == "cublas", "--products: '{}' is neither gemv nor cublas", item);
-    cublas_only.push_back(item == "cublas");
+  std::vector<std::string> product_names = split(o.products, ',');  // per --products item
+  std::vector<engine::GpuProducts> products;
+  for (const std::string& item : product_names) {
+    TQ_CHECK(item == "rows" || item == "gemv" || item == "cublas", "--products: '{}' is none of rows, gemv, cublas", item);
+    products.push_back(item == "rows" ? engine::GpuProducts::kRows : item == "gemv" ? engine::GpuProducts::kGemv : engine::GpuProducts::kCublas);
   }
 
   // The model: a file (any device), or a named shape with random weights (the GPU).
@@ -145,10 +146,10 @@ void run(const Options& o) {
   std::mt19937 rng(uint32_t(o.seed));
 
   // Each cache once per --products item: "k3v2", "k3v2 cublas".
-  for (size_t run_i = 0; run_i < specs.size() * cublas_only.size(); ++run_i) {
-    const KvSpec& spec = specs[run_i / cublas_only.size()];
-    const size_t pi = run_i % cublas_only.size();
-    const std::string label = spec.canonical() + (cublas_only.size() > 1 ? (cublas_only[pi] ? " cublas" : " gemv") : "");
+  for (size_t run_i = 0; run_i < specs.size() * products.size(); ++run_i) {
+    const KvSpec& spec = specs[run_i / products.size()];
+    const size_t pi = run_i % products.size();
+    const std::string label = spec.canonical() + (products.size() > 1 ? " " + product_names[pi] : "");
     const CacheCost cost = cache_cost(cfg, spec, device == engine::Device::kCuda ? kSideRollback : chunk);
     nlohmann::json frow{{"kv", spec.canonical()},
                         {"bits_per_element", 8.0 * cost.bytes_per_token / (2.0 * cfg.n_layers * cfg.kv_dim())},
@@ -192,7 +193,7 @@ void run(const Options& o) {
     TQ_CHECK(pages <= uint64_t(std::numeric_limits<int32_t>::max()), "{}: the grid needs {} pages, more than a pool can number (2^31 - 1)",
              label, pages);
     engine::EngineOptions eo{.device = device, .context = ctx, .max_seqs = most_batch, .num_pages = uint32_t(std::max<uint64_t>(pages, 1)),
-                             .max_chunk = std::max(most_batch * most_q, chunk), .eager = o.eager, .cublas_only = cublas_only[pi]};
+                             .max_chunk = std::max(most_batch * most_q, chunk), .eager = o.eager, .products = products[pi]};
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;
     try {
@@ -290,8 +291,9 @@ void add_bench(CLI::App& app) {
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
   c->add_option("--products", o->products,
-                "how the CUDA runner multiplies by the weights: gemv (default: its GEMV kernel for steps of one row, cuBLAS "
-                "beyond) or cublas (always cuBLAS); a list runs each cache once per item, for comparison");
+                "how the CUDA runner multiplies by the weights: rows (default: its tensor-core kernel for steps of 1..16 rows, "
+                "cuBLAS beyond), gemv (its GEMV kernel for one-row steps, cuBLAS beyond) or cublas (always cuBLAS); a list runs "
+                "each cache once per item, for comparison");
   c->add_option("--json", o->json, "also write the tables as JSON to FILE (default: none)");
   c->callback([o] { run(*o); });
 }

@@ -52,6 +52,9 @@ if command -v cuobjdump >/dev/null; then
   gemv_obj=$(find build/h200 -name 'gemv.cu.o' | head -1)
   cuobjdump -sass "$gemv_obj" | awk '/Function : .*gemv_kernel/ {on=1; next} /Function : / {on=0} on' > "$OUT/gemv1.sass" 2>&1
   note "SASS gemv: $(grep -c 'LDG.*128' "$OUT/gemv1.sass") 128-bit LDG, $(grep -cE 'LDL|STL' "$OUT/gemv1.sass") LDL/STL"
+  rows_obj=$(find build/h200 -name 'gemm_rows.cu.o' | head -1)
+  cuobjdump -sass "$rows_obj" | awk '/Function : .*gemm_rows_kernelILi1/ {on=1; next} /Function : / {on=0} on' > "$OUT/gemm_rows1.sass" 2>&1
+  note "SASS gemm_rows (one n-tile): $(grep -c HMMA "$OUT/gemm_rows1.sass") HMMA, $(grep -c 'LDG.*128' "$OUT/gemm_rows1.sass") 128-bit LDG, $(grep -cE 'LDL|STL' "$OUT/gemm_rows1.sass") LDL/STL"
 fi
 
 if [ -z "${QUICK:-}" ]; then

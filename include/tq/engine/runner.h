@@ -26,6 +26,13 @@ struct StepSeq {
   bool all_logits = false;                            // logits of every new token, or of the last only
 };
 
+// How the CUDA runner multiplies by the weights in steps of few rows (beyond them, cuBLAS).
+enum class GpuProducts : uint8_t {
+  kRows,    // gemm_rows for steps of 1..16 rows: tensor cores, batch-invariant (the default)
+  kGemv,    // a GEMV kernel for one-row steps and cuBLAS from two rows (for comparison)
+  kCublas,  // every product through cuBLAS (for comparison)
+};
+
 // What a runner was built for: the page pool and the largest step.
 struct RunnerOptions {
   uint32_t context = 0;     // most positions per sequence (the model's when 0)
@@ -36,8 +43,7 @@ struct RunnerOptions {
   bool exact_products = false;  // CPU runner: products in fp32 on dequantized weights instead of on
                                 // 8-bit activations (the reference of the fast path; slower)
   bool eager = false;       // GPU runners: launch every kernel of every step (no CUDA graphs)
-  bool cublas_only = false; // CUDA runner: every product through cuBLAS, none through the GEMV kernel of
-                            // one-row steps (for comparison)
+  GpuProducts products = GpuProducts::kRows;  // CUDA runner: the kernels of the matrix products
   double gpu_memory = 0;    // GPU runners: fraction of the device's memory for weights, scratch and
                             // the pool, which gets what is left (num_pages is then ignored); 0: off
 };

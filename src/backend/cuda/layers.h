@@ -32,6 +32,14 @@ void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s);
 // fast or faster (bench/results/2026-11-30-h200-sampling-gemv.md).
 inline bool gemv_takes(uint32_t n, uint32_t cols) { return n == 1 && cols % 8 == 0; }
 void gemv(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, float* y, Stream s);
+// y[n][rows] = x[n][cols] w^T for steps of 1..kGemmRowsMax rows on tensor cores (gemm_rows.cu):
+// each weight read once, fp32 sums whose order does not depend on n or on the other rows, so a
+// row's outputs are the same bits in any step (batch invariance). w: [rows][cols] bf16, x:
+// [n][cols] bf16 (cols % 8 == 0, 16-byte aligned), y fp32. A programmatic dependent launch on
+// Hopper: it starts reading weights before the previous kernel in the stream has finished.
+inline constexpr uint32_t kGemmRowsMax = 16;
+inline bool gemm_rows_takes(uint32_t n, uint32_t cols) { return n >= 1 && n <= kGemmRowsMax && cols % 8 == 0; }
+void gemm_rows(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, uint32_t n, float* y, Stream s);
 
 // One row's sampling: engine::SamplingParams (validated) and the draw u in [0, 1).
 struct SampleRow {

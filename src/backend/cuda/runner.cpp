@@ -298,14 +298,17 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   describe_ = fmt::format("cuda:{} ({}), weights {:.1f} MiB bf16{}, KV pool {:.1f} MiB ({} pages of {} tokens), scratch {:.1f} MiB{}", dev,
                           prop.name, weights / 1048576.0, m ? "" : " (random)", pool / 1048576.0, num_pages_, ps, scratch / 1048576.0,
                           o.eager ? ", eager" : ", CUDA graphs for decode");
-  if (o.cublas_only) describe_ += ", every product through cuBLAS";
+  if (o.products == engine::GpuProducts::kCublas) describe_ += ", every product through cuBLAS";
+  if (o.products == engine::GpuProducts::kGemv) describe_ += ", products of one-row steps through the GEMV kernel";
   if (side_total)
     describe_ += fmt::format(", side buffers {:.1f} MiB ({} sequences, sink {} + ring {})", side_total / 1048576.0, o.max_seqs,
                              spec.policy.sink, side_ring_);
 }
 
 void CudaModelRunner::gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y) {
-  if (!opts_.cublas_only && layers::gemv_takes(n, w.cols)) return layers::gemv(w.w.get(), w.rows, w.cols, x, y, stream_);
+  if (opts_.products == engine::GpuProducts::kRows && layers::gemm_rows_takes(n, w.cols))
+    return layers::gemm_rows(w.w.get(), w.rows, w.cols, x, n, y, stream_);
+  if (opts_.products == engine::GpuProducts::kGemv && layers::gemv_takes(n, w.cols)) return layers::gemv(w.w.get(), w.rows, w.cols, x, y, stream_);
   // Row-major y[n][R] = x[n][C] W^T is, in cuBLAS's column-major terms, y (R x n, ld R) =
   // op_T(W seen as C x R, ld C) * x (C x n, ld C).
   const float one = 1.0f, zero = 0.0f;
