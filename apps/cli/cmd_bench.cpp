@@ -28,11 +28,12 @@ namespace {
 struct Options {
   std::string shape = "llama-3.1-8b", model, tokenizer, kv = "bf16,fp8,k4v4,k3v2,default", batch = "1,16,64,max", context = "4096,32768";
   std::string queries = "1";
-  std::string prefill = "4096,32768", device = "auto", json, products = "rows";
+  std::string prefill = "4096,32768", device = "auto", json, products = "gemv";
   double kv_memory_gb = 100, bandwidth_tbs = 4.2;
   uint32_t steps = 10, warmup = 3, reps = 3, chunk = 0;
   uint64_t seed = 1;
   bool eager = false;
+  bool batch_invariant = false;  // --batch-invariant
 };
 
 // Decode at (batch, ctx): sequences whose first positions are taken as written (zeroed pages: the
@@ -193,7 +194,8 @@ void run(const Options& o) {
     TQ_CHECK(pages <= uint64_t(std::numeric_limits<int32_t>::max()), "{}: the grid needs {} pages, more than a pool can number (2^31 - 1)",
              label, pages);
     engine::EngineOptions eo{.device = device, .context = ctx, .max_seqs = most_batch, .num_pages = uint32_t(std::max<uint64_t>(pages, 1)),
-                             .max_chunk = std::max(most_batch * most_q, chunk), .eager = o.eager, .products = products[pi]};
+                             .max_chunk = std::max(most_batch * most_q, chunk), .eager = o.eager, .products = products[pi],
+                             .batch_invariant = o.batch_invariant};
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;
     try {
@@ -290,10 +292,11 @@ void add_bench(CLI::App& app) {
   c->add_option("--seed", o->seed, "seed of the random weights and prompts (default 1)");
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
+  c->add_flag("--batch-invariant", o->batch_invariant, "CUDA: the runner's batch-invariant mode (tq run --batch-invariant), to time it");
   c->add_option("--products", o->products,
-                "how the CUDA runner multiplies by the weights: rows (default: its tensor-core kernel for steps of 1..16 rows, "
-                "cuBLAS beyond), gemv (its GEMV kernel for one-row steps, cuBLAS beyond) or cublas (always cuBLAS); a list runs "
-                "each cache once per item, for comparison");
+                "how the CUDA runner multiplies by the weights: gemv (default: its GEMV kernel for one-row steps, cuBLAS "
+                "beyond), rows (its batch-invariant tensor-core kernel for steps of 1..16 rows, cuBLAS beyond) or cublas (always "
+                "cuBLAS); a list runs each cache once per item, for comparison");
   c->add_option("--json", o->json, "also write the tables as JSON to FILE (default: none)");
   c->callback([o] { run(*o); });
 }

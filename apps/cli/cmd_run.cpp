@@ -31,6 +31,7 @@ struct Options {
   bool chat = false, allow_long = false;
   bool steps_given = false;  // -n was on the command line
   bool exact_products = false;
+  bool batch_invariant = false;  // --batch-invariant
   std::string logits_file;  // test hook: prompt token ids and last-token logits
   std::string speculative;  // --spec: "" or a speculative_spec
   std::string draft, draft_kv;  // --draft model file, its KV spec ("" = --kv's)
@@ -109,12 +110,18 @@ void run(const Options& o) {
   const uint32_t needed = uint32_t(std::min<uint64_t>(ctx, prompt.size() + uint64_t(o.steps)));
   const engine::Device device = pick_device(o.device, cfg, {spec});
   check_gpu_memory(o.gpu_memory, device);
+  TQ_CHECK(!o.batch_invariant || device == engine::Device::kCuda, "--batch-invariant is a CUDA runner mode (the CPU runner always is)");
   std::optional<LoadedModel> draft;
   if (by_model) {
     draft.emplace(load_checked_draft(o.draft, o.tokenizer, tok, needed, o.allow_long, "the run (prompt and -n)"));
   }
   engine::Engine e(lm.model, spec,
-                   {.device = device, .threads = threads, .context = needed, .gpu_memory = o.gpu_memory, .exact_products = o.exact_products});
+                   {.device = device,
+                    .threads = threads,
+                    .context = needed,
+                    .batch_invariant = o.batch_invariant,
+                    .gpu_memory = o.gpu_memory,
+                    .exact_products = o.exact_products});
   fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
              cfg.head_dim, spec.canonical(), e.runner().describe());
   std::unique_ptr<engine::Engine> draft_engine;
@@ -228,6 +235,9 @@ void add_run(CLI::App& app) {
   c->add_flag("--exact-products", o->exact_products,
               "CPU: multiply quantized weights in fp32 on the activations as they are, instead of on activations\n"
               "quantized to 8 bits per block of 32 or 256 (llama.cpp's way, the default); slower, for reference");
+  c->add_flag("--batch-invariant", o->batch_invariant,
+              "CUDA: a position's logits do not depend on what else its step holds (steps of up to 16 rows), so greedy\n"
+              "--spec/--draft output equals plain decoding's exactly; one-token steps ~5% slower; specs without sink/window");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
   c->callback([o, steps, seed] {
     o->steps_given = steps->count() > 0;

@@ -9,7 +9,7 @@ engine's attention over them.
     import torch, turboquant.torch_ops as tqo
     cache = tqo.CudaKvCache("k3v2", layers=32, kv_heads=8, head_dim=128, num_pages=1024)
     cache.store(layer, k, v, slots)                     # k, v: [tokens, kv_heads, head_dim] fp16/bf16/fp32
-    out = cache.decode(layer, q, block_tables, seq_lens, max_seq_len)   # q: [seqs, 1..8, q_heads, head_dim]
+    out = cache.decode(layer, q, block_tables, seq_lens, max_seq_len)   # q: [seqs, 1..9, q_heads, head_dim]
 
 The ops themselves are torch.ops.turboquant.{new_cache, quantize_store, decode_attention,
 prefill_attention, decode_attention_side, prefill_attention_side}; the pages are a uint8 tensor
@@ -35,7 +35,7 @@ __all__ = ["CudaKvCache", "available", "page_shape", "decode_attention", "decode
            "prefill_attention_side", "quantize_store"]
 
 _ROW_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-MAX_DECODE_QUERY_TOKENS = 8  # kernels.h kMaxDecodeQueryTokens
+MAX_DECODE_QUERY_TOKENS = 9  # kernels.h kMaxDecodeQueryTokens
 MAX_PREFILL_CHUNK = 2048  # kernels.h kMaxPrefillChunk
 
 
@@ -261,7 +261,7 @@ def _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_s
 @torch.library.custom_op("turboquant::decode_attention", mutates_args=())
 def decode_attention(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, spec: str, layer: int,
                      max_seq_len: int, scale: float = 0.0, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """Paged attention of each sequence's last 1..8 tokens (q: [seqs, tokens, q_heads, head_dim],
+    """Paged attention of each sequence's last 1..9 tokens (q: [seqs, tokens, q_heads, head_dim],
     causal among themselves) over its pages: block_tables int32 [seqs, max_pages], seq_lens int32
     [seqs] (the queries' K/V rows already stored), max_seq_len a bound of seq_lens known on the
     host. GQA: query head h reads KV head h / (q_heads / kv_heads). scale 0: 1/sqrt(head_dim)."""

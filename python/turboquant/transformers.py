@@ -4,7 +4,7 @@ are the library's packed pages, and the "turboquant" attention (registered with 
 kernels on a GPU and the CPU engine's attention on the CPU (called eagerly, without torch's
 dispatcher: torch_ops.store / attend). Nothing is dequantized: a step
 quantizes its new K/V rows into the pages (quantize_store) and attends over the pages
-(decode_attention for 1..8 new tokens, prefill_attention in chunks of up to 2048), where
+(decode_attention for 1..9 new tokens, prefill_attention in chunks of up to 2048), where
 transformers' own QuantizedCache dequantizes the whole history every step.
 
     import turboquant.transformers                       # registers the "turboquant" attention

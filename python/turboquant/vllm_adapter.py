@@ -10,7 +10,7 @@ one-layer cache (layer 0), so every layer uses the rotations the spec's seed giv
 
 A step's batch becomes one quantize_store of all its new tokens, then attention calls: requests are
 grouped by query length (the ops take a dense [seqs, tokens, heads, dim] query), a group of length
-1..8 is one decode_attention call, a longer one is cut into chunks of up to 2048 queries, each one
+1..9 is one decode_attention call, a longer one is cut into chunks of up to 2048 queries, each one
 prefill_attention call (or decode_attention for a last chunk of at most 8) over the sequence as it
 stands at the chunk's end. The plan is built once per step on the host from query_start_loc_cpu.
 """

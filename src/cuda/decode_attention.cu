@@ -47,20 +47,23 @@ struct Plan {
   size_t workspace_bytes() const { return ws_o_bytes + ws_ml_bytes + ws_q_bytes; }
 };
 
+// The workspace: per split (and side block) and query row its output and (max, sum), and the
+// rotated queries of pl.mtiles 8-row m-tiles per (sequence, KV head).
+void size_workspace(Plan& pl, const DecodeParams& p) {
+  const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * (pl.splits + pl.side);
+  pl.ws_o_bytes = slots * pl.D * sizeof(float);
+  pl.ws_ml_bytes = (slots * sizeof(float2) + 15) / 16 * 16;
+  pl.ws_q_bytes = size_t(p.num_seqs) * p.cache.kv_heads * pl.mtiles * kRows * pl.D * sizeof(float);
+}
 // The split count clamped to [1, tiles], whole tiles of tile_tokens per split (so the last
-// split may be shorter, never empty), and the workspace: per split (and side block) and query row
-// its output and (max, sum), and the rotated queries of pl.mtiles 8-row m-tiles per (sequence, KV
-// head).
+// split may be shorter, never empty), and the workspace.
 void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int tile_tokens, int side_blocks) {
   splits = std::clamp(splits, 1, tiles);
   const int tiles_per_split = (tiles + splits - 1) / splits;
   pl.tokens_per_split = tiles_per_split * tile_tokens;
   pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
   pl.side = side_blocks;
-  const size_t slots = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads * (pl.splits + pl.side);
-  pl.ws_o_bytes = slots * pl.D * sizeof(float);
-  pl.ws_ml_bytes = (slots * sizeof(float2) + 15) / 16 * 16;
-  pl.ws_q_bytes = size_t(p.num_seqs) * p.cache.kv_heads * pl.mtiles * kRows * pl.D * sizeof(float);
+  size_workspace(pl, p);
 }
 
 Plan make_plan(const DecodeParams& p) {
@@ -68,6 +71,11 @@ Plan make_plan(const DecodeParams& p) {
   pl.D = kernel_dim(p.cache);
   const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
   pl.mtiles = (rows + kRows - 1) / kRows;
+  if (p.split_tokens > 0) {  // fixed cuts (batch invariance), checked by validate; splits past a sequence's end are empty
+    pl.tokens_per_split = int(p.split_tokens), pl.splits = int(p.num_splits), pl.side = side_decode_blocks(p);
+    size_workspace(pl, p);
+    return pl;
+  }
   const int tiles = std::max(1, int((p.max_seq_len + kTile - 1) / kTile));
   int splits = int(p.num_splits);
   if (splits == 0) {
@@ -95,7 +103,7 @@ Plan make_prefill_plan(const DecodeParams& p) {
   pl.mtiles = rtiles * (prefill::kBlockRows / kRows);
   const int T = prefill::tile_tokens(pl.D);
   const int tiles = std::max(1, int((p.max_seq_len + T - 1) / T));
-  int splits = int(p.num_splits);
+  int splits = p.split_tokens ? 0 : int(p.num_splits);  // fixed cuts are the decode kernel's
   if (splits == 0) {
     const int resident = pl.D == 64 ? prefill::resident_blocks<64>() : pl.D == 128 ? prefill::resident_blocks<128>() : prefill::resident_blocks<256>();
     const int want = resident * device_sm_count() / int(p.num_seqs * p.cache.kv_heads * rtiles);
@@ -209,6 +217,9 @@ void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char
   TQ_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_pages * c.page_size,
            "decode_attention: max_seq_len {} must be 1..max_pages*page_size = {}", p.max_seq_len, p.max_pages * c.page_size);
   TQ_CHECK(p.workspace, "decode_attention: workspace is null (size it with decode_workspace_bytes)");
+  TQ_CHECK(p.split_tokens == 0 || (p.split_tokens % 16 == 0 && p.num_splits >= 1 && uint64_t(p.num_splits) * p.split_tokens >= p.max_seq_len),
+           "{}: fixed splits of {} positions (a multiple of 16), {} of them, must cover max_seq_len {}", name, p.split_tokens, p.num_splits,
+           p.max_seq_len);
   const SideView& s = p.side;
   if (!s.active()) return;
   TQ_CHECK(s.data && s.slots && s.new_k && s.new_v, "{}: a side buffer (sink {}, window {}) needs data, slots, new_k and new_v", name,

@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <random>
 
 #include "cuda_test_util.h"
@@ -122,6 +123,77 @@ TEST(CudaSpeculation, GreedyMatchesPlainDecodingUpToNearTies) {
           << "the runs part at token " << k << ", where the argmax is clear";
       RecordProperty(std::string("diverged_at_") + spec_text, int(k));
     }
+  }
+}
+
+model::Model invariance_model() {
+  model::testing::TinyModelSpec ms;
+  ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = kVocab, ms.realistic = true;
+  return model::testing::load_written(model::testing::tiny_model(ms));
+}
+
+// Batch-invariant mode, directly: the logits of 9 tokens fed in one step (the decode kernel's
+// verification shape, 9 rows through gemm_rows) are the same bits as those of the same tokens fed
+// one a step, across the fixed 256-position cut (positions 250..258).
+TEST(CudaSpeculation, BatchInvariantStepsGiveTheSameLogitBits) {
+  TQ_REQUIRE_GPU();
+  const model::Model m = invariance_model();
+  std::mt19937 rng(5);
+  std::vector<int> prompt(250), next(9);
+  for (int& t : prompt) t = int(rng() % kVocab);
+  for (int& t : next) t = int(rng() % kVocab);
+  for (const char* spec_text : {"k3v2", "fp16:page=8", "k4v4:edge=1/fp16"}) {
+    SCOPED_TRACE(spec_text);
+    const KvSpec spec = parse_kv_spec(spec_text);
+    engine::Engine e(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 2, .max_chunk = 64, .batch_invariant = true});
+    const int a = e.add_sequence(), b = e.add_sequence();
+    e.prefill(a, prompt), e.prefill(b, prompt);
+    const std::vector<float> together = e.prefill(a, next, true);
+    ASSERT_EQ(together.size(), next.size() * kVocab);
+    for (size_t i = 0; i < next.size(); ++i) {
+      const std::vector<float> one = e.prefill(b, {next[i]}, true);
+      ASSERT_EQ(std::memcmp(one.data(), &together[i * kVocab], kVocab * sizeof(float)), 0)
+          << "token " << i << " (position " << prompt.size() + i << "): its logits in a 9-token step differ from a 1-token step's";
+    }
+  }
+}
+
+// With it, greedy speculative decoding gives plain decoding's text token for token (drafts with
+// poisoned tails, so most steps keep some drafts and roll others back), prompts crossing the cut.
+TEST(CudaSpeculation, BatchInvariantGreedyEqualsPlainDecoding) {
+  TQ_REQUIRE_GPU();
+  const model::Model m = invariance_model();
+  const NoStopTokens tok;
+  std::mt19937 rng(11);
+  std::vector<int> prompt(200);
+  for (int& t : prompt) t = int(rng() % kVocab);
+  constexpr uint32_t kTokens = 160;
+  for (const char* spec_text : {"k3v2", "fp16:page=8"}) {
+    SCOPED_TRACE(spec_text);
+    const KvSpec spec = parse_kv_spec(spec_text);
+    const engine::EngineOptions eo{.device = engine::Device::kCuda, .context = 512, .max_chunk = 64, .batch_invariant = true};
+    engine::Engine e(m, spec, eo);
+    const GreedyRun plain = generate_greedy(e, m, tok, prompt, kTokens, nullptr);
+    engine::Engine draft_engine(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_chunk = 64});
+    engine::ModelDrafter model_drafter(draft_engine);
+    PoisonedTail poison(model_drafter);
+    const GreedyRun spec_run = generate_greedy(e, m, tok, prompt, kTokens, &poison);
+    EXPECT_GT(spec_run.stats.accepted, kTokens / 4) << "the drafts were hardly ever kept: nothing was tested";
+    EXPECT_LT(spec_run.stats.accepted, spec_run.stats.drafted) << "nothing was rolled back";
+    EXPECT_EQ(spec_run.tokens, plain.tokens);
+    EXPECT_EQ(spec_run.seq_len, plain.seq_len);
+    EXPECT_EQ(e.blocks().allocator().free_pages(), e.blocks().allocator().num_pages()) << "pages leaked";
+  }
+}
+
+TEST(CudaSpeculation, BatchInvariantModeRefusesSideBufferSpecs) {
+  TQ_REQUIRE_GPU();
+  const model::Model m = invariance_model();
+  try {
+    engine::Engine e(m, parse_kv_spec("k3v2:sink=4:window=16"), {.device = engine::Device::kCuda, .context = 512, .batch_invariant = true});
+    FAIL() << "a sink/window spec was accepted in batch-invariant mode";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sink and window"), std::string::npos) << e.what();
   }
 }
 

@@ -142,7 +142,7 @@ std::vector<DecodeCase> cases() {
   v.push_back({"fp16:page=7", 64, 4, 1, {2, 17, 97}});
   v.push_back({"fp8:page=7", 256, 4, 1, {2, 17, 97}});
   for (uint32_t gqa : {1u, 8u}) v.push_back({"k3v2", 128, gqa, 1, mixed});
-  for (uint32_t ntok : {2u, 4u, 8u}) v.push_back({"k3v2", 128, 4, ntok, {9, 97, 1000}});
+  for (uint32_t ntok : {2u, 4u, 8u, 9u}) v.push_back({"k3v2", 128, 4, ntok, {9, 97, 1000}});
   v.push_back({"fp16", 128, 4, 4, {9, 97, 1000}});
   v.push_back({"k3v2", 128, 4, 1, {4097}, 1});   // one split: the long loop inside one block
   v.push_back({"k3v2", 128, 4, 1, {4097}, 37});  // many uneven splits
@@ -279,7 +279,7 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("80"), std::string::npos) << e.what();
   }
-  // Query tokens: decode takes 1..8, prefill chunks up to kMaxPrefillChunk.
+  // Query tokens: decode takes 1..9, prefill chunks up to kMaxPrefillChunk.
   PagedKvCache ok(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2").format);
   cuda::DeviceFormat okc(ok.format());
   p.cache = okc.view(0, cache.ptr, ok.shape().num_pages);
@@ -290,13 +290,22 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   p.max_pages = 4;
   p.max_seq_len = 64;
   p.workspace = cache.ptr;
-  p.num_q_tokens = 9;
+  p.num_q_tokens = 10;
   try {
     cuda::validate(p);
-    FAIL() << "9 query tokens accepted by decode";
+    FAIL() << "10 query tokens accepted by decode";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("9"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("10"), std::string::npos) << e.what();
   }
+  // Fixed splits must be whole tiles and cover the sequences.
+  p.num_q_tokens = 1;
+  p.split_tokens = 24, p.num_splits = 4;
+  EXPECT_THROW(cuda::validate(p), Error);
+  p.split_tokens = 16, p.num_splits = 3;  // 48 < max_seq_len 64
+  EXPECT_THROW(cuda::validate(p), Error);
+  p.split_tokens = 16, p.num_splits = 4;
+  EXPECT_NO_THROW(cuda::validate(p));
+  p.split_tokens = 0, p.num_splits = 0;
   p.num_q_tokens = cuda::kMaxPrefillChunk + 1;
   EXPECT_THROW(cuda::prefill_attention(p, nullptr), Error);
   // A page of all KV heads must stay under 4 GiB (the kernels' page offsets are 32-bit).

@@ -111,8 +111,8 @@ def test_refusals():
         cache.store(5, k, k, slots)
     with pytest.raises(ValueError, match="policy knob 'sink=4'"):
         tqo.CudaKvCache("k3v2:sink=4", LAYERS, HEADS, D, num_pages=2)
-    q = torch.zeros(1, 9, HEADS, D, device="cuda", dtype=torch.float16)
-    with pytest.raises(ValueError, match="9 query tokens per sequence, the kernel takes 1..8"):
+    q = torch.zeros(1, 10, HEADS, D, device="cuda", dtype=torch.float16)
+    with pytest.raises(ValueError, match="10 query tokens per sequence, the kernel takes 1..9"):
         cache.decode(0, q, torch.zeros(1, 2, dtype=torch.int32, device="cuda"), torch.ones(1, dtype=torch.int32, device="cuda"), 16)
 
 

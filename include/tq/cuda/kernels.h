@@ -72,7 +72,7 @@ struct SideView {
 };
 
 // decode_attention: queries of num_seqs sequences against their pages. Sequence s has seq_lens[s]
-// tokens; its num_q_tokens queries (1..8) are its last tokens, causal among themselves. Query head
+// tokens; its num_q_tokens queries (1..9) are its last tokens, causal among themselves. Query head
 // h reads KV head h / (q_heads / kv_heads).
 struct DecodeParams {
   CacheView cache;
@@ -86,6 +86,10 @@ struct DecodeParams {
   uint32_t max_seq_len = 0;  // an upper bound of seq_lens, known on the host: sets the split count
   float scale = 0;           // softmax scale; 0: 1/sqrt(head_dim)
   uint32_t num_splits = 0;   // 0: chosen from the shape to fill the GPU
+  // Decode only. > 0: splits of exactly this many positions (a multiple of 16), num_splits of them
+  // (num_splits * split_tokens >= max_seq_len), whatever the step: with the split count fixed too,
+  // a query's output is then the same bits in any step that holds it (batch invariance).
+  uint32_t split_tokens = 0;
   void* workspace = nullptr; // decode_workspace_bytes(...) bytes (prefill: prefill_workspace_bytes)
   SideView side;             // sink / window: off unless side.active()
 };
@@ -94,7 +98,7 @@ struct DecodeParams {
 // to the packed prefix and, causally, to the chunk. Its own kernel: blocks of 64 query rows share
 // each tile of the prefix, decoded once into shared memory (prefill_kernel.cuh). Its workspace:
 // prefill_workspace_bytes.
-inline constexpr uint32_t kMaxDecodeQueryTokens = 8;
+inline constexpr uint32_t kMaxDecodeQueryTokens = 9;  // a token and up to 8 drafts
 inline constexpr uint32_t kMaxPrefillChunk = 2048;
 void prefill_attention(const DecodeParams& p, Stream stream);
 

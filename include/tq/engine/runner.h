@@ -28,8 +28,8 @@ struct StepSeq {
 
 // How the CUDA runner multiplies by the weights in steps of few rows (beyond them, cuBLAS).
 enum class GpuProducts : uint8_t {
-  kRows,    // gemm_rows for steps of 1..16 rows: tensor cores, batch-invariant (the default)
-  kGemv,    // a GEMV kernel for one-row steps and cuBLAS from two rows (for comparison)
+  kGemv,    // a GEMV kernel for one-row steps, cuBLAS from two rows (the default: the fastest measured)
+  kRows,    // gemm_rows for steps of 1..16 rows: tensor cores, batch-invariant
   kCublas,  // every product through cuBLAS (for comparison)
 };
 
@@ -43,7 +43,12 @@ struct RunnerOptions {
   bool exact_products = false;  // CPU runner: products in fp32 on dequantized weights instead of on
                                 // 8-bit activations (the reference of the fast path; slower)
   bool eager = false;       // GPU runners: launch every kernel of every step (no CUDA graphs)
-  GpuProducts products = GpuProducts::kRows;  // CUDA runner: the kernels of the matrix products
+  GpuProducts products = GpuProducts::kGemv;  // CUDA runner: the kernels of the matrix products
+  // CUDA runner: a position's logits are the same bits whatever else its step holds (up to 16 rows
+  // a step and 9 tokens a sequence): products through gemm_rows, decode attention cut at fixed
+  // positions. Greedy speculative decoding then gives plain decoding's text exactly. Specs
+  // without sink/window only (their side blocks are cut by the step's shape).
+  bool batch_invariant = false;
   double gpu_memory = 0;    // GPU runners: fraction of the device's memory for weights, scratch and
                             // the pool, which gets what is left (num_pages is then ignored); 0: off
 };

@@ -81,9 +81,13 @@ struct HostFree {
   void operator()(void* p) const { cudaFreeHost(p); }
 };
 
-// Decode and verification steps (1..8 new tokens a sequence, as many for each) are replayed from
+// Decode and verification steps (1..9 new tokens a sequence, as many for each) are replayed from
 // CUDA graphs captured per (tokens a sequence, tokens, logits rows, length bucket): the bucket is
 // the bound on sequence lengths the attention launch was planned for (its split count).
+// Batch-invariant mode's decode splits: the fewest positions a split of the tuned plan takes (2
+// tiles a warp), so batch 1 keeps many blocks.
+constexpr uint32_t kInvariantSplitTokens = 256;
+
 uint32_t length_bucket(uint32_t max_len, uint32_t context) {
   uint32_t b = 256;
   while (b < max_len) b *= 2;
@@ -196,6 +200,9 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   max_pages_ = (o.context + ps - 1) / ps;
   constexpr size_t kBlasWorkspace = size_t(32) << 20;
   const bool has_side = spec.policy.sink || spec.policy.window;
+  TQ_CHECK(!o.batch_invariant || !has_side,
+           "KV spec '{}': batch-invariant mode covers specs without sink and window only (their side blocks are cut by the step's shape)",
+           spec.text);
   TQ_CHECK(!has_side || o.max_seqs >= 1, "max_seqs must be at least 1");
   side_ring_ = spec.policy.window ? spec.policy.window + kSideRollback : 0;
   side_layer_ = size_t(spec.policy.side_tokens(kSideRollback)) * 2 * size_t(c.kv_dim());  // sink + ring rows
@@ -298,6 +305,9 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   describe_ = fmt::format("cuda:{} ({}), weights {:.1f} MiB bf16{}, KV pool {:.1f} MiB ({} pages of {} tokens), scratch {:.1f} MiB{}", dev,
                           prop.name, weights / 1048576.0, m ? "" : " (random)", pool / 1048576.0, num_pages_, ps, scratch / 1048576.0,
                           o.eager ? ", eager" : ", CUDA graphs for decode");
+  if (o.batch_invariant) describe_ += fmt::format(", batch-invariant (products of up to {} rows on gemm_rows, attention cut every {} positions)",
+                                                  layers::kGemmRowsMax, kInvariantSplitTokens);
+  else if (o.products == engine::GpuProducts::kRows) describe_ += ", products of up to 16 rows through gemm_rows";
   if (o.products == engine::GpuProducts::kCublas) describe_ += ", every product through cuBLAS";
   if (o.products == engine::GpuProducts::kGemv) describe_ += ", products of one-row steps through the GEMV kernel";
   if (side_total)
@@ -306,7 +316,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
 }
 
 void CudaModelRunner::gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y) {
-  if (opts_.products == engine::GpuProducts::kRows && layers::gemm_rows_takes(n, w.cols))
+  if ((opts_.batch_invariant || opts_.products == engine::GpuProducts::kRows) && layers::gemm_rows_takes(n, w.cols))
     return layers::gemm_rows(w.w.get(), w.rows, w.cols, x, n, y, stream_);
   if (opts_.products == engine::GpuProducts::kGemv && layers::gemv_takes(n, w.cols)) return layers::gemv(w.w.get(), w.rows, w.cols, x, y, stream_);
   // Row-major y[n][R] = x[n][C] W^T is, in cuBLAS's column-major terms, y (R x n, ld R) =
@@ -333,6 +343,10 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
   p.max_pages = max_pages_;
   p.max_seq_len = g.max_len;
   p.workspace = workspace_.get();
+  if (opts_.batch_invariant && g.ntok <= kMaxDecodeQueryTokens) {  // the same cuts in every decode and verification step
+    p.split_tokens = kInvariantSplitTokens;
+    p.num_splits = (opts_.context + kInvariantSplitTokens - 1) / kInvariantSplitTokens;
+  }
   if (side_.n) {  // sink / window: this layer's rows of each sequence's slot, and the step's new rows
     p.side.data = side_.get() + layer * side_layer_;
     p.side.slots = seq_ids_.get() + g.seq0;
