@@ -129,23 +129,25 @@ TEST(CudaSpeculation, GreedyMatchesPlainDecodingUpToNearTies) {
 model::Model invariance_model() {
   model::testing::TinyModelSpec ms;
   ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = kVocab, ms.realistic = true;
+  ms.context = 1024;
   return model::testing::load_written(model::testing::tiny_model(ms));
 }
 
 // Batch-invariant mode, directly: the logits of 9 tokens fed in one step (the decode kernel's
 // verification shape, 9 rows through gemm_rows) are the same bits as those of the same tokens fed
-// one a step, across the fixed 256-position cut (positions 250..258).
+// one a step, across the fixed cut at position 512 (positions 506..514: the 9-token step has one
+// split more than the 1-token steps before the cut).
 TEST(CudaSpeculation, BatchInvariantStepsGiveTheSameLogitBits) {
   TQ_REQUIRE_GPU();
   const model::Model m = invariance_model();
   std::mt19937 rng(5);
-  std::vector<int> prompt(250), next(9);
+  std::vector<int> prompt(506), next(9);
   for (int& t : prompt) t = int(rng() % kVocab);
   for (int& t : next) t = int(rng() % kVocab);
   for (const char* spec_text : {"k3v2", "fp16:page=8", "k4v4:edge=1/fp16"}) {
     SCOPED_TRACE(spec_text);
     const KvSpec spec = parse_kv_spec(spec_text);
-    engine::Engine e(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 2, .max_chunk = 64, .batch_invariant = true});
+    engine::Engine e(m, spec, {.device = engine::Device::kCuda, .context = 1024, .max_seqs = 2, .max_chunk = 64, .batch_invariant = true});
     const int a = e.add_sequence(), b = e.add_sequence();
     e.prefill(a, prompt), e.prefill(b, prompt);
     const std::vector<float> together = e.prefill(a, next, true);
@@ -159,22 +161,22 @@ TEST(CudaSpeculation, BatchInvariantStepsGiveTheSameLogitBits) {
 }
 
 // With it, greedy speculative decoding gives plain decoding's text token for token (drafts with
-// poisoned tails, so most steps keep some drafts and roll others back), prompts crossing the cut.
+// poisoned tails, so most steps keep some drafts and roll others back), the text crossing the cut.
 TEST(CudaSpeculation, BatchInvariantGreedyEqualsPlainDecoding) {
   TQ_REQUIRE_GPU();
   const model::Model m = invariance_model();
   const NoStopTokens tok;
   std::mt19937 rng(11);
-  std::vector<int> prompt(200);
+  std::vector<int> prompt(450);
   for (int& t : prompt) t = int(rng() % kVocab);
   constexpr uint32_t kTokens = 160;
   for (const char* spec_text : {"k3v2", "fp16:page=8"}) {
     SCOPED_TRACE(spec_text);
     const KvSpec spec = parse_kv_spec(spec_text);
-    const engine::EngineOptions eo{.device = engine::Device::kCuda, .context = 512, .max_chunk = 64, .batch_invariant = true};
+    const engine::EngineOptions eo{.device = engine::Device::kCuda, .context = 1024, .max_chunk = 64, .batch_invariant = true};
     engine::Engine e(m, spec, eo);
     const GreedyRun plain = generate_greedy(e, m, tok, prompt, kTokens, nullptr);
-    engine::Engine draft_engine(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_chunk = 64});
+    engine::Engine draft_engine(m, spec, {.device = engine::Device::kCuda, .context = 1024, .max_chunk = 64});
     engine::ModelDrafter model_drafter(draft_engine);
     PoisonedTail poison(model_drafter);
     const GreedyRun spec_run = generate_greedy(e, m, tok, prompt, kTokens, &poison);

@@ -84,9 +84,12 @@ struct HostFree {
 // Decode and verification steps (1..9 new tokens a sequence, as many for each) are replayed from
 // CUDA graphs captured per (tokens a sequence, tokens, logits rows, length bucket): the bucket is
 // the bound on sequence lengths the attention launch was planned for (its split count).
-// Batch-invariant mode's decode splits: the fewest positions a split of the tuned plan takes (2
-// tiles a warp), so batch 1 keeps many blocks.
-constexpr uint32_t kInvariantSplitTokens = 256;
+// Batch-invariant mode's decode splits: what the tuned plan gives batch 1 at 32K (66 splits of
+// ~500 positions on an H200); 256 cost 0.6 ms a step more there (merging 128 partials). Their
+// count follows the step's length bound: the splits a longer bound adds are empty for shorter
+// sequences, and the merge adds their zero weights exactly, so the count does not change bits
+// (without side blocks, whose partials come after the splits'; the mode refuses sink/window).
+constexpr uint32_t kInvariantSplitTokens = 512;
 
 uint32_t length_bucket(uint32_t max_len, uint32_t context) {
   uint32_t b = 256;
@@ -345,7 +348,7 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
   p.workspace = workspace_.get();
   if (opts_.batch_invariant && g.ntok <= kMaxDecodeQueryTokens) {  // the same cuts in every decode and verification step
     p.split_tokens = kInvariantSplitTokens;
-    p.num_splits = (opts_.context + kInvariantSplitTokens - 1) / kInvariantSplitTokens;
+    p.num_splits = (g.max_len + kInvariantSplitTokens - 1) / kInvariantSplitTokens;
   }
   if (side_.n) {  // sink / window: this layer's rows of each sequence's slot, and the step's new rows
     p.side.data = side_.get() + layer * side_layer_;
