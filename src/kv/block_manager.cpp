@@ -89,9 +89,11 @@ void BlockManager::truncate(int seq, uint32_t new_len) {
   s.len = new_len;
 }
 
-void BlockManager::enable_prefix_cache(uint64_t salt) {
+void BlockManager::enable_prefix_cache(uint64_t salt, uint32_t tails) {
   caching_ = true;
   salt_ = salt;
+  tail_page_.assign(tails, -1);
+  tail_used_.assign(tails, 0);
 }
 
 uint64_t BlockManager::chain(uint64_t h, std::span<const int> page_tokens) const {
@@ -120,6 +122,9 @@ std::vector<int32_t> BlockManager::match_prefix(std::span<const int> tokens, uin
     pages.push_back(it->second);
     h = next;
   }
+  if (needs_tails()) {  // a sequence starting past the last tail would lack side rows
+    while (!pages.empty() && entries_[size_t(pages.back())]->tail < 0) pages.pop_back();
+  }
   return pages;
 }
 
@@ -139,6 +144,11 @@ int BlockManager::add_cached_sequence(std::span<const int32_t> pages) {
     s.hashes.push_back(entries_[size_t(p)]->hash);
   }
   s.len = uint32_t(pages.size()) * page_size_;
+  if (needs_tails() && !pages.empty()) {
+    const int32_t t = entries_[size_t(pages.back())]->tail;
+    TQ_CHECK(t >= 0, "page {} ends a cached prefix without a tail", pages.back());
+    tail_used_[size_t(t)] = ++tail_clock_;
+  }
   return seq;
 }
 
@@ -160,9 +170,56 @@ void BlockManager::cache_full_pages(int seq, std::span<const int> tokens) {
   }
 }
 
+uint32_t BlockManager::tails_used() const {
+  return uint32_t(std::count_if(tail_page_.begin(), tail_page_.end(), [](int32_t p) { return p >= 0; }));
+}
+
+int32_t BlockManager::tail_of(int32_t page) const {
+  TQ_CHECK(page >= 0 && size_t(page) < entries_.size(), "no page {}", page);
+  const std::optional<Entry>& e = entries_[size_t(page)];
+  return e ? e->tail : -1;
+}
+
+int32_t BlockManager::attach_tail(int seq, uint32_t end) {
+  const Seq& s = at(seq);
+  TQ_CHECK(needs_tails(), "prefix caching keeps no tails");
+  TQ_CHECK(end > 0 && end % page_size_ == 0 && end <= s.len, "sequence {}: a tail ends at a page boundary within its {} positions, not at {}",
+           seq, s.len, end);
+  const size_t i = end / page_size_ - 1;
+  if (i >= s.hashes.size()) return -1;
+  const int32_t page = s.block_table[i];
+  std::optional<Entry>& e = entries_[size_t(page)];
+  if (!e || e->hash != s.hashes[i]) return -1;
+  if (e->tail >= 0) {
+    tail_used_[size_t(e->tail)] = ++tail_clock_;
+    return -1;
+  }
+  size_t slot = 0;  // a free slot, else the least recently used
+  for (size_t k = 0; k < tail_page_.size(); ++k) {
+    if (tail_page_[k] < 0) {
+      slot = k;
+      break;
+    }
+    if (tail_used_[k] < tail_used_[slot]) slot = k;
+  }
+  if (tail_page_[slot] >= 0) entries_[size_t(tail_page_[slot])]->tail = -1;
+  e->tail = int32_t(slot);
+  tail_page_[slot] = page;
+  tail_used_[slot] = ++tail_clock_;
+  return int32_t(slot);
+}
+
+void BlockManager::detach_tail(int32_t slot) {
+  TQ_CHECK(slot >= 0 && size_t(slot) < tail_page_.size(), "no tail slot {}", slot);
+  const int32_t page = tail_page_[size_t(slot)];
+  if (page >= 0) entries_[size_t(page)]->tail = -1;
+  tail_page_[size_t(slot)] = -1;
+}
+
 void BlockManager::uncache(int32_t page) {
   std::optional<Entry>& e = entries_[size_t(page)];
   if (!e) return;
+  if (e->tail >= 0) tail_page_[size_t(e->tail)] = -1;
   const auto it = cache_.find(e->hash);
   if (it != cache_.end() && it->second == page) cache_.erase(it);
   e.reset();

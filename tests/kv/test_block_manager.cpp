@@ -121,5 +121,70 @@ TEST(BlockManager, PrefixCacheEvictionDropsEntries) {
   EXPECT_TRUE(b.match_prefix(t, 6).empty());
 }
 
+// Tails: with tail slots, a match ends at the last matched page that has one; slots are reused
+// least recently used first (attaching or hitting counts as a use); a page leaving the cache, by
+// eviction or a truncation into it, frees its slot.
+TEST(BlockManager, PrefixTailsEndMatchesAndAreReusedAndFreed) {
+  BlockManager b(6, 2);
+  b.enable_prefix_cache(7, 2);
+  EXPECT_TRUE(b.needs_tails());
+  const std::vector<int> t = {1, 2, 3, 4, 5, 6, 7};
+  const int s = b.add_sequence();
+  b.reserve({{s, 7}});
+  EXPECT_EQ(b.attach_tail(s, 4), -1);  // not cached yet
+  b.cache_full_pages(s, t);
+  EXPECT_TRUE(b.match_prefix(t, 7).empty());  // three cached pages, no tail
+  const int32_t a = b.attach_tail(s, 4);
+  EXPECT_GE(a, 0);
+  EXPECT_EQ(b.attach_tail(s, 4), -1);  // it has one
+  EXPECT_EQ(b.tail_of(b.block_table(s)[1]), a);
+  EXPECT_EQ(b.match_prefix(t, 7).size(), 2u);
+  const int32_t c = b.attach_tail(s, 6);
+  EXPECT_EQ(b.match_prefix(t, 7).size(), 3u);
+  EXPECT_EQ(b.match_prefix(t, 5).size(), 2u);  // the limit cuts page 2: back to the tail at 4
+  EXPECT_EQ(b.tails_used(), 2u);
+  EXPECT_THROW(b.attach_tail(s, 5), Error);    // not a page boundary
+  // A hit on the tail at 4 makes the one at 6 the least recently used: a third tail takes its slot.
+  const int u = b.add_sequence(t, 5);
+  EXPECT_EQ(b.len(u), 4u);
+  std::vector<int> t2 = t;
+  t2.resize(6);
+  t2[5] = 9;
+  b.reserve({{u, 2}});
+  b.cache_full_pages(u, t2);
+  EXPECT_EQ(b.attach_tail(u, 6), c);
+  EXPECT_EQ(b.match_prefix(t, 7).size(), 2u);   // page 2 of t lost its tail
+  EXPECT_EQ(b.match_prefix(t2, 6).size(), 3u);
+  b.detach_tail(c);
+  EXPECT_EQ(b.match_prefix(t2, 6).size(), 2u);
+  EXPECT_EQ(b.tails_used(), 1u);
+  // Truncating into a cached page uncaches it and frees its tail.
+  b.remove(u);
+  b.truncate(s, 3);
+  EXPECT_EQ(b.tail_of(b.block_table(s)[1]), -1);
+  EXPECT_EQ(b.tails_used(), 0u);
+  EXPECT_TRUE(b.match_prefix(t, 7).empty());
+  b.remove(s);
+  EXPECT_EQ(b.allocator().free_pages(), 6u);
+}
+
+// Eviction of a page with a tail frees the slot.
+TEST(BlockManager, PrefixTailsGoWithEvictedPages) {
+  BlockManager b(2, 2);
+  b.enable_prefix_cache(7, 1);
+  const std::vector<int> t = {1, 2, 3, 4};
+  const int s = b.add_sequence();
+  b.reserve({{s, 4}});
+  b.cache_full_pages(s, t);
+  EXPECT_GE(b.attach_tail(s, 4), 0);
+  b.remove(s);
+  EXPECT_EQ(b.match_prefix(t, 4).size(), 2u);
+  const int u = b.add_sequence();
+  b.reserve({{u, 2}});  // evicts t's last page, the one with the tail
+  EXPECT_EQ(b.tails_used(), 0u);
+  EXPECT_TRUE(b.match_prefix(t, 4).empty());
+  b.remove(u);
+}
+
 }  // namespace
 }  // namespace tq

@@ -10,6 +10,13 @@
 // are shared and a sequence writes only past its shared pages, so shared bytes never change: packed
 // pages are shared as they are, never copied, dequantized or re-quantized. Unreferenced cached pages
 // stay in the pool until allocation evicts them, least recently released first (page_allocator.h).
+//
+// Tails (specs with sink/window side buffers, engine::ModelRunner::save_tail): a sequence that
+// starts from cached pages also needs the fp16 side rows a cold run would have there, which the
+// pages do not carry. A cached page may carry a tail, the runner's snapshot of those rows at the
+// page's end, in one of a fixed number of slots; with tails on, a match ends at the last matched
+// page that has one. Slots are reused least recently used first (attached or hit), and a page's
+// tail goes when the page leaves the cache.
 #pragma once
 
 #include <cstdint>
@@ -51,8 +58,9 @@ class BlockManager {
   // another sequence shares throws tq::Error.
   void truncate(int seq, uint32_t new_len);
 
-  // Prefix caching, keyed by `salt` (a hash of the KV spec: pages of another format never match).
-  void enable_prefix_cache(uint64_t salt);
+  // Prefix caching, keyed by `salt` (a hash of the KV spec: pages of another format never match);
+  // with tails > 0, matches need tails, in that many slots.
+  void enable_prefix_cache(uint64_t salt, uint32_t tails = 0);
   bool prefix_cache() const { return caching_; }
   // The pages of the longest cached prefix of tokens[0, limit) in whole pages, in position order
   // (not held: add_sequence(tokens, limit) takes them). Empty without prefix caching.
@@ -68,6 +76,20 @@ class BlockManager {
   void cache_full_pages(int seq, std::span<const int> tokens);
   uint32_t cached_pages() const { return uint32_t(cache_.size()); }  // pages with a cache entry, held or not
 
+  bool needs_tails() const { return !tail_page_.empty(); }
+  uint32_t tail_slots() const { return uint32_t(tail_page_.size()); }
+  uint32_t tails_used() const;
+  // Gives the sequence's cached page that ends at position `end` (a page boundary within its
+  // length) a tail slot, the least recently used one when none is free (its page loses its tail).
+  // Returns the slot for the caller to fill, or -1 when there is nothing to fill: the page has a
+  // tail already (it becomes the most recently used), or it is not cached as this sequence's own
+  // page (not cached yet, or a private copy of a prefix another page caches).
+  int32_t attach_tail(int seq, uint32_t end);
+  // Takes back a slot attach_tail just gave (the runner could not fill it): its page has no tail.
+  void detach_tail(int32_t slot);
+  // The tail slot of a cached page, or -1.
+  int32_t tail_of(int32_t page) const;
+
  private:
   struct Seq {
     std::vector<int32_t> block_table;
@@ -77,6 +99,7 @@ class BlockManager {
   struct Entry {
     uint64_t hash = 0, parent = 0;  // this page's chain hash and the previous page's (the salt for page 0)
     std::vector<int> tokens;        // [page_size]
+    int32_t tail = -1;              // tail slot, or -1
   };
   Seq& at(int seq);
   const Seq& at(int seq) const;
@@ -90,6 +113,9 @@ class BlockManager {
   uint64_t salt_ = 0;
   std::unordered_map<uint64_t, int32_t> cache_;  // chain hash -> page
   std::vector<std::optional<Entry>> entries_;    // [num_pages] the cache entry of each page
+  std::vector<int32_t> tail_page_;               // [tail slots] the page each slot is the tail of, or -1
+  std::vector<uint64_t> tail_used_;              // [tail slots] when each was last attached or hit
+  uint64_t tail_clock_ = 0;
 };
 
 }  // namespace tq
