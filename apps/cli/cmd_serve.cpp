@@ -22,6 +22,7 @@ struct Options {
   std::string model, tokenizer, kv = kDefaultKvSpec, device = "auto", host = "127.0.0.1", name;
   int port = 8000;
   uint32_t max_num_seqs = 32, max_model_len = 0, max_batched_tokens = 512, num_pages = 0, max_queue = 256;
+  int64_t prefix_tails = -1;  // -1: --max-num-seqs
   double gpu_memory = 0, shutdown_timeout = 10;
   unsigned threads = 0;
   bool no_prefix_caching = false;
@@ -36,6 +37,7 @@ void serve(const Options& o) {
   TQ_CHECK(o.max_batched_tokens >= o.max_num_seqs, "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})", o.max_batched_tokens,
            o.max_num_seqs);
   TQ_CHECK(o.max_queue >= 1 && o.max_queue <= 4096, "--max-queue must be 1..4096, got {}", o.max_queue);
+  TQ_CHECK(o.prefix_tails >= -1 && o.prefix_tails <= 65536, "--prefix-tails must be 0..65536, got {}", o.prefix_tails);
   TQ_CHECK(o.shutdown_timeout >= 0 && o.shutdown_timeout <= 86400, "--shutdown-timeout must be 0..86400 seconds, got {}",
            o.shutdown_timeout);  // NaN and inf fail too
   const unsigned threads = threads_option(o.threads);
@@ -72,9 +74,13 @@ void serve(const Options& o) {
     draft_engine.emplace(draft->model, draft_spec,
                          engine::EngineOptions{.device = draft_device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs});
   }
+  // Specs with sink/window: the fp16 tails prefix hits need (runner.h), in slots fixed now.
+  const uint32_t tails = o.no_prefix_caching || (!spec.policy.sink && !spec.policy.window) ? 0
+                         : o.prefix_tails < 0                                             ? o.max_num_seqs
+                                                                                          : uint32_t(o.prefix_tails);
   engine::Engine e(lm.model, spec,
                    {.device = device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
-                    .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory});
+                    .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory, .prefix_tails = tails});
   const std::string name = o.name.empty() ? std::filesystem::path(lm.path).stem().string() : o.name;
 
   const model::Model& m = lm.model;
@@ -97,8 +103,14 @@ void serve(const Options& o) {
   fmt::print(stderr, "tq serve: KV pool {} pages of {} tokens ({:.1f} MiB, {} tokens), up to {} requests of {} tokens, {} tokens a step\n",
              e.blocks().allocator().num_pages(), e.blocks().page_size(), pool_mib,
              size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size(), o.max_num_seqs, ctx, o.max_batched_tokens);
+  const std::string tail_note =
+      e.blocks().tail_slots() ? fmt::format(", {} tails of the side buffers ({:.1f} MiB; hits end at a tail: docs/serving.md)",
+                                            e.blocks().tail_slots(), double(e.blocks().tail_slots()) * e.runner().tail_bytes() / (1 << 20))
+                              : "";
   fmt::print(stderr, "tq serve: prefix caching {}\n",
-             sch.prefix_caching() ? "on" : o.no_prefix_caching ? "off (--no-enable-prefix-caching)" : "off: " + sch.prefix_caching_note());
+             sch.prefix_caching() ? "on" + tail_note
+             : o.no_prefix_caching ? "off (--no-enable-prefix-caching)"
+                                   : "off: " + sch.prefix_caching_note());
   if (draft_engine)
     fmt::print(stderr, "tq serve: draft model {} ({} layers), KV cache {}, {}, {} pages\n", draft->path, draft->model.config.n_layers,
                draft_spec.canonical(), draft_engine->runner().describe(), draft_engine->blocks().allocator().num_pages());
@@ -150,8 +162,11 @@ void add_serve(CLI::App& app) {
                 "leave (vLLM's --gpu-memory-utilization); default: the pool --num-pages says");
   c->add_option("--max-queue", o->max_queue, "requests that may wait for admission (default 256); more get HTTP 429");
   c->add_flag("--no-enable-prefix-caching", o->no_prefix_caching,
-              "do not share the KV pages of common prompt prefixes between requests (on by default where the KV spec\n"
-              "allows it: specs with sink or window side buffers do not)");
+              "do not share the KV pages of common prompt prefixes between requests (on by default)");
+  c->add_option("--prefix-tails", o->prefix_tails,
+                "specs with sink/window: slots for the fp16 side rows a prefix hit needs (default: --max-num-seqs;\n"
+                "0 turns prefix caching off for them). Each takes sink + window rows of every layer; one is kept\n"
+                "where a prompt is computed and where a request ends, least recently used reused (docs/serving.md)");
   c->add_option("--shutdown-timeout", o->shutdown_timeout,
                 "on SIGINT or SIGTERM, seconds that running requests get to finish before they are cancelled (default 10)");
   c->add_option("--spec", o->speculative,

@@ -52,6 +52,9 @@ std::vector<int> ModelRunner::forward_sample(const std::vector<StepSeq>& step, c
   return sample_step(step, args);
 }
 
+bool ModelRunner::save_tail(int, uint32_t, uint32_t) { throw Error(fmt::format("the {} runner keeps no prefix tails", describe())); }
+void ModelRunner::restore_tail(uint32_t, int, uint32_t) { throw Error(fmt::format("the {} runner keeps no prefix tails", describe())); }
+
 std::vector<int> ModelRunner::sample_step(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args) {
   const std::vector<float> logits = forward(step);
   const size_t vocab = size_t(config().vocab_size);
@@ -101,7 +104,7 @@ EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, E
 RunnerOptions Engine::runner_options(const EngineOptions& o) {
   return RunnerOptions{.context = o.context, .num_pages = o.num_pages, .max_chunk = o.max_chunk, .max_seqs = o.max_seqs, .threads = o.threads,
                        .exact_products = o.exact_products, .eager = o.eager, .cublas_only = o.cublas_only,
-                       .gpu_memory = o.gpu_memory};
+                       .gpu_memory = o.gpu_memory, .prefix_tails = o.prefix_tails};
 }
 
 Engine::Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts)
@@ -124,6 +127,8 @@ int Engine::add_cached_sequence(std::span<const int32_t> pages) {
   const int seq = blocks_.add_cached_sequence(pages);
   try {
     runner_->add_sequence(seq);
+    if (blocks_.needs_tails() && !pages.empty())
+      runner_->restore_tail(uint32_t(blocks_.tail_of(pages.back())), seq, uint32_t(pages.size()) * blocks_.page_size());
   } catch (...) {
     blocks_.remove(seq);
     throw;
@@ -132,11 +137,23 @@ int Engine::add_cached_sequence(std::span<const int32_t> pages) {
 }
 
 std::string Engine::enable_prefix_cache() {
-  if (runner_->side_bytes() > 0)
-    return fmt::format("KV spec {} keeps its sink and window tokens in per-sequence side buffers, which pages do not carry",
-                       runner_->spec().text);
-  blocks_.enable_prefix_cache(std::hash<std::string>{}(runner_->spec().text));
+  const bool side = runner_->side_bytes() > 0;
+  if (side && runner_->tail_slots() == 0)
+    return fmt::format(
+        "KV spec {} keeps its sink and window tokens in per-sequence side buffers, which pages do not carry, and the engine was "
+        "built with no prefix tails to keep them (prefix_tails 0)",
+        runner_->spec().text);
+  blocks_.enable_prefix_cache(std::hash<std::string>{}(runner_->spec().text), side ? runner_->tail_slots() : 0);
   return "";
+}
+
+void Engine::cache_prefix(int seq, std::span<const int> tokens, uint32_t upto) {
+  blocks_.cache_full_pages(seq, tokens);
+  if (!blocks_.needs_tails()) return;
+  const uint32_t end = std::min(blocks_.len(seq), upto) / blocks_.page_size() * blocks_.page_size();
+  if (end == 0) return;
+  const int32_t slot = blocks_.attach_tail(seq, end);
+  if (slot >= 0 && !runner_->save_tail(seq, end, uint32_t(slot))) blocks_.detach_tail(slot);
 }
 
 void Engine::remove_sequence(int seq) { blocks_.remove(seq); }

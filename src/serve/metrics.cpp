@@ -23,6 +23,11 @@ std::string prometheus_text(const ServiceStats& s) {
   metric(o, "tq_prefix_cache_hit_tokens_total", "counter", "Prompt tokens found in the prefix cache (not computed).", double(c.prefix_hit_tokens));
   metric(o, "tq_prefix_cache_hit_rate", "gauge", "Hit tokens over queried tokens since the start.",
          c.prefix_queried_tokens ? double(c.prefix_hit_tokens) / double(c.prefix_queried_tokens) : 0.0);
+  metric(o, "tq_prefix_tail_slots", "gauge", "Slots for prefix tails (fp16 side rows of specs with sink/window; 0 without).",
+         c.tails_total);
+  metric(o, "tq_prefix_tail_slots_used", "gauge", "Tail slots holding the tail of a cached page.", c.tails_used);
+  metric(o, "tq_prefix_tail_memory_bytes", "gauge", "Memory of all tail slots, allocated at start.",
+         double(c.tail_bytes) * double(c.tails_total));
   metric(o, "tq_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", double(c.prompt_tokens));
   metric(o, "tq_generation_tokens_total", "counter", "Tokens generated.", double(c.generated_tokens));
   metric(o, "tq_computed_tokens_total", "counter", "Positions run through the model (prompts, decodes, recomputes after preemption).",

@@ -30,6 +30,8 @@ struct Scheduler::Seq {
   std::unique_ptr<engine::Drafter> drafter;
   std::optional<engine::Speculation> spec;
   bool model_draft = false;  // drafts on the draft model
+  bool tail_due = false;     // admitted, its prompt (or recompute) not computed yet: a tail when it is
+  uint32_t tail_at = 0;      // that tail's bound (Engine::cache_prefix's upto), due after the step's tokens; 0: none
 
   Seq(uint64_t i, Request&& r) : id(i), tokens(std::move(r.prompt)), max_tokens(r.max_tokens), sampler(r.sampling) {
     prompt_len = uint32_t(tokens.size());
@@ -116,7 +118,11 @@ void Scheduler::cancel(uint64_t id) { cancels_.push_back(id); }
 
 void Scheduler::release(Seq* s, bool cache) {
   if (s->seq < 0) return;
-  if (cache) e_.cache_pages(s->seq, s->tokens);
+  if (cache) {
+    if (s->tail_at) e_.cache_prefix(s->seq, s->tokens, s->tail_at);
+    e_.cache_prefix(s->seq, s->tokens);  // a later turn of the conversation starts from here
+  }
+  s->tail_at = 0;
   e_.remove_sequence(s->seq);
   s->seq = -1;
   s->computed = 0;
@@ -222,6 +228,7 @@ void Scheduler::admit(Plan& p) {
     if (alloc + revive + p.planned > bm.allocator().free_pages()) break;  // first come, first served: nobody overtakes it
     w->seq = e_.add_cached_sequence(hit);
     w->computed = e_.seq_len(w->seq);
+    w->tail_due = true;
     start_drafter(w);
     stats_.prefix_queried_tokens += w->tokens.size();
     stats_.prefix_hit_tokens += w->computed;
@@ -321,6 +328,13 @@ std::vector<Event> Scheduler::step() {
       e_.cache_pages(s->seq, s->tokens);
       continue;
     }
+    if (s->tail_due) {
+      // The prompt is in: a request repeating it matches up to its last token but one (admit()),
+      // so a tail goes at the last page boundary there (extending it matches that far too), once
+      // the step's tokens are in `tokens` (kept drafts are in the cache already).
+      s->tail_at = s->computed - 1;
+      s->tail_due = false;
+    }
     engine::Verdict v;  // no drafts: kept 0, and the token sampled
     try {  // sampling on the host refuses a NaN or +inf logit: the request ends with an error, the others go on
       if (drafts.empty())
@@ -343,7 +357,11 @@ std::vector<Event> Scheduler::step() {
     std::vector<int> emitted(drafts.begin(), drafts.begin() + v.kept);
     emitted.push_back(v.next);
     emit(s, emitted, out);  // an end releases the pages, caching the full ones
-    if (s->done == Finish::kNone) e_.cache_pages(s->seq, s->tokens);
+    if (s->done == Finish::kNone) {
+      if (s->tail_at) e_.cache_prefix(s->seq, s->tokens, s->tail_at);
+      s->tail_at = 0;
+      e_.cache_pages(s->seq, s->tokens);
+    }
   }
   drop_finished();
   return out;
@@ -355,6 +373,9 @@ SchedulerStats Scheduler::stats() const {
   st.waiting = uint32_t(waiting_.size());
   st.pages_free = e_.blocks().allocator().free_pages();
   st.pages_cached = e_.blocks().allocator().cached_free_pages();
+  st.tails_total = e_.blocks().tail_slots();
+  st.tails_used = e_.blocks().tails_used();
+  st.tail_bytes = e_.runner().tail_bytes();
   return st;
 }
 

@@ -1,6 +1,7 @@
 // The serving scheduler over the CUDA runner: requests arriving mid-run, batched with chunked
-// prefill, a pool small enough that decodes preempt and recompute, prefix hits, speculative
-// requests (verification steps, rejected drafts taken back) among plain ones. Each request is
+// prefill, a pool small enough that decodes preempt and recompute, prefix hits (with a sink/window
+// spec, through tails: preempted requests coming back, then next turns of the first requests),
+// speculative requests (verification steps, rejected drafts taken back) among plain ones. Each request is
 // greedy, so each of its tokens must be the argmax of an eager engine's logits over its prompt and
 // the tokens before, wherever that argmax is clear; and every page is back in the pool at the end.
 //
@@ -31,11 +32,13 @@ TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
   ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = kVocab, ms.realistic = true;
   const model::Model m = model::testing::load_written(model::testing::tiny_model(ms));
   // 256 tokens of pages: two or three of the six requests at once, so decodes preempt.
-  for (const char* spec_text : {"k3v2", "fp16:page=8", "k3v2:sink=4:window=16"}) {
+  for (const char* spec_text : {"k3v2", "fp16:page=8", "k3v2:sink=4:window=16", "k3v2:edge=1/k4v4:sink=4:window=24:page=8"}) {
     SCOPED_TRACE(spec_text);
     const KvSpec spec = parse_kv_spec(spec_text);
-    engine::Engine e(m, spec, {.device = engine::Device::kCuda, .context = 256, .max_seqs = 6, .num_pages = 256 / spec.format.page_size, .max_chunk = 64});
+    engine::Engine e(m, spec, {.device = engine::Device::kCuda, .context = 256, .max_seqs = 6, .num_pages = 256 / spec.format.page_size, .max_chunk = 64,
+                               .prefix_tails = 8});
     serve::Scheduler s(e, [](int) { return false; }, {.max_num_seqs = 6, .max_batched_tokens = 40});
+    ASSERT_TRUE(s.prefix_caching()) << s.prefix_caching_note();
     std::mt19937 rng(5);
     const auto tokens = [&](size_t n) {
       std::vector<int> p(n);
@@ -54,6 +57,7 @@ TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
     std::map<uint64_t, size_t> index;  // request id -> reqs index
     std::map<uint64_t, std::vector<int>> got;
     std::map<uint64_t, serve::Finish> ended;
+    std::vector<uint64_t> finish_order;
     for (size_t i = 0; i < 5; ++i) index[s.add(reqs[i])] = i;
     for (int step = 0; !s.idle() && step < 10000; ++step) {
       if (step == 6)
@@ -61,18 +65,43 @@ TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
       for (const serve::Event& ev : s.step()) {
         EXPECT_EQ(ended.count(ev.id), 0u) << "an event after the end of request " << ev.id;
         if (ev.token >= 0) got[ev.id].push_back(ev.token);
-        if (ev.finish != serve::Finish::kNone) ended[ev.id] = ev.finish;
+        if (ev.finish != serve::Finish::kNone) ended[ev.id] = ev.finish, finish_order.push_back(ev.id);
       }
     }
+    ASSERT_TRUE(s.idle());
+    EXPECT_EQ(s.stats().finished, reqs.size());
+    EXPECT_GT(s.stats().preemptions, 0u);
+    EXPECT_GT(s.stats().spec_verifications, 0u);
+    if (!spec.policy.sink && !spec.policy.window) {  // shared prefixes; side-buffer specs hit at tails only (below)
+      EXPECT_GT(s.stats().prefix_hit_tokens, 0u);
+    }
+    // Next turns of the last three requests to finish (their pages and tails are the most recent):
+    // prompt, answer and new tokens. Each starts at least from the page boundary before its
+    // answer's last fed token (the tail kept when it ended, or its pages).
+    const uint64_t hits = s.stats().prefix_hit_tokens;
+    const uint32_t P = spec.format.page_size;
+    uint64_t least = 0;
+    for (size_t k = finish_order.size() - 3; k < finish_order.size(); ++k) {
+      const uint64_t id = finish_order[k];
+      std::vector<int> p = reqs[index[id]].prompt;
+      p.insert(p.end(), got[id].begin(), got[id].end());
+      least += (p.size() - 1) / P * P;
+      const std::vector<int> more = tokens(5);
+      p.insert(p.end(), more.begin(), more.end());
+      reqs.push_back({p, {}, 10, std::nullopt});
+      index[s.add(reqs.back())] = reqs.size() - 1;
+    }
+    for (int step = 0; !s.idle() && step < 10000; ++step)
+      for (const serve::Event& ev : s.step()) {
+        if (ev.token >= 0) got[ev.id].push_back(ev.token);
+        if (ev.finish != serve::Finish::kNone) ended[ev.id] = ev.finish;
+      }
     ASSERT_TRUE(s.idle());
     const serve::SchedulerStats st = s.stats();
     EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
     EXPECT_EQ(st.finished, reqs.size());
-    EXPECT_GT(st.preemptions, 0u);
-    EXPECT_GT(st.spec_verifications, 0u);
-    if (s.prefix_caching()) {
-      EXPECT_GT(st.prefix_hit_tokens, 0u);
-    }
+    EXPECT_GE(st.prefix_hit_tokens - hits, least) << "the next turns missed their prefixes";
+    EXPECT_LE(st.tails_used, st.tails_total);
 
     // Each request teacher-forced through one eager prefill: logits of every position.
     engine::Engine ref(m, spec, {.device = engine::Device::kCuda, .context = 256, .max_chunk = 256, .eager = true});
@@ -97,6 +126,42 @@ TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
       }
     }
     EXPECT_GT(decided, total * 3 / 4) << "too few clear positions to judge: " << decided << " of " << total;
+  }
+}
+
+// A sequence started from cached pages and a tail computes bit for bit what a cold sequence
+// computes in the same chunks: the tail restores exactly the sink and window rows the cold run
+// reads (here hit at 48 of 70 positions, window 24: rows 24..47 come from the tail).
+TEST(CudaRunnerServe, PrefixTailHitLogitsEqualColdBitForBit) {
+  TQ_REQUIRE_GPU();
+  model::testing::TinyModelSpec ms;
+  ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = kVocab, ms.realistic = true;
+  const model::Model m = model::testing::load_written(model::testing::tiny_model(ms));
+  for (const char* spec_text : {"k3v2:sink=4:window=24:page=8", "k4v4:window=24:page=16", "k3v2:sink=6:page=8"}) {
+    SCOPED_TRACE(spec_text);
+    engine::Engine e(m, parse_kv_spec(spec_text),
+                     {.device = engine::Device::kCuda, .context = 256, .max_seqs = 3, .max_chunk = 64, .eager = true, .prefix_tails = 2});
+    ASSERT_EQ(e.enable_prefix_cache(), "");
+    std::mt19937 rng(9);
+    std::vector<int> t(70);
+    for (int& x : t) x = int(rng() % kVocab);
+    // The same chunks as the cold run up to 48 (so the same bits in pages and side rows), then two
+    // more: the tail at 48 is saved from a ring that has moved on.
+    const int a = e.add_sequence();
+    e.prefill(a, std::vector<int>(t.begin(), t.begin() + 48));
+    e.prefill(a, std::vector<int>(t.begin() + 48, t.begin() + 50));
+    e.cache_prefix(a, t, 48);
+    e.remove_sequence(a);
+    const int b = e.add_sequence(t, 69);
+    ASSERT_EQ(e.seq_len(b), 48u);
+    const std::vector<int> rest(t.begin() + 48, t.end());
+    const std::vector<float> hot = e.prefill(b, rest, true);
+    e.remove_sequence(b);
+    const int c = e.add_sequence();  // cold: the same chunks after position 48
+    e.prefill(c, std::vector<int>(t.begin(), t.begin() + 48));
+    const std::vector<float> cold = e.prefill(c, rest, true);
+    e.remove_sequence(c);
+    EXPECT_EQ(hot, cold);
   }
 }
 

@@ -146,6 +146,14 @@ void matches_alone(const Case& c, bool speculate, bool draft_model = false) {
   if (std::string(c.name) == "TinyPoolPreempts") {
     EXPECT_GT(st.preemptions, 0u);
   }
+  if (c.eo.prefix_tails) {
+    EXPECT_TRUE(s.prefix_caching()) << s.prefix_caching_note();
+    EXPECT_GT(st.preemptions, 0u);
+    EXPECT_LE(st.tails_used, st.tails_total);
+  }
+  if (std::string(c.name) == "DefaultSpecSideBuffers" && !speculate) {  // preempted requests came back through their tails
+    EXPECT_GT(st.prefix_hit_tokens, 0u);
+  }
   if (speculate) {
     EXPECT_GT(st.spec_verifications, 10u);
     EXPECT_GT(st.spec_accepted, 5u);
@@ -179,8 +187,11 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"TwoAtATime", "k4v4:page=16", {.max_seqs = 2, .max_chunk = 64}, {.max_num_seqs = 2}},
                       // 16 pages of 8: two or three requests at once, so decodes preempt the newest.
                       Case{"TinyPoolPreempts", "k3v2:page=8", {.max_seqs = 6, .num_pages = 16, .max_chunk = 64}, {.max_num_seqs = 6}},
-                      Case{"DefaultSpecSideBuffers", "k3v2:edge=2/k4v4:sink=4:window=16:page=8", {.max_seqs = 6, .num_pages = 16, .max_chunk = 64},
-                           {.max_num_seqs = 6, .max_batched_tokens = 13}},
+                      // Side buffers with prefix tails: preempted requests come back through their own tails.
+                      Case{"DefaultSpecSideBuffers", "k3v2:edge=2/k4v4:sink=4:window=16:page=8",
+                           {.max_seqs = 6, .num_pages = 16, .max_chunk = 64, .prefix_tails = 6}, {.max_num_seqs = 6, .max_batched_tokens = 13}},
+                      Case{"DefaultSpecItself", kDefaultKvSpec, {.max_seqs = 6, .num_pages = 14, .max_chunk = 64, .prefix_tails = 3},
+                           {.max_num_seqs = 6}},
                       Case{"PrefixCacheFp16", "fp16:page=4", {.max_seqs = 4, .num_pages = 40, .max_chunk = 32}, {.max_num_seqs = 4}}),
     [](const auto& info) { return std::string(info.param.name); });
 
@@ -239,21 +250,169 @@ TEST(SchedulerPrefix, EvictionUnderPressure) {
   EXPECT_LE(e.blocks().cached_pages(), st.pages_total);
 }
 
-TEST(SchedulerPrefix, OffWithSideBuffersAndSaysWhy) {
+TEST(SchedulerPrefix, OffWithSideBuffersWithoutTailsAndSaysWhy) {
   REQUIRE_STORIES();
   Engine e(stories()->m, parse_kv_spec("k3v2:sink=4:window=16"), {.threads = 1, .context = 512, .max_seqs = 2});
   Scheduler s(e, is_stop, {.max_num_seqs = 2});
   EXPECT_FALSE(s.prefix_caching());
   EXPECT_NE(s.prefix_caching_note().find("side buffers"), std::string::npos) << s.prefix_caching_note();
+  EXPECT_NE(s.prefix_caching_note().find("prefix_tails 0"), std::string::npos) << s.prefix_caching_note();
+  Engine with(stories()->m, parse_kv_spec("k3v2:sink=4:window=16"), {.threads = 1, .context = 512, .max_seqs = 2, .prefix_tails = 2});
+  Scheduler on(with, is_stop, {.max_num_seqs = 2});
+  EXPECT_TRUE(on.prefix_caching()) << on.prefix_caching_note();
+  EXPECT_EQ(on.stats().tails_total, 2u);
+  EXPECT_EQ(on.stats().tail_bytes, with.runner().tail_bytes());
+  EXPECT_GT(with.runner().tail_bytes(), 0u);
 }
+
+// Prefix caching for specs with sink/window side buffers: a hit takes the pages up to a page with
+// a tail and the side rows from it, and must give the tokens of a cold run.
+struct TailCase {
+  const char* name;
+  const char* spec;
+};
+void PrintTo(const TailCase& c, std::ostream* os) { *os << c.name; }
+class SchedulerPrefixTails : public ::testing::TestWithParam<TailCase> {};
+
+// Tokens of `text` without a BOS: what follows earlier turns of a conversation.
+std::vector<int> more(const std::string& text) { return stories()->tok->encode(text, false); }
+std::vector<int> cat(std::vector<int> a, const std::vector<int>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+const std::string kStory =
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friend Tom. "
+    "One day, they found a big red ball under a tree. Tom said they should share it. Lily was happy and they played "
+    "with the ball all day, until the sun went down and their moms called them home.";
+
+// A chat: each turn's prompt is the last one, its answer and a new line (the answer's end has a
+// tail); then the last prompt repeated, greedy and seeded, and requests extending it, at once.
+// Every request gives the tokens of its cold run, and every turn after the first hits. Two greedy
+// requests speculate (rejected drafts taken back before their tails are kept).
+TEST_P(SchedulerPrefixTails, MultiTurnAndRepeatsHitWithColdTokens) {
+  REQUIRE_STORIES();
+  const std::string spec = GetParam().spec;
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 4, .max_chunk = 64, .prefix_tails = 8});
+  Scheduler s(e, is_stop, {.max_num_seqs = 4});
+  ASSERT_TRUE(s.prefix_caching()) << s.prefix_caching_note();
+  std::vector<int> conv = prompt(kStory);
+  ASSERT_GT(conv.size(), 80u);  // longer than every window here
+  const std::vector<std::string> turns = {" Then the sun came out.", " Lily smiled at her mom and said", " They went home."};
+  uint64_t hits = 0;
+  std::vector<int> last;
+  for (size_t turn = 0; turn < turns.size(); ++turn) {
+    Request r{conv, {}, uint32_t(20 + 5 * turn), {}};
+    if (turn == 1) r.sampling = SamplingParams{.temperature = 0.9f, .top_p = 0.95f, .seed = 77};
+    if (turn == 2) r.speculation = engine::parse_speculative_spec("ngram:k=4:min=1");  // greedy: its tokens alone without it
+    const uint64_t id = s.add(r);
+    const auto got = drain(s);
+    EXPECT_EQ(got.at(id).tokens, alone(spec, r)) << "turn " << turn;
+    const uint64_t now = s.stats().prefix_hit_tokens;
+    if (turn > 0) {
+      // At least up to the page boundary before the previous answer's last fed token.
+      const uint32_t P = e.blocks().page_size();
+      EXPECT_GE(now - hits, (last.size() - 1) / P * P) << "turn " << turn;
+    }
+    hits = now;
+    last = cat(conv, got.at(id).tokens);
+    conv = cat(last, more(turns[turn]));
+  }
+  const std::vector<Request> reqs = {{conv, {}, 16, engine::parse_speculative_spec("ngram:n=2:min=1")},
+                                     {conv, SamplingParams{.temperature = 1.0f, .seed = 3}, 16, {}},
+                                     {cat(conv, more(" Max")), {}, 12, {}},
+                                     {cat(conv, more(" The end.")), SamplingParams{.temperature = 0.7f, .seed = 9}, 12, {}}};
+  std::vector<uint64_t> ids;
+  for (const Request& r : reqs) ids.push_back(s.add(r));
+  const auto got = drain(s);
+  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(got.at(ids[i]).tokens, alone(spec, reqs[i])) << "request " << i;
+  const SchedulerStats st = s.stats();
+  EXPECT_GE(st.prefix_hit_tokens - hits, 4 * (last.size() / e.blocks().page_size() - 1) * e.blocks().page_size());
+  EXPECT_GT(st.spec_verifications, 0u);
+  EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
+  EXPECT_GT(st.tails_used, 0u);
+  EXPECT_LE(st.tails_used, st.tails_total);
+}
+
+// Two tail slots for six conversations three at a time, over a pool too small for three: tails and
+// pages are evicted and taken again, requests preempted; hits on what remains still give cold tokens.
+TEST_P(SchedulerPrefixTails, EvictionOfTailsAndPagesUnderPressure) {
+  REQUIRE_STORIES();
+  const std::string spec = GetParam().spec;
+  const uint32_t pages = 400 / parse_kv_spec(spec).format.page_size;  // fewer than three conversations take
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 3, .num_pages = pages, .max_chunk = 64, .prefix_tails = 2});
+  Scheduler s(e, is_stop, {.max_num_seqs = 3, .max_batched_tokens = 40});
+  ASSERT_TRUE(s.prefix_caching()) << s.prefix_caching_note();
+  std::vector<std::vector<int>> convs;
+  for (const std::string& p : kPrompts) convs.push_back(prompt(kStory + " " + p));
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Request> reqs;
+    std::vector<uint64_t> ids;
+    for (size_t k = 0; k < convs.size(); ++k) {
+      const size_t i = round % 2 ? convs.size() - 1 - k : k;  // the last to finish come first next round
+      Request r{convs[i], {}, uint32_t(6 + (i * 5 + round * 3) % 11), {}};
+      if (i % 2) r.sampling = SamplingParams{.temperature = 0.8f, .seed = uint64_t(100 * round + i)};
+      reqs.push_back(r);
+      ids.push_back(s.add(r));
+    }
+    const auto got = drain(s);
+    for (size_t k = 0; k < reqs.size(); ++k) {
+      EXPECT_EQ(got.at(ids[k]).tokens, alone(spec, reqs[k])) << "round " << round << " request " << k;
+      const size_t i = round % 2 ? convs.size() - 1 - k : k;
+      convs[i] = cat(cat(convs[i], got.at(ids[k]).tokens), more(" and"));
+    }
+    EXPECT_LE(s.stats().tails_used, 2u);
+  }
+  const SchedulerStats st = s.stats();
+  EXPECT_GT(st.prefix_hit_tokens, 0u);
+  EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
+  EXPECT_GT(st.preemptions, 0u);
+  EXPECT_EQ(st.tails_used, 2u);
+}
+
+// Below the scheduler: a sequence started from cached pages and a tail computes bit for bit what a
+// cold sequence computes in the same chunks (hit at 96 positions: the default spec's window rows
+// 32..95 and every sink row come from the tail).
+TEST_P(SchedulerPrefixTails, HitLogitsEqualColdBitForBit) {
+  REQUIRE_STORIES();
+  Engine e(stories()->m, parse_kv_spec(GetParam().spec), {.threads = 2, .context = 512, .max_seqs = 3, .max_chunk = 8, .prefix_tails = 2});
+  ASSERT_EQ(e.enable_prefix_cache(), "");
+  const std::vector<int> t = prompt(kStory + " " + kStory);
+  ASSERT_GT(t.size(), 120u);
+  const std::vector<int> head(t.begin(), t.begin() + 96), rest(t.begin() + 96, t.end());
+  // The cold run's chunks up to 96 (so the same bits in pages and side rows), then twelve tokens
+  // more, more than a chunk of 8: the tail at 96 is saved from a ring that has moved on past what
+  // the steps alone need it to keep (it keeps a page more with tails).
+  const int a = e.add_sequence();
+  e.prefill(a, head);
+  e.prefill(a, std::vector<int>(t.begin() + 96, t.begin() + 108));
+  e.cache_prefix(a, t, 96);
+  e.remove_sequence(a);
+  const int b = e.add_sequence(t, uint32_t(t.size() - 1));
+  ASSERT_EQ(e.seq_len(b), 96u);
+  const std::vector<float> hot = e.prefill(b, rest, true);
+  e.remove_sequence(b);
+  const int c = e.add_sequence();
+  e.prefill(c, head);
+  const std::vector<float> cold = e.prefill(c, rest, true);
+  e.remove_sequence(c);
+  EXPECT_EQ(hot, cold);
+  EXPECT_EQ(e.blocks().allocator().free_pages(), e.blocks().allocator().num_pages());
+}
+
+INSTANTIATE_TEST_SUITE_P(Stories260K, SchedulerPrefixTails,
+                         ::testing::Values(TailCase{"Default", kDefaultKvSpec}, TailCase{"SinkWindowPage8", "k3v2:sink=4:window=16:page=8"},
+                                           TailCase{"WindowOnlyPage4", "k4v4:window=24:page=4"},
+                                           TailCase{"SinkOnlyPage4", "k3v2:sink=8:page=4"}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 // Random arrivals, lengths and cancellations over a tiny pool: every request ends exactly once,
 // the ones not cancelled with their tokens alone, and no page leaks.
-TEST(SchedulerStress, RandomArrivalsAndCancellations) {
-  REQUIRE_STORIES();
-  const std::string spec = "k3v2:page=4";
-  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 5, .num_pages = 30, .max_chunk = 24});
+void random_arrivals_and_cancellations(const std::string& spec, uint32_t tails) {
+  Engine e(stories()->m, parse_kv_spec(spec),
+           {.threads = 2, .context = 512, .max_seqs = 5, .num_pages = 30, .max_chunk = 24, .prefix_tails = tails});
   Scheduler s(e, is_stop, {.max_num_seqs = 5, .max_batched_tokens = 11});
+  EXPECT_TRUE(s.prefix_caching()) << s.prefix_caching_note();
   std::mt19937 rng(11);
   std::map<uint64_t, Request> reqs;
   std::map<uint64_t, Outcome> got;
@@ -289,7 +448,19 @@ TEST(SchedulerStress, RandomArrivalsAndCancellations) {
   const SchedulerStats st = s.stats();
   EXPECT_GT(st.cancelled, 0u);
   EXPECT_GT(st.preemptions, 0u);
+  EXPECT_GT(st.prefix_hit_tokens, 0u);
   EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
+}
+
+TEST(SchedulerStress, RandomArrivalsAndCancellations) {
+  REQUIRE_STORIES();
+  random_arrivals_and_cancellations("k3v2:page=4", 0);
+}
+
+// The same with side buffers and three tails (cancelled and preempted requests leave tails too).
+TEST(SchedulerStress, RandomArrivalsAndCancellationsWithTails) {
+  REQUIRE_STORIES();
+  random_arrivals_and_cancellations("k3v2:edge=2/k4v4:sink=4:window=16:page=4", 3);
 }
 
 TEST(SchedulerErrors, RequestsThatCanNeverRunAreRefused) {

@@ -36,6 +36,7 @@ struct EngineOptions {
   bool cublas_only = false; // CUDA: no GEMV kernel (RunnerOptions::cublas_only)
   double gpu_memory = 0;    // CUDA: fraction of the GPU's memory to use, the pool sized by it (RunnerOptions)
   bool exact_products = false;  // CPU: fp32 products (RunnerOptions::exact_products)
+  uint32_t prefix_tails = 0;    // specs with sink/window: tail slots for prefix caching (RunnerOptions)
 };
 
 // The runner of o.device for `m`, built for Engine::resolve'd options (what Engine builds).
@@ -74,14 +75,20 @@ class Engine {
   // (BlockManager::match_prefix); seq_len() says how many positions it got. Without prefix
   // caching, an empty sequence.
   int add_sequence(std::span<const int> tokens, uint32_t limit);
-  // The same with the pages blocks().match_prefix() just found (BlockManager::add_cached_sequence).
+  // The same with the pages blocks().match_prefix() just found (BlockManager::add_cached_sequence);
+  // with tails, its side rows come from the last page's tail.
   int add_cached_sequence(std::span<const int32_t> pages);
-  // Turns prefix caching on (BlockManager, keyed by the KV spec). Returns why it cannot be, and
-  // leaves it off, when the spec keeps tokens outside the pages (sink and window side buffers:
-  // a sequence starting from shared pages would lack them); "" when it is on.
+  // Turns prefix caching on (BlockManager, keyed by the KV spec). A spec that keeps tokens outside
+  // the pages (sink and window side buffers) needs tails (runner.h): prefix_tails slots of them.
+  // Returns why it cannot be, and leaves it off, when such a spec has none; "" when it is on.
   std::string enable_prefix_cache();
   // Caches the sequence's full pages: tokens, at least its seq_len() first, are its tokens.
   void cache_pages(int seq, std::span<const int> tokens) { blocks_.cache_full_pages(seq, tokens); }
+  // cache_pages(), and with tails, a tail for the page that ends at the last page boundary within
+  // the sequence's length and `upto`, so that a sequence with the same tokens up to there can start
+  // from it. Call it where prefixes are worth keeping (a prompt computed, a sequence ending): each
+  // tail takes a slot.
+  void cache_prefix(int seq, std::span<const int> tokens, uint32_t upto = UINT32_MAX);
   void remove_sequence(int seq);  // its pages go back to the pool
   void reset_sequence(int seq);   // empty again (pages released)
   // Takes the sequence back to its first `len` positions (rejected draft tokens); pages past them

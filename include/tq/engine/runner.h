@@ -40,6 +40,7 @@ struct RunnerOptions {
                             // one-row steps (for comparison)
   double gpu_memory = 0;    // GPU runners: fraction of the device's memory for weights, scratch and
                             // the pool, which gets what is left (num_pages is then ignored); 0: off
+  uint32_t prefix_tails = 0;  // specs with sink/window: tail slots for prefix caching (save_tail); 0: none
 };
 
 // Logits rows of a step: n for an all_logits sequence, 1 for the others.
@@ -79,10 +80,28 @@ class ModelRunner {
   virtual size_t page_bytes() const = 0;
   virtual size_t side_bytes() const = 0;
 
+  // Prefix caching for specs with side buffers (sink, window). A sequence that starts from P
+  // cached positions (P a page boundary) must read, as a cold run would, the fp16 rows of the sink
+  // and of the window before P, which the pages do not carry. A tail is a snapshot of them: the
+  // sink rows and the rows of positions [P - window, P), in one of RunnerOptions::prefix_tails
+  // slots fixed at construction (the block manager says which slot belongs to which cached page).
+  // With tails on, the side ring keeps a page more than the runner needs for its steps, so that
+  // the rows before the last page boundary P <= len are still there when a sequence ends.
+  uint32_t tail_slots() const { return tails_; }
+  virtual size_t tail_bytes() const { return 0; }  // one tail slot
+  // Copies the sequence's side rows for a cached prefix of `end` positions (a page boundary at
+  // most its length) into `slot`. Returns false, copying nothing, when its ring no longer holds
+  // them (a sequence taken back further than the ring allows).
+  virtual bool save_tail(int seq, uint32_t end, uint32_t slot);
+  // Fills the side rows of `seq` (just added, holding `end` cached positions) from `slot`.
+  virtual void restore_tail(uint32_t slot, int seq, uint32_t end);
+
  protected:
   // forward_sample() on checked arguments. Device runners sample on the device and copy back the
   // ids only; this default samples forward()'s logits on the host.
   virtual std::vector<int> sample_step(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args);
+
+  uint32_t tails_ = 0;  // tail slots this runner holds (set by runners that implement tails)
 };
 
 }  // namespace tq::engine

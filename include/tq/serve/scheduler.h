@@ -17,7 +17,9 @@
 //              steps; drafts count against the token budget and the pages like any token.
 //   prefix     with prefix caching, a new or readmitted request first takes the full pages of the
 //              longest cached prefix of its tokens (BlockManager::match_prefix) and computes only
-//              the rest.
+//              the rest. Specs with sink/window side buffers hit only at pages with a tail
+//              (Engine::cache_prefix): one is kept where a request's prompt is computed and where
+//              it ends or is preempted, at the last page boundary.
 //
 // One thread drives a Scheduler; service.h puts it behind a thread-safe queue for the server.
 #pragma once
@@ -82,6 +84,9 @@ struct SchedulerStats {
   uint32_t running = 0, waiting = 0;
   uint32_t pages_total = 0, pages_free = 0;  // free: unreferenced, cached prefix pages included
   uint32_t pages_cached = 0;                 // unreferenced pages still holding a cached prefix
+  // Prefix tails (specs with side buffers): slots, those holding a tail, and the bytes of one.
+  uint32_t tails_total = 0, tails_used = 0;
+  uint64_t tail_bytes = 0;
   uint64_t steps = 0, prompt_tokens = 0, generated_tokens = 0;
   uint64_t computed_tokens = 0;  // positions run through the model: prompts, decodes and recomputes
   uint64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // over admissions
@@ -95,7 +100,7 @@ class Scheduler {
  public:
   // `is_stop(id)`: whether generating `id` ends a request (the token is not passed on). Prefix
   // caching is turned off when the engine's KV spec keeps tokens outside its pages (sink and
-  // window side buffers): see prefix_caching_note().
+  // window side buffers) and the engine has no prefix tails: see prefix_caching_note().
   Scheduler(engine::Engine& e, std::function<bool(int)> is_stop, const SchedulerOptions& o);
   ~Scheduler();
 

@@ -17,6 +17,10 @@ KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec
   if (n_edge) edge_ = std::make_unique<PagedKvCache>(CacheShape{n_edge, shape.kv_heads, shape.head_dim, shape.num_pages},
                                                      spec.layer_format(0, shape.layers));
   if (!spec.policy.key_sim.empty()) key_sim_ = make_baseline(spec.policy.key_sim, shape.head_dim);
+  if (spec.policy.sink || spec.policy.window) {
+    tail_count_ = shape.tails;
+    tails_.assign(tail_count_ * tail_bytes() / sizeof(uint16_t), 0);
+  }
 }
 
 const PagedKvCache& KvStore::cache_of(uint32_t layer, uint32_t* local) const {
@@ -86,7 +90,40 @@ size_t KvStore::page_bytes() const {
 
 size_t KvStore::side_bytes() const {
   const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;
-  return size_t(spec_.policy.side_tokens(shape_.max_chunk)) * shape_.layers * row * sizeof(uint16_t);
+  return size_t(spec_.policy.side_tokens(ring_extra())) * shape_.layers * row * sizeof(uint16_t);
+}
+
+size_t KvStore::tail_bytes() const {
+  const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;
+  return size_t(spec_.policy.sink + spec_.policy.window) * shape_.layers * row * sizeof(uint16_t);
+}
+
+void KvStore::save_tail(int seq, uint32_t end, uint32_t slot) { copy_tail(seq, end, slot, true); }
+void KvStore::restore_tail(uint32_t slot, int seq, uint32_t end) { copy_tail(seq, end, slot, false); }
+
+void KvStore::copy_tail(int seq, uint32_t end, uint32_t slot, bool save) {
+  TQ_CHECK(slot < tail_count_, "tail slot {} is outside the {} this store holds", slot, tail_count_);
+  TQ_CHECK(end % page_size() == 0, "a prefix tail ends at a page boundary, not at {}", end);
+  Side& sd = side(seq);
+  const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;  // K and V of one token
+  const uint32_t sink = spec_.policy.sink, window = spec_.policy.window;
+  const size_t per_layer = size_t(sink + window) * row;  // a tail's rows of one layer
+  uint16_t* tail = tails_.data() + slot * (tail_bytes() / sizeof(uint16_t));
+  const auto copy = [&](uint16_t* side_row, uint16_t* tail_row) {
+    if (save)
+      std::copy(side_row, side_row + row, tail_row);
+    else
+      std::copy(tail_row, tail_row + row, side_row);
+  };
+  // The sink rows whole: those at or past `end` belong to the saver's later tokens, but a sequence
+  // writes each position's row before any query reads it, so restoring them changes nothing.
+  const uint32_t first = end > window ? end - window : 0;  // window row w holds position end - window + w
+  for (uint32_t l = 0; l < shape_.layers; ++l) {
+    uint16_t* tl = tail + l * per_layer;
+    for (uint32_t t = 0; t < sink; ++t) copy(&sd.sink[(size_t(l) * sink + t) * row], tl + size_t(t) * row);
+    for (uint32_t t = first; t < end; ++t)
+      copy(&sd.recent[(size_t(l) * ring() + t % ring()) * row], tl + size_t(sink + window - (end - t)) * row);
+  }
 }
 
 }  // namespace tq::cpu

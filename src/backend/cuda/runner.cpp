@@ -112,6 +112,9 @@ class CudaModelRunner : public engine::ModelRunner {
   uint32_t num_pages() const override { return num_pages_; }
   size_t page_bytes() const override { return page_bytes_; }
   size_t side_bytes() const override { return side_slot_ * sizeof(uint16_t); }
+  size_t tail_bytes() const override { return tail_slot_ * sizeof(uint16_t); }
+  bool save_tail(int seq, uint32_t end, uint32_t slot) override;
+  void restore_tail(uint32_t slot, int seq, uint32_t end) override;
 
  private:
   // A run of consecutive sequences with the same number of new tokens: one attention launch.
@@ -152,6 +155,12 @@ class CudaModelRunner : public engine::ModelRunner {
   uint32_t side_ring_ = 0;
   size_t side_layer_ = 0, side_slot_ = 0;  // elements of one layer's rows of a slot, of a slot
   std::vector<uint32_t> side_written_;     // [max_seqs] the end of the positions each slot's last step wrote
+  // Prefix tails (runner.h): [tails][layers][sink + window][2][kv_heads][head_dim] fp16, the sink
+  // rows, then window row w holding position end - window + w.
+  Buf<uint16_t> tails_buf_;
+  size_t tail_layer_ = 0, tail_slot_ = 0;  // elements of one layer's rows of a tail, of a tail
+  // Copies the side rows of a prefix of `end` positions between a sequence's slot and a tail.
+  void copy_tail(int seq, uint32_t end, uint32_t slot, bool save);
   size_t page_bytes_ = 0;
   uint32_t num_pages_ = 0;
   // Scratch for max_chunk rows.
@@ -197,10 +206,16 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   constexpr size_t kBlasWorkspace = size_t(32) << 20;
   const bool has_side = spec.policy.sink || spec.policy.window;
   TQ_CHECK(!has_side || o.max_seqs >= 1, "max_seqs must be at least 1");
-  side_ring_ = spec.policy.window ? spec.policy.window + kSideRollback : 0;
-  side_layer_ = size_t(spec.policy.side_tokens(kSideRollback)) * 2 * size_t(c.kv_dim());  // sink + ring rows
+  // With prefix tails, the ring keeps a page more: the rows before a sequence's last page boundary
+  // are still there when it ends (save_tail).
+  tails_ = has_side ? o.prefix_tails : 0;
+  const uint32_t ring_extra = kSideRollback + (tails_ ? ps : 0);
+  side_ring_ = spec.policy.window ? spec.policy.window + ring_extra : 0;
+  side_layer_ = size_t(spec.policy.side_tokens(ring_extra)) * 2 * size_t(c.kv_dim());  // sink + ring rows
   side_slot_ = side_layer_ * L;
-  const size_t side_total = has_side ? side_slot_ * o.max_seqs * sizeof(uint16_t) : 0;
+  tail_layer_ = size_t(spec.policy.sink + spec.policy.window) * 2 * size_t(c.kv_dim());
+  tail_slot_ = tails_ ? tail_layer_ * L : 0;
+  const size_t side_total = has_side ? (side_slot_ * o.max_seqs + tail_slot_ * tails_) * sizeof(uint16_t) : 0;
   const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
                                           size_t(c.vocab_size)) +
                          size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * (4 * (7 + max_pages_) + sizeof(layers::SampleRow)) + kBlasWorkspace +
@@ -285,6 +300,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   lens_ = alloc<int32_t>(N, "lengths"), tables_ = alloc<int32_t>(size_t(N) * max_pages_, "block tables");
   ids_ = alloc<int32_t>(N, "sampled ids"), seq_ids_ = alloc<int32_t>(N, "sequence ids");
   if (has_side) side_ = alloc<uint16_t>(side_slot_ * o.max_seqs, "side buffers"), side_written_.assign(o.max_seqs, 0);
+  if (tails_) tails_buf_ = alloc<uint16_t>(tail_slot_ * tails_, "prefix tails");
   slots_ = alloc<int64_t>(N, "slots");
   sample_args_ = alloc<layers::SampleRow>(N, "sampling arguments");
   void* pinned = nullptr;
@@ -300,8 +316,51 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
                           o.eager ? ", eager" : ", CUDA graphs for decode");
   if (o.cublas_only) describe_ += ", every product through cuBLAS";
   if (side_total)
-    describe_ += fmt::format(", side buffers {:.1f} MiB ({} sequences, sink {} + ring {})", side_total / 1048576.0, o.max_seqs,
-                             spec.policy.sink, side_ring_);
+    describe_ += fmt::format(", side buffers {:.1f} MiB ({} sequences, sink {} + ring {}{})", side_total / 1048576.0, o.max_seqs,
+                             spec.policy.sink, side_ring_, tails_ ? fmt::format(", {} prefix tails", tails_) : "");
+}
+
+bool CudaModelRunner::save_tail(int seq, uint32_t end, uint32_t slot) {
+  TQ_CHECK(seq >= 0 && uint32_t(seq) < side_written_.size(), "sequence id {} has no side buffer", seq);
+  // The ring holds positions [written - ring, written): the window before `end` must be among them
+  // (sink rows stay once written).
+  const uint32_t written = side_written_[size_t(seq)], window = spec_.policy.window;
+  if (written < end || (window && written - end > side_ring_ - window)) return false;
+  copy_tail(seq, end, slot, true);
+  return true;
+}
+
+void CudaModelRunner::restore_tail(uint32_t slot, int seq, uint32_t end) {
+  copy_tail(seq, end, slot, false);
+  side_written_[size_t(seq)] = end;  // as if its own steps had written positions [0, end)
+}
+
+void CudaModelRunner::copy_tail(int seq, uint32_t end, uint32_t slot, bool save) {
+  TQ_CHECK(slot < tails_, "tail slot {} is outside the {} this runner holds", slot, tails_);
+  TQ_CHECK(seq >= 0 && uint32_t(seq) < opts_.max_seqs, "sequence id {} has no side buffer (max_seqs {})", seq, opts_.max_seqs);
+  TQ_CHECK(end % spec_.format.page_size == 0, "a prefix tail ends at a page boundary, not at {}", end);
+  const uint32_t sink = spec_.policy.sink, window = spec_.policy.window, L = uint32_t(cfg_.n_layers);
+  const size_t row = 2 * size_t(cfg_.kv_dim());  // elements of one position's K and V
+  uint16_t* side = side_.get() + size_t(seq) * side_slot_;
+  uint16_t* tail = tails_buf_.get() + size_t(slot) * tail_slot_;
+  // rows [side_row, +n) of every layer of the slot <-> rows [tail_row, +n) of every layer of the tail
+  const auto copy = [&](size_t side_row, size_t tail_row, size_t n) {
+    uint16_t* a = side + side_row * row;
+    uint16_t* b = tail + tail_row * row;
+    const size_t sp = side_layer_ * sizeof(uint16_t), tp = tail_layer_ * sizeof(uint16_t), w = n * row * sizeof(uint16_t);
+    check(save ? cudaMemcpy2DAsync(b, tp, a, sp, w, L, cudaMemcpyDeviceToDevice, stream_)
+               : cudaMemcpy2DAsync(a, sp, b, tp, w, L, cudaMemcpyDeviceToDevice, stream_),
+          "prefix tail copy");
+  };
+  // The sink rows whole: those at or past `end` are the saver's later tokens, but every position's
+  // row is written before a query reads it, so restoring them changes nothing.
+  if (sink) copy(0, 0, sink);
+  // Positions t >= sink of the window before `end`, at slot row sink + t % ring: two runs at most.
+  for (uint32_t t = std::max(sink, end > window ? end - window : 0u); t < end;) {
+    const uint32_t r = t % side_ring_, n = std::min(end - t, side_ring_ - r);
+    copy(sink + r, sink + window - (end - t), n);
+    t += n;
+  }
 }
 
 void CudaModelRunner::gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y) {

@@ -8,6 +8,7 @@
 //   sink, window the first `sink` tokens, and the keys/values within `window` positions of each
 //                query, are read from a small per-sequence fp16 side buffer instead of the pages
 //                (every token is still written to the pages, so leaving the window costs nothing).
+//                Prefix caching copies them to and from tail slots (save_tail, restore_tail).
 //   ksim         keys quantize-dequantized by a CPU baseline quantizer before they are stored in a
 //                float cache: a simulation of that format, for comparisons only.
 #pragma once
@@ -29,6 +30,7 @@ struct KvShape {
   uint32_t layers = 1, kv_heads = 1, head_dim = 64;
   uint32_t num_pages = 1;   // pages in the shared pool (each page holds page_size tokens of every layer)
   uint32_t max_chunk = 64;  // most query tokens per attend() call (sizes the recent-token ring)
+  uint32_t tails = 0;       // prefix-cache tail slots (save_tail); with side buffers only
 };
 
 // The pages of one sequence, as the block manager has them.
@@ -91,12 +93,24 @@ class KvStore {
   // Bytes of one sequence's side buffers (fixed, whatever its length).
   size_t side_bytes() const;
 
+  // Prefix tails (engine::ModelRunner::save_tail): the sink rows and the rows of positions
+  // [end - window, end) of a sequence, copied to or from tail slot `slot`.
+  uint32_t tail_slots() const { return uint32_t(tail_count_); }
+  size_t tail_bytes() const;
+  void save_tail(int seq, uint32_t end, uint32_t slot);
+  void restore_tail(uint32_t slot, int seq, uint32_t end);
+
  private:
   struct Side {
     std::vector<uint16_t> sink;    // fp16 [layers][sink][2 (K, V)][kv_heads][head_dim]
     std::vector<uint16_t> recent;  // fp16 [layers][ring][2][kv_heads][head_dim]; position p at p % ring
   };
-  size_t ring() const { return spec_.policy.window ? size_t(spec_.policy.window) + shape_.max_chunk : 0; }
+  // A chunk more than the window (a chunk's rows are written before they attend; a rolled-back
+  // chunk's too); with tails, a page more, so the rows before the last page boundary outlive it.
+  uint32_t ring_extra() const { return shape_.max_chunk + (tail_count_ ? page_size() : 0); }
+  size_t ring() const { return spec_.policy.window ? size_t(spec_.policy.window) + ring_extra() : 0; }
+  // Copies the side rows of a prefix of `end` positions between a sequence and a tail slot.
+  void copy_tail(int seq, uint32_t end, uint32_t slot, bool save);
   const Side& side(int seq) const;
   Side& side(int seq) { return const_cast<Side&>(static_cast<const KvStore*>(this)->side(seq)); }
   int64_t slot(const SeqPages& s, uint32_t pos) const;
@@ -106,6 +120,8 @@ class KvStore {
   std::unique_ptr<PagedKvCache> main_, edge_;   // edge_ only with edge layers
   std::unique_ptr<Quantizer> key_sim_;          // ksim: simulated key quantizer, else null
   std::vector<Side> sides_;                     // [sequence ids] (empty without sink/window)
+  size_t tail_count_ = 0;                       // shape.tails with side buffers, else 0
+  std::vector<uint16_t> tails_;                 // fp16 [tails][layers][sink + window][2][kv_heads][head_dim]
 };
 
 }  // namespace tq::cpu
