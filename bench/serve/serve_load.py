@@ -26,6 +26,7 @@ import time
 import urllib.request
 
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
 WORDS = ("the a little girl boy dog cat park sun tree ball red big happy sad day time once upon there was named "
          "lily tom max sue bird fish mom dad friend play run jump saw went home toy box garden flower sky blue").split()
@@ -44,8 +45,9 @@ def percentiles(xs, ps=(50, 90, 99)):
 
 
 def metrics(url):
+    """/metrics as {sample name: value}, read by Prometheus' own parser (a malformed exposition raises)."""
     with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
-        return {k: float(v) for k, v in re.findall(r"^(tq_\w+) ([\d.e+-]+)$", r.read().decode(), re.M)}
+        return {s.name: s.value for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
 
 
 def launch(cmd):
@@ -62,9 +64,11 @@ def launch(cmd):
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(600):
-        proc.kill()
-        sys.exit("the server did not start")
+    deadline = time.time() + 600
+    while not ready.wait(0.2):
+        if proc.poll() is not None or time.time() > deadline:  # a server that exited fails at once
+            proc.kill()
+            sys.exit("the server did not start")
     return proc, found["url"]
 
 

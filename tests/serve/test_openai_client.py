@@ -25,8 +25,9 @@ import urllib.request
 
 try:
     import openai
-except ImportError:
-    print("SKIPPED: the openai package is missing (scripts/setup.sh installs it into .venv)")
+    from prometheus_client.parser import text_string_to_metric_families
+except ImportError as e:
+    print(f"SKIPPED: {e.name} is missing (scripts/setup.sh installs tests/serve/requirements.txt into .venv)")
     sys.exit(77)
 
 ARGS = None
@@ -76,8 +77,9 @@ class Server:
             return e.code, json.loads(e.read())
 
     def metrics(self):
+        """/metrics as {sample name: value}, read by Prometheus' own parser (a malformed exposition raises)."""
         _, text = self.get("/metrics")
-        return {k: float(v) for k, v in re.findall(r"^(tq_\w+) ([\d.e+-]+)$", text, re.M)}
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
     def wait_drained(self, test):
         """Every request ended and every page back in the pool (cached prefix pages count as free)."""
@@ -127,6 +129,18 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(self.s.get("/health"), (200, '{"status":"ok"}'))
         m = self.s.client.models.list().data[0]
         self.assertEqual(m.owned_by, "turboquant")
+
+    def test_metrics_are_prometheus_text(self):
+        _, text = self.s.get("/metrics")
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        # Counters lose their _total suffix in the family name, as Prometheus reads them.
+        self.assertEqual(families["tq_requests"].type, "counter")
+        self.assertEqual(families["tq_requests"].samples[0].name, "tq_requests_total")
+        self.assertEqual(families["tq_kv_pages_free"].type, "gauge")
+        self.assertTrue(all(f.documentation for f in families.values()), "every metric has its HELP")
+        m = self.s.metrics()
+        self.assertEqual(m["tq_kv_pages_total"], 40)
+        self.assertEqual(m["tq_prefix_tail_slots"], 0)  # no side buffers in this spec
 
     def test_greedy_completion_is_tq_runs_text(self):
         for p in PROMPTS[:2]:
@@ -280,6 +294,39 @@ SMOLLM2 = os.path.join(os.path.dirname(__file__), "..", "..", "models", "SmolLM2
 
 
 @unittest.skipUnless(os.path.exists(SMOLLM2), "SmolLM2 not downloaded (scripts/get_model.sh)")
+class SideBufferPrefixTest(unittest.TestCase):
+    """Prefix caching with tq run's default spec (sink and window side buffers): hits start from
+    the fp16 tails kept where a prompt is computed and where a request ends (docs/serving.md)."""
+    KV = "k3v2:edge=2/k4v4:sink=4:window=64"
+
+    def test_repeats_and_next_turns_hit_with_cold_tokens(self):
+        s = Server("--kv", self.KV, "--max-num-seqs", "4", "--prefix-tails", "4")
+        try:
+            model = s.client.models.list().data[0].id
+            m = s.metrics()
+            self.assertEqual(m["tq_prefix_tail_slots"], 4)
+            self.assertGreater(m["tq_prefix_tail_memory_bytes"], 0)
+
+            def complete(p, n):
+                return s.client.completions.create(model=model, prompt=p, max_tokens=n, temperature=0).choices[0].text
+
+            # Longer than the 64-token window, so the tail's window rows are read.
+            first = " ".join(PROMPTS) + " and then they all went home to sleep. The next morning the sun was"
+            hits = s.metrics()["tq_prefix_cache_hit_tokens_total"]
+            cold = complete(first, 30)
+            self.assertEqual(cold, tq_run(first, 30, self.KV))
+            self.assertEqual(complete(first, 30), cold)  # the prompt's tail
+            self.assertGreater(s.metrics()["tq_prefix_cache_hit_tokens_total"], hits)
+            hits = s.metrics()["tq_prefix_cache_hit_tokens_total"]
+            second = first + cold + " Then"  # the next turn: the first request's end has a tail
+            self.assertEqual(complete(second, 20), tq_run(second, 20, self.KV))
+            self.assertGreater(s.metrics()["tq_prefix_cache_hit_tokens_total"], hits)
+            self.assertGreater(s.metrics()["tq_prefix_tail_slots_used"], 0)
+            s.wait_drained(self)
+        finally:
+            self.assertEqual(s.stop(), 0, "".join(s.log))
+
+
 class SmolLM2Test(unittest.TestCase):
     """SmolLM2, a real model: the chat route's greedy answer is `tq run --chat`'s, and a load of many streams at once."""
 
