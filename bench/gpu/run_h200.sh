@@ -15,7 +15,8 @@
 # PROFILE_STEP="tq bench options": also bench/gpu/profile_step.sh (Nsight Compute: a Llama-3.1-8B
 # shape decode step at batch 1, kernel by kernel).
 # SERVE_HTTP=MODEL: also bench/gpu/serve_http.sh (tq serve over HTTP with the openai client, which
-# SERVE_SITE=DIR holds: pip install --target DIR of carried wheels).
+# SERVE_SITE=DIR holds: pip install --target DIR of the carried wheels of tests/serve/requirements.txt,
+# openai and prometheus-client).
 # CHECK_MODEL=FILE CHECK_TEXT=FILE: also bench/gpu/check_model.sh (GPU runner against the CPU runner
 # with the tq commands on a real model; scripts/stage_model.sh brings a model over 64 MiB).
 # BASE=DIR: a source tree of the baseline (e.g. main's `git archive`, carried in an ignored
@@ -112,7 +113,7 @@ if [ -n "${SPEC_BENCH:-}" ]; then
   python3 bench/speculative/bench_spec.py --tq ./build/h200/apps/cli/tq --device cuda $SPEC_BENCH >"$OUT/spec_bench.md" 2>"$OUT/spec_bench.err"
   note "bench_spec.py $SPEC_BENCH: rc=$?"
 fi
-if [ -n "${SERVE_HTTP:-}" ]; then  # SERVE_HTTP=MODEL.gguf; SERVE_SITE=DIR holds the openai package (carried wheels)
+if [ -n "${SERVE_HTTP:-}" ]; then  # SERVE_HTTP=MODEL.gguf; SERVE_SITE=DIR holds openai and prometheus_client (carried wheels)
   PYTHONPATH=${SERVE_SITE:-${PYTHONPATH:-}} bash bench/gpu/serve_http.sh ./build/h200/apps/cli/tq "$SERVE_HTTP" "$OUT/serve" >"$OUT/serve_http.txt" 2>&1
   note "tq serve over HTTP (bench/gpu/serve_http.sh): rc=$?"
 fi

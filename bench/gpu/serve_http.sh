@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# tq serve over HTTP on the GPU, with the openai package as the client (carried as wheels: the GPU
-# machine has no network; device/README.md of the tool library says how):
+# tq serve over HTTP on the GPU, with the openai package as the client (carried as wheels with
+# prometheus-client, serve_load.py's /metrics parser: tests/serve/requirements.txt; the GPU machine
+# has no network; device/README.md of the tool library says how):
 #   1. a greedy chat completion through the server equals `tq run --chat` on the same device;
 #   1b. the same with the server drafting on a draft model (--draft, the model itself on an fp16
 #      cache): on the GPU a verify pass may round a near-tie the other way, so a difference is

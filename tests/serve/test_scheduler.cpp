@@ -332,6 +332,7 @@ TEST_P(SchedulerPrefixTails, MultiTurnAndRepeatsHitWithColdTokens) {
   EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
   EXPECT_GT(st.tails_used, 0u);
   EXPECT_LE(st.tails_used, st.tails_total);
+  EXPECT_LE(st.tails_used, e.blocks().cached_pages());
 }
 
 // Two tail slots for six conversations three at a time, over a pool too small for three: tails and
@@ -368,6 +369,7 @@ TEST_P(SchedulerPrefixTails, EvictionOfTailsAndPagesUnderPressure) {
   EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
   EXPECT_GT(st.preemptions, 0u);
   EXPECT_EQ(st.tails_used, 2u);
+  EXPECT_LE(st.tails_used, e.blocks().cached_pages());  // every tail still on a cached page
 }
 
 // Below the scheduler: a sequence started from cached pages and a tail computes bit for bit what a
