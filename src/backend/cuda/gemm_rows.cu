@@ -17,6 +17,8 @@
 
 #include <cstdint>
 
+#include "device_common.cuh"
+#include "launch_common.h"
 #include "layers.h"
 #include "tq/check.h"
 
@@ -36,17 +38,6 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
-__device__ __forceinline__ void wait_prerequisites() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void allow_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 
@@ -76,9 +67,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_rows_kernel(const uint4* __r
     }
   };
   constexpr uint32_t kStride = kUnroll * kWarps;  // chunks a block takes a round
-  load_w(warp, alo, ahi);  // the weights do not depend on the previous kernel
-  wait_prerequisites();    // x does
-  allow_dependents();
+  load_w(warp, alo, ahi);     // the weights do not depend on the previous kernel
+  dev::wait_prerequisites();  // x does
+  dev::allow_dependents();
   for (uint32_t ch0 = warp; ch0 < chunks; ch0 += kStride) {
     if (ch0 + kStride < chunks) load_w(ch0 + kStride, nlo, nhi);
     uint4 b[kUnroll][TILES];
@@ -121,15 +112,6 @@ __global__ void __launch_bounds__(kWarps * 32) gemm_rows_kernel(const uint4* __r
   }
 }
 
-int cc_major() {
-  static const int major = [] {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return 0;
-    return v;
-  }();
-  return major;
-}
-
 template <int TILES>
 void launch(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, uint32_t n, float* y, Stream s) {
   cudaLaunchConfig_t cfg{};
@@ -140,7 +122,7 @@ void launch(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, uint
   pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   pdl[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = pdl;
-  cfg.numAttrs = cc_major() >= 9 ? 1 : 0;
+  cfg.numAttrs = device_cc_major() >= 9 ? 1 : 0;
   const cudaError_t e = cudaLaunchKernelEx(&cfg, gemm_rows_kernel<TILES>, reinterpret_cast<const uint4*>(w), rows, cols / 8,
                                            reinterpret_cast<const uint4*>(x), n, y);
   TQ_CHECK(e == cudaSuccess, "gemm_rows: launch of {} x {} by {} rows failed: {}", rows, cols, n, cudaGetErrorString(e));
