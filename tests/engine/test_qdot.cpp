@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "model/quant_packers.h"
+#include "qdot_avx2.h"
+#include "qdot_avx512.h"
 #include "tq/backend/cpu/matmul.h"
 #include "tq/backend/cpu/qdot.h"
 #include "tq/check.h"
@@ -244,6 +246,60 @@ TEST_P(QuantizedDot, MatmulIsTheRowDots) {
           ASSERT_EQ(y[i * R + r], vec_dot(t, bytes.data() + r * w.row_bytes(), a.bytes.data(), C)) << "token " << i << " row " << r;
       }
     }
+}
+
+// The AVX-512 kernels against the AVX2 ones: the same bits, one token (512-bit, with and without
+// VNNI) and four (VNNI on ymm, where the CPU has it), for block counts odd and even (the odd last
+// block goes alone into the low half), on random and hostile rows and every kind of activation.
+// The K-quants have no AVX-512 kernel.
+TEST_P(QuantizedDot, Avx512GivesTheAvx2Bits) {
+  const GgmlType t = GetParam();
+  if (hardware_simd_level() < SimdLevel::kAvx512) GTEST_SKIP() << "no AVX-512 F/BW/VL on this CPU";
+  struct Kernels {
+    float (*one)(const uint8_t*, const ActQ8x32*, size_t);
+    float (*one_wide)(const uint8_t*, const ActQ8x32*, size_t, bool);
+    void (*four)(const uint8_t*, const ActQ8x32* const*, size_t, float*);
+    void (*four_vnni)(const uint8_t*, const ActQ8x32* const*, size_t, float*);
+  };
+  Kernels k{};
+  switch (t) {
+    case GgmlType::Q8_0: k = {detail::dot_q8_0_avx2, detail::dot_q8_0_avx512, detail::dot4_q8_0_avx2, detail::dot4_q8_0_avx512vnni}; break;
+    case GgmlType::Q4_0: k = {detail::dot_q4_0_avx2, detail::dot_q4_0_avx512, detail::dot4_q4_0_avx2, detail::dot4_q4_0_avx512vnni}; break;
+    case GgmlType::Q4_1: k = {detail::dot_q4_1_avx2, detail::dot_q4_1_avx512, detail::dot4_q4_1_avx2, detail::dot4_q4_1_avx512vnni}; break;
+    default: GTEST_SKIP() << "no AVX-512 kernel for " << model::ggml_type_name(t);
+  }
+  const auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  std::mt19937 rng(17);
+  for (bool vnni : {false, true}) {
+    if (vnni && !has_avx512_vnni()) continue;
+    for (int rowkind = -1; rowkind < 3; ++rowkind)
+      for (size_t blocks : {1, 2, 3, 8, 9, 18})
+        for (int kind = 0; kind < 5; ++kind) {
+          const size_t n = blocks * 32;
+          std::vector<float> w;
+          const std::vector<uint8_t> row = rowkind < 0 ? model::testing::random_row(t, n, rng, w) : hostile_row(t, n, rng, rowkind);
+          Quantized a[4];
+          const ActQ8x32* ap[4];
+          for (int j = 0; j < 4; ++j) {
+            std::vector<float> x = activations(n, rng, (kind + j) % 5);
+            if (kind == 4 && j == 3) x[n / 2] = std::numeric_limits<float>::quiet_NaN();
+            a[j] = quantize(t, x);
+            ap[j] = reinterpret_cast<const ActQ8x32*>(a[j].bytes.data());
+          }
+          float narrow[4], wide[4];
+          k.four(row.data(), ap, blocks, narrow);
+          if (vnni) k.four_vnni(row.data(), ap, blocks, wide);
+          for (int j = 0; j < 4; ++j) {
+            if (vnni) ASSERT_EQ(bits(wide[j]), bits(narrow[j])) << "4 tokens, " << blocks << " blocks, row " << rowkind << ", token " << j;
+            ASSERT_EQ(bits(k.one_wide(row.data(), ap[j], blocks, vnni)), bits(k.one(row.data(), ap[j], blocks)))
+                << "vnni " << vnni << ", " << blocks << " blocks, row kind " << rowkind << ", activations " << (kind + j) % 5;
+          }
+        }
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, QuantizedDot, ::testing::ValuesIn(kTypes),
