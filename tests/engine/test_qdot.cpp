@@ -180,7 +180,7 @@ TEST_P(QuantizedDot, ReferenceIsExactOnKnownBlocks) {
 // The kernel the CPU runs (AVX2 here) against the reference, on known and on hostile blocks.
 TEST_P(QuantizedDot, KernelMatchesReference) {
   const GgmlType t = GetParam();
-  if (!has_avx2_fma()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU: vec_dot is the reference itself";
+  if (!has_avx2_fma()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU: PortableMatchesReference covers vec_dot";
   std::mt19937 rng(3);
   for (int rowkind = -1; rowkind < 3; ++rowkind)
     for (size_t blocks : {1, 2, 3, 8})
@@ -194,6 +194,38 @@ TEST_P(QuantizedDot, KernelMatchesReference) {
         const float got = vec_dot(t, row.data(), a.bytes.data(), n);
         EXPECT_NEAR(double(got), r.value, (terms + 10) * std::ldexp(1.0, -24) * r.abs_sum)
             << blocks << " blocks, row kind " << rowkind << ", activations " << kind;
+      }
+}
+
+// The portable path (what runs without AVX2; forced here by the level cap, as TQ_SIMD=portable
+// does) against the reference within the same bound, and the four-token product its row dots.
+TEST_P(QuantizedDot, PortableMatchesReference) {
+  const GgmlType t = GetParam();
+  struct Restore {
+    SimdLevel cap = simd_level();
+    ~Restore() { set_simd_level(cap); }
+  } restore;
+  set_simd_level(SimdLevel::kPortable);
+  ASSERT_FALSE(has_avx2_fma());
+  std::mt19937 rng(3);
+  for (int rowkind = -1; rowkind < 3; ++rowkind)
+    for (size_t blocks : {1, 2, 3, 8})
+      for (int kind = 0; kind < 5; ++kind) {
+        const size_t n = blocks * block_elems(t);
+        std::vector<float> w;
+        const std::vector<uint8_t> row = rowkind < 0 ? model::testing::random_row(t, n, rng, w) : hostile_row(t, n, rng, rowkind);
+        Quantized a[4];
+        for (int j = 0; j < 4; ++j) a[j] = quantize(t, activations(n, rng, (kind + j) % 5));
+        const void* ap[4] = {a[0].bytes.data(), a[1].bytes.data(), a[2].bytes.data(), a[3].bytes.data()};
+        float four[4];
+        vec_dot4(t, row.data(), ap, n, four);
+        for (int j = 0; j < 4; ++j) {
+          const DotRef r = vec_dot_ref(t, row.data(), ap[j], n);
+          const float got = vec_dot(t, row.data(), ap[j], n);
+          EXPECT_NEAR(double(got), r.value, (double(2 * blocks) + 10) * std::ldexp(1.0, -24) * r.abs_sum)
+              << blocks << " blocks, row kind " << rowkind << ", activations " << (kind + j) % 5;
+          ASSERT_EQ(four[j], got);
+        }
       }
 }
 

@@ -9,6 +9,7 @@
 
 #include "qdot_avx2.h"
 #include "qdot_avx512.h"
+#include "qdot_portable.h"
 #include "tq/check.h"
 #include "tq/cpu_features.h"
 #include "tq/numeric.h"
@@ -202,7 +203,12 @@ float vec_dot(GgmlType w, const uint8_t* row, const void* act, size_t n) {
       default: break;
     }
   }
-  return float(vec_dot_ref(w, row, act, n).value);
+  switch (act_format(w)) {
+    case ActFormat::kQ8x32: return detail::dot_q8x32_portable(w, row, static_cast<const ActQ8x32*>(act), n / 32);
+    case ActFormat::kQ8x256: return detail::dot_q8x256_portable(w, row, static_cast<const ActQ8x256*>(act), n / 256);
+    case ActFormat::kF32: break;
+  }
+  return float(vec_dot_ref(w, row, act, n).value);  // refuses the type
 }
 
 void vec_dot4(GgmlType w, const uint8_t* row, const void* const act[4], size_t n, float out[4]) {
