@@ -334,6 +334,63 @@ TEST_P(QuantizedDot, Avx512GivesTheAvx2Bits) {
   }
 }
 
+// matmul_many (a layer's q, k, v in one parallel section) and matmul_swiglu (gate, up and SwiGLU
+// in one) give matmul's bits: with rows counts that are not multiples of the tile, with a weight
+// of another activation format (the one-after-the-other path), on one and two threads.
+TEST_P(QuantizedDot, FusedProductsAreTheMatmuls) {
+  const GgmlType t = GetParam();
+  std::mt19937 rng(21);
+  const size_t C = 256 * 2;
+  const auto weight = [&](GgmlType type, size_t R, std::vector<uint8_t>& bytes) {
+    for (size_t r = 0; r < R; ++r) {
+      const std::vector<uint8_t> row = hostile_row(type, C, rng, 0);
+      bytes.insert(bytes.end(), row.begin(), row.end());
+    }
+    model::TensorRef w;
+    w.name = "test.weight";
+    w.type = type;
+    w.data = bytes.data();
+    w.n_rows = R;
+    w.n_cols = C;
+    return w;
+  };
+  const GgmlType other = t == GgmlType::Q4_K ? GgmlType::Q8_0 : GgmlType::Q4_K;
+  std::vector<uint8_t> b0, b1, b2, b3;
+  const model::TensorRef wq = weight(t, 37, b0), wk = weight(t, 5, b1), wv = weight(t, 21, b2), wx = weight(other, 9, b3);
+  for (size_t T : {1, 4, 6})
+    for (unsigned threads : {1u, 2u}) {
+      ThreadPool pool(threads);
+      std::vector<float> x;
+      for (size_t i = 0; i < T; ++i) {
+        const std::vector<float> xi = activations(C, rng, int(i % 3));
+        x.insert(x.end(), xi.begin(), xi.end());
+      }
+      for (bool mixed : {false, true}) {
+        const model::TensorRef* ws[3] = {&wq, &wk, mixed ? &wx : &wv};
+        std::vector<float> ys[3], want[3];
+        float* yp[3];
+        for (int i = 0; i < 3; ++i) {
+          ys[i].assign(T * ws[i]->n_rows, -1.0f), want[i] = ys[i], yp[i] = ys[i].data();
+          matmul(*ws[i], x.data(), T, want[i].data(), pool);
+        }
+        matmul_many(ws, x.data(), T, yp, pool);
+        for (int i = 0; i < 3; ++i) ASSERT_EQ(ys[i], want[i]) << "weight " << i << ", " << T << " tokens, mixed " << mixed;
+      }
+      const model::TensorRef& up = wv;  // 21 rows: SwiGLU pairs rows of the same count
+      const model::TensorRef gate = [&] {
+        model::TensorRef g = wq;
+        g.n_rows = up.n_rows;
+        return g;
+      }();
+      std::vector<float> g(T * 21), u(T * 21), wg(T * 21), wu(T * 21);
+      matmul(gate, x.data(), T, wg.data(), pool);
+      matmul(up, x.data(), T, wu.data(), pool);
+      for (size_t i = 0; i < wg.size(); ++i) wg[i] = wg[i] * (1.0f / (1.0f + std::exp(-wg[i]))) * wu[i];
+      matmul_swiglu(gate, up, x.data(), T, g.data(), u.data(), pool);
+      ASSERT_EQ(g, wg) << T << " tokens, " << threads << " threads";
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, QuantizedDot, ::testing::ValuesIn(kTypes),
                          [](const auto& info) { return std::string(model::ggml_type_name(info.param)); });
 
