@@ -31,6 +31,7 @@ struct Options {
   std::string prefill = "4096,32768", device = "auto", json, products = "gemv";
   double kv_memory_gb = 100, bandwidth_tbs = 4.2;
   uint32_t steps = 10, warmup = 3, reps = 3, chunk = 0;
+  unsigned threads = 0;
   uint64_t seed = 1;
   bool eager = false;
   bool batch_invariant = false;  // --batch-invariant
@@ -193,8 +194,14 @@ void run(const Options& o) {
     for (uint32_t p : prompts) pages = std::max<uint64_t>(pages, uint64_t(std::ceil(double(p) / cost.page_size))), ctx = std::max(ctx, p);
     TQ_CHECK(pages <= uint64_t(std::numeric_limits<int32_t>::max()), "{}: the grid needs {} pages, more than a pool can number (2^31 - 1)",
              label, pages);
-    engine::EngineOptions eo{.device = device, .context = ctx, .max_seqs = most_batch, .num_pages = uint32_t(std::max<uint64_t>(pages, 1)),
-                             .max_chunk = std::max(most_batch * most_q, chunk), .eager = o.eager, .products = products[pi],
+    engine::EngineOptions eo{.device = device,
+                             .threads = threads_option(o.threads),
+                             .context = ctx,
+                             .max_seqs = most_batch,
+                             .num_pages = uint32_t(std::max<uint64_t>(pages, 1)),
+                             .max_chunk = std::max(most_batch * most_q, chunk),
+                             .eager = o.eager,
+                             .products = products[pi],
                              .batch_invariant = o.batch_invariant};
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;
@@ -291,6 +298,7 @@ void add_bench(CLI::App& app) {
   c->add_option("--reps", o->reps, "prefill repetitions, median reported (default 3)");
   c->add_option("--seed", o->seed, "seed of the random weights and prompts (default 1)");
   c->add_option("--device", o->device, kDeviceHelp);
+  c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
   c->add_flag("--batch-invariant", o->batch_invariant, "CUDA: the runner's batch-invariant mode (tq run --batch-invariant), to time it");
   c->add_option("--products", o->products,

@@ -3,7 +3,10 @@
 // stated tolerance where the summation order differs).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#include "tq/format.h"
 
 namespace tq::simd {
 
@@ -28,6 +31,19 @@ void axpy_avx2(float w, const float* x, float* y, uint32_t n);
 // all G outputs and each output kept in registers across the rows. Strides in floats.
 void axpy_rows_avx2(uint32_t G, const float* w, size_t w_stride, const float* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride,
                     uint32_t n);
+// The same over rows stored in `enc` (kFp32, kFp16 or kBf16) at x + r * x_stride bytes, converted in
+// registers (exactly), so the bits are those of the fp32 rows converted first.
+void axpy_rows_avx2(uint32_t G, const float* w, size_t w_stride, const uint8_t* x, size_t x_stride, Encoding enc, uint32_t rows, float* y,
+                    size_t y_stride, uint32_t n);
+
+// Scores of G queries against `rows` float key rows, each row read and converted once for all G:
+// out[g * out_stride + r] = <q + g * q_stride, row r> * scale, row r at x + r * x_stride bytes in
+// `enc` (kFp32, kFp16 or kBf16, converted in registers), n % 8 == 0. Each score is dot_f32_avx2's
+// bits times scale: FMA lanes acc0 (8-float chunks 0, 2, 4, ...; the last chunk when n % 16 == 8)
+// and acc1 (chunks 1, 3, ...), then acc0 + acc1 summed ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
+// So a score depends on neither G, nor `rows`, nor where a row falls in the kernel's blocks of 8.
+void dot_rows_avx2(uint32_t G, const float* q, size_t q_stride, const uint8_t* x, size_t x_stride, Encoding enc, uint32_t rows, uint32_t n,
+                   float scale, float* out, size_t out_stride);
 
 // codes[i] = number of boundaries strictly below y[i] (the scalar Codebook::encode), for n values.
 void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t bits, uint8_t* codes);

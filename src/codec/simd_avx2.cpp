@@ -2,6 +2,7 @@
 // has_avx2() said yes.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -160,37 +161,160 @@ void axpy_avx2(float w, const float* x, float* y, uint32_t n) {
 }
 
 namespace {
-// GN outputs (1..4) over 8 values at i: accumulators in registers across the rows.
-template <uint32_t GN>
-void axpy_rows8(const float* w, size_t w_stride, const float* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride) {
+
+// 8 values of a float row at p, converted to fp32 in a register (exact for each encoding).
+template <Encoding E>
+inline __m256 load8(const uint8_t* p) {
+  if constexpr (E == Encoding::kFp32) return _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (E == Encoding::kFp16) return _mm256_cvtph_ps(h);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));  // bf16: the high half of an fp32
+}
+
+template <Encoding E>
+inline float load1(const uint8_t* p) {
+  uint32_t u = 0;
+  std::memcpy(&u, p, E == Encoding::kFp32 ? 4 : 2);
+  if constexpr (E == Encoding::kFp16) return _cvtsh_ss(uint16_t(u));
+  if constexpr (E == Encoding::kBf16) u <<= 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// hsum (above) of each of v[0..7] at once: the same pairs added in the same tree, so lane r is
+// hsum(v[r]) bit for bit.
+inline __m256 hsum8(const __m256* v) {
+  __m256 u[4];  // u[j]: [l0+l4, l1+l5, l2+l6, l3+l7] of v[2j] | the same of v[2j + 1]
+  for (int j = 0; j < 4; ++j)
+    u[j] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * j], v[2 * j + 1], 0x20), _mm256_permute2f128_ps(v[2 * j], v[2 * j + 1], 0x31));
+  __m256 w[2];  // w[k]: [t0, t1] of v[4k], v[4k + 2] | of v[4k + 1], v[4k + 3], t0 = (l0+l4)+(l2+l6), t1 = (l1+l5)+(l3+l7)
+  for (int k = 0; k < 2; ++k)
+    w[k] = _mm256_add_ps(_mm256_shuffle_ps(u[2 * k], u[2 * k + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                         _mm256_shuffle_ps(u[2 * k], u[2 * k + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 r =
+      _mm256_add_ps(_mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // r holds v0 v2 v4 v6 v1 v3 v5 v7
+}
+
+// GN queries (1..4) against 8 rows (rp[0..7]; the caller repeats a row to fill the 8, keeping the
+// first nr results). Each row is converted once per 16 values and meets every query in registers.
+template <Encoding E, uint32_t GN>
+void dot_rows8(const float* q, size_t q_stride, const uint8_t* const* rp, uint32_t n, float scale, float* out, size_t out_stride,
+               uint32_t nr) {
+  constexpr size_t es = E == Encoding::kFp32 ? 4 : 2;
+  __m256 v[GN][8];
+  for (uint32_t r = 0; r < 8; ++r) {
+    __m256 a0[GN], a1[GN];
+    for (uint32_t g = 0; g < GN; ++g) a0[g] = a1[g] = _mm256_setzero_ps();
+    const uint8_t* x = rp[r];
+    uint32_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      const __m256 k0 = load8<E>(x + i * es), k1 = load8<E>(x + (i + 8) * es);
+      for (uint32_t g = 0; g < GN; ++g) {
+        a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * q_stride + i), k0, a0[g]);
+        a1[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * q_stride + i + 8), k1, a1[g]);
+      }
+    }
+    if (i < n) {  // n % 16 == 8: dot_f32_avx2 puts the last chunk in acc0
+      const __m256 k0 = load8<E>(x + i * es);
+      for (uint32_t g = 0; g < GN; ++g) a0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * q_stride + i), k0, a0[g]);
+    }
+    for (uint32_t g = 0; g < GN; ++g) v[g][r] = _mm256_add_ps(a0[g], a1[g]);
+  }
+  const __m256 sv = _mm256_set1_ps(scale);
+  for (uint32_t g = 0; g < GN; ++g) {
+    const __m256 s = _mm256_mul_ps(hsum8(v[g]), sv);
+    if (nr == 8) {
+      _mm256_storeu_ps(out + g * out_stride, s);
+    } else {
+      alignas(32) float t[8];
+      _mm256_store_ps(t, s);
+      for (uint32_t r = 0; r < nr; ++r) out[g * out_stride + r] = t[r];
+    }
+  }
+}
+
+// GN outputs (1..4) over 8 values at i: accumulators in registers across the rows, each row's 8
+// values converted once for all GN.
+template <Encoding E, uint32_t GN>
+void axpy_rows8(const float* w, size_t w_stride, const uint8_t* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride) {
   __m256 acc[GN];
   for (uint32_t g = 0; g < GN; ++g) acc[g] = _mm256_loadu_ps(y + g * y_stride);
   for (uint32_t r = 0; r < rows; ++r) {
-    const __m256 xv = _mm256_loadu_ps(x + r * x_stride);
+    const __m256 xv = load8<E>(x + r * x_stride);
     for (uint32_t g = 0; g < GN; ++g) acc[g] = _mm256_add_ps(acc[g], _mm256_mul_ps(_mm256_set1_ps(w[g * w_stride + r]), xv));
   }
   for (uint32_t g = 0; g < GN; ++g) _mm256_storeu_ps(y + g * y_stride, acc[g]);
 }
-}  // namespace
 
-void axpy_rows_avx2(uint32_t G, const float* w, size_t w_stride, const float* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride,
-                    uint32_t n) {
+template <Encoding E>
+void axpy_rows(uint32_t G, const float* w, size_t w_stride, const uint8_t* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride,
+               uint32_t n) {
+  constexpr size_t es = E == Encoding::kFp32 ? 4 : 2;
   uint32_t i = 0;
   for (; i + 8 <= n; i += 8) {
     for (uint32_t g0 = 0; g0 < G; g0 += 4) {
       const float* wg = w + g0 * w_stride;
       float* yg = y + g0 * y_stride + i;
       switch (G - g0) {
-        case 1: axpy_rows8<1>(wg, w_stride, x + i, x_stride, rows, yg, y_stride); break;
-        case 2: axpy_rows8<2>(wg, w_stride, x + i, x_stride, rows, yg, y_stride); break;
-        case 3: axpy_rows8<3>(wg, w_stride, x + i, x_stride, rows, yg, y_stride); break;
-        default: axpy_rows8<4>(wg, w_stride, x + i, x_stride, rows, yg, y_stride); break;
+        case 1: axpy_rows8<E, 1>(wg, w_stride, x + i * es, x_stride, rows, yg, y_stride); break;
+        case 2: axpy_rows8<E, 2>(wg, w_stride, x + i * es, x_stride, rows, yg, y_stride); break;
+        case 3: axpy_rows8<E, 3>(wg, w_stride, x + i * es, x_stride, rows, yg, y_stride); break;
+        default: axpy_rows8<E, 4>(wg, w_stride, x + i * es, x_stride, rows, yg, y_stride); break;
       }
     }
   }
   for (; i < n; ++i)
     for (uint32_t g = 0; g < G; ++g)
-      for (uint32_t r = 0; r < rows; ++r) y[g * y_stride + i] += w[g * w_stride + r] * x[r * x_stride + i];
+      for (uint32_t r = 0; r < rows; ++r) y[g * y_stride + i] += w[g * w_stride + r] * load1<E>(x + r * x_stride + i * es);
+}
+
+template <Encoding E>
+void dot_rows(uint32_t G, const float* q, size_t q_stride, const uint8_t* x, size_t x_stride, uint32_t rows, uint32_t n, float scale,
+              float* out, size_t out_stride) {
+  for (uint32_t r0 = 0; r0 < rows; r0 += 8) {
+    const uint32_t nr = std::min(8u, rows - r0);
+    const uint8_t* rp[8];
+    for (uint32_t r = 0; r < 8; ++r) rp[r] = x + (r0 + std::min(r, nr - 1)) * x_stride;
+    for (uint32_t g0 = 0; g0 < G; g0 += 4) {
+      const float* qg = q + g0 * q_stride;
+      float* og = out + g0 * out_stride + r0;
+      switch (G - g0) {
+        case 1: dot_rows8<E, 1>(qg, q_stride, rp, n, scale, og, out_stride, nr); break;
+        case 2: dot_rows8<E, 2>(qg, q_stride, rp, n, scale, og, out_stride, nr); break;
+        case 3: dot_rows8<E, 3>(qg, q_stride, rp, n, scale, og, out_stride, nr); break;
+        default: dot_rows8<E, 4>(qg, q_stride, rp, n, scale, og, out_stride, nr); break;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void axpy_rows_avx2(uint32_t G, const float* w, size_t w_stride, const float* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride,
+                    uint32_t n) {
+  axpy_rows<Encoding::kFp32>(G, w, w_stride, reinterpret_cast<const uint8_t*>(x), x_stride * sizeof(float), rows, y, y_stride, n);
+}
+
+void axpy_rows_avx2(uint32_t G, const float* w, size_t w_stride, const uint8_t* x, size_t x_stride, Encoding enc, uint32_t rows, float* y,
+                    size_t y_stride, uint32_t n) {
+  switch (enc) {
+    case Encoding::kFp32: return axpy_rows<Encoding::kFp32>(G, w, w_stride, x, x_stride, rows, y, y_stride, n);
+    case Encoding::kFp16: return axpy_rows<Encoding::kFp16>(G, w, w_stride, x, x_stride, rows, y, y_stride, n);
+    case Encoding::kBf16: return axpy_rows<Encoding::kBf16>(G, w, w_stride, x, x_stride, rows, y, y_stride, n);
+    default: return;
+  }
+}
+
+void dot_rows_avx2(uint32_t G, const float* q, size_t q_stride, const uint8_t* x, size_t x_stride, Encoding enc, uint32_t rows, uint32_t n,
+                   float scale, float* out, size_t out_stride) {
+  switch (enc) {
+    case Encoding::kFp32: return dot_rows<Encoding::kFp32>(G, q, q_stride, x, x_stride, rows, n, scale, out, out_stride);
+    case Encoding::kFp16: return dot_rows<Encoding::kFp16>(G, q, q_stride, x, x_stride, rows, n, scale, out, out_stride);
+    case Encoding::kBf16: return dot_rows<Encoding::kBf16>(G, q, q_stride, x, x_stride, rows, n, scale, out, out_stride);
+    default: return;
+  }
 }
 
 void encode_avx2(const float* y, uint32_t n, const float* boundaries, uint32_t bits, uint8_t* codes) {

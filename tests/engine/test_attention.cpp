@@ -78,7 +78,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"fp32", 64, 2, 6, 37, 1}, Case{"fp16", 64, 2, 6, 37, 13}, Case{"k3v2", 64, 3, 9, 50, 1},
                       Case{"k3v2", 64, 3, 9, 50, 17}, Case{"k4v4:page=1", 128, 1, 2, 20, 4}, Case{"k3v2:prod", 64, 1, 4, 41, 2},
                       Case{"k2v2:nc:page=7", 80, 2, 4, 54, 9}, Case{"k4v3:rot=dense", 32, 1, 1, 97, 1},
-                      Case{"k3v2:edge=1/k4v4", 64, 1, 3, 30, 5}, Case{"fp8", 64, 1, 2, 33, 3},
+                      Case{"k3v2:edge=1/k4v4", 64, 1, 3, 30, 5}, Case{"fp8", 64, 1, 2, 33, 3}, Case{"bf16", 80, 2, 10, 45, 7},
+                      Case{"fp32:sink=2:window=8", 24, 1, 3, 40, 6},
                       // beyond one part of 512 positions: a decode merges 3 parts; a block of
                       // queries straddles the cut at 512 (page=7: parts of 518)
                       Case{"fp16", 64, 2, 6, 1100, 1}, Case{"k3v2", 64, 3, 9, 1100, 1}, Case{"k3v2", 64, 3, 9, 540, 40},

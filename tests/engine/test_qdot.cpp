@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "model/quant_packers.h"
+#include "qdot_avx2.h"
+#include "qdot_avx512.h"
 #include "tq/backend/cpu/matmul.h"
 #include "tq/backend/cpu/qdot.h"
 #include "tq/check.h"
@@ -178,7 +180,7 @@ TEST_P(QuantizedDot, ReferenceIsExactOnKnownBlocks) {
 // The kernel the CPU runs (AVX2 here) against the reference, on known and on hostile blocks.
 TEST_P(QuantizedDot, KernelMatchesReference) {
   const GgmlType t = GetParam();
-  if (!has_avx2_fma()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU: vec_dot is the reference itself";
+  if (!has_avx2_fma()) GTEST_SKIP() << "no AVX2/FMA/F16C on this CPU: PortableMatchesReference covers vec_dot";
   std::mt19937 rng(3);
   for (int rowkind = -1; rowkind < 3; ++rowkind)
     for (size_t blocks : {1, 2, 3, 8})
@@ -192,6 +194,38 @@ TEST_P(QuantizedDot, KernelMatchesReference) {
         const float got = vec_dot(t, row.data(), a.bytes.data(), n);
         EXPECT_NEAR(double(got), r.value, (terms + 10) * std::ldexp(1.0, -24) * r.abs_sum)
             << blocks << " blocks, row kind " << rowkind << ", activations " << kind;
+      }
+}
+
+// The portable path (what runs without AVX2; forced here by the level cap, as TQ_SIMD=portable
+// does) against the reference within the same bound, and the four-token product its row dots.
+TEST_P(QuantizedDot, PortableMatchesReference) {
+  const GgmlType t = GetParam();
+  struct Restore {
+    SimdLevel cap = simd_level();
+    ~Restore() { set_simd_level(cap); }
+  } restore;
+  set_simd_level(SimdLevel::kPortable);
+  ASSERT_FALSE(has_avx2_fma());
+  std::mt19937 rng(3);
+  for (int rowkind = -1; rowkind < 3; ++rowkind)
+    for (size_t blocks : {1, 2, 3, 8})
+      for (int kind = 0; kind < 5; ++kind) {
+        const size_t n = blocks * block_elems(t);
+        std::vector<float> w;
+        const std::vector<uint8_t> row = rowkind < 0 ? model::testing::random_row(t, n, rng, w) : hostile_row(t, n, rng, rowkind);
+        Quantized a[4];
+        for (int j = 0; j < 4; ++j) a[j] = quantize(t, activations(n, rng, (kind + j) % 5));
+        const void* ap[4] = {a[0].bytes.data(), a[1].bytes.data(), a[2].bytes.data(), a[3].bytes.data()};
+        float four[4];
+        vec_dot4(t, row.data(), ap, n, four);
+        for (int j = 0; j < 4; ++j) {
+          const DotRef r = vec_dot_ref(t, row.data(), ap[j], n);
+          const float got = vec_dot(t, row.data(), ap[j], n);
+          EXPECT_NEAR(double(got), r.value, (double(2 * blocks) + 10) * std::ldexp(1.0, -24) * r.abs_sum)
+              << blocks << " blocks, row kind " << rowkind << ", activations " << (kind + j) % 5;
+          ASSERT_EQ(four[j], got);
+        }
       }
 }
 
@@ -243,6 +277,117 @@ TEST_P(QuantizedDot, MatmulIsTheRowDots) {
         for (size_t r = 0; r < R; ++r)
           ASSERT_EQ(y[i * R + r], vec_dot(t, bytes.data() + r * w.row_bytes(), a.bytes.data(), C)) << "token " << i << " row " << r;
       }
+    }
+}
+
+// The AVX-512 kernels against the AVX2 ones: the same bits, one token (512-bit, with and without
+// VNNI) and four (VNNI on ymm, where the CPU has it), for block counts odd and even (the odd last
+// block goes alone into the low half), on random and hostile rows and every kind of activation.
+// The K-quants have no AVX-512 kernel.
+TEST_P(QuantizedDot, Avx512GivesTheAvx2Bits) {
+  const GgmlType t = GetParam();
+  if (hardware_simd_level() < SimdLevel::kAvx512) GTEST_SKIP() << "no AVX-512 F/BW/VL on this CPU";
+  struct Kernels {
+    float (*one)(const uint8_t*, const ActQ8x32*, size_t);
+    float (*one_wide)(const uint8_t*, const ActQ8x32*, size_t, bool);
+    void (*four)(const uint8_t*, const ActQ8x32* const*, size_t, float*);
+    void (*four_vnni)(const uint8_t*, const ActQ8x32* const*, size_t, float*);
+  };
+  Kernels k{};
+  switch (t) {
+    case GgmlType::Q8_0: k = {detail::dot_q8_0_avx2, detail::dot_q8_0_avx512, detail::dot4_q8_0_avx2, detail::dot4_q8_0_avx512vnni}; break;
+    case GgmlType::Q4_0: k = {detail::dot_q4_0_avx2, detail::dot_q4_0_avx512, detail::dot4_q4_0_avx2, detail::dot4_q4_0_avx512vnni}; break;
+    case GgmlType::Q4_1: k = {detail::dot_q4_1_avx2, detail::dot_q4_1_avx512, detail::dot4_q4_1_avx2, detail::dot4_q4_1_avx512vnni}; break;
+    default: GTEST_SKIP() << "no AVX-512 kernel for " << model::ggml_type_name(t);
+  }
+  const auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  std::mt19937 rng(17);
+  for (bool vnni : {false, true}) {
+    if (vnni && !has_avx512_vnni()) continue;
+    for (int rowkind = -1; rowkind < 3; ++rowkind)
+      for (size_t blocks : {1, 2, 3, 8, 9, 18})
+        for (int kind = 0; kind < 5; ++kind) {
+          const size_t n = blocks * 32;
+          std::vector<float> w;
+          const std::vector<uint8_t> row = rowkind < 0 ? model::testing::random_row(t, n, rng, w) : hostile_row(t, n, rng, rowkind);
+          Quantized a[4];
+          const ActQ8x32* ap[4];
+          for (int j = 0; j < 4; ++j) {
+            std::vector<float> x = activations(n, rng, (kind + j) % 5);
+            if (kind == 4 && j == 3) x[n / 2] = std::numeric_limits<float>::quiet_NaN();
+            a[j] = quantize(t, x);
+            ap[j] = reinterpret_cast<const ActQ8x32*>(a[j].bytes.data());
+          }
+          float narrow[4], wide[4];
+          k.four(row.data(), ap, blocks, narrow);
+          if (vnni) k.four_vnni(row.data(), ap, blocks, wide);
+          for (int j = 0; j < 4; ++j) {
+            if (vnni) ASSERT_EQ(bits(wide[j]), bits(narrow[j])) << "4 tokens, " << blocks << " blocks, row " << rowkind << ", token " << j;
+            ASSERT_EQ(bits(k.one_wide(row.data(), ap[j], blocks, vnni)), bits(k.one(row.data(), ap[j], blocks)))
+                << "vnni " << vnni << ", " << blocks << " blocks, row kind " << rowkind << ", activations " << (kind + j) % 5;
+          }
+        }
+  }
+}
+
+// matmul_many (a layer's q, k, v in one parallel section) and matmul_swiglu (gate, up and SwiGLU
+// in one) give matmul's bits: with rows counts that are not multiples of the tile, with a weight
+// of another activation format (the one-after-the-other path), on one and two threads.
+TEST_P(QuantizedDot, FusedProductsAreTheMatmuls) {
+  const GgmlType t = GetParam();
+  std::mt19937 rng(21);
+  const size_t C = 256 * 2;
+  const auto weight = [&](GgmlType type, size_t R, std::vector<uint8_t>& bytes) {
+    for (size_t r = 0; r < R; ++r) {
+      const std::vector<uint8_t> row = hostile_row(type, C, rng, 0);
+      bytes.insert(bytes.end(), row.begin(), row.end());
+    }
+    model::TensorRef w;
+    w.name = "test.weight";
+    w.type = type;
+    w.data = bytes.data();
+    w.n_rows = R;
+    w.n_cols = C;
+    return w;
+  };
+  const GgmlType other = t == GgmlType::Q4_K ? GgmlType::Q8_0 : GgmlType::Q4_K;
+  std::vector<uint8_t> b0, b1, b2, b3;
+  const model::TensorRef wq = weight(t, 37, b0), wk = weight(t, 5, b1), wv = weight(t, 21, b2), wx = weight(other, 9, b3);
+  for (size_t T : {1, 4, 6})
+    for (unsigned threads : {1u, 2u}) {
+      ThreadPool pool(threads);
+      std::vector<float> x;
+      for (size_t i = 0; i < T; ++i) {
+        const std::vector<float> xi = activations(C, rng, int(i % 3));
+        x.insert(x.end(), xi.begin(), xi.end());
+      }
+      for (bool mixed : {false, true}) {
+        const model::TensorRef* ws[3] = {&wq, &wk, mixed ? &wx : &wv};
+        std::vector<float> ys[3], want[3];
+        float* yp[3];
+        for (int i = 0; i < 3; ++i) {
+          ys[i].assign(T * ws[i]->n_rows, -1.0f), want[i] = ys[i], yp[i] = ys[i].data();
+          matmul(*ws[i], x.data(), T, want[i].data(), pool);
+        }
+        matmul_many(ws, x.data(), T, yp, pool);
+        for (int i = 0; i < 3; ++i) ASSERT_EQ(ys[i], want[i]) << "weight " << i << ", " << T << " tokens, mixed " << mixed;
+      }
+      const model::TensorRef& up = wv;  // 21 rows: SwiGLU pairs rows of the same count
+      const model::TensorRef gate = [&] {
+        model::TensorRef g = wq;
+        g.n_rows = up.n_rows;
+        return g;
+      }();
+      std::vector<float> g(T * 21), u(T * 21), wg(T * 21), wu(T * 21);
+      matmul(gate, x.data(), T, wg.data(), pool);
+      matmul(up, x.data(), T, wu.data(), pool);
+      for (size_t i = 0; i < wg.size(); ++i) wg[i] = wg[i] * (1.0f / (1.0f + std::exp(-wg[i]))) * wu[i];
+      matmul_swiglu(gate, up, x.data(), T, g.data(), u.data(), pool);
+      ASSERT_EQ(g, wg) << T << " tokens, " << threads << " threads";
     }
 }
 

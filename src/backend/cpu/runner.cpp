@@ -102,9 +102,11 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
   for (size_t l = 0; l < size_t(c.n_layers); ++l) {
     const model::LayerWeights& w = W.layers[l];
     for (size_t r = 0; r < N; ++r) rmsnorm(&x[r * D], attn_norm_[l], &xb[r * D]);
-    matmul(w.wq, xb.data(), N, q.data(), pool_, opts_.exact_products);
-    matmul(w.wk, xb.data(), N, k.data(), pool_, opts_.exact_products);
-    matmul(w.wv, xb.data(), N, v.data(), pool_, opts_.exact_products);
+    {
+      const TensorRef* qkv[3] = {&w.wq, &w.wk, &w.wv};
+      float* out[3] = {q.data(), k.data(), v.data()};
+      matmul_many(qkv, xb.data(), N, out, pool_, opts_.exact_products);  // one wait for the threads, not three
+    }
     add_bias(w.bq, q, QD);
     add_bias(w.bk, k, KVD);
     add_bias(w.bv, v, KVD);
@@ -123,9 +125,7 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
     matmul(w.wo, att.data(), N, o.data(), pool_, opts_.exact_products);
     for (size_t i = 0; i < N * D; ++i) x[i] += o[i];
     for (size_t r = 0; r < N; ++r) rmsnorm(&x[r * D], ffn_norm_[l], &xb[r * D]);
-    matmul(w.w_gate, xb.data(), N, g.data(), pool_, opts_.exact_products);
-    matmul(w.w_up, xb.data(), N, u.data(), pool_, opts_.exact_products);
-    for (size_t i = 0; i < N * F; ++i) g[i] = g[i] * (1.0f / (1.0f + std::exp(-g[i]))) * u[i];  // SwiGLU
+    matmul_swiglu(w.w_gate, w.w_up, xb.data(), N, g.data(), u.data(), pool_, opts_.exact_products);  // g = SwiGLU
     matmul(w.w_down, g.data(), N, o.data(), pool_, opts_.exact_products);
     for (size_t i = 0; i < N * D; ++i) x[i] += o[i];
   }

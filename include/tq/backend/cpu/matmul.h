@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <span>
 
 #include "tq/backend/cpu/thread_pool.h"
 #include "tq/model/model.h"
@@ -17,6 +18,18 @@ namespace tq::cpu {
 // exact: quantized W too is multiplied in fp32, row by row dequantized, on the unquantized x (the
 // numerical reference of the 8-bit path; slower).
 void matmul(const model::TensorRef& w, const float* x, size_t T, float* y, ThreadPool& pool, bool exact = false);
+
+// matmul for several weights of the same input x [T][C] (a layer's q, k and v): ys[i] = x * ws[i]^T,
+// each bit for bit matmul's, in one parallel section over the rows of all of them with x quantized
+// once, so the threads wait for each other once instead of once per weight. Weights of different
+// activation formats, float weights, or exact: one matmul after the other.
+void matmul_many(std::span<const model::TensorRef* const> ws, const float* x, size_t T, std::span<float* const> ys, ThreadPool& pool,
+                 bool exact = false);
+// The feed-forward's gate and up products and SwiGLU: g[T][F] = silu(x * gate^T) * (x * up^T), u [T][F]
+// scratch (it ends holding x * up^T). One parallel section: each tile of rows computes its gate and up
+// rows and applies SwiGLU to them, g * (1 / (1 + exp(-g))) * u; bit for bit two matmuls and the loop.
+void matmul_swiglu(const model::TensorRef& gate, const model::TensorRef& up, const float* x, size_t T, float* g, float* u, ThreadPool& pool,
+                   bool exact = false);
 
 // <a, b> over n floats: the AVX2+FMA kernel when the CPU has it, else a portable 8-lane loop.
 float dot_f32(const float* a, const float* b, size_t n);
