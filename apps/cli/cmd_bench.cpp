@@ -28,7 +28,7 @@ namespace {
 struct Options {
   std::string shape = "llama-3.1-8b", model, tokenizer, kv = "bf16,fp8,k4v4,k3v2,default", batch = "1,16,64,max", context = "4096,32768";
   std::string queries = "1";
-  std::string prefill = "4096,32768", device = "auto", json, products = "gemv";
+  std::string prefill = "4096,32768", device = "auto", json, products = "auto";
   double kv_memory_gb = 100, bandwidth_tbs = 4.2;
   uint32_t steps = 10, warmup = 3, reps = 3, chunk = 0;
   unsigned threads = 0;
@@ -103,8 +103,12 @@ void run(const Options& o) {
   std::vector<std::string> product_names = split(o.products, ',');  // per --products item
   std::vector<engine::GpuProducts> products;
   for (const std::string& item : product_names) {
-    TQ_CHECK(item == "rows" || item == "gemv" || item == "cublas", "--products: '{}' is none of rows, gemv, cublas", item);
-    products.push_back(item == "rows" ? engine::GpuProducts::kRows : item == "gemv" ? engine::GpuProducts::kGemv : engine::GpuProducts::kCublas);
+    TQ_CHECK(item == "auto" || item == "rows" || item == "gemv" || item == "cublas", "--products: '{}' is none of auto, gemv, rows, cublas",
+             item);
+    products.push_back(item == "auto"   ? engine::GpuProducts::kAuto
+                       : item == "rows" ? engine::GpuProducts::kRows
+                       : item == "gemv" ? engine::GpuProducts::kGemv
+                                        : engine::GpuProducts::kCublas);
   }
 
   // The model: a file (any device), or a named shape with random weights (the GPU).
@@ -302,9 +306,9 @@ void add_bench(CLI::App& app) {
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
   c->add_flag("--batch-invariant", o->batch_invariant, "CUDA: the runner's batch-invariant mode (tq run --batch-invariant), to time it");
   c->add_option("--products", o->products,
-                "how the CUDA runner multiplies by the weights: gemv (default: its GEMV kernel for one-row steps, cuBLAS "
-                "beyond), rows (its batch-invariant tensor-core kernel for steps of 1..16 rows, cuBLAS beyond) or cublas (always "
-                "cuBLAS); a list runs each cache once per item, for comparison");
+                "how the CUDA runner multiplies by the weights: auto (default: its GEMV kernel for one-row steps, its tensor-core "
+                "gemm_rows for 2..16 rows, cuBLAS beyond), gemv (the GEMV kernel, cuBLAS from two rows), rows (gemm_rows for 1..16 "
+                "rows: batch-invariant) or cublas (always cuBLAS); a list runs each cache once per item, for comparison");
   c->add_option("--json", o->json, "also write the tables as JSON to FILE (default: none)");
   c->callback([o] { run(*o); });
 }

@@ -33,7 +33,7 @@ struct EngineOptions {
   uint32_t num_pages = 0;   // pages in the pool; 0: max_seqs * ceil(context / page size)
   uint32_t max_chunk = 64;  // most tokens per forward() call, all sequences together
   bool eager = false;       // CUDA: no graphs (RunnerOptions::eager)
-  GpuProducts products = GpuProducts::kGemv;  // CUDA: the products' kernels (RunnerOptions::products)
+  GpuProducts products = GpuProducts::kAuto;  // CUDA: the products' kernels (RunnerOptions::products)
   bool batch_invariant = false;               // CUDA: RunnerOptions::batch_invariant
   double gpu_memory = 0;    // CUDA: fraction of the GPU's memory to use, the pool sized by it (RunnerOptions)
   bool exact_products = false;  // CPU: fp32 products (RunnerOptions::exact_products)

@@ -26,9 +26,10 @@ struct StepSeq {
   bool all_logits = false;                            // logits of every new token, or of the last only
 };
 
-// How the CUDA runner multiplies by the weights in steps of few rows (beyond them, cuBLAS).
+// How the CUDA runner multiplies by the weights in steps of few rows (beyond 16, cuBLAS).
 enum class GpuProducts : uint8_t {
-  kGemv,    // a GEMV kernel for one-row steps, cuBLAS from two rows (the default: the fastest measured)
+  kAuto,    // the GEMV kernel for one-row steps, gemm_rows for 2..16 rows (the default)
+  kGemv,    // the GEMV kernel for one-row steps, cuBLAS from two rows (for comparison)
   kRows,    // gemm_rows for steps of 1..16 rows: tensor cores, batch-invariant
   kCublas,  // every product through cuBLAS (for comparison)
 };
@@ -43,7 +44,7 @@ struct RunnerOptions {
   bool exact_products = false;  // CPU runner: products in fp32 on dequantized weights instead of on
                                 // 8-bit activations (the reference of the fast path; slower)
   bool eager = false;       // GPU runners: launch every kernel of every step (no CUDA graphs)
-  GpuProducts products = GpuProducts::kGemv;  // CUDA runner: the kernels of the matrix products
+  GpuProducts products = GpuProducts::kAuto;  // CUDA runner: the kernels of the matrix products
   // CUDA runner: a position's logits are the same bits whatever else its step holds (up to 16 rows
   // a step and 9 tokens a sequence): products through gemm_rows, decode attention cut at fixed
   // positions. Greedy speculative decoding then gives plain decoding's text exactly. Specs

@@ -327,8 +327,9 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   if (o.batch_invariant) describe_ += fmt::format(", batch-invariant (products of up to {} rows on gemm_rows, attention cut every {} positions)",
                                                   layers::kGemmRowsMax, kInvariantSplitTokens);
   else if (o.products == engine::GpuProducts::kRows) describe_ += ", products of up to 16 rows through gemm_rows";
-  if (o.products == engine::GpuProducts::kCublas) describe_ += ", every product through cuBLAS";
-  if (o.products == engine::GpuProducts::kGemv) describe_ += ", products of one-row steps through the GEMV kernel";
+  else if (o.products == engine::GpuProducts::kAuto) describe_ += ", products: GEMV kernel for one row, gemm_rows for 2..16";
+  else if (o.products == engine::GpuProducts::kGemv) describe_ += ", products of one-row steps through the GEMV kernel";
+  else if (o.products == engine::GpuProducts::kCublas) describe_ += ", every product through cuBLAS";
   if (side_total)
     describe_ += fmt::format(", side buffers {:.1f} MiB ({} sequences, sink {} + ring {}{})", side_total / 1048576.0, o.max_seqs,
                              spec.policy.sink, side_ring_, tails_ ? fmt::format(", {} prefix tails", tails_) : "");
@@ -378,9 +379,12 @@ void CudaModelRunner::copy_tail(int seq, uint32_t end, uint32_t slot, bool save)
 }
 
 void CudaModelRunner::gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y) {
-  if ((opts_.batch_invariant || opts_.products == engine::GpuProducts::kRows) && layers::gemm_rows_takes(n, w.cols))
+  using engine::GpuProducts;
+  const GpuProducts how = opts_.batch_invariant ? GpuProducts::kRows : opts_.products;
+  if ((how == GpuProducts::kAuto || how == GpuProducts::kGemv) && layers::gemv_takes(n, w.cols))
+    return layers::gemv(w.w.get(), w.rows, w.cols, x, y, stream_);
+  if ((how == GpuProducts::kAuto || how == GpuProducts::kRows) && layers::gemm_rows_takes(n, w.cols))
     return layers::gemm_rows(w.w.get(), w.rows, w.cols, x, n, y, stream_);
-  if (opts_.products == engine::GpuProducts::kGemv && layers::gemv_takes(n, w.cols)) return layers::gemv(w.w.get(), w.rows, w.cols, x, y, stream_);
   // Row-major y[n][R] = x[n][C] W^T is, in cuBLAS's column-major terms, y (R x n, ld R) =
   // op_T(W seen as C x R, ld C) * x (C x n, ld C).
   const float one = 1.0f, zero = 0.0f;
