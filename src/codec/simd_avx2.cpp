@@ -251,6 +251,7 @@ void axpy_rows8(const float* w, size_t w_stride, const uint8_t* x, size_t x_stri
 template <Encoding E>
 void axpy_rows(uint32_t G, const float* w, size_t w_stride, const uint8_t* x, size_t x_stride, uint32_t rows, float* y, size_t y_stride,
                uint32_t n) {
+  if (rows == 0) return;  // nothing to add (and x may be null: no pointer arithmetic on it)
   constexpr size_t es = E == Encoding::kFp32 ? 4 : 2;
   uint32_t i = 0;
   for (; i + 8 <= n; i += 8) {
