@@ -1,6 +1,6 @@
-// The transformer's small kernels for the CUDA model runner (everything but the matrix products,
-// which are cuBLAS, and attention, which is tq::cuda's paged kernels). Activations are fp32 in the
-// residual stream and in the products' outputs; products read bf16 operands.
+// The transformer's kernels for the CUDA model runner: the small ones, the products of steps of
+// few rows (the rest are cuBLAS), sampling; attention is tq::cuda's paged kernels. Activations
+// are fp32 in the residual stream and in the products' outputs; products read bf16 operands.
 #pragma once
 
 #include <cstdint>
@@ -28,8 +28,8 @@ void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t 
 void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s);
 // y[rows] = w x for a step of one row (decode at batch 1, the logits of one sequence): each
 // weight read once with 16-byte loads, fp32 sums. w: [rows][cols] bf16 with cols % 8 == 0
-// (gemv_takes), x: [cols] bf16, both 16-byte aligned; y: [rows] fp32. Beyond one row cuBLAS is as
-// fast or faster (bench/results/2026-11-30-h200-sampling-gemv.md).
+// (gemv_takes), x: [cols] bf16, both 16-byte aligned; y: [rows] fp32. Beyond one row it loses
+// (bench/results/2026-11-30-h200-sampling-gemv.md): gemm_rows or cuBLAS take those.
 inline bool gemv_takes(uint32_t n, uint32_t cols) { return n == 1 && cols % 8 == 0; }
 void gemv(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, float* y, Stream s);
 // y[n][rows] = x[n][cols] w^T for steps of 1..kGemmRowsMax rows on tensor cores (gemm_rows.cu):

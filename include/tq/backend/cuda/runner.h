@@ -1,8 +1,9 @@
 // The CUDA model runner: the same Llama-family forward pass as the CPU runner, on the GPU, with the
 // KV cache in device pages of the KV spec's format (quantize_store on write, decode_attention /
 // prefill_attention over the packed pages). Weights are dequantized once and uploaded as bf16;
-// the matrix products are cuBLAS (bf16 operands, fp32 accumulation and outputs); the residual
-// stream and the attention's inputs and outputs are fp32. docs/engine.md says what runs where.
+// the matrix products are the runner's GEMV and gemm_rows kernels for steps of up to 16 rows and
+// cuBLAS beyond (bf16 operands, fp32 accumulation and outputs); the residual stream and the
+// attention's inputs and outputs are fp32. docs/engine.md says what runs where.
 #pragma once
 
 #include <memory>
