@@ -237,7 +237,7 @@ void add_run(CLI::App& app) {
               "quantized to 8 bits per block of 32 or 256 (llama.cpp's way, the default); slower, for reference");
   c->add_flag("--batch-invariant", o->batch_invariant,
               "CUDA: a position's logits do not depend on what else its step holds (steps of up to 16 rows), so greedy\n"
-              "--spec/--draft output equals plain decoding's exactly; one-token steps ~5% slower; specs without sink/window");
+              "--spec/--draft output equals plain decoding's exactly; steps up to 10% slower; specs without sink/window");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
   c->callback([o, steps, seed] {
     o->steps_given = steps->count() > 0;
