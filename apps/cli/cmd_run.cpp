@@ -110,7 +110,7 @@ void run(const Options& o) {
   const uint32_t needed = uint32_t(std::min<uint64_t>(ctx, prompt.size() + uint64_t(o.steps)));
   const engine::Device device = pick_device(o.device, cfg, {spec});
   check_gpu_memory(o.gpu_memory, device);
-  TQ_CHECK(!o.batch_invariant || device == engine::Device::kCuda, "--batch-invariant is a CUDA runner mode (the CPU runner always is)");
+  TQ_CHECK(!o.batch_invariant || device == engine::Device::kCuda, "--batch-invariant is for --device cuda: the CPU runner is batch-invariant already");
   std::optional<LoadedModel> draft;
   if (by_model) {
     draft.emplace(load_checked_draft(o.draft, o.tokenizer, tok, needed, o.allow_long, "the run (prompt and -n)"));
