@@ -19,6 +19,7 @@ namespace {
 struct Options {
   std::string model, tokenizer, file, kv = "fp16,k4v4,k3v2", ref = "auto", device = "auto";
   uint32_t ctx = 0, chunk = 64;  // ctx 0: kDefaultCtx, or the model's training context where shorter
+  uint32_t score_from = 0;       // --score-from
   size_t max_tokens = 0;
   unsigned threads = 0;
   double gpu_memory = 0;
@@ -34,6 +35,7 @@ void run(const Options& o) {
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
   if (o.ctx) check_context(o.ctx, fmt::format("--ctx {}", o.ctx), lm, o.allow_long);
   const uint32_t ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, uint32_t(lm.model.config.max_seq));
+  TQ_CHECK(o.score_from < ctx, "--score-from {}: must be below the window of {} tokens (--ctx)", o.score_from, ctx);
   std::ifstream in(o.file, std::ios::binary);
   TQ_CHECK(in.good(), "cannot read text file '{}'", o.file);
   std::stringstream ss;
@@ -51,12 +53,14 @@ void run(const Options& o) {
   fmt::print(stderr, "tq perplexity: {} on {} ({} tokens), windows of {}, reference cache {}, on {}\n", lm.path, o.file, tokens.size(),
              ctx, ref, engine::device_name(device));
   engine::PerplexityOptions po{
-      .ctx = ctx, .chunk = o.chunk, .threads = threads, .reference = ref, .device = device, .gpu_memory = o.gpu_memory,
+      .ctx = ctx, .chunk = o.chunk, .score_from = o.score_from, .threads = threads, .reference = ref, .device = device, .gpu_memory = o.gpu_memory,
       .exact_products = !o.fast_products};
   const auto res = engine::evaluate_perplexity(lm.model, tokens, specs, po, [](size_t done, size_t total) {
     fmt::print(stderr, "\r  {}/{} tokens", done, total);
     if (done == total) fmt::print(stderr, "\n");
   });
+  TQ_CHECK(res.scored > 0, "no position scored: the text's {} tokens leave none past --score-from {} in any window", tokens.size(),
+           o.score_from);
   Table t({{"kv", "kv"},
            {"bits_per_element", "bits/elem", 3},
            {"kv_mib", "KV MiB", 2},
@@ -72,6 +76,7 @@ void run(const Options& o) {
     j["reference"] = {{"kv", res.reference.kv}, {"ppl", res.reference.ppl}, {"kv_mib", res.reference.kv_mib}};
     j["tokens_scored"] = res.scored;
     j["ctx"] = ctx;
+    j["score_from"] = o.score_from;
     j["model"] = lm.path;
     std::cout << j.dump(2) << "\n";
   } else {
@@ -98,6 +103,9 @@ void add_perplexity(CLI::App& app) {
       ->check(CLI::Range(2, 1 << 20));
   c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
   c->add_option("--max-tokens", o->max_tokens, "score only the first N tokens of the text (0: all)");
+  c->add_option("--score-from", o->score_from,
+                "score each window's positions from N on (default 0: all); --score-from 1024 at --ctx 2048 is\n"
+                "llama-perplexity's convention, whose first half of a window only gives the second its context");
   c->add_option("--kv", o->kv, "comma-separated KV specs");
   c->add_option("--ref", o->ref, "KV spec of the reference cache (default: fp32 on the CPU, fp16 on the GPU)");
   c->add_option("--device", o->device, kDeviceHelp);

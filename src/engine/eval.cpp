@@ -83,7 +83,7 @@ PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<in
         it.seq = seqs[i];
         logits[i] = engines[i]->forward({it});
       }
-      for (size_t t = c0; t < c1 && t + 1 < w1; ++t) {  // position t predicts token t+1 of the window
+      for (size_t t = std::max(c0, w0 + o.score_from); t < c1 && t + 1 < w1; ++t) {  // position t predicts token t+1 of the window
         const size_t r = t - c0;
         log_softmax(&logits[0][r * V], V, lp_ref);
         const int target = tokens[t + 1];

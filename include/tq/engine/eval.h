@@ -18,6 +18,9 @@ namespace tq::engine {
 struct PerplexityOptions {
   uint32_t ctx = 2048;         // tokens per window; each window starts from an empty cache
   uint32_t chunk = 64;         // tokens per forward pass
+  // Positions of a window scored from this one on (< ctx): 0 scores every position; ctx / 2 is
+  // llama-perplexity's convention (the first half only gives the second its context).
+  uint32_t score_from = 0;
   unsigned threads = 0;
   std::string reference = "fp32";  // KV spec of the reference cache
   Device device = Device::kCpu;    // every configuration, the reference too, runs there
@@ -45,7 +48,8 @@ struct PerplexityResult {
   size_t scored = 0;                // positions scored
 };
 
-// Scores every position but the last of each window of `tokens` (next-token log-likelihood).
+// Scores every position but the last of each window of `tokens` from o.score_from on
+// (next-token log-likelihood).
 // progress(done, total) is called after each chunk.
 PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<int>& tokens, const std::vector<KvSpec>& specs,
                                      const PerplexityOptions& o, const std::function<void(size_t, size_t)>& progress = {});
