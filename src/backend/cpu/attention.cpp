@@ -15,7 +15,7 @@
 //           logits of one-token decoding bit for bit. Float values and side-buffer tokens
 //           accumulate directly (AVX2: a GQA group per row read, converted in registers).
 // The next pages' rows are prefetched: pages lie anywhere in the pool, out of the hardware
-// prefetcher's reach (4 pages ahead measured best, about 4% of a 2K-context decode step).
+// prefetcher's reach (how far ahead: bench/results/2026-11-30-cpu-vs-llama-cpp.md).
 // The positions are cut into parts of kPartPositions (fixed, whole pages): each (KV head, query
 // block, part) is a task with its own softmax state, and the parts of a query merge in order at
 // the end (FlashDecoding's split). A decode step with few KV heads thus feeds every thread, and

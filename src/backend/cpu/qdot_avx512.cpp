@@ -9,10 +9,9 @@
 // and ends with hsum(even + odd); here the low half is the even accumulator and the high half the
 // odd one, and the halves are added and summed the same way.
 // Four tokens (prompts, verification): the AVX2 kernel's shape with vpdpbusd on ymm registers, only
-// where the CPU has VNNI; without it the AVX2 kernel runs. Measured on the 2-core EPYC (Zen 4,
-// SmolLM2 Q4_1, 1 thread): the 512-bit one-token kernel decodes in 9.2 ms against AVX2's 10.4 (9.3
-// without VNNI); for four tokens the 512-bit form was slower than AVX2 (prefill 181-185 tokens/s
-// against 190), the ymm VNNI one faster (199).
+// where the CPU has VNNI; without it the AVX2 kernel runs. Why these forms and not the others: the
+// measurements in bench/results/2026-11-30-cpu-vs-llama-cpp.md (the 512-bit four-token form was
+// slower than AVX2 on Zen 4, which splits 512-bit operations in halves).
 #include "qdot_avx512.h"
 
 #include <immintrin.h>

@@ -84,8 +84,8 @@ struct HostFree {
 // Decode and verification steps (1..9 new tokens a sequence, as many for each) are replayed from
 // CUDA graphs captured per (tokens a sequence, tokens, logits rows, length bucket): the bucket is
 // the bound on sequence lengths the attention launch was planned for (its split count).
-// Batch-invariant mode's decode splits: about what the tuned plan gives batch 1 at 32K (66 splits
-// on an H200); cuts every 256 positions were slower (bench/results/2026-11-30-h200-batch-invariant.md). Their
+// Batch-invariant mode's decode splits: about what the tuned plan gives batch 1 at 32K on an H200;
+// shorter cuts were slower (bench/results/2026-11-30-h200-batch-invariant.md). Their
 // count follows the step's length bound: the splits a longer bound adds are empty for shorter
 // sequences, and the merge adds their zero weights exactly, so the count does not change bits
 // (without side blocks, whose partials come after the splits'; the mode refuses sink/window).
