@@ -6,6 +6,8 @@
 # .devdeps is made on the development machine by bench/gpu/make_devdeps.sh (fmt headers, googletest
 # sources, cpp-httplib and the libraries it loads), and carried to the GPU machine with the work tree.
 # BENCH_ARGS passes options to bench_decode.py (e.g. BENCH_ARGS="--shapes 16x32768 --no-bulk");
+# The GPU suites run twice: as they are, and with TQ_CUDA_PORTABLE=1 (the launches of GPUs before
+# sm_90, src/cuda/launch_common.h).
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
 # benchmark.
 # ENGINE_BENCH="args": also `tq bench args` (the engine benchmark; JSON to $OUT/engine_bench.json).
@@ -54,7 +56,7 @@ if command -v cuobjdump >/dev/null; then
   cuobjdump -sass "$gemv_obj" | awk '/Function : .*gemv_kernel/ {on=1; next} /Function : / {on=0} on' > "$OUT/gemv1.sass" 2>&1
   note "SASS gemv: $(grep -c 'LDG.*128' "$OUT/gemv1.sass") 128-bit LDG, $(grep -cE 'LDL|STL' "$OUT/gemv1.sass") LDL/STL"
   rows_obj=$(find build/h200 -name 'gemm_rows.cu.o' | head -1)
-  cuobjdump -sass "$rows_obj" | awk '/Function : .*gemm_rows_kernelILi1/ {on=1; next} /Function : / {on=0} on' > "$OUT/gemm_rows1.sass" 2>&1
+  cuobjdump -sass "$rows_obj" | awk '/Function : .*gemm_rows_impl.*Li1EEEv/ {on=1; next} /Function : / {on=0} on' > "$OUT/gemm_rows1.sass" 2>&1
   note "SASS gemm_rows (one n-tile): $(grep -c HMMA "$OUT/gemm_rows1.sass") HMMA, $(grep -c 'LDG.*128' "$OUT/gemm_rows1.sass") 128-bit LDG, $(grep -cE 'LDL|STL' "$OUT/gemm_rows1.sass") LDL/STL"
 fi
 
@@ -72,6 +74,12 @@ for t in test_capi test_cuda_runner; do
   ./build/h200/tests/cuda/$t --gtest_output=xml:"$OUT/$t.xml" >"$OUT/$t.log" 2>&1
   note "$t: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/$t.log" | tr '\n' ' ')"
   grep -B3 -A8 "Failure" "$OUT/$t.log" | head -40
+done
+# The portable path (plain launches, as on GPUs before sm_90) on this GPU: launch_common.h.
+for t in test_cuda test_cuda_runner; do
+  TQ_CUDA_PORTABLE=1 ./build/h200/tests/cuda/$t >"$OUT/${t}_portable.log" 2>&1
+  note "$t, TQ_CUDA_PORTABLE=1: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/${t}_portable.log" | tr '\n' ' ')"
+  grep -B3 -A8 "Failure" "$OUT/${t}_portable.log" | head -20
 done
 note "CUDA runner vs CPU runner, KL per case (mean, max[, the quantization's own mean]): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"\|name="quantization_kl_mean" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
 note "worst relative error of a GPU test against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1) (bound 1e-3)"

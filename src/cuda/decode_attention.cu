@@ -19,14 +19,19 @@ namespace {
 
 using namespace decode;  // the kernels and their pieces
 
-// resident_blocks of the kernel a cache gets.
+// Blocks resident per SM of the decode kernel a cache gets, on this GPU (resident_blocks is the
+// H200's count its registers are compiled for; smaller SMs hold fewer blocks' shared memory).
+template <int D, Kind KIND, int KB, int VB>
+int resident_here() {
+  return resident_blocks_here(resident_blocks<D, KIND, KB, VB>(), sizeof(Smem<D, KIND, KB, VB>));
+}
 template <int D>
 int resident_blocks_at(const CacheView& c) {
   switch (c.k.enc) {
     case Encoding::kFp16:
-    case Encoding::kBf16: return resident_blocks<D, Kind::kBf16, 0, 0>();  // the same layout
-    case Encoding::kFp8E4M3: return resident_blocks<D, Kind::kFp8, 0, 0>();
-    default: return resident_blocks<D, Kind::kTq, 2, 2>();  // every width alike
+    case Encoding::kBf16: return resident_here<D, Kind::kBf16, 0, 0>();  // the same layout
+    case Encoding::kFp8E4M3: return resident_here<D, Kind::kFp8, 0, 0>();
+    default: return resident_here<D, Kind::kTq, 4, 4>();  // every width alike (4/4: the largest ring)
   }
 }
 int resident_blocks_of(int D, const CacheView& c) {
@@ -105,7 +110,9 @@ Plan make_prefill_plan(const DecodeParams& p) {
   const int tiles = std::max(1, int((p.max_seq_len + T - 1) / T));
   int splits = p.split_tokens ? 0 : int(p.num_splits);  // fixed cuts are the decode kernel's
   if (splits == 0) {
-    const int resident = pl.D == 64 ? prefill::resident_blocks<64>() : pl.D == 128 ? prefill::resident_blocks<128>() : prefill::resident_blocks<256>();
+    const int resident = pl.D == 64    ? resident_blocks_here(prefill::resident_blocks<64>(), sizeof(prefill::Smem<64>))
+                         : pl.D == 128 ? resident_blocks_here(prefill::resident_blocks<128>(), sizeof(prefill::Smem<128>))
+                                       : resident_blocks_here(prefill::resident_blocks<256>(), sizeof(prefill::Smem<256>));
     const int want = resident * device_sm_count() / int(p.num_seqs * p.cache.kv_heads * rtiles);
     splits = std::clamp(want, 1, std::max(1, tiles / 4));
   }
@@ -113,28 +120,19 @@ Plan make_prefill_plan(const DecodeParams& p) {
   return pl;
 }
 
-// Launches `kernel` (kThreads a block) as a programmatic dependent launch on Hopper: it may be
-// scheduled while the previous kernel in the stream drains, and waits for it in
-// dev::wait_prerequisites before touching memory (dev::allow_dependents in the previous one
-// lets it start even earlier). Elsewhere, a plain launch.
+// Launches `kernel` (kThreads a block) as a programmatic dependent launch where the GPU has them
+// (launch_common.h): it may be scheduled while the previous kernel in the stream drains, and waits
+// for it in dev::wait_prerequisites before touching memory (dev::allow_dependents in the previous
+// one lets it start even earlier). Elsewhere, a plain launch.
 template <class... Params, class... Args>
-void launch_dependent(const char* what, void (*kernel)(Params...), dim3 grid, size_t smem, Stream stream, Args... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cudaLaunchAttribute pdl[1];
-  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = pdl;
-  cfg.numAttrs = device_cc_major() >= 9 ? 1 : 0;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, Params(args)...);
+void launch_after(const char* what, void (*kernel)(Params...), dim3 grid, size_t smem, Stream stream, Args... args) {
+  const cudaError_t e = launch_dependent(kernel, grid, dim3(kThreads), smem, stream, args...);
   TQ_CHECK(e == cudaSuccess, "decode_attention: {} launch failed: {}", what, cudaGetErrorString(e));
 }
 
 // Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB (a
-// host-side setting, capture-safe).
+// host-side setting, capture-safe). A GPU with less shared memory a block than that was refused
+// by validate (attention_unsupported).
 template <class Kernel>
 void allow_smem(Kernel kernel, size_t smem) {
   if (smem <= 48 * 1024) return;
@@ -158,9 +156,9 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     const int rtiles = pl.mtiles / (prefill::kBlockRows / kRows);
     constexpr size_t smem = sizeof(prefill::Smem<D>);
     allow_smem(prefill::prefill_kernel<D, KIND, KB, VB>, smem);
-    launch_dependent("prefill", prefill::prefill_kernel<D, KIND, KB, VB>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs), smem,
+    launch_after("prefill", prefill::prefill_kernel<D, KIND, KB, VB>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs), smem,
                      stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
-    launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
+    launch_after("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
                      static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
     return;
   }
@@ -170,9 +168,9 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
   // previous kernel (e.g. quantize_store) finishes, the merge's while the decode grid drains.
   // (Dense rotations read ws_q, written by prepare_queries just before: never early.)
-  launch_dependent("decode", decode_kernel<D, KIND, KB, VB>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml,
+  launch_after("decode", decode_kernel<D, KIND, KB, VB>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml,
                    static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
-  launch_dependent("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
+  launch_after("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
                    static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
 }
 
@@ -201,6 +199,21 @@ void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
 }
 
 }  // namespace
+
+size_t attention_smem_bytes(TensorCode k, uint32_t head_dim) {
+  const uint32_t d = is_tq(k.enc) ? padded_dim(head_dim) : head_dim;
+  const auto at = [&](auto dim) -> size_t {
+    constexpr int D = decltype(dim)::value;
+    const size_t prefill = sizeof(prefill::Smem<D>);
+    switch (k.enc) {
+      case Encoding::kFp16:
+      case Encoding::kBf16: return std::max(prefill, sizeof(Smem<D, Kind::kBf16, 0, 0>));
+      case Encoding::kFp8E4M3: return std::max(prefill, sizeof(Smem<D, Kind::kFp8, 0, 0>));
+      default: return std::max(prefill, sizeof(Smem<D, Kind::kTq, 4, 4>));  // the largest ring of any widths
+    }
+  };
+  return d == 64 ? at(std::integral_constant<int, 64>{}) : d == 128 ? at(std::integral_constant<int, 128>{}) : at(std::integral_constant<int, 256>{});
+}
 
 namespace {
 void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char* name) {

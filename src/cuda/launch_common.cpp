@@ -3,7 +3,10 @@
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <vector>
 
@@ -12,25 +15,44 @@
 namespace tq::cuda {
 
 namespace {
-// One attribute of the current device, queried once per device.
-int cached_attribute(cudaDeviceAttr attr) {
+// The properties the launchers read, queried once per device.
+struct DeviceProps {
+  int sms = 0, major = 0, smem_optin = 0, smem_sm = 0;
+};
+DeviceProps props() {  // a copy: the vector may grow when another device is queried
   static std::mutex mu;
-  static std::vector<std::pair<int, int>> values;  // [device]: (SM count, compute capability major)
+  static std::vector<DeviceProps> values;  // [device]
   int dev = 0;
   TQ_CHECK(cudaGetDevice(&dev) == cudaSuccess, "no CUDA device");
   std::lock_guard<std::mutex> lock(mu);
-  if (values.size() <= size_t(dev)) values.resize(dev + 1, {0, 0});
-  auto& [sms, major] = values[dev];
-  if (!sms) {
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  if (values.size() <= size_t(dev)) values.resize(dev + 1);
+  DeviceProps& p = values[dev];
+  if (!p.sms) {
+    cudaDeviceGetAttribute(&p.major, cudaDevAttrComputeCapabilityMajor, dev);
+    cudaDeviceGetAttribute(&p.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cudaDeviceGetAttribute(&p.smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
+    cudaDeviceGetAttribute(&p.sms, cudaDevAttrMultiProcessorCount, dev);
   }
-  return attr == cudaDevAttrMultiProcessorCount ? sms : major;
+  return p;
 }
 }  // namespace
 
-int device_sm_count() { return cached_attribute(cudaDevAttrMultiProcessorCount); }
-int device_cc_major() { return cached_attribute(cudaDevAttrComputeCapabilityMajor); }
+int device_sm_count() { return props().sms; }
+int device_cc_major() { return props().major; }
+int device_smem_per_block() { return props().smem_optin; }
+
+int resident_blocks_here(int compiled_for, size_t smem) {
+  const int fit = props().smem_sm / int(smem + 1024);  // 1 KB a block reserved by the driver
+  return std::max(1, std::min(compiled_for, fit));
+}
+
+bool dependent_launches() {
+  static const bool portable = [] {
+    const char* v = std::getenv("TQ_CUDA_PORTABLE");
+    return v && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+  }();
+  return !portable && device_cc_major() >= 9;
+}
 
 void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();
@@ -46,6 +68,18 @@ std::string attention_unsupported(TensorCode k, TensorCode v, uint32_t head_dim)
   // The head dim the kernels run at: TurboQuant rows are padded (e.g. 112 -> 128), float rows not.
   const uint32_t d = is_tq(k.enc) ? padded_dim(head_dim) : head_dim;
   if (d != 64 && d != 128 && d != 256) return fmt::format("head dim {} (padded {}) has no kernel; supported: 64, 128, 256", head_dim, d);
+  // The GPU at hand, when there is one: its shared memory a block must hold the kernels' tiles.
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) {
+    cudaGetLastError();  // no driver or device: nothing to check here, and no error left for a later check_launch
+  } else if (devices > 0) {
+    const size_t need = attention_smem_bytes(k, head_dim);
+    if (need > size_t(device_smem_per_block()))
+      return fmt::format("a {} cache at head dim {} needs {} KB of shared memory a block in the attention kernels; this GPU (compute "
+                         "capability {}) allows {} KB (docs/cuda.md lists what runs where)",
+                         k.enc == Encoding::kFp8E4M3 ? "fp8" : is_tq(k.enc) ? "TurboQuant" : "fp16/bf16", head_dim, (need + 1023) / 1024,
+                         device_cc_major(), device_smem_per_block() / 1024);
+  }
   return "";
 }
 

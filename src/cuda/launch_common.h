@@ -1,5 +1,8 @@
-// Host-side helpers shared by the launchers: error checks and cached device properties.
+// Host-side helpers shared by the launchers: error checks, cached device properties and the
+// programmatic dependent launch.
 #pragma once
+
+#include <cuda_runtime.h>
 
 #include "tq/cuda/kernels.h"
 
@@ -9,6 +12,40 @@ namespace tq::cuda {
 int device_sm_count();
 // Compute capability major of the current device (cached likewise): 9 = Hopper.
 int device_cc_major();
+// The most shared memory a block may have on the current device (opt-in; cached likewise): 227 KB
+// on sm_90 and sm_100, 163 KB on sm_80, 99 KB on sm_86, sm_89 and sm_120.
+int device_smem_per_block();
+// Blocks of a kernel resident per SM on the current device: the count its registers were compiled
+// for (__launch_bounds__), or fewer where the SM's shared memory holds fewer blocks of `smem`
+// bytes (228 KB an SM on sm_90, 100 KB on sm_86/89/120), at least 1.
+int resident_blocks_here(int compiled_for, size_t smem);
+// Whether kernels are launched as programmatic dependents (the next kernel in the stream may be
+// scheduled while this one drains): on compute capability 9 and later, unless TQ_CUDA_PORTABLE=1
+// in the environment asks for the path every other GPU takes (plain launches), which is how the
+// tests run that path on a Hopper GPU. Read once per device.
+bool dependent_launches();
+
+// kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent launch where
+// dependent_launches() allows it, a plain launch otherwise; the launch's error.
+template <class... Params, class... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute pdl[1];
+  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = pdl;
+  cfg.numAttrs = dependent_launches() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, Params(args)...);
+}
+
+// The shared memory a block of the decode or the prefill kernel takes for a cache whose keys are
+// `k`, at this head dim (64, 128 or 256 once padded), the larger of the two (decode_attention.cu).
+size_t attention_smem_bytes(TensorCode k, uint32_t head_dim);
+
 // Throws tq::Error with the CUDA error string if the last launch failed.
 void check_launch(const char* what);
 // Throws tq::Error naming the field when a CacheView is inconsistent.

@@ -53,6 +53,16 @@ std::vector<bf16_t> values(size_t n, std::mt19937& rng, bool hostile) {
   return v;
 }
 
+// The reference's y[a][r] and sum |w x| over the columns.
+std::pair<double, double> reference(const std::vector<bf16_t>& w, const std::vector<bf16_t>& x, uint32_t cols, uint32_t a, uint32_t r) {
+  double ref = 0, mag = 0;
+  for (uint32_t c = 0; c < cols; ++c) {
+    const double p = of_bf16(w[size_t(r) * cols + c]) * of_bf16(x[size_t(a) * cols + c]);
+    ref += p, mag += std::abs(p);
+  }
+  return {ref, mag};
+}
+
 TEST(CudaGemv, MatchesTheDoubleReferenceWithinTheSummationBound) {
   TQ_REQUIRE_GPU();
   struct Shape {
@@ -74,11 +84,7 @@ TEST(CudaGemv, MatchesTheDoubleReferenceWithinTheSummationBound) {
         const std::vector<float> y = dy.download();
         for (uint32_t a = 0; a < n; ++a)
           for (uint32_t r = 0; r < sh.rows; ++r) {
-            double ref = 0, mag = 0;
-            for (uint32_t c = 0; c < sh.cols; ++c) {
-              const double p = of_bf16(w[size_t(r) * sh.cols + c]) * of_bf16(x[size_t(a) * sh.cols + c]);
-              ref += p, mag += std::abs(p);
-            }
+            const auto [ref, mag] = reference(w, x, sh.cols, a, r);
             const double bound = sh.cols * 0x1.0p-24 * mag + 1e-37;  // + fp32's smallest normal: products of tiny values flush
             const float got = y[size_t(a) * sh.rows + r];
             ASSERT_TRUE(std::abs(got - ref) <= bound) << "rows " << sh.rows << " cols " << sh.cols << " n " << n << (hostile ? " hostile" : "")
@@ -89,16 +95,6 @@ TEST(CudaGemv, MatchesTheDoubleReferenceWithinTheSummationBound) {
     }
   }
   EXPECT_GT(checked, 2000u);
-}
-
-// The reference's y[a][r] and sum |w x| over the columns.
-std::pair<double, double> reference(const std::vector<bf16_t>& w, const std::vector<bf16_t>& x, uint32_t cols, uint32_t a, uint32_t r) {
-  double ref = 0, mag = 0;
-  for (uint32_t c = 0; c < cols; ++c) {
-    const double p = of_bf16(w[size_t(r) * cols + c]) * of_bf16(x[size_t(a) * cols + c]);
-    ref += p, mag += std::abs(p);
-  }
-  return {ref, mag};
 }
 
 // y = gemm_rows of x's n rows by dw; y poisoned first.
@@ -113,7 +109,7 @@ void run_gemm_rows(const test::DeviceBuffer<bf16_t>& dw, uint32_t rows, uint32_t
 }
 
 // gemm_rows sums the exact bf16 products in an order of its own (tensor-core MMAs of 16 columns,
-// then a warp's chunks, then 8 warps), and the tensor cores' adders are not documented to round to
+// then a warp's chunks, then the block's warps), and the tensor cores' adders are not documented to round to
 // nearest: the bound is the recursive-summation one with a whole ulp, cols * 2^-23 * sum |w x|
 // (Higham eq. 4.4 with u = 2^-23, any faithful rounding). The largest error against the
 // round-to-nearest bound (2^-24) is printed for the record.
@@ -157,7 +153,7 @@ TEST(CudaGemmRows, MatchesTheDoubleReferenceWithinTheSummationBound) {
 TEST(CudaGemmRows, ARowGivesTheSameBitsInAnyStep) {
   TQ_REQUIRE_GPU();
   std::mt19937 rng(11);
-  for (const auto [rows, cols] : {std::pair<uint32_t, uint32_t>{1000, 4096}, {33, 14336}, {7, 264}}) {
+  for (const auto& [rows, cols] : {std::pair<uint32_t, uint32_t>{1000, 4096}, {33, 14336}, {7, 264}}) {
     const std::vector<bf16_t> w = values(size_t(rows) * cols, rng, false);
     test::DeviceBuffer<bf16_t> dw(w);
     const std::vector<bf16_t> x = values(size_t(16) * cols, rng, false);

@@ -4,9 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 
 #include "cuda_test_util.h"
+#include "launch_common.h"
 #include "test_util.h"
 #include "tq/kv/attention_ref.h"
 #include "tq/cuda/device_format.h"
@@ -24,6 +28,44 @@ struct DecodeCase {
   uint32_t splits = 0;  // 0: automatic
   bool prefill = false;  // through prefill_attention (a chunk of ntok new tokens per sequence)
 };
+
+// TQ_CUDA_PORTABLE=1 makes a Hopper GPU take the launches every other GPU takes, so the GPU script
+// runs the suites both ways (bench/gpu/run_h200.sh); this says which one ran and that the switch holds.
+TEST(CudaLaunch, DependentLaunchesFollowTheDeviceAndTheSwitch) {
+  TQ_REQUIRE_GPU();
+  const char* v = std::getenv("TQ_CUDA_PORTABLE");
+  const bool portable = v && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
+  EXPECT_EQ(cuda::dependent_launches(), !portable && cuda::device_cc_major() >= 9);
+  std::printf("compute capability %d: %s launches\n", cuda::device_cc_major(), cuda::dependent_launches() ? "programmatic dependent" : "plain (portable)");
+}
+
+// The shared memory the attention kernels take (docs/cuda.md's table of what runs where): every
+// TurboQuant cache fits the 99 KB a block of sm_86/89/120 up to head dim 128 and decodes in 48 KB
+// at 256; the float caches' rings are Hopper-sized. On a GPU with 227 KB a block nothing is refused.
+TEST(CudaLaunch, SharedMemoryOfTheKernelsAndItsRefusal) {
+  constexpr size_t kConsumer = 99 * 1024, kA100 = 163 * 1024;
+  for (uint8_t kb : {2, 3, 4}) {
+    const TensorCode k{Encoding::kTqMse, kb};
+    EXPECT_LE(cuda::attention_smem_bytes(k, 64), kConsumer);
+    EXPECT_LE(cuda::attention_smem_bytes(k, 112), kConsumer);  // padded to 128
+    EXPECT_LE(cuda::attention_smem_bytes(k, 256), kA100);
+  }
+  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kBf16, 16}, 128), kConsumer);
+  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kFp16, 16}, 256), kA100);
+  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kFp8E4M3, 8}, 256), kConsumer);
+  TQ_REQUIRE_GPU();
+  const bool big = size_t(cuda::device_smem_per_block()) >= 227 * 1024;
+  for (const TensorCode k : {TensorCode{Encoding::kTqMse, 3}, TensorCode{Encoding::kBf16, 16}, TensorCode{Encoding::kFp8E4M3, 8}})
+    for (uint32_t d : {64u, 128u, 256u}) {
+      const TensorCode v = is_tq(k.enc) ? TensorCode{Encoding::kTqMse, 2} : k;
+      const std::string why = cuda::attention_unsupported(k, v, d);
+      const bool fits = cuda::attention_smem_bytes(k, d) <= size_t(cuda::device_smem_per_block());
+      EXPECT_EQ(why.empty(), fits) << "head dim " << d << ": " << why;
+      if (big) {
+        EXPECT_TRUE(why.empty()) << why;
+      }
+    }
+}
 
 std::string case_name(const DecodeCase& c) {
   return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill);

@@ -1,23 +1,11 @@
-// The products of steps of 1..16 rows (decode at small batch, speculative verification): y = x W^T
-// on tensor cores with the weight rows as the MMA's M dimension and the step's rows as its N
-// ("swap AB"), so each weight element is read once from memory whatever the row count, and the
-// activations (a few KiB a row) are re-read from L1/L2 once per 16 weight rows rather than once
-// per weight vector (the one-row GEMV's design, which lost to cuBLAS from 4 rows on).
-//
-// Batch invariance: an output y[t][r] is the sum of the same products in the same order whatever
-// n is and whatever the other rows hold: a warp's MMAs accumulate its chunks in a fixed order
-// (an MMA's outputs are independent dot products: a column never mixes with another), and the
-// block adds its 8 warps' sums in warp order. So a token's logits are the same bits in a one-token
-// step and in an 8-token verification step.
-//
-// The weights never depend on earlier kernels: launched as a programmatic dependent launch on
-// Hopper, a block issues its first weight loads before it waits for the previous kernel (which
-// wrote x), so the weight stream starts during the previous kernel's tail.
+// The products of steps of 1..16 rows (decode at small batch, speculative verification) on
+// tensor cores: the kernel and its invariance are in gemm_rows_kernel.cuh; this file picks its
+// tiling and launches it.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
-#include "device_common.cuh"
+#include "gemm_rows_kernel.cuh"
 #include "launch_common.h"
 #include "layers.h"
 #include "tq/check.h"
@@ -25,106 +13,21 @@
 namespace tq::cuda::layers {
 namespace {
 
-constexpr int kWarps = 8;   // a block: 16 weight rows, its columns dealt to 8 warps in chunks of 32
-constexpr int kUnroll = 4;  // chunks a round: 2 x 4 16-byte weight loads a lane, the next round's in flight
+// 16 warps of 16 weight rows, 2 chunks a round; steps of 1..8 rows with the next round's weights
+// in flight, 9..16 without and with registers for 2 blocks an SM (their second n-tile's registers
+// cost occupancy otherwise). The fastest of bench/gpu/gemm_rows_sweep.cu's tilings on the H200, in
+// the sweep and in whole decode steps (bench/results/2026-12-01-h200-gemm-rows.md). Both deal the
+// chunks to the warps and add them in the same order, so a row's outputs are the same bits
+// whichever takes the step.
+using OneTile = gemm_rows_impl::Tiling<16, 2, true, 0>;
+using TwoTiles = gemm_rows_impl::Tiling<16, 2, false, 2>;
+static_assert(OneTile::kWarps == TwoTiles::kWarps && OneTile::kUnroll == TwoTiles::kUnroll, "batch invariance: one summation order");
 
-// Each lane (g = lane / 4, c = lane % 4) loads 8 consecutive bf16 of weight rows g and g + 8 at
-// columns chunk * 32 + c * 8 .. + 7, and the same 8 columns of step row g. The reduction order
-// inside a dot product is free, so those 8 physical columns become the MMA's logical k = 2c, 2c+1,
-// 2c+8, 2c+9 of two k16 steps (A: m16n8k16 row-major fragment; B: its column-major fragment, the
-// same k for the same lane), each product used exactly once.
-__device__ __forceinline__ void mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
-// w: [rows][vecs] and x: [n][vecs] 16-byte vectors of 8 bf16 (vecs = cols / 8); y: [n][rows] fp32.
-// Grid: one block per 16 weight rows. TILES: 8-row n-tiles, n <= 8 * TILES.
-template <int TILES>
-__global__ void __launch_bounds__(kWarps * 32) gemm_rows_kernel(const uint4* __restrict__ w, uint32_t rows, uint32_t vecs, const uint4* x,
-                                                               uint32_t n, float* y) {
-  __shared__ float part[kWarps][TILES][16][8];  // each warp's sums: [warp][n-tile][weight row][step row]
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
-  const uint32_t row0 = blockIdx.x * 16;
-  const bool lo_ok = row0 + g < rows, hi_ok = row0 + g + 8 < rows;
-  const uint4* wlo = w + size_t(lo_ok ? row0 + g : 0) * vecs;
-  const uint4* whi = w + size_t(hi_ok ? row0 + g + 8 : 0) * vecs;
-  const uint32_t chunks = (vecs + 3) / 4;  // 4 vectors (32 columns) a chunk; the last may be partial
-
-  float acc[TILES][4] = {};
-  // Two sets of weight registers: the next chunks' loads are in flight while this set's MMAs run.
-  uint4 alo[kUnroll], ahi[kUnroll], nlo[kUnroll], nhi[kUnroll];
-  const auto load_w = [&](uint32_t ch0, uint4(&lo)[kUnroll], uint4(&hi)[kUnroll]) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const uint32_t ch = ch0 + u * kWarps, v = ch * 4 + c;
-      const bool ok = ch < chunks && v < vecs;
-      lo[u] = ok && lo_ok ? __ldcs(wlo + v) : make_uint4(0, 0, 0, 0);  // read once: not kept in cache
-      hi[u] = ok && hi_ok ? __ldcs(whi + v) : make_uint4(0, 0, 0, 0);
-    }
-  };
-  constexpr uint32_t kStride = kUnroll * kWarps;  // chunks a block takes a round
-  load_w(warp, alo, ahi);     // the weights do not depend on the previous kernel
-  dev::wait_prerequisites();  // x does
-  dev::allow_dependents();
-  for (uint32_t ch0 = warp; ch0 < chunks; ch0 += kStride) {
-    if (ch0 + kStride < chunks) load_w(ch0 + kStride, nlo, nhi);
-    uint4 b[kUnroll][TILES];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const uint32_t ch = ch0 + u * kWarps, v = ch * 4 + c;
-      const bool ok = ch < chunks && v < vecs;
-#pragma unroll
-      for (int t = 0; t < TILES; ++t) {
-        const uint32_t r = t * 8 + g;
-        b[u][t] = ok && r < n ? __ldg(x + size_t(r) * vecs + v) : make_uint4(0, 0, 0, 0);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-#pragma unroll
-      for (int t = 0; t < TILES; ++t) {
-        mma_bf16(acc[t], alo[u].x, ahi[u].x, alo[u].y, ahi[u].y, b[u][t].x, b[u][t].y);
-        mma_bf16(acc[t], alo[u].z, ahi[u].z, alo[u].w, ahi[u].w, b[u][t].z, b[u][t].w);
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) alo[u] = nlo[u], ahi[u] = nhi[u];
-  }
-  // Accumulator fragment: acc[t][0..1] = rows g, step rows t*8 + 2c, 2c+1; acc[t][2..3] = row g + 8.
-#pragma unroll
-  for (int t = 0; t < TILES; ++t) {
-    part[warp][t][g][2 * c] = acc[t][0], part[warp][t][g][2 * c + 1] = acc[t][1];
-    part[warp][t][g + 8][2 * c] = acc[t][2], part[warp][t][g + 8][2 * c + 1] = acc[t][3];
-  }
-  __syncthreads();
-  // Thread i: weight row i % 16 of step row i / 16, so neighbouring threads write neighbouring y.
-  for (int i = threadIdx.x; i < TILES * 128; i += kWarps * 32) {
-    const int r = i & 15, s = i >> 4, t = s >> 3, col = s & 7;
-    if (uint32_t(s) >= n || row0 + r >= rows) continue;
-    float sum = part[0][t][r][col];
-#pragma unroll
-    for (int k = 1; k < kWarps; ++k) sum += part[k][t][r][col];
-    y[size_t(s) * rows + row0 + r] = sum;
-  }
-}
-
-template <int TILES>
+template <class T, int TILES>
 void launch(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, uint32_t n, float* y, Stream s) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3((rows + 15) / 16);
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.stream = s;
-  cudaLaunchAttribute pdl[1];
-  pdl[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = pdl;
-  cfg.numAttrs = device_cc_major() >= 9 ? 1 : 0;
-  const cudaError_t e = cudaLaunchKernelEx(&cfg, gemm_rows_kernel<TILES>, reinterpret_cast<const uint4*>(w), rows, cols / 8,
-                                           reinterpret_cast<const uint4*>(x), n, y);
+  // The weights are read before the previous kernel ends (gemm_rows_kernel.cuh).
+  const cudaError_t e = launch_dependent(gemm_rows_impl::kernel<T, TILES>, dim3((rows + 15) / 16), dim3(T::kWarps * 32), 0, s,
+                                         reinterpret_cast<const uint4*>(w), rows, cols / 8, reinterpret_cast<const uint4*>(x), n, y);
   TQ_CHECK(e == cudaSuccess, "gemm_rows: launch of {} x {} by {} rows failed: {}", rows, cols, n, cudaGetErrorString(e));
 }
 
@@ -133,8 +36,8 @@ void launch(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, uint
 void gemm_rows(const bf16_t* w, uint32_t rows, uint32_t cols, const bf16_t* x, uint32_t n, float* y, Stream s) {
   const uint32_t most = kGemmRowsMax;
   TQ_CHECK(gemm_rows_takes(n, cols), "gemm_rows: {} rows of {} columns: takes 1..{} rows of a multiple of 8 columns", n, cols, most);
-  if (n <= 8) return launch<1>(w, rows, cols, x, n, y, s);
-  launch<2>(w, rows, cols, x, n, y, s);
+  if (n <= 8) return launch<OneTile, 1>(w, rows, cols, x, n, y, s);
+  launch<TwoTiles, 2>(w, rows, cols, x, n, y, s);
 }
 
 }  // namespace tq::cuda::layers
