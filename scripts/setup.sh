@@ -29,8 +29,10 @@ fi
 # forward pass of tests/engine/ref_logits.py (tests/engine/requirements.txt). CMake runs those tests
 # with .venv/bin/python. The Python package's tests and build backend: tests/python/requirements.txt;
 # torch and transformers for its transformers integration: tests/python/requirements-torch.txt.
+# matplotlib for the quality plots (bench/quality/requirements.txt; tests/scripts draws them).
 cd "$(dirname "$0")/.."
-reqs=(tests/serve/requirements.txt tests/engine/requirements.txt tests/python/requirements.txt tests/python/requirements-torch.txt)
+reqs=(tests/serve/requirements.txt tests/engine/requirements.txt tests/python/requirements.txt tests/python/requirements-torch.txt
+  bench/quality/requirements.txt)
 if [ -x .venv/bin/python ] && cat "${reqs[@]}" | cmp -s - .venv/requirements.installed; then
   echo "setup: .venv up to date"
 else
@@ -41,7 +43,7 @@ else
 fi
 
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
-  echo "setup: nvcc found, CUDA sources will be compiled (sm_90)"
+  echo "setup: nvcc found, CUDA sources will be compiled (sm_90; scripts/test.sh: sm_80 to sm_120)"
 else
   echo "setup: no nvcc, CUDA sources are skipped (CPU build only)"
 fi

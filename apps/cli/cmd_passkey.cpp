@@ -1,10 +1,13 @@
 // tq passkey: retrieval of a 5-digit key hidden at several depths of filler text.
 #include <fmt/format.h>
 
+#include <fstream>
 #include <iostream>
+#include <sstream>
 
 #include "commands.h"
 #include "table.h"
+#include "tq/check.h"
 #include "tq/common.h"
 #include "tq/engine/eval.h"
 #include "model_files.h"
@@ -20,7 +23,9 @@ struct Options {
   unsigned threads = 0;
   std::string device = "auto";
   double gpu_memory = 0;
-  bool json = false, verbose = false, allow_long = false;
+  uint32_t trials = 1;
+  std::string haystack;
+  bool json = false, verbose = false, allow_long = false, by_depth = false;
 };
 
 void run(const Options& o) {
@@ -35,19 +40,36 @@ void run(const Options& o) {
   po.device = pick_device(o.device, lm.model.config, specs);
   check_gpu_memory(o.gpu_memory, po.device);
   po.gpu_memory = o.gpu_memory;
+  po.trials = o.trials;
+  po.by_depth = o.by_depth;
+  if (!o.haystack.empty()) {
+    std::ifstream in(o.haystack, std::ios::binary);
+    TQ_CHECK(in.good(), "--haystack: cannot read text file '{}'", o.haystack);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    po.haystack = ss.str();
+    TQ_CHECK(!po.haystack.empty(), "--haystack: '{}' is empty", o.haystack);
+  }
   const bool verbose = o.verbose;
   const auto rows = engine::evaluate_passkey(lm.model, *lm.tokenizer, specs, po, [verbose](const std::string& msg) {
     if (verbose) fmt::print(stderr, "  {}\n", msg);
     else fmt::print(stderr, ".");
   });
   if (!verbose) fmt::print(stderr, "\n");
-  Table t({{"kv", "kv"}, {"length", "tokens"}, {"correct", "correct"}, {"trials", "trials"}, {"accuracy", "accuracy", 3}});
-  for (const auto& r : rows)
-    t.add({{"kv", r.kv}, {"length", r.length}, {"correct", r.correct}, {"trials", r.trials}, {"accuracy", double(r.correct) / r.trials}});
+  std::vector<Column> cols{{"kv", "kv"}, {"asked", "length"}, {"length", "tokens"}};
+  if (o.by_depth) cols.push_back({"depth", "depth", 2});
+  for (const Column& c : {Column{"correct", "correct"}, Column{"trials", "trials"}, Column{"accuracy", "accuracy", 3}}) cols.push_back(c);
+  Table t(cols);
+  for (const auto& r : rows) {
+    nlohmann::json row{{"kv", r.kv}, {"asked", r.asked}, {"length", r.length}, {"correct", r.correct}, {"trials", r.trials}, {"accuracy", double(r.correct) / r.trials}};
+    if (o.by_depth) row["depth"] = r.depth;
+    t.add(row);
+  }
   if (o.json) {
     std::cout << t.json().dump(2) << "\n";
   } else {
-    fmt::print("pass key retrieval, greedy decoding, {} depths per length (seed {})\n", o.depths.size(), o.seed);
+    fmt::print("pass key retrieval, greedy decoding, {} depths x {} keys per length, filler: {} (seed {})\n", o.depths.size(), o.trials,
+               o.haystack.empty() ? std::string("repeated sentences") : o.haystack, o.seed);
     fmt::print("{}", t.text());
   }
 }
@@ -59,7 +81,9 @@ void add_passkey(CLI::App& app) {
   CLI::App* c = app.add_subcommand("passkey",
                                    "Pass-key retrieval: a random 5-digit key (fixed seed) hidden at several depths of filler text;\n"
                                    "accuracy of greedy decoding per KV configuration and prompt length.\n"
-                                   "Example: tq passkey --kv fp16,k3v2 --lengths 256,1024");
+                                   "Example: tq passkey --kv fp16,k3v2 --lengths 256,1024\n"
+                                   "A needle-in-a-haystack grid: tq passkey --kv fp16,default --lengths 1024,4096,8000 --depths 0,0.5,1\n"
+                                   "  --trials 10 --haystack ../shared/data/text/emma.txt --by-depth --json");
   c->add_option("-m,--model", o->model, "model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   c->add_option("--kv", o->kv, "comma-separated KV specs");
   c->add_option("--lengths", o->lengths,
@@ -68,6 +92,12 @@ void add_passkey(CLI::App& app) {
       ->delimiter(',');
   c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
   c->add_option("--depths", o->depths, "depths of the key, fractions of the filler in [0, 1] (default 0.1,0.5,0.9)")->delimiter(',');
+  c->add_option("--trials", o->trials, "keys per length and depth, each its own key (and stretch of --haystack); default 1")
+      ->check(CLI::Range(1u, 100000u));
+  c->add_option("--haystack", o->haystack,
+                "a text file to hide the key in (needle in a haystack: each trial a stretch from a random sentence);\n"
+                "default: the pass-key task's repeated sentences");
+  c->add_flag("--by-depth", o->by_depth, "a row per length and depth (the grid bench/quality/needle_grid.py draws)");
   c->add_option("--seed", o->seed, "seed of the keys");
   c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("-t,--threads", o->threads, kThreadsHelp);

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <memory>
 #include <random>
+#include <string>
+#include <utility>
 
 #include "tq/check.h"
 #include "tq/engine/engine.h"
@@ -116,9 +118,52 @@ PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<in
   return res;
 }
 
+namespace {
+
+// The filler of one prompt: about `tokens` tokens of the classic sentences, or of the haystack
+// from a random sentence start; the needle goes in at `depth` of it, at a sentence boundary.
+class Filler {
+ public:
+  Filler(const model::Tokenizer& tok, std::string haystack) : haystack_(std::move(haystack)) {
+    const std::string sample = haystack_.empty() ? kSentences : haystack_.substr(0, 20000);
+    chars_per_token_ = double(sample.size()) / double(std::max<size_t>(1, tok.encode(sample, false).size()));
+  }
+  // `scale` < 1 shortens the text (a prompt that came out longer than allowed is rebuilt so).
+  std::string text(size_t tokens, double depth, const std::string& needle, std::mt19937_64& rng, double scale) const {
+    if (haystack_.empty()) {
+      const size_t per = std::max<size_t>(1, size_t(std::lround(double(kSentences.size()) / chars_per_token_)));
+      const size_t n = std::max<size_t>(1, size_t(double(tokens) * scale) / per);
+      const size_t at = size_t(std::lround(depth * double(n)));
+      std::string t;
+      for (size_t i = 0; i < n; ++i) t += (i == at ? needle : "") + kSentences;
+      if (at >= n) t += needle;
+      return t;
+    }
+    const size_t chars = size_t(double(tokens) * scale * chars_per_token_);
+    TQ_CHECK(chars + 1 < haystack_.size(), "--haystack: the text holds about {} tokens, fewer than the {} a prompt of these --lengths needs",
+             size_t(double(haystack_.size()) / chars_per_token_), tokens);
+    size_t start = rng() % (haystack_.size() - chars);
+    const size_t dot = haystack_.find(". ", start);
+    if (dot != std::string::npos && dot + 2 + chars <= haystack_.size()) start = dot + 2;
+    std::string t = haystack_.substr(start, chars);
+    size_t at = size_t(depth * double(t.size()));
+    const size_t boundary = t.find(". ", at);  // the needle is a sentence of its own
+    at = depth >= 1.0 ? t.size() : boundary == std::string::npos ? t.size() : boundary + 2;
+    return t.substr(0, at) + (at == t.size() ? " " : "") + needle + t.substr(at);
+  }
+
+ private:
+  static inline const std::string kSentences = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+  std::string haystack_;
+  double chars_per_token_ = 4;
+};
+
+}  // namespace
+
 std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tokenizer& tok, const std::vector<KvSpec>& specs,
                                          const PasskeyOptions& o, const std::function<void(const std::string&)>& progress) {
   TQ_CHECK(!o.lengths.empty() && !o.depths.empty(), "passkey needs at least one length and one depth");
+  TQ_CHECK(o.trials >= 1, "--trials {}: at least one key per length and depth", o.trials);
   for (double d : o.depths)  // NaN fails both
     TQ_CHECK(d >= 0.0 && d <= 1.0, "--depths {}: a depth is a fraction of the filler, in [0, 1]", d);
   const auto too_long = [&](uint64_t tokens) { return o.max_context && tokens + o.answer_tokens > o.max_context; };
@@ -130,54 +175,64 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
   const std::string intro =
       "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about "
       "the pass key.\n";
-  const std::string filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
   const std::string question = "\nWhat is the pass key? The pass key is";
-  const size_t filler_tokens = std::max<size_t>(1, tok.encode(filler, false).size());
+  const Filler filler(tok, o.haystack);
   std::mt19937_64 rng(o.seed);
-  std::vector<PasskeyRow> rows;
   // Prompts first (the same prompts for every spec).
   struct Trial {
     uint32_t length;
+    double depth;
     std::string key;
     std::vector<int> prompt;
   };
   std::vector<Trial> trials;
+  size_t longest = 0;
   for (uint32_t len : o.lengths)
-    for (double d : o.depths) {
-      const std::string key = std::to_string(10000 + rng() % 90000);
-      const std::string needle = fmt::format("The pass key is {}. Remember it. {} is the pass key. ", key, key);
-      const size_t n = len > 80 ? (len - 80) / filler_tokens : 1;  // ~80 tokens of intro, needle and question
-      const size_t at = size_t(std::lround(d * double(n)));
-      std::string text = intro;
-      for (size_t i = 0; i < n; ++i) text += (i == at ? needle : "") + filler;
-      if (at >= n) text += needle;
-      trials.push_back({len, key, prompt_tokens(m, tok, text + question, false)});
-      const size_t n_prompt = trials.back().prompt.size();  // the intro and the question can make it longer than asked
-      TQ_CHECK(!too_long(n_prompt), "--lengths {}: its prompt has {} tokens; with the {} answer tokens, beyond the model's training "
-               "context of {} tokens; pass --allow-long-context to run anyway", len, n_prompt, o.answer_tokens, o.max_context);
-    }
-  Sampler greedy({});  // temperature 0: the argmax, no random numbers
-  for (const KvSpec& s : specs)
-    for (uint32_t len : o.lengths) {
-      PasskeyRow row{s.text, 0, 0, 0};
-      for (const Trial& t : trials) {
-        if (t.length != len) continue;
-        row.length = std::max(row.length, uint32_t(t.prompt.size()));
-        Engine e(m, s, {.device = o.device, .threads = o.threads, .context = uint32_t(t.prompt.size() + o.answer_tokens),
-                        .gpu_memory = o.gpu_memory});
-        const int seq = e.add_sequence();
-        std::string answer;
-        int prev = t.prompt.back();
-        generate(e, seq, e.prefill(seq, t.prompt), greedy, m, tok, {.max_tokens = o.answer_tokens}, [&](int next) {
-          answer += tok.decode_next(prev, next);
-          prev = next;
-        });
-        row.correct += answer.find(t.key) != std::string::npos;
-        row.trials += 1;
-        if (progress) progress(fmt::format("{} len {}: key {} -> '{}'", s.text, t.prompt.size(), t.key, answer));
+    for (double d : o.depths)
+      for (uint32_t i = 0; i < o.trials; ++i) {
+        const std::string key = std::to_string(10000 + rng() % 90000);
+        const std::string needle = fmt::format("The pass key is {}. Remember it. {} is the pass key. ", key, key);
+        const size_t fill = len > 80 ? len - 80 : 1;  // ~80 tokens of intro, needle and question
+        std::vector<int> prompt;
+        const uint64_t stretch = o.haystack.empty() ? 0 : rng();  // (the classic filler keeps its keys of earlier versions)
+        // A haystack's stretch may tokenize denser than its sample: shorten it until the prompt fits.
+        for (double scale = 1.0;; scale *= 0.95) {
+          std::mt19937_64 pick(stretch);
+          prompt = prompt_tokens(m, tok, intro + filler.text(fill, d, needle, pick, scale) + question, false);
+          if (!too_long(prompt.size()) || o.haystack.empty() || scale < 0.5) break;
+        }
+        // (the intro and the question can make it longer than asked)
+        TQ_CHECK(!too_long(prompt.size()), "--lengths {}: its prompt has {} tokens; with the {} answer tokens, beyond the model's "
+                 "training context of {} tokens; pass --allow-long-context to run anyway", len, prompt.size(), o.answer_tokens, o.max_context);
+        longest = std::max(longest, prompt.size());
+        trials.push_back({len, d, key, std::move(prompt)});
       }
-      rows.push_back(row);
-    }
+  Sampler greedy({});  // temperature 0: the argmax, no random numbers
+  std::vector<PasskeyRow> rows;
+  for (const KvSpec& s : specs) {
+    // One engine a spec, sized for the longest prompt; each trial a sequence of its own.
+    Engine e(m, s, {.device = o.device, .threads = o.threads, .context = uint32_t(longest + o.answer_tokens), .gpu_memory = o.gpu_memory});
+    for (uint32_t len : o.lengths)
+      for (size_t di = 0; di < (o.by_depth ? o.depths.size() : 1); ++di) {
+        PasskeyRow row{s.text, 0, len, o.by_depth ? o.depths[di] : -1.0, 0, 0};
+        for (const Trial& t : trials) {
+          if (t.length != len || (o.by_depth && t.depth != o.depths[di])) continue;
+          row.length = std::max(row.length, uint32_t(t.prompt.size()));
+          const int seq = e.add_sequence();
+          std::string answer;
+          int prev = t.prompt.back();
+          generate(e, seq, e.prefill(seq, t.prompt), greedy, m, tok, {.max_tokens = o.answer_tokens}, [&](int next) {
+            answer += tok.decode_next(prev, next);
+            prev = next;
+          });
+          e.remove_sequence(seq);
+          row.correct += answer.find(t.key) != std::string::npos;
+          row.trials += 1;
+          if (progress) progress(fmt::format("{} len {} depth {}: key {} -> '{}'", s.text, t.prompt.size(), t.depth, t.key, answer));
+        }
+        rows.push_back(row);
+      }
+  }
   return rows;
 }
 

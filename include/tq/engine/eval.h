@@ -65,16 +65,25 @@ struct PasskeyOptions {
   unsigned threads = 0;
   Device device = Device::kCpu;
   double gpu_memory = 0;  // CUDA: fraction of the GPU's memory for the engine (one at a time); 0: off
+  uint32_t trials = 1;    // keys per (length, depth) cell, each its own key and stretch of haystack
+  // The filler: empty, the classic repeated sentences (Mohtashami and Jaggi's pass-key task); or a
+  // text (e.g. a book, as in the needle-in-a-haystack test) from which each trial takes a stretch
+  // starting at a random sentence.
+  std::string haystack;
+  bool by_depth = false;  // a row per (length, depth) cell; otherwise per length, depths together
 };
 
 struct PasskeyRow {
   std::string kv;
-  uint32_t length = 0;  // tokens of the prompts (longest of the depths)
+  uint32_t length = 0;  // tokens of the prompts (longest of the row's)
+  uint32_t asked = 0;   // the length asked for (PasskeyOptions::lengths)
+  double depth = -1;    // the cell's depth with by_depth; -1: every depth
   uint32_t correct = 0, trials = 0;
 };
 
 // A random 5-digit key hidden in filler text at each depth; greedy decoding must produce it. Throws
-// tq::Error, naming the value, on a depth outside [0, 1] and a length of 0 or beyond max_context.
+// tq::Error, naming the value, on a depth outside [0, 1], a length of 0 or beyond max_context, 0
+// trials, and a haystack too short for the longest prompt.
 std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tokenizer& tok, const std::vector<KvSpec>& specs,
                                          const PasskeyOptions& o, const std::function<void(const std::string&)>& progress = {});
 

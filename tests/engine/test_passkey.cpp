@@ -1,0 +1,102 @@
+// evaluate_passkey's grid on stories260K (its answers are not the point: the model is too small to
+// find a key): a row per length and depth with by_depth, the trials of a cell each with its own
+// key, the same prompts for every spec, the same prompts and answers from the same seed, and the
+// refusals.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "engine/stories.h"
+#include "tq/common.h"
+#include "tq/engine/eval.h"
+
+namespace tq::engine {
+namespace {
+
+using tq::testing::stories;
+
+// A text of numbered sentences, long enough for a few hundred tokens a trial.
+std::string haystack() {
+  std::string t;
+  for (int i = 0; i < 400; ++i) t += "The dog ran to the park number " + std::to_string(i) + ". ";
+  return t;
+}
+
+TEST(Passkey, GridByDepthWithTrialsAndHaystack) {
+  REQUIRE_STORIES();
+  PasskeyOptions o;
+  o.lengths = {120, 200};
+  o.depths = {0.0, 0.5, 1.0};
+  o.trials = 3;
+  o.by_depth = true;
+  o.haystack = haystack();
+  o.threads = 2;
+  o.answer_tokens = 2;
+  std::vector<std::string> seen;
+  const auto specs = std::vector<KvSpec>{parse_kv_spec("fp16"), parse_kv_spec("k3v2")};
+  const auto rows = evaluate_passkey(stories()->m, *stories()->tok, specs, o, [&](const std::string& s) { seen.push_back(s); });
+  ASSERT_EQ(rows.size(), 2u * 2u * 3u);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const PasskeyRow& r = rows[i];
+    EXPECT_EQ(r.kv, i < 6 ? "fp16" : "k3v2");
+    EXPECT_EQ(r.depth, o.depths[i % 3]);
+    EXPECT_EQ(r.asked, i % 6 < 3 ? 120u : 200u);
+    EXPECT_EQ(r.trials, 3u);
+    EXPECT_LE(r.correct, r.trials);
+    EXPECT_GE(r.length, (i % 6 < 3 ? 120u : 200u) / 2) << "row " << i;  // the filler is there (the intro adds more)
+    EXPECT_EQ(r.length, rows[i % 6].length) << "the same prompts for every spec";
+  }
+  ASSERT_EQ(seen.size(), 2u * 2u * 3u * 3u);  // one progress line a trial
+  // The three keys of a cell differ (each trial its own key).
+  const auto key_of = [](const std::string& line) { return line.substr(line.find("key ") + 4, 5); };
+  EXPECT_NE(key_of(seen[0]), key_of(seen[1]));
+  EXPECT_NE(key_of(seen[1]), key_of(seen[2]));
+  // The same seed gives the same prompts and answers, trial by trial.
+  std::vector<std::string> again;
+  evaluate_passkey(stories()->m, *stories()->tok, specs, o, [&](const std::string& s) { again.push_back(s); });
+  EXPECT_EQ(again, seen);
+}
+
+TEST(Passkey, AggregatesDepthsByDefault) {
+  REQUIRE_STORIES();
+  PasskeyOptions o;
+  o.lengths = {100};
+  o.depths = {0.1, 0.9};
+  o.trials = 2;
+  o.threads = 2;
+  o.answer_tokens = 2;
+  const auto rows = evaluate_passkey(stories()->m, *stories()->tok, {parse_kv_spec("fp16")}, o);
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].depth, -1.0);
+  EXPECT_EQ(rows[0].trials, 4u);
+}
+
+// Runs f and checks that it throws tq::Error saying `says`.
+template <class F>
+void expect_error(F f, const std::string& says) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one saying '" << says << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << e.what();
+  }
+}
+
+TEST(Passkey, RefusesBadGrids) {
+  REQUIRE_STORIES();
+  PasskeyOptions o;
+  o.lengths = {100};
+  o.trials = 0;
+  const std::vector<KvSpec> fp16{parse_kv_spec("fp16")};
+  const auto run = [&] { evaluate_passkey(stories()->m, *stories()->tok, fp16, o); };
+  expect_error(run, "--trials 0");
+  o.trials = 1;
+  o.haystack = "Too short. ";
+  expect_error(run, "--haystack: the text holds about");
+  o.haystack.clear();
+  o.depths = {1.5};
+  expect_error(run, "--depths 1.5");
+}
+
+}  // namespace
+}  // namespace tq::engine
