@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "tq/kv/attention_ref.h"
+#include "tq/kv/spec.h"
+
 namespace tq::test {
 
 bool have_gpu();
@@ -19,6 +22,21 @@ std::string attention_case_name(const std::string& spec, uint32_t head_dim, uint
 
 // The worst relative L2 error of an output row of d elements (NaN when a row is not finite).
 double worst_row_error(const std::vector<float>& got, const std::vector<float>& ref, uint32_t d);
+
+// The bound of a GPU attention test, after flash-attention's tests: a kernel's worst row error
+// against the double reference may be at most kPrecisionFactor times that of a naive computation
+// in the precision of the kernel's operands on the same data (same_precision_attention), plus
+// kFp32Floor for the kernels' fp32 sums where that computation happens to be exact.
+inline constexpr double kPrecisionFactor = 2.0;
+inline constexpr double kFp32Floor = 1e-6;
+// attention_reference's computation with the roundings of the kernels' operands (decode_kernel.cuh,
+// docs/cuda.md), scores and sums in fp32: Q as two fp16 parts (bf16 caches: bf16), or for 2- and
+// 3-bit TurboQuant keys the rotated Q in int16 fixed point per row (step max|q| / 32639) against
+// int16 centroids; TurboQuant K and V in the rotated domain with their centroids x sqrt(D) in fp16;
+// the softmax weights P (times the value norm) in fp16 (bf16 caches: two bf16 parts). Float K and V
+// are what the kernels read (exact). Its error against attention_reference is the error of a
+// computation of the kernels' precision on these data.
+std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t layer, const AttentionBatch& a);
 
 // The argmax of a row of n logits when its top-2 gap exceeds `gap` times the row's spread
 // (max - min); -1 when the row is too close to call.

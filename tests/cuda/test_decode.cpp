@@ -1,5 +1,7 @@
 // decode_attention against attention_reference (double precision over the dequantized cache) on
-// the same packed cache: output within 1e-3 relative error, every element written.
+// the same packed cache, every element written: the worst row's relative error at most twice that
+// of a naive computation in the kernels' operand precision on the same data
+// (test::same_precision_attention; flash-attention's tests bound their kernels the same way).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -123,23 +125,35 @@ struct DecodeSetup {
   // attention_reference over the CPU cache: [seq][ntok][qh][d]
   std::vector<float> reference() const {
     std::vector<float> ref(q.size());
+    AttentionBatch a = batch();
+    a.out = ref.data();
+    attention_reference(*cpu, 0, a);
+    return ref;
+  }
+  // The bound on a kernel's worst row error against reference() (cuda_test_util.h). A same-precision
+  // computation off by more than 1e-2 would be a broken reference, not a loose bound: it fails.
+  double bound(const std::vector<float>& ref) const {
+    const auto same = test::same_precision_attention(*cpu, 0, batch());
+    const double err = test::worst_row_error(same, ref, d);
+    EXPECT_LT(err, 1e-2) << "the same-precision reference itself";
+    return test::kPrecisionFactor * err + test::kFp32Floor;
+  }
+  AttentionBatch batch() const {
     AttentionBatch a;
     a.q = q.data();
-    a.out = ref.data();
     a.block_tables = bt.data();
     a.seq_lens = lens.data();
     a.num_seqs = uint32_t(lens.size());
     a.num_q_tokens = ntok;
     a.q_heads = qh;
     a.max_pages = max_pages;
-    attention_reference(*cpu, 0, a);
-    return ref;
+    return a;
   }
 };
 
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
 
-TEST_P(Decode, MatchesReferenceWithin1e3) {
+TEST_P(Decode, MatchesReferenceWithinTwiceTheSamePrecisionError) {
   TQ_REQUIRE_GPU();
   const DecodeCase& c = GetParam();
   DecodeSetup s(c, 7);
@@ -164,9 +178,11 @@ TEST_P(Decode, MatchesReferenceWithin1e3) {
   const auto got = out.download();
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_TRUE(std::isfinite(got[i])) << "row " << i / s.d << " element " << i % s.d << " not written or not finite";
-  const double worst = test::worst_row_error(got, ref, s.d);
-  EXPECT_LT(worst, 1e-3) << "worst relative L2 error of an output row (splits " << cuda::decode_num_splits(p) << ")";
+  const double worst = test::worst_row_error(got, ref, s.d), bound = s.bound(ref);
+  EXPECT_LE(worst, bound) << "worst relative L2 error of an output row (splits " << cuda::decode_num_splits(p)
+                          << "); the bound is twice a same-precision computation's";
   RecordProperty("worst_rel_err", std::to_string(worst));
+  RecordProperty("bound", std::to_string(bound));
 }
 
 std::vector<DecodeCase> cases() {
@@ -304,7 +320,7 @@ TEST(StoreAndDecode, NewRowsAreStoredBeforeThePagesAreRead) {
     cuda::quantize_store_and_decode(st, p, nullptr);
     CUDA_OK(cudaDeviceSynchronize());
     EXPECT_TRUE(cache.download() == std::vector<uint8_t>(s.cpu->data(), s.cpu->data() + s.cpu->bytes())) << spec << ": cache bytes differ";
-    EXPECT_LT(test::worst_row_error(out.download(), ref, s.d), 1e-3) << spec;  // NaN (a poisoned row read) fails too
+    EXPECT_LE(test::worst_row_error(out.download(), ref, s.d), s.bound(ref)) << spec;  // NaN (a poisoned row read) fails too
   }
 }
 
