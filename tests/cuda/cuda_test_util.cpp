@@ -103,7 +103,9 @@ Rows rows_of(const PagedKvCache& cache, uint32_t layer, uint32_t head, const int
 
 }  // namespace
 
-std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t layer, const AttentionBatch& a) {
+std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t layer, const AttentionBatch& a, const SideRows* side,
+                                            double* max_log2_logit) {
+  double largest = 0;
   const uint32_t d = cache.shape().head_dim, hkv = cache.shape().kv_heads, group = a.q_heads / hkv;
   const KvFormat& f = cache.format().format();
   const bool tq = is_tq(f.k.enc), bf = f.k.enc == Encoding::kBf16, int8_keys = tq && f.k.bits <= 3;
@@ -136,30 +138,48 @@ std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t 
           } else {
             for (float& x : q) x = two_parts(x);
           }
+          // Side positions (sink, and within the window of this row) in fp32 over fp16 rows, as the
+          // side blocks compute them; the packed ones with the packed kernels' roundings.
+          const auto on_side = [&](int32_t t) { return side && (t < int32_t(side->sink) || t >= visible - int32_t(side->window)); };
+          const float* qs = a.q + row * d;  // the side blocks take the query as it is
           std::vector<float> p(visible);  // scores, then weights
           float m = -INFINITY;
           for (int32_t t = 0; t < visible; ++t) {
             float dot = 0;
-            for (uint32_t i = 0; i < r.dim; ++i) dot += q[i] * r.k[size_t(t) * r.dim + i];
+            if (on_side(t)) {
+              const float* k = side->k(s, uint32_t(t)) + size_t(kvh) * d;
+              for (uint32_t i = 0; i < d; ++i) dot += qs[i] * k[i];
+            } else {
+              for (uint32_t i = 0; i < r.dim; ++i) dot += q[i] * r.k[size_t(t) * r.dim + i];
+            }
             m = std::max(m, p[t] = dot * scale);
+            largest = std::max(largest, std::abs(double(p[t])) * 1.4426950408889634);
           }
           float sum = 0;
           for (int32_t t = 0; t < visible; ++t) {
             const float w = std::exp(p[t] - m);
             sum += w;
-            p[t] = bf ? two_parts(w * r.v_norm[t]) : to_f16(w * r.v_norm[t]);  // TurboQuant: the value norm goes with P
+            if (on_side(t))
+              p[t] = w;
+            else  // TurboQuant: the value norm goes with P
+              p[t] = bf ? two_parts(w * r.v_norm[t]) : to_f16(w * r.v_norm[t]);
           }
-          std::vector<float> o(r.dim, 0.0f);
-          for (uint32_t i = 0; i < r.dim; ++i) {
-            for (int32_t t = 0; t < visible; ++t) o[i] += p[t] * r.v[size_t(t) * r.dim + i];
-            o[i] /= sum;
+          std::vector<float> o(r.dim, 0.0f), o_side(d, 0.0f);
+          for (int32_t t = 0; t < visible; ++t) {
+            if (on_side(t)) {
+              const float* v = side->v(s, uint32_t(t)) + size_t(kvh) * d;
+              for (uint32_t i = 0; i < d; ++i) o_side[i] += p[t] * v[i];
+            } else {
+              for (uint32_t i = 0; i < r.dim; ++i) o[i] += p[t] * r.v[size_t(t) * r.dim + i];
+            }
           }
           if (vc) vc->rotation().inverse(o.data(), o.data());
-          std::copy_n(o.begin(), d, out.begin() + row * d);
+          for (uint32_t i = 0; i < d; ++i) out[row * d + i] = (o[i] + o_side[i]) / sum;
         }
       }
     }
   }
+  if (max_log2_logit) *max_log2_logit = largest;
   return out;
 }
 

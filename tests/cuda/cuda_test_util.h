@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -24,11 +25,15 @@ std::string attention_case_name(const std::string& spec, uint32_t head_dim, uint
 double worst_row_error(const std::vector<float>& got, const std::vector<float>& ref, uint32_t d);
 
 // The bound of a GPU attention test, after flash-attention's tests: a kernel's worst row error
-// against the double reference may be at most kPrecisionFactor times that of a naive computation
-// in the precision of the kernel's operands on the same data (same_precision_attention), plus
-// kFp32Floor for the kernels' fp32 sums where that computation happens to be exact.
+// against the reference may be at most kPrecisionFactor times that of a computation in the
+// precision of the kernel's operands on the same data (same_precision_attention), plus the fp32
+// softmax's own rounding, which no operand format changes: the kernels scale a logit x into the
+// log2 domain and subtract the running maximum in fp32, a few roundings of |x| 2^-24 each, so a
+// weight exp2(x - m) moves by up to about |x|max 2^-22 relative (ln 2 < 1), and so may a row.
 inline constexpr double kPrecisionFactor = 2.0;
-inline constexpr double kFp32Floor = 1e-6;
+inline double attention_bound(double same_precision_error, double max_log2_logit) {
+  return kPrecisionFactor * same_precision_error + max_log2_logit * 0x1.0p-22;
+}
 // attention_reference's computation with the roundings of the kernels' operands (decode_kernel.cuh,
 // docs/cuda.md), scores and sums in fp32: Q as two fp16 parts (bf16 caches: bf16), or for 2- and
 // 3-bit TurboQuant keys the rotated Q in int16 fixed point per row (step max|q| / 32639) against
@@ -36,7 +41,16 @@ inline constexpr double kFp32Floor = 1e-6;
 // the softmax weights P (times the value norm) in fp16 (bf16 caches: two bf16 parts). Float K and V
 // are what the kernels read (exact). Its error against attention_reference is the error of a
 // computation of the kernels' precision on these data.
-std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t layer, const AttentionBatch& a);
+// With a sink/window side buffer (the KV policy; SideView): positions below `sink` or within
+// `window` of a query row's position are read from fp16 rows instead, in fp32 as the side blocks
+// do: side_k/side_v(s, t) give sequence s's position t ([kv_heads][head_dim], already fp16 values).
+struct SideRows {
+  uint32_t sink = 0, window = 0;
+  std::function<const float*(uint32_t s, uint32_t t)> k, v;
+};
+// max_log2_logit, when set, receives the largest |logit| x log2(e) of the computation.
+std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t layer, const AttentionBatch& a, const SideRows* side = nullptr,
+                                            double* max_log2_logit = nullptr);
 
 // The argmax of a row of n logits when its top-2 gap exceeds `gap` times the row's spread
 // (max - min); -1 when the row is too close to call.

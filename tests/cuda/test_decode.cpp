@@ -133,10 +133,11 @@ struct DecodeSetup {
   // The bound on a kernel's worst row error against reference() (cuda_test_util.h). A same-precision
   // computation off by more than 1e-2 would be a broken reference, not a loose bound: it fails.
   double bound(const std::vector<float>& ref) const {
-    const auto same = test::same_precision_attention(*cpu, 0, batch());
+    double logit = 0;
+    const auto same = test::same_precision_attention(*cpu, 0, batch(), nullptr, &logit);
     const double err = test::worst_row_error(same, ref, d);
     EXPECT_LT(err, 1e-2) << "the same-precision reference itself";
-    return test::kPrecisionFactor * err + test::kFp32Floor;
+    return test::attention_bound(err, logit);
   }
   AttentionBatch batch() const {
     AttentionBatch a;

@@ -1,7 +1,8 @@
 // decode_attention and prefill_attention with the KV policy's side buffer (SideView: sink and
-// window) against the CPU engine's attention (cpu::KvStore::attend) on the same pages: outputs
-// within the 1e-3 relative error of the other kernel tests, and the step's rows written into the
-// side slots exactly as the CPU rounds them to fp16. Slots the step must not read hold NaN.
+// window) against the CPU engine's attention (cpu::KvStore::attend) on the same pages: the worst
+// row error at most twice that of a computation in the kernels' precision on the same data (the
+// bound of the other kernel tests, cuda_test_util.h), and the step's rows written into the side
+// slots exactly as the CPU rounds them to fp16. Slots the step must not read hold NaN.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -93,6 +94,27 @@ struct SideSetup {
     const ptrdiff_t row = ptrdiff_t(hkv) * d;
     for (uint32_t s = 0; s < nseq; ++s) out.insert(out.end(), x[s].begin() + (lens[s] - ntok) * row, x[s].begin() + lens[s] * row);
     return out;
+  }
+  // The bound on a kernel's worst row error against reference() (cuda_test_util.h): the side rows
+  // as the kernels read them, fp16 of the written rows. A same-precision computation off by more
+  // than 1e-2 would be a broken reference: it fails.
+  double bound(const std::vector<float>& ref) const {
+    std::vector<std::vector<float>> k16(k), v16(v);
+    for (auto* rows : {&k16, &v16})
+      for (auto& seq : *rows)
+        for (float& x : seq) x = f16_to_f32(f32_to_f16(x));
+    const size_t row = size_t(hkv) * d;
+    const test::SideRows side{sink, window, [&](uint32_t s, uint32_t t) { return &k16[s][t * row]; },
+                              [&](uint32_t s, uint32_t t) { return &v16[s][t * row]; }};
+    AttentionBatch a;
+    a.q = q.data(), a.block_tables = bt.data(), a.seq_lens = lens.data();
+    a.num_seqs = nseq, a.num_q_tokens = ntok, a.q_heads = qh, a.max_pages = max_pages;
+    uint32_t local = 0;
+    const PagedKvCache& cache = store->cache_of(0, &local);
+    double logit = 0;
+    const double err = test::worst_row_error(test::same_precision_attention(cache, local, a, &side, &logit), ref, d);
+    EXPECT_LT(err, 1e-2) << "the same-precision reference itself";
+    return test::attention_bound(err, logit);
   }
   // KvStore::attend of every sequence's last ntok queries: [seq][ntok][qh][d].
   std::vector<float> reference() const {
@@ -187,9 +209,11 @@ TEST_P(DecodeSide, MatchesTheCpuAttentionAndWritesTheStepsRows) {
   const std::vector<float> got = r.run(c.prefill, c.splits);
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_TRUE(std::isfinite(got[i])) << "row " << i / s.d << " element " << i % s.d << " not written, not finite, or a NaN slot read";
-  const double worst = test::worst_row_error(got, ref, s.d);
-  EXPECT_LT(worst, 1e-3) << "worst relative L2 error of an output row against KvStore::attend";
+  const double worst = test::worst_row_error(got, ref, s.d), bound = s.bound(ref);
+  EXPECT_LE(worst, bound) << "worst relative L2 error of an output row against KvStore::attend; the bound is twice a same-precision "
+                             "computation's";
   RecordProperty("worst_rel_err", std::to_string(worst));
+  RecordProperty("bound", std::to_string(bound));
 
   // The step's rows now in the slots: sink positions, and the last `ring` positions.
   for (uint32_t q = 0; q < s.nseq; ++q) {
@@ -254,6 +278,9 @@ TEST(DecodeSide, StepsFromAnEmptySideBufferMatchTheCpu) {
       SideRun r(s, side.ptr);
       const std::vector<float> got = r.run(n > cuda::kMaxDecodeQueryTokens, 0);
       const double worst = test::worst_row_error(got, ref, s.d);
+      // A flat 1e-3 here still: the same-precision bound of the other tests stopped this test at its
+      // first bf16 step (5.4e-5 against 5.1e-5) before the fp32 softmax term was added, and its
+      // steps have not been run against the bound with that term on a GPU yet.
       ASSERT_LT(worst, 1e-3) << spec << ": step " << i << " (" << n << " tokens to " << len << "); NaN: a slot read before it was written";
     }
   }
