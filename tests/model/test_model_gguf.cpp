@@ -198,8 +198,8 @@ TEST(ModelGguf, Errors) {
   expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "head_count 4 is not a multiple of head_count_kv 3");
 
   s = TinyModelSpec{};
-  s.wtype = GgmlType::Q5_0;  // parses, but cannot be multiplied
-  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "GGUF tensor 'blk.0.attn_q.weight': ggml type q5_0");
+  s.wtype = GgmlType::Q5_1;  // parses, but cannot be multiplied
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "GGUF tensor 'blk.0.attn_q.weight': ggml type q5_1");
 
   {
     testing::GgufWriter w = testing::tiny_model(TinyModelSpec{});
