@@ -150,7 +150,9 @@ def from_file(path):
     class Lazy(dict):
         def __missing__(self, name):
             t = T[name]
-            a = dequantize(t.data, t.tensor_type).astype(np.float64).reshape(-1, int(t.shape[0]))
+            # the embedding (262144 x 640 on Gemma-3-270M) stays float32: half the memory
+            a = dequantize(t.data, t.tensor_type).astype(np.float32 if name == "token_embd.weight" else np.float64)
+            a = a.reshape(-1, int(t.shape[0]))
             a = a[0] if a.shape[0] == 1 else a
             if arch == "gemma3" and name.endswith("norm.weight"):
                 a = a - 1.0  # back to HF's w
