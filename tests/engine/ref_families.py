@@ -163,7 +163,8 @@ def from_file(path):
 
 
 # ---------------------------------------------------------------- the numpy forward
-def forward(hp, W, ids, use_window=True):
+def forward(hp, W, ids, use_window=True, keys=None):
+    """Last-token logits; keys (a dict): keys[l] = layer l's keys [n][kv_heads][head_dim] as the cache gets them."""
     arch, D, H, KV, HD, eps = hp["arch"], hp["dim"], hp["heads"], hp["kv_heads"], hp["head_dim"], hp["eps"]
     gemma = arch == "gemma3"
     n = len(ids)
@@ -193,6 +194,8 @@ def forward(hp, W, ids, use_window=True):
         q, k = rms(q, p + "attn_q_norm.weight"), rms(k, p + "attn_k_norm.weight")
         theta, ps = (10000.0, 1.0) if local else (hp["theta"], 1.0 / hp["rope_factor"])
         q, k = rope(q, theta, ps), rope(k, theta, ps)
+        if keys is not None:
+            keys[l] = k
         visible = pos[None, :] <= pos[:, None]
         if local and use_window:
             visible &= pos[:, None] - pos[None, :] < hp["window"]
