@@ -25,7 +25,8 @@ std::string apply_chat_template(model::ChatTemplate t, const std::vector<ChatMes
     // separated by a blank line; the assistant's turns are the "model" role's.
     std::string system;
     for (const ChatMessage& m : messages) {
-      TQ_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "unknown chat role '{}' (system, user or assistant)", m.role);
+      TQ_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "unknown chat role '{}' (system, user or assistant)",
+               m.role);
       if (m.role == "system") {
         system += (system.empty() ? "" : "\n\n") + m.content;
         continue;

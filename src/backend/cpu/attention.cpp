@@ -331,8 +331,8 @@ void attend_pages(const PagedKvCache& cache, uint32_t local, std::span<const int
   const auto run_part = [&](size_t hb, uint32_t p, float* base) {
     uint32_t j0, j1, nqb, n_parts;
     block_of(hb, &j0, &j1, &nqb, &n_parts);
-    attend_part(cache, local, block_table, side, uint32_t(hb / blocks), first, j0, j1, p * part, (p + 1) * part, q_heads, scale, sliding_window, q,
-                base + size_t(p) * nqb * per_query);
+    attend_part(cache, local, block_table, side, uint32_t(hb / blocks), first, j0, j1, p * part, (p + 1) * part, q_heads, scale,
+                sliding_window, q, base + size_t(p) * nqb * per_query);
   };
 
   const size_t pairs = size_t(H) * blocks;
