@@ -153,7 +153,7 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
              c.arch == Arch::Gemma3 ? " (gemma3: none or linear)" : "");
   }
   if (c.arch == Arch::Gemma3) {
-    // A file without the key (or with 0) has no sliding-window layers, as llama.cpp reads it.
+    // A file without the key, or with 0: no sliding-window layers, full attention in every layer.
     c.sliding_window = f.has(key("attention.sliding_window")) && f.get_uint(key("attention.sliding_window")) > 0
                            ? req("attention.sliding_window")
                            : 0;
