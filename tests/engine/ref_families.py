@@ -163,8 +163,10 @@ def from_file(path):
 
 
 # ---------------------------------------------------------------- the numpy forward
-def forward(hp, W, ids, use_window=True, keys=None):
-    """Last-token logits; keys (a dict): keys[l] = layer l's keys [n][kv_heads][head_dim] as the cache gets them."""
+def forward(hp, W, ids, use_window=True, keys=None, key_fn=None, all_logits=False):
+    """Last-token logits ([n][vocab] with all_logits); keys (a dict): keys[l] = layer l's keys
+    [n][kv_heads][head_dim] as the cache gets them; key_fn(l, k): what attention reads instead
+    (experiments: a quantizer's round trip)."""
     arch, D, H, KV, HD, eps = hp["arch"], hp["dim"], hp["heads"], hp["kv_heads"], hp["head_dim"], hp["eps"]
     gemma = arch == "gemma3"
     n = len(ids)
@@ -196,6 +198,8 @@ def forward(hp, W, ids, use_window=True, keys=None):
         q, k = rope(q, theta, ps), rope(k, theta, ps)
         if keys is not None:
             keys[l] = k
+        if key_fn is not None:
+            k = key_fn(l, k)
         visible = pos[None, :] <= pos[:, None]
         if local and use_window:
             visible &= pos[:, None] - pos[None, :] < hp["window"]
@@ -217,6 +221,8 @@ def forward(hp, W, ids, use_window=True, keys=None):
         out = W["output.weight"]
     except KeyError:  # tied: the embedding (unscaled) is the classifier
         out = emb
+    if all_logits:
+        return rms(x, "output_norm.weight") @ out.T
     return rms(x[-1:], "output_norm.weight")[0] @ out.T
 
 
