@@ -10,6 +10,8 @@ std::string apply_chat_template(model::ChatTemplate t, const std::string& prompt
       return "<|im_start|>user\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n";
     case model::ChatTemplate::Llama3:
       return "<|start_header_id|>user<|end_header_id|>\n\n" + prompt + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
+    case model::ChatTemplate::Gemma:
+      return "<start_of_turn>user\n" + prompt + "<end_of_turn>\n<start_of_turn>model\n";
     case model::ChatTemplate::None: break;
   }
   return prompt;
@@ -18,6 +20,24 @@ std::string apply_chat_template(model::ChatTemplate t, const std::string& prompt
 std::string apply_chat_template(model::ChatTemplate t, const std::vector<ChatMessage>& messages) {
   TQ_CHECK(t != model::ChatTemplate::None, "the model has no chat template");
   std::string out;
+  if (t == model::ChatTemplate::Gemma) {
+    // Gemma has no system turn: its template puts the system text before the first user text,
+    // separated by a blank line; the assistant's turns are the "model" role's.
+    std::string system;
+    for (const ChatMessage& m : messages) {
+      TQ_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "unknown chat role '{}' (system, user or assistant)",
+               m.role);
+      if (m.role == "system") {
+        system += (system.empty() ? "" : "\n\n") + m.content;
+        continue;
+      }
+      const std::string content = m.role == "user" && !system.empty() ? system + "\n\n" + m.content : m.content;
+      if (m.role == "user") system.clear();
+      out += "<start_of_turn>" + std::string(m.role == "user" ? "user" : "model") + "\n" + content + "<end_of_turn>\n";
+    }
+    if (!system.empty()) out += "<start_of_turn>user\n" + system + "<end_of_turn>\n";  // a system text no user turn followed
+    return out + "<start_of_turn>model\n";
+  }
   for (const ChatMessage& m : messages) {
     TQ_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "unknown chat role '{}' (system, user or assistant)", m.role);
     if (t == model::ChatTemplate::ChatML)

@@ -26,7 +26,7 @@ constexpr GgmlTypeInfo kTypes[] = {
     {GgmlType::F16, "f16", 1, 2, true},
     {GgmlType::Q4_0, "q4_0", 32, 18, true},
     {GgmlType::Q4_1, "q4_1", 32, 20, true},
-    {GgmlType::Q5_0, "q5_0", 32, 22, false},
+    {GgmlType::Q5_0, "q5_0", 32, 22, true},
     {GgmlType::Q5_1, "q5_1", 32, 24, false},
     {GgmlType::Q8_0, "q8_0", 32, 34, true},
     {GgmlType::Q8_1, "q8_1", 32, 36, false},
@@ -90,6 +90,18 @@ void deq_q4_1(const uint8_t* b, float* y) {
   for (size_t j = 0; j < 16; ++j) {
     y[j] = float(qs[j] & 0x0F) * d + m;
     y[j + 16] = float(qs[j] >> 4) * d + m;
+  }
+}
+
+// block_q5_0 (22 B): d fp16 | qh[4] (a little-endian uint32: bit j is the 5th bit of element j) |
+// qs[16] nibbles (same order as q4_0); x = d * (q - 16), q in 0..31.
+void deq_q5_0(const uint8_t* b, float* y) {
+  const float d = rd_f16(b);
+  const uint32_t qh = uint32_t(b[2]) | uint32_t(b[3]) << 8 | uint32_t(b[4]) << 16 | uint32_t(b[5]) << 24;
+  const uint8_t* qs = b + 6;
+  for (size_t j = 0; j < 16; ++j) {
+    y[j] = float(int((qs[j] & 0x0F) | ((qh >> j) & 1) << 4) - 16) * d;
+    y[j + 16] = float(int((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - 16) * d;
   }
 }
 
@@ -167,6 +179,7 @@ BlockFn block_fn(GgmlType t) {
     case GgmlType::Q8_0: return deq_q8_0;
     case GgmlType::Q4_0: return deq_q4_0;
     case GgmlType::Q4_1: return deq_q4_1;
+    case GgmlType::Q5_0: return deq_q5_0;
     case GgmlType::Q4_K: return deq_q4_K;
     case GgmlType::Q5_K: return deq_q5_K;
     case GgmlType::Q6_K: return deq_q6_K;
@@ -241,7 +254,7 @@ void ggml_check_dequantizable(GgmlType t, std::string_view what) {
   const GgmlTypeInfo* ti = ggml_type_info(uint32_t(t));
   TQ_CHECK(ti != nullptr, "{}: unknown ggml type {}", what, uint32_t(t));
   TQ_CHECK(ti->dequantizable,
-           "{}: ggml type {} ({}) is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q4_K, q5_K, q6_K)",
+           "{}: ggml type {} ({}) is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_K, q5_K, q6_K)",
            what, ti->name, uint32_t(t));
 }
 
@@ -276,7 +289,7 @@ size_t ggml_find_nonfinite(GgmlType t, const void* src, size_t n) {
     case GgmlType::Q4_K:
     case GgmlType::Q5_K: second = 2; break;
     case GgmlType::Q6_K: first = second = 208; break;
-    default: break;  // Q8_0, Q4_0: d only, at 0
+    default: break;  // Q8_0, Q4_0, Q5_0: d only, at 0
   }
   const GgmlTypeInfo& ti = ggml_type_info(t);
   for (size_t b = 0; b < n / ti.block_elems; ++b) {

@@ -14,6 +14,8 @@ const char* arch_name(Arch a) {
   switch (a) {
     case Arch::Llama: return "llama";
     case Arch::Qwen2: return "qwen2";
+    case Arch::Qwen3: return "qwen3";
+    case Arch::Gemma3: return "gemma3";
   }
   return "unknown";
 }
@@ -23,21 +25,33 @@ const char* chat_template_name(ChatTemplate c) {
     case ChatTemplate::None: return "none";
     case ChatTemplate::ChatML: return "chatml";
     case ChatTemplate::Llama3: return "llama3";
+    case ChatTemplate::Gemma: return "gemma";
   }
   return "unknown";
 }
 
-void rope_angles(const ModelConfig& c, uint32_t context, std::vector<float>& cs, std::vector<float>& sn) {
-  const size_t half = size_t(c.rope_dim) / 2;
+namespace {
+void angles(int rope_dim, float theta, float pos_scale, uint32_t context, std::vector<float>& cs, std::vector<float>& sn) {
+  const size_t half = size_t(rope_dim) / 2;
   cs.resize(size_t(context) * half);
   sn.resize(cs.size());
   for (uint32_t p = 0; p < context; ++p)
     for (size_t i = 0; i < half; ++i) {
-      const float freq = 1.0f / std::pow(c.rope_theta, float(2 * i) / float(c.rope_dim));
-      const float a = float(p) * freq;
+      const float freq = 1.0f / std::pow(theta, float(2 * i) / float(rope_dim));
+      // pos_scale 1 (every model but a linearly scaled one) leaves run.c's float(p) * freq as it was
+      const float a = (pos_scale == 1.0f ? float(p) : float(p) * pos_scale) * freq;
       cs[p * half + i] = std::cos(a);
       sn[p * half + i] = std::sin(a);
     }
+}
+}  // namespace
+
+void rope_angles(const ModelConfig& c, uint32_t context, std::vector<float>& cs, std::vector<float>& sn) {
+  angles(c.rope_dim, c.rope_theta, c.rope_freq_scale, context, cs, sn);
+}
+
+void rope_angles_local(const ModelConfig& c, uint32_t context, std::vector<float>& cs, std::vector<float>& sn) {
+  angles(c.rope_dim, c.rope_theta_local, 1.0f, context, cs, sn);
 }
 
 void TensorRef::matvec(const float* x, float* y) const {

@@ -1,16 +1,27 @@
 // ModelConfig + Weights from a GGUF file written by llama.cpp's convert_hf_to_gguf.py.
 //
-// Tensor names (llama.cpp's LLM_TENSOR_NAMES for llama / qwen2): token_embd.weight,
+// Tensor names (llama.cpp's LLM_TENSOR_NAMES for llama / qwen2 / qwen3 / gemma3): token_embd.weight,
 // blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down}.weight,
-// blk.N.attn_{q,k,v}.bias (qwen2), output_norm.weight, output.weight (absent: tied to token_embd).
+// blk.N.attn_{q,k,v}.bias (qwen2), blk.N.attn_{q,k}_norm.weight (qwen3, gemma3),
+// blk.N.{post_attention_norm, post_ffw_norm}.weight (gemma3), output_norm.weight, output.weight
+// (absent: tied to token_embd).
 // A ggml tensor of dims [ne0, ne1] holds ne1 rows of ne0 contiguous elements, i.e. [ne1][ne0]
 // row-major: attn_q.weight has dims {dim, q_dim}, so it is [q_dim][dim] = [out][in] as in TensorRef.
 //
 // RoPE pairing: for "llama" the converter permutes the rows of attn_q / attn_k within each head
 // (LlamaModel.permute: reshape(n_head, 2, head_dim/2, ...).swapaxes(1, 2)), turning HF's rotate-half
 // pairs (i, i + head_dim/2) into adjacent pairs (2i, 2i+1); llama.cpp then uses
-// LLAMA_ROPE_TYPE_NORM (adjacent pairs) for LLM_ARCH_LLAMA. "qwen2" is not permuted and uses
-// LLAMA_ROPE_TYPE_NEOX (half split). See llama-model.cpp llama_model_rope_type().
+// LLAMA_ROPE_TYPE_NORM (adjacent pairs) for LLM_ARCH_LLAMA. "qwen2", "qwen3" and "gemma3" are not
+// permuted and use LLAMA_ROPE_TYPE_NEOX (half split). See llama-model.cpp llama_model_rope_type().
+//
+// Gemma 3 (llama.cpp's llama-model.cpp LLM_ARCH_GEMMA3 and src/models/gemma3.cpp; HF's
+// modeling_gemma3.py): every 6th layer (l % 6 == 5) is global, the others attend to a sliding window
+// of gemma3.attention.sliding_window positions with RoPE base 10000 and no RoPE scaling; the global
+// ones use rope.freq_base and the file's linear RoPE scaling, if any. Embeddings times sqrt(dim);
+// per-head q/k RMSNorm before RoPE; RMSNorm of the attention and FFN outputs before each residual
+// add; GELU (tanh) gated FFN; query scale 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim) but
+// for the 62-layer 27B, 1/sqrt(dim / heads). Gemma's norms compute x * (1 + w): the converter
+// (convert_hf_to_gguf.py, Gemma3Model norm_shift) stores 1 + w, so every norm here is x * w.
 #include <algorithm>
 #include <cmath>
 
@@ -60,11 +71,13 @@ class WeightBinder {
   const GgufFile& f_;
 };
 
-ChatTemplate detect_chat_template(const GgufFile& f) {
+// Gemma 3 files without a template (the base models) still carry the turn tokens: Gemma's format.
+ChatTemplate detect_chat_template(const GgufFile& f, Arch arch) {
   const GgufValue* v = f.find("tokenizer.chat_template");
-  if (v == nullptr || v->type != GgufType::STRING) return ChatTemplate::None;
+  if (v == nullptr || v->type != GgufType::STRING) return arch == Arch::Gemma3 ? ChatTemplate::Gemma : ChatTemplate::None;
   if (v->str.find("<|im_start|>") != std::string::npos) return ChatTemplate::ChatML;
   if (v->str.find("<|start_header_id|>") != std::string::npos) return ChatTemplate::Llama3;
+  if (v->str.find("<start_of_turn>") != std::string::npos) return ChatTemplate::Gemma;
   return ChatTemplate::None;
 }
 
@@ -88,8 +101,17 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
   } else if (arch == "qwen2") {
     c.arch = Arch::Qwen2;
     c.rope_style = RopeStyle::HalfSplit;
+  } else if (arch == "qwen3") {
+    c.arch = Arch::Qwen3;
+    c.rope_style = RopeStyle::HalfSplit;
+    c.qk_norm = true;
+  } else if (arch == "gemma3") {
+    c.arch = Arch::Gemma3;
+    c.rope_style = RopeStyle::HalfSplit;
+    c.qk_norm = c.post_norms = true;
+    c.ffn_act = FfnAct::GeluTanh;
   } else {
-    throw Error(fmt::format("GGUF '{}': unsupported architecture '{}' (supported: llama, qwen2)", f.name(), arch));
+    throw Error(fmt::format("GGUF '{}': unsupported architecture '{}' (supported: llama, qwen2, qwen3, gemma3)", f.name(), arch));
   }
   const auto key = [&](const char* k) { return arch + "." + k; };
   const auto req = [&](const char* k) { return to_int(f.get_uint(key(k)), key(k)); };
@@ -124,7 +146,22 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
   c.rope_theta = positive("rope.freq_base", 10000.0);
   c.rms_eps = positive("attention.layer_norm_rms_epsilon", 1e-5);
   const std::string scaling = f.get_string_or(key("rope.scaling.type"), "none");
-  TQ_CHECK(scaling == "none", "GGUF '{}': RoPE scaling type '{}' is not supported", f.name(), scaling);
+  if (c.arch == Arch::Gemma3 && scaling == "linear") {  // Gemma 3 4B and up: factor 8 on the global layers
+    c.rope_freq_scale = 1.0f / positive("rope.scaling.factor", 1.0);
+  } else {
+    TQ_CHECK(scaling == "none", "GGUF '{}': RoPE scaling type '{}' is not supported{}", f.name(), scaling,
+             c.arch == Arch::Gemma3 ? " (gemma3: none or linear)" : "");
+  }
+  if (c.arch == Arch::Gemma3) {
+    // A file without the key, or with 0: no sliding-window layers, full attention in every layer.
+    c.sliding_window = f.has(key("attention.sliding_window")) && f.get_uint(key("attention.sliding_window")) > 0
+                           ? req("attention.sliding_window")
+                           : 0;
+    c.swa_pattern = 6;
+    c.rope_theta_local = 10000.0f;
+    c.embed_scale = std::sqrt(float(c.dim));
+    c.attn_scale = c.n_layers == 62 ? 1.0f / std::sqrt(float(c.dim / c.n_heads)) : 1.0f / std::sqrt(float(c.head_dim));
+  }
   TQ_CHECK(!f.has("rope_freqs.weight"), "GGUF '{}': per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 "
            "long-context scaling) are not supported", f.name());
 
@@ -139,7 +176,7 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
   c.eos_id = int(f.get_int_or("tokenizer.ggml.eos_token_id", -1));
   TQ_CHECK(c.bos_id < c.vocab_size && c.eos_id < c.vocab_size, "GGUF '{}': bos {} / eos {} outside the vocabulary ({})",
            f.name(), c.bos_id, c.eos_id, c.vocab_size);
-  c.chat_template = detect_chat_template(f);
+  c.chat_template = detect_chat_template(f, c.arch);
 
   const uint64_t D = uint64_t(c.dim), H = uint64_t(c.hidden_dim), V = uint64_t(c.vocab_size);
   const uint64_t QD = uint64_t(c.q_dim()), KVD = uint64_t(c.kv_dim());
@@ -165,6 +202,14 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
     TQ_CHECK(l == 0 || all_bias == c.has_qkv_bias, "GGUF '{}': layer {} differs from layer 0 in having q/k/v biases",
              f.name(), l);
     c.has_qkv_bias = all_bias;
+    if (c.qk_norm) {
+      lw.q_norm = b.bind(p + "attn_q_norm.weight", 1, uint64_t(c.head_dim));
+      lw.k_norm = b.bind(p + "attn_k_norm.weight", 1, uint64_t(c.head_dim));
+    }
+    if (c.post_norms) {
+      lw.attn_post_norm = b.bind(p + "post_attention_norm.weight", 1, D);
+      lw.ffn_post_norm = b.bind(p + "post_ffw_norm.weight", 1, D);
+    }
     lw.ffn_norm = b.bind(p + "ffn_norm.weight", 1, D);
     lw.w_gate = b.bind(p + "ffn_gate.weight", H, D);
     lw.w_up = b.bind(p + "ffn_up.weight", H, D);

@@ -343,6 +343,20 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
   EXPECT_THROW(engine::choose_device("gpu", c, {}), Error);
 }
 
+// qwen3 and gemma3 run on the CPU only: refused naming the architecture, and --device auto picks
+// the CPU for them.
+TEST(CudaRunnerRefuses, Qwen3AndGemma3) {
+  for (const model::Arch a : {model::Arch::Qwen3, model::Arch::Gemma3}) {
+    model::ModelConfig c;
+    c.n_layers = 4, c.dim = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.vocab_size = 300, c.arch = a;
+    std::string why;
+    EXPECT_FALSE(cuda::can_run(c, parse_kv_spec("fp16"), &why));
+    EXPECT_NE(why.find(std::string("architecture '") + model::arch_name(a) + "' is not implemented"), std::string::npos) << why;
+    EXPECT_THROW(engine::choose_device("cuda", c, {parse_kv_spec("fp16")}), Error);
+    EXPECT_EQ(engine::choose_device("auto", c, {parse_kv_spec("fp16")}), engine::Device::kCpu);
+  }
+}
+
 // tq perplexity's --gpu-memory: the engines compared in lockstep share the fraction (1/n each),
 // their pools get what it leaves, and the figures are those of the default pool's run.
 TEST(CudaRunnerEval, GpuMemoryIsSharedByTheEnginesAndChangesNoFigure) {

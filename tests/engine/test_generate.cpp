@@ -191,7 +191,7 @@ namespace {
 // other and the assistant's reply is opened at the end.
 TEST(Generation, ChatTemplatesOfConversations) {
   using model::ChatTemplate;
-  for (ChatTemplate t : {ChatTemplate::ChatML, ChatTemplate::Llama3})
+  for (ChatTemplate t : {ChatTemplate::ChatML, ChatTemplate::Llama3, ChatTemplate::Gemma})
     EXPECT_EQ(apply_chat_template(t, std::vector<ChatMessage>{{"user", "hi"}}), apply_chat_template(t, std::string("hi")));
   EXPECT_EQ(apply_chat_template(ChatTemplate::ChatML, std::vector<ChatMessage>{{"system", "s"}, {"user", "u"}, {"assistant", "a"}, {"user", "v"}}),
             "<|im_start|>system\ns<|im_end|>\n<|im_start|>user\nu<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
@@ -199,6 +199,12 @@ TEST(Generation, ChatTemplatesOfConversations) {
   EXPECT_EQ(apply_chat_template(ChatTemplate::Llama3, std::vector<ChatMessage>{{"system", "s"}, {"user", "u"}}),
             "<|start_header_id|>system<|end_header_id|>\n\ns<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nu<|eot_id|>"
             "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  // Gemma: no system turn (its text opens the first user turn), the assistant is "model"
+  EXPECT_EQ(apply_chat_template(ChatTemplate::Gemma, std::vector<ChatMessage>{{"system", "s"}, {"user", "u"}, {"assistant", "a"}, {"user", "v"}}),
+            "<start_of_turn>user\ns\n\nu<end_of_turn>\n<start_of_turn>model\na<end_of_turn>\n<start_of_turn>user\nv<end_of_turn>\n"
+            "<start_of_turn>model\n");
+  EXPECT_EQ(apply_chat_template(ChatTemplate::Gemma, std::string("hi")), "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n");
+  EXPECT_THROW(apply_chat_template(ChatTemplate::Gemma, std::vector<ChatMessage>{{"robot", "u"}}), Error);
   EXPECT_THROW(apply_chat_template(ChatTemplate::None, std::vector<ChatMessage>{{"user", "u"}}), Error);
   EXPECT_THROW(apply_chat_template(ChatTemplate::ChatML, std::vector<ChatMessage>{{"robot", "u"}}), Error);
 }

@@ -31,7 +31,7 @@ namespace {
 
 using model::GgmlType;
 
-constexpr GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+constexpr GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
 
 size_t block_elems(GgmlType t) { return model::ggml_type_info(t).block_elems; }
 
@@ -39,7 +39,8 @@ size_t block_elems(GgmlType t) { return model::ggml_type_info(t).block_elems; }
 std::vector<size_t> f16_fields(GgmlType t) {
   switch (t) {
     case GgmlType::Q8_0:
-    case GgmlType::Q4_0: return {0};
+    case GgmlType::Q4_0:
+    case GgmlType::Q5_0: return {0};
     case GgmlType::Q4_1:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K: return {0, 2};

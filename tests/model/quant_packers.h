@@ -3,6 +3,7 @@
 //   q8_0: x = d * q                 q int8,   d fp16,                         32 per block
 //   q4_0: x = d * (q - 8)           q 0..15,  byte j = q[j] | q[j+16] << 4    32 per block
 //   q4_1: x = d * q + m             q 0..15,  same nibble order               32 per block
+//   q5_0: x = d * (q - 16)          q 0..31,  nibbles as q4_0, bit 4 of q[j] = bit j of qh (uint32 LE)
 //   q4_K: x = d*sc[s] * q - dmin*mn[s], s = i/32, q 0..15, sc/mn 6-bit        256 per block
 //   q5_K: as q4_K with q 0..31 (5th bit in qh)                                256 per block
 //   q6_K: x = d * sc[i/16] * (q - 32), q 0..63, sc int8                       256 per block
@@ -86,6 +87,20 @@ inline void random_block(GgmlType t, std::mt19937& rng, std::vector<uint8_t>& by
       for (int i = 0; i < 32; ++i) q[i] = uni(0, 15);
       for (int j = 0; j < 16; ++j) qs[j] = uint8_t(q[j] | (q[j + 16] << 4));
       for (int i = 0; i < 32; ++i) values.push_back(q41 ? d * float(q[i]) + m : d * float(q[i] - 8));
+      break;
+    }
+    case GgmlType::Q5_0: {
+      const float d = pow2(-6, 2);
+      put_f16(bytes, at, d);
+      uint32_t qh = 0;
+      int q[32];
+      for (int i = 0; i < 32; ++i) {
+        q[i] = uni(0, 31);
+        qh |= uint32_t(q[i] >> 4) << i;
+      }
+      for (int i = 0; i < 4; ++i) b[2 + i] = uint8_t(qh >> (8 * i));
+      for (int j = 0; j < 16; ++j) b[6 + j] = uint8_t((q[j] & 15) | ((q[j + 16] & 15) << 4));
+      for (int i = 0; i < 32; ++i) values.push_back(d * float(q[i] - 16));
       break;
     }
     case GgmlType::Q4_K:

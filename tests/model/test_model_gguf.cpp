@@ -178,6 +178,55 @@ TEST(ModelGguf, TiedOutputAndQwen2Biases) {
   EXPECT_EQ(m.config.chat_template, ChatTemplate::Llama3);
 }
 
+// Gemma 3 as llama.cpp reads it: every 6th layer global, the rest local with RoPE base 10000;
+// embedding scale sqrt(dim), query scale 1/sqrt(head_dim), GELU, q/k norms and post-norms; the
+// Gemma turn template even without tokenizer.chat_template; linear RoPE scaling on the global layers.
+TEST(ModelGguf, Gemma3Config) {
+  TinyModelSpec s;
+  s.arch = "gemma3";
+  s.n_layers = 7;
+  s.tied = true;
+  s.rope_scaling = "linear";
+  const Model m = testing::load_written(testing::tiny_model(s));
+  const ModelConfig& c = m.config;
+  EXPECT_EQ(c.arch, Arch::Gemma3);
+  EXPECT_EQ(c.rope_style, RopeStyle::HalfSplit);
+  EXPECT_TRUE(c.qk_norm && c.post_norms);
+  EXPECT_EQ(c.ffn_act, FfnAct::GeluTanh);
+  EXPECT_FLOAT_EQ(c.embed_scale, std::sqrt(32.0f));
+  EXPECT_FLOAT_EQ(c.attn_scale, 1.0f / std::sqrt(16.0f));
+  EXPECT_EQ(c.sliding_window, 4);
+  for (int l = 0; l < 7; ++l) EXPECT_EQ(c.layer_window(l), l == 5 ? 0 : 4) << "layer " << l;
+  EXPECT_EQ(c.rope_theta_local, 10000.0f);
+  EXPECT_FLOAT_EQ(c.rope_freq_scale, 1.0f / 8.0f);
+  EXPECT_EQ(c.chat_template, ChatTemplate::Gemma);
+  EXPECT_EQ(m.weights.layers[6].q_norm.n_cols, 16u);
+  EXPECT_TRUE(m.weights.layers[6].ffn_post_norm.present());
+
+  s.sliding_window = 0;  // no key: no local layers
+  EXPECT_EQ(testing::load_written(testing::tiny_model(s)).config.layer_window(0), 0);
+  s.rope_scaling = "yarn";
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "RoPE scaling type 'yarn' is not supported (gemma3: none or linear)");
+  s.rope_scaling.clear();
+  s.skip_post_ffw_norm = true;
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "required tensor 'blk.0.post_ffw_norm.weight' is missing");
+}
+
+TEST(ModelGguf, Qwen3Config) {
+  TinyModelSpec s;
+  s.arch = "qwen3";
+  const Model m = testing::load_written(testing::tiny_model(s));
+  EXPECT_EQ(m.config.arch, Arch::Qwen3);
+  EXPECT_EQ(m.config.rope_style, RopeStyle::HalfSplit);
+  EXPECT_TRUE(m.config.qk_norm);
+  EXPECT_FALSE(m.config.post_norms || m.config.has_qkv_bias);
+  EXPECT_EQ(m.config.ffn_act, FfnAct::SiLU);
+  EXPECT_EQ(m.config.layer_window(0), 0);
+  EXPECT_TRUE(m.weights.layers[1].k_norm.present());
+  s.rope_scaling = "linear";  // only gemma3's linear scaling is read
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "RoPE scaling type 'linear' is not supported");
+}
+
 TEST(ModelGguf, LoadModelDispatchesOnMagic) {
   const std::string path = testing::temp_path("tiny.gguf");
   testing::tiny_model(TinyModelSpec{}).write(path);
@@ -198,8 +247,8 @@ TEST(ModelGguf, Errors) {
   expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "head_count 4 is not a multiple of head_count_kv 3");
 
   s = TinyModelSpec{};
-  s.wtype = GgmlType::Q5_0;  // parses, but cannot be multiplied
-  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "GGUF tensor 'blk.0.attn_q.weight': ggml type q5_0");
+  s.wtype = GgmlType::Q5_1;  // parses, but cannot be multiplied
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "GGUF tensor 'blk.0.attn_q.weight': ggml type q5_1");
 
   {
     testing::GgufWriter w = testing::tiny_model(TinyModelSpec{});

@@ -15,7 +15,7 @@ namespace {
 using testing::random_row;
 
 const GgmlType kDequantizable[] = {GgmlType::F32,  GgmlType::F16,  GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0,
-                                   GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+                                   GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
 
 std::string type_param_name(const ::testing::TestParamInfo<GgmlType>& info) { return ggml_type_name(info.param); }
 
@@ -198,10 +198,10 @@ TEST(Dequant, ErrorsNameTheProblem) {
   std::vector<uint8_t> b(64, 0);
   float y[64];
   try {
-    dequantize_row(GgmlType::Q5_0, b.data(), y, 32);
+    dequantize_row(GgmlType::Q5_1, b.data(), y, 32);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("q5_0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("q5_1"), std::string::npos) << e.what();
   }
   EXPECT_THROW(dequantize_row(GgmlType::Q8_0, b.data(), y, 31), Error);
   EXPECT_THROW(dot_rows(GgmlType::IQ2_XXS, b.data(), 1, 256, y, y), Error);

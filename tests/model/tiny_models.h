@@ -131,6 +131,10 @@ struct TinyModelSpec {
   std::string chat_template;
   const BpeVocab* tokenizer = nullptr;  // adds its metadata (vocab must then equal its size)
   float rope_theta = 500000.0f, rms_eps = 1e-6f;
+  // gemma3 / qwen3: the per-head q/k norms; gemma3: the post-norms and this sliding window (0: no key)
+  int sliding_window = 4;
+  std::string rope_scaling;  // rope.scaling.type when not empty (factor 8)
+  bool skip_post_ffw_norm = false;  // gemma3 without blk.0.post_ffw_norm.weight (an error)
   // A tensor made non-finite (the loaders must refuse it): element `poison_element` is NaN, or for
   // the block types the last fp16 scale of its block (m / dmin where there is one, else d) is inf.
   std::string poison;
@@ -187,6 +191,11 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
   w.add_f32(a + ".rope.freq_base", s.rope_theta);
   w.add_f32(a + ".attention.layer_norm_rms_epsilon", s.rms_eps);
   w.add_u32(a + ".rope.dimension_count", uint32_t(s.dim / s.n_heads));
+  if (a == "gemma3" && s.sliding_window > 0) w.add_u32(a + ".attention.sliding_window", uint32_t(s.sliding_window));
+  if (!s.rope_scaling.empty()) {
+    w.add_string(a + ".rope.scaling.type", s.rope_scaling);
+    w.add_f32(a + ".rope.scaling.factor", 8.0f);
+  }
   if (!s.chat_template.empty()) w.add_string("tokenizer.chat_template", s.chat_template);
   if (s.tokenizer != nullptr) add_bpe_tokenizer(w, *s.tokenizer);
 
@@ -228,6 +237,14 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
       vec(p + "attn_q.bias", QD);
       vec(p + "attn_k.bias", KVD);
       vec(p + "attn_v.bias", KVD);
+    }
+    if (a == "gemma3" || a == "qwen3") {
+      vec(p + "attn_q_norm.weight", hd);
+      vec(p + "attn_k_norm.weight", hd);
+    }
+    if (a == "gemma3") {
+      vec(p + "post_attention_norm.weight", D);
+      if (!(s.skip_post_ffw_norm && l == 0)) vec(p + "post_ffw_norm.weight", D);
     }
     vec(p + "ffn_norm.weight", D);
     mat(p + "ffn_gate.weight", H, D, s.wtype);

@@ -1,7 +1,7 @@
 // ggml tensor types as stored in GGUF files: their block geometry, dequantization to float32, and a
 // matrix-vector product on (possibly quantized) rows.
 //
-// Layouts follow ggml's ggml-common.h / ggml-quants.c (block_q8_0, block_q4_0, block_q4_1,
+// Layouts follow ggml's ggml-common.h / ggml-quants.c (block_q8_0, block_q4_0, block_q4_1, block_q5_0,
 // block_q4_K, block_q5_K, block_q6_K): all multi-byte fields little-endian, fp16 scales IEEE half.
 // Every type is read byte by byte (no struct casts), so the source needs no particular alignment.
 #pragma once
@@ -20,7 +20,7 @@ enum class GgmlType : uint32_t {
   F16 = 1,   // dequantized
   Q4_0 = 2,  // dequantized
   Q4_1 = 3,  // dequantized
-  Q5_0 = 6,
+  Q5_0 = 6,  // dequantized
   Q5_1 = 7,
   Q8_0 = 8,  // dequantized
   Q8_1 = 9,

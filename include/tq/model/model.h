@@ -1,5 +1,7 @@
 // A source-independent description of a Llama-family decoder: its hyper-parameters (ModelConfig)
 // and views of its weight tensors (Weights), loaded from a llama2.c checkpoint or a GGUF file.
+// Families: llama, qwen2, qwen3 (per-head q/k RMSNorm) and gemma3 (q/k norms, post-norms, GELU,
+// scaled embedding, interleaved sliding-window layers).
 // Weights are not copied: each TensorRef points into the memory-mapped file and keeps its ggml
 // type, so quantized GGUF weights stay quantized and are multiplied with dot_rows.
 #pragma once
@@ -18,7 +20,7 @@
 namespace tq::model {
 
 enum class WeightSource { Llama2c, Gguf };
-enum class Arch { Llama, Qwen2 };
+enum class Arch { Llama, Qwen2, Qwen3, Gemma3 };
 const char* arch_name(Arch a);
 
 // Which elements of a head the rotary embedding rotates together (frequency index i in
@@ -28,11 +30,15 @@ enum class RopeStyle {
   // LlamaModel.permute) reorders the rows of attn_q / attn_k inside each head so that the HF
   // rotate-half pairs become adjacent, and llama.cpp runs LLM_ARCH_LLAMA with LLAMA_ROPE_TYPE_NORM.
   AdjacentPairs,
-  // (i, i + rope_dim/2): HF's rotate_half, ggml's NEOX mode. GGUF "qwen2" (rows not permuted).
+  // (i, i + rope_dim/2): HF's rotate_half, ggml's NEOX mode. GGUF "qwen2", "qwen3", "gemma3" (rows
+  // not permuted; llama.cpp's llama_model_rope_type gives them LLAMA_ROPE_TYPE_NEOX).
   HalfSplit,
 };
 
-enum class ChatTemplate { None, ChatML, Llama3 };
+// Gemma: <start_of_turn>user ... <end_of_turn> turns, the assistant's role named "model".
+enum class ChatTemplate { None, ChatML, Llama3, Gemma };
+// The gated FFN's activation: w_down (act(w_gate x) * (w_up x)).
+enum class FfnAct { SiLU, GeluTanh };
 const char* chat_template_name(ChatTemplate c);
 
 struct ModelConfig {
@@ -52,19 +58,38 @@ struct ModelConfig {
   RopeStyle rope_style = RopeStyle::AdjacentPairs;
   bool tied_embeddings = false;  // output classifier == token embedding
   bool has_qkv_bias = false;
+  bool qk_norm = false;     // RMSNorm of each q and k head (attn_q_norm, attn_k_norm) before RoPE
+  bool post_norms = false;  // RMSNorm of the attention and FFN outputs before their residual adds (Gemma)
+  FfnAct ffn_act = FfnAct::SiLU;
+  float embed_scale = 1.0f;  // token embeddings are multiplied by this (Gemma: sqrt(dim))
+  float attn_scale = 0.0f;   // softmax scale of q.k; 0: 1/sqrt(head_dim)
+  // Interleaved sliding-window attention (Gemma 3): with swa_pattern > 0, layer l is local when
+  // l % swa_pattern < swa_pattern - 1 (every swa_pattern-th layer is global). A local layer's query
+  // at p sees positions t with p - t < sliding_window, and its RoPE uses rope_theta_local unscaled;
+  // global layers use rope_theta with positions times rope_freq_scale (linear RoPE scaling).
+  int sliding_window = 0;
+  int swa_pattern = 0;
+  float rope_theta_local = 10000.0f;
+  float rope_freq_scale = 1.0f;
   int bos_id = -1;  // -1: none
   int eos_id = -1;
   ChatTemplate chat_template = ChatTemplate::None;
 
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
+  bool layer_is_local(int l) const { return sliding_window > 0 && swa_pattern > 0 && l % swa_pattern < swa_pattern - 1; }
+  // The window of layer l's attention, 0 for full (causal) attention.
+  int layer_window(int l) const { return layer_is_local(l) ? sliding_window : 0; }
 };
 
 // A weight matrix [n_rows][n_cols], row-major, rows contiguous, elements of `type` (a vector is
 // one row). For the projections, y[n_rows] = W x[n_cols]: rows are output features.
 // RoPE angle tables as run.c computes them, in float: theta_i = pos * rope_theta^(-2i/rope_dim).
-// cos, sin: [context][rope_dim / 2]. Every runner uses these, so they rotate alike.
+// cos, sin: [context][rope_dim / 2]. Every runner uses these, so they rotate alike. The global
+// layers' table: rope_theta, positions times rope_freq_scale.
 void rope_angles(const ModelConfig& c, uint32_t context, std::vector<float>& cos, std::vector<float>& sin);
+// The table of local (sliding-window) layers: rope_theta_local, unscaled positions.
+void rope_angles_local(const ModelConfig& c, uint32_t context, std::vector<float>& cos, std::vector<float>& sin);
 
 struct TensorRef {
   std::string name;
@@ -90,13 +115,17 @@ struct LayerWeights {
   TensorRef wv;          // [kv_dim][dim]
   TensorRef wo;          // [dim][q_dim]
   TensorRef bq, bk, bv;  // optional biases [1][q_dim], [1][kv_dim], [1][kv_dim] (qwen2)
+  TensorRef q_norm, k_norm;  // [1][head_dim] per-head RMSNorm weights (qk_norm: qwen3, gemma3)
+  TensorRef attn_post_norm;  // [1][dim] post_attention_norm (post_norms: gemma3)
   TensorRef ffn_norm;    // [1][dim]
   TensorRef w_gate;      // [hidden][dim]: llama2.c w1, GGUF ffn_gate
   TensorRef w_up;        // [hidden][dim]: llama2.c w3, GGUF ffn_up
   TensorRef w_down;      // [dim][hidden]: llama2.c w2, GGUF ffn_down
+  TensorRef ffn_post_norm;  // [1][dim] post_ffw_norm (post_norms: gemma3)
 };
 
-// FFN: w_down (silu(w_gate x) * (w_up x)). Norms: x * rsqrt(mean(x^2) + rms_eps) * weight.
+// FFN: w_down (act(w_gate x) * (w_up x)), act = silu or tanh-GELU (ffn_act). Norms: x * rsqrt(mean(x^2) +
+// rms_eps) * weight (Gemma's (1 + weight) has its 1 folded into the GGUF weight by llama.cpp's converter).
 struct Weights {
   TensorRef token_embd;  // [vocab][dim]
   std::vector<LayerWeights> layers;
@@ -115,7 +144,7 @@ struct Model {
 // a weight that is not finite (NaN, inf), naming the weight.
 Model load_llama2c(const std::string& path);
 Model load_llama2c(std::shared_ptr<const ByteSource> src);
-// GGUF with general.architecture "llama" or "qwen2". Throws tq::Error on bad metadata (non-finite
+// GGUF with general.architecture "llama", "qwen2", "qwen3" or "gemma3". Throws tq::Error on bad metadata (non-finite
 // rope.freq_base or RMS epsilon included) and on weights that are not finite, naming the key or tensor.
 Model load_gguf(const std::string& path);
 Model load_gguf(std::shared_ptr<const GgufFile> file);

@@ -61,10 +61,12 @@ void axpy(bool avx2, float w, const float* x, float* y, uint32_t n) {
 
 // One task of attend_pages: KV head h, the queries of tokens j0..j1-1, the positions c0..c1-1.
 // part: [queries][m, d, acc [head_dim], acc_rot [padded dim]] its softmax state and unnormalized
-// outputs (acc_rot: TurboQuant values, still rotated).
+// outputs (acc_rot: TurboQuant values, still rotated). swa > 0: a query at qp sees only the
+// positions t with qp - t < swa (a sliding-window layer); the pages wholly before the task's first
+// query's window are not read.
 void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int32_t> block_table, const SideRows& side_rows, uint32_t h,
-                 uint32_t first, uint32_t j0, uint32_t j1, uint32_t c0, uint32_t c1, uint32_t q_heads, float scale, const float* q,
-                 float* part) {
+                 uint32_t first, uint32_t j0, uint32_t j1, uint32_t c0, uint32_t c1, uint32_t q_heads, float scale, uint32_t swa,
+                 const float* q, float* part) {
   const BlockLayout& L = cache.layout();
   const TurboQuant* kc = cache.format().k_codec(local, h);
   const TurboQuant* vc = cache.format().v_codec(local, h);
@@ -78,6 +80,10 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
   const auto in_side = [&](uint32_t t, uint32_t qp) { return sd && sd->holds(t, qp); };
 
   const auto qpos = [&](uint32_t qi) { return first + j0 + qi / group; };
+  // The first position a query at qp sees; the queries come in position order, so the task's
+  // first query has the smallest, and the pages before it (whole pages: c0 is one) are skipped.
+  const auto qlo = [&](uint32_t qp) { return swa && qp + 1 > swa ? qp + 1 - swa : 0u; };
+  const uint32_t pstart = std::max(c0, qlo(first + j0) / ps * ps);
   const auto qvec = [&](uint32_t qi) { return q + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D; };
   // fp16 K (value=false) or V row of a side-buffer token, converted into `dst` [D].
   const auto side_row = [&](uint32_t t, bool value, float* dst) {
@@ -120,7 +126,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
   // result is the loop's below.
   const bool key_rows = !kc && cpu::has_avx2_fma() && D % 8 == 0;
   const bool key_in_page = kenc == Encoding::kFp32 || kenc == Encoding::kFp16 || kenc == Encoding::kBf16;
-  for (uint32_t p0 = c0; p0 < c0 + span; p0 += ps) {
+  for (uint32_t p0 = pstart; p0 < c0 + span; p0 += ps) {
     const uint32_t p1 = std::min(c0 + span, p0 + ps);
     const uint8_t* blk = block_of_page(p0);
     prefetch(p0, L.k_codes, size_t(ps) * L.k_row);
@@ -132,11 +138,11 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
       const Encoding enc = key_in_page ? kenc : Encoding::kFp32;
       const uint32_t sink = sd ? sd->sink : 0, window = sd ? sd->window : 0;
       for (uint32_t qi0 = 0; qi0 < nqb; qi0 += group) {
-        const uint32_t qp = qpos(qi0), end = std::min(p1, qp + 1);
-        if (end <= p0) continue;
+        const uint32_t qp = qpos(qi0), end = std::min(p1, qp + 1), start = std::max(p0, qlo(qp));
+        if (end <= start) continue;
         float* srow = &S[size_t(qi0) * span];
-        // [p0, lo): sink rows, [lo, hi): page rows, [hi, end): window rows (in_side)
-        const uint32_t lo = std::max(p0, std::min(sink, end));
+        // [start, lo): sink rows, [lo, hi): page rows, [hi, end): window rows (in_side)
+        const uint32_t lo = std::max(start, std::min(sink, end));
         const uint32_t hi = window ? std::max(lo, std::min(end, qp + 1 > window ? qp + 1 - window : 0u)) : end;
         const auto side_rows_of = [&](uint32_t t0, uint32_t t1) {
           for (uint32_t t = t0; t < t1; ++t) {
@@ -144,7 +150,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
             for (uint32_t g = 0; g < group; ++g) srow[g * span + t - c0] = dot_f32(qvec(qi0 + g), side.data(), D) * scale;
           }
         };
-        side_rows_of(p0, lo);
+        side_rows_of(start, lo);
         simd::dot_rows_avx2(group, qvec(qi0), D, rows + (lo - p0) * stride, stride, enc, hi - lo, D, scale, srow + lo - c0, span);
         side_rows_of(hi, end);
       }
@@ -155,7 +161,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
     for (uint32_t qi = 0; qi < nqb; ++qi) {
       const uint32_t qp = qpos(qi), end = std::min(p1, qp + 1);
       float* srow = &S[size_t(qi) * span];  // [span]: position c0 + i at i
-      for (uint32_t t = p0; t < end; ++t) {
+      for (uint32_t t = std::max(p0, qlo(qp)); t < end; ++t) {
         float dot;
         if (in_side(t, qp)) {
           side_row(t, false, side.data());
@@ -177,8 +183,10 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
   const auto ex = [](float x) { return std::exp(x); };
   const size_t per_query = 2 + D + pd;  // part: [nqb][m, d, acc [D], acc_rot [pd]]
   for (uint32_t qi = 0; qi < nqb; ++qi) {
-    float* srow = &S[size_t(qi) * span];
-    const uint32_t n = std::min(c0 + span, qpos(qi) + 1) - std::min(c0, qpos(qi) + 1);  // positions it sees
+    // the positions it sees: [a, b) of the part, at srow[a - c0 .. b - c0)
+    const uint32_t b = std::min(c0 + span, qpos(qi) + 1), a = std::max(c0, std::min(b, qlo(qpos(qi))));
+    float* srow = &S[size_t(qi) * span] + (a - c0);
+    const uint32_t n = b > a ? b - a : 0;
     SoftmaxState st;
     if (n > 0) {
       const SoftmaxState::Step step = st.update(*std::max_element(srow, srow + n), ex);
@@ -195,7 +203,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
   // Float values but fp8 are read from the page and converted in registers (exactly, as the tile's).
   const bool value_in_page = !vc && (venc == Encoding::kFp32 || venc == Encoding::kFp16 || venc == Encoding::kBf16);
   std::vector<float> norms(ps);                                // [ps] the tile's row norms
-  for (uint32_t p0 = c0; p0 < c0 + span; p0 += ps) {
+  for (uint32_t p0 = pstart; p0 < c0 + span; p0 += ps) {
     const uint32_t p1 = std::min(c0 + span, p0 + ps);
     const uint8_t* blk = block_of_page(p0);
     prefetch(p0, L.v_codes, size_t(ps) * L.v_row);
@@ -213,10 +221,10 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
       // group; per element the same products and sums in the same order as the loop below.
       const uint32_t sink = sd ? sd->sink : 0, window = sd ? sd->window : 0;
       for (uint32_t qi0 = 0; qi0 < nqb; qi0 += group) {
-        const uint32_t qp = qpos(qi0), end = std::min(p1, qp + 1);
-        if (end <= p0) continue;
-        // [p0, lo): sink rows, [lo, hi): page rows, [hi, end): window rows (in_side)
-        const uint32_t lo = std::max(p0, std::min(sink, end));
+        const uint32_t qp = qpos(qi0), end = std::min(p1, qp + 1), start = std::max(p0, qlo(qp));
+        if (end <= start) continue;
+        // [start, lo): sink rows, [lo, hi): page rows, [hi, end): window rows (in_side)
+        const uint32_t lo = std::max(start, std::min(sink, end));
         const uint32_t hi = window ? std::max(lo, std::min(end, qp + 1 > window ? qp + 1 - window : 0u)) : end;
         const auto side_rows_of = [&](uint32_t t0, uint32_t t1) {
           for (uint32_t t = t0; t < t1; ++t) {
@@ -225,7 +233,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
               simd::axpy_avx2(S[size_t(qi0 + g) * span + t - c0], side.data(), &part[(qi0 + g) * per_query + 2], D);
           }
         };
-        side_rows_of(p0, lo);
+        side_rows_of(start, lo);
         if (value_in_page)
           simd::axpy_rows_avx2(group, &S[size_t(qi0) * span + lo - c0], span, blk + L.v_codes + (lo - p0) * L.v_row, L.v_row, venc, hi - lo,
                                &part[qi0 * per_query + 2], per_query, D);
@@ -241,7 +249,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
       const float* w = &S[size_t(qi) * span];  // position c0 + i at i
       float* a = &part[qi * per_query + 2];
       float* a_rot = a + D;
-      for (uint32_t t = p0; t < end; ++t) {
+      for (uint32_t t = std::max(p0, qlo(qp)); t < end; ++t) {
         if (in_side(t, qp)) {
           side_row(t, true, side.data());
           axpy(avx2, w[t - c0], side.data(), a, D);
@@ -262,7 +270,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
 }  // namespace
 
 void attend_pages(const PagedKvCache& cache, uint32_t local, std::span<const int32_t> block_table, const SideRows& side, uint32_t first,
-                  uint32_t nq, uint32_t q_heads, float scale, const float* q, float* out, ThreadPool& pool) {
+                  uint32_t nq, uint32_t q_heads, float scale, const float* q, float* out, ThreadPool& pool, uint32_t sliding_window) {
   const uint32_t H = cache.shape().kv_heads;
   TQ_CHECK(local < cache.shape().layers, "layer {} is outside the cache ({} layers)", local, cache.shape().layers);
   TQ_CHECK(q_heads >= H && q_heads % H == 0, "query heads ({}) must be a multiple of KV heads ({})", q_heads, H);
@@ -323,8 +331,8 @@ void attend_pages(const PagedKvCache& cache, uint32_t local, std::span<const int
   const auto run_part = [&](size_t hb, uint32_t p, float* base) {
     uint32_t j0, j1, nqb, n_parts;
     block_of(hb, &j0, &j1, &nqb, &n_parts);
-    attend_part(cache, local, block_table, side, uint32_t(hb / blocks), first, j0, j1, p * part, (p + 1) * part, q_heads, scale, q,
-                base + size_t(p) * nqb * per_query);
+    attend_part(cache, local, block_table, side, uint32_t(hb / blocks), first, j0, j1, p * part, (p + 1) * part, q_heads, scale,
+                sliding_window, q, base + size_t(p) * nqb * per_query);
   };
 
   const size_t pairs = size_t(H) * blocks;
@@ -367,7 +375,7 @@ void attend_pages(const PagedKvCache& cache, uint32_t local, std::span<const int
 
 
 void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t nq, uint32_t q_heads, const float* q, float* out,
-                     ThreadPool& pool) const {
+                     ThreadPool& pool, float scale, uint32_t sliding_window) const {
   TQ_CHECK(s.block_table != nullptr, "sequence {} has no block table", s.seq);
   TQ_CHECK(spec_.policy.window == 0 || nq <= shape_.max_chunk, "{} query tokens at once; the recent-token ring holds chunks of {}", nq,
            shape_.max_chunk);
@@ -383,7 +391,7 @@ void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t
     side.sink_rows = sd.sink.data() + size_t(layer) * side.sink * row;
     side.ring_rows = sd.recent.data() + size_t(layer) * ring() * row;
   }
-  attend_pages(cache, local, *s.block_table, side, first, nq, q_heads, 0.0f, q, out, pool);
+  attend_pages(cache, local, *s.block_table, side, first, nq, q_heads, scale, q, out, pool, sliding_window);
 }
 
 }  // namespace tq::cpu

@@ -135,17 +135,23 @@ void matmul_many(std::span<const model::TensorRef* const> ws, const float* x, si
 
 namespace {
 inline float swiglu(float g, float u) { return g * (1.0f / (1.0f + std::exp(-g))) * u; }
+// GELU's tanh approximation (HF's gelu_pytorch_tanh, ggml's gelu) times the up projection.
+inline float geglu(float g, float u) {
+  constexpr float kSqrt2OverPi = 0.7978845608028654f, kA = 0.044715f;
+  return 0.5f * g * (1.0f + std::tanh(kSqrt2OverPi * g * (1.0f + kA * g * g))) * u;
+}
 }  // namespace
 
 void matmul_swiglu(const model::TensorRef& gate, const model::TensorRef& up, const float* x, size_t T, float* g, float* u, ThreadPool& pool,
-                   bool exact) {
+                   bool exact, model::FfnAct activation) {
+  const auto gated = activation == model::FfnAct::GeluTanh ? geglu : swiglu;
   const model::TensorRef* ws[2] = {&gate, &up};
   const ActFormat f = shared_format(ws, exact);
   const size_t F = gate.n_rows;
   if (f == ActFormat::kF32 || up.n_rows != F) {
     matmul(gate, x, T, g, pool, exact);
     matmul(up, x, T, u, pool, exact);
-    for (size_t i = 0; i < T * F; ++i) g[i] = swiglu(g[i], u[i]);
+    for (size_t i = 0; i < T * F; ++i) g[i] = gated(g[i], u[i]);
     return;
   }
   const size_t C = gate.n_cols, act_bytes = act_row_bytes(f, C);
@@ -156,7 +162,7 @@ void matmul_swiglu(const model::TensorRef& gate, const model::TensorRef& up, con
       tile_quantized(gate, act.data(), act_bytes, T, g, r0, r1);
       tile_quantized(up, act.data(), act_bytes, T, u, r0, r1);
       for (size_t t = 0; t < T; ++t)
-        for (size_t r = r0; r < r1; ++r) g[t * F + r] = swiglu(g[t * F + r], u[t * F + r]);
+        for (size_t r = r0; r < r1; ++r) g[t * F + r] = gated(g[t * F + r], u[t * F + r]);
     }
   });
 }

@@ -75,6 +75,14 @@ DotRef ref_q8x32(GgmlType t, const uint8_t* w, const ActQ8x32* a, size_t nb) {
         add(r, double(rd_f16(w)) * a->d, isum, iabs);
         add(r, double(rd_f16(w + 2)) * a->d, a->sum, std::abs(a->sum));
         break;
+      case GgmlType::Q5_0: {  // x = d * (q - 16), the 5th bits in qh (w + 2, little-endian)
+        const uint32_t qh = uint32_t(w[2]) | uint32_t(w[3]) << 8 | uint32_t(w[4]) << 16 | uint32_t(w[5]) << 24;
+        for (size_t j = 0; j < 16; ++j)
+          mac(int((w[6 + j] & 15) | ((qh >> j) & 1) << 4), a->q[j]), mac(int((w[6 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4), a->q[j + 16]);
+        add(r, double(rd_f16(w)) * a->d, isum, iabs);
+        add(r, double(rd_f16(w)) * a->d, -16 * a->sum, std::abs(16 * a->sum));
+        break;
+      }
       default: TQ_CHECK(false, "vec_dot: ggml type {} has no 32-element integer dot", model::ggml_type_name(t));
     }
   }
@@ -127,7 +135,8 @@ ActFormat act_format(GgmlType w) {
   switch (w) {
     case GgmlType::Q8_0:
     case GgmlType::Q4_0:
-    case GgmlType::Q4_1: return ActFormat::kQ8x32;
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_0: return ActFormat::kQ8x32;
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
     case GgmlType::Q6_K: return ActFormat::kQ8x256;
@@ -197,7 +206,7 @@ void four(const uint8_t* row, const void* const act[4], size_t n, float out[4]) 
 }
 template <GgmlType T>
 float portable_one(const uint8_t* row, const void* act, size_t n) {
-  if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0 || T == GgmlType::Q4_1)
+  if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0 || T == GgmlType::Q4_1 || T == GgmlType::Q5_0)
     return detail::dot_q8x32_portable(T, row, static_cast<const ActQ8x32*>(act), n / 32);
   else
     return detail::dot_q8x256_portable(T, row, static_cast<const ActQ8x256*>(act), n / 256);
@@ -226,6 +235,7 @@ DotFn dot_kernel(GgmlType w) {
     }
   }
   switch (w) {
+    case GgmlType::Q5_0: return portable_one<GgmlType::Q5_0>;  // every SIMD level: no kernel of its own
     case GgmlType::Q8_0: return portable_one<GgmlType::Q8_0>;
     case GgmlType::Q4_0: return portable_one<GgmlType::Q4_0>;
     case GgmlType::Q4_1: return portable_one<GgmlType::Q4_1>;

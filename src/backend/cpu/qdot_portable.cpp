@@ -44,6 +44,12 @@ float dot_q8x32_portable(model::GgmlType t, const uint8_t* w, const ActQ8x32* a,
       uint8_t q[32];
       nibbles(w + 2, q);
       acc += float(idot(q, a->q, 32) - 8 * a->sum) * (d * a->d);
+    } else if (t == model::GgmlType::Q5_0) {  // x = d * (q - 16), the 5th bits in a little-endian uint32 at w + 2
+      const uint32_t qh = uint32_t(w[2]) | uint32_t(w[3]) << 8 | uint32_t(w[4]) << 16 | uint32_t(w[5]) << 24;
+      uint8_t q[32];
+      nibbles(w + 6, q);
+      for (int j = 0; j < 32; ++j) q[j] = uint8_t(q[j] | ((qh >> j) & 1) << 4);
+      acc += float(idot(q, a->q, 32) - 16 * a->sum) * (d * a->d);
     } else {  // q4_1: x = d * q + m
       uint8_t q[32];
       nibbles(w + 4, q);

@@ -10,7 +10,7 @@
 
 namespace tq::cpu::detail {
 
-// t: q8_0, q4_0 or q4_1; nb blocks of 32.
+// t: q8_0, q4_0, q4_1 or q5_0; nb blocks of 32.
 float dot_q8x32_portable(model::GgmlType t, const uint8_t* w, const ActQ8x32* a, size_t nb);
 // t: q4_K, q5_K or q6_K; nb blocks of 256.
 float dot_q8x256_portable(model::GgmlType t, const uint8_t* w, const ActQ8x256* a, size_t nb);

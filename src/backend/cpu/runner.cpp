@@ -37,6 +37,8 @@ CpuModelRunner::CpuModelRunner(const model::Model& m, const KvSpec& spec, const 
   for (const auto& l : m.weights.layers) {
     attn_norm_.push_back(norm(l.attn_norm));
     ffn_norm_.push_back(norm(l.ffn_norm));
+    if (c.qk_norm) q_norm_.push_back(norm(l.q_norm)), k_norm_.push_back(norm(l.k_norm));
+    if (c.post_norms) attn_post_norm_.push_back(norm(l.attn_post_norm)), ffn_post_norm_.push_back(norm(l.ffn_post_norm));
     for (const TensorRef* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
       TQ_CHECK(t->present(), "weight '{}' is absent", t->name);
       model::ggml_check_dequantizable(t->type, t->name);
@@ -49,6 +51,7 @@ CpuModelRunner::CpuModelRunner(const model::Model& m, const KvSpec& spec, const 
   model::ggml_check_dequantizable(m.weights.output.type, m.weights.output.name);
 
   model::rope_angles(c, opts_.context, rope_cos_, rope_sin_);
+  if (c.sliding_window > 0) model::rope_angles_local(c, opts_.context, rope_cos_local_, rope_sin_local_);
 }
 
 std::string CpuModelRunner::describe() const { return "cpu, " + std::to_string(pool_.size()) + " threads"; }
@@ -61,10 +64,10 @@ void CpuModelRunner::rmsnorm(const float* x, const std::vector<float>& w, float*
   for (size_t i = 0; i < n; ++i) out[i] = w[i] * (r * x[i]);
 }
 
-void CpuModelRunner::rope(float* v, uint32_t pos) const {
+void CpuModelRunner::rope(float* v, uint32_t pos, bool local) const {
   const size_t half = size_t(cfg_.rope_dim) / 2;
-  const float* cs = &rope_cos_[pos * half];
-  const float* sn = &rope_sin_[pos * half];
+  const float* cs = &(local ? rope_cos_local_ : rope_cos_)[pos * half];
+  const float* sn = &(local ? rope_sin_local_ : rope_sin_)[pos * half];
   const bool adjacent = cfg_.rope_style == model::RopeStyle::AdjacentPairs;
   for (size_t i = 0; i < half; ++i) {
     const size_t i0 = adjacent ? 2 * i : i, i1 = adjacent ? 2 * i + 1 : i + half;
@@ -92,6 +95,8 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
         W.token_embd.dequantize_row(size_t(it.tokens[j]), &x[r * D]);
         pos[r] = it.first + j;
       }
+    if (c.embed_scale != 1.0f)
+      for (float& e : x) e *= c.embed_scale;
   }
   const auto add_bias = [&](const TensorRef& bias, std::vector<float>& y, size_t width) {
     if (!bias.present()) return;
@@ -110,23 +115,34 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
     add_bias(w.bq, q, QD);
     add_bias(w.bk, k, KVD);
     add_bias(w.bv, v, KVD);
+    if (c.qk_norm)  // in place: rmsnorm reads each element before it writes it
+      for (size_t r = 0; r < N; ++r) {
+        for (size_t h = 0; h < size_t(c.n_heads); ++h) rmsnorm(&q[r * QD + h * HD], q_norm_[l], &q[r * QD + h * HD]);
+        for (size_t h = 0; h < size_t(c.n_kv_heads); ++h) rmsnorm(&k[r * KVD + h * HD], k_norm_[l], &k[r * KVD + h * HD]);
+      }
+    const bool local = c.layer_is_local(int(l));
     for (size_t r = 0; r < N; ++r) {
-      for (size_t h = 0; h < size_t(c.n_heads); ++h) rope(&q[r * QD + h * HD], pos[r]);
-      for (size_t h = 0; h < size_t(c.n_kv_heads); ++h) rope(&k[r * KVD + h * HD], pos[r]);
+      for (size_t h = 0; h < size_t(c.n_heads); ++h) rope(&q[r * QD + h * HD], pos[r], local);
+      for (size_t h = 0; h < size_t(c.n_kv_heads); ++h) rope(&k[r * KVD + h * HD], pos[r], local);
     }
     // Quantize on write, then attend: a chunk's queries see the chunk's own keys (causal).
     size_t r0 = 0;
     for (const StepSeq& it : step) {
       const SeqPages s{it.seq, it.block_table};
       for (size_t j = 0; j < it.n; ++j) kv_.write(uint32_t(l), s, pos[r0 + j], &k[(r0 + j) * KVD], &v[(r0 + j) * KVD]);
-      kv_.attend(uint32_t(l), s, it.first, it.n, uint32_t(c.n_heads), &q[r0 * QD], &att[r0 * QD], pool_);
+      kv_.attend(uint32_t(l), s, it.first, it.n, uint32_t(c.n_heads), &q[r0 * QD], &att[r0 * QD], pool_, c.attn_scale,
+                 uint32_t(c.layer_window(int(l))));
       r0 += it.n;
     }
     matmul(w.wo, att.data(), N, o.data(), pool_, opts_.exact_products);
+    if (c.post_norms)
+      for (size_t r = 0; r < N; ++r) rmsnorm(&o[r * D], attn_post_norm_[l], &o[r * D]);
     for (size_t i = 0; i < N * D; ++i) x[i] += o[i];
     for (size_t r = 0; r < N; ++r) rmsnorm(&x[r * D], ffn_norm_[l], &xb[r * D]);
-    matmul_swiglu(w.w_gate, w.w_up, xb.data(), N, g.data(), u.data(), pool_, opts_.exact_products);  // g = SwiGLU
+    matmul_swiglu(w.w_gate, w.w_up, xb.data(), N, g.data(), u.data(), pool_, opts_.exact_products, c.ffn_act);  // g = act(gate) * up
     matmul(w.w_down, g.data(), N, o.data(), pool_, opts_.exact_products);
+    if (c.post_norms)
+      for (size_t r = 0; r < N; ++r) rmsnorm(&o[r * D], ffn_post_norm_[l], &o[r * D]);
     for (size_t i = 0; i < N * D; ++i) x[i] += o[i];
   }
   // Final norm and classifier only for the rows whose logits are wanted.

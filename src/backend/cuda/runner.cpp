@@ -602,6 +602,12 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
   if (c.n_layers < 1 || c.n_heads < 1 || c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0 || c.rope_dim % 2 != 0 || c.rope_dim > c.head_dim)
     problem = fmt::format("the model's shape ({} layers, {} query and {} KV heads, rope dim {} of head dim {}) is not one the runner takes",
                           c.n_layers, c.n_heads, c.n_kv_heads, c.rope_dim, c.head_dim);
+  // What the CUDA layers do not compute: qwen3's and gemma3's per-head q/k norms, gemma3's post-norms,
+  // GELU, embedding and query scales and sliding-window layers (the CPU runner has them).
+  if (c.arch == model::Arch::Qwen3 || c.arch == model::Arch::Gemma3 || c.qk_norm || c.post_norms || c.ffn_act != model::FfnAct::SiLU ||
+      c.embed_scale != 1.0f || c.attn_scale != 0.0f || c.sliding_window > 0 || c.rope_freq_scale != 1.0f)
+    problem = fmt::format("architecture '{}' is not implemented in the CUDA runner (it runs llama and qwen2): use --device cpu",
+                          model::arch_name(c.arch));
   if (!spec.policy.key_sim.empty())
     problem = fmt::format("KV spec '{}': ksim={} is a CPU simulation of another format; the CUDA runner has no such cache (--device cpu)",
                           spec.text, spec.policy.key_sim);

@@ -60,10 +60,13 @@ struct SideRows {
 // Causal attention of nq query tokens at positions first .. first+nq-1 (their K/V in the pages)
 // over `layer` of `cache` (owned or a view), the sequence's pages in `block_table` (position order),
 // side rows where side.active(): q, out [nq][q_heads][head_dim], query head h reads KV head
-// h / (q_heads / kv_heads). scale 0: 1/sqrt(head_dim). KvStore::attend is this on its own pages;
-// the Python package's CPU torch ops call it on a torch tensor's bytes.
+// h / (q_heads / kv_heads). scale 0: 1/sqrt(head_dim). sliding_window > 0 (a sliding-window layer,
+// e.g. Gemma 3's local layers): a query at position p sees only the positions t with p - t <
+// sliding_window (llama.cpp's LLAMA_SWA_TYPE_STANDARD, HF's sliding_window mask), itself included.
+// KvStore::attend is this on its own pages; the Python package's CPU torch ops call it on a torch
+// tensor's bytes.
 void attend_pages(const PagedKvCache& cache, uint32_t layer, std::span<const int32_t> block_table, const SideRows& side, uint32_t first,
-                  uint32_t nq, uint32_t q_heads, float scale, const float* q, float* out, ThreadPool& pool);
+                  uint32_t nq, uint32_t q_heads, float scale, const float* q, float* out, ThreadPool& pool, uint32_t sliding_window = 0);
 
 class KvStore {
  public:
@@ -84,9 +87,10 @@ class KvStore {
 
   // Causal attention of nq query tokens at positions first .. first+nq-1 (their K/V written):
   // q, out: [nq][q_heads][head_dim]; query head h reads KV head h / (q_heads / kv_heads).
-  // Softmax scale 1/sqrt(head_dim). nq <= max_chunk when the spec has a window.
+  // Softmax scale `scale` (0: 1/sqrt(head_dim)); sliding_window as attend_pages. nq <= max_chunk
+  // when the spec has a window.
   void attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t nq, uint32_t q_heads, const float* q, float* out,
-              ThreadPool& pool) const;
+              ThreadPool& pool, float scale = 0.0f, uint32_t sliding_window = 0) const;
 
   // Bytes of one page over all layers and KV heads (both caches).
   size_t page_bytes() const;

@@ -28,8 +28,9 @@ void matmul_many(std::span<const model::TensorRef* const> ws, const float* x, si
 // The feed-forward's gate and up products and SwiGLU: g[T][F] = silu(x * gate^T) * (x * up^T), u [T][F]
 // scratch (it ends holding x * up^T). One parallel section: each tile of rows computes its gate and up
 // rows and applies SwiGLU to them, g * (1 / (1 + exp(-g))) * u; bit for bit two matmuls and the loop.
+// act GeluTanh (Gemma): the tanh-approximated GELU in place of silu, gelu(g) * u.
 void matmul_swiglu(const model::TensorRef& gate, const model::TensorRef& up, const float* x, size_t T, float* g, float* u, ThreadPool& pool,
-                   bool exact = false);
+                   bool exact = false, model::FfnAct act = model::FfnAct::SiLU);
 
 // <a, b> over n floats: the AVX2+FMA kernel when the CPU has it, else a portable 8-lane loop.
 float dot_f32(const float* a, const float* b, size_t n);

@@ -4,7 +4,7 @@
 // This is what llama.cpp does (ggml's vec_dot_q4_1_q8_1 and kin); the layouts here are our own.
 //
 // Activation formats, chosen by the weight type:
-//   Q8x32  (q8_0, q4_0, q4_1 weights): blocks of 32: d, the sum of the codes, 32 int8 codes.
+//   Q8x32  (q8_0, q4_0, q4_1, q5_0 weights): blocks of 32: d, the sum of the codes, 32 int8 codes.
 //   Q8x256 (q4_K, q5_K, q6_K weights): blocks of 256: d, the sums of each 16 codes, 256 codes.
 //   F32    (f32, f16, bf16 weights): the activations as they are (matmul dequantizes the weights).
 // Codes are round(x / d) with d = max|x| / 127, so |x - d*q| <= d/2 for every element of a block.

@@ -1,5 +1,5 @@
 // The CPU model runner: a forward pass for Llama-family models (llama2.c checkpoints, GGUF llama /
-// qwen2) on the host, its KV cache in the KV spec the user chose (kv_store.h: quantized as written,
+// qwen2 / qwen3 / gemma3) on the host, its KV cache in the KV spec the user chose (kv_store.h: quantized as written,
 // attention over the packed pages). Every weight matrix is applied to all the step's tokens at
 // once; attention is per sequence, causal.
 #pragma once
@@ -40,7 +40,7 @@ class CpuModelRunner : public engine::ModelRunner {
 
  private:
   void rmsnorm(const float* x, const std::vector<float>& w, float* out) const;
-  void rope(float* v, uint32_t pos) const;
+  void rope(float* v, uint32_t pos, bool local) const;  // local: a sliding-window layer's table
 
   const model::Model& model_;
   model::ModelConfig cfg_;
@@ -48,8 +48,11 @@ class CpuModelRunner : public engine::ModelRunner {
   ThreadPool pool_;
   KvStore kv_;
   std::vector<std::vector<float>> attn_norm_, ffn_norm_;  // [layers][dim]
+  std::vector<std::vector<float>> q_norm_, k_norm_;       // [layers][head_dim] (qk_norm), else empty
+  std::vector<std::vector<float>> attn_post_norm_, ffn_post_norm_;  // [layers][dim] (post_norms), else empty
   std::vector<float> out_norm_;                           // [dim]
   std::vector<float> rope_cos_, rope_sin_;                // [context][rope_dim / 2]
+  std::vector<float> rope_cos_local_, rope_sin_local_;    // the same for sliding-window layers (empty without)
 };
 
 }  // namespace tq::cpu
