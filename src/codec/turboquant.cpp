@@ -17,16 +17,60 @@ double qjl_scale(uint32_t pd) { return std::sqrt(M_PI / 2.0) / double(pd); }
 
 namespace {
 constexpr uint32_t kQjlPurpose = 7;
+constexpr uint32_t kSplitPurpose = 11;  // the parts' seeds: derive_seed(seed, part, 0, kSplitPurpose)
 
 void check_config(const TqConfig& c) {
   TQ_CHECK(c.dim >= 1 && c.dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, c.dim);
   TQ_CHECK(c.bits >= 1 && c.bits <= 8, "TurboQuant bits must be 1..8, got {}", c.bits);
   TQ_CHECK(!(c.prod && c.norm_correction), "norm correction applies to MSE rows only, not to prod (already unbiased)");
+  if (!c.split) {
+    TQ_CHECK(c.outliers.empty(), "outlier channels apply to split (fractional-width) rows only, got {} of them", c.outliers.size());
+    return;
+  }
+  TQ_CHECK(!c.prod, "a split (fractional-width) row is two MSE instances, not prod");
+  TQ_CHECK(c.bits <= 7, "a split row's width must be 1.5..7.5 bits (outliers at bits + 1 <= 8), got {}.5", c.bits);
+  TQ_CHECK(c.dim >= 2, "a split row needs a head dim of at least 2 (one channel per part), got {}", c.dim);
+  const uint32_t n = split_outliers(c.dim);
+  TQ_CHECK(c.outliers.empty() || c.outliers.size() == n, "a split row of head dim {} has {} outlier channels, got {}", c.dim, n,
+           c.outliers.size());
+  std::vector<bool> seen(c.dim, false);
+  for (uint16_t ch : c.outliers) {
+    TQ_CHECK(ch < c.dim, "outlier channel {} is outside the head dim {}", ch, c.dim);
+    TQ_CHECK(!seen[ch], "outlier channel {} is listed twice", ch);
+    seen[ch] = true;
+  }
+}
+
+// The part configs of a split row: the outliers at bits + 1, the rest at bits, plain MSE.
+TqConfig part_config(const TqConfig& c, uint32_t part) {
+  TqConfig p;
+  p.dim = part == 0 ? split_outliers(c.dim) : c.dim - split_outliers(c.dim);
+  p.bits = part == 0 ? c.bits + 1 : c.bits;
+  p.rotation = c.rotation;
+  p.seed = derive_seed(c.seed, part, 0, kSplitPurpose);
+  p.norm_correction = c.norm_correction;
+  return p;
 }
 }  // namespace
 
-TurboQuant::TurboQuant(const TqConfig& cfg)
-    : cfg_((check_config(cfg), cfg)), pd_(tq::padded_dim(cfg.dim)), rot_(cfg.rotation, pd_, cfg.seed) {
+TurboQuant::TurboQuant(const TqConfig& cfg) : cfg_((check_config(cfg), cfg)), pd_(tq::padded_dim(cfg.dim)) {
+  if (cfg_.split) {
+    // [dim] positions: the outlier channels ascending, then the rest ascending.
+    const uint32_t n = split_outliers(cfg_.dim);
+    if (cfg_.outliers.empty())
+      for (uint32_t i = 0; i < n; ++i) cfg_.outliers.push_back(uint16_t(i));
+    std::sort(cfg_.outliers.begin(), cfg_.outliers.end());
+    std::vector<bool> is_out(cfg_.dim, false);
+    for (uint16_t ch : cfg_.outliers) is_out[ch] = true;
+    order_ = cfg_.outliers;
+    for (uint32_t i = 0; i < cfg_.dim; ++i)
+      if (!is_out[i]) order_.push_back(uint16_t(i));
+    for (uint32_t i = 0; i < 2; ++i) parts_[i] = std::make_shared<const TurboQuant>(part_config(cfg_, i));
+    pd_ = parts_[0]->padded_dim() + parts_[1]->padded_dim();
+    out_words_ = code_row_bytes(parts_[0]->dim(), parts_[0]->code_bits()) / 4;
+    return;
+  }
+  rot_.emplace(cfg.rotation, pd_, cfg.seed);
   if (code_bits() > 0) cb_ = &tq::codebook(pd_, code_bits());
   if (cfg_.prod) {
     Rng rng(derive_seed(cfg_.seed, 0, 0, kQjlPurpose));
@@ -35,7 +79,24 @@ TurboQuant::TurboQuant(const TqConfig& cfg)
   }
 }
 
+const Rotation& TurboQuant::rotation() const {
+  TQ_CHECK(rot_.has_value(), "a split ({}.5-bit) row has one rotation per part, not one for the row", cfg_.bits);
+  return *rot_;
+}
+
+ConstRowRef TurboQuant::part_row(const ConstRowRef& row, uint32_t i) const {
+  return {row.codes + (i ? out_words_ : 0), nullptr, row.norm + i, nullptr};
+}
+
 void TurboQuant::encode(const float* x, const RowRef& out) const {
+  if (cfg_.split) {
+    float xp[kMaxHeadDim];  // [dim] the channels in part order
+    for (uint32_t i = 0; i < cfg_.dim; ++i) xp[i] = x[order_[i]];
+    const uint32_t n = parts_[0]->dim();
+    parts_[0]->encode(xp, RowRef{out.codes, nullptr, out.norm, nullptr});
+    parts_[1]->encode(xp + n, RowRef{out.codes + out_words_, nullptr, out.norm + 1, nullptr});
+    return;
+  }
   double nn = 0;
   for (uint32_t i = 0; i < cfg_.dim; ++i) {
     TQ_CHECK(std::isfinite(x[i]), "cannot quantize a non-finite value: element {} is {}", i, x[i]);
@@ -50,7 +111,7 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
   std::fill(c, c + pd_, 0.0f);
   if (norm > 0)
     for (uint32_t i = 0; i < cfg_.dim; ++i) y[i] = float(x[i] / norm);
-  rot_.forward(y, y);
+  rot_->forward(y, y);
 
   const uint32_t b = code_bits();
   uint8_t codes[kMaxHeadDim];
@@ -93,6 +154,15 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
 }
 
 void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
+  if (cfg_.split) {
+    for (uint32_t i = 0; i < 2; ++i) {
+      float* o = out + (i ? parts_[0]->padded_dim() : 0);
+      parts_[i]->decode_rotated(part_row(in, i), o);
+      const float norm = f16_to_f32(in.norm[i]);
+      for (uint32_t k = 0; k < parts_[i]->padded_dim(); ++k) o[k] *= norm;
+    }
+    return;
+  }
   const uint32_t b = code_bits();
   if (b > 0 && cpu::has_avx2_fma()) {
     simd::decode_codes_avx2(in.codes, pd_, b, cb_->centroids.data(), out);  // the same table entries
@@ -114,19 +184,45 @@ void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
   }
 }
 
+float TurboQuant::codes_dot_fast(const float* qrot, const uint32_t* codes) const {
+  if (cpu::has_avx2_fma()) return simd::dot_codes_avx2(qrot, codes, pd_, code_bits(), cb_->centroids.data());
+  return codes_dot(qrot, codes);
+}
+
+float TurboQuant::codes_dot(const float* qrot, const uint32_t* codes) const {
+  float acc = 0;
+  const uint32_t b = code_bits();
+  uint8_t c[kGroup];
+  for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
+    unpack_group(codes + g * b, b, c);
+    for (uint32_t i = 0; i < kGroup; ++i) acc += qrot[g * kGroup + i] * cb_->centroids[c[i]];
+  }
+  return acc;
+}
+
 float TurboQuant::dot_fast(const Query& q, const ConstRowRef& row) const {
+  if (cfg_.split) {
+    const float* qo = q.rot.data() + parts_[0]->padded_dim();
+    return parts_[0]->codes_dot_fast(q.rot.data(), row.codes) * f16_to_f32(row.norm[0]) +
+           parts_[1]->codes_dot_fast(qo, row.codes + out_words_) * f16_to_f32(row.norm[1]);
+  }
   if (!cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma())
     return simd::dot_codes_avx2(q.rot.data(), row.codes, pd_, code_bits(), cb_->centroids.data()) * f16_to_f32(*row.norm);
   return dot(q, row);
 }
 
-bool TurboQuant::can_score_decoded() const { return !cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma(); }
+bool TurboQuant::can_score_decoded() const { return !cfg_.split && !cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma(); }
 
 float TurboQuant::dot_decoded(const Query& q, const float* decoded, const ConstRowRef& row) const {
   return simd::dot_decoded_avx2(q.rot.data(), decoded, pd_, code_bits()) * f16_to_f32(*row.norm);
 }
 
 void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const {
+  if (cfg_.split) {
+    parts_[0]->accumulate_rotated(part_row(row, 0), weight, acc);
+    parts_[1]->accumulate_rotated(part_row(row, 1), weight, acc + parts_[0]->padded_dim());
+    return;
+  }
   const float w = weight * f16_to_f32(*row.norm);
   if (w == 0) return;
   const uint32_t b = code_bits();
@@ -147,18 +243,48 @@ void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float*
   }
 }
 
+void TurboQuant::unrotate(const float* acc, float* out) const {
+  if (!cfg_.split) return rot_->inverse(acc, out);
+  float y[kMaxHeadDim + 2 * kGroup];  // [pd] the parts un-rotated, side by side
+  const uint32_t pdo = parts_[0]->padded_dim();
+  parts_[0]->unrotate(acc, y);
+  parts_[1]->unrotate(acc + pdo, y + pdo);
+  std::fill(out, out + pd_, 0.0f);
+  const uint32_t n = parts_[0]->dim();
+  for (uint32_t i = 0; i < n; ++i) out[order_[i]] = y[i];
+  for (uint32_t i = n; i < cfg_.dim; ++i) out[order_[i]] = y[pdo + i - n];
+}
+
 void TurboQuant::decode(const ConstRowRef& in, float* out) const {
+  if (cfg_.split) {
+    float y[kMaxHeadDim];  // [dim] the parts decoded, in part order
+    const uint32_t n = parts_[0]->dim();
+    parts_[0]->decode(part_row(in, 0), y);
+    parts_[1]->decode(part_row(in, 1), y + n);
+    for (uint32_t i = 0; i < cfg_.dim; ++i) out[order_[i]] = y[i];
+    return;
+  }
   float y[kMaxHeadDim];
   decode_rotated(in, y);
-  rot_.inverse(y, y);
+  rot_->inverse(y, y);
   const float norm = f16_to_f32(*in.norm);
   for (uint32_t i = 0; i < cfg_.dim; ++i) out[i] = y[i] * norm;
 }
 
 void TurboQuant::prepare(const float* q, Query& out) const {
+  if (cfg_.split) {
+    // [pd_o + pd_r]: each part's channels, zero-padded and rotated by the part's rotation.
+    out.rot.assign(pd_, 0.0f);
+    const uint32_t n = parts_[0]->dim(), pdo = parts_[0]->padded_dim();
+    for (uint32_t i = 0; i < n; ++i) out.rot[i] = q[order_[i]];
+    for (uint32_t i = n; i < cfg_.dim; ++i) out.rot[pdo + i - n] = q[order_[i]];
+    parts_[0]->rotation().forward(out.rot.data(), out.rot.data());
+    parts_[1]->rotation().forward(out.rot.data() + pdo, out.rot.data() + pdo);
+    return;
+  }
   out.rot.assign(pd_, 0.0f);
   for (uint32_t i = 0; i < cfg_.dim; ++i) out.rot[i] = q[i];
-  rot_.forward(out.rot.data(), out.rot.data());
+  rot_->forward(out.rot.data(), out.rot.data());
   if (cfg_.prod) {
     out.sq.assign(pd_, 0.0f);
     for (uint32_t i = 0; i < pd_; ++i) {
@@ -171,6 +297,11 @@ void TurboQuant::prepare(const float* q, Query& out) const {
 }
 
 float TurboQuant::dot(const Query& q, const ConstRowRef& row) const {
+  if (cfg_.split) {
+    const float* qo = q.rot.data() + parts_[0]->padded_dim();
+    return parts_[0]->codes_dot(q.rot.data(), row.codes) * f16_to_f32(row.norm[0]) +
+           parts_[1]->codes_dot(qo, row.codes + out_words_) * f16_to_f32(row.norm[1]);
+  }
   float acc = 0;
   const uint32_t b = code_bits();
   if (b > 0) {

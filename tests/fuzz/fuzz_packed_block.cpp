@@ -72,7 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     cache.read(0, t, k.data(), v.data());
     if (kc) {
       const tq::ConstRowRef row{reinterpret_cast<const uint32_t*>(block + L.k_codes + t * L.k_row), block + L.k_qjl + t * L.k_qjl_row,
-                                reinterpret_cast<const uint16_t*>(block + L.k_norms) + t,
+                                reinterpret_cast<const uint16_t*>(block + L.k_norms + t * L.k_norm_row),
                                 reinterpret_cast<const uint16_t*>(block + L.k_rnorms) + t};
       (void)kc->dot(query, row);
       (void)kc->dot_fast(query, row);
@@ -83,7 +83,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     if (vc) {
       const tq::ConstRowRef row{reinterpret_cast<const uint32_t*>(block + L.v_codes + t * L.v_row), nullptr,
-                                reinterpret_cast<const uint16_t*>(block + L.v_norms) + t, nullptr};
+                                reinterpret_cast<const uint16_t*>(block + L.v_norms + t * L.v_norm_row), nullptr};
       vc->accumulate_rotated(row, 0.5f, acc.data());
     }
   }

@@ -1,8 +1,11 @@
 // KV specs: the short strings that name a cache configuration everywhere (CLI, tests, benchmarks).
 //
 //   spec    := base (':' option)*
-//   base    := fp32 | fp16 | bf16 | fp8 | k<N>v<M>        N, M in 1..8 (TurboQuant bits for K and V)
-//   option  := prod            keys as TurboQuant-prod (N-1 bit codebook + 1 QJL bit)
+//   base    := fp32 | fp16 | bf16 | fp8 | k<W>v<W>        TurboQuant widths of K and V:
+//   W       := N | N.5      N in 1..8 bits; N.5 (1.5..7.5) is the paper's outlier split: the
+//                           split_outliers(head_dim) outlier channels at N+1 bits and the rest
+//                           at N, each part its own TurboQuant (format.h kTqSplit), e.g. k3.5v2.5
+//   option  := prod            keys as TurboQuant-prod (N-1 bit codebook + 1 QJL bit; whole K widths)
 //            | nc              norm correction for MSE rows (decoded rows keep the true norm)
 //            | rot=auto|hadamard|dense   auto: Hadamard for power-of-two padded dims, dense otherwise
 //            | seed=<integer>  base seed of the rotations (per layer and KV head seeds derive from it)

@@ -45,10 +45,10 @@ constexpr uint32_t kPrefetchPages = 4;    // how far ahead the rows of the next 
 
 ConstRowRef key_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
   return {reinterpret_cast<const uint32_t*>(b + L.k_codes + off * L.k_row), b + L.k_qjl + off * L.k_qjl_row,
-          reinterpret_cast<const uint16_t*>(b + L.k_norms) + off, reinterpret_cast<const uint16_t*>(b + L.k_rnorms) + off};
+          reinterpret_cast<const uint16_t*>(b + L.k_norms + off * L.k_norm_row), reinterpret_cast<const uint16_t*>(b + L.k_rnorms) + off};
 }
 ConstRowRef value_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
-  return {reinterpret_cast<const uint32_t*>(b + L.v_codes + off * L.v_row), nullptr, reinterpret_cast<const uint16_t*>(b + L.v_norms) + off,
+  return {reinterpret_cast<const uint32_t*>(b + L.v_codes + off * L.v_row), nullptr, reinterpret_cast<const uint16_t*>(b + L.v_norms + off * L.v_norm_row),
           nullptr};
 }
 
@@ -190,7 +190,8 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
   // ---- values
   // acc [D]: float values and side-buffer rows; acc_rot [pd]: TurboQuant values, rotated domain
   for (uint32_t qi = 0; qi < nqb; ++qi) std::fill_n(&part[qi * per_query + 2], D + pd, 0.0f);
-  const bool use_tile = vc && nqb > 2 && !vc->config().prod;
+  // Split values have a norm per part (decode_rotated applies them): accumulate_rotated row by row.
+  const bool use_tile = vc && nqb > 2 && !vc->config().prod && !vc->split();
   const bool avx2 = cpu::has_avx2_fma();  // prod values: accumulate_rotated's own order
   // Float values but fp8 are read from the page and converted in registers (exactly, as the tile's).
   const bool value_in_page = !vc && (venc == Encoding::kFp32 || venc == Encoding::kFp16 || venc == Encoding::kBf16);
@@ -313,7 +314,7 @@ void attend_pages(const PagedKvCache& cache, uint32_t local, std::span<const int
       float* o = out + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D;
       const float inv = SoftmaxState::inv_sum(sum);
       if (vc) {
-        vc->rotation().inverse(a_rot, unrot);
+        vc->unrotate(a_rot, unrot);
         for (uint32_t i = 0; i < D; ++i) o[i] = (a[i] + unrot[i]) * inv;
       } else {
         for (uint32_t i = 0; i < D; ++i) o[i] = a[i] * inv;
