@@ -112,7 +112,9 @@ void run(const Options& o) {
     fmt::print(
         "D_mse: measured E||x - x~||^2; exact: Lloyd-Max distortion of the exact coordinate density; paper: its table;\n"
         "lower/upper: 4^-b and sqrt(3) pi/2 4^-b. ip_ratio: mean <y,x~> / mean <y,x> (2/pi = 0.6366 is MSE's 1-bit bias);\n"
-        "ip_bias: mean error of <y,x~>; ip_var*d: error variance times d, bound*d: the paper's QJL bound (prod).\n");
+        "ip_bias: mean error of <y,x~>; ip_var*d: error variance times d, bound*d: the paper's QJL bound (prod).\n"
+        "N.5 bits: the outlier split (half the channels at N+1 bits, half at N, a norm each); exact and upper: the parts'\n"
+        "figures weighted by their share of the channels; lower: 4^-(code bits per coordinate).\n");
   }
 }
 

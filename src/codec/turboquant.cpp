@@ -219,8 +219,12 @@ float TurboQuant::dot_decoded(const Query& q, const float* decoded, const ConstR
 
 void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const {
   if (cfg_.split) {
-    parts_[0]->accumulate_rotated(part_row(row, 0), weight, acc);
-    parts_[1]->accumulate_rotated(part_row(row, 1), weight, acc + parts_[0]->padded_dim());
+    // weight x (norm x centroid): the products of attention's decoded page tile, so that a query's
+    // output is the same bits whichever of the two paths its step takes.
+    if (weight == 0) return;
+    float y[kMaxHeadDim + 2 * kGroup];  // [pd] decode_rotated's row
+    decode_rotated(row, y);
+    for (uint32_t k = 0; k < pd_; ++k) acc[k] += weight * y[k];
     return;
   }
   const float w = weight * f16_to_f32(*row.norm);

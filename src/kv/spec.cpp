@@ -93,6 +93,7 @@ std::vector<std::string> KvPolicy::knobs() const {
   if (sink > 0) out.push_back(fmt::format("sink={}", sink));
   if (window > 0) out.push_back(fmt::format("window={}", window));
   if (!key_sim.empty()) out.push_back(fmt::format("ksim={}", key_sim));
+  if (fixed_outliers) out.push_back("outliers=fixed");
   return out;
 }
 
@@ -185,13 +186,20 @@ KvSpec parse_kv_spec(const std::string& text) {
       TQ_CHECK(spec.format.k.enc == Encoding::kFp32 || spec.format.k.enc == Encoding::kFp16,
                "KV spec '{}': ksim (simulated key quantization) needs an fp32 or fp16 base", text);
       spec.policy.key_sim = val;
+    } else if (key == "outliers" && eq != std::string::npos) {
+      TQ_CHECK(val == "prompt" || val == "fixed", "KV spec '{}': outliers must be prompt or fixed, got '{}'", text, val);
+      spec.policy.fixed_outliers = val == "fixed";
     } else {
       throw Error(fmt::format(
           "KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, sink=N, window=N, "
-          "ksim=int4)",
+          "ksim=int4, outliers=prompt|fixed)",
           text, opt));
     }
   }
+  const auto split = [](TensorCode c) { return c.enc == Encoding::kTqSplit; };
+  TQ_CHECK(!spec.policy.fixed_outliers || split(spec.format.k) || split(spec.format.v) ||
+               (spec.policy.edge_layers && (split(spec.policy.edge_k) || split(spec.policy.edge_v))),
+           "KV spec '{}': outliers= applies to fractional widths (k2.5v2, k3.5v2.5, ...) only", text);
   return spec;
 }
 

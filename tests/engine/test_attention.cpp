@@ -177,6 +177,10 @@ TEST(PagedAttention, CalibrateTakesTheLargestChannels) {
   other.write(1, SeqPages{seq, &blocks.block_table(seq)}, 0, k.data(), v.data());
   other.calibrate(1, n, pos.data(), k.data(), v.data());
   EXPECT_EQ(other.cache_of(1, &local).format().k_codec(local, 0)->channel(0), 0u);
+  // outliers=fixed: never calibrated.
+  KvStore fixed(shape, parse_kv_spec("k2.5v2:outliers=fixed"));
+  fixed.calibrate(1, n, pos.data(), k.data(), v.data());
+  EXPECT_EQ(fixed.cache_of(1, &local).format().k_codec(local, 1)->channel(0), 0u);
 }
 
 }  // namespace

@@ -25,7 +25,11 @@ TEST(FractionalSpec, ParsesHalfWidths) {
   s = parse_kv_spec("k3v2:edge=2/k4.5v4.5");
   EXPECT_EQ(s.policy.edge_k.enc, Encoding::kTqSplit);
   EXPECT_EQ(s.policy.edge_v.bits, 4);
-  for (const char* t : {"k2.5v2", "k3.5v2.5", "k4v3.5", "k1.5v1.5:nc", "k7.5v7.5:rot=dense", "k3v2:edge=2/k3.5v3.5:sink=4"})
+  EXPECT_FALSE(parse_kv_spec("k2.5v2").policy.fixed_outliers);
+  EXPECT_TRUE(parse_kv_spec("k2.5v2:outliers=fixed").policy.fixed_outliers);
+  EXPECT_FALSE(parse_kv_spec("k2.5v2:outliers=prompt").policy.fixed_outliers);
+  for (const char* t : {"k2.5v2", "k3.5v2.5", "k4v3.5", "k1.5v1.5:nc", "k7.5v7.5:rot=dense", "k3v2:edge=2/k3.5v3.5:sink=4",
+                        "k2.5v2:outliers=fixed", "k3v2:edge=1/k4v3.5:outliers=fixed"})
     EXPECT_EQ(parse_kv_spec(t).canonical(), t);
 }
 
@@ -44,7 +48,9 @@ INSTANTIATE_TEST_SUITE_P(All, BadFractionalSpec,
                          ::testing::Values(std::pair{"k2.7v2", "'2.7'"}, std::pair{"k2.5v2.25", "'2.25'"}, std::pair{"k8.5v2", "8.5"},
                                            std::pair{"k0.5v2", "0.5"}, std::pair{"k2.v2", "'2.'"}, std::pair{"k.5v2", "''"},
                                            std::pair{"k2.5v", "k2.5v"}, std::pair{"k2.5v2:prod", "whole K width"},
-                                           std::pair{"kx.5v2", "'x'"}, std::pair{"k3v2:edge=2/k9.5v4", "9.5"}));
+                                           std::pair{"kx.5v2", "'x'"}, std::pair{"k3v2:edge=2/k9.5v4", "9.5"},
+                                           std::pair{"k3v2:outliers=fixed", "fractional widths"},
+                                           std::pair{"k2.5v2:outliers=max", "'max'"}));
 
 // Sizes: two fp16 norms per row; at head dim 128, 64 channels at N+1 bits and 64 at N.
 TEST(FractionalSpec, BytesAndBitsPerElement) {

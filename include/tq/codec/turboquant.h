@@ -105,7 +105,8 @@ class TurboQuant {
   // rows have no single norm: each part comes times its own norm.
   void decode_rotated(const ConstRowRef& in, float* out) const;
   // acc += weight * norm * decode_rotated(row): accumulating values for attention stays in the
-  // rotated domain; un-rotate the sum once with unrotate(). acc: [pd]
+  // rotated domain; un-rotate the sum once with unrotate(). acc: [pd]. Split rows: acc +=
+  // weight * decode_rotated(row), whose parts carry their norms.
   void accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const;
   // out = the rotated-domain acc [pd] taken back to the head's channels: rotation().inverse() for
   // one instance (out: [pd]), each part's inverse and the channels put back for split rows

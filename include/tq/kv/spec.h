@@ -15,7 +15,9 @@
 //            | window=<tokens> the most recent tokens (per query) are read from an fp16 side buffer
 //            | ksim=int4|int8|int2|q4_0  SIMULATED baseline: keys are quantize-dequantized by that
 //                              CPU quantizer before they enter a float cache (fp32/fp16 base only)
-// The first five options are the format (KvFormat: what the bytes are); the last four the policy
+//            | outliers=prompt|fixed  fractional widths: the outlier channels of each (layer, KV
+//                              head) from the first rows written (default), or channels 0..n-1
+// The first five options are the format (KvFormat: what the bytes are); the last five the policy
 // (KvPolicy: which tokens and layers are stored otherwise). A list of specs is comma-separated:
 // "fp16,k4v4,k3v2:prod".
 #pragma once
@@ -55,6 +57,7 @@ struct KvPolicy {
   uint32_t sink = 0;    // tokens 0..sink-1 read from a full-precision side buffer
   uint32_t window = 0;  // keys within `window` positions of the query read from the side buffer
   std::string key_sim;  // "" or a make_baseline() name: simulated quantize-dequantize of keys
+  bool fixed_outliers = false;  // outliers=fixed: fractional widths keep channels 0..n-1 as outliers (no calibration)
 
   bool empty() const { return knobs().empty(); }
   // Tokens the side buffer holds per layer and sequence: the sink, and the window plus `extra`

@@ -190,8 +190,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
   // ---- values
   // acc [D]: float values and side-buffer rows; acc_rot [pd]: TurboQuant values, rotated domain
   for (uint32_t qi = 0; qi < nqb; ++qi) std::fill_n(&part[qi * per_query + 2], D + pd, 0.0f);
-  // Split values have a norm per part (decode_rotated applies them): accumulate_rotated row by row.
-  const bool use_tile = vc && nqb > 2 && !vc->config().prod && !vc->split();
+  const bool use_tile = vc && nqb > 2 && !vc->config().prod;
   const bool avx2 = cpu::has_avx2_fma();  // prod values: accumulate_rotated's own order
   // Float values but fp8 are read from the page and converted in registers (exactly, as the tile's).
   const bool value_in_page = !vc && (venc == Encoding::kFp32 || venc == Encoding::kFp16 || venc == Encoding::kBf16);
@@ -206,7 +205,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
       for (uint32_t t = p0; t < p1; ++t) {
         const ConstRowRef r = value_row(L, blk, t - p0);
         vc->decode_rotated(r, &tile[size_t(t - p0) * pd]);
-        norms[t - p0] = f16_to_f32(*r.norm);
+        norms[t - p0] = vc->split() ? 1.0f : f16_to_f32(*r.norm);  // split rows come decoded with their parts' norms
       }
     }
     if (!vc && avx2) {

@@ -55,7 +55,7 @@ int64_t KvStore::slot(const SeqPages& s, uint32_t pos) const {
 
 void KvStore::calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v) {
   TQ_CHECK(layer < shape_.layers, "layer {} is outside the cache ({} layers)", layer, shape_.layers);
-  if (channels_fixed_[layer] || n == 0) return;
+  if (channels_fixed_[layer] || n == 0 || spec_.policy.fixed_outliers) return;
   channels_fixed_[layer] = true;
   const uint32_t local = spec_.local_layer(layer, shape_.layers);
   PagedKvCache& cache = spec_.is_edge_layer(layer, shape_.layers) ? *edge_ : *main_;

@@ -84,7 +84,8 @@ class KvStore {
   // the layer (ties: the lower channel), leaving out rows at position 0 unless they are all there
   // is (the first token's keys are often far larger than the others': an attention sink). A layer
   // calibrated or written before keeps its channels (rows in the pages were coded with them); a
-  // layer never calibrated keeps channels 0 .. n-1. No-op for other formats. n rows:
+  // layer never calibrated keeps channels 0 .. n-1, as every layer under outliers=fixed. No-op
+  // for other formats. n rows:
   // pos [n], k, v [n][kv_heads][head_dim].
   void calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v);
 
