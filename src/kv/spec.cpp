@@ -24,7 +24,7 @@ TensorCode parse_width(const std::string& w, const char* which, const std::strin
   const size_t dot = w.find('.');
   if (dot == std::string::npos) {
     const uint64_t b = uint_of(w, fmt::format("the {} width", which), text);
-    TQ_CHECK(b >= 1 && b <= 8, "KV spec '{}': {} width must be 1..8 bits (or 1.5..7.5), got {}", text, which, b);
+    TQ_CHECK(b >= 1 && b <= 8, "KV spec '{}': {} width must be 1..8 bits, got {}", text, which, b);
     return TensorCode{Encoding::kTqMse, uint8_t(b)};
   }
   TQ_CHECK(w.substr(dot) == ".5", "KV spec '{}': a fractional {} width is a whole number and a half (2.5, 3.5), got '{}'", text, which, w);
