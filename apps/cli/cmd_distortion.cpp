@@ -29,8 +29,12 @@ struct Options {
 
 // "N" (1..8) or "N.5" (1.5..7.5): the width and whether it is split, as a KV spec writes it.
 std::pair<uint32_t, bool> parse_bits(const std::string& s) {
-  const KvSpec spec = parse_kv_spec(fmt::format("k{}v2", s));  // the spec grammar's widths and its errors
-  return {spec.format.k.bits, spec.format.k.enc == Encoding::kTqSplit};
+  try {
+    const KvSpec spec = parse_kv_spec(fmt::format("k{}v2", s));  // the spec grammar's widths
+    return {spec.format.k.bits, spec.format.k.enc == Encoding::kTqSplit};
+  } catch (const Error&) {
+    throw Error(fmt::format("--bits: widths are 1..8 or 1.5..7.5 (N.5: the outlier split), got '{}'", s));
+  }
 }
 
 void run(const Options& o) {
