@@ -21,7 +21,7 @@ TqConfig split_config(uint32_t dim, uint32_t bits, std::vector<uint16_t> outlier
   cfg.bits = bits;
   cfg.split = true;
   cfg.rotation = is_pow2(padded_dim(split_outliers(dim))) && is_pow2(padded_dim(dim - split_outliers(dim))) ? RotationKind::kHadamard
-                                                                                                             : RotationKind::kDense;
+                                                                                                            : RotationKind::kDense;
   cfg.seed = 21;
   cfg.outliers = std::move(outliers);
   return cfg;

@@ -54,11 +54,11 @@ INSTANTIATE_TEST_SUITE_P(All, BadFractionalSpec,
 
 // Sizes: two fp16 norms per row; at head dim 128, 64 channels at N+1 bits and 64 at N.
 TEST(FractionalSpec, BytesAndBitsPerElement) {
-  EXPECT_DOUBLE_EQ(parse_kv_spec("k2.5v2.5").bits_per_element(128), 2.75);   // (24+16+4) x 2 x 8 / 256
-  EXPECT_DOUBLE_EQ(parse_kv_spec("k3.5v2.5").bits_per_element(128), 3.25);   // (56+4 + 40+4) x 8 / 256
-  EXPECT_DOUBLE_EQ(parse_kv_spec("k2.5v2").bits_per_element(128), 2.4375);   // (40+4 + 32+2) x 8 / 256
-  EXPECT_DOUBLE_EQ(parse_kv_spec("k2.5v2.5").bits_per_element(64), 3.0);     // (12+8+4) x 2 x 8 / 128
-  EXPECT_DOUBLE_EQ(parse_kv_spec("k3.5v3.5").bits_per_element(64), 4.0);     // (16+12+4) x 2 x 8 / 128
+  EXPECT_DOUBLE_EQ(parse_kv_spec("k2.5v2.5").bits_per_element(128), 2.75);  // (24+16+4) x 2 x 8 / 256
+  EXPECT_DOUBLE_EQ(parse_kv_spec("k3.5v2.5").bits_per_element(128), 3.25);  // (56+4 + 40+4) x 8 / 256
+  EXPECT_DOUBLE_EQ(parse_kv_spec("k2.5v2").bits_per_element(128), 2.4375);  // (40+4 + 32+2) x 8 / 256
+  EXPECT_DOUBLE_EQ(parse_kv_spec("k2.5v2.5").bits_per_element(64), 3.0);    // (12+8+4) x 2 x 8 / 128
+  EXPECT_DOUBLE_EQ(parse_kv_spec("k3.5v3.5").bits_per_element(64), 4.0);    // (16+12+4) x 2 x 8 / 128
   const BlockLayout L = block_layout({Encoding::kTqSplit, 3}, {Encoding::kTqSplit, 2}, 128, 16);
   EXPECT_EQ(L.k_row, 56u);  // 64 x 4 bits + 64 x 3 bits
   EXPECT_EQ(L.v_row, 40u);
