@@ -143,6 +143,22 @@ TEST(SplitCodec, EachPartKeepsItsOwnNorm) {
   EXPECT_NEAR(f16_to_f32(row.norm[1]), std::sqrt(nr), 1e-3 * std::sqrt(nr));
 }
 
+// A non-finite value is named by its head channel, whichever part holds it; nothing is written.
+TEST(SplitCodec, NonFiniteValueNamesTheChannel) {
+  const TurboQuant t(split_config(64, 2));
+  std::vector<float> x = test::gaussian(1, 64, 9);
+  x[40] = NAN;  // channel 40: position 8 of the rest
+  Row row(t);
+  try {
+    t.encode(x.data(), row.ref());
+    FAIL() << "encoded a NaN";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("element 40"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(row.norm[0], 0);
+  EXPECT_EQ(row.norm[1], 0);
+}
+
 TEST(SplitCodec, QuantizerBytesAndName) {
   const auto q = make_turboquant(split_config(128, 2));
   EXPECT_EQ(q->name(), "turboquant-mse2.5");

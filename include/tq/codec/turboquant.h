@@ -117,7 +117,16 @@ class TurboQuant {
   // <rotated query, c[codes]> of this instance's codes, without the norm: scalar / SIMD when present.
   float codes_dot(const float* qrot, const uint32_t* codes) const;
   float codes_dot_fast(const float* qrot, const uint32_t* codes) const;
+  // Split rows (turboquant_split.cpp): the split branch of each method of the same name.
+  void init_split();
   ConstRowRef part_row(const ConstRowRef& row, uint32_t i) const;
+  void split_encode(const float* x, const RowRef& out) const;
+  void split_decode(const ConstRowRef& in, float* out) const;
+  void split_decode_rotated(const ConstRowRef& in, float* out) const;
+  void split_prepare(const float* q, Query& out) const;
+  float split_dot(const Query& q, const ConstRowRef& row, bool fast) const;
+  void split_accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const;
+  void split_unrotate(const float* acc, float* out) const;
 
   TqConfig cfg_;
   uint32_t pd_;
