@@ -22,6 +22,17 @@
 #include "tq/kv/paged_cache.h"
 
 namespace tq::py {
+
+// The module's pages and quantizers have no prompt to calibrate on, so they refuse fractional
+// widths rather than pick other outlier channels than the engine would.
+void refuse_split(const KvSpec& spec, const char* who) {
+  for (const TensorCode c : {spec.format.k, spec.format.v, spec.policy.edge_k, spec.policy.edge_v})
+    TQ_CHECK(c.enc != Encoding::kTqSplit,
+             "KV spec '{}': {} does not take fractional widths (their outlier channels come from the prompt in the engine: "
+             "tq run / tq perplexity, or turboquant.LLM on the CPU)",
+             spec.text, who);
+}
+
 namespace {
 
 
@@ -44,15 +55,6 @@ struct PyQuantizer {
   }
 };
 
-
-// Fractional widths take their outlier channels from the prompt in the engine (KvStore::calibrate);
-// the module's pages and quantizers have no prompt, so they refuse them rather than pick others.
-void refuse_split(const KvSpec& spec, const char* who) {
-  for (const TensorCode c : {spec.format.k, spec.format.v, spec.policy.edge_k, spec.policy.edge_v})
-    TQ_CHECK(c.enc != Encoding::kTqSplit,
-             "KV spec '{}': {} does not take fractional widths (their outlier channels come from the prompt in the engine: "
-             "tq run / tq perplexity, or turboquant.LLM on the CPU)", spec.text, who);
-}
 
 std::string float_baseline(Encoding e) {
   return e == Encoding::kFp32 ? "fp32" : e == Encoding::kFp16 ? "fp16" : e == Encoding::kBf16 ? "bf16" : "fp8";
