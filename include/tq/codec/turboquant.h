@@ -63,6 +63,8 @@ class TurboQuant {
 
   const TqConfig& config() const { return cfg_; }
   uint32_t dim() const { return cfg_.dim; }
+  // The rotated domain's size: padded_dim(dim); split rows: the parts' padded dims summed, which is
+  // more than padded_dim(dim) for heads of 32 channels or fewer (each part pads to 32).
   uint32_t padded_dim() const { return pd_; }
   uint32_t code_bits() const { return cfg_.prod ? cfg_.bits - 1 : cfg_.bits; }  // 0 for prod at 1 bit; split: the rest's
   const Codebook* codebook() const { return cb_; }  // null when code_bits() == 0, and for split rows (see part())
