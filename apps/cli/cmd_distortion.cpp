@@ -9,6 +9,7 @@
 #include "table.h"
 #include "tq/codec/codebook.h"
 #include "tq/codec/distortion.h"
+#include "tq/kv/cache_format.h"
 #include "tq/kv/spec.h"
 #include "tq/codec/turboquant.h"
 #include "tq/check.h"
@@ -18,7 +19,7 @@ namespace {
 
 struct Options {
   uint32_t dim = 128;
-  std::vector<uint32_t> bits{1, 2, 3, 4};
+  std::vector<std::string> bits{"1", "2", "3", "4"};  // N or N.5 (a fractional width: the outlier split)
   std::string method = "mse";
   std::string rotation = "auto";
   uint64_t samples = 20000;
@@ -26,11 +27,25 @@ struct Options {
   bool json = false;
 };
 
+// "N" (1..8) or "N.5" (1.5..7.5): the width and whether it is split, as a KV spec writes it.
+std::pair<uint32_t, bool> parse_bits(const std::string& s) {
+  try {
+    const KvSpec spec = parse_kv_spec(fmt::format("k{}v2", s));  // the spec grammar's widths
+    return {spec.format.k.bits, spec.format.k.enc == Encoding::kTqSplit};
+  } catch (const Error&) {
+    throw Error(fmt::format("--bits: widths are 1..8 or 1.5..7.5 (N.5: the outlier split), got '{}'", s));
+  }
+}
+
 void run(const Options& o) {
   TQ_CHECK(o.method == "mse" || o.method == "prod" || o.method == "both", "--method must be mse, prod or both, got '{}'",
            o.method);
   TQ_CHECK(o.samples >= 100 && o.samples <= 10000000, "--samples must be 100..10000000, got {}", o.samples);
   const RotationKind rot = o.rotation == "auto" ? KvFormat{}.rotation_for(o.dim) : parse_rotation(o.rotation);  // auto: as a KV spec picks
+  // Split rows rotate each part; auto picks as a KV spec does (codec_config): Hadamard if both parts allow it.
+  KvFormat split_format;
+  split_format.auto_rotation = o.rotation == "auto";
+  split_format.rotation = rot;
   std::vector<bool> prods;
   if (o.method != "prod") prods.push_back(false);
   if (o.method != "mse") prods.push_back(true);
@@ -47,22 +62,30 @@ void run(const Options& o) {
            {"ip_var", "ip_var*d", 5},
            {"ip_var_bound", "bound*d", 5}});
   for (bool prod : prods) {
-    for (uint32_t b : o.bits) {
+    for (const std::string& bs : o.bits) {
+      const auto [b, split] = parse_bits(bs);
+      if (split && prod) continue;  // prod has whole widths only
       TqConfig cfg;
       cfg.dim = o.dim;
       cfg.bits = b;
       cfg.prod = prod;
+      cfg.split = split;
       cfg.rotation = rot;
+      if (split) {
+        KvFormat f = split_format;
+        f.k = {Encoding::kTqSplit, uint8_t(b)};
+        cfg.rotation = codec_config(f, o.dim, 0, 0, false).rotation;
+      }
       cfg.seed = o.seed;
       const auto start = std::chrono::steady_clock::now();
       const DistortionRow r = distortion_row(cfg, o.samples, o.seed + 1000 * b);
       const DistortionStats& s = r.stats;
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      if (!o.json) fmt::print(stderr, "  {} {} bits: {} vectors in {:.1f} s\n", prod ? "prod" : "mse", b, o.samples, secs);
+      if (!o.json) fmt::print(stderr, "  {} {} bits: {} vectors in {:.1f} s\n", prod ? "prod" : "mse", bs, o.samples, secs);
       nlohmann::json row{{"method", prod ? "prod" : "mse"},
-                         {"bits", b},
+                         {"bits", split ? nlohmann::json(b + 0.5) : nlohmann::json(b)},
                          {"dim", o.dim},
-                         {"rotation", rotation_name(rot)},
+                         {"rotation", rotation_name(cfg.rotation)},
                          {"samples", o.samples},
                          {"mse", s.mse},
                          {"mse_stderr", s.mse_stderr},
@@ -93,7 +116,9 @@ void run(const Options& o) {
     fmt::print(
         "D_mse: measured E||x - x~||^2; exact: Lloyd-Max distortion of the exact coordinate density; paper: its table;\n"
         "lower/upper: 4^-b and sqrt(3) pi/2 4^-b. ip_ratio: mean <y,x~> / mean <y,x> (2/pi = 0.6366 is MSE's 1-bit bias);\n"
-        "ip_bias: mean error of <y,x~>; ip_var*d: error variance times d, bound*d: the paper's QJL bound (prod).\n");
+        "ip_bias: mean error of <y,x~>; ip_var*d: error variance times d, bound*d: the paper's QJL bound (prod).\n"
+        "N.5 bits: the outlier split (half the channels at N+1 bits, half at N, a norm each); exact and upper: the parts'\n"
+        "figures weighted by their share of the channels; lower: 4^-(code bits per coordinate).\n");
   }
 }
 
@@ -105,7 +130,8 @@ void add_distortion(CLI::App& app) {
                                    "Measure TurboQuant's distortion on random unit vectors and compare with the paper.\n"
                                    "Example: tq distortion --dim 128 --bits 1,2,3,4 --method both");
   c->add_option("--dim", opts->dim, "vector dimension (head dim), 1..1024")->check(CLI::Range(1, 1024));
-  c->add_option("--bits", opts->bits, "comma-separated bit widths, 1..8")->delimiter(',')->check(CLI::Range(1, 8));
+  c->add_option("--bits", opts->bits, "comma-separated bit widths, 1..8, or N.5 (1.5..7.5: the paper's outlier split, MSE only)")
+      ->delimiter(',');
   c->add_option("--method", opts->method, "mse, prod or both")->check(CLI::IsMember({"mse", "prod", "both"}));
   c->add_option("--rotation", opts->rotation, "auto (Hadamard for powers of two), hadamard or dense")
       ->check(CLI::IsMember({"auto", "hadamard", "dense"}));

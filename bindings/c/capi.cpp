@@ -48,6 +48,9 @@ void* tq_cache_create(uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages, 
     // The kernels read one layer of pages: the engine's policy knobs (sink, window, edge, ksim)
     // are refused by name rather than dropped, before anything is allocated.
     tq::refuse_policy(s, "tq_cache_create");
+    TQ_CHECK(s.format.k.enc != tq::Encoding::kTqSplit && s.format.v.enc != tq::Encoding::kTqSplit,
+             "KV spec '{}': tq_cache_create has no GPU kernels for fractional widths (the outlier split); use whole widths such as k3v2",
+             s.text);
     const tq::CacheFormat format(1, kv_heads, head_dim, s.format);
     h = std::make_unique<Handle>(format, num_pages);
   });

@@ -9,6 +9,8 @@
 //   block bytes = BlockLayout::bytes (a multiple of 16)
 // Inside a block, sections are 16-byte aligned, each holding page_size rows:
 //   K codes | K QJL signs (prod keys only) | V codes | K norms | K residual norms (prod) | V norms
+// Fractional widths (kTqSplit, "k2.5"): a row's codes are the outlier part's then the rest's, and
+// its norm entry is two fp16 norms (outliers, rest).
 #pragma once
 
 #include <cstdint>
@@ -25,11 +27,15 @@ enum class Encoding : uint8_t {
   kFp8E4M3 = 3,  // with one scale per tensor, kept in the cache's metadata, not in the blocks
   kTqMse = 4,    // TurboQuant-MSE: fp16 norm + `bits` per coordinate of the rotated unit vector
   kTqProd = 5,   // TurboQuant-prod: MSE at bits-1, then 1 QJL sign per coordinate + fp16 residual norm
+  // A fractional width, bits + 0.5 (the paper's outlier split): the head's channels are split into
+  // split_outliers(head_dim) outlier channels and the rest, each part its own TurboQuant-MSE
+  // instance (own rotation, codebook and fp16 norm): outliers at bits + 1, the rest at `bits`.
+  kTqSplit = 6,
 };
 
 struct TensorCode {
   Encoding enc = Encoding::kFp16;
-  uint8_t bits = 16;  // tq encodings: 1..8 bits per coordinate in total; floats: their width
+  uint8_t bits = 16;  // tq encodings: 1..8 bits per coordinate in total (split: 1..7, the rest's width); floats: their width
 };
 
 // Coordinates are packed in groups of 32: a group of b-bit codes is exactly b 32-bit words, so no
@@ -45,15 +51,16 @@ inline constexpr uint32_t kNormBytes = 2;  // a token's fp16 norm in each norm s
 TQ_HD constexpr uint32_t padded_dim(uint32_t head_dim) { return (head_dim + kGroup - 1) / kGroup * kGroup; }
 TQ_HD constexpr uint32_t align_up(uint32_t n, uint32_t a = kAlign) { return (n + a - 1) / a * a; }
 
-TQ_HD constexpr bool is_tq(Encoding e) { return e == Encoding::kTqMse || e == Encoding::kTqProd; }
+TQ_HD constexpr bool is_tq(Encoding e) { return e == Encoding::kTqMse || e == Encoding::kTqProd || e == Encoding::kTqSplit; }
 
 TQ_HD constexpr uint32_t float_bytes(Encoding e) {
   return e == Encoding::kFp32 ? 4 : e == Encoding::kFp8E4M3 ? 1 : 2;
 }
 
-// Bits of centroid index per coordinate: all of them for MSE, all but the QJL bit for prod.
+// Bits of centroid index per coordinate: all of them for MSE, all but the QJL bit for prod, the
+// rest's for split (its outlier part has one more).
 TQ_HD constexpr uint32_t mse_bits(TensorCode c) {
-  return c.enc == Encoding::kTqMse ? c.bits : c.enc == Encoding::kTqProd ? c.bits - 1u : 0u;
+  return c.enc == Encoding::kTqMse || c.enc == Encoding::kTqSplit ? c.bits : c.enc == Encoding::kTqProd ? c.bits - 1u : 0u;
 }
 
 // Bytes of one row of b-bit codes for a head of `head_dim` coordinates.
@@ -61,9 +68,29 @@ TQ_HD constexpr uint32_t code_row_bytes(uint32_t head_dim, uint32_t bits) {
   return padded_dim(head_dim) / kGroup * bits * 4;
 }
 
+// Channels of the outlier part of a split (fractional-width) row of `head_dim` channels: half of
+// them rounded up to whole groups of 32, so that at head dims 64, 128 and 256 both parts pad to
+// nothing; half rounded up where that leaves no rest (head dims up to 32). Needs head_dim >= 2.
+TQ_HD constexpr uint32_t split_outliers(uint32_t head_dim) {
+  const uint32_t groups = kGroup * ((head_dim + 2 * kGroup - 1) / (2 * kGroup));
+  return groups < head_dim ? groups : (head_dim + 1) / 2;
+}
+// Bytes of the outlier part's codes at the front of a split row of rest width `bits`.
+TQ_HD constexpr uint32_t split_outlier_bytes(uint32_t head_dim, uint32_t bits) { return code_row_bytes(split_outliers(head_dim), bits + 1); }
+TQ_HD constexpr uint32_t split_row_bytes(uint32_t head_dim, uint32_t bits) {
+  return split_outlier_bytes(head_dim, bits) + code_row_bytes(head_dim - split_outliers(head_dim), bits);
+}
+
 // Bytes of the first section's row: codes for tq encodings, raw elements for floats.
 TQ_HD constexpr uint32_t main_row_bytes(TensorCode c, uint32_t head_dim) {
-  return is_tq(c.enc) ? code_row_bytes(head_dim, mse_bits(c)) : head_dim * float_bytes(c.enc);
+  return c.enc == Encoding::kTqSplit ? split_row_bytes(head_dim, c.bits)
+         : is_tq(c.enc)              ? code_row_bytes(head_dim, mse_bits(c))
+                                     : head_dim * float_bytes(c.enc);
+}
+
+// Bytes per token of a norm section: one fp16 norm for tq rows, two for split rows, none for floats.
+TQ_HD constexpr uint32_t norm_row_bytes(TensorCode c) {
+  return c.enc == Encoding::kTqSplit ? 2 * kNormBytes : is_tq(c.enc) ? kNormBytes : 0u;
 }
 
 // Byte offsets of the sections of one (layer, page, kv_head) block. Absent sections have size 0
@@ -72,12 +99,14 @@ struct BlockLayout {
   uint32_t k_row = 0;      // bytes per token in the K codes / K elements section
   uint32_t k_qjl_row = 0;  // bytes per token of QJL signs (prod keys), padded_dim / 8
   uint32_t v_row = 0;      // bytes per token in the V section
+  uint32_t k_norm_row = 0;  // bytes per token in the K norm section: 2, 4 for split keys, 0 for floats
+  uint32_t v_norm_row = 0;  // the same for V
   uint32_t k_codes = 0;    // [page_size][k_row]
   uint32_t k_qjl = 0;      // [page_size][k_qjl_row]
   uint32_t v_codes = 0;    // [page_size][v_row]
-  uint32_t k_norms = 0;    // [page_size] fp16 ||k|| (tq keys)
+  uint32_t k_norms = 0;    // [page_size] fp16 ||k|| (tq keys); split keys: [page_size][2] (outliers, rest)
   uint32_t k_rnorms = 0;   // [page_size] fp16 ||residual|| (prod keys)
-  uint32_t v_norms = 0;    // [page_size] fp16 ||v|| (tq values)
+  uint32_t v_norms = 0;    // [page_size] fp16 ||v|| (tq values); split values: [page_size][2]
   uint32_t bytes = 0;      // total, a multiple of kAlign
 };
 
@@ -86,6 +115,8 @@ TQ_HD constexpr BlockLayout block_layout(TensorCode k, TensorCode v, uint32_t he
   L.k_row = main_row_bytes(k, head_dim);
   L.k_qjl_row = k.enc == Encoding::kTqProd ? padded_dim(head_dim) / 8 : 0;
   L.v_row = main_row_bytes(v, head_dim);
+  L.k_norm_row = norm_row_bytes(k);
+  L.v_norm_row = norm_row_bytes(v);
   uint32_t off = 0;
   L.k_codes = off;
   off = align_up(off + page_size * L.k_row);
@@ -94,11 +125,11 @@ TQ_HD constexpr BlockLayout block_layout(TensorCode k, TensorCode v, uint32_t he
   L.v_codes = off;
   off = align_up(off + page_size * L.v_row);
   L.k_norms = off;
-  off = align_up(off + (is_tq(k.enc) ? page_size * kNormBytes : 0));
+  off = align_up(off + page_size * L.k_norm_row);
   L.k_rnorms = off;
   off = align_up(off + (k.enc == Encoding::kTqProd ? page_size * kNormBytes : 0));
   L.v_norms = off;
-  off = align_up(off + (is_tq(v.enc) ? page_size * kNormBytes : 0));
+  off = align_up(off + page_size * L.v_norm_row);
   L.bytes = off;
   return L;
 }
@@ -213,6 +244,13 @@ static_assert(plane_bit(1, 24 + 3) == 4 * 3 + 3 && plane_word(1, 31) == 0 && pla
 static_assert(plane_word(8, 13) == 3 && plane_bit(8, 13) == 8);
 static_assert(block_layout(TensorCode{Encoding::kTqProd, 3}, kV2, 128, 16).bytes == 16 * (32 + 16 + 32 + 2 + 2 + 2));
 static_assert(block_layout(kK3, kV2, 64, 1).bytes % kAlign == 0);
+// Split rows (k2.5v2.5) at head dim 128: 64 outlier channels at 3 bits (24 bytes) and 64 at 2 bits
+// (16 bytes), two fp16 norms: 44 bytes per token each of K and V, 2.75 bits per element.
+inline constexpr TensorCode kS2{Encoding::kTqSplit, 2};
+static_assert(split_outliers(128) == 64 && split_outliers(64) == 32 && split_outliers(80) == 64 && split_outliers(32) == 16 &&
+              split_outliers(2) == 1);
+static_assert(block_layout(kS2, kS2, 128, 16).bytes == 16 * (40 + 40 + 4 + 4));
+static_assert(split_row_bytes(80, 2) == 24 + 8 && split_row_bytes(64, 3) == 16 + 12);
 }  // namespace detail
 
 }  // namespace tq

@@ -19,6 +19,10 @@ KvSpec parse_spec(const std::string& text);
 // A TurboQuant configuration from the Python arguments; rotation "auto" is the KV format's choice.
 TqConfig tq_config(uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t seed, bool norm_correction);
 
+// Throws tq::Error naming the spec and `who` when it has a fractional width: their outlier channels
+// come from the prompt in the engine (KvStore::calibrate), which the module's pages do not have.
+void refuse_split(const KvSpec& spec, const char* who);
+
 // Checks slots (int64 [tokens]; -1 skips) and k, v (float32 [tokens, kv_heads, head_dim]) for
 // `cache`, every slot before any row is written, then quantizes the rows into `layer` (over
 // `threads` threads, 1: the caller's): KvCache.write and the torch ops' CPU quantize_store.

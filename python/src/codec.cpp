@@ -22,6 +22,17 @@
 #include "tq/kv/paged_cache.h"
 
 namespace tq::py {
+
+// The module's pages and quantizers have no prompt to calibrate on, so they refuse fractional
+// widths rather than pick other outlier channels than the engine would.
+void refuse_split(const KvSpec& spec, const char* who) {
+  for (const TensorCode c : {spec.format.k, spec.format.v, spec.policy.edge_k, spec.policy.edge_v})
+    TQ_CHECK(c.enc != Encoding::kTqSplit,
+             "KV spec '{}': {} does not take fractional widths (their outlier channels come from the prompt in the engine: "
+             "tq run / tq perplexity, or turboquant.LLM on the CPU)",
+             spec.text, who);
+}
+
 namespace {
 
 
@@ -61,6 +72,7 @@ PyQuantizer spec_quantizer(const KvSpec& spec, uint32_t head_dim, const std::str
   const bool value = tensor == "v";
   const KvFormat f = spec.layer_format(layer, layers);
   const TensorCode code = value ? f.v : f.k;
+  refuse_split(spec, "KvSpec.quantizer");
   PyQuantizer out;
   if (is_tq(code.enc)) {
     out.q = make_turboquant(codec_config(f, head_dim, spec.local_layer(layer, layers), head, value));
@@ -77,7 +89,7 @@ struct PyKvCache {
   KvSpec spec;
   PagedKvCache cache;
   PyKvCache(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages)
-      : spec((refuse_policy(s, "turboquant.KvCache"), s)), cache(CacheShape{layers, kv_heads, head_dim, num_pages}, s.format) {}
+      : spec((refuse_policy(s, "turboquant.KvCache"), refuse_split(s, "turboquant.KvCache"), s)), cache(CacheShape{layers, kv_heads, head_dim, num_pages}, s.format) {}
   const CacheShape& shape() const { return cache.shape(); }
 };
 

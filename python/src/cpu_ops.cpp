@@ -48,7 +48,8 @@ struct PyCpuFormat {
   CacheFormat format;
 
   PyCpuFormat(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim)
-      : spec((refuse_policy(s, "turboquant.torch_ops"), s)), format(layers, kv_heads, head_dim, s.format) {}
+      : spec((refuse_policy(s, "turboquant.torch_ops"), refuse_split(s, "turboquant.torch_ops"), s)),
+        format(layers, kv_heads, head_dim, s.format) {}
 
   // A view of `pages` (checked: uint8 [layers, num_pages, kv_heads, block_bytes], contiguous, host).
   PagedKvCache view(const char* fn, uint32_t layer, const nb::ndarray<>& pages) const {

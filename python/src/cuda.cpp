@@ -61,6 +61,7 @@ struct PyCudaFormat {
 
   PyCudaFormat(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, int device_index) : spec(s), device(device_index) {
     refuse_policy(spec, "turboquant.torch_ops");  // the kernels implement the page format only
+    refuse_split(spec, "turboquant.torch_ops");
     format = std::make_unique<CacheFormat>(layers, kv_heads, head_dim, spec.format);
     DeviceGuard g(device);
     tables = std::make_unique<cuda::DeviceFormat>(*format);

@@ -32,6 +32,8 @@ const char* encoding_name(Encoding e) {
       return "tq_mse";
     case Encoding::kTqProd:
       return "tq_prod";
+    case Encoding::kTqSplit:
+      return "tq_split";
   }
   return "?";
 }

@@ -87,6 +87,23 @@ DistortionRow distortion_row(const TqConfig& cfg, uint64_t samples, uint64_t see
   row.config = cfg;
   const auto q = make_turboquant(cfg);
   row.stats = measure_distortion(*q, samples, seed);
+  if (cfg.split) {
+    // Each part holds a share dim_p / dim of a random unit vector's energy on average and is its own
+    // MSE instance, so the expected error and TurboQuant's guarantee are the parts' figures weighted
+    // by that share. The lower bound is that of any quantizer spending the same code bits per
+    // coordinate (padding included): 4^-bits.
+    const TurboQuant t(cfg);
+    double bits = 0;
+    for (uint32_t i = 0; i < 2; ++i) {
+      const TurboQuant& p = *t.part(i);
+      const double share = double(p.dim()) / cfg.dim;
+      row.mse_expected += share * codebook(p.padded_dim(), p.code_bits()).expected_mse;
+      row.mse_upper += share * mse_upper_bound(p.code_bits());
+      bits += double(p.padded_dim()) * p.code_bits() / cfg.dim;
+    }
+    row.mse_lower = std::pow(4.0, -bits);
+    return row;
+  }
   row.mse_lower = mse_lower_bound(cfg.bits);
   row.mse_upper = mse_upper_bound(cfg.bits);
   const uint32_t pd = padded_dim(cfg.dim);

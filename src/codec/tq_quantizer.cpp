@@ -1,5 +1,6 @@
 // TurboQuant behind the common Quantizer interface. A batch of `rows` rows is laid out like one
-// page of the paged format: [rows][codes] [rows][qjl] [rows] fp16 norms [rows] fp16 residual norms.
+// page of the paged format: [rows][codes] [rows][qjl] [rows] fp16 norms [rows] fp16 residual norms
+// (split rows: [rows][2] fp16 norms, outliers and rest).
 #include <fmt/format.h>
 
 #include <cstring>
@@ -14,27 +15,28 @@ namespace {
 class TurboQuantizer final : public Quantizer {
  public:
   TurboQuantizer(const TqConfig& cfg, bool fast) : tq_(cfg), fast_(fast) {
-    code_row_ = code_row_bytes(cfg.dim, tq_.code_bits());
+    code_row_ = main_row_bytes(tq_.tensor_code(), cfg.dim);
     qjl_row_ = cfg.prod ? tq_.padded_dim() / 8 : 0;
+    norm_row_ = norm_row_bytes(tq_.tensor_code());
   }
   std::string name() const override {
-    return fmt::format("turboquant-{}{}", tq_.config().prod ? "prod" : "mse", tq_.config().bits);
+    return fmt::format("turboquant-{}{}{}", tq_.config().prod ? "prod" : "mse", tq_.config().bits, tq_.split() ? ".5" : "");
   }
   uint32_t dim() const override { return tq_.dim(); }
-  size_t bytes(size_t rows) const override { return rows * (code_row_ + qjl_row_ + 2 + (tq_.config().prod ? 2 : 0)); }
+  size_t bytes(size_t rows) const override { return rows * (code_row_ + qjl_row_ + norm_row_ + (tq_.config().prod ? 2 : 0)); }
 
   void quantize(const float* x, size_t rows, uint8_t* out) const override {
     for (size_t r = 0; r < rows; ++r) {
-      uint16_t norm = 0, rnorm = 0;
-      RowRef ref{reinterpret_cast<uint32_t*>(out + r * code_row_), out + rows * code_row_ + r * qjl_row_, &norm, &rnorm};
+      uint16_t norm[2] = {0, 0}, rnorm = 0;
+      RowRef ref{reinterpret_cast<uint32_t*>(out + r * code_row_), out + rows * code_row_ + r * qjl_row_, norm, &rnorm};
       tq_.encode(x + r * dim(), ref);
-      std::memcpy(norms(out, rows) + 2 * r, &norm, 2);
+      std::memcpy(norms(out, rows) + norm_row_ * r, norm, norm_row_);
       if (tq_.config().prod) std::memcpy(norms(out, rows) + 2 * rows + 2 * r, &rnorm, 2);
     }
   }
   void dequantize(const uint8_t* in, size_t rows, float* out) const override {
     for (size_t r = 0; r < rows; ++r) {
-      uint16_t norm, rnorm;
+      uint16_t norm[2], rnorm;
       const ConstRowRef ref = row(in, rows, r, norm, rnorm);
       tq_.decode(ref, out + r * dim());
     }
@@ -43,7 +45,7 @@ class TurboQuantizer final : public Quantizer {
     TurboQuant::Query prepared;
     tq_.prepare(q, prepared);
     for (size_t r = 0; r < rows; ++r) {
-      uint16_t norm, rnorm;
+      uint16_t norm[2], rnorm;
       const ConstRowRef ref = row(in, rows, r, norm, rnorm);
       out[r] = fast_ ? tq_.dot_fast(prepared, ref) : tq_.dot(prepared, ref);
     }
@@ -53,18 +55,19 @@ class TurboQuantizer final : public Quantizer {
   static uint8_t* norms(uint8_t* base, size_t rows, size_t code_row, size_t qjl_row) { return base + rows * (code_row + qjl_row); }
   uint8_t* norms(uint8_t* base, size_t rows) const { return norms(base, rows, code_row_, qjl_row_); }
   // Norms are copied out: the fp16 section may be unaligned for odd row counts.
-  ConstRowRef row(const uint8_t* in, size_t rows, size_t r, uint16_t& norm, uint16_t& rnorm) const {
+  // norm: [2] (the second for split rows)
+  ConstRowRef row(const uint8_t* in, size_t rows, size_t r, uint16_t* norm, uint16_t& rnorm) const {
     const uint8_t* nb = in + rows * (code_row_ + qjl_row_);
-    std::memcpy(&norm, nb + 2 * r, 2);
+    std::memcpy(norm, nb + norm_row_ * r, norm_row_);
     rnorm = 0;
     if (tq_.config().prod) std::memcpy(&rnorm, nb + 2 * rows + 2 * r, 2);
-    return ConstRowRef{reinterpret_cast<const uint32_t*>(in + r * code_row_), in + rows * code_row_ + r * qjl_row_, &norm,
+    return ConstRowRef{reinterpret_cast<const uint32_t*>(in + r * code_row_), in + rows * code_row_ + r * qjl_row_, norm,
                        &rnorm};
   }
 
   TurboQuant tq_;
   bool fast_;
-  size_t code_row_ = 0, qjl_row_ = 0;
+  size_t code_row_ = 0, qjl_row_ = 0, norm_row_ = 2;
 };
 
 }  // namespace

@@ -22,11 +22,17 @@ void check_config(const TqConfig& c) {
   TQ_CHECK(c.dim >= 1 && c.dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, c.dim);
   TQ_CHECK(c.bits >= 1 && c.bits <= 8, "TurboQuant bits must be 1..8, got {}", c.bits);
   TQ_CHECK(!(c.prod && c.norm_correction), "norm correction applies to MSE rows only, not to prod (already unbiased)");
+  TQ_CHECK(c.split || c.outliers.empty(), "outlier channels apply to split (fractional-width) rows only, got {} of them",
+           c.outliers.size());
 }
 }  // namespace
 
-TurboQuant::TurboQuant(const TqConfig& cfg)
-    : cfg_((check_config(cfg), cfg)), pd_(tq::padded_dim(cfg.dim)), rot_(cfg.rotation, pd_, cfg.seed) {
+TurboQuant::TurboQuant(const TqConfig& cfg) : cfg_((check_config(cfg), cfg)), pd_(tq::padded_dim(cfg.dim)) {
+  if (cfg_.split) {
+    init_split();
+    return;
+  }
+  rot_.emplace(cfg.rotation, pd_, cfg.seed);
   if (code_bits() > 0) cb_ = &tq::codebook(pd_, code_bits());
   if (cfg_.prod) {
     Rng rng(derive_seed(cfg_.seed, 0, 0, kQjlPurpose));
@@ -35,7 +41,13 @@ TurboQuant::TurboQuant(const TqConfig& cfg)
   }
 }
 
+const Rotation& TurboQuant::rotation() const {
+  TQ_CHECK(rot_.has_value(), "a split ({}.5-bit) row has one rotation per part, not one for the row", cfg_.bits);
+  return *rot_;
+}
+
 void TurboQuant::encode(const float* x, const RowRef& out) const {
+  if (cfg_.split) return split_encode(x, out);
   double nn = 0;
   for (uint32_t i = 0; i < cfg_.dim; ++i) {
     TQ_CHECK(std::isfinite(x[i]), "cannot quantize a non-finite value: element {} is {}", i, x[i]);
@@ -50,7 +62,7 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
   std::fill(c, c + pd_, 0.0f);
   if (norm > 0)
     for (uint32_t i = 0; i < cfg_.dim; ++i) y[i] = float(x[i] / norm);
-  rot_.forward(y, y);
+  rot_->forward(y, y);
 
   const uint32_t b = code_bits();
   uint8_t codes[kMaxHeadDim];
@@ -93,6 +105,7 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
 }
 
 void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
+  if (cfg_.split) return split_decode_rotated(in, out);
   const uint32_t b = code_bits();
   if (b > 0 && cpu::has_avx2_fma()) {
     simd::decode_codes_avx2(in.codes, pd_, b, cb_->centroids.data(), out);  // the same table entries
@@ -114,19 +127,37 @@ void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
   }
 }
 
+float TurboQuant::codes_dot_fast(const float* qrot, const uint32_t* codes) const {
+  if (cpu::has_avx2_fma()) return simd::dot_codes_avx2(qrot, codes, pd_, code_bits(), cb_->centroids.data());
+  return codes_dot(qrot, codes);
+}
+
+float TurboQuant::codes_dot(const float* qrot, const uint32_t* codes) const {
+  float acc = 0;
+  const uint32_t b = code_bits();
+  uint8_t c[kGroup];
+  for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
+    unpack_group(codes + g * b, b, c);
+    for (uint32_t i = 0; i < kGroup; ++i) acc += qrot[g * kGroup + i] * cb_->centroids[c[i]];
+  }
+  return acc;
+}
+
 float TurboQuant::dot_fast(const Query& q, const ConstRowRef& row) const {
+  if (cfg_.split) return split_dot(q, row, true);
   if (!cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma())
     return simd::dot_codes_avx2(q.rot.data(), row.codes, pd_, code_bits(), cb_->centroids.data()) * f16_to_f32(*row.norm);
   return dot(q, row);
 }
 
-bool TurboQuant::can_score_decoded() const { return !cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma(); }
+bool TurboQuant::can_score_decoded() const { return !cfg_.split && !cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma(); }
 
 float TurboQuant::dot_decoded(const Query& q, const float* decoded, const ConstRowRef& row) const {
   return simd::dot_decoded_avx2(q.rot.data(), decoded, pd_, code_bits()) * f16_to_f32(*row.norm);
 }
 
 void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const {
+  if (cfg_.split) return split_accumulate_rotated(row, weight, acc);
   const float w = weight * f16_to_f32(*row.norm);
   if (w == 0) return;
   const uint32_t b = code_bits();
@@ -147,18 +178,25 @@ void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float*
   }
 }
 
+void TurboQuant::unrotate(const float* acc, float* out) const {
+  if (cfg_.split) return split_unrotate(acc, out);
+  rot_->inverse(acc, out);
+}
+
 void TurboQuant::decode(const ConstRowRef& in, float* out) const {
+  if (cfg_.split) return split_decode(in, out);
   float y[kMaxHeadDim];
   decode_rotated(in, y);
-  rot_.inverse(y, y);
+  rot_->inverse(y, y);
   const float norm = f16_to_f32(*in.norm);
   for (uint32_t i = 0; i < cfg_.dim; ++i) out[i] = y[i] * norm;
 }
 
 void TurboQuant::prepare(const float* q, Query& out) const {
+  if (cfg_.split) return split_prepare(q, out);
   out.rot.assign(pd_, 0.0f);
   for (uint32_t i = 0; i < cfg_.dim; ++i) out.rot[i] = q[i];
-  rot_.forward(out.rot.data(), out.rot.data());
+  rot_->forward(out.rot.data(), out.rot.data());
   if (cfg_.prod) {
     out.sq.assign(pd_, 0.0f);
     for (uint32_t i = 0; i < pd_; ++i) {
@@ -171,6 +209,7 @@ void TurboQuant::prepare(const float* q, Query& out) const {
 }
 
 float TurboQuant::dot(const Query& q, const ConstRowRef& row) const {
+  if (cfg_.split) return split_dot(q, row, false);
   float acc = 0;
   const uint32_t b = code_bits();
   if (b > 0) {

@@ -60,6 +60,9 @@ void check_launch(const char* what) {
 }
 
 std::string attention_unsupported(TensorCode k, TensorCode v, uint32_t head_dim) {
+  if (k.enc == Encoding::kTqSplit || v.enc == Encoding::kTqSplit)
+    return fmt::format("fractional widths (K {}{}, V {}{} bits: the outlier split) have no GPU kernel yet; run them on the CPU (--device cpu)",
+                       k.bits, k.enc == Encoding::kTqSplit ? ".5" : "", v.bits, v.enc == Encoding::kTqSplit ? ".5" : "");
   if (k.enc == Encoding::kTqProd) return "prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)";
   if (k.enc == Encoding::kFp32 || v.enc == Encoding::kFp32) return "fp32 caches have no GPU kernel (use fp16/bf16)";
   if (is_tq(k.enc) != is_tq(v.enc) || (!is_tq(k.enc) && k.enc != v.enc)) return "K and V must both be TurboQuant or the same float encoding";

@@ -266,6 +266,8 @@ void validate(const QuantizeStoreParams& p) {
   validate_cache(p.cache);
   const CacheView& c = p.cache;
   TQ_CHECK(c.k.enc != Encoding::kTqProd, "quantize_store: prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)");
+  TQ_CHECK(c.k.enc != Encoding::kTqSplit && c.v.enc != Encoding::kTqSplit,
+           "quantize_store: fractional widths (the outlier split, e.g. k2.5v2) have no GPU kernel yet; run them on the CPU");
   TQ_CHECK(p.k && p.v && p.slot_mapping, "quantize_store: k, v and slot_mapping must be set");
   const uint32_t pd = padded_dim(c.head_dim);
   TQ_CHECK(pd == 32 || pd == 64 || pd == 96 || pd == 128 || pd == 256,

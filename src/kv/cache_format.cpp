@@ -19,8 +19,8 @@ CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, 
     for (uint32_t h = 0; h < kv_heads; ++h)
       for (bool value : {false, true}) {
         const TensorCode c = value ? format.v : format.k;
-        std::unique_ptr<const TurboQuant> codec;
-        if (is_tq(c.enc)) codec = std::make_unique<const TurboQuant>(codec_config(format, head_dim, l, h, value));
+        std::shared_ptr<const TurboQuant> codec;
+        if (is_tq(c.enc)) codec = std::make_shared<const TurboQuant>(codec_config(format, head_dim, l, h, value));
         (value ? *v : *k).push_back(std::move(codec));
       }
   k_codecs_ = std::move(k);
@@ -41,7 +41,25 @@ TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer,
   cfg.rotation = format.rotation_for(head_dim);
   cfg.seed = derive_seed(format.seed, layer, head, value ? 2 : 1);
   cfg.norm_correction = format.norm_correction && !cfg.prod;
+  cfg.split = c.enc == Encoding::kTqSplit;
+  if (cfg.split && format.auto_rotation) {
+    // Both parts Hadamard where both padded dims are powers of two, else both dense.
+    const uint32_t n = split_outliers(head_dim);
+    cfg.rotation = is_pow2(padded_dim(n)) && is_pow2(padded_dim(head_dim - n)) ? RotationKind::kHadamard : RotationKind::kDense;
+  }
   return cfg;
+}
+
+void CacheFormat::set_outliers(uint32_t layer, uint32_t head, bool value, const std::vector<uint16_t>& channels) {
+  TQ_CHECK(layer < layers_ && head < kv_heads_, "codec ({}, {}) is outside the cache ({} layers, {} KV heads)", layer, head, layers_, kv_heads_);
+  const TensorCode c = value ? format_.v : format_.k;
+  TQ_CHECK(c.enc == Encoding::kTqSplit, "set_outliers: {} is not stored at a fractional width (spec '{}')", value ? "V" : "K",
+           format_.canonical());
+  TqConfig cfg = codec_config(format_, head_dim_, layer, head, value);
+  cfg.outliers = channels;
+  auto codecs = std::make_shared<Codecs>(*(value ? v_codecs_ : k_codecs_));  // copy on write: copies keep theirs
+  (*codecs)[size_t(layer) * kv_heads_ + head] = std::make_shared<const TurboQuant>(cfg);
+  (value ? v_codecs_ : k_codecs_) = std::move(codecs);
 }
 
 const TurboQuant* CacheFormat::k_codec(uint32_t layer, uint32_t head) const {

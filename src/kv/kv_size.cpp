@@ -18,6 +18,8 @@ KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t hea
   // Every layer in its own format (edge layers differ); bytes per token over all of them.
   for (uint32_t l = 0; l < layers; ++l) {
     const KvFormat f = s.layer_format(l, layers);
+    TQ_CHECK(head_dim >= 2 || (f.k.enc != Encoding::kTqSplit && f.v.enc != Encoding::kTqSplit),
+             "KV spec '{}': a fractional width splits the head's channels in two, so it needs head dim >= 2, got {}", s.text, head_dim);
     out.bytes_per_token += bytes_per_token_head(f.k, f.v, head_dim, f.page_size) * kv_heads;
   }
   out.bits_per_element = 8.0 * out.bytes_per_token / (2.0 * head_dim * kv_heads * layers);

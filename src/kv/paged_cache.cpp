@@ -59,14 +59,14 @@ void PagedKvCache::write(uint32_t layer, int64_t slot, const float* k, const flo
     uint8_t* b = block(layer, page, h);
     if (const TurboQuant* kc = format_.k_codec(layer, h)) {
       kc->encode(k + size_t(h) * d, RowRef{reinterpret_cast<uint32_t*>(b + L.k_codes + off * L.k_row), b + L.k_qjl + off * L.k_qjl_row,
-                                           reinterpret_cast<uint16_t*>(b + L.k_norms) + off,
+                                           reinterpret_cast<uint16_t*>(b + L.k_norms + off * L.k_norm_row),
                                            reinterpret_cast<uint16_t*>(b + L.k_rnorms) + off});
     } else {
       store_float_row(format_.format().k.enc, k + size_t(h) * d, d, format_.k_scale(), b + L.k_codes + off * L.k_row);
     }
     if (const TurboQuant* vc = format_.v_codec(layer, h)) {
       vc->encode(v + size_t(h) * d, RowRef{reinterpret_cast<uint32_t*>(b + L.v_codes + off * L.v_row), nullptr,
-                                           reinterpret_cast<uint16_t*>(b + L.v_norms) + off, nullptr});
+                                           reinterpret_cast<uint16_t*>(b + L.v_norms + off * L.v_norm_row), nullptr});
     } else {
       store_float_row(format_.format().v.enc, v + size_t(h) * d, d, format_.v_scale(), b + L.v_codes + off * L.v_row);
     }
@@ -81,7 +81,7 @@ void PagedKvCache::read(uint32_t layer, int64_t slot, float* k, float* v) const 
     const uint8_t* b = block(layer, page, h);
     if (const TurboQuant* kc = format_.k_codec(layer, h)) {
       kc->decode(ConstRowRef{reinterpret_cast<const uint32_t*>(b + L.k_codes + off * L.k_row), b + L.k_qjl + off * L.k_qjl_row,
-                             reinterpret_cast<const uint16_t*>(b + L.k_norms) + off,
+                             reinterpret_cast<const uint16_t*>(b + L.k_norms + off * L.k_norm_row),
                              reinterpret_cast<const uint16_t*>(b + L.k_rnorms) + off},
                  k + size_t(h) * d);
     } else {
@@ -89,7 +89,7 @@ void PagedKvCache::read(uint32_t layer, int64_t slot, float* k, float* v) const 
     }
     if (const TurboQuant* vc = format_.v_codec(layer, h)) {
       vc->decode(ConstRowRef{reinterpret_cast<const uint32_t*>(b + L.v_codes + off * L.v_row), nullptr,
-                             reinterpret_cast<const uint16_t*>(b + L.v_norms) + off, nullptr},
+                             reinterpret_cast<const uint16_t*>(b + L.v_norms + off * L.v_norm_row), nullptr},
                  v + size_t(h) * d);
     } else {
       load_float_row(format_.format().v.enc, b + L.v_codes + off * L.v_row, d, format_.v_scale(), v + size_t(h) * d);

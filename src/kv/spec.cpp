@@ -18,7 +18,23 @@ uint64_t uint_of(const std::string& s, const std::string& what, const std::strin
   return *v;
 }
 
-// fp32 | fp16 | bf16 | fp8 | k<N>v<M>: the K and V codes of a base (TurboQuant as MSE).
+// A TurboQuant width: "N" (1..8 bits, MSE) or "N.5" (1.5..7.5: the paper's outlier split, kTqSplit
+// with bits = N).
+TensorCode parse_width(const std::string& w, const char* which, const std::string& text) {
+  const size_t dot = w.find('.');
+  if (dot == std::string::npos) {
+    const uint64_t b = uint_of(w, fmt::format("the {} width", which), text);
+    TQ_CHECK(b >= 1 && b <= 8, "KV spec '{}': {} width must be 1..8 bits, got {}", text, which, b);
+    return TensorCode{Encoding::kTqMse, uint8_t(b)};
+  }
+  TQ_CHECK(w.substr(dot) == ".5", "KV spec '{}': a fractional {} width is a whole number and a half (2.5, 3.5), got '{}'", text, which, w);
+  const uint64_t b = uint_of(w.substr(0, dot), fmt::format("the {} width", which), text);
+  TQ_CHECK(b >= 1 && b <= 7, "KV spec '{}': a fractional {} width must be 1.5..7.5 bits (outliers at one bit more than the rest, at most 8), got {}",
+           text, which, w);
+  return TensorCode{Encoding::kTqSplit, uint8_t(b)};
+}
+
+// fp32 | fp16 | bf16 | fp8 | k<W>v<W>: the K and V codes of a base (TurboQuant as MSE, or split at N.5).
 std::pair<TensorCode, TensorCode> parse_base(const std::string& base, const std::string& text) {
   TQ_CHECK(!base.empty(), "empty KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2", text);
   if (base == "fp32" || base == "fp16" || base == "bf16" || base == "fp8") {
@@ -28,18 +44,16 @@ std::pair<TensorCode, TensorCode> parse_base(const std::string& base, const std:
   }
   const size_t vpos = base.find('v');
   TQ_CHECK(base[0] == 'k' && vpos != std::string::npos && vpos > 1 && vpos + 1 < base.size(),
-           "unknown KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2", text);
-  const uint64_t kb = uint_of(base.substr(1, vpos - 1), "the K width", text);
-  const uint64_t vb = uint_of(base.substr(vpos + 1), "the V width", text);
-  TQ_CHECK(kb >= 1 && kb <= 8, "KV spec '{}': K width must be 1..8 bits, got {}", text, kb);
-  TQ_CHECK(vb >= 1 && vb <= 8, "KV spec '{}': V width must be 1..8 bits, got {}", text, vb);
-  return {TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}};
+           "unknown KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2 or k3.5v2.5", text);
+  return {parse_width(base.substr(1, vpos - 1), "K", text), parse_width(base.substr(vpos + 1), "V", text)};
 }
+
+std::string width_name(TensorCode c) { return c.enc == Encoding::kTqSplit ? fmt::format("{}.5", c.bits) : fmt::format("{}", c.bits); }
 
 std::string base_name(TensorCode k, TensorCode v) {
   if (!is_tq(k.enc))
     return k.enc == Encoding::kFp32 ? "fp32" : k.enc == Encoding::kFp16 ? "fp16" : k.enc == Encoding::kBf16 ? "bf16" : "fp8";
-  return fmt::format("k{}v{}", k.bits, v.bits);
+  return fmt::format("k{}v{}", width_name(k), width_name(v));
 }
 
 }  // namespace
@@ -79,6 +93,7 @@ std::vector<std::string> KvPolicy::knobs() const {
   if (sink > 0) out.push_back(fmt::format("sink={}", sink));
   if (window > 0) out.push_back(fmt::format("window={}", window));
   if (!key_sim.empty()) out.push_back(fmt::format("ksim={}", key_sim));
+  if (fixed_outliers) out.push_back("outliers=fixed");
   return out;
 }
 
@@ -134,6 +149,8 @@ KvSpec parse_kv_spec(const std::string& text) {
     const bool tqspec = is_tq(spec.format.k.enc);
     if (key == "prod" && eq == std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'prod' applies to TurboQuant specs (k<N>v<M>) only", text);
+      TQ_CHECK(spec.format.k.enc == Encoding::kTqMse, "KV spec '{}': option 'prod' needs a whole K width (k3v2:prod), not k{}.5", text,
+               spec.format.k.bits);
       spec.format.k.enc = Encoding::kTqProd;
     } else if (key == "nc" && eq == std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'nc' applies to TurboQuant specs (k<N>v<M>) only", text);
@@ -169,13 +186,20 @@ KvSpec parse_kv_spec(const std::string& text) {
       TQ_CHECK(spec.format.k.enc == Encoding::kFp32 || spec.format.k.enc == Encoding::kFp16,
                "KV spec '{}': ksim (simulated key quantization) needs an fp32 or fp16 base", text);
       spec.policy.key_sim = val;
+    } else if (key == "outliers" && eq != std::string::npos) {
+      TQ_CHECK(val == "prompt" || val == "fixed", "KV spec '{}': outliers must be prompt or fixed, got '{}'", text, val);
+      spec.policy.fixed_outliers = val == "fixed";
     } else {
       throw Error(fmt::format(
           "KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, sink=N, window=N, "
-          "ksim=int4)",
+          "ksim=int4, outliers=prompt|fixed)",
           text, opt));
     }
   }
+  const auto split = [](TensorCode c) { return c.enc == Encoding::kTqSplit; };
+  TQ_CHECK(!spec.policy.fixed_outliers || split(spec.format.k) || split(spec.format.v) ||
+               (spec.policy.edge_layers && (split(spec.policy.edge_k) || split(spec.policy.edge_v))),
+           "KV spec '{}': outliers= applies to fractional widths (k2.5v2, k3.5v2.5, ...) only", text);
   return spec;
 }
 

@@ -76,6 +76,22 @@ foreach(key bits method mse ip_bias ip_var)
   endif()
 endforeach()
 
+# Fractional widths: 64 channels at 4 bits and 64 at 3 (56 bytes) and two fp16 norms for K, 40 + 4
+# for V at 2.5 bits: 104 bytes a head and token.
+run_ok(kv-size --layers 32 --kv-heads 8 --head-dim 128 --kv k3.5v2.5 --json)
+string(JSON bpt GET "${OUT}" bytes_per_token)
+if(NOT bpt EQUAL 26624)
+  message(FATAL_ERROR "k3.5v2.5 at 32x8x128: bytes/token ${bpt}, expected 26624")
+endif()
+run_ok(distortion --dim 64 --bits 2.5 --method both --samples 500 --json)
+string(JSON n LENGTH "${OUT}" rows)
+string(JSON b GET "${OUT}" rows 0 bits)
+if(NOT n EQUAL 1 OR NOT b EQUAL 2.5)
+  message(FATAL_ERROR "distortion --bits 2.5: expected one MSE row of 2.5 bits (prod takes whole widths), got ${n} rows:\n${OUT}")
+endif()
+run_fails("'2.7'" 2 kv-size --kv k2.7v2)
+run_fails("'2.7'" ANY distortion --bits 2.7)
+
 run_fails("k9v2" 2 kv-size --kv k9v2)
 run_fails("'zz'" 2 kv-size --kv k3v2:zz)
 run_fails("head-dim" 2 kv-size --kv k3v2 --head-dim 0)

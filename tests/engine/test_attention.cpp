@@ -83,13 +83,17 @@ INSTANTIATE_TEST_SUITE_P(
                       // beyond one part of 512 positions: a decode merges 3 parts; a block of
                       // queries straddles the cut at 512 (page=7: parts of 518)
                       Case{"fp16", 64, 2, 6, 1100, 1}, Case{"k3v2", 64, 3, 9, 1100, 1}, Case{"k3v2", 64, 3, 9, 540, 40},
-                      Case{"k2v2:nc:page=7", 80, 2, 4, 530, 25}, Case{"fp16:sink=4:window=16", 64, 1, 3, 700, 20}));
+                      Case{"k2v2:nc:page=7", 80, 2, 4, 530, 25}, Case{"fp16:sink=4:window=16", 64, 1, 3, 700, 20},
+                      // fractional widths (the outlier split): two norms and rotations per row
+                      Case{"k2.5v2.5", 64, 3, 9, 50, 1}, Case{"k3.5v2.5", 64, 3, 9, 50, 17}, Case{"k2.5v2:nc:page=7", 80, 2, 4, 54, 9},
+                      Case{"k4.5v3.5:rot=dense", 96, 1, 2, 40, 3}, Case{"k3v2:edge=1/k3.5v3.5", 64, 1, 3, 30, 5},
+                      Case{"k2v1.5", 24, 1, 3, 40, 6}, Case{"k2.5v2.5", 128, 1, 2, 540, 40}));
 
 // A query's output is the same bits whatever else its step carries (a one-token decode, a
 // verification of drafts, a prompt chunk) and on any thread count: what makes speculative decoding
 // exact on the CPU. Positions beyond one part, so that parts merge.
 TEST(PagedAttention, AQueryGivesTheSameBitsInAnyStep) {
-  for (const char* spec : {"fp16", "k3v2", "k3v2:sink=4:window=16"}) {
+  for (const char* spec : {"fp16", "k3v2", "k3v2:sink=4:window=16", "k2.5v2.5"}) {
     const uint32_t len = 1200, D = 64, H = 2, QH = 6;
     KvShape shape{.layers = 1, .kv_heads = H, .head_dim = D, .num_pages = len / 16 + 2, .max_chunk = 64};
     KvStore store(shape, parse_kv_spec(spec));
@@ -125,6 +129,58 @@ TEST(PagedAttention, AQueryGivesTheSameBitsInAnyStep) {
       }
     }
   }
+}
+
+// Fractional widths: calibrate() gives each (layer, KV head) the channels of largest mean square
+// over the first rows it sees (position 0 left out), once; other layers keep channels 0..n-1.
+TEST(PagedAttention, CalibrateTakesTheLargestChannels) {
+  const uint32_t D = 64, H = 2, n = 10;
+  KvShape shape{.layers = 3, .kv_heads = H, .head_dim = D, .num_pages = 4, .max_chunk = 64};
+  KvStore store(shape, parse_kv_spec("k2.5v3.5:edge=1/k3v3"));
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n01;
+  std::vector<float> k(size_t(n) * H * D), v(k.size());
+  std::vector<uint32_t> pos(n);
+  for (uint32_t r = 0; r < n; ++r) {
+    pos[r] = r;
+    for (uint32_t h = 0; h < H; ++h)
+      for (uint32_t i = 0; i < D; ++i) {
+        // head h: K channels 10..41 (+ h) large from position 1 on; position 0 large in 0..31 (a sink)
+        const bool big = r == 0 ? i < 32 : i >= 10 + h && i < 42 + h;
+        k[(r * H + h) * D + i] = n01(rng) * (big ? 50.0f : 1.0f);
+        v[(r * H + h) * D + i] = n01(rng) * (i % 2 ? 10.0f : 1.0f);  // V: the odd channels
+      }
+  }
+  store.calibrate(1, n, pos.data(), k.data(), v.data());
+  uint32_t local = 0;
+  const PagedKvCache& cache = store.cache_of(1, &local);
+  for (uint32_t h = 0; h < H; ++h) {
+    const TurboQuant* kc = cache.format().k_codec(local, h);
+    const TurboQuant* vc = cache.format().v_codec(local, h);
+    for (uint32_t i = 0; i < 32; ++i) {
+      EXPECT_EQ(kc->channel(i), 10 + h + i) << "head " << h;
+      EXPECT_EQ(vc->channel(i), 2 * i + 1) << "head " << h;
+    }
+  }
+  // Once only: a second call with other rows changes nothing.
+  std::vector<float> k2(k.size(), 1.0f);
+  store.calibrate(1, n, pos.data(), k2.data(), v.data());
+  EXPECT_EQ(store.cache_of(1, &local).format().k_codec(local, 0)->channel(0), 10u);
+  // Edge layers here are whole widths: calibrating them is a no-op. Layer 1 never calibrated
+  // before a write keeps the default channels.
+  store.calibrate(0, n, pos.data(), k.data(), v.data());
+  KvStore other(shape, parse_kv_spec("k2.5v2"));
+  BlockManager blocks(shape.num_pages, other.page_size());
+  const int seq = blocks.add_sequence();
+  other.add_sequence(seq);
+  blocks.reserve({{seq, 1}});
+  other.write(1, SeqPages{seq, &blocks.block_table(seq)}, 0, k.data(), v.data());
+  other.calibrate(1, n, pos.data(), k.data(), v.data());
+  EXPECT_EQ(other.cache_of(1, &local).format().k_codec(local, 0)->channel(0), 0u);
+  // outliers=fixed: never calibrated.
+  KvStore fixed(shape, parse_kv_spec("k2.5v2:outliers=fixed"));
+  fixed.calibrate(1, n, pos.data(), k.data(), v.data());
+  EXPECT_EQ(fixed.cache_of(1, &local).format().k_codec(local, 1)->channel(0), 0u);
 }
 
 }  // namespace

@@ -2,12 +2,13 @@
 // names a format, which is validated as every entry point does (parse_kv_spec, then CacheFormat:
 // widths, page size, head dim, rotation), and gives the bytes of one (layer, page, KV head) block
 // in it; every row of the block is then decoded (PagedKvCache::read), scored against a query by
-// each of the codec's paths (dot, dot_fast, decode_rotated + dot_decoded, accumulate_rotated) and
-// attended over (attention_reference). The bytes of a block are not checked when read -- any bit
+// each of the codec's paths (dot, dot_fast, decode_rotated + dot_decoded, accumulate_rotated and
+// unrotate) and attended over (attention_reference). The bytes of a block are not checked when read -- any bit
 // pattern is some codes, norms and floats -- so decoding them must never read outside the block,
 // whatever NaN or infinity the norms hold.
 // Input: "<kv spec>\n" (at most 64 bytes), one byte (head dim - 1, so 1..256), then the block's
 // bytes (zero-padded or cut to the layout's size).
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -61,18 +62,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   uint8_t* block = cache.block(0, 0, 0);
   std::memcpy(block, bytes, std::min<size_t>(n_bytes, L.bytes));
 
-  const uint32_t ps = cache.page_size(), pd = tq::padded_dim(head_dim);
-  std::vector<float> k(head_dim), v(head_dim), q(head_dim), decoded(pd), acc(pd, 0.0f);
-  for (uint32_t i = 0; i < head_dim; ++i) q[i] = float(int(i % 7) - 3) * 0.25f;
   const tq::TurboQuant* kc = fmt->k_codec(0, 0);
   const tq::TurboQuant* vc = fmt->v_codec(0, 0);
+  // A codec's rotated domain: padded_dim(head_dim), or more for split rows of a small head (two
+  // parts padded each).
+  uint32_t pd = tq::padded_dim(head_dim);
+  for (const tq::TurboQuant* c : {kc, vc})
+    if (c) pd = std::max(pd, c->padded_dim());
+  const uint32_t ps = cache.page_size();
+  std::vector<float> k(head_dim), v(head_dim), q(head_dim), decoded(pd), acc(pd, 0.0f), unrot(pd);
+  for (uint32_t i = 0; i < head_dim; ++i) q[i] = float(int(i % 7) - 3) * 0.25f;
   tq::TurboQuant::Query query;
   if (kc) kc->prepare(q.data(), query);
   for (uint32_t t = 0; t < ps; ++t) {
     cache.read(0, t, k.data(), v.data());
     if (kc) {
       const tq::ConstRowRef row{reinterpret_cast<const uint32_t*>(block + L.k_codes + t * L.k_row), block + L.k_qjl + t * L.k_qjl_row,
-                                reinterpret_cast<const uint16_t*>(block + L.k_norms) + t,
+                                reinterpret_cast<const uint16_t*>(block + L.k_norms + t * L.k_norm_row),
                                 reinterpret_cast<const uint16_t*>(block + L.k_rnorms) + t};
       (void)kc->dot(query, row);
       (void)kc->dot_fast(query, row);
@@ -83,10 +89,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     if (vc) {
       const tq::ConstRowRef row{reinterpret_cast<const uint32_t*>(block + L.v_codes + t * L.v_row), nullptr,
-                                reinterpret_cast<const uint16_t*>(block + L.v_norms) + t, nullptr};
+                                reinterpret_cast<const uint16_t*>(block + L.v_norms + t * L.v_norm_row), nullptr};
       vc->accumulate_rotated(row, 0.5f, acc.data());
     }
   }
+  if (vc) vc->unrotate(acc.data(), unrot.data());
   const int32_t table = 0, len = int32_t(ps);
   std::vector<float> out(head_dim);
   tq::AttentionBatch batch;

@@ -186,5 +186,7 @@ int main(int argc, char** argv) {
   write("packed_block", "fp8-d32-p4", packed("fp8:page=4", 32));
   write("packed_block", "bf16-d16-p4", packed("bf16:page=4", 16));
   write("packed_block", "fp32-d8-p2", packed("fp32:page=2", 8));
+  write("packed_block", "k3.5v2.5-d64-p4", packed("k3.5v2.5:page=4", 64));
+  write("packed_block", "k2v1.5nc-dense-d80-p2", packed("k2v1.5:nc:rot=dense:page=2", 80));
   return 0;
 }

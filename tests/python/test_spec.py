@@ -34,6 +34,20 @@ def test_bad_specs_name_the_part(text, message):
     assert issubclass(tq.Error, ValueError)
 
 
+def test_fractional_widths():
+    s = tq.KvSpec("k3.5v2.5")
+    assert s.canonical == "k3.5v2.5"
+    assert (s.k_encoding, s.v_encoding) == ("tq_split", "tq_split")
+    assert tq.KvSpec("k2.5v2.5").bits_per_element(128) == 2.75  # docs/format.md: 88 bytes per token per head
+    with pytest.raises(ValueError, match="a fractional K width is a whole number and a half"):
+        tq.KvSpec("k2.7v2")
+    # Their outlier channels come from the prompt in the engine: the module's pages refuse them.
+    with pytest.raises(ValueError, match="turboquant.KvCache does not take fractional widths"):
+        tq.KvCache(tq.KvSpec("k2.5v2"), layers=1, kv_heads=2, head_dim=64, num_pages=4)
+    with pytest.raises(ValueError, match="KvSpec.quantizer does not take fractional widths"):
+        tq.KvSpec("k2.5v2").quantizer(64, "k", layer=0, head=0, layers=1, kv_heads=1)
+
+
 @pytest.mark.parametrize(
     "shape",
     [dict(layers=32, kv_heads=8, head_dim=128), dict(layers=30, kv_heads=3, head_dim=64), dict(layers=5, kv_heads=2, head_dim=80)],

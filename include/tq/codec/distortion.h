@@ -35,8 +35,9 @@ struct DistortionRow {
   TqConfig config;
   DistortionStats stats;
   double mse_expected = 0;  // MSE rows: the Lloyd-Max distortion of the exact coordinate density; 0 for prod
+                            // (split rows: the parts' weighted by their share of the channels, as mse_upper)
   double mse_paper = 0;     // MSE rows: the paper's table (paper_mse); 0 where it gives none and for prod
-  double mse_lower = 0;     // mse_lower_bound(bits)
+  double mse_lower = 0;     // mse_lower_bound(bits); split rows: 4^-(code bits per coordinate)
   double mse_upper = 0;     // mse_upper_bound(bits)
   // prod rows: the paper's QJL bound on stats.ip_var, pi/(2 pd) E||r||^2 with E||r||^2 the
   // (bits-1)-bit MSE (1 at one bit); 0 for MSE rows.

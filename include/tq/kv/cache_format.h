@@ -42,13 +42,19 @@ class CacheFormat {
   // The seed of the rotations of one (layer, kv_head, K or V).
   uint64_t seed_for(uint32_t layer, uint32_t head, bool value) const;
 
+  // Split (fractional-width) K (value false) or V: the outlier channels of one (layer, kv_head),
+  // split_outliers(head_dim) distinct channels (default: 0 .. n-1, codec_config). They are part of
+  // what the bytes mean, so they may change only before any row of that layer is written (the
+  // caller's contract: KvStore::calibrate). Copies made before keep the channels they had.
+  void set_outliers(uint32_t layer, uint32_t head, bool value, const std::vector<uint16_t>& channels);
+
   // Per-tensor fp8 scales (1 unless set): stored value = x / scale.
   float k_scale() const { return k_scale_; }
   float v_scale() const { return v_scale_; }
   void set_fp8_scales(float k_scale, float v_scale);
 
  private:
-  using Codecs = std::vector<std::unique_ptr<const TurboQuant>>;  // [layers * kv_heads]
+  using Codecs = std::vector<std::shared_ptr<const TurboQuant>>;  // [layers * kv_heads]
   uint32_t layers_, kv_heads_, head_dim_;
   KvFormat format_;
   BlockLayout layout_;

@@ -46,6 +46,12 @@ class PagedKvCache {
   uint8_t* block(uint32_t layer, uint32_t page, uint32_t head);
   const uint8_t* block(uint32_t layer, uint32_t page, uint32_t head) const;
 
+  // Fractional-width K (value false) or V: the outlier channels of (layer, head), before any row of
+  // that layer is written (CacheFormat::set_outliers).
+  void set_outliers(uint32_t layer, uint32_t head, bool value, const std::vector<uint16_t>& channels) {
+    format_.set_outliers(layer, head, value, channels);
+  }
+
   // Quantize on write: k, v: [kv_heads][head_dim] of one token. slot -1 is skipped.
   void write(uint32_t layer, int64_t slot, const float* k, const float* v);
   // Dequantized token: k, v: [kv_heads][head_dim].

@@ -1,8 +1,11 @@
 // KV specs: the short strings that name a cache configuration everywhere (CLI, tests, benchmarks).
 //
 //   spec    := base (':' option)*
-//   base    := fp32 | fp16 | bf16 | fp8 | k<N>v<M>        N, M in 1..8 (TurboQuant bits for K and V)
-//   option  := prod            keys as TurboQuant-prod (N-1 bit codebook + 1 QJL bit)
+//   base    := fp32 | fp16 | bf16 | fp8 | k<W>v<W>        TurboQuant widths of K and V:
+//   W       := N | N.5      N in 1..8 bits; N.5 (1.5..7.5) is the paper's outlier split: the
+//                           split_outliers(head_dim) outlier channels at N+1 bits and the rest
+//                           at N, each part its own TurboQuant (format.h kTqSplit), e.g. k3.5v2.5
+//   option  := prod            keys as TurboQuant-prod (N-1 bit codebook + 1 QJL bit; whole K widths)
 //            | nc              norm correction for MSE rows (decoded rows keep the true norm)
 //            | rot=auto|hadamard|dense   auto: Hadamard for power-of-two padded dims, dense otherwise
 //            | seed=<integer>  base seed of the rotations (per layer and KV head seeds derive from it)
@@ -12,7 +15,9 @@
 //            | window=<tokens> the most recent tokens (per query) are read from an fp16 side buffer
 //            | ksim=int4|int8|int2|q4_0  SIMULATED baseline: keys are quantize-dequantized by that
 //                              CPU quantizer before they enter a float cache (fp32/fp16 base only)
-// The first five options are the format (KvFormat: what the bytes are); the last four the policy
+//            | outliers=prompt|fixed  fractional widths: the outlier channels of each (layer, KV
+//                              head) from the first rows written (default), or channels 0..n-1
+// The first five options are the format (KvFormat: what the bytes are); the last five the policy
 // (KvPolicy: which tokens and layers are stored otherwise). A list of specs is comma-separated:
 // "fp16,k4v4,k3v2:prod".
 #pragma once
@@ -52,6 +57,7 @@ struct KvPolicy {
   uint32_t sink = 0;    // tokens 0..sink-1 read from a full-precision side buffer
   uint32_t window = 0;  // keys within `window` positions of the query read from the side buffer
   std::string key_sim;  // "" or a make_baseline() name: simulated quantize-dequantize of keys
+  bool fixed_outliers = false;  // outliers=fixed: fractional widths keep channels 0..n-1 as outliers (no calibration)
 
   bool empty() const { return knobs().empty(); }
   // Tokens the side buffer holds per layer and sequence: the sink, and the window plus `extra`

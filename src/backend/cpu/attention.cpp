@@ -45,10 +45,10 @@ constexpr uint32_t kPrefetchPages = 4;    // how far ahead the rows of the next 
 
 ConstRowRef key_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
   return {reinterpret_cast<const uint32_t*>(b + L.k_codes + off * L.k_row), b + L.k_qjl + off * L.k_qjl_row,
-          reinterpret_cast<const uint16_t*>(b + L.k_norms) + off, reinterpret_cast<const uint16_t*>(b + L.k_rnorms) + off};
+          reinterpret_cast<const uint16_t*>(b + L.k_norms + off * L.k_norm_row), reinterpret_cast<const uint16_t*>(b + L.k_rnorms) + off};
 }
 ConstRowRef value_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
-  return {reinterpret_cast<const uint32_t*>(b + L.v_codes + off * L.v_row), nullptr, reinterpret_cast<const uint16_t*>(b + L.v_norms) + off,
+  return {reinterpret_cast<const uint32_t*>(b + L.v_codes + off * L.v_row), nullptr, reinterpret_cast<const uint16_t*>(b + L.v_norms + off * L.v_norm_row),
           nullptr};
 }
 
@@ -213,7 +213,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
       for (uint32_t t = p0; t < p1; ++t) {
         const ConstRowRef r = value_row(L, blk, t - p0);
         vc->decode_rotated(r, &tile[size_t(t - p0) * pd]);
-        norms[t - p0] = f16_to_f32(*r.norm);
+        norms[t - p0] = vc->split() ? 1.0f : f16_to_f32(*r.norm);  // split rows come decoded with their parts' norms
       }
     }
     if (!vc && avx2) {
@@ -321,7 +321,7 @@ void attend_pages(const PagedKvCache& cache, uint32_t local, std::span<const int
       float* o = out + (size_t(j0 + qi / group) * q_heads + h * group + qi % group) * D;
       const float inv = SoftmaxState::inv_sum(sum);
       if (vc) {
-        vc->rotation().inverse(a_rot, unrot);
+        vc->unrotate(a_rot, unrot);
         for (uint32_t i = 0; i < D; ++i) o[i] = (a[i] + unrot[i]) * inv;
       } else {
         for (uint32_t i = 0; i < D; ++i) o[i] = a[i] * inv;

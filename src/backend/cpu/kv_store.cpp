@@ -2,6 +2,8 @@
 // pages is in attention.cpp.
 #include "tq/backend/cpu/kv_store.h"
 
+#include <algorithm>
+
 #include "tq/check.h"
 #include "tq/numeric.h"
 
@@ -17,6 +19,7 @@ KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec
   if (n_edge) edge_ = std::make_unique<PagedKvCache>(CacheShape{n_edge, shape.kv_heads, shape.head_dim, shape.num_pages},
                                                      spec.layer_format(0, shape.layers));
   if (!spec.policy.key_sim.empty()) key_sim_ = make_baseline(spec.policy.key_sim, shape.head_dim);
+  channels_fixed_.assign(shape.layers, false);
   if (spec.policy.sink || spec.policy.window) {
     tail_count_ = shape.tails;
     tails_.assign(tail_count_ * tail_bytes() / sizeof(uint16_t), 0);
@@ -50,8 +53,38 @@ int64_t KvStore::slot(const SeqPages& s, uint32_t pos) const {
   return int64_t((*s.block_table)[pos / ps]) * ps + pos % ps;
 }
 
+void KvStore::calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v) {
+  TQ_CHECK(layer < shape_.layers, "layer {} is outside the cache ({} layers)", layer, shape_.layers);
+  if (channels_fixed_[layer] || n == 0 || spec_.policy.fixed_outliers) return;
+  channels_fixed_[layer] = true;
+  const uint32_t local = spec_.local_layer(layer, shape_.layers);
+  PagedKvCache& cache = spec_.is_edge_layer(layer, shape_.layers) ? *edge_ : *main_;
+  const uint32_t H = shape_.kv_heads, D = shape_.head_dim;
+  size_t used = 0;
+  for (size_t r = 0; r < n; ++r) used += pos[r] != 0;
+  const bool all = used == 0;  // only position 0: take it rather than nothing
+  for (bool value : {false, true}) {
+    if ((value ? cache.format().format().v : cache.format().format().k).enc != Encoding::kTqSplit) continue;
+    const float* x = value ? v : k;
+    for (uint32_t h = 0; h < H; ++h) {
+      std::vector<double> ms(D, 0.0);  // [D] sum of squares per channel
+      for (size_t r = 0; r < n; ++r) {
+        if (!all && pos[r] == 0) continue;
+        const float* row = x + (r * H + h) * D;
+        for (uint32_t i = 0; i < D; ++i) ms[i] += double(row[i]) * row[i];
+      }
+      std::vector<uint16_t> order(D);
+      for (uint32_t i = 0; i < D; ++i) order[i] = uint16_t(i);
+      std::stable_sort(order.begin(), order.end(), [&](uint16_t a, uint16_t b) { return ms[a] > ms[b]; });
+      order.resize(split_outliers(D));
+      cache.set_outliers(local, h, value, order);
+    }
+  }
+}
+
 void KvStore::write(uint32_t layer, const SeqPages& s, uint32_t pos, const float* k, const float* v) {
   TQ_CHECK(layer < shape_.layers, "layer {} is outside the cache ({} layers)", layer, shape_.layers);
+  channels_fixed_[layer] = true;  // rows coded with the layer's channels are in the pages now
   const bool edge = spec_.is_edge_layer(layer, shape_.layers);
   const uint32_t local = spec_.local_layer(layer, shape_.layers);
   PagedKvCache& cache = edge ? *edge_ : *main_;

@@ -125,6 +125,8 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
       for (size_t h = 0; h < size_t(c.n_heads); ++h) rope(&q[r * QD + h * HD], pos[r], local);
       for (size_t h = 0; h < size_t(c.n_kv_heads); ++h) rope(&k[r * KVD + h * HD], pos[r], local);
     }
+    // Fractional-width formats take their outlier channels from the first rows the layer sees.
+    kv_.calibrate(uint32_t(l), N, pos.data(), k.data(), v.data());
     // Quantize on write, then attend: a chunk's queries see the chunk's own keys (causal).
     size_t r0 = 0;
     for (const StepSeq& it : step) {

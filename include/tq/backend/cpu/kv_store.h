@@ -82,6 +82,16 @@ class KvStore {
   // Side buffers (sink, window) of a new sequence id; a no-op without them.
   void add_sequence(int seq);
 
+  // Fractional-width (split) K or V: each (layer, KV head) takes as its outlier channels the
+  // split_outliers(head_dim) channels of largest mean square over the rows of the first call for
+  // the layer (ties: the lower channel), leaving out rows at position 0 unless they are all there
+  // is (the first token's keys are often far larger than the others': an attention sink). A layer
+  // calibrated or written before keeps its channels (rows in the pages were coded with them); a
+  // layer never calibrated keeps channels 0 .. n-1, as every layer under outliers=fixed. No-op
+  // for other formats. n rows:
+  // pos [n], k, v [n][kv_heads][head_dim].
+  void calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v);
+
   // Quantize on write. k, v: [kv_heads][head_dim] of the token at position pos of s.
   void write(uint32_t layer, const SeqPages& s, uint32_t pos, const float* k, const float* v);
 
@@ -123,6 +133,7 @@ class KvStore {
   KvSpec spec_;
   std::unique_ptr<PagedKvCache> main_, edge_;   // edge_ only with edge layers
   std::unique_ptr<Quantizer> key_sim_;          // ksim: simulated key quantizer, else null
+  std::vector<bool> channels_fixed_;            // [layers] outlier channels set: calibrated or written
   std::vector<Side> sides_;                     // [sequence ids] (empty without sink/window)
   size_t tail_count_ = 0;                       // shape.tails with side buffers, else 0
   std::vector<uint16_t> tails_;                 // fp16 [tails][layers][sink + window][2][kv_heads][head_dim]
