@@ -276,7 +276,7 @@ void attend_pages(const PagedKvCache& cache, uint32_t local, std::span<const int
   TQ_CHECK(q_heads >= H && q_heads % H == 0, "query heads ({}) must be a multiple of KV heads ({})", q_heads, H);
   const size_t held = block_table.size() * size_t(cache.page_size());
   TQ_CHECK(nq >= 1 && size_t(first) + nq <= held, "queries {}..{} are beyond the sequence's pages ({} positions)", first, first + nq, held);
-  TQ_CHECK(!side.active() || (side.sink == 0 || side.sink_rows) && (side.window == 0 || (side.ring >= side.window && side.ring_rows)),
+  TQ_CHECK(!side.active() || ((side.sink == 0 || side.sink_rows) && (side.window == 0 || (side.ring >= side.window && side.ring_rows))),
            "side rows of sink {} and window {} need their buffers and a ring of at least the window (ring {})", side.sink, side.window,
            side.ring);
   const TurboQuant* vc0 = cache.format().v_codec(local, 0);
