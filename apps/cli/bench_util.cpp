@@ -26,12 +26,6 @@ std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool
   return v;
 }
 
-std::vector<KvSpec> parse_kv_list(const std::string& text) {
-  std::vector<KvSpec> specs;
-  for (const std::string& item : split(text, ',')) specs.push_back(parse_kv_spec(item == "default" ? kDefaultKvSpec : item));
-  return specs;
-}
-
 double CacheCost::seq_bytes(uint32_t ctx) const { return std::ceil(double(ctx) / page_size) * page_bytes + side_bytes; }
 
 CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side_extra) {

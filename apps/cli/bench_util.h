@@ -18,8 +18,6 @@ namespace tq::cli {
 
 // "1,16,max" -> {1, 16}, *has_max set where allow_max; throws tq::Error naming `flag` and the item.
 std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool allow_max, bool* has_max = nullptr);
-// "bf16,k3v2,default" -> the specs; "default" is tq run's.
-std::vector<KvSpec> parse_kv_list(const std::string& text);
 
 // Bytes a cache needs for one sequence of `ctx` tokens: whole pages, plus the side buffer.
 struct CacheCost {

@@ -99,7 +99,7 @@ void run(const Options& o) {
   TQ_CHECK(o.steps >= 1, "--steps must be at least 1");
   TQ_CHECK(o.kv_memory_gb > 0 && std::isfinite(o.kv_memory_gb), "--kv-memory must be a positive number of GB, got {}", o.kv_memory_gb);
   TQ_CHECK(o.bandwidth_tbs > 0 && std::isfinite(o.bandwidth_tbs), "--bandwidth must be a positive number of TB/s, got {}", o.bandwidth_tbs);
-  const std::vector<KvSpec> specs = parse_kv_list(o.kv);
+  const std::vector<KvSpec> specs = parse_kv_specs(o.kv);
   std::vector<std::string> product_names = split(o.products, ',');  // per --products item
   std::vector<engine::GpuProducts> products;
   for (const std::string& item : product_names) {

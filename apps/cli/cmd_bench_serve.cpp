@@ -112,7 +112,7 @@ RunResult drive(engine::Engine& e, const Options& o, uint32_t clients, uint32_t 
 }
 
 void run(const Options& o) {
-  const std::vector<KvSpec> specs = parse_kv_list(o.kv);
+  const std::vector<KvSpec> specs = parse_kv_specs(o.kv);
   bool fit_max = false;
   const std::vector<uint32_t> fixed = parse_list(o.concurrency, "--concurrency", true, &fit_max);
   TQ_CHECK(fixed.size() + fit_max == 1, "--concurrency takes one value: a count or max, got '{}'", o.concurrency);

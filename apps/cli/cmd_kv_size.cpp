@@ -23,7 +23,7 @@ struct Options {
 
 void run(const Options& o) {
   TQ_CHECK(o.head_dim >= 1 && o.head_dim <= kMaxHeadDim, "--head-dim must be 1..{}, got {}", kMaxHeadDim, o.head_dim);
-  const auto specs = parse_kv_list(o.kv);  // "default": tq run's spec
+  const auto specs = parse_kv_specs(o.kv);  // "default": tq run's spec
   const double fp16 = 2.0 * 2.0 * o.head_dim * o.kv_heads * o.layers;  // K and V, 2 bytes each
   std::vector<Column> cols{{"kv", "kv"},
            {"bits_per_element", "bits/elem", 3},

@@ -85,7 +85,7 @@ void add_passkey(CLI::App& app) {
                                    "A needle-in-a-haystack grid: tq passkey --kv fp16,default --lengths 1024,4096,8000 --depths 0,0.5,1\n"
                                    "  --trials 10 --haystack ../shared/data/text/emma.txt --by-depth --json");
   c->add_option("-m,--model", o->model, "model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
-  c->add_option("--kv", o->kv, "comma-separated KV specs");
+  c->add_option("--kv", o->kv, "comma-separated KV specs (docs/kv-specs.md); 'default' in the list is tq run's spec");
   c->add_option("--lengths", o->lengths,
                 "prompt lengths in tokens (default 256,512,1024); with the answer, within the model's training context\n"
                 "unless --allow-long-context")

@@ -106,7 +106,7 @@ void add_perplexity(CLI::App& app) {
   c->add_option("--score-from", o->score_from,
                 "score each window's positions from N on (default 0: all); --score-from 1024 at --ctx 2048 is\n"
                 "llama-perplexity's convention, whose first half of a window only gives the second its context");
-  c->add_option("--kv", o->kv, "comma-separated KV specs");
+  c->add_option("--kv", o->kv, "comma-separated KV specs (docs/kv-specs.md); 'default' in the list is tq run's spec");
   c->add_option("--ref", o->ref, "KV spec of the reference cache (default: fp32 on the CPU, fp16 on the GPU)");
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("--gpu-memory", o->gpu_memory,

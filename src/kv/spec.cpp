@@ -205,7 +205,7 @@ KvSpec parse_kv_spec(const std::string& text) {
 
 std::vector<KvSpec> parse_kv_specs(const std::string& list) {
   std::vector<KvSpec> out;
-  for (const std::string& s : split(list, ',')) out.push_back(parse_kv_spec(s));
+  for (const std::string& s : split(list, ',')) out.push_back(parse_kv_spec(s == "default" ? kDefaultKvSpec : s));
   return out;
 }
 

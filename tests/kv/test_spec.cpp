@@ -26,6 +26,14 @@ TEST(KvSpec, ParsesBasesAndOptions) {
   EXPECT_EQ(parse_kv_specs("fp16,k4v4,k3v2").size(), 3u);
 }
 
+// "default" in a list (every command's --kv) is tq run's spec; alone, parse_kv_spec refuses it.
+TEST(KvSpec, DefaultInAListIsTqRunsSpec) {
+  const auto specs = parse_kv_specs("fp16,default");
+  ASSERT_EQ(specs.size(), 2u);
+  EXPECT_EQ(specs[1].canonical(), parse_kv_spec(kDefaultKvSpec).canonical());
+  EXPECT_THROW(parse_kv_spec("default"), Error);
+}
+
 TEST(KvSpec, AutoRotation) {
   const auto s = parse_kv_spec("k3v2");
   EXPECT_EQ(s.format.rotation_for(128), RotationKind::kHadamard);

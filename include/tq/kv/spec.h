@@ -95,6 +95,7 @@ struct KvSpec {
 inline constexpr const char* kDefaultKvSpec = "k3v2:edge=2/k4v4:sink=4:window=64";
 
 KvSpec parse_kv_spec(const std::string& text);  // throws tq::Error naming the bad part
+// A comma-separated list; "default" in it is kDefaultKvSpec (every command's --kv list takes it).
 std::vector<KvSpec> parse_kv_specs(const std::string& comma_list);
 
 // For entry points that implement the format only (one layer of pages, no side buffer): throws
