@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #include "decode_kernel.cuh"
 #include "decode_merge.cuh"
@@ -21,21 +23,34 @@ using namespace decode;  // the kernels and their pieces
 
 // Blocks resident per SM of the decode kernel a cache gets, on this GPU (resident_blocks is the
 // H200's count its registers are compiled for; smaller SMs hold fewer blocks' shared memory).
-template <int D, Kind KIND, int KB, int VB>
+template <int D, Kind KIND, int KB, int VB, int R = 1>
 int resident_here() {
-  return resident_blocks_here(resident_blocks<D, KIND, KB, VB>(), sizeof(Smem<D, KIND, KB, VB>));
+  return resident_blocks_here(resident_blocks<D, KIND, KB, VB, R>(), sizeof(Smem<D, KIND, KB, VB, R>));
 }
 template <int D>
-int resident_blocks_at(const CacheView& c) {
+int resident_blocks_at(const CacheView& c, int R) {
   switch (c.k.enc) {
     case Encoding::kFp16:
     case Encoding::kBf16: return resident_here<D, Kind::kBf16, 0, 0>();  // the same layout
     case Encoding::kFp8E4M3: return resident_here<D, Kind::kFp8, 0, 0>();
-    default: return resident_here<D, Kind::kTq, 4, 4>();  // every width alike (4/4: the largest ring)
+    default:  // every width alike (4/4: the largest ring)
+      if constexpr (D <= 128)
+        if (R == 2) return resident_here<D, Kind::kTq, 4, 4, 2>();
+      return resident_here<D, Kind::kTq, 4, 4>();
   }
 }
-int resident_blocks_of(int D, const CacheView& c) {
-  return D == 64 ? resident_blocks_at<64>(c) : D == 128 ? resident_blocks_at<128>(c) : resident_blocks_at<256>(c);
+int resident_blocks_of(int D, const CacheView& c, int R) {
+  return D == 64 ? resident_blocks_at<64>(c, R) : D == 128 ? resident_blocks_at<128>(c, R) : resident_blocks_at<256>(c, R);
+}
+
+// The 8-row m-tiles a decode block holds: 2 for packed caches up to D = 128 when the rows (GQA
+// group x query tokens) fill more than one, so that each packed tile is decoded once for 16 rows
+// rather than once per 8; else 1. TQ_DECODE_ROWS=8 forces 1 (read at every plan, so a test can
+// compare both kernels on one cache); a row's result is the same bits either way.
+int mtiles_per_block(const CacheView& c, int D, int mtiles) {
+  const char* env = std::getenv("TQ_DECODE_ROWS");
+  if (env && std::strcmp(env, "8") == 0) return 1;
+  return is_tq(c.k.enc) && D <= 128 && mtiles >= 2 ? 2 : 1;
 }
 
 // What a launch is: decode, decode right after a quantize_store of the same step (its prologue
@@ -46,7 +61,9 @@ enum class Mode { kDecode, kDecodeAfterStore, kPrefill };
 int kernel_dim(const CacheView& c) { return int(is_tq(c.k.enc) ? padded_dim(c.head_dim) : c.head_dim); }
 
 struct Plan {
-  int D, splits, tokens_per_split, mtiles;
+  int D, splits, tokens_per_split;
+  int mtiles;  // 8-row m-tiles per (sequence, KV head): the rows (GQA group x query tokens), rounded up to whole blocks
+  int R = 1;   // decode: m-tiles a block (mtiles_per_block); a multiple of it is mtiles
   int side;  // side blocks after the packed splits (decode_side.cuh): decode side_decode_blocks, prefill 1; 0 without
   size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;  // the workspace: [ws_o][ws_ml][ws_q]
   size_t workspace_bytes() const { return ws_o_bytes + ws_ml_bytes + ws_q_bytes; }
@@ -76,6 +93,8 @@ Plan make_plan(const DecodeParams& p) {
   pl.D = kernel_dim(p.cache);
   const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
   pl.mtiles = (rows + kRows - 1) / kRows;
+  pl.R = mtiles_per_block(p.cache, pl.D, pl.mtiles);
+  pl.mtiles = (pl.mtiles + pl.R - 1) / pl.R * pl.R;
   if (p.split_tokens > 0) {  // fixed cuts (batch invariance), checked by validate; splits past a sequence's end are empty
     pl.tokens_per_split = int(p.split_tokens), pl.splits = int(p.num_splits), pl.side = side_decode_blocks(p);
     size_workspace(pl, p);
@@ -89,8 +108,8 @@ Plan make_plan(const DecodeParams& p) {
     // on 528 slots leave a second, mostly empty wave that costs almost a whole block time.
     // Each split keeps >= 2 tiles per warp: shorter splits cost more (query fragments, merge
     // work) than they give.
-    const int blocks = int(p.num_seqs * p.cache.kv_heads) * pl.mtiles;
-    const int want = resident_blocks_of(pl.D, p.cache) * device_sm_count() / blocks;
+    const int blocks = int(p.num_seqs * p.cache.kv_heads) * (pl.mtiles / pl.R);
+    const int want = resident_blocks_of(pl.D, p.cache, pl.R) * device_sm_count() / blocks;
     splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
   size_splits(pl, p, tiles, splits, kTile, side_decode_blocks(p));
@@ -162,14 +181,25 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
                      static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
     return;
   }
-  const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * pl.mtiles, p.num_seqs);
-  constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB>);
-  allow_smem(decode_kernel<D, KIND, KB, VB>, smem);
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
   // previous kernel (e.g. quantize_store) finishes, the merge's while the decode grid drains.
   // (Dense rotations read ws_q, written by prepare_queries just before: never early.)
-  launch_after("decode", decode_kernel<D, KIND, KB, VB>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles, ws_o, ws_ml,
-                   static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
+  const auto decode = [&](auto r) {
+    constexpr int R = decltype(r)::value;
+    const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / R), p.num_seqs);
+    constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB, R>);
+    allow_smem(decode_kernel<D, KIND, KB, VB, R>, smem);
+    launch_after("decode", decode_kernel<D, KIND, KB, VB, R>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles / R, ws_o, ws_ml,
+                 static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
+  };
+  if constexpr (KIND == Kind::kTq && D <= 128) {
+    if (pl.R == 2)
+      decode(std::integral_constant<int, 2>{});
+    else
+      decode(std::integral_constant<int, 1>{});
+  } else {
+    decode(std::integral_constant<int, 1>{});
+  }
   launch_after("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
                    static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
 }
@@ -209,7 +239,9 @@ size_t attention_smem_bytes(TensorCode k, uint32_t head_dim) {
       case Encoding::kFp16:
       case Encoding::kBf16: return std::max(prefill, sizeof(Smem<D, Kind::kBf16, 0, 0>));
       case Encoding::kFp8E4M3: return std::max(prefill, sizeof(Smem<D, Kind::kFp8, 0, 0>));
-      default: return std::max(prefill, sizeof(Smem<D, Kind::kTq, 4, 4>));  // the largest ring of any widths
+      default:  // the largest ring of any widths; blocks of 2 m-tiles hold more query rows
+        if constexpr (D <= 128) return std::max({prefill, sizeof(Smem<D, Kind::kTq, 4, 4>), sizeof(Smem<D, Kind::kTq, 4, 4, 2>)});
+        return std::max(prefill, sizeof(Smem<D, Kind::kTq, 4, 4>));
     }
   };
   return d == 64 ? at(std::integral_constant<int, 64>{}) : d == 128 ? at(std::integral_constant<int, 128>{}) : at(std::integral_constant<int, 256>{});

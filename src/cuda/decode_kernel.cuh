@@ -3,7 +3,10 @@
 //
 // One thread block of 4 warps handles (sequence, KV head, m-tile, split): up to 8 query rows (the
 // GQA group times the query tokens) against a range of the sequence's tokens, so every query head
-// that shares a KV head reads each packed page once. Each warp takes 16-token tiles in turn:
+// that shares a KV head reads each packed page once. Packed caches with more rows than 8 (several
+// query tokens: speculative verification) take R = 2 m-tiles a block: 16 rows share each tile's
+// copy and decode, and only the MMAs, the softmax and the accumulators are per m-tile. Each warp
+// takes 16-token tiles in turn:
 //   S = Q K^T      the 8 query rows are M (rows 8-15 carry the query's low part, free: the tile
 //                  has 16 rows); keys of 2-3 bits as int8 operands (m16n8k32, int16 fixed point
 //                  split in bytes), others as fp16/bf16 (m16n8k16); looked up by byte-permute
@@ -42,29 +45,34 @@ namespace tq::cuda::decode {
 // make_plan sizes the grid to whole waves of). Packed caches: 4 at D <= 128, 2 at D = 256 (5 for
 // k3v2 at D = 128 forced 96 registers and was 4% slower at (16, 32K) on the H200). Float caches:
 // as many as their staging rings fit in an SM's 228 KB (bf16: 2 at D = 128, 1 at D = 256).
-template <int D, Kind KIND, int KB, int VB>
+// R = 2 m-tiles: twice the accumulators, so 3 blocks an SM (168 registers).
+template <int D, Kind KIND, int KB, int VB, int R = 1>
 constexpr int resident_blocks() {
-  if constexpr (KIND == Kind::kTq) return D >= 256 ? 2 : 4;
+  if constexpr (KIND == Kind::kTq) return D >= 256 ? 2 : R == 2 ? 3 : 4;
   constexpr int n = 227 * 1024 / int(sizeof(Smem<D, KIND, KB, VB>) + 1024);  // 1 KB a block reserved by the driver
   return n < 1 ? 1 : n > 4 ? 4 : n;
 }
 
-template <int D, Kind KIND, int KB, int VB>
-__global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>()))
+// mtiles: the blocks' m-tiles (of R * 8 rows) per KV head; grid (splits + side blocks, kv_heads * mtiles, seqs).
+template <int D, Kind KIND, int KB, int VB, int R = 1>
+__global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R>()))
     decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                   const float* ws_q, bool inputs_ready) {  // ws_q: prepare_queries' output (no __restrict__: see merge_kernel)
+  static_assert(R == 1 || (R == 2 && KIND == Kind::kTq && D <= 128), "two m-tiles a block: packed caches up to D = 128");
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
   extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)
-  Smem<D, KIND, KB, VB>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB>*>(smem_raw);
-  static_assert(sizeof(SideSmem<D>) <= sizeof(Smem<D, KIND, KB, VB>), "the side block reuses the shared memory");
+  Smem<D, KIND, KB, VB, R>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB, R>*>(smem_raw);
+  static_assert(sizeof(SideSmem<D>) <= sizeof(Smem<D, KIND, KB, VB, R>), "the side block reuses the shared memory");
   const int side_blocks = side_decode_blocks(p);
   if (side_blocks && int(blockIdx.x) >= int(gridDim.x) - side_blocks) {  // a side block: one chunk of the side positions
     dev::wait_prerequisites();
     dev::allow_dependents();
     const int b = int(blockIdx.x) - (int(gridDim.x) - side_blocks);
-    side_attention<D>(p, blockIdx.z, blockIdx.y / mtiles, blockIdx.y % mtiles, blockIdx.x, b * kSideChunk, (b + 1) * kSideChunk, ws_o,
-                      ws_ml, smem_raw);
+#pragma unroll 1
+    for (int rr = 0; rr < R; ++rr)  // the 8-row m-tiles in turn (side_attention waits for the block before it reuses smem)
+      side_attention<D>(p, blockIdx.z, blockIdx.y / mtiles, blockIdx.y % mtiles * R + rr, blockIdx.x, b * kSideChunk,
+                        (b + 1) * kSideChunk, ws_o, ws_ml, smem_raw);
     return;
   }
 
@@ -110,13 +118,14 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   // Keys of 2 and 3 bits go through int8 tensor cores (below): each row's max |q| is found here.
   constexpr bool kInt8K = KIND == Kind::kTq && KB <= 3;
   constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
-  {
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {  // m-tile rr of the block: its rows rr * kRows + [0, kRows)
     float v[kQE<D>];
-    const int r = query_row(), c0 = query_col<D>();
+    const int r = rr * kRows + query_row(), c0 = query_col<D>(), mt8 = mt * R + rr;  // mt8: of the KV head's 8-row m-tiles
     if (ws_q == nullptr) {
-      query_registers<D, KIND>(p, seq, kvh, mt, v);
-    } else {
-      const float* src = ws_q + ((size_t(seq) * gridDim.y + blockIdx.y) * kRows + r) * D + c0;
+      query_registers<D, KIND>(p, seq, kvh, mt8, v);
+    } else {  // [seq][kv head][8-row m-tile][kRows][D]
+      const float* src = ws_q + (((size_t(seq) * p.cache.kv_heads + kvh) * (mtiles * R) + mt8) * kRows + query_row()) * D + c0;
 #pragma unroll
       for (int e = 0; e < kQE<D>; ++e) v[e] = src[e];
     }
@@ -146,8 +155,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   if constexpr (kInt8K) {
     // k-tile j: lane (g, t) holds coordinates c0 + 0..3 (k = 4t..4t+3) and c0 + 4..7 (k = 4t+16..)
     // with c0 = t D/4 + 8j: octet j of the thread's key coordinates, as the key lookups give them.
-    for (int i = threadIdx.x; i < D / 32 * 32; i += kThreads) {
-      const int j = i / 32, ln = i % 32, r = ln / 4, c0 = (ln % 4) * (D / 4) + 8 * j;
+    for (int i = threadIdx.x; i < R * (D / 32) * 32; i += kThreads) {  // m-tile rr, k-tile j, lane ln
+      const int rr = i / (D / 32 * 32), j = i / 32 % (D / 32), ln = i % 32, r = rr * kRows + ln / 4, c0 = (ln % 4) * (D / 4) + 8 * j;
       const float inv = sm.qrs[r] > 0 ? 1.0f / sm.qrs[r] : 0.0f;
       uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
 #pragma unroll
@@ -159,24 +168,24 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
         hi[e / 4] |= h8 << (8 * (e % 4));
         lo[e / 4] |= l8 << (8 * (e % 4));
       }
-      sm.qa[j][ln] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
+      sm.qa[rr][j][ln] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
     }
   } else {
   // A fragments of Q: k-tile kt covers coordinates t*D/4 + 4kt + {0,1} (k = 2t, 2t+1) and {2,3}
   // (float caches: the thread's coordinates 4kt.. of the FloatUnits key map).
   // Every warp uses the same fragments: built once into shared memory (one LDS.128 per k-tile
   // later), which keeps 4 * KT registers free for occupancy.
-  for (int i = threadIdx.x; i < KT * 32; i += kThreads) {
-    const int kt = i / 32, ln = i % 32;
+  for (int i = threadIdx.x; i < R * KT * 32; i += kThreads) {  // m-tile rr, k-tile kt, lane ln
+    const int rr = i / (KT * 32), kt = i / 32 % KT, ln = i % 32;
     const int c0 = KIND == Kind::kTq ? (ln % 4) * (D / 4) + 4 * kt : FloatUnits<D, KIND>::key_coord(ln % 4, 4 * kt);
     float hi[4], lo[4];
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float x = sm.q[ln / 4][c0 + e];
+      const float x = sm.q[rr * kRows + ln / 4][c0 + e];
       hi[e] = Op::round(x);
       lo[e] = x - hi[e];
     }
-    sm.qa[kt][ln] = make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
+    sm.qa[rr][kt][ln] = make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
   }
   }
   __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
@@ -190,7 +199,9 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   // one in shared memory; int8 keys also scale S by this thread's query row's step. The table is
   // built here, in the kernel's body: built in a function (even an inlined one), the int8 table
   // made the compiler order the prologue differently (other SASS). The values' tables follow.
-  const float s_scale = kInt8K ? sm.qrs[g] * (1.0f / 32.0f) : 1.0f;  // int8 keys: step x 2^-13 (table) x 2^8 (hh)
+  float s_scale[R];  // int8 keys: step x 2^-13 (table) x 2^8 (hh), of row g of each m-tile
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? sm.qrs[rr * kRows + g] * (1.0f / 32.0f) : 1.0f;
   dev::Lut8 lut_k{};
   if constexpr (kInt8K) {  // the high and low bytes of the int16 centroids, 8 to a register pair
     uint32_t b[16];
@@ -200,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   } else if constexpr (KIND == Kind::kTq) {
     lut_k = dev::make_lut8(sm.lut_k);
   }
-  const KeyOps<D, KIND, KB> keys(lut_k, s_scale);
+  const KeyOps<D, KIND, KB, R> keys(lut_k, s_scale);
   dev::Lut8 lut_v{};
   uint32_t lut_v2[2] = {0, 0};  // 2-bit values: the four fp16 centroids, two to a register
   if constexpr (KIND == Kind::kTq) {
@@ -213,11 +224,15 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
     }
   }
 
-  // Causal limit of this thread's row g: query token j sees positions < len - ntok + j + 1.
-  const int my_row = mt * kRows + g;
-  const int visible = my_row < rows_total ? len - int(p.num_q_tokens) + my_row / group + 1 : len;
+  // Causal limit of this thread's row g of each m-tile: query token j sees positions < len - ntok + j + 1.
+  int packed_end[R];  // the rows' packed limits
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    const int my_row = (mt * R + rr) * kRows + g;
+    packed_end[rr] = (my_row < rows_total ? len - int(p.num_q_tokens) + my_row / group + 1 : len) - window;
+  }
   const int visible_min = len - int(p.num_q_tokens) + 1;  // of every row of the block: the first query token's
-  const int packed_end = visible - window, packed_end_min = visible_min - window;  // the rows' packed limits
+  const int packed_end_min = visible_min - window;
 
   // O^T = V^T P^T: the accumulators are m-tiles of 16 value coordinates by the 8 query rows.
   // Thread g owns coordinates [g D/8, (g+1) D/8) of the output (cb below; float caches: the
@@ -225,84 +240,104 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
   // n = query row n. So o[i] holds
   //   O[2t][cb+2i], O[2t+1][cb+2i], O[2t][cb+2i+1], O[2t+1][cb+2i+1].
   constexpr int MT = D / 16;
-  float o[MT][4];
+  float o[R][MT][4];  // [the block's m-tile]
 #pragma unroll
-  for (int i = 0; i < MT; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  SoftmaxState sstate;  // query row g, over this thread's tokens of it (its quad holds the rest)
+  for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+    for (int i = 0; i < MT; ++i) o[rr][i][0] = o[rr][i][1] = o[rr][i][2] = o[rr][i][3] = 0.0f;
+  SoftmaxState sstate[R];  // query row g of each m-tile, over this thread's tokens of it (its quad holds the rest)
 
   // One 16-token tile, its bytes already in `cur` (values of float caches are loaded by
   // late_values() after the scores, which keeps their registers out of the score phase).
   auto process = [&](Tile<D, KIND, KB, VB>& cur, const int T0, auto&& late_values) {
     // ---- S = Q K^T for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
-    float x[4];  // row g's scores for tokens 2t, 2t+1, 2t+8, 2t+9
+    float x[R][4];  // row g's scores (of each m-tile) for tokens 2t, 2t+1, 2t+8, 2t+9
     keys.scores(cur, sm.qa, lane, t, sm.lut_k, x);
     // Tokens past the split's end or the row's causal limit are masked; most tiles have none
     // (a warp-uniform test), which saves the per-token compares.
     const bool full = T0 >= sink && T0 + kTile <= end && T0 + kTile <= packed_end_min;
-    bool live[4] = {true, true, true, true};
+    bool live[R][4];
+#pragma unroll
+    for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) live[rr][e] = true;
     if (!full) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int tok = T0 + 2 * t + (e & 1) + 8 * (e >> 1);
-        live[e] = tok >= sink && tok < end && tok < packed_end;
-      }
+      for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int tok = T0 + 2 * t + (e & 1) + 8 * (e >> 1);
+          live[rr][e] = tok >= sink && tok < end && tok < packed_end[rr];
+        }
     }
     keys.scale(cur, x);  // key norms
     if (!full) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if (!live[e]) x[e] = -INFINITY;
+      for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (!live[rr][e]) x[rr][e] = -INFINITY;
     }
-    float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    // A row with nothing visible yet keeps m = -inf and p = 0 (SoftmaxState::base_of). (No early
-    // exit: the MMAs below need the whole warp.)
-    const SoftmaxState::Step sstep = sstate.update(mx, dev::FastExp2{});
-    const float alpha = sstep.scale;
-    float pv[4], psum = 0.0f;
+    float pv[R][4];
+    uint32_t pb_hi[R][2];
+    [[maybe_unused]] uint32_t pb_lo[R][2];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      pv[e] = dev::fast_exp2(x[e] - sstep.base);
-      psum += pv[e];
-    }
-    sstate.add(psum);
-    if constexpr (KIND == Kind::kTq) scale_by_norms(cur.vn, pv);  // their 1/sqrt(D) is applied once, at the end
-    if constexpr (KIND == Kind::kFp8)
+    for (int rr = 0; rr < R; ++rr) {
+      float mx = fmaxf(fmaxf(x[rr][0], x[rr][1]), fmaxf(x[rr][2], x[rr][3]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      // A row with nothing visible yet keeps m = -inf and p = 0 (SoftmaxState::base_of). (No early
+      // exit: the MMAs below need the whole warp.)
+      const SoftmaxState::Step sstep = sstate[rr].update(mx, dev::FastExp2{});
+      const float alpha = sstep.scale;
+      float psum = 0.0f;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) pv[e] *= c.v_scale;
-    if (!full) {
+      for (int e = 0; e < 4; ++e) {
+        pv[rr][e] = dev::fast_exp2(x[rr][e] - sstep.base);
+        psum += pv[rr][e];
+      }
+      sstate[rr].add(psum);
+      if constexpr (KIND == Kind::kTq) scale_by_norms(cur.vn, pv[rr]);  // their 1/sqrt(D) is applied once, at the end
+      if constexpr (KIND == Kind::kFp8)
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        if (!live[e]) pv[e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
-    }
-    if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // rescale: the accumulators are query rows 2t, 2t+1
-      const float a_even = __shfl_sync(0xffffffffu, alpha, 8 * t), a_odd = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+        for (int e = 0; e < 4; ++e) pv[rr][e] *= c.v_scale;
+      if (!full) {
 #pragma unroll
-      for (int i = 0; i < MT; ++i) {
-        o[i][0] *= a_even;
-        o[i][1] *= a_odd;
-        o[i][2] *= a_even;
-        o[i][3] *= a_odd;
+        for (int e = 0; e < 4; ++e)
+          if (!live[rr][e]) pv[rr][e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
+      }
+      if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // rescale: the accumulators are query rows 2t, 2t+1
+        const float a_even = __shfl_sync(0xffffffffu, alpha, 8 * t), a_odd = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          o[rr][i][0] *= a_even;
+          o[rr][i][1] *= a_odd;
+          o[rr][i][2] *= a_even;
+          o[rr][i][3] *= a_odd;
+        }
       }
     }
     late_values(cur);
     // B = P^T (k = token, n = query row g): exactly this thread's P entries. fp16 P alone (relative
     // error <= 2^-11 a weight; worst test error unchanged at 2.9e-4) saves half of the P V MMAs:
     // 217 -> 203 us at (16, 32K) on the H200. bf16's 8-bit mantissa needs the low half too.
-    uint32_t pb_hi[2];
-    [[maybe_unused]] uint32_t pb_lo[2];
 #pragma unroll
-    for (int e2 = 0; e2 < 2; ++e2) {
-      const float h0 = Op::round(pv[2 * e2]), h1 = Op::round(pv[2 * e2 + 1]);
-      pb_hi[e2] = Op::pack(h0, h1);
-      if constexpr (kBf) pb_lo[e2] = Op::pack(pv[2 * e2] - h0, pv[2 * e2 + 1] - h1);
-    }
-    // ---- O^T += V^T P^T: A fragment of m-tile i = {(2t, 2t+1) at cb+2i, at cb+2i+1, (2t+8, 2t+9) at cb+2i, at cb+2i+1} ----
+    for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+      for (int e2 = 0; e2 < 2; ++e2) {
+        const float h0 = Op::round(pv[rr][2 * e2]), h1 = Op::round(pv[rr][2 * e2 + 1]);
+        pb_hi[rr][e2] = Op::pack(h0, h1);
+        if constexpr (kBf) pb_lo[rr][e2] = Op::pack(pv[rr][2 * e2] - h0, pv[rr][2 * e2 + 1] - h1);
+      }
+    // ---- O^T += V^T P^T: A fragment of m-tile i = {(2t, 2t+1) at cb+2i, at cb+2i+1, (2t+8, 2t+9) at cb+2i, at cb+2i+1};
+    // one A (values decoded once) for the R query m-tiles' B ----
     auto pv_mma = [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3) {
       const uint32_t a[4] = {a0, a1, a2, a3};
-      Op::mma(o[i], a, pb_hi[0], pb_hi[1]);
-      if constexpr (kBf) Op::mma(o[i], a, pb_lo[0], pb_lo[1]);
+#pragma unroll
+      for (int rr = 0; rr < R; ++rr) {
+        Op::mma(o[rr][i], a, pb_hi[rr][0], pb_hi[rr][1]);
+        if constexpr (kBf) Op::mma(o[rr][i], a, pb_lo[rr][0], pb_lo[rr][1]);
+      }
     };
     if constexpr (KIND == Kind::kTq && VB == 2) {
       // 2-bit values: the 4-entry fp16 table fits two registers, so one PRMT looks up a pair
@@ -466,47 +501,53 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB>())
 
   // ---- merge the warps ----
   // The quad's threads share the row's max; their sums are the row's in parts.
-  sstate.d += __shfl_xor_sync(0xffffffffu, sstate.d, 1);
-  sstate.d += __shfl_xor_sync(0xffffffffu, sstate.d, 2);
-  if (t == 0) {
-    sm.m[warp][g] = sstate.m;
-    sm.l[warp][g] = sstate.d;
-  }
 #pragma unroll
-  for (int i = 0; i < MT; ++i) {  // the thread's value coordinates 2i, 2i + 1 (FloatUnits' map for float caches)
-    const int c0 = KIND == Kind::kTq ? g * (D / 8) + 2 * i : FloatUnits<D, KIND>::value_coord(g, 2 * i);
-    sm.o[warp][2 * t][c0] = o[i][0];
-    sm.o[warp][2 * t + 1][c0] = o[i][1];
-    sm.o[warp][2 * t][c0 + 1] = o[i][2];
-    sm.o[warp][2 * t + 1][c0 + 1] = o[i][3];
+  for (int rr = 0; rr < R; ++rr) {
+    sstate[rr].d += __shfl_xor_sync(0xffffffffu, sstate[rr].d, 1);
+    sstate[rr].d += __shfl_xor_sync(0xffffffffu, sstate[rr].d, 2);
+    if (t == 0) {
+      sm.m[warp][rr * kRows + g] = sstate[rr].m;
+      sm.l[warp][rr * kRows + g] = sstate[rr].d;
+    }
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {  // the thread's value coordinates 2i, 2i + 1 (FloatUnits' map for float caches)
+      const int c0 = KIND == Kind::kTq ? g * (D / 8) + 2 * i : FloatUnits<D, KIND>::value_coord(g, 2 * i);
+      sm.o[warp][rr * kRows + 2 * t][c0] = o[rr][i][0];
+      sm.o[warp][rr * kRows + 2 * t + 1][c0] = o[rr][i][1];
+      sm.o[warp][rr * kRows + 2 * t][c0 + 1] = o[rr][i][2];
+      sm.o[warp][rr * kRows + 2 * t + 1][c0 + 1] = o[rr][i][3];
+    }
   }
   __syncthreads();
   // TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.
   // 16 threads a row, as the query: the warps' weights are computed once per row, not per element.
   const float out_scale = KIND == Kind::kTq ? rsqrtf(float(D)) : 1.0f;
-  const int r = query_row(), c0 = query_col<D>(), row = mt * kRows + r;
-  if (row < rows_total) {
-    float M = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = softmax_max(M, sm.m[w][r]);
-    float f[kWarps], lsum = 0.0f;  // warp w's weight; 0 for a warp that saw no token of the row
+  for (int rr = 0; rr < R; ++rr) {
+    const int r = rr * kRows + query_row(), c0 = query_col<D>(), row = mt * R * kRows + r;
+    if (row < rows_total) {
+      float M = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      f[w] = SoftmaxState::weight(sm.m[w][r], M, dev::Exp2{});
-      lsum += sm.l[w][r] * f[w];
+      for (int w = 0; w < kWarps; ++w) M = softmax_max(M, sm.m[w][r]);
+      float f[kWarps], lsum = 0.0f;  // warp w's weight; 0 for a warp that saw no token of the row
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        f[w] = SoftmaxState::weight(sm.m[w][r], M, dev::Exp2{});
+        lsum += sm.l[w][r] * f[w];
+      }
+      const int j = row / group, h = kvh * group + row % group;
+      const size_t slot = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * gridDim.x + split;
+      float* dst = ws_o + slot * D + c0;
+#pragma unroll
+      for (int e = 0; e < kQE<D>; ++e) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w)
+          if (sm.m[w][r] != -INFINITY) acc += sm.o[w][r][c0 + e] * f[w];
+        dst[e] = acc * out_scale;
+      }
+      if (c0 == 0) ws_ml[slot] = make_float2(M, lsum);
     }
-    const int j = row / group, h = kvh * group + row % group;
-    const size_t slot = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * gridDim.x + split;
-    float* dst = ws_o + slot * D + c0;
-#pragma unroll
-    for (int e = 0; e < kQE<D>; ++e) {
-      float acc = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w)
-        if (sm.m[w][r] != -INFINITY) acc += sm.o[w][r][c0 + e] * f[w];
-      dst[e] = acc * out_scale;
-    }
-    if (c0 == 0) ws_ml[slot] = make_float2(M, lsum);
   }
 }
 

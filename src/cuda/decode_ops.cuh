@@ -41,16 +41,17 @@ __device__ __forceinline__ void e4m3x4_to_half2x2(uint32_t x, uint32_t& lo, uint
 }
 
 // A-fragment k-tile kt of the query for this lane (built once per block in shared memory, one
-// LDS.128 per k-tile: qa[D/16][32]).
+// LDS.128 per k-tile: qa[D/16][32] of an m-tile).
 template <int D>
 __device__ __forceinline__ std::array<uint32_t, 4> query_frag(const uint4 (&qa)[D / 16][32], int kt, int lane) {
   const uint4 v = qa[kt][lane];
   return std::array<uint32_t, 4>{v.x, v.y, v.z, v.w};
 }
 
-// ---- Keys: S = Q K^T of a 16-token tile, n-tile nn holding token g + 8 nn. scores() gives row
-// g's scores for tokens 2t, 2t+1, 2t+8, 2t+9 (this thread's accumulator entries), scale() applies
-// what the encoding stores beside the codes (the key norms).
+// ---- Keys: S = Q K^T of a 16-token tile, n-tile nn holding token g + 8 nn, for R m-tiles of
+// query rows: each key fragment is decoded once and fed to the R m-tiles' MMAs. scores() gives
+// row g of each m-tile its scores for tokens 2t, 2t+1, 2t+8, 2t+9 (this thread's accumulator
+// entries), scale() applies what the encoding stores beside the codes (the key norms).
 
 // The thread's key coordinates of k-tile j (j-th octet of its D/4): which group of the tile's key
 // words and which octet in it (at D = 64 the quad's threads share a group, two octets each).
@@ -61,7 +62,7 @@ struct KeyOctet {
   __device__ __forceinline__ static int octet(int j, int t) { return D == 64 ? 2 * (t & 1) + j : j % 4; }
 };
 
-template <int D, Kind KIND, int KB, bool kInt8 = KIND == Kind::kTq && KB <= 3>
+template <int D, Kind KIND, int KB, int R = 1, bool kInt8 = KIND == Kind::kTq && KB <= 3>
 struct KeyOps;
 
 // Scales x (scores or P V terms of tokens 2t, 2t+1, 2t+8, 2t+9) by those tokens' fp16 norms,
@@ -82,49 +83,65 @@ __device__ __forceinline__ void scale_by_norms(const uint32_t (&norms)[2], float
 // query is int16 fixed point per row (step = max|q| / kQ16Max), high bytes in rows 0-7 of A and
 // low bytes in rows 8-15 as with fp16. S = 2^8 hh + hl + lh (+ ll / 2^8, dropped: below 2^-16
 // of the scale) in int32, times the row's step and 2^-13 * 2^8.
-template <int D, int KB>
-struct KeyOps<D, Kind::kTq, KB, true> {
-  float s_scale;  // this thread's row step times the table's 2^-13 and the 2^8 of the combination
-  dev::Lut8 lut;  // the high and low bytes of the int16 centroids, 8 to a register pair
-  // table: built by the kernel from its fp16 centroids; scale: the thread's query row's step / 32
-  __device__ __forceinline__ KeyOps(const dev::Lut8& table, float scale) : s_scale(scale), lut(table) {}
+template <int D, int KB, int R>
+struct KeyOps<D, Kind::kTq, KB, R, true> {
+  float s_scale[R];  // this thread's row step (per m-tile) times the table's 2^-13 and the 2^8 of the combination
+  dev::Lut8 lut;     // the high and low bytes of the int16 centroids, 8 to a register pair
+  // table: built by the kernel from its fp16 centroids; scale: the thread's query rows' steps / 32
+  __device__ __forceinline__ KeyOps(const dev::Lut8& table, const float (&scale)[R]) : lut(table) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) s_scale[r] = scale[r];
+  }
   template <class TileT>
-  __device__ __forceinline__ void scores(const TileT& cur, const uint4 (&qa)[D / 16][32], int lane, int t, const __half*, float (&x)[4]) const {
-    int acc_hi[2][4] = {}, acc_lo[2][4] = {};  // [n-tile]: K high bytes, K low bytes
+  __device__ __forceinline__ void scores(const TileT& cur, const uint4 (&qa)[R][D / 16][32], int lane, int t, const __half*,
+                                         float (&x)[R][4]) const {
+    int acc_hi[R][2][4] = {}, acc_lo[R][2][4] = {};  // [m-tile][n-tile]: K high bytes, K low bytes
 #pragma unroll
     for (int j = 0; j < D / 32; ++j) {  // octet j of the thread's key coordinates = int8 k-tile j
-      const auto q = query_frag<D>(qa, j, lane);
-      const uint32_t a[4] = {q[0], q[1], q[2], q[3]};
+      uint32_t a[R][4];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const auto q = query_frag<D>(qa[r], j, lane);
+        a[r][0] = q[0], a[r][1] = q[1], a[r][2] = q[2], a[r][3] = q[3];
+      }
 #pragma unroll
       for (int nn = 0; nn < 2; ++nn) {
         const uint32_t sel = dev::octet_selector<KB>(cur.k[nn][KeyOctet<D>::group(j)], KeyOctet<D>::octet(j, t));
         const uint32_t sel_hi = sel >> 16;
-        dev::mma_s8(acc_hi[nn], a, dev::prmt(lut.hi0, lut.hi1, sel), dev::prmt(lut.hi0, lut.hi1, sel_hi));
-        dev::mma_s8(acc_lo[nn], a, dev::prmt(lut.lo0, lut.lo1, sel), dev::prmt(lut.lo0, lut.lo1, sel_hi));
+        const uint32_t hi0 = dev::prmt(lut.hi0, lut.hi1, sel), hi1 = dev::prmt(lut.hi0, lut.hi1, sel_hi);
+        const uint32_t lo0 = dev::prmt(lut.lo0, lut.lo1, sel), lo1 = dev::prmt(lut.lo0, lut.lo1, sel_hi);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          dev::mma_s8(acc_hi[r][nn], a[r], hi0, hi1);
+          dev::mma_s8(acc_lo[r][nn], a[r], lo0, lo1);
+        }
       }
     }
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int nn = e / 2, c = e % 2;  // d[c] = row g (query high bytes), d[c + 2] = row g + 8 (low)
-      x[e] = float(acc_hi[nn][c] * 256 + acc_hi[nn][c + 2] + acc_lo[nn][c]) * s_scale;
-    }
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int nn = e / 2, c = e % 2;  // d[c] = row g (query high bytes), d[c + 2] = row g + 8 (low)
+        x[r][e] = float(acc_hi[r][nn][c] * 256 + acc_hi[r][nn][c + 2] + acc_lo[r][nn][c]) * s_scale[r];
+      }
   }
   template <class TileT>
-  __device__ __forceinline__ static void scale(const TileT& cur, float (&x)[4]) {
-    scale_by_norms(cur.kn, x);
+  __device__ __forceinline__ static void scale(const TileT& cur, float (&x)[R][4]) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) scale_by_norms(cur.kn, x[r]);
   }
 };
 
 // Keys as fp16 (bf16) B operands of m16n8k16 MMAs: TurboQuant 4-bit codes looked up in the
 // shared fp16 table, fp8 widened (exact), fp16/bf16 as stored. The query's A fragments hold its
 // high and low parts (rows 0-7, 8-15), so S keeps ~22 bits.
-template <int D, Kind KIND, int KB>
-struct KeyOps<D, KIND, KB, false> {
+template <int D, Kind KIND, int KB, int R>
+struct KeyOps<D, KIND, KB, R, false> {
   using Op = dev::Operand<KIND == Kind::kBf16>;
   // TurboQuant: the 8-entry PRMT table, built for every width as the int8 path's is (4-bit codes
   // read the shared table instead; not building it is a separate change, to be measured).
   dev::Lut8 lut{};
-  __device__ __forceinline__ KeyOps(const dev::Lut8& table, float) : lut(table) {}
+  __device__ __forceinline__ KeyOps(const dev::Lut8& table, const float (&)[R]) : lut(table) {}
   // The B fragments of k-tiles 2j (h[0..1]) and 2j + 1 (h[2..3]) of n-tile nn.
   template <class TileT>
   __device__ __forceinline__ void key_frags(const TileT& cur, int nn, int j, int t, const __half* lut_s, uint32_t (&h)[4]) const {
@@ -142,29 +159,44 @@ struct KeyOps<D, KIND, KB, false> {
     }
   }
   template <class TileT>
-  __device__ __forceinline__ void scores(const TileT& cur, const uint4 (&qa)[D / 16][32], int lane, int t, const __half* lut_s, float (&x)[4]) const {
+  __device__ __forceinline__ void scores(const TileT& cur, const uint4 (&qa)[R][D / 16][32], int lane, int t, const __half* lut_s,
+                                         float (&x)[R][4]) const {
     constexpr int KT = D / 16;
     // Two accumulators per n-tile (even and odd k-tiles) halve the chain of dependent MMAs.
-    float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}}, s2[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+    float s[R][2][4] = {}, s2[R][2][4] = {};
 #pragma unroll
     for (int j = 0; j < KT / 2; ++j) {  // k-tiles 2j and 2j + 1, both n-tiles
-      const auto qa0 = query_frag<D>(qa, 2 * j, lane), qa1 = query_frag<D>(qa, 2 * j + 1, lane);
-      const uint32_t a0[4] = {qa0[0], qa0[1], qa0[2], qa0[3]}, a1[4] = {qa1[0], qa1[1], qa1[2], qa1[3]};
+      uint32_t a0[R][4], a1[R][4];
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const auto qa0 = query_frag<D>(qa[r], 2 * j, lane), qa1 = query_frag<D>(qa[r], 2 * j + 1, lane);
+        a0[r][0] = qa0[0], a0[r][1] = qa0[1], a0[r][2] = qa0[2], a0[r][3] = qa0[3];
+        a1[r][0] = qa1[0], a1[r][1] = qa1[1], a1[r][2] = qa1[2], a1[r][3] = qa1[3];
+      }
 #pragma unroll
       for (int nn = 0; nn < 2; ++nn) {
         uint32_t h[4];
         key_frags(cur, nn, j, t, lut_s, h);
-        Op::mma(s[nn], a0, h[0], h[1]);
-        Op::mma(s2[nn], a1, h[2], h[3]);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          Op::mma(s[r][nn], a0[r], h[0], h[1]);
+          Op::mma(s2[r][nn], a1[r], h[2], h[3]);
+        }
       }
     }
     // high + low halves of the query
 #pragma unroll
-    for (int e = 0; e < 4; ++e) x[e] = (s[e / 2][e % 2] + s2[e / 2][e % 2]) + (s[e / 2][e % 2 + 2] + s2[e / 2][e % 2 + 2]);
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        x[r][e] = (s[r][e / 2][e % 2] + s2[r][e / 2][e % 2]) + (s[r][e / 2][e % 2 + 2] + s2[r][e / 2][e % 2 + 2]);
   }
   template <class TileT>
-  __device__ __forceinline__ static void scale(const TileT& cur, float (&x)[4]) {
-    if constexpr (KIND == Kind::kTq) scale_by_norms(cur.kn, x);  // float caches store no norms
+  __device__ __forceinline__ static void scale(const TileT& cur, float (&x)[R][4]) {
+    if constexpr (KIND == Kind::kTq) {  // float caches store no norms
+#pragma unroll
+      for (int r = 0; r < R; ++r) scale_by_norms(cur.kn, x[r]);
+    }
   }
 };
 

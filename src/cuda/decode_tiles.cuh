@@ -21,12 +21,13 @@ enum class Kind { kTq, kF16, kBf16, kFp8 };
 
 // A block's shared memory outside the union of the query rows, the staging ring and the warps'
 // outputs (Smem below): what the ring's stage count is budgeted around.
-template <int D>
+// R: the 8-row m-tiles a block holds (decode_kernel.cuh: 2 share each packed tile's decode).
+template <int D, int R = 1>
 struct SmemFixed {
-  uint4 qa[D / 16][32];  // A fragments of the query (per k-tile, per lane): read each tile, not held in registers
+  uint4 qa[R][D / 16][32];  // A fragments of the query (per m-tile, k-tile, lane): read each tile, not held in registers
   __half lut_k[256], lut_v[256];
-  float m[kWarps][kRows], l[kWarps][kRows];
-  float qrs[kRows];  // int8 keys: a query row's fixed-point step (its max |q| / kQ16Max)
+  float m[kWarps][R * kRows], l[kWarps][R * kRows];
+  float qrs[R * kRows];  // int8 keys: a query row's fixed-point step (its max |q| / kQ16Max)
 };
 
 // Packed caches whose pages hold whole 16-token tiles are streamed through shared memory: each warp
@@ -97,15 +98,16 @@ template <int D, Kind KIND, int KB, int VB>
 using StagePlan = std::conditional_t<KIND == Kind::kTq, Staging<D, KB, VB>, FloatStaging<D, KIND>>;
 
 // Shared memory of one block (dynamic: the float caches' rings exceed the 48 KB of static memory).
-template <int D, Kind KIND, int KB, int VB>
-struct Smem : SmemFixed<D> {
+// (The staging ring is budgeted around one m-tile's SmemFixed: a block of 2 m-tiles is larger.)
+template <int D, Kind KIND, int KB, int VB, int R = 1>
+struct Smem : SmemFixed<D, R> {
   // The ring's 16-byte pieces must keep the alignment of their global 32-byte sectors: a ring
   // 16 bytes off a 32-byte boundary made every cp.async read two L2 sectors for one (Nsight
   // Compute: twice the L2 reads, our bf16 path 25% slower), so it starts on 128 bytes.
   union {
-    float q[kRows][D];  // the prologue: query rows, rotated and scaled
+    float q[R * kRows][D];  // the prologue: query rows, rotated and scaled
     alignas(128) uint8_t ring[StagePlan<D, KIND, KB, VB>::kRing > 0 ? StagePlan<D, KIND, KB, VB>::kRing : 16];  // the loop
-    float o[kWarps][kRows][D];  // the epilogue: the warps' outputs
+    float o[kWarps][R * kRows][D];  // the epilogue: the warps' outputs
   };
 };
 

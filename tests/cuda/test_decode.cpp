@@ -211,6 +211,14 @@ std::vector<DecodeCase> cases() {
   v.push_back({"k3v2:rot=dense", 128, 4, 1, {17, 97}});
   v.push_back({"k3v2", 112, 4, 1, {17, 97}});  // pads to 128
   v.push_back({"k4v2:nc", 64, 2, 1, {33, 1}});
+  // Blocks of two m-tiles (more than 8 rows of a packed cache): a partly empty second m-tile, an
+  // empty last one, unstaged loads, dense rotations (their queries come from prepare_queries), padding.
+  v.push_back({"k4v4", 64, 4, 3, {9, 97, 1000}});
+  v.push_back({"k2v3", 128, 8, 3, {1, 17, 97, 4097, 300}});
+  v.push_back({"k3v3:page=7", 128, 4, 4, {4, 17, 97}});
+  v.push_back({"k3v2:rot=dense", 128, 4, 5, {17, 97}});
+  v.push_back({"k3v4", 112, 2, 8, {17, 97}});
+  v.push_back({"k4v2:nc", 64, 2, 9, {33, 65}});
   // Chunked prefill: a chunk of new tokens attends to the prefix and causally to itself.
   v.push_back({"k3v2", 128, 4, 64, {64, 161, 1000}, 0, true});
   v.push_back({"k3v2", 64, 2, 17, {17, 97}, 0, true});
@@ -229,6 +237,51 @@ std::vector<DecodeCase> cases() {
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const auto& i) { return case_name(i.param); });
+
+// Sets TQ_DECODE_ROWS for its lifetime (decode_attention reads it at every plan).
+struct DecodeRowsEnv {
+  explicit DecodeRowsEnv(const char* v) { setenv("TQ_DECODE_ROWS", v, 1); }
+  ~DecodeRowsEnv() { unsetenv("TQ_DECODE_ROWS"); }
+};
+
+// A block of two 8-row m-tiles decodes each packed tile once for both; every row's MMAs, softmax
+// and merge are the 8-row block's, so the output is the same bits (at the same splits). This is
+// what lets a speculative step's verification (16-row blocks) agree with one-token steps.
+TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
+  TQ_REQUIRE_GPU();
+  const std::vector<DecodeCase> cs{{"k3v2", 128, 4, 8, {9, 97, 4097}, 3},     {"k4v4", 64, 4, 3, {9, 97, 1000}, 2},
+                                   {"k2v3:page=7", 128, 8, 3, {2, 17, 97}, 2}, {"k3v2:rot=dense", 128, 4, 5, {17, 97}, 1},
+                                   {"k3v4", 112, 2, 9, {17, 300}, 4},          {"k2v2", 128, 4, 2, {64, 65}, 2}};
+  for (const DecodeCase& c : cs) {
+    DecodeSetup s(c, 11);
+    cuda::DeviceFormat codecs(s.cpu->format());
+    test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
+    CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
+    test::DeviceBuffer<float> dq(s.q), out(s.q.size());
+    test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
+    const auto run = [&](std::vector<float>& got) {
+      cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr, s.cpu->shape().num_pages), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
+      p.num_splits = c.splits;
+      test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));  // sized under the same setting as the launch
+      p.workspace = ws.ptr;
+      out.poison();
+      cuda::decode_attention(p, nullptr);
+      CUDA_OK(cudaDeviceSynchronize());
+      got = out.download();
+    };
+    std::vector<float> paired, single;
+    run(paired);
+    {
+      DecodeRowsEnv eight("8");
+      run(single);
+    }
+    ASSERT_EQ(paired.size(), single.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < paired.size(); ++i) differ += std::memcmp(&paired[i], &single[i], sizeof(float)) != 0;
+    EXPECT_EQ(differ, 0u) << case_name(c) << ": elements whose bits differ between 16- and 8-row blocks";
+    EXPECT_LE(test::worst_row_error(paired, s.reference(), s.d), s.bound(s.reference())) << case_name(c);
+  }
+}
 
 TEST(DecodeGraph, CapturedLaunchReplaysTheSameResult) {
   TQ_REQUIRE_GPU();

@@ -241,6 +241,10 @@ std::vector<SideCase> side_cases() {
   v.push_back({"k3v2:sink=4:window=16:page=7", 128, 4, 2, {2, 17, 97}});  // unstaged loads
   v.push_back({"k3v2:sink=4:window=16", 128, 4, 1, {4097}, false, 37});   // many splits
   v.push_back({"k3v2:sink=4:window=16", 128, 4, 1, {4097}, false, 1});    // one split
+  // Blocks of two m-tiles: side blocks take their 8-row m-tiles in turn.
+  v.push_back({"k3v2:sink=4:window=16", 128, 4, 8, {8, 17, 300}});
+  v.push_back({"k2v2:sink=2:window=5", 64, 2, 9, {9, 40}});
+  v.push_back({"k3v2:rot=dense:sink=4:window=16", 128, 4, 3, {17, 97}});
   // Chunked prefill: each query of the chunk has its own window, partly in the chunk itself.
   v.push_back({"k3v2:sink=4:window=64", 128, 4, 100, {100, 300, 1000}, true});
   v.push_back({"k3v2:sink=4:window=16", 64, 2, 17, {17, 97}, true});
