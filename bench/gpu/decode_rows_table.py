@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Table of bench/gpu/decode_rows_ab.sh's runs: ms a decode step per (cache, context, tokens a
-sequence) with 16-row and 8-row decode blocks, run by run, and each k-token step against the
-one-token step of the same run.
+"""Table of bench/gpu/decode_rows_ab.sh's runs: ms a decode step per (cache, batch, context, tokens
+a sequence) for each TQ_DECODE_ROWS mode (auto: the kernel's choice; 8; 16), run by run, each
+k-token step against the one-token step of the same run, and the first mode's median over the
+second's.
     python3 bench/gpu/decode_rows_table.py OUT/rows16_1.json OUT/rows8_1.json ...
 """
 import json
@@ -11,21 +12,24 @@ from collections import defaultdict
 
 
 def main(paths):
-    runs = defaultdict(list)  # rows -> [(round, {(kv, batch, context, queries): ms})]
+    runs = defaultdict(list)  # mode -> [(round, {(kv, batch, context, queries): ms})]
     for path in sorted(paths):
-        m = re.search(r"rows(\d+)_(\d+)\.json$", path)
+        m = re.search(r"rows(auto|\d+)_(\d+)\.json$", path)
         if not m:
-            sys.exit(f"{path}: not a rowsR_N.json file of decode_rows_ab.sh")
+            sys.exit(f"{path}: not a rowsMODE_N.json file of decode_rows_ab.sh")
         rows = json.load(open(path))["decode"]
-        runs[int(m.group(1))].append((int(m.group(2)), {(r["kv"], r["batch"], r["context"], r["queries"]): r["ms_per_step"] for r in rows}))
+        runs[m.group(1)].append((int(m.group(2)), {(r["kv"], r["batch"], r["context"], r["queries"]): r["ms_per_step"] for r in rows}))
     keys = sorted({k for v in runs.values() for _, d in v for k in d})
-    print("| cache | batch | context | tokens | 16-row blocks, ms | vs 1 token | 8-row blocks, ms | vs 1 token | 16 / 8 |")
+    modes = sorted(runs, key=lambda m: (m != "auto", m))[:2]
+    if len(modes) < 2:
+        sys.exit("two modes are needed")
+    print(f"| cache | batch | context | tokens | {modes[0]}, ms | vs 1 token | {modes[1]}, ms | vs 1 token | {modes[0]} / {modes[1]} |")
     print("|---|---|---|---|---|---|---|---|---|")
     for k in keys:
         kv, batch, context, q = k
         cells = []
         ratio = []
-        for rows in (16, 8):
+        for rows in modes:
             ms = [d[k] for _, d in sorted(runs[rows]) if k in d]
             one = [d.get((kv, batch, context, 1)) for _, d in sorted(runs[rows]) if k in d]
             cells.append(" / ".join(f"{x:.3f}" for x in ms))

@@ -43,14 +43,17 @@ int resident_blocks_of(int D, const CacheView& c, int R) {
   return D == 64 ? resident_blocks_at<64>(c, R) : D == 128 ? resident_blocks_at<128>(c, R) : resident_blocks_at<256>(c, R);
 }
 
-// The 8-row m-tiles a decode block holds: 2 for packed caches up to D = 128 when the rows (GQA
-// group x query tokens) fill more than one, so that each packed tile is decoded once for 16 rows
-// rather than once per 8; else 1. TQ_DECODE_ROWS=8 forces 1 (read at every plan, so a test can
-// compare both kernels on one cache); a row's result is the same bits either way.
-int mtiles_per_block(const CacheView& c, int D, int mtiles) {
+// Decode blocks of two 8-row m-tiles (packed caches up to D = 128, more than 8 rows: the GQA
+// group times the query tokens) decode each packed tile once for 16 rows rather than once per 8,
+// but their prologue prepares twice the queries: it pays when a warp has >= kPairMinTiles tiles
+// (on the H200, Llama-3.1-8B shape, 8 query tokens at batch 1: slower at 4K-8K, ~3 and ~6 tiles a
+// warp; faster from 16K, ~11; bench/results/2026-12-01-h200-decode-rows.md).
+constexpr int kPairMinTiles = 8;
+// TQ_DECODE_ROWS=8 or 16 forces 8- or 16-row blocks where both exist (read at every plan, so a
+// test can compare both kernels on one cache); a row's result is the same bits either way.
+int forced_rows() {
   const char* env = std::getenv("TQ_DECODE_ROWS");
-  if (env && std::strcmp(env, "8") == 0) return 1;
-  return is_tq(c.k.enc) && D <= 128 && mtiles >= 2 ? 2 : 1;
+  return env && std::strcmp(env, "8") == 0 ? 8 : env && std::strcmp(env, "16") == 0 ? 16 : 0;
 }
 
 // What a launch is: decode, decode right after a quantize_store of the same step (its prologue
@@ -63,7 +66,7 @@ int kernel_dim(const CacheView& c) { return int(is_tq(c.k.enc) ? padded_dim(c.he
 struct Plan {
   int D, splits, tokens_per_split;
   int mtiles;  // 8-row m-tiles per (sequence, KV head): the rows (GQA group x query tokens), rounded up to whole blocks
-  int R = 1;   // decode: m-tiles a block (mtiles_per_block); a multiple of it is mtiles
+  int R = 1;   // decode: m-tiles a block (1 or 2: make_plan); mtiles is a multiple of it
   int side;  // side blocks after the packed splits (decode_side.cuh): decode side_decode_blocks, prefill 1; 0 without
   size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;  // the workspace: [ws_o][ws_ml][ws_q]
   size_t workspace_bytes() const { return ws_o_bytes + ws_ml_bytes + ws_q_bytes; }
@@ -88,13 +91,13 @@ void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int til
   size_workspace(pl, p);
 }
 
-Plan make_plan(const DecodeParams& p) {
+// The decode plan with R m-tiles a block.
+Plan make_plan(const DecodeParams& p, int R) {
   Plan pl{};
   pl.D = kernel_dim(p.cache);
   const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
-  pl.mtiles = (rows + kRows - 1) / kRows;
-  pl.R = mtiles_per_block(p.cache, pl.D, pl.mtiles);
-  pl.mtiles = (pl.mtiles + pl.R - 1) / pl.R * pl.R;
+  pl.R = R;
+  pl.mtiles = ((rows + kRows - 1) / kRows + R - 1) / R * R;
   if (p.split_tokens > 0) {  // fixed cuts (batch invariance), checked by validate; splits past a sequence's end are empty
     pl.tokens_per_split = int(p.split_tokens), pl.splits = int(p.num_splits), pl.side = side_decode_blocks(p);
     size_workspace(pl, p);
@@ -108,12 +111,33 @@ Plan make_plan(const DecodeParams& p) {
     // on 528 slots leave a second, mostly empty wave that costs almost a whole block time.
     // Each split keeps >= 2 tiles per warp: shorter splits cost more (query fragments, merge
     // work) than they give.
-    const int blocks = int(p.num_seqs * p.cache.kv_heads) * (pl.mtiles / pl.R);
-    const int want = resident_blocks_of(pl.D, p.cache, pl.R) * device_sm_count() / blocks;
+    const int blocks = int(p.num_seqs * p.cache.kv_heads) * (pl.mtiles / R);
+    const int slots = resident_blocks_of(pl.D, p.cache, R) * device_sm_count();
+    int want = slots / blocks;
+    if (R == 2 && want == 1) {
+      // One split a block may leave a third of the slots idle (256 blocks on 396 at batch 16): then
+      // more splits in whole waves (3: 768 blocks in 2 waves), the split count that wastes least.
+      double best = double(blocks) / slots;
+      for (int s = 2; s <= 4; ++s) {
+        const int waves = (blocks * s + slots - 1) / slots;
+        const double used = double(blocks) * s / (double(waves) * slots);
+        if (used > best + 0.05) best = used, want = s;
+      }
+    }
     splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
   size_splits(pl, p, tiles, splits, kTile, side_decode_blocks(p));
   return pl;
+}
+
+// Two m-tiles a block where they exist and pay (kPairMinTiles), else one.
+Plan make_plan(const DecodeParams& p) {
+  const int D = kernel_dim(p.cache), rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
+  if (!is_tq(p.cache.k.enc) || D > 128 || rows <= kRows) return make_plan(p, 1);
+  const int forced = forced_rows();
+  if (forced) return make_plan(p, forced / kRows);
+  const Plan paired = make_plan(p, 2);
+  return paired.tokens_per_split >= kPairMinTiles * kWarps * kTile ? paired : make_plan(p, 1);
 }
 
 // Chunked prefill (prefill_kernel.cuh): blocks of 64 query rows, whose queries prepare_queries

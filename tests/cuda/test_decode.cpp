@@ -211,10 +211,13 @@ std::vector<DecodeCase> cases() {
   v.push_back({"k3v2:rot=dense", 128, 4, 1, {17, 97}});
   v.push_back({"k3v2", 112, 4, 1, {17, 97}});  // pads to 128
   v.push_back({"k4v2:nc", 64, 2, 1, {33, 1}});
-  // Blocks of two m-tiles (more than 8 rows of a packed cache): a partly empty second m-tile, an
-  // empty last one, unstaged loads, dense rotations (their queries come from prepare_queries), padding.
+  // More than 8 rows of a packed cache (DecodeRows below forces blocks of two m-tiles on such
+  // shapes): a partly empty second m-tile, an empty last one, unstaged loads, dense rotations
+  // (their queries come from prepare_queries), padding; with 4 splits of 4K (> 8 tiles a warp) the
+  // kernels' own choice is 16-row blocks.
+  v.push_back({"k3v2", 128, 4, 8, {8, 4097}, 4});
   v.push_back({"k4v4", 64, 4, 3, {9, 97, 1000}});
-  v.push_back({"k2v3", 128, 8, 3, {1, 17, 97, 4097, 300}});
+  v.push_back({"k2v3", 128, 8, 3, {3, 17, 97, 4097, 300}});
   v.push_back({"k3v3:page=7", 128, 4, 4, {4, 17, 97}});
   v.push_back({"k3v2:rot=dense", 128, 4, 5, {17, 97}});
   v.push_back({"k3v4", 112, 2, 8, {17, 97}});
@@ -250,7 +253,7 @@ struct DecodeRowsEnv {
 TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
   TQ_REQUIRE_GPU();
   const std::vector<DecodeCase> cs{{"k3v2", 128, 4, 8, {9, 97, 4097}, 3},     {"k4v4", 64, 4, 3, {9, 97, 1000}, 2},
-                                   {"k2v3:page=7", 128, 8, 3, {2, 17, 97}, 2}, {"k3v2:rot=dense", 128, 4, 5, {17, 97}, 1},
+                                   {"k2v3:page=7", 128, 8, 3, {3, 17, 97}, 2}, {"k3v2:rot=dense", 128, 4, 5, {17, 97}, 1},
                                    {"k3v4", 112, 2, 9, {17, 300}, 4},          {"k2v2", 128, 4, 2, {64, 65}, 2}};
   for (const DecodeCase& c : cs) {
     DecodeSetup s(c, 11);
@@ -270,7 +273,10 @@ TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
       got = out.download();
     };
     std::vector<float> paired, single;
-    run(paired);
+    {
+      DecodeRowsEnv sixteen("16");
+      run(paired);
+    }
     {
       DecodeRowsEnv eight("8");
       run(single);

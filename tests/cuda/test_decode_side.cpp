@@ -26,10 +26,11 @@ struct SideCase {
   std::vector<int32_t> lens;
   bool prefill = false;
   uint32_t splits = 0;  // 0: automatic
+  const char* rows = nullptr;  // TQ_DECODE_ROWS for the call ("16": blocks of two m-tiles), else the kernels' choice
 };
 
 std::string case_name(const SideCase& c) {
-  return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill);
+  return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill) + (c.rows ? std::string("_rows") + c.rows : "");
 }
 
 constexpr uint16_t kPoison = 0xFFFF;  // an fp16 NaN
@@ -206,7 +207,9 @@ TEST_P(DecodeSide, MatchesTheCpuAttentionAndWritesTheStepsRows) {
   }
   test::DeviceBuffer<uint16_t> dside(side);
   SideRun r(s, dside.ptr);
+  if (c.rows) setenv("TQ_DECODE_ROWS", c.rows, 1);
   const std::vector<float> got = r.run(c.prefill, c.splits);
+  unsetenv("TQ_DECODE_ROWS");
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_TRUE(std::isfinite(got[i])) << "row " << i / s.d << " element " << i % s.d << " not written, not finite, or a NaN slot read";
   const double worst = test::worst_row_error(got, ref, s.d), bound = s.bound(ref);
@@ -242,9 +245,10 @@ std::vector<SideCase> side_cases() {
   v.push_back({"k3v2:sink=4:window=16", 128, 4, 1, {4097}, false, 37});   // many splits
   v.push_back({"k3v2:sink=4:window=16", 128, 4, 1, {4097}, false, 1});    // one split
   // Blocks of two m-tiles: side blocks take their 8-row m-tiles in turn.
-  v.push_back({"k3v2:sink=4:window=16", 128, 4, 8, {8, 17, 300}});
-  v.push_back({"k2v2:sink=2:window=5", 64, 2, 9, {9, 40}});
-  v.push_back({"k3v2:rot=dense:sink=4:window=16", 128, 4, 3, {17, 97}});
+  v.push_back({"k3v2:sink=4:window=16", 128, 4, 8, {8, 17, 300}, false, 0, "16"});
+  v.push_back({"k2v2:sink=2:window=5", 64, 2, 9, {9, 40}, false, 0, "16"});
+  v.push_back({"k3v2:rot=dense:sink=4:window=16", 128, 4, 3, {17, 97}, false, 0, "16"});
+  v.push_back({"k3v2:sink=4:window=16", 128, 4, 8, {8, 4097}, false, 4});  // 4 splits of 4K: the kernels' choice is 16-row blocks
   // Chunked prefill: each query of the chunk has its own window, partly in the chunk itself.
   v.push_back({"k3v2:sink=4:window=64", 128, 4, 100, {100, 300, 1000}, true});
   v.push_back({"k3v2:sink=4:window=16", 64, 2, 17, {17, 97}, true});
