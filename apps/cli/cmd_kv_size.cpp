@@ -1,6 +1,7 @@
 // tq kv-size: exact bytes per token of a KV cache configuration and its ratio against fp16.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <iostream>
 #include <vector>
 
@@ -30,6 +31,9 @@ void run(const Options& o) {
            {"bytes_per_token", "bytes/token", 1},
            {"ratio_vs_fp16", "vs fp16", 3},
            {"side_kib", "side KiB/seq", 1}};
+  // The key centres are per cache, not per sequence: a column only when a spec has them.
+  const bool centres = std::any_of(specs.begin(), specs.end(), [](const KvSpec& s) { return s.policy.key_centre; });
+  if (centres) cols.push_back({"centre_kib", "centre KiB", 1});
   for (uint64_t n : o.contexts) {
     TQ_CHECK(n >= 1, "--context: lengths are at least 1 token, got {}", n);
     cols.push_back({fmt::format("mib_at_{}", n), fmt::format("MiB @ {}", n), 1});
@@ -43,7 +47,8 @@ void run(const Options& o) {
                        {"ratio_vs_fp16", k.ratio_vs_fp16},
                        {"page_size", k.page_size},
                        {"page_bytes", k.page_bytes},
-                       {"side_kib", k.side_bytes / 1024}};
+                       {"side_kib", k.side_bytes / 1024},
+                       {"centre_kib", k.centre_bytes / 1024}};
     for (uint64_t n : o.contexts) row[fmt::format("mib_at_{}", n)] = k.seq_bytes(n) / (1024.0 * 1024.0);
     t.add(row);
   }
@@ -66,8 +71,12 @@ void run(const Options& o) {
     fmt::print("bytes/token: the packed pages, every layer in its own format (edge layers included), norms (fp16) and\n"
                "padding included, full pages. side KiB/seq: the fp16 sink/window buffer, a fixed cost per sequence\n"
                "whatever its length (in MiB @ N, not in bytes/token). 'default' is tq run's spec ({}).\n"
+               "{}"
                "See docs/format.md and docs/kv-specs.md.\n",
-               kDefaultKvSpec);
+               kDefaultKvSpec,
+               centres ? "centre KiB: the fp32 key centres (centre), one per layer and KV head: a fixed cost per cache, not\n"
+                         "per sequence (in no other column).\n"
+                       : "");
   }
 }
 

@@ -94,7 +94,7 @@ void add_perplexity(CLI::App& app) {
   CLI::App* c = app.add_subcommand("perplexity",
                                    "Perplexity of a text under several KV configurations, with KL divergence and top-1 agreement\n"
                                    "against a full-precision cache computed in the same run.\n"
-                                   "Example: tq perplexity -f book.txt --ctx 2048 --kv fp16,k4v4,k3v2,k3v2:edge=2/k4v4");
+                                   "Example: tq perplexity -f book.txt --ctx 2048 --kv fp16,k4v4,k3v2,k3v2:edge=2/k4v4,k3v2:centre");
   c->add_option("-m,--model", o->model, "model file (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   c->add_option("-f,--file", o->file, "text file")->required();
   c->add_option("--ctx", o->ctx,

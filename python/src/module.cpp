@@ -49,6 +49,7 @@ nb::dict kv_size_dict(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint3
   d["page_size"] = k.page_size;
   d["page_bytes"] = k.page_bytes;
   d["side_bytes"] = k.side_bytes;
+  d["centre_bytes"] = k.centre_bytes;
   return d;
 }
 

@@ -72,8 +72,8 @@ def kv_size(
 ) -> List[dict]:
     """What `tq kv-size --json` reports, one dict per spec, from the same C++: kv (canonical),
     bits_per_element, bytes_per_token, ratio_vs_fp16, page_size, page_bytes, side_kib (the fp16
-    sink/window buffer per sequence) and mib_at_<N> for each context length N (whole pages plus
-    the side buffer). Defaults: Llama-3-8B's shape, fp16 / fp8 / tq run's default spec."""
+    sink/window buffer per sequence), centre_kib (the fp32 key centres of `centre`, per cache) and
+    mib_at_<N> for each context length N (whole pages plus the side buffer). Defaults: Llama-3-8B's shape, fp16 / fp8 / tq run's default spec."""
     layers = _positive_int("layers", layers, 1, 1024)
     kv_heads = _positive_int("kv_heads", kv_heads, 1, 1024)
     head_dim = _positive_int("head_dim", head_dim, 1, 1024)
@@ -83,6 +83,7 @@ def kv_size(
         k = _C.kv_size(spec, layers, kv_heads, head_dim)
         row = {key: k[key] for key in ("kv", "bits_per_element", "bytes_per_token", "ratio_vs_fp16", "page_size", "page_bytes")}
         row["side_kib"] = k["side_bytes"] / 1024
+        row["centre_kib"] = k["centre_bytes"] / 1024
         for n in contexts:
             pages = (n + k["page_size"] - 1) // k["page_size"]
             row[f"mib_at_{n}"] = (pages * k["page_bytes"] + k["side_bytes"]) / (1024.0 * 1024.0)

@@ -27,6 +27,7 @@ KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t hea
   out.page_size = s.format.page_size;
   out.page_bytes = double(s.page_bytes(layers, kv_heads, head_dim));
   out.side_bytes = double(s.policy.side_tokens(side_extra)) * out.fp16_bytes_per_token;
+  if (s.policy.key_centre) out.centre_bytes = 4.0 * head_dim * kv_heads * layers;
   return out;
 }
 

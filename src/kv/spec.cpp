@@ -94,6 +94,7 @@ std::vector<std::string> KvPolicy::knobs() const {
   if (window > 0) out.push_back(fmt::format("window={}", window));
   if (!key_sim.empty()) out.push_back(fmt::format("ksim={}", key_sim));
   if (fixed_outliers) out.push_back("outliers=fixed");
+  if (key_centre) out.push_back("centre");
   return out;
 }
 
@@ -132,8 +133,8 @@ std::string KvSpec::canonical() const {
 void refuse_policy(const KvSpec& spec, const char* who) {
   const auto knobs = spec.policy.knobs();
   if (knobs.empty()) return;
-  throw Error(fmt::format("KV spec '{}': {} implements the page format only, not the policy knob '{}' (edge, sink, window and ksim "
-                          "are the engine's: run the spec through the engine, or pass '{}')",
+  throw Error(fmt::format("KV spec '{}': {} implements the page format only, not the policy knob '{}' (edge, sink, window, ksim "
+                          "and centre are the engine's: run the spec through the engine, or pass '{}')",
                           spec.text, who, knobs[0], spec.format.canonical()));
 }
 
@@ -189,10 +190,12 @@ KvSpec parse_kv_spec(const std::string& text) {
     } else if (key == "outliers" && eq != std::string::npos) {
       TQ_CHECK(val == "prompt" || val == "fixed", "KV spec '{}': outliers must be prompt or fixed, got '{}'", text, val);
       spec.policy.fixed_outliers = val == "fixed";
+    } else if ((key == "centre" || key == "center") && eq == std::string::npos) {
+      spec.policy.key_centre = true;
     } else {
       throw Error(fmt::format(
           "KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, sink=N, window=N, "
-          "ksim=int4, outliers=prompt|fixed)",
+          "ksim=int4, outliers=prompt|fixed, centre)",
           text, opt));
     }
   }

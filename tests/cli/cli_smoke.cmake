@@ -41,8 +41,21 @@ if(NOT side0 EQUAL 0 OR NOT side2 EQUAL 16896 OR NOT bpt EQUAL 23040 OR NOT mib 
   message(FATAL_ERROR "kv-size default spec: side KiB ${side0} / ${side2} (want 0 / 16896), bytes/token ${bpt} (23040), "
                       "MiB @ 32768 ${mib} (736.5), fp16 MiB @ 1024 ${fp16mib} (128)")
 endif()
+# The key centres: 4 bytes x 32 layers x 8 KV heads x 128 = 128 KiB per cache, in a column of their own.
+run_ok(kv-size --layers 32 --kv-heads 8 --head-dim 128 --kv k3v2,k3v2:centre --json)
+string(JSON c0 GET "${OUT}" rows 0 centre_kib)
+string(JSON c1 GET "${OUT}" rows 1 centre_kib)
+string(JSON bpt GET "${OUT}" rows 1 bytes_per_token)
+if(NOT c0 EQUAL 0 OR NOT c1 EQUAL 128 OR NOT bpt EQUAL 21504)
+  message(FATAL_ERROR "kv-size k3v2:centre: centre KiB ${c0} / ${c1} (want 0 / 128), bytes/token ${bpt} (21504)")
+endif()
+run_ok(kv-size --layers 32 --kv-heads 8 --head-dim 128 --kv k3v2:centre)
+if(NOT OUT MATCHES "centre KiB" OR NOT OUT MATCHES "a fixed cost per cache")
+  message(FATAL_ERROR "kv-size does not show the key centres' bytes:\n${OUT}")
+endif()
 run_ok(kv-size --layers 32 --kv-heads 8 --head-dim 128)
-if(NOT OUT MATCHES "side KiB/seq" OR NOT OUT MATCHES "'default' is tq run's spec \\(k3v2:edge=2/k4v4:sink=4:window=64\\)")
+if(NOT OUT MATCHES "side KiB/seq" OR NOT OUT MATCHES "'default' is tq run's spec \\(k3v2:edge=2/k4v4:sink=4:window=64\\)"
+   OR OUT MATCHES "centre KiB")  # that column only with a centred spec
   message(FATAL_ERROR "kv-size does not say what it counts:\n${OUT}")
 endif()
 

@@ -327,6 +327,7 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
   c.n_layers = 4, c.dim = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.vocab_size = 300;
   std::string why;
   for (const auto& [spec, expect] : std::vector<std::pair<const char*, const char*>>{{"fp16:ksim=int4", "ksim=int4"},
+                                                                                      {"k3v2:centre", "key centre (centre) runs on the CPU only"},
                                                                                       {"fp32", "fp32 caches"},
                                                                                       {"k3v2:prod", "prod keys"},
                                                                                       {"k5v2", "k5v2"},

@@ -137,7 +137,9 @@ INSTANTIATE_TEST_SUITE_P(Specs, GreedySpeculation,
                          ::testing::Values(Case{"fp32", 8, true}, Case{"fp16", 4, false}, Case{"k4v4", 8, true}, Case{"k3v2:page=5", 1, false},
                                            Case{"k3v2", 8, false}, Case{"k2v2:nc:prod", 3, true},
                                            Case{"k3v2:edge=1/k4v4:sink=2:window=6:page=4", 8, false},
-                                           Case{"k3v2:edge=2/k4v4:sink=4:window=64", 8, true}));
+                                           Case{"k3v2:edge=2/k4v4:sink=4:window=64", 8, true},
+                                           // the key centre: fixed by the prompt's first chunk, the same with drafts or without
+                                           Case{"k3v2:edge=1/k4v4:sink=2:window=6:page=4:centre", 8, true}));
 
 // The draft model's drafter checks itself: at every step its drafts must be those a fresh draft
 // engine, told the whole text at once, gives. So what it keeps of its cache between steps (the

@@ -70,13 +70,28 @@ INSTANTIATE_TEST_SUITE_P(All, BadSpec,
                                            std::pair{"k3v2:edge=2", "edge=2/k4v4"}, std::pair{"k3v2:edge=0/k4v4", "got 0"},
                                            std::pair{"k3v2:edge=2/k9v4", "got 9"}, std::pair{"k3v2:sink=x", "'x'"},
                                            std::pair{"k3v2:window=99999", "99999"}, std::pair{"k3v2:ksim=int4", "fp32 or fp16"},
-                                           std::pair{"fp32:ksim=int5", "int5"}));
+                                           std::pair{"fp32:ksim=int5", "int5"}, std::pair{"k3v2:centre=1", "'centre=1'"},
+                                           std::pair{"k3v2:centr", "centre"}));
 
 TEST(KvSpec, CanonicalRoundTrip) {
   for (const char* s : {"fp16", "bf16", "fp8", "fp32", "k3v2", "k4v4:prod", "k2v2:nc", "k3v2:rot=dense", "k3v2:page=32"})
     EXPECT_EQ(parse_kv_spec(s).canonical(), s);
-  for (const char* s : {"k3v2:edge=2/k4v4:sink=4:window=64", "fp32:ksim=int4", "k2v2:nc:edge=1/fp16"})
+  for (const char* s : {"k3v2:edge=2/k4v4:sink=4:window=64", "fp32:ksim=int4", "k2v2:nc:edge=1/fp16", "k3v2:centre",
+                        "fp16:centre", "k3v2:edge=2/k4v4:sink=4:window=64:centre"})
     EXPECT_EQ(parse_kv_spec(s).canonical(), s);
+}
+
+// centre: a policy knob (the pages' layout is unchanged; what their K rows mean is the store's),
+// taken on any base, in any position, spelt either way; the canonical spelling is "centre".
+TEST(KvSpec, KeyCentre) {
+  EXPECT_FALSE(parse_kv_spec("k3v2").policy.key_centre);
+  const auto s = parse_kv_spec("k3v2:centre:sink=4");
+  EXPECT_TRUE(s.policy.key_centre);
+  EXPECT_EQ(s.format.canonical(), "k3v2");
+  EXPECT_EQ(s.policy.knobs(), (std::vector<std::string>{"sink=4", "centre"}));
+  EXPECT_EQ(s.canonical(), "k3v2:sink=4:centre");
+  EXPECT_EQ(parse_kv_spec("k4v4:center").canonical(), "k4v4:centre");
+  for (const char* b : {"fp32", "fp16", "bf16", "fp8", "k2.5v2"}) EXPECT_TRUE(parse_kv_spec(std::string(b) + ":centre").policy.key_centre) << b;
 }
 
 TEST(KvSpec, FormatApartFromPolicy) {
@@ -127,6 +142,12 @@ TEST(KvSpec, RefusePolicyNamesTheKnob) {
     }
   }
   EXPECT_THROW(refuse_policy(parse_kv_spec("fp16:ksim=int4"), "x"), Error);
+  try {
+    refuse_policy(parse_kv_spec("k3v2:centre"), "tq_cache_create");
+    FAIL() << "accepted k3v2:centre";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'centre'"), std::string::npos) << e.what();
+  }
   EXPECT_NO_THROW(refuse_policy(parse_kv_spec("k4v2:prod:nc:rot=dense:seed=9:page=7"), "x"));
 }
 

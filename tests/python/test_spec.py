@@ -53,7 +53,7 @@ def test_fractional_widths():
     [dict(layers=32, kv_heads=8, head_dim=128), dict(layers=30, kv_heads=3, head_dim=64), dict(layers=5, kv_heads=2, head_dim=80)],
 )
 def test_kv_size_matches_the_command(run_tq, shape):
-    kv = "fp16,fp8,k4v4,k3v2,k3v2:prod,k2v2:page=32,default,k3v2:sink=4:window=64"
+    kv = "fp16,fp8,k4v4,k3v2,k3v2:prod,k2v2:page=32,default,k3v2:sink=4:window=64,k3v2:centre"
     contexts = [1, 1000, 32768]
     want = run_tq("kv-size", "--layers", shape["layers"], "--kv-heads", shape["kv_heads"], "--head-dim", shape["head_dim"], "--kv", kv,
                   "--context", ",".join(map(str, contexts)), "--json", json_out=True)["rows"]

@@ -20,6 +20,7 @@ struct KvSize {
   uint32_t page_size = 16;
   double page_bytes = 0;  // one page over every layer and KV head
   double side_bytes = 0;  // the fp16 sink/window side buffer: a fixed cost per sequence
+  double centre_bytes = 0;  // centre: the fp32 key centres of every layer and KV head, a fixed cost per cache (not per sequence)
 
   // Bytes of one sequence of `tokens` tokens: whole pages (a partly filled last page costs a full
   // page) plus the side buffer.

@@ -17,7 +17,9 @@
 //                              CPU quantizer before they enter a float cache (fp32/fp16 base only)
 //            | outliers=prompt|fixed  fractional widths: the outlier channels of each (layer, KV
 //                              head) from the first rows written (default), or channels 0..n-1
-// The first five options are the format (KvFormat: what the bytes are); the last five the policy
+//            | centre          a key centre: each (layer, KV head) subtracts the mean of the first
+//                              keys it sees from every key it stores (softmax ignores the shift)
+// The first five options are the format (KvFormat: what the bytes are); the last six the policy
 // (KvPolicy: which tokens and layers are stored otherwise). A list of specs is comma-separated:
 // "fp16,k4v4,k3v2:prod".
 #pragma once
@@ -58,6 +60,10 @@ struct KvPolicy {
   uint32_t window = 0;  // keys within `window` positions of the query read from the side buffer
   std::string key_sim;  // "" or a make_baseline() name: simulated quantize-dequantize of keys
   bool fixed_outliers = false;  // outliers=fixed: fractional widths keep channels 0..n-1 as outliers (no calibration)
+  // centre: every key is stored as k - mu, mu the (layer, KV head)'s mean key over the first rows
+  // written (KvStore::calibrate). q.(k - mu) = q.k - q.mu shifts all of a query's logits by one
+  // constant, which softmax ignores, and k - mu is what TurboQuant then pays for (docs/kv-specs.md).
+  bool key_centre = false;
 
   bool empty() const { return knobs().empty(); }
   // Tokens the side buffer holds per layer and sequence: the sink, and the window plus `extra`

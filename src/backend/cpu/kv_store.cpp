@@ -3,6 +3,7 @@
 #include "tq/backend/cpu/kv_store.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "tq/check.h"
 #include "tq/numeric.h"
@@ -19,7 +20,8 @@ KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec
   if (n_edge) edge_ = std::make_unique<PagedKvCache>(CacheShape{n_edge, shape.kv_heads, shape.head_dim, shape.num_pages},
                                                      spec.layer_format(0, shape.layers));
   if (!spec.policy.key_sim.empty()) key_sim_ = make_baseline(spec.policy.key_sim, shape.head_dim);
-  channels_fixed_.assign(shape.layers, false);
+  layer_fixed_.assign(shape.layers, false);
+  if (spec.policy.key_centre) centre_.assign(size_t(shape.layers) * shape.kv_heads * shape.head_dim, 0.0f);
   if (spec.policy.sink || spec.policy.window) {
     tail_count_ = shape.tails;
     tails_.assign(tail_count_ * tail_bytes() / sizeof(uint16_t), 0);
@@ -53,25 +55,57 @@ int64_t KvStore::slot(const SeqPages& s, uint32_t pos) const {
   return int64_t((*s.block_table)[pos / ps]) * ps + pos % ps;
 }
 
+std::span<const float> KvStore::key_centre(uint32_t layer, uint32_t head) const {
+  TQ_CHECK(layer < shape_.layers && head < shape_.kv_heads, "layer {} KV head {} is outside the cache ({} layers, {} KV heads)", layer,
+           head, shape_.layers, shape_.kv_heads);
+  if (centre_.empty()) return {};
+  return std::span<const float>(centre_).subspan((size_t(layer) * shape_.kv_heads + head) * shape_.head_dim, shape_.head_dim);
+}
+
 void KvStore::calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v) {
   TQ_CHECK(layer < shape_.layers, "layer {} is outside the cache ({} layers)", layer, shape_.layers);
-  if (channels_fixed_[layer] || n == 0 || spec_.policy.fixed_outliers) return;
-  channels_fixed_[layer] = true;
+  if (layer_fixed_[layer] || n == 0) return;
   const uint32_t local = spec_.local_layer(layer, shape_.layers);
   PagedKvCache& cache = spec_.is_edge_layer(layer, shape_.layers) ? *edge_ : *main_;
   const uint32_t H = shape_.kv_heads, D = shape_.head_dim;
   size_t used = 0;
   for (size_t r = 0; r < n; ++r) used += pos[r] != 0;
   const bool all = used == 0;  // only position 0: take it rather than nothing
+  if (all) used = n;
+  // The key centre first: the outlier channels below are chosen on the keys as they are stored.
+  std::vector<float> mu(size_t(H) * D, 0.0f);  // [kv_heads][head_dim]
+  if (spec_.policy.key_centre) {
+    for (uint32_t h = 0; h < H; ++h) {
+      std::vector<double> sum(D, 0.0);  // [D]
+      for (size_t r = 0; r < n; ++r) {
+        if (!all && pos[r] == 0) continue;
+        const float* row = k + (r * H + h) * D;
+        for (uint32_t i = 0; i < D; ++i) sum[i] += row[i];
+      }
+      for (uint32_t i = 0; i < D; ++i) {
+        const float m = float(sum[i] / double(used));
+        TQ_CHECK(std::isfinite(m), "layer {} KV head {}: the key centre of channel {} is {} (the first keys written are not all finite)",
+                 layer, h, i, m);
+        mu[size_t(h) * D + i] = m;
+      }
+    }
+    std::copy(mu.begin(), mu.end(), centre_.begin() + ptrdiff_t(size_t(layer) * H * D));
+  }
+  layer_fixed_[layer] = true;
+  if (spec_.policy.fixed_outliers) return;
   for (bool value : {false, true}) {
     if ((value ? cache.format().format().v : cache.format().format().k).enc != Encoding::kTqSplit) continue;
     const float* x = value ? v : k;
     for (uint32_t h = 0; h < H; ++h) {
+      const float* c = value ? nullptr : &mu[size_t(h) * D];  // keys: less their centre (zeros without one)
       std::vector<double> ms(D, 0.0);  // [D] sum of squares per channel
       for (size_t r = 0; r < n; ++r) {
         if (!all && pos[r] == 0) continue;
         const float* row = x + (r * H + h) * D;
-        for (uint32_t i = 0; i < D; ++i) ms[i] += double(row[i]) * row[i];
+        for (uint32_t i = 0; i < D; ++i) {
+          const double e = c ? double(row[i]) - c[i] : double(row[i]);
+          ms[i] += e * e;
+        }
       }
       std::vector<uint16_t> order(D);
       for (uint32_t i = 0; i < D; ++i) order[i] = uint16_t(i);
@@ -84,12 +118,19 @@ void KvStore::calibrate(uint32_t layer, size_t n, const uint32_t* pos, const flo
 
 void KvStore::write(uint32_t layer, const SeqPages& s, uint32_t pos, const float* k, const float* v) {
   TQ_CHECK(layer < shape_.layers, "layer {} is outside the cache ({} layers)", layer, shape_.layers);
-  channels_fixed_[layer] = true;  // rows coded with the layer's channels are in the pages now
+  layer_fixed_[layer] = true;  // rows coded with the layer's channels and centre are in the pages now
   const bool edge = spec_.is_edge_layer(layer, shape_.layers);
   const uint32_t local = spec_.local_layer(layer, shape_.layers);
   PagedKvCache& cache = edge ? *edge_ : *main_;
   const uint32_t H = shape_.kv_heads, D = shape_.head_dim;
   const size_t row = size_t(H) * D;
+  std::vector<float> kc;  // [kv_heads][head_dim] k - mu: the key as every reader of this store sees it
+  if (!centre_.empty()) {
+    const float* mu = &centre_[size_t(layer) * row];
+    kc.resize(row);
+    for (size_t i = 0; i < row; ++i) kc[i] = k[i] - mu[i];
+    k = kc.data();
+  }
   const float* kw = k;
   std::vector<float> ksim;  // [kv_heads][head_dim] simulated keys
   if (key_sim_ && !edge) {

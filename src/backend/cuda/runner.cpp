@@ -611,6 +611,12 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
   if (!spec.policy.key_sim.empty())
     problem = fmt::format("KV spec '{}': ksim={} is a CPU simulation of another format; the CUDA runner has no such cache (--device cpu)",
                           spec.text, spec.policy.key_sim);
+  // The centre is subtracted as keys are written (cpu::KvStore::write); the device's quantize-and-
+  // store kernel and side-slot writes would need the same before GPU pages could hold such keys.
+  if (spec.policy.key_centre)
+    problem = fmt::format("KV spec '{}': the key centre (centre) runs on the CPU only for now: the CUDA runner stores keys uncentred "
+                          "(--device cpu)",
+                          spec.text);
   const uint32_t L = uint32_t(std::max(c.n_layers, 0));
   for (uint32_t l = 0; l < L && problem.empty(); ++l) {
     const KvFormat f = spec.layer_format(l, L);

@@ -11,6 +11,10 @@
 //                Prefix caching copies them to and from tail slots (save_tail, restore_tail).
 //   ksim         keys quantize-dequantized by a CPU baseline quantizer before they are stored in a
 //                float cache: a simulation of that format, for comparisons only.
+//   centre       a key centre mu per (layer, KV head), calibrated once (calibrate) and subtracted
+//                from every key before it is stored anywhere (pages of either cache, side rows),
+//                so every key attention reads is k - mu and each query's logits all move by the
+//                same -q.mu: softmax output is unchanged in exact arithmetic.
 #pragma once
 
 #include <cstdint>
@@ -82,15 +86,24 @@ class KvStore {
   // Side buffers (sink, window) of a new sequence id; a no-op without them.
   void add_sequence(int seq);
 
-  // Fractional-width (split) K or V: each (layer, KV head) takes as its outlier channels the
-  // split_outliers(head_dim) channels of largest mean square over the rows of the first call for
-  // the layer (ties: the lower channel), leaving out rows at position 0 unless they are all there
-  // is (the first token's keys are often far larger than the others': an attention sink). A layer
-  // calibrated or written before keeps its channels (rows in the pages were coded with them); a
-  // layer never calibrated keeps channels 0 .. n-1, as every layer under outliers=fixed. No-op
-  // for other formats. n rows:
+  // What a layer fixes from the rows of the first call for it, leaving out rows at position 0
+  // unless they are all there is (the first token's keys are often far larger than the others':
+  // an attention sink):
+  // - centre: each KV head's key centre, the mean of those keys (throws tq::Error, fixing
+  //   nothing, when it is not finite);
+  // - fractional-width (split) K or V: each (layer, KV head) takes as its outlier channels the
+  //   split_outliers(head_dim) channels of largest mean square over those rows (keys less their
+  //   centre, as they are stored; ties: the lower channel); a layer never calibrated keeps
+  //   channels 0 .. n-1, as every layer under outliers=fixed.
+  // A layer calibrated or written before keeps what it has (rows in the pages were coded with
+  // it): a layer written uncalibrated keeps a zero centre. No-op for a layer with neither. n rows:
   // pos [n], k, v [n][kv_heads][head_dim].
   void calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v);
+
+  // The key centre of (layer, KV head): [head_dim], zeros until calibrated; empty without centre.
+  std::span<const float> key_centre(uint32_t layer, uint32_t head) const;
+  // Bytes of the key centres (fp32, every layer and KV head): a fixed cost per store; 0 without.
+  size_t centre_bytes() const { return centre_.size() * sizeof(float); }
 
   // Quantize on write. k, v: [kv_heads][head_dim] of the token at position pos of s.
   void write(uint32_t layer, const SeqPages& s, uint32_t pos, const float* k, const float* v);
@@ -133,7 +146,8 @@ class KvStore {
   KvSpec spec_;
   std::unique_ptr<PagedKvCache> main_, edge_;   // edge_ only with edge layers
   std::unique_ptr<Quantizer> key_sim_;          // ksim: simulated key quantizer, else null
-  std::vector<bool> channels_fixed_;            // [layers] outlier channels set: calibrated or written
+  std::vector<bool> layer_fixed_;               // [layers] outlier channels and key centre set: calibrated or written
+  std::vector<float> centre_;                   // fp32 [layers][kv_heads][head_dim] key centres mu (centre), else empty
   std::vector<Side> sides_;                     // [sequence ids] (empty without sink/window)
   size_t tail_count_ = 0;                       // shape.tails with side buffers, else 0
   std::vector<uint16_t> tails_;                 // fp16 [tails][layers][sink + window][2][kv_heads][head_dim]

@@ -1,0 +1,296 @@
+// The key centre (KV spec knob `centre`, docs/kv-specs.md): calibration, the invariance of
+// attention to it on float caches, and what it buys TurboQuant keys that carry a shared offset.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "tq/backend/cpu/kv_store.h"
+#include "tq/kv/block_manager.h"
+
+namespace tq::cpu {
+namespace {
+
+constexpr double kU32 = 0x1p-24;  // unit roundoff of fp32
+constexpr double kU16 = 0x1p-11;  // unit roundoff of fp16
+
+// One sequence of `len` tokens written to every layer of a store of `spec`, after calibrating on
+// the first `calib` rows (as the CPU runner does with its first step). Keys are mu_h + noise with
+// a per-head offset mu_h of scale `offset` per channel; values N(0, 1).
+struct Filled {
+  static constexpr uint32_t L = 3, H = 2, QH = 4, D = 64;
+  KvShape shape;
+  KvStore store;
+  BlockManager blocks;
+  int seq;
+  std::vector<float> k, v;  // [len][H][D]
+  float vmax = 0;
+
+  Filled(const std::string& spec, uint32_t len, uint32_t calib, float offset, uint32_t seed)
+      : shape{.layers = L, .kv_heads = H, .head_dim = D, .num_pages = len / 4 + 2, .max_chunk = 64},
+        store(shape, parse_kv_spec(spec)),
+        blocks(shape.num_pages, store.page_size()),
+        seq(blocks.add_sequence()),
+        k(size_t(len) * H * D),
+        v(k.size()) {
+    store.add_sequence(seq);
+    blocks.reserve({{seq, len}});
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> n01;
+    std::vector<float> mu(size_t(H) * D);
+    for (float& m : mu) m = offset * n01(rng);
+    for (uint32_t t = 0; t < len; ++t)
+      for (size_t i = 0; i < size_t(H) * D; ++i) {
+        k[t * H * D + i] = mu[i] + n01(rng);
+        v[t * H * D + i] = n01(rng);
+        vmax = std::max(vmax, std::abs(v[t * H * D + i]));
+      }
+    std::vector<uint32_t> pos(calib);
+    for (uint32_t t = 0; t < calib; ++t) pos[t] = t;
+    const SeqPages s = pages();
+    for (uint32_t l = 0; l < L; ++l) {
+      store.calibrate(l, calib, pos.data(), k.data(), v.data());
+      for (uint32_t t = 0; t < len; ++t) store.write(l, s, t, &k[t * H * D], &v[t * H * D]);
+    }
+  }
+  SeqPages pages() const { return SeqPages{seq, &blocks.block_table(seq)}; }
+};
+
+TEST(KeyCentre, CalibratesOnceOnTheFirstRowsLessPositionZero) {
+  const uint32_t D = Filled::D, H = Filled::H;
+  Filled f("k3v2:centre", 40, 10, 3.0f, 1);
+  for (uint32_t l = 0; l < Filled::L; ++l)
+    for (uint32_t h = 0; h < H; ++h) {
+      const std::span<const float> mu = f.store.key_centre(l, h);
+      ASSERT_EQ(mu.size(), D);
+      for (uint32_t i = 0; i < D; ++i) {
+        double sum = 0;
+        for (uint32_t t = 1; t < 10; ++t) sum += f.k[(t * H + h) * D + i];
+        EXPECT_NEAR(mu[i], sum / 9, 1e-5) << "layer " << l << " head " << h << " channel " << i;
+      }
+    }
+  // Fixed for the store's life: a second call (another step's rows) changes nothing.
+  const std::vector<float> before(f.store.key_centre(1, 0).begin(), f.store.key_centre(1, 0).end());
+  std::vector<uint32_t> pos{5, 6};
+  std::vector<float> other(size_t(2) * H * D, 100.0f);
+  f.store.calibrate(1, 2, pos.data(), other.data(), other.data());
+  EXPECT_EQ(std::vector<float>(f.store.key_centre(1, 0).begin(), f.store.key_centre(1, 0).end()), before);
+  EXPECT_EQ(f.store.centre_bytes(), size_t(Filled::L) * H * D * sizeof(float));
+
+  // Without the knob: no centre. Only position 0 in the first call: it is taken.
+  KvShape shape{.layers = 2, .kv_heads = H, .head_dim = D, .num_pages = 4, .max_chunk = 64};
+  EXPECT_TRUE(KvStore(shape, parse_kv_spec("k3v2")).key_centre(0, 0).empty());
+  EXPECT_EQ(KvStore(shape, parse_kv_spec("k3v2")).centre_bytes(), 0u);
+  KvStore first(shape, parse_kv_spec("fp16:centre"));
+  const uint32_t zero = 0;
+  first.calibrate(0, 1, &zero, f.k.data(), f.v.data());
+  EXPECT_EQ(first.key_centre(0, 1)[3], f.k[D + 3]);
+  // A layer written before any calibration keeps a zero centre (its rows are stored uncentred).
+  BlockManager blocks(shape.num_pages, first.page_size());
+  const int seq = blocks.add_sequence();
+  first.add_sequence(seq);
+  blocks.reserve({{seq, 1}});
+  first.write(1, SeqPages{seq, &blocks.block_table(seq)}, 0, f.k.data(), f.v.data());
+  first.calibrate(1, 2, pos.data(), f.k.data(), f.v.data());
+  EXPECT_EQ(first.key_centre(1, 0)[0], 0.0f);
+  EXPECT_THROW(first.key_centre(2, 0), Error);
+}
+
+// A non-finite key in the first rows would make every later key non-finite: refused by name, and
+// nothing is fixed, so finite rows calibrate the layer afterwards.
+TEST(KeyCentre, NonFiniteFirstRowsAreRefused) {
+  const uint32_t D = 16;
+  KvShape shape{.layers = 1, .kv_heads = 1, .head_dim = D, .num_pages = 2, .max_chunk = 8};
+  KvStore store(shape, parse_kv_spec("k3v2:centre"));
+  std::vector<float> k(size_t(2) * D, 1.0f), v(k.size(), 0.0f);
+  k[D + 5] = std::numeric_limits<float>::infinity();
+  const uint32_t pos[2] = {1, 2};
+  try {
+    store.calibrate(0, 2, pos, k.data(), v.data());
+    FAIL() << "accepted an infinite key";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("channel 5 is inf"), std::string::npos) << e.what();
+  }
+  k[D + 5] = 3.0f;
+  store.calibrate(0, 2, pos, k.data(), v.data());
+  EXPECT_EQ(store.key_centre(0, 0)[5], 2.0f);
+}
+
+// Fractional widths choose their outlier channels on the keys as stored, less the centre: a
+// channel with a large constant offset is not an outlier once the offset is gone.
+TEST(KeyCentre, OutlierChannelsAreChosenOnCentredKeys) {
+  const uint32_t D = 64, n = 12;
+  KvShape shape{.layers = 1, .kv_heads = 1, .head_dim = D, .num_pages = 2, .max_chunk = 64};
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n01;
+  std::vector<float> k(size_t(n) * D), v(k.size());
+  std::vector<uint32_t> pos(n);
+  for (uint32_t r = 0; r < n; ++r) {
+    pos[r] = r;
+    for (uint32_t i = 0; i < D; ++i) {
+      // channels 0..31: a constant 40 and little spread; 32..63: no offset, spread 10
+      k[r * D + i] = i < 32 ? 40.0f + 0.1f * n01(rng) : 10.0f * n01(rng);
+      v[r * D + i] = n01(rng);
+    }
+  }
+  KvStore plain(shape, parse_kv_spec("k2.5v2")), centred(shape, parse_kv_spec("k2.5v2:centre"));
+  plain.calibrate(0, n, pos.data(), k.data(), v.data());
+  centred.calibrate(0, n, pos.data(), k.data(), v.data());
+  uint32_t local = 0;
+  for (uint32_t i = 0; i < 32; ++i) {
+    EXPECT_EQ(plain.cache_of(0, &local).format().k_codec(0, 0)->channel(i), i);
+    EXPECT_EQ(centred.cache_of(0, &local).format().k_codec(0, 0)->channel(i), 32 + i);
+  }
+}
+
+// The invariance: every key attention reads is k - mu (pages of either cache, sink and window
+// rows, sliding-window layers), so a query's logits all move by scale * q.mu and the output is
+// that of the uncentred cache, up to rounding. The bound, per query and KV head, over the rows t
+// it sees, with A_t = sum_i |q_i| (|k_ti| + |k_ti - mu_i|) and u = 2^-24:
+//   logit t, centred minus (uncentred - scale q.mu), is off by at most
+//     E = scale * (u_s + gamma + 4u) * max_t A_t
+//   u_s: storing k - mu (fp32: u) or both k and k - mu (fp16, and the side buffer's rows:
+//   2^-11 + u); gamma = (D + 8) u: the
+//   two float dot products (any order of summation, the query's scaling); 4u: subtracting the
+//   running maximum (at most 2 max|logit| <= 2 scale max A, in each cache);
+//   softmax weights then change by a factor within exp(+-2E), so the output moves by at most
+//     (exp(2E) - 1) * vmax, plus 2 (T + 8) u vmax for the two float weighted sums over T rows.
+struct InvCase {
+  const char* spec;  // the uncentred spec; the centred one adds ":centre"
+  uint32_t layer;    // layer attended
+  double u_s;        // storage rounding of that layer (see above)
+  uint32_t sliding;  // sliding window of the attention (0: none)
+};
+std::ostream& operator<<(std::ostream& o, const InvCase& c) { return o << c.spec << " layer " << c.layer << " swa " << c.sliding; }
+
+class KeyCentreInvariance : public ::testing::TestWithParam<InvCase> {};
+TEST_P(KeyCentreInvariance, FloatCacheOutputIsUnchanged) {
+  const InvCase c = GetParam();
+  const uint32_t len = 90, nq = 12, D = Filled::D, H = Filled::H, QH = Filled::QH;
+  // An offset three times the spread, as real keys carry (bench/results/2026-12-01-gemma3-quality.md).
+  Filled plain(c.spec, len, 16, 3.0f, 7), centred(std::string(c.spec) + ":centre", len, 16, 3.0f, 7);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n01;
+  std::vector<float> q(size_t(nq) * QH * D), a(q.size()), b(q.size());  // [nq][QH][D]
+  for (float& x : q) x = 0.5f * n01(rng);
+  ThreadPool pool(2);
+  plain.store.attend(c.layer, plain.pages(), len - nq, nq, QH, q.data(), a.data(), pool, 0.0f, c.sliding);
+  centred.store.attend(c.layer, centred.pages(), len - nq, nq, QH, q.data(), b.data(), pool, 0.0f, c.sliding);
+  const double scale = 1.0 / std::sqrt(double(D));
+  double e_max = 0;
+  for (uint32_t j = 0; j < nq; ++j)
+    for (uint32_t qh = 0; qh < QH; ++qh) {
+      const uint32_t h = qh / (QH / H), p = len - nq + j;
+      const std::span<const float> mu = centred.store.key_centre(c.layer, h);
+      const float* qv = &q[(size_t(j) * QH + qh) * D];
+      double amax = 0;
+      for (uint32_t t = 0; t <= p; ++t) {
+        double at = 0;
+        for (uint32_t i = 0; i < D; ++i) {
+          const double kt = plain.k[(size_t(t) * H + h) * D + i];
+          at += std::abs(qv[i]) * (std::abs(kt) + std::abs(kt - mu[i]));
+        }
+        amax = std::max(amax, at);
+      }
+      e_max = std::max(e_max, scale * (c.u_s + (D + 8) * kU32 + 4 * kU32) * amax);
+    }
+  const double bound = (std::expm1(2 * e_max) + 2 * (len + 8) * kU32) * plain.vmax;
+  double worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::abs(a[i] - b[i])));
+  EXPECT_LE(worst, bound) << "E " << e_max;
+  // Not vacuous: a key read uncentred anywhere moves its logits by scale q.mu (~1.5 here), and
+  // outputs by O(1) of the values' scale.
+  EXPECT_LT(bound, 0.2) << "E " << e_max;
+}
+INSTANTIATE_TEST_SUITE_P(FloatCaches, KeyCentreInvariance,
+                         ::testing::Values(InvCase{"fp32", 1, kU32, 0}, InvCase{"fp32", 1, kU32, 20},
+                                           InvCase{"fp32:sink=3:window=8", 1, kU16 + kU32, 0},
+                                           InvCase{"fp32:sink=3:window=8", 2, kU16 + kU32, 24}, InvCase{"fp16", 0, kU16 + kU32, 0},
+                                           // edge layers (fp16) and the main cache (fp32) centred alike; sink/window rows in fp16
+                                           InvCase{"fp32:edge=1/fp16", 0, kU16 + kU32, 0}, InvCase{"fp32:edge=1/fp16", 1, kU32, 0},
+                                           InvCase{"fp32:edge=1/fp16:sink=2:window=16", 1, kU16 + kU32, 0},
+                                           InvCase{"fp16:page=5:window=12", 2, kU16 + kU32, 40}));
+
+// Keys with a large shared offset (ten times their spread): TurboQuant's error is relative to the
+// norm it codes, so coding k - mu instead of k shrinks what softmax sees of it, the spread over a
+// query's rows of (q.k_hat - q.k). Measured through the pages (each row read back) and through
+// attention against the exact output.
+TEST(KeyCentre, HostileOffsetCostsLessCentred) {
+  const uint32_t len = 200, D = Filled::D, H = Filled::H, QH = Filled::QH, layer = 1;
+  for (const char* base : {"k3v2", "k4v4", "k2.5v2"}) {
+    Filled plain(base, len, 64, 10.0f, 3), centred(std::string(base) + ":centre", len, 64, 10.0f, 3);
+    std::mt19937 rng(13);
+    std::normal_distribution<float> n01;
+    std::vector<float> q(size_t(QH) * D);  // one query token
+    for (float& x : q) x = n01(rng);
+    // Logit error spread, per (query head) over the rows.
+    double spread[2] = {0, 0};
+    for (int which = 0; which < 2; ++which) {
+      Filled& f = which ? centred : plain;
+      uint32_t local = 0;
+      const PagedKvCache& cache = f.store.cache_of(layer, &local);
+      std::vector<float> kh(size_t(H) * D), vh(kh.size());
+      std::vector<double> err(size_t(QH) * len);  // [QH][len]
+      for (uint32_t t = 0; t < len; ++t) {
+        const int64_t slot = int64_t(f.blocks.block_table(f.seq)[t / f.store.page_size()]) * f.store.page_size() + t % f.store.page_size();
+        cache.read(local, slot, kh.data(), vh.data());
+        for (uint32_t qh = 0; qh < QH; ++qh) {
+          const uint32_t h = qh / (QH / H);
+          const std::span<const float> mu = f.store.key_centre(layer, h);
+          double e = 0;
+          for (uint32_t i = 0; i < D; ++i) {
+            const double stored = f.k[(size_t(t) * H + h) * D + i] - (mu.empty() ? 0.0 : mu[i]);
+            e += double(q[qh * D + i]) * (kh[h * D + i] - stored);
+          }
+          err[size_t(qh) * len + t] = e;
+        }
+      }
+      for (uint32_t qh = 0; qh < QH; ++qh) {
+        double m = 0, s = 0;
+        for (uint32_t t = 0; t < len; ++t) m += err[size_t(qh) * len + t] / len;
+        for (uint32_t t = 0; t < len; ++t) s += std::pow(err[size_t(qh) * len + t] - m, 2) / len;
+        spread[which] += s / QH;
+      }
+    }
+    // The offset is ~10x the spread per channel, so |k| ~ 10 |k - mu|: an error several times
+    // smaller is the expectation, half is what is asserted.
+    EXPECT_LT(std::sqrt(spread[1]), 0.5 * std::sqrt(spread[0]))
+        << base << ": logit error spread " << std::sqrt(spread[1]) << " centred, " << std::sqrt(spread[0]) << " not";
+
+    // Attention output against the exact one (double, uncentred keys and exact values): the
+    // centred cache is closer.
+    std::vector<float> sq(q.size());
+    for (size_t i = 0; i < q.size(); ++i) sq[i] = q[i] * 0.3f;  // logits of order 1-10: softmax neither flat nor one-hot
+    double out_err[2] = {0, 0};
+    ThreadPool pool(2);
+    for (int which = 0; which < 2; ++which) {
+      Filled& f = which ? centred : plain;
+      std::vector<float> out(q.size());
+      f.store.attend(layer, f.pages(), len - 1, 1, QH, sq.data(), out.data(), pool);
+      for (uint32_t qh = 0; qh < QH; ++qh) {
+        const uint32_t h = qh / (QH / H);
+        std::vector<double> s(len);
+        double smax = -1e300;
+        for (uint32_t t = 0; t < len; ++t) {
+          double d = 0;
+          for (uint32_t i = 0; i < D; ++i) d += double(sq[qh * D + i]) * f.k[(size_t(t) * H + h) * D + i];
+          s[t] = d / std::sqrt(double(D));
+          smax = std::max(smax, s[t]);
+        }
+        double z = 0;
+        std::vector<double> o(D, 0.0);
+        for (uint32_t t = 0; t < len; ++t) {
+          const double p = std::exp(s[t] - smax);
+          z += p;
+          for (uint32_t i = 0; i < D; ++i) o[i] += p * f.v[(size_t(t) * H + h) * D + i];
+        }
+        for (uint32_t i = 0; i < D; ++i) out_err[which] += std::pow(o[i] / z - out[qh * D + i], 2);
+      }
+    }
+    EXPECT_LT(out_err[1], out_err[0]) << base << ": attention output squared error " << out_err[1] << " centred, " << out_err[0] << " not";
+  }
+}
+
+}  // namespace
+}  // namespace tq::cpu
