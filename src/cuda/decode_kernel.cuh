@@ -69,7 +69,6 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R>
     dev::wait_prerequisites();
     dev::allow_dependents();
     const int b = int(blockIdx.x) - (int(gridDim.x) - side_blocks);
-#pragma unroll 1
     for (int rr = 0; rr < R; ++rr)  // the 8-row m-tiles in turn (side_attention waits for the block before it reuses smem)
       side_attention<D>(p, blockIdx.z, blockIdx.y / mtiles, blockIdx.y % mtiles * R + rr, blockIdx.x, b * kSideChunk,
                         (b + 1) * kSideChunk, ws_o, ws_ml, smem_raw);
@@ -124,8 +123,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R>
     const int r = rr * kRows + query_row(), c0 = query_col<D>(), mt8 = mt * R + rr;  // mt8: of the KV head's 8-row m-tiles
     if (ws_q == nullptr) {
       query_registers<D, KIND>(p, seq, kvh, mt8, v);
-    } else {  // [seq][kv head][8-row m-tile][kRows][D]
-      const float* src = ws_q + (((size_t(seq) * p.cache.kv_heads + kvh) * (mtiles * R) + mt8) * kRows + query_row()) * D + c0;
+    } else {  // [seq][kv head][8-row m-tile][kRows][D]: m-tile (seq gridDim.y + blockIdx.y) R + rr
+      const float* src = ws_q + (((size_t(seq) * gridDim.y + blockIdx.y) * R + rr) * kRows + query_row()) * D + c0;
 #pragma unroll
       for (int e = 0; e < kQE<D>; ++e) v[e] = src[e];
     }
@@ -155,8 +154,10 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R>
   if constexpr (kInt8K) {
     // k-tile j: lane (g, t) holds coordinates c0 + 0..3 (k = 4t..4t+3) and c0 + 4..7 (k = 4t+16..)
     // with c0 = t D/4 + 8j: octet j of the thread's key coordinates, as the key lookups give them.
-    for (int i = threadIdx.x; i < R * (D / 32) * 32; i += kThreads) {  // m-tile rr, k-tile j, lane ln
-      const int rr = i / (D / 32 * 32), j = i / 32 % (D / 32), ln = i % 32, r = rr * kRows + ln / 4, c0 = (ln % 4) * (D / 4) + 8 * j;
+#pragma unroll
+    for (int rr = 0; rr < R; ++rr)  // m-tile rr
+    for (int i = threadIdx.x; i < D / 32 * 32; i += kThreads) {
+      const int j = i / 32, ln = i % 32, r = rr * kRows + ln / 4, c0 = (ln % 4) * (D / 4) + 8 * j;
       const float inv = sm.qrs[r] > 0 ? 1.0f / sm.qrs[r] : 0.0f;
       uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
 #pragma unroll
@@ -175,8 +176,10 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R>
   // (float caches: the thread's coordinates 4kt.. of the FloatUnits key map).
   // Every warp uses the same fragments: built once into shared memory (one LDS.128 per k-tile
   // later), which keeps 4 * KT registers free for occupancy.
-  for (int i = threadIdx.x; i < R * KT * 32; i += kThreads) {  // m-tile rr, k-tile kt, lane ln
-    const int rr = i / (KT * 32), kt = i / 32 % KT, ln = i % 32;
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr)  // m-tile rr
+  for (int i = threadIdx.x; i < KT * 32; i += kThreads) {
+    const int kt = i / 32, ln = i % 32;
     const int c0 = KIND == Kind::kTq ? (ln % 4) * (D / 4) + 4 * kt : FloatUnits<D, KIND>::key_coord(ln % 4, 4 * kt);
     float hi[4], lo[4];
 #pragma unroll
@@ -255,7 +258,8 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R>
     keys.scores(cur, sm.qa, lane, t, sm.lut_k, x);
     // Tokens past the split's end or the row's causal limit are masked; most tiles have none
     // (a warp-uniform test), which saves the per-token compares.
-    const bool full = T0 >= sink && T0 + kTile <= end && T0 + kTile <= packed_end_min;
+    // (& rather than &&: predicates, not branches, as the 8-row kernel was compiled before R)
+    const bool full = (T0 >= sink) & (T0 + kTile <= end) & (T0 + kTile <= packed_end_min);
     bool live[R][4];
 #pragma unroll
     for (int rr = 0; rr < R; ++rr)

@@ -108,12 +108,17 @@ struct KeyOps<D, Kind::kTq, KB, R, true> {
       for (int nn = 0; nn < 2; ++nn) {
         const uint32_t sel = dev::octet_selector<KB>(cur.k[nn][KeyOctet<D>::group(j)], KeyOctet<D>::octet(j, t));
         const uint32_t sel_hi = sel >> 16;
-        const uint32_t hi0 = dev::prmt(lut.hi0, lut.hi1, sel), hi1 = dev::prmt(lut.hi0, lut.hi1, sel_hi);
-        const uint32_t lo0 = dev::prmt(lut.lo0, lut.lo1, sel), lo1 = dev::prmt(lut.lo0, lut.lo1, sel_hi);
+        if constexpr (R == 1) {  // each lookup just before its MMA: the order the 8-row kernel's schedule was measured with
+          dev::mma_s8(acc_hi[0][nn], a[0], dev::prmt(lut.hi0, lut.hi1, sel), dev::prmt(lut.hi0, lut.hi1, sel_hi));
+          dev::mma_s8(acc_lo[0][nn], a[0], dev::prmt(lut.lo0, lut.lo1, sel), dev::prmt(lut.lo0, lut.lo1, sel_hi));
+        } else {  // each lookup once, for every m-tile
+          const uint32_t hi0 = dev::prmt(lut.hi0, lut.hi1, sel), hi1 = dev::prmt(lut.hi0, lut.hi1, sel_hi);
+          const uint32_t lo0 = dev::prmt(lut.lo0, lut.lo1, sel), lo1 = dev::prmt(lut.lo0, lut.lo1, sel_hi);
 #pragma unroll
-        for (int r = 0; r < R; ++r) {
-          dev::mma_s8(acc_hi[r][nn], a[r], hi0, hi1);
-          dev::mma_s8(acc_lo[r][nn], a[r], lo0, lo1);
+          for (int r = 0; r < R; ++r) {
+            dev::mma_s8(acc_hi[r][nn], a[r], hi0, hi1);
+            dev::mma_s8(acc_lo[r][nn], a[r], lo0, lo1);
+          }
         }
       }
     }
