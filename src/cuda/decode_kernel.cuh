@@ -4,9 +4,9 @@
 // One thread block of 4 warps handles (sequence, KV head, m-tile, split): up to 8 query rows (the
 // GQA group times the query tokens) against a range of the sequence's tokens, so every query head
 // that shares a KV head reads each packed page once. Packed caches with more rows than 8 (several
-// query tokens: speculative verification) take R = 2 m-tiles a block: 16 rows share each tile's
-// copy and decode, and only the MMAs, the softmax and the accumulators are per m-tile. Each warp
-// takes 16-token tiles in turn:
+// query tokens: speculative verification) may take R = 2 m-tiles a block (make_plan decides): 16
+// rows share each tile's copy and decode, and only the MMAs, the softmax and the accumulators are
+// per m-tile, each in the 8-row block's order (the same bits). Each warp takes 16-token tiles in turn:
 //   S = Q K^T      the 8 query rows are M (rows 8-15 carry the query's low part, free: the tile
 //                  has 16 rows); keys of 2-3 bits as int8 operands (m16n8k32, int16 fixed point
 //                  split in bytes), others as fp16/bf16 (m16n8k16); looked up by byte-permute
@@ -258,7 +258,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R>
     keys.scores(cur, sm.qa, lane, t, sm.lut_k, x);
     // Tokens past the split's end or the row's causal limit are masked; most tiles have none
     // (a warp-uniform test), which saves the per-token compares.
-    // (& rather than &&: predicates, not branches, as the 8-row kernel was compiled before R)
+    // (& rather than &&: the compiler keeps this test predicated, as it did before R existed)
     const bool full = (T0 >= sink) & (T0 + kTile <= end) & (T0 + kTile <= packed_end_min);
     bool live[R][4];
 #pragma unroll
