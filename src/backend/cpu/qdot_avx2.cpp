@@ -2,7 +2,7 @@
 // unpacked to unsigned bytes, _mm256_maddubs_epi16 multiplies them with the signed activation
 // codes and adds pairs (at most 2 * 63 * 127 in magnitude: no int16 saturation for any type here),
 // _mm256_madd_epi16 widens to int32 (times the sub-block scales of the K-quants), and one fp32
-// multiply-add per block applies d_weight * d_activation. Offsets (q4_0's -8, q4_1's m, the
+// multiply-add per block applies d_weight * d_activation. Offsets (q4_0's -8, q5_0's -16, q4_1's m, the
 // K-quants' mins and q6_K's -32) go through the activation code sums, also in integers.
 #include "qdot_avx2.h"
 
@@ -33,6 +33,16 @@ inline __m256i dot_u8s8(__m256i u, __m256i s) { return _mm256_madd_epi16(_mm256_
 // The same, each int16 pair sum multiplied by the int16 in `scale` of its lane.
 inline __m256i dot_u8s8_scaled(__m256i u, __m256i s, __m256i scale) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale); }
 
+// 4 bytes of q5_0's fifth bits -> 32 bytes, byte j 0x10 where bit j is set (the fifth bit of element
+// j, in place): byte j gets byte j/8 of the word, OR-ed with a mask clearing bit j%8, so it is 0xFF
+// exactly when that bit is set (ggml's bytes_from_bits_32).
+inline __m256i fifth_bits(const uint8_t* p) {
+  uint32_t x;
+  std::memcpy(&x, p, 4);
+  const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  const __m256i bytes = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(x)), spread), _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
 // q4_K / q5_K scales and mins of the 8 sub-blocks.
 inline void scales_mins_k4(const uint8_t* q, int sc[8], int m[8]) {
   for (size_t j = 0; j < 8; ++j) model::ggml_scale_min_k4(j, q, sc[j], m[j]);
@@ -87,6 +97,12 @@ struct BlockQ4_1 {  // x = d * q + m
   static __m256i dot(__m256i w, __m256i a) { return dot_u8s8(w, a); }
   static float offset(const uint8_t* b, float, const ActQ8x32& a) { return f16(b + 2) * a.d * float(a.sum); }
 };
+struct BlockQ5_0 {  // x = d * (q - 16): q's low nibbles at b + 6, fifth bits at b + 2
+  static constexpr size_t kBytes = 22;
+  static __m256i prep(const uint8_t* b) { return _mm256_or_si256(nibbles16(b + 6), fifth_bits(b + 2)); }
+  static __m256i dot(__m256i w, __m256i a) { return dot_u8s8(w, a); }  // codes <= 31: 2 * 31 * 127 fits int16
+  static float offset(const uint8_t*, float d, const ActQ8x32& a) { return d * a.d * float(-16 * a.sum); }
+};
 
 // K tokens' activation rows against one weight row. Each token's sums are formed exactly as with
 // K = 1 (even blocks in one accumulator, odd in the other, offsets in order), so a product does
@@ -119,9 +135,11 @@ float dot_one(const uint8_t* w, const ActQ8x32* a, size_t nb) {
 float dot_q8_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ8_0>(w, a, nb); }
 float dot_q4_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ4_0>(w, a, nb); }
 float dot_q4_1_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ4_1>(w, a, nb); }
+float dot_q5_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ5_0>(w, a, nb); }
 void dot4_q8_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ8_0, 4>(w, a, nb, out); }
 void dot4_q4_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ4_0, 4>(w, a, nb, out); }
 void dot4_q4_1_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ4_1, 4>(w, a, nb, out); }
+void dot4_q5_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ5_0, 4>(w, a, nb, out); }
 
 namespace {
 // q4_K and q5_K share everything but the fifth bit (qh, null for q4_K).
