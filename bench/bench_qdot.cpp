@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "tq/backend/cpu/matmul.h"
 #include "tq/backend/cpu/qdot.h"
 #include "tq/cpu_features.h"
 #include "tq/model/ggml_quants.h"
@@ -83,8 +84,39 @@ void args(benchmark::internal::Benchmark* b) {
     for (int level : {0, 1, 2}) b->Args({t, level});
 }
 
+// A decode step's matrix-vector product through cpu::matmul (activation quantization, the pool's
+// split, the kernel) on 1 or 2 threads: a q4_1 matrix of 576 columns (SmolLM2-135M's width) and
+// range(0) rows, either in cache (1536 rows, 0.55 MB: the two cores' L2) or streamed from memory
+// (272 000 rows, 98 MB: SmolLM2-135M Q4_1's weights, larger than the 32 MB L3). Two threads against
+// one on the streamed matrix is what the memory lets a decode step gain.
+void BM_Matvec(benchmark::State& state) {
+  const size_t R = size_t(state.range(0)), C = 576;
+  tq::cpu::ThreadPool pool(unsigned(state.range(1)));
+  tq::model::TensorRef w;
+  w.name = "bench.weight";
+  w.type = GgmlType::Q4_1;
+  w.n_rows = R;
+  w.n_cols = C;
+  std::vector<uint8_t> bytes(R * w.row_bytes());  // [R][row_bytes]
+  std::mt19937 rng(2);
+  for (auto& b : bytes) b = uint8_t(rng());
+  const uint16_t scale = tq::f32_to_f16(0.01f);
+  for (size_t b = 0; b < bytes.size() / 20; ++b)
+    for (size_t at : {0, 2}) bytes[b * 20 + at] = uint8_t(scale & 0xFF), bytes[b * 20 + at + 1] = uint8_t(scale >> 8);
+  w.data = bytes.data();
+  std::normal_distribution<float> nd;
+  std::vector<float> x(C), y(R);
+  for (float& v : x) v = nd(rng);
+  for (auto _ : state) {
+    tq::cpu::matmul(w, x.data(), 1, y.data(), pool);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["weight_bytes/s"] = benchmark::Counter(double(bytes.size()) * double(state.iterations()), benchmark::Counter::kIsRate);
+}
+
 }  // namespace
 
 BENCHMARK(BM_Dot)->Apply(args);
+BENCHMARK(BM_Matvec)->ArgsProduct({{1536, 272000}, {1, 2}})->UseRealTime();
 
 BENCHMARK_MAIN();

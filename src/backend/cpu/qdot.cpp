@@ -208,6 +208,10 @@ template <void (*F)(const uint8_t*, const ActQ8x32* const*, size_t, float*)>
 void four(const uint8_t* row, const void* const act[4], size_t n, float out[4]) {
   F(row, reinterpret_cast<const ActQ8x32* const*>(act), n / 32, out);
 }
+template <void (*F)(const uint8_t*, const ActQ8x256* const*, size_t, float*)>
+void four_k(const uint8_t* row, const void* const act[4], size_t n, float out[4]) {
+  F(row, reinterpret_cast<const ActQ8x256* const*>(act), n / 256, out);
+}
 template <GgmlType T>
 float portable_one(const uint8_t* row, const void* act, size_t n) {
   if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0 || T == GgmlType::Q4_1 || T == GgmlType::Q5_0)
@@ -273,6 +277,9 @@ Dot4Fn dot4_kernel(GgmlType w) {
       case GgmlType::Q4_0: return four<detail::dot4_q4_0_avx2>;
       case GgmlType::Q4_1: return four<detail::dot4_q4_1_avx2>;
       case GgmlType::Q5_0: return four<detail::dot4_q5_0_avx2>;
+      case GgmlType::Q4_K: return four_k<detail::dot4_q4_K_avx2>;  // also under AVX-512: no 512-bit four-token K-quant kernel
+      case GgmlType::Q5_K: return four_k<detail::dot4_q5_K_avx2>;
+      case GgmlType::Q6_K: return four_k<detail::dot4_q6_K_avx2>;
       default: break;
     }
   }

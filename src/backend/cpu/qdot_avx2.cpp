@@ -142,22 +142,24 @@ void dot4_q4_1_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float
 void dot4_q5_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ5_0, 4>(w, a, nb, out); }
 
 namespace {
-// q4_K and q5_K share everything but the fifth bit (qh, null for q4_K).
-template <bool kFive>
-float dot_qk_45(const uint8_t* w, const ActQ8x256* a, size_t nb) {
+// q4_K and q5_K share everything but the fifth bit (qh, null for q4_K). K tokens' activation rows
+// against one weight row, the codes unpacked once for all of them; each token's sums are formed as
+// with K = 1, so a product does not depend on how many tokens share the pass.
+template <bool kFive, int K>
+void dot_qk_45(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) {
   constexpr size_t kBytes = kFive ? 176 : 144;
-  __m256 acc = _mm256_setzero_ps();
-  float off = 0;
+  __m256 acc[K];
+  float off[K];
+  for (int j = 0; j < K; ++j) acc[j] = _mm256_setzero_ps(), off[j] = 0;
   const __m256i low4 = _mm256_set1_epi8(0x0F), bit = _mm256_set1_epi8(1);
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* blk = w + b * kBytes;
     const uint8_t* qs = blk + (kFive ? 48 : 16);
     int sc[8], m[8];
     scales_mins_k4(blk + 4, sc, m);
-    int msum = 0;
-    for (int j = 0; j < 8; ++j) msum += m[j] * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
     __m256i qh = kFive ? load(blk + 16) : _mm256_setzero_si256();
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[K];
+    for (int j = 0; j < K; ++j) isum[j] = _mm256_setzero_si256();
     for (int g = 0; g < 4; ++g) {
       const __m256i raw = load(qs + 32 * g);
       __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
@@ -166,29 +168,35 @@ float dot_qk_45(const uint8_t* w, const ActQ8x256* a, size_t nb) {
         hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), bit), 4));
         qh = _mm256_srli_epi16(qh, 2);
       }
-      isum = _mm256_add_epi32(isum, dot_u8s8_scaled(lo, load(a[b].q + 64 * g), _mm256_set1_epi16(int16_t(sc[2 * g]))));
-      isum = _mm256_add_epi32(isum, dot_u8s8_scaled(hi, load(a[b].q + 64 * g + 32), _mm256_set1_epi16(int16_t(sc[2 * g + 1]))));
+      const __m256i s_lo = _mm256_set1_epi16(int16_t(sc[2 * g])), s_hi = _mm256_set1_epi16(int16_t(sc[2 * g + 1]));
+      for (int j = 0; j < K; ++j) {
+        isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(lo, load(a[j][b].q + 64 * g), s_lo));
+        isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(hi, load(a[j][b].q + 64 * g + 32), s_hi));
+      }
     }
-    const float d = f16(blk) * a[b].d;
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
-    off -= f16(blk + 2) * a[b].d * float(msum);
+    const float dw = f16(blk), mw = f16(blk + 2);
+    for (int j = 0; j < K; ++j) {
+      const ActQ8x256& ab = a[j][b];
+      int msum = 0;
+      for (int i = 0; i < 8; ++i) msum += m[i] * (ab.bsums[2 * i] + ab.bsums[2 * i + 1]);
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * ab.d), acc[j]);
+      off[j] -= mw * ab.d * float(msum);
+    }
   }
-  return hsum(acc) + off;
+  for (int j = 0; j < K; ++j) out[j] = hsum(acc[j]) + off[j];
 }
-}  // namespace
 
-float dot_q4_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return dot_qk_45<false>(w, a, nb); }
-float dot_q5_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return dot_qk_45<true>(w, a, nb); }
-
-float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) {
-  __m256 acc = _mm256_setzero_ps();
+// q6_K, K tokens as above.
+template <int K>
+void dot_q6_K_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) {
+  __m256 acc[K];
+  for (int j = 0; j < K; ++j) acc[j] = _mm256_setzero_ps();
   const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* blk = w + b * 210;
     const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
-    int osum = 0;
-    for (int i = 0; i < 16; ++i) osum += sc[i] * a[b].bsums[i];
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[K];
+    for (int j = 0; j < K; ++j) isum[j] = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
       const __m256i ql0 = load(blk + 64 * h), ql1 = load(blk + 64 * h + 32), qh = load(blk + 128 + 32 * h);
       const __m256i q[4] = {
@@ -202,13 +210,33 @@ float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) {
       for (int k = 0; k < 4; ++k) {  // elements 128h + 32k + [0, 32): scales sc[8h + 2k] (first 16), sc[8h + 2k + 1]
         const int s = 8 * h + 2 * k;
         const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
-        isum = _mm256_add_epi32(isum, dot_u8s8_scaled(q[k], load(a[b].q + 128 * h + 32 * k), scale));
+        for (int j = 0; j < K; ++j) isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(q[k], load(a[j][b].q + 128 * h + 32 * k), scale));
       }
     }
-    isum = _mm256_sub_epi32(isum, _mm256_setr_epi32(32 * osum, 0, 0, 0, 0, 0, 0, 0));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(blk + 208) * a[b].d), acc);
+    const float dw = f16(blk + 208);
+    for (int j = 0; j < K; ++j) {
+      int osum = 0;
+      for (int i = 0; i < 16; ++i) osum += sc[i] * a[j][b].bsums[i];
+      const __m256i sum = _mm256_sub_epi32(isum[j], _mm256_setr_epi32(32 * osum, 0, 0, 0, 0, 0, 0, 0));
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(dw * a[j][b].d), acc[j]);
+    }
   }
-  return hsum(acc);
+  for (int j = 0; j < K; ++j) out[j] = hsum(acc[j]);
 }
+
+template <void (*F)(const uint8_t*, const ActQ8x256* const*, size_t, float*)>
+float one_k(const uint8_t* w, const ActQ8x256* a, size_t nb) {
+  float out;
+  F(w, &a, nb, &out);
+  return out;
+}
+}  // namespace
+
+float dot_q4_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return one_k<dot_qk_45<false, 1>>(w, a, nb); }
+float dot_q5_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return one_k<dot_qk_45<true, 1>>(w, a, nb); }
+float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return one_k<dot_q6_K_rows<1>>(w, a, nb); }
+void dot4_q4_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_qk_45<false, 4>(w, a, nb, out); }
+void dot4_q5_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_qk_45<true, 4>(w, a, nb, out); }
+void dot4_q6_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_q6_K_rows<4>(w, a, nb, out); }
 
 }  // namespace tq::cpu::detail
