@@ -284,7 +284,7 @@ TEST_P(QuantizedDot, MatmulIsTheRowDots) {
 // The AVX-512 kernels against the AVX2 ones: the same bits, one token (512-bit, with and without
 // VNNI) and four (VNNI on ymm, where the CPU has it), for block counts odd and even (the odd last
 // block goes alone into the low half), on random and hostile rows and every kind of activation.
-// The K-quants have no AVX-512 kernel.
+// The K-quants (one-token kernels only): Avx512KQuantsGiveTheAvx2Bits.
 TEST_P(QuantizedDot, Avx512GivesTheAvx2Bits) {
   const GgmlType t = GetParam();
   if (hardware_simd_level() < SimdLevel::kAvx512) GTEST_SKIP() << "no AVX-512 F/BW/VL on this CPU";
@@ -299,7 +299,8 @@ TEST_P(QuantizedDot, Avx512GivesTheAvx2Bits) {
     case GgmlType::Q8_0: k = {detail::dot_q8_0_avx2, detail::dot_q8_0_avx512, detail::dot4_q8_0_avx2, detail::dot4_q8_0_avx512vnni}; break;
     case GgmlType::Q4_0: k = {detail::dot_q4_0_avx2, detail::dot_q4_0_avx512, detail::dot4_q4_0_avx2, detail::dot4_q4_0_avx512vnni}; break;
     case GgmlType::Q4_1: k = {detail::dot_q4_1_avx2, detail::dot_q4_1_avx512, detail::dot4_q4_1_avx2, detail::dot4_q4_1_avx512vnni}; break;
-    default: GTEST_SKIP() << "no AVX-512 kernel for " << model::ggml_type_name(t);
+    case GgmlType::Q5_0: k = {detail::dot_q5_0_avx2, detail::dot_q5_0_avx512, detail::dot4_q5_0_avx2, detail::dot4_q5_0_avx512vnni}; break;
+    default: GTEST_SKIP() << model::ggml_type_name(t) << ": Avx512KQuantsGiveTheAvx2Bits";
   }
   const auto bits = [](float f) {
     uint32_t u;
@@ -330,6 +331,56 @@ TEST_P(QuantizedDot, Avx512GivesTheAvx2Bits) {
             if (vnni) ASSERT_EQ(bits(wide[j]), bits(narrow[j])) << "4 tokens, " << blocks << " blocks, row " << rowkind << ", token " << j;
             ASSERT_EQ(bits(k.one_wide(row.data(), ap[j], blocks, vnni)), bits(k.one(row.data(), ap[j], blocks)))
                 << "vnni " << vnni << ", " << blocks << " blocks, row kind " << rowkind << ", activations " << (kind + j) % 5;
+          }
+        }
+  }
+}
+
+// The K-quants' AVX-512 kernels against the AVX2 ones: the same bits, with and without VNNI, on
+// random and hostile rows (every code, fifth bit, 6-bit scale and min; q6_K's signed scales) and
+// every kind of activation, NaN included; and the AVX2 four-token kernels (which AVX-512 CPUs run
+// too) against the one-token ones.
+TEST_P(QuantizedDot, Avx512KQuantsGiveTheAvx2Bits) {
+  const GgmlType t = GetParam();
+  if (hardware_simd_level() < SimdLevel::kAvx512) GTEST_SKIP() << "no AVX-512 F/BW/VL on this CPU";
+  float (*narrow)(const uint8_t*, const ActQ8x256*, size_t) = nullptr;
+  float (*wide)(const uint8_t*, const ActQ8x256*, size_t, bool) = nullptr;
+  void (*four)(const uint8_t*, const ActQ8x256* const*, size_t, float*) = nullptr;
+  switch (t) {
+    case GgmlType::Q4_K: narrow = detail::dot_q4_K_avx2, wide = detail::dot_q4_K_avx512, four = detail::dot4_q4_K_avx2; break;
+    case GgmlType::Q5_K: narrow = detail::dot_q5_K_avx2, wide = detail::dot_q5_K_avx512, four = detail::dot4_q5_K_avx2; break;
+    case GgmlType::Q6_K: narrow = detail::dot_q6_K_avx2, wide = detail::dot_q6_K_avx512, four = detail::dot4_q6_K_avx2; break;
+    default: GTEST_SKIP() << model::ggml_type_name(t) << " is not a K-quant: Avx512GivesTheAvx2Bits";
+  }
+  const auto bits = [](float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+  };
+  std::mt19937 rng(19);
+  for (bool vnni : {false, true}) {
+    if (vnni && !has_avx512_vnni()) continue;
+    for (int rowkind = -1; rowkind < 3; ++rowkind)
+      for (size_t blocks : {1, 2, 3, 8})
+        for (int kind = 0; kind < 6; ++kind) {
+          const size_t n = blocks * 256;
+          std::vector<float> w;
+          const std::vector<uint8_t> row = rowkind < 0 ? model::testing::random_row(t, n, rng, w) : hostile_row(t, n, rng, rowkind);
+          Quantized a[4];
+          const ActQ8x256* ap[4];
+          for (int j = 0; j < 4; ++j) {
+            std::vector<float> x = activations(n, rng, (kind + j) % 5);
+            if (kind == 5 && j == 0) x[n - 5] = std::numeric_limits<float>::quiet_NaN();
+            a[j] = quantize(t, x);
+            ap[j] = reinterpret_cast<const ActQ8x256*>(a[j].bytes.data());
+          }
+          float four_out[4];
+          four(row.data(), ap, blocks, four_out);
+          for (int j = 0; j < 4; ++j) {
+            const uint32_t one = bits(narrow(row.data(), ap[j], blocks));
+            ASSERT_EQ(bits(wide(row.data(), ap[j], blocks, vnni)), one)
+                << "vnni " << vnni << ", " << blocks << " blocks, row kind " << rowkind << ", activations " << kind << ", token " << j;
+            ASSERT_EQ(bits(four_out[j]), one) << "4 tokens, " << blocks << " blocks, row kind " << rowkind << ", token " << j;
           }
         }
   }

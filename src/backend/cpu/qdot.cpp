@@ -196,6 +196,10 @@ template <float (*F)(const uint8_t*, const ActQ8x32*, size_t, bool), bool kVnni>
 float avx512_one(const uint8_t* row, const void* act, size_t n) {
   return F(row, static_cast<const ActQ8x32*>(act), n / 32, kVnni);
 }
+template <float (*F)(const uint8_t*, const ActQ8x256*, size_t, bool), bool kVnni>
+float avx512_k(const uint8_t* row, const void* act, size_t n) {
+  return F(row, static_cast<const ActQ8x256*>(act), n / 256, kVnni);
+}
 template <class A, float (*F)(const uint8_t*, const A*, size_t)>
 float avx2_one(const uint8_t* row, const void* act, size_t n) {
   return F(row, static_cast<const A*>(act), n / (sizeof(A) == sizeof(ActQ8x32) ? 32 : 256));
@@ -203,6 +207,10 @@ float avx2_one(const uint8_t* row, const void* act, size_t n) {
 template <void (*F)(const uint8_t*, const ActQ8x32* const*, size_t, float*)>
 void four(const uint8_t* row, const void* const act[4], size_t n, float out[4]) {
   F(row, reinterpret_cast<const ActQ8x32* const*>(act), n / 32, out);
+}
+template <void (*F)(const uint8_t*, const ActQ8x256* const*, size_t, float*)>
+void four_k(const uint8_t* row, const void* const act[4], size_t n, float out[4]) {
+  F(row, reinterpret_cast<const ActQ8x256* const*>(act), n / 256, out);
 }
 template <GgmlType T>
 float portable_one(const uint8_t* row, const void* act, size_t n) {
@@ -220,7 +228,11 @@ DotFn dot_kernel(GgmlType w) {
       case GgmlType::Q8_0: return vnni ? avx512_one<detail::dot_q8_0_avx512, true> : avx512_one<detail::dot_q8_0_avx512, false>;
       case GgmlType::Q4_0: return vnni ? avx512_one<detail::dot_q4_0_avx512, true> : avx512_one<detail::dot_q4_0_avx512, false>;
       case GgmlType::Q4_1: return vnni ? avx512_one<detail::dot_q4_1_avx512, true> : avx512_one<detail::dot_q4_1_avx512, false>;
-      default: break;  // the K-quants: AVX2
+      case GgmlType::Q5_0: return vnni ? avx512_one<detail::dot_q5_0_avx512, true> : avx512_one<detail::dot_q5_0_avx512, false>;
+      case GgmlType::Q4_K: return vnni ? avx512_k<detail::dot_q4_K_avx512, true> : avx512_k<detail::dot_q4_K_avx512, false>;
+      case GgmlType::Q5_K: return vnni ? avx512_k<detail::dot_q5_K_avx512, true> : avx512_k<detail::dot_q5_K_avx512, false>;
+      case GgmlType::Q6_K: return vnni ? avx512_k<detail::dot_q6_K_avx512, true> : avx512_k<detail::dot_q6_K_avx512, false>;
+      default: break;
     }
   }
   if (has_avx2_fma()) {
@@ -228,6 +240,7 @@ DotFn dot_kernel(GgmlType w) {
       case GgmlType::Q8_0: return avx2_one<ActQ8x32, detail::dot_q8_0_avx2>;
       case GgmlType::Q4_0: return avx2_one<ActQ8x32, detail::dot_q4_0_avx2>;
       case GgmlType::Q4_1: return avx2_one<ActQ8x32, detail::dot_q4_1_avx2>;
+      case GgmlType::Q5_0: return avx2_one<ActQ8x32, detail::dot_q5_0_avx2>;
       case GgmlType::Q4_K: return avx2_one<ActQ8x256, detail::dot_q4_K_avx2>;
       case GgmlType::Q5_K: return avx2_one<ActQ8x256, detail::dot_q5_K_avx2>;
       case GgmlType::Q6_K: return avx2_one<ActQ8x256, detail::dot_q6_K_avx2>;
@@ -235,7 +248,7 @@ DotFn dot_kernel(GgmlType w) {
     }
   }
   switch (w) {
-    case GgmlType::Q5_0: return portable_one<GgmlType::Q5_0>;  // every SIMD level: no kernel of its own
+    case GgmlType::Q5_0: return portable_one<GgmlType::Q5_0>;
     case GgmlType::Q8_0: return portable_one<GgmlType::Q8_0>;
     case GgmlType::Q4_0: return portable_one<GgmlType::Q4_0>;
     case GgmlType::Q4_1: return portable_one<GgmlType::Q4_1>;
@@ -254,6 +267,7 @@ Dot4Fn dot4_kernel(GgmlType w) {
       case GgmlType::Q8_0: return four<detail::dot4_q8_0_avx512vnni>;
       case GgmlType::Q4_0: return four<detail::dot4_q4_0_avx512vnni>;
       case GgmlType::Q4_1: return four<detail::dot4_q4_1_avx512vnni>;
+      case GgmlType::Q5_0: return four<detail::dot4_q5_0_avx512vnni>;
       default: break;
     }
   }
@@ -262,6 +276,10 @@ Dot4Fn dot4_kernel(GgmlType w) {
       case GgmlType::Q8_0: return four<detail::dot4_q8_0_avx2>;
       case GgmlType::Q4_0: return four<detail::dot4_q4_0_avx2>;
       case GgmlType::Q4_1: return four<detail::dot4_q4_1_avx2>;
+      case GgmlType::Q5_0: return four<detail::dot4_q5_0_avx2>;
+      case GgmlType::Q4_K: return four_k<detail::dot4_q4_K_avx2>;  // also under AVX-512: no 512-bit four-token K-quant kernel
+      case GgmlType::Q5_K: return four_k<detail::dot4_q5_K_avx2>;
+      case GgmlType::Q6_K: return four_k<detail::dot4_q6_K_avx2>;
       default: break;
     }
   }

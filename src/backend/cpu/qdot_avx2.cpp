@@ -2,7 +2,7 @@
 // unpacked to unsigned bytes, _mm256_maddubs_epi16 multiplies them with the signed activation
 // codes and adds pairs (at most 2 * 63 * 127 in magnitude: no int16 saturation for any type here),
 // _mm256_madd_epi16 widens to int32 (times the sub-block scales of the K-quants), and one fp32
-// multiply-add per block applies d_weight * d_activation. Offsets (q4_0's -8, q4_1's m, the
+// multiply-add per block applies d_weight * d_activation. Offsets (q4_0's -8, q5_0's -16, q4_1's m, the
 // K-quants' mins and q6_K's -32) go through the activation code sums, also in integers.
 #include "qdot_avx2.h"
 
@@ -33,6 +33,16 @@ inline __m256i dot_u8s8(__m256i u, __m256i s) { return _mm256_madd_epi16(_mm256_
 // The same, each int16 pair sum multiplied by the int16 in `scale` of its lane.
 inline __m256i dot_u8s8_scaled(__m256i u, __m256i s, __m256i scale) { return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale); }
 
+// 4 bytes of q5_0's fifth bits -> 32 bytes, byte j 0x10 where bit j is set (the fifth bit of element
+// j, in place): byte j gets byte j/8 of the word, OR-ed with a mask clearing bit j%8, so it is 0xFF
+// exactly when that bit is set (ggml's bytes_from_bits_32).
+inline __m256i fifth_bits(const uint8_t* p) {
+  uint32_t x;
+  std::memcpy(&x, p, 4);
+  const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
+  const __m256i bytes = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(x)), spread), _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+  return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
 // q4_K / q5_K scales and mins of the 8 sub-blocks.
 inline void scales_mins_k4(const uint8_t* q, int sc[8], int m[8]) {
   for (size_t j = 0; j < 8; ++j) model::ggml_scale_min_k4(j, q, sc[j], m[j]);
@@ -87,6 +97,12 @@ struct BlockQ4_1 {  // x = d * q + m
   static __m256i dot(__m256i w, __m256i a) { return dot_u8s8(w, a); }
   static float offset(const uint8_t* b, float, const ActQ8x32& a) { return f16(b + 2) * a.d * float(a.sum); }
 };
+struct BlockQ5_0 {  // x = d * (q - 16): q's low nibbles at b + 6, fifth bits at b + 2
+  static constexpr size_t kBytes = 22;
+  static __m256i prep(const uint8_t* b) { return _mm256_or_si256(nibbles16(b + 6), fifth_bits(b + 2)); }
+  static __m256i dot(__m256i w, __m256i a) { return dot_u8s8(w, a); }  // codes <= 31: 2 * 31 * 127 fits int16
+  static float offset(const uint8_t*, float d, const ActQ8x32& a) { return d * a.d * float(-16 * a.sum); }
+};
 
 // K tokens' activation rows against one weight row. Each token's sums are formed exactly as with
 // K = 1 (even blocks in one accumulator, odd in the other, offsets in order), so a product does
@@ -119,27 +135,31 @@ float dot_one(const uint8_t* w, const ActQ8x32* a, size_t nb) {
 float dot_q8_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ8_0>(w, a, nb); }
 float dot_q4_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ4_0>(w, a, nb); }
 float dot_q4_1_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ4_1>(w, a, nb); }
+float dot_q5_0_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ5_0>(w, a, nb); }
 void dot4_q8_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ8_0, 4>(w, a, nb, out); }
 void dot4_q4_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ4_0, 4>(w, a, nb, out); }
 void dot4_q4_1_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ4_1, 4>(w, a, nb, out); }
+void dot4_q5_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ5_0, 4>(w, a, nb, out); }
 
 namespace {
-// q4_K and q5_K share everything but the fifth bit (qh, null for q4_K).
-template <bool kFive>
-float dot_qk_45(const uint8_t* w, const ActQ8x256* a, size_t nb) {
+// q4_K and q5_K share everything but the fifth bit (qh, null for q4_K). K tokens' activation rows
+// against one weight row, the codes unpacked once for all of them; each token's sums are formed as
+// with K = 1, so a product does not depend on how many tokens share the pass.
+template <bool kFive, int K>
+void dot_qk_45(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) {
   constexpr size_t kBytes = kFive ? 176 : 144;
-  __m256 acc = _mm256_setzero_ps();
-  float off = 0;
+  __m256 acc[K];
+  float off[K];
+  for (int j = 0; j < K; ++j) acc[j] = _mm256_setzero_ps(), off[j] = 0;
   const __m256i low4 = _mm256_set1_epi8(0x0F), bit = _mm256_set1_epi8(1);
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* blk = w + b * kBytes;
     const uint8_t* qs = blk + (kFive ? 48 : 16);
     int sc[8], m[8];
     scales_mins_k4(blk + 4, sc, m);
-    int msum = 0;
-    for (int j = 0; j < 8; ++j) msum += m[j] * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
     __m256i qh = kFive ? load(blk + 16) : _mm256_setzero_si256();
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[K];
+    for (int j = 0; j < K; ++j) isum[j] = _mm256_setzero_si256();
     for (int g = 0; g < 4; ++g) {
       const __m256i raw = load(qs + 32 * g);
       __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
@@ -148,29 +168,35 @@ float dot_qk_45(const uint8_t* w, const ActQ8x256* a, size_t nb) {
         hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), bit), 4));
         qh = _mm256_srli_epi16(qh, 2);
       }
-      isum = _mm256_add_epi32(isum, dot_u8s8_scaled(lo, load(a[b].q + 64 * g), _mm256_set1_epi16(int16_t(sc[2 * g]))));
-      isum = _mm256_add_epi32(isum, dot_u8s8_scaled(hi, load(a[b].q + 64 * g + 32), _mm256_set1_epi16(int16_t(sc[2 * g + 1]))));
+      const __m256i s_lo = _mm256_set1_epi16(int16_t(sc[2 * g])), s_hi = _mm256_set1_epi16(int16_t(sc[2 * g + 1]));
+      for (int j = 0; j < K; ++j) {
+        isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(lo, load(a[j][b].q + 64 * g), s_lo));
+        isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(hi, load(a[j][b].q + 64 * g + 32), s_hi));
+      }
     }
-    const float d = f16(blk) * a[b].d;
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d), acc);
-    off -= f16(blk + 2) * a[b].d * float(msum);
+    const float dw = f16(blk), mw = f16(blk + 2);
+    for (int j = 0; j < K; ++j) {
+      const ActQ8x256& ab = a[j][b];
+      int msum = 0;
+      for (int i = 0; i < 8; ++i) msum += m[i] * (ab.bsums[2 * i] + ab.bsums[2 * i + 1]);
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * ab.d), acc[j]);
+      off[j] -= mw * ab.d * float(msum);
+    }
   }
-  return hsum(acc) + off;
+  for (int j = 0; j < K; ++j) out[j] = hsum(acc[j]) + off[j];
 }
-}  // namespace
 
-float dot_q4_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return dot_qk_45<false>(w, a, nb); }
-float dot_q5_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return dot_qk_45<true>(w, a, nb); }
-
-float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) {
-  __m256 acc = _mm256_setzero_ps();
+// q6_K, K tokens as above.
+template <int K>
+void dot_q6_K_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) {
+  __m256 acc[K];
+  for (int j = 0; j < K; ++j) acc[j] = _mm256_setzero_ps();
   const __m256i low4 = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(3);
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* blk = w + b * 210;
     const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
-    int osum = 0;
-    for (int i = 0; i < 16; ++i) osum += sc[i] * a[b].bsums[i];
-    __m256i isum = _mm256_setzero_si256();
+    __m256i isum[K];
+    for (int j = 0; j < K; ++j) isum[j] = _mm256_setzero_si256();
     for (int h = 0; h < 2; ++h) {
       const __m256i ql0 = load(blk + 64 * h), ql1 = load(blk + 64 * h + 32), qh = load(blk + 128 + 32 * h);
       const __m256i q[4] = {
@@ -184,13 +210,33 @@ float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) {
       for (int k = 0; k < 4; ++k) {  // elements 128h + 32k + [0, 32): scales sc[8h + 2k] (first 16), sc[8h + 2k + 1]
         const int s = 8 * h + 2 * k;
         const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(sc[s + 1]), _mm_set1_epi16(sc[s]));
-        isum = _mm256_add_epi32(isum, dot_u8s8_scaled(q[k], load(a[b].q + 128 * h + 32 * k), scale));
+        for (int j = 0; j < K; ++j) isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(q[k], load(a[j][b].q + 128 * h + 32 * k), scale));
       }
     }
-    isum = _mm256_sub_epi32(isum, _mm256_setr_epi32(32 * osum, 0, 0, 0, 0, 0, 0, 0));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(f16(blk + 208) * a[b].d), acc);
+    const float dw = f16(blk + 208);
+    for (int j = 0; j < K; ++j) {
+      int osum = 0;
+      for (int i = 0; i < 16; ++i) osum += sc[i] * a[j][b].bsums[i];
+      const __m256i sum = _mm256_sub_epi32(isum[j], _mm256_setr_epi32(32 * osum, 0, 0, 0, 0, 0, 0, 0));
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(dw * a[j][b].d), acc[j]);
+    }
   }
-  return hsum(acc);
+  for (int j = 0; j < K; ++j) out[j] = hsum(acc[j]);
 }
+
+template <void (*F)(const uint8_t*, const ActQ8x256* const*, size_t, float*)>
+float one_k(const uint8_t* w, const ActQ8x256* a, size_t nb) {
+  float out;
+  F(w, &a, nb, &out);
+  return out;
+}
+}  // namespace
+
+float dot_q4_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return one_k<dot_qk_45<false, 1>>(w, a, nb); }
+float dot_q5_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return one_k<dot_qk_45<true, 1>>(w, a, nb); }
+float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return one_k<dot_q6_K_rows<1>>(w, a, nb); }
+void dot4_q4_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_qk_45<false, 4>(w, a, nb, out); }
+void dot4_q5_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_qk_45<true, 4>(w, a, nb, out); }
+void dot4_q6_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_q6_K_rows<4>(w, a, nb, out); }
 
 }  // namespace tq::cpu::detail

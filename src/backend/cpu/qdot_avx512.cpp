@@ -1,5 +1,6 @@
-// AVX-512 kernels of the 32-element quantized dot products (q8_0, q4_0, q4_1; qdot_avx512.h). This
-// file alone is compiled with the AVX-512 flags and is only called after cpu::has_avx512() said yes,
+// AVX-512 kernels of the quantized dot products (q8_0, q4_0, q4_1, q5_0; the K-quants at the end of
+// the file; qdot_avx512.h). This file alone is compiled with the AVX-512 flags and is only called
+// after cpu::has_avx512() said yes,
 // so the binary still runs on AVX2-only CPUs. Every result is the AVX2 kernel's bits: the integer
 // block sums are exact either way (maddubs cannot saturate for these types; VNNI's vpdpbusd adds
 // the same four products per int32 lane), and the float steps are the same, lane for lane.
@@ -88,6 +89,32 @@ struct BlockQ4_1 {  // x = d * q + m
   static float offset(const uint8_t* b, float, const ActQ8x32& a) { return f16(b + 2) * a.d * float(a.sum); }
 };
 
+struct BlockQ5_0 {  // x = d * (q - 16): q's low nibbles at b + 6, fifth bits (a little-endian uint32) at b + 2
+  static constexpr size_t kBytes = 22;
+  static uint32_t bits(const uint8_t* b) {
+    uint32_t h;
+    std::memcpy(&h, b + 2, 4);
+    return h;
+  }
+  // Byte j of the codes gets 0x10 where bit j of the mask is set: the fifth bits go straight from
+  // the block into a mask register.
+  static __m512i prep(const uint8_t* b0, const uint8_t* b1) {
+    const __m512i low = _mm512_and_si512(pair(nibbles16(b0 + 6), nibbles16(b1 + 6)), _mm512_set1_epi8(0x0F));
+    const __mmask64 fifth = _cvtu64_mask64(uint64_t(bits(b0)) | uint64_t(bits(b1)) << 32);
+    return _mm512_or_si512(low, _mm512_maskz_mov_epi8(fifth, _mm512_set1_epi8(0x10)));
+  }
+  static __m256i prep1(const uint8_t* b) {
+    const __m256i low = _mm256_and_si256(nibbles16(b + 6), _mm256_set1_epi8(0x0F));
+    return _mm256_or_si256(low, _mm256_maskz_mov_epi8(_cvtu32_mask32(bits(b)), _mm256_set1_epi8(0x10)));
+  }
+  template <bool kVnni>
+  static __m512i dot(__m512i w, __m512i a) {
+    return dot_u8s8<kVnni>(w, a);
+  }
+  static __m256i dot_ymm(__m256i w, __m256i a) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a); }
+  static float offset(const uint8_t*, float d, const ActQ8x32& a) { return d * a.d * float(-16 * a.sum); }
+};
+
 // K tokens' activation rows against one weight row, two blocks per step; an odd last block goes
 // into the low (even) half alone, the high half kept by the mask.
 template <class B, int K, bool kVnni>
@@ -163,8 +190,132 @@ float dot_one(const uint8_t* w, const ActQ8x32* a, size_t nb, bool vnni) {
 float dot_q8_0_avx512(const uint8_t* w, const ActQ8x32* a, size_t nb, bool vnni) { return dot_one<BlockQ8_0>(w, a, nb, vnni); }
 float dot_q4_0_avx512(const uint8_t* w, const ActQ8x32* a, size_t nb, bool vnni) { return dot_one<BlockQ4_0>(w, a, nb, vnni); }
 float dot_q4_1_avx512(const uint8_t* w, const ActQ8x32* a, size_t nb, bool vnni) { return dot_one<BlockQ4_1>(w, a, nb, vnni); }
+float dot_q5_0_avx512(const uint8_t* w, const ActQ8x32* a, size_t nb, bool vnni) { return dot_one<BlockQ5_0>(w, a, nb, vnni); }
 void dot4_q8_0_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows_ymm<BlockQ8_0, 4>(w, a, nb, out); }
 void dot4_q4_0_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows_ymm<BlockQ4_0, 4>(w, a, nb, out); }
 void dot4_q4_1_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows_ymm<BlockQ4_1, 4>(w, a, nb, out); }
+void dot4_q5_0_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows_ymm<BlockQ5_0, 4>(w, a, nb, out); }
+
+// The K-quants (q4_K, q5_K, q6_K), one token: each 64 codes of a 256-element block in one zmm, the
+// two 32-code halves the AVX2 kernel handles in two ymm registers side by side (low half: the
+// AVX2 kernel's first register, high half: its second). The int32 lanes of the two halves are
+// added at the end of the block, which gives the AVX2 kernel's eight block sums exactly (integer
+// sums: the order does not matter), and from there the float steps are the AVX2 kernel's. The
+// sub-block scales multiply the int16 pair sums as there (madd), or in VNNI's vpdpwssd, which
+// adds the same products to the int32 lanes.
+namespace {
+
+inline __m256i halves_added(__m512i v) { return _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1)); }
+
+// acc + the int16 pair sums of u x s (u8 x s8), each times its lane's int16 scale.
+template <bool kVnni>
+inline __m512i add_scaled(__m512i acc, __m512i u, __m512i s, __m512i scale) {
+  const __m512i pairs = _mm512_maddubs_epi16(u, s);
+  if constexpr (kVnni) return _mm512_dpwssd_epi32(acc, pairs, scale);
+  return _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, scale));
+}
+
+// The 8 six-bit scales (bytes 0..7 of out) and mins (bytes 8..15) of a q4_K / q5_K block from its
+// 12 packed bytes q: ggml_scale_min_k4 for all 8 sub-blocks at once, 4 bytes per word.
+inline void scales_mins_k4_all(const uint8_t* q, uint8_t out[16]) {
+  uint32_t u[3], r[4];
+  std::memcpy(u, q, 12);
+  constexpr uint32_t k6 = 0x3F3F3F3F, k4 = 0x0F0F0F0F, k2 = 0x03030303;
+  r[0] = u[0] & k6;                                  // sc[0..4) = q[0..4) & 63
+  r[1] = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);   // sc[4..8) = (q[8..12) & 15) | (q[0..4) >> 6) << 4
+  r[2] = u[1] & k6;                                  // m[0..4) = q[4..8) & 63
+  r[3] = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);  // m[4..8) = (q[8..12) >> 4) | (q[4..8) >> 6) << 4
+  std::memcpy(out, r, 16);
+}
+
+// The permutations that spread a block's int16 scales over the int16 lanes of its four zmm of 64
+// codes: lane e of zmm j holds codes 64j + 2e and 64j + 2e + 1, so it takes scale (64j + 2e) / per
+// for `per` codes per scale (32: q4_K, q5_K; 16: q6_K).
+struct ScaleIndex {
+  alignas(64) int16_t v[4][32];
+};
+constexpr ScaleIndex scale_index(int per) {
+  ScaleIndex t{};
+  for (int j = 0; j < 4; ++j)
+    for (int e = 0; e < 32; ++e) t.v[j][e] = int16_t((64 * j + 2 * e) / per);
+  return t;
+}
+constexpr ScaleIndex kScaleIndexK4 = scale_index(32), kScaleIndexQ6 = scale_index(16);
+inline __m512i load_index(const ScaleIndex& t, int j) { return _mm512_load_si512(t.v[j]); }
+
+template <bool kFive, bool kVnni>
+float dot_qk_45(const uint8_t* w, const ActQ8x256* a, size_t nb) {
+  constexpr size_t kBytes = kFive ? 176 : 144;
+  const __m512i low4 = _mm512_set1_epi8(0x0F), bit = _mm512_set1_epi8(1);
+  const __m512i nibble_shift = _mm512_setr_epi64(0, 0, 0, 0, 4, 4, 4, 4);  // low half: low nibbles, high half: high nibbles
+    __m256 acc = _mm256_setzero_ps();
+  float off = 0;
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * kBytes;
+    const uint8_t* qs = blk + (kFive ? 48 : 16);
+    alignas(16) uint8_t sm[16];  // [0..8) scales, [8..16) mins
+    scales_mins_k4_all(blk + 4, sm);
+    int msum = 0;
+    for (int j = 0; j < 8; ++j) msum += sm[8 + j] * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
+    const __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm))));
+    // q5_K: bit 2g of qh[l] is the fifth bit of group g's low codes, bit 2g + 1 of its high codes:
+    // the high half holds qh >> 1, and both halves move on by 2 per group.
+    __m512i qh = kFive ? _mm512_srlv_epi64(_mm512_broadcast_i64x4(load(blk + 16)), _mm512_setr_epi64(0, 0, 0, 0, 1, 1, 1, 1))
+                       : _mm512_setzero_si512();
+    __m512i isum = _mm512_setzero_si512();
+    for (int g = 0; g < 4; ++g) {  // codes 64g .. 64g + 64: qs[32g + l] holds 64g + l (low nibble) and 64g + 32 + l (high)
+      __m512i q = _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i64x4(load(qs + 32 * g)), nibble_shift), low4);
+      if constexpr (kFive) {
+        q = _mm512_or_si512(q, _mm512_slli_epi16(_mm512_and_si512(qh, bit), 4));
+        qh = _mm512_srli_epi16(qh, 2);
+      }
+      isum = add_scaled<kVnni>(isum, q, _mm512_loadu_si512(a[b].q + 64 * g), _mm512_permutexvar_epi16(load_index(kScaleIndexK4, g), scales));
+    }
+    const float d = f16(blk) * a[b].d;
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(halves_added(isum)), _mm256_set1_ps(d), acc);
+    off -= f16(blk + 2) * a[b].d * float(msum);
+  }
+  return hsum(acc) + off;
+}
+
+template <bool kVnni>
+float dot_q6_K(const uint8_t* w, const ActQ8x256* a, size_t nb) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F), two = _mm512_set1_epi8(3);
+  const __m512i qh_shift = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);  // the high half's codes take qh's next two bits
+    __m256 acc = _mm256_setzero_ps();
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * 210;
+    const int8_t* sc = reinterpret_cast<const int8_t*>(blk + 192);
+    int osum = 0;
+    for (int i = 0; i < 16; ++i) osum += sc[i] * a[b].bsums[i];
+    const __m512i scales = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sc))));
+    __m512i isum = _mm512_setzero_si512();
+    for (int h = 0; h < 2; ++h) {  // codes 128h .. 128h + 128
+      const __m512i ql = _mm512_loadu_si512(blk + 64 * h);  // the AVX2 kernel's ql0 | ql1
+      const __m512i qh = _mm512_srlv_epi64(_mm512_broadcast_i64x4(load(blk + 128 + 32 * h)), qh_shift);
+      // codes 128h + [0, 64) (the AVX2 kernel's q[0] | q[1]) and 128h + [64, 128) (q[2] | q[3])
+      const __m512i q01 = _mm512_or_si512(_mm512_and_si512(ql, low4), _mm512_slli_epi16(_mm512_and_si512(qh, two), 4));
+      const __m512i q23 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
+                                          _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(qh, 4), two), 4));
+      isum = add_scaled<kVnni>(isum, q01, _mm512_loadu_si512(a[b].q + 128 * h), _mm512_permutexvar_epi16(load_index(kScaleIndexQ6, 2 * h), scales));
+      isum = add_scaled<kVnni>(isum, q23, _mm512_loadu_si512(a[b].q + 128 * h + 64), _mm512_permutexvar_epi16(load_index(kScaleIndexQ6, 2 * h + 1), scales));
+    }
+    const __m256i sum = _mm256_sub_epi32(halves_added(isum), _mm256_setr_epi32(32 * osum, 0, 0, 0, 0, 0, 0, 0));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(f16(blk + 208) * a[b].d), acc);
+  }
+  return hsum(acc);
+}
+
+}  // namespace
+
+float dot_q4_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni) {
+  return vnni ? dot_qk_45<false, true>(w, a, nb) : dot_qk_45<false, false>(w, a, nb);
+}
+float dot_q5_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni) {
+  return vnni ? dot_qk_45<true, true>(w, a, nb) : dot_qk_45<true, false>(w, a, nb);
+}
+float dot_q6_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni) {
+  return vnni ? dot_q6_K<true>(w, a, nb) : dot_q6_K<false>(w, a, nb);
+}
 
 }  // namespace tq::cpu::detail

@@ -47,12 +47,12 @@ struct DotRef {
 DotRef vec_dot_ref(model::GgmlType w, const uint8_t* row, const void* act, size_t n);
 
 // <row, act> over n elements of a weight row of type w (a quantized type) and its quantized
-// activation row: the AVX-512 kernel (q8_0, q4_0, q4_1; bit for bit the AVX2 one) or the AVX2 kernel
-// when the CPU has it (cpu::simd_level()), else the portable one (integer block sums, fp32 scales:
-// within the bound of KernelMatchesReference of the reference).
+// activation row: the AVX-512 kernel (every quantized type; bit for bit the AVX2 one) or the AVX2
+// kernel when the CPU has it (cpu::simd_level()), else the portable one (integer block sums, fp32
+// scales: within the bound of KernelMatchesReference of the reference).
 float vec_dot(model::GgmlType w, const uint8_t* row, const void* act, size_t n);
 // out[j] = vec_dot(w, row, act[j], n) for four activation rows, bit for bit, the weight row's blocks
-// unpacked once for all four where a kernel does that (q8_0, q4_0, q4_1 with AVX2).
+// unpacked once for all four where a kernel does that (every quantized type with AVX2).
 void vec_dot4(model::GgmlType w, const uint8_t* row, const void* const act[4], size_t n, float out[4]);
 
 // The kernels vec_dot and vec_dot4 run for weight type w at the SIMD level in use, looked up once
