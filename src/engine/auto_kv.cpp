@@ -51,6 +51,15 @@ uint64_t bytes_of(const std::string& s, const std::string& text) {
 
 std::string base_of(TensorCode k, TensorCode v) { return fmt::format("k{}v{}", k.bits, v.bits); }
 
+// The probe a width's cost is scaled from: the widest at or below it (scaling a larger error down),
+// else the narrowest. widths: ascending.
+size_t probe_for(const std::vector<uint32_t>& widths, uint32_t bits) {
+  size_t p = 0;
+  for (size_t i = 0; i < widths.size(); ++i)
+    if (widths[i] <= bits) p = i;
+  return p;
+}
+
 }  // namespace
 
 bool is_auto_kv(const std::string& text) { return text == "auto" || text.rfind("auto:", 0) == 0; }
@@ -147,7 +156,7 @@ Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const s
         b += extra;
         ++k;
       }
-      if (k == 0 || !better(c, b)) continue;
+      if (k == 0 || k == L || !better(c, b)) continue;  // k == L: the high format alone, tried as such
       std::vector<uint32_t> set(order.begin(), order.begin() + long(k));
       std::sort(set.begin(), set.end());
       best = Allocation{lo, hi, std::move(set), c, b};
@@ -164,38 +173,47 @@ Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const s
 }
 
 Sensitivity measure_sensitivity(const model::Model& m, const std::vector<int>& tokens, const KvSpec& knobs, unsigned threads,
-                                const std::function<void(size_t, size_t)>& progress) {
+                                Sensitivity widths, const std::function<void(size_t, size_t)>& progress) {
   const uint32_t L = uint32_t(m.config.n_layers);
-  // Probes [2 * L]: layer l's keys at kProbeKBits (values at 8, nearly exact), then its values at
-  // kProbeVBits (keys at 8); every other layer fp16, the knobs (sink, window, centre, ...) as given.
+  Sensitivity s{widths.k_widths, widths.v_widths, {}, {}};
+  // Probes [probe][layer], K probes first: layer l's keys at the probe's width (values at 8, nearly
+  // exact), or its values (keys at 8); every other layer fp16, the knobs (sink, window, centre, ...)
+  // as given.
   std::vector<KvSpec> probes;
-  for (uint32_t l = 0; l < L; ++l)
-    for (int kv = 0; kv < 2; ++kv) {
+  const auto add = [&](uint32_t kb, uint32_t vb) {
+    for (uint32_t l = 0; l < L; ++l) {
       KvSpec p = knobs;
       p.format.k = p.format.v = TensorCode{Encoding::kFp16, 16};
       p.policy.layer_set = {l};
-      p.policy.edge_k = TensorCode{Encoding::kTqMse, uint8_t(kv == 0 ? kProbeKBits : 8)};
-      p.policy.edge_v = TensorCode{Encoding::kTqMse, uint8_t(kv == 0 ? 8 : kProbeVBits)};
+      p.policy.edge_k = TensorCode{Encoding::kTqMse, uint8_t(kb)};
+      p.policy.edge_v = TensorCode{Encoding::kTqMse, uint8_t(vb)};
       p.text = p.canonical();
       probes.push_back(p);
     }
+  };
+  for (uint32_t b : s.k_widths) add(b, 8);
+  for (uint32_t b : s.v_widths) add(8, b);
   PerplexityOptions po;
   po.ctx = uint32_t(tokens.size());  // one window: the whole calibration text
   po.threads = threads;
   po.device = Device::kCpu;
   po.exact_products = true;  // 8-bit activations would add their own KL (~0.0035 nats), more than a layer's
   const PerplexityResult res = evaluate_perplexity(m, tokens, probes, po, progress);
-  Sensitivity s;
-  for (uint32_t l = 0; l < L; ++l) {
-    s.k.push_back(res.rows[2 * l].kl);
-    s.v.push_back(res.rows[2 * l + 1].kl);
-  }
+  size_t row = 0;
+  for (auto* out : {&s.k, &s.v})
+    for (size_t p = 0; p < (out == &s.k ? s.k_widths.size() : s.v_widths.size()); ++p) {
+      out->emplace_back();
+      for (uint32_t l = 0; l < L; ++l) out->back().push_back(res.rows[row++].kl);
+    }
   return s;
 }
 
 AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c, const Sensitivity& s) {
   const uint32_t L = uint32_t(c.n_layers), H = uint32_t(c.n_kv_heads), D = uint32_t(c.head_dim);
-  TQ_CHECK(s.k.size() == L && s.v.size() == L, "sensitivity of {} and {} layers for a model of {}", s.k.size(), s.v.size(), L);
+  TQ_CHECK(!s.k_widths.empty() && !s.v_widths.empty() && s.k.size() == s.k_widths.size() && s.v.size() == s.v_widths.size(),
+           "sensitivity: {} K and {} V probe rows for {} and {} widths", s.k.size(), s.v.size(), s.k_widths.size(), s.v_widths.size());
+  for (const auto* rows : {&s.k, &s.v})
+    for (const auto& row : *rows) TQ_CHECK(row.size() == L, "sensitivity of {} layers for a model of {}", row.size(), L);
   const uint32_t page = r.knobs.format.page_size;
   // The candidate formats: every whole K and V width of widths=.
   std::vector<std::pair<TensorCode, TensorCode>> fmts;
@@ -208,8 +226,9 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
   std::vector<double> bytes(fmts.size());
   for (size_t f = 0; f < fmts.size(); ++f) {
     bytes[f] = bytes_per_token_head(fmts[f].first, fmts[f].second, D, page) * H;
-    const double rk = dist(fmts[f].first.bits) / dist(kProbeKBits), rv = dist(fmts[f].second.bits) / dist(kProbeVBits);
-    for (uint32_t l = 0; l < L; ++l) cost[f][l] = s.k[l] * rk + s.v[l] * rv;
+    const size_t pk = probe_for(s.k_widths, fmts[f].first.bits), pv = probe_for(s.v_widths, fmts[f].second.bits);
+    const double rk = dist(fmts[f].first.bits) / dist(s.k_widths[pk]), rv = dist(fmts[f].second.bits) / dist(s.v_widths[pv]);
+    for (uint32_t l = 0; l < L; ++l) cost[f][l] = s.k[pk][l] * rk + s.v[pv][l] * rv;
   }
   // The budget in bytes per token over all layers.
   const double elems_bytes = 2.0 * D * H * L / 8.0;  // bytes per token at one bit per element
@@ -246,12 +265,17 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
 
   // The report: each layer's sensitivity and format, then the alternatives the model rejected.
   std::string t = fmt::format(
-      "{}: per-layer KL (nats) vs an fp32 cache when only that layer's keys are at {} bits (K) or its values at "
-      "{} bits (V), the rest fp16:\n  layer   K KL      V KL      format  predicted KL\n",
-      r.text, kProbeKBits, kProbeVBits);
+      "{}: per-layer KL (nats) vs an fp32 cache when only that layer's keys (K<b>) or values (V<b>) are at b bits, the rest fp16:\n  layer",
+      r.text);
+  for (uint32_t b : s.k_widths) t += fmt::format("  {:>8}", fmt::format("K{}", b));
+  for (uint32_t b : s.v_widths) t += fmt::format("  {:>8}", fmt::format("V{}", b));
+  t += "  format  predicted KL\n";
   for (uint32_t l = 0; l < L; ++l) {
     const size_t f = out.spec.is_edge_layer(l, L) ? a.high : a.low;
-    t += fmt::format("  {:5}   {:.6f}  {:.6f}  {:6}  {:.6f}\n", l, s.k[l], s.v[l], base_of(fmts[f].first, fmts[f].second), cost[f][l]);
+    t += fmt::format("  {:5}", l);
+    for (const auto* rows : {&s.k, &s.v})
+      for (const auto& row : *rows) t += fmt::format("  {:.6f}", row[l]);
+    t += fmt::format("  {:6}  {:.6f}\n", base_of(fmts[f].first, fmts[f].second), cost[f][l]);
   }
   const double bits = a.bytes / elems_bytes;
   t += fmt::format("  chose {}: {:.4f} bits per element (budget {}), predicted KL {:.5f} (the sum of the layers')\n", out.spec.canonical(),
@@ -281,7 +305,7 @@ AutoKvChoice resolve_auto_kv(const AutoKvRequest& r, const model::Model& m, cons
                              const std::function<void(size_t, size_t)>& progress) {
   TQ_CHECK(tokens.size() >= 16, "KV spec '{}': the calibration text '{}' has {} tokens; it needs at least 16", r.text, r.calib,
            tokens.size());
-  const Sensitivity s = measure_sensitivity(m, tokens, r.knobs, threads, progress);
+  const Sensitivity s = measure_sensitivity(m, tokens, r.knobs, threads, {}, progress);
   AutoKvChoice c = choose_auto_kv(r, m.config, s);
   c.report = fmt::format("calibrated on the first {} tokens of {}\n", tokens.size(), r.calib) + c.report;
   return c;

@@ -138,10 +138,10 @@ TEST(AutoKv, ChoiceMeetsTheBudget) {
   c.n_layers = 30;
   c.n_kv_heads = 3;
   c.head_dim = 64;
-  Sensitivity s;
+  Sensitivity s{{3}, {2}, {{}}, {{}}};  // one K probe at 3 bits, one V probe at 2
   for (int l = 0; l < 30; ++l) {
-    s.k.push_back(l == 0 || l == 29 ? 0.02 : 0.001 * (1 + l % 3));
-    s.v.push_back(l == 7 ? 0.03 : 0.002);
+    s.k[0].push_back(l == 0 || l == 29 ? 0.02 : 0.001 * (1 + l % 3));
+    s.v[0].push_back(l == 7 ? 0.03 : 0.002);
   }
   for (double bits : {2.5, 2.75, 3.0, 3.5, 4.0}) {
     const AutoKvRequest r = parse_auto_kv(fmt::format("auto:bits={}:calib=x:sink=4:window=64", bits));
@@ -172,6 +172,30 @@ TEST(AutoKv, ChoiceMeetsTheBudget) {
   }
 }
 
+// Keys are probed at 2 and 3 bits: a width takes the widest probe at or below it, so 2-bit keys are
+// costed from their own probe, not from the 3-bit one scaled up (which underestimates them).
+TEST(AutoKv, NarrowKeysCostTheirOwnProbe) {
+  model::ModelConfig c;
+  c.n_layers = 30;
+  c.n_kv_heads = 3;
+  c.head_dim = 64;
+  Sensitivity s{{2, 3}, {2}, {{}, {}}, {{}}};
+  for (int l = 0; l < 30; ++l) {
+    s.k[0].push_back(0.05);                    // K at 2 bits: far worse than 3.4x the 3-bit KL
+    s.k[1].push_back(0.001);                   // K at 3 bits
+    s.v[0].push_back(l < 10 ? 0.02 : 0.0005);  // V at 2 bits: layers 0..9 sensitive
+  }
+  const AutoKvChoice ch = choose_auto_kv(parse_auto_kv("auto:bits=2.75:calib=x"), c, s);
+  for (uint32_t l = 0; l < 30; ++l) EXPECT_GE(ch.spec.layer_format(l, 30).k.bits, 3) << ch.spec.canonical() << "\n" << ch.report;
+  // With only the 3-bit probe, 2-bit keys look cheap (0.001 x D(2)/D(3)), and the V-sensitive layers
+  // trade a key bit for a value bit (k2v3, the size of k3v2).
+  Sensitivity one{{3}, {2}, {s.k[1]}, {s.v[0]}};
+  const AutoKvChoice ch1 = choose_auto_kv(parse_auto_kv("auto:bits=2.75:calib=x"), c, one);
+  bool k2 = false;
+  for (uint32_t l = 0; l < 30; ++l) k2 |= ch1.spec.layer_format(l, 30).k.bits == 2;
+  EXPECT_TRUE(k2) << ch1.spec.canonical();
+}
+
 // End to end on a real (tiny) model: calibrate, choose, and run the chosen spec.
 TEST(AutoKv, CalibratesAndRunsOnStories) {
   REQUIRE_STORIES();
@@ -191,7 +215,7 @@ TEST(AutoKv, CalibratesAndRunsOnStories) {
   EXPECT_GE(z.bits_per_element, 11) << ch.report;
   EXPECT_NE(ch.report.find("calibrated on the first"), std::string::npos);
   // Every layer was measured: one line per layer in the report.
-  for (uint32_t l = 0; l < L; ++l) EXPECT_NE(ch.report.find(fmt::format("\n  {:5}   ", l)), std::string::npos) << ch.report;
+  for (uint32_t l = 0; l < L; ++l) EXPECT_NE(ch.report.find(fmt::format("\n  {:5}  0.", l)), std::string::npos) << ch.report;
   // The chosen spec runs, and its cache holds what kv_size says.
   PerplexityOptions po;
   po.ctx = 64;

@@ -12,12 +12,15 @@
 //            | sink=, window=, centre, page=, seed=, rot=, nc   kept as given, in the probes and in
 //                                  the chosen spec
 //
-// The measurement: for every layer l, the mean KL(fp32 cache || probe) of the next-token
-// distribution over the calibration text, where the probe keeps every layer in fp16 but layer l's
-// keys at kProbeKBits (values at 8 bits: the K probe) or its values at kProbeVBits (the V probe).
-// The model: a layer whose keys are at b bits costs s_K(l) * D(b) / D(kProbeKBits), D the
-// Lloyd-Max distortion of the head's codebook, likewise values, and costs add over layers and K/V
-// (small perturbations). allocate_layers then picks the formats.
+// The measurement: for every layer l and every probe width, the mean KL(fp32 cache || probe) of
+// the next-token distribution over the calibration text, where the probe keeps every layer in fp16
+// but layer l's keys at that width (values at 8 bits: a K probe) or its values (keys at 8: a V
+// probe). The model: a layer whose keys are at b bits costs s_K(l, p) * D(b) / D(p), p the widest
+// K probe at or below b (the narrowest where none is), D the Lloyd-Max distortion of the head's
+// codebook, likewise values; costs add over layers and K/V (small perturbations). Scaling down
+// from a wider error stays in the regime where KL is quadratic in it; scaling up does not (keys at
+// 2 bits cost far more than 3-bit keys' KL times D(2)/D(3)), so keys are probed at 2 and 3 bits.
+// allocate_layers then picks the formats.
 #pragma once
 
 #include <cstdint>
@@ -30,8 +33,6 @@
 #include "tq/model/model.h"
 
 namespace tq::engine {
-
-inline constexpr uint32_t kProbeKBits = 3, kProbeVBits = 2;  // the default base's widths
 
 struct AutoKvRequest {
   std::string text;        // as given
@@ -64,13 +65,14 @@ struct Allocation {
 // first pair). Throws tq::Error, naming the budget, when no format fits it.
 Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const std::vector<double>& bytes, double budget);
 
-// Per-layer sensitivity: [layers] mean KL (nats) of the K and the V probes (above).
+// Per-layer sensitivity: mean KL (nats) of the K and the V probes (above).
 struct Sensitivity {
-  std::vector<double> k, v;
+  std::vector<uint32_t> k_widths{2, 3}, v_widths{2};  // the probes' widths, ascending
+  std::vector<std::vector<double>> k, v;              // [probe][layer]
 };
-// Runs the 2 * layers probes and the fp32 reference over `tokens` in lockstep on the CPU.
+// Runs the (|k_widths| + |v_widths|) * layers probes and the fp32 reference over `tokens` in lockstep on the CPU.
 Sensitivity measure_sensitivity(const model::Model& m, const std::vector<int>& tokens, const KvSpec& knobs, unsigned threads,
-                                const std::function<void(size_t, size_t)>& progress = {});
+                                Sensitivity widths = {}, const std::function<void(size_t, size_t)>& progress = {});
 
 struct AutoKvChoice {
   KvSpec spec;         // concrete, its text canonical
