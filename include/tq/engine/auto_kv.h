@@ -8,7 +8,8 @@
 //            | context=<tokens>    (with mem=)
 //            | calib=<file>        the text to calibrate on (required)
 //            | tokens=<N>          its first N tokens (default 256)
-//            | widths=<a>-<b>      whole K and V widths considered, a..b bits (default 2-5)
+//            | widths=<a>-<b>      whole K and V widths considered, a..b bits (default 2-4: the
+//                                  widths the CUDA kernels have)
 //            | sink=, window=, centre, page=, seed=, rot=, nc   kept as given, in the probes and in
 //                                  the chosen spec
 //
@@ -41,7 +42,7 @@ struct AutoKvRequest {
   uint32_t context = 0;
   std::string calib;      // calibration text file
   uint32_t tokens = 256;  // its first tokens calibrate
-  uint32_t min_width = 2, max_width = 5;
+  uint32_t min_width = 2, max_width = 4;  // 2..4: the CUDA kernels' widths, so the choice runs there too
   KvSpec knobs;  // base k3v2 with the other options given (sink, window, centre, page, ...)
 };
 
