@@ -30,9 +30,10 @@ struct Options {
 constexpr uint32_t kDefaultCtx = 2048;
 
 void run(const Options& o) {
-  const auto specs = parse_kv_specs(o.kv);
+  check_kv_list(o.kv);
   const unsigned threads = threads_option(o.threads);
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
+  const auto specs = parse_kv_specs(resolve_auto_kv_list(o.kv, lm, threads));
   if (o.ctx) check_context(o.ctx, fmt::format("--ctx {}", o.ctx), lm, o.allow_long);
   const uint32_t ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, uint32_t(lm.model.config.max_seq));
   TQ_CHECK(o.score_from < ctx, "--score-from {}: must be below the window of {} tokens (--ctx)", o.score_from, ctx);
@@ -106,7 +107,7 @@ void add_perplexity(CLI::App& app) {
   c->add_option("--score-from", o->score_from,
                 "score each window's positions from N on (default 0: all); --score-from 1024 at --ctx 2048 is\n"
                 "llama-perplexity's convention, whose first half of a window only gives the second its context");
-  c->add_option("--kv", o->kv, "comma-separated KV specs (docs/kv-specs.md); 'default' in the list is tq run's spec");
+  c->add_option("--kv", o->kv, std::string("comma-separated KV specs (docs/kv-specs.md); 'default' in the list is tq run's spec") + kAutoKvHelp);
   c->add_option("--ref", o->ref, "KV spec of the reference cache (default: fp32 on the CPU, fp16 on the GPU)");
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("--gpu-memory", o->gpu_memory,

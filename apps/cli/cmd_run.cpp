@@ -14,6 +14,7 @@
 #include "tq/engine/generation.h"
 #include "tq/engine/sampler.h"
 #include "model_files.h"
+#include "tq/engine/auto_kv.h"
 
 namespace tq::cli {
 namespace {
@@ -84,7 +85,9 @@ void run(const Options& o) {
   sampling.seed = o.seed_given ? o.seed : (uint64_t(std::random_device{}()) << 32 | std::random_device{}());
   engine::Sampler sampler(sampling);
   const unsigned threads = threads_option(o.threads);
-  const KvSpec spec = parse_kv_spec(o.kv);
+  check_kv_list(o.kv);
+  TQ_CHECK(!engine::is_auto_kv(o.kv) || o.draft.empty() || !o.draft_kv.empty(),
+           "--kv {}: an automatic spec is calibrated on the target model; give the draft model its own --draft-kv", o.kv);
   // --draft alone means --spec draft; the two sources exclude each other.
   const std::string spec_text = o.speculative.empty() && !o.draft.empty() ? "draft" : o.speculative;
   std::optional<engine::SpeculativeSpec> ss;
@@ -93,8 +96,9 @@ void run(const Options& o) {
   TQ_CHECK(by_model == !o.draft.empty(), "{}", o.draft.empty() ? "--spec draft needs a draft model: --draft FILE"
                                                                 : fmt::format("--draft drafts with a model, --spec '{}' by prompt lookup: pick one", spec_text));
   TQ_CHECK(o.draft_kv.empty() || by_model, "--draft-kv is the draft model's KV spec: give --draft FILE too");
-  const KvSpec draft_spec = parse_kv_spec(o.draft_kv.empty() ? o.kv : o.draft_kv);
+  const KvSpec draft_spec = parse_kv_spec(o.draft_kv.empty() && !engine::is_auto_kv(o.kv) ? o.kv : o.draft_kv.empty() ? "fp16" : o.draft_kv);
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
+  const KvSpec spec = parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads));
   const auto& cfg = lm.model.config;
   const auto& tok = *lm.tokenizer;
   TQ_CHECK(!o.chat || cfg.chat_template != model::ChatTemplate::None, "--chat: '{}' has no chat template", lm.path);  // names the file
@@ -208,7 +212,7 @@ void add_run(CLI::App& app) {
                 "sampling seed: the same seed, prompt and flags give the same text (default: a random seed each run,\n"
                 "printed on stderr so the text can be repeated)")
       ->default_str("random");
-  c->add_option("--kv", o->kv, "KV spec (default k3v2:edge=2/k4v4:sink=4:window=64, docs/quality.md says why)");
+  c->add_option("--kv", o->kv, std::string("KV spec (default k3v2:edge=2/k4v4:sink=4:window=64, docs/quality.md says why)") + kAutoKvHelp);
   c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("--ctx", o->ctx,
                 "context length: generation stops when prompt and text fill it (default: the model's training context;\n"

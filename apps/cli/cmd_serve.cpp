@@ -11,6 +11,7 @@
 
 #include "commands.h"
 #include "model_files.h"
+#include "tq/engine/auto_kv.h"
 #include "tq/check.h"
 #include "tq/engine/generation.h"
 #include "tq/serve/server.h"
@@ -41,7 +42,9 @@ void serve(const Options& o) {
   TQ_CHECK(o.shutdown_timeout >= 0 && o.shutdown_timeout <= 86400, "--shutdown-timeout must be 0..86400 seconds, got {}",
            o.shutdown_timeout);  // NaN and inf fail too
   const unsigned threads = threads_option(o.threads);
-  const KvSpec spec = parse_kv_spec(o.kv);
+  check_kv_list(o.kv);
+  TQ_CHECK(!engine::is_auto_kv(o.kv) || o.draft.empty() || !o.draft_kv.empty(),
+           "--kv {}: an automatic spec is calibrated on the target model; give the draft model its own --draft-kv", o.kv);
   // --draft alone means --spec draft for every request; with --spec ngram, requests may still ask for "draft".
   const std::string spec_text = o.speculative.empty() && !o.draft.empty() ? "draft" : o.speculative;
   std::optional<engine::SpeculativeSpec> speculation;
@@ -49,7 +52,7 @@ void serve(const Options& o) {
   TQ_CHECK(!speculation || speculation->source == engine::SpeculativeSpec::Source::kNgram || !o.draft.empty(),
            "--spec '{}' drafts with a model: give it with --draft FILE", spec_text);
   TQ_CHECK(o.draft_kv.empty() || !o.draft.empty(), "--draft-kv is the draft model's KV spec: give --draft FILE too");
-  const KvSpec draft_spec = parse_kv_spec(o.draft_kv.empty() ? o.kv : o.draft_kv);
+  const KvSpec draft_spec = parse_kv_spec(o.draft_kv.empty() && !engine::is_auto_kv(o.kv) ? o.kv : o.draft_kv.empty() ? "fp16" : o.draft_kv);
   // SIGINT and SIGTERM are taken by one thread (sigwait), so every thread started below (the engine's CPU workers too) inherits
   // the mask and no handler runs inside a request.
   sigset_t sigs;
@@ -60,6 +63,7 @@ void serve(const Options& o) {
   signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is an error return, not the end of the server
 
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
+  const KvSpec spec = parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads));
   const auto& cfg = lm.model.config;
   const uint32_t ctx = o.max_model_len ? o.max_model_len : uint32_t(cfg.max_seq);
   TQ_CHECK(ctx >= 2 && ctx <= uint32_t(cfg.max_seq), "--max-model-len must be in 2..{} (the model's context), got {}", cfg.max_seq, ctx);
@@ -149,7 +153,7 @@ void add_serve(CLI::App& app) {
   c->add_option("--host", o->host, "address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)");
   c->add_option("--port", o->port, "port to listen on (default 8000; 0 = any free port, printed on stderr)");
   c->add_option("--served-model-name", o->name, "the model's name in the API (default: the file name without extension)");
-  c->add_option("--kv", o->kv, "KV spec (default k3v2:edge=2/k4v4:sink=4:window=64; docs/kv-specs.md)");
+  c->add_option("--kv", o->kv, std::string("KV spec (default k3v2:edge=2/k4v4:sink=4:window=64; docs/kv-specs.md)") + kAutoKvHelp);
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("--max-num-seqs", o->max_num_seqs, "requests running at once (default 32); more wait in the queue");
   c->add_option("--max-model-len", o->max_model_len, "most tokens per request, prompt and output (default: the model's context)");

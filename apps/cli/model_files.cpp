@@ -8,10 +8,16 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <thread>
 
 #include "tq/check.h"
+#include "tq/engine/auto_kv.h"
+#include "tq/engine/generation.h"
 #include "tq/engine/speculative.h"
+#include "tq/text.h"
 
 namespace tq::cli {
 
@@ -24,6 +30,53 @@ std::string default_model_path() {
     if (std::filesystem::exists(p)) return p;
   throw Error(fmt::format("the default model {} is not in models/ (looked for {}): run scripts/get_model.sh to fetch it, or pass -m FILE",
                           kDefaultModelFile, fmt::join(tried, ", ")));
+}
+
+void check_kv_list(const std::string& kv_list) {
+  for (const std::string& item : split(kv_list, ','))
+    if (engine::is_auto_kv(item))
+      engine::parse_auto_kv(item);
+    else
+      parse_kv_specs(item);
+}
+
+std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads) {
+  std::string out;
+  // Entries that differ in their budget only share one calibration: key calib file, tokens, knobs.
+  std::map<std::string, engine::Sensitivity> measured;
+  for (const std::string& item : split(kv_list, ',')) {
+    std::string spec = item;
+    if (engine::is_auto_kv(item)) {
+      const engine::AutoKvRequest r = engine::parse_auto_kv(item);
+      const std::string key = fmt::format("{}\n{}\n{}", r.calib, r.tokens, r.knobs.canonical());
+      auto it = measured.find(key);
+      if (it == measured.end()) {
+        std::ifstream in(r.calib, std::ios::binary);
+        TQ_CHECK(in.good(), "KV spec '{}': cannot read the calibration text '{}'", item, r.calib);
+        std::stringstream ss;
+        ss << in.rdbuf();
+        std::vector<int> tokens = lm.tokenizer->encode(ss.str(), engine::wants_bos(lm.model, *lm.tokenizer));
+        // At most tokens=, and within the model's training context (positions past it were never trained).
+        tokens.resize(std::min<size_t>({tokens.size(), r.tokens, size_t(std::max(lm.model.config.max_seq, 16))}));
+        TQ_CHECK(tokens.size() >= 16, "KV spec '{}': the calibration text '{}' has {} tokens; it needs at least 16", item, r.calib,
+                 tokens.size());
+        fmt::print(stderr, "tq: {}: measuring {} layers' sensitivity (K and V probes) on the first {} tokens of {} (CPU, fp32 products)\n",
+                   item, lm.model.config.n_layers, tokens.size(), r.calib);
+        it = measured
+                 .emplace(key, engine::measure_sensitivity(lm.model, tokens, r.knobs, threads, {},
+                                                           [](size_t done, size_t total) {
+                                                             fmt::print(stderr, "\r  {}/{} tokens", done, total);
+                                                             if (done == total) fmt::print(stderr, "\n");
+                                                           }))
+                 .first;
+      }
+      const engine::AutoKvChoice c = engine::choose_auto_kv(r, lm.model.config, it->second);
+      fmt::print(stderr, "{}tq: --kv {} is {} (give that spec to skip the calibration)\n", c.report, item, c.spec.canonical());
+      spec = c.spec.canonical();
+    }
+    out += (out.empty() ? "" : ",") + spec;
+  }
+  return out;
 }
 
 LoadedModel load_model_and_tokenizer(const std::string& path, const std::string& tokenizer_path) {

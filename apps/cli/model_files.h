@@ -35,6 +35,18 @@ LoadedModel load_draft_model(const std::string& path, const std::string& tokeniz
 LoadedModel load_checked_draft(const std::string& path, const std::string& tokenizer_path, const model::Tokenizer& target, uint32_t needed,
                                bool allow_long, const char* needed_is);
 
+// The automatic entries of a --kv list (auto:bits=...:calib=FILE, docs/kv-specs.md): each is
+// calibrated on `lm` (CPU, `threads`) and replaced by the concrete spec it chooses; what it chose and
+// why goes to stderr. The other entries are returned as they are.
+std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads);
+// Parses every entry of a --kv list (automatic ones too) and throws tq::Error naming the bad part:
+// before a model is loaded, so that a typo costs no load.
+void check_kv_list(const std::string& kv_list);
+inline constexpr const char* kAutoKvHelp =
+    ";\nan automatic spec, auto:bits=3.0:calib=FILE (or auto:mem=900M:context=32768:calib=FILE), chooses per-layer\n"
+    "K/V widths for this model from a calibration pass on FILE's first 256 tokens (tokens=N) and prints the\n"
+    "concrete spec it chose and why (docs/kv-specs.md, 'Automatic specs')";
+
 engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs);
 // --gpu-memory: a fraction in (0, 1] (0: not given), on the GPU only; throws tq::Error naming it.
 void check_gpu_memory(double fraction, engine::Device d);

@@ -108,6 +108,8 @@ void bind_spec(nb::module_& m) {
       .def_prop_ro("sink", [](const KvSpec& s) { return s.policy.sink; })
       .def_prop_ro("window", [](const KvSpec& s) { return s.policy.window; })
       .def_prop_ro("edge_layers", [](const KvSpec& s) { return s.policy.edge_layers; })
+      .def_prop_ro(
+          "layer_set", [](const KvSpec& s) { return s.policy.layer_set; }, "The layers of layers=<set>/<base>, ascending; [] without it.")
       .def("bits_per_element", &KvSpec::bits_per_element, nb::arg("head_dim"),
            "Bits per K/V element of full pages at this head dim, norms and padding included (policy aside).")
       .def("page_bytes", &KvSpec::page_bytes, nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"),
@@ -123,7 +125,7 @@ void bind_spec(nb::module_& m) {
           nb::arg("layer"), nb::arg("layers"), "The format (a spec without policy) layer `layer` of a `layers`-layer model is stored in.")
       .def("is_edge_layer", &KvSpec::is_edge_layer, nb::arg("layer"), nb::arg("layers"))
       .def("edge_layer_count", &KvSpec::edge_layer_count, nb::arg("layers"),
-           "Layers in the edge cache: 2 * edge, refused where the model has fewer layers.")
+           "Layers in the edge cache: 2 * edge, or the layers= set's; refused where the model has too few layers.")
       .def(
           "local_layer",
           [](const KvSpec& s, uint32_t layer, uint32_t layers) {

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -56,6 +57,37 @@ std::string base_name(TensorCode k, TensorCode v) {
   return fmt::format("k{}v{}", width_name(k), width_name(v));
 }
 
+// "0-1+5+29": '+'-separated layer numbers and ranges a-b, sorted and distinct on return. ('+', not
+// ',': a comma separates the specs of a list.)
+std::vector<uint32_t> parse_layer_set(const std::string& set, const std::string& text) {
+  std::vector<uint32_t> out;
+  for (const std::string& item : split(set, '+')) {
+    const size_t dash = item.find('-');
+    const std::string a = item.substr(0, dash), b = dash == std::string::npos ? a : item.substr(dash + 1);
+    const uint64_t lo = uint_of(a, "a layer of layers=", text), hi = uint_of(b, "a layer of layers=", text);
+    TQ_CHECK(lo <= hi, "KV spec '{}': layers= range '{}' runs backwards", text, item);
+    TQ_CHECK(hi < 1024, "KV spec '{}': layers= names layer {}, beyond the 1024 a model may have", text, hi);
+    for (uint64_t l = lo; l <= hi; ++l) out.push_back(uint32_t(l));
+  }
+  std::sort(out.begin(), out.end());
+  const auto dup = std::adjacent_find(out.begin(), out.end());
+  TQ_CHECK(dup == out.end(), "KV spec '{}': layers= names layer {} twice", text, dup == out.end() ? 0 : *dup);
+  return out;
+}
+
+// The canonical form of a layer set: ascending, consecutive runs of 2+ as ranges ("0-1+5+28-29").
+std::string layer_set_name(const std::vector<uint32_t>& set) {
+  std::string s;
+  for (size_t i = 0; i < set.size();) {
+    size_t j = i;
+    while (j + 1 < set.size() && set[j + 1] == set[j] + 1) ++j;
+    if (!s.empty()) s += '+';
+    s += j == i ? fmt::format("{}", set[i]) : fmt::format("{}-{}", set[i], set[j]);
+    i = j + 1;
+  }
+  return s;
+}
+
 }  // namespace
 
 RotationKind KvFormat::rotation_for(uint32_t head_dim) const {
@@ -90,6 +122,7 @@ std::string KvFormat::canonical() const {
 std::vector<std::string> KvPolicy::knobs() const {
   std::vector<std::string> out;
   if (edge_layers > 0) out.push_back(fmt::format("edge={}/{}", edge_layers, base_name(edge_k, edge_v)));
+  if (!layer_set.empty()) out.push_back(fmt::format("layers={}/{}", layer_set_name(layer_set), base_name(edge_k, edge_v)));
   if (sink > 0) out.push_back(fmt::format("sink={}", sink));
   if (window > 0) out.push_back(fmt::format("window={}", window));
   if (!key_sim.empty()) out.push_back(fmt::format("ksim={}", key_sim));
@@ -99,29 +132,46 @@ std::vector<std::string> KvPolicy::knobs() const {
 }
 
 bool KvSpec::is_edge_layer(uint32_t layer, uint32_t n_layers) const {
+  const std::vector<uint32_t>& set = policy.layer_set;
+  if (!set.empty()) return std::binary_search(set.begin(), set.end(), layer);
   const uint32_t e = policy.edge_layers;
   return e > 0 && (layer < e || layer + e >= n_layers);
 }
 
 uint32_t KvSpec::edge_layer_count(uint32_t n_layers) const {
+  const std::vector<uint32_t>& set = policy.layer_set;
+  if (!set.empty()) {
+    TQ_CHECK(set.back() < n_layers, "KV spec '{}': layers= names layer {}, but the model has {} layers (0..{})", text, set.back(), n_layers,
+             n_layers - 1);
+    return uint32_t(set.size());
+  }
   TQ_CHECK(2 * policy.edge_layers <= n_layers, "KV spec '{}': edge={} needs at least {} layers, the model has {}", text,
            policy.edge_layers, 2 * policy.edge_layers, n_layers);
   return 2 * policy.edge_layers;
 }
 
 uint32_t KvSpec::local_layer(uint32_t layer, uint32_t n_layers) const {
+  const std::vector<uint32_t>& set = policy.layer_set;
+  if (!set.empty()) {
+    edge_layer_count(n_layers);  // the same refusal as the edge= form
+    // Edge layers below this one: its index in the edge cache, or what the main cache skips.
+    const uint32_t below = uint32_t(std::lower_bound(set.begin(), set.end(), layer) - set.begin());
+    return is_edge_layer(layer, n_layers) ? below : layer - below;
+  }
   const uint32_t e = policy.edge_layers, n_edge = edge_layer_count(n_layers);
   if (!is_edge_layer(layer, n_layers)) return layer - e;  // the middle layers, in order
   return layer < e ? layer : layer - (n_layers - n_edge);  // the first e, then the last e
 }
 
-KvFormat KvSpec::layer_format(uint32_t layer, uint32_t n_layers) const {
+KvFormat KvSpec::edge_format() const {
   KvFormat f = format;
-  if (is_edge_layer(layer, n_layers)) {
-    f.k = policy.edge_k;
-    f.v = policy.edge_v;
-  }
+  f.k = policy.edge_k;
+  f.v = policy.edge_v;
   return f;
+}
+
+KvFormat KvSpec::layer_format(uint32_t layer, uint32_t n_layers) const {
+  return is_edge_layer(layer, n_layers) ? edge_format() : format;
 }
 
 std::string KvSpec::canonical() const {
@@ -133,8 +183,8 @@ std::string KvSpec::canonical() const {
 void refuse_policy(const KvSpec& spec, const char* who) {
   const auto knobs = spec.policy.knobs();
   if (knobs.empty()) return;
-  throw Error(fmt::format("KV spec '{}': {} implements the page format only, not the policy knob '{}' (edge, sink, window, ksim "
-                          "and centre are the engine's: run the spec through the engine, or pass '{}')",
+  throw Error(fmt::format("KV spec '{}': {} implements the page format only, not the policy knob '{}' (edge, layers, sink, window, "
+                          "ksim and centre are the engine's: run the spec through the engine, or pass '{}')",
                           spec.text, who, knobs[0], spec.format.canonical()));
 }
 
@@ -142,6 +192,10 @@ KvSpec parse_kv_spec(const std::string& text) {
   KvSpec spec;
   spec.text = text;
   const auto parts = split(text, ':');
+  TQ_CHECK(parts[0] != "auto",
+           "KV spec '{}': an automatic spec is resolved against a model, by a calibration pass, in tq run, tq perplexity and tq serve "
+           "(--kv auto:bits=3.0:calib=FILE); here pass a concrete spec such as k3v2:layers=0-1+29/k4v4",
+           text);
   std::tie(spec.format.k, spec.format.v) = parse_base(parts[0], text);
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& opt = parts[i];
@@ -175,7 +229,16 @@ KvSpec parse_kv_spec(const std::string& text) {
       TQ_CHECK(slash != std::string::npos, "KV spec '{}': edge needs <layers>/<base>, e.g. edge=2/k4v4, got '{}'", text, opt);
       const uint64_t n = uint_of(val.substr(0, slash), "edge layers", text);
       TQ_CHECK(n >= 1 && n <= 1024, "KV spec '{}': edge layers must be 1..1024, got {}", text, n);
+      TQ_CHECK(spec.policy.layer_set.empty(), "KV spec '{}': edge= and layers= both name the second format's layers; give one", text);
       spec.policy.edge_layers = uint32_t(n);
+      std::tie(spec.policy.edge_k, spec.policy.edge_v) = parse_base(val.substr(slash + 1), text);
+    } else if (key == "layers" && eq != std::string::npos) {
+      const size_t slash = val.find('/');
+      TQ_CHECK(slash != std::string::npos && slash > 0,
+               "KV spec '{}': layers needs <set>/<base>, e.g. layers=0-1+5+29/k4v4 (layer numbers and ranges joined by '+'), got '{}'",
+               text, opt);
+      TQ_CHECK(spec.policy.edge_layers == 0, "KV spec '{}': edge= and layers= both name the second format's layers; give one", text);
+      spec.policy.layer_set = parse_layer_set(val.substr(0, slash), text);
       std::tie(spec.policy.edge_k, spec.policy.edge_v) = parse_base(val.substr(slash + 1), text);
     } else if ((key == "sink" || key == "window") && eq != std::string::npos) {
       const uint64_t n = uint_of(val, key, text);
@@ -194,14 +257,15 @@ KvSpec parse_kv_spec(const std::string& text) {
       spec.policy.key_centre = true;
     } else {
       throw Error(fmt::format(
-          "KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, sink=N, window=N, "
+          "KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, layers=0-1+5/base, "
+          "sink=N, window=N, "
           "ksim=int4, outliers=prompt|fixed, centre)",
           text, opt));
     }
   }
   const auto split = [](TensorCode c) { return c.enc == Encoding::kTqSplit; };
   TQ_CHECK(!spec.policy.fixed_outliers || split(spec.format.k) || split(spec.format.v) ||
-               (spec.policy.edge_layers && (split(spec.policy.edge_k) || split(spec.policy.edge_v))),
+               ((spec.policy.edge_layers || !spec.policy.layer_set.empty()) && (split(spec.policy.edge_k) || split(spec.policy.edge_v))),
            "KV spec '{}': outliers= applies to fractional widths (k2.5v2, k3.5v2.5, ...) only", text);
   return spec;
 }

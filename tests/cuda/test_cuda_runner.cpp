@@ -145,6 +145,8 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                                            RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "k4v4"},
                                            RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "k3v2"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k3v2:edge=1/k4v4"},
+                                           // A layer set (what auto: writes): the middle layers in the second cache.
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k3v2:layers=1-2/k4v4"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "bf16:page=7"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "fp8"},
                                            // The KV policy's side buffer: windows the prompt outgrows, and tq run's default.
@@ -332,7 +334,8 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
                                                                                       {"k3v2:prod", "prod keys"},
                                                                                       {"k5v2", "k5v2"},
                                                                                       {"k3v2:edge=1/fp32", "layer 0"},
-                                                                                      {"k3v2:edge=3/k4v4", "edge=3"}}) {
+                                                                                      {"k3v2:edge=3/k4v4", "edge=3"},
+                                                                                      {"k3v2:layers=4/k4v4", "names layer 4"}}) {
     EXPECT_FALSE(cuda::can_run(c, parse_kv_spec(spec), &why)) << spec;
     EXPECT_NE(why.find(expect), std::string::npos) << spec << ": " << why;
   }

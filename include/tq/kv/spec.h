@@ -11,6 +11,8 @@
 //            | seed=<integer>  base seed of the rotations (per layer and KV head seeds derive from it)
 //            | page=<tokens>   page size, 1..1024 (default 16)
 //            | edge=<N>/<base> the first and the last N layers use <base> (fp16, k4v4, ...) instead
+//            | layers=<set>/<base>  the layers of <set> use <base> instead: '+'-separated layer
+//                              numbers and ranges, e.g. layers=0-1+5+29/k4v4 (edge=N's general form)
 //            | sink=<tokens>   the first tokens of a sequence are also kept in an fp16 side buffer
 //            | window=<tokens> the most recent tokens (per query) are read from an fp16 side buffer
 //            | ksim=int4|int8|int2|q4_0  SIMULATED baseline: keys are quantize-dequantized by that
@@ -54,7 +56,11 @@ struct KvFormat {
 // Which tokens and layers are kept otherwise than in the format (docs/kv-specs.md): a backend
 // implements each knob or refuses it by name (refuse_policy).
 struct KvPolicy {
-  uint32_t edge_layers = 0;  // the first and last N layers use edge_k / edge_v
+  // The layers in the second format (edge_k / edge_v), kept in the "edge" cache: either the first
+  // and last edge_layers layers (edge=N), or the explicit set `layer_set` (layers=..., sorted and
+  // distinct; what an automatic bit allocation chooses). At most one of the two is set.
+  uint32_t edge_layers = 0;
+  std::vector<uint32_t> layer_set;
   TensorCode edge_k{Encoding::kFp16, 16}, edge_v{Encoding::kFp16, 16};
   uint32_t sink = 0;    // tokens 0..sink-1 read from a full-precision side buffer
   uint32_t window = 0;  // keys within `window` positions of the query read from the side buffer
@@ -83,11 +89,16 @@ struct KvSpec {
   KvFormat format;
   KvPolicy policy;
 
-  // The format of layer `layer` of an `n_layers` model: edge layers get the edge base.
+  // The format of layer `layer` of an `n_layers` model: edge layers (edge=N or layers=...) get the
+  // edge base.
   bool is_edge_layer(uint32_t layer, uint32_t n_layers) const;
   KvFormat layer_format(uint32_t layer, uint32_t n_layers) const;
+  KvFormat main_format() const { return format; }  // the other layers'
+  KvFormat edge_format() const;                    // the edge layers'
   // Edge and other layers live in caches of their own, over the same page ids: how many layers
-  // the edge cache holds, and a layer's index in its cache. Needs 2 * edge_layers <= n_layers.
+  // the edge cache holds, and a layer's index in its cache (layers of one cache in model order).
+  // Throws, naming the value, when edge=N needs more than n_layers layers (2 * N) or layers=
+  // names a layer >= n_layers.
   uint32_t edge_layer_count(uint32_t n_layers) const;
   uint32_t local_layer(uint32_t layer, uint32_t n_layers) const;
   double bits_per_element(uint32_t head_dim) const { return format.bits_per_element(head_dim); }

@@ -16,9 +16,9 @@ KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec
   const uint32_t n_edge = spec.edge_layer_count(shape.layers), n_main = shape.layers - n_edge;
   // Both caches are indexed by the same page ids, so each holds num_pages pages per layer.
   if (n_main) main_ = std::make_unique<PagedKvCache>(CacheShape{n_main, shape.kv_heads, shape.head_dim, shape.num_pages},
-                                                     spec.layer_format(spec.policy.edge_layers, shape.layers));
+                                                     spec.main_format());
   if (n_edge) edge_ = std::make_unique<PagedKvCache>(CacheShape{n_edge, shape.kv_heads, shape.head_dim, shape.num_pages},
-                                                     spec.layer_format(0, shape.layers));
+                                                     spec.edge_format());
   if (!spec.policy.key_sim.empty()) key_sim_ = make_baseline(spec.policy.key_sim, shape.head_dim);
   layer_fixed_.assign(shape.layers, false);
   if (spec.policy.key_centre) centre_.assign(size_t(shape.layers) * shape.kv_heads * shape.head_dim, 0.0f);

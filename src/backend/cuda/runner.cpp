@@ -206,8 +206,8 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   const size_t weights = model::weight_bytes_bf16(cfg_);
   const uint32_t n_edge = spec.edge_layer_count(L), n_main = L - n_edge;
   std::unique_ptr<CacheFormat> fmain, fedge;
-  if (n_main) fmain = std::make_unique<CacheFormat>(n_main, c.n_kv_heads, c.head_dim, spec.layer_format(spec.policy.edge_layers, L));
-  if (n_edge) fedge = std::make_unique<CacheFormat>(n_edge, c.n_kv_heads, c.head_dim, spec.layer_format(0, L));
+  if (n_main) fmain = std::make_unique<CacheFormat>(n_main, c.n_kv_heads, c.head_dim, spec.main_format());
+  if (n_edge) fedge = std::make_unique<CacheFormat>(n_edge, c.n_kv_heads, c.head_dim, spec.edge_format());
   page_bytes_ = (fmain ? fmain->page_bytes() : 0) + (fedge ? fedge->page_bytes() : 0);
   max_pages_ = (o.context + ps - 1) / ps;
   constexpr size_t kBlasWorkspace = size_t(32) << 20;
@@ -429,8 +429,13 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
 
 void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
   size_t need = 0;
-  const uint32_t first_main = std::min(spec_.policy.edge_layers, uint32_t(cfg_.n_layers - 1));
-  for (uint32_t layer : {0u, first_main})  // the edge and the main cache's layouts
+  // One layer of each cache (the edge and the main cache's layouts): the first edge and the first
+  // other layer, wherever edge= or layers= puts them.
+  const uint32_t L = uint32_t(cfg_.n_layers);
+  uint32_t first_edge = 0, first_main = 0;
+  while (first_edge + 1 < L && !spec_.is_edge_layer(first_edge, L)) ++first_edge;
+  while (first_main + 1 < L && spec_.is_edge_layer(first_main, L)) ++first_main;
+  for (uint32_t layer : {first_edge, first_main})
     for (const Group& g : groups) {
       const DecodeParams p = attention_params(layer, g);
       need = std::max(need, g.ntok > kMaxDecodeQueryTokens ? prefill_workspace_bytes(p) : decode_workspace_bytes(p));

@@ -1,0 +1,314 @@
+#include "tq/engine/auto_kv.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
+#include <numeric>
+
+#include "tq/check.h"
+#include "tq/codec/codebook.h"
+#include "tq/engine/eval.h"
+#include "tq/format.h"
+#include "tq/kv/kv_size.h"
+#include "tq/text.h"
+
+namespace tq::engine {
+namespace {
+
+double double_of(const std::string& s, const std::string& what, const std::string& text) {
+  char* end = nullptr;
+  const double v = s.empty() ? NAN : std::strtod(s.c_str(), &end);
+  TQ_CHECK(std::isfinite(v) && end && *end == '\0', "KV spec '{}': {} must be a number, got '{}'", text, what, s);
+  return v;
+}
+
+uint64_t uint_of(const std::string& s, const std::string& what, const std::string& text) {
+  const auto v = parse_uint(s);
+  TQ_CHECK(v.has_value(), "KV spec '{}': {} must be a non-negative integer, got '{}'", text, what, s);
+  return *v;
+}
+
+// "900M", "1G", "65536": bytes, K/M/G (optionally KiB/MiB/GiB) in powers of 1024.
+uint64_t bytes_of(const std::string& s, const std::string& text) {
+  std::string num = s, unit;
+  while (!num.empty() && std::isalpha(static_cast<unsigned char>(num.back()))) {
+    unit.insert(unit.begin(), num.back());
+    num.pop_back();
+  }
+  const double v = double_of(num, "mem", text);
+  const double scale = unit.empty() || unit == "B"    ? 1.0
+                       : unit == "K" || unit == "KiB" ? 1024.0
+                       : unit == "M" || unit == "MiB" ? 1024.0 * 1024
+                       : unit == "G" || unit == "GiB" ? 1024.0 * 1024 * 1024
+                                                      : 0.0;
+  TQ_CHECK(scale > 0, "KV spec '{}': mem's unit must be K, M or G (KiB, MiB, GiB), got '{}'", text, unit);
+  TQ_CHECK(v > 0 && v * scale < 1e15, "KV spec '{}': mem must be a positive size such as 900M, got '{}'", text, s);
+  return uint64_t(v * scale);
+}
+
+std::string base_of(TensorCode k, TensorCode v) { return fmt::format("k{}v{}", k.bits, v.bits); }
+
+// The probe a width's cost is scaled from: the widest at or below it (scaling a larger error down),
+// else the narrowest. widths: ascending.
+size_t probe_for(const std::vector<uint32_t>& widths, uint32_t bits) {
+  size_t p = 0;
+  for (size_t i = 0; i < widths.size(); ++i)
+    if (widths[i] <= bits) p = i;
+  return p;
+}
+
+}  // namespace
+
+bool is_auto_kv(const std::string& text) { return text == "auto" || text.rfind("auto:", 0) == 0; }
+
+AutoKvRequest parse_auto_kv(const std::string& text) {
+  TQ_CHECK(is_auto_kv(text), "KV spec '{}' is not an automatic spec (auto:bits=...)", text);
+  AutoKvRequest r;
+  r.text = text;
+  const auto parts = split(text, ':');
+  std::string rest;  // the options for the chosen spec
+  for (size_t i = 1; i < parts.size(); ++i) {
+    const std::string& opt = parts[i];
+    const size_t eq = opt.find('=');
+    const std::string key = opt.substr(0, eq), val = eq == std::string::npos ? "" : opt.substr(eq + 1);
+    if (key == "bits" && eq != std::string::npos) {
+      r.bits = double_of(val, "bits", text);
+      TQ_CHECK(r.bits >= 1 && r.bits <= 16, "KV spec '{}': bits is an average over the pages, 1..16 bits per element, got {}", text, val);
+    } else if (key == "mem" && eq != std::string::npos) {
+      r.mem_bytes = bytes_of(val, text);
+    } else if (key == "context" && eq != std::string::npos) {
+      const uint64_t n = uint_of(val, "context", text);
+      TQ_CHECK(n >= 1 && n <= (1u << 24), "KV spec '{}': context must be 1..{} tokens, got {}", text, 1u << 24, n);
+      r.context = uint32_t(n);
+    } else if (key == "calib" && eq != std::string::npos) {
+      TQ_CHECK(!val.empty(), "KV spec '{}': calib needs a text file, calib=FILE", text);
+      r.calib = val;
+    } else if (key == "tokens" && eq != std::string::npos) {
+      const uint64_t n = uint_of(val, "tokens", text);
+      TQ_CHECK(n >= 16 && n <= 65536, "KV spec '{}': tokens (of the calibration text) must be 16..65536, got {}", text, n);
+      r.tokens = uint32_t(n);
+    } else if (key == "widths" && eq != std::string::npos) {
+      const size_t dash = val.find('-');
+      TQ_CHECK(dash != std::string::npos, "KV spec '{}': widths needs <a>-<b>, whole bits such as 2-5, got '{}'", text, val);
+      const uint64_t a = uint_of(val.substr(0, dash), "widths", text), b = uint_of(val.substr(dash + 1), "widths", text);
+      TQ_CHECK(a >= 1 && a <= b && b <= 8, "KV spec '{}': widths must be a-b with 1 <= a <= b <= 8, got '{}'", text, val);
+      r.min_width = uint32_t(a);
+      r.max_width = uint32_t(b);
+    } else {
+      TQ_CHECK(key != "edge" && key != "layers" && key != "ksim" && key != "outliers" && key != "prod",
+               "KV spec '{}': '{}' is not taken by an automatic spec: it chooses the layers' whole widths itself (keep to sink=, "
+               "window=, centre, page=, seed=, rot=, nc)",
+               text, opt);
+      rest += ":" + opt;
+    }
+  }
+  try {
+    r.knobs = parse_kv_spec("k3v2" + rest);
+  } catch (const Error& e) {
+    throw Error(fmt::format("KV spec '{}': {}", text, e.what()));
+  }
+  TQ_CHECK((r.bits > 0) != (r.mem_bytes > 0),
+           "KV spec '{}': give one budget: bits=<average bits per element> (auto:bits=3.0) or mem=<size>:context=<tokens> "
+           "(auto:mem=900M:context=32768)",
+           text);
+  TQ_CHECK(!r.mem_bytes || r.context, "KV spec '{}': mem= is the memory of one sequence of context=<tokens>: give context= too", text);
+  TQ_CHECK(!r.context || r.mem_bytes, "KV spec '{}': context= goes with mem= (the budget), not bits=", text);
+  TQ_CHECK(!r.calib.empty(),
+           "KV spec '{}': needs calib=FILE, a text whose first tokens= tokens measure each layer's sensitivity (e.g. "
+           "calib=../shared/data/text/emma.txt)",
+           text);
+  return r;
+}
+
+Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const std::vector<double>& bytes, double budget) {
+  const size_t F = bytes.size();
+  TQ_CHECK(F >= 1 && cost.size() == F, "allocate_layers: {} cost rows for {} formats", cost.size(), F);
+  const size_t L = cost[0].size();
+  TQ_CHECK(L >= 1, "allocate_layers: no layers");
+  for (const auto& row : cost) TQ_CHECK(row.size() == L, "allocate_layers: cost rows of {} and {} layers", row.size(), L);
+  Allocation best;
+  bool found = false;
+  const auto better = [&](double c, double b) { return !found || c < best.cost || (c == best.cost && b < best.bytes); };
+  std::vector<uint32_t> order(L);
+  for (size_t lo = 0; lo < F; ++lo) {
+    const double base_bytes = bytes[lo] * double(L);
+    if (base_bytes > budget) continue;  // even no layer high is too much
+    const double base_cost = std::accumulate(cost[lo].begin(), cost[lo].end(), 0.0);
+    if (better(base_cost, base_bytes)) {
+      best = Allocation{lo, lo, {}, base_cost, base_bytes};
+      found = true;
+    }
+    for (size_t hi = 0; hi < F; ++hi) {
+      if (hi == lo || bytes[hi] < bytes[lo]) continue;
+      const double extra = bytes[hi] - bytes[lo];
+      // Layers the budget pays for (all of them when the high format costs no more).
+      const size_t k_max = extra <= 0 ? L : size_t(std::min<double>(double(L), std::floor((budget - base_bytes) / extra + 1e-9)));
+      std::iota(order.begin(), order.end(), 0u);
+      const auto gain = [&](uint32_t l) { return cost[lo][l] - cost[hi][l]; };
+      std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return gain(a) > gain(b); });
+      double c = base_cost, b = base_bytes;
+      size_t k = 0;
+      while (k < k_max && gain(order[k]) > 0) {
+        c -= gain(order[k]);
+        b += extra;
+        ++k;
+      }
+      if (k == 0 || k == L || !better(c, b)) continue;  // k == L: the high format alone, tried as such
+      std::vector<uint32_t> set(order.begin(), order.begin() + long(k));
+      std::sort(set.begin(), set.end());
+      best = Allocation{lo, hi, std::move(set), c, b};
+    }
+  }
+  if (!found) {
+    const double least = *std::min_element(bytes.begin(), bytes.end()) * double(L);
+    throw Error(
+        fmt::format("the budget of {:.1f} bytes per token is below the smallest choice, {:.1f} bytes per token (every layer "
+                    "at the narrowest width): raise bits= or mem=, or lower widths=",
+                    budget, least));
+  }
+  return best;
+}
+
+Sensitivity measure_sensitivity(const model::Model& m, const std::vector<int>& tokens, const KvSpec& knobs, unsigned threads,
+                                Sensitivity widths, const std::function<void(size_t, size_t)>& progress) {
+  const uint32_t L = uint32_t(m.config.n_layers);
+  Sensitivity s{widths.k_widths, widths.v_widths, {}, {}};
+  // Probes [probe][layer], K probes first: layer l's keys at the probe's width (values at 8, nearly
+  // exact), or its values (keys at 8); every other layer fp16, the knobs (sink, window, centre, ...)
+  // as given.
+  std::vector<KvSpec> probes;
+  const auto add = [&](uint32_t kb, uint32_t vb) {
+    for (uint32_t l = 0; l < L; ++l) {
+      KvSpec p = knobs;
+      p.format.k = p.format.v = TensorCode{Encoding::kFp16, 16};
+      p.policy.layer_set = {l};
+      p.policy.edge_k = TensorCode{Encoding::kTqMse, uint8_t(kb)};
+      p.policy.edge_v = TensorCode{Encoding::kTqMse, uint8_t(vb)};
+      p.text = p.canonical();
+      probes.push_back(p);
+    }
+  };
+  for (uint32_t b : s.k_widths) add(b, 8);
+  for (uint32_t b : s.v_widths) add(8, b);
+  PerplexityOptions po;
+  po.ctx = uint32_t(tokens.size());  // one window: the whole calibration text
+  po.threads = threads;
+  po.device = Device::kCpu;
+  po.exact_products = true;  // 8-bit activations would add their own KL (~0.0035 nats), more than a layer's
+  const PerplexityResult res = evaluate_perplexity(m, tokens, probes, po, progress);
+  size_t row = 0;
+  for (auto* out : {&s.k, &s.v})
+    for (size_t p = 0; p < (out == &s.k ? s.k_widths.size() : s.v_widths.size()); ++p) {
+      out->emplace_back();
+      for (uint32_t l = 0; l < L; ++l) out->back().push_back(res.rows[row++].kl);
+    }
+  return s;
+}
+
+AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c, const Sensitivity& s) {
+  const uint32_t L = uint32_t(c.n_layers), H = uint32_t(c.n_kv_heads), D = uint32_t(c.head_dim);
+  TQ_CHECK(!s.k_widths.empty() && !s.v_widths.empty() && s.k.size() == s.k_widths.size() && s.v.size() == s.v_widths.size(),
+           "sensitivity: {} K and {} V probe rows for {} and {} widths", s.k.size(), s.v.size(), s.k_widths.size(), s.v_widths.size());
+  for (const auto* rows : {&s.k, &s.v})
+    for (const auto& row : *rows) TQ_CHECK(row.size() == L, "sensitivity of {} layers for a model of {}", row.size(), L);
+  const uint32_t page = r.knobs.format.page_size;
+  // The candidate formats: every whole K and V width of widths=.
+  std::vector<std::pair<TensorCode, TensorCode>> fmts;
+  for (uint32_t kb = r.min_width; kb <= r.max_width; ++kb)
+    for (uint32_t vb = r.min_width; vb <= r.max_width; ++vb)
+      fmts.push_back({TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}});
+  // The codebook's distortion per unit vector at each width; a layer's KL scales with it.
+  const auto dist = [&](uint32_t bits) { return codebook(padded_dim(D), bits).expected_mse; };
+  std::vector<std::vector<double>> cost(fmts.size(), std::vector<double>(L));
+  std::vector<double> bytes(fmts.size());
+  for (size_t f = 0; f < fmts.size(); ++f) {
+    bytes[f] = bytes_per_token_head(fmts[f].first, fmts[f].second, D, page) * H;
+    const size_t pk = probe_for(s.k_widths, fmts[f].first.bits), pv = probe_for(s.v_widths, fmts[f].second.bits);
+    const double rk = dist(fmts[f].first.bits) / dist(s.k_widths[pk]), rv = dist(fmts[f].second.bits) / dist(s.v_widths[pv]);
+    for (uint32_t l = 0; l < L; ++l) cost[f][l] = s.k[pk][l] * rk + s.v[pv][l] * rv;
+  }
+  // The budget in bytes per token over all layers.
+  const double elems_bytes = 2.0 * D * H * L / 8.0;  // bytes per token at one bit per element
+  double budget = 0;
+  std::string budget_is;
+  if (r.bits > 0) {
+    budget = r.bits * elems_bytes;
+    budget_is = fmt::format("{} bits per element", r.bits);
+  } else {
+    const KvSize ks = kv_size(r.knobs, L, H, D);
+    const double fixed = ks.side_bytes + ks.centre_bytes, tokens = std::ceil(double(r.context) / page) * page;
+    TQ_CHECK(double(r.mem_bytes) > fixed, "KV spec '{}': mem= {} bytes does not even hold the side buffer and key centre ({:.0f} bytes)",
+             r.text, r.mem_bytes, fixed);
+    budget = (double(r.mem_bytes) - fixed) / tokens;
+    budget_is = fmt::format("{:.1f} MiB for {} tokens: {:.3f} bits per element after {:.2f} MiB of side buffer", r.mem_bytes / 1048576.0,
+                            r.context, budget / elems_bytes, fixed / 1048576.0);
+  }
+  Allocation a;
+  try {
+    a = allocate_layers(cost, bytes, budget);
+  } catch (const Error& e) {
+    throw Error(fmt::format("KV spec '{}' on this model: {}", r.text, e.what()));
+  }
+  AutoKvChoice out;
+  out.spec = r.knobs;
+  out.spec.format.k = fmts[a.low].first;
+  out.spec.format.v = fmts[a.low].second;
+  if (!a.high_layers.empty()) {
+    out.spec.policy.layer_set = a.high_layers;
+    out.spec.policy.edge_k = fmts[a.high].first;
+    out.spec.policy.edge_v = fmts[a.high].second;
+  }
+  out.spec = parse_kv_spec(out.spec.canonical());  // its text canonical, and the round trip checked
+
+  // The report: each layer's sensitivity and format, then the alternatives the model rejected.
+  std::string t = fmt::format(
+      "{}: per-layer KL (nats) vs an fp32 cache when only that layer's keys (K<b>) or values (V<b>) are at b bits, the rest fp16:\n  layer",
+      r.text);
+  for (uint32_t b : s.k_widths) t += fmt::format("  {:>8}", fmt::format("K{}", b));
+  for (uint32_t b : s.v_widths) t += fmt::format("  {:>8}", fmt::format("V{}", b));
+  t += "  format  predicted KL\n";
+  for (uint32_t l = 0; l < L; ++l) {
+    const size_t f = out.spec.is_edge_layer(l, L) ? a.high : a.low;
+    t += fmt::format("  {:5}", l);
+    for (const auto* rows : {&s.k, &s.v})
+      for (const auto& row : *rows) t += fmt::format("  {:.6f}", row[l]);
+    t += fmt::format("  {:6}  {:.6f}\n", base_of(fmts[f].first, fmts[f].second), cost[f][l]);
+  }
+  const double bits = a.bytes / elems_bytes;
+  t += fmt::format("  chose {}: {:.4f} bits per element (budget {}), predicted KL {:.5f} (the sum of the layers')\n", out.spec.canonical(),
+                   bits, budget_is, a.cost);
+  // The best single format within the budget, and the edge= layout of the same formats and count.
+  double single = -1;
+  size_t single_f = 0;
+  for (size_t f = 0; f < fmts.size(); ++f) {
+    const double c0 = std::accumulate(cost[f].begin(), cost[f].end(), 0.0);
+    if (bytes[f] * L <= budget && (single < 0 || c0 < single)) single = c0, single_f = f;
+  }
+  if (single >= 0)
+    t += fmt::format("  one format for all layers: best {} ({:.4f} bits), predicted KL {:.5f}\n",
+                     base_of(fmts[single_f].first, fmts[single_f].second), bytes[single_f] * L / elems_bytes, single);
+  const size_t n = a.high_layers.size();
+  if (n && n % 2 == 0 && n < L) {
+    double ce = 0;
+    for (uint32_t l = 0; l < L; ++l) ce += (l < n / 2 || l + n / 2 >= L) ? cost[a.high][l] : cost[a.low][l];
+    t +=
+        fmt::format("  the same formats as edge={}/{}: predicted KL {:.5f}\n", n / 2, base_of(fmts[a.high].first, fmts[a.high].second), ce);
+  }
+  out.report = t;
+  return out;
+}
+
+AutoKvChoice resolve_auto_kv(const AutoKvRequest& r, const model::Model& m, const std::vector<int>& tokens, unsigned threads,
+                             const std::function<void(size_t, size_t)>& progress) {
+  TQ_CHECK(tokens.size() >= 16, "KV spec '{}': the calibration text '{}' has {} tokens; it needs at least 16", r.text, r.calib,
+           tokens.size());
+  const Sensitivity s = measure_sensitivity(m, tokens, r.knobs, threads, {}, progress);
+  AutoKvChoice c = choose_auto_kv(r, m.config, s);
+  c.report = fmt::format("calibrated on the first {} tokens of {}\n", tokens.size(), r.calib) + c.report;
+  return c;
+}
+
+}  // namespace tq::engine
