@@ -178,6 +178,7 @@ def torch_sdpa(q, kt, vt):
 
 
 def main():
+    global D
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
     ap.add_argument("--json", default=None)
@@ -187,7 +188,12 @@ def main():
     ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
     ap.add_argument("--no-prefill", action="store_true", help="skip the chunked-prefill measurement")
     ap.add_argument("--prefill-only", action="store_true", help="only the chunked-prefill measurement")
+    ap.add_argument("--head-dim", type=int, default=D, help="head dim of every cache and of torch's K/V (64, 128 or 256)")
+    ap.add_argument("--hbm-tbps", type=float, default=4.2,
+                    help="the memory bandwidth the limit column divides by, TB/s (4.2: what the kernels issue counts for an H200, "
+                         "whose datasheet says 4.8)")
     args = ap.parse_args()
+    D = args.head_dim
     lib = load(args.lib)
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     if args.prefill_only:
@@ -209,7 +215,8 @@ def main():
         g_torch = timed_graph(lambda st: torch_sdpa(qt, kt, vt))
         bf16_bytes = 2 * B * L * KVH * D * 2
         rows.append(dict(batch=B, context=L, kv="torch-sdpa-bf16", ms=t_torch, bytes=bf16_bytes, gbps=bf16_bytes / t_torch / 1e6,
-                         graph_ms=g_torch))
+                         graph_ms=g_torch, head_dim=D, limit_us=bf16_bytes / (args.hbm_tbps * 1e6),
+                         of_limit=bf16_bytes / (args.hbm_tbps * 1e6) / (g_torch * 1e3)))
         print(f"B={B:3d} L={L:6d} torch-sdpa-bf16 {t_torch:8.4f} ms {bf16_bytes / t_torch / 1e6:7.0f} GB/s", flush=True)
         for spec in args.specs.split(","):
             cache = PagedCache(lib, spec, B, L, k, v, args.splits)
@@ -221,7 +228,8 @@ def main():
             g = timed_graph(lambda st: cache.decode(q, out, st))
             nbytes = cache.bytes()
             row = dict(batch=B, context=L, kv=spec, ms=t, bytes=nbytes, gbps=nbytes / t / 1e6, speedup_vs_torch=t_torch / t,
-                       rel_err_vs_torch=rel, graph_ms=g, graph_speedup_vs_torch=g_torch / g)
+                       rel_err_vs_torch=rel, graph_ms=g, graph_speedup_vs_torch=g_torch / g, head_dim=D,
+                       limit_us=nbytes / (args.hbm_tbps * 1e6), of_limit=nbytes / (args.hbm_tbps * 1e6) / (g * 1e3))
             if spec == "k3v2":
                 # one decode step writes one new token per sequence
                 newk, newv = k[:B].clone(), v[:B].clone()
@@ -271,12 +279,16 @@ def main():
         rows.append(dict(kv="k3v2", quantize_store_bulk_tokens=n, ms=t, mtokens_per_s=n / t / 1e3))
         cache.close()
 
-    print("\n| batch | context | kv | ms (one call) | GB/s | vs torch bf16 | us in a CUDA graph | vs torch, both in graphs |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"\n| batch | context | head dim | kv | ms (one call) | GB/s | vs torch bf16 | us in a CUDA graph | vs torch, both in graphs "
+          f"| byte limit us ({args.hbm_tbps} TB/s) | of the limit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "batch" in r:
-            print(f"| {r['batch']} | {r['context']} | {r['kv']} | {r['ms']:.4f} | {r['gbps']:.0f} | "
-                  f"{r.get('speedup_vs_torch', 1.0):.2f}x | {r['graph_ms'] * 1e3:.1f} | {r.get('graph_speedup_vs_torch', 1.0):.2f}x |")
+            print(f"| {r['batch']} | {r['context']} | {r.get('head_dim', D)} | {r['kv']} | {r['ms']:.4f} | {r['gbps']:.0f} | "
+                  f"{r.get('speedup_vs_torch', 1.0):.2f}x | {r['graph_ms'] * 1e3:.1f} | {r.get('graph_speedup_vs_torch', 1.0):.2f}x | "
+                  f"{r['limit_us']:.1f} | {100 * r['of_limit']:.0f}% |" if "limit_us" in r else
+                  f"| {r['batch']} | {r['context']} | {D} | {r['kv']} | {r['ms']:.4f} | {r['gbps']:.0f} | "
+                  f"{r.get('speedup_vs_torch', 1.0):.2f}x | {r['graph_ms'] * 1e3:.1f} | {r.get('graph_speedup_vs_torch', 1.0):.2f}x | | |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=dev.name, rows=rows), f, indent=1)

@@ -5,6 +5,7 @@
 
 #include "tq/backend/cpu/runner.h"
 #include "tq/check.h"
+#include "tq/engine/key_centre.h"
 #include "tq/engine/sampler.h"
 #ifdef TQ_WITH_CUDA
 #include "tq/backend/cuda/runner.h"
@@ -108,11 +109,30 @@ RunnerOptions Engine::runner_options(const EngineOptions& o) {
 }
 
 Engine::Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts)
-    : Engine(make_runner(m, spec, resolve(m.config, spec.format.page_size, opts)), spec.format.page_size, opts) {}
+    : Engine(make_runner(m, spec, resolve(m.config, spec.format.page_size, opts)), spec.format.page_size, opts, &m) {}
 
 Engine::Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts)
+    : Engine(std::move(runner), page_size, opts, nullptr) {}
+
+Engine::Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts, const model::Model* m)
     : opts_(resolve(runner->config(), page_size, opts)), runner_(std::move(runner)), blocks_(runner_->num_pages(), page_size) {
   opts_.num_pages = runner_->num_pages();
+  calibrate_centre(m);
+}
+
+void Engine::calibrate_centre(const model::Model* m) {
+  if (!runner_->spec().policy.key_centre) return;
+  // At most a chunk and the context; fewer tokens when either is smaller (the centre is then a
+  // mean over fewer keys, still the same for every request of this engine).
+  const uint32_t n = std::min({kCentreTokens, opts_.max_chunk, opts_.context});
+  const int seq = add_sequence();
+  try {
+    forward({BatchItem{seq, key_centre_tokens(m, config().vocab_size, n), false}});
+  } catch (...) {
+    remove_sequence(seq);
+    throw;
+  }
+  remove_sequence(seq);
 }
 
 int Engine::add_sequence() {

@@ -153,7 +153,13 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                                            RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "fp16:sink=4:window=8"},
                                            RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "k3v2:sink=4:window=16"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k4v4:window=5"},
-                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k3v2:sink=4:window=64:edge=2/k4v4"}),
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k3v2:sink=4:window=64:edge=2/k4v4"},
+                                           // The key centre: fixed by each engine's calibration step, subtracted from
+                                           // every key after RoPE (qwen2's bias before it), side rows included.
+                                           RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "fp16:centre"},
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k3v2:centre"},
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"),
+                                                      "k3v2:sink=4:window=64:edge=2/k4v4:centre"}),
                          [](const auto& i) {
                            std::string s = std::string(i.param.name) + "_" + i.param.spec;
                            for (char& ch : s)
@@ -208,7 +214,7 @@ TEST(CudaRunnerGraphs, GreedyStepsMatchEagerLogits) {
     s.dim = 256, s.n_heads = 4, s.n_kv_heads = 2, s.hidden = 512, s.n_layers = 2, s.vocab = 300, s.realistic = true;
     return s;
   }());
-  for (const char* spec_text : {"k3v2", "k3v2:sink=4:window=16"}) {
+  for (const char* spec_text : {"k3v2", "k3v2:sink=4:window=16", "k3v2:sink=4:window=16:centre"}) {
     SCOPED_TRACE(spec_text);
     const KvSpec spec = parse_kv_spec(spec_text);
     engine::Engine graphs(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400});
@@ -322,6 +328,65 @@ TEST(CudaRunnerRandom, NamedShapeAndGpuMemory) {
   side->forward({engine::StepSeq{s, tokens.data(), 30, 0, &pages.block_table(s), false}});  // from the start: fine
 }
 
+// The key centre's two kernels against the CPU store's arithmetic: fix_key_centre sums each
+// channel in double in row order, leaving out position 0 (unless it is all there is), as
+// cpu::KvStore::calibrate, so the centres are its bits, and the keys are then k - mu in fp32;
+// qkv_rope with a centre gives its keys without one less the centre, bit for bit, and leaves the
+// queries and values alone. Hostile rows: an offset 50 times the spread, a huge position-0 row.
+TEST(CudaRunnerCentre, KernelsGiveTheCpuStoresBits) {
+  TQ_REQUIRE_GPU();
+  const uint32_t hq = 4, hkv = 2, hd = 64, rope = 64, n = 13, width = hkv * hd, ctx = 64;
+  std::mt19937 rng(21);
+  std::normal_distribution<float> n01;
+  for (const bool only_zero : {false, true}) {
+    SCOPED_TRACE(only_zero ? "every row at position 0" : "positions 0..12");
+    std::vector<float> k(size_t(n) * width);
+    std::vector<int32_t> pos(n);
+    for (uint32_t r = 0; r < n; ++r) {
+      pos[r] = only_zero ? 0 : int32_t(r);
+      for (uint32_t i = 0; i < width; ++i) k[r * width + i] = 50.0f * float(i % 7) - 120.0f + n01(rng) + (r == 0 ? 1e4f : 0.0f);
+    }
+    std::vector<float> mu(width), want_k(k.size());
+    for (uint32_t i = 0; i < width; ++i) {
+      double sum = 0;
+      uint32_t used = 0;
+      for (uint32_t r = 0; r < n; ++r)
+        if (only_zero || pos[r] != 0) sum += k[r * width + i], ++used;
+      mu[i] = float(sum / double(used));
+      for (uint32_t r = 0; r < n; ++r) want_k[r * width + i] = k[r * width + i] - mu[i];
+    }
+    test::DeviceBuffer<float> dk(k), dmu(width);
+    test::DeviceBuffer<int32_t> dpos(pos);
+    cuda::layers::fix_key_centre(dk.ptr, dpos.ptr, n, width, dmu.ptr, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(dmu.download(), mu);
+    EXPECT_EQ(dk.download(), want_k);
+  }
+  // qkv_rope: centred = plain - mu for keys; q and v untouched. A bias, both pair layouts.
+  const uint32_t fused = (hq + 2 * hkv) * hd;
+  std::vector<float> qkv(size_t(n) * fused), bias(fused), cs(size_t(ctx) * rope / 2), sn(cs.size()), mu(width);
+  for (float& x : qkv) x = 3.0f * n01(rng);
+  for (float& x : bias) x = n01(rng);
+  for (float& x : mu) x = 5.0f * n01(rng);
+  for (size_t i = 0; i < cs.size(); ++i) cs[i] = std::cos(0.01f * float(i)), sn[i] = std::sin(0.01f * float(i));
+  std::vector<int32_t> pos(n);
+  for (uint32_t r = 0; r < n; ++r) pos[r] = int32_t(3 * r % ctx);
+  test::DeviceBuffer<float> dqkv(qkv), dbias(bias), dcs(cs), dsn(sn), dmu(mu);
+  test::DeviceBuffer<int32_t> dpos(pos);
+  for (const bool adjacent : {true, false}) {
+    test::DeviceBuffer<float> q0(size_t(n) * hq * hd), k0(size_t(n) * width), v0(k0.n), q1(q0.n), k1(k0.n), v1(k0.n);
+    cuda::layers::qkv_rope(dqkv.ptr, dbias.ptr, dpos.ptr, n, hq, hkv, hd, rope, dcs.ptr, dsn.ptr, adjacent, nullptr, q0.ptr, k0.ptr, v0.ptr,
+                           nullptr);
+    cuda::layers::qkv_rope(dqkv.ptr, dbias.ptr, dpos.ptr, n, hq, hkv, hd, rope, dcs.ptr, dsn.ptr, adjacent, dmu.ptr, q1.ptr, k1.ptr, v1.ptr,
+                           nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_EQ(q1.download(), q0.download());
+    EXPECT_EQ(v1.download(), v0.download());
+    std::vector<float> plain = k0.download(), centred = k1.download();
+    for (size_t i = 0; i < plain.size(); ++i) ASSERT_EQ(centred[i], plain[i] - mu[i % width]) << "element " << i << " adjacent " << adjacent;
+  }
+}
+
 // What the runner does not implement is refused by name before any device call (so this runs
 // without a GPU too).
 TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
@@ -329,7 +394,6 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
   c.n_layers = 4, c.dim = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.vocab_size = 300;
   std::string why;
   for (const auto& [spec, expect] : std::vector<std::pair<const char*, const char*>>{{"fp16:ksim=int4", "ksim=int4"},
-                                                                                      {"k3v2:centre", "key centre (centre) runs on the CPU only"},
                                                                                       {"fp32", "fp32 caches"},
                                                                                       {"k3v2:prod", "prod keys"},
                                                                                       {"k5v2", "k5v2"},

@@ -5,8 +5,13 @@
 #include <cmath>
 #include <limits>
 #include <random>
+#include <set>
 
+#include "engine/stories.h"
+#include "model/tiny_models.h"
 #include "tq/backend/cpu/kv_store.h"
+#include "tq/engine/engine.h"
+#include "tq/engine/key_centre.h"
 #include "tq/kv/block_manager.h"
 
 namespace tq::cpu {
@@ -294,3 +299,65 @@ TEST(KeyCentre, HostileOffsetCostsLessCentred) {
 
 }  // namespace
 }  // namespace tq::cpu
+
+namespace tq::engine {
+namespace {
+
+// The engine calibrates the centre with a step of its own (key_centre.h), so that it depends on
+// the model and the spec alone: a prompt gets the same logits, bit for bit, whether it is the
+// engine's first request or follows another, and the calibration leaves the pool all free.
+TEST(KeyCentreEngine, CalibrationStepMakesTheCentreIndependentOfTheRequests) {
+  REQUIRE_STORIES();
+  const model::Model& m = testing::stories()->m;
+  const model::Tokenizer& tok = *testing::stories()->tok;
+  const std::vector<int> p = tok.encode("Once upon a time, a little fox found a red ball in the garden.", true);
+  const std::vector<int> other = tok.encode("The boat was big and blue. Tim and his mom sailed on the lake all day long!", true);
+  const auto logits = [&](const char* spec, bool other_first) {
+    Engine e(m, parse_kv_spec(spec), {.threads = 2, .context = 256});
+    EXPECT_EQ(e.blocks().allocator().free_pages(), e.blocks().allocator().num_pages()) << "calibration left pages behind";
+    if (other_first) {
+      const int s = e.add_sequence();
+      e.prefill(s, other);
+      e.remove_sequence(s);
+    }
+    const int s = e.add_sequence();
+    return e.prefill(s, p, true);
+  };
+  for (const char* spec : {"k3v2:centre", "k3v2:edge=2/k4v4:sink=4:window=8:centre"}) {
+    SCOPED_TRACE(spec);
+    EXPECT_EQ(logits(spec, false), logits(spec, true));
+  }
+  // Not vacuous: the centre changes the codes, hence the logits.
+  EXPECT_NE(logits("k3v2:centre", false), logits("k3v2", false));
+}
+
+TEST(KeyCentreEngine, CalibrationTokens) {
+  // No tokenizer: n distinct ids spread over the vocabulary.
+  for (const int vocab : {300, 512, 49152}) {
+    const std::vector<int> ids = key_centre_tokens(nullptr, vocab, kCentreTokens);
+    ASSERT_EQ(ids.size(), kCentreTokens);
+    for (int t : ids) EXPECT_TRUE(t >= 0 && t < vocab) << t;
+    EXPECT_EQ(std::set<int>(ids.begin(), ids.end()).size(), ids.size()) << "vocab " << vocab;
+  }
+  EXPECT_EQ(key_centre_tokens(nullptr, 1, 5), std::vector<int>(5, 0));
+  EXPECT_EQ(key_centre_tokens(nullptr, 300, 7).size(), 7u);
+  // A GGUF without tokenizer metadata (the tests' synthetic models): the spread ids too.
+  model::testing::TinyModelSpec bare;
+  bare.vocab = 300;
+  const model::Model plain = model::testing::load_written(model::testing::tiny_model(bare));
+  EXPECT_EQ(key_centre_tokens(&plain, 300, kCentreTokens), key_centre_tokens(nullptr, 300, kCentreTokens));
+  // A GGUF with a tokenizer: the passage, BOS first, cut to n.
+  const model::testing::BpeVocab vocab = model::testing::small_bpe_vocab(true);
+  model::testing::TinyModelSpec spec;
+  spec.tokenizer = &vocab;
+  spec.vocab = int(vocab.tokens.size());
+  const model::Model m = model::testing::load_written(model::testing::tiny_model(spec));
+  const auto tok = model::tokenizer_from_gguf(*m.gguf);
+  std::vector<int> want = tok->encode(key_centre_text(), tok->add_bos_default());
+  ASSERT_GT(want.size(), size_t(kCentreTokens));
+  want.resize(kCentreTokens);
+  EXPECT_EQ(key_centre_tokens(&m, spec.vocab, kCentreTokens), want);
+}
+
+}  // namespace
+}  // namespace tq::engine

@@ -138,7 +138,7 @@ INSTANTIATE_TEST_SUITE_P(Specs, GreedySpeculation,
                                            Case{"k3v2", 8, false}, Case{"k2v2:nc:prod", 3, true},
                                            Case{"k3v2:edge=1/k4v4:sink=2:window=6:page=4", 8, false},
                                            Case{"k3v2:edge=2/k4v4:sink=4:window=64", 8, true},
-                                           // the key centre: fixed by the prompt's first chunk, the same with drafts or without
+                                           // the key centre: fixed by the engine's calibration step, the same with drafts or without
                                            Case{"k3v2:edge=1/k4v4:sink=2:window=6:page=4:centre", 8, true}));
 
 // The draft model's drafter checks itself: at every step its drafts must be those a fresh draft

@@ -59,8 +59,11 @@ class Engine {
   // On the runner of opts.device. Keeps a reference to `m` (must outlive the engine). Throws
   // tq::Error on an unsupported model (head dim, missing tensors, weight types that cannot be
   // dequantized), a bad KV spec, or one the device's runner does not implement.
+  // A spec with a key centre (centre) is calibrated here: the engine's first step is a sequence of
+  // key_centre_tokens(&m) (key_centre.h), removed again, which fixes the centres for its life.
   Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts = {});
   // On any runner, built for resolve(runner's config, page size, opts); the pool is the runner's.
+  // The key centre's step reads key_centre_tokens(nullptr, vocab) (the runner has no tokenizer).
   Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts);
   // The options with the defaults filled in: the model's context, the pool for max_seqs of it.
   static EngineOptions resolve(const model::ModelConfig& c, uint32_t page_size, EngineOptions opts);
@@ -119,6 +122,9 @@ class Engine {
   std::vector<float> prefill(int seq, const std::vector<int>& tokens, bool all_logits = false);
 
  private:
+  Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts, const model::Model* m);
+  // The key centre's calibration step (a no-op for specs without centre).
+  void calibrate_centre(const model::Model* m);
   // Checks the batch and reserves its pages (all or nothing): the runner's step.
   std::vector<StepSeq> schedule(const std::vector<BatchItem>& batch);
   // Runs fn(step); a failed step leaves no trace (the positions it reserved are given back).

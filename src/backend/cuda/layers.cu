@@ -87,8 +87,8 @@ __global__ void add_rmsnorm_vec_kernel(float* __restrict__ x, const float* __res
 // One block a row (token).
 __global__ void qkv_rope_kernel(const float* __restrict__ qkv, const float* __restrict__ bias, const int32_t* __restrict__ pos,
                                 uint32_t hq, uint32_t hkv, uint32_t hd, uint32_t rope_dim, const float* __restrict__ cs,
-                                const float* __restrict__ sn, bool adjacent, float* __restrict__ q, float* __restrict__ k,
-                                float* __restrict__ v) {
+                                const float* __restrict__ sn, bool adjacent, const float* __restrict__ centre, float* __restrict__ q,
+                                float* __restrict__ k, float* __restrict__ v) {
   const uint32_t r = blockIdx.x, width = (hq + 2 * hkv) * hd, half = rope_dim / 2;
   const float* src = qkv + size_t(r) * width;
   const float* c = cs + size_t(pos[r]) * half;
@@ -104,15 +104,38 @@ __global__ void qkv_rope_kernel(const float* __restrict__ qkv, const float* __re
     const size_t at = size_t(h) * hd;
     float a0 = src[at + i0], a1 = src[at + i1];
     if (bias) a0 += bias[at + i0], a1 += bias[at + i1];
-    *dst(h, i0) = a0 * c[i] - a1 * s[i];
-    *dst(h, i1) = a0 * s[i] + a1 * c[i];
+    float r0 = a0 * c[i] - a1 * s[i], r1 = a0 * s[i] + a1 * c[i];
+    if (centre && h >= hq) {  // a key: less its centre, after RoPE (as the CPU runner's store)
+      const float* mu = centre + size_t(h - hq) * hd;
+      r0 -= mu[i0], r1 -= mu[i1];
+    }
+    *dst(h, i0) = r0;
+    *dst(h, i1) = r1;
   }
   // Everything else: coordinates past rope_dim, and the v heads.
   for (uint32_t t = threadIdx.x; t < width; t += blockDim.x) {
     const uint32_t h = t / hd, e = t % hd;
     if (h < hq + hkv && e < rope_dim) continue;
-    *dst(h, e) = bias ? src[t] + bias[t] : src[t];
+    float x = bias ? src[t] + bias[t] : src[t];
+    if (centre && h >= hq && h < hq + hkv) x -= centre[size_t(h - hq) * hd + e];
+    *dst(h, e) = x;
   }
+}
+
+// One thread a channel: rows in order, in double, as cpu::KvStore::calibrate sums them.
+__global__ void fix_key_centre_kernel(float* __restrict__ k, const int32_t* __restrict__ pos, uint32_t n, uint32_t width,
+                                      float* __restrict__ centre) {
+  const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= width) return;
+  uint32_t used = 0;
+  for (uint32_t r = 0; r < n; ++r) used += pos[r] != 0;
+  const bool all = used == 0;  // only position 0: take it rather than nothing
+  double sum = 0;
+  for (uint32_t r = 0; r < n; ++r)
+    if (all || pos[r] != 0) sum += k[size_t(r) * width + i];
+  const float mu = float(sum / double(all ? n : used));
+  centre[i] = mu;
+  for (uint32_t r = 0; r < n; ++r) k[size_t(r) * width + i] -= mu;
 }
 
 __global__ void swiglu_kernel(const float* __restrict__ gu, uint32_t hidden, size_t n, bf16_t* __restrict__ h) {
@@ -167,9 +190,13 @@ void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, ui
   }
 }
 void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
-              uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, float* q, float* k, float* v, Stream s) {
+              uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, const float* centre, float* q, float* k, float* v,
+              Stream s) {
   // 1024 threads: a decode step's row is one block, whose loops are its latency.
-  qkv_rope_kernel<<<n, 1024, 0, s>>>(qkv, bias, pos, q_heads, kv_heads, head_dim, rope_dim, cos, sin, adjacent, q, k, v);
+  qkv_rope_kernel<<<n, 1024, 0, s>>>(qkv, bias, pos, q_heads, kv_heads, head_dim, rope_dim, cos, sin, adjacent, centre, q, k, v);
+}
+void fix_key_centre(float* k, const int32_t* pos, uint32_t n, uint32_t width, float* centre, Stream s) {
+  fix_key_centre_kernel<<<(width + 127) / 128, 128, 0, s>>>(k, pos, n, width, centre);
 }
 void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s) {
   swiglu_kernel<<<blocks_for(size_t(n) * hidden), 256, 0, s>>>(gu, hidden, size_t(n) * hidden, h);

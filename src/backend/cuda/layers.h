@@ -21,9 +21,16 @@ void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, ui
 // to q and k at position pos[r]. qkv: [n][(q_heads + 2 kv_heads) head_dim] (q heads, k heads, v
 // heads), bias: [that width] or null; q: [n][q_heads][head_dim]; k, v: [n][kv_heads][head_dim];
 // cos/sin: [context][rope_dim / 2]. adjacent: pairs (2i, 2i+1) (llama), else (i, i + rope_dim/2)
-// (neox / qwen2).
+// (neox / qwen2). centre: null, or the layer's key centres [kv_heads][head_dim], subtracted from the
+// keys after RoPE (KvPolicy::key_centre: keys are stored, and read, as k - mu).
 void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
-              uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, float* q, float* k, float* v, Stream s);
+              uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, const float* centre, float* q, float* k, float* v,
+              Stream s);
+// The key centres of a layer's first step (cpu::KvStore::calibrate): centre[i] = the mean of
+// k[r][i] over the rows whose pos[r] != 0 (all rows when every one is at position 0), summed in
+// double in row order, as the CPU reference; then k[r][i] -= centre[i] for every row.
+// k: [n][width] (width = kv_heads * head_dim), pos: [n], centre: [width].
+void fix_key_centre(float* k, const int32_t* pos, uint32_t n, uint32_t width, float* centre, Stream s);
 // h[r][i] = bf16(silu(gu[r][i]) * gu[r][hidden + i]): the fused gate and up products. gu: [n][2 hidden].
 void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s);
 // y[rows] = w x for a step of one row (decode at batch 1, the logits of one sequence): each

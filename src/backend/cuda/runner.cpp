@@ -143,6 +143,9 @@ class CudaModelRunner : public engine::ModelRunner {
   std::vector<Group> upload_step(const std::vector<StepSeq>& step, uint32_t* n_tokens, uint32_t* n_rows);
   // Every kernel of the step, on stream_: logits_ [R][vocab], and ids_ [R] when sampling (from sample_args_).
   void enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool sample);
+  // After the first step of a spec with a key centre (the stream synchronized): the centres it
+  // fixed are kept if finite; else tq::Error, and the next step fixes them again.
+  void settle_centre();
 
   model::ModelConfig cfg_;
   KvSpec spec_;
@@ -168,6 +171,10 @@ class CudaModelRunner : public engine::ModelRunner {
   size_t tail_layer_ = 0, tail_slot_ = 0;  // elements of one layer's rows of a tail, of a tail
   // Copies the side rows of a prefix of `end` positions between a sequence's slot and a tail.
   void copy_tail(int seq, uint32_t end, uint32_t slot, bool save);
+  // Key centres (KvPolicy::key_centre): [layers][kv_heads][head_dim] fp32, fixed by the first step
+  // (layers::fix_key_centre), then subtracted from every key by qkv_rope.
+  Buf<float> centre_;
+  bool centre_fixed_ = false;
   size_t page_bytes_ = 0;
   uint32_t num_pages_ = 0;
   // Scratch for max_chunk rows.
@@ -226,10 +233,11 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   tail_layer_ = size_t(spec.policy.sink + spec.policy.window) * 2 * size_t(c.kv_dim());
   tail_slot_ = tails_ ? tail_layer_ * L : 0;
   const size_t side_total = has_side ? (side_slot_ * o.max_seqs + tail_slot_ * tails_) * sizeof(uint16_t) : 0;
+  const size_t centre_total = spec.policy.key_centre ? size_t(L) * c.kv_dim() * sizeof(float) : 0;
   const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
                                           size_t(c.vocab_size)) +
                          size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * (4 * (7 + max_pages_) + sizeof(layers::SampleRow)) + kBlasWorkspace +
-                         side_total;
+                         side_total + centre_total;
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   const double gib = double(1ull << 30);
@@ -311,6 +319,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   ids_ = alloc<int32_t>(N, "sampled ids"), seq_ids_ = alloc<int32_t>(N, "sequence ids");
   if (has_side) side_ = alloc<uint16_t>(side_slot_ * o.max_seqs, "side buffers"), side_written_.assign(o.max_seqs, 0);
   if (tails_) tails_buf_ = alloc<uint16_t>(tail_slot_ * tails_, "prefix tails");
+  if (centre_total) centre_ = alloc<float>(size_t(L) * KV, "key centres");
   slots_ = alloc<int64_t>(N, "slots");
   sample_args_ = alloc<layers::SampleRow>(N, "sampling arguments");
   void* pinned = nullptr;
@@ -503,8 +512,11 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
     // The residual add of the previous layer's FFN output is fused into this norm.
     layers::add_rmsnorm(x_.get(), l ? o_.get() : nullptr, nullptr, N, D, w.attn_norm.get(), c.rms_eps, hb_.get(), stream_);
     gemm(w.wqkv, hb_.get(), N, qkv_.get());
+    // Keys less their centre once it is fixed; the first step fixes it from its own keys.
+    float* mu = centre_.n ? centre_.get() + l * size_t(c.kv_dim()) : nullptr;
     layers::qkv_rope(qkv_.get(), w.bqkv.n ? w.bqkv.get() : nullptr, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim,
-                     rope_cos_.get(), rope_sin_.get(), adjacent, q_.get(), k_.get(), v_.get(), stream_);
+                     rope_cos_.get(), rope_sin_.get(), adjacent, centre_fixed_ ? mu : nullptr, q_.get(), k_.get(), v_.get(), stream_);
+    if (mu && !centre_fixed_) layers::fix_key_centre(k_.get(), pos_.get(), N, uint32_t(c.kv_dim()), mu, stream_);
     // Quantize on write (fp32 rows: the codes are those the CPU reference writes for these rows).
     QuantizeStoreParams st;
     st.cache = view(uint32_t(l));
@@ -541,7 +553,19 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   std::vector<float> out(size_t(R) * cfg_.vocab_size);
   check(cudaMemcpyAsync(out.data(), logits_.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_), "logits");
   check(cudaStreamSynchronize(stream_), "forward");
+  settle_centre();
   return out;
+}
+
+void CudaModelRunner::settle_centre() {
+  if (!centre_.n || centre_fixed_) return;
+  std::vector<float> mu(centre_.n);
+  check(cudaMemcpy(mu.data(), centre_.get(), mu.size() * sizeof(float), cudaMemcpyDeviceToHost), "key centres");
+  const size_t H = size_t(cfg_.n_kv_heads), D = size_t(cfg_.head_dim);
+  for (size_t i = 0; i < mu.size(); ++i)
+    TQ_CHECK(std::isfinite(mu[i]), "layer {} KV head {}: the key centre of channel {} is {} (the first keys written are not all finite)",
+             i / (H * D), i / D % H, i % D, mu[i]);
+  centre_fixed_ = true;
 }
 
 std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, const std::vector<engine::SampleArgs>& args) {
@@ -553,7 +577,8 @@ std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, 
   // A step of 1..8 new tokens for every sequence (decode, or verification of drafts) is replayed
   // from its graph (captured on first use), planned for the bucket's length bound rather than the
   // step's.
-  if (!opts_.eager && groups.size() == 1 && groups[0].ntok <= kMaxDecodeQueryTokens) {
+  // (Not the step that fixes the key centres: later steps would fix them again.)
+  if (!opts_.eager && groups.size() == 1 && groups[0].ntok <= kMaxDecodeQueryTokens && (!centre_.n || centre_fixed_)) {
     groups[0].max_len = length_bucket(groups[0].max_len, opts_.context);
     ensure_workspace(groups);
     const GraphKey key{groups[0].ntok, N, R, groups[0].max_len};
@@ -582,6 +607,7 @@ std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, 
   }
   check(cudaMemcpyAsync(host_ids_.get(), ids_.get(), R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "sampled ids");
   check(cudaStreamSynchronize(stream_), "forward");
+  settle_centre();
   std::vector<int> ids(host_ids_.get(), host_ids_.get() + R);
   size_t row = 0;
   for (const StepSeq& it : step)
@@ -616,12 +642,6 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
   if (!spec.policy.key_sim.empty())
     problem = fmt::format("KV spec '{}': ksim={} is a CPU simulation of another format; the CUDA runner has no such cache (--device cpu)",
                           spec.text, spec.policy.key_sim);
-  // The centre is subtracted as keys are written (cpu::KvStore::write); the device's quantize-and-
-  // store kernel and side-slot writes would need the same before GPU pages could hold such keys.
-  if (spec.policy.key_centre)
-    problem = fmt::format("KV spec '{}': the key centre (centre) runs on the CPU only for now: the CUDA runner stores keys uncentred "
-                          "(--device cpu)",
-                          spec.text);
   const uint32_t L = uint32_t(std::max(c.n_layers, 0));
   for (uint32_t l = 0; l < L && problem.empty(); ++l) {
     const KvFormat f = spec.layer_format(l, L);
