@@ -212,7 +212,7 @@ void add_run(CLI::App& app) {
                 "sampling seed: the same seed, prompt and flags give the same text (default: a random seed each run,\n"
                 "printed on stderr so the text can be repeated)")
       ->default_str("random");
-  c->add_option("--kv", o->kv, std::string("KV spec (default k3v2:edge=2/k4v4:sink=4:window=64, docs/quality.md says why)") + kAutoKvHelp);
+  c->add_option("--kv", o->kv, std::string("KV spec (default ") + kDefaultKvSpec + ", docs/quality.md says why)" + kAutoKvHelp);
   c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("--ctx", o->ctx,
                 "context length: generation stops when prompt and text fill it (default: the model's training context;\n"

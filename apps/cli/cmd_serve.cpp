@@ -153,7 +153,7 @@ void add_serve(CLI::App& app) {
   c->add_option("--host", o->host, "address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)");
   c->add_option("--port", o->port, "port to listen on (default 8000; 0 = any free port, printed on stderr)");
   c->add_option("--served-model-name", o->name, "the model's name in the API (default: the file name without extension)");
-  c->add_option("--kv", o->kv, std::string("KV spec (default k3v2:edge=2/k4v4:sink=4:window=64; docs/kv-specs.md)") + kAutoKvHelp);
+  c->add_option("--kv", o->kv, std::string("KV spec (default ") + kDefaultKvSpec + "; docs/kv-specs.md)" + kAutoKvHelp);
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("--max-num-seqs", o->max_num_seqs, "requests running at once (default 32); more wait in the queue");
   c->add_option("--max-model-len", o->max_model_len, "most tokens per request, prompt and output (default: the model's context)");

@@ -14,7 +14,9 @@ transformers' own QuantizedCache dequantizes the whole history every step.
 
 Any KV spec of docs/kv-specs.md, with its policy: edge layers are pages of their own format (the
 engine's layout, the same rotation seeds), sink and window an fp16 side buffer the kernels read
-in the same pass (SideView). A model that runs another attention is switched to "turboquant" by
+in the same pass (SideView), and the key centre (`centre`) is subtracted from each key before it
+is stored: each sequence's own, the mean of its prompt's keys (position 0 left out), since the
+cache cannot run the model on the engine's calibration passage. A model that runs another attention is switched to "turboquant" by
 the cache's first update (with a warning); the "turboquant" attention runs sdpa for any other
 cache. Batches with padding (attention_mask) are exact per sequence: pad tokens are never stored.
 Beam search, batch expansion and crop (rolling back up to 64 tokens with a window) copy or
@@ -107,6 +109,13 @@ class TurboQuantCache(Cache):
         self.max_cache_len_hint = max_cache_len
         self.page_size = self.spec.page_size
         self.sink, self.window = self.spec.sink, self.spec.window
+        knobs = self.spec.policy
+        sim = [k for k in knobs if k.startswith("ksim=")]
+        if sim:
+            raise ValueError(f"TurboQuantCache: KV spec '{self.spec.canonical}': {sim[0]} is a CPU simulation of another format in the "
+                             f"turboquant engine (tq perplexity), not a cache this one can hold")
+        self.centre = "centre" in knobs
+        self._centres: List[Optional[torch.Tensor]] = []  # [layers] fp32 [batch, kv_heads, head_dim] once the layer's first step fixed it
         self.side_rows = self.sink + (self.window + SIDE_EXTRA if self.window else 0)
         self._ready = False
         self._columns: List[int] = []       # [layers] token columns seen (pad columns too): transformers' sequence length
@@ -147,6 +156,7 @@ class TurboQuantCache(Cache):
         self._tables = [[] for _ in range(batch)]
         self._lens = [[0] * batch for _ in range(n)]
         self._columns = [0] * n
+        self._centres = [None] * n
         self._ready = True
 
     def _take_page(self) -> int:
@@ -225,6 +235,7 @@ class TurboQuantCache(Cache):
             self._release_tail(b, 0)
         self._lens = [[0] * self.batch for _ in range(self.n_layers)]
         self._columns = [0] * self.n_layers
+        self._centres = [None] * self.n_layers
         self._step = None
 
     def crop(self, max_length: int) -> None:
@@ -288,6 +299,7 @@ class TurboQuantCache(Cache):
             if g.side is not None:
                 g.grow_slots(len(rows))
                 g.side[:len(rows)] = g.side[idx]
+        self._centres = [None if c is None else c[idx] for c in self._centres]
         for table in old_tables:
             self._free.extend(reversed(table))
         self._tables = new_tables
@@ -299,18 +311,22 @@ class TurboQuantCache(Cache):
     @property
     def nbytes(self) -> int:
         """Bytes the cache holds on its device: every allocated page, and the side buffers."""
-        return sum(g.nbytes() for g in self._groups) if self._ready else 0
+        if not self._ready:
+            return 0
+        return sum(g.nbytes() for g in self._groups) + sum(c.numel() * 4 for c in self._centres if c is not None)
 
     def memory(self) -> dict:
         """pages: the bytes of the pages the sequences hold (a partly filled last page counts
-        whole); side: the sink/window side buffers; allocated: nbytes. pages + side of one
-        sequence is kv_size's figure for its length (turboquant.kv_size, `tq kv-size`)."""
+        whole); side: the sink/window side buffers; centre: the key centres (fp32, one per
+        sequence, layer and KV head); allocated: nbytes. pages + side of one sequence is kv_size's
+        figure for its length (turboquant.kv_size, `tq kv-size`)."""
         if not self._ready:
-            return {"pages": 0, "side": 0, "allocated": 0, "tokens": 0}
+            return {"pages": 0, "side": 0, "centre": 0, "allocated": 0, "tokens": 0}
         page_bytes = self.spec.page_bytes(self.n_layers, self.kv_heads, self.head_dim)
         held = sum(len(t) for t in self._tables)
         side = sum(g.side[:self.batch].numel() * 2 for g in self._groups if g.side is not None)
-        return {"pages": held * page_bytes, "side": side, "allocated": self.nbytes, "tokens": sum(self._lens[0])}
+        centre = sum(c.numel() * 4 for c in self._centres if c is not None)
+        return {"pages": held * page_bytes, "side": side, "centre": centre, "allocated": self.nbytes, "tokens": sum(self._lens[0])}
 
     # ---- one forward's attention ------------------------------------------------------------------
     def _plan(self, layer: int, mask, batch: int, ntok: int) -> _Step:
@@ -369,6 +385,11 @@ class TurboQuantCache(Cache):
         pages, local = self._where[layer]
         k_rows = key.transpose(1, 2)  # [batch, tokens, kv_heads, head_dim]
         v_rows = value.transpose(1, 2)
+        if self.centre:  # keys less their centre, in fp32 as the engine stores them (values alike: one dtype for both)
+            if self._centres[layer] is None:
+                self._centres[layer] = self._fix_centre(k_rows, st.slots.view(batch, ntok) >= 0, self._lens[layer])
+            k_rows = k_rows.float() - self._centres[layer][:, None]
+            v_rows = v_rows.float()
         torch_ops.store(pages.pages, k_rows.reshape(-1, self.kv_heads, head_dim).contiguous(),
                         v_rows.reshape(-1, self.kv_heads, head_dim).contiguous(), st.slots, pages.spec, local)
         q = query.transpose(1, 2)  # [batch, tokens, q_heads, head_dim]
@@ -391,6 +412,20 @@ class TurboQuantCache(Cache):
         self._lens[layer] = list(st.new_lens)
         self._columns[layer] += ntok
         return out
+
+    @staticmethod
+    def _fix_centre(k_rows: torch.Tensor, stored: torch.Tensor, lens: List[int]) -> torch.Tensor:
+        """Each sequence's key centre from its first stored rows: the mean (in double) of those not at
+        position 0, or of all of them when position 0 is all there is (cpu::KvStore::calibrate's rule,
+        per sequence). k_rows [batch, tokens, kv_heads, head_dim]; stored [batch, tokens]: not a pad."""
+        before = torch.tensor(lens, dtype=torch.long, device=stored.device)[:, None]
+        pos = before + stored.long().cumsum(1) - 1  # each stored row's position in its sequence
+        use = stored & (pos != 0)
+        use = torch.where(use.any(1, keepdim=True), use, stored)
+        mu = torch.where(use[:, :, None, None], k_rows.double(), 0.0).sum(1) / use.sum(1).clamp(min=1)[:, None, None]
+        if not bool(torch.isfinite(mu).all()):
+            raise ValueError("TurboQuantCache: the key centre of the first keys written is not finite (a NaN or inf key)")
+        return mu.float()
 
     def _attend_rows(self, pages: _Pages, local: int, q, k_rows, v_rows, block_tables, seq_lens, side_slots, max_len: int, scaling):
         """Attention of sequences whose last q.shape[1] tokens are the queries (stored already)."""

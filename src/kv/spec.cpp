@@ -189,6 +189,7 @@ void refuse_policy(const KvSpec& spec, const char* who) {
 }
 
 KvSpec parse_kv_spec(const std::string& text) {
+  if (text == "default") return parse_kv_spec(kDefaultKvSpec);  // tq run --kv default, as in a list
   KvSpec spec;
   spec.text = text;
   const auto parts = split(text, ':');

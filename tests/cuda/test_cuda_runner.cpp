@@ -188,7 +188,7 @@ TEST_P(CudaRunnerRealShape, LogitsMatchTheCpuRunner) {
   std::vector<int> prompt(112);
   for (int& t : prompt) t = int(rng() % uint32_t(c.vocab_size));
   const size_t V = size_t(c.vocab_size);
-  for (const char* spec_text : {"fp16", "k3v2:edge=2/k4v4:sink=4:window=64"}) {  // tq run's default
+  for (const char* spec_text : {"fp16", "k3v2:edge=2/k4v4:sink=4:window=64:centre"}) {  // tq run's default
     SCOPED_TRACE(spec_text);
     const KvSpec spec = parse_kv_spec(spec_text);
     const Divergence d = check_against_cpu(m, spec, prompt, V, spec.canonical() + "_");

@@ -31,7 +31,10 @@ TEST(KvSpec, DefaultInAListIsTqRunsSpec) {
   const auto specs = parse_kv_specs("fp16,default");
   ASSERT_EQ(specs.size(), 2u);
   EXPECT_EQ(specs[1].canonical(), parse_kv_spec(kDefaultKvSpec).canonical());
-  EXPECT_THROW(parse_kv_spec("default"), Error);
+  // Alone too (tq run --kv default): the spec it names, with its own text.
+  EXPECT_EQ(parse_kv_spec("default").canonical(), parse_kv_spec(kDefaultKvSpec).canonical());
+  EXPECT_EQ(parse_kv_spec("default").text, kDefaultKvSpec);
+  EXPECT_THROW(parse_kv_spec("defaults"), Error);
 }
 
 TEST(KvSpec, AutoRotation) {

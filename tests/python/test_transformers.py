@@ -127,7 +127,7 @@ def test_memory_is_kv_size(spec):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("spec", ["fp16", "k3v2", POLICY])
+@pytest.mark.parametrize("spec", ["fp16", "k3v2", POLICY, "default"])  # default: the key centre is each sequence's own
 def test_left_padded_batch_equals_each_sequence_alone(device, spec):
     """Two prompts of 12 and 30 tokens, left-padded into one batch: pad tokens are never stored, so
     each sequence's logits are those of the sequence alone (float rounding of the batched matmuls
@@ -244,7 +244,30 @@ def test_a_model_on_another_attention_is_switched(caplog):
     assert out.tolist() == ref.tolist()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_key_centre(device):
+    """`centre` stores each key less its sequence's mean prompt key, which softmax ignores: on an
+    fp16 cache the logits stay within test_fp16_logits_match_dynamic_cache's bound of DynamicCache
+    (the stored k - mu rounds no coarser than k); on k3v2 pages the codes, hence the logits, change,
+    and KL against DynamicCache is no worse than without it (each within the k3v2 bound above). The
+    centres: one per sequence, layer and KV head, counted in memory()."""
+    model = make("llama", device)
+    ids = prompt(60).to(device)
+    ref = teacher_forced(model, DynamicCache(), ids, 40)
+    cache = TurboQuantCache("fp16:centre")
+    got = teacher_forced(model, cache, ids, 40)
+    assert (got - ref).abs().max().item() < 5e-3
+    assert got.argmax(-1).tolist() == ref.argmax(-1).tolist()
+    assert cache.memory()["centre"] == 4 * 1 * 2 * 64 * 4  # layers x sequences x KV heads x head dim, fp32
+    plain = teacher_forced(model, TurboQuantCache("k3v2"), ids, 40)
+    centred = teacher_forced(model, TurboQuantCache("k3v2:centre"), ids, 40)
+    assert not torch.equal(plain, centred)
+    assert kl(ref, centred).mean().item() < 0.25 and kl(ref, plain).mean().item() < 0.25
+
+
 def test_refusals():
+    with pytest.raises(ValueError, match="ksim=int4 is a CPU simulation"):
+        TurboQuantCache("fp16:ksim=int4")
     with pytest.raises(ValueError, match="K width must be 1..8 bits, got 9"):
         TurboQuantCache("k9v2")
     with pytest.raises(ValueError, match="max_cache_len must be a positive int"):
