@@ -217,7 +217,11 @@ KvSpec parse_kv_spec(const std::string& text) {
         spec.format.auto_rotation = true;
       } else {
         spec.format.auto_rotation = false;
-        spec.format.rotation = parse_rotation(val);
+        try {
+          spec.format.rotation = parse_rotation(val);
+        } catch (const Error& e) {
+          throw Error(fmt::format("KV spec '{}': {} (or 'auto')", text, e.what()));
+        }
       }
     } else if (key == "seed" && eq != std::string::npos) {
       spec.format.seed = uint_of(val, "seed", text);

@@ -53,6 +53,7 @@ TEST(KvSpec, BitsPerElement) {
   EXPECT_GE(ratio, 6.0);
 }
 
+// Each malformed spec is refused with a message that names the bad value and the spec itself.
 class BadSpec : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
 TEST_P(BadSpec, ClearErrorNamingTheValue) {
   const auto& [spec, must_mention] = GetParam();
@@ -61,6 +62,7 @@ TEST_P(BadSpec, ClearErrorNamingTheValue) {
     FAIL() << "accepted '" << spec << "'";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(must_mention), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(spec), std::string::npos) << e.what();
   }
 }
 INSTANTIATE_TEST_SUITE_P(All, BadSpec,
@@ -74,7 +76,14 @@ INSTANTIATE_TEST_SUITE_P(All, BadSpec,
                                            std::pair{"k3v2:edge=2/k9v4", "got 9"}, std::pair{"k3v2:sink=x", "'x'"},
                                            std::pair{"k3v2:window=99999", "99999"}, std::pair{"k3v2:ksim=int4", "fp32 or fp16"},
                                            std::pair{"fp32:ksim=int5", "int5"}, std::pair{"k3v2:centre=1", "'centre=1'"},
-                                           std::pair{"k3v2:centr", "centre"}));
+                                           std::pair{"k3v2:centr", "centre"},
+                                           // fractional widths (test_fractional.cpp)
+                                           std::pair{"k2.7v2", "'2.7'"}, std::pair{"k2.5v2.25", "'2.25'"}, std::pair{"k8.5v2", "8.5"},
+                                           std::pair{"k0.5v2", "0.5"}, std::pair{"k2.v2", "'2.'"}, std::pair{"k.5v2", "''"},
+                                           std::pair{"k2.5v", "k2.5v"}, std::pair{"k2.5v2:prod", "whole K width"},
+                                           std::pair{"kx.5v2", "'x'"}, std::pair{"k3v2:edge=2/k9.5v4", "9.5"},
+                                           std::pair{"k3v2:outliers=fixed", "fractional widths"},
+                                           std::pair{"k2.5v2:outliers=max", "'max'"}));
 
 TEST(KvSpec, CanonicalRoundTrip) {
   for (const char* s : {"fp16", "bf16", "fp8", "fp32", "k3v2", "k4v4:prod", "k2v2:nc", "k3v2:rot=dense", "k3v2:page=32"})
