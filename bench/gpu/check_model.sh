@@ -12,7 +12,7 @@
 # edge layers), on both devices.
 set -uo pipefail
 tq=${1:?tq binary}; model=${2:?model file}; text=${3:?text file}; out=${4:-${OUT:-.}}
-def=k3v2:sink=4:window=64:edge=2/k4v4:centre
+def=k3v2:sink=4:window=64:edge=2/k4v4
 specs=fp16,k4v4,k3v2,$def
 seeds=k4v4:seed=1,k4v4:seed=2,k3v2:seed=1,k3v2:seed=2,$def:seed=1,$def:seed=2
 for d in cpu cuda; do

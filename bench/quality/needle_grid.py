@@ -24,9 +24,9 @@ import subprocess
 import sys
 import time
 
-DEFAULT_KV = "fp16,fp8,k4v4,k3v2,k3v2:edge=2/k4v4:sink=4:window=64:centre"
+DEFAULT_KV = "fp16,fp8,k4v4,k3v2,k3v2:edge=2/k4v4:sink=4:window=64"
 # tq run's default spec, as the plots label it
-DEFAULT_POLICY = "k3v2:edge=2/k4v4:sink=4:window=64:centre"
+DEFAULT_POLICY = "k3v2:edge=2/k4v4:sink=4:window=64"
 
 
 def label(kv):

@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--tq", default="build/release/apps/cli/tq")
     ap.add_argument("--model", default="models/SmolLM2-135M-Instruct.Q4_1.gguf")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--kv", default="k3v2:edge=2/k4v4:sink=4:window=64:centre")
+    ap.add_argument("--kv", default="k3v2:edge=2/k4v4:sink=4:window=64")
     ap.add_argument("--spec", default="ngram", help="comma-separated --spec values to compare with plain decoding")
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--reps", type=int, default=5)

@@ -54,6 +54,28 @@ void rope_angles_local(const ModelConfig& c, uint32_t context, std::vector<float
   angles(c.rope_dim, c.rope_theta_local, 1.0f, context, cs, sn);
 }
 
+void rope_mean_rotation(const std::vector<float>& cs, const std::vector<float>& sn, uint32_t half, std::vector<double>& a,
+                        std::vector<double>& b) {
+  TQ_CHECK(half >= 1 && cs.size() == sn.size() && cs.size() % half == 0 && !cs.empty(), "RoPE tables of {} and {} values for {} pairs",
+           cs.size(), sn.size(), half);
+  const size_t positions = cs.size() / half;
+  a.assign(half, 0.0), b.assign(half, 0.0);
+  for (size_t p = 0; p < positions; ++p)
+    for (size_t i = 0; i < half; ++i) a[i] += cs[p * half + i], b[i] += sn[p * half + i];
+  for (size_t i = 0; i < half; ++i) a[i] /= double(positions), b[i] /= double(positions);
+}
+
+void rope_centre(const ModelConfig& c, const double* a, const double* b, const double* m, float* centre) {
+  const uint32_t half = uint32_t(c.rope_dim) / 2, hd = uint32_t(c.head_dim);
+  const bool adjacent = c.rope_style == RopeStyle::AdjacentPairs;
+  for (uint32_t e = uint32_t(c.rope_dim); e < hd; ++e) centre[e] = float(m[e]);
+  for (uint32_t i = 0; i < half; ++i) {
+    const uint32_t i0 = adjacent ? 2 * i : i, i1 = adjacent ? 2 * i + 1 : i + half;
+    centre[i0] = float(a[i] * m[i0] - b[i] * m[i1]);
+    centre[i1] = float(b[i] * m[i0] + a[i] * m[i1]);
+  }
+}
+
 void TensorRef::matvec(const float* x, float* y) const {
   TQ_CHECK(present(), "weight '{}' is absent", name);
   dot_rows(type, data, n_rows, n_cols, x, y);

@@ -188,7 +188,7 @@ TEST_P(CudaRunnerRealShape, LogitsMatchTheCpuRunner) {
   std::vector<int> prompt(112);
   for (int& t : prompt) t = int(rng() % uint32_t(c.vocab_size));
   const size_t V = size_t(c.vocab_size);
-  for (const char* spec_text : {"fp16", "k3v2:edge=2/k4v4:sink=4:window=64:centre"}) {  // tq run's default
+  for (const char* spec_text : {"fp16", "k3v2:edge=2/k4v4:sink=4:window=64"}) {  // tq run's default
     SCOPED_TRACE(spec_text);
     const KvSpec spec = parse_kv_spec(spec_text);
     const Divergence d = check_against_cpu(m, spec, prompt, V, spec.canonical() + "_");
@@ -328,42 +328,60 @@ TEST(CudaRunnerRandom, NamedShapeAndGpuMemory) {
   side->forward({engine::StepSeq{s, tokens.data(), 30, 0, &pages.block_table(s), false}});  // from the start: fine
 }
 
-// The key centre's two kernels against the CPU store's arithmetic: fix_key_centre sums each
-// channel in double in row order, leaving out position 0 (unless it is all there is), as
-// cpu::KvStore::calibrate, so the centres are its bits, and the keys are then k - mu in fp32;
-// qkv_rope with a centre gives its keys without one less the centre, bit for bit, and leaves the
-// queries and values alone. Hostile rows: an offset 50 times the spread, a huge position-0 row.
-TEST(CudaRunnerCentre, KernelsGiveTheCpuStoresBits) {
+// The key centre's two kernels against the CPU runner's arithmetic: key_centre takes each KV head's
+// mean key before RoPE (bias added, position 0 left out unless it is all there is; double sums in
+// row order) through model::rope_centre's per-pair map, so the centres are the host's up to the
+// float rounding of a double (the host may fuse a multiply-add the kernel rounds apart: one float
+// ulp); qkv_rope with a centre gives its keys without one less the centre, bit for bit, and leaves
+// the queries and values alone. Hostile rows: an offset 50 times the spread, a huge position-0 row;
+// both pair layouts, and a partial rotary dim.
+TEST(CudaRunnerCentre, KernelsGiveTheCpuRunnersCentres) {
   TQ_REQUIRE_GPU();
-  const uint32_t hq = 4, hkv = 2, hd = 64, rope = 64, n = 13, width = hkv * hd, ctx = 64;
+  const uint32_t hq = 4, hkv = 2, hd = 64, rope = 64, n = 13, width = hkv * hd, ctx = 64, fused = (hq + 2 * hkv) * hd;
   std::mt19937 rng(21);
   std::normal_distribution<float> n01;
-  for (const bool only_zero : {false, true}) {
-    SCOPED_TRACE(only_zero ? "every row at position 0" : "positions 0..12");
-    std::vector<float> k(size_t(n) * width);
-    std::vector<int32_t> pos(n);
-    for (uint32_t r = 0; r < n; ++r) {
-      pos[r] = only_zero ? 0 : int32_t(r);
-      for (uint32_t i = 0; i < width; ++i) k[r * width + i] = 50.0f * float(i % 7) - 120.0f + n01(rng) + (r == 0 ? 1e4f : 0.0f);
-    }
-    std::vector<float> mu(width), want_k(k.size());
-    for (uint32_t i = 0; i < width; ++i) {
-      double sum = 0;
-      uint32_t used = 0;
-      for (uint32_t r = 0; r < n; ++r)
-        if (only_zero || pos[r] != 0) sum += k[r * width + i], ++used;
-      mu[i] = float(sum / double(used));
-      for (uint32_t r = 0; r < n; ++r) want_k[r * width + i] = k[r * width + i] - mu[i];
-    }
-    test::DeviceBuffer<float> dk(k), dmu(width);
-    test::DeviceBuffer<int32_t> dpos(pos);
-    cuda::layers::fix_key_centre(dk.ptr, dpos.ptr, n, width, dmu.ptr, nullptr);
-    CUDA_OK(cudaDeviceSynchronize());
-    EXPECT_EQ(dmu.download(), mu);
-    EXPECT_EQ(dk.download(), want_k);
-  }
+  for (const uint32_t rd : {64u, 32u})
+    for (const bool adjacent : {true, false})
+      for (const bool only_zero : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << "rope dim " << rd << (adjacent ? " adjacent" : " neox") << (only_zero ? " all at 0" : ""));
+        model::ModelConfig c;
+        c.head_dim = int(hd), c.rope_dim = int(rd);
+        c.rope_style = adjacent ? model::RopeStyle::AdjacentPairs : model::RopeStyle::HalfSplit;
+        std::vector<float> qkv(size_t(n) * fused), bias(fused), cs(size_t(ctx) * rd / 2), sn(cs.size());
+        std::vector<int32_t> pos(n);
+        for (uint32_t r = 0; r < n; ++r) {
+          pos[r] = only_zero ? 0 : int32_t(r);
+          for (uint32_t i = 0; i < fused; ++i) qkv[size_t(r) * fused + i] = 50.0f * float(i % 7) - 120.0f + n01(rng) + (r == 0 ? 1e4f : 0.0f);
+        }
+        for (float& x : bias) x = n01(rng);
+        for (size_t i = 0; i < cs.size(); ++i) cs[i] = std::cos(0.37f * float(i)), sn[i] = std::sin(0.37f * float(i));
+        std::vector<double> a, b;
+        model::rope_mean_rotation(cs, sn, rd / 2, a, b);
+        std::vector<float> want(width);
+        for (uint32_t h = 0; h < hkv; ++h) {
+          std::vector<double> m(hd, 0.0);
+          uint32_t used = 0;
+          for (uint32_t r = 0; r < n; ++r) {
+            if (!only_zero && pos[r] == 0) continue;
+            ++used;
+            for (uint32_t e = 0; e < hd; ++e) {
+              const size_t col = size_t(hq + h) * hd + e;
+              m[e] += double(qkv[size_t(r) * fused + col] + bias[col]);
+            }
+          }
+          for (double& x : m) x /= double(used);
+          model::rope_centre(c, a.data(), b.data(), m.data(), &want[size_t(h) * hd]);
+        }
+        test::DeviceBuffer<float> dqkv(qkv), dbias(bias), dmu(width);
+        test::DeviceBuffer<double> da(a), db(b);
+        test::DeviceBuffer<int32_t> dpos(pos);
+        cuda::layers::key_centre(dqkv.ptr, dbias.ptr, dpos.ptr, n, hq, hkv, hd, rd, adjacent, da.ptr, db.ptr, dmu.ptr, nullptr);
+        CUDA_OK(cudaDeviceSynchronize());
+        const std::vector<float> got = dmu.download();
+        // + 1e-9: the double rounding of terms up to ~1e4 (1e4 x 2^-52), should the pair's map cancel.
+        for (uint32_t i = 0; i < width; ++i) ASSERT_LE(std::abs(got[i] - want[i]), 0x1p-23 * std::abs(want[i]) + 1e-9) << "element " << i;
+      }
   // qkv_rope: centred = plain - mu for keys; q and v untouched. A bias, both pair layouts.
-  const uint32_t fused = (hq + 2 * hkv) * hd;
   std::vector<float> qkv(size_t(n) * fused), bias(fused), cs(size_t(ctx) * rope / 2), sn(cs.size()), mu(width);
   for (float& x : qkv) x = 3.0f * n01(rng);
   for (float& x : bias) x = n01(rng);

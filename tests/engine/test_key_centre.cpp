@@ -331,6 +331,54 @@ TEST(KeyCentreEngine, CalibrationStepMakesTheCentreIndependentOfTheRequests) {
   EXPECT_NE(logits("k3v2:centre", false), logits("k3v2", false));
 }
 
+// The centre under RoPE (model::rope_centre): a pair that does not turn keeps its whole mean, one
+// that turns through whole circles over the positions keeps none of it, and a pair turning a
+// quarter circle keeps the mean of its rotations, which is the least-squares fixed vector:
+// E_p |R(p) m - mu|^2 is smallest there (checked against nearby vectors). Elements past the rotary
+// dims keep their mean; both pair layouts.
+TEST(KeyCentreRope, TheCentreIsTheMeanRotationOfTheMeanKey) {
+  const uint32_t positions = 64, half = 3, hd = 8;
+  std::vector<float> cs(positions * half), sn(cs.size());
+  const double turn[half] = {0.0, 2 * M_PI / positions, 0.5 * M_PI / positions};  // none, one circle, a quarter
+  for (uint32_t p = 0; p < positions; ++p)
+    for (uint32_t i = 0; i < half; ++i) cs[p * half + i] = float(std::cos(p * turn[i])), sn[p * half + i] = float(std::sin(p * turn[i]));
+  std::vector<double> a, b;
+  model::rope_mean_rotation(cs, sn, half, a, b);
+  EXPECT_NEAR(a[0], 1.0, 1e-12);
+  EXPECT_NEAR(b[0], 0.0, 1e-12);
+  EXPECT_NEAR(a[1], 0.0, 1e-6);
+  EXPECT_NEAR(b[1], 0.0, 1e-6);
+  const std::vector<double> m{3, -2, 1.5, 4, -1, 2.5, 7, -6};
+  for (const bool adjacent : {true, false}) {
+    model::ModelConfig c;
+    c.head_dim = int(hd), c.rope_dim = int(2 * half);
+    c.rope_style = adjacent ? model::RopeStyle::AdjacentPairs : model::RopeStyle::HalfSplit;
+    std::vector<float> mu(hd);
+    model::rope_centre(c, a.data(), b.data(), m.data(), mu.data());
+    const auto pair = [&](uint32_t i) { return adjacent ? std::pair{2 * i, 2 * i + 1} : std::pair{i, i + half}; };
+    EXPECT_FLOAT_EQ(mu[pair(0).first], float(m[pair(0).first]));
+    EXPECT_FLOAT_EQ(mu[pair(0).second], float(m[pair(0).second]));
+    EXPECT_NEAR(mu[pair(1).first], 0.0, 1e-5);
+    EXPECT_NEAR(mu[pair(1).second], 0.0, 1e-5);
+    EXPECT_FLOAT_EQ(mu[6], 7.0f);
+    EXPECT_FLOAT_EQ(mu[7], -6.0f);
+    // The quarter-turning pair: mu minimizes the mean squared distance to the rotated means.
+    const auto [i0, i1] = pair(2);
+    const auto cost = [&](double x, double y) {
+      double sum = 0;
+      for (uint32_t p = 0; p < positions; ++p) {
+        const double c0 = cs[p * half + 2], s0 = sn[p * half + 2];
+        sum += std::pow(c0 * m[i0] - s0 * m[i1] - x, 2) + std::pow(s0 * m[i0] + c0 * m[i1] - y, 2);
+      }
+      return sum;
+    };
+    const double best = cost(mu[i0], mu[i1]);
+    for (const auto [dx, dy] : {std::pair{0.01, 0.0}, {-0.01, 0.0}, {0.0, 0.01}, {0.0, -0.01}}) EXPECT_LT(best, cost(mu[i0] + dx, mu[i1] + dy));
+    EXPECT_GT(std::hypot(mu[i0], mu[i1]), 0.5 * std::hypot(m[i0], m[i1]));  // a quarter turn keeps most of it
+    EXPECT_LT(std::hypot(mu[i0], mu[i1]), std::hypot(m[i0], m[i1]));
+  }
+}
+
 TEST(KeyCentreEngine, CalibrationTokens) {
   // No tokenizer: n distinct ids spread over the vocabulary.
   for (const int vocab : {300, 512, 49152}) {

@@ -127,7 +127,7 @@ def test_memory_is_kv_size(spec):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("spec", ["fp16", "k3v2", POLICY, "default"])  # default: the key centre is each sequence's own
+@pytest.mark.parametrize("spec", ["fp16", "k3v2", POLICY, POLICY + ":centre"])  # the key centre is each sequence's own
 def test_left_padded_batch_equals_each_sequence_alone(device, spec):
     """Two prompts of 12 and 30 tokens, left-padded into one batch: pad tokens are never stored, so
     each sequence's logits are those of the sequence alone (float rounding of the batched matmuls

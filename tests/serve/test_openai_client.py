@@ -297,7 +297,7 @@ SMOLLM2 = os.path.join(os.path.dirname(__file__), "..", "..", "models", "SmolLM2
 class SideBufferPrefixTest(unittest.TestCase):
     """Prefix caching with tq run's default spec (sink and window side buffers): hits start from
     the fp16 tails kept where a prompt is computed and where a request ends (docs/serving.md)."""
-    KV = "k3v2:edge=2/k4v4:sink=4:window=64:centre"
+    KV = "k3v2:edge=2/k4v4:sink=4:window=64"
 
     def test_repeats_and_next_turns_hit_with_cold_tokens(self):
         s = Server("--kv", self.KV, "--max-num-seqs", "4", "--prefix-tails", "4")

@@ -91,6 +91,19 @@ void rope_angles(const ModelConfig& c, uint32_t context, std::vector<float>& cos
 // The table of local (sliding-window) layers: rope_theta_local, unscaled positions.
 void rope_angles_local(const ModelConfig& c, uint32_t context, std::vector<float>& cos, std::vector<float>& sin);
 
+// The key centre under RoPE (KvPolicy::key_centre). A head's keys share an offset m before RoPE,
+// which RoPE turns with the position, so no fixed vector is their offset at every position. The
+// fixed vector closest to R(p) m on average (least squares, p uniform over the table's positions)
+// is E_p[R(p)] m: per rotated pair i, [[a_i, -b_i], [b_i, a_i]] m with (a_i, b_i) the mean of the
+// table's (cos, sin) over its positions; fast pairs average to ~0 (nothing to remove), slow ones to
+// ~1 (their whole offset). It is subtracted after RoPE, position-independent, so softmax still
+// ignores it. cos, sin: [positions][half]; a, b: [half].
+void rope_mean_rotation(const std::vector<float>& cos, const std::vector<float>& sin, uint32_t half, std::vector<double>& a,
+                        std::vector<double>& b);
+// centre[head_dim] = that map applied to one head's mean pre-RoPE key m[head_dim] (the pairs of
+// c.rope_style; elements past rope_dim as they are), rounded to float.
+void rope_centre(const ModelConfig& c, const double* a, const double* b, const double* m, float* centre);
+
 struct TensorRef {
   std::string name;
   GgmlType type = GgmlType::F32;

@@ -62,7 +62,7 @@ std::span<const float> KvStore::key_centre(uint32_t layer, uint32_t head) const 
   return std::span<const float>(centre_).subspan((size_t(layer) * shape_.kv_heads + head) * shape_.head_dim, shape_.head_dim);
 }
 
-void KvStore::calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v) {
+void KvStore::calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v, const float* centre) {
   TQ_CHECK(layer < shape_.layers, "layer {} is outside the cache ({} layers)", layer, shape_.layers);
   if (layer_fixed_[layer] || n == 0) return;
   const uint32_t local = spec_.local_layer(layer, shape_.layers);
@@ -77,13 +77,13 @@ void KvStore::calibrate(uint32_t layer, size_t n, const uint32_t* pos, const flo
   if (spec_.policy.key_centre) {
     for (uint32_t h = 0; h < H; ++h) {
       std::vector<double> sum(D, 0.0);  // [D]
-      for (size_t r = 0; r < n; ++r) {
+      for (size_t r = 0; r < n && !centre; ++r) {
         if (!all && pos[r] == 0) continue;
         const float* row = k + (r * H + h) * D;
         for (uint32_t i = 0; i < D; ++i) sum[i] += row[i];
       }
       for (uint32_t i = 0; i < D; ++i) {
-        const float m = float(sum[i] / double(used));
+        const float m = centre ? centre[size_t(h) * D + i] : float(sum[i] / double(used));
         TQ_CHECK(std::isfinite(m), "layer {} KV head {}: the key centre of channel {} is {} (the first keys written are not all finite)",
                  layer, h, i, m);
         mu[size_t(h) * D + i] = m;

@@ -52,6 +52,33 @@ CpuModelRunner::CpuModelRunner(const model::Model& m, const KvSpec& spec, const 
 
   model::rope_angles(c, opts_.context, rope_cos_, rope_sin_);
   if (c.sliding_window > 0) model::rope_angles_local(c, opts_.context, rope_cos_local_, rope_sin_local_);
+  // The key centre's map over every position of this runner's context (model::rope_centre).
+  const uint32_t half = uint32_t(c.rope_dim) / 2;
+  if (spec.policy.key_centre && half > 0) {
+    model::rope_mean_rotation(rope_cos_, rope_sin_, half, centre_a_, centre_b_);
+    if (c.sliding_window > 0) model::rope_mean_rotation(rope_cos_local_, rope_sin_local_, half, centre_a_local_, centre_b_local_);
+  }
+}
+
+std::vector<float> CpuModelRunner::key_centre(const float* k, const uint32_t* pos, size_t n, bool local) const {
+  const size_t H = size_t(cfg_.n_kv_heads), HD = size_t(cfg_.head_dim);
+  size_t used = 0;
+  for (size_t r = 0; r < n; ++r) used += pos[r] != 0;
+  const bool all = used == 0;  // only position 0: take it rather than nothing
+  if (all) used = n;
+  std::vector<float> out(H * HD);
+  std::vector<double> m(HD);
+  for (size_t h = 0; h < H; ++h) {
+    std::fill(m.begin(), m.end(), 0.0);
+    for (size_t r = 0; r < n; ++r)
+      if (all || pos[r] != 0)
+        for (size_t i = 0; i < HD; ++i) m[i] += k[(r * H + h) * HD + i];
+    for (double& x : m) x /= double(used);
+    const auto& a = local ? centre_a_local_ : centre_a_;
+    const auto& b = local ? centre_b_local_ : centre_b_;
+    model::rope_centre(cfg_, a.data(), b.data(), m.data(), &out[h * HD]);
+  }
+  return out;
 }
 
 std::string CpuModelRunner::describe() const { return "cpu, " + std::to_string(pool_.size()) + " threads"; }
@@ -121,12 +148,15 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
         for (size_t h = 0; h < size_t(c.n_kv_heads); ++h) rmsnorm(&k[r * KVD + h * HD], k_norm_[l], &k[r * KVD + h * HD]);
       }
     const bool local = c.layer_is_local(int(l));
+    // The layer's first step fixes its key centre: from the keys before RoPE, which share one offset.
+    std::vector<float> centre;  // [kv_heads][head_dim]
+    if (kv_.spec().policy.key_centre && !kv_.fixed(uint32_t(l))) centre = key_centre(k.data(), pos.data(), N, local);
     for (size_t r = 0; r < N; ++r) {
       for (size_t h = 0; h < size_t(c.n_heads); ++h) rope(&q[r * QD + h * HD], pos[r], local);
       for (size_t h = 0; h < size_t(c.n_kv_heads); ++h) rope(&k[r * KVD + h * HD], pos[r], local);
     }
     // Fractional-width formats take their outlier channels from the first rows the layer sees.
-    kv_.calibrate(uint32_t(l), N, pos.data(), k.data(), v.data());
+    kv_.calibrate(uint32_t(l), N, pos.data(), k.data(), v.data(), centre.empty() ? nullptr : centre.data());
     // Quantize on write, then attend: a chunk's queries see the chunk's own keys (causal).
     size_t r0 = 0;
     for (const StepSeq& it : step) {

@@ -122,20 +122,34 @@ __global__ void qkv_rope_kernel(const float* __restrict__ qkv, const float* __re
   }
 }
 
-// One thread a channel: rows in order, in double, as cpu::KvStore::calibrate sums them.
-__global__ void fix_key_centre_kernel(float* __restrict__ k, const int32_t* __restrict__ pos, uint32_t n, uint32_t width,
-                                      float* __restrict__ centre) {
-  const uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= width) return;
+// One thread a key element (h, e): the mean of element e and of its RoPE partner, in double in row
+// order as the CPU runner sums them, then e's row of the pair's 2x2 map. Explicit roundings: no
+// fused multiply-add, as model::rope_centre computes on the host.
+__global__ void key_centre_kernel(const float* __restrict__ qkv, const float* __restrict__ bias, const int32_t* __restrict__ pos,
+                                  uint32_t n, uint32_t hq, uint32_t hkv, uint32_t hd, uint32_t rope_dim, bool adjacent,
+                                  const double* __restrict__ a, const double* __restrict__ b, float* __restrict__ centre) {
+  const uint32_t t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= hkv * hd) return;
+  const uint32_t h = t / hd, e = t % hd, width = (hq + 2 * hkv) * hd, half = rope_dim / 2;
   uint32_t used = 0;
   for (uint32_t r = 0; r < n; ++r) used += pos[r] != 0;
   const bool all = used == 0;  // only position 0: take it rather than nothing
-  double sum = 0;
-  for (uint32_t r = 0; r < n; ++r)
-    if (all || pos[r] != 0) sum += k[size_t(r) * width + i];
-  const float mu = float(sum / double(all ? n : used));
-  centre[i] = mu;
-  for (uint32_t r = 0; r < n; ++r) k[size_t(r) * width + i] -= mu;
+  const auto mean = [&](uint32_t el) {
+    const size_t col = size_t(hq + h) * hd + el;
+    double sum = 0;
+    for (uint32_t r = 0; r < n; ++r)
+      if (all || pos[r] != 0) sum += double(bias ? qkv[size_t(r) * width + col] + bias[col] : qkv[size_t(r) * width + col]);
+    return sum / double(all ? n : used);
+  };
+  float mu;
+  if (e >= rope_dim) {
+    mu = float(mean(e));
+  } else {
+    const uint32_t i = adjacent ? e / 2 : e % half, i0 = adjacent ? 2 * i : i, i1 = adjacent ? 2 * i + 1 : i + half;
+    const double m0 = mean(i0), m1 = mean(i1);
+    mu = e == i0 ? float(__dsub_rn(__dmul_rn(a[i], m0), __dmul_rn(b[i], m1))) : float(__dadd_rn(__dmul_rn(b[i], m0), __dmul_rn(a[i], m1)));
+  }
+  centre[t] = mu;
 }
 
 __global__ void swiglu_kernel(const float* __restrict__ gu, uint32_t hidden, size_t n, bf16_t* __restrict__ h) {
@@ -195,8 +209,10 @@ void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t 
   // 1024 threads: a decode step's row is one block, whose loops are its latency.
   qkv_rope_kernel<<<n, 1024, 0, s>>>(qkv, bias, pos, q_heads, kv_heads, head_dim, rope_dim, cos, sin, adjacent, centre, q, k, v);
 }
-void fix_key_centre(float* k, const int32_t* pos, uint32_t n, uint32_t width, float* centre, Stream s) {
-  fix_key_centre_kernel<<<(width + 127) / 128, 128, 0, s>>>(k, pos, n, width, centre);
+void key_centre(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
+                uint32_t rope_dim, bool adjacent, const double* a, const double* b, float* centre, Stream s) {
+  const uint32_t width = kv_heads * head_dim;
+  key_centre_kernel<<<(width + 127) / 128, 128, 0, s>>>(qkv, bias, pos, n, q_heads, kv_heads, head_dim, rope_dim, adjacent, a, b, centre);
 }
 void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s) {
   swiglu_kernel<<<blocks_for(size_t(n) * hidden), 256, 0, s>>>(gu, hidden, size_t(n) * hidden, h);

@@ -26,11 +26,14 @@ void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, ui
 void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
               uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, const float* centre, float* q, float* k, float* v,
               Stream s);
-// The key centres of a layer's first step (cpu::KvStore::calibrate): centre[i] = the mean of
-// k[r][i] over the rows whose pos[r] != 0 (all rows when every one is at position 0), summed in
-// double in row order, as the CPU reference; then k[r][i] -= centre[i] for every row.
-// k: [n][width] (width = kv_heads * head_dim), pos: [n], centre: [width].
-void fix_key_centre(float* k, const int32_t* pos, uint32_t n, uint32_t width, float* centre, Stream s);
+// The key centres of a layer's first step, as the CPU runner fixes them (CpuModelRunner::key_centre):
+// each KV head's mean key before RoPE (bias added; rows whose pos[r] != 0, or all when every one is
+// at position 0), summed in double in row order, mapped by model::rope_centre with a, b
+// ([rope_dim / 2], model::rope_mean_rotation; null when rope_dim is 0). qkv: the fused projection
+// [n][(q_heads + 2 kv_heads) head_dim] (its k heads are read), bias: [that width] or null,
+// pos: [n], centre: [kv_heads][head_dim].
+void key_centre(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
+                uint32_t rope_dim, bool adjacent, const double* a, const double* b, float* centre, Stream s);
 // h[r][i] = bf16(silu(gu[r][i]) * gu[r][hidden + i]): the fused gate and up products. gu: [n][2 hidden].
 void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s);
 // y[rows] = w x for a step of one row (decode at batch 1, the logits of one sequence): each

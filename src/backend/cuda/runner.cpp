@@ -172,8 +172,9 @@ class CudaModelRunner : public engine::ModelRunner {
   // Copies the side rows of a prefix of `end` positions between a sequence's slot and a tail.
   void copy_tail(int seq, uint32_t end, uint32_t slot, bool save);
   // Key centres (KvPolicy::key_centre): [layers][kv_heads][head_dim] fp32, fixed by the first step
-  // (layers::fix_key_centre), then subtracted from every key by qkv_rope.
+  // (layers::key_centre, from the keys before RoPE), then subtracted from every key by qkv_rope.
   Buf<float> centre_;
+  Buf<double> centre_a_, centre_b_;  // [rope_dim / 2] model::rope_mean_rotation over the context
   bool centre_fixed_ = false;
   size_t page_bytes_ = 0;
   uint32_t num_pages_ = 0;
@@ -319,7 +320,14 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   ids_ = alloc<int32_t>(N, "sampled ids"), seq_ids_ = alloc<int32_t>(N, "sequence ids");
   if (has_side) side_ = alloc<uint16_t>(side_slot_ * o.max_seqs, "side buffers"), side_written_.assign(o.max_seqs, 0);
   if (tails_) tails_buf_ = alloc<uint16_t>(tail_slot_ * tails_, "prefix tails");
-  if (centre_total) centre_ = alloc<float>(size_t(L) * KV, "key centres");
+  if (centre_total) {
+    centre_ = alloc<float>(size_t(L) * KV, "key centres");
+    if (c.rope_dim >= 2) {
+      std::vector<double> a, b;
+      model::rope_mean_rotation(cs, sn, uint32_t(c.rope_dim) / 2, a, b);
+      centre_a_ = upload(a, "key centre map"), centre_b_ = upload(b, "key centre map");
+    }
+  }
   slots_ = alloc<int64_t>(N, "slots");
   sample_args_ = alloc<layers::SampleRow>(N, "sampling arguments");
   void* pinned = nullptr;
@@ -512,11 +520,14 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
     // The residual add of the previous layer's FFN output is fused into this norm.
     layers::add_rmsnorm(x_.get(), l ? o_.get() : nullptr, nullptr, N, D, w.attn_norm.get(), c.rms_eps, hb_.get(), stream_);
     gemm(w.wqkv, hb_.get(), N, qkv_.get());
-    // Keys less their centre once it is fixed; the first step fixes it from its own keys.
+    // Keys less their centre; the first step fixes it from its own keys before RoPE.
     float* mu = centre_.n ? centre_.get() + l * size_t(c.kv_dim()) : nullptr;
-    layers::qkv_rope(qkv_.get(), w.bqkv.n ? w.bqkv.get() : nullptr, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim,
-                     rope_cos_.get(), rope_sin_.get(), adjacent, centre_fixed_ ? mu : nullptr, q_.get(), k_.get(), v_.get(), stream_);
-    if (mu && !centre_fixed_) layers::fix_key_centre(k_.get(), pos_.get(), N, uint32_t(c.kv_dim()), mu, stream_);
+    const float* bias = w.bqkv.n ? w.bqkv.get() : nullptr;
+    if (mu && !centre_fixed_)
+      layers::key_centre(qkv_.get(), bias, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, adjacent, centre_a_.get(),
+                         centre_b_.get(), mu, stream_);
+    layers::qkv_rope(qkv_.get(), bias, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, rope_cos_.get(), rope_sin_.get(),
+                     adjacent, mu, q_.get(), k_.get(), v_.get(), stream_);
     // Quantize on write (fp32 rows: the codes are those the CPU reference writes for these rows).
     QuantizeStoreParams st;
     st.cache = view(uint32_t(l));

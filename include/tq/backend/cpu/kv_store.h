@@ -98,7 +98,11 @@ class KvStore {
   // A layer calibrated or written before keeps what it has (rows in the pages were coded with
   // it): a layer written uncalibrated keeps a zero centre. No-op for a layer with neither. n rows:
   // pos [n], k, v [n][kv_heads][head_dim].
-  void calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v);
+  // centre, when given ([kv_heads][head_dim]), is the layer's key centre instead of that mean:
+  // the runners pass the RoPE-aware one (model::rope_centre), which a mean of rotated keys is not.
+  void calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v, const float* centre = nullptr);
+  // Whether the layer's outlier channels and key centre are fixed (calibrated or written).
+  bool fixed(uint32_t layer) const { return layer_fixed_.at(layer); }
 
   // The key centre of (layer, KV head): [head_dim], zeros until calibrated; empty without centre.
   std::span<const float> key_centre(uint32_t layer, uint32_t head) const;

@@ -41,6 +41,10 @@ class CpuModelRunner : public engine::ModelRunner {
  private:
   void rmsnorm(const float* x, const std::vector<float>& w, float* out) const;
   void rope(float* v, uint32_t pos, bool local) const;  // local: a sliding-window layer's table
+  // A layer's key centres (KvPolicy::key_centre) from its first step's keys before RoPE, k [n][kv_dim]:
+  // each KV head's mean key (rows not at position 0, unless that is all), through
+  // model::rope_centre. [kv_heads][head_dim].
+  std::vector<float> key_centre(const float* k, const uint32_t* pos, size_t n, bool local) const;
 
   const model::Model& model_;
   model::ModelConfig cfg_;
@@ -53,6 +57,7 @@ class CpuModelRunner : public engine::ModelRunner {
   std::vector<float> out_norm_;                           // [dim]
   std::vector<float> rope_cos_, rope_sin_;                // [context][rope_dim / 2]
   std::vector<float> rope_cos_local_, rope_sin_local_;    // the same for sliding-window layers (empty without)
+  std::vector<double> centre_a_, centre_b_, centre_a_local_, centre_b_local_;  // [rope_dim / 2] model::rope_mean_rotation (centre)
 };
 
 }  // namespace tq::cpu
