@@ -363,7 +363,7 @@ TEST(KeyCentreRope, TheCentreIsTheMeanRotationOfTheMeanKey) {
     EXPECT_FLOAT_EQ(mu[6], 7.0f);
     EXPECT_FLOAT_EQ(mu[7], -6.0f);
     // The quarter-turning pair: mu minimizes the mean squared distance to the rotated means.
-    const auto [i0, i1] = pair(2);
+    const uint32_t i0 = pair(2).first, i1 = pair(2).second;  // plain names: lambdas below capture them
     const auto cost = [&](double x, double y) {
       double sum = 0;
       for (uint32_t p = 0; p < positions; ++p) {
@@ -373,7 +373,7 @@ TEST(KeyCentreRope, TheCentreIsTheMeanRotationOfTheMeanKey) {
       return sum;
     };
     const double best = cost(mu[i0], mu[i1]);
-    for (const auto [dx, dy] : {std::pair{0.01, 0.0}, {-0.01, 0.0}, {0.0, 0.01}, {0.0, -0.01}}) EXPECT_LT(best, cost(mu[i0] + dx, mu[i1] + dy));
+    for (const auto& [dx, dy] : {std::pair{0.01, 0.0}, {-0.01, 0.0}, {0.0, 0.01}, {0.0, -0.01}}) EXPECT_LT(best, cost(mu[i0] + dx, mu[i1] + dy));
     EXPECT_GT(std::hypot(mu[i0], mu[i1]), 0.5 * std::hypot(m[i0], m[i1]));  // a quarter turn keeps most of it
     EXPECT_LT(std::hypot(mu[i0], mu[i1]), std::hypot(m[i0], m[i1]));
   }
