@@ -122,9 +122,10 @@ Engine::Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const En
 
 void Engine::calibrate_centre(const model::Model* m) {
   if (!runner_->spec().policy.key_centre) return;
-  // At most a chunk and the context; fewer tokens when either is smaller (the centre is then a
-  // mean over fewer keys, still the same for every request of this engine).
-  const uint32_t n = std::min({kCentreTokens, opts_.max_chunk, opts_.context});
+  // At most a chunk, the context and the pool; fewer tokens when one is smaller (the centre is then
+  // a mean over fewer keys, still the same for every request of this engine).
+  const uint32_t pool = uint32_t(std::min<uint64_t>(uint64_t(blocks_.allocator().num_pages()) * blocks_.page_size(), UINT32_MAX));
+  const uint32_t n = std::min({kCentreTokens, opts_.max_chunk, opts_.context, pool});
   const int seq = add_sequence();
   try {
     forward({BatchItem{seq, key_centre_tokens(m, config().vocab_size, n), false}});

@@ -329,6 +329,11 @@ TEST(KeyCentreEngine, CalibrationStepMakesTheCentreIndependentOfTheRequests) {
   }
   // Not vacuous: the centre changes the codes, hence the logits.
   EXPECT_NE(logits("k3v2:centre", false), logits("k3v2", false));
+  // A pool smaller than the step (3 pages of 4 tokens): the step takes what the pool holds.
+  Engine small(m, parse_kv_spec("k3v2:centre:page=4"), {.threads = 2, .context = 256, .num_pages = 3});
+  EXPECT_EQ(small.blocks().allocator().free_pages(), 3u);
+  const int s = small.add_sequence();
+  EXPECT_EQ(small.prefill(s, std::vector<int>(p.begin(), p.begin() + 10)).size(), size_t(m.config.vocab_size));
 }
 
 // The centre under RoPE (model::rope_centre): a pair that does not turn keeps its whole mean, one
