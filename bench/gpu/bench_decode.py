@@ -193,7 +193,12 @@ def main():
                     help="the memory bandwidth the limit column divides by, TB/s (4.2: what the kernels issue counts for an H200, "
                          "whose datasheet says 4.8)")
     args = ap.parse_args()
+    if args.head_dim not in (64, 128, 256):
+        ap.error(f"--head-dim must be 64, 128 or 256 (the kernels' head dims), got {args.head_dim}")
+    if not args.hbm_tbps > 0 or args.hbm_tbps == float("inf"):
+        ap.error(f"--hbm-tbps must be a positive bandwidth in TB/s, got {args.hbm_tbps}")
     D = args.head_dim
+    limit_us = lambda nbytes: nbytes / (args.hbm_tbps * 1e6)  # the call's bytes over the bandwidth
     lib = load(args.lib)
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     if args.prefill_only:
@@ -215,8 +220,7 @@ def main():
         g_torch = timed_graph(lambda st: torch_sdpa(qt, kt, vt))
         bf16_bytes = 2 * B * L * KVH * D * 2
         rows.append(dict(batch=B, context=L, kv="torch-sdpa-bf16", ms=t_torch, bytes=bf16_bytes, gbps=bf16_bytes / t_torch / 1e6,
-                         graph_ms=g_torch, head_dim=D, limit_us=bf16_bytes / (args.hbm_tbps * 1e6),
-                         of_limit=bf16_bytes / (args.hbm_tbps * 1e6) / (g_torch * 1e3)))
+                         graph_ms=g_torch, head_dim=D, limit_us=limit_us(bf16_bytes), of_limit=limit_us(bf16_bytes) / (g_torch * 1e3)))
         print(f"B={B:3d} L={L:6d} torch-sdpa-bf16 {t_torch:8.4f} ms {bf16_bytes / t_torch / 1e6:7.0f} GB/s", flush=True)
         for spec in args.specs.split(","):
             cache = PagedCache(lib, spec, B, L, k, v, args.splits)
@@ -229,7 +233,7 @@ def main():
             nbytes = cache.bytes()
             row = dict(batch=B, context=L, kv=spec, ms=t, bytes=nbytes, gbps=nbytes / t / 1e6, speedup_vs_torch=t_torch / t,
                        rel_err_vs_torch=rel, graph_ms=g, graph_speedup_vs_torch=g_torch / g, head_dim=D,
-                       limit_us=nbytes / (args.hbm_tbps * 1e6), of_limit=nbytes / (args.hbm_tbps * 1e6) / (g * 1e3))
+                       limit_us=limit_us(nbytes), of_limit=limit_us(nbytes) / (g * 1e3))
             if spec == "k3v2":
                 # one decode step writes one new token per sequence
                 newk, newv = k[:B].clone(), v[:B].clone()
@@ -284,11 +288,9 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "batch" in r:
-            print(f"| {r['batch']} | {r['context']} | {r.get('head_dim', D)} | {r['kv']} | {r['ms']:.4f} | {r['gbps']:.0f} | "
+            print(f"| {r['batch']} | {r['context']} | {r['head_dim']} | {r['kv']} | {r['ms']:.4f} | {r['gbps']:.0f} | "
                   f"{r.get('speedup_vs_torch', 1.0):.2f}x | {r['graph_ms'] * 1e3:.1f} | {r.get('graph_speedup_vs_torch', 1.0):.2f}x | "
-                  f"{r['limit_us']:.1f} | {100 * r['of_limit']:.0f}% |" if "limit_us" in r else
-                  f"| {r['batch']} | {r['context']} | {D} | {r['kv']} | {r['ms']:.4f} | {r['gbps']:.0f} | "
-                  f"{r.get('speedup_vs_torch', 1.0):.2f}x | {r['graph_ms'] * 1e3:.1f} | {r.get('graph_speedup_vs_torch', 1.0):.2f}x | | |")
+                  f"{r['limit_us']:.1f} | {100 * r['of_limit']:.0f}% |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=dev.name, rows=rows), f, indent=1)
