@@ -313,7 +313,10 @@ class TurboQuantCache(Cache):
         """Bytes the cache holds on its device: every allocated page, and the side buffers."""
         if not self._ready:
             return 0
-        return sum(g.nbytes() for g in self._groups) + sum(c.numel() * 4 for c in self._centres if c is not None)
+        return sum(g.nbytes() for g in self._groups) + self._centre_bytes()
+
+    def _centre_bytes(self) -> int:
+        return sum(c.numel() * c.element_size() for c in self._centres if c is not None)
 
     def memory(self) -> dict:
         """pages: the bytes of the pages the sequences hold (a partly filled last page counts
@@ -325,8 +328,8 @@ class TurboQuantCache(Cache):
         page_bytes = self.spec.page_bytes(self.n_layers, self.kv_heads, self.head_dim)
         held = sum(len(t) for t in self._tables)
         side = sum(g.side[:self.batch].numel() * 2 for g in self._groups if g.side is not None)
-        centre = sum(c.numel() * 4 for c in self._centres if c is not None)
-        return {"pages": held * page_bytes, "side": side, "centre": centre, "allocated": self.nbytes, "tokens": sum(self._lens[0])}
+        return {"pages": held * page_bytes, "side": side, "centre": self._centre_bytes(), "allocated": self.nbytes,
+                "tokens": sum(self._lens[0])}
 
     # ---- one forward's attention ------------------------------------------------------------------
     def _plan(self, layer: int, mask, batch: int, ntok: int) -> _Step:
