@@ -15,8 +15,10 @@ path agrees with torch.
   python3 bench/gpu/bench_decode.py --lib build/h200/bindings/c/libtq_capi.so --json out.json
 """
 import argparse
+import contextlib
 import ctypes
 import json
+import os
 import statistics
 import sys
 
@@ -49,6 +51,24 @@ def load(path):
     lib.tq_prefill.argtypes = lib.tq_decode.argtypes
     lib.tq_store_and_decode.argtypes = lib.tq_quantize_store.argtypes[:6] + lib.tq_decode.argtypes[1:]
     return lib
+
+
+@contextlib.contextmanager
+def smem_limit(spec):
+    """A spec `S@N` runs S with TQ_CUDA_SMEM_KB=N (the library reads it at every call): the kernels
+    of a GPU with N KB of shared memory a block (99: sm_86/89/120, the compact ones), here. Yields S."""
+    name, _, kb = spec.partition("@")
+    old = os.environ.get("TQ_CUDA_SMEM_KB")
+    if kb:
+        os.environ["TQ_CUDA_SMEM_KB"] = kb
+    try:
+        yield name
+    finally:
+        if kb:
+            if old is None:
+                del os.environ["TQ_CUDA_SMEM_KB"]
+            else:
+                os.environ["TQ_CUDA_SMEM_KB"] = old
 
 
 def check(rc, err):
@@ -154,17 +174,18 @@ def prefill_rows(lib, specs, prefix=8192, chunk=512):
         ref = sdpa()
     rows = [dict(prefill_prefix=prefix, prefill_chunk=chunk, kv=f"torch-sdpa-bf16 ({how})", ms=timed(sdpa), graph_ms=timed_graph(sdpa))]
     for spec in specs:
-        cache = PagedCache(lib, spec, 1, T, k, v)
-        ws = torch.zeros(lib.tq_prefill_workspace(cache.h, 1, chunk, QH, T // PAGE, T, 0), dtype=torch.uint8, device="cuda")
-        out = torch.empty(1, chunk, QH, D, dtype=torch.bfloat16, device="cuda")
-        call = lambda st=None: check(lib.tq_prefill(cache.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], cache.block_tables.data_ptr(),
-                                                    cache.seq_lens.data_ptr(), 1, chunk, QH, T // PAGE, T, 0, ws.data_ptr(), st, cache.err,
-                                                    512), cache.err)
-        call()
-        torch.cuda.synchronize()
-        rel = ((out.transpose(1, 2).float() - ref.float()).norm() / ref.float().norm()).item()
-        rows.append(dict(prefill_prefix=prefix, prefill_chunk=chunk, kv=spec, ms=timed(call), graph_ms=timed_graph(call), rel_err_vs_torch=rel))
-        cache.close()
+        with smem_limit(spec) as name:
+            cache = PagedCache(lib, name, 1, T, k, v)
+            ws = torch.zeros(lib.tq_prefill_workspace(cache.h, 1, chunk, QH, T // PAGE, T, 0), dtype=torch.uint8, device="cuda")
+            out = torch.empty(1, chunk, QH, D, dtype=torch.bfloat16, device="cuda")
+            call = lambda st=None: check(lib.tq_prefill(cache.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], cache.block_tables.data_ptr(),
+                                                        cache.seq_lens.data_ptr(), 1, chunk, QH, T // PAGE, T, 0, ws.data_ptr(), st, cache.err,
+                                                        512), cache.err)
+            call()
+            torch.cuda.synchronize()
+            rel = ((out.transpose(1, 2).float() - ref.float()).norm() / ref.float().norm()).item()
+            rows.append(dict(prefill_prefix=prefix, prefill_chunk=chunk, kv=spec, ms=timed(call), graph_ms=timed_graph(call), rel_err_vs_torch=rel))
+            cache.close()
     for r in rows:
         print(f"prefill {chunk} new tokens on {prefix}: {r['kv']:28s} {r['ms']:.4f} ms one call, {r['graph_ms'] * 1e3:.1f} us in a graph"
               f" (x{rows[0]['graph_ms'] / r['graph_ms']:.2f} vs torch)" + (f", rel err vs torch {r['rel_err_vs_torch']:.2e}" if "rel_err_vs_torch" in r else ""),
@@ -183,7 +204,9 @@ def main():
     ap.add_argument("--lib", required=True)
     ap.add_argument("--json", default=None)
     ap.add_argument("--shapes", default=None, help="e.g. 16x32768,4x131072")
-    ap.add_argument("--specs", default=",".join(SPECS), help="KV specs of our kernels, e.g. k3v2,bf16")
+    ap.add_argument("--specs", default=",".join(SPECS),
+                    help="KV specs of our kernels, e.g. k3v2,bf16; bf16@99 runs bf16 as a GPU with 99 KB of shared memory a block would "
+                         "(TQ_CUDA_SMEM_KB)")
     ap.add_argument("--no-bulk", action="store_true", help="skip the bulk quantize_store measurement")
     ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
     ap.add_argument("--no-prefill", action="store_true", help="skip the chunked-prefill measurement")
@@ -223,51 +246,52 @@ def main():
                          graph_ms=g_torch, head_dim=D, limit_us=limit_us(bf16_bytes), of_limit=limit_us(bf16_bytes) / (g_torch * 1e3)))
         print(f"B={B:3d} L={L:6d} torch-sdpa-bf16 {t_torch:8.4f} ms {bf16_bytes / t_torch / 1e6:7.0f} GB/s", flush=True)
         for spec in args.specs.split(","):
-            cache = PagedCache(lib, spec, B, L, k, v, args.splits)
-            out = torch.empty(B, 1, QH, D, dtype=torch.bfloat16, device="cuda")
-            cache.decode(q, out)
-            torch.cuda.synchronize()
-            rel = ((out.view(B, QH, 1, D).float() - ref.float()).norm() / ref.float().norm()).item()
-            t = timed(lambda: cache.decode(q, out))
-            g = timed_graph(lambda st: cache.decode(q, out, st))
-            nbytes = cache.bytes()
-            row = dict(batch=B, context=L, kv=spec, ms=t, bytes=nbytes, gbps=nbytes / t / 1e6, speedup_vs_torch=t_torch / t,
-                       rel_err_vs_torch=rel, graph_ms=g, graph_speedup_vs_torch=g_torch / g, head_dim=D,
-                       limit_us=limit_us(nbytes), of_limit=limit_us(nbytes) / (g * 1e3))
-            if spec == "k3v2":
-                # one decode step writes one new token per sequence
-                newk, newv = k[:B].clone(), v[:B].clone()
-                slots = cache.slots[:B].clone()
-                err = ctypes.create_string_buffer(512)
-                qs = lambda st=None: check(lib.tq_quantize_store(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B,
-                                                                 st, err, 512), err)
-                row["quantize_store_ms"] = timed(qs)
-                row["quantize_store_pct_of_decode"] = 100 * row["quantize_store_ms"] / t
-                row["quantize_store_graph_ms"] = timed_graph(qs)
-                row["quantize_store_graph_pct_of_decode"] = 100 * row["quantize_store_graph_ms"] / g
-                # what it adds to a decode step: quantize_store then decode, both captured, less decode alone
-                row["step_graph_ms"] = timed_graph(lambda st: (qs(st), cache.decode(q, out, st)))
-                row["quantize_store_step_ms"] = row["step_graph_ms"] - g
-                row["quantize_store_step_pct_of_decode"] = 100 * row["quantize_store_step_ms"] / g
-                # the same step as one quantize_store_and_decode call (the decode's prologue overlaps the store)
-                fused = lambda st: check(lib.tq_store_and_decode(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B,
-                                                                 q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"],
-                                                                 cache.block_tables.data_ptr(), cache.seq_lens.data_ptr(), B, 1, QH,
-                                                                 cache.ctx // PAGE, cache.ctx, cache.splits, cache.ws.data_ptr(), st, err,
-                                                                 512), err)
-                row["fused_step_graph_ms"] = timed_graph(fused)
-                row["quantize_store_fused_ms"] = row["fused_step_graph_ms"] - g
-                row["quantize_store_fused_pct_of_decode"] = 100 * row["quantize_store_fused_ms"] / g
-            rows.append(row)
-            print(f"B={B:3d} L={L:6d} {spec:15s} {t:8.4f} ms {nbytes / t / 1e6:7.0f} GB/s  x{t_torch / t:5.2f} vs torch  "
-                  f"rel err vs torch {rel:.2e}  in a graph {g * 1e3:.1f} us (x{g_torch / g:5.2f})" +
-                  (f"  quantize_store {row['quantize_store_ms'] * 1e3:.1f} us ({row['quantize_store_pct_of_decode']:.1f}% of decode),"
-                   f" in a graph {row['quantize_store_graph_ms'] * 1e3:.1f} us ({row['quantize_store_graph_pct_of_decode']:.1f}%),"
-                   f" added to a captured step {row['quantize_store_step_ms'] * 1e3:.1f} us ({row['quantize_store_step_pct_of_decode']:.1f}%),"
-                   f" with quantize_store_and_decode {row['quantize_store_fused_ms'] * 1e3:.1f} us ({row['quantize_store_fused_pct_of_decode']:.1f}%)"
-                   if spec == "k3v2" else ""),
-                  flush=True)
-            cache.close()
+            with smem_limit(spec) as name:
+                cache = PagedCache(lib, name, B, L, k, v, args.splits)
+                out = torch.empty(B, 1, QH, D, dtype=torch.bfloat16, device="cuda")
+                cache.decode(q, out)
+                torch.cuda.synchronize()
+                rel = ((out.view(B, QH, 1, D).float() - ref.float()).norm() / ref.float().norm()).item()
+                t = timed(lambda: cache.decode(q, out))
+                g = timed_graph(lambda st: cache.decode(q, out, st))
+                nbytes = cache.bytes()
+                row = dict(batch=B, context=L, kv=spec, ms=t, bytes=nbytes, gbps=nbytes / t / 1e6, speedup_vs_torch=t_torch / t,
+                           rel_err_vs_torch=rel, graph_ms=g, graph_speedup_vs_torch=g_torch / g, head_dim=D,
+                           limit_us=limit_us(nbytes), of_limit=limit_us(nbytes) / (g * 1e3))
+                if spec == "k3v2":
+                    # one decode step writes one new token per sequence
+                    newk, newv = k[:B].clone(), v[:B].clone()
+                    slots = cache.slots[:B].clone()
+                    err = ctypes.create_string_buffer(512)
+                    qs = lambda st=None: check(lib.tq_quantize_store(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B,
+                                                                     st, err, 512), err)
+                    row["quantize_store_ms"] = timed(qs)
+                    row["quantize_store_pct_of_decode"] = 100 * row["quantize_store_ms"] / t
+                    row["quantize_store_graph_ms"] = timed_graph(qs)
+                    row["quantize_store_graph_pct_of_decode"] = 100 * row["quantize_store_graph_ms"] / g
+                    # what it adds to a decode step: quantize_store then decode, both captured, less decode alone
+                    row["step_graph_ms"] = timed_graph(lambda st: (qs(st), cache.decode(q, out, st)))
+                    row["quantize_store_step_ms"] = row["step_graph_ms"] - g
+                    row["quantize_store_step_pct_of_decode"] = 100 * row["quantize_store_step_ms"] / g
+                    # the same step as one quantize_store_and_decode call (the decode's prologue overlaps the store)
+                    fused = lambda st: check(lib.tq_store_and_decode(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B,
+                                                                     q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"],
+                                                                     cache.block_tables.data_ptr(), cache.seq_lens.data_ptr(), B, 1, QH,
+                                                                     cache.ctx // PAGE, cache.ctx, cache.splits, cache.ws.data_ptr(), st, err,
+                                                                     512), err)
+                    row["fused_step_graph_ms"] = timed_graph(fused)
+                    row["quantize_store_fused_ms"] = row["fused_step_graph_ms"] - g
+                    row["quantize_store_fused_pct_of_decode"] = 100 * row["quantize_store_fused_ms"] / g
+                rows.append(row)
+                print(f"B={B:3d} L={L:6d} {spec:15s} {t:8.4f} ms {nbytes / t / 1e6:7.0f} GB/s  x{t_torch / t:5.2f} vs torch  "
+                      f"rel err vs torch {rel:.2e}  in a graph {g * 1e3:.1f} us (x{g_torch / g:5.2f})" +
+                      (f"  quantize_store {row['quantize_store_ms'] * 1e3:.1f} us ({row['quantize_store_pct_of_decode']:.1f}% of decode),"
+                       f" in a graph {row['quantize_store_graph_ms'] * 1e3:.1f} us ({row['quantize_store_graph_pct_of_decode']:.1f}%),"
+                       f" added to a captured step {row['quantize_store_step_ms'] * 1e3:.1f} us ({row['quantize_store_step_pct_of_decode']:.1f}%),"
+                       f" with quantize_store_and_decode {row['quantize_store_fused_ms'] * 1e3:.1f} us ({row['quantize_store_fused_pct_of_decode']:.1f}%)"
+                       if spec == "k3v2" else ""),
+                      flush=True)
+                cache.close()
         del k, v, kt, vt
         torch.cuda.empty_cache()
     if not args.no_prefill:

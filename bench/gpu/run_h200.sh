@@ -75,11 +75,16 @@ for t in test_capi test_cuda_runner; do
   note "$t: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/$t.log" | tr '\n' ' ')"
   grep -B3 -A8 "Failure" "$OUT/$t.log" | head -40
 done
-# The portable path (plain launches, as on GPUs before sm_90) on this GPU: launch_common.h.
+# The portable path (plain launches, as on GPUs before sm_90) on this GPU: launch_common.h. Then
+# what an sm_86/89/120 GPU runs: plain launches and 99 KB of shared memory a block (the compact
+# kernels, TQ_CUDA_SMEM_KB).
 for t in test_cuda test_cuda_runner; do
   TQ_CUDA_PORTABLE=1 ./build/h200/tests/cuda/$t >"$OUT/${t}_portable.log" 2>&1
   note "$t, TQ_CUDA_PORTABLE=1: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/${t}_portable.log" | tr '\n' ' ')"
   grep -B3 -A8 "Failure" "$OUT/${t}_portable.log" | head -20
+  TQ_CUDA_PORTABLE=1 TQ_CUDA_SMEM_KB=99 ./build/h200/tests/cuda/$t >"$OUT/${t}_99kb.log" 2>&1
+  note "$t, TQ_CUDA_PORTABLE=1 TQ_CUDA_SMEM_KB=99: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/${t}_99kb.log" | tr '\n' ' ')"
+  grep -B3 -A8 "Failure" "$OUT/${t}_99kb.log" | head -20
 done
 note "CUDA runner vs CPU runner, KL per case (mean, max[, the quantization's own mean]): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"\|name="quantization_kl_mean" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
 note "decode tests, worst relative error against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1); largest error / bound (2x a same-precision computation's): $(python3 -c "import re,sys; x=open(sys.argv[1]).read(); r=[float(a)/float(b) for a,b in re.findall(r'name=.worst_rel_err. value=.([^\"]*).\s*/>\s*<property name=.bound. value=.([^\"]*).', x)]; print(round(max(r),3) if r else '-')" "$OUT/test_cuda.xml")"

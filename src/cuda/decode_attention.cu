@@ -21,18 +21,43 @@ namespace {
 
 using namespace decode;  // the kernels and their pieces
 
+// Compact kernels: the least shared memory a block among the GPUs the kernels are built for is 99
+// KB (sm_86, 89 and 120). Where a kernel's H200 tiles need more (float caches' decode rings at
+// D >= 128, prefill's tiles at D = 256), a compact variant exists (unstaged decode loads, 16-token
+// prefill tiles), and runs on the GPUs whose shared memory the full one exceeds.
+constexpr size_t kSmallSmem = 99 * 1024;
+template <int D, Kind KIND>
+constexpr bool kDecodeHasCompact = KIND != Kind::kTq && sizeof(Smem<D, KIND, 0, 0>) > kSmallSmem;
+template <int D>
+constexpr bool kPrefillHasCompact = sizeof(prefill::Smem<D>) > kSmallSmem;
+// Whether this GPU (device_smem_per_block: its limit, or TQ_CUDA_SMEM_KB's) runs the compact ones.
+template <int D, Kind KIND>
+bool decode_compact_here() {
+  if constexpr (kDecodeHasCompact<D, KIND>) return sizeof(Smem<D, KIND, 0, 0>) > size_t(device_smem_per_block());
+  return false;
+}
+template <int D>
+bool prefill_compact_here() {
+  if constexpr (kPrefillHasCompact<D>) return sizeof(prefill::Smem<D>) > size_t(device_smem_per_block());
+  return false;
+}
+
 // Blocks resident per SM of the decode kernel a cache gets, on this GPU (resident_blocks is the
 // H200's count its registers are compiled for; smaller SMs hold fewer blocks' shared memory).
-template <int D, Kind KIND, int KB, int VB, int R = 1>
+template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
 int resident_here() {
-  return resident_blocks_here(resident_blocks<D, KIND, KB, VB, R>(), sizeof(Smem<D, KIND, KB, VB, R>));
+  return resident_blocks_here(resident_blocks<D, KIND, KB, VB, R, C>(), sizeof(Smem<D, KIND, KB, VB, R, C>));
+}
+template <int D, Kind KIND>
+int resident_float_here() {
+  return decode_compact_here<D, KIND>() ? resident_here<D, KIND, 0, 0, 1, true>() : resident_here<D, KIND, 0, 0>();
 }
 template <int D>
 int resident_blocks_at(const CacheView& c, int R) {
   switch (c.k.enc) {
     case Encoding::kFp16:
-    case Encoding::kBf16: return resident_here<D, Kind::kBf16, 0, 0>();  // the same layout
-    case Encoding::kFp8E4M3: return resident_here<D, Kind::kFp8, 0, 0>();
+    case Encoding::kBf16: return resident_float_here<D, Kind::kBf16>();  // the same layout
+    case Encoding::kFp8E4M3: return resident_float_here<D, Kind::kFp8>();
     default:  // every width alike (4/4: the largest ring)
       if constexpr (D <= 128)
         if (R == 2) return resident_here<D, Kind::kTq, 4, 4, 2>();
@@ -149,12 +174,15 @@ Plan make_prefill_plan(const DecodeParams& p) {
   const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
   const int rtiles = (rows + prefill::kBlockRows - 1) / prefill::kBlockRows;
   pl.mtiles = rtiles * (prefill::kBlockRows / kRows);
-  const int T = prefill::tile_tokens(pl.D);
+  const bool compact = pl.D == 256 && prefill_compact_here<256>();
+  const int T = prefill::tile_tokens(pl.D, compact);
   const int tiles = std::max(1, int((p.max_seq_len + T - 1) / T));
   int splits = p.split_tokens ? 0 : int(p.num_splits);  // fixed cuts are the decode kernel's
   if (splits == 0) {
+    constexpr int kT256 = prefill::tile_tokens(256, true);
     const int resident = pl.D == 64    ? resident_blocks_here(prefill::resident_blocks<64>(), sizeof(prefill::Smem<64>))
                          : pl.D == 128 ? resident_blocks_here(prefill::resident_blocks<128>(), sizeof(prefill::Smem<128>))
+                         : compact     ? resident_blocks_here(prefill::resident_blocks<256, kT256>(), sizeof(prefill::Smem<256, kT256>))
                                        : resident_blocks_here(prefill::resident_blocks<256>(), sizeof(prefill::Smem<256>));
     const int want = resident * device_sm_count() / int(p.num_seqs * p.cache.kv_heads * rtiles);
     splits = std::clamp(want, 1, std::max(1, tiles / 4));
@@ -175,9 +203,12 @@ void launch_after(const char* what, void (*kernel)(Params...), dim3 grid, size_t
 
 // Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB (a
 // host-side setting, capture-safe). A GPU with less shared memory a block than that was refused
-// by validate (attention_unsupported).
+// by validate (attention_unsupported); a kernel over the limit here is a wrong choice of variant
+// (which TQ_CUDA_SMEM_KB makes visible on a GPU that would still run it).
 template <class Kernel>
 void allow_smem(Kernel kernel, size_t smem) {
+  TQ_CHECK(smem <= size_t(device_smem_per_block()), "decode_attention: a kernel of {} bytes of shared memory a block chosen where {} are allowed",
+           smem, device_smem_per_block());
   if (smem <= 48 * 1024) return;
   const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   TQ_CHECK(e == cudaSuccess, "decode_attention: {} bytes of shared memory per block refused: {}", smem, cudaGetErrorString(e));
@@ -197,10 +228,22 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
   if (mode == Mode::kPrefill) {  // 64-row blocks, then the merge
     const int rtiles = pl.mtiles / (prefill::kBlockRows / kRows);
-    constexpr size_t smem = sizeof(prefill::Smem<D>);
-    allow_smem(prefill::prefill_kernel<D, KIND, KB, VB>, smem);
-    launch_after("prefill", prefill::prefill_kernel<D, KIND, KB, VB>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs), smem,
-                     stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
+    const auto prefill = [&](auto tokens) {  // tokens: a tile's (tile_tokens)
+      constexpr int T = decltype(tokens)::value;
+      constexpr size_t smem = sizeof(prefill::Smem<D, T>);
+      allow_smem(prefill::prefill_kernel<D, KIND, KB, VB, T>, smem);
+      launch_after("prefill", prefill::prefill_kernel<D, KIND, KB, VB, T>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs),
+                   smem, stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
+    };
+    if constexpr (kPrefillHasCompact<D>) {
+      if (prefill_compact_here<D>()) {
+        prefill(std::integral_constant<int, prefill::tile_tokens(D, true)>{});
+      } else {
+        prefill(std::integral_constant<int, prefill::tile_tokens(D)>{});
+      }
+    } else {
+      prefill(std::integral_constant<int, prefill::tile_tokens(D)>{});
+    }
     launch_after("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
                      static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
     return;
@@ -208,21 +251,28 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
   // previous kernel (e.g. quantize_store) finishes, the merge's while the decode grid drains.
   // (Dense rotations read ws_q, written by prepare_queries just before: never early.)
-  const auto decode = [&](auto r) {
+  const auto decode = [&](auto r, auto compact) {
     constexpr int R = decltype(r)::value;
+    constexpr bool C = decltype(compact)::value;
     const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / R), p.num_seqs);
-    constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB, R>);
-    allow_smem(decode_kernel<D, KIND, KB, VB, R>, smem);
-    launch_after("decode", decode_kernel<D, KIND, KB, VB, R>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles / R, ws_o, ws_ml,
+    constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB, R, C>);
+    allow_smem(decode_kernel<D, KIND, KB, VB, R, C>, smem);
+    launch_after("decode", decode_kernel<D, KIND, KB, VB, R, C>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles / R, ws_o, ws_ml,
                  static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
   };
+  using Full = std::false_type;
   if constexpr (KIND == Kind::kTq && D <= 128) {
     if (pl.R == 2)
-      decode(std::integral_constant<int, 2>{});
+      decode(std::integral_constant<int, 2>{}, Full{});
     else
-      decode(std::integral_constant<int, 1>{});
+      decode(std::integral_constant<int, 1>{}, Full{});
+  } else if constexpr (kDecodeHasCompact<D, KIND>) {
+    if (decode_compact_here<D, KIND>())
+      decode(std::integral_constant<int, 1>{}, std::true_type{});
+    else
+      decode(std::integral_constant<int, 1>{}, Full{});
   } else {
-    decode(std::integral_constant<int, 1>{});
+    decode(std::integral_constant<int, 1>{}, Full{});
   }
   launch_after("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
                    static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
@@ -254,15 +304,19 @@ void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
 
 }  // namespace
 
-size_t attention_smem_bytes(TensorCode k, uint32_t head_dim) {
+size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit) {
   const uint32_t d = is_tq(k.enc) ? padded_dim(head_dim) : head_dim;
+  // A kernel's full variant where it fits the limit (or has no compact one), else its compact one.
+  const auto pick = [&](size_t full, size_t compact) { return full <= limit ? full : compact; };
   const auto at = [&](auto dim) -> size_t {
     constexpr int D = decltype(dim)::value;
-    const size_t prefill = sizeof(prefill::Smem<D>);
+    const size_t prefill = pick(sizeof(prefill::Smem<D>), sizeof(prefill::Smem<D, prefill::tile_tokens(D, kPrefillHasCompact<D>)>));
     switch (k.enc) {
       case Encoding::kFp16:
-      case Encoding::kBf16: return std::max(prefill, sizeof(Smem<D, Kind::kBf16, 0, 0>));
-      case Encoding::kFp8E4M3: return std::max(prefill, sizeof(Smem<D, Kind::kFp8, 0, 0>));
+      case Encoding::kBf16:
+        return std::max(prefill, pick(sizeof(Smem<D, Kind::kBf16, 0, 0>), sizeof(Smem<D, Kind::kBf16, 0, 0, 1, kDecodeHasCompact<D, Kind::kBf16>>)));
+      case Encoding::kFp8E4M3:
+        return std::max(prefill, pick(sizeof(Smem<D, Kind::kFp8, 0, 0>), sizeof(Smem<D, Kind::kFp8, 0, 0, 1, kDecodeHasCompact<D, Kind::kFp8>>)));
       default:  // the largest ring of any widths; blocks of 2 m-tiles hold more query rows
         if constexpr (D <= 128) return std::max({prefill, sizeof(Smem<D, Kind::kTq, 4, 4>), sizeof(Smem<D, Kind::kTq, 4, 4, 2>)});
         return std::max(prefill, sizeof(Smem<D, Kind::kTq, 4, 4>));

@@ -46,24 +46,29 @@ namespace tq::cuda::decode {
 // k3v2 at D = 128 forced 96 registers and was 4% slower at (16, 32K) on the H200). Float caches:
 // as many as their staging rings fit in an SM's 228 KB (bf16: 2 at D = 128, 1 at D = 256).
 // R = 2 m-tiles: twice the accumulators, so 3 blocks an SM (168 registers).
-template <int D, Kind KIND, int KB, int VB, int R = 1>
+// C: the compact kernel of a float cache (unstaged), compiled for the 100 KB an SM of the GPUs
+// that run it (sm_86, 89, 120): 2 blocks at D = 256, 4 at D = 128.
+template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
 constexpr int resident_blocks() {
   if constexpr (KIND == Kind::kTq) return D >= 256 ? 2 : R == 2 ? 3 : 4;
-  constexpr int n = 227 * 1024 / int(sizeof(Smem<D, KIND, KB, VB>) + 1024);  // 1 KB a block reserved by the driver
+  constexpr int n = (C ? 100 : 227) * 1024 / int(sizeof(Smem<D, KIND, KB, VB, 1, C>) + 1024);  // 1 KB a block reserved by the driver
   return n < 1 ? 1 : n > 4 ? 4 : n;
 }
 
 // mtiles: the blocks' m-tiles (of R * 8 rows) per KV head; grid (splits + side blocks, kv_heads * mtiles, seqs).
-template <int D, Kind KIND, int KB, int VB, int R = 1>
-__global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R>()))
+// C: the compact kernel of a float cache (FloatStaging).
+template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
+__global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R, C>()))
     decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                   const float* ws_q, bool inputs_ready) {  // ws_q: prepare_queries' output (no __restrict__: see merge_kernel)
   static_assert(R == 1 || (R == 2 && KIND == Kind::kTq && D <= 128), "two m-tiles a block: packed caches up to D = 128");
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
   extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)
-  Smem<D, KIND, KB, VB, R>& sm = *reinterpret_cast<Smem<D, KIND, KB, VB, R>*>(smem_raw);
-  static_assert(sizeof(SideSmem<D>) <= sizeof(Smem<D, KIND, KB, VB, R>), "the side block reuses the shared memory");
+  using Sm = Smem<D, KIND, KB, VB, R, C>;
+  Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
+  static_assert(sizeof(SideSmem<D>) <= sizeof(Sm), "the side block reuses the shared memory");
+  static_assert(!C || KIND != Kind::kTq, "compact kernels: float caches (packed caches fit 99 KB as they are)");
   const int side_blocks = side_decode_blocks(p);
   if (side_blocks && int(blockIdx.x) >= int(gridDim.x) - side_blocks) {  // a side block: one chunk of the side positions
     dev::wait_prerequisites();
@@ -98,7 +103,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R>
   // Loads that nothing below depends on are issued before the query work, so that their latency
   // hides behind it (a batch-1 step is a chain of such latencies): the codebook, and the page ids
   // of the warp's first kStages tiles (entries past the sequence's pages are never used).
-  using SP = StagePlan<D, KIND, KB, VB>;
+  using SP = StagePlan<D, KIND, KB, VB, C>;
   constexpr int kPre = SP::kStages > 0 ? SP::kStages : 1;
   int32_t pre_page[kPre];
 #pragma unroll

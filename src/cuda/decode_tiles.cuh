@@ -82,31 +82,34 @@ struct FloatUnits {
 // swizzled so that the reads of FloatUnits are free of bank conflicts: unit c of key row r at
 // c ^ 4 (r & 1) (the quad's 4 units and rows g, g + 1 of an 8-lane phase hit 8 different bank
 // groups), of value row r at c ^ 2 ((r >> 1) & 3) (groups g, g + 1 and the 4 rows 2t).
-// Rows need >= 8 units (fp8 at D = 64 has 4: it takes the unstaged loads).
-template <int D, Kind KIND>
+// Rows need >= 8 units (fp8 at D = 64 has 4: it takes the unstaged loads). The compact kernels
+// (C: GPUs with 99 KB of shared memory a block, where a ring of 3 tiles a warp does not fit at
+// D >= 128 in 16 bits or D = 256 in fp8) take the unstaged loads too.
+template <int D, Kind KIND, bool C = false>
 struct FloatStaging {
   static constexpr int kRow = FloatUnits<D, KIND>::kRow;
   static constexpr int kBytes = 2 * kTile * kRow;         // [16 K rows][16 V rows]
   static constexpr int kRounds = kTile * kRow / 16 / 32;  // 16-byte copies per lane, of K and of V
-  static constexpr int kStages = kRow >= 128 ? 3 : 0;
+  static constexpr int kStages = kRow >= 128 && !C ? 3 : 0;
   static constexpr int kRing = kWarps * kStages * kBytes;
   __device__ static int k_pos(int r, int c) { return r * kRow + 16 * (c ^ 4 * (r & 1)); }
   __device__ static int v_pos(int r, int c) { return (kTile + r) * kRow + 16 * (c ^ 2 * ((r >> 1) & 3)); }
 };
 
-template <int D, Kind KIND, int KB, int VB>
-using StagePlan = std::conditional_t<KIND == Kind::kTq, Staging<D, KB, VB>, FloatStaging<D, KIND>>;
+template <int D, Kind KIND, int KB, int VB, bool C = false>
+using StagePlan = std::conditional_t<KIND == Kind::kTq, Staging<D, KB, VB>, FloatStaging<D, KIND, C>>;
 
 // Shared memory of one block (dynamic: the float caches' rings exceed the 48 KB of static memory).
 // (The staging ring is budgeted around one m-tile's SmemFixed: a block of 2 m-tiles is larger.)
-template <int D, Kind KIND, int KB, int VB, int R = 1>
+// C: the compact kernel of a float cache (FloatStaging).
+template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
 struct Smem : SmemFixed<D, R> {
   // The ring's 16-byte pieces must keep the alignment of their global 32-byte sectors: a ring
   // 16 bytes off a 32-byte boundary made every cp.async read two L2 sectors for one (Nsight
   // Compute: twice the L2 reads, our bf16 path 25% slower), so it starts on 128 bytes.
   union {
     float q[R * kRows][D];  // the prologue: query rows, rotated and scaled
-    alignas(128) uint8_t ring[StagePlan<D, KIND, KB, VB>::kRing > 0 ? StagePlan<D, KIND, KB, VB>::kRing : 16];  // the loop
+    alignas(128) uint8_t ring[StagePlan<D, KIND, KB, VB, C>::kRing > 0 ? StagePlan<D, KIND, KB, VB, C>::kRing : 16];  // the loop
     float o[kWarps][R * kRows][D];  // the epilogue: the warps' outputs
   };
 };

@@ -35,14 +35,29 @@ DeviceProps props() {  // a copy: the vector may grow when another device is que
   }
   return p;
 }
+
+// TQ_CUDA_SMEM_KB: the shared memory a block the kernels plan for, in KB (0 when unset: the device's).
+int smem_override_kb() {
+  const char* v = std::getenv("TQ_CUDA_SMEM_KB");
+  if (!v || !*v) return 0;
+  char* end = nullptr;
+  const long kb = std::strtol(v, &end, 10);
+  TQ_CHECK(*end == '\0' && kb >= 1 && kb <= 1024 * 1024, "TQ_CUDA_SMEM_KB must be a number of KB (e.g. 99), got '{}'", v);
+  return int(kb);
+}
 }  // namespace
 
 int device_sm_count() { return props().sms; }
 int device_cc_major() { return props().major; }
-int device_smem_per_block() { return props().smem_optin; }
+int device_smem_per_block() {
+  const int kb = smem_override_kb();
+  return kb ? std::min(props().smem_optin, kb * 1024) : props().smem_optin;
+}
 
 int resident_blocks_here(int compiled_for, size_t smem) {
-  const int fit = props().smem_sm / int(smem + 1024);  // 1 KB a block reserved by the driver
+  const int kb = smem_override_kb();
+  const int sm = kb ? std::min(props().smem_sm, (kb + 1) * 1024) : props().smem_sm;
+  const int fit = sm / int(smem + 1024);  // 1 KB a block reserved by the driver
   return std::max(1, std::min(compiled_for, fit));
 }
 
@@ -76,7 +91,7 @@ std::string attention_unsupported(TensorCode k, TensorCode v, uint32_t head_dim)
   if (cudaGetDeviceCount(&devices) != cudaSuccess) {
     cudaGetLastError();  // no driver or device: nothing to check here, and no error left for a later check_launch
   } else if (devices > 0) {
-    const size_t need = attention_smem_bytes(k, head_dim);
+    const size_t need = attention_smem_bytes(k, head_dim, size_t(device_smem_per_block()));
     if (need > size_t(device_smem_per_block()))
       return fmt::format("a {} cache at head dim {} needs {} KB of shared memory a block in the attention kernels; this GPU (compute "
                          "capability {}) allows {} KB (docs/cuda.md lists what runs where)",

@@ -13,7 +13,9 @@ int device_sm_count();
 // Compute capability major of the current device (cached likewise): 9 = Hopper.
 int device_cc_major();
 // The most shared memory a block may have on the current device (opt-in; cached likewise): 227 KB
-// on sm_90 and sm_100, 163 KB on sm_80, 99 KB on sm_86, sm_89 and sm_120.
+// on sm_90 and sm_100, 163 KB on sm_80, 99 KB on sm_86, sm_89 and sm_120. TQ_CUDA_SMEM_KB=N in
+// the environment (read at every call) lowers it to N KB, and an SM's to N + 1 KB, as on those
+// GPUs: how the tests run the kernels a 99 KB GPU gets (the compact ones) on an H200.
 int device_smem_per_block();
 // Blocks of a kernel resident per SM on the current device: the count its registers were compiled
 // for (__launch_bounds__), or fewer where the SM's shared memory holds fewer blocks of `smem`
@@ -43,8 +45,10 @@ cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, s
 }
 
 // The shared memory a block of the decode or the prefill kernel takes for a cache whose keys are
-// `k`, at this head dim (64, 128 or 256 once padded), the larger of the two (decode_attention.cu).
-size_t attention_smem_bytes(TensorCode k, uint32_t head_dim);
+// `k`, at this head dim (64, 128 or 256 once padded), the larger of the two, on a GPU that allows
+// `limit` bytes a block: each kernel's full variant where it fits, else its compact one
+// (decode_attention.cu).
+size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit);
 
 // Throws tq::Error with the CUDA error string if the last launch failed.
 void check_launch(const char* what);

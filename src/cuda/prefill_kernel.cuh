@@ -3,7 +3,7 @@
 //
 // Decode reads each packed page once per 8 query rows, which is right when there are at most 8
 // (the GQA group times 1..8 query tokens) but makes a chunk of 512 new tokens stream its prefix
-// 256 times per KV head. Here the 4 warps of a block share each tile of kTokens keys and values:
+// 256 times per KV head. Here the 4 warps of a block share each tile of tile_tokens keys and values:
 //   fill   the block's threads load the tile's packed rows (registers, or cp.async for fp16/bf16)
 //          while the tensor cores work on the previous tile, then decode them once into shared
 //          memory as 16-bit rows (TurboQuant: the fp16-exact centroids, norms kept apart);
@@ -36,9 +36,10 @@ using decode::Kind;
 constexpr int kWarps = 4, kThreads = 32 * kWarps, kWarpRows = 16, kBlockRows = kWarps * kWarpRows;
 
 // Tokens per shared tile: 64, or 32 at D = 256, whose accumulators take 128 registers already.
-constexpr int tile_tokens(int D) { return D >= 256 ? 32 : 64; }
-template <int D>
-constexpr int kTokens = tile_tokens(D);
+// The compact kernels for GPUs with 99 KB of shared memory a block (sm_86, 89, 120) take 16 at
+// D = 256: the query rows' 64 KB and two 16-token tiles of keys and values fit there (97 KB a
+// block, against 129 KB with 32-token tiles).
+constexpr int tile_tokens(int D, bool compact = false) { return D >= 256 ? (compact ? 16 : 32) : 64; }
 
 // A 16-bit row of D elements is D/8 16-byte chunks; chunk c of row r is stored at c ^ (r & 7), so
 // the 8 rows an ldmatrix reads at one chunk fall in 8 different bank groups.
@@ -47,19 +48,20 @@ __device__ __forceinline__ int swz(int r, int c) {
   return r * (D / 8) + (c ^ (r & 7));
 }
 
-template <int D>
+// T: tokens a tile (tile_tokens).
+template <int D, int T = tile_tokens(D)>
 struct Smem {
-  uint4 q[2][kBlockRows][D / 8];       // query rows, 16-bit high and low parts (swizzled)
-  uint4 k[2][kTokens<D>][D / 8];       // decoded key tiles, double-buffered (swizzled)
-  uint4 v[2][kTokens<D>][D / 8];       // decoded value tiles
-  float kn[2][kTokens<D>], vn[2][kTokens<D>];  // TurboQuant norms of the tiles' tokens
-  __half lut_k[16], lut_v[16];         // TurboQuant centroids in fp16 z-units x sqrt(D)
+  uint4 q[2][kBlockRows][D / 8];  // query rows, 16-bit high and low parts (swizzled)
+  uint4 k[2][T][D / 8];           // decoded key tiles, double-buffered (swizzled)
+  uint4 v[2][T][D / 8];           // decoded value tiles
+  float kn[2][T], vn[2][T];       // TurboQuant norms of the tiles' tokens
+  __half lut_k[16], lut_v[16];    // TurboQuant centroids in fp16 z-units x sqrt(D)
 };
 
-// Blocks per SM, as shared memory allows (D = 128: 97 KB, 2 blocks).
-template <int D>
+// Blocks per SM, as the H200's shared memory allows (D = 128: 97 KB, 2 blocks).
+template <int D, int T = tile_tokens(D)>
 constexpr int resident_blocks() {
-  constexpr int n = 227 * 1024 / int(sizeof(Smem<D>) + 1024);
+  constexpr int n = 227 * 1024 / int(sizeof(Smem<D, T>) + 1024);
   return n < 1 ? 1 : n > 4 ? 4 : n;
 }
 
@@ -114,19 +116,19 @@ struct Pages {
 // Loading one tile into shared memory, by cache kind: fetch() starts the global reads of tile T0
 // (into registers, or straight into shared memory for fp16/bf16), store() finishes them into
 // buffer `buf` as 16-bit rows. Between the two the block computes on the other buffer.
-template <int D, Kind KIND, int KB, int VB>
+template <int D, Kind KIND, int KB, int VB, int T>
 struct Fill;
 
 // TurboQuant: a thread's units are (token, group of 32 codes) pairs; it loads the group's words
 // of the key row and of the value row, and the norms when its group is the first.
-template <int D, int KB, int VB>
-struct Fill<D, Kind::kTq, KB, VB> {
-  static constexpr int kGroups = D / 32, kUnits = kTokens<D> * kGroups / kThreads;
-  static_assert(kTokens<D> * kGroups % kThreads == 0, "whole units per thread");
+template <int D, int KB, int VB, int T>
+struct Fill<D, Kind::kTq, KB, VB, T> {
+  static constexpr int kGroups = D / 32, kUnits = T * kGroups / kThreads;
+  static_assert(T * kGroups % kThreads == 0, "whole units per thread");
   uint32_t k[kUnits][KB], v[kUnits][VB];
   uint16_t kn[kUnits], vn[kUnits];
   __device__ static int token(int j) { return (int(threadIdx.x) + kThreads * j) / kGroups; }
-  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, Smem<D>&, int) {
+  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, Smem<D, T>&, int) {
     const BlockLayout& L = p.cache.layout;
     const int gi = int(threadIdx.x) % kGroups;
 #pragma unroll
@@ -144,7 +146,7 @@ struct Fill<D, Kind::kTq, KB, VB> {
       }
     }
   }
-  __device__ void store(Smem<D>& sm, int buf, const dev::Lut8& lut_k, const dev::Lut8& lut_v) const {
+  __device__ void store(Smem<D, T>& sm, int buf, const dev::Lut8& lut_k, const dev::Lut8& lut_v) const {
     const int gi = int(threadIdx.x) % kGroups;
 #pragma unroll
     for (int j = 0; j < kUnits; ++j) {
@@ -166,10 +168,10 @@ struct Fill<D, Kind::kTq, KB, VB> {
 };
 
 // fp16 and bf16: the rows are already what the MMAs take; 16-byte chunks copied with cp.async.
-template <int D, Kind KIND, int KB, int VB>
+template <int D, int T>
 struct Fill16 {
-  static constexpr int kChunks = D / 8, kUnits = kTokens<D> * kChunks / kThreads;
-  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, Smem<D>& sm, int buf) {
+  static constexpr int kChunks = D / 8, kUnits = T * kChunks / kThreads;
+  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, Smem<D, T>& sm, int buf) {
     const BlockLayout& L = p.cache.layout;
     const int c = int(threadIdx.x) % kChunks;  // kThreads is a multiple of kChunks: the same chunk every unit
 #pragma unroll
@@ -183,20 +185,20 @@ struct Fill16 {
     }
     decode::cp_async_commit();
   }
-  __device__ void store(Smem<D>&, int, const dev::Lut8&, const dev::Lut8&) const { decode::cp_async_wait<0>(); }
+  __device__ void store(Smem<D, T>&, int, const dev::Lut8&, const dev::Lut8&) const { decode::cp_async_wait<0>(); }
 };
-template <int D, int KB, int VB>
-struct Fill<D, Kind::kF16, KB, VB> : Fill16<D, Kind::kF16, KB, VB> {};
-template <int D, int KB, int VB>
-struct Fill<D, Kind::kBf16, KB, VB> : Fill16<D, Kind::kBf16, KB, VB> {};
+template <int D, int KB, int VB, int T>
+struct Fill<D, Kind::kF16, KB, VB, T> : Fill16<D, T> {};
+template <int D, int KB, int VB, int T>
+struct Fill<D, Kind::kBf16, KB, VB, T> : Fill16<D, T> {};
 
 // fp8 e4m3: 16-byte chunks of 16 elements loaded into registers, widened to fp16 (exact) on store.
-template <int D, int KB, int VB>
-struct Fill<D, Kind::kFp8, KB, VB> {
-  static constexpr int kChunks = D / 16, kUnits = kTokens<D> * kChunks / kThreads;
-  static_assert(kTokens<D> * kChunks % kThreads == 0, "whole units per thread");
+template <int D, int KB, int VB, int T>
+struct Fill<D, Kind::kFp8, KB, VB, T> {
+  static constexpr int kChunks = D / 16, kUnits = T * kChunks / kThreads;
+  static_assert(T * kChunks % kThreads == 0, "whole units per thread");
   uint4 k[kUnits], v[kUnits];
-  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, Smem<D>&, int) {
+  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, Smem<D, T>&, int) {
     const BlockLayout& L = p.cache.layout;
     const int c = int(threadIdx.x) % kChunks;
 #pragma unroll
@@ -213,7 +215,7 @@ struct Fill<D, Kind::kFp8, KB, VB> {
     decode::e4m3x4_to_half2x2(b, h.z, h.w);
     return h;
   }
-  __device__ void store(Smem<D>& sm, int buf, const dev::Lut8&, const dev::Lut8&) const {
+  __device__ void store(Smem<D, T>& sm, int buf, const dev::Lut8&, const dev::Lut8&) const {
     const int c = int(threadIdx.x) % kChunks;
 #pragma unroll
     for (int j = 0; j < kUnits; ++j) {
@@ -230,18 +232,18 @@ struct Fill<D, Kind::kFp8, KB, VB> {
 
 // Grid: (splits, kv_heads * row tiles, seqs). Query rows come rotated and scaled from
 // prepare_queries (ws_q: [seq][kv head][8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
-template <int D, Kind KIND, int KB, int VB>
-__global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
+template <int D, Kind KIND, int KB, int VB, int T = tile_tokens(D)>
+__global__ void __launch_bounds__(kThreads, (resident_blocks<D, T>()))
     prefill_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                    const float* ws_q) {  // ws_q: prepare_queries' output, read after the wait (no __restrict__: see merge_kernel)
   constexpr bool kBf = KIND == Kind::kBf16, kTq = KIND == Kind::kTq;
-  constexpr int T = kTokens<D>, NT = T / 8;  // n-tiles of S
+  constexpr int NT = T / 8;  // n-tiles of S
   using Op = dev::Operand<kBf>;
   extern __shared__ __align__(128) uint4 smem_raw[];
-  Smem<D>& sm = *reinterpret_cast<Smem<D>*>(smem_raw);
+  Smem<D, T>& sm = *reinterpret_cast<Smem<D, T>*>(smem_raw);
   dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
   dev::allow_dependents();
-  static_assert(sizeof(decode::SideSmem<D>) <= sizeof(Smem<D>), "the side block reuses the shared memory");
+  static_assert(sizeof(decode::SideSmem<D>) <= sizeof(Smem<D, T>), "the side block reuses the shared memory");
   if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block (decode_side.cuh), m-tile by m-tile
     for (int i = 0; i < kBlockRows / decode::kRows; ++i)
       decode::side_attention<D>(p, blockIdx.z, blockIdx.y / rtiles, blockIdx.y % rtiles * (kBlockRows / decode::kRows) + i, blockIdx.x, 0,
@@ -322,7 +324,7 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D>()))
   // bf16's 2^-8 would not.
   constexpr bool kPLow = kBf;
 
-  Fill<D, KIND, KB, VB> fill;
+  Fill<D, KIND, KB, VB, T> fill;
   const int tiles = begin < end ? (end - begin + T - 1) / T : 0;
   const Pages pages(p, bt, kvh, len);
   if (tiles > 0) {

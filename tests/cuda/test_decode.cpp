@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <optional>
+#include <string>
 
 #include "cuda_test_util.h"
 #include "launch_common.h"
@@ -29,6 +31,17 @@ struct DecodeCase {
   std::vector<int32_t> lens;
   uint32_t splits = 0;  // 0: automatic
   bool prefill = false;  // through prefill_attention (a chunk of ntok new tokens per sequence)
+  bool compact = false;  // with TQ_CUDA_SMEM_KB=99: the kernels of a GPU with 99 KB a block (sm_86, 89, 120)
+};
+
+// Sets an environment variable for its lifetime, then restores it (the launchers read
+// TQ_DECODE_ROWS and TQ_CUDA_SMEM_KB at every call).
+struct ScopedEnv {
+  const char* name;
+  bool had;
+  std::string old;
+  ScopedEnv(const char* n, const char* v) : name(n), had(std::getenv(n) != nullptr), old(had ? std::getenv(n) : "") { setenv(n, v, 1); }
+  ~ScopedEnv() { had ? setenv(name, old.c_str(), 1) : unsetenv(name); }
 };
 
 // TQ_CUDA_PORTABLE=1 makes a Hopper GPU take the launches every other GPU takes, so the GPU script
@@ -41,36 +54,57 @@ TEST(CudaLaunch, DependentLaunchesFollowTheDeviceAndTheSwitch) {
   std::printf("compute capability %d: %s launches\n", cuda::device_cc_major(), cuda::dependent_launches() ? "programmatic dependent" : "plain (portable)");
 }
 
-// The shared memory the attention kernels take (docs/cuda.md's table of what runs where): every
-// TurboQuant cache fits the 99 KB a block of sm_86/89/120 up to head dim 128 and decodes in 48 KB
-// at 256; the float caches' rings are Hopper-sized. On a GPU with 227 KB a block nothing is refused.
+// The shared memory the attention kernels take (docs/cuda.md's table of what runs where): on a GPU
+// with 99 KB a block (sm_86/89/120) every cache fits at every head dim, the float caches' decode and
+// the prefill at 256 through their compact variants; the H200's full variants need more. A limit
+// below what the compact kernels need is refused by name, as is a malformed TQ_CUDA_SMEM_KB.
 TEST(CudaLaunch, SharedMemoryOfTheKernelsAndItsRefusal) {
-  constexpr size_t kConsumer = 99 * 1024, kA100 = 163 * 1024;
-  for (uint8_t kb : {2, 3, 4}) {
-    const TensorCode k{Encoding::kTqMse, kb};
-    EXPECT_LE(cuda::attention_smem_bytes(k, 64), kConsumer);
-    EXPECT_LE(cuda::attention_smem_bytes(k, 112), kConsumer);  // padded to 128
-    EXPECT_LE(cuda::attention_smem_bytes(k, 256), kA100);
-  }
-  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kBf16, 16}, 128), kConsumer);
-  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kFp16, 16}, 256), kA100);
-  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kFp8E4M3, 8}, 256), kConsumer);
-  TQ_REQUIRE_GPU();
-  const bool big = size_t(cuda::device_smem_per_block()) >= 227 * 1024;
-  for (const TensorCode k : {TensorCode{Encoding::kTqMse, 3}, TensorCode{Encoding::kBf16, 16}, TensorCode{Encoding::kFp8E4M3, 8}})
-    for (uint32_t d : {64u, 128u, 256u}) {
-      const TensorCode v = is_tq(k.enc) ? TensorCode{Encoding::kTqMse, 2} : k;
-      const std::string why = cuda::attention_unsupported(k, v, d);
-      const bool fits = cuda::attention_smem_bytes(k, d) <= size_t(cuda::device_smem_per_block());
-      EXPECT_EQ(why.empty(), fits) << "head dim " << d << ": " << why;
-      if (big) {
-        EXPECT_TRUE(why.empty()) << why;
-      }
+  constexpr size_t kConsumer = 99 * 1024, kA100 = 163 * 1024, kHopper = 227 * 1024;
+  const std::vector<TensorCode> keys{{Encoding::kTqMse, 2}, {Encoding::kTqMse, 3}, {Encoding::kTqMse, 4},
+                                     {Encoding::kFp16, 16}, {Encoding::kBf16, 16},  {Encoding::kFp8E4M3, 8}};
+  for (const TensorCode& k : keys)
+    for (uint32_t d : {64u, 112u, 128u, 256u}) {
+      EXPECT_LE(cuda::attention_smem_bytes(k, d, kConsumer), kConsumer) << int(k.enc) << " at head dim " << d;
+      EXPECT_LE(cuda::attention_smem_bytes(k, d, kConsumer), cuda::attention_smem_bytes(k, d, kHopper));
     }
+  // The full variants the H200 runs, which the compact ones stand in for:
+  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kBf16, 16}, 128, kHopper), kConsumer);
+  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kFp16, 16}, 256, kHopper), kA100);
+  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kFp8E4M3, 8}, 256, kHopper), kConsumer);
+  EXPECT_GT(cuda::attention_smem_bytes({Encoding::kTqMse, 3}, 256, kHopper), kConsumer);  // prefill's 32-token tiles
+  EXPECT_LE(cuda::attention_smem_bytes({Encoding::kTqMse, 3}, 128, kHopper), kConsumer);  // no compact kernel needed
+  TQ_REQUIRE_GPU();
+  for (const char* limit : {"", "99"}) {
+    const ScopedEnv env("TQ_CUDA_SMEM_KB", limit);
+    for (const TensorCode& k : keys)
+      for (uint32_t d : {64u, 128u, 256u}) {
+        const TensorCode v = is_tq(k.enc) ? TensorCode{Encoding::kTqMse, 2} : k;
+        const std::string why = cuda::attention_unsupported(k, v, d);
+        EXPECT_TRUE(why.empty()) << "TQ_CUDA_SMEM_KB='" << limit << "', head dim " << d << ": " << why;
+      }
+  }
+  {
+    const ScopedEnv env("TQ_CUDA_SMEM_KB", "40");
+    const std::string why = cuda::attention_unsupported({Encoding::kTqMse, 3}, {Encoding::kTqMse, 2}, 128);
+    EXPECT_NE(why.find("allows 40 KB"), std::string::npos) << why;
+  }
+  {
+    const ScopedEnv env("TQ_CUDA_SMEM_KB", "99k");
+    EXPECT_THROW(
+        {
+          try {
+            cuda::attention_unsupported({Encoding::kTqMse, 3}, {Encoding::kTqMse, 2}, 128);
+          } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("'99k'"), std::string::npos) << e.what();
+            throw;
+          }
+        },
+        Error);
+  }
 }
 
 std::string case_name(const DecodeCase& c) {
-  return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill);
+  return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill) + (c.compact ? "_compact" : "");
 }
 
 // Everything one decode call needs, on both sides.
@@ -157,6 +191,8 @@ class Decode : public ::testing::TestWithParam<DecodeCase> {};
 TEST_P(Decode, MatchesReferenceWithinTwiceTheSamePrecisionError) {
   TQ_REQUIRE_GPU();
   const DecodeCase& c = GetParam();
+  std::optional<ScopedEnv> smem;
+  if (c.compact) smem.emplace("TQ_CUDA_SMEM_KB", "99");
   DecodeSetup s(c, 7);
   const std::vector<float> ref = s.reference();
 
@@ -237,15 +273,24 @@ std::vector<DecodeCase> cases() {
   v.push_back({"k3v4:page=64", 128, 1, 70, {70, 130}, 0, true});
   v.push_back({"k2v2", 256, 4, 9, {9, 500}, 0, true});
   v.push_back({"k4v2:nc", 64, 2, 33, {33, 65}, 0, true});
+  // The compact kernels of a GPU with 99 KB a block (TQ_CUDA_SMEM_KB=99; a kernel over the limit
+  // throws, so each of these ran its compact variant): the float caches' decode at 128 and 256 (fp8
+  // at 256), unstaged; the prefill at 256 in 16-token tiles, every cache kind, forced splits.
+  for (const char* spec : {"fp16", "bf16"})
+    for (uint32_t d : {128u, 256u}) v.push_back({spec, d, 4, 1, mixed, 0, false, true});
+  v.push_back({"fp8", 256, 4, 1, mixed, 0, false, true});
+  v.push_back({"bf16", 128, 4, 4, {9, 97, 1000}, 0, false, true});
+  v.push_back({"k3v2", 256, 4, 64, {64, 161, 1000}, 0, true, true});
+  v.push_back({"k4v4:page=7", 256, 1, 33, {40}, 0, true, true});
+  v.push_back({"k2v3", 256, 2, 100, {100, 4097}, 5, true, true});
+  v.push_back({"bf16", 256, 4, 64, {64, 300}, 0, true, true});
+  v.push_back({"fp16:page=7", 256, 4, 40, {40, 200}, 0, true, true});
+  v.push_back({"fp8", 256, 4, 20, {20, 97}, 0, true, true});
+  v.push_back({"k3v2", 128, 4, 64, {64, 161, 1000}, 0, true, true});  // the full kernels fit: the same ones
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const auto& i) { return case_name(i.param); });
 
-// Sets TQ_DECODE_ROWS for its lifetime (decode_attention reads it at every plan).
-struct DecodeRowsEnv {
-  explicit DecodeRowsEnv(const char* v) { setenv("TQ_DECODE_ROWS", v, 1); }
-  ~DecodeRowsEnv() { unsetenv("TQ_DECODE_ROWS"); }
-};
 
 // A block of two 8-row m-tiles decodes each packed tile once for both; every row's MMAs, softmax
 // and merge are the 8-row block's, so the output is the same bits (at the same splits). This is
@@ -274,11 +319,11 @@ TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
     };
     std::vector<float> paired, single;
     {
-      DecodeRowsEnv sixteen("16");
+      const ScopedEnv sixteen("TQ_DECODE_ROWS", "16");
       run(paired);
     }
     {
-      DecodeRowsEnv eight("8");
+      const ScopedEnv eight("TQ_DECODE_ROWS", "8");
       run(single);
     }
     ASSERT_EQ(paired.size(), single.size());
