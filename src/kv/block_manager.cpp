@@ -107,7 +107,7 @@ uint64_t BlockManager::chain(uint64_t h, std::span<const int> page_tokens) const
   return h;
 }
 
-std::vector<int32_t> BlockManager::match_prefix(std::span<const int> tokens, uint32_t limit) const {
+std::vector<int32_t> BlockManager::match_prefix(std::span<const int> tokens, uint32_t limit, uint32_t* matched) const {
   std::vector<int32_t> pages;
   if (!caching_) return pages;
   limit = uint32_t(std::min<size_t>(limit, tokens.size()));
@@ -122,6 +122,7 @@ std::vector<int32_t> BlockManager::match_prefix(std::span<const int> tokens, uin
     pages.push_back(it->second);
     h = next;
   }
+  if (matched) *matched = uint32_t(pages.size());
   if (needs_tails()) {  // a sequence starting past the last tail would lack side rows
     while (!pages.empty() && entries_[size_t(pages.back())]->tail < 0) pages.pop_back();
   }
@@ -187,9 +188,11 @@ int32_t BlockManager::attach_tail(int seq, uint32_t end) {
            seq, s.len, end);
   const size_t i = end / page_size_ - 1;
   if (i >= s.hashes.size()) return -1;
-  const int32_t page = s.block_table[i];
+  const auto cached = cache_.find(s.hashes[i]);  // the page cached for this prefix: its own, or another's
+  if (cached == cache_.end()) return -1;
+  const int32_t page = cached->second;
   std::optional<Entry>& e = entries_[size_t(page)];
-  if (!e || e->hash != s.hashes[i]) return -1;
+  if (!e || e->parent != (i ? s.hashes[i - 1] : salt_)) return -1;
   if (e->tail >= 0) {
     tail_used_[size_t(e->tail)] = ++tail_clock_;
     return -1;

@@ -28,6 +28,9 @@ std::string prometheus_text(const ServiceStats& s) {
   metric(o, "tq_prefix_tail_slots_used", "gauge", "Tail slots holding the tail of a cached page.", c.tails_used);
   metric(o, "tq_prefix_tail_memory_bytes", "gauge", "Memory of all tail slots, allocated at start.",
          double(c.tail_bytes) * double(c.tails_total));
+  metric(o, "tq_prefix_branch_tails_total", "counter",
+         "Tails kept where a prompt left cached pages that had none (a shared prefix before different questions).",
+         double(c.prefix_branch_tails));
   metric(o, "tq_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", double(c.prompt_tokens));
   metric(o, "tq_generation_tokens_total", "counter", "Tokens generated.", double(c.generated_tokens));
   metric(o, "tq_computed_tokens_total", "counter", "Positions run through the model (prompts, decodes, recomputes after preemption).",

@@ -32,6 +32,10 @@ struct Scheduler::Seq {
   bool model_draft = false;  // drafts on the draft model
   bool tail_due = false;     // admitted, its prompt (or recompute) not computed yet: a tail when it is
   uint32_t tail_at = 0;      // that tail's bound (Engine::cache_prefix's upto), due after the step's tokens; 0: none
+  // Specs with tails: where its tokens leave cached pages that it matched past their last tail (a
+  // shared system prompt before another question); its prompt chunks stop there once, and a tail
+  // is kept there. 0: none.
+  uint32_t branch_at = 0;
 
   Seq(uint64_t i, Request&& r) : id(i), tokens(std::move(r.prompt)), max_tokens(r.max_tokens), sampler(r.sampling) {
     prompt_len = uint32_t(tokens.size());
@@ -219,16 +223,19 @@ void Scheduler::admit(Plan& p) {
     Seq* w = waiting_.front().get();
     // At least the last token is computed: its logits give the next token.
     const uint32_t limit = uint32_t(w->tokens.size()) - 1;
-    const std::vector<int32_t> hit = bm.match_prefix(w->tokens, limit);
+    uint32_t matched = 0;
+    const std::vector<int32_t> hit = bm.match_prefix(w->tokens, limit, &matched);
     uint32_t revive = 0;
     for (int32_t p : hit) revive += bm.allocator().refcount(p) == 0;
     const uint32_t start = uint32_t(hit.size()) * P;
-    const uint32_t n = std::min(uint32_t(w->tokens.size()) - start, p.budget);
+    const uint32_t branch = matched > hit.size() ? matched * P : 0;
+    const uint32_t n = std::min({uint32_t(w->tokens.size()) - start, p.budget, branch ? branch - start : UINT32_MAX});
     const uint32_t alloc = (start + n + P - 1) / P - uint32_t(hit.size());
     if (alloc + revive + p.planned > bm.allocator().free_pages()) break;  // first come, first served: nobody overtakes it
     w->seq = e_.add_cached_sequence(hit);
     w->computed = e_.seq_len(w->seq);
     w->tail_due = true;
+    w->branch_at = branch;
     start_drafter(w);
     stats_.prefix_queried_tokens += w->tokens.size();
     stats_.prefix_hit_tokens += w->computed;
@@ -260,7 +267,8 @@ std::vector<Event> Scheduler::step() {
   // Running requests, oldest first; a request short of pages preempts the newest ones.
   for (size_t i = 0; i < running_.size() && plan.budget > 0; ++i) {
     Seq* s = running_[i].get();
-    const uint32_t n = std::min(uint32_t(s->tokens.size()) - s->computed, plan.budget);
+    uint32_t n = std::min(uint32_t(s->tokens.size()) - s->computed, plan.budget);
+    if (s->branch_at > s->computed) n = std::min(n, s->branch_at - s->computed);
     // A decode may carry drafts, leaving a token of the budget for each running request after it.
     const uint32_t after = uint32_t(running_.size() - i - 1);
     std::vector<int> drafts = s->computed + 1 == s->tokens.size() && plan.budget > after ? drafts_for(s, plan.budget - after)
@@ -324,6 +332,11 @@ std::vector<Event> Scheduler::step() {
     const uint32_t n = uint32_t(batch[i].tokens.size() - drafts.size());
     stats_.computed_tokens += batch[i].tokens.size();
     s->computed += n;
+    if (s->branch_at && s->computed == s->branch_at) {  // the side ring holds the rows there now
+      e_.cache_prefix(s->seq, s->tokens, s->branch_at);
+      s->branch_at = 0;
+      ++stats_.prefix_branch_tails;
+    }
     if (!samples[i]) {
       e_.cache_pages(s->seq, s->tokens);
       continue;

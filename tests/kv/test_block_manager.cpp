@@ -168,6 +168,37 @@ TEST(BlockManager, PrefixTailsEndMatchesAndAreReusedAndFreed) {
   EXPECT_EQ(b.allocator().free_pages(), 6u);
 }
 
+// A sequence that matched cached pages without a tail computes its own copy of them (private:
+// the cache keeps the first); its tail goes to the cached page for those tokens, where later
+// matches find it. match_prefix says how far the tokens matched before the cut to a tail.
+TEST(BlockManager, PrefixTailsOfAPrivateCopyGoToTheCachedPage) {
+  BlockManager b(8, 2);
+  b.enable_prefix_cache(7, 2);
+  const std::vector<int> t = {1, 2, 3, 4, 5, 6, 7};
+  const int s = b.add_sequence();
+  b.reserve({{s, 7}});
+  b.cache_full_pages(s, t);
+  uint32_t matched = 0;
+  EXPECT_TRUE(b.match_prefix(t, 7, &matched).empty());
+  EXPECT_EQ(matched, 3u);  // three pages match, none with a tail
+  const int u = b.add_sequence();
+  b.reserve({{u, 4}});
+  b.cache_full_pages(u, t);  // its pages stay private copies
+  EXPECT_EQ(b.cached_pages(), 3u);
+  const int32_t slot = b.attach_tail(u, 4);
+  EXPECT_GE(slot, 0);
+  EXPECT_EQ(b.tail_of(b.block_table(s)[1]), slot);
+  EXPECT_EQ(b.tail_of(b.block_table(u)[1]), -1);
+  const std::vector<int32_t> hit = b.match_prefix(t, 7, &matched);
+  EXPECT_EQ(matched, 3u);
+  ASSERT_EQ(hit.size(), 2u);
+  EXPECT_EQ(hit[1], b.block_table(s)[1]);
+  EXPECT_EQ(b.attach_tail(u, 4), -1);  // it has one now
+  b.remove(u);
+  b.remove(s);
+  EXPECT_EQ(b.allocator().free_pages(), 8u);
+}
+
 // Eviction of a page with a tail frees the slot.
 TEST(BlockManager, PrefixTailsGoWithEvictedPages) {
   BlockManager b(2, 2);

@@ -4,6 +4,7 @@
 // is back in the pool at the end.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <random>
@@ -337,6 +338,57 @@ TEST_P(SchedulerPrefixTails, MultiTurnAndRepeatsHitWithColdTokens) {
   EXPECT_GT(st.tails_used, 0u);
   EXPECT_LE(st.tails_used, st.tails_total);
   EXPECT_LE(st.tails_used, e.blocks().cached_pages());
+}
+
+// A shared system prompt before different questions, the common case of prefix caching: the first
+// request keeps tails only past the shared part (where its prompt and its text end); the second
+// matches the shared pages but finds no tail there, computes them again and keeps one at the
+// branch point; every later question, two at once, takes the shared pages up to it. Every request
+// gives its cold tokens. (Without the branch tail the later questions would hit nothing.)
+TEST_P(SchedulerPrefixTails, SharedSystemPromptIsSharedFromTheThirdQuestionOn) {
+  REQUIRE_STORIES();
+  const std::string spec = GetParam().spec;
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 4, .max_chunk = 64, .prefix_tails = 8});
+  Scheduler s(e, is_stop, {.max_num_seqs = 4});
+  ASSERT_TRUE(s.prefix_caching()) << s.prefix_caching_note();
+  const uint32_t P = e.blocks().page_size();
+  const std::vector<int> system = prompt(kStory);
+  std::vector<Request> reqs;
+  for (const char* q : {" 1. Who found the big red ball under the tree, and what did Tom say about it?",
+                        " 2. Can you tell me what color the ball was that Lily and Tom found in the park?",
+                        " 3. Please say where the two friends played with the ball until the sun went down.",
+                        " 4. Tell me why Lily and her friend Tom were happy when they went home at night."})
+    reqs.push_back({cat(system, more(q)), {}, 12, {}});
+  reqs[3].sampling = SamplingParams{.temperature = 0.8f, .seed = 5};
+  // Every two prompts share the same tokens (the system prompt and the questions' first tokens,
+  // which the tokenizer may join): the branch point is the last page boundary within them.
+  const auto common = [&](size_t i, size_t j) {
+    return size_t(std::mismatch(reqs[i].prompt.begin(), reqs[i].prompt.end(), reqs[j].prompt.begin(), reqs[j].prompt.end()).first -
+                  reqs[i].prompt.begin());
+  };
+  const size_t shared = common(0, 1);
+  ASSERT_GE(shared, system.size());
+  for (size_t i = 0; i < reqs.size(); ++i)
+    for (size_t j = 0; j < i; ++j) ASSERT_EQ(common(i, j), shared) << "requests " << j << " and " << i;
+  const uint32_t branch = uint32_t(shared) / P * P;
+  ASSERT_GT(branch, 0u);
+  ASSERT_GT((reqs[0].prompt.size() - 1) / P * P, branch) << "the first prompt's own tail would be at the branch point";
+  const auto hits = [&] { return s.stats().prefix_hit_tokens; };
+  uint64_t before = hits();
+  for (size_t i = 0; i < 2; ++i) {  // one at a time
+    const uint64_t id = s.add(reqs[i]);
+    EXPECT_EQ(drain(s).at(id).tokens, alone(spec, reqs[i])) << "request " << i;
+    EXPECT_EQ(hits() - before, 0u) << "request " << i << ": no tail within the shared pages yet";
+    before = hits();
+  }
+  EXPECT_EQ(s.stats().prefix_branch_tails, 1u);
+  const uint64_t c = s.add(reqs[2]), d = s.add(reqs[3]);
+  const auto got = drain(s);
+  EXPECT_EQ(got.at(c).tokens, alone(spec, reqs[2]));
+  EXPECT_EQ(got.at(d).tokens, alone(spec, reqs[3]));
+  EXPECT_EQ(hits() - before, 2u * branch) << "both later questions take the shared pages up to the branch point";
+  EXPECT_EQ(s.stats().prefix_branch_tails, 1u);
+  EXPECT_EQ(s.stats().pages_free, s.stats().pages_total) << "pages leaked";
 }
 
 // Two tail slots for six conversations three at a time, over a pool too small for three: tails and

@@ -63,8 +63,9 @@ class BlockManager {
   void enable_prefix_cache(uint64_t salt, uint32_t tails = 0);
   bool prefix_cache() const { return caching_; }
   // The pages of the longest cached prefix of tokens[0, limit) in whole pages, in position order
-  // (not held: add_sequence(tokens, limit) takes them). Empty without prefix caching.
-  std::vector<int32_t> match_prefix(std::span<const int> tokens, uint32_t limit) const;
+  // (not held: add_sequence(tokens, limit) takes them). Empty without prefix caching. With tails,
+  // cut back to the last page that has one; `matched` (when given) gets the pages before that cut.
+  std::vector<int32_t> match_prefix(std::span<const int> tokens, uint32_t limit, uint32_t* matched = nullptr) const;
   // A new sequence that holds the pages match_prefix(tokens, limit) finds: len() = their positions.
   int add_sequence(std::span<const int> tokens, uint32_t limit);
   // A new sequence that holds `pages`, what match_prefix just answered (no page changed since):
@@ -79,11 +80,13 @@ class BlockManager {
   bool needs_tails() const { return !tail_page_.empty(); }
   uint32_t tail_slots() const { return uint32_t(tail_page_.size()); }
   uint32_t tails_used() const;
-  // Gives the sequence's cached page that ends at position `end` (a page boundary within its
-  // length) a tail slot, the least recently used one when none is free (its page loses its tail).
-  // Returns the slot for the caller to fill, or -1 when there is nothing to fill: the page has a
-  // tail already (it becomes the most recently used), or it is not cached as this sequence's own
-  // page (not cached yet, or a private copy of a prefix another page caches).
+  // Gives the cached page of the sequence's prefix that ends at position `end` (a page boundary
+  // within its length) a tail slot, the least recently used one when none is free (its page loses
+  // its tail). That page is the sequence's own, or the one another sequence cached for the same
+  // tokens when the sequence computed its own copy (a request that matched them but found no tail:
+  // its rows are what a hit there needs, since the same tokens give the same rows). Returns the
+  // slot for the caller to fill, or -1 when there is nothing to fill: the page has a tail already
+  // (it becomes the most recently used), or the sequence's pages there are not cached yet.
   int32_t attach_tail(int seq, uint32_t end);
   // Takes back a slot attach_tail just gave (the runner could not fill it): its page has no tail.
   void detach_tail(int32_t slot);

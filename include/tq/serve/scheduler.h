@@ -19,7 +19,9 @@
 //              longest cached prefix of its tokens (BlockManager::match_prefix) and computes only
 //              the rest. Specs with sink/window side buffers hit only at pages with a tail
 //              (Engine::cache_prefix): one is kept where a request's prompt is computed and where
-//              it ends or is preempted, at the last page boundary.
+//              it ends or is preempted, at the last page boundary, and where a request's tokens
+//              leave cached pages it matched past their last tail (its prompt chunks stop there
+//              once): a shared system prompt is shared from the second question on.
 //
 // One thread drives a Scheduler; service.h puts it behind a thread-safe queue for the server.
 #pragma once
@@ -87,6 +89,7 @@ struct SchedulerStats {
   // Prefix tails (specs with side buffers): slots, those holding a tail, and the bytes of one.
   uint32_t tails_total = 0, tails_used = 0;
   uint64_t tail_bytes = 0;
+  uint64_t prefix_branch_tails = 0;  // tails kept where a request's tokens left matched pages that had none
   uint64_t steps = 0, prompt_tokens = 0, generated_tokens = 0;
   uint64_t computed_tokens = 0;  // positions run through the model: prompts, decodes and recomputes
   uint64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // over admissions
