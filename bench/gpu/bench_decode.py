@@ -193,6 +193,52 @@ def prefill_rows(lib, specs, prefix=8192, chunk=512):
     return rows
 
 
+def whole_prompt_rows(lib, specs, lengths, chunk=2048):
+    """A whole prompt's attention at batch 1, as the engine computes it: chunks of `chunk` new
+    queries, each against the packed cache of the tokens before it and causally itself (their K/V
+    stored already; quantize_store not counted), all chunks in one CUDA graph; against torch's SDPA
+    with is_causal=True over the whole prompt on contiguous bf16 K/V."""
+    rows = []
+    for L in lengths:
+        k = torch.randn(L, KVH, D, dtype=torch.bfloat16, device="cuda")
+        v = torch.randn(L, KVH, D, dtype=torch.bfloat16, device="cuda")
+        k[:, :, 0] *= 8
+        q = torch.randn(1, L, QH, D, dtype=torch.bfloat16, device="cuda") * 0.3
+        kt, vt, qt = k.view(1, L, KVH, D).transpose(1, 2).contiguous(), v.view(1, L, KVH, D).transpose(1, 2).contiguous(), q.transpose(1, 2)
+        sdpa = lambda st=None: F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)
+        ref = sdpa()
+        g_torch = timed_graph(sdpa, reps=2, iters=10)
+        rows.append(dict(whole_prompt=L, kv="torch-sdpa-bf16 (causal)", graph_ms=g_torch))
+        for spec in specs:
+            with smem_limit(spec) as name:
+                cache = PagedCache(lib, name, 1, L, k, v)
+                n = (L + chunk - 1) // chunk
+                ends = [min(L, (c + 1) * chunk) for c in range(n)]
+                lens = [torch.tensor([e], dtype=torch.int32, device="cuda") for e in ends]
+                ws = torch.zeros(max(lib.tq_prefill_workspace(cache.h, 1, e - c * chunk, QH, L // PAGE, e, 0) for c, e in enumerate(ends)),
+                                 dtype=torch.uint8, device="cuda")
+                out = torch.empty(1, L, QH, D, dtype=torch.bfloat16, device="cuda")
+
+                def call(st=None):
+                    for c, e in enumerate(ends):
+                        b = c * chunk
+                        check(lib.tq_prefill(cache.h, q[:, b:e].data_ptr(), DT["bf16"],
+                                             out[:, b:e].data_ptr(), DT["bf16"], cache.block_tables.data_ptr(), lens[c].data_ptr(), 1, e - b,
+                                             QH, L // PAGE, e, 0, ws.data_ptr(), st, cache.err, 512), cache.err)
+                call()
+                torch.cuda.synchronize()
+                rel = ((out.transpose(1, 2).float() - ref.float()).norm() / ref.float().norm()).item()
+                g = timed_graph(call, reps=2, iters=10)
+                rows.append(dict(whole_prompt=L, kv=spec, graph_ms=g, vs_torch=g_torch / g, rel_err_vs_torch=rel, chunk=chunk))
+                cache.close()
+        del k, v, kt, vt, q
+        torch.cuda.empty_cache()
+    for r in rows:
+        print(f"whole prompt of {r['whole_prompt']} tokens: {r['kv']:28s} {r['graph_ms']:.3f} ms in a graph" +
+              (f" (x{r['vs_torch']:.2f} vs torch), rel err vs torch {r['rel_err_vs_torch']:.2e}" if "vs_torch" in r else ""), flush=True)
+    return rows
+
+
 def torch_sdpa(q, kt, vt):
     # q [B, QH, 1, D], kt/vt [B, KVH, L, D]
     return F.scaled_dot_product_attention(q, kt, vt, enable_gqa=True)
@@ -211,6 +257,7 @@ def main():
     ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
     ap.add_argument("--no-prefill", action="store_true", help="skip the chunked-prefill measurement")
     ap.add_argument("--prefill-only", action="store_true", help="only the chunked-prefill measurement")
+    ap.add_argument("--whole", default="", help="also whole prompts of these lengths at batch 1 in 2048-token chunks, e.g. 4096,32768")
     ap.add_argument("--head-dim", type=int, default=D, help="head dim of every cache and of torch's K/V (64, 128 or 256)")
     ap.add_argument("--hbm-tbps", type=float, default=4.2,
                     help="the memory bandwidth the limit column divides by, TB/s (4.2: what the kernels issue counts for an H200, "
@@ -296,6 +343,8 @@ def main():
         torch.cuda.empty_cache()
     if not args.no_prefill:
         rows += prefill_rows(lib, args.specs.split(","))
+    if args.whole:
+        rows += whole_prompt_rows(lib, args.specs.split(","), [int(x) for x in args.whole.split(",")])
     # bulk quantize_store throughput
     n = 0 if args.no_bulk else 1 << 18
     if n:
