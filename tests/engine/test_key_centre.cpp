@@ -20,9 +20,21 @@ namespace {
 constexpr double kU32 = 0x1p-24;  // unit roundoff of fp32
 constexpr double kU16 = 0x1p-11;  // unit roundoff of fp16
 
+// The mean of rows [first, first + n) of x ([rows][H][D]) per KV head: [H][D]. A centre for the
+// store-level tests (the runners give the store model::rope_centre's, tested below).
+std::vector<float> row_mean(const std::vector<float>& x, uint32_t first, uint32_t n, uint32_t H, uint32_t D) {
+  std::vector<double> sum(size_t(H) * D, 0.0);
+  for (uint32_t t = first; t < first + n; ++t)
+    for (size_t i = 0; i < sum.size(); ++i) sum[i] += x[size_t(t) * H * D + i];
+  std::vector<float> mean(sum.size());
+  for (size_t i = 0; i < sum.size(); ++i) mean[i] = float(sum[i] / n);
+  return mean;
+}
+
 // One sequence of `len` tokens written to every layer of a store of `spec`, after calibrating on
-// the first `calib` rows (as the CPU runner does with its first step). Keys are mu_h + noise with
-// a per-head offset mu_h of scale `offset` per channel; values N(0, 1).
+// the first `calib` rows with the mean of rows 1..calib-1 as the key centre (as the CPU runner
+// does with its first step). Keys are mu_h + noise with a per-head offset mu_h of scale `offset`
+// per channel; values N(0, 1).
 struct Filled {
   static constexpr uint32_t L = 3, H = 2, QH = 4, D = 64;
   KvShape shape;
@@ -30,6 +42,7 @@ struct Filled {
   BlockManager blocks;
   int seq;
   std::vector<float> k, v;  // [len][H][D]
+  std::vector<float> centre;  // [H][D] what calibrate was given
   float vmax = 0;
 
   Filled(const std::string& spec, uint32_t len, uint32_t calib, float offset, uint32_t seed)
@@ -53,72 +66,77 @@ struct Filled {
       }
     std::vector<uint32_t> pos(calib);
     for (uint32_t t = 0; t < calib; ++t) pos[t] = t;
+    centre = row_mean(k, 1, calib - 1, H, D);
     const SeqPages s = pages();
     for (uint32_t l = 0; l < L; ++l) {
-      store.calibrate(l, calib, pos.data(), k.data(), v.data());
+      store.calibrate(l, calib, pos.data(), k.data(), v.data(), centre.data());
       for (uint32_t t = 0; t < len; ++t) store.write(l, s, t, &k[t * H * D], &v[t * H * D]);
     }
   }
   SeqPages pages() const { return SeqPages{seq, &blocks.block_table(seq)}; }
 };
 
-TEST(KeyCentre, CalibratesOnceOnTheFirstRowsLessPositionZero) {
+TEST(KeyCentre, TheGivenCentreIsFixedOnceAndRequired) {
   const uint32_t D = Filled::D, H = Filled::H;
   Filled f("k3v2:centre", 40, 10, 3.0f, 1);
   for (uint32_t l = 0; l < Filled::L; ++l)
     for (uint32_t h = 0; h < H; ++h) {
       const std::span<const float> mu = f.store.key_centre(l, h);
       ASSERT_EQ(mu.size(), D);
-      for (uint32_t i = 0; i < D; ++i) {
-        double sum = 0;
-        for (uint32_t t = 1; t < 10; ++t) sum += f.k[(t * H + h) * D + i];
-        EXPECT_NEAR(mu[i], sum / 9, 1e-5) << "layer " << l << " head " << h << " channel " << i;
-      }
+      for (uint32_t i = 0; i < D; ++i) EXPECT_EQ(mu[i], f.centre[h * D + i]) << "layer " << l << " head " << h << " channel " << i;
     }
-  // Fixed for the store's life: a second call (another step's rows) changes nothing.
+  // Fixed for the store's life: a second call (another step's rows and centre) changes nothing.
   const std::vector<float> before(f.store.key_centre(1, 0).begin(), f.store.key_centre(1, 0).end());
   std::vector<uint32_t> pos{5, 6};
   std::vector<float> other(size_t(2) * H * D, 100.0f);
-  f.store.calibrate(1, 2, pos.data(), other.data(), other.data());
+  f.store.calibrate(1, 2, pos.data(), other.data(), other.data(), other.data());
   EXPECT_EQ(std::vector<float>(f.store.key_centre(1, 0).begin(), f.store.key_centre(1, 0).end()), before);
   EXPECT_EQ(f.store.centre_bytes(), size_t(Filled::L) * H * D * sizeof(float));
 
-  // Without the knob: no centre. Only position 0 in the first call: it is taken.
+  // Without the knob: no centre, and one given is ignored. With it, a calibration without one is
+  // refused by layer, fixing nothing.
   KvShape shape{.layers = 2, .kv_heads = H, .head_dim = D, .num_pages = 4, .max_chunk = 64};
-  EXPECT_TRUE(KvStore(shape, parse_kv_spec("k3v2")).key_centre(0, 0).empty());
-  EXPECT_EQ(KvStore(shape, parse_kv_spec("k3v2")).centre_bytes(), 0u);
+  KvStore plain(shape, parse_kv_spec("k3v2"));
+  plain.calibrate(0, 2, pos.data(), other.data(), other.data(), other.data());
+  EXPECT_TRUE(plain.key_centre(0, 0).empty());
+  EXPECT_EQ(plain.centre_bytes(), 0u);
   KvStore first(shape, parse_kv_spec("fp16:centre"));
-  const uint32_t zero = 0;
-  first.calibrate(0, 1, &zero, f.k.data(), f.v.data());
-  EXPECT_EQ(first.key_centre(0, 1)[3], f.k[D + 3]);
+  try {
+    first.calibrate(0, 2, pos.data(), f.k.data(), f.v.data());
+    FAIL() << "a centred spec calibrated without its centre";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 0"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(first.fixed(0));
   // A layer written before any calibration keeps a zero centre (its rows are stored uncentred).
   BlockManager blocks(shape.num_pages, first.page_size());
   const int seq = blocks.add_sequence();
   first.add_sequence(seq);
   blocks.reserve({{seq, 1}});
   first.write(1, SeqPages{seq, &blocks.block_table(seq)}, 0, f.k.data(), f.v.data());
-  first.calibrate(1, 2, pos.data(), f.k.data(), f.v.data());
+  first.calibrate(1, 2, pos.data(), f.k.data(), f.v.data(), f.centre.data());
   EXPECT_EQ(first.key_centre(1, 0)[0], 0.0f);
   EXPECT_THROW(first.key_centre(2, 0), Error);
 }
 
-// A non-finite key in the first rows would make every later key non-finite: refused by name, and
-// nothing is fixed, so finite rows calibrate the layer afterwards.
-TEST(KeyCentre, NonFiniteFirstRowsAreRefused) {
+// A non-finite centre (from a non-finite key in the first rows) would make every later key
+// non-finite: refused by name, and nothing is fixed, so a finite one calibrates the layer afterwards.
+TEST(KeyCentre, NonFiniteCentreIsRefused) {
   const uint32_t D = 16;
   KvShape shape{.layers = 1, .kv_heads = 1, .head_dim = D, .num_pages = 2, .max_chunk = 8};
   KvStore store(shape, parse_kv_spec("k3v2:centre"));
-  std::vector<float> k(size_t(2) * D, 1.0f), v(k.size(), 0.0f);
-  k[D + 5] = std::numeric_limits<float>::infinity();
+  std::vector<float> k(size_t(2) * D, 1.0f), v(k.size(), 0.0f), centre(D, 1.0f);
+  centre[5] = std::numeric_limits<float>::infinity();
   const uint32_t pos[2] = {1, 2};
   try {
-    store.calibrate(0, 2, pos, k.data(), v.data());
-    FAIL() << "accepted an infinite key";
+    store.calibrate(0, 2, pos, k.data(), v.data(), centre.data());
+    FAIL() << "accepted an infinite centre";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("channel 5 is inf"), std::string::npos) << e.what();
   }
-  k[D + 5] = 3.0f;
-  store.calibrate(0, 2, pos, k.data(), v.data());
+  EXPECT_FALSE(store.fixed(0));
+  centre[5] = 2.0f;
+  store.calibrate(0, 2, pos, k.data(), v.data(), centre.data());
   EXPECT_EQ(store.key_centre(0, 0)[5], 2.0f);
 }
 
@@ -141,7 +159,8 @@ TEST(KeyCentre, OutlierChannelsAreChosenOnCentredKeys) {
   }
   KvStore plain(shape, parse_kv_spec("k2.5v2")), centred(shape, parse_kv_spec("k2.5v2:centre"));
   plain.calibrate(0, n, pos.data(), k.data(), v.data());
-  centred.calibrate(0, n, pos.data(), k.data(), v.data());
+  const std::vector<float> mu = row_mean(k, 1, n - 1, 1, D);
+  centred.calibrate(0, n, pos.data(), k.data(), v.data(), mu.data());
   uint32_t local = 0;
   for (uint32_t i = 0; i < 32; ++i) {
     EXPECT_EQ(plain.cache_of(0, &local).format().k_codec(0, 0)->channel(i), i);

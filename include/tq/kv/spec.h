@@ -66,8 +66,8 @@ struct KvPolicy {
   uint32_t window = 0;  // keys within `window` positions of the query read from the side buffer
   std::string key_sim;  // "" or a make_baseline() name: simulated quantize-dequantize of keys
   bool fixed_outliers = false;  // outliers=fixed: fractional widths keep channels 0..n-1 as outliers (no calibration)
-  // centre: every key is stored as k - mu, mu the (layer, KV head)'s mean key over the first rows
-  // written (KvStore::calibrate). q.(k - mu) = q.k - q.mu shifts all of a query's logits by one
+  // centre: every key is stored as k - mu, mu one vector per (layer, KV head) fixed by the engine's
+  // first step (model::rope_centre, given to KvStore::calibrate). q.(k - mu) = q.k - q.mu shifts all of a query's logits by one
   // constant, which softmax ignores, and k - mu is what TurboQuant then pays for (docs/kv-specs.md).
   bool key_centre = false;
 

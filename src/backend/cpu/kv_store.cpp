@@ -68,27 +68,19 @@ void KvStore::calibrate(uint32_t layer, size_t n, const uint32_t* pos, const flo
   const uint32_t local = spec_.local_layer(layer, shape_.layers);
   PagedKvCache& cache = spec_.is_edge_layer(layer, shape_.layers) ? *edge_ : *main_;
   const uint32_t H = shape_.kv_heads, D = shape_.head_dim;
-  size_t used = 0;
-  for (size_t r = 0; r < n; ++r) used += pos[r] != 0;
-  const bool all = used == 0;  // only position 0: take it rather than nothing
-  if (all) used = n;
+  const bool all = std::all_of(pos, pos + n, [](uint32_t p) { return p == 0; });  // only position 0: take it rather than nothing
   // The key centre first: the outlier channels below are chosen on the keys as they are stored.
   std::vector<float> mu(size_t(H) * D, 0.0f);  // [kv_heads][head_dim]
   if (spec_.policy.key_centre) {
-    for (uint32_t h = 0; h < H; ++h) {
-      std::vector<double> sum(D, 0.0);  // [D]
-      for (size_t r = 0; r < n && !centre; ++r) {
-        if (!all && pos[r] == 0) continue;
-        const float* row = k + (r * H + h) * D;
-        for (uint32_t i = 0; i < D; ++i) sum[i] += row[i];
-      }
+    TQ_CHECK(centre, "layer {}: a spec with a key centre is calibrated with the centre (model::rope_centre of the keys before RoPE)",
+             layer);
+    for (uint32_t h = 0; h < H; ++h)
       for (uint32_t i = 0; i < D; ++i) {
-        const float m = centre ? centre[size_t(h) * D + i] : float(sum[i] / double(used));
+        const float m = centre[size_t(h) * D + i];
         TQ_CHECK(std::isfinite(m), "layer {} KV head {}: the key centre of channel {} is {} (the first keys written are not all finite)",
                  layer, h, i, m);
         mu[size_t(h) * D + i] = m;
       }
-    }
     std::copy(mu.begin(), mu.end(), centre_.begin() + ptrdiff_t(size_t(layer) * H * D));
   }
   layer_fixed_[layer] = true;

@@ -86,20 +86,20 @@ class KvStore {
   // Side buffers (sink, window) of a new sequence id; a no-op without them.
   void add_sequence(int seq);
 
-  // What a layer fixes from the rows of the first call for it, leaving out rows at position 0
-  // unless they are all there is (the first token's keys are often far larger than the others':
-  // an attention sink):
-  // - centre: each KV head's key centre, the mean of those keys (throws tq::Error, fixing
-  //   nothing, when it is not finite);
-  // - fractional-width (split) K or V: each (layer, KV head) takes as its outlier channels the
+  // What a layer fixes at the first call for it:
+  // - centre (a spec with `centre`): each KV head's key centre, `centre` ([kv_heads][head_dim]),
+  //   which such a spec requires: the runners compute it from the keys before RoPE
+  //   (model::rope_centre; a mean of the rotated rows given here would not be it). Throws
+  //   tq::Error, fixing nothing, when it is missing or not finite;
+  // - fractional-width (split) K or V, from the rows, leaving out rows at position 0 unless they
+  //   are all there is (the first token's keys are often far larger than the others': an
+  //   attention sink): each (layer, KV head) takes as its outlier channels the
   //   split_outliers(head_dim) channels of largest mean square over those rows (keys less their
   //   centre, as they are stored; ties: the lower channel); a layer never calibrated keeps
   //   channels 0 .. n-1, as every layer under outliers=fixed.
   // A layer calibrated or written before keeps what it has (rows in the pages were coded with
   // it): a layer written uncalibrated keeps a zero centre. No-op for a layer with neither. n rows:
-  // pos [n], k, v [n][kv_heads][head_dim].
-  // centre, when given ([kv_heads][head_dim]), is the layer's key centre instead of that mean:
-  // the runners pass the RoPE-aware one (model::rope_centre), which a mean of rotated keys is not.
+  // pos [n], k, v [n][kv_heads][head_dim]; `centre` is ignored by a spec without the knob.
   void calibrate(uint32_t layer, size_t n, const uint32_t* pos, const float* k, const float* v, const float* centre = nullptr);
   // Whether the layer's outlier channels and key centre are fixed (calibrated or written).
   bool fixed(uint32_t layer) const { return layer_fixed_.at(layer); }
