@@ -326,6 +326,29 @@ class SideBufferPrefixTest(unittest.TestCase):
         finally:
             self.assertEqual(s.stop(), 0, "".join(s.log))
 
+    def test_a_shared_system_prompt_is_shared_from_the_third_question_on(self):
+        s = Server("--kv", self.KV, "--max-num-seqs", "4", "--prefix-tails", "4")
+        try:
+            model = s.client.models.list().data[0].id
+            system = " ".join(PROMPTS) + " and then they all went home to sleep. The next morning the sun was bright and warm."
+            questions = [" 1. Who went to the park with Lily, and what did they find under the big green tree that day?",
+                         " 2. Why was the little dog so sad, and who came to help him find his red ball again?",
+                         " 3. Where did the bird fly one day, and what did it see from high up in the blue sky?"]
+            m = s.metrics
+            for i, q in enumerate(questions):
+                hits = m()["tq_prefix_cache_hit_tokens_total"]
+                text = s.client.completions.create(model=model, prompt=system + q, max_tokens=12, temperature=0).choices[0].text
+                self.assertEqual(text, tq_run(system + q, 12, self.KV), f"question {i}")
+                got = m()["tq_prefix_cache_hit_tokens_total"] - hits
+                if i < 2:  # no tail inside the shared part yet; the second keeps one where it leaves the first's pages
+                    self.assertEqual(got, 0, f"question {i}")
+                else:  # at least the system prompt's pages but the last (a page is 16 tokens, each token at least a byte)
+                    self.assertGreater(got, 0)
+            self.assertEqual(m()["tq_prefix_branch_tails_total"], 1)
+            s.wait_drained(self)
+        finally:
+            self.assertEqual(s.stop(), 0, "".join(s.log))
+
 
 class SmolLM2Test(unittest.TestCase):
     """SmolLM2, a real model: the chat route's greedy answer is `tq run --chat`'s, and a load of many streams at once."""
