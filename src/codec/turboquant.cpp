@@ -22,6 +22,8 @@ void check_config(const TqConfig& c) {
   TQ_CHECK(c.dim >= 1 && c.dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, c.dim);
   TQ_CHECK(c.bits >= 1 && c.bits <= 8, "TurboQuant bits must be 1..8, got {}", c.bits);
   TQ_CHECK(!(c.prod && c.norm_correction), "norm correction applies to MSE rows only, not to prod (already unbiased)");
+  TQ_CHECK(!(c.prod && c.norm_unbiased), "the unbiased norm applies to MSE rows only, not to prod (already unbiased)");
+  TQ_CHECK(!(c.norm_correction && c.norm_unbiased), "norm correction and the unbiased norm are two ways to store the norm: one at most");
   TQ_CHECK(c.split || c.outliers.empty(), "outlier channels apply to split (fractional-width) rows only, got {} of them",
            c.outliers.size());
 }
@@ -83,6 +85,12 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
     for (uint32_t i = 0; i < pd_; ++i) cn += double(c[i]) * c[i];
     if (cn > 0) stored = norm / std::sqrt(cn);
     TQ_CHECK(stored <= kF16Max, "norm-corrected norm {:.6g} exceeds the fp16 range", stored);
+  }
+  if (cfg_.norm_unbiased && norm > 0) {
+    double cu = 0;  // <c, u> > 0: each centroid has its coordinate's sign (symmetric codebooks)
+    for (uint32_t i = 0; i < pd_; ++i) cu += double(c[i]) * y[i];
+    if (cu > 0) stored = norm / cu;
+    TQ_CHECK(stored <= kF16Max, "unbiased norm {:.6g} exceeds the fp16 range", stored);
   }
   *out.norm = f32_to_f16(float(stored));
 

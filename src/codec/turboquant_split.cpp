@@ -36,6 +36,7 @@ TqConfig part_config(const TqConfig& c, uint32_t part) {
   p.rotation = c.rotation;
   p.seed = derive_seed(c.seed, part, 0, kSplitPurpose);
   p.norm_correction = c.norm_correction;
+  p.norm_unbiased = c.norm_unbiased;
   return p;
 }
 }  // namespace

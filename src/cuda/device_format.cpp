@@ -31,6 +31,8 @@ DeviceFormat::DeviceFormat(const CacheFormat& format) : format_(format) {
   // Split rows have two codebooks and rotations per head, which the device tables do not hold.
   TQ_CHECK(format.format().k.enc != Encoding::kTqSplit && format.format().v.enc != Encoding::kTqSplit,
            "KV format '{}': fractional widths (the outlier split) have no GPU kernel yet; run them on the CPU", format.format().canonical());
+  TQ_CHECK(!format.format().norm_unbiased, "KV format '{}': the unbiased norm (ip) has no GPU quantize_store yet; run it on the CPU",
+           format.format().canonical());
   for (uint32_t layer = 0; layer < format.layers(); ++layer) {
     for (bool value : {false, true}) {
       CodecTables t;

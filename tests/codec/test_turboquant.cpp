@@ -218,6 +218,51 @@ TEST(NormCorrection, DecodedRowKeepsTheNorm) {
   EXPECT_THROW(TurboQuant{c}, Error);
 }
 
+// The unbiased norm (`ip`): the stored norm is ||x|| / <c, u>, so the decoded row's component
+// along x is exact (up to the fp16 norm: 2^-11 relative), where a plain MSE row is shrunk by about
+// D_mse; and a query's score q.x^, averaged over rotations (seeds), is q.x, where the plain row's is
+// (1 - D_mse) q.x. The same draws each run (fixed seeds): nothing here is left to chance.
+TEST(UnbiasedNorm, ScoresAreUnbiasedOverRotations) {
+  for (uint32_t bits : {2u, 3u}) {
+    const uint32_t d = 64, seeds = 600;
+    const auto x = test::gaussian(1, d, 21, 1.0f);
+    auto q = test::gaussian(1, d, 22, 0.3f);
+    for (uint32_t i = 0; i < d; ++i) q[i] += x[i];  // mostly along x: a large score whose shrink shows
+    const double xx = test::sq_norm(x.data(), d);
+    double qx = 0;
+    for (uint32_t i = 0; i < d; ++i) qx += double(q[i]) * x[i];
+    double sum_ip = 0, sum_plain = 0, sq_ip = 0;
+    for (uint32_t s = 0; s < seeds; ++s) {
+      TqConfig c = cfg_of(d, bits);
+      c.seed = 1000 + s;
+      TurboQuant plain(c);
+      c.norm_unbiased = true;
+      TurboQuant ip(c);
+      std::vector<float> a(d), b(d);
+      Encoded ea(ip), eb(plain);
+      ip.encode(x.data(), ea.ref());
+      ip.decode(ea.cref(), a.data());
+      plain.encode(x.data(), eb.ref());
+      plain.decode(eb.cref(), b.data());
+      double ax = 0, qa = 0, qb = 0;
+      for (uint32_t i = 0; i < d; ++i) ax += double(a[i]) * x[i], qa += double(q[i]) * a[i], qb += double(q[i]) * b[i];
+      ASSERT_NEAR(ax, xx, 1e-3 * xx) << bits << " bits, seed " << s << ": <x^, x> against ||x||^2";
+      sum_ip += qa, sum_plain += qb, sq_ip += qa * qa;
+    }
+    const double mean_ip = sum_ip / seeds, mean_plain = sum_plain / seeds;
+    const double se = std::sqrt((sq_ip / seeds - mean_ip * mean_ip) / seeds);
+    EXPECT_NEAR(mean_ip, qx, 4 * se + 1e-3 * std::abs(qx)) << bits << " bits";
+    EXPECT_LT(mean_plain, qx - 10 * se) << bits << " bits: the plain row's shrink should show at this many draws";
+  }
+  TqConfig c = cfg_of(64, 3);
+  c.norm_unbiased = true;
+  c.norm_correction = true;
+  EXPECT_THROW(TurboQuant{c}, Error);
+  c.norm_correction = false;
+  c.prod = true;
+  EXPECT_THROW(TurboQuant{c}, Error);
+}
+
 TEST(Config, RejectsBadWidthsAndDims) {
   EXPECT_THROW(TurboQuant(cfg_of(128, 0)), Error);
   EXPECT_THROW(TurboQuant(cfg_of(128, 9)), Error);

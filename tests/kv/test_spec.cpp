@@ -20,6 +20,13 @@ TEST(KvSpec, ParsesBasesAndOptions) {
   EXPECT_EQ(s.format.rotation, RotationKind::kDense);
   EXPECT_EQ(s.format.seed, 5u);
   EXPECT_EQ(s.format.page_size, 32u);
+  s = parse_kv_spec("k3v2:ip");
+  EXPECT_TRUE(s.format.norm_unbiased);
+  EXPECT_FALSE(s.format.norm_correction);
+  EXPECT_EQ(s.format.canonical(), "k3v2:ip");
+  EXPECT_THROW(parse_kv_spec("k3v2:ip:nc"), Error);
+  EXPECT_THROW(parse_kv_spec("k3v2:nc:ip"), Error);
+  EXPECT_THROW(parse_kv_spec("fp16:ip"), Error);
   s = parse_kv_spec("fp8");
   EXPECT_EQ(s.format.k.enc, Encoding::kFp8E4M3);
   EXPECT_EQ(s.format.v.enc, Encoding::kFp8E4M3);

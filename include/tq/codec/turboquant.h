@@ -35,6 +35,10 @@ struct TqConfig {
   RotationKind rotation = RotationKind::kHadamard;
   uint64_t seed = 0;             // seeds the rotation and, for prod, S
   bool norm_correction = false;  // MSE only: store ||x|| / ||c|| so that the decoded row has norm ||x||
+  // MSE only: store ||x|| / <c, u> (u the rotated unit row, c its centroids) so that the decoded
+  // row x^ has <x^, x> = ||x||^2: its component along x is exact, the rest averages to zero over
+  // rotations, so q.x^ is unbiased. Plain MSE rows are shrunk, <x^, x> ~ (1 - D_mse) ||x||^2.
+  bool norm_unbiased = false;
   bool split = false;            // bits + 0.5: outlier channels at bits + 1, the rest at bits (bits 1..7, not prod)
   // split only: the outlier channels, split_outliers(dim) distinct indices below dim (any order;
   // kept ascending). Empty: channels 0 .. split_outliers(dim) - 1.
