@@ -31,8 +31,6 @@ DeviceFormat::DeviceFormat(const CacheFormat& format) : format_(format) {
   // Split rows have two codebooks and rotations per head, which the device tables do not hold.
   TQ_CHECK(format.format().k.enc != Encoding::kTqSplit && format.format().v.enc != Encoding::kTqSplit,
            "KV format '{}': fractional widths (the outlier split) have no GPU kernel yet; run them on the CPU", format.format().canonical());
-  TQ_CHECK(!format.format().norm_unbiased, "KV format '{}': the unbiased norm (ip) has no GPU quantize_store yet; run it on the CPU",
-           format.format().canonical());
   for (uint32_t layer = 0; layer < format.layers(); ++layer) {
     for (bool value : {false, true}) {
       CodecTables t;
@@ -40,6 +38,7 @@ DeviceFormat::DeviceFormat(const CacheFormat& format) : format_(format) {
       if (first) {
         t.bits = first->code_bits();
         t.norm_correction = first->config().norm_correction;
+        t.norm_unbiased = first->config().norm_unbiased;
         t.centroids = upload(first->codebook()->centroids);
         t.boundaries = upload(first->codebook()->boundaries);
         // Per-head rotations, concatenated: [kv_heads][pd] signs or [kv_heads][pd][pd] matrices.

@@ -108,13 +108,14 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   constexpr int kMaxB = 15;  // boundaries of widths <= 4, held in registers
   float bnd[kMaxB], cent[kMaxB + 1], sg[E];
   const bool small = is_tq(code.enc) && tab.bits <= 4;
-  const bool nc = is_tq(code.enc) && tab.norm_correction;  // the centroids matter only then
+  const bool nc = is_tq(code.enc) && tab.norm_correction;  // the centroids matter only for nc and ip
+  const bool ip = is_tq(code.enc) && tab.norm_unbiased;
   if (small) {
     const uint32_t nb = (1u << tab.bits) - 1u;
 #pragma unroll
     for (int i = 0; i < kMaxB; ++i) bnd[i] = uint32_t(i) < nb ? tab.boundaries[i] : INFINITY;
 #pragma unroll
-    for (int i = 0; i <= kMaxB; ++i) cent[i] = nc && uint32_t(i) <= nb ? tab.centroids[i] : 0.0f;
+    for (int i = 0; i <= kMaxB; ++i) cent[i] = (nc || ip) && uint32_t(i) <= nb ? tab.centroids[i] : 0.0f;
   }
   const bool hadamard = is_tq(code.enc) && tab.signs;
 #pragma unroll
@@ -205,7 +206,7 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   // Codes: the number of boundaries strictly below y (Codebook::encode).
   const uint32_t bits = tab.bits, nb = (1u << bits) - 1u;
   uint32_t codes[E];
-  double cc = 0;
+  double cc = 0;  // nc: sum of c_i^2; ip: sum of c_i y_i (float products, exact in double, as the CPU sums them)
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     uint32_t lo = 0, n = small ? 0 : nb;
@@ -223,7 +224,7 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
       }
     }
     codes[e] = lo;
-    if (nc) {
+    if (nc || ip) {
       float cv = 0.0f;
       if (small) {  // from registers: a selection, not an indexed (local-memory) load
 #pragma unroll
@@ -231,14 +232,14 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
       } else {
         cv = tab.centroids[lo];
       }
-      cc += double(cv) * double(cv);
+      cc += double(cv) * double(ip ? y[e] : cv);
     }
   }
   double stored = norm;
-  if (nc && norm > 0) {
+  if ((nc || ip) && norm > 0) {
 #pragma unroll
     for (int o = 16; o >= 1; o >>= 1) cc += __shfl_xor_sync(0xffffffffu, cc, o);
-    if (cc > 0) stored = norm / sqrt(cc);
+    if (cc > 0) stored = ip ? norm / cc : norm / sqrt(cc);
     if (stored > double(kF16Max)) {
       if (lane == 0) flag_error(p);
       return;

@@ -414,7 +414,6 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
   for (const auto& [spec, expect] : std::vector<std::pair<const char*, const char*>>{{"fp16:ksim=int4", "ksim=int4"},
                                                                                       {"fp32", "fp32 caches"},
                                                                                       {"k3v2:prod", "prod keys"},
-                                                                                      {"k3v2:ip:edge=2/k4v4", "unbiased norm (ip)"},
                                                                                       {"k5v2", "k5v2"},
                                                                                       {"k3v2:edge=1/fp32", "layer 0"},
                                                                                       {"k3v2:edge=3/k4v4", "edge=3"},

@@ -79,7 +79,10 @@ INSTANTIATE_TEST_SUITE_P(All, QuantizeStore,
                                            StoreCase{"k3v2:rot=dense", 128}, StoreCase{"k3v2", 80}, StoreCase{"k3v2:page=1", 128},
                                            StoreCase{"k3v2:page=7", 128}, StoreCase{"fp16", 128}, StoreCase{"bf16", 128}, StoreCase{"fp8", 128},
                                            // every lane count per group of the packing (32 / E lanes, E = padded dim / 32)
-                                           StoreCase{"k6v3", 32}, StoreCase{"k7v5:nc", 256}, StoreCase{"k4v1", 96}),
+                                           StoreCase{"k6v3", 32}, StoreCase{"k7v5:nc", 256}, StoreCase{"k4v1", 96},
+                                           // the unbiased norm: small and large widths, dense rotation, padding
+                                           StoreCase{"k3v2:ip", 128}, StoreCase{"k5v7:ip", 64}, StoreCase{"k4v2:ip:rot=dense", 128},
+                                           StoreCase{"k3v4:ip", 80}),
                          [](const auto& i) {
                            std::string s = i.param.spec + "_d" + std::to_string(i.param.head_dim);
                            for (char& ch : s)

@@ -26,6 +26,7 @@ struct CodecTables {
   const float* matrix = nullptr;      // [kv_heads][pd][pd] row-major R, dense rotation (else null)
   uint32_t bits = 0;
   bool norm_correction = false;
+  bool norm_unbiased = false;  // ip: the stored norm is ||x|| / <c, u> (TqConfig::norm_unbiased)
 };
 
 // One layer of a paged cache in device memory, in the format of docs/format.md.

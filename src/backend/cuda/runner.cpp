@@ -653,8 +653,6 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
   if (!spec.policy.key_sim.empty())
     problem = fmt::format("KV spec '{}': ksim={} is a CPU simulation of another format; the CUDA runner has no such cache (--device cpu)",
                           spec.text, spec.policy.key_sim);
-  if (spec.format.norm_unbiased)
-    problem = fmt::format("KV spec '{}': the unbiased norm (ip) has no GPU quantize_store yet; run it on the CPU (--device cpu)", spec.text);
   const uint32_t L = uint32_t(std::max(c.n_layers, 0));
   for (uint32_t l = 0; l < L && problem.empty(); ++l) {
     const KvFormat f = spec.layer_format(l, L);
