@@ -168,13 +168,16 @@ std::string Engine::enable_prefix_cache() {
   return "";
 }
 
-void Engine::cache_prefix(int seq, std::span<const int> tokens, uint32_t upto) {
+bool Engine::cache_prefix(int seq, std::span<const int> tokens, uint32_t upto) {
   blocks_.cache_full_pages(seq, tokens);
-  if (!blocks_.needs_tails()) return;
+  if (!blocks_.needs_tails()) return false;
   const uint32_t end = std::min(blocks_.len(seq), upto) / blocks_.page_size() * blocks_.page_size();
-  if (end == 0) return;
+  if (end == 0) return false;
   const int32_t slot = blocks_.attach_tail(seq, end);
-  if (slot >= 0 && !runner_->save_tail(seq, end, uint32_t(slot))) blocks_.detach_tail(slot);
+  if (slot < 0) return false;
+  if (runner_->save_tail(seq, end, uint32_t(slot))) return true;
+  blocks_.detach_tail(slot);
+  return false;
 }
 
 void Engine::remove_sequence(int seq) { blocks_.remove(seq); }

@@ -333,9 +333,8 @@ std::vector<Event> Scheduler::step() {
     stats_.computed_tokens += batch[i].tokens.size();
     s->computed += n;
     if (s->branch_at && s->computed == s->branch_at) {  // the side ring holds the rows there now
-      e_.cache_prefix(s->seq, s->tokens, s->branch_at);
+      stats_.prefix_branch_tails += e_.cache_prefix(s->seq, s->tokens, s->branch_at);
       s->branch_at = 0;
-      ++stats_.prefix_branch_tails;
     }
     if (!samples[i]) {
       e_.cache_pages(s->seq, s->tokens);

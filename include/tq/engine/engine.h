@@ -91,8 +91,9 @@ class Engine {
   // cache_pages(), and with tails, a tail for the page that ends at the last page boundary within
   // the sequence's length and `upto`, so that a sequence with the same tokens up to there can start
   // from it. Call it where prefixes are worth keeping (a prompt computed, a sequence ending): each
-  // tail takes a slot.
-  void cache_prefix(int seq, std::span<const int> tokens, uint32_t upto = UINT32_MAX);
+  // tail takes a slot. Returns whether it kept a new tail (not: no tails, the page had one already,
+  // or the runner no longer held the rows).
+  bool cache_prefix(int seq, std::span<const int> tokens, uint32_t upto = UINT32_MAX);
   void remove_sequence(int seq);  // its pages go back to the pool
   void reset_sequence(int seq);   // empty again (pages released)
   // Takes the sequence back to its first `len` positions (rejected draft tokens); pages past them
