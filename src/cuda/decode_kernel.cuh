@@ -38,6 +38,7 @@
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
 #include "tq/kv/online_softmax.h"
+#include "variants.h"
 
 namespace tq::cuda::decode {
 
@@ -55,12 +56,15 @@ constexpr int resident_blocks() {
   return n < 1 ? 1 : n > 4 ? 4 : n;
 }
 
-// mtiles: the blocks' m-tiles (of R * 8 rows) per KV head; grid (splits + side blocks, kv_heads * mtiles, seqs).
-// C: the compact kernel of a float cache (FloatStaging).
-template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
-__global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R, C>()))
-    decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
-                  const float* ws_q, bool inputs_ready) {  // ws_q: prepare_queries' output (no __restrict__: see merge_kernel)
+// Whether a float cache's decode has a compact variant (C): where its staging ring exceeds the
+// 99 KB a block of the smallest GPUs (variants.h).
+template <int D, Kind KIND>
+constexpr bool kDecodeHasCompact = KIND != Kind::kTq && sizeof(Smem<D, KIND, 0, 0>) > kSmallSmem;
+
+// The body of decode_kernel (below).
+template <int D, Kind KIND, int KB, int VB, int R, bool C>
+__device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_per_split, int mtiles, float* __restrict__ ws_o,
+                                             float2* __restrict__ ws_ml, const float* ws_q, bool inputs_ready) {
   static_assert(R == 1 || (R == 2 && KIND == Kind::kTq && D <= 128), "two m-tiles a block: packed caches up to D = 128");
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
@@ -558,6 +562,22 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R,
       if (c0 == 0) ws_ml[slot] = make_float2(M, lsum);
     }
   }
+}
+
+
+// mtiles: the blocks' m-tiles (of R * 8 rows) per KV head; grid (splits + side blocks, kv_heads * mtiles, seqs).
+// C: the compact kernel of a float cache (FloatStaging). A build for an architecture that never
+// runs this variant (variants.h) compiles it empty, trapping if launched.
+template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
+__global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R, C>()))
+    decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
+                  const float* ws_q, bool inputs_ready) {  // ws_q: prepare_queries' output (no __restrict__: see merge_kernel)
+#ifdef __CUDA_ARCH__
+  if constexpr (variant_carried(__CUDA_ARCH__ / 10, kDecodeHasCompact<D, KIND>, C))
+    decode_block<D, KIND, KB, VB, R, C>(p, tokens_per_split, mtiles, ws_o, ws_ml, ws_q, inputs_ready);
+  else
+    __trap();
+#endif
 }
 
 }  // namespace tq::cuda::decode

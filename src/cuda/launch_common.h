@@ -44,11 +44,17 @@ cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, s
   return cudaLaunchKernelEx(&cfg, kernel, Params(args)...);
 }
 
+// The architecture the attention kernels were compiled for, as the current GPU runs them: their
+// PTX version (90 for sm_90), the build's target or the PTX a newer GPU compiled (queried once per
+// device). It says which variants of the kernels exist there (variants.h).
+int kernels_arch();
+
 // The shared memory a block of the decode or the prefill kernel takes for a cache whose keys are
 // `k`, at this head dim (64, 128 or 256 once padded), the larger of the two, on a GPU that allows
-// `limit` bytes a block: each kernel's full variant where it fits, else its compact one
+// `limit` bytes a block, in a build for `arch` (kernels_arch; 0: one carrying every variant): each
+// kernel's full variant where it fits, else its compact one, as variants.h's choose_compact says
 // (decode_attention.cu).
-size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit);
+size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit, int arch = 0);
 
 // Throws tq::Error with the CUDA error string if the last launch failed.
 void check_launch(const char* what);

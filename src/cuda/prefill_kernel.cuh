@@ -29,6 +29,7 @@
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
 #include "tq/kv/online_softmax.h"
+#include "variants.h"
 
 namespace tq::cuda::prefill {
 
@@ -230,12 +231,15 @@ struct Fill<D, Kind::kFp8, KB, VB, T> {
   }
 };
 
-// Grid: (splits, kv_heads * row tiles, seqs). Query rows come rotated and scaled from
-// prepare_queries (ws_q: [seq][kv head][8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
-template <int D, Kind KIND, int KB, int VB, int T = tile_tokens(D)>
-__global__ void __launch_bounds__(kThreads, (resident_blocks<D, T>()))
-    prefill_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
-                   const float* ws_q) {  // ws_q: prepare_queries' output, read after the wait (no __restrict__: see merge_kernel)
+// Whether prefill at head dim D has a compact variant (16-token tiles): where its tiles exceed the
+// 99 KB a block of the smallest GPUs (variants.h).
+template <int D>
+constexpr bool kPrefillHasCompact = sizeof(Smem<D>) > kSmallSmem;
+
+// The body of prefill_kernel (below).
+template <int D, Kind KIND, int KB, int VB, int T>
+__device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_per_split, int rtiles, float* __restrict__ ws_o,
+                                              float2* __restrict__ ws_ml, const float* ws_q) {
   constexpr bool kBf = KIND == Kind::kBf16, kTq = KIND == Kind::kTq;
   constexpr int NT = T / 8;  // n-tiles of S
   using Op = dev::Operand<kBf>;
@@ -468,6 +472,23 @@ __global__ void __launch_bounds__(kThreads, (resident_blocks<D, T>()))
       *reinterpret_cast<float2*>(&ws_o[slot * D + 8 * nt + 2 * t]) = make_float2(o[nt][2 * i] * out_scale, o[nt][2 * i + 1] * out_scale);
     if (t == 0) ws_ml[slot] = make_float2(m_run[i], l_run[i]);
   }
+}
+
+
+// Grid: (splits, kv_heads * row tiles, seqs). Query rows come rotated and scaled from
+// prepare_queries (ws_q: [seq][kv head][8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
+// A build for an architecture that never runs this variant (variants.h) compiles it empty,
+// trapping if launched.
+template <int D, Kind KIND, int KB, int VB, int T = tile_tokens(D)>
+__global__ void __launch_bounds__(kThreads, (resident_blocks<D, T>()))
+    prefill_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
+                   const float* ws_q) {  // ws_q: prepare_queries' output, read after the wait (no __restrict__: see merge_kernel)
+#ifdef __CUDA_ARCH__
+  if constexpr (variant_carried(__CUDA_ARCH__ / 10, kPrefillHasCompact<D>, T != tile_tokens(D)))
+    prefill_block<D, KIND, KB, VB, T>(p, tokens_per_split, rtiles, ws_o, ws_ml, ws_q);
+  else
+    __trap();
+#endif
 }
 
 }  // namespace tq::cuda::prefill

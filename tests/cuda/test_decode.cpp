@@ -12,9 +12,11 @@
 #include <numeric>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "cuda_test_util.h"
 #include "launch_common.h"
+#include "variants.h"
 #include "test_util.h"
 #include "tq/kv/attention_ref.h"
 #include "tq/cuda/device_format.h"
@@ -73,7 +75,27 @@ TEST(CudaLaunch, SharedMemoryOfTheKernelsAndItsRefusal) {
   EXPECT_GT(cuda::attention_smem_bytes({Encoding::kFp8E4M3, 8}, 256, kHopper), kConsumer);
   EXPECT_GT(cuda::attention_smem_bytes({Encoding::kTqMse, 3}, 256, kHopper), kConsumer);  // prefill's 32-token tiles
   EXPECT_LE(cuda::attention_smem_bytes({Encoding::kTqMse, 3}, 128, kHopper), kConsumer);  // no compact kernel needed
+  // Each architecture's build carries only the variants its GPUs run (variants.h): every cache
+  // fits at every head dim on every GPU a build's cubin runs on, with the variant it carries.
+  // (A cubin runs on the later GPUs of its major version: sm_80's on sm_86 and 89, sm_86's on
+  // sm_87 with 163 KB; sm_90 plans for 99 KB under TQ_CUDA_SMEM_KB in the tests.)
+  const std::vector<std::pair<int, size_t>> runs{{80, kA100}, {80, kConsumer}, {86, kConsumer}, {86, kA100},    {89, kConsumer},
+                                                 {90, kHopper}, {90, kConsumer}, {100, kHopper}, {120, kConsumer}};
+  for (const auto& [arch, limit] : runs) {
+    for (const bool too_big : {false, true})
+      EXPECT_TRUE(cuda::variant_carried(arch, true, cuda::choose_compact(arch, too_big))) << "sm_" << arch;
+    for (const TensorCode& k : keys)
+      for (uint32_t d : {64u, 112u, 128u, 256u})
+        EXPECT_LE(cuda::attention_smem_bytes(k, d, limit, arch), limit) << "sm_" << arch << " cubin, " << limit / 1024 << " KB, "
+                                                                         << int(k.enc) << " at head dim " << d;
+  }
+  EXPECT_FALSE(cuda::variant_carried(86, true, false));  // a 99 KB build leaves the full variants out
+  EXPECT_FALSE(cuda::variant_carried(100, true, true));  // a Blackwell datacenter build the compact ones
   TQ_REQUIRE_GPU();
+  // The build's kernels as this GPU runs them: a cubin of its major version or older, or PTX.
+  EXPECT_GT(cuda::kernels_arch(), 0);
+  EXPECT_LE(cuda::kernels_arch() / 10, cuda::device_cc_major());
+  std::printf("attention kernels compiled for compute_%d\n", cuda::kernels_arch());
   for (const char* limit : {"", "99"}) {
     const ScopedEnv env("TQ_CUDA_SMEM_KB", limit);
     for (const TensorCode& k : keys)
