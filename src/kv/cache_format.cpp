@@ -41,7 +41,7 @@ TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer,
   cfg.rotation = format.rotation_for(head_dim);
   cfg.seed = derive_seed(format.seed, layer, head, value ? 2 : 1);
   cfg.norm_correction = format.norm_correction && !cfg.prod;
-  cfg.norm_unbiased = format.norm_unbiased && !cfg.prod;
+  cfg.norm_unbiased = (value ? format.norm_unbiased_v : format.norm_unbiased_k) && !cfg.prod;
   cfg.split = c.enc == Encoding::kTqSplit;
   if (cfg.split && format.auto_rotation) {
     // Both parts Hadamard where both padded dims are powers of two, else both dense.

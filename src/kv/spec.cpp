@@ -113,7 +113,7 @@ std::string KvFormat::canonical() const {
   if (is_tq(k.enc)) {
     if (k.enc == Encoding::kTqProd) s += ":prod";
     if (norm_correction) s += ":nc";
-    if (norm_unbiased) s += ":ip";
+    if (norm_unbiased_k || norm_unbiased_v) s += norm_unbiased_k && norm_unbiased_v ? ":ip" : norm_unbiased_k ? ":ip=k" : ":ip=v";
     if (!auto_rotation) s += fmt::format(":rot={}", rotation_name(rotation));
   }
   if (page_size != 16) s += fmt::format(":page={}", page_size);
@@ -211,12 +211,16 @@ KvSpec parse_kv_spec(const std::string& text) {
       spec.format.k.enc = Encoding::kTqProd;
     } else if (key == "nc" && eq == std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'nc' applies to TurboQuant specs (k<N>v<M>) only", text);
-      TQ_CHECK(!spec.format.norm_unbiased, "KV spec '{}': options 'nc' and 'ip' store the norm two ways: one at most", text);
+      TQ_CHECK(!spec.format.norm_unbiased_k && !spec.format.norm_unbiased_v, "KV spec '{}': options 'nc' and 'ip' store the norm two ways: one at most",
+               text);
       spec.format.norm_correction = true;
-    } else if (key == "ip" && eq == std::string::npos) {
+    } else if (key == "ip") {
       TQ_CHECK(tqspec, "KV spec '{}': option 'ip' applies to TurboQuant specs (k<N>v<M>) only", text);
       TQ_CHECK(!spec.format.norm_correction, "KV spec '{}': options 'nc' and 'ip' store the norm two ways: one at most", text);
-      spec.format.norm_unbiased = true;
+      TQ_CHECK(eq == std::string::npos || val == "k" || val == "v" || val == "kv",
+               "KV spec '{}': 'ip={}' is not a choice of rows: 'ip' or 'ip=kv' (keys and values), 'ip=k' (keys), 'ip=v' (values)", text, val);
+      spec.format.norm_unbiased_k = val != "v";
+      spec.format.norm_unbiased_v = val != "k";
     } else if (key == "rot" && eq != std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'rot' applies to TurboQuant specs (k<N>v<M>) only", text);
       if (val == "auto") {

@@ -82,7 +82,7 @@ INSTANTIATE_TEST_SUITE_P(All, QuantizeStore,
                                            StoreCase{"k6v3", 32}, StoreCase{"k7v5:nc", 256}, StoreCase{"k4v1", 96},
                                            // the unbiased norm: small and large widths, dense rotation, padding
                                            StoreCase{"k3v2:ip", 128}, StoreCase{"k5v7:ip", 64}, StoreCase{"k4v2:ip:rot=dense", 128},
-                                           StoreCase{"k3v4:ip", 80}),
+                                           StoreCase{"k3v4:ip", 80}, StoreCase{"k3v2:ip=k", 128}, StoreCase{"k4v2:ip=v", 64}),
                          [](const auto& i) {
                            std::string s = i.param.spec + "_d" + std::to_string(i.param.head_dim);
                            for (char& ch : s)

@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "tq/common.h"
+#include "tq/kv/cache_format.h"
 #include "tq/kv/spec.h"
 
 namespace tq {
@@ -21,9 +22,33 @@ TEST(KvSpec, ParsesBasesAndOptions) {
   EXPECT_EQ(s.format.seed, 5u);
   EXPECT_EQ(s.format.page_size, 32u);
   s = parse_kv_spec("k3v2:ip");
-  EXPECT_TRUE(s.format.norm_unbiased);
+  EXPECT_TRUE(s.format.norm_unbiased_k && s.format.norm_unbiased_v);
   EXPECT_FALSE(s.format.norm_correction);
   EXPECT_EQ(s.format.canonical(), "k3v2:ip");
+  EXPECT_EQ(parse_kv_spec("k3v2:ip=kv").format.canonical(), "k3v2:ip");
+  s = parse_kv_spec("k3v2:ip=k");
+  EXPECT_TRUE(s.format.norm_unbiased_k);
+  EXPECT_FALSE(s.format.norm_unbiased_v);
+  EXPECT_EQ(s.format.canonical(), "k3v2:ip=k");
+  s = parse_kv_spec("k3v2:ip=v");
+  EXPECT_FALSE(s.format.norm_unbiased_k);
+  EXPECT_TRUE(s.format.norm_unbiased_v);
+  EXPECT_EQ(s.format.canonical(), "k3v2:ip=v");
+  EXPECT_EQ(parse_kv_spec(s.format.canonical()).format.canonical(), "k3v2:ip=v");
+  // The codecs: each tensor's config follows its own choice.
+  EXPECT_TRUE(codec_config(parse_kv_spec("k3v2:ip=k").format, 64, 0, 0, false).norm_unbiased);
+  EXPECT_FALSE(codec_config(parse_kv_spec("k3v2:ip=k").format, 64, 0, 0, true).norm_unbiased);
+  EXPECT_FALSE(codec_config(parse_kv_spec("k3v2:ip=v").format, 64, 0, 0, false).norm_unbiased);
+  EXPECT_TRUE(codec_config(parse_kv_spec("k3v2:ip=v").format, 64, 0, 0, true).norm_unbiased);
+  for (const char* bad : {"k3v2:ip=q", "k3v2:ip=", "k3v2:ip=vk"}) {
+    try {
+      parse_kv_spec(bad);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("is not a choice of rows"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(parse_kv_spec("k3v2:ip=k:nc"), Error);
   EXPECT_THROW(parse_kv_spec("k3v2:ip:nc"), Error);
   EXPECT_THROW(parse_kv_spec("k3v2:nc:ip"), Error);
   EXPECT_THROW(parse_kv_spec("fp16:ip"), Error);

@@ -43,7 +43,7 @@ struct KvFormat {
   bool auto_rotation = true;
   RotationKind rotation = RotationKind::kHadamard;  // when !auto_rotation
   bool norm_correction = false;
-  bool norm_unbiased = false;  // `ip`: TqConfig::norm_unbiased
+  bool norm_unbiased_k = false, norm_unbiased_v = false;  // `ip` (both), `ip=k`, `ip=v`: TqConfig::norm_unbiased
   uint64_t seed = 0x7475726271756e74ull;  // "turbqunt"
   uint32_t page_size = 16;
 
