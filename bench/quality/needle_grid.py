@@ -24,14 +24,19 @@ import subprocess
 import sys
 import time
 
-DEFAULT_KV = "fp16,fp8,k4v4,k3v2,k3v2:edge=2/k4v4:sink=4:window=64"
-# tq run's default spec, as the plots label it
-DEFAULT_POLICY = "k3v2:edge=2/k4v4:sink=4:window=64"
+DEFAULT_KV = "fp16,fp8,k4v4,k3v2,k3v2:ip:edge=2/k4v4:sink=4:window=64:centre"
+# tq run's default spec (include/tq/kv/spec.h), and the one before 2026-12-01 (the committed
+# grids ran it), as the plots label them
+DEFAULT_POLICY = "k3v2:ip:edge=2/k4v4:sink=4:window=64:centre"
+PREVIOUS_POLICY = "k3v2:edge=2/k4v4:sink=4:window=64"
 
 
 def label(kv):
-    """A spec's name in the plots: tq run's default policy by name, whatever the order of its options."""
-    return "default policy" if sorted(kv.split(":")) == sorted(DEFAULT_POLICY.split(":")) else kv
+    """A spec's name in the plots: tq run's default policies by name, whatever the order of their options."""
+    opts = sorted(kv.split(":"))
+    if opts == sorted(DEFAULT_POLICY.split(":")):
+        return "default policy"
+    return "default policy until 2026-12-01" if opts == sorted(PREVIOUS_POLICY.split(":")) else kv
 
 
 def run(a):

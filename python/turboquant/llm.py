@@ -65,7 +65,7 @@ class _StopText:
 class LLM:
     """A model (GGUF, or a llama2.c checkpoint with its tokenizer.bin) on the C++ engine.
 
-    kv_spec: the KV cache (docs/kv-specs.md); "default" is tq run's k3v2:edge=2/k4v4:sink=4:window=64.
+    kv_spec: the KV cache (docs/kv-specs.md); "default" is tq run's k3v2:ip:edge=2/k4v4:sink=4:window=64:centre.
     threads: CPU threads (0: all). n_ctx: most tokens of prompt and text (0: the model's training
     context; longer only with allow_long_context=True). device: "auto", "cpu" or "cuda".
     exact_products: fp32 products of the quantized weights instead of llama.cpp's 8-bit activations.

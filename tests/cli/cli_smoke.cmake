@@ -27,7 +27,7 @@ string(JSON n LENGTH "${OUT}" rows)
 string(JSON k0 GET "${OUT}" rows 0 kv)
 string(JSON k1 GET "${OUT}" rows 1 kv)
 string(JSON k2 GET "${OUT}" rows 2 kv)
-if(NOT n EQUAL 3 OR NOT k0 STREQUAL "fp16" OR NOT k1 STREQUAL "fp8" OR NOT k2 STREQUAL "k3v2:edge=2/k4v4:sink=4:window=64")
+if(NOT n EQUAL 3 OR NOT k0 STREQUAL "fp16" OR NOT k1 STREQUAL "fp8" OR NOT k2 STREQUAL "k3v2:ip:edge=2/k4v4:sink=4:window=64:centre")
   message(FATAL_ERROR "kv-size without --kv: want fp16, fp8 and tq run's default spec, got ${n} rows:\n${OUT}")
 endif()
 string(JSON side0 GET "${OUT}" rows 0 side_kib)
@@ -54,14 +54,18 @@ if(NOT OUT MATCHES "centre KiB" OR NOT OUT MATCHES "a fixed cost per cache")
   message(FATAL_ERROR "kv-size does not show the key centres' bytes:\n${OUT}")
 endif()
 run_ok(kv-size --layers 32 --kv-heads 8 --head-dim 128)
-if(NOT OUT MATCHES "side KiB/seq" OR NOT OUT MATCHES "'default' is tq run's spec \\(k3v2:edge=2/k4v4:sink=4:window=64\\)"
-   OR OUT MATCHES "centre KiB")  # that column only with a centred spec
+if(NOT OUT MATCHES "side KiB/seq" OR NOT OUT MATCHES "'default' is tq run's spec \\(k3v2:ip:edge=2/k4v4:sink=4:window=64:centre\\)"
+   OR NOT OUT MATCHES "centre KiB")  # the default is centred: its column is shown
   message(FATAL_ERROR "kv-size does not say what it counts:\n${OUT}")
+endif()
+run_ok(kv-size --layers 32 --kv-heads 8 --head-dim 128 --kv fp16,k3v2)
+if(OUT MATCHES "centre KiB")  # that column only with a centred spec
+  message(FATAL_ERROR "kv-size shows a centre column without a centred spec:\n${OUT}")
 endif()
 
 # --help prints the defaults: the value after the type (CLI11's "TYPE=value").
 run_ok(run --help)
-foreach(want "-n,--steps INT=256" "--kv TEXT=k3v2:edge=2/k4v4:sink=4:window=64" "--top-p FLOAT=1")
+foreach(want "-n,--steps INT=256" "--kv TEXT=k3v2:ip:edge=2/k4v4:sink=4:window=64:centre" "--top-p FLOAT=1")
   string(FIND "${OUT}" "${want}" pos)
   if(pos EQUAL -1)
     message(FATAL_ERROR "tq run --help does not show '${want}':\n${OUT}")

@@ -149,7 +149,7 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k3v2:layers=1-2/k4v4"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "bf16:page=7"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "fp8"},
-                                           // The KV policy's side buffer: windows the prompt outgrows, and tq run's default.
+                                           // The KV policy's side buffer: windows the prompt outgrows, and tq run's default until 2026-12-01.
                                            RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "fp16:sink=4:window=8"},
                                            RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "k3v2:sink=4:window=16"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k4v4:window=5"},
@@ -159,7 +159,9 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                                            RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "fp16:centre"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k3v2:centre"},
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"),
-                                                      "k3v2:sink=4:window=64:edge=2/k4v4:centre"}),
+                                                      "k3v2:sink=4:window=64:edge=2/k4v4:centre"},
+                                           // tq run's default: the centre and the unbiased norm (ip) besides.
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), kDefaultKvSpec}),
                          [](const auto& i) {
                            std::string s = std::string(i.param.name) + "_" + i.param.spec;
                            for (char& ch : s)
@@ -188,7 +190,7 @@ TEST_P(CudaRunnerRealShape, LogitsMatchTheCpuRunner) {
   std::vector<int> prompt(112);
   for (int& t : prompt) t = int(rng() % uint32_t(c.vocab_size));
   const size_t V = size_t(c.vocab_size);
-  for (const char* spec_text : {"fp16", "k3v2:edge=2/k4v4:sink=4:window=64"}) {  // tq run's default
+  for (const char* spec_text : {"fp16", "k3v2:edge=2/k4v4:sink=4:window=64", kDefaultKvSpec}) {  // tq run's default, and before 2026-12-01
     SCOPED_TRACE(spec_text);
     const KvSpec spec = parse_kv_spec(spec_text);
     const Divergence d = check_against_cpu(m, spec, prompt, V, spec.canonical() + "_");

@@ -13,7 +13,8 @@ def test_spec_fields():
     d = tq.KvSpec("default")
     assert d == tq.KvSpec(tq.DEFAULT_KV_SPEC)
     assert (d.sink, d.window, d.edge_layers) == (4, 64, 2)
-    assert d.policy == ["edge=2/k4v4", "sink=4", "window=64"]
+    assert d.policy == ["edge=2/k4v4", "sink=4", "window=64", "centre"]
+    assert d.canonical.startswith("k3v2:ip")  # the unbiased norm is the format's, not a policy knob
     assert tq.KvSpec("k3v2").bits_per_element(128) == 2.625  # docs/format.md: 84 bytes per token per head
     assert [s.canonical for s in tq.parse_kv_specs("fp16, k4v4")] == ["fp16", "k4v4"]
 

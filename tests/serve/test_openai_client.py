@@ -295,7 +295,7 @@ SMOLLM2 = os.path.join(os.path.dirname(__file__), "..", "..", "models", "SmolLM2
 
 @unittest.skipUnless(os.path.exists(SMOLLM2), "SmolLM2 not downloaded (scripts/get_model.sh)")
 class SideBufferPrefixTest(unittest.TestCase):
-    """Prefix caching with tq run's default spec (sink and window side buffers): hits start from
+    """Prefix caching with a sink/window spec (tq run's default until 2026-12-01): hits start from
     the fp16 tails kept where a prompt is computed and where a request ends (docs/serving.md)."""
     KV = "k3v2:edge=2/k4v4:sink=4:window=64"
 

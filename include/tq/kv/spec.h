@@ -110,7 +110,7 @@ struct KvSpec {
 };
 
 // The spec of `tq run`, `tq serve` and the Python LLM by default ("default" in a list): docs/quality.md says why.
-inline constexpr const char* kDefaultKvSpec = "k3v2:edge=2/k4v4:sink=4:window=64";
+inline constexpr const char* kDefaultKvSpec = "k3v2:ip:edge=2/k4v4:sink=4:window=64:centre";
 
 KvSpec parse_kv_spec(const std::string& text);  // "default": kDefaultKvSpec; throws tq::Error naming the bad part
 // A comma-separated list; "default" in it is kDefaultKvSpec (every command's --kv list takes it).
