@@ -20,7 +20,7 @@ constexpr size_t kSmallSmem = 99 * 1024;
 
 // arch: compute capability x 10, as __CUDA_ARCH__ / 10 and cudaFuncAttributes::ptxVersion give it.
 constexpr bool compact_only_arch(int arch) { return arch == 86 || arch == 89 || arch / 10 == 12; }
-constexpr bool full_only_arch(int arch) { return arch / 10 == 10 || arch / 10 == 11; }
+constexpr bool full_only_arch(int arch) { return arch / 10 == 10; }  // sm_100 and 103 (B200, B300: 227 KB)
 
 // Whether a build for `arch` carries a kernel's variant (`compact` or full) when the kernel has
 // both (`has_compact`); a kernel with one variant is always carried.
