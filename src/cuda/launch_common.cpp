@@ -91,7 +91,12 @@ std::string attention_unsupported(TensorCode k, TensorCode v, uint32_t head_dim)
   if (cudaGetDeviceCount(&devices) != cudaSuccess) {
     cudaGetLastError();  // no driver or device: nothing to check here, and no error left for a later check_launch
   } else if (devices > 0) {
-    const size_t need = attention_smem_bytes(k, head_dim, size_t(device_smem_per_block()), kernels_arch());
+    const int arch = kernels_arch();
+    if (arch == 0)
+      return fmt::format("this build has no CUDA kernels for this GPU (compute capability {}.x): rebuild with its architecture in "
+                         "TQ_CUDA_ARCHS (docs/cuda.md)",
+                         device_cc_major());
+    const size_t need = attention_smem_bytes(k, head_dim, size_t(device_smem_per_block()), arch);
     if (need > size_t(device_smem_per_block()))
       return fmt::format("a {} cache at head dim {} needs {} KB of shared memory a block in the attention kernels; this GPU (compute "
                          "capability {}) allows {} KB (docs/cuda.md lists what runs where)",

@@ -46,7 +46,8 @@ cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, s
 
 // The architecture the attention kernels were compiled for, as the current GPU runs them: their
 // PTX version (90 for sm_90), the build's target or the PTX a newer GPU compiled (queried once per
-// device). It says which variants of the kernels exist there (variants.h).
+// device); 0 when the build has no kernels this GPU runs (attention_unsupported says so). It says
+// which variants of the kernels exist there (variants.h).
 int kernels_arch();
 
 // The shared memory a block of the decode or the prefill kernel takes for a cache whose keys are
