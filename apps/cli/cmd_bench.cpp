@@ -23,7 +23,7 @@
 #include "tq/text.h"
 
 namespace tq::cli {
-namespace {
+namespace bench_cmd {  // named: the command files are compiled together (apps/cli/CMakeLists.txt)
 
 struct Options {
   std::string shape = "llama-3.1-8b", model, tokenizer, kv = "bf16,fp8,k4v4,k3v2,default", batch = "1,16,64,max", context = "4096,32768";
@@ -273,9 +273,10 @@ void run(const Options& o) {
   fmt::print("\nLargest batch in {} GB of KV (whole pages{}):\n{}", o.kv_memory_gb, ", side buffers included", fit.text());
 }
 
-}  // namespace
+}  // namespace bench_cmd
 
 void add_bench(CLI::App& app) {
+  using namespace bench_cmd;
   auto o = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand(
       "bench",

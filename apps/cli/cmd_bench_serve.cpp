@@ -21,7 +21,7 @@
 #include "tq/serve/scheduler.h"
 
 namespace tq::cli {
-namespace {
+namespace bench_serve_cmd {  // named: the command files are compiled together (apps/cli/CMakeLists.txt)
 
 struct Options {
   std::string shape = "llama-3.1-8b", model, tokenizer, kv = "bf16,fp8,k3v2", concurrency = "max", device = "auto", json;
@@ -227,9 +227,10 @@ void run(const Options& o) {
   fmt::print("{}\n\n{}", head, tab.text());
 }
 
-}  // namespace
+}  // namespace bench_serve_cmd
 
 void add_bench_serve(CLI::App& app) {
+  using namespace bench_serve_cmd;
   auto o = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand(
       "bench-serve",

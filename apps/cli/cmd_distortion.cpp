@@ -15,7 +15,7 @@
 #include "tq/check.h"
 
 namespace tq::cli {
-namespace {
+namespace distortion_cmd {  // named: the command files are compiled together (apps/cli/CMakeLists.txt)
 
 struct Options {
   uint32_t dim = 128;
@@ -122,9 +122,10 @@ void run(const Options& o) {
   }
 }
 
-}  // namespace
+}  // namespace distortion_cmd
 
 void add_distortion(CLI::App& app) {
+  using namespace distortion_cmd;
   auto opts = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand("distortion",
                                    "Measure TurboQuant's distortion on random unit vectors and compare with the paper.\n"

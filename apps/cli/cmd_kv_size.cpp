@@ -13,7 +13,7 @@
 #include "tq/check.h"
 
 namespace tq::cli {
-namespace {
+namespace kv_size_cmd {  // named: the command files are compiled together (apps/cli/CMakeLists.txt)
 
 struct Options {
   uint32_t layers = 32, kv_heads = 8, head_dim = 128;
@@ -80,9 +80,10 @@ void run(const Options& o) {
   }
 }
 
-}  // namespace
+}  // namespace kv_size_cmd
 
 void add_kv_size(CLI::App& app) {
+  using namespace kv_size_cmd;
   auto opts = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand("kv-size",
                                    "Bytes per token of KV cache configurations, exactly as docs/format.md lays them out.\n"

@@ -13,7 +13,7 @@
 #include "model_files.h"
 
 namespace tq::cli {
-namespace {
+namespace passkey_cmd {  // named: the command files are compiled together (apps/cli/CMakeLists.txt)
 
 struct Options {
   std::string model, tokenizer, kv = "fp16,k3v2";
@@ -74,9 +74,10 @@ void run(const Options& o) {
   }
 }
 
-}  // namespace
+}  // namespace passkey_cmd
 
 void add_passkey(CLI::App& app) {
+  using namespace passkey_cmd;
   auto o = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand("passkey",
                                    "Pass-key retrieval: a random 5-digit key (fixed seed) hidden at several depths of filler text;\n"

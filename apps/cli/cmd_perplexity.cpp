@@ -14,7 +14,7 @@
 #include "model_files.h"
 
 namespace tq::cli {
-namespace {
+namespace perplexity_cmd {  // named: the command files are compiled together (apps/cli/CMakeLists.txt)
 
 struct Options {
   std::string model, tokenizer, file, kv = "fp16,k4v4,k3v2", ref = "auto", device = "auto";
@@ -88,9 +88,10 @@ void run(const Options& o) {
   }
 }
 
-}  // namespace
+}  // namespace perplexity_cmd
 
 void add_perplexity(CLI::App& app) {
+  using namespace perplexity_cmd;
   auto o = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand("perplexity",
                                    "Perplexity of a text under several KV configurations, with KL divergence and top-1 agreement\n"

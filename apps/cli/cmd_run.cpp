@@ -17,7 +17,7 @@
 #include "tq/engine/auto_kv.h"
 
 namespace tq::cli {
-namespace {
+namespace run_cmd {  // named: the command files are compiled together (apps/cli/CMakeLists.txt)
 
 struct Options {
   std::string model, tokenizer, prompt, kv = kDefaultKvSpec;
@@ -187,9 +187,10 @@ void run(const Options& o) {
   print_kv_line(e, s, spec);
 }
 
-}  // namespace
+}  // namespace run_cmd
 
 void add_run(CLI::App& app) {
+  using namespace run_cmd;
   auto o = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand("run",
                                    "Generate text with a compressed KV cache, on the GPU or the CPU (--device): quantized as tokens arrive,\n"

@@ -17,7 +17,7 @@
 #include "tq/serve/server.h"
 
 namespace tq::cli {
-namespace {
+namespace serve_cmd {  // named: the command files are compiled together (apps/cli/CMakeLists.txt)
 
 struct Options {
   std::string model, tokenizer, kv = kDefaultKvSpec, device = "auto", host = "127.0.0.1", name;
@@ -139,9 +139,10 @@ void serve(const Options& o) {
              st.scheduler.generated_tokens);
 }
 
-}  // namespace
+}  // namespace serve_cmd
 
 void add_serve(CLI::App& app) {
+  using namespace serve_cmd;
   auto o = std::make_shared<Options>();
   CLI::App* c = app.add_subcommand("serve",
                                    "Serve a model over HTTP with the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models),\n"
