@@ -46,7 +46,7 @@ ninja -C build/h200 test_cuda test_capi test_cuda_runner test_codec test_kv test
 note "build: $(( $(date +%s) - start )) s"
 grep -A2 "decode_kernel\|quantize_store_kernel" "$OUT/build.log" | grep -E "registers|spill" | sort | uniq -c | sort -rn | head -8 > "$OUT/ptxas_summary.txt"
 cat "$OUT/ptxas_summary.txt"
-obj=$(find build/h200 -name 'decode_attention.cu.o' | head -1)
+obj=$(find build/h200 -name 'attention_d128.cu.o' | head -1)
 if command -v cuobjdump >/dev/null; then
   cuobjdump -sass "$obj" > "$OUT/decode_attention.sass" 2>&1
   fn=$(grep -o 'Function : [^ ]*decode_kernelILi128ELNS1_4KindE0ELi3ELi2E[^ ]*' "$OUT/decode_attention.sass" | head -1 | cut -d' ' -f3)

@@ -1,5 +1,5 @@
 // The decode kernel: paged attention of up to 8 query rows over one split of a sequence's packed
-// pages, on tensor cores. Used only by decode_attention.cu.
+// pages, on tensor cores. Used only by attention_launch.cuh.
 //
 // One thread block of 4 warps handles (sequence, KV head, m-tile, split): up to 8 query rows (the
 // GQA group times the query tokens) against a range of the sequence's tokens, so every query head
@@ -84,7 +84,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     return;
   }
 
-  // Launched as a programmatic dependent (decode_attention.cu): nothing is read before the
+  // Launched as a programmatic dependent (attention_launch.cuh): nothing is read before the
   // previous kernel in the stream has finished, except when inputs_ready says that only the
   // cache is being written by it (quantize_store_and_decode): then the prologue reads the
   // queries, the sequence length and the codebook first, and a warp waits only before it copies

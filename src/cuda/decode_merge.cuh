@@ -1,6 +1,6 @@
 // The split merge of decode attention: combines the splits' (max, sum, output), un-rotates the
 // output once, adds the side buffer's partial (decode_side.cuh) and writes it in the output's
-// dtype; then stores the step's rows into the side buffer. Used only by decode_attention.cu.
+// dtype; then stores the step's rows into the side buffer. Used only by attention_launch.cuh.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -1,5 +1,5 @@
 // Query preparation of the decode kernels: rows loaded, rotated with the keys' rotation
-// (TurboQuant) and scaled. Used only by decode_attention.cu (through decode_kernel.cuh).
+// (TurboQuant) and scaled. Used only by attention_launch.cuh (through decode_kernel.cuh).
 #pragma once
 
 #include <cuda_bf16.h>

@@ -1,5 +1,5 @@
 // Attention over the KV policy's side buffer (SideView in kernels.h: the sink and the recent-token
-// window, fp16 rows), and the write of the step's rows into it. Used only by decode_attention.cu
+// window, fp16 rows), and the write of the step's rows into it. Used only by attention_launch.cuh
 // (through decode_kernel.cuh, prefill_kernel.cuh and decode_merge.cuh).
 //
 // The packed splits of a decode or prefill grid leave out, per query row, the positions below

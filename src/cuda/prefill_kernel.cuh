@@ -1,5 +1,5 @@
 // The chunked-prefill kernel: 64 query rows of one (sequence, KV head) against a split of the
-// sequence's pages, flash-attention style on tensor cores. Used only by decode_attention.cu.
+// sequence's pages, flash-attention style on tensor cores. Used only by attention_launch.cuh.
 //
 // Decode reads each packed page once per 8 query rows, which is right when there are at most 8
 // (the GQA group times 1..8 query tokens) but makes a chunk of 512 new tokens stream its prefix

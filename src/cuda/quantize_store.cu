@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const CacheView& c = p.cache;
   // The decode kernel that usually follows may be scheduled now: it waits for this grid's end
-  // before it reads the cache (griddepcontrol, decode_attention.cu).
+  // before it reads the cache (griddepcontrol, attention_launch.cuh).
   dev::allow_dependents();
   const uint32_t item = blockIdx.x * kWarps + warp;  // (token, head, K/V)
   const uint32_t tok = item / (2 * c.kv_heads), head = (item / 2) % c.kv_heads;

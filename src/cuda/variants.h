@@ -1,8 +1,8 @@
 // Which of an attention kernel's two variants a build for one architecture carries. Where a
 // kernel's Hopper tiles exceed the 99 KB of shared memory a block of sm_86, 89 and 120, it also
-// has a compact variant (decode_attention.cu chooses between them at run time). A GPU of those
+// has a compact variant (attention_launch.cuh chooses between them at run time). A GPU of those
 // never runs the full variant and a datacenter Blackwell (227 KB) never the compact one, so their
-// builds compile only the variant they run (the compile time of decode_attention.cu, CI's
+// builds compile only the variant they run (the compile time of the attention kernels, CI's
 // longest step, grows with every kernel compiled for every architecture).
 // sm_80 (A100: 163 KB, whose cubin also runs on sm_86 and 89) and sm_90 (where the tests force the
 // compact ones with TQ_CUDA_SMEM_KB) carry both. The host side asks the kernels' PTX version

@@ -1,0 +1,6 @@
+// The attention kernels at head dim 256 and their launches (attention_launch.cuh says why a file each).
+#include "attention_launch.cuh"
+
+namespace tq::cuda::attention {
+template void dispatch_dim<256>(const DecodeParams&, const Plan&, Mode, Stream);
+}  // namespace tq::cuda::attention

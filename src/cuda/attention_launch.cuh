@@ -1,0 +1,173 @@
+// The launchers of the attention kernels, one head dim at a time: attention_d64.cu, attention_d128.cu
+// and attention_d256.cu each compile one dim's kernels (dispatch_dim<D>), so a build compiles the
+// three in parallel (nvcc's time on these kernels was CI's longest step), and decode_attention.cu
+// (validation, plans) reaches them through the extern templates at the end. The kernels:
+// decode_kernel.cuh (attention over one split), decode_query.cuh (query rotation), decode_merge.cuh
+// (split merge), prefill_kernel.cuh (chunked prefill); docs/cuda.md describes the design.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "decode_kernel.cuh"
+#include "decode_merge.cuh"
+#include "launch_common.h"
+#include "prefill_kernel.cuh"
+#include "tq/check.h"
+#include "tq/cuda/kernels.h"
+
+namespace tq::cuda::attention {
+
+using namespace decode;  // the kernels and their pieces
+
+// Compact kernels: where a kernel's H200 tiles exceed the 99 KB of shared memory a block of sm_86,
+// 89 and 120 (float caches' decode rings at D >= 128, prefill's tiles at D = 256), a compact
+// variant exists (unstaged decode loads, 16-token prefill tiles; kDecodeHasCompact,
+// kPrefillHasCompact) and runs where the full one does not fit, or is not compiled (variants.h).
+using prefill::kPrefillHasCompact;
+
+// Whether this GPU (device_smem_per_block: its limit, or TQ_CUDA_SMEM_KB's) runs the compact ones.
+template <int D, Kind KIND>
+bool decode_compact_here() {
+  if constexpr (kDecodeHasCompact<D, KIND>)
+    return choose_compact(kernels_arch(), sizeof(Smem<D, KIND, 0, 0>) > size_t(device_smem_per_block()));
+  return false;
+}
+template <int D>
+bool prefill_compact_here() {
+  if constexpr (kPrefillHasCompact<D>) return choose_compact(kernels_arch(), sizeof(prefill::Smem<D>) > size_t(device_smem_per_block()));
+  return false;
+}
+
+// What a launch is: decode, decode right after a quantize_store of the same step (its prologue
+// may then read everything but the cache before the store ends), or chunked prefill.
+enum class Mode { kDecode, kDecodeAfterStore, kPrefill };
+
+// A launch's shape: decode_attention.cu's make_plan or make_prefill_plan.
+struct Plan {
+  int D, splits, tokens_per_split;
+  int mtiles;  // 8-row m-tiles per (sequence, KV head): the rows (GQA group x query tokens), rounded up to whole blocks
+  int R = 1;   // decode: m-tiles a block (1 or 2: make_plan); mtiles is a multiple of it
+  int side;  // side blocks after the packed splits (decode_side.cuh): decode side_decode_blocks, prefill 1; 0 without
+  size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;  // the workspace: [ws_o][ws_ml][ws_q]
+  size_t workspace_bytes() const { return ws_o_bytes + ws_ml_bytes + ws_q_bytes; }
+};
+
+// Launches `kernel` (kThreads a block) as a programmatic dependent launch where the GPU has them
+// (launch_common.h): it may be scheduled while the previous kernel in the stream drains, and waits
+// for it in dev::wait_prerequisites before touching memory (dev::allow_dependents in the previous
+// one lets it start even earlier). Elsewhere, a plain launch.
+template <class... Params, class... Args>
+void launch_after(const char* what, void (*kernel)(Params...), dim3 grid, size_t smem, Stream stream, Args... args) {
+  const cudaError_t e = launch_dependent(kernel, grid, dim3(kThreads), smem, stream, args...);
+  TQ_CHECK(e == cudaSuccess, "decode_attention: {} launch failed: {}", what, cudaGetErrorString(e));
+}
+
+// Raises a kernel's dynamic shared-memory limit when it needs more than the default 48 KB (a
+// host-side setting, capture-safe). A GPU with less shared memory a block than that was refused
+// by validate (attention_unsupported); a kernel over the limit here is a wrong choice of variant
+// (which TQ_CUDA_SMEM_KB makes visible on a GPU that would still run it).
+template <class Kernel>
+void allow_smem(Kernel kernel, size_t smem) {
+  TQ_CHECK(smem <= size_t(device_smem_per_block()), "decode_attention: a kernel of {} bytes of shared memory a block chosen where {} are allowed",
+           smem, device_smem_per_block());
+  if (smem <= 48 * 1024) return;
+  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  TQ_CHECK(e == cudaSuccess, "decode_attention: {} bytes of shared memory per block refused: {}", smem, cudaGetErrorString(e));
+}
+
+template <int D, Kind KIND, int KB, int VB>
+void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
+  float* ws_o = static_cast<float*>(p.workspace);
+  float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
+  float* ws_q = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes + pl.ws_ml_bytes);
+  const dim3 merge_grid(p.num_seqs * p.num_q_tokens * p.q_heads);
+  // Prefill and dense rotations rotate each query once, in a kernel of their own; the decode
+  // kernel rotates the others itself (one launch less: ~3 us of a batch-1 step in a CUDA graph
+  // on the H200).
+  const bool dense = KIND == Kind::kTq && p.cache.kt.signs == nullptr;
+  if (mode == Mode::kPrefill || dense)
+    prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
+  if (mode == Mode::kPrefill) {  // 64-row blocks, then the merge
+    const int rtiles = pl.mtiles / (prefill::kBlockRows / kRows);
+    const auto prefill = [&](auto tokens) {  // tokens: a tile's (tile_tokens)
+      constexpr int T = decltype(tokens)::value;
+      constexpr size_t smem = sizeof(prefill::Smem<D, T>);
+      allow_smem(prefill::prefill_kernel<D, KIND, KB, VB, T>, smem);
+      launch_after("prefill", prefill::prefill_kernel<D, KIND, KB, VB, T>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs),
+                   smem, stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
+    };
+    if constexpr (kPrefillHasCompact<D>) {
+      if (prefill_compact_here<D>()) {
+        prefill(std::integral_constant<int, prefill::tile_tokens(D, true)>{});
+      } else {
+        prefill(std::integral_constant<int, prefill::tile_tokens(D)>{});
+      }
+    } else {
+      prefill(std::integral_constant<int, prefill::tile_tokens(D)>{});
+    }
+    launch_after("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
+                     static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
+    return;
+  }
+  // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
+  // previous kernel (e.g. quantize_store) finishes, the merge's while the decode grid drains.
+  // (Dense rotations read ws_q, written by prepare_queries just before: never early.)
+  const auto decode = [&](auto r, auto compact) {
+    constexpr int R = decltype(r)::value;
+    constexpr bool C = decltype(compact)::value;
+    const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / R), p.num_seqs);
+    constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB, R, C>);
+    allow_smem(decode_kernel<D, KIND, KB, VB, R, C>, smem);
+    launch_after("decode", decode_kernel<D, KIND, KB, VB, R, C>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles / R, ws_o, ws_ml,
+                 static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
+  };
+  using Full = std::false_type;
+  if constexpr (KIND == Kind::kTq && D <= 128) {
+    if (pl.R == 2)
+      decode(std::integral_constant<int, 2>{}, Full{});
+    else
+      decode(std::integral_constant<int, 1>{}, Full{});
+  } else if constexpr (kDecodeHasCompact<D, KIND>) {
+    if (decode_compact_here<D, KIND>())
+      decode(std::integral_constant<int, 1>{}, std::true_type{});
+    else
+      decode(std::integral_constant<int, 1>{}, Full{});
+  } else {
+    decode(std::integral_constant<int, 1>{}, Full{});
+  }
+  launch_after("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
+                   static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
+}
+
+template <int D>
+void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
+  const TensorCode k = p.cache.k, v = p.cache.v;
+  switch (k.enc) {
+    case Encoding::kFp16: return launch<D, Kind::kF16, 0, 0>(p, pl, mode, s);
+    case Encoding::kBf16: return launch<D, Kind::kBf16, 0, 0>(p, pl, mode, s);
+    case Encoding::kFp8E4M3: return launch<D, Kind::kFp8, 0, 0>(p, pl, mode, s);
+    default: break;
+  }
+  // TurboQuant widths with kernels in this build: K and V each 2, 3 or 4 bits.
+  const auto with_v = [&](auto kb) {
+    switch (v.bits) {
+      case 2: return launch<D, Kind::kTq, decltype(kb)::value, 2>(p, pl, mode, s);
+      case 3: return launch<D, Kind::kTq, decltype(kb)::value, 3>(p, pl, mode, s);
+      case 4: return launch<D, Kind::kTq, decltype(kb)::value, 4>(p, pl, mode, s);
+    }
+  };
+  switch (k.bits) {
+    case 2: return with_v(std::integral_constant<int, 2>{});
+    case 3: return with_v(std::integral_constant<int, 3>{});
+    case 4: return with_v(std::integral_constant<int, 4>{});
+  }
+}
+
+// Compiled in attention_d<D>.cu.
+extern template void dispatch_dim<64>(const DecodeParams&, const Plan&, Mode, Stream);
+extern template void dispatch_dim<128>(const DecodeParams&, const Plan&, Mode, Stream);
+extern template void dispatch_dim<256>(const DecodeParams&, const Plan&, Mode, Stream);
+
+}  // namespace tq::cuda::attention
