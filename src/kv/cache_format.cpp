@@ -7,12 +7,17 @@
 
 namespace tq {
 
-CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format)
-    : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), format_(format) {
+CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format, std::vector<bool> sliding)
+    : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), format_(format), sliding_(std::move(sliding)) {
   TQ_CHECK(layers >= 1 && layers <= 4096, "cache layers must be 1..4096, got {}", layers);
   TQ_CHECK(kv_heads >= 1 && kv_heads <= 1024, "cache KV heads must be 1..1024, got {}", kv_heads);
   TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
   TQ_CHECK(format.page_size >= 1 && format.page_size <= kMaxPageSize, "page size must be 1..{}, got {}", kMaxPageSize, format.page_size);
+  TQ_CHECK(sliding_.empty() || sliding_.size() == layers, "cache of {} layers given sliding-window flags for {}", layers, sliding_.size());
+  TQ_CHECK(!format.norm_unbiased_local || !sliding_.empty(),
+           "KV format '{}': 'ip=local' applies to the model's sliding-window layers, which this cache was not told (a cache made outside "
+           "an engine has no model: use 'ip' or none)",
+           format.canonical());
   layout_ = block_layout(format.k, format.v, head_dim, format.page_size);
   auto k = std::make_shared<Codecs>(), v = std::make_shared<Codecs>();
   for (uint32_t l = 0; l < layers; ++l)
@@ -20,7 +25,8 @@ CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, 
       for (bool value : {false, true}) {
         const TensorCode c = value ? format.v : format.k;
         std::shared_ptr<const TurboQuant> codec;
-        if (is_tq(c.enc)) codec = std::make_shared<const TurboQuant>(codec_config(format, head_dim, l, h, value));
+        if (is_tq(c.enc))
+          codec = std::make_shared<const TurboQuant>(codec_config(format, head_dim, l, h, value, !sliding_.empty() && sliding_[l]));
         (value ? *v : *k).push_back(std::move(codec));
       }
   k_codecs_ = std::move(k);
@@ -31,7 +37,7 @@ uint64_t CacheFormat::seed_for(uint32_t layer, uint32_t head, bool value) const 
   return derive_seed(format_.seed, layer, head, value ? 2 : 1);
 }
 
-TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer, uint32_t head, bool value) {
+TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer, uint32_t head, bool value, bool sliding) {
   const TensorCode c = value ? format.v : format.k;
   TQ_CHECK(is_tq(c.enc), "codec_config: {} is stored as floats, not TurboQuant", value ? "V" : "K");
   TqConfig cfg;
@@ -41,7 +47,7 @@ TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer,
   cfg.rotation = format.rotation_for(head_dim);
   cfg.seed = derive_seed(format.seed, layer, head, value ? 2 : 1);
   cfg.norm_correction = format.norm_correction && !cfg.prod;
-  cfg.norm_unbiased = (value ? format.norm_unbiased_v : format.norm_unbiased_k) && !cfg.prod;
+  cfg.norm_unbiased = (value ? format.norm_unbiased_v : format.norm_unbiased_k) && !cfg.prod && (!format.norm_unbiased_local || sliding);
   cfg.split = c.enc == Encoding::kTqSplit;
   if (cfg.split && format.auto_rotation) {
     // Both parts Hadamard where both padded dims are powers of two, else both dense.
@@ -56,7 +62,7 @@ void CacheFormat::set_outliers(uint32_t layer, uint32_t head, bool value, const 
   const TensorCode c = value ? format_.v : format_.k;
   TQ_CHECK(c.enc == Encoding::kTqSplit, "set_outliers: {} is not stored at a fractional width (spec '{}')", value ? "V" : "K",
            format_.canonical());
-  TqConfig cfg = codec_config(format_, head_dim_, layer, head, value);
+  TqConfig cfg = codec_config(format_, head_dim_, layer, head, value, !sliding_.empty() && sliding_[layer]);
   cfg.outliers = channels;
   auto codecs = std::make_shared<Codecs>(*(value ? v_codecs_ : k_codecs_));  // copy on write: copies keep theirs
   (*codecs)[size_t(layer) * kv_heads_ + head] = std::make_shared<const TurboQuant>(cfg);

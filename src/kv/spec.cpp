@@ -113,7 +113,8 @@ std::string KvFormat::canonical() const {
   if (is_tq(k.enc)) {
     if (k.enc == Encoding::kTqProd) s += ":prod";
     if (norm_correction) s += ":nc";
-    if (norm_unbiased_k || norm_unbiased_v) s += norm_unbiased_k && norm_unbiased_v ? ":ip" : norm_unbiased_k ? ":ip=k" : ":ip=v";
+    if (norm_unbiased_k || norm_unbiased_v)
+      s += norm_unbiased_local ? ":ip=local" : norm_unbiased_k && norm_unbiased_v ? ":ip" : norm_unbiased_k ? ":ip=k" : ":ip=v";
     if (!auto_rotation) s += fmt::format(":rot={}", rotation_name(rotation));
   }
   if (page_size != 16) s += fmt::format(":page={}", page_size);
@@ -171,6 +172,14 @@ KvFormat KvSpec::edge_format() const {
   return f;
 }
 
+std::vector<bool> KvSpec::cache_layers(const std::vector<bool>& per_layer, bool edge) const {
+  const uint32_t n = uint32_t(per_layer.size());
+  std::vector<bool> out;
+  for (uint32_t l = 0; l < n; ++l)
+    if (is_edge_layer(l, n) == edge) out.push_back(per_layer[l]);
+  return out;
+}
+
 KvFormat KvSpec::layer_format(uint32_t layer, uint32_t n_layers) const {
   return is_edge_layer(layer, n_layers) ? edge_format() : format;
 }
@@ -217,10 +226,13 @@ KvSpec parse_kv_spec(const std::string& text) {
     } else if (key == "ip") {
       TQ_CHECK(tqspec, "KV spec '{}': option 'ip' applies to TurboQuant specs (k<N>v<M>) only", text);
       TQ_CHECK(!spec.format.norm_correction, "KV spec '{}': options 'nc' and 'ip' store the norm two ways: one at most", text);
-      TQ_CHECK(eq == std::string::npos || val == "k" || val == "v" || val == "kv",
-               "KV spec '{}': 'ip={}' is not a choice of rows: 'ip' or 'ip=kv' (keys and values), 'ip=k' (keys), 'ip=v' (values)", text, val);
+      TQ_CHECK(eq == std::string::npos || val == "k" || val == "v" || val == "kv" || val == "local",
+               "KV spec '{}': 'ip={}' is not a choice of rows: 'ip' or 'ip=kv' (keys and values), 'ip=k' (keys), 'ip=v' (values), "
+               "'ip=local' (keys and values of sliding-window layers)",
+               text, val);
       spec.format.norm_unbiased_k = val != "v";
       spec.format.norm_unbiased_v = val != "k";
+      spec.format.norm_unbiased_local = val == "local";
     } else if (key == "rot" && eq != std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'rot' applies to TurboQuant specs (k<N>v<M>) only", text);
       if (val == "auto") {

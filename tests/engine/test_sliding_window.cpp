@@ -54,6 +54,28 @@ std::vector<float> queries(uint32_t nq) {
   return q;
 }
 
+// ip=local through the engine's store: the codecs of the model's sliding-window layers (KvShape's
+// flags) store the unbiased norm, the others not, in the edge cache as in the main one.
+TEST(SlidingWindow, UnbiasedNormOnTheSlidingLayersOnly) {
+  KvShape shape{.layers = 6, .kv_heads = kH, .head_dim = kD, .num_pages = 4, .max_chunk = 8};
+  shape.sliding = {true, false, true, true, false, true};
+  for (const char* spec : {"k3v2:ip=local:edge=1/k4v4", "k3v2:ip:edge=1/k4v4", "k3v2:ip=local"}) {
+    const bool local = std::string(spec).find("ip=local") != std::string::npos;
+    for (const bool flags : {true, false}) {  // without flags the store's model has no sliding layers
+      KvShape sh = shape;
+      if (!flags) sh.sliding.clear();
+      const KvStore store(sh, parse_kv_spec(spec));
+      for (uint32_t l = 0; l < shape.layers; ++l) {
+        uint32_t at = 0;
+        const CacheFormat& f = store.cache_of(l, &at).format();
+        const bool want = !local || (flags && shape.sliding[l]);
+        EXPECT_EQ(f.k_codec(at, 1)->config().norm_unbiased, want) << spec << ", layer " << l;
+        EXPECT_EQ(f.v_codec(at, 1)->config().norm_unbiased, want) << spec << ", layer " << l;
+      }
+    }
+  }
+}
+
 // Keys and values older than every query's window are redrawn (other values, other scale): the
 // outputs keep their bits. Without the window the same change moves them: the test can fail.
 TEST(SlidingWindow, RowsBeforeTheWindowDoNotMatter) {

@@ -40,7 +40,17 @@ TEST(KvSpec, ParsesBasesAndOptions) {
   EXPECT_FALSE(codec_config(parse_kv_spec("k3v2:ip=k").format, 64, 0, 0, true).norm_unbiased);
   EXPECT_FALSE(codec_config(parse_kv_spec("k3v2:ip=v").format, 64, 0, 0, false).norm_unbiased);
   EXPECT_TRUE(codec_config(parse_kv_spec("k3v2:ip=v").format, 64, 0, 0, true).norm_unbiased);
-  for (const char* bad : {"k3v2:ip=q", "k3v2:ip=", "k3v2:ip=vk"}) {
+  // ip=local: both halves, on sliding-window layers only.
+  s = parse_kv_spec("k3v2:ip=local:edge=2/k4v4");
+  EXPECT_TRUE(s.format.norm_unbiased_k && s.format.norm_unbiased_v && s.format.norm_unbiased_local);
+  EXPECT_EQ(s.canonical(), "k3v2:ip=local:edge=2/k4v4");
+  EXPECT_EQ(parse_kv_spec(s.canonical()).canonical(), s.canonical());
+  for (const bool value : {false, true}) {
+    EXPECT_TRUE(codec_config(s.format, 64, 0, 0, value, true).norm_unbiased);
+    EXPECT_FALSE(codec_config(s.format, 64, 0, 0, value, false).norm_unbiased);
+    EXPECT_TRUE(codec_config(parse_kv_spec("k3v2:ip").format, 64, 0, 0, value, false).norm_unbiased);  // plain ip: every layer
+  }
+  for (const char* bad : {"k3v2:ip=q", "k3v2:ip=", "k3v2:ip=vk", "k3v2:ip=global"}) {
     try {
       parse_kv_spec(bad);
       ADD_FAILURE() << bad << " was accepted";
@@ -59,6 +69,34 @@ TEST(KvSpec, ParsesBasesAndOptions) {
 }
 
 // "default" in a list (every command's --kv) is tq run's spec; alone, parse_kv_spec refuses it.
+// ip=local needs to know which of a cache's layers slide: each cache gets its layers' flags in its
+// own order (edge and main caches number their layers apart), and a cache told nothing refuses it.
+TEST(KvSpec, UnbiasedNormOnSlidingLayers) {
+  const std::vector<bool> sliding{true, true, false, true, true, false, true};  // [7 layers]
+  const KvSpec s = parse_kv_spec("k3v2:ip=local:edge=2/k4v4");
+  const std::vector<bool> edge = s.cache_layers(sliding, true), main = s.cache_layers(sliding, false);
+  EXPECT_EQ(edge, (std::vector<bool>{true, true, false, true}));  // layers 0, 1, 5, 6
+  EXPECT_EQ(main, (std::vector<bool>{false, true, true}));        // layers 2, 3, 4
+  const CacheFormat fm(3, 2, 64, s.main_format(), main), fe(4, 2, 64, s.edge_format(), edge);
+  for (uint32_t l = 0; l < 7; ++l) {
+    const CacheFormat& f = s.is_edge_layer(l, 7) ? fe : fm;
+    const uint32_t local = s.local_layer(l, 7);
+    for (uint32_t h = 0; h < 2; ++h) {
+      EXPECT_EQ(f.k_codec(local, h)->config().norm_unbiased, sliding[l]) << "layer " << l;
+      EXPECT_EQ(f.v_codec(local, h)->config().norm_unbiased, sliding[l]) << "layer " << l;
+    }
+  }
+  try {
+    CacheFormat(3, 2, 64, s.main_format());
+    ADD_FAILURE() << "ip=local was accepted without the layers' kinds";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ip=local"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(CacheFormat(3, 2, 64, s.main_format(), {true}), Error);  // flags for another layer count
+  const CacheFormat plain(3, 2, 64, parse_kv_spec("k3v2:ip").format);  // plain ip needs no flags: every layer
+  for (uint32_t l = 0; l < 3; ++l) EXPECT_TRUE(plain.k_codec(l, 0)->config().norm_unbiased);
+}
+
 TEST(KvSpec, DefaultInAListIsTqRunsSpec) {
   const auto specs = parse_kv_specs("fp16,default");
   ASSERT_EQ(specs.size(), 2u);

@@ -19,7 +19,9 @@ class CacheFormat {
  public:
   // Throws tq::Error on a bad shape (layers, KV heads, head dim, page size) or a format the head
   // dim cannot use (e.g. a Hadamard rotation of a non-power-of-two padded dim).
-  CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format);
+  // sliding: [layers] whether each layer of this cache is one of the model's sliding-window
+  // layers (KvSpec::cache_layers), which `ip=local` needs; without it that format is refused.
+  CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format, std::vector<bool> sliding = {});
 
   uint32_t layers() const { return layers_; }
   uint32_t kv_heads() const { return kv_heads_; }
@@ -57,6 +59,7 @@ class CacheFormat {
   using Codecs = std::vector<std::shared_ptr<const TurboQuant>>;  // [layers * kv_heads]
   uint32_t layers_, kv_heads_, head_dim_;
   KvFormat format_;
+  std::vector<bool> sliding_;  // [layers] or empty
   BlockLayout layout_;
   float k_scale_ = 1.0f, v_scale_ = 1.0f;
   std::shared_ptr<const Codecs> k_codecs_, v_codecs_;  // shared by copies: the tables are immutable
@@ -64,7 +67,8 @@ class CacheFormat {
 
 // The TurboQuant codec of K (value false) or V of (layer, head) in pages of `format`: what
 // CacheFormat builds, so that a quantizer outside the cache (the Python module's) writes the same
-// codes. Throws tq::Error when that tensor is stored as floats.
-TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer, uint32_t head, bool value);
+// codes. sliding: whether the layer is a sliding-window one (`ip=local`). Throws tq::Error when
+// that tensor is stored as floats.
+TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer, uint32_t head, bool value, bool sliding = false);
 
 }  // namespace tq

@@ -7,6 +7,8 @@
 //                           at N, each part its own TurboQuant (format.h kTqSplit), e.g. k3.5v2.5
 //   option  := prod            keys as TurboQuant-prod (N-1 bit codebook + 1 QJL bit; whole K widths)
 //            | nc              norm correction for MSE rows (decoded rows keep the true norm)
+//            | ip[=k|v|kv|local]  the unbiased norm (inner products unbiased) on keys and values, keys
+//                              or values only, or both on the model's sliding-window layers only
 //            | rot=auto|hadamard|dense   auto: Hadamard for power-of-two padded dims, dense otherwise
 //            | seed=<integer>  base seed of the rotations (per layer and KV head seeds derive from it)
 //            | page=<tokens>   page size, 1..1024 (default 16)
@@ -21,7 +23,7 @@
 //                              head) from the first rows written (default), or channels 0..n-1
 //            | centre          a key centre: each (layer, KV head) subtracts the mean of the first
 //                              keys it sees from every key it stores (softmax ignores the shift)
-// The first five options are the format (KvFormat: what the bytes are); the last six the policy
+// The first six options are the format (KvFormat: what the bytes are); the others the policy
 // (KvPolicy: which tokens and layers are stored otherwise). A list of specs is comma-separated:
 // "fp16,k4v4,k3v2:prod".
 #pragma once
@@ -44,6 +46,7 @@ struct KvFormat {
   RotationKind rotation = RotationKind::kHadamard;  // when !auto_rotation
   bool norm_correction = false;
   bool norm_unbiased_k = false, norm_unbiased_v = false;  // `ip` (both), `ip=k`, `ip=v`: TqConfig::norm_unbiased
+  bool norm_unbiased_local = false;  // `ip=local`: both, on the model's sliding-window layers only (CacheFormat's `sliding`)
   uint64_t seed = 0x7475726271756e74ull;  // "turbqunt"
   uint32_t page_size = 16;
 
@@ -102,6 +105,9 @@ struct KvSpec {
   // names a layer >= n_layers.
   uint32_t edge_layer_count(uint32_t n_layers) const;
   uint32_t local_layer(uint32_t layer, uint32_t n_layers) const;
+  // The entries of per_layer ([n_layers] flags, e.g. which layers are sliding-window ones) of the
+  // layers the edge cache (edge) or the main one holds, in that cache's order.
+  std::vector<bool> cache_layers(const std::vector<bool>& per_layer, bool edge) const;
   double bits_per_element(uint32_t head_dim) const { return format.bits_per_element(head_dim); }
   // Bytes of one page over every layer (each in its own format, edge layers too), as the page
   // storage lays them out (CacheFormat): the size of a spec before any storage exists.

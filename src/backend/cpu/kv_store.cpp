@@ -14,11 +14,16 @@ KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec
   TQ_CHECK(shape.layers >= 1, "the model has no layers");
   TQ_CHECK(shape.max_chunk >= 1, "max_chunk must be at least 1");
   const uint32_t n_edge = spec.edge_layer_count(shape.layers), n_main = shape.layers - n_edge;
+  TQ_CHECK(shape.sliding.empty() || shape.sliding.size() == shape.layers, "{} sliding-window flags for {} layers", shape.sliding.size(),
+           shape.layers);
+  const std::vector<bool> sliding = shape.sliding.empty() ? std::vector<bool>(shape.layers, false) : shape.sliding;
   // Both caches are indexed by the same page ids, so each holds num_pages pages per layer.
-  if (n_main) main_ = std::make_unique<PagedKvCache>(CacheShape{n_main, shape.kv_heads, shape.head_dim, shape.num_pages},
-                                                     spec.main_format());
-  if (n_edge) edge_ = std::make_unique<PagedKvCache>(CacheShape{n_edge, shape.kv_heads, shape.head_dim, shape.num_pages},
-                                                     spec.edge_format());
+  if (n_main)
+    main_ = std::make_unique<PagedKvCache>(
+        CacheFormat(n_main, shape.kv_heads, shape.head_dim, spec.main_format(), spec.cache_layers(sliding, false)), shape.num_pages);
+  if (n_edge)
+    edge_ = std::make_unique<PagedKvCache>(
+        CacheFormat(n_edge, shape.kv_heads, shape.head_dim, spec.edge_format(), spec.cache_layers(sliding, true)), shape.num_pages);
   if (!spec.policy.key_sim.empty()) key_sim_ = make_baseline(spec.policy.key_sim, shape.head_dim);
   layer_fixed_.assign(shape.layers, false);
   if (spec.policy.key_centre) centre_.assign(size_t(shape.layers) * shape.kv_heads * shape.head_dim, 0.0f);
