@@ -1,7 +1,7 @@
 // The launchers of the attention kernels, one head dim at a time: attention_d64.cu, attention_d128.cu
-// and attention_d256.cu each compile one dim's kernels (dispatch_dim<D>), so a build compiles the
-// three in parallel (nvcc's time on these kernels was CI's longest step), and decode_attention.cu
-// (validation, plans) reaches them through the extern templates at the end. The kernels:
+// and attention_d256.cu each compile one dim's kernels (dispatch_dim<D>), so a build with cores to
+// spare compiles the three in parallel (the GPU machine's: 70 s instead of about 3 minutes), and
+// decode_attention.cu (validation, plans) reaches them through the extern templates at the end. The kernels:
 // decode_kernel.cuh (attention over one split), decode_query.cuh (query rotation), decode_merge.cuh
 // (split merge), prefill_kernel.cuh (chunked prefill); docs/cuda.md describes the design.
 #pragma once
