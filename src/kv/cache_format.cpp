@@ -26,7 +26,7 @@ CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, 
         const TensorCode c = value ? format.v : format.k;
         std::shared_ptr<const TurboQuant> codec;
         if (is_tq(c.enc))
-          codec = std::make_shared<const TurboQuant>(codec_config(format, head_dim, l, h, value, !sliding_.empty() && sliding_[l]));
+          codec = std::make_shared<const TurboQuant>(codec_config(format, head_dim, l, h, value, is_sliding(l)));
         (value ? *v : *k).push_back(std::move(codec));
       }
   k_codecs_ = std::move(k);
@@ -62,7 +62,7 @@ void CacheFormat::set_outliers(uint32_t layer, uint32_t head, bool value, const 
   const TensorCode c = value ? format_.v : format_.k;
   TQ_CHECK(c.enc == Encoding::kTqSplit, "set_outliers: {} is not stored at a fractional width (spec '{}')", value ? "V" : "K",
            format_.canonical());
-  TqConfig cfg = codec_config(format_, head_dim_, layer, head, value, !sliding_.empty() && sliding_[layer]);
+  TqConfig cfg = codec_config(format_, head_dim_, layer, head, value, is_sliding(layer));
   cfg.outliers = channels;
   auto codecs = std::make_shared<Codecs>(*(value ? v_codecs_ : k_codecs_));  // copy on write: copies keep theirs
   (*codecs)[size_t(layer) * kv_heads_ + head] = std::make_shared<const TurboQuant>(cfg);

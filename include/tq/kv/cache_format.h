@@ -60,6 +60,7 @@ class CacheFormat {
   uint32_t layers_, kv_heads_, head_dim_;
   KvFormat format_;
   std::vector<bool> sliding_;  // [layers] or empty
+  bool is_sliding(uint32_t layer) const { return !sliding_.empty() && sliding_[layer]; }
   BlockLayout layout_;
   float k_scale_ = 1.0f, v_scale_ = 1.0f;
   std::shared_ptr<const Codecs> k_codecs_, v_codecs_;  // shared by copies: the tables are immutable

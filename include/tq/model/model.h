@@ -80,6 +80,12 @@ struct ModelConfig {
   bool layer_is_local(int l) const { return sliding_window > 0 && swa_pattern > 0 && l % swa_pattern < swa_pattern - 1; }
   // The window of layer l's attention, 0 for full (causal) attention.
   int layer_window(int l) const { return layer_is_local(l) ? sliding_window : 0; }
+  // [n_layers] layer_is_local of each layer (what a cache's `ip=local` needs: KvSpec::cache_layers).
+  std::vector<bool> local_layers() const {
+    std::vector<bool> out;
+    for (int l = 0; l < n_layers; ++l) out.push_back(layer_is_local(l));
+    return out;
+  }
 };
 
 // A weight matrix [n_rows][n_cols], row-major, rows contiguous, elements of `type` (a vector is

@@ -21,9 +21,8 @@ KvShape kv_shape(const model::ModelConfig& c, const engine::RunnerOptions& o) {
   TQ_CHECK(c.n_heads % c.n_kv_heads == 0, "query heads ({}) must be a multiple of KV heads ({})", c.n_heads, c.n_kv_heads);
   TQ_CHECK(c.rope_dim % 2 == 0 && c.rope_dim <= c.head_dim, "rope dim {} must be even and <= head dim {}", c.rope_dim, c.head_dim);
   TQ_CHECK(o.max_chunk >= 1 && o.context >= 1, "max_chunk and context must be at least 1");
-  KvShape s{uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim), o.num_pages, o.max_chunk, o.prefix_tails};
-  for (int l = 0; l < c.n_layers; ++l) s.sliding.push_back(c.layer_is_local(l));
-  return s;
+  return KvShape{uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim), o.num_pages, o.max_chunk, o.prefix_tails,
+                 c.local_layers()};
 }
 
 }  // namespace

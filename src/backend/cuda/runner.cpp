@@ -214,8 +214,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   const size_t weights = model::weight_bytes_bf16(cfg_);
   const uint32_t n_edge = spec.edge_layer_count(L), n_main = L - n_edge;
   std::unique_ptr<CacheFormat> fmain, fedge;
-  // (The runner has no sliding-window layers: can_run refuses such models.)
-  const std::vector<bool> sliding(L, false);
+  const std::vector<bool> sliding = c.local_layers();
   if (n_main) fmain = std::make_unique<CacheFormat>(n_main, c.n_kv_heads, c.head_dim, spec.main_format(), spec.cache_layers(sliding, false));
   if (n_edge) fedge = std::make_unique<CacheFormat>(n_edge, c.n_kv_heads, c.head_dim, spec.edge_format(), spec.cache_layers(sliding, true));
   page_bytes_ = (fmain ? fmain->page_bytes() : 0) + (fedge ? fedge->page_bytes() : 0);
