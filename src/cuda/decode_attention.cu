@@ -72,6 +72,9 @@ int resident_blocks_of(int D, const CacheView& c, int R) {
 // (on the H200, Llama-3.1-8B shape, 8 query tokens at batch 1: slower at 4K-8K, ~3 and ~6 tiles a
 // warp; faster from 16K, ~11; bench/results/2026-12-01-h200-decode-rows.md).
 constexpr int kPairMinTiles = 8;
+// Tiles a warp below which a split is not worth its prologue once half the resident slots are
+// filled (make_plan; on the H200, k3v2 at batch 1: 32 splits beat 64 at 8K and 16K).
+constexpr int kMinTilesPerWarp = 8;
 // TQ_DECODE_ROWS=8 or 16 forces 8- or 16-row blocks where both exist (read at every plan, so a
 // test can compare both kernels on one cache); a row's result is the same bits either way.
 int forced_rows() {
@@ -134,6 +137,13 @@ Plan make_plan(const DecodeParams& p, int R) {
         if (used > best + 0.05) best = used, want = s;
       }
     }
+    // A wave of short splits loses to fewer, longer ones where the blocks outnumber the SMs
+    // (batch 1 at 8K-16K): every split's block pays the prologue (the query's rotation and
+    // fragments, the tables) once, and at 4 blocks an SM those prologues take as many issue
+    // slots as the tiles. So: half the resident slots filled at least, and beyond that no split
+    // under kMinTilesPerWarp tiles a warp (bench/results/2026-12-01-h200-decode-batch1-fixed-cost.md).
+    const int half_wave = std::max(1, slots / 2 / blocks);
+    want = std::min(want, std::max(half_wave, tiles / (kMinTilesPerWarp * kWarps)));
     splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
   size_splits(pl, p, tiles, splits, kTile, side_decode_blocks(p));

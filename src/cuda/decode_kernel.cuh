@@ -121,31 +121,149 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     if (threadIdx.x < (1u << VB)) cent_v = c.vt.centroids[threadIdx.x];
   }
 
+  // ---- the staged loop's copies (packed caches whose pages hold whole tiles; float caches' ring):
+  // each warp streams its tiles through a ring of kStages stages, kStages - 1 tiles ahead ----
+  // After a store (inputs_ready), a page is read only once the store is complete if it may hold
+  // a row of this step: quantize_store_and_decode's store writes positions [len - num_q_tokens,
+  // len) only. The staged loop waits per warp, before its first such tile; unstaged, below.
+  constexpr bool kStaged = SP::kStages > 0;
+  const bool staged = kStaged && c.page_size % kTile == 0;
+  constexpr int S = kStaged ? SP::kStages : 1;
+  const uint32_t ring_at = warp * S * SP::kBytes;  // the warp's ring, from the block's
+  const std::conditional_t<kStaged, Stager<D, KIND, KB, VB>, NoStager> stager(
+      c.data, c.layout, static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + ring_at, ring_at, lane, kvh * c.layout.bytes);
+  const uint32_t page_stride = c.kv_heads * c.layout.bytes;  // < 4 GiB (validate_cache)
+  // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
+  // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
+  // loaded one tile ahead of its use, which hides that load's latency behind a tile.
+  const int ps = int(c.page_size), step_pages = step / ps, step_rows = step % ps;
+  int cur_T = first, cur_page = first / ps, cur_row = first % ps;
+  auto advance = [&] {
+    cur_T += step;
+    cur_page += step_pages;
+    cur_row += step_rows;
+    if (cur_row >= ps) {
+      cur_row -= ps;
+      ++cur_page;
+    }
+  };
+  // After a store, a warp waits for it just before it copies each tile that reaches the
+  // store's rows (positions >= len - num_q_tokens: the sequence's last tiles); warps whose
+  // tiles all end before them never wait, so the store's latency stays off their path.
+  const int wait_after = inputs_ready ? len - int(p.num_q_tokens) - kTile : INT_MAX;  // a tile start
+  // Copies the tile at the cursor (in page `page`) into the next stage in turn, then closes a
+  // commit group; past the end the group is empty, which keeps the wait count uniform.
+  uint32_t issue_at = 0;  // byte offset of that stage in the warp's ring
+  auto issue = [&](int32_t page) {
+    if (cur_T < end) {
+      dev::wait_prerequisites_if_greater(cur_T, wait_after);
+      stager.copy(issue_at, uint64_t(uint32_t(page)) * page_stride, cur_row);
+      advance();
+    }
+    issue_at = issue_at == (S - 1) * SP::kBytes ? 0 : issue_at + SP::kBytes;
+    cp_async_commit();
+  };
+  // The query rows as given (ws_q: rotated already), loaded before the copies below wait for the
+  // page ids, so that both loads are in flight together.
+  float qv[R][kQE<D>];  // [m-tile rr of the block][the thread's coordinates of its row]
+#pragma unroll
+  for (int rr = 0; rr < R; ++rr) {
+    if (ws_q == nullptr) {
+      load_query<D, KIND>(p, seq, kvh, mt * R + rr, qv[rr]);
+    } else {  // [seq][kv head][8-row m-tile][kRows][D]: m-tile (seq gridDim.y + blockIdx.y) R + rr
+      const float* src = ws_q + (((size_t(seq) * gridDim.y + blockIdx.y) * R + rr) * kRows + query_row()) * D + query_col<D>();
+#pragma unroll
+      for (int e = 0; e < kQE<D>; ++e) qv[rr][e] = src[e];
+    }
+  }
+  // Packed caches never hold the query rows in the ring's space (below), so their first tiles
+  // are copied now, before the query work, which then hides those copies' latency (at batch 1
+  // and a few thousand tokens, a warp's every tile). Not a tile that must wait for a store: the
+  // copies from there on are issued after the query work, in the same order.
+  int early = 0;  // tiles issued here: tile i is at page (first + i step) / ps
+  if constexpr (KIND == Kind::kTq && kStaged) {
+    if (staged) {
+#pragma unroll
+      for (int i = 0; i < S - 1; ++i)
+        if (early == i && (cur_T >= end || cur_T <= wait_after)) {
+          issue(pre_page[i]);
+          ++early;
+        }
+    }
+  }
+
   // ---- query rows, rotated and scaled: here, in registers (Hadamard, float caches), or for dense
   // rotations (a D x D product per row) once by prepare_queries into ws_q; 16 threads a row ----
   // Keys of 2 and 3 bits go through int8 tensor cores (below): each row's max |q| is found here.
+  // The query's A fragments, as the keys' MMAs take them (KeyOps, decode_ops.cuh): for keys of 2
+  // and 3 bits (int8 m16n8k32) int16 fixed point per row (step = max|q| / kQ16Max), high bytes in
+  // rows 0-7 of A and low bytes in rows 8-15; otherwise fp16 (bf16) high and low parts. Every warp
+  // uses the same fragments: built once into shared memory (one LDS.128 per k-tile later), which
+  // keeps 4 * KT registers free for occupancy.
+  // Packed caches build them straight from the registers that hold the rows: lane (g, t) of
+  // k-tile j holds coordinates c0 + 0..7 of row g (int8: c0 = t D/4 + 8j; fp16: c0 = t D/4 + 4j,
+  // four of them), which lie within one thread's coordinates (at D = 64 an int8 octet spans two
+  // neighbours). Float caches map the k index by FloatUnits: their rows pass through sm.q.
   constexpr bool kInt8K = KIND == Kind::kTq && KB <= 3;
   constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {  // m-tile rr of the block: its rows rr * kRows + [0, kRows)
-    float v[kQE<D>];
-    const int r = rr * kRows + query_row(), c0 = query_col<D>(), mt8 = mt * R + rr;  // mt8: of the KV head's 8-row m-tiles
-    if (ws_q == nullptr) {
-      query_registers<D, KIND>(p, seq, kvh, mt8, v);
-    } else {  // [seq][kv head][8-row m-tile][kRows][D]: m-tile (seq gridDim.y + blockIdx.y) R + rr
-      const float* src = ws_q + (((size_t(seq) * gridDim.y + blockIdx.y) * R + rr) * kRows + query_row()) * D + c0;
+    float(&v)[kQE<D>] = qv[rr];
+    const int r = rr * kRows + query_row(), c0 = query_col<D>();
+    if (ws_q == nullptr) finish_query<D, KIND>(p, v);
+    if constexpr (KIND != Kind::kTq) {
 #pragma unroll
-      for (int e = 0; e < kQE<D>; ++e) v[e] = src[e];
-    }
-#pragma unroll
-    for (int e = 0; e < kQE<D>; ++e) sm.q[r][c0 + e] = v[e];
-    if constexpr (kInt8K) {
+      for (int e = 0; e < kQE<D>; ++e) sm.q[r][c0 + e] = v[e];
+    } else if constexpr (kInt8K) {
       float mx = 0.0f;
 #pragma unroll
       for (int e = 0; e < kQE<D>; ++e) mx = fmaxf(mx, fabsf(v[e]));
 #pragma unroll
       for (int m = 1; m < 16; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
-      if (threadIdx.x % 16 == 0) sm.qrs[r] = mx / kQ16Max;
+      const float qstep = mx / kQ16Max, inv = qstep > 0 ? 1.0f / qstep : 0.0f;
+      if (threadIdx.x % 16 == 0) sm.qrs[r] = qstep;
+      constexpr int kOcts = kQE<D> >= 8 ? kQE<D> / 8 : 1;  // whole octets a thread writes
+      float w[8 * kOcts];
+      if constexpr (kQE<D> >= 8) {
+#pragma unroll
+        for (int e = 0; e < kQE<D>; ++e) w[e] = v[e];
+      } else {  // kQE = 4: the even thread of a pair writes its 4 and the odd one's 4
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          w[e] = v[e];
+          w[4 + e] = __shfl_xor_sync(0xffffffffu, v[e], 1);
+        }
+      }
+      if (kQE<D> >= 8 || threadIdx.x % 2 == 0) {
+#pragma unroll
+        for (int o8 = 0; o8 < kOcts; ++o8) {
+          const int cc = c0 + 8 * o8;
+          uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            // |q| * inv <= 32639 (1 + 2^-22) < 32639.5, so q16 stays in [-32639, 32639] and the high
+            // byte never wraps to -128 (which would flip the sign of the row's largest element)
+            uint32_t h8, l8;
+            dev::split_i16(__float2int_rn(w[8 * o8 + e] * inv), h8, l8);
+            hi[e / 4] |= h8 << (8 * (e % 4));
+            lo[e / 4] |= l8 << (8 * (e % 4));
+          }
+          sm.qa[rr][(cc % (D / 4)) / 8][query_row() * 4 + cc / (D / 4)] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
+        }
+      }
+    } else {  // packed keys of 4 bits: quads of fp16 high and low parts
+#pragma unroll
+      for (int u = 0; u < kQE<D> / 4; ++u) {
+        const int cc = c0 + 4 * u;
+        float hi[4], lo[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          hi[e] = Op::round(v[4 * u + e]);
+          lo[e] = v[4 * u + e] - hi[e];
+        }
+        sm.qa[rr][(cc % (D / 4)) / 4][query_row() * 4 + cc / (D / 4)] =
+            make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
+      }
     }
   }
   if constexpr (KIND == Kind::kTq) {
@@ -155,57 +273,24 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     }
   }
   __syncthreads();
-
-  // The query's A fragments, as the keys' MMAs take them (KeyOps, decode_ops.cuh): for keys of 2
-  // and 3 bits (int8 m16n8k32) int16 fixed point per row (step = max|q| / kQ16Max), high bytes in
-  // rows 0-7 of A and low bytes in rows 8-15; otherwise fp16 (bf16) high and low parts.
   constexpr int KT = D / 16;
-  if constexpr (kInt8K) {
-    // k-tile j: lane (g, t) holds coordinates c0 + 0..3 (k = 4t..4t+3) and c0 + 4..7 (k = 4t+16..)
-    // with c0 = t D/4 + 8j: octet j of the thread's key coordinates, as the key lookups give them.
+  if constexpr (KIND != Kind::kTq) {
+    // k-tile kt covers the thread's coordinates 4kt.. of the FloatUnits key map
 #pragma unroll
     for (int rr = 0; rr < R; ++rr)  // m-tile rr
-    for (int i = threadIdx.x; i < D / 32 * 32; i += kThreads) {
-      const int j = i / 32, ln = i % 32, r = rr * kRows + ln / 4, c0 = (ln % 4) * (D / 4) + 8 * j;
-      const float inv = sm.qrs[r] > 0 ? 1.0f / sm.qrs[r] : 0.0f;
-      uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
+      for (int i = threadIdx.x; i < KT * 32; i += kThreads) {
+        const int kt = i / 32, ln = i % 32, c0 = FloatUnits<D, KIND>::key_coord(ln % 4, 4 * kt);
+        float hi[4], lo[4];
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        // |q| * inv <= 32639 (1 + 2^-22) < 32639.5, so q16 stays in [-32639, 32639] and the high
-        // byte never wraps to -128 (which would flip the sign of the row's largest element)
-        uint32_t h8, l8;
-        dev::split_i16(__float2int_rn(sm.q[r][c0 + e] * inv), h8, l8);
-        hi[e / 4] |= h8 << (8 * (e % 4));
-        lo[e / 4] |= l8 << (8 * (e % 4));
+        for (int e = 0; e < 4; ++e) {
+          const float x = sm.q[rr * kRows + ln / 4][c0 + e];
+          hi[e] = Op::round(x);
+          lo[e] = x - hi[e];
+        }
+        sm.qa[rr][kt][ln] = make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
       }
-      sm.qa[rr][j][ln] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
-    }
-  } else {
-  // A fragments of Q: k-tile kt covers coordinates t*D/4 + 4kt + {0,1} (k = 2t, 2t+1) and {2,3}
-  // (float caches: the thread's coordinates 4kt.. of the FloatUnits key map).
-  // Every warp uses the same fragments: built once into shared memory (one LDS.128 per k-tile
-  // later), which keeps 4 * KT registers free for occupancy.
-#pragma unroll
-  for (int rr = 0; rr < R; ++rr)  // m-tile rr
-  for (int i = threadIdx.x; i < KT * 32; i += kThreads) {
-    const int kt = i / 32, ln = i % 32;
-    const int c0 = KIND == Kind::kTq ? (ln % 4) * (D / 4) + 4 * kt : FloatUnits<D, KIND>::key_coord(ln % 4, 4 * kt);
-    float hi[4], lo[4];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float x = sm.q[rr * kRows + ln / 4][c0 + e];
-      hi[e] = Op::round(x);
-      lo[e] = x - hi[e];
-    }
-    sm.qa[rr][kt][ln] = make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
+    __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
   }
-  }
-  __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
-  // After a store (inputs_ready), a page is read only once the store is complete if it may hold
-  // a row of this step: quantize_store_and_decode's store writes positions [len - num_q_tokens,
-  // len) only. The staged loop below waits per warp, before its first such tile; others here.
-  constexpr bool kStaged = SP::kStages > 0;
-  const bool staged = kStaged && c.page_size % kTile == 0;
   if (inputs_ready && !staged) dev::wait_prerequisites();
   // The keys' operations (KeyOps, decode_ops.cuh) with their table in registers, from the fp16
   // one in shared memory; int8 keys also scale S by this thread's query row's step. The table is
@@ -442,43 +527,9 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 
   if constexpr (kStaged) {
     if (staged) {
-      constexpr int S = SP::kStages;
-      const uint32_t ring_at = warp * S * SP::kBytes;  // the warp's ring, from the block's
-      const Stager<D, KIND, KB, VB> stager(c.data, c.layout, static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + ring_at,
-                                           ring_at, lane, kvh * c.layout.bytes);
-      const uint32_t page_stride = c.kv_heads * c.layout.bytes;  // < 4 GiB (validate_cache)
-      // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
-      // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
-      // loaded one tile ahead of its use, which hides that load's latency behind a tile.
-      const int ps = int(c.page_size), step_pages = step / ps, step_rows = step % ps;
-      int cur_T = first, cur_page = first / ps, cur_row = first % ps;
-      auto advance = [&] {
-        cur_T += step;
-        cur_page += step_pages;
-        cur_row += step_rows;
-        if (cur_row >= ps) {
-          cur_row -= ps;
-          ++cur_page;
-        }
-      };
-      // After a store, a warp waits for it just before it copies each tile that reaches the
-      // store's rows (positions >= len - num_q_tokens: the sequence's last tiles); warps whose
-      // tiles all end before them never wait, so the store's latency stays off their path.
-      const int wait_after = inputs_ready ? len - int(p.num_q_tokens) - kTile : INT_MAX;  // a tile start
-      // Copies the tile at the cursor (in page `page`) into the next stage in turn, then closes a
-      // commit group; past the end the group is empty, which keeps the wait count uniform.
-      uint32_t issue_at = 0;  // byte offset of that stage in the warp's ring
-      auto issue = [&](int32_t page) {
-        if (cur_T < end) {
-          dev::wait_prerequisites_if_greater(cur_T, wait_after);
-          stager.copy(issue_at, uint64_t(uint32_t(page)) * page_stride, cur_row);
-          advance();
-        }
-        issue_at = issue_at == (S - 1) * SP::kBytes ? 0 : issue_at + SP::kBytes;
-        cp_async_commit();
-      };
 #pragma unroll
-      for (int i = 0; i < S - 1; ++i) issue(pre_page[i]);  // tile i is at page (first + i step) / ps
+      for (int i = 0; i < S - 1; ++i)
+        if (i >= early) issue(pre_page[i]);
       int32_t next_page = pre_page[S - 1];
       int st = 0;
       for (int T0 = first; T0 < end; T0 += step) {

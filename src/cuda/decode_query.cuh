@@ -95,11 +95,10 @@ __device__ __forceinline__ float query_scale(const DecodeParams& p) {
          (KIND == Kind::kTq ? rsqrtf(float(D)) : 1.0f);
 }
 
-// This thread's coordinates of its query row, rotated with the keys' Hadamard rotation
-// (TurboQuant) and scaled, in registers. Dense rotations are not applied here (rotate_queries).
+// The rest of query_registers after load_query: the Hadamard transform and the scale. (Split so
+// that the decode kernel can issue other loads between the two.)
 template <int D, Kind KIND>
-__device__ void query_registers(const DecodeParams& p, int seq, int kvh, int mt, float (&v)[kQE<D>]) {
-  load_query<D, KIND>(p, seq, kvh, mt, v);
+__device__ __forceinline__ void finish_query(const DecodeParams& p, float (&v)[kQE<D>]) {
   float s = query_scale<D, KIND>(p);
   if constexpr (KIND == Kind::kTq) {
     if (p.cache.kt.signs) {
@@ -109,6 +108,14 @@ __device__ void query_registers(const DecodeParams& p, int seq, int kvh, int mt,
   }
 #pragma unroll
   for (int e = 0; e < kQE<D>; ++e) v[e] *= s;
+}
+
+// This thread's coordinates of its query row, rotated with the keys' Hadamard rotation
+// (TurboQuant) and scaled, in registers. Dense rotations are not applied here (rotate_queries).
+template <int D, Kind KIND>
+__device__ void query_registers(const DecodeParams& p, int seq, int kvh, int mt, float (&v)[kQE<D>]) {
+  load_query<D, KIND>(p, seq, kvh, mt, v);
+  finish_query<D, KIND>(p, v);
 }
 
 // The 8 query rows of (sequence, KV head, m-tile), rotated with the keys' rotation and scaled,

@@ -108,7 +108,7 @@ struct Smem : SmemFixed<D, R> {
   // 16 bytes off a 32-byte boundary made every cp.async read two L2 sectors for one (Nsight
   // Compute: twice the L2 reads, our bf16 path 25% slower), so it starts on 128 bytes.
   union {
-    float q[R * kRows][D];  // the prologue: query rows, rotated and scaled
+    float q[R * kRows][D];  // the prologue of float caches: query rows, rotated and scaled
     alignas(128) uint8_t ring[StagePlan<D, KIND, KB, VB, C>::kRing > 0 ? StagePlan<D, KIND, KB, VB, C>::kRing : 16];  // the loop
     float o[kWarps][R * kRows][D];  // the epilogue: the warps' outputs
   };
@@ -412,5 +412,11 @@ struct FloatStager {
 
 template <int D, Kind KIND, int KB, int VB>
 using Stager = std::conditional_t<KIND == Kind::kTq, TqStager<D, KB, VB>, FloatStager<D, KIND>>;
+
+// The stager of a kernel without a staged loop (the compact float kernels): copies nothing.
+struct NoStager {
+  __device__ NoStager(const uint8_t*, const BlockLayout&, uint32_t, uint32_t, int, uint32_t) {}
+  __device__ void copy(uint32_t, size_t, int) const {}
+};
 
 }  // namespace tq::cuda::decode
