@@ -59,8 +59,8 @@ struct Plan {
 // for it in dev::wait_prerequisites before touching memory (dev::allow_dependents in the previous
 // one lets it start even earlier). Elsewhere, a plain launch.
 template <class... Params, class... Args>
-void launch_after(const char* what, void (*kernel)(Params...), dim3 grid, size_t smem, Stream stream, Args... args) {
-  const cudaError_t e = launch_dependent(kernel, grid, dim3(kThreads), smem, stream, args...);
+void launch_after(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Stream stream, Args... args) {
+  const cudaError_t e = launch_dependent(kernel, grid, block, smem, stream, args...);
   TQ_CHECK(e == cudaSuccess, "decode_attention: {} launch failed: {}", what, cudaGetErrorString(e));
 }
 
@@ -77,12 +77,23 @@ void allow_smem(Kernel kernel, size_t smem) {
   TQ_CHECK(e == cudaSuccess, "decode_attention: {} bytes of shared memory per block refused: {}", smem, cudaGetErrorString(e));
 }
 
+// The split merge, a programmatic dependent of the attention grid: a warp a row where rows have
+// few partials, a block a row otherwise (decode_merge.cuh).
+template <int D, bool TQ>
+void merge(const DecodeParams& p, const Plan& pl, Stream stream, const float* ws_o, const float2* ws_ml) {
+  const size_t rows = size_t(p.num_seqs) * p.num_q_tokens * p.q_heads;
+  if (pl.splits + pl.side <= kWarpMergeParts)
+    launch_after("merge", merge_rows_kernel<D, TQ>, dim3(unsigned((rows + kWarps - 1) / kWarps)), dim3(kThreads), 0, stream, p, pl.splits,
+                 pl.side, ws_o, ws_ml);
+  else
+    launch_after("merge", merge_kernel<D, TQ>, dim3(unsigned(rows)), dim3(kThreads), 0, stream, p, pl.splits, pl.side, ws_o, ws_ml);
+}
+
 template <int D, Kind KIND, int KB, int VB>
 void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   float* ws_o = static_cast<float*>(p.workspace);
   float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
   float* ws_q = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes + pl.ws_ml_bytes);
-  const dim3 merge_grid(p.num_seqs * p.num_q_tokens * p.q_heads);
   // Prefill and dense rotations rotate each query once, in a kernel of their own; the decode
   // kernel rotates the others itself (one launch less: ~3 us of a batch-1 step in a CUDA graph
   // on the H200).
@@ -95,7 +106,7 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
       constexpr int T = decltype(tokens)::value;
       constexpr size_t smem = sizeof(prefill::Smem<D, T>);
       allow_smem(prefill::prefill_kernel<D, KIND, KB, VB, T>, smem);
-      launch_after("prefill", prefill::prefill_kernel<D, KIND, KB, VB, T>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs),
+      launch_after("prefill", prefill::prefill_kernel<D, KIND, KB, VB, T>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs), dim3(kThreads),
                    smem, stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
     };
     if constexpr (kPrefillHasCompact<D>) {
@@ -107,8 +118,7 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     } else {
       prefill(std::integral_constant<int, prefill::tile_tokens(D)>{});
     }
-    launch_after("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
-                     static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
+    merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
     return;
   }
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
@@ -120,7 +130,7 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / R), p.num_seqs);
     constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB, R, C>);
     allow_smem(decode_kernel<D, KIND, KB, VB, R, C>, smem);
-    launch_after("decode", decode_kernel<D, KIND, KB, VB, R, C>, grid, smem, stream, p, pl.tokens_per_split, pl.mtiles / R, ws_o, ws_ml,
+    launch_after("decode", decode_kernel<D, KIND, KB, VB, R, C>, grid, dim3(kThreads), smem, stream, p, pl.tokens_per_split, pl.mtiles / R, ws_o, ws_ml,
                  static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
   };
   using Full = std::false_type;
@@ -137,8 +147,7 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   } else {
     decode(std::integral_constant<int, 1>{}, Full{});
   }
-  launch_after("merge", merge_kernel<D, KIND == Kind::kTq>, merge_grid, 0, stream, p, pl.splits, pl.side,
-                   static_cast<const float*>(ws_o), static_cast<const float2*>(ws_ml));
+  merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
 }
 
 template <int D>

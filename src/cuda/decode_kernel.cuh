@@ -107,13 +107,26 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // Loads that nothing below depends on are issued before the query work, so that their latency
   // hides behind it (a batch-1 step is a chain of such latencies): the codebook, and the page ids
   // of the warp's first kStages tiles (entries past the sequence's pages are never used).
+  // (One unsigned division by the page size for all of them: `step` tokens on is step_pages
+  // pages and step_rows rows on. Signed divisions cost twice the instructions of the prologue's
+  // index work, which is the head of a batch-1 step.)
   using SP = StagePlan<D, KIND, KB, VB, C>;
   constexpr int kPre = SP::kStages > 0 ? SP::kStages : 1;
+  const int ps = int(c.page_size), step_pages = int(uint32_t(step) / c.page_size), step_rows = int(uint32_t(step) % c.page_size);
+  const int page0 = int(uint32_t(first) / c.page_size), row0 = int(uint32_t(first) % c.page_size);  // the warp's first tile
   int32_t pre_page[kPre];
+  {
+    int page = page0, row = row0;
 #pragma unroll
-  for (int i = 0; i < kPre; ++i) {
-    const int page = (first + i * step) / int(c.page_size);
-    pre_page[i] = page < int(p.max_pages) ? bt[page] : 0;
+    for (int i = 0; i < kPre; ++i) {  // tile i is at page (first + i step) / ps
+      pre_page[i] = page < int(p.max_pages) ? bt[page] : 0;
+      page += step_pages;
+      row += step_rows;
+      if (row >= ps) {
+        row -= ps;
+        ++page;
+      }
+    }
   }
   float cent_k = 0.0f, cent_v = 0.0f;  // centroid threadIdx.x of K and V
   if constexpr (KIND == Kind::kTq) {
@@ -136,8 +149,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
   // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
   // loaded one tile ahead of its use, which hides that load's latency behind a tile.
-  const int ps = int(c.page_size), step_pages = step / ps, step_rows = step % ps;
-  int cur_T = first, cur_page = first / ps, cur_row = first % ps;
+  int cur_T = first, cur_page = page0, cur_row = row0;
   auto advance = [&] {
     cur_T += step;
     cur_page += step_pages;
@@ -326,7 +338,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {
     const int my_row = (mt * R + rr) * kRows + g;
-    packed_end[rr] = (my_row < rows_total ? len - int(p.num_q_tokens) + my_row / group + 1 : len) - window;
+    packed_end[rr] = (my_row < rows_total ? len - int(p.num_q_tokens) + int(uint32_t(my_row) / uint32_t(group)) + 1 : len) - window;
   }
   const int visible_min = len - int(p.num_q_tokens) + 1;  // of every row of the block: the first query token's
   const int packed_end_min = visible_min - window;
@@ -599,7 +611,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         f[w] = SoftmaxState::weight(sm.m[w][r], M, dev::Exp2{});
         lsum += sm.l[w][r] * f[w];
       }
-      const int j = row / group, h = kvh * group + row % group;
+      const int j = int(uint32_t(row) / uint32_t(group)), h = kvh * group + int(uint32_t(row) % uint32_t(group));
       const size_t slot = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * gridDim.x + split;
       float* dst = ws_o + slot * D + c0;
 #pragma unroll

@@ -175,7 +175,158 @@ __global__ void __launch_bounds__(kThreads, 4)
     }
   }
   // Every query has read the side buffer (the attention grid is complete): the step's rows join it.
-  if (p.side.active()) write_side_row(p, r);
+  if (p.side.active()) write_side_row(p, r, threadIdx.x, kThreads);
 }
+
+// The same for rows of few partials (kWarpMergeParts or fewer: batch 1 up to ~2K tokens, and
+// every batch of 4 or more at the split plan's counts): one warp a row, kWarps rows a block,
+// lane l holding output coordinates [l E, l E + E). A warp needs no barrier: the (max, sum) of
+// the partials sit one a lane and reduce by shuffles, and the Hadamard butterflies of distance
+// >= E are shuffles too; a batch-1 merge is a chain of latencies after the decode grid's last
+// block, and this one is shorter. With many partials it is slower (one warp's sequential loop
+// over them: bench/results/2026-12-01-h200-decode-batch1-fixed-cost.md), so those rows keep
+// merge_kernel. (4 blocks an SM as the bound only so that ptxas does not aim at 16 and spill, as
+// it did.)
+template <int D, bool TQ>
+__global__ void __launch_bounds__(kThreads, 4) merge_rows_kernel(const DecodeParams p, int splits, int side_parts, const float* ws_o, const float2* ws_ml) {
+  constexpr int E = D / 32;  // coordinates a lane
+  static_assert(E >= 2 && E % 2 == 0, "whole float2 pieces a lane");
+  __shared__ float dense[TQ ? kWarps : 1][TQ ? D : 1];  // dense rotations: a warp's row, for R^T o
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const size_t r = size_t(blockIdx.x) * kWarps + warp;  // (seq * ntok + j) * q_heads + h
+  if (r >= size_t(p.num_seqs) * p.num_q_tokens * p.q_heads) return;  // the last block's spare warps
+  const int h = int(r % p.q_heads), kvh = h / int(p.q_heads / p.cache.kv_heads);
+  const int total = splits + side_parts;  // partials a row: the packed splits, then the side blocks'
+  const float2* ml = ws_ml + r * total;
+  const float* part = ws_o + r * total * D + lane * E;  // the lane's coordinates of partial 0
+  const CacheView& c = p.cache;
+  const bool hadamard = TQ && c.vt.signs != nullptr;
+  // The Hadamard signs of the un-rotation are not the decode's output: loaded before the wait.
+  float sg[E];
+#pragma unroll
+  for (int e = 0; e < E; ++e) sg[e] = hadamard ? c.vt.signs[size_t(kvh) * D + lane * E + e] : 1.0f;
+  dev::wait_prerequisites();  // the decode grid has finished and its writes are visible
+  // The first 32 partials' states, one a lane, and the first kPre splits' outputs, loaded
+  // together: a batch-1 merge (8-32 splits) then waits for one round trip to L2 after the wait.
+  const float2 ml0 = lane < total ? ml[lane] : make_float2(-INFINITY, 0.0f);
+  constexpr int kPre = 8;
+  float pre[kPre][E];
+#pragma unroll
+  for (int i = 0; i < kPre; ++i)
+#pragma unroll
+    for (int e = 0; e < E; e += 2) {
+      const float2 x = i < splits ? *reinterpret_cast<const float2*>(part + size_t(i) * D + e) : make_float2(0.0f, 0.0f);
+      pre[i][e] = x.x;
+      pre[i][e + 1] = x.y;
+    }
+  float M = ml0.x;
+  for (int s = lane + 32; s < total; s += 32) M = fmaxf(M, ml[s].x);
+#pragma unroll
+  for (int d = 16; d >= 1; d /= 2) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, d));
+  // The partials' states combined against the max of all (SoftmaxState::weight: a split that saw
+  // no visible token weighs 0).
+  float Lsum = 0.0f;
+  if (M != -INFINITY) {
+    Lsum = SoftmaxState::rescaled_sum(ml0.x, ml0.y, M, dev::Exp2{});
+    for (int s = lane + 32; s < total; s += 32) Lsum += SoftmaxState::rescaled_sum(ml[s].x, ml[s].y, M, dev::Exp2{});
+  }
+#pragma unroll
+  for (int d = 16; d >= 1; d /= 2) Lsum += __shfl_xor_sync(0xffffffffu, Lsum, d);
+  const float inv = SoftmaxState::inv_sum(Lsum);
+  float acc[E] = {};
+  for (int s0 = 0; s0 < splits; s0 += 32) {  // split s0 + i's weight is lane i's
+    const int s = s0 + lane, n = min(32, splits - s0);
+    const float2 m = s0 == 0 ? ml0 : s < splits ? ml[s] : make_float2(-INFINITY, 0.0f);
+    const float f = SoftmaxState::weight(m.x, M, dev::Exp2{});
+    if (s0 == 0)
+#pragma unroll
+      for (int i = 0; i < kPre; ++i) {
+        const float fi = __shfl_sync(0xffffffffu, f, i);
+        if (i < n)
+#pragma unroll
+          for (int e = 0; e < E; ++e) acc[e] += pre[i][e] * fi;
+      }
+#pragma unroll 4
+    for (int i = s0 == 0 ? kPre : 0; i < n; ++i) {  // (unrolled: 4 loads in flight)
+      const float fi = __shfl_sync(0xffffffffu, f, i);
+      const float* src = part + size_t(s0 + i) * D;
+#pragma unroll
+      for (int e = 0; e < E; e += 2) {
+        const float2 x = *reinterpret_cast<const float2*>(src + e);
+        acc[e] += x.x * fi;
+        acc[e + 1] += x.y * fi;
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) acc[e] *= inv;
+  if constexpr (TQ) {
+    if (hadamard) {
+      // Un-rotation x = D_signs H o / sqrt(D): butterflies of distance < E inside the lane, then
+      // of distance m E with the lane m apart.
+#pragma unroll
+      for (int hh = 1; hh < E; hh *= 2)
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+          if (!(e & hh)) {
+            const float a = acc[e], b = acc[e + hh];
+            acc[e] = a + b;
+            acc[e + hh] = a - b;
+          }
+#pragma unroll
+      for (int m = 1; m < 32; m *= 2) {
+        const bool upper = lane & m;  // this lane holds the "+ h" half of each pair
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float u = __shfl_xor_sync(0xffffffffu, acc[e], m);
+          acc[e] = upper ? u - acc[e] : acc[e] + u;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) acc[e] *= c.fwht_scale * sg[e];
+    } else {  // x = R^T o, o through the warp's row in shared memory
+      const float* R = c.vt.matrix + size_t(kvh) * D * D;
+#pragma unroll
+      for (int e = 0; e < E; ++e) dense[warp][lane * E + e] = acc[e];
+      __syncwarp();
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int col = lane * E + e;
+        float x = 0.0f;
+        for (int i = 0; i < D; ++i) x = fmaf(R[size_t(i) * D + col], dense[warp][i], x);
+        acc[e] = x;
+      }
+    }
+  }
+  // The side blocks' partials, in the model's own coordinates: added after the un-rotation.
+  for (int b = 0; b < side_parts; ++b) {
+    const float w = SoftmaxState::weight(ml[splits + b].x, M, dev::Exp2{}) * inv;
+    const float* src = part + size_t(splits + b) * D;
+#pragma unroll
+    for (int e = 0; e < E; e += 2) {
+      const float2 x = *reinterpret_cast<const float2*>(src + e);
+      acc[e] += w * x.x;
+      acc[e + 1] += w * x.y;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int col = lane * E + e;
+    if (col >= int(c.head_dim)) continue;
+    const size_t at = r * c.head_dim + col;
+    if (p.out_dtype == DType::kF32) {
+      static_cast<float*>(p.out)[at] = acc[e];
+    } else if (p.out_dtype == DType::kF16) {
+      static_cast<__half*>(p.out)[at] = __float2half_rn(acc[e]);
+    } else {
+      static_cast<__nv_bfloat16*>(p.out)[at] = __float2bfloat16_rn(acc[e]);
+    }
+  }
+  // Every query has read the side buffer (the attention grid is complete): the step's rows join it.
+  if (p.side.active()) write_side_row(p, r, lane, 32);
+}
+
+// Rows of at most this many partials (splits and side blocks) are merged by merge_rows_kernel.
+constexpr int kWarpMergeParts = 16;
 
 }  // namespace tq::cuda::decode

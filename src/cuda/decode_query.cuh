@@ -35,10 +35,27 @@ __device__ void load_query(const DecodeParams& p, int seq, int kvh, int mt, floa
 #pragma unroll
   for (int e = 0; e < kQE<D>; ++e) v[e] = 0.0f;
   if (row < rows_total) {
-    const int j = row / group, h = kvh * group + row % group;
+    const int j = int(uint32_t(row) / uint32_t(group)), h = kvh * group + int(uint32_t(row) % uint32_t(group));
     const size_t at = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * c.head_dim + c0;
-    // all loads issued before any is used (the dtype test is uniform)
-    if (p.q_dtype == DType::kF32) {
+    const size_t esize = p.q_dtype == DType::kF32 ? 4 : 2;
+    // all loads issued before any is used (the dtype test is uniform); whole rows of 16-bit
+    // queries at 16-byte aligned addresses (the usual case) as 16-byte loads
+    if (kQE<D> * 2 % 16 == 0 && esize == 2 && c0 + kQE<D> <= hd &&
+        reinterpret_cast<uintptr_t>(static_cast<const char*>(p.q) + at * esize) % 16 == 0) {
+      uint32_t words[kQE<D> / 2];  // two elements a word, in order
+#pragma unroll
+      for (int u = 0; u < kQE<D> / 8; ++u) {
+        const uint4 w = reinterpret_cast<const uint4*>(static_cast<const __half*>(p.q) + at)[u];
+        words[4 * u] = w.x, words[4 * u + 1] = w.y, words[4 * u + 2] = w.z, words[4 * u + 3] = w.w;
+      }
+      if (p.q_dtype == DType::kF16) {
+#pragma unroll
+        for (int e = 0; e < kQE<D>; ++e) v[e] = __half2float(__ushort_as_half(uint16_t(words[e / 2] >> (16 * (e % 2)))));
+      } else {
+#pragma unroll
+        for (int e = 0; e < kQE<D>; ++e) v[e] = __bfloat162float(__ushort_as_bfloat16(uint16_t(words[e / 2] >> (16 * (e % 2)))));
+      }
+    } else if (p.q_dtype == DType::kF32) {
 #pragma unroll
       for (int e = 0; e < kQE<D>; ++e)
         if (c0 + e < hd) v[e] = static_cast<const float*>(p.q)[at + e];
@@ -55,8 +72,19 @@ __device__ void load_query(const DecodeParams& p, int seq, int kvh, int mt, floa
   if constexpr (KIND == Kind::kTq) {
     if (c.kt.signs) {
       const float* sg = c.kt.signs + size_t(kvh) * D + c0;
+      if (kQE<D> % 4 == 0 && reinterpret_cast<uintptr_t>(sg) % 16 == 0) {  // the device tables' (cudaMalloc, D floats a head)
 #pragma unroll
-      for (int e = 0; e < kQE<D>; ++e) v[e] *= sg[e];
+        for (int u = 0; u < kQE<D> / 4; ++u) {
+          const float4 s4 = reinterpret_cast<const float4*>(sg)[u];
+          v[4 * u] *= s4.x;
+          v[4 * u + 1] *= s4.y;
+          v[4 * u + 2] *= s4.z;
+          v[4 * u + 3] *= s4.w;
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < kQE<D>; ++e) v[e] *= sg[e];
+      }
     }
   }
 }

@@ -233,7 +233,8 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
 // merge_kernel's block r = (seq * num_q_tokens + j) * q_heads + h, the first query head of its KV
 // head: writes the step's row j of that KV head into the sequence's side slot (a sink row, or
 // the ring for the last `ring` positions). Called after every query has read the side buffer.
-__device__ __forceinline__ void write_side_row(const DecodeParams& p, size_t r) {
+// (first, stride: this thread's first column and the columns' stride)
+__device__ __forceinline__ void write_side_row(const DecodeParams& p, size_t r, int first, int stride) {
   const SideView& sv = p.side;
   const int group = int(p.q_heads / p.cache.kv_heads), h = int(r % p.q_heads);
   if (h % group != 0) return;
@@ -245,7 +246,7 @@ __device__ __forceinline__ void write_side_row(const DecodeParams& p, size_t r) 
   if (dst_row < 0) return;
   uint16_t* dst = sv.data + size_t(sv.slots[seq]) * sv.slot_stride + size_t(dst_row) * 2 * H * hd + size_t(kvh) * hd;
   const size_t src = ((size_t(seq) * nq + j) * H + kvh) * hd;
-  for (int col = threadIdx.x; col < hd; col += kThreads) {
+  for (int col = first; col < hd; col += stride) {
     dst[col] = __half_as_ushort(side_half(sv.new_k, sv.new_dtype, src + col));
     dst[size_t(H) * hd + col] = __half_as_ushort(side_half(sv.new_v, sv.new_dtype, src + col));
   }
