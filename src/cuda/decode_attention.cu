@@ -142,8 +142,11 @@ Plan make_plan(const DecodeParams& p, int R) {
     // fragments, the tables) once, and at 4 blocks an SM those prologues take as many issue
     // slots as the tiles. So: half the resident slots filled at least, and beyond that no split
     // under kMinTilesPerWarp tiles a warp (bench/results/2026-12-01-h200-decode-batch1-fixed-cost.md).
-    const int half_wave = std::max(1, slots / 2 / blocks);
-    want = std::min(want, std::max(half_wave, tiles / (kMinTilesPerWarp * kWarps)));
+    // (Blocks of two m-tiles keep the whole-wave choice above, measured on its own.)
+    if (R == 1) {
+      const int half_wave = std::max(1, slots / 2 / blocks);
+      want = std::min(want, std::max(half_wave, tiles / (kMinTilesPerWarp * kWarps)));
+    }
     splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
   size_splits(pl, p, tiles, splits, kTile, side_decode_blocks(p));

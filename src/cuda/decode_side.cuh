@@ -230,7 +230,7 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
   if (lane16 == 0) ws_ml[at] = make_float2(m, dsum);
 }
 
-// merge_kernel's block r = (seq * num_q_tokens + j) * q_heads + h, the first query head of its KV
+// The merge's row r = (seq * num_q_tokens + j) * q_heads + h, the first query head of its KV
 // head: writes the step's row j of that KV head into the sequence's side slot (a sink row, or
 // the ring for the last `ring` positions). Called after every query has read the side buffer.
 // (first, stride: this thread's first column and the columns' stride)
