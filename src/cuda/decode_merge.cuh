@@ -262,26 +262,7 @@ __global__ void __launch_bounds__(kThreads, 4) merge_rows_kernel(const DecodePar
   for (int e = 0; e < E; ++e) acc[e] *= inv;
   if constexpr (TQ) {
     if (hadamard) {
-      // Un-rotation x = D_signs H o / sqrt(D): butterflies of distance < E inside the lane, then
-      // of distance m E with the lane m apart.
-#pragma unroll
-      for (int hh = 1; hh < E; hh *= 2)
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          if (!(e & hh)) {
-            const float a = acc[e], b = acc[e + hh];
-            acc[e] = a + b;
-            acc[e + hh] = a - b;
-          }
-#pragma unroll
-      for (int m = 1; m < 32; m *= 2) {
-        const bool upper = lane & m;  // this lane holds the "+ h" half of each pair
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float u = __shfl_xor_sync(0xffffffffu, acc[e], m);
-          acc[e] = upper ? u - acc[e] : acc[e] + u;
-        }
-      }
+      fwht_lanes<32>(acc);  // un-rotation x = D_signs H o / sqrt(D), H by the warp's lanes
 #pragma unroll
       for (int e = 0; e < E; ++e) acc[e] *= c.fwht_scale * sg[e];
     } else {  // x = R^T o, o through the warp's row in shared memory

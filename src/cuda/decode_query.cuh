@@ -89,11 +89,13 @@ __device__ void load_query(const DecodeParams& p, int seq, int kvh, int mt, floa
   }
 }
 
-// In-place unnormalized Walsh-Hadamard transform of a row of D = 16 kQE coordinates held by the
-// 16 lanes of a half warp (lane % 16 holds [lane % 16 * kQE, + kQE)): butterflies of distance
-// h < kQE inside a thread, then h = m kQE with the lane m apart. Every lane of the warp calls it.
-template <int E>
-__device__ __forceinline__ void fwht_half_warp(float (&v)[E]) {
+// In-place unnormalized Walsh-Hadamard transform of a row of L E coordinates held by L
+// consecutive lanes (lane % L holds [lane % L * E, + E)): butterflies of distance h < E inside a
+// thread, then h = m E with the lane m apart. Every lane of the warp calls it. The query rows
+// (L = 16: a row a half warp) and merge_rows_kernel's outputs (L = 32) use it.
+template <int L, int E>
+__device__ __forceinline__ void fwht_lanes(float (&v)[E]) {
+  static_assert(L == 16 || L == 32, "a half warp or a warp");
 #pragma unroll
   for (int h = 1; h < E; h *= 2)
 #pragma unroll
@@ -104,7 +106,7 @@ __device__ __forceinline__ void fwht_half_warp(float (&v)[E]) {
         v[e + h] = a - b;
       }
 #pragma unroll
-  for (int m = 1; m < 16; m *= 2) {
+  for (int m = 1; m < L; m *= 2) {
     const bool upper = threadIdx.x & m;  // this lane holds the "+ h" half of each pair
 #pragma unroll
     for (int e = 0; e < E; ++e) {
@@ -130,7 +132,7 @@ __device__ __forceinline__ void finish_query(const DecodeParams& p, float (&v)[k
   float s = query_scale<D, KIND>(p);
   if constexpr (KIND == Kind::kTq) {
     if (p.cache.kt.signs) {
-      fwht_half_warp(v);
+      fwht_lanes<16>(v);
       s *= p.cache.fwht_scale;
     }
   }
