@@ -16,6 +16,17 @@
 
 namespace tq::cuda::decode {
 
+// Element `at` of the attention output, in its dtype.
+__device__ __forceinline__ void store_output(const DecodeParams& p, size_t at, float x) {
+  if (p.out_dtype == DType::kF32) {
+    static_cast<float*>(p.out)[at] = x;
+  } else if (p.out_dtype == DType::kF16) {
+    static_cast<__half*>(p.out)[at] = __float2half_rn(x);
+  } else {
+    static_cast<__nv_bfloat16*>(p.out)[at] = __float2bfloat16_rn(x);
+  }
+}
+
 // Combines the splits of one (sequence, query token, query head), un-rotates, writes the output.
 // With a side buffer each row has splits + side_parts partials, the last ones the side blocks'
 // (not rotated).
@@ -166,13 +177,7 @@ __global__ void __launch_bounds__(kThreads, 4)
     float x = o[col];
     for (int b = 0; b < side_parts; ++b)
       x += SoftmaxState::weight(ml[splits + b].x, M, dev::Exp2{}) * inv * ws_o[(r * total + splits + b) * D + col];
-    if (p.out_dtype == DType::kF32) {
-      static_cast<float*>(p.out)[at] = x;
-    } else if (p.out_dtype == DType::kF16) {
-      static_cast<__half*>(p.out)[at] = __float2half_rn(x);
-    } else {
-      static_cast<__nv_bfloat16*>(p.out)[at] = __float2bfloat16_rn(x);
-    }
+    store_output(p, at, x);
   }
   // Every query has read the side buffer (the attention grid is complete): the step's rows join it.
   if (p.side.active()) write_side_row(p, r, threadIdx.x, kThreads);
@@ -295,13 +300,7 @@ __global__ void __launch_bounds__(kThreads, 4) merge_rows_kernel(const DecodePar
     const int col = lane * E + e;
     if (col >= int(c.head_dim)) continue;
     const size_t at = r * c.head_dim + col;
-    if (p.out_dtype == DType::kF32) {
-      static_cast<float*>(p.out)[at] = acc[e];
-    } else if (p.out_dtype == DType::kF16) {
-      static_cast<__half*>(p.out)[at] = __float2half_rn(acc[e]);
-    } else {
-      static_cast<__nv_bfloat16*>(p.out)[at] = __float2bfloat16_rn(acc[e]);
-    }
+    store_output(p, at, acc[e]);
   }
   // Every query has read the side buffer (the attention grid is complete): the step's rows join it.
   if (p.side.active()) write_side_row(p, r, lane, 32);

@@ -37,11 +37,10 @@ __device__ void load_query(const DecodeParams& p, int seq, int kvh, int mt, floa
   if (row < rows_total) {
     const int j = int(uint32_t(row) / uint32_t(group)), h = kvh * group + int(uint32_t(row) % uint32_t(group));
     const size_t at = ((size_t(seq) * p.num_q_tokens + j) * p.q_heads + h) * c.head_dim + c0;
-    const size_t esize = p.q_dtype == DType::kF32 ? 4 : 2;
     // all loads issued before any is used (the dtype test is uniform); whole rows of 16-bit
     // queries at 16-byte aligned addresses (the usual case) as 16-byte loads
-    if (kQE<D> * 2 % 16 == 0 && esize == 2 && c0 + kQE<D> <= hd &&
-        reinterpret_cast<uintptr_t>(static_cast<const char*>(p.q) + at * esize) % 16 == 0) {
+    if (kQE<D> * 2 % 16 == 0 && p.q_dtype != DType::kF32 && c0 + kQE<D> <= hd &&
+        reinterpret_cast<uintptr_t>(static_cast<const __half*>(p.q) + at) % 16 == 0) {
       uint32_t words[kQE<D> / 2];  // two elements a word, in order
 #pragma unroll
       for (int u = 0; u < kQE<D> / 8; ++u) {
