@@ -36,7 +36,7 @@ bool decode_compact_here() {
 }
 template <int D>
 bool prefill_compact_here() {
-  if constexpr (kPrefillHasCompact<D>) return choose_compact(kernels_arch(), sizeof(prefill::Smem<D>) > size_t(device_smem_per_block()));
+  if constexpr (kPrefillHasCompact<D>) return choose_compact(kernels_arch(), prefill::smem_bytes<D>() > size_t(device_smem_per_block()));
   return false;
 }
 
@@ -102,21 +102,31 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
   if (mode == Mode::kPrefill) {  // 64-row blocks, then the merge
     const int rtiles = pl.mtiles / (prefill::kBlockRows / kRows);
-    const auto prefill = [&](auto tokens) {  // tokens: a tile's (tile_tokens)
+    const auto prefill = [&](auto tokens, auto warpgroup) {  // tokens: a tile's (tile_tokens); warpgroup: wgmma or mma.sync
       constexpr int T = decltype(tokens)::value;
-      constexpr size_t smem = sizeof(prefill::Smem<D, T>);
-      allow_smem(prefill::prefill_kernel<D, KIND, KB, VB, T>, smem);
-      launch_after("prefill", prefill::prefill_kernel<D, KIND, KB, VB, T>, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs), dim3(kThreads),
-                   smem, stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
+      constexpr bool WG = decltype(warpgroup)::value;
+      constexpr size_t smem = prefill::smem_bytes<D, T>();
+      const auto kernel = prefill::prefill_kernel<D, KIND, KB, VB, T, WG>;
+      allow_smem(kernel, smem);
+      launch_after("prefill", kernel, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs), dim3(kThreads), smem, stream, p,
+                   pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
+    };
+    // The full tiles take Hopper's warpgroup MMAs where the build has them for this GPU (sm_90a);
+    // the compact ones run only on GPUs of 99 KB a block, which have none.
+    const auto full = [&] {
+      constexpr auto T = std::integral_constant<int, prefill::tile_tokens(D)>{};
+      if (warpgroup_mma())
+        prefill(T, std::true_type{});
+      else
+        prefill(T, std::false_type{});
     };
     if constexpr (kPrefillHasCompact<D>) {
-      if (prefill_compact_here<D>()) {
-        prefill(std::integral_constant<int, prefill::tile_tokens(D, true)>{});
-      } else {
-        prefill(std::integral_constant<int, prefill::tile_tokens(D)>{});
-      }
+      if (prefill_compact_here<D>())
+        prefill(std::integral_constant<int, prefill::tile_tokens(D, true)>{}, std::false_type{});
+      else
+        full();
     } else {
-      prefill(std::integral_constant<int, prefill::tile_tokens(D)>{});
+      full();
     }
     merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
     return;

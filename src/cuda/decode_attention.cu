@@ -178,10 +178,10 @@ Plan make_prefill_plan(const DecodeParams& p) {
   int splits = p.split_tokens ? 0 : int(p.num_splits);  // fixed cuts are the decode kernel's
   if (splits == 0) {
     constexpr int kT256 = prefill::tile_tokens(256, true);
-    const int resident = pl.D == 64    ? resident_blocks_here(prefill::resident_blocks<64>(), sizeof(prefill::Smem<64>))
-                         : pl.D == 128 ? resident_blocks_here(prefill::resident_blocks<128>(), sizeof(prefill::Smem<128>))
-                         : compact     ? resident_blocks_here(prefill::resident_blocks<256, kT256>(), sizeof(prefill::Smem<256, kT256>))
-                                       : resident_blocks_here(prefill::resident_blocks<256>(), sizeof(prefill::Smem<256>));
+    const int resident = pl.D == 64    ? resident_blocks_here(prefill::resident_blocks<64>(), prefill::smem_bytes<64>())
+                         : pl.D == 128 ? resident_blocks_here(prefill::resident_blocks<128>(), prefill::smem_bytes<128>())
+                         : compact     ? resident_blocks_here(prefill::resident_blocks<256, kT256>(), prefill::smem_bytes<256, kT256>())
+                                       : resident_blocks_here(prefill::resident_blocks<256>(), prefill::smem_bytes<256>());
     const int want = resident * device_sm_count() / int(p.num_seqs * p.cache.kv_heads * rtiles);
     splits = std::clamp(want, 1, std::max(1, tiles / 4));
   }
@@ -197,7 +197,7 @@ size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit, int a
   const auto pick = [&](size_t full, size_t compact) { return choose_compact(arch, full > limit) ? compact : full; };
   const auto at = [&](auto dim) -> size_t {
     constexpr int D = decltype(dim)::value;
-    const size_t prefill = pick(sizeof(prefill::Smem<D>), sizeof(prefill::Smem<D, prefill::tile_tokens(D, kPrefillHasCompact<D>)>));
+    const size_t prefill = pick(prefill::smem_bytes<D>(), prefill::smem_bytes<D, prefill::tile_tokens(D, kPrefillHasCompact<D>)>());
     switch (k.enc) {
       case Encoding::kFp16:
       case Encoding::kBf16:

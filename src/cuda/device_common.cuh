@@ -7,6 +7,8 @@
 #include <cuda_fp8.h>
 
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "tq/format.h"
 
@@ -37,6 +39,17 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// f(std::integral_constant<int, I>{}) for I = 0 .. N-1: a loop whose index is a compile-time
+// constant (a template argument, e.g. which accumulator columns an MMA writes).
+template <int N, class F, int... I>
+__device__ __forceinline__ void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+template <int N, class F>
+__device__ __forceinline__ void static_for(F&& f) {
+  static_for_impl<N>(f, std::make_integer_sequence<int, N>{});
 }
 
 // Operand element type of the MMAs: fp16, or bf16 for bf16 caches.

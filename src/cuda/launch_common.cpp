@@ -61,13 +61,19 @@ int resident_blocks_here(int compiled_for, size_t smem) {
   return std::max(1, std::min(compiled_for, fit));
 }
 
-bool dependent_launches() {
+namespace {
+// TQ_CUDA_PORTABLE=1 (any value but empty or 0): no Hopper-only features. Read once.
+bool portable_requested() {
   static const bool portable = [] {
     const char* v = std::getenv("TQ_CUDA_PORTABLE");
     return v && std::strcmp(v, "") != 0 && std::strcmp(v, "0") != 0;
   }();
-  return !portable && device_cc_major() >= 9;
+  return portable;
 }
+}  // namespace
+
+bool dependent_launches() { return !portable_requested() && device_cc_major() >= 9; }
+bool warpgroup_mma() { return !portable_requested() && kernels_arch() == 90; }
 
 void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();

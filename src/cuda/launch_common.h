@@ -27,6 +27,11 @@ int resident_blocks_here(int compiled_for, size_t smem);
 // tests run that path on a Hopper GPU. Read once per device.
 bool dependent_launches();
 
+// Whether the prefill kernel takes Hopper's warpgroup MMAs (wgmma.cuh): where the GPU runs the
+// build's sm_90a code (kernels_arch() == 90; CMake builds sm_90 as sm_90a), unless
+// TQ_CUDA_PORTABLE=1 asks for the path every other GPU takes (mma.sync), as for dependent_launches.
+bool warpgroup_mma();
+
 // kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent launch where
 // dependent_launches() allows it, a plain launch otherwise; the launch's error.
 template <class... Params, class... Args>

@@ -30,6 +30,7 @@
 #include "tq/cuda/kernels.h"
 #include "tq/kv/online_softmax.h"
 #include "variants.h"
+#include "wgmma.cuh"
 
 namespace tq::cuda::prefill {
 
@@ -42,27 +43,38 @@ constexpr int kWarps = 4, kThreads = 32 * kWarps, kWarpRows = 16, kBlockRows = k
 // block, against 129 KB with 32-token tiles).
 constexpr int tile_tokens(int D, bool compact = false) { return D >= 256 ? (compact ? 16 : 32) : 64; }
 
-// A 16-bit row of D elements is D/8 16-byte chunks; chunk c of row r is stored at c ^ (r & 7), so
-// the 8 rows an ldmatrix reads at one chunk fall in 8 different bank groups.
-template <int D>
-__device__ __forceinline__ int swz(int r, int c) {
-  return r * (D / 8) + (c ^ (r & 7));
+// A tile of R rows of D 16-bit elements (query rows, or a tile's keys or values) is stored as D/64
+// blocks of R rows x 64 elements (128 bytes: 8 chunks of 16 bytes), chunk c of row r at c ^ (r & 7):
+// the 8 rows an ldmatrix reads at one chunk fall in 8 different bank groups, and it is the
+// canonical 128-byte-swizzled layout wgmma reads (wgmma.cuh). tile_chunk: the 16-byte unit of
+// chunk c (0 .. D/8) of row r.
+template <int R>
+__device__ __forceinline__ int tile_chunk(int r, int c) {
+  return (c >> 3) * (R * 8) + r * 8 + ((c & 7) ^ (r & 7));
 }
 
-// T: tokens a tile (tile_tokens).
+// T: tokens a tile (tile_tokens). Every array is a whole number of KB, so each tile starts
+// 1 KB-aligned when the struct does (wgmma's swizzle atoms).
 template <int D, int T = tile_tokens(D)>
 struct Smem {
-  uint4 q[2][kBlockRows][D / 8];  // query rows, 16-bit high and low parts (swizzled)
-  uint4 k[2][T][D / 8];           // decoded key tiles, double-buffered (swizzled)
-  uint4 v[2][T][D / 8];           // decoded value tiles
-  float kn[2][T], vn[2][T];       // TurboQuant norms of the tiles' tokens
-  __half lut_k[16], lut_v[16];    // TurboQuant centroids in fp16 z-units x sqrt(D)
+  uint4 q[2][D / 64][kBlockRows][8];  // query rows, 16-bit high and low parts (tile_chunk<kBlockRows>)
+  uint4 k[2][D / 64][T][8];           // decoded key tiles, double-buffered (tile_chunk<T>)
+  uint4 v[2][D / 64][T][8];           // decoded value tiles
+  float kn[2][T], vn[2][T];           // TurboQuant norms of the tiles' tokens
+  __half lut_k[16], lut_v[16];        // TurboQuant centroids in fp16 z-units x sqrt(D)
 };
+static_assert(sizeof(Smem<64>::q) % 1024 == 0 && sizeof(Smem<256, 16>::k[0]) % 1024 == 0, "1 KB-aligned tiles");
 
-// Blocks per SM, as the H200's shared memory allows (D = 128: 97 KB, 2 blocks).
+// A launch's dynamic shared memory: the struct and the 1 KB the kernel may skip to align it.
+template <int D, int T = tile_tokens(D)>
+constexpr size_t smem_bytes() {
+  return sizeof(Smem<D, T>) + 1024;
+}
+
+// Blocks per SM, as the H200's shared memory allows (D = 128: 98 KB, 2 blocks).
 template <int D, int T = tile_tokens(D)>
 constexpr int resident_blocks() {
-  constexpr int n = 227 * 1024 / int(sizeof(Smem<D, T>) + 1024);
+  constexpr int n = 227 * 1024 / int(smem_bytes<D, T>() + 1024);
   return n < 1 ? 1 : n > 4 ? 4 : n;
 }
 
@@ -79,18 +91,18 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
                : "memory");
 }
 
-// This lane's ldmatrix addresses in a swizzled operand: its row r (lane-dependent, r & 7 = lane & 7)
-// at chunk 2 cp + h sits at at[cp % 4] + 16 (8 (cp / 4) + rows D / 8) when the row is r + rows,
-// rows a multiple of 8: the swizzle only touches the low 3 bits of the chunk. So every ldmatrix
-// of the loop is one register plus an immediate.
-template <int D>
+// This lane's ldmatrix addresses in a tile of R rows (tile_chunk<R>): its row r (lane-dependent,
+// r & 7 = lane & 7) at chunk 2 cp + h sits at at[cp % 4] + 16 (8 R (cp / 4) + 8 rows) when the row
+// is r + rows, rows a multiple of 8: the swizzle only touches the low 3 bits of the chunk. So
+// every ldmatrix of the loop is one register plus an immediate.
+template <int R>
 struct LdsmLane {
   uint32_t at[4];
   __device__ LdsmLane(uint32_t base, int r, int h) {
 #pragma unroll
-    for (int b = 0; b < 4; ++b) at[b] = base + 16 * (r * (D / 8) + ((2 * b + h) ^ (r & 7)));
+    for (int b = 0; b < 4; ++b) at[b] = base + 16 * (r * 8 + ((2 * b + h) ^ (r & 7)));
   }
-  __device__ uint32_t operator()(int rows, int cp) const { return at[cp % 4] + 16 * (8 * (cp / 4) + rows * (D / 8)); }
+  __device__ uint32_t operator()(int rows, int cp) const { return at[cp % 4] + 16 * (8 * R * (cp / 4) + 8 * rows); }
 };
 
 // Where token T of the sequence lives: its page block and row, clamped to the last token (so every
@@ -156,9 +168,9 @@ struct Fill<D, Kind::kTq, KB, VB, T> {
       for (int og = 0; og < 4; ++og) {  // octet og of group gi: coordinates 32 gi + 8 og + 0..7
         uint32_t h[4];
         decode::decode_octet<KB>(k[j], og, lut_k, sm.lut_k, h);
-        reinterpret_cast<uint4*>(&sm.k[buf][0][0])[swz<D>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
+        (&sm.k[buf][0][0][0])[tile_chunk<T>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
         decode::decode_octet<VB>(v[j], og, lut_v, sm.lut_v, h);
-        reinterpret_cast<uint4*>(&sm.v[buf][0][0])[swz<D>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
+        (&sm.v[buf][0][0][0])[tile_chunk<T>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
       }
       if (gi == 0) {
         sm.kn[buf][r] = __half2float(__ushort_as_half(kn[j]));
@@ -179,9 +191,9 @@ struct Fill16 {
     for (int j = 0; j < kUnits; ++j) {
       const int r = (int(threadIdx.x) + kThreads * j) / kChunks;
       const decode::TokenAddr a = pages(T0 + r);
-      decode::cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.k[buf][0][0] + swz<D>(r, c))),
+      decode::cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.k[buf][0][0][0] + tile_chunk<T>(r, c))),
                          a.block + L.k_codes + size_t(a.row) * L.k_row + 16 * c);
-      decode::cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.v[buf][0][0] + swz<D>(r, c))),
+      decode::cp_async16(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.v[buf][0][0][0] + tile_chunk<T>(r, c))),
                          a.block + L.v_codes + size_t(a.row) * L.v_row + 16 * c);
     }
     decode::cp_async_commit();
@@ -221,12 +233,12 @@ struct Fill<D, Kind::kFp8, KB, VB, T> {
 #pragma unroll
     for (int j = 0; j < kUnits; ++j) {
       const int r = (int(threadIdx.x) + kThreads * j) / kChunks;
-      uint4* kd = reinterpret_cast<uint4*>(&sm.k[buf][0][0]);
-      uint4* vd = reinterpret_cast<uint4*>(&sm.v[buf][0][0]);
-      kd[swz<D>(r, 2 * c)] = widen(k[j].x, k[j].y);
-      kd[swz<D>(r, 2 * c + 1)] = widen(k[j].z, k[j].w);
-      vd[swz<D>(r, 2 * c)] = widen(v[j].x, v[j].y);
-      vd[swz<D>(r, 2 * c + 1)] = widen(v[j].z, v[j].w);
+      uint4* kd = &sm.k[buf][0][0][0];
+      uint4* vd = &sm.v[buf][0][0][0];
+      kd[tile_chunk<T>(r, 2 * c)] = widen(k[j].x, k[j].y);
+      kd[tile_chunk<T>(r, 2 * c + 1)] = widen(k[j].z, k[j].w);
+      vd[tile_chunk<T>(r, 2 * c)] = widen(v[j].x, v[j].y);
+      vd[tile_chunk<T>(r, 2 * c + 1)] = widen(v[j].z, v[j].w);
     }
   }
 };
@@ -234,17 +246,20 @@ struct Fill<D, Kind::kFp8, KB, VB, T> {
 // Whether prefill at head dim D has a compact variant (16-token tiles): where its tiles exceed the
 // 99 KB a block of the smallest GPUs (variants.h).
 template <int D>
-constexpr bool kPrefillHasCompact = sizeof(Smem<D>) > kSmallSmem;
+constexpr bool kPrefillHasCompact = smem_bytes<D>() > kSmallSmem;
 
-// The body of prefill_kernel (below).
-template <int D, Kind KIND, int KB, int VB, int T>
+// The body of prefill_kernel (below). WG: the MMAs as warpgroup MMAs (wgmma.cuh, sm_90a), else
+// each warp's mma.sync.
+template <int D, Kind KIND, int KB, int VB, int T, bool WG>
 __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_per_split, int rtiles, float* __restrict__ ws_o,
                                               float2* __restrict__ ws_ml, const float* ws_q) {
   constexpr bool kBf = KIND == Kind::kBf16, kTq = KIND == Kind::kTq;
   constexpr int NT = T / 8;  // n-tiles of S
   using Op = dev::Operand<kBf>;
   extern __shared__ __align__(128) uint4 smem_raw[];
-  Smem<D, T>& sm = *reinterpret_cast<Smem<D, T>*>(smem_raw);
+  // 1 KB-aligned (smem_bytes leaves room): wgmma's swizzle is a function of the address bits.
+  const uint32_t raw_at = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  Smem<D, T>& sm = *reinterpret_cast<Smem<D, T>*>(reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - (raw_at & 1023)) & 1023));
   dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
   dev::allow_dependents();
   static_assert(sizeof(decode::SideSmem<D>) <= sizeof(Smem<D, T>), "the side block reuses the shared memory");
@@ -283,8 +298,8 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
         hi[e] = Op::pack(h0, h1);
         lo[e] = Op::pack(x[2 * e] - h0, x[2 * e + 1] - h1);
       }
-      reinterpret_cast<uint4*>(&sm.q[0][0][0])[swz<D>(r, ch)] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-      reinterpret_cast<uint4*>(&sm.q[1][0][0])[swz<D>(r, ch)] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+      (&sm.q[0][0][0][0])[tile_chunk<kBlockRows>(r, ch)] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+      (&sm.q[1][0][0][0])[tile_chunk<kBlockRows>(r, ch)] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
     }
   }
   dev::Lut8 lut_k{}, lut_v{};
@@ -317,10 +332,17 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   // chunk 2kt + (lane >> 4). K (B of S, two n-tiles): tokens (lane & 7) + 8 (lane >> 4), chunk
   // 2kt + ((lane >> 3) & 1). V (B of P V, transposed, two n-tiles of coordinates): tokens
   // (lane & 7) + 8 ((lane >> 3) & 1), chunk 2np + (lane >> 4). Every row index is = lane mod 8.
-  const LdsmLane<D> q_at(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.q[0][0][0])), warp * kWarpRows + (lane & 15), lane >> 4);
-  const LdsmLane<D> k_at0(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.k[0][0][0])), (lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1);
-  const LdsmLane<D> v_at0(static_cast<uint32_t>(__cvta_generic_to_shared(&sm.v[0][0][0])), (lane & 7) + 8 * ((lane >> 3) & 1), lane >> 4);
+  const uint32_t q_smem = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.q[0][0][0][0]));
+  const uint32_t k_smem = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.k[0][0][0][0]));
+  const uint32_t v_smem = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.v[0][0][0][0]));
+  // wgmma descriptors of Q's high part and of the key and value tiles of buffer 0 (wgmma.cuh):
+  // every operand of the loop is one of them plus a constant.
+  const wg::Desc q_desc = wg::desc_sw128(q_smem), k_desc = wg::desc_sw128(k_smem), v_desc = wg::desc_sw128(v_smem);
+  const LdsmLane<kBlockRows> q_at(q_smem, warp * kWarpRows + (lane & 15), lane >> 4);
+  const LdsmLane<T> k_at0(k_smem, (lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1);
+  const LdsmLane<T> v_at0(v_smem, (lane & 7) + 8 * ((lane >> 3) & 1), lane >> 4);
   constexpr uint32_t kQPart = sizeof(sm.q[0]), kBuf = sizeof(sm.k[0]);  // bytes of a query part, of a K (V) buffer
+  constexpr uint32_t kQBlock = sizeof(sm.q[0][0]), kTBlock = sizeof(sm.k[0][0]);  // bytes of a 64-element block of Q, of a tile
   static_assert(sizeof(sm.v[0]) == kBuf, "K and V buffers alike");
   // P V with the high part of P only, except for bf16 operands: P in [0, 1] rounded to fp16 is off
   // by at most 2^-11 of itself, independently per token, which averages out in O (the prefill
@@ -335,11 +357,12 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
     fill.fetch(p, pages, begin, sm, 0);
     fill.store(sm, 0, lut_k, lut_v);
   }
+  if constexpr (WG) wg::fence_proxy_async();
   __syncthreads();  // the query rows and the first tile
 
   for (int it = 0; it < tiles; ++it) {
     const int T0 = begin + it * T, buf = it & 1;
-    LdsmLane<D> k_at = k_at0, v_at = v_at0;
+    LdsmLane<T> k_at = k_at0, v_at = v_at0;
 #pragma unroll
     for (int b = 0; b < 4; ++b) {
       k_at.at[b] += buf * kBuf;
@@ -349,21 +372,35 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
 
     // ---- S = Q K^T: s[nt] holds rows g, g + 8 x tokens 8 nt + 2t, +1 ----
     float s[NT][4];
+    if constexpr (WG) {  // the warpgroup's 64 rows at once: k-step kt is 16 elements of a 64-element block
+      const wg::Desc kb = k_desc + buf * kBuf;
+      wg::arrive();
+      wg::mma_ss<T, kBf, true>(s, q_desc, kb);  // s = Q_hi K_0^T: no zeroing
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      for (int kt = 1; kt < D / 16; ++kt) wg::mma_ss<T, kBf>(s, q_desc + ((kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
 #pragma unroll
-    for (int kt = 0; kt < D / 16; ++kt) {
-      uint32_t qh[4], ql[4];
-      ldsm_x4(q_at(0, kt), qh);
-      ldsm_x4(q_at(0, kt) + kQPart, ql);
-      uint32_t b[NT / 2][4];
+      for (int kt = 0; kt < D / 16; ++kt)
+        wg::mma_ss<T, kBf>(s, q_desc + (kQPart + (kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
+      wg::commit();
+      wg::wait<0>();
+      wg::fence_regs(s);
+    } else {
 #pragma unroll
-      for (int np = 0; np < NT / 2; ++np) ldsm_x4(k_at(16 * np, kt), b[np]);
-      // the high parts into every n-tile, then the low parts: NT MMAs between two on one accumulator
+      for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], qh, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
+      for (int kt = 0; kt < D / 16; ++kt) {
+        uint32_t qh[4], ql[4];
+        ldsm_x4(q_at(0, kt), qh);
+        ldsm_x4(q_at(0, kt) + kQPart, ql);
+        uint32_t b[NT / 2][4];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], ql, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
+        for (int np = 0; np < NT / 2; ++np) ldsm_x4(k_at(16 * np, kt), b[np]);
+        // the high parts into every n-tile, then the low parts: NT MMAs between two on one accumulator
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], qh, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], ql, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
+      }
     }
 
     // ---- key norms, masking, online softmax (rows g and g + 8: elements 0-1 and 2-3) ----
@@ -425,6 +462,10 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
     }
 
     // ---- O += P V: A = P (k = 16 tokens: n-tiles 2kk, 2kk + 1 of S), B = V rows transposed ----
+    if constexpr (WG) {
+      wg::fence_regs(o);
+      wg::arrive();
+    }
 #pragma unroll
     for (int kk = 0; kk < T / 16; ++kk) {
       uint32_t ph[4], pl[4];
@@ -439,20 +480,35 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
           ph[q] = Op::pack(x[0], x[1]);
         }
       }
+      if constexpr (WG) {  // 16 tokens x a 64-coordinate block of V (o's n-tiles 8 db .. 8 db + 7) a step
+        dev::static_for<D / 64>([&](auto block) {
+          constexpr int db = decltype(block)::value;
+          const wg::Desc vd = v_desc + (buf * kBuf + db * kTBlock + kk * 16 * 128);
+          wg::mma_rs<kBf, 8 * db>(o, ph, vd);
+          if constexpr (kPLow) wg::mma_rs<kBf, 8 * db>(o, pl, vd);
+        });
+      } else {
 #pragma unroll
-      for (int np = 0; np < D / 16; ++np) {
-        uint32_t b[4];
-        ldsm_x4_trans(v_at(16 * kk, np), b);
-        Op::mma(o[2 * np], ph, b[0], b[1]);
-        Op::mma(o[2 * np + 1], ph, b[2], b[3]);
-        if constexpr (kPLow) {
-          Op::mma(o[2 * np], pl, b[0], b[1]);
-          Op::mma(o[2 * np + 1], pl, b[2], b[3]);
+        for (int np = 0; np < D / 16; ++np) {
+          uint32_t b[4];
+          ldsm_x4_trans(v_at(16 * kk, np), b);
+          Op::mma(o[2 * np], ph, b[0], b[1]);
+          Op::mma(o[2 * np + 1], ph, b[2], b[3]);
+          if constexpr (kPLow) {
+            Op::mma(o[2 * np], pl, b[0], b[1]);
+            Op::mma(o[2 * np + 1], pl, b[2], b[3]);
+          }
         }
       }
     }
 
-    if (it + 1 < tiles) fill.store(sm, buf ^ 1, lut_k, lut_v);
+    if constexpr (WG) wg::commit();
+    if (it + 1 < tiles) fill.store(sm, buf ^ 1, lut_k, lut_v);  // WG: while the tensor cores run P V
+    if constexpr (WG) {
+      wg::wait<0>();
+      wg::fence_regs(o);
+      wg::fence_proxy_async();
+    }
     __syncthreads();  // the next tile is in place and every warp is done with this one
   }
 
@@ -477,15 +533,15 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
 
 // Grid: (splits, kv_heads * row tiles, seqs). Query rows come rotated and scaled from
 // prepare_queries (ws_q: [seq][kv head][8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
-// A build for an architecture that never runs this variant (variants.h) compiles it empty,
-// trapping if launched.
-template <int D, Kind KIND, int KB, int VB, int T = tile_tokens(D)>
+// A build for an architecture that never runs this variant (variants.h), or the warpgroup-MMA
+// variant (WG) outside sm_90a, compiles it empty, trapping if launched.
+template <int D, Kind KIND, int KB, int VB, int T = tile_tokens(D), bool WG = false>
 __global__ void __launch_bounds__(kThreads, (resident_blocks<D, T>()))
     prefill_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                    const float* ws_q) {  // ws_q: prepare_queries' output, read after the wait (no __restrict__: see merge_kernel)
 #ifdef __CUDA_ARCH__
-  if constexpr (variant_carried(__CUDA_ARCH__ / 10, kPrefillHasCompact<D>, T != tile_tokens(D)))
-    prefill_block<D, KIND, KB, VB, T>(p, tokens_per_split, rtiles, ws_o, ws_ml, ws_q);
+  if constexpr (variant_carried(__CUDA_ARCH__ / 10, kPrefillHasCompact<D>, T != tile_tokens(D)) && (!WG || TQ_WGMMA))
+    prefill_block<D, KIND, KB, VB, T, WG>(p, tokens_per_split, rtiles, ws_o, ws_ml, ws_q);
   else
     __trap();
 #endif
