@@ -11,7 +11,9 @@
 # SmolLM2-135M, engine_ref_gemma3 on Gemma-3-270M, serve_openai_client) -- and install_consumer,
 # which builds a project against the installed package without the sanitizer runtimes. Of the
 # prefix-tail scheduler tests' four spec instances (~30 s each sanitized), the page-8 one: the
-# default and the two 4-token-page ones keep their code paths covered.
+# default and the two 4-token-page ones keep their code paths covered; of its eviction test
+# (~17 s an instance), the two 4-token-page instances, whose other tests still run. The passkey
+# grid with trials and a haystack (~29 s): the other passkey tests run the same code sanitized.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${TQ_SANITIZED:-1}" = 0 ]; then
@@ -26,7 +28,7 @@ out=build/asan/Testing/ctest-output.txt
 mkdir -p build/asan/Testing
 rc=0
 # The preset's test environment makes every ASan / UBSan report abort the test (halt_on_error).
-slow='^(engine_ref_logits|engine_ref_gemma3|serve_openai_client|install_consumer)$|^(SpeculationSampling|ModelDrafter|SpeculationRollback)[.]|^Specs/GreedySpeculation[.]|^Stories260K/SchedulerPrefixTails[.].*/SinkWindowPage8( |$)'
+slow='^(engine_ref_logits|engine_ref_gemma3|serve_openai_client|install_consumer)$|^(SpeculationSampling|ModelDrafter|SpeculationRollback)[.]|^Specs/GreedySpeculation[.]|^Stories260K/SchedulerPrefixTails[.].*/SinkWindowPage8( |$)|^Stories260K/SchedulerPrefixTails[.]EvictionOfTailsAndPagesUnderPressure/(WindowOnly|SinkOnly)Page4( |$)|^Passkey[.]GridByDepthWithTrialsAndHaystack( |$)'
 ctest --preset asan -j "$jobs" -E "$slow" 2>&1 | tee "$out" || rc=$?
 python3 scripts/skipped_tests.py build/asan "$out"
 exit "$rc"

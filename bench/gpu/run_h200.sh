@@ -6,8 +6,9 @@
 # .devdeps is made on the development machine by bench/gpu/make_devdeps.sh (fmt headers, googletest
 # sources, cpp-httplib and the libraries it loads), and carried to the GPU machine with the work tree.
 # BENCH_ARGS passes options to bench_decode.py (e.g. BENCH_ARGS="--shapes 16x32768 --no-bulk");
-# The GPU suites run twice: as they are, and with TQ_CUDA_PORTABLE=1 (the launches of GPUs before
-# sm_90, src/cuda/launch_common.h).
+# The GPU suites run twice: as they are, and with TQ_CUDA_PORTABLE=1 (the launches and the mma.sync
+# prefill of GPUs before sm_90, src/cuda/launch_common.h; the build carries that prefill for Hopper
+# too: -DTQ_CUDA_PORTABLE_ON_HOPPER=ON).
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
 # benchmark.
 # ENGINE_BENCH="args": also `tq bench args` (the engine benchmark; JSON to $OUT/engine_bench.json).
@@ -40,7 +41,7 @@ export PATH=/usr/local/cuda/bin:$PATH
 deps=()
 [ -d .devdeps ] && deps=(-DTQ_DEPS_DIR="$PWD/.devdeps")
 start=$(date +%s)
-cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_CUDA_VERBOSE=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
+cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_CUDA_VERBOSE=ON -DTQ_CUDA_PORTABLE_ON_HOPPER=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
   >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
 ninja -C build/h200 test_cuda test_capi test_cuda_runner test_codec test_kv test_engine tq_capi tq >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 note "build: $(( $(date +%s) - start )) s"

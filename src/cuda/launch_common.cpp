@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "tq/check.h"
+#include "variants.h"
 
 namespace tq::cuda {
 
@@ -73,7 +74,7 @@ bool portable_requested() {
 }  // namespace
 
 bool dependent_launches() { return !portable_requested() && device_cc_major() >= 9; }
-bool warpgroup_mma() { return !portable_requested() && kernels_arch() == 90; }
+bool warpgroup_mma() { return kernels_arch() == 90 && !(portable_requested() && kPortableOnHopper); }
 
 void check_launch(const char* what) {
   const cudaError_t e = cudaGetLastError();

@@ -29,7 +29,8 @@ bool dependent_launches();
 
 // Whether the prefill kernel takes Hopper's warpgroup MMAs (wgmma.cuh): where the GPU runs the
 // build's sm_90a code (kernels_arch() == 90; CMake builds sm_90 as sm_90a), unless
-// TQ_CUDA_PORTABLE=1 asks for the path every other GPU takes (mma.sync), as for dependent_launches.
+// TQ_CUDA_PORTABLE=1 asks for the path every other GPU takes (mma.sync) in a build that carries
+// it there (-DTQ_CUDA_PORTABLE_ON_HOPPER=ON, variants.h; other builds ignore the request here).
 bool warpgroup_mma();
 
 // kernel<<<grid, block, smem, stream>>>(args...) as a programmatic dependent launch where

@@ -533,14 +533,17 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
 
 // Grid: (splits, kv_heads * row tiles, seqs). Query rows come rotated and scaled from
 // prepare_queries (ws_q: [seq][kv head][8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
-// A build for an architecture that never runs this variant (variants.h), or the warpgroup-MMA
-// variant (WG) outside sm_90a, compiles it empty, trapping if launched.
+// A build for an architecture that never runs this variant (variants.h), the warpgroup-MMA
+// variant (WG) outside sm_90a, or on sm_90a the mma.sync one of full tiles unless the build
+// carries it (kPortableOnHopper), compiles it empty, trapping if launched.
 template <int D, Kind KIND, int KB, int VB, int T = tile_tokens(D), bool WG = false>
 __global__ void __launch_bounds__(kThreads, (resident_blocks<D, T>()))
     prefill_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                    const float* ws_q) {  // ws_q: prepare_queries' output, read after the wait (no __restrict__: see merge_kernel)
 #ifdef __CUDA_ARCH__
-  if constexpr (variant_carried(__CUDA_ARCH__ / 10, kPrefillHasCompact<D>, T != tile_tokens(D)) && (!WG || TQ_WGMMA))
+  constexpr bool kHopperMmaSync = __CUDA_ARCH__ / 10 == 90 && !WG && T == tile_tokens(D);
+  if constexpr (variant_carried(__CUDA_ARCH__ / 10, kPrefillHasCompact<D>, T != tile_tokens(D)) && (!WG || TQ_WGMMA) &&
+                (!kHopperMmaSync || kPortableOnHopper))
     prefill_block<D, KIND, KB, VB, T, WG>(p, tokens_per_split, rtiles, ws_o, ws_ml, ws_q);
   else
     __trap();

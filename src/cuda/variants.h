@@ -29,6 +29,15 @@ constexpr bool variant_carried(int arch, bool has_compact, bool compact) {
   return compact ? !full_only_arch(arch) : !compact_only_arch(arch);
 }
 
+// Whether the build also carries the prefill's mma.sync kernel of full tiles for Hopper (sm_90a),
+// where its warpgroup-MMA kernel runs instead (launch_common.h's warpgroup_mma): only when built
+// with -DTQ_CUDA_PORTABLE_ON_HOPPER=ON, as the GPU tests are, so that TQ_CUDA_PORTABLE=1 runs the
+// path of every other GPU there. Left out by default: its 36 kernels are CI's longest compile.
+#ifndef TQ_CUDA_PORTABLE_ON_HOPPER
+#define TQ_CUDA_PORTABLE_ON_HOPPER 0
+#endif
+constexpr bool kPortableOnHopper = TQ_CUDA_PORTABLE_ON_HOPPER != 0;
+
 // The variant the host launches for a kernel that has both, in a build for `arch`, where the
 // full one needs more shared memory a block than the GPU allows (`full_too_big`): the carried
 // one, and where both are, the one that fits. (A full-only build on a GPU told to plan for less,
