@@ -7,10 +7,12 @@
 //   fill   the block's threads load the tile's packed rows (registers, or cp.async for fp16/bf16)
 //          while the tensor cores work on the previous tile, then decode them once into shared
 //          memory as 16-bit rows (TurboQuant: the fp16-exact centroids, norms kept apart);
-//   S      each warp owns 16 query rows: S = Q K^T with ldmatrix fragments, the query split in
-//          16-bit high and low parts (two MMAs) as in decode, so S is exact to fp32 rounding;
+//   S      each warp owns 16 query rows: S = Q K^T, the query split in 16-bit high and low parts
+//          (two MMAs) as in decode, so S is exact to fp32 rounding;
 //   P V    online softmax in the log2 domain, P scaled by the value norms (fp16: its high part
-//          only; bf16: high and low), O += P V from ldmatrix.trans fragments of the value rows.
+//          only; bf16: high and low), O += P V.
+// The MMAs are Hopper's warpgroup MMAs (WG; wgmma.cuh), the 4 warps one warpgroup reading each
+// tile once, or elsewhere each warp's mma.sync on ldmatrix fragments of the tiles.
 // So the integer work of unpacking codes is done once per 64 query rows instead of once per 8,
 // and the prefix is read from memory rows/64 times instead of rows/8.
 // Output as decode's splits: unnormalized rows with (max, sum) in the workspace, merged,
