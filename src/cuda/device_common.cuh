@@ -43,13 +43,13 @@ __device__ __forceinline__ void mma_s8(int (&d)[4], const uint32_t (&a)[4], uint
 
 // f(std::integral_constant<int, I>{}) for I = 0 .. N-1: a loop whose index is a compile-time
 // constant (a template argument, e.g. which accumulator columns an MMA writes).
-template <int N, class F, int... I>
+template <class F, int... I>
 __device__ __forceinline__ void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
   (f(std::integral_constant<int, I>{}), ...);
 }
 template <int N, class F>
 __device__ __forceinline__ void static_for(F&& f) {
-  static_for_impl<N>(f, std::make_integer_sequence<int, N>{});
+  static_for_impl(f, std::make_integer_sequence<int, N>{});
 }
 
 // Operand element type of the MMAs: fp16, or bf16 for bf16 caches.
