@@ -24,6 +24,7 @@
 
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "decode_ops.cuh"
 #include "decode_side.cuh"
@@ -406,28 +407,36 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
     }
 
     // ---- key norms, masking, online softmax (rows g and g + 8: elements 0-1 and 2-3) ----
+    // Tiles wholly visible to every row of the block (most of them) take a branch without the
+    // masks' compares, which as predicated code would issue on every tile.
     const bool full = T0 >= sink && T0 + T <= end && T0 + T <= visible_min - window;
     float mx[2] = {-INFINITY, -INFINITY};
+    const auto scale_and_mask = [&](auto masked) {
 #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int tok = 8 * nt + 2 * t;
-      float kn0 = 1.0f, kn1 = 1.0f;
-      if constexpr (kTq) {
-        const float2 kn = *reinterpret_cast<const float2*>(&sm.kn[buf][tok]);
-        kn0 = kn.x;
-        kn1 = kn.y;
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nt][e] * (e & 1 ? kn1 : kn0);
-        if (!full) {
-          const int pos = T0 + tok + (e & 1);
-          if (pos < sink || pos >= end || pos >= visible[e >> 1] - window) x = -INFINITY;
+      for (int nt = 0; nt < NT; ++nt) {
+        const int tok = 8 * nt + 2 * t;
+        float kn0 = 1.0f, kn1 = 1.0f;
+        if constexpr (kTq) {
+          const float2 kn = *reinterpret_cast<const float2*>(&sm.kn[buf][tok]);
+          kn0 = kn.x;
+          kn1 = kn.y;
         }
-        s[nt][e] = x;
-        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[nt][e] * (e & 1 ? kn1 : kn0);
+          if constexpr (decltype(masked)::value) {
+            const int pos = T0 + tok + (e & 1);
+            if (pos < sink || pos >= end || pos >= visible[e >> 1] - window) x = -INFINITY;
+          }
+          s[nt][e] = x;
+          mx[e >> 1] = fmaxf(mx[e >> 1], x);
+        }
       }
-    }
+    };
+    if (full)
+      scale_and_mask(std::false_type{});
+    else
+      scale_and_mask(std::true_type{});
     float alpha[2], m_use[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -464,41 +473,47 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
     }
 
     // ---- O += P V: A = P (k = 16 tokens: n-tiles 2kk, 2kk + 1 of S), B = V rows transposed ----
-    if constexpr (WG) {
-      wg::fence_regs(o);
-      wg::arrive();
-    }
+    // P's A fragments, all of them before the MMAs (the warpgroup's MMAs must not wait on
+    // registers written between them: ptxas would insert a warpgroup arrive before each).
+    uint32_t pa[T / 16][kPLow ? 2 : 1][4];
 #pragma unroll
     for (int kk = 0; kk < T / 16; ++kk) {
-      uint32_t ph[4], pl[4];
 #pragma unroll
       for (int q = 0; q < 4; ++q) {  // a0: row g, n-tile 2kk; a1: row g+8; a2, a3: n-tile 2kk + 1
         const float* x = &s[2 * kk + q / 2][2 * (q % 2)];
         if constexpr (kPLow) {
           const float h0 = Op::round(x[0]), h1 = Op::round(x[1]);
-          ph[q] = Op::pack(h0, h1);
-          pl[q] = Op::pack(x[0] - h0, x[1] - h1);
+          pa[kk][0][q] = Op::pack(h0, h1);
+          pa[kk][1][q] = Op::pack(x[0] - h0, x[1] - h1);
         } else {
-          ph[q] = Op::pack(x[0], x[1]);
+          pa[kk][0][q] = Op::pack(x[0], x[1]);
         }
       }
-      if constexpr (WG) {  // 16 tokens x a 64-coordinate block of V (o's n-tiles 8 db .. 8 db + 7) a step
+    }
+    if constexpr (WG) {  // 16 tokens x a 64-coordinate block of V (o's n-tiles 8 db .. 8 db + 7) a step
+      wg::fence_regs(o);
+      wg::arrive();
+#pragma unroll
+      for (int kk = 0; kk < T / 16; ++kk) {
         dev::static_for<D / 64>([&](auto block) {
           constexpr int db = decltype(block)::value;
           const wg::Desc vd = v_desc + (buf * kBuf + db * kTBlock + kk * 16 * 128);
-          wg::mma_rs<kBf, 8 * db>(o, ph, vd);
-          if constexpr (kPLow) wg::mma_rs<kBf, 8 * db>(o, pl, vd);
+          wg::mma_rs<kBf, 8 * db>(o, pa[kk][0], vd);
+          if constexpr (kPLow) wg::mma_rs<kBf, 8 * db>(o, pa[kk][1], vd);
         });
-      } else {
+      }
+    } else {
+#pragma unroll
+      for (int kk = 0; kk < T / 16; ++kk) {
 #pragma unroll
         for (int np = 0; np < D / 16; ++np) {
           uint32_t b[4];
           ldsm_x4_trans(v_at(16 * kk, np), b);
-          Op::mma(o[2 * np], ph, b[0], b[1]);
-          Op::mma(o[2 * np + 1], ph, b[2], b[3]);
+          Op::mma(o[2 * np], pa[kk][0], b[0], b[1]);
+          Op::mma(o[2 * np + 1], pa[kk][0], b[2], b[3]);
           if constexpr (kPLow) {
-            Op::mma(o[2 * np], pl, b[0], b[1]);
-            Op::mma(o[2 * np + 1], pl, b[2], b[3]);
+            Op::mma(o[2 * np], pa[kk][1], b[0], b[1]);
+            Op::mma(o[2 * np + 1], pa[kk][1], b[2], b[3]);
           }
         }
       }
