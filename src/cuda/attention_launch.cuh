@@ -3,7 +3,8 @@
 // spare compiles the three in parallel (the GPU machine's: 70 s instead of about 3 minutes), and
 // decode_attention.cu (validation, plans) reaches them through the extern templates at the end. The kernels:
 // decode_kernel.cuh (attention over one split), decode_query.cuh (query rotation), decode_merge.cuh
-// (split merge), prefill_kernel.cuh (chunked prefill); docs/cuda.md describes the design.
+// (split merge), prefill_kernel.cuh and prefill_ws.cuh (chunked prefill; the second is Hopper's);
+// docs/cuda.md describes the design.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -14,6 +15,7 @@
 #include "decode_merge.cuh"
 #include "launch_common.h"
 #include "prefill_kernel.cuh"
+#include "prefill_ws.cuh"
 #include "tq/check.h"
 #include "tq/cuda/kernels.h"
 
@@ -39,6 +41,12 @@ bool prefill_compact_here() {
   if constexpr (kPrefillHasCompact<D>) return choose_compact(kernels_arch(), prefill::smem_bytes<D>() > size_t(device_smem_per_block()));
   return false;
 }
+// Whether prefill takes Hopper's warp-specialized kernel (prefill_ws.cuh): where the warpgroup
+// MMAs run (warpgroup_mma) and its shared memory fits a block (TQ_CUDA_SMEM_KB may lower the limit).
+template <int D>
+bool prefill_ws_here() {
+  return warpgroup_mma() && prefill::ws_smem_bytes<D>() <= size_t(device_smem_per_block());
+}
 
 // What a launch is: decode, decode right after a quantize_store of the same step (its prologue
 // may then read everything but the cache before the store ends), or chunked prefill.
@@ -50,6 +58,8 @@ struct Plan {
   int mtiles;  // 8-row m-tiles per (sequence, KV head): the rows (GQA group x query tokens), rounded up to whole blocks
   int R = 1;   // decode: m-tiles a block (1 or 2: make_plan); mtiles is a multiple of it
   int side;  // side blocks after the packed splits (decode_side.cuh): decode side_decode_blocks, prefill 1; 0 without
+  bool ws = false;      // prefill: Hopper's warp-specialized kernel (prefill_ws.cuh) instead of prefill_kernel
+  int block_rows = 64;  // prefill: query rows a block (prefill::kWsRows or kBlockRows)
   size_t ws_o_bytes, ws_ml_bytes, ws_q_bytes;  // the workspace: [ws_o][ws_ml][ws_q]
   size_t workspace_bytes() const { return ws_o_bytes + ws_ml_bytes + ws_q_bytes; }
 };
@@ -100,29 +110,30 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   const bool dense = KIND == Kind::kTq && p.cache.kt.signs == nullptr;
   if (mode == Mode::kPrefill || dense)
     prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
-  if (mode == Mode::kPrefill) {  // 64-row blocks, then the merge
-    const int rtiles = pl.mtiles / (prefill::kBlockRows / kRows);
-    const auto prefill = [&](auto tokens, auto warpgroup) {  // tokens: a tile's (tile_tokens); warpgroup: wgmma or mma.sync
-      constexpr int T = decltype(tokens)::value;
-      constexpr bool WG = decltype(warpgroup)::value;
-      constexpr size_t smem = prefill::smem_bytes<D, T>();
-      const auto kernel = prefill::prefill_kernel<D, KIND, KB, VB, T, WG>;
+  if (mode == Mode::kPrefill) {  // 128-row blocks on Hopper (prefill_ws.cuh), else 64-row ones; then the merge
+    const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / (pl.block_rows / kRows)), p.num_seqs);
+    const int rtiles = int(grid.y / p.cache.kv_heads);
+    if (pl.ws) {
+      constexpr size_t smem = prefill::ws_smem_bytes<D>();
+      const auto kernel = prefill::prefill_ws_kernel<D, KIND, KB, VB>;
       allow_smem(kernel, smem);
-      launch_after("prefill", kernel, dim3(pl.splits + pl.side, p.cache.kv_heads * rtiles, p.num_seqs), dim3(kThreads), smem, stream, p,
-                   pl.tokens_per_split, rtiles, ws_o, ws_ml, static_cast<const float*>(ws_q));
+      launch_after("prefill", kernel, grid, dim3(prefill::kWsThreads), smem, stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml,
+                   static_cast<const float*>(ws_q));
+      merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
+      return;
+    }
+    const auto prefill = [&](auto tokens) {  // a tile's tokens (tile_tokens)
+      constexpr int T = decltype(tokens)::value;
+      constexpr size_t smem = prefill::smem_bytes<D, T>();
+      const auto kernel = prefill::prefill_kernel<D, KIND, KB, VB, T>;
+      allow_smem(kernel, smem);
+      launch_after("prefill", kernel, grid, dim3(kThreads), smem, stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml,
+                   static_cast<const float*>(ws_q));
     };
-    // The full tiles take Hopper's warpgroup MMAs where the build has them for this GPU (sm_90a);
-    // the compact ones run only on GPUs of 99 KB a block, which have none.
-    const auto full = [&] {
-      constexpr auto T = std::integral_constant<int, prefill::tile_tokens(D)>{};
-      if (warpgroup_mma())
-        prefill(T, std::true_type{});
-      else
-        prefill(T, std::false_type{});
-    };
+    const auto full = [&] { prefill(std::integral_constant<int, prefill::tile_tokens(D)>{}); };
     if constexpr (kPrefillHasCompact<D>) {
       if (prefill_compact_here<D>())
-        prefill(std::integral_constant<int, prefill::tile_tokens(D, true)>{}, std::false_type{});
+        prefill(std::integral_constant<int, prefill::tile_tokens(D, true)>{});
       else
         full();
     } else {

@@ -163,22 +163,32 @@ Plan make_plan(const DecodeParams& p) {
   return paired.tokens_per_split >= kPairMinTiles * kWarps * kTile ? paired : make_plan(p, 1);
 }
 
-// Chunked prefill (prefill_kernel.cuh): blocks of 64 query rows, whose queries prepare_queries
-// writes as 8-row m-tiles (rounded up to whole blocks); splits only where the blocks do not
-// fill the GPU, each with >= 4 tiles.
+// Chunked prefill: on Hopper blocks of 128 query rows (prefill_ws.cuh), elsewhere of 64
+// (prefill_kernel.cuh), whose queries prepare_queries writes as 8-row m-tiles (rounded up to whole
+// blocks); splits only where the blocks do not fill the GPU, each with >= 4 tiles.
 Plan make_prefill_plan(const DecodeParams& p) {
   Plan pl{};
   pl.D = kernel_dim(p.cache);
-  const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
-  const int rtiles = (rows + prefill::kBlockRows - 1) / prefill::kBlockRows;
-  pl.mtiles = rtiles * (prefill::kBlockRows / kRows);
+  pl.ws = pl.D == 64 ? prefill_ws_here<64>() : pl.D == 128 ? prefill_ws_here<128>() : prefill_ws_here<256>();
+  pl.block_rows = pl.ws ? prefill::kWsRows : prefill::kBlockRows;
   const bool compact = pl.D == 256 && prefill_compact_here<256>();
+  // Hopper runs prefill_kernel's full tiles only in builds that carry them (variants.h): where
+  // the warp-specialized kernel does not fit either, say so rather than trap.
+  TQ_CHECK(pl.ws || compact || kernels_arch() != 90 || kPortableOnHopper,
+           "prefill_attention: {} KB of shared memory a block is too little for Hopper's prefill kernel at head dim {} ({} KB); "
+           "builds with -DTQ_CUDA_PORTABLE_ON_HOPPER=ON carry the smaller one",
+           device_smem_per_block() / 1024, pl.D,
+           (pl.D == 64 ? prefill::ws_smem_bytes<64>() : pl.D == 128 ? prefill::ws_smem_bytes<128>() : prefill::ws_smem_bytes<256>()) / 1024);
+  const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
+  const int rtiles = (rows + pl.block_rows - 1) / pl.block_rows;
+  pl.mtiles = rtiles * (pl.block_rows / kRows);
   const int T = prefill::tile_tokens(pl.D, compact);
   const int tiles = std::max(1, int((p.max_seq_len + T - 1) / T));
   int splits = p.split_tokens ? 0 : int(p.num_splits);  // fixed cuts are the decode kernel's
   if (splits == 0) {
     constexpr int kT256 = prefill::tile_tokens(256, true);
-    const int resident = pl.D == 64    ? resident_blocks_here(prefill::resident_blocks<64>(), prefill::smem_bytes<64>())
+    const int resident = pl.ws         ? 1
+                         : pl.D == 64  ? resident_blocks_here(prefill::resident_blocks<64>(), prefill::smem_bytes<64>())
                          : pl.D == 128 ? resident_blocks_here(prefill::resident_blocks<128>(), prefill::smem_bytes<128>())
                          : compact     ? resident_blocks_here(prefill::resident_blocks<256, kT256>(), prefill::smem_bytes<256, kT256>())
                                        : resident_blocks_here(prefill::resident_blocks<256>(), prefill::smem_bytes<256>());
@@ -197,7 +207,8 @@ size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit, int a
   const auto pick = [&](size_t full, size_t compact) { return choose_compact(arch, full > limit) ? compact : full; };
   const auto at = [&](auto dim) -> size_t {
     constexpr int D = decltype(dim)::value;
-    const size_t prefill = pick(prefill::smem_bytes<D>(), prefill::smem_bytes<D, prefill::tile_tokens(D, kPrefillHasCompact<D>)>());
+    size_t prefill = pick(prefill::smem_bytes<D>(), prefill::smem_bytes<D, prefill::tile_tokens(D, kPrefillHasCompact<D>)>());
+    if (arch == 90 && prefill::ws_smem_bytes<D>() <= limit) prefill = prefill::ws_smem_bytes<D>();  // Hopper's prefill_ws.cuh
     switch (k.enc) {
       case Encoding::kFp16:
       case Encoding::kBf16:

@@ -1,6 +1,6 @@
 // Attention over the KV policy's side buffer (SideView in kernels.h: the sink and the recent-token
 // window, fp16 rows), and the write of the step's rows into it. Used only by attention_launch.cuh
-// (through decode_kernel.cuh, prefill_kernel.cuh and decode_merge.cuh).
+// (through decode_kernel.cuh, prefill_kernel.cuh, prefill_ws.cuh and decode_merge.cuh).
 //
 // The packed splits of a decode or prefill grid leave out, per query row, the positions below
 // `sink` and those within `window` of the row's query (their tiles mask them); one more block
@@ -66,7 +66,7 @@ __device__ __forceinline__ uint4 side_half8(const void* base, DType dt, size_t i
 
 // Side blocks of a decode grid (after its packed splits): one a chunk of the most side positions
 // a block's rows can have (sink, window, and the span of up to 8 query tokens); 0 without a side
-// buffer. Prefill grids have one (prefill_kernel.cuh).
+// buffer. Prefill grids have one (prefill_kernel.cuh, prefill_ws.cuh).
 TQ_HD int side_decode_blocks(const DecodeParams& p) {
   return p.side.active() ? int((p.side.sink + p.side.window + p.num_q_tokens + kSideChunk - 1) / kSideChunk) : 0;
 }
@@ -83,10 +83,12 @@ __device__ __forceinline__ int side_row(const SideView& sv, int t) {
 // write theirs (rows with none of them: m = -inf, sum 0). Every thread of the block calls it;
 // `smem` holds at least a SideSmem<D>. Thread (row r, lane l of 16) holds the row's query
 // coordinates [l D/16, + D/16) in registers; a chunk's 16 scores come from partial dots reduced
-// across the 16 lanes so that lane l ends with token l's.
+// across the 16 lanes so that lane l ends with token l's. A block of more than kThreads threads
+// calls it with `idle` set in its threads from kThreads on: whole warps that only keep the
+// block's barriers.
 template <int D>
 __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, int kvh, int mt, int split, int i_begin, int i_end,
-                                               float* ws_o, float2* ws_ml, void* smem) {
+                                               float* ws_o, float2* ws_ml, void* smem, bool idle = false) {
   SideSmem<D>& sm = *static_cast<SideSmem<D>*>(smem);
   constexpr int E = kQE<D>;  // coordinates a thread
   const SideView& sv = p.side;
@@ -106,8 +108,8 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
   const int count = min(i_end, a_end + (q_hi + 1 - b_begin));
   const auto position = [&](int i) { return i < a_end ? i : b_begin + (i - a_end); };
 
-  float q[E];  // the row's query as given (unrotated, no cache scales), scaled to the log2 domain
-  load_query<D, Kind::kF16>(p, seq, kvh, mt, q);
+  float q[E] = {};  // the row's query as given (unrotated, no cache scales), scaled to the log2 domain
+  if (!idle) load_query<D, Kind::kF16>(p, seq, kvh, mt, q);
   const float qs = (p.scale > 0 ? p.scale : rsqrtf(float(hd))) * kLog2e;
 #pragma unroll
   for (int e = 0; e < E; ++e) q[e] *= qs;
@@ -132,6 +134,10 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
   for (int i0 = i_begin; i0 < count; i0 += kSideChunk) {
     const int n = min(kSideChunk, count - i0);
     __syncthreads();  // the previous chunk (or call) is read
+    if (idle) {
+      __syncthreads();
+      continue;
+    }
     if (hd % 8 == 0) {  // 16-byte pieces, all issued before any is stored
       constexpr int kUnits = kSideChunk * D / 8, kPer = (kUnits + kThreads - 1) / kThreads;
       uint4 ku[kPer], vu[kPer];
@@ -222,7 +228,7 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
       }
     }
   }
-  if (!valid) return;
+  if (idle || !valid) return;
   const int j = row / group, h = kvh * group + row % group;
   const size_t at = ((size_t(seq) * nq + j) * p.q_heads + h) * gridDim.x + split;
 #pragma unroll

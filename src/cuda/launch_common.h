@@ -27,7 +27,7 @@ int resident_blocks_here(int compiled_for, size_t smem);
 // tests run that path on a Hopper GPU. Read once per device.
 bool dependent_launches();
 
-// Whether the prefill kernel takes Hopper's warpgroup MMAs (wgmma.cuh): where the GPU runs the
+// Whether prefill takes Hopper's warpgroup MMAs (prefill_ws.cuh, wgmma.cuh): where the GPU runs the
 // build's sm_90a code (kernels_arch() == 90; CMake builds sm_90 as sm_90a), unless
 // TQ_CUDA_PORTABLE=1 asks for the path every other GPU takes (mma.sync) in a build that carries
 // it there (-DTQ_CUDA_PORTABLE_ON_HOPPER=ON, variants.h; other builds ignore the request here).
@@ -59,8 +59,8 @@ int kernels_arch();
 // The shared memory a block of the decode or the prefill kernel takes for a cache whose keys are
 // `k`, at this head dim (64, 128 or 256 once padded), the larger of the two, on a GPU that allows
 // `limit` bytes a block, in a build for `arch` (kernels_arch; 0: one carrying every variant): each
-// kernel's full variant where it fits, else its compact one, as variants.h's choose_compact says
-// (decode_attention.cu).
+// kernel's full variant where it fits, else its compact one, as variants.h's choose_compact says,
+// and on Hopper (arch 90) the warp-specialized prefill where it fits (decode_attention.cu).
 size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit, int arch = 0);
 
 // Throws tq::Error with the CUDA error string if the last launch failed.

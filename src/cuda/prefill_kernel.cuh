@@ -1,5 +1,7 @@
 // The chunked-prefill kernel: 64 query rows of one (sequence, KV head) against a split of the
-// sequence's pages, flash-attention style on tensor cores. Used only by attention_launch.cuh.
+// sequence's pages, flash-attention style on tensor cores. Used only by attention_launch.cuh;
+// Hopper runs prefill_ws.cuh's kernel instead, built from the same pieces (the tile layout, the
+// fills, the softmax step).
 //
 // Decode reads each packed page once per 8 query rows, which is right when there are at most 8
 // (the GQA group times 1..8 query tokens) but makes a chunk of 512 new tokens stream its prefix
@@ -7,12 +9,10 @@
 //   fill   the block's threads load the tile's packed rows (registers, or cp.async for fp16/bf16)
 //          while the tensor cores work on the previous tile, then decode them once into shared
 //          memory as 16-bit rows (TurboQuant: the fp16-exact centroids, norms kept apart);
-//   S      each warp owns 16 query rows: S = Q K^T, the query split in 16-bit high and low parts
-//          (two MMAs) as in decode, so S is exact to fp32 rounding;
+//   S      each warp owns 16 query rows: S = Q K^T with ldmatrix fragments, the query split in
+//          16-bit high and low parts (two MMAs) as in decode, so S is exact to fp32 rounding;
 //   P V    online softmax in the log2 domain, P scaled by the value norms (fp16: its high part
-//          only; bf16: high and low), O += P V.
-// The MMAs are Hopper's warpgroup MMAs (WG; wgmma.cuh), the 4 warps one warpgroup reading each
-// tile once, or elsewhere each warp's mma.sync on ldmatrix fragments of the tiles.
+//          only; bf16: high and low), O += P V from ldmatrix.trans fragments of the value rows.
 // So the integer work of unpacking codes is done once per 64 query rows instead of once per 8,
 // and the prefix is read from memory rows/64 times instead of rows/8.
 // Output as decode's splits: unnormalized rows with (max, sum) in the workspace, merged,
@@ -33,7 +33,6 @@
 #include "tq/cuda/kernels.h"
 #include "tq/kv/online_softmax.h"
 #include "variants.h"
-#include "wgmma.cuh"
 
 namespace tq::cuda::prefill {
 
@@ -144,7 +143,8 @@ struct Fill<D, Kind::kTq, KB, VB, T> {
   uint32_t k[kUnits][KB], v[kUnits][VB];
   uint16_t kn[kUnits], vn[kUnits];
   __device__ static int token(int j) { return (int(threadIdx.x) + kThreads * j) / kGroups; }
-  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, Smem<D, T>&, int) {
+  template <class SM>
+  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, SM&, int) {
     const BlockLayout& L = p.cache.layout;
     const int gi = int(threadIdx.x) % kGroups;
 #pragma unroll
@@ -162,7 +162,8 @@ struct Fill<D, Kind::kTq, KB, VB, T> {
       }
     }
   }
-  __device__ void store(Smem<D, T>& sm, int buf, const dev::Lut8& lut_k, const dev::Lut8& lut_v) const {
+  template <class SM>
+  __device__ void store(SM& sm, int buf, const dev::Lut8& lut_k, const dev::Lut8& lut_v) const {
     const int gi = int(threadIdx.x) % kGroups;
 #pragma unroll
     for (int j = 0; j < kUnits; ++j) {
@@ -187,7 +188,8 @@ struct Fill<D, Kind::kTq, KB, VB, T> {
 template <int D, int T>
 struct Fill16 {
   static constexpr int kChunks = D / 8, kUnits = T * kChunks / kThreads;
-  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, Smem<D, T>& sm, int buf) {
+  template <class SM>
+  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, SM& sm, int buf) {
     const BlockLayout& L = p.cache.layout;
     const int c = int(threadIdx.x) % kChunks;  // kThreads is a multiple of kChunks: the same chunk every unit
 #pragma unroll
@@ -201,7 +203,8 @@ struct Fill16 {
     }
     decode::cp_async_commit();
   }
-  __device__ void store(Smem<D, T>&, int, const dev::Lut8&, const dev::Lut8&) const { decode::cp_async_wait<0>(); }
+  template <class SM>
+  __device__ void store(SM&, int, const dev::Lut8&, const dev::Lut8&) const { decode::cp_async_wait<0>(); }
 };
 template <int D, int KB, int VB, int T>
 struct Fill<D, Kind::kF16, KB, VB, T> : Fill16<D, T> {};
@@ -214,7 +217,8 @@ struct Fill<D, Kind::kFp8, KB, VB, T> {
   static constexpr int kChunks = D / 16, kUnits = T * kChunks / kThreads;
   static_assert(T * kChunks % kThreads == 0, "whole units per thread");
   uint4 k[kUnits], v[kUnits];
-  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, Smem<D, T>&, int) {
+  template <class SM>
+  __device__ void fetch(const DecodeParams& p, const Pages& pages, int T0, SM&, int) {
     const BlockLayout& L = p.cache.layout;
     const int c = int(threadIdx.x) % kChunks;
 #pragma unroll
@@ -231,7 +235,8 @@ struct Fill<D, Kind::kFp8, KB, VB, T> {
     decode::e4m3x4_to_half2x2(b, h.z, h.w);
     return h;
   }
-  __device__ void store(Smem<D, T>& sm, int buf, const dev::Lut8&, const dev::Lut8&) const {
+  template <class SM>
+  __device__ void store(SM& sm, int buf, const dev::Lut8&, const dev::Lut8&) const {
     const int c = int(threadIdx.x) % kChunks;
 #pragma unroll
     for (int j = 0; j < kUnits; ++j) {
@@ -251,16 +256,181 @@ struct Fill<D, Kind::kFp8, KB, VB, T> {
 template <int D>
 constexpr bool kPrefillHasCompact = smem_bytes<D>() > kSmallSmem;
 
-// The body of prefill_kernel (below). WG: the MMAs as warpgroup MMAs (wgmma.cuh, sm_90a), else
-// each warp's mma.sync.
-template <int D, Kind KIND, int KB, int VB, int T, bool WG>
+// ---- pieces of a block's work shared with Hopper's kernel (prefill_ws.cuh) ----
+
+// R query rows of D (src: prepare_queries' [R][D] floats) into shared memory as 16-bit high and
+// low parts (q_hi, q_lo: tile_chunk<R>), by threads tid = 0 .. nthreads - 1.
+template <int D, int R, bool BF>
+__device__ __forceinline__ void store_query_rows(uint4* q_hi, uint4* q_lo, const float* src, int tid, int nthreads) {
+  using Op = dev::Operand<BF>;
+  for (int i = tid; i < R * D / 8; i += nthreads) {
+    const int r = i / (D / 8), ch = i % (D / 8);
+    const float4 a = reinterpret_cast<const float4*>(src)[2 * i], b = reinterpret_cast<const float4*>(src)[2 * i + 1];
+    const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    uint32_t hi[4], lo[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float h0 = Op::round(x[2 * e]), h1 = Op::round(x[2 * e + 1]);
+      hi[e] = Op::pack(h0, h1);
+      lo[e] = Op::pack(x[2 * e] - h0, x[2 * e + 1] - h1);
+    }
+    q_hi[tile_chunk<R>(r, ch)] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+    q_lo[tile_chunk<R>(r, ch)] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+  }
+}
+
+// TurboQuant's centroids in fp16 z-units x sqrt(D), keys and values, by threads 0 .. 15.
+template <int D, int KB, int VB>
+__device__ __forceinline__ void store_luts(const CacheView& c, __half* lut_k, __half* lut_v) {
+  if (threadIdx.x < 16) {
+    const int i = threadIdx.x;
+    lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
+    lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
+  }
+}
+
+// What the masks of a tile compare with: its first token T0, the split's end, the side buffer's
+// sink and window (their positions are the side block's), and the thread's two rows' limits.
+struct TileMask {
+  int T0, end, sink, window;
+  int visible[2];
+};
+
+// One tile's online-softmax step for this thread's rows g and g + 8 (elements 0-1 and 2-3 of each
+// n-tile of s, tokens 8 nt + 2t, +1): S scaled by the key norms kn (TurboQuant) and masked unless
+// `full`, the running (max, sum) updated in the log2 domain, O rescaled, and s replaced by P
+// scaled by the value norms vn (fp8: the value scale) for P V.
+template <Kind KIND, int NT, int J>
+__device__ __forceinline__ void softmax_tile(float (&s)[NT][4], float (&o)[J][4], float (&m_run)[2], float (&l_run)[2], const float* kn,
+                                             const float* vn, float v_scale, bool full, const TileMask& mk, int t) {
+  constexpr bool kTq = KIND == Kind::kTq;
+  float mx[2] = {-INFINITY, -INFINITY};
+  // Tiles wholly visible to every row (most of them) take a branch without the masks' compares,
+  // which as predicated code would issue on every tile.
+  const auto scale_and_mask = [&](auto masked) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int tok = 8 * nt + 2 * t;
+      float kn0 = 1.0f, kn1 = 1.0f;
+      if constexpr (kTq) {
+        const float2 k2 = *reinterpret_cast<const float2*>(&kn[tok]);
+        kn0 = k2.x;
+        kn1 = k2.y;
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[nt][e] * (e & 1 ? kn1 : kn0);
+        if constexpr (decltype(masked)::value) {
+          const int pos = mk.T0 + tok + (e & 1);
+          if (pos < mk.sink || pos >= mk.end || pos >= mk.visible[e >> 1] - mk.window) x = -INFINITY;
+        }
+        s[nt][e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+    }
+  };
+  if (full)
+    scale_and_mask(std::false_type{});
+  else
+    scale_and_mask(std::true_type{});
+  float alpha[2], m_use[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    const SoftmaxState::Step st = SoftmaxState::update(m_run[i], l_run[i], mx[i], dev::FastExp2{});  // nothing visible yet: p = 0, not NaN
+    alpha[i] = st.scale;
+    m_use[i] = st.base;
+  }
+  if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+    for (int i = 0; i < J; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+  }
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    float vn0 = v_scale, vn1 = v_scale;
+    if constexpr (kTq) {
+      const float2 v2 = *reinterpret_cast<const float2*>(&vn[8 * nt + 2 * t]);
+      vn0 = v2.x;
+      vn1 = v2.y;
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float pe = dev::fast_exp2(s[nt][e] - m_use[e >> 1]);
+      l_run[e >> 1] += pe;
+      s[nt][e] = pe * (e & 1 ? vn1 : vn0);
+    }
+  }
+}
+
+// P V takes P's high part only, except with bf16 operands: P in [0, 1] rounded to fp16 is off by
+// at most 2^-11 of itself, independently per token, which averages out in O (the prefill tests'
+// worst error went from 1.4e-4 to 2.9e-4 of the 1e-3 bound, for 25% fewer MMAs); bf16's 2^-8
+// would not.
+template <bool BF>
+constexpr int kPParts = BF ? 2 : 1;
+
+// P's A fragments for P V (k-step kk: 16 tokens, n-tiles 2kk and 2kk + 1 of S; a0: row g, n-tile
+// 2kk; a1: row g + 8; a2, a3: n-tile 2kk + 1), all packed before the MMAs that read them: the
+// warpgroup's MMAs must not wait on registers written between them (ptxas would insert a
+// warpgroup arrive before each).
+template <bool BF, int NT>
+__device__ __forceinline__ void pack_p(const float (&s)[NT][4], uint32_t (&pa)[NT / 2][kPParts<BF>][4]) {
+  using Op = dev::Operand<BF>;
+#pragma unroll
+  for (int kk = 0; kk < NT / 2; ++kk) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float* x = &s[2 * kk + q / 2][2 * (q % 2)];
+      if constexpr (BF) {
+        const float h0 = Op::round(x[0]), h1 = Op::round(x[1]);
+        pa[kk][0][q] = Op::pack(h0, h1);
+        pa[kk][1][q] = Op::pack(x[0] - h0, x[1] - h1);
+      } else {
+        pa[kk][0][q] = Op::pack(x[0], x[1]);
+      }
+    }
+  }
+}
+
+// The thread's rows (my_row: g and g + 8 of its warp's 16) to the workspace slot of `split`:
+// unnormalized, with their (max, sum); merge_kernel normalizes, un-rotates and writes them.
+// TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.
+template <int D, bool TQ, int J>
+__device__ __forceinline__ void write_rows(const DecodeParams& p, const float (&o)[J][4], const float (&m_run)[2], float (&l_run)[2],
+                                           const int (&my_row)[2], int seq, int kvh, int split, int t, float* ws_o, float2* ws_ml) {
+  const int group = int(p.q_heads / p.cache.kv_heads), nq = int(p.num_q_tokens), rows_total = group * nq;
+  const float out_scale = TQ ? rsqrtf(float(D)) : 1.0f;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
+    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+    const int row = my_row[i];
+    if (row >= rows_total) continue;
+    const int j = row / group, h = kvh * group + row % group;
+    const size_t slot = ((size_t(seq) * nq + j) * p.q_heads + h) * gridDim.x + split;
+#pragma unroll
+    for (int nt = 0; nt < J; ++nt)
+      *reinterpret_cast<float2*>(&ws_o[slot * D + 8 * nt + 2 * t]) = make_float2(o[nt][2 * i] * out_scale, o[nt][2 * i + 1] * out_scale);
+    if (t == 0) ws_ml[slot] = make_float2(m_run[i], l_run[i]);
+  }
+}
+
+// The body of prefill_kernel (below): a block of 4 warps, each warp's mma.sync on ldmatrix
+// fragments of the shared tiles.
+template <int D, Kind KIND, int KB, int VB, int T>
 __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_per_split, int rtiles, float* __restrict__ ws_o,
                                               float2* __restrict__ ws_ml, const float* ws_q) {
   constexpr bool kBf = KIND == Kind::kBf16, kTq = KIND == Kind::kTq;
   constexpr int NT = T / 8;  // n-tiles of S
   using Op = dev::Operand<kBf>;
   extern __shared__ __align__(128) uint4 smem_raw[];
-  // 1 KB-aligned (smem_bytes leaves room): wgmma's swizzle is a function of the address bits.
+  // 1 KB-aligned (smem_bytes leaves room), as Hopper's kernel needs; the layouts are shared.
   const uint32_t raw_at = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   Smem<D, T>& sm = *reinterpret_cast<Smem<D, T>*>(reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - (raw_at & 1023)) & 1023));
   dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
@@ -287,31 +457,11 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   const int sink = int(p.side.sink), window = int(p.side.window);
   const int begin = split * tokens_per_split, end = min(min(begin + tokens_per_split, len), visible_max - window);
 
-  // ---- query rows: 16-bit high and low parts, swizzled ----
-  {
-    const float* src = ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kBlockRows * D;
-    for (int i = threadIdx.x; i < kBlockRows * D / 8; i += kThreads) {
-      const int r = i / (D / 8), ch = i % (D / 8);
-      const float4 a = reinterpret_cast<const float4*>(src)[2 * i], b = reinterpret_cast<const float4*>(src)[2 * i + 1];
-      const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-      uint32_t hi[4], lo[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float h0 = Op::round(x[2 * e]), h1 = Op::round(x[2 * e + 1]);
-        hi[e] = Op::pack(h0, h1);
-        lo[e] = Op::pack(x[2 * e] - h0, x[2 * e + 1] - h1);
-      }
-      (&sm.q[0][0][0][0])[tile_chunk<kBlockRows>(r, ch)] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-      (&sm.q[1][0][0][0])[tile_chunk<kBlockRows>(r, ch)] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-    }
-  }
+  store_query_rows<D, kBlockRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0],
+                                       ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kBlockRows * D, threadIdx.x, kThreads);
   dev::Lut8 lut_k{}, lut_v{};
   if constexpr (kTq) {
-    if (threadIdx.x < 16) {
-      const int i = threadIdx.x;
-      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
-      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
-    }
+    store_luts<D, KB, VB>(c, sm.lut_k, sm.lut_v);
     __syncthreads();
     if constexpr (KB <= 3) lut_k = dev::make_lut8(sm.lut_k);
     if constexpr (VB <= 3) lut_v = dev::make_lut8(sm.lut_v);
@@ -319,9 +469,9 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
 
   // This thread's rows: g and g + 8 of the warp's 16.
   const int my_row[2] = {row0 + warp * kWarpRows + g, row0 + warp * kWarpRows + g + 8};
-  int visible[2];
+  TileMask mk{0, end, sink, window, {}};
 #pragma unroll
-  for (int i = 0; i < 2; ++i) visible[i] = my_row[i] < rows_total ? len - nq + my_row[i] / group + 1 : len;
+  for (int i = 0; i < 2; ++i) mk.visible[i] = my_row[i] < rows_total ? len - nq + my_row[i] / group + 1 : len;
 
   // O accumulators: n-tile nt holds coordinates 8 nt + 2t, +1 of rows g (o[nt][0..1]) and g + 8 ([2..3]).
   float o[D / 8][4];
@@ -338,20 +488,11 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   const uint32_t q_smem = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.q[0][0][0][0]));
   const uint32_t k_smem = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.k[0][0][0][0]));
   const uint32_t v_smem = static_cast<uint32_t>(__cvta_generic_to_shared(&sm.v[0][0][0][0]));
-  // wgmma descriptors of Q's high part and of the key and value tiles of buffer 0 (wgmma.cuh):
-  // every operand of the loop is one of them plus a constant.
-  const wg::Desc q_desc = wg::desc_sw128(q_smem), k_desc = wg::desc_sw128(k_smem), v_desc = wg::desc_sw128(v_smem);
   const LdsmLane<kBlockRows> q_at(q_smem, warp * kWarpRows + (lane & 15), lane >> 4);
   const LdsmLane<T> k_at0(k_smem, (lane & 7) + 8 * (lane >> 4), (lane >> 3) & 1);
   const LdsmLane<T> v_at0(v_smem, (lane & 7) + 8 * ((lane >> 3) & 1), lane >> 4);
   constexpr uint32_t kQPart = sizeof(sm.q[0]), kBuf = sizeof(sm.k[0]);  // bytes of a query part, of a K (V) buffer
-  constexpr uint32_t kQBlock = sizeof(sm.q[0][0]), kTBlock = sizeof(sm.k[0][0]);  // bytes of a 64-element block of Q, of a tile
   static_assert(sizeof(sm.v[0]) == kBuf, "K and V buffers alike");
-  // P V with the high part of P only, except for bf16 operands: P in [0, 1] rounded to fp16 is off
-  // by at most 2^-11 of itself, independently per token, which averages out in O (the prefill
-  // tests' worst error went from 1.4e-4 to 2.9e-4 of the 1e-3 bound, for 25% fewer MMAs);
-  // bf16's 2^-8 would not.
-  constexpr bool kPLow = kBf;
 
   Fill<D, KIND, KB, VB, T> fill;
   const int tiles = begin < end ? (end - begin + T - 1) / T : 0;
@@ -360,7 +501,6 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
     fill.fetch(p, pages, begin, sm, 0);
     fill.store(sm, 0, lut_k, lut_v);
   }
-  if constexpr (WG) wg::fence_proxy_async();
   __syncthreads();  // the query rows and the first tile
 
   for (int it = 0; it < tiles; ++it) {
@@ -375,193 +515,63 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
 
     // ---- S = Q K^T: s[nt] holds rows g, g + 8 x tokens 8 nt + 2t, +1 ----
     float s[NT][4];
-    if constexpr (WG) {  // the warpgroup's 64 rows at once: k-step kt is 16 elements of a 64-element block
-      const wg::Desc kb = k_desc + buf * kBuf;
-      wg::arrive();
-      wg::mma_ss<T, kBf, true>(s, q_desc, kb);  // s = Q_hi K_0^T: no zeroing
 #pragma unroll
-      for (int kt = 1; kt < D / 16; ++kt) wg::mma_ss<T, kBf>(s, q_desc + ((kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
+    for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
 #pragma unroll
-      for (int kt = 0; kt < D / 16; ++kt)
-        wg::mma_ss<T, kBf>(s, q_desc + (kQPart + (kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
-      wg::commit();
-      wg::wait<0>();
-      wg::fence_regs(s);
-    } else {
+    for (int kt = 0; kt < D / 16; ++kt) {
+      uint32_t qh[4], ql[4];
+      ldsm_x4(q_at(0, kt), qh);
+      ldsm_x4(q_at(0, kt) + kQPart, ql);
+      uint32_t b[NT / 2][4];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+      for (int np = 0; np < NT / 2; ++np) ldsm_x4(k_at(16 * np, kt), b[np]);
+      // the high parts into every n-tile, then the low parts: NT MMAs between two on one accumulator
 #pragma unroll
-      for (int kt = 0; kt < D / 16; ++kt) {
-        uint32_t qh[4], ql[4];
-        ldsm_x4(q_at(0, kt), qh);
-        ldsm_x4(q_at(0, kt) + kQPart, ql);
-        uint32_t b[NT / 2][4];
+      for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], qh, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
 #pragma unroll
-        for (int np = 0; np < NT / 2; ++np) ldsm_x4(k_at(16 * np, kt), b[np]);
-        // the high parts into every n-tile, then the low parts: NT MMAs between two on one accumulator
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], qh, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], ql, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
-      }
+      for (int nt = 0; nt < NT; ++nt) Op::mma(s[nt], ql, b[nt / 2][2 * (nt % 2)], b[nt / 2][2 * (nt % 2) + 1]);
     }
 
-    // ---- key norms, masking, online softmax (rows g and g + 8: elements 0-1 and 2-3) ----
-    // Tiles wholly visible to every row of the block (most of them) take a branch without the
-    // masks' compares, which as predicated code would issue on every tile.
+    // ---- key norms, masks, online softmax; then O += P V (B = V rows transposed) ----
+    mk.T0 = T0;
     const bool full = T0 >= sink && T0 + T <= end && T0 + T <= visible_min - window;
-    float mx[2] = {-INFINITY, -INFINITY};
-    const auto scale_and_mask = [&](auto masked) {
-#pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int tok = 8 * nt + 2 * t;
-        float kn0 = 1.0f, kn1 = 1.0f;
-        if constexpr (kTq) {
-          const float2 kn = *reinterpret_cast<const float2*>(&sm.kn[buf][tok]);
-          kn0 = kn.x;
-          kn1 = kn.y;
-        }
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[nt][e] * (e & 1 ? kn1 : kn0);
-          if constexpr (decltype(masked)::value) {
-            const int pos = T0 + tok + (e & 1);
-            if (pos < sink || pos >= end || pos >= visible[e >> 1] - window) x = -INFINITY;
-          }
-          s[nt][e] = x;
-          mx[e >> 1] = fmaxf(mx[e >> 1], x);
-        }
-      }
-    };
-    if (full)
-      scale_and_mask(std::false_type{});
-    else
-      scale_and_mask(std::true_type{});
-    float alpha[2], m_use[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-      mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
-      const SoftmaxState::Step st = SoftmaxState::update(m_run[i], l_run[i], mx[i], dev::FastExp2{});  // nothing visible yet: p = 0, not NaN
-      alpha[i] = st.scale;
-      m_use[i] = st.base;
-    }
-    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
-#pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        o[i][0] *= alpha[0];
-        o[i][1] *= alpha[0];
-        o[i][2] *= alpha[1];
-        o[i][3] *= alpha[1];
-      }
-    }
-    // P, its row sums, then P scaled by the value norms (fp8: the value scale) for P V
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      float vn0 = KIND == Kind::kFp8 ? c.v_scale : 1.0f, vn1 = vn0;
-      if constexpr (kTq) {
-        const float2 vn = *reinterpret_cast<const float2*>(&sm.vn[buf][8 * nt + 2 * t]);
-        vn0 = vn.x;
-        vn1 = vn.y;
-      }
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const float pe = dev::fast_exp2(s[nt][e] - m_use[e >> 1]);
-        l_run[e >> 1] += pe;
-        s[nt][e] = pe * (e & 1 ? vn1 : vn0);
-      }
-    }
-
-    // ---- O += P V: A = P (k = 16 tokens: n-tiles 2kk, 2kk + 1 of S), B = V rows transposed ----
-    // P's A fragments, all of them before the MMAs (the warpgroup's MMAs must not wait on
-    // registers written between them: ptxas would insert a warpgroup arrive before each).
-    uint32_t pa[T / 16][kPLow ? 2 : 1][4];
+    softmax_tile<KIND>(s, o, m_run, l_run, sm.kn[buf], sm.vn[buf], KIND == Kind::kFp8 ? c.v_scale : 1.0f, full, mk, t);
+    uint32_t pa[T / 16][kPParts<kBf>][4];
+    pack_p<kBf>(s, pa);
 #pragma unroll
     for (int kk = 0; kk < T / 16; ++kk) {
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {  // a0: row g, n-tile 2kk; a1: row g+8; a2, a3: n-tile 2kk + 1
-        const float* x = &s[2 * kk + q / 2][2 * (q % 2)];
-        if constexpr (kPLow) {
-          const float h0 = Op::round(x[0]), h1 = Op::round(x[1]);
-          pa[kk][0][q] = Op::pack(h0, h1);
-          pa[kk][1][q] = Op::pack(x[0] - h0, x[1] - h1);
-        } else {
-          pa[kk][0][q] = Op::pack(x[0], x[1]);
-        }
-      }
-    }
-    if constexpr (WG) {  // 16 tokens x a 64-coordinate block of V (o's n-tiles 8 db .. 8 db + 7) a step
-      wg::fence_regs(o);
-      wg::arrive();
+      for (int np = 0; np < D / 16; ++np) {
+        uint32_t b[4];
+        ldsm_x4_trans(v_at(16 * kk, np), b);
 #pragma unroll
-      for (int kk = 0; kk < T / 16; ++kk) {
-        dev::static_for<D / 64>([&](auto block) {
-          constexpr int db = decltype(block)::value;
-          const wg::Desc vd = v_desc + (buf * kBuf + db * kTBlock + kk * 16 * 128);
-          wg::mma_rs<kBf, 8 * db>(o, pa[kk][0], vd);
-          if constexpr (kPLow) wg::mma_rs<kBf, 8 * db>(o, pa[kk][1], vd);
-        });
-      }
-    } else {
-#pragma unroll
-      for (int kk = 0; kk < T / 16; ++kk) {
-#pragma unroll
-        for (int np = 0; np < D / 16; ++np) {
-          uint32_t b[4];
-          ldsm_x4_trans(v_at(16 * kk, np), b);
-          Op::mma(o[2 * np], pa[kk][0], b[0], b[1]);
-          Op::mma(o[2 * np + 1], pa[kk][0], b[2], b[3]);
-          if constexpr (kPLow) {
-            Op::mma(o[2 * np], pa[kk][1], b[0], b[1]);
-            Op::mma(o[2 * np + 1], pa[kk][1], b[2], b[3]);
-          }
+        for (int part = 0; part < kPParts<kBf>; ++part) {
+          Op::mma(o[2 * np], pa[kk][part], b[0], b[1]);
+          Op::mma(o[2 * np + 1], pa[kk][part], b[2], b[3]);
         }
       }
     }
 
-    if constexpr (WG) wg::commit();
-    if (it + 1 < tiles) fill.store(sm, buf ^ 1, lut_k, lut_v);  // WG: while the tensor cores run P V
-    if constexpr (WG) {
-      wg::wait<0>();
-      wg::fence_regs(o);
-      wg::fence_proxy_async();
-    }
+    if (it + 1 < tiles) fill.store(sm, buf ^ 1, lut_k, lut_v);
     __syncthreads();  // the next tile is in place and every warp is done with this one
   }
 
-  // ---- the warp's rows to the workspace (merge_kernel normalizes, un-rotates, writes) ----
-  // TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.
-  const float out_scale = kTq ? rsqrtf(float(D)) : 1.0f;
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
-    l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
-    const int row = my_row[i];
-    if (row >= rows_total) continue;
-    const int j = row / group, h = kvh * group + row % group;
-    const size_t slot = ((size_t(seq) * nq + j) * p.q_heads + h) * gridDim.x + split;
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt)
-      *reinterpret_cast<float2*>(&ws_o[slot * D + 8 * nt + 2 * t]) = make_float2(o[nt][2 * i] * out_scale, o[nt][2 * i + 1] * out_scale);
-    if (t == 0) ws_ml[slot] = make_float2(m_run[i], l_run[i]);
-  }
+  write_rows<D, kTq>(p, o, m_run, l_run, my_row, seq, kvh, split, t, ws_o, ws_ml);
 }
-
 
 // Grid: (splits, kv_heads * row tiles, seqs). Query rows come rotated and scaled from
 // prepare_queries (ws_q: [seq][kv head][8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
-// A build for an architecture that never runs this variant (variants.h), the warpgroup-MMA
-// variant (WG) outside sm_90a, or on sm_90a the mma.sync one of full tiles unless the build
-// carries it (kPortableOnHopper), compiles it empty, trapping if launched.
-template <int D, Kind KIND, int KB, int VB, int T = tile_tokens(D), bool WG = false>
+// A build for an architecture that never runs this variant (variants.h), or on sm_90a (where
+// Hopper's kernel, prefill_ws.cuh, runs) unless the build carries it for TQ_CUDA_PORTABLE=1
+// (kPortableOnHopper), compiles it empty, trapping if launched.
+template <int D, Kind KIND, int KB, int VB, int T = tile_tokens(D)>
 __global__ void __launch_bounds__(kThreads, (resident_blocks<D, T>()))
     prefill_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                    const float* ws_q) {  // ws_q: prepare_queries' output, read after the wait (no __restrict__: see merge_kernel)
 #ifdef __CUDA_ARCH__
-  constexpr bool kHopperMmaSync = __CUDA_ARCH__ / 10 == 90 && !WG && T == tile_tokens(D);
-  if constexpr (variant_carried(__CUDA_ARCH__ / 10, kPrefillHasCompact<D>, T != tile_tokens(D)) && (!WG || TQ_WGMMA) &&
-                (!kHopperMmaSync || kPortableOnHopper))
-    prefill_block<D, KIND, KB, VB, T, WG>(p, tokens_per_split, rtiles, ws_o, ws_ml, ws_q);
+  constexpr bool kHopperMmaSync = __CUDA_ARCH__ / 10 == 90 && T == tile_tokens(D);
+  if constexpr (variant_carried(__CUDA_ARCH__ / 10, kPrefillHasCompact<D>, T != tile_tokens(D)) && (!kHopperMmaSync || kPortableOnHopper))
+    prefill_block<D, KIND, KB, VB, T>(p, tokens_per_split, rtiles, ws_o, ws_ml, ws_q);
   else
     __trap();
 #endif

@@ -1,6 +1,7 @@
 // Hopper's warpgroup MMA (wgmma.mma_async, sm_90a only): the 4 warps of a warpgroup multiply a
 // 64-row A by a B read from shared memory once for all of them, where mma.sync has each warp read
-// its own B fragments (prefill_kernel.cuh, whose tiles bound it by shared-memory bandwidth).
+// its own B fragments (prefill_kernel.cuh, whose tiles bound it by shared-memory bandwidth). Used by
+// prefill_ws.cuh, Hopper's prefill.
 //
 // Operands in shared memory are described by a 64-bit descriptor and must be in the canonical
 // "128-byte swizzle" layout: 64 16-bit elements (128 bytes) a row, rows of one 64-element block

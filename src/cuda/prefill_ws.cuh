@@ -1,0 +1,248 @@
+// Hopper's chunked-prefill kernel (sm_90a): prefill_kernel.cuh's work, 128 query rows a block,
+// with FlashAttention-3's division of labour between warpgroups (warp specialization):
+//   producer   warpgroup 0 loads the tiles of keys and values of the block's split into a ring of
+//              stages in shared memory, decoding packed rows to 16-bit rows (prefill_kernel.cuh's
+//              Fill), and signals each stage `full` on an mbarrier;
+//   consumers  warpgroups 1 and 2 own 64 query rows each: S = Q K^T and O += P V as warpgroup
+//              MMAs (the query in two 16-bit parts, as everywhere), the online softmax between;
+//              each signals the stage `empty` once its MMAs have read it.
+// Against prefill_kernel's 4 warps that fill, multiply and wait at one barrier a tile, the decode
+// of a tile is done once per 128 rows and off the MMAs' path, and the two consumers' softmax and
+// MMAs interleave freely.
+// Output as prefill_kernel's: unnormalized rows with (max, sum) in the workspace, merged by
+// merge_kernel.
+#pragma once
+
+#include <climits>
+#include <cstdint>
+
+#include "prefill_kernel.cuh"
+#include "wgmma.cuh"
+
+namespace tq::cuda::prefill {
+
+constexpr int kWsConsumers = 2, kWsThreads = 128 * (1 + kWsConsumers), kWsRows = 64 * kWsConsumers;
+// Registers a thread at D = 256, whose consumers need more than the 168 a thread the launch gives
+// (65536 / 384): the producer releases what the consumers take from the block's pool (setmaxnreg;
+// 128 x (168 - 88) = 256 x (208 - 168)). At D <= 128 every thread fits in 168.
+constexpr int kProducerRegs = 88, kConsumerRegs = 208;
+// Stages of the ring: as many as keep a block within the H200's 227 KB (D = 256: 128 KB of query
+// rows, 32 KB a stage).
+constexpr int ws_stages(int D) { return D >= 256 ? 2 : 3; }
+
+template <int D, int T = tile_tokens(D), int S = ws_stages(D)>
+struct WsSmem {
+  uint4 q[2][D / 64][kWsRows][8];  // query rows, 16-bit high and low parts (tile_chunk<kWsRows>)
+  uint4 k[S][D / 64][T][8];        // decoded key tiles, a stage each (tile_chunk<T>)
+  uint4 v[S][D / 64][T][8];        // decoded value tiles
+  float kn[S][T], vn[S][T];        // TurboQuant norms of the tiles' tokens
+  __half lut_k[16], lut_v[16];     // TurboQuant centroids in fp16 z-units x sqrt(D)
+  uint64_t full[S], empty[S];      // mbarriers: stage written (128 producer arrivals), read (256 consumer arrivals)
+};
+
+template <int D>
+constexpr size_t ws_smem_bytes() {
+  return sizeof(WsSmem<D>) + 1024;
+}
+static_assert(ws_smem_bytes<64>() <= 227 * 1024 && ws_smem_bytes<128>() <= 227 * 1024 && ws_smem_bytes<256>() <= 227 * 1024,
+              "one block an SM on Hopper");
+
+// mbarrier operations on shared-memory barriers (sm_90).
+__device__ __forceinline__ uint32_t smem_u32(const void* ptr) { return static_cast<uint32_t>(__cvta_generic_to_shared(ptr)); }
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+// Waits until the barrier's phase of parity `parity` has completed (acquire).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  uint32_t done = 0;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(smem_u32(bar)), "r"(parity)
+                 : "memory");
+  } while (!done);
+}
+template <int N>
+__device__ __forceinline__ void regs_dec() {
+#if TQ_WGMMA
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+template <int N>
+__device__ __forceinline__ void regs_inc() {
+#if TQ_WGMMA
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+#endif
+}
+
+// The producer: tile `it` of the split goes to stage it % S once the consumers have released the
+// stage's previous tile. Register fills (TurboQuant, fp8) load tile it + 1 while waiting; the
+// cp.async fills (fp16, bf16) copy into the stage and publish it one tile later.
+template <int D, Kind KIND, int KB, int VB, int T, int S>
+__device__ __forceinline__ void ws_produce(const DecodeParams& p, WsSmem<D, T, S>& sm, const Pages& pages, int begin, int tiles) {
+  constexpr bool kAsync = KIND == Kind::kF16 || KIND == Kind::kBf16;
+  dev::Lut8 lut_k{}, lut_v{};
+  if constexpr (KIND == Kind::kTq) {
+    if constexpr (KB <= 3) lut_k = dev::make_lut8(sm.lut_k);
+    if constexpr (VB <= 3) lut_v = dev::make_lut8(sm.lut_v);
+  }
+  const auto publish = [&](int st) {  // this thread's writes of stage st, to the consumers' MMAs
+    wg::fence_proxy_async();
+    mbar_arrive(&sm.full[st]);
+  };
+  Fill<D, KIND, KB, VB, T> fill;
+  if (!kAsync && tiles > 0) fill.fetch(p, pages, begin, sm, 0);
+  for (int it = 0; it < tiles; ++it) {
+    const int st = it % S;
+    if (it >= S) mbar_wait(&sm.empty[st], (it / S - 1) & 1);
+    if constexpr (kAsync) {
+      fill.fetch(p, pages, begin + it * T, sm, st);
+      if (it > 0) {
+        decode::cp_async_wait<1>();
+        publish((it - 1) % S);
+      }
+    } else {
+      fill.store(sm, st, lut_k, lut_v);
+      publish(st);
+      if (it + 1 < tiles) fill.fetch(p, pages, begin + (it + 1) * T, sm, 0);
+    }
+  }
+  if constexpr (kAsync) {
+    if (tiles > 0) {
+      decode::cp_async_wait<0>();
+      publish((tiles - 1) % S);
+    }
+  }
+}
+
+// Grid: (splits [+ the side block], kv_heads * 128-row tiles, seqs), kWsThreads threads. Query rows
+// from prepare_queries as prefill_kernel's, m-tiles rounded up to 128 rows. Compiled empty,
+// trapping, outside sm_90a.
+template <int D, Kind KIND, int KB, int VB>
+__global__ void __launch_bounds__(kWsThreads, 1)
+    prefill_ws_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
+                      const float* ws_q) {  // ws_q: read after the wait (no __restrict__: see merge_kernel)
+#if TQ_WGMMA
+  constexpr int T = tile_tokens(D), S = ws_stages(D), NT = T / 8;
+  constexpr bool kBf = KIND == Kind::kBf16, kTq = KIND == Kind::kTq;
+  extern __shared__ __align__(128) uint4 smem_raw[];
+  // 1 KB-aligned (ws_smem_bytes leaves room): wgmma's swizzle is a function of the address bits.
+  const uint32_t raw_at = smem_u32(smem_raw);
+  WsSmem<D, T, S>& sm = *reinterpret_cast<WsSmem<D, T, S>*>(reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - (raw_at & 1023)) & 1023));
+  dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
+  dev::allow_dependents();
+  static_assert(sizeof(decode::SideSmem<D>) <= sizeof(WsSmem<D, T, S>), "the side block reuses the shared memory");
+  if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block: warpgroup 0 works, the others keep its barriers
+    for (int i = 0; i < kWsRows / decode::kRows; ++i)
+      decode::side_attention<D>(p, blockIdx.z, blockIdx.y / rtiles, blockIdx.y % rtiles * (kWsRows / decode::kRows) + i, blockIdx.x, 0,
+                                INT_MAX, ws_o, ws_ml, smem_raw, threadIdx.x >= 128);
+    return;
+  }
+
+  const int split = blockIdx.x, kvh = blockIdx.y / rtiles, rt = blockIdx.y % rtiles, seq = blockIdx.z;
+  const int wgi = threadIdx.x / 128, warp = threadIdx.x / 32 % 4, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const CacheView& c = p.cache;
+  const int group = int(p.q_heads / c.kv_heads), nq = int(p.num_q_tokens), rows_total = group * nq;
+  const int len = p.seq_lens[seq];
+  // The block's rows (as prefill_block's) bound its split's tokens; each consumer masks by its own.
+  const int row0 = rt * kWsRows, last_row = min(row0 + kWsRows, rows_total) - 1;
+  const int visible_max = len - nq + last_row / group + 1;
+  const int sink = int(p.side.sink), window = int(p.side.window);
+  const int begin = split * tokens_per_split, end = min(min(begin + tokens_per_split, len), visible_max - window);
+  const int tiles = begin < end ? (end - begin + T - 1) / T : 0;
+
+  store_query_rows<D, kWsRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0],
+                                    ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kWsRows * D, threadIdx.x, kWsThreads);
+  if constexpr (kTq) store_luts<D, KB, VB>(c, sm.lut_k, sm.lut_v);
+  if (threadIdx.x == 0) {
+    for (int st = 0; st < S; ++st) {
+      mbar_init(&sm.full[st], 128);
+      mbar_init(&sm.empty[st], 128 * kWsConsumers);
+    }
+  }
+  wg::fence_proxy_async();  // the query rows, for the consumers' MMAs
+  __syncthreads();
+
+  if (wgi == 0) {
+    if constexpr (D >= 256) regs_dec<kProducerRegs>();
+    ws_produce<D, KIND, KB, VB>(p, sm, Pages(p, p.block_tables + size_t(seq) * p.max_pages, kvh, len), begin, tiles);
+    return;
+  }
+  if constexpr (D >= 256) regs_inc<kConsumerRegs>();
+
+  // ---- a consumer: rows wrow0 .. wrow0 + 63; this thread's are g and g + 8 of its warp's 16 ----
+  const int wrow0 = row0 + 64 * (wgi - 1);
+  const int my_row[2] = {wrow0 + 16 * warp + g, wrow0 + 16 * warp + g + 8};
+  const int visible_min = len - nq + min(wrow0, rows_total - 1) / group + 1;
+  TileMask mk{0, end, sink, window, {}};
+#pragma unroll
+  for (int i = 0; i < 2; ++i) mk.visible[i] = my_row[i] < rows_total ? len - nq + my_row[i] / group + 1 : len;
+  // A consumer without rows (the last block's) still releases every stage.
+  const bool idle = wrow0 >= rows_total;
+
+  float o[D / 8][4];  // O: n-tile nt holds coordinates 8 nt + 2t, +1 of rows g ([0..1]) and g + 8 ([2..3])
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+
+  // Descriptors of this consumer's query rows (high part) and of stage 0's key and value tiles
+  // (wgmma.cuh): every operand of the loop is one of them plus a constant.
+  const wg::Desc q_desc = wg::desc_sw128(smem_u32(&sm.q[0][0][64 * (wgi - 1)][0]));
+  const wg::Desc k_desc = wg::desc_sw128(smem_u32(&sm.k[0][0][0][0])), v_desc = wg::desc_sw128(smem_u32(&sm.v[0][0][0][0]));
+  constexpr uint32_t kQPart = sizeof(sm.q[0]), kBuf = sizeof(sm.k[0]);            // bytes of a query part, of a K (V) stage
+  constexpr uint32_t kQBlock = sizeof(sm.q[0][0]), kTBlock = sizeof(sm.k[0][0]);  // bytes of a 64-element block of Q, of a tile
+  static_assert(sizeof(sm.v[0]) == kBuf, "K and V stages alike");
+
+  for (int it = 0; it < tiles; ++it) {
+    const int st = it % S, T0 = begin + it * T;
+    mbar_wait(&sm.full[st], (it / S) & 1);
+    if (!idle) {
+      // ---- S = Q K^T (the two parts of Q): s[nt] holds rows g, g + 8 x tokens 8 nt + 2t, +1 ----
+      float s[NT][4];
+      const wg::Desc kb = k_desc + st * kBuf;
+      wg::arrive();
+      wg::mma_ss<T, kBf, true>(s, q_desc, kb);  // s = Q_hi K_0^T: no zeroing
+#pragma unroll
+      for (int kt = 1; kt < D / 16; ++kt)
+        wg::mma_ss<T, kBf>(s, q_desc + ((kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
+#pragma unroll
+      for (int kt = 0; kt < D / 16; ++kt)
+        wg::mma_ss<T, kBf>(s, q_desc + (kQPart + (kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
+      wg::commit();
+      wg::wait<0>();
+      wg::fence_regs(s);
+
+      mk.T0 = T0;
+      const bool full = T0 >= sink && T0 + T <= end && T0 + T <= visible_min - window;
+      softmax_tile<KIND>(s, o, m_run, l_run, sm.kn[st], sm.vn[st], KIND == Kind::kFp8 ? c.v_scale : 1.0f, full, mk, t);
+      uint32_t pa[T / 16][kPParts<kBf>][4];
+      pack_p<kBf>(s, pa);
+
+      // ---- O += P V: 16 tokens x a 64-coordinate block of V (o's n-tiles 8 db .. 8 db + 7) a step ----
+      wg::fence_regs(o);
+      wg::arrive();
+#pragma unroll
+      for (int kk = 0; kk < T / 16; ++kk) {
+        dev::static_for<D / 64>([&](auto block) {
+          constexpr int db = decltype(block)::value;
+          const wg::Desc vd = v_desc + (st * kBuf + db * kTBlock + kk * 16 * 128);
+#pragma unroll
+          for (int part = 0; part < kPParts<kBf>; ++part) wg::mma_rs<kBf, 8 * db>(o, pa[kk][part], vd);
+        });
+      }
+      wg::commit();
+      wg::wait<0>();
+      wg::fence_regs(o);
+    }
+    mbar_arrive(&sm.empty[st]);
+  }
+  if (!idle) write_rows<D, kTq>(p, o, m_run, l_run, my_row, seq, kvh, split, t, ws_o, ws_ml);
+#else
+  __trap();
+#endif
+}
+
+}  // namespace tq::cuda::prefill
