@@ -12,7 +12,7 @@ OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 args=("$@")
 [ ${#args[@]} -eq 0 ] && args=(--shapes 1x1024 --specs k3v2,bf16 --no-bulk --no-prefill)
-ncu --clock-control none --cache-control none --kernel-name regex:"${KERNELS:-decode_kernel|merge_kernel|quantize_store|prepare_queries|prefill_kernel}" \
+ncu --clock-control none --cache-control none --kernel-name regex:"${KERNELS:-decode_kernel|merge_kernel|quantize_store|prepare_queries|prefill_kernel|prefill_ws_kernel}" \
   --launch-count 300 --metrics gpu__time_duration.sum --csv \
   python3 bench/gpu/bench_decode.py --lib build/h200/bindings/c/libtq_capi.so "${args[@]}" > "$OUT/ncu_durations.csv" 2>&1
 # Median duration per kernel (name shortened), in launch order of first appearance.

@@ -2,8 +2,9 @@
 # Nsight Compute on one decode launch at (16, 32K): pipe utilization and why warps stall.
 # Run on the GPU machine after run_h200.sh has built build/h200 (clocks are left as found).
 #   bash bench/gpu/profile_stalls.sh [spec]     (spec: k3v2 by default)
-# KERNEL and PROFILE_ARGS pick another kernel and bench_decode.py call, e.g. the prefill kernel:
-#   KERNEL=prefill_kernel PROFILE_ARGS="--prefill-only --no-bulk" bash bench/gpu/profile_stalls.sh
+# KERNEL and PROFILE_ARGS pick another kernel and bench_decode.py call, e.g. Hopper's prefill kernel
+# (prefill_kernel with TQ_CUDA_PORTABLE=1 or elsewhere):
+#   KERNEL=prefill_ws_kernel PROFILE_ARGS="--prefill-only --no-bulk" bash bench/gpu/profile_stalls.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
