@@ -298,11 +298,12 @@ struct TileMask {
 
 // One tile's online-softmax step for this thread's rows g and g + 8 (elements 0-1 and 2-3 of each
 // n-tile of s, tokens 8 nt + 2t, +1): S scaled by the key norms kn (TurboQuant) and masked unless
-// `full`, the running (max, sum) updated in the log2 domain, O rescaled, and s replaced by P
-// scaled by the value norms vn (fp8: the value scale) for P V.
-template <Kind KIND, int NT, int J>
-__device__ __forceinline__ void softmax_tile(float (&s)[NT][4], float (&o)[J][4], float (&m_run)[2], float (&l_run)[2], const float* kn,
-                                             const float* vn, float v_scale, bool full, const TileMask& mk, int t) {
+// `full`, the running (max, sum) updated in the log2 domain, and s replaced by P scaled by the
+// value norms vn (fp8: the value scale) for P V. O is not touched: `alpha` says what to rescale
+// it by (rescale_o), which may wait until P V of the previous tile has finished writing it.
+template <Kind KIND, int NT>
+__device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2], const float* kn, const float* vn,
+                                          float v_scale, bool full, const TileMask& mk, int t, float (&alpha)[2]) {
   constexpr bool kTq = KIND == Kind::kTq;
   float mx[2] = {-INFINITY, -INFINITY};
   // Tiles wholly visible to every row (most of them) take a branch without the masks' compares,
@@ -333,7 +334,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NT][4], float (&o)[J][4]
     scale_and_mask(std::false_type{});
   else
     scale_and_mask(std::true_type{});
-  float alpha[2], m_use[2];
+  float m_use[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
@@ -341,15 +342,6 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NT][4], float (&o)[J][4]
     const SoftmaxState::Step st = SoftmaxState::update(m_run[i], l_run[i], mx[i], dev::FastExp2{});  // nothing visible yet: p = 0, not NaN
     alpha[i] = st.scale;
     m_use[i] = st.base;
-  }
-  if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
-#pragma unroll
-    for (int i = 0; i < J; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
-    }
   }
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
@@ -364,6 +356,20 @@ __device__ __forceinline__ void softmax_tile(float (&s)[NT][4], float (&o)[J][4]
       const float pe = dev::fast_exp2(s[nt][e] - m_use[e >> 1]);
       l_run[e >> 1] += pe;
       s[nt][e] = pe * (e & 1 ? vn1 : vn0);
+    }
+  }
+}
+
+// O's rows g and g + 8 scaled by softmax_p's alpha (skipped by the warp when no row's max moved).
+template <int J>
+__device__ __forceinline__ void rescale_o(float (&o)[J][4], const float (&alpha)[2]) {
+  if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+    for (int i = 0; i < J; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
     }
   }
 }
@@ -535,7 +541,9 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
     // ---- key norms, masks, online softmax; then O += P V (B = V rows transposed) ----
     mk.T0 = T0;
     const bool full = T0 >= sink && T0 + T <= end && T0 + T <= visible_min - window;
-    softmax_tile<KIND>(s, o, m_run, l_run, sm.kn[buf], sm.vn[buf], KIND == Kind::kFp8 ? c.v_scale : 1.0f, full, mk, t);
+    float alpha[2];
+    softmax_p<KIND>(s, m_run, l_run, sm.kn[buf], sm.vn[buf], KIND == Kind::kFp8 ? c.v_scale : 1.0f, full, mk, t, alpha);
+    rescale_o(o, alpha);
     uint32_t pa[T / 16][kPParts<kBf>][4];
     pack_p<kBf>(s, pa);
 #pragma unroll

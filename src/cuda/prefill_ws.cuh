@@ -80,7 +80,7 @@ __device__ __forceinline__ void regs_inc() {
 
 // The producer: tile `it` of the split goes to stage it % S once the consumers have released the
 // stage's previous tile. Register fills (TurboQuant, fp8) load tile it + 1 while waiting; the
-// cp.async fills (fp16, bf16) copy into the stage and publish it one tile later.
+// cp.async fills (fp16, bf16) copy into the stage and publish it at the next tile's start.
 template <int D, Kind KIND, int KB, int VB, int T, int S>
 __device__ __forceinline__ void ws_produce(const DecodeParams& p, WsSmem<D, T, S>& sm, const Pages& pages, int begin, int tiles) {
   constexpr bool kAsync = KIND == Kind::kF16 || KIND == Kind::kBf16;
@@ -97,14 +97,15 @@ __device__ __forceinline__ void ws_produce(const DecodeParams& p, WsSmem<D, T, S
   if (!kAsync && tiles > 0) fill.fetch(p, pages, begin, sm, 0);
   for (int it = 0; it < tiles; ++it) {
     const int st = it % S;
-    if (it >= S) mbar_wait(&sm.empty[st], (it / S - 1) & 1);
-    if constexpr (kAsync) {
-      fill.fetch(p, pages, begin + it * T, sm, st);
+    if constexpr (kAsync) {  // tile it - 1 published before the wait for tile it's stage
       if (it > 0) {
-        decode::cp_async_wait<1>();
+        decode::cp_async_wait<0>();
         publish((it - 1) % S);
       }
+      if (it >= S) mbar_wait(&sm.empty[st], (it / S - 1) & 1);
+      fill.fetch(p, pages, begin + it * T, sm, st);
     } else {
+      if (it >= S) mbar_wait(&sm.empty[st], (it / S - 1) & 1);
       fill.store(sm, st, lut_k, lut_v);
       publish(st);
       if (it + 1 < tiles) fill.fetch(p, pages, begin + (it + 1) * T, sm, 0);
@@ -180,7 +181,6 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   TileMask mk{0, end, sink, window, {}};
 #pragma unroll
   for (int i = 0; i < 2; ++i) mk.visible[i] = my_row[i] < rows_total ? len - nq + my_row[i] / group + 1 : len;
-  // A consumer without rows (the last block's) still releases every stage.
   const bool idle = wrow0 >= rows_total;
 
   float o[D / 8][4];  // O: n-tile nt holds coordinates 8 nt + 2t, +1 of rows g ([0..1]) and g + 8 ([2..3])
@@ -196,50 +196,88 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   constexpr uint32_t kQBlock = sizeof(sm.q[0][0]), kTBlock = sizeof(sm.k[0][0]);  // bytes of a 64-element block of Q, of a tile
   static_assert(sizeof(sm.v[0]) == kBuf, "K and V stages alike");
 
-  for (int it = 0; it < tiles; ++it) {
-    const int st = it % S, T0 = begin + it * T;
-    mbar_wait(&sm.full[st], (it / S) & 1);
-    if (!idle) {
-      // ---- S = Q K^T (the two parts of Q): s[nt] holds rows g, g + 8 x tokens 8 nt + 2t, +1 ----
-      float s[NT][4];
-      const wg::Desc kb = k_desc + st * kBuf;
-      wg::arrive();
-      wg::mma_ss<T, kBf, true>(s, q_desc, kb);  // s = Q_hi K_0^T: no zeroing
-#pragma unroll
-      for (int kt = 1; kt < D / 16; ++kt)
-        wg::mma_ss<T, kBf>(s, q_desc + ((kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
-#pragma unroll
-      for (int kt = 0; kt < D / 16; ++kt)
-        wg::mma_ss<T, kBf>(s, q_desc + (kQPart + (kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
-      wg::commit();
-      wg::wait<0>();
-      wg::fence_regs(s);
-
-      mk.T0 = T0;
-      const bool full = T0 >= sink && T0 + T <= end && T0 + T <= visible_min - window;
-      softmax_tile<KIND>(s, o, m_run, l_run, sm.kn[st], sm.vn[st], KIND == Kind::kFp8 ? c.v_scale : 1.0f, full, mk, t);
-      uint32_t pa[T / 16][kPParts<kBf>][4];
-      pack_p<kBf>(s, pa);
-
-      // ---- O += P V: 16 tokens x a 64-coordinate block of V (o's n-tiles 8 db .. 8 db + 7) a step ----
-      wg::fence_regs(o);
-      wg::arrive();
-#pragma unroll
-      for (int kk = 0; kk < T / 16; ++kk) {
-        dev::static_for<D / 64>([&](auto block) {
-          constexpr int db = decltype(block)::value;
-          const wg::Desc vd = v_desc + (st * kBuf + db * kTBlock + kk * 16 * 128);
-#pragma unroll
-          for (int part = 0; part < kPParts<kBf>; ++part) wg::mma_rs<kBf, 8 * db>(o, pa[kk][part], vd);
-        });
-      }
-      wg::commit();
-      wg::wait<0>();
-      wg::fence_regs(o);
+  if (idle) {  // a consumer without rows (the last block's) still releases every stage
+    for (int it = 0; it < tiles; ++it) {
+      mbar_wait(&sm.full[it % S], (it / S) & 1);
+      mbar_arrive(&sm.empty[it % S]);
     }
-    mbar_arrive(&sm.empty[st]);
+    return;
   }
-  if (!idle) write_rows<D, kTq>(p, o, m_run, l_run, my_row, seq, kvh, split, t, ws_o, ws_ml);
+
+  // S = Q K^T of the tile in stage st (the two parts of Q) into acc, issued and committed, not
+  // awaited: acc[nt] holds rows g, g + 8 x tokens 8 nt + 2t, +1.
+  const auto issue_s = [&](float (&acc)[NT][4], int st) {
+    const wg::Desc kb = k_desc + st * kBuf;
+    wg::arrive();
+    wg::mma_ss<T, kBf, true>(acc, q_desc, kb);  // acc = Q_hi K_0^T: no zeroing
+#pragma unroll
+    for (int kt = 1; kt < D / 16; ++kt)
+      wg::mma_ss<T, kBf>(acc, q_desc + ((kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
+#pragma unroll
+    for (int kt = 0; kt < D / 16; ++kt)
+      wg::mma_ss<T, kBf>(acc, q_desc + (kQPart + (kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
+    wg::commit();
+  };
+
+  // Software-pipelined as FlashAttention-3's consumers: the softmax of tile it + 1 runs while the
+  // tensor cores compute P V of tile it. An iteration: O rescaled for tile it; S of it + 1 issued;
+  // P V of it issued; S of it + 1 awaited and its softmax; P V of it awaited, its stage released.
+  const float v_scale = KIND == Kind::kFp8 ? c.v_scale : 1.0f;
+  float s[NT][4], alpha[2];
+  uint32_t pa[T / 16][kPParts<kBf>][4];
+  // The softmax of tile it (its S in s): P into s, the rescale factors into alpha.
+  const auto softmax = [&](int it) {
+    const int T0 = begin + it * T, st = it % S;
+    mk.T0 = T0;
+    const bool full = T0 >= sink && T0 + T <= end && T0 + T <= visible_min - window;
+    softmax_p<KIND>(s, m_run, l_run, sm.kn[st], sm.vn[st], v_scale, full, mk, t, alpha);
+  };
+  if (tiles > 0) {
+    mbar_wait(&sm.full[0], 0);
+    issue_s(s, 0);
+    wg::wait<0>();
+    wg::fence_regs(s);
+    softmax(0);
+    pack_p<kBf>(s, pa);
+  }
+  // P V of tile it (P in pa, V in stage it % S), issued and committed.
+  const auto issue_pv = [&](int it) {
+    const int st = it % S;
+    wg::fence_regs(o);
+    wg::arrive();
+#pragma unroll
+    for (int kk = 0; kk < T / 16; ++kk) {
+      dev::static_for<D / 64>([&](auto block) {  // 16 tokens x a 64-coordinate block of V (o's n-tiles 8 db .. 8 db + 7)
+        constexpr int db = decltype(block)::value;
+        const wg::Desc vd = v_desc + (st * kBuf + db * kTBlock + kk * 16 * 128);
+#pragma unroll
+        for (int part = 0; part < kPParts<kBf>; ++part) wg::mma_rs<kBf, 8 * db>(o, pa[kk][part], vd);
+      });
+    }
+    wg::commit();
+  };
+  // Every tile but the last: a wait for one group exactly (ptxas serializes the MMAs when it
+  // cannot tell which group a wait retires, as in a conditional).
+  for (int it = 0; it + 1 < tiles; ++it) {
+    rescale_o(o, alpha);  // before S is issued: no other access to accumulators while MMAs are in flight
+    mbar_wait(&sm.full[(it + 1) % S], ((it + 1) / S) & 1);
+    issue_s(s, (it + 1) % S);
+    issue_pv(it);
+    wg::wait<1>();  // S of it + 1 (older than P V of it) done: its softmax while P V runs
+    wg::fence_regs(s);
+    softmax(it + 1);
+    wg::wait<0>();  // P V of it done: its stage goes back to the producer, P's registers are free
+    wg::fence_regs(o);
+    mbar_arrive(&sm.empty[it % S]);
+    pack_p<kBf>(s, pa);
+  }
+  if (tiles > 0) {
+    rescale_o(o, alpha);
+    issue_pv(tiles - 1);
+    wg::wait<0>();
+    wg::fence_regs(o);
+  }
+  write_rows<D, kTq>(p, o, m_run, l_run, my_row, seq, kvh, split, t, ws_o, ws_ml);
 #else
   __trap();
 #endif
