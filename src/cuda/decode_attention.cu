@@ -182,7 +182,7 @@ Plan make_prefill_plan(const DecodeParams& p) {
   const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
   const int rtiles = (rows + pl.block_rows - 1) / pl.block_rows;
   pl.mtiles = rtiles * (pl.block_rows / kRows);
-  const int T = prefill::tile_tokens(pl.D, compact);
+  const int T = pl.ws ? prefill::ws_tile_tokens(pl.D) : prefill::tile_tokens(pl.D, compact);
   const int tiles = std::max(1, int((p.max_seq_len + T - 1) / T));
   int splits = p.split_tokens ? 0 : int(p.num_splits);  // fixed cuts are the decode kernel's
   if (splits == 0) {

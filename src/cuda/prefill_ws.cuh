@@ -22,15 +22,27 @@
 namespace tq::cuda::prefill {
 
 constexpr int kWsConsumers = 2, kWsThreads = 128 * (1 + kWsConsumers), kWsRows = 64 * kWsConsumers;
-// Registers a thread at D = 256, whose consumers need more than the 168 a thread the launch gives
-// (65536 / 384): the producer releases what the consumers take from the block's pool (setmaxnreg;
-// 128 x (168 - 88) = 256 x (208 - 168)). At D <= 128 every thread fits in 168.
+// Tokens a tile: 96 at D = 128 where prefill_kernel takes 64. Each S = Q K^T wgmma reads its A
+// (64 query rows x 16) from shared memory for N tokens' columns, and at N = 64 the two consumers'
+// S reads alone ask for shared memory's whole bandwidth; the per-tile work (row maxima, O's
+// rescale, the ring's barriers) is spread over more tokens too. 128 would leave room for 2 stages
+// only, and the producer's decode then waits on the consumers (bench/results has the three).
+// D = 64 and 256 keep prefill_kernel's tiles.
+constexpr int ws_tile_tokens(int D) { return D == 128 ? 96 : tile_tokens(D); }
+// Registers a thread where the consumers need more than the 168 a thread the launch gives
+// (65536 / 384): at D = 256 and with tiles over 64 tokens. The producer releases what the
+// consumers take from the block's pool (setmaxnreg; 128 x (168 - 88) = 256 x (208 - 168)).
 constexpr int kProducerRegs = 88, kConsumerRegs = 208;
-// Stages of the ring: as many as keep a block within the H200's 227 KB (D = 256: 128 KB of query
+constexpr bool ws_moves_regs(int D) { return D >= 256 || ws_tile_tokens(D) > 64; }
+// Stages of the ring at D <= 128: as many as keep a block within the H200's 227 KB, at most 3
+// (96-token tiles at D = 128: 64 KB of query rows, 48 KB a stage). D = 256: 2 (128 KB of query
 // rows, 32 KB a stage).
-constexpr int ws_stages(int D) { return D >= 256 ? 2 : 3; }
+constexpr int ws_stages(int D) {
+  const int T = ws_tile_tokens(D), free = 226 * 1024 - 2 * 128 * D * 2 - 128, stage = 2 * T * D * 2 + 2 * T * 4;
+  return D >= 256 ? 2 : free / stage < 3 ? free / stage : 3;
+}
 
-template <int D, int T = tile_tokens(D), int S = ws_stages(D)>
+template <int D, int T = ws_tile_tokens(D), int S = ws_stages(D)>
 struct WsSmem {
   uint4 q[2][D / 64][kWsRows][8];  // query rows, 16-bit high and low parts (tile_chunk<kWsRows>)
   uint4 k[S][D / 64][T][8];        // decoded key tiles, a stage each (tile_chunk<T>)
@@ -127,7 +139,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     prefill_ws_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                       const float* ws_q) {  // ws_q: read after the wait (no __restrict__: see merge_kernel)
 #if TQ_WGMMA
-  constexpr int T = tile_tokens(D), S = ws_stages(D), NT = T / 8;
+  constexpr int T = ws_tile_tokens(D), S = ws_stages(D), NT = T / 8;
   constexpr bool kBf = KIND == Kind::kBf16, kTq = KIND == Kind::kTq;
   extern __shared__ __align__(128) uint4 smem_raw[];
   // 1 KB-aligned (ws_smem_bytes leaves room): wgmma's swizzle is a function of the address bits.
@@ -168,11 +180,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   __syncthreads();
 
   if (wgi == 0) {
-    if constexpr (D >= 256) regs_dec<kProducerRegs>();
+    if constexpr (ws_moves_regs(D)) regs_dec<kProducerRegs>();
     ws_produce<D, KIND, KB, VB>(p, sm, Pages(p, p.block_tables + size_t(seq) * p.max_pages, kvh, len), begin, tiles);
     return;
   }
-  if constexpr (D >= 256) regs_inc<kConsumerRegs>();
+  if constexpr (ws_moves_regs(D)) regs_inc<kConsumerRegs>();
 
   // ---- a consumer: rows wrow0 .. wrow0 + 63; this thread's are g and g + 8 of its warp's 16 ----
   const int wrow0 = row0 + 64 * (wgi - 1);
