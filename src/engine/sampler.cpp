@@ -117,4 +117,22 @@ void Sampler::probabilities(std::span<const float> logits, std::vector<float>& p
   for (const Candidate& c : kept) p[size_t(c.id)] = float(c.w / total);
 }
 
+TokenLogprobs token_logprobs(std::span<const float> logits, int token, int top) {
+  TQ_CHECK(token >= 0 && size_t(token) < logits.size(), "token {} is outside the row of {} logits", token, logits.size());
+  TQ_CHECK(top >= 0, "top must be >= 0, got {}", top);
+  const float mx = logits[checked_argmax(logits)];
+  double sum = 0;  // in double: 128K terms
+  for (const float x : logits) sum += std::exp(double(x) - mx);
+  const double lse = mx + std::log(sum);
+  TokenLogprobs r;
+  r.logprob = float(logits[size_t(token)] - lse);
+  const size_t k = std::min(size_t(top), logits.size());
+  std::vector<int> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int(i);
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
+                    [&](int a, int b) { return logits[size_t(a)] > logits[size_t(b)] || (logits[size_t(a)] == logits[size_t(b)] && a < b); });
+  for (size_t i = 0; i < k; ++i) r.top.emplace_back(ids[i], float(logits[size_t(ids[i])] - lse));
+  return r;
+}
+
 }  // namespace tq::engine

@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 
+#include "tq/serve/scheduler.h"
+#include "tq/serve/text_stream.h"
+
 namespace tq::serve {
 
 using json = nlohmann::json;
@@ -48,13 +51,26 @@ void refuse_unsupported(const json& body) {
   for (const char* k : {"frequency_penalty", "presence_penalty"})
     if (const auto p = number(body, k, -2, 2); p && *p != 0) throw bad(k, "is not supported (send 0 or leave it out)");
   if (const json* lb = field(body, "logit_bias"); lb && !lb->empty()) throw bad("logit_bias", "is not supported");
-  const json* lp = field(body, "logprobs");
-  if (lp && !(lp->is_boolean() && !lp->get<bool>()) && !(lp->is_number_integer() && lp->get<int64_t>() == 0))
-    throw bad("logprobs", "are not supported by this server");
-  if (const json* t = field(body, "top_logprobs"); t && !(t->is_number_integer() && t->get<int64_t>() == 0))
-    throw bad("top_logprobs", "are not supported by this server");
   for (const char* k : {"tools", "tool_choice", "functions", "function_call", "response_format", "suffix"})
     if (field(body, k)) throw bad(k, "is not supported by this server");
+}
+
+// Completions: "logprobs" is the number of alternatives (0..20). Chat: "logprobs" true asks for
+// them, "top_logprobs" (0..20) how many alternatives.
+int parse_logprobs(const json& body, bool chat) {
+  if (!chat) return int(integer(body, "logprobs", 0, kMaxLogprobs).value_or(-1));
+  const json* top = field(body, "top_logprobs");
+  if (!boolean(body, "logprobs")) {
+    if (top) throw bad("top_logprobs", "needs \"logprobs\": true");
+    return -1;
+  }
+  return int(integer(body, "top_logprobs", 0, kMaxLogprobs).value_or(0));
+}
+
+json byte_values(const std::string& s) {
+  json b = json::array();
+  for (const char c : s) b.push_back(int(uint8_t(c)));
+  return b;
 }
 
 std::string message_content(const json& c, size_t i) {
@@ -162,6 +178,11 @@ CompletionRequest parse_completion(const json& body, bool chat) {
     for (const std::string& x : r.stop)
       if (x.empty()) throw bad("stop", "strings must not be empty");
   }
+  r.logprobs = parse_logprobs(body, chat);
+  if (r.logprobs >= 0 && r.echo)
+    throw bad("logprobs", "with \"echo\" would score the prompt, which this server does not do (leave one out)");
+  if (r.logprobs >= 0 && r.speculation && *r.speculation)
+    throw bad("logprobs", "cannot be combined with speculative decoding (send \"speculative\": \"off\")");
   r.stream = boolean(body, "stream");
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) throw bad("stream_options", "must be an object");
@@ -175,8 +196,32 @@ json usage_json(const Usage& u) {
   return json{{"prompt_tokens", u.prompt}, {"completion_tokens", u.completion}, {"total_tokens", u.prompt + u.completion}};
 }
 
-json completion_body(const ResponseHead& h, const std::string& text, const std::string& finish, const Usage& u) {
-  json choice = {{"index", 0}, {"finish_reason", finish}, {"logprobs", nullptr}};
+json logprobs_json(bool chat, const std::vector<LogprobEntry>& entries, size_t offset) {
+  if (chat) {
+    json content = json::array();
+    for (const LogprobEntry& e : entries) {
+      json top = json::array();
+      for (const auto& [t, lp] : e.top) top.push_back({{"token", t}, {"logprob", lp}, {"bytes", byte_values(t)}});
+      content.push_back({{"token", e.text}, {"logprob", e.logprob}, {"bytes", byte_values(e.text)}, {"top_logprobs", top}});
+    }
+    return json{{"content", content}, {"refusal", nullptr}};
+  }
+  json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
+  for (const LogprobEntry& e : entries) {
+    tokens.push_back(e.text);
+    lps.push_back(e.logprob);
+    json top = json::object();
+    for (const auto& [t, lp] : e.top)
+      if (!top.contains(t)) top[t] = lp;  // two ids with one text: the more likely one's
+    tops.push_back(top);
+    offsets.push_back(offset);
+    offset += utf8_characters(e.text);
+  }
+  return json{{"tokens", tokens}, {"token_logprobs", lps}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+json completion_body(const ResponseHead& h, const std::string& text, const std::string& finish, const Usage& u, const json& logprobs) {
+  json choice = {{"index", 0}, {"finish_reason", finish}, {"logprobs", logprobs}};
   if (h.chat)
     choice["message"] = {{"role", "assistant"}, {"content", text}};
   else
@@ -186,8 +231,8 @@ json completion_body(const ResponseHead& h, const std::string& text, const std::
               {"choices", {choice}}, {"usage", usage_json(u)}};
 }
 
-json chunk_body(const ResponseHead& h, const std::string& text, const std::string& finish, bool first) {
-  json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish.empty() ? json(nullptr) : json(finish)}};
+json chunk_body(const ResponseHead& h, const std::string& text, const std::string& finish, bool first, const json& logprobs) {
+  json choice = {{"index", 0}, {"logprobs", logprobs}, {"finish_reason", finish.empty() ? json(nullptr) : json(finish)}};
   if (h.chat) {
     json delta = json::object();
     if (first) delta["role"] = "assistant";

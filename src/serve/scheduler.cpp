@@ -36,8 +36,10 @@ struct Scheduler::Seq {
   // shared system prompt before another question); its prompt chunks stop there once, and a tail
   // is kept there. 0: none.
   uint32_t branch_at = 0;
+  int logprobs = -1;  // Request::logprobs
 
-  Seq(uint64_t i, Request&& r) : id(i), tokens(std::move(r.prompt)), max_tokens(r.max_tokens), sampler(r.sampling) {
+  Seq(uint64_t i, Request&& r)
+      : id(i), tokens(std::move(r.prompt)), max_tokens(r.max_tokens), sampler(r.sampling), logprobs(r.logprobs) {
     prompt_len = uint32_t(tokens.size());
     if (!r.speculation) return;
     model_draft = r.speculation->source == engine::SpeculativeSpec::Source::kDraftModel;
@@ -108,6 +110,8 @@ void Scheduler::check(const Request& r) const {
   refuse_unless(!r.speculation || r.speculation->source == engine::SpeculativeSpec::Source::kNgram || opts_.draft, "speculative",
                 "speculative '{}': this server has no draft model (tq serve --draft FILE); it drafts by prompt lookup (ngram)",
                 r.speculation ? r.speculation->text : "");
+  refuse_unless(r.logprobs >= -1 && r.logprobs <= kMaxLogprobs, "logprobs", "logprobs must be in 0..{}, got {}", kMaxLogprobs, r.logprobs);
+  refuse_unless(r.logprobs < 0 || !r.speculation, "logprobs", "logprobs cannot be combined with speculative decoding (send \"speculative\": \"off\")");
 }
 
 uint64_t Scheduler::add(Request r, uint64_t id) {
@@ -150,7 +154,7 @@ void Scheduler::start_drafter(Seq* s) {
 }
 
 void Scheduler::finish(Seq* s, Finish f, std::vector<Event>& out, int token, std::string error) {
-  out.push_back(Event{s->id, token, f, std::move(error)});
+  out.push_back(Event{s->id, token, f, std::move(error), std::nullopt});
   s->done = f;
   release(s, f != Finish::kError);
   ++stats_.finished;
@@ -208,7 +212,7 @@ void Scheduler::emit(Seq* s, const std::vector<int>& tokens, std::vector<Event>&
     ++stats_.generated_tokens;
     if (s->drafter) s->drafter->extend({&t, 1});
     if (s->generated >= s->max_tokens) return finish(s, Finish::kLength, out, t);
-    out.push_back(Event{s->id, t, Finish::kNone, {}});
+    out.push_back(Event{s->id, t, Finish::kNone, {}, std::nullopt});
   }
 }
 
@@ -298,6 +302,7 @@ std::vector<Event> Scheduler::step() {
   for (size_t i = 0; i < batch.size(); ++i) {
     samples[i] = items[i]->computed + batch[i].tokens.size() - plan.drafts[i].size() == items[i]->tokens.size();
     on_host |= !plan.drafts[i].empty() && !items[i]->sampler.params().greedy();
+    on_host |= samples[i] && items[i]->logprobs >= 0;  // its log-probabilities come from the logits
   }
   std::vector<int> ids;      // [rows] on the device
   std::vector<float> logits; // [rows][vocab] on the host
@@ -368,7 +373,10 @@ std::vector<Event> Scheduler::step() {
     }
     std::vector<int> emitted(drafts.begin(), drafts.begin() + v.kept);
     emitted.push_back(v.next);
+    const size_t first_event = out.size();
     emit(s, emitted, out);  // an end releases the pages, caching the full ones
+    if (s->logprobs >= 0 && out.size() > first_event && out.back().token == v.next)  // not a stop token: that ends it unsent
+      out.back().logprobs = engine::token_logprobs(item_logits, v.next, s->logprobs);
     if (s->done == Finish::kNone) {
       if (s->tail_at) e_.cache_prefix(s->seq, s->tokens, s->tail_at);
       s->tail_at = 0;

@@ -87,15 +87,32 @@ int64_t unix_now() { return std::chrono::duration_cast<std::chrono::seconds>(std
 struct Answer {
   std::shared_ptr<Stream> stream;
   ResponseHead head;
+  const model::Tokenizer& tok;
   TextStream text;
   Usage usage;
   std::string finish;       // "" while running; "stop", "length", or "abort" (cancelled by a shutdown)
   std::string error;        // the engine failed on it
   bool first = true;        // no chunk sent yet
+  bool logprobs = false;    // asked for: every token's event carries them
+  int prev;                 // the token before the next one
+  std::vector<LogprobEntry> entries;  // the tokens' log-probabilities, [sent] then [pending]
+  size_t sent = 0, sent_chars = 0;    // entries a stream has sent, and the characters of their text
 
-  Answer(std::shared_ptr<Stream> s, ResponseHead h, const model::Tokenizer& tok, int prev, std::vector<std::string> stops, uint32_t prompt)
-      : stream(std::move(s)), head(std::move(h)), text(tok, prev, std::move(stops)) {
+  Answer(std::shared_ptr<Stream> s, ResponseHead h, const model::Tokenizer& t, int prev_token, std::vector<std::string> stops,
+         uint32_t prompt, bool want_logprobs)
+      : stream(std::move(s)), head(std::move(h)), tok(t), text(t, prev_token, std::move(stops)), logprobs(want_logprobs), prev(prev_token) {
     usage.prompt = prompt;
+  }
+
+  // The choice's "logprobs" for entries [from, end) whose text starts at character `chars`;
+  // moves both past them. Null when not asked.
+  json take_logprobs(size_t& from, size_t& chars) {
+    if (!logprobs) return nullptr;
+    const std::vector<LogprobEntry> part(entries.begin() + std::ptrdiff_t(from), entries.end());
+    json j = logprobs_json(head.chat, part, chars);
+    for (const LogprobEntry& e : part) chars += utf8_characters(e.text);
+    from = entries.size();
+    return j;
   }
 
   // Takes the stream's next events (waiting up to `wait`); returns the text they release. Ends
@@ -107,6 +124,12 @@ struct Answer {
     for (const Event& ev : events) {
       if (ev.token >= 0 && finish.empty()) {
         ++usage.completion;
+        if (logprobs && ev.logprobs) {
+          LogprobEntry e{tok.decode_next(prev, ev.token), ev.logprobs->logprob, {}};
+          for (const auto& [id, lp] : ev.logprobs->top) e.top.emplace_back(tok.decode_next(prev, id), lp);
+          entries.push_back(std::move(e));
+        }
+        prev = ev.token;
         out += text.push(ev.token);
         if (text.stopped()) {
           finish = "stop";
@@ -169,7 +192,9 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   if (prompt.size() >= context_)
     throw ApiError(400, fmt::format("this model's maximum context length is {} tokens, but the {} has {} tokens", context_, what, prompt.size()),
                    what);
-  Request r{prompt, cr.sampling, cr.max_tokens.value_or(uint32_t(context_ - prompt.size())), cr.speculation.value_or(o.speculation)};
+  // A request for logprobs runs without the server's default speculation (they do not combine).
+  Request r{prompt, cr.sampling, cr.max_tokens.value_or(uint32_t(context_ - prompt.size())),
+            cr.speculation.value_or(cr.logprobs >= 0 ? std::nullopt : o.speculation), cr.logprobs};
   if (!cr.seeded) r.sampling.seed = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
   if (echo) *echo = cr.echo ? (cr.prompt_ids.empty() ? cr.prompt : tok.decode(cr.prompt_ids)) : "";
   std::shared_ptr<Stream> s;
@@ -181,7 +206,7 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
     throw ApiError(400, e.what(), e.param);
   }
   ResponseHead h{fmt::format("{}-{}", cr.chat ? "chatcmpl" : "cmpl", s->id()), o.model_name, unix_now(), cr.chat};
-  return std::make_shared<Answer>(s, h, tok, prompt.back(), cr.stop, uint32_t(prompt.size()));
+  return std::make_shared<Answer>(s, h, tok, prompt.back(), cr.stop, uint32_t(prompt.size()), cr.logprobs >= 0);
 }
 
 void Server::Impl::complete(const httplib::Request& req, httplib::Response& res, bool chat) {
@@ -206,7 +231,8 @@ void Server::Impl::complete(const httplib::Request& req, httplib::Response& res,
     }
     if (!a->error.empty()) throw ApiError(500, a->error, "", "server_error");
     if (a->finish == "abort") throw ApiError(503, "the server shut down before the request finished", "", "service_unavailable");
-    res.set_content(dump(completion_body(a->head, text, a->finish, a->usage)), "application/json");
+    size_t from = 0, chars = 0;  // (no echo with logprobs: the offsets start at the completion)
+    res.set_content(dump(completion_body(a->head, text, a->finish, a->usage, a->take_logprobs(from, chars))), "application/json");
   } catch (const ApiError& e) {
     send_error(res, e);
   }
@@ -221,7 +247,8 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Answer> a, boo
         const auto chunk = [&](const std::string& text, const std::string& finish) {
           const bool first = a->first;
           a->first = false;
-          return write(sse(chunk_body(a->head, text, finish, first)));
+          const json lp = a->entries.size() > a->sent ? a->take_logprobs(a->sent, a->sent_chars) : json(nullptr);
+          return write(sse(chunk_body(a->head, text, finish, first, lp)));
         };
         if (a->first && (a->head.chat || !echo.empty()) && !chunk(echo, "")) return false;
         auto last_write = std::chrono::steady_clock::now();

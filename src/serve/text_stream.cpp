@@ -4,6 +4,12 @@
 
 namespace tq::serve {
 
+size_t utf8_characters(std::string_view s) {
+  size_t n = 0;
+  for (const char c : s) n += (uint8_t(c) & 0xC0) != 0x80;
+  return n;
+}
+
 size_t utf8_complete_prefix(std::string_view s) {
   // Only a character cut at the end is incomplete: look back at most 3 bytes for its lead byte.
   const size_t n = s.size();

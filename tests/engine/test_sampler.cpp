@@ -177,6 +177,57 @@ TEST(Sampler, RefusesNonFiniteLogitsNamingThePosition) {
   }
 }
 
+// token_logprobs against a long-double log_softmax on random rows (wide logits, many ties, -inf
+// entries): each value within 2 float epsilons of its magnitude, the top tokens in order (ties
+// to the lower id), and the probabilities of the whole row summing to 1.
+TEST(TokenLogprobs, EqualALongDoubleLogSoftmax) {
+  std::mt19937_64 rng(7);
+  for (int trial = 0; trial < 40; ++trial) {
+    const size_t n = 1 + rng() % 3000;
+    std::vector<float> x = trial % 2 ? tied_row(rng, n) : std::vector<float>(n);
+    if (trial % 2 == 0)
+      for (float& v : x) v = float(std::normal_distribution<double>(0, trial % 4 == 0 ? 30.0 : 3.0)(rng));
+    if (trial % 5 == 0)
+      for (size_t i = 0; i < n; i += 3) x[i] = -kInf;
+    if (std::all_of(x.begin(), x.end(), [](float v) { return v == -kInf; })) x[0] = 0;
+    long double mx = -INFINITY, sum = 0;
+    for (const float v : x) mx = std::max(mx, (long double)v);
+    for (const float v : x) sum += std::exp((long double)v - mx);
+    const long double lse = mx + std::log(sum);
+    const int token = argmax(x), top = int(rng() % 8);
+    const TokenLogprobs r = token_logprobs(x, token, top);
+    const auto near = [&](float got, int id) {
+      const long double want = (long double)x[size_t(id)] - lse;
+      if (std::isinf(want)) {
+        EXPECT_EQ(got, -kInf) << "trial " << trial << " id " << id;
+        return;
+      }
+      // The float result of a double computation: half an ulp of itself, plus the double sum's error.
+      EXPECT_NEAR(got, double(want), 2 * std::numeric_limits<float>::epsilon() * std::max(1.0, std::fabs(double(want))))
+          << "trial " << trial << " id " << id;
+    };
+    near(r.logprob, token);
+    ASSERT_EQ(r.top.size(), std::min(size_t(top), n));
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return x[size_t(a)] > x[size_t(b)]; });
+    for (size_t i = 0; i < r.top.size(); ++i) {
+      EXPECT_EQ(r.top[i].first, order[i]) << "trial " << trial << " rank " << i;
+      near(r.top[i].second, r.top[i].first);
+    }
+    if (!r.top.empty()) {
+      EXPECT_EQ(r.top[0].second, r.logprob);  // the argmax is the most likely
+    }
+    if (trial < 4) {  // the whole row's probabilities sum to 1 (O(n^2): a few rows)
+      long double total = 0;
+      for (size_t i = 0; i < n; ++i) total += std::exp((long double)token_logprobs(x, int(i), 0).logprob);
+      EXPECT_NEAR(double(total), 1.0, 1e-6 * double(n)) << "trial " << trial;
+    }
+  }
+  EXPECT_NE(error_of([] { token_logprobs(std::vector<float>{0, 1}, 2, 0); }).find("token 2"), std::string::npos);
+  EXPECT_NE(error_of([] { token_logprobs(std::vector<float>{0, kNaN}, 0, 0); }).find("position 1 is nan"), std::string::npos);
+}
+
 TEST(Sampler, RefusesInvalidParametersNamingTheValue) {
   struct Case {
     SamplingParams p;

@@ -82,7 +82,10 @@ INSTANTIATE_TEST_SUITE_P(
                       Bad{R"({"prompt": "x", "temperature": 2.5})", false, "temperature"}, Bad{R"({"prompt": "x", "top_p": 0})", false, "top_p"},
                       Bad{R"({"prompt": "x", "min_p": 2})", false, "min_p"}, Bad{R"({"prompt": "x", "seed": "s"})", false, "seed"},
                       Bad{R"({"prompt": "x", "n": 4})", false, "n"}, Bad{R"({"prompt": "x", "best_of": 2})", false, "best_of"},
-                      Bad{R"({"prompt": "x", "logprobs": 5})", false, "logprobs"},
+                      Bad{R"({"prompt": "x", "logprobs": 21})", false, "logprobs"},
+                      Bad{R"({"prompt": "x", "logprobs": true})", false, "logprobs"},
+                      Bad{R"({"prompt": "x", "logprobs": 2, "echo": true})", false, "logprobs"},
+                      Bad{R"({"prompt": "x", "logprobs": 2, "speculative": "ngram:k=4"})", false, "logprobs"},
                       Bad{R"({"prompt": "x", "frequency_penalty": 0.5})", false, "frequency_penalty"},
                       Bad{R"({"prompt": "x", "stop": [""]})", false, "stop"}, Bad{R"({"prompt": "x", "stop": 3})", false, "stop"},
                       Bad{R"({"prompt": "x", "stream": 1})", false, "stream"},
@@ -91,9 +94,49 @@ INSTANTIATE_TEST_SUITE_P(
                       Bad{R"({"messages": [{"role": "tool", "content": "x"}]})", true, "messages[0].role"},
                       Bad{R"({"messages": [{"role": "user", "content": 5}]})", true, "messages[0].content"},
                       Bad{R"({"messages": [{"role": "user", "content": "x"}], "tools": []})", true, "tools"},
-                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", true, "logprobs"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 2})", true, "logprobs"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", true, "top_logprobs"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 30})", true,
+                          "top_logprobs"},
                       Bad{R"({"prompt": "x", "speculative": true})", false, "speculative"},
                       Bad{R"({"prompt": "x", "speculative": "ngram:k=9"})", false, "speculative"}));
+
+// Completions take "logprobs" as a count of alternatives, chat as true with "top_logprobs".
+TEST(OpenAiParse, Logprobs) {
+  EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x"})"), false).logprobs, -1);
+  EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": 0})"), false).logprobs, 0);
+  EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": 5})"), false).logprobs, 5);
+  EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": 2, "speculative": "off"})"), false).logprobs, 2);
+  const char* chat = R"({"messages": [{"role": "user", "content": "x"}], )";
+  EXPECT_EQ(parse_completion(json::parse(std::string(chat) + R"("logprobs": false})"), true).logprobs, -1);
+  EXPECT_EQ(parse_completion(json::parse(std::string(chat) + R"("logprobs": true})"), true).logprobs, 0);
+  EXPECT_EQ(parse_completion(json::parse(std::string(chat) + R"("logprobs": true, "top_logprobs": 20})"), true).logprobs, 20);
+}
+
+// The two shapes of a choice's "logprobs": offsets count characters, bytes are the token's own
+// (a token that is part of a character keeps its bytes; its text is replaced when dumped).
+TEST(OpenAiBodies, LogprobsShapes) {
+  const std::vector<LogprobEntry> entries{{"a", -0.5f, {{"a", -0.5f}, {"b", -1.5f}, {"a", -2.0f}}},
+                                          {"\xC3\xA9", -0.25f, {}}, {"\xE2", -3.0f, {}}, {"z", -1.0f, {}}};
+  const json c = logprobs_json(false, entries, 4);
+  EXPECT_EQ(c["tokens"].size(), 4u);
+  EXPECT_EQ(c["token_logprobs"][1], -0.25f);
+  EXPECT_EQ(c["text_offset"], json::parse("[4, 5, 6, 7]"));
+  EXPECT_EQ(c["top_logprobs"][0], json::parse(R"({"a": -0.5, "b": -1.5})"));  // one text, the more likely id's
+  EXPECT_EQ(c["top_logprobs"][1], json::object());
+  const json h = logprobs_json(true, entries, 0);
+  ASSERT_EQ(h["content"].size(), 4u);
+  EXPECT_TRUE(h["refusal"].is_null());
+  EXPECT_EQ(h["content"][0]["top_logprobs"].size(), 3u);
+  EXPECT_EQ(h["content"][0]["top_logprobs"][1]["token"], "b");
+  EXPECT_EQ(h["content"][1]["bytes"], json::parse("[195, 169]"));
+  EXPECT_EQ(h["content"][2]["bytes"], json::parse("[226]"));
+  EXPECT_EQ(dump(h["content"][2]["token"]), "\"\xEF\xBF\xBD\"");
+  const ResponseHead cmpl{"cmpl-1", "m", 100, false};
+  EXPECT_EQ(completion_body(cmpl, "az", "stop", {}, c)["choices"][0]["logprobs"], c);
+  EXPECT_TRUE(completion_body(cmpl, "az", "stop", {})["choices"][0]["logprobs"].is_null());
+  EXPECT_EQ(chunk_body(cmpl, "a", "", true, c)["choices"][0]["logprobs"], c);
+}
 
 TEST(OpenAiBodies, Shapes) {
   const ResponseHead chat{"chatcmpl-1", "m", 100, true}, cmpl{"cmpl-1", "m", 100, false};

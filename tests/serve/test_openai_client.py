@@ -170,6 +170,45 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(usage.completion_tokens, chat.usage.completion_tokens)
         self.s.wait_drained(self)
 
+    def test_logprobs(self):
+        # Completions: greedy text as tq run's, one entry a token, the chosen token the most likely.
+        r = self.complete(PROMPTS[0], 30, logprobs=3)
+        self.assertEqual(r.choices[0].text, tq_run(PROMPTS[0], 30, self.KV))
+        lp = r.choices[0].logprobs
+        self.assertEqual(len(lp.tokens), r.usage.completion_tokens)
+        self.assertEqual("".join(lp.tokens), r.choices[0].text)
+        self.assertEqual(lp.text_offset[0], 0)
+        for i, (tok, x, top) in enumerate(zip(lp.tokens, lp.token_logprobs, lp.top_logprobs)):
+            self.assertLessEqual(x, 0.0)
+            self.assertTrue(1 <= len(top) <= 3, top)
+            self.assertEqual(max(top.values()), x, (i, tok, top))
+            self.assertEqual(top[tok], x)
+            if i:
+                self.assertEqual(lp.text_offset[i], lp.text_offset[i - 1] + len(lp.tokens[i - 1]))
+        # Streamed: the same entries, spread over the chunks.
+        chunks = list(self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=30, temperature=0, logprobs=3,
+                                                       stream=True))
+        streamed = [c.choices[0].logprobs for c in chunks if c.choices[0].logprobs]
+        self.assertEqual(sum((p.tokens for p in streamed), []), lp.tokens)
+        self.assertEqual(sum((p.token_logprobs for p in streamed), []), lp.token_logprobs)
+        self.assertEqual(sum((p.text_offset for p in streamed), []), lp.text_offset)
+        # Chat: logprobs true with top_logprobs, each entry with its bytes.
+        msgs = [{"role": "user", "content": "A story about a dog"}]
+        chat = self.s.client.chat.completions.create(model=self.model, messages=msgs, max_tokens=20, temperature=0, logprobs=True,
+                                                     top_logprobs=2)
+        content = chat.choices[0].logprobs.content
+        self.assertEqual(len(content), chat.usage.completion_tokens)
+        self.assertEqual("".join(e.token for e in content), chat.choices[0].message.content)
+        for e in content:
+            self.assertEqual(bytes(e.bytes), e.token.encode())
+            self.assertEqual(len(e.top_logprobs), 2)
+            self.assertEqual(e.top_logprobs[0].logprob, e.logprob)
+            self.assertGreaterEqual(e.top_logprobs[0].logprob, e.top_logprobs[1].logprob)
+        plain = self.s.client.chat.completions.create(model=self.model, messages=msgs, max_tokens=20, temperature=0)
+        self.assertIsNone(plain.choices[0].logprobs)
+        self.assertEqual(plain.choices[0].message.content, chat.choices[0].message.content)
+        self.s.wait_drained(self)
+
     def test_seeded_sampling_repeats(self):
         a = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=30, temperature=0.9, top_p=0.9, seed=123)
         b = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=30, temperature=0.9, top_p=0.9, seed=123)
@@ -260,7 +299,8 @@ class ServeTest(unittest.TestCase):
             ({"prompt": "x", "temperature": -1}, 400, "temperature"),
             ({"prompt": "x", "top_p": 0}, 400, "top_p"),
             ({"prompt": "x", "n": 2}, 400, "n"),
-            ({"prompt": "x", "logprobs": 3}, 400, "logprobs"),
+            ({"prompt": "x", "logprobs": 21}, 400, "logprobs"),
+            ({"prompt": "x", "logprobs": 2, "echo": True}, 400, "logprobs"),
             ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
             ({"prompt": "x", "stream": "yes"}, 400, "stream"),
             ({"prompt": ["a", "b"]}, 400, "prompt"),

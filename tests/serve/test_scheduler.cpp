@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <map>
 #include <optional>
 #include <random>
@@ -63,12 +65,14 @@ struct Outcome {
   std::vector<int> tokens;
   Finish finish = Finish::kNone;
   int events_after_finish = 0;
+  std::vector<engine::TokenLogprobs> logprobs;  // of the tokens that came with them
 };
 void record(std::map<uint64_t, Outcome>& out, const std::vector<Event>& events) {
   for (const Event& ev : events) {
     Outcome& o = out[ev.id];
     if (o.finish != Finish::kNone) ++o.events_after_finish;
     if (ev.token >= 0) o.tokens.push_back(ev.token);
+    if (ev.logprobs) o.logprobs.push_back(*ev.logprobs);
     if (ev.finish != Finish::kNone) o.finish = ev.finish;
   }
 }
@@ -199,6 +203,59 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"CentredChunked", "k3v2:page=8:centre", {.max_seqs = 8, .max_chunk = 256},
                            {.max_num_seqs = 4, .max_batched_tokens = 7}}),
     [](const auto& info) { return std::string(info.param.name); });
+
+// Requests that ask for logprobs share steps with others (which then sample on the host, from
+// the same logits and by the same rule): every request still gets its tokens alone, and each of
+// the asking ones a TokenLogprobs a token, equal to log_softmax of the logits of a teacher-forced
+// prefill of its prompt and tokens on a fresh engine.
+TEST(SchedulerLogprobs, EqualTeacherForcedLogSoftmax) {
+  REQUIRE_STORIES();
+  const char* spec = "k3v2:page=8";
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 4, .max_chunk = 64});
+  Scheduler s(e, is_stop, {.max_num_seqs = 4, .max_batched_tokens = 19});
+  std::vector<Request> reqs;
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < 4; ++i) {
+    Request r{prompt(kPrompts[i + 1]), {}, uint32_t(12 + 5 * i), {}};
+    if (i % 2) r.sampling = SamplingParams{.temperature = 0.8f, .top_k = 40, .seed = 77 + i};
+    r.logprobs = i < 2 ? int(3 * i + 2) : -1;  // 2 and 5 alternatives; the other two ask nothing
+    reqs.push_back(r);
+    ids.push_back(s.add(r));
+  }
+  const auto got = drain(s);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const Outcome& o = got.at(ids[i]);
+    EXPECT_EQ(o.tokens, alone(spec, reqs[i])) << "request " << i;
+    if (reqs[i].logprobs < 0) {
+      EXPECT_TRUE(o.logprobs.empty());
+      continue;
+    }
+    ASSERT_EQ(o.logprobs.size(), o.tokens.size()) << "request " << i;
+    Engine ref(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512});
+    std::vector<int> seq = reqs[i].prompt;
+    seq.insert(seq.end(), o.tokens.begin(), o.tokens.end() - 1);
+    const std::vector<float> logits = ref.prefill(ref.add_sequence(), seq, true);
+    const size_t V = size_t(stories()->m.config.vocab_size), first = reqs[i].prompt.size() - 1;
+    for (size_t j = 0; j < o.tokens.size(); ++j) {
+      const float* row = &logits[(first + j) * V];
+      long double mx = row[0], sum = 0;
+      for (size_t v = 0; v < V; ++v) mx = std::max(mx, (long double)row[v]);
+      for (size_t v = 0; v < V; ++v) sum += std::exp((long double)row[v] - mx);
+      const auto want = [&](int id) { return double((long double)row[id] - mx - std::log(sum)); };
+      // The CPU engine's logits do not depend on the batch or the chunks (HitLogitsEqualColdBitForBit),
+      // so only the float rounding of the result differs: half an ulp, bounded by twice that.
+      const auto tol = [](double x) { return std::numeric_limits<float>::epsilon() * std::max(1.0, std::fabs(x)); };
+      EXPECT_NEAR(o.logprobs[j].logprob, want(o.tokens[j]), tol(want(o.tokens[j]))) << "request " << i << " token " << j;
+      ASSERT_EQ(o.logprobs[j].top.size(), size_t(reqs[i].logprobs));
+      for (const auto& [id, lp] : o.logprobs[j].top) EXPECT_NEAR(lp, want(id), tol(want(id))) << "request " << i << " token " << j << " id " << id;
+      for (size_t k = 1; k < o.logprobs[j].top.size(); ++k) EXPECT_GE(o.logprobs[j].top[k - 1].second, o.logprobs[j].top[k].second);
+      if (reqs[i].sampling.greedy()) {
+        EXPECT_EQ(o.logprobs[j].top[0].first, o.tokens[j]);
+      }
+    }
+  }
+  EXPECT_EQ(s.stats().pages_free, s.stats().pages_total);
+}
 
 // A prefix hit gives the tokens of a cold run and computes only what is not cached.
 TEST(SchedulerPrefix, SharedPrefixHitsGiveColdTokens) {
@@ -557,6 +614,9 @@ TEST(SchedulerErrors, RequestsThatCanNeverRunAreRefused) {
   EXPECT_EQ(param({{1}, SamplingParams{.top_k = -1}, 4, {}}), "top_k");
   EXPECT_EQ(param({{1}, SamplingParams{.min_p = 2}, 4, {}}), "min_p");
   EXPECT_EQ(param({{1}, {}, 4, engine::parse_speculative_spec("draft")}), "speculative");
+  EXPECT_EQ(param({{1}, {}, 4, {}, 21}), "logprobs");
+  EXPECT_EQ(param({{1}, {}, 4, engine::parse_speculative_spec("ngram"), 2}), "logprobs");
+  EXPECT_EQ(param({{1}, {}, 4, {}, 20}), "(accepted)");
   EXPECT_EQ(param({{1}, {}, 4, {}}), "(accepted)");
   expect_error([&] { Scheduler(e, is_stop, {.max_num_seqs = 3}); }, "--max-num-seqs");
   expect_error([&] { Scheduler(e, is_stop, {.max_num_seqs = 2, .max_batched_tokens = 17}); }, "largest step");

@@ -10,6 +10,7 @@
 #include <random>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tq/common.h"
@@ -83,5 +84,15 @@ class Sampler {
   std::mt19937_64 rng_;
   std::vector<Candidate> kept_;  // scratch of sample(): [kept tokens], in id order
 };
+
+// The log-probabilities OpenAI's `logprobs` report: of `token` and of the `top` most likely tokens
+// (more likely first, the lower id first among equals), under the model's own distribution,
+// log_softmax(logits), before temperature and the filters (vLLM's default). Same errors as
+// Sampler::sample(); `token` must be in the row.
+struct TokenLogprobs {
+  float logprob = 0;                         // of the token
+  std::vector<std::pair<int, float>> top;    // [min(top, vocab)] (id, logprob)
+};
+TokenLogprobs token_logprobs(std::span<const float> logits, int token, int top);
 
 }  // namespace tq::engine

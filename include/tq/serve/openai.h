@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -41,12 +42,16 @@ struct CompletionRequest {
   std::vector<std::string> stop;             // at most 4, none empty
   bool stream = false, include_usage = false;
   bool echo = false;                         // completions: the prompt before the completion
+  // Request::logprobs: completions' "logprobs" (an integer), chat's "logprobs": true with
+  // "top_logprobs"; -1 when not asked.
+  int logprobs = -1;
   // tq's extension "speculative": a --spec value ("ngram:k=4") or "off"; not given: the server's.
   std::optional<std::optional<engine::SpeculativeSpec>> speculation;
 };
 
 // Throws ApiError (400) naming the field: a body that is not an object, wrong types, values out
-// of range, n other than 1, logprobs, a missing prompt or messages.
+// of range, n other than 1, logprobs over 20 or with echo or speculation, a missing prompt or
+// messages.
 CompletionRequest parse_completion(const nlohmann::json& body, bool chat);
 
 // Response bodies. `id`: "cmpl-..." or "chatcmpl-..."; `created`: Unix seconds.
@@ -59,10 +64,25 @@ struct Usage {
   uint32_t prompt = 0, completion = 0;
 };
 nlohmann::json usage_json(const Usage& u);
-nlohmann::json completion_body(const ResponseHead& h, const std::string& text, const std::string& finish, const Usage& u);
+// One generated token's log-probabilities as reported: its text (the tokenizer's decode_next after
+// the token before it; a part of a UTF-8 character where a character spans tokens) and those of
+// the most likely tokens.
+struct LogprobEntry {
+  std::string text;
+  float logprob = 0;
+  std::vector<std::pair<std::string, float>> top;
+};
+// A choice's "logprobs" for `entries`. Chat: {"content": [{token, logprob, bytes, top_logprobs}],
+// "refusal": null}. Completions: {tokens, token_logprobs, top_logprobs, text_offset}, the offsets
+// in characters from `offset` (the characters of the text before the first entry's token).
+nlohmann::json logprobs_json(bool chat, const std::vector<LogprobEntry>& entries, size_t offset);
+// `logprobs`: the choice's "logprobs" (null when not asked).
+nlohmann::json completion_body(const ResponseHead& h, const std::string& text, const std::string& finish, const Usage& u,
+                               const nlohmann::json& logprobs = nullptr);
 // A streamed chunk: text (chat: delta content; the first chat chunk carries the role), and the
-// finish reason on the last one ("" for none).
-nlohmann::json chunk_body(const ResponseHead& h, const std::string& text, const std::string& finish, bool first);
+// finish reason on the last one ("" for none); `logprobs` those of the tokens since the last chunk.
+nlohmann::json chunk_body(const ResponseHead& h, const std::string& text, const std::string& finish, bool first,
+                          const nlohmann::json& logprobs = nullptr);
 // The usage chunk at the end of a stream when stream_options.include_usage: no choices.
 nlohmann::json usage_chunk(const ResponseHead& h, const Usage& u);
 

@@ -48,14 +48,18 @@ struct Request {
   // Speculative decoding: by prompt lookup (ngram), or on the draft model (draft; the scheduler's
   // SchedulerOptions::draft, else check() refuses it).
   std::optional<engine::SpeculativeSpec> speculation;
+  // OpenAI's logprobs: -1 none; else each generated token's log-probability and those of the
+  // `logprobs` most likely tokens (0..kMaxLogprobs). Its steps take the logits to the host.
+  int logprobs = -1;
 };
+constexpr int kMaxLogprobs = 20;  // vLLM's default cap
 
 // Why a request can never run (Scheduler::check), and the request field to blame: the server
 // answers 400 and names it as the OpenAI error's "param".
 class Refused : public Error {
  public:
   Refused(std::string param, const std::string& what) : Error(what), param(std::move(param)) {}
-  std::string param;  // "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p" or "speculative"
+  std::string param;  // "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "speculative" or "logprobs"
 };
 
 enum class Finish { kNone, kStop, kLength, kCancelled, kError };
@@ -69,6 +73,7 @@ struct Event {
   int token = -1;           // -1: none this step
   Finish finish = Finish::kNone;
   std::string error;        // kError: why
+  std::optional<engine::TokenLogprobs> logprobs;  // the token's, when the request asked (Request::logprobs)
 };
 
 struct SchedulerOptions {
@@ -115,7 +120,7 @@ class Scheduler {
   // Throws Refused naming the value and the field when the request can never run: an empty
   // prompt, a token outside the vocabulary, max_tokens 0, prompt + max_tokens beyond the context,
   // more pages than the whole pool holds, invalid sampling parameters, a speculation this server
-  // cannot do. Reads only what construction fixed, so another thread may call it while step() runs.
+  // cannot do, logprobs out of range or with speculation. Reads only what construction fixed, so another thread may call it while step() runs.
   void check(const Request& r) const;
   // check(), then queues the request; returns its id: `id` when not 0 (the caller's, unique and
   // never reused), else the next of the scheduler's own.

@@ -38,5 +38,7 @@ class TextStream {
 
 // Bytes of `s` that form whole UTF-8 characters from the start (an invalid byte counts as one).
 size_t utf8_complete_prefix(std::string_view s);
+// Characters (code points) of UTF-8 text: its bytes that do not continue a character.
+size_t utf8_characters(std::string_view s);
 
 }  // namespace tq::serve
