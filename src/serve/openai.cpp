@@ -58,7 +58,11 @@ void refuse_unsupported(const json& body) {
 // Completions: "logprobs" is the number of alternatives (0..20). Chat: "logprobs" true asks for
 // them, "top_logprobs" (0..20) how many alternatives.
 int parse_logprobs(const json& body, bool chat) {
-  if (!chat) return int(integer(body, "logprobs", 0, kMaxLogprobs).value_or(-1));
+  if (!chat) {
+    const json* lp = field(body, "logprobs");
+    if (lp && lp->is_boolean() && !lp->get<bool>()) return -1;  // false: not asked, as chat reads it
+    return int(integer(body, "logprobs", 0, kMaxLogprobs).value_or(-1));
+  }
   const json* top = field(body, "top_logprobs");
   if (!boolean(body, "logprobs")) {
     if (top) throw bad("top_logprobs", "needs \"logprobs\": true");

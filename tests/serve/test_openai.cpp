@@ -104,6 +104,7 @@ INSTANTIATE_TEST_SUITE_P(
 // Completions take "logprobs" as a count of alternatives, chat as true with "top_logprobs".
 TEST(OpenAiParse, Logprobs) {
   EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x"})"), false).logprobs, -1);
+  EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": false})"), false).logprobs, -1);
   EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": 0})"), false).logprobs, 0);
   EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": 5})"), false).logprobs, 5);
   EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": 2, "speculative": "off"})"), false).logprobs, 2);
