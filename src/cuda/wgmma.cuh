@@ -83,18 +83,13 @@ __device__ __forceinline__ void fence_regs(float (&d)[J][4]) {
 #define TQ_WG_D16(c) TQ_WG_D4(c, 0), TQ_WG_D4(c, 1), TQ_WG_D4(c, 2), TQ_WG_D4(c, 3)
 #define TQ_WG_D32(c) TQ_WG_D16(c), TQ_WG_D4(c, 4), TQ_WG_D4(c, 5), TQ_WG_D4(c, 6), TQ_WG_D4(c, 7)
 #define TQ_WG_D48(c) TQ_WG_D32(c), TQ_WG_D4(c, 8), TQ_WG_D4(c, 9), TQ_WG_D4(c, 10), TQ_WG_D4(c, 11)
-#define TQ_WG_D64(c) TQ_WG_D48(c), TQ_WG_D4(c, 12), TQ_WG_D4(c, 13), TQ_WG_D4(c, 14), TQ_WG_D4(c, 15)
 #define TQ_WG_R16 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}"
-#define TQ_WG_R32 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, "\
+#define TQ_WG_R32                                                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, " \
   "%26, %27, %28, %29, %30, %31}"
-#define TQ_WG_R48 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, "\
+#define TQ_WG_R48                                                                                                             \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, " \
   "%26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}"
-#define TQ_WG_R64 \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, "\
-  "%26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, "\
-  "%52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 // The instruction after its accumulators: the descriptors' halves (operands A0..A1, B0..B1) joined
 // into 64-bit registers, and scale-d, false (D = A B, the accumulators' old values unread) when
 // ZERO is "1".
@@ -103,12 +98,12 @@ __device__ __forceinline__ void fence_regs(float (&d)[J][4]) {
   "};\nwgmma.mma_async.sync.aligned.m64n" N "k16.f32." TYPE "." TYPE " " R ", da, db, p, 1, 1, 0, 0;}\n"
 
 // d[J0 .. J0 + N/8) = A B (ZERO) or += A B, m64nNk16: A (64 x 16, K-major) and B (N x 16, K-major)
-// in shared memory. BF16: bf16 operands, else fp16. N: 32, 64, 96 or 128. ZERO: the first of a sum, whose
-// accumulators need no initial value.
+// in shared memory. BF16: bf16 operands, else fp16. N: 32, 64 or 96. ZERO: the first of a sum,
+// whose accumulators need no initial value.
 template <int N, bool BF16, bool ZERO = false, int J0 = 0, int J>
 __device__ __forceinline__ void mma_ss(float (&d)[J][4], Desc a, Desc b) {
   static_assert(J0 + N / 8 <= J, "accumulator columns");
-  static_assert(N == 128 || N == 96 || N == 64 || N == 32, "N: 32, 64, 96 or 128");
+  static_assert(N == 96 || N == 64 || N == 32, "N: 32, 64 or 96");
 #if TQ_WGMMA
   constexpr bool kBf = BF16;
 #define TQ_WG_CASE(n, regs, a0, a1, b0, b1, zero, dc)                                                                 \
@@ -116,11 +111,7 @@ __device__ __forceinline__ void mma_ss(float (&d)[J][4], Desc a, Desc b) {
     asm volatile(TQ_WG_SS(#n, "bf16", regs, a0, a1, b0, b1, zero) : dc : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi)); \
   else                                                                                                                \
     asm volatile(TQ_WG_SS(#n, "f16", regs, a0, a1, b0, b1, zero) : dc : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi))
-  if constexpr (N == 128 && ZERO) {
-    TQ_WG_CASE(128, TQ_WG_R64, "%64", "%65", "%66", "%67", "1", TQ_WG_D64("=f"));
-  } else if constexpr (N == 128) {
-    TQ_WG_CASE(128, TQ_WG_R64, "%64", "%65", "%66", "%67", "0", TQ_WG_D64("+f"));
-  } else if constexpr (N == 96 && ZERO) {
+  if constexpr (N == 96 && ZERO) {
     TQ_WG_CASE(96, TQ_WG_R48, "%48", "%49", "%50", "%51", "1", TQ_WG_D48("=f"));
   } else if constexpr (N == 96) {
     TQ_WG_CASE(96, TQ_WG_R48, "%48", "%49", "%50", "%51", "0", TQ_WG_D48("+f"));
@@ -166,11 +157,9 @@ __device__ __forceinline__ void mma_rs(float (&d)[J][4], const uint32_t (&a)[4],
 #undef TQ_WG_D16
 #undef TQ_WG_D32
 #undef TQ_WG_D48
-#undef TQ_WG_D64
 #undef TQ_WG_R16
 #undef TQ_WG_R32
 #undef TQ_WG_R48
-#undef TQ_WG_R64
 #undef TQ_WG_SS
 
 }  // namespace tq::cuda::wg

@@ -127,6 +127,7 @@ TokenLogprobs token_logprobs(std::span<const float> logits, int token, int top) 
   TokenLogprobs r;
   r.logprob = float(logits[size_t(token)] - lse);
   const size_t k = std::min(size_t(top), logits.size());
+  if (k == 0) return r;
   std::vector<int> ids(logits.size());
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = int(i);
   std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),

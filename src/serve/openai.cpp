@@ -200,7 +200,7 @@ json usage_json(const Usage& u) {
   return json{{"prompt_tokens", u.prompt}, {"completion_tokens", u.completion}, {"total_tokens", u.prompt + u.completion}};
 }
 
-json logprobs_json(bool chat, const std::vector<LogprobEntry>& entries, size_t offset) {
+json logprobs_json(bool chat, std::span<const LogprobEntry> entries, size_t offset) {
   if (chat) {
     json content = json::array();
     for (const LogprobEntry& e : entries) {

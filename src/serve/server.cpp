@@ -108,7 +108,7 @@ struct Answer {
   // moves both past them. Null when not asked.
   json take_logprobs(size_t& from, size_t& chars) {
     if (!logprobs) return nullptr;
-    const std::vector<LogprobEntry> part(entries.begin() + std::ptrdiff_t(from), entries.end());
+    const std::span<const LogprobEntry> part = std::span<const LogprobEntry>(entries).subspan(from);
     json j = logprobs_json(head.chat, part, chars);
     for (const LogprobEntry& e : part) chars += utf8_characters(e.text);
     from = entries.size();

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -75,7 +76,7 @@ struct LogprobEntry {
 // A choice's "logprobs" for `entries`. Chat: {"content": [{token, logprob, bytes, top_logprobs}],
 // "refusal": null}. Completions: {tokens, token_logprobs, top_logprobs, text_offset}, the offsets
 // in characters from `offset` (the characters of the text before the first entry's token).
-nlohmann::json logprobs_json(bool chat, const std::vector<LogprobEntry>& entries, size_t offset);
+nlohmann::json logprobs_json(bool chat, std::span<const LogprobEntry> entries, size_t offset);
 // `logprobs`: the choice's "logprobs" (null when not asked).
 nlohmann::json completion_body(const ResponseHead& h, const std::string& text, const std::string& finish, const Usage& u,
                                const nlohmann::json& logprobs = nullptr);
