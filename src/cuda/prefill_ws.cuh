@@ -34,12 +34,12 @@ constexpr int ws_tile_tokens(int D) { return D == 128 ? 96 : tile_tokens(D); }
 // consumers take from the block's pool (setmaxnreg; 128 x (168 - 88) = 256 x (208 - 168)).
 constexpr int kProducerRegs = 88, kConsumerRegs = 208;
 constexpr bool ws_moves_regs(int D) { return D >= 256 || ws_tile_tokens(D) > 64; }
-// Stages of the ring at D <= 128: as many as keep a block within the H200's 227 KB, at most 3
-// (96-token tiles at D = 128: 64 KB of query rows, 48 KB a stage). D = 256: 2 (128 KB of query
-// rows, 32 KB a stage).
+// Stages of the ring: as many as keep a block within the H200's 227 KB, at most 3 (96-token
+// tiles at D = 128: 64 KB of query rows, 48 KB a stage; D = 256: 128 KB of query rows, 32 KB a
+// stage). A third stage keeps the producer's decode off the consumers' path.
 constexpr int ws_stages(int D) {
   const int T = ws_tile_tokens(D), free = 226 * 1024 - 2 * 128 * D * 2 - 128, stage = 2 * T * D * 2 + 2 * T * 4;
-  return D >= 256 ? 2 : free / stage < 3 ? free / stage : 3;
+  return free / stage < 3 ? free / stage : 3;
 }
 
 template <int D, int T = ws_tile_tokens(D), int S = ws_stages(D)>
