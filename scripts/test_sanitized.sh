@@ -14,16 +14,24 @@
 # default and the two 4-token-page ones keep their code paths covered; of its eviction test
 # (~17 s an instance), the two 4-token-page instances, whose other tests still run. The passkey
 # grid with trials and a haystack (~29 s): the other passkey tests run the same code sanitized.
+#
+# `test_sanitized.sh build` only builds, `test_sanitized.sh test` only runs what was built:
+# scripts/test.sh builds while the release tests run (they leave one of CI's two cores idle).
 set -euo pipefail
+what=${1:-all}
+case "$what" in all | build | test) ;; *) echo "usage: test_sanitized.sh [all|build|test]" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 if [ "${TQ_SANITIZED:-1}" = 0 ]; then
   echo "test_sanitized.sh: skipped (TQ_SANITIZED=0)"
   exit 0
 fi
-bash scripts/clang_deps.sh
-jobs=$(nproc 2>/dev/null || echo 2)
-cmake --preset asan -DTQ_FUZZ_SECONDS="${TQ_FUZZ_SECONDS:-10}" >/dev/null
-cmake --build --preset asan -j "$jobs"
+if [ "$what" != test ]; then
+  bash scripts/clang_deps.sh
+  jobs=$(nproc 2>/dev/null || echo 2)
+  cmake --preset asan -DTQ_FUZZ_SECONDS="${TQ_FUZZ_SECONDS:-10}" >/dev/null
+  cmake --build --preset asan -j "$jobs"
+fi
+[ "$what" = build ] && exit 0
 out=build/asan/Testing/ctest-output.txt
 mkdir -p build/asan/Testing
 rc=0
