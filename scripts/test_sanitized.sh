@@ -25,9 +25,9 @@ if [ "${TQ_SANITIZED:-1}" = 0 ]; then
   echo "test_sanitized.sh: skipped (TQ_SANITIZED=0)"
   exit 0
 fi
+jobs=$(nproc 2>/dev/null || echo 2)
 if [ "$what" != test ]; then
   bash scripts/clang_deps.sh
-  jobs=$(nproc 2>/dev/null || echo 2)
   cmake --preset asan -DTQ_FUZZ_SECONDS="${TQ_FUZZ_SECONDS:-10}" >/dev/null
   cmake --build --preset asan -j "$jobs"
 fi
