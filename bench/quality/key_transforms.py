@@ -17,6 +17,9 @@ small maps around them. This script measures it, in a numpy fp64 forward pass of
 Perplexity, KL and top-1 against the unquantized forward on the first --tokens tokens of the
 evaluation text; keys at --kbits, values exact or at --vbits. Results: bench/results/2026-11-30-key-transforms.md.
 
+--vcentre also stores each value less its (layer, KV head)'s mean over the calibration tokens and
+adds that mean to the attention output: exact, since a query's attention weights sum to 1.
+
   .venv/bin/python bench/quality/key_transforms.py --calib ../shared/data/text/emma.txt --modes raw,centre,diag,full
 """
 import argparse
@@ -43,6 +46,7 @@ def main():
     ap.add_argument("--kbits", type=int, default=3)
     ap.add_argument("--vbits", type=int, default=0, help="0: values exact")
     ap.add_argument("--pw", type=float, default=0.25, help="diag's exponent")
+    ap.add_argument("--vcentre", action="store_true", help="values less their calibration mean (with --vbits)")
     a = ap.parse_args()
 
     llm = tq.LLM(a.model, kv_spec="fp32", device="cpu", threads=1)  # its tokenizer
@@ -90,8 +94,8 @@ def main():
         return qz.dequantize(qz.quantize(x), x.shape[0]).astype(np.float64)
 
     def forward(ids, transform=None, stats=None):
-        """Logits [n][vocab]; transform[l][h] = (mu, A, A^-T) quantizes keys (and values at --vbits);
-        stats collects each layer's post-RoPE q, k (position 0, the sink, left out)."""
+        """Logits [n][vocab]; transform[l][h] = (mu, A, A^-T, value mean) quantizes keys (and values at
+        --vbits); stats collects each layer's post-RoPE q, k and v (position 0, the sink, left out)."""
         n = len(ids)
         x = emb[ids]
         mask = np.triu(np.full((n, n), -np.inf), 1)
@@ -102,16 +106,16 @@ def main():
             k = rope((h @ W(p + "attn_k.weight").T).reshape(n, nkv, hd))
             v = (h @ W(p + "attn_v.weight").T).reshape(n, nkv, hd)
             if stats is not None:
-                stats.append((q[1:], k[1:]))
+                stats.append((q[1:], k[1:], v[1:]))
             att = np.empty((n, nh, hd))
             for kvh in range(nkv):
                 K, V, Q = k[:, kvh], v[:, kvh], q[:, kvh * g:kvh * g + g]
                 if transform is not None:
-                    mu, A, A_inv_t = transform[l][kvh]
+                    mu, A, A_inv_t, muv = transform[l][kvh]
                     K = round_trip(qk[l][kvh], (K - mu) @ A.T)
                     Q = Q @ A_inv_t.T
                     if qv:
-                        V = round_trip(qv[l][kvh], V)
+                        V = round_trip(qv[l][kvh], V - muv) + muv
                 for j in range(g):
                     att[:, kvh * g + j] = softmax(Q[:, j] @ K.T / np.sqrt(hd) + mask) @ V
             x = x + att.reshape(n, -1) @ W(p + "attn_output.weight").T
@@ -131,7 +135,7 @@ def main():
     def make(mode):
         out = []
         for l in range(L):
-            q, k = stats[l]
+            q, k, v = stats[l]
             row = []
             for kvh in range(nkv):
                 K, Q = k[:, kvh], q[:, kvh * g:kvh * g + g].reshape(-1, hd)
@@ -147,7 +151,8 @@ def main():
                     A = sqrtm(ri @ sqrtm(r_ @ Sq @ r_) @ ri)
                 elif mode not in ("raw", "centre"):
                     sys.exit(f"unknown mode '{mode}'")
-                row.append((mu, A, np.linalg.inv(A).T))
+                muv = v[:, kvh].mean(0) if a.vcentre else np.zeros(hd)
+                row.append((mu, A, np.linalg.inv(A).T, muv))
             out.append(row)
         return out
 
