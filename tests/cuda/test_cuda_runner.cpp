@@ -1,6 +1,6 @@
 // The CUDA model runner against the CPU runner on the same file: synthetic GGUFs of small Llama
 // shapes the GPU kernels take (head dim 64 and 128, GQA, qwen2 biases), several KV specs, and of
-// real shapes (llama-3.2-1b, qwen2.5-0.5b).
+// real shapes (llama-3.2-1b, qwen2.5-0.5b, qwen3-0.6b).
 //
 // Bounds. The GPU runner rounds the weights and each product's input to bf16 (relative error
 // 2^-9 each) and sums in another order; the CPU runner keeps fp32. That moves logits by well under
@@ -139,6 +139,13 @@ TinyModelSpec shape(int dim, int heads, int kv_heads, int layers, bool bias, con
   s.realistic = true;
   return s;
 }
+// Qwen3's layout: heads of 128 wider than dim / heads (q_dim 1024 from dim 256, as Qwen3-0.6B's
+// 2048 from 1024), per-head q/k norms, no biases.
+TinyModelSpec qwen3_shape() {
+  TinyModelSpec s = shape(256, 8, 2, 3, false, "qwen3");
+  s.head_dim = 128;
+  return s;
+}
 
 INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                          ::testing::Values(RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "fp16"},
@@ -161,7 +168,12 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                                            RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"),
                                                       "k3v2:sink=4:window=64:edge=2/k4v4:centre"},
                                            // tq run's default: the centre and the unbiased norm (ip) besides.
-                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), kDefaultKvSpec}),
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), kDefaultKvSpec},
+                                           // qwen3: the q/k norms before the centre and RoPE.
+                                           RunnerCase{"d128_qwen3", qwen3_shape(), "fp16"},
+                                           RunnerCase{"d128_qwen3", qwen3_shape(), "k3v2"},
+                                           RunnerCase{"d128_qwen3", qwen3_shape(), "fp16:centre"},
+                                           RunnerCase{"d128_qwen3", qwen3_shape(), kDefaultKvSpec}),
                          [](const auto& i) {
                            std::string s = std::string(i.param.name) + "_" + i.param.spec;
                            for (char& ch : s)
@@ -169,8 +181,8 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                            return s;
                          });
 
-// Real shapes (named_shape: head dim 64, GQA 4 and 7, vocabularies of 128K and 152K, 16 and 24
-// layers, qwen2 biases, tied classifiers) as synthetic GGUF files written by the tests' own
+// Real shapes (named_shape: head dim 64 and qwen3's 128 wider than dim / heads, GQA 2, 4 and 7,
+// vocabularies of 128K and 152K, 16 to 28 layers, qwen2 biases, qwen3 q/k norms, tied classifiers) as synthetic GGUF files written by the tests' own
 // writer (F32 weights at a trained model's scale, a fixed seed), GPU runner against CPU runner
 // with the bounds of LogitsMatchTheCpuRunner, for a float cache and tq run's default policy. The
 // prompt (100 tokens, chunks of 24) passes the default spec's window of 64.
@@ -180,10 +192,10 @@ TEST_P(CudaRunnerRealShape, LogitsMatchTheCpuRunner) {
   TQ_REQUIRE_GPU();
   const model::ModelConfig c = model::named_shape(GetParam());
   TinyModelSpec s;
-  s.arch = c.arch == model::Arch::Qwen2 ? "qwen2" : "llama";
+  s.arch = c.arch == model::Arch::Qwen2 ? "qwen2" : c.arch == model::Arch::Qwen3 ? "qwen3" : "llama";
   s.dim = c.dim, s.n_heads = c.n_heads, s.n_kv_heads = c.n_kv_heads, s.hidden = c.hidden_dim, s.n_layers = c.n_layers;
   s.vocab = c.vocab_size, s.tied = c.tied_embeddings, s.bias = c.has_qkv_bias, s.realistic = true, s.context = 256;
-  ASSERT_EQ(c.dim / c.n_heads, c.head_dim);
+  if (c.dim / c.n_heads != c.head_dim) s.head_dim = c.head_dim;  // qwen3's wider heads
   const model::Model m = tiny(s);
   ASSERT_EQ(m.config.head_dim, c.head_dim);
   std::mt19937 rng(9);
@@ -198,7 +210,7 @@ TEST_P(CudaRunnerRealShape, LogitsMatchTheCpuRunner) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, CudaRunnerRealShape, ::testing::Values("llama-3.2-1b", "qwen2.5-0.5b"), [](const auto& i) {
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaRunnerRealShape, ::testing::Values("llama-3.2-1b", "qwen2.5-0.5b", "qwen3-0.6b"), [](const auto& i) {
   std::string n = i.param;
   for (char& ch : n)
     if (!isalnum(ch)) ch = '_';
@@ -431,17 +443,29 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
   EXPECT_THROW(engine::choose_device("gpu", c, {}), Error);
 }
 
-// qwen3 and gemma3 run on the CPU only: refused naming the architecture, and --device auto picks
-// the CPU for them.
-TEST(CudaRunnerRefuses, Qwen3AndGemma3) {
-  for (const model::Arch a : {model::Arch::Qwen3, model::Arch::Gemma3}) {
+// gemma3 runs on the CPU only, and so would a model with q/k norms after q/k biases (none is
+// known): refused naming the architecture, and --device auto picks the CPU for them. qwen3 is taken.
+TEST(CudaRunnerRefuses, Gemma3AndQkNormsAfterBiases) {
+  const auto config = [](model::Arch a) {
     model::ModelConfig c;
     c.n_layers = 4, c.dim = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.vocab_size = 300, c.arch = a;
+    return c;
+  };
+  model::ModelConfig gemma = config(model::Arch::Gemma3), biased = config(model::Arch::Qwen3);
+  gemma.qk_norm = gemma.post_norms = true;
+  biased.qk_norm = biased.has_qkv_bias = true;
+  for (const model::ModelConfig& c : {gemma, biased}) {
     std::string why;
     EXPECT_FALSE(cuda::can_run(c, parse_kv_spec("fp16"), &why));
-    EXPECT_NE(why.find(std::string("architecture '") + model::arch_name(a) + "' is not implemented"), std::string::npos) << why;
+    EXPECT_NE(why.find(std::string("architecture '") + model::arch_name(c.arch) + "' is not implemented"), std::string::npos) << why;
     EXPECT_THROW(engine::choose_device("cuda", c, {parse_kv_spec("fp16")}), Error);
     EXPECT_EQ(engine::choose_device("auto", c, {parse_kv_spec("fp16")}), engine::Device::kCpu);
+  }
+  model::ModelConfig qwen3 = config(model::Arch::Qwen3);
+  qwen3.qk_norm = true;
+  std::string why;
+  if (cuda::device_available(nullptr)) {
+    EXPECT_TRUE(cuda::can_run(qwen3, parse_kv_spec("fp16"), &why)) << why;
   }
 }
 

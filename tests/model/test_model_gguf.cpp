@@ -223,6 +223,12 @@ TEST(ModelGguf, Qwen3Config) {
   EXPECT_EQ(m.config.ffn_act, FfnAct::SiLU);
   EXPECT_EQ(m.config.layer_window(0), 0);
   EXPECT_TRUE(m.weights.layers[1].k_norm.present());
+  TinyModelSpec wide = s;  // heads wider than dim / heads (attention.key_length), as Qwen3-0.6B's
+  wide.head_dim = 48;
+  const Model w = testing::load_written(testing::tiny_model(wide));
+  EXPECT_EQ(w.config.head_dim, 48);
+  EXPECT_EQ(w.config.q_dim(), 96);
+  EXPECT_EQ(w.weights.layers[0].q_norm.n_cols, 48u);
   s.rope_scaling = "linear";  // only gemma3's linear scaling is read
   expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "RoPE scaling type 'linear' is not supported");
 }

@@ -120,6 +120,7 @@ inline void add_bpe_tokenizer(GgufWriter& w, const BpeVocab& v, const std::strin
 struct TinyModelSpec {
   std::string arch = "llama";
   int dim = 32, n_heads = 2, n_kv_heads = 1, hidden = 64, n_layers = 2, vocab = 16;
+  int head_dim = 0;  // attention.key_length / value_length when set (qwen3's heads are wider than dim / heads); 0: dim / heads, not written
   int context = 128;
   bool tied = false;
   bool bias = false;
@@ -190,7 +191,12 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
   w.add_u32(a + ".attention.head_count_kv", uint32_t(s.n_kv_heads));
   w.add_f32(a + ".rope.freq_base", s.rope_theta);
   w.add_f32(a + ".attention.layer_norm_rms_epsilon", s.rms_eps);
-  w.add_u32(a + ".rope.dimension_count", uint32_t(s.dim / s.n_heads));
+  const int hd_written = s.head_dim > 0 ? s.head_dim : s.dim / s.n_heads;
+  w.add_u32(a + ".rope.dimension_count", uint32_t(hd_written));
+  if (s.head_dim > 0) {
+    w.add_u32(a + ".attention.key_length", uint32_t(s.head_dim));
+    w.add_u32(a + ".attention.value_length", uint32_t(s.head_dim));
+  }
   if (a == "gemma3" && s.sliding_window > 0) w.add_u32(a + ".attention.sliding_window", uint32_t(s.sliding_window));
   if (!s.rope_scaling.empty()) {
     w.add_string(a + ".rope.scaling.type", s.rope_scaling);
@@ -201,7 +207,7 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
 
   std::mt19937 rng(2024);
   const uint64_t D = uint64_t(s.dim), H = uint64_t(s.hidden), V = uint64_t(s.vocab);
-  const uint64_t hd = D / uint64_t(s.n_heads), QD = hd * uint64_t(s.n_heads), KVD = hd * uint64_t(s.n_kv_heads);
+  const uint64_t hd = uint64_t(hd_written), QD = hd * uint64_t(s.n_heads), KVD = hd * uint64_t(s.n_kv_heads);
   // n floats uniform in [center - half, center + half], as F32 bytes.
   const auto uniform = [&](size_t n, float center, float half) {
     std::vector<uint8_t> out(n * 4);

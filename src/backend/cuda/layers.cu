@@ -122,6 +122,24 @@ __global__ void qkv_rope_kernel(const float* __restrict__ qkv, const float* __re
   }
 }
 
+// One warp a (row, q or k head): the sum of squares in fp32 by shuffles, then the CPU runner's
+// w * (x / rms) (CpuModelRunner::rmsnorm: 1 / sqrt(ss / n + eps), not rsqrtf's approximation).
+__global__ void qk_norm_kernel(float* __restrict__ qkv, uint32_t n, uint32_t hq, uint32_t hkv, uint32_t hd, const float* __restrict__ qw,
+                               const float* __restrict__ kw, float eps) {
+  const uint32_t heads = hq + hkv, lane = threadIdx.x % 32;
+  const size_t job = (size_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;  // (row, head), the same for the whole warp
+  if (job >= size_t(n) * heads) return;
+  const uint32_t r = uint32_t(job / heads), h = uint32_t(job % heads);
+  float* x = qkv + size_t(r) * (hq + 2 * hkv) * hd + size_t(h) * hd;
+  const float* w = h < hq ? qw : kw;
+  float ss = 0;
+  for (uint32_t i = lane; i < hd; i += 32) ss += x[i] * x[i];
+#pragma unroll
+  for (int d = 16; d >= 1; d /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, d);
+  const float inv = 1.0f / sqrtf(ss / float(hd) + eps);
+  for (uint32_t i = lane; i < hd; i += 32) x[i] = w[i] * (inv * x[i]);
+}
+
 // One thread a key element (h, e): the mean of element e and of its RoPE partner, in double in row
 // order as the CPU runner sums them, then e's row of the pair's 2x2 map. Explicit roundings: no
 // fused multiply-add, as model::rope_centre computes on the host.
@@ -202,6 +220,12 @@ void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, ui
     case 3: add_rmsnorm_vec_kernel<3><<<n, threads, 0, s>>>(x, add, rows, dim, w, eps, out); break;
     default: add_rmsnorm_vec_kernel<4><<<n, threads, 0, s>>>(x, add, rows, dim, w, eps, out); break;
   }
+}
+void qk_norm(float* qkv, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim, const float* q_w, const float* k_w, float eps,
+             Stream s) {
+  if (n == 0) return;
+  const size_t warps = size_t(n) * (q_heads + kv_heads);
+  qk_norm_kernel<<<unsigned((warps + 3) / 4), 128, 0, s>>>(qkv, n, q_heads, kv_heads, head_dim, q_w, k_w, eps);
 }
 void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
               uint32_t rope_dim, const float* cos, const float* sin, bool adjacent, const float* centre, float* q, float* k, float* v,

@@ -17,6 +17,12 @@ void embed(const bf16_t* table, const int32_t* tokens, uint32_t n, uint32_t dim,
 // when add is set, then out[i] = bf16(w * x[row] / rms(x[row])). x, add: [*][dim]; out: [n][dim].
 void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, uint32_t dim, const float* w, float eps, bf16_t* out,
                  Stream s);
+// Qwen3's per-head RMSNorm of the queries and keys (ModelConfig::qk_norm), in place on the fused
+// projection, before qkv_rope and key_centre read it (the CPU runner's order): each q head's
+// head_dim elements x <- q_w * (x / rms(x)), each k head's with k_w; the v heads are left alone.
+// qkv: [n][(q_heads + 2 kv_heads) head_dim]; q_w, k_w: [head_dim].
+void qk_norm(float* qkv, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim, const float* q_w, const float* k_w, float eps,
+             Stream s);
 // Splits the fused projection's rows into q, k, v with the bias added (when set) and RoPE applied
 // to q and k at position pos[r]. qkv: [n][(q_heads + 2 kv_heads) head_dim] (q heads, k heads, v
 // heads), bias: [that width] or null; q: [n][q_heads][head_dim]; k, v: [n][kv_heads][head_dim];

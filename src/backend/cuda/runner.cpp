@@ -74,6 +74,7 @@ Buf<float> upload_vector(std::initializer_list<const TensorRef*> parts) {
 struct Layer {
   Matrix wqkv, wo, gate_up, down;  // wqkv: [q_dim + 2 kv_dim][dim]; gate_up: [2 hidden][dim]
   Buf<float> attn_norm, ffn_norm, bqkv;  // bqkv: [q_dim + 2 kv_dim], empty when the model has no biases
+  Buf<float> q_norm, k_norm;             // [head_dim] each: qwen3's per-head q/k RMSNorm, empty without
 };
 
 // Pinned host memory for the sampled ids (an asynchronous copy needs it).
@@ -300,6 +301,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
     y.down = matrix({&w.w_down}, D, F);
     y.attn_norm = vector({&w.attn_norm}, D, false), y.ffn_norm = vector({&w.ffn_norm}, D, false);
     if (cfg_.has_qkv_bias) y.bqkv = vector({&w.bq, &w.bk, &w.bv}, Q + 2 * KV, true);
+    if (cfg_.qk_norm) y.q_norm = vector({&w.q_norm}, size_t(c.head_dim), false), y.k_norm = vector({&w.k_norm}, size_t(c.head_dim), false);
     layers_.push_back(std::move(y));
   }
   out_norm_ = vector({m ? &m->weights.output_norm : nullptr}, D, false);
@@ -521,6 +523,8 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
     // The residual add of the previous layer's FFN output is fused into this norm.
     layers::add_rmsnorm(x_.get(), l ? o_.get() : nullptr, nullptr, N, D, w.attn_norm.get(), c.rms_eps, hb_.get(), stream_);
     gemm(w.wqkv, hb_.get(), N, qkv_.get());
+    if (w.q_norm.n)  // qwen3: each q and k head normed before the centre and RoPE see it (can_run: no biases then)
+      layers::qk_norm(qkv_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, w.q_norm.get(), w.k_norm.get(), c.rms_eps, stream_);
     // Keys less their centre; the first step fixes it from its own keys before RoPE.
     float* mu = centre_.n ? centre_.get() + l * size_t(c.kv_dim()) : nullptr;
     const float* bias = w.bqkv.n ? w.bqkv.get() : nullptr;
@@ -645,11 +649,12 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
   if (c.n_layers < 1 || c.n_heads < 1 || c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0 || c.rope_dim % 2 != 0 || c.rope_dim > c.head_dim)
     problem = fmt::format("the model's shape ({} layers, {} query and {} KV heads, rope dim {} of head dim {}) is not one the runner takes",
                           c.n_layers, c.n_heads, c.n_kv_heads, c.rope_dim, c.head_dim);
-  // What the CUDA layers do not compute: qwen3's and gemma3's per-head q/k norms, gemma3's post-norms,
-  // GELU, embedding and query scales and sliding-window layers (the CPU runner has them).
-  if (c.arch == model::Arch::Qwen3 || c.arch == model::Arch::Gemma3 || c.qk_norm || c.post_norms || c.ffn_act != model::FfnAct::SiLU ||
-      c.embed_scale != 1.0f || c.attn_scale != 0.0f || c.sliding_window > 0 || c.rope_freq_scale != 1.0f)
-    problem = fmt::format("architecture '{}' is not implemented in the CUDA runner (it runs llama and qwen2): use --device cpu",
+  // What the CUDA layers do not compute: gemma3's post-norms, GELU, embedding and query scales and
+  // sliding-window layers (the CPU runner has them); q/k norms after a q/k bias (no such model known:
+  // the norm is applied in place before qkv_rope adds the bias).
+  if (c.arch == model::Arch::Gemma3 || c.post_norms || c.ffn_act != model::FfnAct::SiLU || c.embed_scale != 1.0f || c.attn_scale != 0.0f ||
+      c.sliding_window > 0 || c.rope_freq_scale != 1.0f || (c.qk_norm && c.has_qkv_bias))
+    problem = fmt::format("architecture '{}' is not implemented in the CUDA runner (it runs llama, qwen2 and qwen3): use --device cpu",
                           model::arch_name(c.arch));
   if (!spec.policy.key_sim.empty())
     problem = fmt::format("KV spec '{}': ksim={} is a CPU simulation of another format; the CUDA runner has no such cache (--device cpu)",
