@@ -142,7 +142,7 @@ TinyModelSpec shape(int dim, int heads, int kv_heads, int layers, bool bias, con
 // Qwen3's layout: heads of 128 wider than dim / heads (q_dim 1024 from dim 256, as Qwen3-0.6B's
 // 2048 from 1024), per-head q/k norms, no biases.
 TinyModelSpec qwen3_shape() {
-  TinyModelSpec s = shape(256, 8, 2, 3, false, "qwen3");
+  TinyModelSpec s = shape(256, 8, 2, 4, false, "qwen3");
   s.head_dim = 128;
   return s;
 }
