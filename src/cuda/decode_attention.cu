@@ -75,6 +75,10 @@ constexpr int kPairMinTiles = 8;
 // Tiles a warp below which a split is not worth its prologue once half the resident slots are
 // filled (make_plan; on the H200, k3v2 at batch 1: 32 splits beat 64 at 8K and 16K).
 constexpr int kMinTilesPerWarp = 8;
+// The decode grid's fill (make_plan): a split plan that leaves more than a tenth of its waves' block
+// slots idle, with blocks enough for half a wave, is replaced by one of about kFillWaves waves.
+constexpr double kMinWaveFill = 0.9;
+constexpr int kFillWaves = 4;
 // TQ_DECODE_ROWS=8 or 16 forces 8- or 16-row blocks where both exist (read at every plan, so a
 // test can compare both kernels on one cache); a row's result is the same bits either way.
 int forced_rows() {
@@ -146,6 +150,15 @@ Plan make_plan(const DecodeParams& p, int R) {
     if (R == 1) {
       const int half_wave = std::max(1, slots / 2 / blocks);
       want = std::min(want, std::max(half_wave, tiles / (kMinTilesPerWarp * kWarps)));
+      // Where the blocks alone fill half the slots or more (serving batches: 55 x 32K for k3v2 is
+      // 440 blocks on the H200's 528 slots), one split a block leaves the tail of its wave idle:
+      // then splits enough for about kFillWaves waves of smaller blocks, which the SMs take in turn
+      // (bench/results/2026-12-02-h200-decode-serving-splits.md: 55 x 32K 757 -> 623 us), none under
+      // kMinTilesPerWarp tiles a warp (short contexts keep what they had).
+      want = std::max(want, 1);
+      const int waves = (blocks * want + slots - 1) / slots;
+      if (blocks >= slots / 2 && double(blocks) * want < kMinWaveFill * waves * slots)
+        want = std::max(want, std::min((kFillWaves * slots + blocks - 1) / blocks, tiles / (kMinTilesPerWarp * kWarps)));
     }
     splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
