@@ -100,7 +100,7 @@ AutoKvRequest parse_auto_kv(const std::string& text) {
     } else {
       TQ_CHECK(key != "edge" && key != "layers" && key != "ksim" && key != "outliers" && key != "prod",
                "KV spec '{}': '{}' is not taken by an automatic spec: it chooses the layers' whole widths itself (keep to sink=, "
-               "window=, centre, page=, seed=, rot=, nc)",
+               "window=, centre, ip, page=, seed=, rot=, nc)",
                text, opt);
       rest += ":" + opt;
     }
