@@ -40,7 +40,7 @@ TEST(AutoKv, Parses) {
   EXPECT_EQ(r.knobs.canonical(), "k3v2:sink=4:window=64:centre");
   // tq run's default knobs, the unbiased norm among them, are kept as given.
   const AutoKvRequest d = parse_auto_kv("auto:bits=2.95:calib=a.txt:ip:sink=4:window=64:centre");
-  EXPECT_TRUE(d.knobs.policy.norm_unbiased_k && d.knobs.policy.norm_unbiased_v);
+  EXPECT_TRUE(d.knobs.format.norm_unbiased_k && d.knobs.format.norm_unbiased_v);
   EXPECT_EQ(d.knobs.canonical(), parse_kv_spec("k3v2:ip:sink=4:window=64:centre").canonical());
   const AutoKvRequest m = parse_auto_kv("auto:mem=1.5G:context=32768:calib=a.txt");
   EXPECT_EQ(m.mem_bytes, uint64_t(1.5 * 1024 * 1024 * 1024));
