@@ -196,7 +196,7 @@ void add_run(CLI::App& app) {
                                    "Generate text with a compressed KV cache, on the GPU or the CPU (--device): quantized as tokens arrive,\n"
                                    "attention reads the packed pages. Without -m: models/SmolLM2-135M-Instruct.Q4_1.gguf (scripts/get_model.sh).\n"
                                    "Example: tq run -p 'Why is the sky blue?' --chat --kv k3v2 -n 100 --temp 0.7 --top-p 0.9");
-  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2, qwen3, gemma3) or llama2.c checkpoint (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   c->add_option("-p,--prompt", o->prompt, "prompt text (default: none, the text starts from the BOS token)");
   CLI::Option* steps =
       c->add_option("-n,--steps", o->steps, "tokens to generate, at most the context (default 256, or until the context is full)");

@@ -149,7 +149,7 @@ void add_serve(CLI::App& app) {
                                    "/health and Prometheus /metrics; many requests at once over one KV page pool (docs/serving.md).\n"
                                    "Example: tq serve -m model.gguf --port 8000 --max-num-seqs 64; then\n"
                                    "  curl localhost:8000/v1/completions -d '{\"prompt\": \"Once upon a time\", \"max_tokens\": 32}'");
-  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2) or llama2.c checkpoint (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
+  c->add_option("-m,--model", o->model, "model file: GGUF (llama, qwen2, qwen3, gemma3) or llama2.c checkpoint (default: models/SmolLM2-135M-Instruct.Q4_1.gguf)");
   c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("--host", o->host, "address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)");
   c->add_option("--port", o->port, "port to listen on (default 8000; 0 = any free port, printed on stderr)");
