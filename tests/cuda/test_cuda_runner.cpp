@@ -461,9 +461,12 @@ TEST(CudaRunnerRefuses, Gemma3AndQkNormsAfterBiases) {
     EXPECT_THROW(engine::choose_device("cuda", c, {parse_kv_spec("fp16")}), Error);
     EXPECT_EQ(engine::choose_device("auto", c, {parse_kv_spec("fp16")}), engine::Device::kCpu);
   }
+  std::string why;
+  EXPECT_FALSE(cuda::can_run(biased, parse_kv_spec("fp16"), &why));
+  EXPECT_NE(why.find("q/k/v biases before its q/k norms"), std::string::npos) << why;
   model::ModelConfig qwen3 = config(model::Arch::Qwen3);
   qwen3.qk_norm = true;
-  std::string why;
+  why.clear();
   if (cuda::device_available(nullptr)) {
     EXPECT_TRUE(cuda::can_run(qwen3, parse_kv_spec("fp16"), &why)) << why;
   }

@@ -653,8 +653,11 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
   // sliding-window layers (the CPU runner has them); q/k norms after a q/k bias (no such model known:
   // the norm is applied in place before qkv_rope adds the bias).
   if (c.arch == model::Arch::Gemma3 || c.post_norms || c.ffn_act != model::FfnAct::SiLU || c.embed_scale != 1.0f || c.attn_scale != 0.0f ||
-      c.sliding_window > 0 || c.rope_freq_scale != 1.0f || (c.qk_norm && c.has_qkv_bias))
+      c.sliding_window > 0 || c.rope_freq_scale != 1.0f)
     problem = fmt::format("architecture '{}' is not implemented in the CUDA runner (it runs llama, qwen2 and qwen3): use --device cpu",
+                          model::arch_name(c.arch));
+  else if (c.qk_norm && c.has_qkv_bias)
+    problem = fmt::format("architecture '{}' is not implemented in the CUDA runner with q/k/v biases before its q/k norms: use --device cpu",
                           model::arch_name(c.arch));
   if (!spec.policy.key_sim.empty())
     problem = fmt::format("KV spec '{}': ksim={} is a CPU simulation of another format; the CUDA runner has no such cache (--device cpu)",
