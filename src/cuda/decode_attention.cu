@@ -153,7 +153,7 @@ Plan make_plan(const DecodeParams& p, int R) {
       // Where the blocks alone fill half the slots or more (serving batches: 55 x 32K for k3v2 is
       // 440 blocks on the H200's 528 slots), one split a block leaves the tail of its wave idle:
       // then splits enough for about kFillWaves waves of smaller blocks, which the SMs take in turn
-      // (bench/results/2026-12-02-h200-decode-serving-splits.md: 55 x 32K 757 -> 631 us), none under
+      // (bench/results/2026-12-02-h200-decode-serving-splits.md has the sweep), none under
       // kMinTilesPerWarp tiles a warp (short contexts keep what they had).
       want = std::max(want, 1);
       const int waves = (blocks * want + slots - 1) / slots;
