@@ -209,11 +209,14 @@ Codebook lloyd_max(const Density& g, uint32_t bits, uint32_t dim) {
     c[j] = -s;
     c[n - 1 - j] = s;
   }
-  // The format's centroids are fp16 numbers in units of 1/sqrt(d) (z-units), so that the GPU's fp16
-  // tables hold them exactly and every path decodes a code to the same value (docs/format.md).
-  // The rounding moves a centroid by at most 2^-11 of itself, far below the quantization step.
+  // The format's centroids in units of 1/sqrt(d) (z-units), so that every path decodes a code to
+  // the same value (docs/format.md): at 2 and 3 bits multiples of 1/32, which the GPU's key
+  // lookups use as exact int8 tensor-core operands (one table and one MMA where int16 took two);
+  // at other widths fp16 numbers, which its fp16 tables hold exactly. The grid moves a centroid by
+  // at most 1/64 (the 3-bit step between centroids is over 0.49), fp16 by 2^-11 of itself.
   if (dim > 0)
-    for (size_t j = 0; j < n; ++j) c[j] = f16_to_f32(f32_to_f16(float(c[j])));
+    for (size_t j = 0; j < n; ++j)
+      c[j] = bits == 2 || bits == 3 ? std::nearbyint(c[j] * kCentroidGrid) / kCentroidGrid : double(f16_to_f32(f32_to_f16(float(c[j]))));
   for (size_t j = 1; j < n; ++j) b[j] = 0.5 * (c[j - 1] + c[j]);
   // D = E z^2 - sum_j (2 c_j M_j - c_j^2 P_j) with M_j, P_j the cell's first moment and mass
   // (E z^2 = 1 for both densities); for exact cell means this is 1 - sum_j P_j c_j^2.

@@ -8,8 +8,8 @@
 // rows share each tile's copy and decode, and only the MMAs, the softmax and the accumulators are
 // per m-tile, each in the 8-row block's order (the same bits). Each warp takes 16-token tiles in turn:
 //   S = Q K^T      the 8 query rows are M (rows 8-15 carry the query's low part, free: the tile
-//                  has 16 rows); keys of 2-3 bits as int8 operands (m16n8k32, int16 fixed point
-//                  split in bytes), others as fp16/bf16 (m16n8k16); looked up by byte-permute
+//                  has 16 rows); keys of 2-3 bits as int8 operands (m16n8k32, the centroids'
+//                  1/32 grid), others as fp16/bf16 (m16n8k16); looked up by byte-permute
 //                  (PRMT) from tables in registers; per encoding in KeyOps (decode_ops.cuh).
 //   online softmax in the log2 domain; key norms scale S, value norms scale P (fp16; bf16 caches:
 //                  bf16 high + low parts).
@@ -29,6 +29,7 @@
 #include <cuda_fp16.h>
 
 #include <climits>
+#include <type_traits>
 #include <cmath>
 
 #include "decode_ops.cuh"
@@ -36,6 +37,7 @@
 #include "decode_side.cuh"
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
+#include "tq/codec/codebook.h"
 #include "tq/cuda/kernels.h"
 #include "tq/kv/online_softmax.h"
 #include "variants.h"
@@ -308,15 +310,15 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // one in shared memory; int8 keys also scale S by this thread's query row's step. The table is
   // built here, in the kernel's body: built in a function (even an inlined one), the int8 table
   // made the compiler order the prologue differently (other SASS). The values' tables follow.
-  float s_scale[R];  // int8 keys: step x 2^-13 (table) x 2^8 (hh), of row g of each m-tile
+  float s_scale[R];  // int8 keys: step / kCentroidGrid (the table's fixed point), of row g of each m-tile
 #pragma unroll
-  for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? sm.qrs[rr * kRows + g] * (1.0f / 32.0f) : 1.0f;
-  dev::Lut8 lut_k{};
-  if constexpr (kInt8K) {  // the high and low bytes of the int16 centroids, 8 to a register pair
-    uint32_t b[16];
+  for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? sm.qrs[rr * kRows + g] * (1.0f / kCentroidGrid) : 1.0f;
+  std::conditional_t<kInt8K, dev::ByteLut8, dev::Lut8> lut_k{};
+  if constexpr (kInt8K) {  // the int8 centroids (z-units x 32, exact: the format's grid), 8 to a register pair
+    uint32_t b[8];
 #pragma unroll
-    for (int c8 = 0; c8 < 8; ++c8) dev::split_i16(__float2int_rn(__half2float(sm.lut_k[c8]) * 8192.0f), b[8 + c8], b[c8]);
-    lut_k = dev::lut8_from_bytes(b);
+    for (int c8 = 0; c8 < 8; ++c8) b[c8] = uint32_t(__float2int_rn(__half2float(sm.lut_k[c8]) * float(kCentroidGrid))) & 0xffu;
+    lut_k = dev::byte_lut8(b);
   } else if constexpr (KIND == Kind::kTq) {
     lut_k = dev::make_lut8(sm.lut_k);
   }

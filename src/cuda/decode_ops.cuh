@@ -5,7 +5,7 @@
 // online softmax, the accumulators' layout); decode_kernel.cuh's tile step reads
 //   load tile -> KeyOps::scores -> KeyOps::scale -> online softmax -> value norms -> O^T += V^T P^T
 //
-//   keys: TurboQuant 2-3 bits   int8 MMAs (m16n8k32), centroids as int16 fixed point in bytes
+//   keys: TurboQuant 2-3 bits   int8 MMAs (m16n8k32), centroids as int8 fixed point (1/32 z-units)
 //         TurboQuant 4 bits     fp16 MMAs, codes looked up in the shared fp16 table
 //         fp16 / bf16 / fp8     fp16 (bf16) MMAs on the stored elements (fp8 widened, exact)
 #pragma once
@@ -78,24 +78,24 @@ __device__ __forceinline__ void scale_by_norms(const uint32_t (&norms)[2], float
 }
 
 // TurboQuant keys of 2 and 3 bits: int8 tensor cores (m16n8k32 s8). Their centroids are exact
-// int16 fixed point (fp16 z-units x 2^13, checked by test_codebook), split into high and low
-// bytes, each a PRMT lookup that yields four int8 operands at once, with no interleaving. The
-// query is int16 fixed point per row (step = max|q| / kQ16Max), high bytes in rows 0-7 of A and
-// low bytes in rows 8-15 as with fp16. S = 2^8 hh + hl + lh (+ ll / 2^8, dropped: below 2^-16
-// of the scale) in int32, times the row's step and 2^-13 * 2^8.
+// int8 fixed point (z-units x 32: the format's 1/32 grid, checked by test_codebook), one PRMT
+// lookup from one table yields four int8 operands, with no interleaving. The query is int16 fixed
+// point per row (step = max|q| / kQ16Max), high bytes in rows 0-7 of A and low bytes in rows 8-15,
+// so one MMA gives both parts and S = 2^8 (q_hi . k) + (q_lo . k) is exact in int32; times the
+// row's step and the table's 1/32.
 template <int D, int KB, int R>
 struct KeyOps<D, Kind::kTq, KB, R, true> {
-  float s_scale[R];  // this thread's row step (per m-tile) times the table's 2^-13 and the 2^8 of the combination
-  dev::Lut8 lut;     // the high and low bytes of the int16 centroids, 8 to a register pair
+  float s_scale[R];   // this thread's row step (per m-tile) times the table's 1/32
+  dev::ByteLut8 lut;  // the int8 centroids
   // table: built by the kernel from its fp16 centroids; scale: the thread's query rows' steps / 32
-  __device__ __forceinline__ KeyOps(const dev::Lut8& table, const float (&scale)[R]) : lut(table) {
+  __device__ __forceinline__ KeyOps(const dev::ByteLut8& table, const float (&scale)[R]) : lut(table) {
 #pragma unroll
     for (int r = 0; r < R; ++r) s_scale[r] = scale[r];
   }
   template <class TileT>
   __device__ __forceinline__ void scores(const TileT& cur, const uint4 (&qa)[R][D / 16][32], int lane, int t, const __half*,
                                          float (&x)[R][4]) const {
-    int acc_hi[R][2][4] = {}, acc_lo[R][2][4] = {};  // [m-tile][n-tile]: K high bytes, K low bytes
+    int acc[R][2][4] = {};  // [m-tile][n-tile]: d[c] = row g (query high bytes), d[c + 2] = row g + 8 (low)
 #pragma unroll
     for (int j = 0; j < D / 32; ++j) {  // octet j of the thread's key coordinates = int8 k-tile j
       uint32_t a[R][4];
@@ -107,27 +107,17 @@ struct KeyOps<D, Kind::kTq, KB, R, true> {
 #pragma unroll
       for (int nn = 0; nn < 2; ++nn) {
         const uint32_t sel = dev::octet_selector<KB>(cur.k[nn][KeyOctet<D>::group(j)], KeyOctet<D>::octet(j, t));
-        const uint32_t sel_hi = sel >> 16;
-        if constexpr (R == 1) {  // each lookup just before its MMA: the order the 8-row kernel's schedule was measured with
-          dev::mma_s8(acc_hi[0][nn], a[0], dev::prmt(lut.hi0, lut.hi1, sel), dev::prmt(lut.hi0, lut.hi1, sel_hi));
-          dev::mma_s8(acc_lo[0][nn], a[0], dev::prmt(lut.lo0, lut.lo1, sel), dev::prmt(lut.lo0, lut.lo1, sel_hi));
-        } else {  // each lookup once, for every m-tile
-          const uint32_t hi0 = dev::prmt(lut.hi0, lut.hi1, sel), hi1 = dev::prmt(lut.hi0, lut.hi1, sel_hi);
-          const uint32_t lo0 = dev::prmt(lut.lo0, lut.lo1, sel), lo1 = dev::prmt(lut.lo0, lut.lo1, sel_hi);
+        const uint32_t k0 = dev::prmt(lut.t0, lut.t1, sel), k1 = dev::prmt(lut.t0, lut.t1, sel >> 16);
 #pragma unroll
-          for (int r = 0; r < R; ++r) {
-            dev::mma_s8(acc_hi[r][nn], a[r], hi0, hi1);
-            dev::mma_s8(acc_lo[r][nn], a[r], lo0, lo1);
-          }
-        }
+        for (int r = 0; r < R; ++r) dev::mma_s8(acc[r][nn], a[r], k0, k1);
       }
     }
 #pragma unroll
     for (int r = 0; r < R; ++r)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const int nn = e / 2, c = e % 2;  // d[c] = row g (query high bytes), d[c + 2] = row g + 8 (low)
-        x[r][e] = float(acc_hi[r][nn][c] * 256 + acc_hi[r][nn][c + 2] + acc_lo[r][nn][c]) * s_scale[r];
+        const int nn = e / 2, c = e % 2;
+        x[r][e] = float(acc[r][nn][c] * 256 + acc[r][nn][c + 2]) * s_scale[r];
       }
   }
   template <class TileT>

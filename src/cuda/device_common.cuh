@@ -91,6 +91,17 @@ __device__ __forceinline__ Lut8 lut8_from_bytes(const uint32_t (&b)[16]) {
   asm volatile("" : "+r"(l.lo0), "+r"(l.lo1), "+r"(l.hi0), "+r"(l.hi1));
   return l;
 }
+// An 8-entry table of bytes (int8 operands) in two registers, entries 0-3 in t0 and 4-7 in t1:
+// one PRMT looks up four entries.
+struct ByteLut8 {
+  uint32_t t0, t1;
+};
+__device__ __forceinline__ ByteLut8 byte_lut8(const uint32_t (&b)[8]) {  // b: the bytes (0..255)
+  ByteLut8 l{b[0] | b[1] << 8 | b[2] << 16 | b[3] << 24, b[4] | b[5] << 8 | b[6] << 16 | b[7] << 24};
+  asm volatile("" : "+r"(l.t0), "+r"(l.t1));  // in vector registers, as lut8_from_bytes explains
+  return l;
+}
+
 __device__ __forceinline__ Lut8 make_lut8(const __half* table) {  // table: [8] fp16 (unused entries 0)
   uint32_t b[16];
 #pragma unroll

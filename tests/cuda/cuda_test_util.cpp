@@ -56,8 +56,8 @@ float to_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
 
 // One (layer, KV head)'s rows of a sequence as the kernels compute with them: float caches
 // dequantized (the kernels read them exactly); TurboQuant rows in the rotated, padded domain, each
-// coordinate norm x fp16(centroid x sqrt(pd)) / sqrt(pd) (int8 keys: that table entry in int16 at
-// 2^-13, as the kernel splits it).
+// coordinate norm x fp16(centroid x sqrt(pd)) / sqrt(pd) (for int8 keys that table entry is the
+// kernel's int8 operand / 32 exactly: the format's grid).
 struct Rows {
   uint32_t dim = 0;                  // d, or the padded dim of TurboQuant rows
   std::vector<float> k, v, v_norm;   // [len][dim], [len][dim], [len] (TurboQuant values: the unit rows and their norms)
@@ -73,7 +73,6 @@ Rows rows_of(const PagedKvCache& cache, uint32_t layer, uint32_t head, const int
   r.k.resize(size_t(len) * r.dim), r.v.resize(size_t(len) * r.dim), r.v_norm.assign(len, 1.0f);
   std::vector<float> kd(size_t(cache.shape().kv_heads) * d), vd(kd.size()), unit(r.dim);
   const float root = std::sqrt(float(r.dim));
-  const bool int8_keys = kc && kc->tensor_code().bits <= 3;
   for (int32_t t = 0; t < len; ++t) {
     const uint32_t page = uint32_t(table[t / ps]), off = uint32_t(t % ps);
     if (!kc) {
@@ -89,11 +88,7 @@ Rows rows_of(const PagedKvCache& cache, uint32_t layer, uint32_t head, const int
                          reinterpret_cast<const uint16_t*>(b + L.v_norms) + off, nullptr};
     kc->decode_rotated(kr, unit.data());
     const float kn = f16_to_f32(*kr.norm);
-    for (uint32_t i = 0; i < r.dim; ++i) {
-      float c = to_f16(unit[i] * root);
-      if (int8_keys) c = std::nearbyint(c * 8192.0f) / 8192.0f;
-      r.k[size_t(t) * r.dim + i] = c / root * kn;
-    }
+    for (uint32_t i = 0; i < r.dim; ++i) r.k[size_t(t) * r.dim + i] = to_f16(unit[i] * root) / root * kn;
     vc->decode_rotated(vr, unit.data());
     r.v_norm[t] = f16_to_f32(*vr.norm);
     for (uint32_t i = 0; i < r.dim; ++i) r.v[size_t(t) * r.dim + i] = to_f16(unit[i] * root) / root;

@@ -37,7 +37,7 @@ inline double attention_bound(double same_precision_error, double max_log2_logit
 // attention_reference's computation with the roundings of the kernels' operands (decode_kernel.cuh,
 // docs/cuda.md), scores and sums in fp32: Q as two fp16 parts (bf16 caches: bf16), or for 2- and
 // 3-bit TurboQuant keys the rotated Q in int16 fixed point per row (step max|q| / 32639) against
-// int16 centroids; TurboQuant K and V in the rotated domain with their centroids x sqrt(D) in fp16;
+// the int8 centroids (exact); TurboQuant K and V in the rotated domain with their centroids x sqrt(D) in fp16;
 // the softmax weights P (times the value norm) in fp16 (bf16 caches: two bf16 parts). Float K and V
 // are what the kernels read (exact). Its error against attention_reference is the error of a
 // computation of the kernels' precision on these data.

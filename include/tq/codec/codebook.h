@@ -11,11 +11,15 @@
 
 namespace tq {
 
+// The grid of 2- and 3-bit centroids in z-units: multiples of 1/32 are int8 at |z| < 4.
+inline constexpr int kCentroidGrid = 32;
+
 struct Codebook {
   uint32_t dim = 0;  // the dimension d of the unit vectors; 0 for the Gaussian limit N(0, 1)
   uint32_t bits = 0;
-  // [2^bits], ascending, symmetric about 0. For dim > 0 each is h / sqrt(dim) with h an fp16
-  // number (the format's definition, shared with the GPU's fp16 tables).
+  // [2^bits], ascending, symmetric about 0. For dim > 0 each is h / sqrt(dim) with h (z-units)
+  // a multiple of 1 / kCentroidGrid at 2 and 3 bits (the GPU's int8 key operands) and an fp16
+  // number at other widths (the GPU's fp16 tables): the format's definition.
   std::vector<float> centroids;
   std::vector<float> boundaries;  // [2^bits - 1], midpoints between neighbouring centroids
   // Expected squared error of one unit vector, E||x - x~||^2 = d * E(x_i - c(x_i))^2, from the
