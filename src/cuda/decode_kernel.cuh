@@ -479,15 +479,13 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
               for (int odd = 0; odd < 2; ++odd) {
                 const uint32_t codes = (X[pr][half] >> (2 * jj + 4 * odd)) & 0x03030303u;
                 uint32_t* out = odd ? od[pr] : ev[pr];
-                // selectors of bytes 0-1 and 2-3 (PRMT reads a selector's low 16 bits); the high
-                // one is sel >> 16 as a multiply-high, on the FMA pipe instead of a shift on the
-                // busier integer pipe: sel * 0x10001 = (sel << 16) + sel, whose high word is
-                // sel >> 16 with no carry since every nibble of sel is < 8. (The earlier
-                // __umulhi(codes, 0x220000) + 0x1010 became an IMAD.HI with a 64-bit addend,
-                // which cost a move or two of constants a selector.)
+                // selectors of bytes 0-1 and 2-3 (PRMT reads a selector's low 16 bits; the high
+                // half by a multiply-high, selector_hi: the earlier __umulhi(codes, 0x220000) +
+                // 0x1010 became an IMAD.HI with a 64-bit addend, which cost a move or two of
+                // constants a selector)
                 const uint32_t sel = codes * 0x22u + 0x10101010u;
                 out[2 * half] = dev::prmt(lut_v2[0], lut_v2[1], sel);
-                out[2 * half + 1] = dev::prmt(lut_v2[0], lut_v2[1], __umulhi(sel, 0x10001u));
+                out[2 * half + 1] = dev::prmt(lut_v2[0], lut_v2[1], dev::selector_hi(sel));
               }
 #pragma unroll
           for (int i = 0; i < 4; ++i) pv_mma(4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);

@@ -129,6 +129,15 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   return r;
 }
 
+// sel >> 16 (the second four selector nibbles of a 32-bit selector word, for PRMT, which reads
+// the low 16 bits) as a multiply-high, which runs on the FMA pipe, not a shift on the ALU pipe
+// that the packed decode's lookups keep busiest: sel * 0x10001 = (sel << 16) + sel, whose high
+// word is sel >> 16 plus a carry only if the two 16-bit halves of sel sum past 0xffff, which
+// selectors with every nibble below 8 (as every one here) never do. Used where it measured
+// faster (the 2-bit values); for the key selectors and lookup8 the plain shift measured faster
+// (decode 1-3%, prefill 2.5-3.7% slower with this: bench/results/2026-12-02-h200-int8-keys.md).
+__device__ __forceinline__ uint32_t selector_hi(uint32_t sel) { return __umulhi(sel, 0x10001u); }
+
 // 2^x with flush-to-zero and no range fix-ups (exp2f adds a compare and two multiplies for
 // denormal results; softmax weights that small do not matter). ex2(-inf) = 0.
 __device__ __forceinline__ float fast_exp2(float x) {
