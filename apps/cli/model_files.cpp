@@ -10,9 +10,11 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <thread>
 
+#include "sensitivity_cache.h"
 #include "tq/check.h"
 #include "tq/engine/auto_kv.h"
 #include "tq/engine/generation.h"
@@ -60,15 +62,33 @@ std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& 
         tokens.resize(std::min<size_t>({tokens.size(), r.tokens, size_t(std::max(lm.model.config.max_seq, 16))}));
         TQ_CHECK(tokens.size() >= 16, "KV spec '{}': the calibration text '{}' has {} tokens; it needs at least 16", item, r.calib,
                  tokens.size());
-        fmt::print(stderr, "tq: {}: measuring {} layers' sensitivity (K and V probes) on the first {} tokens of {} (CPU, fp32 products)\n",
-                   item, lm.model.config.n_layers, tokens.size(), r.calib);
-        it = measured
-                 .emplace(key, engine::measure_sensitivity(lm.model, tokens, r.knobs, threads, {},
-                                                           [](size_t done, size_t total) {
-                                                             fmt::print(stderr, "\r  {}/{} tokens", done, total);
-                                                             if (done == total) fmt::print(stderr, "\n");
-                                                           }))
-                 .first;
+        // Measured before (sensitivity_cache.h): the same model file, tokens, knobs and probes.
+        const engine::Sensitivity widths{};  // the probes measure_sensitivity runs
+        const std::filesystem::path file = sensitivity_cache_file(lm.path, tokens, r.knobs, widths);
+        std::string why;
+        std::optional<engine::Sensitivity> cached = load_sensitivity(file, uint32_t(lm.model.config.n_layers), widths, why);
+        if (!why.empty()) fmt::print(stderr, "tq: ignoring the cached sensitivity {} ({}); measuring again\n", file.string(), why);
+        if (cached) {
+          fmt::print(stderr, "tq: {}: the layers' sensitivity on these {} tokens of {} was measured before: {} (delete it to measure again)\n",
+                     item, tokens.size(), r.calib, file.string());
+          it = measured.emplace(key, std::move(*cached)).first;
+        } else {
+          fmt::print(stderr, "tq: {}: measuring {} layers' sensitivity (K and V probes) on the first {} tokens of {} (CPU, fp32 products)\n",
+                     item, lm.model.config.n_layers, tokens.size(), r.calib);
+          it = measured
+                   .emplace(key, engine::measure_sensitivity(lm.model, tokens, r.knobs, threads, widths,
+                                                             [](size_t done, size_t total) {
+                                                               fmt::print(stderr, "\r  {}/{} tokens", done, total);
+                                                               if (done == total) fmt::print(stderr, "\n");
+                                                             }))
+                   .first;
+          if (!file.empty()) {
+            if (save_sensitivity(file, it->second, lm.path, r.calib, why))
+              fmt::print(stderr, "tq: kept in {} for later runs (TQ_CACHE_DIR=off turns the cache off)\n", file.string());
+            else
+              fmt::print(stderr, "tq: the sensitivity is not cached: {}\n", why);
+          }
+        }
       }
       const engine::AutoKvChoice c = engine::choose_auto_kv(r, lm.model.config, it->second);
       fmt::print(stderr, "{}tq: --kv {} is {} (give that spec to skip the calibration)\n", c.report, item, c.spec.canonical());

@@ -45,7 +45,8 @@ void check_kv_list(const std::string& kv_list);
 inline constexpr const char* kAutoKvHelp =
     ";\nan automatic spec, auto:bits=3.0:calib=FILE (or auto:mem=900M:context=32768:calib=FILE), chooses per-layer\n"
     "K/V widths for this model from a calibration pass on FILE's first 256 tokens (tokens=N) and prints the\n"
-    "concrete spec it chose and why (docs/kv-specs.md, 'Automatic specs')";
+    "concrete spec it chose and why; the measurement is kept under ~/.cache/turboquant for later runs\n"
+    "(TQ_CACHE_DIR: elsewhere, or off) (docs/kv-specs.md, 'Automatic specs')";
 
 engine::Device pick_device(const std::string& name, const model::ModelConfig& c, const std::vector<KvSpec>& specs);
 // --gpu-memory: a fraction in (0, 1] (0: not given), on the GPU only; throws tq::Error naming it.

@@ -29,8 +29,8 @@
 #include <cuda_fp16.h>
 
 #include <climits>
-#include <type_traits>
 #include <cmath>
+#include <type_traits>
 
 #include "decode_ops.cuh"
 #include "decode_query.cuh"
