@@ -97,30 +97,31 @@ std::optional<engine::Sensitivity> load_sensitivity(const std::filesystem::path&
     why = "not valid JSON";
     return std::nullopt;
   }
-  if (!j.is_object() || j.value("version", 0) != impl::kVersion) {
-    why = fmt::format("not a version {} sensitivity file", impl::kVersion);
-    return std::nullopt;
-  }
-  engine::Sensitivity s;
+  // Anything of the wrong type below throws (nlohmann's type errors): a foreign file, said as such.
   try {
+    if (!j.is_object() || !j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != impl::kVersion) {
+      why = fmt::format("not a version {} sensitivity file", impl::kVersion);
+      return std::nullopt;
+    }
+    engine::Sensitivity s;
     s.k_widths = j.at("k_widths").get<std::vector<uint32_t>>();
     s.v_widths = j.at("v_widths").get<std::vector<uint32_t>>();
-  } catch (const std::exception&) {
-    why = "no probe widths";
+    if (s.k_widths != widths.k_widths || s.v_widths != widths.v_widths) {
+      why = "other probe widths";
+      return std::nullopt;
+    }
+    if (!j.contains("k") || !j.contains("v") || !impl::finite_table(j["k"], s.k_widths.size(), layers) ||
+        !impl::finite_table(j["v"], s.v_widths.size(), layers)) {
+      why = fmt::format("its tables are not {} layers of finite numbers per probe", layers);
+      return std::nullopt;
+    }
+    s.k = j["k"].get<std::vector<std::vector<double>>>();
+    s.v = j["v"].get<std::vector<std::vector<double>>>();
+    return s;
+  } catch (const std::exception& e) {
+    why = fmt::format("malformed: {}", e.what());
     return std::nullopt;
   }
-  if (s.k_widths != widths.k_widths || s.v_widths != widths.v_widths) {
-    why = "other probe widths";
-    return std::nullopt;
-  }
-  if (!j.contains("k") || !j.contains("v") || !impl::finite_table(j["k"], s.k_widths.size(), layers) ||
-      !impl::finite_table(j["v"], s.v_widths.size(), layers)) {
-    why = fmt::format("its tables are not {} layers of finite numbers per probe", layers);
-    return std::nullopt;
-  }
-  s.k = j["k"].get<std::vector<std::vector<double>>>();
-  s.v = j["v"].get<std::vector<std::vector<double>>>();
-  return s;
 }
 
 bool save_sensitivity(const std::filesystem::path& file, const engine::Sensitivity& s, const std::string& model_path,
