@@ -15,16 +15,21 @@ __global__ void embed_kernel(const bf16_t* __restrict__ table, const int32_t* __
   for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) x[r * dim + i] = from_b(src[i]);
 }
 
+// The sum of v over the warp, for every lane (butterflies of distance 16 down to 1).
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 // The sum of v over the block (blockDim.x a multiple of 32), for every thread; once a kernel (its
 // shared slot is read after the last barrier).
 __device__ float block_sum(float v) {
   __shared__ float part[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  v = warp_sum(v);
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
   __syncthreads();
   if (threadIdx.x < 32) {
-    v = threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    v = warp_sum(threadIdx.x < (blockDim.x >> 5) ? part[threadIdx.x] : 0.0f);
     if (threadIdx.x == 0) part[0] = v;
   }
   __syncthreads();
@@ -134,8 +139,7 @@ __global__ void qk_norm_kernel(float* __restrict__ qkv, uint32_t n, uint32_t hq,
   const float* w = h < hq ? qw : kw;
   float ss = 0;
   for (uint32_t i = lane; i < hd; i += 32) ss += x[i] * x[i];
-#pragma unroll
-  for (int d = 16; d >= 1; d /= 2) ss += __shfl_xor_sync(0xffffffffu, ss, d);
+  ss = warp_sum(ss);
   const float inv = 1.0f / sqrtf(ss / float(hd) + eps);
   for (uint32_t i = lane; i < hd; i += 32) x[i] = w[i] * (inv * x[i]);
 }
