@@ -149,7 +149,8 @@ Plan make_plan(const DecodeParams& p, int R) {
     // (Blocks of two m-tiles keep the whole-wave choice above, measured on its own.)
     if (R == 1) {
       const int half_wave = std::max(1, slots / 2 / blocks);
-      want = std::min(want, std::max(half_wave, tiles / (kMinTilesPerWarp * kWarps)));
+      const int long_splits = tiles / (kMinTilesPerWarp * kWarps);  // splits of kMinTilesPerWarp tiles a warp
+      want = std::min(want, std::max(half_wave, long_splits));
       // Where the blocks alone fill half the slots or more (serving batches: 55 x 32K for k3v2 is
       // 440 blocks on the H200's 528 slots), one split a block leaves the tail of its wave idle:
       // then splits enough for about kFillWaves waves of smaller blocks, which the SMs take in turn
@@ -158,7 +159,7 @@ Plan make_plan(const DecodeParams& p, int R) {
       want = std::max(want, 1);
       const int waves = (blocks * want + slots - 1) / slots;
       if (blocks >= slots / 2 && double(blocks) * want < kMinWaveFill * waves * slots)
-        want = std::max(want, std::min((kFillWaves * slots + blocks - 1) / blocks, tiles / (kMinTilesPerWarp * kWarps)));
+        want = std::max(want, std::min((kFillWaves * slots + blocks - 1) / blocks, long_splits));
     }
     splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
   }
