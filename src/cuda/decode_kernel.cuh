@@ -6,7 +6,8 @@
 // that shares a KV head reads each packed page once. Packed caches with more rows than 8 (several
 // query tokens: speculative verification) may take R = 2 m-tiles a block (make_plan decides): 16
 // rows share each tile's copy and decode, and only the MMAs, the softmax and the accumulators are
-// per m-tile, each in the 8-row block's order (the same bits). Each warp takes 16-token tiles in turn:
+// per m-tile, each in the 8-row block's order (the same bits). Each warp takes 16-token tiles in
+// turn (at D = 64 two a step, which share one online-softmax update: kStepTiles):
 //   S = Q K^T      the 8 query rows are M (rows 8-15 carry the query's low part, free: the tile
 //                  has 16 rows); keys of 2-3 bits as int8 operands (m16n8k32, the centroids'
 //                  1/32 grid), others as fp16/bf16 (m16n8k16); looked up by byte-permute
@@ -137,18 +138,23 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   }
 
   // ---- the staged loop's copies (packed caches whose pages hold whole tiles; float caches' ring):
-  // each warp streams its tiles through a ring of kStages stages, kStages - 1 tiles ahead ----
+  // each warp streams its tiles through a ring of kStages stages, kAhead tiles ahead ----
   // After a store (inputs_ready), a page is read only once the store is complete if it may hold
   // a row of this step: quantize_store_and_decode's store writes positions [len - num_q_tokens,
   // len) only. The staged loop waits per warp, before its first such tile; unstaged, below.
   constexpr bool kStaged = SP::kStages > 0;
   const bool staged = kStaged && c.page_size % kTile == 0;
   constexpr int S = kStaged ? SP::kStages : 1;
+  // Tiles a step of the staged loop takes at most (kStepTiles), and how many tiles are in flight
+  // ahead of a step's: the ring holds both.
+  constexpr int kStep = KIND == Kind::kTq && kStaged ? kStepTiles<D> : 1;
+  constexpr int kAhead = S - kStep;
+  static_assert(!kStaged || (kAhead >= 1 && S % kStep == 0), "a step's tiles in consecutive stages, copies in flight ahead of them");
   const uint32_t ring_at = warp * S * SP::kBytes;  // the warp's ring, from the block's
   const std::conditional_t<kStaged, Stager<D, KIND, KB, VB>, NoStager> stager(
       c.data, c.layout, static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + ring_at, ring_at, lane, kvh * c.layout.bytes);
   const uint32_t page_stride = c.kv_heads * c.layout.bytes;  // < 4 GiB (validate_cache)
-  // The issue cursor: the tile kStages - 1 ahead of the compute, as (page index, first row);
+  // The issue cursor: the tile kAhead ahead of the compute, as (page index, first row);
   // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
   // loaded one tile ahead of its use, which hides that load's latency behind a tile.
   int cur_T = first, cur_page = page0, cur_row = row0;
@@ -198,7 +204,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   if constexpr (KIND == Kind::kTq && kStaged) {
     if (staged) {
 #pragma unroll
-      for (int i = 0; i < S - 1; ++i)
+      for (int i = 0; i < kAhead; ++i)
         if (early == i && (cur_T >= end || cur_T <= wait_after)) {
           issue(pre_page[i]);
           ++early;
@@ -358,44 +364,52 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     for (int i = 0; i < MT; ++i) o[rr][i][0] = o[rr][i][1] = o[rr][i][2] = o[rr][i][3] = 0.0f;
   SoftmaxState sstate[R];  // query row g of each m-tile, over this thread's tokens of it (its quad holds the rest)
 
-  // One 16-token tile, its bytes already in `cur` (values of float caches are loaded by
-  // late_values() after the scores, which keeps their registers out of the score phase).
-  auto process = [&](Tile<D, KIND, KB, VB>& cur, const int T0, auto&& late_values) {
-    // ---- S = Q K^T for tokens T0 + [0, 16): n-tile nn holds token g + 8nn ----
-    float x[R][4];  // row g's scores (of each m-tile) for tokens 2t, 2t+1, 2t+8, 2t+9
-    keys.scores(cur, sm.qa, lane, t, sm.lut_k, x);
-    // Tokens past the split's end or the row's causal limit are masked; most tiles have none
-    // (a warp-uniform test), which saves the per-token compares.
-    // (& rather than &&: the compiler keeps this test predicated, as it did before R existed)
-    const bool full = (T0 >= sink) & (T0 + kTile <= end) & (T0 + kTile <= packed_end_min);
-    bool live[R][4];
+  // One step: N 16-token tiles (1, or kStepTiles), their bytes already in `cur` (values of float
+  // caches are loaded by late_values() after the scores, which keeps their registers out of the
+  // score phase). The tiles of a step share one online-softmax update.
+  auto process = [&](auto& cur, const auto& T0, auto&& late_values) {  // Tile cur[N], int T0[N]
+    constexpr int N = int(std::extent_v<std::remove_reference_t<decltype(cur)>>);
+    // ---- S = Q K^T for tokens T0[n] + [0, 16): n-tile nn holds token g + 8nn ----
+    float x[N][R][4];  // row g's scores (of each m-tile) for tokens 2t, 2t+1, 2t+8, 2t+9 of tile n
+    bool full[N];
+    bool live[N][R][4];
 #pragma unroll
-    for (int rr = 0; rr < R; ++rr)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) live[rr][e] = true;
-    if (!full) {
-#pragma unroll
-      for (int rr = 0; rr < R; ++rr)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int tok = T0 + 2 * t + (e & 1) + 8 * (e >> 1);
-          live[rr][e] = tok >= sink && tok < end && tok < packed_end[rr];
-        }
-    }
-    keys.scale(cur, x);  // key norms
-    if (!full) {
+    for (int n = 0; n < N; ++n) {
+      keys.scores(cur[n], sm.qa, lane, t, sm.lut_k, x[n]);
+      // Tokens past the split's end or the row's causal limit are masked; most tiles have none
+      // (a warp-uniform test), which saves the per-token compares.
+      // (& rather than &&: the compiler keeps this test predicated, as it did before R existed)
+      full[n] = (T0[n] >= sink) & (T0[n] + kTile <= end) & (T0[n] + kTile <= packed_end_min);
 #pragma unroll
       for (int rr = 0; rr < R; ++rr)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (!live[rr][e]) x[rr][e] = -INFINITY;
+        for (int e = 0; e < 4; ++e) live[n][rr][e] = true;
+      if (!full[n]) {
+#pragma unroll
+        for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int tok = T0[n] + 2 * t + (e & 1) + 8 * (e >> 1);
+            live[n][rr][e] = tok >= sink && tok < end && tok < packed_end[rr];
+          }
+      }
+      keys.scale(cur[n], x[n]);  // key norms
+      if (!full[n]) {
+#pragma unroll
+        for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (!live[n][rr][e]) x[n][rr][e] = -INFINITY;
+      }
     }
-    float pv[R][4];
-    uint32_t pb_hi[R][2];
-    [[maybe_unused]] uint32_t pb_lo[R][2];
+    float pv[N][R][4];
+    uint32_t pb_hi[N][R][2];
+    [[maybe_unused]] uint32_t pb_lo[N][R][2];
 #pragma unroll
     for (int rr = 0; rr < R; ++rr) {
-      float mx = fmaxf(fmaxf(x[rr][0], x[rr][1]), fmaxf(x[rr][2], x[rr][3]));
+      float mx = fmaxf(fmaxf(x[0][rr][0], x[0][rr][1]), fmaxf(x[0][rr][2], x[0][rr][3]));
+#pragma unroll
+      for (int n = 1; n < N; ++n) mx = fmaxf(mx, fmaxf(fmaxf(x[n][rr][0], x[n][rr][1]), fmaxf(x[n][rr][2], x[n][rr][3])));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
       // A row with nothing visible yet keeps m = -inf and p = 0 (SoftmaxState::base_of). (No early
@@ -404,19 +418,24 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       const float alpha = sstep.scale;
       float psum = 0.0f;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        pv[rr][e] = dev::fast_exp2(x[rr][e] - sstep.base);
-        psum += pv[rr][e];
-      }
+      for (int n = 0; n < N; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          pv[n][rr][e] = dev::fast_exp2(x[n][rr][e] - sstep.base);
+          psum += pv[n][rr][e];
+        }
       sstate[rr].add(psum);
-      if constexpr (KIND == Kind::kTq) scale_by_norms(cur.vn, pv[rr]);  // their 1/sqrt(D) is applied once, at the end
-      if constexpr (KIND == Kind::kFp8)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) pv[rr][e] *= c.v_scale;
-      if (!full) {
+      for (int n = 0; n < N; ++n) {
+        if constexpr (KIND == Kind::kTq) scale_by_norms(cur[n].vn, pv[n][rr]);  // their 1/sqrt(D) is applied once, at the end
+        if constexpr (KIND == Kind::kFp8)
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          if (!live[rr][e]) pv[rr][e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
+          for (int e = 0; e < 4; ++e) pv[n][rr][e] *= c.v_scale;
+        if (!full[n]) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (!live[n][rr][e]) pv[n][rr][e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
+        }
       }
       if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // rescale: the accumulators are query rows 2t, 2t+1
         const float a_even = __shfl_sync(0xffffffffu, alpha, 8 * t), a_odd = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
@@ -429,137 +448,166 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         }
       }
     }
-    late_values(cur);
+#pragma unroll
+    for (int n = 0; n < N; ++n) late_values(n, cur[n]);
     // B = P^T (k = token, n = query row g): exactly this thread's P entries. fp16 P alone (relative
     // error <= 2^-11 a weight; worst test error unchanged at 2.9e-4) saves half of the P V MMAs:
     // 217 -> 203 us at (16, 32K) on the H200. bf16's 8-bit mantissa needs the low half too.
 #pragma unroll
-    for (int rr = 0; rr < R; ++rr)
+    for (int n = 0; n < N; ++n)
 #pragma unroll
-      for (int e2 = 0; e2 < 2; ++e2) {
-        const float h0 = Op::round(pv[rr][2 * e2]), h1 = Op::round(pv[rr][2 * e2 + 1]);
-        pb_hi[rr][e2] = Op::pack(h0, h1);
-        if constexpr (kBf) pb_lo[rr][e2] = Op::pack(pv[rr][2 * e2] - h0, pv[rr][2 * e2 + 1] - h1);
-      }
+      for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+        for (int e2 = 0; e2 < 2; ++e2) {
+          if constexpr (kBf) {
+            const float h0 = Op::round(pv[n][rr][2 * e2]), h1 = Op::round(pv[n][rr][2 * e2 + 1]);
+            pb_hi[n][rr][e2] = Op::pack(h0, h1);
+            pb_lo[n][rr][e2] = Op::pack(pv[n][rr][2 * e2] - h0, pv[n][rr][2 * e2 + 1] - h1);
+          } else {  // packed straight from fp32: rounded there once, not rounded, widened and packed again
+            pb_hi[n][rr][e2] = Op::pack(pv[n][rr][2 * e2], pv[n][rr][2 * e2 + 1]);
+          }
+        }
     // ---- O^T += V^T P^T: A fragment of m-tile i = {(2t, 2t+1) at cb+2i, at cb+2i+1, (2t+8, 2t+9) at cb+2i, at cb+2i+1};
     // one A (values decoded once) for the R query m-tiles' B ----
-    auto pv_mma = [&](int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3) {
+    auto pv_mma = [&](int n, int i, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3) {
       const uint32_t a[4] = {a0, a1, a2, a3};
 #pragma unroll
       for (int rr = 0; rr < R; ++rr) {
-        Op::mma(o[rr][i], a, pb_hi[rr][0], pb_hi[rr][1]);
-        if constexpr (kBf) Op::mma(o[rr][i], a, pb_lo[rr][0], pb_lo[rr][1]);
+        Op::mma(o[rr][i], a, pb_hi[n][rr][0], pb_hi[n][rr][1]);
+        if constexpr (kBf) Op::mma(o[rr][i], a, pb_lo[n][rr][0], pb_lo[n][rr][1]);
       }
     };
-    if constexpr (KIND == Kind::kTq && VB == 2) {
-      // 2-bit values: the 4-entry fp16 table fits two registers, so one PRMT looks up a pair
-      // (A, B) of tokens at one coordinate when its selector nibbles are (2a, 2a+1, 2b, 2b+1),
-      // which one IMAD builds from bytes a, b: x 0x22 + 0x10. Bytes [A, B, A', B'] come from the
-      // two tokens' words interleaved bytewise (nibble k of a word: coordinate k at bits 0-1 and
-      // k + 8 at bits 2-3; a byte holds nibbles 2m, 2m+1). Octet j's coordinates 8j + (2m, 2m+1)
-      // of the thread sit at shifts 2j and 2j + 4 of each byte.
-      constexpr int kW = ValueWords<D, VB>::kWords;
 #pragma unroll
-      for (int w = 0; w < kW; ++w) {
-        uint32_t X[2][2];  // [token pair][nibbles 0-3, 4-7]
+    for (int n = 0; n < N; ++n) {
+      if constexpr (KIND == Kind::kTq && VB == 2) {
+        // 2-bit values: the 4-entry fp16 table fits two registers, so one PRMT looks up a pair
+        // (A, B) of tokens at one coordinate when its selector nibbles are (2a, 2a+1, 2b, 2b+1),
+        // which one IMAD builds from bytes a, b: x 0x22 + 0x10. Bytes [A, B, A', B'] come from the
+        // two tokens' words interleaved bytewise (nibble k of a word: coordinate k at bits 0-1 and
+        // k + 8 at bits 2-3; a byte holds nibbles 2m, 2m+1). Octet j's coordinates 8j + (2m, 2m+1)
+        // of the thread sit at shifts 2j and 2j + 4 of each byte.
+        constexpr int kW = ValueWords<D, VB>::kWords;
 #pragma unroll
-        for (int pr = 0; pr < 2; ++pr) {
-          X[pr][0] = dev::prmt(cur.v[2 * pr][w], cur.v[2 * pr + 1][w], 0x5140);
-          X[pr][1] = dev::prmt(cur.v[2 * pr][w], cur.v[2 * pr + 1][w], 0x7362);
+        for (int w = 0; w < kW; ++w) {
+          uint32_t X[2][2];  // [token pair][nibbles 0-3, 4-7]
+#pragma unroll
+          for (int pr = 0; pr < 2; ++pr) {
+            X[pr][0] = dev::prmt(cur[n].v[2 * pr][w], cur[n].v[2 * pr + 1][w], 0x5140);
+            X[pr][1] = dev::prmt(cur[n].v[2 * pr][w], cur[n].v[2 * pr + 1][w], 0x7362);
+          }
+#pragma unroll
+          for (int jj = 0; jj < (D >= 128 ? 2 : 1); ++jj) {
+            const int j = 2 * w + jj;  // octet of the thread's coordinates: m-tiles 4j .. 4j+3
+            uint32_t ev[2][4], od[2][4];
+#pragma unroll
+            for (int pr = 0; pr < 2; ++pr)
+#pragma unroll
+              for (int half = 0; half < 2; ++half)
+#pragma unroll
+                for (int odd = 0; odd < 2; ++odd) {
+                  const uint32_t codes = (X[pr][half] >> (2 * jj + 4 * odd)) & 0x03030303u;
+                  uint32_t* out = odd ? od[pr] : ev[pr];
+                  // selectors of bytes 0-1 and 2-3 (PRMT reads a selector's low 16 bits; the high
+                  // half by a multiply-high, selector_hi: the earlier __umulhi(codes, 0x220000) +
+                  // 0x1010 became an IMAD.HI with a 64-bit addend, which cost a move or two of
+                  // constants a selector)
+                  const uint32_t sel = codes * 0x22u + 0x10101010u;
+                  out[2 * half] = dev::prmt(lut_v2[0], lut_v2[1], sel);
+                  out[2 * half + 1] = dev::prmt(lut_v2[0], lut_v2[1], dev::selector_hi(sel));
+                }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) pv_mma(n, 4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
+          }
         }
+      } else if constexpr (KIND == Kind::kTq) {
 #pragma unroll
-        for (int jj = 0; jj < (D >= 128 ? 2 : 1); ++jj) {
-          const int j = 2 * w + jj;  // octet of the thread's coordinates: m-tiles 4j .. 4j+3
-          uint32_t ev[2][4], od[2][4];
+        for (int j = 0; j < D / 64; ++j) {  // octets of the thread's coordinates: m-tiles 4j .. 4j+3
+          using VW = ValueWords<D, VB>;
+          uint32_t ev[2][4], od[2][4];  // [token pair][i]: (A, B) at coordinate cb + 8j + 2i (+1 for od)
 #pragma unroll
-          for (int pr = 0; pr < 2; ++pr)
+          for (int pr = 0; pr < 2; ++pr) {
+            if constexpr (VB <= 3) {
+              uint32_t even, odd;
+              dev::mix_tokens(VW::selector(cur[n].v[2 * pr], j), VW::selector(cur[n].v[2 * pr + 1], j), even, odd);
+              dev::lookup8(even, lut_v, ev[pr]);
+              dev::lookup8(odd, lut_v, od[pr]);
+            } else {
+              uint32_t ca[8], cb8[8];
+              VW::codes(cur[n].v[2 * pr], j, ca);
+              VW::codes(cur[n].v[2 * pr + 1], j, cb8);
 #pragma unroll
-            for (int half = 0; half < 2; ++half)
-#pragma unroll
-              for (int odd = 0; odd < 2; ++odd) {
-                const uint32_t codes = (X[pr][half] >> (2 * jj + 4 * odd)) & 0x03030303u;
-                uint32_t* out = odd ? od[pr] : ev[pr];
-                // selectors of bytes 0-1 and 2-3 (PRMT reads a selector's low 16 bits; the high
-                // half by a multiply-high, selector_hi: the earlier __umulhi(codes, 0x220000) +
-                // 0x1010 became an IMAD.HI with a 64-bit addend, which cost a move or two of
-                // constants a selector)
-                const uint32_t sel = codes * 0x22u + 0x10101010u;
-                out[2 * half] = dev::prmt(lut_v2[0], lut_v2[1], sel);
-                out[2 * half + 1] = dev::prmt(lut_v2[0], lut_v2[1], dev::selector_hi(sel));
+              for (int i = 0; i < 4; ++i) {
+                ev[pr][i] = dev::pack_half2(sm.lut_v[ca[2 * i]], sm.lut_v[cb8[2 * i]]);
+                od[pr][i] = dev::pack_half2(sm.lut_v[ca[2 * i + 1]], sm.lut_v[cb8[2 * i + 1]]);
               }
+            }
+          }
 #pragma unroll
-          for (int i = 0; i < 4; ++i) pv_mma(4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
+          for (int i = 0; i < 4; ++i) pv_mma(n, 4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
         }
-      }
-    } else if constexpr (KIND == Kind::kTq) {
+      } else {
+        // hv[e][i]: the thread's value coordinates 2i, 2i + 1 of token e, as the cache stores them
+        uint32_t hv[4][MT];
 #pragma unroll
-      for (int j = 0; j < D / 64; ++j) {  // octets of the thread's coordinates: m-tiles 4j .. 4j+3
-        using VW = ValueWords<D, VB>;
-        uint32_t ev[2][4], od[2][4];  // [token pair][i]: (A, B) at coordinate cb + 8j + 2i (+1 for od)
+        for (int e = 0; e < 4; ++e) {
+          if constexpr (KIND == Kind::kFp8) {
 #pragma unroll
-        for (int pr = 0; pr < 2; ++pr) {
-          if constexpr (VB <= 3) {
-            uint32_t even, odd;
-            dev::mix_tokens(VW::selector(cur.v[2 * pr], j), VW::selector(cur.v[2 * pr + 1], j), even, odd);
-            dev::lookup8(even, lut_v, ev[pr]);
-            dev::lookup8(odd, lut_v, od[pr]);
+            for (int i = 0; i < MT; ++i) hv[e][i] = dev::e4m3x2_to_half2(uint16_t(cur[n].v[e][i / 2] >> (16 * (i % 2))));
           } else {
-            uint32_t ca[8], cb8[8];
-            VW::codes(cur.v[2 * pr], j, ca);
-            VW::codes(cur.v[2 * pr + 1], j, cb8);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-              ev[pr][i] = dev::pack_half2(sm.lut_v[ca[2 * i]], sm.lut_v[cb8[2 * i]]);
-              od[pr][i] = dev::pack_half2(sm.lut_v[ca[2 * i + 1]], sm.lut_v[cb8[2 * i + 1]]);
+            for (int i = 0; i < MT / 4; ++i) {
+              hv[e][4 * i] = cur[n].v[e][i].x;
+              hv[e][4 * i + 1] = cur[n].v[e][i].y;
+              hv[e][4 * i + 2] = cur[n].v[e][i].z;
+              hv[e][4 * i + 3] = cur[n].v[e][i].w;
             }
           }
         }
 #pragma unroll
-        for (int i = 0; i < 4; ++i) pv_mma(4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
+        for (int i = 0; i < MT; ++i)
+          pv_mma(n, i, dev::prmt(hv[0][i], hv[1][i], 0x5410), dev::prmt(hv[0][i], hv[1][i], 0x7632), dev::prmt(hv[2][i], hv[3][i], 0x5410),
+                 dev::prmt(hv[2][i], hv[3][i], 0x7632));
       }
-    } else {
-      // hv[e][i]: the thread's value coordinates 2i, 2i + 1 of token e, as the cache stores them
-      uint32_t hv[4][MT];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        if constexpr (KIND == Kind::kFp8) {
-#pragma unroll
-          for (int i = 0; i < MT; ++i) hv[e][i] = dev::e4m3x2_to_half2(uint16_t(cur.v[e][i / 2] >> (16 * (i % 2))));
-        } else {
-#pragma unroll
-          for (int i = 0; i < MT / 4; ++i) {
-            hv[e][4 * i] = cur.v[e][i].x;
-            hv[e][4 * i + 1] = cur.v[e][i].y;
-            hv[e][4 * i + 2] = cur.v[e][i].z;
-            hv[e][4 * i + 3] = cur.v[e][i].w;
-          }
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < MT; ++i)
-        pv_mma(i, dev::prmt(hv[0][i], hv[1][i], 0x5410), dev::prmt(hv[0][i], hv[1][i], 0x7632), dev::prmt(hv[2][i], hv[3][i], 0x5410),
-               dev::prmt(hv[2][i], hv[3][i], 0x7632));
     }
   };
 
   if constexpr (kStaged) {
     if (staged) {
 #pragma unroll
-      for (int i = 0; i < S - 1; ++i)
+      for (int i = 0; i < kAhead; ++i)
         if (i >= early) issue(pre_page[i]);
-      int32_t next_page = pre_page[S - 1];
+      int32_t next_page[kStep];  // the page ids of the next step's copies, loaded a step ahead of their use
+#pragma unroll
+      for (int n = 0; n < kStep; ++n) next_page[n] = pre_page[kAhead + n];
       int st = 0;
-      for (int T0 = first; T0 < end; T0 += step) {
-        issue(next_page);  // into stage (st + S - 1) % S
-        if (cur_T < end) next_page = bt[cur_page];
-        cp_async_wait<S - 1>();
+      for (int T0 = first; T0 < end; T0 += kStep * step) {
+#pragma unroll
+        for (int n = 0; n < kStep; ++n) issue(next_page[n]);  // into stages (st + kAhead + n) % S
+        if (cur_T < end) next_page[0] = bt[cur_page];
+        if constexpr (kStep == 2) {  // the tile after the cursor's
+          if (cur_T + step < end) next_page[1] = bt[cur_page + step_pages + (cur_row + step_rows >= ps)];
+        }
+        cp_async_wait<kAhead>();  // the step's tiles have landed
         __syncwarp();
-        const uint8_t* stage = sm.ring + st * SP::kBytes;
-        Tile<D, KIND, KB, VB> cur;
-        stager.load(stage, cur);
-        process(cur, T0, [&](auto& tile) { stager.load_values(stage, tile); });
-        __syncwarp();  // every lane has read the stage before the next issue overwrites it
-        st = st + 1 == S ? 0 : st + 1;
+        const uint8_t* stage = sm.ring + st * SP::kBytes;  // the step's tiles: consecutive stages (S is a multiple of kStep)
+        const auto late = [&](int n, auto& tile) { stager.load_values(stage + n * SP::kBytes, tile); };
+        if (kStep == 1 || T0 + step < end) {
+          Tile<D, KIND, KB, VB> cur[kStep];
+          int T[kStep];
+#pragma unroll
+          for (int n = 0; n < kStep; ++n) {
+            stager.load(stage + n * SP::kBytes, cur[n]);
+            T[n] = T0 + n * step;
+          }
+          process(cur, T, late);
+        } else {  // the warp's last tile, alone
+          Tile<D, KIND, KB, VB> cur[1];
+          stager.load(stage, cur[0]);
+          const int T[1] = {T0};
+          process(cur, T, late);
+        }
+        __syncwarp();  // every lane has read the stages before the next issues overwrite them
+        st = st + kStep == S ? 0 : st + kStep;
       }
       cp_async_wait<0>();
       __syncthreads();  // the ring becomes sm.o below
@@ -567,14 +615,15 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   }
   if (!staged) {
     for (int T0 = first; T0 < end; T0 += step) {
-      Tile<D, KIND, KB, VB> cur;
+      Tile<D, KIND, KB, VB> cur[1];
+      const int T[1] = {T0};
       const TileRows rows = tile_rows(p, bt, kvh, T0);
-      load_keys(p, bt, kvh, rows, T0, len, g, t, cur);
+      load_keys(p, bt, kvh, rows, T0, len, g, t, cur[0]);
       if constexpr (KIND == Kind::kTq) {
-        load_values(p, bt, kvh, rows, T0, len, g, t, cur);
-        process(cur, T0, [](auto&) {});
+        load_values(p, bt, kvh, rows, T0, len, g, t, cur[0]);
+        process(cur, T, [](int, auto&) {});
       } else {
-        process(cur, T0, [&](auto& tile) { load_values(p, bt, kvh, rows, T0, len, g, t, tile); });
+        process(cur, T, [&](int, auto& tile) { load_values(p, bt, kvh, rows, T0, len, g, t, tile); });
       }
     }
     __syncthreads();

@@ -30,9 +30,18 @@ struct SmemFixed {
   float qrs[R * kRows];  // int8 keys: a query row's fixed-point step (its max |q| / kQ16Max)
 };
 
+// 16-token tiles a warp takes per step of the decode loop over a packed cache (decode_kernel.cuh):
+// two at D = 64, which share one online-softmax update (row max, shuffles, rescale test), one wait
+// and the loop's bookkeeping, work a tile pays whatever its D. They keep the ring of 4 stages, one
+// step in flight ahead (6 stages, two steps ahead, were slower at batch 1 and 1-4K tokens:
+// bench/results/2026-12-02-h200-decode-d64-steps.md). Not at D = 128: there a block of two m-tiles (R = 2), which must give each row
+// the bits of a one-m-tile block (DecodeRows), holds two tiles only with spills (ptxas).
+template <int D>
+inline constexpr int kStepTiles = D <= 64 ? 2 : 1;
+
 // Packed caches whose pages hold whole 16-token tiles are streamed through shared memory: each warp
-// keeps a ring of kStages tiles, filled by cp.async kStages - 1 tiles ahead of its compute, so the
-// loads of a tile are in flight for the whole of the tiles before it. A stage is the tile's slice
+// keeps a ring of kStages tiles, filled by cp.async kStages - kStepTiles tiles ahead of its compute,
+// so the loads of a tile are in flight for the whole of the tiles before it. A stage is the tile's slice
 // of the (page, kv head) block: K codes, V codes, K norms, V norms, kChunks 16-byte pieces that
 // the warp's lanes copy kRounds at a time. Sizes from format.h: a row of codes is
 // code_row_bytes, a norm kNormBytes, and every section of a page block starts on 16 bytes, so
