@@ -7,7 +7,8 @@
 // query tokens: speculative verification) may take R = 2 m-tiles a block (make_plan decides): 16
 // rows share each tile's copy and decode, and only the MMAs, the softmax and the accumulators are
 // per m-tile, each in the 8-row block's order (the same bits). Each warp takes 16-token tiles in
-// turn (at D = 64 two a step, which share one online-softmax update: kStepTiles):
+// turn (two a step, which share one online-softmax update, at D = 64 and for 2- and 3-bit keys at
+// D = 128: kStepTiles):
 //   S = Q K^T      the 8 query rows are M (rows 8-15 carry the query's low part, free: the tile
 //                  has 16 rows); keys of 2-3 bits as int8 operands (m16n8k32, the centroids'
 //                  1/32 grid), others as fp16/bf16 (m16n8k16); looked up by byte-permute
@@ -147,7 +148,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   constexpr int S = kStaged ? SP::kStages : 1;
   // Tiles a step of the staged loop takes at most (kStepTiles), and how many tiles are in flight
   // ahead of a step's: the ring holds both.
-  constexpr int kStep = KIND == Kind::kTq && kStaged ? kStepTiles<D> : 1;
+  constexpr int kStep = KIND == Kind::kTq && kStaged ? kStepTiles<D, KB> : 1;
   constexpr int kAhead = S - kStep;
   static_assert(!kStaged || (kAhead >= 1 && S % kStep == 0), "a step's tiles in consecutive stages, copies in flight ahead of them");
   const uint32_t ring_at = warp * S * SP::kBytes;  // the warp's ring, from the block's
@@ -590,21 +591,22 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         cp_async_wait<kAhead>();  // the step's tiles have landed
         __syncwarp();
         const uint8_t* stage = sm.ring + st * SP::kBytes;  // the step's tiles: consecutive stages (S is a multiple of kStep)
-        const auto late = [&](int n, auto& tile) { stager.load_values(stage + n * SP::kBytes, tile); };
-        if (kStep == 1 || T0 + step < end) {
-          Tile<D, KIND, KB, VB> cur[kStep];
-          int T[kStep];
-#pragma unroll
-          for (int n = 0; n < kStep; ++n) {
-            stager.load(stage + n * SP::kBytes, cur[n]);
-            T[n] = T0 + n * step;
-          }
-          process(cur, T, late);
+        if constexpr (kStep == 1) {
+          Tile<D, KIND, KB, VB> cur[1];
+          stager.load(stage, cur[0]);
+          const int T[1] = {T0};
+          process(cur, T, [&](int, auto& tile) { stager.load_values(stage, tile); });
+        } else if (T0 + step < end) {  // two tiles: their value words after the softmax (load_keys)
+          Tile<D, KIND, KB, VB> cur[2];
+          stager.load_keys(stage, cur[0]);
+          stager.load_keys(stage + SP::kBytes, cur[1]);
+          const int T[2] = {T0, T0 + step};
+          process(cur, T, [&](int n, auto& tile) { stager.load_value_words(stage + n * SP::kBytes, tile); });
         } else {  // the warp's last tile, alone
           Tile<D, KIND, KB, VB> cur[1];
           stager.load(stage, cur[0]);
           const int T[1] = {T0};
-          process(cur, T, late);
+          process(cur, T, [&](int, auto& tile) { stager.load_values(stage, tile); });
         }
         __syncwarp();  // every lane has read the stages before the next issues overwrite them
         st = st + kStep == S ? 0 : st + kStep;

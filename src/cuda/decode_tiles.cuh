@@ -31,13 +31,14 @@ struct SmemFixed {
 };
 
 // 16-token tiles a warp takes per step of the decode loop over a packed cache (decode_kernel.cuh):
-// two at D = 64, which share one online-softmax update (row max, shuffles, rescale test), one wait
-// and the loop's bookkeeping, work a tile pays whatever its D. They keep the ring of 4 stages, one
-// step in flight ahead (6 stages, two steps ahead, were slower at batch 1 and 1-4K tokens:
-// bench/results/2026-12-02-h200-decode-d64-steps.md). Not at D = 128: there a block of two m-tiles (R = 2), which must give each row
-// the bits of a one-m-tile block (DecodeRows), holds two tiles only with spills (ptxas).
-template <int D>
-inline constexpr int kStepTiles = D <= 64 ? 2 : 1;
+// two at D = 64, and with 2- or 3-bit keys at D = 128, which share one online-softmax update (row
+// max, shuffles, rescale test), one wait and the loop's bookkeeping, work a tile pays whatever its
+// D. They keep the ring of 4 stages, one step in flight ahead (6 stages, two steps ahead, were
+// slower at batch 1 and 1-4K tokens: bench/results/2026-12-02-h200-decode-d64-steps.md). Blocks of
+// one and of two m-tiles (R) must take the same steps, since each row must get the same bits from
+// both (DecodeRows); 4-bit keys at D = 128 and D = 256 hold two tiles only with spills (ptxas).
+template <int D, int KB>
+inline constexpr int kStepTiles = D <= 64 || (D == 128 && KB <= 3) ? 2 : 1;
 
 // Packed caches whose pages hold whole 16-token tiles are streamed through shared memory: each warp
 // keeps a ring of kStages tiles, filled by cp.async kStages - kStepTiles tiles ahead of its compute,
@@ -354,6 +355,26 @@ struct TqStager {
   }
   template <class TileT>
   __device__ void load_values(const uint8_t*, TileT&) const {}  // loaded with the keys
+  // A step of two tiles (kStepTiles) reads them in two parts: the key words and both norms before
+  // the scores, the value words after the softmax (load_value_words), so that neither tile's value
+  // words are held through the scores.
+  template <Kind KIND>
+  __device__ void load_keys(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
+#pragma unroll
+    for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK));
+    const uint32_t* norms = reinterpret_cast<const uint32_t*>(stage + n_at);
+    constexpr int k8 = 8 * int(kNormBytes) / 4, kV = kTile * int(kNormBytes) / 4;
+    cur.kn[0] = norms[0];
+    cur.kn[1] = norms[k8];
+    cur.vn[0] = norms[kV];
+    cur.vn[1] = norms[kV + k8];
+  }
+  template <Kind KIND>
+  __device__ void load_value_words(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);
+  }
 };
 
 // The same for float caches (FloatStaging): a tile's K rows and V rows are contiguous in the page
