@@ -365,9 +365,9 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     for (int i = 0; i < MT; ++i) o[rr][i][0] = o[rr][i][1] = o[rr][i][2] = o[rr][i][3] = 0.0f;
   SoftmaxState sstate[R];  // query row g of each m-tile, over this thread's tokens of it (its quad holds the rest)
 
-  // One step: N 16-token tiles (1, or kStepTiles), their bytes already in `cur` (values of float
-  // caches are loaded by late_values() after the scores, which keeps their registers out of the
-  // score phase). The tiles of a step share one online-softmax update.
+  // One step: N 16-token tiles (1, or kStepTiles), their bytes already in `cur`, except the values
+  // of float caches and of a two-tile step, which late_values() loads after the softmax (keeping
+  // their registers out of the score phase). The tiles of a step share one online-softmax update.
   auto process = [&](auto& cur, const auto& T0, auto&& late_values) {  // Tile cur[N], int T0[N]
     constexpr int N = int(std::extent_v<std::remove_reference_t<decltype(cur)>>);
     // ---- S = Q K^T for tokens T0[n] + [0, 16): n-tile nn holds token g + 8nn ----
