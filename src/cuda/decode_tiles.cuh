@@ -339,41 +339,43 @@ struct TqStager {
     for (int r = 0; r < St::kRounds; ++r)
       if (r + 1 < St::kRounds || last) cp_async16(dst + stage_at + 32 * 16 * r, src[r] + page_at + uint32_t(row0) * per_row[r]);
   }
+  // A tile's key words, value words and norms. A step of two tiles (kStepTiles) reads them in two
+  // parts: load_keys (key words and both norms) before the scores, load_value_words after the
+  // softmax, so that neither tile's value words are held through the scores.
   template <Kind KIND>
   __device__ void load(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
-#pragma unroll
-    for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK));
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);
-    const uint32_t* norms = reinterpret_cast<const uint32_t*>(stage + n_at);  // fp16 pairs of tokens (2t, 2t+1)
-    constexpr int k8 = 8 * int(kNormBytes) / 4, kV = kTile * int(kNormBytes) / 4;  // in words: 8 tokens on, the V norms
-    cur.kn[0] = norms[0];
-    cur.kn[1] = norms[k8];
-    cur.vn[0] = norms[kV];
-    cur.vn[1] = norms[kV + k8];
+    load_key_codes(stage, cur);
+    load_value_words(stage, cur);
+    load_norms(stage, cur);
   }
   template <class TileT>
   __device__ void load_values(const uint8_t*, TileT&) const {}  // loaded with the keys
-  // A step of two tiles (kStepTiles) reads them in two parts: the key words and both norms before
-  // the scores, the value words after the softmax (load_value_words), so that neither tile's value
-  // words are held through the scores.
   template <Kind KIND>
   __device__ void load_keys(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
-#pragma unroll
-    for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK));
-    const uint32_t* norms = reinterpret_cast<const uint32_t*>(stage + n_at);
-    constexpr int k8 = 8 * int(kNormBytes) / 4, kV = kTile * int(kNormBytes) / 4;
-    cur.kn[0] = norms[0];
-    cur.kn[1] = norms[k8];
-    cur.vn[0] = norms[kV];
-    cur.vn[1] = norms[kV + k8];
+    load_key_codes(stage, cur);
+    load_norms(stage, cur);
   }
   template <Kind KIND>
   __device__ void load_value_words(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
 #pragma unroll
     for (int e = 0; e < 4; ++e)
       ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);
+  }
+
+ private:
+  template <Kind KIND>
+  __device__ void load_key_codes(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
+#pragma unroll
+    for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK));
+  }
+  template <Kind KIND>
+  __device__ void load_norms(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
+    const uint32_t* norms = reinterpret_cast<const uint32_t*>(stage + n_at);  // fp16 pairs of tokens (2t, 2t+1)
+    constexpr int k8 = 8 * int(kNormBytes) / 4, kV = kTile * int(kNormBytes) / 4;  // in words: 8 tokens on, the V norms
+    cur.kn[0] = norms[0];
+    cur.kn[1] = norms[k8];
+    cur.vn[0] = norms[kV];
+    cur.vn[1] = norms[kV + k8];
   }
 };
 
