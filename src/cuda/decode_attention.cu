@@ -75,6 +75,9 @@ constexpr int kPairMinTiles = 8;
 // Tiles a warp below which a split is not worth its prologue once half the resident slots are
 // filled (make_plan; on the H200, k3v2 at batch 1: 32 splits beat 64 at 8K and 16K).
 constexpr int kMinTilesPerWarp = 8;
+// Tiles a warp below which a second block an SM is not worth its splits' prologues and merge
+// (make_plan; on the H200, k3v2 at batch 1: 4K takes 16 splits, one block an SM, not 32).
+constexpr int kMinSharedTiles = 4;
 // The decode grid's fill (make_plan): a split plan that leaves more than a tenth of its waves' block
 // slots idle, with blocks enough for half a wave, is replaced by one of about kFillWaves waves.
 constexpr double kMinWaveFill = 0.9;
@@ -142,15 +145,21 @@ Plan make_plan(const DecodeParams& p, int R) {
       }
     }
     // A wave of short splits loses to fewer, longer ones where the blocks outnumber the SMs
-    // (batch 1 at 8K-16K): every split's block pays the prologue (the query's rotation and
+    // (batch 1 at 4K-16K): every split's block pays the prologue (the query's rotation and
     // fragments, the tables) once, and at 4 blocks an SM those prologues take as many issue
-    // slots as the tiles. So: half the resident slots filled at least, and beyond that no split
-    // under kMinTilesPerWarp tiles a warp (bench/results/2026-12-01-h200-decode-batch1-fixed-cost.md).
+    // slots as the tiles. So: half the resident slots filled, unless a warp would then have
+    // fewer than kMinSharedTiles tiles: then a block on every SM, whose warps' longer loops
+    // (and, at kWarpMergeParts splits or fewer, the warp-a-row merge) pay more than a second
+    // block an SM; and beyond that no split under kMinTilesPerWarp tiles a warp
+    // (bench/results/2026-12-01-h200-decode-batch1-fixed-cost.md, 2026-12-02-h200-decode-batch1-splits.md).
     // (Blocks of two m-tiles keep the whole-wave choice above, measured on its own.)
     if (R == 1) {
       const int half_wave = std::max(1, slots / 2 / blocks);
+      const int sm_wave = std::max(1, std::min(slots / 2, device_sm_count()) / blocks);
+      const int half_wave_tiles = (tiles + half_wave - 1) / half_wave;  // a split's tiles
+      const int filled = half_wave_tiles >= kMinSharedTiles * kWarps ? half_wave : sm_wave;
       const int long_splits = tiles / (kMinTilesPerWarp * kWarps);  // splits of kMinTilesPerWarp tiles a warp
-      want = std::min(want, std::max(half_wave, long_splits));
+      want = std::min(want, std::max(filled, long_splits));
       // Where the blocks alone fill half the slots or more (serving batches: 55 x 32K for k3v2 is
       // 440 blocks on the H200's 528 slots), one split a block leaves the tail of its wave idle:
       // then splits enough for about kFillWaves waves of smaller blocks, which the SMs take in turn
