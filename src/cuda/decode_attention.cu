@@ -148,16 +148,18 @@ Plan make_plan(const DecodeParams& p, int R) {
     // (batch 1 at 4K-16K): every split's block pays the prologue (the query's rotation and
     // fragments, the tables) once, and at 4 blocks an SM those prologues take as many issue
     // slots as the tiles. So: half the resident slots filled, unless a warp would then have
-    // fewer than kMinSharedTiles tiles: then a block on every SM, whose warps' longer loops
-    // (and, at kWarpMergeParts splits or fewer, the warp-a-row merge) pay more than a second
-    // block an SM; and beyond that no split under kMinTilesPerWarp tiles a warp
-    // (bench/results/2026-12-01-h200-decode-batch1-fixed-cost.md, 2026-12-02-h200-decode-batch1-splits.md).
+    // fewer than kMinSharedTiles tiles; then a block on every SM (where whole splits fill nine
+    // tenths of them, kMinWaveFill), whose warps' two steps and, at kWarpMergeParts splits or
+    // fewer, the warp-a-row merge beat a second block an SM; and beyond that no split under
+    // kMinTilesPerWarp tiles a warp (bench/results/2026-12-01-h200-decode-batch1-fixed-cost.md,
+    // 2026-12-02-h200-decode-batch1-splits.md).
     // (Blocks of two m-tiles keep the whole-wave choice above, measured on its own.)
     if (R == 1) {
       const int half_wave = std::max(1, slots / 2 / blocks);
-      const int sm_wave = std::max(1, std::min(slots / 2, device_sm_count()) / blocks);
-      const int half_wave_tiles = (tiles + half_wave - 1) / half_wave;  // a split's tiles
-      const int filled = half_wave_tiles >= kMinSharedTiles * kWarps ? half_wave : sm_wave;
+      const int sms = std::min(slots / 2, device_sm_count()), sm_wave = std::max(1, sms / blocks);
+      const bool few_tiles = (tiles + half_wave - 1) / half_wave < kMinSharedTiles * kWarps;  // a warp's, at half_wave splits
+      const bool sm_filled = blocks * sm_wave >= kMinWaveFill * sms;
+      const int filled = few_tiles && sm_filled ? sm_wave : half_wave;
       const int long_splits = tiles / (kMinTilesPerWarp * kWarps);  // splits of kMinTilesPerWarp tiles a warp
       want = std::min(want, std::max(filled, long_splits));
       // Where the blocks alone fill half the slots or more (serving batches: 55 x 32K for k3v2 is
