@@ -10,7 +10,7 @@ bunched near a few values instead, which the ideal codebook serves badly. This s
 far SmolLM2's real keys are from the ideal (excess kurtosis of sqrt(d) * coordinate, by layer), and
 what a codebook fitted to them (1-D Lloyd-Max on a calibration text's rotated coordinates, one for
 the model or one a layer) buys in coordinate error and in perplexity and KL against the exact
-forward pass (keys quantized, values exact; numpy fp64, bench/quality/key_transforms.py's model).
+forward pass (keys quantized, values exact; numpy fp64: bench/quality/llama_numpy.py).
 Keys are centred first (the per-head key centre of the `centre` knob, from the calibration text).
 
   .venv/bin/python bench/quality/codebook_fit.py --tq build/release/apps/cli/tq --bits 3 --tokens 1024
@@ -20,13 +20,13 @@ Results: bench/results/2026-12-02-codebook-fit.md.
 import argparse
 import os
 import subprocess
-import sys
 import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
-from key_transforms import ROOT, Model, scores  # noqa: E402
+from llama_numpy import Model, per_head, scores
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def token_ids(tq, model, path, n):
@@ -92,24 +92,27 @@ def main():
     def rotate(l, h, x):  # unit rows -> rotated unit rows
         return (x * signs[l, h]) @ H.T
 
-    stats = []
-    m.forward(ids_cal, stats=stats)
-    mu = [[stats[l][1][:, h].mean(0) for h in range(nkv)] for l in range(L)]
+    def keys(ids):  # post-RoPE keys [n - 1][kv heads][d] by layer, position 0 (the sink) left out
+        rec = []
+        m.forward(ids, rec=rec)
+        return [k[1:] for _, k, _, _ in rec]
+
+    cal_keys = keys(ids_cal)
+    mu = [[cal_keys[l][:, h].mean(0) for h in range(nkv)] for l in range(L)]
 
     def rotated_units(k_all, l, h):
         x = k_all[:, h] - mu[l][h]
         norm = np.linalg.norm(x, axis=1, keepdims=True)
         return rotate(l, h, x / np.maximum(norm, 1e-30)), norm
 
-    cal = [np.concatenate([rotated_units(stats[l][1], l, h)[0].ravel() for h in range(nkv)]) for l in range(L)]
+    cal = [np.concatenate([rotated_units(cal_keys[l], l, h)[0].ravel() for h in range(nkv)]) for l in range(L)]
     books = {"ideal": [ideal_codebook(d, levels)] * L}
     glob = lloyd_max(np.concatenate(cal), np.ones(sum(c.size for c in cal)), levels)
     books["fitted, one for the model"] = [glob] * L
     books["fitted, one a layer"] = [lloyd_max(c, np.ones(c.size), levels) for c in cal]
 
     # The evaluation text's keys, by layer: how far from the ideal, and each codebook's coordinate error.
-    ev = []
-    m.forward(ids_eval, stats=ev)
+    ev = keys(ids_eval)
     print(f"{os.path.basename(a.model)}: {len(ids_eval)} tokens of {os.path.basename(a.text)}, keys at {a.bits} bits, centres and "
           f"fitted codebooks from {len(ids_cal)} tokens of {os.path.basename(a.calib)}\n")
     print("sqrt(d) x the codebooks' centroids:")
@@ -121,7 +124,7 @@ def main():
     print("|---|---|" + "---|" * (len(books) - 1))
     mse = {n: [] for n in books}
     for l in range(L):
-        u = np.concatenate([rotated_units(ev[l][1], l, h)[0].ravel() for h in range(nkv)]) * np.sqrt(d)
+        u = np.concatenate([rotated_units(ev[l], l, h)[0].ravel() for h in range(nkv)]) * np.sqrt(d)
         kurt = np.mean(u ** 4) / np.mean(u ** 2) ** 2 - 3
         for n, bk in books.items():
             c = bk[l] * np.sqrt(d)
@@ -149,7 +152,7 @@ def main():
     print("| codebook | norm | ppl | vs exact % | KL (nats) | top-1 |\n|---|---|---|---|---|---|")
     for ip in (False, True):
         for n, bk in books.items():
-            ppl, pct, kl, top1, _ = scores(ref, m.forward(ids_eval, kv_fn_for(bk, ip)), ids_eval)
+            ppl, pct, kl, top1, _ = scores(ref, m.forward(ids_eval, attn_fn=per_head(kv_fn_for(bk, ip), m.g)), ids_eval)
             print(f"| {n} | {'ip' if ip else 'plain'} | {ppl:.3f} | {pct:+.2f} | {kl:.4f} | {top1:.3f} |", flush=True)
 
 

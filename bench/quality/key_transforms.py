@@ -28,92 +28,10 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "engine"))
-import gguf  # noqa: E402
-from ref_logits import dequantize  # noqa: E402
+import turboquant as tq
+from llama_numpy import Model, per_head, scores
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-
-
-class Model:
-    """SmolLM2-style (llama) GGUF model in numpy fp64: weights dequantized on first use, RoPE on
-    (2i, 2i+1) pairs as GGUF stores them. forward(ids, kv_fn, stats): logits [n][vocab]; kv_fn(l, kvh,
-    Q [n][g][hd], K [n][hd], V [n][hd]) -> (Q, K, V) is what one KV head's attention reads instead
-    (a transform, a quantizer's round trip); stats collects each layer's post-RoPE q, k and v
-    (position 0, the sink, left out)."""
-
-    def __init__(self, path):
-        r = gguf.GGUFReader(path)
-        fields = {f.name: f for f in r.fields.values()}
-        meta = lambda k: fields[k].parts[fields[k].data[0]][0]  # noqa: E731
-        self.L = int(meta("llama.block_count"))
-        self.nh, self.nkv = int(meta("llama.attention.head_count")), int(meta("llama.attention.head_count_kv"))
-        self.eps, theta = float(meta("llama.attention.layer_norm_rms_epsilon")), float(meta("llama.rope.freq_base"))
-        self.tensors = {t.name: t for t in r.tensors}
-        self.cache = {}
-        self.emb = self.W("token_embd.weight")
-        self.hd = self.emb.shape[1] // self.nh
-        self.g = self.nh // self.nkv
-        self.inv = theta ** (-np.arange(0, self.hd, 2) / self.hd)
-
-    def W(self, name):
-        if name not in self.cache:
-            t = self.tensors[name]
-            self.cache[name] = dequantize(t.data, t.tensor_type).astype(np.float64).reshape(-1, int(t.shape[0]))
-        return self.cache[name]
-
-    def rms(self, x, w):
-        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
-
-    def rope(self, x):  # [n][heads][hd], pairs (2i, 2i+1)
-        ang = np.arange(x.shape[0])[:, None] * self.inv[None, :]
-        c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-        y = np.empty_like(x)
-        y[..., 0::2] = x[..., 0::2] * c - x[..., 1::2] * s
-        y[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
-        return y
-
-    def forward(self, ids, kv_fn=None, stats=None):
-        W, nh, nkv, hd, g = self.W, self.nh, self.nkv, self.hd, self.g
-        n = len(ids)
-        x = self.emb[ids]
-        mask = np.triu(np.full((n, n), -np.inf), 1)
-        for l in range(self.L):
-            p = f"blk.{l}."
-            h = self.rms(x, W(p + "attn_norm.weight")[0])
-            q = self.rope((h @ W(p + "attn_q.weight").T).reshape(n, nh, hd))
-            k = self.rope((h @ W(p + "attn_k.weight").T).reshape(n, nkv, hd))
-            v = (h @ W(p + "attn_v.weight").T).reshape(n, nkv, hd)
-            if stats is not None:
-                stats.append((q[1:], k[1:], v[1:]))
-            att = np.empty((n, nh, hd))
-            for kvh in range(nkv):
-                K, V, Q = k[:, kvh], v[:, kvh], q[:, kvh * g:kvh * g + g]
-                if kv_fn is not None:
-                    Q, K, V = kv_fn(l, kvh, Q, K, V)
-                for j in range(g):
-                    att[:, kvh * g + j] = softmax(Q[:, j] @ K.T / np.sqrt(hd) + mask) @ V
-            x = x + att.reshape(n, -1) @ W(p + "attn_output.weight").T
-            f = self.rms(x, W(p + "ffn_norm.weight")[0])
-            gate, up = f @ W(p + "ffn_gate.weight").T, f @ W(p + "ffn_up.weight").T
-            x = x + (gate / (1 + np.exp(-gate)) * up) @ W(p + "ffn_down.weight").T
-        out = W("output.weight") if "output.weight" in self.tensors else self.emb
-        return self.rms(x, W("output_norm.weight")[0]) @ out.T
-
-
-def softmax(s):
-    s = np.exp(s - s.max(axis=-1, keepdims=True))
-    return s / s.sum(axis=-1, keepdims=True)
-
-
-def scores(ref, lo, ids):
-    """(ppl ratio - 1 in %, KL in nats, top-1 agreement) of logits lo against ref, next-token targets ids[1:]."""
-    lp_ref, lp = np.log(softmax(ref)), np.log(softmax(lo))
-    tgt = np.array(ids[1:])
-    nll_ref = -lp_ref[np.arange(len(tgt)), tgt].mean()
-    nll = -lp[np.arange(len(tgt)), tgt].mean()
-    kl = (np.exp(lp_ref) * (lp_ref - lp)).sum(-1).mean()
-    return np.exp(nll), (np.exp(nll - nll_ref) - 1) * 100, kl, (lo.argmax(-1) == ref.argmax(-1)).mean(), np.exp(nll_ref)
 
 
 def main():
@@ -128,7 +46,6 @@ def main():
     ap.add_argument("--pw", type=float, default=0.25, help="diag's exponent")
     ap.add_argument("--vcentre", action="store_true", help="values less their calibration mean (with --vbits)")
     a = ap.parse_args()
-    import turboquant as tq  # the library's quantizers and tokenizer (pip install .); Model needs only numpy and gguf
 
     llm = tq.LLM(a.model, kv_spec="fp32", device="cpu", threads=1)  # its tokenizer
     ids_eval = llm.tokenize(open(a.text).read()[:40000])[:a.tokens]
@@ -153,7 +70,11 @@ def main():
             if qv:
                 V = round_trip(qv[l][kvh], V - muv) + muv
             return Q, K, V
-        return m.forward(ids, kv_fn if transform is not None else None, stats)
+        rec = [] if stats is not None else None
+        logits = m.forward(ids, rec=rec, attn_fn=per_head(kv_fn, g) if transform is not None else None)
+        if stats is not None:
+            stats.extend((q[1:], k[1:], v[1:]) for _, k, q, v in rec)
+        return logits
 
     def sqrtm(M):
         w, U = np.linalg.eigh(M)

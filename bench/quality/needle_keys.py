@@ -38,15 +38,12 @@ side buffer, no edge layers), and reports the answer tokens' log-probabilities a
 import argparse
 import ast
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "engine"))
-import gguf  # noqa: E402
-import turboquant as tq  # noqa: E402
-from ref_logits import dequantize  # noqa: E402
+import turboquant as tq
+from llama_numpy import Model, softmax
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 M64 = (1 << 64) - 1
@@ -117,83 +114,6 @@ def build_prompts(tok, hay, lengths, depths, trials, seed):
                 text = intro + t[:at] + (" " if at == len(t) else "") + needle + t[at:] + question
                 out.append(dict(length=ln, depth=d, key=key, ids=tok(text)))
     return out
-
-
-class Model:
-    def __init__(self, path):
-        r = gguf.GGUFReader(path)
-        fields = {f.name: f for f in r.fields.values()}
-        meta = lambda k: fields[k].parts[fields[k].data[0]][0]  # noqa: E731
-        self.L = int(meta("llama.block_count"))
-        self.nh, self.nkv = int(meta("llama.attention.head_count")), int(meta("llama.attention.head_count_kv"))
-        self.eps, theta = float(meta("llama.attention.layer_norm_rms_epsilon")), float(meta("llama.rope.freq_base"))
-        self.T = {t.name: t for t in r.tensors}
-        self.cache = {}
-        self.emb = self.W("token_embd.weight")
-        self.hd = self.emb.shape[1] // self.nh
-        self.g = self.nh // self.nkv
-        self.inv = theta ** (-np.arange(0, self.hd, 2) / self.hd)
-
-    def W(self, name):
-        if name not in self.cache:
-            t = self.T[name]
-            self.cache[name] = dequantize(t.data, t.tensor_type).astype(np.float64).reshape(-1, int(t.shape[0]))
-        return self.cache[name]
-
-    def rms(self, x, name):
-        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * self.W(name)[0]
-
-    def rope(self, x, pos):  # [n][heads][hd], adjacent pairs (2i, 2i+1), as the engine for llama GGUFs
-        ang = pos[:, None] * self.inv[None, :]
-        c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-        y = np.empty_like(x)
-        y[..., 0::2] = x[..., 0::2] * c - x[..., 1::2] * s
-        y[..., 1::2] = x[..., 0::2] * s + x[..., 1::2] * c
-        return y
-
-    def rope_centre(self, m, context):
-        """model::rope_centre: per pair [[a, -b], [b, a]] m, (a, b) the mean (cos, sin) over 0..context-1."""
-        ang = np.arange(context)[:, None] * self.inv[None, :]
-        a, b = np.cos(ang).mean(0), np.sin(ang).mean(0)
-        mu = np.empty_like(m)
-        mu[..., 0::2] = a * m[..., 0::2] - b * m[..., 1::2]
-        mu[..., 1::2] = b * m[..., 0::2] + a * m[..., 1::2]
-        return mu
-
-    def forward(self, ids, rec=None, attn_fn=None, logits_at=None):
-        """rec: per layer (k_pre [n][kv][hd], k [n][kv][hd] post-RoPE, q [n][heads][hd] post-RoPE, v).
-        attn_fn(l, q, k, v) -> att [n][heads][hd] replaces exact causal attention."""
-        n = len(ids)
-        x = self.emb[ids]
-        pos = np.arange(n, dtype=np.float64)
-        mask = np.triu(np.full((n, n), -np.inf), 1)
-        for l in range(self.L):
-            p = f"blk.{l}."
-            h = self.rms(x, p + "attn_norm.weight")
-            q = self.rope((h @ self.W(p + "attn_q.weight").T).reshape(n, self.nh, self.hd), pos)
-            kpre = (h @ self.W(p + "attn_k.weight").T).reshape(n, self.nkv, self.hd)
-            k = self.rope(kpre, pos)
-            v = (h @ self.W(p + "attn_v.weight").T).reshape(n, self.nkv, self.hd)
-            if rec is not None:
-                rec.append((kpre, k, q, v))
-            if attn_fn is not None:
-                att = attn_fn(l, q, k, v)
-            else:
-                att = np.empty((n, self.nh, self.hd))
-                for hh in range(self.nh):
-                    att[:, hh] = softmax(q[:, hh] @ k[:, hh // self.g].T / np.sqrt(self.hd) + mask) @ v[:, hh // self.g]
-            x = x + att.reshape(n, -1) @ self.W(p + "attn_output.weight").T
-            f = self.rms(x, p + "ffn_norm.weight")
-            gate, up = f @ self.W(p + "ffn_gate.weight").T, f @ self.W(p + "ffn_up.weight").T
-            x = x + (gate / (1 + np.exp(-gate)) * up) @ self.W(p + "ffn_down.weight").T
-        out = self.W("output.weight") if "output.weight" in self.T else self.emb
-        xs = x if logits_at is None else x[logits_at]
-        return self.rms(xs, "output_norm.weight") @ out.T
-
-
-def softmax(s):
-    s = np.exp(s - s.max(axis=-1, keepdims=True))
-    return s / s.sum(axis=-1, keepdims=True)
 
 
 def round_trip(qz, x):
