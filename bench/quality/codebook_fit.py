@@ -19,26 +19,12 @@ Results: bench/results/2026-12-02-codebook-fit.md.
 """
 import argparse
 import os
-import subprocess
-import tempfile
 
 import numpy as np
 
-from llama_numpy import Model, per_head, scores
+from llama_numpy import Model, per_head, scores, token_ids
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-
-
-def token_ids(tq, model, path, n):
-    """The first n token ids of a text file, as `tq run` tokenizes it (its --logits file starts with them)."""
-    text = open(path, encoding="utf-8").read()[: n * 8]
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "l.bin")
-        subprocess.run([tq, "run", "-m", model, "-p", text, "-n", "0", "--kv", "fp32", "--ctx", str(4 * n + 16), "--device", "cpu",
-                        "--allow-long-context", "--logits", out], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        raw = open(out, "rb").read()
-    count = int(np.frombuffer(raw[:4], "<i4")[0])
-    return list(np.frombuffer(raw[4:4 + 4 * count], "<i4").astype(np.int64)[:n])
 
 
 def lloyd_max(x, w, levels, iters=300):
@@ -86,8 +72,8 @@ def main():
     rng = np.random.default_rng(17)
     H = hadamard(d)
     signs = rng.choice([-1.0, 1.0], size=(L, nkv, d))
-    ids_eval = token_ids(a.tq, a.model, a.text, a.tokens)
-    ids_cal = token_ids(a.tq, a.model, a.calib, a.calib_tokens)
+    ids_eval = list(token_ids(a.tq, a.model, a.text, a.tokens))
+    ids_cal = list(token_ids(a.tq, a.model, a.calib, a.calib_tokens))
 
     def rotate(l, h, x):  # unit rows -> rotated unit rows
         return (x * signs[l, h]) @ H.T

@@ -12,26 +12,15 @@ the library's quantizer at --kbits (one per layer and head, seeded apart), value
 """
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
+import turboquant as tq
+from llama_numpy import token_ids
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "engine"))
 import ref_families  # noqa: E402
-import turboquant as tq  # noqa: E402
-
-
-def tokens(tqbin, model, path, n):
-    text = open(path, encoding="utf-8").read()[: n * 8]
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "l.bin")
-        subprocess.run([tqbin, "run", "-m", model, "-p", text, "-n", "0", "--kv", "fp16", "--ctx", str(4 * n + 16), "--device", "cpu",
-                        "--allow-long-context", "--logits", out], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        raw = open(out, "rb").read()
-    m = int(np.frombuffer(raw[:4], "<i4")[0])
-    return np.frombuffer(raw[4:4 + 4 * m], "<i4").astype(np.int64)[:n]
 
 
 def logprobs(logits):
@@ -48,8 +37,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=512)
     ap.add_argument("--kbits", type=int, default=3)
     a = ap.parse_args()
-    ids = tokens(a.tq, a.model, a.file, a.tokens)
-    cal = tokens(a.tq, a.model, a.calib, 256)
+    ids = token_ids(a.tq, a.model, a.file, a.tokens)
+    cal = token_ids(a.tq, a.model, a.calib, 256)
     hp, W = ref_families.from_file(a.model)
     ckeys = {}
     ref_families.forward(hp, W, cal, keys=ckeys)

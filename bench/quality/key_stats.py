@@ -10,11 +10,11 @@ tests/engine/ref_families.py on the first --tokens tokens of a text (tokenized b
 """
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
+
+from llama_numpy import token_ids
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "engine"))
 import ref_families  # noqa: E402
@@ -27,15 +27,7 @@ def main():
     ap.add_argument("-f", "--file", required=True)
     ap.add_argument("--tokens", type=int, default=512)
     a = ap.parse_args()
-    text = open(a.file, encoding="utf-8").read()[: a.tokens * 8]
-    with tempfile.TemporaryDirectory() as d:
-        out = os.path.join(d, "l.bin")
-        subprocess.run([a.tq, "run", "-m", a.model, "-p", text, "-n", "0", "--kv", "fp16", "--ctx", str(4 * a.tokens + 16),
-                        "--device", "cpu", "--allow-long-context", "--logits", out], check=True, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL)
-        raw = open(out, "rb").read()
-    n = int(np.frombuffer(raw[:4], "<i4")[0])
-    ids = np.frombuffer(raw[4:4 + 4 * n], "<i4").astype(np.int64)[: a.tokens]
+    ids = token_ids(a.tq, a.model, a.file, a.tokens)
     hp, W = ref_families.from_file(a.model)
     keys = {}
     ref_families.forward(hp, W, ids, keys=keys)

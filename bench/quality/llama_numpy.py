@@ -1,15 +1,31 @@
 """A llama-family GGUF model (SmolLM2) in numpy fp64, for the quality experiments of bench/quality/
 (key_transforms.py, codebook_fit.py, needle_keys.py): weights dequantized on first use (by
 tests/engine/ref_logits.py's dequantizer), RoPE on adjacent pairs (2i, 2i+1) as the engine runs
-llama GGUFs, exact causal attention unless an experiment replaces it (`attn_fn`)."""
+llama GGUFs, exact causal attention unless an experiment replaces it (`attn_fn`). Also the token
+ids of a text as `tq run` makes them (any model family)."""
 import os
+import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "engine"))
 import gguf  # noqa: E402
 from ref_logits import dequantize  # noqa: E402
+
+
+def token_ids(tq, model, path, n):
+    """The first n token ids of a text file as `tq run` (the binary at tq) tokenizes it for model:
+    its --logits file starts with them."""
+    text = open(path, encoding="utf-8").read()[: n * 8]
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "l.bin")
+        subprocess.run([tq, "run", "-m", model, "-p", text, "-n", "0", "--kv", "fp16", "--ctx", str(4 * n + 16), "--device", "cpu",
+                        "--allow-long-context", "--logits", out], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        raw = open(out, "rb").read()
+    count = int(np.frombuffer(raw[:4], "<i4")[0])
+    return np.frombuffer(raw[4:4 + 4 * count], "<i4").astype(np.int64)[:n]
 
 
 class Model:
