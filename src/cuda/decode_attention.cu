@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "attention_launch.cuh"
+#include "split_plan.h"
 
 namespace tq::cuda {
 namespace {
@@ -72,16 +73,6 @@ int resident_blocks_of(int D, const CacheView& c, int R) {
 // (on the H200, Llama-3.1-8B shape, 8 query tokens at batch 1: slower at 4K-8K, ~3 and ~6 tiles a
 // warp; faster from 16K, ~11; bench/results/2026-12-01-h200-decode-rows.md).
 constexpr int kPairMinTiles = 8;
-// Tiles a warp below which a split is not worth its prologue once half the resident slots are
-// filled (make_plan; on the H200, k3v2 at batch 1: 32 splits beat 64 at 8K and 16K).
-constexpr int kMinTilesPerWarp = 8;
-// Tiles a warp below which a second block an SM is not worth its splits' prologues and merge
-// (make_plan; on the H200, k3v2 at batch 1: 4K takes 16 splits, one block an SM, not 32).
-constexpr int kMinSharedTiles = 4;
-// The decode grid's fill (make_plan): a split plan that leaves more than a tenth of its waves' block
-// slots idle, with blocks enough for half a wave, is replaced by one of about kFillWaves waves.
-constexpr double kMinWaveFill = 0.9;
-constexpr int kFillWaves = 4;
 // TQ_DECODE_ROWS=8 or 16 forces 8- or 16-row blocks where both exist (read at every plan, so a
 // test can compare both kernels on one cache); a row's result is the same bits either way.
 int forced_rows() {
@@ -103,10 +94,8 @@ void size_workspace(Plan& pl, const DecodeParams& p) {
 // The split count clamped to [1, tiles], whole tiles of tile_tokens per split (so the last
 // split may be shorter, never empty), and the workspace.
 void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int tile_tokens, int side_blocks) {
-  splits = std::clamp(splits, 1, tiles);
-  const int tiles_per_split = (tiles + splits - 1) / splits;
-  pl.tokens_per_split = tiles_per_split * tile_tokens;
-  pl.splits = (tiles + tiles_per_split - 1) / tiles_per_split;
+  pl.tokens_per_split = tiles_per_split(tiles, splits) * tile_tokens;
+  pl.splits = whole_splits(tiles, splits);
   pl.side = side_blocks;
   size_workspace(pl, p);
 }
@@ -126,53 +115,8 @@ Plan make_plan(const DecodeParams& p, int R) {
   const int tiles = std::max(1, int((p.max_seq_len + kTile - 1) / kTile));
   int splits = int(p.num_splits);
   if (splits == 0) {
-    // As many splits as fit one wave of resident blocks (resident_blocks; Nsight Compute showed
-    // too few eligible warps at 2 per SM for packed caches). Rounding down matters: 640 blocks
-    // on 528 slots leave a second, mostly empty wave that costs almost a whole block time.
-    // Each split keeps >= 2 tiles per warp: shorter splits cost more (query fragments, merge
-    // work) than they give.
     const int blocks = int(p.num_seqs * p.cache.kv_heads) * (pl.mtiles / R);
-    const int slots = resident_blocks_of(pl.D, p.cache, R) * device_sm_count();
-    int want = slots / blocks;
-    if (R == 2 && want == 1) {
-      // One split a block may leave a third of the slots idle (256 blocks on 396 at batch 16): then
-      // more splits in whole waves (3: 768 blocks in 2 waves), the split count that wastes least.
-      double best = double(blocks) / slots;
-      for (int s = 2; s <= 4; ++s) {
-        const int waves = (blocks * s + slots - 1) / slots;
-        const double used = double(blocks) * s / (double(waves) * slots);
-        if (used > best + 0.05) best = used, want = s;
-      }
-    }
-    // A wave of short splits loses to fewer, longer ones where the blocks outnumber the SMs
-    // (batch 1 at 4K-16K): every split's block pays the prologue (the query's rotation and
-    // fragments, the tables) once, and at 4 blocks an SM those prologues take as many issue
-    // slots as the tiles. So: half the resident slots filled, unless a warp would then have
-    // fewer than kMinSharedTiles tiles; then a block on every SM (where whole splits fill nine
-    // tenths of them, kMinWaveFill), whose warps' two steps and, at kWarpMergeParts splits or
-    // fewer, the warp-a-row merge beat a second block an SM; and beyond that no split under
-    // kMinTilesPerWarp tiles a warp (bench/results/2026-12-01-h200-decode-batch1-fixed-cost.md,
-    // 2026-12-02-h200-decode-batch1-splits.md).
-    // (Blocks of two m-tiles keep the whole-wave choice above, measured on its own.)
-    if (R == 1) {
-      const int half_wave = std::max(1, slots / 2 / blocks);
-      const int sms = std::min(slots / 2, device_sm_count()), sm_wave = std::max(1, sms / blocks);
-      const bool few_tiles = (tiles + half_wave - 1) / half_wave < kMinSharedTiles * kWarps;  // a warp's, at half_wave splits
-      const bool sm_filled = blocks * sm_wave >= kMinWaveFill * sms;
-      const int filled = few_tiles && sm_filled ? sm_wave : half_wave;
-      const int long_splits = tiles / (kMinTilesPerWarp * kWarps);  // splits of kMinTilesPerWarp tiles a warp
-      want = std::min(want, std::max(filled, long_splits));
-      // Where the blocks alone fill half the slots or more (serving batches: 55 x 32K for k3v2 is
-      // 440 blocks on the H200's 528 slots), one split a block leaves the tail of its wave idle:
-      // then splits enough for about kFillWaves waves of smaller blocks, which the SMs take in turn
-      // (bench/results/2026-12-02-h200-decode-serving-splits.md has the sweep), none under
-      // kMinTilesPerWarp tiles a warp (short contexts keep what they had).
-      want = std::max(want, 1);
-      const int waves = (blocks * want + slots - 1) / slots;
-      if (blocks >= slots / 2 && double(blocks) * want < kMinWaveFill * waves * slots)
-        want = std::max(want, std::min((kFillWaves * slots + blocks - 1) / blocks, long_splits));
-    }
-    splits = std::clamp(want, 1, std::max(1, tiles / (2 * kWarps)));
+    splits = auto_splits({blocks, resident_blocks_of(pl.D, p.cache, R) * device_sm_count(), device_sm_count(), tiles, R, kWarps});
   }
   size_splits(pl, p, tiles, splits, kTile, side_decode_blocks(p));
   return pl;

@@ -1,0 +1,70 @@
+// The decode grid's split count (src/cuda/split_plan.h): host arithmetic, so these run without a
+// GPU. The counts below are the H200's (132 SMs; k3v2 at head dim 128: 4 blocks of one m-tile an
+// SM, 3 of two) for the shapes the bench/results files timed, so a change to the rules that moves
+// a timed shape shows here.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "split_plan.h"
+
+namespace tq::cuda::attention {
+namespace {
+
+constexpr int kSms = 132, kSlots = 4 * kSms, kSlotsPaired = 3 * kSms, kWarpsABlock = 4;
+
+// The split count of `seqs` sequences of `tokens` tokens with 8 KV heads (one 8-row m-tile each).
+int splits_at(int seqs, int tokens, int kv_heads = 8) {
+  const int tiles = (tokens + 15) / 16;
+  return whole_splits(tiles, auto_splits({seqs * kv_heads, kSlots, kSms, tiles, 1, kWarpsABlock}));
+}
+
+TEST(SplitPlan, BatchOneTakesTheTimedCounts) {
+  // bench/results/2026-12-02-h200-decode-batch1-splits.md: 8 at 1K and 16 at 2K are the best of
+  // the sweep; 16 beat 32 at 4K; 32 beat 16 at 8K.
+  EXPECT_EQ(splits_at(1, 1024), 8);
+  EXPECT_EQ(splits_at(1, 2048), 16);
+  EXPECT_EQ(splits_at(1, 4096), 16);
+  EXPECT_EQ(splits_at(1, 8192), 32);
+  // 2026-12-01-h200-decode-batch1-fixed-cost.md: 32 (not 64) at 16K; 66 at 128K.
+  EXPECT_EQ(splits_at(1, 16384), 32);
+  EXPECT_EQ(splits_at(1, 131072), 66);
+}
+
+TEST(SplitPlan, OneBlockAnSmOnlyWhereItFillsTheSms) {
+  // Two sequences at 2K: half the slots would give each warp 2 tiles, so one block an SM (8
+  // splits x 16 blocks = 128 of 132 SMs).
+  EXPECT_EQ(splits_at(2, 2048), 8);
+  // Six at 1K: one block an SM would be 2 splits (96 blocks, 73% of the SMs): half the slots
+  // instead (5 splits).
+  EXPECT_EQ(splits_at(6, 1024), 5);
+}
+
+TEST(SplitPlan, ServingBatchesTakeAboutFourWaves) {
+  // 2026-12-02-h200-decode-serving-splits.md: 55 sequences of 32K are 440 blocks on 528 slots;
+  // one split each would leave 17% of the wave idle.
+  EXPECT_EQ(splits_at(55, 32768), 5);
+  EXPECT_EQ(splits_at(16, 32768), 4);  // 128 blocks: a whole wave of 4 splits
+}
+
+TEST(SplitPlan, PairedBlocksTakeTheSplitsThatWasteTheLeast) {
+  // 256 blocks of two m-tiles on 396 slots: 1 split leaves a third idle, 3 fill 2 waves (97%).
+  EXPECT_EQ(auto_splits({256, kSlotsPaired, kSms, 2048, 2, kWarpsABlock}), 3);
+}
+
+TEST(SplitPlan, EverySplitHasTilesAndNoneIsEmpty) {
+  std::mt19937 rng(7);
+  for (int i = 0; i < 20000; ++i) {
+    const int blocks = 1 + int(rng() % 2000), tiles = 1 + int(rng() % 20000), r = 1 + int(rng() % 2);
+    const int asked = auto_splits({blocks, kSlots, kSms, tiles, r, kWarpsABlock});
+    ASSERT_GE(asked, 1);
+    ASSERT_LE(asked, std::max(1, tiles / (2 * kWarpsABlock))) << "blocks " << blocks << " tiles " << tiles;  // >= 2 tiles a warp
+    const int per = tiles_per_split(tiles, asked), splits = whole_splits(tiles, asked);
+    ASSERT_LE(splits, asked);
+    ASSERT_GE(per * splits, tiles);        // every tile in a split
+    ASSERT_LT(per * (splits - 1), tiles);  // the last split not empty
+  }
+}
+
+}  // namespace
+}  // namespace tq::cuda::attention
