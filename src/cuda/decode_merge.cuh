@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(kThreads, 4)
   if (p.side.active()) write_side_row(p, r, threadIdx.x, kThreads);
 }
 
-// The same for rows of few partials (kWarpMergeParts or fewer: batch 1 up to ~2K tokens, and
+// The same for rows of few partials (kWarpMergeParts or fewer: batch 1 up to 4K tokens, and
 // every batch of 4 or more at the split plan's counts): one warp a row, kWarps rows a block,
 // lane l holding output coordinates [l E, l E + E). A warp needs no barrier: the (max, sum) of
 // the partials sit one a lane and reduce by shuffles, and the Hadamard butterflies of distance
