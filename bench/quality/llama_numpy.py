@@ -75,7 +75,7 @@ class Model:
         n = len(ids)
         x = self.emb[ids]
         pos = np.arange(n, dtype=np.float64)
-        mask = np.triu(np.full((n, n), -np.inf), 1)
+        attn_fn = attn_fn or per_head(None, self.g)
         for l in range(self.L):
             p = f"blk.{l}."
             h = self.rms(x, p + "attn_norm.weight")
@@ -85,12 +85,7 @@ class Model:
             v = (h @ self.W(p + "attn_v.weight").T).reshape(n, self.nkv, self.hd)
             if rec is not None:
                 rec.append((kpre, k, q, v))
-            if attn_fn is not None:
-                att = attn_fn(l, q, k, v)
-            else:
-                att = np.empty((n, self.nh, self.hd))
-                for hh in range(self.nh):
-                    att[:, hh] = softmax(q[:, hh] @ k[:, hh // self.g].T / np.sqrt(self.hd) + mask) @ v[:, hh // self.g]
+            att = attn_fn(l, q, k, v)
             x = x + att.reshape(n, -1) @ self.W(p + "attn_output.weight").T
             f = self.rms(x, p + "ffn_norm.weight")
             gate, up = f @ self.W(p + "ffn_gate.weight").T, f @ self.W(p + "ffn_up.weight").T
@@ -106,14 +101,17 @@ def softmax(s):
 
 
 def per_head(kv_fn, g):
-    """An attn_fn for Model.forward: exact causal attention of each KV head's (Q, K, V) after
-    kv_fn(l, kvh, Q [n][g][hd], K [n][hd], V [n][hd]) -> (Q, K, V) (a transform, a quantizer's round trip)."""
+    """An attn_fn for Model.forward: exact causal attention of each KV head's (Q, K, V), after
+    kv_fn(l, kvh, Q [n][g][hd], K [n][hd], V [n][hd]) -> (Q, K, V) where given (a transform, a
+    quantizer's round trip); without one, the model's own attention."""
     def attn_fn(l, q, k, v):
         n, nh, hd = q.shape
         mask = np.triu(np.full((n, n), -np.inf), 1)
         att = np.empty((n, nh, hd))
         for kvh in range(k.shape[1]):
-            Q, K, V = kv_fn(l, kvh, q[:, kvh * g:kvh * g + g], k[:, kvh], v[:, kvh])
+            Q, K, V = q[:, kvh * g:kvh * g + g], k[:, kvh], v[:, kvh]
+            if kv_fn is not None:
+                Q, K, V = kv_fn(l, kvh, Q, K, V)
             for j in range(g):
                 att[:, kvh * g + j] = softmax(Q[:, j] @ K.T / np.sqrt(hd) + mask) @ V
         return att
