@@ -115,8 +115,8 @@ Plan make_plan(const DecodeParams& p, int R) {
   const int tiles = std::max(1, int((p.max_seq_len + kTile - 1) / kTile));
   int splits = int(p.num_splits);
   if (splits == 0) {
-    const int blocks = int(p.num_seqs * p.cache.kv_heads) * (pl.mtiles / R);
-    splits = auto_splits({blocks, resident_blocks_of(pl.D, p.cache, R) * device_sm_count(), device_sm_count(), tiles, R, kWarps});
+    const int blocks = int(p.num_seqs * p.cache.kv_heads) * (pl.mtiles / R), sms = device_sm_count();
+    splits = auto_splits({blocks, resident_blocks_of(pl.D, p.cache, R) * sms, sms, tiles, R, kWarps});
   }
   size_splits(pl, p, tiles, splits, kTile, side_decode_blocks(p));
   return pl;
