@@ -3,7 +3,7 @@
 
 Our kernels (through the C API in libtq_capi.so, loaded with ctypes) for k3v2, k4v4, fp8 and bf16
 paged caches, next to torch.nn.functional.scaled_dot_product_attention on contiguous bf16 K/V, for
-32 query heads, 8 KV heads, head dim 128 at the (batch, context) shapes of issue 4. Each call is
+32 query heads, 8 KV heads (--heads), head dim 128 (--head-dim) at the (batch, context) shapes of issue 4. Each call is
 timed two ways: one call between two CUDA events (includes the Python call and launch overhead,
 ~20 us) and inside a CUDA graph of 20 calls (the GPU time a captured decode step pays: the figure
 to quote); medians after warm-up. Bandwidth counts the cache bytes each call must read (K and V of
@@ -245,7 +245,7 @@ def torch_sdpa(q, kt, vt):
 
 
 def main():
-    global D
+    global D, QH, KVH
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
     ap.add_argument("--json", default=None)
@@ -259,6 +259,8 @@ def main():
     ap.add_argument("--prefill-only", action="store_true", help="only the chunked-prefill measurement")
     ap.add_argument("--whole", default="", help="also whole prompts of these lengths at batch 1 in 2048-token chunks, e.g. 4096,32768")
     ap.add_argument("--head-dim", type=int, default=D, help="head dim of every cache and of torch's K/V (64, 128 or 256)")
+    ap.add_argument("--heads", default=f"{QH}:{KVH}", help="query heads : KV heads of every shape (default 32:8, an 8B model's); "
+                                                            "the query heads a whole multiple of the KV heads, e.g. 8:1")
     ap.add_argument("--hbm-tbps", type=float, default=4.2,
                     help="the memory bandwidth the limit column divides by, TB/s (4.2: what the kernels issue counts for an H200, "
                          "whose datasheet says 4.8)")
@@ -268,6 +270,12 @@ def main():
     if not args.hbm_tbps > 0 or args.hbm_tbps == float("inf"):
         ap.error(f"--hbm-tbps must be a positive bandwidth in TB/s, got {args.hbm_tbps}")
     D = args.head_dim
+    try:
+        QH, KVH = (int(x) for x in args.heads.split(":"))
+    except ValueError:
+        ap.error(f"--heads takes QUERY:KV head counts, e.g. 32:8, got {args.heads!r}")
+    if not (QH > 0 and KVH > 0 and QH % KVH == 0):
+        ap.error(f"--heads needs positive counts with the query heads a multiple of the KV heads, got {args.heads!r}")
     limit_us = lambda nbytes: nbytes / (args.hbm_tbps * 1e6)  # the call's bytes over the bandwidth
     lib = load(args.lib)
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
@@ -290,7 +298,7 @@ def main():
         g_torch = timed_graph(lambda st: torch_sdpa(qt, kt, vt))
         bf16_bytes = 2 * B * L * KVH * D * 2
         rows.append(dict(batch=B, context=L, kv="torch-sdpa-bf16", ms=t_torch, bytes=bf16_bytes, gbps=bf16_bytes / t_torch / 1e6,
-                         graph_ms=g_torch, head_dim=D, limit_us=limit_us(bf16_bytes), of_limit=limit_us(bf16_bytes) / (g_torch * 1e3)))
+                         graph_ms=g_torch, head_dim=D, heads=f"{QH}:{KVH}", limit_us=limit_us(bf16_bytes), of_limit=limit_us(bf16_bytes) / (g_torch * 1e3)))
         print(f"B={B:3d} L={L:6d} torch-sdpa-bf16 {t_torch:8.4f} ms {bf16_bytes / t_torch / 1e6:7.0f} GB/s", flush=True)
         for spec in args.specs.split(","):
             with smem_limit(spec) as name:
@@ -303,7 +311,7 @@ def main():
                 g = timed_graph(lambda st: cache.decode(q, out, st))
                 nbytes = cache.bytes()
                 row = dict(batch=B, context=L, kv=spec, ms=t, bytes=nbytes, gbps=nbytes / t / 1e6, speedup_vs_torch=t_torch / t,
-                           rel_err_vs_torch=rel, graph_ms=g, graph_speedup_vs_torch=g_torch / g, head_dim=D,
+                           rel_err_vs_torch=rel, graph_ms=g, graph_speedup_vs_torch=g_torch / g, head_dim=D, heads=f"{QH}:{KVH}",
                            limit_us=limit_us(nbytes), of_limit=limit_us(nbytes) / (g * 1e3))
                 if spec == "k3v2":
                     # one decode step writes one new token per sequence
