@@ -17,6 +17,10 @@ constexpr int kMinTilesPerWarp = 8;
 // (on the H200, k3v2 at batch 1: 4K takes 16 splits, one block an SM, not 32;
 // bench/results/2026-12-02-h200-decode-batch1-splits.md).
 constexpr int kMinSharedTiles = 4;
+// Splits under which one block an SM loses to half the resident slots all the same (on the H200,
+// 8 KV heads: 2 x 2K gained with 8 splits, 3-8 sequences at 0.5-2K lost 1-7% with 2-5;
+// bench/results/2026-12-03-h200-decode-split-rule.md).
+constexpr int kMinSmSplits = 8;
 // The decode grid's fill: a split plan that leaves more than a tenth of its waves' block slots
 // idle, with blocks enough for half a wave, is replaced by one of about kFillWaves waves
 // (bench/results/2026-12-02-h200-decode-serving-splits.md).
@@ -53,15 +57,16 @@ inline int auto_splits(const SplitShape& s) {
   // (batch 1 at 4K-16K): every split's block pays the prologue (the query's rotation and
   // fragments, the tables) once, and at 4 blocks an SM those prologues take as many issue slots
   // as the tiles. So: half the resident slots filled, unless a warp would then have fewer than
-  // kMinSharedTiles tiles; then a block on every SM (where whole splits fill nine tenths of them),
-  // whose warps' two steps and, at 16 partials or fewer, the warp-a-row merge beat a second
-  // block an SM; and beyond that no split under kMinTilesPerWarp tiles a warp.
+  // kMinSharedTiles tiles; then a block on every SM (where whole splits fill nine tenths of them
+  // and number kMinSmSplits or more), whose warps' two steps and, at 16 partials or fewer, the
+  // warp-a-row merge beat a second block an SM; and beyond that no split under kMinTilesPerWarp
+  // tiles a warp.
   // (Blocks of two m-tiles keep the whole-wave choice above, measured on its own.)
   if (s.r == 1) {
     const int half_wave = std::max(1, s.slots / 2 / s.blocks);
     const int sms = std::min(s.slots / 2, s.sms), sm_wave = std::max(1, sms / s.blocks);
     const bool few_tiles = (s.tiles + half_wave - 1) / half_wave < kMinSharedTiles * s.warps;  // a warp's, at half_wave splits
-    const bool sm_filled = s.blocks * sm_wave >= kMinWaveFill * sms;
+    const bool sm_filled = s.blocks * sm_wave >= kMinWaveFill * sms && sm_wave >= kMinSmSplits;
     const int filled = few_tiles && sm_filled ? sm_wave : half_wave;
     const int long_splits = s.tiles / (kMinTilesPerWarp * s.warps);  // splits of kMinTilesPerWarp tiles a warp
     want = std::min(want, std::max(filled, long_splits));

@@ -38,6 +38,18 @@ TEST(SplitPlan, OneBlockAnSmOnlyWhereItFillsTheSms) {
   // Six at 1K: one block an SM would be 2 splits (96 blocks, 73% of the SMs): half the slots
   // instead (5 splits).
   EXPECT_EQ(splits_at(6, 1024), 5);
+  // 2026-12-03-h200-decode-split-rule.md: fewer KV heads gained from one block an SM (one KV
+  // head at 32K: 128 splits, not 256; two at 16K: 64; four at 8K: 32), while 3-8 sequences at
+  // 0.5-2K lost with 2-5 splits: they keep half the slots.
+  EXPECT_EQ(splits_at(1, 32768, 1), 128);
+  EXPECT_EQ(splits_at(1, 16384, 2), 64);
+  EXPECT_EQ(splits_at(1, 8192, 4), 32);
+  EXPECT_EQ(splits_at(3, 1024), 8);
+  EXPECT_EQ(splits_at(3, 2048), 11);
+  EXPECT_EQ(splits_at(4, 1024), 8);
+  EXPECT_EQ(splits_at(5, 512), 4);
+  EXPECT_EQ(splits_at(5, 1024), 6);
+  EXPECT_EQ(splits_at(8, 512), 4);
 }
 
 TEST(SplitPlan, ServingBatchesTakeAboutFourWaves) {
