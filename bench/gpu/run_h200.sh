@@ -30,10 +30,11 @@ OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 summary=()
 note() { summary+=("$1"); echo "== $1"; }
-# At most 8 files come back from the GPU machine: keep the main ones, pack the rest.
+# At most 8 files come back from the GPU machine: keep the main ones, pack the rest into logs.tar,
+# after each stage (so that a call cut at its time limit still returns what had finished).
 pack() {
-  ( cd "$OUT" && keep="bench.json bench.log test_cuda_runner.log engine_bench.json engine_bench.txt serve_bench.txt check_model.md serve_http.txt" &&
-    rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar czf logs.tgz $rest && rm -rf $rest ) || true
+  ( cd "$OUT" && keep="bench.json bench.log test_cuda_runner.log engine_bench.json engine_bench.txt serve_bench.txt check_model.md serve_http.txt logs.tar" &&
+    rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar rf logs.tar $rest && rm -rf $rest ) || true
 }
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
@@ -61,6 +62,7 @@ if command -v cuobjdump >/dev/null; then
   note "SASS gemm_rows (one n-tile): $(grep -c HMMA "$OUT/gemm_rows1.sass") HMMA, $(grep -c 'LDG.*128' "$OUT/gemm_rows1.sass") 128-bit LDG, $(grep -cE 'LDL|STL' "$OUT/gemm_rows1.sass") LDL/STL"
 fi
 
+pack
 if [ -z "${QUICK:-}" ]; then
   for t in codec/test_codec kv/test_kv engine/test_engine; do
     ./build/h200/tests/$t --gtest_brief=1 >"$OUT/$(basename $t).log" 2>&1
@@ -89,6 +91,7 @@ for t in test_cuda test_cuda_runner; do
 done
 note "CUDA runner vs CPU runner, KL per case (mean, max[, the quantization's own mean]): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"\|name="quantization_kl_mean" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
 note "decode tests, worst relative error against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1); largest error / bound (2x a same-precision computation's): $(python3 -c "import re,sys; x=open(sys.argv[1]).read(); r=[float(a)/float(b) for a,b in re.findall(r'name=.worst_rel_err. value=.([^\"]*).\s*/>\s*<property name=.bound. value=.([^\"]*).', x)]; print(round(max(r),3) if r else '-')" "$OUT/test_cuda.xml")"
+pack
 
 small='All/Decode.*t4_L9_97_1000*:All/Decode.*t50_L1000_60_s5_prefill*:All/Decode.*page_7*:All/Decode.*k4v2_nc*:DecodeGraph.*:StoreAndDecode.*:All/QuantizeStore.*k3v2_d128:All/QuantizeStore.*fp8*:QuantizeStoreErrors.*'
 small+=':All/DecodeSide.*k3v2_sink_4_window_16_d128_g4*:All/DecodeSide.*prefill*:DecodeSide.Steps*'
@@ -110,6 +113,7 @@ if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
   note "compute-sanitizer racecheck, sampling: rc=$?, $(grep -E 'RACECHECK SUMMARY' "$OUT/sanitizer_sample_race.log" | tail -1)"
 fi
 
+pack
 if [ -n "${CHECK_MODEL:-}" ]; then
   mkdir -p "$OUT/check"
   bash bench/gpu/check_model.sh ./build/h200/apps/cli/tq "$CHECK_MODEL" "${CHECK_TEXT:?}" "$OUT/check" >"$OUT/check_model.md" 2>&1
