@@ -27,9 +27,11 @@ jobs=$(nproc 2>/dev/null || echo 2)
 # The Python stage's `pip install .` compiles the CPU library again with the release build's very
 # commands (build/python); ccache hands it those objects (~50 s of CI's two cores). Depend mode:
 # no preprocessor run on a miss. CMake reads the launcher from the environment when it first
-# configures a build folder; the sanitized build (clang) goes without it.
+# configures a build folder; the sanitized build (clang) goes without it. CXX names one compiler
+# for both builds (ccache hashes the compiler's name: scikit-build-core would otherwise pick
+# Python's `g++` where CMake picks `c++`, the same program).
 if command -v ccache >/dev/null 2>&1; then
-  export CCACHE_DIR=$PWD/build/ccache CCACHE_DEPEND=1 CMAKE_CXX_COMPILER_LAUNCHER=ccache
+  export CCACHE_DIR=$PWD/build/ccache CCACHE_DEPEND=1 CMAKE_CXX_COMPILER_LAUNCHER=ccache CXX=${CXX:-c++}
 fi
 # Every CUDA architecture users run (sm_80 .. sm_120) is compiled where nvcc is, so a kernel that
 # builds only for the H200 fails here; the GPU tests run on the H200 (bench/gpu/run_h200.sh).
