@@ -25,7 +25,7 @@ fetch=$!
 stage "setup (system)"
 jobs=$(nproc 2>/dev/null || echo 2)
 # The Python stage's `pip install .` compiles the CPU library again with the release build's very
-# commands (build/python); ccache hands it those objects (~50 s of CI's two cores). Depend mode:
+# commands (build/python); ccache hands it those objects. Depend mode:
 # no preprocessor run on a miss. CMake reads the launcher from the environment when it first
 # configures a build folder; the sanitized build (clang) goes without it. CXX names one compiler
 # for both builds (ccache hashes the compiler's name: scikit-build-core would otherwise pick
