@@ -25,9 +25,9 @@ fetch=$!
 stage "setup (system)"
 jobs=$(nproc 2>/dev/null || echo 2)
 # The Python stage's `pip install .` compiles the CPU library again with the release build's very
-# commands (build/python); ccache hands it those objects. Depend mode:
-# no preprocessor run on a miss. CMake reads the launcher from the environment when it first
-# configures a build folder; the sanitized build (clang) goes without it. CXX names one compiler
+# commands (build/python); ccache hands it those objects. Depend mode: no preprocessor run on a
+# miss. CMake reads the launcher from the environment when it first configures a build folder;
+# the sanitized build (clang) goes without it. CXX names one compiler
 # for both builds (ccache hashes the compiler's name: scikit-build-core would otherwise pick
 # Python's `g++` where CMake picks `c++`, the same program).
 if command -v ccache >/dev/null 2>&1; then

@@ -10,9 +10,10 @@
 # prefill of GPUs before sm_90, src/cuda/launch_common.h; the build carries that prefill for Hopper
 # too: -DTQ_CUDA_PORTABLE_ON_HOPPER=ON).
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
-# benchmark; NO_CPU_TESTS=1 the CPU suites alone (CI runs them). A whole NO_BENCH=1 run took 552 s
-# on 2026-12-02 and over 600 s (one call's limit) on 2026-12-03: each stage's summary line says
-# when it ended, and the logs are packed as stages end, so a call cut short returns them.
+# benchmark; NO_CPU_TESTS=1 the CPU suites alone (CI runs them), so that a NO_BENCH=1 run fits one
+# call (a whole one can outlast a call's 600 s: bench/results/2026-12-03-h200-decode-split-rule.md).
+# Each stage's summary line says when it ended, and the logs are packed as stages end, so a call
+# cut short returns them.
 # ENGINE_BENCH="args": also `tq bench args` (the engine benchmark; JSON to $OUT/engine_bench.json).
 # SERVE_BENCH="args": also `tq bench-serve args` (the serving benchmark; JSON to $OUT/serve_bench.json).
 # SPEC_BENCH="args": also bench/speculative/bench_spec.py --device cuda args (speculative decoding
