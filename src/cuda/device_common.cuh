@@ -228,10 +228,30 @@ __device__ __forceinline__ uint32_t pack_half2(__half a, __half b) {
   return uint32_t(__half_as_ushort(a)) | uint32_t(__half_as_ushort(b)) << 16;
 }
 
-// Two e4m3 bytes (low half of x) to a half2 (exact: every e4m3 value is an fp16 value).
+// Two e4m3 bytes (low half of x) to a half2 without the conversion instruction of sm_89 and later
+// (exact: every e4m3 value is an fp16 value). Each byte's exponent and mantissa go to the top of
+// the fp16 fields, which reads as the value times 2^-8 (fp16's exponent bias is 15, e4m3's 7),
+// subnormals included; one fp16 multiply by 2^8 is then exact. NaN (S.1111.111) becomes fp16's
+// canonical NaN 0x7FFF, as cuda_fp8.h's conversion does; its own fallback for GPUs before sm_89
+// normalizes subnormals in a loop, a byte at a time (tests/cuda/test_fp8_convert.cu checks the two
+// agree on all 65536 inputs).
+__device__ __forceinline__ uint32_t e4m3x2_to_half2_soft(uint16_t x) {
+  const uint32_t w = (x & 0xFFu) | uint32_t(x & 0xFF00u) << 8;  // byte i in the low 8 bits of half i
+  const uint32_t mag = w & 0x007F007Fu;
+  const uint32_t scaled = (mag << 7) | (w & 0x00800080u) << 8;  // sign, exponent and mantissa in place
+  const __half2 v = __hmul2(__halves2half2(__ushort_as_half(uint16_t(scaled)), __ushort_as_half(uint16_t(scaled >> 16))),
+                            __half2half2(__ushort_as_half(0x5C00u)));  // * 2^8
+  const uint32_t nan = __vcmpeq2(mag, 0x007F007Fu);  // 0xFFFF in each NaN half
+  return (pack_half2(__low2half(v), __high2half(v)) & ~nan) | (nan & 0x7FFF7FFFu);
+}
+
 __device__ __forceinline__ uint32_t e4m3x2_to_half2(uint16_t x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
   __half2_raw r = __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(x), __NV_E4M3);
   return uint32_t(r.x) | uint32_t(r.y) << 16;
+#else
+  return e4m3x2_to_half2_soft(x);
+#endif
 }
 
 // Programmatic dependent launch (Hopper): a kernel lets the next one in the stream be scheduled
