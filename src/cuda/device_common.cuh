@@ -233,7 +233,7 @@ __device__ __forceinline__ uint32_t pack_half2(__half a, __half b) {
 // the fp16 fields, which reads as the value times 2^-8 (fp16's exponent bias is 15, e4m3's 7),
 // subnormals included; one fp16 multiply by 2^8 is then exact. NaN (S.1111.111) becomes fp16's
 // canonical NaN 0x7FFF, as cuda_fp8.h's conversion does; its own fallback for GPUs before sm_89
-// normalizes subnormals in a loop, a byte at a time (tests/cuda/test_fp8_convert.cu checks the two
+// normalizes subnormals in a loop, a byte at a time (tests/cuda/test_fp8_convert.cpp checks the two
 // agree on all 65536 inputs).
 __device__ __forceinline__ uint32_t e4m3x2_to_half2_soft(uint16_t x) {
   const uint32_t w = (x & 0xFFu) | uint32_t(x & 0xFF00u) << 8;  // byte i in the low 8 bits of half i
