@@ -10,9 +10,9 @@ SECONDS=0
 t0=0
 stages=""
 stage() { stages+="$(printf '  %-24s %5d s' "$1" $((SECONDS - t0)))"$'\n'; echo "test.sh: $1 took $((SECONDS - t0)) s"; t0=$SECONDS; }
-# Python may write its bytecode (where PYTHONDONTWRITEBYTECODE forbids it, every process compiles
-# the modules it imports anew: ~12 s of torch and transformers for pytest's collection alone, as
-# .venv's packages are installed without .pyc files; bench/results/2026-12-03-ci-time.md).
+# Python may write its bytecode: where PYTHONDONTWRITEBYTECODE forbids it, every process compiles
+# the modules it imports anew, as .venv's packages are installed without .pyc files (numpy, the
+# openai client, matplotlib in several test processes; bench/results/2026-12-03-ci-time.md).
 unset PYTHONDONTWRITEBYTECODE
 bash scripts/setup.sh system
 # What comes from PyPI downloads while the build compiles (the build needs none of it): .venv's
