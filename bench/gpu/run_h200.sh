@@ -54,9 +54,10 @@ grep -A2 "decode_kernel\|quantize_store_kernel" "$OUT/build.log" | grep -E "regi
 cat "$OUT/ptxas_summary.txt"
 obj=$(find build/h200 -name 'attention_d128.cu.o' | head -1)
 if command -v cuobjdump >/dev/null; then
-  cuobjdump -sass "$obj" > "$OUT/decode_attention.sass" 2>&1
-  fn=$(grep -o 'Function : [^ ]*decode_kernelILi128ELNS1_4KindE0ELi3ELi2E[^ ]*' "$OUT/decode_attention.sass" | head -1 | cut -d' ' -f3)
-  awk -v f="$fn" '$0 ~ "Function : "f {on=1} on && /Function : / && $0 !~ f {on=0} on' "$OUT/decode_attention.sass" > "$OUT/k3v2_d128.sass"
+  # The whole file's SASS stays in the build folder: in $OUT it made logs.tar larger than a returned file may be.
+  cuobjdump -sass "$obj" > build/h200/attention_d128.sass 2>&1
+  fn=$(grep -o 'Function : [^ ]*decode_kernelILi128ELNS1_4KindE0ELi3ELi2E[^ ]*' build/h200/attention_d128.sass | head -1 | cut -d' ' -f3)
+  awk -v f="$fn" '$0 ~ "Function : "f {on=1} on && /Function : / && $0 !~ f {on=0} on' build/h200/attention_d128.sass > "$OUT/k3v2_d128.sass"
   note "SASS k3v2 d128: $(grep -c HMMA "$OUT/k3v2_d128.sass") HMMA, $(grep -c PRMT "$OUT/k3v2_d128.sass") PRMT, $(grep -cE 'LDG' "$OUT/k3v2_d128.sass") LDG, $(grep -cE 'LDL|STL' "$OUT/k3v2_d128.sass") LDL/STL"
   gemv_obj=$(find build/h200 -name 'gemv.cu.o' | head -1)
   cuobjdump -sass "$gemv_obj" | awk '/Function : .*gemv_kernel/ {on=1; next} /Function : / {on=0} on' > "$OUT/gemv1.sass" 2>&1
