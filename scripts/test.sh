@@ -37,9 +37,19 @@ jobs=$(nproc 2>/dev/null || echo 2)
 if command -v ccache >/dev/null 2>&1; then
   export CCACHE_DIR=$PWD/build/ccache CCACHE_DEPEND=1 CMAKE_CXX_COMPILER_LAUNCHER=ccache CXX=${CXX:-c++}
 fi
-# Every CUDA architecture users run (sm_80 .. sm_120) is compiled where nvcc is, so a kernel that
-# builds only for the H200 fails here; the GPU tests run on the H200 (bench/gpu/run_h200.sh).
-cmake --preset release -DTQ_CUDA_ARCHS=all >/dev/null
+# Where nvcc is, the kernels are compiled for one architecture of each kind, so a kernel that builds
+# only for the H200 fails here (the GPU tests run on the H200: bench/gpu/run_h200.sh): sm_80 (every
+# kernel variant, the software fp8 conversion), sm_90a (Hopper's warpgroup kernels), sm_100 (full
+# variants only) and sm_120 (compact variants only, fp8 in hardware). sm_86 and sm_89 (`all` builds
+# them too) compile the very kernels and branches of sm_80 and sm_120 again, in the same major
+# architectures: CI leaves them out, a third of its longest step (docs/cuda.md, "GPUs other than
+# the H200"). TQ_CI_CUDA_ARCHS=all compiles all six.
+# A unity build (CMake's, several sources a compiler run) for the C++ of this build, the sanitized
+# one and the Python stage's: the headers (GoogleTest, fmt, json, httplib) are parsed once per batch
+# instead of once per file, about a third less compile (bench/results/2026-12-03-ci-time.md).
+# TQ_UNITY_BUILD=OFF builds file by file.
+export TQ_UNITY_BUILD=${TQ_UNITY_BUILD:-ON}
+cmake --preset release -DTQ_CUDA_ARCHS="${TQ_CI_CUDA_ARCHS:-80;90;100;120}" -DCMAKE_UNITY_BUILD="$TQ_UNITY_BUILD" >/dev/null
 cmake --build --preset release -j "$jobs"
 stage "build"
 fetch_rc=0

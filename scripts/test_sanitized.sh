@@ -28,7 +28,8 @@ fi
 jobs=$(nproc 2>/dev/null || echo 2)
 if [ "$what" != test ]; then
   bash scripts/clang_deps.sh
-  cmake --preset asan -DTQ_FUZZ_SECONDS="${TQ_FUZZ_SECONDS:-10}" >/dev/null
+  # A unity build unless TQ_UNITY_BUILD=OFF (scripts/test.sh says why).
+  cmake --preset asan -DTQ_FUZZ_SECONDS="${TQ_FUZZ_SECONDS:-10}" -DCMAKE_UNITY_BUILD="${TQ_UNITY_BUILD:-ON}" >/dev/null
   cmake --build --preset asan -j "$jobs"
 fi
 [ "$what" = build ] && exit 0

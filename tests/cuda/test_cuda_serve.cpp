@@ -24,12 +24,12 @@
 namespace tq {
 namespace {
 
-constexpr int kVocab = 300;
+constexpr int kServeVocab = 300;
 
 TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
   TQ_REQUIRE_GPU();
   model::testing::TinyModelSpec ms;
-  ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = kVocab, ms.realistic = true;
+  ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = kServeVocab, ms.realistic = true;
   const model::Model m = model::testing::load_written(model::testing::tiny_model(ms));
   // 256 tokens of pages: two or three of the six requests at once, so decodes preempt.
   for (const char* spec_text : {"k3v2", "fp16:page=8", "k3v2:sink=4:window=16"}) {
@@ -42,7 +42,7 @@ TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
     std::mt19937 rng(5);
     const auto tokens = [&](size_t n) {
       std::vector<int> p(n);
-      for (int& t : p) t = int(rng() % kVocab);
+      for (int& t : p) t = int(rng() % kServeVocab);
       return p;
     };
     const std::vector<int> shared = tokens(40);  // the first 40 tokens of half the prompts: 2 full pages of 16
@@ -112,7 +112,7 @@ TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
       const std::vector<float> logits = ref.prefill(seq, seen, true);
       ref.remove_sequence(seq);
       for (size_t k = 0; k < out.size(); ++k) {
-        const int want = test::clear_argmax(&logits[(r.prompt.size() - 1 + k) * kVocab], kVocab, 0.01f);
+        const int want = test::clear_argmax(&logits[(r.prompt.size() - 1 + k) * kServeVocab], kServeVocab, 0.01f);
         ++total;
         if (want >= 0) {
           ++decided;
@@ -130,7 +130,7 @@ TEST(CudaRunnerServe, SchedulerStepsGiveGreedyTokens) {
 TEST(CudaRunnerServe, PrefixTailHitLogitsEqualColdBitForBit) {
   TQ_REQUIRE_GPU();
   model::testing::TinyModelSpec ms;
-  ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = kVocab, ms.realistic = true;
+  ms.dim = 256, ms.n_heads = 4, ms.n_kv_heads = 2, ms.hidden = 512, ms.n_layers = 2, ms.vocab = kServeVocab, ms.realistic = true;
   const model::Model m = model::testing::load_written(model::testing::tiny_model(ms));
   for (const char* spec_text : {"k3v2:sink=4:window=24:page=8", "k4v4:window=24:page=16", "k3v2:sink=6:page=8"}) {
     SCOPED_TRACE(spec_text);
@@ -139,7 +139,7 @@ TEST(CudaRunnerServe, PrefixTailHitLogitsEqualColdBitForBit) {
     ASSERT_EQ(e.enable_prefix_cache(), "");
     std::mt19937 rng(9);
     std::vector<int> t(70);
-    for (int& x : t) x = int(rng() % kVocab);
+    for (int& x : t) x = int(rng() % kServeVocab);
     // The same chunks as the cold run up to 48 (so the same bits in pages and side rows), then two
     // more: the tail at 48 is saved from a ring that has moved on.
     const int a = e.add_sequence();

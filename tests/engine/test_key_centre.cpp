@@ -35,7 +35,7 @@ std::vector<float> row_mean(const std::vector<float>& x, uint32_t first, uint32_
 // the first `calib` rows with the mean of rows 1..calib-1 as the key centre (as the CPU runner
 // does with its first step). Keys are mu_h + noise with a per-head offset mu_h of scale `offset`
 // per channel; values N(0, 1).
-struct Filled {
+struct CentredStore {
   static constexpr uint32_t L = 3, H = 2, QH = 4, D = 64;
   KvShape shape;
   KvStore store;
@@ -45,7 +45,7 @@ struct Filled {
   std::vector<float> centre;  // [H][D] what calibrate was given
   float vmax = 0;
 
-  Filled(const std::string& spec, uint32_t len, uint32_t calib, float offset, uint32_t seed)
+  CentredStore(const std::string& spec, uint32_t len, uint32_t calib, float offset, uint32_t seed)
       : shape{.layers = L, .kv_heads = H, .head_dim = D, .num_pages = len / 4 + 2, .max_chunk = 64},
         store(shape, parse_kv_spec(spec)),
         blocks(shape.num_pages, store.page_size()),
@@ -77,9 +77,9 @@ struct Filled {
 };
 
 TEST(KeyCentre, TheGivenCentreIsFixedOnceAndRequired) {
-  const uint32_t D = Filled::D, H = Filled::H;
-  Filled f("k3v2:centre", 40, 10, 3.0f, 1);
-  for (uint32_t l = 0; l < Filled::L; ++l)
+  const uint32_t D = CentredStore::D, H = CentredStore::H;
+  CentredStore f("k3v2:centre", 40, 10, 3.0f, 1);
+  for (uint32_t l = 0; l < CentredStore::L; ++l)
     for (uint32_t h = 0; h < H; ++h) {
       const std::span<const float> mu = f.store.key_centre(l, h);
       ASSERT_EQ(mu.size(), D);
@@ -91,7 +91,7 @@ TEST(KeyCentre, TheGivenCentreIsFixedOnceAndRequired) {
   std::vector<float> other(size_t(2) * H * D, 100.0f);
   f.store.calibrate(1, 2, pos.data(), other.data(), other.data(), other.data());
   EXPECT_EQ(std::vector<float>(f.store.key_centre(1, 0).begin(), f.store.key_centre(1, 0).end()), before);
-  EXPECT_EQ(f.store.centre_bytes(), size_t(Filled::L) * H * D * sizeof(float));
+  EXPECT_EQ(f.store.centre_bytes(), size_t(CentredStore::L) * H * D * sizeof(float));
 
   // Without the knob: no centre, and one given is ignored. With it, a calibration without one is
   // refused by layer, fixing nothing.
@@ -191,9 +191,9 @@ std::ostream& operator<<(std::ostream& o, const InvCase& c) { return o << c.spec
 class KeyCentreInvariance : public ::testing::TestWithParam<InvCase> {};
 TEST_P(KeyCentreInvariance, FloatCacheOutputIsUnchanged) {
   const InvCase c = GetParam();
-  const uint32_t len = 90, nq = 12, D = Filled::D, H = Filled::H, QH = Filled::QH;
+  const uint32_t len = 90, nq = 12, D = CentredStore::D, H = CentredStore::H, QH = CentredStore::QH;
   // An offset three times the spread, as real keys carry (bench/results/2026-12-01-gemma3-quality.md).
-  Filled plain(c.spec, len, 16, 3.0f, 7), centred(std::string(c.spec) + ":centre", len, 16, 3.0f, 7);
+  CentredStore plain(c.spec, len, 16, 3.0f, 7), centred(std::string(c.spec) + ":centre", len, 16, 3.0f, 7);
   std::mt19937 rng(11);
   std::normal_distribution<float> n01;
   std::vector<float> q(size_t(nq) * QH * D), a(q.size()), b(q.size());  // [nq][QH][D]
@@ -241,9 +241,9 @@ INSTANTIATE_TEST_SUITE_P(FloatCaches, KeyCentreInvariance,
 // query's rows of (q.k_hat - q.k). Measured through the pages (each row read back) and through
 // attention against the exact output.
 TEST(KeyCentre, HostileOffsetCostsLessCentred) {
-  const uint32_t len = 200, D = Filled::D, H = Filled::H, QH = Filled::QH, layer = 1;
+  const uint32_t len = 200, D = CentredStore::D, H = CentredStore::H, QH = CentredStore::QH, layer = 1;
   for (const char* base : {"k3v2", "k4v4", "k2.5v2"}) {
-    Filled plain(base, len, 64, 10.0f, 3), centred(std::string(base) + ":centre", len, 64, 10.0f, 3);
+    CentredStore plain(base, len, 64, 10.0f, 3), centred(std::string(base) + ":centre", len, 64, 10.0f, 3);
     std::mt19937 rng(13);
     std::normal_distribution<float> n01;
     std::vector<float> q(size_t(QH) * D);  // one query token
@@ -251,7 +251,7 @@ TEST(KeyCentre, HostileOffsetCostsLessCentred) {
     // Logit error spread, per (query head) over the rows.
     double spread[2] = {0, 0};
     for (int which = 0; which < 2; ++which) {
-      Filled& f = which ? centred : plain;
+      CentredStore& f = which ? centred : plain;
       uint32_t local = 0;
       const PagedKvCache& cache = f.store.cache_of(layer, &local);
       std::vector<float> kh(size_t(H) * D), vh(kh.size());
@@ -289,7 +289,7 @@ TEST(KeyCentre, HostileOffsetCostsLessCentred) {
     double out_err[2] = {0, 0};
     ThreadPool pool(2);
     for (int which = 0; which < 2; ++which) {
-      Filled& f = which ? centred : plain;
+      CentredStore& f = which ? centred : plain;
       std::vector<float> out(q.size());
       f.store.attend(layer, f.pages(), len - 1, 1, QH, sq.data(), out.data(), pool);
       for (uint32_t qh = 0; qh < QH; ++qh) {
