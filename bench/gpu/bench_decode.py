@@ -235,7 +235,8 @@ def whole_prompt_rows(lib, specs, lengths, chunk=2048):
         torch.cuda.empty_cache()
     for r in rows:
         print(f"whole prompt of {r['whole_prompt']} tokens: {r['kv']:28s} {r['graph_ms']:.3f} ms in a graph" +
-              (f" (x{r['vs_torch']:.2f} vs torch), rel err vs torch {r['rel_err_vs_torch']:.2e}" if "vs_torch" in r else ""), flush=True)
+              (f" (x{r['vs_torch']:.2f} vs torch), rel err vs torch {r['rel_err_vs_torch']:.2e}, chunks of {r['chunk']}" if "vs_torch" in r else ""),
+              flush=True)
     return rows
 
 
@@ -257,7 +258,9 @@ def main():
     ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
     ap.add_argument("--no-prefill", action="store_true", help="skip the chunked-prefill measurement")
     ap.add_argument("--prefill-only", action="store_true", help="only the chunked-prefill measurement")
-    ap.add_argument("--whole", default="", help="also whole prompts of these lengths at batch 1 in 2048-token chunks, e.g. 4096,32768")
+    ap.add_argument("--whole", default="", help="also whole prompts of these lengths at batch 1 in chunks (--whole-chunk), e.g. 4096,32768")
+    ap.add_argument("--whole-chunk", default="2048", help="the whole prompts' chunk in tokens, as the engine's (2048, the library's "
+                                                           "kMaxPrefillChunk); a list times each")
     ap.add_argument("--head-dim", type=int, default=D, help="head dim of every cache and of torch's K/V (64, 128 or 256)")
     ap.add_argument("--heads", default=f"{QH}:{KVH}", help="query heads : KV heads of every shape (default 32:8, an 8B model's); "
                                                             "the query heads a whole multiple of the KV heads, e.g. 8:1")
@@ -352,7 +355,8 @@ def main():
     if not args.no_prefill:
         rows += prefill_rows(lib, args.specs.split(","))
     if args.whole:
-        rows += whole_prompt_rows(lib, args.specs.split(","), [int(x) for x in args.whole.split(",")])
+        for chunk in [int(x) for x in args.whole_chunk.split(",")]:
+            rows += whole_prompt_rows(lib, args.specs.split(","), [int(x) for x in args.whole.split(",")], chunk)
     # bulk quantize_store throughput
     n = 0 if args.no_bulk else 1 << 18
     if n:
