@@ -279,6 +279,12 @@ def main():
         ap.error(f"--heads takes QUERY:KV head counts, e.g. 32:8, got {args.heads!r}")
     if not (QH > 0 and KVH > 0 and QH % KVH == 0):
         ap.error(f"--heads needs positive counts with the query heads a multiple of the KV heads, got {args.heads!r}")
+    try:
+        whole_chunks = [int(x) for x in args.whole_chunk.split(",")]
+    except ValueError:
+        ap.error(f"--whole-chunk takes token counts, e.g. 2048 or 2048,4096, got {args.whole_chunk!r}")
+    if not all(c > 0 for c in whole_chunks):
+        ap.error(f"--whole-chunk needs positive token counts, got {args.whole_chunk!r}")
     limit_us = lambda nbytes: nbytes / (args.hbm_tbps * 1e6)  # the call's bytes over the bandwidth
     lib = load(args.lib)
     shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
@@ -355,8 +361,9 @@ def main():
     if not args.no_prefill:
         rows += prefill_rows(lib, args.specs.split(","))
     if args.whole:
-        for chunk in [int(x) for x in args.whole_chunk.split(",")]:
-            rows += whole_prompt_rows(lib, args.specs.split(","), [int(x) for x in args.whole.split(",")], chunk)
+        lengths = [int(x) for x in args.whole.split(",")]
+        for chunk in whole_chunks:
+            rows += whole_prompt_rows(lib, args.specs.split(","), lengths, chunk)
     # bulk quantize_store throughput
     n = 0 if args.no_bulk else 1 << 18
     if n:
