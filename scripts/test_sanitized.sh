@@ -14,6 +14,11 @@
 # default and the two 4-token-page ones keep their code paths covered; of its eviction test
 # (~17 s an instance), the two 4-token-page instances, whose other tests still run. The passkey
 # grid with trials and a haystack (~29 s): the other passkey tests run the same code sanitized.
+# The scheduler-against-alone tests with speculation and with a draft model in three of their
+# eight cases (AllAtOnce, TwoAtATime, DefaultSpecItself: ~40 s), whose plain instances still run,
+# and the speculative ones in the other five. The statistical codec tests at all but one width
+# (MseDistortion's dense rotation at 1, 2 and 4 bits, ProdEstimator at 1, 3 and 4: ~33 s): the
+# same code at another width, thousands of rows each; sanitized, one width of each runs.
 #
 # `test_sanitized.sh build` only builds, `test_sanitized.sh test` only runs what was built:
 # scripts/test.sh builds while the release tests run (they leave one of CI's two cores idle).
@@ -38,6 +43,9 @@ mkdir -p build/asan/Testing
 rc=0
 # The preset's test environment makes every ASan / UBSan report abort the test (halt_on_error).
 slow='^(engine_ref_logits|engine_ref_gemma3|serve_openai_client|install_consumer)$|^(SpeculationSampling|ModelDrafter|SpeculationRollback)[.]|^Specs/GreedySpeculation[.]|^Stories260K/SchedulerPrefixTails[.].*/SinkWindowPage8( |$)|^Stories260K/SchedulerPrefixTails[.]EvictionOfTailsAndPagesUnderPressure/(WindowOnly|SinkOnly)Page4( |$)|^Passkey[.]GridByDepthWithTrialsAndHaystack( |$)'
+# (Most parameterized tests' names end in "  # GetParam() = ..."; ctest's regular expressions take 9 groups at most.)
+slow+='|^Stories260K/SchedulerMatchesAlone[.][DS][A-Za-z]*RequestsShareSteps/(AllAtOnce|TwoAtATime|DefaultSpecItself) '
+slow+='|^All/MseDistortion[.].*/dense_b[124] |^Bits/ProdEstimator[.].*/[134]$'
 ctest --preset asan -j "$jobs" -E "$slow" 2>&1 | tee "$out" || rc=$?
 python3 scripts/skipped_tests.py build/asan "$out"
 exit "$rc"

@@ -23,6 +23,10 @@ struct DeviceProps {
 DeviceProps props() {  // a copy: the vector may grow when another device is queried
   static std::mutex mu;
   static std::vector<DeviceProps> values;  // [device]
+#ifdef TQ_CUDA_COMPILE_CHECK
+  TQ_CHECK(false, "this build's CUDA kernels were compiled at -O1 only to check that they compile (TQ_CUDA_COMPILE_CHECK=ON, "
+                  "as scripts/test.sh builds where there is no GPU): rebuild with -DTQ_CUDA_COMPILE_CHECK=OFF to run them");
+#endif
   int dev = 0;
   TQ_CHECK(cudaGetDevice(&dev) == cudaSuccess, "no CUDA device");
   std::lock_guard<std::mutex> lock(mu);
