@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: build, test (with compute-sanitizer), read the resource report and
+# One call on a GPU machine: build, test (with compute-sanitizer: memcheck, racecheck, synccheck),
+# read the resource report and
 # SASS, benchmark; prints a short summary table last. Logs go to $OUT (or ./gpu-out).
 #   bash bench/gpu/run_h200.sh            (needs .devdeps/ with fmt headers and googletest sources
 #                                          when the machine lacks the Debian packages: see below)
@@ -101,7 +102,9 @@ pack
 small='All/Decode.*t4_L9_97_1000*:All/Decode.*t50_L1000_60_s5_prefill*:All/Decode.*page_7*:All/Decode.*k4v2_nc*:DecodeGraph.*:StoreAndDecode.*:All/QuantizeStore.*k3v2_d128:All/QuantizeStore.*fp8*:QuantizeStoreErrors.*'
 small+=':All/DecodeSide.*k3v2_sink_4_window_16_d128_g4*:All/DecodeSide.*prefill*:DecodeSide.Steps*'
 if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
-  for tool in memcheck racecheck; do
+  # synccheck: barriers every thread of a block must meet at the same instruction (the side blocks
+  # of the warp-specialized prefill once had idle warps wait at one of their own).
+  for tool in memcheck racecheck synccheck; do
     timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 ./build/h200/tests/cuda/test_cuda --gtest_filter="$small" \
       >"$OUT/sanitizer_$tool.log" 2>&1
     rc=$?

@@ -13,6 +13,12 @@
 // where the CPU has VNNI; without it the AVX2 kernel runs. Why these forms and not the others: the
 // measurements in bench/results/2026-11-30-cpu-vs-llama-cpp.md (the 512-bit four-token form was
 // slower than AVX2 on Zen 4, which splits 512-bit operations in halves).
+// GCC 12 warns that `__Y` "may be used uninitialized" inside its own AVX-512 header (the
+// _mm512_undefined_* operands of _mm512_inserti64x4 and kin: GCC bug 105593, fixed in GCC 13),
+// some 80 times a build of this file; the pragma precedes every include so that it covers them.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include "qdot_avx512.h"
 
 #include <immintrin.h>
