@@ -52,20 +52,25 @@ cmake --preset release -DTQ_CUDA_ARCHS="${TQ_CI_CUDA_ARCHS:-80;90;100;120}" -DCM
 # lines), which a compile check does not care for; every other line of the build is printed.
 cmake --build --preset release -j "$jobs" 2>&1 | { grep -v -E '^ptxas info +: \(C75(07|17|19|20)\)' || true; }
 stage "build"
-fetch_rc=0
-wait "$fetch" || fetch_rc=$?
-cat "$fetch_log"
-if [ "$fetch_rc" != 0 ]; then echo "test.sh: installing .venv's packages failed ($fetch_log)"; exit 1; fi
-stage "setup (python, model)"
-out=build/release/Testing/ctest-output.txt
+# The sanitized build (scripts/test_sanitized.sh, below) compiles from here on, beside the wait for
+# .venv's packages (whose download and unpacking, starved by the build, can outlast it by a
+# minute on one core) and then beside the release tests and the Python stage, at a lower
+# priority: it takes the CPU they leave idle (ctest -j2 keeps both cores busy for only part of its
+# run: bench/results/2026-12-03-ci-time.md).
 mkdir -p build/release/Testing
-rc=0
-# The sanitized build (scripts/test_sanitized.sh, below) compiles beside the release tests and the
-# Python stage, at a lower priority: it takes the CPU they leave idle (ctest -j2 keeps both cores
-# busy for only part of its run: bench/results/2026-12-03-ci-time.md).
 asan_log=build/release/Testing/asan-build.log
 nice -n 10 bash scripts/test_sanitized.sh build >"$asan_log" 2>&1 &
 asan_build=$!
+fetch_rc=0
+wait "$fetch" || fetch_rc=$?
+cat "$fetch_log"
+if [ "$fetch_rc" != 0 ]; then
+  kill "$asan_build" 2>/dev/null || true
+  echo "test.sh: installing .venv's packages failed ($fetch_log)"; exit 1
+fi
+stage "setup (python, model)"
+out=build/release/Testing/ctest-output.txt
+rc=0
 ctest --preset release -j "$jobs" 2>&1 | tee "$out" || rc=$?  # pipefail: ctest's status
 stage "ctest"
 bash scripts/test_python.sh || rc=$?  # the Python package: pip install . and pytest (docs/python.md)

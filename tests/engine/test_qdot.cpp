@@ -328,7 +328,9 @@ TEST_P(QuantizedDot, Avx512GivesTheAvx2Bits) {
           k.four(row.data(), ap, blocks, narrow);
           if (vnni) k.four_vnni(row.data(), ap, blocks, wide);
           for (int j = 0; j < 4; ++j) {
-            if (vnni) ASSERT_EQ(bits(wide[j]), bits(narrow[j])) << "4 tokens, " << blocks << " blocks, row " << rowkind << ", token " << j;
+            if (vnni) {
+              ASSERT_EQ(bits(wide[j]), bits(narrow[j])) << "4 tokens, " << blocks << " blocks, row " << rowkind << ", token " << j;
+            }
             ASSERT_EQ(bits(k.one_wide(row.data(), ap[j], blocks, vnni)), bits(k.one(row.data(), ap[j], blocks)))
                 << "vnni " << vnni << ", " << blocks << " blocks, row kind " << rowkind << ", activations " << (kind + j) % 5;
           }

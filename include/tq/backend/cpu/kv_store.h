@@ -35,7 +35,7 @@ struct KvShape {
   uint32_t num_pages = 1;   // pages in the shared pool (each page holds page_size tokens of every layer)
   uint32_t max_chunk = 64;  // most query tokens per attend() call (sizes the recent-token ring)
   uint32_t tails = 0;       // prefix-cache tail slots (save_tail); with side buffers only
-  std::vector<bool> sliding;  // [layers] the model's sliding-window layers (empty: none), for `ip=local`
+  std::vector<bool> sliding = {};  // [layers] the model's sliding-window layers (empty: none), for `ip=local`
 };
 
 // The pages of one sequence, as the block manager has them.
