@@ -11,8 +11,11 @@
 # prefill of GPUs before sm_90, src/cuda/launch_common.h; the build carries that prefill for Hopper
 # too: -DTQ_CUDA_PORTABLE_ON_HOPPER=ON).
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
-# benchmark; NO_CPU_TESTS=1 the CPU suites alone (CI runs them), so that a NO_BENCH=1 run fits one
-# call (a whole one can outlast a call's 600 s: bench/results/2026-12-03-h200-decode-split-rule.md).
+# benchmark; NO_CPU_TESTS=1 the CPU suites alone (CI runs them); NO_SANITIZERS=1 compute-sanitizer;
+# ONLY_SANITIZERS=1 everything but the build and compute-sanitizer. The GPU suites and the
+# sanitizers together outlast a call's 600 s (a NO_BENCH=1 NO_CPU_TESTS=1 run was cut during the
+# runner's portable runs on 2026-12-03), so run them in two calls:
+#   NO_BENCH=1 NO_CPU_TESTS=1 NO_SANITIZERS=1 bash bench/gpu/run_h200.sh;  ONLY_SANITIZERS=1 bash bench/gpu/run_h200.sh
 # Each stage's summary line says when it ended, and the logs are packed as stages end, so a call
 # cut short returns them.
 # ENGINE_BENCH="args": also `tq bench args` (the engine benchmark; JSON to $OUT/engine_bench.json).
@@ -34,11 +37,12 @@ OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 summary=()
 SECONDS=0
-note() { summary+=("$1 [at ${SECONDS} s]"); echo "== $1 [at ${SECONDS} s]"; }  # when each stage ended: a call has 600 s
+# when each stage ended: a call has 600 s; summary.txt keeps the lines of a call cut short
+note() { summary+=("$1 [at ${SECONDS} s]"); echo "== $1 [at ${SECONDS} s]"; echo "$1 [at ${SECONDS} s]" >>"$OUT/summary.txt"; }
 # At most 8 files come back from the GPU machine: keep the main ones, pack the rest into logs.tar,
 # after each stage (so that a call cut at its time limit still returns what had finished).
 pack() {
-  ( cd "$OUT" && keep="bench.json bench.log test_cuda_runner.log engine_bench.json engine_bench.txt serve_bench.txt check_model.md serve_http.txt logs.tar" &&
+  ( cd "$OUT" && keep="summary.txt bench.json bench.log test_cuda_runner.log engine_bench.json engine_bench.txt serve_bench.txt check_model.md serve_http.txt logs.tar" &&
     rest=$(ls | grep -vxF -f <(printf '%s\n' $keep)) && [ -n "$rest" ] && tar rf logs.tar $rest && rm -rf $rest ) || true
 }
 
@@ -69,39 +73,42 @@ if command -v cuobjdump >/dev/null; then
 fi
 
 pack
-if [ -z "${QUICK:-}" ] && [ -z "${NO_CPU_TESTS:-}" ]; then
-  for t in codec/test_codec kv/test_kv engine/test_engine; do
-    ./build/h200/tests/$t --gtest_brief=1 >"$OUT/$(basename $t).log" 2>&1
-    note "$(basename $t): $(grep -E '^\[  PASSED|FAILED TEST' "$OUT/$(basename $t).log" | head -3 | tr '\n' ' ')"
+# ONLY_SANITIZERS=1: none of the suites (a second call after a NO_SANITIZERS=1 one).
+if [ -z "${ONLY_SANITIZERS:-}" ]; then
+  if [ -z "${QUICK:-}" ] && [ -z "${NO_CPU_TESTS:-}" ]; then
+    for t in codec/test_codec kv/test_kv engine/test_engine; do
+      ./build/h200/tests/$t --gtest_brief=1 >"$OUT/$(basename $t).log" 2>&1
+      note "$(basename $t): $(grep -E '^\[  PASSED|FAILED TEST' "$OUT/$(basename $t).log" | head -3 | tr '\n' ' ')"
+    done
+  fi
+  ./build/h200/tests/cuda/test_cuda --gtest_output=xml:"$OUT/test_cuda.xml" >"$OUT/test_cuda.log" 2>&1
+  note "test_cuda: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/test_cuda.log" | tr '\n' ' ')"
+  grep -E "^\[  FAILED" "$OUT/test_cuda.log" | head -20
+  grep -B3 -A8 "Failure" "$OUT/test_cuda.log" | head -60
+  for t in test_capi test_cuda_runner; do
+    ./build/h200/tests/cuda/$t --gtest_output=xml:"$OUT/$t.xml" >"$OUT/$t.log" 2>&1
+    note "$t: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/$t.log" | tr '\n' ' ')"
+    grep -B3 -A8 "Failure" "$OUT/$t.log" | head -40
   done
+  # The portable path (plain launches, as on GPUs before sm_90) on this GPU: launch_common.h. Then
+  # what an sm_86/89/120 GPU runs: plain launches and 99 KB of shared memory a block (the compact
+  # kernels, TQ_CUDA_SMEM_KB).
+  for t in test_cuda test_cuda_runner; do
+    TQ_CUDA_PORTABLE=1 ./build/h200/tests/cuda/$t >"$OUT/${t}_portable.log" 2>&1
+    note "$t, TQ_CUDA_PORTABLE=1: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/${t}_portable.log" | tr '\n' ' ')"
+    grep -B3 -A8 "Failure" "$OUT/${t}_portable.log" | head -20
+    TQ_CUDA_PORTABLE=1 TQ_CUDA_SMEM_KB=99 ./build/h200/tests/cuda/$t >"$OUT/${t}_99kb.log" 2>&1
+    note "$t, TQ_CUDA_PORTABLE=1 TQ_CUDA_SMEM_KB=99: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/${t}_99kb.log" | tr '\n' ' ')"
+    grep -B3 -A8 "Failure" "$OUT/${t}_99kb.log" | head -20
+  done
+  note "CUDA runner vs CPU runner, KL per case (mean, max[, the quantization's own mean]): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"\|name="quantization_kl_mean" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
+  note "decode tests, worst relative error against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1); largest error / bound (2x a same-precision computation's): $(python3 -c "import re,sys; x=open(sys.argv[1]).read(); r=[float(a)/float(b) for a,b in re.findall(r'name=.worst_rel_err. value=.([^\"]*).\s*/>\s*<property name=.bound. value=.([^\"]*).', x)]; print(round(max(r),3) if r else '-')" "$OUT/test_cuda.xml")"
 fi
-./build/h200/tests/cuda/test_cuda --gtest_output=xml:"$OUT/test_cuda.xml" >"$OUT/test_cuda.log" 2>&1
-note "test_cuda: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/test_cuda.log" | tr '\n' ' ')"
-grep -E "^\[  FAILED" "$OUT/test_cuda.log" | head -20
-grep -B3 -A8 "Failure" "$OUT/test_cuda.log" | head -60
-for t in test_capi test_cuda_runner; do
-  ./build/h200/tests/cuda/$t --gtest_output=xml:"$OUT/$t.xml" >"$OUT/$t.log" 2>&1
-  note "$t: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/$t.log" | tr '\n' ' ')"
-  grep -B3 -A8 "Failure" "$OUT/$t.log" | head -40
-done
-# The portable path (plain launches, as on GPUs before sm_90) on this GPU: launch_common.h. Then
-# what an sm_86/89/120 GPU runs: plain launches and 99 KB of shared memory a block (the compact
-# kernels, TQ_CUDA_SMEM_KB).
-for t in test_cuda test_cuda_runner; do
-  TQ_CUDA_PORTABLE=1 ./build/h200/tests/cuda/$t >"$OUT/${t}_portable.log" 2>&1
-  note "$t, TQ_CUDA_PORTABLE=1: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/${t}_portable.log" | tr '\n' ' ')"
-  grep -B3 -A8 "Failure" "$OUT/${t}_portable.log" | head -20
-  TQ_CUDA_PORTABLE=1 TQ_CUDA_SMEM_KB=99 ./build/h200/tests/cuda/$t >"$OUT/${t}_99kb.log" 2>&1
-  note "$t, TQ_CUDA_PORTABLE=1 TQ_CUDA_SMEM_KB=99: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/${t}_99kb.log" | tr '\n' ' ')"
-  grep -B3 -A8 "Failure" "$OUT/${t}_99kb.log" | head -20
-done
-note "CUDA runner vs CPU runner, KL per case (mean, max[, the quantization's own mean]): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"\|name="quantization_kl_mean" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
-note "decode tests, worst relative error against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1); largest error / bound (2x a same-precision computation's): $(python3 -c "import re,sys; x=open(sys.argv[1]).read(); r=[float(a)/float(b) for a,b in re.findall(r'name=.worst_rel_err. value=.([^\"]*).\s*/>\s*<property name=.bound. value=.([^\"]*).', x)]; print(round(max(r),3) if r else '-')" "$OUT/test_cuda.xml")"
 pack
 
 small='All/Decode.*t4_L9_97_1000*:All/Decode.*t50_L1000_60_s5_prefill*:All/Decode.*page_7*:All/Decode.*k4v2_nc*:DecodeGraph.*:StoreAndDecode.*:All/QuantizeStore.*k3v2_d128:All/QuantizeStore.*fp8*:QuantizeStoreErrors.*'
 small+=':All/DecodeSide.*k3v2_sink_4_window_16_d128_g4*:All/DecodeSide.*prefill*:DecodeSide.Steps*'
-if [ -z "${QUICK:-}" ] && command -v compute-sanitizer >/dev/null; then
+if [ -z "${QUICK:-}" ] && [ -z "${NO_SANITIZERS:-}" ] && command -v compute-sanitizer >/dev/null; then
   # synccheck: barriers every thread of a block must meet at the same instruction (the side blocks
   # of the warp-specialized prefill once had idle warps wait at one of their own).
   for tool in memcheck racecheck synccheck; do
@@ -147,7 +154,7 @@ if [ -n "${PROFILE_STEP:-}" ] && command -v ncu >/dev/null; then  # e.g. PROFILE
   timeout 300 bash bench/gpu/profile_step.sh --shape llama-3.1-8b --kv k3v2 --batch 1 --context 4096 $PROFILE_STEP >"$OUT/profile_step.txt" 2>&1
   note "profile of a decode step ($PROFILE_STEP): rc=$?, $(head -1 "$OUT/profile_step.txt")"
 fi
-if [ -n "${NO_BENCH:-}" ]; then
+if [ -n "${NO_BENCH:-}" ] || [ -n "${ONLY_SANITIZERS:-}" ]; then
   [ -f "$OUT/profile_step.txt" ] && head -25 "$OUT/profile_step.txt"
   [ -f "$OUT/check_model.md" ] && cat "$OUT/check_model.md"
   [ -f "$OUT/engine_bench.txt" ] && { tail -5 "$OUT/engine_bench.err"; cat "$OUT/engine_bench.txt"; }
