@@ -29,8 +29,8 @@ TEST_P(RotationTest, OrthogonalAndInverse) {
     r.forward(e.data(), &cols[size_t(j) * d]);
   }
   // Every pair up to d = 128; above, 32 columns spread over the matrix (the first and the last
-  // among them) against every column: the whole Gram matrix of d = 1024 is 1e9 multiply-adds,
-  // 20 s sanitized.
+  // among them) against every column: the whole Gram matrix of d = 1024 is 1e9 multiply-adds, the
+  // sanitized suite's slowest test (bench/results/2026-12-03-ci-time.md).
   std::vector<uint32_t> picked;
   const uint32_t step = d <= 128 ? 1 : (d - 1) / 31;
   for (uint32_t i = 0; i < d; i += step) picked.push_back(i);
