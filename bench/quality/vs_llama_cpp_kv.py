@@ -11,6 +11,7 @@ differ slightly). Not part of CI.
 
   python3 bench/quality/vs_llama_cpp_kv.py --tq build/release/apps/cli/tq \
       --model models/SmolLM2-135M-Instruct.Q4_1.gguf --text ../shared/data/text/northanger_abbey.txt
+  python3 bench/quality/vs_llama_cpp_kv.py --tq-only --tq-kv fp16,k4v4:ip:centre   # our rows alone
 """
 import argparse
 import json
@@ -76,6 +77,7 @@ def main() -> None:
     ap.add_argument("--tq-kv", default="fp16,k4v4,k3v2,k4v4:sink=4:window=64,k3v2:sink=4:window=64:edge=2/k4v4")
     ap.add_argument("--llama-dir", default=str(ROOT / "build/llama.cpp"))
     ap.add_argument("--json", help="also write the rows to this file")
+    ap.add_argument("--tq-only", action="store_true", help="only the tq rows (llama.cpp's do not change with our specs): no llama.cpp build")
     a = ap.parse_args()
     for f in (a.tq, a.model, a.text):
         if not Path(f).exists():
@@ -83,13 +85,13 @@ def main() -> None:
     kinds = a.llama_kv.split(",")
     if kinds[0] != "f16":
         sys.exit("--llama-kv: the first type must be f16 (the base of the KL divergences)")
-    bindir = build_llama_cpp(Path(a.llama_dir))
+    bindir = None if a.tq_only else build_llama_cpp(Path(a.llama_dir))
     with tempfile.TemporaryDirectory() as tmp:
         text = Path(tmp) / "text.txt"
         text.write_text(Path(a.text).read_text(encoding="utf-8")[:a.chars], encoding="utf-8")
         base = Path(tmp) / "base.kld"
-        rows = [llama_row(bindir, a.model, text, a.ctx, a.threads, kv, base, i == 0) for i, kv in enumerate(kinds)]
-        print("llama.cpp done; tq perplexity ...", file=sys.stderr)
+        rows = [] if a.tq_only else [llama_row(bindir, a.model, text, a.ctx, a.threads, kv, base, i == 0) for i, kv in enumerate(kinds)]
+        print("tq perplexity ...", file=sys.stderr)
         rows += tq_rows(a.tq, a.model, text, a.ctx, a.threads, a.tq_kv)
     print(f"Positions {a.ctx // 2}..{a.ctx - 1} of the first {a.ctx}-token window of {Path(a.text).name}; each engine against "
           "its own full-precision cache (llama.cpp f16, tq fp32).\n")
