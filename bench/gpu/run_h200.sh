@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build, test (with compute-sanitizer: memcheck, racecheck, synccheck),
-# read the resource report and
-# SASS, benchmark; prints a short summary table last. Logs go to $OUT (or ./gpu-out).
+# read the resource report and SASS, benchmark; prints a short summary table last. Logs go to $OUT
+# (or ./gpu-out).
 #   bash bench/gpu/run_h200.sh            (needs .devdeps/ with fmt headers and googletest sources
 #                                          when the machine lacks the Debian packages: see below)
 # .devdeps is made on the development machine by bench/gpu/make_devdeps.sh (fmt headers, googletest
