@@ -100,6 +100,14 @@ void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int til
   size_workspace(pl, p);
 }
 
+// The positions a block's splits cover: the longest sequence's, or in a sliding-window layer at
+// most its window and the span of the block's query tokens, from the first row's window start
+// rounded down to 16 (the kernels' base: decode_kernel.cuh, window_base in prefill_kernel.cuh).
+uint32_t span_tokens(const DecodeParams& p, uint32_t block_tokens) {
+  if (!p.sliding_window) return p.max_seq_len;
+  return uint32_t(std::min<uint64_t>(p.max_seq_len, uint64_t(p.sliding_window) + std::min(block_tokens, p.num_q_tokens) + 15));
+}
+
 // The decode plan with R m-tiles a block.
 Plan make_plan(const DecodeParams& p, int R) {
   Plan pl{};
@@ -112,7 +120,7 @@ Plan make_plan(const DecodeParams& p, int R) {
     size_workspace(pl, p);
     return pl;
   }
-  const int tiles = std::max(1, int((p.max_seq_len + kTile - 1) / kTile));
+  const int tiles = std::max(1, int((span_tokens(p, p.num_q_tokens) + kTile - 1) / kTile));
   int splits = int(p.num_splits);
   if (splits == 0) {
     const int blocks = int(p.num_seqs * p.cache.kv_heads) * (pl.mtiles / R), sms = device_sm_count();
@@ -152,7 +160,8 @@ Plan make_prefill_plan(const DecodeParams& p) {
   const int rtiles = (rows + pl.block_rows - 1) / pl.block_rows;
   pl.mtiles = rtiles * (pl.block_rows / kRows);
   const int T = pl.ws ? prefill::ws_tile_tokens(pl.D) : prefill::tile_tokens(pl.D, compact);
-  const int tiles = std::max(1, int((p.max_seq_len + T - 1) / T));
+  const int group = int(p.q_heads / p.cache.kv_heads);
+  const int tiles = std::max(1, int((span_tokens(p, uint32_t((pl.block_rows + group - 1) / group + 1)) + T - 1) / T));
   int splits = p.split_tokens ? 0 : int(p.num_splits);  // fixed cuts are the decode kernel's
   if (splits == 0) {
     constexpr int kT256 = prefill::tile_tokens(256, true);
@@ -235,6 +244,10 @@ size_t prefill_workspace_bytes(const DecodeParams& p) { return make_prefill_plan
 namespace {
 void launch_attention(const DecodeParams& p, Mode mode, Stream stream) {
   const Plan pl = mode == Mode::kPrefill ? make_prefill_plan(p) : make_plan(p);
+  TQ_CHECK(p.workspace_bytes == 0 || p.workspace_bytes >= pl.workspace_bytes(),
+           "{}: a workspace of {} bytes, but this call's plan ({} splits) needs {} ({}_workspace_bytes of these params)",
+           mode == Mode::kPrefill ? "prefill_attention" : "decode_attention", p.workspace_bytes, pl.splits, pl.workspace_bytes(),
+           mode == Mode::kPrefill ? "prefill" : "decode");
   switch (pl.D) {
     case 64: dispatch_dim<64>(p, pl, mode, stream); break;
     case 128: dispatch_dim<128>(p, pl, mode, stream); break;

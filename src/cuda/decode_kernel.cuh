@@ -101,9 +101,20 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   const int group = int(p.q_heads / p.cache.kv_heads), rows_total = group * int(p.num_q_tokens);
   const int len = p.seq_lens[seq];
   // Positions below `sink`, and within `window` of a row's query, are the side block's: a row
-  // reads [sink, visible - window) here (no side buffer: sink = window = 0).
-  const int sink = int(p.side.sink), window = int(p.side.window);
-  const int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len - window);
+  // reads [sink, visible - window) here (no side buffer: sink = window = 0). A sliding-window
+  // layer's row reads from visible - sliding_window on: the splits start at the block's first
+  // row's window, tile-aligned (fixed cuts keep their positions: those before it are empty).
+  // (The intent of the `if`: without a window the page ids below need not wait for the length.
+  // The compiler predicates it, and a predicated instruction waits for its operands all the same;
+  // bench/results/2026-12-03-h200-sliding-window.md has what that costs at batch 1.)
+  const int sink = int(p.side.sink), window = int(p.side.window), swa = int(p.sliding_window);
+  int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len - window);
+  if (swa) {
+    const int lo_tile = max(0, len - int(p.num_q_tokens) + 1 - swa) & ~(kTile - 1);
+    const int begin0 = (p.split_tokens ? 0 : lo_tile) + begin;
+    begin = max(begin0, lo_tile);
+    end = min(begin0 + tokens_per_split, len - window);
+  }
   const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
   const CacheView& c = p.cache;
   const int first = begin + kTile * warp, step = kTile * kWarps;  // the warp's first tile, its stride
@@ -342,15 +353,19 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     }
   }
 
-  // Causal limit of this thread's row g of each m-tile: query token j sees positions < len - ntok + j + 1.
-  int packed_end[R];  // the rows' packed limits
+  // Causal limit of this thread's row g of each m-tile: query token j sees positions < len - ntok + j + 1;
+  // in a sliding-window layer, from visible - swa on.
+  int packed_begin[R], packed_end[R];  // the rows' packed range
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {
     const int my_row = (mt * R + rr) * kRows + g;
-    packed_end[rr] = (my_row < rows_total ? len - int(p.num_q_tokens) + int(uint32_t(my_row) / uint32_t(group)) + 1 : len) - window;
+    const int visible = my_row < rows_total ? len - int(p.num_q_tokens) + int(uint32_t(my_row) / uint32_t(group)) + 1 : len;
+    packed_begin[rr] = swa ? max(sink, visible - swa) : sink;
+    packed_end[rr] = visible - window;
   }
   const int visible_min = len - int(p.num_q_tokens) + 1;  // of every row of the block: the first query token's
   const int packed_end_min = visible_min - window;
+  const int packed_begin_max = swa ? max(sink, len - swa) : sink;  // the last query token's
 
   // O^T = V^T P^T: the accumulators are m-tiles of 16 value coordinates by the 8 query rows.
   // Thread g owns coordinates [g D/8, (g+1) D/8) of the output (cb below; float caches: the
@@ -380,7 +395,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       // Tokens past the split's end or the row's causal limit are masked; most tiles have none
       // (a warp-uniform test), which saves the per-token compares.
       // (& rather than &&: the compiler keeps this test predicated, as it did before R existed)
-      full[n] = (T0[n] >= sink) & (T0[n] + kTile <= end) & (T0[n] + kTile <= packed_end_min);
+      full[n] = (T0[n] >= packed_begin_max) & (T0[n] + kTile <= end) & (T0[n] + kTile <= packed_end_min);
 #pragma unroll
       for (int rr = 0; rr < R; ++rr)
 #pragma unroll
@@ -391,7 +406,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int tok = T0[n] + 2 * t + (e & 1) + 8 * (e >> 1);
-            live[n][rr][e] = tok >= sink && tok < end && tok < packed_end[rr];
+            live[n][rr][e] = tok >= packed_begin[rr] && tok < end && tok < packed_end[rr];
           }
       }
       keys.scale(cur[n], x[n]);  // key norms

@@ -102,7 +102,7 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
   const int qpos = first + (valid ? row / group : 0);
   // The union of the block's rows' side positions: [0, a_end) and [b_begin, q_hi].
   const int q_lo = first + mt * kRows / group, q_hi = first + (min(mt * kRows + kRows, rows_total) - 1) / group;
-  const int sink = int(sv.sink), window = int(sv.window);
+  const int sink = int(sv.sink), window = int(sv.window), swa = int(p.sliding_window);  // swa: a sliding-window layer's
   const int a_end = min(sink, q_hi + 1);
   const int b_begin = window ? max(a_end, q_lo - window + 1) : q_hi + 1;
   const int count = min(i_end, a_end + (q_hi + 1 - b_begin));
@@ -205,7 +205,7 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
       }
     }
     const int t = position(i0 + lane16);
-    const bool live = valid && lane16 < n && t <= qpos && (t < sink || (window > 0 && t > qpos - window));
+    const bool live = valid && lane16 < n && t <= qpos && (t < sink || (window > 0 && t > qpos - window)) && (swa == 0 || t > qpos - swa);
     const float s = live ? part[0] : -INFINITY;
     float mx = s;
 #pragma unroll

@@ -290,11 +290,33 @@ __device__ __forceinline__ void store_luts(const CacheView& c, __half* lut_k, __
 }
 
 // What the masks of a tile compare with: its first token T0, the split's end, the side buffer's
-// sink and window (their positions are the side block's), and the thread's two rows' limits.
+// window (its positions are the side block's), and the thread's two rows' limits: each row
+// reads [begin, visible - window) here (begin: the side buffer's sink, or in a sliding-window
+// layer the row's window start where that is later).
 struct TileMask {
-  int T0, end, sink, window;
-  int visible[2];
+  int T0, end, window;
+  int begin[2], visible[2];
+  // The rows' limits of query rows `rows` (rows past rows_total: the last position's).
+  __device__ void set_rows(const DecodeParams& p, int len, const int (&rows)[2], int rows_total, int group) {
+    const int nq = int(p.num_q_tokens), sink = int(p.side.sink), swa = int(p.sliding_window);
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      visible[i] = rows[i] < rows_total ? len - nq + rows[i] / group + 1 : len;
+      begin[i] = swa ? max(sink, visible[i] - swa) : sink;
+    }
+  }
 };
+// The first position a split of a block whose first row sees up to visible_min reads: 0, or in a
+// sliding-window layer that row's window start, rounded down to 16 (the plan's splits cover the
+// window from there: span_tokens in decode_attention.cu).
+__device__ __forceinline__ int window_base(const DecodeParams& p, int visible_min) {
+  return p.sliding_window ? max(0, visible_min - int(p.sliding_window)) & ~15 : 0;
+}
+// The position from which a tile is seen whole by every row up to visible_max (the sink's end, or
+// that row's window start).
+__device__ __forceinline__ int begin_for_all(const DecodeParams& p, int visible_max) {
+  return p.sliding_window ? max(int(p.side.sink), visible_max - int(p.sliding_window)) : int(p.side.sink);
+}
 
 // One tile's online-softmax step for this thread's rows g and g + 8 (elements 0-1 and 2-3 of each
 // n-tile of s, tokens 8 nt + 2t, +1): S scaled by the key norms kn (TurboQuant) and masked unless
@@ -323,7 +345,7 @@ __device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], 
         float x = s[nt][e] * (e & 1 ? kn1 : kn0);
         if constexpr (decltype(masked)::value) {
           const int pos = mk.T0 + tok + (e & 1);
-          if (pos < mk.sink || pos >= mk.end || pos >= mk.visible[e >> 1] - mk.window) x = -INFINITY;
+          if (pos < mk.begin[e >> 1] || pos >= mk.end || pos >= mk.visible[e >> 1] - mk.window) x = -INFINITY;
         }
         s[nt][e] = x;
         mx[e >> 1] = fmaxf(mx[e >> 1], x);
@@ -460,8 +482,9 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   const int row0 = rt * kBlockRows, last_row = min(row0 + kBlockRows, rows_total) - 1;
   const int visible_min = len - nq + row0 / group + 1, visible_max = len - nq + last_row / group + 1;
   // Positions below `sink`, and within `window` of a row's query, are the side block's.
-  const int sink = int(p.side.sink), window = int(p.side.window);
-  const int begin = split * tokens_per_split, end = min(min(begin + tokens_per_split, len), visible_max - window);
+  const int window = int(p.side.window), seen_by_all = begin_for_all(p, visible_max);
+  const int begin = window_base(p, visible_min) + split * tokens_per_split;
+  const int end = min(min(begin + tokens_per_split, len), visible_max - window);
 
   store_query_rows<D, kBlockRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0],
                                        ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kBlockRows * D, threadIdx.x, kThreads);
@@ -475,9 +498,8 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
 
   // This thread's rows: g and g + 8 of the warp's 16.
   const int my_row[2] = {row0 + warp * kWarpRows + g, row0 + warp * kWarpRows + g + 8};
-  TileMask mk{0, end, sink, window, {}};
-#pragma unroll
-  for (int i = 0; i < 2; ++i) mk.visible[i] = my_row[i] < rows_total ? len - nq + my_row[i] / group + 1 : len;
+  TileMask mk{0, end, window, {}, {}};
+  mk.set_rows(p, len, my_row, rows_total, group);
 
   // O accumulators: n-tile nt holds coordinates 8 nt + 2t, +1 of rows g (o[nt][0..1]) and g + 8 ([2..3]).
   float o[D / 8][4];
@@ -540,7 +562,7 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
 
     // ---- key norms, masks, online softmax; then O += P V (B = V rows transposed) ----
     mk.T0 = T0;
-    const bool full = T0 >= sink && T0 + T <= end && T0 + T <= visible_min - window;
+    const bool full = T0 >= seen_by_all && T0 + T <= end && T0 + T <= visible_min - window;
     float alpha[2];
     softmax_p<KIND>(s, m_run, l_run, sm.kn[buf], sm.vn[buf], KIND == Kind::kFp8 ? c.v_scale : 1.0f, full, mk, t, alpha);
     rescale_o(o, alpha);

@@ -163,8 +163,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   // The block's rows (as prefill_block's) bound its split's tokens; each consumer masks by its own.
   const int row0 = rt * kWsRows, last_row = min(row0 + kWsRows, rows_total) - 1;
   const int visible_max = len - nq + last_row / group + 1;
-  const int sink = int(p.side.sink), window = int(p.side.window);
-  const int begin = split * tokens_per_split, end = min(min(begin + tokens_per_split, len), visible_max - window);
+  const int window = int(p.side.window);
+  const int begin = window_base(p, len - nq + row0 / group + 1) + split * tokens_per_split;
+  const int end = min(min(begin + tokens_per_split, len), visible_max - window);
   const int tiles = begin < end ? (end - begin + T - 1) / T : 0;
 
   store_query_rows<D, kWsRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0],
@@ -190,9 +191,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int wrow0 = row0 + 64 * (wgi - 1);
   const int my_row[2] = {wrow0 + 16 * warp + g, wrow0 + 16 * warp + g + 8};
   const int visible_min = len - nq + min(wrow0, rows_total - 1) / group + 1;
-  TileMask mk{0, end, sink, window, {}};
-#pragma unroll
-  for (int i = 0; i < 2; ++i) mk.visible[i] = my_row[i] < rows_total ? len - nq + my_row[i] / group + 1 : len;
+  const int seen_by_all = begin_for_all(p, len - nq + min(wrow0 + 63, rows_total - 1) / group + 1);  // by the consumer's rows
+  TileMask mk{0, end, window, {}, {}};
+  mk.set_rows(p, len, my_row, rows_total, group);
   const bool idle = wrow0 >= rows_total;
 
   float o[D / 8][4];  // O: n-tile nt holds coordinates 8 nt + 2t, +1 of rows g ([0..1]) and g + 8 ([2..3])
@@ -241,7 +242,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const auto softmax = [&](int it) {
     const int T0 = begin + it * T, st = it % S;
     mk.T0 = T0;
-    const bool full = T0 >= sink && T0 + T <= end && T0 + T <= visible_min - window;
+    const bool full = T0 >= seen_by_all && T0 + T <= end && T0 + T <= visible_min - window;
     softmax_p<KIND>(s, m_run, l_run, sm.kn[st], sm.vn[st], v_scale, full, mk, t, alpha);
   };
   if (tiles > 0) {

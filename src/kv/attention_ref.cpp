@@ -27,25 +27,25 @@ void attention_reference(const PagedKvCache& cache, uint32_t layer, const Attent
       cache.read(layer, int64_t(page) * ps + t % ps, &K[size_t(t) * hkv * d], &V[size_t(t) * hkv * d]);
     }
     for (uint32_t j = 0; j < a.num_q_tokens; ++j) {
-      const int32_t visible = len - int32_t(a.num_q_tokens) + int32_t(j) + 1;
+      const int32_t visible = len - int32_t(a.num_q_tokens) + int32_t(j) + 1, t0 = window_start(visible, a.sliding_window);
       for (uint32_t h = 0; h < a.q_heads; ++h) {
         const uint32_t kvh = h / group;
         const float* q = a.q + ((size_t(s) * a.num_q_tokens + j) * a.q_heads + h) * d;
-        std::vector<double> logits(visible);
+        std::vector<double> logits(visible - t0);  // positions t0 .. visible - 1
         double mx = -INFINITY;
-        for (int32_t t = 0; t < visible; ++t) {
+        for (int32_t t = t0; t < visible; ++t) {
           const float* k = &K[(size_t(t) * hkv + kvh) * d];
           double dot = 0;
           for (uint32_t i = 0; i < d; ++i) dot += double(q[i]) * k[i];
-          logits[t] = dot * scale;
-          mx = std::max(mx, logits[t]);
+          logits[t - t0] = dot * scale;
+          mx = std::max(mx, logits[t - t0]);
         }
         double sum = 0;
         for (double& l : logits) sum += (l = std::exp(l - mx));
         float* o = a.out + ((size_t(s) * a.num_q_tokens + j) * a.q_heads + h) * d;
         for (uint32_t i = 0; i < d; ++i) {
           double acc = 0;
-          for (int32_t t = 0; t < visible; ++t) acc += logits[t] * V[(size_t(t) * hkv + kvh) * d + i];
+          for (int32_t t = t0; t < visible; ++t) acc += logits[t - t0] * V[(size_t(t) * hkv + kvh) * d + i];
           o[i] = float(acc / sum);
         }
       }

@@ -118,7 +118,7 @@ std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t 
       const TurboQuant* kc = cache.format().k_codec(layer, kvh);
       const TurboQuant* vc = cache.format().v_codec(layer, kvh);
       for (uint32_t j = 0; j < a.num_q_tokens; ++j) {
-        const int32_t visible = len - int32_t(a.num_q_tokens) + int32_t(j) + 1;
+        const int32_t visible = len - int32_t(a.num_q_tokens) + int32_t(j) + 1, t0 = window_start(visible, a.sliding_window);
         for (uint32_t h = kvh * group; h < (kvh + 1) * group; ++h) {
           const size_t row = (size_t(s) * a.num_q_tokens + j) * a.q_heads + h;
           std::vector<float> q(r.dim, 0.0f);  // [dim]: rotated and padded for TurboQuant keys
@@ -137,9 +137,9 @@ std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t 
           // side blocks compute them; the packed ones with the packed kernels' roundings.
           const auto on_side = [&](int32_t t) { return side && (t < int32_t(side->sink) || t >= visible - int32_t(side->window)); };
           const float* qs = a.q + row * d;  // the side blocks take the query as it is
-          std::vector<float> p(visible);  // scores, then weights
+          std::vector<float> p(visible);  // scores, then weights (of positions t0 .. visible - 1)
           float m = -INFINITY;
-          for (int32_t t = 0; t < visible; ++t) {
+          for (int32_t t = t0; t < visible; ++t) {
             float dot = 0;
             if (on_side(t)) {
               const float* k = side->k(s, uint32_t(t)) + size_t(kvh) * d;
@@ -151,7 +151,7 @@ std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t 
             largest = std::max(largest, std::abs(double(p[t])) * 1.4426950408889634);
           }
           float sum = 0;
-          for (int32_t t = 0; t < visible; ++t) {
+          for (int32_t t = t0; t < visible; ++t) {
             const float w = std::exp(p[t] - m);
             sum += w;
             if (on_side(t))
@@ -160,7 +160,7 @@ std::vector<float> same_precision_attention(const PagedKvCache& cache, uint32_t 
               p[t] = bf ? two_parts(w * r.v_norm[t]) : to_f16(w * r.v_norm[t]);
           }
           std::vector<float> o(r.dim, 0.0f), o_side(d, 0.0f);
-          for (int32_t t = 0; t < visible; ++t) {
+          for (int32_t t = t0; t < visible; ++t) {
             if (on_side(t)) {
               const float* v = side->v(s, uint32_t(t)) + size_t(kvh) * d;
               for (uint32_t i = 0; i < d; ++i) o_side[i] += p[t] * v[i];

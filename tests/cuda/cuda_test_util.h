@@ -44,6 +44,8 @@ inline double attention_bound(double same_precision_error, double max_log2_logit
 // With a sink/window side buffer (the KV policy; SideView): positions below `sink` or within
 // `window` of a query row's position are read from fp16 rows instead, in fp32 as the side blocks
 // do: side_k/side_v(s, t) give sequence s's position t ([kv_heads][head_dim], already fp16 values).
+// A sliding window (AttentionBatch::sliding_window) leaves out, as attention_reference does, the
+// positions before each row's window, side positions included.
 struct SideRows {
   uint32_t sink = 0, window = 0;
   std::function<const float*(uint32_t s, uint32_t t)> k, v;

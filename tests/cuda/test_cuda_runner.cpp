@@ -147,6 +147,18 @@ TinyModelSpec qwen3_shape() {
   return s;
 }
 
+// Gemma 3's layout (Gemma-3-270M's head dim 256 and one KV head, smaller): q/k norms, the norms
+// of the attention and FFN outputs, GELU, the embedding scale, and five sliding-window layers of
+// six with their own RoPE base; a window of 16 the 60-token prompt outgrows. `scaled`: the global
+// layers' linear RoPE scaling (the larger Gemma 3 models').
+TinyModelSpec gemma3_shape(bool scaled = false) {
+  TinyModelSpec s = shape(256, 4, 1, 6, false, "gemma3");
+  s.head_dim = 256;
+  s.sliding_window = 16;
+  if (scaled) s.rope_scaling = "linear";
+  return s;
+}
+
 INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                          ::testing::Values(RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "fp16"},
                                            RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "k4v4"},
@@ -173,7 +185,14 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                                            RunnerCase{"d128_qwen3", qwen3_shape(), "fp16"},
                                            RunnerCase{"d128_qwen3", qwen3_shape(), "k3v2"},
                                            RunnerCase{"d128_qwen3", qwen3_shape(), "fp16:centre"},
-                                           RunnerCase{"d128_qwen3", qwen3_shape(), kDefaultKvSpec}),
+                                           RunnerCase{"d128_qwen3", qwen3_shape(), kDefaultKvSpec},
+                                           // gemma3: sliding-window layers, post-norms, GELU, embedding scale.
+                                           RunnerCase{"d256_gemma3", gemma3_shape(), "fp16"},
+                                           RunnerCase{"d256_gemma3", gemma3_shape(), "k3v2"},
+                                           RunnerCase{"d256_gemma3", gemma3_shape(), "k4v4:centre"},
+                                           RunnerCase{"d256_gemma3_scaled", gemma3_shape(true), "bf16"},
+                                           RunnerCase{"d256_gemma3", gemma3_shape(), "k3v2:ip=local:edge=1/k4v4:sink=4:window=8:centre"},
+                                           RunnerCase{"d256_gemma3", gemma3_shape(), kDefaultKvSpec}),
                          [](const auto& i) {
                            std::string s = std::string(i.param.name) + "_" + i.param.spec;
                            for (char& ch : s)
@@ -443,33 +462,31 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
   EXPECT_THROW(engine::choose_device("gpu", c, {}), Error);
 }
 
-// gemma3 runs on the CPU only, and so would a model with q/k norms after q/k biases (none is
-// known): refused naming the architecture, and --device auto picks the CPU for them. qwen3 is taken.
-TEST(CudaRunnerRefuses, Gemma3AndQkNormsAfterBiases) {
+// A model with q/k norms after q/k biases (none is known) runs on the CPU only: refused naming the
+// architecture, and --device auto picks the CPU for it. qwen3 and gemma3 are taken.
+TEST(CudaRunnerRefuses, QkNormsAfterBiases) {
   const auto config = [](model::Arch a) {
     model::ModelConfig c;
     c.n_layers = 4, c.dim = 256, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64, c.vocab_size = 300, c.arch = a;
     return c;
   };
-  model::ModelConfig gemma = config(model::Arch::Gemma3), biased = config(model::Arch::Qwen3);
-  gemma.qk_norm = gemma.post_norms = true;
+  model::ModelConfig biased = config(model::Arch::Qwen3);
   biased.qk_norm = biased.has_qkv_bias = true;
-  for (const model::ModelConfig& c : {gemma, biased}) {
-    std::string why;
-    EXPECT_FALSE(cuda::can_run(c, parse_kv_spec("fp16"), &why));
-    EXPECT_NE(why.find(std::string("architecture '") + model::arch_name(c.arch) + "' is not implemented"), std::string::npos) << why;
-    EXPECT_THROW(engine::choose_device("cuda", c, {parse_kv_spec("fp16")}), Error);
-    EXPECT_EQ(engine::choose_device("auto", c, {parse_kv_spec("fp16")}), engine::Device::kCpu);
-  }
   std::string why;
   EXPECT_FALSE(cuda::can_run(biased, parse_kv_spec("fp16"), &why));
-  EXPECT_NE(why.find("q/k/v biases before its q/k norms"), std::string::npos) << why;
-  model::ModelConfig qwen3 = config(model::Arch::Qwen3);
+  EXPECT_NE(why.find("architecture 'qwen3' is not implemented in the CUDA runner with q/k/v biases before its q/k norms"), std::string::npos)
+      << why;
+  EXPECT_THROW(engine::choose_device("cuda", biased, {parse_kv_spec("fp16")}), Error);
+  EXPECT_EQ(engine::choose_device("auto", biased, {parse_kv_spec("fp16")}), engine::Device::kCpu);
+  model::ModelConfig qwen3 = config(model::Arch::Qwen3), gemma = config(model::Arch::Gemma3);
   qwen3.qk_norm = true;
-  why.clear();
-  if (cuda::device_available(nullptr)) {
-    EXPECT_TRUE(cuda::can_run(qwen3, parse_kv_spec("fp16"), &why)) << why;
-  }
+  gemma.qk_norm = gemma.post_norms = true, gemma.ffn_act = model::FfnAct::GeluTanh, gemma.embed_scale = 16.0f;
+  gemma.sliding_window = 512, gemma.swa_pattern = 6;
+  if (cuda::device_available(nullptr))
+    for (const model::ModelConfig& c : {qwen3, gemma}) {
+      why.clear();
+      EXPECT_TRUE(cuda::can_run(c, parse_kv_spec("fp16"), &why)) << model::arch_name(c.arch) << ": " << why;
+    }
 }
 
 // tq perplexity's --gpu-memory: the engines compared in lockstep share the fraction (1/n each),

@@ -34,6 +34,8 @@ struct DecodeCase {
   uint32_t splits = 0;  // 0: automatic
   bool prefill = false;  // through prefill_attention (a chunk of ntok new tokens per sequence)
   bool compact = false;  // with TQ_CUDA_SMEM_KB=99: the kernels of a GPU with 99 KB a block (sm_86, 89, 120)
+  uint32_t swa = 0;       // a sliding-window layer's window (DecodeParams::sliding_window), 0: none
+  uint32_t split_tokens = 0;  // fixed cuts of this many positions (batch invariance), enough of them
 };
 
 // Sets an environment variable for its lifetime, then restores it (the launchers read
@@ -126,17 +128,20 @@ TEST(CudaLaunch, SharedMemoryOfTheKernelsAndItsRefusal) {
 }
 
 std::string case_name(const DecodeCase& c) {
-  return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill) + (c.compact ? "_compact" : "");
+  std::string n = test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill) + (c.compact ? "_compact" : "");
+  if (c.swa) n.append("_window").append(std::to_string(c.swa));
+  if (c.split_tokens) n.append("_cuts").append(std::to_string(c.split_tokens));
+  return n;
 }
 
 // Everything one decode call needs, on both sides.
 struct DecodeSetup {
-  uint32_t hkv = 2, qh, d, ntok, ps, max_pages = 0;
+  uint32_t hkv = 2, qh, d, ntok, ps, max_pages = 0, swa = 0;
   std::unique_ptr<PagedKvCache> cpu;
   std::vector<int32_t> bt, lens;
   std::vector<float> q;
   std::vector<float> last_k, last_v;  // [seq][hkv * d]: each sequence's last K and V rows
-  DecodeSetup(const DecodeCase& c, uint64_t seed) : qh(2 * c.gqa), d(c.head_dim), ntok(c.ntok), lens(c.lens) {
+  DecodeSetup(const DecodeCase& c, uint64_t seed) : qh(2 * c.gqa), d(c.head_dim), ntok(c.ntok), swa(c.swa), lens(c.lens) {
     const KvFormat spec = parse_kv_spec(c.spec).format;
     ps = spec.page_size;
     for (int32_t l : lens) max_pages = std::max<uint32_t>(max_pages, (l + ps - 1) / ps);
@@ -176,6 +181,7 @@ struct DecodeSetup {
     p.q_heads = qh;
     p.max_pages = max_pages;
     p.max_seq_len = uint32_t(*std::max_element(lens.begin(), lens.end()));
+    p.sliding_window = swa;
     return p;
   }
   // attention_reference over the CPU cache: [seq][ntok][qh][d]
@@ -204,6 +210,7 @@ struct DecodeSetup {
     a.num_q_tokens = ntok;
     a.q_heads = qh;
     a.max_pages = max_pages;
+    a.sliding_window = swa;
     return a;
   }
 };
@@ -225,6 +232,7 @@ TEST_P(Decode, MatchesReferenceWithinTwiceTheSamePrecisionError) {
   test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
   cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr, s.cpu->shape().num_pages), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
   p.num_splits = c.splits;
+  if (c.split_tokens) p.split_tokens = c.split_tokens, p.num_splits = (p.max_seq_len + c.split_tokens - 1) / c.split_tokens;
   // Hopper's prefill kernel (prefill_ws.cuh) takes more than 99 KB a block at D = 128 (211 KB; at
   // 64 it fits, at 256 the compact kernel runs), and only builds with -DTQ_CUDA_PORTABLE_ON_HOPPER=ON
   // (the GPU script's) carry the 98 KB one there: others refuse the case by name rather than trap.
@@ -321,6 +329,27 @@ std::vector<DecodeCase> cases() {
   v.push_back({"fp16:page=7", 256, 4, 40, {40, 200}, 0, true, true});
   v.push_back({"fp8", 256, 4, 20, {20, 97}, 0, true, true});
   v.push_back({"k3v2", 128, 4, 64, {64, 161, 1000}, 0, true, true});  // prefill_kernel's full tiles fit (Hopper: see the test)
+  // Sliding-window layers (Gemma 3's local ones): windows shorter and longer than the sequences,
+  // of one position, not a multiple of 16; several query tokens (16-row blocks), forced and fixed
+  // splits, unstaged pages, every cache kind; prefill in both kernels, the compact one too.
+  v.push_back({"k3v2", 128, 4, 1, mixed, 0, false, false, 64});
+  v.push_back({"k3v2", 128, 4, 1, mixed, 0, false, false, 1});
+  v.push_back({"k4v4", 256, 2, 1, {4097, 600, 100, 512, 513}, 0, false, false, 512});
+  v.push_back({"k2v2", 64, 4, 1, mixed, 0, false, false, 100});
+  v.push_back({"k3v2", 128, 4, 9, {9, 97, 1000, 4097}, 0, false, false, 37});
+  v.push_back({"k3v2", 128, 4, 8, {8, 4097}, 4, false, false, 300});
+  v.push_back({"k3v2", 128, 4, 1, {4097}, 37, false, false, 200});
+  v.push_back({"k3v2", 128, 4, 3, {4097, 700, 9}, 0, false, false, 250, 512});
+  v.push_back({"k3v3:page=7", 128, 4, 2, {2, 17, 97, 300}, 0, false, false, 20});
+  for (const char* spec : {"fp16", "bf16", "fp8"}) v.push_back({spec, 128, 4, 1, mixed, 0, false, false, 77});
+  v.push_back({"bf16", 256, 4, 1, mixed, 0, false, true, 77});
+  v.push_back({"k3v2", 128, 4, 64, {64, 161, 1000}, 0, true, false, 40});
+  v.push_back({"k3v2", 256, 2, 100, {100, 1000, 4097}, 0, true, false, 512});
+  v.push_back({"k2v3", 128, 8, 100, {100, 4097}, 5, true, false, 129});
+  v.push_back({"fp16:page=7", 64, 4, 40, {40, 200}, 0, true, false, 16});
+  v.push_back({"bf16", 128, 4, 64, {64, 300}, 0, true, false, 1});
+  v.push_back({"fp8", 256, 4, 20, {20, 97}, 0, true, true, 50});
+  v.push_back({"k3v2", 128, 4, 64, {64, 161, 1000}, 0, true, true, 40});
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const auto& i) { return case_name(i.param); });

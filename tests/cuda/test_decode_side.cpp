@@ -29,17 +29,19 @@ struct SideCase {
   bool prefill = false;
   uint32_t splits = 0;  // 0: automatic
   const char* rows = nullptr;  // TQ_DECODE_ROWS for the call ("16": blocks of two m-tiles), else the kernels' choice
+  uint32_t swa = 0;            // a sliding-window layer's window (DecodeParams::sliding_window), 0: none
 };
 
 std::string case_name(const SideCase& c) {
-  return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill) + (c.rows ? std::string("_rows") + c.rows : "");
+  return test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill) + (c.rows ? std::string("_rows") + c.rows : "") +
+         (c.swa ? "_window" + std::to_string(c.swa) : "");
 }
 
 constexpr uint16_t kPoison = 0xFFFF;  // an fp16 NaN
 
 // One layer: the CPU store (oracle and page bytes), the rows, block tables and the side layout.
 struct SideSetup {
-  uint32_t hkv = 2, qh, d, ntok, nseq, ps, max_pages = 0, sink, window, ring, side_rows;
+  uint32_t hkv = 2, qh, d, ntok, nseq, ps, max_pages = 0, sink, window, ring, side_rows, swa;
   KvSpec spec;
   std::unique_ptr<cpu::KvStore> store;
   std::vector<std::vector<int32_t>> tables;
@@ -49,7 +51,7 @@ struct SideSetup {
   mutable cpu::ThreadPool pool{2};
 
   SideSetup(const SideCase& c, uint64_t seed)
-      : qh(c.gqa * 2), d(c.head_dim), ntok(c.ntok), nseq(uint32_t(c.lens.size())), spec(parse_kv_spec(c.spec)), lens(c.lens) {
+      : qh(c.gqa * 2), d(c.head_dim), ntok(c.ntok), nseq(uint32_t(c.lens.size())), swa(c.swa), spec(parse_kv_spec(c.spec)), lens(c.lens) {
     ps = spec.format.page_size;
     sink = spec.policy.sink, window = spec.policy.window;
     ring = window ? window + kSideRollback : 0;
@@ -111,7 +113,7 @@ struct SideSetup {
                               [&](uint32_t s, uint32_t t) { return &v16[s][t * row]; }};
     AttentionBatch a;
     a.q = q.data(), a.block_tables = bt.data(), a.seq_lens = lens.data();
-    a.num_seqs = nseq, a.num_q_tokens = ntok, a.q_heads = qh, a.max_pages = max_pages;
+    a.num_seqs = nseq, a.num_q_tokens = ntok, a.q_heads = qh, a.max_pages = max_pages, a.sliding_window = swa;
     uint32_t local = 0;
     const PagedKvCache& cache = store->cache_of(0, &local);
     double logit = 0;
@@ -124,7 +126,7 @@ struct SideSetup {
     std::vector<float> ref(q.size());
     for (uint32_t s = 0; s < nseq; ++s) {
       const size_t at = size_t(s) * ntok * qh * d;
-      store->attend(0, cpu::SeqPages{int(s), &tables[s]}, uint32_t(lens[s]) - ntok, ntok, qh, &q[at], &ref[at], pool);
+      store->attend(0, cpu::SeqPages{int(s), &tables[s]}, uint32_t(lens[s]) - ntok, ntok, qh, &q[at], &ref[at], pool, 0.0f, swa);
     }
     return ref;
   }
@@ -171,6 +173,7 @@ struct SideRun {
     p.max_pages = s.max_pages;
     p.max_seq_len = uint32_t(*std::max_element(s.lens.begin(), s.lens.end()));
     p.num_splits = splits;
+    p.sliding_window = s.swa;
     p.side.data = side;
     p.side.slots = dslots.ptr;
     p.side.slot_stride = s.slot_elems();
@@ -260,6 +263,14 @@ std::vector<SideCase> side_cases() {
   v.push_back({"k3v2:sink=8", 128, 4, 20, {20, 100}, true});
   v.push_back({"k3v2:rot=dense:sink=4:window=16", 128, 4, 24, {24, 333}, true});
   v.push_back({"k3v2:sink=4:window=16", 128, 4, 50, {1000, 60}, true, 5});
+  // Sliding-window layers: the sink falls out of a row's window, and so does the side window's
+  // start where the layer's window is the shorter; decode (16-row blocks too) and prefill.
+  v.push_back({"k3v2:sink=4:window=16", 128, 4, 1, mixed, false, 0, nullptr, 40});
+  v.push_back({"k3v2:sink=4:window=64", 256, 2, 1, {1, 20, 70, 100, 600}, false, 0, nullptr, 30});
+  v.push_back({"k3v2:sink=4:window=16", 128, 4, 8, {8, 17, 300}, false, 0, "16", 12});
+  v.push_back({"bf16:sink=4:window=16", 64, 4, 3, {3, 40, 97}, false, 0, nullptr, 25});
+  v.push_back({"k3v2:sink=4:window=64", 128, 4, 100, {100, 300, 1000}, true, 0, nullptr, 90});
+  v.push_back({"fp16:sink=2:window=5", 256, 1, 40, {40, 200}, true, 0, nullptr, 33});
   return v;
 }
 INSTANTIATE_TEST_SUITE_P(All, DecodeSide, ::testing::ValuesIn(side_cases()), [](const auto& i) { return case_name(i.param); });

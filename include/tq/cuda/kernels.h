@@ -91,7 +91,12 @@ struct DecodeParams {
   // (num_splits * split_tokens >= max_seq_len), whatever the step: with the split count fixed too,
   // a query's output is then the same bits in any step that holds it (batch invariance).
   uint32_t split_tokens = 0;
+  // > 0: a sliding-window layer (Gemma 3's local layers): a query at position q sees only the
+  // positions t with q - t < sliding_window, itself included (the CPU's attend_pages). The splits
+  // then cover the window alone (with split_tokens: the fixed cuts, those before it empty).
+  uint32_t sliding_window = 0;
   void* workspace = nullptr; // decode_workspace_bytes(...) bytes (prefill: prefill_workspace_bytes)
+  size_t workspace_bytes = 0; // the workspace's size when set: a call whose plan needs more throws
   SideView side;             // sink / window: off unless side.active()
 };
 // prefill_attention (chunked prefill): the same, with a chunk of up to kMaxPrefillChunk new queries

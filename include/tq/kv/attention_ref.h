@@ -21,7 +21,14 @@ struct AttentionBatch {
   uint32_t q_heads = 1;
   uint32_t max_pages = 1;
   float scale = 0;  // softmax scale; 0 means 1/sqrt(head_dim)
+  uint32_t sliding_window = 0;  // > 0: a query at q sees only the positions t with q - t < sliding_window
 };
+
+// The first position a query that sees positions below `visible` reads under a sliding window
+// (0: none).
+inline int32_t window_start(int32_t visible, uint32_t sliding_window) {
+  return sliding_window && visible > int32_t(sliding_window) ? visible - int32_t(sliding_window) : 0;
+}
 
 // Softmax attention computed in double over the dequantized cache (PagedKvCache::read): the
 // "fp32 computation over the dequantized cache" that faster paths must match.

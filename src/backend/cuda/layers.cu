@@ -9,10 +9,11 @@ namespace {
 __device__ __forceinline__ bf16_t to_b(float x) { return __bfloat16_as_ushort(__float2bfloat16_rn(x)); }
 __device__ __forceinline__ float from_b(bf16_t x) { return __bfloat162float(__ushort_as_bfloat16(x)); }
 
-__global__ void embed_kernel(const bf16_t* __restrict__ table, const int32_t* __restrict__ tokens, uint32_t dim, float* __restrict__ x) {
+__global__ void embed_kernel(const bf16_t* __restrict__ table, const int32_t* __restrict__ tokens, uint32_t dim, float scale,
+                             float* __restrict__ x) {
   const size_t r = blockIdx.x;
   const bf16_t* src = table + size_t(tokens[r]) * dim;
-  for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) x[r * dim + i] = from_b(src[i]);
+  for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) x[r * dim + i] = scale == 1.0f ? from_b(src[i]) : from_b(src[i]) * scale;
 }
 
 // The sum of v over the warp, for every lane (butterflies of distance 16 down to 1).
@@ -127,6 +128,15 @@ __global__ void qkv_rope_kernel(const float* __restrict__ qkv, const float* __re
   }
 }
 
+// One block a row, in place: the CPU runner's w * (x / rms), 1 / sqrt(ss / dim + eps).
+__global__ void rmsnorm_rows_kernel(float* __restrict__ x, uint32_t dim, const float* __restrict__ w, float eps) {
+  float* xr = x + size_t(blockIdx.x) * dim;
+  float ss = 0;
+  for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  const float inv = 1.0f / sqrtf(block_sum(ss) / float(dim) + eps);
+  for (uint32_t i = threadIdx.x; i < dim; i += blockDim.x) xr[i] = w[i] * (inv * xr[i]);
+}
+
 // One warp a (row, q or k head): the sum of squares in fp32 by shuffles, then the CPU runner's
 // w * (x / rms) (CpuModelRunner::rmsnorm: 1 / sqrt(ss / n + eps), not rsqrtf's approximation).
 __global__ void qk_norm_kernel(float* __restrict__ qkv, uint32_t n, uint32_t hq, uint32_t hkv, uint32_t hd, const float* __restrict__ qw,
@@ -174,11 +184,17 @@ __global__ void key_centre_kernel(const float* __restrict__ qkv, const float* __
   centre[t] = mu;
 }
 
-__global__ void swiglu_kernel(const float* __restrict__ gu, uint32_t hidden, size_t n, bf16_t* __restrict__ h) {
+template <bool kGelu>
+__global__ void gated_ffn_kernel(const float* __restrict__ gu, uint32_t hidden, size_t n, bf16_t* __restrict__ h) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const size_t r = i / hidden, j = i % hidden;
     const float g = gu[2 * r * hidden + j], u = gu[(2 * r + 1) * hidden + j];
-    h[i] = to_b(g / (1.0f + __expf(-g)) * u);
+    if constexpr (kGelu) {  // HF's gelu_pytorch_tanh (the CPU's geglu)
+      constexpr float kSqrt2OverPi = 0.7978845608028654f, kA = 0.044715f;
+      h[i] = to_b(0.5f * g * (1.0f + tanhf(kSqrt2OverPi * g * (1.0f + kA * g * g))) * u);
+    } else {
+      h[i] = to_b(g / (1.0f + __expf(-g)) * u);
+    }
   }
 }
 
@@ -207,8 +223,11 @@ unsigned blocks_for(size_t n) { return unsigned(std::min<size_t>((n + 255) / 256
 
 }  // namespace
 
-void embed(const bf16_t* table, const int32_t* tokens, uint32_t n, uint32_t dim, float* x, Stream s) {
-  embed_kernel<<<n, 256, 0, s>>>(table, tokens, dim, x);
+void embed(const bf16_t* table, const int32_t* tokens, uint32_t n, uint32_t dim, float scale, float* x, Stream s) {
+  embed_kernel<<<n, 256, 0, s>>>(table, tokens, dim, scale, x);
+}
+void rmsnorm_rows(float* x, uint32_t n, uint32_t dim, const float* w, float eps, Stream s) {
+  if (n) rmsnorm_rows_kernel<<<n, 256, 0, s>>>(x, dim, w, eps);
 }
 void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, uint32_t dim, const float* w, float eps, bf16_t* out,
                  Stream s) {
@@ -242,8 +261,11 @@ void key_centre(const float* qkv, const float* bias, const int32_t* pos, uint32_
   const uint32_t width = kv_heads * head_dim;
   key_centre_kernel<<<(width + 127) / 128, 128, 0, s>>>(qkv, bias, pos, n, q_heads, kv_heads, head_dim, rope_dim, adjacent, a, b, centre);
 }
-void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s) {
-  swiglu_kernel<<<blocks_for(size_t(n) * hidden), 256, 0, s>>>(gu, hidden, size_t(n) * hidden, h);
+void gated_ffn(const float* gu, uint32_t n, uint32_t hidden, bool gelu, bf16_t* h, Stream s) {
+  if (gelu)
+    gated_ffn_kernel<true><<<blocks_for(size_t(n) * hidden), 256, 0, s>>>(gu, hidden, size_t(n) * hidden, h);
+  else
+    gated_ffn_kernel<false><<<blocks_for(size_t(n) * hidden), 256, 0, s>>>(gu, hidden, size_t(n) * hidden, h);
 }
 void fill_uniform(bf16_t* p, size_t n, float scale, uint64_t seed, Stream s) {
   fill_uniform_kernel<<<blocks_for(n), 256, 0, s>>>(p, n, scale, seed);

@@ -11,8 +11,12 @@ namespace tq::cuda::layers {
 
 using bf16_t = uint16_t;  // storage of a __nv_bfloat16 (host code does not include cuda_bf16.h)
 
-// x[r] = table[tokens[r]] as fp32. table: [vocab][dim] bf16, tokens: [n], x: [n][dim].
-void embed(const bf16_t* table, const int32_t* tokens, uint32_t n, uint32_t dim, float* x, Stream s);
+// x[r] = table[tokens[r]] * scale as fp32 (scale: ModelConfig::embed_scale, Gemma's sqrt(dim)).
+// table: [vocab][dim] bf16, tokens: [n], x: [n][dim].
+void embed(const bf16_t* table, const int32_t* tokens, uint32_t n, uint32_t dim, float scale, float* x, Stream s);
+// In place, each of the n rows: x <- w * (x / rms(x)), the CPU runner's rmsnorm (1 / sqrt(ss / dim
+// + eps)): Gemma's norms of the attention and FFN outputs before their residual adds. x: [n][dim].
+void rmsnorm_rows(float* x, uint32_t n, uint32_t dim, const float* w, float eps, Stream s);
 // For each of the n rows listed in rows (all rows 0..n-1 when rows is null): x[row] += add[row]
 // when add is set, then out[i] = bf16(w * x[row] / rms(x[row])). x, add: [*][dim]; out: [n][dim].
 void add_rmsnorm(float* x, const float* add, const int32_t* rows, uint32_t n, uint32_t dim, const float* w, float eps, bf16_t* out,
@@ -40,8 +44,9 @@ void qkv_rope(const float* qkv, const float* bias, const int32_t* pos, uint32_t 
 // pos: [n], centre: [kv_heads][head_dim].
 void key_centre(const float* qkv, const float* bias, const int32_t* pos, uint32_t n, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
                 uint32_t rope_dim, bool adjacent, const double* a, const double* b, float* centre, Stream s);
-// h[r][i] = bf16(silu(gu[r][i]) * gu[r][hidden + i]): the fused gate and up products. gu: [n][2 hidden].
-void swiglu(const float* gu, uint32_t n, uint32_t hidden, bf16_t* h, Stream s);
+// h[r][i] = bf16(act(gu[r][i]) * gu[r][hidden + i]): the fused gate and up products, act SiLU or
+// (gelu) GELU's tanh approximation, as the CPU's matmul_swiglu. gu: [n][2 hidden].
+void gated_ffn(const float* gu, uint32_t n, uint32_t hidden, bool gelu, bf16_t* h, Stream s);
 // y[rows] = w x for a step of one row (decode at batch 1, the logits of one sequence): each
 // weight read once with 16-byte loads, fp32 sums. w: [rows][cols] bf16 with cols % 8 == 0
 // (gemv_takes), x: [cols] bf16, both 16-byte aligned; y: [rows] fp32. Beyond one row it loses

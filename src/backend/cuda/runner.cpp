@@ -74,7 +74,8 @@ Buf<float> upload_vector(std::initializer_list<const TensorRef*> parts) {
 struct Layer {
   Matrix wqkv, wo, gate_up, down;  // wqkv: [q_dim + 2 kv_dim][dim]; gate_up: [2 hidden][dim]
   Buf<float> attn_norm, ffn_norm, bqkv;  // bqkv: [q_dim + 2 kv_dim], empty when the model has no biases
-  Buf<float> q_norm, k_norm;             // [head_dim] each: qwen3's per-head q/k RMSNorm, empty without
+  Buf<float> q_norm, k_norm;             // [head_dim] each: qwen3's and gemma3's per-head q/k RMSNorm, empty without
+  Buf<float> attn_post_norm, ffn_post_norm;  // [dim] each: gemma3's norms of the attention and FFN outputs, empty without
 };
 
 // Pinned host memory for the sampled ids (an asynchronous copy needs it).
@@ -159,6 +160,7 @@ class CudaModelRunner : public engine::ModelRunner {
   bool tied_ = false;
   std::vector<Layer> layers_;
   Buf<float> out_norm_, rope_cos_, rope_sin_;  // [dim], [context][rope_dim / 2] twice
+  Buf<float> rope_cos_local_, rope_sin_local_;  // the sliding-window layers' (model::rope_angles_local), empty without
   std::unique_ptr<DeviceKvCache> main_, edge_;  // edge_ only with edge layers; same page ids
   // The policy's side buffer (sink, window): one slot a sequence id, [max_seqs][layers][side rows]
   // [2][kv_heads][head_dim] fp16, side rows = sink + ring (SideView in tq/cuda/kernels.h).
@@ -176,6 +178,7 @@ class CudaModelRunner : public engine::ModelRunner {
   // (layers::key_centre, from the keys before RoPE), then subtracted from every key by qkv_rope.
   Buf<float> centre_;
   Buf<double> centre_a_, centre_b_;  // [rope_dim / 2] model::rope_mean_rotation over the context
+  Buf<double> centre_a_local_, centre_b_local_;  // the same over the sliding-window layers' angles
   bool centre_fixed_ = false;
   size_t page_bytes_ = 0;
   uint32_t num_pages_ = 0;
@@ -302,6 +305,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
     y.attn_norm = vector({&w.attn_norm}, D, false), y.ffn_norm = vector({&w.ffn_norm}, D, false);
     if (cfg_.has_qkv_bias) y.bqkv = vector({&w.bq, &w.bk, &w.bv}, Q + 2 * KV, true);
     if (cfg_.qk_norm) y.q_norm = vector({&w.q_norm}, size_t(c.head_dim), false), y.k_norm = vector({&w.k_norm}, size_t(c.head_dim), false);
+    if (cfg_.post_norms) y.attn_post_norm = vector({&w.attn_post_norm}, D, false), y.ffn_post_norm = vector({&w.ffn_post_norm}, D, false);
     layers_.push_back(std::move(y));
   }
   out_norm_ = vector({m ? &m->weights.output_norm : nullptr}, D, false);
@@ -309,6 +313,12 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   model::rope_angles(c, o.context, cs, sn);
   rope_cos_ = upload(cs, "rope cos");
   rope_sin_ = upload(sn, "rope sin");
+  std::vector<float> cs_local, sn_local;
+  if (c.sliding_window > 0) {
+    model::rope_angles_local(c, o.context, cs_local, sn_local);
+    rope_cos_local_ = upload(cs_local, "rope cos (sliding-window layers)");
+    rope_sin_local_ = upload(sn_local, "rope sin (sliding-window layers)");
+  }
   if (fmain) main_ = std::make_unique<DeviceKvCache>(*fmain, num_pages_);
   if (fedge) edge_ = std::make_unique<DeviceKvCache>(*fedge, num_pages_);
 
@@ -329,6 +339,10 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
       std::vector<double> a, b;
       model::rope_mean_rotation(cs, sn, uint32_t(c.rope_dim) / 2, a, b);
       centre_a_ = upload(a, "key centre map"), centre_b_ = upload(b, "key centre map");
+      if (c.sliding_window > 0) {
+        model::rope_mean_rotation(cs_local, sn_local, uint32_t(c.rope_dim) / 2, a, b);
+        centre_a_local_ = upload(a, "key centre map"), centre_b_local_ = upload(b, "key centre map");
+      }
     }
   }
   slots_ = alloc<int64_t>(N, "slots");
@@ -428,7 +442,10 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
   p.q_heads = uint32_t(c.n_heads);
   p.max_pages = max_pages_;
   p.max_seq_len = g.max_len;
+  p.scale = c.attn_scale;  // 0: 1/sqrt(head_dim)
+  p.sliding_window = uint32_t(c.layer_window(int(layer)));
   p.workspace = workspace_.get();
+  p.workspace_bytes = workspace_.n;  // sized by ensure_workspace: a plan that needs more throws instead of overrunning it
   if (opts_.batch_invariant && g.ntok <= kMaxDecodeQueryTokens) {  // the same cuts in every decode and verification step
     p.split_tokens = kInvariantSplitTokens;
     p.num_splits = (g.max_len + kInvariantSplitTokens - 1) / kInvariantSplitTokens;
@@ -449,13 +466,18 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
 
 void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
   size_t need = 0;
-  // One layer of each cache (the edge and the main cache's layouts): the first edge and the first
-  // other layer, wherever edge= or layers= puts them.
+  // One layer of each kind whose plans differ: of each cache (the edge and the main cache's
+  // layouts, wherever edge= or layers= puts them), global and sliding-window (whose splits cover
+  // the window only: fewer of them).
   const uint32_t L = uint32_t(cfg_.n_layers);
-  uint32_t first_edge = 0, first_main = 0;
-  while (first_edge + 1 < L && !spec_.is_edge_layer(first_edge, L)) ++first_edge;
-  while (first_main + 1 < L && spec_.is_edge_layer(first_main, L)) ++first_main;
-  for (uint32_t layer : {first_edge, first_main})
+  std::vector<uint32_t> kinds;  // a layer of each (edge, window) pair
+  for (uint32_t l = 0; l < L; ++l) {
+    const auto same = [&](uint32_t k) {
+      return spec_.is_edge_layer(k, L) == spec_.is_edge_layer(l, L) && cfg_.layer_window(int(k)) == cfg_.layer_window(int(l));
+    };
+    if (std::none_of(kinds.begin(), kinds.end(), same)) kinds.push_back(l);
+  }
+  for (uint32_t layer : kinds)
     for (const Group& g : groups) {
       const DecodeParams p = attention_params(layer, g);
       need = std::max(need, g.ntok > kMaxDecodeQueryTokens ? prefill_workspace_bytes(p) : decode_workspace_bytes(p));
@@ -517,7 +539,7 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
   const auto& c = cfg_;
   const uint32_t D = uint32_t(c.dim), F = uint32_t(c.hidden_dim);
   const bool adjacent = c.rope_style == model::RopeStyle::AdjacentPairs;
-  layers::embed(embd_.w.get(), tokens_.get(), N, D, x_.get(), stream_);
+  layers::embed(embd_.w.get(), tokens_.get(), N, D, c.embed_scale, x_.get(), stream_);
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& w = layers_[l];
     // The residual add of the previous layer's FFN output is fused into this norm.
@@ -525,14 +547,17 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
     gemm(w.wqkv, hb_.get(), N, qkv_.get());
     if (w.q_norm.n)  // qwen3: each q and k head normed before the centre and RoPE see it (can_run: no biases then)
       layers::qk_norm(qkv_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, w.q_norm.get(), w.k_norm.get(), c.rms_eps, stream_);
-    // Keys less their centre; the first step fixes it from its own keys before RoPE.
+    // Keys less their centre; the first step fixes it from its own keys before RoPE. Sliding-window
+    // layers turn by their own angles (Gemma 3: another base, unscaled).
+    const bool local = c.layer_is_local(int(l));
     float* mu = centre_.n ? centre_.get() + l * size_t(c.kv_dim()) : nullptr;
     const float* bias = w.bqkv.n ? w.bqkv.get() : nullptr;
     if (mu && !centre_fixed_)
-      layers::key_centre(qkv_.get(), bias, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, adjacent, centre_a_.get(),
-                         centre_b_.get(), mu, stream_);
-    layers::qkv_rope(qkv_.get(), bias, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, rope_cos_.get(), rope_sin_.get(),
-                     adjacent, mu, q_.get(), k_.get(), v_.get(), stream_);
+      layers::key_centre(qkv_.get(), bias, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim, adjacent,
+                         (local ? centre_a_local_ : centre_a_).get(), (local ? centre_b_local_ : centre_b_).get(), mu, stream_);
+    layers::qkv_rope(qkv_.get(), bias, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim,
+                     (local ? rope_cos_local_ : rope_cos_).get(), (local ? rope_sin_local_ : rope_sin_).get(), adjacent, mu, q_.get(), k_.get(),
+                     v_.get(), stream_);
     // Quantize on write (fp32 rows: the codes are those the CPU reference writes for these rows).
     QuantizeStoreParams st;
     st.cache = view(uint32_t(l));
@@ -550,10 +575,12 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
         decode_attention(p, stream_);
     }
     gemm(w.wo, hb_.get(), N, o_.get());
+    if (w.attn_post_norm.n) layers::rmsnorm_rows(o_.get(), N, D, w.attn_post_norm.get(), c.rms_eps, stream_);
     layers::add_rmsnorm(x_.get(), o_.get(), nullptr, N, D, w.ffn_norm.get(), c.rms_eps, hb_.get(), stream_);
     gemm(w.gate_up, hb_.get(), N, gu_.get());
-    layers::swiglu(gu_.get(), N, F, hb_.get(), stream_);
+    layers::gated_ffn(gu_.get(), N, F, c.ffn_act == model::FfnAct::GeluTanh, hb_.get(), stream_);
     gemm(w.down, hb_.get(), N, o_.get());
+    if (w.ffn_post_norm.n) layers::rmsnorm_rows(o_.get(), N, D, w.ffn_post_norm.get(), c.rms_eps, stream_);
   }
   layers::add_rmsnorm(x_.get(), o_.get(), rows_.get(), R, D, out_norm_.get(), c.rms_eps, hb_.get(), stream_);
   gemm(tied_ ? embd_ : output_, hb_.get(), R, logits_.get());
@@ -649,14 +676,9 @@ bool can_run(const model::ModelConfig& c, const KvSpec& spec, std::string* why) 
   if (c.n_layers < 1 || c.n_heads < 1 || c.n_kv_heads < 1 || c.n_heads % c.n_kv_heads != 0 || c.rope_dim % 2 != 0 || c.rope_dim > c.head_dim)
     problem = fmt::format("the model's shape ({} layers, {} query and {} KV heads, rope dim {} of head dim {}) is not one the runner takes",
                           c.n_layers, c.n_heads, c.n_kv_heads, c.rope_dim, c.head_dim);
-  // What the CUDA layers do not compute: gemma3's post-norms, GELU, embedding and query scales and
-  // sliding-window layers (the CPU runner has them); q/k norms after a q/k bias (no such model known:
-  // the norm is applied in place before qkv_rope adds the bias).
-  if (c.arch == model::Arch::Gemma3 || c.post_norms || c.ffn_act != model::FfnAct::SiLU || c.embed_scale != 1.0f || c.attn_scale != 0.0f ||
-      c.sliding_window > 0 || c.rope_freq_scale != 1.0f)
-    problem = fmt::format("architecture '{}' is not implemented in the CUDA runner (it runs llama, qwen2 and qwen3): use --device cpu",
-                          model::arch_name(c.arch));
-  else if (c.qk_norm && c.has_qkv_bias)
+  // What the CUDA layers do not compute: q/k norms after a q/k bias (no such model known: the norm
+  // is applied in place before qkv_rope adds the bias).
+  if (c.qk_norm && c.has_qkv_bias)
     problem = fmt::format("architecture '{}' is not implemented in the CUDA runner with q/k/v biases before its q/k norms: use --device cpu",
                           model::arch_name(c.arch));
   if (!spec.policy.key_sim.empty())
