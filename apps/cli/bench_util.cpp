@@ -40,7 +40,7 @@ CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side
 
 void add_model_options(CLI::App* c, std::string& shape, std::string& file, std::string& tokenizer) {
   c->add_option("--shape", shape,
-                "model shape with random weights: llama-3.1-8b (default), llama-3.2-1b, qwen2.5-7b, qwen2.5-0.5b, qwen3-8b, qwen3-0.6b, smollm2-135m");
+                "model shape with random weights: llama-3.1-8b (default), llama-3.2-1b, qwen2.5-7b, qwen2.5-0.5b, qwen3-8b, qwen3-0.6b, smollm2-135m, gemma-3-270m, gemma-3-12b");
   c->add_option("-m,--model", file, "a model file (GGUF, llama2.c) instead of a shape; runs on --device cpu too (default: none, the --shape)");
   c->add_option("--tokenizer", tokenizer, kTokenizerHelp);
 }

@@ -8,6 +8,8 @@
 # within max(0.5%, 3 standard errors of their difference) (s: the draws' pooled relative standard
 # deviation, n = 3); their text and pass-key counts are reported, not required equal.
 #   bash bench/gpu/check_model.sh TQ MODEL TEXT [OUTDIR]
+# CHECK_TOKENS=N scores N tokens of TEXT (4096; the CPU half of a larger model's sweep may outlast a
+# device call: Gemma-3-270M's did at 4096).
 # Prints one table; exits 1 when a comparison fails. `def` is tq run's default spec (sink, window,
 # edge layers), on both devices.
 set -uo pipefail
@@ -17,7 +19,7 @@ specs=fp16,k4v4,k3v2,$def
 seeds=k4v4:seed=1,k4v4:seed=2,k3v2:seed=1,k3v2:seed=2,$def:seed=1,$def:seed=2
 for d in cpu cuda; do
   # fp16 reference on both devices (the GPU has no fp32 cache), so the rows compare alike.
-  "$tq" perplexity -m "$model" -f "$text" --ctx 512 --max-tokens 4096 --kv $specs,$seeds --ref fp16 --chunk 128 --device $d --json \
+  "$tq" perplexity -m "$model" -f "$text" --ctx 512 --max-tokens "${CHECK_TOKENS:-4096}" --kv $specs,$seeds --ref fp16 --chunk 128 --device $d --json \
     >"$out/ppl_$d.json" 2>"$out/ppl_$d.err" || { cat "$out/ppl_$d.err"; exit 1; }
   "$tq" passkey -m "$model" --kv fp16,k3v2,$def --lengths 256,1024 --device $d --json >"$out/passkey_$d.json" 2>"$out/passkey_$d.err" ||
     { cat "$out/passkey_$d.err"; exit 1; }
