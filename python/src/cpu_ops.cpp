@@ -79,7 +79,8 @@ struct Side {
 
 void attention(const PyCpuFormat& f, uint32_t layer, nb::ndarray<> pages, nb::ndarray<> q, nb::ndarray<> out, nb::ndarray<> block_tables,
                nb::ndarray<> seq_lens, float scale, std::optional<nb::ndarray<>> side, std::optional<nb::ndarray<>> side_slots,
-               std::optional<nb::ndarray<>> new_k, std::optional<nb::ndarray<>> new_v, uint32_t sink, uint32_t window, unsigned threads) {
+               std::optional<nb::ndarray<>> new_k, std::optional<nb::ndarray<>> new_v, uint32_t sink, uint32_t window, unsigned threads,
+               uint32_t sliding_window) {
   const char* fn = "attention";
   const PagedKvCache cache = f.view(fn, layer, pages);
   const uint32_t H = f.format.kv_heads(), D = f.format.head_dim(), ps = f.format.page_size();
@@ -139,7 +140,7 @@ void attention(const PyCpuFormat& f, uint32_t layer, nb::ndarray<> pages, nb::nd
       rows.new_first = first;
     }
     cpu::attend_pages(cache, layer, std::span<const int32_t>(bt + s * max_pages, max_pages), rows, first, uint32_t(ntok), uint32_t(qh),
-                      scale, qp + s * per_seq, op + s * per_seq, tp);
+                      scale, qp + s * per_seq, op + s * per_seq, tp, sliding_window);
   }
   if (!sd.data) return;
   // Every query has read the side rows: the step's rows go into the slots, where the next steps
@@ -198,8 +199,10 @@ void bind_cpu_ops(nb::module_& m) {
       .def("attention", &attention, nb::arg("layer"), nb::arg("pages"), nb::arg("q"), nb::arg("out"), nb::arg("block_tables"),
            nb::arg("seq_lens"), nb::arg("scale") = 0.0f, nb::arg("side") = nb::none(), nb::arg("side_slots") = nb::none(),
            nb::arg("new_k") = nb::none(), nb::arg("new_v") = nb::none(), nb::arg("sink") = 0, nb::arg("window") = 0, nb::arg("threads") = 1,
+           nb::arg("sliding_window") = 0,
            "Paged attention of each sequence's last num_q_tokens queries (float32 q, out [seqs, tokens, q_heads, head_dim]), with the "
-           "side rows (fp16 side [slots, layers, sink + ring, 2, kv_heads, head_dim]) where sink or window is set.");
+           "side rows (fp16 side [slots, layers, sink + ring, 2, kv_heads, head_dim]) where sink or window is set; sliding_window > 0: "
+           "each query sees its last sliding_window positions only.");
 }
 
 }  // namespace tq::py

@@ -130,11 +130,12 @@ struct PyCudaFormat {
   }
 
   cuda::DecodeParams shape_only(uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
-                                uint32_t sink, uint32_t window) const {
+                                uint32_t sink, uint32_t window, uint32_t sliding_window) const {
     cuda::DecodeParams p;
     p.cache = tables->view(0, nullptr, 1);
     p.num_seqs = num_seqs, p.num_q_tokens = ntok, p.q_heads = q_heads, p.max_pages = max_pages, p.max_seq_len = max_seq_len;
     p.side.sink = sink, p.side.window = window;  // the side blocks take workspace too
+    p.sliding_window = sliding_window;           // and the window sets the split count
     return p;
   }
 };
@@ -175,31 +176,32 @@ void bind_cuda(nb::module_& m) {
       .def(
           "decode_workspace_bytes",
           [](const PyCudaFormat& f, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
-             uint32_t sink, uint32_t window) {
+             uint32_t sink, uint32_t window, uint32_t sliding_window) {
             DeviceGuard g(f.device);
-            return cuda::decode_workspace_bytes(f.shape_only(num_seqs, ntok, q_heads, max_pages, max_seq_len, sink, window));
+            return cuda::decode_workspace_bytes(f.shape_only(num_seqs, ntok, q_heads, max_pages, max_seq_len, sink, window, sliding_window));
           },
           nb::arg("num_seqs"), nb::arg("num_q_tokens"), nb::arg("q_heads"), nb::arg("max_pages"), nb::arg("max_seq_len"),
-          nb::arg("sink") = 0, nb::arg("window") = 0)
+          nb::arg("sink") = 0, nb::arg("window") = 0, nb::arg("sliding_window") = 0)
       .def(
           "prefill_workspace_bytes",
           [](const PyCudaFormat& f, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
-             uint32_t sink, uint32_t window) {
+             uint32_t sink, uint32_t window, uint32_t sliding_window) {
             DeviceGuard g(f.device);
-            return cuda::prefill_workspace_bytes(f.shape_only(num_seqs, ntok, q_heads, max_pages, max_seq_len, sink, window));
+            return cuda::prefill_workspace_bytes(f.shape_only(num_seqs, ntok, q_heads, max_pages, max_seq_len, sink, window, sliding_window));
           },
           nb::arg("num_seqs"), nb::arg("num_q_tokens"), nb::arg("q_heads"), nb::arg("max_pages"), nb::arg("max_seq_len"),
-          nb::arg("sink") = 0, nb::arg("window") = 0)
+          nb::arg("sink") = 0, nb::arg("window") = 0, nb::arg("sliding_window") = 0)
       .def(
           "attention",
           [](const PyCudaFormat& f, bool prefill, uint32_t layer, nb::ndarray<> pages, nb::ndarray<> q, nb::ndarray<> out,
              nb::ndarray<> block_tables, nb::ndarray<> seq_lens, uint32_t max_seq_len, float scale, nb::ndarray<> workspace,
              uintptr_t stream, std::optional<nb::ndarray<>> side, std::optional<nb::ndarray<>> side_slots,
-             std::optional<nb::ndarray<>> new_k, std::optional<nb::ndarray<>> new_v, uint32_t sink, uint32_t window) {
+             std::optional<nb::ndarray<>> new_k, std::optional<nb::ndarray<>> new_v, uint32_t sink, uint32_t window, uint32_t sliding_window) {
             const char* fn = prefill ? "prefill_attention" : "decode_attention";
             DeviceGuard g(f.device);
             cuda::DecodeParams p = f.attention(fn, layer, pages, q, out, block_tables, seq_lens, max_seq_len, scale, workspace);
             f.set_side(fn, p, layer, side, side_slots, new_k, new_v, sink, window);
+            p.sliding_window = sliding_window;
             const size_t need = prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p);
             TQ_CHECK(workspace.shape(0) >= need, "{}: the workspace has {} bytes, the shape needs {}", fn, workspace.shape(0), need);
             if (prefill) {
@@ -211,7 +213,7 @@ void bind_cuda(nb::module_& m) {
           nb::arg("prefill"), nb::arg("layer"), nb::arg("pages"), nb::arg("q"), nb::arg("out"), nb::arg("block_tables"),
           nb::arg("seq_lens"), nb::arg("max_seq_len"), nb::arg("scale"), nb::arg("workspace"), nb::arg("stream"), nb::arg("side") = nb::none(),
           nb::arg("side_slots") = nb::none(), nb::arg("new_k") = nb::none(), nb::arg("new_v") = nb::none(), nb::arg("sink") = 0,
-          nb::arg("window") = 0);
+          nb::arg("window") = 0, nb::arg("sliding_window") = 0);
 }
 #endif
 

@@ -225,28 +225,35 @@ def _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_
     _check_side(fn, pages, q, side, side_slots, new_k, new_v, sink, window)
 
 
+def _check_window(fn, sliding_window):
+    _check(isinstance(sliding_window, int) and not isinstance(sliding_window, bool) and 0 <= sliding_window < 2**32,
+           f"{fn}: sliding_window must be an int >= 0 (0: none), got {sliding_window!r}")
+
+
 def _max_tokens(prefill):
     return MAX_PREFILL_CHUNK if prefill else MAX_DECODE_QUERY_TOKENS
 
 
 def _attention(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v,
-               sink, window):
+               sink, window, sliding_window=0):
     fn = "prefill_attention" if prefill else "decode_attention"
+    _check_window(fn, sliding_window)
     _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side, side_slots,
                      new_k, new_v, sink, window)
     f = _format(spec, pages.shape[0], pages.shape[2], q.shape[-1], pages.device.index)
     out = torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
-    shape = (q.shape[0], q.shape[1], q.shape[2], block_tables.shape[1], max_seq_len, sink, window)
+    shape = (q.shape[0], q.shape[1], q.shape[2], block_tables.shape[1], max_seq_len, sink, window, sliding_window)
     ws_bytes = f.prefill_workspace_bytes(*shape) if prefill else f.decode_workspace_bytes(*shape)
     workspace = torch.empty(max(ws_bytes, 1), dtype=torch.uint8, device=q.device)
     f.attention(prefill, layer, pages, q, out, block_tables, seq_lens, max_seq_len, scale, workspace, _stream(pages.device),
-                side, side_slots, new_k, new_v, sink, window)
+                side, side_slots, new_k, new_v, sink, window, sliding_window)
     return out
 
 
 def _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v,
-                   sink, window):
+                   sink, window, sliding_window=0):
     fn = "prefill_attention" if prefill else "decode_attention"
+    _check_window(fn, sliding_window)
     _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side, side_slots,
                      new_k, new_v, sink, window)
     f = _cpu_format(spec, pages.shape[0], pages.shape[2], q.shape[-1])
@@ -254,26 +261,29 @@ def _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_s
     if sink or window:  # the side rows are fp16, the step's too (rounded as the CUDA kernels round them)
         new_k, new_v = new_k.to(torch.float16).contiguous(), new_v.to(torch.float16).contiguous()
     f.attention(layer, pages, q.float().contiguous(), out, block_tables, seq_lens, scale, side, side_slots, new_k, new_v, sink, window,
-                _threads())
+                _threads(), sliding_window)
     return out.to(out_dtype or q.dtype)
 
 
 @torch.library.custom_op("turboquant::decode_attention", mutates_args=())
 def decode_attention(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, spec: str, layer: int,
-                     max_seq_len: int, scale: float = 0.0, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                     max_seq_len: int, scale: float = 0.0, out_dtype: Optional[torch.dtype] = None, sliding_window: int = 0) -> torch.Tensor:
     """Paged attention of each sequence's last 1..9 tokens (q: [seqs, tokens, q_heads, head_dim],
     causal among themselves) over its pages: block_tables int32 [seqs, max_pages], seq_lens int32
     [seqs] (the queries' K/V rows already stored), max_seq_len a bound of seq_lens known on the
-    host. GQA: query head h reads KV head h / (q_heads / kv_heads). scale 0: 1/sqrt(head_dim)."""
-    return _attention(False, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, None, None, None, None, 0, 0)
+    host. GQA: query head h reads KV head h / (q_heads / kv_heads). scale 0: 1/sqrt(head_dim).
+    sliding_window > 0: a query at position p sees only positions t with p - t < sliding_window."""
+    return _attention(False, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, None, None, None, None, 0, 0,
+                      sliding_window)
 
 
 @torch.library.custom_op("turboquant::prefill_attention", mutates_args=())
 def prefill_attention(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, spec: str, layer: int,
-                      max_seq_len: int, scale: float = 0.0, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                      max_seq_len: int, scale: float = 0.0, out_dtype: Optional[torch.dtype] = None, sliding_window: int = 0) -> torch.Tensor:
     """decode_attention for a chunk of up to 2048 new queries per sequence (chunked prefill): each
     attends to the packed prefix and, causally, to the chunk (store the chunk's K/V first)."""
-    return _attention(True, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, None, None, None, None, 0, 0)
+    return _attention(True, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, None, None, None, None, 0, 0,
+                      sliding_window)
 
 
 # The side-buffer variants are ops of their own: a mutated argument must be given (torch's custom
@@ -282,7 +292,7 @@ def prefill_attention(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.
 def decode_attention_side(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, spec: str,
                           layer: int, max_seq_len: int, side: torch.Tensor, side_slots: torch.Tensor, new_k: torch.Tensor,
                           new_v: torch.Tensor, sink: int, window: int, scale: float = 0.0,
-                          out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                          out_dtype: Optional[torch.dtype] = None, sliding_window: int = 0) -> torch.Tensor:
     """decode_attention with the KV policy's side buffer (SideView in include/tq/cuda/kernels.h):
     a query at position p reads positions < sink and within `window` of p from the fp16 side
     rows instead of the pages. side: float16 [slots, layers, sink + ring, 2, kv_heads, head_dim]
@@ -291,17 +301,17 @@ def decode_attention_side(pages: torch.Tensor, q: torch.Tensor, block_tables: to
     read from them, and the call then writes them into the slots (sink rows, the ring's last
     `ring` positions)."""
     return _attention(False, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v,
-                      sink, window)
+                      sink, window, sliding_window)
 
 
 @torch.library.custom_op("turboquant::prefill_attention_side", mutates_args=("side",))
 def prefill_attention_side(pages: torch.Tensor, q: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, spec: str,
                            layer: int, max_seq_len: int, side: torch.Tensor, side_slots: torch.Tensor, new_k: torch.Tensor,
                            new_v: torch.Tensor, sink: int, window: int, scale: float = 0.0,
-                           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+                           out_dtype: Optional[torch.dtype] = None, sliding_window: int = 0) -> torch.Tensor:
     """prefill_attention with the side buffer of decode_attention_side."""
     return _attention(True, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v,
-                      sink, window)
+                      sink, window, sliding_window)
 
 
 def _register(op, prefill: bool, side: bool) -> None:
@@ -309,21 +319,21 @@ def _register(op, prefill: bool, side: bool) -> None:
 
     if side:
         def cpu(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, side, side_slots, new_k, new_v, sink, window, scale=0.0,
-                out_dtype=None):
+                out_dtype=None, sliding_window=0):
             return _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots,
-                                  new_k, new_v, sink, window)
+                                  new_k, new_v, sink, window, sliding_window)
 
         def fake(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, side, side_slots, new_k, new_v, sink, window, scale=0.0,
-                 out_dtype=None):
+                 out_dtype=None, sliding_window=0):
             _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side,
                              side_slots, new_k, new_v, sink, window)
             return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
     else:
-        def cpu(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None):
+        def cpu(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None, sliding_window=0):
             return _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, None, None, None,
-                                  None, 0, 0)
+                                  None, 0, 0, sliding_window)
 
-        def fake(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None):
+        def fake(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None, sliding_window=0):
             _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype)
             return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
     op.register_kernel("cpu")(cpu)
@@ -343,12 +353,12 @@ def store(pages, k, v, slots, spec: str, layer: int) -> None:
 
 
 def attend(prefill: bool, pages, q, block_tables, seq_lens, spec: str, layer: int, max_seq_len: int, scale: float = 0.0, out_dtype=None,
-           side=None, side_slots=None, new_k=None, new_v=None, sink: int = 0, window: int = 0):
+           side=None, side_slots=None, new_k=None, new_v=None, sink: int = 0, window: int = 0, sliding_window: int = 0):
     """prefill_attention (prefill) or decode_attention, with the side buffer where sink or window
-    is set (the *_side ops), on the pages' device, eagerly."""
+    is set (the *_side ops), on the pages' device, eagerly; sliding_window as the ops take it."""
     fn = _attention_cpu if pages.device.type == "cpu" else _attention
     return fn(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, side, side_slots, new_k, new_v, sink,
-              window)
+              window, sliding_window)
 
 
 class CudaKvCache:
@@ -368,8 +378,10 @@ class CudaKvCache:
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         torch.ops.turboquant.quantize_store(self.pages, k, v, slots, self.spec, layer)
 
-    def decode(self, layer, q, block_tables, seq_lens, max_seq_len, scale=0.0, out_dtype=None) -> torch.Tensor:
-        return torch.ops.turboquant.decode_attention(self.pages, q, block_tables, seq_lens, self.spec, layer, max_seq_len, scale, out_dtype)
+    def decode(self, layer, q, block_tables, seq_lens, max_seq_len, scale=0.0, out_dtype=None, sliding_window=0) -> torch.Tensor:
+        return torch.ops.turboquant.decode_attention(self.pages, q, block_tables, seq_lens, self.spec, layer, max_seq_len, scale, out_dtype,
+                                                     sliding_window)
 
-    def prefill(self, layer, q, block_tables, seq_lens, max_seq_len, scale=0.0, out_dtype=None) -> torch.Tensor:
-        return torch.ops.turboquant.prefill_attention(self.pages, q, block_tables, seq_lens, self.spec, layer, max_seq_len, scale, out_dtype)
+    def prefill(self, layer, q, block_tables, seq_lens, max_seq_len, scale=0.0, out_dtype=None, sliding_window=0) -> torch.Tensor:
+        return torch.ops.turboquant.prefill_attention(self.pages, q, block_tables, seq_lens, self.spec, layer, max_seq_len, scale, out_dtype,
+                                                      sliding_window)

@@ -20,8 +20,9 @@ cache cannot run the model on the engine's calibration passage. A model that run
 the cache's first update (with a warning); the "turboquant" attention runs sdpa for any other
 cache. Batches with padding (attention_mask) are exact per sequence: pad tokens are never stored.
 Beam search, batch expansion and crop (rolling back up to 64 tokens with a window) copy or
-release pages. Not supported (refused by name): attention dropout, logit soft-capping, attention
-sinks, sliding windows beyond the sequence length, torch.compile of the model with this cache.
+release pages. Sliding-window layers (Gemma 3, Mistral) attend over their window only (the pages
+keep every position). Not supported (refused by name): attention dropout, logit soft-capping,
+attention sinks, torch.compile of the model with this cache.
 """
 
 from __future__ import annotations
@@ -382,9 +383,6 @@ class TurboQuantCache(Cache):
         if key.device != self.device:
             raise ValueError(f"TurboQuantCache: layer {layer} is on {key.device}, the cache on {self.device}")
         st = self._plan(layer, mask, batch, ntok)
-        if sliding_window is not None and st.max_len > sliding_window:
-            raise NotImplementedError(f"TurboQuantCache: the model's sliding window of {sliding_window} tokens is not implemented, and a "
-                                      f"sequence has {st.max_len} (the kernels attend over the whole sequence)")
         pages, local = self._where[layer]
         k_rows = key.transpose(1, 2)  # [batch, tokens, kv_heads, head_dim]
         v_rows = value.transpose(1, 2)
@@ -401,7 +399,7 @@ class TurboQuantCache(Cache):
         for rows, cols, n in st.groups:
             if cols is None:
                 res = self._attend_rows(pages, local, q.contiguous(), k_rows, v_rows, st.block_tables, st.seq_lens, st.side_slots,
-                                        st.max_len, scaling)
+                                        st.max_len, scaling, sliding_window)
                 if out is None:
                     out = res
                 else:
@@ -410,7 +408,8 @@ class TurboQuantCache(Cache):
                 b = rows[0]
                 c = torch.tensor(cols, dtype=torch.long, device=query.device)
                 res = self._attend_rows(pages, local, q[b:b + 1, c].contiguous(), k_rows[b:b + 1, c], v_rows[b:b + 1, c],
-                                        st.block_tables[b:b + 1], st.seq_lens[b:b + 1], st.side_slots[b:b + 1], st.new_lens[b], scaling)
+                                        st.block_tables[b:b + 1], st.seq_lens[b:b + 1], st.side_slots[b:b + 1], st.new_lens[b], scaling,
+                                        sliding_window)
                 out[b, c] = res[0]
         self._lens[layer] = list(st.new_lens)
         self._columns[layer] += ntok
@@ -430,15 +429,19 @@ class TurboQuantCache(Cache):
             raise ValueError("TurboQuantCache: the key centre of the first keys written is not finite (a NaN or inf key)")
         return mu.float()
 
-    def _attend_rows(self, pages: _Pages, local: int, q, k_rows, v_rows, block_tables, seq_lens, side_slots, max_len: int, scaling):
-        """Attention of sequences whose last q.shape[1] tokens are the queries (stored already)."""
+    def _attend_rows(self, pages: _Pages, local: int, q, k_rows, v_rows, block_tables, seq_lens, side_slots, max_len: int, scaling,
+                     sliding_window: Optional[int]):
+        """Attention of sequences whose last q.shape[1] tokens are the queries (stored already); a
+        sliding-window layer's queries see their last `sliding_window` positions only (the kernels'
+        sliding_window: positions before a query's window are masked, and mostly not read)."""
         ntok = q.shape[1]
         scale = float(scaling) if scaling else 0.0
+        swa = int(sliding_window or 0)
         def call(prefill, q, lens, bound, k, v):
             if pages.side is None:
-                return torch_ops.attend(prefill, pages.pages, q, block_tables, lens, pages.spec, local, bound, scale)
+                return torch_ops.attend(prefill, pages.pages, q, block_tables, lens, pages.spec, local, bound, scale, sliding_window=swa)
             return torch_ops.attend(prefill, pages.pages, q, block_tables, lens, pages.spec, local, bound, scale, None, pages.side,
-                                    side_slots, k.contiguous(), v.contiguous(), self.sink, self.window)
+                                    side_slots, k.contiguous(), v.contiguous(), self.sink, self.window, swa)
 
         if ntok <= _DECODE_MAX:
             return call(False, q, seq_lens, max_len, k_rows, v_rows)

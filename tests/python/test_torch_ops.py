@@ -67,6 +67,32 @@ def test_attention_matches_the_cpu_reference(spec, ntok, prefill):
     assert err.max() < 1e-3  # tests/cuda's bound for the kernels against the reference
 
 
+@pytest.mark.parametrize("spec", ["k3v2", "fp16"])
+@pytest.mark.parametrize("ntok, prefill", [(1, False), (9, False), (37, True)])
+def test_sliding_window_matches_the_cpu_op(spec, ntok, prefill):
+    """sliding_window on the GPU op against the same op on a CPU copy of the pages (the CPU
+    engine's attend_pages), windows shorter and longer than the sequences; the window changes
+    the output (a window the kernels ignored would not)."""
+    lens, tables = [50, 90], [[3, 1, 5, 7, 0, 0], [0, 2, 4, 6, 8, 9]]
+    cache, _ = _filled(spec, lens, tables)
+    q = (torch.randn(2, ntok, 2 * HEADS, D, generator=torch.Generator().manual_seed(6))).to(torch.float16)
+    bt = torch.tensor(tables, dtype=torch.int32)
+    sl = torch.tensor(lens, dtype=torch.int32)
+    fn = cache.prefill if prefill else cache.decode
+    full = fn(0, q.cuda(), bt.cuda(), sl.cuda(), max_seq_len=max(lens), out_dtype=torch.float32).cpu().numpy()
+    for window in (1, 17, 64, 200):
+        out = fn(0, q.cuda(), bt.cuda(), sl.cuda(), max_seq_len=max(lens), out_dtype=torch.float32, sliding_window=window).cpu().numpy()
+        ref = tqo.attend(prefill, cache.pages.cpu(), q, bt, sl, cache.spec, 0, max(lens), out_dtype=torch.float32,
+                         sliding_window=window).numpy()
+        err = np.linalg.norm(out - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
+        assert err.max() < 1e-3, window  # as test_attention_matches_the_cpu_reference
+        moved = np.linalg.norm(out - full, axis=-1) / np.linalg.norm(full, axis=-1)
+        if window <= 17:
+            assert moved.max() > 0.05, window
+        elif window >= max(lens):
+            assert moved.max() == 0.0, window  # the same plan and kernels as without a window
+
+
 def test_compile_and_cuda_graph_equal_eager():
     lens, tables = [40, 70], [[1, 2, 3, 0, 0], [4, 5, 6, 7, 0]]
     cache, _ = _filled("k3v2", lens, tables)

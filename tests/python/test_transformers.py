@@ -1,5 +1,6 @@
 """turboquant.transformers: TurboQuantCache and the "turboquant" attention in Hugging Face
-transformers' generate(), on tiny Llama, Qwen2 (q/k/v with bias) and Mistral models built from
+transformers' generate(), on tiny Llama, Qwen2 (q/k/v with bias), Mistral and Gemma 3 (sliding-window
+layers shorter than the sequences) models built from
 configs written here (random weights, fixed seeds, no download), on the CPU (CI) and on the GPU
 where there is one (scripts/test_python_gpu.sh). Against DynamicCache with sdpa: the same tokens
 and logits within fp16 rounding for the fp16 spec, a small KL for TurboQuant specs; memory equal
@@ -28,6 +29,11 @@ FAMILIES = {
     "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(**COMMON)),
     "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**COMMON)),  # bias on q, k, v
     "mistral": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(sliding_window=4096, **COMMON)),
+    # Gemma 3: q/k norms, post-norms, GELU, the embedding scale, and three sliding-window layers of
+    # 16 positions (shorter than every sequence here) before a global one.
+    "gemma3": lambda: transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        sliding_window=16, head_dim=64, query_pre_attn_scalar=64,
+        layer_types=["sliding_attention"] * 3 + ["full_attention"], **COMMON)),
 }
 POLICY = "k3v2:sink=4:window=16:edge=1/k4v4"  # every knob, with a window shorter than the sequences here
 
@@ -283,13 +289,35 @@ def test_refusals():
         model(prompt(5), past_key_values=cache, use_cache=True)
         with pytest.raises(ValueError, match="holds 1 sequences"):
             model(prompt(5, batch=2), past_key_values=cache, use_cache=True)
-    short = make("mistral")
-    short.config.sliding_window = 16
-    for layer in short.model.layers:
-        if hasattr(layer.self_attn, "sliding_window"):
+    with pytest.raises(ValueError, match="sliding_window must be an int >= 0"):
+        tqo.attend(False, torch.zeros(1), torch.zeros(1, 1, 2, 64), torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
+                   "fp16", 0, 1, sliding_window=-1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_sliding_window_shorter_than_the_sequence(device):
+    """Mistral with a window of 16 (its layers all sliding): with an fp16 cache the tokens of
+    DynamicCache, over a prompt and generated tokens well past the window (once refused); a window
+    ignored would let every query see the whole sequence and change them."""
+    model = make("mistral", device)
+    model.config.sliding_window = 16
+    for layer in model.model.layers:
+        layer.self_attn.sliding_window = 16
+    ids = prompt(40).to(device)
+    with torch.no_grad():
+        ref = model.generate(ids, max_new_tokens=8, do_sample=False, past_key_values=DynamicCache())
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, past_key_values=TurboQuantCache("fp16"))
+        model.config.sliding_window = None
+        for layer in model.model.layers:
+            layer.self_attn.sliding_window = None
+        whole = teacher_forced(model, DynamicCache(), ref, 40)
+        model.config.sliding_window = 16
+        for layer in model.model.layers:
             layer.self_attn.sliding_window = 16
-    with pytest.raises(NotImplementedError, match="sliding window of 16 tokens is not implemented"), torch.no_grad():
-        short(prompt(20), past_key_values=TurboQuantCache("k3v2"), use_cache=True)
+        windowed = teacher_forced(model, TurboQuantCache("fp16"), ref, 40)
+    assert out.tolist() == ref.tolist()
+    # the window matters on these logits: full attention moves them by far more than fp16 rounding
+    assert float((whole - windowed).abs().max()) > 10 * float((teacher_forced(model, DynamicCache(), ref, 40) - windowed).abs().max())
 
 
 def test_a_cache_read_by_another_attention_is_refused():
