@@ -137,6 +137,7 @@ std::string case_name(const DecodeCase& c) {
 // Everything one decode call needs, on both sides.
 struct DecodeSetup {
   uint32_t hkv = 2, qh, d, ntok, ps, max_pages = 0, swa = 0;
+  float scale = 0;  // the softmax scale of both sides (0: 1/sqrt(head_dim))
   std::unique_ptr<PagedKvCache> cpu;
   std::vector<int32_t> bt, lens;
   std::vector<float> q;
@@ -182,6 +183,7 @@ struct DecodeSetup {
     p.max_pages = max_pages;
     p.max_seq_len = uint32_t(*std::max_element(lens.begin(), lens.end()));
     p.sliding_window = swa;
+    p.scale = scale;
     return p;
   }
   // attention_reference over the CPU cache: [seq][ntok][qh][d]
@@ -211,6 +213,7 @@ struct DecodeSetup {
     a.q_heads = qh;
     a.max_pages = max_pages;
     a.sliding_window = swa;
+    a.scale = scale;
     return a;
   }
 };
@@ -397,6 +400,33 @@ TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
   }
 }
 
+// A softmax scale other than 1/sqrt(head_dim) (Gemma 3 27B's 1/sqrt(dim / heads), ModelConfig::
+// attn_scale), in decode and both prefill kernels, with a sliding window and without.
+TEST(DecodeScale, AGivenScaleIsTheReferencesScale) {
+  TQ_REQUIRE_GPU();
+  for (const DecodeCase& c : {DecodeCase{"k3v2", 128, 4, 1, {97, 1000}}, DecodeCase{"bf16", 256, 4, 3, {9, 300}, 0, false, false, 64},
+                              DecodeCase{"k3v2", 128, 4, 40, {40, 500}, 0, true}, DecodeCase{"fp8", 64, 2, 33, {33, 200}, 0, true, false, 50}}) {
+    DecodeSetup s(c, 13);
+    s.scale = 0.6f / std::sqrt(float(s.d));
+    const std::vector<float> ref = s.reference();
+    cuda::DeviceFormat codecs(s.cpu->format());
+    test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
+    CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
+    test::DeviceBuffer<float> dq(s.q), out(s.q.size());
+    test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
+    cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr, s.cpu->shape().num_pages), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
+    test::DeviceBuffer<uint8_t> ws(c.prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p));
+    p.workspace = ws.ptr;
+    out.poison();
+    if (c.prefill)
+      cuda::prefill_attention(p, nullptr);
+    else
+      cuda::decode_attention(p, nullptr);
+    CUDA_OK(cudaDeviceSynchronize());
+    EXPECT_LE(test::worst_row_error(out.download(), ref, s.d), s.bound(ref)) << case_name(c);
+  }
+}
+
 TEST(DecodeGraph, CapturedLaunchReplaysTheSameResult) {
   TQ_REQUIRE_GPU();
   DecodeCase c{"k3v2", 128, 4, 1, {300, 1000}};
@@ -532,6 +562,18 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   p.split_tokens = 16, p.num_splits = 4;
   EXPECT_NO_THROW(cuda::validate(p));
   p.split_tokens = 0, p.num_splits = 0;
+  // A workspace given with its size, smaller than the call's plan needs: refused before any launch,
+  // naming both sizes (the CUDA runner passes its size on every call).
+  const size_t need = cuda::decode_workspace_bytes(p);
+  p.workspace_bytes = need - 1;
+  try {
+    cuda::decode_attention(p, nullptr);
+    FAIL() << "a workspace of " << need - 1 << " bytes accepted for a plan of " << need;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(std::to_string(need - 1) + " bytes"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("needs " + std::to_string(need)), std::string::npos) << e.what();
+  }
+  p.workspace_bytes = 0;
   p.num_q_tokens = cuda::kMaxPrefillChunk + 1;
   EXPECT_THROW(cuda::prefill_attention(p, nullptr), Error);
   // A page of all KV heads must stay under 4 GiB (the kernels' page offsets are 32-bit).
