@@ -14,7 +14,7 @@
 # edge layers), on both devices.
 set -uo pipefail
 tq=${1:?tq binary}; model=${2:?model file}; text=${3:?text file}; out=${4:-${OUT:-.}}
-def=k3v2:sink=4:window=64:edge=2/k4v4
+def=k3v2:ip:edge=2/k4v4:sink=4:window=64:centre  # kDefaultKvSpec (include/tq/kv/spec.h)
 specs=fp16,k4v4,k3v2,$def
 seeds=k4v4:seed=1,k4v4:seed=2,k3v2:seed=1,k3v2:seed=2,$def:seed=1,$def:seed=2
 for d in cpu cuda; do
@@ -63,7 +63,7 @@ for a, b in zip(pc, pg):
     ok &= good or not exact
     print(f"| passkey {a['kv']} @ {a['length']} | {a['correct']}/{a['trials']} | {b['correct']}/{b['trials']} | | "
           f"{'equal' if exact else 'reported'} | {'ok' if good else 'FAIL' if exact else 'differs'} |")
-for kv in ("fp16", "k3v2_sink_4_window_64_edge_2_k4v4"):
+for kv in ("fp16", "k3v2_ip_edge_2_k4v4_sink_4_window_64_centre"):
     same = total = 0
     for f in sorted(glob.glob(f"{out}/run_cpu_*_{kv}.txt")):
         total += 1
