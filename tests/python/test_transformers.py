@@ -300,20 +300,20 @@ def test_a_sliding_window_shorter_than_the_sequence(device):
     DynamicCache, over a prompt and generated tokens well past the window (once refused); a window
     ignored would let every query see the whole sequence and change them."""
     model = make("mistral", device)
-    model.config.sliding_window = 16
-    for layer in model.model.layers:
-        layer.self_attn.sliding_window = 16
+
+    def set_window(w):  # the mask's (config) and the attention's (each layer)
+        model.config.sliding_window = w
+        for layer in model.model.layers:
+            layer.self_attn.sliding_window = w
+
+    set_window(16)
     ids = prompt(40).to(device)
     with torch.no_grad():
         ref = model.generate(ids, max_new_tokens=8, do_sample=False, past_key_values=DynamicCache())
         out = model.generate(ids, max_new_tokens=8, do_sample=False, past_key_values=TurboQuantCache("fp16"))
-        model.config.sliding_window = None
-        for layer in model.model.layers:
-            layer.self_attn.sliding_window = None
+        set_window(None)
         whole = teacher_forced(model, DynamicCache(), ref, 40)
-        model.config.sliding_window = 16
-        for layer in model.model.layers:
-            layer.self_attn.sliding_window = 16
+        set_window(16)
         windowed = teacher_forced(model, TurboQuantCache("fp16"), ref, 40)
     assert out.tolist() == ref.tolist()
     # the window matters on these logits: full attention moves them by far more than fp16 rounding
