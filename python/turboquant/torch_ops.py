@@ -226,8 +226,8 @@ def _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_
 
 
 def _check_window(fn, sliding_window):
-    _check(isinstance(sliding_window, int) and not isinstance(sliding_window, bool) and 0 <= sliding_window < 2**32,
-           f"{fn}: sliding_window must be an int >= 0 (0: none), got {sliding_window!r}")
+    _check(isinstance(sliding_window, int) and not isinstance(sliding_window, bool) and 0 <= sliding_window < 2**31,
+           f"{fn}: sliding_window must be an int >= 0 and < 2**31 (0: none), got {sliding_window!r}")
 
 
 def _max_tokens(prefill):
@@ -325,6 +325,7 @@ def _register(op, prefill: bool, side: bool) -> None:
 
         def fake(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, side, side_slots, new_k, new_v, sink, window, scale=0.0,
                  out_dtype=None, sliding_window=0):
+            _check_window(fn, sliding_window)
             _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side,
                              side_slots, new_k, new_v, sink, window)
             return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
@@ -334,6 +335,7 @@ def _register(op, prefill: bool, side: bool) -> None:
                                   None, 0, 0, sliding_window)
 
         def fake(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None, sliding_window=0):
+            _check_window(fn, sliding_window)
             _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype)
             return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
     op.register_kernel("cpu")(cpu)

@@ -462,8 +462,11 @@ class TurboQuantCache(Cache):
 def _valid_columns(mask, batch: int, ntok: int, kv_len: int) -> Optional[List[List[bool]]]:
     """Which of the step's ntok tokens of each sequence are real (not padding), from whichever mask
     the model made: None (no padding), the 2D padding mask ("turboquant"'s, flash's), or a 4D mask
-    (sdpa's bool or eager's additive: the last query's row, which sees every real token). None
-    when every token is real."""
+    (sdpa's bool or eager's additive [batch, 1, ntok, kv_len]). In a 4D mask a real token's own row
+    sees it, a padding token's does not; the last row does not see every real token where a
+    sliding window (Mistral, Gemma 3's local layers) hides the prompt's start from it. A row that
+    sees the next token is one a torch workaround unmasked (a padding row: causal rows never see
+    ahead). None when every token is real."""
     if mask is None:
         return None
     if mask.dim() == 2:
@@ -472,8 +475,13 @@ def _valid_columns(mask, batch: int, ntok: int, kv_len: int) -> Optional[List[Li
                              "(every token seen so far and the new ones)")
         cols = mask[:, -ntok:] != 0
     elif mask.dim() == 4:
-        row = mask[:, 0, -1, :]
-        cols = (row if row.dtype == torch.bool else row == 0)[:, -ntok:]
+        if mask.shape[-2] != ntok or mask.shape[-1] < kv_len:
+            raise ValueError(f"TurboQuantCache: the attention mask is {list(mask.shape)}, the step needs [{batch}, 1, {ntok}, >= {kv_len}]")
+        sees = mask[:, 0, :, kv_len - ntok:kv_len]  # [batch, ntok, ntok]: query i, the step's token j
+        sees = sees if sees.dtype == torch.bool else sees == 0
+        cols = sees.diagonal(dim1=-2, dim2=-1).clone()  # [batch, ntok]: token i sees itself
+        if ntok > 1:
+            cols[:, :-1] &= ~sees.diagonal(offset=1, dim1=-2, dim2=-1)
     else:
         raise ValueError(f"TurboQuantCache: an attention mask of shape {list(mask.shape)} is neither 2D nor 4D")
     cols = cols.cpu()

@@ -104,20 +104,17 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // reads [sink, visible - window) here (no side buffer: sink = window = 0). A sliding-window
   // layer's row reads from visible - sliding_window on: the splits start at the block's first
   // row's window, tile-aligned (fixed cuts keep their positions: those before it are empty).
-  // (The intent of the `if`: without a window the page ids below need not wait for the length.
-  // The compiler predicates it, and a predicated instruction waits for its operands all the same;
-  // bench/results/2026-12-03-h200-sliding-window.md has what that costs at batch 1.)
+  // That shift needs the length, so it is applied after the query loads (`if (swa)` below):
+  // the page ids are first loaded for the unshifted start, which needs no length, and a window
+  // loads them again. (Applied here, under an `if`, the compiler predicated it, and a predicated
+  // instruction waits for its operands: every layer's page-id loads then waited for the length,
+  // bench/results/2026-12-03-h200-sliding-window.md.)
   const int sink = int(p.side.sink), window = int(p.side.window), swa = int(p.sliding_window);
   int begin = split * tokens_per_split, end = min(begin + tokens_per_split, len - window);
-  if (swa) {
-    const int lo_tile = max(0, len - int(p.num_q_tokens) + 1 - swa) & ~(kTile - 1);
-    const int begin0 = (p.split_tokens ? 0 : lo_tile) + begin;
-    begin = max(begin0, lo_tile);
-    end = min(begin0 + tokens_per_split, len - window);
-  }
   const int32_t* bt = p.block_tables + size_t(seq) * p.max_pages;
   const CacheView& c = p.cache;
-  const int first = begin + kTile * warp, step = kTile * kWarps;  // the warp's first tile, its stride
+  constexpr int step = kTile * kWarps;
+  int first = begin + kTile * warp;  // the warp's first tile; its stride is `step`
 
   // Loads that nothing below depends on are issued before the query work, so that their latency
   // hides behind it (a batch-1 step is a chain of such latencies): the codebook, and the page ids
@@ -128,13 +125,15 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   using SP = StagePlan<D, KIND, KB, VB, C>;
   constexpr int kPre = SP::kStages > 0 ? SP::kStages : 1;
   const int ps = int(c.page_size), step_pages = int(uint32_t(step) / c.page_size), step_rows = int(uint32_t(step) % c.page_size);
-  const int page0 = int(uint32_t(first) / c.page_size), row0 = int(uint32_t(first) % c.page_size);  // the warp's first tile
+  int page0 = int(uint32_t(first) / c.page_size), row0 = int(uint32_t(first) % c.page_size);  // the warp's first tile
   int32_t pre_page[kPre];
-  {
+  // ids: bt, or bt as volatile for the window's reload (below), which must stay a load of its own
+  // after the length: merged with this one into a load of a selected address, it waits for it.
+  auto load_page_ids = [&](auto ids) {
     int page = page0, row = row0;
 #pragma unroll
     for (int i = 0; i < kPre; ++i) {  // tile i is at page (first + i step) / ps
-      pre_page[i] = page < int(p.max_pages) ? bt[page] : 0;
+      pre_page[i] = page < int(p.max_pages) ? ids[page] : 0;
       page += step_pages;
       row += step_rows;
       if (row >= ps) {
@@ -142,7 +141,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         ++page;
       }
     }
-  }
+  };
+  load_page_ids(bt);
   float cent_k = 0.0f, cent_v = 0.0f;  // centroid threadIdx.x of K and V
   if constexpr (KIND == Kind::kTq) {
     if (threadIdx.x < (1u << KB)) cent_k = c.kt.centroids[threadIdx.x];
@@ -207,6 +207,27 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
       for (int e = 0; e < kQE<D>; ++e) qv[rr][e] = src[e];
     }
+  }
+  // A sliding-window layer's splits start at the block's first row's window (above): the range,
+  // the warp's first tile, the issue cursor and the page ids move there. Fixed cuts (batch
+  // invariance) keep their positions, and within a cut the start moves by whole rounds of the
+  // warps' loop (kStep tiles a warp), so that every tile keeps its warp and its place in a step
+  // whatever the step's first query: the tiles skipped are before every row's window, and the
+  // position's sums are the same bits in any step (the window start itself moves with the step).
+  if (swa) {
+    static_assert(kTile == 16, "window_base rounds to a tile");
+    const int lo_tile = window_base(p, len - int(p.num_q_tokens) + 1);
+    const int begin0 = (p.split_tokens ? 0 : lo_tile) + begin;
+    constexpr int kRound = kStep * step;
+    begin = p.split_tokens ? begin0 + max(0, lo_tile - begin0) / kRound * kRound : begin0;
+    end = min(begin0 + tokens_per_split, len - window);
+    first = begin + kTile * warp;
+    page0 = int(uint32_t(first) / c.page_size);
+    row0 = int(uint32_t(first) % c.page_size);
+    cur_T = first;
+    cur_page = page0;
+    cur_row = row0;
+    load_page_ids(static_cast<const volatile int32_t*>(bt));
   }
   // Packed caches never hold the query rows in the ring's space (below), so their first tiles
   // are copied now, before the query work, which then hides those copies' latency (at batch 1

@@ -26,6 +26,18 @@
 
 namespace tq::cuda::decode {
 
+// The first position a split of a block whose first row sees up to visible_min reads: 0, or in a
+// sliding-window layer that row's window start, rounded down to 16 (the plan's splits cover the
+// window from there: span_tokens in decode_attention.cu). Decode and both prefill kernels.
+__device__ __forceinline__ int window_base(const DecodeParams& p, int visible_min) {
+  return p.sliding_window ? max(0, visible_min - int(p.sliding_window)) & ~15 : 0;
+}
+// The position from which a tile is seen whole by every row up to visible_max (the sink's end, or
+// that row's window start).
+__device__ __forceinline__ int begin_for_all(const DecodeParams& p, int visible_max) {
+  return p.sliding_window ? max(int(p.side.sink), visible_max - int(p.sliding_window)) : int(p.side.sink);
+}
+
 inline constexpr int kSideChunk = 16;  // side tokens a pass: one a lane of a query row's 16 threads
 
 template <int D>

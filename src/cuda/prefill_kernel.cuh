@@ -37,6 +37,8 @@
 namespace tq::cuda::prefill {
 
 using decode::Kind;
+using decode::begin_for_all;
+using decode::window_base;
 constexpr int kWarps = 4, kThreads = 32 * kWarps, kWarpRows = 16, kBlockRows = kWarps * kWarpRows;
 
 // Tokens per shared tile: 64, or 32 at D = 256, whose accumulators take 128 registers already.
@@ -306,18 +308,6 @@ struct TileMask {
     }
   }
 };
-// The first position a split of a block whose first row sees up to visible_min reads: 0, or in a
-// sliding-window layer that row's window start, rounded down to 16 (the plan's splits cover the
-// window from there: span_tokens in decode_attention.cu).
-__device__ __forceinline__ int window_base(const DecodeParams& p, int visible_min) {
-  return p.sliding_window ? max(0, visible_min - int(p.sliding_window)) & ~15 : 0;
-}
-// The position from which a tile is seen whole by every row up to visible_max (the sink's end, or
-// that row's window start).
-__device__ __forceinline__ int begin_for_all(const DecodeParams& p, int visible_max) {
-  return p.sliding_window ? max(int(p.side.sink), visible_max - int(p.sliding_window)) : int(p.side.sink);
-}
-
 // One tile's online-softmax step for this thread's rows g and g + 8 (elements 0-1 and 2-3 of each
 // n-tile of s, tokens 8 nt + 2t, +1): S scaled by the key norms kn (TurboQuant) and masked unless
 // `full`, the running (max, sum) updated in the log2 domain, and s replaced by P scaled by the

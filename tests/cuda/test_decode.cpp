@@ -218,6 +218,34 @@ struct DecodeSetup {
   }
 };
 
+// Decode (or, with c.prefill, prefill) of s on the GPU: the cache, queries, block tables and
+// lengths copied there, c's splits (or fixed cuts) set, a workspace of the size the parameters
+// need (sized under the same settings as the launch), the output poisoned first. Returns it.
+// A CUDA error fails the test and gives NaN rows.
+std::vector<float> run_on_gpu(const DecodeSetup& s, const DecodeCase& c) {
+  const auto failed = [&](cudaError_t e) {
+    if (e != cudaSuccess) ADD_FAILURE() << case_name(c) << ": " << cudaGetErrorString(e);
+    return e != cudaSuccess;
+  };
+  cuda::DeviceFormat codecs(s.cpu->format());
+  test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
+  if (failed(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice))) return std::vector<float>(s.q.size(), NAN);
+  test::DeviceBuffer<float> dq(s.q), out(s.q.size());
+  test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
+  cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr, s.cpu->shape().num_pages), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
+  p.num_splits = c.splits;
+  if (c.split_tokens) p.split_tokens = c.split_tokens, p.num_splits = (p.max_seq_len + c.split_tokens - 1) / c.split_tokens;
+  test::DeviceBuffer<uint8_t> ws(c.prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p));
+  p.workspace = ws.ptr;
+  out.poison();
+  if (c.prefill)
+    cuda::prefill_attention(p, nullptr);
+  else
+    cuda::decode_attention(p, nullptr);
+  if (failed(cudaDeviceSynchronize())) return std::vector<float>(s.q.size(), NAN);
+  return out.download();
+}
+
 class Decode : public ::testing::TestWithParam<DecodeCase> {};
 
 TEST_P(Decode, MatchesReferenceWithinTwiceTheSamePrecisionError) {
@@ -227,42 +255,24 @@ TEST_P(Decode, MatchesReferenceWithinTwiceTheSamePrecisionError) {
   if (c.compact) smem.emplace("TQ_CUDA_SMEM_KB", "99");
   DecodeSetup s(c, 7);
   const std::vector<float> ref = s.reference();
-
-  cuda::DeviceFormat codecs(s.cpu->format());
-  test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
-  CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
-  test::DeviceBuffer<float> dq(s.q), out(s.q.size());
-  test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
-  cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr, s.cpu->shape().num_pages), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
-  p.num_splits = c.splits;
-  if (c.split_tokens) p.split_tokens = c.split_tokens, p.num_splits = (p.max_seq_len + c.split_tokens - 1) / c.split_tokens;
   // Hopper's prefill kernel (prefill_ws.cuh) takes more than 99 KB a block at D = 128 (211 KB; at
   // 64 it fits, at 256 the compact kernel runs), and only builds with -DTQ_CUDA_PORTABLE_ON_HOPPER=ON
-  // (the GPU script's) carry the 98 KB one there: others refuse the case by name rather than trap.
+  // (the GPU script's) carry the 98 KB one there: others refuse the case by name (when the
+  // workspace is sized) rather than trap.
   if (c.prefill && c.compact && cuda::kernels_arch() == 90 && !cuda::kPortableOnHopper && s.d > 64 && s.d < 256) {
     try {
-      (void)cuda::prefill_workspace_bytes(p);
+      (void)run_on_gpu(s, c);
       ADD_FAILURE() << "a 99 KB limit at head dim " << s.d << " was not refused";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("TQ_CUDA_PORTABLE_ON_HOPPER"), std::string::npos) << e.what();
     }
     return;
   }
-  test::DeviceBuffer<uint8_t> ws(c.prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p));
-  p.workspace = ws.ptr;
-  out.poison();
-  if (c.prefill) {
-    cuda::prefill_attention(p, nullptr);
-  } else {
-    cuda::decode_attention(p, nullptr);
-  }
-  CUDA_OK(cudaDeviceSynchronize());
-  const auto got = out.download();
+  const auto got = run_on_gpu(s, c);
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_TRUE(std::isfinite(got[i])) << "row " << i / s.d << " element " << i % s.d << " not written or not finite";
   const double worst = test::worst_row_error(got, ref, s.d), bound = s.bound(ref);
-  EXPECT_LE(worst, bound) << "worst relative L2 error of an output row (splits " << cuda::decode_num_splits(p)
-                          << "); the bound is twice a same-precision computation's";
+  EXPECT_LE(worst, bound) << "worst relative L2 error of an output row; the bound is twice a same-precision computation's";
   RecordProperty("worst_rel_err", std::to_string(worst));
   RecordProperty("bound", std::to_string(bound));
 }
@@ -368,29 +378,14 @@ TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
                                    {"k3v4", 112, 2, 9, {17, 300}, 4},          {"k2v2", 128, 4, 2, {64, 65}, 2}};
   for (const DecodeCase& c : cs) {
     DecodeSetup s(c, 11);
-    cuda::DeviceFormat codecs(s.cpu->format());
-    test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
-    CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
-    test::DeviceBuffer<float> dq(s.q), out(s.q.size());
-    test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
-    const auto run = [&](std::vector<float>& got) {
-      cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr, s.cpu->shape().num_pages), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
-      p.num_splits = c.splits;
-      test::DeviceBuffer<uint8_t> ws(cuda::decode_workspace_bytes(p));  // sized under the same setting as the launch
-      p.workspace = ws.ptr;
-      out.poison();
-      cuda::decode_attention(p, nullptr);
-      CUDA_OK(cudaDeviceSynchronize());
-      got = out.download();
-    };
     std::vector<float> paired, single;
     {
       const ScopedEnv sixteen("TQ_DECODE_ROWS", "16");
-      run(paired);
+      paired = run_on_gpu(s, c);
     }
     {
       const ScopedEnv eight("TQ_DECODE_ROWS", "8");
-      run(single);
+      single = run_on_gpu(s, c);
     }
     ASSERT_EQ(paired.size(), single.size());
     size_t differ = 0;
@@ -409,22 +404,30 @@ TEST(DecodeScale, AGivenScaleIsTheReferencesScale) {
     DecodeSetup s(c, 13);
     s.scale = 0.6f / std::sqrt(float(s.d));
     const std::vector<float> ref = s.reference();
-    cuda::DeviceFormat codecs(s.cpu->format());
-    test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
-    CUDA_OK(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice));
-    test::DeviceBuffer<float> dq(s.q), out(s.q.size());
-    test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
-    cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr, s.cpu->shape().num_pages), dq.ptr, out.ptr, dbt.ptr, dlen.ptr);
-    test::DeviceBuffer<uint8_t> ws(c.prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p));
-    p.workspace = ws.ptr;
-    out.poison();
-    if (c.prefill)
-      cuda::prefill_attention(p, nullptr);
-    else
-      cuda::decode_attention(p, nullptr);
-    CUDA_OK(cudaDeviceSynchronize());
-    EXPECT_LE(test::worst_row_error(out.download(), ref, s.d), s.bound(ref)) << case_name(c);
+    EXPECT_LE(test::worst_row_error(run_on_gpu(s, c), ref, s.d), s.bound(ref)) << case_name(c);
   }
+}
+
+// Fixed cuts (split_tokens: batch invariance, which greedy speculative decoding relies on) give a
+// position the same bits whether it is a step's only query or the last of 9, also in a
+// sliding-window layer, where the first tile read depends on the step's first query (the window of
+// the first query at 1108 - 8 starts a tile before the last one's).
+TEST(DecodeInvariance, AWindowedPositionGivesTheSameBitsInAnyStep) {
+  TQ_REQUIRE_GPU();
+  for (const char* spec : {"k3v2", "k4v4", "fp8", "bf16"})
+    for (uint32_t cut : {128u, 48u}) {
+      const DecodeCase nine{spec, 128, 4, 9, {1108, 530}, 0, false, false, 100, cut}, one{spec, 128, 4, 1, {1108, 530}, 0, false, false, 100, cut};
+      DecodeSetup s9(nine, 21), s1(one, 21);  // the same seed: the same cache rows
+      const size_t row = size_t(s9.qh) * s9.d;  // one query token's rows, [qh][d]
+      for (size_t q = 0; q < 2; ++q)  // sequence q's last query token of the 9 is its only one
+        std::copy_n(&s9.q[(q * 9 + 8) * row], row, &s1.q[q * row]);
+      const std::vector<float> got9 = run_on_gpu(s9, nine), got1 = run_on_gpu(s1, one);
+      size_t differ = 0;
+      for (size_t q = 0; q < 2; ++q)
+        differ += std::memcmp(&got9[(q * 9 + 8) * row], &got1[q * row], row * sizeof(float)) != 0;
+      EXPECT_EQ(differ, 0u) << spec << " cut " << cut << ": sequences whose last position's output bits differ between the steps";
+      EXPECT_LE(test::worst_row_error(got1, s1.reference(), s1.d), s1.bound(s1.reference())) << spec;
+    }
 }
 
 TEST(DecodeGraph, CapturedLaunchReplaysTheSameResult) {
@@ -562,6 +565,15 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   p.split_tokens = 16, p.num_splits = 4;
   EXPECT_NO_THROW(cuda::validate(p));
   p.split_tokens = 0, p.num_splits = 0;
+  // A window the kernels' signed positions cannot hold.
+  p.sliding_window = 1u << 31;
+  try {
+    cuda::validate(p);
+    FAIL() << "a sliding window of 2^31 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("2147483648"), std::string::npos) << e.what();
+  }
+  p.sliding_window = 0;
   // A workspace given with its size, smaller than the call's plan needs: refused before any launch,
   // naming both sizes (the CUDA runner passes its size on every call).
   const size_t need = cuda::decode_workspace_bytes(p);

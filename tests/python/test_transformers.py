@@ -56,6 +56,14 @@ def prompt(n, seed=1, batch=1):
     return torch.randint(0, COMMON["vocab_size"], (batch, n), generator=torch.Generator().manual_seed(seed))
 
 
+def set_window(model, w):
+    """Every layer of a Mistral model sliding with window w (None: none): the mask's (config) and
+    the attention's (each layer)."""
+    model.config.sliding_window = w
+    for layer in model.model.layers:
+        layer.self_attn.sliding_window = w
+
+
 def teacher_forced(model, cache, ids, prefill):
     """Logits [tokens, vocab] of a prefill of `prefill` tokens, then one token a step."""
     with torch.no_grad():
@@ -239,9 +247,15 @@ def test_other_caches_run_sdpa_under_the_turboquant_attention():
     torch.testing.assert_close(plain[1], sdpa(ids).logits[1], atol=1e-5, rtol=1e-5)
 
 
-def test_a_model_on_another_attention_is_switched(caplog):
-    model = make("llama", attn="sdpa")
-    ids = prompt(20)
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3"])
+def test_a_model_on_another_attention_is_switched(caplog, family):
+    """The switch happens in the first forward, whose masks sdpa's: with a sliding window of 16
+    (Mistral's every layer, Gemma 3's local ones) the last query's row hides the prompt's start,
+    which must still be stored as real tokens."""
+    model = make(family, attn="sdpa")
+    if family == "mistral":
+        set_window(model, 16)
+    ids = prompt(40)
     with torch.no_grad():
         ref = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=DynamicCache())
         out = model.generate(ids, max_new_tokens=5, do_sample=False, past_key_values=TurboQuantCache("fp16"))
@@ -289,9 +303,10 @@ def test_refusals():
         model(prompt(5), past_key_values=cache, use_cache=True)
         with pytest.raises(ValueError, match="holds 1 sequences"):
             model(prompt(5, batch=2), past_key_values=cache, use_cache=True)
-    with pytest.raises(ValueError, match="sliding_window must be an int >= 0"):
-        tqo.attend(False, torch.zeros(1), torch.zeros(1, 1, 2, 64), torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
-                   "fp16", 0, 1, sliding_window=-1)
+    for bad in (-1, 2**31):  # the kernels' positions are signed 32-bit
+        with pytest.raises(ValueError, match=r"sliding_window must be an int >= 0 and < 2\*\*31"):
+            tqo.attend(False, torch.zeros(1), torch.zeros(1, 1, 2, 64), torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
+                       "fp16", 0, 1, sliding_window=bad)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -300,20 +315,14 @@ def test_a_sliding_window_shorter_than_the_sequence(device):
     DynamicCache, over a prompt and generated tokens well past the window (once refused); a window
     ignored would let every query see the whole sequence and change them."""
     model = make("mistral", device)
-
-    def set_window(w):  # the mask's (config) and the attention's (each layer)
-        model.config.sliding_window = w
-        for layer in model.model.layers:
-            layer.self_attn.sliding_window = w
-
-    set_window(16)
+    set_window(model, 16)
     ids = prompt(40).to(device)
     with torch.no_grad():
         ref = model.generate(ids, max_new_tokens=8, do_sample=False, past_key_values=DynamicCache())
         out = model.generate(ids, max_new_tokens=8, do_sample=False, past_key_values=TurboQuantCache("fp16"))
-        set_window(None)
+        set_window(model, None)
         whole = teacher_forced(model, DynamicCache(), ref, 40)
-        set_window(16)
+        set_window(model, 16)
         windowed = teacher_forced(model, TurboQuantCache("fp16"), ref, 40)
     assert out.tolist() == ref.tolist()
     # the window matters on these logits: full attention moves them by far more than fp16 rounding

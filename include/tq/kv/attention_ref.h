@@ -27,7 +27,7 @@ struct AttentionBatch {
 // The first position a query that sees positions below `visible` reads under a sliding window
 // (0: none).
 inline int32_t window_start(int32_t visible, uint32_t sliding_window) {
-  return sliding_window && visible > int32_t(sliding_window) ? visible - int32_t(sliding_window) : 0;
+  return sliding_window && int64_t(visible) > int64_t(sliding_window) ? visible - int32_t(sliding_window) : 0;
 }
 
 // Softmax attention computed in double over the dequantized cache (PagedKvCache::read): the
