@@ -25,13 +25,14 @@ __device__ __forceinline__ int query_col() {
   return int(threadIdx.x % 16) * kQE<D>;
 }
 
-// Coordinates [query_col, + kQE) of query row mt * kRows + query_row(), as given (times the keys'
-// Hadamard signs for TurboQuant); zero past the group and past head_dim.
+// Coordinates [query_col, + kQE) of query row mt * kRows + r (r: this thread's row of the m-tile,
+// query_row() in a block of kThreads), as given (times the keys' Hadamard signs for TurboQuant);
+// zero past the group and past head_dim.
 template <int D, Kind KIND>
-__device__ void load_query(const DecodeParams& p, int seq, int kvh, int mt, float (&v)[kQE<D>]) {
+__device__ void load_query(const DecodeParams& p, int seq, int kvh, int mt, float (&v)[kQE<D>], int r = -1) {
   const CacheView& c = p.cache;
   const int group = int(p.q_heads / c.kv_heads), rows_total = group * int(p.num_q_tokens);
-  const int row = mt * kRows + query_row(), c0 = query_col<D>(), hd = int(c.head_dim);
+  const int row = mt * kRows + (r < 0 ? query_row() : r), c0 = query_col<D>(), hd = int(c.head_dim);
 #pragma unroll
   for (int e = 0; e < kQE<D>; ++e) v[e] = 0.0f;
   if (row < rows_total) {

@@ -92,23 +92,33 @@ __device__ __forceinline__ int side_row(const SideView& sv, int t) {
 // Of the side positions of query rows mt * kRows .. + kRows of (seq, KV head kvh) -- the union of
 // the rows' [0, sink) and (q - window, q], listed in position order -- entries [i_begin, i_end):
 // their partial state per row into workspace slot `split` (of gridDim.x), as the packed splits
-// write theirs (rows with none of them: m = -inf, sum 0). Every thread of the block calls it;
-// `smem` holds at least a SideSmem<D>. Thread (row r, lane l of 16) holds the row's query
-// coordinates [l D/16, + D/16) in registers; a chunk's 16 scores come from partial dots reduced
-// across the 16 lanes so that lane l ends with token l's. A block of more than kThreads threads
-// calls it with `idle` set in its threads from kThreads on: whole warps that only keep the
-// block's barriers.
+// write theirs (rows with none of them: m = -inf, sum 0). A group of kThreads threads calls it:
+// the block's, or warpgroup `wg` of a larger block (threads kThreads wg .. + kThreads, with its
+// own SideSmem<D> at `smem` and its own barrier, number wg, so that the warpgroups of Hopper's
+// prefill block work on different m-tiles at once). Thread (row r, lane l of 16) holds the row's
+// query coordinates [l D/16, + D/16) in registers; a chunk's 16 scores come from partial dots
+// reduced across the 16 lanes so that lane l ends with token l's.
 template <int D>
 __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, int kvh, int mt, int split, int i_begin, int i_end,
-                                               float* ws_o, float2* ws_ml, void* smem, bool idle = false) {
+                                               float* ws_o, float2* ws_ml, void* smem, int wg = 0) {
   SideSmem<D>& sm = *static_cast<SideSmem<D>*>(smem);
+  const int tid = int(threadIdx.x) - kThreads * wg;  // the thread's index in its group
+  // The group's barrier, of its kThreads threads (in a block of kThreads, __syncthreads). Number 0
+  // as an immediate where wg is the constant 0 (decode, the mma.sync prefill): a number in a
+  // register makes ptxas reserve all 16 of the block's barriers.
+  const auto sync = [wg] {
+    if (wg == 0)
+      asm volatile("bar.sync 0, %0;" ::"n"(kThreads) : "memory");
+    else
+      asm volatile("bar.sync %0, %1;" ::"r"(wg), "n"(kThreads) : "memory");
+  };
   constexpr int E = kQE<D>;  // coordinates a thread
   const SideView& sv = p.side;
   const int H = int(p.cache.kv_heads), hd = int(p.cache.head_dim);
   const int group = int(p.q_heads) / H, nq = int(p.num_q_tokens), rows_total = group * nq;
   if (mt * kRows >= rows_total) return;  // a prefill block's m-tile past its rows (uniform)
   const int len = p.seq_lens[seq], first = len - nq;  // the step's tokens: positions first .. len - 1
-  const int r = query_row(), lane16 = int(threadIdx.x % 16), c0 = query_col<D>();
+  const int r = tid / 16, lane16 = int(threadIdx.x % 16), c0 = query_col<D>();
   const int row = mt * kRows + r;
   const bool valid = row < rows_total;
   const int qpos = first + (valid ? row / group : 0);
@@ -121,7 +131,7 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
   const auto position = [&](int i) { return i < a_end ? i : b_begin + (i - a_end); };
 
   float q[E] = {};  // the row's query as given (unrotated, no cache scales), scaled to the log2 domain
-  if (!idle) load_query<D, Kind::kF16>(p, seq, kvh, mt, q);
+  load_query<D, Kind::kF16>(p, seq, kvh, mt, q, r);
   const float qs = (p.scale > 0 ? p.scale : rsqrtf(float(hd))) * kLog2e;
 #pragma unroll
   for (int e = 0; e < E; ++e) q[e] *= qs;
@@ -145,18 +155,14 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
   float m = -INFINITY, dsum = 0.0f;  // SoftmaxState of this thread's row (each of its 16 threads keeps it)
   for (int i0 = i_begin; i0 < count; i0 += kSideChunk) {
     const int n = min(kSideChunk, count - i0);
-    __syncthreads();  // the previous chunk (or call) is read
-    // Idle warps skip the work but meet the very barrier instructions the others do: __syncthreads
-    // is an aligned barrier, which every thread of the block must reach at the same instruction
-    // (PTX leaves anything else undefined; compute-sanitizer's synccheck reported the idle warps
-    // waiting at a barrier of their own).
-    if (!idle) {
+    sync();  // the previous chunk (or call) is read
+    {
       if (hd % 8 == 0) {  // 16-byte pieces, all issued before any is stored
         constexpr int kUnits = kSideChunk * D / 8, kPer = (kUnits + kThreads - 1) / kThreads;
         uint4 ku[kPer], vu[kPer];
 #pragma unroll
         for (int u = 0; u < kPer; ++u) {
-          const int x = int(threadIdx.x) + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
+          const int x = tid + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
           ku[u] = vu[u] = make_uint4(0, 0, 0, 0);
           if (x < kUnits && i < n && col < hd) {
             const void *kb, *vb;
@@ -169,14 +175,14 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
         }
 #pragma unroll
         for (int u = 0; u < kPer; ++u) {
-          const int x = int(threadIdx.x) + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
+          const int x = tid + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
           if (x < kUnits) {
             *reinterpret_cast<uint4*>(&sm.k[i][col]) = ku[u];
             *reinterpret_cast<uint4*>(&sm.v[i][col]) = vu[u];
           }
         }
       } else {
-        for (int x = threadIdx.x; x < kSideChunk * D; x += kThreads) {
+        for (int x = tid; x < kSideChunk * D; x += kThreads) {
           const int i = x / D, col = x % D;
           __half kx = __float2half_rn(0.0f), vx = kx;
           if (i < n && col < hd) {
@@ -192,8 +198,7 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
         }
       }
     }
-    __syncthreads();
-    if (idle) continue;
+    sync();
     // ---- scores: partial dots of the thread's coordinates with each of the 16 keys, reduced so
     // that lane l of the row holds token i0 + l's ----
     float part[kSideChunk];
@@ -243,7 +248,7 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
       }
     }
   }
-  if (idle || !valid) return;
+  if (!valid) return;
   const int j = row / group, h = kvh * group + row % group;
   const size_t at = ((size_t(seq) * nq + j) * p.q_heads + h) * gridDim.x + split;
 #pragma unroll

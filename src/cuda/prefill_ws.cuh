@@ -147,11 +147,13 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   WsSmem<D, T, S>& sm = *reinterpret_cast<WsSmem<D, T, S>*>(reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - (raw_at & 1023)) & 1023));
   dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
   dev::allow_dependents();
-  static_assert(sizeof(decode::SideSmem<D>) <= sizeof(WsSmem<D, T, S>), "the side block reuses the shared memory");
-  if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block: warpgroup 0 works, the others keep its barriers
-    for (int i = 0; i < kWsRows / decode::kRows; ++i)
+  constexpr int kGroups = kWsThreads / decode::kThreads;  // the block's warpgroups
+  static_assert(kGroups * sizeof(decode::SideSmem<D>) <= sizeof(WsSmem<D, T, S>), "the side block reuses the shared memory");
+  if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block: each warpgroup takes every kGroups-th m-tile
+    const int wg = threadIdx.x / decode::kThreads;
+    for (int i = wg; i < kWsRows / decode::kRows; i += kGroups)
       decode::side_attention<D>(p, blockIdx.z, blockIdx.y / rtiles, blockIdx.y % rtiles * (kWsRows / decode::kRows) + i, blockIdx.x, 0,
-                                INT_MAX, ws_o, ws_ml, smem_raw, threadIdx.x >= 128);
+                                INT_MAX, ws_o, ws_ml, reinterpret_cast<decode::SideSmem<D>*>(smem_raw) + wg, wg);
     return;
   }
 
