@@ -78,8 +78,9 @@ def check_layer(num_heads: int, head_size: int, num_kv_heads: Optional[int], *, 
         no(f"attention type '{attn_type}' is not supported, only causal decoder attention")
     if alibi_slopes is not None:
         no("ALiBi is not supported")
-    if sliding_window is not None:
-        no(f"sliding-window attention ({sliding_window}) is not supported")
+    if sliding_window is not None and not (isinstance(sliding_window, int) and not isinstance(sliding_window, bool)
+                                           and 1 <= sliding_window < 2**31):
+        no(f"a sliding window of {sliding_window!r} (an int in 1 .. 2**31 - 1: the positions a query sees, itself included)")
     if logits_soft_cap:
         no(f"logits soft-capping ({logits_soft_cap}) is not supported")
     if head_size not in SUPPORTED_HEAD_SIZES:
@@ -168,10 +169,12 @@ def pages_of(kv_cache: torch.Tensor, kv_heads: int, head_size: int, spec: str) -
 
 
 def forward(plan: Plan, kv_cache: torch.Tensor, query: torch.Tensor, key: Optional[torch.Tensor], value: Optional[torch.Tensor],
-            output: torch.Tensor, scale: float) -> torch.Tensor:
+            output: torch.Tensor, scale: float, sliding_window: Optional[int] = None) -> torch.Tensor:
     """One layer of a step: stores the step's new K/V rows (key/value None: a layer that shares another
     layer's cache, nothing to store), then attention into output [tokens, q_heads, head_dim]; rows past
-    the plan's num_actual_tokens (vLLM's padding) are left as they are."""
+    the plan's num_actual_tokens (vLLM's padding) are left as they are. sliding_window: a query at p
+    sees p - t < sliding_window only; the ops read no page wholly before the window of a call's first
+    query, which are the blocks vLLM hands back for sliding-window layers (its null block in the table)."""
     heads, dim = query.shape[1], query.shape[2]
     kv_heads = key.shape[1] if key is not None else kv_cache.shape[1]
     pages = pages_of(kv_cache, kv_heads, dim, plan.spec)
@@ -183,7 +186,8 @@ def forward(plan: Plan, kv_cache: torch.Tensor, query: torch.Tensor, key: Option
         q = query[c.start:c.start + rows] if c.rows is None else query.index_select(0, c.rows)
         q = q.reshape(c.num_seqs, c.q_len, heads, dim).contiguous()
         op = OPS.prefill_attention if c.prefill else OPS.decode_attention
-        out = op(pages, q, c.block_table, c.seq_lens, plan.spec, 0, plan.max_seq_len, scale, output.dtype).view(rows, heads, dim)
+        out = op(pages, q, c.block_table, c.seq_lens, plan.spec, 0, plan.max_seq_len, scale, output.dtype,
+                 sliding_window or 0).view(rows, heads, dim)
         if c.rows is None:
             output[c.start:c.start + rows].copy_(out)
         else:

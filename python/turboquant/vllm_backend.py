@@ -53,6 +53,12 @@ class TurboQuantBackend(AttentionBackend):
         return list(adapter.SUPPORTED_HEAD_SIZES)
 
     @classmethod
+    def supports_sliding_window(cls) -> bool:
+        # The ops take the layer's window, and read no page wholly before it: the blocks vLLM frees
+        # there (its null block in the table) are never read (docs/vllm.md).
+        return True
+
+    @classmethod
     def customize_spec(cls, spec: AttentionSpec) -> AttentionSpec:
         """One vLLM block = one page of the KV spec: per KV head, one state of block_bytes bytes."""
         if spec.head_size_v != spec.head_size:
@@ -103,6 +109,7 @@ class TurboQuantImpl(AttentionImpl[adapter.Plan]):
         adapter.resolve_spec(adapter.configured_spec())  # a bad spec fails at model load, not at the first step
         self.num_heads, self.head_size, self.scale = num_heads, head_size, float(scale)
         self.num_kv_heads = num_kv_heads or num_heads
+        self.sliding_window = sliding_window
         self.kv_cache_dtype = kv_cache_dtype
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
 
@@ -114,5 +121,5 @@ class TurboQuantImpl(AttentionImpl[adapter.Plan]):
             return output.fill_(0)  # vLLM's profiling run: no cache yet
         if self.kv_sharing_target_layer_name is not None:
             key = value = None  # the target layer stored them
-        return adapter.forward(attn_metadata, kv_cache, query, key, value, output, self.scale)
+        return adapter.forward(attn_metadata, kv_cache, query, key, value, output, self.scale, self.sliding_window)
 

@@ -51,8 +51,9 @@ def make_batch(seed=0, num_blocks=None):
         num_actual_tokens=int(qsl[-1]))
 
 
-def plain_attention(b, scale):
-    """Causal GQA attention of each request's queries over its unquantized K/V, flat [tokens, heads, D]."""
+def plain_attention(b, scale, window=None):
+    """Causal GQA attention of each request's queries over its unquantized K/V, flat [tokens, heads, D];
+    with a sliding window, a query at p sees p - t < window only."""
     out = []
     for r, (h, n) in enumerate(BATCH):
         if n == 0:
@@ -63,18 +64,30 @@ def plain_attention(b, scale):
         s = torch.einsum("qhd,khd->hqk", q, k) * scale
         pos = torch.arange(h, h + n)[:, None]
         s = s.masked_fill(torch.arange(h + n)[None, :] > pos, float("-inf"))
+        if window:
+            s = s.masked_fill(torch.arange(h + n)[None, :] <= pos - window, float("-inf"))
         out.append(torch.einsum("hqk,khd->qhd", s.softmax(-1), v))
     return torch.cat(out)
 
 
-def run_step(b, spec, device, dtype=torch.float16, scale=D ** -0.5):
+def run_step(b, spec, device, dtype=torch.float16, scale=D ** -0.5, window=None, null_blocks=False):
+    """One layer's step as vLLM runs it. null_blocks (with a window): as vLLM's sliding-window layers,
+    each request's blocks wholly before its first query's window point to a block never written,
+    filled with 0xFF bytes (NaN norms and rows), which a read would carry into the output."""
     bb = va.block_bytes(spec, D)
     kv_cache = torch.zeros(b.num_blocks, KV_HEADS, 1, bb, dtype=torch.uint8, device=device)  # a layer as vLLM views it
     pages = va.pages_of(kv_cache, KV_HEADS, D, spec)
     va.OPS.quantize_store(pages, b.hist_k.to(device, dtype), b.hist_v.to(device, dtype), b.hist_slots.to(device), spec, 0)
-    plan = va.build_plan(spec, b.qsl, b.seq_lens.to(device), b.tables.to(device), b.slots.to(device), b.num_actual_tokens, max(b.lens))
+    tables = b.tables.clone()
+    if null_blocks:
+        used = {int(b.tables[r, t]) for r, L in enumerate(b.lens) for t in range(-(-max(L, 1) // PS))}
+        null = min(set(range(b.num_blocks)) - used)  # one of make_batch's spare blocks
+        kv_cache[null] = 0xFF
+        for r, (h, _) in enumerate(BATCH):
+            tables[r, :max(0, h - window + 1) // PS] = null
+    plan = va.build_plan(spec, b.qsl, b.seq_lens.to(device), tables.to(device), b.slots.to(device), b.num_actual_tokens, max(b.lens))
     output = torch.full((len(b.slots), HEADS, D), 7.0, dtype=dtype, device=device)
-    va.forward(plan, kv_cache, b.query.to(device, dtype), b.key.to(device, dtype), b.value.to(device, dtype), output, scale)
+    va.forward(plan, kv_cache, b.query.to(device, dtype), b.key.to(device, dtype), b.value.to(device, dtype), output, scale, window)
     return plan, kv_cache, output
 
 
@@ -93,7 +106,7 @@ class FloatPages:
         keep = slots >= 0
         self._store(pages)[slots[keep]] = torch.stack([k[keep], v[keep]], 1).double()
 
-    def _attention(self, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, limit):
+    def _attention(self, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale, out_dtype, sliding_window, limit):
         assert 1 <= q.shape[1] <= limit and q.is_contiguous() and block_tables.dtype == seq_lens.dtype == torch.int32
         assert int(seq_lens.max()) <= max_seq_len
         rows, out = self._store(pages), torch.empty(q.shape, dtype=torch.float64)
@@ -105,6 +118,8 @@ class FloatPages:
             v = rows[slots, 1].repeat_interleave(q.shape[2] // KV_HEADS, 1)
             sc = torch.einsum("qhd,khd->hqk", q[s].double(), k) * scale
             sc = sc.masked_fill(torch.arange(L)[None, :] > torch.arange(L - n, L)[:, None], float("-inf"))
+            if sliding_window:
+                sc = sc.masked_fill(torch.arange(L)[None, :] <= torch.arange(L - n, L)[:, None] - sliding_window, float("-inf"))
             out[s] = torch.einsum("hqk,khd->qhd", sc.softmax(-1), v)
         return out.to(out_dtype or q.dtype)
 
@@ -115,16 +130,17 @@ class FloatPages:
         return self._attention(*a, limit=2048)
 
 
-def test_plan_maps_a_mixed_batch(monkeypatch):
+@pytest.mark.parametrize("window", [None, 24])
+def test_plan_maps_a_mixed_batch(monkeypatch, window):
     monkeypatch.setattr(va, "OPS", FloatPages())
     b = make_batch()
-    plan, _, out = run_step(b, "k3v2", "cpu", dtype=torch.float32)
+    plan, _, out = run_step(b, "k3v2", "cpu", dtype=torch.float32, window=window)
     kinds = sorted((c.prefill, c.q_len, c.num_seqs) for c in plan.calls)
     # decodes of 1 token (3 requests), the 3-token one, 37 and 200 as one prefill each, 2100 as 2048 + 52
     assert kinds == [(False, 1, 3), (False, 3, 1), (True, 37, 1), (True, 52, 1), (True, 200, 1), (True, 2048, 1)]
     covered = torch.cat([torch.arange(c.start, c.start + c.num_seqs * c.q_len) if c.rows is None else c.rows for c in plan.calls])
     assert sorted(covered.tolist()) == list(range(b.num_actual_tokens))  # every query once, padding rows never
-    np.testing.assert_allclose(out[:b.num_actual_tokens].double(), plain_attention(b, D ** -0.5), atol=1e-5)
+    np.testing.assert_allclose(out[:b.num_actual_tokens].double(), plain_attention(b, D ** -0.5, window), atol=1e-5)
     assert (out[b.num_actual_tokens:] == 7).all()  # vLLM's padding rows untouched
 
 
@@ -148,7 +164,9 @@ def test_spec_and_layer_refusals():
         va.resolve_spec("k9v2", 16)
     assert va.page_size_bytes("k3v2", 8, 128) == 8 * tq.KvSpec("k3v2").page_bytes(1, 1, 128)
     va.check_layer(32, 128, 8)
-    for kwargs, what in [(dict(sliding_window=4096), "sliding-window"), (dict(alibi_slopes=[1.0]), "ALiBi"),
+    va.check_layer(32, 128, 8, sliding_window=4096)
+    for kwargs, what in [(dict(sliding_window=0), "sliding window of 0"), (dict(sliding_window=2**31), "sliding window of 2147483648"),
+                         (dict(sliding_window=4096.0), "sliding window of 4096.0"), (dict(alibi_slopes=[1.0]), "ALiBi"),
                          (dict(logits_soft_cap=30.0), "soft-capping"), (dict(attn_type="encoder_only"), "encoder_only"),
                          (dict(extra={"sinks": torch.zeros(4)}), "'sinks'")]:
         with pytest.raises(NotImplementedError, match=what):
@@ -203,3 +221,23 @@ def test_real_ops_match_the_references(device, spec):
         ref = plain_attention(types.SimpleNamespace(**{**vars(b), "k": [k.half().double() for k in b.k],
                                                        "v": [v.half().double() for v in b.v], "query": b.query.half().double()}), scale)
         assert ((out - ref).norm(dim=-1) / ref.norm(dim=-1)).max() < 2e-3
+
+
+@pytest.mark.skipif(not OP_DEVICES, reason="the turboquant ops run on no device here (a CUDA build on a GPU, or CPU ops)")
+@pytest.mark.parametrize("device", OP_DEVICES)
+@pytest.mark.parametrize("spec", ["k3v2", "fp16"])
+def test_a_sliding_window_reads_no_block_before_it(device, spec):
+    """A sliding-window layer (window 24, blocks of 16): with the blocks wholly before each request's
+    window pointing at a poisoned block, as vLLM's tables do, the same output bits as with every
+    block in place (so none of them is read); with fp16 pages, plain windowed attention."""
+    b = make_batch(seed=5)
+    _, _, kept = run_step(b, spec, device, scale=0.1, window=24)
+    _, _, nulled = run_step(b, spec, device, scale=0.1, window=24, null_blocks=True)
+    n = b.num_actual_tokens
+    assert torch.isfinite(nulled[:n]).all()
+    assert torch.equal(kept[:n], nulled[:n])
+    if spec == "fp16":
+        ref = plain_attention(types.SimpleNamespace(**{**vars(b), "k": [k.half().double() for k in b.k],
+                                                       "v": [v.half().double() for v in b.v], "query": b.query.half().double()}), 0.1, 24)
+        got = nulled[:n].double().cpu()
+        assert ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max() < 2e-3

@@ -24,6 +24,7 @@ from vllm.v1.attention.backend import CommonAttentionMetadata  # noqa: E402
 from vllm.v1.attention.backends.registry import AttentionBackendEnum  # noqa: E402
 from vllm.v1.attention.backends.utils import get_supported_kv_cache_layouts, resolve_kv_cache_layout  # noqa: E402
 from vllm.v1.core.kv_cache_planning import get_kv_cache_config_from_groups, get_kv_cache_groups  # noqa: E402
+from vllm.v1.kv_cache_interface import SlidingWindowSpec  # noqa: E402
 from vllm.v1.worker.utils import allocate_kv_cache, customize_attention_spec  # noqa: E402
 
 import turboquant as tq  # noqa: E402
@@ -91,8 +92,6 @@ def test_one_flag_selects_it(config):
 
 
 def test_what_the_ops_do_not_compute_is_refused(config, monkeypatch):
-    with pytest.raises(ValueError, match="sliding window not supported"):
-        make_layers(config, 1, per_layer_sliding_window=1024)
     reasons = TurboQuantBackend.validate_configuration(96, torch.float16, "fp8", 16, False, True, False, False, False,
                                                        DeviceCapability(9, 0), "decoder")
     assert {"head_size not supported", "kv_cache_dtype not supported", "attention sinks not supported"} <= set(reasons)
@@ -173,3 +172,47 @@ def test_metadata_from_vllms_common_metadata_reaches_the_ops(config, monkeypatch
             got = layer.impl.forward(layer, q.view(-1, HEADS, HEAD_DIM), k.view(-1, KV_HEADS, HEAD_DIM), v.view(-1, KV_HEADS, HEAD_DIM),
                                      kv_cache, plan, out)
             assert got.shape == (48, HEADS, HEAD_DIM)
+
+
+def test_sliding_window_layers_beside_full_ones(config, monkeypatch):
+    """Gemma 3's layout: sliding-window layers (window 512) and a full one. vLLM's selector takes the
+    backend for both, each layer's impl carries its window to the ops, the sliding layers' KV spec is
+    vLLM's SlidingWindowSpec with our page bytes, the planner puts the two kinds in groups of the
+    same page size, and the allocator's views are pages."""
+    monkeypatch.setenv(va.ENV_SPEC, "k3v2")
+    local = make_layers(config, 3, per_layer_sliding_window=512)
+    full = make_layers(config, 1)
+    assert all(a.impl.sliding_window == 512 for a in local) and full[0].impl.sliding_window is None
+    specs = specs_of(config, local + full)
+    kinds = {type(x) for x in specs.values()}
+    assert SlidingWindowSpec in kinds and len(kinds) == 2
+    for x in specs.values():
+        assert x.page_size_bytes == va.page_size_bytes("k3v2", KV_HEADS, HEAD_DIM)
+        if isinstance(x, SlidingWindowSpec):
+            assert x.sliding_window == 512
+    layouts = [x.name for x in get_supported_kv_cache_layouts([TurboQuantBackend])]
+    monkeypatch.setattr(config.cache_config, "kv_cache_layout", None)
+    resolve_kv_cache_layout(config, [layouts], specs.values())
+    kv = get_kv_cache_config_from_groups(config, get_kv_cache_groups(config, specs), 1 << 30)
+    caches = allocate_kv_cache(kv, torch.device("cpu"), config.cache_config.get_resolved_kv_cache_layout())
+    for name in specs:
+        assert va.pages_of(caches[name], KV_HEADS, HEAD_DIM, "k3v2").shape[1:3] == (kv.num_blocks, KV_HEADS)
+    # each group's builder accepts its spec; the window reaches the op calls
+    calls = []
+    monkeypatch.setattr(va, "OPS", type("Ops", (), {
+        "quantize_store": staticmethod(lambda *a: None),
+        "decode_attention": staticmethod(lambda *a: calls.append(a[-1]) or torch.zeros(a[1].shape, dtype=a[8])),
+        "prefill_attention": staticmethod(lambda *a: calls.append(a[-1]) or torch.zeros(a[1].shape, dtype=a[8]))}))
+    for group in kv.kv_cache_groups:
+        TurboQuantBackend.get_builder_cls()(group.kv_cache_spec, group.layer_names, config, torch.device("cpu"))
+    qsl = torch.tensor([0, 1, 41], dtype=torch.int32)
+    common = CommonAttentionMetadata(query_start_loc=qsl, query_start_loc_cpu=qsl, seq_lens=torch.tensor([700, 40], dtype=torch.int32),
+                                     num_reqs=2, num_actual_tokens=41, max_query_len=40, max_seq_len=700,
+                                     block_table_tensor=torch.zeros(2, 44, dtype=torch.int32), slot_mapping=torch.zeros(41, dtype=torch.long))
+    plan = TurboQuantBackend.get_builder_cls()(specs[local[0].layer_name], [a.layer_name for a in local], config,
+                                               torch.device("cpu")).build(0, common)
+    kv_cache = caches[local[0].layer_name]
+    q, k = torch.zeros(41, HEADS, HEAD_DIM, dtype=torch.float16), torch.zeros(41, KV_HEADS, HEAD_DIM, dtype=torch.float16)
+    for a in local + full:
+        a.impl.forward(a, q, k, k, kv_cache, plan, torch.empty(41, HEADS, HEAD_DIM, dtype=torch.float16))
+    assert calls == [512, 512] * 3 + [0, 0]  # a decode and a prefill call a layer
