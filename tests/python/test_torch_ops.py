@@ -52,15 +52,22 @@ def _filled(spec, lens, tables, seed=0):
     return cache, cpu
 
 
+def _two_sequences(spec, ntok, prefill, seed):
+    """Sequences of 50 and 90 tokens over pages in any order, none shared, and ntok fp16 queries
+    each: (cache, its CPU copy, q, block tables, lengths, the cache's decode or prefill)."""
+    lens, tables = [50, 90], [[3, 1, 5, 7, 0, 0], [0, 2, 4, 6, 8, 9]]
+    cache, cpu = _filled(spec, lens, tables)
+    q = (torch.randn(2, ntok, 2 * HEADS, D, generator=torch.Generator().manual_seed(seed))).to(torch.float16)
+    bt = torch.tensor(tables, dtype=torch.int32)
+    sl = torch.tensor(lens, dtype=torch.int32)
+    return cache, cpu, q, bt, sl, cache.prefill if prefill else cache.decode
+
+
 @pytest.mark.parametrize("spec", ["k3v2", "k4v4", "fp16"])
 @pytest.mark.parametrize("ntok, prefill", [(1, False), (4, False), (37, True)])
 def test_attention_matches_the_cpu_reference(spec, ntok, prefill):
-    lens, tables = [50, 90], [[3, 1, 5, 7, 0, 0], [0, 2, 4, 6, 8, 9]]  # pages in any order, none shared
-    cache, cpu = _filled(spec, lens, tables)
-    q = (torch.randn(2, ntok, 2 * HEADS, D, generator=torch.Generator().manual_seed(5))).to(torch.float16)
-    bt = torch.tensor(tables, dtype=torch.int32)
-    sl = torch.tensor(lens, dtype=torch.int32)
-    fn = cache.prefill if prefill else cache.decode
+    cache, cpu, q, bt, sl, fn = _two_sequences(spec, ntok, prefill, 5)
+    lens = sl.tolist()
     out = fn(0, q.cuda(), bt.cuda(), sl.cuda(), max_seq_len=max(lens), out_dtype=torch.float32).cpu().numpy()
     ref = cpu.attention(0, q.float().numpy(), bt.numpy(), sl.numpy())
     err = np.linalg.norm(out - ref, axis=-1) / np.linalg.norm(ref, axis=-1)
@@ -73,12 +80,8 @@ def test_sliding_window_matches_the_cpu_op(spec, ntok, prefill):
     """sliding_window on the GPU op against the same op on a CPU copy of the pages (the CPU
     engine's attend_pages), windows shorter and longer than the sequences; the window changes
     the output (a window the kernels ignored would not)."""
-    lens, tables = [50, 90], [[3, 1, 5, 7, 0, 0], [0, 2, 4, 6, 8, 9]]
-    cache, _ = _filled(spec, lens, tables)
-    q = (torch.randn(2, ntok, 2 * HEADS, D, generator=torch.Generator().manual_seed(6))).to(torch.float16)
-    bt = torch.tensor(tables, dtype=torch.int32)
-    sl = torch.tensor(lens, dtype=torch.int32)
-    fn = cache.prefill if prefill else cache.decode
+    cache, _, q, bt, sl, fn = _two_sequences(spec, ntok, prefill, 6)
+    lens = sl.tolist()
     full = fn(0, q.cuda(), bt.cuda(), sl.cuda(), max_seq_len=max(lens), out_dtype=torch.float32).cpu().numpy()
     for window in (1, 17, 64, 200):
         out = fn(0, q.cuda(), bt.cuda(), sl.cuda(), max_seq_len=max(lens), out_dtype=torch.float32, sliding_window=window).cpu().numpy()
