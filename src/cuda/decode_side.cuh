@@ -156,46 +156,44 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
   for (int i0 = i_begin; i0 < count; i0 += kSideChunk) {
     const int n = min(kSideChunk, count - i0);
     sync();  // the previous chunk (or call) is read
-    {
-      if (hd % 8 == 0) {  // 16-byte pieces, all issued before any is stored
-        constexpr int kUnits = kSideChunk * D / 8, kPer = (kUnits + kThreads - 1) / kThreads;
-        uint4 ku[kPer], vu[kPer];
+    if (hd % 8 == 0) {  // 16-byte pieces, all issued before any is stored
+      constexpr int kUnits = kSideChunk * D / 8, kPer = (kUnits + kThreads - 1) / kThreads;
+      uint4 ku[kPer], vu[kPer];
 #pragma unroll
-        for (int u = 0; u < kPer; ++u) {
-          const int x = tid + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
-          ku[u] = vu[u] = make_uint4(0, 0, 0, 0);
-          if (x < kUnits && i < n && col < hd) {
-            const void *kb, *vb;
-            DType dt;
-            size_t at;
-            source(i0 + i, kb, vb, dt, at);
-            ku[u] = side_half8(kb, dt, at + col);
-            vu[u] = side_half8(vb, dt, at + col);
-          }
+      for (int u = 0; u < kPer; ++u) {
+        const int x = tid + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
+        ku[u] = vu[u] = make_uint4(0, 0, 0, 0);
+        if (x < kUnits && i < n && col < hd) {
+          const void *kb, *vb;
+          DType dt;
+          size_t at;
+          source(i0 + i, kb, vb, dt, at);
+          ku[u] = side_half8(kb, dt, at + col);
+          vu[u] = side_half8(vb, dt, at + col);
         }
+      }
 #pragma unroll
-        for (int u = 0; u < kPer; ++u) {
-          const int x = tid + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
-          if (x < kUnits) {
-            *reinterpret_cast<uint4*>(&sm.k[i][col]) = ku[u];
-            *reinterpret_cast<uint4*>(&sm.v[i][col]) = vu[u];
-          }
+      for (int u = 0; u < kPer; ++u) {
+        const int x = tid + u * kThreads, i = x / (D / 8), col = x % (D / 8) * 8;
+        if (x < kUnits) {
+          *reinterpret_cast<uint4*>(&sm.k[i][col]) = ku[u];
+          *reinterpret_cast<uint4*>(&sm.v[i][col]) = vu[u];
         }
-      } else {
-        for (int x = tid; x < kSideChunk * D; x += kThreads) {
-          const int i = x / D, col = x % D;
-          __half kx = __float2half_rn(0.0f), vx = kx;
-          if (i < n && col < hd) {
-            const void *kb, *vb;
-            DType dt;
-            size_t at;
-            source(i0 + i, kb, vb, dt, at);
-            kx = side_half(kb, dt, at + col);
-            vx = side_half(vb, dt, at + col);
-          }
-          sm.k[i][col] = kx;
-          sm.v[i][col] = vx;
+      }
+    } else {
+      for (int x = tid; x < kSideChunk * D; x += kThreads) {
+        const int i = x / D, col = x % D;
+        __half kx = __float2half_rn(0.0f), vx = kx;
+        if (i < n && col < hd) {
+          const void *kb, *vb;
+          DType dt;
+          size_t at;
+          source(i0 + i, kb, vb, dt, at);
+          kx = side_half(kb, dt, at + col);
+          vx = side_half(vb, dt, at + col);
         }
+        sm.k[i][col] = kx;
+        sm.v[i][col] = vx;
       }
     }
     sync();
