@@ -7,6 +7,8 @@
 #include <fstream>
 
 #include "tq/check.h"
+#include "tq/format.h"
+#include "tq/kv/window_ring.h"
 #include "tq/model/shapes.h"
 #include "tq/text.h"
 
@@ -26,11 +28,32 @@ std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool
   return v;
 }
 
-double CacheCost::seq_bytes(uint32_t ctx) const { return std::ceil(double(ctx) / page_size) * page_bytes + side_bytes; }
+bool CacheCost::rings(uint32_t ctx) const { return window_page_bytes > 0 && WindowRing::make(swa_full ? 0 : window, ctx, step, page_size, false).on(); }
 
-CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side_extra) {
+double CacheCost::pool_page_bytes(uint32_t ctx) const { return page_bytes - (rings(ctx) ? window_page_bytes : 0); }
+
+double CacheCost::fixed_bytes(uint32_t ctx) const {
+  return side_bytes + (rings(ctx) ? WindowRing::make(window, ctx, step, page_size, false).pages * window_page_bytes : 0);
+}
+
+double CacheCost::seq_bytes(uint32_t ctx) const { return std::ceil(double(ctx) / page_size) * pool_page_bytes(ctx) + fixed_bytes(ctx); }
+
+double CacheCost::step_read_bytes(uint32_t ctx) const {
+  const double all = std::ceil(double(ctx) / page_size);
+  const double seen = window ? std::min(all, std::ceil(double(window) / page_size) + 1) : all;
+  return all * (page_bytes - window_page_bytes) + seen * window_page_bytes;
+}
+
+CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side_extra, uint32_t step, bool swa_full) {
   CacheCost k;
   k.page_bytes = double(s.page_bytes(uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim)));
+  const uint32_t L = uint32_t(c.n_layers);
+  for (uint32_t l = 0; l < L; ++l)
+    if (c.layer_is_local(int(l))) {
+      const KvFormat f = s.layer_format(l, L);
+      k.window_page_bytes += double(block_layout(f.k, f.v, uint32_t(c.head_dim), f.page_size).bytes) * c.n_kv_heads;
+    }
+  k.window = uint32_t(std::max(c.sliding_window, 0)), k.step = step, k.swa_full = swa_full;
   k.page_size = s.format.page_size;
   k.bytes_per_token = k.page_bytes / k.page_size;
   // The runner's side buffer (its side_bytes()): fp16 K and V of each side token and layer.

@@ -19,15 +19,27 @@ namespace tq::cli {
 // "1,16,max" -> {1, 16}, *has_max set where allow_max; throws tq::Error naming `flag` and the item.
 std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool allow_max, bool* has_max = nullptr);
 
-// Bytes a cache needs for one sequence of `ctx` tokens: whole pages, plus the side buffer.
+// Bytes a cache needs for one sequence of `ctx` tokens: whole pages, plus the side buffer; the
+// sliding-window layers' pages in a window ring instead where it is smaller (kv/window_ring.h).
 struct CacheCost {
-  double page_bytes = 0, side_bytes = 0, bytes_per_token = 0;
+  double page_bytes = 0, side_bytes = 0, bytes_per_token = 0;  // page_bytes: over every layer
+  double window_page_bytes = 0;  // the sliding-window layers' part of page_bytes
+  uint32_t window = 0, step = 0;  // the sliding window; the most tokens of a step (what a ring holds beyond the window)
+  bool swa_full = false;          // no rings: every layer keeps every position
   uint32_t page_size = 16;
-  double seq_bytes(uint32_t ctx) const;
+  double seq_bytes(uint32_t ctx) const;  // pages of ctx positions * pool_page_bytes + fixed_bytes
+  // With sequences of ctx positions: whether the sliding-window layers keep rings; one page of the
+  // pool; a sequence's fixed bytes (side buffer, rings).
+  bool rings(uint32_t ctx) const;
+  double pool_page_bytes(uint32_t ctx) const;
+  double fixed_bytes(uint32_t ctx) const;
+  // Bytes of KV a decode step at ctx positions reads at least: every page of the other layers, the
+  // window's pages of the sliding-window ones.
+  double step_read_bytes(uint32_t ctx) const;
 };
 // side_extra: the side buffer's rows beyond sink + window (the runner's: kSideRollback on the GPU,
-// the prefill chunk on the CPU).
-CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side_extra);
+// the prefill chunk on the CPU); step: the runner's max_chunk.
+CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side_extra, uint32_t step, bool swa_full);
 
 // The model a benchmark runs: a file (any device), or a named shape with random weights (the GPU).
 struct BenchModel {

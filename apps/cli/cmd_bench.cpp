@@ -34,6 +34,7 @@ struct Options {
   unsigned threads = 0;
   uint64_t seed = 1;
   bool eager = false;
+  bool swa_full = false;  // --swa-full
   bool batch_invariant = false;  // --batch-invariant
 };
 
@@ -156,7 +157,7 @@ void run(const Options& o) {
     const KvSpec& spec = specs[run_i / products.size()];
     const size_t pi = run_i % products.size();
     const std::string label = spec.canonical() + (products.size() > 1 ? " " + product_names[pi] : "");
-    const CacheCost cost = cache_cost(cfg, spec, device == engine::Device::kCuda ? kSideRollback : chunk);
+    const CacheCost cost = cache_cost(cfg, spec, device == engine::Device::kCuda ? kSideRollback : chunk, chunk, o.swa_full);
     nlohmann::json frow{{"kv", spec.canonical()},
                         {"bits_per_element", 8.0 * cost.bytes_per_token / (2.0 * cfg.n_layers * cfg.kv_dim())},
                         {"bytes_per_token", cost.bytes_per_token}};
@@ -206,7 +207,8 @@ void run(const Options& o) {
                              .max_chunk = std::max(most_batch * most_q, chunk),
                              .eager = o.eager,
                              .products = products[pi],
-                             .batch_invariant = o.batch_invariant};
+                             .batch_invariant = o.batch_invariant,
+                             .swa_full = o.swa_full};
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;
     try {
@@ -232,8 +234,9 @@ void run(const Options& o) {
         const auto key = std::make_tuple(is_max ? 0u : b, c, q);
         if (is_ref) first_dec[key] = tps;
         if (q == 1) one = ms;
-        // Bytes a step must read at least: every weight once, every page of every sequence once.
-        const double limit = 1e3 * (weights + double(b) * std::ceil(double(c) / cost.page_size) * double(runner->page_bytes())) / bw;
+        // Bytes a step must read at least: every weight once, every page of every sequence once (the
+        // window's on sliding-window layers).
+        const double limit = 1e3 * (weights + double(b) * cost.step_read_bytes(c)) / bw;
         dec.add({{"kv", label}, {"batch", b}, {"context", c}, {"queries", q}, {"fit", is_max ? "max" : "-"},
                  {"ms_per_step", ms}, {"tokens_per_s", tps}, {"limit_ms", limit}, {"of_limit", limit / ms}});
         if (one > 0) dec.rows_back()["vs_one"] = ms / one;
@@ -270,7 +273,10 @@ void run(const Options& o) {
              "tokens/s counts scored tokens; 'vs 1 token': ms/step against the one-token step):\n{}",
              head, dec.text());
   if (!prompts.empty()) fmt::print("\nPrefill (one sequence, chunks of {}; median of {}):\n{}", chunk, std::max(o.reps, 1u), pre.text());
-  fmt::print("\nLargest batch in {} GB of KV (whole pages{}):\n{}", o.kv_memory_gb, ", side buffers included", fit.text());
+  const std::string rings = cfg.sliding_window > 0 && !o.swa_full
+                                ? fmt::format(", sliding-window layers in window rings for steps of {} tokens", chunk)
+                                : "";
+  fmt::print("\nLargest batch in {} GB of KV (whole pages, side buffers included{}):\n{}", o.kv_memory_gb, rings, fit.text());
 }
 
 }  // namespace bench_cmd
@@ -305,6 +311,9 @@ void add_bench(CLI::App& app) {
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
+  c->add_flag("--swa-full", o->swa_full,
+              "sliding-window layers (Gemma 3's local ones) keep every position in the pool instead of a window ring per\n"
+              "sequence (tq run --swa-full), for comparison");
   c->add_flag("--batch-invariant", o->batch_invariant, "CUDA: the runner's batch-invariant mode (tq run --batch-invariant), to time it");
   c->add_option("--products", o->products,
                 "how the CUDA runner multiplies by the weights: auto (default: its GEMV kernel for one-row steps, its tensor-core "

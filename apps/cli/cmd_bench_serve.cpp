@@ -149,9 +149,13 @@ void run(const Options& o) {
   std::mt19937 rng(uint32_t(o.seed));
   for (const KvSpec& spec : specs) {
     const std::string label = spec.canonical();
-    const CacheCost cost = cache_cost(cfg, spec, device == engine::Device::kCuda ? kSideRollback : chunk);
-    const uint32_t fits = batch_that_fits(budget, cost, ctx);
-    uint32_t clients = fit_max ? fits : fixed[0];
+    const uint32_t side_extra = device == engine::Device::kCuda ? kSideRollback : chunk;
+    CacheCost cost = cache_cost(cfg, spec, side_extra, chunk, false);
+    uint32_t clients = fit_max ? batch_that_fits(budget, cost, ctx) : fixed[0];
+    if (clients > chunk) {  // steps of more tokens than a chunk (a decode for each client): window rings that hold them
+      cost = cache_cost(cfg, spec, side_extra, clients, false);
+      if (fit_max) clients = batch_that_fits(budget, cost, ctx);
+    }
     if (clients == 0) {
       tab.add({{"kv", label}, {"note", fmt::format("one request of {} tokens needs {:.2f} GB, beyond --kv-memory", ctx, cost.seq_bytes(ctx) / 1e9)}});
       continue;
@@ -159,8 +163,8 @@ void run(const Options& o) {
     const uint32_t total = o.requests ? o.requests : clients;
     clients = std::min(clients, total);
     const uint32_t step_tokens = std::max(chunk, clients);  // every running request decodes each step
-    // The pool: every page the budget buys beside the clients' side buffers.
-    const double page_count = std::max(0.0, std::floor((budget - clients * cost.side_bytes) / cost.page_bytes));
+    // The pool: every page the budget buys beside the clients' side buffers and window rings.
+    const double page_count = std::max(0.0, std::floor((budget - clients * cost.fixed_bytes(ctx)) / cost.pool_page_bytes(ctx)));
     TQ_CHECK(page_count >= std::ceil(double(ctx) / cost.page_size), "{}: {:.3g} GB of KV holds {} pages, fewer than one request needs", label,
              budget / 1e9, page_count);
     // No more than the clients can hold at once (random prompts share no prefix, so pages beyond that

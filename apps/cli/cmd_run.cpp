@@ -33,33 +33,44 @@ struct Options {
   bool steps_given = false;  // -n was on the command line
   bool exact_products = false;
   bool batch_invariant = false;  // --batch-invariant
+  bool swa_full = false;         // --swa-full
   std::string logits_file;  // test hook: prompt token ids and last-token logits
   std::string speculative;  // --spec: "" or a speculative_spec
   std::string draft, draft_kv;  // --draft model file, its KV spec ("" = --kv's)
 };
 
 // The KV line on stderr: the packed pages against the same pages in fp16 (like with like: whole
-// pages of the same token capacity), then the sink/window side buffers apart, a fixed fp16 cost per
-// sequence whatever its length, and the total.
+// pages of the same token capacity), then the window rings and the sink/window side buffers apart,
+// fixed costs per sequence whatever its length, and the total.
 void print_kv_line(const engine::Engine& e, int s, const KvSpec& spec) {
   const auto& c = e.config();
   const double fp16_token = 2.0 * 2.0 * c.n_layers * c.n_kv_heads * c.head_dim;  // K and V, 2 bytes each
   const size_t pages = e.blocks().block_table(s).size();
   const uint32_t page_size = e.blocks().page_size();
-  const double packed = double(pages) * double(e.runner().page_bytes()), fp16 = double(pages) * page_size * fp16_token;
-  const double side = double(e.runner().side_bytes());
+  const double side = double(e.runner().side_bytes()), rings = double(e.runner().ring_bytes());
+  const std::vector<bool> local = c.local_layers();
+  const size_t ring_layers = rings > 0 ? size_t(std::count(local.begin(), local.end(), true)) : 0;
+  // The pool's pages hold the layers outside the rings: fp16 of those layers for like with like.
+  const double pool_fp16_token = fp16_token * double(size_t(c.n_layers) - ring_layers) / c.n_layers;
+  const double packed = double(pages) * double(e.runner().page_bytes()), fp16 = double(pages) * page_size * pool_fp16_token;
   const double ratio = pages ? fp16 / packed : 1.0;
   const std::string vs = std::abs(ratio - 1) < 5e-3 ? "as large as"
                          : ratio > 1                ? fmt::format("{:.2f}x smaller than", ratio)
                                                     : fmt::format("{:.2f}x larger than", 1 / ratio);
   fmt::print(stderr, "KV cache: {} tokens in {} pages of {}: {:.1f} KiB at {:.3f} bits/element, {} the same pages in fp16 ({:.1f} KiB)\n",
              e.seq_len(s), pages, page_size, packed / 1024, e.bits_per_element(), vs, fp16 / 1024);
+  if (rings > 0)
+    fmt::print(stderr, "KV window rings: {:.1f} KiB: the {} sliding-window layers keep the pages of their window of {} and a step only, a "
+                       "fixed cost per sequence (the pages above hold the other {}); pages and rings together: {:.1f} KiB, {:.2f}x smaller "
+                       "than every layer in fp16\n",
+               rings / 1024, ring_layers, c.sliding_window, size_t(c.n_layers) - ring_layers, (packed + rings) / 1024,
+               double(e.seq_len(s)) * fp16_token / (packed + rings));
   if (side > 0) {
     const auto& p = spec.policy;
     const uint64_t rows = uint64_t(side / fp16_token + 0.5), extra = rows - std::min<uint64_t>(rows, p.sink + p.window);
     fmt::print(stderr, "KV side buffers: {:.1f} KiB, fp16 rows of {} positions (sink {} + window {} + {} of a step), a fixed cost per "
                        "sequence whatever its length; pages and side buffers together: {:.1f} KiB\n",
-               side / 1024, rows, p.sink, p.window, extra, (packed + side) / 1024);
+               side / 1024, rows, p.sink, p.window, extra, (packed + side + rings) / 1024);
   }
 }
 
@@ -125,7 +136,8 @@ void run(const Options& o) {
                     .context = needed,
                     .batch_invariant = o.batch_invariant,
                     .gpu_memory = o.gpu_memory,
-                    .exact_products = o.exact_products});
+                    .exact_products = o.exact_products,
+                    .swa_full = o.swa_full});
   fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
              cfg.head_dim, spec.canonical(), e.runner().describe());
   std::unique_ptr<engine::Engine> draft_engine;
@@ -243,6 +255,9 @@ void add_run(CLI::App& app) {
   c->add_flag("--batch-invariant", o->batch_invariant,
               "CUDA: a position's logits do not depend on what else its step holds (steps of up to 16 rows), so greedy\n"
               "--spec/--draft output equals plain decoding's exactly; steps up to 10% slower; specs without sink/window");
+  c->add_flag("--swa-full", o->swa_full,
+              "keep every position of the model's sliding-window layers (Gemma 3's local layers) in the page pool, as\n"
+              "llama.cpp's --swa-full; by default they keep only the positions their queries still see, in a ring per sequence");
   c->add_flag("--chat", o->chat, "wrap the prompt in the model's chat template (ChatML for SmolLM2-Instruct)");
   c->callback([o, steps, seed] {
     o->steps_given = steps->count() > 0;

@@ -27,6 +27,7 @@ struct Options {
   double gpu_memory = 0, shutdown_timeout = 10;
   unsigned threads = 0;
   bool no_prefix_caching = false;
+  bool swa_full = false;
   std::string speculative;  // --spec: requests' default
   std::string draft, draft_kv;  // --draft: a draft model for requests that ask for "draft"
 };
@@ -78,13 +79,15 @@ void serve(const Options& o) {
     draft_engine.emplace(draft->model, draft_spec,
                          engine::EngineOptions{.device = draft_device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs});
   }
-  // Specs with sink/window: the fp16 tails prefix hits need (runner.h), in slots fixed now.
-  const uint32_t tails = o.no_prefix_caching || (!spec.policy.sink && !spec.policy.window) ? 0
+  // Specs with sink/window, models with window rings: the tails prefix hits need (runner.h), in slots fixed now.
+  const bool rings = lm.model.config.sliding_window > 0 && !o.swa_full;
+  const uint32_t tails = o.no_prefix_caching || (!spec.policy.sink && !spec.policy.window && !rings) ? 0
                          : o.prefix_tails < 0                                             ? o.max_num_seqs
                                                                                           : uint32_t(o.prefix_tails);
   engine::Engine e(lm.model, spec,
                    {.device = device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
-                    .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory, .prefix_tails = tails});
+                    .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory, .prefix_tails = tails,
+                    .swa_full = o.swa_full});
   const std::string name = o.name.empty() ? std::filesystem::path(lm.path).stem().string() : o.name;
 
   const model::Model& m = lm.model;
@@ -169,9 +172,13 @@ void add_serve(CLI::App& app) {
   c->add_flag("--no-enable-prefix-caching", o->no_prefix_caching,
               "do not share the KV pages of common prompt prefixes between requests (on by default)");
   c->add_option("--prefix-tails", o->prefix_tails,
-                "specs with sink/window: slots for the fp16 side rows a prefix hit needs (default: --max-num-seqs;\n"
-                "0 turns prefix caching off for them). Each takes sink + window rows of every layer; one is kept\n"
-                "where a prompt is computed and where a request ends, least recently used reused (docs/serving.md)");
+                "specs with sink/window, models with sliding-window layers: slots for the fp16 side rows and window\n"
+                "rings a prefix hit needs (default: --max-num-seqs; 0 turns prefix caching off for them). Each takes\n"
+                "sink + window rows of every layer and a sequence's rings; one is kept where a prompt is computed and\n"
+                "where a request ends, least recently used reused (docs/serving.md)");
+  c->add_flag("--swa-full", o->swa_full,
+              "keep every position of the model's sliding-window layers (Gemma 3's local layers) in the page pool, as\n"
+              "llama.cpp's --swa-full; by default they keep only the positions their queries still see, in a ring per sequence");
   c->add_option("--shutdown-timeout", o->shutdown_timeout,
                 "on SIGINT or SIGTERM, seconds that running requests get to finish before they are cancelled (default 10)");
   c->add_option("--spec", o->speculative,

@@ -58,8 +58,13 @@ DeviceFormat::DeviceFormat(const CacheFormat& format) : format_(format) {
 
 CacheView DeviceFormat::view(uint32_t layer, uint8_t* pages, uint32_t num_pages) const {
   TQ_CHECK(layer < format_.layers(), "DeviceFormat::view: layer {} of {}", layer, format_.layers());
+  return layer_view(layer, pages + format_.block_offset(layer, 0, 0, num_pages), num_pages);
+}
+
+CacheView DeviceFormat::layer_view(uint32_t layer, uint8_t* layer_pages, uint32_t num_pages) const {
+  TQ_CHECK(layer < format_.layers(), "DeviceFormat::view: layer {} of {}", layer, format_.layers());
   CacheView v;
-  v.data = pages + format_.block_offset(layer, 0, 0, num_pages);
+  v.data = layer_pages;
   v.num_pages = num_pages;
   v.kv_heads = format_.kv_heads();
   v.head_dim = format_.head_dim();
@@ -76,14 +81,27 @@ CacheView DeviceFormat::view(uint32_t layer, uint8_t* pages, uint32_t num_pages)
 }
 
 namespace {
-// The page count is checked before the tables are uploaded.
-const CacheFormat& with_pages(const CacheFormat& format, uint32_t num_pages) {
-  TQ_CHECK(num_pages >= 1, "a device cache needs at least one page, got {}", num_pages);
+// The page counts are checked before the tables are uploaded.
+const CacheFormat& with_pages(const CacheFormat& format, const std::vector<uint32_t>& layer_pages) {
+  TQ_CHECK(layer_pages.size() == format.layers(), "{} page counts for a device cache of {} layers", layer_pages.size(), format.layers());
+  for (uint32_t n : layer_pages) TQ_CHECK(n >= 1, "a device cache needs at least one page, got {}", n);
   return format;
 }
 }  // namespace
 
 DeviceKvCache::DeviceKvCache(const CacheFormat& format, uint32_t num_pages)
-    : tables_(with_pages(format, num_pages)), num_pages_(num_pages), pages_(device_alloc(format.bytes(num_pages), "DeviceKvCache", true)) {}
+    : DeviceKvCache(format, std::vector<uint32_t>(format.layers(), num_pages)) {}
+
+DeviceKvCache::DeviceKvCache(const CacheFormat& format, const std::vector<uint32_t>& layer_pages)
+    : tables_(with_pages(format, layer_pages)), layer_pages_(layer_pages) {
+  const size_t page = format.page_bytes() / format.layers();  // one page of one layer, every KV head
+  for (uint32_t n : layer_pages) layer_offset_.push_back(bytes_), bytes_ += page * n;
+  pages_ = device_alloc(bytes_, "DeviceKvCache", true);
+}
+
+uint8_t* DeviceKvCache::layer_data(uint32_t layer, uint32_t first) const {
+  TQ_CHECK(layer < layer_pages_.size() && first < layer_pages_[layer], "page {} of layer {} is outside the device cache", first, layer);
+  return data() + layer_offset_[layer] + size_t(first) * format().page_bytes() / format().layers();
+}
 
 }  // namespace tq::cuda

@@ -68,7 +68,7 @@ EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, E
 RunnerOptions Engine::runner_options(const EngineOptions& o) {
   return RunnerOptions{.context = o.context, .num_pages = o.num_pages, .max_chunk = o.max_chunk, .max_seqs = o.max_seqs, .threads = o.threads,
                        .exact_products = o.exact_products, .eager = o.eager, .products = o.products, .batch_invariant = o.batch_invariant,
-                       .gpu_memory = o.gpu_memory, .prefix_tails = o.prefix_tails};
+                       .gpu_memory = o.gpu_memory, .prefix_tails = o.prefix_tails, .swa_full = o.swa_full};
 }
 
 Engine::Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts)
@@ -101,7 +101,12 @@ void Engine::calibrate_centre(const model::Model* m) {
 
 int Engine::add_sequence() {
   const int seq = blocks_.add_sequence();
-  runner_->add_sequence(seq);
+  try {
+    runner_->add_sequence(seq);
+  } catch (...) {
+    blocks_.remove(seq);
+    throw;
+  }
   return seq;
 }
 
@@ -121,12 +126,15 @@ int Engine::add_cached_sequence(std::span<const int32_t> pages) {
 }
 
 std::string Engine::enable_prefix_cache() {
-  const bool side = runner_->side_bytes() > 0;
-  if (side && runner_->tail_slots() == 0)
+  const bool side = runner_->side_bytes() > 0 || runner_->ring_bytes() > 0;
+  if (runner_->side_bytes() > 0 && runner_->tail_slots() == 0)
     return fmt::format(
         "KV spec {} keeps its sink and window tokens in per-sequence side buffers, which pages do not carry, and the engine was "
         "built with no prefix tails to keep them (prefix_tails 0)",
         runner_->spec().text);
+  if (side && runner_->tail_slots() == 0)
+    return "the model's sliding-window layers keep their pages in per-sequence window rings, which the pool does not carry, and the "
+           "engine was built with no prefix tails to keep them (prefix_tails 0; or keep every position in the pool: swa_full)";
   blocks_.enable_prefix_cache(std::hash<std::string>{}(runner_->spec().text), side ? runner_->tail_slots() : 0);
   return "";
 }
@@ -147,13 +155,13 @@ void Engine::remove_sequence(int seq) { blocks_.remove(seq); }
 void Engine::reset_sequence(int seq) { blocks_.reset(seq); }
 
 size_t Engine::kv_bytes(int seq) const {
-  return blocks_.block_table(seq).size() * runner_->page_bytes() + runner_->side_bytes();
+  return blocks_.block_table(seq).size() * runner_->page_bytes() + runner_->side_bytes() + runner_->ring_bytes();
 }
 
 double Engine::bits_per_element() const {
   const auto& c = config();
   const double elements_per_page = 2.0 * c.n_layers * c.n_kv_heads * c.head_dim * blocks_.page_size();
-  return 8.0 * double(runner_->page_bytes()) / elements_per_page;
+  return 8.0 * double(runner_->page_bytes() + runner_->ring_page_bytes()) / elements_per_page;
 }
 
 std::vector<StepSeq> Engine::schedule(const std::vector<BatchItem>& batch) {

@@ -297,6 +297,60 @@ TEST(CudaRunnerGraphs, GreedyStepsMatchEagerLogits) {
   }
 }
 
+// Window rings (kv/window_ring.h) on the GPU: Gemma 3's sliding-window layers keep only the pages
+// their queries can still see, in a ring per sequence. Against the same engine with every position
+// in the pool (swa_full): the same logits bits through chunked prefill, a prefix-cache hit restored
+// from its tail, a rollback within a chunk and decode steps from their CUDA graphs; the pool's pages
+// carry the global layer only.
+TEST(CudaRunnerWindowRing, LogitsAreTheBitsOfEveryPositionKept) {
+  TQ_REQUIRE_GPU();
+  const model::Model m = tiny(gemma3_shape());
+  std::mt19937 rng(13);
+  std::vector<int> a(150), b(90);
+  for (int& t : a) t = int(rng() % 300);
+  for (int& t : b) t = int(rng() % 300);
+  for (const char* spec_text : {"k3v2", "fp16", "k4v4:centre", kDefaultKvSpec}) {
+    SCOPED_TRACE(spec_text);
+    const KvSpec spec = parse_kv_spec(spec_text);
+    const auto run = [&](bool swa_full, std::vector<int>* ids, size_t* page_bytes) {
+      engine::Engine e(m, spec, {.device = engine::Device::kCuda, .context = 256, .max_seqs = 3, .max_chunk = 24, .prefix_tails = 2,
+                                 .swa_full = swa_full});
+      *page_bytes = e.runner().page_bytes();
+      EXPECT_EQ(e.runner().ring_bytes() > 0, !swa_full) << e.runner().describe();
+      EXPECT_EQ(e.enable_prefix_cache(), "");
+      const int sa = e.add_sequence(), sb = e.add_sequence();
+      std::vector<float> out = e.prefill(sa, std::vector<int>(a.begin(), a.begin() + 100), true);
+      const std::vector<float> pb = e.prefill(sb, std::vector<int>(b.begin(), b.begin() + 40), true);
+      out.insert(out.end(), pb.begin(), pb.end());
+      // A prefix hit on a third sequence id: 96 cached positions, its rings from the tail at 96.
+      EXPECT_TRUE(e.cache_prefix(sa, std::vector<int>(a.begin(), a.begin() + 100)));
+      const int hit = e.add_sequence(a, 120);
+      EXPECT_EQ(e.seq_len(hit), 96u);
+      const std::vector<float> h = e.prefill(hit, std::vector<int>(a.begin() + 96, a.begin() + 110), true);
+      out.insert(out.end(), h.begin(), h.end());
+      e.forward({{sa, std::vector<int>(b.begin(), b.begin() + 8), false}});  // drafts written, then taken back
+      e.truncate(sa, 100);
+      std::vector<int> next = {a[100], b[40]};
+      for (int i = 0; i < 40; ++i) {  // greedy steps: replayed from their graphs
+        next = e.forward_greedy({{sa, {next[0]}, false}, {sb, {next[1]}, false}});
+        ids->insert(ids->end(), next.begin(), next.end());
+      }
+      const std::vector<float> l = e.forward({{sa, {next[0]}, false}, {sb, {next[1]}, false}});
+      out.insert(out.end(), l.begin(), l.end());
+      return out;
+    };
+    std::vector<int> ring_ids, full_ids;
+    size_t ring_page = 0, full_page = 0;
+    const std::vector<float> ring = run(false, &ring_ids, &ring_page), full = run(true, &full_ids, &full_page);
+    EXPECT_EQ(ring_ids, full_ids);
+    ASSERT_EQ(ring.size(), full.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < ring.size(); ++i) differ += ring[i] != full[i];
+    EXPECT_EQ(differ, 0u) << "logits that differ from swa_full's";
+    EXPECT_LT(ring_page, full_page);  // the global layer only (with the default spec's edge layers: the same format)
+  }
+}
+
 // Random weights of a named shape run (finite logits, ids in the vocabulary), and --gpu-memory
 // sizes the pool from the device's memory, or refuses a fraction too small for one sequence.
 TEST(CudaRunnerRandom, NamedShapeAndGpuMemory) {

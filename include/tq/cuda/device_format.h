@@ -29,6 +29,8 @@ class DeviceFormat {
   // The view of one layer of device pages laid out by this format: `pages` points at storage of
   // `num_pages` pages ([layers][num_pages][kv_heads][block bytes]).
   CacheView view(uint32_t layer, uint8_t* pages, uint32_t num_pages) const;
+  // The same with `layer_pages` pointing at that layer's own `num_pages` pages ([num_pages][kv_heads][block bytes]).
+  CacheView layer_view(uint32_t layer, uint8_t* layer_pages, uint32_t num_pages) const;
 
  private:
   const float* upload(const std::vector<float>& v);
@@ -37,21 +39,27 @@ class DeviceFormat {
   std::vector<CodecTables> k_, v_;  // [layers]
 };
 
-// Device pages of a format: num_pages pages of every layer, zeroed.
+// Device pages of a format: num_pages pages of every layer, zeroed; or layer_pages[l] pages of
+// layer l, layer after layer (the window rings give sliding-window layers fewer: kv/window_ring.h).
 class DeviceKvCache {
  public:
   // Throws tq::Error (before allocating) when num_pages is 0, or when cudaMalloc fails.
   DeviceKvCache(const CacheFormat& format, uint32_t num_pages);
+  DeviceKvCache(const CacheFormat& format, const std::vector<uint32_t>& layer_pages);
 
   const CacheFormat& format() const { return tables_.format(); }
-  uint32_t num_pages() const { return num_pages_; }
-  size_t bytes() const { return tables_.format().bytes(num_pages_); }
+  uint32_t num_pages(uint32_t layer) const { return layer_pages_.at(layer); }
+  size_t bytes() const { return bytes_; }
   uint8_t* data() const { return static_cast<uint8_t*>(pages_.get()); }
-  CacheView view(uint32_t layer) const { return tables_.view(layer, data(), num_pages_); }
+  // Layer `layer`'s pages, or with `first`, pages [first, num_pages(layer)) of it.
+  uint8_t* layer_data(uint32_t layer, uint32_t first = 0) const;
+  CacheView view(uint32_t layer) const { return tables_.layer_view(layer, layer_data(layer), num_pages(layer)); }
 
  private:
   DeviceFormat tables_;
-  uint32_t num_pages_;
+  std::vector<uint32_t> layer_pages_;  // [layers]
+  std::vector<size_t> layer_offset_;   // [layers] bytes before each layer's pages
+  size_t bytes_ = 0;
   DevicePtr pages_;
 };
 

@@ -37,7 +37,8 @@ struct EngineOptions {
   bool batch_invariant = false;               // CUDA: RunnerOptions::batch_invariant
   double gpu_memory = 0;    // CUDA: fraction of the GPU's memory to use, the pool sized by it (RunnerOptions)
   bool exact_products = false;  // CPU: fp32 products (RunnerOptions::exact_products)
-  uint32_t prefix_tails = 0;    // specs with sink/window: tail slots for prefix caching (RunnerOptions)
+  uint32_t prefix_tails = 0;    // specs with sink/window, models with window rings: tail slots for prefix caching (RunnerOptions)
+  bool swa_full = false;        // sliding-window layers keep every position in the pool (RunnerOptions)
 };
 
 // The runner of o.device for `m`, built for Engine::resolve'd options (what Engine builds).
@@ -83,7 +84,8 @@ class Engine {
   // with tails, its side rows come from the last page's tail.
   int add_cached_sequence(std::span<const int32_t> pages);
   // Turns prefix caching on (BlockManager, keyed by the KV spec). A spec that keeps tokens outside
-  // the pages (sink and window side buffers) needs tails (runner.h): prefix_tails slots of them.
+  // the pool's pages (sink and window side buffers, window rings) needs tails (runner.h):
+  // prefix_tails slots of them.
   // Returns why it cannot be, and leaves it off, when such a spec has none; "" when it is on.
   std::string enable_prefix_cache();
   // Caches the sequence's full pages: tokens, at least its seq_len() first, are its tokens.
@@ -102,7 +104,7 @@ class Engine {
   // kSideRollback positions more, and its next step refuses a sequence taken back further).
   void truncate(int seq, uint32_t len) { blocks_.truncate(seq, len); }
   uint32_t seq_len(int seq) const { return blocks_.len(seq); }
-  size_t kv_bytes(int seq) const;  // pages + side buffers held by the sequence
+  size_t kv_bytes(int seq) const;  // pages + side buffers + window rings held by the sequence
   // Bits per K/V element of the pages over all layers (edge layers included), from the runner's
   // page bytes; full pages, side buffers excluded.
   double bits_per_element() const;

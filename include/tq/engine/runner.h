@@ -52,7 +52,10 @@ struct RunnerOptions {
   bool batch_invariant = false;
   double gpu_memory = 0;    // GPU runners: fraction of the device's memory for weights, scratch and
                             // the pool, which gets what is left (num_pages is then ignored); 0: off
-  uint32_t prefix_tails = 0;  // specs with sink/window: tail slots for prefix caching (save_tail); 0: none
+  uint32_t prefix_tails = 0;  // specs with sink/window, models with window rings: tail slots for prefix caching (save_tail); 0: none
+  // Sliding-window layers keep every position in the pool (llama.cpp's --swa-full) instead of
+  // the positions their queries can still see in per-sequence window rings (kv/window_ring.h).
+  bool swa_full = false;
 };
 
 // Logits rows of a step: n for an all_logits sequence, 1 for the others.
@@ -88,17 +91,23 @@ class ModelRunner {
 
   // Pages of the pool (RunnerOptions::num_pages, or what gpu_memory left for it).
   virtual uint32_t num_pages() const = 0;
-  // KV bytes: one page over every layer, and one sequence's fixed side buffers.
+  // KV bytes: one page of the pool over its layers, one sequence's fixed side buffers (sink,
+  // window), and one sequence's window rings (the sliding-window layers' pages when they are not
+  // in the pool: kv/window_ring.h; sequence ids 0 .. max_seqs-1 have one).
   virtual size_t page_bytes() const = 0;
   virtual size_t side_bytes() const = 0;
+  virtual size_t ring_bytes() const { return 0; }
+  virtual size_t ring_page_bytes() const { return 0; }  // one page of the window rings over their layers
 
-  // Prefix caching for specs with side buffers (sink, window). A sequence that starts from P
-  // cached positions (P a page boundary) must read, as a cold run would, the fp16 rows of the sink
-  // and of the window before P, which the pages do not carry. A tail is a snapshot of them: the
-  // sink rows and the rows of positions [P - window, P), in one of RunnerOptions::prefix_tails
+  // Prefix caching for specs with side buffers (sink, window) and models with window rings. A
+  // sequence that starts from P cached positions (P a page boundary) must read, as a cold run would,
+  // the fp16 rows of the sink and of the window before P, and the sliding-window layers' rows
+  // before P, which the pool's pages do not carry. A tail is a snapshot of them: the sink rows,
+  // the rows of positions [P - window, P) and the window rings, in one of RunnerOptions::prefix_tails
   // slots fixed at construction (the block manager says which slot belongs to which cached page).
-  // With tails on, the side ring keeps a page more than the runner needs for its steps, so that
-  // the rows before the last page boundary P <= len are still there when a sequence ends.
+  // With tails on, the side ring and the window rings keep a page more than the runner needs for its
+  // steps, so that the rows before the last page boundary P <= len are still there when a sequence
+  // ends.
   uint32_t tail_slots() const { return tails_; }
   virtual size_t tail_bytes() const { return 0; }  // one tail slot
   // Copies the sequence's side rows for a cached prefix of `end` positions (a page boundary at

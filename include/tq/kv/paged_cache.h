@@ -17,7 +17,7 @@ struct CacheShape {
   uint32_t layers = 1;
   uint32_t kv_heads = 1;
   uint32_t head_dim = 128;
-  uint32_t num_pages = 1;  // pages per layer
+  uint32_t num_pages = 1;  // pages per layer (the most of any layer when layers differ: num_pages(layer))
 };
 
 class PagedKvCache {
@@ -25,6 +25,9 @@ class PagedKvCache {
   // num_pages pages of `format`. Throws tq::Error when there are none or they would take more than
   // the 64 GiB allowed on the CPU.
   PagedKvCache(const CacheFormat& format, uint32_t num_pages);
+  // layer_pages[l] pages for layer l: [layer 0: pages 0][layer 1: pages 1]...; each page laid out
+  // as in the uniform cache. The window rings (kv/window_ring.h) give sliding-window layers fewer.
+  PagedKvCache(const CacheFormat& format, const std::vector<uint32_t>& layer_pages);
   // The same, building the format (throws on a bad shape or a format the head dim cannot use).
   PagedKvCache(const CacheShape& shape, const KvFormat& format);
   // The pages at `data` ([layers][num_pages][kv_heads][layout().bytes], format.bytes(num_pages)
@@ -40,6 +43,7 @@ class PagedKvCache {
   const BlockLayout& layout() const { return format_.layout(); }
   uint32_t page_size() const { return format_.page_size(); }
   size_t bytes() const { return bytes_; }
+  uint32_t num_pages(uint32_t layer) const { return layer_pages_.empty() ? shape_.num_pages : layer_pages_.at(layer); }
   const uint8_t* data() const { return data_; }
 
   // [layout().bytes] bytes of the (layer, page, kv_head) block.
@@ -64,6 +68,8 @@ class PagedKvCache {
 
   CacheFormat format_;
   CacheShape shape_;
+  std::vector<uint32_t> layer_pages_;  // [layers] pages of each layer; empty: num_pages each
+  std::vector<size_t> layer_offset_;   // [layers] byte offset of each layer's pages (with layer_pages_)
   std::vector<uint8_t> owned_;  // the bytes of an owning cache (empty for a view)
   uint8_t* data_ = nullptr;     // [layers][num_pages][kv_heads][layout().bytes]
   size_t bytes_ = 0;

@@ -17,20 +17,36 @@ KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec
   TQ_CHECK(shape.sliding.empty() || shape.sliding.size() == shape.layers, "{} sliding-window flags for {} layers", shape.sliding.size(),
            shape.layers);
   const std::vector<bool> sliding = shape.sliding.empty() ? std::vector<bool>(shape.layers, false) : shape.sliding;
-  // Both caches are indexed by the same page ids, so each holds num_pages pages per layer.
+  const bool rings = shape.ring.on() && std::find(sliding.begin(), sliding.end(), true) != sliding.end();
+  if (rings) {
+    TQ_CHECK(shape.max_seqs >= 1 && shape.ring.page_size == spec.format.page_size,
+             "window rings of {}-token pages for {} sequences in a cache of {}-token pages", shape.ring.page_size, shape.max_seqs,
+             spec.format.page_size);
+    ring_layer_ = sliding;
+    ring_written_.assign(shape.max_seqs, 0);
+  }
+  // Both caches are indexed by the same page ids, so each holds num_pages pages per pool layer;
+  // a ring layer holds max_seqs rings instead.
+  const auto pages = [&](const std::vector<bool>& ring) {
+    std::vector<uint32_t> n(ring.size(), shape.num_pages);
+    for (size_t l = 0; l < n.size(); ++l)
+      if (rings && ring[l]) n[l] = shape.max_seqs * shape.ring.pages;
+    return n;
+  };
   if (n_main)
     main_ = std::make_unique<PagedKvCache>(
-        CacheFormat(n_main, shape.kv_heads, shape.head_dim, spec.main_format(), spec.cache_layers(sliding, false)), shape.num_pages);
+        CacheFormat(n_main, shape.kv_heads, shape.head_dim, spec.main_format(), spec.cache_layers(sliding, false)),
+        pages(spec.cache_layers(sliding, false)));
   if (n_edge)
     edge_ = std::make_unique<PagedKvCache>(
-        CacheFormat(n_edge, shape.kv_heads, shape.head_dim, spec.edge_format(), spec.cache_layers(sliding, true)), shape.num_pages);
+        CacheFormat(n_edge, shape.kv_heads, shape.head_dim, spec.edge_format(), spec.cache_layers(sliding, true)),
+        pages(spec.cache_layers(sliding, true)));
   if (!spec.policy.key_sim.empty()) key_sim_ = make_baseline(spec.policy.key_sim, shape.head_dim);
   layer_fixed_.assign(shape.layers, false);
   if (spec.policy.key_centre) centre_.assign(size_t(shape.layers) * shape.kv_heads * shape.head_dim, 0.0f);
-  if (spec.policy.sink || spec.policy.window) {
-    tail_count_ = shape.tails;
-    tails_.assign(tail_count_ * tail_bytes() / sizeof(uint16_t), 0);
-  }
+  if (spec.policy.sink || spec.policy.window || rings) tail_count_ = shape.tails;
+  if (spec.policy.sink || spec.policy.window) tails_.assign(tail_count_ * (tail_bytes() - ring_bytes()) / sizeof(uint16_t), 0);
+  if (rings) ring_tails_.assign(tail_count_ * ring_bytes(), 0);
 }
 
 const PagedKvCache& KvStore::cache_of(uint32_t layer, uint32_t* local) const {
@@ -41,6 +57,11 @@ const PagedKvCache& KvStore::cache_of(uint32_t layer, uint32_t* local) const {
 
 void KvStore::add_sequence(int seq) {
   TQ_CHECK(seq >= 0, "sequence id {} is negative", seq);
+  if (!ring_written_.empty()) {
+    TQ_CHECK(size_t(seq) < ring_written_.size(), "sequence id {} has no window ring: the store was built for {} sequences (max_seqs)", seq,
+             ring_written_.size());
+    ring_written_[size_t(seq)] = 0;
+  }
   if (spec_.policy.sink == 0 && spec_.policy.window == 0) return;
   if (size_t(seq) >= sides_.size()) sides_.resize(size_t(seq) + 1);
   const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;  // K and V of one token
@@ -54,7 +75,24 @@ const KvStore::Side& KvStore::side(int seq) const {
   return sides_[size_t(seq)];
 }
 
-int64_t KvStore::slot(const SeqPages& s, uint32_t pos) const {
+void KvStore::begin_step(int seq, uint32_t first, uint32_t n) {
+  if (ring_written_.empty()) return;
+  TQ_CHECK(seq >= 0 && size_t(seq) < ring_written_.size(), "sequence id {} has no window ring: the store was built for {} sequences (max_seqs)",
+           seq, ring_written_.size());
+  uint32_t& written = ring_written_[size_t(seq)];
+  TQ_CHECK(shape_.ring.holds(written, first),
+           "sequence {}: taken back from position {} to {}, further than the {} positions its window ring keeps beyond the window; "
+           "reset it and prefill it again",
+           seq, written, first, shape_.ring.rollback);
+  written = first == 0 ? first + n : std::max(written, first + n);
+}
+
+int64_t KvStore::slot(uint32_t layer, const SeqPages& s, uint32_t pos) const {
+  if (in_ring(layer)) {
+    TQ_CHECK(s.seq >= 0 && size_t(s.seq) < ring_written_.size(), "sequence id {} has no window ring (max_seqs {})", s.seq,
+             ring_written_.size());
+    return shape_.ring.slot(s.seq, pos);
+  }
   const uint32_t ps = page_size();
   TQ_CHECK(s.block_table && pos / ps < s.block_table->size(), "position {} is beyond the pages of sequence {}", pos, s.seq);
   return int64_t((*s.block_table)[pos / ps]) * ps + pos % ps;
@@ -139,7 +177,7 @@ void KvStore::write(uint32_t layer, const SeqPages& s, uint32_t pos, const float
     }
     kw = ksim.data();
   }
-  cache.write(local, slot(s, pos), kw, v);
+  cache.write(local, slot(layer, s, pos), kw, v);
   if (spec_.policy.sink == 0 && spec_.policy.window == 0) return;
   // Side buffers keep the unquantized token (fp16), as a full-precision cache would.
   Side& sd = side(s.seq);
@@ -156,6 +194,17 @@ size_t KvStore::page_bytes() const {
   size_t b = 0;
   for (const PagedKvCache* c : {main_.get(), edge_.get()})
     if (c) b += c->format().page_bytes();
+  return b - ring_page_bytes();
+}
+
+size_t KvStore::ring_page_bytes() const {
+  size_t b = 0;
+  for (uint32_t l = 0; l < shape_.layers; ++l) {
+    if (!in_ring(l)) continue;
+    uint32_t local = 0;
+    const PagedKvCache& c = cache_of(l, &local);
+    b += c.format().page_bytes() / c.format().layers();
+  }
   return b;
 }
 
@@ -166,20 +215,49 @@ size_t KvStore::side_bytes() const {
 
 size_t KvStore::tail_bytes() const {
   const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;
-  return size_t(spec_.policy.sink + spec_.policy.window) * shape_.layers * row * sizeof(uint16_t);
+  return size_t(spec_.policy.sink + spec_.policy.window) * shape_.layers * row * sizeof(uint16_t) + ring_bytes();
 }
 
-void KvStore::save_tail(int seq, uint32_t end, uint32_t slot) { copy_tail(seq, end, slot, true); }
-void KvStore::restore_tail(uint32_t slot, int seq, uint32_t end) { copy_tail(seq, end, slot, false); }
+bool KvStore::save_tail(int seq, uint32_t end, uint32_t slot) {
+  if (!ring_written_.empty()) {
+    TQ_CHECK(seq >= 0 && size_t(seq) < ring_written_.size(), "sequence id {} has no window ring (max_seqs {})", seq, ring_written_.size());
+    if (!shape_.ring.holds_tail(ring_written_[size_t(seq)], end, shape_.sliding_window)) return false;
+  }
+  copy_tail(seq, end, slot, true);
+  return true;
+}
+
+void KvStore::restore_tail(uint32_t slot, int seq, uint32_t end) {
+  copy_tail(seq, end, slot, false);
+  if (!ring_written_.empty()) ring_written_[size_t(seq)] = end;  // as if its own steps had written positions [0, end)
+}
+
+void KvStore::copy_rings(int seq, uint32_t slot, bool save) {
+  uint8_t* tail = ring_tails_.data() + size_t(slot) * ring_bytes();
+  for (uint32_t l = 0; l < shape_.layers; ++l) {
+    if (!in_ring(l)) continue;
+    uint32_t local = 0;
+    PagedKvCache& c = const_cast<PagedKvCache&>(cache_of(l, &local));
+    uint8_t* ring = c.block(local, uint32_t(shape_.ring.page(seq, 0)), 0);  // the sequence's ring pages, contiguous
+    const size_t n = c.format().page_bytes() / c.format().layers() * shape_.ring.pages;
+    if (save)
+      std::copy(ring, ring + n, tail);
+    else
+      std::copy(tail, tail + n, ring);
+    tail += n;
+  }
+}
 
 void KvStore::copy_tail(int seq, uint32_t end, uint32_t slot, bool save) {
   TQ_CHECK(slot < tail_count_, "tail slot {} is outside the {} this store holds", slot, tail_count_);
   TQ_CHECK(end % page_size() == 0, "a prefix tail ends at a page boundary, not at {}", end);
+  if (!ring_layer_.empty()) copy_rings(seq, slot, save);
+  if (spec_.policy.sink == 0 && spec_.policy.window == 0) return;
   Side& sd = side(seq);
   const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;  // K and V of one token
   const uint32_t sink = spec_.policy.sink, window = spec_.policy.window;
   const size_t per_layer = size_t(sink + window) * row;  // a tail's rows of one layer
-  uint16_t* tail = tails_.data() + slot * (tail_bytes() / sizeof(uint16_t));
+  uint16_t* tail = tails_.data() + slot * ((tail_bytes() - ring_bytes()) / sizeof(uint16_t));
   const auto copy = [&](uint16_t* side_row, uint16_t* tail_row) {
     if (save)
       std::copy(side_row, side_row + row, tail_row);

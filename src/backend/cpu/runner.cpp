@@ -14,21 +14,25 @@ using model::TensorRef;
 namespace {
 
 // The KV shape of a model, after the checks that make it a model this runner can run.
-KvShape kv_shape(const model::ModelConfig& c, const engine::RunnerOptions& o) {
+KvShape kv_shape(const model::ModelConfig& c, const engine::RunnerOptions& o, uint32_t page_size) {
   TQ_CHECK(c.n_layers >= 1 && c.dim >= 1 && c.n_heads >= 1 && c.n_kv_heads >= 1 && c.head_dim >= 1 && c.vocab_size >= 1,
            "model has an empty shape ({} layers, dim {}, {} heads, {} KV heads, head dim {})", c.n_layers, c.dim, c.n_heads,
            c.n_kv_heads, c.head_dim);
   TQ_CHECK(c.n_heads % c.n_kv_heads == 0, "query heads ({}) must be a multiple of KV heads ({})", c.n_heads, c.n_kv_heads);
   TQ_CHECK(c.rope_dim % 2 == 0 && c.rope_dim <= c.head_dim, "rope dim {} must be even and <= head dim {}", c.rope_dim, c.head_dim);
   TQ_CHECK(o.max_chunk >= 1 && o.context >= 1, "max_chunk and context must be at least 1");
-  return KvShape{uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim), o.num_pages, o.max_chunk, o.prefix_tails,
-                 c.local_layers()};
+  KvShape shape{uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim), o.num_pages, o.max_chunk, o.prefix_tails,
+                c.local_layers()};
+  shape.sliding_window = uint32_t(std::max(c.sliding_window, 0));
+  shape.max_seqs = o.max_seqs;
+  if (!o.swa_full) shape.ring = WindowRing::make(shape.sliding_window, o.context, o.max_chunk, page_size, o.prefix_tails > 0);
+  return shape;
 }
 
 }  // namespace
 
 CpuModelRunner::CpuModelRunner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& opts)
-    : model_(m), cfg_(m.config), opts_(opts), pool_(opts.threads), kv_(kv_shape(m.config, opts), spec) {
+    : model_(m), cfg_(m.config), opts_(opts), pool_(opts.threads), kv_(kv_shape(m.config, opts, spec.format.page_size), spec) {
   tails_ = kv_.tail_slots();
   const auto& c = cfg_;
   const auto norm = [](const TensorRef& t) {
@@ -116,6 +120,7 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
   std::vector<float> k(N * KVD), v(N * KVD);          // [N][kv_dim]
   std::vector<float> g(N * F), u(N * F);              // [N][hidden]
   std::vector<uint32_t> pos(N);                       // [N] position of each row
+  for (const StepSeq& it : step) kv_.begin_step(it.seq, it.first, it.n);
   {
     size_t r = 0;
     for (const StepSeq& it : step)

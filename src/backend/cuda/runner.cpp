@@ -14,6 +14,7 @@
 #include "tq/check.h"
 #include "tq/cuda/device_format.h"
 #include "tq/cuda/kernels.h"
+#include "tq/kv/window_ring.h"
 #include "tq/model/shapes.h"
 #include "tq/numeric.h"
 
@@ -112,16 +113,20 @@ class CudaModelRunner : public engine::ModelRunner {
   const KvSpec& spec() const override { return spec_; }
   std::string describe() const override { return describe_; }
   void add_sequence(int seq) override {
-    TQ_CHECK(seq >= 0 && (!side_.n || uint32_t(seq) < opts_.max_seqs),
-             "sequence id {} has no side buffer: the CUDA runner was built for {} sequences (max_seqs)", seq, opts_.max_seqs);
+    TQ_CHECK(seq >= 0 && ((!side_.n && !ring_.on()) || uint32_t(seq) < opts_.max_seqs),
+             "sequence id {} has no {}: the CUDA runner was built for {} sequences (max_seqs)", seq,
+             side_.n ? "side buffer" : "window ring", opts_.max_seqs);
     if (side_.n) side_written_[size_t(seq)] = 0;
+    if (ring_.on()) ring_written_[size_t(seq)] = 0;
   }
   std::vector<float> forward(const std::vector<StepSeq>& step) override;
   std::vector<int> sample_step(const std::vector<StepSeq>& step, const std::vector<engine::SampleArgs>& args) override;
   uint32_t num_pages() const override { return num_pages_; }
   size_t page_bytes() const override { return page_bytes_; }
   size_t side_bytes() const override { return side_slot_ * sizeof(uint16_t); }
-  size_t tail_bytes() const override { return tail_slot_ * sizeof(uint16_t); }
+  size_t ring_bytes() const override { return ring_page_bytes_ * ring_.pages; }
+  size_t ring_page_bytes() const override { return ring_page_bytes_; }
+  size_t tail_bytes() const override { return tail_slot_ * sizeof(uint16_t) + (tails_ ? ring_bytes() : 0); }
   bool save_tail(int seq, uint32_t end, uint32_t slot) override;
   void restore_tail(uint32_t slot, int seq, uint32_t end) override;
 
@@ -137,6 +142,7 @@ class CudaModelRunner : public engine::ModelRunner {
     const uint32_t L = uint32_t(cfg_.n_layers), local = spec_.local_layer(layer, L);
     return spec_.is_edge_layer(layer, L) ? edge_->view(local) : main_->view(local);
   }
+  bool in_ring(uint32_t layer) const { return !ring_layer_.empty() && ring_layer_[layer]; }
   DecodeParams attention_params(uint32_t layer, const Group& g) const;
   void ensure_workspace(const std::vector<Group>& groups);
   // Uploads the step's tokens, positions, slots, block tables and logits rows (every token's of
@@ -172,8 +178,15 @@ class CudaModelRunner : public engine::ModelRunner {
   // rows, then window row w holding position end - window + w.
   Buf<uint16_t> tails_buf_;
   size_t tail_layer_ = 0, tail_slot_ = 0;  // elements of one layer's rows of a tail, of a tail
-  // Copies the side rows of a prefix of `end` positions between a sequence's slot and a tail.
+  // Copies the side rows of a prefix of `end` positions, and the window rings, between a sequence
+  // and a tail.
   void copy_tail(int seq, uint32_t end, uint32_t slot, bool save);
+  // The sliding-window layers' pages in per-sequence rings (kv/window_ring.h), unless swa_full.
+  WindowRing ring_;
+  std::vector<bool> ring_layer_;        // [layers] kept in the rings (empty: none)
+  size_t ring_page_bytes_ = 0;          // one page of every ring layer
+  std::vector<uint32_t> ring_written_;  // [max_seqs] the end of the positions each sequence's steps wrote
+  Buf<uint8_t> ring_tails_;             // [tails][ring layers][ring pages][kv_heads][block bytes]
   // Key centres (KvPolicy::key_centre): [layers][kv_heads][head_dim] fp32, fixed by the first step
   // (layers::key_centre, from the keys before RoPE), then subtracted from every key by qkv_rope.
   Buf<float> centre_;
@@ -187,6 +200,8 @@ class CudaModelRunner : public engine::ModelRunner {
   Buf<bf16_t> hb_;                                      // [N][max(dim, q_dim, hidden)] bf16 operands
   Buf<int32_t> tokens_, pos_, rows_, tables_, lens_, ids_, seq_ids_;  // [N], [N], [N], [N][max pages], [N], [N], [N]
   Buf<int64_t> slots_;                                  // [N]
+  Buf<int32_t> ring_tables_;                            // [N][max pages] the window rings' block tables (with rings)
+  Buf<int64_t> ring_slots_;                             // [N] the rings' slots (with rings)
   Buf<layers::SampleRow> sample_args_;                  // [N]
   Buf<uint8_t> workspace_, blas_workspace_;             // attention (grown as needed), cuBLAS (fixed: graphs)
   std::unique_ptr<int32_t, HostFree> host_ids_;         // [N] pinned
@@ -223,6 +238,16 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   if (n_edge) fedge = std::make_unique<CacheFormat>(n_edge, c.n_kv_heads, c.head_dim, spec.edge_format(), spec.cache_layers(sliding, true));
   page_bytes_ = (fmain ? fmain->page_bytes() : 0) + (fedge ? fedge->page_bytes() : 0);
   max_pages_ = (o.context + ps - 1) / ps;
+  if (!o.swa_full && std::find(sliding.begin(), sliding.end(), true) != sliding.end())
+    ring_ = WindowRing::make(uint32_t(c.sliding_window), o.context, N, ps, o.prefix_tails > 0);
+  if (ring_.on()) {
+    TQ_CHECK(o.max_seqs >= 1, "max_seqs must be at least 1");
+    ring_layer_ = sliding;
+    for (uint32_t l = 0; l < L; ++l)
+      if (sliding[l]) ring_page_bytes_ += (spec.is_edge_layer(l, L) ? fedge : fmain)->page_bytes() / (spec.is_edge_layer(l, L) ? n_edge : n_main);
+    page_bytes_ -= ring_page_bytes_;
+  }
+  const size_t rings = ring_page_bytes_ * ring_.pages * o.max_seqs;
   constexpr size_t kBlasWorkspace = size_t(32) << 20;
   const bool has_side = spec.policy.sink || spec.policy.window;
   TQ_CHECK(!o.batch_invariant || !has_side,
@@ -231,7 +256,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   TQ_CHECK(!has_side || o.max_seqs >= 1, "max_seqs must be at least 1");
   // With prefix tails, the ring keeps a page more: the rows before a sequence's last page boundary
   // are still there when it ends (save_tail).
-  tails_ = has_side ? o.prefix_tails : 0;
+  tails_ = has_side || ring_.on() ? o.prefix_tails : 0;
   const uint32_t ring_extra = kSideRollback + (tails_ ? ps : 0);
   side_ring_ = spec.policy.window ? spec.policy.window + ring_extra : 0;
   side_layer_ = size_t(spec.policy.side_tokens(ring_extra)) * 2 * size_t(c.kv_dim());  // sink + ring rows
@@ -239,20 +264,24 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   tail_layer_ = size_t(spec.policy.sink + spec.policy.window) * 2 * size_t(c.kv_dim());
   tail_slot_ = tails_ ? tail_layer_ * L : 0;
   const size_t side_total = has_side ? (side_slot_ * o.max_seqs + tail_slot_ * tails_) * sizeof(uint16_t) : 0;
+  const size_t ring_total = rings + ring_bytes() * tails_;
   const size_t centre_total = spec.policy.key_centre ? size_t(L) * c.kv_dim() * sizeof(float) : 0;
   const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
                                           size_t(c.vocab_size)) +
-                         size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * (4 * (7 + max_pages_) + sizeof(layers::SampleRow)) + kBlasWorkspace +
-                         side_total + centre_total;
+                         size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * (4 * (7 + max_pages_) + sizeof(layers::SampleRow)) +
+                         (ring_.on() ? size_t(N) * (4 * max_pages_ + 8) : 0) + kBlasWorkspace +
+                         side_total + ring_total + centre_total;
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   const double gib = double(1ull << 30);
   num_pages_ = o.num_pages;
-  if (o.gpu_memory > 0) {
+  if (o.gpu_memory > 0 && page_bytes_ == 0) {  // every layer in the rings: the pool's pages hold nothing
+    num_pages_ = o.max_seqs * max_pages_;
+  } else if (o.gpu_memory > 0) {
     // vLLM's --gpu-memory-utilization: the pool gets what the fraction leaves after the rest.
     const double left = o.gpu_memory * double(total_b) - double(weights + scratch);
     TQ_CHECK(left >= double(page_bytes_) * max_pages_,
-             "--gpu-memory {}: {:.2f} of the GPU's {:.2f} GiB leave {:.2f} GiB for the KV pool after the weights ({:.2f}) and scratch "
+             "--gpu-memory {}: {:.2f} of the GPU's {:.2f} GiB leave {:.2f} GiB for the KV pool after the weights ({:.2f}) and scratch, side buffers and window rings "
              "({:.2f}), less than one sequence of {} tokens needs ({:.3f} GiB)",
              o.gpu_memory, o.gpu_memory * total_b / gib, total_b / gib, std::max(left, 0.0) / gib, weights / gib, scratch / gib, o.context,
              double(page_bytes_) * max_pages_ / gib);
@@ -261,7 +290,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   TQ_CHECK(num_pages_ >= 1, "the KV pool needs at least one page");
   const size_t pool = page_bytes_ * num_pages_;
   TQ_CHECK(weights + pool + scratch < free_b, "the model needs {:.2f} GiB of GPU memory (weights {:.2f}, KV pool of {} pages {:.2f}, "
-           "scratch {:.2f}) but {:.2f} GiB of {:.2f} are free", (weights + pool + scratch) / gib, weights / gib, num_pages_, pool / gib,
+           "scratch, side buffers and window rings {:.2f}) but {:.2f} GiB of {:.2f} are free", (weights + pool + scratch) / gib, weights / gib, num_pages_, pool / gib,
            scratch / gib, free_b / gib, total_b / gib);
 
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -319,8 +348,21 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
     rope_cos_local_ = upload(cs_local, "rope cos (sliding-window layers)");
     rope_sin_local_ = upload(sn_local, "rope sin (sliding-window layers)");
   }
-  if (fmain) main_ = std::make_unique<DeviceKvCache>(*fmain, num_pages_);
-  if (fedge) edge_ = std::make_unique<DeviceKvCache>(*fedge, num_pages_);
+  // A ring layer holds max_seqs rings instead of the pool's pages.
+  const auto pages = [&](bool edge) {
+    std::vector<uint32_t> n;
+    for (uint32_t l = 0; l < L; ++l)
+      if (spec.is_edge_layer(l, L) == edge) n.push_back(in_ring(l) ? o.max_seqs * ring_.pages : num_pages_);
+    return n;
+  };
+  if (fmain) main_ = std::make_unique<DeviceKvCache>(*fmain, pages(false));
+  if (fedge) edge_ = std::make_unique<DeviceKvCache>(*fedge, pages(true));
+  if (ring_.on()) {
+    ring_written_.assign(o.max_seqs, 0);
+    ring_tables_ = alloc<int32_t>(size_t(N) * max_pages_, "window ring tables");
+    ring_slots_ = alloc<int64_t>(N, "window ring slots");
+    if (tails_) ring_tails_ = alloc<uint8_t>(ring_bytes() * tails_, "prefix tails (window rings)");
+  }
 
   x_ = alloc<float>(size_t(N) * D, "x"), o_ = alloc<float>(size_t(N) * D, "o");
   qkv_ = alloc<float>(size_t(N) * (Q + 2 * KV), "qkv"), q_ = alloc<float>(size_t(N) * Q, "q");
@@ -332,7 +374,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   lens_ = alloc<int32_t>(N, "lengths"), tables_ = alloc<int32_t>(size_t(N) * max_pages_, "block tables");
   ids_ = alloc<int32_t>(N, "sampled ids"), seq_ids_ = alloc<int32_t>(N, "sequence ids");
   if (has_side) side_ = alloc<uint16_t>(side_slot_ * o.max_seqs, "side buffers"), side_written_.assign(o.max_seqs, 0);
-  if (tails_) tails_buf_ = alloc<uint16_t>(tail_slot_ * tails_, "prefix tails");
+  if (tails_ && tail_slot_) tails_buf_ = alloc<uint16_t>(tail_slot_ * tails_, "prefix tails");
   if (centre_total) {
     centre_ = alloc<float>(size_t(L) * KV, "key centres");
     if (c.rope_dim >= 2) {
@@ -364,24 +406,31 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   else if (o.products == engine::GpuProducts::kAuto) describe_ += ", products: GEMV kernel for one row, gemm_rows for 2..16";
   else if (o.products == engine::GpuProducts::kGemv) describe_ += ", products of one-row steps through the GEMV kernel";
   else if (o.products == engine::GpuProducts::kCublas) describe_ += ", every product through cuBLAS";
+  if (ring_.on())
+    describe_ += fmt::format(", window rings {:.1f} MiB ({} sequences of {} pages)", rings / 1048576.0, o.max_seqs, ring_.pages);
   if (side_total)
     describe_ += fmt::format(", side buffers {:.1f} MiB ({} sequences, sink {} + ring {}{})", side_total / 1048576.0, o.max_seqs,
                              spec.policy.sink, side_ring_, tails_ ? fmt::format(", {} prefix tails", tails_) : "");
 }
 
 bool CudaModelRunner::save_tail(int seq, uint32_t end, uint32_t slot) {
-  TQ_CHECK(seq >= 0 && uint32_t(seq) < side_written_.size(), "sequence id {} has no side buffer", seq);
-  // The ring holds positions [written - ring, written): the window before `end` must be among them
-  // (sink rows stay once written).
-  const uint32_t written = side_written_[size_t(seq)], window = spec_.policy.window;
-  if (written < end || (window && written - end > side_ring_ - window)) return false;
+  TQ_CHECK(seq >= 0 && uint32_t(seq) < opts_.max_seqs && (side_.n || ring_.on()), "sequence id {} has no side buffer or window ring", seq);
+  if (side_.n) {
+    // The ring holds positions [written - ring, written): the window before `end` must be among them
+    // (sink rows stay once written).
+    const uint32_t written = side_written_[size_t(seq)], window = spec_.policy.window;
+    if (written < end || (window && written - end > side_ring_ - window)) return false;
+  }
+  if (ring_.on() && !ring_.holds_tail(ring_written_[size_t(seq)], end, uint32_t(cfg_.sliding_window))) return false;
   copy_tail(seq, end, slot, true);
   return true;
 }
 
 void CudaModelRunner::restore_tail(uint32_t slot, int seq, uint32_t end) {
   copy_tail(seq, end, slot, false);
-  side_written_[size_t(seq)] = end;  // as if its own steps had written positions [0, end)
+  // as if its own steps had written positions [0, end)
+  if (side_.n) side_written_[size_t(seq)] = end;
+  if (ring_.on()) ring_written_[size_t(seq)] = end;
 }
 
 void CudaModelRunner::copy_tail(int seq, uint32_t end, uint32_t slot, bool save) {
@@ -389,6 +438,18 @@ void CudaModelRunner::copy_tail(int seq, uint32_t end, uint32_t slot, bool save)
   TQ_CHECK(seq >= 0 && uint32_t(seq) < opts_.max_seqs, "sequence id {} has no side buffer (max_seqs {})", seq, opts_.max_seqs);
   TQ_CHECK(end % spec_.format.page_size == 0, "a prefix tail ends at a page boundary, not at {}", end);
   const uint32_t sink = spec_.policy.sink, window = spec_.policy.window, L = uint32_t(cfg_.n_layers);
+  if (ring_.on()) {  // each ring layer's ring of the sequence whole: its pages are contiguous
+    uint8_t* tail = ring_tails_.get() + size_t(slot) * ring_bytes();
+    for (uint32_t l = 0; l < L; ++l) {
+      if (!in_ring(l)) continue;
+      const DeviceKvCache& cache = spec_.is_edge_layer(l, L) ? *edge_ : *main_;
+      uint8_t* ring = cache.layer_data(spec_.local_layer(l, L), uint32_t(ring_.page(seq, 0)));
+      const size_t n = cache.format().page_bytes() / cache.format().layers() * ring_.pages;
+      check(cudaMemcpyAsync(save ? tail : ring, save ? ring : tail, n, cudaMemcpyDeviceToDevice, stream_), "prefix tail copy (window rings)");
+      tail += n;
+    }
+  }
+  if (!side_.n) return;
   const size_t row = 2 * size_t(cfg_.kv_dim());  // elements of one position's K and V
   uint16_t* side = side_.get() + size_t(seq) * side_slot_;
   uint16_t* tail = tails_buf_.get() + size_t(slot) * tail_slot_;
@@ -435,7 +496,7 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
   p.q_dtype = DType::kF32;
   p.out = hb_.get() + g.row0 * c.q_dim();  // bf16: the operand of the output projection
   p.out_dtype = DType::kBf16;
-  p.block_tables = tables_.get() + size_t(g.seq0) * max_pages_;
+  p.block_tables = (in_ring(layer) ? ring_tables_ : tables_).get() + size_t(g.seq0) * max_pages_;
   p.seq_lens = lens_.get() + g.seq0;
   p.num_seqs = g.count;
   p.num_q_tokens = g.ntok;
@@ -493,7 +554,8 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
                                                             uint32_t* n_rows) {
   const uint32_t ps = spec_.format.page_size;
   std::vector<int32_t> tokens, pos, rows, lens, seq_ids, tables(step.size() * max_pages_, 0);
-  std::vector<int64_t> slots;
+  std::vector<int32_t> ring_tables(ring_.on() ? tables.size() : 0, 0), ring_table;
+  std::vector<int64_t> slots, ring_slots;
   std::vector<Group> groups;
   for (size_t s = 0; s < step.size(); ++s) {
     const StepSeq& it = step[s];
@@ -508,6 +570,16 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
              "sequence {}: taken back from position {} to {}, further than the {} positions its recent-token ring keeps beyond the "
              "window; reset it and prefill it again",
              it.seq, side_written_[size_t(it.seq)], it.first, kSideRollback);
+    if (ring_.on()) {
+      TQ_CHECK(it.seq >= 0 && uint32_t(it.seq) < opts_.max_seqs, "sequence id {} has no window ring (max_seqs {})", it.seq, opts_.max_seqs);
+      TQ_CHECK(ring_.holds(ring_written_[size_t(it.seq)], it.first),
+               "sequence {}: taken back from position {} to {}, further than the {} positions its window ring keeps beyond the window; "
+               "reset it and prefill it again",
+               it.seq, ring_written_[size_t(it.seq)], it.first, ring_.rollback);
+      ring_.table(it.seq, it.first + it.n, ring_table);
+      std::copy(ring_table.begin(), ring_table.end(), ring_tables.begin() + long(s * max_pages_));
+      for (uint32_t j = 0; j < it.n; ++j) ring_slots.push_back(ring_.slot(it.seq, it.first + j));
+    }
     if (groups.empty() || groups.back().ntok != it.n) groups.push_back(Group{uint32_t(s), 0, it.n, 0, tokens.size()});
     groups.back().count++;
     groups.back().max_len = std::max(groups.back().max_len, it.first + it.n);
@@ -526,10 +598,16 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
   TQ_CHECK(N >= 1 && N <= opts_.max_chunk, "a step takes 1..{} tokens, got {}", opts_.max_chunk, N);
   if (side_.n)  // the step's kernels write these positions' rows into the side slots
     for (const StepSeq& it : step) side_written_[size_t(it.seq)] = it.first + it.n;
+  for (const StepSeq& it : step)
+    if (ring_.on()) {
+      uint32_t& written = ring_written_[size_t(it.seq)];
+      written = it.first == 0 ? it.first + it.n : std::max(written, it.first + it.n);
+    }
   const auto put = [&](auto& buf, const auto& v) {
     check(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(v[0]), cudaMemcpyHostToDevice, stream_), "upload");
   };
   put(tokens_, tokens), put(pos_, pos), put(rows_, rows), put(lens_, lens), put(tables_, tables), put(slots_, slots), put(seq_ids_, seq_ids);
+  if (ring_.on()) put(ring_tables_, ring_tables), put(ring_slots_, ring_slots);
   *n_tokens = N;
   *n_rows = uint32_t(rows.size());
   return groups;
@@ -564,7 +642,7 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
     st.k = k_.get();
     st.v = v_.get();
     st.dtype = DType::kF32;
-    st.slot_mapping = slots_.get();
+    st.slot_mapping = (in_ring(uint32_t(l)) ? ring_slots_ : slots_).get();
     st.num_tokens = N;
     quantize_store(st, stream_);
     for (const Group& g : groups) {  // decode for 1..8 new tokens a sequence, prefill beyond

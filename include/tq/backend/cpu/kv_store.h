@@ -9,6 +9,9 @@
 //                query, are read from a small per-sequence fp16 side buffer instead of the pages
 //                (every token is still written to the pages, so leaving the window costs nothing).
 //                Prefix caching copies them to and from tail slots (save_tail, restore_tail).
+//   (model)      a model's sliding-window layers keep their pages in per-sequence window rings
+//                (kv/window_ring.h) when KvShape::ring is on: only the positions their queries can
+//                still see, instead of every position in the pool.
 //   ksim         keys quantize-dequantized by a CPU baseline quantizer before they are stored in a
 //                float cache: a simulation of that format, for comparisons only.
 //   centre       a key centre mu per (layer, KV head), calibrated once (calibrate) and subtracted
@@ -27,6 +30,7 @@
 #include "tq/codec/quantizer.h"
 #include "tq/kv/paged_cache.h"
 #include "tq/kv/spec.h"
+#include "tq/kv/window_ring.h"
 
 namespace tq::cpu {
 
@@ -35,7 +39,10 @@ struct KvShape {
   uint32_t num_pages = 1;   // pages in the shared pool (each page holds page_size tokens of every layer)
   uint32_t max_chunk = 64;  // most query tokens per attend() call (sizes the recent-token ring)
   uint32_t tails = 0;       // prefix-cache tail slots (save_tail); with side buffers only
-  std::vector<bool> sliding = {};  // [layers] the model's sliding-window layers (empty: none), for `ip=local`
+  std::vector<bool> sliding = {};  // [layers] the model's sliding-window layers (empty: none), for `ip=local` and the rings
+  uint32_t sliding_window = 0;     // the sliding-window layers' window (positions a query sees), for the rings
+  WindowRing ring = {};            // the sliding-window layers' rings (off: they keep every position in the pool)
+  uint32_t max_seqs = 1;           // sequence ids 0 .. max_seqs-1 get a window ring (with ring on)
 };
 
 // The pages of one sequence, as the block manager has them.
@@ -83,9 +90,15 @@ class KvStore {
   uint32_t page_size() const { return spec_.format.page_size; }
   // The cache holding `layer`, and the layer's index inside it.
   const PagedKvCache& cache_of(uint32_t layer, uint32_t* local) const;
+  // Whether `layer` keeps its pages in the window rings rather than in the pool.
+  bool in_ring(uint32_t layer) const { return !ring_layer_.empty() && ring_layer_.at(layer); }
 
-  // Side buffers (sink, window) of a new sequence id; a no-op without them.
+  // Side buffers (sink, window) and window ring of a new sequence id; a no-op without them.
   void add_sequence(int seq);
+  // A step writes positions [first, first + n) of seq. With window rings, throws tq::Error (changing
+  // nothing) when the sequence was taken back further than its ring allows (it lost rows the step
+  // reads), and notes how far the ring is written. Call before the step's write().
+  void begin_step(int seq, uint32_t first, uint32_t n);
 
   // What a layer fixes at the first call for it:
   // - centre (a spec with `centre`): each KV head's key centre, `centre` ([kv_heads][head_dim]),
@@ -120,16 +133,21 @@ class KvStore {
   void attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t nq, uint32_t q_heads, const float* q, float* out,
               ThreadPool& pool, float scale = 0.0f, uint32_t sliding_window = 0) const;
 
-  // Bytes of one page over all layers and KV heads (both caches).
+  // Bytes of one page of the pool over all its layers and KV heads (both caches; the ring layers not).
   size_t page_bytes() const;
+  // Bytes of one page of the ring layers (0 without rings), and of one sequence's window rings.
+  size_t ring_page_bytes() const;
+  size_t ring_bytes() const { return ring_page_bytes() * shape_.ring.pages; }
   // Bytes of one sequence's side buffers (fixed, whatever its length).
   size_t side_bytes() const;
 
   // Prefix tails (engine::ModelRunner::save_tail): the sink rows and the rows of positions
-  // [end - window, end) of a sequence, copied to or from tail slot `slot`.
+  // [end - window, end) of a sequence, and its window rings whole, copied to or from tail slot
+  // `slot`. save_tail returns false, copying nothing, when the rings no longer hold the rows before
+  // `end` (a sequence written more than a page past it).
   uint32_t tail_slots() const { return uint32_t(tail_count_); }
   size_t tail_bytes() const;
-  void save_tail(int seq, uint32_t end, uint32_t slot);
+  bool save_tail(int seq, uint32_t end, uint32_t slot);
   void restore_tail(uint32_t slot, int seq, uint32_t end);
 
  private:
@@ -145,7 +163,9 @@ class KvStore {
   void copy_tail(int seq, uint32_t end, uint32_t slot, bool save);
   const Side& side(int seq) const;
   Side& side(int seq) { return const_cast<Side&>(static_cast<const KvStore*>(this)->side(seq)); }
-  int64_t slot(const SeqPages& s, uint32_t pos) const;
+  int64_t slot(uint32_t layer, const SeqPages& s, uint32_t pos) const;
+  // Copies the window rings of seq to or from tail slot `slot`.
+  void copy_rings(int seq, uint32_t slot, bool save);
 
   KvShape shape_;
   KvSpec spec_;
@@ -156,6 +176,9 @@ class KvStore {
   std::vector<Side> sides_;                     // [sequence ids] (empty without sink/window)
   size_t tail_count_ = 0;                       // shape.tails with side buffers, else 0
   std::vector<uint16_t> tails_;                 // fp16 [tails][layers][sink + window][2][kv_heads][head_dim]
+  std::vector<bool> ring_layer_;                // [layers] kept in the window rings (empty: none)
+  std::vector<uint32_t> ring_written_;          // [max_seqs] the end of the positions each sequence's steps wrote
+  std::vector<uint8_t> ring_tails_;             // [tails][ring layers][ring pages][kv_heads][block bytes]
 };
 
 }  // namespace tq::cpu

@@ -26,13 +26,12 @@ class CpuModelRunner : public engine::ModelRunner {
   uint32_t num_pages() const override { return opts_.num_pages; }
   size_t page_bytes() const override { return kv_.page_bytes(); }
   size_t side_bytes() const override { return kv_.side_bytes(); }
+  size_t ring_bytes() const override { return kv_.ring_bytes(); }
+  size_t ring_page_bytes() const override { return kv_.ring_page_bytes(); }
   size_t tail_bytes() const override { return kv_.tail_bytes(); }
-  // Always there: no step writes more than a chunk past a sequence's length, and the ring keeps a
-  // chunk and a page beyond the window.
-  bool save_tail(int seq, uint32_t end, uint32_t slot) override {
-    kv_.save_tail(seq, end, slot);
-    return true;
-  }
+  // The side rows are always there: no step writes more than a chunk past a sequence's length,
+  // and the side ring keeps a chunk and a page beyond the window; the window rings as KvStore says.
+  bool save_tail(int seq, uint32_t end, uint32_t slot) override { return kv_.save_tail(seq, end, slot); }
   void restore_tail(uint32_t slot, int seq, uint32_t end) override { kv_.restore_tail(slot, seq, end); }
 
   const KvStore& kv() const { return kv_; }
