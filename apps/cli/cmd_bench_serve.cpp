@@ -28,7 +28,7 @@ struct Options {
   uint32_t prompt = 32768, output = 256, requests = 0, batched_tokens = 0;
   double kv_memory_gb = 40;
   uint64_t seed = 1;
-  bool eager = false, no_prefix_caching = false;
+  bool eager = false, no_prefix_caching = false, swa_full = false;
 };
 
 // One request's clock: sent, first and last token; every gap between tokens.
@@ -150,10 +150,10 @@ void run(const Options& o) {
   for (const KvSpec& spec : specs) {
     const std::string label = spec.canonical();
     const uint32_t side_extra = device == engine::Device::kCuda ? kSideRollback : chunk;
-    CacheCost cost = cache_cost(cfg, spec, side_extra, chunk, false);
+    CacheCost cost = cache_cost(cfg, spec, side_extra, chunk, o.swa_full);
     uint32_t clients = fit_max ? batch_that_fits(budget, cost, ctx) : fixed[0];
     if (clients > chunk) {  // steps of more tokens than a chunk (a decode for each client): window rings that hold them
-      cost = cache_cost(cfg, spec, side_extra, clients, false);
+      cost = cache_cost(cfg, spec, side_extra, clients, o.swa_full);
       if (fit_max) clients = batch_that_fits(budget, cost, ctx);
     }
     if (clients == 0) {
@@ -173,7 +173,8 @@ void run(const Options& o) {
     const uint32_t pages = uint32_t(std::min({page_count, needed, double(std::numeric_limits<int32_t>::max())}));
     const engine::EngineOptions eo = engine::Engine::resolve(
         cfg, cost.page_size,
-        {.device = device, .context = ctx, .max_seqs = clients, .num_pages = pages, .max_chunk = step_tokens, .eager = o.eager});
+        {.device = device, .context = ctx, .max_seqs = clients, .num_pages = pages, .max_chunk = step_tokens, .eager = o.eager,
+         .swa_full = o.swa_full});
     std::unique_ptr<engine::ModelRunner> runner;
     try {
       runner = bm.runner(spec, eo, o.seed);
@@ -258,6 +259,9 @@ void add_bench_serve(CLI::App& app) {
   c->add_option("--seed", o->seed, "seed of the random weights and prompts (default 1)");
   c->add_option("--device", o->device, kDeviceHelp);
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
+  c->add_flag("--swa-full", o->swa_full,
+              "sliding-window layers (Gemma 3's local ones) keep every position in the pool instead of a window ring per\n"
+              "sequence (tq serve --swa-full), for comparison");
   c->add_option("--json", o->json, "also write the table as JSON to FILE (default: none)");
   c->callback([o] { run(*o); });
 }
