@@ -274,8 +274,8 @@ void run(const Options& o) {
              head, dec.text());
   if (!prompts.empty()) fmt::print("\nPrefill (one sequence, chunks of {}; median of {}):\n{}", chunk, std::max(o.reps, 1u), pre.text());
   const std::string rings = cfg.sliding_window > 0 && !o.swa_full
-                                ? fmt::format(", sliding-window layers in window rings for steps of {} tokens", chunk)
-                                : "";
+                                ? std::string(", sliding-window layers in window rings")
+                                : std::string();
   fmt::print("\nLargest batch in {} GB of KV (whole pages, side buffers included{}):\n{}", o.kv_memory_gb, rings, fit.text());
 }
 

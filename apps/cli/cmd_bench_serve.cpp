@@ -150,12 +150,9 @@ void run(const Options& o) {
   for (const KvSpec& spec : specs) {
     const std::string label = spec.canonical();
     const uint32_t side_extra = device == engine::Device::kCuda ? kSideRollback : chunk;
-    CacheCost cost = cache_cost(cfg, spec, side_extra, chunk, o.swa_full);
+    // (the window rings' sub-step is min(step, kRingStep) whatever the clients add to the step)
+    const CacheCost cost = cache_cost(cfg, spec, side_extra, chunk, o.swa_full);
     uint32_t clients = fit_max ? batch_that_fits(budget, cost, ctx) : fixed[0];
-    if (clients > chunk) {  // steps of more tokens than a chunk (a decode for each client): window rings that hold them
-      cost = cache_cost(cfg, spec, side_extra, clients, o.swa_full);
-      if (fit_max) clients = batch_that_fits(budget, cost, ctx);
-    }
     if (clients == 0) {
       tab.add({{"kv", label}, {"note", fmt::format("one request of {} tokens needs {:.2f} GB, beyond --kv-memory", ctx, cost.seq_bytes(ctx) / 1e9)}});
       continue;

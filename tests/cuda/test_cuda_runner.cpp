@@ -44,8 +44,9 @@ std::ostream& operator<<(std::ostream& o, const RunnerCase& c) { return o << c.n
 class CudaRunner : public ::testing::TestWithParam<RunnerCase> {};
 
 // Logits of a prompt prefilled in chunks, then decoded token by token, on both runners.
-std::vector<float> logits_of(const model::Model& m, const KvSpec& spec, engine::Device d, const std::vector<int>& prompt, size_t decode) {
-  engine::Engine e(m, spec, {.device = d, .context = 128, .max_chunk = 24});
+std::vector<float> logits_of(const model::Model& m, const KvSpec& spec, engine::Device d, const std::vector<int>& prompt, size_t decode,
+                             uint32_t context = 128, uint32_t chunk = 24) {
+  engine::Engine e(m, spec, {.device = d, .context = context, .max_chunk = chunk});
   const int s = e.add_sequence();
   std::vector<float> all = e.prefill(s, std::vector<int>(prompt.begin(), prompt.end() - long(decode)), true);
   for (size_t i = prompt.size() - decode; i < prompt.size(); ++i) {
@@ -91,9 +92,10 @@ Divergence divergence(const std::vector<float>& A, const std::vector<float>& B, 
 // most about twice as far apart as one draw is from full precision (independent errors add their
 // variances): KL(cpu || gpu) must stay within 3x the quantization's own KL against an fp32 cache
 // on the CPU, plus the float bound. Records the KLs as test properties (`tag` before their names).
-Divergence check_against_cpu(const model::Model& m, const KvSpec& spec, const std::vector<int>& prompt, size_t V, const std::string& tag) {
-  const std::vector<float> cpu = logits_of(m, spec, engine::Device::kCpu, prompt, 12);
-  const std::vector<float> gpu = logits_of(m, spec, engine::Device::kCuda, prompt, 12);
+Divergence check_against_cpu(const model::Model& m, const KvSpec& spec, const std::vector<int>& prompt, size_t V, const std::string& tag,
+                             uint32_t context = 128, uint32_t chunk = 24) {
+  const std::vector<float> cpu = logits_of(m, spec, engine::Device::kCpu, prompt, 12, context, chunk);
+  const std::vector<float> gpu = logits_of(m, spec, engine::Device::kCuda, prompt, 12, context, chunk);
   EXPECT_EQ(cpu.size(), gpu.size());
   if (cpu.size() != gpu.size()) return {};
   for (size_t i = 0; i < gpu.size(); ++i)
@@ -110,7 +112,7 @@ Divergence check_against_cpu(const model::Model& m, const KvSpec& spec, const st
     EXPECT_EQ(d.agree, d.decided) << "top-1 differs where the CPU's top-2 gap is clear";
     EXPECT_GT(d.decided, cpu.size() / V / 2);
   } else {
-    const Divergence q = divergence(logits_of(m, parse_kv_spec("fp32"), engine::Device::kCpu, prompt, 12), cpu, V);
+    const Divergence q = divergence(logits_of(m, parse_kv_spec("fp32"), engine::Device::kCpu, prompt, 12, context, chunk), cpu, V);
     ::testing::Test::RecordProperty(tag + "quantization_kl_mean", std::to_string(q.kl_mean));
     EXPECT_LT(d.kl_mean, 3 * q.kl_mean + 2e-3) << "the quantization's own KL: " << q.kl_mean;
     EXPECT_LT(d.kl_max, 3 * q.kl_max + 1e-2) << "the quantization's own KL: " << q.kl_max;
@@ -349,6 +351,25 @@ TEST(CudaRunnerWindowRing, LogitsAreTheBitsOfEveryPositionKept) {
     for (size_t i = 0; i < ring.size(); ++i) differ += ring[i] != full[i];
     EXPECT_EQ(differ, 0u) << "logits that differ from swa_full's";
     EXPECT_LT(ring_page, full_page);  // the global layer only (with the default spec's edge layers: the same format)
+  }
+}
+
+// Prompt chunks of 320 tokens, beyond kRingStep: the sliding-window layers write and attend them in
+// sub-steps of 256 on both runners (the CPU's bits are those of every position kept:
+// test_window_ring.cpp), the GPU's logits against the CPU's as for every runner case.
+TEST(CudaRunnerWindowRing, LongChunksInSubStepsMatchTheCpuRunner) {
+  TQ_REQUIRE_GPU();
+  TinyModelSpec g = gemma3_shape();
+  g.context = 512;
+  const model::Model m = tiny(g);
+  std::mt19937 rng(17);
+  std::vector<int> prompt(420);
+  for (int& t : prompt) t = int(rng() % 300);
+  for (const char* spec_text : {"fp16", "k3v2", kDefaultKvSpec}) {
+    SCOPED_TRACE(spec_text);
+    engine::Engine e(m, parse_kv_spec(spec_text), {.device = engine::Device::kCuda, .context = 512, .max_chunk = 320});
+    EXPECT_GT(e.runner().ring_bytes(), 0u) << e.runner().describe();
+    check_against_cpu(m, parse_kv_spec(spec_text), prompt, 300, "", 512, 320);
   }
 }
 

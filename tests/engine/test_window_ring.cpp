@@ -57,7 +57,10 @@ TEST(WindowRing, PagesHoldTheWindowAChunkAndARollback) {
   EXPECT_EQ(WindowRing::make(16, 256, 24, 16, false).pages, 4u);
   EXPECT_EQ(WindowRing::make(16, 256, 24, 16, true).pages, 5u);  // tails: a page more
   EXPECT_EQ(WindowRing::make(1, 256, 1, 16, false).pages, 1u);
-  EXPECT_EQ(WindowRing::make(1024, 32768, 512, 16, false).pages, 97u);
+  // Steps beyond kRingStep are attended in sub-steps of it: the ring does not grow with the chunk.
+  EXPECT_EQ(WindowRing::make(1024, 32768, 512, 16, false).pages, 81u);
+  EXPECT_EQ(WindowRing::make(1024, 32768, 2048, 16, false).pages, 81u);
+  EXPECT_EQ(WindowRing::make(1024, 32768, 2048, 16, false).step, kRingStep);
   EXPECT_FALSE(WindowRing::make(16, 48, 24, 16, false).on());  // no smaller than the context's 3 pages
   EXPECT_FALSE(WindowRing::make(0, 256, 24, 16, false).on());
   const WindowRing r = WindowRing::make(16, 256, 24, 16, false);
@@ -86,6 +89,25 @@ TEST(WindowRing, LogitsAreTheBitsOfEveryPositionKept) {
   // The test can fail: another window (the rings then hold other positions) moves the logits.
   const std::vector<float> other = run(gemma3(12), parse_kv_spec("k3v2"), false), base = run(m, parse_kv_spec("k3v2"), false);
   EXPECT_NE(other, base);
+}
+
+// Prompt chunks longer than kRingStep: the sliding-window layers write and attend them in
+// sub-steps, with the same bits as the whole chunk over every position kept.
+TEST(WindowRing, LongChunksAreAttendedInSubSteps) {
+  const model::Model m = gemma3();
+  const std::vector<int> t = tokens(420, 7);
+  for (const char* text : {"k3v2", "fp16:sink=4:window=8"}) {
+    std::vector<float> out[2];
+    for (const bool swa_full : {false, true}) {
+      Engine e(m, parse_kv_spec(text), {.context = 512, .max_chunk = 320, .swa_full = swa_full});
+      EXPECT_EQ(e.runner().ring_bytes() > 0, !swa_full);
+      const int s = e.add_sequence();
+      out[swa_full] = e.prefill(s, std::vector<int>(t.begin(), t.begin() + 400), true);  // chunks of 320 and 80
+      const std::vector<float> l = e.forward({{s, std::vector<int>(t.begin() + 400, t.end()), false}});
+      out[swa_full].insert(out[swa_full].end(), l.begin(), l.end());
+    }
+    EXPECT_EQ(out[0], out[1]) << text;
+  }
 }
 
 TEST(WindowRing, MemoryIsTheRingsNotTheContext) {

@@ -101,7 +101,9 @@ class Engine {
   // Takes the sequence back to its first `len` positions (rejected draft tokens); pages past them
   // go back to the pool. The runners keep nothing past a sequence's length that a later step reads
   // (the CPU's recent-token ring holds a chunk more than the window; the CUDA runner's ring
-  // kSideRollback positions more, and its next step refuses a sequence taken back further).
+  // kSideRollback positions more, and its next step refuses a sequence taken back further; the
+  // window rings of sliding-window layers hold a sub-step more, min(max_chunk, kRingStep), and both
+  // runners refuse the same way: kv/window_ring.h).
   void truncate(int seq, uint32_t len) { blocks_.truncate(seq, len); }
   uint32_t seq_len(int seq) const { return blocks_.len(seq); }
   size_t kv_bytes(int seq) const;  // pages + side buffers + window rings held by the sequence

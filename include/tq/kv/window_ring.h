@@ -7,12 +7,15 @@
 // n_swa + n_ubatch cells per sequence), kept in pages so the attention kernels read it through a
 // block table like any other layer.
 //
-// What a ring must hold: a step writes its n <= max_chunk new positions [f, f + n) before its
-// queries read [f - window + 1, f + n), and a sequence may be taken back by up to `rollback`
+// What a ring must hold: the runners write a sequence's new positions [f, f + n) into the ring of
+// a sliding-window layer, then its queries read [f - window + 1, f + n); a step of more than
+// `step` (kRingStep, or max_chunk when smaller) new positions is written and attended in sub-steps
+// of `step` on those layers, so n <= step. A sequence may be taken back by up to `rollback` = step
 // positions it wrote (rejected drafts, a failed step), so the written end e <= f + rollback. The
-// positions [f - window + 1, max(e, f + n)) then span window - 1 + max(rollback, max_chunk)
-// positions, whose pages must be distinct ring pages. With prefix tails a sequence's rows must
-// also survive up to a page past the last page boundary (save_tail): a page more.
+// positions [f - window + 1, max(e, f + n)) then span window - 1 + step positions, whose pages must
+// be distinct ring pages. With prefix tails a sequence's rows must also survive up to a page past
+// the last page boundary (save_tail): a page more. The ring's size therefore does not grow with
+// the prefill chunk (llama.cpp's n_ubatch), only with the sub-step.
 #pragma once
 
 #include <algorithm>
@@ -21,17 +24,23 @@
 
 namespace tq {
 
+// The most new positions of one sequence written into a ring before its queries read: longer
+// steps are attended in sub-steps of this many on the sliding-window layers.
+inline constexpr uint32_t kRingStep = 256;
+
 struct WindowRing {
   uint32_t pages = 0;      // ring pages per sequence; 0: no rings (every layer in the pool)
   uint32_t page_size = 1;
-  uint32_t rollback = 0;   // positions a sequence may be taken back behind the end it wrote
+  uint32_t step = 1;       // the sub-step: most new positions of a sequence written before its queries read
+  uint32_t rollback = 0;   // positions a sequence may be taken back behind the end it wrote (= step)
 
   // The ring for `window`-position sliding windows, or none (pages 0) when there is no window or
   // a ring would not be smaller than a sequence of `context` positions in the pool.
   static WindowRing make(uint32_t window, uint32_t context, uint32_t max_chunk, uint32_t page_size, bool tails) {
-    WindowRing r{0, page_size, max_chunk};
+    const uint32_t step = std::max(1u, std::min(max_chunk, kRingStep));
+    WindowRing r{0, page_size, step, step};
     if (window == 0 || page_size == 0) return r;
-    const uint64_t span = uint64_t(window) - 1 + max_chunk;  // positions that must be held at once
+    const uint64_t span = uint64_t(window) - 1 + step;  // positions that must be held at once
     const uint64_t pages = (span - 1 + page_size - 1) / page_size + 1 + (tails ? 1 : 0);
     const uint64_t full = (uint64_t(context) + page_size - 1) / page_size;
     if (pages < full) r.pages = uint32_t(pages);

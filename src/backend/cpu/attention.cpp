@@ -392,9 +392,9 @@ void KvStore::attend(uint32_t layer, const SeqPages& s, uint32_t first, uint32_t
     side.ring_rows = sd.recent.data() + size_t(layer) * ring() * row;
   }
   if (in_ring(layer)) {  // the ring's pages, in the block table's place (kv/window_ring.h)
-    TQ_CHECK(sliding_window >= 1 && sliding_window <= shape_.sliding_window && nq <= shape_.max_chunk,
-             "layer {} keeps a window ring for windows of {} and chunks of {}: attention over a window of {} for {} queries", layer,
-             shape_.sliding_window, shape_.max_chunk, sliding_window, nq);
+    TQ_CHECK(sliding_window >= 1 && sliding_window <= shape_.sliding_window && nq <= shape_.ring.step,
+             "layer {} keeps a window ring for windows of {} and steps of {}: attention over a window of {} for {} queries", layer,
+             shape_.sliding_window, shape_.ring.step, sliding_window, nq);
     std::vector<int32_t> table;  // [pages of first + nq positions]
     shape_.ring.table(s.seq, first + nq, table);
     return attend_pages(cache, local, table, side, first, nq, q_heads, scale, q, out, pool, sliding_window);

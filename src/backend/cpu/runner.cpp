@@ -165,11 +165,16 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
     kv_.calibrate(uint32_t(l), N, pos.data(), k.data(), v.data(), centre.empty() ? nullptr : centre.data());
     // Quantize on write, then attend: a chunk's queries see the chunk's own keys (causal).
     size_t r0 = 0;
+    // A sliding-window layer in the rings takes a sequence's tokens in sub-steps (kv/window_ring.h).
+    const uint32_t sub = kv_.in_ring(uint32_t(l)) ? kv_.shape().ring.step : UINT32_MAX;
     for (const StepSeq& it : step) {
       const SeqPages s{it.seq, it.block_table};
-      for (size_t j = 0; j < it.n; ++j) kv_.write(uint32_t(l), s, pos[r0 + j], &k[(r0 + j) * KVD], &v[(r0 + j) * KVD]);
-      kv_.attend(uint32_t(l), s, it.first, it.n, uint32_t(c.n_heads), &q[r0 * QD], &att[r0 * QD], pool_, c.attn_scale,
-                 uint32_t(c.layer_window(int(l))));
+      for (uint32_t j0 = 0; j0 < it.n; j0 += std::min(sub, it.n)) {
+        const uint32_t j1 = std::min(it.n, j0 + std::min(sub, it.n));
+        for (size_t j = j0; j < j1; ++j) kv_.write(uint32_t(l), s, pos[r0 + j], &k[(r0 + j) * KVD], &v[(r0 + j) * KVD]);
+        kv_.attend(uint32_t(l), s, it.first + j0, j1 - j0, uint32_t(c.n_heads), &q[(r0 + j0) * QD], &att[(r0 + j0) * QD], pool_,
+                   c.attn_scale, uint32_t(c.layer_window(int(l))));
+      }
       r0 += it.n;
     }
     matmul(w.wo, att.data(), N, o.data(), pool_, opts_.exact_products);

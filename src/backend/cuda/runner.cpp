@@ -135,6 +135,7 @@ class CudaModelRunner : public engine::ModelRunner {
   struct Group {
     uint32_t seq0 = 0, count = 0, ntok = 0, max_len = 0;
     size_t row0 = 0;  // first token row
+    int32_t len_at = -1;  // a ring sub-step: its length in sub_lens_[len_at] (else lens_ from seq0)
   };
   // y[n][w.rows] = x[n][w.cols] w^T (bf16 operands, fp32 out).
   void gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y);
@@ -144,6 +145,9 @@ class CudaModelRunner : public engine::ModelRunner {
   }
   bool in_ring(uint32_t layer) const { return !ring_layer_.empty() && ring_layer_[layer]; }
   DecodeParams attention_params(uint32_t layer, const Group& g) const;
+  // A sliding-window layer in the rings: quantize_store and attention of the step, sequences of more
+  // than ring_.step new tokens in sub-steps of ring_.step (kv/window_ring.h).
+  void ring_attention(uint32_t layer, const std::vector<Group>& groups);
   void ensure_workspace(const std::vector<Group>& groups);
   // Uploads the step's tokens, positions, slots, block tables and logits rows (every token's of
   // an all_logits sequence, the last token's of the others); returns the groups and the number of
@@ -202,6 +206,9 @@ class CudaModelRunner : public engine::ModelRunner {
   Buf<int64_t> slots_;                                  // [N]
   Buf<int32_t> ring_tables_;                            // [N][max pages] the window rings' block tables (with rings)
   Buf<int64_t> ring_slots_;                             // [N] the rings' slots (with rings)
+  Buf<int64_t> ring_batch_slots_;                       // [N] the same, -1 for the tokens written in sub-steps
+  Buf<int32_t> sub_lens_;                               // [N] each sub-step's length (its end position + 1)
+  std::vector<Group> subs_;                             // the step's ring sub-steps: one sequence each, in order
   Buf<layers::SampleRow> sample_args_;                  // [N]
   Buf<uint8_t> workspace_, blas_workspace_;             // attention (grown as needed), cuBLAS (fixed: graphs)
   std::unique_ptr<int32_t, HostFree> host_ids_;         // [N] pinned
@@ -361,6 +368,8 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
     ring_written_.assign(o.max_seqs, 0);
     ring_tables_ = alloc<int32_t>(size_t(N) * max_pages_, "window ring tables");
     ring_slots_ = alloc<int64_t>(N, "window ring slots");
+    ring_batch_slots_ = alloc<int64_t>(N, "window ring slots");
+    sub_lens_ = alloc<int32_t>(N, "window ring sub-step lengths");
     if (tails_) ring_tails_ = alloc<uint8_t>(ring_bytes() * tails_, "prefix tails (window rings)");
   }
 
@@ -497,7 +506,7 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
   p.out = hb_.get() + g.row0 * c.q_dim();  // bf16: the operand of the output projection
   p.out_dtype = DType::kBf16;
   p.block_tables = (in_ring(layer) ? ring_tables_ : tables_).get() + size_t(g.seq0) * max_pages_;
-  p.seq_lens = lens_.get() + g.seq0;
+  p.seq_lens = g.len_at >= 0 ? sub_lens_.get() + g.len_at : lens_.get() + g.seq0;
   p.num_seqs = g.count;
   p.num_q_tokens = g.ntok;
   p.q_heads = uint32_t(c.n_heads);
@@ -539,10 +548,11 @@ void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
     if (std::none_of(kinds.begin(), kinds.end(), same)) kinds.push_back(l);
   }
   for (uint32_t layer : kinds)
-    for (const Group& g : groups) {
-      const DecodeParams p = attention_params(layer, g);
-      need = std::max(need, g.ntok > kMaxDecodeQueryTokens ? prefill_workspace_bytes(p) : decode_workspace_bytes(p));
-    }
+    for (const std::vector<Group>* gs : {&groups, static_cast<const std::vector<Group>*>(&subs_)})
+      for (const Group& g : *gs) {
+        const DecodeParams p = attention_params(layer, g);
+        need = std::max(need, g.ntok > kMaxDecodeQueryTokens ? prefill_workspace_bytes(p) : decode_workspace_bytes(p));
+      }
   if (need <= workspace_.n) return;
   check(cudaStreamSynchronize(stream_), "workspace");  // the old buffer may be in use
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);  // they point at the old buffer
@@ -554,8 +564,9 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
                                                             uint32_t* n_rows) {
   const uint32_t ps = spec_.format.page_size;
   std::vector<int32_t> tokens, pos, rows, lens, seq_ids, tables(step.size() * max_pages_, 0);
-  std::vector<int32_t> ring_tables(ring_.on() ? tables.size() : 0, 0), ring_table;
-  std::vector<int64_t> slots, ring_slots;
+  std::vector<int32_t> ring_tables(ring_.on() ? tables.size() : 0, 0), ring_table, sub_lens;
+  std::vector<int64_t> slots, ring_slots, ring_batch_slots;
+  subs_.clear();
   std::vector<Group> groups;
   for (size_t s = 0; s < step.size(); ++s) {
     const StepSeq& it = step[s];
@@ -578,7 +589,16 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
                it.seq, ring_written_[size_t(it.seq)], it.first, ring_.rollback);
       ring_.table(it.seq, it.first + it.n, ring_table);
       std::copy(ring_table.begin(), ring_table.end(), ring_tables.begin() + long(s * max_pages_));
-      for (uint32_t j = 0; j < it.n; ++j) ring_slots.push_back(ring_.slot(it.seq, it.first + j));
+      const bool sub = it.n > ring_.step;  // written and attended in sub-steps
+      for (uint32_t j = 0; j < it.n; ++j) {
+        ring_slots.push_back(ring_.slot(it.seq, it.first + j));
+        ring_batch_slots.push_back(sub ? -1 : ring_slots.back());
+      }
+      for (uint32_t j = 0; sub && j < it.n; j += ring_.step) {
+        const uint32_t n = std::min(ring_.step, it.n - j);
+        subs_.push_back(Group{uint32_t(s), 1, n, it.first + j + n, tokens.size() + j, int32_t(sub_lens.size())});
+        sub_lens.push_back(int32_t(it.first + j + n));
+      }
     }
     if (groups.empty() || groups.back().ntok != it.n) groups.push_back(Group{uint32_t(s), 0, it.n, 0, tokens.size()});
     groups.back().count++;
@@ -607,10 +627,42 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
     check(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(v[0]), cudaMemcpyHostToDevice, stream_), "upload");
   };
   put(tokens_, tokens), put(pos_, pos), put(rows_, rows), put(lens_, lens), put(tables_, tables), put(slots_, slots), put(seq_ids_, seq_ids);
-  if (ring_.on()) put(ring_tables_, ring_tables), put(ring_slots_, ring_slots);
+  if (ring_.on()) put(ring_tables_, ring_tables), put(ring_slots_, ring_slots), put(ring_batch_slots_, ring_batch_slots);
+  if (!sub_lens.empty()) put(sub_lens_, sub_lens);
   *n_tokens = N;
   *n_rows = uint32_t(rows.size());
   return groups;
+}
+
+void CudaModelRunner::ring_attention(uint32_t layer, const std::vector<Group>& groups) {
+  const size_t KV = size_t(cfg_.kv_dim());
+  const auto store = [&](const int64_t* slots, size_t row0, uint32_t n) {
+    QuantizeStoreParams st;
+    st.cache = view(layer);
+    st.k = k_.get() + row0 * KV;
+    st.v = v_.get() + row0 * KV;
+    st.dtype = DType::kF32;
+    st.slot_mapping = slots + row0;
+    st.num_tokens = n;
+    quantize_store(st, stream_);
+  };
+  const auto attend = [&](const Group& g) {
+    const DecodeParams p = attention_params(layer, g);
+    if (g.ntok > kMaxDecodeQueryTokens)
+      prefill_attention(p, stream_);
+    else
+      decode_attention(p, stream_);
+  };
+  uint32_t N = 0;
+  for (const Group& g : groups) N += g.count * g.ntok;
+  // The batch first (sub-stepped tokens skipped), then each sub-step: its rows, then its queries.
+  store((subs_.empty() ? ring_slots_ : ring_batch_slots_).get(), 0, N);
+  for (const Group& g : groups)
+    if (g.ntok <= ring_.step) attend(g);
+  for (const Group& sub : subs_) {
+    store(ring_slots_.get(), sub.row0, sub.ntok);
+    attend(sub);
+  }
 }
 
 void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool sample) {
@@ -636,21 +688,25 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
     layers::qkv_rope(qkv_.get(), bias, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim,
                      (local ? rope_cos_local_ : rope_cos_).get(), (local ? rope_sin_local_ : rope_sin_).get(), adjacent, mu, q_.get(), k_.get(),
                      v_.get(), stream_);
-    // Quantize on write (fp32 rows: the codes are those the CPU reference writes for these rows).
-    QuantizeStoreParams st;
-    st.cache = view(uint32_t(l));
-    st.k = k_.get();
-    st.v = v_.get();
-    st.dtype = DType::kF32;
-    st.slot_mapping = (in_ring(uint32_t(l)) ? ring_slots_ : slots_).get();
-    st.num_tokens = N;
-    quantize_store(st, stream_);
-    for (const Group& g : groups) {  // decode for 1..8 new tokens a sequence, prefill beyond
-      const DecodeParams p = attention_params(uint32_t(l), g);
-      if (g.ntok > kMaxDecodeQueryTokens)
-        prefill_attention(p, stream_);
-      else
-        decode_attention(p, stream_);
+    if (in_ring(uint32_t(l))) {
+      ring_attention(uint32_t(l), groups);
+    } else {
+      // Quantize on write (fp32 rows: the codes are those the CPU reference writes for these rows).
+      QuantizeStoreParams st;
+      st.cache = view(uint32_t(l));
+      st.k = k_.get();
+      st.v = v_.get();
+      st.dtype = DType::kF32;
+      st.slot_mapping = slots_.get();
+      st.num_tokens = N;
+      quantize_store(st, stream_);
+      for (const Group& g : groups) {  // decode for 1..8 new tokens a sequence, prefill beyond
+        const DecodeParams p = attention_params(uint32_t(l), g);
+        if (g.ntok > kMaxDecodeQueryTokens)
+          prefill_attention(p, stream_);
+        else
+          decode_attention(p, stream_);
+      }
     }
     gemm(w.wo, hb_.get(), N, o_.get());
     if (w.attn_post_norm.n) layers::rmsnorm_rows(o_.get(), N, D, w.attn_post_norm.get(), c.rms_eps, stream_);
