@@ -13,6 +13,7 @@
 #include "model_files.h"
 #include "tq/engine/engine.h"
 #include "tq/kv/spec.h"
+#include "tq/kv/window_ring.h"
 
 namespace tq::cli {
 

@@ -157,7 +157,10 @@ void run(const Options& o) {
     const KvSpec& spec = specs[run_i / products.size()];
     const size_t pi = run_i % products.size();
     const std::string label = spec.canonical() + (products.size() > 1 ? " " + product_names[pi] : "");
-    const CacheCost cost = cache_cost(cfg, spec, device == engine::Device::kCuda ? kSideRollback : chunk, chunk, o.swa_full);
+    // The runner's steps take up to max(batch x queries, chunk) tokens, so its window rings hold
+    // sub-steps of up to kRingStep: the fit counts them at that.
+    const CacheCost cost =
+        cache_cost(cfg, spec, device == engine::Device::kCuda ? kSideRollback : chunk, std::max(chunk, kRingStep), o.swa_full);
     nlohmann::json frow{{"kv", spec.canonical()},
                         {"bits_per_element", 8.0 * cost.bytes_per_token / (2.0 * cfg.n_layers * cfg.kv_dim())},
                         {"bytes_per_token", cost.bytes_per_token}};

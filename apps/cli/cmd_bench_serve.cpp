@@ -43,6 +43,7 @@ struct RunResult {
   uint64_t generated = 0, prompt_tokens = 0, decode_tokens = 0, decode_steps = 0, full_tokens = 0, full_steps = 0, steps = 0;
   std::vector<double> ttft, tpot, itl;  // seconds
   serve::SchedulerStats stats;
+  bool prefix_caching = false;  // on in the scheduler (off where asked, or where the engine cannot: the note)
 };
 
 // The closed loop: `clients` requests at once, the next sent when one ends, `total` in all.
@@ -50,9 +51,11 @@ RunResult drive(engine::Engine& e, const Options& o, uint32_t clients, uint32_t 
                 const std::string& label) {
   serve::Scheduler s(e, [](int) { return false; }, {.max_num_seqs = clients, .max_batched_tokens = budget, .prefix_caching = !o.no_prefix_caching});
   const int vocab = e.config().vocab_size;
+  if (!o.no_prefix_caching && !s.prefix_caching()) fmt::print(stderr, "tq bench-serve: {}: prefix caching off: {}\n", label, s.prefix_caching_note());
   std::map<uint64_t, Timeline> live;
   uint32_t sent = 0, done = 0;
   RunResult r;
+  r.prefix_caching = s.prefix_caching();
   const auto send = [&](clock_type::time_point now) {
     serve::Request q;
     q.prompt.resize(o.prompt);
@@ -150,8 +153,9 @@ void run(const Options& o) {
   for (const KvSpec& spec : specs) {
     const std::string label = spec.canonical();
     const uint32_t side_extra = device == engine::Device::kCuda ? kSideRollback : chunk;
-    // (the window rings' sub-step is min(step, kRingStep) whatever the clients add to the step)
-    const CacheCost cost = cache_cost(cfg, spec, side_extra, chunk, o.swa_full);
+    // The runner's steps take max(chunk, clients) tokens, so its window rings hold sub-steps of up to
+    // kRingStep: counted at that, never under the budget.
+    const CacheCost cost = cache_cost(cfg, spec, side_extra, std::max(chunk, kRingStep), o.swa_full);
     uint32_t clients = fit_max ? batch_that_fits(budget, cost, ctx) : fixed[0];
     if (clients == 0) {
       tab.add({{"kv", label}, {"note", fmt::format("one request of {} tokens needs {:.2f} GB, beyond --kv-memory", ctx, cost.seq_bytes(ctx) / 1e9)}});
@@ -208,7 +212,8 @@ void run(const Options& o) {
                        {"itl_p99_ms", 1e3 * percentile(r.itl, 0.99)},
                        {"preemptions", r.stats.preemptions},
                        {"pages", pages},
-                       {"kv_bytes_per_request", cost.seq_bytes(ctx)}};
+                       {"kv_bytes_per_request", cost.seq_bytes(ctx)},
+                       {"prefix_caching", r.prefix_caching}};
     if (full_tps > 0 && first_full > 0) row["full_decode_vs_first"] = full_tps / first_full;
     fmt::print(stderr, "tq bench-serve: {}: {}\n", label, row.dump());  // each cache's result as soon as it stands
     tab.add(std::move(row));

@@ -69,7 +69,7 @@ void print_kv_line(const engine::Engine& e, int s, const KvSpec& spec) {
     const auto& p = spec.policy;
     const uint64_t rows = uint64_t(side / fp16_token + 0.5), extra = rows - std::min<uint64_t>(rows, p.sink + p.window);
     fmt::print(stderr, "KV side buffers: {:.1f} KiB, fp16 rows of {} positions (sink {} + window {} + {} of a step), a fixed cost per "
-                       "sequence whatever its length; pages and side buffers together: {:.1f} KiB\n",
+                       "sequence whatever its length; pages, window rings and side buffers together: {:.1f} KiB\n",
                side / 1024, rows, p.sink, p.window, extra, (packed + side + rings) / 1024);
   }
 }

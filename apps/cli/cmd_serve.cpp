@@ -107,11 +107,14 @@ void serve(const Options& o) {
   const double pool_mib = double(e.blocks().allocator().num_pages()) * double(e.runner().page_bytes()) / (1 << 20);
   fmt::print(stderr, "tq serve: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads, cfg.head_dim,
              spec.canonical(), e.runner().describe());
-  fmt::print(stderr, "tq serve: KV pool {} pages of {} tokens ({:.1f} MiB, {} tokens), up to {} requests of {} tokens, {} tokens a step\n",
+  fmt::print(stderr, "tq serve: KV pool {} pages of {} tokens ({:.1f} MiB, {} tokens), up to {} requests of {} tokens, {} tokens a step{}\n",
              e.blocks().allocator().num_pages(), e.blocks().page_size(), pool_mib,
-             size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size(), o.max_num_seqs, ctx, o.max_batched_tokens);
+             size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size(), o.max_num_seqs, ctx, o.max_batched_tokens,
+             e.runner().ring_bytes() ? fmt::format("; window rings {:.1f} MiB beside it (the sliding-window layers)",
+                                                   double(e.runner().ring_bytes()) * o.max_num_seqs / (1 << 20))
+                                     : "");
   const std::string tail_note =
-      e.blocks().tail_slots() ? fmt::format(", {} tails of the side buffers ({:.1f} MiB; hits end at a tail: docs/serving.md)",
+      e.blocks().tail_slots() ? fmt::format(", {} tails of the side buffers and window rings ({:.1f} MiB; hits end at a tail: docs/serving.md)",
                                             e.blocks().tail_slots(), double(e.blocks().tail_slots()) * e.runner().tail_bytes() / (1 << 20))
                               : "";
   fmt::print(stderr, "tq serve: prefix caching {}\n",

@@ -22,6 +22,8 @@ KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec
     TQ_CHECK(shape.max_seqs >= 1 && shape.ring.page_size == spec.format.page_size,
              "window rings of {}-token pages for {} sequences in a cache of {}-token pages", shape.ring.page_size, shape.max_seqs,
              spec.format.page_size);
+    TQ_CHECK(uint64_t(shape.max_seqs) * shape.ring.pages <= uint64_t(INT32_MAX),
+             "{} sequences of {} window-ring pages are more pages than a cache can number (2^31 - 1)", shape.max_seqs, shape.ring.pages);
     ring_layer_ = sliding;
     ring_written_.assign(shape.max_seqs, 0);
   }
@@ -75,16 +77,20 @@ const KvStore::Side& KvStore::side(int seq) const {
   return sides_[size_t(seq)];
 }
 
-void KvStore::begin_step(int seq, uint32_t first, uint32_t n) {
+void KvStore::begin_step(const std::vector<StepSpan>& step) {
   if (ring_written_.empty()) return;
-  TQ_CHECK(seq >= 0 && size_t(seq) < ring_written_.size(), "sequence id {} has no window ring: the store was built for {} sequences (max_seqs)",
-           seq, ring_written_.size());
-  uint32_t& written = ring_written_[size_t(seq)];
-  TQ_CHECK(shape_.ring.holds(written, first),
-           "sequence {}: taken back from position {} to {}, further than the {} positions its window ring keeps beyond the window; "
-           "reset it and prefill it again",
-           seq, written, first, shape_.ring.rollback);
-  written = first == 0 ? first + n : std::max(written, first + n);
+  for (const StepSpan& s : step) {  // every sequence checked before any is recorded: a refusal changes nothing
+    TQ_CHECK(s.seq >= 0 && size_t(s.seq) < ring_written_.size(),
+             "sequence id {} has no window ring: the store was built for {} sequences (max_seqs)", s.seq, ring_written_.size());
+    TQ_CHECK(shape_.ring.holds(ring_written_[size_t(s.seq)], s.first),
+             "sequence {}: taken back from position {} to {}, further than the {} positions its window ring keeps beyond the window; "
+             "reset it and prefill it again",
+             s.seq, ring_written_[size_t(s.seq)], s.first, shape_.ring.rollback);
+  }
+  for (const StepSpan& s : step) {
+    uint32_t& written = ring_written_[size_t(s.seq)];
+    written = s.first == 0 ? s.first + s.n : std::max(written, s.first + s.n);
+  }
 }
 
 int64_t KvStore::slot(uint32_t layer, const SeqPages& s, uint32_t pos) const {
@@ -229,7 +235,9 @@ bool KvStore::save_tail(int seq, uint32_t end, uint32_t slot) {
 
 void KvStore::restore_tail(uint32_t slot, int seq, uint32_t end) {
   copy_tail(seq, end, slot, false);
-  if (!ring_written_.empty()) ring_written_[size_t(seq)] = end;  // as if its own steps had written positions [0, end)
+  // As if its own steps had written up to a sub-step past `end`: the ring holds the rows before end
+  // for a step from end on, and nothing older (holds() then refuses a step from before end).
+  if (!ring_written_.empty()) ring_written_[size_t(seq)] = end + shape_.ring.rollback;
 }
 
 void KvStore::copy_rings(int seq, uint32_t slot, bool save) {

@@ -86,7 +86,14 @@ std::vector<float> CpuModelRunner::key_centre(const float* k, const uint32_t* po
   return out;
 }
 
-std::string CpuModelRunner::describe() const { return "cpu, " + std::to_string(pool_.size()) + " threads"; }
+std::string CpuModelRunner::describe() const {
+  std::string d = "cpu, " + std::to_string(pool_.size()) + " threads";
+  const KvShape& k = kv_.shape();
+  if (kv_.ring_bytes())
+    d += fmt::format(", window rings {:.1f} MiB ({} sequences of {} pages)", double(kv_.ring_bytes()) * k.max_seqs / 1048576.0, k.max_seqs,
+                     k.ring.pages);
+  return d;
+}
 
 void CpuModelRunner::rmsnorm(const float* x, const std::vector<float>& w, float* out) const {
   const size_t n = w.size();
@@ -120,7 +127,11 @@ std::vector<float> CpuModelRunner::forward(const std::vector<StepSeq>& step) {
   std::vector<float> k(N * KVD), v(N * KVD);          // [N][kv_dim]
   std::vector<float> g(N * F), u(N * F);              // [N][hidden]
   std::vector<uint32_t> pos(N);                       // [N] position of each row
-  for (const StepSeq& it : step) kv_.begin_step(it.seq, it.first, it.n);
+  {
+    std::vector<KvStore::StepSpan> spans;
+    for (const StepSeq& it : step) spans.push_back({it.seq, it.first, it.n});
+    kv_.begin_step(spans);
+  }
   {
     size_t r = 0;
     for (const StepSeq& it : step)

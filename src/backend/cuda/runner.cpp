@@ -153,6 +153,9 @@ class CudaModelRunner : public engine::ModelRunner {
   // an all_logits sequence, the last token's of the others); returns the groups and the number of
   // logits rows.
   std::vector<Group> upload_step(const std::vector<StepSeq>& step, uint32_t* n_tokens, uint32_t* n_rows);
+  // Notes how far the step writes each sequence's side slot and window ring: called once nothing
+  // before the kernels can fail (upload_step checked the step, ensure_workspace allocated).
+  void mark_written(const std::vector<StepSeq>& step);
   // Every kernel of the step, on stream_: logits_ [R][vocab], and ids_ [R] when sampling (from sample_args_).
   void enqueue(uint32_t N, uint32_t R, const std::vector<Group>& groups, bool sample);
   // After the first step of a spec with a key centre (the stream synchronized): the centres it
@@ -249,6 +252,8 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
     ring_ = WindowRing::make(uint32_t(c.sliding_window), o.context, N, ps, o.prefix_tails > 0);
   if (ring_.on()) {
     TQ_CHECK(o.max_seqs >= 1, "max_seqs must be at least 1");
+    TQ_CHECK(uint64_t(o.max_seqs) * ring_.pages <= uint64_t(INT32_MAX),
+             "{} sequences of {} window-ring pages are more pages than a cache can number (2^31 - 1)", o.max_seqs, ring_.pages);
     ring_layer_ = sliding;
     for (uint32_t l = 0; l < L; ++l)
       if (sliding[l]) ring_page_bytes_ += (spec.is_edge_layer(l, L) ? fedge : fmain)->page_bytes() / (spec.is_edge_layer(l, L) ? n_edge : n_main);
@@ -276,7 +281,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
                                           size_t(c.vocab_size)) +
                          size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * (4 * (7 + max_pages_) + sizeof(layers::SampleRow)) +
-                         (ring_.on() ? size_t(N) * (4 * max_pages_ + 8) : 0) + kBlasWorkspace +
+                         (ring_.on() ? size_t(N) * (4 * max_pages_ + 20) : 0) + kBlasWorkspace +
                          side_total + ring_total + centre_total;
   size_t free_b = 0, total_b = 0;
   check(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
@@ -437,9 +442,11 @@ bool CudaModelRunner::save_tail(int seq, uint32_t end, uint32_t slot) {
 
 void CudaModelRunner::restore_tail(uint32_t slot, int seq, uint32_t end) {
   copy_tail(seq, end, slot, false);
-  // as if its own steps had written positions [0, end)
+  // As if its own steps had written positions [0, end); the rings as if up to a sub-step past end:
+  // they hold the rows before end for a step from end on, nothing older (holds() refuses a step
+  // from before end).
   if (side_.n) side_written_[size_t(seq)] = end;
-  if (ring_.on()) ring_written_[size_t(seq)] = end;
+  if (ring_.on()) ring_written_[size_t(seq)] = end + ring_.rollback;
 }
 
 void CudaModelRunner::copy_tail(int seq, uint32_t end, uint32_t slot, bool save) {
@@ -616,13 +623,7 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
   }
   const uint32_t N = uint32_t(tokens.size());
   TQ_CHECK(N >= 1 && N <= opts_.max_chunk, "a step takes 1..{} tokens, got {}", opts_.max_chunk, N);
-  if (side_.n)  // the step's kernels write these positions' rows into the side slots
-    for (const StepSeq& it : step) side_written_[size_t(it.seq)] = it.first + it.n;
-  for (const StepSeq& it : step)
-    if (ring_.on()) {
-      uint32_t& written = ring_written_[size_t(it.seq)];
-      written = it.first == 0 ? it.first + it.n : std::max(written, it.first + it.n);
-    }
+
   const auto put = [&](auto& buf, const auto& v) {
     check(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(v[0]), cudaMemcpyHostToDevice, stream_), "upload");
   };
@@ -632,6 +633,16 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
   *n_tokens = N;
   *n_rows = uint32_t(rows.size());
   return groups;
+}
+
+void CudaModelRunner::mark_written(const std::vector<StepSeq>& step) {
+  for (const StepSeq& it : step) {
+    if (side_.n) side_written_[size_t(it.seq)] = it.first + it.n;  // the step's kernels write these rows into the side slots
+    if (ring_.on()) {
+      uint32_t& written = ring_written_[size_t(it.seq)];
+      written = it.first == 0 ? it.first + it.n : std::max(written, it.first + it.n);
+    }
+  }
 }
 
 void CudaModelRunner::ring_attention(uint32_t layer, const std::vector<Group>& groups) {
@@ -726,6 +737,7 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   uint32_t N = 0, R = 0;
   const std::vector<Group> groups = upload_step(step, &N, &R);
   ensure_workspace(groups);
+  mark_written(step);
   enqueue(N, R, groups, false);
   std::vector<float> out(size_t(R) * cfg_.vocab_size);
   check(cudaMemcpyAsync(out.data(), logits_.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_), "logits");
@@ -777,9 +789,11 @@ std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, 
       check(e, "cudaGraphInstantiate");
       it = graphs_.emplace(key, exec).first;
     }
+    mark_written(step);
     check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
   } else {
     ensure_workspace(groups);
+    mark_written(step);
     enqueue(N, R, groups, true);
   }
   check(cudaMemcpyAsync(host_ids_.get(), ids_.get(), R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "sampled ids");

@@ -95,10 +95,15 @@ class KvStore {
 
   // Side buffers (sink, window) and window ring of a new sequence id; a no-op without them.
   void add_sequence(int seq);
-  // A step writes positions [first, first + n) of seq. With window rings, throws tq::Error (changing
-  // nothing) when the sequence was taken back further than its ring allows (it lost rows the step
-  // reads), and notes how far the ring is written. Call before the step's write().
-  void begin_step(int seq, uint32_t first, uint32_t n);
+  // A step writes positions [first, first + n) of each (seq, first, n). With window rings, throws
+  // tq::Error, changing nothing, when a sequence was taken back further than its ring allows (it
+  // lost rows the step reads); else notes how far each ring is written. Call before the step's
+  // write()s.
+  struct StepSpan {
+    int seq;
+    uint32_t first, n;
+  };
+  void begin_step(const std::vector<StepSpan>& step);
 
   // What a layer fixes at the first call for it:
   // - centre (a spec with `centre`): each KV head's key centre, `centre` ([kv_heads][head_dim]),
