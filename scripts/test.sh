@@ -28,13 +28,11 @@ fetch_log=build/setup-python.log
 fetch=$!
 stage "setup (system)"
 jobs=$(nproc 2>/dev/null || echo 2)
-# Where nvcc is, the kernels are compiled for one architecture of each kind, so a kernel that builds
-# only for the H200 fails here (the GPU tests run on the H200: bench/gpu/run_h200.sh): sm_80 (every
-# kernel variant, the software fp8 conversion), sm_90a (Hopper's warpgroup kernels), sm_100 (full
-# variants only) and sm_120 (compact variants only, fp8 in hardware). sm_86 and sm_89 (`all` builds
-# them too) compile the very kernels and branches of sm_80 and sm_120 again, in the same major
-# architectures: CI leaves them out, a third of its longest step (docs/cuda.md, "GPUs other than
-# the H200"). TQ_CI_CUDA_ARCHS=all compiles all six.
+# Where nvcc is, the kernels are compiled for all six architectures users run (sm_80, 86, 89, 90a,
+# 100, 120: docs/cuda.md, "GPUs other than the H200"), so a kernel that builds only for the H200
+# fails here (the GPU tests run on the H200: bench/gpu/run_h200.sh). sm_86 and sm_89 compile much
+# the same kernels as sm_80 and sm_120; they add 83 s to the build here
+# (bench/results/2026-12-04-ci-time.md). TQ_CI_CUDA_ARCHS="80;90;100;120" leaves them out.
 # A unity build (CMake's, several sources a compiler run) for the C++ of this build, the sanitized
 # one and the Python stage's: the headers (GoogleTest, fmt, json, httplib) are parsed once per batch
 # instead of once per file, about a third less compile (bench/results/2026-12-03-ci-time.md).
@@ -46,7 +44,7 @@ export TQ_UNITY_BUILD=${TQ_UNITY_BUILD:-ON}
 # TQ_CUDA_COMPILE_CHECK=OFF builds them in full everywhere.
 check_only=OFF
 if ! nvidia-smi -L >/dev/null 2>&1; then check_only=${TQ_CUDA_COMPILE_CHECK:-ON}; fi
-cmake --preset release -DTQ_CUDA_ARCHS="${TQ_CI_CUDA_ARCHS:-80;90;100;120}" -DCMAKE_UNITY_BUILD="$TQ_UNITY_BUILD" \
+cmake --preset release -DTQ_CUDA_ARCHS="${TQ_CI_CUDA_ARCHS:-all}" -DCMAKE_UNITY_BUILD="$TQ_UNITY_BUILD" \
   -DTQ_CUDA_COMPILE_CHECK="$check_only" >/dev/null
 # ptxas at -O1 says where Hopper's warpgroup MMAs lose speed (info C7507, C7517, C7519, C7520: ~500
 # lines), which a compile check does not care for; every other line of the build is printed.
