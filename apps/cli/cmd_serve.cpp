@@ -114,9 +114,13 @@ void serve(const Options& o) {
                                                    double(e.runner().ring_bytes()) * o.max_num_seqs / (1 << 20))
                                      : "");
   const std::string tail_note =
-      e.blocks().tail_slots() ? fmt::format(", {} tails of the side buffers and window rings ({:.1f} MiB; hits end at a tail: docs/serving.md)",
-                                            e.blocks().tail_slots(), double(e.blocks().tail_slots()) * e.runner().tail_bytes() / (1 << 20))
-                              : "";
+      e.blocks().tail_slots()
+          ? fmt::format(", {} tails of the {} ({:.1f} MiB; hits end at a tail: docs/serving.md)", e.blocks().tail_slots(),
+                        e.runner().side_bytes() && e.runner().ring_bytes() ? "side buffers and window rings"
+                        : e.runner().ring_bytes()                          ? "window rings"
+                                                                           : "side buffers",
+                        double(e.blocks().tail_slots()) * e.runner().tail_bytes() / (1 << 20))
+          : "";
   fmt::print(stderr, "tq serve: prefix caching {}\n",
              sch.prefix_caching() ? "on" + tail_note
              : o.no_prefix_caching ? "off (--no-enable-prefix-caching)"

@@ -623,7 +623,6 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
   }
   const uint32_t N = uint32_t(tokens.size());
   TQ_CHECK(N >= 1 && N <= opts_.max_chunk, "a step takes 1..{} tokens, got {}", opts_.max_chunk, N);
-
   const auto put = [&](auto& buf, const auto& v) {
     check(cudaMemcpyAsync(buf.get(), v.data(), v.size() * sizeof(v[0]), cudaMemcpyHostToDevice, stream_), "upload");
   };
