@@ -7,7 +7,6 @@
 #include <fstream>
 
 #include "tq/check.h"
-#include "tq/format.h"
 #include "tq/kv/window_ring.h"
 #include "tq/model/shapes.h"
 #include "tq/text.h"
@@ -28,13 +27,13 @@ std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool
   return v;
 }
 
-bool CacheCost::rings(uint32_t ctx) const { return window_page_bytes > 0 && WindowRing::make(swa_full ? 0 : window, ctx, step, page_size, false).on(); }
-
-double CacheCost::pool_page_bytes(uint32_t ctx) const { return page_bytes - (rings(ctx) ? window_page_bytes : 0); }
-
-double CacheCost::fixed_bytes(uint32_t ctx) const {
-  return side_bytes + (rings(ctx) ? WindowRing::make(window, ctx, step, page_size, false).pages * window_page_bytes : 0);
+uint32_t CacheCost::ring_pages(uint32_t ctx) const {
+  return window_page_bytes > 0 ? WindowRing::make(swa_full ? 0 : window, ctx, step, page_size, false).pages : 0;
 }
+
+double CacheCost::pool_page_bytes(uint32_t ctx) const { return page_bytes - (ring_pages(ctx) ? window_page_bytes : 0); }
+
+double CacheCost::fixed_bytes(uint32_t ctx) const { return side_bytes + ring_pages(ctx) * window_page_bytes; }
 
 double CacheCost::seq_bytes(uint32_t ctx) const { return std::ceil(double(ctx) / page_size) * pool_page_bytes(ctx) + fixed_bytes(ctx); }
 
@@ -49,10 +48,7 @@ CacheCost cache_cost(const model::ModelConfig& c, const KvSpec& s, uint32_t side
   k.page_bytes = double(s.page_bytes(uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim)));
   const uint32_t L = uint32_t(c.n_layers);
   for (uint32_t l = 0; l < L; ++l)
-    if (c.layer_is_local(int(l))) {
-      const KvFormat f = s.layer_format(l, L);
-      k.window_page_bytes += double(block_layout(f.k, f.v, uint32_t(c.head_dim), f.page_size).bytes) * c.n_kv_heads;
-    }
+    if (c.layer_is_local(int(l))) k.window_page_bytes += double(s.layer_page_bytes(l, L, uint32_t(c.n_kv_heads), uint32_t(c.head_dim)));
   k.window = uint32_t(std::max(c.sliding_window, 0)), k.step = step, k.swa_full = swa_full;
   k.page_size = s.format.page_size;
   k.bytes_per_token = k.page_bytes / k.page_size;

@@ -29,9 +29,9 @@ struct CacheCost {
   bool swa_full = false;          // no rings: every layer keeps every position
   uint32_t page_size = 16;
   double seq_bytes(uint32_t ctx) const;  // pages of ctx positions * pool_page_bytes + fixed_bytes
-  // With sequences of ctx positions: whether the sliding-window layers keep rings; one page of the
-  // pool; a sequence's fixed bytes (side buffer, rings).
-  bool rings(uint32_t ctx) const;
+  // With sequences of ctx positions: the sliding-window layers' ring pages (0: no rings, they are in
+  // the pool); one page of the pool; a sequence's fixed bytes (side buffer, rings).
+  uint32_t ring_pages(uint32_t ctx) const;
   double pool_page_bytes(uint32_t ctx) const;
   double fixed_bytes(uint32_t ctx) const;
   // Bytes of KV a decode step at ctx positions reads at least: every page of the other layers, the

@@ -12,31 +12,21 @@
 namespace tq {
 
 PagedKvCache::PagedKvCache(const CacheFormat& format, uint32_t num_pages)
-    : format_(format), shape_{format.layers(), format.kv_heads(), format.head_dim(), num_pages} {
-  TQ_CHECK(num_pages >= 1, "the cache needs at least one page, got {}", num_pages);
-  const double total = double(format.layout().bytes) * format.layers() * num_pages * format.kv_heads();
-  TQ_CHECK(total <= 64.0 * (1ull << 30), "the cache would take {:.1f} GiB; more than the 64 GiB allowed on the CPU", total / (1ull << 30));
-  owned_.assign(format.bytes(num_pages), 0);
-  data_ = owned_.data();
-  bytes_ = owned_.size();
-}
+    : PagedKvCache(format, std::vector<uint32_t>(format.layers(), num_pages)) {}
 
 PagedKvCache::PagedKvCache(const CacheFormat& format, const std::vector<uint32_t>& layer_pages)
     : format_(format), shape_{format.layers(), format.kv_heads(), format.head_dim(), 0}, layer_pages_(layer_pages) {
   TQ_CHECK(layer_pages.size() == format.layers(), "{} page counts for a cache of {} layers", layer_pages.size(), format.layers());
-  const size_t page = format.page_bytes() / format.layers();  // one page of one layer, every KV head
-  size_t total = 0;
+  double total = 0;  // bytes, checked before they are counted in size_t or allocated
   for (uint32_t l = 0; l < format.layers(); ++l) {
-    TQ_CHECK(layer_pages[l] >= 1, "layer {} of the cache needs at least one page, got {}", l, layer_pages[l]);
-    layer_offset_.push_back(total);
-    total += page * layer_pages[l];
+    TQ_CHECK(layer_pages[l] >= 1, "the cache needs at least one page, got {} (layer {})", layer_pages[l], l);
+    total += double(format.layer_page_bytes()) * layer_pages[l];
     shape_.num_pages = std::max(shape_.num_pages, layer_pages[l]);
   }
-  TQ_CHECK(double(total) <= 64.0 * (1ull << 30), "the cache would take {:.1f} GiB; more than the 64 GiB allowed on the CPU",
-           double(total) / (1ull << 30));
-  owned_.assign(total, 0);
+  TQ_CHECK(total <= 64.0 * (1ull << 30), "the cache would take {:.1f} GiB; more than the 64 GiB allowed on the CPU", total / (1ull << 30));
+  for (uint32_t n : layer_pages) layer_offset_.push_back(bytes_), bytes_ += format.layer_page_bytes() * n;
+  owned_.assign(bytes_, 0);
   data_ = owned_.data();
-  bytes_ = owned_.size();
 }
 
 PagedKvCache::PagedKvCache(const CacheFormat& format, uint32_t num_pages, ViewTag)
@@ -60,8 +50,8 @@ const uint8_t* PagedKvCache::block(uint32_t layer, uint32_t page, uint32_t head)
   TQ_CHECK(layer < shape_.layers && page < num_pages(layer) && head < shape_.kv_heads,
            "block ({}, {}, {}) is outside the cache ({} layers, {} pages, {} KV heads)", layer, page, head, shape_.layers,
            layer < shape_.layers ? num_pages(layer) : shape_.num_pages, shape_.kv_heads);
-  if (!layer_pages_.empty()) return data_ + layer_offset_[layer] + (size_t(page) * shape_.kv_heads + head) * format_.layout().bytes;
-  return data_ + format_.block_offset(layer, page, head, shape_.num_pages);
+  if (layer_offset_.empty()) return data_ + format_.block_offset(layer, page, head, shape_.num_pages);  // a view
+  return data_ + layer_offset_[layer] + (size_t(page) * shape_.kv_heads + head) * format_.layout().bytes;
 }
 
 void PagedKvCache::check_slot(uint32_t layer, int64_t slot) const {

@@ -95,12 +95,14 @@ RotationKind KvFormat::rotation_for(uint32_t head_dim) const {
   return is_pow2(padded_dim(head_dim)) ? RotationKind::kHadamard : RotationKind::kDense;
 }
 
+size_t KvSpec::layer_page_bytes(uint32_t layer, uint32_t n_layers, uint32_t kv_heads, uint32_t head_dim) const {
+  const KvFormat f = layer_format(layer, n_layers);
+  return size_t(block_layout(f.k, f.v, head_dim, f.page_size).bytes) * kv_heads;
+}
+
 size_t KvSpec::page_bytes(uint32_t n_layers, uint32_t kv_heads, uint32_t head_dim) const {
   size_t b = 0;
-  for (uint32_t l = 0; l < n_layers; ++l) {
-    const KvFormat f = layer_format(l, n_layers);
-    b += size_t(block_layout(f.k, f.v, head_dim, f.page_size).bytes) * kv_heads;
-  }
+  for (uint32_t l = 0; l < n_layers; ++l) b += layer_page_bytes(l, n_layers, kv_heads, head_dim);
   return b;
 }
 

@@ -13,17 +13,8 @@
 namespace tq::engine {
 namespace {
 
-// Gemma 3's layout, small: five sliding-window layers of six, a window of 16 that the prompts
-// outgrow many times over.
-model::Model gemma3(int window = 16) {
-  model::testing::TinyModelSpec s;
-  s.arch = "gemma3";
-  s.dim = 64, s.n_heads = 4, s.n_kv_heads = 2, s.hidden = 128, s.n_layers = 6, s.vocab = 300, s.head_dim = 32;
-  s.sliding_window = window;
-  s.context = 256;
-  s.realistic = true;
-  return model::testing::load_written(model::testing::tiny_model(s));
-}
+// Gemma 3's layout, small: a window of 16 that the prompts outgrow many times over.
+model::Model gemma3() { return model::testing::small_gemma3(256); }
 
 std::vector<int> tokens(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);

@@ -265,4 +265,15 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
 // The model a writer's file holds, loaded from its bytes in memory.
 inline Model load_written(const GgufWriter& w) { return load_gguf(std::make_shared<const GgufFile>(GgufFile::from_bytes(w.bytes()))); }
 
+// Gemma 3's layout, small, realistic random weights: five sliding-window layers of six (window 16,
+// which prompts of a few dozen tokens outgrow), head dim 32, 2 KV heads, a vocabulary of 300. The
+// window rings' tests (tests/engine/test_window_ring.cpp, tests/serve/test_scheduler_rings.cpp).
+inline Model small_gemma3(int context) {
+  TinyModelSpec s;
+  s.arch = "gemma3";
+  s.dim = 64, s.n_heads = 4, s.n_kv_heads = 2, s.hidden = 128, s.n_layers = 6, s.vocab = 300, s.head_dim = 32;
+  s.sliding_window = 16, s.context = context, s.realistic = true;
+  return load_written(tiny_model(s));
+}
+
 }  // namespace tq::model::testing

@@ -17,13 +17,7 @@ using engine::Engine;
 using engine::EngineOptions;
 
 const model::Model& ring_model() {
-  static const model::Model m = [] {
-    model::testing::TinyModelSpec s;
-    s.arch = "gemma3";
-    s.dim = 64, s.n_heads = 4, s.n_kv_heads = 2, s.hidden = 128, s.n_layers = 6, s.vocab = 300, s.head_dim = 32;
-    s.sliding_window = 16, s.context = 512, s.realistic = true;
-    return model::testing::load_written(model::testing::tiny_model(s));
-  }();
+  static const model::Model m = model::testing::small_gemma3(512);
   return m;
 }
 

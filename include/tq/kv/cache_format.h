@@ -35,8 +35,9 @@ class CacheFormat {
   size_t block_offset(uint32_t layer, uint32_t page, uint32_t head, uint32_t num_pages) const {
     return ((size_t(layer) * num_pages + page) * kv_heads_ + head) * layout_.bytes;
   }
-  // Bytes of one page over every layer and KV head.
+  // Bytes of one page over every layer and KV head, and of one layer's page over every KV head.
   size_t page_bytes() const { return bytes(1); }
+  size_t layer_page_bytes() const { return size_t(layout_.bytes) * kv_heads_; }
 
   // Codec of the keys / values of one (layer, kv_head); null for float encodings.
   const TurboQuant* k_codec(uint32_t layer, uint32_t head) const;

@@ -68,8 +68,8 @@ class PagedKvCache {
 
   CacheFormat format_;
   CacheShape shape_;
-  std::vector<uint32_t> layer_pages_;  // [layers] pages of each layer; empty: num_pages each
-  std::vector<size_t> layer_offset_;   // [layers] byte offset of each layer's pages (with layer_pages_)
+  std::vector<uint32_t> layer_pages_;  // [layers] pages of each layer (owning caches); empty (views): num_pages each
+  std::vector<size_t> layer_offset_;   // [layers] byte offset of each layer's pages (owning caches)
   std::vector<uint8_t> owned_;  // the bytes of an owning cache (empty for a view)
   uint8_t* data_ = nullptr;     // [layers][num_pages][kv_heads][layout().bytes]
   size_t bytes_ = 0;

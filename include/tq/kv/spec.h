@@ -112,6 +112,7 @@ struct KvSpec {
   // Bytes of one page over every layer (each in its own format, edge layers too), as the page
   // storage lays them out (CacheFormat): the size of a spec before any storage exists.
   size_t page_bytes(uint32_t n_layers, uint32_t kv_heads, uint32_t head_dim) const;
+  size_t layer_page_bytes(uint32_t layer, uint32_t n_layers, uint32_t kv_heads, uint32_t head_dim) const;  // one layer's part of it
   std::string canonical() const;
 };
 

@@ -47,7 +47,7 @@ KvStore::KvStore(const KvShape& shape, const KvSpec& spec) : shape_(shape), spec
   layer_fixed_.assign(shape.layers, false);
   if (spec.policy.key_centre) centre_.assign(size_t(shape.layers) * shape.kv_heads * shape.head_dim, 0.0f);
   if (spec.policy.sink || spec.policy.window || rings) tail_count_ = shape.tails;
-  if (spec.policy.sink || spec.policy.window) tails_.assign(tail_count_ * (tail_bytes() - ring_bytes()) / sizeof(uint16_t), 0);
+  if (spec.policy.sink || spec.policy.window) tails_.assign(tail_count_ * side_tail_bytes() / sizeof(uint16_t), 0);
   if (rings) ring_tails_.assign(tail_count_ * ring_bytes(), 0);
 }
 
@@ -209,7 +209,7 @@ size_t KvStore::ring_page_bytes() const {
     if (!in_ring(l)) continue;
     uint32_t local = 0;
     const PagedKvCache& c = cache_of(l, &local);
-    b += c.format().page_bytes() / c.format().layers();
+    b += c.format().layer_page_bytes();
   }
   return b;
 }
@@ -219,10 +219,12 @@ size_t KvStore::side_bytes() const {
   return size_t(spec_.policy.side_tokens(ring_extra())) * shape_.layers * row * sizeof(uint16_t);
 }
 
-size_t KvStore::tail_bytes() const {
+size_t KvStore::side_tail_bytes() const {
   const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;
-  return size_t(spec_.policy.sink + spec_.policy.window) * shape_.layers * row * sizeof(uint16_t) + ring_bytes();
+  return size_t(spec_.policy.sink + spec_.policy.window) * shape_.layers * row * sizeof(uint16_t);
 }
+
+size_t KvStore::tail_bytes() const { return side_tail_bytes() + ring_bytes(); }
 
 bool KvStore::save_tail(int seq, uint32_t end, uint32_t slot) {
   if (!ring_written_.empty()) {
@@ -247,7 +249,7 @@ void KvStore::copy_rings(int seq, uint32_t slot, bool save) {
     uint32_t local = 0;
     PagedKvCache& c = const_cast<PagedKvCache&>(cache_of(l, &local));
     uint8_t* ring = c.block(local, uint32_t(shape_.ring.page(seq, 0)), 0);  // the sequence's ring pages, contiguous
-    const size_t n = c.format().page_bytes() / c.format().layers() * shape_.ring.pages;
+    const size_t n = c.format().layer_page_bytes() * shape_.ring.pages;
     if (save)
       std::copy(ring, ring + n, tail);
     else
@@ -265,7 +267,7 @@ void KvStore::copy_tail(int seq, uint32_t end, uint32_t slot, bool save) {
   const size_t row = size_t(2) * shape_.kv_heads * shape_.head_dim;  // K and V of one token
   const uint32_t sink = spec_.policy.sink, window = spec_.policy.window;
   const size_t per_layer = size_t(sink + window) * row;  // a tail's rows of one layer
-  uint16_t* tail = tails_.data() + slot * ((tail_bytes() - ring_bytes()) / sizeof(uint16_t));
+  uint16_t* tail = tails_.data() + slot * (side_tail_bytes() / sizeof(uint16_t));
   const auto copy = [&](uint16_t* side_row, uint16_t* tail_row) {
     if (save)
       std::copy(side_row, side_row + row, tail_row);

@@ -169,6 +169,7 @@ class KvStore {
   const Side& side(int seq) const;
   Side& side(int seq) { return const_cast<Side&>(static_cast<const KvStore*>(this)->side(seq)); }
   int64_t slot(uint32_t layer, const SeqPages& s, uint32_t pos) const;
+  size_t side_tail_bytes() const;  // a tail's side rows (sink + window of every layer); tail_bytes() adds the rings
   // Copies the window rings of seq to or from tail slot `slot`.
   void copy_rings(int seq, uint32_t slot, bool save);
 
