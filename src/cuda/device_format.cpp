@@ -94,14 +94,13 @@ DeviceKvCache::DeviceKvCache(const CacheFormat& format, uint32_t num_pages)
 
 DeviceKvCache::DeviceKvCache(const CacheFormat& format, const std::vector<uint32_t>& layer_pages)
     : tables_(with_pages(format, layer_pages)), layer_pages_(layer_pages) {
-  const size_t page = format.page_bytes() / format.layers();  // one page of one layer, every KV head
-  for (uint32_t n : layer_pages) layer_offset_.push_back(bytes_), bytes_ += page * n;
+  for (uint32_t n : layer_pages) layer_offset_.push_back(bytes_), bytes_ += format.layer_page_bytes() * n;
   pages_ = device_alloc(bytes_, "DeviceKvCache", true);
 }
 
 uint8_t* DeviceKvCache::layer_data(uint32_t layer, uint32_t first) const {
   TQ_CHECK(layer < layer_pages_.size() && first < layer_pages_[layer], "page {} of layer {} is outside the device cache", first, layer);
-  return data() + layer_offset_[layer] + size_t(first) * format().page_bytes() / format().layers();
+  return data() + layer_offset_[layer] + size_t(first) * format().layer_page_bytes();
 }
 
 }  // namespace tq::cuda

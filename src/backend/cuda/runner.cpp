@@ -145,9 +145,9 @@ class CudaModelRunner : public engine::ModelRunner {
   }
   bool in_ring(uint32_t layer) const { return !ring_layer_.empty() && ring_layer_[layer]; }
   DecodeParams attention_params(uint32_t layer, const Group& g) const;
-  // A sliding-window layer in the rings: quantize_store and attention of the step, sequences of more
-  // than ring_.step new tokens in sub-steps of ring_.step (kv/window_ring.h).
-  void ring_attention(uint32_t layer, const std::vector<Group>& groups);
+  // quantize_store and attention of one layer's step; on a window-ring layer, sequences of more than
+  // ring_.step new tokens in sub-steps of ring_.step (kv/window_ring.h).
+  void layer_attention(uint32_t layer, const std::vector<Group>& groups, uint32_t N);
   void ensure_workspace(const std::vector<Group>& groups);
   // Uploads the step's tokens, positions, slots, block tables and logits rows (every token's of
   // an all_logits sequence, the last token's of the others); returns the groups and the number of
@@ -256,7 +256,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
              "{} sequences of {} window-ring pages are more pages than a cache can number (2^31 - 1)", o.max_seqs, ring_.pages);
     ring_layer_ = sliding;
     for (uint32_t l = 0; l < L; ++l)
-      if (sliding[l]) ring_page_bytes_ += (spec.is_edge_layer(l, L) ? fedge : fmain)->page_bytes() / (spec.is_edge_layer(l, L) ? n_edge : n_main);
+      if (sliding[l]) ring_page_bytes_ += (spec.is_edge_layer(l, L) ? fedge : fmain)->layer_page_bytes();
     page_bytes_ -= ring_page_bytes_;
   }
   const size_t rings = ring_page_bytes_ * ring_.pages * o.max_seqs;
@@ -460,7 +460,7 @@ void CudaModelRunner::copy_tail(int seq, uint32_t end, uint32_t slot, bool save)
       if (!in_ring(l)) continue;
       const DeviceKvCache& cache = spec_.is_edge_layer(l, L) ? *edge_ : *main_;
       uint8_t* ring = cache.layer_data(spec_.local_layer(l, L), uint32_t(ring_.page(seq, 0)));
-      const size_t n = cache.format().page_bytes() / cache.format().layers() * ring_.pages;
+      const size_t n = cache.format().layer_page_bytes() * ring_.pages;
       check(cudaMemcpyAsync(save ? tail : ring, save ? ring : tail, n, cudaMemcpyDeviceToDevice, stream_), "prefix tail copy (window rings)");
       tail += n;
     }
@@ -644,8 +644,14 @@ void CudaModelRunner::mark_written(const std::vector<StepSeq>& step) {
   }
 }
 
-void CudaModelRunner::ring_attention(uint32_t layer, const std::vector<Group>& groups) {
+// One layer's attention: quantize-on-write of the step's K and V rows (fp32 rows: the codes are
+// those the CPU reference writes for these rows), then decode for 1..8 new tokens a sequence and
+// prefill beyond. A window-ring layer stores and attends a sequence's chunk of more than a ring step
+// in sub-steps (subs_), after the rest of the batch, so that no row overwrites a ring slot a query of
+// the same sub-step still reads.
+void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& groups, uint32_t N) {
   const size_t KV = size_t(cfg_.kv_dim());
+  const bool ring = in_ring(layer);
   const auto store = [&](const int64_t* slots, size_t row0, uint32_t n) {
     QuantizeStoreParams st;
     st.cache = view(layer);
@@ -663,12 +669,11 @@ void CudaModelRunner::ring_attention(uint32_t layer, const std::vector<Group>& g
     else
       decode_attention(p, stream_);
   };
-  uint32_t N = 0;
-  for (const Group& g : groups) N += g.count * g.ntok;
-  // The batch first (sub-stepped tokens skipped), then each sub-step: its rows, then its queries.
-  store((subs_.empty() ? ring_slots_ : ring_batch_slots_).get(), 0, N);
+  // ring_batch_slots_ has -1 for the sub-stepped rows; ring groups longer than a step are those rows.
+  store(!ring ? slots_.get() : subs_.empty() ? ring_slots_.get() : ring_batch_slots_.get(), 0, N);
   for (const Group& g : groups)
-    if (g.ntok <= ring_.step) attend(g);
+    if (!ring || g.ntok <= ring_.step) attend(g);
+  if (!ring) return;
   for (const Group& sub : subs_) {
     store(ring_slots_.get(), sub.row0, sub.ntok);
     attend(sub);
@@ -698,26 +703,7 @@ void CudaModelRunner::enqueue(uint32_t N, uint32_t R, const std::vector<Group>& 
     layers::qkv_rope(qkv_.get(), bias, pos_.get(), N, c.n_heads, c.n_kv_heads, c.head_dim, c.rope_dim,
                      (local ? rope_cos_local_ : rope_cos_).get(), (local ? rope_sin_local_ : rope_sin_).get(), adjacent, mu, q_.get(), k_.get(),
                      v_.get(), stream_);
-    if (in_ring(uint32_t(l))) {
-      ring_attention(uint32_t(l), groups);
-    } else {
-      // Quantize on write (fp32 rows: the codes are those the CPU reference writes for these rows).
-      QuantizeStoreParams st;
-      st.cache = view(uint32_t(l));
-      st.k = k_.get();
-      st.v = v_.get();
-      st.dtype = DType::kF32;
-      st.slot_mapping = slots_.get();
-      st.num_tokens = N;
-      quantize_store(st, stream_);
-      for (const Group& g : groups) {  // decode for 1..8 new tokens a sequence, prefill beyond
-        const DecodeParams p = attention_params(uint32_t(l), g);
-        if (g.ntok > kMaxDecodeQueryTokens)
-          prefill_attention(p, stream_);
-        else
-          decode_attention(p, stream_);
-      }
-    }
+    layer_attention(uint32_t(l), groups, N);
     gemm(w.wo, hb_.get(), N, o_.get());
     if (w.attn_post_norm.n) layers::rmsnorm_rows(o_.get(), N, D, w.attn_post_norm.get(), c.rms_eps, stream_);
     layers::add_rmsnorm(x_.get(), o_.get(), nullptr, N, D, w.ffn_norm.get(), c.rms_eps, hb_.get(), stream_);
