@@ -1,6 +1,7 @@
 #include "tq/engine/engine.h"
 
 #include <algorithm>
+#include <random>
 #include <thread>
 
 #include "tq/backend/cpu/runner.h"
@@ -135,7 +136,10 @@ std::string Engine::enable_prefix_cache() {
   if (side && runner_->tail_slots() == 0)
     return "the model's sliding-window layers keep their pages in per-sequence window rings, which the pool does not carry, and the "
            "engine was built with no prefix tails to keep them (prefix_tails 0; or keep every position in the pool: swa_full)";
-  blocks_.enable_prefix_cache(std::hash<std::string>{}(runner_->spec().text), side ? runner_->tail_slots() : 0);
+  // The spec keys the hash (pages of another format never match), and a key drawn once per process
+  // keeps a client from choosing tokens whose pages collide with another request's.
+  static const uint64_t key = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+  blocks_.enable_prefix_cache(std::hash<std::string>{}(runner_->spec().text) ^ key, side ? runner_->tail_slots() : 0);
   return "";
 }
 
@@ -144,7 +148,7 @@ bool Engine::cache_prefix(int seq, std::span<const int> tokens, uint32_t upto) {
   if (!blocks_.needs_tails()) return false;
   const uint32_t end = std::min(blocks_.len(seq), upto) / blocks_.page_size() * blocks_.page_size();
   if (end == 0) return false;
-  const int32_t slot = blocks_.attach_tail(seq, end);
+  const int32_t slot = blocks_.attach_tail(seq, tokens, end);
   if (slot < 0) return false;
   if (runner_->save_tail(seq, end, uint32_t(slot))) return true;
   blocks_.detach_tail(slot);

@@ -134,6 +134,8 @@ int BlockManager::add_sequence(std::span<const int> tokens, uint32_t limit) { re
 int BlockManager::add_cached_sequence(std::span<const int32_t> pages) {
   for (int32_t p : pages)
     TQ_CHECK(caching_ && p >= 0 && size_t(p) < entries_.size() && entries_[size_t(p)], "page {} holds no cached prefix", p);
+  if (needs_tails() && !pages.empty())  // checked before anything is held, so a refusal changes nothing
+    TQ_CHECK(entries_[size_t(pages.back())]->tail >= 0, "page {} ends a cached prefix without a tail", pages.back());
   const int seq = add_sequence();
   Seq& s = at(seq);
   for (int32_t p : pages) {
@@ -145,11 +147,7 @@ int BlockManager::add_cached_sequence(std::span<const int32_t> pages) {
     s.hashes.push_back(entries_[size_t(p)]->hash);
   }
   s.len = uint32_t(pages.size()) * page_size_;
-  if (needs_tails() && !pages.empty()) {
-    const int32_t t = entries_[size_t(pages.back())]->tail;
-    TQ_CHECK(t >= 0, "page {} ends a cached prefix without a tail", pages.back());
-    tail_used_[size_t(t)] = ++tail_clock_;
-  }
+  if (needs_tails() && !pages.empty()) tail_used_[size_t(entries_[size_t(pages.back())]->tail)] = ++tail_clock_;
   return seq;
 }
 
@@ -162,7 +160,15 @@ void BlockManager::cache_full_pages(int seq, std::span<const int> tokens) {
     const std::span<const int> page = tokens.subspan(i * page_size_, page_size_);
     const uint64_t h = chain(parent, page);
     const int32_t p = s.block_table[i];
-    if (!cache_.count(h) && !entries_[size_t(p)]) {
+    const auto held = cache_.find(h);
+    if (held != cache_.end()) {
+      // Another sequence cached this prefix first (this page stays private), or a page with other
+      // tokens or another parent holds the hash: a collision. Hashing past it would give this
+      // sequence's later pages the chain of the other prefix, and a request with that prefix would
+      // match them: caching stops here, while the other page keeps the hash.
+      const Entry& e = *entries_[size_t(held->second)];
+      if (e.parent != parent || !std::equal(page.begin(), page.end(), e.tokens.begin())) return;
+    } else if (!entries_[size_t(p)]) {
       cache_.emplace(h, p);
       entries_[size_t(p)] = Entry{h, parent, std::vector<int>(page.begin(), page.end())};
       alloc_.set_cached(p, true);
@@ -181,18 +187,20 @@ int32_t BlockManager::tail_of(int32_t page) const {
   return e ? e->tail : -1;
 }
 
-int32_t BlockManager::attach_tail(int seq, uint32_t end) {
+int32_t BlockManager::attach_tail(int seq, std::span<const int> tokens, uint32_t end) {
   const Seq& s = at(seq);
   TQ_CHECK(needs_tails(), "prefix caching keeps no tails");
   TQ_CHECK(end > 0 && end % page_size_ == 0 && end <= s.len, "sequence {}: a tail ends at a page boundary within its {} positions, not at {}",
            seq, s.len, end);
+  TQ_CHECK(tokens.size() >= end, "sequence {}: a tail at {} needs the tokens before it, {} were given", seq, end, tokens.size());
   const size_t i = end / page_size_ - 1;
   if (i >= s.hashes.size()) return -1;
   const auto cached = cache_.find(s.hashes[i]);  // the page cached for this prefix: its own, or another's
   if (cached == cache_.end()) return -1;
   const int32_t page = cached->second;
   std::optional<Entry>& e = entries_[size_t(page)];
-  if (!e || e->parent != (i ? s.hashes[i - 1] : salt_)) return -1;
+  const std::span<const int> page_tokens = tokens.subspan(i * page_size_, page_size_);
+  if (!e || e->parent != (i ? s.hashes[i - 1] : salt_) || !std::equal(page_tokens.begin(), page_tokens.end(), e->tokens.begin())) return -1;
   if (e->tail >= 0) {
     tail_used_[size_t(e->tail)] = ++tail_clock_;
     return -1;

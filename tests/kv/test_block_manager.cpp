@@ -131,19 +131,19 @@ TEST(BlockManager, PrefixTailsEndMatchesAndAreReusedAndFreed) {
   const std::vector<int> t = {1, 2, 3, 4, 5, 6, 7};
   const int s = b.add_sequence();
   b.reserve({{s, 7}});
-  EXPECT_EQ(b.attach_tail(s, 4), -1);  // not cached yet
+  EXPECT_EQ(b.attach_tail(s, t, 4), -1);  // not cached yet
   b.cache_full_pages(s, t);
   EXPECT_TRUE(b.match_prefix(t, 7).empty());  // three cached pages, no tail
-  const int32_t a = b.attach_tail(s, 4);
+  const int32_t a = b.attach_tail(s, t, 4);
   EXPECT_GE(a, 0);
-  EXPECT_EQ(b.attach_tail(s, 4), -1);  // it has one
+  EXPECT_EQ(b.attach_tail(s, t, 4), -1);  // it has one
   EXPECT_EQ(b.tail_of(b.block_table(s)[1]), a);
   EXPECT_EQ(b.match_prefix(t, 7).size(), 2u);
-  const int32_t c = b.attach_tail(s, 6);
+  const int32_t c = b.attach_tail(s, t, 6);
   EXPECT_EQ(b.match_prefix(t, 7).size(), 3u);
   EXPECT_EQ(b.match_prefix(t, 5).size(), 2u);  // the limit cuts page 2: back to the tail at 4
   EXPECT_EQ(b.tails_used(), 2u);
-  EXPECT_THROW(b.attach_tail(s, 5), Error);    // not a page boundary
+  EXPECT_THROW(b.attach_tail(s, t, 5), Error);    // not a page boundary
   // A hit on the tail at 4 makes the one at 6 the least recently used: a third tail takes its slot.
   const int u = b.add_sequence(t, 5);
   EXPECT_EQ(b.len(u), 4u);
@@ -152,7 +152,7 @@ TEST(BlockManager, PrefixTailsEndMatchesAndAreReusedAndFreed) {
   t2[5] = 9;
   b.reserve({{u, 2}});
   b.cache_full_pages(u, t2);
-  EXPECT_EQ(b.attach_tail(u, 6), c);
+  EXPECT_EQ(b.attach_tail(u, t2, 6), c);
   EXPECT_EQ(b.match_prefix(t, 7).size(), 2u);   // page 2 of t lost its tail
   EXPECT_EQ(b.match_prefix(t2, 6).size(), 3u);
   b.detach_tail(c);
@@ -185,7 +185,7 @@ TEST(BlockManager, PrefixTailsOfAPrivateCopyGoToTheCachedPage) {
   b.reserve({{u, 4}});
   b.cache_full_pages(u, t);  // its pages stay private copies
   EXPECT_EQ(b.cached_pages(), 3u);
-  const int32_t slot = b.attach_tail(u, 4);
+  const int32_t slot = b.attach_tail(u, t, 4);
   EXPECT_GE(slot, 0);
   EXPECT_EQ(b.tail_of(b.block_table(s)[1]), slot);
   EXPECT_EQ(b.tail_of(b.block_table(u)[1]), -1);
@@ -193,7 +193,13 @@ TEST(BlockManager, PrefixTailsOfAPrivateCopyGoToTheCachedPage) {
   EXPECT_EQ(matched, 3u);
   ASSERT_EQ(hit.size(), 2u);
   EXPECT_EQ(hit[1], b.block_table(s)[1]);
-  EXPECT_EQ(b.attach_tail(u, 4), -1);  // it has one now
+  EXPECT_EQ(b.attach_tail(u, t, 4), -1);  // it has one now
+  // Pages that end without a tail are refused before anything is held.
+  const uint32_t free = b.allocator().free_pages();
+  const std::vector<int32_t> untailed(b.block_table(s).begin(), b.block_table(s).begin() + 3);
+  EXPECT_THROW(b.add_cached_sequence(untailed), Error);
+  EXPECT_EQ(b.allocator().free_pages(), free);
+  EXPECT_EQ(b.allocator().refcount(untailed[0]), 1u);  // s alone
   b.remove(u);
   b.remove(s);
   EXPECT_EQ(b.allocator().free_pages(), 8u);
@@ -207,7 +213,7 @@ TEST(BlockManager, PrefixTailsGoWithEvictedPages) {
   const int s = b.add_sequence();
   b.reserve({{s, 4}});
   b.cache_full_pages(s, t);
-  EXPECT_GE(b.attach_tail(s, 4), 0);
+  EXPECT_GE(b.attach_tail(s, t, 4), 0);
   b.remove(s);
   EXPECT_EQ(b.match_prefix(t, 4).size(), 2u);
   const int u = b.add_sequence();
@@ -215,6 +221,44 @@ TEST(BlockManager, PrefixTailsGoWithEvictedPages) {
   EXPECT_EQ(b.tails_used(), 0u);
   EXPECT_TRUE(b.match_prefix(t, 4).empty());
   b.remove(u);
+}
+
+// Hash collisions (64 bits, found by inverting the mixer with salt 0): page {1, 2} and page
+// {-1814316136, 113800797} chain to the same hash. A sequence whose first page collides with a
+// cached one must not cache the pages after it under the other prefix's chain, or a request with
+// the other prefix would match them and read keys computed after different tokens; and its tail
+// must not go to the other page.
+TEST(BlockManager, HashCollisionsNeverShareOtherTokensPages) {
+  BlockManager b(16, 2);
+  b.enable_prefix_cache(0, 2);
+  const std::vector<int> legit = {1, 2, 5}, other = {-1814316136, 113800797, 7, 8, 9}, victim = {1, 2, 7, 8, 9};
+  const int a = b.add_sequence();
+  b.reserve({{a, 2}});
+  b.cache_full_pages(a, legit);
+  ASSERT_GE(b.attach_tail(a, legit, 2), 0);
+  ASSERT_EQ(b.match_prefix(victim, 4).size(), 1u);
+  EXPECT_TRUE(b.match_prefix(other, 4).empty());  // the hash matches, the tokens do not
+  const int x = b.add_sequence(other, 4);
+  EXPECT_EQ(b.len(x), 0u);
+  b.reserve({{x, 4}});
+  b.cache_full_pages(x, other);
+  EXPECT_EQ(b.cached_pages(), 1u);  // neither of x's pages: the first's hash is taken, the second follows it
+  EXPECT_EQ(b.attach_tail(x, other, 2), -1);
+  EXPECT_EQ(b.attach_tail(x, other, 4), -1);
+  const std::vector<int32_t> hit = b.match_prefix(victim, 4);
+  ASSERT_EQ(hit.size(), 1u);
+  EXPECT_EQ(hit[0], b.block_table(a)[0]);
+  // Once the other page leaves the cache, x's pages are cached under their own chain.
+  b.remove(a);
+  b.remove(x);
+  BlockManager c(16, 2);
+  c.enable_prefix_cache(0);
+  const int y = c.add_sequence();
+  c.reserve({{y, 4}});
+  c.cache_full_pages(y, other);
+  EXPECT_EQ(c.cached_pages(), 2u);
+  EXPECT_EQ(c.match_prefix(other, 4).size(), 2u);
+  EXPECT_TRUE(c.match_prefix(victim, 4).empty());
 }
 
 }  // namespace

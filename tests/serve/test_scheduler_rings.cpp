@@ -79,7 +79,9 @@ TEST(SchedulerWindowRings, ChatsHitTheirTailsAndGiveColdTokens) {
         const std::vector<int> msg = ring_tokens(10, rng);
         conv[i].insert(conv[i].end(), msg.begin(), msg.end());
       }
-      if (turn > 0) EXPECT_GT(s.stats().prefix_hit_tokens, hits) << "turn " << turn << " hit nothing";
+      if (turn > 0) {
+        EXPECT_GT(s.stats().prefix_hit_tokens, hits) << "turn " << turn << " hit nothing";
+      }
       hits = s.stats().prefix_hit_tokens;
     }
     EXPECT_EQ(s.stats().pages_free, s.stats().pages_total) << "pages leaked";

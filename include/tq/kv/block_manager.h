@@ -5,7 +5,9 @@
 // Prefix caching (off until enable_prefix_cache): a full page is identified by a 64-bit hash
 // chained over the salt (the KV spec) and every token from position 0 to the page's end, so equal
 // hashes mean equal prefixes; the page also keeps its own tokens and its parent's hash, compared on
-// every match, so a hash collision can only miss, never share wrong bytes. Sequences that start
+// every match (and caching a sequence's pages stops at one whose hash another page with other
+// tokens holds), so a hash collision can only miss, never share wrong bytes. The engine mixes a
+// per-process random key into the salt, so clients cannot aim for a collision either. Sequences that start
 // with a cached prefix hold its pages (reference counts) and compute only the rest. Only full pages
 // are shared and a sequence writes only past its shared pages, so shared bytes never change: packed
 // pages are shared as they are, never copied, dequantized or re-quantized. Unreferenced cached pages
@@ -87,7 +89,8 @@ class BlockManager {
   // its rows are what a hit there needs, since the same tokens give the same rows). Returns the
   // slot for the caller to fill, or -1 when there is nothing to fill: the page has a tail already
   // (it becomes the most recently used), or the sequence's pages there are not cached yet.
-  int32_t attach_tail(int seq, uint32_t end);
+  // tokens: the sequence's, at least [0, end); the cached page must hold the same ones.
+  int32_t attach_tail(int seq, std::span<const int> tokens, uint32_t end);
   // Takes back a slot attach_tail just gave (the runner could not fill it): its page has no tail.
   void detach_tail(int32_t slot);
   // The tail slot of a cached page, or -1.
