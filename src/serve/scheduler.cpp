@@ -271,10 +271,12 @@ std::vector<Event> Scheduler::step() {
   // Running requests, oldest first; a request short of pages preempts the newest ones.
   for (size_t i = 0; i < running_.size() && plan.budget > 0; ++i) {
     Seq* s = running_[i].get();
-    uint32_t n = std::min(uint32_t(s->tokens.size()) - s->computed, plan.budget);
-    if (s->branch_at > s->computed) n = std::min(n, s->branch_at - s->computed);
-    // A decode may carry drafts, leaving a token of the budget for each running request after it.
+    // A prompt chunk or a decode with drafts leaves a token of the budget for each running request
+    // after it (the budget is at least max_num_seqs): an older request's prefill never stalls the
+    // decodes of the newer ones (Sarathi-Serve's stall-free batching).
     const uint32_t after = uint32_t(running_.size() - i - 1);
+    uint32_t n = std::min(uint32_t(s->tokens.size()) - s->computed, plan.budget > after ? plan.budget - after : plan.budget);
+    if (s->branch_at > s->computed) n = std::min(n, s->branch_at - s->computed);
     std::vector<int> drafts = s->computed + 1 == s->tokens.size() && plan.budget > after ? drafts_for(s, plan.budget - after)
                                                                                           : std::vector<int>{};
     uint32_t need = bm.pages_needed(s->seq, n + uint32_t(drafts.size()));
@@ -309,7 +311,7 @@ std::vector<Event> Scheduler::step() {
   try {
     if (on_host) {
       logits = e_.forward(batch);
-    } else {
+    } else try {
       std::vector<engine::SampleArgs> args;  // greedy placeholders for prompt chunks that sample nothing
       for (size_t i = 0; i < batch.size(); ++i) {
         if (!plan.drafts[i].empty())
@@ -318,6 +320,13 @@ std::vector<Event> Scheduler::step() {
           args.push_back(samples[i] ? items[i]->sampler.next_args() : engine::SampleArgs{});
       }
       ids = e_.forward_sample(batch, args);
+    } catch (const Error&) {
+      // A row the runner could not sample (a NaN or +inf logit) fails its whole step, which left no
+      // trace: the step again with the logits on the host, where sampling fails request by request.
+      if (batch.size() == 1) throw;
+      logits = e_.forward(batch);
+      on_host = true;
+      ++stats_.host_retries;
     }
   } catch (const Error& err) {
     for (Seq* s : items) finish(s, Finish::kError, out, -1, err.what());

@@ -99,6 +99,7 @@ struct SchedulerStats {
   uint64_t computed_tokens = 0;  // positions run through the model: prompts, decodes and recomputes
   uint64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // over admissions
   uint64_t preemptions = 0, finished = 0, cancelled = 0;
+  uint64_t host_retries = 0;  // steps run again with logits on the host: a row the runner could not sample (NaN, +inf)
   // Speculative decoding, over verification items (a request's step that carried drafts).
   uint64_t spec_verifications = 0, spec_drafted = 0, spec_accepted = 0;
   uint64_t spec_failures = 0;  // requests whose draft model failed and that went on without speculation
