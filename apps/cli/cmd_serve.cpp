@@ -4,8 +4,11 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
+#include <ctime>
 #include <optional>
 #include <thread>
 
@@ -135,15 +138,42 @@ void serve(const Options& o) {
   fmt::print(stderr, "tq serve: serving '{}' on http://{}:{} (Ctrl-C stops)\n", name, o.host, port);
   std::fflush(stderr);
 
+  // The first signal stops the server; a second one, or connections still open 5 s past the grace
+  // period (a client that never finishes sending its headers holds its HTTP thread), ends the
+  // process at once.
+  std::atomic<bool> done{false};
   std::thread signals([&] {
     int sig = 0;
     sigwait(&sigs, &sig);
-    fmt::print(stderr, "tq serve: {} received, finishing requests (up to {} s)\n", sig == SIGINT ? "SIGINT" : "SIGTERM", o.shutdown_timeout);
-    server.stop();
+    if (done) return;
+    fmt::print(stderr, "tq serve: {} received, finishing requests (up to {} s; again to exit at once)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
+               o.shutdown_timeout);
+    std::thread stopper([&] { server.stop(); });
+    const double wait = o.shutdown_timeout + 5;
+    const timespec limit{time_t(wait), long((wait - double(time_t(wait))) * 1e9)};
+    const int again = sigtimedwait(&sigs, nullptr, &limit);
+    if (!done) {
+      if (again > 0)
+        fmt::print(stderr, "tq serve: {} received again: exiting now\n", again == SIGINT ? "SIGINT" : "SIGTERM");
+      else
+        fmt::print(stderr, "tq serve: connections still open {:.0f} s after the signal: exiting now\n", wait);
+      std::fflush(stderr);
+      std::_Exit(again > 0 ? 128 + again : 1);
+    }
+    stopper.join();
   });
-  server.run();
-  pthread_kill(signals.native_handle(), SIGTERM);  // run() only returns after stop(); this wakes a sigwait that is still waiting
-  signals.join();
+  const auto wake = [&] {
+    done = true;
+    pthread_kill(signals.native_handle(), SIGTERM);  // wakes the signal thread, which then returns
+    signals.join();
+  };
+  try {
+    server.run();  // returns after stop()
+  } catch (...) {
+    wake();
+    throw;
+  }
+  wake();
   const serve::ServiceStats st = svc.stats();
   fmt::print(stderr, "tq serve: stopped after {} requests ({} refused), {} tokens generated\n", st.requests, st.refused,
              st.scheduler.generated_tokens);

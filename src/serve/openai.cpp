@@ -51,8 +51,15 @@ void refuse_unsupported(const json& body) {
   for (const char* k : {"frequency_penalty", "presence_penalty"})
     if (const auto p = number(body, k, -2, 2); p && *p != 0) throw bad(k, "is not supported (send 0 or leave it out)");
   if (const json* lb = field(body, "logit_bias"); lb && !lb->empty()) throw bad("logit_bias", "is not supported");
-  for (const char* k : {"tools", "tool_choice", "functions", "function_call", "response_format", "suffix"})
-    if (field(body, k)) throw bad(k, "is not supported by this server");
+  // What clients send when they mean "none" (the openai package's and LangChain's defaults) passes.
+  for (const char* k : {"tools", "functions"})
+    if (const json* v = field(body, k); v && !(v->is_array() && v->empty())) throw bad(k, "is not supported by this server (send [] or leave it out)");
+  for (const char* k : {"tool_choice", "function_call"})
+    if (const json* v = field(body, k); v && *v != "none" && *v != "auto")
+      throw bad(k, "is not supported by this server (send \"none\" or leave it out)");
+  if (const json* v = field(body, "response_format"); v && *v != json{{"type", "text"}})
+    throw bad("response_format", "is not supported by this server (send {\"type\": \"text\"} or leave it out)");
+  if (const json* v = field(body, "suffix"); v && *v != "") throw bad("suffix", "is not supported by this server (send \"\" or leave it out)");
 }
 
 // Completions: "logprobs" is the number of alternatives (0..20). Chat: "logprobs" true asks for
@@ -130,6 +137,7 @@ CompletionRequest parse_completion(const json& body, bool chat) {
       r.prompt = (*p)[0].get<std::string>();
     } else if (p->is_array() && !p->empty() && std::all_of(p->begin(), p->end(), [](const json& t) { return t.is_number_integer(); })) {
       for (const json& t : *p) {
+        if (t.is_number_unsigned() && t.get<uint64_t>() > uint64_t(INT32_MAX)) throw bad("prompt", fmt::format("token id {} is out of range", t.dump()));
         const int64_t id = t.get<int64_t>();
         if (id < 0 || id > INT32_MAX) throw bad("prompt", fmt::format("token id {} is out of range", id));
         r.prompt_ids.push_back(int(id));

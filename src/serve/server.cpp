@@ -8,7 +8,12 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <random>
+#include <system_error>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -80,6 +85,64 @@ bool client_gone(int fd) {
   char c;
   return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
 }
+
+// cpp-httplib's thread pool, made in bind() instead of inside run(): a thread that cannot be
+// started (the user's thread limit) is an error that names the count before the server says it
+// serves, and the threads already started are joined.
+class WorkerPool final : public httplib::TaskQueue {
+ public:
+  explicit WorkerPool(size_t n) {
+    try {
+      for (size_t i = 0; i < n; ++i) threads_.emplace_back([this] { work(); });
+    } catch (const std::system_error& e) {
+      const size_t started = threads_.size();
+      shutdown();
+      throw Error(fmt::format("cannot start {} HTTP worker threads (--max-num-seqs + --max-queue + 8): the system refused after {}: {} "
+                              "(lower --max-queue or --max-num-seqs, or raise the thread limit: ulimit -u)",
+                              n, started, e.what()));
+    }
+  }
+  ~WorkerPool() override { shutdown(); }
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      jobs_.push_back(std::move(fn));
+    }
+    cv_.notify_one();
+  }
+  // Workers finish the jobs queued, then end.
+  void shutdown() override {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(m_);
+        cv_.wait(lock, [this] { return stop_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+  std::vector<std::thread> threads_;
+  std::deque<std::function<void()>> jobs_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+};
+
+constexpr size_t kMaxBody = size_t(64) << 20;  // request bodies, after any decompression
 
 int64_t unix_now() { return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count(); }
 
@@ -156,6 +219,8 @@ struct Server::Impl {
   int listen_fd = -1;  // the listening socket, once httplib made it (see bind)
   model::ChatTemplate chat_template;
   std::atomic<bool> stopping{false};
+  std::atomic<bool> run_started{false}, run_done{false};  // run() was called, and returned
+  std::unique_ptr<WorkerPool> pool;  // made by bind(), handed to cpp-httplib by run()
   int64_t created = unix_now();
   uint32_t context_;  // the engine's: prompt + max_tokens at most
 
@@ -168,7 +233,8 @@ struct Server::Impl {
 
 
   void routes();
-  void complete(const httplib::Request& req, httplib::Response& res, bool chat);
+  void post(const char* path, bool chat);
+  void complete(const httplib::Request& req, const std::string& body, httplib::Response& res, bool chat);
   std::shared_ptr<Answer> start(const CompletionRequest& cr, std::string* echo);
   void stream(httplib::Response& res, std::shared_ptr<Answer> a, bool include_usage, std::string echo);
 };
@@ -192,11 +258,16 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   if (prompt.size() >= context_)
     throw ApiError(400, fmt::format("this model's maximum context length is {} tokens, but the {} has {} tokens", context_, what, prompt.size()),
                    what);
+  // No max_tokens: up to the context, or to what the whole page pool holds when that is less (a
+  // request needs prompt + max_tokens - 1 positions).
+  const engine::Engine& e = svc.engine();
+  const size_t pool = size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size();
+  const size_t cap = std::min<size_t>(context_, pool + 1);                          // prompt + max_tokens at most
+  const uint32_t default_max = prompt.size() < cap ? uint32_t(cap - prompt.size()) : 1;  // 1: submit() refuses, naming the pool
   // A request for logprobs runs without the server's default speculation (they do not combine).
-  Request r{prompt, cr.sampling, cr.max_tokens.value_or(uint32_t(context_ - prompt.size())),
+  Request r{prompt, cr.sampling, cr.max_tokens.value_or(default_max),
             cr.speculation.value_or(cr.logprobs >= 0 ? std::nullopt : o.speculation), cr.logprobs};
   if (!cr.seeded) r.sampling.seed = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
-  if (echo) *echo = cr.echo ? (cr.prompt_ids.empty() ? cr.prompt : tok.decode(cr.prompt_ids)) : "";
   std::shared_ptr<Stream> s;
   try {
     s = svc.submit(std::move(r));
@@ -205,13 +276,40 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   } catch (const Refused& e) {
     throw ApiError(400, e.what(), e.param);
   }
+  // After submit(), which checked the prompt's token ids against the vocabulary.
+  if (echo) *echo = cr.echo ? (cr.prompt_ids.empty() ? cr.prompt : tok.decode(cr.prompt_ids)) : "";
   ResponseHead h{fmt::format("{}-{}", cr.chat ? "chatcmpl" : "cmpl", s->id()), o.model_name, unix_now(), cr.chat};
   return std::make_shared<Answer>(s, h, tok, prompt.back(), cr.stop, uint32_t(prompt.size()), cr.logprobs >= 0);
 }
 
-void Server::Impl::complete(const httplib::Request& req, httplib::Response& res, bool chat) {
+// Bodies come through a content reader, which counts them as they arrive, chunked or compressed
+// (cpp-httplib's own limit sees neither); requests without a body reach the plain handler.
+void Server::Impl::post(const char* path, bool chat) {
+  http.Post(path, [this, chat](const httplib::Request& req, httplib::Response& res) { complete(req, req.body, res, chat); });
+  http.Post(path, [this, chat](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
+    // cpp-httplib decodes these and passes any other coding on as it is.
+    const std::string coding = req.get_header_value("Content-Encoding");
+    if (!coding.empty() && coding != "identity" && coding != "gzip" && coding != "deflate" && coding != "br") res.status = 415;
+    std::string body;
+    bool over = false;
+    const bool ok = res.status != 415 && read([&](const char* data, size_t n) {
+      over = body.size() + n > kMaxBody;
+      if (!over) body.append(data, n);
+      return !over;
+    });
+    if (over || res.status == 413)
+      return send_error(res, ApiError(413, fmt::format("the request body is larger than {} MiB", kMaxBody >> 20), "", "invalid_request_error"));
+    if (res.status == 415)
+      return send_error(res, ApiError(415, fmt::format("Content-Encoding '{}' is not supported (gzip, deflate, br, or none)",
+                                                       req.get_header_value("Content-Encoding"))));
+    if (!ok) return send_error(res, ApiError(400, "the request body could not be read (a broken chunked transfer or compressed body)"));
+    complete(req, body, res, chat);
+  });
+}
+
+void Server::Impl::complete(const httplib::Request& req, const std::string& request_body, httplib::Response& res, bool chat) {
   try {
-    const json body = json::parse(req.body, nullptr, false);
+    const json body = json::parse(request_body, nullptr, false);
     if (body.is_discarded()) throw ApiError(400, "the request body is not valid JSON");
     const CompletionRequest cr = parse_completion(body, chat);
     std::string echo;
@@ -282,8 +380,8 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Answer> a, boo
 }
 
 void Server::Impl::routes() {
-  http.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) { complete(req, res, false); });
-  http.Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) { complete(req, res, true); });
+  post("/v1/completions", false);
+  post("/v1/chat/completions", true);
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     const json model = {{"id", o.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "turboquant"}, {"max_model_len", context_}};
     res.set_content(dump(json{{"object", "list"}, {"data", {model}}}), "application/json");
@@ -295,9 +393,21 @@ void Server::Impl::routes() {
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(prometheus_text(svc.stats()), "text/plain; version=0.0.4");
   });
+  // Every error gets an OpenAI error body, the ones cpp-httplib answers by itself too.
   http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
-    if (res.status == 404) send_error(res, ApiError(404, fmt::format("no route {} {}", req.method, req.path), "", "not_found_error"));
+    const bool post = req.path == "/v1/completions" || req.path == "/v1/chat/completions";
+    const bool get = req.path == "/v1/models" || req.path == "/health" || req.path == "/metrics";
+    if ((res.status == 404 || res.status == 400) && (post || get) && req.method != (post ? "POST" : "GET")) {
+      res.set_header("Allow", post ? "POST" : "GET, HEAD");
+      return send_error(res, ApiError(405, fmt::format("{} takes {}, not {}", req.path, post ? "POST" : "GET", req.method), "",
+                                      "method_not_allowed"));
+    }
+    if (res.status == 404) return send_error(res, ApiError(404, fmt::format("no route {} {}", req.method, req.path), "", "not_found_error"));
+    if (res.status == 413)
+      return send_error(res, ApiError(413, fmt::format("the request body is larger than {} MiB", kMaxBody >> 20), "", "invalid_request_error"));
+    if (res.status >= 400 && res.status < 500)
+      return send_error(res, ApiError(res.status, fmt::format("malformed HTTP request ({} {})", req.method, req.path)));
   });
   http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
     std::string what = "unknown error";
@@ -313,9 +423,8 @@ void Server::Impl::routes() {
     httplib::default_socket_options(sock);
     listen_fd = int(sock);
   });
-  const uint32_t threads = o.threads;
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  http.set_payload_max_length(size_t(64) << 20);
+  http.new_task_queue = [this]() -> httplib::TaskQueue* { return pool.release(); };
+  http.set_payload_max_length(kMaxBody);
 }
 
 Server::Server(Service& svc, const model::Model& m, const model::Tokenizer& tok, const ServerOptions& o)
@@ -336,15 +445,27 @@ int Server::bind() {
   // library was built): 32 clients connecting at once overflowed it, and some of them saw their
   // connection closed before any answer. listen(2) on a listening socket sets a new backlog.
   if (s.listen_fd >= 0) ::listen(s.listen_fd, SOMAXCONN);
+  s.pool = std::make_unique<WorkerPool>(s.o.threads);
   return port;
 }
 
-void Server::run() { impl_->http.listen_after_bind(); }
+void Server::run() {
+  Impl& s = *impl_;
+  TQ_CHECK(s.pool, "Server::run() needs bind() first, and runs once");
+  s.run_started = true;
+  if (!s.stopping) s.http.listen_after_bind();
+  s.run_done = true;
+}
 
 void Server::stop() {
-  impl_->stopping = true;
-  impl_->svc.shutdown(impl_->o.shutdown_grace);
-  impl_->http.stop();
+  Impl& s = *impl_;
+  s.stopping = true;
+  s.svc.shutdown(s.o.shutdown_grace);
+  // cpp-httplib's stop() does nothing before its loop runs: a stop() between run()'s check and the
+  // loop's start waits for the loop (seq_cst: run() sees `stopping`, or stop() sees `run_started`).
+  if (!s.run_started) return;
+  while (!s.http.is_running() && !s.run_done) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  s.http.stop();
 }
 
 }  // namespace tq::serve

@@ -93,13 +93,26 @@ INSTANTIATE_TEST_SUITE_P(
                       Bad{R"({"prompt": "x", "model": 3})", false, "model"}, Bad{R"({"messages": "hi"})", true, "messages"},
                       Bad{R"({"messages": [{"role": "tool", "content": "x"}]})", true, "messages[0].role"},
                       Bad{R"({"messages": [{"role": "user", "content": 5}]})", true, "messages[0].content"},
-                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "tools": []})", true, "tools"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]})", true, "tools"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"})", true, "tool_choice"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}})", true,
+                          "response_format"},
+                      Bad{R"({"prompt": "x", "suffix": "y"})", false, "suffix"},
+                      Bad{R"({"prompt": [1, 18446744073709551615]})", false, "prompt"},
                       Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 2})", true, "logprobs"},
                       Bad{R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", true, "top_logprobs"},
                       Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 30})", true,
                           "top_logprobs"},
                       Bad{R"({"prompt": "x", "speculative": true})", false, "speculative"},
                       Bad{R"({"prompt": "x", "speculative": "ngram:k=9"})", false, "speculative"}));
+
+// The fields clients send at their "none" values (the openai package's defaults, LangChain's) pass.
+TEST(OpenAiParse, UnsupportedFieldsAtTheirDefaultsPass) {
+  const json chat = json::parse(R"({"messages": [{"role": "user", "content": "x"}], "tools": [], "functions": [], "tool_choice": "none",
+                                    "function_call": "auto", "response_format": {"type": "text"}})");
+  EXPECT_EQ(parse_completion(chat, true).messages.size(), 1u);
+  EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "suffix": ""})"), false).prompt, "x");
+}
 
 // Completions take "logprobs" as a count of alternatives, chat as true with "top_logprobs".
 TEST(OpenAiParse, Logprobs) {

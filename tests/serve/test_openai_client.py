@@ -9,10 +9,13 @@ Exits 77 (skipped) when the openai package or stories260K is missing.
 """
 import argparse
 import concurrent.futures
+import gzip
+import http.client
 import json
 import os
 import random
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -329,6 +332,55 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(self.s.get("/health")[0], 200)  # still serving
         self.s.wait_drained(self)
 
+    def raw(self, method, path, body=b"", headers=None, chunked=False):
+        """One request on its own connection: (status, headers, parsed JSON body or None)."""
+        host, port = self.s.url[len("http://"):].split(":")
+        c = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            if chunked:
+                c.request(method, path, body=iter([body[:7], body[7:]]), headers=headers or {}, encode_chunked=True)
+            else:
+                c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            data = r.read()
+            return r.status, dict(r.getheaders()), json.loads(data) if data else None
+        finally:
+            c.close()
+
+    def test_bodies_in_chunks_compressed_and_other_methods(self):
+        ok = json.dumps({"prompt": PROMPTS[0], "max_tokens": 4, "temperature": 0}).encode()
+        want = self.complete(PROMPTS[0], 4).choices[0].text
+        # Chunked and gzip bodies are read, counted after decompression.
+        for kw in ({"chunked": True}, {"body": gzip.compress(ok), "headers": {"Content-Encoding": "gzip"}}):
+            code, _, b = self.raw("POST", "/v1/completions", **{"body": ok, **kw})
+            self.assertEqual((code, b["choices"][0]["text"]), (200, want), kw)
+        # A body that inflates past 64 MiB is refused once it does, not held in memory.
+        bomb = gzip.compress(b'{"prompt": "' + b"a" * (80 << 20) + b'"}')
+        code, _, b = self.raw("POST", "/v1/completions", bomb, {"Content-Encoding": "gzip"})
+        self.assertEqual(code, 413, b)
+        self.assertIn("64 MiB", b["error"]["message"])
+        code, _, b = self.raw("POST", "/v1/completions", ok, {"Content-Encoding": "zstd-of-the-future"})
+        self.assertEqual(code, 415, b)
+        # The wrong method on a route is 405 with an error body, as is a method no route takes.
+        for method, path in (("GET", "/v1/completions"), ("PUT", "/v1/chat/completions"), ("POST", "/v1/models")):
+            code, headers, b = self.raw(method, path)
+            self.assertEqual(code, 405, (method, path, b))
+            self.assertIn(method, b["error"]["message"])
+            self.assertIn("Allow", headers)
+        # echo of token ids outside the vocabulary: the prompt is refused, not a 500.
+        code, b = self.s.post("/v1/completions", {"prompt": [1, 99999], "echo": True, "max_tokens": 2})
+        self.assertEqual((code, b["error"]["param"]), (400, "prompt"), b)
+        # What clients send when they mean "none" passes.
+        code, b = self.s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "tools": [],
+                                                        "tool_choice": "none", "response_format": {"type": "text"}})
+        self.assertEqual(code, 200, b)
+        # No max_tokens: what the pool holds (40 pages of 8 here), not the context (512), which the pool cannot.
+        code, b = self.s.post("/v1/completions", {"prompt": PROMPTS[0], "temperature": 0})
+        self.assertEqual(code, 200, b)
+        self.assertLessEqual(b["usage"]["prompt_tokens"] + b["usage"]["completion_tokens"], 40 * 8 + 1)
+        self.assertEqual(self.s.get("/health")[0], 200)
+        self.s.wait_drained(self)
+
 
 SMOLLM2 = os.path.join(os.path.dirname(__file__), "..", "..", "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -524,6 +576,45 @@ class QueueAndShutdownTest(unittest.TestCase):
         self.assertLess(len(rest), 499)  # chunks <= tokens
         self.assertEqual(s.proc.wait(30), 0)
         s.proc.stderr.close()
+
+    def test_a_signal_during_startup_stops_it(self):
+        # SIGTERM right after the start: it waits, blocked, until the signal thread starts, which is
+        # before the HTTP loop runs; the server stops as soon as it is up.
+        d = os.path.join(ARGS.data, "stories260K")
+        for delay in (0.0, 0.01, 0.02, 0.04, 0.08, 0.16):
+            proc = subprocess.Popen([ARGS.tq, "serve", "-m", os.path.join(d, "stories260K.bin"), "--tokenizer", os.path.join(d, "tok512.bin"),
+                                     "--port", "0", "-t", "1"], stderr=subprocess.PIPE, text=True)
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                self.fail(f"tq serve did not stop after a SIGTERM {delay} s into its startup:\n" + proc.stderr.read())
+            proc.stderr.close()
+            self.assertIn(code, (0, -signal.SIGTERM), delay)  # stopped cleanly, or killed before it blocked the signal
+
+    def test_threads_it_cannot_start_are_an_error(self):
+        # 1.5 GB of address space holds ~100 thread stacks, not the 4136 HTTP threads asked for.
+        d = os.path.join(ARGS.data, "stories260K")
+        limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (1500 << 20, 1500 << 20))
+        r = subprocess.run([ARGS.tq, "serve", "-m", os.path.join(d, "stories260K.bin"), "--tokenizer", os.path.join(d, "tok512.bin"),
+                            "--port", "0", "-t", "1", "--max-queue", "4096"], capture_output=True, text=True, timeout=60, preexec_fn=limit)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("cannot start 4136 HTTP worker threads", r.stderr)
+        self.assertNotIn("serving", r.stderr)
+
+    def test_a_second_signal_exits_at_once(self):
+        s = Server("--kv", "k3v2", "--shutdown-timeout", "300", "--max-num-seqs", "1", "--max-num-batched-tokens", "1")
+        stream = s.client.completions.create(model="stories260K", prompt=PROMPTS[1], max_tokens=500, temperature=0, stream=True)
+        next(iter(stream))
+        s.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        self.assertIsNone(s.proc.poll())  # finishing the stream, for up to 300 s
+        s.proc.send_signal(signal.SIGINT)
+        self.assertEqual(s.proc.wait(10), 128 + signal.SIGINT)
+        s.proc.stderr.close()
+        self.assertTrue(any("SIGINT received again" in line for line in s.log), s.log)
 
 
 if __name__ == "__main__":
