@@ -13,6 +13,10 @@ namespace tq::model {
 namespace {
 
 constexpr uint32_t kMaxDims = 4;  // GGML_MAX_DIMS
+// Counts a file may claim: each entry costs several times its bytes of file in memory, so a count
+// that fits in the file can still ask for far more memory than it. Real models have ~1K tensors
+// and vocabularies and merge lists of a few 100K strings.
+constexpr uint64_t kMaxStrings = uint64_t(1) << 24, kMaxTensors = uint64_t(1) << 20;
 constexpr uint32_t kTypeCount = 13;
 
 // Size in bytes of a scalar of type t (0 for STRING / ARRAY, which have no fixed size).
@@ -74,6 +78,7 @@ class GgufParser {
     for (uint64_t k = 0; k < n_kv; ++k) read_kv(k);
     TQ_CHECK(n_tensors <= remaining() / 24, "GGUF '{}': tensor count {} cannot fit in the {} bytes left", name(),
              n_tensors, remaining());
+    TQ_CHECK(n_tensors <= kMaxTensors, "GGUF '{}': tensor count {} is over the {} this reader accepts", name(), n_tensors, kMaxTensors);
 
     if (const GgufValue* a = f_.find("general.alignment")) {
       TQ_CHECK(is_unsigned(a->type) || is_signed(a->type), "GGUF '{}': general.alignment has type {}, expected an integer",
@@ -173,6 +178,8 @@ class GgufParser {
         // every string takes at least its 8-byte length
         TQ_CHECK(v.arr_count <= remaining() / 8, "GGUF key '{}': string array length {} cannot fit in the {} bytes left",
                  key, v.arr_count, remaining());
+        TQ_CHECK(v.arr_count <= kMaxStrings, "GGUF key '{}': string array length {} is over the {} this reader accepts", key,
+                 v.arr_count, kMaxStrings);
         v.arr_str.reserve(size_t(v.arr_count));
         for (uint64_t j = 0; j < v.arr_count; ++j) v.arr_str.push_back(str(fmt::format("element {} of key '{}'", j, key)));
       } else {

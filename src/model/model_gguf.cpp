@@ -134,6 +134,12 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
   if (f.has(key("attention.value_length")))
     TQ_CHECK(req("attention.value_length") == c.head_dim, "GGUF '{}': value_length {} != key_length {} is not supported",
              f.name(), req("attention.value_length"), c.head_dim);
+  // Products of these index buffers as int: a file with more channels than that is refused here
+  // rather than read past a buffer later.
+  for (const auto& [heads, what] : {std::pair{c.n_heads, "head_count"}, std::pair{c.n_kv_heads, "head_count_kv"}})
+    TQ_CHECK(uint64_t(heads) * uint64_t(c.head_dim) <= (uint64_t(1) << 30),
+             "GGUF '{}': {} {} x head dim {} = {} channels, more than 2^30", f.name(), key(what), heads, c.head_dim,
+             uint64_t(heads) * uint64_t(c.head_dim));
   c.rope_dim = f.has(key("rope.dimension_count")) ? req("rope.dimension_count") : c.head_dim;
   TQ_CHECK(c.rope_dim % 2 == 0 && c.rope_dim <= c.head_dim, "GGUF '{}': rope.dimension_count {} (head dim {})",
            f.name(), c.rope_dim, c.head_dim);
@@ -160,9 +166,12 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
     c.swa_pattern = 6;
     c.rope_theta_local = 10000.0f;
     c.embed_scale = std::sqrt(float(c.dim));
+    // Gemma 3 27B (62 layers) scales queries by its query_pre_attn_scalar, dim / heads (llama.cpp's gemma3 graph).
+    TQ_CHECK(c.n_layers != 62 || c.dim >= c.n_heads, "GGUF '{}': gemma3 with 62 layers scales queries by embedding_length / "
+             "head_count, but {} / {} is 0", f.name(), c.dim, c.n_heads);
     c.attn_scale = c.n_layers == 62 ? 1.0f / std::sqrt(float(c.dim / c.n_heads)) : 1.0f / std::sqrt(float(c.head_dim));
   }
-  TQ_CHECK(!f.has("rope_freqs.weight"), "GGUF '{}': per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 "
+  TQ_CHECK(!f.find_tensor("rope_freqs.weight") && !f.has("rope_freqs.weight"), "GGUF '{}': per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 "
            "long-context scaling) are not supported", f.name());
 
   const GgufTensorInfo& emb = f.tensor("token_embd.weight");

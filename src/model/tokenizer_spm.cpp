@@ -101,7 +101,10 @@ class SpmTokenizer final : public Tokenizer {
       }
       if (const size_t bad = encode_piece(s, out); bad < s.size()) {
         // map the offset in s back to fr.text: the prefix mark and each space became kSpaceMark
-        size_t at = add_space_prefix_ && prev_special ? kSpaceMark.size() : 0, k = 0;
+        const size_t mark = add_space_prefix_ && prev_special ? kSpaceMark.size() : 0;
+        TQ_CHECK(bad >= mark, "tokenizer: the vocabulary has no token for the space (U+2581) put before the text, nor byte-fallback "
+                              "tokens for its bytes");
+        size_t at = mark, k = 0;
         for (; at < bad; ++k) at += fr.text[k] == ' ' ? kSpaceMark.size() : 1;
         if (at > bad && k > 0) --k;  // inside the mark of the space fr.text[k - 1]
         detail::throw_unencodable_byte(text, size_t(fr.text.data() - text.data()) + k);

@@ -262,6 +262,12 @@ TEST(GgufMalformed, MetadataErrors) {
     w.add_raw_array("strs", GgufType::STRING, 1ull << 40, nullptr, 0);
     expect_error([&] { GgufFile::from_bytes(w.bytes()); }, "'strs': string array length 1099511627776 cannot fit");
   }
+  {  // a count that fits in the file but would take 4x its bytes as strings
+    GgufWriter w;
+    const std::vector<uint8_t> empty_strings(((1u << 24) + 1) * 8, 0);  // 2^24 + 1 empty strings
+    w.add_raw_array("tokenizer.ggml.tokens", GgufType::STRING, (1u << 24) + 1, empty_strings.data(), empty_strings.size());
+    expect_error([&] { GgufFile::from_bytes(w.bytes()); }, "'tokenizer.ggml.tokens': string array length 16777217 is over the 16777216");
+  }
   {
     GgufWriter w;
     w.add_u8("flag", 0);

@@ -277,6 +277,24 @@ TEST(ModelGguf, Errors) {
     w.add_string("general.architecture", "llama");
     expect_error([&] { testing::load_written(w); }, "metadata key 'llama.block_count' is missing");
   }
+  {  // heads x head dim past int: refused before any buffer is sized by it (it was a SIGSEGV in rope)
+    testing::GgufWriter w = testing::tiny_model(TinyModelSpec{});
+    w.add_u32("llama.attention.key_length", 1u << 30);
+    expect_error([&] { testing::load_written(w); }, "llama.head_count 2 x head dim 1073741824 = 2147483648 channels, more than 2^30");
+  }
+  {  // Llama 3.1's RoPE factors are a tensor, not a key: refused by the tensor too
+    testing::GgufWriter w = testing::tiny_model(TinyModelSpec{});
+    w.add_tensor_f32("rope_freqs.weight", {8}, std::vector<float>(8, 1.0f));
+    expect_error([&] { testing::load_written(w); }, "per-frequency RoPE factors (rope_freqs.weight");
+  }
+  {  // gemma3 with 62 layers scales queries by dim / heads, which must not be 0
+    TinyModelSpec g;
+    g.arch = "gemma3";
+    g.n_layers = 62;
+    g.n_heads = g.n_kv_heads = 64;
+    g.head_dim = 4;
+    expect_error([&] { testing::load_written(testing::tiny_model(g)); }, "embedding_length / head_count, but 32 / 64 is 0");
+  }
 }
 
 TEST(ModelGguf, WrongShapeIsNamed) {

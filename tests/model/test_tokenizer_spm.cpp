@@ -157,6 +157,17 @@ TEST(GgufSpm, UnencodableByteNamesItsOffset) {
   expect_error([&] { tok->encode("<|im_start|>h \xff", false); }, "byte 0xFF at offset 14 of the text");
 }
 
+// A vocabulary with a token for "A" but none for the space mark (U+2581) put before the text, nor
+// byte tokens for its bytes: the error names the mark, not the text's first character.
+TEST(GgufSpm, MissingPrefixMarkIsNamed) {
+  testing::GgufWriter w;
+  w.add_string("tokenizer.ggml.model", "llama");
+  w.add_string_array("tokenizer.ggml.tokens", {"<unk>", "<s>", "</s>", "A"});
+  w.add_f32_array("tokenizer.ggml.scores", {0.0f, 0.0f, 0.0f, 0.0f});
+  const auto tok = tokenizer_from_gguf(GgufFile::from_bytes(w.bytes()));
+  expect_error([&] { tok->encode("A", false); }, "no token for the space (U+2581) put before the text");
+}
+
 TEST(GgufSpm, NoSpacePrefix) {
   const auto tok = tokenizer_from_gguf(GgufFile::from_bytes(spm_gguf(false)));
   EXPECT_EQ(tok->encode("hello", false), (std::vector<int>{tok->find_token("he"), tok->find_token("llo")}));
