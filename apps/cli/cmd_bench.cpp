@@ -119,9 +119,9 @@ void run(const Options& o) {
   const engine::Device device = pick_device(o.device, cfg, {});
   TQ_CHECK(bm.file || device == engine::Device::kCuda, "random weights of a named shape run on the GPU only: pass -m FILE for --device cpu");
   const uint32_t chunk = o.chunk ? o.chunk : device == engine::Device::kCuda ? 2048 : 64;
-  const uint32_t margin = o.warmup + o.steps;
+  const uint64_t margin = uint64_t(o.warmup) + o.steps;  // in 64 bits: two uint32 options
   for (uint32_t c : contexts)
-    TQ_CHECK(c > margin && c + most_q - 1 <= uint32_t(cfg.max_seq),
+    TQ_CHECK(c > margin && uint64_t(c) + most_q - 1 <= uint64_t(cfg.max_seq),
              "--context {}: must exceed --warmup + --steps ({}) and, with the --queries beyond it ({}), fit the model's {} tokens", c, margin,
              most_q - 1, cfg.max_seq);
   for (uint32_t p : prompts) TQ_CHECK(p <= uint32_t(cfg.max_seq), "--prefill {}: beyond the model's {} tokens", p, cfg.max_seq);

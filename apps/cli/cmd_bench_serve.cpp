@@ -126,8 +126,9 @@ void run(const Options& o) {
   const model::ModelConfig& cfg = bm.config;
   const engine::Device device = pick_device(o.device, cfg, {});
   TQ_CHECK(bm.file || device == engine::Device::kCuda, "random weights of a named shape run on the GPU only: pass -m FILE for --device cpu");
-  const uint32_t ctx = o.prompt + o.output;
-  TQ_CHECK(ctx <= uint32_t(cfg.max_seq), "--prompt {} + --output {} = {} tokens: beyond the model's {}", o.prompt, o.output, ctx, cfg.max_seq);
+  const uint64_t ctx64 = uint64_t(o.prompt) + o.output;  // in 64 bits: two uint32 options
+  TQ_CHECK(ctx64 <= uint64_t(cfg.max_seq), "--prompt {} + --output {} = {} tokens: beyond the model's {}", o.prompt, o.output, ctx64, cfg.max_seq);
+  const uint32_t ctx = uint32_t(ctx64);
   const uint32_t chunk = o.batched_tokens ? o.batched_tokens : device == engine::Device::kCuda ? 2048 : 256;
   const double budget = usable_kv_budget(o.kv_memory_gb * 1e9, device, "tq bench-serve");
 

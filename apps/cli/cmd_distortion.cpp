@@ -49,6 +49,9 @@ void run(const Options& o) {
   std::vector<bool> prods;
   if (o.method != "prod") prods.push_back(false);
   if (o.method != "mse") prods.push_back(true);
+  if (o.method == "prod")
+    for (const std::string& bs : o.bits)
+      TQ_CHECK(!parse_bits(bs).second, "--bits {} with --method prod: prod has whole widths only (the fractional ones are mse's)", bs);
 
   Table t({{"method", "method"},
            {"bits", "bits"},

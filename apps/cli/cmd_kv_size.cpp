@@ -35,7 +35,7 @@ void run(const Options& o) {
   const bool centres = std::any_of(specs.begin(), specs.end(), [](const KvSpec& s) { return s.policy.key_centre; });
   if (centres) cols.push_back({"centre_kib", "centre KiB", 1});
   for (uint64_t n : o.contexts) {
-    TQ_CHECK(n >= 1, "--context: lengths are at least 1 token, got {}", n);
+    TQ_CHECK(n >= 1 && n <= (uint64_t(1) << 40), "--context: lengths are 1..2^40 tokens, got {}", n);
     cols.push_back({fmt::format("mib_at_{}", n), fmt::format("MiB @ {}", n), 1});
   }
   Table t(std::move(cols));

@@ -43,11 +43,7 @@ void run(const Options& o) {
   po.trials = o.trials;
   po.by_depth = o.by_depth;
   if (!o.haystack.empty()) {
-    std::ifstream in(o.haystack, std::ios::binary);
-    TQ_CHECK(in.good(), "--haystack: cannot read text file '{}'", o.haystack);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    po.haystack = ss.str();
+    po.haystack = read_text_file(o.haystack, "--haystack");
     TQ_CHECK(!po.haystack.empty(), "--haystack: '{}' is empty", o.haystack);
   }
   const bool verbose = o.verbose;

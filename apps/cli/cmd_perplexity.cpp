@@ -37,12 +37,8 @@ void run(const Options& o) {
   if (o.ctx) check_context(o.ctx, fmt::format("--ctx {}", o.ctx), lm, o.allow_long);
   const uint32_t ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, uint32_t(lm.model.config.max_seq));
   TQ_CHECK(o.score_from < ctx, "--score-from {}: must be below the window of {} tokens (--ctx)", o.score_from, ctx);
-  std::ifstream in(o.file, std::ios::binary);
-  TQ_CHECK(in.good(), "cannot read text file '{}'", o.file);
-  std::stringstream ss;
-  ss << in.rdbuf();
   const auto& tok = *lm.tokenizer;
-  std::vector<int> tokens = tok.encode(ss.str(), engine::wants_bos(lm.model, tok));
+  std::vector<int> tokens = tok.encode(read_text_file(o.file, "--file"), engine::wants_bos(lm.model, tok));
   if (o.max_tokens && tokens.size() > o.max_tokens) tokens.resize(o.max_tokens);
   // The reference runs where the configurations run: fp32 on the CPU, fp16 on the GPU (its kernels
   // have no fp32 cache).

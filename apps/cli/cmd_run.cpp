@@ -96,7 +96,7 @@ void run(const Options& o) {
   sampling.seed = o.seed_given ? o.seed : (uint64_t(std::random_device{}()) << 32 | std::random_device{}());
   engine::Sampler sampler(sampling);
   const unsigned threads = threads_option(o.threads);
-  check_kv_list(o.kv);
+  check_kv_list(o.kv, "tq run");
   TQ_CHECK(!engine::is_auto_kv(o.kv) || o.draft.empty() || !o.draft_kv.empty(),
            "--kv {}: an automatic spec is calibrated on the target model; give the draft model its own --draft-kv", o.kv);
   // --draft alone means --spec draft; the two sources exclude each other.

@@ -46,7 +46,7 @@ void serve(const Options& o) {
   TQ_CHECK(o.shutdown_timeout >= 0 && o.shutdown_timeout <= 86400, "--shutdown-timeout must be 0..86400 seconds, got {}",
            o.shutdown_timeout);  // NaN and inf fail too
   const unsigned threads = threads_option(o.threads);
-  check_kv_list(o.kv);
+  check_kv_list(o.kv, "tq serve");
   TQ_CHECK(!engine::is_auto_kv(o.kv) || o.draft.empty() || !o.draft_kv.empty(),
            "--kv {}: an automatic spec is calibrated on the target model; give the draft model its own --draft-kv", o.kv);
   // --draft alone means --spec draft for every request; with --spec ngram, requests may still ask for "draft".

@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 
 #include <new>
+#include <string>
+#include <vector>
 
 #include "commands.h"
 #include "model_files.h"
@@ -33,9 +35,15 @@ int main(int argc, char** argv) {
 #endif
   // An option whose 0 means "decided at run time" (-t 0: all threads, --ctx 0: the model's) says
   // what in its text ("default: ..."); --help shows that rather than a misleading "=0".
+  // CLI11 2.1 reads "-1" for an unsigned option as 2^64 - 1 (or 2^32 - 1): a negative count, length
+  // or seed is refused, naming the option, instead of wrapping to a huge one.
+  const CLI::Validator non_negative(
+      [](std::string& v) { return !v.empty() && v[0] == '-' ? "must not be negative, got " + v : std::string(); }, "", "non-negative");
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
-    for (CLI::Option* opt : sub->get_options([](CLI::Option*) { return true; }))
+    for (CLI::Option* opt : sub->get_options([](CLI::Option*) { return true; })) {
       if (opt->get_default_str() == "0" && opt->get_description().find("default:") != std::string::npos) opt->default_str("");
+      if (opt->get_type_name().rfind("UINT", 0) == 0) opt->check(non_negative);
+    }
   try {
     app.parse(argc, argv);
     tq::cli::flush_stdout();  // output that could not be written (tq ... > /dev/full) is an error
@@ -52,8 +60,18 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "tq: error: {}\n", e.what());
     return 2;
   } catch (const std::bad_alloc&) {
-    fmt::print(stderr, "tq: error: out of memory: this run needs more memory than the machine could give (a smaller --ctx, -n, "
-                       "--lengths or text needs less)\n");
+    // The options that size what the command allocates, by subcommand.
+    const std::vector<CLI::App*> used = app.get_subcommands();
+    const std::string cmd = used.empty() ? "" : used[0]->get_name();
+    const char* smaller = cmd == "run"           ? "a smaller --ctx or -n"
+                          : cmd == "perplexity"  ? "a smaller --ctx or --max-tokens, or a shorter --file"
+                          : cmd == "passkey"     ? "smaller --lengths or fewer --trials"
+                          : cmd == "bench"       ? "a smaller --kv-memory, --context, --batch or --prefill"
+                          : cmd == "bench-serve" ? "a smaller --kv-memory, --prompt or --concurrency"
+                          : cmd == "serve"       ? "a smaller --max-num-seqs, --max-model-len or --num-pages"
+                          : cmd == "distortion"  ? "fewer --samples"
+                                                 : "smaller sizes";
+    fmt::print(stderr, "tq: error: out of memory: this run needs more memory than the machine could give ({} needs less)\n", smaller);
     return 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "tq: internal error: {}\n", e.what());

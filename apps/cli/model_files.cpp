@@ -34,12 +34,29 @@ std::string default_model_path() {
                           kDefaultModelFile, fmt::join(tried, ", ")));
 }
 
-void check_kv_list(const std::string& kv_list) {
-  for (const std::string& item : split(kv_list, ','))
+void check_kv_list(const std::string& kv_list, const char* one_for) {
+  const std::vector<std::string> items = split(kv_list, ',');
+  TQ_CHECK(!one_for || items.size() == 1, "--kv '{}': {} takes one KV spec, not a list (tq perplexity and tq bench compare several)",
+           kv_list, one_for);
+  for (const std::string& item : items)
     if (engine::is_auto_kv(item))
       engine::parse_auto_kv(item);
     else
       parse_kv_specs(item);
+}
+
+std::string read_text_file(const std::string& path, const std::string& what) {
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  TQ_CHECK(!ec && std::filesystem::exists(status), "{} '{}' does not exist", what, path);
+  TQ_CHECK(std::filesystem::is_regular_file(status), "{} '{}' is {}, not a text file", what, path,
+           std::filesystem::is_directory(status) ? "a directory" : "not a regular file");
+  std::ifstream in(path, std::ios::binary);
+  TQ_CHECK(in.good(), "{} '{}' cannot be read: {}", what, path, std::strerror(errno));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  TQ_CHECK(!in.bad(), "{} '{}': reading failed", what, path);
+  return ss.str();
 }
 
 std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads) {
@@ -53,11 +70,8 @@ std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& 
       const std::string key = fmt::format("{}\n{}\n{}", r.calib, r.tokens, r.knobs.canonical());
       auto it = measured.find(key);
       if (it == measured.end()) {
-        std::ifstream in(r.calib, std::ios::binary);
-        TQ_CHECK(in.good(), "KV spec '{}': cannot read the calibration text '{}'", item, r.calib);
-        std::stringstream ss;
-        ss << in.rdbuf();
-        std::vector<int> tokens = lm.tokenizer->encode(ss.str(), engine::wants_bos(lm.model, *lm.tokenizer));
+        std::vector<int> tokens = lm.tokenizer->encode(read_text_file(r.calib, fmt::format("KV spec '{}': the calibration text", item)),
+                                                       engine::wants_bos(lm.model, *lm.tokenizer));
         // At most tokens=, and within the model's training context (positions past it were never trained).
         tokens.resize(std::min<size_t>({tokens.size(), r.tokens, size_t(std::max(lm.model.config.max_seq, 16))}));
         TQ_CHECK(tokens.size() >= 16, "KV spec '{}': the calibration text '{}' has {} tokens; it needs at least 16", item, r.calib,

@@ -41,7 +41,11 @@ LoadedModel load_checked_draft(const std::string& path, const std::string& token
 std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads);
 // Parses every entry of a --kv list (automatic ones too) and throws tq::Error naming the bad part:
 // before a model is loaded, so that a typo costs no load.
-void check_kv_list(const std::string& kv_list);
+// one_for: the command, when it takes one spec only ("tq run"): a list is refused naming it.
+void check_kv_list(const std::string& kv_list, const char* one_for = nullptr);
+// The whole of a text file the user named; errors say `what` ("--file"), the path, and why (no such
+// file, a directory, unreadable).
+std::string read_text_file(const std::string& path, const std::string& what);
 inline constexpr const char* kAutoKvHelp =
     ";\nan automatic spec, auto:bits=3.0:calib=FILE (or auto:mem=900M:context=32768:calib=FILE), chooses per-layer\n"
     "K/V widths for this model from a calibration pass on FILE's first 256 tokens (tokens=N) and prints the\n"

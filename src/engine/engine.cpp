@@ -62,7 +62,12 @@ EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, E
   o.threads = std::min(o.threads, std::max(1u, std::thread::hardware_concurrency()));  // a thread each, started at once
   TQ_CHECK(o.max_chunk >= 1 && o.max_seqs >= 1, "max_chunk and max_seqs must be at least 1");
   TQ_CHECK(page_size >= 1, "page size must be at least 1");
-  if (o.num_pages == 0) o.num_pages = o.max_seqs * ((o.context + page_size - 1) / page_size);
+  if (o.num_pages == 0) {
+    const uint64_t pages = uint64_t(o.max_seqs) * ((uint64_t(o.context) + page_size - 1) / page_size);
+    TQ_CHECK(pages <= (uint64_t(1) << 31), "{} sequences of {} tokens need {} KV pages of {}, more than one pool indexes (2^31)", o.max_seqs,
+             o.context, pages, page_size);
+    o.num_pages = uint32_t(pages);
+  }
   return o;
 }
 

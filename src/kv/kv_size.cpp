@@ -5,7 +5,7 @@
 namespace tq {
 
 double KvSize::seq_bytes(uint64_t tokens) const {
-  const uint64_t pages = (tokens + page_size - 1) / page_size;
+  const uint64_t pages = tokens / page_size + (tokens % page_size != 0);  // no overflow near 2^64
   return double(pages) * page_bytes + side_bytes;
 }
 
@@ -13,6 +13,7 @@ KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t hea
   TQ_CHECK(layers >= 1 && layers <= 1024, "layers must be 1..1024, got {}", layers);
   TQ_CHECK(kv_heads >= 1 && kv_heads <= 1024, "KV heads must be 1..1024, got {}", kv_heads);
   TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
+  s.edge_layer_count(layers);  // refuses edge= or layers= the model's layers cannot have
   KvSize out;
   out.fp16_bytes_per_token = 2.0 * 2.0 * head_dim * kv_heads * layers;
   // Every layer in its own format (edge layers differ); bytes per token over all of them.

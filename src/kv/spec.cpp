@@ -210,10 +210,14 @@ KvSpec parse_kv_spec(const std::string& text) {
            "(--kv auto:bits=3.0:calib=FILE); here pass a concrete spec such as k3v2:layers=0-1+29/k4v4",
            text);
   std::tie(spec.format.k, spec.format.v) = parse_base(parts[0], text);
+  std::vector<std::string> seen;  // option keys so far: a second one would silently override the first
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& opt = parts[i];
     const size_t eq = opt.find('=');
     const std::string key = opt.substr(0, eq), val = eq == std::string::npos ? "" : opt.substr(eq + 1);
+    const std::string name = key == "center" ? "centre" : key;
+    TQ_CHECK(std::find(seen.begin(), seen.end(), name) == seen.end(), "KV spec '{}': option '{}' is given twice", text, key);
+    seen.push_back(name);
     const bool tqspec = is_tq(spec.format.k.enc);
     if (key == "prod" && eq == std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'prod' applies to TurboQuant specs (k<N>v<M>) only", text);
@@ -293,7 +297,8 @@ KvSpec parse_kv_spec(const std::string& text) {
     }
   }
   const auto split = [](TensorCode c) { return c.enc == Encoding::kTqSplit; };
-  TQ_CHECK(!spec.policy.fixed_outliers || split(spec.format.k) || split(spec.format.v) ||
+  const bool outliers = std::find(seen.begin(), seen.end(), "outliers") != seen.end();
+  TQ_CHECK(!outliers || split(spec.format.k) || split(spec.format.v) ||
                ((spec.policy.edge_layers || !spec.policy.layer_set.empty()) && (split(spec.policy.edge_k) || split(spec.policy.edge_v))),
            "KV spec '{}': outliers= applies to fractional widths (k2.5v2, k3.5v2.5, ...) only", text);
   return spec;

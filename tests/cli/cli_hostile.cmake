@@ -31,6 +31,23 @@ if(rc EQUAL 0)  # a build with the server
   run_fails("--max-queue must be 1..4096, got 4294967295" 2 serve -m ${M} --tokenizer ${T} --max-queue 4294967295)
 endif()
 
+# Negative values of unsigned options: CLI11 2.1 would read -1 as 2^64 - 1; refused naming the option.
+run_fails("--context: must not be negative, got -1" 105 kv-size --context -1)
+run_fails("--max-tokens: must not be negative, got -5" 105 perplexity -m ${M} --tokenizer ${T} -f ${CMAKE_CURRENT_LIST_FILE} --max-tokens -5)
+run_fails("--seed: must not be negative, got -1" 105 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64 --seed -1)
+# Sums and products of sizes are taken in 64 bits, not wrapped.
+run_fails("--context: lengths are 1..2^40 tokens, got 18446744073709551615" 2 kv-size --context 18446744073709551615)
+run_fails("--prompt 4294967295 + --output 2 = 4294967297 tokens: beyond the model's 512" 2
+          bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 4294967295 --output 2)
+run_fails("must exceed --warmup + --steps (4294967297)" 2
+          bench -m ${M} --tokenizer ${T} --device cpu --kv fp16 --context 256 --warmup 4294967295 --steps 2)
+# Files and lists where one is expected, and knobs that would silently override each other.
+run_fails("--file '${TMP}' is a directory, not a text file" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP} --kv fp16)
+run_fails("--file '${TMP}/no such file' does not exist" 2 perplexity -m ${M} --tokenizer ${T} -f "${TMP}/no such file" --kv fp16)
+run_fails("--kv 'fp16,k3v2': tq run takes one KV spec, not a list" 2 run -m ${TMP}/not-loaded.gguf --kv fp16,k3v2 -p x)
+run_fails("KV spec 'k3v2:window=64:window=8': option 'window' is given twice" 2 kv-size --kv k3v2:window=64:window=8)
+run_fails("--bits 2.5 with --method prod: prod has whole widths only" 2 distortion --bits 2.5 --method prod --samples 100)
+
 # Sizes beyond the model's training context: refused unless asked for, before anything is allocated.
 set(beyond "beyond the model's training context of 512 tokens")
 run_fails("--ctx 10000000: ${beyond}" 2 ${R} -p "Once" -n 2 --ctx 10000000)

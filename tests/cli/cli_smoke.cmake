@@ -112,7 +112,7 @@ run_fails("'2.7'" ANY distortion --bits 2.7)
 run_fails("k9v2" 2 kv-size --kv k9v2)
 run_fails("'zz'" 2 kv-size --kv k3v2:zz)
 run_fails("head-dim" 2 kv-size --kv k3v2 --head-dim 0)
-run_fails("--context: lengths are at least 1 token, got 0" 2 kv-size --context 1024,0)
+run_fails("--context: lengths are 1..2^40 tokens, got 0" 2 kv-size --context 1024,0)
 run_fails("method" ANY distortion --method foo)
 
 # Model files named by what their bytes are: an empty or truncated .gguf is not "a llama2.c

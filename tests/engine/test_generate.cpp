@@ -92,6 +92,19 @@ INSTANTIATE_TEST_SUITE_P(Specs, ChunkVsDecode,
                          ::testing::Values("fp32", "fp16", "k4v4", "k3v2:page=5", "k2v2:nc:prod", "k3v2:edge=1/k4v4:sink=2:window=6:page=4",
                                            "fp32:ksim=int4", "k2v2:sink=3:window=64"));
 
+// A step budget past anything a step can hold (tq serve --max-num-batched-tokens 4294967295): the
+// side ring, a sequence's chunk more than the window, holds at most the context more; its size
+// wrapped in 32 bits to a few rows before, and the logits changed.
+TEST(Stories260K, HugeChunkBudgetGivesTheSameLogits) {
+  REQUIRE_STORIES();
+  const std::vector<int> p = stories()->tok->encode("Once upon a time, there was a little dog named Max. Max liked to run", true);
+  const KvSpec spec = parse_kv_spec("k3v2:sink=2:window=6:page=4");
+  // With prefix tails the ring keeps a page more: 2^32 - 1 + 4 wrapped to 3.
+  Engine huge(stories()->m, spec, {.threads = 2, .context = 64, .max_chunk = 0xFFFFFFFFu, .prefix_tails = 2});
+  Engine plain(stories()->m, spec, {.threads = 2, .context = 64, .max_chunk = 64, .prefix_tails = 2});
+  EXPECT_EQ(huge.prefill(huge.add_sequence(), p, true), plain.prefill(plain.add_sequence(), p, true));
+}
+
 // Several sequences in one batch give the logits each gets alone.
 TEST(Stories260K, BatchedSequencesMatchAlone) {
   REQUIRE_STORIES();

@@ -91,6 +91,9 @@ TEST(KvLayerSet, SizesFollowTheSet) {
   EXPECT_DOUBLE_EQ(z.bits_per_element, (24 * 2.75 + 6 * 4.25) / 30);
   EXPECT_DOUBLE_EQ(kv_size(parse_kv_spec("k3v2:edge=3/k4v4"), 30, 3, 64).bytes_per_token, z.bytes_per_token);
   EXPECT_DOUBLE_EQ(kv_size(parse_kv_spec("k3v2"), 30, 3, 64).bits_per_element, 2.75);
+  // Layers the model does not have are refused, not left out of the count.
+  EXPECT_THROW(kv_size(parse_kv_spec("k3v2:layers=0+31/k4v4"), 30, 3, 64), Error);
+  EXPECT_THROW(kv_size(parse_kv_spec("k3v2:edge=16/k4v4"), 30, 3, 64), Error);
 }
 
 }  // namespace

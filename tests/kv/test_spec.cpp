@@ -153,6 +153,11 @@ INSTANTIATE_TEST_SUITE_P(All, BadSpec,
                                            std::pair{"k2.5v", "k2.5v"}, std::pair{"k2.5v2:prod", "whole K width"},
                                            std::pair{"kx.5v2", "'x'"}, std::pair{"k3v2:edge=2/k9.5v4", "9.5"},
                                            std::pair{"k3v2:outliers=fixed", "fractional widths"},
+                                           std::pair{"k3v2:outliers=prompt", "fractional widths"},
+                                           // a second value of a knob would silently override the first
+                                           std::pair{"k3v2:prod:prod", "'prod' is given twice"},
+                                           std::pair{"k3v2:window=64:window=8", "'window' is given twice"},
+                                           std::pair{"k3v2:centre:center", "'center' is given twice"},
                                            std::pair{"k2.5v2:outliers=max", "'max'"}));
 
 TEST(KvSpec, CanonicalRoundTrip) {

@@ -79,7 +79,7 @@ struct KvPolicy {
   // Tokens the side buffer holds per layer and sequence: the sink, and the window plus `extra`
   // positions; 0 without sink and window. The CPU runner's extra is one chunk of queries (it
   // writes a chunk's rows before they attend); the CUDA runner's kSideRollback.
-  uint32_t side_tokens(uint32_t extra) const { return sink + (window ? window + extra : 0); }
+  uint64_t side_tokens(uint64_t extra) const { return uint64_t(sink) + (window ? uint64_t(window) + extra : 0); }
   // The knobs that are set, each as the spec writes it ("edge=2/k4v4", "sink=4", ...).
   std::vector<std::string> knobs() const;
 };

@@ -21,11 +21,14 @@ KvShape kv_shape(const model::ModelConfig& c, const engine::RunnerOptions& o, ui
   TQ_CHECK(c.n_heads % c.n_kv_heads == 0, "query heads ({}) must be a multiple of KV heads ({})", c.n_heads, c.n_kv_heads);
   TQ_CHECK(c.rope_dim % 2 == 0 && c.rope_dim <= c.head_dim, "rope dim {} must be even and <= head dim {}", c.rope_dim, c.head_dim);
   TQ_CHECK(o.max_chunk >= 1 && o.context >= 1, "max_chunk and context must be at least 1");
-  KvShape shape{uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim), o.num_pages, o.max_chunk, o.prefix_tails,
+  // A sequence's chunk, which the side and window rings hold beyond the window: a step may be
+  // larger (many sequences), one sequence's part never more than the context.
+  const uint32_t seq_chunk = std::min(o.max_chunk, o.context);
+  KvShape shape{uint32_t(c.n_layers), uint32_t(c.n_kv_heads), uint32_t(c.head_dim), o.num_pages, seq_chunk, o.prefix_tails,
                 c.local_layers()};
   shape.sliding_window = uint32_t(std::max(c.sliding_window, 0));
   shape.max_seqs = o.max_seqs;
-  if (!o.swa_full) shape.ring = WindowRing::make(shape.sliding_window, o.context, o.max_chunk, page_size, o.prefix_tails > 0);
+  if (!o.swa_full) shape.ring = WindowRing::make(shape.sliding_window, o.context, seq_chunk, page_size, o.prefix_tails > 0);
   return shape;
 }
 

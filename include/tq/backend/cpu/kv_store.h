@@ -162,7 +162,7 @@ class KvStore {
   };
   // A chunk more than the window (a chunk's rows are written before they attend; a rolled-back
   // chunk's too); with tails, a page more, so the rows before the last page boundary outlive it.
-  uint32_t ring_extra() const { return shape_.max_chunk + (tail_count_ ? page_size() : 0); }
+  size_t ring_extra() const { return size_t(shape_.max_chunk) + (tail_count_ ? page_size() : 0); }
   size_t ring() const { return spec_.policy.window ? size_t(spec_.policy.window) + ring_extra() : 0; }
   // Copies the side rows of a prefix of `end` positions between a sequence and a tail slot.
   void copy_tail(int seq, uint32_t end, uint32_t slot, bool save);
