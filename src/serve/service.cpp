@@ -108,9 +108,25 @@ void Service::loop() {
       cancels_.clear();
     }
     const Clock::time_point t0 = Clock::now();
-    std::vector<Event> events = sched_->step();
+    std::vector<Event> events;
+    bool failed = false;
+    std::string why;
+    try {
+      events = sched_->step();
+    } catch (const std::exception& err) {  // past the scheduler's own handling (a runner's tail copy, memory): see below
+      failed = true;
+      why = err.what();
+    }
     const Clock::time_point t1 = Clock::now();
     std::lock_guard lock(mu_);
+    if (failed) {
+      // Which requests the step touched is unknown: every one in flight ends with the error, its
+      // pages freed by the scheduler at the next step, and the service goes on with new ones.
+      for (const auto& [id, stream] : streams_) {
+        sched_->cancel(id);
+        events.push_back(Event{id, -1, Finish::kError, "the engine step failed: " + why, std::nullopt});
+      }
+    }
     stats_.step_seconds += std::chrono::duration<double>(t1 - t0).count();
     record(events, t1);
     sched_stats_ = sched_->stats();

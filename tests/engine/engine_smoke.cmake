@@ -185,7 +185,7 @@ endif()
 set(ENV{TQ_CACHE_DIR} ${TMP}/tq-cache)
 run_ok(run -m ${M} --tokenizer ${T} -p "Once" -n 8 --temp 0 -t 2 --kv auto:bits=11:calib=${TMP}/smoke_text.txt:sink=2:window=8)
 run_fails("needs calib=FILE" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --kv auto:bits=3)
-run_fails("cannot read the calibration text '${TMP}/none.txt'" 2 run -m ${M} --tokenizer ${T} -p "Once" --kv auto:bits=3:calib=${TMP}/none.txt)
+run_fails("the calibration text '${TMP}/none.txt' does not exist" 2 run -m ${M} --tokenizer ${T} -p "Once" --kv auto:bits=3:calib=${TMP}/none.txt)
 run_fails("the budget of" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --kv auto:bits=9:calib=${TMP}/smoke_text.txt)
 run_fails("an automatic spec is resolved against a model" 2 passkey -m ${M} --tokenizer ${T} --kv auto:bits=3:calib=x)
 run_fails("names layer 7, but the model has 5 layers" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --kv k3v2:layers=7/k4v4)
@@ -210,7 +210,7 @@ run_fails("top_p must be in (0, 1] (1: off), got 1.5" 2 run -m ${M} --tokenizer 
 run_fails("top_k must be >= 0 (0: off), got -1" 2 run -m ${M} --tokenizer ${T} --temp 1 --top-k -1)
 run_fails("min_p must be in [0, 1] (0: off), got 2" 2 run -m ${M} --tokenizer ${T} --temp 1 --min-p 2)
 run_fails("k9v2" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --kv k9v2)
-run_fails("cannot read" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/nope.txt)
+run_fails("--file '${TMP}/nope.txt' does not exist" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/nope.txt)
 message(STATUS "engine smoke: all passed")
 
 # --device: a name that is not a device, and cuda where it cannot run (no GPU here, or, on a GPU

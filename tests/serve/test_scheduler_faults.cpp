@@ -3,12 +3,15 @@
 // and no other; and a long prompt's chunks never take the step's whole budget while others decode.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <limits>
 #include <map>
 
 #include "tq/common.h"
 #include "tq/engine/engine.h"
 #include "tq/serve/scheduler.h"
+#include "tq/serve/service.h"
 
 namespace tq::serve {
 namespace {
@@ -52,11 +55,15 @@ class ToyRunner : public ModelRunner {
   uint32_t num_pages() const override { return pages_; }
   size_t page_bytes() const override { return 64; }
   size_t side_bytes() const override { return tails_ ? 1 : 0; }
-  bool save_tail(int, uint32_t, uint32_t) override { return true; }
+  bool save_tail(int, uint32_t, uint32_t) override {
+    if (fail_tails) throw Error("toy runner: cannot copy a tail");
+    return true;
+  }
   void restore_tail(uint32_t, int, uint32_t) override {}
 
   std::vector<size_t> steps;                   // [steps] sequences in each
   std::vector<std::vector<int>> step_tokens;   // [items over all steps] the item's new tokens
+  std::atomic<bool> fail_tails{false};          // save_tail throws (an error past the scheduler's handling)
 
  private:
   model::ModelConfig cfg_;
@@ -137,6 +144,42 @@ TEST(SchedulerFaults, PromptChunksLeaveRoomForDecodes) {
   EXPECT_GE(steps_before_a, 5);
   drain(s);
   EXPECT_EQ(s.stats().pages_free, s.stats().pages_total);
+}
+
+// A step that throws past the scheduler's own handling (here the runner's tail copy) ends the
+// requests in flight with the error; the service thread goes on, serves the next request, and
+// every page comes back.
+TEST(SchedulerFaults, TheServiceOutlivesAFailedStep) {
+  auto r = std::make_unique<ToyRunner>(64, 4);
+  ToyRunner* toy = r.get();
+  Engine e(std::move(r), 4, {.context = 128, .max_seqs = 2, .num_pages = 64, .max_chunk = 16});
+  Service svc(e, [](int) { return false; }, {.max_num_seqs = 2});
+  const auto finish = [](Stream& st, std::vector<int>* tokens, std::string* error) {
+    std::vector<Event> evs;
+    for (int i = 0; i < 400; ++i) {
+      if (!st.next(evs, std::chrono::milliseconds(50))) continue;
+      for (const Event& ev : evs) {
+        if (ev.token >= 0) tokens->push_back(ev.token);
+        if (ev.finish != Finish::kNone) {
+          *error = ev.error;
+          return ev.finish;
+        }
+      }
+    }
+    return Finish::kNone;
+  };
+  toy->fail_tails = true;
+  std::vector<int> tokens;
+  std::string error;
+  EXPECT_EQ(finish(*svc.submit({{1, 2, 3, 4, 5, 6}, {}, 4, {}}), &tokens, &error), Finish::kError);
+  EXPECT_NE(error.find("cannot copy a tail"), std::string::npos) << error;
+  toy->fail_tails = false;
+  tokens.clear();
+  EXPECT_EQ(finish(*svc.submit({{10, 11, 12, 13, 14}, {}, 4, {}}), &tokens, &error), Finish::kLength);
+  EXPECT_EQ(tokens, (std::vector<int>{15, 16, 17, 18}));
+  for (int i = 0; i < 100 && svc.stats().scheduler.pages_free != svc.stats().scheduler.pages_total; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(svc.stats().scheduler.pages_free, svc.stats().scheduler.pages_total);
 }
 
 }  // namespace
