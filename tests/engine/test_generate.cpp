@@ -105,6 +105,38 @@ TEST(Stories260K, HugeChunkBudgetGivesTheSameLogits) {
   EXPECT_EQ(huge.prefill(huge.add_sequence(), p, true), plain.prefill(plain.add_sequence(), p, true));
 }
 
+// A window spec's side ring keeps a chunk more than the window (a page more with tails): a sequence
+// taken back that far runs with the logits of one never written past; further is refused, and a
+// tail is not saved from rows the ring no longer holds.
+TEST(Stories260K, SideRingRollbacksWithinAChunkKeepTheLogitsFurtherAreRefused) {
+  REQUIRE_STORIES();
+  const std::vector<int> p = stories()->tok->encode("Once upon a time, there was a little dog named Max. Max liked to run and jump", true);
+  ASSERT_GT(p.size(), 24u);
+  const std::vector<int> junk(8, 7), head(p.begin(), p.begin() + 16), rest(p.begin() + 16, p.end());
+  const KvSpec spec = parse_kv_spec("fp16:sink=2:window=6:page=4");
+  const EngineOptions o{.threads = 2, .context = 64, .max_chunk = 8};
+  Engine clean(stories()->m, spec, o), rolled(stories()->m, spec, o);
+  const int c = clean.add_sequence(), r = rolled.add_sequence();
+  clean.prefill(c, head);
+  rolled.prefill(r, head);
+  rolled.forward({{r, junk, false}});  // written to 24, taken back 8: within the ring
+  rolled.truncate(r, 16);
+  EXPECT_EQ(clean.prefill(c, rest, true), rolled.prefill(r, rest, true));
+  const uint32_t n = uint32_t(p.size());
+  rolled.forward({{r, junk, false}});
+  rolled.forward({{r, {junk[0]}, false}});  // written to n + 9, taken back 9
+  rolled.truncate(r, n);
+  try {
+    rolled.forward({{r, {p[0]}, false}});
+    ADD_FAILURE() << "a sequence taken back 9 positions past a ring of window + 8 ran";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("further than the 8 positions its side ring keeps"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(rolled.seq_len(r), n);
+  rolled.reset_sequence(r);
+  EXPECT_NO_THROW(rolled.prefill(r, head));
+}
+
 // Several sequences in one batch give the logits each gets alone.
 TEST(Stories260K, BatchedSequencesMatchAlone) {
   REQUIRE_STORIES();

@@ -140,7 +140,7 @@ TEST(WindowRing, RollbacksWithinAChunkKeepTheBitsFurtherAreRefused) {
       rolled.forward({{r, {t[139]}, false}});
       ADD_FAILURE() << text << ": a sequence taken back 25 positions ran";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("further than the 24 positions its window ring keeps"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("further than the 24 positions its"), std::string::npos) << e.what();  // the side ring or the window ring
     }
     EXPECT_EQ(rolled.seq_len(r), 139u);
     rolled.reset_sequence(r);  // from the start again: nothing older is read

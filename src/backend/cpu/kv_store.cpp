@@ -78,8 +78,16 @@ const KvStore::Side& KvStore::side(int seq) const {
 }
 
 void KvStore::begin_step(const std::vector<StepSpan>& step) {
-  if (ring_written_.empty()) return;
+  const bool window = spec_.policy.window > 0;
+  if (ring_written_.empty() && !window) return;
   for (const StepSpan& s : step) {  // every sequence checked before any is recorded: a refusal changes nothing
+    // The side ring holds [written - ring, written): the window before `first` must still be there.
+    if (window)
+      TQ_CHECK(s.first == 0 || side(s.seq).written <= uint64_t(s.first) + ring_extra(),
+               "sequence {}: taken back from position {} to {}, further than the {} positions its side ring keeps beyond the window; "
+               "reset it and prefill it again",
+               s.seq, side(s.seq).written, s.first, ring_extra());
+    if (ring_written_.empty()) continue;
     TQ_CHECK(s.seq >= 0 && size_t(s.seq) < ring_written_.size(),
              "sequence id {} has no window ring: the store was built for {} sequences (max_seqs)", s.seq, ring_written_.size());
     TQ_CHECK(shape_.ring.holds(ring_written_[size_t(s.seq)], s.first),
@@ -88,8 +96,9 @@ void KvStore::begin_step(const std::vector<StepSpan>& step) {
              s.seq, ring_written_[size_t(s.seq)], s.first, shape_.ring.rollback);
   }
   for (const StepSpan& s : step) {
-    uint32_t& written = ring_written_[size_t(s.seq)];
-    written = s.first == 0 ? s.first + s.n : std::max(written, s.first + s.n);
+    const auto note = [&](uint32_t& written) { written = s.first == 0 ? s.first + s.n : std::max(written, s.first + s.n); };
+    if (window) note(side(s.seq).written);
+    if (!ring_written_.empty()) note(ring_written_[size_t(s.seq)]);
   }
 }
 
@@ -227,6 +236,10 @@ size_t KvStore::side_tail_bytes() const {
 size_t KvStore::tail_bytes() const { return side_tail_bytes() + ring_bytes(); }
 
 bool KvStore::save_tail(int seq, uint32_t end, uint32_t slot) {
+  if (spec_.policy.window) {  // the window before `end` must still be in the side ring (sink rows stay once written)
+    const uint32_t written = side(seq).written;
+    if (written < end || written - end > ring_extra()) return false;
+  }
   if (!ring_written_.empty()) {
     TQ_CHECK(seq >= 0 && size_t(seq) < ring_written_.size(), "sequence id {} has no window ring (max_seqs {})", seq, ring_written_.size());
     if (!shape_.ring.holds_tail(ring_written_[size_t(seq)], end, shape_.sliding_window)) return false;
@@ -237,6 +250,7 @@ bool KvStore::save_tail(int seq, uint32_t end, uint32_t slot) {
 
 void KvStore::restore_tail(uint32_t slot, int seq, uint32_t end) {
   copy_tail(seq, end, slot, false);
+  if (spec_.policy.window) side(seq).written = end;  // as if its own steps had written [0, end)
   // As if its own steps had written up to a sub-step past `end`: the ring holds the rows before end
   // for a step from end on, and nothing older (holds() then refuses a step from before end).
   if (!ring_written_.empty()) ring_written_[size_t(seq)] = end + shape_.ring.rollback;

@@ -95,10 +95,10 @@ class KvStore {
 
   // Side buffers (sink, window) and window ring of a new sequence id; a no-op without them.
   void add_sequence(int seq);
-  // A step writes positions [first, first + n) of each (seq, first, n). With window rings, throws
-  // tq::Error, changing nothing, when a sequence was taken back further than its ring allows (it
-  // lost rows the step reads); else notes how far each ring is written. Call before the step's
-  // write()s.
+  // A step writes positions [first, first + n) of each (seq, first, n). With a window (the side
+  // ring) or window rings, throws tq::Error, changing nothing, when a sequence was taken back
+  // further than its rings allow (it lost rows the step reads); else notes how far each is
+  // written. Call before the step's write()s.
   struct StepSpan {
     int seq;
     uint32_t first, n;
@@ -159,6 +159,7 @@ class KvStore {
   struct Side {
     std::vector<uint16_t> sink;    // fp16 [layers][sink][2 (K, V)][kv_heads][head_dim]
     std::vector<uint16_t> recent;  // fp16 [layers][ring][2][kv_heads][head_dim]; position p at p % ring
+    uint32_t written = 0;          // the end of the positions the sequence's steps wrote (recent holds [written - ring, written))
   };
   // A chunk more than the window (a chunk's rows are written before they attend; a rolled-back
   // chunk's too); with tails, a page more, so the rows before the last page boundary outlive it.
