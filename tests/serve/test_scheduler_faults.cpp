@@ -77,7 +77,7 @@ struct Ended {
   std::string error;
 };
 
-std::map<uint64_t, Ended> drain(Scheduler& s) {
+std::map<uint64_t, Ended> run_toy(Scheduler& s) {
   std::map<uint64_t, Ended> out;
   for (int i = 0; i < 1000 && !s.idle(); ++i)
     for (const Event& ev : s.step()) {
@@ -96,7 +96,7 @@ TEST(SchedulerFaults, ANaNRowEndsOnlyItsRequest) {
   const uint64_t bad = s.add({{1, 2}, {}, 10, {}});     // 3 4 5 6 7, then NaN logits
   const uint64_t good = s.add({{10}, {}, 8, {}});       // 11 .. 18
   const uint64_t seeded = s.add({{20}, {.temperature = 0.5f, .seed = 3}, 6, {}});  // a sampled one: 21 .. 26 (one logit at 10, the others 0)
-  const auto got = drain(s);
+  const auto got = run_toy(s);
   EXPECT_EQ(got.at(bad).finish, Finish::kError);
   EXPECT_NE(got.at(bad).error.find("nan"), std::string::npos) << got.at(bad).error;
   EXPECT_EQ(got.at(bad).tokens, (std::vector<int>{3, 4, 5, 6, 7}));
@@ -124,7 +124,7 @@ TEST(SchedulerFaults, PromptChunksLeaveRoomForDecodes) {
   first.insert(first.end(), 10, 2);
   for (int i = 0; i < 60; ++i) a_prompt.push_back(i % 5);
   s.add({first, {}, 1, {}});
-  drain(s);
+  run_toy(s);
   const uint64_t a = s.add({a_prompt, {}, 2, {}});
   const uint64_t b = s.add({{10, 10, 10}, {}, 10, {}});
   std::vector<int> b_tokens;
@@ -142,7 +142,7 @@ TEST(SchedulerFaults, PromptChunksLeaveRoomForDecodes) {
   EXPECT_GE(s.stats().prefix_branch_tails, 1u);  // the first chunk did stop at the branch point
   EXPECT_EQ(steps_with_b, steps_before_a) << "B waited for A's prompt";
   EXPECT_GE(steps_before_a, 5);
-  drain(s);
+  run_toy(s);
   EXPECT_EQ(s.stats().pages_free, s.stats().pages_total);
 }
 
