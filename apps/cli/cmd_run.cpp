@@ -12,6 +12,7 @@
 #include "tq/check.h"
 #include "tq/engine/engine.h"
 #include "tq/engine/generation.h"
+#include "tq/engine/key_centre.h"
 #include "tq/engine/sampler.h"
 #include "model_files.h"
 #include "tq/engine/auto_kv.h"
@@ -121,8 +122,14 @@ void run(const Options& o) {
   // An -n the context cannot hold is a mistake; the default -n just stops where the context is full.
   TQ_CHECK(!o.steps_given || uint32_t(o.steps) <= ctx, "-n {}: more tokens than the context holds ({} tokens, {}); lower -n{}", o.steps,
            ctx, ctx_is, o.ctx ? "" : " or raise --ctx (past the model's context with --allow-long-context)");
-  // The page pool (and the runner's per-position tables) hold what this run can reach, not all of --ctx.
-  const uint32_t needed = uint32_t(std::min<uint64_t>(ctx, prompt.size() + uint64_t(o.steps)));
+  // The page pool (and the runner's per-position tables) hold what this run can reach, not all of
+  // --ctx; and the key centre's calibration step (64 tokens) whole, so that it does not change with -n.
+  const uint32_t needed =
+      uint32_t(std::min<uint64_t>(ctx, std::max<uint64_t>(prompt.size() + uint64_t(o.steps), engine::kCentreTokens)));
+  // The key centre's RoPE mean is over the context asked for (as tq serve's, over --max-model-len),
+  // not over what -n reaches: the same text for every -n. At most 2^20 positions (--ctx beyond the
+  // model's context), where every pair but the slowest has long averaged out.
+  const uint32_t centre_span = std::min(ctx, 1u << 20);
   const engine::Device device = pick_device(o.device, cfg, {spec});
   check_gpu_memory(o.gpu_memory, device);
   TQ_CHECK(!o.batch_invariant || device == engine::Device::kCuda, "--batch-invariant is for --device cuda: the CPU runner is batch-invariant already");
@@ -137,7 +144,8 @@ void run(const Options& o) {
                     .batch_invariant = o.batch_invariant,
                     .gpu_memory = o.gpu_memory,
                     .exact_products = o.exact_products,
-                    .swa_full = o.swa_full});
+                    .swa_full = o.swa_full,
+                    .centre_span = centre_span});
   fmt::print(stderr, "tq run: {} ({} layers, {} KV heads x {}), KV cache {}, {}\n", lm.path, cfg.n_layers, cfg.n_kv_heads,
              cfg.head_dim, spec.canonical(), e.runner().describe());
   std::unique_ptr<engine::Engine> draft_engine;
@@ -146,7 +154,7 @@ void run(const Options& o) {
   if (by_model) {
     const engine::Device draft_device = pick_device(o.device, draft->model.config, {draft_spec});
     draft_engine = std::make_unique<engine::Engine>(draft->model, draft_spec,
-                                                    engine::EngineOptions{.device = draft_device, .threads = threads, .context = needed});
+                                                    engine::EngineOptions{.device = draft_device, .threads = threads, .context = needed, .centre_span = centre_span});
     fmt::print(stderr, "tq run: draft model {} ({} layers), KV cache {}, {}\n", draft->path, draft->model.config.n_layers,
                draft_spec.canonical(), draft_engine->runner().describe());
     drafter = std::make_unique<engine::ModelDrafter>(*draft_engine);

@@ -74,7 +74,7 @@ EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, E
 RunnerOptions Engine::runner_options(const EngineOptions& o) {
   return RunnerOptions{.context = o.context, .num_pages = o.num_pages, .max_chunk = o.max_chunk, .max_seqs = o.max_seqs, .threads = o.threads,
                        .exact_products = o.exact_products, .eager = o.eager, .products = o.products, .batch_invariant = o.batch_invariant,
-                       .gpu_memory = o.gpu_memory, .prefix_tails = o.prefix_tails, .swa_full = o.swa_full};
+                       .gpu_memory = o.gpu_memory, .prefix_tails = o.prefix_tails, .centre_span = o.centre_span, .swa_full = o.swa_full};
 }
 
 Engine::Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts)

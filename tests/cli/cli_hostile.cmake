@@ -84,6 +84,16 @@ if(NOT OUT MATCHES "\"tokens_scored\": 16")
   message(FATAL_ERROR "tq perplexity on a Latin-1 byte gave no result:\n${OUT}\n${ERR}")
 endif()
 
+# The text does not depend on -n: the default spec's key centre is taken over the context asked for
+# (--ctx, or the model's), not over the prompt + -n the run's pool is sized by.
+run_ok(${R} -p "Once upon a time" -n 6 --temp 0)
+string(STRIP "${OUT}" short)
+run_ok(${R} -p "Once upon a time" -n 60 --temp 0)
+string(FIND "${OUT}" "${short}" at)
+if(NOT at EQUAL 0)
+  message(FATAL_ERROR "tq run -n 6 is not the start of -n 60:\n${short}\n${OUT}")
+endif()
+
 # A context that fills up ends the text with a message on stderr, not silently.
 run_ok(${R} -p "Once upon a time" -n 19 --kv fp16 --ctx 20)
 if(NOT ERR MATCHES "tq run: stopped after [0-9]+ of -n 19 tokens: the context of 20 tokens \\(--ctx\\) is full")

@@ -403,6 +403,30 @@ TEST(KeyCentreRope, TheCentreIsTheMeanRotationOfTheMeanKey) {
   }
 }
 
+// The centre's span is its own option: engines sized for different runs (tq run's context is prompt
+// + -n, at least the calibration step's 64 tokens) give the same logits when their span is the
+// same, and the table-free mean is the tables' mean, bit for bit.
+TEST(KeyCentreEngine, TheSpanNotTheRunSizeFixesTheCentre) {
+  REQUIRE_STORIES();
+  const model::Model& m = testing::stories()->m;
+  const std::vector<int> p = testing::stories()->tok->encode("Once upon a time, a little fox found a red ball in the garden.", true);
+  const auto logits = [&](uint32_t context, uint32_t span) {
+    Engine e(m, parse_kv_spec("k3v2:centre"), {.threads = 2, .context = context, .centre_span = span});
+    return e.prefill(e.add_sequence(), p, true);
+  };
+  // (Contexts of 64 at least: a smaller one shortens the calibration step itself.)
+  EXPECT_EQ(logits(64, 512), logits(300, 512));
+  EXPECT_EQ(logits(300, 0), logits(64, 300));  // 0: the context
+  EXPECT_NE(logits(64, 0), logits(300, 0));    // not vacuous: the span moves the centre
+  std::vector<float> cs, sn;
+  model::rope_angles(m.config, 300, cs, sn);
+  std::vector<double> a, b, a2, b2;
+  model::rope_mean_rotation(cs, sn, uint32_t(m.config.rope_dim) / 2, a, b);
+  model::rope_mean_rotation(m.config, 300, false, a2, b2);
+  EXPECT_EQ(a, a2);
+  EXPECT_EQ(b, b2);
+}
+
 TEST(KeyCentreEngine, CalibrationTokens) {
   // No tokenizer: n distinct ids spread over the vocabulary.
   for (const int vocab : {300, 512, 49152}) {

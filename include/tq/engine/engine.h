@@ -39,6 +39,10 @@ struct EngineOptions {
   bool exact_products = false;  // CPU: fp32 products (RunnerOptions::exact_products)
   uint32_t prefix_tails = 0;    // specs with sink/window, models with window rings: tail slots for prefix caching (RunnerOptions)
   bool swa_full = false;        // sliding-window layers keep every position in the pool (RunnerOptions)
+  // Key centre: the positions its mean RoPE turn is taken over (RunnerOptions); 0: context. A
+  // command that sizes `context` by the run (tq run: prompt + -n) passes the context the user
+  // asked for, so that the centre, and the text, do not change with -n.
+  uint32_t centre_span = 0;
 };
 
 // The runner of o.device for `m`, built for Engine::resolve'd options (what Engine builds).

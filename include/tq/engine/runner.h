@@ -53,6 +53,8 @@ struct RunnerOptions {
   double gpu_memory = 0;    // GPU runners: fraction of the device's memory for weights, scratch and
                             // the pool, which gets what is left (num_pages is then ignored); 0: off
   uint32_t prefix_tails = 0;  // specs with sink/window, models with window rings: tail slots for prefix caching (save_tail); 0: none
+  // Key centre (KvPolicy::key_centre): the positions its mean RoPE turn is taken over; 0: context.
+  uint32_t centre_span = 0;
   // Sliding-window layers keep every position in the pool (llama.cpp's --swa-full) instead of
   // the positions their queries can still see in per-sequence window rings (kv/window_ring.h).
   bool swa_full = false;

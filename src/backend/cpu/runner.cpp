@@ -60,11 +60,12 @@ CpuModelRunner::CpuModelRunner(const model::Model& m, const KvSpec& spec, const 
 
   model::rope_angles(c, opts_.context, rope_cos_, rope_sin_);
   if (c.sliding_window > 0) model::rope_angles_local(c, opts_.context, rope_cos_local_, rope_sin_local_);
-  // The key centre's map over every position of this runner's context (model::rope_centre).
-  const uint32_t half = uint32_t(c.rope_dim) / 2;
+  // The key centre's map over the positions of its span, the runner's context unless told
+  // (model::rope_centre).
+  const uint32_t half = uint32_t(c.rope_dim) / 2, span = opts_.centre_span ? opts_.centre_span : opts_.context;
   if (spec.policy.key_centre && half > 0) {
-    model::rope_mean_rotation(rope_cos_, rope_sin_, half, centre_a_, centre_b_);
-    if (c.sliding_window > 0) model::rope_mean_rotation(rope_cos_local_, rope_sin_local_, half, centre_a_local_, centre_b_local_);
+    model::rope_mean_rotation(c, span, false, centre_a_, centre_b_);
+    if (c.sliding_window > 0) model::rope_mean_rotation(c, span, true, centre_a_local_, centre_b_local_);
   }
 }
 
