@@ -36,6 +36,16 @@ int guarded(char* err, int n, F&& f) {
   }
 }
 
+Handle& handle_of(void* handle) {
+  TQ_CHECK(handle != nullptr, "the cache handle is null (tq_cache_create failed, or was not called)");
+  return *static_cast<Handle*>(handle);
+}
+
+tq::cuda::DType dtype_of(int dtype, const char* name) {
+  TQ_CHECK(dtype >= 0 && dtype <= 2, "{} {} is not a dtype: 0 = fp32, 1 = fp16, 2 = bf16", name, dtype);
+  return tq::cuda::DType(dtype);
+}
+
 }  // namespace
 
 extern "C" {
@@ -59,16 +69,16 @@ void* tq_cache_create(uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages, 
 
 void tq_cache_destroy(void* handle) { delete static_cast<Handle*>(handle); }
 
-uint64_t tq_cache_bytes(void* handle) { return static_cast<Handle*>(handle)->bytes(); }
-uint32_t tq_cache_block_bytes(void* handle) { return static_cast<Handle*>(handle)->format().layout().bytes; }
+uint64_t tq_cache_bytes(void* handle) { return handle ? static_cast<Handle*>(handle)->bytes() : 0; }
+uint32_t tq_cache_block_bytes(void* handle) { return handle ? static_cast<Handle*>(handle)->format().layout().bytes : 0; }
 
 static tq::cuda::QuantizeStoreParams store_params(void* handle, const void* k, const void* v, int dtype, const int64_t* slots,
                                                   uint32_t num_tokens) {
   tq::cuda::QuantizeStoreParams p;
-  p.cache = static_cast<Handle*>(handle)->view(0);
+  p.cache = handle_of(handle).view(0);
   p.k = k;
   p.v = v;
-  p.dtype = tq::cuda::DType(dtype);
+  p.dtype = dtype_of(dtype, "dtype");
   p.slot_mapping = slots;
   p.num_tokens = num_tokens;
   return p;
@@ -84,7 +94,7 @@ int tq_quantize_store(void* handle, const void* k, const void* v, int dtype, con
 static tq::cuda::DecodeParams decode_params(void* handle, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages,
                                             uint32_t max_seq_len, uint32_t splits) {
   tq::cuda::DecodeParams p;
-  p.cache = static_cast<Handle*>(handle)->view(0);
+  p.cache = handle_of(handle).view(0);
   p.num_seqs = num_seqs;
   p.num_q_tokens = ntok;
   p.q_heads = q_heads;
@@ -94,14 +104,19 @@ static tq::cuda::DecodeParams decode_params(void* handle, uint32_t num_seqs, uin
   return p;
 }
 
+// 0 for a shape the kernels refuse: tq_decode / tq_prefill then say why.
 uint64_t tq_decode_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
                              uint32_t splits) {
-  return tq::cuda::decode_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits));
+  uint64_t bytes = 0;
+  guarded(nullptr, 0, [&] { bytes = tq::cuda::decode_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits)); });
+  return bytes;
 }
 
 uint64_t tq_prefill_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
                               uint32_t splits) {
-  return tq::cuda::prefill_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits));
+  uint64_t bytes = 0;
+  guarded(nullptr, 0, [&] { bytes = tq::cuda::prefill_workspace_bytes(decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits)); });
+  return bytes;
 }
 
 static tq::cuda::DecodeParams attention_params(void* handle, const void* q, int q_dtype, void* out, int out_dtype,
@@ -109,9 +124,9 @@ static tq::cuda::DecodeParams attention_params(void* handle, const void* q, int 
                                                uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace) {
   tq::cuda::DecodeParams p = decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits);
   p.q = q;
-  p.q_dtype = tq::cuda::DType(q_dtype);
+  p.q_dtype = dtype_of(q_dtype, "q_dtype");
   p.out = out;
-  p.out_dtype = tq::cuda::DType(out_dtype);
+  p.out_dtype = dtype_of(out_dtype, "out_dtype");
   p.block_tables = block_tables;
   p.seq_lens = seq_lens;
   p.workspace = workspace;

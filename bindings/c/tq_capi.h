@@ -16,15 +16,16 @@ extern "C" {
  * are refused by name. Returns NULL with the message in err on failure. */
 void* tq_cache_create(uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages, const char* spec, char* err, int errlen);
 void tq_cache_destroy(void* cache);
-uint64_t tq_cache_bytes(void* cache);
-uint32_t tq_cache_block_bytes(void* cache);
+uint64_t tq_cache_bytes(void* cache);       /* 0 for a null cache */
+uint32_t tq_cache_block_bytes(void* cache); /* 0 for a null cache */
 
 /* k, v: [num_tokens][kv_heads][head_dim]; slots: [num_tokens] device int64 (page * page_size +
  * offset, -1 = skip). */
 int tq_quantize_store(void* cache, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, void* stream,
                       char* err, int errlen);
 
-/* Workspace bytes of tq_decode / tq_prefill for this shape (splits 0: chosen from the shape). */
+/* Workspace bytes of tq_decode / tq_prefill for this shape (splits 0: chosen from the shape); 0 for
+ * a shape they refuse (zero sequences or query heads, a null cache: tq_decode then says why). */
 uint64_t tq_decode_workspace(void* cache, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
                              uint32_t splits);
 uint64_t tq_prefill_workspace(void* cache, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,

@@ -209,6 +209,8 @@ void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char
   const std::string unsupported = attention_unsupported(c.k, c.v, c.head_dim);
   TQ_CHECK(unsupported.empty(), "decode_attention: {}", unsupported);
   TQ_CHECK(p.q && p.out && p.block_tables && p.seq_lens, "decode_attention: q, out, block_tables and seq_lens must be set");
+  for (const auto& [d, what] : {std::pair{p.q_dtype, "q_dtype"}, std::pair{p.out_dtype, "out_dtype"}})
+    TQ_CHECK(d == DType::kF32 || d == DType::kF16 || d == DType::kBf16, "{}: {} {} unknown (0 = fp32, 1 = fp16, 2 = bf16)", name, what, int(d));
   TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "decode_attention: num_seqs must be 1..65535, got {}", p.num_seqs);
   TQ_CHECK(p.num_q_tokens >= 1 && p.num_q_tokens <= max_q_tokens, "{}: 1..{} query tokens per sequence, got {}", name, max_q_tokens,
            p.num_q_tokens);
@@ -239,9 +241,26 @@ void validate(const DecodeParams& p) { validate_attention(p, kMaxDecodeQueryToke
 
 uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p).splits); }
 
-size_t decode_workspace_bytes(const DecodeParams& p) { return make_plan(p).workspace_bytes(); }
+namespace {
+// What a plan divides by, checked before one is made for a workspace size.
+void validate_shape(const DecodeParams& p, const char* name) {
+  validate_cache(p.cache);
+  TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "{}: num_seqs must be 1..65535, got {}", name, p.num_seqs);
+  TQ_CHECK(p.num_q_tokens >= 1, "{}: at least one query token per sequence, got 0", name);
+  TQ_CHECK(p.q_heads >= p.cache.kv_heads && p.q_heads % p.cache.kv_heads == 0, "{}: {} query heads is not a multiple of {} KV heads",
+           name, p.q_heads, p.cache.kv_heads);
+}
+}  // namespace
 
-size_t prefill_workspace_bytes(const DecodeParams& p) { return make_prefill_plan(p).workspace_bytes(); }
+size_t decode_workspace_bytes(const DecodeParams& p) {
+  validate_shape(p, "decode_workspace_bytes");
+  return make_plan(p).workspace_bytes();
+}
+
+size_t prefill_workspace_bytes(const DecodeParams& p) {
+  validate_shape(p, "prefill_workspace_bytes");
+  return make_prefill_plan(p).workspace_bytes();
+}
 
 namespace {
 void launch_attention(const DecodeParams& p, Mode mode, Stream stream) {

@@ -270,6 +270,8 @@ void validate(const QuantizeStoreParams& p) {
   TQ_CHECK(c.k.enc != Encoding::kTqSplit && c.v.enc != Encoding::kTqSplit,
            "quantize_store: fractional widths (the outlier split, e.g. k2.5v2) have no GPU kernel yet; run them on the CPU");
   TQ_CHECK(p.k && p.v && p.slot_mapping, "quantize_store: k, v and slot_mapping must be set");
+  TQ_CHECK(p.dtype == DType::kF32 || p.dtype == DType::kF16 || p.dtype == DType::kBf16, "quantize_store: dtype {} unknown (0 = fp32, 1 = "
+           "fp16, 2 = bf16)", int(p.dtype));
   const uint32_t pd = padded_dim(c.head_dim);
   TQ_CHECK(pd == 32 || pd == 64 || pd == 96 || pd == 128 || pd == 256,
            "quantize_store: head dim {} (padded {}) has no kernel; supported padded dims: 32, 64, 96, 128, 256", c.head_dim, pd);

@@ -40,6 +40,40 @@ TEST(CApi, BadSpecsAndShapesAreRefusedNamingTheValue) {
   EXPECT_NE(std::string(err).find("at least one page, got 0"), std::string::npos) << err;
 }
 
+// A null handle is an error that names it (or 0 from the size functions), never a dereference.
+TEST(CApi, NullHandlesAreRefused) {
+  char err[512] = "";
+  EXPECT_EQ(tq_quantize_store(nullptr, nullptr, nullptr, 0, nullptr, 1, nullptr, err, sizeof err), -1);
+  EXPECT_NE(std::string(err).find("the cache handle is null"), std::string::npos) << err;
+  err[0] = 0;
+  EXPECT_EQ(tq_decode(nullptr, nullptr, 0, nullptr, 0, nullptr, nullptr, 1, 1, 8, 1, 16, 0, nullptr, nullptr, err, sizeof err), -1);
+  EXPECT_NE(std::string(err).find("the cache handle is null"), std::string::npos) << err;
+  EXPECT_EQ(tq_cache_bytes(nullptr), 0u);
+  EXPECT_EQ(tq_cache_block_bytes(nullptr), 0u);
+  EXPECT_EQ(tq_decode_workspace(nullptr, 1, 1, 8, 1, 16, 0), 0u);
+  EXPECT_EQ(tq_prefill_workspace(nullptr, 1, 1, 8, 1, 16, 0), 0u);
+}
+
+// Shapes a plan would divide by zero for get a workspace of 0 (tq_decode then names them), and
+// dtypes outside 0..2 are refused by name (they were read as bf16).
+TEST(CApi, BadShapesAndDtypesAreRefused) {
+  TQ_REQUIRE_GPU();
+  char err[512] = "";
+  void* h = tq_cache_create(2, 128, 4, "k3v2", err, sizeof err);
+  ASSERT_NE(h, nullptr) << err;
+  EXPECT_EQ(tq_decode_workspace(h, 0, 1, 8, 4, 64, 0), 0u);  // no sequences
+  EXPECT_EQ(tq_decode_workspace(h, 1, 1, 0, 4, 64, 0), 0u);  // no query heads
+  EXPECT_EQ(tq_prefill_workspace(h, 1, 4, 0, 4, 64, 0), 0u);
+  EXPECT_GT(tq_decode_workspace(h, 1, 1, 8, 4, 64, 0), 0u);
+  int dummy = 0;
+  const int64_t* slots = reinterpret_cast<const int64_t*>(&dummy);  // never read: refused before any launch
+  EXPECT_EQ(tq_quantize_store(h, &dummy, &dummy, 7, slots, 1, nullptr, err, sizeof err), -1);
+  EXPECT_NE(std::string(err).find("dtype 7 is not a dtype"), std::string::npos) << err;
+  EXPECT_EQ(tq_decode(h, &dummy, 9, &dummy, 0, &dummy, &dummy, 1, 1, 8, 4, 64, 0, &dummy, nullptr, err, sizeof err), -1);
+  EXPECT_NE(std::string(err).find("q_dtype 9 is not a dtype"), std::string::npos) << err;
+  tq_cache_destroy(h);
+}
+
 TEST(CApi, FormatKnobsAreHonoured) {
   TQ_REQUIRE_GPU();
   for (const char* spec : {"k3v2", "k4v4:nc", "k3v2:rot=dense:seed=7", "k2v2:page=32", "fp8", "bf16:page=7"}) {
