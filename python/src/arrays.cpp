@@ -46,7 +46,9 @@ void check_shape(const nb::ndarray<>& a, const ArraySpec& s, const std::vector<i
     throw nb::value_error(
         fmt::format("{}: {} must have shape {} = [{}], got {}", s.fn, s.arg, s.dims, fmt::join(want, ", "), shape_text(a)).c_str());
   }
-  // C order: each stride (in elements) is the product of the sizes after it; size-1 dims say nothing.
+  // C order: each stride (in elements) is the product of the sizes after it; size-1 dims say nothing,
+  // and an empty array has no element to misplace (numpy 2 gives it strides of 0).
+  if (a.size() == 0) return;
   int64_t expect = 1;
   for (size_t i = a.ndim(); i-- > 0;) {
     if (a.shape(i) != 1 && a.stride(i) != expect)

@@ -45,6 +45,9 @@ struct PyQuantizer {
   // (every quantizer but the KIVI keys, which pack groups of rows).
   size_t rows_of(size_t n, std::optional<size_t> rows, const char* fn) const {
     if (rows) {
+      // Every row takes a byte at least: more rows than bytes cannot match, and bytes(rows) of a
+      // huge count would wrap (and then the output's rows * dim).
+      TQ_CHECK(*rows <= n, "{}: {} rows of {} cannot fit in {} bytes", fn, *rows, q->name(), n);
       TQ_CHECK(q->bytes(*rows) == n, "{}: {} rows of {} take {} bytes, got {}", fn, *rows, q->name(), q->bytes(*rows), n);
       return *rows;
     }

@@ -32,14 +32,22 @@ namespace {
 
 // One pool for every call, remade when the caller asks for another thread count (torch's
 // intra-op thread count, passed by torch_ops): its workers spin a while after each job, so a pool
-// per format or per call would leave threads competing with torch's.
-cpu::ThreadPool& pool(unsigned threads) {
+// per format or per call would leave threads competing with torch's. A pool runs one parallel_for
+// at a time and the calls release the GIL, so a call holds the pool, lock and all, until it is done:
+// calls from several Python threads take turns (they would share the same workers anyway), and
+// none replaces the pool under another. Taken with the GIL released (a holder may wait for it).
+struct PoolLease {
+  std::unique_lock<std::mutex> lock;
+  cpu::ThreadPool* pool;
+  cpu::ThreadPool* operator->() const { return pool; }
+};
+PoolLease pool(unsigned threads) {
   static std::mutex mu;
   static std::unique_ptr<cpu::ThreadPool> p;
-  std::lock_guard<std::mutex> lock(mu);
+  std::unique_lock<std::mutex> lock(mu);
   threads = std::max(1u, threads);
   if (!p || p->size() != threads) p = std::make_unique<cpu::ThreadPool>(threads);
-  return *p;
+  return {std::move(lock), p.get()};
 }
 
 // A KV spec's page format for a model shape, on the host: the codecs of every (layer, KV head).
@@ -126,7 +134,8 @@ void attention(const PyCpuFormat& f, uint32_t layer, nb::ndarray<> pages, nb::nd
   auto* op = static_cast<float*>(out.data());
   const size_t per_seq = size_t(ntok) * qh * D, new_per_seq = size_t(ntok) * H * D, row = size_t(H) * D;
   nb::gil_scoped_release unlocked;
-  cpu::ThreadPool& tp = pool(threads);
+  const PoolLease lease = pool(threads);
+  cpu::ThreadPool& tp = *lease.pool;
   for (int64_t s = 0; s < seqs; ++s) {
     const uint32_t first = uint32_t(lens[s] - ntok);
     cpu::SideRows rows;
@@ -182,7 +191,7 @@ void store_rows(const char* fn, PagedKvCache& cache, uint32_t layer, const nb::n
     return;
   }
   // Tokens are independent (distinct slots), a task each.
-  pool(threads).parallel_for(size_t(n), [&](size_t t0, size_t t1) {
+  pool(threads)->parallel_for(size_t(n), [&](size_t t0, size_t t1) {
     for (size_t t = t0; t < t1; ++t) cache.write(layer, sl[t], kp + t * row, vp + t * row);
   });
 }

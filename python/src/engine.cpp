@@ -13,11 +13,13 @@
 #include <nanobind/stl/vector.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <stdexcept>
 #include <thread>
 
 #include "bindings.h"
@@ -47,6 +49,7 @@ struct PyEngine {
   uint32_t context = 0;
   std::unique_ptr<engine::Engine> engine;  // declared after model: destroyed before it
   std::mutex mu;                           // one generation at a time: they share the engine's page pool
+  std::atomic<std::thread::id> owner{};     // the thread generating (holding mu), to refuse a re-entrant call
   struct Stats {
     size_t prompt_tokens = 0, generated_tokens = 0, kv_bytes = 0, kv_pages = 0;
     double prompt_seconds = 0, generation_seconds = 0;
@@ -101,9 +104,17 @@ struct PyEngine {
     bool cancelled = false, raised = false;
     size_t kv_bytes = 0, pages = 0;
     double prompt_s = 0, gen_s = 0;
+    // on_token runs with the engine held: a generate() from inside it would wait for itself.
+    if (owner.load() == std::this_thread::get_id())
+      throw std::runtime_error("Engine.generate was called from its own on_token callback; the engine runs one generation at a time");
     {
       nb::gil_scoped_release unlocked;
       std::lock_guard<std::mutex> lock(mu);
+      owner = std::this_thread::get_id();
+      struct Owned {
+        std::atomic<std::thread::id>& o;
+        ~Owned() { o = std::thread::id(); }
+      } owned{owner};
       const int seq = engine->add_sequence();
       // The sequence goes back to the pool however generation ends.
       struct Release {
@@ -123,7 +134,10 @@ struct PyEngine {
         nb::gil_scoped_acquire locked;
         try {
           nb::object r = on_token(id, nb::bytes(piece.data(), piece.size()));
-          if (!r.is_none() && !nb::cast<bool>(r)) throw Cancelled{};
+          // Python's truth: 0, numpy's False_ and "" stop as False does; None goes on.
+          const int go = r.is_none() ? 1 : PyObject_IsTrue(r.ptr());
+          if (go < 0) throw nb::python_error();
+          if (go == 0) throw Cancelled{};
         } catch (nb::python_error& e) {
           e.restore();
           throw PythonRaised{};

@@ -4,6 +4,7 @@ stream=True for pieces as they come, chat() for the model's chat template."""
 
 from __future__ import annotations
 
+import atexit
 import codecs
 import os
 import queue
@@ -13,6 +14,17 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 from . import _C
 
 _END = object()
+
+# Streams being read: (cancel event, worker thread). Cancelled and joined at exit, before the
+# interpreter finalizes (a worker calling back into it then would abort the process).
+_live_streams: set = set()
+
+
+@atexit.register
+def _stop_streams() -> None:
+    for cancel, worker in list(_live_streams):
+        cancel.set()
+        worker.join()
 
 
 class _Failure:
@@ -231,9 +243,14 @@ class LLM:
                 pieces.put(_END)
 
         worker = threading.Thread(target=run, name="turboquant-generate", daemon=True)
-        worker.start()
 
         def iterate() -> Iterator[str]:
+            # Started on the first next(): an iterator never read generates nothing. One still open
+            # when the interpreter exits is cancelled and joined first (_stop_streams), so the
+            # engine never calls back into a finalizing interpreter.
+            live = (cancel, worker)
+            _live_streams.add(live)
+            worker.start()
             try:
                 while True:
                     item = pieces.get()
@@ -245,5 +262,6 @@ class LLM:
             finally:
                 cancel.set()
                 worker.join()
+                _live_streams.discard(live)
 
         return iterate()

@@ -1,0 +1,103 @@
+"""Hostile use of the Python package: calls from several threads, huge counts, empty inputs, a
+callback that calls back in or answers with any truthy value, a stream left open at exit. Each
+ends in a result or a clear error, never a hang, a crash or a heap overflow. Scenarios that could
+hang or crash run in a subprocess with a timeout, so a regression fails the test instead of pytest."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import turboquant as tq
+from turboquant import _C
+
+
+def run_python(code, timeout=120):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cpu_ops_from_two_threads_take_turns():
+    # Both threads share the torch ops' CPU thread pool, which runs one job at a time (it hung or
+    # crashed); each thread's pages must be the single-threaded result.
+    r = run_python("""
+        import threading, numpy as np, turboquant._C as C
+        f = C.CpuFormat(C.KvSpec("k3v2"), 1, 2, 64)
+        rng = np.random.default_rng(0)
+        k = rng.standard_normal((512, 2, 64)).astype(np.float32)
+        v = rng.standard_normal((512, 2, 64)).astype(np.float32)
+        slots = np.arange(512, dtype=np.int64)
+        ref = np.zeros((1, 32, 2, f.block_bytes), np.uint8)
+        f.quantize_store(0, ref, k, v, slots, 1)
+        bad = []
+        def work(tid):
+            for _ in range(100):
+                pages = np.zeros_like(ref)
+                f.quantize_store(0, pages, k, v, slots, 2 + tid % 2)  # two thread counts: the pool is remade between calls
+                if not np.array_equal(pages, ref):
+                    bad.append(tid)
+                    return
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        print("bad", bad)
+    """)
+    assert r.returncode == 0, r.stderr
+    assert "bad []" in r.stdout
+
+
+def test_dequantize_refuses_more_rows_than_bytes():
+    q = tq.Quantizer(dim=16, bits=3)
+    codes = q.quantize(np.ones((2, 16), np.float32))
+    with pytest.raises(Exception, match="cannot fit"):
+        q.dequantize(codes, rows=2**60 + 1)  # bytes(rows) wrapped to a small number, then a heap overflow
+    assert q.dequantize(codes, rows=2).shape == (2, 16)
+
+
+def test_empty_arrays_are_empty_results():
+    q = tq.Quantizer(dim=64, bits=3)
+    codes = q.quantize(np.zeros((0, 64), np.float32))  # numpy 2 gives it strides of 0: not "non-contiguous"
+    assert codes.size == 0
+    assert q.dequantize(codes, rows=0).shape == (0, 64)
+
+
+def test_a_callback_that_calls_generate_again_is_refused(stories):
+    model, tok = stories
+    llm = tq.LLM(str(model), tokenizer=str(tok), kv_spec="k3v2", threads=1)
+    ids = llm.tokenize("Once upon a time")
+    seen = []
+
+    def again(_id, _piece):
+        try:
+            llm._engine.generate(ids, 2, 0.0, 0, 1.0, 0.0, 0, lambda *a: True)
+        except RuntimeError as e:
+            seen.append(str(e))
+        return False
+
+    llm._engine.generate(ids, 3, 0.0, 0, 1.0, 0.0, 0, again)
+    assert seen and "its own on_token callback" in seen[0]
+    assert llm.generate("Once upon a time", max_tokens=3, temperature=0)  # the engine is free again
+
+
+@pytest.mark.parametrize("answer, tokens", [(None, 5), (True, 5), (1, 5), ("go", 5), (False, 1), (0, 1), (np.False_, 1), ("", 1), ([], 1)])
+def test_callback_answers_are_read_for_their_truth(stories, answer, tokens):
+    model, tok = stories
+    e = _C.Engine(str(model), str(tok), "k3v2", 1, 0, "cpu", False, False)
+    n, _ = e.generate(e.tokenize("Once upon a time"), 5, 0.0, 0, 1.0, 0.0, 0, lambda i, b: answer)
+    assert n == tokens
+
+
+def test_a_stream_left_open_at_exit_ends_cleanly(stories):
+    model, tok = stories
+    for read_one in (False, True):
+        r = run_python(f"""
+            import turboquant as tq
+            llm = tq.LLM({str(model)!r}, tokenizer={str(tok)!r}, kv_spec="k3v2", threads=1)
+            it = llm.generate("Once upon a time", max_tokens=100000, stream=True)
+            if {read_one}:
+                next(it)
+            print("exiting")
+        """)
+        assert r.returncode == 0, (read_one, r.returncode, r.stderr[-2000:])
+        assert "exiting" in r.stdout
