@@ -108,7 +108,19 @@ void run(const Options& o) {
   TQ_CHECK(by_model == !o.draft.empty(), "{}", o.draft.empty() ? "--spec draft needs a draft model: --draft FILE"
                                                                 : fmt::format("--draft drafts with a model, --spec '{}' by prompt lookup: pick one", spec_text));
   TQ_CHECK(o.draft_kv.empty() || by_model, "--draft-kv is the draft model's KV spec: give --draft FILE too");
-  const KvSpec draft_spec = parse_kv_spec(o.draft_kv.empty() && !engine::is_auto_kv(o.kv) ? o.kv : o.draft_kv.empty() ? "fp16" : o.draft_kv);
+  // Errors about the draft model's spec name --draft-kv and the draft model.
+  const auto for_draft = [&](auto&& f) {
+    try {
+      return f();
+    } catch (const Error& e) {
+      if (o.draft_kv.empty()) throw;
+      throw Error(fmt::format("--draft-kv '{}' (the draft model {}): {}", o.draft_kv, o.draft, e.what()));
+    }
+  };
+  TQ_CHECK(!engine::is_auto_kv(o.draft_kv), "--draft-kv {}: an automatic spec is calibrated on the target model (--kv only); give the "
+           "draft model a concrete spec such as k4v4", o.draft_kv);
+  const KvSpec draft_spec = for_draft(
+      [&] { return parse_kv_spec(o.draft_kv.empty() && !engine::is_auto_kv(o.kv) ? o.kv : o.draft_kv.empty() ? "fp16" : o.draft_kv); });
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
   const KvSpec spec = parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads));
   const auto& cfg = lm.model.config;
@@ -119,9 +131,11 @@ void run(const Options& o) {
   if (o.ctx) check_context(o.ctx, fmt::format("--ctx {}", o.ctx), lm, o.allow_long);
   const std::string ctx_is = o.ctx ? "--ctx" : "the model's training context";
   TQ_CHECK(prompt.size() <= ctx, "the prompt has {} tokens, longer than the context of {} tokens ({})", prompt.size(), ctx, ctx_is);
-  // An -n the context cannot hold is a mistake; the default -n just stops where the context is full.
-  TQ_CHECK(!o.steps_given || uint32_t(o.steps) <= ctx, "-n {}: more tokens than the context holds ({} tokens, {}); lower -n{}", o.steps,
-           ctx, ctx_is, o.ctx ? "" : " or raise --ctx (past the model's context with --allow-long-context)");
+  // An -n the context cannot hold after the prompt is a mistake (prompt + -n tokens at most, as tq
+  // serve's prompt + max_tokens); the default -n just stops where the context is full.
+  TQ_CHECK(!o.steps_given || prompt.size() + uint64_t(o.steps) <= ctx,
+           "-n {}: more tokens than the context holds after the prompt's {} ({} tokens, {}); lower -n{}", o.steps, prompt.size(), ctx, ctx_is,
+           o.ctx ? "" : " or raise --ctx (past the model's context with --allow-long-context)");
   // The page pool (and the runner's per-position tables) hold what this run can reach, not all of
   // --ctx; and the key centre's calibration step (64 tokens) whole, so that it does not change with -n.
   const uint32_t needed =
@@ -153,8 +167,8 @@ void run(const Options& o) {
   std::optional<engine::Speculation> speculation;
   if (by_model) {
     const engine::Device draft_device = pick_device(o.device, draft->model.config, {draft_spec});
-    draft_engine = std::make_unique<engine::Engine>(draft->model, draft_spec,
-                                                    engine::EngineOptions{.device = draft_device, .threads = threads, .context = needed, .centre_span = centre_span});
+    draft_engine = for_draft([&] { return std::make_unique<engine::Engine>(draft->model, draft_spec,
+                                                    engine::EngineOptions{.device = draft_device, .threads = threads, .context = needed, .centre_span = centre_span}); });
     fmt::print(stderr, "tq run: draft model {} ({} layers), KV cache {}, {}\n", draft->path, draft->model.config.n_layers,
                draft_spec.canonical(), draft_engine->runner().describe());
     drafter = std::make_unique<engine::ModelDrafter>(*draft_engine);

@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include <charconv>
+#include <cstdint>
 #include <new>
 #include <string>
 #include <vector>
@@ -35,10 +37,17 @@ int main(int argc, char** argv) {
 #endif
   // An option whose 0 means "decided at run time" (-t 0: all threads, --ctx 0: the model's) says
   // what in its text ("default: ..."); --help shows that rather than a misleading "=0".
-  // CLI11 2.1 reads "-1" for an unsigned option as 2^64 - 1 (or 2^32 - 1): a negative count, length
-  // or seed is refused, naming the option, instead of wrapping to a huge one.
+  // CLI11 2.1 reads "-1" for an unsigned option as 2^64 - 1 (or 2^32 - 1), and a number past 2^64 - 1
+  // as 2^64 - 1: a negative or too large count, length or seed is refused, naming the option.
   const CLI::Validator non_negative(
-      [](std::string& v) { return !v.empty() && v[0] == '-' ? "must not be negative, got " + v : std::string(); }, "", "non-negative");
+      [](std::string& v) {
+        if (!v.empty() && v[0] == '-') return "must not be negative, got " + v;
+        uint64_t x = 0;
+        const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+        if (ec == std::errc::result_out_of_range && end == v.data() + v.size()) return "is larger than 2^64 - 1: " + v;
+        return std::string();
+      },
+      "", "non-negative");
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
     for (CLI::Option* opt : sub->get_options([](CLI::Option*) { return true; })) {
       if (opt->get_default_str() == "0" && opt->get_description().find("default:") != std::string::npos) opt->default_str("");

@@ -36,8 +36,11 @@ std::vector<int> NgramDrafter::draft(uint32_t max) {
     if (it == last_[n].end()) continue;
     const size_t end = it->second;  // one past the earlier occurrence; end < L
     if (!std::equal(text_.begin() + long(end - n), text_.begin() + long(end), text_.begin() + long(L - n))) continue;  // a hash collision
-    const size_t stop = std::min(L, end + max);
-    return std::vector<int>(text_.begin() + long(end), text_.begin() + long(stop));
+    // What followed the earlier occurrence, up to the end of the text; past it, the same again: an
+    // occurrence that overlaps the suffix (a repeating stretch, period L - end) goes on repeating.
+    std::vector<int> draft(text_.begin() + long(end), text_.begin() + long(std::min(L, end + max)));
+    for (size_t period = L - end; draft.size() < max;) draft.push_back(draft[draft.size() - period]);
+    return draft;
   }
   return {};
 }

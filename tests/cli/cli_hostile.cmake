@@ -35,6 +35,7 @@ endif()
 run_fails("--context: must not be negative, got -1" 105 kv-size --context -1)
 run_fails("--max-tokens: must not be negative, got -5" 105 perplexity -m ${M} --tokenizer ${T} -f ${CMAKE_CURRENT_LIST_FILE} --max-tokens -5)
 run_fails("--seed: must not be negative, got -1" 105 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64 --seed -1)
+run_fails("--seed: is larger than 2^64 - 1: 18446744073709551616" 105 ${R} -p "Once" -n 2 --temp 1 --seed 18446744073709551616)
 # Sums and products of sizes are taken in 64 bits, not wrapped.
 run_fails("--context: lengths are 1..2^40 tokens, got 18446744073709551615" 2 kv-size --context 18446744073709551615)
 run_fails("--prompt 4294967295 + --output 2 = 4294967297 tokens: beyond the model's 512" 2
@@ -52,8 +53,10 @@ run_fails("--bits 2.5 with --method prod: prod has whole widths only" 2 distorti
 set(beyond "beyond the model's training context of 512 tokens")
 run_fails("--ctx 10000000: ${beyond}" 2 ${R} -p "Once" -n 2 --ctx 10000000)
 run_fails("pass --allow-long-context to run anyway" 2 ${R} -p "Once" -n 2 --ctx 513)
-run_fails("-n 600: more tokens than the context holds (512 tokens, the model's training context)" 2 ${R} -p "Once" -n 600)
-run_fails("-n 100: more tokens than the context holds (50 tokens, --ctx)" 2 ${R} -p "Once" -n 100 --ctx 50)
+run_fails("-n 600: more tokens than the context holds after the prompt's 2 (512 tokens, the model's training context)" 2 ${R} -p "Once" -n 600)
+run_fails("-n 100: more tokens than the context holds after the prompt's 2 (50 tokens, --ctx)" 2 ${R} -p "Once" -n 100 --ctx 50)
+# prompt + -n at most, as tq serve's prompt + max_tokens: 2 + 510 fits 512, 2 + 511 does not.
+run_fails("-n 511: more tokens than the context holds after the prompt's 2" 2 ${R} -p "Once" -n 511 --kv fp16)
 run_fails("--ctx 1048576: ${beyond}" 2 perplexity -m ${M} --tokenizer ${T} -f ${CMAKE_CURRENT_LIST_FILE} --ctx 1048576)
 run_fails("--lengths 99999999: with the 8 answer tokens, ${beyond}" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 99999999)
 run_fails("--lengths 0: a prompt length is at least 1 token" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 0)
@@ -94,10 +97,11 @@ if(NOT at EQUAL 0)
   message(FATAL_ERROR "tq run -n 6 is not the start of -n 60:\n${short}\n${OUT}")
 endif()
 
-# A context that fills up ends the text with a message on stderr, not silently.
-run_ok(${R} -p "Once upon a time" -n 19 --kv fp16 --ctx 20)
-if(NOT ERR MATCHES "tq run: stopped after [0-9]+ of -n 19 tokens: the context of 20 tokens \\(--ctx\\) is full")
-  message(FATAL_ERROR "tq run with a full context said nothing:\n${ERR}")
+# A context that fills up ends the text with a message on stderr, not silently (an -n given is
+# checked against it up front: -n 15 after 5 prompt tokens fills 20 exactly, and says nothing).
+run_ok(${R} -p "Once upon a time" -n 15 --kv fp16 --ctx 20)
+if(ERR MATCHES "is full")
+  message(FATAL_ERROR "tq run said the context was full when -n ended it:\n${ERR}")
 endif()
 run_ok(${R} -p "Once upon a time" -n 5 --kv fp16 --ctx 20)
 if(ERR MATCHES "is full")

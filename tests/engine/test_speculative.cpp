@@ -33,9 +33,13 @@ TEST(NgramDrafter, LatestEarlierOccurrenceOfTheLongestSuffix) {
     NgramDrafter d(1, 3);
     EXPECT_EQ(draft_of(d, {8, 1, 2, 3, 4, 1, 2, 5, 8, 1, 2}, 2), (std::vector<int>{3, 4}));
   }
-  {  // the draft stops at the end of the text
+  {  // past the end of the text the repetition goes on: "4 5" at 0 is followed by 6 4 5, period 3
     NgramDrafter d(2, 3);
-    EXPECT_EQ(draft_of(d, {4, 5, 6, 4, 5}, 8), (std::vector<int>{6, 4, 5}));
+    EXPECT_EQ(draft_of(d, {4, 5, 6, 4, 5}, 8), (std::vector<int>{6, 4, 5, 6, 4, 5, 6, 4}));
+  }
+  {  // a run of one token drafts as many as asked (it drafted one a step)
+    NgramDrafter d(1, 3);
+    EXPECT_EQ(draft_of(d, {9, 1, 1, 1, 1}, 5), (std::vector<int>(5, 1)));
   }
   {  // no earlier occurrence: the suffix is never its own match
     NgramDrafter d(2, 3);
