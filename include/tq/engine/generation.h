@@ -23,8 +23,10 @@ struct ChatMessage {
   std::string content;
 };
 // A conversation in the template, each message in turn, ending with the opening of the
-// assistant's reply (what HF's apply_chat_template gives with add_generation_prompt). Throws
-// tq::Error for the template None or an unknown role.
+// assistant's reply (what HF's apply_chat_template gives with add_generation_prompt, but for the
+// default system turn some models' own templates add when the conversation has none, SmolLM2's
+// and Qwen2's: pass a system message to have one). Throws tq::Error for the template None or an
+// unknown role.
 std::string apply_chat_template(model::ChatTemplate t, const std::vector<ChatMessage>& messages);
 
 // Whether a text starts with BOS: when the tokenizer has one and asks for it (GGUF
