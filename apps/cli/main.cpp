@@ -1,8 +1,10 @@
 // The `tq` command: TurboQuant KV-cache tools. `tq --help` lists the subcommands.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdint>
 #include <new>
@@ -53,6 +55,24 @@ int main(int argc, char** argv) {
       if (opt->get_default_str() == "0" && opt->get_description().find("default:") != std::string::npos) opt->default_str("");
       if (opt->get_type_name().rfind("UINT", 0) == 0) opt->check(non_negative);
     }
+  // A first word that is no command: name it and the commands (CLI11 says only that one is required).
+  if (argc > 1 && argv[1][0] != '-') {
+    const std::string word = argv[1];
+    std::vector<std::string> names;
+    for (const CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) names.push_back(sub->get_name());
+    if (std::find(names.begin(), names.end(), word) == names.end()) {
+      std::string close;  // the command with the same letters but for '-' ("kvsize", "bench_serve")
+      const auto bare = [](std::string w) {
+        std::erase_if(w, [](char c) { return c == '-' || c == '_'; });
+        return w;
+      };
+      for (const std::string& n : names)
+        if (bare(n) == bare(word)) close = n;
+      fmt::print(stderr, "tq: error: unknown command '{}'{}; the commands: {} (tq --help says what each does)\n", word,
+                 close.empty() ? "" : fmt::format(" (did you mean '{}'?)", close), fmt::join(names, ", "));
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
     tq::cli::flush_stdout();  // output that could not be written (tq ... > /dev/full) is an error

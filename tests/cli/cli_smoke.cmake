@@ -106,6 +106,8 @@ string(JSON b GET "${OUT}" rows 0 bits)
 if(NOT n EQUAL 1 OR NOT b EQUAL 2.5)
   message(FATAL_ERROR "distortion --bits 2.5: expected one MSE row of 2.5 bits (prod takes whole widths), got ${n} rows:\n${OUT}")
 endif()
+# A first word that is no command is named, with the close one and the list.
+run_fails("unknown command 'kvsize' (did you mean 'kv-size'?); the commands: distortion, kv-size" 2 kvsize)
 run_fails("'2.7'" 2 kv-size --kv k2.7v2)
 run_fails("'2.7'" ANY distortion --bits 2.7)
 
