@@ -37,6 +37,13 @@ struct ArraySpec {
 void check_cpu(const nb::ndarray<>& a, const ArraySpec& s, nb::dlpack::dtype want, const char* want_name,
                const std::vector<int64_t>& shape);
 
+// Inputs that are only read take read-only arrays too (np.frombuffer over bytes, a read-only
+// memmap, KvCache.data): the same checks.
+inline void check_cpu(const nb::ndarray<nb::ro>& a, const ArraySpec& s, nb::dlpack::dtype want, const char* want_name,
+                      const std::vector<int64_t>& shape) {
+  check_cpu(nb::ndarray<>(a), s, want, want_name, shape);
+}
+
 // The same on a CUDA device (any dtype among `allowed`, the index of the one found returned).
 int check_cuda(const nb::ndarray<>& a, const ArraySpec& s, const std::vector<nb::dlpack::dtype>& allowed, const char* allowed_names,
                const std::vector<int64_t>& shape, int device_id);

@@ -140,7 +140,7 @@ void bind_codec(nb::module_& m) {
           "bytes", [](const PyQuantizer& q, size_t rows) { return q.q->bytes(rows); }, nb::arg("rows"))
       .def(
           "quantize",
-          [](const PyQuantizer& q, nb::ndarray<> x) {
+          [](const PyQuantizer& q, nb::ndarray<nb::ro> x) {
             check_cpu(x, {"Quantizer.quantize", "x", "[rows, dim]"}, kF32, "float32", {kAny, q.q->dim()});
             const size_t rows = x.shape(0);
             std::vector<uint8_t> out(q.q->bytes(rows));  // [bytes(rows)]
@@ -154,7 +154,7 @@ void bind_codec(nb::module_& m) {
           nb::arg("x"), "x: float32 [rows, dim] -> uint8 [bytes(rows)], laid out like one page (codes, then norms).")
       .def(
           "dequantize",
-          [](const PyQuantizer& q, nb::ndarray<> codes, std::optional<size_t> rows) {
+          [](const PyQuantizer& q, nb::ndarray<nb::ro> codes, std::optional<size_t> rows) {
             check_cpu(codes, {"Quantizer.dequantize", "codes", "[bytes]"}, kU8, "uint8", {kAny});
             const size_t r = q.rows_of(codes.shape(0), rows, "Quantizer.dequantize");
             std::vector<float> out(r * q.q->dim());  // [rows][dim]
@@ -167,7 +167,7 @@ void bind_codec(nb::module_& m) {
           nb::arg("codes"), nb::arg("rows") = nb::none(), "uint8 [bytes(rows)] -> float32 [rows, dim].")
       .def(
           "dot",
-          [](const PyQuantizer& q, nb::ndarray<> query, nb::ndarray<> codes, std::optional<size_t> rows) {
+          [](const PyQuantizer& q, nb::ndarray<nb::ro> query, nb::ndarray<nb::ro> codes, std::optional<size_t> rows) {
             check_cpu(query, {"Quantizer.dot", "query", "[dim]"}, kF32, "float32", {q.q->dim()});
             check_cpu(codes, {"Quantizer.dot", "codes", "[bytes]"}, kU8, "uint8", {kAny});
             const size_t r = q.rows_of(codes.shape(0), rows, "Quantizer.dot");
@@ -219,15 +219,15 @@ void bind_codec(nb::module_& m) {
           nb::rv_policy::reference_internal)
       .def(
           "write",
-          [](PyKvCache& c, uint32_t layer, nb::ndarray<> slots, nb::ndarray<> k, nb::ndarray<> v) {
+          [](PyKvCache& c, uint32_t layer, nb::ndarray<nb::ro> slots, nb::ndarray<nb::ro> k, nb::ndarray<nb::ro> v) {
             TQ_CHECK(layer < c.shape().layers, "KvCache.write: layer {} is outside the cache's {} layers", layer, c.shape().layers);
-            store_rows("KvCache.write", c.cache, layer, slots, k, v, 1);
+            store_rows("KvCache.write", c.cache, layer, nb::ndarray<>(slots), nb::ndarray<>(k), nb::ndarray<>(v), 1);
           },
           nb::arg("layer"), nb::arg("slots"), nb::arg("k"), nb::arg("v"),
           "Quantizes token rows into their slots (page * page_size + offset; -1 skips). k, v: float32 [tokens, kv_heads, head_dim].")
       .def(
           "read",
-          [](const PyKvCache& c, uint32_t layer, nb::ndarray<> slots) {
+          [](const PyKvCache& c, uint32_t layer, nb::ndarray<nb::ro> slots) {
             const CacheShape& s = c.shape();
             TQ_CHECK(layer < s.layers, "KvCache.read: layer {} is outside the cache's {} layers", layer, s.layers);
             check_cpu(slots, {"KvCache.read", "slots", "[tokens]"}, kI64, "int64", {kAny});
@@ -247,7 +247,7 @@ void bind_codec(nb::module_& m) {
           nb::arg("layer"), nb::arg("slots"), "The dequantized rows of the slots: (k, v), float32 [tokens, kv_heads, head_dim] each.")
       .def(
           "attention",
-          [](const PyKvCache& c, uint32_t layer, nb::ndarray<> q, nb::ndarray<> block_tables, nb::ndarray<> seq_lens, float scale) {
+          [](const PyKvCache& c, uint32_t layer, nb::ndarray<nb::ro> q, nb::ndarray<nb::ro> block_tables, nb::ndarray<nb::ro> seq_lens, float scale) {
             const CacheShape& s = c.shape();
             TQ_CHECK(layer < s.layers, "KvCache.attention: layer {} is outside the cache's {} layers", layer, s.layers);
             check_cpu(q, {"KvCache.attention", "q", "[num_seqs, num_q_tokens, q_heads, head_dim]"}, kF32, "float32",

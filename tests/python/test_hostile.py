@@ -101,3 +101,14 @@ def test_a_stream_left_open_at_exit_ends_cleanly(stories):
         """)
         assert r.returncode == 0, (read_one, r.returncode, r.stderr[-2000:])
         assert "exiting" in r.stdout
+
+
+def test_read_only_inputs_are_read():
+    q = tq.Quantizer(dim=64, bits=3)
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    codes = np.frombuffer(q.quantize(x).tobytes(), dtype=np.uint8)  # stored codes read back: read-only
+    assert not codes.flags.writeable
+    xr = x.copy()
+    xr.flags.writeable = False
+    np.testing.assert_array_equal(q.dequantize(codes), q.dequantize(q.quantize(xr)))
+    assert q.dot(xr[0], codes).shape == (4,)
