@@ -102,6 +102,7 @@ class LLM:
         self._engine = _C.Engine(os.fspath(model), os.fspath(tokenizer) if tokenizer else "", spec, threads, n_ctx, device,
                                  bool(exact_products), bool(allow_long_context))
         self.last_seed: Optional[int] = None
+        self._stopped_by_string = False  # the last generation ended at one of `stop`'s strings
 
     # ---- what the engine is ---------------------------------------------------------------------
     @property
@@ -129,8 +130,12 @@ class LLM:
     @property
     def last(self) -> dict:
         """The last generation: prompt_tokens, generated_tokens, prompt_seconds, generation_seconds,
-        kv_bytes (pages and side buffers of its sequence), kv_pages, finish_reason."""
-        return self._engine.last
+        kv_bytes (pages and side buffers of its sequence), kv_pages, finish_reason ("stop" for a
+        stop token or one of `stop`'s strings, "length", "cancelled" for a stream left early)."""
+        d = self._engine.last
+        if self._stopped_by_string:  # the engine saw its callback stop it; the caller asked for that
+            d["finish_reason"] = "stop"
+        return d
 
     def __repr__(self) -> str:
         return f"LLM({self._engine.path!r}, kv_spec='{self.kv_spec.canonical}', device='{self.device}')"
@@ -207,7 +212,9 @@ class LLM:
             parts.append(text.feed(piece))
             return not text.done
 
+        self._stopped_by_string = False
         self._engine.generate(*args, on_token)
+        self._stopped_by_string = text.done
         parts.append(text.finish())
         return "".join(parts)
 
@@ -233,7 +240,9 @@ class LLM:
 
         def run() -> None:
             try:
+                self._stopped_by_string = False
                 self._engine.generate(*args, on_token)
+                self._stopped_by_string = text.done
                 tail = text.finish()
                 if tail:
                     pieces.put(tail)

@@ -112,3 +112,13 @@ def test_read_only_inputs_are_read():
     xr.flags.writeable = False
     np.testing.assert_array_equal(q.dequantize(codes), q.dequantize(q.quantize(xr)))
     assert q.dot(xr[0], codes).shape == (4,)
+
+
+def test_a_stop_string_is_a_stop(stories):
+    model, tok = stories
+    llm = tq.LLM(str(model), tokenizer=str(tok), kv_spec="k3v2", threads=1)
+    text = llm.generate("Once upon a time", max_tokens=60, stop=["."])
+    assert "." not in text
+    assert llm.last["finish_reason"] == "stop"
+    llm.generate("Once upon a time", max_tokens=3)
+    assert llm.last["finish_reason"] == "length"
