@@ -138,9 +138,9 @@ void serve(const Options& o) {
   fmt::print(stderr, "tq serve: serving '{}' on http://{}:{} (Ctrl-C stops)\n", name, o.host, port);
   std::fflush(stderr);
 
-  // The first signal stops the server; a second one, or connections still open 5 s past the grace
-  // period (a client that never finishes sending its headers holds its HTTP thread), ends the
-  // process at once.
+  // The first signal stops the server; a second one, or connections still open 15 s past the grace
+  // period (a client that never finishes sending its headers holds its HTTP thread; an honest one
+  // is done within cpp-httplib's 5 s read timeout and the 1 s keep-alive), ends the process at once.
   std::atomic<bool> done{false};
   std::thread signals([&] {
     int sig = 0;
@@ -149,7 +149,7 @@ void serve(const Options& o) {
     fmt::print(stderr, "tq serve: {} received, finishing requests (up to {} s; again to exit at once)\n", sig == SIGINT ? "SIGINT" : "SIGTERM",
                o.shutdown_timeout);
     std::thread stopper([&] { server.stop(); });
-    const double wait = o.shutdown_timeout + 5;
+    const double wait = o.shutdown_timeout + 15;
     const timespec limit{time_t(wait), long((wait - double(time_t(wait))) * 1e9)};
     const int again = sigtimedwait(&sigs, nullptr, &limit);
     if (!done) {

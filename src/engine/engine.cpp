@@ -155,9 +155,15 @@ bool Engine::cache_prefix(int seq, std::span<const int> tokens, uint32_t upto) {
   if (end == 0) return false;
   const int32_t slot = blocks_.attach_tail(seq, tokens, end);
   if (slot < 0) return false;
-  if (runner_->save_tail(seq, end, uint32_t(slot))) return true;
-  blocks_.detach_tail(slot);
-  return false;
+  bool saved = false;
+  try {
+    saved = runner_->save_tail(seq, end, uint32_t(slot));
+  } catch (...) {  // the slot (maybe another prefix's, reused) holds no rows of this page
+    blocks_.detach_tail(slot);
+    throw;
+  }
+  if (!saved) blocks_.detach_tail(slot);
+  return saved;
 }
 
 void Engine::remove_sequence(int seq) { blocks_.remove(seq); }
@@ -212,12 +218,26 @@ std::vector<float> Engine::forward(const std::vector<BatchItem>& batch) {
   return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward(step); });
 }
 
-std::vector<int> Engine::forward_sample(const std::vector<BatchItem>& batch, const std::vector<SampleArgs>& args) {
-  return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward_sample(step, args); });
+namespace {
+// Throws naming the sequence of a row the runner could not sample (-1).
+std::vector<int> all_sampled(std::vector<int> ids, const std::vector<StepSeq>& step) {
+  size_t row = 0;
+  for (const StepSeq& s : step)
+    for (uint32_t j = s.all_logits ? 0 : s.n - 1; j < s.n; ++j, ++row)
+      TQ_CHECK(ids[row] >= 0, "sequence {}: its logits hold a NaN or +inf (or only -inf): nothing to sample", s.seq);
+  return ids;
+}
+}  // namespace
+
+std::vector<int> Engine::forward_sample(const std::vector<BatchItem>& batch, const std::vector<SampleArgs>& args, bool rows_may_fail) {
+  return run(batch, [&](const std::vector<StepSeq>& step) {
+    std::vector<int> ids = runner_->forward_sample(step, args);
+    return rows_may_fail ? ids : all_sampled(std::move(ids), step);
+  });
 }
 
 std::vector<int> Engine::forward_greedy(const std::vector<BatchItem>& batch) {
-  return run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward_greedy(step); });
+  return run(batch, [&](const std::vector<StepSeq>& step) { return all_sampled(runner_->forward_greedy(step), step); });
 }
 
 std::vector<float> Engine::prefill(int s, const std::vector<int>& tokens, bool all_logits) {

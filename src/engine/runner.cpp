@@ -39,8 +39,8 @@ std::vector<int> ModelRunner::sample_step(const std::vector<StepSeq>& step, cons
       const size_t row = ids.size();
       try {
         ids.push_back(Sampler(args[row].params).sample(std::span<const float>(logits).subspan(row * vocab, vocab), args[row].u));
-      } catch (const Error& e) {
-        throw Error(fmt::format("sequence {}: {}", s.seq, e.what()));
+      } catch (const Error&) {  // a NaN or +inf logit, or only -inf: this row's failure, not the step's
+        ids.push_back(-1);
       }
     }
   }

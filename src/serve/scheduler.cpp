@@ -124,6 +124,17 @@ uint64_t Scheduler::add(Request r, uint64_t id) {
 
 void Scheduler::cancel(uint64_t id) { cancels_.push_back(id); }
 
+std::vector<Event> Scheduler::fail_all(const std::string& why) {
+  std::vector<Event> out;
+  for (auto& s : running_)
+    if (s->done == Finish::kNone) finish(s.get(), Finish::kError, out, -1, why);
+  for (auto& w : waiting_) finish(w.get(), Finish::kError, out, -1, why);
+  running_.clear();
+  waiting_.clear();
+  cancels_.clear();
+  return out;
+}
+
 void Scheduler::release(Seq* s, bool cache) {
   if (s->seq < 0) return;
   if (cache) {
@@ -311,7 +322,7 @@ std::vector<Event> Scheduler::step() {
   try {
     if (on_host) {
       logits = e_.forward(batch);
-    } else try {
+    } else {
       std::vector<engine::SampleArgs> args;  // greedy placeholders for prompt chunks that sample nothing
       for (size_t i = 0; i < batch.size(); ++i) {
         if (!plan.drafts[i].empty())
@@ -319,14 +330,7 @@ std::vector<Event> Scheduler::step() {
         else
           args.push_back(samples[i] ? items[i]->sampler.next_args() : engine::SampleArgs{});
       }
-      ids = e_.forward_sample(batch, args);
-    } catch (const Error&) {
-      // A row the runner could not sample (a NaN or +inf logit) fails its whole step, which left no
-      // trace: the step again with the logits on the host, where sampling fails request by request.
-      if (batch.size() == 1) throw;
-      logits = e_.forward(batch);
-      on_host = true;
-      ++stats_.host_retries;
+      ids = e_.forward_sample(batch, args, true);  // a row it cannot sample is -1: that request's failure (below)
     }
   } catch (const Error& err) {
     for (Seq* s : items) finish(s, Finish::kError, out, -1, err.what());
@@ -362,11 +366,12 @@ std::vector<Event> Scheduler::step() {
       s->tail_due = false;
     }
     engine::Verdict v;  // no drafts: kept 0, and the token sampled
-    try {  // sampling on the host refuses a NaN or +inf logit: the request ends with an error, the others go on
+    try {  // a NaN or +inf logit (on the host, or -1 from the device) ends this request with an error, the others go on
       if (drafts.empty())
         v.next = on_host ? s->sampler.sample(item_logits) : item_ids[0];
       else
         v = on_host ? engine::verify_sampled(item_logits, drafts, s->sampler) : engine::verify_greedy(item_ids, drafts);
+      TQ_CHECK(v.next >= 0, "its logits hold a NaN or +inf (or only -inf): nothing to sample");
     } catch (const Error& err) {
       finish(s, Finish::kError, out, -1, err.what());
       continue;

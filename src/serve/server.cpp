@@ -283,10 +283,12 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
 }
 
 // Bodies come through a content reader, which counts them as they arrive, chunked or compressed
-// (cpp-httplib's own limit sees neither); requests without a body reach the plain handler.
+// (cpp-httplib's own limit sees neither). cpp-httplib 0.11 hands every POST to it, bodiless too.
 void Server::Impl::post(const char* path, bool chat) {
-  http.Post(path, [this, chat](const httplib::Request& req, httplib::Response& res) { complete(req, req.body, res, chat); });
   http.Post(path, [this, chat](const httplib::Request& req, httplib::Response& res, const httplib::ContentReader& read) {
+    // A multipart form goes to receivers of its own, which read() leaves unset.
+    if (req.is_multipart_form_data())
+      return send_error(res, ApiError(415, "the body must be JSON (Content-Type: application/json), not a multipart form"));
     // cpp-httplib decodes these and passes any other coding on as it is.
     const std::string coding = req.get_header_value("Content-Encoding");
     if (!coding.empty() && coding != "identity" && coding != "gzip" && coding != "deflate" && coding != "br") res.status = 415;
@@ -425,6 +427,9 @@ void Server::Impl::routes() {
   });
   http.new_task_queue = [this]() -> httplib::TaskQueue* { return pool.release(); };
   http.set_payload_max_length(kMaxBody);
+  // An idle kept-alive connection holds its HTTP thread this long after its last answer (5 s by
+  // default), and stop() waits for it: clients reconnect at no cost, a shutdown waits less.
+  http.set_keep_alive_timeout(1);
 }
 
 Server::Server(Service& svc, const model::Model& m, const model::Tokenizer& tok, const ServerOptions& o)

@@ -120,12 +120,9 @@ void Service::loop() {
     const Clock::time_point t1 = Clock::now();
     std::lock_guard lock(mu_);
     if (failed) {
-      // Which requests the step touched is unknown: every one in flight ends with the error, its
-      // pages freed by the scheduler at the next step, and the service goes on with new ones.
-      for (const auto& [id, stream] : streams_) {
-        sched_->cancel(id);
-        events.push_back(Event{id, -1, Finish::kError, "the engine step failed: " + why, std::nullopt});
-      }
+      // Which requests the step touched is unknown: every one the scheduler holds ends with the
+      // error, its pages back uncached; those submitted meanwhile (the inbox) and later ones run.
+      events = sched_->fail_all("the engine step failed: " + why);
     }
     stats_.step_seconds += std::chrono::duration<double>(t1 - t0).count();
     record(events, t1);

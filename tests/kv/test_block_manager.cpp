@@ -248,9 +248,9 @@ TEST(BlockManager, HashCollisionsNeverShareOtherTokensPages) {
   const std::vector<int32_t> hit = b.match_prefix(victim, 4);
   ASSERT_EQ(hit.size(), 1u);
   EXPECT_EQ(hit[0], b.block_table(a)[0]);
-  // Once the other page leaves the cache, x's pages are cached under their own chain.
   b.remove(a);
   b.remove(x);
+  // Where no other page holds the hash, the same tokens are cached under their own chain.
   BlockManager c(16, 2);
   c.enable_prefix_cache(0);
   const int y = c.add_sequence();

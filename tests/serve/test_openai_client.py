@@ -361,6 +361,10 @@ class ServeTest(unittest.TestCase):
         self.assertIn("64 MiB", b["error"]["message"])
         code, _, b = self.raw("POST", "/v1/completions", ok, {"Content-Encoding": "zstd-of-the-future"})
         self.assertEqual(code, 415, b)
+        form = b'--x\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhi\r\n--x--\r\n'
+        code, _, b = self.raw("POST", "/v1/completions", form, {"Content-Type": "multipart/form-data; boundary=x"})
+        self.assertEqual(code, 415, b)
+        self.assertIn("multipart", b["error"]["message"])
         # The wrong method on a route is 405 with an error body, as is a method no route takes.
         for method, path in (("GET", "/v1/completions"), ("PUT", "/v1/chat/completions"), ("POST", "/v1/models")):
             code, headers, b = self.raw(method, path)
@@ -603,6 +607,19 @@ class QueueAndShutdownTest(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("cannot start 4136 HTTP worker threads", r.stderr)
         self.assertNotIn("serving", r.stderr)
+
+    def test_kept_alive_connections_do_not_hold_the_shutdown(self):
+        # A client that keeps its connection open after its answer (httpx, the openai package's)
+        # must not outlive the shutdown's watchdog: the server still exits 0.
+        s = Server("--kv", "k3v2", "--shutdown-timeout", "0")
+        host, port = s.url[len("http://"):].split(":")
+        c = http.client.HTTPConnection(host, int(port), timeout=30)
+        c.request("POST", "/v1/completions", body=json.dumps({"prompt": "Once", "max_tokens": 2}), headers={"Content-Type": "application/json"})
+        self.assertTrue(c.getresponse().read())
+        s.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(s.proc.wait(30), 0, "".join(s.log))
+        s.proc.stderr.close()
+        c.close()
 
     def test_a_second_signal_exits_at_once(self):
         s = Server("--kv", "k3v2", "--shutdown-timeout", "300", "--max-num-seqs", "1", "--max-num-batched-tokens", "1")

@@ -123,8 +123,10 @@ class Engine {
   // The same step, sampled by the runner (on its device): a token id per logits row (the last
   // token's of an item, every token's of an all_logits item), as Sampler::sample(row, u) picks it
   // for args[row]. Same errors as forward(), and those of ModelRunner::forward_sample (a failed
-  // step leaves no trace either).
-  std::vector<int> forward_sample(const std::vector<BatchItem>& batch, const std::vector<SampleArgs>& args);
+  // step leaves no trace either); a row the runner cannot sample (its logits hold a NaN or +inf)
+  // throws naming the sequence, or with `rows_may_fail` comes back as -1 (the scheduler ends that
+  // request alone: the step's rows are written).
+  std::vector<int> forward_sample(const std::vector<BatchItem>& batch, const std::vector<SampleArgs>& args, bool rows_may_fail = false);
   std::vector<int> forward_greedy(const std::vector<BatchItem>& batch);
   // One sequence, tokens in chunks of max_chunk: logits of the last token [vocab], or of every
   // token [n][vocab] when all_logits.

@@ -81,9 +81,10 @@ class ModelRunner {
 
   // forward(), then a token from each logits row (one row per sequence, every new token's of an
   // all_logits sequence: a verification of drafted tokens): what Sampler::sample(row, u) picks
-  // for args[r] = {params, u}, rows in the step's order. Returns [rows] token ids. Throws
-  // tq::Error, before the step runs, on one args entry per row missing, invalid parameters or u
-  // outside [0, 1); and naming the sequence when its row holds a NaN or +inf or only -inf.
+  // for args[r] = {params, u}, rows in the step's order. Returns [rows] token ids, -1 for a row
+  // that holds a NaN or +inf or only -inf (nothing to sample: that sequence's failure, not the
+  // step's). Throws tq::Error, before the step runs, on one args entry per row missing, invalid
+  // parameters or u outside [0, 1).
   // Checks the arguments, then runs sample_step().
   std::vector<int> forward_sample(const std::vector<StepSeq>& step, const std::vector<SampleArgs>& args);
   // forward_sample() with greedy sampling: the argmax, ties to the lowest id.

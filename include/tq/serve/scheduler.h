@@ -99,7 +99,6 @@ struct SchedulerStats {
   uint64_t computed_tokens = 0;  // positions run through the model: prompts, decodes and recomputes
   uint64_t prefix_queried_tokens = 0, prefix_hit_tokens = 0;  // over admissions
   uint64_t preemptions = 0, finished = 0, cancelled = 0;
-  uint64_t host_retries = 0;  // steps run again with logits on the host: a row the runner could not sample (NaN, +inf)
   // Speculative decoding, over verification items (a request's step that carried drafts).
   uint64_t spec_verifications = 0, spec_drafted = 0, spec_accepted = 0;
   uint64_t spec_failures = 0;  // requests whose draft model failed and that went on without speculation
@@ -129,6 +128,10 @@ class Scheduler {
   // Ends a waiting or running request at the next step with Finish::kCancelled (its pages go back
   // to the pool). Unknown or finished ids are ignored: a cancel may race with the end.
   void cancel(uint64_t id);
+  // Ends every waiting and running request with Finish::kError and `why`, their pages back to the
+  // pool uncached: after a step that threw past its own handling, which may have left a sequence
+  // half-updated (drafts not yet taken back). Returns their events.
+  std::vector<Event> fail_all(const std::string& why);
 
   bool idle() const { return running_.empty() && waiting_.empty() && cancels_.empty(); }
   // One engine step over the running requests and those admitted now. Returns the events of the
