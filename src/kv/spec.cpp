@@ -101,6 +101,10 @@ size_t KvSpec::layer_page_bytes(uint32_t layer, uint32_t n_layers, uint32_t kv_h
 }
 
 size_t KvSpec::page_bytes(uint32_t n_layers, uint32_t kv_heads, uint32_t head_dim) const {
+  // The bounds kv_size and CacheFormat hold models to (a layer count of 2^32 - 1 looped for minutes).
+  TQ_CHECK(n_layers >= 1 && n_layers <= 1024 && kv_heads >= 1 && kv_heads <= 1024 && head_dim >= 1 && head_dim <= kMaxHeadDim,
+           "KV spec '{}': a page of {} layers x {} KV heads x head dim {} is outside 1..1024 x 1..1024 x 1..{}", text, n_layers, kv_heads,
+           head_dim, kMaxHeadDim);
   size_t b = 0;
   for (uint32_t l = 0; l < n_layers; ++l) b += layer_page_bytes(l, n_layers, kv_heads, head_dim);
   return b;

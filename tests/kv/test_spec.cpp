@@ -160,6 +160,12 @@ INSTANTIATE_TEST_SUITE_P(All, BadSpec,
                                            std::pair{"k3v2:centre:center", "'center' is given twice"},
                                            std::pair{"k2.5v2:outliers=max", "'max'"}));
 
+TEST(KvSpec, PageBytesRefusesShapesNoModelHas) {
+  EXPECT_THROW(parse_kv_spec("k3v2").page_bytes(0xFFFFFFFFu, 0xFFFFFFFFu, 256), Error);  // was a 4-billion-layer loop, then a wrapped size
+  EXPECT_THROW(parse_kv_spec("k3v2").page_bytes(2, 0, 128), Error);
+  EXPECT_GT(parse_kv_spec("k3v2").page_bytes(32, 8, 128), 0u);
+}
+
 TEST(KvSpec, CanonicalRoundTrip) {
   for (const char* s : {"fp16", "bf16", "fp8", "fp32", "k3v2", "k4v4:prod", "k2v2:nc", "k3v2:rot=dense", "k3v2:page=32"})
     EXPECT_EQ(parse_kv_spec(s).canonical(), s);
