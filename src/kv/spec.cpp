@@ -205,6 +205,9 @@ void refuse_policy(const KvSpec& spec, const char* who) {
 }
 
 KvSpec parse_kv_spec(const std::string& text) {
+  // A message quoting the text would end at the NUL (C strings on the way to Python or a C caller).
+  TQ_CHECK(text.find('\0') == std::string::npos, "a KV spec cannot hold a NUL byte (at offset {} of '{}')", text.find('\0'),
+           text.substr(0, text.find('\0')));
   if (text == "default") return parse_kv_spec(kDefaultKvSpec);  // tq run --kv default, as in a list
   KvSpec spec;
   spec.text = text;

@@ -160,6 +160,15 @@ INSTANTIATE_TEST_SUITE_P(All, BadSpec,
                                            std::pair{"k3v2:centre:center", "'center' is given twice"},
                                            std::pair{"k2.5v2:outliers=max", "'max'"}));
 
+TEST(KvSpec, ANulByteIsNamedBeforeItCutsTheMessage) {
+  try {
+    parse_kv_spec(std::string("k3v2:pa\0ge=4", 12));
+    FAIL() << "accepted a NUL byte";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot hold a NUL byte (at offset 7 of 'k3v2:pa')"), std::string::npos) << e.what();
+  }
+}
+
 TEST(KvSpec, PageBytesRefusesShapesNoModelHas) {
   EXPECT_THROW(parse_kv_spec("k3v2").page_bytes(0xFFFFFFFFu, 0xFFFFFFFFu, 256), Error);  // was a 4-billion-layer loop, then a wrapped size
   EXPECT_THROW(parse_kv_spec("k3v2").page_bytes(2, 0, 128), Error);
