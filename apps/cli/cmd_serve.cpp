@@ -4,7 +4,9 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -150,8 +152,13 @@ void serve(const Options& o) {
                o.shutdown_timeout);
     std::thread stopper([&] { server.stop(); });
     const double wait = o.shutdown_timeout + 15;
-    const timespec limit{time_t(wait), long((wait - double(time_t(wait))) * 1e9)};
-    const int again = sigtimedwait(&sigs, nullptr, &limit);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(wait);
+    int again = -1;
+    do {  // until a signal of the set or the deadline (EINTR: another signal's handler ran here)
+      const double left = std::max(0.0, std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count());
+      const timespec limit{time_t(left), long((left - double(time_t(left))) * 1e9)};
+      again = sigtimedwait(&sigs, nullptr, &limit);
+    } while (again < 0 && errno == EINTR);
     if (!done) {
       if (again > 0)
         fmt::print(stderr, "tq serve: {} received again: exiting now\n", again == SIGINT ? "SIGINT" : "SIGTERM");
