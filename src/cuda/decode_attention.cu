@@ -203,6 +203,15 @@ size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit, int a
 }
 
 namespace {
+// What a plan divides by: checked by validate_attention, and before a plan is made for a workspace size.
+void validate_shape(const DecodeParams& p, const char* name) {
+  validate_cache(p.cache);
+  TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "{}: num_seqs must be 1..65535, got {}", name, p.num_seqs);
+  TQ_CHECK(p.num_q_tokens >= 1, "{}: at least one query token per sequence, got 0", name);
+  TQ_CHECK(p.q_heads >= p.cache.kv_heads && p.q_heads % p.cache.kv_heads == 0, "{}: {} query heads is not a multiple of {} KV heads",
+           name, p.q_heads, p.cache.kv_heads);
+}
+
 void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char* name) {
   validate_cache(p.cache);
   const CacheView& c = p.cache;
@@ -211,11 +220,8 @@ void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char
   TQ_CHECK(p.q && p.out && p.block_tables && p.seq_lens, "decode_attention: q, out, block_tables and seq_lens must be set");
   for (const auto& [d, what] : {std::pair{p.q_dtype, "q_dtype"}, std::pair{p.out_dtype, "out_dtype"}})
     TQ_CHECK(d == DType::kF32 || d == DType::kF16 || d == DType::kBf16, "{}: {} {} unknown (0 = fp32, 1 = fp16, 2 = bf16)", name, what, int(d));
-  TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "decode_attention: num_seqs must be 1..65535, got {}", p.num_seqs);
-  TQ_CHECK(p.num_q_tokens >= 1 && p.num_q_tokens <= max_q_tokens, "{}: 1..{} query tokens per sequence, got {}", name, max_q_tokens,
-           p.num_q_tokens);
-  TQ_CHECK(p.q_heads >= c.kv_heads && p.q_heads % c.kv_heads == 0, "decode_attention: {} query heads is not a multiple of {} KV heads",
-           p.q_heads, c.kv_heads);
+  validate_shape(p, name);
+  TQ_CHECK(p.num_q_tokens <= max_q_tokens, "{}: 1..{} query tokens per sequence, got {}", name, max_q_tokens, p.num_q_tokens);
   TQ_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_pages * c.page_size,
            "decode_attention: max_seq_len {} must be 1..max_pages*page_size = {}", p.max_seq_len, p.max_pages * c.page_size);
   TQ_CHECK(p.workspace, "decode_attention: workspace is null (size it with decode_workspace_bytes)");
@@ -240,17 +246,6 @@ void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char
 void validate(const DecodeParams& p) { validate_attention(p, kMaxDecodeQueryTokens, "decode_attention"); }
 
 uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p).splits); }
-
-namespace {
-// What a plan divides by, checked before one is made for a workspace size.
-void validate_shape(const DecodeParams& p, const char* name) {
-  validate_cache(p.cache);
-  TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "{}: num_seqs must be 1..65535, got {}", name, p.num_seqs);
-  TQ_CHECK(p.num_q_tokens >= 1, "{}: at least one query token per sequence, got 0", name);
-  TQ_CHECK(p.q_heads >= p.cache.kv_heads && p.q_heads % p.cache.kv_heads == 0, "{}: {} query heads is not a multiple of {} KV heads",
-           name, p.q_heads, p.cache.kv_heads);
-}
-}  // namespace
 
 size_t decode_workspace_bytes(const DecodeParams& p) {
   validate_shape(p, "decode_workspace_bytes");

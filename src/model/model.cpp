@@ -31,20 +31,27 @@ const char* chat_template_name(ChatTemplate c) {
 }
 
 namespace {
-// The angle of pair i at position p, as every RoPE table holds it.
-float angle(int rope_dim, float theta, float pos_scale, uint32_t p, size_t i) {
-  const float freq = 1.0f / std::pow(theta, float(2 * i) / float(rope_dim));
+// The frequency of each rotated pair, [rope_dim / 2].
+std::vector<float> freqs(int rope_dim, float theta) {
+  std::vector<float> f(size_t(rope_dim) / 2);
+  for (size_t i = 0; i < f.size(); ++i) f[i] = 1.0f / std::pow(theta, float(2 * i) / float(rope_dim));
+  return f;
+}
+
+// The angle of a pair of frequency `freq` at position p, as every RoPE table holds it.
+float angle(float freq, float pos_scale, uint32_t p) {
   // pos_scale 1 (every model but a linearly scaled one) leaves run.c's float(p) * freq as it was
   return (pos_scale == 1.0f ? float(p) : float(p) * pos_scale) * freq;
 }
 
 void angles(int rope_dim, float theta, float pos_scale, uint32_t context, std::vector<float>& cs, std::vector<float>& sn) {
-  const size_t half = size_t(rope_dim) / 2;
+  const std::vector<float> f = freqs(rope_dim, theta);
+  const size_t half = f.size();
   cs.resize(size_t(context) * half);
   sn.resize(cs.size());
   for (uint32_t p = 0; p < context; ++p)
     for (size_t i = 0; i < half; ++i) {
-      const float a = angle(rope_dim, theta, pos_scale, p, i);
+      const float a = angle(f[i], pos_scale, p);
       cs[p * half + i] = std::cos(a);
       sn[p * half + i] = std::sin(a);
     }
@@ -70,15 +77,18 @@ void rope_mean_rotation(const std::vector<float>& cs, const std::vector<float>& 
   for (size_t i = 0; i < half; ++i) a[i] /= double(positions), b[i] /= double(positions);
 }
 
-void rope_mean_rotation(const ModelConfig& c, uint32_t positions, bool local, std::vector<double>& a, std::vector<double>& b) {
+void rope_mean_rotation(const ModelConfig& c, uint32_t positions, bool local, std::vector<double>& a, std::vector<double>& b,
+                        const std::vector<float>* cos, const std::vector<float>* sin) {
   const uint32_t half = uint32_t(c.rope_dim) / 2;
   TQ_CHECK(half >= 1 && positions >= 1, "a RoPE mean over {} positions of {} pairs", positions, half);
+  if (cos && sin && cos->size() == size_t(positions) * half) return rope_mean_rotation(*cos, *sin, half, a, b);
   const float theta = local ? c.rope_theta_local : c.rope_theta, scale = local ? 1.0f : c.rope_freq_scale;
+  const std::vector<float> f = freqs(c.rope_dim, theta);
   a.assign(half, 0.0), b.assign(half, 0.0);
   // The tables' values, summed in their order (position, then pair): the mean the tables give.
   for (uint32_t p = 0; p < positions; ++p)
     for (uint32_t i = 0; i < half; ++i) {
-      const float x = angle(c.rope_dim, theta, scale, p, i);
+      const float x = angle(f[i], scale, p);
       a[i] += std::cos(x), b[i] += std::sin(x);
     }
   for (uint32_t i = 0; i < half; ++i) a[i] /= double(positions), b[i] /= double(positions);

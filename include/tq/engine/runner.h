@@ -55,6 +55,7 @@ struct RunnerOptions {
   uint32_t prefix_tails = 0;  // specs with sink/window, models with window rings: tail slots for prefix caching (save_tail); 0: none
   // Key centre (KvPolicy::key_centre): the positions its mean RoPE turn is taken over; 0: context.
   uint32_t centre_span = 0;
+  uint32_t centre_positions() const { return centre_span ? centre_span : context; }
   // Sliding-window layers keep every position in the pool (llama.cpp's --swa-full) instead of
   // the positions their queries can still see in per-sequence window rings (kv/window_ring.h).
   bool swa_full = false;

@@ -106,9 +106,11 @@ void rope_angles_local(const ModelConfig& c, uint32_t context, std::vector<float
 // ignores it. cos, sin: [positions][half]; a, b: [half].
 void rope_mean_rotation(const std::vector<float>& cos, const std::vector<float>& sin, uint32_t half, std::vector<double>& a,
                         std::vector<double>& b);
-// The same over positions 0 .. positions-1 of the model's table (the local layers' when `local`),
-// computed without the table: a span that need not be the runner's context.
-void rope_mean_rotation(const ModelConfig& c, uint32_t positions, bool local, std::vector<double>& a, std::vector<double>& b);
+// The same over positions 0 .. positions-1 of the model's table (the local layers' when `local`):
+// from cos and sin when given and that long (the runner's own tables), else computed without a
+// table (a span that need not be the runner's context), to the same bits.
+void rope_mean_rotation(const ModelConfig& c, uint32_t positions, bool local, std::vector<double>& a, std::vector<double>& b,
+                        const std::vector<float>* cos = nullptr, const std::vector<float>* sin = nullptr);
 // centre[head_dim] = that map applied to one head's mean pre-RoPE key m[head_dim] (the pairs of
 // c.rope_style; elements past rope_dim as they are), rounded to float.
 void rope_centre(const ModelConfig& c, const double* a, const double* b, const double* m, float* centre);

@@ -62,10 +62,10 @@ CpuModelRunner::CpuModelRunner(const model::Model& m, const KvSpec& spec, const 
   if (c.sliding_window > 0) model::rope_angles_local(c, opts_.context, rope_cos_local_, rope_sin_local_);
   // The key centre's map over the positions of its span, the runner's context unless told
   // (model::rope_centre).
-  const uint32_t half = uint32_t(c.rope_dim) / 2, span = opts_.centre_span ? opts_.centre_span : opts_.context;
-  if (spec.policy.key_centre && half > 0) {
-    model::rope_mean_rotation(c, span, false, centre_a_, centre_b_);
-    if (c.sliding_window > 0) model::rope_mean_rotation(c, span, true, centre_a_local_, centre_b_local_);
+  if (spec.policy.key_centre && c.rope_dim >= 2) {
+    const uint32_t span = opts_.centre_positions();
+    model::rope_mean_rotation(c, span, false, centre_a_, centre_b_, &rope_cos_, &rope_sin_);
+    if (c.sliding_window > 0) model::rope_mean_rotation(c, span, true, centre_a_local_, centre_b_local_, &rope_cos_local_, &rope_sin_local_);
   }
 }
 

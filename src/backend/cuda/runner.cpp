@@ -393,11 +393,10 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
     centre_ = alloc<float>(size_t(L) * KV, "key centres");
     if (c.rope_dim >= 2) {
       std::vector<double> a, b;
-      const uint32_t span = o.centre_span ? o.centre_span : o.context;  // the CPU runner's span
-      model::rope_mean_rotation(c, span, false, a, b);
+      model::rope_mean_rotation(c, o.centre_positions(), false, a, b, &cs, &sn);
       centre_a_ = upload(a, "key centre map"), centre_b_ = upload(b, "key centre map");
       if (c.sliding_window > 0) {
-        model::rope_mean_rotation(c, span, true, a, b);
+        model::rope_mean_rotation(c, o.centre_positions(), true, a, b, &cs_local, &sn_local);
         centre_a_local_ = upload(a, "key centre map"), centre_b_local_ = upload(b, "key centre map");
       }
     }
