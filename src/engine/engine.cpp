@@ -62,6 +62,8 @@ EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, E
   o.threads = std::min(o.threads, std::max(1u, std::thread::hardware_concurrency()));  // a thread each, started at once
   TQ_CHECK(o.max_chunk >= 1 && o.max_seqs >= 1, "max_chunk and max_seqs must be at least 1");
   TQ_CHECK(page_size >= 1, "page size must be at least 1");
+  // The centre's mean turns every pair at every position of the span once, at start-up.
+  TQ_CHECK(o.centre_span <= (1u << 20), "centre_span {} is over the 2^20 positions a key centre's RoPE mean is taken over", o.centre_span);
   if (o.num_pages == 0) {
     const uint64_t pages = uint64_t(o.max_seqs) * ((uint64_t(o.context) + page_size - 1) / page_size);
     TQ_CHECK(pages <= (uint64_t(1) << 31), "{} sequences of {} tokens need {} KV pages of {}, more than one pool indexes (2^31)", o.max_seqs,

@@ -418,6 +418,7 @@ TEST(KeyCentreEngine, TheSpanNotTheRunSizeFixesTheCentre) {
   EXPECT_EQ(logits(64, 512), logits(300, 512));
   EXPECT_EQ(logits(300, 0), logits(64, 300));  // 0: the context
   EXPECT_NE(logits(64, 0), logits(300, 0));    // not vacuous: the span moves the centre
+  EXPECT_THROW(logits(64, (1u << 20) + 1), Error);  // a span that would loop for minutes at start-up
   std::vector<float> cs, sn;
   model::rope_angles(m.config, 300, cs, sn);
   std::vector<double> a, b, a2, b2;

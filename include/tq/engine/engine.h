@@ -41,7 +41,7 @@ struct EngineOptions {
   bool swa_full = false;        // sliding-window layers keep every position in the pool (RunnerOptions)
   // Key centre: the positions its mean RoPE turn is taken over (RunnerOptions); 0: context. A
   // command that sizes `context` by the run (tq run: prompt + -n) passes the context the user
-  // asked for, so that the centre, and the text, do not change with -n.
+  // asked for, so that the centre, and the text, do not change with -n. At most 2^20.
   uint32_t centre_span = 0;
 };
 
