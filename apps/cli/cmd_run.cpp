@@ -125,7 +125,7 @@ void run(const Options& o) {
   const KvSpec spec = parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads));
   const auto& cfg = lm.model.config;
   const auto& tok = *lm.tokenizer;
-  TQ_CHECK(!o.chat || cfg.chat_template != model::ChatTemplate::None, "--chat: '{}' has no chat template", lm.path);  // names the file
+  TQ_CHECK(!o.chat || cfg.chat_template != model::ChatTemplate::None, "--chat: '{}' {}", lm.path, cfg.chat_template_missing());  // names the file
   const std::vector<int> prompt = engine::prompt_tokens(lm.model, tok, o.prompt, o.chat);
   const uint32_t ctx = o.ctx ? o.ctx : uint32_t(cfg.max_seq);
   if (o.ctx) check_context(o.ctx, fmt::format("--ctx {}", o.ctx), lm, o.allow_long);

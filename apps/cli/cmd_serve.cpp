@@ -136,7 +136,11 @@ void serve(const Options& o) {
   fmt::print(stderr, "tq serve: speculative decoding {}\n",
              speculation ? fmt::format("{} for every request (a request's \"speculative\" overrides it)", spec_text)
                          : fmt::format("off (a request may ask: \"speculative\": \"ngram\"{})", draft_engine ? " or \"draft\"" : ""));
-  if (cfg.chat_template == model::ChatTemplate::None) fmt::print(stderr, "tq serve: the model has no chat template; chat requests use ChatML\n");
+  if (cfg.chat_template == model::ChatTemplate::None) {
+    fmt::print(stderr, "tq serve: the model {}; chat requests use ChatML\n", cfg.chat_template_missing());
+    if (tok.find_token("<|im_start|>") < 0)
+      fmt::print(stderr, "tq serve: warning: the vocabulary has no <|im_start|> token, so ChatML's markup is plain text to this model\n");
+  }
   fmt::print(stderr, "tq serve: serving '{}' on http://{}:{} (Ctrl-C stops)\n", name, o.host, port);
   std::fflush(stderr);
 

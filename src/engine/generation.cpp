@@ -4,64 +4,98 @@
 
 namespace tq::engine {
 
-std::string apply_chat_template(model::ChatTemplate t, const std::string& prompt) {
-  switch (t) {
-    case model::ChatTemplate::ChatML:
-      return "<|im_start|>user\n" + prompt + "<|im_end|>\n<|im_start|>assistant\n";
-    case model::ChatTemplate::Llama3:
-      return "<|start_header_id|>user<|end_header_id|>\n\n" + prompt + "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
-    case model::ChatTemplate::Gemma:
-      return "<start_of_turn>user\n" + prompt + "<end_of_turn>\n<start_of_turn>model\n";
-    case model::ChatTemplate::None: break;
+namespace {
+// Builds a ChatPrompt: markup as is, content with its span recorded.
+struct ChatWriter {
+  ChatPrompt p;
+  ChatWriter& markup(std::string_view s) {
+    p.text += s;
+    return *this;
   }
-  return prompt;
+  ChatWriter& content(std::string_view s) {
+    if (!s.empty()) p.content.push_back({p.text.size(), p.text.size() + s.size()});
+    p.text += s;
+    return *this;
+  }
+};
+
+void check_role(const ChatMessage& m) {
+  TQ_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "unknown chat role '{}' (system, user or assistant)", m.role);
+}
+}  // namespace
+
+ChatPrompt render_chat(model::ChatTemplate t, const std::string& prompt) {
+  if (t == model::ChatTemplate::None) return ChatWriter{}.content(prompt).p;
+  return render_chat(t, std::vector<ChatMessage>{{"user", prompt}});
 }
 
-std::string apply_chat_template(model::ChatTemplate t, const std::vector<ChatMessage>& messages) {
+ChatPrompt render_chat(model::ChatTemplate t, const std::vector<ChatMessage>& messages) {
   TQ_CHECK(t != model::ChatTemplate::None, "the model has no chat template");
-  std::string out;
+  ChatWriter w;
   if (t == model::ChatTemplate::Gemma) {
     // Gemma has no system turn: its template puts the system text before the first user text,
     // separated by a blank line; the assistant's turns are the "model" role's.
-    std::string system;
+    std::vector<const std::string*> system;  // the system texts waiting for a user turn
+    const auto put_system = [&] {
+      for (size_t i = 0; i < system.size(); ++i) (i ? w.markup("\n\n") : w).content(*system[i]);
+    };
     for (const ChatMessage& m : messages) {
-      TQ_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "unknown chat role '{}' (system, user or assistant)",
-               m.role);
+      check_role(m);
       if (m.role == "system") {
-        system += (system.empty() ? "" : "\n\n") + m.content;
+        system.push_back(&m.content);
         continue;
       }
-      const std::string content = m.role == "user" && !system.empty() ? system + "\n\n" + m.content : m.content;
-      if (m.role == "user") system.clear();
-      out += "<start_of_turn>" + std::string(m.role == "user" ? "user" : "model") + "\n" + content + "<end_of_turn>\n";
+      w.markup("<start_of_turn>").markup(m.role == "user" ? "user" : "model").markup("\n");
+      if (m.role == "user" && !system.empty()) {
+        put_system();
+        w.markup("\n\n");
+        system.clear();
+      }
+      w.content(m.content).markup("<end_of_turn>\n");
     }
-    if (!system.empty()) out += "<start_of_turn>user\n" + system + "<end_of_turn>\n";  // a system text no user turn followed
-    return out + "<start_of_turn>model\n";
+    if (!system.empty()) {  // a system text no user turn followed
+      w.markup("<start_of_turn>user\n");
+      put_system();
+      w.markup("<end_of_turn>\n");
+    }
+    return w.markup("<start_of_turn>model\n").p;
   }
   for (const ChatMessage& m : messages) {
-    TQ_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "unknown chat role '{}' (system, user or assistant)", m.role);
+    check_role(m);
     if (t == model::ChatTemplate::ChatML)
-      out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+      w.markup("<|im_start|>").markup(m.role).markup("\n").content(m.content).markup("<|im_end|>\n");
     else
-      out += "<|start_header_id|>" + m.role + "<|end_header_id|>\n\n" + m.content + "<|eot_id|>";
+      w.markup("<|start_header_id|>").markup(m.role).markup("<|end_header_id|>\n\n").content(m.content).markup("<|eot_id|>");
   }
-  out += t == model::ChatTemplate::ChatML ? "<|im_start|>assistant\n" : "<|start_header_id|>assistant<|end_header_id|>\n\n";
-  return out;
+  w.markup(t == model::ChatTemplate::ChatML ? "<|im_start|>assistant\n" : "<|start_header_id|>assistant<|end_header_id|>\n\n");
+  return w.p;
 }
+
+std::string apply_chat_template(model::ChatTemplate t, const std::vector<ChatMessage>& messages) { return render_chat(t, messages).text; }
 
 bool wants_bos(const model::Model& m, const model::Tokenizer& tok) {
   return tok.bos_id() >= 0 && (tok.add_bos_default() || m.config.source == model::WeightSource::Llama2c);
 }
 
-std::vector<int> prompt_tokens(const model::Model& m, const model::Tokenizer& tok, const std::string& text, bool chat) {
-  TQ_CHECK(!chat || m.config.chat_template != model::ChatTemplate::None, "chat prompt: the model has no chat template");
-  std::vector<int> ids = tok.encode(chat ? apply_chat_template(m.config.chat_template, text) : text, wants_bos(m, tok));
+namespace {
+std::vector<int> start_token_if_empty(const model::Tokenizer& tok, std::vector<int> ids) {
   if (ids.empty()) {
     const int start = tok.bos_id() >= 0 ? tok.bos_id() : tok.eos_id();
     TQ_CHECK(start >= 0, "the prompt is empty and the tokenizer has neither a BOS nor an EOS token to start from");
     ids.push_back(start);
   }
   return ids;
+}
+}  // namespace
+
+std::vector<int> prompt_tokens(const model::Model& m, const model::Tokenizer& tok, const std::string& text, bool chat) {
+  TQ_CHECK(!chat || m.config.chat_template != model::ChatTemplate::None, "chat prompt: the model {}", m.config.chat_template_missing());
+  if (chat) return prompt_tokens(m, tok, render_chat(m.config.chat_template, text));
+  return start_token_if_empty(tok, tok.encode(text, wants_bos(m, tok)));
+}
+
+std::vector<int> prompt_tokens(const model::Model& m, const model::Tokenizer& tok, const ChatPrompt& chat) {
+  return start_token_if_empty(tok, tok.encode(chat.text, wants_bos(m, tok), chat.content));
 }
 
 bool is_stop_token(const model::Model& m, const model::Tokenizer& tok, int id) {

@@ -30,6 +30,11 @@ const char* chat_template_name(ChatTemplate c) {
   return "unknown";
 }
 
+std::string ModelConfig::chat_template_missing() const {
+  if (unsupported_chat_template.empty()) return "has no chat template";
+  return fmt::format("has a chat template this build does not support (it knows ChatML, Llama 3 and Gemma): '{}'", unsupported_chat_template);
+}
+
 namespace {
 // The frequency of each rotated pair, [rope_dim / 2].
 std::vector<float> freqs(int rope_dim, float theta) {

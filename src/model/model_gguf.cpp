@@ -186,6 +186,10 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
   TQ_CHECK(c.bos_id < c.vocab_size && c.eos_id < c.vocab_size, "GGUF '{}': bos {} / eos {} outside the vocabulary ({})",
            f.name(), c.bos_id, c.eos_id, c.vocab_size);
   c.chat_template = detect_chat_template(f, c.arch);
+  if (const GgufValue* t = f.find("tokenizer.chat_template"); c.chat_template == ChatTemplate::None && t && t->type == GgufType::STRING) {
+    const std::string_view line = std::string_view(t->str).substr(0, std::min(t->str.find('\n'), size_t(80)));
+    c.unsupported_chat_template = std::string(line) + (line.size() < t->str.size() ? "..." : "");
+  }
 
   const uint64_t D = uint64_t(c.dim), H = uint64_t(c.hidden_dim), V = uint64_t(c.vocab_size);
   const uint64_t QD = uint64_t(c.q_dim()), KVD = uint64_t(c.kv_dim());

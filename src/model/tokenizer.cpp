@@ -2,6 +2,8 @@
 #include "tq/model/tokenizer.h"
 
 #include <algorithm>
+#include <iterator>
+#include <map>
 
 #include <fmt/format.h>
 
@@ -44,30 +46,65 @@ void Tokenizer::build_lookup() {
   // longest first, so that "<|im_start|>" wins over a shorter special that is its prefix
   std::stable_sort(specials_.begin(), specials_.end(),
                    [&](int a, int b) { return texts_[size_t(a)].size() > texts_[size_t(b)].size(); });
+  trie_.assign(1, TrieNode{});
+  for (size_t r = 0; r < specials_.size(); ++r) {
+    int node = 0;
+    for (const char c : texts_[size_t(specials_[r])]) {
+      const uint8_t b = uint8_t(c);
+      int child = trie_child(node, b);
+      if (child < 0) {
+        child = int(trie_.size());
+        trie_.emplace_back();  // (invalidates references into trie_: none held here)
+        auto& next = trie_[size_t(node)].next;
+        next.insert(std::lower_bound(next.begin(), next.end(), std::pair<uint8_t, int>{b, -1}), {b, child});
+      }
+      node = child;
+    }
+    if (trie_[size_t(node)].rank < 0) trie_[size_t(node)].rank = int(r);  // a duplicate text: the first one is the one matched
+  }
 }
 
-std::vector<Tokenizer::Fragment> Tokenizer::split_specials(std::string_view text) const {
-  std::vector<Fragment> frags{{-1, text}};
-  // As llama.cpp's tokenizer_st_partition: each special token (longest first) splits the plain
-  // fragments that remain.
-  for (const int id : specials_) {
-    const std::string& s = texts_[size_t(id)];
-    std::vector<Fragment> next;
-    for (const Fragment& f : frags) {
-      if (f.id >= 0 || f.text.find(s) == std::string_view::npos) {
-        next.push_back(f);
-        continue;
-      }
-      std::string_view rest = f.text;
-      for (size_t at; (at = rest.find(s)) != std::string_view::npos;) {
-        if (at > 0) next.push_back({-1, rest.substr(0, at)});
-        next.push_back({id, rest.substr(at, s.size())});
-        rest.remove_prefix(at + s.size());
-      }
-      if (!rest.empty()) next.push_back({-1, rest});
+int Tokenizer::trie_child(int node, uint8_t byte) const {
+  const auto& next = trie_[size_t(node)].next;
+  const auto it = std::lower_bound(next.begin(), next.end(), std::pair<uint8_t, int>{byte, -1});
+  return it != next.end() && it->first == byte ? it->second : -1;
+}
+
+std::vector<Tokenizer::Fragment> Tokenizer::split_specials(std::string_view text, std::span<const TextSpan> literal) const {
+  if (specials_.empty() || text.empty()) return {{-1, text}};
+  // Every occurrence of every special: (rank, position).
+  std::vector<std::pair<int, size_t>> found;
+  for (size_t i = 0; i < text.size(); ++i)
+    for (int node = 0, j = int(i); size_t(j) < text.size();) {
+      node = trie_child(node, uint8_t(text[size_t(j++)]));
+      if (node < 0) break;
+      if (trie_[size_t(node)].rank >= 0) found.emplace_back(trie_[size_t(node)].rank, i);
     }
-    frags = std::move(next);
+  // Taken in llama.cpp's order (longest special first, each from the left), each where it overlaps
+  // no occurrence taken before it: the fragments its one-pass-per-special loop leaves.
+  std::sort(found.begin(), found.end());
+  const auto in_literal = [&](size_t at, size_t n) {  // [at, at + n) overlaps a literal span
+    const auto it = std::upper_bound(literal.begin(), literal.end(), at, [](size_t a, const TextSpan& sp) { return a < sp.end; });
+    return it != literal.end() && it->begin < at + n;
+  };
+  std::map<size_t, std::pair<size_t, int>> taken;  // position -> (length, id)
+  for (const auto& [rank, at] : found) {
+    const int id = specials_[size_t(rank)];
+    const size_t n = texts_[size_t(id)].size();
+    const auto after = taken.lower_bound(at);
+    if (after != taken.end() && after->first < at + n) continue;  // overlaps one taken after it
+    if (after != taken.begin() && std::prev(after)->first + std::prev(after)->second.first > at) continue;  // or before it
+    if (types_[size_t(id)] != TokenType::UserDefined && in_literal(at, n)) continue;
+    taken.emplace(at, std::pair{n, id});
   }
+  std::vector<Fragment> frags;
+  size_t pos = 0;
+  for (const auto& [at, t] : taken) {
+    if (at > pos) frags.push_back({-1, text.substr(pos, at - pos)});
+    frags.push_back({t.second, text.substr(at, t.first)});
+    pos = at + t.first;
+  }
+  if (pos < text.size()) frags.push_back({-1, text.substr(pos)});
   return frags;
 }
 

@@ -63,13 +63,14 @@ class BpeTokenizer final : public Tokenizer {
     }
   }
 
-  std::vector<int> encode(std::string_view text, bool add_bos) const override {
+  using Tokenizer::encode;
+  std::vector<int> encode(std::string_view text, bool add_bos, std::span<const TextSpan> literal) const override {
     std::vector<int> out;
     if (add_bos && bos_id_ >= 0) out.push_back(bos_id_);
     const ByteMap& bm = byte_map();
     std::string mapped, key;
     std::vector<std::string> syms;  // [symbols of one word] UTF-8 strings
-    for (const Fragment& fr : split_specials(text)) {
+    for (const Fragment& fr : split_specials(text, literal)) {
       if (fr.id >= 0) {
         out.push_back(fr.id);
         continue;

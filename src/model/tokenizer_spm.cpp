@@ -73,7 +73,8 @@ class SpmTokenizer final : public Tokenizer {
     eos_id_ = eos;
   }
 
-  std::vector<int> encode(std::string_view text, bool add_bos) const override {
+  using Tokenizer::encode;
+  std::vector<int> encode(std::string_view text, bool add_bos, std::span<const TextSpan> literal) const override {
     std::vector<int> out;
     if (add_bos && bos_id_ >= 0) out.push_back(bos_id_);
     if (text.empty()) return out;
@@ -87,7 +88,7 @@ class SpmTokenizer final : public Tokenizer {
       return out;
     }
     bool prev_special = true;  // the start counts as "after a special token" for the prefix space
-    for (const Fragment& fr : split_specials(text)) {
+    for (const Fragment& fr : split_specials(text, literal)) {
       if (fr.id >= 0) {
         out.push_back(fr.id);
         prev_special = true;

@@ -114,6 +114,15 @@ CompletionRequest parse_completion(const json& body, bool chat) {
   }
   refuse_unsupported(body);
   if (chat) {
+    // vLLM's chat-template options: this server renders the model's own template, and ends it
+    // with the opening of the assistant's reply.
+    if (const json* v = field(body, "add_generation_prompt"); v && *v != true)
+      throw bad("add_generation_prompt", "is not supported by this server: the prompt always ends with the assistant's turn (send true or leave it out)");
+    if (const json* v = field(body, "continue_final_message"); v && *v != false)
+      throw bad("continue_final_message", "is not supported by this server (send false or leave it out)");
+    for (const char* k : {"chat_template", "chat_template_kwargs"})
+      if (const json* v = field(body, k); v && !v->is_null() && !(v->is_object() && v->empty()))
+        throw bad(k, "is not supported by this server: it renders the model's own chat template (leave it out)");
     const json* msgs = field(body, "messages");
     if (!msgs) throw ApiError(400, "'messages' is required", "messages");
     if (!msgs->is_array() || msgs->empty()) throw bad("messages", "must be a non-empty array of {role, content}");

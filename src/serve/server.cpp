@@ -223,12 +223,27 @@ struct Server::Impl {
   std::unique_ptr<WorkerPool> pool;  // made by bind(), handed to cpp-httplib by run()
   int64_t created = unix_now();
   uint32_t context_;  // the engine's: prompt + max_tokens at most
+  size_t token_bytes_ = 1;  // the most text bytes one token stands for (too_long)
 
   Impl(Service& s, const model::Model& model, const model::Tokenizer& t, const ServerOptions& opts)
       : svc(s), m(model), tok(t), o(opts), context_(s.engine().options().context) {
     // Models without a template (llama2.c checkpoints) chat in ChatML, as llama-server does.
     chat_template = m.config.chat_template == model::ChatTemplate::None ? model::ChatTemplate::ChatML : m.config.chat_template;
+    for (size_t id = 0; id < tok.vocab_size(); ++id) token_bytes_ = std::max(token_bytes_, tok.decode(int(id)).size());
     routes();
+  }
+
+  // A text of `bytes` bytes has at least bytes / token_bytes_ tokens: when that alone fills the
+  // context, the request is refused before tokenizing (64 MiB of text would take the tokenizer
+  // seconds, for a 400 in the end).
+  void refuse_if_too_long(size_t bytes, const char* what) const {
+    const size_t at_least = bytes / token_bytes_;
+    if (at_least >= context_)
+      throw ApiError(400,
+                     fmt::format("this model's maximum context length is {} tokens, but the {} has at least {} tokens ({} bytes of text, "
+                                 "no token longer than {} bytes)",
+                                 context_, what, at_least, bytes, token_bytes_),
+                     what);
   }
 
 
@@ -244,9 +259,16 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
     throw ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", cr.model, o.model_name), "model",
                    "not_found_error");
   std::vector<int> prompt;
+  if (cr.chat) {
+    size_t bytes = 0;
+    for (const engine::ChatMessage& msg : cr.messages) bytes += msg.content.size();
+    refuse_if_too_long(bytes, "messages");
+  } else if (cr.prompt_ids.empty()) {
+    refuse_if_too_long(cr.prompt.size(), "prompt");
+  }
   try {
     if (cr.chat)
-      prompt = engine::prompt_tokens(m, tok, engine::apply_chat_template(chat_template, cr.messages), false);
+      prompt = engine::prompt_tokens(m, tok, engine::render_chat(chat_template, cr.messages));
     else if (!cr.prompt_ids.empty())
       prompt = cr.prompt_ids;
     else

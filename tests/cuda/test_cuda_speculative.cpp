@@ -27,7 +27,7 @@ constexpr int kVocab = 300;
 
 // generate() asks a tokenizer which tokens stop the text: here none does.
 struct NoStopTokens : model::Tokenizer {
-  std::vector<int> encode(std::string_view, bool) const override { return {}; }
+  std::vector<int> encode(std::string_view, bool, std::span<const model::TextSpan>) const override { return {}; }
   std::string decode(int) const override { return {}; }
 };
 

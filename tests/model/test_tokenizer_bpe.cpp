@@ -2,6 +2,7 @@
 // Python's `regex` module) and a GGUF "gpt2" tokenizer built in memory.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "tiny_models.h"
@@ -131,6 +132,103 @@ TEST(GgufBpe, MergesByRank) {
   const auto ids = tok->encode("<|im_start|>user\nHi there<|im_end|>", false);
   EXPECT_EQ(tok->decode(ids), "user\nHi there");
   EXPECT_EQ(tok->decode(ids, false), "<|im_start|>user\nHi there");  // EOS is dropped either way
+}
+
+// llama.cpp's tokenizer_st_partition, one pass per special (longest first, ties in id order):
+// the reference split_specials' single scan must give the same fragments. (ids >= 0: specials.)
+std::vector<std::pair<int, std::string>> split_one_pass_per_special(const Tokenizer& tok, const std::string& text) {
+  std::vector<int> specials;
+  for (size_t id = 0; id < tok.vocab_size(); ++id)
+    if (tok.is_special(int(id)) && !tok.token_text(int(id)).empty()) specials.push_back(int(id));
+  std::stable_sort(specials.begin(), specials.end(), [&](int a, int b) { return tok.token_text(a).size() > tok.token_text(b).size(); });
+  std::vector<std::pair<int, std::string>> frags{{-1, text}};
+  for (const int id : specials) {
+    const std::string& s = tok.token_text(id);
+    std::vector<std::pair<int, std::string>> next;
+    for (const auto& [fid, ft] : frags) {
+      if (fid >= 0) {
+        next.push_back({fid, ft});
+        continue;
+      }
+      std::string rest = ft;
+      for (size_t at; (at = rest.find(s)) != std::string::npos;) {
+        if (at > 0) next.push_back({-1, rest.substr(0, at)});
+        next.push_back({id, s});
+        rest.erase(0, at + s.size());
+      }
+      if (!rest.empty()) next.push_back({-1, rest});
+    }
+    frags = std::move(next);
+  }
+  return frags;
+}
+
+// Specials that overlap, nest and share prefixes (control and user-defined), on random text of
+// their bytes: encode gives llama.cpp's partition, each plain fragment encoded on its own.
+TEST(GgufBpe, SpecialTokensSplitTheTextAsLlamaCppDoes) {
+  std::mt19937 rng(5);
+  const std::string alphabet = "ab<>|";
+  for (int vocab_round = 0; vocab_round < 20; ++vocab_round) {
+    testing::BpeVocab v = testing::small_bpe_vocab(true);
+    for (int k = 0; k < 12; ++k) {
+      std::string s(2 + rng() % 5, ' ');
+      for (char& c : s) c = alphabet[rng() % alphabet.size()];
+      v.tokens.push_back(s);
+      v.types.push_back(rng() % 2 ? 3 : 4);  // control or user-defined
+    }
+    const auto tok = bpe(v);
+    for (int rep = 0; rep < 50; ++rep) {
+      std::string text(rng() % 60, ' ');
+      for (char& c : text) c = alphabet[rng() % alphabet.size()];
+      std::vector<int> want;
+      for (const auto& [id, piece] : split_one_pass_per_special(*tok, text)) {
+        if (id >= 0) {
+          want.push_back(id);
+        } else {
+          const std::vector<int> ids = tok->encode(piece, false);
+          want.insert(want.end(), ids.begin(), ids.end());
+        }
+      }
+      ASSERT_EQ(tok->encode(text, false), want) << "vocabulary " << vocab_round << ", text '" << text << "'";
+    }
+  }
+}
+
+// Literal spans (a chat message's own text): control tokens there stay text, user-defined ones
+// still match, and a control token outside them, even right next to one, is matched.
+TEST(GgufBpe, LiteralSpansMatchNoControlToken) {
+  testing::BpeVocab v = testing::small_bpe_vocab(true);
+  v.tokens.push_back("<b>");
+  v.types.push_back(4);  // user-defined
+  const auto tok = bpe(v);
+  const auto id = [&](const std::string& t) { return v.find(t); };
+  const int ims = id("<|im_start|>"), ime = id("<|im_end|>"), b = id("<b>");
+  const std::string content = "<|im_end|><b>x<|im_start|>";
+  const std::string text = "<|im_start|>" + content + "<|im_end|>";
+  const TextSpan span{12, 12 + content.size()};
+  const std::vector<int> got = tok->encode(text, false, std::span<const TextSpan>(&span, 1));
+  std::vector<int> want{ims};
+  for (const std::string_view piece : {"<|im_end|>"}) {
+    const std::vector<int> ids = tok->encode(piece, false, std::vector<TextSpan>{{0, piece.size()}});
+    EXPECT_EQ(std::count(ids.begin(), ids.end(), ime), 0) << "a control token matched inside a literal span";
+    want.insert(want.end(), ids.begin(), ids.end());
+  }
+  want.push_back(b);
+  const std::vector<int> x = tok->encode("x", false);
+  want.insert(want.end(), x.begin(), x.end());
+  const std::vector<int> tail = tok->encode("<|im_start|>", false, std::vector<TextSpan>{{0, 12}});
+  want.insert(want.end(), tail.begin(), tail.end());
+  want.push_back(ime);
+  EXPECT_EQ(got, want);
+  std::string bytes;
+  for (const int t : got) bytes += tok->decode(t);
+  EXPECT_EQ(bytes, text);  // the same bytes either way
+  // Without the span, the same text is five specials and an x.
+  EXPECT_EQ(tok->encode(text, false), (std::vector<int>{ims, ime, b, id("x"), ims, ime}));
+  // A span that covers only part of a special's text still keeps it from matching.
+  EXPECT_EQ(std::count(got.begin(), got.end(), ims), 1);
+  const std::vector<int> partial = tok->encode("<|im_end|>", false, std::vector<TextSpan>{{9, 10}});
+  EXPECT_NE(partial, std::vector<int>{ime});
 }
 
 TEST(GgufBpe, ArbitraryBytesRoundTrip) {

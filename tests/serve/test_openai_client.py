@@ -318,10 +318,23 @@ class ServeTest(unittest.TestCase):
             self.assertEqual(code, status, (body, err))
             self.assertIn("message", err["error"], body)
             self.assertEqual(err["error"]["param"], param, (body, err))
+        hi = [{"role": "user", "content": "hi"}]
         for body, param in [({"messages": []}, "messages"), ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
-                            ({"messages": [{"role": "user"}]}, "messages[0].content"), ({"prompt": "x"}, "messages")]:
+                            ({"messages": [{"role": "user"}]}, "messages[0].content"), ({"prompt": "x"}, "messages"),
+                            ({"messages": hi, "add_generation_prompt": False}, "add_generation_prompt"),
+                            ({"messages": hi, "continue_final_message": True}, "continue_final_message"),
+                            ({"messages": hi, "chat_template": "{{ messages }}"}, "chat_template"),
+                            ({"messages": [{"role": "user", "content": "x" * (4 << 20)}]}, "messages")]:
             code, err = self.s.post("/v1/chat/completions", body)
-            self.assertEqual((code, err["error"]["param"]), (400, param), (body, err))
+            self.assertEqual((code, err["error"]["param"]), (400, param), (body if len(str(body)) < 200 else "4 MiB", err))
+        # vLLM's defaults pass.
+        code, _ = self.s.post("/v1/chat/completions", {"messages": hi, "max_tokens": 1, "add_generation_prompt": True,
+                                                       "continue_final_message": False, "chat_template_kwargs": {}})
+        self.assertEqual(code, 200)
+        # A prompt whose bytes alone fill the context is refused before it is tokenized.
+        code, err = self.s.post("/v1/completions", {"prompt": "x" * (4 << 20)})
+        self.assertEqual((code, err["error"]["param"]), (400, "prompt"))
+        self.assertIn("at least", err["error"]["message"])
         with self.assertRaises(openai.BadRequestError):
             self.s.client.completions.create(model=self.model, prompt="x", n=3)
         with self.assertRaises(openai.NotFoundError):
@@ -462,6 +475,22 @@ class SmolLM2Test(unittest.TestCase):
         finally:
             self.assertEqual(s.stop(), 0)
 
+
+    def test_chat_messages_cannot_inject_turns(self):
+        # The text of a message is text: "<|im_start|>" in it is several tokens, not ChatML's turn
+        # token, while a completions prompt's is the token itself (as vLLM and llama-server).
+        s = Server("--kv", "k3v2", "--max-num-seqs", "2", model=SMOLLM2)
+        try:
+            def prompt_tokens(route, body):
+                code, r = s.post(route, dict(body, max_tokens=1))
+                self.assertEqual(code, 200, r)
+                return r["usage"]["prompt_tokens"]
+            chat = lambda text: prompt_tokens("/v1/chat/completions", {"messages": [{"role": "user", "content": text}]})
+            self.assertGreater(chat("<|im_start|>"), chat("hello") + 2)
+            self.assertEqual(prompt_tokens("/v1/completions", {"prompt": "<|im_start|>"}), 1)
+            s.wait_drained(self)
+        finally:
+            self.assertEqual(s.stop(), 0)
 
     def test_a_client_that_leaves_a_plain_request_cancels_it(self):
         # Not streamed: the server writes nothing until the answer is complete, so it watches the

@@ -15,18 +15,30 @@
 
 namespace tq::engine {
 
-// A chat prompt wrapped in the model's template (ChatML, Llama-3); `prompt` as is when none.
-std::string apply_chat_template(model::ChatTemplate t, const std::string& prompt);
-
 struct ChatMessage {
   std::string role;  // "system", "user" or "assistant"
   std::string content;
 };
+
+// A conversation in a chat template: the text, and the spans of it that are the messages' own
+// content rather than the template's markup. prompt_tokens encodes those spans with no control
+// token matched (Tokenizer::encode's `literal`), so a message that holds "<|im_start|>system"
+// stays that text instead of opening a turn; user-defined tokens still match, as llama.cpp's
+// parse_special = false.
+struct ChatPrompt {
+  std::string text;
+  std::vector<model::TextSpan> content;  // sorted, disjoint
+};
+
 // A conversation in the template, each message in turn, ending with the opening of the
 // assistant's reply (what HF's apply_chat_template gives with add_generation_prompt, but for the
 // default system turn some models' own templates add when the conversation has none, SmolLM2's
 // and Qwen2's: pass a system message to have one). Throws tq::Error for the template None or an
 // unknown role.
+ChatPrompt render_chat(model::ChatTemplate t, const std::vector<ChatMessage>& messages);
+// One user message in the template (tq run --chat); `prompt` as is, all of it content, for None.
+ChatPrompt render_chat(model::ChatTemplate t, const std::string& prompt);
+// render_chat's text alone (to show it).
 std::string apply_chat_template(model::ChatTemplate t, const std::vector<ChatMessage>& messages);
 
 // Whether a text starts with BOS: when the tokenizer has one and asks for it (GGUF
@@ -36,7 +48,10 @@ bool wants_bos(const model::Model& m, const model::Tokenizer& tok);
 // The tokens of a prompt: wrapped in the chat template when `chat` (throws tq::Error when the
 // model has none), BOS as wants_bos() says. An empty prompt becomes BOS alone (EOS when there is
 // no BOS: the model still needs a token to predict from); throws tq::Error when neither exists.
+// A plain prompt's special-token texts are matched as tokens (as vLLM's and llama-server's
+// completions do); a chat prompt's messages match none (ChatPrompt).
 std::vector<int> prompt_tokens(const model::Model& m, const model::Tokenizer& tok, const std::string& text, bool chat);
+std::vector<int> prompt_tokens(const model::Model& m, const model::Tokenizer& tok, const ChatPrompt& chat);
 
 // Whether generating `id` ends the text: EOS, end of turn (e.g. <|im_end|>), and BOS for llama2.c
 // checkpoints (run.c stops there: its stories are separated by BOS).

@@ -74,6 +74,12 @@ struct ModelConfig {
   int bos_id = -1;  // -1: none
   int eos_id = -1;
   ChatTemplate chat_template = ChatTemplate::None;
+  // A GGUF tokenizer.chat_template that is none of the above: its first line (at most 80 bytes),
+  // so that errors say the template is unsupported rather than missing; empty otherwise.
+  std::string unsupported_chat_template;
+  // What chat_template None means here, for errors: "has no chat template" or "has a chat
+  // template this build does not support (ChatML, Llama 3, Gemma): '...'".
+  std::string chat_template_missing() const;
 
   int q_dim() const { return n_heads * head_dim; }
   int kv_dim() const { return n_kv_heads * head_dim; }
