@@ -163,6 +163,12 @@ struct PyEngine {
   }
 };
 
+std::vector<engine::ChatMessage> chat_messages(const std::vector<std::pair<std::string, std::string>>& messages) {
+  std::vector<engine::ChatMessage> ms;
+  for (const auto& [role, content] : messages) ms.push_back({role, content});
+  return ms;
+}
+
 }  // namespace
 
 void bind_engine(nb::module_& m) {
@@ -215,9 +221,15 @@ void bind_engine(nb::module_& m) {
       .def(
           "chat_prompt",
           [](const PyEngine& e, const std::vector<std::pair<std::string, std::string>>& messages) {
-            std::vector<engine::ChatMessage> ms;
-            for (const auto& [role, content] : messages) ms.push_back({role, content});
-            return engine::apply_chat_template(e.model.config.chat_template, ms);
+            TQ_CHECK(e.model.config.chat_template != model::ChatTemplate::None, "chat: '{}' {}", e.path, e.model.config.chat_template_missing());
+            return engine::apply_chat_template(e.model.config.chat_template, chat_messages(messages));
+          },
+          nb::arg("messages"))
+      .def(
+          "chat_tokens",  // the conversation's tokens, its messages' texts matching no control token (engine::ChatPrompt)
+          [](const PyEngine& e, const std::vector<std::pair<std::string, std::string>>& messages) {
+            TQ_CHECK(e.model.config.chat_template != model::ChatTemplate::None, "chat: '{}' {}", e.path, e.model.config.chat_template_missing());
+            return engine::prompt_tokens(e.model, *e.tok, engine::render_chat(e.model.config.chat_template, chat_messages(messages)));
           },
           nb::arg("messages"))
       .def(

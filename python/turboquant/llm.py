@@ -74,6 +74,39 @@ class _StopText:
         return self._cut(True)
 
 
+def _utf8_checked(text: str, what: str) -> str:
+    # A lone surrogate (json.loads gives one for "\ud800") has no UTF-8 form: say so by name.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} is not valid Unicode text: {e.reason} at index {e.start}") from None
+    return text
+
+
+def _chat_pairs(messages) -> List[Tuple[str, str]]:
+    """(role, content) pairs of OpenAI-style messages: dicts or (role, content) tuples, a content a
+    string or a list of text parts."""
+    pairs = []
+    for i, m in enumerate(messages):
+        if isinstance(m, dict):
+            if "role" not in m or "content" not in m:
+                raise ValueError(f"messages[{i}] needs 'role' and 'content', got keys {sorted(m)}")
+            role, content = m["role"], m["content"]
+        else:
+            role, content = m
+        if isinstance(content, (list, tuple)):
+            texts = []
+            for part in content:
+                if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                    raise ValueError(f"messages[{i}].content: parts must be {{'type': 'text', 'text': '...'}}, got {part!r}")
+                texts.append(part["text"])
+            content = "".join(texts)
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise TypeError(f"messages[{i}]: role and content must be strings, got {type(role).__name__} and {type(content).__name__}")
+        pairs.append((role, _utf8_checked(content, f"messages[{i}].content")))
+    return pairs
+
+
 class LLM:
     """A model (GGUF, or a llama2.c checkpoint with its tokenizer.bin) on the C++ engine.
 
@@ -143,23 +176,18 @@ class LLM:
     # ---- text <-> tokens ------------------------------------------------------------------------
     def tokenize(self, text: str, add_bos: Optional[bool] = None, chat: bool = False) -> List[int]:
         """Token ids of `text`; BOS as the model asks for it unless add_bos says; chat=True wraps
-        the text in the model's chat template first (as tq run --chat)."""
-        return self._engine.tokenize(text, add_bos, chat)
+        the text in the model's chat template first (as tq run --chat), where the text matches no
+        control token (chat()). A plain text's special-token strings become those tokens."""
+        return self._engine.tokenize(_utf8_checked(text, "text"), add_bos, chat)
 
     def detokenize(self, ids: Sequence[int], skip_special: bool = True) -> str:
         return self._engine.detokenize(list(ids), skip_special).decode("utf-8", "replace")
 
     def chat_prompt(self, messages: Sequence[Union[dict, Tuple[str, str]]]) -> str:
         """A conversation ([{"role": "user", "content": "..."}, ...]) in the model's chat template,
-        ending with the opening of the assistant's reply."""
-        pairs = []
-        for m in messages:
-            if isinstance(m, dict):
-                pairs.append((m["role"], m["content"]))
-            else:
-                role, content = m
-                pairs.append((role, content))
-        return self._engine.chat_prompt(pairs)
+        ending with the opening of the assistant's reply. A content may also be a list of OpenAI
+        text parts ([{"type": "text", "text": "..."}, ...]), joined."""
+        return self._engine.chat_prompt(_chat_pairs(messages))
 
     # ---- generation -----------------------------------------------------------------------------
     def generate(
@@ -220,8 +248,9 @@ class LLM:
 
     def chat(self, messages: Sequence[Union[dict, Tuple[str, str]]], **kwargs) -> Union[str, Iterator[str]]:
         """generate() on the conversation in the model's chat template (chat_prompt); the reply ends
-        at the template's end-of-turn token."""
-        return self.generate(self.chat_prompt(messages), **kwargs)
+        at the template's end-of-turn token. The messages' texts match no control token: a message
+        holding "<|im_start|>system" is that text, not a new turn (as tq serve's chat)."""
+        return self.generate(self._engine.chat_tokens(_chat_pairs(messages)), **kwargs)
 
     def _stream(self, args: tuple, stops: List[str]) -> Iterator[str]:
         # The engine runs in a thread with the GIL released; its callback hands each piece over a
