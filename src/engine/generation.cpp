@@ -19,6 +19,14 @@ struct ChatWriter {
   }
 };
 
+// Jinja's `trim`, which the Llama 3 and Gemma 3 templates apply to a message's content (ChatML's
+// do not): whitespace off both ends.
+std::string_view trimmed(std::string_view s) {
+  constexpr std::string_view ws = " \t\n\r\f\v";
+  const size_t b = s.find_first_not_of(ws);
+  return b == std::string_view::npos ? std::string_view{} : s.substr(b, s.find_last_not_of(ws) - b + 1);
+}
+
 void check_role(const ChatMessage& m) {
   TQ_CHECK(m.role == "system" || m.role == "user" || m.role == "assistant", "unknown chat role '{}' (system, user or assistant)", m.role);
 }
@@ -51,7 +59,7 @@ ChatPrompt render_chat(model::ChatTemplate t, const std::vector<ChatMessage>& me
         w.markup("\n\n");
         system.clear();
       }
-      w.content(m.content).markup("<end_of_turn>\n");
+      w.content(trimmed(m.content)).markup("<end_of_turn>\n");
     }
     if (!system.empty()) {  // a system text no user turn followed
       w.markup("<start_of_turn>user\n");
@@ -65,7 +73,7 @@ ChatPrompt render_chat(model::ChatTemplate t, const std::vector<ChatMessage>& me
     if (t == model::ChatTemplate::ChatML)
       w.markup("<|im_start|>").markup(m.role).markup("\n").content(m.content).markup("<|im_end|>\n");
     else
-      w.markup("<|start_header_id|>").markup(m.role).markup("<|end_header_id|>\n\n").content(m.content).markup("<|eot_id|>");
+      w.markup("<|start_header_id|>").markup(m.role).markup("<|end_header_id|>\n\n").content(trimmed(m.content)).markup("<|eot_id|>");
   }
   w.markup(t == model::ChatTemplate::ChatML ? "<|im_start|>assistant\n" : "<|start_header_id|>assistant<|end_header_id|>\n\n");
   return w.p;

@@ -299,6 +299,13 @@ TEST(Generation, ChatTemplatesOfConversations) {
             "<start_of_turn>user\ns\n\nu<end_of_turn>\n<start_of_turn>model\na<end_of_turn>\n<start_of_turn>user\nv<end_of_turn>\n"
             "<start_of_turn>model\n");
   EXPECT_EQ(render_chat(ChatTemplate::Gemma, std::string("hi")).text, "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n");
+  // Llama 3's and Gemma's templates trim each message (Jinja's `trim`); ChatML's do not.
+  EXPECT_EQ(apply_chat_template(ChatTemplate::Llama3, std::vector<ChatMessage>{{"user", " u \n"}}),
+            "<|start_header_id|>user<|end_header_id|>\n\nu<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  EXPECT_EQ(apply_chat_template(ChatTemplate::Gemma, std::vector<ChatMessage>{{"system", "s\n"}, {"user", "\tu "}}),
+            "<start_of_turn>user\ns\n\n\nu<end_of_turn>\n<start_of_turn>model\n");
+  EXPECT_EQ(apply_chat_template(ChatTemplate::ChatML, std::vector<ChatMessage>{{"user", " u\n"}}),
+            "<|im_start|>user\n u\n<|im_end|>\n<|im_start|>assistant\n");
   EXPECT_THROW(apply_chat_template(ChatTemplate::Gemma, std::vector<ChatMessage>{{"robot", "u"}}), Error);
   EXPECT_THROW(apply_chat_template(ChatTemplate::None, std::vector<ChatMessage>{{"user", "u"}}), Error);
   EXPECT_THROW(apply_chat_template(ChatTemplate::ChatML, std::vector<ChatMessage>{{"robot", "u"}}), Error);

@@ -33,8 +33,9 @@ struct ChatPrompt {
 // A conversation in the template, each message in turn, ending with the opening of the
 // assistant's reply (what HF's apply_chat_template gives with add_generation_prompt, but for the
 // default system turn some models' own templates add when the conversation has none, SmolLM2's
-// and Qwen2's: pass a system message to have one). Throws tq::Error for the template None or an
-// unknown role.
+// and Qwen2's: pass a system message to have one). Llama 3 and Gemma trim each message's
+// whitespace, as their templates do (Gemma's system text, which opens the first user turn, as is).
+// Throws tq::Error for the template None or an unknown role.
 ChatPrompt render_chat(model::ChatTemplate t, const std::vector<ChatMessage>& messages);
 // One user message in the template (tq run --chat); `prompt` as is, all of it content, for None.
 ChatPrompt render_chat(model::ChatTemplate t, const std::string& prompt);
