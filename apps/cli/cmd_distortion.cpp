@@ -99,7 +99,7 @@ void run(const Options& o) {
                          {"mse_lower", r.mse_lower},
                          {"mse_upper", r.mse_upper}};
       if (!prod) {
-        row["mse_expected"] = r.mse_expected;
+        if (r.mse_expected > 0) row["mse_expected"] = r.mse_expected;
         if (r.mse_paper > 0) row["mse_paper"] = r.mse_paper;
       } else {
         row["ip_var_bound"] = r.ip_var_bound * o.dim;
@@ -117,7 +117,8 @@ void run(const Options& o) {
                rotation_name(rot), o.samples);
     fmt::print("{}", t.text());
     fmt::print(
-        "D_mse: measured E||x - x~||^2; exact: Lloyd-Max distortion of the exact coordinate density; paper: its table;\n"
+        "D_mse: measured E||x - x~||^2; exact: Lloyd-Max distortion of the exact coordinate density (- where d is\n"
+        "padded to a multiple of 32: part of the padded rotation's error falls outside the d coordinates); paper: its table;\n"
         "lower/upper: 4^-b and sqrt(3) pi/2 4^-b. ip_ratio: mean <y,x~> / mean <y,x> (2/pi = 0.6366 is MSE's 1-bit bias);\n"
         "ip_bias: mean error of <y,x~>; ip_var*d: error variance times d, bound*d: the paper's QJL bound (prod).\n"
         "N.5 bits: the outlier split (half the channels at N+1 bits, half at N, a norm each); exact and upper: the parts'\n"

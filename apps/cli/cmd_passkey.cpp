@@ -88,7 +88,10 @@ void add_passkey(CLI::App& app) {
                 "unless --allow-long-context")
       ->delimiter(',');
   c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
-  c->add_option("--depths", o->depths, "depths of the key, fractions of the filler in [0, 1] (default 0.1,0.5,0.9)")->delimiter(',');
+  c->add_option("--depths", o->depths,
+                "depths of the key, fractions of the filler in [0, 1] (default 0.1,0.5,0.9); with --haystack the key goes in\n"
+                "at the first \". \" from that fraction of the stretch on (depth 0: after its first sentence)")
+      ->delimiter(',');
   c->add_option("--trials", o->trials, "keys per length and depth, each its own key (and stretch of --haystack); default 1")
       ->check(CLI::Range(1u, 100000u));
   c->add_option("--haystack", o->haystack,
@@ -102,7 +105,9 @@ void add_passkey(CLI::App& app) {
   c->add_option("--gpu-memory", o->gpu_memory,
                 "fraction of the GPU's memory for the engine, in (0, 1]: weights, scratch, and a KV page pool of what\n"
                 "they leave (vLLM's --gpu-memory-utilization); default: a pool of one prompt");
-  c->add_flag("--json", o->json, "print JSON instead of the table");
+  c->add_flag("--json", o->json,
+              "print JSON instead of the table: a row's \"asked\" is the table's length (asked for), its \"length\"\n"
+              "the table's tokens (the longest prompt of the cell)");
   c->add_flag("-v,--verbose", o->verbose, "print each answer on stderr");
   c->callback([o] { run(*o); });
 }

@@ -50,7 +50,8 @@ void run(const Options& o) {
   fmt::print(stderr, "tq perplexity: {} on {} ({} tokens), windows of {}, reference cache {}, on {}\n", lm.path, o.file, tokens.size(),
              ctx, ref, engine::device_name(device));
   engine::PerplexityOptions po{
-      .ctx = ctx, .chunk = o.chunk, .score_from = o.score_from, .threads = threads, .reference = ref, .device = device, .gpu_memory = o.gpu_memory,
+      .ctx = ctx, .chunk = o.chunk, .score_from = o.score_from, .bos = engine::wants_bos(lm.model, tok) ? tok.bos_id() : -1,
+      .threads = threads, .reference = ref, .device = device, .gpu_memory = o.gpu_memory,
       .exact_products = !o.fast_products};
   const auto res = engine::evaluate_perplexity(lm.model, tokens, specs, po, [](size_t done, size_t total) {
     fmt::print(stderr, "\r  {}/{} tokens", done, total);
@@ -97,7 +98,8 @@ void add_perplexity(CLI::App& app) {
   c->add_option("-f,--file", o->file, "text file")->required();
   c->add_option("--ctx", o->ctx,
                 "tokens per window, each starting from an empty cache (default: 2048, or the model's training context\n"
-                "where shorter; beyond it with --allow-long-context only)")
+                "where shorter; beyond it with --allow-long-context only); for a model that starts its text with BOS,\n"
+                "each window starts with BOS in place of its first token, as llama-perplexity's")
       ->check(CLI::Range(2, 1 << 20));
   c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
   c->add_option("--max-tokens", o->max_tokens, "score only the first N tokens of the text (0: all)");

@@ -1,8 +1,10 @@
 #include "tq/engine/eval.h"
 
+#include <cctype>
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <memory>
 #include <random>
@@ -78,7 +80,8 @@ PerplexityResult evaluate_perplexity(const model::Model& m, const std::vector<in
     for (size_t i = 0; i < engines.size(); ++i) engines[i]->reset_sequence(seqs[i]);
     for (size_t c0 = w0; c0 < w1; c0 += o.chunk) {
       const size_t c1 = std::min(w1, c0 + o.chunk);
-      const BatchItem item{0, std::vector<int>(tokens.begin() + long(c0), tokens.begin() + long(c1)), true};
+      BatchItem item{0, std::vector<int>(tokens.begin() + long(c0), tokens.begin() + long(c1)), true};
+      if (c0 == w0 && o.bos >= 0) item.tokens[0] = o.bos;  // the window's first token is context only: BOS in its place
       std::vector<std::vector<float>> logits(engines.size());  // [engines][c1-c0][V]
       for (size_t i = 0; i < engines.size(); ++i) {
         BatchItem it = item;
@@ -158,6 +161,14 @@ class Filler {
   double chars_per_token_ = 4;
 };
 
+// Whether `text` holds the number `key` on its own: "12345" in "is 12345." but not in "123456".
+bool says_number(const std::string& text, const std::string& key) {
+  const auto digit = [&](size_t i) { return std::isdigit(static_cast<unsigned char>(text[i])) != 0; };
+  for (size_t at = text.find(key); at != std::string::npos; at = text.find(key, at + 1))
+    if ((at == 0 || !digit(at - 1)) && (at + key.size() == text.size() || !digit(at + key.size()))) return true;
+  return false;
+}
+
 }  // namespace
 
 std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tokenizer& tok, const std::vector<KvSpec>& specs,
@@ -166,6 +177,11 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
   TQ_CHECK(o.trials >= 1, "--trials {}: at least one key per length and depth", o.trials);
   for (double d : o.depths)  // NaN fails both
     TQ_CHECK(d >= 0.0 && d <= 1.0, "--depths {}: a depth is a fraction of the filler, in [0, 1]", d);
+  // A cell is found by its (length, depth): a value given twice would count its trials twice.
+  for (size_t i = 0; i < o.depths.size(); ++i)
+    for (size_t j = 0; j < i; ++j) TQ_CHECK(o.depths[i] != o.depths[j], "--depths: {} is given twice", o.depths[i]);
+  for (size_t i = 0; i < o.lengths.size(); ++i)
+    for (size_t j = 0; j < i; ++j) TQ_CHECK(o.lengths[i] != o.lengths[j], "--lengths: {} is given twice", o.lengths[i]);
   const auto too_long = [&](uint64_t tokens) { return o.max_context && tokens + o.answer_tokens > o.max_context; };
   for (uint32_t len : o.lengths) {
     TQ_CHECK(len >= 1, "--lengths {}: a prompt length is at least 1 token", len);
@@ -226,7 +242,7 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
             prev = next;
           });
           e.remove_sequence(seq);
-          row.correct += answer.find(t.key) != std::string::npos;
+          row.correct += says_number(answer, t.key);
           row.trials += 1;
           if (progress) progress(fmt::format("{} len {} depth {}: key {} -> '{}'", s.text, t.prompt.size(), t.depth, t.key, answer));
         }

@@ -4,6 +4,7 @@
 // refusals.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <string>
 
 #include "engine/stories.h"
@@ -20,6 +21,33 @@ std::string haystack() {
   std::string t;
   for (int i = 0; i < 400; ++i) t += "The dog ran to the park number " + std::to_string(i) + ". ";
   return t;
+}
+
+// Perplexity over windows: each window after the first starts with BOS in place of its first
+// token (llama-perplexity's rule), so the whole text's negative log-likelihood is the sum of
+// single-window runs on the first window and on [BOS] + the second window's other tokens.
+TEST(Perplexity, WindowsAfterTheFirstStartWithBos) {
+  REQUIRE_STORIES();
+  const model::Tokenizer& tok = *stories()->tok;
+  const std::vector<int> text = tok.encode(haystack(), true);
+  constexpr uint32_t N = 48;
+  ASSERT_GT(text.size(), 2 * N);
+  const std::vector<int> tokens(text.begin(), text.begin() + 2 * N);
+  const auto nll = [&](const std::vector<int>& t, int bos) {
+    PerplexityOptions o;
+    o.ctx = N;
+    o.chunk = 16;
+    o.bos = bos;
+    o.threads = 2;
+    const PerplexityResult r = evaluate_perplexity(stories()->m, t, {parse_kv_spec("fp32")}, o);
+    return std::log(r.rows[0].ppl) * double(r.scored);
+  };
+  std::vector<int> second(tokens.begin() + N, tokens.end());
+  second[0] = tok.bos_id();
+  const double whole = nll(tokens, tok.bos_id());
+  const double parts = nll(std::vector<int>(tokens.begin(), tokens.begin() + N), tok.bos_id()) + nll(second, tok.bos_id());
+  EXPECT_NEAR(whole, parts, 1e-9 * std::abs(parts));
+  EXPECT_GT(std::abs(nll(tokens, -1) - whole), 1e-6 * std::abs(whole));  // without BOS the second window is another text
 }
 
 TEST(Passkey, GridByDepthWithTrialsAndHaystack) {
@@ -96,6 +124,12 @@ TEST(Passkey, RefusesBadGrids) {
   o.haystack.clear();
   o.depths = {1.5};
   expect_error(run, "--depths 1.5");
+  // A value given twice would count its cell's trials twice.
+  o.depths = {0.5, 0.25, 0.5};
+  expect_error(run, "--depths: 0.5 is given twice");
+  o.depths = {0.5};
+  o.lengths = {100, 120, 100};
+  expect_error(run, "--lengths: 100 is given twice");
 }
 
 }  // namespace

@@ -34,7 +34,8 @@ double mse_upper_bound(uint32_t bits);  // sqrt(3) pi / 2 * 4^-b, TurboQuant-MSE
 struct DistortionRow {
   TqConfig config;
   DistortionStats stats;
-  double mse_expected = 0;  // MSE rows: the Lloyd-Max distortion of the exact coordinate density; 0 for prod
+  double mse_expected = 0;  // MSE rows: the Lloyd-Max distortion of the exact coordinate density; 0 for prod, and
+                            // where the dimension (a split's part) is padded to a multiple of 32
                             // (split rows: the parts' weighted by their share of the channels, as mse_upper)
   double mse_paper = 0;     // MSE rows: the paper's table (paper_mse); 0 where it gives none and for prod
   double mse_lower = 0;     // mse_lower_bound(bits); split rows: 4^-(code bits per coordinate)

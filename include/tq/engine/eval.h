@@ -21,6 +21,11 @@ struct PerplexityOptions {
   // Positions of a window scored from this one on (< ctx): 0 scores every position; ctx / 2 is
   // llama-perplexity's convention (the first half only gives the second its context).
   uint32_t score_from = 0;
+  // A model that expects BOS at the start of its text (wants_bos): every window after the first
+  // starts with it, in place of the window's first token, which is only context (llama-perplexity's
+  // rule). -1: none. Without it a window after the first starts mid-text with no BOS, which Gemma
+  // scores several times worse.
+  int bos = -1;
   unsigned threads = 0;
   std::string reference = "fp32";  // KV spec of the reference cache
   Device device = Device::kCpu;    // every configuration, the reference too, runs there
