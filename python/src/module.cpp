@@ -139,6 +139,12 @@ void bind_spec(nb::module_& m) {
       .def("__hash__", [](const KvSpec& s) { return nb::hash(nb::str(s.canonical().c_str())); });
 
   m.attr("DEFAULT_KV_SPEC") = kDefaultKvSpec;
+  m.def(
+      "gpu_kernels_unsupported",
+      [](const KvSpec& s, uint32_t head_dim) { return gpu_kernels_unsupported(s.format.k, s.format.v, head_dim); }, nb::arg("spec"),
+      nb::arg("head_dim"),
+      "Why the CUDA attention kernels take no cache of this spec at this head dim ('' when they do), in every build; the GPU's "
+      "shared memory is checked at the first call.");
   m.def("kv_size", &kv_size_dict, nb::arg("spec"), nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"));
   m.def("distortion_row", &distortion_dict, nb::arg("dim"), nb::arg("bits"), nb::arg("prod"), nb::arg("rotation"), nb::arg("samples"),
         nb::arg("seed"), nb::arg("sample_seed"));

@@ -11,8 +11,9 @@ one-layer cache (layer 0), so every layer uses the rotations the spec's seed giv
 A step's batch becomes one quantize_store of all its new tokens, then attention calls: requests are
 grouped by query length (the ops take a dense [seqs, tokens, heads, dim] query), a group of length
 1..9 is one decode_attention call, a longer one is cut into chunks of up to 2048 queries, each one
-prefill_attention call (or decode_attention for a last chunk of at most 8) over the sequence as it
-stands at the chunk's end. The plan is built once per step on the host from query_start_loc_cpu.
+prefill_attention call (or decode_attention for a last chunk of at most 9, the decode kernels'
+kMaxDecodeQueryTokens) over the sequence as it stands at the chunk's end. The plan is built once
+per step on the host from query_start_loc_cpu.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ DEFAULT_SPEC = "k3v2"
 # Head dims every spec's kernels take (tq/cuda launch_common.cpp attention_unsupported): TurboQuant
 # rows padded to these work too, but a float spec (fp16) needs them exactly, so only these are claimed.
 SUPPORTED_HEAD_SIZES = (64, 128, 256)
+# vLLM's --kv-cache-dtype values the backend takes: the cache's bytes are the KV spec's, so only the
+# ones that ask for no quantization of vLLM's own (fp8, ...) are accepted.
+SUPPORTED_KV_CACHE_DTYPES = ("auto", "float16", "bfloat16")
 # The ops the adapter calls (torch.ops.turboquant.*); a module attribute so that the CPU tests can
 # put a reference in their place where the ops have no implementation.
 OPS = torch.ops.turboquant
@@ -43,19 +47,80 @@ def configured_spec() -> str:
     return os.environ.get(ENV_SPEC, "").strip() or DEFAULT_SPEC
 
 
-def resolve_spec(spec: str, block_size: Optional[int] = None) -> str:
-    """The spec with vLLM's block size as its page size (None: checks the spec only). A spec naming
-    another page size is refused: vLLM's --block-size decides how many tokens a block covers."""
+def _parse(spec: str) -> "_C.KvSpec":
+    """The parsed spec, refusing policy knobs: the backend stores the page format only."""
     s = _C.KvSpec(spec)
     if s.policy:
         raise ValueError(f"KV spec '{spec}': the vLLM backend stores the page format only, not the policy knob "
                          f"'{s.policy[0]}' (sink, window and edge layers are the turboquant engine's; docs/vllm.md)")
-    if block_size is not None and s.page_size != block_size:
-        if "page=" in spec:
-            raise ValueError(f"KV spec '{spec}' has pages of {s.page_size} tokens but vLLM's block size is {block_size}: "
-                             f"pass --block-size {s.page_size}, or drop page= from the spec")
-        s = _C.KvSpec(f"{spec}:page={block_size}")
-    return s.canonical
+    return s
+
+
+def _names_page(spec: str) -> bool:
+    return any(opt.strip().startswith("page=") for opt in spec.split(":")[1:])
+
+
+def with_page(spec: str, block_size: int) -> str:
+    """The spec's format with pages of block_size tokens, whatever page= it names, refusing nothing
+    else: what a KV cache spec of that block size holds. vLLM calls customize_spec with specs of
+    block size 1 to measure bytes per token (sliding-window layers, hybrid and skip-layer page
+    sizing), so sizing must not refuse a page= that is meant for the final block size."""
+    s = _parse(spec)
+    if s.page_size == block_size:
+        text = s.canonical
+    else:
+        base = ":".join(opt for opt in s.canonical.split(":") if not opt.startswith("page="))
+        text = _C.KvSpec(f"{base}:page={block_size}").canonical
+    # The canonical form leaves seed= out; a spec that names one keeps it (its rotations are its bytes).
+    if s.seed != _C.KvSpec(text).seed:
+        text += f":seed={s.seed}"
+    return text
+
+
+def resolve_spec(spec: str, block_size: Optional[int] = None) -> str:
+    """The spec with vLLM's final block size as its page size (None: checks the spec only). A spec
+    naming another page size is refused: vLLM's --block-size decides how many tokens a block covers.
+    Only where the block size is final (the metadata builder); sizing probes use with_page."""
+    s = _parse(spec)
+    if block_size is None:
+        return with_page(spec, s.page_size)
+    if _names_page(spec) and s.page_size != block_size:
+        raise ValueError(f"KV spec '{spec}' has pages of {s.page_size} tokens but vLLM's block size is {block_size}: "
+                         f"pass --block-size {s.page_size}, or drop page= from the spec")
+    return with_page(spec, block_size)
+
+
+def head_size_unsupported(head_size: int) -> str:
+    """Why the backend does not take a head size ('' when it does), naming it."""
+    if head_size in SUPPORTED_HEAD_SIZES:
+        return ""
+    return (f"head size {head_size} has no kernel; supported: {', '.join(map(str, SUPPORTED_HEAD_SIZES))} (the CUDA kernels' "
+            "head dims; TurboQuant rows padded up to one of them, e.g. 112, are not claimed here)")
+
+
+def kv_cache_dtype_unsupported(kv_cache_dtype: Optional[str]) -> str:
+    """Why the backend does not take vLLM's --kv-cache-dtype ('' when it does), naming it."""
+    if kv_cache_dtype is None or kv_cache_dtype in SUPPORTED_KV_CACHE_DTYPES:
+        return ""
+    return (f"--kv-cache-dtype '{kv_cache_dtype}' must be {'/'.join(SUPPORTED_KV_CACHE_DTYPES)}; the KV format is "
+            f"${ENV_SPEC} ('{configured_spec()}' here)")
+
+
+def kernel_unsupported(spec: str, head_size: int) -> str:
+    """Why the CUDA attention kernels do not run `spec` at `head_size` ('' when they do): the rule of
+    every build (tq::gpu_kernels_unsupported, which the CUDA build's attention_unsupported applies
+    too). The GPU's shared memory, which depends on the device, is checked at the op's first call."""
+    return _C.gpu_kernels_unsupported(_C.KvSpec(spec), head_size)
+
+
+def check_kernels(spec: str, head_size: int) -> None:
+    """Refuses, naming the spec and the rule, a spec the CUDA kernels do not run: at model load, not
+    at the first request."""
+    why = kernel_unsupported(spec, head_size)
+    if why:
+        raise ValueError(f"KV spec '{spec}' has no CUDA attention kernel at head size {head_size}: {why}. The kernels run "
+                         "TurboQuant K and V of 2..4 bits with MSE keys, or fp16, bf16 or fp8 for both, at head dims 64, 128 "
+                         "and 256 (gpu_kernels_unsupported in src/kv/spec.cpp; docs/vllm.md)")
 
 
 def block_bytes(spec: str, head_size: int) -> int:
@@ -83,8 +148,8 @@ def check_layer(num_heads: int, head_size: int, num_kv_heads: Optional[int], *, 
         no(f"a sliding window of {sliding_window!r} (an int in 1 .. 2**31 - 1: the positions a query sees, itself included)")
     if logits_soft_cap:
         no(f"logits soft-capping ({logits_soft_cap}) is not supported")
-    if head_size not in SUPPORTED_HEAD_SIZES:
-        no(f"head size {head_size} has no kernel; supported: {', '.join(map(str, SUPPORTED_HEAD_SIZES))}")
+    if head_size_unsupported(head_size):
+        no(head_size_unsupported(head_size))
     if head_size_v is not None and head_size_v != head_size:
         no(f"V head size {head_size_v} differs from the K head size {head_size}")
     kv = num_kv_heads or num_heads

@@ -33,8 +33,9 @@ BACKEND_NAME = "CUSTOM"  # the AttentionBackendEnum member the plugin registers 
 class TurboQuantBackend(AttentionBackend):
     forward_includes_kv_cache_update = True  # forward() quantizes and stores the step's K/V first
     supported_dtypes: ClassVar[List[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
-    # The cache's bytes are the KV spec's; vLLM's own quantized dtypes (fp8, ...) are refused by its selector.
-    supported_kv_cache_dtypes: ClassVar[list] = ["auto", "float16", "bfloat16"]
+    # The cache's bytes are the KV spec's; vLLM's own quantized dtypes (fp8, ...) are refused by its
+    # selector, with the reason supports_combination gives.
+    supported_kv_cache_dtypes: ClassVar[list] = list(adapter.SUPPORTED_KV_CACHE_DTYPES)
 
     @staticmethod
     def get_name() -> str:
@@ -53,6 +54,14 @@ class TurboQuantBackend(AttentionBackend):
         return list(adapter.SUPPORTED_HEAD_SIZES)
 
     @classmethod
+    def supports_combination(cls, head_size: int, dtype: torch.dtype, kv_cache_dtype, block_size: Optional[int], use_mla: bool,
+                             has_sink: bool, use_sparse: bool, use_mm_prefix: bool, device_capability) -> Optional[str]:
+        """The reason vLLM's selector reports beside its own ("head_size not supported", ...), which
+        name neither the value nor the backend: what is refused and what is taken."""
+        reasons = [r for r in (adapter.head_size_unsupported(head_size), adapter.kv_cache_dtype_unsupported(kv_cache_dtype)) if r]
+        return "; ".join(f"turboquant: {r}" for r in reasons) or None
+
+    @classmethod
     def supports_sliding_window(cls) -> bool:
         # The ops take the layer's window, and read no page wholly before it: the blocks vLLM frees
         # there (its null block in the table) are never read (docs/vllm.md).
@@ -60,11 +69,15 @@ class TurboQuantBackend(AttentionBackend):
 
     @classmethod
     def customize_spec(cls, spec: AttentionSpec) -> AttentionSpec:
-        """One vLLM block = one page of the KV spec: per KV head, one state of block_bytes bytes."""
+        """One vLLM block = one page of the KV spec: per KV head, one state of block_bytes bytes. vLLM
+        also calls this with specs of block size 1 to measure bytes per token (sliding-window layers,
+        hybrid and skip-layer page sizes), so the state is sized with the spec's page set to the
+        given block size and a page= of the spec is not checked here, but by the metadata builder,
+        which has the final block size."""
         if spec.head_size_v != spec.head_size:
             raise NotImplementedError(f"turboquant's vLLM backend: V head size {spec.head_size_v} differs from the K head size "
                                       f"{spec.head_size} (docs/vllm.md)")
-        tq_spec = adapter.resolve_spec(adapter.configured_spec(), spec.block_size)
+        tq_spec = adapter.with_page(adapter.configured_spec(), spec.block_size)
         return replace(spec, dtype=torch.uint8, tokens_per_state=spec.block_size,
                        state_content_bytes=adapter.block_bytes(tq_spec, spec.head_size))
 
@@ -85,6 +98,7 @@ class TurboQuantMetadataBuilder(AttentionMetadataBuilder[adapter.Plan]):
 
     def __init__(self, kv_cache_spec: AttentionSpec, layer_names: List[str], vllm_config, device: torch.device):
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
+        # The block size is final here (customize_spec also sees vLLM's probes): a page= of the spec must match it.
         self.spec = adapter.resolve_spec(adapter.configured_spec(), kv_cache_spec.block_size)
         want = adapter.block_bytes(self.spec, kv_cache_spec.head_size)
         if kv_cache_spec.tokens_per_state != kv_cache_spec.block_size or kv_cache_spec.state_content_bytes != want:
@@ -106,7 +120,10 @@ class TurboQuantImpl(AttentionImpl[adapter.Plan]):
                  attn_type: str = AttentionType.DECODER, kv_sharing_target_layer_name: Optional[str] = None, **extra) -> None:
         adapter.check_layer(num_heads, head_size, num_kv_heads, alibi_slopes=alibi_slopes, sliding_window=sliding_window,
                             logits_soft_cap=logits_soft_cap, attn_type=str(getattr(attn_type, "value", attn_type)), extra=extra)
-        adapter.resolve_spec(adapter.configured_spec())  # a bad spec fails at model load, not at the first step
+        # A bad spec, or one the CUDA kernels do not run at this head size, fails at model load, not at the first step.
+        spec = adapter.configured_spec()
+        adapter.resolve_spec(spec)
+        adapter.check_kernels(spec, head_size)
         self.num_heads, self.head_size, self.scale = num_heads, head_size, float(scale)
         self.num_kv_heads = num_kv_heads or num_heads
         self.sliding_window = sliding_window

@@ -205,7 +205,7 @@ size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit, int a
 namespace {
 // What a plan divides by: checked by validate_attention, and before a plan is made for a workspace size.
 void validate_shape(const DecodeParams& p, const char* name) {
-  validate_cache(p.cache);
+  validate_cache_layout(p.cache);  // (the workspace functions size before the pages exist: no data pointer needed)
   TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "{}: num_seqs must be 1..65535, got {}", name, p.num_seqs);
   TQ_CHECK(p.num_q_tokens >= 1, "{}: at least one query token per sequence, got 0", name);
   TQ_CHECK(p.q_heads >= p.cache.kv_heads && p.q_heads % p.cache.kv_heads == 0, "{}: {} query heads is not a multiple of {} KV heads",

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "tq/check.h"
+#include "tq/kv/spec.h"
 #include "variants.h"
 
 namespace tq::cuda {
@@ -86,17 +87,7 @@ void check_launch(const char* what) {
 }
 
 std::string attention_unsupported(TensorCode k, TensorCode v, uint32_t head_dim) {
-  if (k.enc == Encoding::kTqSplit || v.enc == Encoding::kTqSplit)
-    return fmt::format("fractional widths (K {}{}, V {}{} bits: the outlier split) have no GPU kernel yet; run them on the CPU (--device cpu)",
-                       k.bits, k.enc == Encoding::kTqSplit ? ".5" : "", v.bits, v.enc == Encoding::kTqSplit ? ".5" : "");
-  if (k.enc == Encoding::kTqProd) return "prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)";
-  if (k.enc == Encoding::kFp32 || v.enc == Encoding::kFp32) return "fp32 caches have no GPU kernel (use fp16/bf16)";
-  if (is_tq(k.enc) != is_tq(v.enc) || (!is_tq(k.enc) && k.enc != v.enc)) return "K and V must both be TurboQuant or the same float encoding";
-  if (is_tq(k.enc) && (k.bits < 2 || k.bits > 4 || v.bits < 2 || v.bits > 4))
-    return fmt::format("this build has kernels for K and V widths 2..4 bits, got k{}v{}", k.bits, v.bits);
-  // The head dim the kernels run at: TurboQuant rows are padded (e.g. 112 -> 128), float rows not.
-  const uint32_t d = is_tq(k.enc) ? padded_dim(head_dim) : head_dim;
-  if (d != 64 && d != 128 && d != 256) return fmt::format("head dim {} (padded {}) has no kernel; supported: 64, 128, 256", head_dim, d);
+  if (std::string why = gpu_kernels_unsupported(k, v, head_dim); !why.empty()) return why;
   // The GPU at hand, when there is one: its shared memory a block must hold the kernels' tiles.
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess) {
@@ -119,6 +110,10 @@ std::string attention_unsupported(TensorCode k, TensorCode v, uint32_t head_dim)
 
 void validate_cache(const CacheView& c) {
   TQ_CHECK(c.data, "cache view: data is null");
+  validate_cache_layout(c);
+}
+
+void validate_cache_layout(const CacheView& c) {
   TQ_CHECK(c.kv_heads >= 1 && c.num_pages >= 1 && c.page_size >= 1 && c.page_size <= kMaxPageSize,
            "cache view: kv_heads {}, num_pages {}, page_size {} out of range", c.kv_heads, c.num_pages, c.page_size);
   TQ_CHECK(c.head_dim >= 1 && c.head_dim <= kMaxHeadDim, "cache view: head dim {} out of range", c.head_dim);

@@ -67,5 +67,8 @@ size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit, int a
 void check_launch(const char* what);
 // Throws tq::Error naming the field when a CacheView is inconsistent.
 void validate_cache(const CacheView& c);
+// The same but for the data pointer: what sizing a workspace needs, before the pages exist (the
+// torch ops size theirs from a view with no pages).
+void validate_cache_layout(const CacheView& c);
 
 }  // namespace tq::cuda

@@ -204,6 +204,21 @@ void refuse_policy(const KvSpec& spec, const char* who) {
                           spec.text, who, knobs[0], spec.format.canonical()));
 }
 
+std::string gpu_kernels_unsupported(TensorCode k, TensorCode v, uint32_t head_dim) {
+  if (k.enc == Encoding::kTqSplit || v.enc == Encoding::kTqSplit)
+    return fmt::format("fractional widths (K {}, V {} bits: the outlier split) have no GPU kernel yet; run them on the CPU (--device cpu)",
+                       width_name(k), width_name(v));
+  if (k.enc == Encoding::kTqProd) return "prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)";
+  if (k.enc == Encoding::kFp32 || v.enc == Encoding::kFp32) return "fp32 caches have no GPU kernel (use fp16/bf16)";
+  if (is_tq(k.enc) != is_tq(v.enc) || (!is_tq(k.enc) && k.enc != v.enc)) return "K and V must both be TurboQuant or the same float encoding";
+  if (is_tq(k.enc) && (k.bits < 2 || k.bits > 4 || v.bits < 2 || v.bits > 4))
+    return fmt::format("this build has kernels for K and V widths 2..4 bits, got k{}v{}", k.bits, v.bits);
+  // The head dim the kernels run at: TurboQuant rows are padded (e.g. 112 -> 128), float rows not.
+  const uint32_t d = is_tq(k.enc) ? padded_dim(head_dim) : head_dim;
+  if (d != 64 && d != 128 && d != 256) return fmt::format("head dim {} (padded {}) has no kernel; supported: 64, 128, 256", head_dim, d);
+  return "";
+}
+
 KvSpec parse_kv_spec(const std::string& text) {
   // A message quoting the text would end at the NUL (C strings on the way to Python or a C caller).
   TQ_CHECK(text.find('\0') == std::string::npos, "a KV spec cannot hold a NUL byte (at offset {} of '{}')", text.find('\0'),

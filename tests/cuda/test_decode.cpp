@@ -127,6 +127,27 @@ TEST(CudaLaunch, SharedMemoryOfTheKernelsAndItsRefusal) {
   }
 }
 
+// A workspace is sized from the shapes alone, before any page exists (the torch ops size theirs
+// from a view without pages: a data-pointer check there broke every CUDA call they made); the
+// call itself refuses a view without pages by name.
+TEST(CudaLaunch, WorkspacesAreSizedBeforeThePagesExist) {
+  TQ_REQUIRE_GPU();
+  const PagedKvCache cpu(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2").format);
+  cuda::DeviceFormat codecs(cpu.format());
+  cuda::DecodeParams p;
+  p.cache = codecs.view(0, nullptr, 1);
+  p.num_seqs = 2, p.num_q_tokens = 1, p.q_heads = 8, p.max_pages = 64, p.max_seq_len = 1000;
+  EXPECT_GT(cuda::decode_workspace_bytes(p), 0u);
+  p.num_q_tokens = 64;
+  EXPECT_GT(cuda::prefill_workspace_bytes(p), 0u);
+  try {
+    cuda::decode_attention(p, nullptr);
+    ADD_FAILURE() << "a view without pages was not refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("data is null"), std::string::npos) << e.what();
+  }
+}
+
 std::string case_name(const DecodeCase& c) {
   std::string n = test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill) + (c.compact ? "_compact" : "");
   if (c.swa) n.append("_window").append(std::to_string(c.swa));

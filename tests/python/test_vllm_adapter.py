@@ -5,6 +5,7 @@ a float reference in place of the ops. Where the ops run (a CUDA build on a GPU;
 have a CPU implementation): the real ops against the host cache's reference attention and, for fp16
 pages, against plain attention over the same K/V. The vLLM side is tests/vllm (scripts/test_vllm.sh)."""
 
+import re
 import types
 
 import numpy as np
@@ -22,31 +23,32 @@ HEADS, KV_HEADS, D, PS = 4, 2, 128, 16
 BATCH = [(49, 1), (0, 37), (20, 3), (5, 0), (70, 1), (33, 200), (0, 2100), (10, 1)]
 
 
-def make_batch(seed=0, num_blocks=None):
-    """vLLM-layout tensors for BATCH: pages in a scattered order, history rows, the step's rows."""
+def make_batch(seed=0, num_blocks=None, batch=None):
+    """vLLM-layout tensors for `batch` (default BATCH): pages in a scattered order, history rows, the step's rows."""
+    batch = batch or BATCH
     g = torch.Generator().manual_seed(seed)
-    lens = [h + n for h, n in BATCH]
+    lens = [h + n for h, n in batch]
     need = [-(-max(n, 1) // PS) for n in lens]
     num_blocks = num_blocks or sum(need) + 3
     perm = torch.randperm(num_blocks, generator=g).tolist()
-    tables = torch.zeros(len(BATCH), max(need), dtype=torch.int32)
+    tables = torch.zeros(len(batch), max(need), dtype=torch.int32)
     for r, k in enumerate(need):
         tables[r, :k] = torch.tensor(perm[:k], dtype=torch.int32)
         perm = perm[k:]
     kk = [torch.randn(n, KV_HEADS, D, generator=g) for n in lens]
     vv = [torch.randn(n, KV_HEADS, D, generator=g) for n in lens]
-    qq = [torch.randn(n, HEADS, D, generator=g) for _, n in BATCH]
+    qq = [torch.randn(n, HEADS, D, generator=g) for _, n in batch]
     slot = lambda r, t: int(tables[r, t // PS]) * PS + t % PS  # noqa: E731
-    hist_slots = torch.tensor([slot(r, t) for r, (h, _) in enumerate(BATCH) for t in range(h)], dtype=torch.int64)
-    step_slots = [slot(r, t) for r, (h, n) in enumerate(BATCH) for t in range(h, h + n)]
+    hist_slots = torch.tensor([slot(r, t) for r, (h, _) in enumerate(batch) for t in range(h)], dtype=torch.int64)
+    step_slots = [slot(r, t) for r, (h, n) in enumerate(batch) for t in range(h, h + n)]
     step_slots += [-1, -1]  # vLLM pads the token count (CUDA-graph sizes) with slot -1
-    qsl = torch.tensor(np.cumsum([0] + [n for _, n in BATCH]), dtype=torch.int32)
+    qsl = torch.tensor(np.cumsum([0] + [n for _, n in batch]), dtype=torch.int32)
     return types.SimpleNamespace(
-        lens=lens, tables=tables, num_blocks=num_blocks, k=kk, v=vv,
-        hist_k=torch.cat([k[:h] for k, (h, _) in zip(kk, BATCH)]), hist_v=torch.cat([v[:h] for v, (h, _) in zip(vv, BATCH)]),
+        batch=batch, lens=lens, tables=tables, num_blocks=num_blocks, k=kk, v=vv,
+        hist_k=torch.cat([k[:h] for k, (h, _) in zip(kk, batch)]), hist_v=torch.cat([v[:h] for v, (h, _) in zip(vv, batch)]),
         hist_slots=hist_slots, query=torch.cat(qq + [torch.zeros(2, HEADS, D)]),
-        key=torch.cat([k[h:] for k, (h, _) in zip(kk, BATCH)] + [torch.zeros(2, KV_HEADS, D)]),
-        value=torch.cat([v[h:] for v, (h, _) in zip(vv, BATCH)] + [torch.zeros(2, KV_HEADS, D)]),
+        key=torch.cat([k[h:] for k, (h, _) in zip(kk, batch)] + [torch.zeros(2, KV_HEADS, D)]),
+        value=torch.cat([v[h:] for v, (h, _) in zip(vv, batch)] + [torch.zeros(2, KV_HEADS, D)]),
         slots=torch.tensor(step_slots, dtype=torch.int64), qsl=qsl, seq_lens=torch.tensor(lens, dtype=torch.int32),
         num_actual_tokens=int(qsl[-1]))
 
@@ -55,7 +57,7 @@ def plain_attention(b, scale, window=None):
     """Causal GQA attention of each request's queries over its unquantized K/V, flat [tokens, heads, D];
     with a sliding window, a query at p sees p - t < window only."""
     out = []
-    for r, (h, n) in enumerate(BATCH):
+    for r, (h, n) in enumerate(b.batch):
         if n == 0:
             continue
         q = b.query[b.qsl[r]:b.qsl[r] + n].double()  # [n, H, D]
@@ -83,7 +85,7 @@ def run_step(b, spec, device, dtype=torch.float16, scale=D ** -0.5, window=None,
         used = {int(b.tables[r, t]) for r, L in enumerate(b.lens) for t in range(-(-max(L, 1) // PS))}
         null = min(set(range(b.num_blocks)) - used)  # one of make_batch's spare blocks
         kv_cache[null] = 0xFF
-        for r, (h, _) in enumerate(BATCH):
+        for r, (h, _) in enumerate(b.batch):
             tables[r, :max(0, h - window + 1) // PS] = null
     plan = va.build_plan(spec, b.qsl, b.seq_lens.to(device), tables.to(device), b.slots.to(device), b.num_actual_tokens, max(b.lens))
     output = torch.full((len(b.slots), HEADS, D), 7.0, dtype=dtype, device=device)
@@ -124,7 +126,7 @@ class FloatPages:
         return out.to(out_dtype or q.dtype)
 
     def decode_attention(self, *a):
-        return self._attention(*a, limit=8)
+        return self._attention(*a, limit=9)  # kernels.h kMaxDecodeQueryTokens: a token and up to 8 drafts
 
     def prefill_attention(self, *a):
         return self._attention(*a, limit=2048)
@@ -142,6 +144,19 @@ def test_plan_maps_a_mixed_batch(monkeypatch, window):
     assert sorted(covered.tolist()) == list(range(b.num_actual_tokens))  # every query once, padding rows never
     np.testing.assert_allclose(out[:b.num_actual_tokens].double(), plain_attention(b, D ** -0.5, window), atol=1e-5)
     assert (out[b.num_actual_tokens:] == 7).all()  # vLLM's padding rows untouched
+
+
+def test_plan_takes_9_queries_to_a_decode_call(monkeypatch):
+    """The decode kernels take up to 9 queries a sequence (kMaxDecodeQueryTokens): a 9-token
+    speculative decode is one decode call, and so is the last chunk of 9 of a 2057-token prompt."""
+    monkeypatch.setattr(va, "OPS", FloatPages())
+    b = make_batch(seed=2, batch=[(40, 9), (0, 2057), (3, 0), (50, 9), (5, 1)])
+    plan, _, out = run_step(b, "k3v2", "cpu", dtype=torch.float32)
+    kinds = sorted((c.prefill, c.q_len, c.num_seqs, c.rows is None) for c in plan.calls)
+    # the two 9-token decodes are not neighbours (a padding request between): their rows are gathered
+    assert kinds == [(False, 1, 1, True), (False, 9, 1, True), (False, 9, 2, False), (True, 2048, 1, True)]
+    np.testing.assert_allclose(out[:b.num_actual_tokens].double(), plain_attention(b, D ** -0.5), atol=1e-5)
+    assert (out[b.num_actual_tokens:] == 7).all()
 
 
 def test_plan_of_a_decode_batch_uses_vllms_tensors():
@@ -171,10 +186,61 @@ def test_spec_and_layer_refusals():
                          (dict(extra={"sinks": torch.zeros(4)}), "'sinks'")]:
         with pytest.raises(NotImplementedError, match=what):
             va.check_layer(32, 128, 8, **kwargs)
-    with pytest.raises(NotImplementedError, match="head size 96 has no kernel"):
+    with pytest.raises(NotImplementedError, match="head size 96 has no kernel; supported: 64, 128, 256"):
         va.check_layer(32, 96, 8)
     with pytest.raises(ValueError, match=r"not uint8 \[num_blocks, 2, 1, "):
         va.pages_of(torch.zeros(4, 2, 16, 2 * D, dtype=torch.float16), 2, D, "k3v2")
+
+
+def test_a_sizing_probe_takes_the_spec_at_any_block_size():
+    """vLLM sizes pages through the backend's customize_spec with a block of one token (a sliding-
+    window layer's bytes per token, hybrid and skip-layer page sizes): with_page sets the page and
+    refuses no page= there; resolve_spec, at the final block size, refuses a page= that differs."""
+    assert va.with_page("k3v2:page=16", 1) == "k3v2:page=1"
+    assert va.with_page("k3v2:page=32", 16) == "k3v2"
+    assert va.with_page("k4v4:nc:page=32", 1) == tq.KvSpec("k4v4:nc:page=1").canonical
+    assert va.resolve_spec("k3v2:page=16", 16) == "k3v2"
+    with pytest.raises(ValueError, match=re.escape("has pages of 16 tokens but vLLM's block size is 1: pass --block-size 16")):
+        va.resolve_spec("k3v2:page=16", 1)
+    with pytest.raises(ValueError, match="policy knob 'sink=4'"):
+        va.with_page("k3v2:sink=4", 1)
+    # seed= is kept (the canonical form leaves it out): the rotations, so the bytes, are the spec's
+    for spec in (va.resolve_spec("k4v4:seed=7", 32), va.with_page("k4v4:seed=7:page=16", 1), va.resolve_spec("k4v4:seed=7")):
+        assert tq.KvSpec(spec).seed == 7, spec
+    assert tq.KvSpec(va.resolve_spec("k4v4:seed=7", 32)).page_size == 32
+
+
+def test_the_selector_reasons_name_the_value():
+    assert va.head_size_unsupported(128) == "" and va.kv_cache_dtype_unsupported("auto") == ""
+    assert va.kv_cache_dtype_unsupported(None) == ""  # vLLM's "not given"
+    assert va.head_size_unsupported(96).startswith("head size 96 has no kernel; supported: 64, 128, 256")
+    assert "112" in va.head_size_unsupported(112)  # TurboQuant rows would pad it to 128, but it is not claimed
+    assert va.kv_cache_dtype_unsupported("fp8").startswith("--kv-cache-dtype 'fp8' must be auto/float16/bfloat16; the KV format is "
+                                                           "$TURBOQUANT_KV_SPEC")
+
+
+# gpu_kernels_unsupported (src/kv/spec.cpp) over specs and head sizes: what it says ('': runs)
+KERNEL_RULE = [
+    ("k3v2", 128, ""), ("k2v4", 64, ""), ("k4v4", 256, ""), ("k2v2:nc", 128, ""), ("k3v2", 112, ""),  # 112: TurboQuant rows padded to 128
+    ("fp16", 128, ""), ("bf16", 64, ""), ("fp8", 256, ""),
+    ("k3v2", 96, "head dim 96 (padded 96) has no kernel"), ("fp16", 112, "head dim 112 (padded 112) has no kernel"),
+    ("k3v2:prod", 128, "prod keys have no GPU kernel"), ("k5v5", 128, "widths 2..4 bits, got k5v5"),
+    ("k8v8", 128, "widths 2..4 bits, got k8v8"), ("k1v1", 128, "widths 2..4 bits, got k1v1"), ("k2v5", 128, "got k2v5"),
+    ("fp32", 128, "fp32 caches have no GPU kernel"), ("k2.5v2.5", 128, "fractional widths (K 2.5, V 2.5 bits"),
+    ("k3.5v2", 128, "fractional widths (K 3.5, V 2 bits"),
+]
+
+
+@pytest.mark.parametrize("spec, head_size, why", KERNEL_RULE)
+def test_specs_the_kernels_do_not_run_are_refused(spec, head_size, why):
+    got = va.kernel_unsupported(spec, head_size)
+    assert why in got if why else got == ""
+    if not why:
+        va.check_kernels(spec, head_size)
+        return
+    with pytest.raises(ValueError, match=f"KV spec '{re.escape(spec)}' has no CUDA attention kernel at head size {head_size}: "
+                                         f".*{re.escape(why)}.*gpu_kernels_unsupported in src/kv/spec.cpp"):
+        va.check_kernels(spec, head_size)
 
 
 # ---- the real ops, where they run ------------------------------------------------------------------
@@ -209,7 +275,7 @@ def test_real_ops_match_the_references(device, spec):
     real = b.slots >= 0
     host.write(0, b.slots[real].numpy(), b.key[real].half().float().numpy(), b.value[real].half().float().numpy())
     np.testing.assert_array_equal(kv_cache.cpu().view(1, b.num_blocks, KV_HEADS, -1).numpy(), host.data)  # the same bytes
-    for r, (hlen, n) in enumerate(BATCH):
+    for r, (hlen, n) in enumerate(b.batch):
         if n == 0:
             continue
         q = b.query[b.qsl[r]:b.qsl[r] + n].half().float().numpy()[None]
@@ -241,3 +307,25 @@ def test_a_sliding_window_reads_no_block_before_it(device, spec):
                                                        "v": [v.half().double() for v in b.v], "query": b.query.half().double()}), 0.1, 24)
         got = nulled[:n].double().cpu()
         assert ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max() < 2e-3
+
+
+@pytest.mark.skipif("cuda" not in OP_DEVICES, reason="the CUDA ops do not run here; no CPU build exposes attention_unsupported, so "
+                                                     "the kernel rule is compared with the kernels only where they run")
+@pytest.mark.parametrize("spec, head_size, why", KERNEL_RULE)
+def test_the_kernel_rule_is_the_cuda_kernels(spec, head_size, why):
+    """kernel_unsupported is attention_unsupported written again in Python: the CUDA decode op runs
+    what it takes and refuses what it refuses, so that the two cannot drift apart unnoticed."""
+    cuda = torch.device("cuda")
+    pages = torch.zeros(1, 2, 1, va.block_bytes(spec, head_size), dtype=torch.uint8, device=cuda)
+    q = torch.zeros(1, 1, 1, head_size, dtype=torch.float16, device=cuda)
+    tables, lens = torch.zeros(1, 1, dtype=torch.int32, device=cuda), torch.ones(1, dtype=torch.int32, device=cuda)
+
+    def call():
+        torch.ops.turboquant.decode_attention(pages, q, tables, lens, spec, 0, 1, 1.0, torch.float16, 0)
+        torch.cuda.synchronize()
+
+    if not why:
+        call()
+        return
+    with pytest.raises(ValueError):
+        call()

@@ -8,6 +8,7 @@ tests/python/test_vllm_adapter.py where a GPU is)."""
 
 import itertools
 import json
+import re
 from importlib.metadata import entry_points
 
 import pytest
@@ -24,7 +25,7 @@ from vllm.v1.attention.backend import CommonAttentionMetadata  # noqa: E402
 from vllm.v1.attention.backends.registry import AttentionBackendEnum  # noqa: E402
 from vllm.v1.attention.backends.utils import get_supported_kv_cache_layouts, resolve_kv_cache_layout  # noqa: E402
 from vllm.v1.core.kv_cache_planning import get_kv_cache_config_from_groups, get_kv_cache_groups  # noqa: E402
-from vllm.v1.kv_cache_interface import SlidingWindowSpec  # noqa: E402
+from vllm.v1.kv_cache_interface import FullAttentionSpec, SlidingWindowSpec  # noqa: E402
 from vllm.v1.worker.utils import allocate_kv_cache, customize_attention_spec  # noqa: E402
 
 import turboquant as tq  # noqa: E402
@@ -37,6 +38,13 @@ LAYERS, HEADS, KV_HEADS, HEAD_DIM = 4, 8, 4, 128
 LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": HEADS * HEAD_DIM, "intermediate_size": 2048,
          "num_attention_heads": HEADS, "num_key_value_heads": KV_HEADS, "num_hidden_layers": LAYERS, "head_dim": HEAD_DIM,
          "vocab_size": 1000, "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "float16"}
+# Gemma 3's text-only checkpoints (Gemma3ForCausalLM): 5 sliding-window layers, then a full one.
+GEMMA3_TEXT = {**LLAMA, "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "num_hidden_layers": 6,
+               "sliding_window": 512, "sliding_window_pattern": 6, "query_pre_attn_scalar": HEAD_DIM, "torch_dtype": "bfloat16"}
+# The multimodal checkpoints (Gemma3ForConditionalGeneration, model_type gemma3) around the same text model.
+GEMMA3 = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "text_config": GEMMA3_TEXT, "mm_tokens_per_image": 4,
+          "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+                            "num_attention_heads": 2, "image_size": 64, "patch_size": 16}, "torch_dtype": "bfloat16"}
 _models = itertools.count()
 
 
@@ -51,18 +59,23 @@ def cuda_selection(selected_backend, attn_selector_config, num_heads=None):
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-@pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    """The VllmConfig of `vllm serve <llama> --attention-backend CUSTOM`, through vLLM's parser."""
-    model = tmp_path_factory.mktemp("llama")
-    (model / "config.json").write_text(json.dumps(LLAMA))
+def engine_config(model_dir, hf_config):
+    """The VllmConfig of `vllm serve <model_dir> --attention-backend CUSTOM`, through vLLM's parser,
+    for a config.json only (no weights, no download); attention selection as on CUDA."""
+    (model_dir / "config.json").write_text(json.dumps(hf_config))
     parser = EngineArgs.add_cli_args(FlexibleArgumentParser())  # loads the general plugins first, as vLLM's CLI does
-    args = parser.parse_args(["--model", str(model), "--attention-backend", "CUSTOM", "--skip-tokenizer-init", "--load-format", "dummy"])
+    args = parser.parse_args(["--model", str(model_dir), "--attention-backend", "CUSTOM", "--skip-tokenizer-init", "--load-format", "dummy"])
     cfg = EngineArgs.from_cli_args(args).create_engine_config()
     from vllm import platforms
 
     platforms.current_platform.get_attn_backend_cls = cuda_selection
     return cfg
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    """The VllmConfig of `vllm serve <llama> --attention-backend CUSTOM`."""
+    return engine_config(tmp_path_factory.mktemp("llama"), LLAMA)
 
 
 def make_layers(cfg, n=LAYERS, **kwargs):
@@ -95,12 +108,44 @@ def test_what_the_ops_do_not_compute_is_refused(config, monkeypatch):
     reasons = TurboQuantBackend.validate_configuration(96, torch.float16, "fp8", 16, False, True, False, False, False,
                                                        DeviceCapability(9, 0), "decoder")
     assert {"head_size not supported", "kv_cache_dtype not supported", "attention sinks not supported"} <= set(reasons)
+    assert any(r.startswith("turboquant: head size 96 ") and "--kv-cache-dtype 'fp8'" in r for r in reasons)  # ours: one reason
     with pytest.raises(NotImplementedError, match="soft-capping"):
         make_layers(config, 1, logits_soft_cap=30.0)
     with pytest.raises(NotImplementedError, match="V head size 64 differs"):
         specs_of(config, make_layers(config, 1, head_size_v=64))
     monkeypatch.setenv(va.ENV_SPEC, "k3v2:sink=4")
     with pytest.raises(ValueError, match="policy knob 'sink=4'"):
+        make_layers(config, 1)
+
+
+def test_the_selector_names_the_head_size_and_kv_cache_dtype_it_refuses(config, monkeypatch):
+    """vLLM's own reasons ("head_size not supported") name neither the value nor the backend; the
+    backend's supports_combination adds one that names both, and what is taken instead."""
+    with pytest.raises(ValueError, match=re.escape("turboquant: head size 96 has no kernel; supported: 64, 128, 256")):
+        with set_current_vllm_config(config):
+            Attention(HEADS, 96, 96 ** -0.5, num_kv_heads=KV_HEADS, cache_config=config.cache_config, prefix=f"hs{next(_models)}.attn")
+    monkeypatch.setenv(va.ENV_SPEC, "k4v4")
+    monkeypatch.setattr(config.cache_config, "cache_dtype", "fp8")
+    with pytest.raises(ValueError, match=re.escape("turboquant: --kv-cache-dtype 'fp8' must be auto/float16/bfloat16; the KV format "
+                                                   "is $TURBOQUANT_KV_SPEC ('k4v4' here)")):
+        make_layers(config, 1)
+
+
+@pytest.mark.parametrize("spec, why", [("k3v2:prod", "prod keys have no GPU kernel"),
+                                       ("k5v5", "kernels for K and V widths 2..4 bits, got k5v5"),
+                                       ("k8v8", "kernels for K and V widths 2..4 bits, got k8v8"),
+                                       ("k1v1", "kernels for K and V widths 2..4 bits, got k1v1"),
+                                       ("fp32", "fp32 caches have no GPU kernel"),
+                                       ("k2.5v2.5", "fractional widths (K 2.5, V 2.5 bits: the outlier split)"),
+                                       ("k2v4", None), ("bf16", None), ("fp8", None)])
+def test_a_spec_the_kernels_do_not_run_is_refused_at_model_load(config, monkeypatch, spec, why):
+    """attention_unsupported's rule (src/cuda/launch_common.cpp), at layer construction: not at the
+    first request, where the kernels would refuse it."""
+    monkeypatch.setenv(va.ENV_SPEC, spec)
+    if why is None:
+        assert make_layers(config, 1)[0].impl is not None
+        return
+    with pytest.raises(ValueError, match=f"KV spec '{re.escape(spec)}' has no CUDA attention kernel at head size {HEAD_DIM}: {re.escape(why)}"):
         make_layers(config, 1)
 
 
@@ -131,11 +176,23 @@ def test_page_size_accounting(config, monkeypatch, spec, block_size):
         assert pages.shape == (1, kv.num_blocks, KV_HEADS, page.page_bytes(1, 1, HEAD_DIM))
 
 
-def test_a_spec_with_another_page_size_is_refused(config, monkeypatch):
+def test_a_spec_with_another_page_size_is_refused_where_the_block_size_is_final(config, monkeypatch):
+    """vLLM sizes pages through customize_spec with specs of block size 1 (a sliding-window layer's
+    bytes per token; platforms/interface.py for hybrid and skip-layer models): those are sized, not
+    refused. The metadata builder, which has the final block size, refuses a page= that differs."""
     monkeypatch.setenv(va.ENV_SPEC, "k3v2:page=32")
-    layer = make_layers(config, 1)[0]
-    with pytest.raises(ValueError, match="pass --block-size 32"):
-        specs_of(config, [layer])
+    probe = TurboQuantBackend.customize_spec(FullAttentionSpec(block_size=1, num_kv_heads=KV_HEADS, head_size=HEAD_DIM, dtype=torch.float16))
+    assert probe.page_size_bytes == KV_HEADS * tq.KvSpec("k3v2:page=1").page_bytes(1, 1, HEAD_DIM)
+    specs = specs_of(config, make_layers(config, 1, per_layer_sliding_window=512) + make_layers(config, 1))
+    assert {type(x) for x in specs.values()} == {SlidingWindowSpec, FullAttentionSpec} and {x.block_size for x in specs.values()} == {16}
+    for name, spec in specs.items():
+        with pytest.raises(ValueError, match=re.escape("KV spec 'k3v2:page=32' has pages of 32 tokens but vLLM's block size is 16: "
+                                                       "pass --block-size 32")):
+            TurboQuantBackend.get_builder_cls()(spec, [name], config, torch.device("cpu"))
+    monkeypatch.setattr(config.cache_config, "block_size", 32)  # what the message says to pass
+    specs = specs_of(config, make_layers(config, 1, per_layer_sliding_window=512) + make_layers(config, 1))
+    for name, spec in specs.items():
+        assert TurboQuantBackend.get_builder_cls()(spec, [name], config, torch.device("cpu")).spec == "k3v2:page=32"
 
 
 def test_metadata_from_vllms_common_metadata_reaches_the_ops(config, monkeypatch):
@@ -174,12 +231,14 @@ def test_metadata_from_vllms_common_metadata_reaches_the_ops(config, monkeypatch
             assert got.shape == (48, HEADS, HEAD_DIM)
 
 
-def test_sliding_window_layers_beside_full_ones(config, monkeypatch):
+@pytest.mark.parametrize("spec", ["k3v2", "k3v2:page=16"])
+def test_sliding_window_layers_beside_full_ones(config, monkeypatch, spec):
     """Gemma 3's layout: sliding-window layers (window 512) and a full one. vLLM's selector takes the
     backend for both, each layer's impl carries its window to the ops, the sliding layers' KV spec is
-    vLLM's SlidingWindowSpec with our page bytes, the planner puts the two kinds in groups of the
-    same page size, and the allocator's views are pages."""
-    monkeypatch.setenv(va.ENV_SPEC, "k3v2")
+    vLLM's SlidingWindowSpec with our page bytes (vLLM first sizes it with a block of one token, which
+    a page= equal to the block size must pass), the planner puts the two kinds in groups of the same
+    page size, and the allocator's views are pages."""
+    monkeypatch.setenv(va.ENV_SPEC, spec)
     local = make_layers(config, 3, per_layer_sliding_window=512)
     full = make_layers(config, 1)
     assert all(a.impl.sliding_window == 512 for a in local) and full[0].impl.sliding_window is None
@@ -216,3 +275,19 @@ def test_sliding_window_layers_beside_full_ones(config, monkeypatch):
     for a in local + full:
         a.impl.forward(a, q, k, k, kv_cache, plan, torch.empty(41, HEADS, HEAD_DIM, dtype=torch.float16))
     assert calls == [512, 512] * 3 + [0, 0]  # a decode and a prefill call a layer
+
+
+def test_text_only_gemma3_is_selected_and_multimodal_gemma3_is_refused_by_vllm(config, tmp_path_factory):
+    """What docs/vllm.md says of Gemma 3: a text-only checkpoint (model_type gemma3_text) gets the
+    backend for its sliding-window and full layers; vLLM marks the multimodal one (model_type gemma3)
+    a multimodal-prefix LM (bidirectional attention over image tokens), and its selector refuses a
+    backend that does not declare supports_mm_prefix, as this one does not."""
+    text = engine_config(tmp_path_factory.mktemp("gemma3_text"), GEMMA3_TEXT)
+    assert not text.model_config.is_mm_prefix_lm and text.model_config.get_sliding_window() == 512
+    layers = make_layers(text, 1, per_layer_sliding_window=512) + make_layers(text, 1)
+    assert all(a.attn_backend is TurboQuantBackend for a in layers) and layers[0].impl.sliding_window == 512
+    assert not TurboQuantBackend.supports_mm_prefix()
+    multimodal = engine_config(tmp_path_factory.mktemp("gemma3"), GEMMA3)
+    assert multimodal.model_config.is_mm_prefix_lm
+    with pytest.raises(ValueError, match="partial multimodal token full attention not supported"):
+        make_layers(multimodal, 1, per_layer_sliding_window=512)

@@ -120,6 +120,11 @@ struct KvSpec {
 inline constexpr const char* kDefaultKvSpec = "k3v2:ip:edge=2/k4v4:sink=4:window=64:centre";
 
 KvSpec parse_kv_spec(const std::string& text);  // "default": kDefaultKvSpec; throws tq::Error naming the bad part
+
+// Why the CUDA attention kernels take no cache of these encodings at this head dim ("" when they
+// do), in every build: the vLLM backend refuses such a spec at model load with it.
+// tq::cuda::attention_unsupported adds what depends on the GPU at hand (its shared memory).
+std::string gpu_kernels_unsupported(TensorCode k, TensorCode v, uint32_t head_dim);
 // A comma-separated list; "default" in it is kDefaultKvSpec (every command's --kv list takes it).
 std::vector<KvSpec> parse_kv_specs(const std::string& comma_list);
 
