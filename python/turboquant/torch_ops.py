@@ -144,9 +144,15 @@ def _(spec, layers, kv_heads, head_dim, num_pages, device):
 
 
 # ---- quantize_store -----------------------------------------------------------------------------
+def _check_rank(fn: str, name: str, t: torch.Tensor, dims: Tuple[str, ...]) -> None:
+    """The rank, before the head dim is read from the last size."""
+    _check(t.dim() == len(dims), f"{fn}: {name} must be [{', '.join(dims)}], got shape {list(t.shape)}")
+
+
 def _check_store(pages, k, v, slots, spec, layer):
     fn = "quantize_store"
-    head_dim = k.shape[-1] if k.dim() == 3 else 0
+    _check_rank(fn, "k", k, ("tokens", "kv_heads", "head_dim"))
+    head_dim = k.shape[-1]
     _check_pages(fn, pages, spec, head_dim)
     _check(0 <= layer < pages.shape[0], f"{fn}: layer {layer} is outside the cache's {pages.shape[0]} layers")
     _check_ints(fn, "slots", slots, torch.int64, (None,), pages.device)
@@ -210,7 +216,8 @@ def _check_side(fn, pages, q, side, side_slots, new_k, new_v, sink, window):
 
 def _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, max_q_tokens, out_dtype,
                      side=None, side_slots=None, new_k=None, new_v=None, sink=0, window=0):
-    head_dim = q.shape[-1] if q.dim() == 4 else 0
+    _check_rank(fn, "q", q, ("seqs", "tokens", "q_heads", "head_dim"))
+    head_dim = q.shape[-1]
     _check_pages(fn, pages, spec, head_dim)
     _check(0 <= layer < pages.shape[0], f"{fn}: layer {layer} is outside the cache's {pages.shape[0]} layers")
     _check_rows(fn, "q", q, (None, None, None, head_dim), pages.device)
@@ -220,9 +227,22 @@ def _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_
     _check_ints(fn, "block_tables", block_tables, torch.int32, (seqs, None), pages.device)
     _check_ints(fn, "seq_lens", seq_lens, torch.int32, (seqs,), pages.device)
     _check(max_seq_len >= ntok, f"{fn}: max_seq_len ({max_seq_len}) must bound every sequence's length, at least the {ntok} queries")
+    width, page_size = block_tables.shape[1], _spec(spec).page_size  # the CUDA kernels' bound (validate_attention)
+    _check(max_seq_len <= width * page_size, f"{fn}: max_seq_len ({max_seq_len}) is more than a row of block_tables holds: {width} "
+                                             f"pages x {page_size} = {width * page_size} tokens")
     if out_dtype is not None and out_dtype not in _ROW_DTYPES:
         raise TypeError(f"{fn}: out_dtype must be float16, bfloat16 or float32, got {out_dtype}")
     _check_side(fn, pages, q, side, side_slots, new_k, new_v, sink, window)
+
+
+def _check_lengths(fn, seq_lens, max_seq_len):
+    """max_seq_len bounds every length: the CUDA kernels split max_seq_len positions among their
+    blocks, and a longer sequence's positions past them would not be read. The GPU cannot check
+    the lengths (they are on the device); the CPU, whose lengths are on the host, refuses them."""
+    if seq_lens.numel():
+        longest = int(seq_lens.max())
+        _check(longest <= max_seq_len, f"{fn}: max_seq_len ({max_seq_len}) is less than sequence {int(seq_lens.argmax())}'s length "
+                                       f"({longest}): it must bound every seq_lens")
 
 
 def _check_window(fn, sliding_window):
@@ -256,6 +276,7 @@ def _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_s
     _check_window(fn, sliding_window)
     _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side, side_slots,
                      new_k, new_v, sink, window)
+    _check_lengths(fn, seq_lens, max_seq_len)
     f = _cpu_format(spec, pages.shape[0], pages.shape[2], q.shape[-1])
     out = torch.empty(q.shape, dtype=torch.float32)
     if sink or window:  # the side rows are fp16, the step's too (rounded as the CUDA kernels round them)

@@ -17,12 +17,17 @@ engine's layout, the same rotation seeds), sink and window an fp16 side buffer t
 in the same pass (SideView), and the key centre (`centre`) is subtracted from each key before it
 is stored: each sequence's own, the mean of its prompt's keys (position 0 left out), since the
 cache cannot run the model on the engine's calibration passage. A model that runs another attention is switched to "turboquant" by
-the cache's first update (with a warning); the "turboquant" attention runs sdpa for any other
-cache. Batches with padding (attention_mask) are exact per sequence: pad tokens are never stored.
-Beam search, batch expansion and crop (rolling back up to 64 tokens with a window) copy or
-release pages. Sliding-window layers (Gemma 3, Mistral) attend over their window only (the pages
-keep every position). Not supported (refused by name): attention dropout, logit soft-capping,
-attention sinks, torch.compile of the model with this cache.
+the cache's first update (with a warning); the "turboquant" attention runs sdpa, with transformers'
+own mask, for any other cache (DynamicCache, StaticCache) or none. Batches with padding
+(attention_mask) are exact per sequence: pad tokens are never stored. A second generate() on the
+cache, given the whole conversation, feeds only the tokens it has not seen. Beam search, batch
+expansion, batch selection (indices or a bool mask) and crop (rolling back up to 64 tokens with
+a window) copy or release pages; reset() empties the cache, and the next forward may bring
+another batch size; copy.deepcopy copies it (reusing a prompt's cache). Sliding-window layers
+(Gemma 3, Mistral) attend over their window only (the pages keep every position). Not supported
+(refused by name): attention dropout, logit soft-capping, attention sinks. torch.compile of the
+model runs, but the cache's attention runs eagerly between the compiled parts (the graph breaks
+in every layer).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from transformers import AttentionInterface
 from transformers.cache_utils import Cache
-from transformers.masking_utils import AttentionMaskInterface
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from . import _C
 from . import torch_ops  # noqa: F401  registers torch.ops.turboquant.*
@@ -116,14 +121,32 @@ class TurboQuantCache(Cache):
             raise ValueError(f"TurboQuantCache: KV spec '{self.spec.canonical}': {sim[0]} is a CPU simulation of another format in the "
                              f"turboquant engine (tq perplexity), not a cache this one can hold")
         self.centre = "centre" in knobs
-        self._centres: List[Optional[torch.Tensor]] = []  # [layers] fp32 [batch, kv_heads, head_dim] once the layer's first step fixed it
         self.side_rows = self.sink + (self.window + SIDE_EXTRA if self.window else 0)
+        self._unset()
+
+    def _unset(self) -> None:
+        """The state before the first forward: no layout, no pages (the first forward sets them up)."""
         self._ready = False
+        self._groups: List[_Pages] = []
+        self._where: List[Tuple[_Pages, int]] = []
         self._columns: List[int] = []       # [layers] token columns seen (pad columns too): transformers' sequence length
         self._lens: List[List[int]] = []    # [layers][batch] tokens stored of each sequence (no pads)
         self._tables: List[List[int]] = []  # [batch] page ids of each sequence, in position order
         self._free: List[int] = []          # free page ids, the next one to take last
+        self._centres: List[Optional[torch.Tensor]] = []  # [layers] fp32 [batch, kv_heads, head_dim] once the layer's first step fixed it
         self._step: Optional[_Step] = None
+
+    # copy.deepcopy (transformers' recipe for reusing a prompt's cache) and pickle: the spec is a
+    # nanobind object, which neither can copy; it is rebuilt from its canonical text. The step plan
+    # belongs to one forward and is left behind.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["spec"], state["_step"] = self.spec.canonical, None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.spec = _C.KvSpec(state["spec"])
 
     # ---- layout -------------------------------------------------------------------------------
     def _init(self, module, key: torch.Tensor) -> None:
@@ -189,6 +212,7 @@ class TurboQuantCache(Cache):
             raise ValueError(f"TurboQuantCache.update: key and value states must be [batch, kv_heads, tokens, head_dim] alike, got "
                              f"{list(key_states.shape)} and {list(value_states.shape)}")
         _switch_attention(sys._getframe(1))
+        _tls.mask_sizes = None  # the forward's masks are made: what get_mask_sizes announced is spent
         _tls.pending = (self, layer_idx, key_states, value_states)
         return key_states, value_states
 
@@ -196,9 +220,14 @@ class TurboQuantCache(Cache):
         return self._columns[layer_idx] if self._ready and layer_idx < len(self._columns) else 0
 
     def get_mask_sizes(self, query, layer_idx: int = 0) -> Tuple[int, int]:
+        """Every position seen and the new ones, from 0. transformers asks right before it calls the
+        mask function of the attention: the "turboquant" mask (_mask) then knows the mask is for
+        this cache (the 2D padding mask), not for another one (transformers' own mask)."""
         # transformers 5.0 passes cache_position (a tensor of the new positions), later ones the query length
         q_len = int(query.shape[0]) if isinstance(query, torch.Tensor) else int(query)
-        return self.get_seq_length(layer_idx) + q_len, 0
+        kv_len = self.get_seq_length(layer_idx) + q_len
+        _tls.mask_sizes = kv_len
+        return kv_len, 0
 
     def get_max_length(self, layer_idx: Optional[int] = None) -> int:
         return -1
@@ -226,18 +255,26 @@ class TurboQuantCache(Cache):
     def is_croppable(self) -> bool:
         return True
 
+    # Cache's per-layer flags, one a layer (one before the first forward, which gives the count):
+    # generate() feeds only the tokens a cache has not seen where not all(is_linear) (all of an
+    # empty list is True: it would feed a second turn's whole conversation again), and the masks
+    # are sized by the first layer that is none of these. No layer here is sliding in transformers'
+    # sense, a cache that keeps only the window: every layer keeps every position and its mask
+    # sizes are the whole length; a sliding-window layer's window is the kernels' (sliding_window).
+    def _layer_flags(self) -> List[bool]:
+        return [False] * (self.n_layers if self._ready else 1)
+
+    is_linear = property(_layer_flags)
+    is_sliding = property(_layer_flags)
+    is_dummy = property(_layer_flags)
+
     def get_query_offset(self, layer_idx: int = 0) -> int:
         return self.get_seq_length(layer_idx)
 
     def reset(self) -> None:
-        if not self._ready:
-            return
-        for b in range(self.batch):
-            self._release_tail(b, 0)
-        self._lens = [[0] * self.batch for _ in range(self.n_layers)]
-        self._columns = [0] * self.n_layers
-        self._centres = [None] * self.n_layers
-        self._step = None
+        """Empties the cache and releases its pages. The next forward sets the cache up again, as the
+        first did: its batch size (and model) may differ, as with DynamicCache."""
+        self._unset()
 
     def crop(self, max_length: int) -> None:
         """Drops the last -max_length tokens (transformers 5.x), or keeps the first max_length (5.0's
@@ -270,8 +307,17 @@ class TurboQuantCache(Cache):
             self._select_rows([b for b in range(self.batch) for _ in range(repeats)])
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        if self._ready:
-            self._select_rows([int(i) for i in torch.as_tensor(indices).tolist()])
+        """Keeps the sequences `indices` names: their indices, or a bool mask over the batch (as
+        DynamicCache indexes its tensors with it)."""
+        if not self._ready:
+            return
+        indices = torch.as_tensor(indices)
+        if indices.dtype == torch.bool:
+            if tuple(indices.shape) != (self.batch,):
+                raise ValueError(f"TurboQuantCache.batch_select_indices: a bool mask must have one entry per sequence ({self.batch}), "
+                                 f"got shape {list(indices.shape)}")
+            indices = indices.nonzero().flatten()
+        self._select_rows([int(i) for i in indices.tolist()])
 
     def _select_rows(self, rows: Sequence[int]) -> None:
         if not self._ready:
@@ -372,6 +418,10 @@ class TurboQuantCache(Cache):
         self._step = st
         return st
 
+    # Under torch.compile this runs eagerly (the compiled graph breaks around it): its bookkeeping is
+    # Python lists that dynamo would trace and guard on, recompiling for every layer until its
+    # recompile limit, to call kernels it cannot trace anyway.
+    @torch.compiler.disable
     def _attend(self, module, layer: int, query, key, value, mask, scaling: Optional[float], sliding_window: Optional[int]):
         if not self._ready:
             self._init(module, key)
@@ -504,24 +554,6 @@ def _switch_attention(frame) -> None:
     config._attn_implementation = ATTENTION
 
 
-def _causal_mask(mask, batch: int, ntok: int, kv_len: int, sliding_window: Optional[int], device):
-    """sdpa's bool mask [batch, 1, ntok, kv_len] (True: attend) from "turboquant"'s 2D padding mask,
-    for a cache that is not TurboQuantCache; None where sdpa's own causal flag does it."""
-    if mask is not None and mask.dim() == 4:
-        return mask
-    if mask is None and sliding_window is None and (ntok == 1 or ntok == kv_len):
-        return None
-    i = torch.arange(ntok, device=device)[:, None] + (kv_len - ntok)
-    j = torch.arange(kv_len, device=device)[None, :]
-    m = j <= i
-    if sliding_window is not None:
-        m = m & (j > i - sliding_window)
-    m = m[None, None].expand(batch, 1, ntok, kv_len)
-    if mask is not None:
-        m = m & (mask[:, None, None, -kv_len:] != 0)
-    return m
-
-
 def turboquant_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None, **kwargs):
     """The "turboquant" attention of transformers' AttentionInterface: over TurboQuantCache's pages
     when the keys are the ones its update() just returned, sdpa otherwise."""
@@ -531,10 +563,14 @@ def turboquant_attention(module, query, key, value, attention_mask, scaling=None
         raise RuntimeError(f"TurboQuantCache: layer {pending[1]}'s attention got other keys than the cache's update returned (the model "
                            "changes them in between); TurboQuantCache cannot serve this model")
     if pending is None or pending[2] is not key:
+        if attention_mask is not None and attention_mask.dim() == 2:  # _mask's for a TurboQuantCache: its layout, not sdpa's
+            layer = getattr(module, "layer_idx", "?")
+            raise RuntimeError(f"'{ATTENTION}' attention: layer {layer} got a 2D padding mask with keys that no "
+                               "TurboQuantCache update returned (a layer that reads another layer's keys, or a model that makes its masks "
+                               "without transformers' masking_utils); the attention cannot run it")
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        mask = _causal_mask(attention_mask, query.shape[0], query.shape[2], key.shape[2], sliding_window, query.device)
-        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, sliding_window=sliding_window,
-                                      **kwargs)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      sliding_window=sliding_window, **kwargs)
     _tls.pending = None
     cache, layer = pending[0], pending[1]
     if dropout:
@@ -547,15 +583,20 @@ def turboquant_attention(module, query, key, value, attention_mask, scaling=None
     return cache._attend(module, layer, query, key, value, attention_mask, scaling, sliding_window), None
 
 
-def _padding_mask(batch_size=None, attention_mask=None, **kwargs):
-    """The "turboquant" mask: the 2D padding mask as it is (the kernels are causal by position),
-    or None where nothing is padded."""
-    if attention_mask is None or attention_mask.dim() != 2:
+def _mask(batch_size=None, attention_mask=None, kv_length=None, kv_offset=0, **kwargs):
+    """The "turboquant" mask (transformers' AttentionMaskInterface). For a TurboQuantCache, whose
+    get_mask_sizes announced these sizes right before: the 2D padding mask as it is (the kernels
+    are causal by position and take the sliding window themselves), None where nothing is padded.
+    For any other cache (DynamicCache, StaticCache, ...) or none: transformers' own sdpa mask, with
+    its sizes and mask function, for the sdpa that the attention runs then."""
+    announced = getattr(_tls, "mask_sizes", None)
+    _tls.mask_sizes = None
+    if announced is not None and announced == kv_length and kv_offset == 0:
+        if attention_mask is not None and attention_mask.dim() == 2 and bool(attention_mask.all()):
+            return None
         return attention_mask
-    if bool(attention_mask.all()):
-        return None
-    return attention_mask
+    return sdpa_mask(batch_size=batch_size, attention_mask=attention_mask, kv_length=kv_length, kv_offset=kv_offset, **kwargs)
 
 
 AttentionInterface.register(ATTENTION, turboquant_attention)
-AttentionMaskInterface.register(ATTENTION, _padding_mask)
+AttentionMaskInterface.register(ATTENTION, _mask)

@@ -169,7 +169,9 @@ def test_refusals_on_the_cpu():
         torch.ops.turboquant.new_cache("k3v2:sink=4", 1, HEADS, D, 2, torch.device("cpu"))
     q = torch.zeros(1, 1, 2 * HEADS, D)
     bt, lens = torch.zeros(1, 2, dtype=torch.int32), torch.ones(1, dtype=torch.int32)
-    with pytest.raises(ValueError, match="length 40, outside"):
+    with pytest.raises(ValueError, match=r"max_seq_len \(32\) is less than sequence 0's length \(40\)"):
+        torch.ops.turboquant.decode_attention(pages, q, bt, torch.tensor([40], dtype=torch.int32), "k3v2", 0, 32)
+    with pytest.raises(ValueError, match=r"max_seq_len \(40\) is more than a row of block_tables holds: 2 pages x 16 = 32 tokens"):
         torch.ops.turboquant.decode_attention(pages, q, bt, torch.tensor([40], dtype=torch.int32), "k3v2", 0, 40)
     side = torch.zeros(1, 1, 4 + 8, 2, HEADS, D, dtype=torch.float16)
     with pytest.raises(ValueError, match="sink 4 and window 16 need sink \\+ a ring of at least the window"):

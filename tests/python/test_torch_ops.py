@@ -1,7 +1,7 @@
 """The torch ops on a GPU (scripts/test_python_gpu.sh runs them on the H200): pages bit for bit
 equal to the CPU cache's, attention against the CPU reference, torch.compile and CUDA-graph
-capture equal to eager, and clear refusals. Skipped where torch, the CUDA kernels or a GPU is
-missing (the CPU CI)."""
+capture equal to eager, and clear refusals, on the CPU ops too. The GPU tests are skipped where
+the CUDA kernels or a GPU is missing (the CPU CI); all of them where torch is."""
 
 import numpy as np
 import pytest
@@ -9,13 +9,12 @@ import pytest
 import turboquant as tq
 
 torch = pytest.importorskip("torch", reason="torch is not installed (the GPU machine has it)")
-if not tq.HAVE_CUDA:
-    pytest.skip("this turboquant build has no CUDA kernels (CPU CI builds with TQ_CUDA=OFF)", allow_module_level=True)
-if not torch.cuda.is_available():
-    pytest.skip("no GPU visible to torch", allow_module_level=True)
 
 import turboquant.torch_ops as tqo  # noqa: E402
 
+gpu = pytest.mark.skipif(not tqo.available(), reason="no GPU visible to torch" if tq.HAVE_CUDA else
+                         "this turboquant build has no CUDA kernels (CPU CI builds with TQ_CUDA=OFF)")
+DEVICES = ["cpu"] + (["cuda"] if tqo.available() else [])
 LAYERS, HEADS, D = 2, 2, 128
 
 
@@ -28,6 +27,7 @@ def slots_for(tables, lens, ps):
     return [torch.tensor([tables[s][t // ps] * ps + t % ps for t in range(n)], dtype=torch.int64) for s, n in enumerate(lens)]
 
 
+@gpu
 @pytest.mark.parametrize("spec", ["k3v2", "k4v4", "k2v2:page=32", "fp16", "k3v2:rot=dense"])
 def test_pages_equal_the_cpu_cache(spec):
     cache = tqo.CudaKvCache(spec, LAYERS, HEADS, D, num_pages=4)
@@ -63,6 +63,7 @@ def _two_sequences(spec, ntok, prefill, seed):
     return cache, cpu, q, bt, sl, cache.prefill if prefill else cache.decode
 
 
+@gpu
 @pytest.mark.parametrize("spec", ["k3v2", "k4v4", "fp16"])
 @pytest.mark.parametrize("ntok, prefill", [(1, False), (4, False), (37, True)])
 def test_attention_matches_the_cpu_reference(spec, ntok, prefill):
@@ -74,6 +75,7 @@ def test_attention_matches_the_cpu_reference(spec, ntok, prefill):
     assert err.max() < 1e-3  # tests/cuda's bound for the kernels against the reference
 
 
+@gpu
 @pytest.mark.parametrize("spec", ["k3v2", "fp16"])
 @pytest.mark.parametrize("ntok, prefill", [(1, False), (9, False), (37, True)])
 def test_sliding_window_matches_the_cpu_op(spec, ntok, prefill):
@@ -96,6 +98,7 @@ def test_sliding_window_matches_the_cpu_op(spec, ntok, prefill):
             assert moved.max() == 0.0, window  # the same plan and kernels as without a window
 
 
+@gpu
 def test_compile_and_cuda_graph_equal_eager():
     lens, tables = [40, 70], [[1, 2, 3, 0, 0], [4, 5, 6, 7, 0]]
     cache, _ = _filled("k3v2", lens, tables)
@@ -126,6 +129,7 @@ def test_compile_and_cuda_graph_equal_eager():
     np.testing.assert_array_equal(out.cpu().numpy(), eager.cpu().numpy())
 
 
+@gpu
 def test_refusals():
     cache = tqo.CudaKvCache("k3v2", LAYERS, HEADS, D, num_pages=2)
     k = torch.zeros(3, HEADS, D, device="cuda", dtype=torch.float16)
@@ -145,6 +149,35 @@ def test_refusals():
         cache.decode(0, q, torch.zeros(1, 2, dtype=torch.int32, device="cuda"), torch.ones(1, dtype=torch.int32, device="cuda"), 16)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_ranks_and_max_seq_len_are_refused_by_name(device):
+    """A k or q of another rank is named with its shape (it was read as head dim 0), and
+    max_seq_len must lie between the longest sequence and what a row of block_tables holds: the
+    CUDA kernels split max_seq_len positions among their blocks (validate_attention refuses more
+    than the pages hold; of a longer sequence they would read only a part). The CPU op, whose
+    lengths are on the host, refuses a length over max_seq_len as well (it ignored max_seq_len);
+    the GPU op cannot see the lengths without waiting for the device."""
+    ops = torch.ops.turboquant
+    ps = tq.KvSpec("k3v2").page_size
+    pages = ops.new_cache("k3v2", LAYERS, HEADS, D, 2, device)
+    k = rows(3, 1).to(device)
+    with pytest.raises(ValueError, match=r"quantize_store: k must be \[tokens, kv_heads, head_dim\], got shape \[2, 128\]"):
+        ops.quantize_store(pages, k[0], k[0], torch.arange(2, device=device), "k3v2", 0)
+    ops.quantize_store(pages, k, k, torch.arange(3, device=device), "k3v2", 0)
+    q = torch.zeros(1, 1, 2 * HEADS, D, dtype=torch.float16, device=device)
+    bt = torch.zeros(1, 1, dtype=torch.int32, device=device)
+    sl = torch.tensor([3], dtype=torch.int32, device=device)
+    with pytest.raises(ValueError, match=r"decode_attention: q must be \[seqs, tokens, q_heads, head_dim\], got shape \[1, 4, 128\]"):
+        ops.decode_attention(pages, q[0], bt, sl, "k3v2", 0, 3)
+    with pytest.raises(ValueError, match=rf"max_seq_len \({ps + 1}\) is more than a row of block_tables holds: 1 pages x {ps} = {ps}"):
+        ops.decode_attention(pages, q, bt, sl, "k3v2", 0, ps + 1)
+    assert ops.decode_attention(pages, q, bt, sl, "k3v2", 0, ps).shape == q.shape  # any bound of the lengths
+    if device == "cpu":
+        with pytest.raises(ValueError, match=r"max_seq_len \(2\) is less than sequence 0's length \(3\)"):
+            ops.decode_attention(pages, q, bt, sl, "k3v2", 0, 2)
+
+
+@gpu
 def test_llm_on_the_gpu(smollm2, stories):
     llm = tq.LLM(smollm2, kv_spec="k3v2", device="cuda")
     assert llm.device == "cuda"

@@ -6,6 +6,9 @@ where there is one (scripts/test_python_gpu.sh). Against DynamicCache with sdpa:
 and logits within fp16 rounding for the fp16 spec, a small KL for TurboQuant specs; memory equal
 to kv_size's figure; padded batches, beam search, crop, and refusals."""
 
+import copy
+import inspect
+import pickle
 import warnings
 
 import pytest
@@ -16,7 +19,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (tests/pytho
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (tests/python/requirements-torch.txt)")
 
 import turboquant.torch_ops as tqo  # noqa: E402
-from turboquant.transformers import TurboQuantCache  # noqa: E402
+from turboquant.transformers import TurboQuantCache, turboquant_attention  # noqa: E402
 
 DynamicCache = transformers.DynamicCache
 DEVICES = ["cpu"] + (["cuda"] if tqo.available() else [])
@@ -92,6 +95,39 @@ def test_generate(device, family, spec):
     assert cache.get_seq_length() == 47  # the last token is not fed back
     if spec == "fp16":
         assert out.tolist() == ref.tolist()
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_second_generate_continues_the_conversation(family, padded):
+    """generate() again on the cache of a first one, given the whole conversation (and its mask)
+    as a chat loop gives it: it feeds only the tokens the cache has not seen, as for DynamicCache,
+    where it once fed the conversation again (the cache's is_linear was empty, and transformers
+    trims the input only where not all(is_linear)). One flag a layer; no layer is sliding in
+    transformers' sense (the cache keeps every position: Gemma 3's window is the kernels')."""
+    model = make(family)
+    ids, mask = prompt(30), torch.ones(1, 30, dtype=torch.long)
+    if padded:  # two sequences, the first left-padded by 4
+        ids = torch.cat([torch.zeros(1, 4, dtype=torch.long), ids], 1).repeat(2, 1)
+        ids[1, 4:] = prompt(30, seed=7)[0]
+        mask = torch.ones_like(ids)
+        mask[0, :4] = 0
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, output_logits=True, return_dict_in_generate=True)
+
+    def two_turns(cache):
+        with torch.no_grad():
+            first = model.generate(ids, attention_mask=mask, past_key_values=cache, **kw).sequences
+            more = torch.cat([first, prompt(20, seed=5).repeat(first.shape[0], 1)], 1)
+            more_mask = torch.cat([mask, torch.ones(first.shape[0], more.shape[1] - mask.shape[1], dtype=torch.long)], 1)
+            return model.generate(more, attention_mask=more_mask, past_key_values=cache, **kw)
+
+    ref_cache, cache = DynamicCache(), TurboQuantCache("fp16")
+    ref, got = two_turns(ref_cache), two_turns(cache)
+    assert cache.get_seq_length() == ref_cache.get_seq_length() == ids.shape[1] + 6 + 20 + 5
+    assert got.sequences.tolist() == ref.sequences.tolist()
+    assert max((a - b).abs().max().item() for a, b in zip(ref.logits, got.logits)) < 5e-3  # fp16 rounding, as below
+    assert cache.is_linear == cache.is_sliding == cache.is_dummy == [False] * 4
+    assert TurboQuantCache("fp16").is_linear == [False]  # before the first forward: the layer count is not known yet
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -213,6 +249,61 @@ def test_batch_expansion_and_selection():
     torch.testing.assert_close(out[1, 0], single[0], atol=1e-5, rtol=1e-5)
 
 
+def test_batch_select_indices_takes_a_bool_mask():
+    """A bool mask keeps the sequences it marks, as DynamicCache's indexing does (it was read as
+    the indices 0 and 1)."""
+    model = make("llama")
+    ids = torch.cat([prompt(10, seed=s) for s in (1, 9, 11)])
+    caches = [TurboQuantCache("k3v2") for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            model(ids, past_key_values=cache, use_cache=True)
+        caches[0].batch_select_indices(torch.tensor([False, True, True]))
+        caches[1].batch_select_indices(torch.tensor([1, 2]))
+        with pytest.raises(ValueError, match=r"a bool mask must have one entry per sequence \(2\), got shape \[3\]"):
+            caches[0].batch_select_indices(torch.tensor([True, False, True]))
+        out = [model(ids[1:, :1], past_key_values=cache, use_cache=True).logits for cache in caches]
+    assert caches[0].batch_size == 2
+    torch.testing.assert_close(out[0], out[1], atol=0, rtol=0)
+
+
+def test_reset_takes_a_batch_of_another_size():
+    """reset() empties the cache and forgets its batch size, as DynamicCache's does: the next
+    generate may bring another batch, and runs as on a fresh cache."""
+    model = make("llama")
+    kw = dict(max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    two = torch.cat([prompt(10, seed=2), prompt(10, seed=3)])
+    cache = TurboQuantCache("k3v2")
+    with torch.no_grad():
+        model.generate(prompt(12), past_key_values=cache, **kw)
+        cache.reset()
+        assert cache.get_seq_length() == 0 and cache.memory()["pages"] == 0 and cache.batch_size == -1
+        got = model.generate(two, attention_mask=torch.ones_like(two), past_key_values=cache, **kw)
+        ref = model.generate(two, attention_mask=torch.ones_like(two), past_key_values=TurboQuantCache("k3v2"), **kw)
+    assert got.sequences.tolist() == ref.sequences.tolist()
+    for a, b in zip(got.logits, ref.logits):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_a_deep_copy_reuses_a_prompt():
+    """transformers' recipe for reusing a prompt's cache, copy.deepcopy of it per continuation
+    (the spec, a nanobind object, cannot be copied itself: it is rebuilt from its text): each
+    continuation is DynamicCache's, and the prompt's cache is left as it was. Pickle too."""
+    model = make("llama")
+    pre = prompt(20)
+    out = {}
+    for name, make_cache in (("dynamic", DynamicCache), ("turboquant", lambda: TurboQuantCache("fp16:sink=4:window=8:centre"))):
+        cache = make_cache()
+        with torch.no_grad():
+            model(pre, past_key_values=cache, use_cache=True)
+            out[name] = [model.generate(torch.cat([pre, prompt(10, seed=s)], 1), past_key_values=copy.deepcopy(cache), max_new_tokens=5,
+                                        do_sample=False)[:, -5:].tolist() for s in (5, 6)]
+        assert cache.get_seq_length() == 20
+    assert out["turboquant"] == out["dynamic"]
+    again = pickle.loads(pickle.dumps(cache))
+    assert again.spec.canonical == cache.spec.canonical and again.memory() == cache.memory()
+
+
 @pytest.mark.parametrize("spec", ["k3v2", POLICY])
 def test_crop_takes_tokens_back(spec):
     model = make("mistral")
@@ -245,6 +336,33 @@ def test_other_caches_run_sdpa_under_the_turboquant_attention():
         plain = ours(ids).logits  # no cache at all
     torch.testing.assert_close(got[:, 5:], ref[:, 5:], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(plain[1], sdpa(ids).logits[1], atol=1e-5, rtol=1e-5)
+
+
+def test_other_caches_get_transformers_own_masks():
+    """Under "turboquant", a cache other than TurboQuantCache gets transformers' own sdpa mask:
+    a StaticCache, whose keys are its whole allocated length (the queries are not their last
+    positions), gives sdpa's tokens and logits (it gave others: the mask assumed they were), and
+    a mask function transformers passes (an or-mask, as for image tokens) is kept."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function, or_masks, sdpa_mask
+    sdpa, ours = make("llama", attn="sdpa"), make("llama")
+    ids = prompt(20)
+    kw = dict(max_new_tokens=8, do_sample=False, output_logits=True, return_dict_in_generate=True, cache_implementation="static")
+    with torch.no_grad():
+        ref, got = sdpa.generate(ids, **kw), ours.generate(ids, **kw)
+    assert got.sequences.tolist() == ref.sequences.tolist()
+    for a, b in zip(got.logits, ref.logits):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+    padding = torch.ones(2, 12, dtype=torch.bool)
+    padding[0, :3] = False
+    # 5 queries after 7 positions: transformers 5.0's mask functions take them as cache_position
+    new = "q_length" in inspect.signature(sdpa_mask).parameters
+    sizes = dict(q_length=5, q_offset=7) if new else dict(cache_position=torch.arange(7, 12))
+    args = dict(batch_size=2, kv_length=12, kv_offset=0, attention_mask=padding, allow_is_causal_skip=True,
+                mask_function=or_masks(causal_mask_function, lambda b, h, q, kv: kv == 11), **sizes)
+    mask = ALL_MASK_ATTENTION_FUNCTIONS["turboquant"](**args)
+    assert mask.shape == (2, 1, 5, 12) and bool(mask[1, 0, 0, 11])  # the or-mask's column, past the first query
+    assert torch.equal(mask, sdpa_mask(**args))
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma3"])
@@ -303,6 +421,10 @@ def test_refusals():
         model(prompt(5), past_key_values=cache, use_cache=True)
         with pytest.raises(ValueError, match="holds 1 sequences"):
             model(prompt(5, batch=2), past_key_values=cache, use_cache=True)
+    attn = model.model.layers[0].self_attn  # the 2D padding mask of a TurboQuantCache, with keys it did not give
+    with pytest.raises(RuntimeError, match="layer 0 got a 2D padding mask with keys that no TurboQuantCache update returned"):
+        kv = torch.zeros(1, 2, 5, 64)
+        turboquant_attention(attn, torch.zeros(1, 4, 5, 64), kv, kv, torch.ones(1, 5, dtype=torch.bool))
     for bad in (-1, 2**31):  # the kernels' positions are signed 32-bit
         with pytest.raises(ValueError, match=r"sliding_window must be an int >= 0 and < 2\*\*31"):
             tqo.attend(False, torch.zeros(1), torch.zeros(1, 1, 2, 64), torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
@@ -337,3 +459,22 @@ def test_a_cache_read_by_another_attention_is_refused():
         cache.update(torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 1, 64), 0)  # an update no attention of ours reads
         with pytest.raises(RuntimeError, match="layer 0's attention did not read the cache"):
             model(prompt(1), past_key_values=cache, use_cache=True)
+
+
+def test_torch_compile_runs_the_cache_eagerly():
+    """torch.compile of a model with this cache is not refused: the cache's attention runs eagerly
+    between the compiled parts (torch.compiler.disable), so dynamo neither traces its Python
+    bookkeeping nor recompiles it for each layer (it did, up to its recompile limit, which fails
+    the test here), and the logits are the eager model's."""
+    model = make("llama")
+    ids = prompt(18)
+    ref = teacher_forced(model, TurboQuantCache("k3v2"), ids, 15)
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*sys._getframe")  # update()'s look for the attention module: a graph break
+            got = teacher_forced(torch.compile(model, backend="eager"), TurboQuantCache("k3v2"), ids, 15)
+    finally:
+        torch._dynamo.reset()
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
