@@ -309,12 +309,12 @@ def test_a_sliding_window_reads_no_block_before_it(device, spec):
         assert ((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max() < 2e-3
 
 
-@pytest.mark.skipif("cuda" not in OP_DEVICES, reason="the CUDA ops do not run here; no CPU build exposes attention_unsupported, so "
-                                                     "the kernel rule is compared with the kernels only where they run")
+@pytest.mark.skipif("cuda" not in OP_DEVICES, reason="the CUDA ops do not run here: the kernel rule is compared with the kernels "
+                                                     "only where they run")
 @pytest.mark.parametrize("spec, head_size, why", KERNEL_RULE)
 def test_the_kernel_rule_is_the_cuda_kernels(spec, head_size, why):
-    """kernel_unsupported is attention_unsupported written again in Python: the CUDA decode op runs
-    what it takes and refuses what it refuses, so that the two cannot drift apart unnoticed."""
+    """kernel_unsupported (gpu_kernels_unsupported) against the kernels themselves: the CUDA decode op
+    runs what it takes and refuses what it refuses."""
     cuda = torch.device("cuda")
     pages = torch.zeros(1, 2, 1, va.block_bytes(spec, head_size), dtype=torch.uint8, device=cuda)
     q = torch.zeros(1, 1, 1, head_size, dtype=torch.float16, device=cuda)

@@ -132,14 +132,14 @@ def test_the_selector_names_the_head_size_and_kv_cache_dtype_it_refuses(config, 
 
 
 @pytest.mark.parametrize("spec, why", [("k3v2:prod", "prod keys have no GPU kernel"),
-                                       ("k5v5", "kernels for K and V widths 2..4 bits, got k5v5"),
-                                       ("k8v8", "kernels for K and V widths 2..4 bits, got k8v8"),
-                                       ("k1v1", "kernels for K and V widths 2..4 bits, got k1v1"),
+                                       ("k5v5", "this build has kernels for K and V widths 2..4 bits, got k5v5"),
+                                       ("k8v8", "this build has kernels for K and V widths 2..4 bits, got k8v8"),
+                                       ("k1v1", "this build has kernels for K and V widths 2..4 bits, got k1v1"),
                                        ("fp32", "fp32 caches have no GPU kernel"),
                                        ("k2.5v2.5", "fractional widths (K 2.5, V 2.5 bits: the outlier split)"),
                                        ("k2v4", None), ("bf16", None), ("fp8", None)])
 def test_a_spec_the_kernels_do_not_run_is_refused_at_model_load(config, monkeypatch, spec, why):
-    """attention_unsupported's rule (src/cuda/launch_common.cpp), at layer construction: not at the
+    """gpu_kernels_unsupported's rule (src/kv/spec.cpp), at layer construction: not at the
     first request, where the kernels would refuse it."""
     monkeypatch.setenv(va.ENV_SPEC, spec)
     if why is None:
