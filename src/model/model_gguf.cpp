@@ -187,7 +187,9 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
            f.name(), c.bos_id, c.eos_id, c.vocab_size);
   c.chat_template = detect_chat_template(f, c.arch);
   if (const GgufValue* t = f.find("tokenizer.chat_template"); c.chat_template == ChatTemplate::None && t && t->type == GgufType::STRING) {
-    const std::string_view line = std::string_view(t->str).substr(0, std::min(t->str.find('\n'), size_t(80)));
+    std::string_view line = std::string_view(t->str).substr(0, std::min(t->str.find('\n'), size_t(80)));
+    while (line.size() < t->str.size() && !line.empty() && (uint8_t(t->str[line.size()]) & 0xC0) == 0x80)
+      line.remove_suffix(1);  // not inside a UTF-8 character: the text goes into error messages
     c.unsupported_chat_template = std::string(line) + (line.size() < t->str.size() ? "..." : "");
   }
 

@@ -259,20 +259,20 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
     throw ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", cr.model, o.model_name), "model",
                    "not_found_error");
   std::vector<int> prompt;
-  if (cr.chat) {
-    size_t bytes = 0;
-    for (const engine::ChatMessage& msg : cr.messages) bytes += msg.content.size();
-    refuse_if_too_long(bytes, "messages");
-  } else if (cr.prompt_ids.empty()) {
-    refuse_if_too_long(cr.prompt.size(), "prompt");
-  }
   try {
-    if (cr.chat)
-      prompt = engine::prompt_tokens(m, tok, engine::render_chat(chat_template, cr.messages));
-    else if (!cr.prompt_ids.empty())
+    if (cr.chat) {
+      // The messages' text as the template keeps it (Llama 3's and Gemma's trim it): its bytes.
+      const engine::ChatPrompt chat = engine::render_chat(chat_template, cr.messages);
+      size_t bytes = 0;
+      for (const model::TextSpan& sp : chat.content) bytes += sp.end - sp.begin;
+      refuse_if_too_long(bytes, "messages");
+      prompt = engine::prompt_tokens(m, tok, chat);
+    } else if (!cr.prompt_ids.empty()) {
       prompt = cr.prompt_ids;
-    else
+    } else {
+      refuse_if_too_long(cr.prompt.size(), "prompt");
       prompt = engine::prompt_tokens(m, tok, cr.prompt, false);
+    }
   } catch (const Error& e) {
     throw ApiError(400, e.what(), cr.chat ? "messages" : "prompt");
   }
