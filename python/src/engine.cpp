@@ -163,7 +163,9 @@ struct PyEngine {
   }
 };
 
-std::vector<engine::ChatMessage> chat_messages(const std::vector<std::pair<std::string, std::string>>& messages) {
+// The messages for the model's chat template, which the model must have.
+std::vector<engine::ChatMessage> chat_messages(const PyEngine& e, const std::vector<std::pair<std::string, std::string>>& messages) {
+  TQ_CHECK(e.model.config.chat_template != model::ChatTemplate::None, "chat: '{}' {}", e.path, e.model.config.chat_template_missing());
   std::vector<engine::ChatMessage> ms;
   for (const auto& [role, content] : messages) ms.push_back({role, content});
   return ms;
@@ -221,15 +223,13 @@ void bind_engine(nb::module_& m) {
       .def(
           "chat_prompt",
           [](const PyEngine& e, const std::vector<std::pair<std::string, std::string>>& messages) {
-            TQ_CHECK(e.model.config.chat_template != model::ChatTemplate::None, "chat: '{}' {}", e.path, e.model.config.chat_template_missing());
-            return engine::apply_chat_template(e.model.config.chat_template, chat_messages(messages));
+            return engine::apply_chat_template(e.model.config.chat_template, chat_messages(e, messages));
           },
           nb::arg("messages"))
       .def(
           "chat_tokens",  // the conversation's tokens, its messages' texts matching no control token (engine::ChatPrompt)
           [](const PyEngine& e, const std::vector<std::pair<std::string, std::string>>& messages) {
-            TQ_CHECK(e.model.config.chat_template != model::ChatTemplate::None, "chat: '{}' {}", e.path, e.model.config.chat_template_missing());
-            return engine::prompt_tokens(e.model, *e.tok, engine::render_chat(e.model.config.chat_template, chat_messages(messages)));
+            return engine::prompt_tokens(e.model, *e.tok, engine::render_chat(e.model.config.chat_template, chat_messages(e, messages)));
           },
           nb::arg("messages"))
       .def(

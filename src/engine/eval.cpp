@@ -1,6 +1,5 @@
 #include "tq/engine/eval.h"
 
-#include <cctype>
 #include <fmt/format.h>
 
 #include <algorithm>

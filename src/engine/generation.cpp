@@ -32,10 +32,7 @@ void check_role(const ChatMessage& m) {
 }
 }  // namespace
 
-ChatPrompt render_chat(model::ChatTemplate t, const std::string& prompt) {
-  if (t == model::ChatTemplate::None) return ChatWriter{}.content(prompt).p;
-  return render_chat(t, std::vector<ChatMessage>{{"user", prompt}});
-}
+ChatPrompt render_chat(model::ChatTemplate t, const std::string& prompt) { return render_chat(t, std::vector<ChatMessage>{{"user", prompt}}); }
 
 ChatPrompt render_chat(model::ChatTemplate t, const std::vector<ChatMessage>& messages) {
   TQ_CHECK(t != model::ChatTemplate::None, "the model has no chat template");

@@ -37,7 +37,7 @@ struct ChatPrompt {
 // whitespace, as their templates do (Gemma's system text, which opens the first user turn, as is).
 // Throws tq::Error for the template None or an unknown role.
 ChatPrompt render_chat(model::ChatTemplate t, const std::vector<ChatMessage>& messages);
-// One user message in the template (tq run --chat); `prompt` as is, all of it content, for None.
+// One user message in the template (tq run --chat).
 ChatPrompt render_chat(model::ChatTemplate t, const std::string& prompt);
 // render_chat's text alone (to show it).
 std::string apply_chat_template(model::ChatTemplate t, const std::vector<ChatMessage>& messages);
