@@ -25,6 +25,7 @@ uploads the codec tables.
 
 import atexit
 import functools
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -134,6 +135,9 @@ def new_cache(spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: i
     if device.type == "cpu":
         _cpu_format(spec, layers, kv_heads, head_dim)  # builds the codecs now, and refuses a head dim they cannot take
     else:
+        # a cache the attention kernels cannot read is refused now, not at its first attention call
+        unsupported = _C.gpu_kernels_unsupported(_spec(spec), head_dim)
+        _check(not unsupported, f"new_cache: {unsupported}")
         _format(spec, layers, kv_heads, head_dim, device.index if device.index is not None else torch.cuda.current_device())
     return torch.zeros(shape, dtype=torch.uint8, device=device)
 
@@ -178,7 +182,9 @@ def _store_cpu(pages, k, v, slots, spec, layer):
 @torch.library.custom_op("turboquant::quantize_store", mutates_args=("pages",))
 def quantize_store(pages: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, spec: str, layer: int) -> None:
     """Rotates, quantizes and packs new K/V rows into their slots (page * page_size + offset; -1
-    skips) of `layer`. k, v: [tokens, kv_heads, head_dim]; slots: int64 [tokens]."""
+    skips) of `layer`. k, v: [tokens, kv_heads, head_dim]; slots: int64 [tokens], distinct apart
+    from -1 (as vLLM's reshape_and_cache: of two rows given one slot, which lands is unspecified;
+    checking would cost the GPU a sort and a sync every call)."""
     _store_cuda(pages, k, v, slots, spec, layer)
 
 
@@ -250,6 +256,13 @@ def _check_window(fn, sliding_window):
            f"{fn}: sliding_window must be an int >= 0 and < 2**31 (0: none), got {sliding_window!r}")
 
 
+def _check_scale(fn, scale):
+    # (the kernels read any scale <= 0, NaN included, as "the default": refused here rather than
+    # silently replaced)
+    _check(scale == 0 or (math.isfinite(scale) and scale > 0),
+           f"{fn}: scale must be 0 (1/sqrt(head_dim)) or a positive finite number, got {scale!r}")
+
+
 def _max_tokens(prefill):
     return MAX_PREFILL_CHUNK if prefill else MAX_DECODE_QUERY_TOKENS
 
@@ -258,6 +271,7 @@ def _attention(prefill, pages, q, block_tables, seq_lens, spec, layer, max_seq_l
                sink, window, sliding_window=0):
     fn = "prefill_attention" if prefill else "decode_attention"
     _check_window(fn, sliding_window)
+    _check_scale(fn, scale)
     _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side, side_slots,
                      new_k, new_v, sink, window)
     f = _format(spec, pages.shape[0], pages.shape[2], q.shape[-1], pages.device.index)
@@ -274,6 +288,7 @@ def _attention_cpu(prefill, pages, q, block_tables, seq_lens, spec, layer, max_s
                    sink, window, sliding_window=0):
     fn = "prefill_attention" if prefill else "decode_attention"
     _check_window(fn, sliding_window)
+    _check_scale(fn, scale)
     _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side, side_slots,
                      new_k, new_v, sink, window)
     _check_lengths(fn, seq_lens, max_seq_len)
@@ -347,6 +362,7 @@ def _register(op, prefill: bool, side: bool) -> None:
         def fake(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, side, side_slots, new_k, new_v, sink, window, scale=0.0,
                  out_dtype=None, sliding_window=0):
             _check_window(fn, sliding_window)
+            _check_scale(fn, scale)
             _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype, side,
                              side_slots, new_k, new_v, sink, window)
             return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
@@ -357,6 +373,7 @@ def _register(op, prefill: bool, side: bool) -> None:
 
         def fake(pages, q, block_tables, seq_lens, spec, layer, max_seq_len, scale=0.0, out_dtype=None, sliding_window=0):
             _check_window(fn, sliding_window)
+            _check_scale(fn, scale)
             _check_attention(fn, pages, q, block_tables, seq_lens, spec, layer, max_seq_len, _max_tokens(prefill), out_dtype)
             return torch.empty(q.shape, dtype=out_dtype or q.dtype, device=q.device)
     op.register_kernel("cpu")(cpu)

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -203,9 +204,9 @@ size_t attention_smem_bytes(TensorCode k, uint32_t head_dim, size_t limit, int a
 }
 
 namespace {
-// What a plan divides by: checked by validate_attention, and before a plan is made for a workspace size.
+// What a plan divides by: checked by validate_attention (after validate_cache), and by the workspace
+// functions after validate_cache_layout (they size before the pages exist: no data pointer needed).
 void validate_shape(const DecodeParams& p, const char* name) {
-  validate_cache_layout(p.cache);  // (the workspace functions size before the pages exist: no data pointer needed)
   TQ_CHECK(p.num_seqs >= 1 && p.num_seqs <= 65535, "{}: num_seqs must be 1..65535, got {}", name, p.num_seqs);
   TQ_CHECK(p.num_q_tokens >= 1, "{}: at least one query token per sequence, got 0", name);
   TQ_CHECK(p.q_heads >= p.cache.kv_heads && p.q_heads % p.cache.kv_heads == 0, "{}: {} query heads is not a multiple of {} KV heads",
@@ -225,6 +226,8 @@ void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char
   TQ_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_pages * c.page_size,
            "decode_attention: max_seq_len {} must be 1..max_pages*page_size = {}", p.max_seq_len, p.max_pages * c.page_size);
   TQ_CHECK(p.workspace, "decode_attention: workspace is null (size it with decode_workspace_bytes)");
+  TQ_CHECK(p.scale == 0 || (std::isfinite(p.scale) && p.scale > 0), "{}: scale {} must be 0 (1/sqrt(head_dim)) or positive and finite",
+           name, p.scale);
   TQ_CHECK(p.sliding_window <= uint32_t(INT32_MAX), "{}: sliding_window {} is over 2^31 - 1 (0: no window)", name, p.sliding_window);
   TQ_CHECK(p.split_tokens == 0 || (p.split_tokens % 16 == 0 && p.num_splits >= 1 && uint64_t(p.num_splits) * p.split_tokens >= p.max_seq_len),
            "{}: fixed splits of {} positions (a multiple of 16), {} of them, must cover max_seq_len {}", name, p.split_tokens, p.num_splits,
@@ -245,14 +248,20 @@ void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char
 
 void validate(const DecodeParams& p) { validate_attention(p, kMaxDecodeQueryTokens, "decode_attention"); }
 
-uint32_t decode_num_splits(const DecodeParams& p) { return uint32_t(make_plan(p).splits); }
+uint32_t decode_num_splits(const DecodeParams& p) {
+  validate_cache_layout(p.cache);
+  validate_shape(p, "decode_num_splits");
+  return uint32_t(make_plan(p).splits);
+}
 
 size_t decode_workspace_bytes(const DecodeParams& p) {
+  validate_cache_layout(p.cache);
   validate_shape(p, "decode_workspace_bytes");
   return make_plan(p).workspace_bytes();
 }
 
 size_t prefill_workspace_bytes(const DecodeParams& p) {
+  validate_cache_layout(p.cache);
   validate_shape(p, "prefill_workspace_bytes");
   return make_prefill_plan(p).workspace_bytes();
 }

@@ -138,8 +138,23 @@ TEST(CudaLaunch, WorkspacesAreSizedBeforeThePagesExist) {
   p.cache = codecs.view(0, nullptr, 1);
   p.num_seqs = 2, p.num_q_tokens = 1, p.q_heads = 8, p.max_pages = 64, p.max_seq_len = 1000;
   EXPECT_GT(cuda::decode_workspace_bytes(p), 0u);
+  EXPECT_GE(cuda::decode_num_splits(p), 1u);
   p.num_q_tokens = 64;
   EXPECT_GT(cuda::prefill_workspace_bytes(p), 0u);
+  {  // the planner divides by the KV heads: every sizing function refuses a view without them by name
+    cuda::DecodeParams bad = p;
+    bad.cache.kv_heads = 0;
+    for (const auto& size : {+[](const cuda::DecodeParams& q) { return size_t(cuda::decode_num_splits(q)); },
+                             +[](const cuda::DecodeParams& q) { return cuda::decode_workspace_bytes(q); },
+                             +[](const cuda::DecodeParams& q) { return cuda::prefill_workspace_bytes(q); }}) {
+      try {
+        size(bad);
+        ADD_FAILURE() << "a view of 0 KV heads was not refused";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("kv_heads 0"), std::string::npos) << e.what();
+      }
+    }
+  }
   try {
     cuda::decode_attention(p, nullptr);
     ADD_FAILURE() << "a view without pages was not refused";
@@ -595,6 +610,17 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
     EXPECT_NE(std::string(e.what()).find("2147483648"), std::string::npos) << e.what();
   }
   p.sliding_window = 0;
+  // The kernels read any scale <= 0 (NaN too) as the default: only 0 means it, the rest is refused.
+  for (const float bad : {std::nanf(""), -1.0f, INFINITY}) {
+    p.scale = bad;
+    try {
+      cuda::validate(p);
+      FAIL() << "scale " << bad << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("scale"), std::string::npos) << e.what();
+    }
+  }
+  p.scale = 0;
   // A workspace given with its size, smaller than the call's plan needs: refused before any launch,
   // naming both sizes (the CUDA runner passes its size on every call).
   const size_t need = cuda::decode_workspace_bytes(p);

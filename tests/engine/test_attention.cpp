@@ -183,5 +183,28 @@ TEST(PagedAttention, CalibrateTakesTheLargestChannels) {
   EXPECT_EQ(fixed.cache_of(1, &local).format().k_codec(local, 1)->channel(0), 0u);
 }
 
+// The oracle read any scale <= 0 (NaN too) as the default 1/sqrt(d): a caller's NaN became a
+// plausible answer. Now only 0 means the default, and the rest is refused by value.
+TEST(PagedAttention, TheOracleRefusesAScaleThatIsNotPositiveAndFinite) {
+  PagedKvCache cache(CacheShape{1, 1, 32, 2}, parse_kv_spec("fp32").format);
+  std::vector<float> q(32, 0.5f), out(32), row(32, 1.0f);
+  cache.write(0, 0, row.data(), row.data());
+  const int32_t len = 1, page = 0;
+  AttentionBatch b;
+  b.q = q.data(), b.out = out.data(), b.block_tables = &page, b.seq_lens = &len;
+  for (const float bad : {std::nanf(""), -1.0f, INFINITY, -0.5f}) {
+    b.scale = bad;
+    try {
+      attention_reference(cache, 0, b);
+      ADD_FAILURE() << "scale " << bad << " was not refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("attention scale"), std::string::npos) << e.what();
+    }
+  }
+  b.scale = 0;
+  attention_reference(cache, 0, b);
+  EXPECT_FLOAT_EQ(out[0], 1.0f);  // one position: its value row
+}
+
 }  // namespace
 }  // namespace tq::cpu

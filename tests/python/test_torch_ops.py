@@ -177,6 +177,34 @@ def test_ranks_and_max_seq_len_are_refused_by_name(device):
             ops.decode_attention(pages, q, bt, sl, "k3v2", 0, 2)
 
 
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scales_and_head_dims_are_refused_by_value(device):
+    """The kernels (and the CPU attention) read any scale <= 0, NaN included, as the default
+    1/sqrt(head_dim): a NaN gave a plausible answer. Only 0 means the default now. On a GPU,
+    new_cache refuses a head dim the attention kernels cannot read (it made pages that only the
+    first attention call refused)."""
+    ops = torch.ops.turboquant
+    pages = ops.new_cache("k3v2", LAYERS, HEADS, D, 2, device)
+    k = rows(3, 1).to(device)
+    ops.quantize_store(pages, k, k, torch.arange(3, device=device), "k3v2", 0)
+    q = torch.ones(1, 1, 2 * HEADS, D, dtype=torch.float16, device=device)
+    bt = torch.zeros(1, 1, dtype=torch.int32, device=device)
+    sl = torch.tensor([3], dtype=torch.int32, device=device)
+    for bad in (float("nan"), -1.0, float("inf")):
+        with pytest.raises(ValueError, match=rf"decode_attention: scale must be 0 \(1/sqrt\(head_dim\)\) or a positive finite number, "
+                                             rf"got {bad!r}"):
+            ops.decode_attention(pages, q, bt, sl, "k3v2", 0, 3, bad)
+    default = ops.decode_attention(pages, q, bt, sl, "k3v2", 0, 3, 0.0)
+    explicit = ops.decode_attention(pages, q, bt, sl, "k3v2", 0, 3, float(D) ** -0.5)
+    torch.testing.assert_close(default, explicit, rtol=0, atol=1e-3)
+    if device == "cuda":
+        with pytest.raises(ValueError, match=r"new_cache: head dim 96 \(padded 96\) has no kernel; supported: 64, 128, 256"):
+            ops.new_cache("k3v2", LAYERS, HEADS, 96, 2, device)
+    else:  # the CPU attention pads any head dim
+        assert ops.new_cache("k3v2", LAYERS, HEADS, 96, 2, device).shape[1] == 2
+
+
 @gpu
 def test_llm_on_the_gpu(smollm2, stories):
     llm = tq.LLM(smollm2, kv_spec="k3v2", device="cuda")
