@@ -71,10 +71,7 @@ def with_page(spec: str, block_size: int) -> str:
     else:
         base = ":".join(opt for opt in s.canonical.split(":") if not opt.startswith("page="))
         text = _C.KvSpec(f"{base}:page={block_size}").canonical
-    # The canonical form leaves seed= out; a spec that names one keeps it (its rotations are its bytes).
-    if s.seed != _C.KvSpec(text).seed:
-        text += f":seed={s.seed}"
-    return text
+    return text  # (seed= travels in the canonical form: the rotations it names are the pages' bytes)
 
 
 def resolve_spec(spec: str, block_size: Optional[int] = None) -> str:

@@ -206,12 +206,14 @@ class Q40Quantizer final : public RowwiseQuantizer {
           amax = std::abs(v[i]);
           max = v[i];
         }
-      const uint16_t dh = to_f16_checked(max / -8.0, "q4_0 block");
-      const float d = f16_to_f32(dh), id = d != 0 ? 1.0f / d : 0.0f;
+      // ggml's quantize_row_q4_0_ref: the inverse of the unrounded scale (from one rounded to fp16,
+      // a subnormal rounded down made codes below 0, which wrapped into the neighbouring nibble)
+      const float d = max / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
+      const uint16_t dh = to_f16_checked(d, "q4_0 block");
       uint8_t* blk = out + 18 * b;
       std::memcpy(blk, &dh, 2);
       for (int j = 0; j < 16; ++j) {
-        const auto code = [&](float f) { return uint8_t(std::min(15.0f, std::floor(f * id + 8.5f))); };
+        const auto code = [&](float f) { return uint8_t(std::clamp(std::floor(f * id + 8.5f), 0.0f, 15.0f)); };
         blk[2 + j] = uint8_t(code(v[j]) | (code(v[j + 16]) << 4));
       }
     }

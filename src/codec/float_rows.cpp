@@ -23,6 +23,8 @@ void store_float_row(Encoding e, const float* x, uint32_t n, float scale, uint8_
       }
       case Encoding::kBf16: {
         const uint16_t h = f32_to_bf16(x[i]);
+        // rounding to 8 bits of mantissa carries the largest floats (from about 3.3961e38) to inf
+        TQ_CHECK((h & 0x7FFFu) != 0x7F80u, "element {} is {}, which bf16 rounds to infinity", i, x[i]);
         std::memcpy(dst + 2 * i, &h, 2);
         break;
       }

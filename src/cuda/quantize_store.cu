@@ -130,9 +130,11 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   uint8_t* block = c.data + (size_t(page) * c.kv_heads + head) * c.layout.bytes;
   const uint32_t row_bytes = is_v ? c.layout.v_row : c.layout.k_row;
   uint8_t* row = block + (is_v ? c.layout.v_codes : c.layout.k_codes) + size_t(off) * row_bytes;
-  bool finite = true;
+  bool finite = true;  // and storable: fp16 and bf16 caches refuse what they would turn into inf, as the CPU does
 #pragma unroll
-  for (int e = 0; e < E; ++e) finite &= isfinite(x[e]);
+  for (int e = 0; e < E; ++e)
+    finite &= isfinite(x[e]) && (code.enc != Encoding::kFp16 || fabsf(x[e]) <= kF16Max) &&
+              (code.enc != Encoding::kBf16 || (f32_to_bf16(x[e]) & 0x7FFFu) != 0x7F80u);
   if (__any_sync(0xffffffffu, !finite)) {
     if (lane == 0) flag_error(p);
     return;

@@ -57,9 +57,11 @@ uint32_t PageAllocator::refcount(int32_t page) const {
 void PageAllocator::set_cached(int32_t page, bool cached) {
   TQ_CHECK(in_range(page), "page {} is outside the pool ({} pages)", page, num_pages());
   if (cached_[size_t(page)] == cached) return;
+  // checked before any change: a refused call leaves the allocator as it was (a free page marked
+  // cached by a refused call was later "uncached" by erasing an LRU entry it never had)
+  TQ_CHECK(!cached || refs_[size_t(page)] > 0, "page {} is free: only a held page can be marked cached", page);
   cached_[size_t(page)] = cached;
   if (refs_[size_t(page)] > 0) return;
-  TQ_CHECK(!cached, "page {} is free: only a held page can be marked cached", page);
   lru_.erase(at_[size_t(page)]);
   free_.push_back(page);
 }

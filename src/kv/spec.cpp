@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bitset>
 #include <optional>
 #include <tuple>
 #include <utility>
@@ -60,18 +61,21 @@ std::string base_name(TensorCode k, TensorCode v) {
 // "0-1+5+29": '+'-separated layer numbers and ranges a-b, sorted and distinct on return. ('+', not
 // ',': a comma separates the specs of a list.)
 std::vector<uint32_t> parse_layer_set(const std::string& set, const std::string& text) {
-  std::vector<uint32_t> out;
+  std::bitset<1024> named;  // a duplicate is refused as it comes (a long spec of repeated ranges grew a list of GBs)
   for (const std::string& item : split(set, '+')) {
     const size_t dash = item.find('-');
     const std::string a = item.substr(0, dash), b = dash == std::string::npos ? a : item.substr(dash + 1);
     const uint64_t lo = uint_of(a, "a layer of layers=", text), hi = uint_of(b, "a layer of layers=", text);
     TQ_CHECK(lo <= hi, "KV spec '{}': layers= range '{}' runs backwards", text, item);
     TQ_CHECK(hi < 1024, "KV spec '{}': layers= names layer {}, beyond the 1024 a model may have", text, hi);
-    for (uint64_t l = lo; l <= hi; ++l) out.push_back(uint32_t(l));
+    for (uint64_t l = lo; l <= hi; ++l) {
+      TQ_CHECK(!named[l], "KV spec '{}': layers= names layer {} twice", text, l);
+      named[l] = true;
+    }
   }
-  std::sort(out.begin(), out.end());
-  const auto dup = std::adjacent_find(out.begin(), out.end());
-  TQ_CHECK(dup == out.end(), "KV spec '{}': layers= names layer {} twice", text, dup == out.end() ? 0 : *dup);
+  std::vector<uint32_t> out;
+  for (uint32_t l = 0; l < 1024; ++l)
+    if (named[l]) out.push_back(l);
   return out;
 }
 
@@ -123,6 +127,8 @@ std::string KvFormat::canonical() const {
       s += norm_unbiased_local ? ":ip=local" : norm_unbiased_k && norm_unbiased_v ? ":ip" : norm_unbiased_k ? ":ip=k" : ":ip=v";
     if (!auto_rotation) s += fmt::format(":rot={}", rotation_name(rotation));
   }
+  // a seed names other rotations, so other bytes: kept wherever a spec travels as its canonical text
+  if ((is_tq(k.enc) || is_tq(v.enc)) && seed != KvFormat{}.seed) s += fmt::format(":seed={}", seed);
   if (page_size != 16) s += fmt::format(":page={}", page_size);
   return s;
 }
@@ -312,12 +318,15 @@ KvSpec parse_kv_spec(const std::string& text) {
       spec.policy.key_centre = true;
     } else {
       throw Error(fmt::format(
-          "KV spec '{}': unknown option '{}' (known: prod, nc, rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, layers=0-1+5/base, "
-          "sink=N, window=N, "
-          "ksim=int4, outliers=prompt|fixed, centre)",
+          "KV spec '{}': unknown option '{}' (known: prod, nc, ip[=k|v|kv|local], rot=auto|hadamard|dense, seed=N, page=N, edge=N/base, "
+          "layers=0-1+5/base, sink=N, window=N, ksim=int4|int8|int2|q4_0, outliers=prompt|fixed, centre)",
           text, opt));
     }
   }
+  TQ_CHECK(!(spec.format.k.enc == Encoding::kTqProd && spec.format.norm_unbiased_k && !spec.format.norm_unbiased_v),
+           "KV spec '{}': 'ip=k' does nothing to prod keys (their inner products are unbiased already); with prod, 'ip' and 'nc' "
+           "apply to the values",
+           text);
   const auto split = [](TensorCode c) { return c.enc == Encoding::kTqSplit; };
   const bool outliers = std::find(seen.begin(), seen.end(), "outliers") != seen.end();
   TQ_CHECK(!outliers || split(spec.format.k) || split(spec.format.v) ||

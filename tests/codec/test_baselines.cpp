@@ -116,6 +116,27 @@ TEST(Baseline, BadInput) {
   EXPECT_THROW(h->quantize(x.data(), 1, p.data()), Error);
 }
 
+// q4_0 of a block whose scale is an fp16 subnormal that rounds down: ggml takes the inverse of the
+// unrounded scale; from the rounded one, codes fell below 0 and wrapped into the other nibble (the
+// largest value came back with its sign flipped, its neighbour 16 positions on corrupted).
+TEST(Baseline, Q40OfTinyBlocksKeepsSignsAndNeighbours) {
+  auto q = make_baseline("q4_0", 32);
+  for (const float big : {1.1e-6f, 3.3e-7f, 1e-7f, 2e-6f, 1.0f}) {
+    std::vector<float> x(32, 0.0f), out(32);
+    x[0] = big, x[16] = -big / 2, x[3] = big / 3;
+    std::vector<uint8_t> p(q->bytes(1));
+    q->quantize(x.data(), 1, p.data());
+    q->dequantize(p.data(), 1, out.data());
+    for (int i = 0; i < 32; ++i) {
+      EXPECT_FALSE(std::signbit(out[i]) && x[i] > 0) << big << " element " << i << ": " << out[i];
+      // half a step of d = big/8, plus 8 steps' worth of d's fp16 rounding (relative 2^-11, or half
+      // the subnormal spacing 2^-24)
+      EXPECT_LE(std::abs(out[i] - x[i]), big / 16 + 8 * std::max(big / 8 * 0x1p-11f, 0x1p-25f) + 1e-12f) << big << " element " << i << ": "
+                                                                                                       << out[i];
+    }
+  }
+}
+
 TEST(Baseline, ConstantRowsAreExact) {
   for (const char* name : {"int8", "int4", "int2", "q4_0"}) {
     auto q = make_baseline(name, 32);

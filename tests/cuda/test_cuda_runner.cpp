@@ -538,6 +538,46 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
   EXPECT_THROW(engine::choose_device("gpu", c, {}), Error);
 }
 
+// K/V rows a cache cannot store (V rows of elements past fp16's 65504, norms past the packed
+// formats' fp16 norm) are refused on both runners. The GPU's quantize_store skipped them silently
+// (its error flag was never set), leaving the slots' old bytes for attention to read. V at ~2e4 a
+// unit: some tokens' rows reach past 65504 and some do not, which the CPU runner sorts out first;
+// on the GPU, a refused step must not spill into the next (the flag is cleared).
+TEST(CudaRunnerRefuses, RowsTheCacheCannotStore) {
+  TinyModelSpec s = shape(256, 4, 2, 2, false, "llama");
+  s.scaled = "attn_v.weight", s.scale = 2e4f;
+  const model::Model m = tiny(s);
+  const auto refused = [&](engine::Engine& e, int token) {  // a one-token prompt on a sequence of its own
+    const int seq = e.add_sequence();
+    bool threw = false;
+    try {
+      e.prefill(seq, {token}, false);
+    } catch (const Error& err) {
+      EXPECT_NE(std::string(err.what()).find("fp16"), std::string::npos) << err.what();
+      threw = true;
+    }
+    e.remove_sequence(seq);
+    return threw;
+  };
+  engine::Engine cpu(m, parse_kv_spec("fp16"), {.device = engine::Device::kCpu, .context = 64, .max_chunk = 16});
+  int bad = -1, good = -1;
+  for (int t = 0; t < s.vocab && (bad < 0 || good < 0); ++t) {
+    int& first = refused(cpu, t) ? bad : good;
+    if (first < 0) first = t;
+  }
+  ASSERT_GE(bad, 0) << "no token's V row reaches past fp16 at this scale";
+  ASSERT_GE(good, 0) << "every token's V row reaches past fp16 at this scale";
+  engine::Engine k3(m, parse_kv_spec("k3v2"), {.device = engine::Device::kCpu, .context = 64, .max_chunk = 16});
+  EXPECT_TRUE(refused(k3, good)) << "a V row of norm ~1.6e5 in k3v2 (its norm is stored as fp16)";
+  TQ_REQUIRE_GPU();
+  engine::Engine gpu(m, parse_kv_spec("fp16"), {.device = engine::Device::kCuda, .context = 64, .max_chunk = 16});
+  EXPECT_TRUE(refused(gpu, bad));
+  EXPECT_FALSE(refused(gpu, good)) << "the refused step's flag spilled into the next";
+  EXPECT_TRUE(refused(gpu, bad));
+  engine::Engine gpu_k3(m, parse_kv_spec("k3v2"), {.device = engine::Device::kCuda, .context = 64, .max_chunk = 16});
+  EXPECT_TRUE(refused(gpu_k3, good));
+}
+
 // A model with q/k norms after q/k biases (none is known) runs on the CPU only: refused naming the
 // architecture, and --device auto picks the CPU for it. qwen3 and gemma3 are taken.
 TEST(CudaRunnerRefuses, QkNormsAfterBiases) {

@@ -42,6 +42,11 @@ TEST(KvLayerSet, RefusesWithTheBadPart) {
   EXPECT_NE(msg("k3v2:layers=0+x/k4v4").find("got 'x'"), std::string::npos);
   EXPECT_NE(msg("k3v2:layers=5-2/k4v4").find("'5-2' runs backwards"), std::string::npos);
   EXPECT_NE(msg("k3v2:layers=1+0-2/k4v4").find("names layer 1 twice"), std::string::npos);
+  {  // refused as the duplicate comes, not after expanding every range (a long spec of repeated ranges took GBs)
+    std::string many = "k3v2:layers=0-1023";
+    for (int i = 0; i < 20000; ++i) many += "+0-1023";
+    EXPECT_NE(msg(many + "/k4v4").find("names layer 0 twice"), std::string::npos);
+  }
   EXPECT_NE(msg("k3v2:layers=1024/k4v4").find("layer 1024"), std::string::npos);
   EXPECT_NE(msg("k3v2:layers=1/k9v4").find("K width must be 1..8 bits, got 9"), std::string::npos);
   EXPECT_NE(msg("k3v2:edge=2/k4v4:layers=1/k4v4").find("edge= and layers="), std::string::npos);

@@ -63,5 +63,20 @@ TEST(PageAllocator, CachedPagesAreEvictedLeastRecentlyReleasedFirst) {
   EXPECT_EQ(ev, -1);
 }
 
+// A refused set_cached changes nothing: it marked a free page cached before refusing, and a later
+// set_cached(page, false) erased an LRU entry the page never had (a segfault).
+TEST(PageAllocator, ARefusedSetCachedLeavesThePoolAsItWas) {
+  PageAllocator a(2);
+  EXPECT_THROW(a.set_cached(1, true), Error);
+  EXPECT_FALSE(a.cached(1));
+  a.set_cached(1, false);  // a no-op on a page that is not cached
+  EXPECT_EQ(a.allocate(), 0);
+  EXPECT_EQ(a.allocate(), 1);
+  a.release(1);
+  a.release(0);
+  EXPECT_EQ(a.allocate(), 0);  // the free list as before: the last released comes first
+  EXPECT_EQ(a.allocate(), 1);
+}
+
 }  // namespace
 }  // namespace tq

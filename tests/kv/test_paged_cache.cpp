@@ -96,6 +96,37 @@ TEST(PagedKvCache, BadInput) {
   EXPECT_THROW(PagedKvCache(CacheShape{1, 1, 64, 0}, spec), Error);
 }
 
+// A refused write stores nothing: heads before the refused row (and the refused row's codes, packed
+// before its nc norm check) were overwritten, leaving a token of mixed rows or with its old norm.
+TEST(PagedKvCache, ARefusedWriteLeavesTheSlotsBytes) {
+  for (const char* name : {"fp16", "bf16", "k3v2", "k1v1:nc", "k3v2:prod", "k2.5v2", "k4v4:ip"}) {
+    PagedKvCache cache(CacheShape{1, 2, 64, 2}, parse_kv_spec(name).format);
+    std::vector<float> k(128), v(128);
+    for (size_t i = 0; i < k.size(); ++i) k[i] = float(i % 7) - 3.0f, v[i] = float(i % 5) - 2.0f;
+    cache.write(0, 3, k.data(), v.data());
+    const std::vector<uint8_t> before(cache.data(), cache.data() + cache.bytes());
+    std::vector<float> k2(128, -2.0f), v2(128, -2.0f);
+    v2[64 + 5] = NAN;  // head 1's V: after both K rows and head 0's V
+    EXPECT_THROW(cache.write(0, 3, k2.data(), v2.data()), Error) << name;
+    EXPECT_EQ(std::memcmp(before.data(), cache.data(), before.size()), 0) << name << ": the refused write changed the cache";
+  }
+  // nc: the row's codes were packed before its stored norm was found past fp16
+  PagedKvCache nc(CacheShape{1, 1, 64, 1}, parse_kv_spec("k1v1:nc").format);
+  std::vector<float> row(64), big(64);
+  for (size_t i = 0; i < 64; ++i) row[i] = float(i % 3) - 1.0f, big[i] = (i % 3 ? 1.0f : -1.0f) * 8125.0f;  // norm 65000
+  nc.write(0, 0, row.data(), row.data());
+  const std::vector<uint8_t> before(nc.data(), nc.data() + nc.bytes());
+  EXPECT_THROW(nc.write(0, 0, big.data(), row.data()), Error);
+  EXPECT_EQ(std::memcmp(before.data(), nc.data(), before.size()), 0);
+}
+
+TEST(FloatRows, Bf16RefusesWhatItWouldRoundToInfinity) {
+  uint8_t out[2];
+  const float ok = 3.38e38f, over = 3.4e38f;
+  EXPECT_NO_THROW(store_float_row(Encoding::kBf16, &ok, 1, 1.0f, out));
+  EXPECT_THROW(store_float_row(Encoding::kBf16, &over, 1, 1.0f, out), Error);
+}
+
 // The format is a value: copies share the codec tables, and host storage built from a copy has
 // exactly the bytes of storage built from the original.
 TEST(CacheFormat, CopiesShareTablesAndLayout) {

@@ -1,3 +1,4 @@
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "tq/common.h"
@@ -158,6 +159,9 @@ INSTANTIATE_TEST_SUITE_P(All, BadSpec,
                                            std::pair{"k3v2:prod:prod", "'prod' is given twice"},
                                            std::pair{"k3v2:window=64:window=8", "'window' is given twice"},
                                            std::pair{"k3v2:centre:center", "'center' is given twice"},
+                                           // ip=k on prod keys would do nothing (their estimate is unbiased already)
+                                           std::pair{"k3v2:prod:ip=k", "'ip=k' does nothing to prod keys"},
+                                           std::pair{"k3v2:ip=k:prod", "'ip=k' does nothing to prod keys"},
                                            std::pair{"k2.5v2:outliers=max", "'max'"}));
 
 TEST(KvSpec, ANulByteIsNamedBeforeItCutsTheMessage) {
@@ -181,6 +185,17 @@ TEST(KvSpec, CanonicalRoundTrip) {
   for (const char* s : {"k3v2:edge=2/k4v4:sink=4:window=64", "fp32:ksim=int4", "k2v2:nc:edge=1/fp16", "k3v2:centre",
                         "fp16:centre", "k3v2:edge=2/k4v4:sink=4:window=64:centre"})
     EXPECT_EQ(parse_kv_spec(s).canonical(), s);
+}
+
+// A seed names other rotations, other bytes: it travels in the canonical text (the auto spec's
+// result, the resolved --kv, Python's KvSpec equality and the vLLM adapter dropped it), and the
+// default seed is not written out.
+TEST(KvSpec, CanonicalKeepsTheSeed) {
+  EXPECT_EQ(parse_kv_spec("k3v2:seed=12345").canonical(), "k3v2:seed=12345");
+  EXPECT_EQ(parse_kv_spec(parse_kv_spec("k3v2:seed=12345:edge=2/k4v4").canonical()).format.seed, 12345u);
+  EXPECT_EQ(parse_kv_spec(fmt::format("k3v2:seed={}", KvFormat{}.seed)).canonical(), "k3v2");
+  EXPECT_NE(parse_kv_spec("k3v2:seed=5").canonical(), parse_kv_spec("k3v2").canonical());
+  EXPECT_EQ(parse_kv_spec("k3v2:prod:ip").canonical(), "k3v2:prod:ip");  // ip on the values: allowed
 }
 
 // centre: a policy knob (the pages' layout is unchanged; what their K rows mean is the store's),

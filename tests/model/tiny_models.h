@@ -140,6 +140,10 @@ struct TinyModelSpec {
   // the block types the last fp16 scale of its block (m / dmin where there is one, else d) is inf.
   std::string poison;
   size_t poison_element = 0;
+  // Every F32 tensor whose name ends with `scaled` (e.g. "attn_v.weight") multiplied by `scale`:
+  // rows past what a cache can store.
+  std::string scaled;
+  float scale = 1.0f;
 };
 
 // Makes element e of `bytes` (type t) non-finite, as TinyModelSpec::poison says.
@@ -220,6 +224,14 @@ inline GgufWriter tiny_model(const TinyModelSpec& s) {
   };
   const auto add = [&](const std::string& name, const std::vector<uint64_t>& dims, GgmlType t, std::vector<uint8_t> bytes) {
     if (name == s.poison) poison_element(t, bytes, s.poison_element);
+    if (!s.scaled.empty() && t == GgmlType::F32 && name.size() >= s.scaled.size() &&
+        name.compare(name.size() - s.scaled.size(), s.scaled.size(), s.scaled) == 0)
+      for (size_t i = 0; i + 4 <= bytes.size(); i += 4) {
+        float f;
+        std::memcpy(&f, &bytes[i], 4);
+        f *= s.scale;
+        std::memcpy(&bytes[i], &f, 4);
+      }
     w.add_tensor(name, dims, t, bytes);
   };
   const auto mat = [&](const std::string& name, uint64_t rows, uint64_t cols, GgmlType t) {

@@ -65,6 +65,7 @@ class PagedKvCache {
   struct ViewTag {};
   PagedKvCache(const CacheFormat& format, uint32_t num_pages, ViewTag);
   void check_slot(uint32_t layer, int64_t slot) const;
+  void write_heads(uint32_t layer, uint32_t page, uint32_t off, const float* k, const float* v);  // write()'s encoding, every head
 
   CacheFormat format_;
   CacheShape shape_;

@@ -214,7 +214,12 @@ class CudaModelRunner : public engine::ModelRunner {
   std::vector<Group> subs_;                             // the step's ring sub-steps: one sequence each, in order
   Buf<layers::SampleRow> sample_args_;                  // [N]
   Buf<uint8_t> workspace_, blas_workspace_;             // attention (grown as needed), cuBLAS (fixed: graphs)
-  std::unique_ptr<int32_t, HostFree> host_ids_;         // [N] pinned
+  std::unique_ptr<int32_t, HostFree> host_ids_;         // [N + 1] pinned: the sampled ids, then the store's error flag
+  // quantize_store's error_flag: set by a row it refused (NaN/Inf, a norm or element beyond fp16),
+  // which it does not write; read with each step's results, and the step refused as the CPU runner
+  // refuses it (it was silently left unwritten).
+  Buf<int32_t> store_error_;  // [1]
+  void check_stored();
   uint32_t max_pages_ = 0;
   using GraphKey = std::array<uint32_t, 4>;  // tokens a sequence, tokens, logits rows, length bucket
   std::map<GraphKey, cudaGraphExec_t> graphs_;  // -> the step's graph
@@ -404,8 +409,10 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   slots_ = alloc<int64_t>(N, "slots");
   sample_args_ = alloc<layers::SampleRow>(N, "sampling arguments");
   void* pinned = nullptr;
-  check(cudaMallocHost(&pinned, size_t(N) * sizeof(int32_t)), "cudaMallocHost");
+  check(cudaMallocHost(&pinned, size_t(N + 1) * sizeof(int32_t)), "cudaMallocHost");
   host_ids_.reset(static_cast<int32_t*>(pinned));
+  store_error_ = alloc<int32_t>(1, "store error flag");
+  check(cudaMemsetAsync(store_error_.get(), 0, sizeof(int32_t), stream_), "store error flag");
   check(cudaStreamSynchronize(stream_), "weights");
   cudaDeviceProp prop{};
   int dev = 0;
@@ -660,6 +667,7 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
     st.dtype = DType::kF32;
     st.slot_mapping = slots + row0;
     st.num_tokens = n;
+    st.error_flag = store_error_.get();
     quantize_store(st, stream_);
   };
   const auto attend = [&](const Group& g) {
@@ -726,9 +734,19 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   enqueue(N, R, groups, false);
   std::vector<float> out(size_t(R) * cfg_.vocab_size);
   check(cudaMemcpyAsync(out.data(), logits_.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_), "logits");
+  check(cudaMemcpyAsync(host_ids_.get() + opts_.max_chunk, store_error_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "store flag");
   check(cudaStreamSynchronize(stream_), "forward");
+  check_stored();
   settle_centre();
   return out;
+}
+
+void CudaModelRunner::check_stored() {
+  if (!host_ids_.get()[opts_.max_chunk]) return;
+  host_ids_.get()[opts_.max_chunk] = 0;
+  check(cudaMemsetAsync(store_error_.get(), 0, sizeof(int32_t), stream_), "store error flag");
+  throw Error("a K/V row of this step has a non-finite element, a norm beyond fp16's 65504, or an element its cache format turns "
+              "into infinity: the cache cannot store it (as on the CPU)");
 }
 
 void CudaModelRunner::settle_centre() {
@@ -782,7 +800,9 @@ std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, 
     enqueue(N, R, groups, true);
   }
   check(cudaMemcpyAsync(host_ids_.get(), ids_.get(), R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "sampled ids");
+  check(cudaMemcpyAsync(host_ids_.get() + opts_.max_chunk, store_error_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "store flag");
   check(cudaStreamSynchronize(stream_), "forward");
+  check_stored();
   settle_centre();
   return std::vector<int>(host_ids_.get(), host_ids_.get() + R);  // -1 where a row holds nothing to sample (sample.cu)
 }
