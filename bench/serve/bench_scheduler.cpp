@@ -64,20 +64,36 @@ int main(int argc, char** argv) {
   const KvSpec spec = parse_kv_spec(fmt::format("k3v2:page={}", page));
   fmt::print("| running | median us/step | p90 us/step |\n|---|---|---|\n");
   for (uint32_t n : {1u, 16u, 64u, 256u, 1024u}) {
-    const uint32_t ctx = prompt + 1024, pages = n * ((ctx + page - 1) / page);
+    const uint32_t ctx = prompt + 4096, pages = n * ((ctx + page - 1) / page);
     engine::Engine e(std::make_unique<NullRunner>(pages, spec), page, {.context = ctx, .max_seqs = n, .max_chunk = std::max(n, 2048u)});
     serve::Scheduler s(e, [](int) { return false; }, {.max_num_seqs = n});
     for (uint32_t i = 0; i < n; ++i) {
       std::vector<int> p(prompt);
       for (uint32_t j = 0; j < prompt; ++j) p[j] = int((i * 7919 + j * 31) % 120000);  // no shared prefixes
-      s.add({std::move(p), {}, 1000, {}});
+      s.add({std::move(p), {}, 4000, {}});  // none ends before the timed steps do (the first decode while the last prefill)
     }
-    while (s.stats().generated_tokens < n) s.step();  // prefill, in chunks, until every request has its first token
+    // Prefill, in chunks, until a step is all decode: every request admitted, past its prompt, and
+    // given one token by the step. (Counting the tokens generated overall stopped at the first n
+    // tokens, which the requests prefilled first produce while most still wait.)
+    const auto pure_decode = [&] {
+      const serve::SchedulerStats a = s.stats();
+      s.step();
+      const serve::SchedulerStats b = s.stats();
+      return b.running == n && b.waiting == 0 && b.computed_tokens - a.computed_tokens == n && b.generated_tokens - a.generated_tokens == n;
+    };
+    while (!pure_decode()) {
+    }
     std::vector<double> us;
     for (int k = 0; k < 300; ++k) {
+      const serve::SchedulerStats a = s.stats();
       const auto t0 = std::chrono::steady_clock::now();
       s.step();
       us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+      const serve::SchedulerStats b = s.stats();
+      if (b.computed_tokens - a.computed_tokens != n || b.generated_tokens - a.generated_tokens != n) {
+        fmt::print(stderr, "bench_scheduler: timed step {} at {} running was not a step of {} decodes\n", k, n, n);
+        return 1;
+      }
     }
     std::vector<double> sorted = us;
     std::sort(sorted.begin(), sorted.end());
