@@ -251,7 +251,8 @@ void add_run(CLI::App& app) {
   c->add_option("--tokenizer", o->tokenizer, kTokenizerHelp);
   c->add_option("--ctx", o->ctx,
                 "context length: generation stops when prompt and text fill it (default: the model's training context;\n"
-                "longer with --allow-long-context only)");
+                "longer with --allow-long-context only)")
+      ->check(CLI::Range(1u, 0xFFFFFFFFu));  // (0 was read as the default; tq perplexity refuses it too)
   c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
   c->add_option("-t,--threads", o->threads, kThreadsHelp);
   c->add_option("--device", o->device, kDeviceHelp);

@@ -67,6 +67,7 @@ std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& 
     std::string spec = item;
     if (engine::is_auto_kv(item)) {
       const engine::AutoKvRequest r = engine::parse_auto_kv(item);
+      engine::check_auto_kv_budget(r, lm.model.config);  // before minutes of calibration
       const std::string key = fmt::format("{}\n{}\n{}", r.calib, r.tokens, r.knobs.canonical());
       auto it = measured.find(key);
       if (it == measured.end()) {

@@ -45,7 +45,7 @@ uint64_t bytes_of(const std::string& s, const std::string& text) {
                        : unit == "G" || unit == "GiB" ? 1024.0 * 1024 * 1024
                                                       : 0.0;
   TQ_CHECK(scale > 0, "KV spec '{}': mem's unit must be K, M or G (KiB, MiB, GiB), got '{}'", text, unit);
-  TQ_CHECK(v > 0 && v * scale < 1e15, "KV spec '{}': mem must be a positive size such as 900M, got '{}'", text, s);
+  TQ_CHECK(v * scale >= 1 && v * scale < 1e15, "KV spec '{}': mem must be a size of 1 byte or more such as 900M, got '{}'", text, s);
   return uint64_t(v * scale);
 }
 
@@ -70,10 +70,15 @@ AutoKvRequest parse_auto_kv(const std::string& text) {
   r.text = text;
   const auto parts = split(text, ':');
   std::string rest;  // the options for the chosen spec
+  std::vector<std::string> seen;  // the budget's options: a second one would silently replace the first (the rest: parse_kv_spec)
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& opt = parts[i];
     const size_t eq = opt.find('=');
     const std::string key = opt.substr(0, eq), val = eq == std::string::npos ? "" : opt.substr(eq + 1);
+    if (key == "bits" || key == "mem" || key == "context" || key == "calib" || key == "tokens" || key == "widths") {
+      TQ_CHECK(std::find(seen.begin(), seen.end(), key) == seen.end(), "KV spec '{}': option '{}' is given twice", text, key);
+      seen.push_back(key);
+    }
     if (key == "bits" && eq != std::string::npos) {
       r.bits = double_of(val, "bits", text);
       TQ_CHECK(r.bits >= 1 && r.bits <= 16, "KV spec '{}': bits is an average over the pages, 1..16 bits per element, got {}", text, val);
@@ -208,44 +213,78 @@ Sensitivity measure_sensitivity(const model::Model& m, const std::vector<int>& t
   return s;
 }
 
-AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c, const Sensitivity& s) {
+namespace {
+// What a request may spend: the candidate formats (every whole K and V width of widths=), each one's
+// bytes per token over all layers, and the budget in the same unit. Known from the model's shape
+// alone, before anything is measured.
+struct Budget {
+  std::vector<std::pair<TensorCode, TensorCode>> fmts;
+  std::vector<double> bytes;  // [format] per token, all layers' pages
+  double budget = 0;          // bytes per token
+  double elems_bytes = 0;     // bytes per token at one bit per element
+  double fixed = 0;           // mem=: the side buffer and key centre it pays first
+  double tokens = 0;          // mem=: the context in whole pages
+  std::string budget_is;
+};
+
+Budget budget_of(const AutoKvRequest& r, const model::ModelConfig& c) {
   const uint32_t L = uint32_t(c.n_layers), H = uint32_t(c.n_kv_heads), D = uint32_t(c.head_dim);
+  const uint32_t page = r.knobs.format.page_size;
+  Budget b;
+  for (uint32_t kb = r.min_width; kb <= r.max_width; ++kb)
+    for (uint32_t vb = r.min_width; vb <= r.max_width; ++vb)
+      b.fmts.push_back({TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}});
+  for (const auto& [k, v] : b.fmts) b.bytes.push_back(double(bytes_per_token_head(k, v, D, page)) * H * L);
+  b.elems_bytes = 2.0 * D * H * L / 8.0;
+  if (r.bits > 0) {
+    b.budget = r.bits * b.elems_bytes;
+    b.budget_is = fmt::format("{} bits per element", r.bits);
+  } else {
+    const KvSize ks = kv_size(r.knobs, L, H, D);
+    b.fixed = double(ks.side_bytes + ks.centre_bytes), b.tokens = std::ceil(double(r.context) / page) * page;
+    TQ_CHECK(double(r.mem_bytes) > b.fixed, "KV spec '{}': mem= {} bytes does not even hold the side buffer and key centre ({:.0f} bytes)",
+             r.text, r.mem_bytes, b.fixed);
+    b.budget = (double(r.mem_bytes) - b.fixed) / b.tokens;
+    b.budget_is = fmt::format("{:.1f} MiB for {} tokens: {:.3f} bits per element after {:.2f} MiB of side buffer",
+                              r.mem_bytes / 1048576.0, r.context, b.budget / b.elems_bytes, b.fixed / 1048576.0);
+  }
+  return b;
+}
+}  // namespace
+
+void check_auto_kv_budget(const AutoKvRequest& r, const model::ModelConfig& c) {
+  const Budget b = budget_of(r, c);
+  const size_t f = size_t(std::min_element(b.bytes.begin(), b.bytes.end()) - b.bytes.begin());
+  if (b.bytes[f] <= b.budget) return;
+  const std::string least = r.bits > 0 ? fmt::format("bits={:.3f}", b.bytes[f] / b.elems_bytes)
+                                       : fmt::format("mem={:.1f}M", (b.fixed + b.bytes[f] * b.tokens) / 1048576.0);
+  throw Error(fmt::format("KV spec '{}' on this model: the budget ({}, {:.1f} bytes per token) is below the smallest choice, every "
+                          "layer at {} ({:.1f} bytes per token); the least budget is {} (or lower widths=, now {}-{})",
+                          r.text, b.budget_is, b.budget, base_of(b.fmts[f].first, b.fmts[f].second), b.bytes[f], least, r.min_width,
+                          r.max_width));
+}
+
+AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c, const Sensitivity& s) {
+  const uint32_t L = uint32_t(c.n_layers), D = uint32_t(c.head_dim);
   TQ_CHECK(!s.k_widths.empty() && !s.v_widths.empty() && s.k.size() == s.k_widths.size() && s.v.size() == s.v_widths.size(),
            "sensitivity: {} K and {} V probe rows for {} and {} widths", s.k.size(), s.v.size(), s.k_widths.size(), s.v_widths.size());
   for (const auto* rows : {&s.k, &s.v})
     for (const auto& row : *rows) TQ_CHECK(row.size() == L, "sensitivity of {} layers for a model of {}", row.size(), L);
-  const uint32_t page = r.knobs.format.page_size;
-  // The candidate formats: every whole K and V width of widths=.
-  std::vector<std::pair<TensorCode, TensorCode>> fmts;
-  for (uint32_t kb = r.min_width; kb <= r.max_width; ++kb)
-    for (uint32_t vb = r.min_width; vb <= r.max_width; ++vb)
-      fmts.push_back({TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}});
+  check_auto_kv_budget(r, c);
+  const Budget bud = budget_of(r, c);
+  const auto& fmts = bud.fmts;
   // The codebook's distortion per unit vector at each width; a layer's KL scales with it.
   const auto dist = [&](uint32_t bits) { return codebook(padded_dim(D), bits).expected_mse; };
   std::vector<std::vector<double>> cost(fmts.size(), std::vector<double>(L));
-  std::vector<double> bytes(fmts.size());
+  std::vector<double> bytes(fmts.size());  // [format] per token and layer
   for (size_t f = 0; f < fmts.size(); ++f) {
-    bytes[f] = bytes_per_token_head(fmts[f].first, fmts[f].second, D, page) * H;
+    bytes[f] = bud.bytes[f] / L;
     const size_t pk = probe_for(s.k_widths, fmts[f].first.bits), pv = probe_for(s.v_widths, fmts[f].second.bits);
     const double rk = dist(fmts[f].first.bits) / dist(s.k_widths[pk]), rv = dist(fmts[f].second.bits) / dist(s.v_widths[pv]);
     for (uint32_t l = 0; l < L; ++l) cost[f][l] = s.k[pk][l] * rk + s.v[pv][l] * rv;
   }
-  // The budget in bytes per token over all layers.
-  const double elems_bytes = 2.0 * D * H * L / 8.0;  // bytes per token at one bit per element
-  double budget = 0;
-  std::string budget_is;
-  if (r.bits > 0) {
-    budget = r.bits * elems_bytes;
-    budget_is = fmt::format("{} bits per element", r.bits);
-  } else {
-    const KvSize ks = kv_size(r.knobs, L, H, D);
-    const double fixed = ks.side_bytes + ks.centre_bytes, tokens = std::ceil(double(r.context) / page) * page;
-    TQ_CHECK(double(r.mem_bytes) > fixed, "KV spec '{}': mem= {} bytes does not even hold the side buffer and key centre ({:.0f} bytes)",
-             r.text, r.mem_bytes, fixed);
-    budget = (double(r.mem_bytes) - fixed) / tokens;
-    budget_is = fmt::format("{:.1f} MiB for {} tokens: {:.3f} bits per element after {:.2f} MiB of side buffer", r.mem_bytes / 1048576.0,
-                            r.context, budget / elems_bytes, fixed / 1048576.0);
-  }
+  const double elems_bytes = bud.elems_bytes, budget = bud.budget;
+  const std::string& budget_is = bud.budget_is;
   Allocation a;
   try {
     a = allocate_layers(cost, bytes, budget);
@@ -305,6 +344,7 @@ AutoKvChoice resolve_auto_kv(const AutoKvRequest& r, const model::Model& m, cons
                              const std::function<void(size_t, size_t)>& progress) {
   TQ_CHECK(tokens.size() >= 16, "KV spec '{}': the calibration text '{}' has {} tokens; it needs at least 16", r.text, r.calib,
            tokens.size());
+  check_auto_kv_budget(r, m.config);  // before the calibration: whether a budget can be met is a matter of bytes
   const Sensitivity s = measure_sensitivity(m, tokens, r.knobs, threads, {}, progress);
   AutoKvChoice c = choose_auto_kv(r, m.config, s);
   c.report = fmt::format("calibrated on the first {} tokens of {}\n", tokens.size(), r.calib) + c.report;

@@ -53,6 +53,7 @@ run_fails("--bits 2.5 with --method prod: prod has whole widths only" 2 distorti
 set(beyond "beyond the model's training context of 512 tokens")
 run_fails("--ctx 10000000: ${beyond}" 2 ${R} -p "Once" -n 2 --ctx 10000000)
 run_fails("pass --allow-long-context to run anyway" 2 ${R} -p "Once" -n 2 --ctx 513)
+run_fails("--ctx: Value 0 not in range" ANY ${R} -p "Once" -n 2 --ctx 0)  # was read as the model's context
 run_fails("-n 600: more tokens than the context holds after the prompt's 2 (512 tokens, the model's training context)" 2 ${R} -p "Once" -n 600)
 run_fails("-n 100: more tokens than the context holds after the prompt's 2 (50 tokens, --ctx)" 2 ${R} -p "Once" -n 100 --ctx 50)
 # prompt + -n at most, as tq serve's prompt + max_tokens: 2 + 510 fits 512, 2 + 511 does not.

@@ -60,6 +60,10 @@ TEST(AutoKv, RefusesWithTheBadPart) {
   EXPECT_NE(error_of("auto:bits=3:calib=a:edge=2/k4v4").find("'edge=2/k4v4' is not taken"), std::string::npos);
   EXPECT_NE(error_of("auto:bits=3:calib=a:widths=5-2").find("widths must be a-b"), std::string::npos);
   EXPECT_NE(error_of("auto:bits=3:calib=a:tokens=4").find("16..65536, got 4"), std::string::npos);
+  // a second budget option silently replaced the first; a sub-byte mem= was read as no budget
+  EXPECT_NE(error_of("auto:bits=12:calib=a:bits=2").find("option 'bits' is given twice"), std::string::npos);
+  EXPECT_NE(error_of("auto:mem=1G:context=8:calib=a:context=9").find("option 'context' is given twice"), std::string::npos);
+  EXPECT_NE(error_of("auto:mem=0.5:context=1:calib=a").find("mem must be a size of 1 byte or more"), std::string::npos);
   const std::string e = error_of("auto:bits=3:calib=a:sink=x");
   EXPECT_NE(e.find("KV spec 'auto:bits=3:calib=a:sink=x'"), std::string::npos) << e;
 }
@@ -174,6 +178,18 @@ TEST(AutoKv, ChoiceMeetsTheBudget) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("KV spec 'auto:bits=2:calib=x' on this model: the budget"), std::string::npos) << e.what();
   }
+  // ... and before any calibration, from the shape alone, naming the least budget that works
+  for (const auto& [spec, least] : {std::pair{"auto:bits=2:calib=x", "bits=2.250"}, std::pair{"auto:bits=2.2:calib=x:widths=2-4", "bits=2.250"},
+                                    std::pair{"auto:mem=1M:context=4096:calib=x", "mem=12.7M"}}) {
+    try {
+      check_auto_kv_budget(parse_auto_kv(spec), c);
+      ADD_FAILURE() << spec << " passed";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("the least budget is ") + least), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("every layer at k2v2"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_NO_THROW(check_auto_kv_budget(parse_auto_kv("auto:bits=2.25:calib=x"), c));
 }
 
 // Keys are probed at 2 and 3 bits: a width takes the widest probe at or below it, so 2-bit keys are

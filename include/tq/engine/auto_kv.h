@@ -82,6 +82,9 @@ struct AutoKvChoice {
 // Measures (measure_sensitivity) and allocates for model `m`; `tokens`: the calibration text's.
 AutoKvChoice resolve_auto_kv(const AutoKvRequest& r, const model::Model& m, const std::vector<int>& tokens, unsigned threads,
                              const std::function<void(size_t, size_t)>& progress = {});
+// Throws, naming the least budget, where even every layer at the narrowest width exceeds the
+// budget: from the model's shape alone, before a calibration is run.
+void check_auto_kv_budget(const AutoKvRequest& r, const model::ModelConfig& c);
 // The allocation and report from a given sensitivity (what resolve_auto_kv does after measuring).
 AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c, const Sensitivity& s);
 
