@@ -31,6 +31,12 @@ SPECS = ["k3v2", "k4v4", "fp8", "bf16"]
 DT = {"f32": 0, "f16": 1, "bf16": 2}
 
 
+def pages_for(tokens):
+    """Pages of PAGE tokens that hold `tokens` tokens: the last one partly filled when `tokens` is not
+    a multiple of PAGE (a block table's width, the max_pages of every call)."""
+    return -(-tokens // PAGE)
+
+
 def load(path):
     lib = ctypes.CDLL(path)
     c = ctypes
@@ -113,7 +119,8 @@ class PagedCache:
     def __init__(self, lib, spec, batch, ctx, k, v, splits=0):  # splits of our decode; 0: the library chooses
         self.lib, self.batch, self.ctx, self.splits = lib, batch, ctx, splits
         self.err = ctypes.create_string_buffer(512)
-        pages_per_seq = ctx // PAGE
+        # the last page of each sequence partly filled when ctx is not a multiple of PAGE
+        self.pages_per_seq = pages_per_seq = pages_for(ctx)
         self.num_pages = batch * pages_per_seq
         self.h = lib.tq_cache_create(KVH, D, self.num_pages, spec.encode(), self.err, 512)
         if not self.h:
@@ -138,11 +145,14 @@ class PagedCache:
                                              None, self.err, 512), self.err)
 
     def bytes(self):
-        return self.lib.tq_cache_bytes(self.h)
+        """The bytes of the batch * ctx tokens a decode call reads (K and V, norms included): the
+        cache's bytes less the unfilled tail of each sequence's last page (all of it when ctx is a
+        multiple of PAGE)."""
+        return self.lib.tq_cache_bytes(self.h) * self.ctx // (self.pages_per_seq * PAGE)
 
     def decode(self, q, out, stream=None):
         check(self.lib.tq_decode(self.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], self.block_tables.data_ptr(),
-                                 self.seq_lens.data_ptr(), self.batch, 1, QH, self.ctx // PAGE, self.ctx, self.splits, self.ws.data_ptr(),
+                                 self.seq_lens.data_ptr(), self.batch, 1, QH, self.pages_per_seq, self.ctx, self.splits, self.ws.data_ptr(),
                                  stream, self.err, 512), self.err)
 
     def close(self):
@@ -176,10 +186,10 @@ def prefill_rows(lib, specs, prefix=8192, chunk=512):
     for spec in specs:
         with smem_limit(spec) as name:
             cache = PagedCache(lib, name, 1, T, k, v)
-            ws = torch.zeros(lib.tq_prefill_workspace(cache.h, 1, chunk, QH, T // PAGE, T, 0), dtype=torch.uint8, device="cuda")
+            ws = torch.zeros(lib.tq_prefill_workspace(cache.h, 1, chunk, QH, cache.pages_per_seq, T, 0), dtype=torch.uint8, device="cuda")
             out = torch.empty(1, chunk, QH, D, dtype=torch.bfloat16, device="cuda")
             call = lambda st=None: check(lib.tq_prefill(cache.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], cache.block_tables.data_ptr(),
-                                                        cache.seq_lens.data_ptr(), 1, chunk, QH, T // PAGE, T, 0, ws.data_ptr(), st, cache.err,
+                                                        cache.seq_lens.data_ptr(), 1, chunk, QH, cache.pages_per_seq, T, 0, ws.data_ptr(), st, cache.err,
                                                         512), cache.err)
             call()
             torch.cuda.synchronize()
@@ -215,7 +225,7 @@ def whole_prompt_rows(lib, specs, lengths, chunk=2048):
                 n = (L + chunk - 1) // chunk
                 ends = [min(L, (c + 1) * chunk) for c in range(n)]
                 lens = [torch.tensor([e], dtype=torch.int32, device="cuda") for e in ends]
-                ws = torch.zeros(max(lib.tq_prefill_workspace(cache.h, 1, e - c * chunk, QH, L // PAGE, e, 0) for c, e in enumerate(ends)),
+                ws = torch.zeros(max(lib.tq_prefill_workspace(cache.h, 1, e - c * chunk, QH, cache.pages_per_seq, e, 0) for c, e in enumerate(ends)),
                                  dtype=torch.uint8, device="cuda")
                 out = torch.empty(1, L, QH, D, dtype=torch.bfloat16, device="cuda")
 
@@ -224,7 +234,7 @@ def whole_prompt_rows(lib, specs, lengths, chunk=2048):
                         b = c * chunk
                         check(lib.tq_prefill(cache.h, q[:, b:e].data_ptr(), DT["bf16"],
                                              out[:, b:e].data_ptr(), DT["bf16"], cache.block_tables.data_ptr(), lens[c].data_ptr(), 1, e - b,
-                                             QH, L // PAGE, e, 0, ws.data_ptr(), st, cache.err, 512), cache.err)
+                                             QH, cache.pages_per_seq, e, 0, ws.data_ptr(), st, cache.err, 512), cache.err)
                 call()
                 torch.cuda.synchronize()
                 rel = ((out.transpose(1, 2).float() - ref.float()).norm() / ref.float().norm()).item()
@@ -250,7 +260,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lib", required=True)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--shapes", default=None, help="e.g. 16x32768,4x131072")
+    ap.add_argument("--shapes", default=None, help="BATCHxCONTEXT pairs, e.g. 16x32768,4x131072; a context that is not a multiple of the "
+                                                           "page size (16) ends in a partly filled page, e.g. 1x1000")
     ap.add_argument("--specs", default=",".join(SPECS),
                     help="KV specs of our kernels, e.g. k3v2,bf16; bf16@99 runs bf16 as a GPU with 99 KB of shared memory a block would "
                          "(TQ_CUDA_SMEM_KB)")
@@ -285,9 +296,21 @@ def main():
         ap.error(f"--whole-chunk takes token counts, e.g. 2048 or 2048,4096, got {args.whole_chunk!r}")
     if not all(c > 0 for c in whole_chunks):
         ap.error(f"--whole-chunk needs positive token counts, got {args.whole_chunk!r}")
+    # any positive context: one that is not a multiple of the page size (16) ends in a partly filled page
+    try:
+        shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
+    except ValueError:
+        ap.error(f"--shapes takes BATCHxCONTEXT pairs, e.g. 16x32768,1x1000, got {args.shapes!r}")
+    if not all(len(s) == 2 and s[0] > 0 and s[1] > 0 for s in shapes):
+        ap.error(f"--shapes takes BATCHxCONTEXT pairs of positive counts, e.g. 16x32768,1x1000, got {args.shapes!r}")
+    try:
+        lengths = [int(x) for x in args.whole.split(",")] if args.whole else []
+    except ValueError:
+        ap.error(f"--whole takes prompt lengths in tokens, e.g. 4096,5000, got {args.whole!r}")
+    if not all(L > 0 for L in lengths):
+        ap.error(f"--whole needs positive prompt lengths, got {args.whole!r}")
     limit_us = lambda nbytes: nbytes / (args.hbm_tbps * 1e6)  # the call's bytes over the bandwidth
     lib = load(args.lib)
-    shapes = SHAPES if not args.shapes else [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     if args.prefill_only:
         shapes = []
     torch.manual_seed(0)
@@ -341,7 +364,7 @@ def main():
                     fused = lambda st: check(lib.tq_store_and_decode(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B,
                                                                      q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"],
                                                                      cache.block_tables.data_ptr(), cache.seq_lens.data_ptr(), B, 1, QH,
-                                                                     cache.ctx // PAGE, cache.ctx, cache.splits, cache.ws.data_ptr(), st, err,
+                                                                     cache.pages_per_seq, cache.ctx, cache.splits, cache.ws.data_ptr(), st, err,
                                                                      512), err)
                     row["fused_step_graph_ms"] = timed_graph(fused)
                     row["quantize_store_fused_ms"] = row["fused_step_graph_ms"] - g
@@ -360,8 +383,7 @@ def main():
         torch.cuda.empty_cache()
     if not args.no_prefill:
         rows += prefill_rows(lib, args.specs.split(","))
-    if args.whole:
-        lengths = [int(x) for x in args.whole.split(",")]
+    if lengths:
         for chunk in whole_chunks:
             rows += whole_prompt_rows(lib, args.specs.split(","), lengths, chunk)
     # bulk quantize_store throughput

@@ -3,9 +3,18 @@
 at a fixed concurrency, with the openai package's async client, mixed prompt and output lengths,
 and a fraction of clients that leave mid-stream.
 
-Reports requests/s, output tokens/s, time to first token (TTFT) and time per output token (TPOT)
-percentiles, errors by kind, and, from tq serve's /metrics after the run, KV pages still held
-(must be 0), preemptions and the prefix-cache hit rate. Exits 1 on unexpected errors or leaked pages.
+Reports completed requests/s (requests that ran to their end; those the client left mid-stream are
+counted apart, and no rate counts them), output tokens/s of the completed requests, time to first
+token (TTFT) and time per output token (TPOT) percentiles of the completed requests, errors by kind,
+and, from tq serve's /metrics after the run, KV pages still held (must be 0), preemptions and the
+prefix-cache hit rate. A server without /metrics (or one that does not answer it) gets a one-line
+note instead of those three, and the rest is reported as usual. Exits 1 on unexpected errors or
+leaked pages.
+
+TTFT and TPOT as vLLM's benchmark_serving takes them: TTFT is the time from sending the request to
+the first streamed chunk that carries choices, even when its text is empty (a first token may
+decode to no text: a partial UTF-8 sequence, a special token); TPOT is the time from that chunk to
+the last chunk with choices over the completion tokens (the usage chunk's count) less one.
 
   python bench/serve/serve_load.py --url http://127.0.0.1:8000 --requests 1000 --concurrency 32 --cancel 0.1
   python bench/serve/serve_load.py --launch "build/release/apps/cli/tq serve -m model.gguf" --requests 200
@@ -45,7 +54,8 @@ def percentiles(xs, ps=(50, 90, 99)):
 
 
 def metrics(url):
-    """/metrics as {sample name: value}, read by Prometheus' own parser (a malformed exposition raises)."""
+    """/metrics as {sample name: value}, read by Prometheus' own parser (a malformed exposition raises,
+    as does a server without /metrics)."""
     with urllib.request.urlopen(url + "/metrics", timeout=30) as r:
         return {s.name: s.value for f in text_string_to_metric_families(r.read().decode()) for s in f.samples}
 
@@ -89,13 +99,18 @@ async def one(client, model, rng, a, stats):
         async for chunk in stream:
             if chunk.usage:
                 n = chunk.usage.completion_tokens  # a chunk may carry several tokens: the usage chunk counts them
-            if not chunk.choices or not chunk.choices[0].text:
+            # vLLM's benchmark_serving times every chunk that carries choices, empty text included (a
+            # first token may decode to none: a partial UTF-8 sequence, a special token); the usage
+            # chunk has none.
+            if not chunk.choices:
                 continue
             now = time.perf_counter()
             first = first or now
             last = now
             chunks += 1
             if leave_after is not None and chunks >= leave_after:
+                # Left mid-stream: counted apart, in no rate; its tokens (no usage chunk counts them)
+                # and its TTFT are not reported.
                 await stream.close()
                 stats["cancelled"] += 1
                 return
@@ -161,38 +176,53 @@ def main():
     url = a.url
     if a.launch:
         proc, url = launch(a.launch)
+    m, metrics_error = None, None
     try:
         model, wall, s = asyncio.run(run(a, url))
         # Cancellations reach the engine within a step; wait for the pool to drain before judging it.
+        # /metrics is tq serve's: another server may have none, and its results stand without it.
         deadline = time.time() + 30
-        while True:
-            m = metrics(url)
-            if (m.get("tq_requests_running", 0) == 0 and m.get("tq_requests_waiting", 0) == 0) or time.time() > deadline:
-                break
-            time.sleep(0.2)
+        try:
+            while True:
+                m = metrics(url)
+                if (m.get("tq_requests_running", 0) == 0 and m.get("tq_requests_waiting", 0) == 0) or time.time() > deadline:
+                    break
+                time.sleep(0.2)
+        except Exception as e:  # noqa: BLE001 - reported as a note; a reading before the drain would mislead
+            m, metrics_error = None, " ".join(f"{type(e).__name__}: {e}".split())
+            print(f"note: no {url}/metrics after the run ({metrics_error}): KV pages held, preemptions and the prefix hit rate "
+                  f"are not reported", file=sys.stderr, flush=True)
     finally:
         if proc:
             proc.terminate()
             proc.wait(60)
-    queried = m.get("tq_prefix_cache_queried_tokens_total", 0)
+    queried = m.get("tq_prefix_cache_queried_tokens_total", 0) if m is not None else 0
     result = {
         "model": model, "requests": a.requests, "concurrency": a.concurrency, "wall_s": round(wall, 3),
         "completed": s["ok"], "cancelled_by_client": s["cancelled"], "errors": s["errors"],
-        "requests_per_s": round((s["ok"] + s["cancelled"]) / wall, 3), "output_tokens_per_s": round(s["tokens"] / wall, 1),
-        "ttft_ms": {k: v and round(v * 1e3, 2) for k, v in percentiles(s["ttft"]).items()},
-        "tpot_ms": {k: v and round(v * 1e3, 3) for k, v in percentiles(s["tpot"]).items()},
-        "kv_pages_used_after": m.get("tq_kv_pages_used"), "preemptions": m.get("tq_preemptions_total"),
-        "prefix_hit_rate": round(m.get("tq_prefix_cache_hit_tokens_total", 0) / queried, 4) if queried else 0,
+        # requests that ran to their end over the wall time; those left mid-stream are in cancelled_by_client only
+        # (this was requests_per_s, which counted both)
+        "completed_requests_per_s": round(s["ok"] / wall, 3),
+        "output_tokens_per_s": round(s["tokens"] / wall, 1),  # completion tokens of the completed requests
+        "ttft_ms": {k: v and round(v * 1e3, 2) for k, v in percentiles(s["ttft"]).items()},  # completed requests
+        "tpot_ms": {k: v and round(v * 1e3, 3) for k, v in percentiles(s["tpot"]).items()},  # completed requests
+        "kv_pages_used_after": m.get("tq_kv_pages_used") if m is not None else None,
+        "preemptions": m.get("tq_preemptions_total") if m is not None else None,
+        "prefix_hit_rate": (round(m.get("tq_prefix_cache_hit_tokens_total", 0) / queried, 4) if queried else 0) if m is not None else None,
+        "metrics_error": metrics_error,  # why /metrics could not be read after the run; null when it was
     }
     if a.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"{model}: {a.requests} requests at concurrency {a.concurrency} in {wall:.1f} s: {result['requests_per_s']} requests/s, "
-              f"{result['output_tokens_per_s']} output tokens/s")
-        print(f"  completed {s['ok']}, left mid-stream {s['cancelled']}, errors {s['errors'] or 'none'}")
-        print(f"  TTFT ms {result['ttft_ms']}  TPOT ms {result['tpot_ms']}")
-        print(f"  after the run: KV pages used {result['kv_pages_used_after']}, preemptions {result['preemptions']}, "
-              f"prefix hit rate {result['prefix_hit_rate']}")
+        print(f"{model}: {a.requests} requests at concurrency {a.concurrency} in {wall:.1f} s: {result['completed_requests_per_s']} "
+              f"completed requests/s, {result['output_tokens_per_s']} output tokens/s of the completed requests")
+        print(f"  completed {s['ok']}, left mid-stream {s['cancelled']} (in no rate or percentile), errors {s['errors'] or 'none'}")
+        print(f"  completed requests: TTFT ms {result['ttft_ms']}  TPOT ms {result['tpot_ms']}")
+        if metrics_error is None:
+            print(f"  after the run: KV pages used {result['kv_pages_used_after']}, preemptions {result['preemptions']}, "
+                  f"prefix hit rate {result['prefix_hit_rate']}")
+        else:
+            print(f"  after the run: no /metrics ({metrics_error})")
     leaked = (result["kv_pages_used_after"] or 0) != 0
     sys.exit(1 if s["errors"] or leaked else 0)
 
