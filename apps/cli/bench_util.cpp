@@ -120,4 +120,18 @@ double percentile(std::vector<double> v, double q) {
   return v[lo] + (at - double(lo)) * (v[hi] - v[lo]);
 }
 
+void check_json_path(const std::string& path) {
+  if (path.empty()) return;
+  std::ofstream f(path, std::ios::app);
+  TQ_CHECK(f.good(), "--json: cannot write '{}'", path);
+}
+
+void write_json(const std::string& path, const std::string& text) {
+  if (path.empty()) return;
+  std::ofstream f(path);
+  f << text << "\n";
+  f.flush();
+  TQ_CHECK(f.good(), "--json: cannot write '{}' (the tables above stand)", path);
+}
+
 }  // namespace tq::cli

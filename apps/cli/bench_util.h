@@ -70,6 +70,12 @@ double median(std::vector<double> v);
 // The q-quantile (0..1) by linear interpolation; 0 for an empty set.
 double percentile(std::vector<double> v, double q);
 
+// --json FILE of a benchmark: opened (created, not truncated) before the run, so that a path it
+// cannot write is refused at once rather than after hours of measuring; written after the tables
+// are printed, so that a failed write loses no result. No-op for an empty path.
+void check_json_path(const std::string& path);
+void write_json(const std::string& path, const std::string& text);
+
 using clock_type = std::chrono::steady_clock;
 inline double seconds_since(clock_type::time_point t) { return std::chrono::duration<double>(clock_type::now() - t).count(); }
 

@@ -90,6 +90,7 @@ double prefill_seconds(engine::ModelRunner& r, uint32_t page_size, uint32_t len,
 }
 
 void run(const Options& o) {
+  check_json_path(o.json);
   bool max_batch = false;
   std::vector<uint32_t> batches = parse_list(o.batch, "--batch", true, &max_batch);
   const std::vector<uint32_t> contexts = parse_list(o.context, "--context", false);
@@ -264,14 +265,6 @@ void run(const Options& o) {
                                        model_name, where.empty() ? engine::device_name(device) : where, o.steps, o.warmup,
                                        o.eager ? "eager (no CUDA graphs)" : "greedy sampling in the runner", weights / 1e9, o.bandwidth_tbs, o.kv_memory_gb,
                                        first_name.empty() ? "-" : first_name);
-  if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    TQ_CHECK(f.good(), "--json: cannot write '{}'", o.json);
-    nlohmann::json j{{"model", model_name}, {"device", where}, {"steps", o.steps}, {"warmup", o.warmup}, {"eager", o.eager},
-                     {"bandwidth_tbs", o.bandwidth_tbs}, {"kv_memory_gb", o.kv_memory_gb}, {"weight_bytes", weights},
-                     {"fit", fit.json()["rows"]}, {"decode", dec.json()["rows"]}, {"prefill", pre.json()["rows"]}};
-    f << j.dump(2) << "\n";
-  }
   fmt::print("{}\n\nDecode (tokens/seq per sequence per step: 1, or a token and drafts to verify, every position scored; "
              "tokens/s counts scored tokens; 'vs 1 token': ms/step against the one-token step):\n{}",
              head, dec.text());
@@ -280,6 +273,12 @@ void run(const Options& o) {
                                 ? std::string(", sliding-window layers in window rings")
                                 : std::string();
   fmt::print("\nLargest batch in {} GB of KV (whole pages, side buffers included{}):\n{}", o.kv_memory_gb, rings, fit.text());
+  std::fflush(stdout);
+  if (!o.json.empty())
+    write_json(o.json, nlohmann::json{{"model", model_name}, {"device", where}, {"steps", o.steps}, {"warmup", o.warmup}, {"eager", o.eager},
+                                      {"bandwidth_tbs", o.bandwidth_tbs}, {"kv_memory_gb", o.kv_memory_gb}, {"weight_bytes", weights},
+                                      {"fit", fit.json()["rows"]}, {"decode", dec.json()["rows"]}, {"prefill", pre.json()["rows"]}}
+                           .dump(2));
 }
 
 }  // namespace bench_cmd

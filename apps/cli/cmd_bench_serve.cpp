@@ -76,7 +76,12 @@ RunResult drive(engine::Engine& e, const Options& o, uint32_t clients, uint32_t 
     const double dt = std::chrono::duration<double>(now - a).count();
     const uint64_t gen = after.generated_tokens - before.generated_tokens;
     ++r.steps;
-    if (gen > 0 && after.computed_tokens - before.computed_tokens == gen) {  // every item decoded one token
+    // Every item decoded one token: one position computed a token, and none was a prompt's first
+    // token (a prompt whose last chunk is one token computes one position too).
+    const bool first_token = std::any_of(events.begin(), events.end(), [&](const serve::Event& ev) {
+      return ev.token >= 0 && live.at(ev.id).tokens == 0;
+    });
+    if (gen > 0 && after.computed_tokens - before.computed_tokens == gen && !first_token) {
       r.decode_seconds += dt, r.decode_tokens += gen, ++r.decode_steps;
       if (gen == clients) r.full_seconds += dt, r.full_tokens += gen, ++r.full_steps;  // every client decoding
     }
@@ -115,6 +120,7 @@ RunResult drive(engine::Engine& e, const Options& o, uint32_t clients, uint32_t 
 }
 
 void run(const Options& o) {
+  check_json_path(o.json);
   const std::vector<KvSpec> specs = parse_kv_specs(o.kv);
   bool fit_max = false;
   const std::vector<uint32_t> fixed = parse_list(o.concurrency, "--concurrency", true, &fit_max);
@@ -192,6 +198,10 @@ void run(const Options& o) {
     const double out_tps = double(r.generated) / r.seconds, dec_tps = r.decode_seconds > 0 ? double(r.decode_tokens) / r.decode_seconds : 0;
     const double full_tps = r.full_seconds > 0 ? double(r.full_tokens) / r.full_seconds : 0;
     if (first_out == 0) first_out = out_tps, first_full = full_tps;
+    // No samples (TPOT of one-token outputs, no step that only decoded): null, printed "-", not 0.
+    const auto pct = [](const std::vector<double>& v, double q, double unit) {
+      return v.empty() ? nlohmann::json() : nlohmann::json(unit * percentile(v, q));
+    };
     nlohmann::json row{{"kv", label},
                        {"concurrency", clients},
                        {"requests", total},
@@ -199,18 +209,18 @@ void run(const Options& o) {
                        {"requests_per_s", total / r.seconds},
                        {"output_tokens_per_s", out_tps},
                        {"vs_first", out_tps / first_out},
-                       {"decode_tokens_per_s", dec_tps},
+                       {"decode_tokens_per_s", r.decode_steps ? nlohmann::json(dec_tps) : nlohmann::json()},
                        {"decode_steps", r.decode_steps},
                        {"decode_mean_batch", r.decode_steps ? double(r.decode_tokens) / r.decode_steps : 0},
-                       {"full_decode_tokens_per_s", full_tps},
+                       {"full_decode_tokens_per_s", r.full_steps ? nlohmann::json(full_tps) : nlohmann::json()},
                        {"full_decode_steps", r.full_steps},
                        {"steps", r.steps},
-                       {"ttft_p50_s", percentile(r.ttft, 0.5)},
-                       {"ttft_p99_s", percentile(r.ttft, 0.99)},
-                       {"tpot_p50_ms", 1e3 * percentile(r.tpot, 0.5)},
-                       {"tpot_p99_ms", 1e3 * percentile(r.tpot, 0.99)},
-                       {"itl_p50_ms", 1e3 * percentile(r.itl, 0.5)},
-                       {"itl_p99_ms", 1e3 * percentile(r.itl, 0.99)},
+                       {"ttft_p50_s", pct(r.ttft, 0.5, 1)},
+                       {"ttft_p99_s", pct(r.ttft, 0.99, 1)},
+                       {"tpot_p50_ms", pct(r.tpot, 0.5, 1e3)},
+                       {"tpot_p99_ms", pct(r.tpot, 0.99, 1e3)},
+                       {"itl_p50_ms", pct(r.itl, 0.5, 1e3)},
+                       {"itl_p99_ms", pct(r.itl, 0.99, 1e3)},
                        {"preemptions", r.stats.preemptions},
                        {"pages", pages},
                        {"kv_bytes_per_request", cost.seq_bytes(ctx)},
@@ -225,14 +235,13 @@ void run(const Options& o) {
       "clients send their next request when one ends; steps of at most {} tokens; 'decode tok/s' over the steps that only decoded, 'all-decode' over "
       "those where every client decoded; 'vs first': against {}",
       bm.name, where.empty() ? engine::device_name(device) : where, o.prompt, o.output, budget / 1e9, chunk, first_name.empty() ? "-" : first_name);
-  if (!o.json.empty()) {
-    std::ofstream f(o.json);
-    TQ_CHECK(f.good(), "--json: cannot write '{}'", o.json);
-    nlohmann::json j{{"model", bm.name}, {"device", where}, {"prompt", o.prompt}, {"output", o.output}, {"kv_memory_gb", budget / 1e9},
-                     {"max_batched_tokens", chunk}, {"prefix_caching", !o.no_prefix_caching}, {"rows", tab.json()["rows"]}};
-    f << j.dump(2) << "\n";
-  }
   fmt::print("{}\n\n{}", head, tab.text());
+  std::fflush(stdout);
+  if (!o.json.empty())
+    write_json(o.json, nlohmann::json{{"model", bm.name}, {"device", where}, {"prompt", o.prompt}, {"output", o.output},
+                                      {"kv_memory_gb", budget / 1e9}, {"max_batched_tokens", chunk}, {"prefix_caching", !o.no_prefix_caching},
+                                      {"rows", tab.json()["rows"]}}
+                           .dump(2));
 }
 
 }  // namespace bench_serve_cmd

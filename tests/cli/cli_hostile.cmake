@@ -42,6 +42,12 @@ run_fails("--prompt 4294967295 + --output 2 = 4294967297 tokens: beyond the mode
           bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 4294967295 --output 2)
 run_fails("must exceed --warmup + --steps (4294967297)" 2
           bench -m ${M} --tokenizer ${T} --device cpu --kv fp16 --context 256 --warmup 4294967295 --steps 2)
+# A --json path that cannot be written is refused before the benchmark runs (it was found after it).
+run_fails("--json: cannot write '${TMP}/no such dir/b.json'" 2
+          bench -m ${M} --tokenizer ${T} --device cpu --kv fp16 --context 64 --batch 1 --steps 1 --warmup 1 --prefill none
+          --json "${TMP}/no such dir/b.json")
+run_fails("--json: cannot write '${TMP}/no such dir/s.json'" 2
+          bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 8 --output 2 --json "${TMP}/no such dir/s.json")
 # Files and lists where one is expected, and knobs that would silently override each other.
 run_fails("--file '${TMP}' is a directory, not a text file" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP} --kv fp16)
 run_fails("--file '${TMP}/no such file' does not exist" 2 perplexity -m ${M} --tokenizer ${T} -f "${TMP}/no such file" --kv fp16)
