@@ -50,7 +50,10 @@ std::vector<double> decode_steps(engine::ModelRunner& r, uint32_t page_size, uin
     seqs.push_back(blocks.add_sequence());
     r.add_sequence(seqs.back());
   }
-  const uint32_t total = warmup + steps, start = ctx - total;
+  // The last step's positions end at ctx, a verification's drafts included: steps that reached past
+  // it crossed the CUDA runner's length bucket at power-of-two contexts, so their graphs were
+  // captured, and planned for the next bucket, inside the timed steps.
+  const uint32_t total = warmup + steps, start = ctx - total - (q - 1);
   std::vector<std::pair<int, uint32_t>> req;
   for (int s : seqs) req.emplace_back(s, start);
   if (start) blocks.reserve(req);
@@ -122,9 +125,9 @@ void run(const Options& o) {
   const uint32_t chunk = o.chunk ? o.chunk : device == engine::Device::kCuda ? 2048 : 64;
   const uint64_t margin = uint64_t(o.warmup) + o.steps;  // in 64 bits: two uint32 options
   for (uint32_t c : contexts)
-    TQ_CHECK(c > margin && uint64_t(c) + most_q - 1 <= uint64_t(cfg.max_seq),
-             "--context {}: must exceed --warmup + --steps ({}) and, with the --queries beyond it ({}), fit the model's {} tokens", c, margin,
-             most_q - 1, cfg.max_seq);
+    TQ_CHECK(c > margin + most_q - 1 && c <= uint32_t(cfg.max_seq),
+             "--context {}: must exceed --warmup + --steps with the drafts of --queries ({}) and fit the model's {} tokens", c,
+             margin + most_q - 1, cfg.max_seq);
   for (uint32_t p : prompts) TQ_CHECK(p <= uint32_t(cfg.max_seq), "--prefill {}: beyond the model's {} tokens", p, cfg.max_seq);
   const double budget = o.kv_memory_gb * 1e9, bw = o.bandwidth_tbs * 1e12;
   const double weights = double(model::weight_bytes_bf16(cfg));
@@ -188,7 +191,7 @@ void run(const Options& o) {
     if (host < budget) {  // on the CPU the pool lives in host memory: points beyond what the machine has are said, not run
       std::erase_if(grid, [&](const auto& point) {
         const auto& [b, c, m] = point;
-        if (double(b) * cost.seq_bytes(c + most_q - 1) <= host) return false;
+        if (double(b) * cost.seq_bytes(c) <= host) return false;
         skipped.push_back({{"kv", label}, {"batch", b}, {"context", c}, {"fit", m ? "max" : "-"},
                            {"note", fmt::format("beyond this machine's available memory ({:.1f} GB usable)", host / 1e9)}});
         return true;
@@ -197,8 +200,8 @@ void run(const Options& o) {
     uint64_t pages = 0;
     uint32_t most_batch = 1, ctx = 1;
     for (const auto& [b, c, m] : grid) {
-      pages = std::max<uint64_t>(pages, uint64_t(b) * uint64_t(std::ceil(double(c + most_q - 1) / cost.page_size)));
-      most_batch = std::max(most_batch, b), ctx = std::max(ctx, c + most_q - 1);
+      pages = std::max<uint64_t>(pages, uint64_t(b) * uint64_t(std::ceil(double(c) / cost.page_size)));
+      most_batch = std::max(most_batch, b), ctx = std::max(ctx, c);
     }
     for (uint32_t p : prompts) pages = std::max<uint64_t>(pages, uint64_t(std::ceil(double(p) / cost.page_size))), ctx = std::max(ctx, p);
     TQ_CHECK(pages <= uint64_t(std::numeric_limits<int32_t>::max()), "{}: the grid needs {} pages, more than a pool can number (2^31 - 1)",
@@ -297,7 +300,7 @@ void add_bench(CLI::App& app) {
   add_model_options(c, o->shape, o->model, o->tokenizer);
   c->add_option("--kv", o->kv, "comma-separated KV specs; 'default' is tq run's (default: bf16,fp8,k4v4,k3v2,default)");
   c->add_option("--batch", o->batch, "decode batch sizes; 'max' = the largest that fits --kv-memory at each context (default 1,16,64,max)");
-  c->add_option("--context", o->context, "decode contexts in tokens (default 4096,32768)");
+  c->add_option("--context", o->context, "decode contexts in tokens: the last step's positions end there (default 4096,32768)");
   c->add_option("--queries", o->queries,
                 "tokens per sequence in a decode step (default 1); 2..9 time the verification of 1..8 drafted tokens "
                 "(speculative decoding: every position scored and sampled, all but one taken back)");

@@ -13,6 +13,9 @@ void DeviceFree::operator()(void* p) const { cudaFree(p); }
 DevicePtr device_alloc(size_t bytes, const char* what, bool zero) {
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, bytes ? bytes : 1);
+  // A failed cudaMalloc also leaves its error as the runtime's last error, which the next launch
+  // check would report against an unrelated call: cleared here, as the error is thrown now.
+  if (e != cudaSuccess) (void)cudaGetLastError();
   TQ_CHECK(e == cudaSuccess, "{}: cudaMalloc of {} bytes failed: {}", what, bytes, cudaGetErrorString(e));
   DevicePtr out(p);
   if (zero) TQ_CHECK(cudaMemset(p, 0, bytes) == cudaSuccess, "{}: cudaMemset of {} bytes failed", what, bytes);

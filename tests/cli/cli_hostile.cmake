@@ -40,7 +40,7 @@ run_fails("--seed: is larger than 2^64 - 1: 18446744073709551616" 105 ${R} -p "O
 run_fails("--context: lengths are 1..2^40 tokens, got 18446744073709551615" 2 kv-size --context 18446744073709551615)
 run_fails("--prompt 4294967295 + --output 2 = 4294967297 tokens: beyond the model's 512" 2
           bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 4294967295 --output 2)
-run_fails("must exceed --warmup + --steps (4294967297)" 2
+run_fails("must exceed --warmup + --steps with the drafts of --queries (4294967297)" 2
           bench -m ${M} --tokenizer ${T} --device cpu --kv fp16 --context 256 --warmup 4294967295 --steps 2)
 # A --json path that cannot be written is refused before the benchmark runs (it was found after it).
 run_fails("--json: cannot write '${TMP}/no such dir/b.json'" 2

@@ -106,8 +106,6 @@ class CudaModelRunner : public engine::ModelRunner {
   CudaModelRunner(const model::ModelConfig& c, const model::Model* m, const KvSpec& spec, const engine::RunnerOptions& o, uint64_t seed);
   ~CudaModelRunner() override {
     for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
-    if (blas_) cublasDestroy(blas_);
-    if (stream_) cudaStreamDestroy(stream_);
   }
   const model::ModelConfig& config() const override { return cfg_; }
   const KvSpec& spec() const override { return spec_; }
@@ -166,6 +164,16 @@ class CudaModelRunner : public engine::ModelRunner {
   KvSpec spec_;
   engine::RunnerOptions opts_;
   std::string describe_;
+  // Owned by the members below, so that a constructor that throws after creating them (a weight
+  // that is absent, an allocation) destroys them too: a destructor's body does not run then.
+  struct StreamDestroy {
+    void operator()(CUstream_st* s) const { cudaStreamDestroy(s); }
+  };
+  struct BlasDestroy {
+    void operator()(cublasContext* b) const { cublasDestroy(b); }
+  };
+  std::unique_ptr<CUstream_st, StreamDestroy> stream_owner_;  // destroyed after the handle below
+  std::unique_ptr<cublasContext, BlasDestroy> blas_owner_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   Matrix embd_;                      // [vocab][dim]
@@ -311,7 +319,9 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
            scratch / gib, free_b / gib, total_b / gib);
 
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  stream_owner_.reset(stream_);
   check(cublasCreate(&blas_), "cublasCreate");
+  blas_owner_.reset(blas_);
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
   // A fixed cuBLAS workspace: nothing is allocated while a graph is captured.
   blas_workspace_ = alloc<uint8_t>(kBlasWorkspace, "cuBLAS workspace");
@@ -587,6 +597,14 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
     TQ_CHECK(it.block_table && it.block_table->size() <= max_pages_, "sequence {}: block table of {} pages, beyond the context",
              it.seq, it.block_table ? it.block_table->size() : 0);
     TQ_CHECK(it.n >= 1 && it.n <= kMaxPrefillChunk, "sequence {}: {} new tokens in one step (1..{})", it.seq, it.n, kMaxPrefillChunk);
+    // (the Engine checks both; tq bench and the bindings drive the runner directly: a position past
+    // the context reads past the RoPE tables, one past the block table past its vector)
+    TQ_CHECK(uint64_t(it.first) + it.n <= opts_.context, "sequence {}: positions {}..{} reach past the runner's context of {}", it.seq,
+             it.first, uint64_t(it.first) + it.n - 1, opts_.context);
+    TQ_CHECK((uint64_t(it.first) + it.n + ps - 1) / ps <= it.block_table->size(),
+             "sequence {}: positions up to {} need {} pages of {}; its block table has {}", it.seq, uint64_t(it.first) + it.n - 1,
+             (uint64_t(it.first) + it.n + ps - 1) / ps, ps, it.block_table->size());
+    TQ_CHECK(it.tokens != nullptr, "sequence {}: no tokens", it.seq);
     TQ_CHECK(!side_.n || (it.seq >= 0 && uint32_t(it.seq) < opts_.max_seqs), "sequence id {} has no side buffer (max_seqs {})", it.seq,
              opts_.max_seqs);
     // The ring holds the window and kSideRollback positions more: a sequence taken back further
