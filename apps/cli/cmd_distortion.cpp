@@ -1,6 +1,8 @@
 // tq distortion: measured D_mse and inner-product error of TurboQuant next to the paper's figures.
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include <chrono>
 #include <cmath>
 #include <iostream>
@@ -29,6 +31,9 @@ struct Options {
 
 // "N" (1..8) or "N.5" (1.5..7.5): the width and whether it is split, as a KV spec writes it.
 std::pair<uint32_t, bool> parse_bits(const std::string& s) {
+  // digits, optionally ".5", and nothing else: pasted into a spec, '3v2:edge=1/k3' was taken as 3
+  const bool shaped = !s.empty() && std::all_of(s.begin(), s.end(), [](char ch) { return (ch >= '0' && ch <= '9') || ch == '.'; });
+  if (!shaped) throw Error(fmt::format("--bits: widths are 1..8 or 1.5..7.5 (N.5: the outlier split), got '{}'", s));
   try {
     const KvSpec spec = parse_kv_spec(fmt::format("k{}v2", s));  // the spec grammar's widths
     return {spec.format.k.bits, spec.format.k.enc == Encoding::kTqSplit};

@@ -1,6 +1,10 @@
 #include "tq/kv/kv_size.h"
 
+#include <vector>
+
 #include "tq/check.h"
+#include "tq/codec/rotation.h"
+#include "tq/format.h"
 
 namespace tq {
 
@@ -21,6 +25,17 @@ KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t hea
     const KvFormat f = s.layer_format(l, layers);
     TQ_CHECK(head_dim >= 2 || (f.k.enc != Encoding::kTqSplit && f.v.enc != Encoding::kTqSplit),
              "KV spec '{}': a fractional width splits the head's channels in two, so it needs head dim >= 2, got {}", s.text, head_dim);
+    // A rotation CacheFormat could not build is refused here too (kv-size sized rot=hadamard at head dim 80)
+    if (!f.auto_rotation && f.rotation == RotationKind::kHadamard)
+      for (const TensorCode c : {f.k, f.v}) {
+        if (!is_tq(c.enc)) continue;
+        const uint32_t n = split_outliers(head_dim);
+        const std::vector<uint32_t> parts = c.enc == Encoding::kTqSplit ? std::vector{n, head_dim - n} : std::vector{head_dim};
+        for (const uint32_t d : parts)
+          TQ_CHECK(is_pow2(padded_dim(d)),
+                   "KV spec '{}': the Hadamard rotation needs a power-of-two dimension, but head dim {} pads to {} (rot=dense, or rot=auto)",
+                   s.text, head_dim, padded_dim(d));
+      }
     out.bytes_per_token += bytes_per_token_head(f.k, f.v, head_dim, f.page_size) * kv_heads;
   }
   out.bits_per_element = 8.0 * out.bytes_per_token / (2.0 * head_dim * kv_heads * layers);
