@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "cuda_test_util.h"
 #include "test_util.h"
@@ -125,6 +126,49 @@ TEST(QuantizeStoreErrors, NonFiniteAndHugeRowsAreFlaggedAndNotWritten) {
   cuda::QuantizeStoreParams p;
   p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
   EXPECT_THROW(cuda::quantize_store(p, nullptr), Error);
+}
+
+// Float caches refuse what their format turns into infinity, as the CPU does (store_float_row):
+// fp16 beyond 65504, bf16 from about 3.3961e38; fp32 rows (the engine's) carry such values. The
+// kernel stored them as inf, which attention then read.
+TEST(QuantizeStoreErrors, FloatCachesFlagWhatTheyWouldStoreAsInfinity) {
+  TQ_REQUIRE_GPU();
+  const uint32_t d = 64;
+  for (const auto& [spec, bad, fine] : {std::tuple{"fp16", 70000.0f, 65504.0f}, std::tuple{"bf16", 3.4e38f, 3.38e38f}}) {
+    PagedKvCache cpu(CacheShape{1, 1, d, 1}, parse_kv_spec(spec).format);
+    cuda::DeviceFormat codecs(cpu.format());
+    test::DeviceBuffer<uint8_t> cache(cpu.bytes());
+    for (const float x : {bad, fine}) {
+      CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
+      std::vector<float> k(d, 1.0f), v(d, 1.0f);
+      v[9] = x;
+      std::vector<float> host_k(k), host_v(v);
+      bool cpu_refused = false;
+      try {
+        cpu.write(0, 2, host_k.data(), host_v.data());
+      } catch (const Error&) {
+        cpu_refused = true;
+      }
+      test::DeviceBuffer<float> dk(k), dv(v);
+      test::DeviceBuffer<int64_t> ds(std::vector<int64_t>{2});
+      test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+      cuda::QuantizeStoreParams p;
+      p.cache = codecs.view(0, cache.ptr, 1);
+      p.k = dk.ptr, p.v = dv.ptr, p.dtype = cuda::DType::kF32;
+      p.slot_mapping = ds.ptr;
+      p.num_tokens = 1;
+      p.error_flag = flag.ptr;
+      cuda::quantize_store(p, nullptr);
+      CUDA_OK(cudaDeviceSynchronize());
+      EXPECT_EQ(flag.download()[0], x == bad ? 1 : 0) << spec << " " << x;
+      EXPECT_EQ(cpu_refused, x == bad) << spec << " " << x;
+      const auto got = cache.download();
+      const BlockLayout& L = cpu.layout();
+      bool v_written = false;
+      for (uint32_t i = 0; i < L.v_row; ++i) v_written |= got[L.v_codes + 2 * L.v_row + i] != 0;
+      EXPECT_EQ(v_written, x != bad) << spec << " " << x;
+    }
+  }
 }
 
 }  // namespace
