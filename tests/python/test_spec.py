@@ -35,6 +35,15 @@ def test_bad_specs_name_the_part(text, message):
     assert issubclass(tq.Error, ValueError)
 
 
+def test_a_seed_is_part_of_a_spec():
+    """A seed names other rotations, other bytes: specs of two seeds differ, in equality, hash and
+    text (the canonical text dropped the seed, so LLM(kv_spec=KvSpec('...:seed=5')) ran the default's)."""
+    a, b = tq.KvSpec("k3v2:seed=5"), tq.KvSpec("k3v2")
+    assert a != b and hash(a) != hash(b) and str(a) == "k3v2:seed=5"
+    assert tq.KvSpec(str(a)).seed == 5
+    assert tq.KvSpec(f"k3v2:seed={b.seed}") == b  # the default seed is not written out
+
+
 def test_fractional_widths():
     s = tq.KvSpec("k3.5v2.5")
     assert s.canonical == "k3.5v2.5"
