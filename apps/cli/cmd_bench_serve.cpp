@@ -211,7 +211,7 @@ void run(const Options& o) {
                        {"vs_first", out_tps / first_out},
                        {"decode_tokens_per_s", r.decode_steps ? nlohmann::json(dec_tps) : nlohmann::json()},
                        {"decode_steps", r.decode_steps},
-                       {"decode_mean_batch", r.decode_steps ? double(r.decode_tokens) / r.decode_steps : 0},
+                       {"decode_mean_batch", r.decode_steps ? nlohmann::json(double(r.decode_tokens) / r.decode_steps) : nlohmann::json()},
                        {"full_decode_tokens_per_s", r.full_steps ? nlohmann::json(full_tps) : nlohmann::json()},
                        {"full_decode_steps", r.full_steps},
                        {"steps", r.steps},

@@ -81,8 +81,12 @@ int main(int argc, char** argv) {
       const serve::SchedulerStats b = s.stats();
       return b.running == n && b.waiting == 0 && b.computed_tokens - a.computed_tokens == n && b.generated_tokens - a.generated_tokens == n;
     };
-    while (!pure_decode()) {
-    }
+    for (uint32_t warm = 0; !pure_decode(); ++warm)
+      if (warm > 4000) {  // every request's 4,000 tokens: it cannot come now
+        fmt::print(stderr, "bench_scheduler: no step of {} decodes alone after {} steps (--prompt {} too long for the budget?)\n", n, warm,
+                   prompt);
+        return 1;
+      }
     std::vector<double> us;
     for (int k = 0; k < 300; ++k) {
       const serve::SchedulerStats a = s.stats();

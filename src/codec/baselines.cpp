@@ -208,7 +208,7 @@ class Q40Quantizer final : public RowwiseQuantizer {
         }
       // ggml's quantize_row_q4_0_ref: the inverse of the unrounded scale (from one rounded to fp16,
       // a subnormal rounded down made codes below 0, which wrapped into the neighbouring nibble)
-      const float d = max / -8.0f, id = d != 0 ? 1.0f / d : 0.0f;
+      const float d = max / -8.0f, id = d != 0 && std::isfinite(1.0f / d) ? 1.0f / d : 0.0f;  // (1/d overflows below ~2.3e-38)
       const uint16_t dh = to_f16_checked(d, "q4_0 block");
       uint8_t* blk = out + 18 * b;
       std::memcpy(blk, &dh, 2);

@@ -242,10 +242,8 @@ Budget budget_of(const AutoKvRequest& r, const model::ModelConfig& c) {
   } else {
     const KvSize ks = kv_size(r.knobs, L, H, D);
     b.fixed = double(ks.side_bytes + ks.centre_bytes), b.tokens = std::ceil(double(r.context) / page) * page;
-    TQ_CHECK(double(r.mem_bytes) > b.fixed, "KV spec '{}': mem= {} bytes does not even hold the side buffer and key centre ({:.0f} bytes)",
-             r.text, r.mem_bytes, b.fixed);
-    b.budget = (double(r.mem_bytes) - b.fixed) / b.tokens;
-    b.budget_is = fmt::format("{:.1f} MiB for {} tokens: {:.3f} bits per element after {:.2f} MiB of side buffer",
+    b.budget = (double(r.mem_bytes) - b.fixed) / b.tokens;  // below 0 where mem= does not hold the side buffer
+    b.budget_is = fmt::format("{:.1f} MiB for {} tokens: {:.3f} bits per element after {:.2f} MiB of side buffer and key centre",
                               r.mem_bytes / 1048576.0, r.context, b.budget / b.elems_bytes, b.fixed / 1048576.0);
   }
   return b;
@@ -256,8 +254,9 @@ void check_auto_kv_budget(const AutoKvRequest& r, const model::ModelConfig& c) {
   const Budget b = budget_of(r, c);
   const size_t f = size_t(std::min_element(b.bytes.begin(), b.bytes.end()) - b.bytes.begin());
   if (b.bytes[f] <= b.budget) return;
-  const std::string least = r.bits > 0 ? fmt::format("bits={:.3f}", b.bytes[f] / b.elems_bytes)
-                                       : fmt::format("mem={:.1f}M", (b.fixed + b.bytes[f] * b.tokens) / 1048576.0);
+  // Rounded up, so that the budget named is met (to the nearest, it could fall just short)
+  const std::string least = r.bits > 0 ? fmt::format("bits={:.3f}", std::ceil(b.bytes[f] / b.elems_bytes * 1000 - 1e-9) / 1000)
+                                       : fmt::format("mem={}K", uint64_t(std::ceil((b.fixed + b.bytes[f] * b.tokens) / 1024 - 1e-9)));
   throw Error(fmt::format("KV spec '{}' on this model: the budget ({}, {:.1f} bytes per token) is below the smallest choice, every "
                           "layer at {} ({:.1f} bytes per token); the least budget is {} (or lower widths=, now {}-{})",
                           r.text, b.budget_is, b.budget, base_of(b.fmts[f].first, b.fmts[f].second), b.bytes[f], least, r.min_width,

@@ -198,6 +198,12 @@ KvFormat KvSpec::layer_format(uint32_t layer, uint32_t n_layers) const {
 
 std::string KvSpec::canonical() const {
   std::string s = format.canonical();
+  // A float base with TurboQuant edge layers: the seed is theirs (format.canonical() writes it
+  // only for a TurboQuant base)
+  const bool edges = policy.edge_layers > 0 || !policy.layer_set.empty();
+  if (!is_tq(format.k.enc) && !is_tq(format.v.enc) && edges && (is_tq(policy.edge_k.enc) || is_tq(policy.edge_v.enc)) &&
+      format.seed != KvFormat{}.seed)
+    s += fmt::format(":seed={}", format.seed);
   for (const std::string& k : policy.knobs()) s += ":" + k;
   return s;
 }
@@ -323,9 +329,11 @@ KvSpec parse_kv_spec(const std::string& text) {
           text, opt));
     }
   }
-  TQ_CHECK(!(spec.format.k.enc == Encoding::kTqProd && spec.format.norm_unbiased_k && !spec.format.norm_unbiased_v),
+  // (edge layers' keys are their base's, MSE: ip=k applies to those)
+  TQ_CHECK(!(spec.format.k.enc == Encoding::kTqProd && spec.format.norm_unbiased_k && !spec.format.norm_unbiased_v &&
+             spec.policy.edge_layers == 0 && spec.policy.layer_set.empty()),
            "KV spec '{}': 'ip=k' does nothing to prod keys (their inner products are unbiased already); with prod, 'ip' and 'nc' "
-           "apply to the values",
+           "apply to the values and to edge layers' keys",
            text);
   const auto split = [](TensorCode c) { return c.enc == Encoding::kTqSplit; };
   const bool outliers = std::find(seen.begin(), seen.end(), "outliers") != seen.end();

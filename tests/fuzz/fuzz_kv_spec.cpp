@@ -20,7 +20,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return 0;
   }
   for (const tq::KvSpec& s : specs) {
-    // canonical() names the format and the policy (not the seed): parsing it gives the same spec.
+    // canonical() names the format and the policy (and a seed that is not the default, where
+    // TurboQuant rows take it): parsing it gives the same spec.
     const std::string c = s.canonical();
     tq::KvSpec again;
     try {
@@ -31,6 +32,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     if (again.canonical() != c) {
       std::fprintf(stderr, "'%s' -> '%s' -> '%s'\n", s.text.c_str(), c.c_str(), again.canonical().c_str());
+      std::abort();
+    }
+    const bool edges = s.policy.edge_layers > 0 || !s.policy.layer_set.empty();
+    const bool rotated = tq::is_tq(s.format.k.enc) || tq::is_tq(s.format.v.enc) ||
+                         (edges && (tq::is_tq(s.policy.edge_k.enc) || tq::is_tq(s.policy.edge_v.enc)));
+    if (rotated && again.format.seed != s.format.seed) {
+      std::fprintf(stderr, "'%s' -> '%s' lost its seed\n", s.text.c_str(), c.c_str());
       std::abort();
     }
     for (uint32_t head_dim : {1u, 64u, 80u, 128u, 1024u}) {

@@ -196,6 +196,12 @@ TEST(KvSpec, CanonicalKeepsTheSeed) {
   EXPECT_EQ(parse_kv_spec(fmt::format("k3v2:seed={}", KvFormat{}.seed)).canonical(), "k3v2");
   EXPECT_NE(parse_kv_spec("k3v2:seed=5").canonical(), parse_kv_spec("k3v2").canonical());
   EXPECT_EQ(parse_kv_spec("k3v2:prod:ip").canonical(), "k3v2:prod:ip");  // ip on the values: allowed
+  // a float base whose edge layers are TurboQuant: the seed is theirs
+  EXPECT_EQ(parse_kv_spec("fp16:edge=2/k4v4:seed=5").canonical(), "fp16:seed=5:edge=2/k4v4");
+  EXPECT_EQ(parse_kv_spec(parse_kv_spec("fp16:layers=0/k4v4:seed=5").canonical()).format.seed, 5u);
+  EXPECT_EQ(parse_kv_spec("fp16:seed=5").canonical(), "fp16");  // no rotation takes it
+  // ip=k on prod keys does something where edge layers' MSE keys take it
+  EXPECT_EQ(parse_kv_spec("k3v2:prod:ip=k:edge=1/k4v4").canonical(), "k3v2:prod:ip=k:edge=1/k4v4");
 }
 
 // centre: a policy knob (the pages' layout is unchanged; what their K rows mean is the store's),

@@ -204,7 +204,7 @@ def test_a_sizing_probe_takes_the_spec_at_any_block_size():
         va.resolve_spec("k3v2:page=16", 1)
     with pytest.raises(ValueError, match="policy knob 'sink=4'"):
         va.with_page("k3v2:sink=4", 1)
-    # seed= is kept (the canonical form leaves it out): the rotations, so the bytes, are the spec's
+    # seed= is kept (in the canonical form): the rotations, so the bytes, are the spec's
     for spec in (va.resolve_spec("k4v4:seed=7", 32), va.with_page("k4v4:seed=7:page=16", 1), va.resolve_spec("k4v4:seed=7")):
         assert tq.KvSpec(spec).seed == 7, spec
     assert tq.KvSpec(va.resolve_spec("k4v4:seed=7", 32)).page_size == 32

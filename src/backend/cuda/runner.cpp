@@ -227,6 +227,8 @@ class CudaModelRunner : public engine::ModelRunner {
   // which it does not write; read with each step's results, and the step refused as the CPU runner
   // refuses it (it was silently left unwritten).
   Buf<int32_t> store_error_;  // [1]
+  bool store_error_unread_ = false;  // a step ran its stores and threw before check_stored: the flag may be set
+  void arm_store_flag();             // before a step's stores: clears a flag a failed step left
   void check_stored();
   uint32_t max_pages_ = 0;
   using GraphKey = std::array<uint32_t, 4>;  // tokens a sequence, tokens, logits rows, length bucket
@@ -749,6 +751,7 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   const std::vector<Group> groups = upload_step(step, &N, &R);
   ensure_workspace(groups);
   mark_written(step);
+  arm_store_flag();
   enqueue(N, R, groups, false);
   std::vector<float> out(size_t(R) * cfg_.vocab_size);
   check(cudaMemcpyAsync(out.data(), logits_.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_), "logits");
@@ -759,7 +762,13 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   return out;
 }
 
+void CudaModelRunner::arm_store_flag() {
+  if (store_error_unread_) check(cudaMemsetAsync(store_error_.get(), 0, sizeof(int32_t), stream_), "store error flag");
+  store_error_unread_ = true;
+}
+
 void CudaModelRunner::check_stored() {
+  store_error_unread_ = false;
   if (!host_ids_.get()[opts_.max_chunk]) return;
   host_ids_.get()[opts_.max_chunk] = 0;
   check(cudaMemsetAsync(store_error_.get(), 0, sizeof(int32_t), stream_), "store error flag");
@@ -811,10 +820,12 @@ std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, 
       it = graphs_.emplace(key, exec).first;
     }
     mark_written(step);
+    arm_store_flag();
     check(cudaGraphLaunch(it->second, stream_), "cudaGraphLaunch");
   } else {
     ensure_workspace(groups);
     mark_written(step);
+    arm_store_flag();
     enqueue(N, R, groups, true);
   }
   check(cudaMemcpyAsync(host_ids_.get(), ids_.get(), R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "sampled ids");
