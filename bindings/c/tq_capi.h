@@ -20,7 +20,10 @@ uint64_t tq_cache_bytes(void* cache);       /* 0 for a null cache */
 uint32_t tq_cache_block_bytes(void* cache); /* 0 for a null cache */
 
 /* k, v: [num_tokens][kv_heads][head_dim]; slots: [num_tokens] device int64 (page * page_size +
- * offset, -1 = skip). */
+ * offset, -1 = skip), distinct apart from -1. A row the format cannot store (a NaN or Inf element,
+ * a norm past fp16's 65504, an fp16/bf16 element its cache would turn into infinity) is not
+ * written, and its slot keeps its bytes: the kernel finds it on the device, where no error can
+ * reach err without a sync (the engine's CUDA runner reads a flag back with each step instead). */
 int tq_quantize_store(void* cache, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, void* stream,
                       char* err, int errlen);
 
