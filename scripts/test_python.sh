@@ -13,7 +13,7 @@ start=$(date +%s)
 # No build isolation: the backend is in .venv already (no download per run; the GPU machine, offline,
 # installs it from wheels the same way). build/python keeps the build between runs.
 # A unity build, as the release build's (scripts/test.sh says why).
-"$py" -m pip install --quiet --disable-pip-version-check --no-build-isolation . -C cmake.define.TQ_CUDA="${TQ_PYTHON_CUDA:-OFF}" \
-  -C cmake.define.CMAKE_UNITY_BUILD="${TQ_UNITY_BUILD:-ON}"
+"$py" -m pip install --quiet --disable-pip-version-check --no-build-isolation . --config-settings=cmake.define.TQ_CUDA="${TQ_PYTHON_CUDA:-OFF}" \
+  --config-settings=cmake.define.CMAKE_UNITY_BUILD="${TQ_UNITY_BUILD:-ON}"
 echo "test_python.sh: pip install . took $(( $(date +%s) - start )) s"
 "$py" -m pytest tests/python -q -rs -p no:cacheprovider

@@ -16,11 +16,11 @@ if ls .devdeps/wheels/*.whl >/dev/null 2>&1; then
   export PYTHONPATH=/tmp/tq-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 deps=()
-[ -f .devdeps/fmt/format.h ] && deps=(-C cmake.define.TQ_DEPS_DIR="$PWD/.devdeps")
+[ -f .devdeps/fmt/format.h ] && deps=(--config-settings=cmake.define.TQ_DEPS_DIR="$PWD/.devdeps")
 [ -d .devdeps/data/stories260K ] && export TQ_SHARED_DATA="$PWD/.devdeps/data"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 start=$(date +%s)
-"$py" -m pip install --no-build-isolation --no-deps --no-index -v . -C cmake.define.TQ_CUDA=ON -C build-dir=build/python-gpu "${deps[@]}" \
+"$py" -m pip install --no-build-isolation --no-deps --no-index -v . --config-settings=cmake.define.TQ_CUDA=ON --config-settings=build-dir=build/python-gpu "${deps[@]}" \
   >"$OUT/pip_install.log" 2>&1 || { tail -40 "$OUT/pip_install.log"; exit 1; }
 echo "pip install . with CUDA: $(( $(date +%s) - start )) s"
 cd "$OUT"  # import the installed package, not python/ of the source tree

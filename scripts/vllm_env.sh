@@ -13,15 +13,17 @@ py="$venv/bin/python"
 pip=("$py" -m pip --disable-pip-version-check --quiet)
 start=$(date +%s)
 [ -x "$py" ] || python3 -m venv "$venv"
-if [ "$(cat "$venv/vllm.installed" 2>/dev/null)" != "$VLLM_VERSION" ]; then
+# the marker: vllm's version and the pins below (a pin changed is installed again)
+marker="$VLLM_VERSION $(sha256sum tests/python/requirements.txt | cut -c1-16)"
+if [ "$(cat "$venv/vllm.installed" 2>/dev/null)" != "$marker" ]; then
   # pytest and the build backend pinned as tests/python/requirements.txt pins them (so that the
   # turboquant build below needs no isolation), but not its numpy: vllm's dependencies choose that.
   "${pip[@]}" install "vllm==$VLLM_VERSION" $(grep -v '^numpy' tests/python/requirements.txt)
-  echo "$VLLM_VERSION" > "$venv/vllm.installed"
+  echo "$marker" > "$venv/vllm.installed"
   echo "vllm_env.sh: vllm $VLLM_VERSION installed in $(( $(date +%s) - start )) s"
 fi
 mid=$(date +%s)
 # One compile job at a time unless told otherwise: the CPU machines here are small and shared.
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-1} nice "${pip[@]}" install --no-build-isolation --no-deps . \
-  -C cmake.define.TQ_CUDA=OFF
+  --config-settings=cmake.define.TQ_CUDA=OFF
 echo "vllm_env.sh: turboquant built and installed in $(( $(date +%s) - mid )) s"
