@@ -71,6 +71,7 @@ asan_build=$!
 bg_groups+=("$asan_build")
 fetch_rc=0
 wait "$fetch" || fetch_rc=$?
+bg_groups=("$asan_build")  # (a finished job's pid may be reused: the trap kills only what still runs)
 cat "$fetch_log"
 if [ "$fetch_rc" != 0 ]; then
   echo "test.sh: installing .venv's packages failed ($fetch_log)"; exit 1  # (the EXIT trap stops the sanitized build)
@@ -85,6 +86,7 @@ stage "python"
 python3 scripts/skipped_tests.py build/release "$out"
 asan_rc=0
 wait "$asan_build" || asan_rc=$?
+bg_groups=()
 stage "sanitized build (rest)"
 if [ "$asan_rc" = 0 ]; then
   bash scripts/test_sanitized.sh test || rc=1  # ASan + UBSan build of the CPU tests, brief fuzz runs (README: Fuzzing and sanitizers)
