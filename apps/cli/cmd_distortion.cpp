@@ -2,7 +2,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-
 #include <chrono>
 #include <cmath>
 #include <iostream>

@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "attention_launch.cuh"
+#include "tq/kv/attention_ref.h"
 #include "split_plan.h"
 
 namespace tq::cuda {
@@ -226,8 +226,7 @@ void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char
   TQ_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_pages * c.page_size,
            "decode_attention: max_seq_len {} must be 1..max_pages*page_size = {}", p.max_seq_len, p.max_pages * c.page_size);
   TQ_CHECK(p.workspace, "decode_attention: workspace is null (size it with decode_workspace_bytes)");
-  TQ_CHECK(p.scale == 0 || (std::isfinite(p.scale) && p.scale > 0), "{}: scale {} must be 0 (1/sqrt(head_dim)) or positive and finite",
-           name, p.scale);
+  TQ_CHECK(attention_scale_valid(p.scale), "{}: scale {} must be 0 (1/sqrt(head_dim)) or positive and finite", name, p.scale);
   TQ_CHECK(p.sliding_window <= uint32_t(INT32_MAX), "{}: sliding_window {} is over 2^31 - 1 (0: no window)", name, p.sliding_window);
   TQ_CHECK(p.split_tokens == 0 || (p.split_tokens % 16 == 0 && p.num_splits >= 1 && uint64_t(p.num_splits) * p.split_tokens >= p.max_seq_len),
            "{}: fixed splits of {} positions (a multiple of 16), {} of them, must cover max_seq_len {}", name, p.split_tokens, p.num_splits,

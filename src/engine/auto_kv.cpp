@@ -248,10 +248,9 @@ Budget budget_of(const AutoKvRequest& r, const model::ModelConfig& c) {
   }
   return b;
 }
-}  // namespace
 
-void check_auto_kv_budget(const AutoKvRequest& r, const model::ModelConfig& c) {
-  const Budget b = budget_of(r, c);
+// Throws, naming the least budget, where even the narrowest format exceeds b.
+void refuse_unmet(const AutoKvRequest& r, const Budget& b) {
   const size_t f = size_t(std::min_element(b.bytes.begin(), b.bytes.end()) - b.bytes.begin());
   if (b.bytes[f] <= b.budget) return;
   // Rounded up, so that the budget named is met (to the nearest, it could fall just short)
@@ -262,6 +261,9 @@ void check_auto_kv_budget(const AutoKvRequest& r, const model::ModelConfig& c) {
                           r.text, b.budget_is, b.budget, base_of(b.fmts[f].first, b.fmts[f].second), b.bytes[f], least, r.min_width,
                           r.max_width));
 }
+}  // namespace
+
+void check_auto_kv_budget(const AutoKvRequest& r, const model::ModelConfig& c) { refuse_unmet(r, budget_of(r, c)); }
 
 AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c, const Sensitivity& s) {
   const uint32_t L = uint32_t(c.n_layers), D = uint32_t(c.head_dim);
@@ -269,8 +271,8 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
            "sensitivity: {} K and {} V probe rows for {} and {} widths", s.k.size(), s.v.size(), s.k_widths.size(), s.v_widths.size());
   for (const auto* rows : {&s.k, &s.v})
     for (const auto& row : *rows) TQ_CHECK(row.size() == L, "sensitivity of {} layers for a model of {}", row.size(), L);
-  check_auto_kv_budget(r, c);
   const Budget bud = budget_of(r, c);
+  refuse_unmet(r, bud);
   const auto& fmts = bud.fmts;
   // The codebook's distortion per unit vector at each width; a layer's KL scales with it.
   const auto dist = [&](uint32_t bits) { return codebook(padded_dim(D), bits).expected_mse; };

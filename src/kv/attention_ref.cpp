@@ -14,8 +14,7 @@ void attention_reference(const PagedKvCache& cache, uint32_t layer, const Attent
   TQ_CHECK(a.q_heads >= hkv && a.q_heads % hkv == 0, "query heads ({}) must be a multiple of KV heads ({})", a.q_heads, hkv);
   TQ_CHECK(a.num_q_tokens >= 1, "need at least one query token per sequence, got {}", a.num_q_tokens);
   const uint32_t group = a.q_heads / hkv;
-  TQ_CHECK(a.scale == 0 || (std::isfinite(a.scale) && a.scale > 0), "attention scale {} must be 0 (1/sqrt(head_dim)) or positive and finite",
-           a.scale);
+  TQ_CHECK(attention_scale_valid(a.scale), "attention scale {} must be 0 (1/sqrt(head_dim)) or positive and finite", a.scale);
   const double scale = a.scale > 0 ? a.scale : 1.0 / std::sqrt(double(d));
   std::vector<float> kbuf(size_t(hkv) * d), vbuf(size_t(hkv) * d);
   for (uint32_t s = 0; s < a.num_seqs; ++s) {

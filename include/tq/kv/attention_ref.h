@@ -1,6 +1,7 @@
 // Paged decode attention on the CPU: the oracle the CUDA kernels are tested against.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "tq/kv/paged_cache.h"
@@ -23,6 +24,10 @@ struct AttentionBatch {
   float scale = 0;  // softmax scale; 0 means 1/sqrt(head_dim)
   uint32_t sliding_window = 0;  // > 0: a query at q sees only the positions t with q - t < sliding_window
 };
+
+// What every attention path takes as its softmax scale: 0 (1/sqrt(head_dim)) or a positive finite
+// number; the rest (NaN, negative, inf) is refused, where it used to be read as the default.
+inline bool attention_scale_valid(float scale) { return scale == 0 || (std::isfinite(scale) && scale > 0); }
 
 // The first position a query that sees positions below `visible` reads under a sliding window
 // (0: none).

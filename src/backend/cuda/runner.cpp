@@ -227,8 +227,9 @@ class CudaModelRunner : public engine::ModelRunner {
   // which it does not write; read with each step's results, and the step refused as the CPU runner
   // refuses it (it was silently left unwritten).
   Buf<int32_t> store_error_;  // [1]
-  bool store_error_unread_ = false;  // a step ran its stores and threw before check_stored: the flag may be set
-  void arm_store_flag();             // before a step's stores: clears a flag a failed step left
+  bool store_error_set_ = false;     // it may be set: a step ran its stores and failed, or refused its rows
+  void arm_store_flag();             // before a step's stores: clears what a step before left
+  int32_t* host_store_flag() const { return host_ids_.get() + opts_.max_chunk; }  // where each step copies it
   void check_stored();
   uint32_t max_pages_ = 0;
   using GraphKey = std::array<uint32_t, 4>;  // tokens a sequence, tokens, logits rows, length bucket
@@ -755,7 +756,7 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
   enqueue(N, R, groups, false);
   std::vector<float> out(size_t(R) * cfg_.vocab_size);
   check(cudaMemcpyAsync(out.data(), logits_.get(), out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream_), "logits");
-  check(cudaMemcpyAsync(host_ids_.get() + opts_.max_chunk, store_error_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "store flag");
+  check(cudaMemcpyAsync(host_store_flag(), store_error_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "store flag");
   check(cudaStreamSynchronize(stream_), "forward");
   check_stored();
   settle_centre();
@@ -763,15 +764,13 @@ std::vector<float> CudaModelRunner::forward(const std::vector<StepSeq>& step) {
 }
 
 void CudaModelRunner::arm_store_flag() {
-  if (store_error_unread_) check(cudaMemsetAsync(store_error_.get(), 0, sizeof(int32_t), stream_), "store error flag");
-  store_error_unread_ = true;
+  if (store_error_set_) check(cudaMemsetAsync(store_error_.get(), 0, sizeof(int32_t), stream_), "store error flag");
+  store_error_set_ = true;  // until check_stored reads it clear
 }
 
 void CudaModelRunner::check_stored() {
-  store_error_unread_ = false;
-  if (!host_ids_.get()[opts_.max_chunk]) return;
-  host_ids_.get()[opts_.max_chunk] = 0;
-  check(cudaMemsetAsync(store_error_.get(), 0, sizeof(int32_t), stream_), "store error flag");
+  store_error_set_ = *host_store_flag() != 0;  // a set flag is cleared by the next step's arm_store_flag
+  if (!store_error_set_) return;
   throw Error("a K/V row of this step has a non-finite element, a norm beyond fp16's 65504, or an element its cache format turns "
               "into infinity: the cache cannot store it (as on the CPU)");
 }
@@ -829,7 +828,7 @@ std::vector<int> CudaModelRunner::sample_step(const std::vector<StepSeq>& step, 
     enqueue(N, R, groups, true);
   }
   check(cudaMemcpyAsync(host_ids_.get(), ids_.get(), R * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "sampled ids");
-  check(cudaMemcpyAsync(host_ids_.get() + opts_.max_chunk, store_error_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "store flag");
+  check(cudaMemcpyAsync(host_store_flag(), store_error_.get(), sizeof(int32_t), cudaMemcpyDeviceToHost, stream_), "store flag");
   check(cudaStreamSynchronize(stream_), "forward");
   check_stored();
   settle_centre();
