@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "tq/check.h"
@@ -122,8 +123,13 @@ double percentile(std::vector<double> v, double q) {
 
 void check_json_path(const std::string& path) {
   if (path.empty()) return;
-  std::ofstream f(path, std::ios::app);
-  TQ_CHECK(f.good(), "--json: cannot write '{}'", path);
+  std::error_code ec;
+  const bool existed = std::filesystem::exists(path, ec);
+  {
+    std::ofstream f(path, std::ios::app);  // appends nothing: an existing file keeps its bytes until write_json
+    TQ_CHECK(f.good(), "--json: cannot write '{}'", path);
+  }
+  if (!existed) std::filesystem::remove(path, ec);  // a probe only: a run that then fails leaves no empty file
 }
 
 void write_json(const std::string& path, const std::string& text) {

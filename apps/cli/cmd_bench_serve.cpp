@@ -28,7 +28,7 @@ struct Options {
   uint32_t prompt = 32768, output = 256, requests = 0, batched_tokens = 0;
   double kv_memory_gb = 40;
   uint64_t seed = 1;
-  bool eager = false, no_prefix_caching = false, swa_full = false;
+  bool eager = false, no_prefix_caching = false, swa_full = false, no_warmup = false;
 };
 
 // One request's clock: sent, first and last token; every gap between tokens.
@@ -64,6 +64,21 @@ RunResult drive(engine::Engine& e, const Options& o, uint32_t clients, uint32_t 
     live[s.add(std::move(q))].sent = now;
     ++sent;
   };
+  // One short request first, untimed, as vLLM's benchmark_serving sends one: the first call's costs
+  // (library handles, the one-sequence CUDA graph) stay out of the first timed request's TTFT.
+  serve::SchedulerStats warm{};
+  if (!o.no_warmup) {
+    serve::Request q;
+    q.prompt.resize(std::min<uint32_t>(o.prompt, 16));
+    for (int& t : q.prompt) t = int(rng() % uint32_t(vocab));
+    q.max_tokens = std::min<uint32_t>(o.output, 2);
+    s.add(std::move(q));
+    while (!s.idle())
+      for (const serve::Event& ev : s.step())
+        TQ_CHECK(ev.finish == serve::Finish::kNone || ev.finish == serve::Finish::kLength, "the warm-up request ended '{}'{}{}",
+                 serve::finish_name(ev.finish), ev.error.empty() ? "" : ": ", ev.error);
+    warm = s.stats();
+  }
   const auto t0 = clock_type::now();
   while (sent < std::min(clients, total)) send(t0);
   auto shown = t0;
@@ -113,7 +128,8 @@ RunResult drive(engine::Engine& e, const Options& o, uint32_t clients, uint32_t 
   fmt::print(stderr, "\r{:80}\r", "");
   r.seconds = seconds_since(t0);
   r.stats = s.stats();
-  r.generated = r.stats.generated_tokens, r.prompt_tokens = r.stats.prompt_tokens;
+  r.generated = r.stats.generated_tokens - warm.generated_tokens, r.prompt_tokens = r.stats.prompt_tokens - warm.prompt_tokens;
+  r.stats.preemptions -= warm.preemptions;
   TQ_CHECK(done == total && live.empty(), "{} of {} requests ended", done, total);
   TQ_CHECK(r.stats.pages_free == r.stats.pages_total, "{} KV pages were not given back", r.stats.pages_total - r.stats.pages_free);
   return r;
@@ -270,6 +286,7 @@ void add_bench_serve(CLI::App& app) {
   c->add_flag("--no-enable-prefix-caching", o->no_prefix_caching, "do not look up cached prefixes (random prompts share none anyway)");
   c->add_option("--seed", o->seed, "seed of the random weights and prompts (default 1)");
   c->add_option("--device", o->device, kDeviceHelp);
+  c->add_flag("--no-warmup", o->no_warmup, "send no untimed warm-up request (16 prompt tokens, 2 out) before the timed ones");
   c->add_flag("--eager", o->eager, "launch every kernel (no CUDA graphs), for comparison");
   c->add_flag("--swa-full", o->swa_full,
               "sliding-window layers (Gemma 3's local ones) keep every position in the pool instead of a window ring per\n"

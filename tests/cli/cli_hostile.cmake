@@ -48,6 +48,13 @@ run_fails("--json: cannot write '${TMP}/no such dir/b.json'" 2
           --json "${TMP}/no such dir/b.json")
 run_fails("--json: cannot write '${TMP}/no such dir/s.json'" 2
           bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 8 --output 2 --json "${TMP}/no such dir/s.json")
+# The early check is a probe: a run refused after it leaves no empty file behind.
+file(REMOVE "${TMP}/refused.json")
+run_fails("--prompt 500 + --output 100 = 600 tokens: beyond the model's 512" 2
+          bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 500 --output 100 --json "${TMP}/refused.json")
+if(EXISTS "${TMP}/refused.json")
+  message(FATAL_ERROR "a refused tq bench-serve left ${TMP}/refused.json behind")
+endif()
 # Files and lists where one is expected, and knobs that would silently override each other.
 run_fails("--file '${TMP}' is a directory, not a text file" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP} --kv fp16)
 run_fails("--file '${TMP}/no such file' does not exist" 2 perplexity -m ${M} --tokenizer ${T} -f "${TMP}/no such file" --kv fp16)
