@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Issue 17's bare targets against the rate-distortion bound: how close could any quantizer of the
+same bits per element come on SmolLM2's real keys and values?
+
+TurboQuant's premise is that after a random rotation every coordinate of a unit row is (nearly)
+Gaussian with variance 1/d, whatever the data. For that source, Shannon's rate-distortion function
+says that no quantizer of B bits a coordinate, however long its blocks, reaches a mean squared error
+below 2^(-2B) a unit row; Lloyd-Max scalar codebooks (TurboQuant's) sit at 0.0095 for B = 4 against
+the bound's 0.0039, 0.0345 against 0.0156 for B = 3, 0.1175 against 0.0625 for B = 2. This script
+replaces the cache's round trip by the bound's test channel and asks what perplexity that would
+give, in a numpy fp64 forward pass of the GGUF model (bench/quality/llama_numpy.py):
+
+  exact      the row as it is
+  tq:B       TurboQuant MSE at B bits: a Hadamard rotation with random signs, the ideal Lloyd-Max
+             codebook of a coordinate of a random unit vector in R^d (codebook_fit.py's; the
+             format's centroids are those rounded to 1/32 z-units at 2 and 3 bits), the norm exact
+  shannon:B  the bound for a data-oblivious quantizer (the rotation's premise): the Gaussian
+             source's optimal test channel on the unit row, u^ = a u + sqrt(a D / d) z with
+             D = 2^(-2B), a = 1 - D, z standard normal, the norm exact. An ideal code of infinite
+             block length; no real quantizer of B bits a coordinate does better on such rows.
+  klt:B      the bound for a quantizer that knows the data: each (layer, KV head)'s rows as a
+             Gaussian vector source with the calibration text's mean and covariance, reverse
+             water-filling over its eigenvalues at B d + 16 bits a row (the same bits as the format's
+             codes and fp16 norm). For keys, the error is weighted by the queries' second moment
+             (what q.k feels: E[(q.e)^2] = tr(Sigma_q Sigma_e)); for values, plain squared error.
+  split:N@HI+LO  the calibration's eigenbasis (query-weighted for keys, as klt), its N leading
+             components at HI bits and the other d - N at LO bits, each part a TurboQuant row of its
+             own (norm exact, random rotation, ideal Lloyd-Max codebook): the format's fractional
+             widths (`kv-specs.md`) with a calibrated basis in place of outlier channels. Bits a row:
+             N HI + (d - N) LO + 32 (two norms), e.g. split:16@6+3 at d = 64 is the 272 of k4
+  int:B      the uniform per-token baseline (`ksim=int4` at B = 4): each row's min and max (fp16 in
+             the format: 32 bits a row), 2^B levels between them, no rotation
+
+Options on the quantized rows: --ip (tq, shannon and split: each norm rescaled so that <u^, u> = 1,
+the format's `ip` knob), --centre (tq and shannon keys less their calibration mean first, the
+format's `centre`; klt and split always centre, int never), --unweighted (klt and split keys in the
+plain basis), --calib-sink (the calibration statistics include position 0, the attention sink). No window, sinks or edge layers: issue 17's "bare" setting. Perplexity, KL and top-1
+against the unquantized forward on the first --tokens tokens of the evaluation text.
+
+  .venv/bin/python bench/quality/rate_distortion.py --configs tq:4/tq:4,shannon:4/shannon:4,klt:4/klt:4 --ip --centre
+
+A config is KEYS/VALUES. Results: bench/results/2026-12-04-rate-distortion.md.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from codebook_fit import hadamard, ideal_codebook
+from llama_numpy import Model, per_head, scores, token_ids
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+NORM_BITS = 16  # the format's fp16 norm a row
+
+
+
+
+def water_fill(lam, bits):
+    """Reverse water-filling: per-component distortions D_i = min(theta, lam_i) whose rates
+    sum(max(0, log2(lam_i / D_i) / 2)) equal bits (lam: the eigenvalues, > 0)."""
+    lo, hi = 0.0, float(lam.max())
+    for _ in range(200):  # bisection on the water level theta, in the log domain
+        theta = np.sqrt(lo * hi) if lo > 0 else hi * 1e-12 if hi > 0 else 0.0
+        rate = np.sum(np.maximum(0.0, 0.5 * np.log2(lam / theta)))
+        lo, hi = (theta, hi) if rate > bits else (lo, theta)
+        if hi - lo <= 1e-12 * hi:
+            break
+    return np.minimum(hi, lam)
+
+
+def parse(spec, d):
+    """(kind, bits, (N, HI, LO) for split) of a quantizer's text; exits naming what is wrong."""
+    kind, _, b = spec.partition(":")
+    kinds = "exact, tq:B, shannon:B, klt:B, split:N@HI+LO or int:B"
+    if kind == "exact" and not b:
+        return kind, 0, None
+    if kind == "split":
+        try:
+            n, widths = b.split("@")
+            n, (hi, lo) = int(n), (int(w) for w in widths.split("+"))
+        except ValueError:
+            sys.exit(f"'{spec}': split:N@HI+LO, e.g. split:16@6+3")
+        if not 0 < n < d or not (1 <= hi <= 8 and 1 <= lo <= 8):
+            sys.exit(f"'{spec}': N must be 1..{d - 1}, HI and LO 1..8")
+        return kind, hi, (n, hi, lo)
+    if kind not in ("tq", "shannon", "klt", "int") or not b.isdigit() or not 1 <= int(b) <= 8:
+        sys.exit(f"unknown quantizer '{spec}': {kinds}, B = 1..8")
+    return kind, int(b), None
+
+
+class Channel:
+    """One tensor's (keys' or values') round trip for every (layer, KV head)."""
+
+    def __init__(self, spec, d, L, nkv, cal, cal_q, ip, centre, seed):
+        self.kind, self.bits, split = parse(spec, d)
+        self.d, self.ip = d, ip
+        if self.kind == "split":
+            self.n, hi, lo = split
+            self.books2 = (ideal_codebook(self.n, 1 << hi), ideal_codebook(d - self.n, 1 << lo))
+        rng = np.random.default_rng(seed)
+        self.rng = rng
+        self.H = hadamard(d)
+        self.signs = rng.choice([-1.0, 1.0], size=(L, nkv, d))
+        self.book = ideal_codebook(d, 1 << self.bits) if self.kind == "tq" else None
+        centred = centre or self.kind in ("klt", "split")
+        self.mu = [[cal[l][:, h].mean(0) if centred else np.zeros(d) for h in range(nkv)] for l in range(L)]
+        self.klt = None
+        if self.kind == "split":  # (W, W^-1, eigenvectors, leading first), random rotations of the two parts
+            self.basis = [[self._klt(cal[l][:, h] - self.mu[l][h], None if cal_q is None else cal_q[l][h])[:3] for h in range(nkv)]
+                          for l in range(L)]
+            self.rots = [[[np.linalg.qr(rng.standard_normal((m_, m_)))[0] for m_ in (self.n, d - self.n)] for h in range(nkv)]
+                         for l in range(L)]
+        if self.kind == "klt":  # per (layer, head): (W, W^-1, eigenvectors, per-component distortions)
+            self.klt = [[self._klt(cal[l][:, h] - self.mu[l][h], None if cal_q is None else cal_q[l][h]) for h in range(nkv)]
+                        for l in range(L)]
+
+    def _klt(self, x, q):
+        d = self.d
+        if q is None:
+            W = Wi = np.eye(d)
+        else:  # z = W x with W = Sigma_q^(1/2): squared error in z is the query-weighted error in x
+            w, U = np.linalg.eigh(q.T @ q / len(q) + 1e-9 * np.eye(d))
+            W, Wi = (U * np.sqrt(w)) @ U.T, (U / np.sqrt(w)) @ U.T
+        z = x @ W.T
+        lam, E = np.linalg.eigh(z.T @ z / len(z) + 1e-12 * np.eye(d))
+        lam = np.maximum(lam, 1e-12)
+        return W, Wi, E, lam, water_fill(lam, self.bits * d + NORM_BITS)
+
+    def __call__(self, l, h, X):
+        if self.kind == "exact":
+            return X
+        if self.kind == "int":  # no centre: the row's own offset is the zero point
+            lo, hi = X.min(1, keepdims=True), X.max(1, keepdims=True)
+            step = np.maximum(hi - lo, 1e-30) / ((1 << self.bits) - 1)
+            return lo + np.round((X - lo) / step) * step
+        x = X - self.mu[l][h]
+        if self.kind == "klt":
+            W, Wi, E, lam, D = self.klt[l][h]
+            y = (x @ W.T) @ E  # eigen-coordinates
+            a = 1.0 - D / lam
+            y_hat = a * y + np.sqrt(a * D) * self.rng.standard_normal(y.shape)
+            return self.mu[l][h] + (y_hat @ E.T) @ Wi.T
+        if self.kind == "split":
+            W, Wi, E = self.basis[l][h]
+            y = ((x @ W.T) @ E)[:, ::-1]  # eigen-coordinates, the leading (largest) first
+            parts = []
+            for y_p, R, c in ((y[:, :self.n], self.rots[l][h][0], self.books2[0]), (y[:, self.n:], self.rots[l][h][1], self.books2[1])):
+                norm = np.linalg.norm(y_p, axis=1, keepdims=True)
+                u = (y_p / np.maximum(norm, 1e-30)) @ R
+                u_hat = c[np.searchsorted((c[1:] + c[:-1]) / 2, u)]
+                scale = norm / np.maximum(np.sum(u_hat * u, axis=1, keepdims=True), 1e-30) if self.ip else norm
+                parts.append((scale * u_hat) @ R.T)
+            y_hat = np.concatenate(parts, axis=1)[:, ::-1]
+            return self.mu[l][h] + (y_hat @ E.T) @ Wi.T
+        norm = np.linalg.norm(x, axis=1, keepdims=True)
+        u = (x / np.maximum(norm, 1e-30) * self.signs[l, h]) @ self.H.T  # rotated unit rows
+        if self.kind == "tq":
+            c = self.book
+            u_hat = c[np.searchsorted((c[1:] + c[:-1]) / 2, u)]
+        else:
+            D = 2.0 ** (-2 * self.bits)
+            a = 1.0 - D
+            u_hat = a * u + np.sqrt(a * D / self.d) * self.rng.standard_normal(u.shape)
+        scale = norm / np.maximum(np.sum(u_hat * u, axis=1, keepdims=True), 1e-30) if self.ip else norm
+        return self.mu[l][h] + scale * ((u_hat @ self.H) * self.signs[l, h])  # H symmetric: H^T = H
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--tq", default=os.path.join(ROOT, "build", "release", "apps", "cli", "tq"), help="the tq binary (tokenizer)")
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--text", default=os.path.join(ROOT, "..", "shared", "data", "text", "northanger_abbey.txt"))
+    ap.add_argument("--calib", default=os.path.join(ROOT, "..", "shared", "data", "text", "emma.txt"),
+                    help="calibration text: centres, covariances (its first --calib-tokens tokens)")
+    ap.add_argument("--calib-tokens", type=int, default=512)
+    ap.add_argument("--tokens", type=int, default=1024)
+    ap.add_argument("--configs", default="tq:4/tq:4,shannon:4/shannon:4,klt:4/klt:4", help="KEYS/VALUES,... (see above)")
+    ap.add_argument("--ip", action="store_true", help="tq and shannon rows: norm rescaled so that <u^, u> = 1")
+    ap.add_argument("--centre", action="store_true", help="tq and shannon keys: less their calibration mean")
+    ap.add_argument("--unweighted", action="store_true", help="klt and split keys: plain squared error, not query-weighted")
+    ap.add_argument("--calib-sink", action="store_true", help="the calibration statistics include position 0 (the attention sink)")
+    ap.add_argument("--seeds", type=int, default=1, help="rotation and noise seeds a config (their spread is the noise)")
+    a = ap.parse_args()
+    for path in (a.tq, a.model, a.text, a.calib):
+        if not os.path.exists(path):
+            sys.exit(f"not found: {path}")
+    if a.tokens < 2 or a.calib_tokens < 2:
+        sys.exit("--tokens and --calib-tokens must be at least 2")
+    m = Model(a.model)
+    L, nkv, d, g = m.L, m.nkv, m.hd, m.g
+    ids_eval = list(token_ids(a.tq, a.model, a.text, a.tokens))
+    ids_cal = list(token_ids(a.tq, a.model, a.calib, a.calib_tokens))
+    rec = []
+    m.forward(ids_cal, rec=rec)  # post-RoPE keys and queries, values; position 0 (the sink) left out unless --calib-sink
+    s0 = 0 if a.calib_sink else 1
+    cal_k = [k[s0:] for _, k, _, _ in rec]
+    cal_v = [v[s0:] for _, _, _, v in rec]
+    cal_q = [[q[s0:, h * g:h * g + g].reshape(-1, d) for h in range(nkv)] for _, _, q, _ in rec]
+
+    configs = a.configs.split(",")
+    for cfg in configs:  # before the forward passes: a typo fails at once
+        if cfg.count("/") != 1:
+            sys.exit(f"config '{cfg}': KEYS/VALUES, e.g. tq:4/tq:4")
+        for q in cfg.split("/"):
+            parse(q, d)
+    ref = m.forward(ids_eval)
+    print(f"{os.path.basename(a.model)}: {len(ids_eval)} tokens of {os.path.basename(a.text)}; calibration {len(ids_cal)} tokens of "
+          f"{os.path.basename(a.calib)}; ip {'on' if a.ip else 'off'}, centre {'on' if a.centre else 'off'}; reference ppl "
+          f"{scores(ref, ref, ids_eval)[4]:.3f}\n", flush=True)
+    print("| keys | values | seed | ppl | vs exact % | KL (nats) | top-1 |\n|---|---|---|---|---|---|---|", flush=True)
+    for cfg in configs:
+        ks, vs = cfg.split("/")
+        for seed in range(a.seeds):
+            ck = Channel(ks, d, L, nkv, cal_k, None if a.unweighted else cal_q, a.ip, a.centre, 1000 + seed)
+            cv = Channel(vs, d, L, nkv, cal_v, None, a.ip, False, 5000 + seed)
+            fn = per_head(lambda l, h, Q, K, V: (Q, ck(l, h, K), cv(l, h, V)), g)
+            ppl, pct, kl, top1, _ = scores(ref, m.forward(ids_eval, attn_fn=fn), ids_eval)
+            print(f"| {ks} | {vs} | {seed} | {ppl:.3f} | {pct:+.2f} | {kl:.4f} | {top1:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

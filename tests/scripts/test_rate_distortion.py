@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""bench/quality/rate_distortion.py's arithmetic, which its tables rest on: reverse water-filling
+spends exactly the bits it is given and never gives a component more distortion than its variance;
+the isotropic bound is water-filling's answer for equal variances; quantizer texts are parsed or
+refused by name. Exit 77 (skipped) without numpy or gguf."""
+import os
+import sys
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def main():
+    try:
+        import numpy as np
+        sys.path.insert(0, os.path.join(ROOT, "bench", "quality"))
+        import rate_distortion as rd
+    except ImportError as e:
+        print(f"SKIPPED: {e} (tests/engine/requirements.txt; scripts/setup.sh)")
+        return 77
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        lam = np.exp(rng.uniform(-12, 2, size=int(rng.integers(2, 130))))
+        bits = float(rng.uniform(0.5, 8)) * len(lam)
+        D = rd.water_fill(lam, bits)
+        rate = np.sum(np.maximum(0.0, 0.5 * np.log2(lam / D)))
+        assert abs(rate - bits) < 1e-6 * bits, (rate, bits)
+        assert np.all(D <= lam * (1 + 1e-12)) and np.all(D > 0)
+        theta = D.max()  # one water level: every component below it keeps its variance as distortion
+        assert np.allclose(D[lam >= theta], theta) and np.allclose(D[lam < theta], lam[lam < theta])
+    # Equal variances 1/d at B bits a coordinate: D = 2^(-2B) a unit row, the shannon:B channel's.
+    d, B = 64, 3
+    assert abs(rd.water_fill(np.full(d, 1.0 / d), B * d).sum() - 2.0 ** (-2 * B)) < 1e-9
+    assert rd.parse("split:16@6+3", 64) == ("split", 6, (16, 6, 3))
+    assert rd.parse("tq:4", 64) == ("tq", 4, None) and rd.parse("exact", 64) == ("exact", 0, None)
+    for bad in ("tq:0", "tq:9", "tq", "foo:2", "split:64@6+3", "split:16@6", "exact:3"):
+        try:
+            rd.parse(bad, 64)
+        except SystemExit as e:
+            assert bad.split(":")[0] in str(e) or "split" in str(e), (bad, str(e))
+        else:
+            raise AssertionError(f"'{bad}' was accepted")
+    print("rate_distortion: water-filling and parsing hold")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
