@@ -13,6 +13,7 @@
 #include "tq/engine/eval.h"
 #include "tq/format.h"
 #include "tq/kv/kv_size.h"
+#include "tq/kv/window_ring.h"
 #include "tq/text.h"
 
 namespace tq::engine {
@@ -128,18 +129,36 @@ AutoKvRequest parse_auto_kv(const std::string& text) {
   return r;
 }
 
-Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const std::vector<double>& bytes, double budget) {
+Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const std::vector<double>& bytes, double budget,
+                           const std::vector<double>& weights) {
   const size_t F = bytes.size();
   TQ_CHECK(F >= 1 && cost.size() == F, "allocate_layers: {} cost rows for {} formats", cost.size(), F);
   const size_t L = cost[0].size();
   TQ_CHECK(L >= 1, "allocate_layers: no layers");
   for (const auto& row : cost) TQ_CHECK(row.size() == L, "allocate_layers: cost rows of {} and {} layers", row.size(), L);
+  TQ_CHECK(weights.empty() || weights.size() == L, "allocate_layers: {} weights for {} layers", weights.size(), L);
+  const auto weight = [&](size_t l) { return weights.empty() ? 1.0 : weights[l]; };
+  // Layers of equal weight cost the same to widen, so within such a class the best set is the
+  // class's layers of largest gain: enumerating how many of each class is exact.
+  std::vector<double> class_w;  // distinct weights
+  std::vector<std::vector<uint32_t>> classes;
+  for (uint32_t l = 0; l < L; ++l) {
+    TQ_CHECK(weight(l) > 0 && std::isfinite(weight(l)), "allocate_layers: layer {} has weight {}", l, weight(l));
+    const size_t c = size_t(std::find(class_w.begin(), class_w.end(), weight(l)) - class_w.begin());
+    if (c == class_w.size()) class_w.push_back(weight(l)), classes.emplace_back();
+    classes[c].push_back(l);
+  }
+  double combos = 1;
+  for (const auto& cl : classes) combos *= double(cl.size() + 1);
+  TQ_CHECK(combos <= 1e6, "allocate_layers: {} distinct layer weights are too many to enumerate", classes.size());
+  double total_w = 0;
+  for (uint32_t l = 0; l < L; ++l) total_w += weight(l);
+
   Allocation best;
   bool found = false;
   const auto better = [&](double c, double b) { return !found || c < best.cost || (c == best.cost && b < best.bytes); };
-  std::vector<uint32_t> order(L);
   for (size_t lo = 0; lo < F; ++lo) {
-    const double base_bytes = bytes[lo] * double(L);
+    const double base_bytes = bytes[lo] * total_w;
     if (base_bytes > budget) continue;  // even no layer high is too much
     const double base_cost = std::accumulate(cost[lo].begin(), cost[lo].end(), 0.0);
     if (better(base_cost, base_bytes)) {
@@ -149,26 +168,43 @@ Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const s
     for (size_t hi = 0; hi < F; ++hi) {
       if (hi == lo || bytes[hi] < bytes[lo]) continue;
       const double extra = bytes[hi] - bytes[lo];
-      // Layers the budget pays for (all of them when the high format costs no more).
-      const size_t k_max = extra <= 0 ? L : size_t(std::min<double>(double(L), std::floor((budget - base_bytes) / extra + 1e-9)));
-      std::iota(order.begin(), order.end(), 0u);
       const auto gain = [&](uint32_t l) { return cost[lo][l] - cost[hi][l]; };
-      std::stable_sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return gain(a) > gain(b); });
-      double c = base_cost, b = base_bytes;
-      size_t k = 0;
-      while (k < k_max && gain(order[k]) > 0) {
-        c -= gain(order[k]);
-        b += extra;
-        ++k;
+      // Each class's layers of positive gain, largest first (ties to the lower layer).
+      std::vector<std::vector<uint32_t>> order(classes.size());
+      std::vector<std::vector<double>> prefix(classes.size());  // [class][i]: the gain of its first i
+      for (size_t c = 0; c < classes.size(); ++c) {
+        for (uint32_t l : classes[c])
+          if (gain(l) > 0) order[c].push_back(l);
+        std::stable_sort(order[c].begin(), order[c].end(), [&](uint32_t a, uint32_t b) { return gain(a) > gain(b); });
+        prefix[c].push_back(0);
+        for (uint32_t l : order[c]) prefix[c].push_back(prefix[c].back() + gain(l));
       }
-      if (k == 0 || k == L || !better(c, b)) continue;  // k == L: the high format alone, tried as such
-      std::vector<uint32_t> set(order.begin(), order.begin() + long(k));
+      std::vector<size_t> k(classes.size(), 0), best_k;
+      double best_c = base_cost, best_b = base_bytes;
+      for (;;) {  // every count vector k[c] <= |order[c]|, mixed-radix
+        double c = base_cost, b = base_bytes;
+        size_t n = 0;
+        for (size_t ci = 0; ci < classes.size(); ++ci) {
+          c -= prefix[ci][k[ci]];
+          b += extra * class_w[ci] * double(k[ci]);
+          n += k[ci];
+        }
+        if (n > 0 && n < L && b <= budget * (1 + 1e-12) && (c < best_c || (c == best_c && b < best_b)))
+          best_c = c, best_b = b, best_k = k;  // n == L: the high format alone, tried as such
+        size_t ci = 0;
+        while (ci < classes.size() && k[ci] == order[ci].size()) k[ci++] = 0;
+        if (ci == classes.size()) break;
+        ++k[ci];
+      }
+      if (best_k.empty() || !better(best_c, best_b)) continue;
+      std::vector<uint32_t> set;
+      for (size_t ci = 0; ci < classes.size(); ++ci) set.insert(set.end(), order[ci].begin(), order[ci].begin() + long(best_k[ci]));
       std::sort(set.begin(), set.end());
-      best = Allocation{lo, hi, std::move(set), c, b};
+      best = Allocation{lo, hi, std::move(set), best_c, best_b};
     }
   }
   if (!found) {
-    const double least = *std::min_element(bytes.begin(), bytes.end()) * double(L);
+    const double least = *std::min_element(bytes.begin(), bytes.end()) * total_w;
     throw Error(
         fmt::format("the budget of {:.1f} bytes per token is below the smallest choice, {:.1f} bytes per token (every layer "
                     "at the narrowest width): raise bits= or mem=, or lower widths=",
@@ -219,8 +255,10 @@ namespace {
 // alone, before anything is measured.
 struct Budget {
   std::vector<std::pair<TensorCode, TensorCode>> fmts;
-  std::vector<double> bytes;  // [format] per token, all layers' pages
-  double budget = 0;          // bytes per token
+  std::vector<double> layer_bytes;  // [format] per token, one layer's pages
+  std::vector<double> weights;      // [layer] the positions it holds per position of the context (mem=: rings below 1)
+  std::vector<double> bytes;        // [format] per token, all layers' pages, weighted
+  double budget = 0;                // bytes per token
   double elems_bytes = 0;     // bytes per token at one bit per element
   double fixed = 0;           // mem=: the side buffer and key centre it pays first
   double tokens = 0;          // mem=: the context in whole pages
@@ -234,17 +272,34 @@ Budget budget_of(const AutoKvRequest& r, const model::ModelConfig& c) {
   for (uint32_t kb = r.min_width; kb <= r.max_width; ++kb)
     for (uint32_t vb = r.min_width; vb <= r.max_width; ++vb)
       b.fmts.push_back({TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}});
-  for (const auto& [k, v] : b.fmts) b.bytes.push_back(double(bytes_per_token_head(k, v, D, page)) * H * L);
   b.elems_bytes = 2.0 * D * H * L / 8.0;
+  b.weights.assign(L, 1.0);
+  uint32_t ringed = 0;
   if (r.bits > 0) {
     b.budget = r.bits * b.elems_bytes;
     b.budget_is = fmt::format("{} bits per element", r.bits);
   } else {
     const KvSize ks = kv_size(r.knobs, L, H, D);
     b.fixed = double(ks.side_bytes + ks.centre_bytes), b.tokens = std::ceil(double(r.context) / page) * page;
+    // A sliding-window layer whose engine keeps it in window rings holds the ring's pages, whatever
+    // the context: counted at the largest ring an engine makes (sub-steps of kRingStep, prefix tails).
+    for (uint32_t l = 0; l < L && r.rings; ++l) {
+      const WindowRing ring = WindowRing::make(uint32_t(c.layer_window(int(l))), r.context, kRingStep, page, true);
+      if (ring.on()) b.weights[l] = double(ring.pages) * page / b.tokens, ++ringed;
+    }
     b.budget = (double(r.mem_bytes) - b.fixed) / b.tokens;  // below 0 where mem= does not hold the side buffer
-    b.budget_is = fmt::format("{:.1f} MiB for {} tokens: {:.3f} bits per element after {:.2f} MiB of side buffer and key centre",
-                              r.mem_bytes / 1048576.0, r.context, b.budget / b.elems_bytes, b.fixed / 1048576.0);
+    // In bits per element where every layer holds the context; with rings, the rings' positions.
+    b.budget_is = ringed ? fmt::format("{:.1f} MiB for {} tokens after {:.2f} MiB of side buffer and key centre, {} sliding-window "
+                                       "layers at their window ring of {} positions",
+                                       r.mem_bytes / 1048576.0, r.context, b.fixed / 1048576.0, ringed,
+                                       uint64_t(std::llround(*std::min_element(b.weights.begin(), b.weights.end()) * b.tokens)))
+                         : fmt::format("{:.1f} MiB for {} tokens: {:.3f} bits per element after {:.2f} MiB of side buffer and key centre",
+                                       r.mem_bytes / 1048576.0, r.context, b.budget / b.elems_bytes, b.fixed / 1048576.0);
+  }
+  const double total_w = std::accumulate(b.weights.begin(), b.weights.end(), 0.0);
+  for (const auto& [k, v] : b.fmts) {
+    b.layer_bytes.push_back(double(bytes_per_token_head(k, v, D, page)) * H);
+    b.bytes.push_back(b.layer_bytes.back() * total_w);
   }
   return b;
 }
@@ -277,9 +332,8 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
   // The codebook's distortion per unit vector at each width; a layer's KL scales with it.
   const auto dist = [&](uint32_t bits) { return codebook(padded_dim(D), bits).expected_mse; };
   std::vector<std::vector<double>> cost(fmts.size(), std::vector<double>(L));
-  std::vector<double> bytes(fmts.size());  // [format] per token and layer
+  const std::vector<double>& bytes = bud.layer_bytes;  // [format] per token and layer
   for (size_t f = 0; f < fmts.size(); ++f) {
-    bytes[f] = bud.bytes[f] / L;
     const size_t pk = probe_for(s.k_widths, fmts[f].first.bits), pv = probe_for(s.v_widths, fmts[f].second.bits);
     const double rk = dist(fmts[f].first.bits) / dist(s.k_widths[pk]), rv = dist(fmts[f].second.bits) / dist(s.v_widths[pv]);
     for (uint32_t l = 0; l < L; ++l) cost[f][l] = s.k[pk][l] * rk + s.v[pv][l] * rv;
@@ -288,7 +342,7 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
   const std::string& budget_is = bud.budget_is;
   Allocation a;
   try {
-    a = allocate_layers(cost, bytes, budget);
+    a = allocate_layers(cost, bytes, budget, bud.weights);
   } catch (const Error& e) {
     throw Error(fmt::format("KV spec '{}' on this model: {}", r.text, e.what()));
   }
@@ -317,15 +371,17 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
       for (const auto& row : *rows) t += fmt::format("  {:.6f}", row[l]);
     t += fmt::format("  {:6}  {:.6f}\n", base_of(fmts[f].first, fmts[f].second), cost[f][l]);
   }
-  const double bits = a.bytes / elems_bytes;
-  t += fmt::format("  chose {}: {:.4f} bits per element (budget {}), predicted KL {:.5f} (the sum of the layers')\n", out.spec.canonical(),
-                   bits, budget_is, a.cost);
+  double page_bytes = 0;  // per token, every layer at the whole context (tq kv-size's count)
+  for (uint32_t l = 0; l < L; ++l) page_bytes += bytes[out.spec.is_edge_layer(l, L) ? a.high : a.low];
+  const std::string held = bud.tokens > 0 ? fmt::format(", {:.2f} MiB for one sequence", (bud.fixed + a.bytes * bud.tokens) / 1048576.0) : "";
+  t += fmt::format("  chose {}: {:.4f} bits per element{} (budget {}), predicted KL {:.5f} (the sum of the layers')\n", out.spec.canonical(),
+                   page_bytes / elems_bytes, held, budget_is, a.cost);
   // The best single format within the budget, and the edge= layout of the same formats and count.
   double single = -1;
   size_t single_f = 0;
   for (size_t f = 0; f < fmts.size(); ++f) {
     const double c0 = std::accumulate(cost[f].begin(), cost[f].end(), 0.0);
-    if (bytes[f] * L <= budget && (single < 0 || c0 < single)) single = c0, single_f = f;
+    if (bud.bytes[f] <= budget && (single < 0 || c0 < single)) single = c0, single_f = f;
   }
   if (single >= 0)
     t += fmt::format("  one format for all layers: best {} ({:.4f} bits), predicted KL {:.5f}\n",

@@ -13,6 +13,7 @@
 #include "tq/engine/auto_kv.h"
 #include "tq/engine/eval.h"
 #include "tq/kv/kv_size.h"
+#include "tq/kv/window_ring.h"
 
 namespace tq::engine {
 namespace {
@@ -69,7 +70,8 @@ TEST(AutoKv, RefusesWithTheBadPart) {
 }
 
 // Every assignment of two formats (low everywhere, high on a subset) by brute force.
-Allocation brute_force(const std::vector<std::vector<double>>& cost, const std::vector<double>& bytes, double budget) {
+Allocation brute_force(const std::vector<std::vector<double>>& cost, const std::vector<double>& bytes, double budget,
+                       const std::vector<double>& weights = {}) {
   const size_t F = bytes.size(), L = cost[0].size();
   Allocation best;
   bool found = false;
@@ -83,7 +85,7 @@ Allocation brute_force(const std::vector<std::vector<double>>& cost, const std::
           const size_t f = mask >> l & 1 ? hi : lo;
           if (mask >> l & 1) set.push_back(l);
           c += cost[f][l];
-          b += bytes[f];
+          b += bytes[f] * (weights.empty() ? 1.0 : weights[l]);
         }
         if (b > budget + 1e-9) continue;
         if (!found || c < best.cost - 1e-12) best = Allocation{lo, hi, set, c, b}, found = true;
@@ -103,9 +105,17 @@ TEST(AutoKv, AllocationIsOptimalOnSyntheticCosts) {
       bytes[f] = std::floor(1 + 8 * u(rng));  // whole bytes: equal sizes happen
       for (size_t l = 0; l < L; ++l) cost[f][l] = u(rng) / bytes[f];
     }
-    const double least = *std::min_element(bytes.begin(), bytes.end()) * double(L);
+    // Every other trial weighs the layers as window rings do (mem= on Gemma 3): two or three classes.
+    std::vector<double> w;
+    if (trial % 2) {
+      const double small = 0.05 + 0.5 * u(rng), mid = 0.6 + 0.3 * u(rng);
+      for (size_t l = 0; l < L; ++l) w.push_back(l % 3 == 0 ? 1.0 : trial % 4 == 1 ? small : l % 3 == 1 ? small : mid);
+    }
+    double total_w = 0;
+    for (size_t l = 0; l < L; ++l) total_w += w.empty() ? 1.0 : w[l];
+    const double least = *std::min_element(bytes.begin(), bytes.end()) * total_w;
     const double budget = least + u(rng) * 6.0 * double(L);
-    const Allocation a = allocate_layers(cost, bytes, budget), b = brute_force(cost, bytes, budget);
+    const Allocation a = allocate_layers(cost, bytes, budget, w), b = brute_force(cost, bytes, budget, w);
     EXPECT_LE(a.bytes, budget + 1e-9) << trial;
     EXPECT_NEAR(a.cost, b.cost, 1e-12) << trial;  // optimal over every two-format assignment
     // Its cost and bytes are those of the layers it names.
@@ -113,7 +123,7 @@ TEST(AutoKv, AllocationIsOptimalOnSyntheticCosts) {
     for (uint32_t l = 0; l < L; ++l) {
       const bool high = std::find(a.high_layers.begin(), a.high_layers.end(), l) != a.high_layers.end();
       c += cost[high ? a.high : a.low][l];
-      by += bytes[high ? a.high : a.low];
+      by += bytes[high ? a.high : a.low] * (w.empty() ? 1.0 : w[l]);
     }
     EXPECT_NEAR(c, a.cost, 1e-12) << trial;
     EXPECT_NEAR(by, a.bytes, 1e-9) << trial;
@@ -201,6 +211,55 @@ TEST(AutoKv, ChoiceMeetsTheBudget) {
     }
   }
   EXPECT_NO_THROW(check_auto_kv_budget(parse_auto_kv("auto:bits=2.25:calib=x"), c));
+}
+
+// mem= on a model with sliding-window layers: those the engine keeps in window rings hold the
+// ring's positions whatever the context, so a budget that would not hold every layer at the whole
+// context is met, and the cheap ring layers are widened first; with --swa-full (rings off) every
+// layer counts at the whole context, as tq kv-size counts it.
+TEST(AutoKv, MemCountsSlidingWindowLayersAtTheirRing) {
+  model::ModelConfig c;  // Gemma-3-270M's shape: 18 layers, every 6th global, window 512
+  c.n_layers = 18;
+  c.n_kv_heads = 1;
+  c.head_dim = 256;
+  c.sliding_window = 512;
+  c.swa_pattern = 6;
+  Sensitivity s{{3}, {2}, {{}}, {{}}};
+  for (int l = 0; l < 18; ++l) s.k[0].push_back(0.01), s.v[0].push_back(0.01);
+  const uint32_t ctx = 32768;
+  // k2v2 everywhere at the whole context: 18 layers x 256 x 2 x 2.125 bits (norms) / 8 per token.
+  const double k2v2_all = 18 * 256 * 2 * (2 + 16.0 / 256) / 8 * ctx;
+  const double budget = 0.25 * k2v2_all;  // a quarter of the narrowest whole-context count
+  const std::string spec = fmt::format("auto:mem={}:context={}:calib=x", uint64_t(budget), ctx);
+  AutoKvRequest full = parse_auto_kv(spec);
+  full.rings = false;
+  EXPECT_THROW(check_auto_kv_budget(full, c), Error);
+  const AutoKvRequest r = parse_auto_kv(spec);  // rings: 15 layers hold 800 positions, not 32768
+  const AutoKvChoice ch = choose_auto_kv(r, c, s);
+  // Equal sensitivities: the ring layers, cheap to widen, are at least as wide as the global ones,
+  // and wider than k2v2.
+  uint32_t local_min = 99, global_max = 0;
+  for (uint32_t l = 0; l < 18; ++l) {
+    const KvFormat f = ch.spec.layer_format(l, 18);
+    const uint32_t bits = f.k.bits + f.v.bits;
+    if (c.layer_is_local(int(l)))
+      local_min = std::min(local_min, bits);
+    else
+      global_max = std::max(global_max, bits);
+  }
+  EXPECT_GE(local_min, global_max) << ch.spec.canonical() << "\n" << ch.report;
+  EXPECT_GT(local_min, 4u) << ch.spec.canonical() << "\n" << ch.report;
+  EXPECT_NE(ch.report.find("15 sliding-window layers at their window ring"), std::string::npos) << ch.report;
+  // What it chose fits: the global layers at the context, the others at their ring.
+  const WindowRing ring = WindowRing::make(512, ctx, kRingStep, 16, true);
+  ASSERT_TRUE(ring.on());
+  double held = 0;
+  for (uint32_t l = 0; l < 18; ++l) {
+    const KvFormat f = ch.spec.layer_format(l, 18);
+    held += double(bytes_per_token_head(f.k, f.v, 256, 16)) * (c.layer_is_local(int(l)) ? ring.pages * 16.0 : double(ctx));
+  }
+  EXPECT_LE(held, budget) << ch.spec.canonical();
+  EXPECT_GT(held, 0.8 * budget) << ch.spec.canonical();  // and the budget is used
 }
 
 // Keys are probed at 2 and 3 bits: a width takes the widest probe at or below it, so 2-bit keys are

@@ -44,6 +44,9 @@ struct AutoKvRequest {
   uint32_t tokens = 256;  // its first tokens calibrate
   uint32_t min_width = 2, max_width = 4;  // 2..4: the CUDA kernels' widths, so the choice runs there too
   KvSpec knobs;  // base k3v2 with the other options given (sink, window, centre, page, ...)
+  // mem=: the engine keeps its sliding-window layers in window rings (its default; false for
+  // --swa-full), so those layers hold their ring's positions, not the context's.
+  bool rings = true;
 };
 
 bool is_auto_kv(const std::string& text);              // "auto" or "auto:..."
@@ -54,17 +57,21 @@ struct Allocation {
   size_t low = 0, high = 0;           // indices into the formats; high == low when no layer is high
   std::vector<uint32_t> high_layers;  // ascending
   double cost = 0;                    // sum of the chosen cost[f][l]
-  double bytes = 0;                   // sum of the chosen bytes[f] (per token, all layers)
+  double bytes = 0;                   // sum of the chosen bytes[f] x the layer's weight (per token, all layers)
 };
 
 // The pure allocation. cost: [formats][layers] predicted loss of a layer in a format; bytes:
-// [formats] a layer's bytes per token in that format; budget: bytes per token over all layers.
-// For each ordered pair (low, high) with bytes[low] <= bytes[high] (and each format alone), the
-// best set of high layers is the k of largest gain cost[low][l] - cost[high][l] > 0 (ties to the
-// lower layer), k as many as the budget pays for: every layer costs the same bytes, so this is
-// optimal for the pair. Over all pairs the lowest total cost wins (ties: fewer bytes, then the
-// first pair). Throws tq::Error, naming the budget, when no format fits it.
-Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const std::vector<double>& bytes, double budget);
+// [formats] a layer's bytes per token in that format; budget: bytes per token over all layers;
+// weights: [layers] what a layer's bytes count for (empty: 1 each; mem= with window rings: a
+// sliding-window layer's ring positions per position of the context). For each ordered pair
+// (low, high) with bytes[low] <= bytes[high] (and each format alone), the best set of high layers:
+// layers of equal weight cost the same to widen, so the set holds, of each weight class, the k of
+// largest gain cost[low][l] - cost[high][l] > 0 (ties to the lower layer), and every count vector
+// the budget pays for is tried: optimal for the pair. Over all pairs the lowest total cost wins
+// (ties: fewer bytes, then the first pair). Allocation::bytes is weighted. Throws tq::Error,
+// naming the budget, when no format fits it.
+Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const std::vector<double>& bytes, double budget,
+                           const std::vector<double>& weights = {});
 
 // Per-layer sensitivity: mean KL (nats) of the K and the V probes (above).
 struct Sensitivity {
