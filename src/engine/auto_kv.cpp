@@ -388,10 +388,14 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
                      base_of(fmts[single_f].first, fmts[single_f].second), bytes[single_f] * L / elems_bytes, single);
   const size_t n = a.high_layers.size();
   if (n && n % 2 == 0 && n < L) {
-    double ce = 0;
-    for (uint32_t l = 0; l < L; ++l) ce += (l < n / 2 || l + n / 2 >= L) ? cost[a.high][l] : cost[a.low][l];
-    t +=
-        fmt::format("  the same formats as edge={}/{}: predicted KL {:.5f}\n", n / 2, base_of(fmts[a.high].first, fmts[a.high].second), ce);
+    double ce = 0, be = 0;  // its cost and bytes (the same as the choice's unless layers weigh differently)
+    for (uint32_t l = 0; l < L; ++l) {
+      const size_t f = (l < n / 2 || l + n / 2 >= L) ? a.high : a.low;
+      ce += cost[f][l], be += bytes[f] * bud.weights[l];
+    }
+    if (be <= budget * (1 + 1e-12))  // shown only where it is an alternative within the budget
+      t += fmt::format("  the same formats as edge={}/{}: predicted KL {:.5f}\n", n / 2, base_of(fmts[a.high].first, fmts[a.high].second),
+                       ce);
   }
   out.report = t;
   return out;
