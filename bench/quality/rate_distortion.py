@@ -28,11 +28,17 @@ give, in a numpy fp64 forward pass of the GGUF model (bench/quality/llama_numpy.
              own (norm exact, random rotation, ideal Lloyd-Max codebook): the format's fractional
              widths (`kv-specs.md`) with a calibrated basis in place of outlier channels. Bits a row:
              N HI + (d - N) LO + 32 (two norms), e.g. split:16@6+3 at d = 64 is the 272 of k4
+  tcq:B      tq with trellis-coded quantization in place of the scalar codebook (Marcellin and
+             Fischer, "Trellis coded quantization of memoryless and Gauss-Markov sources", IEEE
+             Trans. Commun. 1990): the ideal codebook of 2^(B+1) levels in four interleaved subsets,
+             a 4-state trellis (B bits a coordinate: one picks the branch, B - 1 the level in its
+             subset), the row's codes chosen by the Viterbi algorithm; decoding walks the trellis
+             from state 0, so a coordinate's value depends on the codes before it
   int:B      the uniform per-token baseline (`ksim=int4` at B = 4): each row's min and max (fp16 in
              the format: 32 bits a row), 2^B levels between them, no rotation
 
-Options on the quantized rows: --ip (tq, shannon and split: each norm rescaled so that <u^, u> = 1,
-the format's `ip` knob), --centre (tq and shannon keys less their calibration mean first, the
+Options on the quantized rows: --ip (tq, tcq, shannon and split: each norm rescaled so that <u^, u> = 1,
+the format's `ip` knob), --centre (tq, tcq and shannon keys less their calibration mean first, the
 format's `centre`; klt and split always centre, int never), --unweighted (klt and split keys in the
 plain basis), --calib-sink (the calibration statistics include position 0, the attention sink). No window, sinks or edge layers: issue 17's "bare" setting. Perplexity, KL and top-1
 against the unquantized forward on the first --tokens tokens of the evaluation text.
@@ -72,7 +78,7 @@ def water_fill(lam, bits):
 def parse(spec, d):
     """(kind, bits, (N, HI, LO) for split) of a quantizer's text; exits naming what is wrong."""
     kind, _, b = spec.partition(":")
-    kinds = "exact, tq:B, shannon:B, klt:B, split:N@HI+LO or int:B"
+    kinds = "exact, tq:B, tcq:B, shannon:B, klt:B, split:N@HI+LO or int:B"
     if kind == "exact" and not b:
         return kind, 0, None
     if kind == "split":
@@ -84,9 +90,67 @@ def parse(spec, d):
         if not 0 < n < d or not (1 <= hi <= 8 and 1 <= lo <= 8):
             sys.exit(f"'{spec}': N must be 1..{d - 1}, HI and LO 1..8")
         return kind, hi, (n, hi, lo)
-    if kind not in ("tq", "shannon", "klt", "int") or not b.isdigit() or not 1 <= int(b) <= 8:
+    if kind not in ("tq", "tcq", "shannon", "klt", "int") or not b.isdigit() or not 1 <= int(b) <= 8:
         sys.exit(f"unknown quantizer '{spec}': {kinds}, B = 1..8")
     return kind, int(b), None
+
+
+# The 4-state trellis of trellis-coded quantization: from state s, branch b uses subset
+# TCQ_SUBSET[s][b] and leads to state TCQ_NEXT[s][b] (states 0 and 2 draw on D0 and D2, 1 and 3 on
+# D1 and D3; Marcellin and Fischer's).
+TCQ_SUBSET = ((0, 2), (1, 3), (2, 0), (3, 1))
+TCQ_NEXT = ((0, 1), (2, 3), (0, 1), (2, 3))
+
+
+def tcq_encode(u, union):
+    """Rows u [n][d] along the trellis from state 0 (Viterbi, squared error) -> (branch bits
+    [n][d], level index within the subset [n][d]); union: the 2^(B+1) sorted levels, level i in
+    subset i mod 4."""
+    n, d = u.shape
+    subsets = [union[j::4] for j in range(4)]
+    cost = np.full((n, 4), np.inf)
+    cost[:, 0] = 0.0
+    back = np.zeros((d, n, 4), dtype=np.int8)   # the state each state was reached from
+    branch = np.zeros((d, n, 4), dtype=np.int8)  # and the branch bit taken
+    index = np.zeros((d, n, 4), dtype=np.int32)  # the level's index within its subset
+    for i in range(d):
+        x = u[:, i]
+        near, err = [], []
+        for c in subsets:  # each subset's nearest level
+            k = np.searchsorted((c[1:] + c[:-1]) / 2, x)
+            near.append(k)
+            err.append((x - c[k]) ** 2)
+        new = np.full((n, 4), np.inf)
+        for s_ in range(4):
+            for b in range(2):
+                t, j = TCQ_NEXT[s_][b], TCQ_SUBSET[s_][b]
+                c = cost[:, s_] + err[j]
+                better = c < new[:, t]
+                new[:, t] = np.where(better, c, new[:, t])
+                back[i, :, t] = np.where(better, s_, back[i, :, t])
+                branch[i, :, t] = np.where(better, b, branch[i, :, t])
+                index[i, :, t] = np.where(better, near[j], index[i, :, t])
+        cost = new
+    rows = np.arange(n)
+    state = np.argmin(cost, axis=1)
+    bits, idx = np.empty((n, d), dtype=np.int64), np.empty((n, d), dtype=np.int64)
+    for i in range(d - 1, -1, -1):
+        bits[:, i], idx[:, i] = branch[i, rows, state], index[i, rows, state]
+        state = back[i, rows, state]
+    return bits, idx
+
+
+def tcq_decode(bits, idx, union):
+    """The levels of codes (bits, idx): coordinate i's state is its two previous branch bits
+    (TCQ_NEXT[s][b] = 2 (s & 1) + b), so its subset is b[i-1] + 2 (b[i-2] xor b[i]) and its level
+    union[4 idx[i] + subset]: a window of B + 2 bits, decoded in parallel, with no walk."""
+    prev1 = np.concatenate([np.zeros_like(bits[:, :1]), bits[:, :-1]], axis=1)
+    prev2 = np.concatenate([np.zeros_like(bits[:, :2]), bits[:, :-2]], axis=1)
+    return union[4 * idx + prev1 + 2 * (prev2 ^ bits)]
+
+
+def tcq(u, union):
+    return tcq_decode(*tcq_encode(u, union), union)
 
 
 class Channel:
@@ -103,6 +167,7 @@ class Channel:
         self.H = hadamard(d)
         self.signs = rng.choice([-1.0, 1.0], size=(L, nkv, d))
         self.book = ideal_codebook(d, 1 << self.bits) if self.kind == "tq" else None
+        self.union = ideal_codebook(d, 2 << self.bits) if self.kind == "tcq" else None
         centred = centre or self.kind in ("klt", "split")
         self.mu = [[cal[l][:, h].mean(0) if centred else np.zeros(d) for h in range(nkv)] for l in range(L)]
         self.klt = None
@@ -158,6 +223,8 @@ class Channel:
         if self.kind == "tq":
             c = self.book
             u_hat = c[np.searchsorted((c[1:] + c[:-1]) / 2, u)]
+        elif self.kind == "tcq":
+            u_hat = tcq(u, self.union)
         else:
             D = 2.0 ** (-2 * self.bits)
             a = 1.0 - D
@@ -182,12 +249,13 @@ def main():
     ap.add_argument("--unweighted", action="store_true", help="klt and split keys: plain squared error, not query-weighted")
     ap.add_argument("--calib-sink", action="store_true", help="the calibration statistics include position 0 (the attention sink)")
     ap.add_argument("--seeds", type=int, default=1, help="rotation and noise seeds a config (their spread is the noise)")
+    ap.add_argument("--first-seed", type=int, default=0, help="the seeds are --first-seed .. --first-seed + --seeds - 1")
     a = ap.parse_args()
     for path in (a.tq, a.model, a.text, a.calib):
         if not os.path.exists(path):
             sys.exit(f"not found: {path}")
-    if a.tokens < 2 or a.calib_tokens < 2:
-        sys.exit("--tokens and --calib-tokens must be at least 2")
+    if a.tokens < 2 or a.calib_tokens < 2 or a.seeds < 1 or a.first_seed < 0:
+        sys.exit("--tokens and --calib-tokens must be at least 2, --seeds at least 1, --first-seed at least 0")
     m = Model(a.model)
     L, nkv, d, g = m.L, m.nkv, m.hd, m.g
     ids_eval = list(token_ids(a.tq, a.model, a.text, a.tokens))
@@ -212,7 +280,7 @@ def main():
     print("| keys | values | seed | ppl | vs exact % | KL (nats) | top-1 |\n|---|---|---|---|---|---|---|", flush=True)
     for cfg in configs:
         ks, vs = cfg.split("/")
-        for seed in range(a.seeds):
+        for seed in range(a.first_seed, a.first_seed + a.seeds):
             ck = Channel(ks, d, L, nkv, cal_k, None if a.unweighted else cal_q, a.ip, a.centre, 1000 + seed)
             cv = Channel(vs, d, L, nkv, cal_v, None, a.ip, False, 5000 + seed)
             fn = per_head(lambda l, h, Q, K, V: (Q, ck(l, h, K), cv(l, h, V)), g)

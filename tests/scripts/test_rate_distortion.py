@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """bench/quality/rate_distortion.py's arithmetic, which its tables rest on: reverse water-filling
 spends exactly the bits it is given and never gives a component more distortion than its variance;
-the isotropic bound is water-filling's answer for equal variances; quantizer texts are parsed or
-refused by name. Exit 77 (skipped) without numpy or gguf."""
+the isotropic bound is water-filling's answer for equal variances; trellis-coded quantization's
+parallel decode is the trellis walk; quantizer texts are parsed or refused by name. Exit 77 (skipped) without numpy or gguf."""
 import os
 import sys
 
@@ -30,7 +30,28 @@ def main():
     # Equal variances 1/d at B bits a coordinate: D = 2^(-2B) a unit row, the shannon:B channel's.
     d, B = 64, 3
     assert abs(rd.water_fill(np.full(d, 1.0 / d), B * d).sum() - 2.0 ** (-2 * B)) < 1e-9
+    # Trellis-coded quantization: the parallel decode (a coordinate's level from its own code and
+    # its two previous branch bits) is the trellis walked from state 0, and beats the scalar
+    # codebook of the same bits on random unit rows.
+    from codebook_fit import ideal_codebook
+    x = rng.standard_normal((500, d))
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for B in (2, 3):
+        union = ideal_codebook(d, 2 << B)
+        bits, idx = rd.tcq_encode(u, union)
+        assert bits.min() >= 0 and bits.max() <= 1 and idx.min() >= 0 and idx.max() < 1 << (B - 1)
+        state, walk = np.zeros(len(u), dtype=int), np.empty_like(u)
+        for i in range(d):
+            sub = np.array([rd.TCQ_SUBSET[a][b] for a, b in zip(state, bits[:, i])])
+            walk[:, i] = union[4 * idx[:, i] + sub]
+            state = np.array([rd.TCQ_NEXT[a][b] for a, b in zip(state, bits[:, i])])
+        assert np.array_equal(walk, rd.tcq_decode(bits, idx, union))
+        book = ideal_codebook(d, 1 << B)
+        scalar = ((u - book[np.searchsorted((book[1:] + book[:-1]) / 2, u)]) ** 2).sum(1).mean()
+        trellis = ((u - walk) ** 2).sum(1).mean()
+        assert trellis < scalar * 10 ** (-0.05), (B, trellis, scalar)  # at least 0.5 dB
     assert rd.parse("split:16@6+3", 64) == ("split", 6, (16, 6, 3))
+    assert rd.parse("tcq:3", 64) == ("tcq", 3, None)
     assert rd.parse("tq:4", 64) == ("tq", 4, None) and rd.parse("exact", 64) == ("exact", 0, None)
     for bad in ("tq:0", "tq:9", "tq", "foo:2", "split:64@6+3", "split:16@6", "exact:3"):
         try:
@@ -39,7 +60,7 @@ def main():
             assert bad.split(":")[0] in str(e) or "split" in str(e), (bad, str(e))
         else:
             raise AssertionError(f"'{bad}' was accepted")
-    print("rate_distortion: water-filling and parsing hold")
+    print("rate_distortion: water-filling, the trellis decode and parsing hold")
     return 0
 
 
