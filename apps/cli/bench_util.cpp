@@ -123,13 +123,15 @@ double percentile(std::vector<double> v, double q) {
 
 void check_json_path(const std::string& path) {
   if (path.empty()) return;
+  // Whether nothing (no file, no link, not even a dangling one) is there; a status that cannot be
+  // read (type none) counts as there.
   std::error_code ec;
-  const bool existed = std::filesystem::exists(path, ec);
+  const bool absent = std::filesystem::symlink_status(path, ec).type() == std::filesystem::file_type::not_found;
   {
     std::ofstream f(path, std::ios::app);  // appends nothing: an existing file keeps its bytes until write_json
     TQ_CHECK(f.good(), "--json: cannot write '{}'", path);
   }
-  if (!existed) std::filesystem::remove(path, ec);  // a probe only: a run that then fails leaves no empty file
+  if (absent) std::filesystem::remove(path, ec);  // a probe only: a run that then fails leaves no empty file
 }
 
 void write_json(const std::string& path, const std::string& text) {

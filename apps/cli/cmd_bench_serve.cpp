@@ -70,7 +70,8 @@ RunResult drive(engine::Engine& e, const Options& o, uint32_t clients, uint32_t 
   if (!o.no_warmup) {
     serve::Request q;
     q.prompt.resize(std::min<uint32_t>(o.prompt, 16));
-    for (int& t : q.prompt) t = int(rng() % uint32_t(vocab));
+    std::mt19937 warm_rng(uint32_t(o.seed) ^ 0x5eedu);  // its own: the timed prompts are those of --no-warmup
+    for (int& t : q.prompt) t = int(warm_rng() % uint32_t(vocab));
     q.max_tokens = std::min<uint32_t>(o.output, 2);
     s.add(std::move(q));
     while (!s.idle())

@@ -37,9 +37,12 @@ LoadedModel load_checked_draft(const std::string& path, const std::string& token
 
 // The automatic entries of a --kv list (auto:bits=...:calib=FILE, docs/kv-specs.md): each is
 // calibrated on `lm` (CPU, `threads`) and replaced by the concrete spec it chooses; what it chose and
-// why goes to stderr. The other entries are returned as they are. swa_full: the engine keeps every
-// position of the sliding-window layers (--swa-full), which a mem= budget then counts.
-std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads, bool swa_full = false);
+// why goes to stderr. The other entries are returned as they are. What a mem= budget counts of the
+// engine: swa_full, every position of the sliding-window layers in the pool (--swa-full), else
+// their rings; tail_copies, prefix-tail slots per sequence (tq serve), each a copy of a
+// sequence's side rows and rings.
+std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads, bool swa_full = false,
+                                 double tail_copies = 0);
 // Parses every entry of a --kv list (automatic ones too) and throws tq::Error naming the bad part:
 // before a model is loaded, so that a typo costs no load.
 // one_for: the command, when it takes one spec only ("tq run"): a list is refused naming it.

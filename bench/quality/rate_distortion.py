@@ -5,8 +5,8 @@ same bits per element come on SmolLM2's real keys and values?
 TurboQuant's premise is that after a random rotation every coordinate of a unit row is (nearly)
 Gaussian with variance 1/d, whatever the data. For that source, Shannon's rate-distortion function
 says that no quantizer of B bits a coordinate, however long its blocks, reaches a mean squared error
-below 2^(-2B) a unit row; Lloyd-Max scalar codebooks (TurboQuant's) sit at 0.0095 for B = 4 against
-the bound's 0.0039, 0.0345 against 0.0156 for B = 3, 0.1175 against 0.0625 for B = 2. This script
+below 2^(-2B) a unit row; Lloyd-Max scalar codebooks (TurboQuant's, d = 64) sit at 0.0092 for B = 4
+against the bound's 0.0039, 0.0335 against 0.0156 for B = 3, 0.1148 against 0.0625 for B = 2. This script
 replaces the cache's round trip by the bound's test channel and asks what perplexity that would
 give, in a numpy fp64 forward pass of the GGUF model (bench/quality/llama_numpy.py):
 
@@ -18,11 +18,13 @@ give, in a numpy fp64 forward pass of the GGUF model (bench/quality/llama_numpy.
              source's optimal test channel on the unit row, u^ = a u + sqrt(a D / d) z with
              D = 2^(-2B), a = 1 - D, z standard normal, the norm exact. An ideal code of infinite
              block length; no real quantizer of B bits a coordinate does better on such rows.
-  klt:B      the bound for a quantizer that knows the data: each (layer, KV head)'s rows as a
+  klt:B      an estimate for a quantizer that knows the data: each (layer, KV head)'s rows as a
              Gaussian vector source with the calibration text's mean and covariance, reverse
              water-filling over its eigenvalues at B d + 16 bits a row (the same bits as the format's
              codes and fp16 norm). For keys, the error is weighted by the queries' second moment
              (what q.k feels: E[(q.e)^2] = tr(Sigma_q Sigma_e)); for values, plain squared error.
+             What a Gaussian code achieves on a source of that covariance; not a bound (the
+             Gaussian is the hardest source of a given covariance).
   split:N@HI+LO  the calibration's eigenbasis (query-weighted for keys, as klt), its N leading
              components at HI bits and the other d - N at LO bits, each part a TurboQuant row of its
              own (norm exact, random rotation, ideal Lloyd-Max codebook): the format's fractional

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
@@ -275,24 +276,30 @@ Budget budget_of(const AutoKvRequest& r, const model::ModelConfig& c) {
   b.elems_bytes = 2.0 * D * H * L / 8.0;
   b.weights.assign(L, 1.0);
   uint32_t ringed = 0;
+  uint64_t ring_positions = 0;
   if (r.bits > 0) {
     b.budget = r.bits * b.elems_bytes;
     b.budget_is = fmt::format("{} bits per element", r.bits);
   } else {
     const KvSize ks = kv_size(r.knobs, L, H, D);
-    b.fixed = double(ks.side_bytes + ks.centre_bytes), b.tokens = std::ceil(double(r.context) / page) * page;
-    // A sliding-window layer whose engine keeps it in window rings holds the ring's pages, whatever
-    // the context: counted at the largest ring an engine makes (sub-steps of kRingStep, prefix tails).
+    // The side rows and rings once for the sequence and once more in each of its prefix-tail slots.
+    const double copies = 1 + std::max(0.0, r.tail_copies);
+    b.fixed = double(ks.side_bytes) * copies + double(ks.centre_bytes), b.tokens = std::ceil(double(r.context) / page) * page;
+    // A sliding-window layer whose engine keeps it in window rings holds the ring's pages whatever
+    // the context: counted at the largest ring an engine makes (sub-steps of kRingStep, a page for
+    // prefix tails), whatever context= says, since an engine of a longer context makes that ring
+    // for every sequence (and one whose context is shorter makes none: its layers hold less).
     for (uint32_t l = 0; l < L && r.rings; ++l) {
-      const WindowRing ring = WindowRing::make(uint32_t(c.layer_window(int(l))), r.context, kRingStep, page, true);
-      if (ring.on()) b.weights[l] = double(ring.pages) * page / b.tokens, ++ringed;
+      const WindowRing ring = WindowRing::make(uint32_t(c.layer_window(int(l))), UINT32_MAX, kRingStep, page, true);
+      if (ring.on()) b.weights[l] = double(ring.pages) * page * copies / b.tokens, ring_positions = uint64_t(ring.pages) * page, ++ringed;
     }
     b.budget = (double(r.mem_bytes) - b.fixed) / b.tokens;  // below 0 where mem= does not hold the side buffer
     // In bits per element where every layer holds the context; with rings, the rings' positions.
     b.budget_is = ringed ? fmt::format("{:.1f} MiB for {} tokens after {:.2f} MiB of side buffer and key centre, {} sliding-window "
-                                       "layers at their window ring of {} positions",
+                                       "layers at their window ring of {} positions{}",
                                        r.mem_bytes / 1048576.0, r.context, b.fixed / 1048576.0, ringed,
-                                       uint64_t(std::llround(*std::min_element(b.weights.begin(), b.weights.end()) * b.tokens)))
+                                       ring_positions,
+                                       copies > 1 ? fmt::format(" ({:g} copies with the prefix tails)", copies) : "")
                          : fmt::format("{:.1f} MiB for {} tokens: {:.3f} bits per element after {:.2f} MiB of side buffer and key centre",
                                        r.mem_bytes / 1048576.0, r.context, b.budget / b.elems_bytes, b.fixed / 1048576.0);
   }

@@ -260,6 +260,20 @@ TEST(AutoKv, MemCountsSlidingWindowLayersAtTheirRing) {
   }
   EXPECT_LE(held, budget) << ch.spec.canonical();
   EXPECT_GT(held, 0.8 * budget) << ch.spec.canonical();  // and the budget is used
+  // tq serve's prefix tails: a slot a sequence, each a copy of its rings, counted too.
+  AutoKvRequest tails = r;
+  tails.tail_copies = 1;
+  const AutoKvChoice cht = choose_auto_kv(tails, c, s);
+  double held2 = 0;
+  for (uint32_t l = 0; l < 18; ++l) {
+    const KvFormat f = cht.spec.layer_format(l, 18);
+    held2 += double(bytes_per_token_head(f.k, f.v, 256, 16)) * (c.layer_is_local(int(l)) ? 2 * ring.pages * 16.0 : double(ctx));
+  }
+  EXPECT_LE(held2, budget) << cht.spec.canonical();
+  EXPECT_NE(cht.report.find("(2 copies with the prefix tails)"), std::string::npos) << cht.report;
+  // A context= shorter than the ring still counts the ring an engine of a longer context makes.
+  const AutoKvRequest short_ctx = parse_auto_kv(fmt::format("auto:mem={}:context=256:calib=x", uint64_t(budget)));
+  EXPECT_NE(choose_auto_kv(short_ctx, c, s).report.find(fmt::format("window ring of {} positions", ring.pages * 16)), std::string::npos);
 }
 
 // Keys are probed at 2 and 3 bits: a width takes the widest probe at or below it, so 2-bit keys are

@@ -47,6 +47,9 @@ struct AutoKvRequest {
   // mem=: the engine keeps its sliding-window layers in window rings (its default; false for
   // --swa-full), so those layers hold their ring's positions, not the context's.
   bool rings = true;
+  // mem=: prefix-tail slots per sequence (tq serve: one each by default, runner.h), each holding a
+  // copy of a sequence's side rows (sink, window) and rings.
+  double tail_copies = 0;
 };
 
 bool is_auto_kv(const std::string& text);              // "auto" or "auto:..."
