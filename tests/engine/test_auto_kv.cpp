@@ -9,6 +9,7 @@
 #include <random>
 
 #include "stories.h"
+#include "tq/backend/cpu/kv_store.h"
 #include "tq/check.h"
 #include "tq/engine/auto_kv.h"
 #include "tq/engine/eval.h"
@@ -271,6 +272,17 @@ TEST(AutoKv, MemCountsSlidingWindowLayersAtTheirRing) {
   }
   EXPECT_LE(held2, budget) << cht.spec.canonical();
   EXPECT_NE(cht.report.find("(2 copies with the prefix tails)"), std::string::npos) << cht.report;
+  // ... which is what the CPU engine's store keeps for a sequence: its rings and a tail slot's copy.
+  cpu::KvShape shape{.layers = 18, .kv_heads = 1, .head_dim = 256, .num_pages = 1, .max_chunk = 256, .tails = 1,
+                     .sliding = c.local_layers(), .sliding_window = 512, .ring = ring, .max_seqs = 1};
+  const cpu::KvStore store(shape, cht.spec);
+  double ring_budget = 0;  // the budget's ring bytes of one sequence, tails included
+  for (uint32_t l = 0; l < 18; ++l)
+    if (c.layer_is_local(int(l))) {
+      const KvFormat f = cht.spec.layer_format(l, 18);
+      ring_budget += double(bytes_per_token_head(f.k, f.v, 256, 16)) * 2 * ring.pages * 16.0;
+    }
+  EXPECT_EQ(double(store.ring_bytes() + store.tail_bytes()), ring_budget) << cht.spec.canonical();
   // A context= shorter than the ring still counts the ring an engine of a longer context makes.
   const AutoKvRequest short_ctx = parse_auto_kv(fmt::format("auto:mem={}:context=256:calib=x", uint64_t(budget)));
   EXPECT_NE(choose_auto_kv(short_ctx, c, s).report.find(fmt::format("window ring of {} positions", ring.pages * 16)), std::string::npos);
