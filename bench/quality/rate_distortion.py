@@ -62,8 +62,6 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 NORM_BITS = 16  # the format's fp16 norm a row
 
 
-
-
 def water_fill(lam, bits):
     """Reverse water-filling: per-component distortions D_i = min(theta, lam_i) whose rates
     sum(max(0, log2(lam_i / D_i) / 2)) equal bits (lam: the eigenvalues, > 0)."""
@@ -97,24 +95,26 @@ def parse(spec, d):
     return kind, int(b), None
 
 
-# The 4-state trellis of trellis-coded quantization: from state s, branch b uses subset
-# TCQ_SUBSET[s][b] and leads to state TCQ_NEXT[s][b] (states 0 and 2 draw on D0 and D2, 1 and 3 on
-# D1 and D3; Marcellin and Fischer's).
-TCQ_SUBSET = ((0, 2), (1, 3), (2, 0), (3, 1))
-TCQ_NEXT = ((0, 1), (2, 3), (0, 1), (2, 3))
+# Trellis-coded quantization on a shift-register trellis of `nu` memory bits: the state is the
+# last nu branch bits (bit 0 the newest); from state s, branch b uses subset
+# parity(s & low) + 2 (b xor parity(s & high)) of the union's four (level i in subset i mod 4) and
+# leads to ((s << 1) | b) mod 2^nu. The default, nu = 2, low = 1, high = 2, is Marcellin and
+# Fischer's 4-state trellis (states 0 and 2 draw on D0 and D2, 1 and 3 on D1 and D3).
+def _parity(nu):
+    return np.array([bin(v).count("1") & 1 for v in range(1 << nu)])
 
 
-def tcq_encode(u, union):
+def tcq_encode(u, union, nu=2, low=1, high=2):
     """Rows u [n][d] along the trellis from state 0 (Viterbi, squared error) -> (branch bits
-    [n][d], level index within the subset [n][d]); union: the 2^(B+1) sorted levels, level i in
-    subset i mod 4."""
+    [n][d], level index within the subset [n][d]); union: the 2^(B+1) sorted levels."""
     n, d = u.shape
+    S, par = 1 << nu, _parity(nu)
     subsets = [union[j::4] for j in range(4)]
-    cost = np.full((n, 4), np.inf)
+    cost = np.full((n, S), np.inf)
     cost[:, 0] = 0.0
-    back = np.zeros((d, n, 4), dtype=np.int8)   # the state each state was reached from
-    branch = np.zeros((d, n, 4), dtype=np.int8)  # and the branch bit taken
-    index = np.zeros((d, n, 4), dtype=np.int32)  # the level's index within its subset
+    back = np.zeros((d, n, S), dtype=np.int16)   # the state each state was reached from
+    branch = np.zeros((d, n, S), dtype=np.int8)  # and the branch bit taken
+    index = np.zeros((d, n, S), dtype=np.int32)  # the level's index within its subset
     for i in range(d):
         x = u[:, i]
         near, err = [], []
@@ -122,10 +122,10 @@ def tcq_encode(u, union):
             k = np.searchsorted((c[1:] + c[:-1]) / 2, x)
             near.append(k)
             err.append((x - c[k]) ** 2)
-        new = np.full((n, 4), np.inf)
-        for s_ in range(4):
+        new = np.full((n, S), np.inf)
+        for s_ in range(S):
             for b in range(2):
-                t, j = TCQ_NEXT[s_][b], TCQ_SUBSET[s_][b]
+                t, j = ((s_ << 1) | b) & (S - 1), par[s_ & low] + 2 * (b ^ par[s_ & high])
                 c = cost[:, s_] + err[j]
                 better = c < new[:, t]
                 new[:, t] = np.where(better, c, new[:, t])
@@ -142,13 +142,15 @@ def tcq_encode(u, union):
     return bits, idx
 
 
-def tcq_decode(bits, idx, union):
-    """The levels of codes (bits, idx): coordinate i's state is its two previous branch bits
-    (TCQ_NEXT[s][b] = 2 (s & 1) + b), so its subset is b[i-1] + 2 (b[i-2] xor b[i]) and its level
-    union[4 idx[i] + subset]: a window of B + 2 bits, decoded in parallel, with no walk."""
-    prev1 = np.concatenate([np.zeros_like(bits[:, :1]), bits[:, :-1]], axis=1)
-    prev2 = np.concatenate([np.zeros_like(bits[:, :2]), bits[:, :-2]], axis=1)
-    return union[4 * idx + prev1 + 2 * (prev2 ^ bits)]
+def tcq_decode(bits, idx, union, nu=2, low=1, high=2):
+    """The levels of codes (bits, idx): coordinate i's state is its nu previous branch bits, so
+    its level is union[4 idx[i] + subset] from a window of B + nu bits, decoded in parallel with no
+    walk. With the 4-state default: subset b[i-1] + 2 (b[i-2] xor b[i])."""
+    par = _parity(nu)
+    state = np.zeros_like(bits)
+    for j in range(1, nu + 1):  # bit j - 1 of the state: branch i - j (0 before the row)
+        state |= np.concatenate([np.zeros_like(bits[:, :j]), bits[:, :-j]], axis=1) << (j - 1)
+    return union[4 * idx + par[state & low] + 2 * (bits ^ par[state & high])]
 
 
 def tcq(u, union):

@@ -3,10 +3,9 @@
 rate_distortion.py's `tcq:B` gains over the scalar codebook, what putting its levels on the
 format's 1/32 grid (int8 operands) costs, and what larger shift-register trellises add.
 
-A shift-register trellis of NU memory bits: the state is the last NU branch bits; from state s,
-branch b uses subset parity(s & LOW) + 2 (b xor parity(s & HIGH)) of the 2^(B+1) levels (level i
-in subset i mod 4) and leads to ((s << 1) | b) mod 2^NU. rate_distortion.py's trellis is NU = 2,
-LOW = 1, HIGH = 2. Every (LOW, HIGH) of each size is tried; the best is reported.
+The shift-register trellises of rate_distortion.py's tcq_encode: NU memory bits, subset
+parity(s & LOW) + 2 (b xor parity(s & HIGH)) from state s and branch b; `tcq:B` is NU = 2, LOW = 1,
+HIGH = 2. Every (LOW, HIGH) of each size is tried; the best is reported.
 
   .venv/bin/python bench/quality/tcq_trellis.py --rows 1500 --search-rows 300
 
@@ -19,40 +18,6 @@ import numpy as np
 
 import rate_distortion as rd
 from codebook_fit import ideal_codebook
-
-
-def viterbi(u, union, nu, low, high):
-    """Rows u [n][d] along the shift-register trellis (nu, low, high) from state 0: the levels."""
-    n, d = u.shape
-    S = 1 << nu
-    parity = [bin(v).count("1") & 1 for v in range(S)]
-    subsets = [union[j::4] for j in range(4)]
-    cost = np.full((n, S), np.inf)
-    cost[:, 0] = 0.0
-    back = np.zeros((d, n, S), dtype=np.int16)
-    value = np.zeros((d, n, S))
-    for i in range(d):
-        x = u[:, i]
-        near, err = [], []
-        for c in subsets:
-            q = c[np.searchsorted((c[1:] + c[:-1]) / 2, x)]
-            near.append(q)
-            err.append((x - q) ** 2)
-        new = np.full((n, S), np.inf)
-        for s in range(S):
-            for b in (0, 1):
-                j, t = parity[s & low] + 2 * (b ^ parity[s & high]), ((s << 1) | b) & (S - 1)
-                c = cost[:, s] + err[j]
-                better = c < new[:, t]
-                new[:, t] = np.where(better, c, new[:, t])
-                back[i, :, t] = np.where(better, s, back[i, :, t])
-                value[i, :, t] = np.where(better, near[j], value[i, :, t])
-        cost = new
-    rows, state, out = np.arange(n), np.argmin(cost, axis=1), np.empty((n, d))
-    for i in range(d - 1, -1, -1):
-        out[:, i] = value[i, rows, state]
-        state = back[i, rows, state]
-    return out
 
 
 def main():
@@ -82,7 +47,8 @@ def main():
     print(f"\nthe best rule of each size, {B} bits, {a.search_rows} rows:\n\n| states | LOW | HIGH | squared error |\n|---|---|---|---|")
     for nu in (2, 3, 4):
         S = 1 << nu
-        err, low, high = min((mse(us, viterbi(us, union, nu, lo, hi)), lo, hi) for lo in range(1, S) for hi in range(S))
+        err, low, high = min((mse(us, rd.tcq_decode(*rd.tcq_encode(us, union, nu, lo, hi), union, nu, lo, hi)), lo, hi)
+                             for lo in range(1, S) for hi in range(S))
         print(f"| {S} | {low} | {high} | {err:.5f} |", flush=True)
 
 

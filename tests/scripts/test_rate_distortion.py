@@ -31,8 +31,10 @@ def main():
     d, B = 64, 3
     assert abs(rd.water_fill(np.full(d, 1.0 / d), B * d).sum() - 2.0 ** (-2 * B)) < 1e-9
     # Trellis-coded quantization: the parallel decode (a coordinate's level from its own code and
-    # its two previous branch bits) is the trellis walked from state 0, and beats the scalar
+    # its two previous branch bits) is Marcellin and Fischer's 4-state trellis walked from state 0
+    # (from state s, branch b: subset SUBSET[s][b], next state NEXT[s][b]), and beats the scalar
     # codebook of the same bits on random unit rows.
+    SUBSET, NEXT = ((0, 2), (1, 3), (2, 0), (3, 1)), ((0, 1), (2, 3), (0, 1), (2, 3))
     from codebook_fit import ideal_codebook
     x = rng.standard_normal((500, d))
     u = x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -42,9 +44,9 @@ def main():
         assert bits.min() >= 0 and bits.max() <= 1 and idx.min() >= 0 and idx.max() < 1 << (B - 1)
         state, walk = np.zeros(len(u), dtype=int), np.empty_like(u)
         for i in range(d):
-            sub = np.array([rd.TCQ_SUBSET[a][b] for a, b in zip(state, bits[:, i])])
+            sub = np.array([SUBSET[a][b] for a, b in zip(state, bits[:, i])])
             walk[:, i] = union[4 * idx[:, i] + sub]
-            state = np.array([rd.TCQ_NEXT[a][b] for a, b in zip(state, bits[:, i])])
+            state = np.array([NEXT[a][b] for a, b in zip(state, bits[:, i])])
         assert np.array_equal(walk, rd.tcq_decode(bits, idx, union))
         book = ideal_codebook(d, 1 << B)
         scalar = ((u - book[np.searchsorted((book[1:] + book[:-1]) / 2, u)]) ** 2).sum(1).mean()
