@@ -69,9 +69,10 @@ void serve(const Options& o) {
   signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is an error return, not the end of the server
 
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
-  const KvSpec spec = parse_kv_spec(resolve_auto_kv_list(
-      o.kv, lm, threads, o.swa_full,
-      o.no_prefix_caching ? 0.0 : o.prefix_tails < 0 ? 1.0 : double(o.prefix_tails) / std::max<uint32_t>(1, o.max_num_seqs)));
+  // Prefix-tail slots where the spec and model need them (below); an auto: mem= budget counts them.
+  const uint32_t tail_slots = o.no_prefix_caching ? 0 : o.prefix_tails < 0 ? o.max_num_seqs : uint32_t(o.prefix_tails);
+  const KvSpec spec =
+      parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads, o.swa_full, double(tail_slots) / std::max<uint32_t>(1, o.max_num_seqs)));
   const auto& cfg = lm.model.config;
   const uint32_t ctx = o.max_model_len ? o.max_model_len : uint32_t(cfg.max_seq);
   TQ_CHECK(ctx >= 2 && ctx <= uint32_t(cfg.max_seq), "--max-model-len must be in 2..{} (the model's context), got {}", cfg.max_seq, ctx);
@@ -88,9 +89,7 @@ void serve(const Options& o) {
   }
   // Specs with sink/window, models with window rings: the tails prefix hits need (runner.h), in slots fixed now.
   const bool rings = lm.model.config.sliding_window > 0 && !o.swa_full;
-  const uint32_t tails = o.no_prefix_caching || (!spec.policy.sink && !spec.policy.window && !rings) ? 0
-                         : o.prefix_tails < 0                                             ? o.max_num_seqs
-                                                                                          : uint32_t(o.prefix_tails);
+  const uint32_t tails = !spec.policy.sink && !spec.policy.window && !rings ? 0 : tail_slots;
   engine::Engine e(lm.model, spec,
                    {.device = device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
                     .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory, .prefix_tails = tails,

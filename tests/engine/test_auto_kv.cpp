@@ -254,35 +254,31 @@ TEST(AutoKv, MemCountsSlidingWindowLayersAtTheirRing) {
   // What it chose fits: the global layers at the context, the others at their ring.
   const WindowRing ring = WindowRing::make(512, ctx, kRingStep, 16, true);
   ASSERT_TRUE(ring.on());
-  double held = 0;
-  for (uint32_t l = 0; l < 18; ++l) {
-    const KvFormat f = ch.spec.layer_format(l, 18);
-    held += double(bytes_per_token_head(f.k, f.v, 256, 16)) * (c.layer_is_local(int(l)) ? ring.pages * 16.0 : double(ctx));
-  }
+  // A spec's bytes of one sequence: the global layers at `global` positions, the others at
+  // `copies` of their ring.
+  const auto held_of = [&](const KvSpec& spec, double copies, double global) {
+    double b = 0;
+    for (uint32_t l = 0; l < 18; ++l) {
+      const KvFormat f = spec.layer_format(l, 18);
+      b += double(bytes_per_token_head(f.k, f.v, 256, 16)) * (c.layer_is_local(int(l)) ? copies * ring.pages * 16.0 : global);
+    }
+    return b;
+  };
+  const double held = held_of(ch.spec, 1, ctx);
   EXPECT_LE(held, budget) << ch.spec.canonical();
   EXPECT_GT(held, 0.8 * budget) << ch.spec.canonical();  // and the budget is used
   // tq serve's prefix tails: a slot a sequence, each a copy of its rings, counted too.
   AutoKvRequest tails = r;
   tails.tail_copies = 1;
   const AutoKvChoice cht = choose_auto_kv(tails, c, s);
-  double held2 = 0;
-  for (uint32_t l = 0; l < 18; ++l) {
-    const KvFormat f = cht.spec.layer_format(l, 18);
-    held2 += double(bytes_per_token_head(f.k, f.v, 256, 16)) * (c.layer_is_local(int(l)) ? 2 * ring.pages * 16.0 : double(ctx));
-  }
-  EXPECT_LE(held2, budget) << cht.spec.canonical();
+  EXPECT_LE(held_of(cht.spec, 2, ctx), budget) << cht.spec.canonical();
   EXPECT_NE(cht.report.find("(2 copies with the prefix tails)"), std::string::npos) << cht.report;
   // ... which is what the CPU engine's store keeps for a sequence: its rings and a tail slot's copy.
   cpu::KvShape shape{.layers = 18, .kv_heads = 1, .head_dim = 256, .num_pages = 1, .max_chunk = 256, .tails = 1,
                      .sliding = c.local_layers(), .sliding_window = 512, .ring = ring, .max_seqs = 1};
   const cpu::KvStore store(shape, cht.spec);
-  double ring_budget = 0;  // the budget's ring bytes of one sequence, tails included
-  for (uint32_t l = 0; l < 18; ++l)
-    if (c.layer_is_local(int(l))) {
-      const KvFormat f = cht.spec.layer_format(l, 18);
-      ring_budget += double(bytes_per_token_head(f.k, f.v, 256, 16)) * 2 * ring.pages * 16.0;
-    }
-  EXPECT_EQ(double(store.ring_bytes() + store.tail_bytes()), ring_budget) << cht.spec.canonical();
+  // the budget's ring bytes of one sequence, tails included (no global layer counted)
+  EXPECT_EQ(double(store.ring_bytes() + store.tail_bytes()), held_of(cht.spec, 2, 0)) << cht.spec.canonical();
   // A context= shorter than the ring still counts the ring an engine of a longer context makes.
   const AutoKvRequest short_ctx = parse_auto_kv(fmt::format("auto:mem={}:context=256:calib=x", uint64_t(budget)));
   EXPECT_NE(choose_auto_kv(short_ctx, c, s).report.find(fmt::format("window ring of {} positions", ring.pages * 16)), std::string::npos);
