@@ -20,7 +20,7 @@ namespace distortion_cmd {  // named: the command files are compiled together (a
 
 struct Options {
   uint32_t dim = 128;
-  std::vector<std::string> bits{"1", "2", "3", "4"};  // N or N.5 (a fractional width: the outlier split)
+  std::vector<std::string> bits{"1", "2", "3", "4"};  // N, N.5 (a fractional width: the outlier split) or Nt (trellis-coded)
   std::string method = "mse";
   std::string rotation = "auto";
   uint64_t samples = 20000;
@@ -28,16 +28,17 @@ struct Options {
   bool json = false;
 };
 
-// "N" (1..8) or "N.5" (1.5..7.5): the width and whether it is split, as a KV spec writes it.
-std::pair<uint32_t, bool> parse_bits(const std::string& s) {
-  // digits, optionally ".5", and nothing else: pasted into a spec, '3v2:edge=1/k3' was taken as 3
-  const bool shaped = !s.empty() && std::all_of(s.begin(), s.end(), [](char ch) { return (ch >= '0' && ch <= '9') || ch == '.'; });
-  if (!shaped) throw Error(fmt::format("--bits: widths are 1..8 or 1.5..7.5 (N.5: the outlier split), got '{}'", s));
+constexpr const char* kWidths = "--bits: widths are 1..8, 1.5..7.5 (N.5: the outlier split) or 1t..7t (trellis-coded), got '{}'";
+
+// "N" (1..8), "N.5" (1.5..7.5) or "Nt" (1t..7t): the width's encoding and bits, as a KV spec writes it.
+TensorCode parse_bits(const std::string& s) {
+  // digits, then optionally ".5" or "t", and nothing else: pasted into a spec, '3v2:edge=1/k3' was taken as 3
+  const bool shaped = !s.empty() && std::all_of(s.begin(), s.end(), [](char ch) { return (ch >= '0' && ch <= '9') || ch == '.' || ch == 't'; });
+  if (!shaped) throw Error(fmt::format(kWidths, s));
   try {
-    const KvSpec spec = parse_kv_spec(fmt::format("k{}v2", s));  // the spec grammar's widths
-    return {spec.format.k.bits, spec.format.k.enc == Encoding::kTqSplit};
+    return parse_kv_spec(fmt::format("k{}v2", s)).format.k;  // the spec grammar's widths
   } catch (const Error&) {
-    throw Error(fmt::format("--bits: widths are 1..8 or 1.5..7.5 (N.5: the outlier split), got '{}'", s));
+    throw Error(fmt::format(kWidths, s));
   }
 }
 
@@ -55,7 +56,7 @@ void run(const Options& o) {
   if (o.method != "mse") prods.push_back(true);
   if (o.method == "prod")
     for (const std::string& bs : o.bits)
-      TQ_CHECK(!parse_bits(bs).second, "--bits {} with --method prod: prod has whole widths only (the fractional ones are mse's)", bs);
+      TQ_CHECK(parse_bits(bs).enc == Encoding::kTqMse, "--bits {} with --method prod: prod has plain whole widths only (N.5 and Nt are mse's)", bs);
 
   Table t({{"method", "method"},
            {"bits", "bits"},
@@ -70,13 +71,16 @@ void run(const Options& o) {
            {"ip_var_bound", "bound*d", 5}});
   for (bool prod : prods) {
     for (const std::string& bs : o.bits) {
-      const auto [b, split] = parse_bits(bs);
-      if (split && prod) continue;  // prod has whole widths only
+      const TensorCode w = parse_bits(bs);
+      const uint32_t b = w.bits;
+      const bool split = w.enc == Encoding::kTqSplit;
+      if (w.enc != Encoding::kTqMse && prod) continue;  // prod has plain whole widths only
       TqConfig cfg;
       cfg.dim = o.dim;
       cfg.bits = b;
       cfg.prod = prod;
       cfg.split = split;
+      cfg.tcq = w.enc == Encoding::kTqTcq;
       cfg.rotation = rot;
       if (split) {
         KvFormat f = split_format;
@@ -90,7 +94,7 @@ void run(const Options& o) {
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (!o.json) fmt::print(stderr, "  {} {} bits: {} vectors in {:.1f} s\n", prod ? "prod" : "mse", bs, o.samples, secs);
       nlohmann::json row{{"method", prod ? "prod" : "mse"},
-                         {"bits", split ? nlohmann::json(b + 0.5) : nlohmann::json(b)},
+                         {"bits", split ? nlohmann::json(b + 0.5) : cfg.tcq ? nlohmann::json(bs) : nlohmann::json(b)},
                          {"dim", o.dim},
                          {"rotation", rotation_name(cfg.rotation)},
                          {"samples", o.samples},
@@ -126,7 +130,8 @@ void run(const Options& o) {
         "lower/upper: 4^-b and sqrt(3) pi/2 4^-b. ip_ratio: mean <y,x~> / mean <y,x> (2/pi = 0.6366 is MSE's 1-bit bias);\n"
         "ip_bias: mean error of <y,x~>; ip_var*d: error variance times d, bound*d: the paper's QJL bound (prod).\n"
         "N.5 bits: the outlier split (half the channels at N+1 bits, half at N, a norm each); exact and upper: the parts'\n"
-        "figures weighted by their share of the channels; lower: 4^-(code bits per coordinate).\n");
+        "figures weighted by their share of the channels; lower: 4^-(code bits per coordinate).\n"
+        "Nt bits: trellis-coded (levels of the (N+1)-bit codebook along a 4-state trellis); upper: the scalar codebook's guarantee.\n");
   }
 }
 
@@ -139,7 +144,7 @@ void add_distortion(CLI::App& app) {
                                    "Measure TurboQuant's distortion on random unit vectors and compare with the paper.\n"
                                    "Example: tq distortion --dim 128 --bits 1,2,3,4 --method both");
   c->add_option("--dim", opts->dim, "vector dimension (head dim), 1..1024")->check(CLI::Range(1, 1024));
-  c->add_option("--bits", opts->bits, "comma-separated bit widths, 1..8, or N.5 (1.5..7.5: the paper's outlier split, MSE only)")
+  c->add_option("--bits", opts->bits, "comma-separated bit widths, 1..8, N.5 (1.5..7.5: the paper's outlier split) or Nt (1t..7t: trellis-coded), N.5 and Nt MSE only")
       ->delimiter(',');
   c->add_option("--method", opts->method, "mse, prod or both")->check(CLI::IsMember({"mse", "prod", "both"}));
   c->add_option("--rotation", opts->rotation, "auto (Hadamard for powers of two), hadamard or dense")

@@ -10,7 +10,8 @@
 // Inside a block, sections are 16-byte aligned, each holding page_size rows:
 //   K codes | K QJL signs (prod keys only) | V codes | K norms | K residual norms (prod) | V norms
 // Fractional widths (kTqSplit, "k2.5"): a row's codes are the outlier part's then the rest's, and
-// its norm entry is two fp16 norms (outliers, rest).
+// its norm entry is two fp16 norms (outliers, rest). Trellis-coded rows (kTqTcq, "k3t") are laid
+// out as MSE rows of the same width: only what a code means differs (tcq_code_* below).
 #pragma once
 
 #include <cstdint>
@@ -31,11 +32,16 @@ enum class Encoding : uint8_t {
   // split_outliers(head_dim) outlier channels and the rest, each part its own TurboQuant-MSE
   // instance (own rotation, codebook and fp16 norm): outliers at bits + 1, the rest at `bits`.
   kTqSplit = 6,
+  // Trellis-coded TurboQuant-MSE at `bits` (1..7) per coordinate (Marcellin and Fischer's 4-state
+  // trellis-coded quantization over the rotated unit vector): the same rotation, fp16 norm and row
+  // size as kTqMse, but a coordinate's level is drawn from the (bits + 1)-bit codebook, one of its
+  // four interleaved subsets chosen by the trellis state (tcq_level_index below).
+  kTqTcq = 7,
 };
 
 struct TensorCode {
   Encoding enc = Encoding::kFp16;
-  uint8_t bits = 16;  // tq encodings: 1..8 bits per coordinate in total (split: 1..7, the rest's width); floats: their width
+  uint8_t bits = 16;  // tq encodings: 1..8 bits per coordinate in total (split: 1..7, the rest's width; tcq: 1..7); floats: their width
 };
 
 // Coordinates are packed in groups of 32: a group of b-bit codes is exactly b 32-bit words, so no
@@ -51,17 +57,37 @@ inline constexpr uint32_t kNormBytes = 2;  // a token's fp16 norm in each norm s
 TQ_HD constexpr uint32_t padded_dim(uint32_t head_dim) { return (head_dim + kGroup - 1) / kGroup * kGroup; }
 TQ_HD constexpr uint32_t align_up(uint32_t n, uint32_t a = kAlign) { return (n + a - 1) / a * a; }
 
-TQ_HD constexpr bool is_tq(Encoding e) { return e == Encoding::kTqMse || e == Encoding::kTqProd || e == Encoding::kTqSplit; }
+TQ_HD constexpr bool is_tq(Encoding e) {
+  return e == Encoding::kTqMse || e == Encoding::kTqProd || e == Encoding::kTqSplit || e == Encoding::kTqTcq;
+}
 
 TQ_HD constexpr uint32_t float_bytes(Encoding e) {
   return e == Encoding::kFp32 ? 4 : e == Encoding::kFp8E4M3 ? 1 : 2;
 }
 
-// Bits of centroid index per coordinate: all of them for MSE, all but the QJL bit for prod, the
-// rest's for split (its outlier part has one more).
+// Bits of code per coordinate: all of them for MSE and trellis-coded rows, all but the QJL bit for
+// prod, the rest's for split (its outlier part has one more).
 TQ_HD constexpr uint32_t mse_bits(TensorCode c) {
-  return c.enc == Encoding::kTqMse || c.enc == Encoding::kTqSplit ? c.bits : c.enc == Encoding::kTqProd ? c.bits - 1u : 0u;
+  return c.enc == Encoding::kTqMse || c.enc == Encoding::kTqSplit || c.enc == Encoding::kTqTcq ? c.bits
+         : c.enc == Encoding::kTqProd                                                          ? c.bits - 1u
+                                                                                               : 0u;
 }
+
+// ---- Trellis-coded rows (kTqTcq) -----------------------------------------------------------------
+//
+// A b-bit code of coordinate i is its branch bit t_i (the code's top bit, bit b - 1) and the index
+// j_i of its level within a subset (the low b - 1 bits). The union codebook is the (b + 1)-bit
+// Lloyd-Max codebook of the row's padded dim; subset s (0..3) holds its levels s, s + 4, s + 8, ...
+// The trellis's state before coordinate i is its two previous branch bits (zero before the row),
+// and the level of coordinate i is
+//   union[4 j_i + t_{i-1} + 2 (t_{i-2} xor t_i)],
+// a lookup on a window of b + 2 bits with no walk along the row: any coordinate decodes alone.
+TQ_HD constexpr uint32_t tcq_level_index(uint32_t code, uint32_t prev1, uint32_t prev2, uint32_t bits) {
+  const uint32_t t = code >> (bits - 1);
+  return 4u * (code & ((1u << (bits - 1)) - 1u)) + (prev1 & 1u) + 2u * ((prev2 ^ t) & 1u);
+}
+// The branch bit of a b-bit trellis code.
+TQ_HD constexpr uint32_t tcq_branch(uint32_t code, uint32_t bits) { return code >> (bits - 1); }
 
 // Bytes of one row of b-bit codes for a head of `head_dim` coordinates.
 TQ_HD constexpr uint32_t code_row_bytes(uint32_t head_dim, uint32_t bits) {

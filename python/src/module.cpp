@@ -34,6 +34,8 @@ const char* encoding_name(Encoding e) {
       return "tq_prod";
     case Encoding::kTqSplit:
       return "tq_split";
+    case Encoding::kTqTcq:
+      return "tq_tcq";
   }
   return "?";
 }

@@ -110,6 +110,7 @@ DistortionRow distortion_row(const TqConfig& cfg, uint64_t samples, uint64_t see
   row.mse_lower = mse_lower_bound(cfg.bits);
   row.mse_upper = mse_upper_bound(cfg.bits);
   const uint32_t pd = padded_dim(cfg.dim);
+  if (cfg.tcq) return row;  // no closed form and no paper figure for a trellis's error
   if (!cfg.prod) {
     // The Lloyd-Max figure is the padded rotation's error over all pd coordinates; only part of it
     // lands in the d real ones (measured 16% less at d = 80), so no expectation is claimed there.

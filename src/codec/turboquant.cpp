@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "simd.h"
+#include "tq/codec/trellis.h"
 #include "tq/check.h"
 #include "tq/cpu_features.h"
 #include "tq/numeric.h"
@@ -26,6 +27,8 @@ void check_config(const TqConfig& c) {
   TQ_CHECK(!(c.norm_correction && c.norm_unbiased), "norm correction and the unbiased norm are two ways to store the norm: one at most");
   TQ_CHECK(c.split || c.outliers.empty(), "outlier channels apply to split (fractional-width) rows only, got {} of them",
            c.outliers.size());
+  TQ_CHECK(!c.tcq || (!c.prod && !c.split), "trellis-coded rows are MSE rows: not prod, not split");
+  TQ_CHECK(!c.tcq || c.bits <= 7, "trellis-coded rows are 1..7 bits (the levels come from the codebook one bit wider), got {}", c.bits);
 }
 }  // namespace
 
@@ -35,7 +38,7 @@ TurboQuant::TurboQuant(const TqConfig& cfg) : cfg_((check_config(cfg), cfg)), pd
     return;
   }
   rot_.emplace(cfg.rotation, pd_, cfg.seed);
-  if (code_bits() > 0) cb_ = &tq::codebook(pd_, code_bits());
+  if (code_bits() > 0) cb_ = &tq::codebook(pd_, cfg_.tcq ? code_bits() + 1 : code_bits());
   if (cfg_.prod) {
     Rng rng(derive_seed(cfg_.seed, 0, 0, kQjlPurpose));
     s_.resize(size_t(pd_) * pd_);
@@ -69,7 +72,11 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
   const uint32_t b = code_bits();
   uint8_t codes[kMaxHeadDim];
   std::fill(codes, codes + pd_, uint8_t(0));
-  if (b > 0) {
+  if (b > 0 && cfg_.tcq) {
+    tcq_encode(y, pd_, cb_->centroids.data(), b, codes);
+    tcq_decode(codes, pd_, cb_->centroids.data(), b, c);
+    pack_row(codes, cfg_.dim, b, out.codes);
+  } else if (b > 0) {
     if (b <= 4 && cpu::has_avx2_fma()) {
       simd::encode_avx2(y, pd_, cb_->boundaries.data(), b, codes);
     } else {
@@ -115,7 +122,9 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
 void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
   if (cfg_.split) return split_decode_rotated(in, out);
   const uint32_t b = code_bits();
-  if (b > 0 && cpu::has_avx2_fma()) {
+  if (b > 0 && cfg_.tcq) {
+    tcq_levels(in.codes, out);
+  } else if (b > 0 && cpu::has_avx2_fma()) {
     simd::decode_codes_avx2(in.codes, pd_, b, cb_->centroids.data(), out);  // the same table entries
   } else if (b > 0) {
     uint8_t codes[kMaxHeadDim];
@@ -135,7 +144,18 @@ void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
   }
 }
 
+void TurboQuant::tcq_levels(const uint32_t* codes, float* out) const {
+  uint8_t c[kMaxHeadDim];
+  unpack_row(codes, cfg_.dim, code_bits(), c);
+  tcq_decode(c, pd_, cb_->centroids.data(), code_bits(), out);
+}
+
 float TurboQuant::codes_dot_fast(const float* qrot, const uint32_t* codes) const {
+  if (cfg_.tcq && cpu::has_avx2_fma()) {
+    float v[kMaxHeadDim];
+    tcq_levels(codes, v);
+    return simd::dot_decoded_avx2(qrot, v, pd_, code_bits());
+  }
   if (cpu::has_avx2_fma()) return simd::dot_codes_avx2(qrot, codes, pd_, code_bits(), cb_->centroids.data());
   return codes_dot(qrot, codes);
 }
@@ -143,6 +163,12 @@ float TurboQuant::codes_dot_fast(const float* qrot, const uint32_t* codes) const
 float TurboQuant::codes_dot(const float* qrot, const uint32_t* codes) const {
   float acc = 0;
   const uint32_t b = code_bits();
+  if (cfg_.tcq) {
+    float v[kMaxHeadDim];
+    tcq_levels(codes, v);
+    for (uint32_t i = 0; i < pd_; ++i) acc += qrot[i] * v[i];
+    return acc;
+  }
   uint8_t c[kGroup];
   for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
     unpack_group(codes + g * b, b, c);
@@ -153,6 +179,7 @@ float TurboQuant::codes_dot(const float* qrot, const uint32_t* codes) const {
 
 float TurboQuant::dot_fast(const Query& q, const ConstRowRef& row) const {
   if (cfg_.split) return split_dot(q, row, true);
+  if (!cfg_.prod && code_bits() > 0 && cfg_.tcq) return codes_dot_fast(q.rot.data(), row.codes) * f16_to_f32(*row.norm);
   if (!cfg_.prod && code_bits() > 0 && cpu::has_avx2_fma())
     return simd::dot_codes_avx2(q.rot.data(), row.codes, pd_, code_bits(), cb_->centroids.data()) * f16_to_f32(*row.norm);
   return dot(q, row);
@@ -169,7 +196,11 @@ void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float*
   const float w = weight * f16_to_f32(*row.norm);
   if (w == 0) return;
   const uint32_t b = code_bits();
-  if (b > 0) {
+  if (b > 0 && cfg_.tcq) {
+    float v[kMaxHeadDim];
+    tcq_levels(row.codes, v);
+    for (uint32_t i = 0; i < pd_; ++i) acc[i] += w * v[i];
+  } else if (b > 0) {
     uint8_t codes[kGroup];
     for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
       unpack_group(row.codes + g * b, b, codes);
@@ -220,7 +251,9 @@ float TurboQuant::dot(const Query& q, const ConstRowRef& row) const {
   if (cfg_.split) return split_dot(q, row, false);
   float acc = 0;
   const uint32_t b = code_bits();
-  if (b > 0) {
+  if (b > 0 && cfg_.tcq) {
+    acc = codes_dot(q.rot.data(), row.codes);
+  } else if (b > 0) {
     uint8_t codes[kGroup];
     for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
       unpack_group(row.codes + g * b, b, codes);

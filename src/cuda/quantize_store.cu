@@ -271,6 +271,8 @@ void validate(const QuantizeStoreParams& p) {
   TQ_CHECK(c.k.enc != Encoding::kTqProd, "quantize_store: prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)");
   TQ_CHECK(c.k.enc != Encoding::kTqSplit && c.v.enc != Encoding::kTqSplit,
            "quantize_store: fractional widths (the outlier split, e.g. k2.5v2) have no GPU kernel yet; run them on the CPU");
+  TQ_CHECK(c.k.enc != Encoding::kTqTcq && c.v.enc != Encoding::kTqTcq,
+           "quantize_store: trellis-coded widths (e.g. k3tv2t) have no GPU kernel yet; run them on the CPU");
   TQ_CHECK(p.k && p.v && p.slot_mapping, "quantize_store: k, v and slot_mapping must be set");
   TQ_CHECK(p.dtype == DType::kF32 || p.dtype == DType::kF16 || p.dtype == DType::kBf16, "quantize_store: dtype {} unknown (0 = fp32, 1 = "
            "fp16, 2 = bf16)", int(p.dtype));

@@ -49,6 +49,7 @@ TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer,
   cfg.norm_correction = format.norm_correction && !cfg.prod;
   cfg.norm_unbiased = (value ? format.norm_unbiased_v : format.norm_unbiased_k) && !cfg.prod && (!format.norm_unbiased_local || sliding);
   cfg.split = c.enc == Encoding::kTqSplit;
+  cfg.tcq = c.enc == Encoding::kTqTcq;
   if (cfg.split && format.auto_rotation) {
     // Both parts Hadamard where both padded dims are powers of two, else both dense.
     const uint32_t n = split_outliers(head_dim);

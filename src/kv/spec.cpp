@@ -20,9 +20,18 @@ uint64_t uint_of(const std::string& s, const std::string& what, const std::strin
   return *v;
 }
 
-// A TurboQuant width: "N" (1..8 bits, MSE) or "N.5" (1.5..7.5: the paper's outlier split, kTqSplit
-// with bits = N).
+// A TurboQuant width: "N" (1..8 bits, MSE), "N.5" (1.5..7.5: the paper's outlier split, kTqSplit
+// with bits = N) or "Nt" (1t..7t: trellis-coded, kTqTcq).
 TensorCode parse_width(const std::string& w, const char* which, const std::string& text) {
+  const size_t t = w.find('t');
+  if (t != std::string::npos) {
+    const std::optional<uint64_t> n = t + 1 == w.size() ? parse_uint(w.substr(0, t)) : std::nullopt;
+    TQ_CHECK(n.has_value(), "KV spec '{}': a trellis-coded {} width is a whole number and a 't' (3t), got '{}'", text, which, w);
+    const uint64_t b = *n;
+    TQ_CHECK(b >= 1 && b <= 7, "KV spec '{}': a trellis-coded {} width must be 1t..7t (its levels come from the codebook one bit wider), got '{}'",
+             text, which, w);
+    return TensorCode{Encoding::kTqTcq, uint8_t(b)};
+  }
   const size_t dot = w.find('.');
   if (dot == std::string::npos) {
     const uint64_t b = uint_of(w, fmt::format("the {} width", which), text);
@@ -46,11 +55,13 @@ std::pair<TensorCode, TensorCode> parse_base(const std::string& base, const std:
   }
   const size_t vpos = base.find('v');
   TQ_CHECK(base[0] == 'k' && vpos != std::string::npos && vpos > 1 && vpos + 1 < base.size(),
-           "unknown KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2 or k3.5v2.5", text);
+           "unknown KV spec '{}': expected fp32, fp16, bf16, fp8 or k<N>v<M> such as k3v2, k3.5v2.5 or k3tv2t", text);
   return {parse_width(base.substr(1, vpos - 1), "K", text), parse_width(base.substr(vpos + 1), "V", text)};
 }
 
-std::string width_name(TensorCode c) { return c.enc == Encoding::kTqSplit ? fmt::format("{}.5", c.bits) : fmt::format("{}", c.bits); }
+std::string width_name(TensorCode c) {
+  return c.enc == Encoding::kTqSplit ? fmt::format("{}.5", c.bits) : c.enc == Encoding::kTqTcq ? fmt::format("{}t", c.bits) : fmt::format("{}", c.bits);
+}
 
 std::string base_name(TensorCode k, TensorCode v) {
   if (!is_tq(k.enc))
@@ -220,6 +231,9 @@ std::string gpu_kernels_unsupported(TensorCode k, TensorCode v, uint32_t head_di
   if (k.enc == Encoding::kTqSplit || v.enc == Encoding::kTqSplit)
     return fmt::format("fractional widths (K {}, V {} bits: the outlier split) have no GPU kernel yet; run them on the CPU (--device cpu)",
                        width_name(k), width_name(v));
+  if (k.enc == Encoding::kTqTcq || v.enc == Encoding::kTqTcq)
+    return fmt::format("trellis-coded widths (K {}, V {} bits) have no GPU kernel yet; run them on the CPU (--device cpu)", width_name(k),
+                       width_name(v));
   if (k.enc == Encoding::kTqProd) return "prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)";
   if (k.enc == Encoding::kFp32 || v.enc == Encoding::kFp32) return "fp32 caches have no GPU kernel (use fp16/bf16)";
   if (is_tq(k.enc) != is_tq(v.enc) || (!is_tq(k.enc) && k.enc != v.enc)) return "K and V must both be TurboQuant or the same float encoding";
@@ -255,8 +269,8 @@ KvSpec parse_kv_spec(const std::string& text) {
     const bool tqspec = is_tq(spec.format.k.enc);
     if (key == "prod" && eq == std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'prod' applies to TurboQuant specs (k<N>v<M>) only", text);
-      TQ_CHECK(spec.format.k.enc == Encoding::kTqMse, "KV spec '{}': option 'prod' needs a whole K width (k3v2:prod), not k{}.5", text,
-               spec.format.k.bits);
+      TQ_CHECK(spec.format.k.enc == Encoding::kTqMse, "KV spec '{}': option 'prod' needs a plain whole K width (k3v2:prod), not k{}", text,
+               width_name(spec.format.k));
       spec.format.k.enc = Encoding::kTqProd;
     } else if (key == "nc" && eq == std::string::npos) {
       TQ_CHECK(tqspec, "KV spec '{}': option 'nc' applies to TurboQuant specs (k<N>v<M>) only", text);

@@ -87,13 +87,16 @@ INSTANTIATE_TEST_SUITE_P(
                       // fractional widths (the outlier split): two norms and rotations per row
                       Case{"k2.5v2.5", 64, 3, 9, 50, 1}, Case{"k3.5v2.5", 64, 3, 9, 50, 17}, Case{"k2.5v2:nc:page=7", 80, 2, 4, 54, 9},
                       Case{"k4.5v3.5:rot=dense", 96, 1, 2, 40, 3}, Case{"k3v2:edge=1/k3.5v3.5", 64, 1, 3, 30, 5},
-                      Case{"k2v1.5", 24, 1, 3, 40, 6}, Case{"k2.5v2.5", 128, 1, 2, 540, 40}));
+                      Case{"k2v1.5", 24, 1, 3, 40, 6}, Case{"k2.5v2.5", 128, 1, 2, 540, 40},
+                      // trellis-coded rows: levels through a window of branch bits
+                      Case{"k3tv2t", 64, 3, 9, 50, 1}, Case{"k4tv3t:ip:page=7", 80, 2, 4, 54, 9}, Case{"k3v2t:edge=1/k4tv4t", 64, 1, 3, 30, 5},
+                      Case{"k2tv2t", 128, 1, 2, 540, 40}));
 
 // A query's output is the same bits whatever else its step carries (a one-token decode, a
 // verification of drafts, a prompt chunk) and on any thread count: what makes speculative decoding
 // exact on the CPU. Positions beyond one part, so that parts merge.
 TEST(PagedAttention, AQueryGivesTheSameBitsInAnyStep) {
-  for (const char* spec : {"fp16", "k3v2", "k3v2:sink=4:window=16", "k2.5v2.5"}) {
+  for (const char* spec : {"fp16", "k3v2", "k3v2:sink=4:window=16", "k2.5v2.5", "k3tv2t"}) {
     const uint32_t len = 1200, D = 64, H = 2, QH = 6;
     KvShape shape{.layers = 1, .kv_heads = H, .head_dim = D, .num_pages = len / 16 + 2, .max_chunk = 64};
     KvStore store(shape, parse_kv_spec(spec));

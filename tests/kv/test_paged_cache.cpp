@@ -54,7 +54,7 @@ TEST_P(CacheSpec, PartlyFilledPagesRoundTripAndLeaveTheRestUntouched) {
     }
   }
 }
-INSTANTIATE_TEST_SUITE_P(All, CacheSpec, ::testing::Values("fp32", "fp16", "bf16", "fp8", "k3v2", "k4v4", "k2v2", "k8v8", "k3v2:prod", "k3v2:page=1", "k4v2:page=7"),
+INSTANTIATE_TEST_SUITE_P(All, CacheSpec, ::testing::Values("fp32", "fp16", "bf16", "fp8", "k3v2", "k4v4", "k2v2", "k8v8", "k3v2:prod", "k3v2:page=1", "k4v2:page=7", "k3tv2t", "k7tv1t:page=5"),
                          [](const auto& i) {
                            std::string s = i.param;
                            for (char& c : s)
@@ -99,7 +99,7 @@ TEST(PagedKvCache, BadInput) {
 // A refused write stores nothing: heads before the refused row (and the refused row's codes, packed
 // before its nc norm check) were overwritten, leaving a token of mixed rows or with its old norm.
 TEST(PagedKvCache, ARefusedWriteLeavesTheSlotsBytes) {
-  for (const char* name : {"fp16", "bf16", "k3v2", "k1v1:nc", "k3v2:prod", "k2.5v2", "k4v4:ip"}) {
+  for (const char* name : {"fp16", "bf16", "k3v2", "k1v1:nc", "k3v2:prod", "k2.5v2", "k4v4:ip", "k3tv2t:ip"}) {
     PagedKvCache cache(CacheShape{1, 2, 64, 2}, parse_kv_spec(name).format);
     std::vector<float> k(128), v(128);
     for (size_t i = 0; i < k.size(); ++i) k[i] = float(i % 7) - 3.0f, v[i] = float(i % 5) - 2.0f;

@@ -124,6 +124,24 @@ TEST(KvSpec, BitsPerElement) {
   EXPECT_GE(ratio, 6.0);
 }
 
+// Trellis-coded widths (Nt): the rows of a plain width of the same bits, another encoding; the GPU
+// refuses them by name until its kernels read them.
+TEST(KvSpec, TrellisCodedWidths) {
+  const KvSpec s = parse_kv_spec("k3tv2");
+  EXPECT_EQ(s.format.k.enc, Encoding::kTqTcq);
+  EXPECT_EQ(s.format.k.bits, 3);
+  EXPECT_EQ(s.format.v.enc, Encoding::kTqMse);
+  EXPECT_EQ(parse_kv_spec("k3v2:edge=2/k4tv4t").policy.edge_k.enc, Encoding::kTqTcq);
+  for (const char* t : {"k3tv2t", "k1tv7t:ip", "k3tv2t:ip:edge=2/k4tv4t:sink=4:window=64:centre", "k4tv3.5"})
+    EXPECT_EQ(parse_kv_spec(t).canonical(), t);
+  for (const uint32_t d : {64u, 80u, 128u, 256u})
+    EXPECT_DOUBLE_EQ(parse_kv_spec("k3tv2t").bits_per_element(d), parse_kv_spec("k3v2").bits_per_element(d));
+  const KvFormat f = parse_kv_spec("k3tv2t").format;
+  EXPECT_NE(gpu_kernels_unsupported(f.k, f.v, 128).find("trellis-coded widths (K 3t, V 2t bits) have no GPU kernel"), std::string::npos);
+  const KvFormat g = parse_kv_spec("k3v2t").format;
+  EXPECT_NE(gpu_kernels_unsupported(g.k, g.v, 128).find("V 2t"), std::string::npos);
+}
+
 // Each malformed spec is refused with a message that names the bad value and the spec itself.
 class BadSpec : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
 TEST_P(BadSpec, ClearErrorNamingTheValue) {
@@ -162,7 +180,9 @@ INSTANTIATE_TEST_SUITE_P(All, BadSpec,
                                            // ip=k on prod keys would do nothing (their estimate is unbiased already)
                                            std::pair{"k3v2:prod:ip=k", "'ip=k' does nothing to prod keys"},
                                            std::pair{"k3v2:ip=k:prod", "'ip=k' does nothing to prod keys"},
-                                           std::pair{"k2.5v2:outliers=max", "'max'"}));
+                                           std::pair{"k2.5v2:outliers=max", "'max'"}, std::pair{"k8tv2", "'8t'"},
+                                           std::pair{"k0tv2", "'0t'"}, std::pair{"ktv2", "got 't'"}, std::pair{"k3t.5v2", "'3t.5'"},
+                                           std::pair{"k3tv2:prod", "not k3t"}, std::pair{"k2.5tv2", "'2.5t'"}));
 
 TEST(KvSpec, ANulByteIsNamedBeforeItCutsTheMessage) {
   try {

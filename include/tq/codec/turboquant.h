@@ -13,6 +13,10 @@
 //               norms (norm[0] outliers, norm[1] rest). The rotated domain is the parts' rotated
 //               domains side by side: [pd_o + pd_r].
 //
+// tcq, b bits (kTqTcq, "k3t"): MSE rows whose codes are a trellis path (tq/codec/trellis.h): the
+//               same rotation and fp16 norm, each coordinate's level from one subset of the
+//               (b + 1)-bit codebook. bits 1..7, not prod, not split.
+//
 // The row's pieces live wherever the caller says (a paged block keeps codes, signs and norms in
 // separate sections): see RowRef. This is the scalar reference; fast paths are checked against it.
 #pragma once
@@ -43,6 +47,7 @@ struct TqConfig {
   // split only: the outlier channels, split_outliers(dim) distinct indices below dim (any order;
   // kept ascending). Empty: channels 0 .. split_outliers(dim) - 1.
   std::vector<uint16_t> outliers;
+  bool tcq = false;  // trellis-coded codes (format.h kTqTcq)
 };
 
 // Where one encoded row lives. codes: [code_row_bytes/4] words; qjl: [pd/8] bytes (prod only).
@@ -71,12 +76,14 @@ class TurboQuant {
   // more than padded_dim(dim) for heads of 32 channels or fewer (each part pads to 32).
   uint32_t padded_dim() const { return pd_; }
   uint32_t code_bits() const { return cfg_.prod ? cfg_.bits - 1 : cfg_.bits; }  // 0 for prod at 1 bit; split: the rest's
-  const Codebook* codebook() const { return cb_; }  // null when code_bits() == 0, and for split rows (see part())
+  // The levels a code indexes: 2^code_bits() of them (tcq rows: the union, 2^(code_bits() + 1)).
+  // Null when code_bits() == 0, and for split rows (see part()).
+  const Codebook* codebook() const { return cb_; }
   // Throws tq::Error for split rows, which have one rotation per part (part(i)->rotation()).
   const Rotation& rotation() const;
   const std::vector<float>& qjl_matrix() const { return s_; }  // [pd][pd] row-major, prod only
   TensorCode tensor_code() const {
-    return {cfg_.split ? Encoding::kTqSplit : cfg_.prod ? Encoding::kTqProd : Encoding::kTqMse, uint8_t(cfg_.bits)};
+    return {cfg_.split ? Encoding::kTqSplit : cfg_.prod ? Encoding::kTqProd : cfg_.tcq ? Encoding::kTqTcq : Encoding::kTqMse, uint8_t(cfg_.bits)};
   }
   // Split rows: part 0 (the outliers) and part 1 (the rest), each a plain MSE instance over its own
   // channels; channel(i) is the head channel at position i of [outliers, rest]. Null / unused otherwise.
@@ -122,6 +129,8 @@ class TurboQuant {
  private:
   // <rotated query, c[codes]> of this instance's codes, without the norm: scalar / SIMD when present.
   float codes_dot(const float* qrot, const uint32_t* codes) const;
+  // A tcq row's levels, unit norm scale. out: [pd]
+  void tcq_levels(const uint32_t* codes, float* out) const;
   float codes_dot_fast(const float* qrot, const uint32_t* codes) const;
   // Split rows (turboquant_split.cpp): the split branch of each method of the same name.
   void init_split();

@@ -5,6 +5,8 @@
 //   W       := N | N.5      N in 1..8 bits; N.5 (1.5..7.5) is the paper's outlier split: the
 //                           split_outliers(head_dim) outlier channels at N+1 bits and the rest
 //                           at N, each part its own TurboQuant (format.h kTqSplit), e.g. k3.5v2.5
+//           | Nt            trellis-coded, 1t..7t: N bits a coordinate, levels from the (N+1)-bit
+//                           codebook along a 4-state trellis (format.h kTqTcq), e.g. k3tv2t
 //   option  := prod            keys as TurboQuant-prod (N-1 bit codebook + 1 QJL bit; whole K widths)
 //            | nc              norm correction for MSE rows (decoded rows keep the true norm)
 //            | ip[=k|v|kv|local]  the unbiased norm (inner products unbiased) on keys and values, keys
