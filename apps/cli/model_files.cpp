@@ -69,7 +69,7 @@ std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& 
       engine::AutoKvRequest r = engine::parse_auto_kv(item);
       r.rings = !swa_full, r.tail_copies = tail_copies;
       engine::check_auto_kv_budget(r, lm.model.config);  // before minutes of calibration
-      const std::string key = fmt::format("{}\n{}\n{}", r.calib, r.tokens, r.knobs.canonical());
+      const std::string key = fmt::format("{}\n{}\n{}\n{}", r.calib, r.tokens, r.knobs.canonical(), int(r.enc));
       auto it = measured.find(key);
       if (it == measured.end()) {
         std::vector<int> tokens = lm.tokenizer->encode(read_text_file(r.calib, fmt::format("KV spec '{}': the calibration text", item)),
@@ -79,7 +79,8 @@ std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& 
         TQ_CHECK(tokens.size() >= 16, "KV spec '{}': the calibration text '{}' has {} tokens; it needs at least 16", item, r.calib,
                  tokens.size());
         // Measured before (sensitivity_cache.h): the same model file, tokens, knobs and probes.
-        const engine::Sensitivity widths{};  // the probes measure_sensitivity runs
+        engine::Sensitivity widths;  // the probes measure_sensitivity runs
+        widths.enc = r.enc;
         const std::filesystem::path file = sensitivity_cache_file(lm.path, tokens, r.knobs, widths);
         std::string why;
         std::optional<engine::Sensitivity> cached = load_sensitivity(file, uint32_t(lm.model.config.n_layers), widths, why);

@@ -81,6 +81,7 @@ std::filesystem::path sensitivity_cache_file(const std::string& model_path, cons
   for (uint32_t w : widths.k_widths) f.add_value(w);
   f.add_value(uint32_t(0xffffffffu));  // between the two lists
   for (uint32_t w : widths.v_widths) f.add_value(w);
+  if (widths.enc != Encoding::kTqMse) f.add_value(uint32_t(widths.enc));  // (plain probes: the keys of files written before tcq)
   return root / "sensitivity" / fmt::format("{:016x}.json", f.h);
 }
 
@@ -106,8 +107,9 @@ std::optional<engine::Sensitivity> load_sensitivity(const std::filesystem::path&
     engine::Sensitivity s;
     s.k_widths = j.at("k_widths").get<std::vector<uint32_t>>();
     s.v_widths = j.at("v_widths").get<std::vector<uint32_t>>();
-    if (s.k_widths != widths.k_widths || s.v_widths != widths.v_widths) {
-      why = "other probe widths";
+    s.enc = j.value("encoding", std::string("tq_mse")) == "tq_tcq" ? Encoding::kTqTcq : Encoding::kTqMse;
+    if (s.k_widths != widths.k_widths || s.v_widths != widths.v_widths || s.enc != widths.enc) {
+      why = "other probe widths or encoding";
       return std::nullopt;
     }
     if (!j.contains("k") || !j.contains("v") || !impl::finite_table(j["k"], s.k_widths.size(), layers) ||
@@ -138,6 +140,7 @@ bool save_sensitivity(const std::filesystem::path& file, const engine::Sensitivi
                                  {"calib", calib},
                                  {"k_widths", s.k_widths},
                                  {"v_widths", s.v_widths},
+                                 {"encoding", s.enc == Encoding::kTqTcq ? "tq_tcq" : "tq_mse"},
                                  {"k", s.k},
                                  {"v", s.v}};
   const std::filesystem::path tmp = file.string() + fmt::format(".{}.tmp", long(::getpid()));  // one a writer

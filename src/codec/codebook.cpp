@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <tuple>
 
 #include "tq/check.h"
 #include "tq/numeric.h"
@@ -171,7 +172,8 @@ bool newton(const Density& g, std::vector<double>& b, uint32_t& iterations) {
   return res <= 1e-10;  // far below float32 resolution of the centroids (~1e-7 relative)
 }
 
-Codebook lloyd_max(const Density& g, uint32_t bits, uint32_t dim) {
+// grid_bits: the widest codebook whose centroids go on the 1/32 grid (narrower ones too, from 2 bits).
+Codebook lloyd_max(const Density& g, uint32_t bits, uint32_t dim, uint32_t grid_bits) {
   const size_t n = size_t(1) << bits;
   std::vector<double> c(n), p(n), b(n + 1);
   b[0] = -g.zmax();
@@ -213,10 +215,11 @@ Codebook lloyd_max(const Density& g, uint32_t bits, uint32_t dim) {
   // the same value (docs/format.md): at 2 and 3 bits multiples of 1/32, which the GPU's key
   // lookups use as exact int8 tensor-core operands (one table and one MMA where int16 took two);
   // at other widths fp16 numbers, which its fp16 tables hold exactly. The grid moves a centroid by
-  // at most 1/64 (the 3-bit step between centroids is over 0.49), fp16 by 2^-11 of itself.
+  // at most 1/64 (the 3-bit step between centroids is over 0.49, the 4-bit one over 0.13), fp16 by
+  // 2^-11 of itself. Trellis-coded rows' unions put 4 bits on the grid too (tcq_codebook).
   if (dim > 0)
     for (size_t j = 0; j < n; ++j)
-      c[j] = bits == 2 || bits == 3 ? std::nearbyint(c[j] * kCentroidGrid) / kCentroidGrid : double(f16_to_f32(f32_to_f16(float(c[j]))));
+      c[j] = bits >= 2 && bits <= grid_bits ? std::nearbyint(c[j] * kCentroidGrid) / kCentroidGrid : double(f16_to_f32(f32_to_f16(float(c[j]))));
   for (size_t j = 1; j < n; ++j) b[j] = 0.5 * (c[j - 1] + c[j]);
   // D = E z^2 - sum_j (2 c_j M_j - c_j^2 P_j) with M_j, P_j the cell's first moment and mass
   // (E z^2 = 1 for both densities); for exact cell means this is 1 - sum_j P_j c_j^2.
@@ -236,18 +239,18 @@ Codebook lloyd_max(const Density& g, uint32_t bits, uint32_t dim) {
 }
 
 std::mutex g_mutex;
-std::map<std::pair<uint32_t, uint32_t>, std::unique_ptr<Codebook>> g_cache;
+std::map<std::tuple<uint32_t, uint32_t, uint32_t>, std::unique_ptr<Codebook>> g_cache;
 
-const Codebook& cached(uint32_t dim, uint32_t bits) {
+const Codebook& cached(uint32_t dim, uint32_t bits, uint32_t grid_bits = 3) {
   TQ_CHECK(bits >= 1 && bits <= 8, "codebook bits must be 1..8, got {}", bits);
   TQ_CHECK(dim == 0 || (dim >= 3 && dim <= 65536), "codebook dimension must be 3..65536, got {}", dim);
   std::lock_guard<std::mutex> lock(g_mutex);
-  auto& slot = g_cache[{dim, bits}];
+  auto& slot = g_cache[{dim, bits, grid_bits}];
   if (!slot) {
     if (dim == 0) {
-      slot = std::make_unique<Codebook>(lloyd_max(GaussianDensity(), bits, 0));
+      slot = std::make_unique<Codebook>(lloyd_max(GaussianDensity(), bits, 0, grid_bits));
     } else {
-      slot = std::make_unique<Codebook>(lloyd_max(SphereDensity(dim), bits, dim));
+      slot = std::make_unique<Codebook>(lloyd_max(SphereDensity(dim), bits, dim, grid_bits));
     }
   }
   return *slot;
@@ -272,5 +275,10 @@ uint8_t Codebook::encode(float x) const {
 
 const Codebook& codebook(uint32_t dim, uint32_t bits) { return cached(dim, bits); }
 const Codebook& gaussian_codebook(uint32_t bits) { return cached(0, bits); }
+const Codebook& tcq_codebook(uint32_t dim, uint32_t bits) {
+  TQ_CHECK(bits >= 1 && bits <= 7, "trellis-coded widths are 1..7 bits, got {}", bits);
+  TQ_CHECK(dim >= 3, "codebook dimension must be 3..65536, got {}", dim);
+  return cached(dim, bits + 1, 4);
+}
 
 }  // namespace tq

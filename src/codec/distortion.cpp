@@ -1,8 +1,11 @@
 #include "tq/codec/distortion.h"
 
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <vector>
 
+#include "tq/check.h"
 #include "tq/rng.h"
 
 namespace tq {
@@ -80,6 +83,25 @@ DistortionStats measure_distortion(const Quantizer& q, uint64_t samples, uint64_
   st.ip_bias_stderr = std::sqrt(st.ip_var / N);
   st.ip_ratio = s_est / s_true;
   return st;
+}
+
+double trellis_mse(uint32_t pd, uint32_t bits) {
+  TQ_CHECK(pd >= 32 && pd % kGroup == 0 && pd <= kMaxHeadDim, "trellis_mse: padded dim must be a multiple of 32 in 32..{}, got {}",
+           kMaxHeadDim, pd);
+  static std::mutex mu;
+  static std::map<std::pair<uint32_t, uint32_t>, double> known;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto it = known.find({pd, bits});
+  if (it != known.end()) return it->second;
+  TqConfig cfg;
+  cfg.dim = pd;
+  cfg.bits = bits;
+  cfg.tcq = true;
+  cfg.rotation = is_pow2(pd) ? RotationKind::kHadamard : RotationKind::kDense;
+  cfg.seed = 1;
+  const double mse = measure_distortion(*make_turboquant(cfg), 4000, 2).mse;
+  known[{pd, bits}] = mse;
+  return mse;
 }
 
 DistortionRow distortion_row(const TqConfig& cfg, uint64_t samples, uint64_t seed) {

@@ -38,7 +38,7 @@ TurboQuant::TurboQuant(const TqConfig& cfg) : cfg_((check_config(cfg), cfg)), pd
     return;
   }
   rot_.emplace(cfg.rotation, pd_, cfg.seed);
-  if (code_bits() > 0) cb_ = &tq::codebook(pd_, cfg_.tcq ? code_bits() + 1 : code_bits());
+  if (code_bits() > 0) cb_ = cfg_.tcq ? &tq::tcq_codebook(pd_, code_bits()) : &tq::codebook(pd_, code_bits());
   if (cfg_.prod) {
     Rng rng(derive_seed(cfg_.seed, 0, 0, kQjlPurpose));
     s_.resize(size_t(pd_) * pd_);

@@ -11,6 +11,7 @@
 
 #include "tq/check.h"
 #include "tq/codec/codebook.h"
+#include "tq/codec/distortion.h"
 #include "tq/engine/eval.h"
 #include "tq/format.h"
 #include "tq/kv/kv_size.h"
@@ -51,7 +52,10 @@ uint64_t bytes_of(const std::string& s, const std::string& text) {
   return uint64_t(v * scale);
 }
 
-std::string base_of(TensorCode k, TensorCode v) { return fmt::format("k{}v{}", k.bits, v.bits); }
+std::string base_of(TensorCode k, TensorCode v) {
+  const auto w = [](TensorCode c) { return fmt::format("{}{}", c.bits, c.enc == Encoding::kTqTcq ? "t" : ""); };
+  return fmt::format("k{}v{}", w(k), w(v));
+}
 
 // The probe a width's cost is scaled from: the widest at or below it (scaling a larger error down),
 // else the narrowest. widths: ascending.
@@ -104,6 +108,8 @@ AutoKvRequest parse_auto_kv(const std::string& text) {
       TQ_CHECK(a >= 1 && a <= b && b <= 8, "KV spec '{}': widths must be a-b with 1 <= a <= b <= 8, got '{}'", text, val);
       r.min_width = uint32_t(a);
       r.max_width = uint32_t(b);
+    } else if (key == "tcq" && eq == std::string::npos) {
+      r.enc = Encoding::kTqTcq;
     } else {
       TQ_CHECK(key != "edge" && key != "layers" && key != "ksim" && key != "outliers" && key != "prod",
                "KV spec '{}': '{}' is not taken by an automatic spec: it chooses the layers' whole widths itself (keep to sink=, "
@@ -117,6 +123,8 @@ AutoKvRequest parse_auto_kv(const std::string& text) {
   } catch (const Error& e) {
     throw Error(fmt::format("KV spec '{}': {}", text, e.what()));
   }
+  TQ_CHECK(r.enc != Encoding::kTqTcq || r.max_width <= 7,
+           "KV spec '{}': trellis-coded widths are 1..7 bits (tcq), got widths={}-{}", text, r.min_width, r.max_width);
   TQ_CHECK((r.bits > 0) != (r.mem_bytes > 0),
            "KV spec '{}': give one budget: bits=<average bits per element> (auto:bits=3.0) or mem=<size>:context=<tokens> "
            "(auto:mem=900M:context=32768)",
@@ -217,7 +225,10 @@ Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const s
 Sensitivity measure_sensitivity(const model::Model& m, const std::vector<int>& tokens, const KvSpec& knobs, unsigned threads,
                                 Sensitivity widths, const std::function<void(size_t, size_t)>& progress) {
   const uint32_t L = uint32_t(m.config.n_layers);
-  Sensitivity s{widths.k_widths, widths.v_widths, {}, {}};
+  TQ_CHECK(widths.enc == Encoding::kTqMse || widths.enc == Encoding::kTqTcq, "sensitivity probes are TurboQuant-MSE or trellis-coded");
+  for (const uint32_t b : widths.k_widths) TQ_CHECK(b < 8, "sensitivity probe widths are below 8 bits (the other tensor's), got {}", b);
+  for (const uint32_t b : widths.v_widths) TQ_CHECK(b < 8, "sensitivity probe widths are below 8 bits (the other tensor's), got {}", b);
+  Sensitivity s{widths.k_widths, widths.v_widths, {}, {}, widths.enc};
   // Probes [probe][layer], K probes first: layer l's keys at the probe's width (values at 8, nearly
   // exact), or its values (keys at 8); every other layer fp16, the knobs (sink, window, centre, ...)
   // as given.
@@ -227,8 +238,8 @@ Sensitivity measure_sensitivity(const model::Model& m, const std::vector<int>& t
       KvSpec p = knobs;
       p.format.k = p.format.v = TensorCode{Encoding::kFp16, 16};
       p.policy.layer_set = {l};
-      p.policy.edge_k = TensorCode{Encoding::kTqMse, uint8_t(kb)};
-      p.policy.edge_v = TensorCode{Encoding::kTqMse, uint8_t(vb)};
+      p.policy.edge_k = TensorCode{kb == 8 ? Encoding::kTqMse : widths.enc, uint8_t(kb)};
+      p.policy.edge_v = TensorCode{vb == 8 ? Encoding::kTqMse : widths.enc, uint8_t(vb)};
       p.text = p.canonical();
       probes.push_back(p);
     }
@@ -272,7 +283,7 @@ Budget budget_of(const AutoKvRequest& r, const model::ModelConfig& c) {
   Budget b;
   for (uint32_t kb = r.min_width; kb <= r.max_width; ++kb)
     for (uint32_t vb = r.min_width; vb <= r.max_width; ++vb)
-      b.fmts.push_back({TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}});
+      b.fmts.push_back({TensorCode{r.enc, uint8_t(kb)}, TensorCode{r.enc, uint8_t(vb)}});
   b.elems_bytes = 2.0 * D * H * L / 8.0;
   b.weights.assign(L, 1.0);
   uint32_t ringed = 0;
@@ -336,8 +347,12 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
   const Budget bud = budget_of(r, c);
   refuse_unmet(r, bud);
   const auto& fmts = bud.fmts;
-  // The codebook's distortion per unit vector at each width; a layer's KL scales with it.
-  const auto dist = [&](uint32_t bits) { return codebook(padded_dim(D), bits).expected_mse; };
+  TQ_CHECK(s.enc == r.enc, "KV spec '{}': the sensitivity was measured with {} probes, the request chooses {} widths", r.text,
+           s.enc == Encoding::kTqTcq ? "trellis-coded" : "plain", r.enc == Encoding::kTqTcq ? "trellis-coded" : "plain");
+  // The distortion per unit vector at each width; a layer's KL scales with it.
+  const auto dist = [&](uint32_t bits) {
+    return r.enc == Encoding::kTqTcq ? trellis_mse(padded_dim(D), bits) : codebook(padded_dim(D), bits).expected_mse;
+  };
   std::vector<std::vector<double>> cost(fmts.size(), std::vector<double>(L));
   const std::vector<double>& bytes = bud.layer_bytes;  // [format] per token and layer
   for (size_t f = 0; f < fmts.size(); ++f) {
@@ -368,8 +383,9 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
   std::string t = fmt::format(
       "{}: per-layer KL (nats) vs an fp32 cache when only that layer's keys (K<b>) or values (V<b>) are at b bits, the rest fp16:\n  layer",
       r.text);
-  for (uint32_t b : s.k_widths) t += fmt::format("  {:>8}", fmt::format("K{}", b));
-  for (uint32_t b : s.v_widths) t += fmt::format("  {:>8}", fmt::format("V{}", b));
+  const char* tw = s.enc == Encoding::kTqTcq ? "t" : "";
+  for (uint32_t b : s.k_widths) t += fmt::format("  {:>8}", fmt::format("K{}{}", b, tw));
+  for (uint32_t b : s.v_widths) t += fmt::format("  {:>8}", fmt::format("V{}{}", b, tw));
   t += "  format  predicted KL\n";
   for (uint32_t l = 0; l < L; ++l) {
     const size_t f = out.spec.is_edge_layer(l, L) ? a.high : a.low;
@@ -413,7 +429,9 @@ AutoKvChoice resolve_auto_kv(const AutoKvRequest& r, const model::Model& m, cons
   TQ_CHECK(tokens.size() >= 16, "KV spec '{}': the calibration text '{}' has {} tokens; it needs at least 16", r.text, r.calib,
            tokens.size());
   check_auto_kv_budget(r, m.config);  // before the calibration: whether a budget can be met is a matter of bytes
-  const Sensitivity s = measure_sensitivity(m, tokens, r.knobs, threads, {}, progress);
+  Sensitivity widths;
+  widths.enc = r.enc;
+  const Sensitivity s = measure_sensitivity(m, tokens, r.knobs, threads, widths, progress);
   AutoKvChoice c = choose_auto_kv(r, m.config, s);
   c.report = fmt::format("calibrated on the first {} tokens of {}\n", tokens.size(), r.calib) + c.report;
   return c;

@@ -131,6 +131,30 @@ TEST(Trellis, RefusesWidthsAndLengthsOutsideItsRange) {
   EXPECT_THROW(TurboQuant{cfg}, Error);
 }
 
+// The union of a b-bit trellis row is the (b + 1)-bit codebook, its 4-bit one moved onto the
+// 1/32 grid in z-units (the GPU's int8 operands) like the 2- and 3-bit codebooks.
+TEST(Trellis, UnionCodebooks) {
+  for (const uint32_t d : {64u, 128u, 256u}) {
+    EXPECT_EQ(tcq_codebook(d, 1).centroids, codebook(d, 2).centroids);
+    EXPECT_EQ(tcq_codebook(d, 2).centroids, codebook(d, 3).centroids);
+    EXPECT_EQ(tcq_codebook(d, 4).centroids, codebook(d, 5).centroids);
+    const Codebook& u = tcq_codebook(d, 3);
+    const Codebook& c = codebook(d, 4);
+    ASSERT_EQ(u.centroids.size(), 16u);
+    const double z = std::sqrt(double(d));
+    for (size_t j = 0; j < 16; ++j) {
+      const double h = u.centroids[j] * z * kCentroidGrid;
+      EXPECT_NEAR(h, std::nearbyint(h), 1e-3) << d << " " << j;
+      EXPECT_LE(std::fabs(u.centroids[j] - c.centroids[j]) * z, 0.5 / kCentroidGrid + 1e-6) << d << " " << j;
+      if (j) {
+        EXPECT_FLOAT_EQ(u.boundaries[j - 1], 0.5f * (u.centroids[j - 1] + u.centroids[j]));
+      }
+    }
+  }
+  EXPECT_THROW(tcq_codebook(128, 8), Error);
+  EXPECT_THROW(tcq_codebook(128, 0), Error);
+}
+
 TqConfig tcq_config(uint32_t dim, uint32_t bits) {
   TqConfig cfg;
   cfg.dim = dim;
@@ -156,7 +180,7 @@ TEST(TrellisRows, CodecPathsAgree) {
     for (uint32_t bits = 1; bits <= 4; ++bits) {
       const TurboQuant tq(tcq_config(dim, bits));
       ASSERT_EQ(tq.tensor_code().enc, Encoding::kTqTcq);
-      ASSERT_EQ(tq.codebook()->centroids.size(), 2u << bits);
+      ASSERT_EQ(&tq.codebook()->centroids, &tcq_codebook(tq.padded_dim(), bits).centroids);
       const uint32_t pd = tq.padded_dim();
       std::vector<float> x = test::outlier_rows(12, dim, 100 + bits);
       const std::vector<float> q = test::gaussian(3, dim, 200 + bits);

@@ -62,6 +62,9 @@ TEST(AutoKv, RefusesWithTheBadPart) {
   EXPECT_NE(error_of("auto:bits=3:calib=a:edge=2/k4v4").find("'edge=2/k4v4' is not taken"), std::string::npos);
   EXPECT_NE(error_of("auto:bits=3:calib=a:widths=5-2").find("widths must be a-b"), std::string::npos);
   EXPECT_NE(error_of("auto:bits=3:calib=a:tokens=4").find("16..65536, got 4"), std::string::npos);
+  EXPECT_NE(error_of("auto:bits=3:calib=a:widths=2-8:tcq").find("trellis-coded widths are 1..7 bits (tcq), got widths=2-8"), std::string::npos);
+  EXPECT_EQ(parse_auto_kv("auto:bits=3:calib=a:tcq").enc, Encoding::kTqTcq);
+  EXPECT_EQ(parse_auto_kv("auto:bits=3:calib=a").enc, Encoding::kTqMse);
   // a second budget option silently replaced the first; a sub-byte mem= was read as no budget
   EXPECT_NE(error_of("auto:bits=12:calib=a:bits=2").find("option 'bits' is given twice"), std::string::npos);
   EXPECT_NE(error_of("auto:mem=1G:context=8:calib=a:context=9").find("option 'context' is given twice"), std::string::npos);
@@ -189,6 +192,19 @@ TEST(AutoKv, ChoiceMeetsTheBudget) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("KV spec 'auto:bits=2:calib=x' on this model: the budget"), std::string::npos) << e.what();
   }
+  // Trellis-coded candidates (tcq): the choice is in tcq widths, within the budget, from tcq probes.
+  Sensitivity st = s;
+  st.enc = Encoding::kTqTcq;
+  const AutoKvChoice t = choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x:tcq:sink=4:window=64"), c, st);
+  EXPECT_EQ(t.spec.format.k.enc, Encoding::kTqTcq) << t.spec.canonical();
+  EXPECT_EQ(t.spec.format.v.enc, Encoding::kTqTcq) << t.spec.canonical();
+  EXPECT_LE(kv_size(t.spec, 30, 3, 64).bits_per_element, 3.0 + 1e-9) << t.spec.canonical();
+  for (uint32_t l : {0u, 7u, 29u}) EXPECT_TRUE(t.spec.is_edge_layer(l, 30)) << t.spec.canonical() << "\n" << t.report;
+  EXPECT_EQ(t.spec.policy.edge_k.enc, Encoding::kTqTcq);
+  EXPECT_NE(t.report.find("K3t"), std::string::npos) << t.report;
+  // Probes of one encoding do not price the other's widths.
+  EXPECT_THROW(choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x:tcq"), c, s), Error);
+  EXPECT_THROW(choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x"), c, st), Error);
   // ... and before any calibration, from the shape alone, naming the least budget that works
   // (rounded up: the budget named is met; mem=1K holds not even the side buffer)
   for (const auto& [spec, least] : {std::pair{"auto:bits=2:calib=x", "bits=2.250"}, std::pair{"auto:bits=2.2:calib=x:widths=2-4", "bits=2.250"},

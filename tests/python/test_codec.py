@@ -44,7 +44,7 @@ def test_prod_is_unbiased():
     assert abs(err.mean()) < 4 * err.std() / np.sqrt(n)
 
 
-@pytest.mark.parametrize("spec", ["k3v2", "k4v4:prod", "k2v3:rot=dense:seed=9", "k4v4:nc", "fp16", "bf16"])
+@pytest.mark.parametrize("spec", ["k3v2", "k4v4:prod", "k2v3:rot=dense:seed=9", "k4v4:nc", "fp16", "bf16", "k3tv2t:ip", "k4v2t"])
 def test_spec_quantizer_codes_equal_the_pages(spec):
     layers, heads, d = 3, 2, 80 if "dense" in spec else 128
     s = tq.KvSpec(spec)

@@ -19,7 +19,8 @@ struct Codebook {
   uint32_t bits = 0;
   // [2^bits], ascending, symmetric about 0. For dim > 0 each is h / sqrt(dim) with h (z-units)
   // a multiple of 1 / kCentroidGrid at 2 and 3 bits (the GPU's int8 key operands) and an fp16
-  // number at other widths (the GPU's fp16 tables): the format's definition.
+  // number at other widths (the GPU's fp16 tables): the format's definition. tcq_codebook's 4-bit
+  // unions are on the grid too.
   std::vector<float> centroids;
   std::vector<float> boundaries;  // [2^bits - 1], midpoints between neighbouring centroids
   // Expected squared error of one unit vector, E||x - x~||^2 = d * E(x_i - c(x_i))^2, from the
@@ -37,5 +38,10 @@ const Codebook& codebook(uint32_t dim, uint32_t bits);
 
 // The Gaussian-limit codebook for N(0, 1): centroids in units of 1/sqrt(d).
 const Codebook& gaussian_codebook(uint32_t bits);
+
+// The union of a trellis-coded row of `bits` (1..7) bits a coordinate (format.h kTqTcq): the
+// (bits + 1)-bit codebook of `dim`, its centroids on the 1/32 grid up to 4 union bits (3t keys'
+// levels are then int8 operands on the GPU, as 2- and 3-bit centroids are), fp16 numbers above.
+const Codebook& tcq_codebook(uint32_t dim, uint32_t bits);
 
 }  // namespace tq

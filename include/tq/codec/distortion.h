@@ -46,4 +46,9 @@ struct DistortionRow {
 };
 DistortionRow distortion_row(const TqConfig& cfg, uint64_t samples, uint64_t seed);
 
+// E||x - x~||^2 of trellis-coded rows (TqConfig::tcq) of `bits` (1..7) at padded dim `pd`, which
+// has no closed form: measured on 4000 random unit vectors (fixed seeds; about 1% standard error),
+// once per process for each (pd, bits). The rotation is Hadamard where pd is a power of two.
+double trellis_mse(uint32_t pd, uint32_t bits);
+
 }  // namespace tq

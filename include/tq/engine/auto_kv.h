@@ -10,6 +10,8 @@
 //            | tokens=<N>          its first N tokens (default 256)
 //            | widths=<a>-<b>      whole K and V widths considered, a..b bits (default 2-4: the
 //                                  widths the CUDA kernels have)
+//            | tcq                 trellis-coded widths (k3tv2t, ...) in place of the plain ones, in
+//                                  the probes and the choice (a..b at most 7; CPU only for now)
 //            | sink=, window=, centre, page=, seed=, rot=, nc   kept as given, in the probes and in
 //                                  the chosen spec
 //
@@ -18,7 +20,8 @@
 // but layer l's keys at that width (values at 8 bits: a K probe) or its values (keys at 8: a V
 // probe). The model: a layer whose keys are at b bits costs s_K(l, p) * D(b) / D(p), p the widest
 // K probe at or below b (the narrowest where none is), D the Lloyd-Max distortion of the head's
-// codebook, likewise values; costs add over layers and K/V (small perturbations). Scaling down
+// codebook (tcq: the trellis's, measured on random unit rows: trellis_mse), likewise values;
+// costs add over layers and K/V (small perturbations). Scaling down
 // from a wider error stays in the regime where KL is quadratic in it; scaling up does not (keys at
 // 2 bits cost far more than 3-bit keys' KL times D(2)/D(3)), so keys are probed at 2 and 3 bits.
 // allocate_layers then picks the formats.
@@ -43,6 +46,7 @@ struct AutoKvRequest {
   std::string calib;      // calibration text file
   uint32_t tokens = 256;  // its first tokens calibrate
   uint32_t min_width = 2, max_width = 4;  // 2..4: the CUDA kernels' widths, so the choice runs there too
+  Encoding enc = Encoding::kTqMse;        // the candidates' and probes' encoding: kTqMse, or kTqTcq (tcq)
   KvSpec knobs;  // base k3v2 with the other options given (sink, window, centre, page, ...)
   // mem=: the engine keeps its sliding-window layers in window rings (its default; false for
   // --swa-full), so those layers hold their ring's positions, not the context's.
@@ -80,6 +84,7 @@ Allocation allocate_layers(const std::vector<std::vector<double>>& cost, const s
 struct Sensitivity {
   std::vector<uint32_t> k_widths{2, 3}, v_widths{2};  // the probes' widths, ascending
   std::vector<std::vector<double>> k, v;              // [probe][layer]
+  Encoding enc = Encoding::kTqMse;                    // the probed tensor's encoding (kTqMse or kTqTcq); the other at 8 bits, kTqMse
 };
 // Runs the (|k_widths| + |v_widths|) * layers probes and the fp32 reference over `tokens` in lockstep on the CPU.
 Sensitivity measure_sensitivity(const model::Model& m, const std::vector<int>& tokens, const KvSpec& knobs, unsigned threads,
