@@ -89,8 +89,9 @@ class CentroidLookup {
     }
   }
   // Coordinates 8og..8og+7 of the 32-coordinate group whose packed words start at g.
-  __m256 operator()(const uint32_t* g, uint32_t og) const {
-    const __m256i idx = octet_codes(g, bits_, og);
+  __m256 operator()(const uint32_t* g, uint32_t og) const { return at(octet_codes(g, bits_, og)); }
+  // The entries of 8 indices, one per lane.
+  __m256 at(__m256i idx) const {
     if (bits_ <= 3) return _mm256_permutevar8x32_ps(lo_, idx);
     if (bits_ == 4) {
       const __m256 sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 -> sign bit
@@ -129,6 +130,27 @@ float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_
     }
   }
   return hsum(_mm256_add_ps(acc0, acc1));
+}
+
+void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* levels, float* out) {
+  const CentroidLookup lookup(bits + 1, levels);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), one = _mm256_set1_epi32(1);
+  const __m256i low = _mm256_set1_epi32((1 << (bits - 1)) - 1);
+  // Expands the low 8 bits of m to lanes 0..7 (bit k -> lane k, 0 or 1).
+  const auto lanes_of = [&](uint32_t m) { return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(m)), lane), one); };
+  uint32_t hist = 0;  // branch bits of the coordinates before the octet, the newest in bit 0
+  for (uint32_t g = 0; g < pd / kGroup; ++g)
+    for (uint32_t og = 0; og < 4; ++og) {
+      const __m256i c = octet_codes(codes + g * bits, bits, og);
+      const __m256i t = _mm256_srli_epi32(c, int(bits - 1));
+      const uint32_t m = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_slli_epi32(t, 31))));  // lane k's branch bit -> bit k
+      // Lane k's two previous branch bits: lanes k-1 and k-2, or before the octet from hist.
+      const __m256i p1 = lanes_of((m << 1) | (hist & 1u)), p2 = lanes_of((m << 2) | ((hist & 1u) << 1) | ((hist >> 1) & 1u));
+      const __m256i idx = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(c, low), 2), p1),
+                                           _mm256_slli_epi32(_mm256_xor_si256(p2, t), 1));
+      _mm256_storeu_ps(out + g * 32 + og * 8, lookup.at(idx));
+      hist = ((m >> 7) & 1u) | (((m >> 6) & 1u) << 1);
+    }
 }
 
 void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids, float* out) {

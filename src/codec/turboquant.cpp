@@ -145,6 +145,7 @@ void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
 }
 
 void TurboQuant::tcq_levels(const uint32_t* codes, float* out) const {
+  if (cpu::has_avx2_fma()) return simd::tcq_decode_avx2(codes, pd_, code_bits(), cb_->centroids.data(), out);
   uint8_t c[kMaxHeadDim];
   unpack_row(codes, cfg_.dim, code_bits(), c);
   tcq_decode(c, pd_, cb_->centroids.data(), code_bits(), out);

@@ -10,6 +10,7 @@
 
 #include "test_util.h"
 #include "tq/check.h"
+#include "tq/cpu_features.h"
 #include "tq/codec/codebook.h"
 #include "tq/codec/distortion.h"
 #include "tq/codec/trellis.h"
@@ -177,7 +178,7 @@ struct Row {
 // and every way of reading them (decode, dot, dot_fast, dot_decoded, accumulate) agrees.
 TEST(TrellisRows, CodecPathsAgree) {
   for (const uint32_t dim : {64u, 80u, 128u})
-    for (uint32_t bits = 1; bits <= 4; ++bits) {
+    for (uint32_t bits = 1; bits <= 7; ++bits) {
       const TurboQuant tq(tcq_config(dim, bits));
       ASSERT_EQ(tq.tensor_code().enc, Encoding::kTqTcq);
       ASSERT_EQ(&tq.codebook()->centroids, &tcq_codebook(tq.padded_dim(), bits).centroids);
@@ -202,9 +203,13 @@ TEST(TrellisRows, CodecPathsAgree) {
         ASSERT_EQ(got, want) << dim << " " << bits << " " << r;
         EXPECT_EQ(row.norm, f32_to_f16(float(norm)));
 
-        std::vector<float> rot(pd), acc(pd, 0.0f);
+        std::vector<float> rot(pd), acc(pd, 0.0f), scalar(pd);
         tq.decode_rotated(row.cref(), rot.data());
         EXPECT_EQ(rot, walk(want, tq.codebook()->centroids, bits));
+        cpu::set_simd_enabled(false);  // the scalar decode (the AVX2 one above, where the CPU has it)
+        tq.decode_rotated(row.cref(), scalar.data());
+        cpu::set_simd_enabled(true);
+        EXPECT_EQ(scalar, rot);
         tq.accumulate_rotated(row.cref(), 0.5f, acc.data());
         for (uint32_t i = 0; i < pd; ++i) EXPECT_EQ(acc[i], 0.5f * f16_to_f32(row.norm) * rot[i]);
         for (size_t k = 0; k < 3; ++k) {
