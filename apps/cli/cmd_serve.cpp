@@ -69,10 +69,11 @@ void serve(const Options& o) {
   signal(SIGPIPE, SIG_IGN);  // a client gone mid-write is an error return, not the end of the server
 
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
-  // Prefix-tail slots where the spec and model need them (below); an auto: mem= budget counts them.
+  // Prefix-tail slots where the spec and model need them (below); an auto: mem= budget counts them,
+  // and the side rows of the CPU engine's chunk (--max-batched-tokens; the CUDA runner keeps fewer).
   const uint32_t tail_slots = o.no_prefix_caching ? 0 : o.prefix_tails < 0 ? o.max_num_seqs : uint32_t(o.prefix_tails);
-  const KvSpec spec =
-      parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads, o.swa_full, double(tail_slots) / std::max<uint32_t>(1, o.max_num_seqs)));
+  const KvSpec spec = parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads, o.swa_full,
+                                                         double(tail_slots) / std::max<uint32_t>(1, o.max_num_seqs), o.max_batched_tokens));
   const auto& cfg = lm.model.config;
   const uint32_t ctx = o.max_model_len ? o.max_model_len : uint32_t(cfg.max_seq);
   TQ_CHECK(ctx >= 2 && ctx <= uint32_t(cfg.max_seq), "--max-model-len must be in 2..{} (the model's context), got {}", cfg.max_seq, ctx);

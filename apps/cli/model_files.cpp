@@ -59,7 +59,8 @@ std::string read_text_file(const std::string& path, const std::string& what) {
   return ss.str();
 }
 
-std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads, bool swa_full, double tail_copies) {
+std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads, bool swa_full, double tail_copies,
+                                 uint32_t side_chunk) {
   std::string out;
   // Entries that differ in their budget only share one calibration: key calib file, tokens, knobs.
   std::map<std::string, engine::Sensitivity> measured;
@@ -68,6 +69,7 @@ std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& 
     if (engine::is_auto_kv(item)) {
       engine::AutoKvRequest r = engine::parse_auto_kv(item);
       r.rings = !swa_full, r.tail_copies = tail_copies;
+      r.side_extra = side_chunk + (tail_copies > 0 ? r.knobs.format.page_size : 0);  // as KvStore::ring_extra
       engine::check_auto_kv_budget(r, lm.model.config);  // before minutes of calibration
       const std::string key = fmt::format("{}\n{}\n{}\n{}", r.calib, r.tokens, r.knobs.canonical(), int(r.enc));
       auto it = measured.find(key);

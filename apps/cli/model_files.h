@@ -5,6 +5,7 @@
 #include <string>
 
 #include "tq/engine/engine.h"
+#include "tq/kv/kv_size.h"
 #include "tq/model/model.h"
 #include "tq/model/tokenizer.h"
 
@@ -40,9 +41,10 @@ LoadedModel load_checked_draft(const std::string& path, const std::string& token
 // why goes to stderr. The other entries are returned as they are. What a mem= budget counts of the
 // engine: swa_full, every position of the sliding-window layers in the pool (--swa-full), else
 // their rings; tail_copies, prefix-tail slots per sequence (tq serve), each a copy of a
-// sequence's side rows and rings.
+// sequence's side rows and rings; side_chunk, the rows the engine's side buffer keeps beyond sink
+// + window (the CPU engine's chunk of queries; a page more with prefix tails).
 std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads, bool swa_full = false,
-                                 double tail_copies = 0);
+                                 double tail_copies = 0, uint32_t side_chunk = kKvSizeSideExtra);
 // Parses every entry of a --kv list (automatic ones too) and throws tq::Error naming the bad part:
 // before a model is loaded, so that a typo costs no load.
 // one_for: the command, when it takes one spec only ("tq run"): a list is refused naming it.

@@ -292,10 +292,12 @@ Budget budget_of(const AutoKvRequest& r, const model::ModelConfig& c) {
     b.budget = r.bits * b.elems_bytes;
     b.budget_is = fmt::format("{} bits per element", r.bits);
   } else {
-    const KvSize ks = kv_size(r.knobs, L, H, D);
-    // The side rows and rings once for the sequence and once more in each of its prefix-tail slots.
+    const KvSize ks = kv_size(r.knobs, L, H, D, r.side_extra);
+    // The side rows and rings once for the sequence and once more in each of its prefix-tail slots
+    // (a tail keeps the sink and window rows, not the chunk beyond: KvStore::side_tail_bytes).
     const double copies = 1 + std::max(0.0, r.tail_copies);
-    b.fixed = double(ks.side_bytes) * copies + double(ks.centre_bytes), b.tokens = std::ceil(double(r.context) / page) * page;
+    const double tail_side = kv_size(r.knobs, L, H, D, 0).side_bytes;
+    b.fixed = double(ks.side_bytes) + tail_side * (copies - 1) + double(ks.centre_bytes), b.tokens = std::ceil(double(r.context) / page) * page;
     // A sliding-window layer whose engine keeps it in window rings holds the ring's pages whatever
     // the context: counted at the largest ring an engine makes (sub-steps of kRingStep, a page for
     // prefix tails), whatever context= says, since an engine of a longer context makes that ring

@@ -295,6 +295,17 @@ TEST(AutoKv, MemCountsSlidingWindowLayersAtTheirRing) {
   const cpu::KvStore store(shape, cht.spec);
   // the budget's ring bytes of one sequence, tails included (no global layer counted)
   EXPECT_EQ(double(store.ring_bytes() + store.tail_bytes()), held_of(cht.spec, 2, 0)) << cht.spec.canonical();
+  // The side rows an engine keeps beyond sink + window (tq serve's CPU chunk of 512 and a page for
+  // the tails, where kv-size counts 64): the budget pays the store's side bytes exactly.
+  AutoKvRequest chunked = parse_auto_kv(fmt::format("auto:mem={}:context={}:calib=x:sink=4:window=64", uint64_t(budget) + (8u << 20), ctx));
+  chunked.side_extra = 256 + 16;
+  chunked.tail_copies = 1;
+  const AutoKvChoice chc = choose_auto_kv(chunked, c, s);
+  const cpu::KvStore side_store(shape, chc.spec);
+  const double side_held = double(side_store.side_bytes() + side_store.tail_bytes() - side_store.ring_bytes());  // + a tail's side rows
+  EXPECT_NE(chc.report.find(fmt::format("after {:.2f} MiB of side buffer", side_held / 1048576.0)),
+            std::string::npos)
+      << chc.report;
   // A context= shorter than the ring still counts the ring an engine of a longer context makes.
   const AutoKvRequest short_ctx = parse_auto_kv(fmt::format("auto:mem={}:context=256:calib=x", uint64_t(budget)));
   EXPECT_NE(choose_auto_kv(short_ctx, c, s).report.find(fmt::format("window ring of {} positions", ring.pages * 16)), std::string::npos);

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "tq/engine/engine.h"
+#include "tq/kv/kv_size.h"
 #include "tq/kv/spec.h"
 #include "tq/model/model.h"
 
@@ -54,6 +55,10 @@ struct AutoKvRequest {
   // mem=: prefix-tail slots per sequence (tq serve: one each by default, runner.h), each holding a
   // copy of a sequence's side rows (sink, window) and rings.
   double tail_copies = 0;
+  // mem=: the side rows an engine keeps beyond sink + window (KvPolicy::side_tokens' extra): the
+  // CPU engine's chunk of queries (tq serve: --max-batched-tokens) and a page with prefix tails;
+  // kv-size's 64-token chunk by default.
+  uint32_t side_extra = kKvSizeSideExtra;
 };
 
 bool is_auto_kv(const std::string& text);              // "auto" or "auto:..."
