@@ -166,10 +166,10 @@ TqConfig tcq_config(uint32_t dim, uint32_t bits) {
   return cfg;
 }
 
-struct Row {
+struct TcqRow {
   std::vector<uint32_t> codes;
   uint16_t norm = 0;
-  explicit Row(const TurboQuant& t) : codes(code_row_bytes(t.dim(), t.code_bits()) / 4) {}
+  explicit TcqRow(const TurboQuant& t) : codes(code_row_bytes(t.dim(), t.code_bits()) / 4) {}
   RowRef ref() { return {codes.data(), nullptr, &norm, nullptr}; }
   ConstRowRef cref() const { return {codes.data(), nullptr, &norm, nullptr}; }
 };
@@ -187,7 +187,7 @@ TEST(TrellisRows, CodecPathsAgree) {
       const std::vector<float> q = test::gaussian(3, dim, 200 + bits);
       std::fill(x.begin() + 11 * dim, x.end(), 0.0f);  // a zero row
       for (size_t r = 0; r < 12; ++r) {
-        Row row(tq);
+        TcqRow row(tq);
         tq.encode(&x[r * dim], row.ref());
         // The codes are what the Viterbi search gives the rotated unit row.
         std::vector<float> y(pd, 0.0f);
@@ -247,7 +247,7 @@ TEST(TrellisRows, BeatTheScalarCodebookAndKeepTheUnbiasedNorm) {
   const TurboQuant tq(ip);
   const std::vector<float> x = test::outlier_rows(20, 128, 77);
   for (size_t r = 0; r < 20; ++r) {
-    Row row(tq);
+    TcqRow row(tq);
     tq.encode(&x[r * 128], row.ref());
     std::vector<float> dec(128);
     tq.decode(row.cref(), dec.data());
