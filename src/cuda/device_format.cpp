@@ -34,9 +34,6 @@ DeviceFormat::DeviceFormat(const CacheFormat& format) : format_(format) {
   // Split rows have two codebooks and rotations per head, which the device tables do not hold.
   TQ_CHECK(format.format().k.enc != Encoding::kTqSplit && format.format().v.enc != Encoding::kTqSplit,
            "KV format '{}': fractional widths (the outlier split) have no GPU kernel yet; run them on the CPU", format.format().canonical());
-  // Trellis-coded rows decode through a window of branch bits the kernels do not read yet.
-  TQ_CHECK(format.format().k.enc != Encoding::kTqTcq && format.format().v.enc != Encoding::kTqTcq,
-           "KV format '{}': trellis-coded widths (k3tv2t, ...) have no GPU kernel yet; run them on the CPU", format.format().canonical());
   for (uint32_t layer = 0; layer < format.layers(); ++layer) {
     for (bool value : {false, true}) {
       CodecTables t;
@@ -45,6 +42,7 @@ DeviceFormat::DeviceFormat(const CacheFormat& format) : format_(format) {
         t.bits = first->code_bits();
         t.norm_correction = first->config().norm_correction;
         t.norm_unbiased = first->config().norm_unbiased;
+        t.tcq = first->config().tcq;
         t.centroids = upload(first->codebook()->centroids);
         t.boundaries = upload(first->codebook()->boundaries);
         // Per-head rotations, concatenated: [kv_heads][pd] signs or [kv_heads][pd][pd] matrices.

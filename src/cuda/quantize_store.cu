@@ -6,8 +6,11 @@
 // FMA, the same float boundaries), so the codes are the reference's bit for bit. The one
 // difference: the sum of squares of the norm is added in double in another order, which can move
 // the norm by one double ulp and, astronomically rarely, a coordinate across a boundary.
+// Trellis-coded rows (kTqTcq) take the same Viterbi search as the CPU's (tcq_codes).
 #include <cuda_runtime.h>
 #include <fmt/format.h>
+
+#include <type_traits>
 
 #include "device_common.cuh"
 #include "launch_common.h"
@@ -75,11 +78,91 @@ __device__ __forceinline__ void pack_row(const uint32_t (&codes)[E], int lane, u
   }
 }
 
+// Trellis-coded rows (format.h kTqTcq): the codes of the rotated unit row y (E coordinates a lane)
+// by tcq_encode's Viterbi search, operation for operation (no FMA; the same candidates, order and
+// strict comparisons), so the codes are the CPU's bit for bit: each lane finds its coordinates'
+// nearest level in each of the four subsets, then lane 0 walks the 4-state trellis along the row
+// and traces the path back. cc as the plain path's (nc: sum c^2, ip: sum c y, c the levels).
+template <int PD>
+__device__ void tcq_codes(const float (&y)[PD / 32], int lane, int warp, const CodecTables& tab, bool want_cc, bool ip,
+                          uint32_t (&codes)[PD / 32], double& cc) {
+  constexpr int E = PD / 32;
+  __shared__ float err[kWarps][PD][4];      // per coordinate and subset: the nearest level's squared error
+  __shared__ uint8_t nearest[kWarps][PD][4];  // and its index within the subset
+  __shared__ uint8_t back[kWarps][PD];      // bit s: the older branch bit of the state that led to state s
+  __shared__ uint8_t code_s[kWarps][PD];    // the path's codes
+  const uint32_t bits = tab.bits, L = 2u << bits;
+  const float* lev = tab.centroids;  // the union, ascending
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int i = lane * E + e;
+    uint32_t u = 0;  // levels below y: std::lower_bound's index
+    for (uint32_t m = 0; m < L; ++m) u += lev[m] < y[e] ? 1u : 0u;
+    for (uint32_t k = 0; k < 4; ++k) {
+      const uint32_t up = u + (k + 4 - u % 4) % 4;  // subset k's first index >= u
+      float best = INFINITY;
+      uint32_t arg = 0;
+      for (int r = 0; r < 2; ++r) {
+        const uint32_t c = r == 0 ? up - 4 : up;  // up - 4 wraps past L when up < 4
+        if (c >= L) continue;
+        const float d = __fsub_rn(y[e], lev[c]), sq = __fmul_rn(d, d);
+        if (sq < best) best = sq, arg = c / 4;
+      }
+      err[warp][i][k] = best;
+      nearest[warp][i][k] = uint8_t(arg);
+    }
+  }
+  __syncwarp();
+  if (lane == 0) {
+    float cost[4] = {0.0f, INFINITY, INFINITY, INFINITY};
+    for (int i = 0; i < PD; ++i) {
+      float nx[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+      uint32_t hi = 0;
+#pragma unroll
+      for (uint32_t st = 0; st < 4; ++st)
+#pragma unroll
+        for (uint32_t t = 0; t < 2; ++t) {
+          const uint32_t ns = ((st << 1) | t) & 3u, k = (st & 1u) + 2u * (((st >> 1) & 1u) ^ t);
+          const float c = __fadd_rn(cost[st], err[warp][i][k]);
+          if (c < nx[ns]) {
+            nx[ns] = c;
+            hi = (hi & ~(1u << ns)) | ((st >> 1) << ns);
+          }
+        }
+      back[warp][i] = uint8_t(hi);
+#pragma unroll
+      for (int st = 0; st < 4; ++st) cost[st] = nx[st];
+    }
+    uint32_t st = 0;
+    for (uint32_t k = 1; k < 4; ++k)
+      if (cost[k] < cost[st]) st = k;
+    for (int i = PD - 1; i >= 0; --i) {
+      const uint32_t t = st & 1u, prev = (st >> 1) | (((uint32_t(back[warp][i]) >> st) & 1u) << 1);
+      const uint32_t k = (prev & 1u) + 2u * (((prev >> 1) & 1u) ^ t);
+      code_s[warp][i] = uint8_t((t << (bits - 1)) | nearest[warp][i][k]);
+      st = prev;
+    }
+  }
+  __syncwarp();
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int i = lane * E + e;
+    codes[e] = code_s[warp][i];
+    if (want_cc) {
+      const uint32_t p1 = i >= 1 ? uint32_t(code_s[warp][i - 1]) >> (bits - 1) : 0u;
+      const uint32_t p2 = i >= 2 ? uint32_t(code_s[warp][i - 2]) >> (bits - 1) : 0u;
+      const float cv = lev[tcq_level_index(codes[e], p1, p2, bits)];
+      cc += double(cv) * double(ip ? y[e] : cv);
+    }
+  }
+}
+
 __device__ __forceinline__ void flag_error(const QuantizeStoreParams& p) {
   if (p.error_flag) atomicExch(p.error_flag, 1);
 }
 
-template <int PD>
+// TCQ: the instance that also writes trellis-coded rows (tcq_codes' shared memory is only its).
+template <int PD, bool TCQ>
 __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const QuantizeStoreParams p) {
   constexpr int E = PD / 32;
   __shared__ float ys[kWarps][PD];
@@ -107,7 +190,7 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   }
   constexpr int kMaxB = 15;  // boundaries of widths <= 4, held in registers
   float bnd[kMaxB], cent[kMaxB + 1], sg[E];
-  const bool small = is_tq(code.enc) && tab.bits <= 4;
+  const bool small = is_tq(code.enc) && tab.bits <= 4 && !tab.tcq;
   const bool nc = is_tq(code.enc) && tab.norm_correction;  // the centroids matter only for nc and ip
   const bool ip = is_tq(code.enc) && tab.norm_unbiased;
   if (small) {
@@ -209,8 +292,15 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   const uint32_t bits = tab.bits, nb = (1u << bits) - 1u;
   uint32_t codes[E];
   double cc = 0;  // nc: sum of c_i^2; ip: sum of c_i y_i (float products, exact in double, as the CPU sums them)
+  bool coded = false;
+  if constexpr (TCQ) {
+    if (tab.tcq) {  // warp-uniform: a warp writes one row
+      tcq_codes<PD>(y, lane, warp, tab, nc || ip, ip, codes, cc);
+      coded = true;
+    }
+  }
 #pragma unroll
-  for (int e = 0; e < E; ++e) {
+  for (int e = 0; e < E && !coded; ++e) {
     uint32_t lo = 0, n = small ? 0 : nb;
     if (small) {  // the same count as the search below, from registers
 #pragma unroll
@@ -271,8 +361,6 @@ void validate(const QuantizeStoreParams& p) {
   TQ_CHECK(c.k.enc != Encoding::kTqProd, "quantize_store: prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)");
   TQ_CHECK(c.k.enc != Encoding::kTqSplit && c.v.enc != Encoding::kTqSplit,
            "quantize_store: fractional widths (the outlier split, e.g. k2.5v2) have no GPU kernel yet; run them on the CPU");
-  TQ_CHECK(c.k.enc != Encoding::kTqTcq && c.v.enc != Encoding::kTqTcq,
-           "quantize_store: trellis-coded widths (e.g. k3tv2t) have no GPU kernel yet; run them on the CPU");
   TQ_CHECK(p.k && p.v && p.slot_mapping, "quantize_store: k, v and slot_mapping must be set");
   TQ_CHECK(p.dtype == DType::kF32 || p.dtype == DType::kF16 || p.dtype == DType::kBf16, "quantize_store: dtype {} unknown (0 = fp32, 1 = "
            "fp16, 2 = bf16)", int(p.dtype));
@@ -287,12 +375,20 @@ void quantize_store(const QuantizeStoreParams& p, Stream stream) {
   const uint32_t warps = p.num_tokens * p.cache.kv_heads * 2, blocks = (warps + kWarps - 1) / kWarps;
   // A plain launch (not a programmatic dependent): everything before it in the stream has finished
   // when it starts, which quantize_store_and_decode relies on.
-  switch (padded_dim(p.cache.head_dim)) {
-    case 32: quantize_store_kernel<32><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-    case 96: quantize_store_kernel<96><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-    case 64: quantize_store_kernel<64><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-    case 128: quantize_store_kernel<128><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-    case 256: quantize_store_kernel<256><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+  const auto launch = [&](auto tcq) {
+    constexpr bool T = decltype(tcq)::value;
+    switch (padded_dim(p.cache.head_dim)) {
+      case 32: quantize_store_kernel<32, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 96: quantize_store_kernel<96, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 64: quantize_store_kernel<64, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 128: quantize_store_kernel<128, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 256: quantize_store_kernel<256, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+    }
+  };
+  if (p.cache.kt.tcq || p.cache.vt.tcq) {
+    launch(std::true_type{});
+  } else {
+    launch(std::false_type{});
   }
   check_launch("quantize_store");
 }

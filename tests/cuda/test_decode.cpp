@@ -574,6 +574,16 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("80"), std::string::npos) << e.what();
   }
+  // Trellis-coded pages: quantize_store writes them, the attention kernels do not read them yet.
+  PagedKvCache tcq(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3tv2t").format);
+  cuda::DeviceFormat tcqc(tcq.format());
+  p.cache = tcqc.view(0, cache.ptr, tcq.shape().num_pages);
+  try {
+    cuda::validate(p);
+    FAIL() << "a trellis-coded cache accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("trellis-coded widths (K 3t, V 2t bits) have no GPU kernel"), std::string::npos) << e.what();
+  }
   // Query tokens: decode takes 1..9, prefill chunks up to kMaxPrefillChunk.
   PagedKvCache ok(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2").format);
   cuda::DeviceFormat okc(ok.format());

@@ -83,7 +83,11 @@ INSTANTIATE_TEST_SUITE_P(All, QuantizeStore,
                                            StoreCase{"k6v3", 32}, StoreCase{"k7v5:nc", 256}, StoreCase{"k4v1", 96},
                                            // the unbiased norm: small and large widths, dense rotation, padding
                                            StoreCase{"k3v2:ip", 128}, StoreCase{"k5v7:ip", 64}, StoreCase{"k4v2:ip:rot=dense", 128},
-                                           StoreCase{"k3v4:ip", 80}, StoreCase{"k3v2:ip=k", 128}, StoreCase{"k4v2:ip=v", 64}),
+                                           StoreCase{"k3v4:ip", 80}, StoreCase{"k3v2:ip=k", 128}, StoreCase{"k4v2:ip=v", 64},
+                                           // trellis-coded rows: the Viterbi search, beside plain rows, norms of every kind
+                                           StoreCase{"k3tv2t", 128}, StoreCase{"k3tv2t:ip", 64}, StoreCase{"k4tv4t:ip", 256},
+                                           StoreCase{"k3tv2", 128}, StoreCase{"k2v3t:nc", 128}, StoreCase{"k1tv7t", 32},
+                                           StoreCase{"k5tv2t:ip:rot=dense", 96}, StoreCase{"k3tv2t:page=7", 80}),
                          [](const auto& i) {
                            std::string s = i.param.spec + "_d" + std::to_string(i.param.head_dim);
                            for (char& ch : s)

@@ -20,13 +20,14 @@ enum class DType : uint8_t { kF32 = 0, kF16 = 1, kBf16 = 2 };
 
 // The per-layer tables a TurboQuant-encoded tensor needs on the device (see DeviceCodecs).
 struct CodecTables {
-  const float* centroids = nullptr;   // [2^bits]
-  const float* boundaries = nullptr;  // [2^bits - 1]
+  const float* centroids = nullptr;   // [2^bits]; trellis-coded rows: the union, [2^(bits + 1)]
+  const float* boundaries = nullptr;  // [2^bits - 1]; trellis-coded rows: [2^(bits + 1) - 1]
   const float* signs = nullptr;       // [kv_heads][pd] +-1, Hadamard rotation (else null)
   const float* matrix = nullptr;      // [kv_heads][pd][pd] row-major R, dense rotation (else null)
   uint32_t bits = 0;
   bool norm_correction = false;
   bool norm_unbiased = false;  // ip: the stored norm is ||x|| / <c, u> (TqConfig::norm_unbiased)
+  bool tcq = false;            // trellis-coded rows (format.h kTqTcq): quantize_store only, the attention kernels refuse them
 };
 
 // One layer of a paged cache in device memory, in the format of docs/format.md.
