@@ -60,8 +60,10 @@ run_fails("--file '${TMP}' is a directory, not a text file" 2 perplexity -m ${M}
 run_fails("--file '${TMP}/no such file' does not exist" 2 perplexity -m ${M} --tokenizer ${T} -f "${TMP}/no such file" --kv fp16)
 run_fails("--kv 'fp16,k3v2': tq run takes one KV spec, not a list" 2 run -m ${TMP}/not-loaded.gguf --kv fp16,k3v2 -p x)
 run_fails("KV spec 'k3v2:window=64:window=8': option 'window' is given twice" 2 kv-size --kv k3v2:window=64:window=8)
-run_fails("--bits 2.5 with --method prod: prod has whole widths only" 2 distortion --bits 2.5 --method prod --samples 100)
-run_fails("--bits: widths are 1..8 or 1.5..7.5 (N.5: the outlier split), got '3v2:edge=1/k3'" 2 distortion --bits 3v2:edge=1/k3 --samples 100)
+run_fails("--bits 2.5 with --method prod: prod has plain whole widths only" 2 distortion --bits 2.5 --method prod --samples 100)
+run_fails("--bits 3t with --method prod: prod has plain whole widths only" 2 distortion --bits 3t --method prod --samples 100)
+run_fails("--bits: widths are 1..8, 1.5..7.5 (N.5: the outlier split) or 1t..7t (trellis-coded), got '3v2:edge=1/k3'" 2 distortion --bits 3v2:edge=1/k3 --samples 100)
+run_fails("got '8t'" 2 distortion --bits 8t --samples 100)
 
 # Sizes beyond the model's training context: refused unless asked for, before anything is allocated.
 set(beyond "beyond the model's training context of 512 tokens")
