@@ -245,6 +245,57 @@ TQ_HD void unpack_row(const uint32_t* in, uint32_t head_dim, uint32_t bits, uint
   for (uint32_t g = 0, n = padded_dim(head_dim) / kGroup; g < n; ++g) unpack_group(in + g * bits, bits, codes + g * kGroup);
 }
 
+// Trellis-coded groups read as plain ones (kTqTcq): the (bits + 1)-bit group of union indices
+// (tcq_level_index) of a group of 32 trellis codes `in` ([bits] words), t1 and t2 the branch bits
+// of the two coordinates before the group (0 at a row's start). out: [bits + 1] words, laid out as
+// any group of that width, so that a reader of plain (bits + 1)-bit codes, given the union as its
+// table, reads the trellis row's levels. The reference of tcq_index_group2/3 below.
+TQ_HD void tcq_index_group(const uint32_t* in, uint32_t bits, uint32_t t1, uint32_t t2, uint32_t* out) {
+  uint8_t codes[32], index[32];
+  unpack_group(in, bits, codes);
+  for (uint32_t i = 0; i < 32; ++i) {
+    index[i] = uint8_t(tcq_level_index(codes[i], t1, t2, bits));
+    t2 = t1;
+    t1 = tcq_branch(codes[i], bits);
+  }
+  pack_group(index, bits + 1, out);
+}
+// The branch bits of a group's coordinates 31 and 30: the next group's t1 and t2.
+TQ_HD constexpr uint32_t tcq_last_branch(const uint32_t* in, uint32_t bits, uint32_t back) {
+  const uint32_t i = 31 - back, w = plane_width(bits, plane_count(bits) - 1);  // the top code bit: the last plane's top bit
+  const uint32_t word0 = plane_word0(bits, plane_count(bits) - 1);
+  return (in[word0 + plane_word(w, i)] >> (plane_bit(w, i) + (bits - 1 - word0))) & 1u;
+}
+
+// The same word-parallel for 2- and 3-bit groups (the kernels' widths), on whole words: every
+// field of a plane moves by one shift and mask, the branch bits of coordinates k - 1 and k - 2
+// by shifting the branch bits' nibbles up one and two places, with the previous octet's (or
+// group's) last two carried into nibbles 0 and 1.
+//   3 bits: in = [2-bit plane: j][2-bit plane: j][1-bit plane: t]; out = 4 words of a 4-bit plane.
+TQ_HD void tcq_index_group3(const uint32_t* in, uint32_t t1, uint32_t t2, uint32_t* out) {
+  const uint32_t w2 = in[2];
+  for (uint32_t o = 0; o < 4; ++o) {  // octet o = output word o, coordinate 8o + k in nibble k
+    const uint32_t t = (w2 >> o) & 0x11111111u, j = (in[o / 2] >> (2 * (o % 2))) & 0x33333333u;
+    const uint32_t last = o ? (w2 >> (27 + o)) & 1u : t1, before = o ? (w2 >> (23 + o)) & 1u : t2;  // t of 8o - 1, 8o - 2
+    const uint32_t p1 = (t << 4) | last, p2 = (t << 8) | (last << 4) | before;
+    out[o] = p1 | ((p2 ^ t) << 1) | (j << 2);
+  }
+}
+//   2 bits: in = [2-bit plane: j | t << 1][the same]; out = [2-bit plane][2-bit plane][1-bit plane].
+TQ_HD void tcq_index_group2(const uint32_t* in, uint32_t t1, uint32_t t2, uint32_t* out) {
+  uint32_t last = t1, before = t2;  // t of the coordinates before the word's first octet
+  for (uint32_t q = 0; q < 2; ++q) {  // word q: octets 2q (bits 4k) and 2q + 1 (bits 4k + 2)
+    const uint32_t t = (in[q] >> 1) & 0x55555555u;
+    // The octet 2q + 1's carries are octet 2q's coordinates 7 and 6 (bits 28 and 24 of t).
+    const uint32_t p1 = (t << 4) | last | (((t >> 28) & 1u) << 2);
+    const uint32_t p2 = (t << 8) | (last << 4) | before | (((t >> 28) & 1u) << 6) | (((t >> 24) & 1u) << 2);
+    out[q] = p1 | ((p2 ^ t) << 1);
+    last = (t >> 30) & 1u, before = (t >> 26) & 1u;  // octet 2q + 1's coordinates 7 and 6
+  }
+  const uint32_t j0 = in[0] & 0x55555555u, j1 = in[1] & 0x55555555u;
+  out[2] = (j0 & 0x11111111u) | (((j0 >> 2) & 0x11111111u) << 1) | ((j1 & 0x11111111u) << 2) | (((j1 >> 2) & 0x11111111u) << 3);
+}
+
 // QJL signs: bit i of the row (byte i / 8, bit i % 8) is 1 where (S r)_i >= 0.
 
 // ---- Compile-time checks of the layout ---------------------------------------------------------

@@ -111,6 +111,50 @@ TEST(Trellis, WindowDecodeEqualsTheWalk) {
   }
 }
 
+// A row read group by group as plain (bits + 1)-bit codes of union indices (tcq_index_group, the
+// carries from tcq_last_branch) gives tcq_decode's levels; the kernels' word-parallel forms for
+// 2 and 3 bits equal the reference on random and hostile words, for every carry.
+TEST(Trellis, GroupsReadAsPlainIndexCodes) {
+  Rng rng(13);
+  for (uint32_t bits = 1; bits <= 7; ++bits) {
+    const std::vector<float> levels = random_levels(bits, rng);
+    std::vector<uint8_t> codes(128);
+    for (uint8_t& c : codes) c = uint8_t(rng.next() % (1u << bits));
+    std::vector<uint32_t> words(4 * bits);
+    pack_row(codes.data(), 128, bits, words.data());
+    std::vector<float> want(128), got(128);
+    tcq_decode(codes.data(), 128, levels.data(), bits, want.data());
+    uint32_t t1 = 0, t2 = 0;
+    for (uint32_t g = 0; g < 4; ++g) {
+      uint32_t idx_words[8];
+      uint8_t idx[32];
+      tcq_index_group(&words[g * bits], bits, t1, t2, idx_words);
+      unpack_group(idx_words, bits + 1, idx);
+      for (uint32_t i = 0; i < 32; ++i) got[g * 32 + i] = levels[idx[i]];
+      t1 = tcq_last_branch(&words[g * bits], bits, 0);
+      t2 = tcq_last_branch(&words[g * bits], bits, 1);
+      EXPECT_EQ(t1, uint32_t(codes[g * 32 + 31]) >> (bits - 1)) << bits;
+      EXPECT_EQ(t2, uint32_t(codes[g * 32 + 30]) >> (bits - 1)) << bits;
+    }
+    EXPECT_EQ(got, want) << bits;
+  }
+  for (int trial = 0; trial < 2000; ++trial) {
+    const uint32_t kind = uint32_t(trial % 4);
+    uint32_t w[3];
+    for (uint32_t& x : w) x = kind == 0 ? 0u : kind == 1 ? ~0u : uint32_t(rng.next());
+    for (uint32_t t1 = 0; t1 < 2; ++t1)
+      for (uint32_t t2 = 0; t2 < 2; ++t2) {
+        uint32_t want[4], got[4];
+        tcq_index_group(w, 2, t1, t2, want);
+        tcq_index_group2(w, t1, t2, got);
+        for (int i = 0; i < 3; ++i) ASSERT_EQ(got[i], want[i]) << "2 bits, word " << i << " trial " << trial;
+        tcq_index_group(w, 3, t1, t2, want);
+        tcq_index_group3(w, t1, t2, got);
+        for (int i = 0; i < 4; ++i) ASSERT_EQ(got[i], want[i]) << "3 bits, word " << i << " trial " << trial;
+      }
+  }
+}
+
 TEST(Trellis, RefusesWidthsAndLengthsOutsideItsRange) {
   const std::vector<float> levels(512, 0.0f);
   float y[4] = {};
