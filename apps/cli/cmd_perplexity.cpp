@@ -33,7 +33,8 @@ void run(const Options& o) {
   check_kv_list(o.kv);
   const unsigned threads = threads_option(o.threads);
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
-  const auto specs = parse_kv_specs(resolve_auto_kv_list(o.kv, lm, threads));
+  const uint32_t window = o.ctx ? o.ctx : std::min(kDefaultCtx, uint32_t(lm.model.config.max_seq));  // (checked below)
+  const auto specs = parse_kv_specs(resolve_auto_kv_list(o.kv, lm, threads, false, 0, engine_side_chunk(o.device, o.chunk, window)));
   if (o.ctx) check_context(o.ctx, fmt::format("--ctx {}", o.ctx), lm, o.allow_long);
   const uint32_t ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, uint32_t(lm.model.config.max_seq));
   TQ_CHECK(o.score_from < ctx, "--score-from {}: must be below the window of {} tokens (--ctx)", o.score_from, ctx);

@@ -70,10 +70,12 @@ void serve(const Options& o) {
 
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
   // Prefix-tail slots where the spec and model need them (below); an auto: mem= budget counts them,
-  // and the side rows of the CPU engine's chunk (--max-batched-tokens; the CUDA runner keeps fewer).
+  // and the side rows of the engine's chunk (the CPU's: --max-batched-tokens within the context).
   const uint32_t tail_slots = o.no_prefix_caching ? 0 : o.prefix_tails < 0 ? o.max_num_seqs : uint32_t(o.prefix_tails);
-  const KvSpec spec = parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads, o.swa_full,
-                                                         double(tail_slots) / std::max<uint32_t>(1, o.max_num_seqs), o.max_batched_tokens));
+  const uint32_t side_chunk =
+      engine_side_chunk(o.device, o.max_batched_tokens, o.max_model_len ? o.max_model_len : uint32_t(lm.model.config.max_seq));
+  const KvSpec spec = parse_kv_spec(
+      resolve_auto_kv_list(o.kv, lm, threads, o.swa_full, double(tail_slots) / std::max<uint32_t>(1, o.max_num_seqs), side_chunk));
   const auto& cfg = lm.model.config;
   const uint32_t ctx = o.max_model_len ? o.max_model_len : uint32_t(cfg.max_seq);
   TQ_CHECK(ctx >= 2 && ctx <= uint32_t(cfg.max_seq), "--max-model-len must be in 2..{} (the model's context), got {}", cfg.max_seq, ctx);

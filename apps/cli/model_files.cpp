@@ -59,6 +59,10 @@ std::string read_text_file(const std::string& path, const std::string& what) {
   return ss.str();
 }
 
+uint32_t engine_side_chunk(const std::string& device, uint32_t chunk, uint32_t context) {
+  return device == "cuda" ? kSideRollback : std::min(chunk, context);
+}
+
 std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads, bool swa_full, double tail_copies,
                                  uint32_t side_chunk) {
   std::string out;

@@ -45,6 +45,11 @@ LoadedModel load_checked_draft(const std::string& path, const std::string& token
 // + window (the CPU engine's chunk of queries; a page more with prefix tails).
 std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& lm, unsigned threads, bool swa_full = false,
                                  double tail_copies = 0, uint32_t side_chunk = kKvSizeSideExtra);
+// The side rows an engine keeps beyond sink + window, prefix tails aside, for --device `device`
+// and a forward pass of `chunk` tokens over a context of `context`: the CUDA runner's
+// kSideRollback, the CPU engine's chunk (at most the context; also where --device auto may pick
+// either: the larger count, so that a mem= budget is never exceeded).
+uint32_t engine_side_chunk(const std::string& device, uint32_t chunk, uint32_t context);
 // Parses every entry of a --kv list (automatic ones too) and throws tq::Error naming the bad part:
 // before a model is loaded, so that a typo costs no load.
 // one_for: the command, when it takes one spec only ("tq run"): a list is refused naming it.

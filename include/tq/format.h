@@ -11,7 +11,7 @@
 //   K codes | K QJL signs (prod keys only) | V codes | K norms | K residual norms (prod) | V norms
 // Fractional widths (kTqSplit, "k2.5"): a row's codes are the outlier part's then the rest's, and
 // its norm entry is two fp16 norms (outliers, rest). Trellis-coded rows (kTqTcq, "k3t") are laid
-// out as MSE rows of the same width: only what a code means differs (tcq_code_* below).
+// out as MSE rows of the same width: only what a code means differs (tcq_level_index below).
 #pragma once
 
 #include <cstdint>

@@ -20,7 +20,8 @@ class TurboQuantizer final : public Quantizer {
     norm_row_ = norm_row_bytes(tq_.tensor_code());
   }
   std::string name() const override {
-    return fmt::format("turboquant-{}{}{}", tq_.config().prod ? "prod" : "mse", tq_.config().bits, tq_.split() ? ".5" : "");
+    return fmt::format("turboquant-{}{}{}", tq_.config().prod ? "prod" : "mse", tq_.config().bits,
+                       tq_.split() ? ".5" : tq_.config().tcq ? "t" : "");
   }
   uint32_t dim() const override { return tq_.dim(); }
   size_t bytes(size_t rows) const override { return rows * (code_row_ + qjl_row_ + norm_row_ + (tq_.config().prod ? 2 : 0)); }

@@ -129,7 +129,7 @@ void validate_cache_layout(const CacheView& c) {
     TQ_CHECK((tab.signs != nullptr) != (tab.matrix != nullptr), "cache view: {} needs exactly one of Hadamard signs or a dense matrix", name);
     TQ_CHECK(tab.bits == mse_bits(code), "cache view: {} table bits {} differ from the encoding's {}", name, tab.bits, mse_bits(code));
     TQ_CHECK(tab.tcq == (code.enc == Encoding::kTqTcq), "cache view: {} tables are {}trellis-coded, the encoding is {}", name,
-             tab.tcq ? "" : "not ", tab.tcq ? "not" : "");
+             tab.tcq ? "" : "not ", tab.tcq ? "not" : "trellis-coded");
   }
   if (is_tq(c.k.enc) || is_tq(c.v.enc))
     TQ_CHECK(c.fwht_scale > 0, "cache view: fwht_scale must be float(1/sqrt(padded dim)), got {}", c.fwht_scale);

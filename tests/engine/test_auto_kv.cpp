@@ -295,8 +295,9 @@ TEST(AutoKv, MemCountsSlidingWindowLayersAtTheirRing) {
   const cpu::KvStore store(shape, cht.spec);
   // the budget's ring bytes of one sequence, tails included (no global layer counted)
   EXPECT_EQ(double(store.ring_bytes() + store.tail_bytes()), held_of(cht.spec, 2, 0)) << cht.spec.canonical();
-  // The side rows an engine keeps beyond sink + window (tq serve's CPU chunk of 512 and a page for
-  // the tails, where kv-size counts 64): the budget pays the store's side bytes exactly.
+  // The side rows an engine keeps beyond sink + window (a CPU chunk of 256, as the store below
+  // keeps, and a page for the tails, where kv-size counts 64): the budget pays the store's side
+  // bytes exactly.
   AutoKvRequest chunked = parse_auto_kv(fmt::format("auto:mem={}:context={}:calib=x:sink=4:window=64", uint64_t(budget) + (8u << 20), ctx));
   chunked.side_extra = 256 + 16;
   chunked.tail_copies = 1;

@@ -114,8 +114,9 @@ class TurboQuant {
   bool can_score_decoded() const;
   float dot_decoded(const Query& q, const float* decoded, const ConstRowRef& row) const;
 
-  // Decoded row in the rotated domain, unit norm scale: c[codes] (+ QJL term). out: [pd]. Split
-  // rows have no single norm: each part comes times its own norm.
+  // Decoded row in the rotated domain, unit norm scale: c[codes] (+ QJL term; tcq rows: the
+  // levels of the trellis path). out: [pd]. Split rows have no single norm: each part comes times
+  // its own norm.
   void decode_rotated(const ConstRowRef& in, float* out) const;
   // acc += weight * norm * decode_rotated(row): accumulating values for attention stays in the
   // rotated domain; un-rotate the sum once with unrotate(). acc: [pd]. Split rows: acc +=
@@ -127,7 +128,8 @@ class TurboQuant {
   void unrotate(const float* acc, float* out) const;
 
  private:
-  // <rotated query, c[codes]> of this instance's codes, without the norm: scalar / SIMD when present.
+  // <rotated query, c[codes]> of this instance's codes (tcq rows: their levels), without the norm:
+  // scalar / SIMD when present.
   float codes_dot(const float* qrot, const uint32_t* codes) const;
   // A tcq row's levels, unit norm scale. out: [pd]
   void tcq_levels(const uint32_t* codes, float* out) const;
