@@ -134,6 +134,18 @@ float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_
 
 void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* levels, float* out) {
   const CentroidLookup lookup(bits + 1, levels);
+  if (bits == 2 || bits == 3) {
+    // Each group transcoded to its plain (bits + 1)-bit group of union indices on whole words
+    // (format.h tcq_index_group2/3), then read as plain codes are.
+    uint32_t t1 = 0, t2 = 0, idx[4];
+    for (uint32_t g = 0; g < pd / kGroup; ++g) {
+      const uint32_t* w = codes + g * bits;
+      bits == 2 ? tcq_index_group2(w, t1, t2, idx) : tcq_index_group3(w, t1, t2, idx);
+      for (uint32_t og = 0; og < 4; ++og) _mm256_storeu_ps(out + g * 32 + og * 8, lookup(idx, og));
+      t1 = tcq_last_branch(w, bits, 0), t2 = tcq_last_branch(w, bits, 1);
+    }
+    return;
+  }
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), one = _mm256_set1_epi32(1);
   const __m256i low = _mm256_set1_epi32((1 << (bits - 1)) - 1);
   // Expands the low 8 bits of m to lanes 0..7 (bit k -> lane k, 0 or 1).
