@@ -114,15 +114,17 @@ void bind_codec(nb::module_& m) {
                           "Quantizes rows of float32 to packed bytes and back: TurboQuant, or a baseline (Quantizer.baseline).")
       .def(
           "__init__",
-          [](PyQuantizer* self, uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t seed, bool nc) {
+          [](PyQuantizer* self, uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t seed, bool nc, bool tcq) {
             PyQuantizer q;
-            q.q = make_turboquant(tq_config(dim, bits, prod, rotation, seed, nc));
-            q.desc = fmt::format("Quantizer(dim={}, bits={}, prod={}, rotation='{}', seed={}, norm_correction={})", dim, bits,
-                                 prod ? "True" : "False", rotation, seed, nc ? "True" : "False");
+            TqConfig cfg = tq_config(dim, bits, prod, rotation, seed, nc);
+            cfg.tcq = tcq;  // trellis-coded (format.h kTqTcq); TurboQuant refuses it with prod, and above 7 bits
+            q.q = make_turboquant(cfg);
+            q.desc = fmt::format("Quantizer(dim={}, bits={}, prod={}, rotation='{}', seed={}, norm_correction={}{})", dim, bits,
+                                 prod ? "True" : "False", rotation, seed, nc ? "True" : "False", tcq ? ", tcq=True" : "");
             new (self) PyQuantizer(std::move(q));
           },
           nb::arg("dim"), nb::arg("bits") = 3, nb::kw_only(), nb::arg("prod") = false, nb::arg("rotation") = "auto", nb::arg("seed") = 0,
-          nb::arg("norm_correction") = false)
+          nb::arg("norm_correction") = false, nb::arg("tcq") = false)
       .def_static(
           "baseline",
           [](const std::string& name, uint32_t dim, uint32_t group, float fp8_scale) {

@@ -36,6 +36,19 @@ def test_dot_is_the_dot_of_the_decoded_rows():
     np.testing.assert_allclose(q.dot(query, codes), q.dequantize(codes) @ query, rtol=1e-4, atol=1e-5)
 
 
+def test_trellis_coded_quantizer():
+    x = unit_rows(400, 128, seed=5)
+    plain, trellis = tq.Quantizer(dim=128, bits=3), tq.Quantizer(dim=128, bits=3, tcq=True)
+    assert trellis.name == "turboquant-mse3t" and trellis.bytes(7) == plain.bytes(7)  # the same bytes, other codes
+    err = {q.name: ((q.dequantize(q.quantize(x)) - x) ** 2).sum(axis=1).mean() for q in (plain, trellis)}
+    assert err["turboquant-mse3t"] < err["turboquant-mse3"] * 10 ** -0.05, err  # at least 0.5 dB (measured 1.2)
+    query = unit_rows(1, 128, seed=6)[0]
+    codes = trellis.quantize(x)
+    np.testing.assert_allclose(trellis.dot(query, codes), trellis.dequantize(codes) @ query, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="trellis-coded rows are MSE rows"):
+        tq.Quantizer(dim=128, bits=3, prod=True, tcq=True)
+
+
 def test_prod_is_unbiased():
     d, n = 128, 1500
     x, y = unit_rows(n, d, seed=3), unit_rows(n, d, seed=4)
