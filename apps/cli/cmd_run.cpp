@@ -122,7 +122,9 @@ void run(const Options& o) {
   const KvSpec draft_spec = for_draft(
       [&] { return parse_kv_spec(o.draft_kv.empty() && !engine::is_auto_kv(o.kv) ? o.kv : o.draft_kv.empty() ? "fp16" : o.draft_kv); });
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
-  const KvSpec spec = parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads, o.swa_full, 0, engine_side_chunk(o.device, engine::EngineOptions{}.max_chunk, UINT32_MAX)));
+  // (an auto: mem= budget counts the side rows of the engine's default chunk)
+  const uint32_t side_chunk = engine_side_chunk(o.device, engine::EngineOptions{}.max_chunk, UINT32_MAX);
+  const KvSpec spec = parse_kv_spec(resolve_auto_kv_list(o.kv, lm, threads, o.swa_full, 0, side_chunk));
   const auto& cfg = lm.model.config;
   const auto& tok = *lm.tokenizer;
   TQ_CHECK(!o.chat || cfg.chat_template != model::ChatTemplate::None, "--chat: '{}' {}", lm.path, cfg.chat_template_missing());  // names the file
