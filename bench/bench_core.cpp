@@ -82,11 +82,13 @@ void BM_FusedDot(benchmark::State& s) {
 
 void args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"d", "bits", "simd", "tcq"});
-  for (int d : {64, 128, 256})
+  for (int d : {64, 128, 256}) {
     for (int bits : {3, 2}) {
       for (int simd : {0, 1}) b->Args({d, bits, simd, 0});
       b->Args({d, bits, 1, 1});
     }
+    for (int tcq : {0, 1}) b->Args({d, 4, 1, tcq});  // the edge layers' width
+  }
 }
 
 BENCHMARK(BM_Quantize)->Apply(args);
