@@ -22,9 +22,7 @@ import os
 
 import numpy as np
 
-from llama_numpy import Model, per_head, scores, token_ids
-
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+from llama_numpy import Model, add_model_args, per_head, scores, token_ids
 
 
 def lloyd_max(x, w, levels, iters=300):
@@ -57,13 +55,7 @@ def hadamard(d):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--tq", default=os.path.join(ROOT, "build", "release", "apps", "cli", "tq"))
-    ap.add_argument("--model", default=os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    ap.add_argument("--text", default=os.path.join(ROOT, "..", "shared", "data", "text", "northanger_abbey.txt"))
-    ap.add_argument("--calib", default=os.path.join(ROOT, "..", "shared", "data", "text", "emma.txt"),
-                    help="calibration text: the key centres and the fitted codebooks (its first --calib-tokens tokens)")
-    ap.add_argument("--calib-tokens", type=int, default=256)
-    ap.add_argument("--tokens", type=int, default=1024)
+    add_model_args(ap, "the key centres and the fitted codebooks", calib_tokens=256)
     ap.add_argument("--bits", type=int, default=3)
     a = ap.parse_args()
     m = Model(a.model)

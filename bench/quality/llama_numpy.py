@@ -15,6 +15,22 @@ import gguf  # noqa: E402
 from ref_logits import dequantize  # noqa: E402
 
 
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def add_model_args(ap, calib_help, calib_tokens, tokens=1024):
+    """The options of an experiment that runs the model over a text: the tq binary (its
+    tokenizer), the GGUF, the text scored (its first --tokens tokens), and a calibration text (its
+    first --calib-tokens tokens; calib_help says what it fixes)."""
+    ap.add_argument("--tq", default=os.path.join(ROOT, "build", "release", "apps", "cli", "tq"), help="the tq binary (tokenizer)")
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    ap.add_argument("--text", default=os.path.join(ROOT, "..", "shared", "data", "text", "northanger_abbey.txt"))
+    ap.add_argument("--calib", default=os.path.join(ROOT, "..", "shared", "data", "text", "emma.txt"),
+                    help=f"calibration text: {calib_help} (its first --calib-tokens tokens)")
+    ap.add_argument("--calib-tokens", type=int, default=calib_tokens)
+    ap.add_argument("--tokens", type=int, default=tokens)
+
+
 def token_ids(tq, model, path, n):
     """The first n token ids of a text file as `tq run` (the binary at tq) tokenizes it for model:
     its --logits file starts with them."""

@@ -56,9 +56,8 @@ import sys
 import numpy as np
 
 from codebook_fit import hadamard, ideal_codebook
-from llama_numpy import Model, per_head, scores, token_ids
+from llama_numpy import Model, add_model_args, per_head, scores, token_ids
 
-ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 NORM_BITS = 16  # the format's fp16 norm a row
 
 
@@ -240,13 +239,7 @@ class Channel:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--tq", default=os.path.join(ROOT, "build", "release", "apps", "cli", "tq"), help="the tq binary (tokenizer)")
-    ap.add_argument("--model", default=os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    ap.add_argument("--text", default=os.path.join(ROOT, "..", "shared", "data", "text", "northanger_abbey.txt"))
-    ap.add_argument("--calib", default=os.path.join(ROOT, "..", "shared", "data", "text", "emma.txt"),
-                    help="calibration text: centres, covariances (its first --calib-tokens tokens)")
-    ap.add_argument("--calib-tokens", type=int, default=512)
-    ap.add_argument("--tokens", type=int, default=1024)
+    add_model_args(ap, "centres, covariances", calib_tokens=512)
     ap.add_argument("--configs", default="tq:4/tq:4,shannon:4/shannon:4,klt:4/klt:4", help="KEYS/VALUES,... (see above)")
     ap.add_argument("--ip", action="store_true", help="tq, tcq, shannon and split rows: each norm rescaled so that <u^, u> = 1")
     ap.add_argument("--centre", action="store_true", help="tq, tcq and shannon keys: less their calibration mean (klt, split: always)")
