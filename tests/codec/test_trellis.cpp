@@ -53,6 +53,13 @@ std::vector<float> random_levels(uint32_t bits, Rng& rng) {
   return l;
 }
 
+// n random codes of `bits` bits.
+std::vector<uint8_t> random_codes(size_t n, uint32_t bits, Rng& rng) {
+  std::vector<uint8_t> codes(n);
+  for (uint8_t& c : codes) c = uint8_t(rng.next() % (1u << bits));
+  return codes;
+}
+
 // The least squared error over every branch sequence of n coordinates: the branches fix each
 // coordinate's subset, and then each coordinate's best level is its subset's nearest.
 double exhaustive(const float* y, uint32_t n, const std::vector<float>& levels) {
@@ -103,8 +110,7 @@ TEST(Trellis, WindowDecodeEqualsTheWalk) {
   Rng rng(9);
   for (uint32_t bits = 1; bits <= 7; ++bits) {
     const std::vector<float> levels = random_levels(bits, rng);
-    std::vector<uint8_t> codes(300);
-    for (uint8_t& c : codes) c = uint8_t(rng.next() % (1u << bits));
+    const std::vector<uint8_t> codes = random_codes(300, bits, rng);
     std::vector<float> out(codes.size());
     tcq_decode(codes.data(), uint32_t(codes.size()), levels.data(), bits, out.data());
     EXPECT_EQ(out, walk(codes, levels, bits)) << bits;
@@ -118,8 +124,7 @@ TEST(Trellis, GroupsReadAsPlainIndexCodes) {
   Rng rng(13);
   for (uint32_t bits = 1; bits <= 7; ++bits) {
     const std::vector<float> levels = random_levels(bits, rng);
-    std::vector<uint8_t> codes(128);
-    for (uint8_t& c : codes) c = uint8_t(rng.next() % (1u << bits));
+    const std::vector<uint8_t> codes = random_codes(128, bits, rng);
     std::vector<uint32_t> words(4 * bits);
     pack_row(codes.data(), 128, bits, words.data());
     std::vector<float> want(128), got(128);
