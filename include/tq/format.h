@@ -260,11 +260,43 @@ TQ_HD void tcq_index_group(const uint32_t* in, uint32_t bits, uint32_t t1, uint3
   }
   pack_group(index, bits + 1, out);
 }
+// Where a group of b-bit trellis codes keeps octet o's branch bits (the codes' top bit: the top bit
+// of the last plane): word tcq_branch_word(b, o) of the group, shifted down by tcq_branch_shift(b, o),
+// holds coordinate 8o + k's at bit 4k. (Widths 1..7: the last plane is 1, 2 or 4 bits wide.)
+TQ_HD constexpr uint32_t tcq_branch_word(uint32_t bits, uint32_t o) {
+  const uint32_t p = plane_count(bits) - 1;
+  return plane_word0(bits, p) + plane_word(plane_width(bits, p), 8 * o);
+}
+TQ_HD constexpr uint32_t tcq_branch_shift(uint32_t bits, uint32_t o) {
+  const uint32_t p = plane_count(bits) - 1;
+  return plane_bit(plane_width(bits, p), 8 * o) + (bits - 1 - plane_word0(bits, p));
+}
 // The branch bits of a group's coordinates 31 and 30: the next group's t1 and t2.
 TQ_HD constexpr uint32_t tcq_last_branch(const uint32_t* in, uint32_t bits, uint32_t back) {
-  const uint32_t i = 31 - back, w = plane_width(bits, plane_count(bits) - 1);  // the top code bit: the last plane's top bit
-  const uint32_t word0 = plane_word0(bits, plane_count(bits) - 1);
-  return (in[word0 + plane_word(w, i)] >> (plane_bit(w, i) + (bits - 1 - word0))) & 1u;
+  return (in[tcq_branch_word(bits, 3)] >> (tcq_branch_shift(bits, 3) + 4 * (7 - back))) & 1u;
+}
+
+// One octet's union indices, word-parallel: t holds the octet's branch bits (coordinate k's at bit
+// 4k), j their subset indices (coordinate k's in nibble k), last and before the branch bits of the
+// two coordinates before the octet (0 or 1). Returns coordinate k's tcq_level_index in nibble k
+// (an index < 16: widths up to 3 bits), the GPU's selector format (octet_selector). The branch
+// bits of coordinates k - 1 and k - 2 are t shifted up one and two nibbles, the carries in
+// nibbles 0 and 1.
+TQ_HD constexpr uint32_t tcq_index_nibbles(uint32_t t, uint32_t j, uint32_t last, uint32_t before) {
+  const uint32_t p1 = (t << 4) | last, p2 = (t << 8) | (last << 4) | before;
+  return p1 | ((p2 ^ t) << 1) | (j << 2);
+}
+
+// tcq_index_nibbles from an octet's codes as the GPU's selectors hold them (coordinate k's b-bit
+// code in nibble k, b <= 3: octet_selector): prev is the branch word of the octet before it (bit
+// 28: coordinate 7's branch bit, bit 24: coordinate 6's; other bits ignored) — this call's own,
+// from a group's words (tcq_branch_word and _shift), or 0 at a row's start — and becomes this
+// octet's, for the next call.
+TQ_HD uint32_t tcq_octet_index(uint32_t codes, uint32_t bits, uint32_t& prev) {
+  const uint32_t t = (codes >> (bits - 1)) & 0x11111111u, j = codes & (0x11111111u * ((1u << (bits - 1)) - 1u));
+  const uint32_t idx = tcq_index_nibbles(t, j, (prev >> 28) & 1u, (prev >> 24) & 1u);
+  prev = t;
+  return idx;
 }
 
 // The same word-parallel for 2- and 3-bit groups (the kernels' widths), on whole words: every
@@ -277,8 +309,7 @@ TQ_HD void tcq_index_group3(const uint32_t* in, uint32_t t1, uint32_t t2, uint32
   for (uint32_t o = 0; o < 4; ++o) {  // octet o = output word o, coordinate 8o + k in nibble k
     const uint32_t t = (w2 >> o) & 0x11111111u, j = (in[o / 2] >> (2 * (o % 2))) & 0x33333333u;
     const uint32_t last = o ? (w2 >> (27 + o)) & 1u : t1, before = o ? (w2 >> (23 + o)) & 1u : t2;  // t of 8o - 1, 8o - 2
-    const uint32_t p1 = (t << 4) | last, p2 = (t << 8) | (last << 4) | before;
-    out[o] = p1 | ((p2 ^ t) << 1) | (j << 2);
+    out[o] = tcq_index_nibbles(t, j, last, before);
   }
 }
 //   2 bits: in = [2-bit plane: j | t << 1][the same]; out = [2-bit plane][2-bit plane][1-bit plane].

@@ -160,6 +160,46 @@ TEST(Trellis, GroupsReadAsPlainIndexCodes) {
   }
 }
 
+// The GPU kernels read trellis codes an octet at a time (src/cuda/trellis_read.cuh): format.h's
+// tcq_octet_index on the octet's codes as selector nibbles, its carry from the octet before it,
+// found by tcq_branch_word and tcq_branch_shift in the same group or, for octet 0, in the group
+// before (none at the row's start). From any first octet of either of two groups, that gives
+// tcq_index_group's indices, on random and hostile words.
+TEST(Trellis, OctetsReadAloneWithTheirCarries) {
+  Rng rng(17);
+  for (uint32_t bits = 1; bits <= 3; ++bits)
+    for (int trial = 0; trial < 400; ++trial) {
+      const uint32_t kind = uint32_t(trial % 5);
+      uint32_t row[6];  // two groups of `bits` words
+      for (uint32_t i = 0; i < 2 * bits; ++i)
+        row[i] = kind == 0 ? 0u : kind == 1 ? ~0u : kind == 2 ? (i % 2 ? 0xaaaaaaaau : 0x55555555u) : uint32_t(rng.next());
+      for (uint32_t g = 0; g < 2; ++g) {
+        const uint32_t* group = row + g * bits;
+        const uint32_t t1 = g ? tcq_last_branch(row, bits, 0) : 0, t2 = g ? tcq_last_branch(row, bits, 1) : 0;
+        uint32_t want_words[4];
+        uint8_t want[32], codes[32];
+        tcq_index_group(group, bits, t1, t2, want_words);
+        unpack_group(want_words, bits + 1, want);
+        unpack_group(group, bits, codes);
+        for (uint32_t og0 = 0; og0 < 4; ++og0) {
+          uint32_t prev = 0;  // tcq_carry
+          if (og0 > 0)
+            prev = group[tcq_branch_word(bits, og0 - 1)] >> tcq_branch_shift(bits, og0 - 1);
+          else if (g > 0)
+            prev = row[tcq_branch_word(bits, 3)] >> tcq_branch_shift(bits, 3);
+          for (uint32_t o = og0; o < 4; ++o) {
+            uint32_t sel = 0;
+            for (uint32_t k = 0; k < 8; ++k) sel |= uint32_t(codes[8 * o + k]) << (4 * k);
+            const uint32_t idx = tcq_octet_index(sel, bits, prev);
+            for (uint32_t k = 0; k < 8; ++k)
+              ASSERT_EQ((idx >> (4 * k)) & 15u, want[8 * o + k])
+                  << bits << " bits, group " << g << ", from octet " << og0 << ", coordinate " << 8 * o + k << ", trial " << trial;
+          }
+        }
+      }
+    }
+}
+
 TEST(Trellis, RefusesWidthsAndLengthsOutsideItsRange) {
   const std::vector<float> levels(512, 0.0f);
   float y[4] = {};
