@@ -25,6 +25,9 @@ void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const 
 // values, the trellis from the row's start): bit-identical to tcq_decode on the unpacked codes.
 // levels: the union, [2^(bits + 1)]; bits 1..7.
 void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* levels, float* out);
+// sum_i q[i] * levels[...] over a row of 2- or 3-bit trellis codes, fused: bit-identical to
+// dot_decoded_avx2(q, v, pd, bits) over tcq_decode_avx2's v.
+float tcq_dot_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t bits, const float* levels);
 // sum_i q[i] * v[i] for v = decode_codes_avx2's output: bit-identical to dot_codes_avx2 on the codes
 // (the same products in the same accumulators).
 float dot_decoded_avx2(const float* q, const float* v, uint32_t pd, uint32_t bits);

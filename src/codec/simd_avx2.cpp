@@ -132,17 +132,71 @@ float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_
   return hsum(_mm256_add_ps(acc0, acc1));
 }
 
+namespace {
+
+// A group of 2- or 3-bit trellis codes as union indices, its four octets at once (lane o: octet
+// o as format.h's tcq_octet_index gives it, coordinate 8o + k's index in nibble k). carry: the
+// branch word of the octet before the group (0 at the row's start), replaced by octet 3's.
+inline __m128i tcq_group_indices(const uint32_t* w, uint32_t bits, uint32_t& carry) {
+  const __m128i ones = _mm_set1_epi32(0x11111111), one = _mm_set1_epi32(1);
+  // The codes of octet o as nibbles: the 2-bit plane's field (word o / 2, shift 2 (o % 2)), and
+  // for 3 bits the 1-bit plane's (shift o) as bit 2.
+  __m128i c = _mm_and_si128(_mm_srlv_epi32(_mm_setr_epi32(int(w[0]), int(w[0]), int(w[1]), int(w[1])), _mm_setr_epi32(0, 2, 0, 2)),
+                            _mm_set1_epi32(0x33333333));
+  __m128i t, j;
+  if (bits == 3) {
+    t = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(int(w[2])), _mm_setr_epi32(0, 1, 2, 3)), ones);
+    j = c;
+  } else {
+    t = _mm_and_si128(_mm_srli_epi32(c, 1), ones);
+    j = _mm_and_si128(c, ones);
+  }
+  // Lane o's carries are octet o - 1's branch bits 28 and 24; lane 0's the group's carry.
+  const __m128i prev = _mm_or_si128(_mm_slli_si128(t, 4), _mm_cvtsi32_si128(int(carry)));
+  const __m128i last = _mm_and_si128(_mm_srli_epi32(prev, 28), one), before = _mm_and_si128(_mm_srli_epi32(prev, 24), one);
+  const __m128i p1 = _mm_or_si128(_mm_slli_epi32(t, 4), last);
+  const __m128i p2 = _mm_or_si128(_mm_or_si128(_mm_slli_epi32(t, 8), _mm_slli_epi32(last, 4)), before);
+  carry = uint32_t(_mm_extract_epi32(t, 3));
+  return _mm_or_si128(_mm_or_si128(p1, _mm_slli_epi32(_mm_xor_si128(p2, t), 1)), _mm_slli_epi32(j, 2));
+}
+
+// Lane o of idx (8 nibbles) as 8 lanes.
+template <int O>
+inline __m256i nibble_lanes(__m128i idx) {
+  const __m256i k4 = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(_mm_extract_epi32(idx, O)), k4), _mm256_set1_epi32(0xf));
+}
+
+}  // namespace
+
+float tcq_dot_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t bits, const float* levels) {
+  // tcq_decode_avx2's levels in dot_decoded_avx2's order (two accumulators: even octets, odd), so
+  // the same bits as scoring the decoded row, without storing it.
+  const CentroidLookup lookup(bits + 1, levels);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  uint32_t carry = 0;
+  for (uint32_t g = 0; g < pd / kGroup; ++g) {
+    const __m128i idx = tcq_group_indices(codes + g * bits, bits, carry);
+    const float* qg = q + g * 32;
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg), lookup.at(nibble_lanes<0>(idx)), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8), lookup.at(nibble_lanes<1>(idx)), acc1);
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 16), lookup.at(nibble_lanes<2>(idx)), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 24), lookup.at(nibble_lanes<3>(idx)), acc1);
+  }
+  return hsum(_mm256_add_ps(acc0, acc1));
+}
+
 void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* levels, float* out) {
   const CentroidLookup lookup(bits + 1, levels);
-  if (bits == 2 || bits == 3) {
-    // Each group transcoded to its plain (bits + 1)-bit group of union indices on whole words
-    // (format.h tcq_index_group2/3), then read as plain codes are.
-    uint32_t t1 = 0, t2 = 0, idx[4];
+  if (bits == 2 || bits == 3) {  // each group's union indices at once (tcq_group_indices), then looked up
+    uint32_t carry = 0;
     for (uint32_t g = 0; g < pd / kGroup; ++g) {
-      const uint32_t* w = codes + g * bits;
-      bits == 2 ? tcq_index_group2(w, t1, t2, idx) : tcq_index_group3(w, t1, t2, idx);
-      for (uint32_t og = 0; og < 4; ++og) _mm256_storeu_ps(out + g * 32 + og * 8, lookup(idx, og));
-      t1 = tcq_last_branch(w, bits, 0), t2 = tcq_last_branch(w, bits, 1);
+      const __m128i idx = tcq_group_indices(codes + g * bits, bits, carry);
+      float* o = out + g * 32;
+      _mm256_storeu_ps(o, lookup.at(nibble_lanes<0>(idx)));
+      _mm256_storeu_ps(o + 8, lookup.at(nibble_lanes<1>(idx)));
+      _mm256_storeu_ps(o + 16, lookup.at(nibble_lanes<2>(idx)));
+      _mm256_storeu_ps(o + 24, lookup.at(nibble_lanes<3>(idx)));
     }
     return;
   }

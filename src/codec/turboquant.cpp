@@ -153,6 +153,7 @@ void TurboQuant::tcq_levels(const uint32_t* codes, float* out) const {
 
 float TurboQuant::codes_dot_fast(const float* qrot, const uint32_t* codes) const {
   if (cfg_.tcq && cpu::has_avx2_fma()) {
+    if (code_bits() == 2 || code_bits() == 3) return simd::tcq_dot_avx2(qrot, codes, pd_, code_bits(), cb_->centroids.data());
     float v[kMaxHeadDim];
     tcq_levels(codes, v);
     return simd::dot_decoded_avx2(qrot, v, pd_, code_bits());
