@@ -249,7 +249,8 @@ TQ_HD void unpack_row(const uint32_t* in, uint32_t head_dim, uint32_t bits, uint
 // (tcq_level_index) of a group of 32 trellis codes `in` ([bits] words), t1 and t2 the branch bits
 // of the two coordinates before the group (0 at a row's start). out: [bits + 1] words, laid out as
 // any group of that width, so that a reader of plain (bits + 1)-bit codes, given the union as its
-// table, reads the trellis row's levels. The reference of tcq_index_group2/3 below.
+// table, reads the trellis row's levels. The reference of the readers' octet-at-a-time transcode
+// (tcq_octet_index below: the CPU's AVX2 decode, the GPU kernels).
 TQ_HD void tcq_index_group(const uint32_t* in, uint32_t bits, uint32_t t1, uint32_t t2, uint32_t* out) {
   uint8_t codes[32], index[32];
   unpack_group(in, bits, codes);
@@ -288,43 +289,15 @@ TQ_HD constexpr uint32_t tcq_index_nibbles(uint32_t t, uint32_t j, uint32_t last
 }
 
 // tcq_index_nibbles from an octet's codes as the GPU's selectors hold them (coordinate k's b-bit
-// code in nibble k, b <= 3: octet_selector): prev is the branch word of the octet before it (bit
-// 28: coordinate 7's branch bit, bit 24: coordinate 6's; other bits ignored) — this call's own,
-// from a group's words (tcq_branch_word and _shift), or 0 at a row's start — and becomes this
-// octet's, for the next call.
+// code in nibble k, b <= 3: octet_selector). prev: the branch word of the octet before it (bit
+// 28: coordinate 7's branch bit, bit 24: coordinate 6's; other bits ignored), that is the previous
+// call's, or one read from a group's words (tcq_branch_word and _shift), or 0 at a row's start;
+// it becomes this octet's.
 TQ_HD uint32_t tcq_octet_index(uint32_t codes, uint32_t bits, uint32_t& prev) {
   const uint32_t t = (codes >> (bits - 1)) & 0x11111111u, j = codes & (0x11111111u * ((1u << (bits - 1)) - 1u));
   const uint32_t idx = tcq_index_nibbles(t, j, (prev >> 28) & 1u, (prev >> 24) & 1u);
   prev = t;
   return idx;
-}
-
-// The same word-parallel for 2- and 3-bit groups (the kernels' widths), on whole words: every
-// field of a plane moves by one shift and mask, the branch bits of coordinates k - 1 and k - 2
-// by shifting the branch bits' nibbles up one and two places, with the previous octet's (or
-// group's) last two carried into nibbles 0 and 1.
-//   3 bits: in = [2-bit plane: j][2-bit plane: j][1-bit plane: t]; out = 4 words of a 4-bit plane.
-TQ_HD void tcq_index_group3(const uint32_t* in, uint32_t t1, uint32_t t2, uint32_t* out) {
-  const uint32_t w2 = in[2];
-  for (uint32_t o = 0; o < 4; ++o) {  // octet o = output word o, coordinate 8o + k in nibble k
-    const uint32_t t = (w2 >> o) & 0x11111111u, j = (in[o / 2] >> (2 * (o % 2))) & 0x33333333u;
-    const uint32_t last = o ? (w2 >> (27 + o)) & 1u : t1, before = o ? (w2 >> (23 + o)) & 1u : t2;  // t of 8o - 1, 8o - 2
-    out[o] = tcq_index_nibbles(t, j, last, before);
-  }
-}
-//   2 bits: in = [2-bit plane: j | t << 1][the same]; out = [2-bit plane][2-bit plane][1-bit plane].
-TQ_HD void tcq_index_group2(const uint32_t* in, uint32_t t1, uint32_t t2, uint32_t* out) {
-  uint32_t last = t1, before = t2;  // t of the coordinates before the word's first octet
-  for (uint32_t q = 0; q < 2; ++q) {  // word q: octets 2q (bits 4k) and 2q + 1 (bits 4k + 2)
-    const uint32_t t = (in[q] >> 1) & 0x55555555u;
-    // The octet 2q + 1's carries are octet 2q's coordinates 7 and 6 (bits 28 and 24 of t).
-    const uint32_t p1 = (t << 4) | last | (((t >> 28) & 1u) << 2);
-    const uint32_t p2 = (t << 8) | (last << 4) | before | (((t >> 28) & 1u) << 6) | (((t >> 24) & 1u) << 2);
-    out[q] = p1 | ((p2 ^ t) << 1);
-    last = (t >> 30) & 1u, before = (t >> 26) & 1u;  // octet 2q + 1's coordinates 7 and 6
-  }
-  const uint32_t j0 = in[0] & 0x55555555u, j1 = in[1] & 0x55555555u;
-  out[2] = (j0 & 0x11111111u) | (((j0 >> 2) & 0x11111111u) << 1) | ((j1 & 0x11111111u) << 2) | (((j1 >> 2) & 0x11111111u) << 3);
 }
 
 // QJL signs: bit i of the row (byte i / 8, bit i % 8) is 1 where (S r)_i >= 0.

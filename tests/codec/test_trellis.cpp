@@ -118,8 +118,7 @@ TEST(Trellis, WindowDecodeEqualsTheWalk) {
 }
 
 // A row read group by group as plain (bits + 1)-bit codes of union indices (tcq_index_group, the
-// carries from tcq_last_branch) gives tcq_decode's levels; the kernels' word-parallel forms for
-// 2 and 3 bits equal the reference on random and hostile words, for every carry.
+// carries from tcq_last_branch) gives tcq_decode's levels.
 TEST(Trellis, GroupsReadAsPlainIndexCodes) {
   Rng rng(13);
   for (uint32_t bits = 1; bits <= 7; ++bits) {
@@ -143,25 +142,11 @@ TEST(Trellis, GroupsReadAsPlainIndexCodes) {
     }
     EXPECT_EQ(got, want) << bits;
   }
-  for (int trial = 0; trial < 2000; ++trial) {
-    const uint32_t kind = uint32_t(trial % 4);
-    uint32_t w[3];
-    for (uint32_t& x : w) x = kind == 0 ? 0u : kind == 1 ? ~0u : uint32_t(rng.next());
-    for (uint32_t t1 = 0; t1 < 2; ++t1)
-      for (uint32_t t2 = 0; t2 < 2; ++t2) {
-        uint32_t want[4], got[4];
-        tcq_index_group(w, 2, t1, t2, want);
-        tcq_index_group2(w, t1, t2, got);
-        for (int i = 0; i < 3; ++i) ASSERT_EQ(got[i], want[i]) << "2 bits, word " << i << " trial " << trial;
-        tcq_index_group(w, 3, t1, t2, want);
-        tcq_index_group3(w, t1, t2, got);
-        for (int i = 0; i < 4; ++i) ASSERT_EQ(got[i], want[i]) << "3 bits, word " << i << " trial " << trial;
-      }
-  }
 }
 
-// The GPU kernels read trellis codes an octet at a time (src/cuda/trellis_read.cuh): format.h's
-// tcq_octet_index on the octet's codes as selector nibbles, its carry from the octet before it,
+// Readers of trellis codes an octet at a time (the GPU kernels' way; the CPU's AVX2 decode takes a
+// group's four at once): format.h's tcq_octet_index on the octet's codes as selector nibbles, its
+// carry from the octet before it,
 // found by tcq_branch_word and tcq_branch_shift in the same group or, for octet 0, in the group
 // before (none at the row's start). From any first octet of either of two groups, that gives
 // tcq_index_group's indices, on random and hostile words.
