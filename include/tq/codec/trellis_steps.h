@@ -5,9 +5,9 @@
 // state of least cost (tcq_best_state) and the path traced back (tcq_traceback).
 //
 // Every float operation rounds once, in this order, on both sides: the device's intrinsics
-// (__fsub_rn, __fmul_rn, __fadd_rn) keep nvcc from fusing a multiply and an add into an FMA; on
-// the host the file that includes this is compiled with -ffp-contract=off (src/codec/CMakeLists.txt)
-// for the same reason. Comparisons are strict: ties keep the lower state, then the lower level.
+// (__fsub_rn, __fmul_rn, __fadd_rn) keep nvcc from fusing a multiply and an add into an FMA; the
+// host's C++ is compiled with -ffp-contract=off (the top CMakeLists.txt's tq_options) for the same
+// reason. Comparisons are strict: ties keep the lower state, then the lower level.
 #pragma once
 
 #include <cstdint>
