@@ -219,6 +219,55 @@ void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const fl
     }
 }
 
+void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t bits, float* cost, uint8_t* back, uint8_t (*near)[4]) {
+  // tq/codec/trellis_steps.h's tcq_nearest with the four subsets in the lanes of one register, then
+  // tcq_step with the four states: the same operations on the same values, so the same bits.
+  const uint32_t L = 2u << bits;  // the union's levels, <= 16
+  // The levels padded with +inf, 4 before and after: a candidate outside the union then has error
+  // +inf and never wins, as tcq_nearest skips it, and the gathers need no bounds.
+  float pad[24];
+  std::fill(pad, pad + 24, INFINITY);
+  std::copy(levels, levels + L, pad + 4);
+  const __m256 lev_lo = _mm256_loadu_ps(pad + 4), lev_hi = _mm256_loadu_ps(pad + 12);
+  const __m128i lane = _mm_setr_epi32(0, 1, 2, 3), four = _mm_set1_epi32(4), three = _mm_set1_epi32(3);
+  const __m128 inf = _mm_set1_ps(INFINITY);
+  // State ns is entered from state ns >> 1 ("lo") or (ns >> 1) | 2 ("hi") by branch ns & 1, which
+  // draw on subsets {0, 2, 1, 3} and {2, 0, 3, 1} (tcq_subset); tcq_step visits lo first.
+  const __m128i from_lo = _mm_setr_epi32(0, 0, 1, 1), from_hi = _mm_setr_epi32(2, 2, 3, 3);
+  const __m128i sub_lo = _mm_setr_epi32(0, 2, 1, 3), sub_hi = _mm_setr_epi32(2, 0, 3, 1);
+  const __m128i first_bytes = _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  __m128 c = _mm_setr_ps(0.0f, INFINITY, INFINITY, INFINITY);  // the row starts in state 0
+  for (uint32_t i = 0; i < n; ++i) {
+    const __m256 x8 = _mm256_set1_ps(y[i]);
+    const __m128 x = _mm256_castps256_ps128(x8);
+    // u, the levels below y[i]: lower_bound's index (the +inf padding is never below)
+    const uint32_t below = uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(lev_lo, x8, _CMP_LT_OQ))) |
+                           uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(lev_hi, x8, _CMP_LT_OQ))) << 8;
+    const __m128i u = _mm_set1_epi32(__builtin_popcount(below));
+    // lane k: subset k's first index >= u (up) and the one before it in the subset (up - 4)
+    const __m128i up = _mm_add_epi32(u, _mm_and_si128(_mm_sub_epi32(_mm_add_epi32(lane, four), _mm_and_si128(u, three)), three));
+    const __m128i dn = _mm_sub_epi32(up, four);
+    const __m128 d0 = _mm_sub_ps(x, _mm_i32gather_ps(pad + 4, dn, 4)), d1 = _mm_sub_ps(x, _mm_i32gather_ps(pad + 4, up, 4));
+    const __m128 e0 = _mm_mul_ps(d0, d0), e1 = _mm_mul_ps(d1, d1);
+    const __m128 take0 = _mm_cmplt_ps(e0, inf);
+    __m128 err = _mm_blendv_ps(inf, e0, take0);
+    __m128i arg = _mm_and_si128(_mm_castps_si128(take0), _mm_srai_epi32(dn, 2));
+    const __m128 take1 = _mm_cmplt_ps(e1, err);
+    err = _mm_blendv_ps(err, e1, take1);
+    arg = _mm_blendv_epi8(arg, _mm_srai_epi32(up, 2), _mm_castps_si128(take1));
+    const uint32_t idx = uint32_t(_mm_cvtsi128_si32(_mm_shuffle_epi8(arg, first_bytes)));  // near[i][k] in byte k
+    std::memcpy(near[i], &idx, 4);
+    // tcq_step
+    const __m128 c_lo = _mm_add_ps(_mm_permutevar_ps(c, from_lo), _mm_permutevar_ps(err, sub_lo));
+    const __m128 c_hi = _mm_add_ps(_mm_permutevar_ps(c, from_hi), _mm_permutevar_ps(err, sub_hi));
+    const __m128 lo = _mm_blendv_ps(inf, c_lo, _mm_cmplt_ps(c_lo, inf));
+    const __m128 hi_wins = _mm_cmplt_ps(c_hi, lo);
+    c = _mm_blendv_ps(lo, c_hi, hi_wins);
+    back[i] = uint8_t(_mm_movemask_ps(hi_wins));  // bit ns: the older branch bit of the state before
+  }
+  _mm_storeu_ps(cost, c);
+}
+
 void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids, float* out) {
   const CentroidLookup lookup(bits, centroids);
   for (uint32_t g = 0; g < pd / kGroup; ++g)

@@ -5,7 +5,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "simd.h"
 #include "tq/check.h"
+#include "tq/cpu_features.h"
 #include "tq/codec/trellis_steps.h"
 #include "tq/format.h"
 
@@ -22,11 +24,15 @@ double tcq_encode(const float* y, uint32_t n, const float* levels, uint32_t bits
   // Per coordinate: its back bits (tcq_step) and its subsets' nearest indices (tcq_nearest).
   uint8_t back[kMaxLen], near[kMaxLen][4];
   float cost[4] = {0.0f, INFINITY, INFINITY, INFINITY};  // the row starts in state 0
-  for (uint32_t i = 0; i < n; ++i) {
-    const uint32_t u = uint32_t(std::lower_bound(levels, levels + L, y[i]) - levels);  // first level >= y[i]
-    float err[4];
-    tcq_nearest(y[i], levels, L, u, err, near[i]);
-    back[i] = uint8_t(tcq_step(cost, err));
+  if (bits <= 3 && cpu::has_avx2_fma()) {
+    simd::tcq_forward_avx2(y, n, levels, bits, cost, back, near);
+  } else {
+    for (uint32_t i = 0; i < n; ++i) {
+      const uint32_t u = uint32_t(std::lower_bound(levels, levels + L, y[i]) - levels);  // first level >= y[i]
+      float err[4];
+      tcq_nearest(y[i], levels, L, u, err, near[i]);
+      back[i] = uint8_t(tcq_step(cost, err));
+    }
   }
   const uint32_t s = tcq_best_state(cost);
   tcq_traceback(n, s, back, near, bits, codes);

@@ -106,6 +106,35 @@ TEST(Trellis, ViterbiFindsTheBestPathOfAnExhaustiveSearch) {
     }
 }
 
+// The AVX2 forward pass (widths 1..3) gives the scalar steps' codes and error bit for bit, on rows
+// of random values with hostile ones among them: on a level, on a midpoint (a tie), far outside
+// (whose squared error overflows to +inf), zero; on the real unions and on random levels.
+TEST(Trellis, TheSimdSearchIsTheScalarOne) {
+  if (!cpu::has_avx2_fma()) GTEST_SKIP() << "no AVX2 on this CPU";
+  Rng rng(31);
+  for (uint32_t bits = 1; bits <= 3; ++bits)
+    for (int trial = 0; trial < 300; ++trial) {
+      const uint32_t n = trial % 3 == 0 ? 128 : 1 + uint32_t(rng.next() % 300);
+      const std::vector<float> levels = trial % 2 ? random_levels(bits, rng) : tcq_codebook(128, bits).centroids;
+      std::vector<float> y(n);
+      for (float& v : y) {
+        const uint32_t kind = uint32_t(rng.next() % 8), m = uint32_t(rng.next() % (levels.size() - 1));
+        v = kind == 0 ? 1e30f * (rng.next() % 2 ? 1 : -1)
+            : kind == 1 ? levels[m]
+            : kind == 2 ? 0.5f * (levels[m] + levels[m + 1])
+            : kind == 3 ? 0.0f
+                        : float(0.2 * rng.normal());
+      }
+      std::vector<uint8_t> simd(n), scalar(n);
+      const double e_simd = tcq_encode(y.data(), n, levels.data(), bits, simd.data());
+      cpu::set_simd_enabled(false);
+      const double e_scalar = tcq_encode(y.data(), n, levels.data(), bits, scalar.data());
+      cpu::set_simd_enabled(true);
+      ASSERT_EQ(simd, scalar) << bits << " bits, trial " << trial;
+      ASSERT_EQ(e_simd, e_scalar) << bits << " bits, trial " << trial;
+    }
+}
+
 TEST(Trellis, WindowDecodeEqualsTheWalk) {
   Rng rng(9);
   for (uint32_t bits = 1; bits <= 7; ++bits) {
