@@ -135,8 +135,9 @@ float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_
 namespace {
 
 // A group of 2- or 3-bit trellis codes as union indices, its four octets at once (lane o: octet
-// o as format.h's tcq_octet_index gives it, coordinate 8o + k's index in nibble k). carry: the
-// branch word of the octet before the group (0 at the row's start), replaced by octet 3's.
+// o as format.h's tcq_octet_index gives it, coordinate 8o + k's index in nibble k: the formula of
+// tcq_index_nibbles, lane-wise). carry: the branch word of the octet before the group (0 at the
+// row's start), replaced by octet 3's. Callers keep to 2 and 3 bits.
 inline __m128i tcq_group_indices(const uint32_t* w, uint32_t bits, uint32_t& carry) {
   const __m128i ones = _mm_set1_epi32(0x11111111), one = _mm_set1_epi32(1);
   // The codes of octet o as nibbles: the 2-bit plane's field (word o / 2, shift 2 (o % 2)), and
