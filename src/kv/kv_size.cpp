@@ -1,5 +1,6 @@
 #include "tq/kv/kv_size.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "tq/check.h"
@@ -8,12 +9,33 @@
 
 namespace tq {
 
+namespace {
+// The ring pages of a sliding window at a sequence of `tokens` tokens (0: no ring, every page).
+uint32_t ring_pages(uint32_t window, uint64_t tokens, uint32_t page_size) {
+  const uint32_t context = uint32_t(std::min<uint64_t>(tokens, UINT32_MAX));
+  return WindowRing::make(window, context, kRingStep, page_size, false).pages;
+}
+}  // namespace
+
 double KvSize::seq_bytes(uint64_t tokens) const {
   const uint64_t pages = tokens / page_size + (tokens % page_size != 0);  // no overflow near 2^64
-  return double(pages) * page_bytes + side_bytes;
+  if (layer_windows.empty()) return double(pages) * page_bytes + side_bytes;
+  double bytes = side_bytes;
+  for (size_t l = 0; l < layer_windows.size(); ++l) {
+    const uint32_t ring = ring_pages(layer_windows[l], tokens, page_size);
+    bytes += double(ring ? ring : pages) * layer_page_bytes[l];
+  }
+  return bytes;
 }
 
-KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uint32_t side_extra) {
+uint32_t KvSize::ringed_layers(uint64_t tokens) const {
+  uint32_t n = 0;
+  for (const uint32_t w : layer_windows) n += ring_pages(w, tokens, page_size) ? 1 : 0;
+  return n;
+}
+
+KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uint32_t side_extra,
+               const std::vector<uint32_t>& windows) {
   TQ_CHECK(layers >= 1 && layers <= 1024, "layers must be 1..1024, got {}", layers);
   TQ_CHECK(kv_heads >= 1 && kv_heads <= 1024, "KV heads must be 1..1024, got {}", kv_heads);
   TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
@@ -44,6 +66,11 @@ KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t hea
   out.page_bytes = double(s.page_bytes(layers, kv_heads, head_dim));
   out.side_bytes = double(s.policy.side_tokens(side_extra)) * out.fp16_bytes_per_token;
   if (s.policy.key_centre) out.centre_bytes = 4.0 * head_dim * kv_heads * layers;
+  TQ_CHECK(windows.empty() || windows.size() == layers, "kv_size: {} layer windows for {} layers", windows.size(), layers);
+  if (!windows.empty()) {
+    out.layer_windows = windows;
+    for (uint32_t l = 0; l < layers; ++l) out.layer_page_bytes.push_back(double(s.layer_page_bytes(l, layers, kv_heads, head_dim)));
+  }
   return out;
 }
 

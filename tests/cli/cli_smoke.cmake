@@ -137,3 +137,24 @@ if(EXISTS /dev/full)
   endforeach()
 endif()
 message(STATUS "cli smoke: all passed")
+
+# A model's shape (--shape, or -m FILE): Gemma-3-270M's 15 sliding-window layers (window 512) hold
+# their window rings, 49 pages of 16 positions, where that is smaller than the sequence; its 3 global
+# layers every position. fp16, one KV head of 256: 16 KiB a layer's page. At 32768 positions:
+# 3 x 2048 + 15 x 49 pages = 107.484375 MiB; every position (--swa-full) 576 MiB; at 512 no ring.
+run_ok(kv-size --shape gemma-3-270m --kv fp16 --context 512,32768 --json)
+string(JSON m512 GET "${OUT}" rows 0 mib_at_512)
+string(JSON m32k GET "${OUT}" rows 0 mib_at_32768)
+string(JSON nwin GET "${OUT}" window_layers)
+if(NOT m512 EQUAL 9 OR NOT m32k EQUAL 107.484375 OR NOT nwin EQUAL 15)
+  message(FATAL_ERROR "kv-size --shape gemma-3-270m: MiB @ 512 ${m512} (9), @ 32768 ${m32k} (107.484375), window layers ${nwin} (15)")
+endif()
+run_ok(kv-size --shape gemma-3-270m --kv fp16 --context 32768 --swa-full --json)
+string(JSON m32k GET "${OUT}" rows 0 mib_at_32768)
+if(NOT m32k EQUAL 576)
+  message(FATAL_ERROR "kv-size --shape gemma-3-270m --swa-full: MiB @ 32768 ${m32k} (576)")
+endif()
+run_ok(kv-size --shape gemma-3-270m --kv k3v2 --context 32768)
+if(NOT OUT MATCHES "gemma-3-270m: 18 layers x 1 KV heads x head dim 256" OR NOT OUT MATCHES "15 of its layers are sliding-window layers")
+  message(FATAL_ERROR "kv-size --shape does not say what it counts:\n${OUT}")
+endif()

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "tq/check.h"
 #include "tq/kv/kv_size.h"
@@ -99,6 +100,28 @@ TEST(KvLayerSet, SizesFollowTheSet) {
   // Layers the model does not have are refused, not left out of the count.
   EXPECT_THROW(kv_size(parse_kv_spec("k3v2:layers=0+31/k4v4"), 30, 3, 64), Error);
   EXPECT_THROW(kv_size(parse_kv_spec("k3v2:edge=16/k4v4"), 30, 3, 64), Error);
+}
+
+// Sliding-window layers in window rings (Gemma-3-270M's shape: 18 layers, every sixth global, a
+// window of 512; one KV head of 256): a sequence holds the global layers' pages of every position
+// and each local layer's ring (511 + 256 positions at once: 49 pages of 16), where the ring is the
+// smaller. Edge layers keep their own format in both counts.
+TEST(KvLayerSet, SlidingWindowLayersHoldTheirRings) {
+  std::vector<uint32_t> windows(18, 512);
+  for (uint32_t l = 5; l < 18; l += 6) windows[l] = 0;
+  for (const char* text : {"fp16", "k3v2:edge=1/k4v4"}) {
+    const KvSpec s = parse_kv_spec(text);
+    const KvSize full = kv_size(s, 18, 1, 256), ringed = kv_size(s, 18, 1, 256, kKvSizeSideExtra, windows);
+    EXPECT_EQ(ringed.bytes_per_token, full.bytes_per_token) << text;  // the pool's bytes per position do not change
+    EXPECT_EQ(ringed.seq_bytes(512), full.seq_bytes(512)) << text;    // a ring would not be smaller: none
+    EXPECT_EQ(ringed.ringed_layers(512), 0u);
+    double want = full.side_bytes;
+    for (uint32_t l = 0; l < 18; ++l) want += double(windows[l] ? 49 : 2048) * double(s.layer_page_bytes(l, 18, 1, 256));
+    EXPECT_EQ(ringed.seq_bytes(32768), want) << text;
+    EXPECT_EQ(ringed.ringed_layers(32768), 15u);
+    EXPECT_LT(ringed.seq_bytes(32768), full.seq_bytes(32768) / 4) << text;
+  }
+  EXPECT_THROW(kv_size(parse_kv_spec("fp16"), 18, 1, 256, kKvSizeSideExtra, std::vector<uint32_t>(17, 0)), Error);
 }
 
 }  // namespace

@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "tq/kv/spec.h"
+#include "tq/kv/window_ring.h"
 
 namespace tq {
 
@@ -21,14 +23,25 @@ struct KvSize {
   double page_bytes = 0;  // one page over every layer and KV head
   double side_bytes = 0;  // the fp16 sink/window side buffer: a fixed cost per sequence
   double centre_bytes = 0;  // centre: the fp32 key centres of every layer and KV head, a fixed cost per cache (not per sequence)
+  // Sliding-window layers kept in window rings (the engines' default: tq/kv/window_ring.h), when
+  // kv_size was given the layers' windows: [layer] the window (0: a global layer) and one page of
+  // the layer's bytes.
+  std::vector<uint32_t> layer_windows;
+  std::vector<double> layer_page_bytes;
 
   // Bytes of one sequence of `tokens` tokens: whole pages (a partly filled last page costs a full
-  // page) plus the side buffer.
+  // page) plus the side buffer; a sliding-window layer holds its ring's pages where the ring is
+  // smaller than the sequence (WindowRing::make, sub-steps of kRingStep, no prefix tails).
   double seq_bytes(uint64_t tokens) const;
+  // The sliding-window layers that hold a ring at `tokens` (0 without windows).
+  uint32_t ringed_layers(uint64_t tokens) const;
 };
 
 // Throws tq::Error naming the value for a shape outside layers 1..1024, KV heads 1..1024, head dim
 // 1..kMaxHeadDim.
-KvSize kv_size(const KvSpec& spec, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uint32_t side_extra = kKvSizeSideExtra);
+// windows: empty, or [layers] each layer's sliding window (ModelConfig::layer_window; 0: global),
+// whose layers then count at their window rings in seq_bytes.
+KvSize kv_size(const KvSpec& spec, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uint32_t side_extra = kKvSizeSideExtra,
+               const std::vector<uint32_t>& windows = {});
 
 }  // namespace tq
