@@ -11,6 +11,8 @@
 #include "tq/common.h"
 #include "tq/kv/kv_size.h"
 #include "tq/kv/spec.h"
+#include "tq/model/model.h"
+#include "tq/model/shapes.h"
 
 namespace tq::py {
 
@@ -40,8 +42,11 @@ const char* encoding_name(Encoding e) {
   return "?";
 }
 
-nb::dict kv_size_dict(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim) {
-  const KvSize k = kv_size(s, layers, kv_heads, head_dim);
+// windows: [layers] sliding windows (0: global) or empty; contexts: lengths whose sequence bytes
+// (KvSize::seq_bytes: rings counted) go into "seq_bytes", in order.
+nb::dict kv_size_dict(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const std::vector<uint32_t>& windows,
+                      const std::vector<uint64_t>& contexts) {
+  const KvSize k = kv_size(s, layers, kv_heads, head_dim, kKvSizeSideExtra, windows);
   nb::dict d;
   d["kv"] = s.canonical();
   d["bits_per_element"] = k.bits_per_element;
@@ -52,6 +57,22 @@ nb::dict kv_size_dict(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint3
   d["page_bytes"] = k.page_bytes;
   d["side_bytes"] = k.side_bytes;
   d["centre_bytes"] = k.centre_bytes;
+  std::vector<double> seq;
+  for (const uint64_t n : contexts) seq.push_back(k.seq_bytes(n));
+  d["seq_bytes"] = seq;
+  return d;
+}
+
+// A known model's shape (tq kv-size --shape): layers, KV heads, head dim and each layer's window.
+nb::dict model_shape_dict(const std::string& name) {
+  const model::ModelConfig c = model::named_shape(name);
+  std::vector<uint32_t> windows;
+  for (int l = 0; l < c.n_layers; ++l) windows.push_back(uint32_t(c.layer_window(l)));
+  nb::dict d;
+  d["layers"] = c.n_layers;
+  d["kv_heads"] = c.n_kv_heads;
+  d["head_dim"] = c.head_dim;
+  d["windows"] = windows;
   return d;
 }
 
@@ -147,7 +168,10 @@ void bind_spec(nb::module_& m) {
       nb::arg("head_dim"),
       "Why the CUDA attention kernels take no cache of this spec at this head dim ('' when they do), in every build; the GPU's "
       "shared memory is checked at the first call.");
-  m.def("kv_size", &kv_size_dict, nb::arg("spec"), nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"));
+  m.def("kv_size", &kv_size_dict, nb::arg("spec"), nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"), nb::arg("windows"),
+        nb::arg("contexts"));
+  m.def("model_shape", &model_shape_dict, nb::arg("name"));
+  m.def("model_shapes", &model::named_shapes);
   m.def("distortion_row", &distortion_dict, nb::arg("dim"), nb::arg("bits"), nb::arg("prod"), nb::arg("rotation"), nb::arg("samples"),
         nb::arg("seed"), nb::arg("sample_seed"));
 }

@@ -9,7 +9,7 @@ engine (docs/python.md).
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Union
 
 from . import _C
 from ._C import DEFAULT_KV_SPEC, HAVE_CUDA, Error, KvCache, KvSpec, Quantizer
@@ -25,6 +25,7 @@ __all__ = [
     "Quantizer",
     "distortion",
     "kv_size",
+    "model_shapes",
     "parse_kv_specs",
 ]
 
@@ -65,30 +66,49 @@ def _positive_int(name: str, value, lo: int = 1, hi: int = 1 << 30) -> int:
 
 def kv_size(
     kv: Union[SpecLike, Iterable[SpecLike]] = "fp16,fp8,default",
-    layers: int = 32,
-    kv_heads: int = 8,
-    head_dim: int = 128,
+    layers: Optional[int] = None,
+    kv_heads: Optional[int] = None,
+    head_dim: Optional[int] = None,
     context: Iterable[int] = (),
+    shape: Optional[str] = None,
+    swa_full: bool = False,
 ) -> List[dict]:
     """What `tq kv-size --json` reports, one dict per spec, from the same C++: kv (canonical),
     bits_per_element, bytes_per_token, ratio_vs_fp16, page_size, page_bytes, side_kib (the fp16
     sink/window buffer per sequence), centre_kib (the fp32 key centres of `centre`, per cache) and
-    mib_at_<N> for each context length N (whole pages plus the side buffer). Defaults: Llama-3-8B's shape, fp16 / fp8 / tq run's default spec."""
-    layers = _positive_int("layers", layers, 1, 1024)
-    kv_heads = _positive_int("kv_heads", kv_heads, 1, 1024)
-    head_dim = _positive_int("head_dim", head_dim, 1, 1024)
+    mib_at_<N> for each context length N (whole pages plus the side buffer). The shape: layers,
+    kv_heads, head_dim (default Llama-3-8B's: 32, 8, 128), or `shape`, a known model's
+    (model_shapes()), whose sliding-window layers then count at their window rings in mib_at_<N>
+    as the engines keep them (swa_full=True: every position), as `tq kv-size --shape`. Default
+    specs: fp16, fp8 and tq run's default."""
+    windows: List[int] = []
+    if shape is not None:
+        if layers is not None or kv_heads is not None or head_dim is not None:
+            raise ValueError("kv_size: give shape= or layers/kv_heads/head_dim, not both")
+        if not isinstance(shape, str):
+            raise TypeError(f"kv_size: shape must be a model's name (model_shapes()), got {shape!r}")
+        s = _C.model_shape(shape)
+        layers, kv_heads, head_dim = s["layers"], s["kv_heads"], s["head_dim"]
+        windows = [] if swa_full or not any(s["windows"]) else list(s["windows"])
+    layers = _positive_int("layers", 32 if layers is None else layers, 1, 1024)
+    kv_heads = _positive_int("kv_heads", 8 if kv_heads is None else kv_heads, 1, 1024)
+    head_dim = _positive_int("head_dim", 128 if head_dim is None else head_dim, 1, 1024)
     contexts = [_positive_int("context", int(n) if not isinstance(n, bool) else n, 1, 1 << 40) for n in context]
     rows = []
     for spec in parse_kv_specs(kv):
-        k = _C.kv_size(spec, layers, kv_heads, head_dim)
+        k = _C.kv_size(spec, layers, kv_heads, head_dim, windows, contexts)
         row = {key: k[key] for key in ("kv", "bits_per_element", "bytes_per_token", "ratio_vs_fp16", "page_size", "page_bytes")}
         row["side_kib"] = k["side_bytes"] / 1024
         row["centre_kib"] = k["centre_bytes"] / 1024
-        for n in contexts:
-            pages = (n + k["page_size"] - 1) // k["page_size"]
-            row[f"mib_at_{n}"] = (pages * k["page_bytes"] + k["side_bytes"]) / (1024.0 * 1024.0)
+        for n, b in zip(contexts, k["seq_bytes"]):
+            row[f"mib_at_{n}"] = b / (1024.0 * 1024.0)
         rows.append(row)
     return rows
+
+
+def model_shapes() -> List[str]:
+    """The known models' shapes kv_size(shape=...) and `tq kv-size --shape` take."""
+    return list(_C.model_shapes())
 
 
 def distortion(

@@ -94,6 +94,19 @@ def test_kv_size_matches_the_command(run_tq, shape):
             assert g[k] == w[k], (g["kv"], k)  # the same C++ and the same doubles: equal, not close
 
 
+@pytest.mark.parametrize("extra", [(), ("--swa-full",)])
+def test_kv_size_of_a_model_shape_matches_the_command(run_tq, extra):
+    """shape= as `tq kv-size --shape`: Gemma-3-270M's sliding-window layers at their rings (or
+    every position with swa_full), the same doubles."""
+    kv, contexts = "fp16,k3v2,default", [512, 32768]
+    want = run_tq("kv-size", "--shape", "gemma-3-270m", "--kv", kv, "--context", ",".join(map(str, contexts)), "--json", *extra,
+                  json_out=True)["rows"]
+    got = tq.kv_size(kv, context=contexts, shape="gemma-3-270m", swa_full=bool(extra))
+    assert [g == w for g, w in zip(got, want)] == [True] * len(want)
+    assert got[0]["mib_at_32768"] == (576.0 if extra else 107.484375)  # tests/cli/cli_smoke.cmake's figures
+    assert "gemma-3-12b" in tq.model_shapes()
+
+
 def test_kv_size_defaults_and_readme_figure():
     rows = {r["kv"]: r for r in tq.kv_size(context=[32768])}
     default = tq.KvSpec("default").canonical
@@ -110,6 +123,9 @@ def test_kv_size_defaults_and_readme_figure():
         (dict(layers=1.5), TypeError, "layers must be an int"),
         (dict(kv="k3v2,k9v9"), ValueError, "K width"),
         (dict(context=[0]), ValueError, "context must be"),
+        (dict(shape="gemma-3-270m", layers=4), ValueError, "give shape= or layers/kv_heads/head_dim, not both"),
+        (dict(shape="llama-9"), ValueError, "unknown model shape 'llama-9'"),
+        (dict(shape=3), TypeError, "shape must be a model's name"),
     ],
 )
 def test_kv_size_refuses(kwargs, error, message):
