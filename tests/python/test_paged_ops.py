@@ -26,10 +26,14 @@ def slots_of(table, first, n, ps):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "k2v2:page=32", "fp16", "k3v2:rot=dense", "k3v2:prod", "fp8"])
+@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "k2v2:page=32", "fp16", "k3v2:rot=dense", "k3v2:prod", "fp8", "k3tv2t:ip"])
 def test_pages_equal_the_host_cache(device, spec):
     if device == "cuda" and spec.endswith(":prod"):  # the GPU kernels take MSE keys only, and say so when the pages are made
         with pytest.raises(ValueError, match="new_cache: prod keys have no GPU kernel"):
+            torch.ops.turboquant.new_cache(spec, 2, HEADS, D, 4, torch.device(device))
+        return
+    if device == "cuda" and tq.KvSpec(spec).k_encoding == "tq_tcq":  # trellis-coded rows: CPU only (docs/kv-specs.md)
+        with pytest.raises(ValueError, match="trellis-coded widths"):
             torch.ops.turboquant.new_cache(spec, 2, HEADS, D, 4, torch.device(device))
         return
     pages = torch.ops.turboquant.new_cache(spec, 2, HEADS, D, 4, torch.device(device))
@@ -59,11 +63,11 @@ def _filled(spec, device, lens, tables, num_pages=12):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "fp16", "k3v2:prod"])
+@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "fp16", "k3v2:prod", "k3tv2t", "k2tv3t"])
 @pytest.mark.parametrize("ntok, prefill", [(1, False), (4, False), (37, True)])
 def test_attention_matches_the_reference(device, spec, ntok, prefill):
-    if device == "cuda" and spec.endswith(":prod"):
-        pytest.skip("the GPU kernels take MSE keys only (test_pages_equal_the_host_cache checks the refusal)")
+    if device == "cuda" and (spec.endswith(":prod") or tq.KvSpec(spec).k_encoding == "tq_tcq"):
+        pytest.skip("the GPU kernels take plain MSE rows only (test_pages_equal_the_host_cache checks the refusals)")
     lens, tables = [50, 90], [[3, 1, 5, 7, 0, 0], [0, 2, 4, 6, 8, 9]]  # pages in any order, none shared
     pages, host, _, _ = _filled(spec, device, lens, tables)
     q = torch.randn(2, ntok, 2 * HEADS, D, generator=torch.Generator().manual_seed(5))
