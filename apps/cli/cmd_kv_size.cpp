@@ -30,6 +30,9 @@ struct Options {
 void run(Options o) {
   std::string source;          // what the shape came from, for the header
   std::vector<uint32_t> windows;  // [layer] a model's sliding windows (empty: none, or --swa-full)
+  TQ_CHECK(!o.swa_full || !o.shape.empty() || !o.model.empty(),
+           "--swa-full counts a model's sliding-window layers: give the model's --shape or -m FILE (--layers, --kv-heads and "
+           "--head-dim have no sliding windows)");
   if (!o.shape.empty() || !o.model.empty()) {
     const model::ModelConfig c = o.shape.empty() ? model::load_model(o.model).config : model::named_shape(o.shape);
     source = o.shape.empty() ? o.model : o.shape;

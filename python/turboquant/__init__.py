@@ -82,6 +82,8 @@ def kv_size(
     as the engines keep them (swa_full=True: every position), as `tq kv-size --shape`. Default
     specs: fp16, fp8 and tq run's default."""
     windows: List[int] = []
+    if swa_full and shape is None:
+        raise ValueError("kv_size: swa_full counts a model's sliding-window layers: give its shape= (layers/kv_heads/head_dim have none)")
     if shape is not None:
         if layers is not None or kv_heads is not None or head_dim is not None:
             raise ValueError("kv_size: give shape= or layers/kv_heads/head_dim, not both")

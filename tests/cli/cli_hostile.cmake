@@ -63,6 +63,7 @@ run_fails("KV spec 'k3v2:window=64:window=8': option 'window' is given twice" 2 
 run_fails("unknown model shape 'llama-9'" 2 kv-size --shape llama-9)
 run_fails("--layers excludes --shape" 108 kv-size --shape gemma-3-270m --layers 3)
 run_fails("cannot open '${TMP}/none.gguf'" 2 kv-size -m ${TMP}/none.gguf)
+run_fails("--swa-full counts a model's sliding-window layers: give the model's --shape or -m FILE" 2 kv-size --swa-full)
 run_fails("--bits 2.5 with --method prod: prod has plain whole widths only" 2 distortion --bits 2.5 --method prod --samples 100)
 run_fails("--bits 3t with --method prod: prod has plain whole widths only" 2 distortion --bits 3t --method prod --samples 100)
 run_fails("--bits: widths are 1..8, 1.5..7.5 (N.5: the outlier split) or 1t..7t (trellis-coded), got '3v2:edge=1/k3'" 2 distortion --bits 3v2:edge=1/k3 --samples 100)

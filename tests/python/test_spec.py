@@ -126,6 +126,7 @@ def test_kv_size_defaults_and_readme_figure():
         (dict(shape="gemma-3-270m", layers=4), ValueError, "give shape= or layers/kv_heads/head_dim, not both"),
         (dict(shape="llama-9"), ValueError, "unknown model shape 'llama-9'"),
         (dict(shape=3), TypeError, "shape must be a model's name"),
+        (dict(swa_full=True), ValueError, "swa_full counts a model's sliding-window layers: give its shape="),
     ],
 )
 def test_kv_size_refuses(kwargs, error, message):
