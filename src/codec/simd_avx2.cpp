@@ -113,6 +113,33 @@ inline float hsum(__m256 acc) {
   return _mm_cvtss_f32(s);
 }
 
+// A group of 32 codes of 1..4 bits, its four octets at once: lane o holds octet o's codes as
+// nibbles (coordinate 8o + k's in nibble k), from one shift and one AND a plane (format.h's
+// layout: octet o of a plane of width w is word o w / 4, shifted by w (o mod 4 / w)).
+inline __m128i group_codes(const uint32_t* w, uint32_t bits) {
+  if (bits == 4) return _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+  __m128i c = _mm_setzero_si128();
+  uint32_t word0 = 0, shift = 0;
+  for (uint32_t pw = 2; pw >= 1; pw >>= 1) {  // planes of 2 and 1 bits (widths 1..3)
+    if (!(bits & pw)) continue;
+    const __m128i words = pw == 2 ? _mm_setr_epi32(int(w[word0]), int(w[word0]), int(w[word0 + 1]), int(w[word0 + 1]))
+                                  : _mm_set1_epi32(int(w[word0]));
+    const __m128i sh = pw == 2 ? _mm_setr_epi32(0, 2, 0, 2) : _mm_setr_epi32(0, 1, 2, 3);
+    const __m128i field = _mm_and_si128(_mm_srlv_epi32(words, sh), _mm_set1_epi32(pw == 2 ? 0x33333333 : 0x11111111));
+    c = _mm_or_si128(c, _mm_sll_epi32(field, _mm_cvtsi32_si128(int(shift))));
+    word0 += pw;
+    shift += pw;
+  }
+  return c;
+}
+
+// Lane o of idx (8 nibbles) as 8 lanes.
+template <int O>
+inline __m256i nibble_lanes(__m128i idx) {
+  const __m256i k4 = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(_mm_extract_epi32(idx, O)), k4), _mm256_set1_epi32(0xf));
+}
+
 }  // namespace
 
 float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids) {
@@ -121,10 +148,19 @@ float dot_codes_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_
   for (uint32_t g = 0; g < pd / kGroup; ++g) {
     const uint32_t* w = codes + g * bits;
     if (bits <= 3) {  // two accumulators: even octets in acc0, odd in acc1
-      for (uint32_t og = 0; og < 4; og += 2) {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), lookup(w, og), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8 + 8), lookup(w, og + 1), acc1);
-      }
+      const __m128i c = group_codes(w, bits);
+      const float* qg = q + g * 32;
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg), lookup.at(nibble_lanes<0>(c)), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8), lookup.at(nibble_lanes<1>(c)), acc1);
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 16), lookup.at(nibble_lanes<2>(c)), acc0);
+      acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 24), lookup.at(nibble_lanes<3>(c)), acc1);
+    } else if (bits == 4) {
+      const __m128i c = group_codes(w, bits);
+      const float* qg = q + g * 32;
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg), lookup.at(nibble_lanes<0>(c)), acc0);
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 8), lookup.at(nibble_lanes<1>(c)), acc0);
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 16), lookup.at(nibble_lanes<2>(c)), acc0);
+      acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(qg + 24), lookup.at(nibble_lanes<3>(c)), acc0);
     } else {
       for (uint32_t og = 0; og < 4; ++og) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * 32 + og * 8), lookup(w, og), acc0);
     }
@@ -140,18 +176,9 @@ namespace {
 // row's start), replaced by octet 3's. Callers keep to 2 and 3 bits.
 inline __m128i tcq_group_indices(const uint32_t* w, uint32_t bits, uint32_t& carry) {
   const __m128i ones = _mm_set1_epi32(0x11111111), one = _mm_set1_epi32(1);
-  // The codes of octet o as nibbles: the 2-bit plane's field (word o / 2, shift 2 (o % 2)), and
-  // for 3 bits the 1-bit plane's (shift o) as bit 2.
-  __m128i c = _mm_and_si128(_mm_srlv_epi32(_mm_setr_epi32(int(w[0]), int(w[0]), int(w[1]), int(w[1])), _mm_setr_epi32(0, 2, 0, 2)),
-                            _mm_set1_epi32(0x33333333));
-  __m128i t, j;
-  if (bits == 3) {
-    t = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(int(w[2])), _mm_setr_epi32(0, 1, 2, 3)), ones);
-    j = c;
-  } else {
-    t = _mm_and_si128(_mm_srli_epi32(c, 1), ones);
-    j = _mm_and_si128(c, ones);
-  }
+  const __m128i c = group_codes(w, bits);  // branch bit t on top of the subset index j
+  const __m128i t = _mm_and_si128(bits == 3 ? _mm_srli_epi32(c, 2) : _mm_srli_epi32(c, 1), ones);
+  const __m128i j = _mm_and_si128(c, bits == 3 ? _mm_set1_epi32(0x33333333) : ones);
   // Lane o's carries are octet o - 1's branch bits 28 and 24; lane 0's the group's carry.
   const __m128i prev = _mm_or_si128(_mm_slli_si128(t, 4), _mm_cvtsi32_si128(int(carry)));
   const __m128i last = _mm_and_si128(_mm_srli_epi32(prev, 28), one), before = _mm_and_si128(_mm_srli_epi32(prev, 24), one);
@@ -159,13 +186,6 @@ inline __m128i tcq_group_indices(const uint32_t* w, uint32_t bits, uint32_t& car
   const __m128i p2 = _mm_or_si128(_mm_or_si128(_mm_slli_epi32(t, 8), _mm_slli_epi32(last, 4)), before);
   carry = uint32_t(_mm_extract_epi32(t, 3));
   return _mm_or_si128(_mm_or_si128(p1, _mm_slli_epi32(_mm_xor_si128(p2, t), 1)), _mm_slli_epi32(j, 2));
-}
-
-// Lane o of idx (8 nibbles) as 8 lanes.
-template <int O>
-inline __m256i nibble_lanes(__m128i idx) {
-  const __m256i k4 = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
-  return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(_mm_extract_epi32(idx, O)), k4), _mm256_set1_epi32(0xf));
 }
 
 }  // namespace
@@ -271,6 +291,17 @@ void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t 
 
 void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids, float* out) {
   const CentroidLookup lookup(bits, centroids);
+  if (bits <= 4) {  // a group's four octets of codes at once (group_codes), then looked up
+    for (uint32_t g = 0; g < pd / kGroup; ++g) {
+      const __m128i c = group_codes(codes + g * bits, bits);
+      float* o = out + g * 32;
+      _mm256_storeu_ps(o, lookup.at(nibble_lanes<0>(c)));
+      _mm256_storeu_ps(o + 8, lookup.at(nibble_lanes<1>(c)));
+      _mm256_storeu_ps(o + 16, lookup.at(nibble_lanes<2>(c)));
+      _mm256_storeu_ps(o + 24, lookup.at(nibble_lanes<3>(c)));
+    }
+    return;
+  }
   for (uint32_t g = 0; g < pd / kGroup; ++g)
     for (uint32_t og = 0; og < 4; ++og) _mm256_storeu_ps(out + g * 32 + og * 8, lookup(codes + g * bits, og));
 }

@@ -8,6 +8,7 @@
 #include "test_util.h"
 #include "tq/codec/distortion.h"
 #include "tq/numeric.h"
+#include "tq/rng.h"
 #include "tq/codec/quantizer.h"
 #include "tq/codec/turboquant.h"
 
@@ -388,9 +389,16 @@ TEST(DecodedScores, BitIdenticalToDotFast) {
       ASSERT_TRUE(t.can_score_decoded());
       const auto x = test::gaussian(5, dim, bits);
       const auto qs = test::gaussian(7, dim, bits + 100);
-      for (uint32_t r = 0; r < 5; ++r) {
+      Rng rng(bits);
+      for (uint32_t r = 0; r < 9; ++r) {  // 5 encoded rows, then words no encoder need write: ones, alternating, random
         Encoded e(t);
-        t.encode(&x[size_t(r) * dim], e.ref());
+        if (r < 5) {
+          t.encode(&x[size_t(r) * dim], e.ref());
+        } else {
+          for (size_t i = 0; i < e.codes.size(); ++i)
+            e.codes[i] = r == 5 ? ~0u : r == 6 ? (i % 2 ? 0xaaaaaaaau : 0x55555555u) : uint32_t(rng.next());
+          e.norm = f32_to_f16(1.25f);
+        }
         std::vector<float> fast(t.padded_dim()), slow(t.padded_dim());
         t.decode_rotated(e.cref(), fast.data());
         cpu::set_simd_enabled(false);
