@@ -70,6 +70,7 @@ void run(Options o) {
     for (uint64_t n : o.contexts) row[fmt::format("mib_at_{}", n)] = k.seq_bytes(n) / (1024.0 * 1024.0);
     t.add(row);
   }
+  const auto window_layers = std::count_if(windows.begin(), windows.end(), [](uint32_t w) { return w > 0; });
   if (o.json) {
     nlohmann::json j = t.json();
     j["layers"] = o.layers;
@@ -78,7 +79,7 @@ void run(Options o) {
     j["fp16_bytes_per_token"] = fp16;
     j["contexts"] = o.contexts;
     if (!source.empty()) j["model"] = source;
-    j["window_layers"] = std::count_if(windows.begin(), windows.end(), [](uint32_t w) { return w > 0; });
+    j["window_layers"] = window_layers;
     if (specs.size() == 1) {
       j["bytes_per_token"] = t.rows()[0]["bytes_per_token"];
       j["ratio_vs_fp16"] = t.rows()[0]["ratio_vs_fp16"];
@@ -87,11 +88,10 @@ void run(Options o) {
   } else {
     fmt::print("KV cache size: {}{} layers x {} KV heads x head dim {} (fp16: {:.0f} bytes/token)\n",
                source.empty() ? "" : source + ": ", o.layers, o.kv_heads, o.head_dim, fp16);
-    if (!windows.empty()) {
-      const auto local = std::count_if(windows.begin(), windows.end(), [](uint32_t w) { return w > 0; });
+    if (window_layers > 0) {
       fmt::print("{} of its layers are sliding-window layers (window {}): in MiB @ N each holds its window ring (the engines'\n"
                  "default; --swa-full: every position) where the ring is the smaller.\n",
-                 local, *std::max_element(windows.begin(), windows.end()));
+                 window_layers, *std::max_element(windows.begin(), windows.end()));
     }
     fmt::print("{}", t.text());
     fmt::print("bytes/token: the packed pages, every layer in its own format (edge layers included), norms (fp16) and\n"
