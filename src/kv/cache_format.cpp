@@ -44,17 +44,12 @@ TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer,
   cfg.dim = head_dim;
   cfg.bits = c.bits;
   cfg.prod = c.enc == Encoding::kTqProd;
-  cfg.rotation = format.rotation_for(head_dim);
   cfg.seed = derive_seed(format.seed, layer, head, value ? 2 : 1);
   cfg.norm_correction = format.norm_correction && !cfg.prod;
   cfg.norm_unbiased = (value ? format.norm_unbiased_v : format.norm_unbiased_k) && !cfg.prod && (!format.norm_unbiased_local || sliding);
   cfg.split = c.enc == Encoding::kTqSplit;
   cfg.tcq = c.enc == Encoding::kTqTcq;
-  if (cfg.split && format.auto_rotation) {
-    // Both parts Hadamard where both padded dims are powers of two, else both dense.
-    const uint32_t n = split_outliers(head_dim);
-    cfg.rotation = is_pow2(padded_dim(n)) && is_pow2(padded_dim(head_dim - n)) ? RotationKind::kHadamard : RotationKind::kDense;
-  }
+  cfg.rotation = format.rotation_for(head_dim, cfg.split);  // a split row: both parts Hadamard, or both dense
   return cfg;
 }
 

@@ -5,6 +5,7 @@
 
 #include "tq/check.h"
 #include "tq/codec/rotation.h"
+#include "tq/codec/turboquant.h"
 #include "tq/format.h"
 
 namespace tq {
@@ -49,15 +50,13 @@ KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t hea
              "KV spec '{}': a fractional width splits the head's channels in two, so it needs head dim >= 2, got {}", s.text, head_dim);
     // A rotation CacheFormat could not build is refused here too (kv-size sized rot=hadamard at head dim 80)
     if (!f.auto_rotation && f.rotation == RotationKind::kHadamard)
-      for (const TensorCode c : {f.k, f.v}) {
-        if (!is_tq(c.enc)) continue;
-        const uint32_t n = split_outliers(head_dim);
-        const std::vector<uint32_t> parts = c.enc == Encoding::kTqSplit ? std::vector{n, head_dim - n} : std::vector{head_dim};
-        for (const uint32_t d : parts)
-          TQ_CHECK(is_pow2(padded_dim(d)),
-                   "KV spec '{}': the Hadamard rotation needs a power-of-two dimension, but head dim {} pads to {} (rot=dense, or rot=auto)",
-                   s.text, head_dim, padded_dim(d));
-      }
+      for (const TensorCode c : {f.k, f.v})
+        TQ_CHECK(!is_tq(c.enc) || hadamard_fits(head_dim, c.enc == Encoding::kTqSplit),
+                 "KV spec '{}': the Hadamard rotation needs power-of-two dimensions, but head dim {} pads to {}{} (rot=dense, or rot=auto)",
+                 s.text, head_dim, padded_dim(head_dim),
+                 c.enc == Encoding::kTqSplit ? fmt::format(" (a fractional width's parts: {} and {})", padded_dim(split_outliers(head_dim)),
+                                                           padded_dim(head_dim - split_outliers(head_dim)))
+                                             : std::string());
     out.bytes_per_token += bytes_per_token_head(f.k, f.v, head_dim, f.page_size) * kv_heads;
   }
   out.bits_per_element = 8.0 * out.bytes_per_token / (2.0 * head_dim * kv_heads * layers);

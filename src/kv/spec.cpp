@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "tq/check.h"
+#include "tq/codec/turboquant.h"
 #include "tq/text.h"
 
 namespace tq {
@@ -105,9 +106,9 @@ std::string layer_set_name(const std::vector<uint32_t>& set) {
 
 }  // namespace
 
-RotationKind KvFormat::rotation_for(uint32_t head_dim) const {
+RotationKind KvFormat::rotation_for(uint32_t head_dim, bool split) const {
   if (!auto_rotation) return rotation;
-  return is_pow2(padded_dim(head_dim)) ? RotationKind::kHadamard : RotationKind::kDense;
+  return hadamard_fits(head_dim, split) ? RotationKind::kHadamard : RotationKind::kDense;
 }
 
 size_t KvSpec::layer_page_bytes(uint32_t layer, uint32_t n_layers, uint32_t kv_heads, uint32_t head_dim) const {

@@ -62,14 +62,17 @@ TEST(FractionalSpec, BytesAndBitsPerElement) {
 // to each other, and the cache's codecs are the split ones.
 // kv_size refuses what CacheFormat cannot build: a forced Hadamard rotation of a dimension that
 // does not pad to a power of two (tq kv-size sized k3v2:rot=hadamard at head dim 80), of either part
-// of a split row too; the same specs at dims that pad to powers of two are sized.
+// of a split row too; the same specs at dims that pad to powers of two are sized (a split row's
+// parts at theirs).
 TEST(FractionalSpec, KvSizeRefusesRotationsTheCachesCannotBuild) {
   for (const auto& [spec, d] : {std::pair{"k3v2:rot=hadamard", 80u}, std::pair{"k4v2:rot=hadamard:edge=1/k4v4", 96u},
                                 std::pair{"k2.5v2:rot=hadamard", 160u}}) {
     EXPECT_THROW(kv_size(parse_kv_spec(spec), 4, 2, d), Error) << spec << " d" << d;
     EXPECT_THROW(PagedKvCache(CacheShape{4, 2, d, 1}, parse_kv_spec(spec).format), Error) << spec << " d" << d;
   }
-  for (const auto& [spec, d] : {std::pair{"k3v2:rot=hadamard", 128u}, std::pair{"k2.5v2:rot=hadamard", 128u}, std::pair{"k3v2", 80u}}) {
+  for (const auto& [spec, d] : {std::pair{"k3v2:rot=hadamard", 128u}, std::pair{"k2.5v2:rot=hadamard", 128u}, std::pair{"k3v2", 80u},
+                                // head dim 96 pads to 96, but a split row's parts to 64 and 32
+                                std::pair{"k2.5v2.5:rot=hadamard", 96u}}) {
     EXPECT_NO_THROW(kv_size(parse_kv_spec(spec), 4, 2, d)) << spec << " d" << d;
     EXPECT_NO_THROW(PagedKvCache(CacheShape{4, 2, d, 1}, parse_kv_spec(spec).format)) << spec << " d" << d;
   }

@@ -113,6 +113,11 @@ TEST(KvSpec, AutoRotation) {
   EXPECT_EQ(s.format.rotation_for(128), RotationKind::kHadamard);
   EXPECT_EQ(s.format.rotation_for(80), RotationKind::kDense);   // pads to 96
   EXPECT_EQ(s.format.rotation_for(112), RotationKind::kHadamard);  // pads to 128
+  // A fractional width's row: both parts Hadamard where both pad to powers of two, else both dense.
+  EXPECT_EQ(s.format.rotation_for(128, true), RotationKind::kHadamard);  // 64 + 64
+  EXPECT_EQ(s.format.rotation_for(160, true), RotationKind::kDense);     // 96 + 64
+  EXPECT_EQ(s.format.rotation_for(96), RotationKind::kDense);            // pads to 96
+  EXPECT_EQ(s.format.rotation_for(96, true), RotationKind::kHadamard);   // 64 + 32
 }
 
 TEST(KvSpec, BitsPerElement) {

@@ -50,6 +50,14 @@ struct TqConfig {
   bool tcq = false;  // trellis-coded codes (format.h kTqTcq)
 };
 
+// Whether a Hadamard rotation fits a row of head_dim channels: every rotated part (the row, or a
+// split row's outliers and rest) pads to a power of two.
+inline bool hadamard_fits(uint32_t head_dim, bool split) {
+  if (!split) return is_pow2(padded_dim(head_dim));
+  const uint32_t n = split_outliers(head_dim);
+  return is_pow2(padded_dim(n)) && is_pow2(padded_dim(head_dim - n));
+}
+
 // Where one encoded row lives. codes: [code_row_bytes/4] words; qjl: [pd/8] bytes (prod only).
 struct RowRef {
   uint32_t* codes = nullptr;

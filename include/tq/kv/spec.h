@@ -53,7 +53,7 @@ struct KvFormat {
   uint32_t page_size = 16;
 
   // The rotation used for a head of `head_dim` coordinates.
-  RotationKind rotation_for(uint32_t head_dim) const;
+  RotationKind rotation_for(uint32_t head_dim, bool split = false) const;  // split: a fractional width's row
   // Bits per K/V element at this head dim, norms and padding included (full pages).
   double bits_per_element(uint32_t head_dim) const;
   std::string canonical() const;
