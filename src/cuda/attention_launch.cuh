@@ -180,7 +180,17 @@ void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
     case Encoding::kFp8E4M3: return launch<D, Kind::kFp8, 0, 0>(p, pl, mode, s);
     default: break;
   }
-  // TurboQuant widths with kernels in this build: K and V each 2, 3 or 4 bits.
+  // TurboQuant widths with kernels in this build (gpu_kernels_unsupported refuses the others): K
+  // and V each 2, 3 or 4 bits; or both trellis-coded, each 2 or 3 bits (kTcq widths: widths.h).
+  if (k.enc == Encoding::kTqTcq) {
+    const auto with_v = [&](auto kb) {
+      constexpr int KB = decltype(kb)::value;
+      if (v.bits == 2) return launch<D, Kind::kTq, KB, kTcq + 2>(p, pl, mode, s);
+      return launch<D, Kind::kTq, KB, kTcq + 3>(p, pl, mode, s);
+    };
+    if (k.bits == 2) return with_v(std::integral_constant<int, kTcq + 2>{});
+    return with_v(std::integral_constant<int, kTcq + 3>{});
+  }
   const auto with_v = [&](auto kb) {
     switch (v.bits) {
       case 2: return launch<D, Kind::kTq, decltype(kb)::value, 2>(p, pl, mode, s);

@@ -22,6 +22,9 @@
 // 32 codes at D = 128 (its `bits` words). Thread g owns output coordinates [g D/8, (g+1) D/8)
 // (float caches interleave both maps by 16-byte units instead: FloatUnits in decode_tiles.cuh):
 // m-tile i rows g and g + 8 are its coordinates 2i and 2i + 1.
+// Trellis-coded rows (KB, VB kTcq widths: widths.h) are transcoded as a tile is loaded, each octet
+// of codes into the octet of its union indices (trellis_read.cuh), and then take the paths of
+// plain codes one bit wider, with the union codebook as their table.
 // Warps merge in shared memory; splits merge in merge_kernel (decode_merge.cuh). With a side buffer
 // (SideView: sink, window) the tiles mask each row's side positions, and the grid's last splits
 // are side blocks (decode_side.cuh).
@@ -145,8 +148,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   load_page_ids(bt);
   float cent_k = 0.0f, cent_v = 0.0f;  // centroid threadIdx.x of K and V
   if constexpr (KIND == Kind::kTq) {
-    if (threadIdx.x < (1u << KB)) cent_k = c.kt.centroids[threadIdx.x];
-    if (threadIdx.x < (1u << VB)) cent_v = c.vt.centroids[threadIdx.x];
+    if (threadIdx.x < (1u << read_bits(KB))) cent_k = c.kt.centroids[threadIdx.x];  // trellis-coded: the union
+    if (threadIdx.x < (1u << read_bits(VB))) cent_v = c.vt.centroids[threadIdx.x];
   }
 
   // ---- the staged loop's copies (packed caches whose pages hold whole tiles; float caches' ring):
@@ -257,7 +260,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // k-tile j holds coordinates c0 + 0..7 of row g (int8: c0 = t D/4 + 8j; fp16: c0 = t D/4 + 4j,
   // four of them), which lie within one thread's coordinates (at D = 64 an int8 octet spans two
   // neighbours). Float caches map the k index by FloatUnits: their rows pass through sm.q.
-  constexpr bool kInt8K = KIND == Kind::kTq && KB <= 3;
+  constexpr bool kInt8K = KIND == Kind::kTq && int8_keys(KB);
   constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {  // m-tile rr of the block: its rows rr * kRows + [0, kRows)
@@ -321,8 +324,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   }
   if constexpr (KIND == Kind::kTq) {
     for (int i = threadIdx.x; i < 256; i += kThreads) {
-      sm.lut_k[i] = __float2half_rn(i < (1 << KB) ? cent_k * sqrtf(float(D)) : 0.0f);  // i = threadIdx.x below 128
-      sm.lut_v[i] = __float2half_rn(i < (1 << VB) ? cent_v * sqrtf(float(D)) : 0.0f);
+      sm.lut_k[i] = __float2half_rn(i < (1 << read_bits(KB)) ? cent_k * sqrtf(float(D)) : 0.0f);  // i = threadIdx.x below 128
+      sm.lut_v[i] = __float2half_rn(i < (1 << read_bits(VB)) ? cent_v * sqrtf(float(D)) : 0.0f);
     }
   }
   __syncthreads();
@@ -352,12 +355,18 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   float s_scale[R];  // int8 keys: step / kCentroidGrid (the table's fixed point), of row g of each m-tile
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? sm.qrs[rr * kRows + g] * (1.0f / kCentroidGrid) : 1.0f;
-  std::conditional_t<kInt8K, dev::ByteLut8, dev::Lut8> lut_k{};
+  constexpr bool kInt8K16 = kInt8K && read_bits(KB) == 4;  // a 16-level union (trellis-coded 3-bit keys)
+  std::conditional_t<kInt8K, std::conditional_t<kInt8K16, dev::ByteLut16, dev::ByteLut8>, dev::Lut8> lut_k{};
   if constexpr (kInt8K) {  // the int8 centroids (z-units x 32, exact: the format's grid), 8 to a register pair
-    uint32_t b[8];
+    uint32_t b[kInt8K16 ? 16 : 8];
 #pragma unroll
-    for (int c8 = 0; c8 < 8; ++c8) b[c8] = uint32_t(__float2int_rn(__half2float(sm.lut_k[c8]) * float(kCentroidGrid))) & 0xffu;
-    lut_k = dev::byte_lut8(b);
+    for (int c8 = 0; c8 < (kInt8K16 ? 16 : 8); ++c8) b[c8] = uint32_t(__float2int_rn(__half2float(sm.lut_k[c8]) * float(kCentroidGrid))) & 0xffu;
+    if constexpr (kInt8K16) {
+      const uint32_t lo[8] = {b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]}, hi[8] = {b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]};
+      lut_k = dev::ByteLut16{dev::byte_lut8(lo), dev::byte_lut8(hi)};
+    } else {
+      lut_k = dev::byte_lut8(b);
+    }
   } else if constexpr (KIND == Kind::kTq) {
     lut_k = dev::make_lut8(sm.lut_k);
   }
@@ -559,11 +568,11 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       } else if constexpr (KIND == Kind::kTq) {
 #pragma unroll
         for (int j = 0; j < D / 64; ++j) {  // octets of the thread's coordinates: m-tiles 4j .. 4j+3
-          using VW = ValueWords<D, VB>;
+          using VW = ValueWordsOf<D, VB>;
           uint32_t ev[2][4], od[2][4];  // [token pair][i]: (A, B) at coordinate cb + 8j + 2i (+1 for od)
 #pragma unroll
           for (int pr = 0; pr < 2; ++pr) {
-            if constexpr (VB <= 3) {
+            if constexpr (read_bits(VB) <= 3) {
               uint32_t even, odd;
               dev::mix_tokens(VW::selector(cur[n].v[2 * pr], j), VW::selector(cur[n].v[2 * pr + 1], j), even, odd);
               dev::lookup8(even, lut_v, ev[pr]);

@@ -6,6 +6,7 @@
 //   load tile -> KeyOps::scores -> KeyOps::scale -> online softmax -> value norms -> O^T += V^T P^T
 //
 //   keys: TurboQuant 2-3 bits   int8 MMAs (m16n8k32), centroids as int8 fixed point (1/32 z-units)
+//         trellis-coded 2-3     the same on their union indices (8 and 16 int8 levels)
 //         TurboQuant 4 bits     fp16 MMAs, codes looked up in the shared fp16 table
 //         fp16 / bf16 / fp8     fp16 (bf16) MMAs on the stored elements (fp8 widened, exact)
 #pragma once
@@ -14,6 +15,7 @@
 #include <cuda_fp16.h>
 
 #include <array>
+#include <type_traits>
 
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
@@ -31,6 +33,18 @@ __device__ __forceinline__ void decode_octet(const uint32_t (&w)[B], int og, con
     dev::octet_codes<B>(w, og, c);
 #pragma unroll
     for (int i = 0; i < 4; ++i) h[i] = dev::pack_half2(lut_s[c[2 * i]], lut_s[c[2 * i + 1]]);
+  }
+}
+
+// The same for an octet given as 8 selector nibbles of codes < 2^RB (trellis-coded rows' union
+// indices, tcq_octet).
+template <int RB>
+__device__ __forceinline__ void decode_selector(uint32_t sel, const dev::Lut8& lut, const __half* lut_s, uint32_t (&h)[4]) {
+  if constexpr (RB <= 3) {
+    dev::lookup8(sel, lut, h);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) h[i] = dev::pack_half2(lut_s[(sel >> (8 * i)) & 0xfu], lut_s[(sel >> (8 * i + 4)) & 0xfu]);
   }
 }
 
@@ -62,7 +76,8 @@ struct KeyOctet {
   __device__ __forceinline__ static int octet(int j, int t) { return D == 64 ? 2 * (t & 1) + j : j % 4; }
 };
 
-template <int D, Kind KIND, int KB, int R = 1, bool kInt8 = KIND == Kind::kTq && KB <= 3>
+// KB: a width parameter (widths.h).
+template <int D, Kind KIND, int KB, int R = 1, bool kInt8 = KIND == Kind::kTq && int8_keys(KB)>
 struct KeyOps;
 
 // Scales x (scores or P V terms of tokens 2t, 2t+1, 2t+8, 2t+9) by those tokens' fp16 norms,
@@ -82,13 +97,16 @@ __device__ __forceinline__ void scale_by_norms(const uint32_t (&norms)[2], float
 // lookup from one table yields four int8 operands, with no interleaving. The query is int16 fixed
 // point per row (step = max|q| / kQ16Max), high bytes in rows 0-7 of A and low bytes in rows 8-15,
 // so one MMA gives both parts and S = 2^8 (q_hi . k) + (q_lo . k) is exact in int32; times the
-// row's step and the table's 1/32.
+// row's step and the table's 1/32. Trellis-coded keys: their union indices (Tile::key_selector),
+// a 16-level union in two 8-byte tables (dev::lookup16_s8).
 template <int D, int KB, int R>
 struct KeyOps<D, Kind::kTq, KB, R, true> {
-  float s_scale[R];   // this thread's row step (per m-tile) times the table's 1/32
-  dev::ByteLut8 lut;  // the int8 centroids
+  static constexpr bool k16 = read_bits(KB) == 4;
+  using Lut = std::conditional_t<k16, dev::ByteLut16, dev::ByteLut8>;
+  float s_scale[R];  // this thread's row step (per m-tile) times the table's 1/32
+  Lut lut;           // the int8 centroids
   // table: built by the kernel from its fp16 centroids; scale: the thread's query rows' steps / 32
-  __device__ __forceinline__ KeyOps(const dev::ByteLut8& table, const float (&scale)[R]) : lut(table) {
+  __device__ __forceinline__ KeyOps(const Lut& table, const float (&scale)[R]) : lut(table) {
 #pragma unroll
     for (int r = 0; r < R; ++r) s_scale[r] = scale[r];
   }
@@ -106,8 +124,15 @@ struct KeyOps<D, Kind::kTq, KB, R, true> {
       }
 #pragma unroll
       for (int nn = 0; nn < 2; ++nn) {
-        const uint32_t sel = dev::octet_selector<KB>(cur.k[nn][KeyOctet<D>::group(j)], KeyOctet<D>::octet(j, t));
-        const uint32_t k0 = dev::prmt(lut.t0, lut.t1, sel), k1 = dev::prmt(lut.t0, lut.t1, sel >> 16);
+        const uint32_t sel = cur.key_selector(nn, KeyOctet<D>::group(j), KeyOctet<D>::octet(j, t));
+        uint32_t k0, k1;
+        if constexpr (k16) {
+          k0 = dev::lookup16_s8(lut, sel);
+          k1 = dev::lookup16_s8(lut, sel >> 16);
+        } else {
+          k0 = dev::prmt(lut.t0, lut.t1, sel);
+          k1 = dev::prmt(lut.t0, lut.t1, sel >> 16);
+        }
 #pragma unroll
         for (int r = 0; r < R; ++r) dev::mma_s8(acc[r][nn], a[r], k0, k1);
       }
@@ -141,6 +166,7 @@ struct KeyOps<D, KIND, KB, R, false> {
   template <class TileT>
   __device__ __forceinline__ void key_frags(const TileT& cur, int nn, int j, int t, const __half* lut_s, uint32_t (&h)[4]) const {
     if constexpr (KIND == Kind::kTq) {
+      static_assert(!tcq_width(KB), "trellis-coded keys take the int8 path");
       decode_octet<KB>(cur.k[nn][KeyOctet<D>::group(j)], KeyOctet<D>::octet(j, t), lut, lut_s, h);
     } else if constexpr (KIND == Kind::kFp8) {
       e4m3x4_to_half2x2(cur.k[nn][2 * j], h[0], h[1]);

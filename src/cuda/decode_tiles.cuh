@@ -11,6 +11,8 @@
 
 #include "device_common.cuh"
 #include "tq/cuda/kernels.h"
+#include "trellis_read.cuh"
+#include "widths.h"
 
 namespace tq::cuda::decode {
 
@@ -37,8 +39,9 @@ struct SmemFixed {
 // slower at batch 1 and 1-4K tokens: bench/results/2026-12-02-h200-decode-d64-steps.md). Blocks of
 // one and of two m-tiles (R) must take the same steps, since each row must get the same bits from
 // both (DecodeRows); 4-bit keys at D = 128 and D = 256 hold two tiles only with spills (ptxas).
+// (KB: a width parameter, widths.h; its read bits count, as they set the registers a tile holds.)
 template <int D, int KB>
-inline constexpr int kStepTiles = D <= 64 || (D == 128 && KB <= 3) ? 2 : 1;
+inline constexpr int kStepTiles = D <= 64 || (D == 128 && read_bits(KB) <= 3) ? 2 : 1;
 
 // Packed caches whose pages hold whole 16-token tiles are streamed through shared memory: each warp
 // keeps a ring of kStages tiles, filled by cp.async kStages - kStepTiles tiles ahead of its compute,
@@ -46,10 +49,10 @@ inline constexpr int kStepTiles = D <= 64 || (D == 128 && KB <= 3) ? 2 : 1;
 // of the (page, kv head) block: K codes, V codes, K norms, V norms, kChunks 16-byte pieces that
 // the warp's lanes copy kRounds at a time. Sizes from format.h: a row of codes is
 // code_row_bytes, a norm kNormBytes, and every section of a page block starts on 16 bytes, so
-// a 16-row slice of each is whole 16-byte pieces.
+// a 16-row slice of each is whole 16-byte pieces. (KB, VB: width parameters, widths.h.)
 template <int D, int KB, int VB>
 struct Staging {
-  static constexpr int kRowK = int(code_row_bytes(D, KB)), kRowV = int(code_row_bytes(D, VB));
+  static constexpr int kRowK = int(code_row_bytes(D, stored_bits(KB))), kRowV = int(code_row_bytes(D, stored_bits(VB)));
   static constexpr int kNormChunks = kTile * int(kNormBytes) / 16;  // 16-byte pieces of a tile's K (V) norms
   static_assert(kTile * kRowK % 16 == 0 && kTile * kRowV % 16 == 0 && kTile * int(kNormBytes) % 16 == 0, "whole pieces");
   static constexpr int kBytes = kTile * (kRowK + kRowV + 2 * int(kNormBytes));  // [K codes][V codes][K norms][V norms]
@@ -184,6 +187,36 @@ struct ValueWords {
   }
 };
 
+// The same for trellis-coded values (VB a kTcq width, widths.h): the thread's kOct octets read as
+// union indices when loaded, one word an octet in the selector format (nibble k: coordinate k's
+// index), which the (b + 1)-bit value paths take as they take plain codes.
+template <int D, int VB>
+struct TcqValueWords {
+  static constexpr int kB = stored_bits(VB);
+  static_assert(tcq_width(VB) && kB >= 2 && kB <= 3, "decode kernels take trellis-coded value widths 2 and 3");
+  static constexpr int kOct = ValueWords<D, 2>::kOct, kWords = kOct;
+  // group: the group of the thread's octets; og0: its first octet there; first: the row's first
+  // octet (no carries in).
+  __device__ static void load(const uint32_t* group, int og0, bool first, uint32_t (&x)[kWords]) {
+    uint32_t w[kB];
+#pragma unroll
+    for (int i = 0; i < kB; ++i) w[i] = group[i];
+    uint32_t prev = dev::tcq_carry<kB>(group, og0, first);
+#pragma unroll
+    for (int j = 0; j < kOct; ++j) x[j] = dev::tcq_octet<kB>(w, og0 + j, prev);
+  }
+  __device__ static uint32_t selector(const uint32_t (&x)[kWords], int j) {
+    static_assert(read_bits(VB) <= 3);
+    return x[j];
+  }
+  __device__ static void codes(const uint32_t (&x)[kWords], int j, uint32_t (&c)[8]) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) c[k] = (x[j] >> (4 * k)) & 0xfu;
+  }
+};
+template <int D, int VB>
+using ValueWordsOf = std::conditional_t<tcq_width(VB), TcqValueWords<D, VB>, ValueWords<D, VB>>;
+
 // The bytes one thread needs from a 16-token tile: keys of tokens g and g + 8 (its D/4 coordinates),
 // values of tokens 2t, 2t+1, 2t+8, 2t+9 (its D/8 coordinates) and, for TurboQuant, their norms.
 // Tokens 2t and 2t+1 (and 2t+8, 2t+9) are the k = token pair of one register of the P V MMA.
@@ -191,16 +224,36 @@ template <int D, Kind KIND, int KB, int VB>
 struct Tile;
 template <int D, int KB, int VB>
 struct Tile<D, Kind::kTq, KB, VB> {
-  static constexpr int kGroups = D >= 128 ? D / 128 : 1;
-  uint32_t k[2][kGroups][KB];  // the groups of packed words holding the thread's key coordinates
-  // Key row nn's groups, from the thread's first word w of that row (global or shared memory).
-  __device__ void load_key_words(int nn, const uint32_t* w) {
+  static constexpr int kGroups = D >= 128 ? D / 128 : 1, kSB = stored_bits(KB);
+  // Words a group: its packed codes; trellis-coded, its 4 octets of union indices (tcq_octet).
+  static constexpr int kKW = tcq_width(KB) ? 4 : kSB;
+  uint32_t k[2][kGroups][kKW];  // the groups holding the thread's key coordinates
+  // Key row nn's groups, from the thread's first word w of that row (global or shared memory);
+  // first: they start the row (trellis codes: no carries in).
+  __device__ void load_key_words(int nn, const uint32_t* w, bool first) {
+    if constexpr (tcq_width(KB)) {
+      uint32_t prev = dev::tcq_carry<kSB>(w, 0, first);
 #pragma unroll
-    for (int gi = 0; gi < kGroups; ++gi)
+      for (int gi = 0; gi < kGroups; ++gi) {
+        uint32_t c[kSB];
 #pragma unroll
-      for (int i = 0; i < KB; ++i) k[nn][gi][i] = w[gi * int(group_words(KB)) + i];
+        for (int i = 0; i < kSB; ++i) c[i] = w[gi * kSB + i];
+#pragma unroll
+        for (int o = 0; o < 4; ++o) k[nn][gi][o] = dev::tcq_octet<kSB>(c, o, prev);
+      }
+    } else {
+#pragma unroll
+      for (int gi = 0; gi < kGroups; ++gi)
+#pragma unroll
+        for (int i = 0; i < KB; ++i) k[nn][gi][i] = w[gi * KB + i];
+    }
   }
-  uint32_t v[4][ValueWords<D, VB>::kWords];  // per token, the words of the thread's value coordinates
+  // Octet og of group gi of key row nn as 8 selector nibbles (read widths up to 4 bits).
+  __device__ uint32_t key_selector(int nn, int gi, int og) const {
+    if constexpr (tcq_width(KB)) return dev::pick(k[nn][gi], og);
+    else return dev::octet_selector<KB>(k[nn][gi], og);
+  }
+  uint32_t v[4][ValueWordsOf<D, VB>::kWords];  // per token, the words of the thread's value coordinates
   uint32_t kn[2], vn[2];       // fp16 norms of tokens (2t, 2t+1) and (2t+8, 2t+9), two to a register
 };
 template <int D, int KB, int VB>
@@ -256,7 +309,8 @@ __device__ __forceinline__ void load_keys(const DecodeParams& p, const int32_t* 
     const TokenAddr a = rows(p, bt, kvh, T0, g + 8 * nn, len);
     const uint8_t* row = a.block + L.k_codes + size_t(a.row) * L.k_row;
     if constexpr (KIND == Kind::kTq) {
-      tile.load_key_words(nn, reinterpret_cast<const uint32_t*>(row) + (t * D / 128) * int(group_words(KB)));  // its group
+      const int gk = t * D / 128;  // its (first) group
+      tile.load_key_words(nn, reinterpret_cast<const uint32_t*>(row) + gk * stored_bits(KB), gk == 0);
     } else {  // units t + 4j (FloatUnits)
       const uint4* src = reinterpret_cast<const uint4*>(row);
 #pragma unroll
@@ -274,7 +328,11 @@ __device__ __forceinline__ void load_values(const DecodeParams& p, const int32_t
     const TokenAddr a = rows(p, bt, kvh, T0, 2 * t + (e & 1) + 8 * (e >> 1), len);
     const uint8_t* row = a.block + L.v_codes + size_t(a.row) * L.v_row;
     if constexpr (KIND == Kind::kTq) {
-      ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(row) + (g * D / 256) * int(group_words(VB)), (g * D / 64) % 4, tile.v[e]);
+      const uint32_t* group = reinterpret_cast<const uint32_t*>(row) + (g * D / 256) * stored_bits(VB);
+      if constexpr (tcq_width(VB))
+        TcqValueWords<D, VB>::load(group, (g * D / 64) % 4, g == 0, tile.v[e]);
+      else
+        ValueWords<D, VB>::load(group, (g * D / 64) % 4, tile.v[e]);
       const uint32_t kn = reinterpret_cast<const uint16_t*>(a.block + L.k_norms)[a.row];
       const uint32_t vn = reinterpret_cast<const uint16_t*>(a.block + L.v_norms)[a.row];
       if (e & 1) {
@@ -309,6 +367,7 @@ struct TqStager {
   uint32_t last;              // nonzero: this lane copies a piece in the last round (which has fewer than 32)
   uint32_t k_at, v_at, n_at;  // this thread's words in a stage, as byte offsets from the block's ring:
   int og0;                    // key rows g, g+8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs
+  bool k_first, v_first;      // its key (value) coordinates start the row (trellis codes: no carries in)
   // head_at: the KV head's block within a page (kvh x the block's bytes).
   __device__ TqStager(const uint8_t* data, const BlockLayout& L, uint32_t ring_s, uint32_t ring_at, int lane, uint32_t head_at) {
     constexpr int nk = St::kRowK, nv = St::kRowV;  // 16 rows of kRow bytes = kRow pieces
@@ -326,8 +385,10 @@ struct TqStager {
     dst = ring_s + 16 * lane;
     last = lane + 32 * (St::kRounds - 1) < St::kChunks;
     asm volatile("" : "+r"(dst), "+r"(last));
-    k_at = ring_at + g * St::kRowK + (t * D / 128) * int(group_bytes(KB));
-    v_at = ring_at + kTile * St::kRowK + 2 * t * St::kRowV + (g * D / 256) * int(group_bytes(VB));
+    k_at = ring_at + g * St::kRowK + (t * D / 128) * int(group_bytes(stored_bits(KB)));
+    v_at = ring_at + kTile * St::kRowK + 2 * t * St::kRowV + (g * D / 256) * int(group_bytes(stored_bits(VB)));
+    k_first = t * D / 128 == 0;
+    v_first = g == 0;
     n_at = ring_at + kTile * (St::kRowK + St::kRowV) + 2 * int(kNormBytes) * t;
     og0 = (g * D / 64) % 4;
     asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
@@ -358,15 +419,20 @@ struct TqStager {
   template <Kind KIND>
   __device__ void load_value_words(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      ValueWords<D, VB>::load(reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV), og0, cur.v[e]);
+    for (int e = 0; e < 4; ++e) {
+      const uint32_t* group = reinterpret_cast<const uint32_t*>(stage + v_at + ((e & 1) + 8 * (e >> 1)) * St::kRowV);
+      if constexpr (tcq_width(VB))
+        TcqValueWords<D, VB>::load(group, og0, v_first, cur.v[e]);
+      else
+        ValueWords<D, VB>::load(group, og0, cur.v[e]);
+    }
   }
 
  private:
   template <Kind KIND>
   __device__ void load_key_codes(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
 #pragma unroll
-    for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK));
+    for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK), k_first);
   }
   template <Kind KIND>
   __device__ void load_norms(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {

@@ -129,6 +129,19 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   return r;
 }
 
+// The 16 int8 levels of a 4-bit union (trellis-coded 3-bit keys, widths.h): two 8-byte halves.
+// A lookup is a PRMT in each half (a selector nibble's bit 3 must be clear there: PRMT reads it as
+// its sign-replicate mode) and a third that takes each byte from the half bit 3 names.
+struct ByteLut16 {
+  ByteLut8 lo, hi;
+};
+// Four int8 levels for the four selector nibbles in sel's low 16 bits (codes < 16).
+__device__ __forceinline__ uint32_t lookup16_s8(const ByteLut16& l, uint32_t sel) {
+  const uint32_t s = sel & 0x7777u;
+  const uint32_t a = prmt(l.lo.t0, l.lo.t1, s), b = prmt(l.hi.t0, l.hi.t1, s);
+  return prmt(a, b, 0x3210u | ((sel >> 1) & 0x4444u));  // byte i: a's (i) or, where bit 3 is set, b's (4 + i)
+}
+
 // sel >> 16 (the second four selector nibbles of a 32-bit selector word, for PRMT, which reads
 // the low 16 bits) as a multiply-high, which runs on the FMA pipe, not a shift on the ALU pipe
 // that the packed decode's lookups keep busiest: sel * 0x10001 = (sel << 16) + sel, whose high

@@ -137,12 +137,16 @@ template <int D, Kind KIND, int KB, int VB, int T>
 struct Fill;
 
 // TurboQuant: a thread's units are (token, group of 32 codes) pairs; it loads the group's words
-// of the key row and of the value row, and the norms when its group is the first.
+// of the key row and of the value row, and the norms when its group is the first. Trellis-coded
+// rows (KB, VB kTcq widths: widths.h) also the branch bits carried into the group (tcq_carry),
+// and store() reads their octets as union indices (tcq_octet).
 template <int D, int KB, int VB, int T>
 struct Fill<D, Kind::kTq, KB, VB, T> {
   static constexpr int kGroups = D / 32, kUnits = T * kGroups / kThreads;
+  static constexpr int kSK = stored_bits(KB), kSV = stored_bits(VB);
   static_assert(T * kGroups % kThreads == 0, "whole units per thread");
-  uint32_t k[kUnits][KB], v[kUnits][VB];
+  uint32_t k[kUnits][kSK], v[kUnits][kSV];
+  uint32_t k_carry[kUnits], v_carry[kUnits];  // trellis-coded rows: the branch word before the group
   uint16_t kn[kUnits], vn[kUnits];
   __device__ static int token(int j) { return (int(threadIdx.x) + kThreads * j) / kGroups; }
   template <class SM>
@@ -152,12 +156,15 @@ struct Fill<D, Kind::kTq, KB, VB, T> {
 #pragma unroll
     for (int j = 0; j < kUnits; ++j) {
       const decode::TokenAddr a = pages(T0 + token(j));
-      const uint32_t* kw = reinterpret_cast<const uint32_t*>(a.block + L.k_codes + size_t(a.row) * L.k_row) + gi * int(group_words(KB));
-      const uint32_t* vw = reinterpret_cast<const uint32_t*>(a.block + L.v_codes + size_t(a.row) * L.v_row) + gi * int(group_words(VB));
+      const uint32_t* kw = reinterpret_cast<const uint32_t*>(a.block + L.k_codes + size_t(a.row) * L.k_row) + gi * kSK;
+      const uint32_t* vw = reinterpret_cast<const uint32_t*>(a.block + L.v_codes + size_t(a.row) * L.v_row) + gi * kSV;
 #pragma unroll
-      for (int i = 0; i < KB; ++i) k[j][i] = kw[i];
+      for (int i = 0; i < kSK; ++i) k[j][i] = kw[i];
 #pragma unroll
-      for (int i = 0; i < VB; ++i) v[j][i] = vw[i];
+      for (int i = 0; i < kSV; ++i) v[j][i] = vw[i];
+      k_carry[j] = v_carry[j] = 0;
+      if constexpr (tcq_width(KB)) k_carry[j] = dev::tcq_carry<kSK>(kw, 0, gi == 0);
+      if constexpr (tcq_width(VB)) v_carry[j] = dev::tcq_carry<kSV>(vw, 0, gi == 0);
       if (gi == 0) {
         kn[j] = reinterpret_cast<const uint16_t*>(a.block + L.k_norms)[a.row];
         vn[j] = reinterpret_cast<const uint16_t*>(a.block + L.v_norms)[a.row];
@@ -170,12 +177,19 @@ struct Fill<D, Kind::kTq, KB, VB, T> {
 #pragma unroll
     for (int j = 0; j < kUnits; ++j) {
       const int r = token(j);
+      uint32_t kc = k_carry[j], vc = v_carry[j];
 #pragma unroll
       for (int og = 0; og < 4; ++og) {  // octet og of group gi: coordinates 32 gi + 8 og + 0..7
         uint32_t h[4];
-        decode::decode_octet<KB>(k[j], og, lut_k, sm.lut_k, h);
+        if constexpr (tcq_width(KB))
+          decode::decode_selector<read_bits(KB)>(dev::tcq_octet<kSK>(k[j], og, kc), lut_k, sm.lut_k, h);
+        else
+          decode::decode_octet<KB>(k[j], og, lut_k, sm.lut_k, h);
         (&sm.k[buf][0][0][0])[tile_chunk<T>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
-        decode::decode_octet<VB>(v[j], og, lut_v, sm.lut_v, h);
+        if constexpr (tcq_width(VB))
+          decode::decode_selector<read_bits(VB)>(dev::tcq_octet<kSV>(v[j], og, vc), lut_v, sm.lut_v, h);
+        else
+          decode::decode_octet<VB>(v[j], og, lut_v, sm.lut_v, h);
         (&sm.v[buf][0][0][0])[tile_chunk<T>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
       }
       if (gi == 0) {
@@ -286,8 +300,8 @@ template <int D, int KB, int VB>
 __device__ __forceinline__ void store_luts(const CacheView& c, __half* lut_k, __half* lut_v) {
   if (threadIdx.x < 16) {
     const int i = threadIdx.x;
-    lut_k[i] = __float2half_rn(i < (1 << KB) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);
-    lut_v[i] = __float2half_rn(i < (1 << VB) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
+    lut_k[i] = __float2half_rn(i < (1 << read_bits(KB)) ? c.kt.centroids[i] * sqrtf(float(D)) : 0.0f);  // trellis-coded: the union
+    lut_v[i] = __float2half_rn(i < (1 << read_bits(VB)) ? c.vt.centroids[i] * sqrtf(float(D)) : 0.0f);
   }
 }
 
@@ -482,8 +496,8 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   if constexpr (kTq) {
     store_luts<D, KB, VB>(c, sm.lut_k, sm.lut_v);
     __syncthreads();
-    if constexpr (KB <= 3) lut_k = dev::make_lut8(sm.lut_k);
-    if constexpr (VB <= 3) lut_v = dev::make_lut8(sm.lut_v);
+    if constexpr (read_bits(KB) <= 3) lut_k = dev::make_lut8(sm.lut_k);
+    if constexpr (read_bits(VB) <= 3) lut_v = dev::make_lut8(sm.lut_v);
   }
 
   // This thread's rows: g and g + 8 of the warp's 16.

@@ -98,8 +98,8 @@ __device__ __forceinline__ void ws_produce(const DecodeParams& p, WsSmem<D, T, S
   constexpr bool kAsync = KIND == Kind::kF16 || KIND == Kind::kBf16;
   dev::Lut8 lut_k{}, lut_v{};
   if constexpr (KIND == Kind::kTq) {
-    if constexpr (KB <= 3) lut_k = dev::make_lut8(sm.lut_k);
-    if constexpr (VB <= 3) lut_v = dev::make_lut8(sm.lut_v);
+    if constexpr (read_bits(KB) <= 3) lut_k = dev::make_lut8(sm.lut_k);
+    if constexpr (read_bits(VB) <= 3) lut_v = dev::make_lut8(sm.lut_v);
   }
   const auto publish = [&](int st) {  // this thread's writes of stage st, to the consumers' MMAs
     wg::fence_proxy_async();

@@ -232,9 +232,16 @@ std::string gpu_kernels_unsupported(TensorCode k, TensorCode v, uint32_t head_di
   if (k.enc == Encoding::kTqSplit || v.enc == Encoding::kTqSplit)
     return fmt::format("fractional widths (K {}, V {} bits: the outlier split) have no GPU kernel yet; run them on the CPU (--device cpu)",
                        width_name(k), width_name(v));
-  if (k.enc == Encoding::kTqTcq || v.enc == Encoding::kTqTcq)
-    return fmt::format("trellis-coded widths (K {}, V {} bits) have no GPU kernel yet; run them on the CPU (--device cpu)", width_name(k),
-                       width_name(v));
+  // Trellis-coded rows are read as (b + 1)-bit rows of union indices (src/cuda/widths.h): kernels
+  // for K and V both trellis-coded, each 2 or 3 bits (unions of 8 and 16 levels).
+  if ((k.enc == Encoding::kTqTcq) != (v.enc == Encoding::kTqTcq))
+    return fmt::format("trellis-coded K or V alone (K {}, V {} bits) has no GPU kernel; the GPU's kernels take both trellis-coded "
+                       "(e.g. k3tv2t) or neither; run it on the CPU (--device cpu)",
+                       width_name(k), width_name(v));
+  if (k.enc == Encoding::kTqTcq && (k.bits < 2 || k.bits > 3 || v.bits < 2 || v.bits > 3))
+    return fmt::format("trellis-coded widths have GPU kernels for K and V of 2t and 3t bits, got K {}, V {}; run it on the CPU "
+                       "(--device cpu)",
+                       width_name(k), width_name(v));
   if (k.enc == Encoding::kTqProd) return "prod keys have no GPU kernel yet (use MSE keys, e.g. k3v2)";
   if (k.enc == Encoding::kFp32 || v.enc == Encoding::kFp32) return "fp32 caches have no GPU kernel (use fp16/bf16)";
   if (is_tq(k.enc) != is_tq(v.enc) || (!is_tq(k.enc) && k.enc != v.enc)) return "K and V must both be TurboQuant or the same float encoding";

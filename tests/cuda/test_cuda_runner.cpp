@@ -194,7 +194,13 @@ INSTANTIATE_TEST_SUITE_P(All, CudaRunner,
                                            RunnerCase{"d256_gemma3", gemma3_shape(), "k4v4:centre"},
                                            RunnerCase{"d256_gemma3_scaled", gemma3_shape(true), "bf16"},
                                            RunnerCase{"d256_gemma3", gemma3_shape(), "k3v2:ip=local:edge=1/k4v4:sink=4:window=8:centre"},
-                                           RunnerCase{"d256_gemma3", gemma3_shape(), kDefaultKvSpec}),
+                                           RunnerCase{"d256_gemma3", gemma3_shape(), kDefaultKvSpec},
+                                           // Trellis-coded rows (read as union indices), alone and in the default's Nt form.
+                                           RunnerCase{"d64_gqa2", shape(256, 4, 2, 2, false, "llama"), "k3tv2t"},
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"), "k2tv3t:ip"},
+                                           RunnerCase{"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2"),
+                                                      "k3tv2t:ip:edge=2/k4v4:sink=4:window=64:centre"},
+                                           RunnerCase{"d256_gemma3", gemma3_shape(), "k3tv3t:ip=local:edge=1/k4v4:sink=4:window=8:centre"}),
                          [](const auto& i) {
                            std::string s = std::string(i.param.name) + "_" + i.param.spec;
                            for (char& ch : s)
@@ -223,7 +229,8 @@ TEST_P(CudaRunnerRealShape, LogitsMatchTheCpuRunner) {
   std::vector<int> prompt(112);
   for (int& t : prompt) t = int(rng() % uint32_t(c.vocab_size));
   const size_t V = size_t(c.vocab_size);
-  for (const char* spec_text : {"fp16", "k3v2:edge=2/k4v4:sink=4:window=64", kDefaultKvSpec}) {  // tq run's default, and before 2026-12-01
+  // tq run's default, before 2026-12-01, and the default's trellis-coded form
+  for (const char* spec_text : {"fp16", "k3v2:edge=2/k4v4:sink=4:window=64", kDefaultKvSpec, "k3tv2t:ip:edge=2/k4v4:sink=4:window=64:centre"}) {
     SCOPED_TRACE(spec_text);
     const KvSpec spec = parse_kv_spec(spec_text);
     const Divergence d = check_against_cpu(m, spec, prompt, V, spec.canonical() + "_");

@@ -391,6 +391,23 @@ std::vector<DecodeCase> cases() {
   v.push_back({"k3v2", 128, 4, 3, {4097, 700, 9}, 0, false, false, 250, 512});
   v.push_back({"k3v3:page=7", 128, 4, 2, {2, 17, 97, 300}, 0, false, false, 20});
   for (const char* spec : {"fp16", "bf16", "fp8"}) v.push_back({spec, 128, 4, 1, mixed, 0, false, false, 77});
+  // Trellis-coded rows, read as their union indices (carries across octets, groups and threads):
+  // both key paths (the 8- and 16-level int8 unions) and both value paths at every head dim,
+  // unstaged pages, 16-row blocks, a dense rotation, padding, a window, prefill in both kernels.
+  for (const char* spec : {"k3tv2t", "k2tv2t", "k3tv3t:ip", "k2tv3t:nc"})
+    for (uint32_t d : {64u, 128u, 256u}) v.push_back({spec, d, 4, 1, mixed});
+  v.push_back({"k3tv2t:page=7", 128, 4, 1, {2, 17, 97}});
+  v.push_back({"k2tv3t:page=7", 64, 4, 2, {2, 17, 97}});
+  v.push_back({"k3tv3t:page=7", 256, 2, 1, {2, 17, 97}});
+  v.push_back({"k3tv2t", 128, 4, 8, {8, 4097}, 4});
+  v.push_back({"k3tv2t:rot=dense", 128, 4, 1, {17, 97}});
+  v.push_back({"k3tv2t", 112, 4, 1, {17, 97}});
+  v.push_back({"k3tv2t", 128, 4, 1, mixed, 0, false, false, 64});
+  v.push_back({"k3tv2t", 128, 4, 64, {64, 161, 1000}, 0, true});
+  v.push_back({"k2tv3t", 64, 2, 17, {17, 97}, 0, true});
+  v.push_back({"k3tv3t:page=7", 256, 1, 33, {40}, 0, true});
+  v.push_back({"k2tv2t", 128, 8, 100, {100, 4097}, 5, true});
+  v.push_back({"k3tv2t", 256, 4, 64, {64, 161, 1000}, 0, true, true});
   v.push_back({"bf16", 256, 4, 1, mixed, 0, false, true, 77});
   v.push_back({"k3v2", 128, 4, 64, {64, 161, 1000}, 0, true, false, 40});
   v.push_back({"k3v2", 256, 2, 100, {100, 1000, 4097}, 0, true, false, 512});
@@ -574,15 +591,15 @@ TEST(DecodeErrors, UnsupportedShapesAreRefusedNamingTheValue) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("80"), std::string::npos) << e.what();
   }
-  // Trellis-coded pages: quantize_store writes them, the attention kernels do not read them yet.
-  PagedKvCache tcq(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3tv2t").format);
+  // Trellis-coded pages: the kernels read 2t and 3t, K and V both trellis-coded.
+  PagedKvCache tcq(CacheShape{1, 2, 128, 4}, parse_kv_spec("k4tv4t").format);
   cuda::DeviceFormat tcqc(tcq.format());
   p.cache = tcqc.view(0, cache.ptr, tcq.shape().num_pages);
   try {
     cuda::validate(p);
-    FAIL() << "a trellis-coded cache accepted";
+    FAIL() << "a 4t cache accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("trellis-coded widths (K 3t, V 2t bits) have no GPU kernel"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("2t and 3t bits, got K 4t, V 4t"), std::string::npos) << e.what();
   }
   // Query tokens: decode takes 1..9, prefill chunks up to kMaxPrefillChunk.
   PagedKvCache ok(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2").format);

@@ -141,10 +141,19 @@ TEST(KvSpec, TrellisCodedWidths) {
     EXPECT_EQ(parse_kv_spec(t).canonical(), t);
   for (const uint32_t d : {64u, 80u, 128u, 256u})
     EXPECT_DOUBLE_EQ(parse_kv_spec("k3tv2t").bits_per_element(d), parse_kv_spec("k3v2").bits_per_element(d));
-  const KvFormat f = parse_kv_spec("k3tv2t").format;
-  EXPECT_NE(gpu_kernels_unsupported(f.k, f.v, 128).find("trellis-coded widths (K 3t, V 2t bits) have no GPU kernel"), std::string::npos);
-  const KvFormat g = parse_kv_spec("k3v2t").format;
-  EXPECT_NE(gpu_kernels_unsupported(g.k, g.v, 128).find("V 2t"), std::string::npos);
+  // The GPU's kernels read K and V both trellis-coded, 2t or 3t each; others are refused by name.
+  for (const char* ok : {"k3tv2t", "k2tv2t:ip", "k3tv3t", "k2tv3t"}) {
+    const KvFormat f = parse_kv_spec(ok).format;
+    EXPECT_EQ(gpu_kernels_unsupported(f.k, f.v, 128), "") << ok;
+  }
+  const auto why = [](const char* spec) {
+    const KvFormat f = parse_kv_spec(spec).format;
+    return gpu_kernels_unsupported(f.k, f.v, 128);
+  };
+  EXPECT_NE(why("k3v2t").find("trellis-coded K or V alone (K 3, V 2t bits)"), std::string::npos) << why("k3v2t");
+  EXPECT_NE(why("k3tv2").find("(K 3t, V 2 bits)"), std::string::npos) << why("k3tv2");
+  EXPECT_NE(why("k4tv4t").find("2t and 3t bits, got K 4t, V 4t"), std::string::npos) << why("k4tv4t");
+  EXPECT_NE(why("k1tv2t").find("got K 1t, V 2t"), std::string::npos) << why("k1tv2t");
 }
 
 // Each malformed spec is refused with a message that names the bad value and the spec itself.

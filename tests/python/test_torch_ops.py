@@ -28,7 +28,7 @@ def slots_for(tables, lens, ps):
 
 
 @gpu
-@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "k2v2:page=32", "fp16", "k3v2:rot=dense"])
+@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "k2v2:page=32", "fp16", "k3v2:rot=dense", "k3tv2t:ip"])
 def test_pages_equal_the_cpu_cache(spec):
     cache = tqo.CudaKvCache(spec, LAYERS, HEADS, D, num_pages=4)
     cpu = tq.KvCache(tq.KvSpec(spec), LAYERS, HEADS, D, num_pages=4)
@@ -64,7 +64,7 @@ def _two_sequences(spec, ntok, prefill, seed):
 
 
 @gpu
-@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "fp16"])
+@pytest.mark.parametrize("spec", ["k3v2", "k4v4", "fp16", "k3tv2t", "k2tv3t"])
 @pytest.mark.parametrize("ntok, prefill", [(1, False), (4, False), (37, True)])
 def test_attention_matches_the_cpu_reference(spec, ntok, prefill):
     cache, cpu, q, bt, sl, fn = _two_sequences(spec, ntok, prefill, 5)

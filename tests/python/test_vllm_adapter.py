@@ -227,8 +227,8 @@ KERNEL_RULE = [
     ("k3v2:prod", 128, "prod keys have no GPU kernel"), ("k5v5", 128, "widths 2..4 bits, got k5v5"),
     ("k8v8", 128, "widths 2..4 bits, got k8v8"), ("k1v1", 128, "widths 2..4 bits, got k1v1"), ("k2v5", 128, "got k2v5"),
     ("fp32", 128, "fp32 caches have no GPU kernel"), ("k2.5v2.5", 128, "fractional widths (K 2.5, V 2.5 bits"),
-    ("k3.5v2", 128, "fractional widths (K 3.5, V 2 bits"), ("k3tv2t", 128, "trellis-coded widths (K 3t, V 2t bits"),
-    ("k3v2t", 64, "trellis-coded widths (K 3, V 2t bits"),
+    ("k3.5v2", 128, "fractional widths (K 3.5, V 2 bits"), ("k3tv2t", 128, ""), ("k2tv3t:ip", 64, ""),
+    ("k3v2t", 64, "trellis-coded K or V alone (K 3, V 2t bits"), ("k4tv4t", 128, "2t and 3t bits, got K 4t, V 4t"),
 ]
 
 
