@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
       "per key coordinate, M per value coordinate) with options after colons, e.g. k3v2, k4v4:nc,\n"
       "k3v2:prod:rot=dense, k3v2:edge=2/k4v4:sink=4:window=64, k3v2:centre (keys stored less a\n"
       "per-head key centre, which softmax ignores). Widths N.5 are the outlier split (k3.5v2.5), widths Nt\n"
-      "trellis-coded (k3tv2t: the bytes of k3v2, less error; CPU only for now). See docs/kv-specs.md."};
+      "trellis-coded (k3tv2t: the bytes of k3v2, less error; the GPU reads K and V both 2t/3t). See docs/kv-specs.md."};
   app.require_subcommand(1);
   app.set_version_flag("--version", "tq 0.1.0");
   // --help shows each option's default after its type (e.g. "-n,--steps INT=256"); subcommands

@@ -183,6 +183,9 @@ void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
   // TurboQuant widths with kernels in this build (gpu_kernels_unsupported refuses the others): K
   // and V each 2, 3 or 4 bits; or both trellis-coded, each 2 or 3 bits (kTcq widths: widths.h).
   if (k.enc == Encoding::kTqTcq) {
+    TQ_CHECK(v.enc == Encoding::kTqTcq && k.bits >= 2 && k.bits <= 3 && v.bits >= 2 && v.bits <= 3,
+             "decode_attention: trellis-coded K {} bits, V {} bits{} reached the kernels (gpu_kernels_unsupported refuses it)", k.bits,
+             v.bits, v.enc == Encoding::kTqTcq ? " trellis-coded" : " plain");
     const auto with_v = [&](auto kb) {
       constexpr int KB = decltype(kb)::value;
       if (v.bits == 2) return launch<D, Kind::kTq, KB, kTcq + 2>(p, pl, mode, s);
