@@ -61,8 +61,6 @@ void* tq_cache_create(uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages, 
     TQ_CHECK(s.format.k.enc != tq::Encoding::kTqSplit && s.format.v.enc != tq::Encoding::kTqSplit,
              "KV spec '{}': tq_cache_create has no GPU kernels for fractional widths (the outlier split); use whole widths such as k3v2",
              s.text);
-    TQ_CHECK(s.format.k.enc != tq::Encoding::kTqTcq && s.format.v.enc != tq::Encoding::kTqTcq,
-             "KV spec '{}': tq_cache_create has no GPU kernels for trellis-coded widths; use whole widths such as k3v2", s.text);
     const tq::CacheFormat format(1, kv_heads, head_dim, s.format);
     h = std::make_unique<Handle>(format, num_pages);
   });
