@@ -15,6 +15,7 @@
 #include "device_common.cuh"
 #include "launch_common.h"
 #include "tq/check.h"
+#include "tq/codec/trellis_steps.h"
 #include "tq/cuda/kernels.h"
 #include "tq/numeric.h"
 
@@ -79,18 +80,19 @@ __device__ __forceinline__ void pack_row(const uint32_t (&codes)[E], int lane, u
 }
 
 // Trellis-coded rows (format.h kTqTcq): the codes of the rotated unit row y (E coordinates a lane)
-// by tcq_encode's Viterbi search, operation for operation (no FMA; the same candidates, order and
-// strict comparisons), so the codes are the CPU's bit for bit: each lane finds its coordinates'
-// nearest level in each of the four subsets, then lane 0 walks the 4-state trellis along the row
-// and traces the path back. cc as the plain path's (nc: sum c^2, ip: sum c y, c the levels).
+// by tcq_encode's search, from the same steps (tq/codec/trellis_steps.h: once-rounded arithmetic,
+// the same candidates, order and strict comparisons), so the codes are the CPU's bit for bit: each
+// lane finds its coordinates' nearest level in each of the four subsets, then lane 0 walks the
+// 4-state trellis along the row and traces the path back. cc as the plain path's (nc: sum c^2,
+// ip: sum c y, c the levels).
 template <int PD>
 __device__ void tcq_codes(const float (&y)[PD / 32], int lane, int warp, const CodecTables& tab, bool want_cc, bool ip,
                           uint32_t (&codes)[PD / 32], double& cc) {
   constexpr int E = PD / 32;
-  __shared__ float err[kWarps][PD][4];      // per coordinate and subset: the nearest level's squared error
+  __shared__ float err[kWarps][PD][4];        // per coordinate and subset: the nearest level's squared error
   __shared__ uint8_t nearest[kWarps][PD][4];  // and its index within the subset
-  __shared__ uint8_t back[kWarps][PD];      // bit s: the older branch bit of the state that led to state s
-  __shared__ uint8_t code_s[kWarps][PD];    // the path's codes
+  __shared__ uint8_t back[kWarps][PD];        // the coordinate's back bits (tcq_step)
+  __shared__ uint8_t code_s[kWarps][PD];      // the path's codes
   const uint32_t bits = tab.bits, L = 2u << bits;
   const float* lev = tab.centroids;  // the union, ascending
 #pragma unroll
@@ -98,50 +100,13 @@ __device__ void tcq_codes(const float (&y)[PD / 32], int lane, int warp, const C
     const int i = lane * E + e;
     uint32_t u = 0;  // levels below y: std::lower_bound's index
     for (uint32_t m = 0; m < L; ++m) u += lev[m] < y[e] ? 1u : 0u;
-    for (uint32_t k = 0; k < 4; ++k) {
-      const uint32_t up = u + (k + 4 - u % 4) % 4;  // subset k's first index >= u
-      float best = INFINITY;
-      uint32_t arg = 0;
-      for (int r = 0; r < 2; ++r) {
-        const uint32_t c = r == 0 ? up - 4 : up;  // up - 4 wraps past L when up < 4
-        if (c >= L) continue;
-        const float d = __fsub_rn(y[e], lev[c]), sq = __fmul_rn(d, d);
-        if (sq < best) best = sq, arg = c / 4;
-      }
-      err[warp][i][k] = best;
-      nearest[warp][i][k] = uint8_t(arg);
-    }
+    tcq_nearest(y[e], lev, L, u, err[warp][i], nearest[warp][i]);
   }
   __syncwarp();
   if (lane == 0) {
     float cost[4] = {0.0f, INFINITY, INFINITY, INFINITY};
-    for (int i = 0; i < PD; ++i) {
-      float nx[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
-      uint32_t hi = 0;
-#pragma unroll
-      for (uint32_t st = 0; st < 4; ++st)
-#pragma unroll
-        for (uint32_t t = 0; t < 2; ++t) {
-          const uint32_t ns = ((st << 1) | t) & 3u, k = (st & 1u) + 2u * (((st >> 1) & 1u) ^ t);
-          const float c = __fadd_rn(cost[st], err[warp][i][k]);
-          if (c < nx[ns]) {
-            nx[ns] = c;
-            hi = (hi & ~(1u << ns)) | ((st >> 1) << ns);
-          }
-        }
-      back[warp][i] = uint8_t(hi);
-#pragma unroll
-      for (int st = 0; st < 4; ++st) cost[st] = nx[st];
-    }
-    uint32_t st = 0;
-    for (uint32_t k = 1; k < 4; ++k)
-      if (cost[k] < cost[st]) st = k;
-    for (int i = PD - 1; i >= 0; --i) {
-      const uint32_t t = st & 1u, prev = (st >> 1) | (((uint32_t(back[warp][i]) >> st) & 1u) << 1);
-      const uint32_t k = (prev & 1u) + 2u * (((prev >> 1) & 1u) ^ t);
-      code_s[warp][i] = uint8_t((t << (bits - 1)) | nearest[warp][i][k]);
-      st = prev;
-    }
+    for (int i = 0; i < PD; ++i) back[warp][i] = uint8_t(tcq_step(cost, err[warp][i]));
+    tcq_traceback(PD, tcq_best_state(cost), back[warp], nearest[warp], bits, code_s[warp]);
   }
   __syncwarp();
 #pragma unroll
