@@ -76,6 +76,7 @@ AutoKvRequest parse_auto_kv(const std::string& text) {
   r.text = text;
   const auto parts = split(text, ':');
   std::string rest;  // the options for the chosen spec
+  bool widths_given = false;
   std::vector<std::string> seen;  // the budget's options: a second one would silently replace the first (the rest: parse_kv_spec)
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& opt = parts[i];
@@ -108,6 +109,7 @@ AutoKvRequest parse_auto_kv(const std::string& text) {
       TQ_CHECK(a >= 1 && a <= b && b <= 8, "KV spec '{}': widths must be a-b with 1 <= a <= b <= 8, got '{}'", text, val);
       r.min_width = uint32_t(a);
       r.max_width = uint32_t(b);
+      widths_given = true;
     } else if (key == "tcq" && eq == std::string::npos) {
       r.enc = Encoding::kTqTcq;
     } else {
@@ -123,6 +125,8 @@ AutoKvRequest parse_auto_kv(const std::string& text) {
   } catch (const Error& e) {
     throw Error(fmt::format("KV spec '{}': {}", text, e.what()));
   }
+  // The GPU's kernels read trellis-coded K and V of 2t and 3t (spec.cpp's gpu_kernels_unsupported).
+  if (r.enc == Encoding::kTqTcq && !widths_given) r.max_width = 3;
   TQ_CHECK(r.enc != Encoding::kTqTcq || r.max_width <= 7,
            "KV spec '{}': trellis-coded widths are 1..7 bits (tcq), got widths={}-{}", text, r.min_width, r.max_width);
   TQ_CHECK((r.bits > 0) != (r.mem_bytes > 0),

@@ -64,6 +64,10 @@ TEST(AutoKv, RefusesWithTheBadPart) {
   EXPECT_NE(error_of("auto:bits=3:calib=a:tokens=4").find("16..65536, got 4"), std::string::npos);
   EXPECT_NE(error_of("auto:bits=3:calib=a:widths=2-8:tcq").find("trellis-coded widths are 1..7 bits (tcq), got widths=2-8"), std::string::npos);
   EXPECT_EQ(parse_auto_kv("auto:bits=3:calib=a:tcq").enc, Encoding::kTqTcq);
+  // Trellis-coded candidates default to the GPU kernels' 2t..3t; widths= still sets them.
+  EXPECT_EQ(parse_auto_kv("auto:bits=3:calib=a:tcq").max_width, 3u);
+  EXPECT_EQ(parse_auto_kv("auto:bits=3:calib=a:tcq:widths=2-5").max_width, 5u);
+  EXPECT_EQ(parse_auto_kv("auto:bits=3:calib=a").max_width, 4u);
   EXPECT_EQ(parse_auto_kv("auto:bits=3:calib=a").enc, Encoding::kTqMse);
   // a second budget option silently replaced the first; a sub-byte mem= was read as no budget
   EXPECT_NE(error_of("auto:bits=12:calib=a:bits=2").find("option 'bits' is given twice"), std::string::npos);
@@ -202,6 +206,8 @@ TEST(AutoKv, ChoiceMeetsTheBudget) {
   for (uint32_t l : {0u, 7u, 29u}) EXPECT_TRUE(t.spec.is_edge_layer(l, 30)) << t.spec.canonical() << "\n" << t.report;
   EXPECT_EQ(t.spec.policy.edge_k.enc, Encoding::kTqTcq);
   EXPECT_NE(t.report.find("K3t"), std::string::npos) << t.report;
+  EXPECT_EQ(gpu_kernels_unsupported(t.spec.format.k, t.spec.format.v, 64), "") << t.spec.canonical();  // the GPU runs it
+  EXPECT_EQ(gpu_kernels_unsupported(t.spec.policy.edge_k, t.spec.policy.edge_v, 64), "") << t.spec.canonical();
   // Probes of one encoding do not price the other's widths.
   EXPECT_THROW(choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x:tcq"), c, s), Error);
   EXPECT_THROW(choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x"), c, st), Error);

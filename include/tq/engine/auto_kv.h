@@ -46,7 +46,8 @@ struct AutoKvRequest {
   uint32_t context = 0;
   std::string calib;      // calibration text file
   uint32_t tokens = 256;  // its first tokens calibrate
-  uint32_t min_width = 2, max_width = 4;  // 2..4: the CUDA kernels' widths, so the choice runs there too
+  // 2..4 (tcq: 2..3): the CUDA kernels' widths, so the choice runs there too; widths= sets them
+  uint32_t min_width = 2, max_width = 4;
   Encoding enc = Encoding::kTqMse;        // the candidates' and probes' encoding: kTqMse, or kTqTcq (tcq)
   KvSpec knobs;  // base k3v2 with the other options given (sink, window, centre, page, ...)
   // mem=: the engine keeps its sliding-window layers in window rings (its default; false for
