@@ -199,15 +199,19 @@ TEST(AutoKv, ChoiceMeetsTheBudget) {
   // Trellis-coded candidates (tcq): the choice is in tcq widths, within the budget, from tcq probes.
   Sensitivity st = s;
   st.enc = Encoding::kTqTcq;
-  const AutoKvChoice t = choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x:tcq:sink=4:window=64"), c, st);
+  const AutoKvChoice t = choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x:tcq:widths=2-4:sink=4:window=64"), c, st);
   EXPECT_EQ(t.spec.format.k.enc, Encoding::kTqTcq) << t.spec.canonical();
   EXPECT_EQ(t.spec.format.v.enc, Encoding::kTqTcq) << t.spec.canonical();
   EXPECT_LE(kv_size(t.spec, 30, 3, 64).bits_per_element, 3.0 + 1e-9) << t.spec.canonical();
   for (uint32_t l : {0u, 7u, 29u}) EXPECT_TRUE(t.spec.is_edge_layer(l, 30)) << t.spec.canonical() << "\n" << t.report;
   EXPECT_EQ(t.spec.policy.edge_k.enc, Encoding::kTqTcq);
   EXPECT_NE(t.report.find("K3t"), std::string::npos) << t.report;
-  EXPECT_EQ(gpu_kernels_unsupported(t.spec.format.k, t.spec.format.v, 64), "") << t.spec.canonical();  // the GPU runs it
-  EXPECT_EQ(gpu_kernels_unsupported(t.spec.policy.edge_k, t.spec.policy.edge_v, 64), "") << t.spec.canonical();
+  // By default the candidates are 2t and 3t, which the GPU's kernels read.
+  const AutoKvChoice g = choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x:tcq:sink=4:window=64"), c, st);
+  EXPECT_LE(kv_size(g.spec, 30, 3, 64).bits_per_element, 3.0 + 1e-9) << g.spec.canonical();
+  EXPECT_EQ(gpu_kernels_unsupported(g.spec.format.k, g.spec.format.v, 64), "") << g.spec.canonical();
+  EXPECT_EQ(gpu_kernels_unsupported(g.spec.policy.edge_k, g.spec.policy.edge_v, 64), "") << g.spec.canonical();
+  EXPECT_NE(t.spec.canonical(), g.spec.canonical()) << "4t keys were not chosen where they were candidates";
   // Probes of one encoding do not price the other's widths.
   EXPECT_THROW(choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x:tcq"), c, s), Error);
   EXPECT_THROW(choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x"), c, st), Error);
