@@ -266,6 +266,8 @@ def main():
                     help="KV specs of our kernels, e.g. k3v2,bf16; bf16@99 runs bf16 as a GPU with 99 KB of shared memory a block would "
                          "(TQ_CUDA_SMEM_KB)")
     ap.add_argument("--no-bulk", action="store_true", help="skip the bulk quantize_store measurement")
+    ap.add_argument("--store-specs", default="k3v2,k3tv2t",
+                    help="specs whose quantize_store is timed beside their decode step (k3tv2t: the trellis search, lane 0 walking the row)")
     ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
     ap.add_argument("--no-prefill", action="store_true", help="skip the chunked-prefill measurement")
     ap.add_argument("--prefill-only", action="store_true", help="only the chunked-prefill measurement")
@@ -345,7 +347,7 @@ def main():
                 row = dict(batch=B, context=L, kv=spec, ms=t, bytes=nbytes, gbps=nbytes / t / 1e6, speedup_vs_torch=t_torch / t,
                            rel_err_vs_torch=rel, graph_ms=g, graph_speedup_vs_torch=g_torch / g, head_dim=D, heads=f"{QH}:{KVH}",
                            limit_us=limit_us(nbytes), of_limit=limit_us(nbytes) / (g * 1e3))
-                if spec == "k3v2":
+                if spec in args.store_specs.split(","):
                     # one decode step writes one new token per sequence
                     newk, newv = k[:B].clone(), v[:B].clone()
                     slots = cache.slots[:B].clone()
@@ -376,7 +378,7 @@ def main():
                        f" in a graph {row['quantize_store_graph_ms'] * 1e3:.1f} us ({row['quantize_store_graph_pct_of_decode']:.1f}%),"
                        f" added to a captured step {row['quantize_store_step_ms'] * 1e3:.1f} us ({row['quantize_store_step_pct_of_decode']:.1f}%),"
                        f" with quantize_store_and_decode {row['quantize_store_fused_ms'] * 1e3:.1f} us ({row['quantize_store_fused_pct_of_decode']:.1f}%)"
-                       if spec == "k3v2" else ""),
+                       if "quantize_store_ms" in row else ""),
                       flush=True)
                 cache.close()
         del k, v, kt, vt
