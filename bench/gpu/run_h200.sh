@@ -177,6 +177,6 @@ if [ -f "$OUT/bench_base.log" ]; then echo "baseline ($BASE):"; grep '^|' "$OUT/
 grep '^|' "$OUT/bench.log"
 grep 'quantize_store k3v2' "$OUT/bench.log"
 grep '^prefill' "$OUT/bench.log"
-echo "quantize_store k3v2, what it adds to a captured quantize_store + decode step (two calls; one quantize_store_and_decode):"
-grep ' k3v2 ' "$OUT/bench.log" | grep -o 'B= *[0-9]* L= *[0-9]*\|added to a captured step [^)]*)\|with quantize_store_and_decode [^)]*)' | paste - - -
+echo "quantize_store (k3v2, k3tv2t), what it adds to a captured quantize_store + decode step (two calls; one quantize_store_and_decode):"
+grep -E ' k3v2 | k3tv2t ' "$OUT/bench.log" | grep -o 'B= *[0-9]* L= *[0-9]* *[a-z0-9]*\|added to a captured step [^)]*)\|with quantize_store_and_decode [^)]*)' | paste - - -
 pack
