@@ -1,8 +1,6 @@
 // The steps of the trellis search (tq/codec/trellis.h), host and device alike, so that the CPU's
 // codes (tcq_encode, built from them; its AVX2 forward pass repeats them lane-wise, tested bit for
-// bit) and the GPU's can come from one algorithm. (The GPU's quantize_store still has its own copy,
-// operation for operation, until branch tcq-gpu-readers, which builds it from these, has run on a
-// GPU.)
+// bit) and the GPU's (quantize_store's tcq_codes, built from them) come from one algorithm.
 // Per coordinate: the nearest level of each subset (tcq_nearest), then one add-compare-select step
 // over the 4 states (tcq_step), which records where each state came from; at the row's end the
 // state of least cost (tcq_best_state) and the path traced back (tcq_traceback).
