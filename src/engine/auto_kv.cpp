@@ -126,7 +126,7 @@ AutoKvRequest parse_auto_kv(const std::string& text) {
     throw Error(fmt::format("KV spec '{}': {}", text, e.what()));
   }
   // The GPU's kernels read trellis-coded K and V of 2t and 3t (spec.cpp's gpu_kernels_unsupported).
-  if (r.enc == Encoding::kTqTcq && !widths_given) r.max_width = 3;
+  if (r.enc == Encoding::kTqTcq && !widths_given) r.max_width = 3, r.plain_too = true;
   TQ_CHECK(r.enc != Encoding::kTqTcq || r.max_width <= 7,
            "KV spec '{}': trellis-coded widths are 1..7 bits (tcq), got widths={}-{}", text, r.min_width, r.max_width);
   TQ_CHECK((r.bits > 0) != (r.mem_bytes > 0),
@@ -288,6 +288,8 @@ Budget budget_of(const AutoKvRequest& r, const model::ModelConfig& c) {
   for (uint32_t kb = r.min_width; kb <= r.max_width; ++kb)
     for (uint32_t vb = r.min_width; vb <= r.max_width; ++vb)
       b.fmts.push_back({TensorCode{r.enc, uint8_t(kb)}, TensorCode{r.enc, uint8_t(vb)}});
+  for (uint32_t kb = 2; kb <= 4 && r.plain_too; ++kb)
+    for (uint32_t vb = 2; vb <= 4; ++vb) b.fmts.push_back({TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}});
   b.elems_bytes = 2.0 * D * H * L / 8.0;
   b.weights.assign(L, 1.0);
   uint32_t ringed = 0;
@@ -355,15 +357,16 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
   const auto& fmts = bud.fmts;
   TQ_CHECK(s.enc == r.enc, "KV spec '{}': the sensitivity was measured with {} probes, the request chooses {} widths", r.text,
            s.enc == Encoding::kTqTcq ? "trellis-coded" : "plain", r.enc == Encoding::kTqTcq ? "trellis-coded" : "plain");
-  // The distortion per unit vector at each width; a layer's KL scales with it.
-  const auto dist = [&](uint32_t bits) {
-    return r.enc == Encoding::kTqTcq ? trellis_mse(padded_dim(D), bits) : codebook(padded_dim(D), bits).expected_mse;
+  // The distortion per unit vector of each width and encoding; a layer's KL scales with it.
+  const auto dist = [&](Encoding enc, uint32_t bits) {
+    return enc == Encoding::kTqTcq ? trellis_mse(padded_dim(D), bits) : codebook(padded_dim(D), bits).expected_mse;
   };
   std::vector<std::vector<double>> cost(fmts.size(), std::vector<double>(L));
   const std::vector<double>& bytes = bud.layer_bytes;  // [format] per token and layer
   for (size_t f = 0; f < fmts.size(); ++f) {
     const size_t pk = probe_for(s.k_widths, fmts[f].first.bits), pv = probe_for(s.v_widths, fmts[f].second.bits);
-    const double rk = dist(fmts[f].first.bits) / dist(s.k_widths[pk]), rv = dist(fmts[f].second.bits) / dist(s.v_widths[pv]);
+    const double rk = dist(fmts[f].first.enc, fmts[f].first.bits) / dist(s.enc, s.k_widths[pk]);
+    const double rv = dist(fmts[f].second.enc, fmts[f].second.bits) / dist(s.enc, s.v_widths[pv]);
     for (uint32_t l = 0; l < L; ++l) cost[f][l] = s.k[pk][l] * rk + s.v[pv][l] * rv;
   }
   const double elems_bytes = bud.elems_bytes, budget = bud.budget;

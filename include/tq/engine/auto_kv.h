@@ -10,8 +10,9 @@
 //            | tokens=<N>          its first N tokens (default 256)
 //            | widths=<a>-<b>      whole K and V widths considered, a..b bits (default 2-4: the
 //                                  widths the CUDA kernels have)
-//            | tcq                 trellis-coded widths (k3tv2t, ...) in place of the plain ones, in
-//                                  the probes and the choice (a..b at most 7; CPU only for now)
+//            | tcq                 trellis-coded widths (k3tv2t, ...) in the probes and the choice (a..b
+//                                  at most 7); without widths=, 2t..3t and plain 2..4 bits, the
+//                                  formats the CUDA kernels read
 //            | sink=, window=, centre, page=, seed=, rot=, nc   kept as given, in the probes and in
 //                                  the chosen spec
 //
@@ -48,6 +49,10 @@ struct AutoKvRequest {
   uint32_t tokens = 256;  // its first tokens calibrate
   // 2..4 (tcq: 2..3): the CUDA kernels' widths, so the choice runs there too; widths= sets them
   uint32_t min_width = 2, max_width = 4;
+  // tcq without widths=: plain K and V of 2..4 bits are candidates too (a format is K and V both
+  // trellis-coded or both plain, as the CUDA kernels take them), so that layers may take plain 4-bit
+  // keys where the kernels have no 4t.
+  bool plain_too = false;
   Encoding enc = Encoding::kTqMse;        // the candidates' and probes' encoding: kTqMse, or kTqTcq (tcq)
   KvSpec knobs;  // base k3v2 with the other options given (sink, window, centre, page, ...)
   // mem=: the engine keeps its sliding-window layers in window rings (its default; false for
