@@ -206,8 +206,12 @@ TEST(AutoKv, ChoiceMeetsTheBudget) {
   for (uint32_t l : {0u, 7u, 29u}) EXPECT_TRUE(t.spec.is_edge_layer(l, 30)) << t.spec.canonical() << "\n" << t.report;
   EXPECT_EQ(t.spec.policy.edge_k.enc, Encoding::kTqTcq);
   EXPECT_NE(t.report.find("K3t"), std::string::npos) << t.report;
-  // By default the candidates are 2t and 3t, which the GPU's kernels read.
+  // By default the candidates are 2t and 3t and plain 2..4 bits, formats the GPU's kernels read: the
+  // layers whose keys matter take plain 4-bit keys (no 4t there), the rest trellis-coded.
   const AutoKvChoice g = choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x:tcq:sink=4:window=64"), c, st);
+  EXPECT_EQ(g.spec.format.k.enc, Encoding::kTqTcq) << g.spec.canonical();
+  EXPECT_EQ(g.spec.policy.edge_k, (TensorCode{Encoding::kTqMse, 4})) << g.spec.canonical() << "\n" << g.report;
+  for (uint32_t l : {0u, 7u, 29u}) EXPECT_TRUE(g.spec.is_edge_layer(l, 30)) << g.spec.canonical();
   EXPECT_LE(kv_size(g.spec, 30, 3, 64).bits_per_element, 3.0 + 1e-9) << g.spec.canonical();
   EXPECT_EQ(gpu_kernels_unsupported(g.spec.format.k, g.spec.format.v, 64), "") << g.spec.canonical();
   EXPECT_EQ(gpu_kernels_unsupported(g.spec.policy.edge_k, g.spec.policy.edge_v, 64), "") << g.spec.canonical();
