@@ -210,7 +210,8 @@ TEST(AutoKv, ChoiceMeetsTheBudget) {
   // layers whose keys matter take plain 4-bit keys (no 4t there), the rest trellis-coded.
   const AutoKvChoice g = choose_auto_kv(parse_auto_kv("auto:bits=3.0:calib=x:tcq:sink=4:window=64"), c, st);
   EXPECT_EQ(g.spec.format.k.enc, Encoding::kTqTcq) << g.spec.canonical();
-  EXPECT_EQ(g.spec.policy.edge_k, (TensorCode{Encoding::kTqMse, 4})) << g.spec.canonical() << "\n" << g.report;
+  EXPECT_EQ(g.spec.policy.edge_k.enc, Encoding::kTqMse) << g.spec.canonical() << "\n" << g.report;
+  EXPECT_EQ(g.spec.policy.edge_k.bits, 4) << g.spec.canonical();
   for (uint32_t l : {0u, 7u, 29u}) EXPECT_TRUE(g.spec.is_edge_layer(l, 30)) << g.spec.canonical();
   EXPECT_LE(kv_size(g.spec, 30, 3, 64).bits_per_element, 3.0 + 1e-9) << g.spec.canonical();
   EXPECT_EQ(gpu_kernels_unsupported(g.spec.format.k, g.spec.format.v, 64), "") << g.spec.canonical();
