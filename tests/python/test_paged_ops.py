@@ -32,10 +32,6 @@ def test_pages_equal_the_host_cache(device, spec):
         with pytest.raises(ValueError, match="new_cache: prod keys have no GPU kernel"):
             torch.ops.turboquant.new_cache(spec, 2, HEADS, D, 4, torch.device(device))
         return
-    if device == "cuda" and tq.KvSpec(spec).k_encoding == "tq_tcq":  # trellis-coded rows: CPU only (docs/kv-specs.md)
-        with pytest.raises(ValueError, match="trellis-coded widths"):
-            torch.ops.turboquant.new_cache(spec, 2, HEADS, D, 4, torch.device(device))
-        return
     pages = torch.ops.turboquant.new_cache(spec, 2, HEADS, D, 4, torch.device(device))
     host = tq.KvCache(tq.KvSpec(spec), 2, HEADS, D, num_pages=4)
     ps = host.page_size
@@ -66,8 +62,8 @@ def _filled(spec, device, lens, tables, num_pages=12):
 @pytest.mark.parametrize("spec", ["k3v2", "k4v4", "fp16", "k3v2:prod", "k3tv2t", "k2tv3t"])
 @pytest.mark.parametrize("ntok, prefill", [(1, False), (4, False), (37, True)])
 def test_attention_matches_the_reference(device, spec, ntok, prefill):
-    if device == "cuda" and (spec.endswith(":prod") or tq.KvSpec(spec).k_encoding == "tq_tcq"):
-        pytest.skip("the GPU kernels take plain MSE rows only (test_pages_equal_the_host_cache checks the refusals)")
+    if device == "cuda" and spec.endswith(":prod"):
+        pytest.skip("the GPU kernels take MSE keys only (test_pages_equal_the_host_cache checks the refusal)")
     lens, tables = [50, 90], [[3, 1, 5, 7, 0, 0], [0, 2, 4, 6, 8, 9]]  # pages in any order, none shared
     pages, host, _, _ = _filled(spec, device, lens, tables)
     q = torch.randn(2, ntok, 2 * HEADS, D, generator=torch.Generator().manual_seed(5))
