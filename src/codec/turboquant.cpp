@@ -198,10 +198,17 @@ void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float*
   const float w = weight * f16_to_f32(*row.norm);
   if (w == 0) return;
   const uint32_t b = code_bits();
-  if (b > 0 && cfg_.tcq) {
-    float v[kMaxHeadDim];
-    tcq_levels(row.codes, v);
-    for (uint32_t i = 0; i < pd_; ++i) acc[i] += w * v[i];
+  if (b > 0 && (cfg_.tcq || cpu::has_avx2_fma())) {
+    // The row's levels, then acc += w * level: the same products and sums as the scalar branch.
+    float v[kMaxHeadDim];  // [pd]
+    if (cfg_.tcq)
+      tcq_levels(row.codes, v);
+    else
+      simd::decode_codes_avx2(row.codes, pd_, b, cb_->centroids.data(), v);
+    if (cpu::has_avx2_fma())
+      simd::axpy_avx2(w, v, acc, pd_);
+    else
+      for (uint32_t i = 0; i < pd_; ++i) acc[i] += w * v[i];
   } else if (b > 0) {
     uint8_t codes[kGroup];
     for (uint32_t g = 0; g < pd_ / kGroup; ++g) {

@@ -372,6 +372,36 @@ TEST(AccumulateRotated, WeightedSumOfDecodedRows) {
   }
 }
 
+// The engine's value path for one or two queries a KV head (MHA and GQA-2 models): acc += w * norm
+// * level, bit for bit the scalar products and sums whether the row's levels come from the AVX2
+// decode or the scalar unpack, at every plain width and padded dims up to 256 (rows of 0 / ±inf
+// weight products are not added: w == 0 returns).
+TEST(AccumulateRotated, BitExactWithAndWithoutSimd) {
+  for (uint32_t dim : {32u, 64u, 112u, 128u, 256u})  // 112: padded to 128
+    for (uint32_t bits = 1; bits <= 8; ++bits) {
+      TurboQuant t(cfg_of(dim, bits, false));
+      const uint32_t pd = t.padded_dim();
+      const size_t n = 6;
+      const auto v = test::outlier_rows(n, dim, 100 + bits);
+      std::vector<float> want(pd, 0.0f), got(pd, 0.0f), scalar(pd, 0.0f);
+      std::vector<uint8_t> codes(pd);
+      for (size_t r = 0; r < n; ++r) {
+        Encoded e(t);
+        t.encode(&v[r * dim], e.ref());
+        const float weight = 0.37f * float(r + 1);
+        t.accumulate_rotated(e.cref(), weight, got.data());
+        cpu::set_simd_enabled(false);
+        t.accumulate_rotated(e.cref(), weight, scalar.data());
+        cpu::set_simd_enabled(true);
+        unpack_row(e.codes.data(), dim, bits, codes.data());
+        const float w = weight * f16_to_f32(e.norm);
+        for (uint32_t i = 0; i < pd; ++i) want[i] += w * t.codebook()->centroids[codes[i]];
+      }
+      EXPECT_EQ(got, want) << "d " << dim << ", " << bits << " bits";
+      EXPECT_EQ(scalar, want) << "d " << dim << ", " << bits << " bits";
+    }
+}
+
 }  // namespace
 }  // namespace tq
 

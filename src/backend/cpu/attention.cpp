@@ -8,7 +8,7 @@
 //           converted into a page-sized tile. Side-buffer tokens (sink/window): fp16 rows,
 //           unrotated query.
 //   values  TurboQuant values are accumulated in the rotated domain and un-rotated once per query
-//           at the end: with one or two queries through accumulate_rotated; with more, each page's
+//           at the end: with one query through accumulate_rotated; with more, each page's
 //           rows are decoded (rotated domain, centroids) into a page tile once and shared by all
 //           queries of the block. Both add (weight x norm) x centroid, so a query's output does
 //           not depend on how many queries a step carries: speculative verification gives the
@@ -198,7 +198,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
   // ---- values
   // acc [D]: float values and side-buffer rows; acc_rot [pd]: TurboQuant values, rotated domain
   for (uint32_t qi = 0; qi < nqb; ++qi) std::fill_n(&part[qi * per_query + 2], D + pd, 0.0f);
-  const bool use_tile = vc && nqb > 2 && !vc->config().prod;
+  const bool use_tile = vc && nqb >= 2 && !vc->config().prod;
   const bool avx2 = cpu::has_avx2_fma();  // prod values: accumulate_rotated's own order
   // Float values but fp8 are read from the page and converted in registers (exactly, as the tile's).
   const bool value_in_page = !vc && (venc == Encoding::kFp32 || venc == Encoding::kFp16 || venc == Encoding::kBf16);
