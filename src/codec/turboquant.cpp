@@ -195,8 +195,9 @@ float TurboQuant::dot_decoded(const Query& q, const float* decoded, const ConstR
 
 void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const {
   if (cfg_.split) return split_accumulate_rotated(row, weight, acc);
+  // No shortcut for w == 0 (a zero weight or a zeroed row): adding zeros leaves acc's bits as they
+  // are, and a row costs the same whatever it holds, so tq bench's zeroed contexts time real work.
   const float w = weight * f16_to_f32(*row.norm);
-  if (w == 0) return;
   const uint32_t b = code_bits();
   if (b > 0 && (cfg_.tcq || cpu::has_avx2_fma())) {
     // The row's levels, then acc += w * level: the same products and sums as the scalar branch.

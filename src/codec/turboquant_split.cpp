@@ -109,8 +109,8 @@ float TurboQuant::split_dot(const Query& q, const ConstRowRef& row, bool fast) c
 
 void TurboQuant::split_accumulate_rotated(const ConstRowRef& row, float weight, float* acc) const {
   // weight x (norm x centroid): the products of attention's decoded page tile, so that a query's
-  // output is the same bits whichever of the two paths its step takes.
-  if (weight == 0) return;
+  // output is the same bits whichever of the two paths its step takes. No shortcut for a zero
+  // weight (accumulate_rotated says why).
   float y[kMaxHeadDim + 2 * kGroup];  // [pd] decode_rotated's row
   split_decode_rotated(row, y);
   for (uint32_t k = 0; k < pd_; ++k) acc[k] += weight * y[k];

@@ -256,8 +256,7 @@ void attend_part(const PagedKvCache& cache, uint32_t local, std::span<const int3
         } else if (!vc) {
           axpy(avx2, w[t - c0], &tile[size_t(t - p0) * D], a, D);
         } else if (use_tile) {
-          const float wn = w[t - c0] * norms[t - p0];  // as accumulate_rotated: the same products and sums
-          if (wn == 0) continue;
+          const float wn = w[t - c0] * norms[t - p0];  // as accumulate_rotated: the same products and sums, no shortcut for 0
           axpy(avx2, wn, &tile[size_t(t - p0) * pd], a_rot, pd);
         } else {
           vc->accumulate_rotated(value_row(L, blk, t - p0), w[t - c0], a_rot);
