@@ -121,18 +121,10 @@ void TurboQuant::encode(const float* x, const RowRef& out) const {
 
 void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
   if (cfg_.split) return split_decode_rotated(in, out);
-  const uint32_t b = code_bits();
-  if (b > 0 && cfg_.tcq) {
-    tcq_levels(in.codes, out);
-  } else if (b > 0 && cpu::has_avx2_fma()) {
-    simd::decode_codes_avx2(in.codes, pd_, b, cb_->centroids.data(), out);  // the same table entries
-  } else if (b > 0) {
-    uint8_t codes[kMaxHeadDim];
-    unpack_row(in.codes, cfg_.dim, b, codes);
-    for (uint32_t i = 0; i < pd_; ++i) out[i] = cb_->centroids[codes[i]];
-  } else {
+  if (code_bits() > 0)
+    levels(in.codes, out);
+  else
     for (uint32_t i = 0; i < pd_; ++i) out[i] = 0;
-  }
   if (cfg_.prod) {
     // x~ += ||r|| sqrt(pi/2)/pd * S^T sign(S r)
     const float scale = float(qjl_scale(pd_) * f16_to_f32(*in.rnorm));
@@ -144,18 +136,22 @@ void TurboQuant::decode_rotated(const ConstRowRef& in, float* out) const {
   }
 }
 
-void TurboQuant::tcq_levels(const uint32_t* codes, float* out) const {
-  if (cpu::has_avx2_fma()) return simd::tcq_decode_avx2(codes, pd_, code_bits(), cb_->centroids.data(), out);
+void TurboQuant::levels(const uint32_t* codes, float* out) const {
+  const uint32_t b = code_bits();
+  const bool avx2 = cpu::has_avx2_fma();
+  if (cfg_.tcq && avx2) return simd::tcq_decode_avx2(codes, pd_, b, cb_->centroids.data(), out);
+  if (avx2) return simd::decode_codes_avx2(codes, pd_, b, cb_->centroids.data(), out);  // the same table entries
   uint8_t c[kMaxHeadDim];
-  unpack_row(codes, cfg_.dim, code_bits(), c);
-  tcq_decode(c, pd_, cb_->centroids.data(), code_bits(), out);
+  unpack_row(codes, cfg_.dim, b, c);
+  if (cfg_.tcq) return tcq_decode(c, pd_, cb_->centroids.data(), b, out);
+  for (uint32_t i = 0; i < pd_; ++i) out[i] = cb_->centroids[c[i]];
 }
 
 float TurboQuant::codes_dot_fast(const float* qrot, const uint32_t* codes) const {
   if (cfg_.tcq && cpu::has_avx2_fma()) {
     if (code_bits() == 2 || code_bits() == 3) return simd::tcq_dot_avx2(qrot, codes, pd_, code_bits(), cb_->centroids.data());
     float v[kMaxHeadDim];
-    tcq_levels(codes, v);
+    levels(codes, v);
     return simd::dot_decoded_avx2(qrot, v, pd_, code_bits());
   }
   if (cpu::has_avx2_fma()) return simd::dot_codes_avx2(qrot, codes, pd_, code_bits(), cb_->centroids.data());
@@ -167,7 +163,7 @@ float TurboQuant::codes_dot(const float* qrot, const uint32_t* codes) const {
   const uint32_t b = code_bits();
   if (cfg_.tcq) {
     float v[kMaxHeadDim];
-    tcq_levels(codes, v);
+    levels(codes, v);
     for (uint32_t i = 0; i < pd_; ++i) acc += qrot[i] * v[i];
     return acc;
   }
@@ -198,24 +194,13 @@ void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float*
   // No shortcut for w == 0 (a zero weight or a zeroed row): adding zeros leaves acc's bits as they
   // are, and a row costs the same whatever it holds, so tq bench's zeroed contexts time real work.
   const float w = weight * f16_to_f32(*row.norm);
-  const uint32_t b = code_bits();
-  if (b > 0 && (cfg_.tcq || cpu::has_avx2_fma())) {
-    // The row's levels, then acc += w * level: the same products and sums as the scalar branch.
+  if (code_bits() > 0) {
     float v[kMaxHeadDim];  // [pd]
-    if (cfg_.tcq)
-      tcq_levels(row.codes, v);
-    else
-      simd::decode_codes_avx2(row.codes, pd_, b, cb_->centroids.data(), v);
+    levels(row.codes, v);
     if (cpu::has_avx2_fma())
-      simd::axpy_avx2(w, v, acc, pd_);
+      simd::axpy_avx2(w, v, acc, pd_);  // the scalar loop's products and sums
     else
       for (uint32_t i = 0; i < pd_; ++i) acc[i] += w * v[i];
-  } else if (b > 0) {
-    uint8_t codes[kGroup];
-    for (uint32_t g = 0; g < pd_ / kGroup; ++g) {
-      unpack_group(row.codes + g * b, b, codes);
-      for (uint32_t i = 0; i < kGroup; ++i) acc[g * kGroup + i] += w * cb_->centroids[codes[i]];
-    }
   }
   if (cfg_.prod) {
     const float scale = w * float(qjl_scale(pd_)) * f16_to_f32(*row.rnorm);

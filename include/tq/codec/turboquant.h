@@ -139,8 +139,9 @@ class TurboQuant {
   // <rotated query, c[codes]> of this instance's codes (tcq rows: their levels), without the norm:
   // scalar / SIMD when present.
   float codes_dot(const float* qrot, const uint32_t* codes) const;
-  // A tcq row's levels, unit norm scale. out: [pd]
-  void tcq_levels(const uint32_t* codes, float* out) const;
+  // A row's levels, unit norm scale: c[codes] (tcq rows: the levels of the trellis path), without
+  // the QJL term; code_bits() > 0. out: [pd]
+  void levels(const uint32_t* codes, float* out) const;
   float codes_dot_fast(const float* qrot, const uint32_t* codes) const;
   // Split rows (turboquant_split.cpp): the split branch of each method of the same name.
   void init_split();
