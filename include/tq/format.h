@@ -78,10 +78,14 @@ TQ_HD constexpr uint32_t mse_bits(TensorCode c) {
 // A b-bit code of coordinate i is its branch bit t_i (the code's top bit, bit b - 1) and the index
 // j_i of its level within a subset (the low b - 1 bits). The union codebook is the (b + 1)-bit
 // Lloyd-Max codebook of the row's padded dim; subset s (0..3) holds its levels s, s + 4, s + 8, ...
-// The trellis's state before coordinate i is its two previous branch bits (zero before the row),
-// and the level of coordinate i is
+// The trellis's state before coordinate i is its two previous branch bits, and the level of
+// coordinate i is
 //   union[4 j_i + t_{i-1} + 2 (t_{i-2} xor t_i)],
 // a lookup on a window of b + 2 bits with no walk along the row: any coordinate decodes alone.
+// The trellis is tail-biting: the indices wrap around the row of n coordinates (t_{-1} = t_{n-1},
+// t_{-2} = t_{n-2}), so the first coordinates read the row's last branch bits and the path's end
+// state is its start state. A row started in a fixed state biased its first coordinate (2t: ~0.02
+// of a z-unit low, the same for every row; docs/kv-specs.md); a tail-biting one adds no bits.
 TQ_HD constexpr uint32_t tcq_level_index(uint32_t code, uint32_t prev1, uint32_t prev2, uint32_t bits) {
   const uint32_t t = code >> (bits - 1);
   return 4u * (code & ((1u << (bits - 1)) - 1u)) + (prev1 & 1u) + 2u * ((prev2 ^ t) & 1u);
@@ -247,7 +251,8 @@ TQ_HD void unpack_row(const uint32_t* in, uint32_t head_dim, uint32_t bits, uint
 
 // Trellis-coded groups read as plain ones (kTqTcq): the (bits + 1)-bit group of union indices
 // (tcq_level_index) of a group of 32 trellis codes `in` ([bits] words), t1 and t2 the branch bits
-// of the two coordinates before the group (0 at a row's start). out: [bits + 1] words, laid out as
+// of the two coordinates before the group (at a row's start, those of its last two: tcq_last_branch
+// of its last group). out: [bits + 1] words, laid out as
 // any group of that width, so that a reader of plain (bits + 1)-bit codes, given the union as its
 // table, reads the trellis row's levels. The reference of the readers' octet-at-a-time transcode
 // (tcq_octet_index below: the CPU's AVX2 decode, the GPU kernels).
@@ -272,9 +277,15 @@ TQ_HD constexpr uint32_t tcq_branch_shift(uint32_t bits, uint32_t o) {
   const uint32_t p = plane_count(bits) - 1;
   return plane_bit(plane_width(bits, p), 8 * o) + (bits - 1 - plane_word0(bits, p));
 }
-// The branch bits of a group's coordinates 31 and 30: the next group's t1 and t2.
+// The branch bits of a group's coordinates 31 and 30: the next group's t1 and t2 (the last
+// group's: the row's first group's, tail-biting).
 TQ_HD constexpr uint32_t tcq_last_branch(const uint32_t* in, uint32_t bits, uint32_t back) {
   return (in[tcq_branch_word(bits, 3)] >> (tcq_branch_shift(bits, 3) + 4 * (7 - back))) & 1u;
+}
+// The branch word carried into a row's first octet (tcq_octet_index's prev): its last octet's, in
+// the row's last group (row: the row's words, `groups` groups of `bits` words).
+TQ_HD constexpr uint32_t tcq_row_carry(const uint32_t* row, uint32_t groups, uint32_t bits) {
+  return row[(groups - 1) * bits + tcq_branch_word(bits, 3)] >> tcq_branch_shift(bits, 3);
 }
 
 // One octet's union indices, word-parallel: t holds the octet's branch bits (coordinate k's at bit
@@ -291,8 +302,8 @@ TQ_HD constexpr uint32_t tcq_index_nibbles(uint32_t t, uint32_t j, uint32_t last
 // tcq_index_nibbles from an octet's codes as the GPU's selectors hold them (coordinate k's b-bit
 // code in nibble k, b <= 3: octet_selector). prev: the branch word of the octet before it (bit
 // 28: coordinate 7's branch bit, bit 24: coordinate 6's; other bits ignored), that is the previous
-// call's, or one read from a group's words (tcq_branch_word and _shift), or 0 at a row's start;
-// it becomes this octet's.
+// call's, or one read from a group's words (tcq_branch_word and _shift; at a row's start,
+// tcq_row_carry); it becomes this octet's.
 TQ_HD uint32_t tcq_octet_index(uint32_t codes, uint32_t bits, uint32_t& prev) {
   const uint32_t t = (codes >> (bits - 1)) & 0x11111111u, j = codes & (0x11111111u * ((1u << (bits - 1)) - 1u));
   const uint32_t idx = tcq_index_nibbles(t, j, (prev >> 28) & 1u, (prev >> 24) & 1u);

@@ -181,8 +181,8 @@ namespace {
 
 // A group of 2- or 3-bit trellis codes as union indices, its four octets at once (lane o: octet
 // o as format.h's tcq_octet_index gives it, coordinate 8o + k's index in nibble k: the formula of
-// tcq_index_nibbles, lane-wise). carry: the branch word of the octet before the group (0 at the
-// row's start), replaced by octet 3's. Callers keep to 2 and 3 bits.
+// tcq_index_nibbles, lane-wise). carry: the branch word of the octet before the group (at the
+// row's start: tcq_row_carry), replaced by octet 3's. Callers keep to 2 and 3 bits.
 inline __m128i tcq_group_indices(const uint32_t* w, uint32_t bits, uint32_t& carry) {
   const __m128i ones = _mm_set1_epi32(0x11111111), one = _mm_set1_epi32(1);
   const __m128i c = group_codes(w, bits);  // branch bit t on top of the subset index j
@@ -204,7 +204,7 @@ float tcq_dot_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t 
   // the same bits as scoring the decoded row, without storing it.
   const CentroidLookup lookup(bits + 1, levels);
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  uint32_t carry = 0;
+  uint32_t carry = tcq_row_carry(codes, pd / kGroup, bits);  // tail-biting: the row's last branch bits
   for (uint32_t g = 0; g < pd / kGroup; ++g) {
     fma_group(lookup, tcq_group_indices(codes + g * bits, bits, carry), q + g * 32, acc0, acc1);
   }
@@ -214,7 +214,7 @@ float tcq_dot_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t 
 void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* levels, float* out) {
   const CentroidLookup lookup(bits + 1, levels);
   if (bits == 2 || bits == 3) {  // each group's union indices at once (tcq_group_indices), then looked up
-    uint32_t carry = 0;
+    uint32_t carry = tcq_row_carry(codes, pd / kGroup, bits);  // tail-biting: the row's last branch bits
     for (uint32_t g = 0; g < pd / kGroup; ++g) store_group(lookup, tcq_group_indices(codes + g * bits, bits, carry), out + g * 32);
     return;
   }
@@ -222,7 +222,10 @@ void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const fl
   const __m256i low = _mm256_set1_epi32((1 << (bits - 1)) - 1);
   // Expands the low 8 bits of m to lanes 0..7 (bit k -> lane k, 0 or 1).
   const auto lanes_of = [&](uint32_t m) { return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(int(m)), lane), one); };
-  uint32_t hist = 0;  // branch bits of the coordinates before the octet, the newest in bit 0
+  // branch bits of the coordinates before the octet, the newest in bit 0 (at the row's start, its
+  // last two: tail-biting)
+  const uint32_t* last = codes + (pd / kGroup - 1) * bits;
+  uint32_t hist = tcq_last_branch(last, bits, 0) | tcq_last_branch(last, bits, 1) << 1;
   for (uint32_t g = 0; g < pd / kGroup; ++g)
     for (uint32_t og = 0; og < 4; ++og) {
       const __m256i c = octet_codes(codes + g * bits, bits, og);
@@ -237,9 +240,11 @@ void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const fl
     }
 }
 
-void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t bits, float* cost, uint8_t* back, uint8_t (*near)[4]) {
+void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t bits, float (*cost)[4], uint8_t (*back)[4],
+                      uint8_t (*near)[4]) {
   // tq/codec/trellis_steps.h's tcq_nearest with the four subsets in the lanes of one register, then
-  // tcq_step with the four states: the same operations on the same values, so the same bits.
+  // tcq_step with the four states, for two searches (start states) in the two halves of a 256-bit
+  // register: the same operations on the same values, so the same bits.
   const uint32_t L = 2u << bits;  // the union's levels, <= 16
   // The levels padded with +inf, 4 before and after: a candidate outside the union then has error
   // +inf and never wins, as tcq_nearest skips it, and the gathers need no bounds.
@@ -249,12 +254,14 @@ void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t 
   const __m256 lev_lo = _mm256_loadu_ps(pad + 4), lev_hi = _mm256_loadu_ps(pad + 12);
   const __m128i lane = _mm_setr_epi32(0, 1, 2, 3), four = _mm_set1_epi32(4), three = _mm_set1_epi32(3);
   const __m128 inf = _mm_set1_ps(INFINITY);
+  const __m256 inf8 = _mm256_set1_ps(INFINITY);
   // State ns is entered from state ns >> 1 ("lo") or (ns >> 1) | 2 ("hi") by branch ns & 1, which
-  // draw on subsets {0, 2, 1, 3} and {2, 0, 3, 1} (tcq_subset); tcq_step visits lo first.
-  const __m128i from_lo = _mm_setr_epi32(0, 0, 1, 1), from_hi = _mm_setr_epi32(2, 2, 3, 3);
-  const __m128i sub_lo = _mm_setr_epi32(0, 2, 1, 3), sub_hi = _mm_setr_epi32(2, 0, 3, 1);
+  // draw on subsets {0, 2, 1, 3} and {2, 0, 3, 1} (tcq_subset); tcq_step visits lo first. The
+  // permutes act within each half.
+  const __m256i from_lo = _mm256_setr_epi32(0, 0, 1, 1, 0, 0, 1, 1), from_hi = _mm256_setr_epi32(2, 2, 3, 3, 2, 2, 3, 3);
+  const __m256i sub_lo = _mm256_setr_epi32(0, 2, 1, 3, 0, 2, 1, 3), sub_hi = _mm256_setr_epi32(2, 0, 3, 1, 2, 0, 3, 1);
   const __m128i first_bytes = _mm_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-  __m128 c = _mm_setr_ps(0.0f, INFINITY, INFINITY, INFINITY);  // the row starts in state 0
+  __m256 c[2] = {_mm256_loadu_ps(cost[0]), _mm256_loadu_ps(cost[2])};  // searches 0, 1 and 2, 3
   for (uint32_t i = 0; i < n; ++i) {
     const __m256 x8 = _mm256_set1_ps(y[i]);
     const __m128 x = _mm256_castps256_ps128(x8);
@@ -275,15 +282,22 @@ void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t 
     arg = _mm_blendv_epi8(arg, _mm_srai_epi32(up, 2), _mm_castps_si128(take1));
     const uint32_t idx = uint32_t(_mm_cvtsi128_si32(_mm_shuffle_epi8(arg, first_bytes)));  // near[i][k] in byte k
     std::memcpy(near[i], &idx, 4);
-    // tcq_step
-    const __m128 c_lo = _mm_add_ps(_mm_permutevar_ps(c, from_lo), _mm_permutevar_ps(err, sub_lo));
-    const __m128 c_hi = _mm_add_ps(_mm_permutevar_ps(c, from_hi), _mm_permutevar_ps(err, sub_hi));
-    const __m128 lo = _mm_blendv_ps(inf, c_lo, _mm_cmplt_ps(c_lo, inf));
-    const __m128 hi_wins = _mm_cmplt_ps(c_hi, lo);
-    c = _mm_blendv_ps(lo, c_hi, hi_wins);
-    back[i] = uint8_t(_mm_movemask_ps(hi_wins));  // bit ns: the older branch bit of the state before
+    // tcq_step, for the four searches
+    const __m256 err8 = _mm256_insertf128_ps(_mm256_castps128_ps256(err), err, 1);
+    const __m256 e_lo = _mm256_permutevar_ps(err8, sub_lo), e_hi = _mm256_permutevar_ps(err8, sub_hi);
+    uint32_t bk = 0;
+    for (int h = 0; h < 2; ++h) {
+      const __m256 c_lo = _mm256_add_ps(_mm256_permutevar_ps(c[h], from_lo), e_lo);
+      const __m256 c_hi = _mm256_add_ps(_mm256_permutevar_ps(c[h], from_hi), e_hi);
+      const __m256 lo = _mm256_blendv_ps(inf8, c_lo, _mm256_cmp_ps(c_lo, inf8, _CMP_LT_OQ));
+      const __m256 hi_wins = _mm256_cmp_ps(c_hi, lo, _CMP_LT_OQ);
+      c[h] = _mm256_blendv_ps(lo, c_hi, hi_wins);
+      bk |= uint32_t(_mm256_movemask_ps(hi_wins)) << (8 * h);  // bit ns of each nibble: the older branch bit of the state before
+    }
+    for (int s = 0; s < 4; ++s) back[i][s] = uint8_t((bk >> (4 * s)) & 15u);
   }
-  _mm_storeu_ps(cost, c);
+  _mm256_storeu_ps(cost[0], c[0]);
+  _mm256_storeu_ps(cost[2], c[1]);
 }
 
 void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* centroids, float* out) {

@@ -196,12 +196,12 @@ struct TcqValueWords {
   static_assert(tcq_width(VB) && kB >= 2 && kB <= 3, "decode kernels take trellis-coded value widths 2 and 3");
   static constexpr int kOct = ValueWords<D, 2>::kOct, kWords = kOct;
   // group: the group of the thread's octets; og0: its first octet there; first: the row's first
-  // octet (no carries in).
+  // octet (its carries from the row's last group).
   __device__ static void load(const uint32_t* group, int og0, bool first, uint32_t (&x)[kWords]) {
     uint32_t w[kB];
 #pragma unroll
     for (int i = 0; i < kB; ++i) w[i] = group[i];
-    uint32_t prev = dev::tcq_carry<kB>(group, og0, first);
+    uint32_t prev = dev::tcq_carry<kB, D / 32>(group, og0, first);
 #pragma unroll
     for (int j = 0; j < kOct; ++j) x[j] = dev::tcq_octet<kB>(w, og0 + j, prev);
   }
@@ -229,10 +229,10 @@ struct Tile<D, Kind::kTq, KB, VB> {
   static constexpr int kKW = tcq_width(KB) ? 4 : kSB;
   uint32_t k[2][kGroups][kKW];  // the groups holding the thread's key coordinates
   // Key row nn's groups, from the thread's first word w of that row (global or shared memory);
-  // first: they start the row (trellis codes: no carries in).
+  // first: they start the row (trellis codes: carries from the row's last group).
   __device__ void load_key_words(int nn, const uint32_t* w, bool first) {
     if constexpr (tcq_width(KB)) {
-      uint32_t prev = dev::tcq_carry<kSB>(w, 0, first);
+      uint32_t prev = dev::tcq_carry<kSB, D / 32>(w, 0, first);
 #pragma unroll
       for (int gi = 0; gi < kGroups; ++gi) {
         uint32_t c[kSB];
@@ -367,7 +367,7 @@ struct TqStager {
   uint32_t last;              // nonzero: this lane copies a piece in the last round (which has fewer than 32)
   uint32_t k_at, v_at, n_at;  // this thread's words in a stage, as byte offsets from the block's ring:
   int og0;                    // key rows g, g+8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs
-  bool k_first, v_first;      // its key (value) coordinates start the row (trellis codes: no carries in)
+  bool k_first, v_first;      // its key (value) coordinates start the row (trellis codes: carries from its last group)
   // head_at: the KV head's block within a page (kvh x the block's bytes).
   __device__ TqStager(const uint8_t* data, const BlockLayout& L, uint32_t ring_s, uint32_t ring_at, int lane, uint32_t head_at) {
     constexpr int nk = St::kRowK, nv = St::kRowV;  // 16 rows of kRow bytes = kRow pieces

@@ -163,8 +163,8 @@ struct Fill<D, Kind::kTq, KB, VB, T> {
 #pragma unroll
       for (int i = 0; i < kSV; ++i) v[j][i] = vw[i];
       k_carry[j] = v_carry[j] = 0;
-      if constexpr (tcq_width(KB)) k_carry[j] = dev::tcq_carry<kSK>(kw, 0, gi == 0);
-      if constexpr (tcq_width(VB)) v_carry[j] = dev::tcq_carry<kSV>(vw, 0, gi == 0);
+      if constexpr (tcq_width(KB)) k_carry[j] = dev::tcq_carry<kSK, kGroups>(kw, 0, gi == 0);
+      if constexpr (tcq_width(VB)) v_carry[j] = dev::tcq_carry<kSV, kGroups>(vw, 0, gi == 0);
       if (gi == 0) {
         kn[j] = reinterpret_cast<const uint16_t*>(a.block + L.k_norms)[a.row];
         vn[j] = reinterpret_cast<const uint16_t*>(a.block + L.v_norms)[a.row];

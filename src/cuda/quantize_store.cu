@@ -82,16 +82,17 @@ __device__ __forceinline__ void pack_row(const uint32_t (&codes)[E], int lane, u
 // Trellis-coded rows (format.h kTqTcq): the codes of the rotated unit row y (E coordinates a lane)
 // by tcq_encode's search, from the same steps (tq/codec/trellis_steps.h: once-rounded arithmetic,
 // the same candidates, order and strict comparisons), so the codes are the CPU's bit for bit: each
-// lane finds its coordinates' nearest level in each of the four subsets, then lane 0 walks the
-// 4-state trellis along the row and traces the path back. cc as the plain path's (nc: sum c^2,
-// ip: sum c y, c the levels).
+// lane finds its coordinates' nearest level in each of the four subsets, then lanes 0-3 walk the
+// 4-state trellis along the row, lane s from start state s (tail-biting: four searches, in
+// parallel), and lane 0 traces back the path of the one whose return to its start costs least.
+// cc as the plain path's (nc: sum c^2, ip: sum c y, c the levels).
 template <int PD>
 __device__ void tcq_codes(const float (&y)[PD / 32], int lane, int warp, const CodecTables& tab, bool want_cc, bool ip,
                           uint32_t (&codes)[PD / 32], double& cc) {
   constexpr int E = PD / 32;
   __shared__ float err[kWarps][PD][4];        // per coordinate and subset: the nearest level's squared error
   __shared__ uint8_t nearest[kWarps][PD][4];  // and its index within the subset
-  __shared__ uint8_t back[kWarps][PD];        // the coordinate's back bits (tcq_step)
+  __shared__ uint8_t back[kWarps][4][PD];     // per start state, the coordinate's back bits (tcq_step)
   __shared__ uint8_t code_s[kWarps][PD];      // the path's codes
   const uint32_t bits = tab.bits, L = 2u << bits;
   const float* lev = tab.centroids;  // the union, ascending
@@ -103,10 +104,18 @@ __device__ void tcq_codes(const float (&y)[PD / 32], int lane, int warp, const C
     tcq_nearest(y[e], lev, L, u, err[warp][i], nearest[warp][i]);
   }
   __syncwarp();
+  float end = INFINITY;  // lane s < 4: the cost of search s's path back in state s
+  if (lane < 4) {
+    float cost[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+    cost[lane] = 0.0f;
+    for (int i = 0; i < PD; ++i) back[warp][lane][i] = uint8_t(tcq_step(cost, err[warp][i]));
+    end = cost[lane];
+  }
+  const float e1 = __shfl_sync(0xffffffffu, end, 1), e2 = __shfl_sync(0xffffffffu, end, 2), e3 = __shfl_sync(0xffffffffu, end, 3);
+  __syncwarp();
   if (lane == 0) {
-    float cost[4] = {0.0f, INFINITY, INFINITY, INFINITY};
-    for (int i = 0; i < PD; ++i) back[warp][i] = uint8_t(tcq_step(cost, err[warp][i]));
-    tcq_traceback(PD, tcq_best_state(cost), back[warp], nearest[warp], bits, code_s[warp]);
+    const uint32_t s = tcq_best_start(end, e1, e2, e3);
+    tcq_traceback(PD, s, back[warp][s], nearest[warp], bits, code_s[warp]);
   }
   __syncwarp();
 #pragma unroll
@@ -114,8 +123,8 @@ __device__ void tcq_codes(const float (&y)[PD / 32], int lane, int warp, const C
     const int i = lane * E + e;
     codes[e] = code_s[warp][i];
     if (want_cc) {
-      const uint32_t p1 = i >= 1 ? uint32_t(code_s[warp][i - 1]) >> (bits - 1) : 0u;
-      const uint32_t p2 = i >= 2 ? uint32_t(code_s[warp][i - 2]) >> (bits - 1) : 0u;
+      const uint32_t p1 = uint32_t(code_s[warp][(i + PD - 1) % PD]) >> (bits - 1);  // around the row: tail-biting
+      const uint32_t p2 = uint32_t(code_s[warp][(i + PD - 2) % PD]) >> (bits - 1);
       const float cv = lev[tcq_level_index(codes[e], p1, p2, bits)];
       cc += double(cv) * double(ip ? y[e] : cv);
     }

@@ -2,8 +2,9 @@
 // codes becomes the octet of its (b + 1)-bit union indices as 8 selector nibbles (format.h's
 // tcq_octet_index), which the plain (b + 1)-bit paths then look up in the union codebook
 // (widths.h). A coordinate's index needs the branch bits of the two coordinates before it: within
-// an octet they are its neighbours'; into an octet they carry from the previous one (tcq_carry for
-// the first octet a thread reads, then tcq_octet passes them on). Widths 1..3 (the kernels': 2, 3).
+// an octet they are its neighbours'; into an octet they carry from the previous one, around the
+// row (tcq_carry for the first octet a thread reads, then tcq_octet passes them on). Widths 1..3
+// (the kernels': 2, 3).
 #pragma once
 
 #include <cstdint>
@@ -13,13 +14,13 @@
 
 namespace tq::cuda::dev {
 
-// The branch word carried into octet og0 of the group at `group` (B words): that of octet og0 - 1
-// of the group, or of octet 3 of the group before it when og0 = 0; none (0) at the row's start
-// (`first`: nothing before it is read). As tcq_octet_index takes it.
-template <int B>
+// The branch word carried into octet og0 of the group at `group` (B words) of a row of G groups:
+// that of octet og0 - 1 of the group, or of octet 3 of the group before it when og0 = 0, which for
+// the row's first group (`first`) is its last group (tail-biting). As tcq_octet_index takes it.
+template <int B, int G>
 __device__ __forceinline__ uint32_t tcq_carry(const uint32_t* group, int og0, bool first) {
-  const int po = (og0 + 3) % 4, at = (og0 == 0 ? -B : 0) + int(tcq_branch_word(B, po));
-  return first ? 0u : group[at] >> tcq_branch_shift(B, po);
+  const int po = (og0 + 3) % 4, at = (og0 == 0 ? (first ? (G - 1) * B : -B) : 0) + int(tcq_branch_word(B, po));
+  return group[at] >> tcq_branch_shift(B, po);
 }
 
 // Octet og of a group of trellis codes w (B words) as 8 nibbles of union indices; prev: the branch

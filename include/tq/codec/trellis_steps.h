@@ -3,7 +3,8 @@
 // bit) and the GPU's (quantize_store's tcq_codes, built from them) come from one algorithm.
 // Per coordinate: the nearest level of each subset (tcq_nearest), then one add-compare-select step
 // over the 4 states (tcq_step), which records where each state came from; at the row's end the
-// state of least cost (tcq_best_state) and the path traced back (tcq_traceback).
+// search of least cost (tcq_best_start: one search from each start state, tail-biting) and its
+// path traced back (tcq_traceback).
 //
 // Every float operation rounds once, in this order, on both sides: the device's intrinsics
 // (__fsub_rn, __fmul_rn, __fadd_rn) keep nvcc from fusing a multiply and an add into an FMA; the
@@ -43,7 +44,7 @@ TQ_HD float inf() { return __builtin_huge_valf(); }
 }  // namespace tcq_detail
 
 // The trellis's state before a coordinate is its two previous branch bits, t_{i-1} | t_{i-2} << 1
-// (0 before the row). Branch t from state s draws on subset tcq_subset(s, t) and leads to
+// (before the row: the row's last two, tail-biting; the search runs from each start state). Branch t from state s draws on subset tcq_subset(s, t) and leads to
 // tcq_next_state(s, t): format.h's tcq_level_index read as a walk.
 TQ_HD constexpr uint32_t tcq_subset(uint32_t s, uint32_t t) { return (s & 1u) + 2u * (((s >> 1) & 1u) ^ t); }
 TQ_HD constexpr uint32_t tcq_next_state(uint32_t s, uint32_t t) { return ((s << 1) | t) & 3u; }
@@ -88,11 +89,14 @@ TQ_HD uint32_t tcq_step(float* cost, const float* err) {
   return back;
 }
 
-// The state the best path ends in (the lowest of equal costs).
-TQ_HD uint32_t tcq_best_state(const float* cost) {
+// The start state of the tail-biting search whose path, back in its start state, costs least: es
+// is search s's cost of ending in state s (ties: the lower s).
+TQ_HD uint32_t tcq_best_start(float e0, float e1, float e2, float e3) {
   uint32_t s = 0;
-  for (uint32_t k = 1; k < 4; ++k)
-    if (cost[k] < cost[s]) s = k;
+  float best = e0;
+  if (e1 < best) s = 1, best = e1;
+  if (e2 < best) s = 2, best = e2;
+  if (e3 < best) s = 3, best = e3;
   return s;
 }
 
