@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""2t trellis-coded rows: the format's start in state 0 against a tail-biting trellis (the start
-state taken from the row's last two branch bits, so no bits are added; the encoder keeps the best
-of four searches whose end state equals their start). A plain-Python Viterbi on Gaussian
-coordinates with the union codebook of the N(0, 1) 3-bit Lloyd-Max levels, and the level rule of
-include/tq/format.h (union[4 j + t_{i-1} + 2 (t_{i-2} xor t_i)]). Prints each variant's squared
-error and the mean error of the first coordinates (a bias) against what noise alone gives.
-A prototype for a format change (docs/kv-specs.md, "A small fixed bias at 2t"); not part of CI.
+"""2t trellis-coded rows: a start in state 0 (the format until 2026-12-05) against a tail-biting
+trellis (the start state taken from the row's last two branch bits, so no bits are added; the
+encoder keeps the best of four searches whose end state equals their start). A plain-Python
+Viterbi on Gaussian coordinates with the union codebook of the N(0, 1) 3-bit Lloyd-Max levels, and
+the level rule of include/tq/format.h (union[4 j + t_{i-1} + 2 (t_{i-2} xor t_i)]). Prints each
+variant's squared error and the mean error of the first coordinates (a bias) against what noise
+alone gives. The prototype of the format's tail-biting trellis (since 2026-12-05;
+docs/kv-specs.md, "Tail-biting"; the format's own test: TrellisRows.FirstCoordinatesAreUnbiased);
+not part of CI.
 
   .venv/bin/python bench/quality/tcq_tail_biting.py --dim 128 --rows 2000
 """
