@@ -282,10 +282,18 @@ TQ_HD constexpr uint32_t tcq_branch_shift(uint32_t bits, uint32_t o) {
 TQ_HD constexpr uint32_t tcq_last_branch(const uint32_t* in, uint32_t bits, uint32_t back) {
   return (in[tcq_branch_word(bits, 3)] >> (tcq_branch_shift(bits, 3) + 4 * (7 - back))) & 1u;
 }
-// The branch word carried into a row's first octet (tcq_octet_index's prev): its last octet's, in
-// the row's last group (row: the row's words, `groups` groups of `bits` words).
+// The branch word carried into octet og0 of the group at `group` (tcq_octet_index's prev), in a
+// row of `groups` groups of `bits` words: octet og0 - 1's, or for og0 = 0 octet 3's of the group
+// before, which for the row's first group (`first`) is its last group (tail-biting). What a reader
+// that starts mid-row (a GPU thread) carries in.
+TQ_HD constexpr uint32_t tcq_carry_into(const uint32_t* group, uint32_t og0, bool first, uint32_t groups, uint32_t bits) {
+  const uint32_t po = (og0 + 3) % 4;
+  const int at = (og0 == 0 ? (first ? int((groups - 1) * bits) : -int(bits)) : 0) + int(tcq_branch_word(bits, po));
+  return group[at] >> tcq_branch_shift(bits, po);
+}
+// The branch word carried into a row's first octet: its last octet's (row: the row's words).
 TQ_HD constexpr uint32_t tcq_row_carry(const uint32_t* row, uint32_t groups, uint32_t bits) {
-  return row[(groups - 1) * bits + tcq_branch_word(bits, 3)] >> tcq_branch_shift(bits, 3);
+  return tcq_carry_into(row, 0, true, groups, bits);
 }
 
 // One octet's union indices, word-parallel: t holds the octet's branch bits (coordinate k's at bit

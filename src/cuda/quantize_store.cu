@@ -92,7 +92,7 @@ __device__ void tcq_codes(const float (&y)[PD / 32], int lane, int warp, const C
   constexpr int E = PD / 32;
   __shared__ float err[kWarps][PD][4];        // per coordinate and subset: the nearest level's squared error
   __shared__ uint8_t nearest[kWarps][PD][4];  // and its index within the subset
-  __shared__ uint8_t back[kWarps][4][PD];     // per start state, the coordinate's back bits (tcq_step)
+  __shared__ uint8_t back[kWarps][4][PD + 4];  // per start state, the coordinate's back bits (tcq_step; + 4: the 4 searches' rows in 4 banks)
   __shared__ uint8_t code_s[kWarps][PD];      // the path's codes
   const uint32_t bits = tab.bits, L = 2u << bits;
   const float* lev = tab.centroids;  // the union, ascending
@@ -106,10 +106,12 @@ __device__ void tcq_codes(const float (&y)[PD / 32], int lane, int warp, const C
   __syncwarp();
   float end = INFINITY;  // lane s < 4: the cost of search s's path back in state s
   if (lane < 4) {
-    float cost[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
-    cost[lane] = 0.0f;
+    float cost[4];  // (indexed by constants only: a lane-indexed array would live in local memory)
+#pragma unroll
+    for (int k = 0; k < 4; ++k) cost[k] = k == lane ? 0.0f : INFINITY;
     for (int i = 0; i < PD; ++i) back[warp][lane][i] = uint8_t(tcq_step(cost, err[warp][i]));
-    end = cost[lane];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) end = k == lane ? cost[k] : end;
   }
   const float e1 = __shfl_sync(0xffffffffu, end, 1), e2 = __shfl_sync(0xffffffffu, end, 2), e3 = __shfl_sync(0xffffffffu, end, 3);
   __syncwarp();

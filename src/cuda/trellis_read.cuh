@@ -14,13 +14,11 @@
 
 namespace tq::cuda::dev {
 
-// The branch word carried into octet og0 of the group at `group` (B words) of a row of G groups:
-// that of octet og0 - 1 of the group, or of octet 3 of the group before it when og0 = 0, which for
-// the row's first group (`first`) is its last group (tail-biting). As tcq_octet_index takes it.
+// The branch word carried into octet og0 of the group at `group` (B words) of a row of G groups
+// (format.h's tcq_carry_into: for the row's first group, `first`, from its last group).
 template <int B, int G>
 __device__ __forceinline__ uint32_t tcq_carry(const uint32_t* group, int og0, bool first) {
-  const int po = (og0 + 3) % 4, at = (og0 == 0 ? (first ? (G - 1) * B : -B) : 0) + int(tcq_branch_word(B, po));
-  return group[at] >> tcq_branch_shift(B, po);
+  return tcq_carry_into(group, uint32_t(og0), first, G, B);
 }
 
 // Octet og of a group of trellis codes w (B words) as 8 nibbles of union indices; prev: the branch

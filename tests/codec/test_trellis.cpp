@@ -192,8 +192,8 @@ TEST(Trellis, GroupsReadAsPlainIndexCodes) {
 
 // Readers of trellis codes an octet at a time (the GPU kernels' way; the CPU's AVX2 decode takes a
 // group's four at once): format.h's tcq_octet_index on the octet's codes as selector nibbles, its
-// carry from the octet before it found by tcq_branch_word and tcq_branch_shift in the same group
-// or, for octet 0, in the group before (at the row's start, tcq_row_carry: the row's last group). From any first octet of either of two groups, that gives
+// carry from the octet before it by tcq_carry_into (the kernels' tcq_carry): in the same group or,
+// for octet 0, in the group before (at the row's start, the row's last group: tcq_row_carry). From any first octet of either of two groups, that gives
 // tcq_index_group's indices, on random and hostile words.
 TEST(Trellis, OctetsReadAloneWithTheirCarries) {
   Rng rng(17);
@@ -213,13 +213,8 @@ TEST(Trellis, OctetsReadAloneWithTheirCarries) {
         unpack_group(want_words, bits + 1, want);
         unpack_group(group, bits, codes);
         for (uint32_t og0 = 0; og0 < 4; ++og0) {
-          uint32_t prev;  // the branch word carried into octet og0
-          if (og0 > 0)
-            prev = group[tcq_branch_word(bits, og0 - 1)] >> tcq_branch_shift(bits, og0 - 1);
-          else if (g > 0)
-            prev = row[tcq_branch_word(bits, 3)] >> tcq_branch_shift(bits, 3);
-          else
-            prev = tcq_row_carry(row, 2, bits);
+          uint32_t prev = tcq_carry_into(group, og0, g == 0, 2, bits);  // the branch word carried into octet og0
+          if (g == 0 && og0 == 0) EXPECT_EQ(prev, tcq_row_carry(row, 2, bits));
           for (uint32_t o = og0; o < 4; ++o) {
             uint32_t sel = 0;
             for (uint32_t k = 0; k < 8; ++k) sel |= uint32_t(codes[8 * o + k]) << (4 * k);
