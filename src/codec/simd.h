@@ -39,6 +39,12 @@ float tcq_dot_avx2(const float* q, const uint32_t* codes, uint32_t pd, uint32_t 
 float dot_decoded_avx2(const float* q, const float* v, uint32_t pd, uint32_t bits);
 // y[i] += w * x[i] for n values, a multiply and an add each (no FMA): bit-identical to the plain loop.
 void axpy_avx2(float w, const float* x, float* y, uint32_t n);
+// The same, by axpy_avx2 where `avx2` (cpu::has_avx2_fma(), which callers in a loop ask once) or
+// by the plain loop: the same bits either way.
+inline void axpy(bool avx2, float w, const float* x, float* y, uint32_t n) {
+  if (avx2) return axpy_avx2(w, x, y, n);
+  for (uint32_t i = 0; i < n; ++i) y[i] += w * x[i];
+}
 // y[g][i] += w[g][r] * x[r][i] for g < G, r < rows (in increasing r), i < n: the same multiplies and
 // adds, in the same order per element, as G x rows calls of axpy_avx2, with the rows read once for
 // all G outputs and each output kept in registers across the rows. Strides in floats.

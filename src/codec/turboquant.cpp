@@ -197,10 +197,7 @@ void TurboQuant::accumulate_rotated(const ConstRowRef& row, float weight, float*
   if (code_bits() > 0) {
     float v[kMaxHeadDim];  // [pd]
     levels(row.codes, v);
-    if (cpu::has_avx2_fma())
-      simd::axpy_avx2(w, v, acc, pd_);  // the scalar loop's products and sums
-    else
-      for (uint32_t i = 0; i < pd_; ++i) acc[i] += w * v[i];
+    simd::axpy(cpu::has_avx2_fma(), w, v, acc, pd_);
   }
   if (cfg_.prod) {
     const float scale = w * float(qjl_scale(pd_)) * f16_to_f32(*row.rnorm);

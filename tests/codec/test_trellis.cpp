@@ -214,7 +214,9 @@ TEST(Trellis, OctetsReadAloneWithTheirCarries) {
         unpack_group(group, bits, codes);
         for (uint32_t og0 = 0; og0 < 4; ++og0) {
           uint32_t prev = tcq_carry_into(group, og0, g == 0, 2, bits);  // the branch word carried into octet og0
-          if (g == 0 && og0 == 0) EXPECT_EQ(prev, tcq_row_carry(row, 2, bits));
+          if (g == 0 && og0 == 0) {
+            EXPECT_EQ(prev, tcq_row_carry(row, 2, bits));
+          }
           for (uint32_t o = og0; o < 4; ++o) {
             uint32_t sel = 0;
             for (uint32_t k = 0; k < 8; ++k) sel |= uint32_t(codes[8 * o + k]) << (4 * k);

@@ -52,12 +52,7 @@ ConstRowRef value_row(const BlockLayout& L, const uint8_t* b, uint32_t off) {
           nullptr};
 }
 
-// y += w * x: a multiply and an add per element either way, so both give the same bits. `avx2`:
-// cpu::has_avx2_fma(), asked once per task rather than per row.
-void axpy(bool avx2, float w, const float* x, float* y, uint32_t n) {
-  if (avx2) return simd::axpy_avx2(w, x, y, n);
-  for (uint32_t i = 0; i < n; ++i) y[i] += w * x[i];
-}
+using simd::axpy;  // y += w x, AVX2 or not (the same bits); `avx2` asked once per task
 
 // One task of attend_pages: KV head h, the queries of tokens j0..j1-1, the positions c0..c1-1.
 // part: [queries][m, d, acc [head_dim], acc_rot [padded dim]] its softmax state and unnormalized
