@@ -44,8 +44,9 @@ TQ_HD float inf() { return __builtin_huge_valf(); }
 }  // namespace tcq_detail
 
 // The trellis's state before a coordinate is its two previous branch bits, t_{i-1} | t_{i-2} << 1
-// (before the row: the row's last two, tail-biting; the search runs from each start state). Branch t from state s draws on subset tcq_subset(s, t) and leads to
-// tcq_next_state(s, t): format.h's tcq_level_index read as a walk.
+// (before the row: the row's last two, tail-biting; the search runs from each start state).
+// Branch t from state s draws on subset tcq_subset(s, t) and leads to tcq_next_state(s, t):
+// format.h's tcq_level_index read as a walk.
 TQ_HD constexpr uint32_t tcq_subset(uint32_t s, uint32_t t) { return (s & 1u) + 2u * (((s >> 1) & 1u) ^ t); }
 TQ_HD constexpr uint32_t tcq_next_state(uint32_t s, uint32_t t) { return ((s << 1) | t) & 3u; }
 
