@@ -26,10 +26,10 @@ void decode_codes_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const 
 // levels: the union, [2^(bits + 1)]; bits 1..7.
 void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const float* levels, float* out);
 // The forward pass of tcq_encode's four searches (tq/codec/trellis_steps.h; one from each start
-// state) for widths 1..3 (unions of <= 16 levels): per coordinate each search's back bits back[i][s]
-// and the subsets' nearest indices near[i]; cost[s]: search s's four states' costs, its start costs
-// in, its end costs out. Bit-identical to tcq_nearest and tcq_step.
-void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t bits, float (*cost)[4], uint8_t (*back)[4],
+// state) for widths 1..3 (unions of <= 16 levels): per coordinate the searches' back bits back[i]
+// (search s's in nibble s) and the subsets' nearest indices near[i]; cost[s]: search s's four
+// states' costs, its start costs in, its end costs out. Bit-identical to tcq_nearest and tcq_step.
+void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t bits, float (*cost)[4], uint16_t* back,
                       uint8_t (*near)[4]);
 // sum_i q[i] * levels[...] over a row of 2- or 3-bit trellis codes, fused: bit-identical to
 // dot_decoded_avx2(q, v, pd, bits) over tcq_decode_avx2's v.

@@ -240,7 +240,7 @@ void tcq_decode_avx2(const uint32_t* codes, uint32_t pd, uint32_t bits, const fl
     }
 }
 
-void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t bits, float (*cost)[4], uint8_t (*back)[4],
+void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t bits, float (*cost)[4], uint16_t* back,
                       uint8_t (*near)[4]) {
   // tq/codec/trellis_steps.h's tcq_nearest with the four subsets in the lanes of one register, then
   // tcq_step with the four states, for two searches (start states) in the two halves of a 256-bit
@@ -294,7 +294,7 @@ void tcq_forward_avx2(const float* y, uint32_t n, const float* levels, uint32_t 
       c[h] = _mm256_blendv_ps(lo, c_hi, hi_wins);
       bk |= uint32_t(_mm256_movemask_ps(hi_wins)) << (8 * h);  // bit ns of each nibble: the older branch bit of the state before
     }
-    for (int s = 0; s < 4; ++s) back[i][s] = uint8_t((bk >> (4 * s)) & 15u);
+    back[i] = uint16_t(bk);
   }
   _mm256_storeu_ps(cost[0], c[0]);
   _mm256_storeu_ps(cost[2], c[1]);

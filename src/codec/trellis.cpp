@@ -22,9 +22,10 @@ double tcq_encode(const float* y, uint32_t n, const float* levels, uint32_t bits
   TQ_CHECK(n <= kMaxLen, "a trellis-coded row has at most {} coordinates, got {}", kMaxLen, n);
   const uint32_t L = 2u << bits;  // union levels
   // The trellis is tail-biting (format.h): one search from each start state s, whose path must end
-  // in s. Per coordinate: each search's back bits (tcq_step) and the subsets' nearest indices
-  // (tcq_nearest, the same for all four).
-  uint8_t back[kMaxLen][4], near[kMaxLen][4];
+  // in s. Per coordinate: the four searches' back bits (tcq_step), search s's in nibble s, and the
+  // subsets' nearest indices (tcq_nearest, the same for all four).
+  uint16_t back[kMaxLen];
+  uint8_t near[kMaxLen][4];
   float cost[4][4];  // [start state][state]
   for (uint32_t s = 0; s < 4; ++s)
     for (uint32_t k = 0; k < 4; ++k) cost[s][k] = k == s ? 0.0f : INFINITY;
@@ -35,12 +36,13 @@ double tcq_encode(const float* y, uint32_t n, const float* levels, uint32_t bits
       const uint32_t u = uint32_t(std::lower_bound(levels, levels + L, y[i]) - levels);  // first level >= y[i]
       float err[4];
       tcq_nearest(y[i], levels, L, u, err, near[i]);
-      for (uint32_t s = 0; s < 4; ++s) back[i][s] = uint8_t(tcq_step(cost[s], err));
+      back[i] = 0;
+      for (uint32_t s = 0; s < 4; ++s) back[i] = uint16_t(back[i] | tcq_step(cost[s], err) << (4 * s));
     }
   }
   const uint32_t s = tcq_best_start(cost[0][0], cost[1][1], cost[2][2], cost[3][3]);
   uint8_t path[kMaxLen];  // search s's back bits
-  for (uint32_t i = 0; i < n; ++i) path[i] = back[i][s];
+  for (uint32_t i = 0; i < n; ++i) path[i] = uint8_t((back[i] >> (4 * s)) & 15u);
   tcq_traceback(n, s, path, near, bits, codes);
   return n ? cost[s][s] : 0.0;
 }
