@@ -4,8 +4,10 @@
 #include <algorithm>
 #include <cmath>
 
+#include "simd.h"
 #include "tq/check.h"
 #include "tq/codec/turboquant.h"
+#include "tq/cpu_features.h"
 #include "tq/numeric.h"
 #include "tq/rng.h"
 
@@ -113,7 +115,7 @@ void TurboQuant::split_accumulate_rotated(const ConstRowRef& row, float weight, 
   // weight (accumulate_rotated says why).
   float y[kMaxHeadDim + 2 * kGroup];  // [pd] decode_rotated's row
   split_decode_rotated(row, y);
-  for (uint32_t k = 0; k < pd_; ++k) acc[k] += weight * y[k];
+  simd::axpy(cpu::has_avx2_fma(), weight, y, acc, pd_);
 }
 
 void TurboQuant::split_unrotate(const float* acc, float* out) const {
