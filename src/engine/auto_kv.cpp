@@ -288,8 +288,8 @@ Budget budget_of(const AutoKvRequest& r, const model::ModelConfig& c) {
   for (uint32_t kb = r.min_width; kb <= r.max_width; ++kb)
     for (uint32_t vb = r.min_width; vb <= r.max_width; ++vb)
       b.fmts.push_back({TensorCode{r.enc, uint8_t(kb)}, TensorCode{r.enc, uint8_t(vb)}});
-  for (uint32_t kb = 2; kb <= 4 && r.plain_too; ++kb)
-    for (uint32_t vb = 2; vb <= 4; ++vb) b.fmts.push_back({TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}});
+  for (uint32_t kb = AutoKvRequest::kKernelMinWidth; kb <= AutoKvRequest::kKernelMaxWidth && r.plain_too; ++kb)
+    for (uint32_t vb = AutoKvRequest::kKernelMinWidth; vb <= AutoKvRequest::kKernelMaxWidth; ++vb) b.fmts.push_back({TensorCode{Encoding::kTqMse, uint8_t(kb)}, TensorCode{Encoding::kTqMse, uint8_t(vb)}});
   b.elems_bytes = 2.0 * D * H * L / 8.0;
   b.weights.assign(L, 1.0);
   uint32_t ringed = 0;

@@ -47,9 +47,10 @@ struct AutoKvRequest {
   uint32_t context = 0;
   std::string calib;      // calibration text file
   uint32_t tokens = 256;  // its first tokens calibrate
-  // 2..4 (tcq: 2..3): the CUDA kernels' widths, so the choice runs there too; widths= sets them
-  uint32_t min_width = 2, max_width = 4;
-  // tcq without widths=: plain K and V of 2..4 bits are candidates too (a format is K and V both
+  // The CUDA kernels' plain widths (tcq: 2..3), so the choice runs there too; widths= sets them
+  static constexpr uint32_t kKernelMinWidth = 2, kKernelMaxWidth = 4;
+  uint32_t min_width = kKernelMinWidth, max_width = kKernelMaxWidth;
+  // tcq without widths=: plain K and V of the kernels' widths (2..4 bits) are candidates too (a format is K and V both
   // trellis-coded or both plain, as the CUDA kernels take them), so that layers may take plain 4-bit
   // keys where the kernels have no 4t.
   bool plain_too = false;

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# A kernel change against its baseline on one GPU machine, in two device calls (each under 600 s;
+# the machine stays warm between them, and its build folders with it):
+#   CALL=1 bash bench/gpu/two_trees.sh   builds this tree and BASE's C API (BASE=.stage/base: main's
+#                                        `git archive`, carried), runs test_cuda and test_cuda_runner,
+#                                        then the decode benchmark of DECODE_SPECS for both trees,
+#                                        alternating base and head for DECODE_ROUNDS rounds (each
+#                                        its own process beside torch; DECODE_HEAD_DIMS adds other
+#                                        head dims, one round each)
+#   CALL=2 bash bench/gpu/two_trees.sh   the chunked and whole-prompt prefill benchmark of both trees,
+#                                        each in its own process beside torch (PREFILL_SPECS; D 128,
+#                                        and D 256 for k3v2 and bf16), then ENGINE_BENCH (tq bench args)
+# Carry .devdeps and .stage/base. Results in $OUT (or ./gpu-out).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+export PATH=/usr/local/cuda/bin:$PATH
+BASE=${BASE:-.stage/base}
+deps=()
+[ -d .devdeps ] && deps=(-DTQ_DEPS_DIR="$PWD/.devdeps")
+SECONDS=0
+lib=build/h200/bindings/c/libtq_capi.so
+if [ "${CALL:-1}" = 1 ]; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+  cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" >"$OUT/configure.log" 2>&1 ||
+    { tail -30 "$OUT/configure.log"; exit 1; }
+  ninja -C build/h200 test_cuda test_cuda_runner tq_capi tq >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+  echo "== build ${SECONDS} s"
+  ( cmake -S "$BASE" -B build/base -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_BUILD_TESTS=OFF -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
+      >"$OUT/base.log" 2>&1 && ninja -C build/base tq_capi >>"$OUT/base.log" 2>&1; echo "base build rc=$? at ${SECONDS} s" >>"$OUT/base.log" ) &
+  timeout 240 build/h200/tests/cuda/test_cuda >"$OUT/test_cuda.log" 2>&1
+  echo "== test_cuda rc=$? at ${SECONDS} s: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/test_cuda.log" | tr '\n' ' ')"
+  grep -E "^\[  FAILED|Failure" "$OUT/test_cuda.log" | head -20
+  timeout 150 build/h200/tests/cuda/test_cuda_runner >"$OUT/runner.log" 2>&1
+  echo "== test_cuda_runner rc=$? at ${SECONDS} s: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/runner.log" | tr '\n' ' ')"
+  grep -E "^\[  FAILED|Failure" "$OUT/runner.log" | head -10
+  wait; tail -1 "$OUT/base.log"
+  specs=${DECODE_SPECS:-k3v2,k3tv2t,k2tv2t} shapes=${DECODE_SHAPES:-16x32768,4x131072,1x4096}
+  for round in $(seq 1 "${DECODE_ROUNDS:-2}"); do
+    for t in base h200; do
+      [ "$t" = base ] && [ ! -f build/base/bindings/c/libtq_capi.so ] && continue
+      timeout 100 python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --specs "$specs" --shapes "$shapes" \
+        --no-prefill --json "$OUT/decode_${t}_$round.json" >"$OUT/decode_${t}_$round.txt" 2>&1
+      echo "== decode $t round $round rc=$? at ${SECONDS} s"; grep -E '^\||store' "$OUT/decode_${t}_$round.txt" | head -20
+    done
+  done
+  for hd in ${DECODE_HEAD_DIMS:-}; do
+    for t in base h200; do
+      timeout 80 python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --specs "$specs" --shapes "$shapes" \
+        --head-dim "$hd" --no-prefill --json "$OUT/decode_${t}_d$hd.json" >"$OUT/decode_${t}_d$hd.txt" 2>&1
+      echo "== decode d$hd $t rc=$? at ${SECONDS} s"; grep -E '^\|' "$OUT/decode_${t}_d$hd.txt" | head -12
+    done
+  done
+else
+  for t in base h200; do
+    timeout 150 python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --prefill-only --whole 4096,8192,32768 \
+      --specs "${PREFILL_SPECS:-k3v2,k2v2,k3tv2t,k4v4,fp8,bf16}" --json "$OUT/prefill_$t.json" >"$OUT/prefill_$t.txt" 2>&1
+    echo "== prefill $t rc=$? at ${SECONDS} s"; grep -iE 'prefill|whole' "$OUT/prefill_$t.txt" | head -30
+    timeout 80 python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --prefill-only --whole 4096,32768 --head-dim 256 \
+      --specs k3v2,bf16 --json "$OUT/prefill256_$t.json" >"$OUT/prefill256_$t.txt" 2>&1
+    echo "== prefill d256 $t rc=$? at ${SECONDS} s"; grep -iE 'prefill|whole' "$OUT/prefill256_$t.txt" | head -12
+  done
+  if [ -n "${ENGINE_BENCH:-}" ]; then
+    timeout $((575 - SECONDS)) ./build/h200/apps/cli/tq bench $ENGINE_BENCH --json "$OUT/engine_bench.json" >"$OUT/engine_bench.txt" 2>&1
+    echo "== engine bench rc=$? at ${SECONDS} s"; tail -40 "$OUT/engine_bench.txt"
+  fi
+fi
+echo "== end ${SECONDS} s"
