@@ -60,6 +60,8 @@ void refuse_unsupported(const json& body) {
   if (const json* v = field(body, "response_format"); v && *v != json{{"type", "text"}})
     throw bad("response_format", "is not supported by this server (send {\"type\": \"text\"} or leave it out)");
   if (const json* v = field(body, "suffix"); v && *v != "") throw bad("suffix", "is not supported by this server (send \"\" or leave it out)");
+  if (const json* v = field(body, "prompt_logprobs"); v && !v->is_null())  // vLLM's: its own response field, not made here
+    throw bad("prompt_logprobs", "is not supported by this server: ask for \"echo\": true with \"logprobs\" (OpenAI's form) instead");
 }
 
 // Completions: "logprobs" is the number of alternatives (0..20). Chat: "logprobs" true asks for
@@ -144,8 +146,9 @@ CompletionRequest parse_completion(const json& body, bool chat) {
       r.prompt = p->get<std::string>();
     } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
       r.prompt = (*p)[0].get<std::string>();
-    } else if (p->is_array() && !p->empty() && std::all_of(p->begin(), p->end(), [](const json& t) { return t.is_number_integer(); })) {
-      for (const json& t : *p) {
+    } else if (const json& ids = p->is_array() && p->size() == 1 && (*p)[0].is_array() ? (*p)[0] : *p;  // a batch of one: [[ids]]
+               ids.is_array() && !ids.empty() && std::all_of(ids.begin(), ids.end(), [](const json& t) { return t.is_number_integer(); })) {
+      for (const json& t : ids) {
         if (t.is_number_unsigned() && t.get<uint64_t>() > uint64_t(INT32_MAX)) throw bad("prompt", fmt::format("token id {} is out of range", t.dump()));
         const int64_t id = t.get<int64_t>();
         if (id < 0 || id > INT32_MAX) throw bad("prompt", fmt::format("token id {} is out of range", id));
@@ -159,7 +162,7 @@ CompletionRequest parse_completion(const json& body, bool chat) {
     r.echo = boolean(body, "echo");
   }
   const char* max_key = chat && field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
-  if (const auto m = integer(body, max_key, 1, INT32_MAX)) r.max_tokens = uint32_t(*m);
+  if (const auto m = integer(body, max_key, 0, INT32_MAX)) r.max_tokens = uint32_t(*m);
   r.sampling.temperature = float(number(body, "temperature", 0, 2).value_or(1.0));
   r.sampling.top_p = float(number(body, "top_p", 0, 1).value_or(1.0));
   if (r.sampling.top_p == 0) throw bad("top_p", "must be above 0");
@@ -200,8 +203,8 @@ CompletionRequest parse_completion(const json& body, bool chat) {
       if (x.empty()) throw bad("stop", "strings must not be empty");
   }
   r.logprobs = parse_logprobs(body, chat);
-  if (r.logprobs >= 0 && r.echo)
-    throw bad("logprobs", "with \"echo\" would score the prompt, which this server does not do (leave one out)");
+  if (r.max_tokens == 0 && !(r.echo && r.logprobs >= 0))
+    throw bad(max_key, "must be at least 1; 0 only scores the prompt, with \"echo\": true and \"logprobs\"");
   if (r.logprobs >= 0 && r.speculation && *r.speculation)
     throw bad("logprobs", "cannot be combined with speculative decoding (send \"speculative\": \"off\")");
   r.stream = boolean(body, "stream");
@@ -230,11 +233,11 @@ json logprobs_json(bool chat, std::span<const LogprobEntry> entries, size_t offs
   json tokens = json::array(), lps = json::array(), tops = json::array(), offsets = json::array();
   for (const LogprobEntry& e : entries) {
     tokens.push_back(e.text);
-    lps.push_back(e.logprob);
+    lps.push_back(e.scored ? json(e.logprob) : json(nullptr));
     json top = json::object();
     for (const auto& [t, lp] : e.top)
       if (!top.contains(t)) top[t] = lp;  // two ids with one text: the more likely one's
-    tops.push_back(top);
+    tops.push_back(e.scored ? top : json(nullptr));
     offsets.push_back(offset);
     offset += utf8_characters(e.text);
   }

@@ -37,9 +37,15 @@ struct Scheduler::Seq {
   // is kept there. 0: none.
   uint32_t branch_at = 0;
   int logprobs = -1;  // Request::logprobs
+  int prompt_logprobs = -1;  // Request::prompt_logprobs
+  std::vector<engine::TokenLogprobs> prompt_lp;  // [position p] of prompt token p + 1, as computed so far
+  bool prompt_lp_sent = false;                   // on an event already
+  // Positions of its prompt whose logits it still needs (each step's chunk takes them to the host).
+  bool wants_prompt_rows() const { return prompt_logprobs >= 0 && !prompt_lp_sent && prompt_lp.size() + 1 < prompt_len; }
 
   Seq(uint64_t i, Request&& r)
-      : id(i), tokens(std::move(r.prompt)), max_tokens(r.max_tokens), sampler(r.sampling), logprobs(r.logprobs) {
+      : id(i), tokens(std::move(r.prompt)), max_tokens(r.max_tokens), sampler(r.sampling), logprobs(r.logprobs),
+        prompt_logprobs(r.prompt_logprobs) {
     prompt_len = uint32_t(tokens.size());
     if (!r.speculation) return;
     model_draft = r.speculation->source == engine::SpeculativeSpec::Source::kDraftModel;
@@ -93,15 +99,15 @@ void Scheduler::check(const Request& r) const {
   refuse_unless(n >= 1, "prompt", "the prompt is empty");
   const int vocab = e_.config().vocab_size;
   for (int t : r.prompt) refuse_unless(t >= 0 && t < vocab, "prompt", "token id {} is outside the vocabulary ({})", t, vocab);
-  refuse_unless(r.max_tokens >= 1, "max_tokens", "max_tokens must be at least 1");
+  refuse_unless(r.max_tokens >= 1 || r.prompt_logprobs >= 0, "max_tokens", "max_tokens must be at least 1 (0 only to score the prompt: echo with logprobs)");
   refuse_unless(n + r.max_tokens <= eo.context, "max_tokens",
                 "this model's maximum context length is {} tokens, but {} were asked for ({} in the prompt, {} to generate)", eo.context,
                 n + r.max_tokens, n, r.max_tokens);
   // The last generated token is never fed back, so prompt + max_tokens - 1 positions at most.
   const uint32_t P = e_.blocks().page_size();
-  const size_t pages = (n + r.max_tokens - 1 + P - 1) / P;
+  const size_t positions = n + std::max<uint32_t>(r.max_tokens, 1) - 1, pages = (positions + P - 1) / P;
   refuse_unless(pages <= stats_.pages_total, "max_tokens", "the request needs {} KV pages ({} tokens), more than the whole pool holds ({} pages)",
-                pages, n + r.max_tokens - 1, stats_.pages_total);
+                pages, positions, stats_.pages_total);
   try {
     r.sampling.validate();
   } catch (const engine::InvalidSampling& e) {
@@ -112,6 +118,10 @@ void Scheduler::check(const Request& r) const {
                 r.speculation ? r.speculation->text : "");
   refuse_unless(r.logprobs >= -1 && r.logprobs <= kMaxLogprobs, "logprobs", "logprobs must be in 0..{}, got {}", kMaxLogprobs, r.logprobs);
   refuse_unless(r.logprobs < 0 || !r.speculation, "logprobs", "logprobs cannot be combined with speculative decoding (send \"speculative\": \"off\")");
+  refuse_unless(r.prompt_logprobs >= -1 && r.prompt_logprobs <= kMaxLogprobs, "logprobs", "the prompt's logprobs must be in 0..{}, got {}",
+                kMaxLogprobs, r.prompt_logprobs);
+  refuse_unless(r.prompt_logprobs < 0 || !r.speculation, "logprobs",
+                "the prompt's logprobs cannot be combined with speculative decoding (send \"speculative\": \"off\")");
 }
 
 uint64_t Scheduler::add(Request r, uint64_t id) {
@@ -165,7 +175,7 @@ void Scheduler::start_drafter(Seq* s) {
 }
 
 void Scheduler::finish(Seq* s, Finish f, std::vector<Event>& out, int token, std::string error) {
-  out.push_back(Event{s->id, token, f, std::move(error), std::nullopt});
+  out.push_back(Event{s->id, token, f, std::move(error), std::nullopt, {}});
   s->done = f;
   release(s, f != Finish::kError);
   ++stats_.finished;
@@ -188,9 +198,15 @@ void Scheduler::preempt(Seq* s) {
   ++stats_.preemptions;
 }
 
+uint32_t Scheduler::chunk_for(const Seq* s, uint32_t n, const Plan& p) const {
+  return s->wants_prompt_rows() ? std::min(n, kPromptLogitRows - p.logit_rows) : n;
+}
+
 void Scheduler::take(Seq* s, uint32_t n, uint32_t pages, Plan& p, std::vector<int> drafts) {
   const auto first = s->tokens.begin() + s->computed;
-  engine::BatchItem item{s->seq, std::vector<int>(first, first + n), !drafts.empty()};
+  const bool prompt_rows = s->wants_prompt_rows();
+  engine::BatchItem item{s->seq, std::vector<int>(first, first + n), !drafts.empty() || prompt_rows};
+  if (prompt_rows) p.logit_rows += n;
   item.tokens.insert(item.tokens.end(), drafts.begin(), drafts.end());
   p.budget -= uint32_t(item.tokens.size());
   p.batch.push_back(std::move(item));
@@ -223,7 +239,7 @@ void Scheduler::emit(Seq* s, const std::vector<int>& tokens, std::vector<Event>&
     ++stats_.generated_tokens;
     if (s->drafter) s->drafter->extend({&t, 1});
     if (s->generated >= s->max_tokens) return finish(s, Finish::kLength, out, t);
-    out.push_back(Event{s->id, t, Finish::kNone, {}, std::nullopt});
+    out.push_back(Event{s->id, t, Finish::kNone, {}, std::nullopt, {}});
   }
 }
 
@@ -236,15 +252,17 @@ void Scheduler::admit(Plan& p) {
   const uint32_t P = bm.page_size();
   while (p.budget > 0 && running_.size() < opts_.max_num_seqs && !waiting_.empty()) {
     Seq* w = waiting_.front().get();
-    // At least the last token is computed: its logits give the next token.
-    const uint32_t limit = uint32_t(w->tokens.size()) - 1;
+    // At least the last token is computed: its logits give the next token. A request scoring its
+    // prompt computes all of it (a cached page has no logits).
+    const uint32_t limit = w->wants_prompt_rows() ? 0 : uint32_t(w->tokens.size()) - 1;
     uint32_t matched = 0;
     const std::vector<int32_t> hit = bm.match_prefix(w->tokens, limit, &matched);
     uint32_t revive = 0;
     for (int32_t p : hit) revive += bm.allocator().refcount(p) == 0;
     const uint32_t start = uint32_t(hit.size()) * P;
     const uint32_t branch = matched > hit.size() ? matched * P : 0;
-    const uint32_t n = std::min({uint32_t(w->tokens.size()) - start, p.budget, branch ? branch - start : UINT32_MAX});
+    const uint32_t n = chunk_for(w, std::min({uint32_t(w->tokens.size()) - start, p.budget, branch ? branch - start : UINT32_MAX}), p);
+    if (n == 0) break;  // this step's prompt logits are taken: it waits its turn (nobody overtakes it)
     const uint32_t alloc = (start + n + P - 1) / P - uint32_t(hit.size());
     if (alloc + revive + p.planned > bm.allocator().free_pages()) break;  // first come, first served: nobody overtakes it
     w->seq = e_.add_cached_sequence(hit);
@@ -288,6 +306,8 @@ std::vector<Event> Scheduler::step() {
     const uint32_t after = uint32_t(running_.size() - i - 1);
     uint32_t n = std::min(uint32_t(s->tokens.size()) - s->computed, plan.budget > after ? plan.budget - after : plan.budget);
     if (s->branch_at > s->computed) n = std::min(n, s->branch_at - s->computed);
+    n = chunk_for(s, n, plan);
+    if (n == 0) continue;  // this step's prompt logits are taken: its next chunk comes next step
     std::vector<int> drafts = s->computed + 1 == s->tokens.size() && plan.budget > after ? drafts_for(s, plan.budget - after)
                                                                                           : std::vector<int>{};
     uint32_t need = bm.pages_needed(s->seq, n + uint32_t(drafts.size()));
@@ -316,6 +336,7 @@ std::vector<Event> Scheduler::step() {
     samples[i] = items[i]->computed + batch[i].tokens.size() - plan.drafts[i].size() == items[i]->tokens.size();
     on_host |= !plan.drafts[i].empty() && !items[i]->sampler.params().greedy();
     on_host |= samples[i] && items[i]->logprobs >= 0;  // its log-probabilities come from the logits
+    on_host |= items[i]->wants_prompt_rows();         // and its prompt's
   }
   std::vector<int> ids;      // [rows] on the device
   std::vector<float> logits; // [rows][vocab] on the host
@@ -343,19 +364,39 @@ std::vector<Event> Scheduler::step() {
   for (size_t i = 0; i < items.size(); ++i) {
     Seq* s = items[i];
     const std::vector<int>& drafts = plan.drafts[i];
-    const size_t rows = drafts.empty() ? 1 : batch[i].tokens.size();
+    const size_t rows = batch[i].all_logits ? batch[i].tokens.size() : 1;  // drafts, or the prompt's logprobs
     const std::span<const float> item_logits = on_host ? std::span<const float>(logits).subspan(row * V, rows * V) : std::span<const float>();
     const std::span<const int> item_ids = on_host ? std::span<const int>() : std::span<const int>(ids).subspan(row, rows);
     row += rows;
     const uint32_t n = uint32_t(batch[i].tokens.size() - drafts.size());
     stats_.computed_tokens += batch[i].tokens.size();
+    const size_t item_first = out.size();  // this request's events of the step
+    if (on_host && drafts.empty() && s->wants_prompt_rows())
+      for (uint32_t r = 0; r < rows; ++r) {  // row r: position computed + r, whose logits score the prompt token after it
+        const uint32_t pos = s->computed + r;
+        if (pos + 1 < s->prompt_len && pos == s->prompt_lp.size())  // a recompute (preemption) keeps the first
+          s->prompt_lp.push_back(engine::token_logprobs(item_logits.subspan(r * V, V), s->tokens[pos + 1], s->prompt_logprobs));
+      }
     s->computed += n;
+    // The last row: the distribution after the item's last token (a verification's rows are all read below).
+    const std::span<const float> last_row = on_host && drafts.empty() ? item_logits.subspan((rows - 1) * V, V) : item_logits;
     if (s->branch_at && s->computed == s->branch_at) {  // the side ring holds the rows there now
       stats_.prefix_branch_tails += e_.cache_prefix(s->seq, s->tokens, s->branch_at);
       s->branch_at = 0;
     }
     if (!samples[i]) {
       e_.cache_pages(s->seq, s->tokens);
+      continue;
+    }
+    // Hands the prompt's logprobs to the request's first event, once.
+    const auto hand_prompt_logprobs = [&] {
+      if (s->prompt_logprobs < 0 || s->prompt_lp_sent || out.size() == item_first) return;
+      out[item_first].prompt_logprobs = std::move(s->prompt_lp);
+      s->prompt_lp_sent = true;
+    };
+    if (s->max_tokens == 0) {  // it scored its prompt: nothing to generate
+      finish(s, Finish::kLength, out);
+      hand_prompt_logprobs();
       continue;
     }
     if (s->tail_due) {
@@ -368,7 +409,7 @@ std::vector<Event> Scheduler::step() {
     engine::Verdict v;  // no drafts: kept 0, and the token sampled
     try {  // a NaN or +inf logit (on the host, or -1 from the device) ends this request with an error, the others go on
       if (drafts.empty())
-        v.next = on_host ? s->sampler.sample(item_logits) : item_ids[0];
+        v.next = on_host ? s->sampler.sample(last_row) : item_ids[0];
       else
         v = on_host ? engine::verify_sampled(item_logits, drafts, s->sampler) : engine::verify_greedy(item_ids, drafts);
       TQ_CHECK(v.next >= 0, "its logits hold a NaN or +inf (or only -inf): nothing to sample");
@@ -390,7 +431,8 @@ std::vector<Event> Scheduler::step() {
     const size_t first_event = out.size();
     emit(s, emitted, out);  // an end releases the pages, caching the full ones
     if (s->logprobs >= 0 && out.size() > first_event && out.back().token == v.next)  // not a stop token: that ends it unsent
-      out.back().logprobs = engine::token_logprobs(item_logits, v.next, s->logprobs);
+      out.back().logprobs = engine::token_logprobs(last_row, v.next, s->logprobs);
+    hand_prompt_logprobs();
     if (s->done == Finish::kNone) {
       if (s->tail_at) e_.cache_prefix(s->seq, s->tokens, s->tail_at);
       s->tail_at = 0;

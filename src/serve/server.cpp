@@ -157,25 +157,48 @@ struct Answer {
   std::string error;        // the engine failed on it
   bool first = true;        // no chunk sent yet
   bool logprobs = false;    // asked for: every token's event carries them
+  // echo with logprobs: the prompt's ids, whose entries come first (its first token unscored);
+  // empty once they are in `entries`
+  std::vector<int> scored_prompt;
+  size_t prompt_entries = 0;  // entries that are the prompt's
   int prev;                 // the token before the next one
   std::vector<LogprobEntry> entries;  // the tokens' log-probabilities, [sent] then [pending]
   size_t sent = 0, sent_chars = 0;    // entries a stream has sent, and the characters of their text
 
   Answer(std::shared_ptr<Stream> s, ResponseHead h, const model::Tokenizer& t, int prev_token, std::vector<std::string> stops,
-         uint32_t prompt, bool want_logprobs)
-      : stream(std::move(s)), head(std::move(h)), tok(t), text(t, prev_token, std::move(stops)), logprobs(want_logprobs), prev(prev_token) {
+         uint32_t prompt, bool want_logprobs, std::vector<int> score_prompt)
+      : stream(std::move(s)), head(std::move(h)), tok(t), text(t, prev_token, std::move(stops)), logprobs(want_logprobs),
+        scored_prompt(std::move(score_prompt)), prev(prev_token) {
     usage.prompt = prompt;
   }
 
-  // The choice's "logprobs" for entries [from, end) whose text starts at character `chars`;
+  // The choice's "logprobs" for entries [from, upto) whose text starts at character `chars`;
   // moves both past them. Null when not asked.
-  json take_logprobs(size_t& from, size_t& chars) {
+  json take_logprobs(size_t& from, size_t& chars, size_t upto = SIZE_MAX) {
     if (!logprobs) return nullptr;
-    const std::span<const LogprobEntry> part = std::span<const LogprobEntry>(entries).subspan(from);
+    const std::span<const LogprobEntry> part = std::span<const LogprobEntry>(entries).subspan(from, std::min(upto, entries.size()) - from);
     json j = logprobs_json(head.chat, part, chars);
     for (const LogprobEntry& e : part) chars += utf8_characters(e.text);
-    from = entries.size();
+    from += part.size();
     return j;
+  }
+
+  // The echoed prompt's entries, from the event that scored it: its first token unscored, then
+  // each token's log-probability given those before it.
+  void add_prompt_entries(const std::vector<engine::TokenLogprobs>& scored) {
+    int before = -1;
+    for (size_t i = 0; i < scored_prompt.size(); ++i) {
+      const int id = scored_prompt[i];
+      LogprobEntry e{tok.decode_next(before, id), 0.0f, {}, i > 0};
+      if (i > 0 && i - 1 < scored.size()) {
+        e.logprob = scored[i - 1].logprob;
+        for (const auto& [alt, lp] : scored[i - 1].top) e.top.emplace_back(tok.decode_next(before, alt), lp);
+      }
+      entries.push_back(std::move(e));
+      before = id;
+    }
+    prompt_entries = entries.size();
+    scored_prompt.clear();
   }
 
   // Takes the stream's next events (waiting up to `wait`); returns the text they release. Ends
@@ -185,6 +208,8 @@ struct Answer {
     std::string out;
     if (!stream->next(events, wait)) return out;
     for (const Event& ev : events) {
+      if (!scored_prompt.empty() && (ev.token >= 0 || ev.finish == Finish::kStop || ev.finish == Finish::kLength))
+        add_prompt_entries(ev.prompt_logprobs);  // the request's first event after its prompt
       if (ev.token >= 0 && finish.empty()) {
         ++usage.completion;
         if (logprobs && ev.logprobs) {
@@ -289,6 +314,8 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   // A request for logprobs runs without the server's default speculation (they do not combine).
   Request r{prompt, cr.sampling, cr.max_tokens.value_or(default_max),
             cr.speculation.value_or(cr.logprobs >= 0 ? std::nullopt : o.speculation), cr.logprobs};
+  const bool score_prompt = cr.echo && cr.logprobs >= 0;  // OpenAI's echo with logprobs: the prompt's too
+  if (score_prompt) r.prompt_logprobs = cr.logprobs;
   if (!cr.seeded) r.sampling.seed = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
   std::shared_ptr<Stream> s;
   try {
@@ -301,7 +328,8 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   // After submit(), which checked the prompt's token ids against the vocabulary.
   if (echo) *echo = cr.echo ? (cr.prompt_ids.empty() ? cr.prompt : tok.decode(cr.prompt_ids)) : "";
   ResponseHead h{fmt::format("{}-{}", cr.chat ? "chatcmpl" : "cmpl", s->id()), o.model_name, unix_now(), cr.chat};
-  return std::make_shared<Answer>(s, h, tok, prompt.back(), cr.stop, uint32_t(prompt.size()), cr.logprobs >= 0);
+  return std::make_shared<Answer>(s, h, tok, prompt.back(), cr.stop, uint32_t(prompt.size()), cr.logprobs >= 0,
+                                  score_prompt ? prompt : std::vector<int>{});
 }
 
 // Bodies come through a content reader, which counts them as they arrive, chunked or compressed
@@ -353,7 +381,7 @@ void Server::Impl::complete(const httplib::Request& req, const std::string& requ
     }
     if (!a->error.empty()) throw ApiError(500, a->error, "", "server_error");
     if (a->finish == "abort") throw ApiError(503, "the server shut down before the request finished", "", "service_unavailable");
-    size_t from = 0, chars = 0;  // (no echo with logprobs: the offsets start at the completion)
+    size_t from = 0, chars = 0;  // from the text's start: the echoed prompt's entries come first when asked
     res.set_content(dump(completion_body(a->head, text, a->finish, a->usage, a->take_logprobs(from, chars))), "application/json");
   } catch (const ApiError& e) {
     send_error(res, e);
@@ -372,10 +400,20 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Answer> a, boo
           const json lp = a->entries.size() > a->sent ? a->take_logprobs(a->sent, a->sent_chars) : json(nullptr);
           return write(sse(chunk_body(a->head, text, finish, first, lp)));
         };
-        if (a->first && (a->head.chat || !echo.empty()) && !chunk(echo, "")) return false;
+        // An echo scored with logprobs goes out with the prompt's entries, once the prompt is computed.
+        bool echo_due = a->first && (a->head.chat || !echo.empty());
+        const auto send_echo = [&] {
+          const bool first = a->first;
+          a->first = false;
+          echo_due = false;
+          const json lp = a->take_logprobs(a->sent, a->sent_chars, a->prompt_entries);
+          return write(sse(chunk_body(a->head, echo, "", first, a->prompt_entries ? lp : json(nullptr))));
+        };
+        if (echo_due && a->scored_prompt.empty() && !send_echo()) return false;
         auto last_write = std::chrono::steady_clock::now();
         while (a->finish.empty()) {
           const std::string text = a->advance(svc, std::chrono::milliseconds(250));
+          if (echo_due && a->scored_prompt.empty() && !send_echo()) return false;
           if (!a->finish.empty()) {
             if (!a->error.empty())
               write(sse(error_body(ApiError(500, a->error, "", "server_error"))));

@@ -100,7 +100,7 @@ void Service::loop() {
         try {
           sched_->add(std::move(r), id);
         } catch (const Error& err) {  // checked at submit, so only a bug gets here: the request ends, the service goes on
-          record({Event{id, -1, Finish::kError, err.what(), std::nullopt}}, Clock::now());
+          record({Event{id, -1, Finish::kError, err.what(), std::nullopt, {}}}, Clock::now());
         }
       }
       inbox_.clear();

@@ -30,6 +30,13 @@ TEST(OpenAiParse, CompletionDefaultsAndFields) {
   EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
   r = parse_completion(json::parse(R"({"prompt": [1, 2, 3]})"), false);
   EXPECT_EQ(r.prompt_ids, (std::vector<int>{1, 2, 3}));
+  // A batch of one prompt of token ids (lm-evaluation-harness's form), scored: echo with logprobs
+  // and max_tokens 0.
+  r = parse_completion(json::parse(R"({"prompt": [[4, 5]], "echo": true, "logprobs": 1, "max_tokens": 0})"), false);
+  EXPECT_EQ(r.prompt_ids, (std::vector<int>{4, 5}));
+  EXPECT_TRUE(r.echo);
+  EXPECT_EQ(r.logprobs, 1);
+  EXPECT_EQ(*r.max_tokens, 0u);
   EXPECT_FALSE(r.speculation.has_value());  // the server's default
   r = parse_completion(json::parse(R"({"prompt": "x", "speculative": "ngram:k=4"})"), false);
   ASSERT_TRUE(r.speculation.has_value() && r.speculation->has_value());
@@ -84,7 +91,13 @@ INSTANTIATE_TEST_SUITE_P(
                       Bad{R"({"prompt": "x", "n": 4})", false, "n"}, Bad{R"({"prompt": "x", "best_of": 2})", false, "best_of"},
                       Bad{R"({"prompt": "x", "logprobs": 21})", false, "logprobs"},
                       Bad{R"({"prompt": "x", "logprobs": true})", false, "logprobs"},
-                      Bad{R"({"prompt": "x", "logprobs": 2, "echo": true})", false, "logprobs"},
+                      Bad{R"({"prompt": "x", "max_tokens": 0})", false, "max_tokens"},
+                      Bad{R"({"prompt": "x", "prompt_logprobs": 1})", false, "prompt_logprobs"},
+                      Bad{R"({"prompt": [[1, 2], [3]]})", false, "prompt"}, Bad{R"({"prompt": [[]]})", false, "prompt"},
+                      Bad{R"({"prompt": [[1, "a"]]})", false, "prompt"},
+                      Bad{R"({"prompt": "x", "max_tokens": 0, "echo": true})", false, "max_tokens"},
+                      Bad{R"({"prompt": "x", "max_tokens": 0, "logprobs": 1})", false, "max_tokens"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0, "logprobs": true})", true, "max_tokens"},
                       Bad{R"({"prompt": "x", "logprobs": 2, "speculative": "ngram:k=4"})", false, "logprobs"},
                       Bad{R"({"prompt": "x", "frequency_penalty": 0.5})", false, "frequency_penalty"},
                       Bad{R"({"prompt": "x", "stop": [""]})", false, "stop"}, Bad{R"({"prompt": "x", "stop": 3})", false, "stop"},

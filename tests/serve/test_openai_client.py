@@ -212,6 +212,62 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(plain.choices[0].message.content, chat.choices[0].message.content)
         self.s.wait_drained(self)
 
+    def test_echo_with_logprobs_scores_the_prompt(self):
+        # lm-evaluation-harness's loglikelihood requests: echo, logprobs and max_tokens 0 (or 1).
+        # Each prompt token's entry is its log-probability given those before it (the first has
+        # none), and scoring a greedy completion's text gives back the logprobs its generation
+        # reported for those tokens.
+        gen = self.complete(PROMPTS[1], 12, logprobs=2)
+        glp = gen.choices[0].logprobs
+        full = PROMPTS[1] + gen.choices[0].text
+        scored = self.s.client.completions.create(model=self.model, prompt=full, max_tokens=0, echo=True, logprobs=2, temperature=0)
+        c = scored.choices[0]
+        self.assertEqual(c.text, full)
+        self.assertEqual(c.finish_reason, "length")
+        self.assertEqual(scored.usage.completion_tokens, 0)
+        lp = c.logprobs
+        self.assertEqual("".join(lp.tokens), full)
+        self.assertEqual(len(lp.tokens), scored.usage.prompt_tokens)
+        self.assertIsNone(lp.token_logprobs[0])
+        self.assertIsNone(lp.top_logprobs[0])
+        self.assertEqual(lp.text_offset[0], 0)
+        for i in range(1, len(lp.tokens)):
+            self.assertEqual(lp.text_offset[i], lp.text_offset[i - 1] + len(lp.tokens[i - 1]))
+            self.assertLessEqual(lp.token_logprobs[i], 0.0)
+            self.assertTrue(1 <= len(lp.top_logprobs[i]) <= 2)
+            self.assertGreaterEqual(max(lp.top_logprobs[i].values()), lp.token_logprobs[i])
+        # The completion's tokens are the scored text's last ones (the same tokenization here);
+        # their logprobs agree to float rounding (one chunk of the prompt against one token a step).
+        n = len(glp.tokens)
+        self.assertEqual(lp.tokens[-n:], glp.tokens)
+        for a, b in zip(lp.token_logprobs[-n:], glp.token_logprobs):
+            self.assertAlmostEqual(a, b, delta=1e-4 * max(1.0, abs(b)))
+        # With max_tokens 1 (the harness's other form) the prompt's entries come first, then the
+        # token's; streamed, the echo's chunk carries the prompt's entries.
+        one = self.s.client.completions.create(model=self.model, prompt=full, max_tokens=1, echo=True, logprobs=1, temperature=0)
+        self.assertEqual(one.choices[0].logprobs.token_logprobs[:-1], lp.token_logprobs)  # the same steps: the same bits
+        chunks = list(self.s.client.completions.create(model=self.model, prompt=full, max_tokens=1, echo=True, logprobs=1, temperature=0,
+                                                       stream=True))
+        streamed = [ch.choices[0].logprobs for ch in chunks if ch.choices and ch.choices[0].logprobs]
+        self.assertEqual(sum((p.tokens for p in streamed), []), one.choices[0].logprobs.tokens)
+        self.assertEqual(sum((p.text_offset for p in streamed), []), one.choices[0].logprobs.text_offset)
+        self.assertEqual(chunks[0].choices[0].text, full)
+        # lm-evaluation-harness's own request: a batch of one prompt of token ids, max_tokens 1; it
+        # reads token_logprobs[ctxlen:-1] and top_logprobs[ctxlen:-1]. The same ids flat, max_tokens
+        # 0, score the same.
+        ids = [1] + [random.Random(3).randrange(2, 500) for _ in range(40)]
+        code, b = self.s.post("/v1/completions", {"model": self.model, "prompt": [ids], "max_tokens": 1, "logprobs": 1, "echo": True,
+                                                  "temperature": 0, "seed": 1234})
+        self.assertEqual(code, 200, b)
+        harness = b["choices"][0]["logprobs"]
+        code, flat = self.s.post("/v1/completions", {"prompt": ids, "max_tokens": 0, "logprobs": 1, "echo": True})
+        self.assertEqual(code, 200, flat)
+        self.assertEqual(len(harness["token_logprobs"]), len(ids) + 1)
+        self.assertEqual(harness["token_logprobs"][:-1], flat["choices"][0]["logprobs"]["token_logprobs"])
+        self.assertEqual(harness["top_logprobs"][:-1], flat["choices"][0]["logprobs"]["top_logprobs"])
+        self.assertEqual(b["choices"][0]["text"][:len(flat["choices"][0]["text"])], flat["choices"][0]["text"])
+        self.s.wait_drained(self)
+
     def test_seeded_sampling_repeats(self):
         a = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=30, temperature=0.9, top_p=0.9, seed=123)
         b = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=30, temperature=0.9, top_p=0.9, seed=123)
@@ -303,7 +359,8 @@ class ServeTest(unittest.TestCase):
             ({"prompt": "x", "top_p": 0}, 400, "top_p"),
             ({"prompt": "x", "n": 2}, 400, "n"),
             ({"prompt": "x", "logprobs": 21}, 400, "logprobs"),
-            ({"prompt": "x", "logprobs": 2, "echo": True}, 400, "logprobs"),
+            ({"prompt": "x", "max_tokens": 0, "echo": True}, 400, "max_tokens"),
+            ({"prompt": "x", "logprobs": 2, "echo": True, "speculative": "ngram"}, 400, "logprobs"),
             ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
             ({"prompt": "x", "stream": "yes"}, 400, "stream"),
             ({"prompt": ["a", "b"]}, 400, "prompt"),

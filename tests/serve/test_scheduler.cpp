@@ -66,6 +66,8 @@ struct Outcome {
   Finish finish = Finish::kNone;
   int events_after_finish = 0;
   std::vector<engine::TokenLogprobs> logprobs;  // of the tokens that came with them
+  std::vector<engine::TokenLogprobs> prompt_logprobs;  // Request::prompt_logprobs
+  int prompt_logprob_events = 0;                       // events that carried them (one at most)
 };
 void record(std::map<uint64_t, Outcome>& out, const std::vector<Event>& events) {
   for (const Event& ev : events) {
@@ -73,6 +75,7 @@ void record(std::map<uint64_t, Outcome>& out, const std::vector<Event>& events) 
     if (o.finish != Finish::kNone) ++o.events_after_finish;
     if (ev.token >= 0) o.tokens.push_back(ev.token);
     if (ev.logprobs) o.logprobs.push_back(*ev.logprobs);
+    if (!ev.prompt_logprobs.empty()) o.prompt_logprobs = ev.prompt_logprobs, ++o.prompt_logprob_events;
     if (ev.finish != Finish::kNone) o.finish = ev.finish;
   }
 }
@@ -255,6 +258,132 @@ TEST(SchedulerLogprobs, EqualTeacherForcedLogSoftmax) {
     }
   }
   EXPECT_EQ(s.stats().pages_free, s.stats().pages_total);
+}
+
+// log_softmax of a logits row, in long double, and the tolerance of a float result against it:
+// the CPU engine's logits do not depend on the batch or the chunks (HitLogitsEqualColdBitForBit),
+// so only the float rounding of the result differs: half an ulp, bounded by twice that.
+struct LogSoftmax {
+  const float* row;
+  size_t V;
+  long double mx = 0, lse = 0;
+  LogSoftmax(const float* r, size_t v) : row(r), V(v) {
+    mx = row[0];
+    for (size_t i = 0; i < V; ++i) mx = std::max(mx, (long double)row[i]);
+    long double sum = 0;
+    for (size_t i = 0; i < V; ++i) sum += std::exp((long double)row[i] - mx);
+    lse = std::log(sum);
+  }
+  double operator()(int id) const { return double((long double)row[id] - mx - lse); }
+  static double tol(double x) { return std::numeric_limits<float>::epsilon() * std::max(1.0, std::fabs(x)); }
+};
+
+// Each prompt token's logprob (given those before it) and its alternatives against a teacher-forced
+// prefill of the prompt on a fresh engine.
+void expect_prompt_scored(const char* spec, const Request& r, const Outcome& o, const std::string& what) {
+  ASSERT_EQ(o.prompt_logprobs.size(), r.prompt.size() - 1) << what;
+  EXPECT_EQ(o.prompt_logprob_events, r.prompt.size() > 1 ? 1 : 0) << what;
+  Engine ref(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512});
+  const std::vector<float> logits = ref.prefill(ref.add_sequence(), r.prompt, true);
+  const size_t V = size_t(stories()->m.config.vocab_size);
+  for (size_t p = 0; p + 1 < r.prompt.size(); ++p) {
+    const LogSoftmax want(&logits[p * V], V);
+    const engine::TokenLogprobs& got = o.prompt_logprobs[p];
+    EXPECT_NEAR(got.logprob, want(r.prompt[p + 1]), LogSoftmax::tol(want(r.prompt[p + 1]))) << what << ", prompt token " << p + 1;
+    ASSERT_EQ(got.top.size(), size_t(r.prompt_logprobs)) << what;
+    for (const auto& [id, lp] : got.top) EXPECT_NEAR(lp, want(id), LogSoftmax::tol(want(id))) << what << ", prompt token " << p + 1;
+  }
+}
+
+// Requests that score their prompts (OpenAI's echo with logprobs) share steps with plain ones and
+// with each other under a small token budget and a pool small enough to preempt: each gets every
+// prompt token's log-probability, equal to a teacher-forced prefill's log_softmax, on one event;
+// one with max_tokens 0 ends after its prompt with nothing generated; the others generate what
+// they generate alone. No prefix hit stands in for a scored prompt (its pages have no logits).
+TEST(SchedulerPromptLogprobs, EqualTeacherForcedLogSoftmax) {
+  REQUIRE_STORIES();
+  const char* spec = "k3v2:page=8";
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 4, .num_pages = 28, .max_chunk = 64});
+  Scheduler s(e, is_stop, {.max_num_seqs = 4, .max_batched_tokens = 23});
+  std::vector<Request> reqs;
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < 5; ++i) {
+    Request r{prompt(kPrompts[(i + 1) % kPrompts.size()]), {}, uint32_t(i == 0 ? 0 : 30 + 7 * i), {}};
+    if (i == 2) r.sampling = SamplingParams{.temperature = 0.8f, .top_k = 40, .seed = 5};
+    r.prompt_logprobs = i == 3 ? -1 : int(i % 3) + 1;  // 1, 2, 3, none, 2
+    if (i == 1) r.logprobs = 2;                         // the generated tokens' too
+    reqs.push_back(r);
+    ids.push_back(s.add(r));
+  }
+  reqs.push_back(reqs[0]);  // the same prompt again: it was cached, but is computed to be scored
+  ids.push_back(s.add(reqs.back()));
+  const auto got = drain(s);
+  EXPECT_GT(s.stats().preemptions, 0u) << "the pool was meant to preempt";
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const Outcome& o = got.at(ids[i]);
+    const std::string what = "request " + std::to_string(i);
+    EXPECT_EQ(o.events_after_finish, 0) << what;
+    if (reqs[i].max_tokens == 0) {
+      EXPECT_TRUE(o.tokens.empty()) << what;
+      EXPECT_EQ(o.finish, Finish::kLength) << what;
+    } else {
+      EXPECT_EQ(o.tokens, alone(spec, reqs[i])) << what;
+      EXPECT_EQ(o.logprobs.size(), reqs[i].logprobs >= 0 ? o.tokens.size() : 0u) << what;
+    }
+    if (reqs[i].prompt_logprobs < 0) {
+      EXPECT_TRUE(o.prompt_logprobs.empty()) << what;
+      continue;
+    }
+    expect_prompt_scored(spec, reqs[i], o, what);
+  }
+  EXPECT_EQ(s.stats().pages_free, s.stats().pages_total);
+}
+
+// A prompt longer than kPromptLogitRows is scored in steps of at most that many positions (their
+// logits go to the host), whatever the token budget; a one-token prompt has nothing to score.
+TEST(SchedulerPromptLogprobs, LongPromptsInStepsOfAtMostTheRowCap) {
+  REQUIRE_STORIES();
+  const char* spec = "k3v2";
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 2, .max_chunk = 512});
+  Scheduler s(e, is_stop, {.max_num_seqs = 2, .max_batched_tokens = 512});
+  std::string text;
+  while (prompt(text).size() < kPromptLogitRows + 100) text += kPrompts[5] + " ";
+  Request r{prompt(text), {}, 0, {}};
+  r.prompt_logprobs = 1;
+  const uint64_t id = s.add(r);
+  const auto got = drain(s);
+  EXPECT_EQ(s.stats().steps, 2u) << r.prompt.size() << " prompt tokens";
+  expect_prompt_scored(spec, r, got.at(id), "long prompt");
+  Request one{{r.prompt[0]}, {}, 0, {}};
+  one.prompt_logprobs = 2;
+  const uint64_t id1 = s.add(one);
+  const auto got1 = drain(s);
+  EXPECT_TRUE(got1.at(id1).prompt_logprobs.empty());
+  EXPECT_EQ(got1.at(id1).finish, Finish::kLength);
+  EXPECT_EQ(s.stats().pages_free, s.stats().pages_total);
+}
+
+TEST(SchedulerPromptLogprobs, Refusals) {
+  REQUIRE_STORIES();
+  Engine e(stories()->m, parse_kv_spec("k3v2"), {.threads = 1, .context = 512, .max_seqs = 2});
+  Scheduler s(e, is_stop, {.max_num_seqs = 2});
+  const auto refused = [&](Request r, const std::string& param, const std::string& words) {
+    try {
+      s.check(r);
+      ADD_FAILURE() << "accepted: " << words;
+    } catch (const Refused& err) {
+      EXPECT_EQ(err.param, param) << err.what();
+      EXPECT_NE(std::string(err.what()).find(words), std::string::npos) << err.what();
+    }
+  };
+  Request r{prompt("Once upon a time"), {}, 0, {}};
+  refused(r, "max_tokens", "0 only to score the prompt");
+  r.prompt_logprobs = 21;
+  refused(r, "logprobs", "got 21");
+  r.prompt_logprobs = 1;
+  r.max_tokens = 4;
+  r.speculation = engine::parse_speculative_spec("ngram");
+  refused(r, "logprobs", "speculative");
 }
 
 // A prefix hit gives the tokens of a cold run and computes only what is not cached.

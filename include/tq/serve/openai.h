@@ -44,15 +44,16 @@ struct CompletionRequest {
   bool stream = false, include_usage = false;
   bool echo = false;                         // completions: the prompt before the completion
   // Request::logprobs: completions' "logprobs" (an integer), chat's "logprobs": true with
-  // "top_logprobs"; -1 when not asked.
+  // "top_logprobs"; -1 when not asked. With echo, the prompt's tokens are scored too
+  // (Request::prompt_logprobs), and max_tokens may be 0.
   int logprobs = -1;
   // tq's extension "speculative": a --spec value ("ngram:k=4") or "off"; not given: the server's.
   std::optional<std::optional<engine::SpeculativeSpec>> speculation;
 };
 
 // Throws ApiError (400) naming the field: a body that is not an object, wrong types, values out
-// of range, n other than 1, logprobs over 20 or with echo or speculation, a missing prompt or
-// messages.
+// of range, n other than 1, logprobs over 20 or with speculation, max_tokens 0 without echo and
+// logprobs, a missing prompt or messages.
 CompletionRequest parse_completion(const nlohmann::json& body, bool chat);
 
 // Response bodies. `id`: "cmpl-..." or "chatcmpl-..."; `created`: Unix seconds.
@@ -72,10 +73,12 @@ struct LogprobEntry {
   std::string text;
   float logprob = 0;
   std::vector<std::pair<std::string, float>> top;
+  bool scored = true;  // false: an echoed prompt's first token, which has no log-probability (null)
 };
 // A choice's "logprobs" for `entries`. Chat: {"content": [{token, logprob, bytes, top_logprobs}],
 // "refusal": null}. Completions: {tokens, token_logprobs, top_logprobs, text_offset}, the offsets
-// in characters from `offset` (the characters of the text before the first entry's token).
+// in characters from `offset` (the characters of the text before the first entry's token); an
+// unscored entry's token_logprobs and top_logprobs are null.
 nlohmann::json logprobs_json(bool chat, std::span<const LogprobEntry> entries, size_t offset);
 // `logprobs`: the choice's "logprobs" (null when not asked).
 nlohmann::json completion_body(const ResponseHead& h, const std::string& text, const std::string& finish, const Usage& u,

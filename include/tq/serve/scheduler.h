@@ -51,8 +51,17 @@ struct Request {
   // OpenAI's logprobs: -1 none; else each generated token's log-probability and those of the
   // `logprobs` most likely tokens (0..kMaxLogprobs). Its steps take the logits to the host.
   int logprobs = -1;
+  // The prompt's own log-probabilities (OpenAI's "echo" with "logprobs"; vLLM's prompt_logprobs):
+  // -1 none; else of each prompt token but the first given the ones before it, with the
+  // `prompt_logprobs` most likely tokens there (0..kMaxLogprobs). Such a request computes its
+  // whole prompt (no prefix hit) in chunks of at most kPromptLogitRows tokens a step, whose logits
+  // go to the host; with it, max_tokens may be 0 (score the prompt, generate nothing).
+  int prompt_logprobs = -1;
 };
 constexpr int kMaxLogprobs = 20;  // vLLM's default cap
+// The prompt positions whose logits one step takes to the host for prompt_logprobs (all requests
+// together): 256 rows of a 128K vocabulary are 128 MiB.
+constexpr uint32_t kPromptLogitRows = 256;
 
 // Why a request can never run (Scheduler::check), and the request field to blame: the server
 // answers 400 and names it as the OpenAI error's "param".
@@ -74,6 +83,9 @@ struct Event {
   Finish finish = Finish::kNone;
   std::string error;        // kError: why
   std::optional<engine::TokenLogprobs> logprobs;  // the token's, when the request asked (Request::logprobs)
+  // Request::prompt_logprobs: on the request's first event after its prompt is computed (with its
+  // first token, or its end), the logprobs of prompt tokens 1 .. n-1 in order (token 0 has none).
+  std::vector<engine::TokenLogprobs> prompt_logprobs;
 };
 
 struct SchedulerOptions {
@@ -118,9 +130,10 @@ class Scheduler {
   const std::string& prefix_caching_note() const { return prefix_note_; }
 
   // Throws Refused naming the value and the field when the request can never run: an empty
-  // prompt, a token outside the vocabulary, max_tokens 0, prompt + max_tokens beyond the context,
-  // more pages than the whole pool holds, invalid sampling parameters, a speculation this server
-  // cannot do, logprobs out of range or with speculation. Reads only what construction fixed, so another thread may call it while step() runs.
+  // prompt, a token outside the vocabulary, max_tokens 0 (unless it scores its prompt), prompt +
+  // max_tokens beyond the context, more pages than the whole pool holds, invalid sampling
+  // parameters, a speculation this server cannot do, logprobs or prompt_logprobs out of range or
+  // with speculation. Reads only what construction fixed, so another thread may call it while step() runs.
   void check(const Request& r) const;
   // check(), then queues the request; returns its id: `id` when not 0 (the caller's, unique and
   // never reused), else the next of the scheduler's own.
@@ -149,7 +162,10 @@ class Scheduler {
     std::vector<Seq*> items;                 // [batch] the request of each item
     std::vector<std::vector<int>> drafts;    // [batch] the drafts an item carries after its last token
     uint32_t budget = 0, planned = 0;
+    uint32_t logit_rows = 0;                 // prompt positions whose logits go to the host (prompt_logprobs)
   };
+  // The tokens s may take this step from n: prompt_logprobs chunks within kPromptLogitRows.
+  uint32_t chunk_for(const Seq* s, uint32_t n, const Plan& p) const;
   // s's next n uncomputed tokens, and the drafts after them, taking `pages` new pages.
   void take(Seq* s, uint32_t n, uint32_t pages, Plan& p, std::vector<int> drafts = {});
   // The drafts a decoding request carries this step: within its limits, `budget` and the engine's step.
