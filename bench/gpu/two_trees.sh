@@ -7,6 +7,8 @@
 #                                        alternating base and head for DECODE_ROUNDS rounds (each
 #                                        its own process beside torch; DECODE_HEAD_DIMS adds other
 #                                        head dims, one round each)
+#   CALL=3 bash bench/gpu/two_trees.sh   the decode benchmark of both trees at DECODE_HEAD_DIMS only
+#                                        (default "64 256"; CALL=1's builds, the machine still warm)
 #   CALL=2 bash bench/gpu/two_trees.sh   the chunked and whole-prompt prefill benchmark of both trees,
 #                                        each in its own process beside torch (PREFILL_SPECS; D 128,
 #                                        and D 256 for k3v2 and bf16), then ENGINE_BENCH (tq bench args)
@@ -20,7 +22,7 @@ BASE=${BASE:-.stage/base}
 deps=()
 [ -d .devdeps ] && deps=(-DTQ_DEPS_DIR="$PWD/.devdeps")
 SECONDS=0
-lib=build/h200/bindings/c/libtq_capi.so
+specs=${DECODE_SPECS:-k3v2,k3tv2t,k2tv2t} shapes=${DECODE_SHAPES:-16x32768,4x131072,1x4096}
 if [ "${CALL:-1}" = 1 ]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
   cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" >"$OUT/configure.log" 2>&1 ||
@@ -36,7 +38,6 @@ if [ "${CALL:-1}" = 1 ]; then
   echo "== test_cuda_runner rc=$? at ${SECONDS} s: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/runner.log" | tr '\n' ' ')"
   grep -E "^\[  FAILED|Failure" "$OUT/runner.log" | head -10
   wait; tail -1 "$OUT/base.log"
-  specs=${DECODE_SPECS:-k3v2,k3tv2t,k2tv2t} shapes=${DECODE_SHAPES:-16x32768,4x131072,1x4096}
   for round in $(seq 1 "${DECODE_ROUNDS:-2}"); do
     for t in base h200; do
       [ "$t" = base ] && [ ! -f build/base/bindings/c/libtq_capi.so ] && continue
@@ -45,7 +46,11 @@ if [ "${CALL:-1}" = 1 ]; then
       echo "== decode $t round $round rc=$? at ${SECONDS} s"; grep -E '^\||store' "$OUT/decode_${t}_$round.txt" | head -20
     done
   done
-  for hd in ${DECODE_HEAD_DIMS:-}; do
+fi
+if [ "${CALL:-1}" = 1 ] || [ "${CALL:-1}" = 3 ]; then
+  dims=${DECODE_HEAD_DIMS:-}
+  [ "${CALL:-1}" = 3 ] && dims=${DECODE_HEAD_DIMS:-64 256}
+  for hd in $dims; do
     for t in base h200; do
       timeout 80 python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --specs "$specs" --shapes "$shapes" \
         --head-dim "$hd" --no-prefill --json "$OUT/decode_${t}_d$hd.json" >"$OUT/decode_${t}_d$hd.txt" 2>&1
