@@ -183,19 +183,21 @@ struct Answer {
     return j;
   }
 
+  // The entry of `token` after `before`, its texts as they add to the text; unscored without `lp`.
+  LogprobEntry entry(int before, int token, const engine::TokenLogprobs* lp) const {
+    LogprobEntry e{tok.decode_next(before, token), lp ? lp->logprob : 0.0f, {}, lp != nullptr};
+    if (lp)
+      for (const auto& [alt, x] : lp->top) e.top.emplace_back(tok.decode_next(before, alt), x);
+    return e;
+  }
+
   // The echoed prompt's entries, from the event that scored it: its first token unscored, then
   // each token's log-probability given those before it.
   void add_prompt_entries(const std::vector<engine::TokenLogprobs>& scored) {
     int before = -1;
     for (size_t i = 0; i < scored_prompt.size(); ++i) {
-      const int id = scored_prompt[i];
-      LogprobEntry e{tok.decode_next(before, id), 0.0f, {}, i > 0};
-      if (i > 0 && i - 1 < scored.size()) {
-        e.logprob = scored[i - 1].logprob;
-        for (const auto& [alt, lp] : scored[i - 1].top) e.top.emplace_back(tok.decode_next(before, alt), lp);
-      }
-      entries.push_back(std::move(e));
-      before = id;
+      entries.push_back(entry(before, scored_prompt[i], i > 0 && i - 1 < scored.size() ? &scored[i - 1] : nullptr));
+      before = scored_prompt[i];
     }
     prompt_entries = entries.size();
     scored_prompt.clear();
@@ -212,11 +214,7 @@ struct Answer {
         add_prompt_entries(ev.prompt_logprobs);  // the request's first event after its prompt
       if (ev.token >= 0 && finish.empty()) {
         ++usage.completion;
-        if (logprobs && ev.logprobs) {
-          LogprobEntry e{tok.decode_next(prev, ev.token), ev.logprobs->logprob, {}};
-          for (const auto& [id, lp] : ev.logprobs->top) e.top.emplace_back(tok.decode_next(prev, id), lp);
-          entries.push_back(std::move(e));
-        }
+        if (logprobs && ev.logprobs) entries.push_back(entry(prev, ev.token, &*ev.logprobs));
         prev = ev.token;
         out += text.push(ev.token);
         if (text.stopped()) {
