@@ -23,6 +23,14 @@ deps=()
 [ -d .devdeps ] && deps=(-DTQ_DEPS_DIR="$PWD/.devdeps")
 SECONDS=0
 specs=${DECODE_SPECS:-k3v2,k3tv2t,k2tv2t} shapes=${DECODE_SHAPES:-16x32768,4x131072,1x4096}
+# decode_ab TREE TAG SECONDS [bench_decode args]: one decode benchmark of build/TREE, beside torch
+decode_ab() {
+  local t=$1 tag=$2 limit=$3
+  shift 3
+  timeout "$limit" python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --specs "$specs" --shapes "$shapes" \
+    --no-prefill "$@" --json "$OUT/decode_${t}_$tag.json" >"$OUT/decode_${t}_$tag.txt" 2>&1
+  echo "== decode $t $tag rc=$? at ${SECONDS} s"; grep -E '^\||store' "$OUT/decode_${t}_$tag.txt" | head -20
+}
 if [ "${CALL:-1}" = 1 ]; then
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
   cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" >"$OUT/configure.log" 2>&1 ||
@@ -41,9 +49,7 @@ if [ "${CALL:-1}" = 1 ]; then
   for round in $(seq 1 "${DECODE_ROUNDS:-2}"); do
     for t in base h200; do
       [ "$t" = base ] && [ ! -f build/base/bindings/c/libtq_capi.so ] && continue
-      timeout 100 python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --specs "$specs" --shapes "$shapes" \
-        --no-prefill --json "$OUT/decode_${t}_$round.json" >"$OUT/decode_${t}_$round.txt" 2>&1
-      echo "== decode $t round $round rc=$? at ${SECONDS} s"; grep -E '^\||store' "$OUT/decode_${t}_$round.txt" | head -20
+      decode_ab "$t" "$round" 100
     done
   done
 fi
@@ -52,9 +58,7 @@ if [ "${CALL:-1}" = 1 ] || [ "${CALL:-1}" = 3 ]; then
   [ "${CALL:-1}" = 3 ] && dims=${DECODE_HEAD_DIMS:-64 256}
   for hd in $dims; do
     for t in base h200; do
-      timeout 80 python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --specs "$specs" --shapes "$shapes" \
-        --head-dim "$hd" --no-prefill --json "$OUT/decode_${t}_d$hd.json" >"$OUT/decode_${t}_d$hd.txt" 2>&1
-      echo "== decode d$hd $t rc=$? at ${SECONDS} s"; grep -E '^\|' "$OUT/decode_${t}_d$hd.txt" | head -12
+      decode_ab "$t" "d$hd" 80 --head-dim "$hd"
     done
   done
 else
