@@ -142,6 +142,11 @@ __device__ __forceinline__ uint32_t lookup16_s8(const ByteLut16& l, uint32_t sel
   return prmt(a, b, 0x3210u | ((sel >> 1) & 0x4444u));  // byte i: a's (i) or, where bit 3 is set, b's (4 + i)
 }
 
+// Four int8 levels for the four selector nibbles in sel's low 16 bits, from an 8- or a 16-level
+// table.
+__device__ __forceinline__ uint32_t lookup_s8(const ByteLut8& l, uint32_t sel) { return prmt(l.t0, l.t1, sel); }
+__device__ __forceinline__ uint32_t lookup_s8(const ByteLut16& l, uint32_t sel) { return lookup16_s8(l, sel); }
+
 // sel >> 16 (the second four selector nibbles of a 32-bit selector word, for PRMT, which reads
 // the low 16 bits) as a multiply-high, which runs on the FMA pipe, not a shift on the ALU pipe
 // that the packed decode's lookups keep busiest: sel * 0x10001 = (sel << 16) + sel, whose high

@@ -130,6 +130,42 @@ __device__ __forceinline__ void mma_ss(float (&d)[J][4], Desc a, Desc b) {
 #endif
 }
 
+// The same for int8 operands (int32 accumulators), m64nNk32: A (64 x 32, K-major) and B (N x 32,
+// K-major) in shared memory, rows of 128 int8 in the layout above (one 128-byte row holds 128
+// elements, so a k-step moves 32 bytes as fp16's does). N: 32 or 64. Integer MMAs take no scale
+// or transpose arguments.
+template <int N, bool ZERO = false, int J>
+__device__ __forceinline__ void mma_ss_s8(int (&d)[J][4], Desc a, Desc b) {
+  static_assert(N / 8 == J, "accumulator columns");
+  static_assert(N == 64 || N == 32, "N: 32 or 64");
+#if TQ_WGMMA
+#define TQ_WG_S8(n, regs, a0, a1, b0, b1, zero, dc)                                                                  \
+  asm volatile("{.reg .pred p; .reg .b64 da, db; setp.ne.b32 p, " zero ", 1; mov.b64 da, {" a0 ", " a1 "}; "        \
+               "mov.b64 db, {" b0 ", " b1 "};\nwgmma.mma_async.sync.aligned.m64n" #n "k32.s32.s8.s8 " regs ", da, db, p;}\n" \
+               : dc                                                                                                  \
+               : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi))
+  constexpr int J0 = 0;
+  if constexpr (N == 64 && ZERO) {
+    TQ_WG_S8(64, TQ_WG_R32, "%32", "%33", "%34", "%35", "1", TQ_WG_D32("=r"));
+  } else if constexpr (N == 64) {
+    TQ_WG_S8(64, TQ_WG_R32, "%32", "%33", "%34", "%35", "0", TQ_WG_D32("+r"));
+  } else if constexpr (ZERO) {
+    TQ_WG_S8(32, TQ_WG_R16, "%16", "%17", "%18", "%19", "1", TQ_WG_D16("=r"));
+  } else {
+    TQ_WG_S8(32, TQ_WG_R16, "%16", "%17", "%18", "%19", "0", TQ_WG_D16("+r"));
+  }
+#undef TQ_WG_S8
+#else
+  __trap();
+#endif
+}
+// Pins int32 accumulator registers in program order around the asynchronous MMAs (fence_regs).
+template <int J>
+__device__ __forceinline__ void fence_regs(int (&d)[J][4]) {
+#pragma unroll
+  for (int j = 0; j < J; ++j) asm volatile("" : "+r"(d[j][0]), "+r"(d[j][1]), "+r"(d[j][2]), "+r"(d[j][3])::"memory");
+}
+
 // d[J0 .. J0 + 8) += A B, m64n64k16: A from registers (the warp's m16n8k16 A fragment), B
 // (16 x 64) MN-major in shared memory (the instruction transposes it).
 template <bool BF16, int J0, int J>
