@@ -351,7 +351,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // The keys' operations (KeyOps, decode_ops.cuh) with their table in registers, from the fp16
   // one in shared memory; int8 keys also scale S by this thread's query row's step. The table is
   // built here, in the kernel's body: built in a function (even an inlined one), the int8 table
-  // made the compiler order the prologue differently (other SASS). The values' tables follow.
+  // made the compiler order the prologue differently (other SASS; so did dev::int8_key_table, the
+  // same table for Hopper's prefill, when tried here). The values' tables follow.
   float s_scale[R];  // int8 keys: step / kCentroidGrid (the table's fixed point), of row g of each m-tile
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? sm.qrs[rr * kRows + g] * (1.0f / kCentroidGrid) : 1.0f;

@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "tq/codec/codebook.h"
 #include "tq/format.h"
 
 namespace tq::cuda::dev {
@@ -146,6 +147,23 @@ __device__ __forceinline__ uint32_t lookup16_s8(const ByteLut16& l, uint32_t sel
 // table.
 __device__ __forceinline__ uint32_t lookup_s8(const ByteLut8& l, uint32_t sel) { return prmt(l.t0, l.t1, sel); }
 __device__ __forceinline__ uint32_t lookup_s8(const ByteLut16& l, uint32_t sel) { return lookup16_s8(l, sel); }
+
+// The int8 key table of a width whose levels are on the 1/32 grid (widths.h int8_keys): the fp16
+// centroids table (z-units x sqrt(D)) times kCentroidGrid, exact; 16 levels (K16: a trellis-coded
+// 3-bit union) as two 8-byte halves.
+template <bool K16>
+__device__ __forceinline__ std::conditional_t<K16, ByteLut16, ByteLut8> int8_key_table(const __half* table) {
+  uint32_t b[16];
+#pragma unroll
+  for (int c = 0; c < (K16 ? 16 : 8); ++c) b[c] = uint32_t(__float2int_rn(__half2float(table[c]) * float(kCentroidGrid))) & 0xffu;
+  const uint32_t lo[8] = {b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]};
+  if constexpr (K16) {
+    const uint32_t hi[8] = {b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]};
+    return ByteLut16{byte_lut8(lo), byte_lut8(hi)};
+  } else {
+    return byte_lut8(lo);
+  }
+}
 
 // sel >> 16 (the second four selector nibbles of a 32-bit selector word, for PRMT, which reads
 // the low 16 bits) as a multiply-high, which runs on the FMA pipe, not a shift on the ALU pipe

@@ -160,16 +160,7 @@ __device__ __forceinline__ void ws_produce(const DecodeParams& p, WsSmem<D, S8, 
   std::conditional_t<S8, std::conditional_t<k16, dev::ByteLut16, dev::ByteLut8>, dev::Lut8> lut_k{};
   dev::Lut8 lut_v{};
   if constexpr (S8) {
-    uint32_t b[16];
-#pragma unroll
-    for (int c = 0; c < 16; ++c) b[c] = uint32_t(__float2int_rn(__half2float(sm.lut_k[c]) * float(kCentroidGrid))) & 0xffu;
-    const uint32_t lo[8] = {b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]};
-    if constexpr (k16) {
-      const uint32_t hi[8] = {b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]};
-      lut_k = dev::ByteLut16{dev::byte_lut8(lo), dev::byte_lut8(hi)};
-    } else {
-      lut_k = dev::byte_lut8(lo);
-    }
+    lut_k = dev::int8_key_table<k16>(sm.lut_k);
   } else if constexpr (KIND == Kind::kTq) {
     if constexpr (read_bits(KB) <= 3) lut_k = dev::make_lut8(sm.lut_k);
   }
