@@ -238,6 +238,27 @@ Codebook lloyd_max(const Density& g, uint32_t bits, uint32_t dim, uint32_t grid_
   return cb;
 }
 
+// The uniform 2-bit codebook (uniform_codebook) with its expected squared error for g.
+Codebook uniform_levels(const Density& g, uint32_t bits, uint32_t dim) {
+  const size_t n = size_t(1) << bits;
+  std::vector<double> c(n), b(n + 1);
+  for (size_t j = 0; j < n; ++j) c[j] = double(j) - 0.5 * double(n - 1);
+  b[0] = -g.zmax();
+  b[n] = g.zmax();
+  for (size_t j = 1; j < n; ++j) b[j] = 0.5 * (c[j - 1] + c[j]);
+  double captured = 0;  // as lloyd_max's, for cells whose levels are not their means
+  for (size_t j = 0; j < n; ++j)
+    captured += 2 * c[j] * (g.moment(b[j + 1]) - g.moment(b[j])) - c[j] * c[j] * mass(g, b[j], b[j + 1]);
+  Codebook cb;
+  cb.dim = dim;
+  cb.bits = bits;
+  cb.expected_mse = 1.0 - captured;
+  const double scale = dim ? 1.0 / std::sqrt(double(dim)) : 1.0;
+  for (size_t j = 0; j < n; ++j) cb.centroids.push_back(float(c[j] * scale));
+  for (size_t j = 1; j < n; ++j) cb.boundaries.push_back(float(b[j] * scale));
+  return cb;
+}
+
 std::mutex g_mutex;
 std::map<std::tuple<uint32_t, uint32_t, uint32_t>, std::unique_ptr<Codebook>> g_cache;
 
@@ -274,6 +295,16 @@ uint8_t Codebook::encode(float x) const {
 }
 
 const Codebook& codebook(uint32_t dim, uint32_t bits) { return cached(dim, bits); }
+const Codebook& uniform_codebook(uint32_t dim, uint32_t bits) {
+  TQ_CHECK(bits == 2, "the uniform codebook is the 2-bit values' (format.h value_levels_uniform), got {} bits", bits);
+  TQ_CHECK(dim >= 3 && dim <= 65536, "codebook dimension must be 3..65536, got {}", dim);
+  static std::mutex m;
+  static std::map<uint32_t, std::unique_ptr<Codebook>> cache;
+  std::lock_guard<std::mutex> lock(m);
+  auto& slot = cache[dim];
+  if (!slot) slot = std::make_unique<Codebook>(uniform_levels(SphereDensity(dim), bits, dim));
+  return *slot;
+}
 const Codebook& gaussian_codebook(uint32_t bits) { return cached(0, bits); }
 const Codebook& tcq_codebook(uint32_t dim, uint32_t bits) {
   TQ_CHECK(bits >= 1 && bits <= 7, "trellis-coded widths are 1..7 bits, got {}", bits);
