@@ -374,8 +374,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   const KeyOps<D, KIND, KB, R> keys(lut_k, s_scale);
   dev::Lut8 lut_v{};
   if constexpr (KIND == Kind::kTq && VB != 2) lut_v = dev::make_lut8(sm.lut_v);  // 2-bit values need no table
-  uint32_t v_magic = 0x64006400u;  // 2-bit values: the fp16 pair (1024, 1024) (dev::uniform2_pair)
-  asm volatile("" : "+r"(v_magic));  // in a register: LOP3's one immediate is the mask
+  [[maybe_unused]] uint32_t v_magic = 0x64006400u;  // 2-bit values: the fp16 pair (1024, 1024) (dev::uniform2_pair)
+  if constexpr (KIND == Kind::kTq && VB == 2) asm volatile("" : "+r"(v_magic));  // in a register: LOP3's one immediate is the mask
 
   // Causal limit of this thread's row g of each m-tile: query token j sees positions < len - ntok + j + 1;
   // in a sliding-window layer, from visible - swa on.
