@@ -149,7 +149,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   float cent_k = 0.0f, cent_v = 0.0f;  // centroid threadIdx.x of K and V
   if constexpr (KIND == Kind::kTq) {
     if (threadIdx.x < (1u << read_bits(KB))) cent_k = c.kt.centroids[threadIdx.x];  // trellis-coded: the union
-    if (threadIdx.x < (1u << read_bits(VB))) cent_v = c.vt.centroids[threadIdx.x];
+    if (VB != 2 && threadIdx.x < (1u << read_bits(VB))) cent_v = c.vt.centroids[threadIdx.x];  // 2-bit values: no table
   }
 
   // ---- the staged loop's copies (packed caches whose pages hold whole tiles; float caches' ring):
@@ -325,7 +325,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   if constexpr (KIND == Kind::kTq) {
     for (int i = threadIdx.x; i < 256; i += kThreads) {
       sm.lut_k[i] = __float2half_rn(i < (1 << read_bits(KB)) ? cent_k * sqrtf(float(D)) : 0.0f);  // i = threadIdx.x below 128
-      sm.lut_v[i] = __float2half_rn(i < (1 << read_bits(VB)) ? cent_v * sqrtf(float(D)) : 0.0f);
+      if constexpr (VB != 2) sm.lut_v[i] = __float2half_rn(i < (1 << read_bits(VB)) ? cent_v * sqrtf(float(D)) : 0.0f);
     }
   }
   __syncthreads();
