@@ -149,7 +149,10 @@ TEST(UniformCodebook, LevelsAreCodeMinusOneAndAHalfAndTheErrorIsTheDensitys) {
   std::vector<double> x(d);
   for (int v = 0; v < vectors; ++v) {
     double nn = 0;
-    for (auto& xi : x) nn += (xi = n01(rng)) * xi;
+    for (auto& xi : x) {
+      xi = n01(rng);
+      nn += xi * xi;
+    }
     for (auto& xi : x) {
       const float c = float(xi / std::sqrt(nn));
       const double e = c - u.centroids[u.encode(c)];
