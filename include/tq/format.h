@@ -61,6 +61,11 @@ TQ_HD constexpr bool is_tq(Encoding e) {
   return e == Encoding::kTqMse || e == Encoding::kTqProd || e == Encoding::kTqSplit || e == Encoding::kTqTcq;
 }
 
+// Whether a tensor's codes index uniform levels (codebook.h uniform_codebook: c - 1.5 in z-units)
+// instead of the Lloyd-Max codebook: values in plain 2-bit MSE rows (k3v2's V). Their squared
+// error is 1% higher; the GPU's decode builds them from the code bits without a table.
+TQ_HD constexpr bool value_levels_uniform(bool value, TensorCode c) { return value && c.enc == Encoding::kTqMse && c.bits == 2; }
+
 TQ_HD constexpr uint32_t float_bytes(Encoding e) {
   return e == Encoding::kFp32 ? 4 : e == Encoding::kFp8E4M3 ? 1 : 2;
 }

@@ -172,6 +172,24 @@ bool newton(const Density& g, std::vector<double>& b, uint32_t& iterations) {
   return res <= 1e-10;  // far below float32 resolution of the centroids (~1e-7 relative)
 }
 
+// The codebook of levels c (z-units) and boundaries b[0..n] (b[0], b[n] the density's ends), with
+// its expected squared error for g: D = E z^2 - sum_j (2 c_j M_j - c_j^2 P_j), M_j and P_j the
+// cell's first moment and mass (E z^2 = 1 for both densities), whether or not c_j is the cell's mean.
+Codebook codebook_of(const Density& g, const std::vector<double>& c, const std::vector<double>& b, uint32_t bits, uint32_t dim) {
+  const size_t n = c.size();
+  double captured = 0;
+  for (size_t j = 0; j < n; ++j)
+    captured += 2 * c[j] * (g.moment(b[j + 1]) - g.moment(b[j])) - c[j] * c[j] * mass(g, b[j], b[j + 1]);
+  Codebook cb;
+  cb.dim = dim;
+  cb.bits = bits;
+  cb.expected_mse = 1.0 - captured;
+  const double scale = dim ? 1.0 / std::sqrt(double(dim)) : 1.0;
+  for (size_t j = 0; j < n; ++j) cb.centroids.push_back(float(c[j] * scale));
+  for (size_t j = 1; j < n; ++j) cb.boundaries.push_back(float(b[j] * scale));
+  return cb;
+}
+
 // grid_bits: the widest codebook whose centroids go on the 1/32 grid (narrower ones too, from 2 bits).
 Codebook lloyd_max(const Density& g, uint32_t bits, uint32_t dim, uint32_t grid_bits) {
   const size_t n = size_t(1) << bits;
@@ -221,21 +239,20 @@ Codebook lloyd_max(const Density& g, uint32_t bits, uint32_t dim, uint32_t grid_
     for (size_t j = 0; j < n; ++j)
       c[j] = bits >= 2 && bits <= grid_bits ? std::nearbyint(c[j] * kCentroidGrid) / kCentroidGrid : double(f16_to_f32(f32_to_f16(float(c[j]))));
   for (size_t j = 1; j < n; ++j) b[j] = 0.5 * (c[j - 1] + c[j]);
-  // D = E z^2 - sum_j (2 c_j M_j - c_j^2 P_j) with M_j, P_j the cell's first moment and mass
-  // (E z^2 = 1 for both densities); for exact cell means this is 1 - sum_j P_j c_j^2.
-  double captured = 0;
-  for (size_t j = 0; j < n; ++j)
-    captured += 2 * c[j] * (g.moment(b[j + 1]) - g.moment(b[j])) - c[j] * c[j] * mass(g, b[j], b[j + 1]);
-
-  Codebook cb;
-  cb.dim = dim;
-  cb.bits = bits;
+  Codebook cb = codebook_of(g, c, b, bits, dim);  // (for exact cell means D = 1 - sum_j P_j c_j^2)
   cb.iterations = it;
-  cb.expected_mse = 1.0 - captured;
-  const double scale = dim ? 1.0 / std::sqrt(double(dim)) : 1.0;
-  for (size_t j = 0; j < n; ++j) cb.centroids.push_back(float(c[j] * scale));
-  for (size_t j = 1; j < n; ++j) cb.boundaries.push_back(float(b[j] * scale));
   return cb;
+}
+
+// The uniform 2-bit codebook (uniform_codebook) with its expected squared error for g.
+Codebook uniform_levels(const Density& g, uint32_t bits, uint32_t dim) {
+  const size_t n = size_t(1) << bits;
+  std::vector<double> c(n), b(n + 1);
+  for (size_t j = 0; j < n; ++j) c[j] = double(j) - 0.5 * double(n - 1);
+  b[0] = -g.zmax();
+  b[n] = g.zmax();
+  for (size_t j = 1; j < n; ++j) b[j] = 0.5 * (c[j - 1] + c[j]);
+  return codebook_of(g, c, b, bits, dim);
 }
 
 std::mutex g_mutex;
@@ -274,6 +291,16 @@ uint8_t Codebook::encode(float x) const {
 }
 
 const Codebook& codebook(uint32_t dim, uint32_t bits) { return cached(dim, bits); }
+const Codebook& uniform_codebook(uint32_t dim, uint32_t bits) {
+  TQ_CHECK(bits == 2, "the uniform codebook is the 2-bit values' (format.h value_levels_uniform), got {} bits", bits);
+  TQ_CHECK(dim >= 3 && dim <= 65536, "codebook dimension must be 3..65536, got {}", dim);
+  static std::mutex m;
+  static std::map<uint32_t, std::unique_ptr<Codebook>> cache;
+  std::lock_guard<std::mutex> lock(m);
+  auto& slot = cache[dim];
+  if (!slot) slot = std::make_unique<Codebook>(uniform_levels(SphereDensity(dim), bits, dim));
+  return *slot;
+}
 const Codebook& gaussian_codebook(uint32_t bits) { return cached(0, bits); }
 const Codebook& tcq_codebook(uint32_t dim, uint32_t bits) {
   TQ_CHECK(bits >= 1 && bits <= 7, "trellis-coded widths are 1..7 bits, got {}", bits);

@@ -28,6 +28,8 @@ void check_config(const TqConfig& c) {
   TQ_CHECK(c.split || c.outliers.empty(), "outlier channels apply to split (fractional-width) rows only, got {} of them",
            c.outliers.size());
   TQ_CHECK(!c.tcq || (!c.prod && !c.split), "trellis-coded rows are MSE rows: not prod, not split");
+  TQ_CHECK(!c.uniform || (c.bits == 2 && !c.prod && !c.split && !c.tcq), "uniform levels are for 2-bit plain MSE rows (the format's 2-bit values), got {} bits{}",
+           c.bits, c.prod ? " prod" : c.split ? " split" : c.tcq ? " trellis-coded" : "");
   TQ_CHECK(!c.tcq || c.bits <= 7, "trellis-coded rows are 1..7 bits (the levels come from the codebook one bit wider), got {}", c.bits);
 }
 }  // namespace
@@ -38,7 +40,8 @@ TurboQuant::TurboQuant(const TqConfig& cfg) : cfg_((check_config(cfg), cfg)), pd
     return;
   }
   rot_.emplace(cfg.rotation, pd_, cfg.seed);
-  if (code_bits() > 0) cb_ = cfg_.tcq ? &tq::tcq_codebook(pd_, code_bits()) : &tq::codebook(pd_, code_bits());
+  if (code_bits() > 0)
+    cb_ = cfg_.tcq ? &tq::tcq_codebook(pd_, code_bits()) : cfg_.uniform ? &tq::uniform_codebook(pd_, code_bits()) : &tq::codebook(pd_, code_bits());
   if (cfg_.prod) {
     Rng rng(derive_seed(cfg_.seed, 0, 0, kQjlPurpose));
     s_.resize(size_t(pd_) * pd_);

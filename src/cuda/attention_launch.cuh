@@ -114,7 +114,7 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / (pl.block_rows / kRows)), p.num_seqs);
     const int rtiles = int(grid.y / p.cache.kv_heads);
     if (pl.ws) {
-      constexpr size_t smem = prefill::ws_smem_bytes<D>();
+      constexpr size_t smem = prefill::ws_smem_bytes<D, prefill::ws_s8<D, KIND, KB>()>();
       const auto kernel = prefill::prefill_ws_kernel<D, KIND, KB, VB>;
       allow_smem(kernel, smem);
       launch_after("prefill", kernel, grid, dim3(prefill::kWsThreads), smem, stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml,

@@ -149,7 +149,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   float cent_k = 0.0f, cent_v = 0.0f;  // centroid threadIdx.x of K and V
   if constexpr (KIND == Kind::kTq) {
     if (threadIdx.x < (1u << read_bits(KB))) cent_k = c.kt.centroids[threadIdx.x];  // trellis-coded: the union
-    if (threadIdx.x < (1u << read_bits(VB))) cent_v = c.vt.centroids[threadIdx.x];
+    if (VB != 2 && threadIdx.x < (1u << read_bits(VB))) cent_v = c.vt.centroids[threadIdx.x];  // 2-bit values: no table
   }
 
   // ---- the staged loop's copies (packed caches whose pages hold whole tiles; float caches' ring):
@@ -325,7 +325,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   if constexpr (KIND == Kind::kTq) {
     for (int i = threadIdx.x; i < 256; i += kThreads) {
       sm.lut_k[i] = __float2half_rn(i < (1 << read_bits(KB)) ? cent_k * sqrtf(float(D)) : 0.0f);  // i = threadIdx.x below 128
-      sm.lut_v[i] = __float2half_rn(i < (1 << read_bits(VB)) ? cent_v * sqrtf(float(D)) : 0.0f);
+      if constexpr (VB != 2) sm.lut_v[i] = __float2half_rn(i < (1 << read_bits(VB)) ? cent_v * sqrtf(float(D)) : 0.0f);
     }
   }
   __syncthreads();
@@ -351,7 +351,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // The keys' operations (KeyOps, decode_ops.cuh) with their table in registers, from the fp16
   // one in shared memory; int8 keys also scale S by this thread's query row's step. The table is
   // built here, in the kernel's body: built in a function (even an inlined one), the int8 table
-  // made the compiler order the prologue differently (other SASS). The values' tables follow.
+  // made the compiler order the prologue differently (other SASS; so did dev::int8_key_table, the
+  // same table for Hopper's prefill, when tried here). The values' tables follow.
   float s_scale[R];  // int8 keys: step / kCentroidGrid (the table's fixed point), of row g of each m-tile
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? sm.qrs[rr * kRows + g] * (1.0f / kCentroidGrid) : 1.0f;
@@ -372,16 +373,9 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   }
   const KeyOps<D, KIND, KB, R> keys(lut_k, s_scale);
   dev::Lut8 lut_v{};
-  uint32_t lut_v2[2] = {0, 0};  // 2-bit values: the four fp16 centroids, two to a register
-  if constexpr (KIND == Kind::kTq) {
-    if constexpr (VB == 2) {
-      lut_v2[0] = dev::pack_half2(sm.lut_v[0], sm.lut_v[1]);
-      lut_v2[1] = dev::pack_half2(sm.lut_v[2], sm.lut_v[3]);
-      asm volatile("" : "+r"(lut_v2[0]), "+r"(lut_v2[1]));  // in registers, as make_lut8 explains
-    } else {
-      lut_v = dev::make_lut8(sm.lut_v);
-    }
-  }
+  if constexpr (KIND == Kind::kTq && VB != 2) lut_v = dev::make_lut8(sm.lut_v);  // 2-bit values need no table
+  [[maybe_unused]] uint32_t v_magic = 0x64006400u;  // 2-bit values: the fp16 pair (1024, 1024) (dev::uniform2_pair)
+  if constexpr (KIND == Kind::kTq && VB == 2) asm volatile("" : "+r"(v_magic));  // in a register: LOP3's one immediate is the mask
 
   // Causal limit of this thread's row g of each m-tile: query token j sees positions < len - ntok + j + 1;
   // in a sliding-window layer, from visible - swa on.
@@ -526,20 +520,23 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
     for (int n = 0; n < N; ++n) {
       if constexpr (KIND == Kind::kTq && VB == 2) {
-        // 2-bit values: the 4-entry fp16 table fits two registers, so one PRMT looks up a pair
-        // (A, B) of tokens at one coordinate when its selector nibbles are (2a, 2a+1, 2b, 2b+1),
-        // which one IMAD builds from bytes a, b: x 0x22 + 0x10. Bytes [A, B, A', B'] come from the
-        // two tokens' words interleaved bytewise (nibble k of a word: coordinate k at bits 0-1 and
-        // k + 8 at bits 2-3; a byte holds nibbles 2m, 2m+1). Octet j's coordinates 8j + (2m, 2m+1)
-        // of the thread sit at shifts 2j and 2j + 4 of each byte.
+        // 2-bit values (uniform levels, c - 1.5 in z-units: the format's 2-bit value codebook) with
+        // no table: a code at bits p, p + 1 of each 16-bit half, OR-ed into the fp16 1024 (0x6400,
+        // whose mantissa's unit is 1), is 1024 + c 2^p; one HADD2 of -(1024 + 1.5 2^p) leaves
+        // (c - 1.5) 2^p, exact. The 2^p (p = 1, 3, 5, 7, from the code's place) is taken out of
+        // the thread's output coordinates once, at the end (value_place). A register holds tokens
+        // (A, B) at one coordinate: PRMT puts A's and B's same 16 bits in one word's halves; each
+        // byte of a token's word holds coordinates 2m, 2m + 8, 2m + 1, 2m + 9 at bits 0, 2, 4, 6
+        // (docs/format.md): the even bytes' codes move to odd places by << 1, the odd bytes' by >> 7.
         constexpr int kW = ValueWords<D, VB>::kWords;
 #pragma unroll
         for (int w = 0; w < kW; ++w) {
-          uint32_t X[2][2];  // [token pair][nibbles 0-3, 4-7]
+          uint32_t Y[2][4];  // [token pair][byte m of the tokens' words]: its codes at places 1, 3, 5, 7 of each half
 #pragma unroll
           for (int pr = 0; pr < 2; ++pr) {
-            X[pr][0] = dev::prmt(cur[n].v[2 * pr][w], cur[n].v[2 * pr + 1][w], 0x5140);
-            X[pr][1] = dev::prmt(cur[n].v[2 * pr][w], cur[n].v[2 * pr + 1][w], 0x7362);
+            const uint32_t lo = dev::prmt(cur[n].v[2 * pr][w], cur[n].v[2 * pr + 1][w], 0x5410);  // bytes 0-1 of A, of B
+            const uint32_t hi = dev::prmt(cur[n].v[2 * pr][w], cur[n].v[2 * pr + 1][w], 0x7632);  // bytes 2-3
+            Y[pr][0] = lo << 1, Y[pr][1] = lo >> 7, Y[pr][2] = hi << 1, Y[pr][3] = hi >> 7;
           }
 #pragma unroll
           for (int jj = 0; jj < (D >= 128 ? 2 : 1); ++jj) {
@@ -548,19 +545,10 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
             for (int pr = 0; pr < 2; ++pr)
 #pragma unroll
-              for (int half = 0; half < 2; ++half)
-#pragma unroll
-                for (int odd = 0; odd < 2; ++odd) {
-                  const uint32_t codes = (X[pr][half] >> (2 * jj + 4 * odd)) & 0x03030303u;
-                  uint32_t* out = odd ? od[pr] : ev[pr];
-                  // selectors of bytes 0-1 and 2-3 (PRMT reads a selector's low 16 bits; the high
-                  // half by a multiply-high, selector_hi: the earlier __umulhi(codes, 0x220000) +
-                  // 0x1010 became an IMAD.HI with a 64-bit addend, which cost a move or two of
-                  // constants a selector)
-                  const uint32_t sel = codes * 0x22u + 0x10101010u;
-                  out[2 * half] = dev::prmt(lut_v2[0], lut_v2[1], sel);
-                  out[2 * half + 1] = dev::prmt(lut_v2[0], lut_v2[1], dev::selector_hi(sel));
-                }
+              for (int i = 0; i < 4; ++i) {  // byte i: coordinates 8j + 2i (even) and + 1 (odd)
+                ev[pr][i] = dev::uniform2_pair(Y[pr][i], 2 * jj + 1, v_magic);
+                od[pr][i] = dev::uniform2_pair(Y[pr][i], 2 * (jj + 2) + 1, v_magic);
+              }
 #pragma unroll
             for (int i = 0; i < 4; ++i) pv_mma(n, 4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
           }
@@ -689,10 +677,13 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
     for (int i = 0; i < MT; ++i) {  // the thread's value coordinates 2i, 2i + 1 (FloatUnits' map for float caches)
       const int c0 = KIND == Kind::kTq ? g * (D / 8) + 2 * i : FloatUnits<D, KIND>::value_coord(g, 2 * i);
-      sm.o[warp][rr * kRows + 2 * t][c0] = o[rr][i][0];
-      sm.o[warp][rr * kRows + 2 * t + 1][c0] = o[rr][i][1];
-      sm.o[warp][rr * kRows + 2 * t][c0 + 1] = o[rr][i][2];
-      sm.o[warp][rr * kRows + 2 * t + 1][c0 + 1] = o[rr][i][3];
+      // 2-bit values: their place's 2^p out (uniform2_pair); powers of two, exact
+      const float s0 = KIND == Kind::kTq && VB == 2 ? dev::uniform2_unplace(2 * i) : 1.0f;
+      const float s1 = KIND == Kind::kTq && VB == 2 ? dev::uniform2_unplace(2 * i + 1) : 1.0f;
+      sm.o[warp][rr * kRows + 2 * t][c0] = o[rr][i][0] * s0;
+      sm.o[warp][rr * kRows + 2 * t + 1][c0] = o[rr][i][1] * s0;
+      sm.o[warp][rr * kRows + 2 * t][c0 + 1] = o[rr][i][2] * s1;
+      sm.o[warp][rr * kRows + 2 * t + 1][c0 + 1] = o[rr][i][3] * s1;
     }
   }
   __syncthreads();

@@ -125,14 +125,7 @@ struct KeyOps<D, Kind::kTq, KB, R, true> {
 #pragma unroll
       for (int nn = 0; nn < 2; ++nn) {
         const uint32_t sel = cur.key_selector(nn, KeyOctet<D>::group(j), KeyOctet<D>::octet(j, t));
-        uint32_t k0, k1;
-        if constexpr (k16) {
-          k0 = dev::lookup16_s8(lut, sel);
-          k1 = dev::lookup16_s8(lut, sel >> 16);
-        } else {
-          k0 = dev::prmt(lut.t0, lut.t1, sel);
-          k1 = dev::prmt(lut.t0, lut.t1, sel >> 16);
-        }
+        const uint32_t k0 = dev::lookup_s8(lut, sel), k1 = dev::lookup_s8(lut, sel >> 16);
 #pragma unroll
         for (int r = 0; r < R; ++r) dev::mma_s8(acc[r][nn], a[r], k0, k1);
       }

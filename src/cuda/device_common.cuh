@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "tq/codec/codebook.h"
 #include "tq/format.h"
 
 namespace tq::cuda::dev {
@@ -142,14 +143,46 @@ __device__ __forceinline__ uint32_t lookup16_s8(const ByteLut16& l, uint32_t sel
   return prmt(a, b, 0x3210u | ((sel >> 1) & 0x4444u));  // byte i: a's (i) or, where bit 3 is set, b's (4 + i)
 }
 
-// sel >> 16 (the second four selector nibbles of a 32-bit selector word, for PRMT, which reads
-// the low 16 bits) as a multiply-high, which runs on the FMA pipe, not a shift on the ALU pipe
-// that the packed decode's lookups keep busiest: sel * 0x10001 = (sel << 16) + sel, whose high
-// word is sel >> 16 plus a carry only if the two 16-bit halves of sel sum past 0xffff, which
-// selectors with every nibble below 8 (as every one here) never do. Used where it measured
-// faster (the 2-bit values); for the key selectors and lookup8 the plain shift measured faster
-// (decode 1-3%, prefill 2.5-3.7% slower with this: bench/results/2026-12-02-h200-int8-keys.md).
-__device__ __forceinline__ uint32_t selector_hi(uint32_t sel) { return __umulhi(sel, 0x10001u); }
+// Four int8 levels for the four selector nibbles in sel's low 16 bits, from an 8- or a 16-level
+// table.
+__device__ __forceinline__ uint32_t lookup_s8(const ByteLut8& l, uint32_t sel) { return prmt(l.t0, l.t1, sel); }
+__device__ __forceinline__ uint32_t lookup_s8(const ByteLut16& l, uint32_t sel) { return lookup16_s8(l, sel); }
+
+// The int8 key table of a width whose levels are on the 1/32 grid (widths.h int8_keys): the fp16
+// centroids table (z-units x sqrt(D)) times kCentroidGrid, exact; 16 levels (K16: a trellis-coded
+// 3-bit union) as two 8-byte halves.
+template <bool K16>
+__device__ __forceinline__ std::conditional_t<K16, ByteLut16, ByteLut8> int8_key_table(const __half* table) {
+  uint32_t b[16];
+#pragma unroll
+  for (int c = 0; c < (K16 ? 16 : 8); ++c) b[c] = uint32_t(__float2int_rn(__half2float(table[c]) * float(kCentroidGrid))) & 0xffu;
+  const uint32_t lo[8] = {b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]};
+  if constexpr (K16) {
+    const uint32_t hi[8] = {b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]};
+    return ByteLut16{byte_lut8(lo), byte_lut8(hi)};
+  } else {
+    return byte_lut8(lo);
+  }
+}
+
+// Two uniform 2-bit values (format.h: the 2-bit value codebook, c - 1.5 in z-units) as a half2
+// times 2^p: the codes at bits p, p + 1 of each 16-bit half of y (p odd, 1..7), OR-ed into the
+// fp16 1024 (mantissa unit 1: 1024 + c 2^p), then 1024 + 1.5 2^p taken off: (c - 1.5) 2^p, exact
+// (an even p would need 1.5 at 1024's unit). One LOP3 and one HADD2 a register.
+// magic: 0x64006400, held in a register by the caller (LOP3 takes one immediate: the mask).
+__device__ __forceinline__ uint32_t uniform2_pair(uint32_t y, int p, uint32_t magic) {
+  uint32_t m;  // (y & mask) | magic
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(m) : "r"(y), "r"(0x00030003u << p), "r"(magic));
+  const __half c = __float2half_rn(-(1024.0f + 1.5f * float(1 << p)));
+  const __half2 r = __hadd2(*reinterpret_cast<const __half2*>(&m), __halves2half2(c, c));
+  return *reinterpret_cast<const uint32_t*>(&r);
+}
+// 2^-p of the thread's local value coordinate k (0 .. D/8 - 1) as uniform2_pair placed it: p = 1
+// + 2 (jj + 2 odd), jj = whether it is in the upper 8 of its word's 16, odd = k's parity.
+__host__ __device__ constexpr float uniform2_unplace(int k) {
+  const int p = 1 + 2 * ((k % 16 >= 8 ? 1 : 0) + 2 * (k % 2));
+  return 1.0f / float(1 << p);
+}
 
 // 2^x with flush-to-zero and no range fix-ups (exp2f adds a compare and two multiplies for
 // denormal results; softmax weights that small do not matter). ex2(-inf) = 0.

@@ -43,6 +43,11 @@ DeviceFormat::DeviceFormat(const CacheFormat& format) : format_(format) {
         t.norm_correction = first->config().norm_correction;
         t.norm_unbiased = first->config().norm_unbiased;
         t.tcq = first->config().tcq;
+        // The decode kernel builds 2-bit values from their code bits (dev::uniform2_pair), so it
+        // reads only the format's uniform levels, never a table.
+        TQ_CHECK(!value || t.bits != 2 || t.tcq || first->config().uniform,
+                 "KV format '{}': 2-bit values of layer {} are not on the uniform levels the GPU decode builds (format.h value_levels_uniform)",
+                 format.format().canonical(), layer);
         t.centroids = upload(first->codebook()->centroids);
         t.boundaries = upload(first->codebook()->boundaries);
         // Per-head rotations, concatenated: [kv_heads][pd] signs or [kv_heads][pd][pd] matrices.

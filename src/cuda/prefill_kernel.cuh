@@ -132,7 +132,8 @@ struct Pages {
 
 // Loading one tile into shared memory, by cache kind: fetch() starts the global reads of tile T0
 // (into registers, or straight into shared memory for fp16/bf16), store() finishes them into
-// buffer `buf` as 16-bit rows. Between the two the block computes on the other buffer.
+// buffer `buf` as 16-bit rows (Hopper's int8 S: TurboQuant keys as int8 rows). Between the two the
+// block computes on the other buffer.
 template <int D, Kind KIND, int KB, int VB, int T>
 struct Fill;
 
@@ -171,8 +172,11 @@ struct Fill<D, Kind::kTq, KB, VB, T> {
       }
     }
   }
-  template <class SM>
-  __device__ void store(SM& sm, int buf, const dev::Lut8& lut_k, const dev::Lut8& lut_v) const {
+  // The keys as 16-bit rows (lut_k: a dev::Lut8 of the fp16 centroids), or with S8 as rows of
+  // int8 levels (the 1/32 grid: int8_keys; lut_k a dev::ByteLut8, or ByteLut16 for a 16-level
+  // union), D bytes a row in the same chunk layout, for Hopper's int8 S (prefill_ws.cuh).
+  template <bool S8 = false, class SM, class KLut>
+  __device__ void store(SM& sm, int buf, const KLut& lut_k, const dev::Lut8& lut_v) const {
     const int gi = int(threadIdx.x) % kGroups;
 #pragma unroll
     for (int j = 0; j < kUnits; ++j) {
@@ -181,11 +185,21 @@ struct Fill<D, Kind::kTq, KB, VB, T> {
 #pragma unroll
       for (int og = 0; og < 4; ++og) {  // octet og of group gi: coordinates 32 gi + 8 og + 0..7
         uint32_t h[4];
-        if constexpr (tcq_width(KB))
-          decode::decode_selector<read_bits(KB)>(dev::tcq_octet<kSK>(k[j], og, kc), lut_k, sm.lut_k, h);
-        else
-          decode::decode_octet<KB>(k[j], og, lut_k, sm.lut_k, h);
-        (&sm.k[buf][0][0][0])[tile_chunk<T>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
+        if constexpr (S8) {  // 8 bytes: half og % 2 of the row's 16-byte chunk 2 gi + og / 2
+          uint32_t sel;
+          if constexpr (tcq_width(KB))
+            sel = dev::tcq_octet<kSK>(k[j], og, kc);
+          else
+            sel = dev::octet_selector<KB>(k[j], og);
+          uint8_t* chunk = reinterpret_cast<uint8_t*>(&sm.k[buf][0][0][0] + tile_chunk<T>(r, 2 * gi + og / 2));
+          *reinterpret_cast<uint2*>(chunk + 8 * (og % 2)) = make_uint2(dev::lookup_s8(lut_k, sel), dev::lookup_s8(lut_k, sel >> 16));
+        } else {
+          if constexpr (tcq_width(KB))
+            decode::decode_selector<read_bits(KB)>(dev::tcq_octet<kSK>(k[j], og, kc), lut_k, sm.lut_k, h);
+          else
+            decode::decode_octet<KB>(k[j], og, lut_k, sm.lut_k, h);
+          (&sm.k[buf][0][0][0])[tile_chunk<T>(r, 4 * gi + og)] = make_uint4(h[0], h[1], h[2], h[3]);
+        }
         if constexpr (tcq_width(VB))
           decode::decode_selector<read_bits(VB)>(dev::tcq_octet<kSV>(v[j], og, vc), lut_v, sm.lut_v, h);
         else

@@ -4,11 +4,17 @@
 //              stages in shared memory, decoding packed rows to 16-bit rows (prefill_kernel.cuh's
 //              Fill), and signals each stage `full` on an mbarrier;
 //   consumers  warpgroups 1 and 2 own 64 query rows each: S = Q K^T and O += P V as warpgroup
-//              MMAs (the query in two 16-bit parts, as everywhere), the online softmax between;
-//              each signals the stage `empty` once its MMAs have read it.
+//              MMAs (the query in two 16-bit parts, as everywhere; with keys on the 1/32 grid,
+//              int8 MMAs as in decode: below), the online softmax between; each signals the
+//              stage `empty` once its MMAs have read it.
 // Against prefill_kernel's 4 warps that fill, multiply and wait at one barrier a tile, the decode
 // of a tile is done once per 128 rows and off the MMAs' path, and the two consumers' softmax and
 // MMAs interleave freely.
+// With 2- and 3-bit keys (and the trellis unions: int8_keys) at D >= 128, S = Q K^T takes int8
+// MMAs, as decode's does: the producer writes the keys' int8 levels (z-units x 32, exact), the
+// query is int16 fixed point per row (step max|q| / 32639) held as its high and low bytes, and S =
+// 2^8 (q_hi . k) + (q_lo . k) is exact in int32. Two int8 MMAs cost one fp16 MMA's tensor time and
+// shared-memory reads, where the two fp16 parts of the query cost two.
 // Output as prefill_kernel's: unnormalized rows with (max, sum) in the workspace, merged by
 // merge_kernel.
 #pragma once
@@ -22,42 +28,95 @@
 namespace tq::cuda::prefill {
 
 constexpr int kWsConsumers = 2, kWsThreads = 128 * (1 + kWsConsumers), kWsRows = 64 * kWsConsumers;
+// Whether S = Q K^T takes int8 MMAs (above): keys on the 1/32 grid, rows of 128 bytes or more
+// (the swizzle's).
+template <int D, Kind KIND, int KB>
+constexpr bool ws_s8() {
+  return KIND == Kind::kTq && int8_keys(KB) && D >= 128;
+}
 // Tokens a tile: 96 at D = 128 where prefill_kernel takes 64. Each S = Q K^T wgmma reads its A
 // (64 query rows x 16) from shared memory for N tokens' columns, and at N = 64 the two consumers'
 // S reads alone ask for shared memory's whole bandwidth; the per-tile work (row maxima, O's
 // rescale, the ring's barriers) is spread over more tokens too. 128 would leave room for 2 stages
 // only, and the producer's decode then waits on the consumers (bench/results has the three).
-// D = 64 and 256 keep prefill_kernel's tiles.
-constexpr int ws_tile_tokens(int D) { return D == 128 ? 96 : tile_tokens(D); }
+// D = 64 and 256 keep prefill_kernel's tiles. int8 S at D = 128 takes 64: its two int32
+// accumulators of S are 96 registers at 96 tokens, and its S reads half the shared memory.
+constexpr int ws_tile_tokens(int D, bool s8 = false) { return D == 128 ? (s8 ? 64 : 96) : tile_tokens(D); }
 // Registers a thread where the consumers need more than the 168 a thread the launch gives
 // (65536 / 384): at D = 256 and with tiles over 64 tokens. The producer releases what the
 // consumers take from the block's pool (setmaxnreg; 128 x (168 - 88) = 256 x (208 - 168)).
 constexpr int kProducerRegs = 88, kConsumerRegs = 208;
-constexpr bool ws_moves_regs(int D) { return D >= 256 || ws_tile_tokens(D) > 64; }
+constexpr bool ws_moves_regs(int D, bool s8 = false) { return D >= 256 || ws_tile_tokens(D, s8) > 64 || s8; }
 // Stages of the ring: as many as keep a block within the H200's 227 KB, at most 3 (96-token
 // tiles at D = 128: 64 KB of query rows, 48 KB a stage; D = 256: 128 KB of query rows, 32 KB a
-// stage). A third stage keeps the producer's decode off the consumers' path.
-constexpr int ws_stages(int D) {
-  const int T = ws_tile_tokens(D), free = 226 * 1024 - 2 * 128 * D * 2 - 128, stage = 2 * T * D * 2 + 2 * T * 4;
+// stage; int8 S halves the query rows and a stage's keys). A third stage keeps the producer's
+// decode off the consumers' path.
+constexpr int ws_stages(int D, bool s8 = false) {
+  const int T = ws_tile_tokens(D, s8), e = s8 ? 1 : 2;  // bytes of a query or key element
+  const int free = 226 * 1024 - 2 * 128 * D * e - 128 - (s8 ? 4 * 128 : 0), stage = T * D * e + T * D * 2 + 2 * T * 4;
   return free / stage < 3 ? free / stage : 3;
 }
 
-template <int D, int T = ws_tile_tokens(D), int S = ws_stages(D)>
+// S8: int8 S (ws_s8), whose query parts and key tiles are rows of D int8 (D / 128 blocks of 128
+// bytes, tile_chunk's layout with 16 elements a chunk).
+template <int D, bool S8 = false, int T = ws_tile_tokens(D, S8), int S = ws_stages(D, S8)>
 struct WsSmem {
-  uint4 q[2][D / 64][kWsRows][8];  // query rows, 16-bit high and low parts (tile_chunk<kWsRows>)
-  uint4 k[S][D / 64][T][8];        // decoded key tiles, a stage each (tile_chunk<T>)
-  uint4 v[S][D / 64][T][8];        // decoded value tiles
-  float kn[S][T], vn[S][T];        // TurboQuant norms of the tiles' tokens
-  __half lut_k[16], lut_v[16];     // TurboQuant centroids in fp16 z-units x sqrt(D)
-  uint64_t full[S], empty[S];      // mbarriers: stage written (128 producer arrivals), read (256 consumer arrivals)
+  static constexpr int kQB = S8 ? D / 128 : D / 64;  // 128-byte blocks of a query or key row
+  uint4 q[2][kQB][kWsRows][8];  // query rows: 16-bit high and low parts, or int16's high and low bytes (tile_chunk<kWsRows>)
+  uint4 k[S][kQB][T][8];        // decoded key tiles, a stage each (tile_chunk<T>)
+  uint4 v[S][D / 64][T][8];     // decoded value tiles
+  float kn[S][T], vn[S][T];     // TurboQuant norms of the tiles' tokens
+  float q_scale[S8 ? kWsRows : 1];  // int8 S: each query row's step / kCentroidGrid (S's scale)
+  __half lut_k[16], lut_v[16];  // TurboQuant centroids in fp16 z-units x sqrt(D)
+  uint64_t full[S], empty[S];   // mbarriers: stage written (128 producer arrivals), read (256 consumer arrivals)
 };
 
-template <int D>
+template <int D, bool S8 = false>
 constexpr size_t ws_smem_bytes() {
-  return sizeof(WsSmem<D>) + 1024;
+  return sizeof(WsSmem<D, S8>) + 1024;
 }
-static_assert(ws_smem_bytes<64>() <= 227 * 1024 && ws_smem_bytes<128>() <= 227 * 1024 && ws_smem_bytes<256>() <= 227 * 1024,
+static_assert(ws_smem_bytes<64>() <= 227 * 1024 && ws_smem_bytes<128>() <= 227 * 1024 && ws_smem_bytes<256>() <= 227 * 1024 &&
+                  ws_smem_bytes<128, true>() <= 227 * 1024 && ws_smem_bytes<256, true>() <= 227 * 1024,
               "one block an SM on Hopper");
+static_assert(ws_smem_bytes<128, true>() <= ws_smem_bytes<128>() && ws_smem_bytes<256, true>() <= ws_smem_bytes<256>(),
+              "int8 S fits where the 16-bit kernel does (prefill_ws_here)");
+
+// R query rows of D (src: prepare_queries' [R][D] floats) into shared memory as int16 fixed point
+// per row, its high bytes in q_hi and its low bytes in q_lo (int8 rows of D: tile_chunk<R>, 16
+// elements a chunk), each row's step / kCentroidGrid in q_scale: decode's split (decode_kernel.cuh),
+// the same roundings. By threads tid = 0 .. nthreads - 1, nthreads a multiple of 32; a row's D / 8
+// units of 8 elements are consecutive lanes of one warp (D <= 256), which reduce its max |q|.
+template <int D, int R>
+__device__ __forceinline__ void store_query_rows_s8(uint4* q_hi, uint4* q_lo, float* q_scale, const float* src, int tid, int nthreads) {
+  constexpr int kUnits = D / 8;  // a row's units
+  static_assert(kUnits <= 32 && R * kUnits % 32 == 0, "a row's units within one warp");
+  constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
+  for (int base = 0; base < R * kUnits; base += nthreads) {
+    const int i = base + tid;
+    if (base + (tid & ~31) >= R * kUnits) break;  // warp-uniform: R * kUnits is a multiple of 32
+    const int r = i / kUnits, u = i % kUnits;
+    const float4 a = reinterpret_cast<const float4*>(src)[2 * i], b = reinterpret_cast<const float4*>(src)[2 * i + 1];
+    const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    float mx = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) mx = fmaxf(mx, fabsf(x[e]));
+#pragma unroll
+    for (int m = 1; m < kUnits; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
+    const float qstep = mx / kQ16Max, inv = qstep > 0 ? 1.0f / qstep : 0.0f;
+    if (u == 0) q_scale[r] = qstep * (1.0f / kCentroidGrid);
+    uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      uint32_t h8, l8;  // |x| inv <= 32639 (1 + 2^-22) < 32639.5: in range (decode_kernel.cuh)
+      dev::split_i16(__float2int_rn(x[e] * inv), h8, l8);
+      hi[e / 4] |= h8 << (8 * (e % 4));
+      lo[e / 4] |= l8 << (8 * (e % 4));
+    }
+    const int at = tile_chunk<R>(r, u / 2);  // the 16-byte chunk of elements 16 (u / 2) .., half u % 2
+    *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_hi + at) + 8 * (u % 2)) = make_uint2(hi[0], hi[1]);
+    *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_lo + at) + 8 * (u % 2)) = make_uint2(lo[0], lo[1]);
+  }
+}
 
 // mbarrier operations on shared-memory barriers (sm_90).
 __device__ __forceinline__ uint32_t smem_u32(const void* ptr) { return static_cast<uint32_t>(__cvta_generic_to_shared(ptr)); }
@@ -93,12 +152,19 @@ __device__ __forceinline__ void regs_inc() {
 // The producer: tile `it` of the split goes to stage it % S once the consumers have released the
 // stage's previous tile. Register fills (TurboQuant, fp8) load tile it + 1 while waiting; the
 // cp.async fills (fp16, bf16) copy into the stage and publish it at the next tile's start.
-template <int D, Kind KIND, int KB, int VB, int T, int S>
-__device__ __forceinline__ void ws_produce(const DecodeParams& p, WsSmem<D, T, S>& sm, const Pages& pages, int begin, int tiles) {
+template <int D, Kind KIND, int KB, int VB, bool S8, int T, int S>
+__device__ __forceinline__ void ws_produce(const DecodeParams& p, WsSmem<D, S8, T, S>& sm, const Pages& pages, int begin, int tiles) {
   constexpr bool kAsync = KIND == Kind::kF16 || KIND == Kind::kBf16;
-  dev::Lut8 lut_k{}, lut_v{};
-  if constexpr (KIND == Kind::kTq) {
+  constexpr bool k16 = read_bits(KB) == 4;  // int8 S: a 16-level union (trellis-coded 3-bit keys)
+  // The keys' table: fp16 centroids, or for int8 S their int8 levels (z-units x 32, exact).
+  std::conditional_t<S8, std::conditional_t<k16, dev::ByteLut16, dev::ByteLut8>, dev::Lut8> lut_k{};
+  dev::Lut8 lut_v{};
+  if constexpr (S8) {
+    lut_k = dev::int8_key_table<k16>(sm.lut_k);
+  } else if constexpr (KIND == Kind::kTq) {
     if constexpr (read_bits(KB) <= 3) lut_k = dev::make_lut8(sm.lut_k);
+  }
+  if constexpr (KIND == Kind::kTq) {
     if constexpr (read_bits(VB) <= 3) lut_v = dev::make_lut8(sm.lut_v);
   }
   const auto publish = [&](int st) {  // this thread's writes of stage st, to the consumers' MMAs
@@ -118,7 +184,10 @@ __device__ __forceinline__ void ws_produce(const DecodeParams& p, WsSmem<D, T, S
       fill.fetch(p, pages, begin + it * T, sm, st);
     } else {
       if (it >= S) mbar_wait(&sm.empty[st], (it / S - 1) & 1);
-      fill.store(sm, st, lut_k, lut_v);
+      if constexpr (S8)
+        fill.template store<true>(sm, st, lut_k, lut_v);
+      else
+        fill.store(sm, st, lut_k, lut_v);
       publish(st);
       if (it + 1 < tiles) fill.fetch(p, pages, begin + (it + 1) * T, sm, 0);
     }
@@ -139,16 +208,18 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     prefill_ws_kernel(const DecodeParams p, int tokens_per_split, int rtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                       const float* ws_q) {  // ws_q: read after the wait (no __restrict__: see merge_kernel)
 #if TQ_WGMMA
-  constexpr int T = ws_tile_tokens(D), S = ws_stages(D), NT = T / 8;
+  constexpr bool S8 = ws_s8<D, KIND, KB>();
+  constexpr int T = ws_tile_tokens(D, S8), S = ws_stages(D, S8), NT = T / 8;
   constexpr bool kBf = KIND == Kind::kBf16, kTq = KIND == Kind::kTq;
+  using Sm = WsSmem<D, S8, T, S>;
   extern __shared__ __align__(128) uint4 smem_raw[];
   // 1 KB-aligned (ws_smem_bytes leaves room): wgmma's swizzle is a function of the address bits.
   const uint32_t raw_at = smem_u32(smem_raw);
-  WsSmem<D, T, S>& sm = *reinterpret_cast<WsSmem<D, T, S>*>(reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - (raw_at & 1023)) & 1023));
+  Sm& sm = *reinterpret_cast<Sm*>(reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - (raw_at & 1023)) & 1023));
   dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
   dev::allow_dependents();
   constexpr int kGroups = kWsThreads / decode::kThreads;  // the block's warpgroups
-  static_assert(kGroups * sizeof(decode::SideSmem<D>) <= sizeof(WsSmem<D, T, S>), "the side block reuses the shared memory");
+  static_assert(kGroups * sizeof(decode::SideSmem<D>) <= sizeof(Sm), "the side block reuses the shared memory");
   if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block: each warpgroup takes every kGroups-th m-tile
     const int wg = threadIdx.x / decode::kThreads;
     for (int i = wg; i < kWsRows / decode::kRows; i += kGroups)
@@ -170,8 +241,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int end = min(min(begin + tokens_per_split, len), visible_max - window);
   const int tiles = begin < end ? (end - begin + T - 1) / T : 0;
 
-  store_query_rows<D, kWsRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0],
-                                    ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kWsRows * D, threadIdx.x, kWsThreads);
+  const float* q_rows = ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kWsRows * D;
+  if constexpr (S8)
+    store_query_rows_s8<D, kWsRows>(&sm.q[0][0][0][0], &sm.q[1][0][0][0], sm.q_scale, q_rows, threadIdx.x, kWsThreads);
+  else
+    store_query_rows<D, kWsRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0], q_rows, threadIdx.x, kWsThreads);
   if constexpr (kTq) store_luts<D, KB, VB>(c, sm.lut_k, sm.lut_v);
   if (threadIdx.x == 0) {
     for (int st = 0; st < S; ++st) {
@@ -183,11 +257,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   __syncthreads();
 
   if (wgi == 0) {
-    if constexpr (ws_moves_regs(D)) regs_dec<kProducerRegs>();
+    if constexpr (ws_moves_regs(D, S8)) regs_dec<kProducerRegs>();
     ws_produce<D, KIND, KB, VB>(p, sm, Pages(p, p.block_tables + size_t(seq) * p.max_pages, kvh, len), begin, tiles);
     return;
   }
-  if constexpr (ws_moves_regs(D)) regs_inc<kConsumerRegs>();
+  if constexpr (ws_moves_regs(D, S8)) regs_inc<kConsumerRegs>();
 
   // ---- a consumer: rows wrow0 .. wrow0 + 63; this thread's are g and g + 8 of its warp's 16 ----
   const int wrow0 = row0 + 64 * (wgi - 1);
@@ -207,9 +281,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   // (wgmma.cuh): every operand of the loop is one of them plus a constant.
   const wg::Desc q_desc = wg::desc_sw128(smem_u32(&sm.q[0][0][64 * (wgi - 1)][0]));
   const wg::Desc k_desc = wg::desc_sw128(smem_u32(&sm.k[0][0][0][0])), v_desc = wg::desc_sw128(smem_u32(&sm.v[0][0][0][0]));
-  constexpr uint32_t kQPart = sizeof(sm.q[0]), kBuf = sizeof(sm.k[0]);            // bytes of a query part, of a K (V) stage
-  constexpr uint32_t kQBlock = sizeof(sm.q[0][0]), kTBlock = sizeof(sm.k[0][0]);  // bytes of a 64-element block of Q, of a tile
-  static_assert(sizeof(sm.v[0]) == kBuf, "K and V stages alike");
+  constexpr uint32_t kQPart = sizeof(sm.q[0]), kBuf = sizeof(sm.k[0]);            // bytes of a query part, of a key stage
+  constexpr uint32_t kQBlock = sizeof(sm.q[0][0]), kTBlock = sizeof(sm.k[0][0]);  // bytes of a 128-byte block of Q, of a key tile
+  constexpr uint32_t kVBuf = sizeof(sm.v[0]), kVBlock = sizeof(sm.v[0][0]);        // of a value stage, of its 64-element block
 
   if (idle) {  // a consumer without rows (the last block's) still releases every stage
     for (int it = 0; it < tiles; ++it) {
@@ -220,25 +294,57 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   }
 
   // S = Q K^T of the tile in stage st (the two parts of Q) into acc, issued and committed, not
-  // awaited: acc[nt] holds rows g, g + 8 x tokens 8 nt + 2t, +1.
-  const auto issue_s = [&](float (&acc)[NT][4], int st) {
+  // awaited: acc[nt] holds rows g, g + 8 x tokens 8 nt + 2t, +1. A k-step reads 32 bytes of each
+  // row: 16 elements, or 32 with int8 S.
+  float s[NT][4];
+  [[maybe_unused]] int s_hi[NT][4], s_lo[NT][4];  // int8 S: the query's high and low bytes' products
+  const auto issue_s = [&](int st) {
     const wg::Desc kb = k_desc + st * kBuf;
+    constexpr int kSteps = S8 ? D / 32 : D / 16;
+    const auto at = [](int kt) { return (kt / 4) * kQBlock + (kt % 4) * 32; };
+    const auto kat = [](int kt) { return (kt / 4) * kTBlock + (kt % 4) * 32; };
     wg::arrive();
-    wg::mma_ss<T, kBf, true>(acc, q_desc, kb);  // acc = Q_hi K_0^T: no zeroing
+    if constexpr (S8) {
+      wg::mma_ss_s8<T, true>(s_hi, q_desc, kb);  // s_hi = Q_hi K_0^T: no zeroing
 #pragma unroll
-    for (int kt = 1; kt < D / 16; ++kt)
-      wg::mma_ss<T, kBf>(acc, q_desc + ((kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
+      for (int kt = 1; kt < kSteps; ++kt) wg::mma_ss_s8<T>(s_hi, q_desc + at(kt), kb + kat(kt));
+      wg::mma_ss_s8<T, true>(s_lo, q_desc + kQPart, kb);
 #pragma unroll
-    for (int kt = 0; kt < D / 16; ++kt)
-      wg::mma_ss<T, kBf>(acc, q_desc + (kQPart + (kt / 4) * kQBlock + (kt % 4) * 32), kb + ((kt / 4) * kTBlock + (kt % 4) * 32));
+      for (int kt = 1; kt < kSteps; ++kt) wg::mma_ss_s8<T>(s_lo, q_desc + (kQPart + at(kt)), kb + kat(kt));
+    } else {
+      wg::mma_ss<T, kBf, true>(s, q_desc, kb);  // s = Q_hi K_0^T: no zeroing
+#pragma unroll
+      for (int kt = 1; kt < kSteps; ++kt) wg::mma_ss<T, kBf>(s, q_desc + at(kt), kb + kat(kt));
+#pragma unroll
+      for (int kt = 0; kt < kSteps; ++kt) wg::mma_ss<T, kBf>(s, q_desc + (kQPart + at(kt)), kb + kat(kt));
+    }
     wg::commit();
+  };
+  // After the wait for issue_s's MMAs: S as floats in s (int8 S: 2^8 s_hi + s_lo, exact in int32,
+  // times the row's step / kCentroidGrid; the key norms follow in softmax_p).
+  [[maybe_unused]] float q_scale[2] = {1.0f, 1.0f};
+  if constexpr (S8) {
+    q_scale[0] = sm.q_scale[64 * (wgi - 1) + 16 * warp + g];
+    q_scale[1] = sm.q_scale[64 * (wgi - 1) + 16 * warp + g + 8];
+  }
+  const auto s_ready = [&]() {
+    if constexpr (S8) {
+      wg::fence_regs(s_hi);
+      wg::fence_regs(s_lo);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = float(s_hi[nt][e] * 256 + s_lo[nt][e]) * q_scale[e >> 1];
+    } else {
+      wg::fence_regs(s);
+    }
   };
 
   // Software-pipelined as FlashAttention-3's consumers: the softmax of tile it + 1 runs while the
   // tensor cores compute P V of tile it. An iteration: O rescaled for tile it; S of it + 1 issued;
   // P V of it issued; S of it + 1 awaited and its softmax; P V of it awaited, its stage released.
   const float v_scale = KIND == Kind::kFp8 ? c.v_scale : 1.0f;
-  float s[NT][4], alpha[2];
+  float alpha[2];
   uint32_t pa[T / 16][kPParts<kBf>][4];
   // The softmax of tile it (its S in s): P into s, the rescale factors into alpha.
   const auto softmax = [&](int it) {
@@ -249,9 +355,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   };
   if (tiles > 0) {
     mbar_wait(&sm.full[0], 0);
-    issue_s(s, 0);
+    issue_s(0);
     wg::wait<0>();
-    wg::fence_regs(s);
+    s_ready();
     softmax(0);
     pack_p<kBf>(s, pa);
   }
@@ -264,7 +370,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     for (int kk = 0; kk < T / 16; ++kk) {
       dev::static_for<D / 64>([&](auto block) {  // 16 tokens x a 64-coordinate block of V (o's n-tiles 8 db .. 8 db + 7)
         constexpr int db = decltype(block)::value;
-        const wg::Desc vd = v_desc + (st * kBuf + db * kTBlock + kk * 16 * 128);
+        const wg::Desc vd = v_desc + (st * kVBuf + db * kVBlock + kk * 16 * 128);
 #pragma unroll
         for (int part = 0; part < kPParts<kBf>; ++part) wg::mma_rs<kBf, 8 * db>(o, pa[kk][part], vd);
       });
@@ -276,10 +382,10 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   for (int it = 0; it + 1 < tiles; ++it) {
     rescale_o(o, alpha);  // before S is issued: no other access to accumulators while MMAs are in flight
     mbar_wait(&sm.full[(it + 1) % S], ((it + 1) / S) & 1);
-    issue_s(s, (it + 1) % S);
+    issue_s((it + 1) % S);
     issue_pv(it);
     wg::wait<1>();  // S of it + 1 (older than P V of it) done: its softmax while P V runs
-    wg::fence_regs(s);
+    s_ready();
     softmax(it + 1);
     wg::wait<0>();  // P V of it done: its stage goes back to the producer, P's registers are free
     wg::fence_regs(o);

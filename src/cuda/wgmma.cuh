@@ -97,6 +97,23 @@ __device__ __forceinline__ void fence_regs(float (&d)[J][4]) {
   "{.reg .pred p; .reg .b64 da, db; setp.ne.b32 p, " ZERO ", 1; mov.b64 da, {" A0 ", " A1 "}; mov.b64 db, {" B0 ", " B1 \
   "};\nwgmma.mma_async.sync.aligned.m64n" N "k16.f32." TYPE "." TYPE " " R ", da, db, p, 1, 1, 0, 0;}\n"
 
+// The instruction CASE(n, register list, A0, A1, B0, B1, scale-d's ZERO, accumulator constraints)
+// for N (32, 64, 96) and ZERO, with accumulators d[J0 ..] of constraint letter C ("f", "r").
+#define TQ_WG_BY_N(CASE, C)                                                           \
+  if constexpr (N == 96 && ZERO) {                                                    \
+    CASE(96, TQ_WG_R48, "%48", "%49", "%50", "%51", "1", TQ_WG_D48("=" C));          \
+  } else if constexpr (N == 96) {                                                     \
+    CASE(96, TQ_WG_R48, "%48", "%49", "%50", "%51", "0", TQ_WG_D48("+" C));          \
+  } else if constexpr (N == 64 && ZERO) {                                             \
+    CASE(64, TQ_WG_R32, "%32", "%33", "%34", "%35", "1", TQ_WG_D32("=" C));          \
+  } else if constexpr (N == 64) {                                                     \
+    CASE(64, TQ_WG_R32, "%32", "%33", "%34", "%35", "0", TQ_WG_D32("+" C));          \
+  } else if constexpr (ZERO) {                                                        \
+    CASE(32, TQ_WG_R16, "%16", "%17", "%18", "%19", "1", TQ_WG_D16("=" C));          \
+  } else {                                                                            \
+    CASE(32, TQ_WG_R16, "%16", "%17", "%18", "%19", "0", TQ_WG_D16("+" C));          \
+  }
+
 // d[J0 .. J0 + N/8) = A B (ZERO) or += A B, m64nNk16: A (64 x 16, K-major) and B (N x 16, K-major)
 // in shared memory. BF16: bf16 operands, else fp16. N: 32, 64 or 96. ZERO: the first of a sum,
 // whose accumulators need no initial value.
@@ -111,23 +128,39 @@ __device__ __forceinline__ void mma_ss(float (&d)[J][4], Desc a, Desc b) {
     asm volatile(TQ_WG_SS(#n, "bf16", regs, a0, a1, b0, b1, zero) : dc : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi)); \
   else                                                                                                                \
     asm volatile(TQ_WG_SS(#n, "f16", regs, a0, a1, b0, b1, zero) : dc : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi))
-  if constexpr (N == 96 && ZERO) {
-    TQ_WG_CASE(96, TQ_WG_R48, "%48", "%49", "%50", "%51", "1", TQ_WG_D48("=f"));
-  } else if constexpr (N == 96) {
-    TQ_WG_CASE(96, TQ_WG_R48, "%48", "%49", "%50", "%51", "0", TQ_WG_D48("+f"));
-  } else if constexpr (N == 64 && ZERO) {
-    TQ_WG_CASE(64, TQ_WG_R32, "%32", "%33", "%34", "%35", "1", TQ_WG_D32("=f"));
-  } else if constexpr (N == 64) {
-    TQ_WG_CASE(64, TQ_WG_R32, "%32", "%33", "%34", "%35", "0", TQ_WG_D32("+f"));
-  } else if constexpr (ZERO) {
-    TQ_WG_CASE(32, TQ_WG_R16, "%16", "%17", "%18", "%19", "1", TQ_WG_D16("=f"));
-  } else {
-    TQ_WG_CASE(32, TQ_WG_R16, "%16", "%17", "%18", "%19", "0", TQ_WG_D16("+f"));
-  }
+  TQ_WG_BY_N(TQ_WG_CASE, "f");
 #undef TQ_WG_CASE
 #else
   __trap();
 #endif
+}
+
+// The same for int8 operands (int32 accumulators), m64nNk32: A (64 x 32, K-major) and B (N x 32,
+// K-major) in shared memory, rows of 128 int8 in the layout above (one 128-byte row holds 128
+// elements, so a k-step moves 32 bytes as fp16's does). N: 32 or 64. Integer MMAs take no scale
+// or transpose arguments.
+template <int N, bool ZERO = false, int J>
+__device__ __forceinline__ void mma_ss_s8(int (&d)[J][4], Desc a, Desc b) {
+  static_assert(N / 8 == J, "accumulator columns");
+  static_assert(N == 64 || N == 32, "N: 32 or 64");
+#if TQ_WGMMA
+#define TQ_WG_S8(n, regs, a0, a1, b0, b1, zero, dc)                                                                  \
+  asm volatile("{.reg .pred p; .reg .b64 da, db; setp.ne.b32 p, " zero ", 1; mov.b64 da, {" a0 ", " a1 "}; "        \
+               "mov.b64 db, {" b0 ", " b1 "};\nwgmma.mma_async.sync.aligned.m64n" #n "k32.s32.s8.s8 " regs ", da, db, p;}\n" \
+               : dc                                                                                                  \
+               : "r"(a.lo), "r"(a.hi), "r"(b.lo), "r"(b.hi))
+  constexpr int J0 = 0;
+  TQ_WG_BY_N(TQ_WG_S8, "r");
+#undef TQ_WG_S8
+#else
+  __trap();
+#endif
+}
+// Pins int32 accumulator registers in program order around the asynchronous MMAs (fence_regs).
+template <int J>
+__device__ __forceinline__ void fence_regs(int (&d)[J][4]) {
+#pragma unroll
+  for (int j = 0; j < J; ++j) asm volatile("" : "+r"(d[j][0]), "+r"(d[j][1]), "+r"(d[j][2]), "+r"(d[j][3])::"memory");
 }
 
 // d[J0 .. J0 + 8) += A B, m64n64k16: A from registers (the warp's m16n8k16 A fragment), B
@@ -161,5 +194,6 @@ __device__ __forceinline__ void mma_rs(float (&d)[J][4], const uint32_t (&a)[4],
 #undef TQ_WG_R32
 #undef TQ_WG_R48
 #undef TQ_WG_SS
+#undef TQ_WG_BY_N
 
 }  // namespace tq::cuda::wg

@@ -358,15 +358,16 @@ AutoKvChoice choose_auto_kv(const AutoKvRequest& r, const model::ModelConfig& c,
   TQ_CHECK(s.enc == r.enc, "KV spec '{}': the sensitivity was measured with {} probes, the request chooses {} widths", r.text,
            s.enc == Encoding::kTqTcq ? "trellis-coded" : "plain", r.enc == Encoding::kTqTcq ? "trellis-coded" : "plain");
   // The distortion per unit vector of each width and encoding; a layer's KL scales with it.
-  const auto dist = [&](Encoding enc, uint32_t bits) {
-    return enc == Encoding::kTqTcq ? trellis_mse(padded_dim(D), bits) : codebook(padded_dim(D), bits).expected_mse;
+  const auto dist = [&](Encoding enc, uint32_t bits, bool value) {
+    if (enc == Encoding::kTqTcq) return trellis_mse(padded_dim(D), bits);
+    return (value_levels_uniform(value, {enc, uint8_t(bits)}) ? uniform_codebook(padded_dim(D), bits) : codebook(padded_dim(D), bits)).expected_mse;
   };
   std::vector<std::vector<double>> cost(fmts.size(), std::vector<double>(L));
   const std::vector<double>& bytes = bud.layer_bytes;  // [format] per token and layer
   for (size_t f = 0; f < fmts.size(); ++f) {
     const size_t pk = probe_for(s.k_widths, fmts[f].first.bits), pv = probe_for(s.v_widths, fmts[f].second.bits);
-    const double rk = dist(fmts[f].first.enc, fmts[f].first.bits) / dist(s.enc, s.k_widths[pk]);
-    const double rv = dist(fmts[f].second.enc, fmts[f].second.bits) / dist(s.enc, s.v_widths[pv]);
+    const double rk = dist(fmts[f].first.enc, fmts[f].first.bits, false) / dist(s.enc, s.k_widths[pk], false);
+    const double rv = dist(fmts[f].second.enc, fmts[f].second.bits, true) / dist(s.enc, s.v_widths[pv], true);
     for (uint32_t l = 0; l < L; ++l) cost[f][l] = s.k[pk][l] * rk + s.v[pv][l] * rv;
   }
   const double elems_bytes = bud.elems_bytes, budget = bud.budget;

@@ -49,6 +49,7 @@ TqConfig codec_config(const KvFormat& format, uint32_t head_dim, uint32_t layer,
   cfg.norm_unbiased = (value ? format.norm_unbiased_v : format.norm_unbiased_k) && !cfg.prod && (!format.norm_unbiased_local || sliding);
   cfg.split = c.enc == Encoding::kTqSplit;
   cfg.tcq = c.enc == Encoding::kTqTcq;
+  cfg.uniform = value_levels_uniform(value, c);
   cfg.rotation = format.rotation_for(head_dim, cfg.split);  // a split row: both parts Hadamard, or both dense
   return cfg;
 }

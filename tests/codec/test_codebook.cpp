@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
+#include <vector>
 
 #include "tq/codec/codebook.h"
 #include "tq/common.h"
@@ -119,6 +121,48 @@ TEST(ExactCodebook, TwoAndThreeBitCentroidsAreExactInt8) {
     }
   for (uint32_t bits : {2u, 3u})
     EXPECT_LT(codebook(65536, bits).expected_mse, gaussian_codebook(bits).expected_mse * 1.002) << bits;
+}
+
+// The 2-bit values' uniform levels (format.h value_levels_uniform): c - 1.5 in z-units exactly (the
+// GPU decode builds them from the code bits, dev::uniform2_pair), boundaries at the midpoints, and
+// an expected error from the density that Monte Carlo agrees with, a little above Lloyd-Max's.
+TEST(UniformCodebook, LevelsAreCodeMinusOneAndAHalfAndTheErrorIsTheDensitys) {
+  for (uint32_t pd : {32u, 64u, 128u, 256u, 1024u}) {
+    const Codebook& u = uniform_codebook(pd, 2);
+    const float s = 1.0f / std::sqrt(float(pd));
+    ASSERT_EQ(u.centroids.size(), 4u);
+    for (int c = 0; c < 4; ++c) EXPECT_EQ(u.centroids[c], float(c - 1.5) * s) << "pd " << pd << " code " << c;
+    ASSERT_EQ(u.boundaries.size(), 3u);
+    for (int j = 0; j < 3; ++j) EXPECT_EQ(u.boundaries[j], float(j - 1) * s) << "pd " << pd;
+    const double lm = codebook(pd, 2).expected_mse;
+    EXPECT_GT(u.expected_mse, lm) << pd;  // Lloyd-Max is the optimum
+    EXPECT_LT(u.expected_mse, lm * 1.02) << pd;
+  }
+  // Monte Carlo at d = 128: coordinates of random unit vectors (normalized Gaussians), encoded by
+  // the boundaries; 4096 vectors x 128 coordinates, standard error of the mean ~0.2%.
+  const uint32_t d = 128;
+  const Codebook& u = uniform_codebook(d, 2);
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> n01;
+  double sum = 0;
+  const int vectors = 4096;
+  std::vector<double> x(d);
+  for (int v = 0; v < vectors; ++v) {
+    double nn = 0;
+    for (auto& xi : x) {
+      xi = n01(rng);
+      nn += xi * xi;
+    }
+    for (auto& xi : x) {
+      const float c = float(xi / std::sqrt(nn));
+      const double e = c - u.centroids[u.encode(c)];
+      sum += e * e;
+    }
+  }
+  EXPECT_NEAR(sum / vectors, u.expected_mse, 0.01 * u.expected_mse);
+  EXPECT_NEAR(u.expected_mse, 0.1173, 5e-4);  // 0.1161 for Lloyd-Max (Dim128MatchesExactBetaFigures)
+  EXPECT_THROW(uniform_codebook(128, 3), Error);
+  EXPECT_THROW(uniform_codebook(2, 2), Error);
 }
 
 }  // namespace

@@ -264,6 +264,40 @@ TEST(UnbiasedNorm, ScoresAreUnbiasedOverRotations) {
   EXPECT_THROW(TurboQuant{c}, Error);
 }
 
+// Uniform levels are the 2-bit values' (format.h value_levels_uniform): other rows refuse them,
+// naming the width; a 2-bit row with them decodes each code to c - 1.5 z-units times its norm.
+TEST(Config, UniformLevelsOnlyForTwoBitPlainRows) {
+  for (uint32_t bits : {1u, 3u, 4u}) {
+    TqConfig c = cfg_of(128, bits);
+    c.uniform = true;
+    try {
+      TurboQuant t(c);
+      ADD_FAILURE() << bits << " bits accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::to_string(bits) + " bits"), std::string::npos) << e.what();
+    }
+  }
+  for (int kind = 0; kind < 3; ++kind) {  // prod, split, trellis-coded
+    TqConfig c = cfg_of(128, kind == 0 ? 3 : 2, kind == 0);
+    c.split = kind == 1;
+    c.tcq = kind == 2;
+    c.uniform = true;
+    EXPECT_THROW(TurboQuant{c}, Error) << kind;
+  }
+  TqConfig c = cfg_of(128, 2);
+  c.uniform = true;
+  TurboQuant t(c);
+  const auto x = test::gaussian(1, 128, 9);
+  Encoded e(t);
+  t.encode(x.data(), e.ref());
+  std::vector<float> rot(t.padded_dim());
+  std::vector<uint8_t> codes(t.padded_dim());
+  t.decode_rotated(e.cref(), rot.data());  // unit-norm levels
+  unpack_row(e.cref().codes, 128, 2, codes.data());
+  const float s = 1.0f / std::sqrt(128.0f);
+  for (uint32_t i = 0; i < 128; ++i) EXPECT_EQ(rot[i], float(codes[i] - 1.5) * s) << i;
+}
+
 TEST(Config, RejectsBadWidthsAndDims) {
   EXPECT_THROW(TurboQuant(cfg_of(128, 0)), Error);
   EXPECT_THROW(TurboQuant(cfg_of(128, 9)), Error);
@@ -275,16 +309,22 @@ TEST(Config, RejectsBadWidthsAndDims) {
 
 struct SimdCase {
   uint32_t dim, bits;
+  bool uniform = false;  // the 2-bit values' uniform levels (TqConfig::uniform)
 };
+TqConfig cfg_of(const SimdCase& c) {
+  TqConfig cfg = cfg_of(c.dim, c.bits);
+  cfg.uniform = c.uniform;
+  return cfg;
+}
 class SimdVsScalar : public ::testing::TestWithParam<SimdCase> {
  protected:
   void TearDown() override { cpu::set_simd_enabled(true); }
 };
 
 TEST_P(SimdVsScalar, CodesBitIdentical) {
-  const auto [d, b] = GetParam();
+  const auto [d, b, uniform] = GetParam();
   if (!cpu::has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2";
-  auto q = make_turboquant(cfg_of(d, b));
+  auto q = make_turboquant(cfg_of(GetParam()));
   const size_t n = 97;  // odd count
   auto x = test::outlier_rows(n, d, d * 10 + b);
   const auto g = test::gaussian(n / 2, d, 5);
@@ -299,10 +339,10 @@ TEST_P(SimdVsScalar, CodesBitIdentical) {
 }
 
 TEST_P(SimdVsScalar, FusedDotWithinSummationBound) {
-  const auto [d, b] = GetParam();
+  const auto [d, b, uniform] = GetParam();
   if (!cpu::has_avx2_fma()) GTEST_SKIP() << "CPU without AVX2";
-  auto fast = make_turboquant(cfg_of(d, b), true);
-  auto ref = make_turboquant(cfg_of(d, b), false);
+  auto fast = make_turboquant(cfg_of(GetParam()), true);
+  auto ref = make_turboquant(cfg_of(GetParam()), false);
   const size_t n = 61;
   const auto x = test::outlier_rows(n, d, 3 + b);
   std::vector<uint8_t> packed(fast->bytes(n));
@@ -325,10 +365,12 @@ std::vector<SimdCase> simd_cases() {
   std::vector<SimdCase> v;
   for (uint32_t d : {32u, 64u, 128u, 256u})
     for (uint32_t b = 1; b <= 8; ++b) v.push_back({d, b});
+  for (uint32_t d : {32u, 64u, 128u, 256u}) v.push_back({d, 2, true});
   return v;
 }
-INSTANTIATE_TEST_SUITE_P(All, SimdVsScalar, ::testing::ValuesIn(simd_cases()),
-                         [](const auto& i) { return "d" + std::to_string(i.param.dim) + "_b" + std::to_string(i.param.bits); });
+INSTANTIATE_TEST_SUITE_P(All, SimdVsScalar, ::testing::ValuesIn(simd_cases()), [](const auto& i) {
+  return "d" + std::to_string(i.param.dim) + "_b" + std::to_string(i.param.bits) + (i.param.uniform ? "_uniform" : "");
+});
 
 TEST(FusedDot, EqualsDotOfDecodedRow) {
   // The fused dot is <q, decode(row)> up to rounding, for MSE and prod rows, both rotations.

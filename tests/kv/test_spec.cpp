@@ -41,6 +41,13 @@ TEST(KvSpec, ParsesBasesAndOptions) {
   EXPECT_FALSE(codec_config(parse_kv_spec("k3v2:ip=k").format, 64, 0, 0, true).norm_unbiased);
   EXPECT_FALSE(codec_config(parse_kv_spec("k3v2:ip=v").format, 64, 0, 0, false).norm_unbiased);
   EXPECT_TRUE(codec_config(parse_kv_spec("k3v2:ip=v").format, 64, 0, 0, true).norm_unbiased);
+  // 2-bit values take the uniform levels (format.h value_levels_uniform); 2-bit keys, other value
+  // widths and trellis-coded values keep theirs.
+  EXPECT_TRUE(codec_config(parse_kv_spec("k3v2").format, 64, 0, 0, true).uniform);
+  EXPECT_TRUE(codec_config(parse_kv_spec("k2v2:ip").format, 128, 1, 3, true).uniform);
+  EXPECT_FALSE(codec_config(parse_kv_spec("k2v2").format, 64, 0, 0, false).uniform);
+  EXPECT_FALSE(codec_config(parse_kv_spec("k3v3").format, 64, 0, 0, true).uniform);
+  EXPECT_FALSE(codec_config(parse_kv_spec("k3tv2t").format, 64, 0, 0, true).uniform);
   // ip=local: both halves, on sliding-window layers only.
   s = parse_kv_spec("k3v2:ip=local:edge=2/k4v4");
   EXPECT_TRUE(s.format.norm_unbiased_k && s.format.norm_unbiased_v && s.format.norm_unbiased_local);

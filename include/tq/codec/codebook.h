@@ -39,6 +39,14 @@ const Codebook& codebook(uint32_t dim, uint32_t bits);
 // The Gaussian-limit codebook for N(0, 1): centroids in units of 1/sqrt(d).
 const Codebook& gaussian_codebook(uint32_t bits);
 
+// The 2-bit codebook of value rows (format.h value_levels_uniform): the uniform levels -1.5, -0.5,
+// 0.5, 1.5 in z-units, boundaries at their midpoints. Its squared error is 1.0% above the 2-bit
+// Lloyd-Max codebook's at d = 128 (0.1173 against 0.1161, per coordinate in z-units), and its
+// levels are c - 1.5 for code c: the GPU's decode builds them from the code's bits with one LOP3
+// and one HADD2 (an fp16 magic number), where a table needs a selector and two lookups.
+// bits must be 2. dim as codebook().
+const Codebook& uniform_codebook(uint32_t dim, uint32_t bits);
+
 // The union of a trellis-coded row of `bits` (1..7) bits a coordinate (format.h kTqTcq): the
 // (bits + 1)-bit codebook of `dim`, its centroids on the 1/32 grid up to 4 union bits (3t keys'
 // levels are then int8 operands on the GPU, as 2- and 3-bit centroids are), fp16 numbers above.

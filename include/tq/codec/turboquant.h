@@ -48,6 +48,9 @@ struct TqConfig {
   // kept ascending). Empty: channels 0 .. split_outliers(dim) - 1.
   std::vector<uint16_t> outliers;
   bool tcq = false;  // trellis-coded codes (format.h kTqTcq)
+  // uniform_codebook's levels instead of Lloyd-Max's: 2-bit plain MSE rows only (the format's
+  // 2-bit values, value_levels_uniform; codec_config sets it)
+  bool uniform = false;
 };
 
 // Whether a Hadamard rotation fits a row of head_dim channels: every rotated part (the row, or a
