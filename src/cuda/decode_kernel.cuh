@@ -349,13 +349,16 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   }
   if (inputs_ready && !staged) dev::wait_prerequisites();
   // The keys' operations (KeyOps, decode_ops.cuh) with their table in registers, from the fp16
-  // one in shared memory; int8 keys also scale S by this thread's query row's step. The table is
+  // one in shared memory; int8 keys' S is in the query's fixed point until the softmax scales it
+  // by this thread's query row's step (s_scale: with the max subtracted, one FFMA). The table is
   // built here, in the kernel's body: built in a function (even an inlined one), the int8 table
   // made the compiler order the prologue differently (other SASS; so did dev::int8_key_table, the
   // same table for Hopper's prefill, when tried here). The values' tables follow.
-  float s_scale[R];  // int8 keys: step / kCentroidGrid (the table's fixed point), of row g of each m-tile
+  // int8 keys: step / kCentroidGrid (the table's fixed point), of row g of each m-tile. Kept above 0
+  // (a zero query row has step 0) so that a masked score stays -inf: -inf * 0 would be NaN.
+  float s_scale[R];
 #pragma unroll
-  for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? sm.qrs[rr * kRows + g] * (1.0f / kCentroidGrid) : 1.0f;
+  for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? fmaxf(sm.qrs[rr * kRows + g] * (1.0f / kCentroidGrid), dev::kMinScoreScale) : 1.0f;
   constexpr bool kInt8K16 = kInt8K && read_bits(KB) == 4;  // a 16-level union (trellis-coded 3-bit keys)
   std::conditional_t<kInt8K, std::conditional_t<kInt8K16, dev::ByteLut16, dev::ByteLut8>, dev::Lut8> lut_k{};
   if constexpr (kInt8K) {  // the int8 centroids (z-units x 32, exact: the format's grid), 8 to a register pair
@@ -371,7 +374,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   } else if constexpr (KIND == Kind::kTq) {
     lut_k = dev::make_lut8(sm.lut_k);
   }
-  const KeyOps<D, KIND, KB, R> keys(lut_k, s_scale);
+  const KeyOps<D, KIND, KB, R> keys(lut_k);
   dev::Lut8 lut_v{};
   if constexpr (KIND == Kind::kTq && VB != 2) lut_v = dev::make_lut8(sm.lut_v);  // 2-bit values need no table
   [[maybe_unused]] uint32_t v_magic = 0x64006400u;  // 2-bit values: the fp16 pair (1024, 1024) (dev::uniform2_pair)
@@ -410,7 +413,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   auto process = [&](auto& cur, const auto& T0, auto&& late_values) {  // Tile cur[N], int T0[N]
     constexpr int N = int(std::extent_v<std::remove_reference_t<decltype(cur)>>);
     // ---- S = Q K^T for tokens T0[n] + [0, 16): n-tile nn holds token g + 8nn ----
-    float x[N][R][4];  // row g's scores (of each m-tile) for tokens 2t, 2t+1, 2t+8, 2t+9 of tile n
+    float x[N][R][4];  // row g's scores (of each m-tile) for tokens 2t, 2t+1, 2t+8, 2t+9 of tile n (int8 keys: / s_scale)
     bool full[N];
     bool live[N][R][4];
 #pragma unroll
@@ -452,6 +455,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       for (int n = 1; n < N; ++n) mx = fmaxf(mx, fmaxf(fmaxf(x[n][rr][0], x[n][rr][1]), fmaxf(x[n][rr][2], x[n][rr][3])));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
       mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      mx *= s_scale[rr];  // S's scale (> 0) commutes with the max
       // A row with nothing visible yet keeps m = -inf and p = 0 (SoftmaxState::base_of). (No early
       // exit: the MMAs below need the whole warp.)
       const SoftmaxState::Step sstep = sstate[rr].update(mx, dev::FastExp2{});
@@ -461,7 +465,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       for (int n = 0; n < N; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          pv[n][rr][e] = dev::fast_exp2(x[n][rr][e] - sstep.base);
+          pv[n][rr][e] = dev::fast_exp2(fmaf(x[n][rr][e], s_scale[rr], -sstep.base));
           psum += pv[n][rr][e];
         }
       sstate[rr].add(psum);

@@ -96,20 +96,16 @@ __device__ __forceinline__ void scale_by_norms(const uint32_t (&norms)[2], float
 // int8 fixed point (z-units x 32: the format's 1/32 grid, checked by test_codebook), one PRMT
 // lookup from one table yields four int8 operands, with no interleaving. The query is int16 fixed
 // point per row (step = max|q| / kQ16Max), high bytes in rows 0-7 of A and low bytes in rows 8-15,
-// so one MMA gives both parts and S = 2^8 (q_hi . k) + (q_lo . k) is exact in int32; times the
-// row's step and the table's 1/32. Trellis-coded keys: their union indices (Tile::key_selector),
+// so one MMA gives both parts and S = 2^8 (q_hi . k) + (q_lo . k) is exact in int32. The row's
+// step and the table's 1/32 are the kernel's (s_scale): one FFMA with the softmax's max. Trellis-coded keys: their union indices (Tile::key_selector),
 // a 16-level union in two 8-byte tables (dev::lookup16_s8).
 template <int D, int KB, int R>
 struct KeyOps<D, Kind::kTq, KB, R, true> {
   static constexpr bool k16 = read_bits(KB) == 4;
   using Lut = std::conditional_t<k16, dev::ByteLut16, dev::ByteLut8>;
-  float s_scale[R];  // this thread's row step (per m-tile) times the table's 1/32
-  Lut lut;           // the int8 centroids
-  // table: built by the kernel from its fp16 centroids; scale: the thread's query rows' steps / 32
-  __device__ __forceinline__ KeyOps(const Lut& table, const float (&scale)[R]) : lut(table) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) s_scale[r] = scale[r];
-  }
+  Lut lut;  // the int8 centroids
+  // table: built by the kernel from its fp16 centroids
+  __device__ __forceinline__ explicit KeyOps(const Lut& table) : lut(table) {}
   template <class TileT>
   __device__ __forceinline__ void scores(const TileT& cur, const uint4 (&qa)[R][D / 16][32], int lane, int t, const __half*,
                                          float (&x)[R][4]) const {
@@ -135,7 +131,7 @@ struct KeyOps<D, Kind::kTq, KB, R, true> {
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int nn = e / 2, c = e % 2;
-        x[r][e] = float(acc[r][nn][c] * 256 + acc[r][nn][c + 2]) * s_scale[r];
+        x[r][e] = float(acc[r][nn][c] * 256 + acc[r][nn][c + 2]);
       }
   }
   template <class TileT>
@@ -154,7 +150,7 @@ struct KeyOps<D, KIND, KB, R, false> {
   // TurboQuant: the 8-entry PRMT table, built for every width as the int8 path's is (4-bit codes
   // read the shared table instead; not building it is a separate change, to be measured).
   dev::Lut8 lut{};
-  __device__ __forceinline__ KeyOps(const dev::Lut8& table, const float (&)[R]) : lut(table) {}
+  __device__ __forceinline__ explicit KeyOps(const dev::Lut8& table) : lut(table) {}
   // The B fragments of k-tiles 2j (h[0..1]) and 2j + 1 (h[2..3]) of n-tile nn.
   template <class TileT>
   __device__ __forceinline__ void key_frags(const TileT& cur, int nn, int j, int t, const __half* lut_s, uint32_t (&h)[4]) const {

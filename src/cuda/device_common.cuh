@@ -184,6 +184,11 @@ __host__ __device__ constexpr float uniform2_unplace(int k) {
   return 1.0f / float(1 << p);
 }
 
+// The least scale of scores kept in a query's int16 fixed point (int8 keys), which the softmax
+// applies with its max subtracted in one FFMA: a zero query row's step would be 0, and a masked
+// score's -inf times 0 is NaN. Any score times it is still 0 there (|S| < 2^31).
+inline constexpr float kMinScoreScale = 1e-30f;
+
 // 2^x with flush-to-zero and no range fix-ups (exp2f adds a compare and two multiplies for
 // denormal results; softmax weights that small do not matter). ex2(-inf) = 0.
 __device__ __forceinline__ float fast_exp2(float x) {

@@ -338,12 +338,14 @@ struct TileMask {
 };
 // One tile's online-softmax step for this thread's rows g and g + 8 (elements 0-1 and 2-3 of each
 // n-tile of s, tokens 8 nt + 2t, +1): S scaled by the key norms kn (TurboQuant) and masked unless
-// `full`, the running (max, sum) updated in the log2 domain, and s replaced by P scaled by the
+// `full`, the running (max, sum) updated in the log2 domain with S times each row's scale rs (> 0:
+// int8 S's fixed point, applied with the max subtracted in one FFMA; 1 otherwise), and s replaced by P scaled by the
 // value norms vn (fp8: the value scale) for P V. O is not touched: `alpha` says what to rescale
 // it by (rescale_o), which may wait until P V of the previous tile has finished writing it.
 template <Kind KIND, int NT>
 __device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2], const float* kn, const float* vn,
-                                          float v_scale, bool full, const TileMask& mk, int t, float (&alpha)[2]) {
+                                          float v_scale, bool full, const TileMask& mk, int t, float (&alpha)[2],
+                                          const float (&rs)[2]) {
   constexpr bool kTq = KIND == Kind::kTq;
   float mx[2] = {-INFINITY, -INFINITY};
   // Tiles wholly visible to every row (most of them) take a branch without the masks' compares,
@@ -378,7 +380,7 @@ __device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], 
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
-    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+    mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2)) * rs[i];  // rs > 0 commutes with the max
     const SoftmaxState::Step st = SoftmaxState::update(m_run[i], l_run[i], mx[i], dev::FastExp2{});  // nothing visible yet: p = 0, not NaN
     alpha[i] = st.scale;
     m_use[i] = st.base;
@@ -393,7 +395,7 @@ __device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], 
     }
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const float pe = dev::fast_exp2(s[nt][e] - m_use[e >> 1]);
+      const float pe = dev::fast_exp2(fmaf(s[nt][e], rs[e >> 1], -m_use[e >> 1]));
       l_run[e >> 1] += pe;
       s[nt][e] = pe * (e & 1 ? vn1 : vn0);
     }
@@ -582,7 +584,8 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
     mk.T0 = T0;
     const bool full = T0 >= seen_by_all && T0 + T <= end && T0 + T <= visible_min - window;
     float alpha[2];
-    softmax_p<KIND>(s, m_run, l_run, sm.kn[buf], sm.vn[buf], KIND == Kind::kFp8 ? c.v_scale : 1.0f, full, mk, t, alpha);
+    constexpr float kUnitScale[2] = {1.0f, 1.0f};  // S in floats already
+    softmax_p<KIND>(s, m_run, l_run, sm.kn[buf], sm.vn[buf], KIND == Kind::kFp8 ? c.v_scale : 1.0f, full, mk, t, alpha, kUnitScale);
     rescale_o(o, alpha);
     uint32_t pa[T / 16][kPParts<kBf>][4];
     pack_p<kBf>(s, pa);

@@ -320,12 +320,13 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     }
     wg::commit();
   };
-  // After the wait for issue_s's MMAs: S as floats in s (int8 S: 2^8 s_hi + s_lo, exact in int32,
-  // times the row's step / kCentroidGrid; the key norms follow in softmax_p).
-  [[maybe_unused]] float q_scale[2] = {1.0f, 1.0f};
+  // After the wait for issue_s's MMAs: S as floats in s (int8 S: 2^8 s_hi + s_lo, exact in int32;
+  // the key norms, and the row's step / kCentroidGrid, follow in softmax_p: q_scale, kept above 0
+  // as decode's s_scale is, since a masked score's -inf times a zero row's 0 would be NaN).
+  float q_scale[2] = {1.0f, 1.0f};
   if constexpr (S8) {
-    q_scale[0] = sm.q_scale[64 * (wgi - 1) + 16 * warp + g];
-    q_scale[1] = sm.q_scale[64 * (wgi - 1) + 16 * warp + g + 8];
+    q_scale[0] = fmaxf(sm.q_scale[64 * (wgi - 1) + 16 * warp + g], dev::kMinScoreScale);
+    q_scale[1] = fmaxf(sm.q_scale[64 * (wgi - 1) + 16 * warp + g + 8], dev::kMinScoreScale);
   }
   const auto s_ready = [&]() {
     if constexpr (S8) {
@@ -334,7 +335,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] = float(s_hi[nt][e] * 256 + s_lo[nt][e]) * q_scale[e >> 1];
+        for (int e = 0; e < 4; ++e) s[nt][e] = float(s_hi[nt][e] * 256 + s_lo[nt][e]);
     } else {
       wg::fence_regs(s);
     }
@@ -351,7 +352,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     const int T0 = begin + it * T, st = it % S;
     mk.T0 = T0;
     const bool full = T0 >= seen_by_all && T0 + T <= end && T0 + T <= visible_min - window;
-    softmax_p<KIND>(s, m_run, l_run, sm.kn[st], sm.vn[st], v_scale, full, mk, t, alpha);
+    softmax_p<KIND>(s, m_run, l_run, sm.kn[st], sm.vn[st], v_scale, full, mk, t, alpha, q_scale);
   };
   if (tiles > 0) {
     mbar_wait(&sm.full[0], 0);
