@@ -6,13 +6,17 @@
 #                                        then the decode benchmark of DECODE_SPECS for both trees,
 #                                        alternating base and head for DECODE_ROUNDS rounds (each
 #                                        its own process beside torch; DECODE_HEAD_DIMS adds other
-#                                        head dims, one round each)
+#                                        head dims, one round each; RUNNER_SECONDS=0 skips
+#                                        test_cuda_runner, whose real-shape cases take 34-84 s each,
+#                                        DECODE_ROUNDS=0 the decode benchmark)
 #   CALL=3 bash bench/gpu/two_trees.sh   the decode benchmark of both trees at DECODE_HEAD_DIMS only
 #                                        (default "64 256"; CALL=1's builds, the machine still warm)
 #   CALL=2 bash bench/gpu/two_trees.sh   the chunked and whole-prompt prefill benchmark of both trees,
 #                                        each in its own process beside torch (PREFILL_SPECS; D 128,
 #                                        and D 256 for k3v2 and bf16), then ENGINE_BENCH (tq bench args)
-# Carry .devdeps and .stage/base. Results in $OUT (or ./gpu-out).
+# Carry .devdeps and .stage/base. Results in $OUT (or ./gpu-out). A device call brings back a few
+# files only: point OUT at a folder of its own and pack it into the call's $OUT, e.g.
+#   O=$OUT; OUT=/tmp/o CALL=1 bash bench/gpu/two_trees.sh; tar czf $O/o.tgz -C /tmp/o .
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
@@ -42,9 +46,11 @@ if [ "${CALL:-1}" = 1 ]; then
   timeout 240 build/h200/tests/cuda/test_cuda >"$OUT/test_cuda.log" 2>&1
   echo "== test_cuda rc=$? at ${SECONDS} s: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/test_cuda.log" | tr '\n' ' ')"
   grep -E "^\[  FAILED|Failure" "$OUT/test_cuda.log" | head -20
-  timeout 150 build/h200/tests/cuda/test_cuda_runner >"$OUT/runner.log" 2>&1
-  echo "== test_cuda_runner rc=$? at ${SECONDS} s: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/runner.log" | tr '\n' ' ')"
-  grep -E "^\[  FAILED|Failure" "$OUT/runner.log" | head -10
+  if [ "${RUNNER_SECONDS:-150}" -gt 0 ]; then
+    timeout "${RUNNER_SECONDS:-150}" build/h200/tests/cuda/test_cuda_runner >"$OUT/runner.log" 2>&1
+    echo "== test_cuda_runner rc=$? at ${SECONDS} s: $(grep -E '^\[  (PASSED|FAILED) ' "$OUT/runner.log" | tr '\n' ' ')"
+    grep -E "^\[  FAILED|Failure" "$OUT/runner.log" | head -10
+  fi
   wait; tail -1 "$OUT/base.log"
   for round in $(seq 1 "${DECODE_ROUNDS:-2}"); do
     for t in base h200; do
