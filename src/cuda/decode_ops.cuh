@@ -97,8 +97,9 @@ __device__ __forceinline__ void scale_by_norms(const uint32_t (&norms)[2], float
 // lookup from one table yields four int8 operands, with no interleaving. The query is int16 fixed
 // point per row (step = max|q| / kQ16Max), high bytes in rows 0-7 of A and low bytes in rows 8-15,
 // so one MMA gives both parts and S = 2^8 (q_hi . k) + (q_lo . k) is exact in int32. The row's
-// step and the table's 1/32 are the kernel's (s_scale): one FFMA with the softmax's max. Trellis-coded keys: their union indices (Tile::key_selector),
-// a 16-level union in two 8-byte tables (dev::lookup16_s8).
+// step and the table's 1/32 are the kernel's (s_scale): one FFMA with the softmax's max.
+// Trellis-coded keys: their union indices (Tile::key_selector), a 16-level union in two 8-byte
+// tables (dev::lookup16_s8).
 template <int D, int KB, int R>
 struct KeyOps<D, Kind::kTq, KB, R, true> {
   static constexpr bool k16 = read_bits(KB) == 4;
