@@ -161,9 +161,9 @@ Plan make_prefill_plan(const DecodeParams& p) {
   const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
   const int rtiles = (rows + pl.block_rows - 1) / pl.block_rows;
   pl.mtiles = rtiles * (pl.block_rows / kRows);
-  // Hopper's int8 S (prefill::ws_s8, the kernels' rule on their width parameter, widths.h) takes its own tiles.
+  // Hopper's int8 S (the kernels' own rule) takes its own tiles.
   const TensorCode& k = p.cache.k;
-  const bool s8 = pl.ws && pl.D >= 128 && is_tq(k.enc) && int8_keys(k.enc == Encoding::kTqTcq ? kTcq + int(k.bits) : int(k.bits));
+  const bool s8 = pl.ws && prefill::ws_s8(pl.D, is_tq(k.enc), width_param(k.enc == Encoding::kTqTcq, int(k.bits)));
   const int T = pl.ws ? prefill::ws_tile_tokens(pl.D, s8) : prefill::tile_tokens(pl.D, compact);
   const int group = int(p.q_heads / p.cache.kv_heads);
   const int tiles = std::max(1, int((span_tokens(p, uint32_t((pl.block_rows + group - 1) / group + 1)) + T - 1) / T));

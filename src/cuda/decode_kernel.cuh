@@ -261,7 +261,6 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // four of them), which lie within one thread's coordinates (at D = 64 an int8 octet spans two
   // neighbours). Float caches map the k index by FloatUnits: their rows pass through sm.q.
   constexpr bool kInt8K = KIND == Kind::kTq && int8_keys(KB);
-  constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
 #pragma unroll
   for (int rr = 0; rr < R; ++rr) {  // m-tile rr of the block: its rows rr * kRows + [0, kRows)
     float(&v)[kQE<D>] = qv[rr];
@@ -276,7 +275,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       for (int e = 0; e < kQE<D>; ++e) mx = fmaxf(mx, fabsf(v[e]));
 #pragma unroll
       for (int m = 1; m < 16; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
-      const float qstep = mx / kQ16Max, inv = qstep > 0 ? 1.0f / qstep : 0.0f;
+      const float qstep = mx / dev::kQ16Max, inv = qstep > 0 ? 1.0f / qstep : 0.0f;
       if (threadIdx.x % 16 == 0) sm.qrs[r] = qstep;
       constexpr int kOcts = kQE<D> >= 8 ? kQE<D> / 8 : 1;  // whole octets a thread writes
       float w[8 * kOcts];

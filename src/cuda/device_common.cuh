@@ -114,8 +114,12 @@ __device__ __forceinline__ Lut8 make_lut8(const __half* table) {  // table: [8] 
   return lut8_from_bytes(b);
 }
 
+// A query row's int16 fixed point for int8 keys (decode and Hopper's prefill): step = max|q| /
+// kQ16Max, so that every element's int16 keeps split_i16's high byte within int8.
+inline constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127
+
 // An int16 value v as two int8 operands: v = 256 hi + lo with lo the signed low byte (so hi
-// stays in int8 for |v| <= 32639). Returned as their bytes (0..255).
+// stays in int8 for |v| <= kQ16Max). Returned as their bytes (0..255).
 __device__ __forceinline__ void split_i16(int v, uint32_t& hi, uint32_t& lo) {
   const int l8 = int(int8_t(v & 0xff));
   lo = uint32_t(l8 & 0xff);

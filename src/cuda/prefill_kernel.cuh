@@ -340,8 +340,9 @@ struct TileMask {
 // n-tile of s, tokens 8 nt + 2t, +1): S scaled by the key norms kn (TurboQuant) and masked unless
 // `full`, the running (max, sum) updated in the log2 domain with S times each row's scale rs
 // (> 0: int8 S's fixed point, applied with the max subtracted in one FFMA; 1 otherwise), and s
-// replaced by P scaled by the value norms vn (fp8: the value scale) for P V. O is not touched: `alpha` says what to rescale
-// it by (rescale_o), which may wait until P V of the previous tile has finished writing it.
+// replaced by P scaled by the value norms vn (fp8: the value scale) for P V. O is not touched:
+// `alpha` says what to rescale it by (rescale_o), which may wait until P V of the previous tile
+// has finished writing it.
 template <Kind KIND, int NT>
 __device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], float (&l_run)[2], const float* kn, const float* vn,
                                           float v_scale, bool full, const TileMask& mk, int t, float (&alpha)[2],

@@ -28,11 +28,12 @@
 namespace tq::cuda::prefill {
 
 constexpr int kWsConsumers = 2, kWsThreads = 128 * (1 + kWsConsumers), kWsRows = 64 * kWsConsumers;
-// Whether S = Q K^T takes int8 MMAs (above): keys on the 1/32 grid, rows of 128 bytes or more
-// (the swizzle's).
+// Whether S = Q K^T takes int8 MMAs (above): TurboQuant keys on the 1/32 grid (kb: their width
+// parameter), rows of 128 bytes or more (the swizzle's). The host's plan asks too (its tiles).
+constexpr bool ws_s8(int D, bool tq, int kb) { return tq && int8_keys(kb) && D >= 128; }
 template <int D, Kind KIND, int KB>
 constexpr bool ws_s8() {
-  return KIND == Kind::kTq && int8_keys(KB) && D >= 128;
+  return ws_s8(D, KIND == Kind::kTq, KB);
 }
 // Tokens a tile: 96 at D = 128 where prefill_kernel takes 64. Each S = Q K^T wgmma reads its A
 // (64 query rows x 16) from shared memory for N tokens' columns, and at N = 64 the two consumers'
@@ -90,7 +91,6 @@ template <int D, int R>
 __device__ __forceinline__ void store_query_rows_s8(uint4* q_hi, uint4* q_lo, float* q_scale, const float* src, int tid, int nthreads) {
   constexpr int kUnits = D / 8;  // a row's units
   static_assert(kUnits <= 32 && R * kUnits % 32 == 0, "a row's units within one warp");
-  constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127: the high byte stays <= 127
   for (int base = 0; base < R * kUnits; base += nthreads) {
     const int i = base + tid;
     if (base + (tid & ~31) >= R * kUnits) break;  // warp-uniform: R * kUnits is a multiple of 32
@@ -102,7 +102,7 @@ __device__ __forceinline__ void store_query_rows_s8(uint4* q_hi, uint4* q_lo, fl
     for (int e = 0; e < 8; ++e) mx = fmaxf(mx, fabsf(x[e]));
 #pragma unroll
     for (int m = 1; m < kUnits; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
-    const float qstep = mx / kQ16Max, inv = qstep > 0 ? 1.0f / qstep : 0.0f;
+    const float qstep = mx / dev::kQ16Max, inv = qstep > 0 ? 1.0f / qstep : 0.0f;
     if (u == 0) q_scale[r] = qstep * (1.0f / kCentroidGrid);
     uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
 #pragma unroll

@@ -19,5 +19,8 @@ constexpr int read_bits(int w) { return stored_bits(w) + (tcq_width(w) ? 1 : 0);
 // and the unions of trellis-coded 2 and 3 bits (3- and 4-bit unions, on the format's 1/32 grid:
 // tcq_codebook); wider codebooks are not on that grid and go through fp16.
 constexpr bool int8_keys(int kb) { return tcq_width(kb) ? read_bits(kb) <= 4 : kb <= 3; }
+// The width parameter of a tensor stored in `bits` bits a coordinate, trellis-coded or not (the
+// host's side of the kernels' dispatch).
+constexpr int width_param(bool tcq, int bits) { return bits + (tcq ? kTcq : 0); }
 
 }  // namespace tq::cuda
