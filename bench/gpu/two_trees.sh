@@ -26,6 +26,9 @@ BASE=${BASE:-.stage/base}
 deps=()
 [ -d .devdeps ] && deps=(-DTQ_DEPS_DIR="$PWD/.devdeps")
 SECONDS=0
+for v in RUNNER_SECONDS DECODE_ROUNDS; do  # counts: a typo would skip a step with only a shell warning
+  case "${!v:-0}" in '' | *[!0-9]*) echo "two_trees.sh: $v must be a whole number, got '${!v}'" >&2; exit 2 ;; esac
+done
 specs=${DECODE_SPECS:-k3v2,k3tv2t,k2tv2t} shapes=${DECODE_SHAPES:-16x32768,4x131072,1x4096}
 # decode_ab TREE TAG SECONDS [bench_decode args]: one decode benchmark of build/TREE, beside torch
 decode_ab() {
