@@ -68,6 +68,20 @@ constexpr int resident_blocks() {
 template <int D, Kind KIND>
 constexpr bool kDecodeHasCompact = KIND != Kind::kTq && sizeof(Smem<D, KIND, 0, 0>) > kSmallSmem;
 
+// The sum of p[n][rr][0..3] over n < N as a tree (pairs, then pairs of pairs): its depth is
+// log2(4N) additions where a running sum's is 4N.
+template <int N, int R>
+__device__ __forceinline__ float tree_sum(const float (&p)[N][R][4], int rr) {
+  float s[2 * N];
+#pragma unroll
+  for (int n = 0; n < N; ++n) s[2 * n] = p[n][rr][0] + p[n][rr][1], s[2 * n + 1] = p[n][rr][2] + p[n][rr][3];
+#pragma unroll
+  for (int w = 1; w < 2 * N; w *= 2)
+#pragma unroll
+    for (int i = 0; i + w < 2 * N; i += 2 * w) s[i] += s[i + w];
+  return s[0];
+}
+
 // The body of decode_kernel (below).
 template <int D, Kind KIND, int KB, int VB, int R, bool C>
 __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_per_split, int mtiles, float* __restrict__ ws_o,
@@ -100,7 +114,10 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   if (!inputs_ready) dev::wait_prerequisites();
   dev::allow_dependents();
   const int split = blockIdx.x, kvh = blockIdx.y / mtiles, mt = blockIdx.y % mtiles, seq = blockIdx.z;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // The warp index through a shuffle from lane 0: ptxas then knows it is the same in every lane
+  // and keeps what derives from it (the warp's tiles, its shared-memory offsets) in uniform
+  // registers, off the vector ALU (CUTLASS's canonical_warp_idx_sync habit).
+  const int warp = __shfl_sync(0xffffffffu, int(threadIdx.x / 32), 0), lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int group = int(p.q_heads / p.cache.kv_heads), rows_total = group * int(p.num_q_tokens);
   const int len = p.seq_lens[seq];
   // Positions below `sink`, and within `window` of a row's query, are the side block's: a row
@@ -459,15 +476,11 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       // exit: the MMAs below need the whole warp.)
       const SoftmaxState::Step sstep = sstate[rr].update(mx, dev::FastExp2{});
       const float alpha = sstep.scale;
-      float psum = 0.0f;
 #pragma unroll
       for (int n = 0; n < N; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          pv[n][rr][e] = dev::fast_exp2(fmaf(x[n][rr][e], s_scale[rr], -sstep.base));
-          psum += pv[n][rr][e];
-        }
-      sstate[rr].add(psum);
+        for (int e = 0; e < 4; ++e) pv[n][rr][e] = dev::fast_exp2(fmaf(x[n][rr][e], s_scale[rr], -sstep.base));
+      sstate[rr].add(tree_sum<N>(pv, rr));  // a tree: a chain of 4N dependent FADDs was the tile's longest wait
 #pragma unroll
       for (int n = 0; n < N; ++n) {
         if constexpr (KIND == Kind::kTq) scale_by_norms(cur[n].vn, pv[n][rr]);  // their 1/sqrt(D) is applied once, at the end
