@@ -319,6 +319,20 @@ __device__ __forceinline__ void store_luts(const CacheView& c, __half* lut_k, __
   }
 }
 
+// f folded over row i's 2 NT elements of a tile (x[nt][2i], x[nt][2i + 1]: row g, or g + 8) as a
+// tree: log2(2 NT) dependent steps where a running fold takes 2 NT.
+template <int NT, typename F>
+__device__ __forceinline__ float row_tree(const float (&x)[NT][4], int i, F f) {
+  float r[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) r[nt] = f(x[nt][2 * i], x[nt][2 * i + 1]);
+#pragma unroll
+  for (int w = 1; w < NT; w *= 2)
+#pragma unroll
+    for (int k = 0; k + w < NT; k += 2 * w) r[k] = f(r[k], r[k + w]);
+  return r[0];
+}
+
 // What the masks of a tile compare with: its first token T0, the split's end, the side buffer's
 // window (its positions are the side block's), and the thread's two rows' limits: each row
 // reads [begin, visible - window) here (begin: the side buffer's sink, or in a sliding-window
@@ -336,6 +350,7 @@ struct TileMask {
     }
   }
 };
+
 // One tile's online-softmax step for this thread's rows g and g + 8 (elements 0-1 and 2-3 of each
 // n-tile of s, tokens 8 nt + 2t, +1): S scaled by the key norms kn (TurboQuant) and masked unless
 // `full`, the running (max, sum) updated in the log2 domain with S times each row's scale rs
@@ -348,7 +363,7 @@ __device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], 
                                           float v_scale, bool full, const TileMask& mk, int t, float (&alpha)[2],
                                           const float (&rs)[2]) {
   constexpr bool kTq = KIND == Kind::kTq;
-  float mx[2] = {-INFINITY, -INFINITY};
+  float mx[2];
   // Tiles wholly visible to every row (most of them) take a branch without the masks' compares,
   // which as predicated code would issue on every tile.
   const auto scale_and_mask = [&](auto masked) {
@@ -369,7 +384,6 @@ __device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], 
           if (pos < mk.begin[e >> 1] || pos >= mk.end || pos >= mk.visible[e >> 1] - mk.window) x = -INFINITY;
         }
         s[nt][e] = x;
-        mx[e >> 1] = fmaxf(mx[e >> 1], x);
       }
     }
   };
@@ -380,12 +394,14 @@ __device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], 
   float m_use[2];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
+    mx[i] = row_tree(s, i, [](float a, float b) { return fmaxf(a, b); });
     mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
     mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2)) * rs[i];  // rs > 0 commutes with the max
     const SoftmaxState::Step st = SoftmaxState::update(m_run[i], l_run[i], mx[i], dev::FastExp2{});  // nothing visible yet: p = 0, not NaN
     alpha[i] = st.scale;
     m_use[i] = st.base;
   }
+  float p[NT][4];  // P before the value norms: the row sums' terms
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) {
     float vn0 = v_scale, vn1 = v_scale;
@@ -395,12 +411,12 @@ __device__ __forceinline__ void softmax_p(float (&s)[NT][4], float (&m_run)[2], 
       vn1 = v2.y;
     }
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float pe = dev::fast_exp2(fmaf(s[nt][e], rs[e >> 1], -m_use[e >> 1]));
-      l_run[e >> 1] += pe;
-      s[nt][e] = pe * (e & 1 ? vn1 : vn0);
-    }
+    for (int e = 0; e < 4; ++e) p[nt][e] = dev::fast_exp2(fmaf(s[nt][e], rs[e >> 1], -m_use[e >> 1]));
+#pragma unroll
+    for (int e = 0; e < 4; ++e) s[nt][e] = p[nt][e] * (e & 1 ? vn1 : vn0);
   }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) l_run[i] += row_tree(p, i, [](float a, float b) { return a + b; });
 }
 
 // O's rows g and g + 8 scaled by softmax_p's alpha (skipped by the warp when no row's max moved).
