@@ -486,6 +486,18 @@ __device__ __forceinline__ void write_rows(const DecodeParams& p, const float (&
   }
 }
 
+// A block's KV head and row tile from blockIdx.y (grid y = kv_heads x rtiles): every head's row tile
+// rt before any head's rt - 1. A causal prompt's last row tiles see the most tokens; the GPU
+// starts blocks in index order, so the longest start first and the short ones fill the last
+// wave's gaps (longest-processing-time-first list scheduling), instead of the last ones starting
+// alone at the end.
+struct BlockRows {
+  int kvh, rt;
+};
+__device__ __forceinline__ BlockRows block_rows(int y, int kv_heads, int rtiles) {
+  return {y % kv_heads, rtiles - 1 - y / kv_heads};
+}
+
 // The body of prefill_kernel (below): a block of 4 warps, each warp's mma.sync on ldmatrix
 // fragments of the shared tiles.
 template <int D, Kind KIND, int KB, int VB, int T>
@@ -502,13 +514,15 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   dev::allow_dependents();
   static_assert(sizeof(decode::SideSmem<D>) <= sizeof(Smem<D, T>), "the side block reuses the shared memory");
   if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block (decode_side.cuh), m-tile by m-tile
+    const BlockRows br = block_rows(int(blockIdx.y), int(p.cache.kv_heads), rtiles);
     for (int i = 0; i < kBlockRows / decode::kRows; ++i)
-      decode::side_attention<D>(p, blockIdx.z, blockIdx.y / rtiles, blockIdx.y % rtiles * (kBlockRows / decode::kRows) + i, blockIdx.x, 0,
-                                INT_MAX, ws_o, ws_ml, smem_raw);
+      decode::side_attention<D>(p, blockIdx.z, br.kvh, br.rt * (kBlockRows / decode::kRows) + i, blockIdx.x, 0, INT_MAX, ws_o, ws_ml,
+                                smem_raw);
     return;
   }
 
-  const int split = blockIdx.x, kvh = blockIdx.y / rtiles, rt = blockIdx.y % rtiles, seq = blockIdx.z;
+  const BlockRows br = block_rows(int(blockIdx.y), int(p.cache.kv_heads), rtiles);
+  const int split = blockIdx.x, kvh = br.kvh, rt = br.rt, seq = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const CacheView& c = p.cache;
   const int group = int(p.q_heads / c.kv_heads), nq = int(p.num_q_tokens), rows_total = group * nq;

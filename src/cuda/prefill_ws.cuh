@@ -222,13 +222,15 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   static_assert(kGroups * sizeof(decode::SideSmem<D>) <= sizeof(Sm), "the side block reuses the shared memory");
   if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block: each warpgroup takes every kGroups-th m-tile
     const int wg = threadIdx.x / decode::kThreads;
+    const BlockRows br = block_rows(int(blockIdx.y), int(p.cache.kv_heads), rtiles);
     for (int i = wg; i < kWsRows / decode::kRows; i += kGroups)
-      decode::side_attention<D>(p, blockIdx.z, blockIdx.y / rtiles, blockIdx.y % rtiles * (kWsRows / decode::kRows) + i, blockIdx.x, 0,
-                                INT_MAX, ws_o, ws_ml, reinterpret_cast<decode::SideSmem<D>*>(smem_raw) + wg, wg);
+      decode::side_attention<D>(p, blockIdx.z, br.kvh, br.rt * (kWsRows / decode::kRows) + i, blockIdx.x, 0, INT_MAX, ws_o, ws_ml,
+                                reinterpret_cast<decode::SideSmem<D>*>(smem_raw) + wg, wg);
     return;
   }
 
-  const int split = blockIdx.x, kvh = blockIdx.y / rtiles, rt = blockIdx.y % rtiles, seq = blockIdx.z;
+  const BlockRows br = block_rows(int(blockIdx.y), int(p.cache.kv_heads), rtiles);
+  const int split = blockIdx.x, kvh = br.kvh, rt = br.rt, seq = blockIdx.z;
   // The warpgroup's and the warp's index through shuffles from lane 0: ptxas then knows they are
   // the same in every lane and keeps the wgmma descriptors derived from them in uniform registers
   // (else each MMA's two descriptors are moved there with R2URs: CUTLASS's canonical_warp_group_idx).
