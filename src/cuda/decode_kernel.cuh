@@ -393,8 +393,6 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   const KeyOps<D, KIND, KB, R> keys(lut_k);
   dev::Lut8 lut_v{};
   if constexpr (KIND == Kind::kTq && VB != 2) lut_v = dev::make_lut8(sm.lut_v);  // 2-bit values need no table
-  [[maybe_unused]] uint32_t v_magic = 0x64006400u;  // 2-bit values: the fp16 pair (1024, 1024) (dev::uniform2_pair)
-  if constexpr (KIND == Kind::kTq && VB == 2) asm volatile("" : "+r"(v_magic));  // in a register: LOP3's one immediate is the mask
 
   // Causal limit of this thread's row g of each m-tile: query token j sees positions < len - ntok + j + 1;
   // in a sliding-window layer, from visible - swa on.
@@ -415,12 +413,14 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // FloatUnits map); m-tile i row g is coordinate cb + 2i, row g + 8 is cb + 2i + 1; column
   // n = query row n. So o[i] holds
   //   O[2t][cb+2i], O[2t+1][cb+2i], O[2t][cb+2i+1], O[2t+1][cb+2i+1].
-  constexpr int MT = D / 16;
-  float o[R][MT][4];  // [the block's m-tile]
+  // 2-bit values: one more m-tile, o[rr][MT], whose A is all ones: the sums of P (as the MMAs
+  // read it) that the values' offset is taken off with at the end (dev::subnormal2_pair).
+  constexpr int MT = D / 16, MTO = MT + (KIND == Kind::kTq && VB == 2 ? 1 : 0);
+  float o[R][MTO][4];  // [the block's m-tile]
 #pragma unroll
   for (int rr = 0; rr < R; ++rr)
 #pragma unroll
-    for (int i = 0; i < MT; ++i) o[rr][i][0] = o[rr][i][1] = o[rr][i][2] = o[rr][i][3] = 0.0f;
+    for (int i = 0; i < MTO; ++i) o[rr][i][0] = o[rr][i][1] = o[rr][i][2] = o[rr][i][3] = 0.0f;
   SoftmaxState sstate[R];  // query row g of each m-tile, over this thread's tokens of it (its quad holds the rest)
 
   // One step: N 16-token tiles (1, or kStepTiles), their bytes already in `cur`, except the values
@@ -496,7 +496,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // rescale: the accumulators are query rows 2t, 2t+1
         const float a_even = __shfl_sync(0xffffffffu, alpha, 8 * t), a_odd = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
 #pragma unroll
-        for (int i = 0; i < MT; ++i) {
+        for (int i = 0; i < MTO; ++i) {
           o[rr][i][0] *= a_even;
           o[rr][i][1] *= a_odd;
           o[rr][i][2] *= a_even;
@@ -537,22 +537,25 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     for (int n = 0; n < N; ++n) {
       if constexpr (KIND == Kind::kTq && VB == 2) {
         // 2-bit values (uniform levels, c - 1.5 in z-units: the format's 2-bit value codebook) with
-        // no table: a code at bits p, p + 1 of each 16-bit half, OR-ed into the fp16 1024 (0x6400,
-        // whose mantissa's unit is 1), is 1024 + c 2^p; one HADD2 of -(1024 + 1.5 2^p) leaves
-        // (c - 1.5) 2^p, exact. The 2^p (p = 1, 3, 5, 7, from the code's place) is taken out of
-        // the thread's output coordinates once, at the end (value_place). A register holds tokens
-        // (A, B) at one coordinate: PRMT puts A's and B's same 16 bits in one word's halves; each
-        // byte of a token's word holds coordinates 2m, 2m + 8, 2m + 1, 2m + 9 at bits 0, 2, 4, 6
-        // (docs/format.md): the even bytes' codes move to odd places by << 1, the odd bytes' by >> 7.
+        // no table: a code at bits p, p + 1 of each 16-bit half, masked in place, is the fp16
+        // subnormal c 2^(p - 24) (dev::subnormal2_pair: one AND a register). The 2^(p - 24) and
+        // the offset 1.5 are taken out of the thread's output coordinates once, at the end, the
+        // offset as 1.5 times the sum of P from the all-ones m-tile (dev::subnormal2_unplace). A
+        // register holds tokens (A, B) at one coordinate: PRMT puts A's and B's same 16 bits in
+        // one word's halves; each byte of a token's word holds coordinates 2m, 2m + 8, 2m + 1,
+        // 2m + 9 at bits 0, 2, 4, 6 (docs/format.md): the odd bytes' codes move there by >> 8.
         constexpr int kW = ValueWords<D, VB>::kWords;
+        constexpr uint32_t kOnes[4] = {0x3c003c00u, 0x3c003c00u, 0x3c003c00u, 0x3c003c00u};  // fp16 1.0 pairs
+#pragma unroll
+        for (int rr = 0; rr < R; ++rr) Op::mma(o[rr][MT], kOnes, pb_hi[n][rr][0], pb_hi[n][rr][1]);
 #pragma unroll
         for (int w = 0; w < kW; ++w) {
-          uint32_t Y[2][4];  // [token pair][byte m of the tokens' words]: its codes at places 1, 3, 5, 7 of each half
+          uint32_t Y[2][4];  // [token pair][byte m of the tokens' words]: its codes at places 0, 2, 4, 6 of each half
 #pragma unroll
           for (int pr = 0; pr < 2; ++pr) {
             const uint32_t lo = dev::prmt(cur[n].v[2 * pr][w], cur[n].v[2 * pr + 1][w], 0x5410);  // bytes 0-1 of A, of B
             const uint32_t hi = dev::prmt(cur[n].v[2 * pr][w], cur[n].v[2 * pr + 1][w], 0x7632);  // bytes 2-3
-            Y[pr][0] = lo << 1, Y[pr][1] = lo >> 7, Y[pr][2] = hi << 1, Y[pr][3] = hi >> 7;
+            Y[pr][0] = lo, Y[pr][1] = lo >> 8, Y[pr][2] = hi, Y[pr][3] = hi >> 8;
           }
 #pragma unroll
           for (int jj = 0; jj < (D >= 128 ? 2 : 1); ++jj) {
@@ -562,8 +565,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
             for (int pr = 0; pr < 2; ++pr)
 #pragma unroll
               for (int i = 0; i < 4; ++i) {  // byte i: coordinates 8j + 2i (even) and + 1 (odd)
-                ev[pr][i] = dev::uniform2_pair(Y[pr][i], 2 * jj + 1, v_magic);
-                od[pr][i] = dev::uniform2_pair(Y[pr][i], 2 * (jj + 2) + 1, v_magic);
+                ev[pr][i] = dev::subnormal2_pair(Y[pr][i], 2 * jj);
+                od[pr][i] = dev::subnormal2_pair(Y[pr][i], 2 * (jj + 2));
               }
 #pragma unroll
             for (int i = 0; i < 4; ++i) pv_mma(n, 4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
@@ -693,13 +696,18 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
     for (int i = 0; i < MT; ++i) {  // the thread's value coordinates 2i, 2i + 1 (FloatUnits' map for float caches)
       const int c0 = KIND == Kind::kTq ? g * (D / 8) + 2 * i : FloatUnits<D, KIND>::value_coord(g, 2 * i);
-      // 2-bit values: their place's 2^p out (uniform2_pair); powers of two, exact
-      const float s0 = KIND == Kind::kTq && VB == 2 ? dev::uniform2_unplace(2 * i) : 1.0f;
-      const float s1 = KIND == Kind::kTq && VB == 2 ? dev::uniform2_unplace(2 * i + 1) : 1.0f;
-      sm.o[warp][rr * kRows + 2 * t][c0] = o[rr][i][0] * s0;
-      sm.o[warp][rr * kRows + 2 * t + 1][c0] = o[rr][i][1] * s0;
-      sm.o[warp][rr * kRows + 2 * t][c0 + 1] = o[rr][i][2] * s1;
-      sm.o[warp][rr * kRows + 2 * t + 1][c0 + 1] = o[rr][i][3] * s1;
+      float e[4] = {o[rr][i][0], o[rr][i][1], o[rr][i][2], o[rr][i][3]};
+      if constexpr (KIND == Kind::kTq && VB == 2) {  // 2-bit values: sum P (c 2^(p - 24)) to sum P (c - 1.5)
+        const float s0 = dev::subnormal2_unplace(2 * i), s1 = dev::subnormal2_unplace(2 * i + 1);
+        e[0] = fmaf(e[0], s0, -1.5f * o[rr][MT][0]);
+        e[1] = fmaf(e[1], s0, -1.5f * o[rr][MT][1]);
+        e[2] = fmaf(e[2], s1, -1.5f * o[rr][MT][2]);
+        e[3] = fmaf(e[3], s1, -1.5f * o[rr][MT][3]);
+      }
+      sm.o[warp][rr * kRows + 2 * t][c0] = e[0];
+      sm.o[warp][rr * kRows + 2 * t + 1][c0] = e[1];
+      sm.o[warp][rr * kRows + 2 * t][c0 + 1] = e[2];
+      sm.o[warp][rr * kRows + 2 * t + 1][c0 + 1] = e[3];
     }
   }
   __syncthreads();

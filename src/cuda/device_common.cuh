@@ -169,23 +169,19 @@ __device__ __forceinline__ std::conditional_t<K16, ByteLut16, ByteLut8> int8_key
   }
 }
 
-// Two uniform 2-bit values (format.h: the 2-bit value codebook, c - 1.5 in z-units) as a half2
-// times 2^p: the codes at bits p, p + 1 of each 16-bit half of y (p odd, 1..7), OR-ed into the
-// fp16 1024 (mantissa unit 1: 1024 + c 2^p), then 1024 + 1.5 2^p taken off: (c - 1.5) 2^p, exact
-// (an even p would need 1.5 at 1024's unit). One LOP3 and one HADD2 a register.
-// magic: 0x64006400, held in a register by the caller (LOP3 takes one immediate: the mask).
-__device__ __forceinline__ uint32_t uniform2_pair(uint32_t y, int p, uint32_t magic) {
-  uint32_t m;  // (y & mask) | magic
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(m) : "r"(y), "r"(0x00030003u << p), "r"(magic));
-  const __half c = __float2half_rn(-(1024.0f + 1.5f * float(1 << p)));
-  const __half2 r = __hadd2(*reinterpret_cast<const __half2*>(&m), __halves2half2(c, c));
-  return *reinterpret_cast<const uint32_t*>(&r);
-}
-// 2^-p of the thread's local value coordinate k (0 .. D/8 - 1) as uniform2_pair placed it: p = 1
-// + 2 (jj + 2 odd), jj = whether it is in the upper 8 of its word's 16, odd = k's parity.
-__host__ __device__ constexpr float uniform2_unplace(int k) {
-  const int p = 1 + 2 * ((k % 16 >= 8 ? 1 : 0) + 2 * (k % 2));
-  return 1.0f / float(1 << p);
+// Two uniform 2-bit values (format.h: the 2-bit value codebook, c - 1.5 in z-units) as the fp16
+// subnormal pair c 2^(p - 24): the codes at bits p, p + 1 of each 16-bit half of y (p even,
+// 0..6; c 2^p < 2^10 keeps the exponent field 0), masked in place: one LOP3 a register. The
+// tensor cores multiply subnormal fp16 inputs exactly; the decode kernel scales its sums of P c
+// 2^(p - 24) by 2^(24 - p) and takes off 1.5 times its sum of P (subnormal2_unplace). (Taking
+// the offset off in fp32 at the end costs ~2 of fp32's 24 bits to cancellation; from the
+// magic-number values 1024 + c 2^p it would cost ~9 bits.)
+__device__ __forceinline__ uint32_t subnormal2_pair(uint32_t y, int p) { return y & (0x00030003u << p); }
+// 2^(24 - p) of the thread's local value coordinate k (0 .. D/8 - 1) as subnormal2_pair placed it:
+// p = 2 (jj + 2 odd), jj = whether it is in the upper 8 of its word's 16, odd = k's parity.
+__host__ __device__ constexpr float subnormal2_unplace(int k) {
+  const int p = 2 * ((k % 16 >= 8 ? 1 : 0) + 2 * (k % 2));
+  return float(1 << (24 - p));
 }
 
 // The least scale of scores kept in a query's int16 fixed point (int8 keys), which the softmax

@@ -43,7 +43,7 @@ DeviceFormat::DeviceFormat(const CacheFormat& format) : format_(format) {
         t.norm_correction = first->config().norm_correction;
         t.norm_unbiased = first->config().norm_unbiased;
         t.tcq = first->config().tcq;
-        // The decode kernel builds 2-bit values from their code bits (dev::uniform2_pair), so it
+        // The decode kernel builds 2-bit values from their code bits (dev::subnormal2_pair), so it
         // reads only the format's uniform levels, never a table.
         TQ_CHECK(!value || t.bits != 2 || t.tcq || first->config().uniform,
                  "KV format '{}': 2-bit values of layer {} are not on the uniform levels the GPU decode builds (format.h value_levels_uniform)",

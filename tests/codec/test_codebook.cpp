@@ -124,7 +124,7 @@ TEST(ExactCodebook, TwoAndThreeBitCentroidsAreExactInt8) {
 }
 
 // The 2-bit values' uniform levels (format.h value_levels_uniform): c - 1.5 in z-units exactly (the
-// GPU decode builds them from the code bits, dev::uniform2_pair), boundaries at the midpoints, and
+// GPU decode builds them from the code bits, dev::subnormal2_pair), boundaries at the midpoints, and
 // an expected error from the density that Monte Carlo agrees with, a little above Lloyd-Max's.
 TEST(UniformCodebook, LevelsAreCodeMinusOneAndAHalfAndTheErrorIsTheDensitys) {
   for (uint32_t pd : {32u, 64u, 128u, 256u, 1024u}) {
