@@ -15,8 +15,9 @@
 #   CALL=2 bash bench/gpu/two_trees.sh   the chunked and whole-prompt prefill benchmark of both trees,
 #                                        each in its own process beside torch (PREFILL_SPECS; D 128,
 #                                        and D 256 for k3v2 and bf16), then ENGINE_BENCH (tq bench args)
-# Carry .devdeps and .stage/base. Results in $OUT (or ./gpu-out). A device call brings back a few
-# files only: point OUT at a folder of its own and pack it into the call's $OUT, e.g.
+# Carry .devdeps and .stage/base. Results in $OUT (or ./gpu-out); each call ends with the A/B
+# tables of what its $OUT holds (ab_table.md). A device call brings back a few files only: point
+# OUT at a folder of its own and pack it into the call's $OUT, e.g.
 #   O=$OUT; OUT=/tmp/o CALL=1 bash bench/gpu/two_trees.sh; tar czf $O/o.tgz -C /tmp/o .
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -86,3 +87,7 @@ else
   fi
 fi
 echo "== end ${SECONDS} s"
+# The call's A/B tables last (the device returns the output's tail): bench/gpu/ab_table.py.
+if compgen -G "$OUT/decode_*.json" >/dev/null || compgen -G "$OUT/prefill*.json" >/dev/null; then
+  python3 bench/gpu/ab_table.py "$OUT" | tee "$OUT/ab_table.md"
+fi

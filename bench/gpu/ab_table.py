@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""The A/B tables of bench/gpu/two_trees.sh's runs, from their JSON files in one folder: decode
+(decode_{base,h200}_{ROUND or dHD}.json) as µs a call in a CUDA graph, round by round, and the
+head's median over the base's; prefill (prefill{,256}_{base,h200}.json) as ms in a graph, the
+head over the base, and each against torch's row of its own process. Markdown, ready for
+bench/results. Base and head must come from one machine: the device names are checked.
+    python3 bench/gpu/ab_table.py OUT
+"""
+import json
+import os
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+TREES = {"base": "base", "h200": "head"}  # two_trees.sh's build folders: the baseline, this tree
+
+
+def load(path):
+    with open(path) as f:
+        d = json.load(f)
+    return d.get("device", "?"), d["rows"]
+
+
+def decode_tables(folder, devices):
+    runs = defaultdict(dict)  # (tree, label) -> {(batch, context, head_dim, kv): µs}
+    for name in sorted(os.listdir(folder)):
+        m = re.fullmatch(r"decode_(base|h200)_(\w+)\.json", name)
+        if not m:
+            continue
+        dev, rows = load(os.path.join(folder, name))
+        devices.add(dev)
+        runs[(m.group(1), m.group(2))] = {(r["batch"], r["context"], r["head_dim"], r["kv"]): 1e3 * r["graph_ms"]
+                                          for r in rows if r.get("graph_ms")}
+    out = []
+    for hd in sorted({k[2] for v in runs.values() for k in v}):
+        cols = [c for c in sorted(runs, key=lambda c: (c[0] != "base", c[1])) if any(k[2] == hd for k in runs[c])]
+        keys = sorted({k for c in cols for k in runs[c] if k[2] == hd}, key=lambda k: (-k[0] * k[1], -k[0], k[3]))
+        out.append(f"\nDecode, head dim {hd}: µs a call in a CUDA graph\n")
+        out.append("| batch × context | kv | " + " | ".join(f"{TREES[t]} {lab}" for t, lab in cols) + " | head / base (medians) |")
+        out.append("|---|---|" + "---|" * len(cols) + "---|")
+        for k in keys:
+            vals = [runs[c].get(k) for c in cols]
+            base = [v for c, v in zip(cols, vals) if c[0] == "base" and v is not None]
+            head = [v for c, v in zip(cols, vals) if c[0] == "h200" and v is not None]
+            ratio = f"{statistics.median(head) / statistics.median(base):.3f}" if base and head else ""
+            cells = " | ".join("" if v is None else f"{v:.1f}" for v in vals)
+            out.append(f"| {k[0]} × {k[1] // 1024}K | {k[3]} | {cells} | {ratio} |")
+    return out
+
+
+def prefill_rows(rows):
+    """{(shape, kv): ms in a graph}, torch's rows under kv 'torch'."""
+    got = {}
+    for r in rows:
+        if "prefill_chunk" not in r and "whole_prompt" not in r:
+            continue  # the bulk quantize_store row
+        shape = f"{r['prefill_chunk']} on {r['prefill_prefix'] // 1024}K" if "prefill_chunk" in r else f"whole {r['whole_prompt'] // 1024}K"
+        got[(shape, "torch" if r["kv"].startswith("torch") else r["kv"])] = r["graph_ms"]
+    return got
+
+
+def prefill_tables(folder, devices):
+    out = []
+    for stem, hd in (("prefill", 128), ("prefill256", 256)):
+        paths = {t: os.path.join(folder, f"{stem}_{t}.json") for t in TREES}
+        if not all(os.path.exists(p) for p in paths.values()):
+            continue
+        got = {}
+        for t, p in paths.items():
+            dev, rows = load(p)
+            devices.add(dev)
+            got[t] = prefill_rows(rows)
+        out.append(f"\nPrefill, head dim {hd}: ms in a CUDA graph (whole prompts in 2048-token chunks)\n")
+        out.append("| shape | kv | base | head | head / base | vs torch: base → head |")
+        out.append("|---|---|---|---|---|---|")
+        for shape, kv in got["base"]:
+            b, h = got["base"][(shape, kv)], got["h200"].get((shape, kv))
+            if h is None:
+                continue
+            tb, th = got["base"].get((shape, "torch")), got["h200"].get((shape, "torch"))
+            vs = f"{tb / b:.2f}× → {th / h:.2f}×" if kv != "torch" and tb and th else ""
+            out.append(f"| {shape} | {kv} | {b:.3f} | {h:.3f} | {h / b:.3f} | {vs} |")
+    return out
+
+
+def main(folder):
+    devices = set()
+    lines = decode_tables(folder, devices) + prefill_tables(folder, devices)
+    if not lines:
+        sys.exit(f"{folder}: no decode_*.json or prefill*.json of two_trees.sh")
+    if len(devices) > 1:
+        sys.exit(f"{folder}: runs from different devices ({', '.join(sorted(devices))}): no A/B")
+    print(f"Device: {devices.pop()}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not os.path.isdir(sys.argv[1]):
+        sys.exit(__doc__)
+    main(sys.argv[1])
