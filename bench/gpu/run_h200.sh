@@ -179,4 +179,5 @@ grep 'quantize_store k3v2' "$OUT/bench.log"
 grep '^prefill' "$OUT/bench.log"
 echo "quantize_store (k3v2, k3tv2t), what it adds to a captured quantize_store + decode step (two calls; one quantize_store_and_decode):"
 grep -E ' k3v2 | k3tv2t ' "$OUT/bench.log" | grep -o 'B= *[0-9]* L= *[0-9]* *[a-z0-9]*\|added to a captured step [^)]*)\|with quantize_store_and_decode [^)]*)' | paste - - -
+[ -f "$OUT/bench.json" ] && python3 bench/gpu/targets.py "$OUT/bench.json" | tee "$OUT/targets.md"  # issue 15's targets
 pack

@@ -1,5 +1,6 @@
-"""bench/gpu/ab_table.py, the A/B tables of two_trees.sh's runs: medians and ratios from the JSON
-files of a synthetic run, and a refusal of runs from two devices."""
+"""The GPU benchmarks' tables on synthetic runs: bench/gpu/ab_table.py (two_trees.sh's A/B: medians
+and ratios, runs of two devices refused) and bench/gpu/targets.py (issue 15's targets, met, not met
+or missing)."""
 
 import json
 import subprocess
@@ -53,3 +54,50 @@ def test_two_devices_are_refused(tmp_path):
 def test_an_empty_folder_is_refused(tmp_path):
     r = _run(tmp_path)
     assert r.returncode != 0 and "no decode_*.json" in r.stderr
+
+
+TARGETS = ROOT / "bench" / "gpu" / "targets.py"
+
+
+def _bench(path, device, rows):
+    path.write_text(json.dumps({"device": device, "rows": rows}))
+    return str(path)
+
+
+def _dec(batch, context, kv, us, head_dim=128, of_limit=0.5):
+    return {"batch": batch, "context": context, "kv": kv, "graph_ms": us / 1e3, "head_dim": head_dim, "of_limit": of_limit}
+
+
+def test_targets_met_and_not(tmp_path):
+    rows = [_dec(16, 32768, "torch-sdpa-bf16", 500.0), _dec(16, 32768, "k3v2", 110.0), _dec(16, 32768, "fp8", 200.0),
+            _dec(4, 131072, "torch-sdpa-bf16", 500.0), _dec(4, 131072, "k3v2", 130.0),
+            _dec(8, 32768, "torch-sdpa-bf16", 300.0), _dec(8, 32768, "k3v2", 110.0),
+            _dec(1, 1024, "torch-sdpa-bf16", 7.0), _dec(1, 1024, "k3v2", 7.5), _dec(1, 131072, "torch-sdpa-bf16", 180.0),
+            _dec(1, 131072, "k3v2", 45.0),
+            {"prefill_prefix": 8192, "prefill_chunk": 512, "kv": "torch-sdpa-bf16 (enable_gqa)", "graph_ms": 0.24},
+            {"prefill_prefix": 8192, "prefill_chunk": 512, "kv": "k3v2", "graph_ms": 0.20},
+            {"whole_prompt": 4096, "kv": "torch-sdpa-bf16 (causal)", "graph_ms": 0.26}, {"whole_prompt": 4096, "kv": "k3v2", "graph_ms": 0.52}]
+    r = subprocess.run([sys.executable, str(TARGETS), _bench(tmp_path / "b.json", "GPU", rows)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "| k3v2 ≥ 4× torch at 16 × 32K | 4.55× (torch 500.0 µs, k3v2 110.0) | **met** |" in out
+    assert "| k3v2 ≥ 4× torch at 4 × 128K | 3.85× (torch 500.0 µs, k3v2 130.0) | not met |" in out
+    assert "| k3v2 ≤ 120 µs (an H200's figure) at 4 × 128K | 130.0 µs | not met |" in out
+    assert "| k3v2 ≥ 2× fp8 at 16 × 32K | 1.82× (fp8 200.0 µs, k3v2 110.0) | not met |" in out
+    assert "| k3v2 ≥ 2× fp8 at 4 × 128K | missing (k3v2 or fp8 not run) | |" in out
+    assert "| k3v2 ≥ 3× torch at 32 × 8K | missing (k3v2 or torch not run) | |" in out
+    assert "1K 0.93×, 128K 4.00× (worst 1K) | not met |" in out  # batch 1: slower than torch at 1K
+    assert "| prefill 512 tokens on 8K: k3v2 ≥ 0.9× torch | 1.20× (200.0 µs, torch 240.0) | **met** |" in out
+    assert "| prefill whole 4K prompt: k3v2 ≥ 0.9× torch | 0.50× (520.0 µs, torch 260.0) | not met |" in out
+
+
+def test_targets_need_one_device_and_head_dim_128(tmp_path):
+    a = _bench(tmp_path / "a.json", "GPU A", [_dec(16, 32768, "k3v2", 110.0)])
+    b = _bench(tmp_path / "b.json", "GPU B", [_dec(16, 32768, "k3v2", 110.0, head_dim=64)])
+    r = subprocess.run([sys.executable, str(TARGETS), a, b], capture_output=True, text=True)
+    assert r.returncode != 0 and "different devices" in r.stderr
+    c = _bench(tmp_path / "c.json", "GPU B", [_dec(16, 32768, "k3v2", 110.0)])
+    r = subprocess.run([sys.executable, str(TARGETS), b, _bench(tmp_path / "d.json", "GPU B", [_dec(1, 1024, "k3v2", 7.0, head_dim=64)])],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "no head-dim 128 file" in r.stderr
+    assert subprocess.run([sys.executable, str(TARGETS), b, c], capture_output=True, text=True).returncode == 0
