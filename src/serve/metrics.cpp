@@ -32,14 +32,15 @@ std::string prometheus_text(const ServiceStats& s) {
          "Tails kept where a prompt left cached pages that had none (a shared prefix before different questions).",
          double(c.prefix_branch_tails));
   metric(o, "tq_prompt_tokens_total", "counter", "Prompt tokens of accepted requests.", double(c.prompt_tokens));
-  metric(o, "tq_generation_tokens_total", "counter", "Tokens generated.", double(c.generated_tokens));
+  metric(o, "tq_generation_tokens_total", "counter",
+         "Tokens generated (with those the engine made past a stop string before the server's cancel reached it).", double(c.generated_tokens));
   metric(o, "tq_computed_tokens_total", "counter", "Positions run through the model (prompts, decodes, recomputes after preemption).",
          double(c.computed_tokens));
   metric(o, "tq_generation_tokens_per_second", "gauge", "Tokens generated per second over the last 10 s.", s.tokens_per_second);
   metric(o, "tq_requests_total", "counter", "Requests accepted.", double(s.requests));
   metric(o, "tq_requests_refused_total", "counter", "Requests refused because the queue was full or the server was stopping.", double(s.refused));
   metric(o, "tq_requests_finished_total", "counter", "Requests ended, for any reason.", double(c.finished));
-  metric(o, "tq_requests_cancelled_total", "counter", "Requests cancelled (client gone, stop string, shutdown).", double(c.cancelled));
+  metric(o, "tq_requests_cancelled_total", "counter", "Requests cancelled (client gone, shutdown).", double(c.cancelled));
   metric(o, "tq_preemptions_total", "counter", "Requests preempted for lack of pages (recomputed later).", double(c.preemptions));
   metric(o, "tq_scheduler_steps_total", "counter", "Engine steps run.", double(c.steps));
   metric(o, "tq_step_seconds_total", "counter", "Time inside scheduler steps.", s.step_seconds);

@@ -2,6 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 #include "tq/serve/scheduler.h"
 #include "tq/serve/text_stream.h"
 
@@ -27,9 +31,15 @@ std::optional<double> number(const json& body, const char* key, double lo, doubl
   return x;
 }
 
+// JSON numbers past 64-bit integers parse as doubles: an integral one is out of range, not a fraction.
+bool integral_but_huge(const json& v) {
+  return v.is_number_float() && std::abs(v.get<double>()) >= 0x1p63 && std::nearbyint(v.get<double>()) == v.get<double>();
+}
+
 std::optional<int64_t> integer(const json& body, const char* key, int64_t lo, int64_t hi) {
   const json* v = field(body, key);
   if (!v) return std::nullopt;
+  if (integral_but_huge(*v)) throw bad(key, fmt::format("must be in [{}, {}], got {}", lo, hi, v->dump()));
   if (!v->is_number_integer()) throw bad(key, fmt::format("must be an integer, got {}", v->is_number() ? v->dump() : v->type_name()));
   if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX)) throw bad(key, fmt::format("is too large: {}", v->dump()));
   const int64_t x = v->get<int64_t>();
@@ -37,10 +47,11 @@ std::optional<int64_t> integer(const json& body, const char* key, int64_t lo, in
   return x;
 }
 
-bool boolean(const json& body, const char* key) {
+// `name`: the field's name in errors (a nested one's path, e.g. stream_options.include_usage).
+bool boolean(const json& body, const char* key, const char* name = nullptr) {
   const json* v = field(body, key);
   if (!v) return false;
-  if (!v->is_boolean()) throw bad(key, fmt::format("must be true or false, got {}", v->type_name()));
+  if (!v->is_boolean()) throw bad(name ? name : key, fmt::format("must be true or false, got {}", v->type_name()));
   return v->get<bool>();
 }
 
@@ -62,6 +73,26 @@ void refuse_unsupported(const json& body) {
   if (const json* v = field(body, "suffix"); v && *v != "") throw bad("suffix", "is not supported by this server (send \"\" or leave it out)");
   if (const json* v = field(body, "prompt_logprobs"); v && !v->is_null())  // vLLM's: its own response field, not made here
     throw bad("prompt_logprobs", "is not supported by this server: ask for \"echo\": true with \"logprobs\" (OpenAI's form) instead");
+  // vLLM's sampling extensions and OpenAI's newer options that would change the text: refused
+  // unless at their defaults, where a client moving from vLLM or OpenAI would otherwise get text
+  // they did not shape, unannounced. (Fields this server does not know at all are ignored, as
+  // vLLM ignores them.)
+  if (const auto p = number(body, "repetition_penalty", 0, 1e9); p && *p != 1)
+    throw bad("repetition_penalty", "is not supported (send 1 or leave it out)");
+  if (const auto p = number(body, "length_penalty", -1e9, 1e9); p && *p != 1) throw bad("length_penalty", "is not supported (send 1 or leave it out)");
+  if (const json* v = field(body, "stop_token_ids"); v && !(v->is_array() && v->empty()))
+    throw bad("stop_token_ids", "is not supported: give stop strings in \"stop\" (or send [] or leave it out)");
+  if (const auto m = integer(body, "min_tokens", 0, INT32_MAX); m && *m != 0) throw bad("min_tokens", "is not supported (send 0 or leave it out)");
+  for (const char* k : {"ignore_eos", "include_stop_str_in_output"})
+    if (boolean(body, k)) throw bad(k, "is not supported (send false or leave it out)");
+  if (const json* v = field(body, "skip_special_tokens"); v && *v != true)
+    throw bad("skip_special_tokens", "is not supported: special tokens are always left out of the text (send true or leave it out)");
+  for (const char* k : {"guided_json", "guided_regex", "guided_choice", "guided_grammar", "guided_decoding_backend", "guided_whitespace_pattern",
+                        "structured_outputs", "prediction", "audio", "reasoning_effort", "web_search_options"})
+    if (field(body, k)) throw bad(k, "is not supported by this server (leave it out)");
+  if (const json* v = field(body, "modalities"); v && *v != json::array({"text"}))
+    throw bad("modalities", "is not supported by this server beyond [\"text\"]");
+  if (const json* v = field(body, "user"); v && !v->is_string()) throw bad("user", fmt::format("must be a string, got {}", v->type_name()));
 }
 
 // Completions: "logprobs" is the number of alternatives (0..20). Chat: "logprobs" true asks for
@@ -103,7 +134,11 @@ std::string message_content(const json& c, size_t i) {
 }  // namespace
 
 json error_body(const ApiError& e) {
-  return json{{"error", {{"message", e.what()}, {"type", e.type}, {"param", e.param.empty() ? json(nullptr) : json(e.param)}, {"code", nullptr}}}};
+  return json{{"error",
+               {{"message", e.what()},
+                {"type", e.type},
+                {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+                {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
 }
 
 CompletionRequest parse_completion(const json& body, bool chat) {
@@ -134,7 +169,7 @@ CompletionRequest parse_completion(const json& body, bool chat) {
       if (!role || !role->is_string()) throw bad(fmt::format("messages[{}].role", i), "must be a string");
       const std::string rs = role->get<std::string>();
       if (rs != "system" && rs != "user" && rs != "assistant" && rs != "developer")
-        throw bad(fmt::format("messages[{}].role", i), fmt::format("must be system, user or assistant, got '{}'", rs));
+        throw bad(fmt::format("messages[{}].role", i), fmt::format("must be system, developer, user or assistant, got '{}'", rs));
       const json* content = field(m, "content");
       if (!content) throw bad(fmt::format("messages[{}].content", i), "is required");
       r.messages.push_back({rs == "developer" ? "system" : rs, message_content(*content, i)});
@@ -154,6 +189,12 @@ CompletionRequest parse_completion(const json& body, bool chat) {
         if (id < 0 || id > INT32_MAX) throw bad("prompt", fmt::format("token id {} is out of range", id));
         r.prompt_ids.push_back(int(id));
       }
+    } else if (const json& ids = p->is_array() && p->size() == 1 && (*p)[0].is_array() ? (*p)[0] : *p;
+               ids.is_array() && !ids.empty() && std::all_of(ids.begin(), ids.end(), [](const json& t) { return t.is_number(); })) {
+      const auto it = std::find_if(ids.begin(), ids.end(), [](const json& t) { return !t.is_number_integer(); });
+      throw bad("prompt", fmt::format("token ids must be integers, got {} at [{}]", it->dump(), it - ids.begin()));
+    } else if (p->is_array() && p->empty()) {
+      throw bad("prompt", "must not be empty");
     } else if (p->is_array() && p->size() > 1) {
       throw bad("prompt", "must be one prompt: this server takes one prompt per request (send them as separate requests)");
     } else {
@@ -164,13 +205,18 @@ CompletionRequest parse_completion(const json& body, bool chat) {
   const char* max_key = chat && field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   if (const auto m = integer(body, max_key, 0, INT32_MAX)) r.max_tokens = uint32_t(*m);
   r.sampling.temperature = float(number(body, "temperature", 0, 2).value_or(1.0));
-  r.sampling.top_p = float(number(body, "top_p", 0, 1).value_or(1.0));
-  if (r.sampling.top_p == 0) throw bad("top_p", "must be above 0");
+  if (const json* v = field(body, "top_p")) {
+    if (!v->is_number()) throw bad("top_p", fmt::format("must be a number, got {}", v->type_name()));
+    const double p = v->get<double>();
+    if (!(p > 0 && p <= 1)) throw bad("top_p", fmt::format("must be in (0, 1], got {}", p));
+    r.sampling.top_p = std::max(float(p), std::numeric_limits<float>::min());  // a positive top_p below float's range: the top token
+  }
   const int64_t top_k = integer(body, "top_k", -1, INT32_MAX).value_or(0);  // vLLM's extension; -1 or 0: off
   r.sampling.top_k = top_k < 0 ? 0 : int(top_k);
   r.sampling.min_p = float(number(body, "min_p", 0, 1).value_or(0.0));  // vLLM's extension
   if (const json* s = field(body, "seed")) {
-    if (!s->is_number_integer()) throw bad("seed", fmt::format("must be an integer, got {}", s->type_name()));
+    if (integral_but_huge(*s)) throw bad("seed", fmt::format("must be in [-2^63, 2^64 - 1], got {}", s->dump()));
+    if (!s->is_number_integer()) throw bad("seed", fmt::format("must be an integer, got {}", s->is_number() ? s->dump() : s->type_name()));
     r.sampling.seed = s->is_number_unsigned() ? s->get<uint64_t>() : uint64_t(s->get<int64_t>());
     r.seeded = true;
   }
@@ -211,7 +257,7 @@ CompletionRequest parse_completion(const json& body, bool chat) {
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) throw bad("stream_options", "must be an object");
     if (!r.stream) throw bad("stream_options", "is only allowed with stream: true");
-    r.include_usage = boolean(*so, "include_usage");
+    r.include_usage = boolean(*so, "include_usage", "stream_options.include_usage");
   }
   return r;
 }

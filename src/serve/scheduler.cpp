@@ -100,9 +100,11 @@ void Scheduler::check(const Request& r) const {
   const int vocab = e_.config().vocab_size;
   for (int t : r.prompt) refuse_unless(t >= 0 && t < vocab, "prompt", "token id {} is outside the vocabulary ({})", t, vocab);
   refuse_unless(r.max_tokens >= 1 || r.prompt_logprobs >= 0, "max_tokens", "max_tokens must be at least 1 (0 only to score the prompt: echo with logprobs)");
-  refuse_unless(n + r.max_tokens <= eo.context, "max_tokens",
-                "this model's maximum context length is {} tokens, but {} were asked for ({} in the prompt, {} to generate)", eo.context,
-                n + r.max_tokens, n, r.max_tokens);
+  if (n + r.max_tokens > eo.context)
+    throw Refused("max_tokens",
+                  fmt::format("this model's maximum context length is {} tokens, but {} were asked for ({} in the prompt, {} to generate)",
+                              eo.context, n + r.max_tokens, n, r.max_tokens),
+                  "context_length_exceeded");
   // The last generated token is never fed back, so prompt + max_tokens - 1 positions at most.
   const uint32_t P = e_.blocks().page_size();
   const size_t positions = n + std::max<uint32_t>(r.max_tokens, 1) - 1, pages = (positions + P - 1) / P;
@@ -132,7 +134,10 @@ uint64_t Scheduler::add(Request r, uint64_t id) {
   return id;
 }
 
-void Scheduler::cancel(uint64_t id) { cancels_.push_back(id); }
+void Scheduler::cancel(uint64_t id, Finish why) {
+  TQ_CHECK(why == Finish::kCancelled || why == Finish::kStop, "Scheduler::cancel ends a request as cancelled or stopped");
+  cancels_.emplace_back(id, why);
+}
 
 std::vector<Event> Scheduler::fail_all(const std::string& why) {
   std::vector<Event> out;
@@ -280,12 +285,12 @@ void Scheduler::admit(Plan& p) {
 
 std::vector<Event> Scheduler::step() {
   std::vector<Event> out;
-  for (uint64_t id : cancels_) {
+  for (const auto& [id, why] : cancels_) {
     for (auto& s : running_)
-      if (s->id == id && s->done == Finish::kNone) finish(s.get(), Finish::kCancelled, out);
+      if (s->id == id && s->done == Finish::kNone) finish(s.get(), why, out);
     for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
       if ((*it)->id == id) {
-        finish(it->get(), Finish::kCancelled, out);
+        finish(it->get(), why, out);
         waiting_.erase(it);
         break;
       }

@@ -12,6 +12,7 @@
 #include <deque>
 #include <mutex>
 #include <random>
+#include <string_view>
 #include <system_error>
 #include <thread>
 
@@ -29,9 +30,21 @@ using json = nlohmann::json;
 
 namespace {
 
+// "the prompt has", "the messages have"
+const char* has(std::string_view what) { return what == "messages" ? "have" : "has"; }
+
 void send_error(httplib::Response& res, const ApiError& e) {
   res.status = e.status;
   res.set_content(dump(error_body(e)), "application/json");
+}
+
+// A 413 for a body over the limit, or a 400 for a Content-Length that is not a byte count
+// (negative, a word), which cpp-httplib reads as too large.
+void send_too_large(const httplib::Request& req, httplib::Response& res, size_t limit) {
+  const std::string cl = req.get_header_value("Content-Length");
+  if (!cl.empty() && cl.find_first_not_of("0123456789") != std::string::npos)
+    return send_error(res, ApiError(400, fmt::format("Content-Length '{}' is not a byte count", cl)));
+  send_error(res, ApiError(413, fmt::format("the request body is larger than {} MiB", limit >> 20), "", "invalid_request_error"));
 }
 
 // An address as cpp-httplib writes it into a Request ("127.0.0.1", "::1") and its port.
@@ -76,8 +89,8 @@ int connection_socket(const httplib::Request& req) {
   return found;
 }
 
-// Whether the client hung up (closed or reset its end). A client that sends more (a pipelined
-// request) is still there.
+// Whether the client hung up (closed or reset its end). A client that sent more bytes is still
+// there (cpp-httplib 0.11 then drops them: pipelining is not served, docs/serving.md).
 bool client_gone(int fd) {
   pollfd p{fd, POLLIN | POLLRDHUP, 0};
   if (poll(&p, 1, 0) <= 0) return false;
@@ -217,9 +230,9 @@ struct Answer {
         if (logprobs && ev.logprobs) entries.push_back(entry(prev, ev.token, &*ev.logprobs));
         prev = ev.token;
         out += text.push(ev.token);
-        if (text.stopped()) {
+        if (text.stopped()) {  // the request ends as stopped, not cancelled (the engine sees it at its next step)
           finish = "stop";
-          svc.cancel(stream->id());
+          svc.cancel(stream->id(), Finish::kStop);
         }
       }
       if (ev.finish == Finish::kNone || !finish.empty()) continue;
@@ -247,6 +260,9 @@ struct Server::Impl {
   int64_t created = unix_now();
   uint32_t context_;  // the engine's: prompt + max_tokens at most
   size_t token_bytes_ = 1;  // the most text bytes one token stands for (too_long)
+  // Drawn at start: response ids are "cmpl-" + it + the request's number, unique across restarts
+  // (OpenAI's and vLLM's ids are random; a per-process count would repeat after a restart).
+  const uint64_t id_salt_ = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
 
   Impl(Service& s, const model::Model& model, const model::Tokenizer& t, const ServerOptions& opts)
       : svc(s), m(model), tok(t), o(opts), context_(s.engine().options().context) {
@@ -263,10 +279,10 @@ struct Server::Impl {
     const size_t at_least = bytes / token_bytes_;
     if (at_least >= context_)
       throw ApiError(400,
-                     fmt::format("this model's maximum context length is {} tokens, but the {} has at least {} tokens ({} bytes of text, "
+                     fmt::format("this model's maximum context length is {} tokens, but the {} {} at least {} tokens ({} bytes of text, "
                                  "no token longer than {} bytes)",
-                                 context_, what, at_least, bytes, token_bytes_),
-                     what);
+                                 context_, what, has(what), at_least, bytes, token_bytes_),
+                     what, "invalid_request_error", "context_length_exceeded");
   }
 
 
@@ -280,7 +296,7 @@ struct Server::Impl {
 std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::string* echo) {
   if (!cr.model.empty() && cr.model != o.model_name)
     throw ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", cr.model, o.model_name), "model",
-                   "not_found_error");
+                   "not_found_error", "model_not_found");
   std::vector<int> prompt;
   try {
     if (cr.chat) {
@@ -301,8 +317,9 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   }
   const char* what = cr.chat ? "messages" : "prompt";
   if (prompt.size() >= context_)
-    throw ApiError(400, fmt::format("this model's maximum context length is {} tokens, but the {} has {} tokens", context_, what, prompt.size()),
-                   what);
+    throw ApiError(400,
+                   fmt::format("this model's maximum context length is {} tokens, but the {} {} {} tokens", context_, what, has(what), prompt.size()),
+                   what, "invalid_request_error", "context_length_exceeded");
   // No max_tokens: up to the context, or to what the whole page pool holds when that is less (a
   // request needs prompt + max_tokens - 1 positions).
   const engine::Engine& e = svc.engine();
@@ -321,11 +338,11 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   } catch (const Busy& b) {
     throw ApiError(b.shutting_down ? 503 : 429, b.what(), "", b.shutting_down ? "service_unavailable" : "rate_limit_error");
   } catch (const Refused& e) {
-    throw ApiError(400, e.what(), e.param);
+    throw ApiError(400, e.what(), e.param, "invalid_request_error", e.code);
   }
   // After submit(), which checked the prompt's token ids against the vocabulary.
   if (echo) *echo = cr.echo ? (cr.prompt_ids.empty() ? cr.prompt : tok.decode(cr.prompt_ids)) : "";
-  ResponseHead h{fmt::format("{}-{}", cr.chat ? "chatcmpl" : "cmpl", s->id()), o.model_name, unix_now(), cr.chat};
+  ResponseHead h{fmt::format("{}-{:016x}{:x}", cr.chat ? "chatcmpl" : "cmpl", id_salt_, s->id()), o.model_name, unix_now(), cr.chat};
   return std::make_shared<Answer>(s, h, tok, prompt.back(), cr.stop, uint32_t(prompt.size()), cr.logprobs >= 0,
                                   score_prompt ? prompt : std::vector<int>{});
 }
@@ -347,8 +364,7 @@ void Server::Impl::post(const char* path, bool chat) {
       if (!over) body.append(data, n);
       return !over;
     });
-    if (over || res.status == 413)
-      return send_error(res, ApiError(413, fmt::format("the request body is larger than {} MiB", kMaxBody >> 20), "", "invalid_request_error"));
+    if (over || res.status == 413) return send_too_large(req, res, kMaxBody);
     if (res.status == 415)
       return send_error(res, ApiError(415, fmt::format("Content-Encoding '{}' is not supported (gzip, deflate, br, or none)",
                                                        req.get_header_value("Content-Encoding"))));
@@ -464,8 +480,8 @@ void Server::Impl::routes() {
                                       "method_not_allowed"));
     }
     if (res.status == 404) return send_error(res, ApiError(404, fmt::format("no route {} {}", req.method, req.path), "", "not_found_error"));
-    if (res.status == 413)
-      return send_error(res, ApiError(413, fmt::format("the request body is larger than {} MiB", kMaxBody >> 20), "", "invalid_request_error"));
+    if (res.status == 413) return send_too_large(req, res, kMaxBody);
+    if (res.status == 414) return send_error(res, ApiError(414, "the request line (method and path) is too long"));
     if (res.status >= 400 && res.status < 500)
       return send_error(res, ApiError(res.status, fmt::format("malformed HTTP request ({} {})", req.method, req.path)));
   });

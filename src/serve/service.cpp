@@ -58,10 +58,10 @@ std::shared_ptr<Stream> Service::submit(Request r) {
   return stream;
 }
 
-void Service::cancel(uint64_t id) {
+void Service::cancel(uint64_t id, Finish why) {
   std::lock_guard lock(mu_);
   if (!streams_.count(id)) return;
-  cancels_.push_back(id);
+  cancels_.emplace_back(id, why);
   cv_.notify_all();
 }
 
@@ -104,7 +104,7 @@ void Service::loop() {
         }
       }
       inbox_.clear();
-      for (uint64_t id : cancels_) sched_->cancel(id);
+      for (const auto& [id, why] : cancels_) sched_->cancel(id, why);
       cancels_.clear();
     }
     const Clock::time_point t0 = Clock::now();
@@ -151,7 +151,7 @@ void Service::shutdown(std::chrono::milliseconds grace) {
     if (stopped_) return;
     stopping_ = true;
     done_.wait_for(lock, grace, [&] { return streams_.empty(); });
-    for (const auto& [id, s] : streams_) cancels_.push_back(id);
+    for (const auto& [id, s] : streams_) cancels_.emplace_back(id, Finish::kCancelled);
     cv_.notify_all();
     done_.wait(lock, [&] { return streams_.empty(); });
     stopped_ = true;

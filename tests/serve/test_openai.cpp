@@ -117,7 +117,55 @@ INSTANTIATE_TEST_SUITE_P(
                       Bad{R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 30})", true,
                           "top_logprobs"},
                       Bad{R"({"prompt": "x", "speculative": true})", false, "speculative"},
+                      // vLLM's and OpenAI's fields that would change the text, at anything but their defaults
+                      Bad{R"({"prompt": "x", "repetition_penalty": 1.2})", false, "repetition_penalty"},
+                      Bad{R"({"prompt": "x", "length_penalty": 0.5})", false, "length_penalty"},
+                      Bad{R"({"prompt": "x", "stop_token_ids": [28]})", false, "stop_token_ids"},
+                      Bad{R"({"prompt": "x", "min_tokens": 5})", false, "min_tokens"},
+                      Bad{R"({"prompt": "x", "ignore_eos": true})", false, "ignore_eos"},
+                      Bad{R"({"prompt": "x", "include_stop_str_in_output": true})", false, "include_stop_str_in_output"},
+                      Bad{R"({"prompt": "x", "skip_special_tokens": false})", false, "skip_special_tokens"},
+                      Bad{R"({"prompt": "x", "guided_choice": ["a", "b"]})", false, "guided_choice"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "guided_json": {}})", true, "guided_json"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "structured_outputs": {"regex": "a+"}})", true, "structured_outputs"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "modalities": ["text", "audio"]})", true, "modalities"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "prediction": {"type": "content", "content": "y"}})", true,
+                          "prediction"},
+                      Bad{R"({"messages": [{"role": "user", "content": "x"}], "reasoning_effort": "low"})", true, "reasoning_effort"},
+                      Bad{R"({"prompt": "x", "user": 5})", false, "user"},
+                      // the messages name what is wrong
+                      Bad{R"({"prompt": []})", false, "prompt"}, Bad{R"({"prompt": [1, 2, 1e2]})", false, "prompt"},
+                      Bad{R"({"prompt": "x", "top_p": -0.1})", false, "top_p"},
+                      Bad{R"({"prompt": "x", "seed": 18446744073709551616})", false, "seed"},
+                      Bad{R"({"prompt": "x", "seed": 1.5})", false, "seed"},
+                      Bad{R"({"prompt": "x", "stream": true, "stream_options": {"include_usage": "yes"}})", false,
+                          "stream_options.include_usage"},
                       Bad{R"({"prompt": "x", "speculative": "ngram:k=9"})", false, "speculative"}));
+
+// What each refusal says: the rule broken and the value sent.
+TEST(OpenAiParse, RefusalsSayWhatIsWrong) {
+  const auto message = [](const char* body, bool chat = false) {
+    try {
+      parse_completion(json::parse(body), chat);
+    } catch (const ApiError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  EXPECT_EQ(message(R"({"prompt": []})"), "'prompt' must not be empty");
+  EXPECT_EQ(message(R"({"prompt": [1, 2, 1e2]})"), "'prompt' token ids must be integers, got 100.0 at [2]");
+  EXPECT_EQ(message(R"({"prompt": [[1.5]]})"), "'prompt' token ids must be integers, got 1.5 at [0]");
+  EXPECT_EQ(message(R"({"prompt": "x", "top_p": 0})"), "'top_p' must be in (0, 1], got 0");
+  EXPECT_EQ(message(R"({"prompt": "x", "seed": 1e30})"), "'seed' must be in [-2^63, 2^64 - 1], got 1e+30");
+  EXPECT_EQ(message(R"({"prompt": "x", "max_tokens": 1e30})"), "'max_tokens' must be in [0, 2147483647], got 1e+30");
+  EXPECT_EQ(message(R"({"messages": [{"role": "tool", "content": "x"}]})", true),
+            "'messages[0].role' must be system, developer, user or assistant, got 'tool'");
+  // A positive top_p under float's range keeps the most likely token alone.
+  EXPECT_GT(parse_completion(json::parse(R"({"prompt": "x", "top_p": 1e-300})"), false).sampling.top_p, 0.0f);
+  // OpenAI's error codes where it has them
+  EXPECT_EQ(error_body(ApiError(404, "m", "model", "not_found_error", "model_not_found"))["error"]["code"], "model_not_found");
+  EXPECT_TRUE(error_body(ApiError(400, "m", "prompt"))["error"]["code"].is_null());
+}
 
 // The fields clients send at their "none" values (the openai package's defaults, LangChain's) pass.
 TEST(OpenAiParse, UnsupportedFieldsAtTheirDefaultsPass) {
@@ -125,6 +173,11 @@ TEST(OpenAiParse, UnsupportedFieldsAtTheirDefaultsPass) {
                                     "function_call": "auto", "response_format": {"type": "text"}})");
   EXPECT_EQ(parse_completion(chat, true).messages.size(), 1u);
   EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "suffix": ""})"), false).prompt, "x");
+  const json vllm = json::parse(R"({"prompt": "x", "repetition_penalty": 1, "length_penalty": 1.0, "stop_token_ids": [], "min_tokens": 0,
+                                    "ignore_eos": false, "include_stop_str_in_output": false, "skip_special_tokens": true,
+                                    "guided_json": null, "user": "u", "some_field_of_another_server": 3})");
+  EXPECT_EQ(parse_completion(vllm, false).prompt, "x");
+  EXPECT_EQ(parse_completion(json::parse(R"({"messages": [{"role": "user", "content": "x"}], "modalities": ["text"]})"), true).messages.size(), 1u);
 }
 
 // Completions take "logprobs" as a count of alternatives, chat as true with "top_logprobs".

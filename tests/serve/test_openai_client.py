@@ -274,7 +274,9 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(a.choices[0].text, b.choices[0].text)
 
     def test_stop_strings_end_the_text(self):
-        full = self.complete(PROMPTS[0], 60).choices[0].text
+        before = self.s.wait_drained(self)
+        first = self.complete(PROMPTS[0], 60)
+        full = first.choices[0].text
         stop = full.split()[4]  # a word the greedy text reaches
         r = self.complete(PROMPTS[0], 60, stop=[stop, "zzzz"])
         self.assertEqual(r.choices[0].text, full[:full.index(stop)])
@@ -282,7 +284,13 @@ class ServeTest(unittest.TestCase):
         streamed = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], max_tokens=60, temperature=0, stop=stop,
                                                     stream=True)
         self.assertEqual("".join(c.choices[0].text for c in streamed), full[:full.index(stop)])
-        self.s.wait_drained(self)
+        after = self.s.wait_drained(self)
+        # A request ended by a stop string is finished, not cancelled.
+        self.assertEqual(after["tq_requests_finished_total"] - before["tq_requests_finished_total"], 3)
+        self.assertEqual(after["tq_requests_cancelled_total"], before["tq_requests_cancelled_total"])
+        # Ids are unique across restarts: a random part drawn at start, then the request's number.
+        self.assertRegex(first.id, r"^cmpl-[0-9a-f]{17,}$")
+        self.assertNotEqual(first.id, r.id)
 
     def test_speculative_requests_keep_greedy_text(self):
         before = self.s.metrics()
@@ -390,12 +398,18 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(code, 200)
         # A prompt whose bytes alone fill the context is refused before it is tokenized.
         code, err = self.s.post("/v1/completions", {"prompt": "x" * (4 << 20)})
-        self.assertEqual((code, err["error"]["param"]), (400, "prompt"))
+        self.assertEqual((code, err["error"]["param"], err["error"]["code"]), (400, "prompt", "context_length_exceeded"))
         self.assertIn("at least", err["error"]["message"])
+        code, err = self.s.post("/v1/completions", {"prompt": "x", "max_tokens": 1 << 30})
+        self.assertEqual((code, err["error"]["param"], err["error"]["code"]), (400, "max_tokens", "context_length_exceeded"))
+        # vLLM's fields that would change the text are refused by name, not ignored
+        code, err = self.s.post("/v1/completions", {"prompt": "x", "repetition_penalty": 1.3})
+        self.assertEqual((code, err["error"]["param"]), (400, "repetition_penalty"))
         with self.assertRaises(openai.BadRequestError):
             self.s.client.completions.create(model=self.model, prompt="x", n=3)
-        with self.assertRaises(openai.NotFoundError):
+        with self.assertRaises(openai.NotFoundError) as nf:
             self.s.client.completions.create(model="other", prompt="x")
+        self.assertEqual(nf.exception.code, "model_not_found")
         with self.assertRaises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(self.s.url + "/v2/nothing", timeout=10)
         self.assertEqual(e.exception.code, 404)
@@ -452,6 +466,20 @@ class ServeTest(unittest.TestCase):
         code, b = self.s.post("/v1/completions", {"prompt": PROMPTS[0], "temperature": 0})
         self.assertEqual(code, 200, b)
         self.assertLessEqual(b["usage"]["prompt_tokens"] + b["usage"]["completion_tokens"], 40 * 8 + 1)
+        # What cpp-httplib refuses by itself gets a message naming the cause.
+        host, port = self.s.url[len("http://"):].split(":")
+        for head, status, says in [(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400, "not a byte count"),
+                                   (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "too long")]:
+            with socket.create_connection((host, int(port)), timeout=30) as conn:
+                conn.sendall(head)
+                reply = b""
+                while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    reply += data
+            self.assertTrue(reply.startswith(f"HTTP/1.1 {status}".encode()), reply[:200])
+            self.assertIn(says, json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["message"])
         self.assertEqual(self.s.get("/health")[0], 200)
         self.s.wait_drained(self)
 

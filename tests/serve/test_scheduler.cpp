@@ -712,6 +712,28 @@ TEST(SchedulerStress, RandomArrivalsAndCancellationsWithTails) {
   random_arrivals_and_cancellations("k3v2:edge=2/k4v4:sink=4:window=16:page=4", 3);
 }
 
+// A request its server ends on a stop string (cancel with kStop) ends as stopped: counted as
+// finished, not cancelled, its pages back; a plain cancel is counted as cancelled.
+TEST(SchedulerCancel, AStopEndsAsStoppedAndACancelAsCancelled) {
+  REQUIRE_STORIES();
+  Engine e(stories()->m, parse_kv_spec("k3v2:page=8"), {.threads = 1, .context = 128, .max_seqs = 2, .num_pages = 16});
+  Scheduler s(e, is_stop, {.max_num_seqs = 2});
+  const uint64_t stopped = s.add({prompt(kPrompts[0]), {}, 40, {}}), cancelled = s.add({prompt(kPrompts[1]), {}, 40, {}});
+  std::map<uint64_t, Outcome> got;
+  for (int i = 0; i < 4; ++i) record(got, s.step());
+  s.cancel(stopped, Finish::kStop);
+  s.cancel(cancelled);
+  record(got, s.step());
+  ASSERT_TRUE(s.idle());
+  EXPECT_EQ(got[stopped].finish, Finish::kStop);
+  EXPECT_EQ(got[cancelled].finish, Finish::kCancelled);
+  const SchedulerStats st = s.stats();
+  EXPECT_EQ(st.finished, 2u);
+  EXPECT_EQ(st.cancelled, 1u);
+  EXPECT_EQ(st.pages_free, st.pages_total) << "pages leaked";
+  model::testing::expect_error([&] { s.cancel(stopped, Finish::kLength); }, "cancelled or stopped");
+}
+
 TEST(SchedulerErrors, RequestsThatCanNeverRunAreRefused) {
   REQUIRE_STORIES();
   Engine e(stories()->m, parse_kv_spec("k3v2:page=8"), {.threads = 1, .context = 64, .max_seqs = 2, .num_pages = 4, .max_chunk = 16});
@@ -721,6 +743,11 @@ TEST(SchedulerErrors, RequestsThatCanNeverRunAreRefused) {
   expect_error([&] { s.add({{1, 600}, {}, 4, {}}); }, "token id 600");
   expect_error([&] { s.add({{1, 2}, {}, 0, {}}); }, "max_tokens");
   expect_error([&] { s.add({std::vector<int>(60, 5), {}, 10, {}}); }, "maximum context length is 64 tokens, but 70");
+  try {
+    s.check({std::vector<int>(60, 5), {}, 10, {}});
+  } catch (const Refused& r) {
+    EXPECT_EQ(r.code, "context_length_exceeded");  // OpenAI's code for it, which the server passes on
+  }
   expect_error([&] { s.add({std::vector<int>(30, 5), {}, 10, {}}); }, "more than the whole pool holds (4 pages)");
   expect_error([&] { s.add({{1}, SamplingParams{.top_p = 2}, 4, {}}); }, "top_p");
   expect_error([&] { s.add({{1}, {}, 4, engine::parse_speculative_spec("draft")}); }, "no draft model");

@@ -23,10 +23,11 @@ namespace tq::serve {
 // An error for the client: HTTP status, OpenAI error type and the parameter at fault.
 class ApiError : public std::runtime_error {
  public:
-  ApiError(int status, std::string message, std::string param = {}, std::string type = "invalid_request_error")
-      : std::runtime_error(message), status(status), param(std::move(param)), type(std::move(type)) {}
+  ApiError(int status, std::string message, std::string param = {}, std::string type = "invalid_request_error", std::string code = {})
+      : std::runtime_error(message), status(status), param(std::move(param)), type(std::move(type)), code(std::move(code)) {}
   int status;
   std::string param, type;
+  std::string code;  // OpenAI's error code where it has one (model_not_found, context_length_exceeded); "" is null
 };
 // {"error": {"message", "type", "param", "code"}}
 nlohmann::json error_body(const ApiError& e);

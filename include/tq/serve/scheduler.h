@@ -67,8 +67,9 @@ constexpr uint32_t kPromptLogitRows = 256;
 // answers 400 and names it as the OpenAI error's "param".
 class Refused : public Error {
  public:
-  Refused(std::string param, const std::string& what) : Error(what), param(std::move(param)) {}
+  Refused(std::string param, const std::string& what, std::string code = {}) : Error(what), param(std::move(param)), code(std::move(code)) {}
   std::string param;  // "prompt", "max_tokens", "temperature", "top_p", "top_k", "min_p", "speculative" or "logprobs"
+  std::string code;   // OpenAI's error code where it has one: context_length_exceeded
 };
 
 enum class Finish { kNone, kStop, kLength, kCancelled, kError };
@@ -138,9 +139,10 @@ class Scheduler {
   // check(), then queues the request; returns its id: `id` when not 0 (the caller's, unique and
   // never reused), else the next of the scheduler's own.
   uint64_t add(Request r, uint64_t id = 0);
-  // Ends a waiting or running request at the next step with Finish::kCancelled (its pages go back
-  // to the pool). Unknown or finished ids are ignored: a cancel may race with the end.
-  void cancel(uint64_t id);
+  // Ends a waiting or running request at the next step with `why` (its pages go back to the pool):
+  // kCancelled, counted in SchedulerStats::cancelled, or kStop (a stop string its server found in
+  // the text). Unknown or finished ids are ignored: a cancel may race with the end.
+  void cancel(uint64_t id, Finish why = Finish::kCancelled);
   // Ends every waiting and running request with Finish::kError and `why`, their pages back to the
   // pool uncached: after a step that threw past its own handling, which may have left a sequence
   // half-updated (drafts not yet taken back). Returns their events.
@@ -187,7 +189,7 @@ class Scheduler {
   uint64_t next_id_ = 1;
   std::vector<std::unique_ptr<Seq>> running_;  // admission order of arrival: oldest first
   std::deque<std::unique_ptr<Seq>> waiting_;   // arrival order
-  std::vector<uint64_t> cancels_;
+  std::vector<std::pair<uint64_t, Finish>> cancels_;  // (request, why)
   SchedulerStats stats_;
 };
 

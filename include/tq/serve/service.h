@@ -69,8 +69,9 @@ class Service {
   // for a request that can never run (Scheduler::check) and Busy when the queue is full or the
   // service is shutting down.
   std::shared_ptr<Stream> submit(Request r);
-  // Ends the request (Finish::kCancelled) unless it ended already.
-  void cancel(uint64_t id);
+  // Ends the request unless it ended already: `why` kCancelled (the client left, a shutdown), or
+  // kStop (the server found a stop string in its text: it counts as finished, not cancelled).
+  void cancel(uint64_t id, Finish why = Finish::kCancelled);
 
   ServiceStats stats();
 
@@ -90,7 +91,7 @@ class Service {
   std::condition_variable cv_;    // the engine thread waits for work
   std::condition_variable done_; // shutdown() waits for requests to end
   std::vector<std::pair<Request, uint64_t>> inbox_;
-  std::vector<uint64_t> cancels_;
+  std::vector<std::pair<uint64_t, Finish>> cancels_;  // (request, why)
   std::map<uint64_t, std::shared_ptr<Stream>> streams_;  // requests not ended yet
   std::map<uint64_t, std::chrono::steady_clock::time_point> submitted_;  // until the first token
   uint64_t next_id_ = 1;
