@@ -458,9 +458,19 @@ void Server::Impl::stream(httplib::Response& res, std::shared_ptr<Answer> a, boo
 void Server::Impl::routes() {
   post("/v1/completions", false);
   post("/v1/chat/completions", true);
-  http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-    const json model = {{"id", o.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "turboquant"}, {"max_model_len", context_}};
-    res.set_content(dump(json{{"object", "list"}, {"data", {model}}}), "application/json");
+  const auto model_json = [this] {
+    return json{{"id", o.model_name}, {"object", "model"}, {"created", created}, {"owned_by", "turboquant"}, {"max_model_len", context_}};
+  };
+  http.Get("/v1/models", [model_json](const httplib::Request&, httplib::Response& res) {
+    res.set_content(dump(json{{"object", "list"}, {"data", {model_json()}}}), "application/json");
+  });
+  // OpenAI's retrieve-model route (the id may hold slashes: "org/name")
+  http.Get(R"(/v1/models/(.+))", [this, model_json](const httplib::Request& req, httplib::Response& res) {
+    const std::string id = req.matches[1];
+    if (id != o.model_name)
+      return send_error(res, ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", id, o.model_name), "model",
+                                      "not_found_error", "model_not_found"));
+    res.set_content(dump(model_json()), "application/json");
   });
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
     res.status = stopping ? 503 : 200;

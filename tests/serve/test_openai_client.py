@@ -132,6 +132,10 @@ class ServeTest(unittest.TestCase):
         self.assertEqual(self.s.get("/health"), (200, '{"status":"ok"}'))
         m = self.s.client.models.list().data[0]
         self.assertEqual(m.owned_by, "turboquant")
+        self.assertEqual(self.s.client.models.retrieve(self.model).id, self.model)  # OpenAI's retrieve route
+        with self.assertRaises(openai.NotFoundError) as nf:
+            self.s.client.models.retrieve("other/model")
+        self.assertEqual(nf.exception.code, "model_not_found")
 
     def test_metrics_are_prometheus_text(self):
         _, text = self.s.get("/metrics")
