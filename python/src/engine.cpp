@@ -59,6 +59,10 @@ struct PyEngine {
   PyEngine(const std::string& model_path, const std::string& tokenizer_path, const std::string& kv_spec, unsigned threads, uint32_t n_ctx,
            const std::string& device_name, bool exact_products, bool allow_long_context)
       : path(model_path), spec(parse_spec(kv_spec)) {
+    // The file system would read a path only up to a NUL (Python's open() refuses one)
+    for (const std::string* p : {&model_path, &tokenizer_path})
+      TQ_CHECK(p->find('\0') == std::string::npos, "the {} path holds a NUL byte: '{}'", p == &model_path ? "model" : "tokenizer",
+               p->substr(0, p->find('\0')));
     TQ_CHECK(std::filesystem::exists(path), "model file '{}' not found", path);
     model = model::load_model(path);
     if (!tokenizer_path.empty()) {

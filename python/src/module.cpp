@@ -159,6 +159,8 @@ void bind_spec(nb::module_& m) {
       .def("__str__", &KvSpec::canonical)
       .def("__repr__", [](const KvSpec& s) { return "KvSpec('" + s.canonical() + "')"; })
       .def("__eq__", [](const KvSpec& a, const KvSpec& b) { return a.canonical() == b.canonical(); })
+      // anything else: NotImplemented, so `spec == None` is False and a spec sits in a list or a dict beside strings
+      .def("__eq__", [](const KvSpec&, nb::handle) { return nb::borrow(Py_NotImplemented); }, nb::arg("other").none())
       .def("__hash__", [](const KvSpec& s) { return nb::hash(nb::str(s.canonical().c_str())); });
 
   m.attr("DEFAULT_KV_SPEC") = kDefaultKvSpec;

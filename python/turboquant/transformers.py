@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import sys
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -279,6 +280,9 @@ class TurboQuantCache(Cache):
     def crop(self, max_length: int) -> None:
         """Drops the last -max_length tokens (transformers 5.x), or keeps the first max_length (5.0's
         meaning of a positive value). With a window, at most 64 tokens can be taken back."""
+        if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
+            raise TypeError(f"TurboQuantCache.crop: max_length must be an int, got {max_length!r}")
+        max_length = int(max_length)
         if not self._ready:
             return
         cols = self._columns[0]
@@ -575,9 +579,13 @@ def turboquant_attention(module, query, key, value, attention_mask, scaling=None
     cache, layer = pending[0], pending[1]
     if dropout:
         raise ValueError("TurboQuantCache: attention dropout is not supported (the cache is for inference: model.eval())")
-    for name in ("softcap", "s_aux", "sinks"):
+    # position_bias: T5's relative attention bias, which sdpa adds to the scores
+    for name in ("softcap", "s_aux", "sinks", "position_bias"):
         if kwargs.get(name) is not None:
             raise NotImplementedError(f"TurboQuantCache: the attention's '{name}' is not supported by the TurboQuant kernels")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value)):
+        raise RuntimeError("TurboQuantCache: its attention has no backward (the kernels are for inference); run the model under "
+                           "torch.no_grad() or torch.inference_mode(), or train with transformers' DynamicCache")
     if getattr(module, "layer_idx", layer) != layer:
         raise RuntimeError(f"TurboQuantCache: the update was for layer {layer}, the attention is layer {module.layer_idx}")
     return cache._attend(module, layer, query, key, value, attention_mask, scaling, sliding_window), None

@@ -83,6 +83,10 @@ def test_refusals(stories, llm):
         tq.LLM(model)
     with pytest.raises(ValueError, match="not found"):
         tq.LLM(model + ".missing", tokenizer=tok)
+    with pytest.raises(ValueError, match="model path holds a NUL byte"):  # the file system would read model alone
+        tq.LLM(model + "\0.other", tokenizer=tok)
+    with pytest.raises(ValueError, match="tokenizer path holds a NUL byte"):
+        tq.LLM(model, tokenizer=tok + "\0x")
     with pytest.raises(ValueError, match="K width"):
         tq.LLM(model, tokenizer=tok, kv_spec="k9v2")
     with pytest.raises(ValueError, match="beyond the model's training context of 512"):

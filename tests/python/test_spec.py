@@ -45,6 +45,15 @@ def test_a_seed_is_part_of_a_spec():
     assert tq.KvSpec(f"k3v2:seed={b.seed}") == b  # the default seed is not written out
 
 
+def test_a_spec_compares_with_anything():
+    """Against what is not a spec, == is False (NotImplemented), not a TypeError: None, its own
+    text, a list or a dict holding both."""
+    s = tq.KvSpec("k3v2")
+    assert (s == None) is False and s != "k3v2"  # noqa: E711
+    assert s in ["k3v2", s] and ["k3v2", s].index(s) == 1
+    assert len({"k3v2": 1, s: 2}) == 2 and len({"k3v2", s}) == 2
+
+
 def test_fractional_widths():
     s = tq.KvSpec("k3.5v2.5")
     assert s.canonical == "k3.5v2.5"

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch", reason="torch is not installed (tests/pytho
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (tests/python/requirements-torch.txt)")
 
 import turboquant.torch_ops as tqo  # noqa: E402
+import turboquant.transformers as tqt  # noqa: E402
 from turboquant.transformers import TurboQuantCache, turboquant_attention  # noqa: E402
 
 DynamicCache = transformers.DynamicCache
@@ -425,6 +426,17 @@ def test_refusals():
     with pytest.raises(RuntimeError, match="layer 0 got a 2D padding mask with keys that no TurboQuantCache update returned"):
         kv = torch.zeros(1, 2, 5, 64)
         turboquant_attention(attn, torch.zeros(1, 4, 5, 64), kv, kv, torch.ones(1, 5, dtype=torch.bool))
+    with pytest.raises(TypeError, match="max_length must be an int, got 1.5"):
+        cache.crop(1.5)
+    assert cache.get_seq_length() == 5
+    # T5's relative position bias, which the kernels cannot add: refused, not dropped
+    with pytest.raises(NotImplementedError, match="'position_bias' is not supported"), torch.no_grad():
+        kv = torch.zeros(1, 2, 1, 64)
+        tqt._tls.pending = (cache, 0, kv)
+        turboquant_attention(attn, torch.zeros(1, 4, 1, 64), kv, kv, None, position_bias=torch.zeros(1, 4, 1, 6))
+    # gradients: the kernels have no backward, so training through the cache is refused, not silently detached
+    with pytest.raises(RuntimeError, match="has no backward"):
+        model(prompt(5), past_key_values=TurboQuantCache("k3v2"), use_cache=True, labels=prompt(5))
     for bad in (-1, 2**31):  # the kernels' positions are signed 32-bit
         with pytest.raises(ValueError, match=r"sliding_window must be an int >= 0 and < 2\*\*31"):
             tqo.attend(False, torch.zeros(1), torch.zeros(1, 1, 2, 64), torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32),
