@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import numbers
 import os
 import queue
 import threading
@@ -211,6 +212,15 @@ class LLM:
         as they are generated (one prompt). prompt may also be token ids (a list of ints)."""
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
             raise ValueError(f"max_tokens must be an int >= 0, got {max_tokens!r}")
+        # ints as ints (int() would take 1.7 as 1 and "7" as 7), numbers as numbers
+        for name, value in (("top_k", top_k), ("seed", seed)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {value!r}")
+        if seed is not None and not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         _C.validate_sampling(float(temperature), int(top_k), float(top_p), float(min_p))
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if not all(isinstance(s, str) for s in stops):

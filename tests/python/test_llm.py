@@ -79,6 +79,15 @@ def test_refusals(stories, llm):
         llm.generate(PROMPT, temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
         llm.generate(PROMPT, top_p=1.5)
+    # ints stay ints: 1.7 is not top_k 1, "7" is not seed 7
+    with pytest.raises(TypeError, match="top_k must be an int, got 1.7"):
+        llm.generate(PROMPT, temperature=1.0, top_k=1.7)
+    with pytest.raises(TypeError, match="seed must be an int, got '7'"):
+        llm.generate(PROMPT, temperature=1.0, seed="7")
+    with pytest.raises(TypeError, match="temperature must be a number, got '0.5'"):
+        llm.generate(PROMPT, temperature="0.5")
+    with pytest.raises(ValueError, match=r"seed must be in \[0, 2\*\*64\), got -1"):
+        llm.generate(PROMPT, temperature=1.0, seed=-1)
     with pytest.raises(ValueError, match="llama2.c checkpoint: give its tokenizer"):
         tq.LLM(model)
     with pytest.raises(ValueError, match="not found"):
