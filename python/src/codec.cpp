@@ -9,6 +9,8 @@
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/unique_ptr.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <memory>
 #include <optional>
 
@@ -139,7 +141,14 @@ void bind_codec(nb::module_& m) {
       .def_prop_ro("dim", [](const PyQuantizer& q) { return q.q->dim(); })
       .def_prop_ro("bits_per_element", [](const PyQuantizer& q) { return q.q->bits_per_element(); })
       .def(
-          "bytes", [](const PyQuantizer& q, size_t rows) { return q.q->bytes(rows); }, nb::arg("rows"))
+          "bytes",
+          [](const PyQuantizer& q, size_t rows) {
+            // rows x the row's bytes must fit in 64 bits (2^60 rows of 50 bytes wrapped around)
+            const size_t one = q.q->bytes(1);
+            TQ_CHECK(rows <= SIZE_MAX / std::max<size_t>(one, 1), "Quantizer.bytes: {} rows of {} bytes overflow 64 bits", rows, one);
+            return q.q->bytes(rows);
+          },
+          nb::arg("rows"))
       .def(
           "quantize",
           [](const PyQuantizer& q, nb::ndarray<nb::ro> x) {

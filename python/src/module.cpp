@@ -9,6 +9,7 @@
 #include "tq/check.h"
 #include "tq/codec/distortion.h"
 #include "tq/common.h"
+#include "tq/format.h"
 #include "tq/kv/kv_size.h"
 #include "tq/kv/spec.h"
 #include "tq/model/model.h"
@@ -133,8 +134,13 @@ void bind_spec(nb::module_& m) {
       .def_prop_ro("edge_layers", [](const KvSpec& s) { return s.policy.edge_layers; })
       .def_prop_ro(
           "layer_set", [](const KvSpec& s) { return s.policy.layer_set; }, "The layers of layers=<set>/<base>, ascending; [] without it.")
-      .def("bits_per_element", &KvSpec::bits_per_element, nb::arg("head_dim"),
-           "Bits per K/V element of full pages at this head dim, norms and padding included (policy aside).")
+      .def(
+          "bits_per_element",
+          [](const KvSpec& s, uint32_t head_dim) {
+            TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "KvSpec.bits_per_element: head_dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
+            return s.bits_per_element(head_dim);
+          },
+          nb::arg("head_dim"), "Bits per K/V element of full pages at this head dim, norms and padding included (policy aside).")
       .def("page_bytes", &KvSpec::page_bytes, nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"),
            "Bytes of one page over every layer and KV head, edge layers in their own format.")
       // The engine's per-layer layout of a spec with edge layers: edge and other layers are caches
@@ -146,7 +152,13 @@ void bind_spec(nb::module_& m) {
             return s.layer_format(layer, layers).canonical();
           },
           nb::arg("layer"), nb::arg("layers"), "The format (a spec without policy) layer `layer` of a `layers`-layer model is stored in.")
-      .def("is_edge_layer", &KvSpec::is_edge_layer, nb::arg("layer"), nb::arg("layers"))
+      .def(
+          "is_edge_layer",
+          [](const KvSpec& s, uint32_t layer, uint32_t layers) {
+            TQ_CHECK(layer < layers, "KvSpec.is_edge_layer: layer {} is outside the model's {} layers", layer, layers);
+            return s.is_edge_layer(layer, layers);
+          },
+          nb::arg("layer"), nb::arg("layers"))
       .def("edge_layer_count", &KvSpec::edge_layer_count, nb::arg("layers"),
            "Layers in the edge cache: 2 * edge, or the layers= set's; refused where the model has too few layers.")
       .def(

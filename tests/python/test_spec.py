@@ -45,6 +45,19 @@ def test_a_seed_is_part_of_a_spec():
     assert tq.KvSpec(f"k3v2:seed={b.seed}") == b  # the default seed is not written out
 
 
+def test_sizes_outside_their_range_are_refused():
+    s = tq.KvSpec("k3v2:edge=1/k4v4")
+    with pytest.raises(ValueError, match="head_dim must be 1..1024, got 0"):
+        s.bits_per_element(0)
+    with pytest.raises(ValueError, match="layer 10 is outside the model's 3 layers"):
+        s.is_edge_layer(10, 3)
+    assert s.is_edge_layer(2, 3) and not s.is_edge_layer(1, 3)
+    q = tq.Quantizer(dim=128, bits=3)
+    assert q.bytes(2) == 2 * q.bytes(1)
+    with pytest.raises(ValueError, match="overflow 64 bits"):
+        q.bytes(2**60)
+
+
 def test_a_spec_compares_with_anything():
     """Against what is not a spec, == is False (NotImplemented), not a TypeError: None, its own
     text, a list or a dict holding both."""
