@@ -280,6 +280,8 @@ class TurboQuantCache(Cache):
     def crop(self, max_length: int) -> None:
         """Drops the last -max_length tokens (transformers 5.x), or keeps the first max_length (5.0's
         meaning of a positive value). With a window, at most 64 tokens can be taken back."""
+        if isinstance(max_length, torch.Tensor) and max_length.ndim == 0 and not max_length.is_floating_point() and max_length.dtype != torch.bool:
+            max_length = max_length.item()  # assisted decoding crops by a count it holds as a 0-d tensor
         if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral):
             raise TypeError(f"TurboQuantCache.crop: max_length must be an int, got {max_length!r}")
         max_length = int(max_length)
