@@ -68,18 +68,14 @@ constexpr int resident_blocks() {
 template <int D, Kind KIND>
 constexpr bool kDecodeHasCompact = KIND != Kind::kTq && sizeof(Smem<D, KIND, 0, 0>) > kSmallSmem;
 
-// The sum of p[n][rr][0..3] over n < N as a tree (pairs, then pairs of pairs): its depth is
-// log2(4N) additions where a running sum's is 4N.
+// The sum of p[n][rr][0..3] over n < N as a tree (dev::tree_fold): its depth is log2(4N)
+// additions where a running sum's is 4N.
 template <int N, int R>
 __device__ __forceinline__ float tree_sum(const float (&p)[N][R][4], int rr) {
   float s[2 * N];
 #pragma unroll
   for (int n = 0; n < N; ++n) s[2 * n] = p[n][rr][0] + p[n][rr][1], s[2 * n + 1] = p[n][rr][2] + p[n][rr][3];
-#pragma unroll
-  for (int w = 1; w < 2 * N; w *= 2)
-#pragma unroll
-    for (int i = 0; i + w < 2 * N; i += 2 * w) s[i] += s[i + w];
-  return s[0];
+  return dev::tree_fold(s, [](float a, float b) { return a + b; });
 }
 
 // The body of decode_kernel (below).

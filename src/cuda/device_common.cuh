@@ -114,6 +114,17 @@ __device__ __forceinline__ Lut8 make_lut8(const __half* table) {  // table: [8] 
   return lut8_from_bytes(b);
 }
 
+// f folded over r[0 .. K) as a tree (pairs, then pairs of pairs): log2(K) dependent steps where a
+// running fold takes K (the softmax's row max and sum, decode's tile sum of P). r is overwritten.
+template <int K, typename F>
+__device__ __forceinline__ float tree_fold(float (&r)[K], F f) {
+#pragma unroll
+  for (int w = 1; w < K; w *= 2)
+#pragma unroll
+    for (int i = 0; i + w < K; i += 2 * w) r[i] = f(r[i], r[i + w]);
+  return r[0];
+}
+
 // A query row's int16 fixed point for int8 keys (decode and Hopper's prefill): step = max|q| /
 // kQ16Max, so that every element's int16 keeps split_i16's high byte within int8.
 inline constexpr float kQ16Max = 32639.0f;  // 127 * 256 + 127

@@ -320,17 +320,13 @@ __device__ __forceinline__ void store_luts(const CacheView& c, __half* lut_k, __
 }
 
 // f folded over row i's 2 NT elements of a tile (x[nt][2i], x[nt][2i + 1]: row g, or g + 8) as a
-// tree: log2(2 NT) dependent steps where a running fold takes 2 NT.
+// tree (dev::tree_fold): log2(2 NT) dependent steps where a running fold takes 2 NT.
 template <int NT, typename F>
 __device__ __forceinline__ float row_tree(const float (&x)[NT][4], int i, F f) {
   float r[NT];
 #pragma unroll
   for (int nt = 0; nt < NT; ++nt) r[nt] = f(x[nt][2 * i], x[nt][2 * i + 1]);
-#pragma unroll
-  for (int w = 1; w < NT; w *= 2)
-#pragma unroll
-    for (int k = 0; k + w < NT; k += 2 * w) r[k] = f(r[k], r[k + w]);
-  return r[0];
+  return dev::tree_fold(r, f);
 }
 
 // What the masks of a tile compare with: its first token T0, the split's end, the side buffer's

@@ -234,7 +234,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   // The warpgroup's and the warp's index through shuffles from lane 0: ptxas then knows they are
   // the same in every lane and keeps the wgmma descriptors derived from them in uniform registers
   // (else each MMA's two descriptors are moved there with R2URs: CUTLASS's canonical_warp_group_idx).
-  const int wgi = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0), warp = __shfl_sync(0xffffffffu, int(threadIdx.x / 32 % 4), 0), lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int wgi = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0), warp = __shfl_sync(0xffffffffu, int(threadIdx.x / 32 % 4), 0);
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const CacheView& c = p.cache;
   const int group = int(p.q_heads / c.kv_heads), nq = int(p.num_q_tokens), rows_total = group * nq;
   const int len = p.seq_lens[seq];
