@@ -286,6 +286,12 @@ struct Server::Impl {
   }
 
 
+  // A request for a model this server does not serve (a request's "model", the retrieve route's id).
+  ApiError unknown_model(const std::string& name) const {
+    return ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", name, o.model_name), "model",
+                    "not_found_error", "model_not_found");
+  }
+
   void routes();
   void post(const char* path, bool chat);
   void complete(const httplib::Request& req, const std::string& body, httplib::Response& res, bool chat);
@@ -294,9 +300,7 @@ struct Server::Impl {
 };
 
 std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::string* echo) {
-  if (!cr.model.empty() && cr.model != o.model_name)
-    throw ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", cr.model, o.model_name), "model",
-                   "not_found_error", "model_not_found");
+  if (!cr.model.empty() && cr.model != o.model_name) throw unknown_model(cr.model);
   std::vector<int> prompt;
   try {
     if (cr.chat) {
@@ -467,9 +471,7 @@ void Server::Impl::routes() {
   // OpenAI's retrieve-model route (the id may hold slashes: "org/name")
   http.Get(R"(/v1/models/(.+))", [this, model_json](const httplib::Request& req, httplib::Response& res) {
     const std::string id = req.matches[1];
-    if (id != o.model_name)
-      return send_error(res, ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", id, o.model_name), "model",
-                                      "not_found_error", "model_not_found"));
+    if (id != o.model_name) return send_error(res, unknown_model(id));
     res.set_content(dump(model_json()), "application/json");
   });
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
