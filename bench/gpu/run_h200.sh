@@ -22,6 +22,8 @@
 # SERVE_BENCH="args": also `tq bench-serve args` (the serving benchmark; JSON to $OUT/serve_bench.json).
 # SPEC_BENCH="args": also bench/speculative/bench_spec.py --device cuda args (speculative decoding
 # against plain decoding with `tq run`; its table to $OUT/spec_bench.md).
+# NCU_STALLS=1: also bench/gpu/profile_stalls.sh (Nsight Compute: pipes and stall reasons) on the k3v2
+# decode kernel at 16 x 32K and on Hopper's prefill kernel (512 tokens on 8K).
 # PROFILE_STEP="tq bench options": also bench/gpu/profile_step.sh (Nsight Compute: a Llama-3.1-8B
 # shape decode step at batch 1, kernel by kernel).
 # SERVE_HTTP=MODEL: also bench/gpu/serve_http.sh (tq serve over HTTP with the openai client, which
@@ -154,7 +156,16 @@ if [ -n "${PROFILE_STEP:-}" ] && command -v ncu >/dev/null; then  # e.g. PROFILE
   timeout 300 bash bench/gpu/profile_step.sh --shape llama-3.1-8b --kv k3v2 --batch 1 --context 4096 $PROFILE_STEP >"$OUT/profile_step.txt" 2>&1
   note "profile of a decode step ($PROFILE_STEP): rc=$?, $(head -1 "$OUT/profile_step.txt")"
 fi
+if [ -n "${NCU_STALLS:-}" ] && command -v ncu >/dev/null; then  # issue 15's "what limits it": decode at 16 x 32K, prefill 512 on 8K
+  timeout 150 bash bench/gpu/profile_stalls.sh k3v2 >"$OUT/ncu_decode.txt" 2>&1
+  note "Nsight Compute, k3v2 decode 16 x 32K: rc=$?, $(grep -cE '__' "$OUT/ncu_decode.txt") metrics"
+  mkdir -p "$OUT/prefill" && OUT="$OUT/prefill" KERNEL=prefill_ws_kernel PROFILE_ARGS="--prefill-only --no-bulk" \
+    timeout 150 bash bench/gpu/profile_stalls.sh k3v2 >"$OUT/ncu_prefill.txt" 2>&1
+  note "Nsight Compute, k3v2 Hopper prefill 512 on 8K: rc=$?, $(grep -cE '__' "$OUT/ncu_prefill.txt") metrics"
+fi
 if [ -n "${NO_BENCH:-}" ] || [ -n "${ONLY_SANITIZERS:-}" ]; then
+  [ -f "$OUT/ncu_decode.txt" ] && { echo "== Nsight Compute, decode:"; cat "$OUT/ncu_decode.txt"; }
+  [ -f "$OUT/ncu_prefill.txt" ] && { echo "== Nsight Compute, prefill:"; cat "$OUT/ncu_prefill.txt"; }
   [ -f "$OUT/profile_step.txt" ] && head -25 "$OUT/profile_step.txt"
   [ -f "$OUT/check_model.md" ] && cat "$OUT/check_model.md"
   [ -f "$OUT/engine_bench.txt" ] && { tail -5 "$OUT/engine_bench.err"; cat "$OUT/engine_bench.txt"; }
