@@ -251,8 +251,6 @@ CompletionRequest parse_completion(const json& body, bool chat) {
   r.logprobs = parse_logprobs(body, chat);
   if (r.max_tokens == 0 && !(r.echo && r.logprobs >= 0))
     throw bad(max_key, "must be at least 1; 0 only scores the prompt, with \"echo\": true and \"logprobs\"");
-  if (r.logprobs >= 0 && r.speculation && *r.speculation)
-    throw bad("logprobs", "cannot be combined with speculative decoding (send \"speculative\": \"off\")");
   r.stream = boolean(body, "stream");
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) throw bad("stream_options", "must be an object");

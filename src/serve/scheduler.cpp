@@ -119,11 +119,8 @@ void Scheduler::check(const Request& r) const {
                 "speculative '{}': this server has no draft model (tq serve --draft FILE); it drafts by prompt lookup (ngram)",
                 r.speculation ? r.speculation->text : "");
   refuse_unless(r.logprobs >= -1 && r.logprobs <= kMaxLogprobs, "logprobs", "logprobs must be in 0..{}, got {}", kMaxLogprobs, r.logprobs);
-  refuse_unless(r.logprobs < 0 || !r.speculation, "logprobs", "logprobs cannot be combined with speculative decoding (send \"speculative\": \"off\")");
   refuse_unless(r.prompt_logprobs >= -1 && r.prompt_logprobs <= kMaxLogprobs, "logprobs", "the prompt's logprobs must be in 0..{}, got {}",
                 kMaxLogprobs, r.prompt_logprobs);
-  refuse_unless(r.prompt_logprobs < 0 || !r.speculation, "logprobs",
-                "the prompt's logprobs cannot be combined with speculative decoding (send \"speculative\": \"off\")");
 }
 
 uint64_t Scheduler::add(Request r, uint64_t id) {
@@ -435,8 +432,13 @@ std::vector<Event> Scheduler::step() {
     emitted.push_back(v.next);
     const size_t first_event = out.size();
     emit(s, emitted, out);  // an end releases the pages, caching the full ones
-    if (s->logprobs >= 0 && out.size() > first_event && out.back().token == v.next)  // not a stop token: that ends it unsent
-      out.back().logprobs = engine::token_logprobs(last_row, v.next, s->logprobs);
+    // Event j carries emitted[j] (a stop token ends the request unsent, with an event of no
+    // token); its distribution is the verification's row j (a kept draft's, then the next
+    // token's), or the last row without drafts: the target's own, whatever the drafts proposed.
+    if (s->logprobs >= 0)
+      for (size_t j = 0; first_event + j < out.size() && out[first_event + j].token >= 0; ++j)
+        out[first_event + j].logprobs =
+            engine::token_logprobs(drafts.empty() ? last_row : item_logits.subspan(j * V, V), out[first_event + j].token, s->logprobs);
     hand_prompt_logprobs();
     if (s->done == Finish::kNone) {
       if (s->tail_at) e_.cache_prefix(s->seq, s->tokens, s->tail_at);

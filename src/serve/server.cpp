@@ -330,9 +330,7 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   const size_t pool = size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size();
   const size_t cap = std::min<size_t>(context_, pool + 1);                          // prompt + max_tokens at most
   const uint32_t default_max = prompt.size() < cap ? uint32_t(cap - prompt.size()) : 1;  // 1: submit() refuses, naming the pool
-  // A request for logprobs runs without the server's default speculation (they do not combine).
-  Request r{prompt, cr.sampling, cr.max_tokens.value_or(default_max),
-            cr.speculation.value_or(cr.logprobs >= 0 ? std::nullopt : o.speculation), cr.logprobs};
+  Request r{prompt, cr.sampling, cr.max_tokens.value_or(default_max), cr.speculation.value_or(o.speculation), cr.logprobs};
   const bool score_prompt = cr.echo && cr.logprobs >= 0;  // OpenAI's echo with logprobs: the prompt's too
   if (score_prompt) r.prompt_logprobs = cr.logprobs;
   if (!cr.seeded) r.sampling.seed = (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();

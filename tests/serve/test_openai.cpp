@@ -98,7 +98,6 @@ INSTANTIATE_TEST_SUITE_P(
                       Bad{R"({"prompt": "x", "max_tokens": 0, "echo": true})", false, "max_tokens"},
                       Bad{R"({"prompt": "x", "max_tokens": 0, "logprobs": 1})", false, "max_tokens"},
                       Bad{R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0, "logprobs": true})", true, "max_tokens"},
-                      Bad{R"({"prompt": "x", "logprobs": 2, "speculative": "ngram:k=4"})", false, "logprobs"},
                       Bad{R"({"prompt": "x", "frequency_penalty": 0.5})", false, "frequency_penalty"},
                       Bad{R"({"prompt": "x", "stop": [""]})", false, "stop"}, Bad{R"({"prompt": "x", "stop": 3})", false, "stop"},
                       Bad{R"({"prompt": "x", "stream": 1})", false, "stream"},
@@ -187,6 +186,12 @@ TEST(OpenAiParse, Logprobs) {
   EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": 0})"), false).logprobs, 0);
   EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": 5})"), false).logprobs, 5);
   EXPECT_EQ(parse_completion(json::parse(R"({"prompt": "x", "logprobs": 2, "speculative": "off"})"), false).logprobs, 2);
+  {  // speculating and reporting logprobs combine (the scheduler reads them from the verification rows)
+    const CompletionRequest r = parse_completion(json::parse(R"({"prompt": "x", "logprobs": 2, "speculative": "ngram:k=4"})"), false);
+    EXPECT_EQ(r.logprobs, 2);
+    ASSERT_TRUE(r.speculation && *r.speculation);
+    EXPECT_EQ((*r.speculation)->max_draft, 4u);
+  }
   const char* chat = R"({"messages": [{"role": "user", "content": "x"}], )";
   EXPECT_EQ(parse_completion(json::parse(std::string(chat) + R"("logprobs": false})"), true).logprobs, -1);
   EXPECT_EQ(parse_completion(json::parse(std::string(chat) + R"("logprobs": true})"), true).logprobs, 0);

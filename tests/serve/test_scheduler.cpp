@@ -295,6 +295,62 @@ void expect_prompt_scored(const char* spec, const Request& r, const Outcome& o, 
   }
 }
 
+// Speculating requests that ask for logprobs (ngram drafts, greedy and sampled, in steps shared
+// with each other under a small token budget): a TokenLogprobs for every token, kept drafts
+// included, each equal to log_softmax of a teacher-forced prefill of its prompt and tokens (the
+// target model's values, whatever the drafts proposed); greedy ones still give their tokens alone
+// without speculation; one scores its prompt too, one asks nothing and gets none.
+TEST(SchedulerLogprobs, SpeculativeRequestsReportTheTargetsLogSoftmax) {
+  REQUIRE_STORIES();
+  const char* spec = "k3v2:page=8";
+  Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 4, .max_chunk = 64});
+  Scheduler s(e, is_stop, {.max_num_seqs = 4, .max_batched_tokens = 19});
+  std::vector<Request> reqs;
+  std::vector<uint64_t> ids;
+  for (size_t i = 0; i < 4; ++i) {
+    Request r{prompt(kPrompts[i + 2]), {}, uint32_t(40 + 5 * i), {}};
+    if (i % 2) r.sampling = SamplingParams{.temperature = 0.8f, .top_k = 40, .seed = 91 + i};
+    r.speculation = engine::parse_speculative_spec(i % 2 ? "ngram:k=3:min=1" : "ngram:n=2:min=1");
+    r.logprobs = i == 3 ? -1 : int(2 * i + 1);  // 1, 3, 5 alternatives; the last asks nothing
+    if (i == 0) r.prompt_logprobs = 2;
+    reqs.push_back(r);
+    ids.push_back(s.add(r));
+  }
+  const auto got = drain(s);
+  const SchedulerStats st = s.stats();
+  EXPECT_GT(st.spec_accepted, 5u) << "drafts were meant to be kept (their rows are the ones this tests)";
+  EXPECT_EQ(st.pages_free, st.pages_total);
+  const size_t V = size_t(stories()->m.config.vocab_size);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const Outcome& o = got.at(ids[i]);
+    const std::string what = "request " + std::to_string(i);
+    EXPECT_EQ(o.events_after_finish, 0) << what;
+    if (reqs[i].sampling.greedy()) {
+      EXPECT_EQ(o.tokens, alone(spec, reqs[i])) << what;
+    }
+    if (reqs[i].prompt_logprobs >= 0) expect_prompt_scored(spec, reqs[i], o, what);
+    if (reqs[i].logprobs < 0) {
+      EXPECT_TRUE(o.logprobs.empty()) << what;
+      continue;
+    }
+    ASSERT_EQ(o.logprobs.size(), o.tokens.size()) << what;
+    Engine ref(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512});
+    std::vector<int> seq = reqs[i].prompt;
+    seq.insert(seq.end(), o.tokens.begin(), o.tokens.end() - 1);
+    const std::vector<float> logits = ref.prefill(ref.add_sequence(), seq, true);
+    const size_t first = reqs[i].prompt.size() - 1;
+    for (size_t j = 0; j < o.tokens.size(); ++j) {
+      const LogSoftmax want(&logits[(first + j) * V], V);
+      EXPECT_NEAR(o.logprobs[j].logprob, want(o.tokens[j]), LogSoftmax::tol(want(o.tokens[j]))) << what << " token " << j;
+      ASSERT_EQ(o.logprobs[j].top.size(), size_t(reqs[i].logprobs)) << what;
+      for (const auto& [id, lp] : o.logprobs[j].top) EXPECT_NEAR(lp, want(id), LogSoftmax::tol(want(id))) << what << " token " << j << " id " << id;
+      if (reqs[i].sampling.greedy()) {
+        EXPECT_EQ(o.logprobs[j].top[0].first, o.tokens[j]) << what << " token " << j;
+      }
+    }
+  }
+}
+
 // Requests that score their prompts (OpenAI's echo with logprobs) share steps with plain ones and
 // with each other under a small token budget and a pool small enough to preempt: each gets every
 // prompt token's log-probability, equal to a teacher-forced prefill's log_softmax, on one event;
@@ -382,8 +438,9 @@ TEST(SchedulerPromptLogprobs, Refusals) {
   refused(r, "logprobs", "got 21");
   r.prompt_logprobs = 1;
   r.max_tokens = 4;
-  r.speculation = engine::parse_speculative_spec("ngram");
-  refused(r, "logprobs", "speculative");
+  r.speculation = engine::parse_speculative_spec("ngram");  // they combine (SpeculativeRequestsReportTheTargetsLogSoftmax)
+  r.logprobs = 2;
+  EXPECT_NO_THROW(s.check(r));
 }
 
 // A prefix hit gives the tokens of a cold run and computes only what is not cached.
@@ -771,7 +828,7 @@ TEST(SchedulerErrors, RequestsThatCanNeverRunAreRefused) {
   EXPECT_EQ(param({{1}, SamplingParams{.min_p = 2}, 4, {}}), "min_p");
   EXPECT_EQ(param({{1}, {}, 4, engine::parse_speculative_spec("draft")}), "speculative");
   EXPECT_EQ(param({{1}, {}, 4, {}, 21}), "logprobs");
-  EXPECT_EQ(param({{1}, {}, 4, engine::parse_speculative_spec("ngram"), 2}), "logprobs");
+  EXPECT_EQ(param({{1}, {}, 4, engine::parse_speculative_spec("ngram"), 2}), "(accepted)");
   EXPECT_EQ(param({{1}, {}, 4, {}, 20}), "(accepted)");
   EXPECT_EQ(param({{1}, {}, 4, {}}), "(accepted)");
   expect_error([&] { Scheduler(e, is_stop, {.max_num_seqs = 3}); }, "--max-num-seqs");

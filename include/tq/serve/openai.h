@@ -53,7 +53,7 @@ struct CompletionRequest {
 };
 
 // Throws ApiError (400) naming the field: a body that is not an object, wrong types, values out
-// of range, n other than 1, logprobs over 20 or with speculation, max_tokens 0 without echo and
+// of range, n other than 1, logprobs over 20, max_tokens 0 without echo and
 // logprobs, a missing prompt or messages.
 CompletionRequest parse_completion(const nlohmann::json& body, bool chat);
 

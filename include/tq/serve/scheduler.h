@@ -49,7 +49,8 @@ struct Request {
   // SchedulerOptions::draft, else check() refuses it).
   std::optional<engine::SpeculativeSpec> speculation;
   // OpenAI's logprobs: -1 none; else each generated token's log-probability and those of the
-  // `logprobs` most likely tokens (0..kMaxLogprobs). Its steps take the logits to the host.
+  // `logprobs` most likely tokens (0..kMaxLogprobs). Its steps take the logits to the host. With
+  // speculation, each kept draft's from its verification row: the target model's own values.
   int logprobs = -1;
   // The prompt's own log-probabilities (OpenAI's "echo" with "logprobs"; vLLM's prompt_logprobs):
   // -1 none; else of each prompt token but the first given the ones before it, with the
@@ -133,8 +134,8 @@ class Scheduler {
   // Throws Refused naming the value and the field when the request can never run: an empty
   // prompt, a token outside the vocabulary, max_tokens 0 (unless it scores its prompt), prompt +
   // max_tokens beyond the context, more pages than the whole pool holds, invalid sampling
-  // parameters, a speculation this server cannot do, logprobs or prompt_logprobs out of range or
-  // with speculation. Reads only what construction fixed, so another thread may call it while step() runs.
+  // parameters, a speculation this server cannot do, logprobs or prompt_logprobs out of range.
+  // Reads only what construction fixed, so another thread may call it while step() runs.
   void check(const Request& r) const;
   // check(), then queues the request; returns its id: `id` when not 0 (the caller's, unique and
   // never reused), else the next of the scheduler's own.
