@@ -207,6 +207,45 @@ INSTANTIATE_TEST_SUITE_P(
                            {.max_num_seqs = 4, .max_batched_tokens = 7}}),
     [](const auto& info) { return std::string(info.param.name); });
 
+// log_softmax of a logits row, in long double, and the tolerance of a float result against it:
+// the CPU engine's logits do not depend on the batch or the chunks (HitLogitsEqualColdBitForBit),
+// so only the float rounding of the result differs: half an ulp, bounded by twice that.
+struct LogSoftmax {
+  const float* row;
+  size_t V;
+  long double mx = 0, lse = 0;
+  LogSoftmax(const float* r, size_t v) : row(r), V(v) {
+    mx = row[0];
+    for (size_t i = 0; i < V; ++i) mx = std::max(mx, (long double)row[i]);
+    long double sum = 0;
+    for (size_t i = 0; i < V; ++i) sum += std::exp((long double)row[i] - mx);
+    lse = std::log(sum);
+  }
+  double operator()(int id) const { return double((long double)row[id] - mx - lse); }
+  static double tol(double x) { return std::numeric_limits<float>::epsilon() * std::max(1.0, std::fabs(x)); }
+};
+
+// Each generated token's logprob and its alternatives against a teacher-forced prefill of the
+// prompt and the tokens before it on a fresh engine; greedy requests' most likely token is theirs.
+void expect_generation_scored(const char* spec, const Request& r, const Outcome& o, const std::string& what) {
+  ASSERT_EQ(o.logprobs.size(), o.tokens.size()) << what;
+  Engine ref(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512});
+  std::vector<int> seq = r.prompt;
+  seq.insert(seq.end(), o.tokens.begin(), o.tokens.end() - 1);
+  const std::vector<float> logits = ref.prefill(ref.add_sequence(), seq, true);
+  const size_t V = size_t(stories()->m.config.vocab_size), first = r.prompt.size() - 1;
+  for (size_t j = 0; j < o.tokens.size(); ++j) {
+    const LogSoftmax want(&logits[(first + j) * V], V);
+    EXPECT_NEAR(o.logprobs[j].logprob, want(o.tokens[j]), LogSoftmax::tol(want(o.tokens[j]))) << what << " token " << j;
+    ASSERT_EQ(o.logprobs[j].top.size(), size_t(r.logprobs)) << what;
+    for (const auto& [id, lp] : o.logprobs[j].top) EXPECT_NEAR(lp, want(id), LogSoftmax::tol(want(id))) << what << " token " << j << " id " << id;
+    for (size_t k = 1; k < o.logprobs[j].top.size(); ++k) EXPECT_GE(o.logprobs[j].top[k - 1].second, o.logprobs[j].top[k].second) << what;
+    if (r.sampling.greedy()) {
+      EXPECT_EQ(o.logprobs[j].top[0].first, o.tokens[j]) << what << " token " << j;
+    }
+  }
+}
+
 // Requests that ask for logprobs share steps with others (which then sample on the host, from
 // the same logits and by the same rule): every request still gets its tokens alone, and each of
 // the asking ones a TokenLogprobs a token, equal to log_softmax of the logits of a teacher-forced
@@ -233,50 +272,10 @@ TEST(SchedulerLogprobs, EqualTeacherForcedLogSoftmax) {
       EXPECT_TRUE(o.logprobs.empty());
       continue;
     }
-    ASSERT_EQ(o.logprobs.size(), o.tokens.size()) << "request " << i;
-    Engine ref(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512});
-    std::vector<int> seq = reqs[i].prompt;
-    seq.insert(seq.end(), o.tokens.begin(), o.tokens.end() - 1);
-    const std::vector<float> logits = ref.prefill(ref.add_sequence(), seq, true);
-    const size_t V = size_t(stories()->m.config.vocab_size), first = reqs[i].prompt.size() - 1;
-    for (size_t j = 0; j < o.tokens.size(); ++j) {
-      const float* row = &logits[(first + j) * V];
-      long double mx = row[0], sum = 0;
-      for (size_t v = 0; v < V; ++v) mx = std::max(mx, (long double)row[v]);
-      for (size_t v = 0; v < V; ++v) sum += std::exp((long double)row[v] - mx);
-      const auto want = [&](int id) { return double((long double)row[id] - mx - std::log(sum)); };
-      // The CPU engine's logits do not depend on the batch or the chunks (HitLogitsEqualColdBitForBit),
-      // so only the float rounding of the result differs: half an ulp, bounded by twice that.
-      const auto tol = [](double x) { return std::numeric_limits<float>::epsilon() * std::max(1.0, std::fabs(x)); };
-      EXPECT_NEAR(o.logprobs[j].logprob, want(o.tokens[j]), tol(want(o.tokens[j]))) << "request " << i << " token " << j;
-      ASSERT_EQ(o.logprobs[j].top.size(), size_t(reqs[i].logprobs));
-      for (const auto& [id, lp] : o.logprobs[j].top) EXPECT_NEAR(lp, want(id), tol(want(id))) << "request " << i << " token " << j << " id " << id;
-      for (size_t k = 1; k < o.logprobs[j].top.size(); ++k) EXPECT_GE(o.logprobs[j].top[k - 1].second, o.logprobs[j].top[k].second);
-      if (reqs[i].sampling.greedy()) {
-        EXPECT_EQ(o.logprobs[j].top[0].first, o.tokens[j]);
-      }
-    }
+    expect_generation_scored(spec, reqs[i], o, "request " + std::to_string(i));
   }
   EXPECT_EQ(s.stats().pages_free, s.stats().pages_total);
 }
-
-// log_softmax of a logits row, in long double, and the tolerance of a float result against it:
-// the CPU engine's logits do not depend on the batch or the chunks (HitLogitsEqualColdBitForBit),
-// so only the float rounding of the result differs: half an ulp, bounded by twice that.
-struct LogSoftmax {
-  const float* row;
-  size_t V;
-  long double mx = 0, lse = 0;
-  LogSoftmax(const float* r, size_t v) : row(r), V(v) {
-    mx = row[0];
-    for (size_t i = 0; i < V; ++i) mx = std::max(mx, (long double)row[i]);
-    long double sum = 0;
-    for (size_t i = 0; i < V; ++i) sum += std::exp((long double)row[i] - mx);
-    lse = std::log(sum);
-  }
-  double operator()(int id) const { return double((long double)row[id] - mx - lse); }
-  static double tol(double x) { return std::numeric_limits<float>::epsilon() * std::max(1.0, std::fabs(x)); }
-};
 
 // Each prompt token's logprob (given those before it) and its alternatives against a teacher-forced
 // prefill of the prompt on a fresh engine.
@@ -320,7 +319,6 @@ TEST(SchedulerLogprobs, SpeculativeRequestsReportTheTargetsLogSoftmax) {
   const SchedulerStats st = s.stats();
   EXPECT_GT(st.spec_accepted, 5u) << "drafts were meant to be kept (their rows are the ones this tests)";
   EXPECT_EQ(st.pages_free, st.pages_total);
-  const size_t V = size_t(stories()->m.config.vocab_size);
   for (size_t i = 0; i < reqs.size(); ++i) {
     const Outcome& o = got.at(ids[i]);
     const std::string what = "request " + std::to_string(i);
@@ -333,21 +331,7 @@ TEST(SchedulerLogprobs, SpeculativeRequestsReportTheTargetsLogSoftmax) {
       EXPECT_TRUE(o.logprobs.empty()) << what;
       continue;
     }
-    ASSERT_EQ(o.logprobs.size(), o.tokens.size()) << what;
-    Engine ref(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512});
-    std::vector<int> seq = reqs[i].prompt;
-    seq.insert(seq.end(), o.tokens.begin(), o.tokens.end() - 1);
-    const std::vector<float> logits = ref.prefill(ref.add_sequence(), seq, true);
-    const size_t first = reqs[i].prompt.size() - 1;
-    for (size_t j = 0; j < o.tokens.size(); ++j) {
-      const LogSoftmax want(&logits[(first + j) * V], V);
-      EXPECT_NEAR(o.logprobs[j].logprob, want(o.tokens[j]), LogSoftmax::tol(want(o.tokens[j]))) << what << " token " << j;
-      ASSERT_EQ(o.logprobs[j].top.size(), size_t(reqs[i].logprobs)) << what;
-      for (const auto& [id, lp] : o.logprobs[j].top) EXPECT_NEAR(lp, want(id), LogSoftmax::tol(want(id))) << what << " token " << j << " id " << id;
-      if (reqs[i].sampling.greedy()) {
-        EXPECT_EQ(o.logprobs[j].top[0].first, o.tokens[j]) << what << " token " << j;
-      }
-    }
+    expect_generation_scored(spec, reqs[i], o, what);
   }
 }
 
