@@ -49,6 +49,19 @@ TurboQuant::TurboQuant(const TqConfig& cfg) : cfg_((check_config(cfg), cfg)), pd
   }
 }
 
+size_t TurboQuant::table_bytes(const TqConfig& cfg) {
+  const auto rotation = [&](uint32_t dim) {
+    const size_t pd = tq::padded_dim(dim);
+    return sizeof(float) * (cfg.rotation == RotationKind::kDense ? pd * pd : pd);
+  };
+  if (cfg.split) {
+    const uint32_t n = split_outliers(cfg.dim);
+    return rotation(n) + rotation(cfg.dim - n);
+  }
+  const size_t pd = tq::padded_dim(cfg.dim);
+  return rotation(cfg.dim) + (cfg.prod ? sizeof(float) * pd * pd : 0);
+}
+
 const Rotation& TurboQuant::rotation() const {
   TQ_CHECK(rot_.has_value(), "a split ({}.5-bit) row has one rotation per part, not one for the row", cfg_.bits);
   return *rot_;

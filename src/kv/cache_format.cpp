@@ -9,10 +9,7 @@ namespace tq {
 
 CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format, std::vector<bool> sliding)
     : layers_(layers), kv_heads_(kv_heads), head_dim_(head_dim), format_(format), sliding_(std::move(sliding)) {
-  TQ_CHECK(layers >= 1 && layers <= 4096, "cache layers must be 1..4096, got {}", layers);
-  TQ_CHECK(kv_heads >= 1 && kv_heads <= 1024, "cache KV heads must be 1..1024, got {}", kv_heads);
-  TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
-  TQ_CHECK(format.page_size >= 1 && format.page_size <= kMaxPageSize, "page size must be 1..{}, got {}", kMaxPageSize, format.page_size);
+  check_shape(layers, kv_heads, head_dim, format);
   TQ_CHECK(sliding_.empty() || sliding_.size() == layers, "cache of {} layers given sliding-window flags for {}", layers, sliding_.size());
   TQ_CHECK(!format.norm_unbiased_local || !sliding_.empty(),
            "KV format '{}': 'ip=local' applies to the model's sliding-window layers, which this cache was not told (a cache made outside "
@@ -31,6 +28,22 @@ CacheFormat::CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, 
       }
   k_codecs_ = std::move(k);
   v_codecs_ = std::move(v);
+}
+
+void CacheFormat::check_shape(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format) {
+  TQ_CHECK(layers >= 1 && layers <= 4096, "cache layers must be 1..4096, got {}", layers);
+  TQ_CHECK(kv_heads >= 1 && kv_heads <= 1024, "cache KV heads must be 1..1024, got {}", kv_heads);
+  TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
+  TQ_CHECK(format.page_size >= 1 && format.page_size <= kMaxPageSize, "page size must be 1..{}, got {}", kMaxPageSize, format.page_size);
+}
+
+size_t CacheFormat::table_bytes(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format) {
+  // Every (layer, head) codec of a tensor has the tables of layer 0's, head 0's: only seeds differ
+  // (and ip=local's norms, which hold no table).
+  size_t one = 0;  // a K and a V codec
+  for (bool value : {false, true})
+    if (is_tq((value ? format.v : format.k).enc)) one += TurboQuant::table_bytes(codec_config(format, head_dim, 0, 0, value));
+  return one * layers * kv_heads;
 }
 
 uint64_t CacheFormat::seed_for(uint32_t layer, uint32_t head, bool value) const {

@@ -12,6 +12,27 @@
 #include "tq/numeric.h"
 
 namespace tq {
+namespace {
+
+// A cache in host memory: its pages and its format's codec tables, in bytes, refused past 64 GiB.
+void check_host_bytes(double pages, double tables) {
+  constexpr double gib = double(1ull << 30);
+  TQ_CHECK(pages + tables <= 64 * gib,
+           "the cache would take {:.1f} GiB ({:.1f} GiB of pages, {:.1f} GiB of codec tables); more than the 64 GiB allowed on the CPU",
+           (pages + tables) / gib, pages / gib, tables / gib);
+}
+
+// The format of a cache of `shape`, its size checked first: the codec tables are counted before they
+// are built (at odd head dims each is a dense rotation: ~4 MiB and ~1 s, minutes for a model).
+CacheFormat checked_format(const CacheShape& shape, const KvFormat& format) {
+  CacheFormat::check_shape(shape.layers, shape.kv_heads, shape.head_dim, format);
+  const double pages = double(block_layout(format.k, format.v, shape.head_dim, format.page_size).bytes) * shape.kv_heads * shape.layers *
+                       shape.num_pages;
+  check_host_bytes(pages, double(CacheFormat::table_bytes(shape.layers, shape.kv_heads, shape.head_dim, format)));
+  return CacheFormat(shape.layers, shape.kv_heads, shape.head_dim, format);
+}
+
+}  // namespace
 
 PagedKvCache::PagedKvCache(const CacheFormat& format, uint32_t num_pages)
     : PagedKvCache(format, std::vector<uint32_t>(format.layers(), num_pages)) {}
@@ -25,7 +46,7 @@ PagedKvCache::PagedKvCache(const CacheFormat& format, const std::vector<uint32_t
     total += double(format.layer_page_bytes()) * layer_pages[l];
     shape_.num_pages = std::max(shape_.num_pages, layer_pages[l]);
   }
-  TQ_CHECK(total <= 64.0 * (1ull << 30), "the cache would take {:.1f} GiB; more than the 64 GiB allowed on the CPU", total / (1ull << 30));
+  check_host_bytes(total, double(format.table_bytes()));
   for (uint32_t n : layer_pages) layer_offset_.push_back(bytes_), bytes_ += format.layer_page_bytes() * n;
   owned_.assign(bytes_, 0);
   data_ = owned_.data();
@@ -43,7 +64,7 @@ PagedKvCache PagedKvCache::view(const CacheFormat& format, uint8_t* data, uint32
 }
 
 PagedKvCache::PagedKvCache(const CacheShape& shape, const KvFormat& format)
-    : PagedKvCache(CacheFormat(shape.layers, shape.kv_heads, shape.head_dim, format), shape.num_pages) {}
+    : PagedKvCache(checked_format(shape, format), shape.num_pages) {}
 
 uint8_t* PagedKvCache::block(uint32_t layer, uint32_t page, uint32_t head) {
   return const_cast<uint8_t*>(static_cast<const PagedKvCache*>(this)->block(layer, page, head));

@@ -305,6 +305,25 @@ TEST(Config, RejectsBadWidthsAndDims) {
   EXPECT_THROW(TurboQuant(cfg_of(4096, 3)), Error);
 }
 
+// table_bytes counts, without building them, the tables an instance holds: a cache's size check
+// relies on it (PagedKvCache), so it must equal what the constructor allocates.
+TEST(Config, TableBytesAreWhatTheInstanceHolds) {
+  const auto held = [](const TurboQuant& t) {
+    if (t.split()) return 4 * (t.part(0)->rotation().matrix().size() + t.part(0)->rotation().signs().size() +
+                               t.part(1)->rotation().matrix().size() + t.part(1)->rotation().signs().size());
+    return 4 * (t.rotation().matrix().size() + t.rotation().signs().size() + t.qjl_matrix().size());
+  };
+  TqConfig split = cfg_of(100, 2, false, RotationKind::kDense);
+  split.split = true;
+  for (const TqConfig& c : {cfg_of(128, 3), cfg_of(80, 3, false, RotationKind::kDense), cfg_of(80, 3, true, RotationKind::kDense),
+                            cfg_of(64, 4, true), split}) {
+    const size_t bytes = TurboQuant::table_bytes(c);
+    EXPECT_EQ(bytes, held(TurboQuant(c))) << c.dim << (c.prod ? " prod" : "") << (c.split ? " split" : "");
+    EXPECT_GT(bytes, 0u);
+  }
+  EXPECT_EQ(TurboQuant::table_bytes(cfg_of(992, 3, false, RotationKind::kDense)), 4u * 992 * 992);  // ~4 MiB, not built
+}
+
 // ---- SIMD against the scalar reference ----
 
 struct SimdCase {

@@ -1,7 +1,9 @@
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "test_util.h"
 #include "tq/common.h"
@@ -94,6 +96,25 @@ TEST(PagedKvCache, BadInput) {
   EXPECT_THROW(cache.write(0, 0, x.data(), x.data()), Error);
   EXPECT_THROW(cache.block(0, 2, 0), Error);
   EXPECT_THROW(PagedKvCache(CacheShape{1, 1, 64, 0}, spec), Error);
+}
+
+// The size check counts the codec tables and comes before they are built: at head dim 992 each is a
+// dense rotation of ~4 MiB that takes ~1 s, so 4096 layers x 8 heads of them (240 GiB) were hours
+// of work before any refusal, and pages that cannot fit were refused only after the tables.
+TEST(PagedKvCache, OversizedIsRefusedBeforeTheTablesAreBuilt) {
+  const KvFormat spec = parse_kv_spec("k3v2").format;
+  EXPECT_EQ(CacheFormat::table_bytes(2, 3, 992, spec), 2u * 3 * 2 * 4 * 992 * 992);  // K and V: a dense rotation each
+  EXPECT_EQ(CacheFormat::table_bytes(2, 3, 96, spec), CacheFormat(2, 3, 96, spec).table_bytes());  // dense too, small
+  for (const CacheShape& shape : {CacheShape{4096, 8, 992, 1}, CacheShape{32, 8, 992, 1u << 31}}) {
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      PagedKvCache cache(shape, spec);
+      ADD_FAILURE() << shape.layers << " layers were not refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("GiB of codec tables"), std::string::npos) << e.what();
+    }
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(1)) << shape.layers << " layers";
+  }
 }
 
 // A refused write stores nothing: heads before the refused row (and the refused row's codes, packed

@@ -122,3 +122,24 @@ def test_a_stop_string_is_a_stop(stories):
     assert llm.last["finish_reason"] == "stop"
     llm.generate("Once upon a time", max_tokens=3)
     assert llm.last["finish_reason"] == "length"
+
+
+def test_an_oversized_cache_is_refused_before_its_codec_tables_are_built():
+    # At head dim 992 each (layer, head, K or V) codec is a dense rotation, ~4 MiB built in ~1 s: the
+    # 64 GiB check came after all of them (32 layers x 8 heads: minutes before refusing the pages),
+    # and did not count them (4096 layers: 240 GiB of tables and hours of work for one page).
+    r = run_python("""
+        import time, turboquant as tq
+        for layers, pages in ((32, 2**31), (4096, 1)):
+            t = time.monotonic()
+            try:
+                tq.KvCache(tq.KvSpec("k3v2"), layers, 8, 992, pages)
+            except ValueError as e:
+                print(f"{time.monotonic() - t:.3f}", e)
+    """, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2, r.stdout
+    assert "5111809.9 GiB (5111808.0 GiB of pages, 1.9 GiB of codec tables); more than the 64 GiB" in lines[0]
+    assert "240.6 GiB (0.3 GiB of pages, 240.2 GiB of codec tables)" in lines[1]
+    assert all(float(line.split()[0]) < 2 for line in lines), r.stdout

@@ -80,6 +80,11 @@ class TurboQuant {
   // Throws tq::Error on bits outside 1..8 (prod: 1..8, 1 meaning QJL alone), dim outside
   // 1..kMaxHeadDim, or a Hadamard rotation of a padded dim that is not a power of two.
   explicit TurboQuant(const TqConfig& cfg);
+  // The bytes of the tables an instance of `cfg` holds (the rotation: a dense matrix, or a Hadamard
+  // rotation's signs; prod's QJL matrix; a split row's two parts), counted without building them,
+  // so that a cache's size is checked before the work (a dense rotation of 992 channels is ~4 MiB
+  // and ~1 s). The codebooks, shared by every instance of a width, are not counted.
+  static size_t table_bytes(const TqConfig& cfg);
 
   const TqConfig& config() const { return cfg_; }
   uint32_t dim() const { return cfg_.dim; }

@@ -22,6 +22,13 @@ class CacheFormat {
   // sliding: [layers] whether each layer of this cache is one of the model's sliding-window
   // layers (KvSpec::cache_layers), which `ip=local` needs; without it that format is refused.
   CacheFormat(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format, std::vector<bool> sliding = {});
+  // The constructor's checks of the shape (layers, KV heads, head dim, page size), building nothing.
+  static void check_shape(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format);
+  // The bytes of the codec tables a format of this (checked) shape holds, counted without building
+  // them (TurboQuant::table_bytes of each layer's and KV head's K and V codec): PagedKvCache counts
+  // them in its size check before they are built.
+  static size_t table_bytes(uint32_t layers, uint32_t kv_heads, uint32_t head_dim, const KvFormat& format);
+  size_t table_bytes() const { return table_bytes(layers_, kv_heads_, head_dim_, format_); }
 
   uint32_t layers() const { return layers_; }
   uint32_t kv_heads() const { return kv_heads_; }

@@ -22,13 +22,14 @@ struct CacheShape {
 
 class PagedKvCache {
  public:
-  // num_pages pages of `format`. Throws tq::Error when there are none or they would take more than
-  // the 64 GiB allowed on the CPU.
+  // num_pages pages of `format`. Throws tq::Error when there are none or they and the format's codec
+  // tables would take more than the 64 GiB allowed on the CPU.
   PagedKvCache(const CacheFormat& format, uint32_t num_pages);
   // layer_pages[l] pages for layer l: [layer 0: pages 0][layer 1: pages 1]...; each page laid out
   // as in the uniform cache. The window rings (kv/window_ring.h) give sliding-window layers fewer.
   PagedKvCache(const CacheFormat& format, const std::vector<uint32_t>& layer_pages);
-  // The same, building the format (throws on a bad shape or a format the head dim cannot use).
+  // The same, building the format (throws on a bad shape or a format the head dim cannot use); the
+  // size is checked first, the codec tables counted before they are built.
   PagedKvCache(const CacheShape& shape, const KvFormat& format);
   // The pages at `data` ([layers][num_pages][kv_heads][layout().bytes], format.bytes(num_pages)
   // bytes that outlive the view), not owned and not cleared.
