@@ -25,7 +25,8 @@ void refuse_split(const KvSpec& spec, const char* who);
 
 // Checks slots (int64 [tokens]; -1 skips) and k, v (float32 [tokens, kv_heads, head_dim]) for
 // `cache`, every slot before any row is written, then quantizes the rows into `layer` (over
-// `threads` threads, 1: the caller's): KvCache.write and the torch ops' CPU quantize_store.
+// `threads` threads, 1: the caller's), all or nothing: a row the format cannot store leaves every
+// slot as it was. KvCache.write and the torch ops' CPU quantize_store.
 void store_rows(const char* fn, PagedKvCache& cache, uint32_t layer, const nb::ndarray<>& slots, const nb::ndarray<>& k,
                 const nb::ndarray<>& v, unsigned threads);
 

@@ -18,6 +18,7 @@
 #include <optional>
 #include <span>
 #include <thread>
+#include <vector>
 
 #include "arrays.h"
 #include "bindings.h"
@@ -185,15 +186,36 @@ void store_rows(const char* fn, PagedKvCache& cache, uint32_t layer, const nb::n
   for (int64_t t = 0; t < n; ++t)  // checked before any row is written: all or nothing
     TQ_CHECK(sl[t] == -1 || (sl[t] >= 0 && sl[t] < limit), "{}: slot {} at index {} is outside the cache ({} pages of {} tokens; -1 skips)",
              fn, sl[t], t, cache.shape().num_pages, cache.page_size());
+  // A row the encoders refuse (a NaN or Inf, a norm or fp16 element past 65504) throws after the
+  // rows before it were written: every slot's bytes are kept first and put back then, so that a
+  // refused call stores nothing, as one with a bad slot.
+  std::vector<uint8_t> saved;
+  for (int64_t t = 0; t < n; ++t)
+    if (sl[t] != -1) cache.save_slot(layer, sl[t], saved);
   nb::gil_scoped_release unlocked;
-  if (threads <= 1) {
-    for (int64_t t = 0; t < n; ++t) cache.write(layer, sl[t], kp + t * row, vp + t * row);
-    return;
+  const auto write = [&](size_t t) {
+    try {
+      cache.write(layer, sl[t], kp + t * row, vp + t * row);
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: row {} (slot {}): {}; nothing was written", fn, t, sl[t], e.what()));
+    }
+  };
+  try {
+    if (threads <= 1) {
+      for (int64_t t = 0; t < n; ++t) write(size_t(t));
+    } else {
+      // Tokens are independent (distinct slots), a task each.
+      pool(threads)->parallel_for(size_t(n), [&](size_t t0, size_t t1) {
+        for (size_t t = t0; t < t1; ++t) write(t);
+      });
+    }
+  } catch (...) {
+    // (all of them: repeated slots were saved before any write, so each copy holds the old bytes)
+    const uint8_t* from = saved.data();
+    for (int64_t t = 0; t < n; ++t)
+      if (sl[t] != -1) from = cache.restore_slot(layer, sl[t], from);
+    throw;
   }
-  // Tokens are independent (distinct slots), a task each.
-  pool(threads)->parallel_for(size_t(n), [&](size_t t0, size_t t1) {
-    for (size_t t = t0; t < t1; ++t) cache.write(layer, sl[t], kp + t * row, vp + t * row);
-  });
 }
 
 void bind_cpu_ops(nb::module_& m) {

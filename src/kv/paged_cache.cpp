@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -83,31 +84,49 @@ void PagedKvCache::check_slot(uint32_t layer, int64_t slot) const {
            slot, layer, num_pages(layer), format_.page_size());
 }
 
+std::array<std::pair<uint32_t, uint32_t>, 6> PagedKvCache::slot_pieces(uint32_t off) const {
+  const BlockLayout& L = format_.layout();
+  const uint32_t k_rnorm = format_.format().k.enc == Encoding::kTqProd ? 2 : 0;
+  return {{{L.k_codes + off * L.k_row, L.k_row},
+           {L.k_qjl + off * L.k_qjl_row, L.k_qjl_row},
+           {L.k_norms + off * L.k_norm_row, L.k_norm_row},
+           {L.k_rnorms + off * k_rnorm, k_rnorm},
+           {L.v_codes + off * L.v_row, L.v_row},
+           {L.v_norms + off * L.v_norm_row, L.v_norm_row}}};
+}
+
+void PagedKvCache::save_slot(uint32_t layer, int64_t slot, std::vector<uint8_t>& to) const {
+  check_slot(layer, slot);
+  const uint32_t page = uint32_t(slot / format_.page_size()), off = uint32_t(slot % format_.page_size());
+  for (uint32_t h = 0; h < shape_.kv_heads; ++h)
+    for (const auto& [at, n] : slot_pieces(off)) to.insert(to.end(), block(layer, page, h) + at, block(layer, page, h) + at + n);
+}
+
+const uint8_t* PagedKvCache::restore_slot(uint32_t layer, int64_t slot, const uint8_t* from) {
+  check_slot(layer, slot);
+  const uint32_t page = uint32_t(slot / format_.page_size()), off = uint32_t(slot % format_.page_size());
+  for (uint32_t h = 0; h < shape_.kv_heads; ++h)
+    for (const auto& [at, n] : slot_pieces(off)) {
+      std::memcpy(block(layer, page, h) + at, from, n);
+      from += n;
+    }
+  return from;
+}
+
 void PagedKvCache::write(uint32_t layer, int64_t slot, const float* k, const float* v) {
   if (slot == -1) return;
   check_slot(layer, slot);
   const uint32_t page = uint32_t(slot / format_.page_size()), off = uint32_t(slot % format_.page_size());
-  const BlockLayout& L = format_.layout();
   // A row the encoders refuse (a non-finite value, a norm past fp16) throws after the rows before
   // it were written: the slot's bytes of every head are kept and put back, so a refused write
   // stores nothing (docs/format.md), not a token of mixed old and new rows.
-  const uint32_t k_rnorm = format_.format().k.enc == Encoding::kTqProd ? 2 : 0;
-  const std::pair<uint32_t, uint32_t> pieces[] = {{L.k_codes + off * L.k_row, L.k_row},       {L.k_qjl + off * L.k_qjl_row, L.k_qjl_row},
-                                                  {L.k_norms + off * L.k_norm_row, L.k_norm_row}, {L.k_rnorms + off * k_rnorm, k_rnorm},
-                                                  {L.v_codes + off * L.v_row, L.v_row},       {L.v_norms + off * L.v_norm_row, L.v_norm_row}};
   thread_local std::vector<uint8_t> saved;  // [kv_heads][the pieces' bytes]: a write per token and layer, so no allocation each
   saved.clear();
-  for (uint32_t h = 0; h < shape_.kv_heads; ++h)
-    for (const auto& [at, n] : pieces) saved.insert(saved.end(), block(layer, page, h) + at, block(layer, page, h) + at + n);
+  save_slot(layer, slot, saved);
   try {
     write_heads(layer, page, off, k, v);
   } catch (...) {
-    const uint8_t* from = saved.data();
-    for (uint32_t h = 0; h < shape_.kv_heads; ++h)
-      for (const auto& [at, n] : pieces) {
-        std::memcpy(block(layer, page, h) + at, from, n);
-        from += n;
-      }
+    restore_slot(layer, slot, saved.data());
     throw;
   }
 }

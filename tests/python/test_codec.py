@@ -153,3 +153,24 @@ def test_baselines():
         rows = 64 if name.startswith("kivi") else None
         y = q.dequantize(q.quantize(x), rows=rows)
         assert ((x - y) ** 2).sum(axis=1).mean() < worst, name
+
+
+def test_a_refused_write_writes_nothing():
+    # A row the format cannot store (a NaN) was refused after the rows before it were written: the
+    # cache held part of the write. Every slot keeps its bytes now (a repeated slot and a skipped
+    # one included), and the error names the row.
+    cache = tq.KvCache(tq.KvSpec("k3v2"), layers=1, kv_heads=2, head_dim=64, num_pages=2)
+    rng = np.random.default_rng(4)
+    k, v = rng.standard_normal((2, 20, 2, 64)).astype(np.float32)
+    cache.write(0, np.arange(20, dtype=np.int64), k, v)
+    before = cache.data.copy()
+    slots = np.array([31, 2, -1, 2, 9, 7, 3], dtype=np.int64)
+    k2, v2 = rng.standard_normal((2, len(slots), 2, 64)).astype(np.float32)
+    k2[5, 1, 3] = np.nan
+    with pytest.raises(ValueError, match=r"KvCache.write: row 5 \(slot 7\): cannot quantize a non-finite value: element 3 is nan; "
+                                         "nothing was written"):
+        cache.write(0, slots, k2, v2)
+    np.testing.assert_array_equal(cache.data, before)
+    k2[5, 1, 3] = 0
+    cache.write(0, slots, k2, v2)
+    assert not np.array_equal(cache.data, before)

@@ -180,3 +180,23 @@ def test_refusals_on_the_cpu():
     with pytest.raises(TypeError, match="side must be a float16 tensor"):
         torch.ops.turboquant.decode_attention_side(pages, q, bt, lens, "k3v2", 0, 1, side.float(), torch.zeros(1, dtype=torch.int32),
                                                    k[:1, None], k[:1, None], 4, 8)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_refused_store_stores_nothing(threads):
+    # A row past fp16 was refused after the rows before it (or, over threads, beside it) were
+    # stored: the pages held part of the call. They keep every byte now.
+    pages = torch.ops.turboquant.new_cache("k3v2", 1, HEADS, D, 4, torch.device("cpu"))
+    torch.ops.turboquant.quantize_store(pages, rows(40, 1).float(), rows(40, 2).float(), torch.arange(40), "k3v2", 0)
+    before = pages.clone()
+    k, v = rows(40, 3).float(), rows(40, 4).float()
+    v[30, 0] = 1e5  # a norm past 65504
+    was = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with pytest.raises(ValueError, match=r"quantize_store: row 30 \(slot 53\): vector norm .* exceeds the fp16 range .*; "
+                                             "nothing was written"):
+            torch.ops.turboquant.quantize_store(pages, k, v, torch.arange(23, 63), "k3v2", 0)
+    finally:
+        torch.set_num_threads(was)
+    assert torch.equal(pages, before)

@@ -5,7 +5,9 @@
 // tensor of the Python package's torch ops, so that they write and read the pages with this code.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "tq/codec/float_rows.h"
@@ -61,11 +63,19 @@ class PagedKvCache {
   void write(uint32_t layer, int64_t slot, const float* k, const float* v);
   // Dequantized token: k, v: [kv_heads][head_dim].
   void read(uint32_t layer, int64_t slot, float* k, float* v) const;
+  // The bytes a write() to `slot` of `layer` changes (every head's codes, QJL signs and norms of
+  // that offset), appended to `to`; restore_slot puts them back from `from` and returns the end of
+  // them. A caller writing many tokens keeps them to undo the writes when a later row is refused.
+  void save_slot(uint32_t layer, int64_t slot, std::vector<uint8_t>& to) const;
+  const uint8_t* restore_slot(uint32_t layer, int64_t slot, const uint8_t* from);
 
  private:
   struct ViewTag {};
   PagedKvCache(const CacheFormat& format, uint32_t num_pages, ViewTag);
   void check_slot(uint32_t layer, int64_t slot) const;
+  // (offset in the block, bytes) of the rows of token offset `off`: K codes, QJL signs, norms,
+  // prod's residual norms, V codes, V norms.
+  std::array<std::pair<uint32_t, uint32_t>, 6> slot_pieces(uint32_t off) const;
   void write_heads(uint32_t layer, uint32_t page, uint32_t off, const float* k, const float* v);  // write()'s encoding, every head
 
   CacheFormat format_;
