@@ -13,6 +13,8 @@
 #include <nanobind/stl/optional.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -152,6 +154,11 @@ void attention(const PyCpuFormat& f, uint32_t layer, nb::ndarray<> pages, nb::nd
     cpu::attend_pages(cache, layer, std::span<const int32_t>(bt + s * max_pages, max_pages), rows, first, uint32_t(ntok), uint32_t(qh),
                       scale, qp + s * per_seq, op + s * per_seq, tp, sliding_window);
   }
+  // A query with a NaN or Inf attends to NaN, as in torch's SDPA and KvCache.attention: the CPU
+  // engine's softmax skips NaN scores (fmax), which gave such a query an output of zeros.
+  for (size_t r = 0; r < size_t(seqs) * ntok * qh; ++r)
+    if (!std::all_of(qp + r * D, qp + (r + 1) * D, [](float x) { return std::isfinite(x); }))
+      std::fill_n(op + r * D, D, std::numeric_limits<float>::quiet_NaN());
   if (!sd.data) return;
   // Every query has read the side rows: the step's rows go into the slots, where the next steps
   // read them (a sink row, or the ring for the last `ring` positions), as the CUDA kernels do.

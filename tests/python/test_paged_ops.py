@@ -200,3 +200,29 @@ def test_a_refused_store_stores_nothing(threads):
     finally:
         torch.set_num_threads(was)
     assert torch.equal(pages, before)
+
+
+@pytest.mark.parametrize("prefill", [False, True])
+def test_a_nan_or_inf_query_attends_to_nan(prefill):
+    # The CPU ops gave such a query zeros (their softmax skips NaN scores) where KvCache.attention
+    # and torch's SDPA give NaN; the other queries are untouched. (The CPU ops only: the CUDA
+    # kernels check nothing per query, docs/python.md.)
+    lens, tables = [50, 90], [[3, 1, 5, 7, 0, 0], [0, 2, 4, 6, 8, 9]]
+    pages, host, _, _ = _filled("k3v2", "cpu", lens, tables)
+    ntok = 5 if prefill else 1
+    q = torch.randn(2, ntok, 2 * HEADS, D, generator=torch.Generator().manual_seed(6))
+    bad = q.clone()
+    bad[0, -1, 1, 7] = float("nan")
+    bad[1, 0, 3, 0] = float("inf")
+    bt, sl = torch.tensor(tables, dtype=torch.int32), torch.tensor(lens, dtype=torch.int32)
+    op = torch.ops.turboquant.prefill_attention if prefill else torch.ops.turboquant.decode_attention
+    out = op(pages, bad, bt, sl, "k3v2", 0, max(lens), 0.0, torch.float32)
+    nan_rows = torch.zeros(q.shape[:3], dtype=torch.bool)
+    nan_rows[0, -1, 1] = nan_rows[1, 0, 3] = True
+    assert torch.equal(out.isnan().all(-1), nan_rows) and not out[~nan_rows].isnan().any()
+    assert np.array_equal(np.isnan(host.attention(0, bad.numpy(), bt.numpy(), sl.numpy())), out.isnan().numpy())
+    sdpa = torch.nn.functional.scaled_dot_product_attention(bad.transpose(1, 2), torch.randn(2, 2 * HEADS, 90, D),
+                                                            torch.randn(2, 2 * HEADS, 90, D)).transpose(1, 2)
+    assert torch.equal(sdpa.isnan(), out.isnan())
+    good = op(pages, q, bt, sl, "k3v2", 0, max(lens), 0.0, torch.float32)
+    assert torch.equal(out[~nan_rows], good[~nan_rows])
