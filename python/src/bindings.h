@@ -30,6 +30,10 @@ void refuse_split(const KvSpec& spec, const char* who);
 void store_rows(const char* fn, PagedKvCache& cache, uint32_t layer, const nb::ndarray<>& slots, const nb::ndarray<>& k,
                 const nb::ndarray<>& v, unsigned threads);
 
+// Checks the entries of one sequence's block table that hold positions from .. to - 1 against the
+// cache's pages, naming the entry and its value (a -1 was read as page 4294967295 and named so).
+void check_block_table(const char* fn, const int32_t* row, size_t seq, uint32_t from, uint32_t to, uint32_t page_size, uint32_t num_pages);
+
 void bind_spec(nb::module_& m);    // KvSpec, kv_size, distortion_row
 void bind_codec(nb::module_& m);   // Quantizer, KvCache (CPU pages, reference attention)
 void bind_engine(nb::module_& m);  // Engine (model, tokenizer, generation)

@@ -274,6 +274,10 @@ void bind_codec(nb::module_& m) {
             a.max_pages = uint32_t(block_tables.shape(1));
             a.scale = scale;
             TQ_CHECK(a.max_pages >= 1, "KvCache.attention: block_tables needs at least one page per sequence");
+            for (uint32_t s = 0; s < a.num_seqs; ++s)  // (a length outside the table is attention_reference's to refuse)
+              check_block_table("KvCache.attention", a.block_tables + size_t(s) * a.max_pages, s, 0,
+                                uint32_t(std::clamp<int64_t>(a.seq_lens[s], 0, int64_t(a.max_pages) * c.cache.page_size())),
+                                c.cache.page_size(), c.cache.num_pages(layer));
             std::vector<float> out(q.size());  // [num_seqs][num_q_tokens][q_heads][head_dim]
             a.out = out.data();
             {

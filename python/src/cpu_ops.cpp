@@ -108,6 +108,12 @@ void attention(const PyCpuFormat& f, uint32_t layer, nb::ndarray<> pages, nb::nd
     TQ_CHECK(lens[s] >= ntok && size_t(lens[s]) <= max_pages * ps,
              "{}: sequence {} has length {}, outside [{}, {}] (its queries .. its pages)", fn, s, lens[s], ntok, max_pages * ps);
 
+  for (int64_t s = 0; s < seqs; ++s) {
+    // the pages read: from the first query's window (sliding_window > 0) to the last position
+    const uint32_t first = uint32_t(lens[s] - ntok), from = sliding_window && first + 1 > sliding_window ? first + 1 - sliding_window : 0;
+    check_block_table(fn, bt + s * max_pages, size_t(s), from, uint32_t(lens[s]), ps, cache.num_pages(layer));
+  }
+
   Side sd;
   if (sink || window) {
     TQ_CHECK(side && side_slots && new_k && new_v, "{}: a side buffer (sink {}, window {}) needs side, side_slots, new_k and new_v", fn,
@@ -178,6 +184,12 @@ void attention(const PyCpuFormat& f, uint32_t layer, nb::ndarray<> pages, nb::nd
 }
 
 }  // namespace
+
+void check_block_table(const char* fn, const int32_t* row, size_t seq, uint32_t from, uint32_t to, uint32_t page_size, uint32_t num_pages) {
+  for (uint32_t i = from / page_size; i < (to + page_size - 1) / page_size; ++i)
+    TQ_CHECK(row[i] >= 0 && uint32_t(row[i]) < num_pages, "{}: block_tables[{}][{}] is {}, outside the cache's {} pages", fn, seq, i, row[i],
+             num_pages);
+}
 
 void store_rows(const char* fn, PagedKvCache& cache, uint32_t layer, const nb::ndarray<>& slots, const nb::ndarray<>& k,
                 const nb::ndarray<>& v, unsigned threads) {

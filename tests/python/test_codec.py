@@ -144,6 +144,9 @@ def test_bad_arrays_are_refused_clearly():
         cache.write(0, np.array([16], dtype=np.int64), np.zeros((1, 2, 64), np.float32), np.zeros((1, 2, 64), np.float32))
     with pytest.raises(ValueError, match="layer 1 is outside"):
         cache.read(1, np.zeros(1, dtype=np.int64))
+    q = np.zeros((1, 1, 2, 64), np.float32)
+    with pytest.raises(ValueError, match=r"KvCache.attention: block_tables\[0\]\[0\] is -1, outside the cache's 1 pages"):
+        cache.attention(0, q, np.array([[-1]], np.int32), np.array([1], np.int32))  # was named as slot -16
 
 
 def test_baselines():

@@ -173,6 +173,14 @@ def test_refusals_on_the_cpu():
         torch.ops.turboquant.decode_attention(pages, q, bt, torch.tensor([40], dtype=torch.int32), "k3v2", 0, 32)
     with pytest.raises(ValueError, match=r"max_seq_len \(40\) is more than a row of block_tables holds: 2 pages x 16 = 32 tokens"):
         torch.ops.turboquant.decode_attention(pages, q, bt, torch.tensor([40], dtype=torch.int32), "k3v2", 0, 40)
+    # a page id is named as given (a -1 was read, and named, as page 4294967295); pages the
+    # sequence does not reach are not read, nor checked
+    for bad in (-1, 2):
+        with pytest.raises(ValueError, match=rf"attention: block_tables\[0\]\[1\] is {bad}, outside the cache's 2 pages"):
+            torch.ops.turboquant.decode_attention(pages, q, torch.tensor([[0, bad]], dtype=torch.int32),
+                                                  torch.tensor([17], dtype=torch.int32), "k3v2", 0, 17)
+    torch.ops.turboquant.decode_attention(pages, q, torch.tensor([[0, -1]], dtype=torch.int32), torch.tensor([16], dtype=torch.int32),
+                                          "k3v2", 0, 16)
     side = torch.zeros(1, 1, 4 + 8, 2, HEADS, D, dtype=torch.float16)
     with pytest.raises(ValueError, match="sink 4 and window 16 need sink \\+ a ring of at least the window"):
         torch.ops.turboquant.decode_attention_side(pages, q, bt, lens, "k3v2", 0, 1, side, torch.zeros(1, dtype=torch.int32),
