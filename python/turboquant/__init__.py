@@ -9,6 +9,7 @@ engine (docs/python.md).
 
 from __future__ import annotations
 
+import operator
 from typing import Iterable, List, Optional, Sequence, Union
 
 from . import _C
@@ -57,8 +58,14 @@ def parse_kv_specs(specs: Union[SpecLike, Iterable[SpecLike]]) -> List[KvSpec]:
 
 
 def _positive_int(name: str, value, lo: int = 1, hi: int = 1 << 30) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    # an int or what stands for one (numpy's integers: operator.index), never a bool, a float or a
+    # str, which int() would read as 1, 1 and 7 for True, 1.5 and "7"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r}") from None
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be {lo}..{hi}, got {value}")
     return value
@@ -95,7 +102,7 @@ def kv_size(
     layers = _positive_int("layers", 32 if layers is None else layers, 1, 1024)
     kv_heads = _positive_int("kv_heads", 8 if kv_heads is None else kv_heads, 1, 1024)
     head_dim = _positive_int("head_dim", 128 if head_dim is None else head_dim, 1, 1024)
-    contexts = [_positive_int("context", int(n) if not isinstance(n, bool) else n, 1, 1 << 40) for n in context]
+    contexts = [_positive_int("context", n, 1, 1 << 40) for n in context]
     rows = []
     for spec in parse_kv_specs(kv):
         k = _C.kv_size(spec, layers, kv_heads, head_dim, windows, contexts)

@@ -145,6 +145,9 @@ def test_kv_size_defaults_and_readme_figure():
         (dict(layers=1.5), TypeError, "layers must be an int"),
         (dict(kv="k3v2,k9v9"), ValueError, "K width"),
         (dict(context=[0]), ValueError, "context must be"),
+        (dict(context=[1.5]), TypeError, "context must be an int, got 1.5"),  # (was read as 1)
+        (dict(context=[True]), TypeError, "context must be an int, got True"),
+        (dict(context=["7"]), TypeError, "context must be an int, got '7'"),
         (dict(shape="gemma-3-270m", layers=4), ValueError, "give shape= or layers/kv_heads/head_dim, not both"),
         (dict(shape="llama-9"), ValueError, "unknown model shape 'llama-9'"),
         (dict(shape=3), TypeError, "shape must be a model's name"),
