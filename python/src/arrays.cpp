@@ -60,6 +60,20 @@ void check_shape(const nb::ndarray<>& a, const ArraySpec& s, const std::vector<i
 
 }  // namespace
 
+uint64_t to_uint(const IntArg& a, const char* fn, const char* name, unsigned bits) {
+  const uint64_t hi = bits >= 64 ? UINT64_MAX : (uint64_t(1) << bits) - 1;
+  PyObject* o = a.value.ptr();
+  if (PyBool_Check(o) || !PyIndex_Check(o))
+    throw nb::type_error(fmt::format("{}: {} must be an int, got {}", fn, name, nb::repr(a.value).c_str()).c_str());
+  const nb::object i = nb::steal(PyNumber_Index(o));
+  if (!i.is_valid()) throw nb::python_error();
+  const unsigned long long v = PyLong_AsUnsignedLongLong(i.ptr());  // OverflowError below 0 or past 64 bits
+  const bool overflow = v == static_cast<unsigned long long>(-1) && PyErr_Occurred();
+  if (overflow) PyErr_Clear();
+  if (!overflow && v <= hi) return v;
+  throw nb::value_error(fmt::format("{}: {} must be in [0, 2**{}), got {}", fn, name, bits, nb::repr(a.value).c_str()).c_str());
+}
+
 void check_cpu(const nb::ndarray<>& a, const ArraySpec& s, nb::dlpack::dtype want, const char* want_name,
                const std::vector<int64_t>& shape) {
   if (a.device_type() != nb::device::cpu::value)

@@ -48,6 +48,20 @@ inline void check_cpu(const nb::ndarray<nb::ro>& a, const ArraySpec& s, nb::dlpa
 int check_cuda(const nb::ndarray<>& a, const ArraySpec& s, const std::vector<nb::dlpack::dtype>& allowed, const char* allowed_names,
                const std::vector<int64_t>& shape, int device_id);
 
+// An int argument taken as it came and converted in the function's body (to_uint), so that a wrong
+// one is refused naming the function, the argument and the value: nanobind's own conversion read
+// "64" and True as ints (as int() does) and answered -1 or 2**32 for a uint32_t with its list of
+// signatures. Signatures show it as `int`.
+struct IntArg {
+  nb::object value;
+};
+
+// The argument as an unsigned integer of `bits` bits (32 or 64): TypeError unless it is an int or
+// has __index__ (numpy's integers), a bool not being one; ValueError outside [0, 2**bits).
+uint64_t to_uint(const IntArg& a, const char* fn, const char* name, unsigned bits);
+inline uint32_t to_u32(const IntArg& a, const char* fn, const char* name) { return uint32_t(to_uint(a, fn, name, 32)); }
+inline uint64_t to_u64(const IntArg& a, const char* fn, const char* name) { return to_uint(a, fn, name, 64); }
+
 // A numpy array that owns `v` (moved into a capsule): no copy of the data.
 template <class T>
 nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& v, std::initializer_list<size_t> shape) {
@@ -57,3 +71,14 @@ nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& v, std::initializer_list<siz
 }
 
 }  // namespace tq::py
+
+namespace nanobind::detail {
+template <>
+struct type_caster<tq::py::IntArg> {
+  NB_TYPE_CASTER(tq::py::IntArg, const_name("int"))
+  bool from_python(handle src, uint8_t, cleanup_list*) noexcept {
+    value.value = borrow(src);
+    return true;
+  }
+};
+}  // namespace nanobind::detail

@@ -45,13 +45,14 @@ struct PyQuantizer {
 
   // Rows of a packed buffer of `n` bytes: given, or n / bytes(1) where rows are laid out evenly
   // (every quantizer but the KIVI keys, which pack groups of rows).
-  size_t rows_of(size_t n, std::optional<size_t> rows, const char* fn) const {
-    if (rows) {
+  size_t rows_of(size_t n, const std::optional<IntArg>& rows_arg, const char* fn) const {
+    if (rows_arg) {
+      const size_t rows = to_u64(*rows_arg, fn, "rows");
       // Every row takes a byte at least: more rows than bytes cannot match, and bytes(rows) of a
       // huge count would wrap (and then the output's rows * dim).
-      TQ_CHECK(*rows <= n, "{}: {} rows of {} cannot fit in {} bytes", fn, *rows, q->name(), n);
-      TQ_CHECK(q->bytes(*rows) == n, "{}: {} rows of {} take {} bytes, got {}", fn, *rows, q->name(), q->bytes(*rows), n);
-      return *rows;
+      TQ_CHECK(rows <= n, "{}: {} rows of {} cannot fit in {} bytes", fn, rows, q->name(), n);
+      TQ_CHECK(q->bytes(rows) == n, "{}: {} rows of {} take {} bytes, got {}", fn, rows, q->name(), q->bytes(rows), n);
+      return rows;
     }
     const size_t one = q->bytes(1);
     TQ_CHECK(q->bytes(2) == 2 * one, "{}: {} packs groups of rows: pass rows=", fn, q->name());
@@ -68,8 +69,11 @@ std::string float_baseline(Encoding e) {
 // The quantizer that writes `tensor` ("k" or "v") of (layer, head) in the pages of this spec, for a
 // model of `layers` layers: edge layers in their own format and cache (the engine's layout), the
 // codec and seed of the pages (codec_config), so that its codes equal the pages' bit for bit.
-PyQuantizer spec_quantizer(const KvSpec& spec, uint32_t head_dim, const std::string& tensor, uint32_t layer, uint32_t head, uint32_t layers,
-                           uint32_t kv_heads) {
+PyQuantizer spec_quantizer(const KvSpec& spec, IntArg head_dim_arg, const std::string& tensor, IntArg layer_arg, IntArg head_arg,
+                           IntArg layers_arg, IntArg kv_heads_arg) {
+  const char* fn = "KvSpec.quantizer";
+  const uint32_t head_dim = to_u32(head_dim_arg, fn, "head_dim"), layer = to_u32(layer_arg, fn, "layer"), head = to_u32(head_arg, fn, "head"),
+                 layers = to_u32(layers_arg, fn, "layers"), kv_heads = to_u32(kv_heads_arg, fn, "kv_heads");
   TQ_CHECK(tensor == "k" || tensor == "v", "KvSpec.quantizer: tensor must be 'k' or 'v', got '{}'", tensor);
   TQ_CHECK(layer < layers, "KvSpec.quantizer: layer {} is outside the model's {} layers", layer, layers);
   TQ_CHECK(head < kv_heads, "KvSpec.quantizer: head {} is outside the {} KV heads", head, kv_heads);
@@ -93,8 +97,11 @@ PyQuantizer spec_quantizer(const KvSpec& spec, uint32_t head_dim, const std::str
 struct PyKvCache {
   KvSpec spec;
   PagedKvCache cache;
-  PyKvCache(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages)
-      : spec((refuse_policy(s, "turboquant.KvCache"), refuse_split(s, "turboquant.KvCache"), s)), cache(CacheShape{layers, kv_heads, head_dim, num_pages}, s.format) {}
+  PyKvCache(const KvSpec& s, IntArg layers, IntArg kv_heads, IntArg head_dim, IntArg num_pages)
+      : spec((refuse_policy(s, "turboquant.KvCache"), refuse_split(s, "turboquant.KvCache"), s)),
+        cache(CacheShape{to_u32(layers, "KvCache", "layers"), to_u32(kv_heads, "KvCache", "kv_heads"), to_u32(head_dim, "KvCache", "head_dim"),
+                         to_u32(num_pages, "KvCache", "num_pages")},
+              s.format) {}
   const CacheShape& shape() const { return cache.shape(); }
 };
 
@@ -116,7 +123,9 @@ void bind_codec(nb::module_& m) {
                           "Quantizes rows of float32 to packed bytes and back: TurboQuant, or a baseline (Quantizer.baseline).")
       .def(
           "__init__",
-          [](PyQuantizer* self, uint32_t dim, uint32_t bits, bool prod, const std::string& rotation, uint64_t seed, bool nc, bool tcq) {
+          [](PyQuantizer* self, IntArg dim_arg, IntArg bits_arg, bool prod, const std::string& rotation, IntArg seed_arg, bool nc, bool tcq) {
+            const uint32_t dim = to_u32(dim_arg, "Quantizer", "dim"), bits = to_u32(bits_arg, "Quantizer", "bits");
+            const uint64_t seed = to_u64(seed_arg, "Quantizer", "seed");
             PyQuantizer q;
             TqConfig cfg = tq_config(dim, bits, prod, rotation, seed, nc);
             cfg.tcq = tcq;  // trellis-coded (format.h kTqTcq); TurboQuant refuses it with prod, and above 7 bits
@@ -129,9 +138,10 @@ void bind_codec(nb::module_& m) {
           nb::arg("norm_correction") = false, nb::arg("tcq") = false)
       .def_static(
           "baseline",
-          [](const std::string& name, uint32_t dim, uint32_t group, float fp8_scale) {
+          [](const std::string& name, IntArg dim_arg, IntArg group, float fp8_scale) {
+            const uint32_t dim = to_u32(dim_arg, "Quantizer.baseline", "dim");
             PyQuantizer q;
-            q.q = make_baseline(name, dim, group, fp8_scale);
+            q.q = make_baseline(name, dim, to_u32(group, "Quantizer.baseline", "group"), fp8_scale);
             q.desc = fmt::format("Quantizer.baseline('{}', {})", name, dim);
             return q;
           },
@@ -142,7 +152,8 @@ void bind_codec(nb::module_& m) {
       .def_prop_ro("bits_per_element", [](const PyQuantizer& q) { return q.q->bits_per_element(); })
       .def(
           "bytes",
-          [](const PyQuantizer& q, size_t rows) {
+          [](const PyQuantizer& q, IntArg rows_arg) {
+            const size_t rows = to_u64(rows_arg, "Quantizer.bytes", "rows");
             // rows x the row's bytes must fit in 64 bits (2^60 rows of 50 bytes wrapped around)
             const size_t one = q.q->bytes(1);
             TQ_CHECK(rows <= SIZE_MAX / std::max<size_t>(one, 1), "Quantizer.bytes: {} rows of {} bytes overflow 64 bits", rows, one);
@@ -165,7 +176,7 @@ void bind_codec(nb::module_& m) {
           nb::arg("x"), "x: float32 [rows, dim] -> uint8 [bytes(rows)], laid out like one page (codes, then norms).")
       .def(
           "dequantize",
-          [](const PyQuantizer& q, nb::ndarray<nb::ro> codes, std::optional<size_t> rows) {
+          [](const PyQuantizer& q, nb::ndarray<nb::ro> codes, std::optional<IntArg> rows) {
             check_cpu(codes, {"Quantizer.dequantize", "codes", "[bytes]"}, kU8, "uint8", {kAny});
             const size_t r = q.rows_of(codes.shape(0), rows, "Quantizer.dequantize");
             std::vector<float> out(r * q.q->dim());  // [rows][dim]
@@ -178,7 +189,7 @@ void bind_codec(nb::module_& m) {
           nb::arg("codes"), nb::arg("rows") = nb::none(), "uint8 [bytes(rows)] -> float32 [rows, dim].")
       .def(
           "dot",
-          [](const PyQuantizer& q, nb::ndarray<nb::ro> query, nb::ndarray<nb::ro> codes, std::optional<size_t> rows) {
+          [](const PyQuantizer& q, nb::ndarray<nb::ro> query, nb::ndarray<nb::ro> codes, std::optional<IntArg> rows) {
             check_cpu(query, {"Quantizer.dot", "query", "[dim]"}, kF32, "float32", {q.q->dim()});
             check_cpu(codes, {"Quantizer.dot", "codes", "[bytes]"}, kU8, "uint8", {kAny});
             const size_t r = q.rows_of(codes.shape(0), rows, "Quantizer.dot");
@@ -200,7 +211,7 @@ void bind_codec(nb::module_& m) {
       "The quantizer of tensor 'k' or 'v' of (layer, head) in a cache of this spec: its codes equal the pages' bit for bit.");
 
   nb::class_<PyKvCache>(m, "KvCache", "Host pages of a KV spec's format: quantize on write, read back, reference attention.")
-      .def(nb::init<const KvSpec&, uint32_t, uint32_t, uint32_t, uint32_t>(), nb::arg("spec"), nb::arg("layers"), nb::arg("kv_heads"),
+      .def(nb::init<const KvSpec&, IntArg, IntArg, IntArg, IntArg>(), nb::arg("spec"), nb::arg("layers"), nb::arg("kv_heads"),
            nb::arg("head_dim"), nb::arg("num_pages"))
       .def_prop_ro("spec", [](const PyKvCache& c) { return c.spec; })
       .def_prop_ro("layers", [](const PyKvCache& c) { return c.shape().layers; })
@@ -230,7 +241,8 @@ void bind_codec(nb::module_& m) {
           nb::rv_policy::reference_internal)
       .def(
           "write",
-          [](PyKvCache& c, uint32_t layer, nb::ndarray<nb::ro> slots, nb::ndarray<nb::ro> k, nb::ndarray<nb::ro> v) {
+          [](PyKvCache& c, IntArg layer_arg, nb::ndarray<nb::ro> slots, nb::ndarray<nb::ro> k, nb::ndarray<nb::ro> v) {
+            const uint32_t layer = to_u32(layer_arg, "KvCache.write", "layer");
             TQ_CHECK(layer < c.shape().layers, "KvCache.write: layer {} is outside the cache's {} layers", layer, c.shape().layers);
             store_rows("KvCache.write", c.cache, layer, nb::ndarray<>(slots), nb::ndarray<>(k), nb::ndarray<>(v), 1);
           },
@@ -238,7 +250,8 @@ void bind_codec(nb::module_& m) {
           "Quantizes token rows into their slots (page * page_size + offset; -1 skips). k, v: float32 [tokens, kv_heads, head_dim].")
       .def(
           "read",
-          [](const PyKvCache& c, uint32_t layer, nb::ndarray<nb::ro> slots) {
+          [](const PyKvCache& c, IntArg layer_arg, nb::ndarray<nb::ro> slots) {
+            const uint32_t layer = to_u32(layer_arg, "KvCache.read", "layer");
             const CacheShape& s = c.shape();
             TQ_CHECK(layer < s.layers, "KvCache.read: layer {} is outside the cache's {} layers", layer, s.layers);
             check_cpu(slots, {"KvCache.read", "slots", "[tokens]"}, kI64, "int64", {kAny});
@@ -258,7 +271,9 @@ void bind_codec(nb::module_& m) {
           nb::arg("layer"), nb::arg("slots"), "The dequantized rows of the slots: (k, v), float32 [tokens, kv_heads, head_dim] each.")
       .def(
           "attention",
-          [](const PyKvCache& c, uint32_t layer, nb::ndarray<nb::ro> q, nb::ndarray<nb::ro> block_tables, nb::ndarray<nb::ro> seq_lens, float scale) {
+          [](const PyKvCache& c, IntArg layer_arg, nb::ndarray<nb::ro> q, nb::ndarray<nb::ro> block_tables, nb::ndarray<nb::ro> seq_lens,
+             float scale) {
+            const uint32_t layer = to_u32(layer_arg, "KvCache.attention", "layer");
             const CacheShape& s = c.shape();
             TQ_CHECK(layer < s.layers, "KvCache.attention: layer {} is outside the cache's {} layers", layer, s.layers);
             check_cpu(q, {"KvCache.attention", "q", "[num_seqs, num_q_tokens, q_heads, head_dim]"}, kF32, "float32",

@@ -5,6 +5,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include "arrays.h"
 #include "bindings.h"
 #include "tq/check.h"
 #include "tq/codec/distortion.h"
@@ -123,7 +124,10 @@ void bind_spec(nb::module_& m) {
       .def_prop_ro("norm_correction", [](const KvSpec& s) { return s.format.norm_correction; })
       .def_prop_ro("rotation", [](const KvSpec& s) { return s.format.auto_rotation ? "auto" : rotation_name(s.format.rotation); })
       .def(
-          "rotation_for", [](const KvSpec& s, uint32_t head_dim) { return rotation_name(s.format.rotation_for(head_dim)); },
+          "rotation_for",
+          [](const KvSpec& s, IntArg head_dim) {
+            return rotation_name(s.format.rotation_for(to_u32(head_dim, "KvSpec.rotation_for", "head_dim")));
+          },
           nb::arg("head_dim"))
       .def_prop_ro(
           "format", [](const KvSpec& s) { return s.format.canonical(); }, "The format part alone, as a spec.")
@@ -136,34 +140,50 @@ void bind_spec(nb::module_& m) {
           "layer_set", [](const KvSpec& s) { return s.policy.layer_set; }, "The layers of layers=<set>/<base>, ascending; [] without it.")
       .def(
           "bits_per_element",
-          [](const KvSpec& s, uint32_t head_dim) {
+          [](const KvSpec& s, IntArg head_dim_arg) {
+            const uint32_t head_dim = to_u32(head_dim_arg, "KvSpec.bits_per_element", "head_dim");
             TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "KvSpec.bits_per_element: head_dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
             return s.bits_per_element(head_dim);
           },
           nb::arg("head_dim"), "Bits per K/V element of full pages at this head dim, norms and padding included (policy aside).")
-      .def("page_bytes", &KvSpec::page_bytes, nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"),
+      .def(
+          "page_bytes",
+          [](const KvSpec& s, IntArg layers, IntArg kv_heads, IntArg head_dim) {
+            const char* fn = "KvSpec.page_bytes";
+            return s.page_bytes(to_u32(layers, fn, "layers"), to_u32(kv_heads, fn, "kv_heads"), to_u32(head_dim, fn, "head_dim"));
+          },
+          nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"),
            "Bytes of one page over every layer and KV head, edge layers in their own format.")
       // The engine's per-layer layout of a spec with edge layers: edge and other layers are caches
       // of their own over the same page ids (turboquant.transformers lays its pages out so).
       .def(
           "layer_format",
-          [](const KvSpec& s, uint32_t layer, uint32_t layers) {
+          [](const KvSpec& s, IntArg layer_arg, IntArg layers_arg) {
+            const char* fn = "KvSpec.layer_format";
+            const uint32_t layer = to_u32(layer_arg, fn, "layer"), layers = to_u32(layers_arg, fn, "layers");
             TQ_CHECK(layer < layers, "KvSpec.layer_format: layer {} is outside the model's {} layers", layer, layers);
             return s.layer_format(layer, layers).canonical();
           },
           nb::arg("layer"), nb::arg("layers"), "The format (a spec without policy) layer `layer` of a `layers`-layer model is stored in.")
       .def(
           "is_edge_layer",
-          [](const KvSpec& s, uint32_t layer, uint32_t layers) {
+          [](const KvSpec& s, IntArg layer_arg, IntArg layers_arg) {
+            const char* fn = "KvSpec.is_edge_layer";
+            const uint32_t layer = to_u32(layer_arg, fn, "layer"), layers = to_u32(layers_arg, fn, "layers");
             TQ_CHECK(layer < layers, "KvSpec.is_edge_layer: layer {} is outside the model's {} layers", layer, layers);
             return s.is_edge_layer(layer, layers);
           },
           nb::arg("layer"), nb::arg("layers"))
-      .def("edge_layer_count", &KvSpec::edge_layer_count, nb::arg("layers"),
+      .def(
+          "edge_layer_count",
+          [](const KvSpec& s, IntArg layers) { return s.edge_layer_count(to_u32(layers, "KvSpec.edge_layer_count", "layers")); },
+          nb::arg("layers"),
            "Layers in the edge cache: 2 * edge, or the layers= set's; refused where the model has too few layers.")
       .def(
           "local_layer",
-          [](const KvSpec& s, uint32_t layer, uint32_t layers) {
+          [](const KvSpec& s, IntArg layer_arg, IntArg layers_arg) {
+            const char* fn = "KvSpec.local_layer";
+            const uint32_t layer = to_u32(layer_arg, fn, "layer"), layers = to_u32(layers_arg, fn, "layers");
             TQ_CHECK(layer < layers, "KvSpec.local_layer: layer {} is outside the model's {} layers", layer, layers);
             return s.local_layer(layer, layers);
           },

@@ -84,6 +84,18 @@ def _utf8_checked(text: str, what: str) -> str:
     return text
 
 
+def _token_ids(ids: Sequence[int], what: str) -> List[int]:
+    """Token ids as ints the engine's int32 holds: another value is refused here by name (the
+    binding answered with its list of signatures); the engine checks them against the vocabulary."""
+    ids = list(ids)
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, int):
+            raise TypeError(f"{what} {t!r} at index {i} is not an int")
+        if not -2**31 <= t < 2**31:
+            raise ValueError(f"{what} {t} at index {i} is outside the vocabulary")
+    return ids
+
+
 def _chat_pairs(messages) -> List[Tuple[str, str]]:
     """(role, content) pairs of OpenAI-style messages: dicts or (role, content) tuples, a content a
     string or a list of text parts."""
@@ -130,8 +142,8 @@ class LLM:
         allow_long_context: bool = False,
     ):
         for name, v in (("threads", threads), ("n_ctx", n_ctx)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32:
+                raise ValueError(f"{name} must be an int in [0, 2**32), got {v!r}")
         spec = kv_spec.canonical if isinstance(kv_spec, _C.KvSpec) else str(kv_spec)
         self._engine = _C.Engine(os.fspath(model), os.fspath(tokenizer) if tokenizer else "", spec, threads, n_ctx, device,
                                  bool(exact_products), bool(allow_long_context))
@@ -182,7 +194,7 @@ class LLM:
         return self._engine.tokenize(_utf8_checked(text, "text"), add_bos, chat)
 
     def detokenize(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        return self._engine.detokenize(list(ids), skip_special).decode("utf-8", "replace")
+        return self._engine.detokenize(_token_ids(ids, "token"), skip_special).decode("utf-8", "replace")
 
     def chat_prompt(self, messages: Sequence[Union[dict, Tuple[str, str]]]) -> str:
         """A conversation ([{"role": "user", "content": "..."}, ...]) in the model's chat template,
@@ -210,8 +222,8 @@ class LLM:
         Ends at max_tokens, a stop token, a full context, or before the first of `stop`'s strings.
         A list of prompts gives a list of texts. stream=True returns an iterator of text pieces
         as they are generated (one prompt). prompt may also be token ids (a list of ints)."""
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-            raise ValueError(f"max_tokens must be an int >= 0, got {max_tokens!r}")
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 <= max_tokens < 2**32:
+            raise ValueError(f"max_tokens must be an int in [0, 2**32), got {max_tokens!r}")
         # ints as ints (int() would take 1.7 as 1 and "7" as 7), numbers as numbers
         for name, value in (("top_k", top_k), ("seed", seed)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
@@ -219,6 +231,8 @@ class LLM:
         for name, value in (("temperature", temperature), ("top_p", top_p), ("min_p", min_p)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"{name} must be a number, got {value!r}")
+        if not 0 <= top_k < 2**31:  # (the engine's is an int32)
+            raise ValueError(f"top_k must be in [0, 2**31) (0: off), got {top_k}")
         if seed is not None and not 0 <= seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         _C.validate_sampling(float(temperature), int(top_k), float(top_p), float(min_p))
@@ -234,7 +248,7 @@ class LLM:
         elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
             if chat:
                 raise ValueError("chat=True wraps a text prompt in the chat template; token ids are used as they are")
-            ids = list(prompt)
+            ids = _token_ids(prompt, "prompt token")
         else:
             raise TypeError(f"prompt must be a str, a list of str or a list of token ids, got {type(prompt).__name__}")
         if seed is None:

@@ -143,3 +143,58 @@ def test_an_oversized_cache_is_refused_before_its_codec_tables_are_built():
     assert "5111809.9 GiB (5111808.0 GiB of pages, 1.9 GiB of codec tables); more than the 64 GiB" in lines[0]
     assert "240.6 GiB (0.3 GiB of pages, 240.2 GiB of codec tables)" in lines[1]
     assert all(float(line.split()[0]) < 2 for line in lines), r.stdout
+
+
+SPEC = tq.KvSpec("k3v2:edge=1/k4v4")
+
+
+@pytest.mark.parametrize("call, error, message", [
+    # read as ints by nanobind (int() of them): "64" as 64, True as 1
+    (lambda: tq.Quantizer(dim="64"), TypeError, r"Quantizer: dim must be an int, got '64'"),
+    (lambda: tq.Quantizer(dim=True), TypeError, r"Quantizer: dim must be an int, got True"),
+    (lambda: tq.Quantizer(dim=np.float32(64.5)), TypeError, r"Quantizer: dim must be an int, got (np\.float32\()?64\.5"),
+    (lambda: SPEC.quantizer("64"), TypeError, r"KvSpec.quantizer: head_dim must be an int, got '64'"),
+    # answered with nanobind's list of signatures
+    (lambda: tq.Quantizer(dim=-1), ValueError, r"Quantizer: dim must be in \[0, 2\*\*32\), got -1"),
+    (lambda: tq.Quantizer(dim=2**32), ValueError, r"Quantizer: dim must be in \[0, 2\*\*32\), got 4294967296"),
+    (lambda: tq.Quantizer(dim=64, seed=2**64), ValueError, r"Quantizer: seed must be in \[0, 2\*\*64\), got 18446744073709551616"),
+    (lambda: tq.Quantizer.baseline("int4", 64, group=-1), ValueError, r"Quantizer.baseline: group must be in \[0, 2\*\*32\), got -1"),
+    (lambda: tq.Quantizer(dim=64).bytes(-1), ValueError, r"Quantizer.bytes: rows must be in \[0, 2\*\*64\), got -1"),
+    (lambda: tq.Quantizer(dim=64).dequantize(np.zeros(34, np.uint8), rows=-1), ValueError, r"Quantizer.dequantize: rows must be in"),
+    (lambda: tq.KvCache(tq.KvSpec("k3v2"), 1, 1, 64, -1), ValueError, r"KvCache: num_pages must be in \[0, 2\*\*32\), got -1"),
+    (lambda: tq.KvCache(tq.KvSpec("k3v2"), 1, 1, 64, 1).read(2**32, np.zeros(1, np.int64)), ValueError,
+     r"KvCache.read: layer must be in \[0, 2\*\*32\), got 4294967296"),
+    (lambda: tq.KvCache(tq.KvSpec("k3v2"), 1, 1, 64, 1).write(-1, np.zeros(0, np.int64), np.zeros((0, 1, 64), np.float32),
+                                                           np.zeros((0, 1, 64), np.float32)), ValueError, r"KvCache.write: layer must be in"),
+    (lambda: SPEC.quantizer(64, layer=-1), ValueError, r"KvSpec.quantizer: layer must be in \[0, 2\*\*32\), got -1"),
+    (lambda: SPEC.page_bytes(2**32, 1, 64), ValueError, r"KvSpec.page_bytes: layers must be in \[0, 2\*\*32\), got 4294967296"),
+    (lambda: SPEC.is_edge_layer(-1, 3), ValueError, r"KvSpec.is_edge_layer: layer must be in \[0, 2\*\*32\), got -1"),
+    (lambda: SPEC.bits_per_element(-64), ValueError, r"KvSpec.bits_per_element: head_dim must be in"),
+])
+def test_ints_are_refused_by_name(call, error, message):
+    with pytest.raises(error, match=message) as e:
+        call()
+    assert "incompatible function arguments" not in str(e.value)
+
+
+def test_ints_and_numpy_ints_are_taken():
+    assert tq.Quantizer(dim=np.int64(64), bits=np.uint8(3)).dim == 64
+    assert SPEC.layer_format(np.int32(2), 3) == "k4v4"
+
+
+def test_llm_sizes_and_ids_are_refused_by_name(stories):
+    model, tok = stories
+    with pytest.raises(ValueError, match=r"threads must be an int in \[0, 2\*\*32\), got 4294967296"):
+        tq.LLM(model, tokenizer=tok, threads=2**32)
+    llm = tq.LLM(model, tokenizer=tok, kv_spec="k3v2", threads=1)
+    for kwargs, message in [(dict(max_tokens=2**32), r"max_tokens must be an int in \[0, 2\*\*32\), got 4294967296"),
+                            (dict(top_k=2**31), r"top_k must be in \[0, 2\*\*31\) \(0: off\), got 2147483648")]:
+        with pytest.raises(ValueError, match=message) as e:
+            llm.generate("Once upon a time", **kwargs)
+        assert "incompatible function arguments" not in str(e.value)
+    with pytest.raises(ValueError, match="prompt token 2147483648 at index 1 is outside the vocabulary"):
+        llm.generate([1, 2**31])
+    with pytest.raises(ValueError, match="token -2147483649 at index 0 is outside the vocabulary"):
+        llm.detokenize([-2**31 - 1])
+    with pytest.raises(TypeError, match="token '7' at index 0 is not an int"):
+        llm.detokenize(["7"])
