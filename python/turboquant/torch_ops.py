@@ -127,14 +127,24 @@ def _stream(device: torch.device) -> int:
 
 
 # ---- new_cache ----------------------------------------------------------------------------------
+def _check_device(device) -> torch.device:
+    """The ops' devices: the CPU and CUDA (another was told there was no NVIDIA driver)."""
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"new_cache: device {str(device)!r} is not supported: the pages live on 'cpu' or 'cuda'")
+    return device
+
+
 @torch.library.custom_op("turboquant::new_cache", mutates_args=())
 def new_cache(spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: int, device: torch.device) -> torch.Tensor:
-    """Zeroed pages of `spec` for a model shape, with the format's codec tables uploaded to `device`."""
+    """Zeroed pages of `spec` for a model shape, with the format's codec tables uploaded to `device`
+    ('cpu' or 'cuda')."""
     shape = page_shape(spec, layers, kv_heads, head_dim, num_pages)
-    device = torch.device(device)
+    device = _check_device(device)
     if device.type == "cpu":
         _cpu_format(spec, layers, kv_heads, head_dim)  # builds the codecs now, and refuses a head dim they cannot take
     else:
+        _require()  # (before torch.cuda is asked for a device: a build without the kernels says so)
         # a cache the attention kernels cannot read is refused now, not at its first attention call
         unsupported = _C.gpu_kernels_unsupported(_spec(spec), head_dim)
         _check(not unsupported, f"new_cache: {unsupported}")
@@ -144,6 +154,7 @@ def new_cache(spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: i
 
 @new_cache.register_fake
 def _(spec, layers, kv_heads, head_dim, num_pages, device):
+    _check_device(device)
     return torch.empty(page_shape(spec, layers, kv_heads, head_dim, num_pages), dtype=torch.uint8, device=device)
 
 

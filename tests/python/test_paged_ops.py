@@ -167,6 +167,12 @@ def test_refusals_on_the_cpu():
         torch.ops.turboquant.quantize_store(pages, k, k, torch.tensor([99, 0, 1]), "k3v2", 0)
     with pytest.raises(ValueError, match="policy knob 'sink=4'"):
         torch.ops.turboquant.new_cache("k3v2:sink=4", 1, HEADS, D, 2, torch.device("cpu"))
+    for device in ("meta", "mps"):  # (were told there was no NVIDIA driver)
+        with pytest.raises(ValueError, match=f"new_cache: device '{device}' is not supported: the pages live on 'cpu' or 'cuda'"):
+            torch.ops.turboquant.new_cache("k3v2", 1, HEADS, D, 2, torch.device(device))
+    if not tq.HAVE_CUDA:
+        with pytest.raises(RuntimeError, match="this turboquant build has no CUDA kernels"):
+            torch.ops.turboquant.new_cache("k3v2", 1, HEADS, D, 2, torch.device("cuda"))
     q = torch.zeros(1, 1, 2 * HEADS, D)
     bt, lens = torch.zeros(1, 2, dtype=torch.int32), torch.ones(1, dtype=torch.int32)
     with pytest.raises(ValueError, match=r"max_seq_len \(32\) is less than sequence 0's length \(40\)"):
