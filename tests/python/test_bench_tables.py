@@ -1,10 +1,12 @@
 """The GPU benchmarks' tables on synthetic runs: bench/gpu/ab_table.py (two_trees.sh's A/B: medians
 and ratios, runs of two devices refused) and bench/gpu/targets.py (issue 15's targets, met, not met
-or missing)."""
+or missing); and bench/gpu/prefill_dense_probe.py's chunking, on the CPU."""
 
 import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -101,3 +103,28 @@ def test_targets_need_one_device_and_head_dim_128(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode != 0 and "no head-dim 128 file" in r.stderr
     assert subprocess.run([sys.executable, str(TARGETS), b, c], capture_output=True, text=True).returncode == 0
+
+
+def test_dense_probe_chunks_give_the_whole_prompts_attention():
+    # bench/gpu/prefill_dense_probe.py on the CPU with a timer that runs each call once: its
+    # chunks (lower-right causal masks over each chunk's prefix) must give the whole prompt's causal
+    # attention, at prompt lengths a chunk divides and does not, and shorter than one chunk. (With
+    # top-left masks instead, this fails.)
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(ROOT / "bench" / "gpu"))
+    try:
+        import prefill_dense_probe as probe
+    finally:
+        sys.path.pop(0)
+    calls = []
+
+    def once(fn, reps, iters):
+        fn()
+        calls.append(fn)
+        return 1.0
+
+    for length in (96, 100, 20):
+        row = probe.whole_and_chunked(length, 64, 32, device="cpu", timer=once)
+        assert row["rel_diff"] < 2**-8, row  # bf16 outputs of the same sums in another order: a last bit at most
+        assert row["whole_prompt"] == length and row["chunk"] == 32
+    assert len(calls) == 9
