@@ -121,7 +121,7 @@ double percentile(std::vector<double> v, double q) {
   return v[lo] + (at - double(lo)) * (v[hi] - v[lo]);
 }
 
-void check_json_path(const std::string& path) {
+void check_json_path(const std::string& path, const char* option) {
   if (path.empty()) return;
   // Whether nothing (no file, no link, not even a dangling one) is there; a status that cannot be
   // read (type none) counts as there.
@@ -129,7 +129,7 @@ void check_json_path(const std::string& path) {
   const bool absent = std::filesystem::symlink_status(path, ec).type() == std::filesystem::file_type::not_found;
   {
     std::ofstream f(path, std::ios::app);  // appends nothing: an existing file keeps its bytes until write_json
-    TQ_CHECK(f.good(), "--json: cannot write '{}'", path);
+    TQ_CHECK(f.good(), "{}: cannot write '{}'", option, path);
   }
   if (absent) std::filesystem::remove(path, ec);  // a probe only: a run that then fails leaves no empty file
 }

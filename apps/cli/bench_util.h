@@ -72,8 +72,9 @@ double percentile(std::vector<double> v, double q);
 
 // --json FILE of a benchmark: opened (created, not truncated) before the run, so that a path it
 // cannot write is refused at once rather than after hours of measuring; written after the tables
-// are printed, so that a failed write loses no result. No-op for an empty path.
-void check_json_path(const std::string& path);
+// are printed, so that a failed write loses no result. No-op for an empty path. `option` names the
+// flag in the error (tq run's --logits FILE is checked the same way).
+void check_json_path(const std::string& path, const char* option = "--json");
 void write_json(const std::string& path, const std::string& text);
 
 using clock_type = std::chrono::steady_clock;

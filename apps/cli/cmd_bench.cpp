@@ -101,7 +101,9 @@ void run(const Options& o) {
   for (uint32_t q : queries) TQ_CHECK(q >= 1 && q <= 9, "--queries {}: tokens a sequence per step must be 1..9 (a token and up to 8 drafts)", q);
   const uint32_t most_q = *std::max_element(queries.begin(), queries.end());
   const std::vector<uint32_t> prompts = o.prefill == "none" ? std::vector<uint32_t>{} : parse_list(o.prefill, "--prefill", false);
-  TQ_CHECK(o.steps >= 1, "--steps must be at least 1");
+  TQ_CHECK(o.steps >= 1, "--steps must be at least 1, got {}", o.steps);
+  // (--reps 0 was run as 1, the table saying "median of 1": what was asked is refused instead)
+  TQ_CHECK(o.reps >= 1, "--reps must be at least 1, got {} (--prefill none: no prefill)", o.reps);
   TQ_CHECK(o.kv_memory_gb > 0 && std::isfinite(o.kv_memory_gb), "--kv-memory must be a positive number of GB, got {}", o.kv_memory_gb);
   TQ_CHECK(o.bandwidth_tbs > 0 && std::isfinite(o.bandwidth_tbs), "--bandwidth must be a positive number of TB/s, got {}", o.bandwidth_tbs);
   const std::vector<KvSpec> specs = parse_kv_specs(o.kv);
@@ -186,7 +188,11 @@ void run(const Options& o) {
           skipped.push_back({{"kv", label}, {"batch", b}, {"context", contexts[ci]},
                              {"note", fmt::format("beyond {} GB of KV (fits {})", o.kv_memory_gb, fits[ci])}});
       }
-      if (max_batch && fits[ci] >= 1) grid.emplace_back(fits[ci], contexts[ci], true);
+      if (max_batch && fits[ci] >= 1)
+        grid.emplace_back(fits[ci], contexts[ci], true);
+      else if (max_batch)  // said, as a batch beyond the budget is: the 'max' row was left out without a word
+        skipped.push_back({{"kv", label}, {"batch", 0}, {"context", contexts[ci]}, {"fit", "max"},
+                           {"note", fmt::format("beyond {} GB of KV: not one sequence of {} tokens fits", o.kv_memory_gb, contexts[ci])}});
     }
     if (host < budget) {  // on the CPU the pool lives in host memory: points beyond what the machine has are said, not run
       std::erase_if(grid, [&](const auto& point) {
@@ -257,7 +263,7 @@ void run(const Options& o) {
     for (uint32_t p : prompts) {
       fmt::print(stderr, "\r  prefill {} tokens                         ", p);
       std::vector<double> t;
-      for (uint32_t i = 0; i < std::max(o.reps, 1u); ++i) t.push_back(prefill_seconds(*runner, cost.page_size, p, chunk, rng));
+      for (uint32_t i = 0; i < o.reps; ++i) t.push_back(prefill_seconds(*runner, cost.page_size, p, chunk, rng));
       const double tps = p / median(t);
       if (is_ref) first_pre[p] = tps;
       pre.add({{"kv", label}, {"prompt", p}, {"tokens_per_s", tps}, {"vs_first", tps / first_pre[p]}});
@@ -274,7 +280,7 @@ void run(const Options& o) {
   fmt::print("{}\n\nDecode (tokens/seq per sequence per step: 1, or a token and drafts to verify, every position scored; "
              "tokens/s counts scored tokens; 'vs 1 token': ms/step against the one-token step):\n{}",
              head, dec.text());
-  if (!prompts.empty()) fmt::print("\nPrefill (one sequence, chunks of {}; median of {}):\n{}", chunk, std::max(o.reps, 1u), pre.text());
+  if (!prompts.empty()) fmt::print("\nPrefill (one sequence, chunks of {}; median of {}):\n{}", chunk, o.reps, pre.text());
   const std::string rings = cfg.sliding_window > 0 && !o.swa_full
                                 ? std::string(", sliding-window layers in window rings")
                                 : std::string();

@@ -182,7 +182,8 @@ void run(const Options& o) {
     const CacheCost cost = cache_cost(cfg, spec, side_extra, std::max(chunk, kRingStep), o.swa_full);
     uint32_t clients = fit_max ? batch_that_fits(budget, cost, ctx) : fixed[0];
     if (clients == 0) {
-      tab.add({{"kv", label}, {"note", fmt::format("one request of {} tokens needs {:.2f} GB, beyond --kv-memory", ctx, cost.seq_bytes(ctx) / 1e9)}});
+      tab.add({{"kv", label}, {"note", fmt::format("one request of {} tokens needs {:.3g} GB, beyond the {:.3g} GB of KV", ctx,
+                                                   cost.seq_bytes(ctx) / 1e9, budget / 1e9)}});
       continue;
     }
     const uint32_t total = o.requests ? o.requests : clients;

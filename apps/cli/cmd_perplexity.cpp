@@ -39,7 +39,10 @@ void run(const Options& o) {
   const uint32_t ctx = o.ctx ? o.ctx : std::min(kDefaultCtx, uint32_t(lm.model.config.max_seq));
   TQ_CHECK(o.score_from < ctx, "--score-from {}: must be below the window of {} tokens (--ctx)", o.score_from, ctx);
   const auto& tok = *lm.tokenizer;
-  std::vector<int> tokens = tok.encode(read_text_file(o.file, "--file"), engine::wants_bos(lm.model, tok));
+  const std::string text = read_text_file(o.file, "--file");
+  // (an empty file was reported as "the text has 1 tokens": its BOS)
+  TQ_CHECK(!text.empty(), "--file '{}' is empty: perplexity needs a text of at least 2 tokens", o.file);
+  std::vector<int> tokens = tok.encode(text, engine::wants_bos(lm.model, tok));
   if (o.max_tokens && tokens.size() > o.max_tokens) tokens.resize(o.max_tokens);
   // The reference runs where the configurations run: fp32 on the CPU, fp16 on the GPU (its kernels
   // have no fp32 cache).

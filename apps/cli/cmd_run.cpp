@@ -14,6 +14,7 @@
 #include "tq/engine/generation.h"
 #include "tq/engine/key_centre.h"
 #include "tq/engine/sampler.h"
+#include "bench_util.h"
 #include "model_files.h"
 #include "tq/engine/auto_kv.h"
 
@@ -121,6 +122,7 @@ void run(const Options& o) {
            "draft model a concrete spec such as k4v4", o.draft_kv);
   const KvSpec draft_spec = for_draft(
       [&] { return parse_kv_spec(o.draft_kv.empty() && !engine::is_auto_kv(o.kv) ? o.kv : o.draft_kv.empty() ? "fp16" : o.draft_kv); });
+  check_json_path(o.logits_file, "--logits");  // before the model loads and the prompt runs, not after
   LoadedModel lm = load_model_and_tokenizer(o.model, o.tokenizer);
   // (an auto: mem= budget counts the side rows of the engine's default chunk)
   const uint32_t side_chunk = engine_side_chunk(o.device, engine::EngineOptions{}.max_chunk, UINT32_MAX);
@@ -189,12 +191,13 @@ void run(const Options& o) {
   const auto t1 = clock::now();
   if (!o.logits_file.empty()) {  // [int32 n][int32 ids[n]][float32 logits[vocab]], little-endian
     std::FILE* f = std::fopen(o.logits_file.c_str(), "wb");
-    TQ_CHECK(f != nullptr, "cannot write '{}'", o.logits_file);
+    TQ_CHECK(f != nullptr, "--logits: cannot write '{}'", o.logits_file);
     const int32_t n = int32_t(prompt.size());
-    std::fwrite(&n, 4, 1, f);
-    for (int id : prompt) std::fwrite(&id, 4, 1, f);
-    std::fwrite(logits.data(), 4, logits.size(), f);
-    std::fclose(f);
+    bool ok = std::fwrite(&n, 4, 1, f) == 1;
+    for (int id : prompt) ok = std::fwrite(&id, 4, 1, f) == 1 && ok;
+    ok = std::fwrite(logits.data(), 4, logits.size(), f) == logits.size() && ok;
+    ok = std::fclose(f) == 0 && ok;  // a full disk shows at the flush: a short file would be read as logits
+    TQ_CHECK(ok, "--logits: writing '{}' failed", o.logits_file);
   }
   int prev = prompt.back();
   const auto print = [&](int next) {  // streamed: each token's text as soon as it is sampled

@@ -51,10 +51,16 @@ int main(int argc, char** argv) {
         return std::string();
       },
       "", "non-negative");
+  // CLI11 reads an empty value of a number as 0: -n "" generated nothing, --temp "" was greedy,
+  // --seed "" seeded 0. A number option given "" is refused instead.
+  const CLI::Validator not_empty([](std::string& v) { return v.empty() ? std::string("got an empty value; want a number") : std::string(); },
+                                 "", "not empty");
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
     for (CLI::Option* opt : sub->get_options([](CLI::Option*) { return true; })) {
       if (opt->get_default_str() == "0" && opt->get_description().find("default:") != std::string::npos) opt->default_str("");
-      if (opt->get_type_name().rfind("UINT", 0) == 0) opt->check(non_negative);
+      const std::string type = opt->get_type_name();
+      if (type.rfind("UINT", 0) == 0) opt->check(non_negative);
+      if (type.rfind("UINT", 0) == 0 || type.rfind("INT", 0) == 0 || type.rfind("FLOAT", 0) == 0) opt->check(not_empty);
     }
   // A first word that is no command: name it and the commands (CLI11 says only that one is required).
   if (argc > 1 && argv[1][0] != '-') {
@@ -72,6 +78,29 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "tq: error: unknown command '{}'{}; the commands: {} (tq --help says what each does)\n", word,
                  close.empty() ? "" : fmt::format(" (did you mean '{}'?)", close), fmt::join(names, ", "));
       return 2;
+    }
+  }
+  // CLI11 drops the empty items of a comma-separated list option: "--bits 1,,2" measured 1 and 2,
+  // "--lengths 64," only 64, the typo unseen. A list with an empty item is refused, naming it.
+  if (argc > 1 && argv[1][0] != '-') {
+    CLI::App* sub = app.get_subcommand(argv[1]);  // a command: checked above
+    for (int i = 2; i < argc; ++i) {
+      const std::string arg = argv[i];
+      if (arg == "--") break;
+      if (arg.size() < 2 || arg[0] != '-') continue;
+      const size_t eq = arg.rfind("--", 0) == 0 ? arg.find('=') : std::string::npos;
+      const CLI::Option* opt = sub->get_option_no_throw(arg.substr(0, eq));
+      if (!opt || opt->get_delimiter() == '\0') continue;
+      std::vector<std::string> values;  // --opt=v, or the words after --opt up to the next option
+      if (eq != std::string::npos) values.push_back(arg.substr(eq + 1));
+      for (int j = i + 1; eq == std::string::npos && j < argc && argv[j][0] != '-'; ++j) values.emplace_back(argv[j]);
+      for (const std::string& v : values) {
+        const std::string d(1, opt->get_delimiter());
+        if (v.empty() || (v.find(d + d) == std::string::npos && v.front() != d[0] && v.back() != d[0])) continue;
+        fmt::print(stderr, "tq: error: {} '{}': an empty item in the list; give the items separated by single commas, e.g. 1,2\n",
+                   opt->get_name(), v);
+        return 2;
+      }
     }
   }
   try {

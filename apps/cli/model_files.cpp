@@ -128,6 +128,10 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const std::string&
   TQ_CHECK(std::filesystem::exists(out.path), "model file '{}' not found", out.path);
   out.model = model::load_model(out.path);
   if (!tokenizer_path.empty()) {
+    // A GGUF's own tokenizer was silently replaced (and a llama2.c one of another vocabulary failed
+    // with a truncation error that named no option): --tokenizer belongs to llama2.c checkpoints.
+    TQ_CHECK(out.model.gguf == nullptr, "--tokenizer '{}': '{}' is a GGUF file, which carries its own tokenizer; --tokenizer is "
+             "for llama2.c checkpoints only (drop it)", tokenizer_path, out.path);
     out.tokenizer = model::load_llama2c_tokenizer(tokenizer_path, out.model.config.vocab_size);
   } else {
     TQ_CHECK(out.model.gguf != nullptr, "'{}' is a llama2.c checkpoint: give its tokenizer with --tokenizer (e.g. tok512.bin)", out.path);

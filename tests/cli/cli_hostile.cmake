@@ -69,6 +69,30 @@ run_fails("--bits 3t with --method prod: prod has plain whole widths only" 2 dis
 run_fails("--bits: widths are 1..8, 1.5..7.5 (N.5: the outlier split) or 1t..7t (trellis-coded), got '3v2:edge=1/k3'" 2 distortion --bits 3v2:edge=1/k3 --samples 100)
 run_fails("got '8t'" 2 distortion --bits 8t --samples 100)
 
+# Lists with an empty item, and numbers given as "": refused (they were dropped, or read as 0).
+run_fails("--lengths '64,,128': an empty item in the list" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64,,128)
+run_fails("--depths '0.5,': an empty item in the list" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64 --depths 0.5,)
+run_fails_empty(--depths passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64)
+run_fails_empty(--steps ${R} -p "Once")
+run_fails_empty(--temp ${R} -p "Once" -n 2)
+run_fails_empty(--seed ${R} -p "Once" -n 2 --temp 1)
+# --logits FILE that cannot be written is refused before the model runs (it was found after the
+# prompt, naming no option); a write that fails (a full disk) is an error, not a short file.
+execute_process(COMMAND ${TQ} ${R} -p "Once" -n 2 --kv fp16 --logits "${TMP}/no such dir/l.bin" RESULT_VARIABLE rc ERROR_VARIABLE err)
+if(NOT rc EQUAL 2 OR NOT err MATCHES "--logits: cannot write '${TMP}/no such dir/l.bin'" OR err MATCHES "tq run:")
+  message(FATAL_ERROR "tq run --logits to a path it cannot write: exit ${rc}, want 2 before the model runs:\n${err}")
+endif()
+if(EXISTS /dev/full)
+  run_fails("--logits: writing '/dev/full' failed" 2 ${R} -p "Once" -n 2 --kv fp16 --logits /dev/full)
+endif()
+# An empty --file is named as such (it was "the text has 1 tokens": its BOS).
+file(WRITE ${TMP}/empty.txt "")
+run_fails("--file '${TMP}/empty.txt' is empty" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/empty.txt --kv fp16)
+# --tokenizer with a GGUF (which carries its own) is refused; it replaced the GGUF's tokenizer.
+if(GGUF AND EXISTS "${GGUF}")
+  run_fails("--tokenizer '${T}': '${GGUF}' is a GGUF file, which carries its own tokenizer" 2 run -m ${GGUF} --tokenizer ${T} -p x -n 2)
+endif()
+
 # Sizes beyond the model's training context: refused unless asked for, before anything is allocated.
 set(beyond "beyond the model's training context of 512 tokens")
 run_fails("--ctx 10000000: ${beyond}" 2 ${R} -p "Once" -n 2 --ctx 10000000)
@@ -144,6 +168,18 @@ endif()
 run_ok(bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 32 --output 4 --concurrency 2 --requests 2 --kv-memory 1e6)
 if(NOT ERR MATCHES "tq bench-serve: --kv-memory 1e\\+06 GB is more than this machine's" OR NOT ERR MATCHES "2 clients, 2 requests, 6 pages")
   message(FATAL_ERROR "tq bench-serve --kv-memory 1e6 on the CPU:\n${OUT}\n${ERR}")
+endif()
+# 'max' where not one sequence fits the budget is a row that says so (it was left out without a word);
+# --reps 0 is refused (it ran one, the table saying "median of 1").
+run_ok(bench ${B} --batch max --context 64 --kv-memory 1e-7)
+if(NOT OUT MATCHES "fp16 +0 +max +64 .*beyond 1e-07 GB of KV: not one sequence of 64 tokens fits")
+  message(FATAL_ERROR "tq bench --batch max with too small a --kv-memory:\n${OUT}\n${ERR}")
+endif()
+run_fails("--reps must be at least 1, got 0" 2 bench -m ${M} --tokenizer ${T} --device cpu --kv fp16 --context 64 --batch 1 --prefill 32 --reps 0)
+# A request that does not fit says how much it needs in a number that is not 0.00.
+run_ok(bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 8 --output 2 --kv-memory 1e-9)
+if(NOT OUT MATCHES "one request of 10 tokens needs 1.02e-05 GB, beyond the 1e-09 GB of KV")
+  message(FATAL_ERROR "tq bench-serve --kv-memory 1e-9:\n${OUT}\n${ERR}")
 endif()
 
 # Output that cannot be written is an error, and ends the run.

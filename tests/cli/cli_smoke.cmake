@@ -116,6 +116,14 @@ run_fails("'zz'" 2 kv-size --kv k3v2:zz)
 run_fails("head-dim" 2 kv-size --kv k3v2 --head-dim 0)
 run_fails("--context: lengths are 1..2^40 tokens, got 0" 2 kv-size --context 1024,0)
 run_fails("method" ANY distortion --method foo)
+# An empty item of a comma-separated list is refused (CLI11 dropped it: --bits 1,,2 measured 1 and 2),
+# and so is an empty number (CLI11 read it as 0).
+set(single "an empty item in the list; give the items separated by single commas")
+run_fails("--bits '1,,2': ${single}" 2 distortion --bits 1,,2 --samples 100)
+run_fails("--bits '3,': ${single}" 2 distortion --bits=3, --samples 100)
+run_fails("--context ',8192': ${single}" 2 kv-size --context ,8192)
+run_fails_empty(--samples distortion)
+run_fails_empty(--context kv-size)
 
 # Model files named by what their bytes are: an empty or truncated .gguf is not "a llama2.c
 # checkpoint", GGUF version 0 is not "byte-swapped".

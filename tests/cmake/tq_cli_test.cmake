@@ -27,6 +27,15 @@ function(run_fails expect code)
   endif()
 endfunction()
 
+# run_fails_empty(option args...): `tq args... option ""` (an empty value, which a CMake list cannot
+# carry through ARGN) must fail, naming the option: "<option>: got an empty value; want a number".
+function(run_fails_empty option)
+  execute_process(COMMAND ${TQ} ${ARGN} ${option} "" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(rc EQUAL 0 OR NOT err MATCHES "${option}: got an empty value; want a number")
+    message(FATAL_ERROR "tq ${ARGN} ${option} '': exit ${rc}, want an error naming ${option}'s empty value:\n${out}\n${err}")
+  endif()
+endfunction()
+
 # require_file(path why): when `path` is absent, prints "SKIPPED: <why>" and ends the script; the
 # tests register SKIP_REGULAR_EXPRESSION "SKIPPED: " (tq_cli_skip_marker), so ctest reports them
 # as skipped, not passed, and scripts/test.sh prints the reason. A macro: return() leaves the script.
