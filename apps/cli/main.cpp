@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
       for (const std::string& v : values) {
         const std::string d(1, opt->get_delimiter());
         if (v.empty() || (v.find(d + d) == std::string::npos && v.front() != d[0] && v.back() != d[0])) continue;
-        fmt::print(stderr, "tq: error: {} '{}': an empty item in the list; give the items separated by single commas, e.g. 1,2\n",
+        fmt::print(stderr, "tq: error: {} '{}': an empty item in the list; give the items separated by single commas\n",
                    opt->get_name(), v);
         return 2;
       }
