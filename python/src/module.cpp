@@ -5,6 +5,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <utility>
+
 #include "arrays.h"
 #include "bindings.h"
 #include "tq/check.h"
@@ -106,6 +108,13 @@ nb::dict distortion_dict(uint32_t dim, uint32_t bits, bool prod, const std::stri
   return d;
 }
 
+// The (layer, layers) of a KvSpec method `fn`: ints, the layer inside the model.
+std::pair<uint32_t, uint32_t> model_layer(const IntArg& layer_arg, const IntArg& layers_arg, const char* fn) {
+  const uint32_t layer = to_u32(layer_arg, fn, "layer"), layers = to_u32(layers_arg, fn, "layers");
+  TQ_CHECK(layer < layers, "{}: layer {} is outside the model's {} layers", fn, layer, layers);
+  return {layer, layers};
+}
+
 }  // namespace
 
 void bind_spec(nb::module_& m) {
@@ -159,18 +168,14 @@ void bind_spec(nb::module_& m) {
       .def(
           "layer_format",
           [](const KvSpec& s, IntArg layer_arg, IntArg layers_arg) {
-            const char* fn = "KvSpec.layer_format";
-            const uint32_t layer = to_u32(layer_arg, fn, "layer"), layers = to_u32(layers_arg, fn, "layers");
-            TQ_CHECK(layer < layers, "KvSpec.layer_format: layer {} is outside the model's {} layers", layer, layers);
+            const auto [layer, layers] = model_layer(layer_arg, layers_arg, "KvSpec.layer_format");
             return s.layer_format(layer, layers).canonical();
           },
           nb::arg("layer"), nb::arg("layers"), "The format (a spec without policy) layer `layer` of a `layers`-layer model is stored in.")
       .def(
           "is_edge_layer",
           [](const KvSpec& s, IntArg layer_arg, IntArg layers_arg) {
-            const char* fn = "KvSpec.is_edge_layer";
-            const uint32_t layer = to_u32(layer_arg, fn, "layer"), layers = to_u32(layers_arg, fn, "layers");
-            TQ_CHECK(layer < layers, "KvSpec.is_edge_layer: layer {} is outside the model's {} layers", layer, layers);
+            const auto [layer, layers] = model_layer(layer_arg, layers_arg, "KvSpec.is_edge_layer");
             return s.is_edge_layer(layer, layers);
           },
           nb::arg("layer"), nb::arg("layers"))
@@ -182,9 +187,7 @@ void bind_spec(nb::module_& m) {
       .def(
           "local_layer",
           [](const KvSpec& s, IntArg layer_arg, IntArg layers_arg) {
-            const char* fn = "KvSpec.local_layer";
-            const uint32_t layer = to_u32(layer_arg, fn, "layer"), layers = to_u32(layers_arg, fn, "layers");
-            TQ_CHECK(layer < layers, "KvSpec.local_layer: layer {} is outside the model's {} layers", layer, layers);
+            const auto [layer, layers] = model_layer(layer_arg, layers_arg, "KvSpec.local_layer");
             return s.local_layer(layer, layers);
           },
           nb::arg("layer"), nb::arg("layers"), "A layer's index in its cache (the edge cache or the other layers').")
