@@ -111,6 +111,8 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   if (mode == Mode::kPrefill || dense)
     prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
   if (mode == Mode::kPrefill) {  // 128-row blocks on Hopper (prefill_ws.cuh), else 64-row ones; then the merge
+    // (unless the blocks write the output rows themselves: prefill::writes_output, the kernels' rule)
+    const bool direct = prefill::writes_output(p, D, pl.splits, KIND == Kind::kTq);
     const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / (pl.block_rows / kRows)), p.num_seqs);
     const int rtiles = int(grid.y / p.cache.kv_heads);
     if (pl.ws) {
@@ -119,7 +121,7 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
       allow_smem(kernel, smem);
       launch_after("prefill", kernel, grid, dim3(prefill::kWsThreads), smem, stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml,
                    static_cast<const float*>(ws_q));
-      merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
+      if (!direct) merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
       return;
     }
     const auto prefill = [&](auto tokens) {  // a tile's tokens (tile_tokens)
@@ -139,7 +141,7 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     } else {
       full();
     }
-    merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
+    if (!direct) merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
     return;
   }
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the

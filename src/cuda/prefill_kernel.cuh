@@ -16,7 +16,9 @@
 // So the integer work of unpacking codes is done once per 64 query rows instead of once per 8,
 // and the prefix is read from memory rows/64 times instead of rows/8.
 // Output as decode's splits: unnormalized rows with (max, sum) in the workspace, merged,
-// un-rotated and written by merge_kernel.
+// un-rotated and written by merge_kernel; or, where a row has one split and no side block
+// (writes_output: whole prompts and chunks large enough to fill the GPU), normalized, un-rotated
+// and written by the block itself, which saves the merge's launch and the workspace's round trip.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -26,6 +28,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "attention_output.cuh"
 #include "decode_ops.cuh"
 #include "decode_side.cuh"
 #include "decode_tiles.cuh"
@@ -459,18 +462,68 @@ __device__ __forceinline__ void pack_p(const float (&s)[NT][4], uint32_t (&pa)[N
   }
 }
 
+// Whether a prefill launch's blocks write the output rows themselves (normalized, un-rotated, in
+// the output's dtype) instead of partials for the merge: each row has one split and there is no
+// side block (whose partial the merge adds, and whose buffer it appends to); the values' rotation,
+// if any, is a Hadamard one (a dense rotation's D x D matrix is the merge's); and rows are whole
+// (head_dim = D: no padded TurboQuant tail) in an output aligned for a store a pair. The launch
+// skips the merge by the same rule (attention_launch.cuh).
+TQ_HD bool writes_output(const DecodeParams& p, int D, int splits, bool tq) {
+  const uintptr_t align = p.out_dtype == DType::kF32 ? 8 : 4;
+  return splits == 1 && !p.side.active() && !(tq && p.cache.vt.signs == nullptr) && p.cache.head_dim == uint32_t(D) &&
+         reinterpret_cast<uintptr_t>(p.out) % align == 0;
+}
+
 // The thread's rows (my_row: g and g + 8 of its warp's 16) to the workspace slot of `split`:
-// unnormalized, with their (max, sum); merge_kernel normalizes, un-rotates and writes them.
+// unnormalized, with their (max, sum); merge_kernel normalizes, un-rotates and writes them. Or,
+// where writes_output, to the output: normalized, un-rotated, stored.
 // TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.
 template <int D, bool TQ, int J>
-__device__ __forceinline__ void write_rows(const DecodeParams& p, const float (&o)[J][4], const float (&m_run)[2], float (&l_run)[2],
+__device__ __forceinline__ void write_rows(const DecodeParams& p, float (&o)[J][4], const float (&m_run)[2], float (&l_run)[2],
                                            const int (&my_row)[2], int seq, int kvh, int split, int t, float* ws_o, float2* ws_ml) {
-  const int group = int(p.q_heads / p.cache.kv_heads), nq = int(p.num_q_tokens), rows_total = group * nq;
+  static_assert(8 * J == D, "the fragments hold whole rows");
+  const CacheView& c = p.cache;
+  const int group = int(p.q_heads / c.kv_heads), nq = int(p.num_q_tokens), rows_total = group * nq;
   const float out_scale = TQ ? rsqrtf(float(D)) : 1.0f;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
     l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+  }
+  if (writes_output(p, D, int(gridDim.x), TQ)) {  // uniform: every lane shuffles below
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float f = SoftmaxState::inv_sum(l_run[i]) * (TQ ? out_scale * c.fwht_scale : 1.0f);
+#pragma unroll
+      for (int nt = 0; nt < J; ++nt) o[nt][2 * i] *= f, o[nt][2 * i + 1] *= f;
+    }
+    if constexpr (TQ) {  // x = signs * H o (merge_kernel's un-rotation, its scale above)
+      decode::fwht_fragment_rows(o, t);
+#pragma unroll
+      for (int nt = 0; nt < J; ++nt) {
+        const float2 sg = *reinterpret_cast<const float2*>(&c.vt.signs[size_t(kvh) * D + 8 * nt + 2 * t]);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) o[nt][2 * i] *= sg.x, o[nt][2 * i + 1] *= sg.y;
+      }
+    }
+    size_t at[2];  // each row's first output element: [seq][token][query head][head_dim]
+    bool valid[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = my_row[i], j = row / group, h = kvh * group + row % group;
+      valid[i] = row < rows_total;
+      at[i] = ((size_t(seq) * nq + j) * p.q_heads + h) * D;  // head_dim = D here
+    }
+    if (p.out_dtype == DType::kF32)
+      decode::store_fragment_rows(static_cast<float*>(p.out), at, valid, o, t);
+    else if (p.out_dtype == DType::kF16)
+      decode::store_fragment_rows(static_cast<__half*>(p.out), at, valid, o, t);
+    else
+      decode::store_fragment_rows(static_cast<__nv_bfloat16*>(p.out), at, valid, o, t);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
     const int row = my_row[i];
     if (row >= rows_total) continue;
     const int j = row / group, h = kvh * group + row % group;
