@@ -312,6 +312,71 @@ __device__ __forceinline__ void store_query_rows(uint4* q_hi, uint4* q_lo, const
   }
 }
 
+// The R query rows of m-tiles mt0 .. mt0 + R / kRows - 1, loaded, rotated with the keys' Hadamard
+// rotation and scaled in registers (decode's query_registers: 16 threads a row, kQE<D> coordinates
+// each), straight into shared memory: as store_query_rows' 16-bit high and low parts, or with S8 as
+// store_query_rows_s8's int16 fixed point per row (its step in q_scale) -- what prepare_queries and
+// those two make of the same rows, without the fp32 rows' round trip through the workspace. By
+// the block's `parts` groups of kThreads threads, this thread's being `part` (uniform: pass a
+// warpgroup index ptxas knows is one, as the kernels compute theirs), each taking an m-tile in
+// turn. Dense rotations go through prepare_queries (rotates_queries).
+template <int D, Kind KIND, int R, bool S8, bool BF>
+__device__ __forceinline__ void rotate_query_rows(const DecodeParams& p, int seq, int kvh, int mt0, uint4* q_hi, uint4* q_lo, float* q_scale,
+                                                  int part, int parts) {
+  using Op = dev::Operand<BF>;
+  constexpr int E = decode::kQE<D>;
+  static_assert(E % 4 == 0 && R % decode::kRows == 0, "whole words of 4 coordinates, whole m-tiles");
+  const int r = int(threadIdx.x % decode::kThreads / 16);
+  const int c0 = decode::query_col<D>();
+  for (int m = part; m < R / decode::kRows; m += parts) {  // uniform in a warp: its shuffles below
+    float v[E];
+    decode::load_query<D, KIND>(p, seq, kvh, mt0 + m, v, r);
+    decode::finish_query<D, KIND>(p, v);
+    const int row = m * decode::kRows + r;
+    if constexpr (S8) {
+      float mx = 0.0f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) mx = fmaxf(mx, fabsf(v[e]));
+#pragma unroll
+      for (int o = 1; o < 16; o *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));  // the row's 16 lanes
+      const float qstep = mx / dev::kQ16Max, inv = qstep > 0 ? 1.0f / qstep : 0.0f;
+      if (c0 == 0) q_scale[row] = qstep * (1.0f / kCentroidGrid);
+#pragma unroll
+      for (int w = 0; w < E / 4; ++w) {  // 4 coordinates: a word of high bytes, a word of low ones
+        uint32_t hi = 0, lo = 0;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          uint32_t h8, l8;
+          dev::split_i16(__float2int_rn(v[4 * w + e] * inv), h8, l8);
+          hi |= h8 << (8 * e);
+          lo |= l8 << (8 * e);
+        }
+        const int col = c0 + 4 * w, at = tile_chunk<R>(row, col / 16), byte = col % 16;
+        *reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(q_hi + at) + byte) = hi;
+        *reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(q_lo + at) + byte) = lo;
+      }
+    } else {
+#pragma unroll
+      for (int w = 0; w < E / 4; ++w) {  // 4 coordinates: 8 bytes of high parts, 8 of low ones
+        uint32_t hi[2], lo[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float x0 = v[4 * w + 2 * e], x1 = v[4 * w + 2 * e + 1], h0 = Op::round(x0), h1 = Op::round(x1);
+          hi[e] = Op::pack(h0, h1);
+          lo[e] = Op::pack(x0 - h0, x1 - h1);
+        }
+        const int col = c0 + 4 * w, at = tile_chunk<R>(row, col / 8), byte = 2 * (col % 8);
+        *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_hi + at) + byte) = make_uint2(hi[0], hi[1]);
+        *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_lo + at) + byte) = make_uint2(lo[0], lo[1]);
+      }
+    }
+  }
+}
+
+// Whether a prefill launch needs prepare_queries' rotated rows in the workspace: a dense rotation
+// (a D x D product a row); the kernels rotate the others themselves (rotate_query_rows).
+TQ_HD bool rotates_queries(const DecodeParams& p, bool tq) { return tq && p.cache.kt.signs == nullptr; }
+
 // TurboQuant's centroids in fp16 z-units x sqrt(D), keys and values, by threads 0 .. 15.
 template <int D, int KB, int VB>
 __device__ __forceinline__ void store_luts(const CacheView& c, __half* lut_k, __half* lut_v) {
@@ -559,7 +624,7 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   // 1 KB-aligned (smem_bytes leaves room), as Hopper's kernel needs; the layouts are shared.
   const uint32_t raw_at = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   Smem<D, T>& sm = *reinterpret_cast<Smem<D, T>*>(reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - (raw_at & 1023)) & 1023));
-  dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
+  dev::wait_prerequisites();  // the queries (or prepare_queries' ws_q) are written (a programmatic dependent launch)
   dev::allow_dependents();
   static_assert(sizeof(decode::SideSmem<D>) <= sizeof(Smem<D, T>), "the side block reuses the shared memory");
   if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block (decode_side.cuh), m-tile by m-tile
@@ -586,8 +651,12 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   const int begin = window_base(p, visible_min) + split * tokens_per_split;
   const int end = min(min(begin + tokens_per_split, len), visible_max - window);
 
-  store_query_rows<D, kBlockRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0],
-                                       ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kBlockRows * D, threadIdx.x, kThreads);
+  if (rotates_queries(p, kTq))
+    store_query_rows<D, kBlockRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0],
+                                         ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kBlockRows * D, threadIdx.x, kThreads);
+  else
+    rotate_query_rows<D, KIND, kBlockRows, false, kBf>(p, seq, kvh, rt * (kBlockRows / decode::kRows), &sm.q[0][0][0][0], &sm.q[1][0][0][0],
+                                                      nullptr, 0, 1);
   dev::Lut8 lut_k{}, lut_v{};
   if constexpr (kTq) {
     store_luts<D, KB, VB>(c, sm.lut_k, sm.lut_v);
@@ -690,8 +759,9 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   write_rows<D, kTq>(p, o, m_run, l_run, my_row, seq, kvh, split, t, ws_o, ws_ml);
 }
 
-// Grid: (splits, kv_heads * row tiles, seqs). Query rows come rotated and scaled from
-// prepare_queries (ws_q: [seq][kv head][8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
+// Grid: (splits, kv_heads * row tiles, seqs). Query rows are rotated and scaled by the block
+// (rotate_query_rows), or for dense rotations come so from prepare_queries (ws_q: [seq][kv head]
+// [8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
 // A build for an architecture that never runs this variant (variants.h), or on sm_90a (where
 // Hopper's kernel, prefill_ws.cuh, runs) unless the build carries it for TQ_CUDA_PORTABLE=1
 // (kPortableOnHopper), compiles it empty, trapping if launched.
