@@ -104,13 +104,15 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   float* ws_o = static_cast<float*>(p.workspace);
   float2* ws_ml = reinterpret_cast<float2*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes);
   float* ws_q = reinterpret_cast<float*>(static_cast<uint8_t*>(p.workspace) + pl.ws_o_bytes + pl.ws_ml_bytes);
-  // Prefill and dense rotations rotate each query once, in a kernel of their own; the decode
-  // kernel rotates the others itself (one launch less: ~3 us of a batch-1 step in a CUDA graph
-  // on the H200).
+  // Dense rotations rotate each query once, in a kernel of their own; the decode and prefill
+  // kernels rotate the others themselves (decode: one launch less, ~3 us of a batch-1 step in a
+  // CUDA graph on the H200; prefill: the fp32 rows' round trip through the workspace too).
   const bool dense = KIND == Kind::kTq && p.cache.kt.signs == nullptr;
-  if (mode == Mode::kPrefill || dense)
+  if (dense)  // (prefill_kernel.cuh's rotates_queries: the same rule)
     prepare_queries<D, KIND><<<dim3(p.cache.kv_heads * pl.mtiles, p.num_seqs), kThreads, 0, stream>>>(p, pl.mtiles, ws_q);
   if (mode == Mode::kPrefill) {  // 128-row blocks on Hopper (prefill_ws.cuh), else 64-row ones; then the merge
+    // (unless the blocks write the output rows themselves: prefill::writes_output, the kernels' rule)
+    const bool direct = prefill::writes_output(p, D, pl.splits, KIND == Kind::kTq);
     const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / (pl.block_rows / kRows)), p.num_seqs);
     const int rtiles = int(grid.y / p.cache.kv_heads);
     if (pl.ws) {
@@ -119,7 +121,7 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
       allow_smem(kernel, smem);
       launch_after("prefill", kernel, grid, dim3(prefill::kWsThreads), smem, stream, p, pl.tokens_per_split, rtiles, ws_o, ws_ml,
                    static_cast<const float*>(ws_q));
-      merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
+      if (!direct) merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
       return;
     }
     const auto prefill = [&](auto tokens) {  // a tile's tokens (tile_tokens)
@@ -139,7 +141,7 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     } else {
       full();
     }
-    merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
+    if (!direct) merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
     return;
   }
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the

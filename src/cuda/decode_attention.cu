@@ -143,8 +143,8 @@ Plan make_plan(const DecodeParams& p) {
 }
 
 // Chunked prefill: on Hopper blocks of 128 query rows (prefill_ws.cuh), elsewhere of 64
-// (prefill_kernel.cuh), whose queries prepare_queries writes as 8-row m-tiles (rounded up to whole
-// blocks); splits only where the blocks do not fill the GPU, each with >= 4 tiles.
+// (prefill_kernel.cuh), whose queries come in 8-row m-tiles (rounded up to whole blocks; dense
+// rotations' from prepare_queries' workspace); splits only where the blocks do not fill the GPU, each with >= 4 tiles.
 Plan make_prefill_plan(const DecodeParams& p) {
   Plan pl{};
   pl.D = kernel_dim(p.cache);

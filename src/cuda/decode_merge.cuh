@@ -8,6 +8,7 @@
 
 #include <cmath>
 
+#include "attention_output.cuh"
 #include "decode_side.cuh"
 #include "decode_tiles.cuh"
 #include "device_common.cuh"
@@ -15,17 +16,6 @@
 #include "tq/kv/online_softmax.h"
 
 namespace tq::cuda::decode {
-
-// Element `at` of the attention output, in its dtype.
-__device__ __forceinline__ void store_output(const DecodeParams& p, size_t at, float x) {
-  if (p.out_dtype == DType::kF32) {
-    static_cast<float*>(p.out)[at] = x;
-  } else if (p.out_dtype == DType::kF16) {
-    static_cast<__half*>(p.out)[at] = __float2half_rn(x);
-  } else {
-    static_cast<__nv_bfloat16*>(p.out)[at] = __float2bfloat16_rn(x);
-  }
-}
 
 // Combines the splits of one (sequence, query token, query head), un-rotates, writes the output.
 // With a side buffer each row has splits + side_parts partials, the last ones the side blocks'

@@ -40,6 +40,22 @@ __device__ __forceinline__ int begin_for_all(const DecodeParams& p, int visible_
 
 inline constexpr int kSideChunk = 16;  // side tokens a pass: one a lane of a query row's 16 threads
 
+// The reduction of side_attention's partial dots across a row's 16 lanes, one halving a level: a
+// lane keeps entries [O, 2O) of the current range where its bit O is set, else [0, O), and adds its
+// partner's (lane ^ O) other half, so lane l ends with the sum of entry l. The levels are templates
+// rather than a loop: with #pragma unroll alone, a larger kernel around it once left the level loop
+// rolled (part[] in local memory, its entries chosen by address).
+template <int O, int N>
+__device__ __forceinline__ void fold_halves(float (&part)[N], int lane16) {
+  const bool upper = lane16 & O;
+#pragma unroll
+  for (int j = 0; j < O; ++j) {
+    const float send = upper ? part[j] : part[j + O], keep = upper ? part[j + O] : part[j];
+    part[j] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+  }
+  if constexpr (O > 1) fold_halves<O / 2>(part, lane16);
+}
+
 template <int D>
 struct SideSmem {
   __half k[kSideChunk][D], v[kSideChunk][D];  // the chunk's keys and values (zero past head_dim)
@@ -210,15 +226,7 @@ __device__ __forceinline__ void side_attention(const DecodeParams& p, int seq, i
       }
       part[i] = dot;
     }
-#pragma unroll
-    for (int o = kSideChunk / 2; o >= 1; o /= 2) {
-      const bool upper = lane16 & o;  // keeps entries [o, 2o) of the current range, sends [0, o)
-#pragma unroll
-      for (int j = 0; j < o; ++j) {
-        const float send = upper ? part[j] : part[j + o], keep = upper ? part[j + o] : part[j];
-        part[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
-      }
-    }
+    fold_halves<kSideChunk / 2>(part, lane16);
     const int t = position(i0 + lane16);
     const bool live = valid && lane16 < n && t <= qpos && (t < sink || (window > 0 && t > qpos - window)) && (swa == 0 || t > qpos - swa);
     const float s = live ? part[0] : -INFINITY;

@@ -16,7 +16,9 @@
 // So the integer work of unpacking codes is done once per 64 query rows instead of once per 8,
 // and the prefix is read from memory rows/64 times instead of rows/8.
 // Output as decode's splits: unnormalized rows with (max, sum) in the workspace, merged,
-// un-rotated and written by merge_kernel.
+// un-rotated and written by merge_kernel; or, where a row has one split and no side block
+// (writes_output: whole prompts and chunks large enough to fill the GPU), normalized, un-rotated
+// and written by the block itself, which saves the merge's launch and the workspace's round trip.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -26,6 +28,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "attention_output.cuh"
 #include "decode_ops.cuh"
 #include "decode_side.cuh"
 #include "decode_tiles.cuh"
@@ -309,6 +312,71 @@ __device__ __forceinline__ void store_query_rows(uint4* q_hi, uint4* q_lo, const
   }
 }
 
+// The R query rows of m-tiles mt0 .. mt0 + R / kRows - 1, loaded, rotated with the keys' Hadamard
+// rotation and scaled in registers (decode's query_registers: 16 threads a row, kQE<D> coordinates
+// each), straight into shared memory: as store_query_rows' 16-bit high and low parts, or with S8 as
+// store_query_rows_s8's int16 fixed point per row (its step in q_scale) -- what prepare_queries and
+// those two make of the same rows, without the fp32 rows' round trip through the workspace. By
+// the block's `parts` groups of kThreads threads, this thread's being `part` (uniform: pass a
+// warpgroup index ptxas knows is one, as the kernels compute theirs), each taking an m-tile in
+// turn. Dense rotations go through prepare_queries (rotates_queries).
+template <int D, Kind KIND, int R, bool S8, bool BF>
+__device__ __forceinline__ void rotate_query_rows(const DecodeParams& p, int seq, int kvh, int mt0, uint4* q_hi, uint4* q_lo, float* q_scale,
+                                                  int part, int parts) {
+  using Op = dev::Operand<BF>;
+  constexpr int E = decode::kQE<D>;
+  static_assert(E % 4 == 0 && R % decode::kRows == 0, "whole words of 4 coordinates, whole m-tiles");
+  const int r = int(threadIdx.x % decode::kThreads / 16);
+  const int c0 = decode::query_col<D>();
+  for (int m = part; m < R / decode::kRows; m += parts) {  // uniform in a warp: its shuffles below
+    float v[E];
+    decode::load_query<D, KIND>(p, seq, kvh, mt0 + m, v, r);
+    decode::finish_query<D, KIND>(p, v);
+    const int row = m * decode::kRows + r;
+    if constexpr (S8) {
+      float mx = 0.0f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) mx = fmaxf(mx, fabsf(v[e]));
+#pragma unroll
+      for (int o = 1; o < 16; o *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));  // the row's 16 lanes
+      const float qstep = mx / dev::kQ16Max, inv = qstep > 0 ? 1.0f / qstep : 0.0f;
+      if (c0 == 0) q_scale[row] = qstep * (1.0f / kCentroidGrid);
+#pragma unroll
+      for (int w = 0; w < E / 4; ++w) {  // 4 coordinates: a word of high bytes, a word of low ones
+        uint32_t hi = 0, lo = 0;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          uint32_t h8, l8;
+          dev::split_i16(__float2int_rn(v[4 * w + e] * inv), h8, l8);
+          hi |= h8 << (8 * e);
+          lo |= l8 << (8 * e);
+        }
+        const int col = c0 + 4 * w, at = tile_chunk<R>(row, col / 16), byte = col % 16;
+        *reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(q_hi + at) + byte) = hi;
+        *reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(q_lo + at) + byte) = lo;
+      }
+    } else {
+#pragma unroll
+      for (int w = 0; w < E / 4; ++w) {  // 4 coordinates: 8 bytes of high parts, 8 of low ones
+        uint32_t hi[2], lo[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float x0 = v[4 * w + 2 * e], x1 = v[4 * w + 2 * e + 1], h0 = Op::round(x0), h1 = Op::round(x1);
+          hi[e] = Op::pack(h0, h1);
+          lo[e] = Op::pack(x0 - h0, x1 - h1);
+        }
+        const int col = c0 + 4 * w, at = tile_chunk<R>(row, col / 8), byte = 2 * (col % 8);
+        *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_hi + at) + byte) = make_uint2(hi[0], hi[1]);
+        *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_lo + at) + byte) = make_uint2(lo[0], lo[1]);
+      }
+    }
+  }
+}
+
+// Whether a prefill launch needs prepare_queries' rotated rows in the workspace: a dense rotation
+// (a D x D product a row); the kernels rotate the others themselves (rotate_query_rows).
+TQ_HD bool rotates_queries(const DecodeParams& p, bool tq) { return tq && p.cache.kt.signs == nullptr; }
+
 // TurboQuant's centroids in fp16 z-units x sqrt(D), keys and values, by threads 0 .. 15.
 template <int D, int KB, int VB>
 __device__ __forceinline__ void store_luts(const CacheView& c, __half* lut_k, __half* lut_v) {
@@ -459,18 +527,68 @@ __device__ __forceinline__ void pack_p(const float (&s)[NT][4], uint32_t (&pa)[N
   }
 }
 
+// Whether a prefill launch's blocks write the output rows themselves (normalized, un-rotated, in
+// the output's dtype) instead of partials for the merge: each row has one split and there is no
+// side block (whose partial the merge adds, and whose buffer it appends to); the values' rotation,
+// if any, is a Hadamard one (a dense rotation's D x D matrix is the merge's); and rows are whole
+// (head_dim = D: no padded TurboQuant tail) in an output aligned for a store a pair. The launch
+// skips the merge by the same rule (attention_launch.cuh).
+TQ_HD bool writes_output(const DecodeParams& p, int D, int splits, bool tq) {
+  const uintptr_t align = p.out_dtype == DType::kF32 ? 8 : 4;
+  return splits == 1 && !p.side.active() && !(tq && p.cache.vt.signs == nullptr) && p.cache.head_dim == uint32_t(D) &&
+         reinterpret_cast<uintptr_t>(p.out) % align == 0;
+}
+
 // The thread's rows (my_row: g and g + 8 of its warp's 16) to the workspace slot of `split`:
-// unnormalized, with their (max, sum); merge_kernel normalizes, un-rotates and writes them.
+// unnormalized, with their (max, sum); merge_kernel normalizes, un-rotates and writes them. Or,
+// where writes_output, to the output: normalized, un-rotated, stored.
 // TurboQuant values are decoded in units of 1/sqrt(D) (the codebook's z-units): scaled once here.
 template <int D, bool TQ, int J>
-__device__ __forceinline__ void write_rows(const DecodeParams& p, const float (&o)[J][4], const float (&m_run)[2], float (&l_run)[2],
+__device__ __forceinline__ void write_rows(const DecodeParams& p, float (&o)[J][4], const float (&m_run)[2], float (&l_run)[2],
                                            const int (&my_row)[2], int seq, int kvh, int split, int t, float* ws_o, float2* ws_ml) {
-  const int group = int(p.q_heads / p.cache.kv_heads), nq = int(p.num_q_tokens), rows_total = group * nq;
+  static_assert(8 * J == D, "the fragments hold whole rows");
+  const CacheView& c = p.cache;
+  const int group = int(p.q_heads / c.kv_heads), nq = int(p.num_q_tokens), rows_total = group * nq;
   const float out_scale = TQ ? rsqrtf(float(D)) : 1.0f;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 1);
     l_run[i] += __shfl_xor_sync(0xffffffffu, l_run[i], 2);
+  }
+  if (writes_output(p, D, int(gridDim.x), TQ)) {  // uniform: every lane shuffles below
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const float f = SoftmaxState::inv_sum(l_run[i]) * (TQ ? out_scale * c.fwht_scale : 1.0f);
+#pragma unroll
+      for (int nt = 0; nt < J; ++nt) o[nt][2 * i] *= f, o[nt][2 * i + 1] *= f;
+    }
+    if constexpr (TQ) {  // x = signs * H o (merge_kernel's un-rotation, its scale above)
+      decode::fwht_fragment_rows(o, t);
+#pragma unroll
+      for (int nt = 0; nt < J; ++nt) {
+        const float2 sg = *reinterpret_cast<const float2*>(&c.vt.signs[size_t(kvh) * D + 8 * nt + 2 * t]);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) o[nt][2 * i] *= sg.x, o[nt][2 * i + 1] *= sg.y;
+      }
+    }
+    size_t at[2];  // each row's first output element: [seq][token][query head][head_dim]
+    bool valid[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int row = my_row[i], j = row / group, h = kvh * group + row % group;
+      valid[i] = row < rows_total;
+      at[i] = ((size_t(seq) * nq + j) * p.q_heads + h) * D;  // head_dim = D here
+    }
+    if (p.out_dtype == DType::kF32)
+      decode::store_fragment_rows(static_cast<float*>(p.out), at, valid, o, t);
+    else if (p.out_dtype == DType::kF16)
+      decode::store_fragment_rows(static_cast<__half*>(p.out), at, valid, o, t);
+    else
+      decode::store_fragment_rows(static_cast<__nv_bfloat16*>(p.out), at, valid, o, t);
+    return;
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
     const int row = my_row[i];
     if (row >= rows_total) continue;
     const int j = row / group, h = kvh * group + row % group;
@@ -506,7 +624,7 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   // 1 KB-aligned (smem_bytes leaves room), as Hopper's kernel needs; the layouts are shared.
   const uint32_t raw_at = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   Smem<D, T>& sm = *reinterpret_cast<Smem<D, T>*>(reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - (raw_at & 1023)) & 1023));
-  dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
+  dev::wait_prerequisites();  // the queries (or prepare_queries' ws_q) are written (a programmatic dependent launch)
   dev::allow_dependents();
   static_assert(sizeof(decode::SideSmem<D>) <= sizeof(Smem<D, T>), "the side block reuses the shared memory");
   if (p.side.active() && blockIdx.x == gridDim.x - 1) {  // the side buffer's block (decode_side.cuh), m-tile by m-tile
@@ -533,8 +651,12 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   const int begin = window_base(p, visible_min) + split * tokens_per_split;
   const int end = min(min(begin + tokens_per_split, len), visible_max - window);
 
-  store_query_rows<D, kBlockRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0],
-                                       ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kBlockRows * D, threadIdx.x, kThreads);
+  if (rotates_queries(p, kTq))
+    store_query_rows<D, kBlockRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0],
+                                         ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kBlockRows * D, threadIdx.x, kThreads);
+  else
+    rotate_query_rows<D, KIND, kBlockRows, false, kBf>(p, seq, kvh, rt * (kBlockRows / decode::kRows), &sm.q[0][0][0][0], &sm.q[1][0][0][0],
+                                                      nullptr, 0, 1);
   dev::Lut8 lut_k{}, lut_v{};
   if constexpr (kTq) {
     store_luts<D, KB, VB>(c, sm.lut_k, sm.lut_v);
@@ -637,8 +759,9 @@ __device__ __forceinline__ void prefill_block(const DecodeParams& p, int tokens_
   write_rows<D, kTq>(p, o, m_run, l_run, my_row, seq, kvh, split, t, ws_o, ws_ml);
 }
 
-// Grid: (splits, kv_heads * row tiles, seqs). Query rows come rotated and scaled from
-// prepare_queries (ws_q: [seq][kv head][8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
+// Grid: (splits, kv_heads * row tiles, seqs). Query rows are rotated and scaled by the block
+// (rotate_query_rows), or for dense rotations come so from prepare_queries (ws_q: [seq][kv head]
+// [8-row m-tile][8][D] floats, m-tiles rounded up to 64 rows).
 // A build for an architecture that never runs this variant (variants.h), or on sm_90a (where
 // Hopper's kernel, prefill_ws.cuh, runs) unless the build carries it for TQ_CUDA_PORTABLE=1
 // (kPortableOnHopper), compiles it empty, trapping if launched.

@@ -201,7 +201,7 @@ __device__ __forceinline__ void ws_produce(const DecodeParams& p, WsSmem<D, S8, 
 }
 
 // Grid: (splits [+ the side block], kv_heads * 128-row tiles, seqs), kWsThreads threads. Query rows
-// from prepare_queries as prefill_kernel's, m-tiles rounded up to 128 rows. Compiled empty,
+// as prefill_kernel's (ws_q's m-tiles, for dense rotations, rounded up to 128 rows). Compiled empty,
 // trapping, outside sm_90a.
 template <int D, Kind KIND, int KB, int VB>
 __global__ void __launch_bounds__(kWsThreads, 1)
@@ -216,7 +216,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   // 1 KB-aligned (ws_smem_bytes leaves room): wgmma's swizzle is a function of the address bits.
   const uint32_t raw_at = smem_u32(smem_raw);
   Sm& sm = *reinterpret_cast<Sm*>(reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - (raw_at & 1023)) & 1023));
-  dev::wait_prerequisites();  // prepare_queries has written ws_q (a programmatic dependent launch)
+  dev::wait_prerequisites();  // the queries (or prepare_queries' ws_q) are written (a programmatic dependent launch)
   dev::allow_dependents();
   constexpr int kGroups = kWsThreads / decode::kThreads;  // the block's warpgroups
   static_assert(kGroups * sizeof(decode::SideSmem<D>) <= sizeof(Sm), "the side block reuses the shared memory");
@@ -247,11 +247,16 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   const int end = min(min(begin + tokens_per_split, len), visible_max - window);
   const int tiles = begin < end ? (end - begin + T - 1) / T : 0;
 
-  const float* q_rows = ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kWsRows * D;
-  if constexpr (S8)
-    store_query_rows_s8<D, kWsRows>(&sm.q[0][0][0][0], &sm.q[1][0][0][0], sm.q_scale, q_rows, threadIdx.x, kWsThreads);
-  else
-    store_query_rows<D, kWsRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0], q_rows, threadIdx.x, kWsThreads);
+  if (rotates_queries(p, kTq)) {  // a dense rotation: prepare_queries' rows
+    const float* q_rows = ws_q + ((size_t(seq) * c.kv_heads + kvh) * rtiles + rt) * kWsRows * D;
+    if constexpr (S8)
+      store_query_rows_s8<D, kWsRows>(&sm.q[0][0][0][0], &sm.q[1][0][0][0], sm.q_scale, q_rows, threadIdx.x, kWsThreads);
+    else
+      store_query_rows<D, kWsRows, kBf>(&sm.q[0][0][0][0], &sm.q[1][0][0][0], q_rows, threadIdx.x, kWsThreads);
+  } else {
+    rotate_query_rows<D, KIND, kWsRows, S8, kBf>(p, seq, kvh, rt * (kWsRows / decode::kRows), &sm.q[0][0][0][0], &sm.q[1][0][0][0],
+                                                 sm.q_scale, wgi, kWsThreads / decode::kThreads);
+  }
   if constexpr (kTq) store_luts<D, KB, VB>(c, sm.lut_k, sm.lut_v);
   if (threadIdx.x == 0) {
     for (int st = 0; st < S; ++st) {

@@ -246,9 +246,14 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaRunnerRealShape, ::testing::Values("llama-3
 });
 
 // Greedy decode steps replayed from CUDA graphs give the tokens of eager steps: each step's ids
-// against the argmax of the eager engine's logits on the same tokens, wherever its top-2 gap is
-// clear. A long prefill in the middle grows the attention workspace, which drops the captured
-// graphs (they point at the old buffer): later steps must still agree.
+// against the argmax of the eager engine's logits on the same tokens. A long prefill in the middle
+// grows the attention workspace, which drops the captured graphs (they point at the old buffer):
+// later steps must still agree. A graph is planned for its length bucket and an eager step for its
+// own length, so their decode splits differ; in batch-invariant mode that changes no bit (the
+// extra splits are empty), and every step's id must be the argmax. Otherwise the split sums round
+// differently, a bf16 attention output can move by an ulp (2^-8 relative) and the two layers carry
+// that into the logits (a top-2 gap of 1.4e-3 of their range has flipped): there only steps whose
+// gap is clear, 1e-2 of the range (as the speculative and serving graph tests), count.
 TEST(CudaRunnerGraphs, GreedyStepsMatchEagerLogits) {
   TQ_REQUIRE_GPU();
   const model::Model m = tiny([] {
@@ -256,11 +261,19 @@ TEST(CudaRunnerGraphs, GreedyStepsMatchEagerLogits) {
     s.dim = 256, s.n_heads = 4, s.n_kv_heads = 2, s.hidden = 512, s.n_layers = 2, s.vocab = 300, s.realistic = true;
     return s;
   }());
-  for (const char* spec_text : {"k3v2", "k3v2:sink=4:window=16", "k3v2:sink=4:window=16:centre"}) {
-    SCOPED_TRACE(spec_text);
+  struct Case {
+    const char* spec;
+    bool invariant;
+  };
+  for (const Case& k : {Case{"k3v2", true}, Case{"k3v2", false}, Case{"k3v2:sink=4:window=16", false}, Case{"k3v2:sink=4:window=16:centre", false}}) {
+    const char* spec_text = k.spec;
+    SCOPED_TRACE(std::string(spec_text) + (k.invariant ? " batch-invariant" : ""));
     const KvSpec spec = parse_kv_spec(spec_text);
-    engine::Engine graphs(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400});
-    engine::Engine eager(m, spec, {.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400, .eager = true});
+    const engine::EngineOptions o{.device = engine::Device::kCuda, .context = 512, .max_seqs = 3, .max_chunk = 400, .batch_invariant = k.invariant};
+    engine::EngineOptions eo = o;
+    eo.eager = true;
+    engine::Engine graphs(m, spec, o);
+    engine::Engine eager(m, spec, eo);
     EXPECT_NE(graphs.runner().describe().find("CUDA graphs"), std::string::npos) << graphs.runner().describe();
     std::mt19937 rng(11);
     const auto prompt = [&](size_t n) {
@@ -293,16 +306,19 @@ TEST(CudaRunnerGraphs, GreedyStepsMatchEagerLogits) {
       const std::vector<float> logits = eager.forward(batch);
       ASSERT_EQ(ids.size(), seqs.size());
       for (size_t s = 0; s < seqs.size(); ++s) {
-        const int want = test::clear_argmax(&logits[s * 300], 300, 1e-3f);
+        const float* row = &logits[s * 300];
+        const int want = test::clear_argmax(row, 300, k.invariant ? 0.0f : 1e-2f);
         ++steps;
         if (want >= 0) {
           ++decided;
-          EXPECT_EQ(ids[s], want) << "step " << i << " sequence " << s;
+          const float lo = *std::min_element(row, row + 300);
+          EXPECT_EQ(ids[s], want) << "step " << i << " sequence " << s << ": eager logits " << row[want] << " there, " << row[ids[s]]
+                                  << " at the graph's id, range " << row[want] - lo;
         }
       }
       next = ids;
     }
-    EXPECT_GT(decided, steps * 3 / 4);
+    EXPECT_GT(decided, k.invariant ? steps - 2 : steps * 3 / 4);
   }
 }
 

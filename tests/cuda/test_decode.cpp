@@ -21,6 +21,7 @@
 #include "tq/kv/attention_ref.h"
 #include "tq/cuda/device_format.h"
 #include "tq/kv/paged_cache.h"
+#include "tq/numeric.h"
 #include "tq/cuda/kernels.h"
 #include "tq/rng.h"
 
@@ -458,6 +459,71 @@ TEST(DecodeScale, AGivenScaleIsTheReferencesScale) {
     s.scale = 0.6f / std::sqrt(float(s.d));
     const std::vector<float> ref = s.reference();
     EXPECT_LE(test::worst_row_error(run_on_gpu(s, c), ref, s.d), s.bound(ref)) << case_name(c);
+  }
+}
+
+// Prefill's blocks write a row themselves where it has one split (prefill::writes_output: no side
+// block, a Hadamard rotation, whole rows, an aligned output), and then leave the workspace's
+// partials untouched; else they write partials and the merge writes the rows. Both write the same
+// rows: fp32, fp16 and bf16 outputs of the direct path are the fp32 rows rounded (the same floats,
+// stored in each dtype); the merge's of one split (an fp32 output one element off its 8-byte
+// alignment) agree with them to float rounding, and with 2 splits both meet the reference's bound.
+TEST(PrefillOutput, TheBlocksAndTheMergeWriteTheSameRows) {
+  TQ_REQUIRE_GPU();
+  for (const char* spec : {"k3v2", "bf16"}) {
+    const DecodeCase c{spec, 128, 4, 512, {600}, 0, true};
+    DecodeSetup s(c, 21);
+    cuda::DeviceFormat codecs(s.cpu->format());
+    test::DeviceBuffer<uint8_t> cache(s.cpu->bytes());
+    ASSERT_EQ(cudaMemcpy(cache.ptr, s.cpu->data(), s.cpu->bytes(), cudaMemcpyHostToDevice), cudaSuccess);
+    test::DeviceBuffer<float> dq(s.q);
+    test::DeviceBuffer<int32_t> dbt(s.bt), dlen(s.lens);
+    const size_t n = s.q.size();  // output elements: rows x head_dim, as many as one split's partials
+    // One prefill into `out` of dtype dt with `splits`; returns whether the partials' part of the
+    // workspace (poisoned first) was left as it was.
+    const auto run = [&](void* out, cuda::DType dt, uint32_t splits) {
+      cuda::DecodeParams p = s.params(codecs.view(0, cache.ptr, s.cpu->shape().num_pages), dq.ptr, nullptr, dbt.ptr, dlen.ptr);
+      p.out = out;
+      p.out_dtype = dt;
+      p.num_splits = splits;
+      test::DeviceBuffer<uint8_t> ws(cuda::prefill_workspace_bytes(p));
+      ws.poison();
+      p.workspace = ws.ptr;
+      cuda::prefill_attention(p, nullptr);
+      EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess) << spec;
+      const std::vector<uint8_t> w = ws.download();
+      return std::all_of(w.begin(), w.begin() + std::min(w.size(), n * sizeof(float)), [](uint8_t x) { return x == 0xFF; });
+    };
+    test::DeviceBuffer<float> f32(n + 1);
+    test::DeviceBuffer<uint16_t> f16(n), b16(n);
+    f32.poison(), f16.poison(), b16.poison();
+    EXPECT_TRUE(run(f32.ptr, cuda::DType::kF32, 1)) << spec << ": one split, yet partials were written";
+    EXPECT_TRUE(run(f16.ptr, cuda::DType::kF16, 1)) << spec;
+    EXPECT_TRUE(run(b16.ptr, cuda::DType::kBf16, 1)) << spec;
+    std::vector<float> direct = f32.download();
+    direct.resize(n);
+    const std::vector<uint16_t> h = f16.download(), b = b16.download();
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_TRUE(std::isfinite(direct[i])) << spec << ": element " << i << " not written";
+      ASSERT_EQ(h[i], f32_to_f16(direct[i])) << spec << ": fp16 element " << i;
+      ASSERT_EQ(b[i], f32_to_bf16(direct[i])) << spec << ": bf16 element " << i;
+    }
+    const std::vector<float> ref = s.reference();
+    EXPECT_LE(test::worst_row_error(direct, ref, s.d), s.bound(ref)) << spec;
+    for (const bool misaligned : {false, true}) {
+      f32.poison();
+      EXPECT_FALSE(run(f32.ptr + (misaligned ? 1 : 0), cuda::DType::kF32, misaligned ? 1 : 2)) << spec << ": the merge's partials";
+      std::vector<float> merged = f32.download();
+      if (misaligned) merged.erase(merged.begin());
+      merged.resize(n);
+      // One split through the merge: the same partial, normalized and un-rotated in another order
+      // (float rounding: ~1e-7 a sum of D = 128 terms); two splits round their own P to fp16
+      // against their own maxima, so they answer to the reference's bound as any launch.
+      if (misaligned)
+        EXPECT_LE(test::worst_row_error(merged, direct, s.d), 1e-5) << spec << ": misaligned output";
+      else
+        EXPECT_LE(test::worst_row_error(merged, ref, s.d), s.bound(ref)) << spec << ": 2 splits";
+    }
   }
 }
 
