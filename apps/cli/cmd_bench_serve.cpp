@@ -142,6 +142,10 @@ void run(const Options& o) {
   bool fit_max = false;
   const std::vector<uint32_t> fixed = parse_list(o.concurrency, "--concurrency", true, &fit_max);
   TQ_CHECK(fixed.size() + fit_max == 1, "--concurrency takes one value: a count or max, got '{}'", o.concurrency);
+  // Each client sends at least one request: more clients than requests would run fewer than asked.
+  TQ_CHECK(fit_max || o.requests == 0 || o.requests >= fixed[0],
+           "--concurrency {} is more than --requests {}: each client sends at least one request; give --requests {} or more, or "
+           "--concurrency {}", fixed[0], o.requests, fixed[0], o.requests);
   TQ_CHECK(o.prompt >= 1 && o.output >= 1, "--prompt and --output must be at least 1 token");
   TQ_CHECK(o.kv_memory_gb > 0 && std::isfinite(o.kv_memory_gb), "--kv-memory must be a positive number of GB, got {}", o.kv_memory_gb);
 
@@ -187,6 +191,9 @@ void run(const Options& o) {
       continue;
     }
     const uint32_t total = o.requests ? o.requests : clients;
+    if (clients > total)  // --concurrency max: a client a request (a fixed count above --requests is refused)
+      fmt::print(stderr, "tq bench-serve: {}: --concurrency max: {} clients fit --kv-memory; running {}, one per request (--requests {})\n",
+                 label, clients, total, total);
     clients = std::min(clients, total);
     const uint32_t step_tokens = std::max(chunk, clients);  // every running request decodes each step
     // The pool: every page the budget buys beside the clients' side buffers and window rings.
@@ -281,8 +288,9 @@ void add_bench_serve(CLI::App& app) {
   c->add_option("--kv", o->kv, "comma-separated KV specs; 'default' is tq run's (default: bf16,fp8,k3v2)");
   c->add_option("--prompt", o->prompt, "prompt length in tokens (default 32768)");
   c->add_option("--output", o->output, "tokens generated per request (default 256)");
-  c->add_option("--concurrency", o->concurrency, "clients at once, or max: as many requests as fit --kv-memory, per cache (default max)");
-  c->add_option("--requests", o->requests, "requests in all (default: one per client)");
+  c->add_option("--concurrency", o->concurrency,
+                "clients at once, or max: as many requests as fit --kv-memory, per cache, at most --requests (default max)");
+  c->add_option("--requests", o->requests, "requests in all, at least a fixed --concurrency (default: one per client)");
   c->add_option("--kv-memory", o->kv_memory_gb, "KV memory in GB (1e9 bytes) for every cache: its page pool and side buffers (default 40)");
   c->add_option("--max-num-batched-tokens", o->batched_tokens, "token budget of one step (default: 2048 on cuda, 256 on cpu; at least the clients)");
   c->add_flag("--no-enable-prefix-caching", o->no_prefix_caching, "do not look up cached prefixes (random prompts share none anyway)");

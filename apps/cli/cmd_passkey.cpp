@@ -85,7 +85,8 @@ void add_passkey(CLI::App& app) {
   c->add_option("--kv", o->kv, "comma-separated KV specs (docs/kv-specs.md); 'default' in the list is tq run's spec");
   c->add_option("--lengths", o->lengths,
                 "prompt lengths in tokens (default 256,512,1024); with the answer, within the model's training context\n"
-                "unless --allow-long-context")
+                "unless --allow-long-context; at least the shortest prompt (instructions, key and question: 91 tokens\n"
+                "with SmolLM2, more with a small vocabulary)")
       ->delimiter(',');
   c->add_flag("--allow-long-context", o->allow_long, kAllowLongHelp);
   c->add_option("--depths", o->depths,

@@ -110,6 +110,15 @@ void serve(const Options& o) {
   serve::Server server(svc, m, tok,
                        {.host = o.host, .port = o.port, .model_name = name, .threads = o.max_num_seqs + o.max_queue + 8,
                         .shutdown_grace = std::chrono::milliseconds(int64_t(o.shutdown_timeout * 1000)), .speculation = speculation});
+  // A pool smaller than one request of the context serves only shorter ones (a request needs prompt +
+  // max_tokens - 1 positions): said, naming the flag that sized it, before the server starts.
+  const size_t pool_tokens = size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size();
+  if (pool_tokens + 1 < ctx)
+    fmt::print(stderr,
+               "tq serve: warning: {} gives a KV pool of {} tokens, less than one request of {} ({}): a request's prompt and "
+               "max_tokens are at most {} tokens together, longer requests are refused\n",
+               o.gpu_memory > 0 ? fmt::format("--gpu-memory {}", o.gpu_memory) : fmt::format("--num-pages {}", o.num_pages), pool_tokens,
+               ctx, o.max_model_len ? "--max-model-len" : "the model's context", pool_tokens + 1);
   const int port = server.bind();
 
   const auto& sch = svc.scheduler();
@@ -216,7 +225,9 @@ void add_serve(CLI::App& app) {
   c->add_option("--max-num-batched-tokens", o->max_batched_tokens,
                 "tokens one engine step takes, decodes and prompt chunks together (default 512): long prompts are\n"
                 "processed in chunks between the running requests' decode steps");
-  c->add_option("--num-pages", o->num_pages, "pages of the KV pool (default: --max-num-seqs full-length requests; --gpu-memory sizes it on the GPU)");
+  c->add_option("--num-pages", o->num_pages,
+                "pages of the KV pool (default: --max-num-seqs full-length requests; --gpu-memory sizes it on the GPU); a pool\n"
+                "smaller than one full-length request is warned about: it refuses the longer requests");
   c->add_option("--gpu-memory", o->gpu_memory,
                 "fraction of the GPU's memory to use, in (0, 1]: the KV page pool gets what the weights and scratch\n"
                 "leave (vLLM's --gpu-memory-utilization); default: the pool --num-pages says");

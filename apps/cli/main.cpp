@@ -55,13 +55,52 @@ int main(int argc, char** argv) {
   // --seed "" seeded 0. A number option given "" is refused instead.
   const CLI::Validator not_empty([](std::string& v) { return v.empty() ? std::string("got an empty value; want a number") : std::string(); },
                                  "", "not empty");
+  // An integer beyond its option's type got CLI11's "Could not convert: --top-k = 99999999999" (an int,
+  // a uint32_t), or was read as 2^63 - 1 (an int64_t): refused, naming the type's range. CLI11 keeps the
+  // option's conversion, not its type: the value is tried with that conversion (which CLI11 repeats after
+  // the validators), and where it fails the range is found by converting the 32-bit bounds + 1 (the parse
+  // then ends, so what these probes write into the option's variable does not matter).
+  const auto in_range = [](CLI::Option* opt, bool is_signed) {
+    return CLI::Validator(
+        [opt, is_signed](std::string& v) {
+          const size_t digits = !v.empty() && (v[0] == '-' || v[0] == '+') ? 1 : 0;
+          if (digits == v.size() || !std::all_of(v.begin() + digits, v.end(), [](char c) { return c >= '0' && c <= '9'; }))
+            return std::string();  // not a decimal integer: CLI11's to judge
+          const char* first = v.data() + (v[0] == '+');
+          int64_t s = 0;
+          uint64_t u = 0;
+          const bool fits64 = is_signed ? std::from_chars(first, v.data() + v.size(), s).ec == std::errc()
+                                        : std::from_chars(first, v.data() + v.size(), u).ec == std::errc();
+          const CLI::callback_t convert = opt->get_callback();
+          const auto converts = [&convert](const std::string& x) { return !convert || convert(CLI::results_t{x}); };
+          if (fits64 && converts(v)) return std::string();
+          return is_signed ? fmt::format("{} is out of range: an integer in {}..{}", v,
+                                         converts("2147483648") ? INT64_MIN : INT32_MIN, converts("2147483648") ? INT64_MAX : INT32_MAX)
+                           : fmt::format("{} is out of range: an integer in 0..{}", v, converts("4294967296") ? UINT64_MAX : UINT32_MAX);
+        },
+        "", "in range");
+  };
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; }))
     for (CLI::Option* opt : sub->get_options([](CLI::Option*) { return true; })) {
       if (opt->get_default_str() == "0" && opt->get_description().find("default:") != std::string::npos) opt->default_str("");
       const std::string type = opt->get_type_name();
       if (type.rfind("UINT", 0) == 0) opt->check(non_negative);
       if (type.rfind("UINT", 0) == 0 || type.rfind("INT", 0) == 0 || type.rfind("FLOAT", 0) == 0) opt->check(not_empty);
+      if (type.rfind("UINT", 0) == 0 || type.rfind("INT", 0) == 0) opt->check(in_range(opt, type.rfind("INT", 0) == 0));
     }
+  // CLI11 names an option by its long name, whichever spelling was typed (-n "" said "--steps: got an
+  // empty value"): its errors about an option that has a short name too name both ("-n/--steps: ...").
+  app.failure_message([](const CLI::App* a, const CLI::Error& e) {
+    std::string msg = CLI::FailureMessage::simple(a, e);
+    for (const CLI::App* sub : a->get_subcommands())
+      for (const CLI::Option* opt : sub->get_options()) {
+        if (opt->get_snames().empty() || opt->get_lnames().empty()) continue;
+        const std::string name = opt->get_name();
+        for (const std::string& at : {name + ":", "Could not convert: " + name + " "})  // where CLI11 puts the name
+          if (msg.rfind(at, 0) == 0) return msg.insert(at.size() - name.size() - 1, "-" + opt->get_snames()[0] + "/");
+      }
+    return msg;
+  });
   // A first word that is no command: name it and the commands (CLI11 says only that one is required).
   if (argc > 1 && argv[1][0] != '-') {
     const std::string word = argv[1];

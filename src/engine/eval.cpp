@@ -192,6 +192,15 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
       "the pass key.\n";
   const std::string question = "\nWhat is the pass key? The pass key is";
   const Filler filler(tok, o.haystack);
+  const auto needle_of = [](const std::string& key) { return fmt::format("The pass key is {}. Remember it. {} is the pass key. ", key, key); };
+  // The shortest prompt: the intro, the key and the question around the least filler (one round of the
+  // sentences, a few characters of the haystack); a shorter length asked for would silently get it.
+  std::mt19937_64 pick_shortest(0);
+  const size_t shortest =
+      prompt_tokens(m, tok, intro + filler.text(1, 0.0, needle_of("10000"), pick_shortest, 1.0) + question, false).size();
+  for (uint32_t len : o.lengths)
+    TQ_CHECK(len >= shortest, "--lengths {}: the shortest pass-key prompt is {} tokens with this model (the instructions, the key and "
+             "the question around the least filler); give lengths of at least {}", len, shortest, shortest);
   std::mt19937_64 rng(o.seed);
   // Prompts first (the same prompts for every spec).
   struct Trial {
@@ -206,7 +215,7 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
     for (double d : o.depths)
       for (uint32_t i = 0; i < o.trials; ++i) {
         const std::string key = std::to_string(10000 + rng() % 90000);
-        const std::string needle = fmt::format("The pass key is {}. Remember it. {} is the pass key. ", key, key);
+        const std::string needle = needle_of(key);
         const size_t fill = len > 80 ? len - 80 : 1;  // ~80 tokens of intro, needle and question
         std::vector<int> prompt;
         const uint64_t stretch = o.haystack.empty() ? 0 : rng();  // (the classic filler keeps its keys of earlier versions)

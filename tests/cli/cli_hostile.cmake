@@ -29,6 +29,23 @@ execute_process(COMMAND ${TQ} serve --help RESULT_VARIABLE rc OUTPUT_QUIET ERROR
 if(rc EQUAL 0)  # a build with the server
   run_fails("--shutdown-timeout must be 0..86400 seconds, got inf" 2 serve -m ${M} --tokenizer ${T} --shutdown-timeout inf)
   run_fails("--max-queue must be 1..4096, got 4294967295" 2 serve -m ${M} --tokenizer ${T} --max-queue 4294967295)
+  # An int64_t option: CLI11 read a number past 2^63 - 1 as 2^63 - 1.
+  run_fails("--prefix-tails: 99999999999999999999 is out of range: an integer in -9223372036854775808..9223372036854775807" 105
+            serve -m ${M} --tokenizer ${T} --prefix-tails 99999999999999999999)
+  # A pool smaller than one request of the context refuses the longer requests: said at startup, naming
+  # --num-pages. 192.0.2.1 (TEST-NET-1) is no address of this machine: listening there fails after the
+  # model and the pool are made, and ends the server (the timeout only where the system lets it listen).
+  foreach(pages 1 31 32)  # 32 pages of 16 hold 512 positions, a request of the whole 512-token context (511 + 1)
+    execute_process(COMMAND ${TQ} serve -m ${M} --tokenizer ${T} --kv fp16 --num-pages ${pages} --host 192.0.2.1 --port 0 TIMEOUT 60
+                    RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+    math(EXPR tokens "${pages} * 16")
+    math(EXPR most "${tokens} + 1")
+    string(FIND "${err}" "tq serve: warning: --num-pages ${pages} gives a KV pool of ${tokens} tokens, less than one request of 512 (the model's context): a request's prompt and max_tokens are at most ${most} tokens together, longer requests are refused" at)
+    if(NOT err MATCHES "cannot listen on 192\\.0\\.2\\.1|serving 'stories260K'" OR (pages LESS 32 AND at EQUAL -1)
+       OR (pages EQUAL 32 AND NOT at EQUAL -1))
+      message(FATAL_ERROR "tq serve --num-pages ${pages}: a warning wanted below 32 pages only (exit ${rc}):\n${err}")
+    endif()
+  endforeach()
 endif()
 
 # Negative values of unsigned options: CLI11 2.1 would read -1 as 2^64 - 1; refused naming the option.
@@ -36,6 +53,19 @@ run_fails("--context: must not be negative, got -1" 105 kv-size --context -1)
 run_fails("--max-tokens: must not be negative, got -5" 105 perplexity -m ${M} --tokenizer ${T} -f ${CMAKE_CURRENT_LIST_FILE} --max-tokens -5)
 run_fails("--seed: must not be negative, got -1" 105 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64 --seed -1)
 run_fails("--seed: is larger than 2^64 - 1: 18446744073709551616" 105 ${R} -p "Once" -n 2 --temp 1 --seed 18446744073709551616)
+# Integers beyond their option's type (int, uint32_t) were CLI11's "Could not convert", naming no range.
+run_fails("--top-k: 99999999999999999999 is out of range: an integer in -2147483648..2147483647" 105 ${R} --temp 1 --top-k 99999999999999999999)
+run_fails("--top-k: -2147483649 is out of range: an integer in -2147483648..2147483647" 105 ${R} --temp 1 --top-k -2147483649)
+run_fails("-t/--threads: 4294967296 is out of range: an integer in 0..4294967295" 105 ${R} -p "Once" -n 2 -t 4294967296)
+# The type's edge itself is no parse error (the sampler then takes --top-k 2147483647 as every token).
+run_ok(${R} -p "Once" -n 2 --kv fp16 --temp 1 --seed 1 --top-k 2147483647)
+# An option that has a short name is named by both spellings, whichever was typed (-n "" said "--steps").
+execute_process(COMMAND ${TQ} ${R} -p "Once" -n "" RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(rc EQUAL 0 OR NOT err MATCHES "-n/--steps: got an empty value; want a number")
+  message(FATAL_ERROR "tq run -n '': exit ${rc}, want an error naming -n/--steps:\n${out}\n${err}")
+endif()
+run_fails("Could not convert: -n/--steps = x" ANY ${R} -p "Once" -n x)
+run_fails("-n/--steps: 99999999999 is out of range: an integer in -2147483648..2147483647" 105 ${R} -p "Once" -n 99999999999)
 # Sums and products of sizes are taken in 64 bits, not wrapped.
 run_fails("--context: lengths are 1..2^40 tokens, got 18446744073709551615" 2 kv-size --context 18446744073709551615)
 run_fails("--prompt 4294967295 + --output 2 = 4294967297 tokens: beyond the model's 512" 2
@@ -105,6 +135,12 @@ run_fails("-n 511: more tokens than the context holds after the prompt's 2" 2 ${
 run_fails("--ctx 1048576: ${beyond}" 2 perplexity -m ${M} --tokenizer ${T} -f ${CMAKE_CURRENT_LIST_FILE} --ctx 1048576)
 run_fails("--lengths 99999999: with the 8 answer tokens, ${beyond}" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 99999999)
 run_fails("--lengths 0: a prompt length is at least 1 token" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 0)
+# A length below the shortest prompt (the instructions, the key and the question around one round of the
+# filler: 204 tokens with stories260K's tokenizer) built that prompt silently: refused, naming both.
+set(shortest "the shortest pass-key prompt is 204 tokens with this model (the instructions, the key and the question around the least filler); give lengths of at least 204")
+run_fails("--lengths 1: ${shortest}" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 1)
+run_fails("--lengths 203: ${shortest}" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 256,203)
+run_ok(passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 204 --depths 0.5 --json)
 # A length the prompt's intro and question push past the context is refused with the prompt's size.
 run_fails("--lengths 500: its prompt has" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 500 --depths 0.5)
 # Asked for explicitly: a huge --ctx runs, the pool sized by what the run needs (prompt + -n), not by
@@ -176,6 +212,15 @@ if(NOT OUT MATCHES "fp16 +0 +max +64 .*beyond 1e-07 GB of KV: not one sequence o
   message(FATAL_ERROR "tq bench --batch max with too small a --kv-memory:\n${OUT}\n${ERR}")
 endif()
 run_fails("--reps must be at least 1, got 0" 2 bench -m ${M} --tokenizer ${T} --device cpu --kv fp16 --context 64 --batch 1 --prefill 32 --reps 0)
+# More clients than requests ran fewer clients than asked, with only a count on stderr: a fixed
+# --concurrency is refused, naming both; max (as many as fit) runs one client a request, and says so.
+run_fails("--concurrency 4 is more than --requests 2: each client sends at least one request; give --requests 4 or more, or --concurrency 2" 2
+          bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 32 --output 4 --concurrency 4 --requests 2)
+run_ok(bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 32 --output 4 --requests 2 --kv-memory 0.001)
+if(NOT ERR MATCHES "tq bench-serve: fp16: --concurrency max: [0-9]+ clients fit --kv-memory; running 2, one per request \\(--requests 2\\)"
+   OR NOT ERR MATCHES "2 clients, 2 requests")
+  message(FATAL_ERROR "tq bench-serve --concurrency max --requests 2:\n${OUT}\n${ERR}")
+endif()
 # A request that does not fit says how much it needs in a number that is not 0.00.
 run_ok(bench-serve -m ${M} --tokenizer ${T} --device cpu --kv fp16 --prompt 8 --output 2 --kv-memory 1e-9)
 if(NOT OUT MATCHES "one request of 10 tokens needs 1.02e-05 GB, beyond the 1e-09 GB of KV")
@@ -188,7 +233,7 @@ if(EXISTS /dev/full)
   if(NOT rc EQUAL 2 OR NOT err MATCHES "cannot write to standard output: No space left on device")
     message(FATAL_ERROR "tq run > /dev/full: exit ${rc} (want 2):\n${err}")
   endif()
-  execute_process(COMMAND ${TQ} passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 100 --depths 0.5 --json OUTPUT_FILE /dev/full
+  execute_process(COMMAND ${TQ} passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 256 --depths 0.5 --json OUTPUT_FILE /dev/full
                   RESULT_VARIABLE rc ERROR_VARIABLE err)
   if(NOT rc EQUAL 2 OR NOT err MATCHES "cannot write to standard output")
     message(FATAL_ERROR "tq passkey --json > /dev/full: exit ${rc} (want 2):\n${err}")

@@ -190,7 +190,7 @@ run_fails("the calibration text '${TMP}/none.txt' does not exist" 2 run -m ${M} 
 run_fails("the least budget is bits=10.000" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --kv auto:bits=9:calib=${TMP}/none.txt)
 run_fails("an automatic spec is resolved against a model" 2 passkey -m ${M} --tokenizer ${T} --kv auto:bits=3:calib=x)
 run_fails("names layer 7, but the model has 5 layers" 2 perplexity -m ${M} --tokenizer ${T} -f ${TMP}/smoke_text.txt --kv k3v2:layers=7/k4v4)
-run_ok(passkey -m ${M} --tokenizer ${T} --kv fp16,k3v2 --lengths 100 --depths 0.5 --json)
+run_ok(passkey -m ${M} --tokenizer ${T} --kv fp16,k3v2 --lengths 256 --depths 0.5 --json)
 string(JSON n LENGTH "${OUT}" rows)
 if(NOT n EQUAL 2)
   message(FATAL_ERROR "passkey --json: expected 2 rows, got ${n}")

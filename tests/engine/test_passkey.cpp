@@ -53,7 +53,7 @@ TEST(Perplexity, WindowsAfterTheFirstStartWithBos) {
 TEST(Passkey, GridByDepthWithTrialsAndHaystack) {
   REQUIRE_STORIES();
   PasskeyOptions o;
-  o.lengths = {120, 200};
+  o.lengths = {200, 280};  // the shortest prompt, around a few characters of this haystack, has ~150 tokens
   o.depths = {0.0, 0.5, 1.0};
   o.trials = 3;
   o.by_depth = true;
@@ -68,10 +68,10 @@ TEST(Passkey, GridByDepthWithTrialsAndHaystack) {
     const PasskeyRow& r = rows[i];
     EXPECT_EQ(r.kv, i < 6 ? "fp16" : "k3v2");
     EXPECT_EQ(r.depth, o.depths[i % 3]);
-    EXPECT_EQ(r.asked, i % 6 < 3 ? 120u : 200u);
+    EXPECT_EQ(r.asked, i % 6 < 3 ? 200u : 280u);
     EXPECT_EQ(r.trials, 3u);
     EXPECT_LE(r.correct, r.trials);
-    EXPECT_GE(r.length, (i % 6 < 3 ? 120u : 200u) / 2) << "row " << i;  // the filler is there (the intro adds more)
+    EXPECT_GE(r.length, (i % 6 < 3 ? 200u : 280u) / 2) << "row " << i;  // the filler is there (the intro adds more)
     EXPECT_EQ(r.length, rows[i % 6].length) << "the same prompts for every spec";
   }
   ASSERT_EQ(seen.size(), 2u * 2u * 3u * 3u);  // one progress line a trial
@@ -88,7 +88,7 @@ TEST(Passkey, GridByDepthWithTrialsAndHaystack) {
 TEST(Passkey, AggregatesDepthsByDefault) {
   REQUIRE_STORIES();
   PasskeyOptions o;
-  o.lengths = {100};
+  o.lengths = {256};  // at least the shortest prompt (204 tokens with stories260K's tokenizer)
   o.depths = {0.1, 0.9};
   o.trials = 2;
   o.threads = 2;
@@ -113,7 +113,7 @@ void expect_error(F f, const std::string& says) {
 TEST(Passkey, RefusesBadGrids) {
   REQUIRE_STORIES();
   PasskeyOptions o;
-  o.lengths = {100};
+  o.lengths = {300};
   o.trials = 0;
   const std::vector<KvSpec> fp16{parse_kv_spec("fp16")};
   const auto run = [&] { evaluate_passkey(stories()->m, *stories()->tok, fp16, o); };
@@ -130,6 +130,10 @@ TEST(Passkey, RefusesBadGrids) {
   o.depths = {0.5};
   o.lengths = {100, 120, 100};
   expect_error(run, "--lengths: 100 is given twice");
+  // A length below the shortest prompt (the intro, the key and the question around one round of the
+  // filler: 204 tokens with stories260K's tokenizer) would silently get that prompt.
+  o.lengths = {300, 100};
+  expect_error(run, "--lengths 100: the shortest pass-key prompt is 204 tokens with this model");
 }
 
 }  // namespace

@@ -87,8 +87,9 @@ struct PasskeyRow {
 };
 
 // A random 5-digit key hidden in filler text at each depth; greedy decoding must produce it. Throws
-// tq::Error, naming the value, on a depth outside [0, 1], a length of 0 or beyond max_context, 0
-// trials, and a haystack too short for the longest prompt.
+// tq::Error, naming the value, on a depth outside [0, 1], a length of 0, below the shortest prompt
+// (the intro, the key and the question around the least filler) or beyond max_context, 0 trials, and
+// a haystack too short for the longest prompt.
 std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tokenizer& tok, const std::vector<KvSpec>& specs,
                                          const PasskeyOptions& o, const std::function<void(const std::string&)>& progress = {});
 
