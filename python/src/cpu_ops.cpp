@@ -238,6 +238,14 @@ void store_rows(const char* fn, PagedKvCache& cache, uint32_t layer, const nb::n
 }
 
 void bind_cpu_ops(nb::module_& m) {
+  m.def(
+      "check_host_cache",
+      [](const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages) {
+        PagedKvCache::check_size({layers, kv_heads, head_dim, num_pages}, s.format);
+      },
+      nb::arg("spec"), nb::arg("layers"), nb::arg("kv_heads"), nb::arg("head_dim"), nb::arg("num_pages"),
+      "Raises what a host cache of this shape would (a shape the format cannot take, more than 64 GiB of pages and codec tables), "
+      "building nothing.");
   nb::class_<PyCpuFormat>(m, "CpuFormat", "A KV spec's page format on the host: the CPU kernels of turboquant.torch_ops.")
       .def(nb::init<const KvSpec&, uint32_t, uint32_t, uint32_t>(), nb::arg("spec"), nb::arg("layers"), nb::arg("kv_heads"),
            nb::arg("head_dim"))

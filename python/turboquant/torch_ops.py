@@ -142,6 +142,11 @@ def new_cache(spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: i
     shape = page_shape(spec, layers, kv_heads, head_dim, num_pages)
     device = _check_device(device)
     if device.type == "cpu":
+        # the host cache's 64 GiB bound on pages and codec tables, counted before either exists
+        try:
+            _C.check_host_cache(_spec(spec), layers, kv_heads, head_dim, num_pages)
+        except ValueError as e:
+            raise ValueError(f"new_cache: {e}") from None
         _cpu_format(spec, layers, kv_heads, head_dim)  # builds the codecs now, and refuses a head dim they cannot take
     else:
         _require()  # (before torch.cuda is asked for a device: a build without the kernels says so)

@@ -26,14 +26,18 @@ void check_host_bytes(double pages, double tables) {
 // The format of a cache of `shape`, its size checked first: the codec tables are counted before they
 // are built (at odd head dims each is a dense rotation: ~4 MiB and ~1 s, minutes for a model).
 CacheFormat checked_format(const CacheShape& shape, const KvFormat& format) {
-  CacheFormat::check_shape(shape.layers, shape.kv_heads, shape.head_dim, format);
-  const double pages = double(block_layout(format.k, format.v, shape.head_dim, format.page_size).bytes) * shape.kv_heads * shape.layers *
-                       shape.num_pages;
-  check_host_bytes(pages, double(CacheFormat::table_bytes(shape.layers, shape.kv_heads, shape.head_dim, format)));
+  PagedKvCache::check_size(shape, format);
   return CacheFormat(shape.layers, shape.kv_heads, shape.head_dim, format);
 }
 
 }  // namespace
+
+void PagedKvCache::check_size(const CacheShape& shape, const KvFormat& format) {
+  CacheFormat::check_shape(shape.layers, shape.kv_heads, shape.head_dim, format);
+  const double pages = double(block_layout(format.k, format.v, shape.head_dim, format.page_size).bytes) * shape.kv_heads * shape.layers *
+                       shape.num_pages;
+  check_host_bytes(pages, double(CacheFormat::table_bytes(shape.layers, shape.kv_heads, shape.head_dim, format)));
+}
 
 PagedKvCache::PagedKvCache(const CacheFormat& format, uint32_t num_pages)
     : PagedKvCache(format, std::vector<uint32_t>(format.layers(), num_pages)) {}

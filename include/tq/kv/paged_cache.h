@@ -33,6 +33,9 @@ class PagedKvCache {
   // The same, building the format (throws on a bad shape or a format the head dim cannot use); the
   // size is checked first, the codec tables counted before they are built.
   PagedKvCache(const CacheShape& shape, const KvFormat& format);
+  // Throws what the constructor from a shape would, building nothing: a shape the format cannot
+  // take, or pages and codec tables past the 64 GiB allowed on the CPU (counted, not allocated).
+  static void check_size(const CacheShape& shape, const KvFormat& format);
   // The pages at `data` ([layers][num_pages][kv_heads][layout().bytes], format.bytes(num_pages)
   // bytes that outlive the view), not owned and not cleared.
   static PagedKvCache view(const CacheFormat& format, uint8_t* data, uint32_t num_pages);
