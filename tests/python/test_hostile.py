@@ -124,47 +124,39 @@ def test_a_stop_string_is_a_stop(stories):
     assert llm.last["finish_reason"] == "length"
 
 
-def test_an_oversized_cache_is_refused_before_its_codec_tables_are_built():
+try:
+    import torch  # noqa: F401
+    HAVE_TORCH = True
+except ImportError:
+    HAVE_TORCH = False
+
+
+@pytest.mark.parametrize("setup, make, prefix", [
+    ("import turboquant as tq", 'tq.KvCache(tq.KvSpec("k3v2"), layers, 8, 992, pages)', ""),
+    # turboquant.torch_ops.new_cache on the CPU built the tables and then asked torch for the zeroed
+    # pages, with no bound of its own; torch's first custom-op call (~3 s) comes before the timed ones
+    pytest.param('import turboquant.torch_ops as ops\nops.new_cache("k3v2", 1, 1, 64, 1, "cpu")',
+                 'ops.new_cache("k3v2", layers, 8, 992, pages, "cpu")', "new_cache: ",
+                 marks=pytest.mark.skipif(not HAVE_TORCH, reason="the torch ops need torch"), id="torch_ops"),
+])
+def test_an_oversized_cache_is_refused_before_its_codec_tables_are_built(setup, make, prefix):
     # At head dim 992 each (layer, head, K or V) codec is a dense rotation, ~4 MiB built in ~1 s: the
     # 64 GiB check came after all of them (32 layers x 8 heads: minutes before refusing the pages),
     # and did not count them (4096 layers: 240 GiB of tables and hours of work for one page).
-    r = run_python("""
-        import time, turboquant as tq
-        for layers, pages in ((32, 2**31), (4096, 1)):
-            t = time.monotonic()
-            try:
-                tq.KvCache(tq.KvSpec("k3v2"), layers, 8, 992, pages)
-            except ValueError as e:
-                print(f"{time.monotonic() - t:.3f}", e)
-    """, timeout=60)
+    r = run_python(setup + """
+import time
+for layers, pages in ((32, 2**31), (4096, 1)):
+    t = time.monotonic()
+    try:
+        """ + make + """
+    except ValueError as e:
+        print(f"{time.monotonic() - t:.3f}", e)
+""", timeout=60)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 2, r.stdout
-    assert "5111809.9 GiB (5111808.0 GiB of pages, 1.9 GiB of codec tables); more than the 64 GiB" in lines[0]
-    assert "240.6 GiB (0.3 GiB of pages, 240.2 GiB of codec tables)" in lines[1]
-    assert all(float(line.split()[0]) < 2 for line in lines), r.stdout
-
-
-def test_an_oversized_torch_cache_on_the_cpu_is_refused_before_anything_is_built():
-    # turboquant.torch_ops.new_cache on the CPU built the codec tables (minutes at head dim 992) and
-    # then asked torch for the zeroed pages, with no bound of its own: now the host cache's.
-    pytest.importorskip("torch", reason="the torch ops need torch")
-    r = run_python("""
-        import time
-        import turboquant.torch_ops as ops
-        ops.new_cache("k3v2", 1, 1, 64, 1, "cpu")  # torch's first custom-op call (~3 s) before the timed ones
-        for layers, pages in ((32, 2**31), (4096, 1)):
-            t = time.monotonic()
-            try:
-                ops.new_cache("k3v2", layers, 8, 992, pages, "cpu")
-            except ValueError as e:
-                print(f"{time.monotonic() - t:.3f}", e)
-    """, timeout=60)
-    assert r.returncode == 0, r.stderr
-    lines = r.stdout.splitlines()
-    assert len(lines) == 2, r.stdout
-    assert "new_cache: the cache would take 5111809.9 GiB (5111808.0 GiB of pages, 1.9 GiB of codec tables); more than the 64 GiB" in lines[0]
-    assert "new_cache: the cache would take 240.6 GiB (0.3 GiB of pages, 240.2 GiB of codec tables)" in lines[1]
+    assert prefix + "the cache would take 5111809.9 GiB (5111808.0 GiB of pages, 1.9 GiB of codec tables); more than the 64 GiB" in lines[0]
+    assert prefix + "the cache would take 240.6 GiB (0.3 GiB of pages, 240.2 GiB of codec tables)" in lines[1]
     assert all(float(line.split()[0]) < 2 for line in lines), r.stdout
 
 
