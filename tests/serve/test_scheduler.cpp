@@ -79,6 +79,12 @@ void record(std::map<uint64_t, Outcome>& out, const std::vector<Event>& events) 
     if (ev.finish != Finish::kNone) o.finish = ev.finish;
   }
 }
+// The requests added in order; their ids.
+std::vector<uint64_t> add_all(Scheduler& s, const std::vector<Request>& reqs) {
+  std::vector<uint64_t> ids;
+  for (const Request& r : reqs) ids.push_back(s.add(r));
+  return ids;
+}
 std::map<uint64_t, Outcome> drain(Scheduler& s, int max_steps = 100000) {
   std::map<uint64_t, Outcome> out;
   for (int i = 0; i < max_steps && !s.idle(); ++i) record(out, s.step());
@@ -126,15 +132,14 @@ void matches_alone(const Case& c, bool speculate, bool draft_model = false) {
   }
   Scheduler s(e, is_stop, so);
   std::vector<Request> reqs;
-  std::vector<uint64_t> ids;
   for (size_t i = 0; i < kPrompts.size(); ++i) {
     Request r{prompt(kPrompts[i]), {}, uint32_t(20 + 9 * i), {}};
     if (i % 2) r.sampling = SamplingParams{.temperature = 0.9f, .top_p = 0.95f, .seed = 1000 + i};
     if (speculate && i % 3 != 2) r.speculation = engine::parse_speculative_spec(i % 2 ? "ngram:k=3:min=1" : "ngram:n=2:min=1");
     if (draft_model && i % 3 == 0) r.speculation = engine::parse_speculative_spec("draft:k=4");
     reqs.push_back(r);
-    ids.push_back(s.add(r));
   }
+  const std::vector<uint64_t> ids = add_all(s, reqs);
   const auto got = drain(s);
   for (size_t i = 0; i < reqs.size(); ++i) {
     const Outcome& o = got.at(ids[i]);
@@ -256,14 +261,13 @@ TEST(SchedulerLogprobs, EqualTeacherForcedLogSoftmax) {
   Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 4, .max_chunk = 64});
   Scheduler s(e, is_stop, {.max_num_seqs = 4, .max_batched_tokens = 19});
   std::vector<Request> reqs;
-  std::vector<uint64_t> ids;
   for (size_t i = 0; i < 4; ++i) {
     Request r{prompt(kPrompts[i + 1]), {}, uint32_t(12 + 5 * i), {}};
     if (i % 2) r.sampling = SamplingParams{.temperature = 0.8f, .top_k = 40, .seed = 77 + i};
     r.logprobs = i < 2 ? int(3 * i + 2) : -1;  // 2 and 5 alternatives; the other two ask nothing
     reqs.push_back(r);
-    ids.push_back(s.add(r));
   }
+  const std::vector<uint64_t> ids = add_all(s, reqs);
   const auto got = drain(s);
   for (size_t i = 0; i < reqs.size(); ++i) {
     const Outcome& o = got.at(ids[i]);
@@ -305,7 +309,6 @@ TEST(SchedulerLogprobs, SpeculativeRequestsReportTheTargetsLogSoftmax) {
   Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 4, .max_chunk = 64});
   Scheduler s(e, is_stop, {.max_num_seqs = 4, .max_batched_tokens = 19});
   std::vector<Request> reqs;
-  std::vector<uint64_t> ids;
   for (size_t i = 0; i < 4; ++i) {
     Request r{prompt(kPrompts[i + 2]), {}, uint32_t(40 + 5 * i), {}};
     if (i % 2) r.sampling = SamplingParams{.temperature = 0.8f, .top_k = 40, .seed = 91 + i};
@@ -313,8 +316,8 @@ TEST(SchedulerLogprobs, SpeculativeRequestsReportTheTargetsLogSoftmax) {
     r.logprobs = i == 3 ? -1 : int(2 * i + 1);  // 1, 3, 5 alternatives; the last asks nothing
     if (i == 0) r.prompt_logprobs = 2;
     reqs.push_back(r);
-    ids.push_back(s.add(r));
   }
+  const std::vector<uint64_t> ids = add_all(s, reqs);
   const auto got = drain(s);
   const SchedulerStats st = s.stats();
   EXPECT_GT(st.spec_accepted, 5u) << "drafts were meant to be kept (their rows are the ones this tests)";
@@ -346,17 +349,15 @@ TEST(SchedulerPromptLogprobs, EqualTeacherForcedLogSoftmax) {
   Engine e(stories()->m, parse_kv_spec(spec), {.threads = 2, .context = 512, .max_seqs = 4, .num_pages = 28, .max_chunk = 64});
   Scheduler s(e, is_stop, {.max_num_seqs = 4, .max_batched_tokens = 23});
   std::vector<Request> reqs;
-  std::vector<uint64_t> ids;
   for (size_t i = 0; i < 5; ++i) {
     Request r{prompt(kPrompts[(i + 1) % kPrompts.size()]), {}, uint32_t(i == 0 ? 0 : 30 + 7 * i), {}};
     if (i == 2) r.sampling = SamplingParams{.temperature = 0.8f, .top_k = 40, .seed = 5};
     r.prompt_logprobs = i == 3 ? -1 : int(i % 3) + 1;  // 1, 2, 3, none, 2
     if (i == 1) r.logprobs = 2;                         // the generated tokens' too
     reqs.push_back(r);
-    ids.push_back(s.add(r));
   }
-  reqs.push_back(reqs[0]);  // the same prompt again: it was cached, but is computed to be scored
-  ids.push_back(s.add(reqs.back()));
+  reqs.push_back(reqs[0]);  // the same prompt again, added last: it was cached, but is computed to be scored
+  const std::vector<uint64_t> ids = add_all(s, reqs);
   const auto got = drain(s);
   EXPECT_GT(s.stats().preemptions, 0u) << "the pool was meant to preempt";
   for (size_t i = 0; i < reqs.size(); ++i) {
@@ -445,8 +446,7 @@ TEST(SchedulerPrefix, SharedPrefixHitsGiveColdTokens) {
   std::vector<Request> reqs = {{prompt(system + " One day"), {}, 12, {}},
                                {prompt(system + " Her mom"), {}, 15, {}},
                                {prompt(system + " The sun was"), SamplingParams{.temperature = 1.0f, .seed = 7}, 10, {}}};
-  std::vector<uint64_t> ids;
-  for (const Request& r : reqs) ids.push_back(s.add(r));
+  const std::vector<uint64_t> ids = add_all(s, reqs);
   const auto hot = drain(s);
   for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(hot.at(ids[i]).tokens, alone(spec, reqs[i])) << "request " << i;
   const SchedulerStats st = s.stats();
@@ -554,8 +554,7 @@ TEST_P(SchedulerPrefixTails, MultiTurnAndRepeatsHitWithColdTokens) {
                                      {conv, SamplingParams{.temperature = 1.0f, .seed = 3}, 16, {}},
                                      {cat(conv, more(" Max")), {}, 12, {}},
                                      {cat(conv, more(" The end.")), SamplingParams{.temperature = 0.7f, .seed = 9}, 12, {}}};
-  std::vector<uint64_t> ids;
-  for (const Request& r : reqs) ids.push_back(s.add(r));
+  const std::vector<uint64_t> ids = add_all(s, reqs);
   const auto got = drain(s);
   for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(got.at(ids[i]).tokens, alone(spec, reqs[i])) << "request " << i;
   const SchedulerStats st = s.stats();
