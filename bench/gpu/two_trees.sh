@@ -34,6 +34,9 @@ said() {
   echo "== $1"
   if [ -n "${PACK:-}" ]; then tar czf "$PACK" -C "$OUT" . 2>/dev/null || true; fi
 }
+if [ -n "${PACK:-}" ] && [ ! -d "$(dirname "$PACK")" ]; then  # else each stage's pack would fail unseen
+  echo "two_trees.sh: PACK=$PACK: no folder $(dirname "$PACK") to write it in" >&2; exit 2
+fi
 for v in RUNNER_SECONDS DECODE_ROUNDS; do  # counts: a typo would skip a step with only a shell warning
   case "${!v:-0}" in '' | *[!0-9]*) echo "two_trees.sh: $v must be a whole number, got '${!v}'" >&2; exit 2 ;; esac
 done
