@@ -18,10 +18,12 @@ std::vector<uint32_t> parse_list(const std::string& text, const char* flag, bool
   std::vector<uint32_t> v;
   for (const std::string& item : split(text, ',')) {
     if (allow_max && item == "max") {
+      TQ_CHECK(!*has_max, "{}: max given twice", flag);  // a point run twice, the table's rows doubled
       *has_max = true;
     } else {
       const std::optional<uint64_t> x = parse_uint(item);
       TQ_CHECK(x && *x >= 1 && *x <= kMaxCount, "{}: '{}' is not a count in 1..{}{}", flag, item, kMaxCount, allow_max ? " or max" : "");
+      TQ_CHECK(std::find(v.begin(), v.end(), uint32_t(*x)) == v.end(), "{}: {} given twice", flag, *x);
       v.push_back(uint32_t(*x));
     }
   }

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "commands.h"
 #include "model_files.h"
 #include "tq/engine/engine.h"
 #include "tq/kv/spec.h"
@@ -56,6 +57,10 @@ BenchModel load_bench_model(const std::string& file, const std::string& tokenize
 
 // The largest count a list flag takes (parse_list), and the cap of a computed "max" batch.
 constexpr uint32_t kMaxCount = 1u << 24;
+// The most sequences a benchmark step holds (kMaxNumSeqs, tq serve's limit): the runners'
+// per-sequence buffers (a step's logits, block tables) are not in the KV budget, so a batch that fits
+// it (millions of short sequences of a small model on the CPU) is run at this many.
+constexpr uint32_t kMaxBatch = kMaxNumSeqs;
 // The batch of `ctx`-token sequences `budget` bytes hold, at most kMaxCount.
 uint32_t batch_that_fits(double budget, const CacheCost& cost, uint32_t ctx);
 

@@ -96,6 +96,7 @@ void run(const Options& o) {
   check_json_path(o.json);
   bool max_batch = false;
   std::vector<uint32_t> batches = parse_list(o.batch, "--batch", true, &max_batch);
+  for (uint32_t b : batches) TQ_CHECK(b <= kMaxBatch, "--batch {}: at most {} sequences a step (tq serve's --max-num-seqs limit)", b, kMaxBatch);
   const std::vector<uint32_t> contexts = parse_list(o.context, "--context", false);
   const std::vector<uint32_t> queries = parse_list(o.queries, "--queries", false);
   for (uint32_t q : queries) TQ_CHECK(q >= 1 && q <= 9, "--queries {}: tokens a sequence per step must be 1..9 (a token and up to 8 drafts)", q);
@@ -188,8 +189,11 @@ void run(const Options& o) {
           skipped.push_back({{"kv", label}, {"batch", b}, {"context", contexts[ci]},
                              {"note", fmt::format("beyond {} GB of KV (fits {})", o.kv_memory_gb, fits[ci])}});
       }
+      if (max_batch && fits[ci] > kMaxBatch)
+        fmt::print(stderr, "tq bench: {}: --batch max at {} tokens: {} sequences fit; running {} (at most {} a step)\n", label, contexts[ci],
+                   fits[ci], kMaxBatch, kMaxBatch);
       if (max_batch && fits[ci] >= 1)
-        grid.emplace_back(fits[ci], contexts[ci], true);
+        grid.emplace_back(std::min(fits[ci], kMaxBatch), contexts[ci], true);
       else if (max_batch)  // said, as a batch beyond the budget is: the 'max' row was left out without a word
         skipped.push_back({{"kv", label}, {"batch", 0}, {"context", contexts[ci]}, {"fit", "max"},
                            {"note", fmt::format("beyond {} GB of KV: not one sequence of {} tokens fits", o.kv_memory_gb, contexts[ci])}});
@@ -308,7 +312,8 @@ void add_bench(CLI::App& app) {
       "Example: tq bench --shape llama-3.1-8b --kv bf16,k3v2 --batch 1,16,max --context 4096,32768 --json out.json");
   add_model_options(c, o->shape, o->model, o->tokenizer);
   c->add_option("--kv", o->kv, "comma-separated KV specs; 'default' is tq run's (default: bf16,fp8,k4v4,k3v2,default)");
-  c->add_option("--batch", o->batch, "decode batch sizes; 'max' = the largest that fits --kv-memory at each context (default 1,16,64,max)");
+  c->add_option("--batch", o->batch, "decode batch sizes; 'max' = the largest that fits --kv-memory at each context, at most 4096\n"
+                "(default 1,16,64,max)");
   c->add_option("--context", o->context, "decode contexts in tokens: the last step's positions end there (default 4096,32768)");
   c->add_option("--queries", o->queries,
                 "tokens per sequence in a decode step (default 1); 2..9 time the verification of 1..8 drafted tokens "

@@ -142,6 +142,7 @@ void run(const Options& o) {
   bool fit_max = false;
   const std::vector<uint32_t> fixed = parse_list(o.concurrency, "--concurrency", true, &fit_max);
   TQ_CHECK(fixed.size() + fit_max == 1, "--concurrency takes one value: a count or max, got '{}'", o.concurrency);
+  TQ_CHECK(fit_max || fixed[0] <= kMaxBatch, "--concurrency {}: at most {} clients (tq serve's --max-num-seqs limit)", fixed[0], kMaxBatch);
   // Each client sends at least one request: more clients than requests would run fewer than asked.
   TQ_CHECK(fit_max || o.requests == 0 || o.requests >= fixed[0],
            "--concurrency {} is more than --requests {}: each client sends at least one request; give --requests {} or more, or "
@@ -185,6 +186,11 @@ void run(const Options& o) {
     // kRingStep: counted at that, never under the budget.
     const CacheCost cost = cache_cost(cfg, spec, side_extra, std::max(chunk, kRingStep), o.swa_full);
     uint32_t clients = fit_max ? batch_that_fits(budget, cost, ctx) : fixed[0];
+    if (clients > kMaxBatch) {
+      fmt::print(stderr, "tq bench-serve: {}: --concurrency max: {} clients fit --kv-memory; running {} (at most {} at once)\n", label,
+                 clients, kMaxBatch, kMaxBatch);
+      clients = kMaxBatch;
+    }
     if (clients == 0) {
       tab.add({{"kv", label}, {"note", fmt::format("one request of {} tokens needs {:.3g} GB, beyond the {:.3g} GB of KV", ctx,
                                                    cost.seq_bytes(ctx) / 1e9, budget / 1e9)}});
@@ -289,7 +295,8 @@ void add_bench_serve(CLI::App& app) {
   c->add_option("--prompt", o->prompt, "prompt length in tokens (default 32768)");
   c->add_option("--output", o->output, "tokens generated per request (default 256)");
   c->add_option("--concurrency", o->concurrency,
-                "clients at once, or max: as many requests as fit --kv-memory, per cache, at most --requests (default max)");
+                "clients at once, or max: as many requests as fit --kv-memory, per cache, at most --requests and 4096\n"
+                "(default max)");
   c->add_option("--requests", o->requests, "requests in all, at least a fixed --concurrency (default: one per client)");
   c->add_option("--kv-memory", o->kv_memory_gb, "KV memory in GB (1e9 bytes) for every cache: its page pool and side buffers (default 40)");
   c->add_option("--max-num-batched-tokens", o->batched_tokens, "token budget of one step (default: 2048 on cuda, 256 on cpu; at least the clients)");

@@ -143,13 +143,14 @@ void add_distortion(CLI::App& app) {
   CLI::App* c = app.add_subcommand("distortion",
                                    "Measure TurboQuant's distortion on random unit vectors and compare with the paper.\n"
                                    "Example: tq distortion --dim 128 --bits 1,2,3,4 --method both");
-  c->add_option("--dim", opts->dim, "vector dimension (head dim), 1..1024")->check(CLI::Range(1, 1024));
+  c->add_option("--dim", opts->dim, "vector dimension (head dim), 2..1024 (a unit vector of 1 is +-1: nothing random to measure)")
+      ->check(CLI::Range(2, 1024));
   c->add_option("--bits", opts->bits, "comma-separated bit widths, 1..8, N.5 (1.5..7.5: the paper's outlier split) or Nt (1t..7t: trellis-coded), N.5 and Nt MSE only")
       ->delimiter(',');
   c->add_option("--method", opts->method, "mse, prod or both")->check(CLI::IsMember({"mse", "prod", "both"}));
   c->add_option("--rotation", opts->rotation, "auto (Hadamard for powers of two), hadamard or dense")
       ->check(CLI::IsMember({"auto", "hadamard", "dense"}));
-  c->add_option("--samples", opts->samples, "random vectors per row (more: smaller error bars)");
+  c->add_option("--samples", opts->samples, "random vectors per row, 100..10000000 (more: smaller error bars)");
   c->add_option("--seed", opts->seed, "seed of the rotation and of the random vectors");
   c->add_flag("--json", opts->json, "print {\"rows\": [...]} as JSON instead of the table");
   c->callback([opts] { run(*opts); });

@@ -41,7 +41,8 @@ void run(Options o) {
     for (int l = 0; l < c.n_layers; ++l) windows.push_back(uint32_t(c.layer_window(l))), any |= c.layer_window(l) > 0;
     if (!any || o.swa_full) windows.clear();
   }
-  TQ_CHECK(o.head_dim >= 1 && o.head_dim <= kMaxHeadDim, "--head-dim must be 1..{}, got {}", kMaxHeadDim, o.head_dim);
+  TQ_CHECK(o.head_dim >= 1 && o.head_dim <= kMaxHeadDim, "{} {}: a KV cache takes 1..{}", source.empty() ? "--head-dim" : source + ": head dim",
+           o.head_dim, kMaxHeadDim);
   const auto specs = parse_kv_specs(o.kv);  // "default": tq run's spec
   const double fp16 = 2.0 * 2.0 * o.head_dim * o.kv_heads * o.layers;  // K and V, 2 bytes each
   std::vector<Column> cols{{"kv", "kv"},
@@ -117,7 +118,7 @@ void add_kv_size(CLI::App& app) {
                                    "         tq kv-size --shape gemma-3-12b --kv fp16,default --context 131072   (or -m model.gguf)");
   auto* layers = c->add_option("--layers", opts->layers, "transformer layers")->check(CLI::Range(1, 1024));
   auto* heads = c->add_option("--kv-heads", opts->kv_heads, "KV heads per layer")->check(CLI::Range(1, 1024));
-  auto* dim = c->add_option("--head-dim", opts->head_dim, "head dimension");  // defaults: Llama-3-8B's shape
+  auto* dim = c->add_option("--head-dim", opts->head_dim, "head dimension")->check(CLI::Range(1u, kMaxHeadDim));  // defaults: Llama-3-8B's shape
   auto* shape = c->add_option("--shape", opts->shape,
                               fmt::format("a known model's shape instead of --layers, --kv-heads and --head-dim, its sliding-window "
                                           "layers in their rings ({}; default: none)",

@@ -40,7 +40,7 @@ struct Options {
 void serve(const Options& o) {
   TQ_CHECK(o.port >= 0 && o.port <= 65535, "--port must be in 0..65535, got {}", o.port);
   // Each running or waiting request may hold an HTTP thread (the server starts them all at once): bounded.
-  TQ_CHECK(o.max_num_seqs >= 1 && o.max_num_seqs <= 4096, "--max-num-seqs must be 1..4096, got {}", o.max_num_seqs);
+  TQ_CHECK(o.max_num_seqs >= 1 && o.max_num_seqs <= kMaxNumSeqs, "--max-num-seqs must be 1..{}, got {}", kMaxNumSeqs, o.max_num_seqs);
   TQ_CHECK(o.max_batched_tokens >= o.max_num_seqs, "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})", o.max_batched_tokens,
            o.max_num_seqs);
   TQ_CHECK(o.max_queue >= 1 && o.max_queue <= 4096, "--max-queue must be 1..4096, got {}", o.max_queue);

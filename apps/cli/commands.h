@@ -2,8 +2,12 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 
 namespace tq::cli {
+
+// The most sequences at once a command takes (tq serve --max-num-seqs; the benchmarks' batches).
+constexpr uint32_t kMaxNumSeqs = 4096;
 
 void add_distortion(CLI::App& app);
 void add_kv_size(CLI::App& app);

@@ -90,6 +90,7 @@ int main(int argc, char** argv) {
     }
   // CLI11 names an option by its long name, whichever spelling was typed (-n "" said "--steps: got an
   // empty value"): its errors about an option that has a short name too name both ("-n/--steps: ...").
+  // Its errors start "tq: error:" as every other refusal does (and exit 2, below).
   app.failure_message([](const CLI::App* a, const CLI::Error& e) {
     std::string msg = CLI::FailureMessage::simple(a, e);
     for (const CLI::App* sub : a->get_subcommands())
@@ -97,9 +98,9 @@ int main(int argc, char** argv) {
         if (opt->get_snames().empty() || opt->get_lnames().empty()) continue;
         const std::string name = opt->get_name();
         for (const std::string& at : {name + ":", "Could not convert: " + name + " "})  // where CLI11 puts the name
-          if (msg.rfind(at, 0) == 0) return msg.insert(at.size() - name.size() - 1, "-" + opt->get_snames()[0] + "/");
+          if (msg.rfind(at, 0) == 0) return "tq: error: " + msg.insert(at.size() - name.size() - 1, "-" + opt->get_snames()[0] + "/");
       }
-    return msg;
+    return "tq: error: " + msg;
   });
   // A first word that is no command: name it and the commands (CLI11 says only that one is required).
   if (argc > 1 && argv[1][0] != '-') {
@@ -146,12 +147,14 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
     tq::cli::flush_stdout();  // output that could not be written (tq ... > /dev/full) is an error
   } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);  // --help and --version end here too
+    // --help and --version end here too (0); a usage error exits 2 as every other refusal does, where
+    // CLI11 has a code of its own for each kind (105 a value, 106 a missing option, 109 an extra word, ...).
+    const int rc = app.exit(e) == 0 ? 0 : 2;
     try {
       tq::cli::flush_stdout();
     } catch (const tq::Error& w) {
       fmt::print(stderr, "tq: error: {}\n", w.what());
-      return rc ? rc : 2;
+      return 2;
     }
     return rc;
   } catch (const tq::Error& e) {

@@ -44,12 +44,14 @@ fs::path cache_root() {
   return {};
 }
 
+// Probes x layers of KL values (nats): finite and not negative (a KL's rounding may leave -1e-12,
+// a damaged file -1e308).
 bool finite_table(const nlohmann::json& t, size_t probes, uint32_t layers) {
   if (!t.is_array() || t.size() != probes) return false;
   for (const auto& row : t) {
     if (!row.is_array() || row.size() != layers) return false;
     for (const auto& x : row)
-      if (!x.is_number() || !std::isfinite(x.get<double>())) return false;
+      if (!x.is_number() || !std::isfinite(x.get<double>()) || x.get<double>() < -1e-6) return false;
   }
   return true;
 }
@@ -114,7 +116,7 @@ std::optional<engine::Sensitivity> load_sensitivity(const std::filesystem::path&
     }
     if (!j.contains("k") || !j.contains("v") || !impl::finite_table(j["k"], s.k_widths.size(), layers) ||
         !impl::finite_table(j["v"], s.v_widths.size(), layers)) {
-      why = fmt::format("its tables are not {} layers of finite numbers per probe", layers);
+      why = fmt::format("its tables are not {} layers of finite, non-negative KLs per probe", layers);
       return std::nullopt;
     }
     s.k = j["k"].get<std::vector<std::vector<double>>>();

@@ -51,6 +51,7 @@ struct TensorCode {
 inline constexpr uint32_t kGroup = 32;
 inline constexpr uint32_t kAlign = 16;  // section alignment: one 16-byte load / bulk copy unit
 inline constexpr uint32_t kMaxHeadDim = 1024;
+inline constexpr uint32_t kMaxLayers = 1024;  // a model's, so a cache's (KV specs name layers up to it)
 inline constexpr uint32_t kMaxPageSize = 1024;
 inline constexpr uint32_t kNormBytes = 2;  // a token's fp16 norm in each norm section
 

@@ -130,6 +130,8 @@ class Filler {
     const std::string sample = haystack_.empty() ? kSentences : haystack_.substr(0, 20000);
     chars_per_token_ = double(sample.size()) / double(std::max<size_t>(1, tok.encode(sample, false).size()));
   }
+  // About how many tokens the haystack holds (0 without one: the sentences repeat as needed).
+  size_t haystack_tokens() const { return size_t(double(haystack_.size()) / chars_per_token_); }
   // `scale` < 1 shortens the text (a prompt that came out longer than allowed is rebuilt so).
   std::string text(size_t tokens, double depth, const std::string& needle, std::mt19937_64& rng, double scale) const {
     if (haystack_.empty()) {
@@ -192,6 +194,11 @@ std::vector<PasskeyRow> evaluate_passkey(const model::Model& m, const model::Tok
       "the pass key.\n";
   const std::string question = "\nWhat is the pass key? The pass key is";
   const Filler filler(tok, o.haystack);
+  // A haystack shorter than the longest prompt: said with the lengths asked for (the probe below
+  // would otherwise name its own one token).
+  const uint32_t most = *std::max_element(o.lengths.begin(), o.lengths.end());
+  TQ_CHECK(o.haystack.empty() || filler.haystack_tokens() > most, "--haystack: the text holds about {} tokens, fewer than the {} of the "
+           "longest --lengths", filler.haystack_tokens(), most);
   const auto needle_of = [](const std::string& key) { return fmt::format("The pass key is {}. Remember it. {} is the pass key. ", key, key); };
   // The shortest prompt: the intro, the key and the question around the least filler (one round of the
   // sentences, a few characters of the haystack); a shorter length asked for would silently get it.

@@ -95,12 +95,15 @@ SpeculativeSpec parse_speculative_spec(const std::string& text) {
   const std::vector<std::string> parts = split(text, ':');
   TQ_CHECK(parts[0] == "ngram" || parts[0] == "draft", "--spec '{}': unknown draft source '{}' (known: ngram, draft)", text, parts[0]);
   if (parts[0] == "draft") s.source = SpeculativeSpec::Source::kDraftModel;
+  std::vector<std::string> seen;  // option names: one given twice is refused (which one wins is no guess to make)
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& part = parts[i];
     const size_t eq = part.find('=');
     const std::string name = part.substr(0, eq);
     const std::optional<uint64_t> value = eq == std::string::npos ? std::nullopt : parse_uint(std::string_view(part).substr(eq + 1));
     TQ_CHECK(value.has_value(), "--spec '{}': '{}' is not name=count", text, part);
+    TQ_CHECK(std::find(seen.begin(), seen.end(), name) == seen.end(), "--spec '{}': {}= given twice", text, name);
+    seen.push_back(name);
     const uint64_t v = *value;
     TQ_CHECK(s.source == SpeculativeSpec::Source::kNgram || (name != "n" && name != "min"),
              "--spec '{}': {}= is an option of ngram (the draft model has none such)", text, name);

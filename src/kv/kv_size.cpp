@@ -37,7 +37,7 @@ uint32_t KvSize::ringed_layers(uint64_t tokens) const {
 
 KvSize kv_size(const KvSpec& s, uint32_t layers, uint32_t kv_heads, uint32_t head_dim, uint32_t side_extra,
                const std::vector<uint32_t>& windows) {
-  TQ_CHECK(layers >= 1 && layers <= 1024, "layers must be 1..1024, got {}", layers);
+  TQ_CHECK(layers >= 1 && layers <= kMaxLayers, "layers must be 1..{}, got {}", kMaxLayers, layers);
   TQ_CHECK(kv_heads >= 1 && kv_heads <= 1024, "KV heads must be 1..1024, got {}", kv_heads);
   TQ_CHECK(head_dim >= 1 && head_dim <= kMaxHeadDim, "head dim must be 1..{}, got {}", kMaxHeadDim, head_dim);
   s.edge_layer_count(layers);  // refuses edge= or layers= the model's layers cannot have

@@ -76,6 +76,8 @@ std::vector<uint32_t> parse_layer_set(const std::string& set, const std::string&
   std::bitset<1024> named;  // a duplicate is refused as it comes (a long spec of repeated ranges grew a list of GBs)
   for (const std::string& item : split(set, '+')) {
     const size_t dash = item.find('-');
+    TQ_CHECK(dash == std::string::npos || (dash > 0 && dash + 1 < item.size() && item.find('-', dash + 1) == std::string::npos),
+             "KV spec '{}': layers= item '{}' is neither a layer number nor a range a-b of them", text, item);
     const std::string a = item.substr(0, dash), b = dash == std::string::npos ? a : item.substr(dash + 1);
     const uint64_t lo = uint_of(a, "a layer of layers=", text), hi = uint_of(b, "a layer of layers=", text);
     TQ_CHECK(lo <= hi, "KV spec '{}': layers= range '{}' runs backwards", text, item);
@@ -171,9 +173,9 @@ uint32_t KvSpec::edge_layer_count(uint32_t n_layers) const {
              n_layers - 1);
     return uint32_t(set.size());
   }
-  TQ_CHECK(2 * policy.edge_layers <= n_layers, "KV spec '{}': edge={} needs at least {} layers, the model has {}", text,
-           policy.edge_layers, 2 * policy.edge_layers, n_layers);
-  return 2 * policy.edge_layers;
+  // The first and last e layers: every layer of a model of fewer than 2e (the default's edge=2 on a
+  // toy model of 2 or 3 layers), each once.
+  return std::min(2 * policy.edge_layers, n_layers);
 }
 
 uint32_t KvSpec::local_layer(uint32_t layer, uint32_t n_layers) const {

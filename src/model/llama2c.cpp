@@ -30,6 +30,7 @@
 #include <fmt/format.h>
 
 #include "tq/check.h"
+#include "tq/format.h"
 #include "tq/model/model.h"
 
 namespace tq::model {
@@ -64,7 +65,7 @@ Model load_llama2c(std::shared_ptr<const ByteSource> src) {
   };
   TQ_CHECK(dim > 0, "{}", bad("dim", dim));
   TQ_CHECK(hidden > 0, "{}", bad("hidden_dim", hidden));
-  TQ_CHECK(n_layers > 0, "{}", bad("n_layers", n_layers));
+  TQ_CHECK(n_layers > 0 && uint32_t(n_layers) <= kMaxLayers, "{} (1..{} layers)", bad("n_layers", n_layers), kMaxLayers);
   TQ_CHECK(n_heads > 0 && dim % n_heads == 0, "{} (must divide dim {})", bad("n_heads", n_heads), dim);
   TQ_CHECK(n_kv > 0 && n_heads % n_kv == 0, "{} (must divide n_heads {})", bad("n_kv_heads", n_kv), n_heads);
   TQ_CHECK(vocab_raw != 0 && vocab_raw != std::numeric_limits<int32_t>::min(), "{}", bad("vocab_size", vocab_raw));

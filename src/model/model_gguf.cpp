@@ -24,11 +24,15 @@
 // (convert_hf_to_gguf.py, Gemma3Model norm_shift) stores 1 + w, so every norm here is x * w.
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <unordered_set>
+#include <vector>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
 #include "tq/check.h"
+#include "tq/format.h"
 #include "tq/model/model.h"
 
 namespace tq::model {
@@ -57,6 +61,7 @@ class WeightBinder {
     TQ_CHECK(vector_ok || matrix_ok, "GGUF tensor '{}': dims [{}], expected [{}]", name, fmt::join(t->dims, ", "),
              rows == 1 ? fmt::to_string(cols) : fmt::format("{}, {}", cols, rows));
     ggml_check_dequantizable(t->type, fmt::format("GGUF tensor '{}'", name));
+    bound_.insert(name);
     TensorRef r;
     r.name = name;
     r.type = t->type;
@@ -67,8 +72,22 @@ class WeightBinder {
     return r;
   }
 
+  // Refuses the file's tensors that no bind() took, as llama.cpp does: a damaged block_count (a
+  // model run on fewer layers than it has) or another architecture's tensors under this one's name
+  // would otherwise run as garbage.
+  void check_all_bound() const {
+    std::vector<std::string> extra;
+    for (const GgufTensorInfo& t : f_.tensors())
+      if (!bound_.contains(t.name)) extra.push_back(t.name);
+    const size_t shown = std::min<size_t>(extra.size(), 4);
+    TQ_CHECK(extra.empty(), "GGUF '{}': {} tensor{} this architecture does not use ({}{}): a damaged header (block_count?) or another model's file",
+             f_.name(), extra.size(), extra.size() == 1 ? "" : "s", fmt::join(extra.begin(), extra.begin() + shown, ", "),
+             extra.size() > shown ? ", ..." : "");
+  }
+
  private:
   const GgufFile& f_;
+  mutable std::unordered_set<std::string> bound_;  // the names bind() took
 };
 
 // Gemma 3 files without a template (the base models) still carry the turn tokens: Gemma's format.
@@ -117,6 +136,8 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
   const auto req = [&](const char* k) { return to_int(f.get_uint(key(k)), key(k)); };
 
   c.n_layers = req("block_count");
+  TQ_CHECK(uint32_t(c.n_layers) <= kMaxLayers, "GGUF '{}': {} = {}, beyond the {} layers a KV cache takes", f.name(), key("block_count"),
+           c.n_layers, kMaxLayers);
   c.dim = req("embedding_length");
   c.hidden_dim = req("feed_forward_length");
   c.n_heads = req("attention.head_count");
@@ -233,6 +254,7 @@ Model load_gguf(std::shared_ptr<const GgufFile> file) {
   w.output_norm = b.bind("output_norm.weight", 1, D);
   c.tied_embeddings = f.find_tensor("output.weight") == nullptr;
   w.output = c.tied_embeddings ? w.token_embd : b.bind("output.weight", V, D);
+  b.check_all_bound();
   return m;
 }
 

@@ -72,7 +72,7 @@ foreach(want "-n,--steps INT=256" "--kv TEXT=k3v2:ip:edge=2/k4v4:sink=4:window=6
   endif()
 endforeach()
 run_ok(kv-size --help)
-foreach(want "--layers UINT:INT in [1 - 1024]=32" "--head-dim UINT=128" "--kv TEXT=fp16,fp8,default")
+foreach(want "--layers UINT:INT in [1 - 1024]=32" "--head-dim UINT:UINT in [1 - 1024]=128" "--kv TEXT=fp16,fp8,default")
   string(FIND "${OUT}" "${want}" pos)
   if(pos EQUAL -1)
     message(FATAL_ERROR "tq kv-size --help does not show '${want}':\n${OUT}")

@@ -160,6 +160,7 @@ if(pos EQUAL -1 OR NOT OUT STREQUAL first_out)
 endif()
 foreach(bad "{\"version\": \"1\"}|not a version 1 sensitivity file"
             "{\"version\": 1, \"k_widths\": [2, 3], \"v_widths\": [2], \"k\": [[0.1], [0.1]], \"v\": [[0.1]]}|its tables are not 5 layers"
+            "{\"version\": 1, \"k_widths\": [2, 3], \"v_widths\": [2], \"k\": [[0.1, 0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1, -1e308]], \"v\": [[0.1, 0.1, 0.1, 0.1, 0.1]]}|its tables are not 5 layers of finite, non-negative"
             "{\"version\": 1, \"k_widths\": \"2\", \"v_widths\": [2]}|malformed")
   string(REPLACE "|" ";" bad "${bad}")
   list(GET bad 0 content)

@@ -284,6 +284,24 @@ namespace {
 
 // Conversations in the templates: one user message is the single-prompt form; turns follow each
 // other and the assistant's reply is opened at the end.
+// The default spec's edge=2 on a model of 2 layers takes both layers at its edge format: the same
+// logits, bit for bit, as k4v4 with the default's other options (the edge cache's layers 0 and 1
+// seeded as the main cache's), where it was refused ("edge=2 needs at least 4 layers").
+TEST(Generation, DefaultSpecOnATwoLayerModel) {
+  const model::Model m = model::testing::load_written(model::testing::tiny_model({}));
+  ASSERT_EQ(m.config.n_layers, 2);
+  std::vector<int> p(100);  // past the 4 sink and 64 window rows: 32 tokens read from the pages
+  for (size_t i = 0; i < p.size(); ++i) p[i] = int(1 + i * 7 % 15);
+  const auto logits = [&](const std::string& spec) {
+    Engine e(m, parse_kv_spec(spec), {.threads = 2, .context = 128});
+    const int s = e.add_sequence();
+    return e.prefill(s, p, true);
+  };
+  const std::vector<float> d = logits("default");
+  EXPECT_EQ(d, logits("k4v4:ip:sink=4:window=64:centre"));
+  EXPECT_NE(d, logits("k3v2:ip:sink=4:window=64:centre"));  // not vacuous: the width shows
+}
+
 TEST(Generation, ChatTemplatesOfConversations) {
   using model::ChatTemplate;
   for (ChatTemplate t : {ChatTemplate::ChatML, ChatTemplate::Llama3, ChatTemplate::Gemma})

@@ -74,7 +74,8 @@ TEST(NgramDrafter, SpecParsing) {
                                                                                    {"ngram:n=9", "n=9"},
                                                                                    {"ngram:n=2:min=3", "min=3"},
                                                                                    {"ngram:zz=1", "unknown option 'zz'"},
-                                                                                   {"ngram:fixed=2", "fixed=2"}}) {
+                                                                                   {"ngram:fixed=2", "fixed=2"},
+                                                                                   {"ngram:k=4:k=2", "k= given twice"}}) {
     try {
       parse_speculative_spec(text);
       ADD_FAILURE() << text << " was accepted";

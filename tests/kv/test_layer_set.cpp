@@ -42,6 +42,8 @@ TEST(KvLayerSet, RefusesWithTheBadPart) {
   EXPECT_NE(msg("k3v2:layers=/k4v4").find("layers needs <set>/<base>"), std::string::npos);
   EXPECT_NE(msg("k3v2:layers=0+x/k4v4").find("got 'x'"), std::string::npos);
   EXPECT_NE(msg("k3v2:layers=5-2/k4v4").find("'5-2' runs backwards"), std::string::npos);
+  for (const char* item : {"-1", "2-", "1-2-3", "-"})
+    EXPECT_NE(msg(fmt::format("k3v2:layers={}/k4v4", item)).find(fmt::format("item '{}' is neither", item)), std::string::npos) << item;
   EXPECT_NE(msg("k3v2:layers=1+0-2/k4v4").find("names layer 1 twice"), std::string::npos);
   {  // refused as the duplicate comes, not after expanding every range (a long spec of repeated ranges took GBs)
     std::string many = "k3v2:layers=0-1023";
@@ -99,7 +101,8 @@ TEST(KvLayerSet, SizesFollowTheSet) {
   EXPECT_DOUBLE_EQ(kv_size(parse_kv_spec("k3v2"), 30, 3, 64).bits_per_element, 2.75);
   // Layers the model does not have are refused, not left out of the count.
   EXPECT_THROW(kv_size(parse_kv_spec("k3v2:layers=0+31/k4v4"), 30, 3, 64), Error);
-  EXPECT_THROW(kv_size(parse_kv_spec("k3v2:edge=16/k4v4"), 30, 3, 64), Error);
+  // edge=16 on 30 layers: every layer once, at the edge's format.
+  EXPECT_DOUBLE_EQ(kv_size(parse_kv_spec("k3v2:edge=16/k4v4"), 30, 3, 64).bits_per_element, kv_size(parse_kv_spec("k4v4"), 30, 3, 64).bits_per_element);
 }
 
 // Sliding-window layers in window rings (Gemma-3-270M's shape: 18 layers, every sixth global, a

@@ -289,7 +289,14 @@ TEST(KvSpec, FormatApartFromPolicy) {
   EXPECT_EQ(s.local_layer(27, 30), 25u);
   EXPECT_EQ(parse_kv_spec("k3v2").local_layer(7, 30), 7u);
   EXPECT_EQ(parse_kv_spec("k3v2").edge_layer_count(30), 0u);
-  EXPECT_THROW(s.edge_layer_count(3), Error);  // edge=2 needs 4 layers
+  // edge=2 on fewer than 4 layers: every layer once, in order (the default on a toy model).
+  for (uint32_t L : {1u, 2u, 3u}) {
+    EXPECT_EQ(s.edge_layer_count(L), L);
+    for (uint32_t l = 0; l < L; ++l) {
+      EXPECT_TRUE(s.is_edge_layer(l, L));
+      EXPECT_EQ(s.local_layer(l, L), l) << l << " of " << L;
+    }
+  }
 }
 
 // Entry points that implement the format only refuse every policy knob by name, and nothing else.

@@ -261,7 +261,7 @@ TEST(ModelGguf, Errors) {
     w.add_u32("llama.vocab_size", 17);
     expect_error([&] { testing::load_written(w); }, "llama.vocab_size = 17 but token_embd.weight has 16 rows");
   }
-  {  // a huge block_count must fail on the first missing layer, not allocate a million layers
+  {  // a huge block_count is refused before any layer is looked for, not a million layers allocated
     testing::GgufWriter w;
     w.add_string("general.architecture", "llama");
     w.add_u32("llama.context_length", 32);
@@ -270,7 +270,7 @@ TEST(ModelGguf, Errors) {
     w.add_u32("llama.attention.head_count", 2);
     w.add_u32("llama.block_count", 1000000);
     w.add_tensor_f32("token_embd.weight", {32, 4}, std::vector<float>(128, 0.0f));
-    expect_error([&] { testing::load_written(w); }, "required tensor 'blk.0.attn_norm.weight' is missing");
+    expect_error([&] { testing::load_written(w); }, "llama.block_count = 1000000, beyond the 1024 layers a KV cache takes");
   }
   {
     testing::GgufWriter w;
@@ -286,6 +286,15 @@ TEST(ModelGguf, Errors) {
     testing::GgufWriter w = testing::tiny_model(TinyModelSpec{});
     w.add_tensor_f32("rope_freqs.weight", {8}, std::vector<float>(8, 1.0f));
     expect_error([&] { testing::load_written(w); }, "per-frequency RoPE factors (rope_freqs.weight");
+  }
+  {  // a tensor of a layer past block_count (a damaged header would run the model on fewer layers)
+    TinyModelSpec one;
+    one.n_layers = 1;
+    testing::GgufWriter w = testing::tiny_model(one);
+    w.add_tensor_f32("blk.1.attn_norm.weight", {32}, std::vector<float>(32, 1.0f));
+    expect_error([&] { testing::load_written(w); }, "1 tensor this architecture does not use (blk.1.attn_norm.weight)");
+    w.add_tensor_f32("blk.0.attn_qkv.weight", {32, 96}, std::vector<float>(32 * 96, 0.0f));  // another model's fused form
+    expect_error([&] { testing::load_written(w); }, "2 tensors this architecture does not use (blk.1.attn_norm.weight, blk.0.attn_qkv.weight)");
   }
   {  // gemma3 with 62 layers scales queries by dim / heads, which must not be 0
     TinyModelSpec g;

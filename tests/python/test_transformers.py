@@ -25,7 +25,7 @@ from turboquant.transformers import TurboQuantCache, turboquant_attention  # noq
 DynamicCache = transformers.DynamicCache
 DEVICES = ["cpu"] + (["cuda"] if tqo.available() else [])
 # head dim 64 (hidden 256 over 4 heads; one the CUDA kernels take), GQA 4 query heads over 2 KV
-# heads, 4 layers (the default spec's edge=2 needs 4). Initializer 0.05 instead of transformers'
+# heads, 4 layers (all four the default spec's edge=2 layers). Initializer 0.05 instead of transformers'
 # 0.02: logits spread enough (std ~0.8) that quantization shows in the KL.
 COMMON = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
               max_position_embeddings=2048, rms_norm_eps=1e-5, initializer_range=0.05, tie_word_embeddings=False)
@@ -175,6 +175,15 @@ def test_memory_is_kv_size(spec):
     assert m["tokens"] == n
     assert m["pages"] + m["side"] == row[f"mib_at_{n}"] * 2**20
     assert cache.nbytes == m["allocated"] >= m["pages"] + m["side"]
+
+
+def test_the_default_runs_on_a_model_of_two_layers():
+    """The default's edge=2 on fewer than 4 layers takes every layer once: both at the edge's k4v4."""
+    two = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**COMMON, "num_hidden_layers": 2})).eval()
+    cache = TurboQuantCache("default")
+    with torch.no_grad():
+        two(prompt(9), past_key_values=cache, use_cache=True)
+    assert cache.memory()["pages"] == tq.KvSpec("k4v4:ip").page_bytes(2, 2, 64)  # one page of 16 tokens, two k4v4 layers
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -413,9 +422,6 @@ def test_refusals():
         TurboQuantCache("k3v2", max_cache_len=0)
     with pytest.raises(TypeError, match="spec must be a KV spec string"):
         TurboQuantCache(3)
-    two = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**COMMON, "num_hidden_layers": 2})).eval()
-    with pytest.raises(ValueError, match="edge=2 needs at least 4 layers, the model has 2"), torch.no_grad():
-        two(prompt(5), past_key_values=TurboQuantCache("default"), use_cache=True)
     model = make("llama")
     cache = TurboQuantCache("k3v2")
     with torch.no_grad():
