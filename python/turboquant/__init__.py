@@ -102,6 +102,8 @@ def kv_size(
     layers = _positive_int("layers", 32 if layers is None else layers, 1, 1024)
     kv_heads = _positive_int("kv_heads", 8 if kv_heads is None else kv_heads, 1, 1024)
     head_dim = _positive_int("head_dim", 128 if head_dim is None else head_dim, 1, 1024)
+    if isinstance(context, (str, bytes)) or not isinstance(context, Iterable):
+        raise TypeError(f"context must be a list of token counts, got {context!r}")
     contexts = [_positive_int("context", n, 1, 1 << 40) for n in context]
     rows = []
     for spec in parse_kv_specs(kv):
@@ -138,8 +140,9 @@ def distortion(
         raise ValueError(f"method must be mse, prod or both, got {method!r}")
     if rotation not in ("auto", "hadamard", "dense"):
         raise ValueError(f"rotation must be auto, hadamard or dense, got {rotation!r}")
-    dim = _positive_int("dim", dim, 1, 1024)
+    dim = _positive_int("dim", dim, 2, 1024)  # a unit vector of 1 is +-1: nothing random to measure (tq distortion's range)
     samples = _positive_int("samples", samples, 100, 10_000_000)
+    seed = _positive_int("seed", seed, 0, (1 << 64) - 1 - 1000 * 8)  # each width seeds seed + 1000 * bits, a uint64
     bits = [_positive_int("bits", b, 1, 8) for b in ([bits] if isinstance(bits, int) else bits)]
     prods = ([False] if method != "prod" else []) + ([True] if method != "mse" else [])
     rows = []

@@ -77,6 +77,8 @@ class _StopText:
 
 def _utf8_checked(text: str, what: str) -> str:
     # A lone surrogate (json.loads gives one for "\ud800") has no UTF-8 form: say so by name.
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str, got {type(text).__name__}")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -84,13 +86,19 @@ def _utf8_checked(text: str, what: str) -> str:
     return text
 
 
+def _is_int(v) -> bool:
+    """An int or what stands for one (numpy's integers), never a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _token_ids(ids: Sequence[int], what: str) -> List[int]:
     """Token ids as ints the engine's int32 holds: another value is refused here by name (the
     binding answered with its list of signatures); the engine checks them against the vocabulary."""
     ids = list(ids)
     for i, t in enumerate(ids):
-        if isinstance(t, bool) or not isinstance(t, int):
+        if not _is_int(t):
             raise TypeError(f"{what} {t!r} at index {i} is not an int")
+        ids[i] = t = int(t)
         if not -2**31 <= t < 2**31:
             raise ValueError(f"{what} {t} at index {i} is outside the vocabulary")
     return ids
@@ -99,8 +107,13 @@ def _token_ids(ids: Sequence[int], what: str) -> List[int]:
 def _chat_pairs(messages) -> List[Tuple[str, str]]:
     """(role, content) pairs of OpenAI-style messages: dicts or (role, content) tuples, a content a
     string or a list of text parts."""
+    if isinstance(messages, (str, bytes, dict)):
+        raise TypeError(f"messages must be a list of messages ({{'role': ..., 'content': ...}} or (role, content)), got "
+                        f"{type(messages).__name__}")
     pairs = []
     for i, m in enumerate(messages):
+        if not isinstance(m, (dict, list, tuple)) or (not isinstance(m, dict) and len(m) != 2):
+            raise TypeError(f"messages[{i}] must be a dict with 'role' and 'content' or a (role, content) pair, got {m!r}")
         if isinstance(m, dict):
             if "role" not in m or "content" not in m:
                 raise ValueError(f"messages[{i}] needs 'role' and 'content', got keys {sorted(m)}")
@@ -142,9 +155,12 @@ class LLM:
         allow_long_context: bool = False,
     ):
         for name, v in (("threads", threads), ("n_ctx", n_ctx)):
-            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32:
+            if not _is_int(v) or not 0 <= v < 2**32:
                 raise ValueError(f"{name} must be an int in [0, 2**32), got {v!r}")
-        spec = kv_spec.canonical if isinstance(kv_spec, _C.KvSpec) else str(kv_spec)
+        if not isinstance(kv_spec, (str, _C.KvSpec)):
+            raise TypeError(f"kv_spec must be a KV spec string (e.g. 'k3v2'), got {kv_spec!r}")
+        threads, n_ctx = int(threads), int(n_ctx)
+        spec = kv_spec.canonical if isinstance(kv_spec, _C.KvSpec) else kv_spec
         self._engine = _C.Engine(os.fspath(model), os.fspath(tokenizer) if tokenizer else "", spec, threads, n_ctx, device,
                                  bool(exact_products), bool(allow_long_context))
         self.last_seed: Optional[int] = None
@@ -222,8 +238,9 @@ class LLM:
         Ends at max_tokens, a stop token, a full context, or before the first of `stop`'s strings.
         A list of prompts gives a list of texts. stream=True returns an iterator of text pieces
         as they are generated (one prompt). prompt may also be token ids (a list of ints)."""
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 <= max_tokens < 2**32:
+        if not _is_int(max_tokens) or not 0 <= max_tokens < 2**32:
             raise ValueError(f"max_tokens must be an int in [0, 2**32), got {max_tokens!r}")
+        max_tokens = int(max_tokens)
         # ints as ints (int() would take 1.7 as 1 and "7" as 7), numbers as numbers
         for name, value in (("top_k", top_k), ("seed", seed)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
@@ -236,6 +253,8 @@ class LLM:
         if seed is not None and not 0 <= seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
         _C.validate_sampling(float(temperature), int(top_k), float(top_p), float(min_p))
+        if stop is not None and not isinstance(stop, (str, list, tuple)):
+            raise TypeError(f"stop must be a string or a list of strings, got {stop!r}")
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if not all(isinstance(s, str) for s in stops):
             raise TypeError("stop must be a string or a list of strings")
@@ -245,7 +264,7 @@ class LLM:
             return [self.generate(p, max_tokens, temperature, top_p, top_k, min_p, seed, stops, False, chat) for p in prompt]
         if isinstance(prompt, str):
             ids = self.tokenize(prompt, chat=chat)
-        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        elif isinstance(prompt, (list, tuple)) and all(_is_int(t) for t in prompt):
             if chat:
                 raise ValueError("chat=True wraps a text prompt in the chat template; token ids are used as they are")
             ids = _token_ids(prompt, "prompt token")

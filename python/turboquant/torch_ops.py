@@ -25,6 +25,7 @@ uploads the codec tables.
 
 import atexit
 import functools
+import numbers
 import math
 from typing import Optional, Tuple
 
@@ -64,6 +65,8 @@ def page_shape(spec: str, layers: int, kv_heads: int, head_dim: int, num_pages: 
     """The shape of the pages tensor: [layers, num_pages, kv_heads, block_bytes] (uint8)."""
     s = _spec(spec)
     for name, v, hi in (("layers", layers, 4096), ("kv_heads", kv_heads, 1024), ("head_dim", head_dim, 1024), ("num_pages", num_pages, 1 << 31)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {v!r}")
         if not 1 <= v <= hi:
             raise ValueError(f"{name} must be 1..{hi}, got {v}")
     return (layers, num_pages, kv_heads, s.page_bytes(1, 1, head_dim))

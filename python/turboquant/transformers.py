@@ -58,6 +58,18 @@ logger = logging.getLogger(__name__)
 _tls = threading.local()  # .pending: (cache, layer, key, value) of the last update(), until its attention reads it
 
 
+def _host_available() -> int:
+    """Bytes of host memory available now (Linux: MemAvailable), or 0 when unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 class _Pages:
     """The pages of one format of the spec (the edge layers' or the others'): uint8
     [layers, num_pages, kv_heads, block_bytes], and the side buffer fp16
@@ -132,6 +144,8 @@ class TurboQuantCache(Cache):
         self._where: List[Tuple[_Pages, int]] = []
         self._columns: List[int] = []       # [layers] token columns seen (pad columns too): transformers' sequence length
         self._lens: List[List[int]] = []    # [layers][batch] tokens stored of each sequence (no pads)
+        self._written: List[int] = []       # [batch] the most tokens each sequence has stored since it began: its
+        # window ring holds the rows of [written - window - SIDE_EXTRA, written), whatever crop() took back since
         self._tables: List[List[int]] = []  # [batch] page ids of each sequence, in position order
         self._free: List[int] = []          # free page ids, the next one to take last
         self._centres: List[Optional[torch.Tensor]] = []  # [layers] fp32 [batch, kv_heads, head_dim] once the layer's first step fixed it
@@ -169,6 +183,11 @@ class TurboQuantCache(Cache):
         self._where = []  # [layers] (the _Pages of the layer's format, its local index there)
         groups: Dict[str, _Pages] = {}
         count = {True: n_edge, False: n - n_edge}
+        first: Dict[bool, int] = {}  # the first layer of each format
+        for layer in range(n):
+            first.setdefault(self.spec.is_edge_layer(layer, n), layer)
+        self._formats = [(self.spec.layer_format(layer, n), count[edge]) for edge, layer in first.items()]  # (format, its layers)
+        self._check_size(num_pages, batch)
         for layer in range(n):
             edge = self.spec.is_edge_layer(layer, n)
             fmt = self.spec.layer_format(layer, n)
@@ -180,13 +199,32 @@ class TurboQuantCache(Cache):
         self._free = list(range(num_pages - 1, -1, -1))
         self._tables = [[] for _ in range(batch)]
         self._lens = [[0] * batch for _ in range(n)]
+        self._written = [0] * batch
         self._columns = [0] * n
         self._centres = [None] * n
         self._ready = True
 
+    def _check_size(self, num_pages: int, slots: int) -> None:
+        """On the CPU, pages and side buffers (every format's) past the 64 GiB a host cache may take,
+        or past 90% of the memory available, are refused before they are allocated (torch would zero
+        them page by page until the kernel killed the process; the GPU says what it cannot hold itself)."""
+        if self.device.type != "cpu":
+            return
+        pages = sum(math.prod(torch_ops.page_shape(fmt, layers, self.kv_heads, self.head_dim, num_pages)) for fmt, layers in self._formats)
+        side = sum(slots * layers * self.side_rows * 2 * self.kv_heads * self.head_dim * 2 for _, layers in self._formats)
+        held = self.nbytes  # what this cache holds now, given back as the new tensors replace it
+        available = _host_available()
+        limit = min(64 * 2**30, 0.9 * (available + held)) if available else 64 * 2**30
+        if pages + side > limit:
+            raise ValueError(f"TurboQuantCache: {num_pages} pages and {slots} sequences' side buffers of {self.side_rows} rows would take "
+                             f"{(pages + side) / 2**30:.1f} GiB ({pages / 2**30:.1f} GiB of pages, {side / 2**30:.1f} GiB of side buffers), "
+                             f"more than the {limit / 2**30:.1f} GiB a cache may take on this CPU (64 GiB at most, 90% of the memory "
+                             f"available): a smaller batch, max_cache_len or window")
+
     def _take_page(self) -> int:
         if not self._free:
             grown = max(self._num_pages + max(1, self._num_pages // 2), self._num_pages + 1)
+            self._check_size(grown, self.batch)
             for g in self._groups:
                 g.grow_pages(grown)
             self._free = list(range(grown - 1, self._num_pages - 1, -1))
@@ -295,8 +333,12 @@ class TurboQuantCache(Cache):
         drop = cols - keep
         if drop <= 0:
             return
-        if self.window and drop > SIDE_EXTRA:
-            raise ValueError(f"TurboQuantCache.crop: the window's side ring can take back {SIDE_EXTRA} tokens, not {drop}")
+        if self.window:  # the window before the kept tokens must still be in the ring: written - kept <= SIDE_EXTRA
+            for b, (n, written) in enumerate(zip(self._lens[0], self._written)):
+                if written - max(0, n - drop) > SIDE_EXTRA:
+                    raise ValueError(f"TurboQuantCache.crop: the window's side ring can take back {SIDE_EXTRA} tokens from the most a "
+                                     f"sequence has stored, not {written - max(0, n - drop)} (sequence {b} stored {written}, now "
+                                     f"{n}, would keep {max(0, n - drop)}): reset() and run the prompt again instead")
         for layer in range(self.n_layers):
             self._columns[layer] -= drop
             self._lens[layer] = [max(0, n - drop) for n in self._lens[layer]]
@@ -306,11 +348,17 @@ class TurboQuantCache(Cache):
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Beam search: sequence b takes sequence beam_idx[b]'s history (its pages are copied)."""
+        beam_idx = torch.as_tensor(beam_idx)
+        if beam_idx.is_floating_point() or beam_idx.is_complex() or beam_idx.dtype == torch.bool or beam_idx.ndim != 1:
+            raise TypeError(f"TurboQuantCache.reorder_cache: beam_idx must be a 1-d integer tensor, got {beam_idx.dtype} of shape "
+                            f"{list(beam_idx.shape)}")
         self._select_rows([int(i) for i in beam_idx.tolist()])
 
     def batch_repeat_interleave(self, repeats: int) -> None:
+        if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 1:
+            raise ValueError(f"TurboQuantCache.batch_repeat_interleave: repeats must be a positive int, got {repeats!r}")
         if self._ready:
-            self._select_rows([b for b in range(self.batch) for _ in range(repeats)])
+            self._select_rows([b for b in range(self.batch) for _ in range(int(repeats))])
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         """Keeps the sequences `indices` names: their indices, or a bool mask over the batch (as
@@ -332,7 +380,20 @@ class TurboQuantCache(Cache):
             raise ValueError(f"TurboQuantCache: rows {list(rows)} are not all among the cache's {self.batch} sequences")
         if list(rows) == list(range(self.batch)):
             return
-        old_tables, old_lens = self._tables, self._lens
+        # A cache filled under torch.inference_mode() holds inference tensors, which only inference
+        # mode may write in place (generate() reorders beams outside it): the copies run in the mode
+        # the tensors were made in.
+        with torch.inference_mode(self._groups[0].pages.is_inference()):
+            self._copy_rows(rows)
+        self._lens = [[lens[r] for r in rows] for lens in self._lens]
+        self._written = [self._written[r] for r in rows]
+        self.batch = len(rows)
+        self._step = None
+
+    def _copy_rows(self, rows: Sequence[int]) -> None:
+        """Sequence i's pages, side rows and centre become those of sequence rows[i]."""
+        self._check_size(self._num_pages, len(rows))  # the side buffers' new slots (new pages: _take_page)
+        old_tables = self._tables
         new_tables: List[List[int]] = []
         src, dst = [], []
         for r in rows:  # fresh pages for every new sequence: the copies cannot overwrite a source
@@ -356,9 +417,6 @@ class TurboQuantCache(Cache):
         for table in old_tables:
             self._free.extend(reversed(table))
         self._tables = new_tables
-        self._lens = [[lens[r] for r in rows] for lens in old_lens]
-        self.batch = len(rows)
-        self._step = None
 
     # ---- memory ---------------------------------------------------------------------------------
     @property
@@ -468,6 +526,7 @@ class TurboQuantCache(Cache):
                                         sliding_window)
                 out[b, c] = res[0]
         self._lens[layer] = list(st.new_lens)
+        self._written = [max(w, n) for w, n in zip(self._written, st.new_lens)]
         self._columns[layer] += ntok
         return out
 

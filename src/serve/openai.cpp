@@ -204,6 +204,7 @@ CompletionRequest parse_completion(const json& body, bool chat) {
   }
   const char* max_key = chat && field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
   if (const auto m = integer(body, max_key, 0, INT32_MAX)) r.max_tokens = uint32_t(*m);
+  r.max_key = max_key;
   r.sampling.temperature = float(number(body, "temperature", 0, 2).value_or(1.0));
   if (const json* v = field(body, "top_p")) {
     if (!v->is_number()) throw bad("top_p", fmt::format("must be a number, got {}", v->type_name()));
@@ -244,7 +245,10 @@ CompletionRequest parse_completion(const json& body, bool chat) {
     } else {
       throw bad("stop", fmt::format("must be a string or an array of strings, got {}", s->type_name()));
     }
-    if (r.stop.size() > 4) throw bad("stop", fmt::format("takes at most 4 strings, got {}", r.stop.size()));
+    // OpenAI's chat takes 4; vLLM and llama.cpp any number, and lm-eval sends a task's stops and the
+    // EOS text (humaneval: 6). Each string is looked for in the held-back text only: cheap.
+    constexpr size_t kMaxStops = 64;
+    if (r.stop.size() > kMaxStops) throw bad("stop", fmt::format("takes at most {} strings, got {}", kMaxStops, r.stop.size()));
     for (const std::string& x : r.stop)
       if (x.empty()) throw bad("stop", "strings must not be empty");
   }
@@ -264,6 +268,12 @@ json usage_json(const Usage& u) {
   return json{{"prompt_tokens", u.prompt}, {"completion_tokens", u.completion}, {"total_tokens", u.prompt + u.completion}};
 }
 
+// `s` as the response will spell it: invalid UTF-8 (a byte token, part of a character) replaced by
+// U+FFFD as dump() replaces it.
+std::string as_sent(const std::string& s) {
+  return json::parse(json(s).dump(-1, ' ', false, json::error_handler_t::replace)).get<std::string>();
+}
+
 json logprobs_json(bool chat, std::span<const LogprobEntry> entries, size_t offset) {
   if (chat) {
     json content = json::array();
@@ -278,9 +288,13 @@ json logprobs_json(bool chat, std::span<const LogprobEntry> entries, size_t offs
   for (const LogprobEntry& e : entries) {
     tokens.push_back(e.text);
     lps.push_back(e.scored ? json(e.logprob) : json(nullptr));
+    // Keyed by the text as sent: two ids with one text (or two byte tokens, each U+FFFD) keep the
+    // more likely one's (e.top is most likely first), and the sampled token is always there, as
+    // OpenAI's legacy completions give it (up to logprobs + 1 entries).
     json top = json::object();
     for (const auto& [t, lp] : e.top)
-      if (!top.contains(t)) top[t] = lp;  // two ids with one text: the more likely one's
+      if (const std::string k = as_sent(t); !top.contains(k)) top[k] = lp;
+    if (const std::string k = as_sent(e.text); !top.contains(k)) top[k] = e.logprob;
     tops.push_back(e.scored ? top : json(nullptr));
     offsets.push_back(offset);
     offset += utf8_characters(e.text);

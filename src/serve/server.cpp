@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <deque>
 #include <mutex>
@@ -63,13 +64,26 @@ std::pair<std::string, int> address_of(const sockaddr_storage& a) {
   return {"", -1};
 }
 
-// The socket of the connection a request came on, or -1. cpp-httplib 0.11 hands a handler no
-// socket, but the connection's address pair names it: it is looked for once among the process's
-// sockets (the handler runs on the thread that owns it, so it stays open until the handler returns).
+// /v1/completions' max_tokens where a request leaves it out (OpenAI's and vLLM's; chat has none).
+constexpr uint32_t kCompletionMaxTokens = 16;
+
+// What connection_socket returns where the request's connection was reset before it looked.
+constexpr int kConnectionGone = -2;
+
+// The socket of the connection a request came on; kConnectionGone where the client has reset it
+// already; -1 where it cannot be told. cpp-httplib 0.11 hands a handler no socket, but the
+// connection's address pair names it: it is looked for once among the process's sockets (the
+// handler runs on the thread that owns it, so it stays open until the handler returns). A socket a
+// client reset (a close with SO_LINGER 0, a crash) has no peer address left: where none matches,
+// a socket of the server's own address with no peer is this request's (every live one matched).
 int connection_socket(const httplib::Request& req) {
   DIR* d = opendir("/proc/self/fd");
   if (!d) return -1;
+  // req's addresses as inet_ntop writes them (getnameinfo adds an IPv6 scope: "fe80::1%eth0")
+  const auto bare = [](const std::string& a) { return a.substr(0, a.find('%')); };
+  const std::pair<std::string, int> want_local{bare(req.local_addr), req.local_port}, want_peer{bare(req.remote_addr), req.remote_port};
   int found = -1;
+  bool reset = false;  // a socket of the server's address whose peer is gone
   while (const dirent* e = readdir(d)) {
     char* end = nullptr;
     const long fd = std::strtol(e->d_name, &end, 10);
@@ -78,15 +92,22 @@ int connection_socket(const httplib::Request& req) {
     if (fstat(int(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
     sockaddr_storage local{}, peer{};
     socklen_t ll = sizeof local, pl = sizeof peer;
-    if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&local), &ll) != 0 || getpeername(int(fd), reinterpret_cast<sockaddr*>(&peer), &pl) != 0)
+    if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&local), &ll) != 0 || address_of(local) != want_local) continue;
+    if (getpeername(int(fd), reinterpret_cast<sockaddr*>(&peer), &pl) != 0) {
+      const bool no_peer = errno == ENOTCONN;
+      int listening = 0;  // the server's own listening socket has the same address and no peer either
+      socklen_t n = sizeof listening;
+      const bool accepts = getsockopt(int(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &n) == 0 && listening;
+      reset |= no_peer && !accepts;
       continue;
-    if (address_of(local) == std::pair{req.local_addr, req.local_port} && address_of(peer) == std::pair{req.remote_addr, req.remote_port}) {
+    }
+    if (address_of(peer) == want_peer) {
       found = int(fd);
       break;
     }
   }
   closedir(d);
-  return found;
+  return found >= 0 ? found : reset ? kConnectionGone : -1;
 }
 
 // Whether the client hung up (closed or reset its end). A client that sent more bytes is still
@@ -289,7 +310,7 @@ struct Server::Impl {
   // A request for a model this server does not serve (a request's "model", the retrieve route's id).
   ApiError unknown_model(const std::string& name) const {
     return ApiError(404, fmt::format("the model '{}' does not exist; this server serves '{}'", name, o.model_name), "model",
-                    "not_found_error", "model_not_found");
+                    "invalid_request_error", "model_not_found");
   }
 
   void routes();
@@ -324,12 +345,14 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
     throw ApiError(400,
                    fmt::format("this model's maximum context length is {} tokens, but the {} {} {} tokens", context_, what, has(what), prompt.size()),
                    what, "invalid_request_error", "context_length_exceeded");
-  // No max_tokens: up to the context, or to what the whole page pool holds when that is less (a
-  // request needs prompt + max_tokens - 1 positions).
+  // No max_tokens: 16 on completions (OpenAI's and vLLM's default there); on chat up to the
+  // context, or to what the whole page pool holds when that is less (a request needs prompt +
+  // max_tokens - 1 positions).
   const engine::Engine& e = svc.engine();
   const size_t pool = size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size();
   const size_t cap = std::min<size_t>(context_, pool + 1);                          // prompt + max_tokens at most
-  const uint32_t default_max = prompt.size() < cap ? uint32_t(cap - prompt.size()) : 1;  // 1: submit() refuses, naming the pool
+  const uint32_t most = prompt.size() < cap ? uint32_t(cap - prompt.size()) : 1;  // 1: submit() refuses, naming the pool
+  const uint32_t default_max = cr.chat ? most : std::min<uint32_t>(most, kCompletionMaxTokens);
   Request r{prompt, cr.sampling, cr.max_tokens.value_or(default_max), cr.speculation.value_or(o.speculation), cr.logprobs};
   const bool score_prompt = cr.echo && cr.logprobs >= 0;  // OpenAI's echo with logprobs: the prompt's too
   if (score_prompt) r.prompt_logprobs = cr.logprobs;
@@ -340,7 +363,7 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   } catch (const Busy& b) {
     throw ApiError(b.shutting_down ? 503 : 429, b.what(), "", b.shutting_down ? "service_unavailable" : "rate_limit_error");
   } catch (const Refused& e) {
-    throw ApiError(400, e.what(), e.param, "invalid_request_error", e.code);
+    throw ApiError(400, e.what(), e.param == "max_tokens" ? cr.max_key : e.param, "invalid_request_error", e.code);
   }
   // After submit(), which checked the prompt's token ids against the vocabulary.
   if (echo) *echo = cr.echo ? (cr.prompt_ids.empty() ? cr.prompt : tok.decode(cr.prompt_ids)) : "";
@@ -387,7 +410,8 @@ void Server::Impl::complete(const httplib::Request& req, const std::string& requ
     // A client that leaves before its answer cancels its request, as a stream's does (its pages
     // go back now, not when the answer nobody reads is complete).
     const int fd = connection_socket(req);
-    bool cancelled = false;
+    bool cancelled = fd == kConnectionGone;
+    if (cancelled) svc.cancel(a->stream->id());
     while (a->finish.empty()) {
       text += a->advance(svc, std::chrono::milliseconds(250));
       if (fd >= 0 && !cancelled && a->finish.empty() && client_gone(fd)) {
@@ -487,9 +511,9 @@ void Server::Impl::routes() {
     if ((res.status == 404 || res.status == 400) && (post || get) && req.method != (post ? "POST" : "GET")) {
       res.set_header("Allow", post ? "POST" : "GET, HEAD");
       return send_error(res, ApiError(405, fmt::format("{} takes {}, not {}", req.path, post ? "POST" : "GET", req.method), "",
-                                      "method_not_allowed"));
+                                      "invalid_request_error"));
     }
-    if (res.status == 404) return send_error(res, ApiError(404, fmt::format("no route {} {}", req.method, req.path), "", "not_found_error"));
+    if (res.status == 404) return send_error(res, ApiError(404, fmt::format("no route {} {}", req.method, req.path), "", "invalid_request_error"));
     if (res.status == 413) return send_too_large(req, res, kMaxBody);
     if (res.status == 414) return send_error(res, ApiError(414, "the request line (method and path) is too long"));
     if (res.status >= 400 && res.status < 500)

@@ -110,6 +110,25 @@ def test_refusals(stories, llm):
         llm.chat([{"role": "user", "content": PROMPT}])
     with pytest.raises(ValueError, match="stream=True takes one prompt"):
         llm.generate([PROMPT, PROMPT], stream=True)
+    with pytest.raises(TypeError, match="stop must be a string or a list of strings, got 3"):
+        llm.generate(PROMPT, stop=3)
+    with pytest.raises(TypeError, match="messages must be a list of messages"):
+        llm.chat("hello")
+    with pytest.raises(TypeError, match=r"messages\[0\] must be a dict with 'role' and 'content' or a \(role, content\) pair"):
+        llm.chat_prompt(["hello"])
+    with pytest.raises(TypeError, match="text must be a str, got NoneType"):
+        llm.tokenize(None)
+    with pytest.raises(TypeError, match="kv_spec must be a KV spec string"):
+        tq.LLM(model, tokenizer=tok, kv_spec=None)
+
+
+def test_numpy_integers_stand_for_ints(llm):
+    """numpy's integers (what an array's items and arithmetic give) are ints wherever one goes."""
+    np = pytest.importorskip("numpy")
+    ids = llm.tokenize(PROMPT)
+    want = llm.generate(ids, max_tokens=5)
+    assert llm.generate([np.int64(t) for t in ids], max_tokens=np.int64(5)) == want
+    assert llm.detokenize(np.array(ids)) == llm.detokenize(ids)
 
 
 def test_callback_errors_propagate(llm):

@@ -148,6 +148,7 @@ def test_kv_size_defaults_and_readme_figure():
         (dict(context=[1.5]), TypeError, "context must be an int, got 1.5"),  # (was read as 1)
         (dict(context=[True]), TypeError, "context must be an int, got True"),
         (dict(context=["7"]), TypeError, "context must be an int, got '7'"),
+        (dict(context=1024), TypeError, "context must be a list of token counts, got 1024"),
         (dict(shape="gemma-3-270m", layers=4), ValueError, "give shape= or layers/kv_heads/head_dim, not both"),
         (dict(shape="llama-9"), ValueError, "unknown model shape 'llama-9'"),
         (dict(shape=3), TypeError, "shape must be a model's name"),
@@ -194,3 +195,11 @@ def test_distortion_refuses():
         tq.distortion(bits=[9])
     with pytest.raises(ValueError, match="samples must be 100"):
         tq.distortion(samples=5)
+    with pytest.raises(ValueError, match="dim must be 2..1024, got 1"):
+        tq.distortion(dim=1)
+    for seed in (-1, 2**64):
+        with pytest.raises(ValueError, match=f"seed must be 0..[0-9]+, got {seed}"):
+            tq.distortion(seed=seed)
+    for seed in (1.5, "x", True):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            tq.distortion(seed=seed)

@@ -9,6 +9,7 @@ to kv_size's figure; padded batches, beam search, crop, and refusals."""
 import copy
 import inspect
 import pickle
+import types
 import warnings
 
 import pytest
@@ -329,10 +330,42 @@ def test_crop_takes_tokens_back(spec):
     if "window" in spec:  # the ring keeps 64 positions beyond the window: no further
         with torch.no_grad():
             model(prompt(100), past_key_values=cache, use_cache=True)
-        with pytest.raises(ValueError, match="can take back 64 tokens, not 70"):
+        with pytest.raises(ValueError, match="can take back 64 tokens from the most a sequence has stored, not 70"):
             cache.crop(-70)
         cache.crop(-cache.get_seq_length())  # all of them: an empty cache
         assert cache.get_seq_length() == 0 and cache.memory()["pages"] == 0
+
+
+def test_crops_count_from_the_most_a_sequence_stored():
+    """The window's ring keeps 64 rows beyond the window, counted from the most tokens a sequence has
+    stored: crops of 64 and 3 around one new token (200 -> 136 -> 137 -> 134) go 66 back and are
+    refused, where each alone was taken and the ring's stale rows were read. 64 back is exact."""
+    model = make("llama")
+    ids, t1, t2 = prompt(200), prompt(1, seed=2), prompt(1, seed=3)
+    cache, ref = TurboQuantCache("k3v2:window=8"), TurboQuantCache("k3v2:window=8")
+    with torch.no_grad():
+        model(ids, past_key_values=cache, use_cache=True)
+        cache.crop(-64)
+        model(t1, past_key_values=cache, use_cache=True)
+        with pytest.raises(ValueError, match=r"not 66 \(sequence 0 stored 200, now 137, would keep 134\)"):
+            cache.crop(-3)
+        assert cache.get_seq_length() == 137
+        cache.crop(-1)  # 136: 64 back from 200
+        model(ids[:, :136], past_key_values=ref, use_cache=True)
+        got, want = (model(t2, past_key_values=c, use_cache=True).logits for c in (cache, ref))
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_a_cache_filled_in_inference_mode_reorders_outside_it():
+    """generate() reorders beams outside inference mode: the copies run in the mode the cache's
+    tensors were made in (in-place writes to inference tensors are refused outside it)."""
+    model = make("llama")
+    cache = TurboQuantCache("k3v2:sink=4:window=8")
+    with torch.inference_mode():
+        model(prompt(20, batch=3), past_key_values=cache, use_cache=True)
+    cache.batch_select_indices(torch.tensor([0, 2]))
+    cache.reorder_cache(torch.tensor([1, 0]))
+    assert cache.batch_size == 2 and cache.get_seq_length() == 20
 
 
 def test_other_caches_run_sdpa_under_the_turboquant_attention():
@@ -422,12 +455,20 @@ def test_refusals():
         TurboQuantCache("k3v2", max_cache_len=0)
     with pytest.raises(TypeError, match="spec must be a KV spec string"):
         TurboQuantCache(3)
+    big = TurboQuantCache("k3v2:window=4096")  # 128 sequences x 32 layers x 4160 fp16 side rows: 65 GiB, refused before allocating
+    shape = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=32))
+    with pytest.raises(ValueError, match=r"side buffers of 4160 rows would take 65\.\d GiB .* more than the [\d.]+ GiB a cache may take"):
+        big._init(shape, torch.empty(128, 8, 1, 128))
     model = make("llama")
     cache = TurboQuantCache("k3v2")
     with torch.no_grad():
         model(prompt(5), past_key_values=cache, use_cache=True)
         with pytest.raises(ValueError, match="holds 1 sequences"):
             model(prompt(5, batch=2), past_key_values=cache, use_cache=True)
+    with pytest.raises(TypeError, match="beam_idx must be a 1-d integer tensor, got torch.float32"):
+        cache.reorder_cache(torch.tensor([0.7]))
+    with pytest.raises(ValueError, match="repeats must be a positive int, got -1"):
+        cache.batch_repeat_interleave(-1)
     attn = model.model.layers[0].self_attn  # the 2D padding mask of a TurboQuantCache, with keys it did not give
     with pytest.raises(RuntimeError, match="layer 0 got a 2D padding mask with keys that no TurboQuantCache update returned"):
         kv = torch.zeros(1, 2, 5, 64)

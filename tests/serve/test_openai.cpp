@@ -28,6 +28,9 @@ TEST(OpenAiParse, CompletionDefaultsAndFields) {
   EXPECT_EQ(r.sampling.seed, 9u);
   EXPECT_TRUE(r.seeded && r.stream && r.include_usage);
   EXPECT_EQ(r.stop, std::vector<std::string>{"x"});
+  // lm-eval's humaneval: the task's five stops and the EOS text (OpenAI's chat would take 4)
+  r = parse_completion(json::parse(R"({"prompt": "x", "stop": ["\nclass", "\ndef", "\n#", "\nif", "\nprint", "<|endoftext|>"]})"), false);
+  EXPECT_EQ(r.stop.size(), 6u);
   r = parse_completion(json::parse(R"({"prompt": [1, 2, 3]})"), false);
   EXPECT_EQ(r.prompt_ids, (std::vector<int>{1, 2, 3}));
   // A batch of one prompt of token ids (lm-evaluation-harness's form), scored: echo with logprobs
@@ -208,7 +211,11 @@ TEST(OpenAiBodies, LogprobsShapes) {
   EXPECT_EQ(c["token_logprobs"][1], -0.25f);
   EXPECT_EQ(c["text_offset"], json::parse("[4, 5, 6, 7]"));
   EXPECT_EQ(c["top_logprobs"][0], json::parse(R"({"a": -0.5, "b": -1.5})"));  // one text, the more likely id's
-  EXPECT_EQ(c["top_logprobs"][1], json::object());
+  EXPECT_EQ(c["top_logprobs"][1], json::parse(R"({"\u00e9": -0.25})"));       // the sampled token, always (logprobs 0)
+  // Byte tokens, each U+FFFD once sent: one key, the most likely one's, where the dump made five
+  // equal keys of which JSON readers keep the last (the sampled token's -0.125 read as -5.75).
+  const std::vector<LogprobEntry> bytes{{"\xF0", -0.125f, {{"\xF0", -0.125f}, {"\xF1", -5.25f}, {"x", -5.5f}, {"\xF2", -5.75f}}}};
+  EXPECT_EQ(json::parse(dump(logprobs_json(false, bytes, 0)["top_logprobs"][0])), json::parse(R"({"\ufffd": -0.125, "x": -5.5})"));
   const json h = logprobs_json(true, entries, 0);
   ASSERT_EQ(h["content"].size(), 4u);
   EXPECT_TRUE(h["refusal"].is_null());

@@ -18,6 +18,7 @@ import re
 import resource
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -155,6 +156,10 @@ class ServeTest(unittest.TestCase):
             self.assertEqual(r.choices[0].text, tq_run(p, 40, self.KV), p)
             self.assertEqual(r.usage.completion_tokens, 40)
             self.assertEqual(r.choices[0].finish_reason, "length")
+        # No max_tokens: 16 on completions, as OpenAI's and vLLM's (the text's first 16 tokens)
+        r = self.s.client.completions.create(model=self.model, prompt=PROMPTS[0], temperature=0)
+        self.assertEqual((r.usage.completion_tokens, r.choices[0].finish_reason), (16, "length"))
+        self.assertTrue(tq_run(PROMPTS[0], 40, self.KV).startswith(r.choices[0].text))
         self.s.wait_drained(self)
 
     def test_streams_give_the_same_text(self):
@@ -238,7 +243,8 @@ class ServeTest(unittest.TestCase):
         for i in range(1, len(lp.tokens)):
             self.assertEqual(lp.text_offset[i], lp.text_offset[i - 1] + len(lp.tokens[i - 1]))
             self.assertLessEqual(lp.token_logprobs[i], 0.0)
-            self.assertTrue(1 <= len(lp.top_logprobs[i]) <= 2)
+            self.assertTrue(1 <= len(lp.top_logprobs[i]) <= 3)  # the 2 asked for, and the token itself where it is not one
+            self.assertEqual(lp.top_logprobs[i][lp.tokens[i]], lp.token_logprobs[i])
             self.assertGreaterEqual(max(lp.top_logprobs[i].values()), lp.token_logprobs[i])
         # The completion's tokens are the scored text's last ones (the same tokenization here);
         # their logprobs agree to float rounding (one chunk of the prompt against one token a step).
@@ -383,7 +389,7 @@ class ServeTest(unittest.TestCase):
             ({"prompt": "x", "n": 2}, 400, "n"),
             ({"prompt": "x", "logprobs": 21}, 400, "logprobs"),
             ({"prompt": "x", "max_tokens": 0, "echo": True}, 400, "max_tokens"),
-            ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+            ({"prompt": "x", "stop": [str(i) for i in range(65)]}, 400, "stop"),
             ({"prompt": "x", "stream": "yes"}, 400, "stream"),
             ({"prompt": ["a", "b"]}, 400, "prompt"),
             ({"prompt": [1, 99999]}, 400, "prompt"),
@@ -416,6 +422,8 @@ class ServeTest(unittest.TestCase):
         self.assertIn("at least", err["error"]["message"])
         code, err = self.s.post("/v1/completions", {"prompt": "x", "max_tokens": 1 << 30})
         self.assertEqual((code, err["error"]["param"], err["error"]["code"]), (400, "max_tokens", "context_length_exceeded"))
+        code, err = self.s.post("/v1/chat/completions", {"messages": hi, "max_completion_tokens": 1 << 30})  # the field as sent
+        self.assertEqual((code, err["error"]["param"], err["error"]["code"]), (400, "max_completion_tokens", "context_length_exceeded"))
         # vLLM's fields that would change the text are refused by name, not ignored
         code, err = self.s.post("/v1/completions", {"prompt": "x", "repetition_penalty": 1.3})
         self.assertEqual((code, err["error"]["param"]), (400, "repetition_penalty"))
@@ -427,6 +435,7 @@ class ServeTest(unittest.TestCase):
         with self.assertRaises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(self.s.url + "/v2/nothing", timeout=10)
         self.assertEqual(e.exception.code, 404)
+        self.assertEqual(json.loads(e.exception.read())["error"]["type"], "invalid_request_error")  # OpenAI's type for a bad URL
         self.assertEqual(self.s.get("/health")[0], 200)  # still serving
         self.s.wait_drained(self)
 
@@ -612,6 +621,30 @@ class SmolLM2Test(unittest.TestCase):
             self.assertLess(time.time() - left, 5)
             self.assertEqual(m["tq_requests_cancelled_total"], 1)
             self.assertLess(m["tq_generation_tokens_total"], 200)
+        finally:
+            self.assertEqual(s.stop(), 0)
+
+    def test_requests_of_clients_that_reset_at_once_are_cancelled(self):
+        # A client that resets its connection (SO_LINGER 0: an RST, no FIN) right after sending: its
+        # socket has no peer address by the time the handler looks for it. Three such requests of
+        # 1000 tokens each are cancelled, not run to their end holding the one slot.
+        s = Server("--kv", "k3v2", "--max-num-seqs", "1", "--max-queue", "3", model=SMOLLM2)
+        try:
+            host, port = s.url.rsplit("//", 1)[1].split(":")
+            body = json.dumps({"prompt": "Count from 1 to 1000: 1, 2, 3, 4,", "max_tokens": 1000, "temperature": 0}).encode()
+            for _ in range(3):
+                conn = socket.create_connection((host, int(port)))
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+                conn.close()
+            left = time.time()
+            deadline = left + 60
+            while s.metrics()["tq_requests_cancelled_total"] < 3:
+                self.assertLess(time.time(), deadline, f"not all cancelled: {s.metrics()}")
+                time.sleep(0.05)
+            m = s.wait_drained(self)
+            self.assertLess(m["tq_generation_tokens_total"], 300)  # of the 3000 they asked for
         finally:
             self.assertEqual(s.stop(), 0)
 

@@ -38,10 +38,11 @@ struct CompletionRequest {
   std::string prompt;                        // completions: the text (when prompt_ids is empty)
   std::vector<int> prompt_ids;               // completions: a prompt given as token ids
   std::vector<engine::ChatMessage> messages; // chat
-  std::optional<uint32_t> max_tokens;        // not given: up to the context
+  std::optional<uint32_t> max_tokens;        // not given: completions 16, chat up to the context
+  std::string max_key = "max_tokens";        // the field it came in (chat: max_completion_tokens where given), for errors
   engine::SamplingParams sampling;           // temperature 1 unless given (the API's default)
   bool seeded = false;                       // seed given; else the server draws one
-  std::vector<std::string> stop;             // at most 4, none empty
+  std::vector<std::string> stop;             // at most 64, none empty
   bool stream = false, include_usage = false;
   bool echo = false;                         // completions: the prompt before the completion
   // Request::logprobs: completions' "logprobs" (an integer), chat's "logprobs": true with
