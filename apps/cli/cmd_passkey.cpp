@@ -47,9 +47,12 @@ void run(const Options& o) {
     TQ_CHECK(!po.haystack.empty(), "--haystack: '{}' is empty", o.haystack);
   }
   const bool verbose = o.verbose;
-  const auto rows = engine::evaluate_passkey(lm.model, *lm.tokenizer, specs, po, [verbose](const std::string& msg) {
+  const size_t total = specs.size() * o.lengths.size() * o.depths.size() * o.trials;  // the trials, every spec's
+  size_t done = 0;
+  const auto rows = engine::evaluate_passkey(lm.model, *lm.tokenizer, specs, po, [&](const std::string& msg) {
+    ++done;
     if (verbose) fmt::print(stderr, "  {}\n", msg);
-    else fmt::print(stderr, ".");
+    else fmt::print(stderr, "\r  {}/{} trials", done, total);
   });
   if (!verbose) fmt::print(stderr, "\n");
   std::vector<Column> cols{{"kv", "kv"}, {"asked", "length"}, {"length", "tokens"}};

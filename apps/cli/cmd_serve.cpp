@@ -1,12 +1,16 @@
 // tq serve: an OpenAI-compatible HTTP server over the engine, with continuous batching and prefix
 // caching (docs/serving.md).
 #include <fmt/format.h>
+#include <netdb.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <signal.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -20,12 +24,13 @@
 #include "tq/check.h"
 #include "tq/engine/generation.h"
 #include "tq/serve/server.h"
+#include "tq/text.h"
 
 namespace tq::cli {
 namespace serve_cmd {  // named: the command files are compiled together (apps/cli/CMakeLists.txt)
 
 struct Options {
-  std::string model, tokenizer, kv = kDefaultKvSpec, device = "auto", host = "127.0.0.1", name;
+  std::string model, tokenizer, kv = kDefaultKvSpec, device = "auto", host = "127.0.0.1", name, allowed_origins = "*";
   int port = 8000;
   uint32_t max_num_seqs = 32, max_model_len = 0, max_batched_tokens = 512, num_pages = 0, max_queue = 256;
   int64_t prefix_tails = -1;  // -1: --max-num-seqs
@@ -37,8 +42,43 @@ struct Options {
   std::string draft, draft_kv;  // --draft: a draft model for requests that ask for "draft"
 };
 
+// --host and --port as the server will bind them, tried before the model and the pool are loaded
+// (minutes for a large model, which a typo in --host or a port in use then wasted): the name must
+// resolve, and the port be free (bound and let go at once; 0 takes any free one, nothing to try).
+void check_listen(const std::string& host, int port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC, hints.ai_socktype = SOCK_STREAM, hints.ai_flags = AI_PASSIVE;
+  addrinfo* found = nullptr;
+  const std::string service = std::to_string(port);
+  const int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
+  TQ_CHECK(rc == 0 && found, "--host '{}': not an address or a name of this machine ({})", host, rc ? gai_strerror(rc) : "no address");
+  std::string why;
+  for (const addrinfo* a = found; a && port > 0; a = a->ai_next) {
+    const int fd = socket(a->ai_family, a->ai_socktype, a->ai_protocol);
+    if (fd < 0) continue;
+    const int yes = 1;  // as cpp-httplib binds: a port in TIME_WAIT is free
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    const bool ok = bind(fd, a->ai_addr, a->ai_addrlen) == 0;
+    if (!ok) why = std::strerror(errno);
+    close(fd);
+    if (ok) {
+      why.clear();
+      break;
+    }
+  }
+  freeaddrinfo(found);
+  TQ_CHECK(why.empty(), "cannot listen on {}:{}: {} (--host, --port)", host, port, why);
+}
+
 void serve(const Options& o) {
   TQ_CHECK(o.port >= 0 && o.port <= 65535, "--port must be in 0..65535, got {}", o.port);
+  check_listen(o.host, o.port);
+  std::vector<std::string> origins;  // --allowed-origins: "" none, "*" any, else a list
+  for (const std::string& s : split(o.allowed_origins, ',')) {
+    TQ_CHECK(s.empty() || s == "*" || s.rfind("http://", 0) == 0 || s.rfind("https://", 0) == 0,
+             "--allowed-origins: '{}' is not an origin (scheme://host[:port], e.g. http://localhost:3000) or *", s);
+    if (!s.empty()) origins.push_back(s);
+  }
   // Each running or waiting request may hold an HTTP thread (the server starts them all at once): bounded.
   TQ_CHECK(o.max_num_seqs >= 1 && o.max_num_seqs <= kMaxNumSeqs, "--max-num-seqs must be 1..{}, got {}", kMaxNumSeqs, o.max_num_seqs);
   TQ_CHECK(o.max_batched_tokens >= o.max_num_seqs, "--max-num-batched-tokens ({}) must be at least --max-num-seqs ({})", o.max_batched_tokens,
@@ -109,7 +149,8 @@ void serve(const Options& o) {
                      {.max_waiting = o.max_queue});
   serve::Server server(svc, m, tok,
                        {.host = o.host, .port = o.port, .model_name = name, .threads = o.max_num_seqs + o.max_queue + 8,
-                        .shutdown_grace = std::chrono::milliseconds(int64_t(o.shutdown_timeout * 1000)), .speculation = speculation});
+                        .shutdown_grace = std::chrono::milliseconds(int64_t(o.shutdown_timeout * 1000)), .allowed_origins = origins,
+                        .speculation = speculation});
   // A pool smaller than one request of the context serves only shorter ones (a request needs prompt +
   // max_tokens - 1 positions): said, naming the flag that sized it, before the server starts.
   const size_t pool_tokens = size_t(e.blocks().allocator().num_pages()) * e.blocks().page_size();
@@ -242,6 +283,9 @@ void add_serve(CLI::App& app) {
   c->add_flag("--swa-full", o->swa_full,
               "keep every position of the model's sliding-window layers (Gemma 3's local layers) in the page pool, as\n"
               "llama.cpp's --swa-full; by default they keep only the positions their queries still see, in a ring per sequence");
+  c->add_option("--allowed-origins", o->allowed_origins,
+                "CORS: comma-separated origins whose browser pages may call the API (e.g. http://localhost:3000), * for\n"
+                "any, '' for none (default *, as vLLM's); preflight OPTIONS requests are answered");
   c->add_option("--shutdown-timeout", o->shutdown_timeout,
                 "on SIGINT or SIGTERM, seconds that running requests get to finish before they are cancelled (default 10)");
   c->add_option("--spec", o->speculative,

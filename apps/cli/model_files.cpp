@@ -132,6 +132,7 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const std::string&
     // with a truncation error that named no option): --tokenizer belongs to llama2.c checkpoints.
     TQ_CHECK(out.model.gguf == nullptr, "--tokenizer '{}': '{}' is a GGUF file, which carries its own tokenizer; --tokenizer is "
              "for llama2.c checkpoints only (drop it)", tokenizer_path, out.path);
+    TQ_CHECK(std::filesystem::is_regular_file(tokenizer_path), "--tokenizer '{}': not found, or not a regular file", tokenizer_path);
     out.tokenizer = model::load_llama2c_tokenizer(tokenizer_path, out.model.config.vocab_size);
   } else {
     TQ_CHECK(out.model.gguf != nullptr, "'{}' is a llama2.c checkpoint: give its tokenizer with --tokenizer (e.g. tok512.bin)", out.path);
@@ -145,12 +146,13 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const std::string&
 LoadedModel load_draft_model(const std::string& path, const std::string& tokenizer_path) {
   LoadedModel out;
   out.path = path;
-  TQ_CHECK(std::filesystem::exists(path), "--draft: model file '{}' not found", path);
+  TQ_CHECK(std::filesystem::is_regular_file(path), "--draft: model file '{}' not found, or not a regular file", path);
   out.model = model::load_model(path);
   if (out.model.gguf) {
     out.tokenizer = model::tokenizer_from_gguf(*out.model.gguf);
   } else {
     TQ_CHECK(!tokenizer_path.empty(), "--draft '{}' is a llama2.c checkpoint: it takes the model's --tokenizer, and none was given", path);
+    TQ_CHECK(std::filesystem::is_regular_file(tokenizer_path), "--tokenizer '{}': not found, or not a regular file", tokenizer_path);
     out.tokenizer = model::load_llama2c_tokenizer(tokenizer_path, out.model.config.vocab_size);
   }
   return out;

@@ -201,6 +201,8 @@ std::unique_ptr<Tokenizer> load_llama2c_tokenizer(std::shared_ptr<const ByteSour
   const uint8_t* p = src->data();
   const size_t size = src->size();
   TQ_CHECK(size >= 4, "llama2.c tokenizer '{}': {} bytes, too small for the header", name, size);
+  TQ_CHECK(std::memcmp(p, "GGUF", 4) != 0, "llama2.c tokenizer '{}' is a GGUF file: a GGUF model carries its own tokenizer (give it with -m, "
+           "without --tokenizer)", name);
   int32_t max_len;
   std::memcpy(&max_len, p, 4);
   TQ_CHECK(max_len > 0, "llama2.c tokenizer '{}': invalid max_token_length {}", name, max_len);

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -502,6 +503,30 @@ void Server::Impl::routes() {
   });
   http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
     res.set_content(prometheus_text(svc.stats()), "text/plain; version=0.0.4");
+  });
+  // CORS (vLLM's --allowed-origins): an answer to a page of an allowed origin says so, and a
+  // browser's preflight (OPTIONS, before a POST with a JSON body) is answered here, for any path.
+  // (the Access-Control-Allow-Origin a request's Origin gets: "*", itself, or none)
+  const auto cors = [this](const httplib::Request& req) -> std::string {
+    const std::string origin = req.get_header_value("Origin");
+    const auto& ok = o.allowed_origins;
+    const bool any = std::find(ok.begin(), ok.end(), "*") != ok.end();
+    return origin.empty() || (!any && std::find(ok.begin(), ok.end(), origin) == ok.end()) ? "" : any ? "*" : origin;
+  };
+  http.set_post_routing_handler([cors](const httplib::Request& req, httplib::Response& res) {
+    const std::string allow = cors(req);
+    if (allow.empty()) return;
+    res.set_header("Access-Control-Allow-Origin", allow);
+    if (allow != "*") res.set_header("Vary", "Origin");
+  });
+  http.Options(R"(.*)", [cors](const httplib::Request& req, httplib::Response& res) {
+    if (!cors(req).empty()) {
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      const std::string asked = req.get_header_value("Access-Control-Request-Headers");
+      res.set_header("Access-Control-Allow-Headers", asked.empty() ? "Authorization, Content-Type" : asked);
+      res.set_header("Access-Control-Max-Age", "86400");
+    }
+    res.status = 204;
   });
   // Every error gets an OpenAI error body, the ones cpp-httplib answers by itself too.
   http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {

@@ -25,6 +25,10 @@ run_fails("--min-p: min_p must be in [0, 1] (0: off), got nan" 2 ${R} --temp 1 -
 run_fails("--gpu-memory is a fraction of the GPU's memory in (0, 1], got nan" 2 ${R} -p "Once" -n 2 --gpu-memory nan)
 run_fails("--depths nan: a depth is a fraction of the filler, in [0, 1]" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64 --depths nan)
 run_fails("--depths 1.5: a depth is a fraction of the filler, in [0, 1]" 2 passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 64 --depths 1.5)
+# A haystack shorter than the longest prompt is said against --lengths (it named the 1-token probe of the shortest)
+file(WRITE ${TMP}/one_word.txt "a")
+run_fails("--haystack: the text holds about 1 tokens, fewer than the 300 of the longest --lengths" 2
+          passkey -m ${M} --tokenizer ${T} --kv fp16 --lengths 256,300 --haystack ${TMP}/one_word.txt)
 execute_process(COMMAND ${TQ} serve --help RESULT_VARIABLE rc OUTPUT_QUIET ERROR_QUIET)
 if(rc EQUAL 0)  # a build with the server
   run_fails("--shutdown-timeout must be 0..86400 seconds, got inf" 2 serve -m ${M} --tokenizer ${T} --shutdown-timeout inf)
@@ -46,6 +50,12 @@ if(rc EQUAL 0)  # a build with the server
       message(FATAL_ERROR "tq serve --num-pages ${pages}: a warning wanted below 32 pages only (exit ${rc}):\n${err}")
     endif()
   endforeach()
+  # --host and --port are tried before the model is loaded: a name that does not resolve, an address
+  # of another machine (with a port: port 0 takes any, above).
+  run_fails("--host 'not a host': not an address or a name of this machine" 2 serve -m ${M} --tokenizer ${T} --host "not a host")
+  run_fails("cannot listen on 192.0.2.1:8123: " 2 serve -m ${M} --tokenizer ${T} --host 192.0.2.1 --port 8123)
+  run_fails("--allowed-origins: 'localhost:3000' is not an origin (scheme://host[:port]" 2
+            serve -m ${M} --tokenizer ${T} --allowed-origins http://a.example,localhost:3000)
 endif()
 
 # Negative values of unsigned options: CLI11 2.1 would read -1 as 2^64 - 1; refused naming the option.

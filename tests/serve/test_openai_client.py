@@ -478,6 +478,16 @@ class ServeTest(unittest.TestCase):
             self.assertEqual(code, 405, (method, path, b))
             self.assertIn(method, b["error"]["message"])
             self.assertIn("Allow", headers)
+        # CORS (vLLM's default, --allowed-origins '*'): a browser's preflight and the answer that follows.
+        page = {"Origin": "http://localhost:3000"}
+        code, headers, _ = self.raw("OPTIONS", "/v1/chat/completions", headers={**page, "Access-Control-Request-Method": "POST",
+                                                                                  "Access-Control-Request-Headers": "content-type"})
+        self.assertEqual((code, headers.get("Access-Control-Allow-Origin"), headers.get("Access-Control-Allow-Headers")),
+                         (204, "*", "content-type"), headers)
+        self.assertIn("POST", headers["Access-Control-Allow-Methods"])
+        code, headers, _ = self.raw("POST", "/v1/completions", ok, page)
+        self.assertEqual((code, headers.get("Access-Control-Allow-Origin")), (200, "*"))
+        self.assertNotIn("Access-Control-Allow-Origin", self.raw("GET", "/health")[1])  # no Origin: not a browser page's request
         # echo of token ids outside the vocabulary: the prompt is refused, not a 500.
         code, b = self.s.post("/v1/completions", {"prompt": [1, 99999], "echo": True, "max_tokens": 2})
         self.assertEqual((code, b["error"]["param"]), (400, "prompt"), b)
@@ -485,8 +495,8 @@ class ServeTest(unittest.TestCase):
         code, b = self.s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "tools": [],
                                                         "tool_choice": "none", "response_format": {"type": "text"}})
         self.assertEqual(code, 200, b)
-        # No max_tokens: what the pool holds (40 pages of 8 here), not the context (512), which the pool cannot.
-        code, b = self.s.post("/v1/completions", {"prompt": PROMPTS[0], "temperature": 0})
+        # No max_tokens on chat: what the pool holds (40 pages of 8 here), not the context (512), which the pool cannot.
+        code, b = self.s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPTS[0]}], "temperature": 0})
         self.assertEqual(code, 200, b)
         self.assertLessEqual(b["usage"]["prompt_tokens"] + b["usage"]["completion_tokens"], 40 * 8 + 1)
         # What cpp-httplib refuses by itself gets a message naming the cause.
@@ -690,6 +700,26 @@ class DraftModelTest(unittest.TestCase):
 
 
 class QueueAndShutdownTest(unittest.TestCase):
+    def test_allowed_origins_name_the_pages(self):
+        # --allowed-origins with a list: its origins' pages only, each answered with its own origin
+        # (and Vary: Origin, so that a cache keeps them apart); '' turns CORS off.
+        for flag, origin, allowed in (("http://a.example,http://b.example:8080", "http://b.example:8080", True),
+                                      ("http://a.example", "http://evil.example", False), ("", "http://a.example", False)):
+            s = Server("--kv", "fp16", "--allowed-origins", flag)
+            try:
+                host, port = s.url[len("http://"):].split(":")
+                c = http.client.HTTPConnection(host, int(port), timeout=60)
+                c.request("OPTIONS", "/v1/completions", headers={"Origin": origin, "Access-Control-Request-Method": "POST"})
+                r = c.getresponse()
+                r.read()
+                c.close()
+                self.assertEqual(r.status, 204)
+                self.assertEqual(r.getheader("Access-Control-Allow-Origin"), origin if allowed else None, (flag, origin))
+                if allowed:
+                    self.assertEqual(r.getheader("Vary"), "Origin")
+            finally:
+                self.assertEqual(s.stop(), 0)
+
     def test_full_queue_answers_429(self):
         s = Server("--kv", "k3v2", "--max-num-seqs", "1", "--max-queue", "1", "--max-num-batched-tokens", "16")
         try:

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "tq/engine/speculative.h"
 #include "tq/model/model.h"
@@ -21,6 +22,9 @@ struct ServerOptions {
   std::string model_name;           // what /v1/models lists and requests may name
   uint32_t threads = 64;            // HTTP worker threads: each open stream holds one
   std::chrono::milliseconds shutdown_grace{10000};  // stop(): how long requests may finish
+  // CORS: the origins whose browser pages may call the API ("*": any, vLLM's default); none: no
+  // CORS headers, and a browser keeps the answers from other origins' pages.
+  std::vector<std::string> allowed_origins{"*"};
   // Speculative decoding of requests that do not say ("speculative" in the body): --spec.
   std::optional<engine::SpeculativeSpec> speculation;
 };
