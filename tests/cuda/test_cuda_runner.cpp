@@ -548,7 +548,6 @@ TEST(CudaRunnerRefuses, PolicyKnobsAndFormatsWithoutKernels) {
                                                                                       {"k3v2:prod", "prod keys"},
                                                                                       {"k5v2", "k5v2"},
                                                                                       {"k3v2:edge=1/fp32", "layer 0"},
-                                                                                      {"k3v2:edge=3/k4v4", "edge=3"},
                                                                                       {"k3v2:layers=4/k4v4", "names layer 4"}}) {
     EXPECT_FALSE(cuda::can_run(c, parse_kv_spec(spec), &why)) << spec;
     EXPECT_NE(why.find(expect), std::string::npos) << spec << ": " << why;

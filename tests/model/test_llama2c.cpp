@@ -117,7 +117,8 @@ TEST(Llama2c, HeaderAndSizeErrors) {
   expect_error([&] { load_bytes(synthetic({8, 12, 2, 2, 1, 0, 4}, n)); }, "vocab_size = 0");
   expect_error([&] { load_bytes(synthetic({6, 12, 2, 2, 1, 10, 4}, n)); }, "head size 3");
   expect_error([&] { load_bytes(synthetic({0x616b3432, 1, 2, 2, 1, 10, 4}, n)); }, "'ak42'");
-  expect_error([&] { load_bytes(synthetic({1 << 30, 1 << 30, 1 << 30, 2, 1, 10, 4}, 0)); }, "size overflows");
+  expect_error([&] { load_bytes(synthetic({1 << 30, 1 << 30, 1024, 2, 1, 10, 4}, 0)); }, "size overflows");
+  expect_error([&] { load_bytes(synthetic({8, 12, 1025, 2, 1, 10, 4}, 0)); }, "n_layers = 1025 (1..1024 layers)");
   expect_error([] { load_bytes({1, 2, 3}); }, "smaller than the 28-byte header");
   expect_error([] { load_llama2c("/nonexistent/model.bin"); }, "/nonexistent/model.bin");
 }
