@@ -195,15 +195,16 @@ struct Answer {
   // echo with logprobs: the prompt's ids, whose entries come first (its first token unscored);
   // empty once they are in `entries`
   std::vector<int> scored_prompt;
+  bool prompt_text = false;   // the prompt came as text: its special tokens are in the echo, so in their entries too
   size_t prompt_entries = 0;  // entries that are the prompt's
   int prev;                 // the token before the next one
   std::vector<LogprobEntry> entries;  // the tokens' log-probabilities, [sent] then [pending]
   size_t sent = 0, sent_chars = 0;    // entries a stream has sent, and the characters of their text
 
   Answer(std::shared_ptr<Stream> s, ResponseHead h, const model::Tokenizer& t, int prev_token, std::vector<std::string> stops,
-         uint32_t prompt, bool want_logprobs, std::vector<int> score_prompt)
+         uint32_t prompt, bool want_logprobs, std::vector<int> score_prompt, bool score_text)
       : stream(std::move(s)), head(std::move(h)), tok(t), text(t, prev_token, std::move(stops)), logprobs(want_logprobs),
-        scored_prompt(std::move(score_prompt)), prev(prev_token) {
+        scored_prompt(std::move(score_prompt)), prompt_text(score_text), prev(prev_token) {
     usage.prompt = prompt;
   }
 
@@ -231,8 +232,12 @@ struct Answer {
   void add_prompt_entries(const std::vector<engine::TokenLogprobs>& scored) {
     int before = -1;
     for (size_t i = 0; i < scored_prompt.size(); ++i) {
-      entries.push_back(entry(before, scored_prompt[i], i > 0 && i - 1 < scored.size() ? &scored[i - 1] : nullptr));
-      before = scored_prompt[i];
+      const int id = scored_prompt[i];
+      entries.push_back(entry(before, id, i > 0 && i - 1 < scored.size() ? &scored[i - 1] : nullptr));
+      // A text prompt's special tokens ("<|im_end|>" as the client wrote it) are text of the echo:
+      // their entries spell them, so that the entries add up to it (all but the BOS encode added).
+      if (prompt_text && tok.token_type(id) == model::TokenType::Control && !(i == 0 && id == tok.bos_id())) entries.back().text = tok.decode(id);
+      before = id;
     }
     prompt_entries = entries.size();
     scored_prompt.clear();
@@ -370,7 +375,7 @@ std::shared_ptr<Answer> Server::Impl::start(const CompletionRequest& cr, std::st
   if (echo) *echo = cr.echo ? (cr.prompt_ids.empty() ? cr.prompt : tok.decode(cr.prompt_ids)) : "";
   ResponseHead h{fmt::format("{}-{:016x}{:x}", cr.chat ? "chatcmpl" : "cmpl", id_salt_, s->id()), o.model_name, unix_now(), cr.chat};
   return std::make_shared<Answer>(s, h, tok, prompt.back(), cr.stop, uint32_t(prompt.size()), cr.logprobs >= 0,
-                                  score_prompt ? prompt : std::vector<int>{});
+                                  score_prompt ? prompt : std::vector<int>{}, cr.prompt_ids.empty());
 }
 
 // Bodies come through a content reader, which counts them as they arrive, chunked or compressed

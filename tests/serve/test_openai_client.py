@@ -634,6 +634,22 @@ class SmolLM2Test(unittest.TestCase):
         finally:
             self.assertEqual(s.stop(), 0)
 
+    def test_an_echoed_special_token_is_its_text(self):
+        # A completions prompt's special-token strings are those tokens; echoed, each entry spells
+        # its token, so the entries add up to the echoed text and the offsets count it (the
+        # entry of <|im_end|> was "" and the next one's offset 0).
+        s = Server("--kv", "fp16", model=SMOLLM2)
+        try:
+            code, b = s.post("/v1/completions", {"prompt": "<|im_end|>-x", "max_tokens": 1, "echo": True, "logprobs": 0, "temperature": 0})
+            self.assertEqual(code, 200, b)
+            c = b["choices"][0]
+            self.assertEqual("".join(c["logprobs"]["tokens"]), c["text"])
+            self.assertEqual(c["logprobs"]["tokens"][0], "<|im_end|>")
+            self.assertEqual(c["logprobs"]["text_offset"][:2], [0, len("<|im_end|>")])
+            s.wait_drained(self)
+        finally:
+            self.assertEqual(s.stop(), 0)
+
     def test_requests_of_clients_that_reset_at_once_are_cancelled(self):
         # A client that resets its connection (SO_LINGER 0: an RST, no FIN) right after sending: its
         # socket has no peer address by the time the handler looks for it. Three such requests of
