@@ -35,7 +35,11 @@ uint64_t tq_prefill_workspace(void* cache, uint32_t num_seqs, uint32_t ntok, uin
                               uint32_t splits);
 
 /* q, out: [num_seqs][ntok][q_heads][head_dim]; block_tables: [num_seqs][max_pages] int32;
- * seq_lens: [num_seqs] int32 (the queries are each sequence's last ntok tokens, 1..8). */
+ * seq_lens: [num_seqs] int32 (the queries are each sequence's last ntok tokens, 1..9: a token and
+ * up to 8 drafts). workspace: 16-byte aligned, of at least tq_decode_workspace() bytes for the same
+ * cache, shape and splits (tq_prefill: tq_prefill_workspace()); its size is not passed, so not
+ * checked: a smaller one is written past its end. Page ids, lengths and slots are device data the
+ * kernels trust: every page id < num_pages, every seq_len <= max_seq_len <= max_pages * page size. */
 int tq_decode(void* cache, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
               uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
               void* stream, char* err, int errlen);
