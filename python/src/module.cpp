@@ -3,8 +3,10 @@
 // This file: the error type, KV specs, kv_size and the distortion table's rows.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
 
+#include <tuple>
 #include <utility>
 
 #include "arrays.h"
@@ -123,6 +125,9 @@ void bind_spec(nb::module_& m) {
           "__init__", [](KvSpec* self, const std::string& text) { new (self) KvSpec(parse_spec(text)); }, nb::arg("spec"),
           "Parses a spec such as 'k3v2', 'k4v4:prod' or 'default'; raises ValueError naming the bad part.")
       .def_ro("text", &KvSpec::text)
+      // pickle and copy.deepcopy (multiprocessing, transformers' cache copies): the text as given
+      .def("__getstate__", [](const KvSpec& s) { return std::make_tuple(s.text); })
+      .def("__setstate__", [](KvSpec& s, const std::tuple<std::string>& state) { new (&s) KvSpec(parse_spec(std::get<0>(state))); })
       .def_prop_ro("canonical", &KvSpec::canonical)
       .def_prop_ro("k_encoding", [](const KvSpec& s) { return encoding_name(s.format.k.enc); })
       .def_prop_ro("v_encoding", [](const KvSpec& s) { return encoding_name(s.format.v.enc); })

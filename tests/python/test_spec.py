@@ -1,5 +1,8 @@
 """KV specs, kv_size and the distortion table: the same numbers as the tq command's --json output."""
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 
@@ -34,6 +37,14 @@ def test_bad_specs_name_the_part(text, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         tq.KvSpec(text)
     assert issubclass(tq.Error, ValueError)
+
+
+def test_a_spec_pickles_and_copies():
+    """pickle and copy (multiprocessing, copy.deepcopy of what holds one) rebuild it from its text."""
+    for text in ("default", "k3v2:seed=5", "k3v2:layers=0-1+5/k4v4:sink=4"):
+        s = tq.KvSpec(text)
+        for again in (pickle.loads(pickle.dumps(s)), copy.deepcopy(s), copy.copy(s)):
+            assert again == s and again.text == s.text and again.canonical == s.canonical
 
 
 def test_a_seed_is_part_of_a_spec():
