@@ -594,6 +594,21 @@ class SmolLM2Test(unittest.TestCase):
             self.assertEqual(s.stop(), 0)
 
 
+    def test_a_small_step_budget_keeps_tq_runs_text(self):
+        # The default spec's key centre is calibrated on a 64-token step, whatever
+        # --max-num-batched-tokens (at 48 it was calibrated on 48 tokens, and the greedy text left
+        # tq run's after ~30 tokens).
+        s = Server("--max-num-batched-tokens", "48", "--max-num-seqs", "2", model=SMOLLM2)
+        try:
+            code, b = s.post("/v1/completions", {"prompt": "Once upon a time", "max_tokens": 40, "temperature": 0})
+            self.assertEqual(code, 200, b)
+            out = subprocess.run([ARGS.tq, "run", "-m", SMOLLM2, "-p", "Once upon a time", "-n", "40", "-t", "2"],
+                                 capture_output=True, text=True, check=True).stdout
+            self.assertEqual(out, "Once upon a time" + b["choices"][0]["text"] + "\n")
+            s.wait_drained(self)
+        finally:
+            self.assertEqual(s.stop(), 0)
+
     def test_chat_messages_cannot_inject_turns(self):
         # The text of a message is text: "<|im_start|>" in it is several tokens, not ChatML's turn
         # token, while a completions prompt's is the token itself (as vLLM and llama-server).
