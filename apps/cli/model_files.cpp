@@ -122,6 +122,14 @@ std::string resolve_auto_kv_list(const std::string& kv_list, const LoadedModel& 
   return out;
 }
 
+namespace {
+// --tokenizer: a llama2.c tokenizer file of the model's vocabulary, named as the option where it is none.
+std::unique_ptr<model::Tokenizer> tokenizer_option(const std::string& path, int vocab_size) {
+  TQ_CHECK(std::filesystem::is_regular_file(path), "--tokenizer '{}': not found, or not a regular file", path);
+  return model::load_llama2c_tokenizer(path, vocab_size);
+}
+}  // namespace
+
 LoadedModel load_model_and_tokenizer(const std::string& path, const std::string& tokenizer_path) {
   LoadedModel out;
   out.path = path.empty() ? default_model_path() : path;
@@ -132,8 +140,7 @@ LoadedModel load_model_and_tokenizer(const std::string& path, const std::string&
     // with a truncation error that named no option): --tokenizer belongs to llama2.c checkpoints.
     TQ_CHECK(out.model.gguf == nullptr, "--tokenizer '{}': '{}' is a GGUF file, which carries its own tokenizer; --tokenizer is "
              "for llama2.c checkpoints only (drop it)", tokenizer_path, out.path);
-    TQ_CHECK(std::filesystem::is_regular_file(tokenizer_path), "--tokenizer '{}': not found, or not a regular file", tokenizer_path);
-    out.tokenizer = model::load_llama2c_tokenizer(tokenizer_path, out.model.config.vocab_size);
+    out.tokenizer = tokenizer_option(tokenizer_path, out.model.config.vocab_size);
   } else {
     TQ_CHECK(out.model.gguf != nullptr, "'{}' is a llama2.c checkpoint: give its tokenizer with --tokenizer (e.g. tok512.bin)", out.path);
     out.tokenizer = model::tokenizer_from_gguf(*out.model.gguf);
@@ -152,8 +159,7 @@ LoadedModel load_draft_model(const std::string& path, const std::string& tokeniz
     out.tokenizer = model::tokenizer_from_gguf(*out.model.gguf);
   } else {
     TQ_CHECK(!tokenizer_path.empty(), "--draft '{}' is a llama2.c checkpoint: it takes the model's --tokenizer, and none was given", path);
-    TQ_CHECK(std::filesystem::is_regular_file(tokenizer_path), "--tokenizer '{}': not found, or not a regular file", tokenizer_path);
-    out.tokenizer = model::load_llama2c_tokenizer(tokenizer_path, out.model.config.vocab_size);
+    out.tokenizer = tokenizer_option(tokenizer_path, out.model.config.vocab_size);
   }
   return out;
 }
