@@ -23,7 +23,6 @@
 #include "tq/engine/auto_kv.h"
 #include "tq/check.h"
 #include "tq/engine/generation.h"
-#include "tq/engine/key_centre.h"
 #include "tq/serve/server.h"
 #include "tq/text.h"
 
@@ -136,10 +135,7 @@ void serve(const Options& o) {
   const uint32_t tails = !spec.policy.sink && !spec.policy.window && !rings ? 0 : tail_slots;
   engine::Engine e(lm.model, spec,
                    {.device = device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
-                    // a step of kCentreTokens at least: the key centre's calibration step takes them all,
-                    // as tq run's does (over fewer, the centre and so the greedy text differed);
-                    // the scheduler's steps keep --max-num-batched-tokens
-                    .max_chunk = spec.policy.key_centre ? std::max(o.max_batched_tokens, engine::kCentreTokens) : o.max_batched_tokens,
+                    .max_chunk = o.max_batched_tokens,
                     .gpu_memory = o.gpu_memory, .prefix_tails = tails,
                     .swa_full = o.swa_full});
   const std::string name = o.name.empty() ? std::filesystem::path(lm.path).stem().string() : o.name;

@@ -32,6 +32,7 @@ class NullRunner : public engine::ModelRunner {
   void add_sequence(int) override {}
   std::vector<float> forward(const std::vector<engine::StepSeq>&) override { return {}; }
   uint32_t num_pages() const override { return pages_; }
+  uint32_t max_chunk() const override { return UINT32_MAX; }
   size_t page_bytes() const override { return 1; }
   size_t side_bytes() const override { return 0; }
 

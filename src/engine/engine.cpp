@@ -19,18 +19,18 @@ constexpr const char* kNoCuda = "--device cuda: this build has no CUDA (it is bu
 std::unique_ptr<ModelRunner> make_runner(const model::Model& m, const KvSpec& spec, const EngineOptions& o) {
   if (o.device == Device::kCuda) {
 #ifdef TQ_WITH_CUDA
-    return cuda::make_model_runner(m, spec, Engine::runner_options(o));
+    return cuda::make_model_runner(m, spec, Engine::runner_options(o, spec));
 #else
     throw Error(kNoCuda);
 #endif
   }
-  return std::make_unique<cpu::CpuModelRunner>(m, spec, Engine::runner_options(o));
+  return std::make_unique<cpu::CpuModelRunner>(m, spec, Engine::runner_options(o, spec));
 }
 
 std::unique_ptr<ModelRunner> make_random_runner(const model::ModelConfig& c, const KvSpec& spec, const EngineOptions& o, uint64_t seed) {
   TQ_CHECK(o.device == Device::kCuda, "random weights of a named shape run on the GPU only (--device cuda); use a model file on the CPU");
 #ifdef TQ_WITH_CUDA
-  return cuda::make_random_model_runner(c, spec, Engine::runner_options(o), seed);
+  return cuda::make_random_model_runner(c, spec, Engine::runner_options(o, spec), seed);
 #else
   (void)c, (void)spec, (void)seed;
   throw Error(kNoCuda);
@@ -73,8 +73,9 @@ EngineOptions Engine::resolve(const model::ModelConfig& c, uint32_t page_size, E
   return o;
 }
 
-RunnerOptions Engine::runner_options(const EngineOptions& o) {
-  return RunnerOptions{.context = o.context, .num_pages = o.num_pages, .max_chunk = o.max_chunk, .max_seqs = o.max_seqs, .threads = o.threads,
+RunnerOptions Engine::runner_options(const EngineOptions& o, const KvSpec& spec) {
+  const uint32_t centre_step = spec.policy.key_centre ? std::min(kCentreTokens, o.context ? o.context : kCentreTokens) : 0;
+  return RunnerOptions{.context = o.context, .num_pages = o.num_pages, .max_chunk = std::max(o.max_chunk, centre_step), .max_seqs = o.max_seqs, .threads = o.threads,
                        .exact_products = o.exact_products, .eager = o.eager, .products = o.products, .batch_invariant = o.batch_invariant,
                        .gpu_memory = o.gpu_memory, .prefix_tails = o.prefix_tails, .centre_span = o.centre_span, .swa_full = o.swa_full};
 }
@@ -88,18 +89,33 @@ Engine::Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const En
 Engine::Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts, const model::Model* m)
     : opts_(resolve(runner->config(), page_size, opts)), runner_(std::move(runner)), blocks_(runner_->num_pages(), page_size) {
   opts_.num_pages = runner_->num_pages();
+  TQ_CHECK(opts_.max_chunk <= runner_->max_chunk(), "the engine's step of {} tokens (max_chunk) is over its runner's, {}", opts_.max_chunk,
+           runner_->max_chunk());
   calibrate_centre(m);
+}
+
+template <class Fn>
+auto Engine::run(const std::vector<BatchItem>& batch, Fn&& fn, uint32_t most) {
+  const std::vector<StepSeq> step = schedule(batch, most ? most : opts_.max_chunk);
+  try {
+    return fn(step);
+  } catch (...) {
+    for (const StepSeq& s : step) blocks_.truncate(s.seq, s.first);
+    throw;
+  }
 }
 
 void Engine::calibrate_centre(const model::Model* m) {
   if (!runner_->spec().policy.key_centre) return;
-  // At most a chunk, the context and the pool; fewer tokens when one is smaller (the centre is then
-  // a mean over fewer keys, still the same for every request of this engine).
+  // At most the runner's step (runner_options makes it kCentreTokens), the context and the pool;
+  // fewer tokens when one is smaller (the centre is then a mean over fewer keys, still the same
+  // for every request of this engine).
   const uint32_t pool = uint32_t(std::min<uint64_t>(uint64_t(blocks_.allocator().num_pages()) * blocks_.page_size(), UINT32_MAX));
-  const uint32_t n = std::min({kCentreTokens, opts_.max_chunk, opts_.context, pool});
+  const uint32_t n = std::min({kCentreTokens, runner_->max_chunk(), opts_.context, pool});
   const int seq = add_sequence();
   try {
-    forward({BatchItem{seq, key_centre_tokens(m, config().vocab_size, n), false}});
+    const std::vector<BatchItem> batch{BatchItem{seq, key_centre_tokens(m, config().vocab_size, n), false}};
+    run(batch, [&](const std::vector<StepSeq>& step) { return runner_->forward(step); }, n);
   } catch (...) {
     remove_sequence(seq);
     throw;
@@ -181,7 +197,7 @@ double Engine::bits_per_element() const {
   return 8.0 * double(runner_->page_bytes() + runner_->ring_page_bytes()) / elements_per_page;
 }
 
-std::vector<StepSeq> Engine::schedule(const std::vector<BatchItem>& batch) {
+std::vector<StepSeq> Engine::schedule(const std::vector<BatchItem>& batch, uint32_t most) {
   const int vocab = config().vocab_size;
   size_t N = 0;
   std::vector<std::pair<int, uint32_t>> reserve;  // [items] (sequence, new tokens)
@@ -195,7 +211,7 @@ std::vector<StepSeq> Engine::schedule(const std::vector<BatchItem>& batch) {
     N += it.tokens.size();
     reserve.emplace_back(it.seq, uint32_t(it.tokens.size()));
   }
-  TQ_CHECK(N >= 1 && N <= opts_.max_chunk, "a forward pass takes 1..{} tokens, got {}", opts_.max_chunk, N);
+  TQ_CHECK(N >= 1 && N <= most, "a forward pass takes 1..{} tokens, got {}", most, N);
   blocks_.reserve(reserve);
   std::vector<StepSeq> step;
   for (const BatchItem& it : batch) {
@@ -203,17 +219,6 @@ std::vector<StepSeq> Engine::schedule(const std::vector<BatchItem>& batch) {
     step.push_back(StepSeq{it.seq, it.tokens.data(), n, blocks_.len(it.seq) - n, &blocks_.block_table(it.seq), it.all_logits});
   }
   return step;
-}
-
-template <class Fn>
-auto Engine::run(const std::vector<BatchItem>& batch, Fn&& fn) {
-  const std::vector<StepSeq> step = schedule(batch);
-  try {
-    return fn(step);
-  } catch (...) {
-    for (const StepSeq& s : step) blocks_.truncate(s.seq, s.first);
-    throw;
-  }
 }
 
 std::vector<float> Engine::forward(const std::vector<BatchItem>& batch) {

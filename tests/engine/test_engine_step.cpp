@@ -33,6 +33,7 @@ class RecordingRunner : public ModelRunner {
     return std::vector<float>(rows * size_t(cfg_.vocab_size), 0.5f);
   }
   uint32_t num_pages() const override { return pages_; }
+  uint32_t max_chunk() const override { return UINT32_MAX; }
   size_t page_bytes() const override { return 100; }
   size_t side_bytes() const override { return 7; }
 

@@ -10,6 +10,7 @@
 #include "engine/stories.h"
 #include "model/tiny_models.h"
 #include "tq/backend/cpu/kv_store.h"
+#include "tq/backend/cpu/runner.h"
 #include "tq/engine/engine.h"
 #include "tq/engine/key_centre.h"
 #include "tq/kv/block_manager.h"
@@ -426,6 +427,45 @@ TEST(KeyCentreEngine, TheSpanNotTheRunSizeFixesTheCentre) {
   model::rope_mean_rotation(m.config, 300, false, a2, b2);
   EXPECT_EQ(a, a2);
   EXPECT_EQ(b, b2);
+}
+
+// The calibration step is kCentreTokens whatever the engine's step (max_chunk): an engine of 16-token
+// steps (perplexity --chunk 16, tq serve --max-num-batched-tokens 16) takes the same centre as one
+// of 64, so their logits agree, and its forward() still refuses a 17th token.
+TEST(KeyCentreEngine, TheCalibrationStepIsWholeWhateverTheEnginesStep) {
+  REQUIRE_STORIES();
+  const model::Model& m = testing::stories()->m;
+  std::vector<int> p = testing::stories()->tok->encode("Once upon a time, a little fox found a red ball in the garden.", true);
+  p.resize(12);  // one step for both engines
+  const KvSpec spec = parse_kv_spec("k3v2:centre");
+  Engine small(m, spec, {.threads = 2, .context = 256, .max_chunk = 16});
+  Engine whole(m, spec, {.threads = 2, .context = 256, .max_chunk = 64});
+  EXPECT_EQ(small.options().max_chunk, 16u);
+  EXPECT_EQ(small.runner().max_chunk(), kCentreTokens);
+  const auto& a = dynamic_cast<const cpu::CpuModelRunner&>(small.runner()).kv();
+  const auto& b = dynamic_cast<const cpu::CpuModelRunner&>(whole.runner()).kv();
+  for (uint32_t l = 0; l < uint32_t(m.config.n_layers); ++l)
+    for (uint32_t h = 0; h < uint32_t(m.config.n_kv_heads); ++h) {
+      const auto ca = a.key_centre(l, h), cb = b.key_centre(l, h);
+      ASSERT_EQ(std::vector<float>(ca.begin(), ca.end()), std::vector<float>(cb.begin(), cb.end())) << "layer " << l << " head " << h;
+    }
+  EXPECT_EQ(small.prefill(small.add_sequence(), p, true), whole.prefill(whole.add_sequence(), p, true));
+  EXPECT_THROW(small.forward({BatchItem{small.add_sequence(), std::vector<int>(17, 1), false}}), Error);
+  // Not vacuous: a runner built for 16-token steps calibrates over 16 tokens, another centre.
+  EngineOptions o = Engine::resolve(m.config, spec.format.page_size, {.threads = 2, .context = 256, .max_chunk = 16});
+  RunnerOptions ro = Engine::runner_options(o, spec);
+  ro.max_chunk = 16;
+  Engine sixteen(std::make_unique<cpu::CpuModelRunner>(m, spec, ro), spec.format.page_size, o);
+  const auto c16 = dynamic_cast<const cpu::CpuModelRunner&>(sixteen.runner()).kv().key_centre(0, 0), c64 = b.key_centre(0, 0);
+  EXPECT_NE(std::vector<float>(c16.begin(), c16.end()), std::vector<float>(c64.begin(), c64.end()));
+  // An engine step over its runner's is refused, naming both.
+  o.max_chunk = 32;
+  try {
+    Engine over(std::make_unique<cpu::CpuModelRunner>(m, spec, ro), spec.format.page_size, o);
+    ADD_FAILURE() << "an engine step of 32 on a runner of 16 was taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("32 tokens (max_chunk) is over its runner's, 16"), std::string::npos) << e.what();
+  }
 }
 
 TEST(KeyCentreEngine, CalibrationTokens) {

@@ -55,6 +55,7 @@ class ToyRunner : public ModelRunner {
     return out;
   }
   uint32_t num_pages() const override { return pages_; }
+  uint32_t max_chunk() const override { return UINT32_MAX; }
   size_t page_bytes() const override { return 64; }
   size_t side_bytes() const override { return tails_ ? 1 : 0; }
   bool save_tail(int, uint32_t, uint32_t) override {

@@ -65,14 +65,21 @@ class Engine {
   // tq::Error on an unsupported model (head dim, missing tensors, weight types that cannot be
   // dequantized), a bad KV spec, or one the device's runner does not implement.
   // A spec with a key centre (centre) is calibrated here: the engine's first step is a sequence of
-  // key_centre_tokens(&m) (key_centre.h), removed again, which fixes the centres for its life.
+  // key_centre_tokens(&m) (key_centre.h), removed again, which fixes the centres for its life. It
+  // takes kCentreTokens (or the context, when shorter) whatever opts.max_chunk, so that the centre,
+  // and the text, are the same on every engine of the model and spec: the runner is built for a
+  // step of that many (runner_options), forward() still takes max_chunk tokens at most.
   Engine(const model::Model& m, const KvSpec& spec, const EngineOptions& opts = {});
   // On any runner, built for resolve(runner's config, page size, opts); the pool is the runner's.
-  // The key centre's step reads key_centre_tokens(nullptr, vocab) (the runner has no tokenizer).
+  // The key centre's step reads key_centre_tokens(nullptr, vocab) (the runner has no tokenizer)
+  // and takes as many as the runner's step (at most kCentreTokens). Throws tq::Error when
+  // opts.max_chunk is over the runner's step.
   Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts);
   // The options with the defaults filled in: the model's context, the pool for max_seqs of it.
   static EngineOptions resolve(const model::ModelConfig& c, uint32_t page_size, EngineOptions opts);
-  static RunnerOptions runner_options(const EngineOptions& resolved);
+  // A runner's options for the resolved engine options: a spec with a key centre gets a step of
+  // min(kCentreTokens, context) tokens at least, for its calibration step.
+  static RunnerOptions runner_options(const EngineOptions& resolved, const KvSpec& spec);
 
   const model::ModelConfig& config() const { return runner_->config(); }
   const EngineOptions& options() const { return opts_; }
@@ -136,11 +143,11 @@ class Engine {
   Engine(std::unique_ptr<ModelRunner> runner, uint32_t page_size, const EngineOptions& opts, const model::Model* m);
   // The key centre's calibration step (a no-op for specs without centre).
   void calibrate_centre(const model::Model* m);
-  // Checks the batch and reserves its pages (all or nothing): the runner's step.
-  std::vector<StepSeq> schedule(const std::vector<BatchItem>& batch);
+  // Checks the batch (at most `most` tokens) and reserves its pages (all or nothing): the runner's step.
+  std::vector<StepSeq> schedule(const std::vector<BatchItem>& batch, uint32_t most);
   // Runs fn(step); a failed step leaves no trace (the positions it reserved are given back).
   template <class Fn>
-  auto run(const std::vector<BatchItem>& batch, Fn&& fn);
+  auto run(const std::vector<BatchItem>& batch, Fn&& fn, uint32_t most = 0);
 
   EngineOptions opts_;
   std::unique_ptr<ModelRunner> runner_;

@@ -95,6 +95,8 @@ class ModelRunner {
 
   // Pages of the pool (RunnerOptions::num_pages, or what gpu_memory left for it).
   virtual uint32_t num_pages() const = 0;
+  // Most new tokens a step takes, all sequences together (RunnerOptions::max_chunk).
+  virtual uint32_t max_chunk() const = 0;
   // KV bytes: one page of the pool over its layers, one sequence's fixed side buffers (sink,
   // window), and one sequence's window rings (the sliding-window layers' pages when they are not
   // in the pool: kv/window_ring.h; sequence ids 0 .. max_seqs-1 have one).

@@ -120,6 +120,7 @@ class CudaModelRunner : public engine::ModelRunner {
   std::vector<float> forward(const std::vector<StepSeq>& step) override;
   std::vector<int> sample_step(const std::vector<StepSeq>& step, const std::vector<engine::SampleArgs>& args) override;
   uint32_t num_pages() const override { return num_pages_; }
+  uint32_t max_chunk() const override { return opts_.max_chunk; }
   size_t page_bytes() const override { return page_bytes_; }
   size_t side_bytes() const override { return side_slot_ * sizeof(uint16_t); }
   size_t ring_bytes() const override { return ring_page_bytes_ * ring_.pages; }

@@ -24,6 +24,7 @@ class CpuModelRunner : public engine::ModelRunner {
   void add_sequence(int seq) override { kv_.add_sequence(seq); }
   std::vector<float> forward(const std::vector<engine::StepSeq>& step) override;
   uint32_t num_pages() const override { return opts_.num_pages; }
+  uint32_t max_chunk() const override { return opts_.max_chunk; }
   size_t page_bytes() const override { return kv_.page_bytes(); }
   size_t side_bytes() const override { return kv_.side_bytes(); }
   size_t ring_bytes() const override { return kv_.ring_bytes(); }
