@@ -5,6 +5,13 @@
 
 namespace tq::py {
 
+nb::object resolve_lazy(nb::object o) {
+  if (!nb::hasattr(o, "resolve_neg")) return o;  // not a torch tensor
+  if (nb::cast<bool>(o.attr("is_neg")())) o = o.attr("resolve_neg")();
+  if (nb::cast<bool>(o.attr("is_conj")())) o = o.attr("resolve_conj")();
+  return o;
+}
+
 std::string dtype_name(nb::dlpack::dtype d) {
   const char* kind = "?";
   switch (nb::dlpack::dtype_code(d.code)) {

@@ -62,6 +62,15 @@ uint64_t to_uint(const IntArg& a, const char* fn, const char* name, unsigned bit
 inline uint32_t to_u32(const IntArg& a, const char* fn, const char* name) { return uint32_t(to_uint(a, fn, name, 32)); }
 inline uint64_t to_u64(const IntArg& a, const char* fn, const char* name) { return to_uint(a, fn, name, 64); }
 
+// A read-only array argument, as nanobind takes it (DLPack, the buffer protocol), with a torch
+// tensor's lazy negation or conjugation resolved first: torch exports such a tensor's DLPack without
+// them (x._neg_view() came in as x's values, not -x's), where its numpy() refuses it.
+struct RoArray {
+  nb::ndarray<nb::ro> a;
+};
+// `o` with a torch tensor's negative and conjugate bits resolved (a copy then); anything else as is.
+nb::object resolve_lazy(nb::object o);
+
 // A numpy array that owns `v` (moved into a capsule): no copy of the data.
 template <class T>
 nb::ndarray<nb::numpy, T> to_numpy(std::vector<T>&& v, std::initializer_list<size_t> shape) {
@@ -78,6 +87,22 @@ struct type_caster<tq::py::IntArg> {
   NB_TYPE_CASTER(tq::py::IntArg, const_name("int"))
   bool from_python(handle src, uint8_t, cleanup_list*) noexcept {
     value.value = borrow(src);
+    return true;
+  }
+};
+template <>
+struct type_caster<tq::py::RoArray> {
+  NB_TYPE_CASTER(tq::py::RoArray, const_name("ndarray"))
+  bool from_python(handle src, uint8_t flags, cleanup_list* cleanup) noexcept {
+    object o;
+    try {
+      o = tq::py::resolve_lazy(borrow(src));
+    } catch (...) {  // (a python_error clears itself)
+      return false;
+    }
+    make_caster<ndarray<ro>> c;
+    if (!c.from_python(o, flags, cleanup)) return false;
+    value.a = c.value;  // holds the DLPack tensor it came from (the resolved copy, when there is one)
     return true;
   }
 };

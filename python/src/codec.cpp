@@ -162,7 +162,8 @@ void bind_codec(nb::module_& m) {
           nb::arg("rows"))
       .def(
           "quantize",
-          [](const PyQuantizer& q, nb::ndarray<nb::ro> x) {
+          [](const PyQuantizer& q, RoArray x_in) {
+            const nb::ndarray<nb::ro>& x = x_in.a;
             check_cpu(x, {"Quantizer.quantize", "x", "[rows, dim]"}, kF32, "float32", {kAny, q.q->dim()});
             const size_t rows = x.shape(0);
             std::vector<uint8_t> out(q.q->bytes(rows));  // [bytes(rows)]
@@ -176,7 +177,8 @@ void bind_codec(nb::module_& m) {
           nb::arg("x"), "x: float32 [rows, dim] -> uint8 [bytes(rows)], laid out like one page (codes, then norms).")
       .def(
           "dequantize",
-          [](const PyQuantizer& q, nb::ndarray<nb::ro> codes, std::optional<IntArg> rows) {
+          [](const PyQuantizer& q, RoArray codes_in, std::optional<IntArg> rows) {
+            const nb::ndarray<nb::ro>& codes = codes_in.a;
             check_cpu(codes, {"Quantizer.dequantize", "codes", "[bytes]"}, kU8, "uint8", {kAny});
             const size_t r = q.rows_of(codes.shape(0), rows, "Quantizer.dequantize");
             std::vector<float> out(r * q.q->dim());  // [rows][dim]
@@ -189,7 +191,9 @@ void bind_codec(nb::module_& m) {
           nb::arg("codes"), nb::arg("rows") = nb::none(), "uint8 [bytes(rows)] -> float32 [rows, dim].")
       .def(
           "dot",
-          [](const PyQuantizer& q, nb::ndarray<nb::ro> query, nb::ndarray<nb::ro> codes, std::optional<IntArg> rows) {
+          [](const PyQuantizer& q, RoArray query_in, RoArray codes_in, std::optional<IntArg> rows) {
+            const nb::ndarray<nb::ro>& query = query_in.a;
+            const nb::ndarray<nb::ro>& codes = codes_in.a;
             check_cpu(query, {"Quantizer.dot", "query", "[dim]"}, kF32, "float32", {q.q->dim()});
             check_cpu(codes, {"Quantizer.dot", "codes", "[bytes]"}, kU8, "uint8", {kAny});
             const size_t r = q.rows_of(codes.shape(0), rows, "Quantizer.dot");
@@ -241,7 +245,10 @@ void bind_codec(nb::module_& m) {
           nb::rv_policy::reference_internal)
       .def(
           "write",
-          [](PyKvCache& c, IntArg layer_arg, nb::ndarray<nb::ro> slots, nb::ndarray<nb::ro> k, nb::ndarray<nb::ro> v) {
+          [](PyKvCache& c, IntArg layer_arg, RoArray slots_in, RoArray k_in, RoArray v_in) {
+            const nb::ndarray<nb::ro>& slots = slots_in.a;
+            const nb::ndarray<nb::ro>& k = k_in.a;
+            const nb::ndarray<nb::ro>& v = v_in.a;
             const uint32_t layer = to_u32(layer_arg, "KvCache.write", "layer");
             TQ_CHECK(layer < c.shape().layers, "KvCache.write: layer {} is outside the cache's {} layers", layer, c.shape().layers);
             store_rows("KvCache.write", c.cache, layer, nb::ndarray<>(slots), nb::ndarray<>(k), nb::ndarray<>(v), 1);
@@ -250,7 +257,8 @@ void bind_codec(nb::module_& m) {
           "Quantizes token rows into their slots (page * page_size + offset; -1 skips). k, v: float32 [tokens, kv_heads, head_dim].")
       .def(
           "read",
-          [](const PyKvCache& c, IntArg layer_arg, nb::ndarray<nb::ro> slots) {
+          [](const PyKvCache& c, IntArg layer_arg, RoArray slots_in) {
+            const nb::ndarray<nb::ro>& slots = slots_in.a;
             const uint32_t layer = to_u32(layer_arg, "KvCache.read", "layer");
             const CacheShape& s = c.shape();
             TQ_CHECK(layer < s.layers, "KvCache.read: layer {} is outside the cache's {} layers", layer, s.layers);
@@ -271,8 +279,11 @@ void bind_codec(nb::module_& m) {
           nb::arg("layer"), nb::arg("slots"), "The dequantized rows of the slots: (k, v), float32 [tokens, kv_heads, head_dim] each.")
       .def(
           "attention",
-          [](const PyKvCache& c, IntArg layer_arg, nb::ndarray<nb::ro> q, nb::ndarray<nb::ro> block_tables, nb::ndarray<nb::ro> seq_lens,
+          [](const PyKvCache& c, IntArg layer_arg, RoArray q_in, RoArray block_tables_in, RoArray seq_lens_in,
              float scale) {
+            const nb::ndarray<nb::ro>& q = q_in.a;
+            const nb::ndarray<nb::ro>& block_tables = block_tables_in.a;
+            const nb::ndarray<nb::ro>& seq_lens = seq_lens_in.a;
             const uint32_t layer = to_u32(layer_arg, "KvCache.attention", "layer");
             const CacheShape& s = c.shape();
             TQ_CHECK(layer < s.layers, "KvCache.attention: layer {} is outside the cache's {} layers", layer, s.layers);

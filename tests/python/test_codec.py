@@ -177,3 +177,25 @@ def test_a_refused_write_writes_nothing():
     k2[5, 1, 3] = 0
     cache.write(0, slots, k2, v2)
     assert not np.array_equal(cache.data, before)
+
+
+def test_torch_tensors_with_a_lazy_negation_or_conjugation_are_read_as_their_values():
+    # torch exports a tensor's DLPack without its negative or conjugate bit: x._neg_view() and the
+    # imaginary part of a conjugate view came in as the values of x, and their codes were x's.
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(unit_rows(4, 64, seed=3))
+    q = tq.Quantizer(dim=64, bits=3)
+    neg = x._neg_view()
+    assert neg.is_neg()
+    assert np.array_equal(q.quantize(neg), q.quantize(-x))
+    assert not np.array_equal(q.quantize(neg), q.quantize(x))  # not vacuous: the sign shows in the codes
+    imag = torch.complex(x, -x).conj().imag  # the values of x, held as -(-x) lazily
+    assert imag.is_neg()
+    assert np.array_equal(q.quantize(imag), q.quantize(x))
+    codes = q.quantize(x)
+    np.testing.assert_array_equal(q.dot(neg[0], codes), q.dot((-x[0]).contiguous(), codes))
+    cache, also = (tq.KvCache(tq.KvSpec("k3v2"), layers=1, kv_heads=2, head_dim=64, num_pages=1) for _ in range(2))
+    kv = x.reshape(2, 2, 64)
+    cache.write(0, torch.arange(2), kv._neg_view(), kv)
+    also.write(0, torch.arange(2), -kv, kv)
+    assert np.array_equal(cache.data, also.data)
