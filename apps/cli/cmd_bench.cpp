@@ -319,7 +319,8 @@ void add_bench(CLI::App& app) {
                 "tokens per sequence in a decode step (default 1); 2..9 time the verification of 1..8 drafted tokens "
                 "(speculative decoding: every position scored and sampled, all but one taken back)");
   c->add_option("--prefill", o->prefill, "prompt lengths for prefill tokens/s, or none (default 4096,32768)");
-  c->add_option("--chunk", o->chunk, "prefill chunk in tokens (default: 2048 on cuda, 64 on cpu)");
+  // (0 stays the unset default: CLI11 checks given values only)
+  c->add_option("--chunk", o->chunk, "prefill chunk in tokens, 1..65536 (default: 2048 on cuda, 64 on cpu)")->check(CLI::Range(1, 65536));
   c->add_option("--kv-memory", o->kv_memory_gb, "KV memory budget in GB (1e9 bytes) for the fit table and 'max' (default 100)");
   c->add_option("--bandwidth", o->bandwidth_tbs,
                 "memory bandwidth in TB/s for the limit column (default 4.2: an H200's achievable; its datasheet says 4.8)");

@@ -229,6 +229,7 @@ run_ok(bench ${B} --batch max --context 64 --kv-memory 1e-7)
 if(NOT OUT MATCHES "fp16 +0 +max +64 .*beyond 1e-07 GB of KV: not one sequence of 64 tokens fits")
   message(FATAL_ERROR "tq bench --batch max with too small a --kv-memory:\n${OUT}\n${ERR}")
 endif()
+run_fails("--chunk: Value 0 not in range 1 to 65536" 2 bench -m ${M} --tokenizer ${T} --device cpu --kv fp16 --context 64 --batch 1 --prefill 32 --chunk 0)
 run_fails("--reps must be at least 1, got 0" 2 bench -m ${M} --tokenizer ${T} --device cpu --kv fp16 --context 64 --batch 1 --prefill 32 --reps 0)
 # More clients than requests ran fewer clients than asked, with only a count on stderr: a fixed
 # --concurrency is refused, naming both; max (as many as fit) runs one client a request, and says so.
