@@ -15,6 +15,22 @@
 #include "model_files.h"
 #include "tq/common.h"
 
+namespace {
+// The options that size what the subcommand allocates: said with an out-of-memory or size refusal.
+const char* smaller_sizes(const CLI::App& app) {
+  const std::vector<CLI::App*> used = app.get_subcommands();  // the parsed ones
+  const std::string cmd = used.empty() ? "" : used[0]->get_name();
+  return cmd == "run"           ? "a smaller --ctx or -n"
+         : cmd == "perplexity"  ? "a smaller --ctx or --max-tokens, or a shorter --file"
+         : cmd == "passkey"     ? "smaller --lengths or fewer --trials"
+         : cmd == "bench"       ? "a smaller --kv-memory, --context, --batch or --prefill"
+         : cmd == "bench-serve" ? "a smaller --kv-memory, --prompt or --concurrency"
+         : cmd == "serve"       ? "a smaller --max-num-seqs, --max-model-len or --num-pages"
+         : cmd == "distortion"  ? "fewer --samples"
+                                : "smaller sizes";
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{
       "tq: TurboQuant KV-cache compression (random rotation + Lloyd-Max codebooks).\n"
@@ -157,22 +173,15 @@ int main(int argc, char** argv) {
       return 2;
     }
     return rc;
+  } catch (const tq::SizeError& e) {
+    fmt::print(stderr, "tq: error: {} ({} needs less)\n", e.what(), smaller_sizes(app));
+    return 2;
   } catch (const tq::Error& e) {
     fmt::print(stderr, "tq: error: {}\n", e.what());
     return 2;
   } catch (const std::bad_alloc&) {
-    // The options that size what the command allocates, by subcommand.
-    const std::vector<CLI::App*> used = app.get_subcommands();
-    const std::string cmd = used.empty() ? "" : used[0]->get_name();
-    const char* smaller = cmd == "run"           ? "a smaller --ctx or -n"
-                          : cmd == "perplexity"  ? "a smaller --ctx or --max-tokens, or a shorter --file"
-                          : cmd == "passkey"     ? "smaller --lengths or fewer --trials"
-                          : cmd == "bench"       ? "a smaller --kv-memory, --context, --batch or --prefill"
-                          : cmd == "bench-serve" ? "a smaller --kv-memory, --prompt or --concurrency"
-                          : cmd == "serve"       ? "a smaller --max-num-seqs, --max-model-len or --num-pages"
-                          : cmd == "distortion"  ? "fewer --samples"
-                                                 : "smaller sizes";
-    fmt::print(stderr, "tq: error: out of memory: this run needs more memory than the machine could give ({} needs less)\n", smaller);
+    fmt::print(stderr, "tq: error: out of memory: this run needs more memory than the machine could give ({} needs less)\n",
+               smaller_sizes(app));
     return 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "tq: internal error: {}\n", e.what());

@@ -20,4 +20,11 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// An Error for sizes past what the machine allows (a host cache past its limit): a command adds
+// which of its options size it.
+class SizeError : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace tq

@@ -18,9 +18,10 @@ namespace {
 // A cache in host memory: its pages and its format's codec tables, in bytes, refused past 64 GiB.
 void check_host_bytes(double pages, double tables) {
   constexpr double gib = double(1ull << 30);
-  TQ_CHECK(pages + tables <= 64 * gib,
-           "the cache would take {:.1f} GiB ({:.1f} GiB of pages, {:.1f} GiB of codec tables); more than the 64 GiB allowed on the CPU",
-           (pages + tables) / gib, pages / gib, tables / gib);
+  if (pages + tables > 64 * gib)
+    throw SizeError(fmt::format("the cache would take {:.1f} GiB ({:.1f} GiB of pages, {:.1f} GiB of codec tables); more than the 64 GiB "
+                                "allowed on the CPU",
+                                (pages + tables) / gib, pages / gib, tables / gib));
 }
 
 // The format of a cache of `shape`, its size checked first: the codec tables are counted before they

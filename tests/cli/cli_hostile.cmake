@@ -33,6 +33,9 @@ execute_process(COMMAND ${TQ} serve --help RESULT_VARIABLE rc OUTPUT_QUIET ERROR
 if(rc EQUAL 0)  # a build with the server
   run_fails("--shutdown-timeout must be 0..86400 seconds, got inf" 2 serve -m ${M} --tokenizer ${T} --shutdown-timeout inf)
   run_fails("--max-queue must be 1..4096, got 4294967295" 2 serve -m ${M} --tokenizer ${T} --max-queue 4294967295)
+  # A pool past the CPU's 64 GiB names the options that size it.
+  run_fails("more than the 64 GiB allowed on the CPU (a smaller --max-num-seqs, --max-model-len or --num-pages needs less)" 2
+            serve -m ${M} --tokenizer ${T} --num-pages 2000000000)
   # An int64_t option: CLI11 read a number past 2^63 - 1 as 2^63 - 1.
   run_fails("--prefix-tails: 99999999999999999999 is out of range: an integer in -9223372036854775808..9223372036854775807" 2
             serve -m ${M} --tokenizer ${T} --prefix-tails 99999999999999999999)
