@@ -10,6 +10,7 @@
 #include <nanobind/stl/unique_ptr.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -38,10 +39,13 @@ void refuse_split(const KvSpec& spec, const char* who) {
 namespace {
 
 
-// A Quantizer and what was asked for, for repr().
+// A Quantizer and what was asked for, for repr(), and how to build it again, for pickle: a tuple
+// ("tq", dim, bits, prod, rotation, seed, norm_correction, tcq), ("baseline", name, dim, group,
+// fp8_scale) or ("spec", spec text, head_dim, tensor, layer, head, layers, kv_heads).
 struct PyQuantizer {
   std::unique_ptr<Quantizer> q;
   std::string desc;
+  nb::tuple recipe;
 
   // Rows of a packed buffer of `n` bytes: given, or n / bytes(1) where rows are laid out evenly
   // (every quantizer but the KIVI keys, which pack groups of rows).
@@ -90,7 +94,30 @@ PyQuantizer spec_quantizer(const KvSpec& spec, IntArg head_dim_arg, const std::s
   }
   out.desc = fmt::format("KvSpec('{}').quantizer({}, '{}', layer={}, head={}, layers={}, kv_heads={})", spec.canonical(), head_dim, tensor,
                          layer, head, layers, kv_heads);
+  out.recipe = nb::make_tuple("spec", spec.text, head_dim, tensor, layer, head, layers, kv_heads);
   return out;
+}
+
+PyQuantizer tq_quantizer(IntArg dim_arg, IntArg bits_arg, bool prod, const std::string& rotation, IntArg seed_arg, bool nc, bool tcq) {
+  const uint32_t dim = to_u32(dim_arg, "Quantizer", "dim"), bits = to_u32(bits_arg, "Quantizer", "bits");
+  const uint64_t seed = to_u64(seed_arg, "Quantizer", "seed");
+  PyQuantizer q;
+  TqConfig cfg = tq_config(dim, bits, prod, rotation, seed, nc);
+  cfg.tcq = tcq;  // trellis-coded (format.h kTqTcq); TurboQuant refuses it with prod, and above 7 bits
+  q.q = make_turboquant(cfg);
+  q.desc = fmt::format("Quantizer(dim={}, bits={}, prod={}, rotation='{}', seed={}, norm_correction={}{})", dim, bits, prod ? "True" : "False",
+                       rotation, seed, nc ? "True" : "False", tcq ? ", tcq=True" : "");
+  q.recipe = nb::make_tuple("tq", dim, bits, prod, rotation, seed, nc, tcq);
+  return q;
+}
+
+PyQuantizer baseline_quantizer(const std::string& name, IntArg dim_arg, IntArg group_arg, float fp8_scale) {
+  const uint32_t dim = to_u32(dim_arg, "Quantizer.baseline", "dim"), group = to_u32(group_arg, "Quantizer.baseline", "group");
+  PyQuantizer q;
+  q.q = make_baseline(name, dim, group, fp8_scale);
+  q.desc = fmt::format("Quantizer.baseline('{}', {})", name, dim);
+  q.recipe = nb::make_tuple("baseline", name, dim, group, fp8_scale);
+  return q;
 }
 
 // Host pages of a KV spec's format (the policy knobs are the engine's and are refused by name).
@@ -123,28 +150,14 @@ void bind_codec(nb::module_& m) {
                           "Quantizes rows of float32 to packed bytes and back: TurboQuant, or a baseline (Quantizer.baseline).")
       .def(
           "__init__",
-          [](PyQuantizer* self, IntArg dim_arg, IntArg bits_arg, bool prod, const std::string& rotation, IntArg seed_arg, bool nc, bool tcq) {
-            const uint32_t dim = to_u32(dim_arg, "Quantizer", "dim"), bits = to_u32(bits_arg, "Quantizer", "bits");
-            const uint64_t seed = to_u64(seed_arg, "Quantizer", "seed");
-            PyQuantizer q;
-            TqConfig cfg = tq_config(dim, bits, prod, rotation, seed, nc);
-            cfg.tcq = tcq;  // trellis-coded (format.h kTqTcq); TurboQuant refuses it with prod, and above 7 bits
-            q.q = make_turboquant(cfg);
-            q.desc = fmt::format("Quantizer(dim={}, bits={}, prod={}, rotation='{}', seed={}, norm_correction={}{})", dim, bits,
-                                 prod ? "True" : "False", rotation, seed, nc ? "True" : "False", tcq ? ", tcq=True" : "");
-            new (self) PyQuantizer(std::move(q));
+          [](PyQuantizer* self, IntArg dim, IntArg bits, bool prod, const std::string& rotation, IntArg seed, bool nc, bool tcq) {
+            new (self) PyQuantizer(tq_quantizer(dim, bits, prod, rotation, seed, nc, tcq));
           },
           nb::arg("dim"), nb::arg("bits") = 3, nb::kw_only(), nb::arg("prod") = false, nb::arg("rotation") = "auto", nb::arg("seed") = 0,
           nb::arg("norm_correction") = false, nb::arg("tcq") = false)
       .def_static(
           "baseline",
-          [](const std::string& name, IntArg dim_arg, IntArg group, float fp8_scale) {
-            const uint32_t dim = to_u32(dim_arg, "Quantizer.baseline", "dim");
-            PyQuantizer q;
-            q.q = make_baseline(name, dim, to_u32(group, "Quantizer.baseline", "group"), fp8_scale);
-            q.desc = fmt::format("Quantizer.baseline('{}', {})", name, dim);
-            return q;
-          },
+          [](const std::string& name, IntArg dim, IntArg group, float fp8_scale) { return baseline_quantizer(name, dim, group, fp8_scale); },
           nb::arg("name"), nb::arg("dim"), nb::kw_only(), nb::arg("group") = 32, nb::arg("fp8_scale") = 1.0f,
           "fp32, fp16, bf16, fp8, int8, int4, int2, kivi2, kivi4 or q4_0 (include/tq/codec/quantizer.h).")
       .def_prop_ro("name", [](const PyQuantizer& q) { return q.q->name(); })
@@ -206,7 +219,23 @@ void bind_codec(nb::module_& m) {
           },
           nb::arg("query"), nb::arg("codes"), nb::arg("rows") = nb::none(),
           "<query, row i> for every packed row, without writing the dequantized rows (the fused path attention uses).")
-      .def("__repr__", [](const PyQuantizer& q) { return q.desc; });
+      .def("__repr__", [](const PyQuantizer& q) { return q.desc; })
+      // pickle and copy.deepcopy (multiprocessing): built again from what was asked for, the same codes
+      .def("__getstate__", [](const PyQuantizer& q) { return q.recipe; })
+      .def("__setstate__", [](PyQuantizer& self, const nb::tuple& r) {
+        const auto at = [&](size_t i) { return IntArg{r[i]}; };
+        const std::string kind = r.size() > 0 ? nb::cast<std::string>(r[0]) : "";
+        if (kind == "tq" && r.size() == 8)
+          new (&self) PyQuantizer(tq_quantizer(at(1), at(2), nb::cast<bool>(r[3]), nb::cast<std::string>(r[4]), at(5), nb::cast<bool>(r[6]),
+                                               nb::cast<bool>(r[7])));
+        else if (kind == "baseline" && r.size() == 5)
+          new (&self) PyQuantizer(baseline_quantizer(nb::cast<std::string>(r[1]), at(2), at(3), nb::cast<float>(r[4])));
+        else if (kind == "spec" && r.size() == 8)
+          new (&self) PyQuantizer(
+              spec_quantizer(parse_spec(nb::cast<std::string>(r[1])), at(2), nb::cast<std::string>(r[3]), at(4), at(5), at(6), at(7)));
+        else
+          throw nb::value_error("Quantizer.__setstate__: not a Quantizer's state");
+      });
 
   // KvSpec.quantizer is defined here, where the quantizer type is known.
   nb::type<KvSpec>().attr("quantizer") = nb::cpp_function(
@@ -315,6 +344,21 @@ void bind_codec(nb::module_& m) {
           nb::arg("layer"), nb::arg("q"), nb::arg("block_tables"), nb::arg("seq_lens"), nb::arg("scale") = 0.0f,
           "Softmax attention of each sequence's last num_q_tokens queries over its pages (causal), computed in double over the\n"
           "dequantized cache: the reference the CUDA kernels are tested against. scale 0: 1/sqrt(head_dim).")
+      // pickle and copy.deepcopy: the spec, the shape and the pages' bytes
+      .def("__getstate__",
+           [](const PyKvCache& c) {
+             const CacheShape& s = c.shape();
+             return nb::make_tuple(c.spec.text, s.layers, s.kv_heads, s.head_dim, s.num_pages,
+                                   nb::bytes(reinterpret_cast<const char*>(c.cache.data()), c.cache.bytes()));
+           })
+      .def("__setstate__",
+           [](PyKvCache& self, const std::tuple<std::string, IntArg, IntArg, IntArg, IntArg, nb::bytes>& st) {
+             const nb::bytes& data = std::get<5>(st);
+             PyKvCache c(parse_spec(std::get<0>(st)), std::get<1>(st), std::get<2>(st), std::get<3>(st), std::get<4>(st));
+             TQ_CHECK(data.size() == c.cache.bytes(), "KvCache.__setstate__: {} bytes of pages for a cache of {}", data.size(), c.cache.bytes());
+             std::memcpy(c.cache.block(0, 0, 0), data.c_str(), data.size());
+             new (&self) PyKvCache(std::move(c));
+           })
       .def("__repr__", [](const PyKvCache& c) {
         const CacheShape& s = c.shape();
         return fmt::format("KvCache('{}', layers={}, kv_heads={}, head_dim={}, num_pages={})", c.spec.canonical(), s.layers, s.kv_heads,

@@ -199,3 +199,31 @@ def test_torch_tensors_with_a_lazy_negation_or_conjugation_are_read_as_their_val
     cache.write(0, torch.arange(2), kv._neg_view(), kv)
     also.write(0, torch.arange(2), -kv, kv)
     assert np.array_equal(cache.data, also.data)
+
+
+def test_quantizers_and_host_caches_pickle():
+    # multiprocessing and copy.deepcopy: a quantizer is built again from what was asked for (its codes
+    # the same bytes), a host cache carries its pages.
+    import copy
+    import pickle
+
+    x = unit_rows(5, 96, seed=11)
+    for q in [tq.Quantizer(96, 3, seed=7, rotation="dense"), tq.Quantizer(96, 2, tcq=True, rotation="dense"),
+              tq.Quantizer.baseline("kivi2", 96, group=16), tq.Quantizer.baseline("fp8", 96, fp8_scale=0.5),
+              tq.KvSpec("k3v2:edge=1/k4v4").quantizer(96, "v", layer=3, head=1, layers=4, kv_heads=2)]:
+        for r in (pickle.loads(pickle.dumps(q)), copy.deepcopy(q)):
+            assert repr(r) == repr(q)
+            assert np.array_equal(r.quantize(x), q.quantize(x)), repr(q)
+    # not vacuous: another seed gives other codes
+    assert not np.array_equal(tq.Quantizer(96, 3, seed=8, rotation="dense").quantize(x), tq.Quantizer(96, 3, seed=7, rotation="dense").quantize(x))
+    cache = tq.KvCache(tq.KvSpec("k4v2"), layers=2, kv_heads=2, head_dim=64, num_pages=3)
+    k, v = np.random.default_rng(2).standard_normal((2, 10, 2, 64)).astype(np.float32)
+    cache.write(1, np.arange(10, dtype=np.int64), k, v)
+    back = pickle.loads(pickle.dumps(cache))
+    assert repr(back) == repr(cache)
+    assert np.array_equal(back.data, cache.data)
+    assert all(np.array_equal(a, b) for a, b in zip(back.read(1, np.arange(10, dtype=np.int64)), cache.read(1, np.arange(10, dtype=np.int64))))
+    with pytest.raises(ValueError, match="3 bytes of pages for a cache of 9984"):
+        tq.KvCache.__new__(tq.KvCache).__setstate__(("k4v2", 2, 2, 64, 3, b"abc"))
+    with pytest.raises(ValueError, match="not a Quantizer's state"):
+        tq.Quantizer.__new__(tq.Quantizer).__setstate__(("x",))
