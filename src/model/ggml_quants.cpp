@@ -27,11 +27,11 @@ constexpr GgmlTypeInfo kTypes[] = {
     {GgmlType::Q4_0, "q4_0", 32, 18, true},
     {GgmlType::Q4_1, "q4_1", 32, 20, true},
     {GgmlType::Q5_0, "q5_0", 32, 22, true},
-    {GgmlType::Q5_1, "q5_1", 32, 24, false},
+    {GgmlType::Q5_1, "q5_1", 32, 24, true},
     {GgmlType::Q8_0, "q8_0", 32, 34, true},
     {GgmlType::Q8_1, "q8_1", 32, 36, false},
-    {GgmlType::Q2_K, "q2_K", 256, 84, false},
-    {GgmlType::Q3_K, "q3_K", 256, 110, false},
+    {GgmlType::Q2_K, "q2_K", 256, 84, true},
+    {GgmlType::Q3_K, "q3_K", 256, 110, true},
     {GgmlType::Q4_K, "q4_K", 256, 144, true},
     {GgmlType::Q5_K, "q5_K", 256, 176, true},
     {GgmlType::Q6_K, "q6_K", 256, 210, true},
@@ -40,10 +40,10 @@ constexpr GgmlTypeInfo kTypes[] = {
     {GgmlType::IQ2_XS, "iq2_xs", 256, 74, false},
     {GgmlType::IQ3_XXS, "iq3_xxs", 256, 98, false},
     {GgmlType::IQ1_S, "iq1_s", 256, 50, false},
-    {GgmlType::IQ4_NL, "iq4_nl", 32, 18, false},
+    {GgmlType::IQ4_NL, "iq4_nl", 32, 18, true},
     {GgmlType::IQ3_S, "iq3_s", 256, 110, false},
     {GgmlType::IQ2_S, "iq2_s", 256, 82, false},
-    {GgmlType::IQ4_XS, "iq4_xs", 256, 136, false},
+    {GgmlType::IQ4_XS, "iq4_xs", 256, 136, true},
     {GgmlType::I8, "i8", 1, 1, false},
     {GgmlType::I16, "i16", 1, 2, false},
     {GgmlType::I32, "i32", 1, 4, false},
@@ -104,6 +104,30 @@ void deq_q5_0(const uint8_t* b, float* y) {
     y[j + 16] = float(int((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) - 16) * d;
   }
 }
+
+// block_q5_1 (24 B): d fp16 | m fp16 | qh[4] (as q5_0's) | qs[16] nibbles; x = d * q + m, q in 0..31.
+void deq_q5_1(const uint8_t* b, float* y) {
+  const float d = rd_f16(b), m = rd_f16(b + 2);
+  const uint32_t qh = uint32_t(b[4]) | uint32_t(b[5]) << 8 | uint32_t(b[6]) << 16 | uint32_t(b[7]) << 24;
+  const uint8_t* qs = b + 8;
+  for (size_t j = 0; j < 16; ++j) {
+    y[j] = float((qs[j] & 0x0F) | ((qh >> j) & 1) << 4) * d + m;
+    y[j + 16] = float((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4) * d + m;
+  }
+}
+
+// The 16 levels of iq4_nl and iq4_xs (ggml-common.h's kvalues_iq4nl): a non-uniform 4-bit grid.
+constexpr int8_t kIq4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// 32 values of an iq4 sub-block from its 16 bytes (element j low nibble, j+16 high): x = dl * level.
+inline void iq4_values(const uint8_t* qs, float dl, float* y) {
+  for (size_t j = 0; j < 16; ++j) {
+    y[j] = dl * float(kIq4Levels[qs[j] & 0x0F]);
+    y[j + 16] = dl * float(kIq4Levels[qs[j] >> 4]);
+  }
+}
+// block_iq4_nl (18 B): d fp16 | qs[16] nibbles (as q4_0's), indices into kIq4Levels; x = d * level.
+void deq_iq4_nl(const uint8_t* b, float* y) { iq4_values(b + 2, rd_f16(b), y); }
 
 // ---- 256-element super-blocks ----
 // The 12 `scales` bytes of q4_K / q5_K pack 8 six-bit scales and 8 six-bit mins (one per 32-element
@@ -173,6 +197,63 @@ void deq_q6_K(const uint8_t* b, float* y) {
   }
 }
 
+// block_q2_K (84 B): scales[16] (low nibble: scale, high nibble: min, of a 16-element sub-block) |
+// qs[64] two-bit fields | d fp16 | dmin fp16. Two halves of 128 elements; half h reads qs[32h..):
+// its element 32j + l (j 0..3, l 0..31) is bits 2j..2j+1 of qs[32h + l], in sub-block 8h + 2j + l/16.
+// x = (d*sc) * q - (dmin*m).
+void deq_q2_K(const uint8_t* b, float* y) {
+  const float d = rd_f16(b + 80), dmin = rd_f16(b + 82);
+  const uint8_t* sc = b;
+  const uint8_t* qs = b + 16;
+  for (size_t h = 0; h < 2; ++h, qs += 32)
+    for (unsigned j = 0; j < 4; ++j)
+      for (size_t half = 0; half < 2; ++half, ++sc, y += 16) {
+        const float dl = d * float(*sc & 0x0F), ml = dmin * float(*sc >> 4);
+        for (size_t l = 0; l < 16; ++l) y[l] = dl * float((qs[16 * half + l] >> (2 * j)) & 3) - ml;
+      }
+}
+// block_q3_K (110 B): hmask[32] | qs[64] two-bit fields | scales[12] | d fp16. Sixteen 6-bit
+// scales (biased by 32) of 16-element sub-blocks: scale i has its low 4 bits in byte i % 8 (low
+// nibble for i < 8, high for i >= 8) and its high 2 bits at bits 2(i / 4)..+1 of byte 8 + i % 4.
+// The low two bits of element 32j + l of half h are laid out as q2_K's; its third bit is bit 4h + j
+// of hmask[l], and a clear bit subtracts 4: x = d * (sc - 32) * (q - (bit ? 0 : 4)).
+void deq_q3_K(const uint8_t* b, float* y) {
+  const float d = rd_f16(b + 108);
+  const uint8_t* hm = b;
+  const uint8_t* qs = b + 32;
+  const uint8_t* raw = b + 96;
+  int sc[16];
+  for (size_t i = 0; i < 16; ++i) {
+    const int lo = i < 8 ? raw[i] & 0x0F : raw[i - 8] >> 4, hi = (raw[8 + i % 4] >> (2 * (i / 4))) & 3;
+    sc[i] = (lo | hi << 4) - 32;
+  }
+  size_t is = 0;
+  for (unsigned h = 0; h < 2; ++h, qs += 32)
+    for (unsigned j = 0; j < 4; ++j) {
+      const uint8_t bit = uint8_t(1u << (4 * h + j));
+      for (size_t half = 0; half < 2; ++half, y += 16) {
+        const float dl = d * float(sc[is++]);
+        for (size_t l = 0; l < 16; ++l) {
+          const size_t e = 16 * half + l;
+          y[l] = dl * float(int((qs[e] >> (2 * j)) & 3) - ((hm[e] & bit) ? 0 : 4));
+        }
+      }
+    }
+}
+// block_iq4_xs (136 B): d fp16 | scales_h u16 | scales_l[4] | qs[128]. Eight 32-element sub-blocks,
+// each with a 6-bit scale (biased by 32: low 4 bits a nibble of scales_l[ib / 2], high 2 bits at
+// bit 2ib of scales_h) and 16 bytes of iq4_nl's nibbles: x = d * (ls - 32) * level.
+void deq_iq4_xs(const uint8_t* b, float* y) {
+  const float d = rd_f16(b);
+  const unsigned sh = rd_u16(b + 2);
+  const uint8_t* sl = b + 4;
+  const uint8_t* qs = b + 8;
+  for (unsigned ib = 0; ib < 8; ++ib, qs += 16, y += 32) {
+    const int ls = int(((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | ((sh >> (2 * ib)) & 3) << 4);
+    iq4_values(qs, d * float(ls - 32), y);
+  }
+}
+
 using BlockFn = void (*)(const uint8_t*, float*);
 BlockFn block_fn(GgmlType t) {
   switch (t) {
@@ -180,6 +261,11 @@ BlockFn block_fn(GgmlType t) {
     case GgmlType::Q4_0: return deq_q4_0;
     case GgmlType::Q4_1: return deq_q4_1;
     case GgmlType::Q5_0: return deq_q5_0;
+    case GgmlType::Q5_1: return deq_q5_1;
+    case GgmlType::IQ4_NL: return deq_iq4_nl;
+    case GgmlType::Q2_K: return deq_q2_K;
+    case GgmlType::Q3_K: return deq_q3_K;
+    case GgmlType::IQ4_XS: return deq_iq4_xs;
     case GgmlType::Q4_K: return deq_q4_K;
     case GgmlType::Q5_K: return deq_q5_K;
     case GgmlType::Q6_K: return deq_q6_K;
@@ -254,7 +340,8 @@ void ggml_check_dequantizable(GgmlType t, std::string_view what) {
   const GgmlTypeInfo* ti = ggml_type_info(uint32_t(t));
   TQ_CHECK(ti != nullptr, "{}: unknown ggml type {}", what, uint32_t(t));
   TQ_CHECK(ti->dequantizable,
-           "{}: ggml type {} ({}) is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q4_K, q5_K, q6_K)",
+           "{}: ggml type {} ({}) is not supported (supported: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_K, q3_K, q4_K, q5_K, q6_K, "
+           "iq4_nl, iq4_xs)",
            what, ti->name, uint32_t(t));
 }
 
@@ -286,10 +373,13 @@ size_t ggml_find_nonfinite(GgmlType t, const void* src, size_t n) {
   size_t first = 0, second = 0;  // byte offsets; second == first: one field
   switch (t) {
     case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K: second = 2; break;
+    case GgmlType::Q2_K: first = 80, second = 82; break;
+    case GgmlType::Q3_K: first = second = 108; break;
     case GgmlType::Q6_K: first = second = 208; break;
-    default: break;  // Q8_0, Q4_0, Q5_0: d only, at 0
+    default: break;  // Q8_0, Q4_0, Q5_0, IQ4_NL, IQ4_XS: d only, at 0
   }
   const GgmlTypeInfo& ti = ggml_type_info(t);
   for (size_t b = 0; b < n / ti.block_elems; ++b) {

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "engine/stories.h"
+#include "model/ref_forward.h"
 #include "model/test_data.h"
 #include "model/tiny_models.h"
 #include "tq/common.h"
@@ -300,6 +301,34 @@ TEST(Generation, DefaultSpecOnATwoLayerModel) {
   const std::vector<float> d = logits("default");
   EXPECT_EQ(d, logits("k4v4:ip:sink=4:window=64:centre"));
   EXPECT_NE(d, logits("k3v2:ip:sink=4:window=64:centre"));  // not vacuous: the width shows
+}
+
+// Weight types without integer kernels (q5_1, iq4_nl, q2_K, q3_K, iq4_xs: Q3_K_M, Q2_K and IQ4_XS
+// files) run through the fp32 product on their dequantized values: the engine's logits (an fp32
+// cache) against the plain reference forward pass over the same values, within what two fp32
+// summation orders make (a few ulps per sum over ~10 sums a layer: 1e-4 of the logits' range).
+TEST(Generation, WeightTypesWithoutIntegerKernelsRunOnTheirValues) {
+  for (const model::GgmlType t : {model::GgmlType::Q5_1, model::GgmlType::IQ4_NL, model::GgmlType::Q2_K, model::GgmlType::Q3_K,
+                                  model::GgmlType::IQ4_XS}) {
+    SCOPED_TRACE(model::ggml_type_name(t));
+    model::testing::TinyModelSpec spec;
+    spec.wtype = t;
+    spec.dim = spec.hidden = 256;  // rows of whole 256-element super-blocks
+    const model::Model m = model::testing::load_written(model::testing::tiny_model(spec));
+    ASSERT_EQ(m.weights.layers[0].wq.type, t);
+    Engine e(m, parse_kv_spec("fp32"), {.threads = 2, .context = 16});
+    const int s = e.add_sequence();
+    model::testing::RefForward ref(m);
+    const std::vector<int> p = {1, 5, 9, 2, 14, 7};
+    const std::vector<float> got = e.prefill(s, p, true);  // [6][vocab]
+    const size_t V = size_t(m.config.vocab_size);
+    for (size_t i = 0; i < p.size(); ++i) {
+      const std::vector<float> want = ref.forward(p[i], int(i));
+      const auto [lo, hi] = std::minmax_element(want.begin(), want.end());
+      ASSERT_GT(*hi - *lo, 0.0f);
+      for (size_t v = 0; v < V; ++v) ASSERT_NEAR(got[i * V + v], want[v], 1e-4 * (*hi - *lo)) << "token " << i << ", logit " << v;
+    }
+  }
 }
 
 TEST(Generation, ChatTemplatesOfConversations) {

@@ -148,10 +148,10 @@ TEST(Gguf, OpensFilesByMmap) {
 
 TEST(Gguf, UnsupportedTypeIsNamedOnDequantize) {
   GgufWriter w;
-  w.add_tensor("blk.0.attn_q.weight", {256, 1}, GgmlType::Q3_K, std::vector<uint8_t>(110, 0));
-  const GgufFile f = GgufFile::from_bytes(w.bytes());  // parses: the size of q3_K is known
+  w.add_tensor("blk.0.attn_q.weight", {256, 1}, GgmlType::IQ3_S, std::vector<uint8_t>(110, 0));
+  const GgufFile f = GgufFile::from_bytes(w.bytes());  // parses: the size of iq3_s is known
   expect_error([&] { f.dequantize(f.tensor("blk.0.attn_q.weight")); }, "GGUF tensor 'blk.0.attn_q.weight'");
-  expect_error([&] { f.dequantize(f.tensor("blk.0.attn_q.weight")); }, "q3_K");
+  expect_error([&] { f.dequantize(f.tensor("blk.0.attn_q.weight")); }, "iq3_s");
 }
 
 // ---- malformed files: each names what is wrong ----

@@ -83,7 +83,8 @@ TEST_P(GgufWeightType, LlamaConfigAndWeights) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Types, GgufWeightType,
-                         ::testing::Values(GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K),
+                         ::testing::Values(GgmlType::F32, GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q3_K,
+                                           GgmlType::IQ4_XS),
                          [](const auto& info) { return std::string(ggml_type_name(info.param)); });
 
 // A weight with a NaN, or a block whose scale is inf, is refused at load with the tensor named.
@@ -113,7 +114,8 @@ TEST_P(GgufNonFiniteWeight, RefusedNamingTheTensor) {
 
 INSTANTIATE_TEST_SUITE_P(Types, GgufNonFiniteWeight,
                          ::testing::Values(GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1,
-                                           GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K),
+                                           GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K,
+                                           GgmlType::Q6_K, GgmlType::IQ4_XS),
                          [](const auto& info) { return std::string(ggml_type_name(info.param)); });
 
 TEST(ModelGguf, NonFiniteHyperparametersAreNamed) {
@@ -253,8 +255,8 @@ TEST(ModelGguf, Errors) {
   expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "head_count 4 is not a multiple of head_count_kv 3");
 
   s = TinyModelSpec{};
-  s.wtype = GgmlType::Q5_1;  // parses, but cannot be multiplied
-  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "GGUF tensor 'blk.0.attn_q.weight': ggml type q5_1");
+  s.wtype = GgmlType::Q8_1;  // parses, but cannot be multiplied
+  expect_error([&] { testing::load_written(testing::tiny_model(s)); }, "GGUF tensor 'blk.0.attn_q.weight': ggml type q8_1");
 
   {
     testing::GgufWriter w = testing::tiny_model(TinyModelSpec{});

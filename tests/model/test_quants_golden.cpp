@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "ggml_golden_blocks.h"
 #include "tq/model/ggml_quants.h"
 
 namespace tq::model {
@@ -65,6 +66,31 @@ void check(GgmlType t, const uint8_t (&block)[N], const std::pair<int, float> (&
 TEST(GgmlReferenceBlocks, Q4_K) { check(GgmlType::Q4_K, k_q4k, k_q4k_values); }
 TEST(GgmlReferenceBlocks, Q5_K) { check(GgmlType::Q5_K, k_q5k, k_q5k_values); }
 TEST(GgmlReferenceBlocks, Q6_K) { check(GgmlType::Q6_K, k_q6k, k_q6k_values); }
+
+// The types added later (q5_1, q2_K, q3_K, iq4_nl, iq4_xs): random blocks of 256 elements against
+// every value the gguf package's dequantization gives (ggml_golden_blocks.h, make_ggml_golden.py),
+// bit for bit; and the non-finite scan finds a NaN planted in each fp16 scale of the last block.
+template <size_t N>
+void check_all(GgmlType t, const uint8_t (&blocks)[N], const float (&values)[256], std::initializer_list<size_t> scale_offsets) {
+  const GgmlTypeInfo& ti = ggml_type_info(t);
+  ASSERT_EQ(N, ti.block_bytes * (256 / ti.block_elems)) << ti.name;
+  std::vector<float> y(256);
+  dequantize_row(t, blocks, y.data(), 256);
+  for (size_t i = 0; i < 256; ++i) ASSERT_EQ(y[i], values[i]) << ti.name << " element " << i;
+  EXPECT_EQ(ggml_find_nonfinite(t, blocks, 256), 256u) << ti.name;
+  const size_t last = N - ti.block_bytes;
+  for (const size_t off : scale_offsets) {
+    std::vector<uint8_t> bad(blocks, blocks + N);
+    bad[last + off] = 0x00, bad[last + off + 1] = 0x7e;  // fp16 NaN
+    EXPECT_EQ(ggml_find_nonfinite(t, bad.data(), 256), 256 - ti.block_elems) << ti.name << " scale at byte " << off;
+  }
+}
+
+TEST(GgmlReferenceBlocks, Q5_1) { check_all(GgmlType::Q5_1, golden::kQ5_1, golden::kQ5_1_values, {0, 2}); }
+TEST(GgmlReferenceBlocks, Q2_K) { check_all(GgmlType::Q2_K, golden::kQ2_K, golden::kQ2_K_values, {80, 82}); }
+TEST(GgmlReferenceBlocks, Q3_K) { check_all(GgmlType::Q3_K, golden::kQ3_K, golden::kQ3_K_values, {108}); }
+TEST(GgmlReferenceBlocks, IQ4_NL) { check_all(GgmlType::IQ4_NL, golden::kIQ4_NL, golden::kIQ4_NL_values, {0}); }
+TEST(GgmlReferenceBlocks, IQ4_XS) { check_all(GgmlType::IQ4_XS, golden::kIQ4_XS, golden::kIQ4_XS_values, {0}); }
 
 }  // namespace
 }  // namespace tq::model
