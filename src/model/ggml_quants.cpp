@@ -116,9 +116,6 @@ void deq_q5_1(const uint8_t* b, float* y) {
   }
 }
 
-// The 16 levels of iq4_nl and iq4_xs (ggml-common.h's kvalues_iq4nl): a non-uniform 4-bit grid.
-constexpr int8_t kIq4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
-
 // 32 values of an iq4 sub-block from its 16 bytes (element j low nibble, j+16 high): x = dl * level.
 inline void iq4_values(const uint8_t* qs, float dl, float* y) {
   for (size_t j = 0; j < 16; ++j) {
@@ -213,20 +210,14 @@ void deq_q2_K(const uint8_t* b, float* y) {
       }
 }
 // block_q3_K (110 B): hmask[32] | qs[64] two-bit fields | scales[12] | d fp16. Sixteen 6-bit
-// scales (biased by 32) of 16-element sub-blocks: scale i has its low 4 bits in byte i % 8 (low
-// nibble for i < 8, high for i >= 8) and its high 2 bits at bits 2(i / 4)..+1 of byte 8 + i % 4.
-// The low two bits of element 32j + l of half h are laid out as q2_K's; its third bit is bit 4h + j
+// scales of 16-element sub-blocks (ggml_q3k_scale, ggml_quants.h). The low two bits of element 32j + l of half h are laid out as q2_K's; its third bit is bit 4h + j
 // of hmask[l], and a clear bit subtracts 4: x = d * (sc - 32) * (q - (bit ? 0 : 4)).
 void deq_q3_K(const uint8_t* b, float* y) {
   const float d = rd_f16(b + 108);
   const uint8_t* hm = b;
   const uint8_t* qs = b + 32;
-  const uint8_t* raw = b + 96;
   int sc[16];
-  for (size_t i = 0; i < 16; ++i) {
-    const int lo = i < 8 ? raw[i] & 0x0F : raw[i - 8] >> 4, hi = (raw[8 + i % 4] >> (2 * (i / 4))) & 3;
-    sc[i] = (lo | hi << 4) - 32;
-  }
+  for (size_t i = 0; i < 16; ++i) sc[i] = ggml_q3k_scale(i, b + 96);
   size_t is = 0;
   for (unsigned h = 0; h < 2; ++h, qs += 32)
     for (unsigned j = 0; j < 4; ++j) {
@@ -241,17 +232,12 @@ void deq_q3_K(const uint8_t* b, float* y) {
     }
 }
 // block_iq4_xs (136 B): d fp16 | scales_h u16 | scales_l[4] | qs[128]. Eight 32-element sub-blocks,
-// each with a 6-bit scale (biased by 32: low 4 bits a nibble of scales_l[ib / 2], high 2 bits at
-// bit 2ib of scales_h) and 16 bytes of iq4_nl's nibbles: x = d * (ls - 32) * level.
+// each with a 6-bit scale (ggml_iq4xs_scale, ggml_quants.h) and 16 bytes of iq4_nl's nibbles:
+// x = d * scale * level.
 void deq_iq4_xs(const uint8_t* b, float* y) {
   const float d = rd_f16(b);
-  const unsigned sh = rd_u16(b + 2);
-  const uint8_t* sl = b + 4;
   const uint8_t* qs = b + 8;
-  for (unsigned ib = 0; ib < 8; ++ib, qs += 16, y += 32) {
-    const int ls = int(((sl[ib / 2] >> (4 * (ib % 2))) & 0x0F) | ((sh >> (2 * ib)) & 3) << 4);
-    iq4_values(qs, d * float(ls - 32), y);
-  }
+  for (unsigned ib = 0; ib < 8; ++ib, qs += 16, y += 32) iq4_values(qs, d * float(ggml_iq4xs_scale(ib, b)), y);
 }
 
 using BlockFn = void (*)(const uint8_t*, float*);

@@ -72,6 +72,24 @@ inline void ggml_scale_min_k4(size_t j, const uint8_t* q, int& sc, int& m) {
   }
 }
 
+// q3_K: the 12 `scales` bytes pack sixteen 6-bit scales (biased by 32) of 16-element sub-blocks:
+// scale i has its low 4 bits in byte i % 8 (low nibble for i < 8, high for i >= 8) and its high 2
+// bits at bits 2 (i / 4) .. +1 of byte 8 + i % 4. Returns scale i less its bias.
+inline int ggml_q3k_scale(size_t i, const uint8_t* raw) {
+  const int lo = i < 8 ? raw[i] & 0x0F : raw[i - 8] >> 4, hi = (raw[8 + i % 4] >> (2 * (i / 4))) & 3;
+  return (lo | hi << 4) - 32;
+}
+
+// The 16 levels of iq4_nl and iq4_xs (ggml-common.h's kvalues_iq4nl): a non-uniform 4-bit grid.
+inline constexpr int8_t kIq4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// iq4_xs: the 6-bit scale (biased by 32) of 32-element sub-block ib, from scales_h (a little-endian
+// u16 at byte 2) and scales_l (bytes 4..7) of block b. Returns it less its bias.
+inline int ggml_iq4xs_scale(size_t ib, const uint8_t* b) {
+  const unsigned sh = unsigned(b[2]) | unsigned(b[3]) << 8;
+  return int(((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | ((sh >> (2 * ib)) & 3) << 4) - 32;
+}
+
 // nullptr when `raw` is not a ggml type id (or a removed one, e.g. 4, 5, 31..33).
 const GgmlTypeInfo* ggml_type_info(uint32_t raw);
 const GgmlTypeInfo& ggml_type_info(GgmlType t);
