@@ -31,7 +31,8 @@ namespace {
 
 using model::GgmlType;
 
-constexpr GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
+constexpr GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0,  GgmlType::Q4_K,  GgmlType::Q5_K,
+                               GgmlType::Q6_K, GgmlType::Q5_1, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS};
 
 size_t block_elems(GgmlType t) { return model::ggml_type_info(t).block_elems; }
 
@@ -40,10 +41,15 @@ std::vector<size_t> f16_fields(GgmlType t) {
   switch (t) {
     case GgmlType::Q8_0:
     case GgmlType::Q4_0:
-    case GgmlType::Q5_0: return {0};
+    case GgmlType::Q5_0:
+    case GgmlType::IQ4_NL:
+    case GgmlType::IQ4_XS: return {0};
     case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K: return {0, 2};
+    case GgmlType::Q2_K: return {80, 82};
+    case GgmlType::Q3_K: return {108};
     case GgmlType::Q6_K: return {208};
     default: return {};
   }
@@ -300,7 +306,7 @@ TEST_P(QuantizedDot, Avx512GivesTheAvx2Bits) {
     case GgmlType::Q4_0: k = {detail::dot_q4_0_avx2, detail::dot_q4_0_avx512, detail::dot4_q4_0_avx2, detail::dot4_q4_0_avx512vnni}; break;
     case GgmlType::Q4_1: k = {detail::dot_q4_1_avx2, detail::dot_q4_1_avx512, detail::dot4_q4_1_avx2, detail::dot4_q4_1_avx512vnni}; break;
     case GgmlType::Q5_0: k = {detail::dot_q5_0_avx2, detail::dot_q5_0_avx512, detail::dot4_q5_0_avx2, detail::dot4_q5_0_avx512vnni}; break;
-    default: GTEST_SKIP() << model::ggml_type_name(t) << ": Avx512KQuantsGiveTheAvx2Bits";
+    default: GTEST_SKIP() << model::ggml_type_name(t) << ": no 32-element AVX-512 kernel (K-quants: Avx512KQuantsGiveTheAvx2Bits)";
   }
   const auto bits = [](float f) {
     uint32_t u;
@@ -352,7 +358,7 @@ TEST_P(QuantizedDot, Avx512KQuantsGiveTheAvx2Bits) {
     case GgmlType::Q4_K: narrow = detail::dot_q4_K_avx2, wide = detail::dot_q4_K_avx512, four = detail::dot4_q4_K_avx2; break;
     case GgmlType::Q5_K: narrow = detail::dot_q5_K_avx2, wide = detail::dot_q5_K_avx512, four = detail::dot4_q5_K_avx2; break;
     case GgmlType::Q6_K: narrow = detail::dot_q6_K_avx2, wide = detail::dot_q6_K_avx512, four = detail::dot4_q6_K_avx2; break;
-    default: GTEST_SKIP() << model::ggml_type_name(t) << " is not a K-quant: Avx512GivesTheAvx2Bits";
+    default: GTEST_SKIP() << model::ggml_type_name(t) << ": no 256-element AVX-512 kernel (32-element types: Avx512GivesTheAvx2Bits)";
   }
   const auto bits = [](float f) {
     uint32_t u;

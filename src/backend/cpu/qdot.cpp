@@ -83,6 +83,18 @@ DotRef ref_q8x32(GgmlType t, const uint8_t* w, const ActQ8x32* a, size_t nb) {
         add(r, double(rd_f16(w)) * a->d, -16 * a->sum, std::abs(16 * a->sum));
         break;
       }
+      case GgmlType::Q5_1: {  // x = d * q + m, q in 0..31 (the 5th bits as q5_0's, at w + 4)
+        const uint32_t qh = uint32_t(w[4]) | uint32_t(w[5]) << 8 | uint32_t(w[6]) << 16 | uint32_t(w[7]) << 24;
+        for (size_t j = 0; j < 16; ++j)
+          mac(int((w[8 + j] & 15) | ((qh >> j) & 1) << 4), a->q[j]), mac(int((w[8 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4), a->q[j + 16]);
+        add(r, double(rd_f16(w)) * a->d, isum, iabs);
+        add(r, double(rd_f16(w + 2)) * a->d, a->sum, std::abs(a->sum));
+        break;
+      }
+      case GgmlType::IQ4_NL:  // x = d * level[q]
+        for (size_t j = 0; j < 16; ++j) mac(model::kIq4Levels[w[2 + j] & 15], a->q[j]), mac(model::kIq4Levels[w[2 + j] >> 4], a->q[j + 16]);
+        add(r, double(rd_f16(w)) * a->d, isum, iabs);
+        break;
       default: TQ_CHECK(false, "vec_dot: ggml type {} has no 32-element integer dot", model::ggml_type_name(t));
     }
   }
@@ -122,6 +134,29 @@ DotRef ref_q8x256(GgmlType t, const uint8_t* w, const ActQ8x256* a, size_t nb) {
         if (i % 16 == 0) osum += int64_t(sc[i / 16]) * a->bsums[i / 16], oabs += std::abs(int64_t(sc[i / 16]) * a->bsums[i / 16]);
       }
       add(r, double(rd_f16(w + 208)) * a->d, isum - 32 * osum, iabs + 32 * oabs);
+    } else if (t == GgmlType::Q2_K || t == GgmlType::Q3_K) {
+      // Element i = 128h + 32j + l: bits 2j..2j+1 of qs[32h + l], sub-block i / 16. q2_K: x =
+      // d*(sc & 15)*q - dmin*(sc >> 4); q3_K: x = d*scale*(q - (hmask bit 4h + j of byte l ? 0 : 4)).
+      const bool three = t == GgmlType::Q3_K;
+      const uint8_t* qs = w + (three ? 32 : 16);
+      for (size_t i = 0; i < 256; ++i) {
+        const size_t h = i / 128, j = (i % 128) / 32, l = i % 32, s = i / 16;
+        int q = (qs[32 * h + l] >> (2 * j)) & 3;
+        if (three && !((w[l] >> (4 * h + j)) & 1)) q -= 4;
+        const int sc = three ? model::ggml_q3k_scale(s, w + 96) : w[s] & 15;
+        isum += int64_t(sc) * q * a->q[i], iabs += std::abs(int64_t(sc) * q * a->q[i]);
+        if (!three && i % 16 == 0) osum += int64_t(w[s] >> 4) * a->bsums[s], oabs += std::abs(int64_t(w[s] >> 4) * a->bsums[s]);
+      }
+      add(r, double(rd_f16(w + (three ? 108 : 80))) * a->d, isum, iabs);
+      if (!three) add(r, -double(rd_f16(w + 82)) * a->d, osum, oabs);
+    } else if (t == GgmlType::IQ4_XS) {  // x = d * scale[i / 32] * level[q]; byte 8 + 16(i / 32) + i % 16
+      for (size_t i = 0; i < 256; ++i) {
+        const size_t ib = i / 32, j = i % 32;
+        const uint8_t byte = w[8 + 16 * ib + j % 16];
+        const int q = model::kIq4Levels[j < 16 ? byte & 15 : byte >> 4], sc = model::ggml_iq4xs_scale(ib, w);
+        isum += int64_t(sc) * q * a->q[i], iabs += std::abs(int64_t(sc) * q * a->q[i]);
+      }
+      add(r, double(rd_f16(w)) * a->d, isum, iabs);
     } else {
       TQ_CHECK(false, "vec_dot: ggml type {} has no 256-element integer dot", model::ggml_type_name(t));
     }
@@ -136,10 +171,15 @@ ActFormat act_format(GgmlType w) {
     case GgmlType::Q8_0:
     case GgmlType::Q4_0:
     case GgmlType::Q4_1:
-    case GgmlType::Q5_0: return ActFormat::kQ8x32;
+    case GgmlType::Q5_0:
+    case GgmlType::Q5_1:
+    case GgmlType::IQ4_NL: return ActFormat::kQ8x32;
+    case GgmlType::Q2_K:
+    case GgmlType::Q3_K:
     case GgmlType::Q4_K:
     case GgmlType::Q5_K:
-    case GgmlType::Q6_K: return ActFormat::kQ8x256;
+    case GgmlType::Q6_K:
+    case GgmlType::IQ4_XS: return ActFormat::kQ8x256;
     default: return ActFormat::kF32;
   }
 }
@@ -214,7 +254,8 @@ void four_k(const uint8_t* row, const void* const act[4], size_t n, float out[4]
 }
 template <GgmlType T>
 float portable_one(const uint8_t* row, const void* act, size_t n) {
-  if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0 || T == GgmlType::Q4_1 || T == GgmlType::Q5_0)
+  if constexpr (T == GgmlType::Q8_0 || T == GgmlType::Q4_0 || T == GgmlType::Q4_1 || T == GgmlType::Q5_0 || T == GgmlType::Q5_1 ||
+                T == GgmlType::IQ4_NL)
     return detail::dot_q8x32_portable(T, row, static_cast<const ActQ8x32*>(act), n / 32);
   else
     return detail::dot_q8x256_portable(T, row, static_cast<const ActQ8x256*>(act), n / 256);
@@ -244,6 +285,12 @@ DotFn dot_kernel(GgmlType w) {
       case GgmlType::Q4_K: return avx2_one<ActQ8x256, detail::dot_q4_K_avx2>;
       case GgmlType::Q5_K: return avx2_one<ActQ8x256, detail::dot_q5_K_avx2>;
       case GgmlType::Q6_K: return avx2_one<ActQ8x256, detail::dot_q6_K_avx2>;
+      // (no AVX-512 kernels: AVX-512 CPUs run these)
+      case GgmlType::Q5_1: return avx2_one<ActQ8x32, detail::dot_q5_1_avx2>;
+      case GgmlType::IQ4_NL: return avx2_one<ActQ8x32, detail::dot_iq4_nl_avx2>;
+      case GgmlType::Q2_K: return avx2_one<ActQ8x256, detail::dot_q2_K_avx2>;
+      case GgmlType::Q3_K: return avx2_one<ActQ8x256, detail::dot_q3_K_avx2>;
+      case GgmlType::IQ4_XS: return avx2_one<ActQ8x256, detail::dot_iq4_xs_avx2>;
       default: break;
     }
   }
@@ -255,6 +302,11 @@ DotFn dot_kernel(GgmlType w) {
     case GgmlType::Q4_K: return portable_one<GgmlType::Q4_K>;
     case GgmlType::Q5_K: return portable_one<GgmlType::Q5_K>;
     case GgmlType::Q6_K: return portable_one<GgmlType::Q6_K>;
+    case GgmlType::Q5_1: return portable_one<GgmlType::Q5_1>;
+    case GgmlType::IQ4_NL: return portable_one<GgmlType::IQ4_NL>;
+    case GgmlType::Q2_K: return portable_one<GgmlType::Q2_K>;
+    case GgmlType::Q3_K: return portable_one<GgmlType::Q3_K>;
+    case GgmlType::IQ4_XS: return portable_one<GgmlType::IQ4_XS>;
     default: break;
   }
   TQ_CHECK(false, "vec_dot: ggml type {} is not quantized", model::ggml_type_name(w));
@@ -280,6 +332,11 @@ Dot4Fn dot4_kernel(GgmlType w) {
       case GgmlType::Q4_K: return four_k<detail::dot4_q4_K_avx2>;  // also under AVX-512: no 512-bit four-token K-quant kernel
       case GgmlType::Q5_K: return four_k<detail::dot4_q5_K_avx2>;
       case GgmlType::Q6_K: return four_k<detail::dot4_q6_K_avx2>;
+      case GgmlType::Q5_1: return four<detail::dot4_q5_1_avx2>;
+      case GgmlType::IQ4_NL: return four<detail::dot4_iq4_nl_avx2>;
+      case GgmlType::Q2_K: return four_k<detail::dot4_q2_K_avx2>;
+      case GgmlType::Q3_K: return four_k<detail::dot4_q3_K_avx2>;
+      case GgmlType::IQ4_XS: return four_k<detail::dot4_iq4_xs_avx2>;
       default: break;
     }
   }

@@ -2,8 +2,9 @@
 // unpacked to unsigned bytes, _mm256_maddubs_epi16 multiplies them with the signed activation
 // codes and adds pairs (at most 2 * 63 * 127 in magnitude: no int16 saturation for any type here),
 // _mm256_madd_epi16 widens to int32 (times the sub-block scales of the K-quants), and one fp32
-// multiply-add per block applies d_weight * d_activation. Offsets (q4_0's -8, q5_0's -16, q4_1's m, the
-// K-quants' mins and q6_K's -32) go through the activation code sums, also in integers.
+// multiply-add per block applies d_weight * d_activation. Offsets (q4_0's -8, q5_0's -16, q4_1's and
+// q5_1's m, the K-quants' mins, q3_K's -4 and q6_K's -32) go through the activation code sums, also
+// in integers. Signed weight codes (q8_0, iq4's levels) go in as |w| against a with w's sign.
 #include "qdot_avx2.h"
 
 #include "avx2_hsum.h"
@@ -42,6 +43,14 @@ inline __m256i fifth_bits(const uint8_t* p) {
   const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0);
   const __m256i bytes = _mm256_or_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(x)), spread), _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
   return _mm256_and_si256(_mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1)), _mm256_set1_epi8(0x10));
+}
+// Signed codes (|w| <= 127 or w = -128) times signed activation codes, pairs summed to 8 int32
+// lanes: |w| * (a with w's sign), as maddubs takes its first operand unsigned.
+inline __m256i dot_s8s8(__m256i w, __m256i a) { return dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)); }
+// 32 nibbles (0..15, one a byte) -> iq4's levels (model::kIq4Levels), in both 128-bit halves.
+inline __m256i iq4_levels(__m256i nib) {
+  const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(model::kIq4Levels));
+  return _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nib);
 }
 // q4_K / q5_K scales and mins of the 8 sub-blocks.
 inline void scales_mins_k4(const uint8_t* q, int sc[8], int m[8]) {
@@ -104,6 +113,19 @@ struct BlockQ5_0 {  // x = d * (q - 16): q's low nibbles at b + 6, fifth bits at
   static float offset(const uint8_t*, float d, const ActQ8x32& a) { return d * a.d * float(-16 * a.sum); }
 };
 
+struct BlockQ5_1 {  // x = d * q + m: q's low nibbles at b + 8, fifth bits at b + 4
+  static constexpr size_t kBytes = 24;
+  static __m256i prep(const uint8_t* b) { return _mm256_or_si256(nibbles16(b + 8), fifth_bits(b + 4)); }
+  static __m256i dot(__m256i w, __m256i a) { return dot_u8s8(w, a); }
+  static float offset(const uint8_t* b, float, const ActQ8x32& a) { return f16(b + 2) * a.d * float(a.sum); }
+};
+struct BlockIQ4_NL {  // x = d * level[q]: the levels looked up 16 bytes at a time
+  static constexpr size_t kBytes = 18;
+  static __m256i prep(const uint8_t* b) { return iq4_levels(nibbles16(b + 2)); }
+  static __m256i dot(__m256i w, __m256i a) { return dot_s8s8(w, a); }
+  static float offset(const uint8_t*, float, const ActQ8x32&) { return 0; }
+};
+
 // K tokens' activation rows against one weight row. Each token's sums are formed exactly as with
 // K = 1 (even blocks in one accumulator, odd in the other, offsets in order), so a product does
 // not depend on how many tokens share the pass.
@@ -140,6 +162,10 @@ void dot4_q8_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float
 void dot4_q4_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ4_0, 4>(w, a, nb, out); }
 void dot4_q4_1_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ4_1, 4>(w, a, nb, out); }
 void dot4_q5_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ5_0, 4>(w, a, nb, out); }
+float dot_q5_1_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockQ5_1>(w, a, nb); }
+float dot_iq4_nl_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb) { return dot_one<BlockIQ4_NL>(w, a, nb); }
+void dot4_q5_1_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockQ5_1, 4>(w, a, nb, out); }
+void dot4_iq4_nl_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows<BlockIQ4_NL, 4>(w, a, nb, out); }
 
 namespace {
 // q4_K and q5_K share everything but the fifth bit (qh, null for q4_K). K tokens' activation rows
@@ -224,6 +250,70 @@ void dot_q6_K_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float
   for (int j = 0; j < K; ++j) out[j] = hsum(acc[j]);
 }
 
+// q2_K and q3_K, K tokens as above. Element 128h + 32j + l is bits 2j..2j+1 of qs[32h + l] (q3_K: plus
+// 4 where bit 4h + j of hmask[l] is set, its stored value less 4), in sub-block 8h + 2j + l / 16.
+// The codes go to maddubs unsigned (q3_K: q + 4 in 0..7), the 4 comes off through the activation
+// sums: q3_K's isum - 4 * sum_s scale_s * bsums_s; q2_K's minimums -dmin * sum_s m_s * bsums_s.
+template <bool kThree, int K>
+void dot_q23_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) {
+  constexpr size_t kBytes = kThree ? 110 : 84;
+  __m256 acc[K];
+  float off[K];
+  for (int j = 0; j < K; ++j) acc[j] = _mm256_setzero_ps(), off[j] = 0;
+  const __m256i two = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * kBytes;
+    int sc[16];
+    for (int s = 0; s < 16; ++s) sc[s] = kThree ? model::ggml_q3k_scale(size_t(s), blk + 96) : blk[s] & 15;
+    const __m256i hm = kThree ? load(blk) : _mm256_setzero_si256();
+    __m256i isum[K];
+    for (int j = 0; j < K; ++j) isum[j] = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i raw = load(blk + (kThree ? 32 : 16) + 32 * h);
+      for (int g = 0; g < 4; ++g) {  // (shifts of 16-bit lanes by <= 7, then a mask within each byte)
+        __m256i u = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * g), two);
+        if constexpr (kThree) u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + g), one), 2));
+        const int s = 8 * h + 2 * g;
+        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(int16_t(sc[s + 1])), _mm_set1_epi16(int16_t(sc[s])));
+        for (int j = 0; j < K; ++j) isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(u, load(a[j][b].q + 128 * h + 32 * g), scale));
+      }
+    }
+    const float dw = f16(blk + (kThree ? 108 : 80));
+    for (int j = 0; j < K; ++j) {
+      const ActQ8x256& ab = a[j][b];
+      int osum = 0;
+      for (int i = 0; i < 16; ++i) osum += (kThree ? sc[i] : blk[i] >> 4) * ab.bsums[i];
+      __m256i sum = isum[j];
+      if constexpr (kThree) sum = _mm256_sub_epi32(sum, _mm256_setr_epi32(4 * osum, 0, 0, 0, 0, 0, 0, 0));
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(dw * ab.d), acc[j]);
+      if constexpr (!kThree) off[j] -= f16(blk + 82) * ab.d * float(osum);
+    }
+  }
+  for (int j = 0; j < K; ++j) out[j] = hsum(acc[j]) + off[j];
+}
+
+// iq4_xs, K tokens as above: eight sub-blocks of iq4_nl's nibbles, each with its 6-bit scale.
+template <int K>
+void dot_iq4_xs_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) {
+  __m256 acc[K];
+  for (int j = 0; j < K; ++j) acc[j] = _mm256_setzero_ps();
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * 136;
+    __m256i isum[K];
+    for (int j = 0; j < K; ++j) isum[j] = _mm256_setzero_si256();
+    for (int ib = 0; ib < 8; ++ib) {
+      const __m256i q = iq4_levels(nibbles16(blk + 8 + 16 * ib));
+      const __m256i scale = _mm256_set1_epi16(int16_t(model::ggml_iq4xs_scale(size_t(ib), blk)));
+      const __m256i qa = _mm256_sign_epi8(q, q);
+      for (int j = 0; j < K; ++j)
+        isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(qa, _mm256_sign_epi8(load(a[j][b].q + 32 * ib), q), scale));
+    }
+    const float dw = f16(blk);
+    for (int j = 0; j < K; ++j) acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * a[j][b].d), acc[j]);
+  }
+  for (int j = 0; j < K; ++j) out[j] = hsum(acc[j]);
+}
+
 template <void (*F)(const uint8_t*, const ActQ8x256* const*, size_t, float*)>
 float one_k(const uint8_t* w, const ActQ8x256* a, size_t nb) {
   float out;
@@ -238,5 +328,11 @@ float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return on
 void dot4_q4_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_qk_45<false, 4>(w, a, nb, out); }
 void dot4_q5_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_qk_45<true, 4>(w, a, nb, out); }
 void dot4_q6_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_q6_K_rows<4>(w, a, nb, out); }
+float dot_q2_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return one_k<dot_q23_rows<false, 1>>(w, a, nb); }
+float dot_q3_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return one_k<dot_q23_rows<true, 1>>(w, a, nb); }
+float dot_iq4_xs_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb) { return one_k<dot_iq4_xs_rows<1>>(w, a, nb); }
+void dot4_q2_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_q23_rows<false, 4>(w, a, nb, out); }
+void dot4_q3_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_q23_rows<true, 4>(w, a, nb, out); }
+void dot4_iq4_xs_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) { dot_iq4_xs_rows<4>(w, a, nb, out); }
 
 }  // namespace tq::cpu::detail

@@ -21,6 +21,10 @@ void dot4_q8_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float
 void dot4_q4_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
 void dot4_q4_1_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
 void dot4_q5_0_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
+float dot_q5_1_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb);
+float dot_iq4_nl_avx2(const uint8_t* w, const ActQ8x32* a, size_t nb);
+void dot4_q5_1_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
+void dot4_iq4_nl_avx2(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
 float dot_q4_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
 float dot_q5_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
 float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
@@ -30,5 +34,12 @@ float dot_q6_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
 void dot4_q4_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out);
 void dot4_q5_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out);
 void dot4_q6_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out);
+// q2_K, q3_K and iq4_xs: AVX2 only, AVX-512 CPUs run these (one and four tokens).
+float dot_q2_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
+float dot_q3_K_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
+float dot_iq4_xs_avx2(const uint8_t* w, const ActQ8x256* a, size_t nb);
+void dot4_q2_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out);
+void dot4_q3_K_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out);
+void dot4_iq4_xs_avx2(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out);
 
 }  // namespace tq::cpu::detail

@@ -5,7 +5,8 @@
 // do, in place of the reference's per-element scale decode and double sums.
 //
 // Integer ranges: a 32-code sum is at most 32 * 255 * 127 (q8_0: 32 * 128 * 127); a K-quant block's
-// scaled sum at most 8 * 63 * 63 * 32 * 127 (q5_K) or 16 * 128 * 63 * 16 * 127 (q6_K), all < 2^31.
+// scaled sum at most 8 * 63 * 63 * 32 * 127 (q5_K) or 16 * 128 * 63 * 16 * 127 (q6_K), iq4_xs's
+// 8 * 32 * 127 * 32 * 127, all < 2^31.
 #include "qdot_portable.h"
 
 #include <cstring>
@@ -30,6 +31,10 @@ inline int32_t idot(const W* w, const int8_t* a, int n) {
 inline void nibbles(const uint8_t* p, uint8_t* q) {
   for (int j = 0; j < 16; ++j) q[j] = p[j] & 15, q[j + 16] = p[j] >> 4;
 }
+// The same nibbles as iq4's levels.
+inline void iq4_levels(const uint8_t* p, int8_t* q) {
+  for (int j = 0; j < 16; ++j) q[j] = model::kIq4Levels[p[j] & 15], q[j + 16] = model::kIq4Levels[p[j] >> 4];
+}
 
 }  // namespace
 
@@ -50,6 +55,17 @@ float dot_q8x32_portable(model::GgmlType t, const uint8_t* w, const ActQ8x32* a,
       nibbles(w + 6, q);
       for (int j = 0; j < 32; ++j) q[j] = uint8_t(q[j] | ((qh >> j) & 1) << 4);
       acc += float(idot(q, a->q, 32) - 16 * a->sum) * (d * a->d);
+    } else if (t == model::GgmlType::Q5_1) {  // x = d * q + m, q in 0..31 (the 5th bits at w + 4)
+      const uint32_t qh = uint32_t(w[4]) | uint32_t(w[5]) << 8 | uint32_t(w[6]) << 16 | uint32_t(w[7]) << 24;
+      uint8_t q[32];
+      nibbles(w + 8, q);
+      for (int j = 0; j < 32; ++j) q[j] = uint8_t(q[j] | ((qh >> j) & 1) << 4);
+      acc += float(idot(q, a->q, 32)) * (d * a->d);
+      acc += float(a->sum) * (f16(w + 2) * a->d);
+    } else if (t == model::GgmlType::IQ4_NL) {  // x = d * level[q]
+      int8_t q[32];
+      iq4_levels(w + 2, q);
+      acc += float(idot(q, a->q, 32)) * (d * a->d);
     } else {  // q4_1: x = d * q + m
       uint8_t q[32];
       nibbles(w + 4, q);
@@ -80,6 +96,35 @@ float dot_q8x256_portable(model::GgmlType t, const uint8_t* w, const ActQ8x256* 
       int32_t isum = 0, osum = 0;
       for (int s = 0; s < 16; ++s) isum += sc[s] * idot(q + 16 * s, a->q + 16 * s, 16), osum += sc[s] * a->bsums[s];
       acc += float(isum - 32 * osum) * (f16(w + 208) * a->d);
+    } else if (t == model::GgmlType::Q2_K || t == model::GgmlType::Q3_K) {
+      // Element 128h + 32j + l: bits 2j..2j+1 of qs[32h + l], sub-block of 16 (i / 16). q2_K: x =
+      // d*(sc & 15)*q - dmin*(sc >> 4); q3_K: x = d*scale*(q - 4 unless hmask bit 4h + j of byte l).
+      const bool three = t == model::GgmlType::Q3_K;
+      const uint8_t* qs = w + (three ? 32 : 16);
+      int8_t q[256];
+      for (int h = 0; h < 2; ++h)
+        for (int j = 0; j < 4; ++j)
+          for (int l = 0; l < 32; ++l) {
+            int v = (qs[32 * h + l] >> (2 * j)) & 3;
+            if (three && !((w[l] >> (4 * h + j)) & 1)) v -= 4;
+            q[128 * h + 32 * j + l] = int8_t(v);
+          }
+      int32_t isum = 0, osum = 0;
+      for (int s = 0; s < 16; ++s) {
+        const int sc = three ? model::ggml_q3k_scale(size_t(s), w + 96) : w[s] & 15;
+        isum += sc * idot(q + 16 * s, a->q + 16 * s, 16);
+        if (!three) osum += (w[s] >> 4) * a->bsums[s];
+      }
+      acc += float(isum) * (f16(w + (three ? 108 : 80)) * a->d);
+      if (!three) acc -= float(osum) * (f16(w + 82) * a->d);
+    } else if (t == model::GgmlType::IQ4_XS) {  // x = d * scale[i / 32] * level[q]
+      int8_t q[32];
+      int32_t isum = 0;
+      for (int ib = 0; ib < 8; ++ib) {
+        iq4_levels(w + 8 + 16 * ib, q);
+        isum += model::ggml_iq4xs_scale(size_t(ib), w) * idot(q, a->q + 32 * ib, 32);
+      }
+      acc += float(isum) * (f16(w) * a->d);
     } else {  // q4_K, q5_K: x = d * sc[s] * q - dmin * m[s], s = i / 32
       const bool five = t == model::GgmlType::Q5_K;
       const uint8_t* qh = w + 16;

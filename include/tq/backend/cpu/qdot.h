@@ -4,8 +4,8 @@
 // This is what llama.cpp does (ggml's vec_dot_q4_1_q8_1 and kin); the layouts here are our own.
 //
 // Activation formats, chosen by the weight type:
-//   Q8x32  (q8_0, q4_0, q4_1, q5_0 weights): blocks of 32: d, the sum of the codes, 32 int8 codes.
-//   Q8x256 (q4_K, q5_K, q6_K weights): blocks of 256: d, the sums of each 16 codes, 256 codes.
+//   Q8x32  (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl weights): blocks of 32: d, the sum of the codes, 32 int8 codes.
+//   Q8x256 (q2_K, q3_K, q4_K, q5_K, q6_K, iq4_xs weights): blocks of 256: d, the sums of each 16 codes, 256 codes.
 //   F32    (f32, f16, bf16 weights): the activations as they are (matmul dequantizes the weights).
 // Codes are round(x / d) with d = max|x| / 127, so |x - d*q| <= d/2 for every element of a block.
 #pragma once
@@ -47,9 +47,9 @@ struct DotRef {
 DotRef vec_dot_ref(model::GgmlType w, const uint8_t* row, const void* act, size_t n);
 
 // <row, act> over n elements of a weight row of type w (a quantized type) and its quantized
-// activation row: the AVX-512 kernel (every quantized type; bit for bit the AVX2 one) or the AVX2
-// kernel when the CPU has it (cpu::simd_level()), else the portable one (integer block sums, fp32
-// scales: within the bound of KernelMatchesReference of the reference).
+// activation row: the AVX-512 kernel (q8_0, q4_0, q4_1, q5_0 and q4_K to q6_K; bit for bit the AVX2
+// one) or the AVX2 kernel when the CPU has it (cpu::simd_level()), else the portable one (integer
+// block sums, fp32 scales: within the bound of KernelMatchesReference of the reference).
 float vec_dot(model::GgmlType w, const uint8_t* row, const void* act, size_t n);
 // out[j] = vec_dot(w, row, act[j], n) for four activation rows, bit for bit, the weight row's blocks
 // unpacked once for all four where a kernel does that (every quantized type with AVX2).
