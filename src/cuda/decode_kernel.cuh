@@ -306,16 +306,11 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
         for (int o8 = 0; o8 < kOcts; ++o8) {
           const int cc = c0 + 8 * o8;
-          uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            // |q| * inv <= 32639 (1 + 2^-22) < 32639.5, so q16 stays in [-32639, 32639] and the high
-            // byte never wraps to -128 (which would flip the sign of the row's largest element)
-            uint32_t h8, l8;
-            dev::split_i16(__float2int_rn(w[8 * o8 + e] * inv), h8, l8);
-            hi[e / 4] |= h8 << (8 * (e % 4));
-            lo[e / 4] |= l8 << (8 * (e % 4));
-          }
+          // |q| * inv <= 32639 (1 + 2^-22) < 32639.5, so q16 stays in [-32639, 32639] and the high
+          // byte never wraps to -128 (which would flip the sign of the row's largest element)
+          uint32_t hi[2], lo[2];
+          dev::split_i16x4(w + 8 * o8, inv, hi[0], lo[0]);
+          dev::split_i16x4(w + 8 * o8 + 4, inv, hi[1], lo[1]);
           sm.qa[rr][(cc % (D / 4)) / 8][query_row() * 4 + cc / (D / 4)] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
         }
       }
@@ -323,14 +318,10 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
       for (int u = 0; u < kQE<D> / 4; ++u) {
         const int cc = c0 + 4 * u;
-        float hi[4], lo[4];
+        uint32_t hi[2], lo[2];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          hi[e] = Op::round(v[4 * u + e]);
-          lo[e] = v[4 * u + e] - hi[e];
-        }
-        sm.qa[rr][(cc % (D / 4)) / 4][query_row() * 4 + cc / (D / 4)] =
-            make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
+        for (int e = 0; e < 2; ++e) dev::split_pair<kBf>(v[4 * u + 2 * e], v[4 * u + 2 * e + 1], hi[e], lo[e]);
+        sm.qa[rr][(cc % (D / 4)) / 4][query_row() * 4 + cc / (D / 4)] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
       }
     }
   }
@@ -348,14 +339,11 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     for (int rr = 0; rr < R; ++rr)  // m-tile rr
       for (int i = threadIdx.x; i < KT * 32; i += kThreads) {
         const int kt = i / 32, ln = i % 32, c0 = FloatUnits<D, KIND>::key_coord(ln % 4, 4 * kt);
-        float hi[4], lo[4];
+        const float* x = &sm.q[rr * kRows + ln / 4][c0];
+        uint32_t hi[2], lo[2];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float x = sm.q[rr * kRows + ln / 4][c0 + e];
-          hi[e] = Op::round(x);
-          lo[e] = x - hi[e];
-        }
-        sm.qa[rr][kt][ln] = make_uint4(Op::pack(hi[0], hi[1]), Op::pack(lo[0], lo[1]), Op::pack(hi[2], hi[3]), Op::pack(lo[2], lo[3]));
+        for (int e = 0; e < 2; ++e) dev::split_pair<kBf>(x[2 * e], x[2 * e + 1], hi[e], lo[e]);
+        sm.qa[rr][kt][ln] = make_uint4(hi[0], lo[0], hi[1], lo[1]);
       }
     __syncthreads();  // sm.q is dead from here: its space becomes the staging ring
   }
@@ -512,9 +500,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
         for (int e2 = 0; e2 < 2; ++e2) {
           if constexpr (kBf) {
-            const float h0 = Op::round(pv[n][rr][2 * e2]), h1 = Op::round(pv[n][rr][2 * e2 + 1]);
-            pb_hi[n][rr][e2] = Op::pack(h0, h1);
-            pb_lo[n][rr][e2] = Op::pack(pv[n][rr][2 * e2] - h0, pv[n][rr][2 * e2 + 1] - h1);
+            dev::split_pair<true>(pv[n][rr][2 * e2], pv[n][rr][2 * e2 + 1], pb_hi[n][rr][e2], pb_lo[n][rr][e2]);
           } else {  // packed straight from fp32: rounded there once, not rounded, widened and packed again
             pb_hi[n][rr][e2] = Op::pack(pv[n][rr][2 * e2], pv[n][rr][2 * e2 + 1]);
           }

@@ -74,6 +74,15 @@ struct Operand<true> {
   __device__ static float round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) { mma_bf16(d, a, b0, b1); }
 };
+// A pair as two 16-bit operand pairs: the values rounded (hi) and what the rounding left (lo), so
+// that an MMA of each keeps ~22 bits of the pair.
+template <bool BF>
+__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+  using Op = Operand<BF>;
+  const float h0 = Op::round(x0), h1 = Op::round(x1);
+  hi = Op::pack(h0, h1);
+  lo = Op::pack(x0 - h0, x1 - h1);
+}
 
 // An 8-entry table of 16-bit values held in four registers for PRMT lookups: the low bytes of
 // the eight values in lo[0..1], the high bytes in hi[0..1].
@@ -135,6 +144,18 @@ __device__ __forceinline__ void split_i16(int v, uint32_t& hi, uint32_t& lo) {
   const int l8 = int(int8_t(v & 0xff));
   lo = uint32_t(l8 & 0xff);
   hi = uint32_t(((v - l8) >> 8) & 0xff);
+}
+// x[0..3] in a row's int16 fixed point (x * inv, rounded to nearest; |x| * inv <= kQ16Max), split:
+// their high bytes in `hi` and their low bytes in `lo`, x[e] at byte e of each.
+__device__ __forceinline__ void split_i16x4(const float* x, float inv, uint32_t& hi, uint32_t& lo) {
+  hi = lo = 0;
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    uint32_t h8, l8;
+    split_i16(__float2int_rn(x[e] * inv), h8, l8);
+    hi |= h8 << (8 * e);
+    lo |= l8 << (8 * e);
+  }
 }
 
 // PRMT without the `& 0x7777` that __byte_perm adds to its selector: every selector built here

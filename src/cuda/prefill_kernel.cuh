@@ -295,18 +295,13 @@ constexpr bool kPrefillHasCompact = smem_bytes<D>() > kSmallSmem;
 // low parts (q_hi, q_lo: tile_chunk<R>), by threads tid = 0 .. nthreads - 1.
 template <int D, int R, bool BF>
 __device__ __forceinline__ void store_query_rows(uint4* q_hi, uint4* q_lo, const float* src, int tid, int nthreads) {
-  using Op = dev::Operand<BF>;
   for (int i = tid; i < R * D / 8; i += nthreads) {
     const int r = i / (D / 8), ch = i % (D / 8);
     const float4 a = reinterpret_cast<const float4*>(src)[2 * i], b = reinterpret_cast<const float4*>(src)[2 * i + 1];
     const float x[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
     uint32_t hi[4], lo[4];
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float h0 = Op::round(x[2 * e]), h1 = Op::round(x[2 * e + 1]);
-      hi[e] = Op::pack(h0, h1);
-      lo[e] = Op::pack(x[2 * e] - h0, x[2 * e + 1] - h1);
-    }
+    for (int e = 0; e < 4; ++e) dev::split_pair<BF>(x[2 * e], x[2 * e + 1], hi[e], lo[e]);
     q_hi[tile_chunk<R>(r, ch)] = make_uint4(hi[0], hi[1], hi[2], hi[3]);
     q_lo[tile_chunk<R>(r, ch)] = make_uint4(lo[0], lo[1], lo[2], lo[3]);
   }
@@ -323,7 +318,6 @@ __device__ __forceinline__ void store_query_rows(uint4* q_hi, uint4* q_lo, const
 template <int D, Kind KIND, int R, bool S8, bool BF>
 __device__ __forceinline__ void rotate_query_rows(const DecodeParams& p, int seq, int kvh, int mt0, uint4* q_hi, uint4* q_lo, float* q_scale,
                                                   int part, int parts) {
-  using Op = dev::Operand<BF>;
   constexpr int E = decode::kQE<D>;
   static_assert(E % 4 == 0 && R % decode::kRows == 0, "whole words of 4 coordinates, whole m-tiles");
   const int r = int(threadIdx.x % decode::kThreads / 16);
@@ -343,14 +337,8 @@ __device__ __forceinline__ void rotate_query_rows(const DecodeParams& p, int seq
       if (c0 == 0) q_scale[row] = qstep * (1.0f / kCentroidGrid);
 #pragma unroll
       for (int w = 0; w < E / 4; ++w) {  // 4 coordinates: a word of high bytes, a word of low ones
-        uint32_t hi = 0, lo = 0;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          uint32_t h8, l8;
-          dev::split_i16(__float2int_rn(v[4 * w + e] * inv), h8, l8);
-          hi |= h8 << (8 * e);
-          lo |= l8 << (8 * e);
-        }
+        uint32_t hi, lo;
+        dev::split_i16x4(v + 4 * w, inv, hi, lo);
         const int col = c0 + 4 * w, at = tile_chunk<R>(row, col / 16), byte = col % 16;
         *reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(q_hi + at) + byte) = hi;
         *reinterpret_cast<uint32_t*>(reinterpret_cast<uint8_t*>(q_lo + at) + byte) = lo;
@@ -360,11 +348,7 @@ __device__ __forceinline__ void rotate_query_rows(const DecodeParams& p, int seq
       for (int w = 0; w < E / 4; ++w) {  // 4 coordinates: 8 bytes of high parts, 8 of low ones
         uint32_t hi[2], lo[2];
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float x0 = v[4 * w + 2 * e], x1 = v[4 * w + 2 * e + 1], h0 = Op::round(x0), h1 = Op::round(x1);
-          hi[e] = Op::pack(h0, h1);
-          lo[e] = Op::pack(x0 - h0, x1 - h1);
-        }
+        for (int e = 0; e < 2; ++e) dev::split_pair<BF>(v[4 * w + 2 * e], v[4 * w + 2 * e + 1], hi[e], lo[e]);
         const int col = c0 + 4 * w, at = tile_chunk<R>(row, col / 8), byte = 2 * (col % 8);
         *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_hi + at) + byte) = make_uint2(hi[0], hi[1]);
         *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_lo + at) + byte) = make_uint2(lo[0], lo[1]);
@@ -517,9 +501,7 @@ __device__ __forceinline__ void pack_p(const float (&s)[NT][4], uint32_t (&pa)[N
     for (int q = 0; q < 4; ++q) {
       const float* x = &s[2 * kk + q / 2][2 * (q % 2)];
       if constexpr (BF) {
-        const float h0 = Op::round(x[0]), h1 = Op::round(x[1]);
-        pa[kk][0][q] = Op::pack(h0, h1);
-        pa[kk][1][q] = Op::pack(x[0] - h0, x[1] - h1);
+        dev::split_pair<true>(x[0], x[1], pa[kk][0][q], pa[kk][1][q]);
       } else {
         pa[kk][0][q] = Op::pack(x[0], x[1]);
       }

@@ -104,14 +104,9 @@ __device__ __forceinline__ void store_query_rows_s8(uint4* q_hi, uint4* q_lo, fl
     for (int m = 1; m < kUnits; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
     const float qstep = mx / dev::kQ16Max, inv = qstep > 0 ? 1.0f / qstep : 0.0f;
     if (u == 0) q_scale[r] = qstep * (1.0f / kCentroidGrid);
-    uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      uint32_t h8, l8;  // |x| inv <= 32639 (1 + 2^-22) < 32639.5: in range (decode_kernel.cuh)
-      dev::split_i16(__float2int_rn(x[e] * inv), h8, l8);
-      hi[e / 4] |= h8 << (8 * (e % 4));
-      lo[e / 4] |= l8 << (8 * (e % 4));
-    }
+    uint32_t hi[2], lo[2];  // |x| inv <= 32639 (1 + 2^-22) < 32639.5: in range (decode_kernel.cuh)
+    dev::split_i16x4(x, inv, hi[0], lo[0]);
+    dev::split_i16x4(x + 4, inv, hi[1], lo[1]);
     const int at = tile_chunk<R>(r, u / 2);  // the 16-byte chunk of elements 16 (u / 2) .., half u % 2
     *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_hi + at) + 8 * (u % 2)) = make_uint2(hi[0], hi[1]);
     *reinterpret_cast<uint2*>(reinterpret_cast<uint8_t*>(q_lo + at) + 8 * (u % 2)) = make_uint2(lo[0], lo[1]);
