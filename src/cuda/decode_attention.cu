@@ -110,6 +110,12 @@ uint32_t span_tokens(const DecodeParams& p, uint32_t block_tokens) {
   return uint32_t(std::min<uint64_t>(p.max_seq_len, uint64_t(p.sliding_window) + std::min(block_tokens, p.num_q_tokens) + 15));
 }
 
+// A grid's y: `blocks` of a (sequence's) KV heads and row tiles, within CUDA's 65535.
+void check_grid_y(uint64_t blocks, const DecodeParams& p, const char* what) {
+  TQ_CHECK(blocks <= 65535, "{}: {} blocks of {} KV heads x row tiles ({} query heads, {} query tokens) are more than a grid's 65535",
+           what, blocks, p.cache.kv_heads, p.q_heads, p.num_q_tokens);
+}
+
 // The decode plan with R m-tiles a block.
 Plan make_plan(const DecodeParams& p, int R) {
   Plan pl{};
@@ -124,8 +130,9 @@ Plan make_plan(const DecodeParams& p, int R) {
   }
   const int tiles = std::max(1, int((span_tokens(p, p.num_q_tokens) + kTile - 1) / kTile));
   int splits = int(p.num_splits);
-  if (splits == 0) {
-    const int blocks = int(p.num_seqs * p.cache.kv_heads) * (pl.mtiles / R), sms = device_sm_count();
+  check_grid_y(uint64_t(p.cache.kv_heads) * (pl.mtiles / R), p, "decode_attention");
+  if (splits == 0) {  // (blocks in 64 bits: num_seqs x kv_heads x m-tiles passes 2^31; then as many as an int holds, one split)
+    const int blocks = int(std::min<uint64_t>(uint64_t(p.num_seqs) * p.cache.kv_heads * (pl.mtiles / R), INT32_MAX)), sms = device_sm_count();
     splits = auto_splits({blocks, resident_blocks_of(pl.D, p.cache, R) * sms, sms, tiles, R, kWarps});
   }
   size_splits(pl, p, tiles, splits, kTile, side_decode_blocks(p));
@@ -158,9 +165,10 @@ Plan make_prefill_plan(const DecodeParams& p) {
            "builds with -DTQ_CUDA_PORTABLE_ON_HOPPER=ON carry the smaller one",
            device_smem_per_block() / 1024, pl.D,
            (pl.D == 64 ? prefill::ws_smem_bytes<64>() : pl.D == 128 ? prefill::ws_smem_bytes<128>() : prefill::ws_smem_bytes<256>()) / 1024);
-  const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
+  const int rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);  // (bounded by validate_shape)
   const int rtiles = (rows + pl.block_rows - 1) / pl.block_rows;
   pl.mtiles = rtiles * (pl.block_rows / kRows);
+  check_grid_y(uint64_t(p.cache.kv_heads) * rtiles, p, "prefill_attention");
   // Hopper's int8 S (the kernels' own rule) takes its own tiles.
   const TensorCode& k = p.cache.k;
   const bool s8 = pl.ws && prefill::ws_s8(pl.D, is_tq(k.enc), width_param(k.enc == Encoding::kTqTcq, int(k.bits)));
@@ -175,7 +183,7 @@ Plan make_prefill_plan(const DecodeParams& p) {
                          : pl.D == 128 ? resident_blocks_here(prefill::resident_blocks<128>(), prefill::smem_bytes<128>())
                          : compact     ? resident_blocks_here(prefill::resident_blocks<256, kT256>(), prefill::smem_bytes<256, kT256>())
                                        : resident_blocks_here(prefill::resident_blocks<256>(), prefill::smem_bytes<256>());
-    const int want = resident * device_sm_count() / int(p.num_seqs * p.cache.kv_heads * rtiles);
+    const int want = int(uint64_t(resident) * device_sm_count() / (uint64_t(p.num_seqs) * p.cache.kv_heads * rtiles));
     splits = std::clamp(want, 1, std::max(1, tiles / 4));
   }
   size_splits(pl, p, tiles, splits, T, p.side.active() ? 1 : 0);
@@ -214,35 +222,54 @@ void validate_shape(const DecodeParams& p, const char* name) {
   TQ_CHECK(p.num_q_tokens >= 1, "{}: at least one query token per sequence, got 0", name);
   TQ_CHECK(p.q_heads >= p.cache.kv_heads && p.q_heads % p.cache.kv_heads == 0, "{}: {} query heads is not a multiple of {} KV heads",
            name, p.q_heads, p.cache.kv_heads);
+  // The rows a (sequence, KV head) holds, and the 8-row m-tiles of all KV heads (a grid's y, 65535
+  // at most, in the tiles of either kernel): the plans count them in int.
+  const uint64_t rows = uint64_t(p.q_heads / p.cache.kv_heads) * p.num_q_tokens;
+  TQ_CHECK(uint64_t(p.cache.kv_heads) * ((rows + kRows - 1) / kRows) <= 65535 * uint64_t(kRows),
+           "{}: {} KV heads of {} rows ({} query heads over {} KV heads x {} query tokens) are more than a grid holds", name,
+           p.cache.kv_heads, rows, p.q_heads, p.cache.kv_heads, p.num_q_tokens);
+  TQ_CHECK(p.max_seq_len <= uint32_t(INT32_MAX), "{}: max_seq_len {} is over 2^31 - 1 (positions are int)", name, p.max_seq_len);
 }
+
 
 void validate_attention(const DecodeParams& p, uint32_t max_q_tokens, const char* name) {
   validate_cache(p.cache);
   const CacheView& c = p.cache;
   const std::string unsupported = attention_unsupported(c.k, c.v, c.head_dim);
-  TQ_CHECK(unsupported.empty(), "decode_attention: {}", unsupported);
-  TQ_CHECK(p.q && p.out && p.block_tables && p.seq_lens, "decode_attention: q, out, block_tables and seq_lens must be set");
+  TQ_CHECK(unsupported.empty(), "{}: {}", name, unsupported);
+  TQ_CHECK(p.q && p.out && p.block_tables && p.seq_lens, "{}: q, out, block_tables and seq_lens must be set", name);
   for (const auto& [d, what] : {std::pair{p.q_dtype, "q_dtype"}, std::pair{p.out_dtype, "out_dtype"}})
     TQ_CHECK(d == DType::kF32 || d == DType::kF16 || d == DType::kBf16, "{}: {} {} unknown (0 = fp32, 1 = fp16, 2 = bf16)", name, what, int(d));
   validate_shape(p, name);
   TQ_CHECK(p.num_q_tokens <= max_q_tokens, "{}: 1..{} query tokens per sequence, got {}", name, max_q_tokens, p.num_q_tokens);
-  TQ_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= p.max_pages * c.page_size,
-           "decode_attention: max_seq_len {} must be 1..max_pages*page_size = {}", p.max_seq_len, p.max_pages * c.page_size);
-  TQ_CHECK(p.workspace, "decode_attention: workspace is null (size it with decode_workspace_bytes)");
+  TQ_CHECK(p.max_seq_len >= 1 && p.max_seq_len <= uint64_t(p.max_pages) * c.page_size,
+           "{}: max_seq_len {} must be 1..max_pages*page_size = {}", name, p.max_seq_len, uint64_t(p.max_pages) * c.page_size);
+  const char* sizer = max_q_tokens == kMaxDecodeQueryTokens ? "decode_workspace_bytes" : "prefill_workspace_bytes";
+  TQ_CHECK(p.workspace, "{}: workspace is null (size it with {})", name, sizer);
+  // float4 and float2 reads of it (the merge, prepare_queries' rows): every allocator gives 256
+  TQ_CHECK(reinterpret_cast<uintptr_t>(p.workspace) % 16 == 0, "{}: the workspace must be 16-byte aligned (a slice of one is not)", name);
   TQ_CHECK(attention_scale_valid(p.scale), "{}: scale {} must be 0 (1/sqrt(head_dim)) or positive and finite", name, p.scale);
   TQ_CHECK(p.sliding_window <= uint32_t(INT32_MAX), "{}: sliding_window {} is over 2^31 - 1 (0: no window)", name, p.sliding_window);
-  TQ_CHECK(p.split_tokens == 0 || (p.split_tokens % 16 == 0 && p.num_splits >= 1 && uint64_t(p.num_splits) * p.split_tokens >= p.max_seq_len),
-           "{}: fixed splits of {} positions (a multiple of 16), {} of them, must cover max_seq_len {}", name, p.split_tokens, p.num_splits,
-           p.max_seq_len);
+  TQ_CHECK(p.split_tokens == 0 || (p.split_tokens % 16 == 0 && p.split_tokens <= (1u << 30) && p.num_splits >= 1 &&
+                                    p.num_splits <= 65535 && uint64_t(p.num_splits) * p.split_tokens >= p.max_seq_len),
+           "{}: fixed splits of {} positions (a multiple of 16, at most 2^30), {} of them (1..65535), must cover max_seq_len {}", name,
+           p.split_tokens, p.num_splits, p.max_seq_len);
   const SideView& s = p.side;
   if (!s.active()) return;
   TQ_CHECK(s.data && s.slots && s.new_k && s.new_v, "{}: a side buffer (sink {}, window {}) needs data, slots, new_k and new_v", name,
            s.sink, s.window);
   TQ_CHECK(s.window == 0 ? s.ring == 0 : s.ring >= s.window, "{}: the side ring of {} positions must hold the window of {} (0 without one)",
            name, s.ring, s.window);
-  TQ_CHECK(s.slot_stride >= size_t(s.sink + s.ring) * 2 * c.kv_heads * c.head_dim,
-           "{}: side slots of {} elements are smaller than sink + ring = {} rows of {} KV heads x {}", name, s.slot_stride, s.sink + s.ring,
+  const uint64_t side_rows = uint64_t(s.sink) + s.ring;  // (in 32 bits the sum wrapped: sink 2^32 - 16 and a ring of 32 were 16)
+  TQ_CHECK(side_rows <= uint64_t(INT32_MAX), "{}: sink {} + ring {} rows are over 2^31 - 1", name, s.sink, s.ring);
+  TQ_CHECK(s.slot_stride >= side_rows * 2 * c.kv_heads * c.head_dim,
+           "{}: side slots of {} elements are smaller than sink + ring = {} rows of {} KV heads x {}", name, s.slot_stride, side_rows,
            c.kv_heads, c.head_dim);
+  // Rows are read 8 elements a 16-byte load (side_half8): slots, and the new rows' first elements.
+  TQ_CHECK(reinterpret_cast<uintptr_t>(s.data) % 16 == 0 && s.slot_stride % 8 == 0 && reinterpret_cast<uintptr_t>(s.new_k) % 16 == 0 &&
+               reinterpret_cast<uintptr_t>(s.new_v) % 16 == 0,
+           "{}: the side buffer and the new rows must be 16-byte aligned and slots a multiple of 8 elements apart (slot_stride {})", name,
+           s.slot_stride);
   TQ_CHECK(s.new_dtype == DType::kF32 || s.new_dtype == DType::kF16 || s.new_dtype == DType::kBf16, "{}: new rows dtype {} unknown", name,
            int(s.new_dtype));
 }

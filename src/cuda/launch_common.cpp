@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -110,6 +111,8 @@ std::string attention_unsupported(TensorCode k, TensorCode v, uint32_t head_dim)
 
 void validate_cache(const CacheView& c) {
   TQ_CHECK(c.data, "cache view: data is null");
+  TQ_CHECK(reinterpret_cast<uintptr_t>(c.data) % kAlign == 0, "cache view: data must be {}-byte aligned (sections are read a 16-byte load)",
+           kAlign);
   validate_cache_layout(c);
 }
 
@@ -117,22 +120,32 @@ void validate_cache_layout(const CacheView& c) {
   TQ_CHECK(c.kv_heads >= 1 && c.num_pages >= 1 && c.page_size >= 1 && c.page_size <= kMaxPageSize,
            "cache view: kv_heads {}, num_pages {}, page_size {} out of range", c.kv_heads, c.num_pages, c.page_size);
   TQ_CHECK(c.head_dim >= 1 && c.head_dim <= kMaxHeadDim, "cache view: head dim {} out of range", c.head_dim);
-  const BlockLayout L = block_layout(c.k, c.v, c.head_dim, c.page_size);
-  TQ_CHECK(L.bytes == c.layout.bytes && L.k_codes == c.layout.k_codes && L.v_codes == c.layout.v_codes && L.k_norms == c.layout.k_norms &&
-               L.v_norms == c.layout.v_norms,
+  // Every field: the row strides too (a view of twice the K row stride passed, and quantize_store
+  // wrote into the V and norm sections and past the block).
+  const BlockLayout L = block_layout(c.k, c.v, c.head_dim, c.page_size), &G = c.layout;
+  TQ_CHECK(L.k_row == G.k_row && L.k_qjl_row == G.k_qjl_row && L.v_row == G.v_row && L.k_norm_row == G.k_norm_row &&
+               L.v_norm_row == G.v_norm_row && L.k_codes == G.k_codes && L.k_qjl == G.k_qjl && L.v_codes == G.v_codes &&
+               L.k_norms == G.k_norms && L.k_rnorms == G.k_rnorms && L.v_norms == G.v_norms && L.bytes == G.bytes,
            "cache view: layout does not match block_layout() of its encodings");
+  for (const auto& [scale, name] : {std::pair{c.k_scale, "k_scale"}, std::pair{c.v_scale, "v_scale"}})
+    TQ_CHECK(std::isfinite(scale) && scale > 0, "cache view: {} must be positive and finite (1 but for fp8), got {}", name, scale);
   TQ_CHECK(uint64_t(c.kv_heads) * L.bytes <= UINT32_MAX, "cache view: a page of {} KV heads x {} bytes exceeds 4 GiB", c.kv_heads,
            L.bytes);  // the kernels address a page with 32-bit offsets
   for (const auto& [code, tab, name] : {std::tuple{c.k, c.kt, "K"}, std::tuple{c.v, c.vt, "V"}}) {
     if (!is_tq(code.enc)) continue;
     TQ_CHECK(tab.centroids && tab.boundaries, "cache view: {} codebook tables are null", name);
     TQ_CHECK((tab.signs != nullptr) != (tab.matrix != nullptr), "cache view: {} needs exactly one of Hadamard signs or a dense matrix", name);
+    const uint32_t n = padded_dim(c.head_dim);  // the butterflies run over a power of two (96 read past their rows)
+    TQ_CHECK(tab.signs == nullptr || (n & (n - 1)) == 0, "cache view: {} Hadamard signs at padded dim {}, not a power of two", name, n);
     TQ_CHECK(tab.bits == mse_bits(code), "cache view: {} table bits {} differ from the encoding's {}", name, tab.bits, mse_bits(code));
     TQ_CHECK(tab.tcq == (code.enc == Encoding::kTqTcq), "cache view: {} tables are {}trellis-coded, the encoding is {}", name,
              tab.tcq ? "" : "not ", tab.tcq ? "not" : "trellis-coded");
   }
-  if (is_tq(c.k.enc) || is_tq(c.v.enc))
-    TQ_CHECK(c.fwht_scale > 0, "cache view: fwht_scale must be float(1/sqrt(padded dim)), got {}", c.fwht_scale);
+  if (is_tq(c.k.enc) || is_tq(c.v.enc)) {
+    const float want = float(1.0 / std::sqrt(double(padded_dim(c.head_dim))));  // as DeviceFormat::view computes it
+    TQ_CHECK(c.fwht_scale == want, "cache view: fwht_scale must be float(1/sqrt(padded dim {})) = {}, got {}", padded_dim(c.head_dim), want,
+             c.fwht_scale);
+  }
 }
 
 }  // namespace tq::cuda

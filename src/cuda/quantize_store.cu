@@ -133,8 +133,9 @@ __device__ void tcq_codes(const float (&y)[PD / 32], int lane, int warp, const C
   }
 }
 
-__device__ __forceinline__ void flag_error(const QuantizeStoreParams& p) {
-  if (p.error_flag) atomicExch(p.error_flag, 1);
+// kernels.h's error_flag: 1 a row the cache cannot hold, 2 a slot past its pages.
+__device__ __forceinline__ void flag_error(const QuantizeStoreParams& p, int32_t what = 1) {
+  if (p.error_flag) atomicExch(p.error_flag, what);
 }
 
 // TCQ: the instance that also writes trellis-coded rows (tcq_codes' shared memory is only its).
@@ -182,7 +183,7 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   const int64_t slot = p.slot_mapping[tok];
   if (slot < 0) return;
   if (slot >= int64_t(c.num_pages) * c.page_size) {
-    if (lane == 0) flag_error(p);
+    if (lane == 0) flag_error(p, 2);
     return;
   }
   const uint32_t page = uint32_t(slot / c.page_size), off = uint32_t(slot % c.page_size);
@@ -348,7 +349,12 @@ void validate(const QuantizeStoreParams& p) {
 void quantize_store(const QuantizeStoreParams& p, Stream stream) {
   validate(p);
   if (p.num_tokens == 0) return;
-  const uint32_t warps = p.num_tokens * p.cache.kv_heads * 2, blocks = (warps + kWarps - 1) / kWarps;
+  // A warp a (token, KV head, K or V), counted in 64 bits (in 32 a product past 2^32 wrapped, and
+  // the tokens past the wrap were not stored); a grid's x holds 2^31 - 1 blocks.
+  const uint64_t warps = uint64_t(p.num_tokens) * p.cache.kv_heads * 2, blocks64 = (warps + kWarps - 1) / kWarps;
+  TQ_CHECK(blocks64 <= uint64_t(INT32_MAX), "quantize_store: {} tokens x {} KV heads are more rows than one launch takes", p.num_tokens,
+           p.cache.kv_heads);
+  const uint32_t blocks = uint32_t(blocks64);
   // A plain launch (not a programmatic dependent): everything before it in the stream has finished
   // when it starts, which quantize_store_and_decode relies on.
   const auto launch = [&](auto tcq) {

@@ -164,6 +164,62 @@ TEST(CudaLaunch, WorkspacesAreSizedBeforeThePagesExist) {
   }
 }
 
+// Values that passed validation and then wrapped a 32-bit count, were read misaligned or planned an
+// impossible grid: each refused by name on the host (the numbers of a review of the validation).
+TEST(CudaLaunch, ValidationRefusesWhatWouldWrapOrMisalign) {
+  TQ_REQUIRE_GPU();
+  const PagedKvCache cpu(CacheShape{1, 2, 128, 4}, parse_kv_spec("k3v2").format);
+  cuda::DeviceFormat codecs(cpu.format());
+  test::DeviceBuffer<uint8_t> cache(cpu.bytes() + 16), ws(1 << 20);
+  test::DeviceBuffer<float> q(std::vector<float>(2 * 8 * 128)), out(std::vector<float>(2 * 8 * 128));
+  test::DeviceBuffer<int32_t> bt(std::vector<int32_t>{0, 1, 2, 3}), lens(std::vector<int32_t>{10});
+  cuda::DecodeParams p;
+  p.cache = codecs.view(0, cache.ptr, 4);
+  p.q = q.ptr, p.q_dtype = cuda::DType::kF32, p.out = out.ptr, p.out_dtype = cuda::DType::kF32, p.block_tables = bt.ptr, p.seq_lens = lens.ptr;
+  p.num_seqs = 1, p.num_q_tokens = 1, p.q_heads = 8, p.max_pages = 4, p.max_seq_len = 10, p.workspace = ws.ptr, p.workspace_bytes = 1 << 20;
+  const auto refused = [](const char* what, const cuda::DecodeParams& bad, const char* says, auto call) {
+    try {
+      call(bad);
+      ADD_FAILURE() << what << " was not refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  const auto decode = [](const cuda::DecodeParams& x) { cuda::decode_attention(x, nullptr); };
+  const auto size = [](const cuda::DecodeParams& x) { cuda::decode_workspace_bytes(x); };
+  cuda::DecodeParams b = p;
+  b.split_tokens = 1u << 31, b.num_splits = 1;  // int(2^31) was INT_MIN: every split empty, the output zeros
+  refused("split_tokens 2^31", b, "at most 2^30", decode);
+  b = p;
+  b.workspace = static_cast<uint8_t*>(p.workspace) + 4;
+  refused("a workspace at 4 bytes", b, "16-byte aligned", decode);
+  b = p;
+  b.cache.data = cache.ptr + 8;
+  refused("pages at 8 bytes", b, "data must be 16-byte aligned", decode);
+  b = p;
+  b.cache.layout.k_row *= 2;  // only bytes and section offsets were compared
+  refused("a doubled K row stride", b, "layout does not match", decode);
+  b = p;
+  b.cache.fwht_scale *= 1.5f;
+  refused("another fwht_scale", b, "fwht_scale must be", decode);
+  b = p;
+  b.cache.v_scale = NAN;
+  refused("a NaN v_scale", b, "v_scale must be positive and finite", decode);
+  b = p;
+  b.q_heads = 2u << 18;  // 2^18 rows a KV head: 2 x 32768 m-tiles, past a grid's 65535
+  refused("a grid of 65536 rows", b, "more than a grid's 65535", size);
+  b.q_heads = 2u << 22;  // the plan's int counts of it wrapped (a SIGFPE in auto_splits at 1024 KV heads)
+  refused("2^22 rows a KV head", b, "more than a grid holds", size);
+  test::DeviceBuffer<uint16_t> side(std::vector<uint16_t>(64 * 2 * 2 * 128));
+  test::DeviceBuffer<int32_t> slots(std::vector<int32_t>{0});
+  b = p;
+  b.side.data = side.ptr, b.side.slots = slots.ptr, b.side.new_k = q.ptr, b.side.new_v = q.ptr, b.side.new_dtype = cuda::DType::kF32;
+  b.side.sink = 0xFFFFFFF0u, b.side.window = 16, b.side.ring = 32, b.side.slot_stride = 32768;  // sink + ring was 16 in 32 bits
+  refused("sink 2^32 - 16", b, "rows are over 2^31 - 1", decode);
+  b.side.sink = 4, b.side.slot_stride = 36 * 2 * 2 * 128 + 1;  // slot 1 at an odd element: a misaligned 16-byte load
+  refused("slots an odd element apart", b, "a multiple of 8 elements apart", decode);
+}
+
 std::string case_name(const DecodeCase& c) {
   std::string n = test::attention_case_name(c.spec, c.head_dim, c.gqa, c.ntok, c.lens, c.splits, c.prefill) + (c.compact ? "_compact" : "");
   if (c.swa) n.append("_window").append(std::to_string(c.swa));

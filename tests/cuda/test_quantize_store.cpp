@@ -132,6 +132,27 @@ TEST(QuantizeStoreErrors, NonFiniteAndHugeRowsAreFlaggedAndNotWritten) {
   EXPECT_THROW(cuda::quantize_store(p, nullptr), Error);
 }
 
+// A slot past the cache's pages is skipped and flagged 2, apart from a row the cache cannot hold
+// (1): the runner names a wrong block table, not a non-finite element, where it reads the flag.
+TEST(QuantizeStoreErrors, ASlotPastThePagesIsFlaggedApart) {
+  TQ_REQUIRE_GPU();
+  const uint32_t d = 128;
+  const KvFormat f = parse_kv_spec("k3v2").format;
+  PagedKvCache cpu(CacheShape{1, 1, d, 2}, f);
+  cuda::DeviceFormat codecs(cpu.format());
+  test::DeviceBuffer<uint8_t> cache(std::vector<uint8_t>(cpu.bytes(), 0));
+  test::DeviceBuffer<uint16_t> dk(std::vector<uint16_t>(d, f32_to_f16(0.5f))), dv(std::vector<uint16_t>(d, f32_to_f16(0.25f)));
+  test::DeviceBuffer<int64_t> ds(std::vector<int64_t>{int64_t(2) * f.page_size});  // the first slot of a third page, of two
+  test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+  cuda::QuantizeStoreParams p;
+  p.cache = codecs.view(0, cache.ptr, 2);
+  p.k = dk.ptr, p.v = dv.ptr, p.slot_mapping = ds.ptr, p.num_tokens = 1, p.error_flag = flag.ptr;
+  cuda::quantize_store(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(flag.download()[0], 2);
+  EXPECT_EQ(cache.download(), std::vector<uint8_t>(cpu.bytes(), 0));
+}
+
 // Float caches refuse what their format turns into infinity, as the CPU does (store_float_row):
 // fp16 beyond 65504, bf16 from about 3.3961e38; fp32 rows (the engine's) carry such values. The
 // kernel stored them as inf, which attention then read.

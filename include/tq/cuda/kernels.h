@@ -49,7 +49,8 @@ struct QuantizeStoreParams {
   DType dtype = DType::kF16;           // of k and v: fp16 or bf16 (fp32 for tests)
   const int64_t* slot_mapping = nullptr;  // [num_tokens], slot = page * page_size + offset; -1 = skip
   uint32_t num_tokens = 0;
-  int32_t* error_flag = nullptr;       // optional [1]: set to 1 if a row had NaN/Inf or a norm beyond fp16
+  int32_t* error_flag = nullptr;       // optional [1]: set to 1 if a row had NaN/Inf or a norm beyond fp16 (nothing stored),
+                                       // 2 if a slot was past the cache's pages (its row skipped)
 };
 void quantize_store(const QuantizeStoreParams& p, Stream stream);
 

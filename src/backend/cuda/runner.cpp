@@ -770,8 +770,10 @@ void CudaModelRunner::arm_store_flag() {
 }
 
 void CudaModelRunner::check_stored() {
-  store_error_set_ = *host_store_flag() != 0;  // a set flag is cleared by the next step's arm_store_flag
+  const int32_t flag = *host_store_flag();
+  store_error_set_ = flag != 0;  // a set flag is cleared by the next step's arm_store_flag
   if (!store_error_set_) return;
+  TQ_CHECK(flag != 2, "a K/V row of this step had a slot past the cache's pages: the runner's block tables are wrong (a bug: please report it)");
   throw Error("a K/V row of this step has a non-finite element, a norm beyond fp16's 65504, or an element its cache format turns "
               "into infinity: the cache cannot store it (as on the CPU)");
 }
