@@ -59,7 +59,7 @@ Bytes gguf_tensors() {
   w.add_string_array("strings", {"a", "", "c"});
   std::mt19937 rng(7);
   for (GgmlType t : {GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K,
-                     GgmlType::Q5_K, GgmlType::Q6_K}) {
+                     GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::Q5_1, GgmlType::IQ4_NL, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::IQ4_XS}) {
     const uint64_t n = ggml_type_info(t).block_elems == 1 ? 8 : ggml_type_info(t).block_elems;
     w.add_tensor(std::string("t.") + ggml_type_info(t).name, {n, 1}, t, testing::random_matrix(t, 1, n, rng));
   }
