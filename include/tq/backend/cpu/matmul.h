@@ -11,7 +11,7 @@
 namespace tq::cpu {
 
 // y[T][R] = x[T][C] * W^T for W [R][C] (R = w.n_rows, C = w.n_cols). Rows of W are split over
-// the pool. Quantized W (q8_0, q4_0, q4_1, q5_0, q4_K, q5_K, q6_K): the T rows of x are quantized once to
+// the pool. Quantized W (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl, q2_K ... q6_K, iq4_xs): the T rows of x are quantized once to
 // 8 bits and each weight row meets them in integer dot products (qdot.h). Float W (f32, f16, bf16):
 // each thread converts a few rows to fp32 and dots them with all T tokens. Throws tq::Error when W
 // is absent or of a type that cannot be dequantized.
