@@ -57,6 +57,7 @@ constexpr GgmlTypeInfo kTypes[] = {
 
 inline uint16_t rd_u16(const uint8_t* p) { return uint16_t(p[0] | (p[1] << 8)); }
 inline float rd_f16(const uint8_t* p) { return f16_to_f32(rd_u16(p)); }
+inline uint32_t rd_u32(const uint8_t* p) { return uint32_t(rd_u16(p)) | uint32_t(rd_u16(p + 2)) << 16; }
 
 // ---- plain types: `n` elements ----
 void deq_f32(const uint8_t* s, float* y, size_t n) { std::memcpy(y, s, n * 4); }  // host is little-endian
@@ -97,7 +98,7 @@ void deq_q4_1(const uint8_t* b, float* y) {
 // qs[16] nibbles (same order as q4_0); x = d * (q - 16), q in 0..31.
 void deq_q5_0(const uint8_t* b, float* y) {
   const float d = rd_f16(b);
-  const uint32_t qh = uint32_t(b[2]) | uint32_t(b[3]) << 8 | uint32_t(b[4]) << 16 | uint32_t(b[5]) << 24;
+  const uint32_t qh = rd_u32(b + 2);
   const uint8_t* qs = b + 6;
   for (size_t j = 0; j < 16; ++j) {
     y[j] = float(int((qs[j] & 0x0F) | ((qh >> j) & 1) << 4) - 16) * d;
@@ -108,7 +109,7 @@ void deq_q5_0(const uint8_t* b, float* y) {
 // block_q5_1 (24 B): d fp16 | m fp16 | qh[4] (as q5_0's) | qs[16] nibbles; x = d * q + m, q in 0..31.
 void deq_q5_1(const uint8_t* b, float* y) {
   const float d = rd_f16(b), m = rd_f16(b + 2);
-  const uint32_t qh = uint32_t(b[4]) | uint32_t(b[5]) << 8 | uint32_t(b[6]) << 16 | uint32_t(b[7]) << 24;
+  const uint32_t qh = rd_u32(b + 4);
   const uint8_t* qs = b + 8;
   for (size_t j = 0; j < 16; ++j) {
     y[j] = float((qs[j] & 0x0F) | ((qh >> j) & 1) << 4) * d + m;
@@ -331,6 +332,22 @@ void ggml_check_dequantizable(GgmlType t, std::string_view what) {
            what, ti->name, uint32_t(t));
 }
 
+std::vector<size_t> ggml_scale_fields(GgmlType t) {
+  switch (t) {
+    case GgmlType::F32:
+    case GgmlType::F16:
+    case GgmlType::BF16: return {};
+    case GgmlType::Q4_1:
+    case GgmlType::Q5_1:
+    case GgmlType::Q4_K:
+    case GgmlType::Q5_K: return {0, 2};
+    case GgmlType::Q2_K: return {80, 82};
+    case GgmlType::Q3_K: return {108};
+    case GgmlType::Q6_K: return {208};
+    default: return {0};  // Q8_0, Q4_0, Q5_0, IQ4_NL, IQ4_XS: d only, at 0
+  }
+}
+
 size_t ggml_find_nonfinite(GgmlType t, const void* src, size_t n) {
   ggml_check_dequantizable(t, "ggml_find_nonfinite");
   ggml_row_bytes(t, n, "ggml_find_nonfinite");  // validates n against the block size
@@ -355,23 +372,11 @@ size_t ggml_find_nonfinite(GgmlType t, const void* src, size_t n) {
       return n;
     default: break;
   }
-  // The fp16 fields of a block (ggml-common.h): d, and m or dmin where there is one.
-  size_t first = 0, second = 0;  // byte offsets; second == first: one field
-  switch (t) {
-    case GgmlType::Q4_1:
-    case GgmlType::Q5_1:
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K: second = 2; break;
-    case GgmlType::Q2_K: first = 80, second = 82; break;
-    case GgmlType::Q3_K: first = second = 108; break;
-    case GgmlType::Q6_K: first = second = 208; break;
-    default: break;  // Q8_0, Q4_0, Q5_0, IQ4_NL, IQ4_XS: d only, at 0
-  }
+  const std::vector<size_t> fields = ggml_scale_fields(t);
   const GgmlTypeInfo& ti = ggml_type_info(t);
-  for (size_t b = 0; b < n / ti.block_elems; ++b) {
-    const uint8_t* block = s + b * ti.block_bytes;
-    if (bad16(block + first) || bad16(block + second)) return b * ti.block_elems;
-  }
+  for (size_t b = 0; b < n / ti.block_elems; ++b)
+    for (const size_t at : fields)
+      if (bad16(s + b * ti.block_bytes + at)) return b * ti.block_elems;
   return n;
 }
 

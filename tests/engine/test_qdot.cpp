@@ -36,25 +36,6 @@ constexpr GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, G
 
 size_t block_elems(GgmlType t) { return model::ggml_type_info(t).block_elems; }
 
-// Offsets of a block's fp16 scale fields.
-std::vector<size_t> f16_fields(GgmlType t) {
-  switch (t) {
-    case GgmlType::Q8_0:
-    case GgmlType::Q4_0:
-    case GgmlType::Q5_0:
-    case GgmlType::IQ4_NL:
-    case GgmlType::IQ4_XS: return {0};
-    case GgmlType::Q4_1:
-    case GgmlType::Q5_1:
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K: return {0, 2};
-    case GgmlType::Q2_K: return {80, 82};
-    case GgmlType::Q3_K: return {108};
-    case GgmlType::Q6_K: return {208};
-    default: return {};
-  }
-}
-
 // A hostile row: random bytes everywhere (any code, nibble, high bit and 6-bit scale), with finite
 // fp16 scales of random sign spanning 2^-14 .. 2^4; `extreme` sets every code byte to 0xFF or 0x80.
 std::vector<uint8_t> hostile_row(GgmlType t, size_t n, std::mt19937& rng, int extreme) {
@@ -62,7 +43,7 @@ std::vector<uint8_t> hostile_row(GgmlType t, size_t n, std::mt19937& rng, int ex
   std::vector<uint8_t> row(n / ti.block_elems * ti.block_bytes);
   for (auto& b : row) b = extreme == 0 ? uint8_t(rng()) : extreme == 1 ? 0xFF : 0x80;
   for (size_t b = 0; b < n / ti.block_elems; ++b)
-    for (size_t at : f16_fields(t)) {
+    for (size_t at : model::ggml_scale_fields(t)) {
       const float v = std::ldexp(1.0f + float(rng() % 1024) / 1024.0f, int(rng() % 19) - 14) * (rng() % 2 ? 1.0f : -1.0f);
       const uint16_t h = f32_to_f16(v);
       row[b * ti.block_bytes + at] = uint8_t(h & 0xFF);

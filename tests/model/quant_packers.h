@@ -154,11 +154,7 @@ inline void random_block(GgmlType t, std::mt19937& rng, std::vector<uint8_t>& by
       // Random code bytes under finite fp16 scales; the values are the library's dequantization,
       // which GgmlReferenceBlocks checks against the gguf package's (test_quants_golden.cpp).
       for (size_t i = 0; i < ti.block_bytes; ++i) b[i] = uint8_t(uni(0, 255));
-      const std::vector<size_t> scales = t == GgmlType::Q5_1 ? std::vector<size_t>{0, 2}
-                                         : t == GgmlType::Q2_K ? std::vector<size_t>{80, 82}
-                                         : t == GgmlType::Q3_K ? std::vector<size_t>{108}
-                                                               : std::vector<size_t>{0};
-      for (const size_t off : scales) put_f16(bytes, at + off, (uni(0, 1) ? 1.0f : -1.0f) * pow2(-8, -2));
+      for (const size_t off : ggml_scale_fields(t)) put_f16(bytes, at + off, (uni(0, 1) ? 1.0f : -1.0f) * pow2(-8, -2));
       std::vector<float> v(ti.block_elems);
       dequantize_row(t, bytes.data() + at, v.data(), v.size());
       values.insert(values.end(), v.begin(), v.end());

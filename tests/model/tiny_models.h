@@ -162,11 +162,7 @@ inline void poison_element(GgmlType t, std::vector<uint8_t>& bytes, size_t e) {
   } else if (t == GgmlType::BF16) {
     put16(2 * e, 0x7fc0);  // NaN
   } else {
-    const size_t field = t == GgmlType::Q6_K   ? 208
-                         : t == GgmlType::Q3_K ? 108
-                         : t == GgmlType::Q2_K ? 82
-                         : (t == GgmlType::Q4_1 || t == GgmlType::Q5_1 || t == GgmlType::Q4_K || t == GgmlType::Q5_K) ? 2
-                                                                                                                         : 0;
+    const size_t field = ggml_scale_fields(t).back();
     put16(e / ti.block_elems * ti.block_bytes + field, 0x7c00);  // +inf
   }
 }

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 namespace tq::model {
 
@@ -89,6 +90,10 @@ inline int ggml_iq4xs_scale(size_t ib, const uint8_t* b) {
   const unsigned sh = unsigned(b[2]) | unsigned(b[3]) << 8;
   return int(((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | ((sh >> (2 * ib)) & 3) << 4) - 32;
 }
+
+// Byte offsets within a block of a dequantizable block type's fp16 scale fields: d first, then m or
+// dmin where the type has one (q4_1, q5_1, q2_K, q4_K, q5_K). Empty for the plain types.
+std::vector<size_t> ggml_scale_fields(GgmlType t);
 
 // nullptr when `raw` is not a ggml type id (or a removed one, e.g. 4, 5, 31..33).
 const GgmlTypeInfo* ggml_type_info(uint32_t raw);

@@ -60,6 +60,12 @@ DotRef ref_q8x32(GgmlType t, const uint8_t* w, const ActQ8x32* a, size_t nb) {
   for (size_t b = 0; b < nb; ++b, w += bytes, ++a) {
     int64_t isum = 0, iabs = 0;
     const auto mac = [&](int q, int x) { isum += q * x, iabs += std::abs(q * x); };
+    // q5_0 / q5_1: the nibbles at qs with their fifth bits from the little-endian word at qh
+    const auto mac5 = [&](const uint8_t* qs, const uint8_t* qhp) {
+      const uint32_t qh = uint32_t(qhp[0]) | uint32_t(qhp[1]) << 8 | uint32_t(qhp[2]) << 16 | uint32_t(qhp[3]) << 24;
+      for (size_t j = 0; j < 16; ++j)
+        mac(int((qs[j] & 15) | ((qh >> j) & 1) << 4), a->q[j]), mac(int((qs[j] >> 4) | ((qh >> (j + 16)) & 1) << 4), a->q[j + 16]);
+    };
     switch (t) {
       case GgmlType::Q8_0:
         for (size_t j = 0; j < 32; ++j) mac(int8_t(w[2 + j]), a->q[j]);
@@ -75,22 +81,16 @@ DotRef ref_q8x32(GgmlType t, const uint8_t* w, const ActQ8x32* a, size_t nb) {
         add(r, double(rd_f16(w)) * a->d, isum, iabs);
         add(r, double(rd_f16(w + 2)) * a->d, a->sum, std::abs(a->sum));
         break;
-      case GgmlType::Q5_0: {  // x = d * (q - 16), the 5th bits in qh (w + 2, little-endian)
-        const uint32_t qh = uint32_t(w[2]) | uint32_t(w[3]) << 8 | uint32_t(w[4]) << 16 | uint32_t(w[5]) << 24;
-        for (size_t j = 0; j < 16; ++j)
-          mac(int((w[6 + j] & 15) | ((qh >> j) & 1) << 4), a->q[j]), mac(int((w[6 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4), a->q[j + 16]);
+      case GgmlType::Q5_0:  // x = d * (q - 16), the 5th bits at w + 2
+        mac5(w + 6, w + 2);
         add(r, double(rd_f16(w)) * a->d, isum, iabs);
         add(r, double(rd_f16(w)) * a->d, -16 * a->sum, std::abs(16 * a->sum));
         break;
-      }
-      case GgmlType::Q5_1: {  // x = d * q + m, q in 0..31 (the 5th bits as q5_0's, at w + 4)
-        const uint32_t qh = uint32_t(w[4]) | uint32_t(w[5]) << 8 | uint32_t(w[6]) << 16 | uint32_t(w[7]) << 24;
-        for (size_t j = 0; j < 16; ++j)
-          mac(int((w[8 + j] & 15) | ((qh >> j) & 1) << 4), a->q[j]), mac(int((w[8 + j] >> 4) | ((qh >> (j + 16)) & 1) << 4), a->q[j + 16]);
+      case GgmlType::Q5_1:  // x = d * q + m, q in 0..31 (the 5th bits at w + 4)
+        mac5(w + 8, w + 4);
         add(r, double(rd_f16(w)) * a->d, isum, iabs);
         add(r, double(rd_f16(w + 2)) * a->d, a->sum, std::abs(a->sum));
         break;
-      }
       case GgmlType::IQ4_NL:  // x = d * level[q]
         for (size_t j = 0; j < 16; ++j) mac(model::kIq4Levels[w[2 + j] & 15], a->q[j]), mac(model::kIq4Levels[w[2 + j] >> 4], a->q[j + 16]);
         add(r, double(rd_f16(w)) * a->d, isum, iabs);

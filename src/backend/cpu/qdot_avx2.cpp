@@ -91,7 +91,7 @@ namespace {
 struct BlockQ8_0 {
   static constexpr size_t kBytes = 34;
   static __m256i prep(const uint8_t* b) { return load(b + 2); }
-  static __m256i dot(__m256i w, __m256i a) { return dot_u8s8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w)); }  // |w| * (a sign w)
+  static __m256i dot(__m256i w, __m256i a) { return dot_s8s8(w, a); }
   static float offset(const uint8_t*, float, const ActQ8x32&) { return 0; }
 };
 struct BlockQ4_0 {  // x = d * (q - 8)

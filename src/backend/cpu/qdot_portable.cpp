@@ -31,6 +31,12 @@ inline int32_t idot(const W* w, const int8_t* a, int n) {
 inline void nibbles(const uint8_t* p, uint8_t* q) {
   for (int j = 0; j < 16; ++j) q[j] = p[j] & 15, q[j + 16] = p[j] >> 4;
 }
+// q5_0 / q5_1: the nibbles at qs with their fifth bits from the little-endian word at qh -> 32 codes.
+inline void codes5(const uint8_t* qs, const uint8_t* qh, uint8_t* q) {
+  const uint32_t h = uint32_t(qh[0]) | uint32_t(qh[1]) << 8 | uint32_t(qh[2]) << 16 | uint32_t(qh[3]) << 24;
+  nibbles(qs, q);
+  for (int j = 0; j < 32; ++j) q[j] = uint8_t(q[j] | ((h >> j) & 1) << 4);
+}
 // The same nibbles as iq4's levels.
 inline void iq4_levels(const uint8_t* p, int8_t* q) {
   for (int j = 0; j < 16; ++j) q[j] = model::kIq4Levels[p[j] & 15], q[j + 16] = model::kIq4Levels[p[j] >> 4];
@@ -50,16 +56,12 @@ float dot_q8x32_portable(model::GgmlType t, const uint8_t* w, const ActQ8x32* a,
       nibbles(w + 2, q);
       acc += float(idot(q, a->q, 32) - 8 * a->sum) * (d * a->d);
     } else if (t == model::GgmlType::Q5_0) {  // x = d * (q - 16), the 5th bits in a little-endian uint32 at w + 2
-      const uint32_t qh = uint32_t(w[2]) | uint32_t(w[3]) << 8 | uint32_t(w[4]) << 16 | uint32_t(w[5]) << 24;
       uint8_t q[32];
-      nibbles(w + 6, q);
-      for (int j = 0; j < 32; ++j) q[j] = uint8_t(q[j] | ((qh >> j) & 1) << 4);
+      codes5(w + 6, w + 2, q);
       acc += float(idot(q, a->q, 32) - 16 * a->sum) * (d * a->d);
     } else if (t == model::GgmlType::Q5_1) {  // x = d * q + m, q in 0..31 (the 5th bits at w + 4)
-      const uint32_t qh = uint32_t(w[4]) | uint32_t(w[5]) << 8 | uint32_t(w[6]) << 16 | uint32_t(w[7]) << 24;
       uint8_t q[32];
-      nibbles(w + 8, q);
-      for (int j = 0; j < 32; ++j) q[j] = uint8_t(q[j] | ((qh >> j) & 1) << 4);
+      codes5(w + 8, w + 4, q);
       acc += float(idot(q, a->q, 32)) * (d * a->d);
       acc += float(a->sum) * (f16(w + 2) * a->d);
     } else if (t == model::GgmlType::IQ4_NL) {  // x = d * level[q]
