@@ -135,8 +135,7 @@ void serve(const Options& o) {
   const uint32_t tails = !spec.policy.sink && !spec.policy.window && !rings ? 0 : tail_slots;
   engine::Engine e(lm.model, spec,
                    {.device = device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
-                    .max_chunk = o.max_batched_tokens,
-                    .gpu_memory = o.gpu_memory, .prefix_tails = tails,
+                    .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory, .prefix_tails = tails,
                     .swa_full = o.swa_full});
   const std::string name = o.name.empty() ? std::filesystem::path(lm.path).stem().string() : o.name;
 
