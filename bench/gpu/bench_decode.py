@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 QH, KVH, D, PAGE = 32, 8, 128, 16
 # issue 4's shapes, and batch 1 from 1K to 128K (issue 15: never slower than torch there)
-SHAPES = [(1, 32768), (8, 32768), (16, 32768), (32, 8192), (4, 131072), (64, 4096), (1, 1024), (1, 4096), (1, 131072)]
+SHAPES = [(1, 32768), (8, 32768), (16, 32768), (32, 8192), (4, 131072), (64, 4096), (1, 1024), (1, 4096), (1, 65536), (1, 131072)]
 SPECS = ["k3v2", "k4v4", "fp8", "bf16"]
 DT = {"f32": 0, "f16": 1, "bf16": 2}
 

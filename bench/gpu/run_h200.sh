@@ -12,7 +12,8 @@
 # too: -DTQ_CUDA_PORTABLE_ON_HOPPER=ON).
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
 # benchmark; NO_CPU_TESTS=1 the CPU suites alone (CI runs them); NO_SANITIZERS=1 compute-sanitizer;
-# ONLY_SANITIZERS=1 everything but the build and compute-sanitizer. The GPU suites and the
+# ONLY_SANITIZERS=1 everything but the build and compute-sanitizer; NO_SUITES=1 the GPU and CPU
+# suites (a call for the benchmark and Nsight alone). The build makes only what the stages run. The GPU suites and the
 # sanitizers together outlast a call's 600 s (a NO_BENCH=1 NO_CPU_TESTS=1 run was cut during the
 # runner's portable runs on 2026-12-03), so run them in two calls:
 #   NO_BENCH=1 NO_CPU_TESTS=1 NO_SANITIZERS=1 bash bench/gpu/run_h200.sh;  ONLY_SANITIZERS=1 bash bench/gpu/run_h200.sh
@@ -31,6 +32,8 @@
 # openai and prometheus-client).
 # CHECK_MODEL=FILE CHECK_TEXT=FILE: also bench/gpu/check_model.sh (GPU runner against the CPU runner
 # with the tq commands on a real model; scripts/stage_model.sh brings a model over 64 MiB).
+# BENCH_HEAD_DIMS="64 256": the decode targets' shapes at those head dims too (bench_dNN.json), and
+# targets.py's byte-limit table by head dim.
 # BASE=DIR: a source tree of the baseline (e.g. main's `git archive`, carried in an ignored
 # folder): its C API is built too and benchmarked in the same call, before ours.
 set -uo pipefail
@@ -55,7 +58,11 @@ deps=()
 start=$(date +%s)
 cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_CUDA_VERBOSE=ON -DTQ_CUDA_PORTABLE_ON_HOPPER=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
   >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
-ninja -C build/h200 test_cuda test_capi test_cuda_runner test_codec test_kv test_engine tq_capi tq >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+# only what the stages asked for are built: a bench-only call (NO_SUITES=1 NO_SANITIZERS=1) builds the libraries alone
+targets=(tq_capi tq)
+{ [ -z "${NO_SUITES:-}" ] || { [ -z "${QUICK:-}" ] && [ -z "${NO_SANITIZERS:-}" ]; }; } && targets+=(test_cuda test_capi test_cuda_runner)
+[ -z "${QUICK:-}" ] && [ -z "${NO_CPU_TESTS:-}" ] && [ -z "${NO_SUITES:-}" ] && [ -z "${ONLY_SANITIZERS:-}" ] && targets+=(test_codec test_kv test_engine)
+ninja -C build/h200 "${targets[@]}" >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 note "build: $(( $(date +%s) - start )) s"
 grep -A2 "decode_kernel\|quantize_store_kernel" "$OUT/build.log" | grep -E "registers|spill" | sort | uniq -c | sort -rn | head -8 > "$OUT/ptxas_summary.txt"
 cat "$OUT/ptxas_summary.txt"
@@ -75,8 +82,8 @@ if command -v cuobjdump >/dev/null; then
 fi
 
 pack
-# ONLY_SANITIZERS=1: none of the suites (a second call after a NO_SANITIZERS=1 one).
-if [ -z "${ONLY_SANITIZERS:-}" ]; then
+# ONLY_SANITIZERS=1 (or NO_SUITES=1, which keeps what comes after them): none of the suites (a second call after a NO_SANITIZERS=1 one).
+if [ -z "${ONLY_SANITIZERS:-}" ] && [ -z "${NO_SUITES:-}" ]; then
   if [ -z "${QUICK:-}" ] && [ -z "${NO_CPU_TESTS:-}" ]; then
     for t in codec/test_codec kv/test_kv engine/test_engine; do
       ./build/h200/tests/$t --gtest_brief=1 >"$OUT/$(basename $t).log" 2>&1
@@ -190,5 +197,12 @@ grep 'quantize_store k3v2' "$OUT/bench.log"
 grep '^prefill' "$OUT/bench.log"
 echo "quantize_store (k3v2, k3tv2t), what it adds to a captured quantize_store + decode step (two calls; one quantize_store_and_decode):"
 grep -E ' k3v2 | k3tv2t ' "$OUT/bench.log" | grep -o 'B= *[0-9]* L= *[0-9]* *[a-z0-9]*\|added to a captured step [^)]*)\|with quantize_store_and_decode [^)]*)' | paste - - -
-[ -f "$OUT/bench.json" ] && python3 bench/gpu/targets.py "$OUT/bench.json" | tee "$OUT/targets.md"  # issue 15's targets
+# BENCH_HEAD_DIMS="64 256": the same decode shapes at other head dims (k3v2 and torch), for the targets' byte-limit table
+dims=()
+for hd in ${BENCH_HEAD_DIMS:-}; do
+  python3 bench/gpu/bench_decode.py --lib build/h200/bindings/c/libtq_capi.so --json "$OUT/bench_d$hd.json" --head-dim "$hd" --specs k3v2 \
+    --shapes 16x32768,4x131072,8x32768,32x8192,64x4096 --no-bulk --no-prefill >"$OUT/bench_d$hd.log" 2>&1 && dims+=("$OUT/bench_d$hd.json")
+  note "bench_decode.py --head-dim $hd: $(grep -c '^| ' "$OUT/bench_d$hd.log") table lines"
+done
+[ -f "$OUT/bench.json" ] && python3 bench/gpu/targets.py "$OUT/bench.json" "${dims[@]}" | tee "$OUT/targets.md"  # issue 15's targets
 pack
