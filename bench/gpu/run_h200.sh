@@ -90,11 +90,17 @@ if [ -z "${ONLY_SANITIZERS:-}" ] && [ -z "${NO_SUITES:-}" ]; then
       note "$(basename $t): $(grep -E '^\[  PASSED|FAILED TEST' "$OUT/$(basename $t).log" | head -3 | tr '\n' ' ')"
     done
   fi
+  # SUITES and PORTABLE_SUITES pick the suites of each kind of run (all three and both by default): one
+  # call's 600 s hold the native runs and the portable test_cuda, a second the portable runner's and the sanitizers.
+  suites=" ${SUITES-test_cuda test_capi test_cuda_runner} "
+  if [[ $suites == *" test_cuda "* ]]; then
   ./build/h200/tests/cuda/test_cuda --gtest_output=xml:"$OUT/test_cuda.xml" >"$OUT/test_cuda.log" 2>&1
   note "test_cuda: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/test_cuda.log" | tr '\n' ' ')"
   grep -E "^\[  FAILED" "$OUT/test_cuda.log" | head -20
   grep -B3 -A8 "Failure" "$OUT/test_cuda.log" | head -60
+  fi
   for t in test_capi test_cuda_runner; do
+    [[ $suites == *" $t "* ]] || continue
     ./build/h200/tests/cuda/$t --gtest_output=xml:"$OUT/$t.xml" >"$OUT/$t.log" 2>&1
     note "$t: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/$t.log" | tr '\n' ' ')"
     grep -B3 -A8 "Failure" "$OUT/$t.log" | head -40
@@ -102,7 +108,7 @@ if [ -z "${ONLY_SANITIZERS:-}" ] && [ -z "${NO_SUITES:-}" ]; then
   # The portable path (plain launches, as on GPUs before sm_90) on this GPU: launch_common.h. Then
   # what an sm_86/89/120 GPU runs: plain launches and 99 KB of shared memory a block (the compact
   # kernels, TQ_CUDA_SMEM_KB).
-  for t in test_cuda test_cuda_runner; do
+  for t in ${PORTABLE_SUITES-test_cuda test_cuda_runner}; do
     TQ_CUDA_PORTABLE=1 ./build/h200/tests/cuda/$t >"$OUT/${t}_portable.log" 2>&1
     note "$t, TQ_CUDA_PORTABLE=1: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/${t}_portable.log" | tr '\n' ' ')"
     grep -B3 -A8 "Failure" "$OUT/${t}_portable.log" | head -20
@@ -110,8 +116,8 @@ if [ -z "${ONLY_SANITIZERS:-}" ] && [ -z "${NO_SUITES:-}" ]; then
     note "$t, TQ_CUDA_PORTABLE=1 TQ_CUDA_SMEM_KB=99: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/${t}_99kb.log" | tr '\n' ' ')"
     grep -B3 -A8 "Failure" "$OUT/${t}_99kb.log" | head -20
   done
-  note "CUDA runner vs CPU runner, KL per case (mean, max[, the quantization's own mean]): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"\|name="quantization_kl_mean" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
-  note "decode tests, worst relative error against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1); largest error / bound (2x a same-precision computation's): $(python3 -c "import re,sys; x=open(sys.argv[1]).read(); r=[float(a)/float(b) for a,b in re.findall(r'name=.worst_rel_err. value=.([^\"]*).\s*/>\s*<property name=.bound. value=.([^\"]*).', x)]; print(round(max(r),3) if r else '-')" "$OUT/test_cuda.xml")"
+  [ -f "$OUT/test_cuda_runner.xml" ] && note "CUDA runner vs CPU runner, KL per case (mean, max[, the quantization's own mean]): $(grep -o 'name="kl_mean" value="[^"]*"\|name="kl_max" value="[^"]*"\|name="quantization_kl_mean" value="[^"]*"' "$OUT/test_cuda_runner.xml" | cut -d'"' -f4 | paste -sd' ')"
+  [ -f "$OUT/test_cuda.xml" ] && note "decode tests, worst relative error against the CPU reference: $(grep -o 'name="worst_rel_err" value="[^"]*"' "$OUT/test_cuda.xml" | cut -d'"' -f4 | sort -g | tail -1); largest error / bound (2x a same-precision computation's): $(python3 -c "import re,sys; x=open(sys.argv[1]).read(); r=[float(a)/float(b) for a,b in re.findall(r'name=.worst_rel_err. value=.([^\"]*).\s*/>\s*<property name=.bound. value=.([^\"]*).', x)]; print(round(max(r),3) if r else '-')" "$OUT/test_cuda.xml")"
 fi
 pack
 
