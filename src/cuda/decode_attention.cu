@@ -104,7 +104,7 @@ void size_splits(Plan& pl, const DecodeParams& p, int tiles, int splits, int til
 
 // The positions a block's splits cover: the longest sequence's, or in a sliding-window layer at
 // most its window and the span of the block's query tokens, from the first row's window start
-// rounded down to 16 (the kernels' base: decode_kernel.cuh, window_base in prefill_kernel.cuh).
+// rounded down to 16 (the kernels' base: decode_kernel.cuh, window_base in decode_side.cuh).
 uint32_t span_tokens(const DecodeParams& p, uint32_t block_tokens) {
   if (!p.sliding_window) return p.max_seq_len;
   return uint32_t(std::min<uint64_t>(p.max_seq_len, uint64_t(p.sliding_window) + std::min(block_tokens, p.num_q_tokens) + 15));

@@ -15,8 +15,9 @@
 // query is int16 fixed point per row (step max|q| / 32639) held as its high and low bytes, and S =
 // 2^8 (q_hi . k) + (q_lo . k) is exact in int32. Two int8 MMAs cost one fp16 MMA's tensor time and
 // shared-memory reads, where the two fp16 parts of the query cost two.
-// Output as prefill_kernel's: unnormalized rows with (max, sum) in the workspace, merged by
-// merge_kernel.
+// Output as prefill_kernel's: normalized rows written by the block itself where
+// prefill::writes_output allows, else unnormalized rows with (max, sum) in the workspace, merged
+// by merge_kernel.
 #pragma once
 
 #include <climits>

@@ -32,7 +32,7 @@ constexpr bool variant_carried(int arch, bool has_compact, bool compact) {
 // Whether the build also carries the prefill's mma.sync kernel of full tiles for Hopper (sm_90a),
 // where its warpgroup-MMA kernel runs instead (launch_common.h's warpgroup_mma): only when built
 // with -DTQ_CUDA_PORTABLE_ON_HOPPER=ON, as the GPU tests are, so that TQ_CUDA_PORTABLE=1 runs the
-// path of every other GPU there. Left out by default: its 36 kernels lengthen the attention
+// path of every other GPU there. Left out by default: its 48 kernels (3 head dims x 16 caches) lengthen the attention
 // kernels' compile, CI's longest step (docs/cuda.md, "GPUs other than the H200").
 #ifndef TQ_CUDA_PORTABLE_ON_HOPPER
 #define TQ_CUDA_PORTABLE_ON_HOPPER 0
