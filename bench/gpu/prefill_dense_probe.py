@@ -14,6 +14,14 @@ torch alone, on the shapes of bench_decode.py's whole-prompt rows (batch 1, 32 q
                 would call it
   + scratch     chunked, plus each chunk's K/V prefix copied into a scratch buffer first: the bf16
                 writes of a decode into a scratch (its packed reads are 5x fewer bytes; not counted)
+  whole, cuDNN / whole, flash
+                the whole prompt with torch's backend forced: cuDNN's attention, or the flash
+                backend (FlashAttention-2's kernels), which a lower-right causal bias dispatches to;
+                so that "chunked" is read as the backend it ran on, not as the chunking's cost
+  chunked, cuDNN
+                the chunks on cuDNN: each chunk's rows against its prefix (no mask) and against
+                itself (causal), the two merged by their log-sum-exp, K/V expanded to the query
+                heads beforehand (untimed): what chunking costs the fastest kernel torch has
 
 All in CUDA graphs (bench_decode.timed_graph), medians; the ratios are whole / row (>= 0.9 is the
 target's bar).
@@ -34,9 +42,17 @@ from bench_decode import timed_graph  # noqa: E402  (the same timing as the othe
 QH, KVH = 32, 8
 
 
-def whole_and_chunked(L, D, chunk, device="cuda", timer=timed_graph):
-    """One row of the table: the three timings (timer(fn, reps, iters), ms) and how far the chunked
-    attention is from the whole one (relative L2; 0 up to the kernels' own summation order)."""
+def cudnn_lse_attention(q, k, v, causal):
+    """cuDNN's attention (torch's own op; equal query and KV heads) with its log-sum-exp:
+    (out [1, H, n, D], natural log-sum-exp [1, H, n] in fp32)."""
+    r = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, causal, False)
+    return r[0], r[1].reshape(r[0].shape[:3]).float()
+
+
+def whole_and_chunked(L, D, chunk, device="cuda", timer=timed_graph, lse_attention=None):
+    """One row of the table: the timings (timer(fn, reps, iters), ms) and how far the chunked
+    attention is from the whole one (relative L2; 0 up to the kernels' own summation order).
+    lse_attention(q, k, v, causal) -> (out, log-sum-exp) stands in for cuDNN's (the CPU test's)."""
     from torch.nn.attention.bias import causal_lower_right
     k = torch.randn(1, KVH, L, D, dtype=torch.bfloat16, device=device)
     v = torch.randn(1, KVH, L, D, dtype=torch.bfloat16, device=device)
@@ -65,6 +81,31 @@ def whole_and_chunked(L, D, chunk, device="cuda", timer=timed_graph):
             return F.scaled_dot_product_attention(qc, kk, vv, attn_mask=m, enable_gqa=True)
         return F.scaled_dot_product_attention(qc, kk.repeat_interleave(QH // KVH, dim=1), vv.repeat_interleave(QH // KVH, dim=1), attn_mask=m)
 
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def whole_on(backend):
+        def run(st=None):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return run
+
+    ke, ve = k.repeat_interleave(QH // KVH, dim=1), v.repeat_interleave(QH // KVH, dim=1)  # cuDNN's own op takes equal heads
+
+    cudnn = lse_attention or cudnn_lse_attention
+
+    def chunked_cudnn(st=None):
+        outs = []
+        for e in ends:
+            b = (e - 1) // chunk * chunk
+            qc = q[:, :, b:e]
+            o, l = cudnn(qc, ke[:, :, b:e], ve[:, :, b:e], True)
+            if b:
+                o0, l0 = cudnn(qc, ke[:, :, :b], ve[:, :, :b], False)
+                lm = torch.logaddexp(l0, l)
+                o = (o0.float() * torch.exp(l0 - lm)[..., None] + o.float() * torch.exp(l - lm)[..., None]).to(q.dtype)
+            outs.append(o)
+        return outs
+
     gqa = True
     try:  # as bench_decode.prefill_rows: a torch build without GQA under a causal bias expands K/V
         attend(q[:, :, :1], k[:, :, :1], v[:, :, :1], causal_lower_right(1, 1))
@@ -78,7 +119,18 @@ def whole_and_chunked(L, D, chunk, device="cuda", timer=timed_graph):
                whole_ms=timer(whole, reps=2, iters=10),
                chunked_ms=timer(chunked, reps=2, iters=10),
                scratch_ms=timer(lambda st=None: chunked(st, scratch=True), reps=2, iters=10))
-    del k, v, q, ks, vs
+    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
+        try:
+            row[f"whole_{name}_ms"] = timer(whole_on(backend), reps=2, iters=10)
+        except RuntimeError as e:  # the backend refuses the shape on this GPU or build
+            row[f"whole_{name}_ms"], row[f"whole_{name}_error"] = None, str(e).split("\n")[0]
+    try:
+        got = torch.cat(chunked_cudnn(), dim=2)
+        row["chunked_cudnn_rel_diff"] = ((got.float() - ref.float()).norm() / ref.float().norm()).item()
+        row["chunked_cudnn_ms"] = timer(chunked_cudnn, reps=2, iters=10)
+    except (RuntimeError, AttributeError) as e:
+        row["chunked_cudnn_ms"], row["chunked_cudnn_error"] = None, str(e).split("\n")[0]
+    del k, v, q, ks, vs, ke, ve
     if device == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -106,6 +158,14 @@ def main():
     for r in rows:
         print(f"| {r['whole_prompt']} | {r['head_dim']} | {r['whole_ms']:.3f} | {r['chunked_ms']:.3f} | {r['whole_ms'] / r['chunked_ms']:.2f}x | "
               f"{r['scratch_ms']:.3f} | {r['whole_ms'] / r['scratch_ms']:.2f}x | {r['rel_diff']:.1e} |")
+    ms = lambda r, key: "-" if r.get(key) is None else f"{r[key]:.3f}"
+    print(f"\n| prompt | whole ms (torch's choice) | whole, cuDNN forced | whole, flash forced | chunked, cuDNN (merged) | whole / chunked cuDNN | its rel. diff |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        c = r.get("chunked_cudnn_ms")
+        ratio = "-" if c is None else f"{r['whole_ms'] / c:.2f}x"
+        print(f"| {r['whole_prompt']} | {r['whole_ms']:.3f} | {ms(r, 'whole_cudnn_ms')} | {ms(r, 'whole_flash_ms')} | {ms(r, 'chunked_cudnn_ms')} | "
+              f"{ratio} | {r.get('chunked_cudnn_rel_diff', r.get('chunked_cudnn_error', '-'))} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, rows=rows), f, indent=1)

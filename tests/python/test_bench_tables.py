@@ -123,8 +123,20 @@ def test_dense_probe_chunks_give_the_whole_prompts_attention():
         calls.append(fn)
         return 1.0
 
+    def lse_attention(q, k, v, causal):  # what cuDNN's op returns, in fp32 on the CPU
+        s = (q.float() @ k.float().transpose(-1, -2)) / q.shape[-1] ** 0.5
+        if causal:
+            s = s.masked_fill(torch.ones_like(s, dtype=torch.bool).triu(1), float("-inf"))
+        return (torch.softmax(s, -1) @ v.float()).to(q.dtype), torch.logsumexp(s, -1)
+
+    import torch
     for length in (96, 100, 20):
-        row = probe.whole_and_chunked(length, 64, 32, device="cpu", timer=once)
+        row = probe.whole_and_chunked(length, 64, 32, device="cpu", timer=once, lse_attention=lse_attention)
         assert row["rel_diff"] < 2**-8, row  # bf16 outputs of the same sums in another order: a last bit at most
+        # the cuDNN column's chunks: prefix and diagonal merged by their log-sum-exp (a merge that
+        # dropped either part or weighed them wrong would be off by far more)
+        assert row["chunked_cudnn_rel_diff"] < 2**-7, row
         assert row["whole_prompt"] == length and row["chunk"] == 32
-    assert len(calls) == 9
+        # cuDNN's backend is CUDA's: on the CPU it is refused, and the row says so (torch's CPU has a flash one)
+        assert row["whole_cudnn_ms"] is None and "whole_cudnn_error" in row
+    assert len(calls) == 15  # whole, chunked, + scratch, whole on flash, chunked on "cuDNN": each length
