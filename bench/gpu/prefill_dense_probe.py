@@ -11,7 +11,7 @@ torch alone, on the shapes of bench_decode.py's whole-prompt rows (batch 1, 32 q
   whole         torch SDPA, is_causal, over the whole prompt in one call (bench_decode.py's baseline)
   chunked       the same attention in the engine's chunks (2048 new tokens), each chunk against its
                 prefix and itself with a lower-right causal mask: dense attention as the engine
-                would call it
+                would call it (torch runs such a bias on its flash backend, not on cuDNN)
   + scratch     chunked, plus each chunk's K/V prefix copied into a scratch buffer first: the bf16
                 writes of a decode into a scratch (its packed reads are 5x fewer bytes; not counted)
   whole, cuDNN / whole, flash
