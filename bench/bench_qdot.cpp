@@ -21,26 +21,8 @@ using tq::model::GgmlType;
 
 constexpr size_t kRows = 64, kCols = 2048;  // q8_0: 139 KB of weights
 
-constexpr GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0,
-                               GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K};
-
-// Offsets of a block's fp16 scale fields (random bytes there could be inf or NaN).
-std::vector<size_t> f16_fields(GgmlType t) {
-  switch (t) {
-    case GgmlType::Q8_0:
-    case GgmlType::Q4_0:
-    case GgmlType::Q5_0:
-      return {0};
-    case GgmlType::Q4_1:
-    case GgmlType::Q4_K:
-    case GgmlType::Q5_K:
-      return {0, 2};
-    case GgmlType::Q6_K:
-      return {208};
-    default:
-      return {};
-  }
-}
+constexpr GgmlType kTypes[] = {GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::IQ4_NL,
+                               GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_XS};
 
 void BM_Dot(benchmark::State& state) {
   const GgmlType t = kTypes[state.range(0)];
@@ -57,7 +39,7 @@ void BM_Dot(benchmark::State& state) {
   for (auto& b : w) b = uint8_t(rng());
   const uint16_t scale = tq::f32_to_f16(0.01f);
   for (size_t b = 0; b < w.size() / ti.block_bytes; ++b)
-    for (size_t at : f16_fields(t))
+    for (size_t at : tq::model::ggml_scale_fields(t))  // random bytes there could be inf or NaN
       w[b * ti.block_bytes + at] = uint8_t(scale & 0xFF), w[b * ti.block_bytes + at + 1] = uint8_t(scale >> 8);
   std::normal_distribution<float> nd;
   std::vector<float> x(kCols);

@@ -287,6 +287,8 @@ TEST_P(QuantizedDot, Avx512GivesTheAvx2Bits) {
     case GgmlType::Q4_0: k = {detail::dot_q4_0_avx2, detail::dot_q4_0_avx512, detail::dot4_q4_0_avx2, detail::dot4_q4_0_avx512vnni}; break;
     case GgmlType::Q4_1: k = {detail::dot_q4_1_avx2, detail::dot_q4_1_avx512, detail::dot4_q4_1_avx2, detail::dot4_q4_1_avx512vnni}; break;
     case GgmlType::Q5_0: k = {detail::dot_q5_0_avx2, detail::dot_q5_0_avx512, detail::dot4_q5_0_avx2, detail::dot4_q5_0_avx512vnni}; break;
+    case GgmlType::Q5_1: k = {detail::dot_q5_1_avx2, detail::dot_q5_1_avx512, detail::dot4_q5_1_avx2, detail::dot4_q5_1_avx512vnni}; break;
+    case GgmlType::IQ4_NL: k = {detail::dot_iq4_nl_avx2, detail::dot_iq4_nl_avx512, detail::dot4_iq4_nl_avx2, detail::dot4_iq4_nl_avx512vnni}; break;
     default: GTEST_SKIP() << model::ggml_type_name(t) << ": no 32-element AVX-512 kernel (K-quants: Avx512KQuantsGiveTheAvx2Bits)";
   }
   const auto bits = [](float f) {
@@ -339,6 +341,8 @@ TEST_P(QuantizedDot, Avx512KQuantsGiveTheAvx2Bits) {
     case GgmlType::Q4_K: narrow = detail::dot_q4_K_avx2, wide = detail::dot_q4_K_avx512, four = detail::dot4_q4_K_avx2; break;
     case GgmlType::Q5_K: narrow = detail::dot_q5_K_avx2, wide = detail::dot_q5_K_avx512, four = detail::dot4_q5_K_avx2; break;
     case GgmlType::Q6_K: narrow = detail::dot_q6_K_avx2, wide = detail::dot_q6_K_avx512, four = detail::dot4_q6_K_avx2; break;
+    case GgmlType::Q2_K: narrow = detail::dot_q2_K_avx2, wide = detail::dot_q2_K_avx512, four = detail::dot4_q2_K_avx2; break;
+    case GgmlType::Q3_K: narrow = detail::dot_q3_K_avx2, wide = detail::dot_q3_K_avx512, four = detail::dot4_q3_K_avx2; break;
     default: GTEST_SKIP() << model::ggml_type_name(t) << ": no 256-element AVX-512 kernel (32-element types: Avx512GivesTheAvx2Bits)";
   }
   const auto bits = [](float f) {

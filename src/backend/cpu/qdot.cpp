@@ -273,6 +273,10 @@ DotFn dot_kernel(GgmlType w) {
       case GgmlType::Q4_K: return vnni ? avx512_k<detail::dot_q4_K_avx512, true> : avx512_k<detail::dot_q4_K_avx512, false>;
       case GgmlType::Q5_K: return vnni ? avx512_k<detail::dot_q5_K_avx512, true> : avx512_k<detail::dot_q5_K_avx512, false>;
       case GgmlType::Q6_K: return vnni ? avx512_k<detail::dot_q6_K_avx512, true> : avx512_k<detail::dot_q6_K_avx512, false>;
+      case GgmlType::Q5_1: return vnni ? avx512_one<detail::dot_q5_1_avx512, true> : avx512_one<detail::dot_q5_1_avx512, false>;
+      case GgmlType::IQ4_NL: return vnni ? avx512_one<detail::dot_iq4_nl_avx512, true> : avx512_one<detail::dot_iq4_nl_avx512, false>;
+      case GgmlType::Q2_K: return vnni ? avx512_k<detail::dot_q2_K_avx512, true> : avx512_k<detail::dot_q2_K_avx512, false>;
+      case GgmlType::Q3_K: return vnni ? avx512_k<detail::dot_q3_K_avx512, true> : avx512_k<detail::dot_q3_K_avx512, false>;
       default: break;
     }
   }
@@ -285,12 +289,11 @@ DotFn dot_kernel(GgmlType w) {
       case GgmlType::Q4_K: return avx2_one<ActQ8x256, detail::dot_q4_K_avx2>;
       case GgmlType::Q5_K: return avx2_one<ActQ8x256, detail::dot_q5_K_avx2>;
       case GgmlType::Q6_K: return avx2_one<ActQ8x256, detail::dot_q6_K_avx2>;
-      // (no AVX-512 kernels: AVX-512 CPUs run these)
       case GgmlType::Q5_1: return avx2_one<ActQ8x32, detail::dot_q5_1_avx2>;
       case GgmlType::IQ4_NL: return avx2_one<ActQ8x32, detail::dot_iq4_nl_avx2>;
       case GgmlType::Q2_K: return avx2_one<ActQ8x256, detail::dot_q2_K_avx2>;
       case GgmlType::Q3_K: return avx2_one<ActQ8x256, detail::dot_q3_K_avx2>;
-      case GgmlType::IQ4_XS: return avx2_one<ActQ8x256, detail::dot_iq4_xs_avx2>;
+      case GgmlType::IQ4_XS: return avx2_one<ActQ8x256, detail::dot_iq4_xs_avx2>;  // also under AVX-512 (qdot_avx512.cpp)
       default: break;
     }
   }
@@ -320,6 +323,8 @@ Dot4Fn dot4_kernel(GgmlType w) {
       case GgmlType::Q4_0: return four<detail::dot4_q4_0_avx512vnni>;
       case GgmlType::Q4_1: return four<detail::dot4_q4_1_avx512vnni>;
       case GgmlType::Q5_0: return four<detail::dot4_q5_0_avx512vnni>;
+      case GgmlType::Q5_1: return four<detail::dot4_q5_1_avx512vnni>;
+      case GgmlType::IQ4_NL: return four<detail::dot4_iq4_nl_avx512vnni>;
       default: break;
     }
   }

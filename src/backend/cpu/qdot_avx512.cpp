@@ -1,5 +1,6 @@
-// AVX-512 kernels of the quantized dot products (q8_0, q4_0, q4_1, q5_0; the K-quants at the end of
-// the file; qdot_avx512.h). This file alone is compiled with the AVX-512 flags and is only called
+// AVX-512 kernels of the quantized dot products (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl; the K-quants
+// q2_K to q6_K at the end of the file; qdot_avx512.h). iq4_xs has none: two of its sub-blocks a zmm
+// measured 13% slower than the AVX2 kernel on Zen 4 (bench/results/2026-12-06-cpu-weight-types.md). This file alone is compiled with the AVX-512 flags and is only called
 // after cpu::has_avx512() said yes,
 // so the binary still runs on AVX2-only CPUs. Every result is the AVX2 kernel's bits: the integer
 // block sums are exact either way (maddubs cannot saturate for these types; VNNI's vpdpbusd adds
@@ -26,6 +27,7 @@
 #include <cstring>
 
 #include "avx2_hsum.h"
+#include "tq/model/ggml_quants.h"
 
 namespace tq::cpu::detail {
 namespace {
@@ -54,18 +56,29 @@ inline __m512i dot_u8s8(__m512i u, __m512i s) {
   return _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1));
 }
 
+// a with w's sign: there is no 512-bit sign_epi8. (Where w is 0 this keeps a, which sign_epi8
+// zeroes; |w| = 0 makes the product 0 either way. Activation codes are never -128.)
+inline __m512i signed_like(__m512i a, __m512i w) { return _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(w), _mm512_setzero_si512(), a); }
+// Signed codes (q8_0, iq4's levels) times signed activation codes: |w| * (a with w's sign).
+template <bool kVnni>
+inline __m512i dot_s8s8(__m512i w, __m512i a) {
+  return dot_u8s8<kVnni>(_mm512_abs_epi8(w), signed_like(a, w));
+}
+inline __m256i dot_s8s8_ymm(__m256i w, __m256i a) {
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
+}
+// iq4's 16 levels (model::kIq4Levels) in each 128-bit lane, for a byte shuffle by nibble.
+inline __m512i iq4_table() { return _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(model::kIq4Levels))); }
+
 struct BlockQ8_0 {
   static constexpr size_t kBytes = 34;
   static __m512i prep(const uint8_t* b0, const uint8_t* b1) { return pair(load(b0 + 2), load(b1 + 2)); }
   static __m256i prep1(const uint8_t* b) { return load(b + 2); }
   template <bool kVnni>
-  static __m512i dot(__m512i w, __m512i a) {  // |w| * (a with w's sign): there is no 512-bit sign_epi8
-    const __m512i sa = _mm512_mask_sub_epi8(a, _mm512_movepi8_mask(w), _mm512_setzero_si512(), a);
-    return dot_u8s8<kVnni>(_mm512_abs_epi8(w), sa);
+  static __m512i dot(__m512i w, __m512i a) {
+    return dot_s8s8<kVnni>(w, a);
   }
-  static __m256i dot_ymm(__m256i w, __m256i a) {
-    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w));
-  }
+  static __m256i dot_ymm(__m256i w, __m256i a) { return dot_s8s8_ymm(w, a); }
   static float offset(const uint8_t*, float, const ActQ8x32&) { return 0; }
 };
 struct BlockQ4_0 {  // x = d * (q - 8)
@@ -95,22 +108,23 @@ struct BlockQ4_1 {  // x = d * q + m
   static float offset(const uint8_t* b, float, const ActQ8x32& a) { return f16(b + 2) * a.d * float(a.sum); }
 };
 
-struct BlockQ5_0 {  // x = d * (q - 16): q's low nibbles at b + 6, fifth bits (a little-endian uint32) at b + 2
-  static constexpr size_t kBytes = 22;
+// q5_0 and q5_1: the low nibbles at b + kQs, the fifth bits (a little-endian uint32) at b + kQh.
+template <size_t kQh, size_t kQs>
+struct FiveBitCodes {
   static uint32_t bits(const uint8_t* b) {
     uint32_t h;
-    std::memcpy(&h, b + 2, 4);
+    std::memcpy(&h, b + kQh, 4);
     return h;
   }
   // Byte j of the codes gets 0x10 where bit j of the mask is set: the fifth bits go straight from
   // the block into a mask register.
   static __m512i prep(const uint8_t* b0, const uint8_t* b1) {
-    const __m512i low = _mm512_and_si512(pair(nibbles16(b0 + 6), nibbles16(b1 + 6)), _mm512_set1_epi8(0x0F));
+    const __m512i low = _mm512_and_si512(pair(nibbles16(b0 + kQs), nibbles16(b1 + kQs)), _mm512_set1_epi8(0x0F));
     const __mmask64 fifth = _cvtu64_mask64(uint64_t(bits(b0)) | uint64_t(bits(b1)) << 32);
     return _mm512_or_si512(low, _mm512_maskz_mov_epi8(fifth, _mm512_set1_epi8(0x10)));
   }
   static __m256i prep1(const uint8_t* b) {
-    const __m256i low = _mm256_and_si256(nibbles16(b + 6), _mm256_set1_epi8(0x0F));
+    const __m256i low = _mm256_and_si256(nibbles16(b + kQs), _mm256_set1_epi8(0x0F));
     return _mm256_or_si256(low, _mm256_maskz_mov_epi8(_cvtu32_mask32(bits(b)), _mm256_set1_epi8(0x10)));
   }
   template <bool kVnni>
@@ -118,7 +132,29 @@ struct BlockQ5_0 {  // x = d * (q - 16): q's low nibbles at b + 6, fifth bits (a
     return dot_u8s8<kVnni>(w, a);
   }
   static __m256i dot_ymm(__m256i w, __m256i a) { return _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, a); }
+};
+struct BlockQ5_0 : FiveBitCodes<2, 6> {  // x = d * (q - 16)
+  static constexpr size_t kBytes = 22;
   static float offset(const uint8_t*, float d, const ActQ8x32& a) { return d * a.d * float(-16 * a.sum); }
+};
+struct BlockQ5_1 : FiveBitCodes<4, 8> {  // x = d * q + m
+  static constexpr size_t kBytes = 24;
+  static float offset(const uint8_t* b, float, const ActQ8x32& a) { return f16(b + 2) * a.d * float(a.sum); }
+};
+struct BlockIQ4_NL {  // x = d * level[q]: the levels looked up by a byte shuffle
+  static constexpr size_t kBytes = 18;
+  static __m512i prep(const uint8_t* b0, const uint8_t* b1) {
+    return _mm512_shuffle_epi8(iq4_table(), _mm512_and_si512(pair(nibbles16(b0 + 2), nibbles16(b1 + 2)), _mm512_set1_epi8(0x0F)));
+  }
+  static __m256i prep1(const uint8_t* b) {
+    return _mm256_shuffle_epi8(_mm512_castsi512_si256(iq4_table()), _mm256_and_si256(nibbles16(b + 2), _mm256_set1_epi8(0x0F)));
+  }
+  template <bool kVnni>
+  static __m512i dot(__m512i w, __m512i a) {
+    return dot_s8s8<kVnni>(w, a);
+  }
+  static __m256i dot_ymm(__m256i w, __m256i a) { return dot_s8s8_ymm(w, a); }
+  static float offset(const uint8_t*, float, const ActQ8x32&) { return 0; }
 };
 
 // K tokens' activation rows against one weight row, two blocks per step; an odd last block goes
@@ -201,6 +237,10 @@ void dot4_q8_0_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb,
 void dot4_q4_0_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows_ymm<BlockQ4_0, 4>(w, a, nb, out); }
 void dot4_q4_1_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows_ymm<BlockQ4_1, 4>(w, a, nb, out); }
 void dot4_q5_0_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows_ymm<BlockQ5_0, 4>(w, a, nb, out); }
+float dot_q5_1_avx512(const uint8_t* w, const ActQ8x32* a, size_t nb, bool vnni) { return dot_one<BlockQ5_1>(w, a, nb, vnni); }
+float dot_iq4_nl_avx512(const uint8_t* w, const ActQ8x32* a, size_t nb, bool vnni) { return dot_one<BlockIQ4_NL>(w, a, nb, vnni); }
+void dot4_q5_1_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows_ymm<BlockQ5_1, 4>(w, a, nb, out); }
+void dot4_iq4_nl_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out) { dot_rows_ymm<BlockIQ4_NL, 4>(w, a, nb, out); }
 
 // The K-quants (q4_K, q5_K, q6_K), one token: each 64 codes of a 256-element block in one zmm, the
 // two 32-code halves the AVX2 kernel handles in two ymm registers side by side (low half: the
@@ -312,6 +352,66 @@ float dot_q6_K(const uint8_t* w, const ActQ8x256* a, size_t nb) {
   return hsum(acc);
 }
 
+inline __m128i load128(const void* p) { return _mm_loadu_si128(static_cast<const __m128i*>(p)); }
+// The sixteen scales of a q3_K block, less their bias (ggml_q3k_scale for all of them), from its 12
+// packed bytes q: byte i % 8 holds scale i's low 4 bits (the high nibble for i >= 8), byte 8 + i % 4
+// its high 2 at bits 2 (i / 4). In registers (built in memory, the 16-byte load of two 8-byte
+// stores missed the store forwarding: q3_K ran no faster than with AVX2).
+inline __m128i q3k_scales(const uint8_t* q) {
+  uint32_t hi;
+  std::memcpy(&hi, q + 8, 4);
+  const __m128i x = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q)), low4 = _mm_set1_epi8(0x0F);
+  const __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(x, low4), _mm_and_si128(_mm_srli_epi16(x, 4), low4));  // byte i: scale i's low 4
+  const __m128i h2 = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(int(hi)), _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3));  // its high 2
+  return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(h2, 4)), _mm_set1_epi8(32));
+}
+// sum_i v[i] * bsums[i] over 16 int16 lanes (exact in int32).
+inline int sum16(__m256i v, const int16_t* bsums) {
+  const __m256i p = _mm256_madd_epi16(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums)));
+  __m128i x = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
+  return _mm_cvtsi128_si32(x);
+}
+
+// q2_K and q3_K (the AVX2 kernel's dot_q23_rows, whose comment has the layout): each zmm holds the
+// AVX2 kernel's groups g = 2gp (low half) and 2gp + 1 (high half) of a 128-code half h, the codes
+// being the 2-bit fields at bits 2g (and q3_K's high bit at 4h + g of hmask, plus 4: q in 0..7), so
+// its int16 lane e covers codes 64(2h + gp) + 2e, 16 to a scale: q6_K's scale index.
+template <bool kThree, bool kVnni>
+float dot_q23(const uint8_t* w, const ActQ8x256* a, size_t nb) {
+  constexpr size_t kBytes = kThree ? 110 : 84;
+  const __m512i two = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+  const __m512i half1 = _mm512_setr_epi64(0, 0, 0, 0, 1, 1, 1, 1), half2 = _mm512_setr_epi64(0, 0, 0, 0, 2, 2, 2, 2);
+  __m256 acc = _mm256_setzero_ps();
+  float off = 0;
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = w + b * kBytes;
+    const __m256i sc = _mm256_cvtepi8_epi16(kThree ? q3k_scales(blk + 96) : _mm_and_si128(load128(blk), _mm_set1_epi8(0x0F)));  // q2_K 0..15, q3_K -32..31
+    // q3_K's -4 and q2_K's minimums go through the activations' 16-element sums
+    const int osum = sum16(kThree ? sc : _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(load128(blk), 4), _mm_set1_epi8(0x0F))), a[b].bsums);
+    const __m512i scales = _mm512_castsi256_si512(sc);
+    // the high half one bit (hmask) or field (qs) on, so that immediate shifts serve both halves
+    const __m512i hm = kThree ? _mm512_srlv_epi64(_mm512_broadcast_i64x4(load(blk)), half1) : _mm512_setzero_si512();
+    __m512i isum = _mm512_setzero_si512();
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      const __m512i raw = _mm512_srlv_epi64(_mm512_broadcast_i64x4(load(blk + (kThree ? 32 : 16) + 32 * h)), half2);
+#pragma GCC unroll 2
+      for (int gp = 0; gp < 2; ++gp) {  // (64-bit lanes shifted by <= 7, then a mask within each byte)
+        __m512i u = _mm512_and_si512(_mm512_srli_epi64(raw, 4 * gp), two);
+        if constexpr (kThree) u = _mm512_or_si512(u, _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi64(hm, 4 * h + 2 * gp), one), 2));
+        isum = add_scaled<kVnni>(isum, u, _mm512_loadu_si512(a[b].q + 128 * h + 64 * gp), _mm512_permutexvar_epi16(load_index(kScaleIndexQ6, 2 * h + gp), scales));
+      }
+    }
+    __m256i sum = halves_added(isum);
+    if constexpr (kThree) sum = _mm256_sub_epi32(sum, _mm256_setr_epi32(4 * osum, 0, 0, 0, 0, 0, 0, 0));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(f16(blk + (kThree ? 108 : 80)) * a[b].d), acc);
+    if constexpr (!kThree) off -= f16(blk + 82) * a[b].d * float(osum);
+  }
+  return hsum(acc) + off;
+}
+
 }  // namespace
 
 float dot_q4_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni) {
@@ -322,6 +422,13 @@ float dot_q5_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni
 }
 float dot_q6_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni) {
   return vnni ? dot_q6_K<true>(w, a, nb) : dot_q6_K<false>(w, a, nb);
+}
+
+float dot_q2_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni) {
+  return vnni ? dot_q23<false, true>(w, a, nb) : dot_q23<false, false>(w, a, nb);
+}
+float dot_q3_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni) {
+  return vnni ? dot_q23<true, true>(w, a, nb) : dot_q23<true, false>(w, a, nb);
 }
 
 }  // namespace tq::cpu::detail

@@ -19,9 +19,16 @@ void dot4_q8_0_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb,
 void dot4_q4_0_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
 void dot4_q4_1_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
 void dot4_q5_0_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
+float dot_q5_1_avx512(const uint8_t* w, const ActQ8x32* a, size_t nb, bool vnni);
+float dot_iq4_nl_avx512(const uint8_t* w, const ActQ8x32* a, size_t nb, bool vnni);
+void dot4_q5_1_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
+void dot4_iq4_nl_avx512vnni(const uint8_t* w, const ActQ8x32* const* a, size_t nb, float* out);
 // The K-quants, one token (nb blocks of 256): bit for bit dot_q4_K_avx2 and kin.
 float dot_q4_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni);
 float dot_q5_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni);
 float dot_q6_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni);
+// q2_K and q3_K, one token: bit for bit their AVX2 kernels. (iq4_xs: the AVX2 kernel, qdot_avx512.cpp says why.)
+float dot_q2_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni);
+float dot_q3_K_avx512(const uint8_t* w, const ActQ8x256* a, size_t nb, bool vnni);
 
 }  // namespace tq::cpu::detail
