@@ -1,7 +1,7 @@
 // AVX2 + FMA dot products (matmul_avx2.h).
 #include "matmul_avx2.h"
 
-#include "avx2_hsum.h"
+#include "avx2_common.h"
 
 #include <immintrin.h>
 

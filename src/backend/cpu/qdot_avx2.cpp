@@ -7,7 +7,7 @@
 // in integers. Signed weight codes (q8_0, iq4's levels) go in as |w| against a with w's sign.
 #include "qdot_avx2.h"
 
-#include "avx2_hsum.h"
+#include "avx2_common.h"
 
 #include <immintrin.h>
 
@@ -254,6 +254,8 @@ void dot_q6_K_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float
 // 4 where bit 4h + j of hmask[l] is set, its stored value less 4), in sub-block 8h + 2j + l / 16.
 // The codes go to maddubs unsigned (q3_K: q + 4 in 0..7), the 4 comes off through the activation
 // sums: q3_K's isum - 4 * sum_s scale_s * bsums_s; q2_K's minimums -dmin * sum_s m_s * bsums_s.
+// The sixteen scales stay in a register (each group's pair spread by a vpermd and a vpshufb): set
+// from scalars, two broadcasts and an insert a group, the kernel ran at about q4_K's time.
 template <bool kThree, int K>
 void dot_q23_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) {
   constexpr size_t kBytes = kThree ? 110 : 84;
@@ -261,10 +263,13 @@ void dot_q23_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float*
   float off[K];
   for (int j = 0; j < K; ++j) acc[j] = _mm256_setzero_ps(), off[j] = 0;
   const __m256i two = _mm256_set1_epi8(3), one = _mm256_set1_epi8(1);
+  // int16 scale s to the low 128-bit lane, s + 1 to the high one, from the dword holding both (s even)
+  const __m256i spread = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* blk = w + b * kBytes;
-    int sc[16];
-    for (int s = 0; s < 16; ++s) sc[s] = kThree ? model::ggml_q3k_scale(size_t(s), blk + 96) : blk[s] & 15;
+    const __m256i sc = _mm256_cvtepi8_epi16(kThree ? q3k_scales(blk + 96) : _mm_and_si128(load128(blk), _mm_set1_epi8(0x0F)));  // q2_K 0..15, q3_K -32..31
+    // what the activations' 16-element sums carry: q3_K's -4 times each scale, q2_K's minimums
+    const __m256i osum_w = kThree ? sc : _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(load128(blk), 4), _mm_set1_epi8(0x0F)));
     const __m256i hm = kThree ? load(blk) : _mm256_setzero_si256();
     __m256i isum[K];
     for (int j = 0; j < K; ++j) isum[j] = _mm256_setzero_si256();
@@ -274,15 +279,14 @@ void dot_q23_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float*
         __m256i u = _mm256_and_si256(_mm256_srli_epi16(raw, 2 * g), two);
         if constexpr (kThree) u = _mm256_or_si256(u, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hm, 4 * h + g), one), 2));
         const int s = 8 * h + 2 * g;
-        const __m256i scale = _mm256_set_m128i(_mm_set1_epi16(int16_t(sc[s + 1])), _mm_set1_epi16(int16_t(sc[s])));
+        const __m256i scale = _mm256_shuffle_epi8(_mm256_permutevar8x32_epi32(sc, _mm256_set1_epi32(s / 2)), spread);
         for (int j = 0; j < K; ++j) isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(u, load(a[j][b].q + 128 * h + 32 * g), scale));
       }
     }
     const float dw = f16(blk + (kThree ? 108 : 80));
     for (int j = 0; j < K; ++j) {
       const ActQ8x256& ab = a[j][b];
-      int osum = 0;
-      for (int i = 0; i < 16; ++i) osum += (kThree ? sc[i] : blk[i] >> 4) * ab.bsums[i];
+      const int osum = sum16(osum_w, ab.bsums);
       __m256i sum = isum[j];
       if constexpr (kThree) sum = _mm256_sub_epi32(sum, _mm256_setr_epi32(4 * osum, 0, 0, 0, 0, 0, 0, 0));
       acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(dw * ab.d), acc[j]);
