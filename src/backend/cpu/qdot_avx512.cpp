@@ -1,8 +1,8 @@
 // AVX-512 kernels of the quantized dot products (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl; the K-quants
 // q2_K to q6_K at the end of the file; qdot_avx512.h). iq4_xs has none: two of its sub-blocks a zmm
-// measured 13% slower than the AVX2 kernel on Zen 4 (bench/results/2026-12-06-cpu-weight-types.md). This file alone is compiled with the AVX-512 flags and is only called
-// after cpu::has_avx512() said yes,
-// so the binary still runs on AVX2-only CPUs. Every result is the AVX2 kernel's bits: the integer
+// measured 13% slower than the AVX2 kernel on Zen 4 (bench/results/2026-12-06-cpu-weight-types.md).
+// This file alone is compiled with the AVX-512 flags and is only called after cpu::has_avx512()
+// said yes, so the binary still runs on AVX2-only CPUs. Every result is the AVX2 kernel's bits: the integer
 // block sums are exact either way (maddubs cannot saturate for these types; VNNI's vpdpbusd adds
 // the same four products per int32 lane), and the float steps are the same, lane for lane.
 //
@@ -351,7 +351,6 @@ float dot_q6_K(const uint8_t* w, const ActQ8x256* a, size_t nb) {
   }
   return hsum(acc);
 }
-
 
 // q2_K and q3_K (the AVX2 kernel's dot_q23_rows, whose comment has the layout): each zmm holds the
 // AVX2 kernel's groups g = 2gp (low half) and 2gp + 1 (high half) of a 128-code half h, the codes
