@@ -13,10 +13,14 @@
 # QUICK=1 skips the CPU tests and compute-sanitizer (for iterating on a kernel); NO_BENCH=1 the
 # benchmark; NO_CPU_TESTS=1 the CPU suites alone (CI runs them); NO_SANITIZERS=1 compute-sanitizer;
 # ONLY_SANITIZERS=1 everything but the build and compute-sanitizer; NO_SUITES=1 the GPU and CPU
-# suites (a call for the benchmark and Nsight alone). The build makes only what the stages run. The GPU suites and the
-# sanitizers together outlast a call's 600 s (a NO_BENCH=1 NO_CPU_TESTS=1 run was cut during the
-# runner's portable runs on 2026-12-03), so run them in two calls:
-#   NO_BENCH=1 NO_CPU_TESTS=1 NO_SANITIZERS=1 bash bench/gpu/run_h200.sh;  ONLY_SANITIZERS=1 bash bench/gpu/run_h200.sh
+# suites (a call for the benchmark and Nsight alone). The build makes only what the stages run.
+# SUITES="test_cuda test_capi test_cuda_runner" and PORTABLE_SUITES="test_cuda test_cuda_runner"
+# (their defaults) choose the suites of the native and of the portable runs. The GPU suites and
+# the sanitizers together outlast a call's 600 s (a NO_BENCH=1 NO_CPU_TESTS=1 run was cut during
+# the runner's portable runs on 2026-12-03), so run them in two calls, e.g. (2026-12-06, H100:
+# 304 s, then 228 s and the 99 KB runner alone in 166 s):
+#   NO_BENCH=1 NO_CPU_TESTS=1 NO_SANITIZERS=1 PORTABLE_SUITES=test_cuda bash bench/gpu/run_h200.sh
+#   NO_BENCH=1 NO_CPU_TESTS=1 SUITES= PORTABLE_SUITES=test_cuda_runner bash bench/gpu/run_h200.sh
 # Each stage's summary line says when it ended, and the logs are packed as stages end, so a call
 # cut short returns them.
 # ENGINE_BENCH="args": also `tq bench args` (the engine benchmark; JSON to $OUT/engine_bench.json).
@@ -90,8 +94,8 @@ if [ -z "${ONLY_SANITIZERS:-}" ] && [ -z "${NO_SUITES:-}" ]; then
       note "$(basename $t): $(grep -E '^\[  PASSED|FAILED TEST' "$OUT/$(basename $t).log" | head -3 | tr '\n' ' ')"
     done
   fi
-  # SUITES and PORTABLE_SUITES pick the suites of each kind of run (all three and both by default): one
-  # call's 600 s hold the native runs and the portable test_cuda, a second the portable runner's and the sanitizers.
+  # SUITES and PORTABLE_SUITES (the header): one call's 600 s hold the native runs and the portable
+  # test_cuda, a second the portable runner's and the sanitizers.
   suites=" ${SUITES-test_cuda test_capi test_cuda_runner} "
   if [[ $suites == *" test_cuda "* ]]; then
   ./build/h200/tests/cuda/test_cuda --gtest_output=xml:"$OUT/test_cuda.xml" >"$OUT/test_cuda.log" 2>&1
