@@ -17,8 +17,8 @@
 # SUITES="test_cuda test_capi test_cuda_runner" and PORTABLE_SUITES="test_cuda test_cuda_runner"
 # (their defaults) choose the suites of the native and of the portable runs. The GPU suites and
 # the sanitizers together outlast a call's 600 s (a NO_BENCH=1 NO_CPU_TESTS=1 run was cut during
-# the runner's portable runs on 2026-12-03), so run them in two calls, e.g. (2026-12-06, H100:
-# 304 s, then 228 s and the 99 KB runner alone in 166 s):
+# the runner's portable runs on 2026-12-03), so run them in two calls (on an H100, 2026-12-06: the
+# first 304 s; the second's parts, 71 s of sanitizers and ~160 s each portable runner run, ~400 s):
 #   NO_BENCH=1 NO_CPU_TESTS=1 NO_SANITIZERS=1 PORTABLE_SUITES=test_cuda bash bench/gpu/run_h200.sh
 #   NO_BENCH=1 NO_CPU_TESTS=1 SUITES= PORTABLE_SUITES=test_cuda_runner bash bench/gpu/run_h200.sh
 # Each stage's summary line says when it ended, and the logs are packed as stages end, so a call
