@@ -36,6 +36,26 @@ inline __m128i q3k_scales(const uint8_t* q) {
   return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(h2, 4)), _mm_set1_epi8(32));
 }
 
+// The 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) of a q4_K / q5_K block from its 12
+// packed bytes q (ggml_scale_min_k4 for all 8 sub-blocks), in a register: scales 0..3 are
+// q[0..4) & 63, 4..7 (q[8..12) & 15) | (q[0..4) >> 6) << 4; mins 0..3 q[4..8) & 63, 4..7
+// (q[8..12) >> 4) | (q[4..8) >> 6) << 4 (four bytes a dword).
+inline __m128i scales_mins_k4(const uint8_t* q) {
+  uint32_t u2;
+  std::memcpy(&u2, q + 8, 4);
+  const __m128i u01 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q));  // dwords q[0..4), q[4..8)
+  const __m128i low = _mm_and_si128(u01, _mm_set1_epi8(0x3F));               // scales 0..3, mins 0..3
+  const __m128i top = _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(u01, 6), _mm_set1_epi8(0x03)), 4);
+  const __m128i nib = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32(int(u2)), _mm_setr_epi32(0, 4, 0, 0)), _mm_set1_epi8(0x0F));
+  return _mm_unpacklo_epi32(low, _mm_or_si128(nib, top));  // scales 0..3, 4..7, mins 0..3, 4..7
+}
+// The mins of scales_mins_k4's register, each twice (sub-block i's 32 elements are two of the
+// activations' 16-element sums), as 16 int16: sum16 of it and bsums is the block's min term.
+inline __m256i mins_k4_pairs(__m128i sm) {
+  const __m128i m = _mm_unpackhi_epi64(sm, sm);  // the mins in bytes 0..7
+  return _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m));
+}
+
 // sum_i v[i] * bsums[i] over 16 int16 lanes (exact in int32).
 inline int sum16(__m256i v, const int16_t* bsums) {
   const __m256i p = _mm256_madd_epi16(v, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bsums)));

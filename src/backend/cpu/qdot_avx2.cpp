@@ -52,10 +52,6 @@ inline __m256i iq4_levels(__m256i nib) {
   const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(model::kIq4Levels));
   return _mm256_shuffle_epi8(_mm256_set_m128i(t, t), nib);
 }
-// q4_K / q5_K scales and mins of the 8 sub-blocks.
-inline void scales_mins_k4(const uint8_t* q, int sc[8], int m[8]) {
-  for (size_t j = 0; j < 8; ++j) model::ggml_scale_min_k4(j, q, sc[j], m[j]);
-}
 
 }  // namespace
 
@@ -181,8 +177,10 @@ void dot_qk_45(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* ou
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* blk = w + b * kBytes;
     const uint8_t* qs = blk + (kFive ? 48 : 16);
-    int sc[8], m[8];
-    scales_mins_k4(blk + 4, sc, m);
+    const __m128i sm = scales_mins_k4(blk + 4);  // bytes [0..8) scales, [8..16) mins
+    const __m256i mins = mins_k4_pairs(sm);
+    // scale 2g and 2g + 1 in every int16 lane: dword g of the sixteen, its low or its high half
+    const __m256i sc = _mm256_cvtepu8_epi16(sm);
     __m256i qh = kFive ? load(blk + 16) : _mm256_setzero_si256();
     __m256i isum[K];
     for (int j = 0; j < K; ++j) isum[j] = _mm256_setzero_si256();
@@ -194,7 +192,9 @@ void dot_qk_45(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* ou
         hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 1), bit), 4));
         qh = _mm256_srli_epi16(qh, 2);
       }
-      const __m256i s_lo = _mm256_set1_epi16(int16_t(sc[2 * g])), s_hi = _mm256_set1_epi16(int16_t(sc[2 * g + 1]));
+      const __m256i pair = _mm256_permutevar8x32_epi32(sc, _mm256_set1_epi32(g));
+      const __m256i s_lo = _mm256_shufflelo_epi16(_mm256_shufflehi_epi16(pair, 0x00), 0x00);
+      const __m256i s_hi = _mm256_shufflelo_epi16(_mm256_shufflehi_epi16(pair, 0x55), 0x55);
       for (int j = 0; j < K; ++j) {
         isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(lo, load(a[j][b].q + 64 * g), s_lo));
         isum[j] = _mm256_add_epi32(isum[j], dot_u8s8_scaled(hi, load(a[j][b].q + 64 * g + 32), s_hi));
@@ -203,8 +203,7 @@ void dot_qk_45(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* ou
     const float dw = f16(blk), mw = f16(blk + 2);
     for (int j = 0; j < K; ++j) {
       const ActQ8x256& ab = a[j][b];
-      int msum = 0;
-      for (int i = 0; i < 8; ++i) msum += m[i] * (ab.bsums[2 * i] + ab.bsums[2 * i + 1]);
+      const int msum = sum16(mins, ab.bsums);
       acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[j]), _mm256_set1_ps(dw * ab.d), acc[j]);
       off[j] -= mw * ab.d * float(msum);
     }

@@ -261,19 +261,6 @@ inline __m512i add_scaled(__m512i acc, __m512i u, __m512i s, __m512i scale) {
   return _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, scale));
 }
 
-// The 8 six-bit scales (bytes 0..7 of out) and mins (bytes 8..15) of a q4_K / q5_K block from its
-// 12 packed bytes q: ggml_scale_min_k4 for all 8 sub-blocks at once, 4 bytes per word.
-inline void scales_mins_k4_all(const uint8_t* q, uint8_t out[16]) {
-  uint32_t u[3], r[4];
-  std::memcpy(u, q, 12);
-  constexpr uint32_t k6 = 0x3F3F3F3F, k4 = 0x0F0F0F0F, k2 = 0x03030303;
-  r[0] = u[0] & k6;                                  // sc[0..4) = q[0..4) & 63
-  r[1] = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);   // sc[4..8) = (q[8..12) & 15) | (q[0..4) >> 6) << 4
-  r[2] = u[1] & k6;                                  // m[0..4) = q[4..8) & 63
-  r[3] = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4);  // m[4..8) = (q[8..12) >> 4) | (q[4..8) >> 6) << 4
-  std::memcpy(out, r, 16);
-}
-
 // The permutations that spread a block's int16 scales over the int16 lanes of its four zmm of 64
 // codes: lane e of zmm j holds codes 64j + 2e and 64j + 2e + 1, so it takes scale (64j + 2e) / per
 // for `per` codes per scale (32: q4_K, q5_K; 16: q6_K).
@@ -299,11 +286,9 @@ float dot_qk_45(const uint8_t* w, const ActQ8x256* a, size_t nb) {
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* blk = w + b * kBytes;
     const uint8_t* qs = blk + (kFive ? 48 : 16);
-    alignas(16) uint8_t sm[16];  // [0..8) scales, [8..16) mins
-    scales_mins_k4_all(blk + 4, sm);
-    int msum = 0;
-    for (int j = 0; j < 8; ++j) msum += sm[8 + j] * (a[b].bsums[2 * j] + a[b].bsums[2 * j + 1]);
-    const __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(sm))));
+    const __m128i sm = scales_mins_k4(blk + 4);  // bytes [0..8) scales, [8..16) mins
+    const int msum = sum16(mins_k4_pairs(sm), a[b].bsums);
+    const __m512i scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(sm));
     // q5_K: bit 2g of qh[l] is the fifth bit of group g's low codes, bit 2g + 1 of its high codes:
     // the high half holds qh >> 1, and both halves move on by 2 per group.
     __m512i qh = kFive ? _mm512_srlv_epi64(_mm512_broadcast_i64x4(load(blk + 16)), _mm512_setr_epi64(0, 0, 0, 0, 1, 1, 1, 1))
