@@ -110,7 +110,7 @@ def test_dense_probe_chunks_give_the_whole_prompts_attention():
     # chunks (lower-right causal masks over each chunk's prefix) must give the whole prompt's causal
     # attention, at prompt lengths a chunk divides and does not, and shorter than one chunk. (With
     # top-left masks instead, this fails.)
-    pytest.importorskip("torch")
+    torch = pytest.importorskip("torch")
     sys.path.insert(0, str(ROOT / "bench" / "gpu"))
     try:
         import prefill_dense_probe as probe
@@ -129,7 +129,6 @@ def test_dense_probe_chunks_give_the_whole_prompts_attention():
             s = s.masked_fill(torch.ones_like(s, dtype=torch.bool).triu(1), float("-inf"))
         return (torch.softmax(s, -1) @ v.float()).to(q.dtype), torch.logsumexp(s, -1)
 
-    import torch
     for length in (96, 100, 20):
         row = probe.whole_and_chunked(length, 64, 32, device="cpu", timer=once, lse_attention=lse_attention)
         assert row["rel_diff"] < 2**-8, row  # bf16 outputs of the same sums in another order: a last bit at most
