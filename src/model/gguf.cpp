@@ -218,8 +218,12 @@ class GgufParser {
     TQ_CHECK(t.n_cols() % ti->block_elems == 0,
              "GGUF tensor '{}': row length {} is not a multiple of the {} block size {}", t.name, t.n_cols(), ti->name,
              ti->block_elems);
-    // n_elements <= 2^63 and block_bytes / block_elems <= 8, so this cannot overflow 64 bits
-    t.n_bytes = t.n_elements / ti->block_elems * ti->block_bytes;
+    // The element count fits int64, but its bytes need not fit 64 bits (2^62 f32 elements are 2^64
+    // bytes, which wrapped to 0 and passed the check against the file's size: a fuzzer's find).
+    const uint64_t blocks = t.n_elements / ti->block_elems;
+    TQ_CHECK(blocks <= std::numeric_limits<uint64_t>::max() / ti->block_bytes,
+             "GGUF tensor '{}': {} elements of {} are more bytes than a 64-bit size holds", t.name, t.n_elements, ti->name);
+    t.n_bytes = blocks * ti->block_bytes;
     t.offset = u64(fmt::format("the data offset of tensor '{}'", t.name));
     f_.tensor_index_.emplace(t.name, f_.tensors_.size());
     f_.tensors_.push_back(std::move(t));

@@ -221,6 +221,9 @@ TEST(GgufMalformed, TensorInfoErrors) {
   poke<uint64_t>(bad, kNDims + 4, 1ull << 63);
   expect_error([&] { GgufFile::from_bytes(bad); }, "dimension 0 has invalid size");
   bad = b;
+  poke<uint64_t>(bad, kNDims + 4, 1ull << 62);  // 2^62 f32 elements: 2^64 bytes, once wrapped to 0
+  expect_error([&] { GgufFile::from_bytes(bad); }, "4611686018427387904 elements of f32 are more bytes than a 64-bit size holds");
+  bad = b;
   poke<uint64_t>(bad, kOffset, 8);
   expect_error([&] { GgufFile::from_bytes(bad); }, "offset 8 is not a multiple of the alignment 32");
   bad = b;
