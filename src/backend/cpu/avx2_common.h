@@ -36,6 +36,18 @@ inline __m128i q3k_scales(const uint8_t* q) {
   return _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(h2, 4)), _mm_set1_epi8(32));
 }
 
+// q2_K / q3_K: the sixteen sub-block scales of block blk as int16 (q2_K's 4-bit 0..15; q3_K's less
+// their bias, -32..31), and what each sub-block's activation sum is multiplied by for the block's
+// offset term (q3_K: its scale, for the codes' -4; q2_K: its 4-bit minimum).
+template <bool kThree>
+inline __m256i q23_scales(const uint8_t* blk) {
+  return _mm256_cvtepi8_epi16(kThree ? q3k_scales(blk + 96) : _mm_and_si128(load128(blk), _mm_set1_epi8(0x0F)));
+}
+template <bool kThree>
+inline __m256i q23_offset_weights(const uint8_t* blk, __m256i scales) {
+  return kThree ? scales : _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(load128(blk), 4), _mm_set1_epi8(0x0F)));
+}
+
 // The 8 six-bit scales (bytes 0..7) and mins (bytes 8..15) of a q4_K / q5_K block from its 12
 // packed bytes q (ggml_scale_min_k4 for all 8 sub-blocks), in a register: scales 0..3 are
 // q[0..4) & 63, 4..7 (q[8..12) & 15) | (q[0..4) >> 6) << 4; mins 0..3 q[4..8) & 63, 4..7

@@ -253,8 +253,8 @@ void dot_q6_K_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float
 // 4 where bit 4h + j of hmask[l] is set, its stored value less 4), in sub-block 8h + 2j + l / 16.
 // The codes go to maddubs unsigned (q3_K: q + 4 in 0..7), the 4 comes off through the activation
 // sums: q3_K's isum - 4 * sum_s scale_s * bsums_s; q2_K's minimums -dmin * sum_s m_s * bsums_s.
-// The sixteen scales stay in a register (each group's pair spread by a vpermd and a vpshufb): set
-// from scalars, two broadcasts and an insert a group, the kernel ran at about q4_K's time.
+// The sixteen scales stay in a register, each group's pair spread by a vpermd and a vpshufb (two
+// broadcasts from scalars and an insert a group cost more: bench/results/2026-12-06-cpu-weight-types.md).
 template <bool kThree, int K>
 void dot_q23_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float* out) {
   constexpr size_t kBytes = kThree ? 110 : 84;
@@ -266,9 +266,7 @@ void dot_q23_rows(const uint8_t* w, const ActQ8x256* const* a, size_t nb, float*
   const __m256i spread = _mm256_setr_epi8(0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* blk = w + b * kBytes;
-    const __m256i sc = _mm256_cvtepi8_epi16(kThree ? q3k_scales(blk + 96) : _mm_and_si128(load128(blk), _mm_set1_epi8(0x0F)));  // q2_K 0..15, q3_K -32..31
-    // what the activations' 16-element sums carry: q3_K's -4 times each scale, q2_K's minimums
-    const __m256i osum_w = kThree ? sc : _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(load128(blk), 4), _mm_set1_epi8(0x0F)));
+    const __m256i sc = q23_scales<kThree>(blk), osum_w = q23_offset_weights<kThree>(blk, sc);
     const __m256i hm = kThree ? load(blk) : _mm256_setzero_si256();
     __m256i isum[K];
     for (int j = 0; j < K; ++j) isum[j] = _mm256_setzero_si256();

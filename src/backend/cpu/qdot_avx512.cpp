@@ -1,6 +1,6 @@
 // AVX-512 kernels of the quantized dot products (q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl; the K-quants
 // q2_K to q6_K at the end of the file; qdot_avx512.h). iq4_xs has none: two of its sub-blocks a zmm
-// measured 13% slower than the AVX2 kernel on Zen 4 (bench/results/2026-12-06-cpu-weight-types.md).
+// measured slower than the AVX2 kernel on Zen 4 (bench/results/2026-12-06-cpu-weight-types.md).
 // This file alone is compiled with the AVX-512 flags and is only called after cpu::has_avx512()
 // said yes, so the binary still runs on AVX2-only CPUs. Every result is the AVX2 kernel's bits: the integer
 // block sums are exact either way (maddubs cannot saturate for these types; VNNI's vpdpbusd adds
@@ -350,9 +350,8 @@ float dot_q23(const uint8_t* w, const ActQ8x256* a, size_t nb) {
   float off = 0;
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* blk = w + b * kBytes;
-    const __m256i sc = _mm256_cvtepi8_epi16(kThree ? q3k_scales(blk + 96) : _mm_and_si128(load128(blk), _mm_set1_epi8(0x0F)));  // q2_K 0..15, q3_K -32..31
-    // q3_K's -4 and q2_K's minimums go through the activations' 16-element sums
-    const int osum = sum16(kThree ? sc : _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(load128(blk), 4), _mm_set1_epi8(0x0F))), a[b].bsums);
+    const __m256i sc = q23_scales<kThree>(blk);
+    const int osum = sum16(q23_offset_weights<kThree>(blk, sc), a[b].bsums);
     const __m512i scales = _mm512_castsi256_si512(sc);
     // the high half one bit (hmask) or field (qs) on, so that immediate shifts serve both halves
     const __m512i hm = kThree ? _mm512_srlv_epi64(_mm512_broadcast_i64x4(load(blk)), half1) : _mm512_setzero_si512();
