@@ -178,21 +178,30 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   constexpr int kStep = KIND == Kind::kTq && kStaged ? kStepTiles<D, KB> : 1;
   constexpr int kAhead = S - kStep;
   static_assert(!kStaged || (kAhead >= 1 && S % kStep == 0), "a step's tiles in consecutive stages, copies in flight ahead of them");
-  const uint32_t ring_at = warp * S * SP::kBytes;  // the warp's ring, from the block's
+  const uint32_t ring_at = warp * S * SP::kStride;  // the warp's ring, from the block's
   const std::conditional_t<kStaged, Stager<D, KIND, KB, VB>, NoStager> stager(
       c.data, c.layout, static_cast<uint32_t>(__cvta_generic_to_shared(sm.ring)) + ring_at, ring_at, lane, kvh * c.layout.bytes);
-  const uint32_t page_stride = c.kv_heads * c.layout.bytes;  // < 4 GiB (validate_cache)
+  uint32_t page_stride = c.kv_heads * c.layout.bytes;  // < 4 GiB (validate_cache)
+  asm volatile("" : "+r"(page_stride));  // kept in a register: rebuilt from the parameters, it cost a copy three instructions
   // The issue cursor: the tile kAhead ahead of the compute, as (page index, first row);
   // it moves by `step` tokens a tile, so no division in the loop. The page id it needs is
   // loaded one tile ahead of its use, which hides that load's latency behind a tile.
+  // Pages of one tile (one_page: page_size = kTile, the default) keep the row at 0 and move the
+  // page by kWarps a tile: the loop below is compiled for them apart, without the row's
+  // arithmetic (its multiplies, the wrap test and the page-id index it moves).
   int cur_T = first, cur_page = page0, cur_row = row0;
-  auto advance = [&] {
+  const int32_t* ids_at = nullptr;  // one_page: &bt[cur_page], moved in its place
+  auto advance = [&](auto one_page) {
     cur_T += step;
-    cur_page += step_pages;
-    cur_row += step_rows;
-    if (cur_row >= ps) {
-      cur_row -= ps;
-      ++cur_page;
+    if constexpr (one_page) {
+      ids_at += step / kTile;
+    } else {
+      cur_page += step_pages;
+      cur_row += step_rows;
+      if (cur_row >= ps) {
+        cur_row -= ps;
+        ++cur_page;
+      }
     }
   };
   // After a store, a warp waits for it just before it copies each tile that reaches the
@@ -200,15 +209,16 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // tiles all end before them never wait, so the store's latency stays off their path.
   const int wait_after = inputs_ready ? len - int(p.num_q_tokens) - kTile : INT_MAX;  // a tile start
   // Copies the tile at the cursor (in page `page`) into the next stage in turn, then closes a
-  // commit group; past the end the group is empty, which keeps the wait count uniform.
+  // commit group; past the end the group is empty, which keeps the wait count uniform. The
+  // staged loop waits once a step instead (wait = false: see wait_from).
   uint32_t issue_at = 0;  // byte offset of that stage in the warp's ring
-  auto issue = [&](int32_t page) {
+  auto issue = [&](int32_t page, auto one_page, auto wait) {
     if (cur_T < end) {
-      dev::wait_prerequisites_if_greater(cur_T, wait_after);
-      stager.copy(issue_at, uint64_t(uint32_t(page)) * page_stride, cur_row);
-      advance();
+      if constexpr (wait) dev::wait_prerequisites_if_greater(cur_T, wait_after);
+      stager.copy(issue_at, uint32_t(page), page_stride, one_page ? 0 : cur_row);
+      advance(one_page);
     }
-    issue_at = issue_at == (S - 1) * SP::kBytes ? 0 : issue_at + SP::kBytes;
+    issue_at = issue_at == (S - 1) * SP::kStride ? 0 : issue_at + SP::kStride;
     cp_async_commit();
   };
   // The query rows as given (ws_q: rotated already), loaded before the copies below wait for the
@@ -255,7 +265,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
       for (int i = 0; i < kAhead; ++i)
         if (early == i && (cur_T >= end || cur_T <= wait_after)) {
-          issue(pre_page[i]);
+          issue(pre_page[i], std::false_type{}, std::true_type{});
           ++early;
         }
     }
@@ -415,7 +425,13 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     // ---- S = Q K^T for tokens T0[n] + [0, 16): n-tile nn holds token g + 8nn ----
     float x[N][R][4];  // row g's scores (of each m-tile) for tokens 2t, 2t+1, 2t+8, 2t+9 of tile n (int8 keys: / s_scale)
     bool full[N];
-    bool live[N][R][4];
+    // Whether token e of tile n is visible to row g of m-tile rr; asked only of tiles that are not
+    // full, and computed where it is asked: kept in registers between the two masks below, the
+    // flags cost a move each on every tile, masked or not (SASS).
+    auto live = [&](int n, int rr, int e) {
+      const int tok = T0[n] + 2 * t + (e & 1) + 8 * (e >> 1);
+      return tok >= packed_begin[rr] && tok < end && tok < packed_end[rr];
+    };
 #pragma unroll
     for (int n = 0; n < N; ++n) {
       keys.scores(cur[n], sm.qa, lane, t, sm.lut_k, x[n]);
@@ -423,26 +439,13 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       // (a warp-uniform test), which saves the per-token compares.
       // (& rather than &&: the compiler keeps this test predicated, as it did before R existed)
       full[n] = (T0[n] >= packed_begin_max) & (T0[n] + kTile <= end) & (T0[n] + kTile <= packed_end_min);
-#pragma unroll
-      for (int rr = 0; rr < R; ++rr)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) live[n][rr][e] = true;
-      if (!full[n]) {
-#pragma unroll
-        for (int rr = 0; rr < R; ++rr)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int tok = T0[n] + 2 * t + (e & 1) + 8 * (e >> 1);
-            live[n][rr][e] = tok >= packed_begin[rr] && tok < end && tok < packed_end[rr];
-          }
-      }
       keys.scale(cur[n], x[n]);  // key norms
       if (!full[n]) {
 #pragma unroll
         for (int rr = 0; rr < R; ++rr)
 #pragma unroll
           for (int e = 0; e < 4; ++e)
-            if (!live[n][rr][e]) x[n][rr][e] = -INFINITY;
+            if (!live(n, rr, e)) x[n][rr][e] = -INFINITY;
       }
     }
     float pv[N][R][4];
@@ -474,7 +477,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         if (!full[n]) {
 #pragma unroll
           for (int e = 0; e < 4; ++e)
-            if (!live[n][rr][e]) pv[n][rr][e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
+            if (!live(n, rr, e)) pv[n][rr][e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
         }
       }
       if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // rescale: the accumulators are query rows 2t, 2t+1
@@ -610,21 +613,39 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     if (staged) {
 #pragma unroll
       for (int i = 0; i < kAhead; ++i)
-        if (i >= early) issue(pre_page[i]);
+        if (i >= early) issue(pre_page[i], std::false_type{}, std::true_type{});
       int32_t next_page[kStep];  // the page ids of the next step's copies, loaded a step ahead of their use
 #pragma unroll
       for (int n = 0; n < kStep; ++n) next_page[n] = pre_page[kAhead + n];
+      // A step's copies wait for the store (above) once, before the first of them, if any of them
+      // reaches its rows: when the cursor is at or past wait_from, the first of the warp's tiles
+      // that does (and is < end), less the step's other tiles. Fixed for the loop, and kept in a
+      // register (opaque): a test a copy, from the length, cost six instructions a tile (SASS).
+      int step_wait_after = INT_MAX;  // wait_from - 1
+      if (wait_after < end) {
+        const int k = cur_T > wait_after ? 0 : (wait_after - cur_T) / step + 1;  // the first such tile, k tiles on
+        if (cur_T + k * step < end) step_wait_after = cur_T + k * step - (kStep - 1) * step - 1;
+      }
+      asm volatile("" : "+r"(step_wait_after));
+      auto loop = [&](auto one_page) {
       int st = 0;
+      if constexpr (one_page) ids_at = bt + cur_page;
       for (int T0 = first; T0 < end; T0 += kStep * step) {
+        dev::wait_prerequisites_if_greater(cur_T, step_wait_after);
 #pragma unroll
-        for (int n = 0; n < kStep; ++n) issue(next_page[n]);  // into stages (st + kAhead + n) % S
-        if (cur_T < end) next_page[0] = bt[cur_page];
-        if constexpr (kStep == 2) {  // the tile after the cursor's
-          if (cur_T + step < end) next_page[1] = bt[cur_page + step_pages + (cur_row + step_rows >= ps)];
+        for (int n = 0; n < kStep; ++n) issue(next_page[n], one_page, std::false_type{});  // into stages (st + kAhead + n) % S
+        if constexpr (one_page) {
+          if (cur_T < end) next_page[0] = ids_at[0];
+          if (kStep == 2 && cur_T + step < end) next_page[kStep - 1] = ids_at[step / kTile];
+        } else {
+          if (cur_T < end) next_page[0] = bt[cur_page];
+          if constexpr (kStep == 2) {  // the tile after the cursor's
+            if (cur_T + step < end) next_page[1] = bt[cur_page + step_pages + (cur_row + step_rows >= ps)];
+          }
         }
         cp_async_wait<kAhead>();  // the step's tiles have landed
         __syncwarp();
-        const uint8_t* stage = sm.ring + st * SP::kBytes;  // the step's tiles: consecutive stages (S is a multiple of kStep)
+        const uint8_t* stage = sm.ring + st * SP::kStride;  // the step's tiles: consecutive stages (S is a multiple of kStep)
         if constexpr (kStep == 1) {
           Tile<D, KIND, KB, VB> cur[1];
           stager.load(stage, cur[0]);
@@ -633,9 +654,9 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         } else if (T0 + step < end) {  // two tiles: their value words after the softmax (load_keys)
           Tile<D, KIND, KB, VB> cur[2];
           stager.load_keys(stage, cur[0]);
-          stager.load_keys(stage + SP::kBytes, cur[1]);
+          stager.load_keys(stage + SP::kStride, cur[1]);
           const int T[2] = {T0, T0 + step};
-          process(cur, T, [&](int n, auto& tile) { stager.load_value_words(stage + n * SP::kBytes, tile); });
+          process(cur, T, [&](int n, auto& tile) { stager.load_value_words(stage + n * SP::kStride, tile); });
         } else {  // the warp's last tile, alone
           Tile<D, KIND, KB, VB> cur[1];
           stager.load(stage, cur[0]);
@@ -645,6 +666,11 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         __syncwarp();  // every lane has read the stages before the next issues overwrite them
         st = st + kStep == S ? 0 : st + kStep;
       }
+      };
+      if (ps == kTile)
+        loop(std::true_type{});
+      else
+        loop(std::false_type{});
       cp_async_wait<0>();
       __syncthreads();  // the ring becomes sm.o below
     }

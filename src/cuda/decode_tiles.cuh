@@ -61,8 +61,18 @@ struct Staging {
   // and what is left of it for the warps' rings.
   static constexpr int kBudget = 44 * 1024;
   static constexpr int kFree = kBudget - int(sizeof(SmemFixed<D>));
-  static constexpr int kStages = KB == 0 ? 0 : (kFree / (kWarps * kBytes) >= 4 ? 4 : kFree / (kWarps * kBytes) >= 3 ? 3 : 2);
-  static constexpr int kRing = kWarps * kStages * kBytes;
+  static constexpr int stages_of(int stride) {
+    return KB == 0 ? 0 : kFree / (kWarps * stride) >= 4 ? 4 : kFree / (kWarps * stride) >= 3 ? 3 : 2;
+  }
+  // A stage is padded to whole rounds of 32 pieces where that keeps the stage count: the lanes
+  // that have no piece in the last round then copy one anyway (their own clamped source, the
+  // tile's last piece) into the padding, so that every copy is unconditional (a conditional one
+  // costs a branch and its padding instructions a tile: SASS).
+  static constexpr int kPadded = kRounds * 32 * 16;
+  static constexpr bool kPad = stages_of(kPadded) == stages_of(kBytes);
+  static constexpr int kStride = kPad ? kPadded : kBytes;  // bytes from a stage to the next (a multiple of 32: see Smem)
+  static constexpr int kStages = stages_of(kStride);
+  static constexpr int kRing = kWarps * kStages * kStride;
 };
 
 // Float caches (fp16, bf16, fp8 e4m3): a thread's share of a tile is a few 16-byte units of each
@@ -104,7 +114,8 @@ struct FloatStaging {
   static constexpr int kBytes = 2 * kTile * kRow;         // [16 K rows][16 V rows]
   static constexpr int kRounds = kTile * kRow / 16 / 32;  // 16-byte copies per lane, of K and of V
   static constexpr int kStages = kRow >= 128 && !C ? 3 : 0;
-  static constexpr int kRing = kWarps * kStages * kBytes;
+  static constexpr int kStride = kBytes;  // bytes from a stage to the next
+  static constexpr int kRing = kWarps * kStages * kStride;
   __device__ static int k_pos(int r, int c) { return r * kRow + 16 * (c ^ 4 * (r & 1)); }
   __device__ static int v_pos(int r, int c) { return (kTile + r) * kRow + 16 * (c ^ 2 * ((r >> 1) & 3)); }
 };
@@ -393,12 +404,13 @@ struct TqStager {
     og0 = (g * D / 64) % 4;
     asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
   }
-  // Copies the tile at row row0 of the page at byte `page_at` of the cache into the stage at byte
-  // stage_at of the warp's ring.
-  __device__ void copy(uint32_t stage_at, size_t page_at, int row0) const {
+  // Copies the tile at row row0 of page `page` (page_stride bytes each) of the cache into the
+  // stage at byte stage_at of the warp's ring.
+  __device__ void copy(uint32_t stage_at, uint32_t page, uint32_t page_stride, int row0) const {
 #pragma unroll
     for (int r = 0; r < St::kRounds; ++r)
-      if (r + 1 < St::kRounds || last) cp_async16(dst + stage_at + 32 * 16 * r, src[r] + page_at + uint32_t(row0) * per_row[r]);
+      if (r + 1 < St::kRounds || St::kPad || last)
+        cp_async16(dst + stage_at + 32 * 16 * r, dev::mad_wide(page, page_stride, src[r]) + uint32_t(row0) * per_row[r]);
   }
   // A tile's key words, value words and norms. A step of two tiles (kStepTiles) reads them in two
   // parts: load_keys (key words and both norms) before the scores, load_value_words after the
@@ -476,9 +488,9 @@ struct FloatStager {
     // value unit g + 8j of row 2t (+1, +8, +9) sits at 16 ((g + 8j) ^ 2t) = 16 (g ^ 2t) + 128 j
     v_rd = ring_at + (kTile + 2 * t) * kRow + 16 * (g ^ (2 * t));
   }
-  __device__ void copy(uint32_t at, size_t page_at, int row0) const {  // as TqStager::copy
-    const uint8_t* k = k_src + page_at + uint32_t(row0) * kRow;
-    const uint8_t* v = v_src + page_at + uint32_t(row0) * kRow;
+  __device__ void copy(uint32_t at, uint32_t page, uint32_t page_stride, int row0) const {  // as TqStager::copy
+    const uint8_t* k = dev::mad_wide(page, page_stride, k_src) + uint32_t(row0) * kRow;
+    const uint8_t* v = dev::mad_wide(page, page_stride, v_src) + uint32_t(row0) * kRow;
 #pragma unroll
     for (int r = 0; r < FS::kRounds; ++r) {
       cp_async16(k_dst[r % kPK] + at + 512 * kPK * (r / kPK), k + 512 * r);
@@ -514,7 +526,7 @@ using Stager = std::conditional_t<KIND == Kind::kTq, TqStager<D, KB, VB>, FloatS
 // The stager of a kernel without a staged loop (the compact float kernels): copies nothing.
 struct NoStager {
   __device__ NoStager(const uint8_t*, const BlockLayout&, uint32_t, uint32_t, int, uint32_t) {}
-  __device__ void copy(uint32_t, size_t, int) const {}
+  __device__ void copy(uint32_t, uint32_t, uint32_t, int) const {}
 };
 
 }  // namespace tq::cuda::decode
