@@ -61,9 +61,15 @@ struct GgmlTypeInfo {
   bool dequantizable;    // supported by dequantize_row / dot_rows
 };
 
+// The three scale unpackers below have internal linkage (static): the CPU backend's SIMD files,
+// compiled with -mavx2 or the AVX-512 flags, call them, and an inline function with external
+// linkage is one symbol that the linker may take from such a file for every caller (in a build
+// that does not inline it, e.g. -O0: a weak symbol in qdot_avx2.cpp's object), which a CPU
+// without those instructions could not run.
+
 // q4_K / q5_K: the 12 `scales` bytes pack 8 six-bit scales and 8 six-bit mins, one per 32-element
 // sub-block; sc and m of sub-block j (ggml's get_scale_min_k4; src/model/ggml_quants.cpp has the map).
-inline void ggml_scale_min_k4(size_t j, const uint8_t* q, int& sc, int& m) {
+static inline void ggml_scale_min_k4(size_t j, const uint8_t* q, int& sc, int& m) {
   if (j < 4) {
     sc = q[j] & 63;
     m = q[j + 4] & 63;
@@ -76,7 +82,7 @@ inline void ggml_scale_min_k4(size_t j, const uint8_t* q, int& sc, int& m) {
 // q3_K: the 12 `scales` bytes pack sixteen 6-bit scales (biased by 32) of 16-element sub-blocks:
 // scale i has its low 4 bits in byte i % 8 (low nibble for i < 8, high for i >= 8) and its high 2
 // bits at bits 2 (i / 4) .. +1 of byte 8 + i % 4. Returns scale i less its bias.
-inline int ggml_q3k_scale(size_t i, const uint8_t* raw) {
+static inline int ggml_q3k_scale(size_t i, const uint8_t* raw) {
   const int lo = i < 8 ? raw[i] & 0x0F : raw[i - 8] >> 4, hi = (raw[8 + i % 4] >> (2 * (i / 4))) & 3;
   return (lo | hi << 4) - 32;
 }
@@ -86,7 +92,7 @@ inline constexpr int8_t kIq4Levels[16] = {-127, -104, -83, -65, -49, -35, -22, -
 
 // iq4_xs: the 6-bit scale (biased by 32) of 32-element sub-block ib, from scales_h (a little-endian
 // u16 at byte 2) and scales_l (bytes 4..7) of block b. Returns it less its bias.
-inline int ggml_iq4xs_scale(size_t ib, const uint8_t* b) {
+static inline int ggml_iq4xs_scale(size_t ib, const uint8_t* b) {
   const unsigned sh = unsigned(b[2]) | unsigned(b[3]) << 8;
   return int(((b[4 + ib / 2] >> (4 * (ib % 2))) & 0x0F) | ((sh >> (2 * ib)) & 3) << 4) - 32;
 }
