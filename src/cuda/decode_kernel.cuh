@@ -628,44 +628,44 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       }
       asm volatile("" : "+r"(step_wait_after));
       auto loop = [&](auto one_page) {
-      int st = 0;
-      if constexpr (one_page) ids_at = bt + cur_page;
-      for (int T0 = first; T0 < end; T0 += kStep * step) {
-        dev::wait_prerequisites_if_greater(cur_T, step_wait_after);
+        int st = 0;
+        if constexpr (one_page) ids_at = bt + cur_page;
+        for (int T0 = first; T0 < end; T0 += kStep * step) {
+          dev::wait_prerequisites_if_greater(cur_T, step_wait_after);
 #pragma unroll
-        for (int n = 0; n < kStep; ++n) issue(next_page[n], one_page, std::false_type{});  // into stages (st + kAhead + n) % S
-        if constexpr (one_page) {
-          if (cur_T < end) next_page[0] = ids_at[0];
-          if (kStep == 2 && cur_T + step < end) next_page[kStep - 1] = ids_at[step / kTile];
-        } else {
-          if (cur_T < end) next_page[0] = bt[cur_page];
-          if constexpr (kStep == 2) {  // the tile after the cursor's
-            if (cur_T + step < end) next_page[1] = bt[cur_page + step_pages + (cur_row + step_rows >= ps)];
+          for (int n = 0; n < kStep; ++n) issue(next_page[n], one_page, std::false_type{});  // into stages (st + kAhead + n) % S
+          if constexpr (one_page) {
+            if (cur_T < end) next_page[0] = ids_at[0];
+            if (kStep == 2 && cur_T + step < end) next_page[kStep - 1] = ids_at[step / kTile];
+          } else {
+            if (cur_T < end) next_page[0] = bt[cur_page];
+            if constexpr (kStep == 2) {  // the tile after the cursor's
+              if (cur_T + step < end) next_page[1] = bt[cur_page + step_pages + (cur_row + step_rows >= ps)];
+            }
           }
+          cp_async_wait<kAhead>();  // the step's tiles have landed
+          __syncwarp();
+          const uint8_t* stage = sm.ring + st * SP::kStride;  // the step's tiles: consecutive stages (S is a multiple of kStep)
+          if constexpr (kStep == 1) {
+            Tile<D, KIND, KB, VB> cur[1];
+            stager.load(stage, cur[0]);
+            const int T[1] = {T0};
+            process(cur, T, [&](int, auto& tile) { stager.load_values(stage, tile); });
+          } else if (T0 + step < end) {  // two tiles: their value words after the softmax (load_keys)
+            Tile<D, KIND, KB, VB> cur[2];
+            stager.load_keys(stage, cur[0]);
+            stager.load_keys(stage + SP::kStride, cur[1]);
+            const int T[2] = {T0, T0 + step};
+            process(cur, T, [&](int n, auto& tile) { stager.load_value_words(stage + n * SP::kStride, tile); });
+          } else {  // the warp's last tile, alone
+            Tile<D, KIND, KB, VB> cur[1];
+            stager.load(stage, cur[0]);
+            const int T[1] = {T0};
+            process(cur, T, [&](int, auto& tile) { stager.load_values(stage, tile); });
+          }
+          __syncwarp();  // every lane has read the stages before the next issues overwrite them
+          st = st + kStep == S ? 0 : st + kStep;
         }
-        cp_async_wait<kAhead>();  // the step's tiles have landed
-        __syncwarp();
-        const uint8_t* stage = sm.ring + st * SP::kStride;  // the step's tiles: consecutive stages (S is a multiple of kStep)
-        if constexpr (kStep == 1) {
-          Tile<D, KIND, KB, VB> cur[1];
-          stager.load(stage, cur[0]);
-          const int T[1] = {T0};
-          process(cur, T, [&](int, auto& tile) { stager.load_values(stage, tile); });
-        } else if (T0 + step < end) {  // two tiles: their value words after the softmax (load_keys)
-          Tile<D, KIND, KB, VB> cur[2];
-          stager.load_keys(stage, cur[0]);
-          stager.load_keys(stage + SP::kStride, cur[1]);
-          const int T[2] = {T0, T0 + step};
-          process(cur, T, [&](int n, auto& tile) { stager.load_value_words(stage + n * SP::kStride, tile); });
-        } else {  // the warp's last tile, alone
-          Tile<D, KIND, KB, VB> cur[1];
-          stager.load(stage, cur[0]);
-          const int T[1] = {T0};
-          process(cur, T, [&](int, auto& tile) { stager.load_values(stage, tile); });
-        }
-        __syncwarp();  // every lane has read the stages before the next issues overwrite them
-        st = st + kStep == S ? 0 : st + kStep;
-      }
       };
       if (ps == kTile)
         loop(std::true_type{});
