@@ -64,12 +64,21 @@ struct Staging {
   static constexpr int stages_of(int stride) {
     return KB == 0 ? 0 : kFree / (kWarps * stride) >= 4 ? 4 : kFree / (kWarps * stride) >= 3 ? 3 : 2;
   }
-  // A stage is padded to whole rounds of 32 pieces where that keeps the stage count: the lanes
-  // that have no piece in the last round then copy one anyway (their own clamped source, the
-  // tile's last piece) into the padding, so that every copy is unconditional (a conditional one
-  // costs a branch and its padding instructions a tile: SASS).
+  // A stage is padded to whole rounds of 32 pieces where that keeps the stage count and the blocks
+  // an SM holds: the lanes that have no piece in the last round then copy one anyway (their own
+  // clamped source, the tile's last piece) into the padding, so that every copy is unconditional
+  // (a conditional one costs a branch and its padding instructions a tile: SASS). The blocks are
+  // counted as resident_blocks caps them (4 at D <= 128, 2 at D = 256) on SMs of 228 KB (sm_90,
+  // sm_100) and 100 KB (sm_86, 89, 120), whose 3 or 4 blocks of k2v2 or k3v3 at D = 128 padding
+  // would cost a block.
   static constexpr int kPadded = kRounds * 32 * 16;
-  static constexpr bool kPad = stages_of(kPadded) == stages_of(kBytes);
+  static constexpr int blocks_held(int sm_kb, int stride) {  // a block: the fixed part, the ring's union with sm.o
+    const int ring = kWarps * stages_of(stride) * stride, o = kWarps * kRows * D * int(sizeof(float));
+    const int fit = sm_kb * 1024 / (int(sizeof(SmemFixed<D>)) + (ring > o ? ring : o) + 1024), cap = D >= 256 ? 2 : 4;
+    return fit < cap ? fit : cap;
+  }
+  static constexpr bool kPad = stages_of(kPadded) == stages_of(kBytes) && blocks_held(228, kPadded) == blocks_held(228, kBytes) &&
+                               blocks_held(100, kPadded) == blocks_held(100, kBytes);
   static constexpr int kStride = kPad ? kPadded : kBytes;  // bytes from a stage to the next (a multiple of 32: see Smem)
   static constexpr int kStages = stages_of(kStride);
   static constexpr int kRing = kWarps * kStages * kStride;
