@@ -351,17 +351,19 @@ __device__ __forceinline__ void wait_prerequisites() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
-// wait_prerequisites() when a > b, for a loop's hot path: a predicated wait in PTX (ptxas still
-// branches around the ACQBULK: ~4 instructions an iteration; a wait after the prerequisites have
-// completed returns at once).
-// c + a b, the product widened to 64 bits: one IMAD.WIDE.U32 (written as C++, the compiler kept
-// an add of the zero high part of a 32-bit stride widened: SASS).
+
+// c + a b, the product widened to 64 bits: a widening multiply-add (written as C++, the compiler
+// kept an add of the zero high part of a 32-bit stride widened; ptxas may still share one product
+// between several calls with the same a and b: SASS).
 __device__ __forceinline__ const uint8_t* mad_wide(uint32_t a, uint32_t b, const uint8_t* c) {
   uint64_t r;
   asm("mad.wide.u32 %0, %1, %2, %3;" : "=l"(r) : "r"(a), "r"(b), "l"(reinterpret_cast<uint64_t>(c)));
   return reinterpret_cast<const uint8_t*>(r);
 }
 
+// wait_prerequisites() when a > b, for a loop's hot path: a predicated wait in PTX (ptxas still
+// branches around the ACQBULK: ~4 instructions an iteration; a wait after the prerequisites have
+// completed returns at once).
 __device__ __forceinline__ void wait_prerequisites_if_greater(int a, int b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile(
