@@ -58,7 +58,7 @@ namespace tq::cuda::decode {
 // that run it (sm_86, 89, 120): 2 blocks at D = 256, 4 at D = 128.
 template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
 constexpr int resident_blocks() {
-  if constexpr (KIND == Kind::kTq) return D >= 256 ? 2 : R == 2 ? 3 : 4;
+  if constexpr (KIND == Kind::kTq) return packed_resident_blocks(D, R);
   constexpr int n = (C ? 100 : 227) * 1024 / int(sizeof(Smem<D, KIND, KB, VB, 1, C>) + 1024);  // 1 KB a block reserved by the driver
   return n < 1 ? 1 : n > 4 ? 4 : n;
 }
@@ -636,7 +636,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
           for (int n = 0; n < kStep; ++n) issue(next_page[n], one_page, std::false_type{});  // into stages (st + kAhead + n) % S
           if constexpr (one_page) {
             if (cur_T < end) next_page[0] = ids_at[0];
-            if (kStep == 2 && cur_T + step < end) next_page[kStep - 1] = ids_at[step / kTile];
+            if constexpr (kStep == 2)  // the tile after the cursor's
+              if (cur_T + step < end) next_page[1] = ids_at[step / kTile];
           } else {
             if (cur_T < end) next_page[0] = bt[cur_page];
             if constexpr (kStep == 2) {  // the tile after the cursor's

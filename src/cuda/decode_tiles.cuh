@@ -21,6 +21,10 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 enum class Kind { kTq, kF16, kBf16, kFp8 };
 
+// Blocks an SM of a packed cache's decode kernel, which its register budget is compiled for
+// (resident_blocks in decode_kernel.cuh, whose comment says why; Staging's padding keeps them).
+constexpr int packed_resident_blocks(int D, int R) { return D >= 256 ? 2 : R == 2 ? 3 : 4; }
+
 // A block's shared memory outside the union of the query rows, the staging ring and the warps'
 // outputs (Smem below): what the ring's stage count is budgeted around.
 // R: the 8-row m-tiles a block holds (decode_kernel.cuh: 2 share each packed tile's decode).
@@ -68,13 +72,12 @@ struct Staging {
   // an SM holds: the lanes that have no piece in the last round then copy one anyway (their own
   // clamped source, the tile's last piece) into the padding, so that every copy is unconditional
   // (a conditional one costs a branch and its padding instructions a tile: SASS). The blocks are
-  // counted as resident_blocks caps them (4 at D <= 128, 2 at D = 256) on SMs of 228 KB (sm_90,
-  // sm_100) and 100 KB (sm_86, 89, 120), whose 3 or 4 blocks of k2v2 or k3v3 at D = 128 padding
-  // would cost a block.
+  // counted up to packed_resident_blocks on SMs of 228 KB (sm_90, sm_100) and 100 KB (sm_86, 89,
+  // 120), whose 3 or 4 blocks of k2v2 or k3v3 at D = 128 padding would cost a block.
   static constexpr int kPadded = kRounds * 32 * 16;
   static constexpr int blocks_held(int sm_kb, int stride) {  // a block: the fixed part, the ring's union with sm.o
     const int ring = kWarps * stages_of(stride) * stride, o = kWarps * kRows * D * int(sizeof(float));
-    const int fit = sm_kb * 1024 / (int(sizeof(SmemFixed<D>)) + (ring > o ? ring : o) + 1024), cap = D >= 256 ? 2 : 4;
+    const int fit = sm_kb * 1024 / (int(sizeof(SmemFixed<D>)) + (ring > o ? ring : o) + 1024), cap = packed_resident_blocks(D, 1);
     return fit < cap ? fit : cap;
   }
   static constexpr bool kPad = stages_of(kPadded) == stages_of(kBytes) && blocks_held(228, kPadded) == blocks_held(228, kBytes) &&
