@@ -3,4 +3,5 @@
 
 namespace tq::cuda::attention {
 template void dispatch_dim<64>(const DecodeParams&, const Plan&, Mode, Stream);
+template int residency_dim<64>(const CacheView&, int);
 }  // namespace tq::cuda::attention

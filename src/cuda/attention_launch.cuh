@@ -9,6 +9,8 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <type_traits>
 
 #include "decode_kernel.cuh"
@@ -99,6 +101,37 @@ void merge(const DecodeParams& p, const Plan& pl, Stream stream, const float* ws
     launch_after("merge", merge_kernel<D, TQ>, dim3(unsigned(rows)), dim3(kThreads), 0, stream, p, pl.splits, pl.side, ws_o, ws_ml);
 }
 
+// The shared memory a decode block is launched with: its Smem, raised for packed caches where
+// the GPU would hold more blocks an SM than their registers are compiled for (resident_blocks),
+// so that it holds that many. k3v2 at D = 256 (160 registers, 2 blocks compiled) fits 3 an SM,
+// and ran slower so at every shape measured (the plan's splits for 3 an SM against those for 2;
+// bench/results/2026-12-06-h100-decode-copies.md). Float caches keep what fits.
+template <int D, Kind KIND, int KB, int VB, int R, bool C>
+size_t decode_smem() {
+  constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB, R, C>);
+  return KIND == Kind::kTq ? smem_holding(resident_blocks<D, KIND, KB, VB, R, C>(), smem) : smem;
+}
+
+// Calls f(R, C) with the decode kernel a cache of this kind takes: R m-tiles a block (packed
+// caches up to D = 128 take the plan's, others 1) and the compact variant where it runs here.
+template <int D, Kind KIND, class F>
+void with_decode_variant(int R, F&& f) {
+  using Full = std::false_type;
+  if constexpr (KIND == Kind::kTq && D <= 128) {
+    if (R == 2)
+      f(std::integral_constant<int, 2>{}, Full{});
+    else
+      f(std::integral_constant<int, 1>{}, Full{});
+  } else if constexpr (kDecodeHasCompact<D, KIND>) {
+    if (decode_compact_here<D, KIND>())
+      f(std::integral_constant<int, 1>{}, std::true_type{});
+    else
+      f(std::integral_constant<int, 1>{}, Full{});
+  } else {
+    f(std::integral_constant<int, 1>{}, Full{});
+  }
+}
+
 template <int D, Kind KIND, int KB, int VB>
 void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   float* ws_o = static_cast<float*>(p.workspace);
@@ -147,41 +180,59 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   // Both as programmatic dependent launches: the decode kernel's blocks are scheduled while the
   // previous kernel (e.g. quantize_store) finishes, the merge's while the decode grid drains.
   // (Dense rotations read ws_q, written by prepare_queries just before: never early.)
-  const auto decode = [&](auto r, auto compact) {
+  with_decode_variant<D, KIND>(pl.R, [&](auto r, auto compact) {
     constexpr int R = decltype(r)::value;
     constexpr bool C = decltype(compact)::value;
     const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / R), p.num_seqs);
-    constexpr size_t smem = sizeof(Smem<D, KIND, KB, VB, R, C>);
+    const size_t smem = decode_smem<D, KIND, KB, VB, R, C>();
     allow_smem(decode_kernel<D, KIND, KB, VB, R, C>, smem);
     launch_after("decode", decode_kernel<D, KIND, KB, VB, R, C>, grid, dim3(kThreads), smem, stream, p, pl.tokens_per_split, pl.mtiles / R, ws_o, ws_ml,
                  static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
-  };
-  using Full = std::false_type;
-  if constexpr (KIND == Kind::kTq && D <= 128) {
-    if (pl.R == 2)
-      decode(std::integral_constant<int, 2>{}, Full{});
-    else
-      decode(std::integral_constant<int, 1>{}, Full{});
-  } else if constexpr (kDecodeHasCompact<D, KIND>) {
-    if (decode_compact_here<D, KIND>())
-      decode(std::integral_constant<int, 1>{}, std::true_type{});
-    else
-      decode(std::integral_constant<int, 1>{}, Full{});
-  } else {
-    decode(std::integral_constant<int, 1>{}, Full{});
-  }
+  });
   merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
 }
 
-template <int D>
-void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
-  const TensorCode k = p.cache.k, v = p.cache.v;
+// Blocks of the decode kernel one SM of this GPU holds at once for this cache and R, as the GPU
+// schedules them (the occupancy API: registers and shared memory; TQ_CUDA_SMEM_KB may lower the
+// shared memory), which make_plan counts the grid's waves in. That can exceed the count the
+// kernel's registers are compiled for (resident_blocks): k3v2 at D = 256 is compiled for 2 blocks
+// an SM at 160 registers, and 3 fit; a plan that counted 2 took (64, 4K) for two full waves of
+// whole sequences, which ran as one and a third (bench/results/2026-12-06-h100-decode-copies.md).
+// Asked once per kernel and device.
+template <int D, Kind KIND, int KB, int VB>
+int decode_residency(int R) {
+  constexpr int kDevices = 16;                 // GPUs of a process remembered; beyond that, asked each time
+  static std::atomic<int> known[kDevices][2];  // [device][R - 1]: 0 until asked
+  int dev = 0;
+  TQ_CHECK(cudaGetDevice(&dev) == cudaSuccess, "decode_attention: no CUDA device");
+  if (dev < kDevices && R >= 1 && R <= 2 && known[dev][R - 1].load(std::memory_order_relaxed) > 0) return known[dev][R - 1].load();
+  int n = 1;
+  with_decode_variant<D, KIND>(R, [&](auto r, auto compact) {
+    constexpr int Rc = decltype(r)::value;
+    constexpr bool C = decltype(compact)::value;
+    const size_t smem = decode_smem<D, KIND, KB, VB, Rc, C>();
+    allow_smem(decode_kernel<D, KIND, KB, VB, Rc, C>, smem);
+    int blocks = 0;
+    const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, decode_kernel<D, KIND, KB, VB, Rc, C>, kThreads, smem);
+    TQ_CHECK(e == cudaSuccess, "decode_attention: the decode kernel's occupancy: {}", cudaGetErrorString(e));
+    n = resident_blocks_here(std::max(blocks, 1), smem);
+  });
+  if (dev < kDevices && R >= 1 && R <= 2) known[dev][R - 1].store(n);
+  return n;
+}
+
+// Calls f(KIND, KB, VB) (integral constants) with the kernels' parameters for a cache.
+template <int D, class F>
+decltype(auto) visit_cache(const CacheView& c, F&& f) {
+  using std::integral_constant;
+  const TensorCode k = c.k, v = c.v;
   switch (k.enc) {
-    case Encoding::kFp16: return launch<D, Kind::kF16, 0, 0>(p, pl, mode, s);
-    case Encoding::kBf16: return launch<D, Kind::kBf16, 0, 0>(p, pl, mode, s);
-    case Encoding::kFp8E4M3: return launch<D, Kind::kFp8, 0, 0>(p, pl, mode, s);
+    case Encoding::kFp16: return f(integral_constant<Kind, Kind::kF16>{}, integral_constant<int, 0>{}, integral_constant<int, 0>{});
+    case Encoding::kBf16: return f(integral_constant<Kind, Kind::kBf16>{}, integral_constant<int, 0>{}, integral_constant<int, 0>{});
+    case Encoding::kFp8E4M3: return f(integral_constant<Kind, Kind::kFp8>{}, integral_constant<int, 0>{}, integral_constant<int, 0>{});
     default: break;
   }
+  const integral_constant<Kind, Kind::kTq> tq;
   // TurboQuant widths with kernels in this build (gpu_kernels_unsupported refuses the others): K
   // and V each 2, 3 or 4 bits; or both trellis-coded, each 2 or 3 bits (kTcq widths: widths.h).
   if (k.enc == Encoding::kTqTcq) {
@@ -189,30 +240,39 @@ void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
              "decode_attention: trellis-coded K {} bits, V {} bits{} reached the kernels (gpu_kernels_unsupported refuses it)", k.bits,
              v.bits, v.enc == Encoding::kTqTcq ? " trellis-coded" : " plain");
     const auto with_v = [&](auto kb) {
-      constexpr int KB = decltype(kb)::value;
-      if (v.bits == 2) return launch<D, Kind::kTq, KB, kTcq + 2>(p, pl, mode, s);
-      return launch<D, Kind::kTq, KB, kTcq + 3>(p, pl, mode, s);
+      if (v.bits == 2) return f(tq, kb, integral_constant<int, kTcq + 2>{});
+      return f(tq, kb, integral_constant<int, kTcq + 3>{});
     };
-    if (k.bits == 2) return with_v(std::integral_constant<int, kTcq + 2>{});
-    return with_v(std::integral_constant<int, kTcq + 3>{});
+    if (k.bits == 2) return with_v(integral_constant<int, kTcq + 2>{});
+    return with_v(integral_constant<int, kTcq + 3>{});
   }
+  TQ_CHECK(k.bits >= 2 && k.bits <= 4 && v.bits >= 2 && v.bits <= 4, "decode_attention: K {} bits, V {} bits reached the kernels "
+           "(gpu_kernels_unsupported refuses them)", k.bits, v.bits);
   const auto with_v = [&](auto kb) {
-    switch (v.bits) {
-      case 2: return launch<D, Kind::kTq, decltype(kb)::value, 2>(p, pl, mode, s);
-      case 3: return launch<D, Kind::kTq, decltype(kb)::value, 3>(p, pl, mode, s);
-      case 4: return launch<D, Kind::kTq, decltype(kb)::value, 4>(p, pl, mode, s);
-    }
+    if (v.bits == 2) return f(tq, kb, integral_constant<int, 2>{});
+    if (v.bits == 3) return f(tq, kb, integral_constant<int, 3>{});
+    return f(tq, kb, integral_constant<int, 4>{});
   };
-  switch (k.bits) {
-    case 2: return with_v(std::integral_constant<int, 2>{});
-    case 3: return with_v(std::integral_constant<int, 3>{});
-    case 4: return with_v(std::integral_constant<int, 4>{});
-  }
+  if (k.bits == 2) return with_v(integral_constant<int, 2>{});
+  if (k.bits == 3) return with_v(integral_constant<int, 3>{});
+  return with_v(integral_constant<int, 4>{});
+}
+
+template <int D>
+void dispatch_dim(const DecodeParams& p, const Plan& pl, Mode mode, Stream s) {
+  visit_cache<D>(p.cache, [&](auto kind, auto kb, auto vb) { launch<D, decltype(kind)::value, decltype(kb)::value, decltype(vb)::value>(p, pl, mode, s); });
+}
+template <int D>
+int residency_dim(const CacheView& c, int R) {
+  return visit_cache<D>(c, [&](auto kind, auto kb, auto vb) { return decode_residency<D, decltype(kind)::value, decltype(kb)::value, decltype(vb)::value>(R); });
 }
 
 // Compiled in attention_d<D>.cu.
 extern template void dispatch_dim<64>(const DecodeParams&, const Plan&, Mode, Stream);
 extern template void dispatch_dim<128>(const DecodeParams&, const Plan&, Mode, Stream);
 extern template void dispatch_dim<256>(const DecodeParams&, const Plan&, Mode, Stream);
+extern template int residency_dim<64>(const CacheView&, int);
+extern template int residency_dim<128>(const CacheView&, int);
+extern template int residency_dim<256>(const CacheView&, int);
 
 }  // namespace tq::cuda::attention

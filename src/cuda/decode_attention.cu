@@ -43,30 +43,10 @@ int kernels_arch() {
 }
 
 namespace {
-// Blocks resident per SM of the decode kernel a cache gets, on this GPU (resident_blocks is the
-// H200's count its registers are compiled for; smaller SMs hold fewer blocks' shared memory).
-template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
-int resident_here() {
-  return resident_blocks_here(resident_blocks<D, KIND, KB, VB, R, C>(), sizeof(Smem<D, KIND, KB, VB, R, C>));
-}
-template <int D, Kind KIND>
-int resident_float_here() {
-  return decode_compact_here<D, KIND>() ? resident_here<D, KIND, 0, 0, 1, true>() : resident_here<D, KIND, 0, 0>();
-}
-template <int D>
-int resident_blocks_at(const CacheView& c, int R) {
-  switch (c.k.enc) {
-    case Encoding::kFp16:
-    case Encoding::kBf16: return resident_float_here<D, Kind::kBf16>();  // the same layout
-    case Encoding::kFp8E4M3: return resident_float_here<D, Kind::kFp8>();
-    default:  // every width alike (4/4: the largest ring)
-      if constexpr (D <= 128)
-        if (R == 2) return resident_here<D, Kind::kTq, 4, 4, 2>();
-      return resident_here<D, Kind::kTq, 4, 4>();
-  }
-}
+// Blocks resident per SM of the decode kernel a cache gets, on this GPU (residency_dim: as the GPU
+// schedules them).
 int resident_blocks_of(int D, const CacheView& c, int R) {
-  return D == 64 ? resident_blocks_at<64>(c, R) : D == 128 ? resident_blocks_at<128>(c, R) : resident_blocks_at<256>(c, R);
+  return D == 64 ? residency_dim<64>(c, R) : D == 128 ? residency_dim<128>(c, R) : residency_dim<256>(c, R);
 }
 
 // Decode blocks of two 8-row m-tiles (packed caches up to D = 128, more than 8 rows: the GQA

@@ -49,9 +49,10 @@
 
 namespace tq::cuda::decode {
 
-// Blocks of decode_kernel resident per SM, which its register budget is compiled for (and
-// make_plan sizes the grid to whole waves of). Packed caches: 4 at D <= 128, 2 at D = 256 (5 for
-// k3v2 at D = 128 forced 96 registers and was 4% slower at (16, 32K) on the H200). Float caches:
+// Blocks of decode_kernel resident per SM, which its register budget is compiled for (a floor:
+// make_plan counts its waves in what the GPU holds, decode_residency, which may be more). Packed
+// caches: 4 at D <= 128, 2 at D = 256 (5 for k3v2 at D = 128 forced 96 registers and was 4%
+// slower at (16, 32K) on the H200). Float caches:
 // as many as their staging rings fit in an SM's 228 KB (bf16: 2 at D = 128, 1 at D = 256).
 // R = 2 m-tiles: twice the accumulators, so 3 blocks an SM (168 registers).
 // C: the compact kernel of a float cache (unstaged), compiled for the 100 KB an SM of the GPUs

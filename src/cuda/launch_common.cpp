@@ -61,11 +61,22 @@ int device_smem_per_block() {
   return kb ? std::min(props().smem_optin, kb * 1024) : props().smem_optin;
 }
 
-int resident_blocks_here(int compiled_for, size_t smem) {
+namespace {
+int smem_per_sm() {  // TQ_CUDA_SMEM_KB=99 stands for a GPU of 100 KB an SM
   const int kb = smem_override_kb();
-  const int sm = kb ? std::min(props().smem_sm, (kb + 1) * 1024) : props().smem_sm;
-  const int fit = sm / int(smem + 1024);  // 1 KB a block reserved by the driver
+  return kb ? std::min(props().smem_sm, (kb + 1) * 1024) : props().smem_sm;
+}
+}  // namespace
+
+int resident_blocks_here(int compiled_for, size_t smem) {
+  const int fit = smem_per_sm() / int(smem + 1024);  // 1 KB a block reserved by the driver
   return std::max(1, std::min(compiled_for, fit));
+}
+
+size_t smem_holding(int blocks, size_t smem) {
+  const size_t more = size_t(smem_per_sm()) / size_t(blocks + 1) + 1;  // (blocks + 1) x more > the SM's
+  if (smem + 1024 >= more || more - 1024 > size_t(device_smem_per_block())) return smem;  // 1 KB a block reserved by the driver
+  return more - 1024;
 }
 
 namespace {

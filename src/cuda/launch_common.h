@@ -21,6 +21,10 @@ int device_smem_per_block();
 // for (__launch_bounds__), or fewer where the SM's shared memory holds fewer blocks of `smem`
 // bytes (228 KB an SM on sm_90, 100 KB on sm_86/89/120), at least 1.
 int resident_blocks_here(int compiled_for, size_t smem);
+// The shared memory to launch a block of `smem` bytes with so that an SM of this GPU holds at most
+// `blocks` of them: smem itself where no more fit anyway, else just enough more that one block
+// more does not (for kernels whose grids are planned in waves of `blocks` an SM).
+size_t smem_holding(int blocks, size_t smem);
 // Whether kernels are launched as programmatic dependents (the next kernel in the stream may be
 // scheduled while this one drains): on compute capability 9 and later, unless TQ_CUDA_PORTABLE=1
 // in the environment asks for the path every other GPU takes (plain launches), which is how the
