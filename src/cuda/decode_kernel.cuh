@@ -91,6 +91,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   Sm& sm = *reinterpret_cast<Sm*>(smem_raw);
   static_assert(sizeof(SideSmem<D>) <= sizeof(Sm), "the side block reuses the shared memory");
   static_assert(!C || KIND != Kind::kTq, "compact kernels: float caches (packed caches fit 99 KB as they are)");
+  if constexpr (KIND == Kind::kTq && R == 1)
+    static_assert(blocks_held_agrees<D, KB, VB>(), "Staging::blocks_held must count a block as Smem's size does");
   const int side_blocks = side_decode_blocks(p);
   if (side_blocks && int(blockIdx.x) >= int(gridDim.x) - side_blocks) {  // a side block: one chunk of the side positions
     dev::wait_prerequisites();
@@ -146,17 +148,21 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   int32_t pre_page[kPre];
   // ids: bt, or bt as volatile for the window's reload (below), which must stay a load of its own
   // after the length: merged with this one into a load of a selected address, it waits for it.
+  // (page, row) of the tile `step` tokens on (row < ps before and after).
+  const auto step_on = [=](int& page, int& row) {
+    page += step_pages;
+    row += step_rows;
+    if (row >= ps) {
+      row -= ps;
+      ++page;
+    }
+  };
   auto load_page_ids = [&](auto ids) {
     int page = page0, row = row0;
 #pragma unroll
     for (int i = 0; i < kPre; ++i) {  // tile i is at page (first + i step) / ps
       pre_page[i] = page < int(p.max_pages) ? ids[page] : 0;
-      page += step_pages;
-      row += step_rows;
-      if (row >= ps) {
-        row -= ps;
-        ++page;
-      }
+      step_on(page, row);
     }
   };
   load_page_ids(bt);
@@ -197,12 +203,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     if constexpr (one_page) {
       ids_at += step / kTile;
     } else {
-      cur_page += step_pages;
-      cur_row += step_rows;
-      if (cur_row >= ps) {
-        cur_row -= ps;
-        ++cur_page;
-      }
+      step_on(cur_page, cur_row);
     }
   };
   // After a store, a warp waits for it just before it copies each tile that reaches the
@@ -642,7 +643,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
           } else {
             if (cur_T < end) next_page[0] = bt[cur_page];
             if constexpr (kStep == 2) {  // the tile after the cursor's
-              if (cur_T + step < end) next_page[1] = bt[cur_page + step_pages + (cur_row + step_rows >= ps)];
+              if (cur_T + step < end) next_page[1] = bt[cur_page + step_pages + (cur_row + step_rows >= ps)];  // step_on's page
             }
           }
           cp_async_wait<kAhead>();  // the step's tiles have landed

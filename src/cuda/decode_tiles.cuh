@@ -150,6 +150,20 @@ struct Smem : SmemFixed<D, R> {
   };
 };
 
+// Staging::blocks_held counts a block's bytes from Smem's parts (Smem is built from Staging, so
+// it cannot read its size): for the stride it chose, its counts on SMs of 228 and 100 KB must be
+// those of Smem's own size (decode_kernel asserts it), or a change to Smem's union went uncounted.
+template <int D, int KB, int VB>
+constexpr bool blocks_held_agrees() {
+  using S = Staging<D, KB, VB>;
+  const int bytes = int(sizeof(Smem<D, Kind::kTq, KB, VB>)) + 1024, cap = packed_resident_blocks(D, 1);
+  for (const int kb : {228, 100}) {
+    const int fit = kb * 1024 / bytes;
+    if ((fit < cap ? fit : cap) != S::blocks_held(kb, S::kStride)) return false;
+  }
+  return true;
+}
+
 __device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem) {  // smem: a shared-window address
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
 }
