@@ -53,8 +53,13 @@ def load(path):
     lib.tq_decode_workspace.argtypes = [c.c_void_p] + [c.c_uint32] * 6
     lib.tq_prefill_workspace.restype = c.c_uint64
     lib.tq_prefill_workspace.argtypes = lib.tq_decode_workspace.argtypes
+    # Version 2 of the interface passes the workspace's size after it; a library without
+    # tq_capi_version (a baseline tree built before it) is version 1. lib.ws(t) gives the workspace
+    # arguments of a uint8 tensor t for either.
+    sized = hasattr(lib, "tq_capi_version") and lib.tq_capi_version() >= 2
+    lib.ws = (lambda t: (t.data_ptr(), t.numel())) if sized else (lambda t: (t.data_ptr(),))
     lib.tq_decode.argtypes = [c.c_void_p, c.c_void_p, c.c_int, c.c_void_p, c.c_int, c.c_void_p, c.c_void_p] + [c.c_uint32] * 6 + [
-        c.c_void_p, c.c_void_p, c.c_char_p, c.c_int]
+        c.c_void_p] + ([c.c_uint64] if sized else []) + [c.c_void_p, c.c_char_p, c.c_int]
     lib.tq_prefill.argtypes = lib.tq_decode.argtypes
     lib.tq_store_and_decode.argtypes = lib.tq_quantize_store.argtypes[:6] + lib.tq_decode.argtypes[1:]
     return lib
@@ -153,7 +158,7 @@ class PagedCache:
 
     def decode(self, q, out, stream=None):
         check(self.lib.tq_decode(self.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], self.block_tables.data_ptr(),
-                                 self.seq_lens.data_ptr(), self.batch, 1, QH, self.pages_per_seq, self.ctx, self.splits, self.ws.data_ptr(),
+                                 self.seq_lens.data_ptr(), self.batch, 1, QH, self.pages_per_seq, self.ctx, self.splits, *self.lib.ws(self.ws),
                                  stream, self.err, 512), self.err)
 
     def close(self):
@@ -190,7 +195,7 @@ def prefill_rows(lib, specs, prefix=8192, chunk=512):
             ws = torch.zeros(lib.tq_prefill_workspace(cache.h, 1, chunk, QH, cache.pages_per_seq, T, 0), dtype=torch.uint8, device="cuda")
             out = torch.empty(1, chunk, QH, D, dtype=torch.bfloat16, device="cuda")
             call = lambda st=None: check(lib.tq_prefill(cache.h, q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"], cache.block_tables.data_ptr(),
-                                                        cache.seq_lens.data_ptr(), 1, chunk, QH, cache.pages_per_seq, T, 0, ws.data_ptr(), st, cache.err,
+                                                        cache.seq_lens.data_ptr(), 1, chunk, QH, cache.pages_per_seq, T, 0, *lib.ws(ws), st, cache.err,
                                                         512), cache.err)
             call()
             torch.cuda.synchronize()
@@ -235,7 +240,7 @@ def whole_prompt_rows(lib, specs, lengths, chunk=2048):
                         b = c * chunk
                         check(lib.tq_prefill(cache.h, q[:, b:e].data_ptr(), DT["bf16"],
                                              out[:, b:e].data_ptr(), DT["bf16"], cache.block_tables.data_ptr(), lens[c].data_ptr(), 1, e - b,
-                                             QH, cache.pages_per_seq, e, 0, ws.data_ptr(), st, cache.err, 512), cache.err)
+                                             QH, cache.pages_per_seq, e, 0, *lib.ws(ws), st, cache.err, 512), cache.err)
                 call()
                 torch.cuda.synchronize()
                 rel = ((out.transpose(1, 2).float() - ref.float()).norm() / ref.float().norm()).item()
@@ -367,7 +372,7 @@ def main():
                     fused = lambda st: check(lib.tq_store_and_decode(cache.h, newk.data_ptr(), newv.data_ptr(), DT["bf16"], slots.data_ptr(), B,
                                                                      q.data_ptr(), DT["bf16"], out.data_ptr(), DT["bf16"],
                                                                      cache.block_tables.data_ptr(), cache.seq_lens.data_ptr(), B, 1, QH,
-                                                                     cache.pages_per_seq, cache.ctx, cache.splits, cache.ws.data_ptr(), st, err,
+                                                                     cache.pages_per_seq, cache.ctx, cache.splits, *lib.ws(cache.ws), st, err,
                                                                      512), err)
                     row["fused_step_graph_ms"] = timed_graph(fused)
                     row["quantize_store_fused_ms"] = row["fused_step_graph_ms"] - g

@@ -50,6 +50,8 @@ tq::cuda::DType dtype_of(int dtype, const char* name) {
 
 extern "C" {
 
+uint32_t tq_capi_version(void) { return TQ_CAPI_VERSION; }
+
 void* tq_cache_create(uint32_t kv_heads, uint32_t head_dim, uint32_t num_pages, const char* spec, char* err, int errlen) {
   std::unique_ptr<Handle> h;
   guarded(err, errlen, [&] {
@@ -121,7 +123,11 @@ uint64_t tq_prefill_workspace(void* handle, uint32_t num_seqs, uint32_t ntok, ui
 
 static tq::cuda::DecodeParams attention_params(void* handle, const void* q, int q_dtype, void* out, int out_dtype,
                                                const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs, uint32_t ntok,
-                                               uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace) {
+                                               uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
+                                               uint64_t workspace_bytes) {
+  // The kernels' own check (launch_attention) reads 0 as "not given": here it is a caller's slip.
+  TQ_CHECK(workspace_bytes > 0, "workspace_bytes is 0: pass the workspace's size (at least tq_decode_workspace() or "
+           "tq_prefill_workspace() for the shape)");
   tq::cuda::DecodeParams p = decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits);
   p.q = q;
   p.q_dtype = dtype_of(q_dtype, "q_dtype");
@@ -130,15 +136,16 @@ static tq::cuda::DecodeParams attention_params(void* handle, const void* q, int 
   p.block_tables = block_tables;
   p.seq_lens = seq_lens;
   p.workspace = workspace;
+  p.workspace_bytes = workspace_bytes;
   return p;
 }
 
 static int attention(bool prefill, void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables,
                      const int32_t* seq_lens, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len,
-                     uint32_t splits, void* workspace, void* stream, char* err, int errlen) {
+                     uint32_t splits, void* workspace, uint64_t workspace_bytes, void* stream, char* err, int errlen) {
   return guarded(err, errlen, [&] {
     const tq::cuda::DecodeParams p = attention_params(handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads,
-                                                      max_pages, max_seq_len, splits, workspace);
+                                                      max_pages, max_seq_len, splits, workspace, workspace_bytes);
     if (prefill) {
       tq::cuda::prefill_attention(p, static_cast<tq::cuda::Stream>(stream));
     } else {
@@ -149,28 +156,28 @@ static int attention(bool prefill, void* handle, const void* q, int q_dtype, voi
 
 int tq_decode(void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
               uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
-              void* stream, char* err, int errlen) {
+              uint64_t workspace_bytes, void* stream, char* err, int errlen) {
   return attention(false, handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads, max_pages, max_seq_len,
-                   splits, workspace, stream, err, errlen);
+                   splits, workspace, workspace_bytes, stream, err, errlen);
 }
 
 // The same arguments; a chunk of ntok new queries per sequence (prefill_attention).
 int tq_prefill(void* handle, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
                uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
-               void* stream, char* err, int errlen) {
+               uint64_t workspace_bytes, void* stream, char* err, int errlen) {
   return attention(true, handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads, max_pages, max_seq_len,
-                   splits, workspace, stream, err, errlen);
+                   splits, workspace, workspace_bytes, stream, err, errlen);
 }
 
 // quantize_store of num_tokens new rows, then decode, as one step (quantize_store_and_decode).
 int tq_store_and_decode(void* handle, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, const void* q,
                         int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs,
                         uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
-                        void* stream, char* err, int errlen) {
+                        uint64_t workspace_bytes, void* stream, char* err, int errlen) {
   return guarded(err, errlen, [&] {
     tq::cuda::quantize_store_and_decode(store_params(handle, k, v, dtype, slots, num_tokens),
                                         attention_params(handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads,
-                                                         max_pages, max_seq_len, splits, workspace),
+                                                         max_pages, max_seq_len, splits, workspace, workspace_bytes),
                                         static_cast<tq::cuda::Stream>(stream));
   });
 }

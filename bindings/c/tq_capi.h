@@ -11,6 +11,12 @@
 extern "C" {
 #endif
 
+/* The version of this interface: 2 since tq_decode, tq_prefill and tq_store_and_decode take the
+ * workspace's size (version 1, before tq_capi_version existed, did not). Callers loading the
+ * library at run time (ctypes) ask tq_capi_version() for the signatures it has. */
+#define TQ_CAPI_VERSION 2
+uint32_t tq_capi_version(void);
+
 /* num_pages pages of one layer of `kv_heads` heads of `head_dim`, in the format of the KV spec
  * (docs/kv-specs.md). The spec's policy knobs (edge, sink, window, ksim) belong to the engine and
  * are refused by name. Returns NULL with the message in err on failure. */
@@ -36,22 +42,23 @@ uint64_t tq_prefill_workspace(void* cache, uint32_t num_seqs, uint32_t ntok, uin
 
 /* q, out: [num_seqs][ntok][q_heads][head_dim]; block_tables: [num_seqs][max_pages] int32;
  * seq_lens: [num_seqs] int32 (the queries are each sequence's last ntok tokens, 1..9: a token and
- * up to 8 drafts). workspace: 16-byte aligned, of at least tq_decode_workspace() bytes for the same
- * cache, shape and splits (tq_prefill: tq_prefill_workspace()); its size is not passed, so not
- * checked: a smaller one is written past its end. Page ids, lengths and slots are device data the
- * kernels trust: every page id < num_pages, every seq_len <= max_seq_len <= max_pages * page size. */
+ * up to 8 drafts). workspace: 16-byte aligned, of workspace_bytes bytes, at least
+ * tq_decode_workspace() for the same cache, shape and splits (tq_prefill: tq_prefill_workspace());
+ * a smaller one (or workspace_bytes 0) is refused, naming both sizes, before any launch. Page ids,
+ * lengths and slots are device data the kernels trust: every page id < num_pages, every seq_len <=
+ * max_seq_len <= max_pages * page size. */
 int tq_decode(void* cache, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
               uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
-              void* stream, char* err, int errlen);
+              uint64_t workspace_bytes, void* stream, char* err, int errlen);
 /* The same arguments; a chunk of ntok new queries per sequence (chunked prefill). */
 int tq_prefill(void* cache, const void* q, int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens,
                uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
-               void* stream, char* err, int errlen);
+               uint64_t workspace_bytes, void* stream, char* err, int errlen);
 /* tq_quantize_store of num_tokens new rows, then tq_decode, as one overlapped step. */
 int tq_store_and_decode(void* cache, const void* k, const void* v, int dtype, const int64_t* slots, uint32_t num_tokens, const void* q,
                         int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs,
                         uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
-                        void* stream, char* err, int errlen);
+                        uint64_t workspace_bytes, void* stream, char* err, int errlen);
 
 #ifdef __cplusplus
 }

@@ -276,12 +276,17 @@ size_t prefill_workspace_bytes(const DecodeParams& p) {
 }
 
 namespace {
-void launch_attention(const DecodeParams& p, Mode mode, Stream stream) {
-  const Plan pl = mode == Mode::kPrefill ? make_prefill_plan(p) : make_plan(p);
+// The call's plan, its workspace checked against the size given (0: not given). Before anything is
+// launched: quantize_store_and_decode refuses a short workspace before its store.
+Plan checked_plan(const DecodeParams& p, bool prefill) {
+  const Plan pl = prefill ? make_prefill_plan(p) : make_plan(p);
   TQ_CHECK(p.workspace_bytes == 0 || p.workspace_bytes >= pl.workspace_bytes(),
            "{}: a workspace of {} bytes, but this call's plan ({} splits) needs {} ({}_workspace_bytes of these params)",
-           mode == Mode::kPrefill ? "prefill_attention" : "decode_attention", p.workspace_bytes, pl.splits, pl.workspace_bytes(),
-           mode == Mode::kPrefill ? "prefill" : "decode");
+           prefill ? "prefill_attention" : "decode_attention", p.workspace_bytes, pl.splits, pl.workspace_bytes(), prefill ? "prefill" : "decode");
+  return pl;
+}
+
+void launch_attention(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
   switch (pl.D) {
     case 64: dispatch_dim<64>(p, pl, mode, stream); break;
     case 128: dispatch_dim<128>(p, pl, mode, stream); break;
@@ -293,23 +298,24 @@ void launch_attention(const DecodeParams& p, Mode mode, Stream stream) {
 
 void decode_attention(const DecodeParams& p, Stream stream) {
   validate(p);
-  launch_attention(p, Mode::kDecode, stream);
+  launch_attention(p, checked_plan(p, false), Mode::kDecode, stream);
 }
 
 void prefill_attention(const DecodeParams& p, Stream stream) {
   validate_attention(p, kMaxPrefillChunk, "prefill_attention");
-  launch_attention(p, Mode::kPrefill, stream);
+  launch_attention(p, checked_plan(p, true), Mode::kPrefill, stream);
 }
 
 void quantize_store_and_decode(const QuantizeStoreParams& store, const DecodeParams& p, Stream stream) {
   validate(store);
   validate(p);
   TQ_CHECK(store.cache.data == p.cache.data, "quantize_store_and_decode: the store and the decode must use the same cache");
+  const Plan pl = checked_plan(p, false);
   // quantize_store is a plain launch, so whatever wrote the queries had finished before it
   // started, and the decode kernel (a programmatic dependent of it) may read them early. With no
   // rows to store nothing is launched, and the decode must not assume so.
   quantize_store(store, stream);
-  launch_attention(p, store.num_tokens > 0 ? Mode::kDecodeAfterStore : Mode::kDecode, stream);
+  launch_attention(p, pl, store.num_tokens > 0 ? Mode::kDecodeAfterStore : Mode::kDecode, stream);
 }
 
 }  // namespace tq::cuda

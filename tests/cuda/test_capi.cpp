@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "cuda_test_util.h"
 #include "tq/format.h"
@@ -46,7 +47,7 @@ TEST(CApi, NullHandlesAreRefused) {
   EXPECT_EQ(tq_quantize_store(nullptr, nullptr, nullptr, 0, nullptr, 1, nullptr, err, sizeof err), -1);
   EXPECT_NE(std::string(err).find("the cache handle is null"), std::string::npos) << err;
   err[0] = 0;
-  EXPECT_EQ(tq_decode(nullptr, nullptr, 0, nullptr, 0, nullptr, nullptr, 1, 1, 8, 1, 16, 0, nullptr, nullptr, err, sizeof err), -1);
+  EXPECT_EQ(tq_decode(nullptr, nullptr, 0, nullptr, 0, nullptr, nullptr, 1, 1, 8, 1, 16, 0, nullptr, 64, nullptr, err, sizeof err), -1);
   EXPECT_NE(std::string(err).find("the cache handle is null"), std::string::npos) << err;
   EXPECT_EQ(tq_cache_bytes(nullptr), 0u);
   EXPECT_EQ(tq_cache_block_bytes(nullptr), 0u);
@@ -69,8 +70,58 @@ TEST(CApi, BadShapesAndDtypesAreRefused) {
   const int64_t* slots = reinterpret_cast<const int64_t*>(&dummy);  // never read: refused before any launch
   EXPECT_EQ(tq_quantize_store(h, &dummy, &dummy, 7, slots, 1, nullptr, err, sizeof err), -1);
   EXPECT_NE(std::string(err).find("dtype 7 is not a dtype"), std::string::npos) << err;
-  EXPECT_EQ(tq_decode(h, &dummy, 9, &dummy, 0, &dummy, &dummy, 1, 1, 8, 4, 64, 0, &dummy, nullptr, err, sizeof err), -1);
+  EXPECT_EQ(tq_decode(h, &dummy, 9, &dummy, 0, &dummy, &dummy, 1, 1, 8, 4, 64, 0, &dummy, 64, nullptr, err, sizeof err), -1);
   EXPECT_NE(std::string(err).find("q_dtype 9 is not a dtype"), std::string::npos) << err;
+  tq_cache_destroy(h);
+}
+
+// The workspace's size is checked against the shape's before any launch: a byte short of what
+// tq_decode_workspace / tq_prefill_workspace give is refused naming both sizes, and 0 (a caller
+// that forgot it) by name, in tq_store_and_decode before its store; the size asked for runs.
+TEST(CApi, AWorkspaceSmallerThanTheShapesIsRefused) {
+  TQ_REQUIRE_GPU();
+  EXPECT_EQ(tq_capi_version(), uint32_t(TQ_CAPI_VERSION));
+  constexpr uint32_t kSeqs = 2, kQHeads = 8, kD = 128, kPages = 32, kLen = 512;  // 2 KV heads, pages of 16
+  char err[512] = "";
+  void* h = tq_cache_create(2, kD, kSeqs * kPages, "k3v2", err, sizeof err);
+  ASSERT_NE(h, nullptr) << err;
+  std::vector<int32_t> tables(kSeqs * kPages);
+  for (size_t i = 0; i < tables.size(); ++i) tables[i] = int32_t(i);
+  test::DeviceBuffer<int32_t> block_tables(tables), seq_lens(std::vector<int32_t>(kSeqs, kLen));
+  test::DeviceBuffer<uint16_t> q(kSeqs * 64 * kQHeads * kD), out(q.n), kv(2 * kSeqs * 2 * kD);  // bf16; kv: K's rows, then V's
+  test::DeviceBuffer<int64_t> slots(std::vector<int64_t>{kLen - 1, kPages * 16 + kLen - 1});
+  CUDA_OK(cudaMemset(q.ptr, 0, q.n * 2));
+  CUDA_OK(cudaMemset(kv.ptr, 0, kv.n * 2));
+  for (const bool prefill : {false, true}) {
+    const uint32_t ntok = prefill ? 64 : 1;
+    const uint64_t need = prefill ? tq_prefill_workspace(h, kSeqs, ntok, kQHeads, kPages, kLen, 0)
+                                  : tq_decode_workspace(h, kSeqs, ntok, kQHeads, kPages, kLen, 0);
+    ASSERT_GT(need, 1u);
+    test::DeviceBuffer<uint8_t> ws(need);
+    const auto call = [&](uint64_t bytes) {
+      err[0] = 0;
+      const auto f = prefill ? tq_prefill : tq_decode;
+      return f(h, q.ptr, 2, out.ptr, 2, block_tables.ptr, seq_lens.ptr, kSeqs, ntok, kQHeads, kPages, kLen, 0, ws.ptr, bytes, nullptr, err,
+               sizeof err);
+    };
+    EXPECT_EQ(call(need - 1), -1) << prefill;
+    EXPECT_NE(std::string(err).find("a workspace of " + std::to_string(need - 1) + " bytes"), std::string::npos) << err;
+    EXPECT_NE(std::string(err).find("needs " + std::to_string(need)), std::string::npos) << err;
+    EXPECT_EQ(call(0), -1) << prefill;
+    EXPECT_NE(std::string(err).find("workspace_bytes is 0"), std::string::npos) << err;
+    EXPECT_EQ(call(need), 0) << err;
+    CUDA_OK(cudaDeviceSynchronize());
+    if (prefill) continue;
+    const auto fused = [&](uint64_t bytes) {
+      err[0] = 0;
+      return tq_store_and_decode(h, kv.ptr, kv.ptr + kv.n / 2, 2, slots.ptr, kSeqs, q.ptr, 2, out.ptr, 2, block_tables.ptr, seq_lens.ptr, kSeqs, 1,
+                                 kQHeads, kPages, kLen, 0, ws.ptr, bytes, nullptr, err, sizeof err);
+    };
+    EXPECT_EQ(fused(need - 1), -1);
+    EXPECT_NE(std::string(err).find("a workspace of " + std::to_string(need - 1) + " bytes"), std::string::npos) << err;
+    EXPECT_EQ(fused(need), 0) << err;
+    CUDA_OK(cudaDeviceSynchronize());
+  }
   tq_cache_destroy(h);
 }
 

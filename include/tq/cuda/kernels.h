@@ -98,7 +98,7 @@ struct DecodeParams {
   // then cover the window alone (with split_tokens: the fixed cuts, those before it empty).
   uint32_t sliding_window = 0;
   void* workspace = nullptr; // decode_workspace_bytes(...) bytes (prefill: prefill_workspace_bytes)
-  size_t workspace_bytes = 0; // the workspace's size when set: a call whose plan needs more throws
+  size_t workspace_bytes = 0; // the workspace's size when set: a call whose plan needs more throws before any launch
   SideView side;             // sink / window: off unless side.active()
 };
 // prefill_attention (chunked prefill): the same, with a chunk of up to kMaxPrefillChunk new queries
