@@ -5,6 +5,7 @@
 #include <httplib.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -385,6 +386,13 @@ void Server::Impl::post(const char* path, bool chat) {
     // A multipart form goes to receivers of its own, which read() leaves unset.
     if (req.is_multipart_form_data())
       return send_error(res, ApiError(415, "the body must be JSON (Content-Type: application/json), not a multipart form"));
+    // A request with neither a length nor chunked coding has no body (RFC 9112, 6.3); cpp-httplib
+    // 0.11 would read one until the client closes or 5 s pass. Refused at once, naming what came.
+    const std::string te = req.get_header_value("Transfer-Encoding");
+    if (!req.has_header("Content-Length") && strcasecmp(te.c_str(), "chunked") != 0)
+      return send_error(res, ApiError(411, te.empty() ? std::string("a POST needs a Content-Length header (or a chunked body)")
+                                                      : fmt::format("a POST needs a Content-Length header or chunked coding, not "
+                                                                    "Transfer-Encoding '{}'", te)));
     // cpp-httplib decodes these and passes any other coding on as it is.
     const std::string coding = req.get_header_value("Content-Encoding");
     if (!coding.empty() && coding != "identity" && coding != "gzip" && coding != "deflate" && coding != "br") res.status = 415;
