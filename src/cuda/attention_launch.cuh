@@ -198,14 +198,21 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
 // kernel's registers are compiled for (resident_blocks): k3v2 at D = 256 is compiled for 2 blocks
 // an SM at 160 registers, and 3 fit; a plan that counted 2 took (64, 4K) for two full waves of
 // whole sequences, which ran as one and a third (bench/results/2026-12-06-h100-decode-copies.md).
-// Asked once per kernel and device.
+// Asked once per kernel, device and shared memory a block (TQ_CUDA_SMEM_KB is read at every call:
+// a process may plan for a 99 KB GPU between calls for this one, and the compact kernels with it).
 template <int D, Kind KIND, int KB, int VB>
 int decode_residency(int R) {
-  constexpr int kDevices = 16;                 // GPUs of a process remembered; beyond that, asked each time
-  static std::atomic<int> known[kDevices][2];  // [device][R - 1]: 0 until asked
+  constexpr int kDevices = 16;  // GPUs of a process remembered; beyond that, asked each time
+  // [device][R - 1]: the count << 32 | the shared memory a block it was asked at; 0 until asked
+  static std::atomic<uint64_t> known[kDevices][2];
   int dev = 0;
   TQ_CHECK(cudaGetDevice(&dev) == cudaSuccess, "decode_attention: no CUDA device");
-  if (dev < kDevices && R >= 1 && R <= 2 && known[dev][R - 1].load(std::memory_order_relaxed) > 0) return known[dev][R - 1].load();
+  const uint64_t at = uint64_t(device_smem_per_block());
+  const bool kept = dev < kDevices && R >= 1 && R <= 2;
+  if (kept) {
+    const uint64_t v = known[dev][R - 1].load(std::memory_order_relaxed);
+    if (v != 0 && (v & 0xffffffffu) == at) return int(v >> 32);
+  }
   int n = 1;
   with_decode_variant<D, KIND>(R, [&](auto r, auto compact) {
     constexpr int Rc = decltype(r)::value;
@@ -217,7 +224,7 @@ int decode_residency(int R) {
     TQ_CHECK(e == cudaSuccess, "decode_attention: the decode kernel's occupancy: {}", cudaGetErrorString(e));
     n = resident_blocks_here(std::max(blocks, 1), smem);
   });
-  if (dev < kDevices && R >= 1 && R <= 2) known[dev][R - 1].store(n);
+  if (kept) known[dev][R - 1].store(uint64_t(n) << 32 | at, std::memory_order_relaxed);
   return n;
 }
 
