@@ -125,7 +125,7 @@ static tq::cuda::DecodeParams attention_params(void* handle, const void* q, int 
                                                const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs, uint32_t ntok,
                                                uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
                                                uint64_t workspace_bytes) {
-  // The kernels' own check (launch_attention) reads 0 as "not given": here it is a caller's slip.
+  // The library's own check (checked_plan) reads 0 as "not given": here it is a caller's slip.
   TQ_CHECK(workspace_bytes > 0, "workspace_bytes is 0: pass the workspace's size (at least tq_decode_workspace() or "
            "tq_prefill_workspace() for the shape)");
   tq::cuda::DecodeParams p = decode_params(handle, num_seqs, ntok, q_heads, max_pages, max_seq_len, splits);
