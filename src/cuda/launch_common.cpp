@@ -11,6 +11,7 @@
 #include <mutex>
 #include <vector>
 
+#include "split_plan.h"
 #include "tq/check.h"
 #include "tq/kv/spec.h"
 #include "variants.h"
@@ -69,14 +70,11 @@ int smem_per_sm() {  // TQ_CUDA_SMEM_KB=99 stands for a GPU of 100 KB an SM
 }  // namespace
 
 int resident_blocks_here(int compiled_for, size_t smem) {
-  const int fit = smem_per_sm() / int(smem + 1024);  // 1 KB a block reserved by the driver
-  return std::max(1, std::min(compiled_for, fit));
+  return std::max(1, std::min(compiled_for, attention::blocks_fitting(size_t(smem_per_sm()), smem)));
 }
 
 size_t smem_holding(int blocks, size_t smem) {
-  const size_t more = size_t(smem_per_sm()) / size_t(blocks + 1) + 1;  // (blocks + 1) x more > the SM's
-  if (smem + 1024 >= more || more - 1024 > size_t(device_smem_per_block())) return smem;  // 1 KB a block reserved by the driver
-  return more - 1024;
+  return attention::smem_holding_in(size_t(smem_per_sm()), blocks, smem, size_t(device_smem_per_block()));
 }
 
 namespace {

@@ -78,5 +78,33 @@ TEST(SplitPlan, EverySplitHasTilesAndNoneIsEmpty) {
   }
 }
 
+// The residency padding: k3v2's D 256 decode block (42 368 bytes of shared memory, 2 blocks an SM
+// compiled) fits 5 on an sm_90 SM of 228 KB; padded, 2 and never 3. Where no more fit anyway (100
+// KB SMs) or the padding would pass a block's limit, the size is kept; and for any size and count
+// the padded size holds exactly the blocks asked, or the size is what it was.
+TEST(SplitPlan, PaddingHoldsAnSmToTheBlocksAsked) {
+  constexpr size_t kSm90 = 228 * 1024, kSm89 = 100 * 1024, kOptIn90 = 227 * 1024, kOptIn89 = 99 * 1024;
+  EXPECT_EQ(blocks_fitting(kSm90, 42368), 5);
+  const size_t padded = smem_holding_in(kSm90, 2, 42368, kOptIn90);
+  EXPECT_GT(padded, 42368u);
+  EXPECT_EQ(blocks_fitting(kSm90, padded), 2);
+  EXPECT_EQ(smem_holding_in(kSm89, 2, 42368, kOptIn89), 42368u);  // 2 fit there, 3 do not
+  EXPECT_EQ(smem_holding_in(kSm90, 2, 42368, 60 * 1024), 42368u);  // the padding (75 KB) past the limit
+  std::mt19937 rng(11);
+  for (int i = 0; i < 20000; ++i) {
+    const size_t sm = (64 + rng() % 200) * 1024, smem = 1 + rng() % (sm / 2), limit = sm - 1024 - rng() % 4096;
+    const int blocks = 1 + int(rng() % 8);
+    const size_t s = smem_holding_in(sm, blocks, smem, limit);
+    if (s == smem) {
+      ASSERT_TRUE(blocks_fitting(sm, smem) <= blocks || sm / (blocks + 1) + 1 - kBlockReserve > limit)
+          << sm << " " << blocks << " " << smem;
+    } else {
+      ASSERT_GT(s, smem);
+      ASSERT_LE(s, limit);
+      ASSERT_EQ(blocks_fitting(sm, s), blocks) << sm << " " << blocks << " " << smem;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tq::cuda::attention
