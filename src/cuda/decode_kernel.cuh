@@ -49,11 +49,12 @@
 
 namespace tq::cuda::decode {
 
-// Blocks of decode_kernel resident per SM, which its register budget is compiled for (a floor:
-// make_plan counts its waves in what the GPU holds, decode_residency, which may be more). Packed
-// caches: 4 at D <= 128, 2 at D = 256 (5 for k3v2 at D = 128 forced 96 registers and was 4%
-// slower at (16, 32K) on the H200). Float caches:
-// as many as their staging rings fit in an SM's 228 KB (bf16: 2 at D = 128, 1 at D = 256).
+// Blocks of decode_kernel resident per SM, which its register budget is compiled for (make_plan
+// counts its waves in what the GPU holds, decode_residency; packed kernels are launched with the
+// shared memory that holds an SM to this count, decode_smem). Packed caches: 4 at D <= 128, 2
+// at D = 256 (5 for k3v2 at D = 128 forced 96 registers and was 4% slower at (16, 32K) on the
+// H200). Float caches: as many as their staging rings fit in an SM's 228 KB (bf16: 2 at D = 128,
+// 1 at D = 256).
 // R = 2 m-tiles: twice the accumulators, so 3 blocks an SM (168 registers).
 // C: the compact kernel of a float cache (unstaged), compiled for the 100 KB an SM of the GPUs
 // that run it (sm_86, 89, 120): 2 blocks at D = 256, 4 at D = 128.
@@ -146,8 +147,6 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   const int ps = int(c.page_size), step_pages = int(uint32_t(step) / c.page_size), step_rows = int(uint32_t(step) % c.page_size);
   int page0 = int(uint32_t(first) / c.page_size), row0 = int(uint32_t(first) % c.page_size);  // the warp's first tile
   int32_t pre_page[kPre];
-  // ids: bt, or bt as volatile for the window's reload (below), which must stay a load of its own
-  // after the length: merged with this one into a load of a selected address, it waits for it.
   // (page, row) of the tile `step` tokens on (row < ps before and after).
   const auto step_on = [=](int& page, int& row) {
     page += step_pages;
@@ -157,6 +156,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       ++page;
     }
   };
+  // ids: bt, or bt as volatile for the window's reload (below), which must stay a load of its own
+  // after the length: merged with this one into a load of a selected address, it waits for it.
   auto load_page_ids = [&](auto ids) {
     int page = page0, row = row0;
 #pragma unroll
