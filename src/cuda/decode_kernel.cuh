@@ -61,7 +61,7 @@ namespace tq::cuda::decode {
 template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
 constexpr int resident_blocks() {
   if constexpr (KIND == Kind::kTq) return packed_resident_blocks(D, R);
-  constexpr int n = (C ? 100 : 227) * 1024 / int(sizeof(Smem<D, KIND, KB, VB, 1, C>) + 1024);  // 1 KB a block reserved by the driver
+  constexpr int n = attention::blocks_fitting(size_t(C ? 100 : 227) * 1024, sizeof(Smem<D, KIND, KB, VB, 1, C>));
   return n < 1 ? 1 : n > 4 ? 4 : n;
 }
 

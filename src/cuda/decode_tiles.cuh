@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "device_common.cuh"
+#include "split_plan.h"
 #include "tq/cuda/kernels.h"
 #include "trellis_read.cuh"
 #include "widths.h"
@@ -75,10 +76,13 @@ struct Staging {
   // counted up to packed_resident_blocks on SMs of 228 KB (sm_90, sm_100) and 100 KB (sm_86, 89,
   // 120), whose 3 or 4 blocks of k2v2 or k3v3 at D = 128 padding would cost a block.
   static constexpr int kPadded = kRounds * 32 * 16;
+  static constexpr int held_by(int sm_kb, size_t bytes) {  // blocks of `bytes` an SM of sm_kb KB holds, up to the cap
+    const int fit = attention::blocks_fitting(size_t(sm_kb) * 1024, bytes), cap = packed_resident_blocks(D, 1);
+    return fit < cap ? fit : cap;
+  }
   static constexpr int blocks_held(int sm_kb, int stride) {  // a block: the fixed part, the ring's union with sm.o
     const int ring = kWarps * stages_of(stride) * stride, o = kWarps * kRows * D * int(sizeof(float));
-    const int fit = sm_kb * 1024 / (int(sizeof(SmemFixed<D>)) + (ring > o ? ring : o) + 1024), cap = packed_resident_blocks(D, 1);
-    return fit < cap ? fit : cap;
+    return held_by(sm_kb, sizeof(SmemFixed<D>) + size_t(ring > o ? ring : o));
   }
   static constexpr bool kPad = stages_of(kPadded) == stages_of(kBytes) && blocks_held(228, kPadded) == blocks_held(228, kBytes) &&
                                blocks_held(100, kPadded) == blocks_held(100, kBytes);
@@ -156,11 +160,8 @@ struct Smem : SmemFixed<D, R> {
 template <int D, int KB, int VB>
 constexpr bool blocks_held_agrees() {
   using S = Staging<D, KB, VB>;
-  const int bytes = int(sizeof(Smem<D, Kind::kTq, KB, VB>)) + 1024, cap = packed_resident_blocks(D, 1);
-  for (const int kb : {228, 100}) {
-    const int fit = kb * 1024 / bytes;
-    if ((fit < cap ? fit : cap) != S::blocks_held(kb, S::kStride)) return false;
-  }
+  for (const int kb : {228, 100})
+    if (S::held_by(kb, sizeof(Smem<D, Kind::kTq, KB, VB>)) != S::blocks_held(kb, S::kStride)) return false;
   return true;
 }
 

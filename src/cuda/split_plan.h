@@ -99,9 +99,10 @@ inline int whole_splits(int tiles, int splits) {
 // also takes the 1 KB the driver reserves), and the shared memory to launch such a block with so
 // that the SM holds at most `blocks` of them: smem itself where no more fit anyway, or where the
 // padded size would pass `max_block` (a block's limit), else just enough that blocks + 1 do not
-// fit (decode_smem: packed decode kernels held to the blocks their registers are compiled for).
+// fit (decode_smem: packed decode kernels held to the blocks their registers are compiled for;
+// blocks_fitting is also the compile-time count of decode_tiles.cuh's staging and resident_blocks).
 constexpr size_t kBlockReserve = 1024;
-inline int blocks_fitting(size_t sm_bytes, size_t smem) { return int(sm_bytes / (smem + kBlockReserve)); }
+constexpr int blocks_fitting(size_t sm_bytes, size_t smem) { return int(sm_bytes / (smem + kBlockReserve)); }
 inline size_t smem_holding_in(size_t sm_bytes, int blocks, size_t smem, size_t max_block) {
   const size_t more = sm_bytes / size_t(blocks + 1) + 1;  // (blocks + 1) x more > sm_bytes
   if (smem + kBlockReserve >= more || more - kBlockReserve > max_block) return smem;
