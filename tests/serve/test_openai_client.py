@@ -499,7 +499,7 @@ class ServeTest(unittest.TestCase):
         code, b = self.s.post("/v1/chat/completions", {"messages": [{"role": "user", "content": PROMPTS[0]}], "temperature": 0})
         self.assertEqual(code, 200, b)
         self.assertLessEqual(b["usage"]["prompt_tokens"] + b["usage"]["completion_tokens"], 40 * 8 + 1)
-        # What cpp-httplib refuses by itself gets a message naming the cause.
+        # What cpp-httplib refuses by itself gets a message naming the cause; so does a body without a length.
         host, port = self.s.url[len("http://"):].split(":")
         # A body without a length is no body (RFC 9112): answered at once, not read until the client
         # closes (cpp-httplib's way, 5 s here); the 4 s timeout fails a server that waits.
