@@ -42,17 +42,23 @@ system_packages() {
 # with .venv/bin/python. The Python package's tests and build backend: tests/python/requirements.txt;
 # torch and transformers for its transformers integration: tests/python/requirements-torch.txt.
 # matplotlib for the quality plots (bench/quality/requirements.txt; tests/scripts draws them).
+# cudnn-frontend's C++ headers for the CUDA build's dense prompt attention (src/cuda/requirements-cudnn.txt,
+# without its Python dependencies: only its include/ is used).
 # --no-compile: no .pyc for torch's thousands of modules up front; Python writes those it imports.
 python_packages() {
   local reqs=(tests/serve/requirements.txt tests/engine/requirements.txt tests/python/requirements.txt
-              tests/python/requirements-torch.txt bench/quality/requirements.txt) r
+              tests/python/requirements-torch.txt bench/quality/requirements.txt src/cuda/requirements-cudnn.txt) r
   if [ -x .venv/bin/python ] && cat "${reqs[@]}" | cmp -s - .venv/requirements.installed; then
     echo "setup: .venv up to date"
     return
   fi
   echo "setup: installing $(cat "${reqs[@]}" | tr '\n' ' ')into .venv"
   python3 -m venv .venv
-  for r in "${reqs[@]}"; do .venv/bin/pip install --quiet --disable-pip-version-check --no-compile -r "$r"; done
+  for r in "${reqs[@]}"; do
+    local deps=()
+    [ "$r" = src/cuda/requirements-cudnn.txt ] && deps=(--no-deps)
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-compile "${deps[@]}" -r "$r"
+  done
   cat "${reqs[@]}" > .venv/requirements.installed
 }
 

@@ -36,6 +36,7 @@ struct Options {
   bool eager = false;
   bool swa_full = false;  // --swa-full
   bool batch_invariant = false;  // --batch-invariant
+  bool dense_prompts = false;    // --dense-prompts
 };
 
 // Decode at (batch, ctx): sequences whose first positions are taken as written (zeroed pages: the
@@ -225,6 +226,7 @@ void run(const Options& o) {
                              .eager = o.eager,
                              .products = products[pi],
                              .batch_invariant = o.batch_invariant,
+                             .dense_prompts = o.dense_prompts,
                              .swa_full = o.swa_full};
     std::unique_ptr<engine::ModelRunner> runner;
     std::string why;
@@ -335,6 +337,7 @@ void add_bench(CLI::App& app) {
               "sliding-window layers (Gemma 3's local ones) keep every position in the pool instead of a window ring per\n"
               "sequence (tq run --swa-full), for comparison");
   c->add_flag("--batch-invariant", o->batch_invariant, "CUDA: the runner's batch-invariant mode (tq run --batch-invariant), to time it");
+  c->add_flag("--dense-prompts", o->dense_prompts, "CUDA: each prompt's first chunk attended densely by cuDNN (tq run --dense-prompts), to time it");
   c->add_option("--products", o->products,
                 "how the CUDA runner multiplies by the weights: auto (default: its GEMV kernel for one-row steps, its tensor-core "
                 "gemm_rows for 2..16 rows, cuBLAS beyond), gemv (the GEMV kernel, cuBLAS from two rows), rows (gemm_rows for 1..16 "

@@ -35,6 +35,7 @@ struct Options {
   bool steps_given = false;  // -n was on the command line
   bool exact_products = false;
   bool batch_invariant = false;  // --batch-invariant
+  bool dense_prompts = false;    // --dense-prompts
   bool swa_full = false;         // --swa-full
   std::string logits_file;  // test hook: prompt token ids and last-token logits
   std::string speculative;  // --spec: "" or a speculative_spec
@@ -151,6 +152,7 @@ void run(const Options& o) {
   const engine::Device device = pick_device(o.device, cfg, {spec});
   check_gpu_memory(o.gpu_memory, device);
   TQ_CHECK(!o.batch_invariant || device == engine::Device::kCuda, "--batch-invariant is for --device cuda: the CPU runner is batch-invariant already");
+  TQ_CHECK(!o.dense_prompts || device == engine::Device::kCuda, "--dense-prompts is for --device cuda (cuDNN's fused attention), not the CPU");
   std::optional<LoadedModel> draft;
   if (by_model) {
     draft.emplace(load_checked_draft(o.draft, o.tokenizer, tok, needed, o.allow_long, "the run (prompt and -n)"));
@@ -160,6 +162,7 @@ void run(const Options& o) {
                     .threads = threads,
                     .context = needed,
                     .batch_invariant = o.batch_invariant,
+                    .dense_prompts = o.dense_prompts,
                     .gpu_memory = o.gpu_memory,
                     .exact_products = o.exact_products,
                     .swa_full = o.swa_full,
@@ -283,6 +286,10 @@ void add_run(CLI::App& app) {
   c->add_flag("--batch-invariant", o->batch_invariant,
               "CUDA: a position's logits do not depend on what else its step holds (steps of up to 16 rows), so greedy\n"
               "--spec/--draft output equals plain decoding's exactly; steps up to 10% slower; specs without sink/window");
+  c->add_flag("--dense-prompts", o->dense_prompts,
+              "CUDA: a prompt's first step (its first chunk of tokens, from position 0) attends its own K/V rows\n"
+              "in bf16 through cuDNN's fused attention instead of their quantized rows: faster prefill; decode and later\n"
+              "chunks read the cache as always. Needs cuDNN 9 (libcudnn.so.9, or TQ_CUDNN_LIBRARY); specs without sink/window");
   c->add_flag("--swa-full", o->swa_full,
               "keep every position of the model's sliding-window layers (Gemma 3's local layers) in the page pool, as\n"
               "llama.cpp's --swa-full; by default they keep only the positions their queries still see, in a ring per sequence");

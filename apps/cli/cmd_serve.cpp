@@ -38,6 +38,7 @@ struct Options {
   unsigned threads = 0;
   bool no_prefix_caching = false;
   bool swa_full = false;
+  bool dense_prompts = false;  // --dense-prompts
   std::string speculative;  // --spec: requests' default
   std::string draft, draft_kv;  // --draft: a draft model for requests that ask for "draft"
 };
@@ -135,8 +136,8 @@ void serve(const Options& o) {
   const uint32_t tails = !spec.policy.sink && !spec.policy.window && !rings ? 0 : tail_slots;
   engine::Engine e(lm.model, spec,
                    {.device = device, .threads = threads, .context = ctx, .max_seqs = o.max_num_seqs, .num_pages = o.num_pages,
-                    .max_chunk = o.max_batched_tokens, .gpu_memory = o.gpu_memory, .prefix_tails = tails,
-                    .swa_full = o.swa_full});
+                    .max_chunk = o.max_batched_tokens, .dense_prompts = o.dense_prompts, .gpu_memory = o.gpu_memory,
+                    .prefix_tails = tails, .swa_full = o.swa_full});
   const std::string name = o.name.empty() ? std::filesystem::path(lm.path).stem().string() : o.name;
 
   const model::Model& m = lm.model;
@@ -280,6 +281,10 @@ void add_serve(CLI::App& app) {
                 "rings a prefix hit needs (default: --max-num-seqs; 0 turns prefix caching off for them). Each takes\n"
                 "sink + window rows of every layer and a sequence's rings; one is kept where a prompt is computed and\n"
                 "where a request ends, least recently used reused (docs/serving.md)");
+  c->add_flag("--dense-prompts", o->dense_prompts,
+              "CUDA: a prompt's first step (every token from position 0, up to --max-num-batched-tokens) attends its own K/V rows\n"
+              "in bf16 through cuDNN's fused attention instead of their quantized rows: faster prefill; decode and later\n"
+              "chunks read the cache as always. Needs cuDNN 9 (libcudnn.so.9, or TQ_CUDNN_LIBRARY); specs without sink/window");
   c->add_flag("--swa-full", o->swa_full,
               "keep every position of the model's sliding-window layers (Gemma 3's local layers) in the page pool, as\n"
               "llama.cpp's --swa-full; by default they keep only the positions their queries still see, in a ring per sequence");

@@ -21,6 +21,7 @@ import json
 import os
 import statistics
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,16 @@ def load(path):
         c.c_void_p] + ([c.c_uint64] if sized else []) + [c.c_void_p, c.c_char_p, c.c_int]
     lib.tq_prefill.argtypes = lib.tq_decode.argtypes
     lib.tq_store_and_decode.argtypes = lib.tq_quantize_store.argtypes[:6] + lib.tq_decode.argtypes[1:]
+    # Version 3: whole prompts attended densely by cuDNN (tq_dense_prompt); lib.dense says why not.
+    lib.dense = "the library predates tq_dense_prompt (C API < 3)"
+    if hasattr(lib, "tq_capi_version") and lib.tq_capi_version() >= 3:
+        lib.tq_dense_prompt_available.argtypes = [c.c_char_p, c.c_int]
+        lib.tq_dense_prompt_workspace.restype = c.c_int64
+        lib.tq_dense_prompt_workspace.argtypes = [c.c_uint32] * 5 + [c.c_int, c.c_float, c.c_char_p, c.c_int]
+        lib.tq_dense_prompt.argtypes = [c.c_void_p] * 4 + [c.c_int] + [c.c_uint32] * 5 + [c.c_float, c.c_void_p, c.c_uint64, c.c_void_p,
+                                                                                          c.c_char_p, c.c_int]
+        why = ctypes.create_string_buffer(512)
+        lib.dense = "" if lib.tq_dense_prompt_available(why, 512) else why.value.decode()
     return lib
 
 
@@ -247,12 +258,52 @@ def whole_prompt_rows(lib, specs, lengths, chunk=2048):
                 g = timed_graph(call, reps=2, iters=10)
                 rows.append(dict(whole_prompt=L, kv=spec, graph_ms=g, vs_torch=g_torch / g, rel_err_vs_torch=rel, chunk=chunk))
                 cache.close()
+        if not lib.dense:
+            rows += dense_prompt_rows(lib, specs, L, q, k, v, ref, g_torch)
         del k, v, kt, vt, q
         torch.cuda.empty_cache()
     for r in rows:
         print(f"whole prompt of {r['whole_prompt']} tokens: {r['kv']:28s} {r['graph_ms']:.3f} ms in a graph" +
-              (f" (x{r['vs_torch']:.2f} vs torch), rel err vs torch {r['rel_err_vs_torch']:.2e}, chunks of {r['chunk']}" if "vs_torch" in r else ""),
+              (f" (x{r['vs_torch']:.2f} vs torch), rel err vs torch {r['rel_err_vs_torch']:.2e}, chunks of {r['chunk']}" if "vs_torch" in r else "") +
+              (f", of which the store {r['store_ms']:.3f} ms" if "store_ms" in r else "") +
+              (f", cuDNN's plan built in {r['plan_ms']:.0f} ms" if "plan_ms" in r else ""),
               flush=True)
+    return rows
+
+
+def dense_prompt_rows(lib, specs, L, q, k, v, ref, g_torch):
+    """The same prompt attended densely (tq_dense_prompt: cuDNN's fused attention over the prompt's
+    own bf16 rows, one call), then, for each spec, that plus quantize_store of its L rows: what a
+    dense whole-prompt step costs against torch's attention alone."""
+    err = ctypes.create_string_buffer(512)
+    t0 = time.perf_counter()
+    need = lib.tq_dense_prompt_workspace(1, L, QH, KVH, D, DT["bf16"], 0.0, err, 512)  # builds cuDNN's plan for the shape
+    plan_ms = 1e3 * (time.perf_counter() - t0)
+    if need < 0:
+        raise RuntimeError(err.value.decode())
+    ws = torch.zeros(max(need, 1), dtype=torch.uint8, device="cuda")
+    out = torch.empty(1, L, QH, D, dtype=torch.bfloat16, device="cuda")
+
+    def dense(st=None):
+        check(lib.tq_dense_prompt(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), DT["bf16"], 1, L, QH, KVH, D, 0.0, ws.data_ptr(),
+                                  need, st, err, 512), err)
+    dense()
+    torch.cuda.synchronize()
+    rel = ((out.transpose(1, 2).float() - ref.float()).norm() / ref.float().norm()).item()
+    g = timed_graph(dense, reps=2, iters=10)
+    rows = [dict(whole_prompt=L, kv="dense (tq_dense_prompt)", graph_ms=g, vs_torch=g_torch / g, rel_err_vs_torch=rel, chunk=L,
+                 plan_ms=plan_ms)]
+    for spec in specs:
+        with smem_limit(spec) as name:
+            cache = PagedCache(lib, name, 1, L, k, v)
+
+            def store(st=None):
+                check(lib.tq_quantize_store(cache.h, k.data_ptr(), v.data_ptr(), DT["bf16"], cache.slots.data_ptr(), L, st, cache.err, 512),
+                      cache.err)
+            gs = timed_graph(store, reps=2, iters=10)
+            rows.append(dict(whole_prompt=L, kv=f"{spec} dense + store", graph_ms=g + gs, store_ms=gs, vs_torch=g_torch / (g + gs),
+                             rel_err_vs_torch=rel, chunk=L))
+            cache.close()
     return rows
 
 

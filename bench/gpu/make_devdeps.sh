@@ -24,4 +24,12 @@ if [ -f /usr/include/httplib.h ] && [ -f "$lib/libcpp-httplib.so" ]; then
 else
   echo "make_devdeps.sh: libcpp-httplib-dev is not installed: tq serve will not be built there" >&2
 fi
+# cudnn-frontend's headers (header-only; scripts/setup.sh installs them into .venv) for the dense
+# prompt path (src/cuda/dense_prompt.cpp); the GPU machine's cuDNN is torch's (nvidia-cudnn-cu13).
+fe=$(ls -d .venv/lib/python3*/site-packages/include 2>/dev/null | head -1)
+if [ -n "$fe" ] && [ -f "$fe/cudnn_frontend.h" ]; then
+  rm -rf "$d/cudnn_frontend" && mkdir -p "$d/cudnn_frontend" && cp -r "$fe" "$d/cudnn_frontend/include"
+else
+  echo "make_devdeps.sh: cudnn-frontend is not in .venv (scripts/setup.sh python): no dense prompts there" >&2
+fi
 du -sh "$d"

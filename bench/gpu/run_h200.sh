@@ -59,6 +59,13 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --f
 export PATH=/usr/local/cuda/bin:$PATH
 deps=()
 [ -d .devdeps ] && deps=(-DTQ_DEPS_DIR="$PWD/.devdeps")
+# cuDNN for the dense prompt path: torch's (PyPI nvidia-cudnn-cu13), its headers for the build and
+# its folder for the loader (libcudnn.so.9 dlopens its engine libraries beside it).
+cudnn=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null)
+if [ -n "$cudnn" ] && [ -f "$cudnn/include/cudnn.h" ]; then
+  deps+=(-DTQ_CUDNN_INCLUDE="$cudnn/include")
+  export LD_LIBRARY_PATH="$cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
 start=$(date +%s)
 cmake -S . -B build/h200 -G Ninja -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON -DTQ_CUDA_VERBOSE=ON -DTQ_CUDA_PORTABLE_ON_HOPPER=ON -DTQ_BUILD_BENCH=OFF "${deps[@]}" \
   >"$OUT/configure.log" 2>&1 || { tail -30 "$OUT/configure.log"; exit 1; }
@@ -67,7 +74,7 @@ targets=(tq_capi tq)
 { [ -z "${NO_SUITES:-}" ] || { [ -z "${QUICK:-}" ] && [ -z "${NO_SANITIZERS:-}" ]; }; } && targets+=(test_cuda test_capi test_cuda_runner)
 [ -z "${QUICK:-}" ] && [ -z "${NO_CPU_TESTS:-}" ] && [ -z "${NO_SUITES:-}" ] && [ -z "${ONLY_SANITIZERS:-}" ] && targets+=(test_codec test_kv test_engine)
 ninja -C build/h200 "${targets[@]}" >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
-note "build: $(( $(date +%s) - start )) s"
+note "build: $(( $(date +%s) - start )) s; $(grep -o 'TQ_CUDNN: dense prompt attention [a-z]*' "$OUT/configure.log" | head -1)"
 grep -A2 "decode_kernel\|quantize_store_kernel" "$OUT/build.log" | grep -E "registers|spill" | sort | uniq -c | sort -rn | head -8 > "$OUT/ptxas_summary.txt"
 cat "$OUT/ptxas_summary.txt"
 obj=$(find build/h200 -name 'attention_d128.cu.o' | head -1)

@@ -79,6 +79,11 @@ def targets(rows):
         if (s, "k3v2") in pre and (s, "torch") in pre:
             v = pre[(s, "torch")] / pre[(s, "k3v2")]
             lines.append(f"| prefill {s}: k3v2 ≥ 0.9× torch | {v:.2f}× ({1e3 * pre[(s, 'k3v2')]:.1f} µs, torch {1e3 * pre[(s, 'torch')]:.1f}) | {yes(v >= 0.9)} |")
+        dense = (s, "k3v2 dense + store")  # bench_decode.py's dense_prompt_rows: cuDNN on the prompt, then its store
+        if dense in pre and (s, "torch") in pre:
+            v = pre[(s, "torch")] / pre[dense]
+            lines.append(f"| prefill {s}, dense (cuDNN) + the store: k3v2 ≥ 0.9× torch | {v:.2f}× ({1e3 * pre[dense]:.1f} µs, "
+                         f"torch {1e3 * pre[(s, 'torch')]:.1f}) | {yes(v >= 0.9)} |")
     if not shapes:
         lines.append("| prefill: k3v2 ≥ 0.9× torch | missing (run without --no-prefill, with --whole) | |")
     return lines

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <memory>
 
+#include "tq/cuda/dense_prompt.h"
 #include "tq/cuda/device_format.h"
 #include "tq/cuda/kernels.h"
 #include "tq/kv/cache_format.h"
@@ -179,6 +180,40 @@ int tq_store_and_decode(void* handle, const void* k, const void* v, int dtype, c
                                         attention_params(handle, q, q_dtype, out, out_dtype, block_tables, seq_lens, num_seqs, ntok, q_heads,
                                                          max_pages, max_seq_len, splits, workspace, workspace_bytes),
                                         static_cast<tq::cuda::Stream>(stream));
+  });
+}
+
+static tq::cuda::DensePromptParams dense_params(uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim,
+                                               int dtype, float scale) {
+  tq::cuda::DensePromptParams p;
+  p.dtype = dtype_of(dtype, "dtype");
+  p.num_seqs = num_seqs, p.ntok = ntok, p.q_heads = q_heads, p.kv_heads = kv_heads, p.head_dim = head_dim, p.scale = scale;
+  return p;
+}
+
+int tq_dense_prompt_available(char* err, int errlen) {
+  std::string why;
+  if (tq::cuda::dense_prompt_available(&why)) return 1;
+  fail(err, errlen, why.c_str());
+  return 0;
+}
+
+int64_t tq_dense_prompt_workspace(uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim, int dtype,
+                                  float scale, char* err, int errlen) {
+  int64_t bytes = -1;
+  guarded(err, errlen, [&] {
+    bytes = int64_t(tq::cuda::dense_prompt_workspace_bytes(dense_params(num_seqs, ntok, q_heads, kv_heads, head_dim, dtype, scale)));
+  });
+  return bytes;
+}
+
+int tq_dense_prompt(const void* q, const void* k, const void* v, void* out, int dtype, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads,
+                    uint32_t kv_heads, uint32_t head_dim, float scale, void* workspace, uint64_t workspace_bytes, void* stream, char* err,
+                    int errlen) {
+  return guarded(err, errlen, [&] {
+    tq::cuda::DensePromptParams p = dense_params(num_seqs, ntok, q_heads, kv_heads, head_dim, dtype, scale);
+    p.q = q, p.k = k, p.v = v, p.out = out, p.workspace = workspace, p.workspace_bytes = workspace_bytes;
+    tq::cuda::dense_prompt_attention(p, static_cast<tq::cuda::Stream>(stream));
   });
 }
 

@@ -12,9 +12,9 @@ extern "C" {
 #endif
 
 /* The version of this interface: 2 since tq_decode, tq_prefill and tq_store_and_decode take the
- * workspace's size (version 1, before tq_capi_version existed, did not). Callers loading the
- * library at run time (ctypes) ask tq_capi_version() for the signatures it has. */
-#define TQ_CAPI_VERSION 2
+ * workspace's size (version 1, before tq_capi_version existed, did not); 3 since tq_dense_prompt.
+ * Callers loading the library at run time (ctypes) ask tq_capi_version() for what it has. */
+#define TQ_CAPI_VERSION 3
 uint32_t tq_capi_version(void);
 
 /* num_pages pages of one layer of `kv_heads` heads of `head_dim`, in the format of the KV spec
@@ -59,6 +59,20 @@ int tq_store_and_decode(void* cache, const void* k, const void* v, int dtype, co
                         int q_dtype, void* out, int out_dtype, const int32_t* block_tables, const int32_t* seq_lens, uint32_t num_seqs,
                         uint32_t ntok, uint32_t q_heads, uint32_t max_pages, uint32_t max_seq_len, uint32_t splits, void* workspace,
                         uint64_t workspace_bytes, void* stream, char* err, int errlen);
+
+/* Whole prompts attended densely (include/tq/cuda/dense_prompt.h): the causal self-attention of
+ * num_seqs sequences of ntok tokens, each from position 0, over their own K/V rows, by cuDNN's
+ * fused attention. q, out: [num_seqs][ntok][q_heads][head_dim]; k, v: [num_seqs][ntok][kv_heads]
+ * [head_dim]; dtype 1 (fp16) or 2 (bf16) for all four; scale 0: 1/sqrt(head_dim).
+ * tq_dense_prompt_available: 1, or 0 with the reason in err (no cuDNN in the build or on the
+ * machine, an older GPU). tq_dense_prompt_workspace: the bytes tq_dense_prompt's workspace needs
+ * (building cuDNN's plan for the shape on first use); -1 with the message in err where cuDNN has none. */
+int tq_dense_prompt_available(char* err, int errlen);
+int64_t tq_dense_prompt_workspace(uint32_t num_seqs, uint32_t ntok, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim, int dtype,
+                                  float scale, char* err, int errlen);
+int tq_dense_prompt(const void* q, const void* k, const void* v, void* out, int dtype, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads,
+                    uint32_t kv_heads, uint32_t head_dim, float scale, void* workspace, uint64_t workspace_bytes, void* stream, char* err,
+                    int errlen);
 
 #ifdef __cplusplus
 }

@@ -77,7 +77,7 @@ RunnerOptions Engine::runner_options(const EngineOptions& o, const KvSpec& spec)
   const uint32_t centre_step = spec.policy.key_centre ? std::min(kCentreTokens, o.context ? o.context : kCentreTokens) : 0;
   return RunnerOptions{.context = o.context, .num_pages = o.num_pages, .max_chunk = std::max(o.max_chunk, centre_step), .max_seqs = o.max_seqs,
                        .threads = o.threads, .exact_products = o.exact_products, .eager = o.eager, .products = o.products,
-                       .batch_invariant = o.batch_invariant, .gpu_memory = o.gpu_memory, .prefix_tails = o.prefix_tails,
+                       .batch_invariant = o.batch_invariant, .dense_prompts = o.dense_prompts, .gpu_memory = o.gpu_memory, .prefix_tails = o.prefix_tails,
                        .centre_span = o.centre_span, .swa_full = o.swa_full};
 }
 

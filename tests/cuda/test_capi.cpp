@@ -145,4 +145,37 @@ TEST(CApi, FormatKnobsAreHonoured) {
 }
 
 }  // namespace
+// tq_dense_prompt: bad shapes and dtypes refused by name everywhere; where cuDNN runs, a workspace
+// a byte short of tq_dense_prompt_workspace's is refused and the size asked for runs.
+TEST(CApi, DensePromptRefusesAndRuns) {
+  char err[512] = "";
+  EXPECT_EQ(tq_dense_prompt_workspace(1, 16, 8, 2, 128, 0, 0, err, sizeof err), -1);
+  EXPECT_NE(std::string(err).find("dtype 0"), std::string::npos) << err;
+  EXPECT_EQ(tq_dense_prompt_workspace(1, 16, 8, 2, 128, 5, 0, err, sizeof err), -1);
+  EXPECT_NE(std::string(err).find("dtype 5 is not a dtype"), std::string::npos) << err;
+  EXPECT_EQ(tq_dense_prompt_workspace(1, 16, 8, 3, 128, 2, 0, err, sizeof err), -1);
+  EXPECT_NE(std::string(err).find("8 query heads over 3 KV heads"), std::string::npos) << err;
+  err[0] = 0;
+  if (!tq_dense_prompt_available(err, sizeof err)) {
+    EXPECT_NE(err[0], 0);
+    GTEST_SKIP() << "dense prompts unavailable: " << err;
+  }
+  constexpr uint32_t kTok = 100, kQH = 8, kKVH = 2, kD = 128;
+  const int64_t need = tq_dense_prompt_workspace(1, kTok, kQH, kKVH, kD, 2, 0, err, sizeof err);
+  ASSERT_GE(need, 0) << err;
+  test::DeviceBuffer<uint16_t> q(kTok * kQH * kD), kv(2 * kTok * kKVH * kD), out(q.n);
+  test::DeviceBuffer<uint8_t> ws(size_t(need) + 1);
+  CUDA_OK(cudaMemset(q.ptr, 0, q.n * 2));
+  CUDA_OK(cudaMemset(kv.ptr, 0, kv.n * 2));
+  const auto call = [&](uint64_t bytes) {
+    return tq_dense_prompt(q.ptr, kv.ptr, kv.ptr + kv.n / 2, out.ptr, 2, 1, kTok, kQH, kKVH, kD, 0, ws.ptr, bytes, nullptr, err, sizeof err);
+  };
+  if (need > 0) {
+    EXPECT_EQ(call(uint64_t(need) - 1), -1);
+    EXPECT_NE(std::string(err).find("needs " + std::to_string(need)), std::string::npos) << err;
+  }
+  EXPECT_EQ(call(uint64_t(need)), 0) << err;
+  CUDA_OK(cudaDeviceSynchronize());
+}
+
 }  // namespace tq

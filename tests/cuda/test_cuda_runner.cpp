@@ -20,6 +20,7 @@
 #include "layers.h"
 #include "tiny_models.h"
 #include "tq/backend/cuda/runner.h"
+#include "tq/cuda/dense_prompt.h"
 #include "tq/engine/engine.h"
 #include "tq/engine/eval.h"
 #include "tq/engine/sampler.h"
@@ -534,6 +535,72 @@ TEST(CudaRunnerCentre, KernelsGiveTheCpuRunnersCentres) {
     EXPECT_EQ(v1.download(), v0.download());
     std::vector<float> plain = k0.download(), centred = k1.download();
     for (size_t i = 0; i < plain.size(); ++i) ASSERT_EQ(centred[i], plain[i] - mu[i % width]) << "element " << i << " adjacent " << adjacent;
+  }
+}
+
+// Dense prompts (RunnerOptions::dense_prompts): a prompt's first step attends its own rows in bf16
+// through cuDNN, so its logits are those of a bf16 cache (the float bounds at the top, against
+// the CPU runner with a bf16 cache), whatever the spec stores; the decode steps after it read the
+// packed cache, within the packed bound of check_against_cpu against the CPU runner of that spec.
+TEST(CudaRunnerDense, PromptsAttendTheirRowsAndDecodeReadsTheCache) {
+  TQ_REQUIRE_GPU();
+  std::string why;
+  if (!cuda::dense_prompt_available(&why)) GTEST_SKIP() << why;
+  for (const auto& [name, shape_of] : std::vector<std::pair<const char*, TinyModelSpec>>{{"d64_gqa2", shape(256, 4, 2, 2, false, "llama")},
+                                                                                       {"d128_qwen2", shape(512, 4, 1, 4, true, "qwen2")},
+                                                                                       {"d128_qwen3", qwen3_shape()}}) {
+    SCOPED_TRACE(name);
+    const model::Model m = tiny(shape_of);
+    std::mt19937 rng(11);
+    std::vector<int> prompt(60);
+    for (int& t : prompt) t = int(rng() % uint32_t(shape_of.vocab));
+    const size_t V = size_t(shape_of.vocab), decode = 12, P = prompt.size() - decode;
+    for (const char* spec_text : {"k3v2", "k4v4:centre"}) {
+      SCOPED_TRACE(spec_text);
+      const KvSpec spec = parse_kv_spec(spec_text);
+      engine::Engine e(m, spec, {.device = engine::Device::kCuda, .context = 128, .max_chunk = 64, .dense_prompts = true});
+      EXPECT_NE(e.runner().describe().find("densely by cuDNN"), std::string::npos) << e.runner().describe();
+      const int s = e.add_sequence();
+      std::vector<float> gpu = e.prefill(s, std::vector<int>(prompt.begin(), prompt.begin() + long(P)), true);
+      ASSERT_EQ(gpu.size(), P * V);
+      for (size_t i = P; i < prompt.size(); ++i) {
+        const std::vector<float> l = e.forward({{s, {prompt[i]}, false}});
+        gpu.insert(gpu.end(), l.begin(), l.end());
+      }
+      for (float x : gpu) ASSERT_TRUE(std::isfinite(x));
+      const std::vector<float> bf16 = logits_of(m, parse_kv_spec("bf16"), engine::Device::kCpu, prompt, decode, 128, 64);
+      const Divergence prompt_d = divergence(std::vector<float>(bf16.begin(), bf16.begin() + long(P * V)),
+                                             std::vector<float>(gpu.begin(), gpu.begin() + long(P * V)), V);
+      EXPECT_LT(prompt_d.kl_max, 1e-2);
+      EXPECT_LT(prompt_d.kl_mean, 2e-3);
+      EXPECT_EQ(prompt_d.agree, prompt_d.decided) << "top-1 differs from a bf16 cache's where its top-2 gap is clear";
+      EXPECT_GT(prompt_d.decided, P / 2);
+      // The decode steps: against the CPU runner of the spec (its prompt attended its quantized rows).
+      const std::vector<float> cpu = logits_of(m, spec, engine::Device::kCpu, prompt, decode, 128, 64);
+      const std::vector<float> fp32 = logits_of(m, parse_kv_spec("fp32"), engine::Device::kCpu, prompt, decode, 128, 64);
+      const auto tail = [&](const std::vector<float>& x) { return std::vector<float>(x.end() - long(decode * V), x.end()); };
+      const Divergence d = divergence(tail(cpu), tail(gpu), V), q = divergence(tail(fp32), tail(cpu), V);
+      EXPECT_LT(d.kl_mean, 3 * q.kl_mean + 2e-3) << "the quantization's own KL: " << q.kl_mean;
+      EXPECT_LT(d.kl_max, 3 * q.kl_max + 1e-2) << "the quantization's own KL: " << q.kl_max;
+    }
+  }
+}
+
+// Dense prompts are refused where they cannot run: the CPU runner, specs with side buffers.
+TEST(CudaRunnerDense, RefusedWhereTheyCannotRun) {
+  const model::Model m = tiny(shape(256, 4, 2, 2, false, "llama"));
+  try {
+    engine::Engine e(m, parse_kv_spec("k3v2"), {.device = engine::Device::kCpu, .context = 64, .dense_prompts = true});
+    ADD_FAILURE() << "the CPU runner took dense prompts";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA runner option"), std::string::npos) << e.what();
+  }
+  TQ_REQUIRE_GPU();
+  try {
+    engine::Engine e(m, parse_kv_spec("k3v2:sink=4:window=8"), {.device = engine::Device::kCuda, .context = 64, .dense_prompts = true});
+    ADD_FAILURE() << "a spec with a side buffer took dense prompts";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("side buffer"), std::string::npos) << e.what();
   }
 }
 

@@ -35,6 +35,7 @@ struct EngineOptions {
   bool eager = false;       // CUDA: no graphs (RunnerOptions::eager)
   GpuProducts products = GpuProducts::kAuto;  // CUDA: the products' kernels (RunnerOptions::products)
   bool batch_invariant = false;               // CUDA: RunnerOptions::batch_invariant
+  bool dense_prompts = false;                 // CUDA: RunnerOptions::dense_prompts
   double gpu_memory = 0;    // CUDA: fraction of the GPU's memory to use, the pool sized by it (RunnerOptions)
   bool exact_products = false;  // CPU: fp32 products (RunnerOptions::exact_products)
   uint32_t prefix_tails = 0;    // specs with sink/window, models with window rings: tail slots for prefix caching (RunnerOptions)

@@ -50,6 +50,11 @@ struct RunnerOptions {
   // positions. Greedy speculative decoding then gives plain decoding's text exactly. Specs
   // without sink/window only (their side blocks are cut by the step's shape).
   bool batch_invariant = false;
+  // CUDA runner: a step's whole prompts (sequences from position 0, beyond 9 tokens) attend their
+  // own rows densely in bf16 by cuDNN's fused attention (tq/cuda/dense_prompt.h) instead of their
+  // quantized rows through the packed kernel; what they store is the same. Later chunks and decode
+  // read the cache as always. Specs without sink/window; sliding-window layers keep the packed path.
+  bool dense_prompts = false;
   double gpu_memory = 0;    // GPU runners: fraction of the device's memory for weights, scratch and
                             // the pool, which gets what is left (num_pages is then ignored); 0: off
   uint32_t prefix_tails = 0;  // specs with sink/window, models with window rings: tail slots for prefix caching (save_tail); 0: none

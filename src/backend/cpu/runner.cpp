@@ -37,6 +37,7 @@ KvShape kv_shape(const model::ModelConfig& c, const engine::RunnerOptions& o, ui
 CpuModelRunner::CpuModelRunner(const model::Model& m, const KvSpec& spec, const engine::RunnerOptions& opts)
     : model_(m), cfg_(m.config), opts_(opts), pool_(opts.threads), kv_(kv_shape(m.config, opts, spec.format.page_size), spec) {
   tails_ = kv_.tail_slots();
+  TQ_CHECK(!opts.dense_prompts, "dense prompts are a CUDA runner option (cuDNN's fused attention): the CPU runner attends the cache");
   const auto& c = cfg_;
   const auto norm = [](const TensorRef& t) {
     TQ_CHECK(t.present(), "weight '{}' is absent", t.name);

@@ -215,6 +215,9 @@ __global__ void fill_uniform_kernel(T* __restrict__ p, size_t n, float scale, ui
       p[i] = v;
   }
 }
+__global__ void to_bf16_kernel(const float* __restrict__ x, size_t n, bf16_t* __restrict__ y) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) y[i] = to_b(x[i]);
+}
 __global__ void fill_kernel(float* __restrict__ p, size_t n, float value) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) p[i] = value;
 }
@@ -274,5 +277,6 @@ void fill_uniform(float* p, size_t n, float scale, uint64_t seed, Stream s) {
   fill_uniform_kernel<<<blocks_for(n), 256, 0, s>>>(p, n, scale, seed);
 }
 void fill(float* p, size_t n, float value, Stream s) { fill_kernel<<<blocks_for(n), 256, 0, s>>>(p, n, value); }
+void to_bf16(const float* x, size_t n, bf16_t* y, Stream s) { to_bf16_kernel<<<blocks_for(n), 256, 0, s>>>(x, n, y); }
 
 }  // namespace tq::cuda::layers

@@ -79,5 +79,7 @@ void sample(const float* logits, uint32_t rows, uint32_t vocab, const SampleRow*
 void fill_uniform(bf16_t* p, size_t n, float scale, uint64_t seed, Stream s);
 void fill_uniform(float* p, size_t n, float scale, uint64_t seed, Stream s);
 void fill(float* p, size_t n, float value, Stream s);
+// y[i] = x[i] rounded to bf16 (to nearest even): the dense prompt path's operands.
+void to_bf16(const float* x, size_t n, bf16_t* y, Stream s);
 
 }  // namespace tq::cuda::layers

@@ -12,6 +12,7 @@
 
 #include "layers.h"
 #include "tq/check.h"
+#include "tq/cuda/dense_prompt.h"
 #include "tq/cuda/device_format.h"
 #include "tq/cuda/kernels.h"
 #include "tq/kv/window_ring.h"
@@ -144,6 +145,20 @@ class CudaModelRunner : public engine::ModelRunner {
   }
   bool in_ring(uint32_t layer) const { return !ring_layer_.empty() && ring_layer_[layer]; }
   DecodeParams attention_params(uint32_t layer, const Group& g) const;
+  // RunnerOptions::dense_prompts: a group of whole prompts (every sequence from position 0) on a
+  // layer without a sliding window is attended by cuDNN over its own rows (tq/cuda/dense_prompt.h).
+  bool dense_group(uint32_t layer, const Group& g) const {
+    return opts_.dense_prompts && g.ntok > kMaxDecodeQueryTokens && g.max_len == g.ntok && g.len_at < 0 && cfg_.layer_window(int(layer)) == 0;
+  }
+  // dense_'s q, k and v rows from token row `row` on: [N][q_dim], then [N][kv_dim] twice.
+  struct DenseRows {
+    bf16_t *q, *k, *v;
+  };
+  DenseRows dense_rows(size_t row) const {
+    const size_t Q = size_t(cfg_.q_dim()), KV = size_t(cfg_.kv_dim()), N = opts_.max_chunk;
+    return {dense_.get() + row * Q, dense_.get() + N * Q + row * KV, dense_.get() + N * (Q + KV) + row * KV};
+  }
+  DensePromptParams dense_params(const Group& g) const;
   // quantize_store and attention of one layer's step; on a window-ring layer, sequences of more than
   // ring_.step new tokens in sub-steps of ring_.step (kv/window_ring.h).
   void layer_attention(uint32_t layer, const std::vector<Group>& groups, uint32_t N);
@@ -214,6 +229,7 @@ class CudaModelRunner : public engine::ModelRunner {
   // Scratch for max_chunk rows.
   Buf<float> x_, qkv_, q_, k_, v_, o_, gu_, logits_;  // [N][dim], [N][q_dim + 2 kv_dim], [N][q_dim], [N][kv_dim] x2, [N][dim], [N][2 hidden], [N][vocab]
   Buf<bf16_t> hb_;                                      // [N][max(dim, q_dim, hidden)] bf16 operands
+  Buf<bf16_t> dense_;                                   // dense_prompts: [N][q_dim + 2 kv_dim] the step's q, k, v rows in bf16
   Buf<int32_t> tokens_, pos_, rows_, tables_, lens_, ids_, seq_ids_;  // [N], [N], [N], [N][max pages], [N], [N], [N]
   Buf<int64_t> slots_;                                  // [N]
   Buf<int32_t> ring_tables_;                            // [N][max pages] the window rings' block tables (with rings)
@@ -283,6 +299,16 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
            "KV spec '{}': batch-invariant mode covers specs without sink and window only (their side blocks are cut by the step's shape)",
            spec.text);
   TQ_CHECK(!has_side || o.max_seqs >= 1, "max_seqs must be at least 1");
+  if (o.dense_prompts) {
+    // The dense path reads the step's own rows only: the side buffer's rows (which the packed
+    // kernels write as they attend) would be left unwritten.
+    TQ_CHECK(!has_side, "dense prompts: KV spec '{}' keeps sink/window rows in a side buffer, which the dense path does not write; "
+                        "use a spec without sink and window, or leave dense prompts off", spec.text);
+    TQ_CHECK(c.head_dim % 8 == 0 && c.head_dim <= 256, "dense prompts: head dim {} (cuDNN's fused attention takes multiples of 8 up to 256)",
+             c.head_dim);
+    std::string why_not;
+    TQ_CHECK(dense_prompt_available(&why_not), "dense prompts: {}", why_not);
+  }
   // With prefix tails, the ring keeps a page more: the rows before a sequence's last page boundary
   // are still there when it ends (save_tail).
   tails_ = has_side || ring_.on() ? o.prefix_tails : 0;
@@ -298,6 +324,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
                                           size_t(c.vocab_size)) +
                          size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * (4 * (7 + max_pages_) + sizeof(layers::SampleRow)) +
+                         (o.dense_prompts ? size_t(N) * 2 * (size_t(c.q_dim()) + 2 * size_t(c.kv_dim())) : 0) +
                          (ring_.on() ? size_t(N) * (4 * max_pages_ + 20) : 0) + kBlasWorkspace +
                          side_total + ring_total + centre_total;
   size_t free_b = 0, total_b = 0;
@@ -403,6 +430,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   gu_ = alloc<float>(size_t(N) * 2 * F, "gate and up");
   logits_ = alloc<float>(size_t(N) * V, "logits");
   hb_ = alloc<bf16_t>(size_t(N) * std::max({D, Q, F}), "bf16 operands");
+  if (o.dense_prompts) dense_ = alloc<bf16_t>(size_t(N) * (Q + 2 * KV), "dense prompt rows");
   tokens_ = alloc<int32_t>(N, "tokens"), pos_ = alloc<int32_t>(N, "positions"), rows_ = alloc<int32_t>(N, "rows");
   lens_ = alloc<int32_t>(N, "lengths"), tables_ = alloc<int32_t>(size_t(N) * max_pages_, "block tables");
   ids_ = alloc<int32_t>(N, "sampled ids"), seq_ids_ = alloc<int32_t>(N, "sequence ids");
@@ -435,6 +463,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   describe_ = fmt::format("cuda:{} ({}), weights {:.1f} MiB bf16{}, KV pool {:.1f} MiB ({} pages of {} tokens), scratch {:.1f} MiB{}", dev,
                           prop.name, weights / 1048576.0, m ? "" : " (random)", pool / 1048576.0, num_pages_, ps, scratch / 1048576.0,
                           o.eager ? ", eager" : ", CUDA graphs for decode");
+  if (o.dense_prompts) describe_ += ", prompts' first steps attended densely by cuDNN";
   if (o.batch_invariant) describe_ += fmt::format(", batch-invariant (products of up to {} rows on gemm_rows, attention cut every {} positions)",
                                                   layers::kGemmRowsMax, kInvariantSplitTokens);
   else if (o.products == engine::GpuProducts::kRows) describe_ += ", products of up to 16 rows through gemm_rows";
@@ -562,6 +591,24 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
   return p;
 }
 
+DensePromptParams CudaModelRunner::dense_params(const Group& g) const {
+  const auto& c = cfg_;
+  const DenseRows r = dense_rows(g.row0);  // the group's rows of each: [count][ntok][heads][head_dim]
+  DensePromptParams p;
+  p.q = r.q, p.k = r.k, p.v = r.v;
+  p.out = hb_.get() + g.row0 * c.q_dim();  // bf16: the operand of the output projection, as attention_params'
+  p.dtype = DType::kBf16;
+  p.num_seqs = g.count;
+  p.ntok = g.ntok;
+  p.q_heads = uint32_t(c.n_heads);
+  p.kv_heads = uint32_t(c.n_kv_heads);
+  p.head_dim = uint32_t(c.head_dim);
+  p.scale = c.attn_scale;  // 0: 1/sqrt(head_dim), as the kernels'
+  p.workspace = workspace_.get();
+  p.workspace_bytes = workspace_.n;
+  return p;
+}
+
 void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
   size_t need = 0;
   // One layer of each kind whose plans differ: of each cache (the edge and the main cache's
@@ -580,6 +627,7 @@ void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
       for (const Group& g : *gs) {
         const DecodeParams p = attention_params(layer, g);
         need = std::max(need, g.ntok > kMaxDecodeQueryTokens ? prefill_workspace_bytes(p) : decode_workspace_bytes(p));
+        if (dense_group(layer, g)) need = std::max(need, dense_prompt_workspace_bytes(dense_params(g)));
       }
   if (need <= workspace_.n) return;
   check(cudaStreamSynchronize(stream_), "workspace");  // the old buffer may be in use
@@ -693,6 +741,14 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
     quantize_store(st, stream_);
   };
   const auto attend = [&](const Group& g) {
+    if (dense_group(layer, g)) {
+      const size_t rows = size_t(g.count) * g.ntok, Q = size_t(cfg_.q_dim());
+      const DenseRows r = dense_rows(g.row0);
+      layers::to_bf16(q_.get() + g.row0 * Q, rows * Q, r.q, stream_);
+      layers::to_bf16(k_.get() + g.row0 * KV, rows * KV, r.k, stream_);
+      layers::to_bf16(v_.get() + g.row0 * KV, rows * KV, r.v, stream_);
+      return dense_prompt_attention(dense_params(g), stream_);
+    }
     const DecodeParams p = attention_params(layer, g);
     if (g.ntok > kMaxDecodeQueryTokens)
       prefill_attention(p, stream_);

@@ -1,0 +1,237 @@
+// dense_prompt_attention: cuDNN's fused SDPA (through cudnn-frontend's graph API) on a step's whole
+// prompts. cuDNN is dlopen'ed on first use, so a build with TQ_CUDNN runs (and says why the dense
+// path is off) on machines without it; a build without it compiles only the refusals at the end.
+#include "tq/cuda/dense_prompt.h"
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "tq/check.h"
+
+#if TQ_CUDNN
+#include <dlfcn.h>
+
+#include <cudnn_frontend.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <list>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <tuple>
+#include <unordered_map>
+#endif
+
+namespace tq::cuda {
+namespace {
+
+void check_params(const DensePromptParams& p) {
+  TQ_CHECK(p.dtype == DType::kBf16 || p.dtype == DType::kF16, "dense prompt attention: rows of dtype {} (bf16 or fp16 only)", int(p.dtype));
+  TQ_CHECK(p.num_seqs >= 1 && p.ntok >= 1, "dense prompt attention: {} sequences of {} tokens (at least 1 of 1)", p.num_seqs, p.ntok);
+  TQ_CHECK(p.kv_heads >= 1 && p.q_heads >= 1 && p.q_heads % p.kv_heads == 0,
+           "dense prompt attention: {} query heads over {} KV heads (a whole multiple of at least 1)", p.q_heads, p.kv_heads);
+  // cuDNN's fused attention takes head dims that are multiples of 8 up to 256 (its fprop limits).
+  TQ_CHECK(p.head_dim >= 8 && p.head_dim <= 256 && p.head_dim % 8 == 0, "dense prompt attention: head dim {} (8..256, a multiple of 8)",
+           p.head_dim);
+  TQ_CHECK(uint64_t(p.num_seqs) * p.ntok * p.q_heads * p.head_dim < (uint64_t(1) << 31),
+           "dense prompt attention: {} sequences x {} tokens x {} heads x {} is past 2^31 elements", p.num_seqs, p.ntok, p.q_heads,
+           p.head_dim);
+  TQ_CHECK(std::isfinite(p.scale) && p.scale >= 0, "dense prompt attention: logit scale {} (0 for 1/sqrt(head_dim), or positive)",
+           p.scale);
+}
+
+}  // namespace
+
+#if TQ_CUDNN
+}  // namespace tq::cuda
+
+// cudnn-frontend's dynamic loading reads cuDNN's symbols from this handle (cudnn_frontend_shim.h).
+namespace cudnn_frontend {
+void* cudnn_dlhandle = nullptr;
+}
+
+namespace tq::cuda {
+namespace {
+
+namespace fe = cudnn_frontend;
+
+// The tensors' ids in the graph's variant pack.
+enum : int64_t { kQ = 1, kK, kV, kO };
+
+// What loading cuDNN found: empty if it loaded.
+const std::string& load_error() {
+  static const std::string error = [] {
+    std::string tried;
+    const auto open = [&](const char* name) {
+      if (!name || !*name) return false;
+      fe::cudnn_dlhandle = dlopen(name, RTLD_NOW | RTLD_GLOBAL);
+      if (fe::cudnn_dlhandle) return true;
+      const char* e = dlerror();
+      tried += fmt::format("{}{} ({})", tried.empty() ? "" : ", ", name, e ? e : "not found");
+      return false;
+    };
+    // TQ_CUDNN_LIBRARY first (a path or a name), then the loader's search, then the library the
+    // build found (TQ_CUDNN_LIBRARY_HINT: a pip-installed cuDNN is not on the loader's path).
+    const char* env = std::getenv("TQ_CUDNN_LIBRARY");
+    bool ok = open(env) || open("libcudnn.so.9");
+#ifdef TQ_CUDNN_LIBRARY_HINT
+    ok = ok || open(TQ_CUDNN_LIBRARY_HINT);
+#endif
+    if (!ok) return fmt::format("cuDNN 9 is not loaded: tried {} (install cuDNN 9 for CUDA 13, e.g. pip install nvidia-cudnn-cu13, and "
+                                "set TQ_CUDNN_LIBRARY to its libcudnn.so.9)", tried);
+    const size_t version = fe::detail::get_backend_version();
+    // 9.5: the SDPA fprop of grouped-query heads with the BSHD strides below on every sm_80+ GPU.
+    if (version < 90500) return fmt::format("cuDNN {} is loaded; dense prompt attention needs 9.5 or newer", version);
+    return std::string();
+  }();
+  return error;
+}
+
+int current_device() {
+  int d = 0;
+  const cudaError_t e = cudaGetDevice(&d);
+  TQ_CHECK(e == cudaSuccess, "dense prompt attention: cudaGetDevice: {}", cudaGetErrorString(e));
+  return d;
+}
+
+// A shape's built graph and the workspace its plan needs.
+struct Plan {
+  std::shared_ptr<fe::graph::Graph> graph;
+  int64_t workspace = 0;
+};
+using Key = std::tuple<int, int, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t>;  // device, dtype, b, s, hq, hkv, d, scale bits
+
+struct Plans {
+  std::mutex mu;  // the handles and the cache; execute also runs under it (cudnnSetStream is per handle)
+  std::map<int, cudnnHandle_t> handles;
+  std::map<Key, Plan> plans;
+  std::list<Key> order;  // oldest first: the cache holds kMaxPlans shapes (prompt lengths vary)
+  static constexpr size_t kMaxPlans = 256;
+};
+Plans& plans() {
+  static Plans* p = new Plans;  // never destroyed: cuDNN may be unloaded before static destructors run
+  return *p;
+}
+
+cudnnHandle_t handle_for(Plans& ps, int device) {
+  auto it = ps.handles.find(device);
+  if (it != ps.handles.end()) return it->second;
+  cudnnHandle_t h = nullptr;
+  const cudnnStatus_t s = fe::detail::create_handle(&h);
+  TQ_CHECK(s == CUDNN_STATUS_SUCCESS, "dense prompt attention: cudnnCreate on device {}: {}", device, fe::detail::get_error_string(s));
+  ps.handles[device] = h;
+  return h;
+}
+
+float scale_of(const DensePromptParams& p) { return p.scale > 0 ? p.scale : 1.0f / std::sqrt(float(p.head_dim)); }
+
+// The graph of one shape: Q, K, V and O as [b][s][heads][d] rows (cuDNN's BSHD strides, its dims
+// in b, h, s, d order), a top-left causal mask (every sequence starts at position 0), fp32 softmax.
+Plan build(cudnnHandle_t h, const DensePromptParams& p) {
+  const int64_t b = p.num_seqs, s = p.ntok, hq = p.q_heads, hk = p.kv_heads, d = p.head_dim;
+  auto g = std::make_shared<fe::graph::Graph>();
+  g->set_io_data_type(p.dtype == DType::kBf16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
+      .set_intermediate_data_type(fe::DataType_t::FLOAT)
+      .set_compute_data_type(fe::DataType_t::FLOAT);
+  const auto rows = [&](const char* name, int64_t uid, int64_t heads) {
+    return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim({b, heads, s, d}).set_stride(
+        {s * heads * d, d, heads * d, 1}));
+  };
+  auto q = rows("Q", kQ, hq), k = rows("K", kK, hk), v = rows("V", kV, hk);
+  auto options = fe::graph::SDPA_attributes().set_name("dense_prompt").set_generate_stats(false).set_attn_scale(scale_of(p));
+  options.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
+  auto [o, stats] = g->sdpa(q, k, v, options);
+  (void)stats;
+  o->set_output(true).set_dim({b, hq, s, d}).set_stride({s * hq * d, d, hq * d, 1}).set_uid(kO);
+  fe::error_t e = g->build(h, {fe::HeurMode_t::A});
+  TQ_CHECK(e.is_good(), "dense prompt attention: cuDNN {} has no plan for {} sequences x {} tokens, {}/{} heads of {} ({}): {}",
+           fe::detail::get_backend_version(), b, s, hq, hk, d, p.dtype == DType::kBf16 ? "bf16" : "fp16", e.get_message());
+  Plan plan{g, 0};
+  TQ_CHECK(g->get_workspace_size(plan.workspace).is_good(), "dense prompt attention: cuDNN gave no workspace size");
+  return plan;
+}
+
+// The plan of p's shape, built on first use. Called with ps.mu held.
+const Plan& plan_for(Plans& ps, const DensePromptParams& p, int device) {
+  float sc = scale_of(p);
+  uint32_t bits = 0;
+  std::memcpy(&bits, &sc, sizeof bits);
+  const Key key{device, int(p.dtype), p.num_seqs, p.ntok, p.q_heads, p.kv_heads, p.head_dim, bits};
+  auto it = ps.plans.find(key);
+  if (it != ps.plans.end()) return it->second;
+  if (ps.plans.size() >= Plans::kMaxPlans) {
+    ps.plans.erase(ps.order.front());
+    ps.order.pop_front();
+  }
+  Plan plan = build(handle_for(ps, device), p);
+  ps.order.push_back(key);
+  return ps.plans.emplace(key, std::move(plan)).first->second;
+}
+
+}  // namespace
+
+bool dense_prompt_available(std::string* why) {
+  std::string e = load_error();
+  if (e.empty()) {
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess)
+      e = "no CUDA device";
+    else if (major < 8)
+      e = fmt::format("device {} is of compute capability {}.x; cuDNN's fused attention needs 8.0 or newer", device, major);
+  }
+  if (why) *why = e;
+  return e.empty();
+}
+
+uint64_t dense_prompt_workspace_bytes(const DensePromptParams& p) {
+  check_params(p);
+  std::string why;
+  TQ_CHECK(dense_prompt_available(&why), "dense prompt attention: {}", why);
+  Plans& ps = plans();
+  std::lock_guard<std::mutex> lock(ps.mu);
+  return uint64_t(plan_for(ps, p, current_device()).workspace);
+}
+
+void dense_prompt_attention(const DensePromptParams& p, Stream stream) {
+  check_params(p);
+  TQ_CHECK(p.q && p.k && p.v && p.out, "dense prompt attention: a null row pointer (q {}, k {}, v {}, out {})", p.q, p.k, p.v,
+           static_cast<const void*>(p.out));
+  std::string why;
+  TQ_CHECK(dense_prompt_available(&why), "dense prompt attention: {}", why);
+  Plans& ps = plans();
+  std::lock_guard<std::mutex> lock(ps.mu);
+  const int device = current_device();
+  const Plan& plan = plan_for(ps, p, device);
+  TQ_CHECK(p.workspace_bytes >= uint64_t(plan.workspace) && (plan.workspace == 0 || p.workspace),
+           "dense prompt attention: workspace of {} bytes, the plan for {} x {} tokens needs {}", p.workspace_bytes, p.num_seqs, p.ntok,
+           plan.workspace);
+  const cudnnHandle_t h = handle_for(ps, device);
+  const cudnnStatus_t s = fe::detail::set_stream(h, stream);
+  TQ_CHECK(s == CUDNN_STATUS_SUCCESS, "dense prompt attention: cudnnSetStream: {}", fe::detail::get_error_string(s));
+  std::unordered_map<int64_t, void*> pack{{kQ, const_cast<void*>(p.q)}, {kK, const_cast<void*>(p.k)}, {kV, const_cast<void*>(p.v)},
+                                          {kO, p.out}};
+  fe::error_t e = plan.graph->execute(h, pack, p.workspace);
+  TQ_CHECK(e.is_good(), "dense prompt attention: cuDNN's execute failed for {} x {} tokens: {}", p.num_seqs, p.ntok, e.get_message());
+}
+
+#else  // built without cuDNN
+
+bool dense_prompt_available(std::string* why) {
+  if (why) *why = "this build has no cuDNN (configure with -DTQ_CUDNN=ON; scripts/setup.sh installs cudnn-frontend's headers)";
+  return false;
+}
+
+uint64_t dense_prompt_workspace_bytes(const DensePromptParams& p) {
+  check_params(p);
+  std::string why;
+  dense_prompt_available(&why);
+  throw Error(fmt::format("dense prompt attention: {}", why));
+}
+
+void dense_prompt_attention(const DensePromptParams& p, Stream) { (void)dense_prompt_workspace_bytes(p); }
+
+#endif
+
+}  // namespace tq::cuda

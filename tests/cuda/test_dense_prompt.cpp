@@ -1,0 +1,169 @@
+// dense_prompt_attention (cuDNN's fused SDPA on whole prompts) against a double-precision causal
+// attention over the same bf16/fp16 rows: the worst row's relative error at most twice that of a
+// computation in the kernel's precision on the same data (flash attention's: fp32 logits and
+// softmax, P rounded to the rows' dtype before P·V, the output rounded to it), as the decode tests
+// bound theirs. The refusals run everywhere; the rest where a GPU and cuDNN are.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "tq/cuda/dense_prompt.h"
+#include "tq/numeric.h"
+#include "tq/rng.h"
+
+namespace tq {
+namespace {
+
+using cuda::DensePromptParams;
+using cuda::DType;
+
+DensePromptParams shape(uint32_t seqs, uint32_t ntok, uint32_t qh, uint32_t kvh, uint32_t d, DType t = DType::kBf16) {
+  DensePromptParams p;
+  p.num_seqs = seqs, p.ntok = ntok, p.q_heads = qh, p.kv_heads = kvh, p.head_dim = d, p.dtype = t;
+  return p;
+}
+
+std::string refusal(const DensePromptParams& p) {
+  try {
+    (void)cuda::dense_prompt_workspace_bytes(p);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Every bad shape is refused by name before cuDNN is asked (so on machines without it too).
+TEST(DensePrompt, RefusesBadShapesByName) {
+  EXPECT_NE(refusal(shape(1, 16, 8, 2, 128, DType::kF32)).find("dtype 0"), std::string::npos);
+  EXPECT_NE(refusal(shape(0, 16, 8, 2, 128)).find("0 sequences"), std::string::npos);
+  EXPECT_NE(refusal(shape(1, 0, 8, 2, 128)).find("of 0 tokens"), std::string::npos);
+  EXPECT_NE(refusal(shape(1, 16, 6, 4, 128)).find("6 query heads over 4 KV heads"), std::string::npos);
+  EXPECT_NE(refusal(shape(1, 16, 8, 2, 260)).find("head dim 260"), std::string::npos);
+  EXPECT_NE(refusal(shape(1, 16, 8, 2, 100)).find("head dim 100"), std::string::npos);
+  EXPECT_NE(refusal(shape(4096, 32768, 64, 8, 256)).find("past 2^31"), std::string::npos);
+  DensePromptParams nan = shape(1, 16, 8, 2, 128);
+  nan.scale = NAN;
+  EXPECT_NE(refusal(nan).find("logit scale nan"), std::string::npos);
+}
+
+// Where the dense path cannot run, it says why, and the calls refuse with that reason.
+TEST(DensePrompt, SaysWhyItIsUnavailable) {
+  std::string why;
+  if (cuda::dense_prompt_available(&why)) GTEST_SKIP() << "dense prompt attention is available here";
+  EXPECT_FALSE(why.empty());
+  EXPECT_NE(refusal(shape(1, 16, 8, 2, 128)).find(why), std::string::npos) << refusal(shape(1, 16, 8, 2, 128));
+}
+
+float narrow(float x, DType t) { return t == DType::kBf16 ? bf16_to_f32(f32_to_bf16(x)) : f16_to_f32(f32_to_f16(x)); }
+
+struct Rows {
+  std::vector<float> q, k, v;  // the rows' values (already in the dtype), [seq][tok][heads][d]
+};
+
+// Causal attention of each sequence over its own rows: in double (exact = true), or as a flash
+// kernel of the rows' precision computes it (fp32 logits and softmax, P and the output rounded).
+std::vector<float> attention(const Rows& r, const DensePromptParams& p, bool exact, double* max_log2_logit = nullptr) {
+  const uint32_t S = p.num_seqs, T = p.ntok, H = p.q_heads, G = p.q_heads / p.kv_heads, D = p.head_dim;
+  const double scale = p.scale > 0 ? p.scale : 1.0 / std::sqrt(double(D));
+  std::vector<float> out(size_t(S) * T * H * D);
+  std::vector<double> logit(T), acc(D);
+  for (uint32_t s = 0; s < S; ++s)
+    for (uint32_t t = 0; t < T; ++t)
+      for (uint32_t h = 0; h < H; ++h) {
+        const float* q = &r.q[((size_t(s) * T + t) * H + h) * D];
+        double m = -INFINITY;
+        for (uint32_t j = 0; j <= t; ++j) {
+          const float* k = &r.k[((size_t(s) * T + j) * p.kv_heads + h / G) * D];
+          double dot = 0;
+          float dotf = 0;
+          for (uint32_t i = 0; i < D; ++i) dot += double(q[i]) * k[i], dotf += q[i] * k[i];
+          logit[j] = exact ? dot * scale : double(dotf * float(scale));
+          m = std::max(m, logit[j]);
+          if (max_log2_logit) *max_log2_logit = std::max(*max_log2_logit, std::fabs(logit[j]) * 1.4426950408889634);
+        }
+        std::fill(acc.begin(), acc.end(), 0.0);
+        double sum = 0;
+        for (uint32_t j = 0; j <= t; ++j) {
+          const double w = exact ? std::exp(logit[j] - m) : double(narrow(std::exp(float(logit[j] - m)), p.dtype));
+          sum += exact ? w : double(std::exp(float(logit[j] - m)));
+          const float* v = &r.v[((size_t(s) * T + j) * p.kv_heads + h / G) * D];
+          for (uint32_t i = 0; i < D; ++i) acc[i] += w * v[i];
+        }
+        float* o = &out[((size_t(s) * T + t) * H + h) * D];
+        for (uint32_t i = 0; i < D; ++i) o[i] = exact ? float(acc[i] / sum) : narrow(float(acc[i] / sum), p.dtype);
+      }
+  return out;
+}
+
+struct Case {
+  uint32_t seqs, ntok, qh, kvh, d;
+  DType t;
+  float scale;
+  float key_spike;  // one key channel times this: large logits (hostile for the softmax's max)
+};
+
+class DensePromptGpu : public ::testing::TestWithParam<Case> {};
+
+TEST_P(DensePromptGpu, MatchesTheReferenceWithinTwiceTheSamePrecisionError) {
+  TQ_REQUIRE_GPU();
+  std::string why;
+  if (!cuda::dense_prompt_available(&why)) GTEST_SKIP() << why;
+  const Case c = GetParam();
+  DensePromptParams p = shape(c.seqs, c.ntok, c.qh, c.kvh, c.d, c.t);
+  p.scale = c.scale;
+  Rng rng(c.ntok * 7919u + c.d * 31u + c.qh + uint32_t(c.t));
+  Rows r;
+  const auto fill = [&](std::vector<float>& x, uint32_t heads, float spike) {
+    x.resize(size_t(c.seqs) * c.ntok * heads * c.d);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = narrow(float(rng.normal()) * (i % c.d == 3 ? spike : 1.0f), c.t);
+  };
+  fill(r.q, c.qh, 1.0f), fill(r.k, c.kvh, c.key_spike), fill(r.v, c.kvh, 1.0f);
+  const auto bits = [&](const std::vector<float>& x) {
+    std::vector<uint16_t> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = c.t == DType::kBf16 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]);
+    return b;
+  };
+  test::DeviceBuffer<uint16_t> q(bits(r.q)), k(bits(r.k)), v(bits(r.v)), o(r.q.size());
+  CUDA_OK(cudaMemset(o.ptr, 0xff, o.n * 2));  // NaN: a row the kernel leaves unwritten fails
+  p.q = q.ptr, p.k = k.ptr, p.v = v.ptr, p.out = o.ptr;
+  const uint64_t ws = cuda::dense_prompt_workspace_bytes(p);
+  test::DeviceBuffer<uint8_t> w(ws);
+  p.workspace = w.ptr, p.workspace_bytes = ws;
+  cuda::dense_prompt_attention(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> got_bits = o.download();
+  std::vector<float> got(got_bits.size());
+  for (size_t i = 0; i < got.size(); ++i) got[i] = c.t == DType::kBf16 ? bf16_to_f32(got_bits[i]) : f16_to_f32(got_bits[i]);
+  double max_log2_logit = 0;
+  const std::vector<float> ref = attention(r, p, true), same = attention(r, p, false, &max_log2_logit);
+  const double err = test::worst_row_error(got, ref, c.d), same_err = test::worst_row_error(same, ref, c.d);
+  const double bound = test::attention_bound(same_err, max_log2_logit);
+  std::printf("%u x %u tokens, %u/%u heads of %u, %s: worst row %.3e, same precision %.3e, bound %.3e, workspace %llu\n", c.seqs, c.ntok,
+              c.qh, c.kvh, c.d, c.t == DType::kBf16 ? "bf16" : "fp16", err, same_err, bound, (unsigned long long)ws);
+  EXPECT_LE(err, bound);
+}
+
+INSTANTIATE_TEST_SUITE_P(All, DensePromptGpu,
+                         ::testing::Values(Case{1, 1, 8, 2, 128, DType::kBf16, 0, 1}, Case{1, 200, 8, 2, 128, DType::kBf16, 0, 1},
+                                           Case{3, 77, 32, 8, 128, DType::kBf16, 0, 8}, Case{2, 130, 4, 4, 64, DType::kF16, 0, 1},
+                                           Case{1, 257, 16, 2, 256, DType::kBf16, 0.0625f, 1},
+                                           Case{2, 96, 8, 1, 128, DType::kF16, 0, 8}));
+
+// A second call of a shape reuses its plan, and two shapes keep their own.
+TEST(DensePrompt, PlansAreKeptPerShape) {
+  TQ_REQUIRE_GPU();
+  std::string why;
+  if (!cuda::dense_prompt_available(&why)) GTEST_SKIP() << why;
+  const uint64_t a = cuda::dense_prompt_workspace_bytes(shape(1, 64, 8, 2, 128));
+  const uint64_t b = cuda::dense_prompt_workspace_bytes(shape(2, 300, 8, 2, 64, DType::kF16));
+  EXPECT_EQ(cuda::dense_prompt_workspace_bytes(shape(1, 64, 8, 2, 128)), a);
+  EXPECT_EQ(cuda::dense_prompt_workspace_bytes(shape(2, 300, 8, 2, 64, DType::kF16)), b);
+}
+
+}  // namespace
+}  // namespace tq
