@@ -586,6 +586,38 @@ TEST(CudaRunnerDense, PromptsAttendTheirRowsAndDecodeReadsTheCache) {
   }
 }
 
+// A whole prompt longer than the packed prefill's chunk (kMaxPrefillChunk) in one dense step: its
+// logits are a bf16 cache's, at every position, within the float bounds.
+TEST(CudaRunnerDense, AWholePromptBeyondThePackedChunkInOneStep) {
+  TQ_REQUIRE_GPU();
+  std::string why;
+  if (!cuda::dense_prompt_available(&why)) GTEST_SKIP() << why;
+  const TinyModelSpec ms = shape(256, 4, 2, 2, false, "llama");
+  const model::Model m = tiny(ms);
+  std::mt19937 rng(5);
+  std::vector<int> prompt(cuda::kMaxPrefillChunk + 100);
+  for (int& t : prompt) t = int(rng() % uint32_t(ms.vocab));
+  const uint32_t n = uint32_t(prompt.size()), ctx = n + 64;
+  engine::Engine e(m, parse_kv_spec("k3v2"), {.device = engine::Device::kCuda, .context = ctx, .max_chunk = n, .dense_prompts = true});
+  const int s = e.add_sequence();
+  const std::vector<float> gpu = e.prefill(s, prompt, true);
+  const std::vector<float> cpu = logits_of(m, parse_kv_spec("bf16"), engine::Device::kCpu, prompt, 0, ctx, 512);
+  ASSERT_EQ(gpu.size(), cpu.size());
+  const Divergence d = divergence(cpu, gpu, size_t(ms.vocab));
+  EXPECT_LT(d.kl_max, 1e-2);
+  EXPECT_LT(d.kl_mean, 2e-3);
+  EXPECT_EQ(d.agree, d.decided);
+  EXPECT_GT(d.decided, prompt.size() / 2);
+  // Without dense prompts the runner refuses the step, naming the packed kernel's limit.
+  engine::Engine packed(m, parse_kv_spec("k3v2"), {.device = engine::Device::kCuda, .context = ctx, .max_chunk = n});
+  try {
+    (void)packed.prefill(packed.add_sequence(), prompt, false);
+    ADD_FAILURE() << "a step of " << n << " new tokens ran on the packed prefill";
+  } catch (const Error& err) {
+    EXPECT_NE(std::string(err.what()).find("(1..2048)"), std::string::npos) << err.what();
+  }
+}
+
 // Dense prompts are refused where they cannot run: the CPU runner, specs with side buffers.
 TEST(CudaRunnerDense, RefusedWhereTheyCannotRun) {
   const model::Model m = tiny(shape(256, 4, 2, 2, false, "llama"));

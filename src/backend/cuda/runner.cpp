@@ -224,6 +224,7 @@ class CudaModelRunner : public engine::ModelRunner {
   Buf<double> centre_a_, centre_b_;  // [rope_dim / 2] model::rope_mean_rotation over the context
   Buf<double> centre_a_local_, centre_b_local_;  // the same over the sliding-window layers' angles
   bool centre_fixed_ = false;
+  bool has_window_layers_ = false;  // sliding-window layers (their prompts keep the packed path)
   size_t page_bytes_ = 0;
   uint32_t num_pages_ = 0;
   // Scratch for max_chunk rows.
@@ -277,6 +278,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   const uint32_t n_edge = spec.edge_layer_count(L), n_main = L - n_edge;
   std::unique_ptr<CacheFormat> fmain, fedge;
   const std::vector<bool> sliding = c.local_layers();
+  has_window_layers_ = std::find(sliding.begin(), sliding.end(), true) != sliding.end();
   if (n_main) fmain = std::make_unique<CacheFormat>(n_main, c.n_kv_heads, c.head_dim, spec.main_format(), spec.cache_layers(sliding, false));
   if (n_edge) fedge = std::make_unique<CacheFormat>(n_edge, c.n_kv_heads, c.head_dim, spec.edge_format(), spec.cache_layers(sliding, true));
   page_bytes_ = (fmain ? fmain->page_bytes() : 0) + (fedge ? fedge->page_bytes() : 0);
@@ -648,7 +650,11 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
     const StepSeq& it = step[s];
     TQ_CHECK(it.block_table && it.block_table->size() <= max_pages_, "sequence {}: block table of {} pages, beyond the context",
              it.seq, it.block_table ? it.block_table->size() : 0);
-    TQ_CHECK(it.n >= 1 && it.n <= kMaxPrefillChunk, "sequence {}: {} new tokens in one step (1..{})", it.seq, it.n, kMaxPrefillChunk);
+    // A whole prompt that every layer attends densely takes one step of any length (up to max_chunk);
+    // the packed prefill kernel takes kMaxPrefillChunk new tokens at most.
+    const bool whole = opts_.dense_prompts && it.first == 0 && !has_window_layers_;
+    TQ_CHECK(it.n >= 1 && (it.n <= kMaxPrefillChunk || whole), "sequence {}: {} new tokens in one step (1..{}{})", it.seq, it.n,
+             kMaxPrefillChunk, opts_.dense_prompts ? "; a whole prompt of a model without sliding-window layers: up to max_chunk" : "");
     // (the Engine checks both; tq bench and the bindings drive the runner directly: a position past
     // the context reads past the RoPE tables, one past the block table past its vector)
     TQ_CHECK(uint64_t(it.first) + it.n <= opts_.context, "sequence {}: positions {}..{} reach past the runner's context of {}", it.seq,
