@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what turboquant needs to build and test on a fresh Debian/Ubuntu machine.
 # Idempotent: packages already present are skipped, so a second run costs seconds.
-#   bash scripts/setup.sh [all|system|python]   (default all: the Debian packages, then .venv)
-# scripts/test.sh runs the two parts apart, so that the Python packages (torch's wheels: ~3 GB to
-# fetch and unpack) download while the C++ build compiles.
+#   bash scripts/setup.sh [all|system|python|cudnn]   (default all: the Debian packages, then .venv)
+# scripts/test.sh runs the parts apart, so that the Python packages (torch's wheels: ~3 GB to
+# fetch and unpack) download while the C++ build compiles; `cudnn` (cudnn-frontend's headers into
+# .venv, which the CUDA build's configure looks for) comes before the build.
 set -euo pipefail
 part=${1:-all}
-case "$part" in all | system | python) ;; *) echo "usage: setup.sh [all|system|python]" >&2; exit 2 ;; esac
+case "$part" in all | system | python | cudnn) ;; *) echo "usage: setup.sh [all|system|python|cudnn]" >&2; exit 2 ;; esac
 cd "$(dirname "$0")/.."
 
 system_packages() {
@@ -62,5 +63,12 @@ python_packages() {
   cat "${reqs[@]}" > .venv/requirements.installed
 }
 
+# cudnn-frontend's headers alone (a few seconds), into .venv (made if missing).
+cudnn_headers() {
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-compile --no-deps -r src/cuda/requirements-cudnn.txt
+}
+
+if [ "$part" = cudnn ]; then cudnn_headers; exit 0; fi
 [ "$part" = python ] || system_packages
 [ "$part" = system ] || python_packages

@@ -28,6 +28,9 @@ trap 'exit 143' TERM
 # engine_ref_logits says it was skipped for want of the model). The venv itself exists first, since
 # CMake's configure looks for the tests' Python there (tests/CMakeLists.txt).
 [ -x .venv/bin/python ] || python3 -m venv .venv
+# cudnn-frontend's headers before the configure that looks for them (the CUDA build's dense prompt
+# path, src/cuda/CMakeLists.txt), and before the background pip below writes into .venv.
+if command -v nvcc >/dev/null; then bash scripts/setup.sh cudnn || echo "test.sh: cudnn-frontend could not be installed: dense prompts off"; fi
 mkdir -p build
 fetch_log=build/setup-python.log
 setsid -w bash -c 'set -e
