@@ -81,6 +81,11 @@ const std::string& load_error() {
 #endif
     if (!ok) return fmt::format("cuDNN 9 is not loaded: tried {} (install cuDNN 9 for CUDA 13, e.g. pip install nvidia-cudnn-cu13, and "
                                 "set TQ_CUDNN_LIBRARY to its libcudnn.so.9)", tried);
+    // The frontend loads a CUDA runtime of its own choosing (libcudart.so.12 before .13, by name);
+    // have it use the one this library runs on (CUDNN_FRONTEND_CUDART_LIB_NAME, unless set).
+    Dl_info cudart{};
+    if (dladdr(reinterpret_cast<void*>(&cudaGetDevice), &cudart) && cudart.dli_fname)
+      setenv("CUDNN_FRONTEND_CUDART_LIB_NAME", cudart.dli_fname, 0);
     const size_t version = fe::detail::get_backend_version();
     // 9.5: the SDPA fprop of grouped-query heads with the BSHD strides below on every sm_80+ GPU.
     if (version < 90500) return fmt::format("cuDNN {} is loaded; dense prompt attention needs 9.5 or newer", version);
