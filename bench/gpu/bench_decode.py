@@ -220,7 +220,7 @@ def prefill_rows(lib, specs, prefix=8192, chunk=512):
     return rows
 
 
-def whole_prompt_rows(lib, specs, lengths, chunk=2048):
+def whole_prompt_rows(lib, specs, lengths, chunk=2048, dense=False):
     """A whole prompt's attention at batch 1, as the engine computes it: chunks of `chunk` new
     queries, each against the packed cache of the tokens before it and causally itself (their K/V
     stored already; quantize_store not counted), all chunks in one CUDA graph; against torch's SDPA
@@ -258,7 +258,9 @@ def whole_prompt_rows(lib, specs, lengths, chunk=2048):
                 g = timed_graph(call, reps=2, iters=10)
                 rows.append(dict(whole_prompt=L, kv=spec, graph_ms=g, vs_torch=g_torch / g, rel_err_vs_torch=rel, chunk=chunk))
                 cache.close()
-        if not lib.dense:
+        if dense:
+            if lib.dense:
+                raise RuntimeError(f"--dense: {lib.dense}")
             rows += dense_prompt_rows(lib, specs, L, q, k, v, ref, g_torch)
         del k, v, kt, vt, q
         torch.cuda.empty_cache()
@@ -329,6 +331,10 @@ def main():
     ap.add_argument("--no-prefill", action="store_true", help="skip the chunked-prefill measurement")
     ap.add_argument("--prefill-only", action="store_true", help="only the chunked-prefill measurement")
     ap.add_argument("--whole", default="", help="also whole prompts of these lengths at batch 1 in chunks (--whole-chunk), e.g. 4096,32768")
+    ap.add_argument("--dense", action="store_true",
+                    help="with --whole: also each prompt attended densely by tq_dense_prompt (cuDNN), alone and with its store. "
+                         "Off by default: on 2026-12-06 its plan build crashed in a process that had loaded torch "
+                         "(bench/results/2026-12-06-h100-dense-prompts.md; bench/gpu/dense_prompt_probe.py)")
     ap.add_argument("--whole-chunk", default="2048", help="the whole prompts' chunk in tokens, as the engine's (2048, the library's "
                                                            "kMaxPrefillChunk); a list times each")
     ap.add_argument("--head-dim", type=int, default=D, help="head dim of every cache and of torch's K/V (64, 128 or 256)")
@@ -444,7 +450,7 @@ def main():
         rows += prefill_rows(lib, args.specs.split(","))
     if lengths:
         for chunk in whole_chunks:
-            rows += whole_prompt_rows(lib, args.specs.split(","), lengths, chunk)
+            rows += whole_prompt_rows(lib, args.specs.split(","), lengths, chunk, args.dense)
     # bulk quantize_store throughput
     n = 0 if args.no_bulk else 1 << 18
     if n:
