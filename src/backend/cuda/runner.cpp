@@ -627,9 +627,12 @@ void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
   for (uint32_t layer : kinds)
     for (const std::vector<Group>* gs : {&groups, static_cast<const std::vector<Group>*>(&subs_)})
       for (const Group& g : *gs) {
+        if (dense_group(layer, g)) {  // (a whole prompt past kMaxPrefillChunk has no packed plan)
+          need = std::max(need, dense_prompt_workspace_bytes(dense_params(g)));
+          continue;
+        }
         const DecodeParams p = attention_params(layer, g);
         need = std::max(need, g.ntok > kMaxDecodeQueryTokens ? prefill_workspace_bytes(p) : decode_workspace_bytes(p));
-        if (dense_group(layer, g)) need = std::max(need, dense_prompt_workspace_bytes(dense_params(g)));
       }
   if (need <= workspace_.n) return;
   check(cudaStreamSynchronize(stream_), "workspace");  // the old buffer may be in use
