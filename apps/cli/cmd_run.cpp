@@ -157,10 +157,15 @@ void run(const Options& o) {
   if (by_model) {
     draft.emplace(load_checked_draft(o.draft, o.tokenizer, tok, needed, o.allow_long, "the run (prompt and -n)"));
   }
+  // --dense-prompts: the prompt's first step is what cuDNN attends, so it takes the prompt whole, up
+  // to the packed prefill's chunk (kMaxPrefillChunk, 2048: every model's limit); 64 tokens otherwise.
+  const uint32_t chunk = o.dense_prompts ? uint32_t(std::clamp<size_t>(prompt.size(), engine::EngineOptions{}.max_chunk, 2048))
+                                         : engine::EngineOptions{}.max_chunk;
   engine::Engine e(lm.model, spec,
                    {.device = device,
                     .threads = threads,
                     .context = needed,
+                    .max_chunk = chunk,
                     .batch_invariant = o.batch_invariant,
                     .dense_prompts = o.dense_prompts,
                     .gpu_memory = o.gpu_memory,
@@ -287,7 +292,7 @@ void add_run(CLI::App& app) {
               "CUDA: a position's logits do not depend on what else its step holds (steps of up to 16 rows), so greedy\n"
               "--spec/--draft output equals plain decoding's exactly; steps up to 10% slower; specs without sink/window");
   c->add_flag("--dense-prompts", o->dense_prompts,
-              "CUDA: a prompt's first step (its first chunk of tokens, from position 0) attends its own K/V rows\n"
+              "CUDA: the prompt's first step (up to 2048 tokens, from position 0) attends its own K/V rows\n"
               "in bf16 through cuDNN's fused attention instead of their quantized rows: faster prefill; decode and later\n"
               "chunks read the cache as always. Needs cuDNN 9 (libcudnn.so.9, or TQ_CUDNN_LIBRARY); specs without sink/window");
   c->add_flag("--swa-full", o->swa_full,
