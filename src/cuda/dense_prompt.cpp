@@ -89,6 +89,15 @@ const std::string& load_error() {
     const size_t version = fe::detail::get_backend_version();
     // 9.5: the SDPA fprop of grouped-query heads with the BSHD strides below on every sm_80+ GPU.
     if (version < 90500) return fmt::format("cuDNN {} is loaded; dense prompt attention needs 9.5 or newer", version);
+    // libcudnn.so.9 is the name of cuDNN 9 for CUDA 12 and for CUDA 13 alike: the one found must be
+    // built for this process's CUDA major.
+    using CudartOf = size_t (*)();
+    const auto cudart_of = reinterpret_cast<CudartOf>(dlsym(fe::cudnn_dlhandle, "cudnnGetCudartVersion"));
+    int ours = 0;
+    if (cudart_of && cudaRuntimeGetVersion(&ours) == cudaSuccess && cudart_of() / 1000 != size_t(ours) / 1000)
+      return fmt::format("cuDNN {} is built for CUDA {}.x, this process runs CUDA {}.x: install cuDNN 9 for CUDA {} (e.g. pip install "
+                         "nvidia-cudnn-cu{}) and set TQ_CUDNN_LIBRARY to its libcudnn.so.9",
+                         version, cudart_of() / 1000, ours / 1000, ours / 1000, ours / 1000);
     return std::string();
   }();
   return error;
