@@ -34,9 +34,9 @@ struct DensePromptParams {
 // a GPU of compute capability 8.0 or newer. If not, *why (when given) says which is missing.
 bool dense_prompt_available(std::string* why = nullptr);
 
-// The workspace cuDNN's plan for this shape needs. Builds the plan (cached per device and shape:
-// the first call of a shape takes milliseconds, later ones nothing); throws tq::Error naming the
-// shape and cuDNN's message where cuDNN refuses it.
+// The workspace cuDNN's plan for this shape needs. Builds the plan on a shape's first call (cuDNN
+// may compile a kernel then; its time is not yet measured), cached per device and shape after;
+// throws tq::Error naming the shape and cuDNN's message where cuDNN refuses it.
 uint64_t dense_prompt_workspace_bytes(const DensePromptParams& p);
 
 // Enqueues the attention on `stream` (no sync, no allocation once the shape's plan exists; it can
