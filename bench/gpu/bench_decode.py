@@ -450,7 +450,7 @@ def main():
         rows += prefill_rows(lib, args.specs.split(","))
     if lengths:
         for chunk in whole_chunks:
-            rows += whole_prompt_rows(lib, args.specs.split(","), lengths, chunk, args.dense)
+            rows += whole_prompt_rows(lib, args.specs.split(","), lengths, chunk, args.dense and chunk == whole_chunks[0])  # dense rows once
     # bulk quantize_store throughput
     n = 0 if args.no_bulk else 1 << 18
     if n:
