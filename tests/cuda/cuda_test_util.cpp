@@ -49,10 +49,10 @@ double worst_row_error(const std::vector<float>& got, const std::vector<float>& 
   return worst;
 }
 
-namespace {
-
 float to_f16(float x) { return f16_to_f32(f32_to_f16(x)); }
 float to_bf16(float x) { return bf16_to_f32(f32_to_bf16(x)); }
+
+namespace {
 
 // One (layer, KV head)'s rows of a sequence as the kernels compute with them: float caches
 // dequantized (the kernels read them exactly); TurboQuant rows in the rotated, padded domain, each

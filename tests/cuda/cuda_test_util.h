@@ -21,6 +21,10 @@ bool have_gpu();
 std::string attention_case_name(const std::string& spec, uint32_t head_dim, uint32_t gqa, uint32_t ntok, const std::vector<int32_t>& lens,
                                 uint32_t splits, bool prefill);
 
+// x rounded to fp16 / bf16 (to nearest even) and back.
+float to_f16(float x);
+float to_bf16(float x);
+
 // The worst relative L2 error of an output row of d elements (NaN when a row is not finite).
 double worst_row_error(const std::vector<float>& got, const std::vector<float>& ref, uint32_t d);
 

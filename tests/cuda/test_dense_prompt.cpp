@@ -59,7 +59,7 @@ TEST(DensePrompt, SaysWhyItIsUnavailable) {
   EXPECT_NE(refusal(shape(1, 16, 8, 2, 128)).find(why), std::string::npos) << refusal(shape(1, 16, 8, 2, 128));
 }
 
-float narrow(float x, DType t) { return t == DType::kBf16 ? bf16_to_f32(f32_to_bf16(x)) : f16_to_f32(f32_to_f16(x)); }
+float narrow(float x, DType t) { return t == DType::kBf16 ? test::to_bf16(x) : test::to_f16(x); }
 
 struct Rows {
   std::vector<float> q, k, v;  // the rows' values (already in the dtype), [seq][tok][heads][d]
