@@ -12,6 +12,7 @@ process that had loaded torch, while the C++ tests and `tq bench --dense-prompts
 
 import ctypes
 import sys
+import time
 
 
 def main(lib_path, first):
@@ -36,6 +37,16 @@ def main(lib_path, first):
     print("mapped:", *libs, sep="\n  ", flush=True)
     need = lib.tq_dense_prompt_workspace(1, 4096, 32, 8, 128, 2, 0.0, err, 512)  # one 4K prompt, 32/8 heads of 128, bf16
     print("workspace:", need, err.value.decode(), flush=True)
+    # What a new shape's plan costs (each prompt length builds one): the first call of each shape
+    # builds, the second finds it cached.
+    print("plan builds (sequences x tokens: first call ms, cached call ms, workspace bytes):", flush=True)
+    for b, t in ((1, 4097), (1, 1000), (1, 8192), (1, 32768), (4, 2048), (1, 4096)):
+        ms = []
+        for _ in range(2):
+            t0 = time.perf_counter()
+            need = lib.tq_dense_prompt_workspace(b, t, 32, 8, 128, 2, 0.0, err, 512)
+            ms.append(1e3 * (time.perf_counter() - t0))
+        print(f"  {b} x {t}: {ms[0]:.1f}, {ms[1]:.3f}, {need} {err.value.decode() if need < 0 else ''}", flush=True)
 
 
 if __name__ == "__main__":
