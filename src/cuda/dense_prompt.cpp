@@ -35,14 +35,38 @@ void check_params(const DensePromptParams& p) {
   // cuDNN's fused attention takes head dims that are multiples of 8 up to 256 (its fprop limits).
   TQ_CHECK(p.head_dim >= 8 && p.head_dim <= 256 && p.head_dim % 8 == 0, "dense prompt attention: head dim {} (8..256, a multiple of 8)",
            p.head_dim);
-  TQ_CHECK(uint64_t(p.num_seqs) * p.ntok * p.q_heads * p.head_dim < (uint64_t(1) << 31),
-           "dense prompt attention: {} sequences x {} tokens x {} heads x {} is past 2^31 elements", p.num_seqs, p.ntok, p.q_heads,
+  const uint64_t rows = p.ragged ? dense_prompt_ragged_rows(p.ntok) : p.ntok;  // the plan's (cuDNN's index arithmetic)
+  TQ_CHECK(uint64_t(p.num_seqs) * rows * p.q_heads * p.head_dim < (uint64_t(1) << 31),
+           "dense prompt attention: {} sequences x {} tokens x {} heads x {} is past 2^31 elements", p.num_seqs, rows, p.q_heads,
            p.head_dim);
   TQ_CHECK(std::isfinite(p.scale) && p.scale >= 0, "dense prompt attention: logit scale {} (0 for 1/sqrt(head_dim), or positive)",
            p.scale);
 }
 
 }  // namespace
+
+uint32_t dense_prompt_ragged_rows(uint32_t ntok) {
+  uint32_t rows = 64;
+  while (rows < ntok && rows < (1u << 31)) rows *= 2;
+  return rows;
+}
+
+std::vector<int32_t> dense_prompt_ragged(const std::vector<uint32_t>& lens, uint32_t q_heads, uint32_t kv_heads, uint32_t head_dim) {
+  const size_t n = lens.size();
+  std::vector<int32_t> meta(3 * n + 2);
+  int64_t row = 0;
+  for (size_t i = 0; i <= n; ++i) {
+    TQ_CHECK(int64_t(row) * q_heads * head_dim < (int64_t(1) << 31), "dense prompt attention: {} rows of {} heads x {} reach 2^31 elements", row,
+             q_heads, head_dim);
+    meta[n + i] = int32_t(row * q_heads * head_dim);
+    meta[2 * n + 1 + i] = int32_t(row * kv_heads * head_dim);
+    if (i == n) break;
+    TQ_CHECK(lens[i] >= 1 && lens[i] < (1u << 31), "dense prompt attention: sequence {} of {} tokens (at least 1)", i, lens[i]);
+    meta[i] = int32_t(lens[i]);
+    row += lens[i];
+  }
+  return meta;
+}
 
 #if TQ_CUDNN
 }  // namespace tq::cuda
@@ -57,8 +81,8 @@ namespace {
 
 namespace fe = cudnn_frontend;
 
-// The tensors' ids in the graph's variant pack.
-enum : int64_t { kQ = 1, kK, kV, kO };
+// The tensors' ids in the graph's variant pack (ragged shapes: the lengths and the offsets too).
+enum : int64_t { kQ = 1, kK, kV, kO, kLenQ, kLenKv, kOffQ, kOffK, kOffV, kOffO };
 
 // What loading cuDNN found: empty if it loaded.
 const std::string& load_error() {
@@ -115,7 +139,7 @@ struct Plan {
   std::shared_ptr<fe::graph::Graph> graph;
   int64_t workspace = 0;
 };
-using Key = std::tuple<int, int, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t>;  // device, dtype, b, s, hq, hkv, d, scale bits
+using Key = std::tuple<int, int, bool, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t>;  // device, dtype, ragged, b, s, hq, hkv, d, scale bits
 
 struct Plans {
   std::mutex mu;  // the handles and the cache; execute also runs under it (cudnnSetStream is per handle)
@@ -143,8 +167,11 @@ float scale_of(const DensePromptParams& p) { return p.scale > 0 ? p.scale : 1.0f
 
 // The graph of one shape: Q, K, V and O as [b][s][heads][d] rows (cuDNN's BSHD strides, its dims
 // in b, h, s, d order), a top-left causal mask (every sequence starts at position 0), fp32 softmax.
+// Ragged: s is the plan's rows (dense_prompt_ragged_rows), each sequence's rows start at its
+// offset and its length is given (the padding mask: queries and keys past it are not computed).
 Plan build(cudnnHandle_t h, const DensePromptParams& p) {
-  const int64_t b = p.num_seqs, s = p.ntok, hq = p.q_heads, hk = p.kv_heads, d = p.head_dim;
+  const bool ragged = p.ragged != nullptr;
+  const int64_t b = p.num_seqs, s = ragged ? dense_prompt_ragged_rows(p.ntok) : p.ntok, hq = p.q_heads, hk = p.kv_heads, d = p.head_dim;
   auto g = std::make_shared<fe::graph::Graph>();
   g->set_io_data_type(p.dtype == DType::kBf16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
@@ -153,15 +180,30 @@ Plan build(cudnnHandle_t h, const DensePromptParams& p) {
     return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim({b, heads, s, d}).set_stride(
         {s * heads * d, d, heads * d, 1}));
   };
+  const auto index = [&](const char* name, int64_t uid, int64_t n) {  // [n] int32 (cuDNN's [n, 1, 1, 1])
+    return g->tensor(
+        fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim({n, 1, 1, 1}).set_stride({1, 1, 1, 1}).set_data_type(
+            fe::DataType_t::INT32));
+  };
   auto q = rows("Q", kQ, hq), k = rows("K", kK, hk), v = rows("V", kV, hk);
   auto options = fe::graph::SDPA_attributes().set_name("dense_prompt").set_generate_stats(false).set_attn_scale(scale_of(p));
   options.set_diagonal_alignment(fe::DiagonalAlignment_t::TOP_LEFT).set_diagonal_band_right_bound(0);
+  std::shared_ptr<fe::graph::Tensor_attributes> off_o;
+  if (ragged) {
+    q->set_ragged_offset(index("offsets_q", kOffQ, b + 1));
+    k->set_ragged_offset(index("offsets_k", kOffK, b + 1));
+    v->set_ragged_offset(index("offsets_v", kOffV, b + 1));
+    off_o = index("offsets_o", kOffO, b + 1);
+    options.set_padding_mask(true).set_seq_len_q(index("lens_q", kLenQ, b)).set_seq_len_kv(index("lens_kv", kLenKv, b));
+  }
   auto [o, stats] = g->sdpa(q, k, v, options);
   (void)stats;
   o->set_output(true).set_dim({b, hq, s, d}).set_stride({s * hq * d, d, hq * d, 1}).set_uid(kO);
+  if (ragged) o->set_ragged_offset(off_o);
   fe::error_t e = g->build(h, {fe::HeurMode_t::A});
-  TQ_CHECK(e.is_good(), "dense prompt attention: cuDNN {} has no plan for {} sequences x {} tokens, {}/{} heads of {} ({}): {}",
-           fe::detail::get_backend_version(), b, s, hq, hk, d, p.dtype == DType::kBf16 ? "bf16" : "fp16", e.get_message());
+  TQ_CHECK(e.is_good(), "dense prompt attention: cuDNN {} has no plan for {} sequences x {} tokens{}, {}/{} heads of {} ({}): {}",
+           fe::detail::get_backend_version(), b, s, ragged ? " (ragged)" : "", hq, hk, d, p.dtype == DType::kBf16 ? "bf16" : "fp16",
+           e.get_message());
   Plan plan{g, 0};
   TQ_CHECK(g->get_workspace_size(plan.workspace).is_good(), "dense prompt attention: cuDNN gave no workspace size");
   return plan;
@@ -172,7 +214,9 @@ const Plan& plan_for(Plans& ps, const DensePromptParams& p, int device) {
   float sc = scale_of(p);
   uint32_t bits = 0;
   std::memcpy(&bits, &sc, sizeof bits);
-  const Key key{device, int(p.dtype), p.num_seqs, p.ntok, p.q_heads, p.kv_heads, p.head_dim, bits};
+  const bool ragged = p.ragged != nullptr;
+  const Key key{device, int(p.dtype), ragged, p.num_seqs, ragged ? dense_prompt_ragged_rows(p.ntok) : p.ntok, p.q_heads, p.kv_heads,
+                p.head_dim, bits};
   auto it = ps.plans.find(key);
   if (it != ps.plans.end()) return it->second;
   if (ps.plans.size() >= Plans::kMaxPlans) {
@@ -226,6 +270,11 @@ void dense_prompt_attention(const DensePromptParams& p, Stream stream) {
   TQ_CHECK(s == CUDNN_STATUS_SUCCESS, "dense prompt attention: cudnnSetStream: {}", fe::detail::get_error_string(s));
   std::unordered_map<int64_t, void*> pack{{kQ, const_cast<void*>(p.q)}, {kK, const_cast<void*>(p.k)}, {kV, const_cast<void*>(p.v)},
                                           {kO, p.out}};
+  if (p.ragged) {  // dense_prompt_ragged's layout: lengths [b], q offsets [b + 1], k offsets [b + 1]
+    int32_t* m = const_cast<int32_t*>(p.ragged);
+    const size_t b = p.num_seqs;
+    pack.insert({{kLenQ, m}, {kLenKv, m}, {kOffQ, m + b}, {kOffO, m + b}, {kOffK, m + 2 * b + 1}, {kOffV, m + 2 * b + 1}});
+  }
   fe::error_t e = plan.graph->execute(h, pack, p.workspace);
   TQ_CHECK(e.is_good(), "dense prompt attention: cuDNN's execute failed for {} x {} tokens: {}", p.num_seqs, p.ntok, e.get_message());
 }

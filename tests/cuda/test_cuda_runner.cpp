@@ -618,6 +618,56 @@ TEST(CudaRunnerDense, AWholePromptBeyondThePackedChunkInOneStep) {
   }
 }
 
+// A step holding whole prompts of different lengths (one ragged cuDNN call a layer) beside a
+// sequence that decodes: each prompt's logits are a bf16 cache's within the float bounds, and the
+// decoding sequence's token is the packed path's (its own engine, the same steps alone).
+TEST(CudaRunnerDense, PromptsOfDifferentLengthsInOneStep) {
+  TQ_REQUIRE_GPU();
+  std::string why;
+  if (!cuda::dense_prompt_available(&why)) GTEST_SKIP() << why;
+  const TinyModelSpec ms = shape(256, 4, 2, 2, false, "llama");
+  const model::Model m = tiny(ms);
+  const size_t V = size_t(ms.vocab);
+  std::mt19937 rng(21);
+  const auto prompt = [&](size_t n) {
+    std::vector<int> p(n);
+    for (int& t : p) t = int(rng() % uint32_t(ms.vocab));
+    return p;
+  };
+  const std::vector<int> a = prompt(30), b = prompt(45), c = prompt(20), d = prompt(12);
+  const engine::EngineOptions o{.device = engine::Device::kCuda, .context = 128, .max_seqs = 4, .max_chunk = 128, .dense_prompts = true};
+  engine::Engine e(m, parse_kv_spec("k3v2"), o);
+  const int sc = e.add_sequence();
+  (void)e.prefill(sc, c, false);
+  const int sa = e.add_sequence(), sb = e.add_sequence(), sd = e.add_sequence();
+  // a, b: one run of two prompts; c decodes (a packed group between runs); d: a run of its own.
+  const std::vector<float> step = e.forward({{sa, a, true}, {sb, b, true}, {sc, {7}, false}, {sd, d, true}});
+  ASSERT_EQ(step.size(), (a.size() + b.size() + 1 + d.size()) * V);
+  size_t at = 0;
+  for (const std::vector<int>* p : {&a, &b}) {
+    const std::vector<float> gpu(step.begin() + long(at), step.begin() + long(at + p->size() * V));
+    const std::vector<float> cpu = logits_of(m, parse_kv_spec("bf16"), engine::Device::kCpu, *p, 0, 128, 64);
+    const Divergence dv = divergence(cpu, gpu, V);
+    EXPECT_LT(dv.kl_max, 1e-2) << p->size() << " tokens";
+    EXPECT_LT(dv.kl_mean, 2e-3) << p->size() << " tokens";
+    EXPECT_EQ(dv.agree, dv.decided) << p->size() << " tokens";
+    at += p->size() * V;
+  }
+  const std::vector<float> mine(step.begin() + long(at), step.begin() + long(at + V));
+  at += V;
+  const std::vector<float> gpu_d(step.begin() + long(at), step.end());
+  const Divergence dd = divergence(logits_of(m, parse_kv_spec("bf16"), engine::Device::kCpu, d, 0, 128, 64), gpu_d, V);
+  EXPECT_LT(dd.kl_max, 1e-2);
+  // The decoding sequence: the same steps on an engine of its own.
+  engine::Engine alone(m, parse_kv_spec("k3v2"), o);
+  const int s = alone.add_sequence();
+  (void)alone.prefill(s, c, false);
+  const std::vector<float> ref = alone.forward({{s, {7}, false}});
+  const Divergence dc = divergence(ref, mine, V);
+  EXPECT_LT(dc.kl_max, 1e-3);
+  for (float x : step) ASSERT_TRUE(std::isfinite(x));
+}
+
 // Dense prompts are refused where they cannot run: the CPU runner, specs with side buffers.
 TEST(CudaRunnerDense, RefusedWhereTheyCannotRun) {
   const model::Model m = tiny(shape(256, 4, 2, 2, false, "llama"));

@@ -154,6 +154,101 @@ INSTANTIATE_TEST_SUITE_P(All, DensePromptGpu,
                                            Case{1, 257, 16, 2, 256, DType::kBf16, 0.0625f, 1},
                                            Case{2, 96, 8, 1, 128, DType::kF16, 0, 8}));
 
+// The ragged description: lengths, then q and k element offsets; refusals by name.
+TEST(DensePrompt, RaggedDescriptionAndRows) {
+  EXPECT_EQ(cuda::dense_prompt_ragged({3, 5}, 8, 2, 4), (std::vector<int32_t>{3, 5, 0, 96, 256, 0, 24, 64}));
+  EXPECT_EQ(cuda::dense_prompt_ragged_rows(1), 64u);
+  EXPECT_EQ(cuda::dense_prompt_ragged_rows(64), 64u);
+  EXPECT_EQ(cuda::dense_prompt_ragged_rows(65), 128u);
+  EXPECT_EQ(cuda::dense_prompt_ragged_rows(2049), 4096u);
+  try {
+    (void)cuda::dense_prompt_ragged({4, 0}, 8, 2, 4);
+    ADD_FAILURE() << "a sequence of 0 tokens was taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("sequence 1 of 0 tokens"), std::string::npos) << e.what();
+  }
+  try {
+    (void)cuda::dense_prompt_ragged({1u << 20, 1u << 20}, 64, 8, 128);
+    ADD_FAILURE() << "offsets past 2^31 were taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("2^31"), std::string::npos) << e.what();
+  }
+}
+
+struct RaggedCase {
+  std::vector<uint32_t> lens;
+  uint32_t qh, kvh, d;
+  DType t;
+  float key_spike;
+};
+
+class DensePromptRagged : public ::testing::TestWithParam<RaggedCase> {};
+
+// Prompts of different lengths in one ragged call: each sequence's rows against its own causal
+// reference, within twice the same-precision error; rows past the plan's longest, and the plan
+// shared by lengths of one bucket, change nothing.
+TEST_P(DensePromptRagged, EachPromptMatchesItsReference) {
+  TQ_REQUIRE_GPU();
+  std::string why;
+  if (!cuda::dense_prompt_available(&why)) GTEST_SKIP() << why;
+  const RaggedCase c = GetParam();
+  const uint32_t n = uint32_t(c.lens.size()), longest = *std::max_element(c.lens.begin(), c.lens.end());
+  size_t rows = 0;
+  for (uint32_t l : c.lens) rows += l;
+  Rng rng(uint32_t(rows) * 7919u + c.d * 31u + c.qh + uint32_t(c.t));
+  Rows r;
+  const auto fill = [&](std::vector<float>& x, uint32_t heads, float spike) {
+    x.resize(rows * heads * c.d);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = narrow(float(rng.normal()) * (i % c.d == 3 ? spike : 1.0f), c.t);
+  };
+  fill(r.q, c.qh, 1.0f), fill(r.k, c.kvh, c.key_spike), fill(r.v, c.kvh, 1.0f);
+  const auto bits = [&](const std::vector<float>& x) {
+    std::vector<uint16_t> b(x.size());
+    for (size_t i = 0; i < x.size(); ++i) b[i] = c.t == DType::kBf16 ? f32_to_bf16(x[i]) : f32_to_f16(x[i]);
+    return b;
+  };
+  test::DeviceBuffer<uint16_t> q(bits(r.q)), k(bits(r.k)), v(bits(r.v)), o(r.q.size());
+  CUDA_OK(cudaMemset(o.ptr, 0xff, o.n * 2));  // NaN: a row the kernel leaves unwritten fails
+  test::DeviceBuffer<int32_t> meta(cuda::dense_prompt_ragged(c.lens, c.qh, c.kvh, c.d));
+  DensePromptParams p = shape(n, longest, c.qh, c.kvh, c.d, c.t);
+  p.q = q.ptr, p.k = k.ptr, p.v = v.ptr, p.out = o.ptr, p.ragged = meta.ptr;
+  const uint64_t ws = cuda::dense_prompt_workspace_bytes(p);
+  test::DeviceBuffer<uint8_t> w(ws);
+  p.workspace = w.ptr, p.workspace_bytes = ws;
+  cuda::dense_prompt_attention(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  const std::vector<uint16_t> got_bits = o.download();
+  size_t at = 0;  // the sequence's first row
+  for (uint32_t s = 0; s < n; ++s) {
+    const uint32_t len = c.lens[s];
+    SCOPED_TRACE(testing::Message() << "sequence " << s << " of " << len << " tokens");
+    const auto slice = [&](const std::vector<float>& x, uint32_t heads) {
+      return std::vector<float>(x.begin() + long(at * heads * c.d), x.begin() + long((at + len) * heads * c.d));
+    };
+    Rows one{slice(r.q, c.qh), slice(r.k, c.kvh), slice(r.v, c.kvh)};
+    const DensePromptParams alone = shape(1, len, c.qh, c.kvh, c.d, c.t);
+    std::vector<float> got(size_t(len) * c.qh * c.d);
+    for (size_t i = 0; i < got.size(); ++i) {
+      const uint16_t b = got_bits[at * c.qh * c.d + i];
+      got[i] = c.t == DType::kBf16 ? bf16_to_f32(b) : f16_to_f32(b);
+    }
+    double max_log2_logit = 0;
+    const std::vector<float> ref = attention(one, alone, true), same = attention(one, alone, false, &max_log2_logit);
+    const double err = test::worst_row_error(got, ref, c.d), same_err = test::worst_row_error(same, ref, c.d);
+    const double bound = test::attention_bound(same_err, max_log2_logit);
+    std::printf("ragged %u/%u heads of %u, %s, sequence %u of %u: worst row %.3e, same precision %.3e, bound %.3e\n", c.qh, c.kvh, c.d,
+                c.t == DType::kBf16 ? "bf16" : "fp16", s, len, err, same_err, bound);
+    EXPECT_LE(err, bound);
+    at += len;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, DensePromptRagged,
+                         ::testing::Values(RaggedCase{{200, 13, 77}, 32, 8, 128, DType::kBf16, 8},
+                                           RaggedCase{{1, 64, 65, 10}, 4, 4, 64, DType::kF16, 1},
+                                           RaggedCase{{130, 257}, 16, 2, 256, DType::kBf16, 1},
+                                           RaggedCase{{100}, 8, 1, 128, DType::kF16, 8}));
+
 // A second call of a shape reuses its plan, and two shapes keep their own.
 TEST(DensePrompt, PlansAreKeptPerShape) {
   TQ_REQUIRE_GPU();

@@ -95,6 +95,11 @@ struct HostFree {
 // (without side blocks, whose partials come after the splits'; the mode refuses sink/window).
 constexpr uint32_t kInvariantSplitTokens = 512;
 
+// dense_prompts: int32s of a step's ragged descriptions (dense_prompt_ragged: 3 n + 2 a run of n
+// prompts). A whole prompt on the dense path has more than kMaxDecodeQueryTokens tokens, so a
+// step of n_rows rows holds at most n_rows / 10 of them, and each run is at least one.
+size_t dense_meta_ints(uint32_t n_rows) { return 5 * size_t(n_rows / (kMaxDecodeQueryTokens + 1) + 1); }
+
 uint32_t length_bucket(uint32_t max_len, uint32_t context) {
   uint32_t b = 256;
   while (b < max_len) b *= 2;
@@ -136,6 +141,17 @@ class CudaModelRunner : public engine::ModelRunner {
     uint32_t seq0 = 0, count = 0, ntok = 0, max_len = 0;
     size_t row0 = 0;  // first token row
     int32_t len_at = -1;  // a ring sub-step: its length in sub_lens_[len_at] (else lens_ from seq0)
+    int32_t run = -1;     // dense_prompts: whole prompts, of dense_runs_[run]
+    bool run_head = false;  // the run's first group (which attends the whole run)
+  };
+  // dense_prompts: consecutive whole prompts of a step (of any lengths), attended in one ragged
+  // cuDNN call on the layers without a sliding window.
+  struct DenseRun {
+    size_t row0 = 0;        // first token row
+    uint32_t count = 0;     // sequences
+    uint32_t max_n = 0;     // tokens of the longest
+    size_t rows = 0;        // tokens of all
+    size_t meta_at = 0;     // its dense_prompt_ragged description in dense_meta_ from here
   };
   // y[n][w.rows] = x[n][w.cols] w^T (bf16 operands, fp32 out).
   void gemm(const Matrix& w, const bf16_t* x, uint32_t n, float* y);
@@ -145,11 +161,9 @@ class CudaModelRunner : public engine::ModelRunner {
   }
   bool in_ring(uint32_t layer) const { return !ring_layer_.empty() && ring_layer_[layer]; }
   DecodeParams attention_params(uint32_t layer, const Group& g) const;
-  // RunnerOptions::dense_prompts: a group of whole prompts (every sequence from position 0) on a
-  // layer without a sliding window is attended by cuDNN over its own rows (tq/cuda/dense_prompt.h).
-  bool dense_group(uint32_t layer, const Group& g) const {
-    return opts_.dense_prompts && g.ntok > kMaxDecodeQueryTokens && g.max_len == g.ntok && g.len_at < 0 && cfg_.layer_window(int(layer)) == 0;
-  }
+  // RunnerOptions::dense_prompts: a group of whole prompts (of a DenseRun) on a layer without a
+  // sliding window is attended by cuDNN over its own rows (tq/cuda/dense_prompt.h), with its run.
+  bool dense_group(uint32_t layer, const Group& g) const { return g.run >= 0 && g.len_at < 0 && cfg_.layer_window(int(layer)) == 0; }
   // dense_'s q, k and v rows from token row `row` on: [N][q_dim], then [N][kv_dim] twice.
   struct DenseRows {
     bf16_t *q, *k, *v;
@@ -158,7 +172,7 @@ class CudaModelRunner : public engine::ModelRunner {
     const size_t Q = size_t(cfg_.q_dim()), KV = size_t(cfg_.kv_dim()), N = opts_.max_chunk;
     return {dense_.get() + row * Q, dense_.get() + N * Q + row * KV, dense_.get() + N * (Q + KV) + row * KV};
   }
-  DensePromptParams dense_params(const Group& g) const;
+  DensePromptParams dense_params(const DenseRun& r) const;
   // quantize_store and attention of one layer's step; on a window-ring layer, sequences of more than
   // ring_.step new tokens in sub-steps of ring_.step (kv/window_ring.h).
   void layer_attention(uint32_t layer, const std::vector<Group>& groups, uint32_t N);
@@ -231,6 +245,8 @@ class CudaModelRunner : public engine::ModelRunner {
   Buf<float> x_, qkv_, q_, k_, v_, o_, gu_, logits_;  // [N][dim], [N][q_dim + 2 kv_dim], [N][q_dim], [N][kv_dim] x2, [N][dim], [N][2 hidden], [N][vocab]
   Buf<bf16_t> hb_;                                      // [N][max(dim, q_dim, hidden)] bf16 operands
   Buf<bf16_t> dense_;                                   // dense_prompts: [N][q_dim + 2 kv_dim] the step's q, k, v rows in bf16
+  Buf<int32_t> dense_meta_;                             // dense_prompts: [dense_meta_ints(N)] the runs' ragged descriptions
+  std::vector<DenseRun> dense_runs_;                    // the step's runs of whole prompts
   Buf<int32_t> tokens_, pos_, rows_, tables_, lens_, ids_, seq_ids_;  // [N], [N], [N], [N][max pages], [N], [N], [N]
   Buf<int64_t> slots_;                                  // [N]
   Buf<int32_t> ring_tables_;                            // [N][max pages] the window rings' block tables (with rings)
@@ -326,7 +342,7 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   const size_t scratch = size_t(N) * 4 * (2 * size_t(c.dim) + 2 * size_t(c.q_dim()) + 4 * size_t(c.kv_dim()) + 2 * size_t(c.hidden_dim) +
                                           size_t(c.vocab_size)) +
                          size_t(N) * 2 * std::max({c.dim, c.q_dim(), c.hidden_dim}) + size_t(N) * (4 * (7 + max_pages_) + sizeof(layers::SampleRow)) +
-                         (o.dense_prompts ? size_t(N) * 2 * (size_t(c.q_dim()) + 2 * size_t(c.kv_dim())) : 0) +
+                         (o.dense_prompts ? size_t(N) * 2 * (size_t(c.q_dim()) + 2 * size_t(c.kv_dim())) + 4 * dense_meta_ints(N) : 0) +
                          (ring_.on() ? size_t(N) * (4 * max_pages_ + 20) : 0) + kBlasWorkspace +
                          side_total + ring_total + centre_total;
   size_t free_b = 0, total_b = 0;
@@ -432,7 +448,17 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
   gu_ = alloc<float>(size_t(N) * 2 * F, "gate and up");
   logits_ = alloc<float>(size_t(N) * V, "logits");
   hb_ = alloc<bf16_t>(size_t(N) * std::max({D, Q, F}), "bf16 operands");
-  if (o.dense_prompts) dense_ = alloc<bf16_t>(size_t(N) * (Q + 2 * KV), "dense prompt rows");
+  if (o.dense_prompts) {
+    dense_ = alloc<bf16_t>(size_t(N) * (Q + 2 * KV), "dense prompt rows");
+    dense_meta_ = alloc<int32_t>(dense_meta_ints(N), "dense prompt lengths and offsets");
+    // cuDNN's ragged plan for a short prompt now: a cuDNN that cannot build one is refused here,
+    // naming it, rather than at the first prompt (the plan is kept for prompts up to 64 tokens).
+    DensePromptParams probe;
+    probe.num_seqs = 1, probe.ntok = 64, probe.ragged = dense_meta_.get();
+    probe.q_heads = uint32_t(c.n_heads), probe.kv_heads = uint32_t(c.n_kv_heads), probe.head_dim = uint32_t(c.head_dim);
+    probe.scale = c.attn_scale;
+    (void)dense_prompt_workspace_bytes(probe);
+  }
   tokens_ = alloc<int32_t>(N, "tokens"), pos_ = alloc<int32_t>(N, "positions"), rows_ = alloc<int32_t>(N, "rows");
   lens_ = alloc<int32_t>(N, "lengths"), tables_ = alloc<int32_t>(size_t(N) * max_pages_, "block tables");
   ids_ = alloc<int32_t>(N, "sampled ids"), seq_ids_ = alloc<int32_t>(N, "sequence ids");
@@ -593,15 +619,16 @@ DecodeParams CudaModelRunner::attention_params(uint32_t layer, const Group& g) c
   return p;
 }
 
-DensePromptParams CudaModelRunner::dense_params(const Group& g) const {
+DensePromptParams CudaModelRunner::dense_params(const DenseRun& run) const {
   const auto& c = cfg_;
-  const DenseRows r = dense_rows(g.row0);  // the group's rows of each: [count][ntok][heads][head_dim]
+  const DenseRows r = dense_rows(run.row0);  // the run's rows of each: [rows][heads][head_dim], prompt after prompt
   DensePromptParams p;
   p.q = r.q, p.k = r.k, p.v = r.v;
-  p.out = hb_.get() + g.row0 * c.q_dim();  // bf16: the operand of the output projection, as attention_params'
+  p.out = hb_.get() + run.row0 * c.q_dim();  // bf16: the operand of the output projection, as attention_params'
   p.dtype = DType::kBf16;
-  p.num_seqs = g.count;
-  p.ntok = g.ntok;
+  p.num_seqs = run.count;
+  p.ntok = run.max_n;
+  p.ragged = dense_meta_.get() + run.meta_at;
   p.q_heads = uint32_t(c.n_heads);
   p.kv_heads = uint32_t(c.n_kv_heads);
   p.head_dim = uint32_t(c.head_dim);
@@ -628,7 +655,7 @@ void CudaModelRunner::ensure_workspace(const std::vector<Group>& groups) {
     for (const std::vector<Group>* gs : {&groups, static_cast<const std::vector<Group>*>(&subs_)})
       for (const Group& g : *gs) {
         if (dense_group(layer, g)) {  // (a whole prompt past kMaxPrefillChunk has no packed plan)
-          need = std::max(need, dense_prompt_workspace_bytes(dense_params(g)));
+          if (g.run_head) need = std::max(need, dense_prompt_workspace_bytes(dense_params(dense_runs_[size_t(g.run)])));
           continue;
         }
         const DecodeParams p = attention_params(layer, g);
@@ -648,7 +675,10 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
   std::vector<int32_t> ring_tables(ring_.on() ? tables.size() : 0, 0), ring_table, sub_lens;
   std::vector<int64_t> slots, ring_slots, ring_batch_slots;
   subs_.clear();
+  dense_runs_.clear();
   std::vector<Group> groups;
+  std::vector<uint32_t> run_lens;  // the prompts' lengths, run after run
+  bool prev_dense = false;         // whether the step's previous sequence was a dense whole prompt
   for (size_t s = 0; s < step.size(); ++s) {
     const StepSeq& it = step[s];
     TQ_CHECK(it.block_table && it.block_table->size() <= max_pages_, "sequence {}: block table of {} pages, beyond the context",
@@ -693,7 +723,25 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
         sub_lens.push_back(int32_t(it.first + j + n));
       }
     }
-    if (groups.empty() || groups.back().ntok != it.n) groups.push_back(Group{uint32_t(s), 0, it.n, 0, tokens.size()});
+    // dense_prompts: a whole prompt (from position 0, beyond what decode takes) is attended densely;
+    // its group holds only such prompts, and consecutive ones (of any lengths) make one run.
+    const bool dense = opts_.dense_prompts && it.first == 0 && it.n > kMaxDecodeQueryTokens;
+    if (groups.empty() || groups.back().ntok != it.n || (groups.back().run >= 0) != dense) {
+      groups.push_back(Group{uint32_t(s), 0, it.n, 0, tokens.size()});
+      if (dense) {
+        if (!prev_dense) {
+          dense_runs_.push_back(DenseRun{tokens.size()});
+          groups.back().run_head = true;
+        }
+        groups.back().run = int32_t(dense_runs_.size() - 1);
+      }
+    }
+    if (dense) {
+      DenseRun& r = dense_runs_.back();
+      r.count++, r.max_n = std::max(r.max_n, it.n), r.rows += it.n;
+      run_lens.push_back(it.n);
+    }
+    prev_dense = dense;
     groups.back().count++;
     groups.back().max_len = std::max(groups.back().max_len, it.first + it.n);
     for (uint32_t j = 0; j < it.n; ++j) {
@@ -715,6 +763,19 @@ std::vector<CudaModelRunner::Group> CudaModelRunner::upload_step(const std::vect
   put(tokens_, tokens), put(pos_, pos), put(rows_, rows), put(lens_, lens), put(tables_, tables), put(slots_, slots), put(seq_ids_, seq_ids);
   if (ring_.on()) put(ring_tables_, ring_tables), put(ring_slots_, ring_slots), put(ring_batch_slots_, ring_batch_slots);
   if (!sub_lens.empty()) put(sub_lens_, sub_lens);
+  if (!dense_runs_.empty()) {
+    std::vector<int32_t> meta;
+    size_t at = 0;
+    for (DenseRun& r : dense_runs_) {
+      r.meta_at = meta.size();
+      const std::vector<int32_t> m = dense_prompt_ragged(std::vector<uint32_t>(run_lens.begin() + long(at), run_lens.begin() + long(at + r.count)),
+                                                         uint32_t(cfg_.n_heads), uint32_t(cfg_.n_kv_heads), uint32_t(cfg_.head_dim));
+      meta.insert(meta.end(), m.begin(), m.end());
+      at += r.count;
+    }
+    TQ_CHECK(meta.size() <= dense_meta_.n, "dense prompts: {} ints of lengths and offsets, room for {}", meta.size(), dense_meta_.n);
+    put(dense_meta_, meta);
+  }
   *n_tokens = N;
   *n_rows = uint32_t(rows.size());
   return groups;
@@ -751,12 +812,14 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
   };
   const auto attend = [&](const Group& g) {
     if (dense_group(layer, g)) {
-      const size_t rows = size_t(g.count) * g.ntok, Q = size_t(cfg_.q_dim());
-      const DenseRows r = dense_rows(g.row0);
-      layers::to_bf16(q_.get() + g.row0 * Q, rows * Q, r.q, stream_);
-      layers::to_bf16(k_.get() + g.row0 * KV, rows * KV, r.k, stream_);
-      layers::to_bf16(v_.get() + g.row0 * KV, rows * KV, r.v, stream_);
-      return dense_prompt_attention(dense_params(g), stream_);
+      if (!g.run_head) return;  // attended with its run's first group
+      const DenseRun& run = dense_runs_[size_t(g.run)];
+      const size_t Q = size_t(cfg_.q_dim());
+      const DenseRows r = dense_rows(run.row0);
+      layers::to_bf16(q_.get() + run.row0 * Q, run.rows * Q, r.q, stream_);
+      layers::to_bf16(k_.get() + run.row0 * KV, run.rows * KV, r.k, stream_);
+      layers::to_bf16(v_.get() + run.row0 * KV, run.rows * KV, r.v, stream_);
+      return dense_prompt_attention(dense_params(run), stream_);
     }
     const DecodeParams p = attention_params(layer, g);
     if (g.ntok > kMaxDecodeQueryTokens)
