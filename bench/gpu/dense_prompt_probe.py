@@ -1,8 +1,9 @@
 """Builds cuDNN's plan of a dense prompt (tq_dense_prompt_workspace, C API 3) in a fresh process,
 with or without torch loaded and used first, and prints the CUDA runtime, NVRTC and cuDNN files
-the process has mapped before the build. On 2026-12-06 the build crashed (SIGSEGV) inside a
-process that had loaded torch, while the C++ tests and `tq bench --dense-prompts` ran it
-(bench/results/2026-12-06-h100-dense-prompts.md). Run both ways, on a GPU machine:
+the process has mapped before the build (libstdc++ among them). On 2026-12-06 the build crashed
+(SIGSEGV) inside a process that had loaded torch, while the C++ tests and `tq bench --dense-prompts`
+ran it: in libstdc++ code that the library carried and exported
+(bench/results/2026-12-06-h100-ragged-dense.md). Run both ways, on a GPU machine:
 
     python3 bench/gpu/dense_prompt_probe.py build/h200/bindings/c/libtq_capi.so none
     python3 bench/gpu/dense_prompt_probe.py build/h200/bindings/c/libtq_capi.so torch
@@ -33,7 +34,7 @@ def main(lib_path, first):
     err = c.create_string_buffer(512)
     print("available:", lib.tq_dense_prompt_available(err, 512), err.value.decode(), flush=True)
     with open("/proc/self/maps") as f:
-        libs = sorted({line.split()[-1] for line in f if any(n in line for n in ("libcudart", "libnvrtc", "libcudnn"))})
+        libs = sorted({line.split()[-1] for line in f if any(n in line for n in ("libcudart", "libnvrtc", "libcudnn", "libstdc++"))})
     print("mapped:", *libs, sep="\n  ", flush=True)
     need = lib.tq_dense_prompt_workspace(1, 4096, 32, 8, 128, 2, 0.0, err, 512)  # one 4K prompt, 32/8 heads of 128, bf16
     print("workspace:", need, err.value.decode(), flush=True)

@@ -116,6 +116,14 @@ if [ -z "${ONLY_SANITIZERS:-}" ] && [ -z "${NO_SUITES:-}" ]; then
     note "$t: $(grep -E '^\[  PASSED|^\[  FAILED|tests ran' "$OUT/$t.log" | tr '\n' ' ')"
     grep -B3 -A8 "Failure" "$OUT/$t.log" | head -40
   done
+  # The C API where Python users load it: beside torch (its libstdc++ and its own cuDNN loaded
+  # first), a dense prompt's plan (cuDNN through cudnn-frontend, the library's C++ runtime calls).
+  if [[ $suites == *" test_capi "* ]] && [ -f build/h200/bindings/c/libtq_capi.so ]; then
+    timeout 120 python3 bench/gpu/dense_prompt_probe.py build/h200/bindings/c/libtq_capi.so torch >"$OUT/capi_torch.log" 2>&1
+    rc=$?
+    note "C API beside torch (dense_prompt_probe.py ... torch): rc=$rc, $(grep -c ' std::' <(nm -C -D --defined-only build/h200/bindings/c/libtq_capi.so)) std:: symbols exported"
+    [ $rc = 0 ] || tail -5 "$OUT/capi_torch.log"
+  fi
   # The portable path (plain launches, as on GPUs before sm_90) on this GPU: launch_common.h. Then
   # what an sm_86/89/120 GPU runs: plain launches and 99 KB of shared memory a block (the compact
   # kernels, TQ_CUDA_SMEM_KB).
