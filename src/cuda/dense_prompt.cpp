@@ -27,6 +27,9 @@
 namespace tq::cuda {
 namespace {
 
+// The tokens of each sequence p's plan is built for (and keyed by): ntok, or a ragged call's bucket.
+uint32_t plan_rows(const DensePromptParams& p) { return p.ragged ? dense_prompt_ragged_rows(p.ntok) : p.ntok; }
+
 void check_params(const DensePromptParams& p) {
   TQ_CHECK(p.dtype == DType::kBf16 || p.dtype == DType::kF16, "dense prompt attention: rows of dtype {} (bf16 or fp16 only)", int(p.dtype));
   TQ_CHECK(p.num_seqs >= 1 && p.ntok >= 1, "dense prompt attention: {} sequences of {} tokens (at least 1 of 1)", p.num_seqs, p.ntok);
@@ -35,7 +38,7 @@ void check_params(const DensePromptParams& p) {
   // cuDNN's fused attention takes head dims that are multiples of 8 up to 256 (its fprop limits).
   TQ_CHECK(p.head_dim >= 8 && p.head_dim <= 256 && p.head_dim % 8 == 0, "dense prompt attention: head dim {} (8..256, a multiple of 8)",
            p.head_dim);
-  const uint64_t rows = p.ragged ? dense_prompt_ragged_rows(p.ntok) : p.ntok;  // the plan's (cuDNN's index arithmetic)
+  const uint64_t rows = plan_rows(p);  // the plan's (cuDNN's index arithmetic)
   TQ_CHECK(uint64_t(p.num_seqs) * rows * p.q_heads * p.head_dim < (uint64_t(1) << 31),
            "dense prompt attention: {} sequences x {} tokens x {} heads x {} is past 2^31 elements", p.num_seqs, rows, p.q_heads,
            p.head_dim);
@@ -171,7 +174,7 @@ float scale_of(const DensePromptParams& p) { return p.scale > 0 ? p.scale : 1.0f
 // offset and its length is given (the padding mask: queries and keys past it are not computed).
 Plan build(cudnnHandle_t h, const DensePromptParams& p) {
   const bool ragged = p.ragged != nullptr;
-  const int64_t b = p.num_seqs, s = ragged ? dense_prompt_ragged_rows(p.ntok) : p.ntok, hq = p.q_heads, hk = p.kv_heads, d = p.head_dim;
+  const int64_t b = p.num_seqs, s = plan_rows(p), hq = p.q_heads, hk = p.kv_heads, d = p.head_dim;
   auto g = std::make_shared<fe::graph::Graph>();
   g->set_io_data_type(p.dtype == DType::kBf16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF)
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
@@ -214,9 +217,7 @@ const Plan& plan_for(Plans& ps, const DensePromptParams& p, int device) {
   float sc = scale_of(p);
   uint32_t bits = 0;
   std::memcpy(&bits, &sc, sizeof bits);
-  const bool ragged = p.ragged != nullptr;
-  const Key key{device, int(p.dtype), ragged, p.num_seqs, ragged ? dense_prompt_ragged_rows(p.ntok) : p.ntok, p.q_heads, p.kv_heads,
-                p.head_dim, bits};
+  const Key key{device, int(p.dtype), p.ragged != nullptr, p.num_seqs, plan_rows(p), p.q_heads, p.kv_heads, p.head_dim, bits};
   auto it = ps.plans.find(key);
   if (it != ps.plans.end()) return it->second;
   if (ps.plans.size() >= Plans::kMaxPlans) {
