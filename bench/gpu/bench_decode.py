@@ -332,9 +332,8 @@ def main():
     ap.add_argument("--prefill-only", action="store_true", help="only the chunked-prefill measurement")
     ap.add_argument("--whole", default="", help="also whole prompts of these lengths at batch 1 in chunks (--whole-chunk), e.g. 4096,32768")
     ap.add_argument("--dense", action="store_true",
-                    help="with --whole: also each prompt attended densely by tq_dense_prompt (cuDNN), alone and with its store. "
-                         "Off by default: on 2026-12-06 its plan build crashed in a process that had loaded torch "
-                         "(bench/results/2026-12-06-h100-dense-prompts.md; bench/gpu/dense_prompt_probe.py)")
+                    help="with --whole: also each prompt attended densely by tq_dense_prompt (cuDNN), alone and with its store "
+                         "(off by default: it needs a build with TQ_CUDNN and cuDNN's libraries on LD_LIBRARY_PATH)")
     ap.add_argument("--whole-chunk", default="2048", help="the whole prompts' chunk in tokens, as the engine's (2048, the library's "
                                                            "kMaxPrefillChunk); a list times each")
     ap.add_argument("--head-dim", type=int, default=D, help="head dim of every cache and of torch's K/V (64, 128 or 256)")

@@ -3,7 +3,9 @@ with or without torch loaded and used first, and prints the CUDA runtime, NVRTC 
 the process has mapped before the build (libstdc++ among them). On 2026-12-06 the build crashed
 (SIGSEGV) inside a process that had loaded torch, while the C++ tests and `tq bench --dense-prompts`
 ran it: in libstdc++ code that the library carried and exported
-(bench/results/2026-12-06-h100-ragged-dense.md). Run both ways, on a GPU machine:
+(bench/results/2026-12-06-h100-ragged-dense.md); since the library exports only its own functions
+it builds there (bench/results/2026-12-06-h100-crash-fix-and-suites.md). Run both ways, on a GPU
+machine:
 
     python3 bench/gpu/dense_prompt_probe.py build/h200/bindings/c/libtq_capi.so none
     python3 bench/gpu/dense_prompt_probe.py build/h200/bindings/c/libtq_capi.so torch
