@@ -183,10 +183,10 @@ __device__ __forceinline__ void load_lane(const QuantizeStoreParams& p, const vo
 // boundaries sit in as many registers as they have, each coordinate's centroid comes from a
 // lane by one shuffle, and the packing is unrolled for them. SB = 0 takes every row (any width,
 // trellis-coded rows, float encodings) with the width read at run time and the boundaries
-// searched in memory. (A width-4 instance raised the whole kernel's registers: 66 -> 80 at
-// padded dim 128, 53 -> 102 at 64, ptxas -v.) Both make the same comparisons and sums in the
-// same order: the same bytes. ys: the warp's [PD] floats of shared memory (the dense rotation's
-// input).
+// searched in memory. (A width-4 instance, its 15 boundaries in registers, raised the whole
+// kernel's register count, and so lowered its occupancy, at every padded dim.) Both make the
+// same comparisons and sums in the same order: the same bytes. ys: the warp's [PD] floats of
+// shared memory (the dense rotation's input).
 template <int PD, bool TCQ, int SB>
 __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t tok, uint32_t head, bool is_v, int warp, int lane,
                                           float* ys) {
