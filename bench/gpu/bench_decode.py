@@ -325,6 +325,7 @@ def main():
                     help="KV specs of our kernels, e.g. k3v2,bf16; bf16@99 runs bf16 as a GPU with 99 KB of shared memory a block would "
                          "(TQ_CUDA_SMEM_KB)")
     ap.add_argument("--no-bulk", action="store_true", help="skip the bulk quantize_store measurement")
+    ap.add_argument("--bulk-specs", default="k3v2", help="specs of the bulk quantize_store measurement (2^18 tokens), e.g. k3v2,k4v4")
     ap.add_argument("--store-specs", default="k3v2,k3tv2t",
                     help="specs whose quantize_store is timed beside their decode step (k3tv2t: the trellis search, lane 0 walking the row)")
     ap.add_argument("--splits", type=int, default=0, help="splits of our decode (0: the library's choice)")
@@ -455,11 +456,12 @@ def main():
     if n:
         k = torch.randn(n, KVH, D, dtype=torch.bfloat16, device="cuda")
         v = torch.randn(n, KVH, D, dtype=torch.bfloat16, device="cuda")
-        cache = PagedCache(lib, "k3v2", 1, n, k, v)
-        t = timed(lambda: cache.fill(k, v), iters=10, warmup=2)
-        print(f"quantize_store k3v2: {n} tokens x {KVH} heads in {t:.3f} ms = {n / t / 1e3:.1f} M tokens/s", flush=True)
-        rows.append(dict(kv="k3v2", quantize_store_bulk_tokens=n, ms=t, mtokens_per_s=n / t / 1e3))
-        cache.close()
+        for spec in args.bulk_specs.split(","):
+            cache = PagedCache(lib, spec, 1, n, k, v)
+            t = timed(lambda: cache.fill(k, v), iters=10, warmup=2)
+            print(f"quantize_store {spec}: {n} tokens x {KVH} heads in {t:.3f} ms = {n / t / 1e3:.1f} M tokens/s", flush=True)
+            rows.append(dict(kv=spec, quantize_store_bulk_tokens=n, ms=t, mtokens_per_s=n / t / 1e3))
+            cache.close()
 
     print(f"\n| batch | context | head dim | kv | ms (one call) | GB/s | vs torch bf16 | us in a CUDA graph | vs torch, both in graphs "
           f"| byte limit us ({args.hbm_tbps} TB/s) | of the limit |")

@@ -138,44 +138,78 @@ __device__ __forceinline__ void flag_error(const QuantizeStoreParams& p, int32_t
   if (p.error_flag) atomicExch(p.error_flag, what);
 }
 
-// TCQ: the instance that also writes trellis-coded rows (tcq_codes' shared memory is only its).
-template <int PD, bool TCQ>
-__global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const QuantizeStoreParams p) {
+// A lane's E coordinates of a row, [lane E, (lane + 1) E): one vector load where the row is
+// whole (head dim = PD) and its start aligned (E of 1, 2, 4 or 8), else one element at a time.
+template <int E, typename T>
+__device__ __forceinline__ bool load_lane_vector(const void* base, size_t at, float (&x)[E]) {
+  if constexpr (E == 1 || E == 2 || E == 4 || E == 8) {
+    struct alignas(sizeof(T) * E) Lane {
+      T v[E];
+    };
+    const T* s = static_cast<const T*>(base) + at;
+    if (reinterpret_cast<uintptr_t>(s) % sizeof(Lane) != 0) return false;
+    const Lane l = *reinterpret_cast<const Lane*>(s);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      if constexpr (std::is_same_v<T, __half>) x[e] = __half2float(l.v[e]);
+      else if constexpr (std::is_same_v<T, __nv_bfloat16>) x[e] = __bfloat162float(l.v[e]);
+      else x[e] = l.v[e];
+    }
+    return true;
+  }
+  return false;
+}
+
+template <int PD>
+__device__ __forceinline__ void load_lane(const QuantizeStoreParams& p, const void* src, size_t src0, int lane, float (&x)[PD / 32]) {
   constexpr int E = PD / 32;
-  __shared__ float ys[kWarps][PD];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const CacheView& c = p.cache;
-  // The decode kernel that usually follows may be scheduled now: it waits for this grid's end
-  // before it reads the cache (griddepcontrol, attention_launch.cuh).
-  dev::allow_dependents();
-  const uint32_t item = blockIdx.x * kWarps + warp;  // (token, head, K/V)
-  const uint32_t tok = item / (2 * c.kv_heads), head = (item / 2) % c.kv_heads;
-  const bool is_v = item % 2;
-  if (tok >= p.num_tokens) return;
-  // The loads a warp needs do not depend on each other: the row, the slot, the Hadamard signs and
-  // (widths <= 4) the codebook are all issued before the first is used, which is what a
-  // one-token-per-sequence call costs (latency, not work).
-  const TensorCode code = is_v ? c.v : c.k;
-  const CodecTables& tab = is_v ? c.vt : c.kt;
-  const size_t src0 = (size_t(tok) * c.kv_heads + head) * c.head_dim;
-  const void* src = is_v ? p.v : p.k;
-  float x[E];
+  const uint32_t d = p.cache.head_dim;
+  const size_t at = src0 + size_t(lane) * E;
+  if (d == PD) {
+    const bool done = p.dtype == DType::kBf16  ? load_lane_vector<E, __nv_bfloat16>(src, at, x)
+                      : p.dtype == DType::kF16 ? load_lane_vector<E, __half>(src, at, x)
+                                               : load_lane_vector<E, float>(src, at, x);
+    if (done) return;
+  }
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const uint32_t col = lane * E + e;
-    x[e] = col < c.head_dim ? load_elem(src, p.dtype, src0 + col) : 0.0f;
+    x[e] = col < d ? load_elem(src, p.dtype, src0 + col) : 0.0f;
   }
-  constexpr int kMaxB = 15;  // boundaries of widths <= 4, held in registers
-  float bnd[kMaxB], cent[kMaxB + 1], sg[E];
-  const bool small = is_tq(code.enc) && tab.bits <= 4 && !tab.tcq;
+}
+
+// One row: a warp's (token, head) of K or V. SB, when not 0, is the row's width known at compile
+// time, for plain TurboQuant rows of widths 2 and 3 (k3v2, the default, and k2v2): their
+// boundaries sit in as many registers as they have, each coordinate's centroid comes from a
+// lane by one shuffle, and the packing is unrolled for them. SB = 0 takes every row (any width,
+// trellis-coded rows, float encodings) with the width read at run time and the boundaries
+// searched in memory. (A width-4 instance, its 15 boundaries in registers, raised the whole
+// kernel's register count, and so lowered its occupancy, at every padded dim.) Both make the
+// same comparisons and sums in the same order: the same bytes. ys: the warp's [PD] floats of
+// shared memory (the dense rotation's input).
+template <int PD, bool TCQ, int SB>
+__device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t tok, uint32_t head, bool is_v, int warp, int lane,
+                                          float* ys) {
+  constexpr int E = PD / 32;
+  constexpr bool kSmall = SB > 0;
+  constexpr int kNb = kSmall ? (1 << SB) - 1 : 1;  // boundaries held in registers (kSmall)
+  const CacheView& c = p.cache;
+  // The loads a warp needs do not depend on each other: the row, the slot, the Hadamard signs and
+  // (kSmall) the codebook are all issued before the first is used, which is what a
+  // one-token-per-sequence call costs (latency, not work).
+  const TensorCode code = is_v ? c.v : c.k;
+  const CodecTables tab = is_v ? c.vt : c.kt;  // a copy: the fields read once, not through an index per use
+  const size_t src0 = (size_t(tok) * c.kv_heads + head) * c.head_dim;
+  float x[E];
+  load_lane<PD>(p, is_v ? p.v : p.k, src0, lane, x);
+  float bnd[kNb], sg[E];
+  float lane_cent = 0.0f;  // kSmall: lane i <= kNb holds centroid i, read by a shuffle
   const bool nc = is_tq(code.enc) && tab.norm_correction;  // the centroids matter only for nc and ip
   const bool ip = is_tq(code.enc) && tab.norm_unbiased;
-  if (small) {
-    const uint32_t nb = (1u << tab.bits) - 1u;
+  if constexpr (kSmall) {
 #pragma unroll
-    for (int i = 0; i < kMaxB; ++i) bnd[i] = uint32_t(i) < nb ? tab.boundaries[i] : INFINITY;
-#pragma unroll
-    for (int i = 0; i <= kMaxB; ++i) cent[i] = (nc || ip) && uint32_t(i) <= nb ? tab.centroids[i] : 0.0f;
+    for (int i = 0; i < kNb; ++i) bnd[i] = tab.boundaries[i];
+    if ((nc || ip) && lane <= kNb) lane_cent = tab.centroids[lane];
   }
   const bool hadamard = is_tq(code.enc) && tab.signs;
 #pragma unroll
@@ -193,24 +227,27 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   bool finite = true;  // and storable: fp16 and bf16 caches refuse what they would turn into inf, as the CPU does
 #pragma unroll
   for (int e = 0; e < E; ++e)
-    finite &= isfinite(x[e]) && (code.enc != Encoding::kFp16 || fabsf(x[e]) <= kF16Max) &&
-              (code.enc != Encoding::kBf16 || (f32_to_bf16(x[e]) & 0x7FFFu) != 0x7F80u);
+    finite &= isfinite(x[e]) && (kSmall || ((code.enc != Encoding::kFp16 || fabsf(x[e]) <= kF16Max) &&
+                                            (code.enc != Encoding::kBf16 || (f32_to_bf16(x[e]) & 0x7FFFu) != 0x7F80u)));
   if (__any_sync(0xffffffffu, !finite)) {
     if (lane == 0) flag_error(p);
     return;
   }
 
-  if (!is_tq(code.enc)) {  // float encodings: store the elements
-    for (uint32_t col = lane; col < c.head_dim; col += 32) {
-      const float v = load_elem(src, p.dtype, src0 + col);
-      switch (code.enc) {
-        case Encoding::kFp32: reinterpret_cast<float*>(row)[col] = v; break;
-        case Encoding::kFp16: reinterpret_cast<uint16_t*>(row)[col] = f32_to_f16(v); break;
-        case Encoding::kBf16: reinterpret_cast<uint16_t*>(row)[col] = f32_to_bf16(v); break;
-        default: row[col] = f32_to_e4m3(v / (is_v ? c.v_scale : c.k_scale)); break;
+  if constexpr (!kSmall) {
+    if (!is_tq(code.enc)) {  // float encodings: store the elements
+      const void* src = is_v ? p.v : p.k;
+      for (uint32_t col = lane; col < c.head_dim; col += 32) {
+        const float v = load_elem(src, p.dtype, src0 + col);
+        switch (code.enc) {
+          case Encoding::kFp32: reinterpret_cast<float*>(row)[col] = v; break;
+          case Encoding::kFp16: reinterpret_cast<uint16_t*>(row)[col] = f32_to_f16(v); break;
+          case Encoding::kBf16: reinterpret_cast<uint16_t*>(row)[col] = f32_to_bf16(v); break;
+          default: row[col] = f32_to_e4m3(v / (is_v ? c.v_scale : c.k_scale)); break;
+        }
       }
+      return;
     }
-    return;
   }
 
   double ss = 0;
@@ -253,24 +290,24 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
     for (int e = 0; e < E; ++e) y[e] *= c.fwht_scale;
   } else {  // dense: y_i = sum_k R_ik y_k, summed in order without FMA, as Rotation::forward
 #pragma unroll
-    for (int e = 0; e < E; ++e) ys[warp][lane * E + e] = y[e];
+    for (int e = 0; e < E; ++e) ys[lane * E + e] = y[e];
     __syncwarp();
     const float* R = tab.matrix + size_t(head) * PD * PD;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const float* r = R + size_t(lane * E + e) * PD;
       float s = 0.0f;
-      for (int k = 0; k < PD; ++k) s = __fadd_rn(s, __fmul_rn(r[k], ys[warp][k]));
+      for (int k = 0; k < PD; ++k) s = __fadd_rn(s, __fmul_rn(r[k], ys[k]));
       y[e] = s;
     }
   }
 
   // Codes: the number of boundaries strictly below y (Codebook::encode).
-  const uint32_t bits = tab.bits, nb = (1u << bits) - 1u;
+  const uint32_t bits = kSmall ? uint32_t(SB) : tab.bits, nb = (1u << bits) - 1u;
   uint32_t codes[E];
   double cc = 0;  // nc: sum of c_i^2; ip: sum of c_i y_i (float products, exact in double, as the CPU sums them)
   bool coded = false;
-  if constexpr (TCQ) {
+  if constexpr (TCQ && !kSmall) {
     if (tab.tcq) {  // warp-uniform: a warp writes one row
       tcq_codes<PD>(y, lane, warp, tab, nc || ip, ip, codes, cc);
       coded = true;
@@ -278,26 +315,27 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   }
 #pragma unroll
   for (int e = 0; e < E && !coded; ++e) {
-    uint32_t lo = 0, n = small ? 0 : nb;
-    if (small) {  // the same count as the search below, from registers
+    uint32_t lo = 0;
+    if constexpr (kSmall) {  // the same count as the search below, from registers
 #pragma unroll
-      for (int i = 0; i < kMaxB; ++i) lo += bnd[i] < y[e] ? 1u : 0u;
-    }
-    while (n > 0) {
-      const uint32_t half = n / 2;
-      if (tab.boundaries[lo + half] < y[e]) {
-        lo += half + 1;
-        n -= half + 1;
-      } else {
-        n = half;
+      for (int i = 0; i < kNb; ++i) lo += bnd[i] < y[e] ? 1u : 0u;
+    } else {
+      uint32_t n = nb;
+      while (n > 0) {
+        const uint32_t half = n / 2;
+        if (tab.boundaries[lo + half] < y[e]) {
+          lo += half + 1;
+          n -= half + 1;
+        } else {
+          n = half;
+        }
       }
     }
     codes[e] = lo;
     if (nc || ip) {
       float cv = 0.0f;
-      if (small) {  // from registers: a selection, not an indexed (local-memory) load
-#pragma unroll
-        for (int i = 0; i <= kMaxB; ++i) cv = lo == uint32_t(i) ? cent[i] : cv;
+      if constexpr (kSmall) {  // from lane lo's register (the warp is whole here: every return above is the warp's)
+        cv = __shfl_sync(0xffffffffu, lane_cent, int(lo));
       } else {
         cv = tab.centroids[lo];
       }
@@ -317,17 +355,46 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
 
   // Pack: every word of the row is the OR of its coordinates' bits (pack_row, width as a constant).
   uint32_t* words = reinterpret_cast<uint32_t*>(row);
-  switch (bits) {
-    case 1: pack_row<E, 1>(codes, lane, words); break;
-    case 2: pack_row<E, 2>(codes, lane, words); break;
-    case 3: pack_row<E, 3>(codes, lane, words); break;
-    case 4: pack_row<E, 4>(codes, lane, words); break;
-    case 5: pack_row<E, 5>(codes, lane, words); break;
-    case 6: pack_row<E, 6>(codes, lane, words); break;
-    case 7: pack_row<E, 7>(codes, lane, words); break;
-    default: pack_row<E, 8>(codes, lane, words); break;
+  if constexpr (kSmall) {
+    pack_row<E, SB>(codes, lane, words);
+  } else {
+    switch (bits) {
+      case 1: pack_row<E, 1>(codes, lane, words); break;
+      case 2: pack_row<E, 2>(codes, lane, words); break;
+      case 3: pack_row<E, 3>(codes, lane, words); break;
+      case 4: pack_row<E, 4>(codes, lane, words); break;
+      case 5: pack_row<E, 5>(codes, lane, words); break;
+      case 6: pack_row<E, 6>(codes, lane, words); break;
+      case 7: pack_row<E, 7>(codes, lane, words); break;
+      default: pack_row<E, 8>(codes, lane, words); break;
+    }
   }
   if (lane == 0) reinterpret_cast<uint16_t*>(block + (is_v ? c.layout.v_norms : c.layout.k_norms))[off] = f32_to_f16(float(stored));
+}
+
+// Blocks alternate K and V, so a block's rows share one width and codebook; a warp a (token,
+// head) row. TCQ: the instance that also writes trellis-coded rows (tcq_codes' shared memory is
+// only its); it takes every row through the run-time width (store_row<.., 0>).
+template <int PD, bool TCQ>
+__global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const QuantizeStoreParams p) {
+  __shared__ float ys[kWarps][PD];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const CacheView& c = p.cache;
+  // The decode kernel that usually follows may be scheduled now: it waits for this grid's end
+  // before it reads the cache (griddepcontrol, attention_launch.cuh).
+  dev::allow_dependents();
+  const bool is_v = blockIdx.x & 1;
+  const uint32_t item = (blockIdx.x >> 1) * kWarps + warp;  // < 2^32: the launch has at most 2^31 - 1 blocks
+  const uint32_t tok = item / c.kv_heads, head = item % c.kv_heads;
+  if (tok >= p.num_tokens) return;
+  const TensorCode code = is_v ? c.v : c.k;
+  const CodecTables& tab = is_v ? c.vt : c.kt;
+  const uint32_t small = !TCQ && is_tq(code.enc) && !tab.tcq ? tab.bits : 0u;  // block-uniform
+  switch (small) {
+    case 2: store_row<PD, TCQ, 2>(p, tok, head, is_v, warp, lane, ys[warp]); break;
+    case 3: store_row<PD, TCQ, 3>(p, tok, head, is_v, warp, lane, ys[warp]); break;
+    default: store_row<PD, TCQ, 0>(p, tok, head, is_v, warp, lane, ys[warp]); break;
+  }
 }
 
 }  // namespace
@@ -349,9 +416,10 @@ void validate(const QuantizeStoreParams& p) {
 void quantize_store(const QuantizeStoreParams& p, Stream stream) {
   validate(p);
   if (p.num_tokens == 0) return;
-  // A warp a (token, KV head, K or V), counted in 64 bits (in 32 a product past 2^32 wrapped, and
-  // the tokens past the wrap were not stored); a grid's x holds 2^31 - 1 blocks.
-  const uint64_t warps = uint64_t(p.num_tokens) * p.cache.kv_heads * 2, blocks64 = (warps + kWarps - 1) / kWarps;
+  // A warp a (token, KV head) row, its blocks twice, for K and for V; counted in 64 bits (in 32 a
+  // product past 2^32 wrapped, and the tokens past the wrap were not stored); a grid's x holds
+  // 2^31 - 1 blocks.
+  const uint64_t rows = uint64_t(p.num_tokens) * p.cache.kv_heads, blocks64 = 2 * ((rows + kWarps - 1) / kWarps);
   TQ_CHECK(blocks64 <= uint64_t(INT32_MAX), "quantize_store: {} tokens x {} KV heads are more rows than one launch takes", p.num_tokens,
            p.cache.kv_heads);
   const uint32_t blocks = uint32_t(blocks64);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <tuple>
 
 #include "cuda_test_util.h"
@@ -18,26 +19,35 @@ namespace {
 struct StoreCase {
   std::string spec;
   uint32_t head_dim;
+  cuda::DType dtype = cuda::DType::kF16;  // the rows' type, as a model writes them
+  uint32_t shift = 0;                     // elements the rows start after an aligned address (0: a lane's vector load)
 };
 class QuantizeStore : public ::testing::TestWithParam<StoreCase> {};
 
 TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
   TQ_REQUIRE_GPU();
-  const auto& [spec_text, d] = GetParam();
+  const auto& [spec_text, d, dtype, shift] = GetParam();
   const KvFormat spec = parse_kv_spec(spec_text).format;
   const uint32_t hkv = 3, ps = spec.page_size, n = 5 * ps + 7, pages = n / ps + 3;  // partly filled last page
   PagedKvCache cpu(CacheShape{1, hkv, d, pages}, spec);
-  // fp16 inputs, as a model would write them; rows of all kinds.
+  // Rows of all kinds, rounded to the rows' type (the CPU reference takes them as floats).
   auto k = test::outlier_rows(n, size_t(hkv) * d, 1), v = test::gaussian(n, size_t(hkv) * d, 2, 3.0f);
   std::fill(k.begin() + 3 * hkv * d, k.begin() + 4 * hkv * d, 0.0f);  // a zero token
   for (size_t i = 0; i < hkv * d; ++i) v[7 * hkv * d + i] *= 1000.0f;  // a huge (but fp16-storable) one
-  std::vector<uint16_t> kh(k.size()), vh(v.size());
-  for (size_t i = 0; i < k.size(); ++i) {
-    kh[i] = f32_to_f16(k[i]);
-    vh[i] = f32_to_f16(v[i]);
-    k[i] = f16_to_f32(kh[i]);
-    v[i] = f16_to_f32(vh[i]);
-  }
+  // The device rows: `shift` unused elements, then the tokens, as 32-bit words of the type's bits.
+  const size_t esize = dtype == cuda::DType::kF32 ? 4 : 2, words = ((shift + k.size()) * esize + 3) / 4;
+  std::vector<uint32_t> kw(words), vw(words);
+  const auto round_trip = [&](std::vector<float>& x, std::vector<uint32_t>& w) {
+    for (size_t i = 0; i < x.size(); ++i) {
+      uint32_t b = 0;
+      if (dtype == cuda::DType::kF32) b = f32_bits(x[i]);
+      else if (dtype == cuda::DType::kBf16) x[i] = bf16_to_f32(uint16_t(b = f32_to_bf16(x[i])));
+      else x[i] = f16_to_f32(uint16_t(b = f32_to_f16(x[i])));
+      std::memcpy(reinterpret_cast<uint8_t*>(w.data()) + (shift + i) * esize, &b, esize);  // little-endian: the low bytes
+    }
+  };
+  round_trip(k, kw);
+  round_trip(v, vw);
   // Slots: shuffled pages, every 11th token skipped.
   std::vector<int64_t> slots(n);
   std::vector<int> perm(pages);
@@ -48,14 +58,14 @@ TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
   cuda::DeviceFormat codecs(cpu.format());
   test::DeviceBuffer<uint8_t> cache(cpu.bytes());
   CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
-  test::DeviceBuffer<uint16_t> dk(kh), dv(vh);
+  test::DeviceBuffer<uint32_t> dk(kw), dv(vw);
   test::DeviceBuffer<int64_t> ds(slots);
   test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
   cuda::QuantizeStoreParams p;
   p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
-  p.k = dk.ptr;
-  p.v = dv.ptr;
-  p.dtype = cuda::DType::kF16;
+  p.k = reinterpret_cast<const uint8_t*>(dk.ptr) + shift * esize;
+  p.v = reinterpret_cast<const uint8_t*>(dv.ptr) + shift * esize;
+  p.dtype = dtype;
   p.slot_mapping = ds.ptr;
   p.num_tokens = n;
   p.error_flag = flag.ptr;
@@ -74,6 +84,17 @@ TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
                       << first % cpu.layout().bytes << ")";
 }
 
+// The case's name: spec and head dim, then the rows' type and shift where not fp16 from 0.
+std::string case_name(const ::testing::TestParamInfo<StoreCase>& i) {
+  static const char* kType[] = {"f32", "f16", "bf16"};
+  std::string s = i.param.spec + "_d" + std::to_string(i.param.head_dim);
+  if (i.param.dtype != cuda::DType::kF16 || i.param.shift)
+    s += std::string("_") + kType[int(i.param.dtype)] + (i.param.shift ? "_at" + std::to_string(i.param.shift) : "");
+  for (char& ch : s)
+    if (!isalnum(ch)) ch = '_';
+  return s;
+}
+
 INSTANTIATE_TEST_SUITE_P(All, QuantizeStore,
                          ::testing::Values(StoreCase{"k3v2", 128}, StoreCase{"k3v2", 64}, StoreCase{"k3v2", 256}, StoreCase{"k4v4", 128},
                                            StoreCase{"k2v2", 128}, StoreCase{"k8v1", 128}, StoreCase{"k5v7:nc", 64},
@@ -87,13 +108,14 @@ INSTANTIATE_TEST_SUITE_P(All, QuantizeStore,
                                            // trellis-coded rows: the Viterbi search, beside plain rows, norms of every kind
                                            StoreCase{"k3tv2t", 128}, StoreCase{"k3tv2t:ip", 64}, StoreCase{"k4tv4t:ip", 256},
                                            StoreCase{"k3tv2", 128}, StoreCase{"k2v3t:nc", 128}, StoreCase{"k1tv7t", 32},
-                                           StoreCase{"k5tv2t:ip:rot=dense", 96}, StoreCase{"k3tv2t:page=7", 80}),
-                         [](const auto& i) {
-                           std::string s = i.param.spec + "_d" + std::to_string(i.param.head_dim);
-                           for (char& ch : s)
-                             if (!isalnum(ch)) ch = '_';
-                           return s;
-                         });
+                                           StoreCase{"k5tv2t:ip:rot=dense", 96}, StoreCase{"k3tv2t:page=7", 80},
+                                           // the rows' types, whole and from unaligned starts (a lane's elements one at a time)
+                                           StoreCase{"k3v2", 128, cuda::DType::kBf16}, StoreCase{"k3v2", 128, cuda::DType::kF32},
+                                           StoreCase{"k2v2:ip", 64, cuda::DType::kBf16}, StoreCase{"k3v2", 256, cuda::DType::kF32},
+                                           StoreCase{"k4v4:nc", 32, cuda::DType::kBf16}, StoreCase{"k3v2", 128, cuda::DType::kBf16, 1},
+                                           StoreCase{"k3v2", 128, cuda::DType::kF32, 2}, StoreCase{"k2v3:nc", 64, cuda::DType::kF16, 1},
+                                           StoreCase{"bf16", 128, cuda::DType::kBf16}, StoreCase{"fp8", 64, cuda::DType::kF32, 3}),
+                         case_name);
 
 TEST(QuantizeStoreErrors, NonFiniteAndHugeRowsAreFlaggedAndNotWritten) {
   TQ_REQUIRE_GPU();
