@@ -14,7 +14,10 @@
 #                                        (default "64 256"; CALL=1's builds, the machine still warm)
 #   CALL=2 bash bench/gpu/two_trees.sh   the chunked and whole-prompt prefill benchmark of both trees,
 #                                        each in its own process beside torch (PREFILL_SPECS; D 128,
-#                                        and D 256 for k3v2 and bf16), then ENGINE_BENCH (tq bench args)
+#                                        and D 256 for k3v2 and bf16; PREFILL_ARGS adds bench_decode.py
+#                                        options to the D 128 run, e.g. "--dense --bulk-specs k3v2,k4v4":
+#                                        the dense path with its store, the bulk store), then
+#                                        ENGINE_BENCH (tq bench args)
 # Carry .devdeps and .stage/base. Results in $OUT (or ./gpu-out); each call ends with the A/B
 # tables of what its $OUT holds (ab_table.md). A device call brings back a few files only: point
 # OUT at a folder of its own and PACK at a file in the call's $OUT, which holds the results so far
@@ -84,8 +87,8 @@ if [ "${CALL:-1}" = 1 ] || [ "${CALL:-1}" = 3 ]; then
 else
   for t in base h200; do
     timeout 150 python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --prefill-only --whole 4096,8192,32768 \
-      --specs "${PREFILL_SPECS:-k3v2,k2v2,k3tv2t,k4v4,fp8,bf16}" --json "$OUT/prefill_$t.json" >"$OUT/prefill_$t.txt" 2>&1
-    said "prefill $t rc=$? at ${SECONDS} s"; grep -iE 'prefill|whole' "$OUT/prefill_$t.txt" | head -30
+      --specs "${PREFILL_SPECS:-k3v2,k2v2,k3tv2t,k4v4,fp8,bf16}" ${PREFILL_ARGS:-} --json "$OUT/prefill_$t.json" >"$OUT/prefill_$t.txt" 2>&1
+    said "prefill $t rc=$? at ${SECONDS} s"; grep -iE 'prefill|whole|quantize_store' "$OUT/prefill_$t.txt" | head -36
     timeout 80 python3 bench/gpu/bench_decode.py --lib "build/$t/bindings/c/libtq_capi.so" --prefill-only --whole 4096,32768 --head-dim 256 \
       --specs k3v2,bf16 --json "$OUT/prefill256_$t.json" >"$OUT/prefill256_$t.txt" 2>&1
     said "prefill d256 $t rc=$? at ${SECONDS} s"; grep -iE 'prefill|whole' "$OUT/prefill256_$t.txt" | head -12
