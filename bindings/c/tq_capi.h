@@ -11,6 +11,12 @@
 extern "C" {
 #endif
 
+/* What this header declares is what libtq_capi.so exports; the library is built with hidden
+ * visibility otherwise (bindings/c/CMakeLists.txt says why). */
+#if defined(__GNUC__)
+#pragma GCC visibility push(default)
+#endif
+
 /* The version of this interface: 2 since tq_decode, tq_prefill and tq_store_and_decode take the
  * workspace's size (version 1, before tq_capi_version existed, did not); 3 since tq_dense_prompt.
  * Callers loading the library at run time (ctypes) ask tq_capi_version() for what it has. */
@@ -73,6 +79,10 @@ int64_t tq_dense_prompt_workspace(uint32_t num_seqs, uint32_t ntok, uint32_t q_h
 int tq_dense_prompt(const void* q, const void* k, const void* v, void* out, int dtype, uint32_t num_seqs, uint32_t ntok, uint32_t q_heads,
                     uint32_t kv_heads, uint32_t head_dim, float scale, void* workspace, uint64_t workspace_bytes, void* stream, char* err,
                     int errlen);
+
+#if defined(__GNUC__)
+#pragma GCC visibility pop
+#endif
 
 #ifdef __cplusplus
 }

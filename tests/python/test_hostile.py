@@ -3,9 +3,11 @@ callback that calls back in or answers with any truthy value, a stream left open
 ends in a result or a clear error, never a hang, a crash or a heap overflow. Scenarios that could
 hang or crash run in a subprocess with a timeout, so a regression fails the test instead of pytest."""
 
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,3 +215,18 @@ def test_llm_sizes_and_ids_are_refused_by_name(stories):
         llm.detokenize([-2**31 - 1])
     with pytest.raises(TypeError, match="token '7' at index 0 is not an int"):
         llm.detokenize(["7"])
+
+
+def test_the_module_exports_no_runtime_code_of_its_own():
+    # A process that loaded another C++ runtime first (torch's libstdc++) would bind our exported
+    # copy's calls piecemeal to it (a crash, 2026-12-06: bindings/c/CMakeLists.txt): the module
+    # exports PyInit__C and no other strong symbol (tests/scripts/check_exports.cmake).
+    if not sys.platform.startswith("linux"):
+        pytest.skip("nm -D reads ELF libraries: Linux only")
+    nm, cmake = shutil.which("nm"), shutil.which("cmake")
+    if not nm or not cmake:
+        pytest.skip(f"needs nm and cmake on PATH (nm: {nm}, cmake: {cmake})")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_exports.cmake"
+    r = subprocess.run([cmake, f"-DLIB={_C.__file__}", f"-DNM={nm}", "-DPREFIX=PyInit_", "-P", str(script)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr

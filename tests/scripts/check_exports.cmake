@@ -1,0 +1,40 @@
+# cmake -DLIB=FILE -DNM=nm -DPREFIX=tq_ -P check_exports.cmake
+# Fails when the shared library LIB exports a strong symbol (nm -D: T, D, B, R, ...) whose name
+# does not start with PREFIX, apart from the few the linker defines in every library. Weak ones
+# (W, V, u: template and inline instances, which every C++ library exports for the headers of
+# namespace std) may stay. A strong copy of C++ runtime code is what a process that loaded
+# another copy first (PyTorch's libstdc++) interposes piecemeal: bindings/c/CMakeLists.txt.
+foreach(v LIB NM PREFIX)
+  if(NOT DEFINED ${v})
+    message(FATAL_ERROR "check_exports.cmake: -D${v}=... is required")
+  endif()
+endforeach()
+execute_process(COMMAND ${NM} -D --defined-only ${LIB} OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "${NM} -D --defined-only ${LIB} failed (${rc}): ${err}")
+endif()
+string(REPLACE "\n" ";" lines "${out}")
+set(ours 0)
+set(others "")
+foreach(line IN LISTS lines)
+  if(line MATCHES "^[0-9a-fA-F]* *([A-Za-z]) +([^ ]+)$")
+    set(type "${CMAKE_MATCH_1}")
+    string(REGEX REPLACE "@.*" "" name "${CMAKE_MATCH_2}")  # a version suffix (name@@VER)
+    if(name MATCHES "^${PREFIX}")
+      math(EXPR ours "${ours} + 1")
+    elseif(NOT type MATCHES "^[WVu]$" AND NOT name MATCHES "^(_init|_fini|_edata|_end|__bss_start)$")
+      list(APPEND others "${type} ${name}")
+    endif()
+  endif()
+endforeach()
+if(ours EQUAL 0)
+  message(FATAL_ERROR "${LIB} exports no ${PREFIX}* symbol: not the library this check expects (nm said: ${out})")
+endif()
+list(LENGTH others n)
+if(n GREATER 0)
+  list(SUBLIST others 0 20 shown)
+  list(JOIN shown "\n  " shown)
+  message(FATAL_ERROR "${LIB} exports ${n} strong symbol(s) besides its ${ours} ${PREFIX}* ones, e.g.\n  ${shown}\n"
+                      "(C++ runtime code linked in and exported: bindings/c/CMakeLists.txt)")
+endif()
+message(STATUS "${LIB}: ${ours} ${PREFIX}* symbols exported and no other strong one")
