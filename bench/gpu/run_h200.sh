@@ -121,7 +121,9 @@ if [ -z "${ONLY_SANITIZERS:-}" ] && [ -z "${NO_SUITES:-}" ]; then
   if [[ $suites == *" test_capi "* ]] && [ -f build/h200/bindings/c/libtq_capi.so ]; then
     timeout 120 python3 bench/gpu/dense_prompt_probe.py build/h200/bindings/c/libtq_capi.so torch >"$OUT/capi_torch.log" 2>&1
     rc=$?
-    note "C API beside torch (dense_prompt_probe.py ... torch): rc=$rc, $(grep -c ' std::' <(nm -C -D --defined-only build/h200/bindings/c/libtq_capi.so)) std:: symbols exported"
+    # its exports by CI's rule (ctest's capi_exports_only_tq, which this script does not run)
+    exports=$(cmake -DLIB=build/h200/bindings/c/libtq_capi.so -DNM=nm -DPREFIX=tq_ -P tests/scripts/check_exports.cmake 2>&1 | grep -v '^$' | head -3 | tr '\n' ' ')
+    note "C API beside torch (dense_prompt_probe.py ... torch): rc=$rc; exports: ${exports#-- }"
     [ $rc = 0 ] || tail -5 "$OUT/capi_torch.log"
   fi
   # The portable path (plain launches, as on GPUs before sm_90) on this GPU: launch_common.h. Then
