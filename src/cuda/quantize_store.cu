@@ -138,6 +138,24 @@ __device__ __forceinline__ void flag_error(const QuantizeStoreParams& p, int32_t
   if (p.error_flag) atomicExch(p.error_flag, what);
 }
 
+// The number of the 2^SB - 1 ascending boundaries strictly below y (what the search in memory
+// finds) by SB comparisons down a tree: each step's boundary is selected among registers by the
+// comparisons before it (no indexed load, no comparison per boundary).
+template <int SB>
+__device__ __forceinline__ uint32_t count_below(const float (&bnd)[(1 << SB) - 1], float y) {
+  static_assert(SB == 2 || SB == 3, "count_below: widths 2 and 3");
+  if constexpr (SB == 2) {
+    const bool c1 = bnd[1] < y;
+    const bool c0 = (c1 ? bnd[2] : bnd[0]) < y;
+    return (c1 ? 2u : 0u) + (c0 ? 1u : 0u);
+  } else {
+    const bool c2 = bnd[3] < y;
+    const bool c1 = (c2 ? bnd[5] : bnd[1]) < y;
+    const bool c0 = (c2 ? (c1 ? bnd[6] : bnd[4]) : (c1 ? bnd[2] : bnd[0])) < y;
+    return (c2 ? 4u : 0u) + (c1 ? 2u : 0u) + (c0 ? 1u : 0u);
+  }
+}
+
 // A lane's E coordinates of a row, [lane E, (lane + 1) E): one vector load where the row is
 // whole (head dim = PD) and its start aligned (E of 1, 2, 4 or 8), else one element at a time.
 template <int E, typename T>
@@ -279,12 +297,11 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
 #pragma unroll
     for (int h = E; h < PD; h *= 2) {
       const int mask = h / E;
-      const bool upper = lane & mask;
+      // upper: x[j+h] = a - b with a the lower element (other), b its own; lower: a + b. One fma
+      // either way, exactly the addition: y * (+-1) is exact, so the fma rounds once, as it does.
+      const float sign = lane & mask ? -1.0f : 1.0f;
 #pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const float other = __shfl_xor_sync(0xffffffffu, y[e], mask);
-        y[e] = upper ? other - y[e] : y[e] + other;  // upper: x[j+h] = a - b with a the lower element
-      }
+      for (int e = 0; e < E; ++e) y[e] = __fmaf_rn(y[e], sign, __shfl_xor_sync(0xffffffffu, y[e], mask));
     }
 #pragma unroll
     for (int e = 0; e < E; ++e) y[e] *= c.fwht_scale;
@@ -317,8 +334,7 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
   for (int e = 0; e < E && !coded; ++e) {
     uint32_t lo = 0;
     if constexpr (kSmall) {  // the same count as the search below, from registers
-#pragma unroll
-      for (int i = 0; i < kNb; ++i) lo += bnd[i] < y[e] ? 1u : 0u;
+      lo = count_below<SB>(bnd, y[e]);
     } else {
       uint32_t n = nb;
       while (n > 0) {
@@ -369,7 +385,8 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
       default: pack_row<E, 8>(codes, lane, words); break;
     }
   }
-  if (lane == 0) reinterpret_cast<uint16_t*>(block + (is_v ? c.layout.v_norms : c.layout.k_norms))[off] = f32_to_f16(float(stored));
+  // (stored is finite and at most kF16Max here, where the hardware's rounding to half is f32_to_f16's)
+  if (lane == 0) reinterpret_cast<uint16_t*>(block + (is_v ? c.layout.v_norms : c.layout.k_norms))[off] = __half_as_ushort(__float2half_rn(float(stored)));
 }
 
 // Blocks alternate K and V, so a block's rows share one width and codebook; a warp a (token,
