@@ -138,6 +138,19 @@ __device__ __forceinline__ void flag_error(const QuantizeStoreParams& p, int32_t
   if (p.error_flag) atomicExch(p.error_flag, what);
 }
 
+// x / d and x % d (both below 2^32 where used): a shift and a mask where d is a power of two, as
+// page sizes and KV head counts usually are, else the division's few dozen instructions.
+template <typename T>
+__device__ __forceinline__ void div_mod(T x, uint32_t d, uint32_t& q, uint32_t& r) {
+  if ((d & (d - 1)) == 0) {
+    q = uint32_t(x >> (__ffs(int(d)) - 1));
+    r = uint32_t(x) & (d - 1);
+  } else {
+    q = uint32_t(x / d);
+    r = uint32_t(x % d);
+  }
+}
+
 // The number of the 2^SB - 1 ascending boundaries strictly below y (what the search in memory
 // finds) by SB comparisons down a tree: each step's boundary is selected among registers by the
 // comparisons before it (no indexed load, no comparison per boundary).
@@ -230,15 +243,18 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
     if ((nc || ip) && lane <= kNb) lane_cent = tab.centroids[lane];
   }
   const bool hadamard = is_tq(code.enc) && tab.signs;
+  if (!hadamard || !load_lane_vector<E, float>(tab.signs, size_t(head) * PD + size_t(lane) * E, sg)) {
 #pragma unroll
-  for (int e = 0; e < E; ++e) sg[e] = hadamard ? tab.signs[size_t(head) * PD + lane * E + e] : 1.0f;
+    for (int e = 0; e < E; ++e) sg[e] = hadamard ? tab.signs[size_t(head) * PD + lane * E + e] : 1.0f;
+  }
   const int64_t slot = p.slot_mapping[tok];
   if (slot < 0) return;
   if (slot >= int64_t(c.num_pages) * c.page_size) {
     if (lane == 0) flag_error(p, 2);
     return;
   }
-  const uint32_t page = uint32_t(slot / c.page_size), off = uint32_t(slot % c.page_size);
+  uint32_t page, off;
+  div_mod(uint64_t(slot), c.page_size, page, off);
   uint8_t* block = c.data + (size_t(page) * c.kv_heads + head) * c.layout.bytes;
   const uint32_t row_bytes = is_v ? c.layout.v_row : c.layout.k_row;
   uint8_t* row = block + (is_v ? c.layout.v_codes : c.layout.k_codes) + size_t(off) * row_bytes;
@@ -402,7 +418,8 @@ __global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const Quant
   dev::allow_dependents();
   const bool is_v = blockIdx.x & 1;
   const uint32_t item = (blockIdx.x >> 1) * kWarps + warp;  // < 2^32: the launch has at most 2^31 - 1 blocks
-  const uint32_t tok = item / c.kv_heads, head = item % c.kv_heads;
+  uint32_t tok, head;
+  div_mod(item, c.kv_heads, tok, head);
   if (tok >= p.num_tokens) return;
   const TensorCode code = is_v ? c.v : c.k;
   const CodecTables& tab = is_v ? c.vt : c.kt;
