@@ -3,7 +3,8 @@
 // One warp per (token, KV head, K or V); lane l holds coordinates [l E, (l+1) E) of the padded row,
 // E = padded_dim / 32. The arithmetic repeats the CPU reference operation for operation (the same
 // float butterflies of the Hadamard transform, the dense product summed in the same order without
-// FMA, the same float boundaries), so the codes are the reference's bit for bit. The one
+// FMA, the same float boundaries; the unit row's division by a multiplication where that is
+// provably the same float), so the codes are the reference's bit for bit. The one
 // difference: the sum of squares of the norm is added in double in another order, which can move
 // the norm by one double ulp and, astronomically rarely, a coordinate across a boundary.
 // Trellis-coded rows (kTqTcq) take the same Viterbi search as the CPU's (tcq_codes).
@@ -294,9 +295,23 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
     if (lane == 0) flag_error(p);
     return;
   }
+  // The unit row float(x / norm), as the CPU divides, by one reciprocal and a multiplication a
+  // coordinate (numeric.h's unit_coord_by_inverse: the same floats); a lane with a coordinate
+  // the multiplication cannot decide (near a float rounding boundary, about 1 in 2^25) divides.
   float y[E];
+  if (norm > 0) {
+    const double inv = 1.0 / norm;
+    bool decided = true;
 #pragma unroll
-  for (int e = 0; e < E; ++e) y[e] = norm > 0 ? float(double(x[e]) / norm) : 0.0f;
+    for (int e = 0; e < E; ++e) decided &= unit_coord_by_inverse(x[e], inv, y[e]);
+    if (!decided) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) y[e] = float(double(x[e]) / norm);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) y[e] = 0.0f;
+  }
 
   if (hadamard) {  // Hadamard: signs, then the butterflies of fwht_scalar in the same order
 #pragma unroll
