@@ -34,6 +34,26 @@ TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
   auto k = test::outlier_rows(n, size_t(hkv) * d, 1), v = test::gaussian(n, size_t(hkv) * d, 2, 3.0f);
   std::fill(k.begin() + 3 * hkv * d, k.begin() + 4 * hkv * d, 0.0f);  // a zero token
   for (size_t i = 0; i < hkv * d; ++i) v[7 * hkv * d + i] *= 1000.0f;  // a huge (but fp16-storable) one
+  if (dtype == cuda::DType::kF32) {
+    // A token whose heads are rows (a, b, 0, ...) where a / |(a, b)| lies so near a float rounding
+    // boundary that the reciprocal's product rounds to another float than the division
+    // (numeric.h's unit_coord_by_inverse declines them: the kernel's lane divides). Found by a
+    // search over random pairs; checked here that they still are such pairs.
+    const float pairs[3][2] = {{0x1.ef84p-8f, 0x1.2acc9p+0f}, {-0x1.532dp-4f, 0x1.7575d6p+0f}, {0x1.1ee24p-2f, 0x1.075fbcp+0f}};
+    for (uint32_t h = 0; h < hkv; ++h) {
+      const float a = pairs[h][0], b = pairs[h][1];
+      const double norm = std::sqrt(double(a) * a + double(b) * b);
+      float y = 0;
+      ASSERT_FALSE(unit_coord_by_inverse(a, 1.0 / norm, y));
+      ASSERT_NE(float(double(a) * (1.0 / norm)), float(double(a) / norm));
+      for (auto* x : {&k, &v}) {
+        float* row = x->data() + (size_t(9) * hkv + h) * d;
+        std::fill(row, row + d, 0.0f);
+        row[0] = a;
+        row[1] = b;
+      }
+    }
+  }
   // The device rows: `shift` unused elements, then the tokens, as 32-bit words of the type's bits.
   const size_t esize = dtype == cuda::DType::kF32 ? 4 : 2, words = ((shift + k.size()) * esize + 3) / 4;
   std::vector<uint32_t> kw(words), vw(words);
