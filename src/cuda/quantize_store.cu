@@ -5,8 +5,10 @@
 // float butterflies of the Hadamard transform, the dense product summed in the same order without
 // FMA, the same float boundaries; the unit row's division by a multiplication where that is
 // provably the same float), so the codes are the reference's bit for bit. The one
-// difference: the sum of squares of the norm is added in double in another order, which can move
-// the norm by one double ulp and, astronomically rarely, a coordinate across a boundary.
+// difference: the sums of the norm (squares) and of its correction (nc: c^2, ip: c y) are added
+// in double in another order (a tree over the row's lanes), which can move the norm or the stored
+// norm by one double ulp and, astronomically rarely, a coordinate across a boundary or a stored
+// half across a rounding boundary.
 // Trellis-coded rows (kTqTcq) take the same Viterbi search as the CPU's (tcq_codes).
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -415,9 +417,11 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
     }
   }
   double stored = norm;
-  if ((nc || ip) && norm > 0) {
+  if (nc || ip) {  // (block-uniform; not `norm > 0`, which is a row's: both rows of a warp shuffle)
 #pragma unroll
     for (int o = L / 2; o >= 1; o >>= 1) cc += __shfl_xor_sync(0xffffffffu, cc, o);
+  }
+  if ((nc || ip) && norm > 0) {
     if (cc > 0) stored = ip ? norm / cc : norm / sqrt(cc);
     if (stored > double(kF16Max) && write) {
       if (sub == 0) flag_error(p);
