@@ -461,7 +461,7 @@ constexpr bool kHalvesFit = PD == 32 || PD == 64 || PD == 128;
 // TCQ: the instance that also writes trellis-coded rows (tcq_codes' shared memory is only its);
 // it takes every row through the run-time width (store_row<.., 0, 1>).
 template <int PD, bool TCQ, bool HALVES>
-__global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const QuantizeStoreParams p) {
+__global__ void __launch_bounds__(32 * kWarps, HALVES ? 8 : 1) quantize_store_kernel(const QuantizeStoreParams p) {
   constexpr int kRows = HALVES ? 2 : 1;
   __shared__ float ys[kWarps][kRows * PD];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
