@@ -99,6 +99,30 @@ TQ_HD float e4m3_to_f32(uint8_t b) {
   return bits_f32(sign | ((e + 120u) << 23) | (m << 20));
 }
 
+// float(x / n) for a float x and a double n > 0 with |x| <= n (a coordinate of the unit row:
+// TurboQuant::encode divides in double, then rounds to float), from inv = 1.0 / n by one
+// multiplication instead of a division, where that gives the same float; false where it might
+// not, and the caller divides. Why it is exact: q = RN(x * RN(1/n)) is within (2u + u^2)|x/n| of
+// x/n (u = 2^-53), i.e. within 3 double ulps of the rounded quotient RN(x/n); rounding to float
+// gives the same value for both unless a float rounding boundary lies between them, i.e. unless
+// q's 29 low significand bits (those rounding to float drops) are within 3 of the midpoint
+// pattern 2^28 (checked with 8), or q is below float's normal range (rounded at a coarser bit).
+// tests/codec/test_numeric.cpp checks it against the division on random and near-tie inputs.
+TQ_HD bool unit_coord_by_inverse(float x, double inv, float& y) {
+  const double q = double(x) * inv;
+  y = float(q);
+#if defined(__CUDA_ARCH__)
+  const uint32_t low = uint32_t(__double2loint(q)) & 0x1FFFFFFFu;
+#else
+  uint64_t b;
+  std::memcpy(&b, &q, 8);
+  const uint32_t low = uint32_t(b) & 0x1FFFFFFFu;
+#endif
+  const bool near_midpoint = low - (0x10000000u - 8u) <= 16u;
+  const bool below_normal = x != 0.0f && !(y >= 0x1p-125f || y <= -0x1p-125f);
+  return !near_midpoint && !below_normal;
+}
+
 inline constexpr float kF16Max = 65504.0f;
 inline constexpr float kE4M3Max = 448.0f;
 

@@ -3,9 +3,12 @@
 // One warp per (token, KV head, K or V); lane l holds coordinates [l E, (l+1) E) of the padded row,
 // E = padded_dim / 32. The arithmetic repeats the CPU reference operation for operation (the same
 // float butterflies of the Hadamard transform, the dense product summed in the same order without
-// FMA, the same float boundaries), so the codes are the reference's bit for bit. The one
-// difference: the sum of squares of the norm is added in double in another order, which can move
-// the norm by one double ulp and, astronomically rarely, a coordinate across a boundary.
+// FMA, the same float boundaries; the unit row's division by a multiplication where that is
+// provably the same float), so the codes are the reference's bit for bit. The one
+// difference: the sums of the norm (squares) and of its correction (nc: c^2, ip: c y) are added
+// in double in another order (a tree over the row's lanes), which can move the norm or the stored
+// norm by one double ulp and, astronomically rarely, a coordinate across a boundary or a stored
+// half across a rounding boundary.
 // Trellis-coded rows (kTqTcq) take the same Viterbi search as the CPU's (tcq_codes).
 #include <cuda_runtime.h>
 #include <fmt/format.h>
@@ -46,16 +49,18 @@ __device__ __forceinline__ uint32_t word_bits(uint32_t code, uint32_t i, uint32_
   return out;
 }
 
-// Packs a row's codes into its words (E codes a lane, coordinates [lane E, (lane+1) E)) with
-// the width B known at compile time. When E divides 32, a group of 32 coordinates is G = 32 / E
-// neighbouring lanes: each lane builds its share of the group's B words, the group ORs them with
-// log2(G) shuffles, and its first lane stores them. (At padded dim 96 a lane's coordinates may
-// straddle two groups: every word is then the OR over the warp.)
-template <int E, int B>
-__device__ __forceinline__ void pack_row(const uint32_t (&codes)[E], int lane, uint32_t* words) {
+// Packs a row's codes into its words (E codes a lane, coordinates [sub E, (sub+1) E) of the row
+// its L lanes hold; sub: the lane within them) with the width B known at compile time. When E
+// divides 32, a group of 32 coordinates is G = 32 / E neighbouring lanes: each lane builds its
+// share of the group's B words, the group ORs them with log2(G) shuffles, and its first lane
+// stores them where `write`. (At padded dim 96 a lane's coordinates may straddle two groups:
+// every word is then the OR over the warp, a row a warp.) Every lane of the warp calls it.
+template <int E, int B, int L>
+__device__ __forceinline__ void pack_row(const uint32_t (&codes)[E], int sub, uint32_t* words, bool write) {
   if constexpr (32 % E == 0) {
     constexpr int G = 32 / E;
-    const int grp = lane / G, i0 = (lane % G) * E;
+    static_assert(L % G == 0, "pack_row: a group's lanes within the row's");
+    const int grp = sub / G, i0 = (sub % G) * E;
 #pragma unroll
     for (int wg = 0; wg < B; ++wg) {
       uint32_t v = 0;
@@ -63,18 +68,19 @@ __device__ __forceinline__ void pack_row(const uint32_t (&codes)[E], int lane, u
       for (int e = 0; e < E; ++e) v |= word_bits(codes[e], i0 + e, B, wg);
 #pragma unroll
       for (int o = 1; o < G; o *= 2) v |= __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane % G == 0) words[grp * B + wg] = v;
+      if (write && sub % G == 0) words[grp * B + wg] = v;
     }
   } else {
+    static_assert(L == 32, "pack_row: rows straddling groups take the whole warp");
     for (int grp = 0; grp < E; ++grp)  // E = PD / 32 groups
 #pragma unroll
       for (int wg = 0; wg < B; ++wg) {
         uint32_t v = 0;
 #pragma unroll
         for (int e = 0; e < E; ++e)
-          if ((lane * E + e) / 32 == grp) v |= word_bits(codes[e], (lane * E + e) % 32, B, wg);
+          if ((sub * E + e) / 32 == grp) v |= word_bits(codes[e], (sub * E + e) % 32, B, wg);
         v = __reduce_or_sync(0xffffffffu, v);
-        if (lane == 0) words[grp * B + wg] = v;
+        if (write && sub == 0) words[grp * B + wg] = v;
       }
   }
 }
@@ -138,6 +144,37 @@ __device__ __forceinline__ void flag_error(const QuantizeStoreParams& p, int32_t
   if (p.error_flag) atomicExch(p.error_flag, what);
 }
 
+// x / d and x % d (both below 2^32 where used): a shift and a mask where d is a power of two, as
+// page sizes and KV head counts usually are, else the division's few dozen instructions.
+template <typename T>
+__device__ __forceinline__ void div_mod(T x, uint32_t d, uint32_t& q, uint32_t& r) {
+  if ((d & (d - 1)) == 0) {
+    q = uint32_t(x >> (__ffs(int(d)) - 1));
+    r = uint32_t(x) & (d - 1);
+  } else {
+    q = uint32_t(x / d);
+    r = uint32_t(x % d);
+  }
+}
+
+// The number of the 2^SB - 1 ascending boundaries strictly below y (what the search in memory
+// finds) by SB comparisons down a tree: each step's boundary is selected among registers by the
+// comparisons before it (no indexed load, no comparison per boundary).
+template <int SB>
+__device__ __forceinline__ uint32_t count_below(const float (&bnd)[(1 << SB) - 1], float y) {
+  static_assert(SB == 2 || SB == 3, "count_below: widths 2 and 3");
+  if constexpr (SB == 2) {
+    const bool c1 = bnd[1] < y;
+    const bool c0 = (c1 ? bnd[2] : bnd[0]) < y;
+    return (c1 ? 2u : 0u) + (c0 ? 1u : 0u);
+  } else {
+    const bool c2 = bnd[3] < y;
+    const bool c1 = (c2 ? bnd[5] : bnd[1]) < y;
+    const bool c0 = (c2 ? (c1 ? bnd[6] : bnd[4]) : (c1 ? bnd[2] : bnd[0])) < y;
+    return (c2 ? 4u : 0u) + (c1 ? 2u : 0u) + (c0 ? 1u : 0u);
+  }
+}
+
 // A lane's E coordinates of a row, [lane E, (lane + 1) E): one vector load where the row is
 // whole (head dim = PD) and its start aligned (E of 1, 2, 4 or 8), else one element at a time.
 template <int E, typename T>
@@ -160,11 +197,10 @@ __device__ __forceinline__ bool load_lane_vector(const void* base, size_t at, fl
   return false;
 }
 
-template <int PD>
-__device__ __forceinline__ void load_lane(const QuantizeStoreParams& p, const void* src, size_t src0, int lane, float (&x)[PD / 32]) {
-  constexpr int E = PD / 32;
+template <int PD, int E>
+__device__ __forceinline__ void load_lane(const QuantizeStoreParams& p, const void* src, size_t src0, int sub, float (&x)[E]) {
   const uint32_t d = p.cache.head_dim;
-  const size_t at = src0 + size_t(lane) * E;
+  const size_t at = src0 + size_t(sub) * E;
   if (d == PD) {
     const bool done = p.dtype == DType::kBf16  ? load_lane_vector<E, __nv_bfloat16>(src, at, x)
                       : p.dtype == DType::kF16 ? load_lane_vector<E, __half>(src, at, x)
@@ -173,27 +209,42 @@ __device__ __forceinline__ void load_lane(const QuantizeStoreParams& p, const vo
   }
 #pragma unroll
   for (int e = 0; e < E; ++e) {
-    const uint32_t col = lane * E + e;
+    const uint32_t col = sub * E + e;
     x[e] = col < d ? load_elem(src, p.dtype, src0 + col) : 0.0f;
   }
 }
 
-// One row: a warp's (token, head) of K or V. SB, when not 0, is the row's width known at compile
-// time, for plain TurboQuant rows of widths 2 and 3 (k3v2, the default, and k2v2): their
-// boundaries sit in as many registers as they have, each coordinate's centroid comes from a
-// lane by one shuffle, and the packing is unrolled for them. SB = 0 takes every row (any width,
-// trellis-coded rows, float encodings) with the width read at run time and the boundaries
-// searched in memory. (A width-4 instance, its 15 boundaries in registers, raised the whole
-// kernel's register count, and so lowered its occupancy, at every padded dim.) Both make the
-// same comparisons and sums in the same order: the same bytes. ys: the warp's [PD] floats of
-// shared memory (the dense rotation's input).
-template <int PD, bool TCQ, int SB>
-__device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t tok, uint32_t head, bool is_v, int warp, int lane,
-                                          float* ys) {
-  constexpr int E = PD / 32;
+// Rows a warp's shuffles: true where any lane of the row (the warp's lanes in `row_lanes`) has `pred`.
+__device__ __forceinline__ bool row_any(uint32_t row_lanes, bool pred) { return (__ballot_sync(0xffffffffu, pred) & row_lanes) != 0; }
+
+// One row: the (token, head) of K or V that item `item` names, held by L = 32 / ROWS lanes of a
+// warp (ROWS = 1: the whole warp; ROWS = 2: lanes [0, 16) row `item`, [16, 32) row `item + 1`,
+// which halves what a row pays once: its reductions, square root, reciprocal, slot and
+// indices). SB, when not 0, is the row's width known at compile time, for plain TurboQuant rows
+// of widths 2 and 3 (k3v2, the default, and k2v2): their boundaries sit in as many registers as
+// they have, each coordinate's centroid comes from a lane by one shuffle, and the packing is
+// unrolled for them. SB = 0 takes every row (any width, trellis-coded rows, float encodings)
+// with the width read at run time and the boundaries searched in memory. (A width-4 instance, its
+// 15 boundaries in registers, raised the whole kernel's register count, and so lowered its
+// occupancy, at every padded dim.) Both make the same comparisons and sums in the same order: the
+// same bytes. Every lane of the warp runs it to the end or returns with the whole warp (the
+// shuffles span the warp): a row that is not written (past the tokens, a skipped slot, an error)
+// computes beside the other with `write` false. ys: the warp's [ROWS][PD] floats of shared
+// memory (the dense rotation's input).
+template <int PD, bool TCQ, int SB, int ROWS>
+__device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t item, bool is_v, int warp, int lane, float* ys) {
+  constexpr int L = 32 / ROWS, E = PD / L;
   constexpr bool kSmall = SB > 0;
+  static_assert(ROWS == 1 || (kSmall && !TCQ), "store_row: two rows a warp for widths 2 and 3 only");
   constexpr int kNb = kSmall ? (1 << SB) - 1 : 1;  // boundaries held in registers (kSmall)
+  const int sub = lane % L;                         // the lane within its row
+  const uint32_t row_lanes = ROWS == 1 ? 0xffffffffu : 0xffffu << (lane / L * L);
+  item += lane / L;
+  ys += lane / L * PD;
   const CacheView& c = p.cache;
+  uint32_t tok, head;
+  div_mod(item, c.kv_heads, tok, head);
+  const bool live = tok < p.num_tokens;
   // The loads a warp needs do not depend on each other: the row, the slot, the Hadamard signs and
   // (kSmall) the codebook are all issued before the first is used, which is what a
   // one-token-per-sequence call costs (latency, not work).
@@ -201,26 +252,35 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
   const CodecTables tab = is_v ? c.vt : c.kt;  // a copy: the fields read once, not through an index per use
   const size_t src0 = (size_t(tok) * c.kv_heads + head) * c.head_dim;
   float x[E];
-  load_lane<PD>(p, is_v ? p.v : p.k, src0, lane, x);
+  if (live) {
+    load_lane<PD, E>(p, is_v ? p.v : p.k, src0, sub, x);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) x[e] = 0.0f;
+  }
   float bnd[kNb], sg[E];
-  float lane_cent = 0.0f;  // kSmall: lane i <= kNb holds centroid i, read by a shuffle
+  float lane_cent = 0.0f;  // kSmall: lane i <= kNb of the row holds centroid i, read by a shuffle
   const bool nc = is_tq(code.enc) && tab.norm_correction;  // the centroids matter only for nc and ip
   const bool ip = is_tq(code.enc) && tab.norm_unbiased;
   if constexpr (kSmall) {
 #pragma unroll
     for (int i = 0; i < kNb; ++i) bnd[i] = tab.boundaries[i];
-    if ((nc || ip) && lane <= kNb) lane_cent = tab.centroids[lane];
+    if ((nc || ip) && sub <= kNb) lane_cent = tab.centroids[sub];
   }
   const bool hadamard = is_tq(code.enc) && tab.signs;
+  if (!hadamard || !load_lane_vector<E, float>(tab.signs, size_t(head) * PD + size_t(sub) * E, sg)) {
 #pragma unroll
-  for (int e = 0; e < E; ++e) sg[e] = hadamard ? tab.signs[size_t(head) * PD + lane * E + e] : 1.0f;
-  const int64_t slot = p.slot_mapping[tok];
-  if (slot < 0) return;
-  if (slot >= int64_t(c.num_pages) * c.page_size) {
-    if (lane == 0) flag_error(p, 2);
-    return;
+    for (int e = 0; e < E; ++e) sg[e] = hadamard ? tab.signs[size_t(head) * PD + sub * E + e] : 1.0f;
   }
-  const uint32_t page = uint32_t(slot / c.page_size), off = uint32_t(slot % c.page_size);
+  const int64_t slot = live ? p.slot_mapping[tok] : -1;
+  bool write = slot >= 0;
+  if (slot >= int64_t(c.num_pages) * c.page_size) {
+    if (sub == 0) flag_error(p, 2);
+    write = false;
+  }
+  if (!__any_sync(0xffffffffu, write)) return;
+  uint32_t page = 0, off = 0;
+  if (write) div_mod(uint64_t(slot), c.page_size, page, off);
   uint8_t* block = c.data + (size_t(page) * c.kv_heads + head) * c.layout.bytes;
   const uint32_t row_bytes = is_v ? c.layout.v_row : c.layout.k_row;
   uint8_t* row = block + (is_v ? c.layout.v_codes : c.layout.k_codes) + size_t(off) * row_bytes;
@@ -229,13 +289,14 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
   for (int e = 0; e < E; ++e)
     finite &= isfinite(x[e]) && (kSmall || ((code.enc != Encoding::kFp16 || fabsf(x[e]) <= kF16Max) &&
                                             (code.enc != Encoding::kBf16 || (f32_to_bf16(x[e]) & 0x7FFFu) != 0x7F80u)));
-  if (__any_sync(0xffffffffu, !finite)) {
-    if (lane == 0) flag_error(p);
-    return;
+  if (row_any(row_lanes, !finite) && write) {
+    if (sub == 0) flag_error(p);
+    write = false;
   }
+  if (!__any_sync(0xffffffffu, write)) return;
 
   if constexpr (!kSmall) {
-    if (!is_tq(code.enc)) {  // float encodings: store the elements
+    if (!is_tq(code.enc)) {  // float encodings: store the elements (a row a warp: ROWS is 1 here)
       const void* src = is_v ? p.v : p.k;
       for (uint32_t col = lane; col < c.head_dim; col += 32) {
         const float v = load_elem(src, p.dtype, src0 + col);
@@ -254,15 +315,30 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
 #pragma unroll
   for (int e = 0; e < E; ++e) ss += double(x[e]) * double(x[e]);
 #pragma unroll
-  for (int o = 16; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  for (int o = L / 2; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
   const double norm = sqrt(ss);
-  if (norm > double(kF16Max)) {
-    if (lane == 0) flag_error(p);
-    return;
+  if (norm > double(kF16Max) && write) {
+    if (sub == 0) flag_error(p);
+    write = false;
   }
+  if (!__any_sync(0xffffffffu, write)) return;
+  // The unit row float(x / norm), as the CPU divides, by one reciprocal and a multiplication a
+  // coordinate (numeric.h's unit_coord_by_inverse: the same floats); a lane with a coordinate
+  // the multiplication cannot decide (near a float rounding boundary, about 1 in 2^25) divides.
   float y[E];
+  if (norm > 0) {
+    const double inv = 1.0 / norm;
+    bool decided = true;
 #pragma unroll
-  for (int e = 0; e < E; ++e) y[e] = norm > 0 ? float(double(x[e]) / norm) : 0.0f;
+    for (int e = 0; e < E; ++e) decided &= unit_coord_by_inverse(x[e], inv, y[e]);
+    if (!decided) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) y[e] = float(double(x[e]) / norm);
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) y[e] = 0.0f;
+  }
 
   if (hadamard) {  // Hadamard: signs, then the butterflies of fwht_scalar in the same order
 #pragma unroll
@@ -278,24 +354,23 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
         }
 #pragma unroll
     for (int h = E; h < PD; h *= 2) {
-      const int mask = h / E;
-      const bool upper = lane & mask;
+      const int mask = h / E;  // < L: the partner is in the same row
+      // upper: x[j+h] = a - b with a the lower element (other), b its own; lower: a + b. One fma
+      // either way, exactly the addition: y * (+-1) is exact, so the fma rounds once, as it does.
+      const float sign = sub & mask ? -1.0f : 1.0f;
 #pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const float other = __shfl_xor_sync(0xffffffffu, y[e], mask);
-        y[e] = upper ? other - y[e] : y[e] + other;  // upper: x[j+h] = a - b with a the lower element
-      }
+      for (int e = 0; e < E; ++e) y[e] = __fmaf_rn(y[e], sign, __shfl_xor_sync(0xffffffffu, y[e], mask));
     }
 #pragma unroll
     for (int e = 0; e < E; ++e) y[e] *= c.fwht_scale;
   } else {  // dense: y_i = sum_k R_ik y_k, summed in order without FMA, as Rotation::forward
 #pragma unroll
-    for (int e = 0; e < E; ++e) ys[lane * E + e] = y[e];
+    for (int e = 0; e < E; ++e) ys[sub * E + e] = y[e];
     __syncwarp();
     const float* R = tab.matrix + size_t(head) * PD * PD;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      const float* r = R + size_t(lane * E + e) * PD;
+      const float* r = R + size_t(sub * E + e) * PD;
       float s = 0.0f;
       for (int k = 0; k < PD; ++k) s = __fadd_rn(s, __fmul_rn(r[k], ys[k]));
       y[e] = s;
@@ -317,8 +392,7 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
   for (int e = 0; e < E && !coded; ++e) {
     uint32_t lo = 0;
     if constexpr (kSmall) {  // the same count as the search below, from registers
-#pragma unroll
-      for (int i = 0; i < kNb; ++i) lo += bnd[i] < y[e] ? 1u : 0u;
+      lo = count_below<SB>(bnd, y[e]);
     } else {
       uint32_t n = nb;
       while (n > 0) {
@@ -334,8 +408,8 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
     codes[e] = lo;
     if (nc || ip) {
       float cv = 0.0f;
-      if constexpr (kSmall) {  // from lane lo's register (the warp is whole here: every return above is the warp's)
-        cv = __shfl_sync(0xffffffffu, lane_cent, int(lo));
+      if constexpr (kSmall) {  // from lane lo of the row (the warp is whole here: every return above is the warp's)
+        cv = __shfl_sync(0xffffffffu, lane_cent, int(lo), L);
       } else {
         cv = tab.centroids[lo];
       }
@@ -343,58 +417,83 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
     }
   }
   double stored = norm;
-  if ((nc || ip) && norm > 0) {
+  if (nc || ip) {  // (block-uniform; not `norm > 0`, which is a row's: both rows of a warp shuffle)
 #pragma unroll
-    for (int o = 16; o >= 1; o >>= 1) cc += __shfl_xor_sync(0xffffffffu, cc, o);
+    for (int o = L / 2; o >= 1; o >>= 1) cc += __shfl_xor_sync(0xffffffffu, cc, o);
+  }
+  if ((nc || ip) && norm > 0) {
     if (cc > 0) stored = ip ? norm / cc : norm / sqrt(cc);
-    if (stored > double(kF16Max)) {
-      if (lane == 0) flag_error(p);
-      return;
+    if (stored > double(kF16Max) && write) {
+      if (sub == 0) flag_error(p);
+      write = false;
     }
   }
 
   // Pack: every word of the row is the OR of its coordinates' bits (pack_row, width as a constant).
   uint32_t* words = reinterpret_cast<uint32_t*>(row);
   if constexpr (kSmall) {
-    pack_row<E, SB>(codes, lane, words);
+    pack_row<E, SB, L>(codes, sub, words, write);
   } else {
     switch (bits) {
-      case 1: pack_row<E, 1>(codes, lane, words); break;
-      case 2: pack_row<E, 2>(codes, lane, words); break;
-      case 3: pack_row<E, 3>(codes, lane, words); break;
-      case 4: pack_row<E, 4>(codes, lane, words); break;
-      case 5: pack_row<E, 5>(codes, lane, words); break;
-      case 6: pack_row<E, 6>(codes, lane, words); break;
-      case 7: pack_row<E, 7>(codes, lane, words); break;
-      default: pack_row<E, 8>(codes, lane, words); break;
+      case 1: pack_row<E, 1, L>(codes, sub, words, write); break;
+      case 2: pack_row<E, 2, L>(codes, sub, words, write); break;
+      case 3: pack_row<E, 3, L>(codes, sub, words, write); break;
+      case 4: pack_row<E, 4, L>(codes, sub, words, write); break;
+      case 5: pack_row<E, 5, L>(codes, sub, words, write); break;
+      case 6: pack_row<E, 6, L>(codes, sub, words, write); break;
+      case 7: pack_row<E, 7, L>(codes, sub, words, write); break;
+      default: pack_row<E, 8, L>(codes, sub, words, write); break;
     }
   }
-  if (lane == 0) reinterpret_cast<uint16_t*>(block + (is_v ? c.layout.v_norms : c.layout.k_norms))[off] = f32_to_f16(float(stored));
+  // (stored is finite and at most kF16Max here, where the hardware's rounding to half is f32_to_f16's)
+  if (write && sub == 0)
+    reinterpret_cast<uint16_t*>(block + (is_v ? c.layout.v_norms : c.layout.k_norms))[off] = __half_as_ushort(__float2half_rn(float(stored)));
 }
 
-// Blocks alternate K and V, so a block's rows share one width and codebook; a warp a (token,
-// head) row. TCQ: the instance that also writes trellis-coded rows (tcq_codes' shared memory is
-// only its); it takes every row through the run-time width (store_row<.., 0>).
-template <int PD, bool TCQ>
-__global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const QuantizeStoreParams p) {
-  __shared__ float ys[kWarps][PD];
+// Two rows a warp (store_row's ROWS = 2) where both K and V rows are plain TurboQuant of width 2
+// or 3 and a half-warp's coordinates fill whole packing groups (padded dims 32, 64, 128).
+template <int PD>
+constexpr bool kHalvesFit = PD == 32 || PD == 64 || PD == 128;
+
+// Blocks alternate K and V, so a block's rows share one width and codebook. A warp takes the
+// items (token, head) ROWS w to ROWS w + ROWS - 1 of its kind (w: the warp's index among its
+// kind's), ROWS = 2 when HALVES (both kinds of width 2 or 3, as the launch checked), else 1.
+// TCQ: the instance that also writes trellis-coded rows (tcq_codes' shared memory is only its);
+// it takes every row through the run-time width (store_row<.., 0, 1>).
+template <int PD, bool TCQ, bool HALVES>
+__global__ void __launch_bounds__(32 * kWarps, HALVES ? 8 : 1) quantize_store_kernel(const QuantizeStoreParams p) {
+  constexpr int kRows = HALVES ? 2 : 1;
+  __shared__ float ys[kWarps][kRows * PD];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const CacheView& c = p.cache;
   // The decode kernel that usually follows may be scheduled now: it waits for this grid's end
   // before it reads the cache (griddepcontrol, attention_launch.cuh).
   dev::allow_dependents();
   const bool is_v = blockIdx.x & 1;
-  const uint32_t item = (blockIdx.x >> 1) * kWarps + warp;  // < 2^32: the launch has at most 2^31 - 1 blocks
-  const uint32_t tok = item / c.kv_heads, head = item % c.kv_heads;
-  if (tok >= p.num_tokens) return;
-  const TensorCode code = is_v ? c.v : c.k;
+  const uint32_t item = ((blockIdx.x >> 1) * kWarps + warp) * kRows;  // < 2^32, as the rows are: the launch checked
+  if (item >= p.num_tokens * c.kv_heads) return;
   const CodecTables& tab = is_v ? c.vt : c.kt;
-  const uint32_t small = !TCQ && is_tq(code.enc) && !tab.tcq ? tab.bits : 0u;  // block-uniform
-  switch (small) {
-    case 2: store_row<PD, TCQ, 2>(p, tok, head, is_v, warp, lane, ys[warp]); break;
-    case 3: store_row<PD, TCQ, 3>(p, tok, head, is_v, warp, lane, ys[warp]); break;
-    default: store_row<PD, TCQ, 0>(p, tok, head, is_v, warp, lane, ys[warp]); break;
+  if constexpr (HALVES) {
+    static_assert(!TCQ && kHalvesFit<PD>, "quantize_store_kernel: two rows a warp at padded dims 32, 64, 128");
+    if (tab.bits == 2) {
+      store_row<PD, false, 2, 2>(p, item, is_v, warp, lane, ys[warp]);
+    } else {
+      store_row<PD, false, 3, 2>(p, item, is_v, warp, lane, ys[warp]);
+    }
+  } else {
+    const uint32_t small = !TCQ && is_tq((is_v ? c.v : c.k).enc) && !tab.tcq ? tab.bits : 0u;  // block-uniform
+    switch (small) {
+      case 2: store_row<PD, TCQ, 2, 1>(p, item, is_v, warp, lane, ys[warp]); break;
+      case 3: store_row<PD, TCQ, 3, 1>(p, item, is_v, warp, lane, ys[warp]); break;
+      default: store_row<PD, TCQ, 0, 1>(p, item, is_v, warp, lane, ys[warp]); break;
+    }
   }
+}
+
+// Whether both kinds' rows are plain TurboQuant of width 2 or 3 (the HALVES instance's rows).
+bool halves_fit(const CacheView& c) {
+  const auto small = [](const TensorCode& code, const CodecTables& t) { return is_tq(code.enc) && !t.tcq && (t.bits == 2 || t.bits == 3); };
+  return small(c.k, c.kt) && small(c.v, c.vt);
 }
 
 }  // namespace
@@ -416,26 +515,36 @@ void validate(const QuantizeStoreParams& p) {
 void quantize_store(const QuantizeStoreParams& p, Stream stream) {
   validate(p);
   if (p.num_tokens == 0) return;
-  // A warp a (token, KV head) row, its blocks twice, for K and for V; counted in 64 bits (in 32 a
-  // product past 2^32 wrapped, and the tokens past the wrap were not stored); a grid's x holds
-  // 2^31 - 1 blocks.
-  const uint64_t rows = uint64_t(p.num_tokens) * p.cache.kv_heads, blocks64 = 2 * ((rows + kWarps - 1) / kWarps);
-  TQ_CHECK(blocks64 <= uint64_t(INT32_MAX), "quantize_store: {} tokens x {} KV heads are more rows than one launch takes", p.num_tokens,
-           p.cache.kv_heads);
+  // A warp one or two (token, KV head) rows (halves: both kinds of width 2 or 3 at padded dims 32,
+  // 64, 128), its blocks twice, for K and for V; counted in 64 bits (in 32 a product past 2^32
+  // wrapped, and the tokens past the wrap were not stored); the kernel numbers rows in 32 bits and
+  // a grid's x holds 2^31 - 1 blocks.
+  const uint32_t pd = padded_dim(p.cache.head_dim);
+  const bool halves = (pd == 32 || pd == 64 || pd == 128) && halves_fit(p.cache);
+  const uint64_t rows = uint64_t(p.num_tokens) * p.cache.kv_heads, per_block = kWarps * (halves ? 2 : 1);
+  const uint64_t blocks64 = 2 * ((rows + per_block - 1) / per_block);
+  TQ_CHECK(rows + per_block <= uint64_t(UINT32_MAX) && blocks64 <= uint64_t(INT32_MAX),
+           "quantize_store: {} tokens x {} KV heads are more rows than one launch takes", p.num_tokens, p.cache.kv_heads);
   const uint32_t blocks = uint32_t(blocks64);
   // A plain launch (not a programmatic dependent): everything before it in the stream has finished
   // when it starts, which quantize_store_and_decode relies on.
   const auto launch = [&](auto tcq) {
     constexpr bool T = decltype(tcq)::value;
-    switch (padded_dim(p.cache.head_dim)) {
-      case 32: quantize_store_kernel<32, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      case 96: quantize_store_kernel<96, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      case 64: quantize_store_kernel<64, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      case 128: quantize_store_kernel<128, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      case 256: quantize_store_kernel<256, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+    switch (pd) {
+      case 32: quantize_store_kernel<32, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 96: quantize_store_kernel<96, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 64: quantize_store_kernel<64, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 128: quantize_store_kernel<128, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 256: quantize_store_kernel<256, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
     }
   };
-  if (p.cache.kt.tcq || p.cache.vt.tcq) {
+  if (halves) {
+    switch (pd) {
+      case 32: quantize_store_kernel<32, false, true><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 64: quantize_store_kernel<64, false, true><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      default: quantize_store_kernel<128, false, true><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+    }
+  } else if (p.cache.kt.tcq || p.cache.vt.tcq) {
     launch(std::true_type{});
   } else {
     launch(std::false_type{});

@@ -85,5 +85,57 @@ TEST(E4m3, AllCodesRoundTripAndSaturate) {
   }
 }
 
+// unit_coord_by_inverse (the GPU store's float(x / n) by a multiplication) against the division:
+// where it says its float is right, it is, on unit rows of every scale and on quotients placed
+// within a few double ulps of a float midpoint (where a multiplication alone goes wrong: the
+// check must catch each of those).
+TEST(UnitCoord, InverseAgreesWithTheDivisionWhereItClaimsTo) {
+  Rng r(59);
+  const auto check = [](float x, double n, uint64_t& fast, uint64_t& slow) {
+    const float want = float(double(x) / n);
+    float got = 0;
+    if (unit_coord_by_inverse(x, 1.0 / n, got)) {
+      ++fast;
+      EXPECT_EQ(f32_bits(got), f32_bits(want)) << std::hexfloat << x << " / " << n;
+    } else {
+      ++slow;
+    }
+  };
+  uint64_t fast = 0, slow = 0;
+  float row[256];
+  for (int t = 0; t < 4000; ++t) {  // rows as the store sees them, scales from subnormal to fp16's range
+    const double scale = std::pow(2.0, r.uniform() * 160 - 150);
+    double nn = 0;
+    for (float& v : row) {
+      v = r.uniform() < 0.05 ? 0.0f : float(r.normal() * scale);
+      nn += double(v) * v;
+    }
+    const double n = std::sqrt(nn);
+    if (!(n > 0) || n > kF16Max) continue;
+    for (float v : row) check(v, n, fast, slow);
+  }
+  EXPECT_GT(fast, 990u * (fast + slow) / 1000);  // the multiplication almost always decides
+  uint64_t near_fast = 0, near_slow = 0, trusted_wrong = 0;
+  for (int t = 0; t < 200000; ++t) {  // x / n within 24 double ulps of a float midpoint
+    const float x = float((r.coin() ? 1 : -1) * std::pow(2.0, r.uniform() * 30 - 14));
+    const float f = float(std::pow(2.0, -r.uniform() * 20));  // |x / n| in (2^-20, 1]
+    const double mid = (double(f) + double(std::nextafter(f, 2.0f))) / 2;  // exact in double
+    double n = std::fabs(double(x)) / mid;
+    for (int k = int(r.next() % 49) - 24; k != 0; k += k > 0 ? -1 : 1) n = std::nextafter(n, k > 0 ? INFINITY : 0.0);
+    if (n < std::fabs(double(x))) continue;
+    trusted_wrong += float(double(x) * (1.0 / n)) != float(double(x) / n);
+    check(x, n, near_fast, near_slow);
+  }
+  EXPECT_GT(trusted_wrong, 0u);  // the inputs reach the cases the check exists for
+  EXPECT_GT(near_slow, 0u);
+  EXPECT_GT(near_fast, 0u);  // and those just outside the checked window take the multiplication, right
+  uint64_t tiny_fast = 0, tiny_slow = 0;  // quotients below float's normal range: the division decides
+  for (float x : {0x1p-149f, -0x1p-149f, 0x1p-130f, 1e-38f, -3e-39f}) check(x, 65504.0, tiny_fast, tiny_slow);
+  EXPECT_EQ(tiny_fast, 0u);
+  float zero = 1;
+  EXPECT_TRUE(unit_coord_by_inverse(0.0f, 1.0 / 3.0, zero));
+  EXPECT_EQ(zero, 0.0f);
+}
+
 }  // namespace
 }  // namespace tq

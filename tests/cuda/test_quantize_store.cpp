@@ -12,8 +12,12 @@
 #include "tq/kv/paged_cache.h"
 #include "tq/cuda/kernels.h"
 #include "tq/numeric.h"
+#include "tq/rng.h"
 
 namespace tq {
+namespace test {
+cudaError_t unit_coords_on_device(const float* x, const double* n, uint32_t count, float* y, float* product, uint8_t* decided);  // unit_coord_kernel.cu
+}  // namespace test
 namespace {
 
 struct StoreCase {
@@ -34,6 +38,26 @@ TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
   auto k = test::outlier_rows(n, size_t(hkv) * d, 1), v = test::gaussian(n, size_t(hkv) * d, 2, 3.0f);
   std::fill(k.begin() + 3 * hkv * d, k.begin() + 4 * hkv * d, 0.0f);  // a zero token
   for (size_t i = 0; i < hkv * d; ++i) v[7 * hkv * d + i] *= 1000.0f;  // a huge (but fp16-storable) one
+  if (dtype == cuda::DType::kF32) {
+    // A token whose heads are rows (a, b, 0, ...) where a / |(a, b)| lies so near a float rounding
+    // boundary that the reciprocal's product rounds to another float than the division
+    // (numeric.h's unit_coord_by_inverse declines them: the kernel's lane divides). Found by a
+    // search over random pairs; checked here that they still are such pairs.
+    const float pairs[3][2] = {{0x1.ef84p-8f, 0x1.2acc9p+0f}, {-0x1.532dp-4f, 0x1.7575d6p+0f}, {0x1.1ee24p-2f, 0x1.075fbcp+0f}};
+    for (uint32_t h = 0; h < hkv; ++h) {
+      const float a = pairs[h][0], b = pairs[h][1];
+      const double norm = std::sqrt(double(a) * a + double(b) * b);
+      float y = 0;
+      ASSERT_FALSE(unit_coord_by_inverse(a, 1.0 / norm, y));
+      ASSERT_NE(float(double(a) * (1.0 / norm)), float(double(a) / norm));
+      for (auto* x : {&k, &v}) {
+        float* row = x->data() + (size_t(9) * hkv + h) * d;
+        std::fill(row, row + d, 0.0f);
+        row[0] = a;
+        row[1] = b;
+      }
+    }
+  }
   // The device rows: `shift` unused elements, then the tokens, as 32-bit words of the type's bits.
   const size_t esize = dtype == cuda::DType::kF32 ? 4 : 2, words = ((shift + k.size()) * esize + 3) / 4;
   std::vector<uint32_t> kw(words), vw(words);
@@ -116,6 +140,136 @@ INSTANTIATE_TEST_SUITE_P(All, QuantizeStore,
                                            StoreCase{"k3v2", 128, cuda::DType::kF32, 2}, StoreCase{"k2v3:nc", 64, cuda::DType::kF16, 1},
                                            StoreCase{"bf16", 128, cuda::DType::kBf16}, StoreCase{"fp8", 64, cuda::DType::kF32, 3}),
                          case_name);
+
+// Rows that share a warp (two rows a warp where both kinds have width 2 or 3 at padded dims 32,
+// 64 and 128; the others, one): a row past the tokens, a zero row, a NaN row written or skipped
+// beside a row that is written, padding columns, KV head counts of 1, 3 and 8. Every row the
+// CPU writes has the CPU's bytes; a NaN row whose slot is taken is flagged and left unwritten
+// (zero), one whose slot is skipped (-1) is not flagged.
+struct PairCase {
+  std::string spec;
+  uint32_t head_dim, kv_heads, tokens;
+  int zero_token = -1;       // that token's K rows all zero
+  int nan_token = -1;        // a NaN in that token's K row of head 0
+  bool nan_skipped = false;  // and its slot -1
+  int skip_every = 0;        // slots -1 where token % skip_every == 1
+};
+class QuantizeStorePairs : public ::testing::TestWithParam<PairCase> {};
+
+TEST_P(QuantizeStorePairs, RowsBesideEachOtherKeepTheirBytes) {
+  TQ_REQUIRE_GPU();
+  const PairCase& c = GetParam();
+  const KvFormat spec = parse_kv_spec(c.spec).format;
+  const uint32_t hkv = c.kv_heads, d = c.head_dim, n = c.tokens, ps = spec.page_size, pages = n / ps + 3;
+  PagedKvCache cpu(CacheShape{1, hkv, d, pages}, spec);
+  auto k = test::gaussian(n, size_t(hkv) * d, 11, 2.0f), v = test::gaussian(n, size_t(hkv) * d, 12, 3.0f);
+  for (auto* x : {&k, &v})
+    for (float& e : *x) e = f16_to_f32(f32_to_f16(e));  // the rows' type (fp16)
+  if (c.zero_token >= 0) std::fill(k.begin() + size_t(c.zero_token) * hkv * d, k.begin() + size_t(c.zero_token + 1) * hkv * d, 0.0f);
+  std::vector<int64_t> slots(n);
+  for (uint32_t t = 0; t < n; ++t) slots[t] = c.skip_every && t % c.skip_every == 1 ? -1 : int64_t(pages - 1 - t / ps) * ps + t % ps;
+  if (c.nan_token >= 0 && c.nan_skipped) slots[c.nan_token] = -1;
+  for (uint32_t t = 0; t < n; ++t) cpu.write(0, slots[t], &k[size_t(t) * hkv * d], &v[size_t(t) * hkv * d]);
+  std::vector<uint8_t> want(cpu.data(), cpu.data() + cpu.bytes());
+  const BlockLayout& lay = cpu.layout();
+  if (c.nan_token >= 0) {  // the CPU wrote the finite row; the GPU gets a NaN in it
+    k[size_t(c.nan_token) * hkv * d + 5] = NAN;
+    if (!c.nan_skipped) {  // flagged, so its codes and norm stay as the memset left them
+      const int64_t slot = slots[c.nan_token];
+      const size_t blk = size_t(slot / ps) * hkv * lay.bytes, off = size_t(slot % ps);
+      std::fill(want.begin() + blk + lay.k_codes + off * lay.k_row, want.begin() + blk + lay.k_codes + (off + 1) * lay.k_row, 0);
+      std::fill(want.begin() + blk + lay.k_norms + off * 2, want.begin() + blk + lay.k_norms + off * 2 + 2, 0);
+    }
+  }
+  std::vector<uint16_t> kh(k.size()), vh(v.size());
+  for (size_t i = 0; i < k.size(); ++i) kh[i] = f32_to_f16(k[i]);
+  for (size_t i = 0; i < v.size(); ++i) vh[i] = f32_to_f16(v[i]);
+  cuda::DeviceFormat codecs(cpu.format());
+  test::DeviceBuffer<uint8_t> cache(cpu.bytes());
+  CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
+  test::DeviceBuffer<uint16_t> dk(kh), dv(vh);
+  test::DeviceBuffer<int64_t> ds(slots);
+  test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+  cuda::QuantizeStoreParams p;
+  p.cache = codecs.view(0, cache.ptr, pages);
+  p.k = dk.ptr;
+  p.v = dv.ptr;
+  p.dtype = cuda::DType::kF16;
+  p.slot_mapping = ds.ptr;
+  p.num_tokens = n;
+  p.error_flag = flag.ptr;
+  cuda::quantize_store(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  EXPECT_EQ(flag.download()[0], c.nan_token >= 0 && !c.nan_skipped ? 1 : 0);
+  const auto got = cache.download();
+  size_t diff = 0, first = got.size();
+  for (size_t i = 0; i < got.size(); ++i)
+    if (got[i] != want[i]) {
+      ++diff;
+      first = std::min(first, i);
+    }
+  EXPECT_EQ(diff, 0u) << "first differing byte " << first << " (block " << first / lay.bytes << ", offset " << first % lay.bytes << ")";
+}
+
+INSTANTIATE_TEST_SUITE_P(All, QuantizeStorePairs,
+                         ::testing::Values(PairCase{"k3v2:ip", 128, 1, 7},                       // an odd row count: the last warp's second row past the tokens
+                                           PairCase{"k3v2:ip", 128, 1, 8, 3},                    // a zero row beside a row (norm 0 in one half)
+                                           PairCase{"k3v2:ip", 128, 1, 8, 2},                    // ... in the other half
+                                           PairCase{"k2v3:nc", 32, 3, 87},                       // padded dim 32, nc
+                                           PairCase{"k3v2:ip", 40, 3, 21},                       // padding columns (padded 64)
+                                           PairCase{"k3v2:ip", 120, 8, 21, -1, -1, false, 5},    // 8 KV heads (shift and mask), skipped slots
+                                           PairCase{"k3v2:ip", 128, 1, 9, -1, 3, true},          // a NaN row skipped beside a written row
+                                           PairCase{"k3v2:ip", 128, 1, 4, -1, 1, false},         // a NaN row flagged beside a written row
+                                           PairCase{"k3v2", 128, 1, 4, -1, 1, false},            // the same without the norm's correction
+                                           PairCase{"k3v2:ip:rot=dense", 64, 1, 5},              // the dense rotation, a tail
+                                           PairCase{"k3v2:nc", 32, 1, 5, 2},                     // padded dim 32, nc, a zero row, a tail
+                                           PairCase{"k4v4:ip", 128, 1, 7, 3, 1, false},          // a row a warp (width 4), the same rows
+                                           PairCase{"k3v2:ip", 256, 1, 7, 3, 1, false}),         // a row a warp (padded dim 256)
+                         [](const ::testing::TestParamInfo<PairCase>& i) { return "case" + std::to_string(i.index); });
+
+// The unit row's coordinates on the device (unit_coord_kernel.cu), as quantize_store computes
+// them: the division's float on quotients placed within 24 double ulps of float midpoints, where
+// the reciprocal's product alone gives another float (some of them: the inputs reach the cases).
+TEST(QuantizeStoreUnitRow, TheReciprocalGivesTheDivisionsFloat) {
+  TQ_REQUIRE_GPU();
+  Rng r(60);
+  std::vector<float> x;
+  std::vector<double> n;
+  while (x.size() < 200000) {
+    const float a = float((r.coin() ? 1 : -1) * std::pow(2.0, r.uniform() * 30 - 14));
+    const float f = float(std::pow(2.0, -r.uniform() * 20));
+    const double mid = (double(f) + double(std::nextafter(f, 2.0f))) / 2;
+    double m = std::fabs(double(a)) / mid;
+    for (int s = int(r.next() % 49) - 24; s != 0; s += s > 0 ? -1 : 1) m = std::nextafter(m, s > 0 ? INFINITY : 0.0);
+    if (m < std::fabs(double(a))) continue;
+    x.push_back(a);
+    n.push_back(m);
+  }
+  for (float a : {0.0f, -0.0f, 0x1p-149f, -3e-39f, 1.0f}) {  // zeros, quotients below float's normal range, 1
+    x.push_back(a);
+    n.push_back(a == 1.0f ? 1.0 : 65504.0);
+  }
+  const uint32_t count = uint32_t(x.size());
+  test::DeviceBuffer<float> dx(x), dy(count), dp(count);
+  test::DeviceBuffer<double> dn(n);
+  test::DeviceBuffer<uint8_t> dd(count);
+  CUDA_OK(test::unit_coords_on_device(dx.ptr, dn.ptr, count, dy.ptr, dp.ptr, dd.ptr));
+  const auto y = dy.download(), product = dp.download();
+  const auto decided = dd.download();
+  size_t wrong = 0, product_wrong = 0, declined = 0;
+  for (uint32_t i = 0; i < count; ++i) {
+    const float want = float(double(x[i]) / n[i]);
+    wrong += f32_bits(y[i]) != f32_bits(want);
+    product_wrong += f32_bits(product[i]) != f32_bits(want);
+    declined += !decided[i];
+    float host = 0;
+    EXPECT_EQ(bool(decided[i]), unit_coord_by_inverse(x[i], 1.0 / n[i], host)) << i;  // the host's decision, the same arithmetic
+  }
+  EXPECT_EQ(wrong, 0u);
+  EXPECT_GT(product_wrong, 0u);
+  EXPECT_GT(declined, 0u);
+  EXPECT_LT(declined, count);
+}
 
 TEST(QuantizeStoreErrors, NonFiniteAndHugeRowsAreFlaggedAndNotWritten) {
   TQ_REQUIRE_GPU();
