@@ -214,7 +214,7 @@ __device__ __forceinline__ void load_lane(const QuantizeStoreParams& p, const vo
   }
 }
 
-// Rows a warp's shuffles: true where any lane of the row (the warp's lanes in `row_lanes`) has `pred`.
+// Whether any lane of a row (the warp's lanes in `row_lanes`) has `pred`; every lane of the warp calls it.
 __device__ __forceinline__ bool row_any(uint32_t row_lanes, bool pred) { return (__ballot_sync(0xffffffffu, pred) & row_lanes) != 0; }
 
 // One row: the (token, head) of K or V that item `item` names, held by L = 32 / ROWS lanes of a
