@@ -106,7 +106,8 @@ TQ_HD float e4m3_to_f32(uint8_t b) {
 // x/n (u = 2^-53), i.e. within 3 double ulps of the rounded quotient RN(x/n); rounding to float
 // gives the same value for both unless a float rounding boundary lies between them, i.e. unless
 // q's 29 low significand bits (those rounding to float drops) are within 3 of the midpoint
-// pattern 2^28 (checked with 8), or q is below float's normal range (rounded at a coarser bit).
+// pattern 2^28 (checked with 8; where the two straddle a binade's edge those bits are near 0 or
+// all ones, far from it), or q is below float's normal range (rounded at a coarser bit).
 // tests/codec/test_numeric.cpp checks it against the division on random and near-tie inputs.
 TQ_HD bool unit_coord_by_inverse(float x, double inv, float& y) {
   const double q = double(x) * inv;
