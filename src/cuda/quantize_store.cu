@@ -461,7 +461,7 @@ constexpr bool kHalvesFit = PD == 32 || PD == 64 || PD == 128;
 // TCQ: the instance that also writes trellis-coded rows (tcq_codes' shared memory is only its);
 // it takes every row through the run-time width (store_row<.., 0, 1>).
 template <int PD, bool TCQ, bool HALVES>
-__global__ void __launch_bounds__(32 * kWarps, HALVES ? 8 : 1) quantize_store_kernel(const QuantizeStoreParams p) {
+__device__ __forceinline__ void store_block(const QuantizeStoreParams& p) {
   constexpr int kRows = HALVES ? 2 : 1;
   __shared__ float ys[kWarps][kRows * PD];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -474,7 +474,7 @@ __global__ void __launch_bounds__(32 * kWarps, HALVES ? 8 : 1) quantize_store_ke
   if (item >= p.num_tokens * c.kv_heads) return;
   const CodecTables& tab = is_v ? c.vt : c.kt;
   if constexpr (HALVES) {
-    static_assert(!TCQ && kHalvesFit<PD>, "quantize_store_kernel: two rows a warp at padded dims 32, 64, 128");
+    static_assert(!TCQ && kHalvesFit<PD>, "quantize_store_kernel_pairs: two rows a warp at padded dims 32, 64, 128");
     if (tab.bits == 2) {
       store_row<PD, false, 2, 2>(p, item, is_v, warp, lane, ys[warp]);
     } else {
@@ -488,6 +488,17 @@ __global__ void __launch_bounds__(32 * kWarps, HALVES ? 8 : 1) quantize_store_ke
       default: store_row<PD, TCQ, 0, 1>(p, item, is_v, warp, lane, ys[warp]); break;
     }
   }
+}
+
+// The kernels: a row a warp, its registers as ptxas chooses (naming a minimum of 1 block an SM
+// let it take 143 at padded dim 64); two rows a warp, held to 8 blocks an SM (64 registers).
+template <int PD, bool TCQ>
+__global__ void __launch_bounds__(32 * kWarps) quantize_store_kernel(const QuantizeStoreParams p) {
+  store_block<PD, TCQ, false>(p);
+}
+template <int PD>
+__global__ void __launch_bounds__(32 * kWarps, 8) quantize_store_kernel_pairs(const QuantizeStoreParams p) {
+  store_block<PD, false, true>(p);
 }
 
 // Whether both kinds' rows are plain TurboQuant of width 2 or 3 (the HALVES instance's rows).
@@ -531,18 +542,18 @@ void quantize_store(const QuantizeStoreParams& p, Stream stream) {
   const auto launch = [&](auto tcq) {
     constexpr bool T = decltype(tcq)::value;
     switch (pd) {
-      case 32: quantize_store_kernel<32, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      case 96: quantize_store_kernel<96, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      case 64: quantize_store_kernel<64, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      case 128: quantize_store_kernel<128, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      case 256: quantize_store_kernel<256, T, false><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 32: quantize_store_kernel<32, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 96: quantize_store_kernel<96, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 64: quantize_store_kernel<64, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 128: quantize_store_kernel<128, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 256: quantize_store_kernel<256, T><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
     }
   };
   if (halves) {
     switch (pd) {
-      case 32: quantize_store_kernel<32, false, true><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      case 64: quantize_store_kernel<64, false, true><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
-      default: quantize_store_kernel<128, false, true><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 32: quantize_store_kernel_pairs<32><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      case 64: quantize_store_kernel_pairs<64><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
+      default: quantize_store_kernel_pairs<128><<<blocks, 32 * kWarps, 0, stream>>>(p); break;
     }
   } else if (p.cache.kt.tcq || p.cache.vt.tcq) {
     launch(std::true_type{});
