@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "test_util.h"
 #include "tq/numeric.h"
 #include "tq/rng.h"
 
@@ -117,12 +118,9 @@ TEST(UnitCoord, InverseAgreesWithTheDivisionWhereItClaimsTo) {
   EXPECT_GT(fast, 990u * (fast + slow) / 1000);  // the multiplication almost always decides
   uint64_t near_fast = 0, near_slow = 0, trusted_wrong = 0;
   for (int t = 0; t < 200000; ++t) {  // x / n within 24 double ulps of a float midpoint
-    const float x = float((r.coin() ? 1 : -1) * std::pow(2.0, r.uniform() * 30 - 14));
-    const float f = float(std::pow(2.0, -r.uniform() * 20));  // |x / n| in (2^-20, 1]
-    const double mid = (double(f) + double(std::nextafter(f, 2.0f))) / 2;  // exact in double
-    double n = std::fabs(double(x)) / mid;
-    for (int k = int(r.next() % 49) - 24; k != 0; k += k > 0 ? -1 : 1) n = std::nextafter(n, k > 0 ? INFINITY : 0.0);
-    if (n < std::fabs(double(x))) continue;
+    float x = 0;
+    double n = 0;
+    if (!test::near_midpoint_quotient(r, x, n)) continue;
     trusted_wrong += float(double(x) * (1.0 / n)) != float(double(x) / n);
     check(x, n, near_fast, near_slow);
   }

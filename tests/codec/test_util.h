@@ -50,4 +50,17 @@ inline double sq_norm(const float* a, size_t d) {
   return s;
 }
 
+// A float x and a double n >= |x| whose quotient x / n lies within 24 double ulps of a float
+// midpoint (|x / n| in (2^-20, 1]): where float(x * (1 / n)) can differ from float(x / n), the
+// inputs numeric.h's unit_coord_by_inverse must decline. False (x, n unusable) when stepping n
+// left it below |x|.
+inline bool near_midpoint_quotient(Rng& r, float& x, double& n) {
+  x = float((r.coin() ? 1 : -1) * std::pow(2.0, r.uniform() * 30 - 14));
+  const float f = float(std::pow(2.0, -r.uniform() * 20));
+  const double mid = (double(f) + double(std::nextafter(f, 2.0f))) / 2;  // exact in double
+  n = std::fabs(double(x)) / mid;
+  for (int k = int(r.next() % 49) - 24; k != 0; k += k > 0 ? -1 : 1) n = std::nextafter(n, k > 0 ? INFINITY : 0.0);
+  return n >= std::fabs(double(x));
+}
+
 }  // namespace tq::test

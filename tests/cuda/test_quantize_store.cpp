@@ -20,6 +20,65 @@ cudaError_t unit_coords_on_device(const float* x, const double* n, uint32_t coun
 }  // namespace test
 namespace {
 
+// Rows as a model hands them to quantize_store: x rounded to `dtype` in place (the CPU
+// reference takes the rounded floats) and returned as 32-bit words of the type's bits, `shift`
+// unused elements first.
+std::vector<uint32_t> device_rows(std::vector<float>& x, cuda::DType dtype, uint32_t shift) {
+  const size_t esize = dtype == cuda::DType::kF32 ? 4 : 2;
+  std::vector<uint32_t> w(((shift + x.size()) * esize + 3) / 4);
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint32_t b = 0;
+    if (dtype == cuda::DType::kF32) b = f32_bits(x[i]);
+    else if (dtype == cuda::DType::kBf16) x[i] = bf16_to_f32(uint16_t(b = f32_to_bf16(x[i])));
+    else x[i] = f16_to_f32(uint16_t(b = f32_to_f16(x[i])));
+    std::memcpy(reinterpret_cast<uint8_t*>(w.data()) + (shift + i) * esize, &b, esize);  // little-endian: the low bytes
+  }
+  return w;
+}
+
+// quantize_store of device_rows' words (`n` tokens from element `shift`) into a zeroed cache laid
+// out as `cpu`'s: the cache's bytes and the error flag in `out` (callers wrap it in
+// ASSERT_NO_FATAL_FAILURE: a CUDA error stops the test, not only this helper).
+struct Stored {
+  std::vector<uint8_t> bytes;
+  int32_t flag = -1;
+};
+void store_on_gpu(const PagedKvCache& cpu, const std::vector<uint32_t>& kw, const std::vector<uint32_t>& vw, cuda::DType dtype,
+                  uint32_t shift, const std::vector<int64_t>& slots, uint32_t n, Stored& out) {
+  const size_t esize = dtype == cuda::DType::kF32 ? 4 : 2;
+  cuda::DeviceFormat codecs(cpu.format());
+  test::DeviceBuffer<uint8_t> cache(cpu.bytes());
+  CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
+  test::DeviceBuffer<uint32_t> dk(kw), dv(vw);
+  test::DeviceBuffer<int64_t> ds(slots);
+  test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+  cuda::QuantizeStoreParams p;
+  p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
+  p.k = reinterpret_cast<const uint8_t*>(dk.ptr) + shift * esize;
+  p.v = reinterpret_cast<const uint8_t*>(dv.ptr) + shift * esize;
+  p.dtype = dtype;
+  p.slot_mapping = ds.ptr;
+  p.num_tokens = n;
+  p.error_flag = flag.ptr;
+  cuda::quantize_store(p, nullptr);
+  CUDA_OK(cudaDeviceSynchronize());
+  out = {cache.download(), flag.download()[0]};
+}
+
+// `got` holds the cache's bytes (`cpu`'s count) and none differs from `want`; else the count and
+// where the first one sits.
+void expect_bytes_equal(const std::vector<uint8_t>& got, const uint8_t* want, const PagedKvCache& cpu) {
+  ASSERT_EQ(got.size(), cpu.bytes());
+  const size_t block_bytes = cpu.layout().bytes;
+  size_t diff = 0, first = got.size();
+  for (size_t i = 0; i < got.size(); ++i)
+    if (got[i] != want[i]) {
+      ++diff;
+      first = std::min(first, i);
+    }
+  EXPECT_EQ(diff, 0u) << "first differing byte " << first << " (block " << first / block_bytes << ", offset " << first % block_bytes << ")";
+}
+
 struct StoreCase {
   std::string spec;
   uint32_t head_dim;
@@ -58,20 +117,8 @@ TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
       }
     }
   }
-  // The device rows: `shift` unused elements, then the tokens, as 32-bit words of the type's bits.
-  const size_t esize = dtype == cuda::DType::kF32 ? 4 : 2, words = ((shift + k.size()) * esize + 3) / 4;
-  std::vector<uint32_t> kw(words), vw(words);
-  const auto round_trip = [&](std::vector<float>& x, std::vector<uint32_t>& w) {
-    for (size_t i = 0; i < x.size(); ++i) {
-      uint32_t b = 0;
-      if (dtype == cuda::DType::kF32) b = f32_bits(x[i]);
-      else if (dtype == cuda::DType::kBf16) x[i] = bf16_to_f32(uint16_t(b = f32_to_bf16(x[i])));
-      else x[i] = f16_to_f32(uint16_t(b = f32_to_f16(x[i])));
-      std::memcpy(reinterpret_cast<uint8_t*>(w.data()) + (shift + i) * esize, &b, esize);  // little-endian: the low bytes
-    }
-  };
-  round_trip(k, kw);
-  round_trip(v, vw);
+  // The device rows: `shift` unused elements, then the tokens.
+  const std::vector<uint32_t> kw = device_rows(k, dtype, shift), vw = device_rows(v, dtype, shift);
   // Slots: shuffled pages, every 11th token skipped.
   std::vector<int64_t> slots(n);
   std::vector<int> perm(pages);
@@ -79,33 +126,10 @@ TEST_P(QuantizeStore, BytesEqualTheCpuReference) {
   for (uint32_t t = 0; t < n; ++t) slots[t] = t % 11 == 5 ? -1 : int64_t(perm[t / ps]) * ps + t % ps;
   for (uint32_t t = 0; t < n; ++t) cpu.write(0, slots[t], &k[size_t(t) * hkv * d], &v[size_t(t) * hkv * d]);
 
-  cuda::DeviceFormat codecs(cpu.format());
-  test::DeviceBuffer<uint8_t> cache(cpu.bytes());
-  CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
-  test::DeviceBuffer<uint32_t> dk(kw), dv(vw);
-  test::DeviceBuffer<int64_t> ds(slots);
-  test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
-  cuda::QuantizeStoreParams p;
-  p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
-  p.k = reinterpret_cast<const uint8_t*>(dk.ptr) + shift * esize;
-  p.v = reinterpret_cast<const uint8_t*>(dv.ptr) + shift * esize;
-  p.dtype = dtype;
-  p.slot_mapping = ds.ptr;
-  p.num_tokens = n;
-  p.error_flag = flag.ptr;
-  cuda::quantize_store(p, nullptr);
-  CUDA_OK(cudaDeviceSynchronize());
-  EXPECT_EQ(flag.download()[0], 0);
-  const auto got = cache.download();
-  const uint8_t* want = cpu.data();
-  size_t diff = 0, first = got.size();
-  for (size_t i = 0; i < got.size(); ++i)
-    if (got[i] != want[i]) {
-      ++diff;
-      first = std::min(first, i);
-    }
-  EXPECT_EQ(diff, 0u) << "first differing byte " << first << " (block " << first / cpu.layout().bytes << ", offset "
-                      << first % cpu.layout().bytes << ")";
+  Stored got;
+  ASSERT_NO_FATAL_FAILURE(store_on_gpu(cpu, kw, vw, dtype, shift, slots, n, got));
+  EXPECT_EQ(got.flag, 0);
+  expect_bytes_equal(got.bytes, cpu.data(), cpu);
 }
 
 // The case's name: spec and head dim, then the rows' type and shift where not fp16 from 0.
@@ -181,34 +205,11 @@ TEST_P(QuantizeStorePairs, RowsBesideEachOtherKeepTheirBytes) {
       std::fill(want.begin() + blk + lay.k_norms + off * 2, want.begin() + blk + lay.k_norms + off * 2 + 2, 0);
     }
   }
-  std::vector<uint16_t> kh(k.size()), vh(v.size());
-  for (size_t i = 0; i < k.size(); ++i) kh[i] = f32_to_f16(k[i]);
-  for (size_t i = 0; i < v.size(); ++i) vh[i] = f32_to_f16(v[i]);
-  cuda::DeviceFormat codecs(cpu.format());
-  test::DeviceBuffer<uint8_t> cache(cpu.bytes());
-  CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
-  test::DeviceBuffer<uint16_t> dk(kh), dv(vh);
-  test::DeviceBuffer<int64_t> ds(slots);
-  test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
-  cuda::QuantizeStoreParams p;
-  p.cache = codecs.view(0, cache.ptr, pages);
-  p.k = dk.ptr;
-  p.v = dv.ptr;
-  p.dtype = cuda::DType::kF16;
-  p.slot_mapping = ds.ptr;
-  p.num_tokens = n;
-  p.error_flag = flag.ptr;
-  cuda::quantize_store(p, nullptr);
-  CUDA_OK(cudaDeviceSynchronize());
-  EXPECT_EQ(flag.download()[0], c.nan_token >= 0 && !c.nan_skipped ? 1 : 0);
-  const auto got = cache.download();
-  size_t diff = 0, first = got.size();
-  for (size_t i = 0; i < got.size(); ++i)
-    if (got[i] != want[i]) {
-      ++diff;
-      first = std::min(first, i);
-    }
-  EXPECT_EQ(diff, 0u) << "first differing byte " << first << " (block " << first / lay.bytes << ", offset " << first % lay.bytes << ")";
+  Stored got;
+  ASSERT_NO_FATAL_FAILURE(
+      store_on_gpu(cpu, device_rows(k, cuda::DType::kF16, 0), device_rows(v, cuda::DType::kF16, 0), cuda::DType::kF16, 0, slots, n, got));
+  EXPECT_EQ(got.flag, c.nan_token >= 0 && !c.nan_skipped ? 1 : 0);
+  expect_bytes_equal(got.bytes, want.data(), cpu);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, QuantizeStorePairs,
@@ -236,12 +237,9 @@ TEST(QuantizeStoreUnitRow, TheReciprocalGivesTheDivisionsFloat) {
   std::vector<float> x;
   std::vector<double> n;
   while (x.size() < 200000) {
-    const float a = float((r.coin() ? 1 : -1) * std::pow(2.0, r.uniform() * 30 - 14));
-    const float f = float(std::pow(2.0, -r.uniform() * 20));
-    const double mid = (double(f) + double(std::nextafter(f, 2.0f))) / 2;
-    double m = std::fabs(double(a)) / mid;
-    for (int s = int(r.next() % 49) - 24; s != 0; s += s > 0 ? -1 : 1) m = std::nextafter(m, s > 0 ? INFINITY : 0.0);
-    if (m < std::fabs(double(a))) continue;
+    float a = 0;
+    double m = 0;
+    if (!test::near_midpoint_quotient(r, a, m)) continue;
     x.push_back(a);
     n.push_back(m);
   }
