@@ -452,8 +452,7 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
 
 // Two rows a warp (store_row's ROWS = 2) where both K and V rows are plain TurboQuant of width 2
 // or 3 and a half-warp's coordinates fill whole packing groups (padded dims 32, 64, 128).
-template <int PD>
-constexpr bool kHalvesFit = PD == 32 || PD == 64 || PD == 128;
+constexpr bool halves_fit_dim(uint32_t pd) { return pd == 32 || pd == 64 || pd == 128; }
 
 // Blocks alternate K and V, so a block's rows share one width and codebook. A warp takes the
 // items (token, head) ROWS w to ROWS w + ROWS - 1 of its kind (w: the warp's index among its
@@ -474,7 +473,7 @@ __device__ __forceinline__ void store_block(const QuantizeStoreParams& p) {
   if (item >= p.num_tokens * c.kv_heads) return;
   const CodecTables& tab = is_v ? c.vt : c.kt;
   if constexpr (HALVES) {
-    static_assert(!TCQ && kHalvesFit<PD>, "quantize_store_kernel_pairs: two rows a warp at padded dims 32, 64, 128");
+    static_assert(!TCQ && halves_fit_dim(PD), "quantize_store_kernel_pairs: two rows a warp at padded dims 32, 64, 128");
     if (tab.bits == 2) {
       store_row<PD, false, 2, 2>(p, item, is_v, warp, lane, ys[warp]);
     } else {
@@ -531,7 +530,7 @@ void quantize_store(const QuantizeStoreParams& p, Stream stream) {
   // wrapped, and the tokens past the wrap were not stored); the kernel numbers rows in 32 bits and
   // a grid's x holds 2^31 - 1 blocks.
   const uint32_t pd = padded_dim(p.cache.head_dim);
-  const bool halves = (pd == 32 || pd == 64 || pd == 128) && halves_fit(p.cache);
+  const bool halves = halves_fit_dim(pd) && halves_fit(p.cache);
   const uint64_t rows = uint64_t(p.num_tokens) * p.cache.kv_heads, per_block = kWarps * (halves ? 2 : 1);
   const uint64_t blocks64 = 2 * ((rows + per_block - 1) / per_block);
   TQ_CHECK(rows + per_block <= uint64_t(UINT32_MAX) && blocks64 <= uint64_t(INT32_MAX),
