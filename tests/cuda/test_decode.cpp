@@ -395,6 +395,14 @@ std::vector<DecodeCase> cases() {
   v.push_back({"k3v2:rot=dense", 128, 4, 1, {17, 97}});
   v.push_back({"k3v2", 112, 4, 1, {17, 97}});  // pads to 128
   v.push_back({"k4v2:nc", 64, 2, 1, {33, 1}});
+  // Head dim 64's staged loop (two-tile steps, kStepTiles): a warp's odd last tile (the lengths,
+  // uneven splits), one split (the long loop), pages of several tiles (the cursor's rows: a
+  // 48-token page wraps within a step), 16-row blocks.
+  v.push_back({"k3v2:page=48", 64, 4, 1, {1, 17, 97, 4097, 300}});
+  v.push_back({"k2v3:page=64", 64, 4, 1, {1, 17, 97, 4097}});
+  v.push_back({"k3v2", 64, 4, 1, {4097}, 1});
+  v.push_back({"k3v2", 64, 4, 1, {4097, 300}, 37});
+  v.push_back({"k2v2", 64, 4, 8, {8, 4097}, 4});
   // More than 8 rows of a packed cache (DecodeRows below forces blocks of two m-tiles on such
   // shapes): a partly empty second m-tile, an empty last one, unstaged loads, dense rotations
   // (their queries come from prepare_queries), padding; with 4 splits of 4K (> 8 tiles a warp) the
@@ -481,28 +489,46 @@ INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const aut
 // A block of two 8-row m-tiles decodes each packed tile once for both; every row's MMAs, softmax
 // and merge are the 8-row block's, so the output is the same bits (at the same splits). This is
 // what lets a speculative step's verification (16-row blocks) agree with one-token steps.
+void expect_rows_agree(const DecodeCase& c) {
+  DecodeSetup s(c, 11);
+  std::vector<float> paired, single;
+  {
+    const ScopedEnv sixteen("TQ_DECODE_ROWS", "16");
+    paired = run_on_gpu(s, c);
+  }
+  {
+    const ScopedEnv eight("TQ_DECODE_ROWS", "8");
+    single = run_on_gpu(s, c);
+  }
+  ASSERT_EQ(paired.size(), single.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < paired.size(); ++i) differ += std::memcmp(&paired[i], &single[i], sizeof(float)) != 0;
+  EXPECT_EQ(differ, 0u) << case_name(c) << ": elements whose bits differ between 16- and 8-row blocks";
+  EXPECT_LE(test::worst_row_error(paired, s.reference(), s.d), s.bound(s.reference())) << case_name(c);
+}
+
 TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
   TQ_REQUIRE_GPU();
   const std::vector<DecodeCase> cs{{"k3v2", 128, 4, 8, {9, 97, 4097}, 3},     {"k4v4", 64, 4, 3, {9, 97, 1000}, 2},
                                    {"k2v3:page=7", 128, 8, 3, {3, 17, 97}, 2}, {"k3v2:rot=dense", 128, 4, 5, {17, 97}, 1},
-                                   {"k3v4", 112, 2, 9, {17, 300}, 4},          {"k2v2", 128, 4, 2, {64, 65}, 2}};
-  for (const DecodeCase& c : cs) {
-    DecodeSetup s(c, 11);
-    std::vector<float> paired, single;
-    {
-      const ScopedEnv sixteen("TQ_DECODE_ROWS", "16");
-      paired = run_on_gpu(s, c);
-    }
-    {
-      const ScopedEnv eight("TQ_DECODE_ROWS", "8");
-      single = run_on_gpu(s, c);
-    }
-    ASSERT_EQ(paired.size(), single.size());
-    size_t differ = 0;
-    for (size_t i = 0; i < paired.size(); ++i) differ += std::memcmp(&paired[i], &single[i], sizeof(float)) != 0;
-    EXPECT_EQ(differ, 0u) << case_name(c) << ": elements whose bits differ between 16- and 8-row blocks";
-    EXPECT_LE(test::worst_row_error(paired, s.reference(), s.d), s.bound(s.reference())) << case_name(c);
-  }
+                                   {"k3v4", 112, 2, 9, {17, 300}, 4},          {"k2v2", 128, 4, 2, {64, 65}, 2},
+                                   {"k3v2", 64, 4, 3, {1000}, 3},              {"k3v2:page=48", 128, 4, 3, {9, 97, 1000}, 2}};
+  for (const DecodeCase& c : cs) expect_rows_agree(c);
+}
+
+// The same at head dim 64 with int8 keys (2 and 3 bits) and 512 or more tokens a split. FAILS on
+// the H100 (2026-12-06): in 10 of 11 such cases 54-149 elements of 1536 (whole rows) differed
+// between the two kernels, every one within the reference's bound; none in the 3 cases of 336
+// tokens a split or fewer (the case above), at head dim 128, or with 4-bit keys
+// (bench/results/2026-12-06-h100-d64-steps-and-rows.md). An open defect: until its cause is found,
+// make_plan keeps these caches to 8-row blocks (decode_attention.cu), so that a verification step
+// and a one-token step give a row the same bits.
+TEST(DecodeRows, HeadDim64Int8KeysGiveTheEightRowBlocksBits) {
+  TQ_REQUIRE_GPU();
+  const std::vector<DecodeCase> cs{{"k3v2", 64, 4, 3, {9, 97, 1000}, 2}, {"k3v2:page=48", 64, 4, 3, {1000}, 2},
+                                   {"k2v2", 64, 4, 3, {1000}, 2},        {"k3v3", 64, 4, 3, {1000}, 2},
+                                   {"k3v2", 64, 8, 2, {1000}, 2}};
+  for (const DecodeCase& c : cs) expect_rows_agree(c);
 }
 
 // A softmax scale other than 1/sqrt(head_dim) (Gemma 3 27B's 1/sqrt(dim / heads), ModelConfig::
@@ -589,9 +615,10 @@ TEST(PrefillOutput, TheBlocksAndTheMergeWriteTheSameRows) {
 // the first query at 1108 - 8 starts a tile before the last one's).
 TEST(DecodeInvariance, AWindowedPositionGivesTheSameBitsInAnyStep) {
   TQ_REQUIRE_GPU();
-  for (const char* spec : {"k3v2", "k4v4", "fp8", "bf16"})
+  const std::pair<const char*, uint32_t> kinds[] = {{"k3v2", 128}, {"k4v4", 128}, {"fp8", 128}, {"bf16", 128}, {"k3v2", 64}};  // D = 64: steps of two tiles
+  for (const auto& [spec, d] : kinds)
     for (uint32_t cut : {128u, 48u}) {
-      const DecodeCase nine{spec, 128, 4, 9, {1108, 530}, 0, false, false, 100, cut}, one{spec, 128, 4, 1, {1108, 530}, 0, false, false, 100, cut};
+      const DecodeCase nine{spec, d, 4, 9, {1108, 530}, 0, false, false, 100, cut}, one{spec, d, 4, 1, {1108, 530}, 0, false, false, 100, cut};
       DecodeSetup s9(nine, 21), s1(one, 21);  // the same seed: the same cache rows
       const size_t row = size_t(s9.qh) * s9.d;  // one query token's rows, [qh][d]
       for (size_t q = 0; q < 2; ++q)  // sequence q's last query token of the 9 is its only one
@@ -600,7 +627,7 @@ TEST(DecodeInvariance, AWindowedPositionGivesTheSameBitsInAnyStep) {
       size_t differ = 0;
       for (size_t q = 0; q < 2; ++q)
         differ += std::memcmp(&got9[(q * 9 + 8) * row], &got1[q * row], row * sizeof(float)) != 0;
-      EXPECT_EQ(differ, 0u) << spec << " cut " << cut << ": sequences whose last position's output bits differ between the steps";
+      EXPECT_EQ(differ, 0u) << spec << " d " << d << " cut " << cut << ": sequences whose last position's output bits differ between the steps";
       EXPECT_LE(test::worst_row_error(got1, s1.reference(), s1.d), s1.bound(s1.reference())) << spec;
     }
 }
