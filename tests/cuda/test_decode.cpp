@@ -531,6 +531,23 @@ TEST(DecodeRows, HeadDim64Int8KeysGiveTheEightRowBlocksBits) {
   for (const DecodeCase& c : cs) expect_rows_agree(c);
 }
 
+// Meanwhile the plan's own choice there is 8-row blocks, also where a warp gets 8 tiles or more
+// of a split (where it takes 16-row blocks elsewhere): the same bits as forced 8-row blocks.
+TEST(DecodeRows, HeadDim64Int8KeysTakeEightRowBlocks) {
+  TQ_REQUIRE_GPU();
+  for (const DecodeCase& c : {DecodeCase{"k3v2", 64, 4, 3, {9, 97, 1000}, 2}, DecodeCase{"k2v2", 64, 8, 2, {2048}, 2}}) {
+    DecodeSetup s(c, 11);
+    const std::vector<float> chosen = run_on_gpu(s, c);
+    std::vector<float> eight;
+    {
+      const ScopedEnv forced("TQ_DECODE_ROWS", "8");
+      eight = run_on_gpu(s, c);
+    }
+    ASSERT_EQ(chosen.size(), eight.size());
+    EXPECT_EQ(std::memcmp(chosen.data(), eight.data(), chosen.size() * sizeof(float)), 0) << case_name(c);
+  }
+}
+
 // A softmax scale other than 1/sqrt(head_dim) (Gemma 3 27B's 1/sqrt(dim / heads), ModelConfig::
 // attn_scale), in decode and both prefill kernels, with a sliding window and without.
 TEST(DecodeScale, AGivenScaleIsTheReferencesScale) {
