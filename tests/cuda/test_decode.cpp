@@ -330,6 +330,7 @@ std::vector<float> run_on_gpu(const DecodeSetup& s, const DecodeCase& c) {
   if (c.split_tokens) p.split_tokens = c.split_tokens, p.num_splits = (p.max_seq_len + c.split_tokens - 1) / c.split_tokens;
   test::DeviceBuffer<uint8_t> ws(c.prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p));
   p.workspace = ws.ptr;
+  ws.poison();  // NaN: a partial or a row read before it is written shows as a non-finite output
   out.poison();
   if (c.prefill)
     cuda::prefill_attention(p, nullptr);
