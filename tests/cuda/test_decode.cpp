@@ -398,12 +398,14 @@ std::vector<DecodeCase> cases() {
   v.push_back({"k4v2:nc", 64, 2, 1, {33, 1}});
   // Head dim 64's staged loop (two-tile steps, kStepTiles): a warp's odd last tile (the lengths,
   // uneven splits), one split (the long loop), pages of several tiles (the cursor's rows: a
-  // 48-token page wraps within a step), 16-row blocks.
+  // 48-token page wraps within a step), 32 rows with 4 splits of 4K (16-row blocks for 4-bit
+  // keys; 8-row ones for int8 keys at D 64, make_plan).
   v.push_back({"k3v2:page=48", 64, 4, 1, {1, 17, 97, 4097, 300}});
   v.push_back({"k2v3:page=64", 64, 4, 1, {1, 17, 97, 4097}});
   v.push_back({"k3v2", 64, 4, 1, {4097}, 1});
   v.push_back({"k3v2", 64, 4, 1, {4097, 300}, 37});
   v.push_back({"k2v2", 64, 4, 8, {8, 4097}, 4});
+  v.push_back({"k4v4", 64, 4, 8, {8, 4097}, 4});
   // More than 8 rows of a packed cache (DecodeRows below forces blocks of two m-tiles on such
   // shapes): a partly empty second m-tile, an empty last one, unstaged loads, dense rotations
   // (their queries come from prepare_queries), padding; with 4 splits of 4K (> 8 tiles a warp) the
