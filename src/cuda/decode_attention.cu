@@ -65,6 +65,9 @@ int forced_rows() {
 // The head dim the kernels run at: TurboQuant rows are padded (e.g. 112 -> 128), float rows not.
 int kernel_dim(const CacheView& c) { return int(is_tq(c.k.enc) ? padded_dim(c.head_dim) : c.head_dim); }
 
+// The keys' width parameter (widths.h), as the kernels are instantiated for.
+int key_width(const CacheView& c) { return width_param(c.k.enc == Encoding::kTqTcq, int(c.k.bits)); }
+
 // The workspace: per split (and side block) and query row its output and (max, sum), and the
 // rotated queries of pl.mtiles 8-row m-tiles per (sequence, KV head).
 void size_workspace(Plan& pl, const DecodeParams& p) {
@@ -128,8 +131,7 @@ Plan make_plan(const DecodeParams& p) {
   // Head dim 64 with int8 keys: 16-row blocks gave some rows other bits than 8-row blocks on the
   // H100 (the open defect of test_decode.cpp's DecodeRows.HeadDim64Int8KeysGiveTheEightRowBlocksBits),
   // so a verification step there takes 8-row blocks, as one-token steps do.
-  const TensorCode& k = p.cache.k;
-  if (D <= 64 && int8_keys(width_param(k.enc == Encoding::kTqTcq, int(k.bits)))) return make_plan(p, 1);
+  if (D <= 64 && int8_keys(key_width(p.cache))) return make_plan(p, 1);
   const Plan paired = make_plan(p, 2);
   return paired.tokens_per_split >= kPairMinTiles * kWarps * kTile ? paired : make_plan(p, 1);
 }
@@ -155,8 +157,7 @@ Plan make_prefill_plan(const DecodeParams& p) {
   pl.mtiles = rtiles * (pl.block_rows / kRows);
   check_grid_y(uint64_t(p.cache.kv_heads) * rtiles, p, "prefill_attention");
   // Hopper's int8 S (the kernels' own rule) takes its own tiles.
-  const TensorCode& k = p.cache.k;
-  const bool s8 = pl.ws && prefill::ws_s8(pl.D, is_tq(k.enc), width_param(k.enc == Encoding::kTqTcq, int(k.bits)));
+  const bool s8 = pl.ws && prefill::ws_s8(pl.D, is_tq(p.cache.k.enc), key_width(p.cache));
   const int T = pl.ws ? prefill::ws_tile_tokens(pl.D, s8) : prefill::tile_tokens(pl.D, compact);
   const int group = int(p.q_heads / p.cache.kv_heads);
   const int tiles = std::max(1, int((span_tokens(p, uint32_t((pl.block_rows + group - 1) / group + 1)) + T - 1) / T));

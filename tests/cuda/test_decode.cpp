@@ -489,20 +489,19 @@ std::vector<DecodeCase> cases() {
 INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const auto& i) { return case_name(i.param); });
 
 
+// run_on_gpu with TQ_DECODE_ROWS set to `rows` ("8" or "16"; nullptr: the plan's own choice).
+std::vector<float> run_with_rows(const DecodeSetup& s, const DecodeCase& c, const char* rows) {
+  std::optional<ScopedEnv> forced;
+  if (rows) forced.emplace("TQ_DECODE_ROWS", rows);
+  return run_on_gpu(s, c);
+}
+
 // A block of two 8-row m-tiles decodes each packed tile once for both; every row's MMAs, softmax
 // and merge are the 8-row block's, so the output is the same bits (at the same splits). This is
 // what lets a speculative step's verification (16-row blocks) agree with one-token steps.
 void expect_rows_agree(const DecodeCase& c) {
   DecodeSetup s(c, 11);
-  std::vector<float> paired, single;
-  {
-    const ScopedEnv sixteen("TQ_DECODE_ROWS", "16");
-    paired = run_on_gpu(s, c);
-  }
-  {
-    const ScopedEnv eight("TQ_DECODE_ROWS", "8");
-    single = run_on_gpu(s, c);
-  }
+  const std::vector<float> paired = run_with_rows(s, c, "16"), single = run_with_rows(s, c, "8");
   ASSERT_EQ(paired.size(), single.size());
   size_t differ = 0;
   for (size_t i = 0; i < paired.size(); ++i) differ += std::memcmp(&paired[i], &single[i], sizeof(float)) != 0;
@@ -540,12 +539,7 @@ TEST(DecodeRows, HeadDim64Int8KeysTakeEightRowBlocks) {
   TQ_REQUIRE_GPU();
   for (const DecodeCase& c : {DecodeCase{"k3v2", 64, 4, 3, {9, 97, 1000}, 2}, DecodeCase{"k2v2", 64, 8, 2, {2048}, 2}}) {
     DecodeSetup s(c, 11);
-    const std::vector<float> chosen = run_on_gpu(s, c);
-    std::vector<float> eight;
-    {
-      const ScopedEnv forced("TQ_DECODE_ROWS", "8");
-      eight = run_on_gpu(s, c);
-    }
+    const std::vector<float> chosen = run_with_rows(s, c, nullptr), eight = run_with_rows(s, c, "8");
     ASSERT_EQ(chosen.size(), eight.size());
     EXPECT_EQ(std::memcmp(chosen.data(), eight.data(), chosen.size() * sizeof(float)), 0) << case_name(c);
   }
