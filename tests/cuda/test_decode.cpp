@@ -315,7 +315,8 @@ struct DecodeSetup {
 // lengths copied there, c's splits (or fixed cuts) set, a workspace of the size the parameters
 // need (sized under the same settings as the launch), the output poisoned first. Returns it.
 // A CUDA error fails the test and gives NaN rows.
-std::vector<float> run_on_gpu(const DecodeSetup& s, const DecodeCase& c) {
+// ws_out: where the workspace is downloaded to after the call (the decode kernel's per-split partials).
+std::vector<float> run_on_gpu(const DecodeSetup& s, const DecodeCase& c, std::vector<uint8_t>* ws_out = nullptr) {
   const auto failed = [&](cudaError_t e) {
     if (e != cudaSuccess) ADD_FAILURE() << case_name(c) << ": " << cudaGetErrorString(e);
     return e != cudaSuccess;
@@ -337,6 +338,7 @@ std::vector<float> run_on_gpu(const DecodeSetup& s, const DecodeCase& c) {
   else
     cuda::decode_attention(p, nullptr);
   if (failed(cudaDeviceSynchronize())) return std::vector<float>(s.q.size(), NAN);
+  if (ws_out) *ws_out = ws.download();
   return out.download();
 }
 
@@ -490,10 +492,50 @@ INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const aut
 
 
 // run_on_gpu with TQ_DECODE_ROWS set to `rows` ("8" or "16"; nullptr: the plan's own choice).
-std::vector<float> run_with_rows(const DecodeSetup& s, const DecodeCase& c, const char* rows) {
+std::vector<float> run_with_rows(const DecodeSetup& s, const DecodeCase& c, const char* rows, std::vector<uint8_t>* ws = nullptr) {
   std::optional<ScopedEnv> forced;
   if (rows) forced.emplace("TQ_DECODE_ROWS", rows);
-  return run_on_gpu(s, c);
+  return run_on_gpu(s, c, ws);
+}
+
+// Where two decodes of one case differ: each output row (seq, query token, head) whose bits
+// differ, its largest difference, both rows' errors against the reference, and, with forced
+// splits, which splits' partials (the decode kernel's output in the workspace: [slot][D] floats,
+// then [slot] (max, sum), slot = row * splits + split) differ, which tells the decode kernel from
+// the merge. At most `limit` rows.
+std::string describe_differences(const DecodeSetup& s, const DecodeCase& c, const std::vector<float>& a, const std::vector<float>& b,
+                                 const std::vector<uint8_t>& ws_a, const std::vector<uint8_t>& ws_b, size_t limit = 8) {
+  const std::vector<float> ref = s.reference();
+  const size_t rows = a.size() / s.d, splits = c.splits;
+  const size_t partials = rows * splits * s.d * sizeof(float);
+  std::string out;
+  size_t shown = 0;
+  for (size_t r = 0; r < rows && shown < limit; ++r) {
+    if (std::memcmp(&a[r * s.d], &b[r * s.d], s.d * sizeof(float)) == 0) continue;
+    ++shown;
+    double worst = 0;
+    for (size_t e = 0; e < s.d; ++e) worst = std::max(worst, std::fabs(double(a[r * s.d + e]) - b[r * s.d + e]));
+    const auto err = [&](const std::vector<float>& x) {
+      const std::vector<float> row(x.begin() + r * s.d, x.begin() + (r + 1) * s.d), rr(ref.begin() + r * s.d, ref.begin() + (r + 1) * s.d);
+      return test::worst_row_error(row, rr, s.d);
+    };
+    out += "\n  seq " + std::to_string(r / (s.ntok * s.qh)) + " token " + std::to_string(r / s.qh % s.ntok) + " head " +
+           std::to_string(r % s.qh) + ": max |diff| " + std::to_string(worst) + ", errors " + std::to_string(err(a)) + " / " +
+           std::to_string(err(b));
+    const size_t ml_end = partials + rows * splits * 2 * sizeof(float);  // where the (max, sum) pairs end
+    if (splits == 0 || ws_a.size() < ml_end || ws_b.size() < ml_end) continue;
+    for (size_t sp = 0; sp < splits; ++sp) {
+      const size_t slot = r * splits + sp;
+      const bool o = std::memcmp(&ws_a[slot * s.d * sizeof(float)], &ws_b[slot * s.d * sizeof(float)], s.d * sizeof(float)) != 0;
+      float ml_a[2], ml_b[2];
+      std::memcpy(ml_a, &ws_a[partials + slot * sizeof(ml_a)], sizeof(ml_a));
+      std::memcpy(ml_b, &ws_b[partials + slot * sizeof(ml_b)], sizeof(ml_b));
+      if (o || std::memcmp(ml_a, ml_b, sizeof(ml_a)) != 0)
+        out += "; split " + std::to_string(sp) + (o ? " partial differs" : " partial same") + ", (max, sum) " + std::to_string(ml_a[0]) + ", " +
+               std::to_string(ml_a[1]) + " / " + std::to_string(ml_b[0]) + ", " + std::to_string(ml_b[1]);
+    }
+  }
+  return out;
 }
 
 // A block of two 8-row m-tiles decodes each packed tile once for both; every row's MMAs, softmax
@@ -501,11 +543,13 @@ std::vector<float> run_with_rows(const DecodeSetup& s, const DecodeCase& c, cons
 // what lets a speculative step's verification (16-row blocks) agree with one-token steps.
 void expect_rows_agree(const DecodeCase& c) {
   DecodeSetup s(c, 11);
-  const std::vector<float> paired = run_with_rows(s, c, "16"), single = run_with_rows(s, c, "8");
+  std::vector<uint8_t> ws16, ws8;
+  const std::vector<float> paired = run_with_rows(s, c, "16", &ws16), single = run_with_rows(s, c, "8", &ws8);
   ASSERT_EQ(paired.size(), single.size());
   size_t differ = 0;
   for (size_t i = 0; i < paired.size(); ++i) differ += std::memcmp(&paired[i], &single[i], sizeof(float)) != 0;
-  EXPECT_EQ(differ, 0u) << case_name(c) << ": elements whose bits differ between 16- and 8-row blocks";
+  EXPECT_EQ(differ, 0u) << case_name(c) << ": elements whose bits differ between 16- and 8-row blocks (errors: 16- / 8-row)"
+                        << (differ ? describe_differences(s, c, paired, single, ws16, ws8) : std::string());
   EXPECT_LE(test::worst_row_error(paired, s.reference(), s.d), s.bound(s.reference())) << case_name(c);
 }
 
