@@ -50,15 +50,15 @@ jobs=$(nproc 2>/dev/null || echo 2)
 # instead of once per file, about a third less compile (bench/results/2026-12-03-ci-time.md).
 # TQ_UNITY_BUILD=OFF builds file by file.
 export TQ_UNITY_BUILD=${TQ_UNITY_BUILD:-ON}
-# Where no GPU can run them (CI), the kernels are compiled at -O1 (TQ_CUDA_COMPILE_CHECK): every
-# kernel of every architecture still goes through the compiler and the assembler, in half the
-# time; the build then refuses to run them. Where a GPU is, they are compiled as users build them.
+# Where no GPU can run them (CI), the kernels are compiled unoptimized (TQ_CUDA_COMPILE_CHECK: cicc
+# -O1, ptxas -O0): every kernel of every architecture still goes through the compiler and the
+# assembler, in under half the time; the build then refuses to run them. Where a GPU is, they are compiled as users build them.
 # TQ_CUDA_COMPILE_CHECK=OFF builds them in full everywhere.
 check_only=OFF
 if ! nvidia-smi -L >/dev/null 2>&1; then check_only=${TQ_CUDA_COMPILE_CHECK:-ON}; fi
 cmake --preset release -DTQ_CUDA_ARCHS="${TQ_CI_CUDA_ARCHS:-all}" -DCMAKE_UNITY_BUILD="$TQ_UNITY_BUILD" \
   -DTQ_CUDA_COMPILE_CHECK="$check_only" >/dev/null
-# ptxas at -O1 says where Hopper's warpgroup MMAs lose speed (info C7507, C7517, C7519, C7520: ~500
+# ptxas says where Hopper's warpgroup MMAs lose speed (info C7507, C7517, C7519, C7520: ~500
 # lines), which a compile check does not care for; every other line of the build is printed.
 cmake --build --preset release -j "$jobs" 2>&1 | { grep -v -E '^ptxas info +: \(C75(07|17|19|20)\)' || true; }
 stage "build"
