@@ -568,12 +568,16 @@ TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
 // tokens a split or fewer (the case above), at head dim 128, or with 4-bit keys
 // (bench/results/2026-12-06-h100-d64-steps-and-rows.md). An open defect: until its cause is found,
 // make_plan keeps these caches to 8-row blocks (decode_attention.cu), so that a verification step
-// and a one-token step give a row the same bits.
+// and a one-token step give a row the same bits. The last cases (not yet run) map it: 16 rows of
+// one query token (no causal mask between rows), one split, and splits of 352, 464 and 560 tokens
+// (a warp's 5-6, 7-8 and 8-9 tiles).
 TEST(DecodeRows, HeadDim64Int8KeysGiveTheEightRowBlocksBits) {
   TQ_REQUIRE_GPU();
   const std::vector<DecodeCase> cs{{"k3v2", 64, 4, 3, {9, 97, 1000}, 2}, {"k3v2:page=48", 64, 4, 3, {1000}, 2},
                                    {"k2v2", 64, 4, 3, {1000}, 2},        {"k3v3", 64, 4, 3, {1000}, 2},
-                                   {"k3v2", 64, 8, 2, {1000}, 2}};
+                                   {"k3v2", 64, 8, 2, {1000}, 2},        {"k3v2", 64, 16, 1, {1000}, 2},
+                                   {"k3v2", 64, 4, 3, {1000}, 1},        {"k3v2", 64, 4, 3, {700}, 2},
+                                   {"k3v2", 64, 4, 3, {900}, 2},         {"k3v2", 64, 4, 3, {1100}, 2}};
   for (const DecodeCase& c : cs) expect_rows_agree(c);
 }
 
