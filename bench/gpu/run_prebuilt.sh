@@ -43,7 +43,7 @@ done
 SAN_FILTER=${SAN_FILTER:-'DecodeRows.*:*QuantizeStore*:All/Decode.*d64*'}
 for tool in memcheck racecheck synccheck initcheck; do
   [ -n "${NO_SANITIZERS:-}" ] && break
-  compute-sanitizer --tool "$tool" --error-exitcode 9 "$P/test_cuda" --gtest_brief=1 --gtest_filter="$SAN_FILTER" >"$L/san_$tool.log" 2>&1
+  timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 9 "$P/test_cuda" --gtest_brief=1 --gtest_filter="$SAN_FILTER" >"$L/san_$tool.log" 2>&1
   note "compute-sanitizer $tool on '$SAN_FILTER' rc=$?: $(grep -E 'ERROR SUMMARY' "$L/san_$tool.log" | tail -1)"
   pack
 done
