@@ -52,7 +52,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 export TQ_UNITY_BUILD=${TQ_UNITY_BUILD:-ON}
 # Where no GPU can run them (CI), the kernels are compiled unoptimized (TQ_CUDA_COMPILE_CHECK: cicc
 # -O1, ptxas -O0): every kernel of every architecture still goes through the compiler and the
-# assembler, in under half the time; the build then refuses to run them. Where a GPU is, they are compiled as users build them.
+# assembler, in under half the time; the build then refuses to run them. Where a GPU is, they are
+# compiled as users build them.
 # TQ_CUDA_COMPILE_CHECK=OFF builds them in full everywhere.
 check_only=OFF
 if ! nvidia-smi -L >/dev/null 2>&1; then check_only=${TQ_CUDA_COMPILE_CHECK:-ON}; fi

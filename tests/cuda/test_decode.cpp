@@ -502,10 +502,10 @@ std::vector<float> run_with_rows(const DecodeSetup& s, const DecodeCase& c, cons
 // differ, its largest difference, both rows' errors against the reference, and, with forced
 // splits, which splits' partials (the decode kernel's output in the workspace: [slot][D] floats,
 // then [slot] (max, sum), slot = row * splits + split) differ, which tells the decode kernel from
-// the merge. At most `limit` rows.
-std::string describe_differences(const DecodeSetup& s, const DecodeCase& c, const std::vector<float>& a, const std::vector<float>& b,
-                                 const std::vector<uint8_t>& ws_a, const std::vector<uint8_t>& ws_b, size_t limit = 8) {
-  const std::vector<float> ref = s.reference();
+// the merge. At most `limit` rows. ref: s.reference().
+std::string describe_differences(const DecodeSetup& s, const DecodeCase& c, const std::vector<float>& ref, const std::vector<float>& a,
+                                 const std::vector<float>& b, const std::vector<uint8_t>& ws_a, const std::vector<uint8_t>& ws_b,
+                                 size_t limit = 8) {
   const size_t rows = a.size() / s.d, splits = c.splits;
   const size_t partials = rows * splits * s.d * sizeof(float);
   std::string out;
@@ -546,11 +546,12 @@ void expect_rows_agree(const DecodeCase& c) {
   std::vector<uint8_t> ws16, ws8;
   const std::vector<float> paired = run_with_rows(s, c, "16", &ws16), single = run_with_rows(s, c, "8", &ws8);
   ASSERT_EQ(paired.size(), single.size());
+  const std::vector<float> ref = s.reference();  // (a double-precision pass over the cache: once)
   size_t differ = 0;
   for (size_t i = 0; i < paired.size(); ++i) differ += std::memcmp(&paired[i], &single[i], sizeof(float)) != 0;
   EXPECT_EQ(differ, 0u) << case_name(c) << ": elements whose bits differ between 16- and 8-row blocks (errors: 16- / 8-row)"
-                        << (differ ? describe_differences(s, c, paired, single, ws16, ws8) : std::string());
-  EXPECT_LE(test::worst_row_error(paired, s.reference(), s.d), s.bound(s.reference())) << case_name(c);
+                        << (differ ? describe_differences(s, c, ref, paired, single, ws16, ws8) : std::string());
+  EXPECT_LE(test::worst_row_error(paired, ref, s.d), s.bound(ref)) << case_name(c);
 }
 
 TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
