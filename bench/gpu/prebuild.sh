@@ -15,10 +15,12 @@
 # Carry .stage in the call (`run` carry: [".stage"]; 64 MiB with the work tree, so three suites
 # or variants at a time) and run `bash bench/gpu/run_prebuilt.sh` there.
 # BUILD_DIR (default build/prebuilt) is the build folder; CMake's own flags as the GPU script's.
+# PREBUILT (default .stage/prebuilt) is where the pack goes: two packs in two folders of .stage
+# can be carried by two calls one after the other, as `run` carry [".stage/NAME"].
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 B=${BUILD_DIR:-build/prebuilt}
-P=.stage/prebuilt
+P=${PREBUILT:-.stage/prebuilt}  # where the pack goes (carry it, or .stage)
 SUITES=${SUITES:-test_cuda}
 command -v nvcc >/dev/null || { echo "prebuild.sh: nvcc is not on PATH (scripts/setup.sh system installs the CUDA toolkit)" >&2; exit 1; }
 command -v xz >/dev/null || { echo "prebuild.sh: xz is missing (apt-get install xz-utils)" >&2; exit 1; }
@@ -30,14 +32,15 @@ ninja -C "$B" $SUITES
 rm -rf "$P" && mkdir -p "$P/lib"
 
 # One suite into the pack: stripped, compressed, and the libraries it loads that are not the C
-# and C++ runtimes (or the driver, which the GPU machine's is).
+# and C++ runtimes, the driver or cuBLAS (the GPU machine's, the same CUDA release's: cuBLASLt
+# alone is 540 MB).
 pack() {  # pack BINARY NAME
   local tmp; tmp=$(mktemp)
   cp "$1" "$tmp" && strip "$tmp"
   xz -T0 -6 -c "$tmp" >"$P/$2.xz" && rm -f "$tmp"
   ldd "$1" | awk '/=> \// {print $1, $3}' | while read -r so path; do
     case "$so" in
-      libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|libgcc_s.so*|libstdc++.so*|libcuda.so*) ;;
+      libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|libgcc_s.so*|libstdc++.so*|libcuda.so*|libcublas*) ;;
       *) [ -f "$P/lib/$so" ] || cp -L "$path" "$P/lib/$so" ;;
     esac
   done
