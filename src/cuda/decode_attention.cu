@@ -128,10 +128,6 @@ Plan make_plan(const DecodeParams& p) {
   if (!is_tq(p.cache.k.enc) || D > 128 || rows <= kRows) return make_plan(p, 1);
   const int forced = forced_rows();
   if (forced) return make_plan(p, forced / kRows);
-  // Head dim 64 with int8 keys: 16-row blocks gave some rows other bits than 8-row blocks on the
-  // H100 (the open defect of test_decode.cpp's DecodeRows.HeadDim64Int8KeysGiveTheEightRowBlocksBits),
-  // so a verification step there takes 8-row blocks, as one-token steps do.
-  if (D <= 64 && int8_keys(key_width(p.cache))) return make_plan(p, 1);
   const Plan paired = make_plan(p, 2);
   return paired.tokens_per_split >= kPairMinTiles * kWarps * kTile ? paired : make_plan(p, 1);
 }

@@ -563,15 +563,13 @@ TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
   for (const DecodeCase& c : cs) expect_rows_agree(c);
 }
 
-// The same at head dim 64 with int8 keys (2 and 3 bits) and 512 or more tokens a split. FAILS on
-// the H100 (2026-12-06): in 10 of 11 such cases 54-149 elements of 1536 (whole rows) differed
-// between the two kernels, every one within the reference's bound; none in the 3 cases of 336
-// tokens a split or fewer (the case above), at head dim 128, or with 4-bit keys
-// (bench/results/2026-12-06-h100-d64-steps-and-rows.md). An open defect: until its cause is found,
-// make_plan keeps these caches to 8-row blocks (decode_attention.cu), so that a verification step
-// and a one-token step give a row the same bits. The last cases (not yet run) map it: 16 rows of
-// one query token (no causal mask between rows), one split, and splits of 352, 464 and 560 tokens
-// (a warp's 5-6, 7-8 and 8-9 tiles).
+// The same at head dim 64 with int8 keys (2 and 3 bits), where a warp gets 8 tiles or more of a
+// split (512 tokens and more a split; the plan pairs m-tiles there, kPairMinTiles), which failed on
+// the H100 on 2026-12-06 with the kernel of an unmerged branch (four-tile steps' ring, built for
+// two-tile steps): main's kernel gives both blocks the same bits in every case below (H100,
+// 2026-12-07, bench/results/2026-12-07-h100-prebuilt-suites.md). Also 16 rows of one query token
+// (no causal mask between rows), one split, and splits of 352, 464 and 560 tokens (a warp's 5-6,
+// 7-8 and 8-9 tiles).
 TEST(DecodeRows, HeadDim64Int8KeysGiveTheEightRowBlocksBits) {
   TQ_REQUIRE_GPU();
   const std::vector<DecodeCase> cs{{"k3v2", 64, 4, 3, {9, 97, 1000}, 2}, {"k3v2:page=48", 64, 4, 3, {1000}, 2},
@@ -582,9 +580,9 @@ TEST(DecodeRows, HeadDim64Int8KeysGiveTheEightRowBlocksBits) {
   for (const DecodeCase& c : cs) expect_rows_agree(c);
 }
 
-// Meanwhile the plan's own choice there is 8-row blocks, also where a warp gets 8 tiles or more
-// of a split (where it takes 16-row blocks elsewhere): the same bits as forced 8-row blocks.
-TEST(DecodeRows, HeadDim64Int8KeysTakeEightRowBlocks) {
+// The plan's own choice there (16-row blocks where a warp gets 8 tiles or more: 2048 tokens in 2
+// splits; 8-row blocks below that) gives the forced 8-row blocks' bits.
+TEST(DecodeRows, HeadDim64Int8KeysPlanGivesTheEightRowBlocksBits) {
   TQ_REQUIRE_GPU();
   for (const DecodeCase& c : {DecodeCase{"k3v2", 64, 4, 3, {9, 97, 1000}, 2}, DecodeCase{"k2v2", 64, 8, 2, {2048}, 2}}) {
     DecodeSetup s(c, 11);
