@@ -8,6 +8,8 @@
 # what it loads, the CUDA runtime), so that they run on a GPU machine that lacks the Debian packages.
 #   bash bench/gpu/prebuild.sh                       test_cuda
 #   SUITES="test_cuda test_cuda_runner" bash bench/gpu/prebuild.sh
+#   SUITES="tq_capi tq" bash bench/gpu/prebuild.sh   the C API library and the tq command, for a
+#       benchmark call with no build (run_prebuilt.sh's BENCH_ARGS, ENGINE_BENCH)
 #   VARIANTS="fmad|-fmad=false|attention_d64.cu" bash bench/gpu/prebuild.sh
 #       also test_cuda with one CUDA source of src/cuda recompiled with FLAGS appended (the rest
 #       of the library as built), as .stage/prebuilt/test_cuda_NAME: a diagnosis compares a
@@ -46,9 +48,13 @@ pack() {  # pack BINARY NAME
   done
 }
 for s in $SUITES; do
-  bin=$(find "$B/tests" -name "$s" -type f -perm -u+x | head -1)
-  [ -n "$bin" ] || { echo "prebuild.sh: $s was not built" >&2; exit 1; }
-  pack "$bin" "$s"
+  case "$s" in
+    tq_capi) bin=$B/bindings/c/libtq_capi.so name=libtq_capi.so ;;  # the C API bench_decode.py loads
+    tq) bin=$B/apps/cli/tq name=tq ;;                                # the command (tq bench)
+    *) bin=$(find "$B/tests" -name "$s" -type f -perm -u+x | head -1) name=$s ;;
+  esac
+  [ -n "$bin" ] && [ -f "$bin" ] || { echo "prebuild.sh: $s was not built" >&2; exit 1; }
+  pack "$bin" "$name"
 done
 
 # Variants: the one object recompiled by its own build command (ninja's, with FLAGS appended and

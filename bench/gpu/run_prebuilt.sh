@@ -7,7 +7,12 @@
 # TQ_CUDA_PORTABLE=1. Every stage's timeout is cut to what is left of BUDGET seconds (default
 # 570: a call's 600 less the unpacking).
 # Logs to $OUT (or ./gpu-out), packed into logs.tgz after each stage; the summary last.
+# With libtq_capi.so in the pack (SUITES="tq_capi" there), BENCH_ARGS set runs the decode
+# benchmark after FOCUS, as run_h200.sh does (bench_decode.py BENCH_ARGS beside torch; BENCH_HEAD_DIMS
+# "64 256": the targets' shapes at those head dims; then targets.py), and with tq in it,
+# ENGINE_BENCH="args" runs `tq bench args`.
 #   bash bench/gpu/run_prebuilt.sh
+#   BENCH_ARGS="--specs k3v2,fp8,bf16" BENCH_HEAD_DIMS="64 256" NO_SANITIZERS=1 bash bench/gpu/run_prebuilt.sh
 #   FOCUS='DecodeRows.*' SAN_FILTER='DecodeRows.*' NO_PORTABLE=1 bash bench/gpu/run_prebuilt.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -29,7 +34,7 @@ for f in "$P"/*.xz; do xz -d -f "$f" && chmod +x "${f%.xz}"; done
 suites=$(cd "$P" && ls | grep -E '^test_[a-z_]+$' | grep -vE '^test_cuda_(.+)$' || true)
 [ -x "$P/test_cuda_runner" ] && suites="$suites test_cuda_runner"
 variants=$(cd "$P" && ls | grep -E '^test_cuda_' | grep -vx test_cuda_runner | sed 's/^test_cuda_//' || true)
-missing=$(for s in $suites; do ldd "$P/$s" | grep "not found"; done | sort -u)
+missing=$(for s in $suites libtq_capi.so tq; do [ -f "$P/$s" ] && ldd "$P/$s" | grep "not found"; done | sort -u)
 [ -z "$missing" ] || { echo "run_prebuilt.sh: libraries not found: $missing"; exit 1; }
 
 # A suite's run: its summary line (gtest's PASSED / FAILED counts) and its failures.
@@ -51,6 +56,21 @@ if [ -n "${FOCUS:-}" ]; then
   run_suite "test_cuda on '$FOCUS'" focus.log 120 "$P/test_cuda" --gtest_filter="$FOCUS"
   cat "$L/focus.log" | grep -vE "^\[ +(RUN|OK) " | head -60
 fi
+if [ -n "${BENCH_ARGS+set}" ] && [ -f "$P/libtq_capi.so" ]; then
+  run_suite "bench_decode.py ${BENCH_ARGS}" bench.log 400 python3 bench/gpu/bench_decode.py --lib "$P/libtq_capi.so" --json "$OUT/bench.json" $BENCH_ARGS
+  grep -E '^\|' "$L/bench.log"
+  dims=()
+  for hd in ${BENCH_HEAD_DIMS:-}; do  # the targets' shapes at other head dims (k3v2 and torch), for the byte-limit table
+    run_suite "bench_decode.py --head-dim $hd" "bench_d$hd.log" 200 python3 bench/gpu/bench_decode.py --lib "$P/libtq_capi.so" \
+      --json "$OUT/bench_d$hd.json" --head-dim "$hd" --specs k3v2 --shapes 16x32768,4x131072,8x32768,32x8192,64x4096 --no-bulk --no-prefill
+    [ -f "$OUT/bench_d$hd.json" ] && dims+=("$OUT/bench_d$hd.json")
+  done
+  [ -f "$OUT/bench.json" ] && python3 bench/gpu/targets.py "$OUT/bench.json" "${dims[@]}" | tee "$OUT/targets.md"
+fi
+if [ -n "${ENGINE_BENCH:-}" ] && [ -f "$P/tq" ]; then
+  run_suite "tq bench $ENGINE_BENCH" engine_bench.log 300 "$P/tq" bench $ENGINE_BENCH --json "$OUT/engine_bench.json"
+  tail -15 "$L/engine_bench.log"
+fi
 for v in $variants; do
   run_suite "variant $v" "variant_$v.log" 120 "$P/test_cuda_$v" --gtest_filter="${VARIANT_FILTER:-DecodeRows.*}"
 done
@@ -59,7 +79,7 @@ for s in $suites; do
 done
 SAN_FILTER=${SAN_FILTER:-'DecodeRows.*:*QuantizeStore*:All/Decode.*d64*'}
 for tool in memcheck racecheck synccheck initcheck; do
-  [ -n "${NO_SANITIZERS:-}" ] && break
+  { [ -n "${NO_SANITIZERS:-}" ] || [ ! -x "$P/test_cuda" ]; } && break
   run_suite "compute-sanitizer $tool on '$SAN_FILTER'" "san_$tool.log" "${SAN_LIMIT:-150}" \
     compute-sanitizer --tool "$tool" --error-exitcode 9 "$P/test_cuda" --gtest_brief=1 --gtest_filter="$SAN_FILTER"
   grep -E 'ERROR SUMMARY' "$L/san_$tool.log" | tail -1
