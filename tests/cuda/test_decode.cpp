@@ -564,12 +564,12 @@ TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
 }
 
 // The same at head dim 64 with int8 keys (2 and 3 bits), where a warp gets 8 tiles or more of a
-// split (512 tokens and more a split; the plan pairs m-tiles there, kPairMinTiles), which failed on
-// the H100 on 2026-12-06 with the kernel of an unmerged branch (four-tile steps' ring, built for
-// two-tile steps): main's kernel gives both blocks the same bits in every case below (H100,
-// 2026-12-07, bench/results/2026-12-07-h100-prebuilt-suites.md). Also 16 rows of one query token
-// (no causal mask between rows), one split, and splits of 352, 464 and 560 tokens (a warp's 5-6,
-// 7-8 and 8-9 tiles).
+// split (512 tokens and more a split; the plan pairs m-tiles there, kPairMinTiles), which failed
+// on the H100 on 2026-12-06 with the D 64 kernel of an unmerged branch (d64-four's four-tile
+// steps, also rebuilt for two-tile steps): main's kernel gives both blocks the same bits in every
+// case below (H100, 2026-12-07, bench/results/2026-12-07-h100-prebuilt-suites.md). Also 16 rows of
+// one query token (no causal mask between rows), one split, and splits of 352, 464 and 560 tokens
+// (a warp's 5-6, 7-8 and 8-9 tiles).
 TEST(DecodeRows, HeadDim64Int8KeysGiveTheEightRowBlocksBits) {
   TQ_REQUIRE_GPU();
   const std::vector<DecodeCase> cs{{"k3v2", 64, 4, 3, {9, 97, 1000}, 2}, {"k3v2:page=48", 64, 4, 3, {1000}, 2},
