@@ -230,7 +230,7 @@ grep -E ' k3v2 | k3tv2t ' "$OUT/bench.log" | grep -o 'B= *[0-9]* L= *[0-9]* *[a-
 dims=()
 for hd in ${BENCH_HEAD_DIMS:-}; do
   python3 bench/gpu/bench_decode.py --lib build/h200/bindings/c/libtq_capi.so --json "$OUT/bench_d$hd.json" --head-dim "$hd" --specs k3v2 \
-    --shapes 16x32768,4x131072,8x32768,32x8192,64x4096 --no-bulk --no-prefill >"$OUT/bench_d$hd.log" 2>&1 && dims+=("$OUT/bench_d$hd.json")
+    --shapes "$(python3 bench/gpu/targets.py --shapes)" --no-bulk --no-prefill >"$OUT/bench_d$hd.log" 2>&1 && dims+=("$OUT/bench_d$hd.json")
   note "bench_decode.py --head-dim $hd: $(grep -c '^| ' "$OUT/bench_d$hd.log") table lines"
 done
 [ -f "$OUT/bench.json" ] && python3 bench/gpu/targets.py "$OUT/bench.json" "${dims[@]}" | tee "$OUT/targets.md"  # issue 15's targets

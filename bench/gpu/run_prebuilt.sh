@@ -54,7 +54,7 @@ run_suite() {  # run_suite NAME LOG LIMIT COMMAND ARGS...: within LIMIT seconds 
 }
 if [ -n "${FOCUS:-}" ]; then
   run_suite "test_cuda on '$FOCUS'" focus.log 120 "$P/test_cuda" --gtest_filter="$FOCUS"
-  cat "$L/focus.log" | grep -vE "^\[ +(RUN|OK) " | head -60
+  grep -vE "^\[ +(RUN|OK) " "$L/focus.log" | head -60
 fi
 if [ -n "${BENCH_ARGS+set}" ] && [ -f "$P/libtq_capi.so" ]; then
   run_suite "bench_decode.py ${BENCH_ARGS}" bench.log 400 python3 bench/gpu/bench_decode.py --lib "$P/libtq_capi.so" --json "$OUT/bench.json" $BENCH_ARGS
@@ -62,7 +62,7 @@ if [ -n "${BENCH_ARGS+set}" ] && [ -f "$P/libtq_capi.so" ]; then
   dims=()
   for hd in ${BENCH_HEAD_DIMS:-}; do  # the targets' shapes at other head dims (k3v2 and torch), for the byte-limit table
     run_suite "bench_decode.py --head-dim $hd" "bench_d$hd.log" 200 python3 bench/gpu/bench_decode.py --lib "$P/libtq_capi.so" \
-      --json "$OUT/bench_d$hd.json" --head-dim "$hd" --specs k3v2 --shapes 16x32768,4x131072,8x32768,32x8192,64x4096 --no-bulk --no-prefill
+      --json "$OUT/bench_d$hd.json" --head-dim "$hd" --specs k3v2 --shapes "$(python3 bench/gpu/targets.py --shapes)" --no-bulk --no-prefill
     [ -f "$OUT/bench_d$hd.json" ] && dims+=("$OUT/bench_d$hd.json")
   done
   [ -f "$OUT/bench.json" ] && python3 bench/gpu/targets.py "$OUT/bench.json" "${dims[@]}" | tee "$OUT/targets.md"

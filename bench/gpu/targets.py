@@ -2,6 +2,7 @@
 """Issue 15's targets, each measured or marked missing, from bench_decode.py's JSON (one file per
 head dim; the 128 one with the default shapes and specs, whole prompts from --whole 4096,8192,32768):
     python3 bench/gpu/targets.py OUT/bench.json [OUT/bench_d64.json OUT/bench_d256.json]
+    python3 bench/gpu/targets.py --shapes    the decode targets' shapes, as bench_decode.py's --shapes
 Every ratio is of figures in CUDA graphs, torch's SDPA bf16 measured in the same process. Markdown
 for bench/results; the device named in the files heads it (they must agree).
 """
@@ -122,4 +123,7 @@ def main(paths):
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
-    main(sys.argv[1:])
+    if sys.argv[1:] == ["--shapes"]:  # the other head dims' runs (run_h200.sh, run_prebuilt.sh) take these
+        print(",".join(f"{b}x{c}" for b, c in RATIO4 + RATIO3))
+    else:
+        main(sys.argv[1:])

@@ -107,6 +107,14 @@ def test_targets_need_one_device_and_head_dim_128(tmp_path):
     assert subprocess.run([sys.executable, str(TARGETS), b, c], capture_output=True, text=True).returncode == 0
 
 
+def test_target_shapes_are_the_targets_decode_shapes():
+    # what run_h200.sh and run_prebuilt.sh pass to bench_decode.py --shapes at the other head dims:
+    # every decode shape the table checks (RATIO4, then RATIO3), as BATCHxCONTEXT pairs
+    r = subprocess.run([sys.executable, str(TARGETS), "--shapes"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "16x32768,4x131072,8x32768,32x8192,64x4096"
+
+
 def test_dense_probe_chunks_give_the_whole_prompts_attention():
     # bench/gpu/prefill_dense_probe.py on the CPU with a timer that runs each call once: its
     # chunks (lower-right causal masks over each chunk's prefix) must give the whole prompt's causal
