@@ -22,6 +22,10 @@ mkdir -p "$L"
 SECONDS=0
 note() { echo "== $1 [at ${SECONDS} s]" | tee -a "$OUT/summary.txt"; }
 pack() { (cd "$OUT" && tar czf logs.tgz logs) || true; }
+BUDGET=${BUDGET:-570}
+for v in BUDGET SAN_LIMIT; do  # seconds, whole
+  [[ ${!v:-1} =~ ^[0-9]+$ ]] || { echo "run_prebuilt.sh: $v is a whole number of seconds, not '${!v}'"; exit 1; }
+done
 P=${PREBUILT:-.stage/prebuilt}  # the pack prebuild.sh made (PREBUILT: its other place)
 [ -d "$P" ] || { echo "run_prebuilt.sh: no $P (bash bench/gpu/prebuild.sh on the development machine, then carry .stage)"; exit 1; }
 export PATH=/usr/local/cuda/bin:$PATH
@@ -38,7 +42,6 @@ missing=$(for s in $suites libtq_capi.so tq; do [ -f "$P/$s" ] && ldd "$P/$s" | 
 [ -z "$missing" ] || { echo "run_prebuilt.sh: libraries not found: $missing"; exit 1; }
 
 # A suite's run: its summary line (gtest's PASSED / FAILED counts) and its failures.
-BUDGET=${BUDGET:-570}
 left() { echo $((BUDGET - SECONDS)); }
 run_suite() {  # run_suite NAME LOG LIMIT COMMAND ARGS...: within LIMIT seconds and what is left
   local name=$1 log=$2 limit=$3
