@@ -2,10 +2,10 @@
 # On a GPU machine: runs the suites bench/gpu/prebuild.sh packed into .stage/prebuilt/ (carried
 # with the call), with no build, in the order that brings back the most if the call is cut:
 # FOCUS (a gtest filter of test_cuda, if set) first with its whole output, each variant on
-# VARIANT_FILTER, each suite as it is, compute-sanitizer (memcheck, racecheck, synccheck,
-# initcheck; SAN_LIMIT s each, default 150) on SAN_FILTER of test_cuda, each suite with
-# TQ_CUDA_PORTABLE=1. Every stage's timeout is cut to what is left of BUDGET seconds (default
-# 570: a call's 600 less the unpacking).
+# VARIANT_FILTER, each suite as it is (SUITES="a b": only those of the pack's, "" none),
+# compute-sanitizer (memcheck, racecheck, synccheck, initcheck; SAN_LIMIT s each, default 150)
+# on SAN_FILTER of test_cuda, each suite with TQ_CUDA_PORTABLE=1. Every stage's timeout is cut
+# to what is left of BUDGET seconds (default 570: a call's 600 less the unpacking).
 # Logs to $OUT (or ./gpu-out), packed into logs.tgz after each stage; the summary last.
 # With libtq_capi.so in the pack (SUITES="tq_capi" there), BENCH_ARGS set runs the decode
 # benchmark after FOCUS, as run_h200.sh does (bench_decode.py BENCH_ARGS beside torch; BENCH_HEAD_DIMS
@@ -37,6 +37,10 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --f
 for f in "$P"/*.xz; do xz -d -f "$f" && chmod +x "${f%.xz}"; done
 suites=$(cd "$P" && ls | grep -E '^test_[a-z_]+$' | grep -vE '^test_cuda_(.+)$' || true)
 [ -x "$P/test_cuda_runner" ] && suites="$suites test_cuda_runner"
+if [ -n "${SUITES+set}" ]; then  # only these of the pack's suites ("": none, FOCUS or the benchmark alone)
+  for s in $SUITES; do [[ " $suites " == *" $s "* ]] || { echo "run_prebuilt.sh: SUITES names '$s', not in $P ($suites)"; exit 1; }; done
+  suites=$SUITES
+fi
 variants=$(cd "$P" && ls | grep -E '^test_cuda_' | grep -vx test_cuda_runner | sed 's/^test_cuda_//' || true)
 missing=$(for s in $suites libtq_capi.so tq; do [ -f "$P/$s" ] && ldd "$P/$s" | grep "not found"; done | sort -u)
 [ -z "$missing" ] || { echo "run_prebuilt.sh: libraries not found: $missing"; exit 1; }
