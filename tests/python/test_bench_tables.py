@@ -79,7 +79,9 @@ def test_targets_met_and_not(tmp_path):
             {"prefill_prefix": 8192, "prefill_chunk": 512, "kv": "torch-sdpa-bf16 (enable_gqa)", "graph_ms": 0.24},
             {"prefill_prefix": 8192, "prefill_chunk": 512, "kv": "k3v2", "graph_ms": 0.20},
             {"whole_prompt": 4096, "kv": "torch-sdpa-bf16 (causal)", "graph_ms": 0.26}, {"whole_prompt": 4096, "kv": "k3v2", "graph_ms": 0.52},
-            {"whole_prompt": 4096, "kv": "k3v2 dense + store", "graph_ms": 0.28, "store_ms": 0.02}]
+            {"whole_prompt": 4096, "kv": "torch + bf16 cache written", "graph_ms": 0.30, "write_ms": 0.04},
+            {"whole_prompt": 4096, "kv": "k3v2 dense + store", "graph_ms": 0.28, "store_ms": 0.02},
+            {"whole_prompt": 4096, "kv": "k3v2 dense | store, dense first", "graph_ms": 0.3}]
     r = subprocess.run([sys.executable, str(TARGETS), _bench(tmp_path / "b.json", "GPU", rows)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -92,7 +94,11 @@ def test_targets_met_and_not(tmp_path):
     assert "1K 0.93×, 128K 4.00× (worst 1K) | not met |" in out  # batch 1: slower than torch at 1K
     assert "| prefill 512 tokens on 8K: k3v2 ≥ 0.9× torch | 1.20× (200.0 µs, torch 240.0) | **met** |" in out
     assert "| prefill whole 4K prompt: k3v2 ≥ 0.9× torch | 0.50× (520.0 µs, torch 260.0) | not met |" in out
-    assert "| prefill whole 4K prompt, dense (cuDNN) + the store: k3v2 ≥ 0.9× torch | 0.93× (280.0 µs, torch 260.0) | **met** |" in out
+    # against torch's attention alone, not the row with its cache written that follows it
+    assert ("| prefill whole 4K prompt, dense + store: k3v2 ≥ 0.9× torch | 0.93× (280.0 µs, torch 260.0; 1.07× torch with its bf16 "
+            "cache written) | **met** |") in out
+    assert ("| prefill whole 4K prompt, dense | store, dense first: k3v2 ≥ 0.9× torch | 0.87× (300.0 µs, torch 260.0; 1.00× torch "
+            "with its bf16 cache written) | not met |") in out
 
 
 def test_targets_need_one_device_and_head_dim_128(tmp_path):
