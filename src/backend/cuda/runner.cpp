@@ -202,9 +202,18 @@ class CudaModelRunner : public engine::ModelRunner {
   struct BlasDestroy {
     void operator()(cublasContext* b) const { cublasDestroy(b); }
   };
-  std::unique_ptr<CUstream_st, StreamDestroy> stream_owner_;  // destroyed after the handle below
+  struct EventDestroy {
+    void operator()(CUevent_st* e) const { cudaEventDestroy(e); }
+  };
+  std::unique_ptr<CUstream_st, StreamDestroy> stream_owner_, store_stream_owner_;  // destroyed after the handles below
+  std::unique_ptr<CUevent_st, EventDestroy> fork_owner_, join_owner_;
   std::unique_ptr<cublasContext, BlasDestroy> blas_owner_;
   cudaStream_t stream_ = nullptr;
+  // dense_prompts: a layer whose every group is attended densely stores its rows on store_stream_
+  // beside the attention (neither reads what the other writes), forked from stream_ after fork_
+  // and joined back at join_ before the layer's output projection.
+  cudaStream_t store_stream_ = nullptr;
+  cudaEvent_t fork_ = nullptr, join_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   Matrix embd_;                      // [vocab][dim]
   Matrix output_;                    // [vocab][dim]; empty when tied to the embedding
@@ -369,6 +378,14 @@ CudaModelRunner::CudaModelRunner(const model::ModelConfig& cfg, const model::Mod
 
   check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   stream_owner_.reset(stream_);
+  if (o.dense_prompts) {
+    check(cudaStreamCreateWithFlags(&store_stream_, cudaStreamNonBlocking), "cudaStreamCreate (stores beside dense prompts)");
+    store_stream_owner_.reset(store_stream_);
+    check(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming), "cudaEventCreate");
+    fork_owner_.reset(fork_);
+    check(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming), "cudaEventCreate");
+    join_owner_.reset(join_);
+  }
   check(cublasCreate(&blas_), "cublasCreate");
   blas_owner_.reset(blas_);
   check(cublasSetStream(blas_, stream_), "cublasSetStream");
@@ -799,7 +816,7 @@ void CudaModelRunner::mark_written(const std::vector<StepSeq>& step) {
 void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& groups, uint32_t N) {
   const size_t KV = size_t(cfg_.kv_dim());
   const bool ring = in_ring(layer);
-  const auto store = [&](const int64_t* slots, size_t row0, uint32_t n) {
+  const auto store = [&](const int64_t* slots, size_t row0, uint32_t n, cudaStream_t stream) {
     QuantizeStoreParams st;
     st.cache = view(layer);
     st.k = k_.get() + row0 * KV;
@@ -808,7 +825,7 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
     st.slot_mapping = slots + row0;
     st.num_tokens = n;
     st.error_flag = store_error_.get();
-    quantize_store(st, stream_);
+    quantize_store(st, stream);
   };
   const auto attend = [&](const Group& g) {
     if (dense_group(layer, g)) {
@@ -827,13 +844,27 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
     else
       decode_attention(p, stream_);
   };
+  if (!ring && std::all_of(groups.begin(), groups.end(), [&](const Group& g) { return dense_group(layer, g); })) {
+    check(cudaEventRecord(fork_, stream_), "fork");
+    check(cudaStreamWaitEvent(store_stream_, fork_), "fork");
+    store(slots_.get(), 0, N, store_stream_);
+    check(cudaEventRecord(join_, store_stream_), "join");
+    try {
+      for (const Group& g : groups) attend(g);
+    } catch (...) {  // what follows on stream_ waits for the store all the same
+      cudaStreamWaitEvent(stream_, join_);
+      throw;
+    }
+    check(cudaStreamWaitEvent(stream_, join_), "join");
+    return;
+  }
   // ring_batch_slots_ has -1 for the sub-stepped rows; ring groups longer than a step are those rows.
-  store(!ring ? slots_.get() : subs_.empty() ? ring_slots_.get() : ring_batch_slots_.get(), 0, N);
+  store(!ring ? slots_.get() : subs_.empty() ? ring_slots_.get() : ring_batch_slots_.get(), 0, N, stream_);
   for (const Group& g : groups)
     if (!ring || g.ntok <= ring_.step) attend(g);
   if (!ring) return;
   for (const Group& sub : subs_) {
-    store(ring_slots_.get(), sub.row0, sub.ntok);
+    store(ring_slots_.get(), sub.row0, sub.ntok, stream_);
     attend(sub);
   }
 }
