@@ -210,8 +210,8 @@ class CudaModelRunner : public engine::ModelRunner {
   std::unique_ptr<cublasContext, BlasDestroy> blas_owner_;
   cudaStream_t stream_ = nullptr;
   // dense_prompts: a layer whose every group is attended densely stores its rows on store_stream_
-  // beside the attention (neither reads what the other writes), forked from stream_ after fork_
-  // and joined back at join_ before the layer's output projection.
+  // beside the attention (neither reads what the other writes), forked from stream_ at fork_ (after
+  // the rows' bf16 copies) and joined back at join_ before the layer's output projection.
   cudaStream_t store_stream_ = nullptr;
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
   cublasHandle_t blas_ = nullptr;
@@ -827,16 +827,19 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
     st.error_flag = store_error_.get();
     quantize_store(st, stream);
   };
+  // A dense run's q, k and v rows rounded to bf16 (dense_), and its attention over them.
+  const auto to_dense = [&](const DenseRun& run) {
+    const size_t Q = size_t(cfg_.q_dim());
+    const DenseRows r = dense_rows(run.row0);
+    layers::to_bf16(q_.get() + run.row0 * Q, run.rows * Q, r.q, stream_);
+    layers::to_bf16(k_.get() + run.row0 * KV, run.rows * KV, r.k, stream_);
+    layers::to_bf16(v_.get() + run.row0 * KV, run.rows * KV, r.v, stream_);
+  };
   const auto attend = [&](const Group& g) {
     if (dense_group(layer, g)) {
       if (!g.run_head) return;  // attended with its run's first group
-      const DenseRun& run = dense_runs_[size_t(g.run)];
-      const size_t Q = size_t(cfg_.q_dim());
-      const DenseRows r = dense_rows(run.row0);
-      layers::to_bf16(q_.get() + run.row0 * Q, run.rows * Q, r.q, stream_);
-      layers::to_bf16(k_.get() + run.row0 * KV, run.rows * KV, r.k, stream_);
-      layers::to_bf16(v_.get() + run.row0 * KV, run.rows * KV, r.v, stream_);
-      return dense_prompt_attention(dense_params(run), stream_);
+      to_dense(dense_runs_[size_t(g.run)]);
+      return dense_prompt_attention(dense_params(dense_runs_[size_t(g.run)]), stream_);
     }
     const DecodeParams p = attention_params(layer, g);
     if (g.ntok > kMaxDecodeQueryTokens)
@@ -845,16 +848,16 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
       decode_attention(p, stream_);
   };
   if (!ring && std::all_of(groups.begin(), groups.end(), [&](const Group& g) { return dense_group(layer, g); })) {
+    // Every group dense: the bf16 copies first, then cuDNN's attention enqueued before the store on
+    // store_stream_ (the faster order of the two when both are ready), joined before what follows.
+    for (const Group& g : groups)
+      if (g.run_head) to_dense(dense_runs_[size_t(g.run)]);
     check(cudaEventRecord(fork_, stream_), "fork");
+    for (const Group& g : groups)
+      if (g.run_head) dense_prompt_attention(dense_params(dense_runs_[size_t(g.run)]), stream_);
     check(cudaStreamWaitEvent(store_stream_, fork_), "fork");
     store(slots_.get(), 0, N, store_stream_);
     check(cudaEventRecord(join_, store_stream_), "join");
-    try {
-      for (const Group& g : groups) attend(g);
-    } catch (...) {  // what follows on stream_ waits for the store all the same
-      cudaStreamWaitEvent(stream_, join_);
-      throw;
-    }
     check(cudaStreamWaitEvent(stream_, join_), "join");
     return;
   }
