@@ -847,7 +847,7 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
     else
       decode_attention(p, stream_);
   };
-  if (!ring && std::all_of(groups.begin(), groups.end(), [&](const Group& g) { return dense_group(layer, g); })) {
+  if (!ring && !groups.empty() && std::all_of(groups.begin(), groups.end(), [&](const Group& g) { return dense_group(layer, g); })) {
     // Every group dense: the bf16 copies first, then cuDNN's attention enqueued before the store on
     // store_stream_ (the faster order of the two when both are ready), joined before what follows.
     for (const Group& g : groups)
