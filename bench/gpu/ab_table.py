@@ -13,6 +13,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+from bench_rows import torch_key  # this script's folder is on sys.path
+
 TREES = {"base": "base", "h200": "head"}  # two_trees.sh's build folders: the baseline, this tree
 
 
@@ -50,13 +52,13 @@ def decode_tables(folder, devices):
 
 
 def prefill_rows(rows):
-    """{(shape, kv): ms in a graph}, torch's rows under kv 'torch'."""
+    """{(shape, kv): ms in a graph}, torch's attention alone under kv 'torch' (bench_rows.torch_key)."""
     got = {}
     for r in rows:
         if "prefill_chunk" not in r and "whole_prompt" not in r:
             continue  # the bulk quantize_store row
         shape = f"{r['prefill_chunk']} on {r['prefill_prefix'] // 1024}K" if "prefill_chunk" in r else f"whole {r['whole_prompt'] // 1024}K"
-        got[(shape, "torch" if r["kv"].startswith("torch") else r["kv"])] = r["graph_ms"]
+        got[(shape, torch_key(r["kv"]))] = r["graph_ms"]
     return got
 
 

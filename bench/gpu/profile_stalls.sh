@@ -5,8 +5,9 @@
 # KERNEL and PROFILE_ARGS pick another kernel and bench_decode.py call, e.g. Hopper's prefill kernel
 # (prefill_kernel with TQ_CUDA_PORTABLE=1 or elsewhere):
 #   KERNEL=prefill_ws_kernel PROFILE_ARGS="--prefill-only --no-bulk" bash bench/gpu/profile_stalls.sh
-# LIB: another build's C API library (e.g. run_prebuilt.sh's unpacked .stage/capi/libtq_capi.so,
-# its libraries on LD_LIBRARY_PATH); NAME: the output's suffix (default the spec).
+# LIB: another build's C API library, a path from the repository's root (e.g. run_prebuilt.sh's
+# unpacked .stage/capi/libtq_capi.so, its libraries on LD_LIBRARY_PATH); NAME: the output's
+# suffix (default the spec).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}

@@ -7,7 +7,7 @@
 # on SAN_FILTER of test_cuda, each suite with TQ_CUDA_PORTABLE=1. Every stage's timeout is cut
 # to what is left of BUDGET seconds (default 570: a call's 600 less the unpacking).
 # Logs to $OUT (or ./gpu-out), packed into logs.tgz after each stage; the summary last.
-# With libtq_capi.so in the pack (SUITES="tq_capi" there), BENCH_ARGS set runs the decode
+# With libtq_capi.so in the pack (prebuild.sh's SUITES="tq_capi"), BENCH_ARGS set runs the decode
 # benchmark after FOCUS, as run_h200.sh does (bench_decode.py BENCH_ARGS beside torch; BENCH_HEAD_DIMS
 # "64 256": the targets' shapes at those head dims; then targets.py), and with tq in it,
 # ENGINE_BENCH="args" runs `tq bench args`.
@@ -34,8 +34,8 @@ cudnn=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev
 # cuBLAS (test_cuda_runner): the toolkit's own, which prebuild.sh leaves out of the pack.
 export LD_LIBRARY_PATH=$PWD/$P/lib${cudnn:+:$cudnn/lib}:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv,noheader 2>&1 | tee -a "$OUT/summary.txt"
-for f in "$P"/*.xz; do xz -d -f "$f" && chmod +x "${f%.xz}"; done
-suites=$(cd "$P" && ls | grep -E '^test_[a-z_]+$' | grep -vE '^test_cuda_(.+)$' || true)
+for f in "$P"/*.xz; do [ -e "$f" ] || continue; xz -d -f "$f" && chmod +x "${f%.xz}"; done  # (unpacked by an earlier run: none)
+suites=$(cd "$P" && ls | grep -E '^test_[a-z_]+$' | grep -vE '^test_cuda_(.+)$' | tr '\n' ' ' || true)
 [ -x "$P/test_cuda_runner" ] && suites="$suites test_cuda_runner"
 if [ -n "${SUITES+set}" ]; then  # only these of the pack's suites ("": none, FOCUS or the benchmark alone)
   for s in $SUITES; do [[ " $suites " == *" $s "* ]] || { echo "run_prebuilt.sh: SUITES names '$s', not in $P ($suites)"; exit 1; }; done

@@ -9,6 +9,8 @@ for bench/results; the device named in the files heads it (they must agree).
 import json
 import sys
 
+from bench_rows import torch_key  # this script's folder is on sys.path
+
 # (batch, context) of the decode targets at head dim 128
 RATIO4 = [(16, 32768), (4, 131072)]  # k3v2 >= 4x torch (<= 120 us on an H200), >= 2x fp8
 RATIO3 = [(8, 32768), (32, 8192), (64, 4096)]  # k3v2 >= 3x torch
@@ -91,12 +93,6 @@ def targets(rows):
     if not shapes:
         lines.append("| prefill: k3v2 ≥ 0.9× torch | missing (run without --no-prefill, with --whole) | |")
     return lines
-
-
-def torch_key(kv):
-    """torch's attention alone ("torch-sdpa-bf16 ..."), that with its bf16 cache written
-    ("torch + bf16 cache written"), or one of ours as named."""
-    return "torch" if kv.startswith("torch-sdpa") else "torch + cache" if kv.startswith("torch + ") else kv
 
 
 def limits(files):

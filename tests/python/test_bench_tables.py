@@ -32,6 +32,7 @@ def test_medians_and_ratios(tmp_path):
     for tree, ms, torch in (("base", 2.0, 1.0), ("h200", 1.6, 1.0)):
         _write(tmp_path, f"prefill_{tree}.json", gpu, [
             {"whole_prompt": 4096, "kv": "torch-sdpa-bf16 (causal)", "graph_ms": torch},
+            {"whole_prompt": 4096, "kv": "torch + bf16 cache written", "graph_ms": torch + 0.5},  # not torch's row
             {"whole_prompt": 4096, "kv": "k3v2", "graph_ms": ms},
             {"kv": "k3v2", "quantize_store_bulk_tokens": 262144, "mtokens_per_s": 46.0},  # no shape: left out
         ])

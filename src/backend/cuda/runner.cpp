@@ -847,7 +847,8 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
     else
       decode_attention(p, stream_);
   };
-  if (!ring && !groups.empty() && std::all_of(groups.begin(), groups.end(), [&](const Group& g) { return dense_group(layer, g); })) {
+  if (store_stream_ && !ring && !groups.empty() &&
+      std::all_of(groups.begin(), groups.end(), [&](const Group& g) { return dense_group(layer, g); })) {
     // Every group dense: the bf16 copies first, then cuDNN's attention enqueued before the store on
     // store_stream_ (the faster order of the two when both are ready), joined before what follows.
     for (const Group& g : groups)
@@ -856,9 +857,16 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
     for (const Group& g : groups)
       if (g.run_head) dense_prompt_attention(dense_params(dense_runs_[size_t(g.run)]), stream_);
     check(cudaStreamWaitEvent(store_stream_, fork_), "fork");
-    store(slots_.get(), 0, N, store_stream_);
-    check(cudaEventRecord(join_, store_stream_), "join");
-    check(cudaStreamWaitEvent(stream_, join_), "join");
+    try {
+      store(slots_.get(), 0, N, store_stream_);
+      check(cudaEventRecord(join_, store_stream_), "join");
+      check(cudaStreamWaitEvent(stream_, join_), "join");
+    } catch (...) {
+      // A launch check may throw with the store enqueued: nothing is enqueued on stream_ (the next
+      // step's uploads and K/V rows) before it has finished reading the rows and slots.
+      cudaStreamSynchronize(store_stream_);
+      throw;
+    }
     return;
   }
   // ring_batch_slots_ has -1 for the sub-stepped rows; ring groups longer than a step are those rows.
