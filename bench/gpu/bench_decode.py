@@ -276,7 +276,7 @@ def whole_prompt_rows(lib, specs, lengths, chunk=2048, dense=False):
         del k, v, kt, vt, q
         torch.cuda.empty_cache()
     for r in rows:
-        print(f"whole prompt of {r['whole_prompt']} tokens: {r['kv']:28s} {r['graph_ms']:.3f} ms in a graph" +
+        print(f"whole prompt of {r['whole_prompt']} tokens: {r['kv']:33s} {r['graph_ms']:.3f} ms in a graph" +
               (f" (x{r['vs_torch']:.2f} vs torch), rel err vs torch {r['rel_err_vs_torch']:.2e}, chunks of {r['chunk']}" if "vs_torch" in r else "") +
               (f", of which the store {r['store_ms']:.3f} ms (x{r['vs_torch_with_cache']:.2f} vs torch with its bf16 cache written)"
                if "store_ms" in r else f" (x{r['vs_torch_with_cache']:.2f} vs torch with its bf16 cache written)" if "vs_torch_with_cache" in r else "") +
@@ -319,6 +319,14 @@ def dense_prompt_rows(lib, specs, L, q, k, v, ref, g_torch, g_write):
             gs = timed_graph(store, reps=2, iters=10)
             rows.append(dict(whole_prompt=L, kv=f"{spec} dense + store", graph_ms=g + gs, store_ms=gs, vs_torch=g_torch / (g + gs),
                              vs_torch_with_cache=(g_torch + g_write) / (g + gs), rel_err_vs_torch=rel, chunk=L))
+            # The same two in one graph on one stream: the baseline of the pairs below, timed as
+            # they are (the row above sums two graphs, each with its share of a replay's gap).
+            def seq(st=None):
+                dense(st)
+                store(st)
+            gq = timed_graph(seq, reps=2, iters=10)
+            rows.append(dict(whole_prompt=L, kv=f"{spec} dense ; store, one stream", graph_ms=gq, vs_torch=g_torch / gq,
+                             vs_torch_with_cache=(g_torch + g_write) / gq, rel_err_vs_torch=rel, chunk=L))
             # The two are independent (the store reads the prompt's rows, the attention its bf16
             # copy), so an engine may fork the store onto a second stream: both orders of launch,
             # joined before the step goes on, as one captured graph.
