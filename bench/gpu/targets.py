@@ -83,9 +83,7 @@ def targets(rows):
             v = pre[(s, "torch")] / pre[(s, "k3v2")]
             lines.append(f"| prefill {s}: k3v2 ≥ 0.9× torch | {v:.2f}× ({1e3 * pre[(s, 'k3v2')]:.1f} µs, torch {1e3 * pre[(s, 'torch')]:.1f}) | {yes(v >= 0.9)} |")
         # bench_decode.py's dense_prompt_rows: cuDNN on the prompt, then its store, or the two on two streams
-        for kv in sorted(kv for t, kv in pre if t == s and kv.startswith("k3v2 dense")):
-            if (s, "torch") not in pre:
-                break
+        for kv in sorted(kv for t, kv in pre if t == s and kv.startswith("k3v2 dense") and (s, "torch") in pre):
             v = pre[(s, "torch")] / pre[(s, kv)]
             cache = f"; {pre[(s, 'torch + cache')] / pre[(s, kv)]:.2f}× torch with its bf16 cache written" if (s, "torch + cache") in pre else ""
             lines.append(f"| prefill {s}, {kv.removeprefix('k3v2 ')}: k3v2 ≥ 0.9× torch | {v:.2f}× ({1e3 * pre[(s, kv)]:.1f} µs, "
