@@ -2,14 +2,15 @@
 # A kernel change against its baseline from two prebuilt C-API packs (bench/gpu/prebuild.sh
 # SUITES="tq_capi" PREBUILT=...), with no build on the GPU: the decode benchmark of each pack in
 # its own process beside torch, alternating base and head for ROUNDS rounds (default 2; the first
-# run of a call runs slightly slower, so the order flips each round), then ab_table.py's table.
+# run of a call runs slightly slower, so the order flips each round), then ab_table.py's table;
+# every run's JSON and text in $OUT/ab.tgz.
 # Carry both packs. BASE and HEAD: the packs' folders; ARGS: bench_decode.py's options (default:
 # the targets' shapes, k3v2 at HEAD_DIM, default 128). Results in $OUT (or ./gpu-out).
 #   BASE=.stage/capi HEAD=.stage/five HEAD_DIM=64 bash bench/gpu/ab_packs.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
-mkdir -p "$OUT/ab"
+rm -rf "$OUT/ab" && mkdir -p "$OUT/ab"  # this call's runs only
 BASE=${BASE:?the baseline pack (e.g. .stage/capi)}
 HEAD=${HEAD:?the changed pack}
 HEAD_DIM=${HEAD_DIM:-128}
@@ -33,3 +34,4 @@ for round in $(seq 1 "$ROUNDS"); do
   done
 done
 python3 bench/gpu/ab_table.py "$OUT/ab" | tee "$OUT/ab_table.md"
+tar czf "$OUT/ab.tgz" -C "$OUT" ab && rm -rf "$OUT/ab"  # one file: a call brings back a few only
