@@ -121,7 +121,9 @@ struct KeyOps<D, Kind::kTq, KB, R, true> {
       }
 #pragma unroll
       for (int nn = 0; nn < 2; ++nn) {
-        const uint32_t sel = cur.key_selector(nn, KeyOctet<D>::group(j), KeyOctet<D>::octet(j, t));
+        // (a tile that keeps only the thread's half of its group holds its octet j as octet j)
+        const int og = TileT::kHalfGroup ? j : KeyOctet<D>::octet(j, t);
+        const uint32_t sel = cur.key_selector(nn, KeyOctet<D>::group(j), og);
         const uint32_t k0 = dev::lookup_s8(lut, sel), k1 = dev::lookup_s8(lut, sel >> 16);
 #pragma unroll
         for (int r = 0; r < R; ++r) dev::mma_s8(acc[r][nn], a[r], k0, k1);

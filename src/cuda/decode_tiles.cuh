@@ -265,10 +265,17 @@ struct Tile<D, Kind::kTq, KB, VB> {
   static constexpr int kGroups = D >= 128 ? D / 128 : 1, kSB = stored_bits(KB);
   // Words a group: its packed codes; trellis-coded, its 4 octets of union indices (tcq_octet).
   static constexpr int kKW = tcq_width(KB) ? 4 : kSB;
+  // At D = 64 the quad's threads share a group, two octets each (2h and 2h + 1, h = t & 1). Plain
+  // codes of up to 3 bits keep only the words that hold the thread's two, shifted as they are
+  // loaded so that those are octets 0 and 1 of a group (the 2-bit plane's word h as its word 0,
+  // the 1-bit plane's word >> 2h): the loop's octet picks are then compile-time, where they took
+  // a select and a run-time shift an octet (ValueWords does the same for the values).
+  static constexpr bool kHalfGroup = D == 64 && !tcq_width(KB) && KB <= 3;
   uint32_t k[2][kGroups][kKW];  // the groups holding the thread's key coordinates
   // Key row nn's groups, from the thread's first word w of that row (global or shared memory);
-  // first: they start the row (trellis codes: carries from the row's last group).
-  __device__ void load_key_words(int nn, const uint32_t* w, bool first) {
+  // first: they start the row (trellis codes: carries from the row's last group); h: the thread's
+  // half of its group (kHalfGroup).
+  __device__ void load_key_words(int nn, const uint32_t* w, bool first, int h) {
     if constexpr (tcq_width(KB)) {
       uint32_t prev = dev::tcq_carry<kSB, D / 32>(w, 0, first);
 #pragma unroll
@@ -279,6 +286,12 @@ struct Tile<D, Kind::kTq, KB, VB> {
 #pragma unroll
         for (int o = 0; o < 4; ++o) k[nn][gi][o] = dev::tcq_octet<kSB>(c, o, prev);
       }
+    } else if constexpr (kHalfGroup) {
+      if constexpr (KB >= 2) {
+        k[nn][0][0] = w[h];
+        k[nn][0][1] = 0;  // the plane's other word: octets the thread never reads
+      }
+      if constexpr (KB % 2 == 1) k[nn][0][KB - 1] = w[KB - 1] >> (2 * h);
     } else {
 #pragma unroll
       for (int gi = 0; gi < kGroups; ++gi)
@@ -348,7 +361,7 @@ __device__ __forceinline__ void load_keys(const DecodeParams& p, const int32_t* 
     const uint8_t* row = a.block + L.k_codes + size_t(a.row) * L.k_row;
     if constexpr (KIND == Kind::kTq) {
       const int gk = t * D / 128;  // its (first) group
-      tile.load_key_words(nn, reinterpret_cast<const uint32_t*>(row) + gk * stored_bits(KB), gk == 0);
+      tile.load_key_words(nn, reinterpret_cast<const uint32_t*>(row) + gk * stored_bits(KB), gk == 0, t & 1);
     } else {  // units t + 4j (FloatUnits)
       const uint4* src = reinterpret_cast<const uint4*>(row);
 #pragma unroll
@@ -405,6 +418,7 @@ struct TqStager {
   uint32_t last;              // nonzero: this lane copies a piece in the last round (which has fewer than 32)
   uint32_t k_at, v_at, n_at;  // this thread's words in a stage, as byte offsets from the block's ring:
   int og0;                    // key rows g, g+8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs
+  int k_half;                 // its half of its key group (D = 64: Tile::kHalfGroup)
   bool k_first, v_first;      // its key (value) coordinates start the row (trellis codes: carries from its last group)
   // head_at: the KV head's block within a page (kvh x the block's bytes).
   __device__ TqStager(const uint8_t* data, const BlockLayout& L, uint32_t ring_s, uint32_t ring_at, int lane, uint32_t head_at) {
@@ -429,6 +443,7 @@ struct TqStager {
     v_first = g == 0;
     n_at = ring_at + kTile * (St::kRowK + St::kRowV) + 2 * int(kNormBytes) * t;
     og0 = (g * D / 64) % 4;
+    k_half = t & 1;
     asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
   }
   // Copies the tile at row row0 of page `page` (page_stride bytes each) of the cache into the
@@ -471,7 +486,8 @@ struct TqStager {
   template <Kind KIND>
   __device__ void load_key_codes(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
 #pragma unroll
-    for (int nn = 0; nn < 2; ++nn) cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK), k_first);
+    for (int nn = 0; nn < 2; ++nn)
+      cur.load_key_words(nn, reinterpret_cast<const uint32_t*>(stage + k_at + 8 * nn * St::kRowK), k_first, k_half);
   }
   template <Kind KIND>
   __device__ void load_norms(const uint8_t* stage, Tile<D, KIND, KB, VB>& cur) const {
