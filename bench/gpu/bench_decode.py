@@ -360,11 +360,12 @@ def dense_prompt_rows(lib, specs, L, q, k, v, ref, g_torch, g_write):
                 main_st = torch.cuda.Stream(priority=prio or 0)
                 def eager(main_st=main_st, prio=prio):
                     with torch.cuda.stream(main_st):
-                        dense(main_st.cuda_stream)
                         if prio is None:
+                            dense(main_st.cuda_stream)
                             store(main_st.cuda_stream)
                             return
-                        fork.wait_stream(main_st)
+                        fork.wait_stream(main_st)  # what came before, not the attention
+                        dense(main_st.cuda_stream)
                         with torch.cuda.stream(fork):
                             store(fork.cuda_stream)
                         main_st.wait_stream(fork)
