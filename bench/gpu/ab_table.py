@@ -55,8 +55,8 @@ def prefill_rows(rows):
     """{(shape, kv): ms in a graph}, torch's attention alone under kv 'torch' (bench_rows.torch_key)."""
     got = {}
     for r in rows:
-        if ("prefill_chunk" not in r and "whole_prompt" not in r) or "graph_ms" not in r:
-            continue  # the bulk quantize_store row, the eager whole-prompt rows
+        if "prefill_chunk" not in r and "whole_prompt" not in r:
+            continue  # the bulk quantize_store row
         shape = f"{r['prefill_chunk']} on {r['prefill_prefix'] // 1024}K" if "prefill_chunk" in r else f"whole {r['whole_prompt'] // 1024}K"
         got[(shape, torch_key(r["kv"]))] = r["graph_ms"]
     return got

@@ -276,10 +276,6 @@ def whole_prompt_rows(lib, specs, lengths, chunk=2048, dense=False):
         del k, v, kt, vt, q
         torch.cuda.empty_cache()
     for r in rows:
-        if "eager_ms" in r:  # dense_prompt_rows' eager launches: against their own one-stream row
-            print(f"whole prompt of {r['whole_prompt']} tokens: {r['kv']:33s} {r['eager_ms']:.3f} ms launched eagerly "
-                  f"(x{r['vs_one_stream']:.2f} vs one stream)", flush=True)
-            continue
         print(f"whole prompt of {r['whole_prompt']} tokens: {r['kv']:33s} {r['graph_ms']:.3f} ms in a graph" +
               (f" (x{r['vs_torch']:.2f} vs torch), rel err vs torch {r['rel_err_vs_torch']:.2e}, chunks of {r['chunk']}" if "vs_torch" in r else "") +
               (f", of which the store {r['store_ms']:.3f} ms" if "store_ms" in r else "") +
@@ -351,30 +347,6 @@ def dense_prompt_rows(lib, specs, L, q, k, v, ref, g_torch, g_write):
                     cur.wait_stream(fork)
                 gb = timed_graph(both, reps=2, iters=10)
                 rows.append(row(f"{spec} dense | store, {first} first", gb))
-            # Launched eagerly, as the engine's prefill is (a graph runs every node at its launch
-            # stream's priority): one stream, the fork, and the fork with the attention's stream
-            # at the highest priority, so that the SMs take the store's blocks only where the
-            # attention leaves room. (Each call's launches are in the times: microseconds.)
-            one_stream = None
-            for label, prio in (("dense ; store, eager", None), ("dense | store, eager", 0), ("dense | store, eager, attention first by priority", -1)):
-                main_st = torch.cuda.Stream(priority=prio or 0)
-                def eager(main_st=main_st, prio=prio):
-                    with torch.cuda.stream(main_st):
-                        if prio is None:
-                            dense(main_st.cuda_stream)
-                            store(main_st.cuda_stream)
-                            return
-                        fork.wait_stream(main_st)  # what came before, not the attention
-                        dense(main_st.cuda_stream)
-                        with torch.cuda.stream(fork):
-                            store(fork.cuda_stream)
-                        main_st.wait_stream(fork)
-                def timed_on(fn, st=main_st):  # events on the stream the work is joined on
-                    with torch.cuda.stream(st):
-                        return timed(fn, iters=20, warmup=3)
-                ms = timed_on(eager)
-                one_stream = one_stream or ms
-                rows.append(dict(whole_prompt=L, kv=f"{spec} {label}", eager_ms=ms, vs_one_stream=one_stream / ms, chunk=L))
             cache.close()
     return rows
 
