@@ -3,6 +3,7 @@ and ratios, runs of two devices refused) and bench/gpu/targets.py (issue 15's ta
 or missing); and bench/gpu/prefill_dense_probe.py's chunking, on the CPU."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -156,3 +157,19 @@ def test_dense_probe_chunks_give_the_whole_prompts_attention():
         # cuDNN's backend is CUDA's: on the CPU it is refused, and the row says so (torch's CPU has a flash one)
         assert row["whole_cudnn_ms"] is None and "whole_cudnn_error" in row
     assert len(calls) == 15  # whole, chunked, + scratch, whole on flash, chunked on "cuDNN": each length
+
+
+AB_PACKS = ROOT / "bench" / "gpu" / "ab_packs.sh"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({}, "the baseline pack"),                                          # BASE unset
+    ({"BASE": "p", "HEAD": "p", "ROUNDS": "two"}, "ROUNDS is a whole number of rounds, not 'two'"),
+    ({"BASE": "no-such-pack", "HEAD": "p"}, "no libtq_capi.so in no-such-pack"),
+])
+def test_ab_packs_refuses_what_it_cannot_run(tmp_path, env, message):
+    # bench/gpu/ab_packs.sh: its refusals come before anything runs (no GPU needed to reach them)
+    r = subprocess.run(["bash", str(AB_PACKS)], capture_output=True, text=True,
+                       env={"PATH": os.environ["PATH"], "OUT": str(tmp_path), **env})
+    assert r.returncode != 0
+    assert message in r.stdout + r.stderr
