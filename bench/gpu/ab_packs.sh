@@ -10,7 +10,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}
-rm -rf "$OUT/ab" && mkdir -p "$OUT/ab"  # this call's runs only
 BASE=${BASE:?the baseline pack (e.g. .stage/capi)}
 HEAD=${HEAD:?the changed pack}
 HEAD_DIM=${HEAD_DIM:-128}
@@ -18,8 +17,9 @@ ROUNDS=${ROUNDS:-2}
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ab_packs.sh: ROUNDS is a whole number of rounds, not '$ROUNDS'"; exit 1; }
 for P in "$BASE" "$HEAD"; do
   [ -f "$P/libtq_capi.so" ] || [ -f "$P/libtq_capi.so.xz" ] || { echo "ab_packs.sh: no libtq_capi.so in $P"; exit 1; }
-  [ -f "$P/libtq_capi.so.xz" ] && xz -d -f "$P/libtq_capi.so.xz"
+  if [ -f "$P/libtq_capi.so.xz" ]; then xz -d -f "$P/libtq_capi.so.xz" || exit 1; fi
 done
+rm -rf "$OUT/ab" && mkdir -p "$OUT/ab"  # this call's runs only
 # The packs' own libraries (prebuild.sh's lib/: the same cuDNN-free runtime for both) and the toolkit's.
 export LD_LIBRARY_PATH=$PWD/$BASE/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 ARGS=${ARGS:---head-dim $HEAD_DIM --specs k3v2 --shapes $(python3 bench/gpu/targets.py --shapes) --no-bulk --no-prefill}
