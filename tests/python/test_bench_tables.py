@@ -1,6 +1,7 @@
 """The GPU benchmarks' tables on synthetic runs: bench/gpu/ab_table.py (two_trees.sh's A/B: medians
 and ratios, runs of two devices refused) and bench/gpu/targets.py (issue 15's targets, met, not met
-or missing); and bench/gpu/prefill_dense_probe.py's chunking, on the CPU."""
+or missing); bench/gpu/prefill_dense_probe.py's chunking, ab_packs.sh's refusals and
+sass_loops.py's loops of a SASS listing, on the CPU."""
 
 import json
 import os
@@ -173,3 +174,27 @@ def test_ab_packs_refuses_what_it_cannot_run(tmp_path, env, message):
                        env={"PATH": os.environ["PATH"], "OUT": str(tmp_path), **env})
     assert r.returncode != 0
     assert message in r.stdout + r.stderr
+
+
+def test_sass_loops_counts_each_backward_branch_body():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sass_loops", ROOT / "bench" / "gpu" / "sass_loops.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    listing = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;                   /* 0x00000a00ff017b82 */
+        /*0010*/                   ISETP.GE.AND P0, PT, R0, R1, PT ;        /* 0x000000010000720c */
+        /*0020*/              @!P0 IMAD.WIDE.U32 R2, R3, R4, RZ ;
+        /*0030*/              @P1 BRA P0, 0x70 ;
+        /*0040*/                   LOP3.LUT R5, R2, 0x3, RZ, 0xc0, !PT ;
+        /*0050*/              @!P0 BRA 0x10 ;
+        /*0060*/                   FADD R6, R6, R7 ;
+        /*0070*/              @P2 BRA P3, 0x60 ;
+        /*0080*/                   EXIT ;
+"""
+    instrs = m.instructions(listing)
+    assert [a for a, _ in instrs] == list(range(0, 0x90, 0x10))
+    assert m.opcode("@!P0 IMAD.WIDE.U32 R2, R3, R4, RZ") == "IMAD"
+    got = [(size, first, last, dict(ops)) for size, first, last, ops in m.loops(instrs)]
+    # 0x30's forward branch is no loop; 0x50 -> 0x10 and the predicated 0x70 -> 0x60 are
+    assert got == [(5, 0x10, 0x50, {"ISETP": 1, "IMAD": 1, "BRA": 2, "LOP3": 1}), (2, 0x60, 0x70, {"FADD": 1, "BRA": 1})]
