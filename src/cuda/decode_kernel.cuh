@@ -53,9 +53,9 @@ namespace tq::cuda::decode {
 // counts its waves in what the GPU holds, decode_residency; packed kernels are launched with the
 // shared memory that holds an SM to this count, decode_smem). Packed caches: 4 at D <= 128, 2
 // at D = 256 (5 for k3v2 at D = 128 forced 96 registers and was 4% slower at (16, 32K) on the
-// H200; 5 at D = 64, 96 registers too, was 4-5% slower on the H100, 4.7% at (32, 8K) whose
-// plan it left as it was: bench/results/2026-12-07-h100-session64.md). Float caches: as many as their staging rings fit in an SM's 228 KB (bf16: 2 at D = 128,
-// 1 at D = 256).
+// H200; 5 at D = 64, 96 registers too, was slower even where it left the plan as it was:
+// bench/results/2026-12-07-h100-session64.md). Float caches: as many as their staging rings fit
+// in an SM's 228 KB (bf16: 2 at D = 128, 1 at D = 256).
 // R = 2 m-tiles: twice the accumulators, so 3 blocks an SM (168 registers).
 // C: the compact kernel of a float cache (unstaged), compiled for the 100 KB an SM of the GPUs
 // that run it (sm_86, 89, 120): 2 blocks at D = 256, 4 at D = 128.

@@ -827,7 +827,7 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
     st.error_flag = store_error_.get();
     quantize_store(st, stream);
   };
-  // A dense run's q, k and v rows rounded to bf16 (dense_), and its attention over them.
+  // A dense run's q, k and v rows rounded to bf16 (dense_), which its attention reads.
   const auto to_dense = [&](const DenseRun& run) {
     const size_t Q = size_t(cfg_.q_dim());
     const DenseRows r = dense_rows(run.row0);
@@ -838,8 +838,9 @@ void CudaModelRunner::layer_attention(uint32_t layer, const std::vector<Group>& 
   const auto attend = [&](const Group& g) {
     if (dense_group(layer, g)) {
       if (!g.run_head) return;  // attended with its run's first group
-      to_dense(dense_runs_[size_t(g.run)]);
-      return dense_prompt_attention(dense_params(dense_runs_[size_t(g.run)]), stream_);
+      const DenseRun& run = dense_runs_[size_t(g.run)];
+      to_dense(run);
+      return dense_prompt_attention(dense_params(run), stream_);
     }
     const DecodeParams p = attention_params(layer, g);
     if (g.ntok > kMaxDecodeQueryTokens)
