@@ -59,6 +59,7 @@ struct Plan {
   int D, splits, tokens_per_split;
   int mtiles;  // 8-row m-tiles per (sequence, KV head): the rows (GQA group x query tokens), rounded up to whole blocks
   int R = 1;   // decode: m-tiles a block (1 or 2: make_plan); mtiles is a multiple of it
+  bool km = false;  // decode: keys as M, blocks of at most 4 rows (decode_kernel.cuh's KM; R = 1)
   int side;  // side blocks after the packed splits (decode_side.cuh): decode side_decode_blocks, prefill 1; 0 without
   bool ws = false;      // prefill: Hopper's warp-specialized kernel (prefill_ws.cuh) instead of prefill_kernel
   int block_rows = 64;  // prefill: query rows a block (prefill::kWsRows or kBlockRows)
@@ -184,10 +185,18 @@ void launch(const DecodeParams& p, const Plan& pl, Mode mode, Stream stream) {
     constexpr int R = decltype(r)::value;
     constexpr bool C = decltype(compact)::value;
     const dim3 grid(pl.splits + pl.side, p.cache.kv_heads * (pl.mtiles / R), p.num_seqs);
-    const size_t smem = decode_smem<D, KIND, KB, VB, R, C>();
-    allow_smem(decode_kernel<D, KIND, KB, VB, R, C>, smem);
-    launch_after("decode", decode_kernel<D, KIND, KB, VB, R, C>, grid, dim3(kThreads), smem, stream, p, pl.tokens_per_split, pl.mtiles / R, ws_o, ws_ml,
-                 static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
+    const size_t smem = decode_smem<D, KIND, KB, VB, R, C>();  // (keys as M: the same blocks, shared memory and residency)
+    const auto go = [&](auto km) {
+      const auto kernel = decode_kernel<D, KIND, KB, VB, R, C, decltype(km)::value>;
+      allow_smem(kernel, smem);
+      launch_after("decode", kernel, grid, dim3(kThreads), smem, stream, p, pl.tokens_per_split, pl.mtiles / R, ws_o, ws_ml,
+                   static_cast<const float*>(dense ? ws_q : nullptr), mode == Mode::kDecodeAfterStore && !dense);
+    };
+    if constexpr (kDecodeKeysAsM<D, KIND, KB> && R == 1 && !C) {
+      if (pl.km) return go(std::true_type{});
+    }
+    TQ_CHECK(!pl.km, "decode_attention: a plan with the keys as M for a cache whose kernels have none");
+    go(std::false_type{});
   });
   merge<D, KIND == Kind::kTq>(p, pl, stream, ws_o, ws_ml);
 }

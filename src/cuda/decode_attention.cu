@@ -55,8 +55,9 @@ int resident_blocks_of(int D, const CacheView& c, int R) {
 // (on the H200, Llama-3.1-8B shape, 8 query tokens at batch 1: slower at 4K-8K, ~3 and ~6 tiles a
 // warp; faster from 16K, ~11; bench/results/2026-12-01-h200-decode-rows.md).
 constexpr int kPairMinTiles = 8;
-// TQ_DECODE_ROWS=8 or 16 forces 8- or 16-row blocks where both exist (read at every plan, so a
-// test can compare both kernels on one cache); a row's result is the same bits either way.
+// TQ_DECODE_ROWS=8 or 16 forces 8- or 16-row blocks where both exist, 8 also where blocks of at
+// most 4 rows compute with the keys as M (read at every plan, so a test can compare the kernels
+// on one cache); a row's result is the same bits either way.
 int forced_rows() {
   const char* env = std::getenv("TQ_DECODE_ROWS");
   return env && std::strcmp(env, "8") == 0 ? 8 : env && std::strcmp(env, "16") == 0 ? 16 : 0;
@@ -122,11 +123,18 @@ Plan make_plan(const DecodeParams& p, int R) {
   return pl;
 }
 
-// Two m-tiles a block where they exist and pay (kPairMinTiles), else one.
+// Keys as M where a block has at most 4 rows and plain keys of 2 or 3 bits, up to D = 128
+// (decode_kernel.cuh's KM: half the score work of an 8-row block, the same bits); two m-tiles a
+// block where they exist and pay (kPairMinTiles); else one.
 Plan make_plan(const DecodeParams& p) {
   const int D = kernel_dim(p.cache), rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
-  if (!is_tq(p.cache.k.enc) || D > 128 || rows <= kRows) return make_plan(p, 1);
   const int forced = forced_rows();
+  if (is_tq(p.cache.k.enc) && key_width(p.cache) <= 3 && D <= 128 && rows <= 4 && forced != 8) {
+    Plan pl = make_plan(p, 1);
+    pl.km = true;
+    return pl;
+  }
+  if (!is_tq(p.cache.k.enc) || D > 128 || rows <= kRows) return make_plan(p, 1);
   if (forced) return make_plan(p, forced / kRows);
   const Plan paired = make_plan(p, 2);
   return paired.tokens_per_split >= kPairMinTiles * kWarps * kTile ? paired : make_plan(p, 1);
@@ -263,6 +271,13 @@ uint32_t decode_num_splits(const DecodeParams& p) {
   validate_cache_layout(p.cache);
   validate_shape(p, "decode_num_splits");
   return uint32_t(make_plan(p).splits);
+}
+
+uint32_t decode_block_rows(const DecodeParams& p) {
+  validate_cache_layout(p.cache);
+  validate_shape(p, "decode_block_rows");
+  const Plan pl = make_plan(p);
+  return pl.km ? 4u : uint32_t(pl.R * kRows);
 }
 
 size_t decode_workspace_bytes(const DecodeParams& p) {

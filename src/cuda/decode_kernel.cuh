@@ -17,6 +17,8 @@
 //                  bf16 high + low parts).
 //   O^T += V^T P^T the values are A (16 coordinates x 16 tokens, a register holding two tokens
 //                  at one coordinate), P^T is B, which is the layout the scores are already in.
+// Blocks of at most 4 rows with 2- and 3-bit keys compute S^T = K Q^T instead (KM, below), then
+// shuffle the exponents to that layout.
 // The k index of S = Q K^T may map to the stored coordinates in any order as long as Q uses the
 // same map; thread t of a quad owns coordinates [t D/4, (t+1) D/4) of a key, which is one group of
 // 32 codes at D = 128 (its `bits` words). Thread g owns output coordinates [g D/8, (g+1) D/8)
@@ -81,11 +83,24 @@ __device__ __forceinline__ float tree_sum(const float (&p)[N][R][4], int rr) {
   return dev::tree_fold(s, [](float a, float b) { return a + b; });
 }
 
+// Keys as M (KM): blocks of at most 4 query rows (the GQA group times the query tokens; e.g. 32
+// query / 8 KV heads at one token) compute S^T = K Q^T, the tile's 16 tokens as the MMA's M and
+// the 4 rows' high and low parts as its 8 columns, where the 8-row blocks spend half of every
+// score's work (and of the score MMAs) on padding rows: one MMA a k-tile instead of two, and a
+// thread's 2 scores a tile of row t (tokens g, g + 8) instead of 4 of row g. The exponents are
+// the same floats (the same integers S, norms, max and base); four shuffles a tile then bring
+// them to the layout the P V MMA takes (row g's tokens 2t, 2t + 1, 2t + 8, 2t + 9), where the
+// sums, value norms and MMAs are the 8-row block's, in its order: a row gets the same bits from
+// both (DecodeRows tests it). Plain int8 keys (2 and 3 bits), packed caches up to D = 128.
+template <int D, Kind KIND, int KB>
+constexpr bool kDecodeKeysAsM = KIND == Kind::kTq && D <= 128 && !tcq_width(KB) && KB <= 3;
+
 // The body of decode_kernel (below).
-template <int D, Kind KIND, int KB, int VB, int R, bool C>
+template <int D, Kind KIND, int KB, int VB, int R, bool C, bool KM>
 __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_per_split, int mtiles, float* __restrict__ ws_o,
                                              float2* __restrict__ ws_ml, const float* ws_q, bool inputs_ready) {
   static_assert(R == 1 || (R == 2 && KIND == Kind::kTq && D <= 128), "two m-tiles a block: packed caches up to D = 128");
+  static_assert(!KM || (kDecodeKeysAsM<D, KIND, KB> && R == 1), "keys as M: plain int8 keys up to D = 128, one m-tile");
   constexpr bool kBf = KIND == Kind::kBf16;
   using Op = dev::Operand<kBf>;
   extern __shared__ __align__(128) uint4 smem_raw[];  // the ring inside is 128-byte aligned (Smem)
@@ -370,9 +385,21 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // same table for Hopper's prefill, when tried here). The values' tables follow.
   // int8 keys: step / kCentroidGrid (the table's fixed point), of row g of each m-tile. Kept above 0
   // (a zero query row has step 0) so that a masked score stays -inf: -inf * 0 would be NaN.
+  // (KM: row t's.)
   float s_scale[R];
 #pragma unroll
-  for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? fmaxf(sm.qrs[rr * kRows + g] * (1.0f / kCentroidGrid), dev::kMinScoreScale) : 1.0f;
+  for (int rr = 0; rr < R; ++rr) s_scale[rr] = kInt8K ? fmaxf(sm.qrs[rr * kRows + (KM ? t : g)] * (1.0f / kCentroidGrid), dev::kMinScoreScale) : 1.0f;
+  // KM: the query as B fragments, in registers: column g of k-tile j is row g / 2's high (g even)
+  // or low bytes, which the A fragments above hold for lane 4 (g / 2) + t (as a0, a2 or a1, a3).
+  [[maybe_unused]] uint32_t qb[KM ? D / 32 : 1][2];
+  if constexpr (KM) {
+#pragma unroll
+    for (int j = 0; j < D / 32; ++j) {
+      const uint4 v = sm.qa[0][j][(g >> 1) * 4 + t];
+      qb[j][0] = g & 1 ? v.y : v.x;
+      qb[j][1] = g & 1 ? v.w : v.z;
+    }
+  }
   constexpr bool kInt8K16 = kInt8K && read_bits(KB) == 4;  // a 16-level union (trellis-coded 3-bit keys)
   std::conditional_t<kInt8K, std::conditional_t<kInt8K16, dev::ByteLut16, dev::ByteLut8>, dev::Lut8> lut_k{};
   if constexpr (kInt8K) {  // the int8 centroids (z-units x 32, exact: the format's grid), 8 to a register pair
@@ -402,6 +429,13 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     packed_begin[rr] = swa ? max(sink, visible - swa) : sink;
     packed_end[rr] = visible - window;
   }
+  // KM: the same for row t, whose scores this thread computes (the range above masks row g's P).
+  int packed_begin_t = 0, packed_end_t = 0;
+  if constexpr (KM) {
+    const int visible = t < rows_total ? len - int(p.num_q_tokens) + int(uint32_t(t) / uint32_t(group)) + 1 : len;
+    packed_begin_t = swa ? max(sink, visible - swa) : sink;
+    packed_end_t = visible - window;
+  }
   const int visible_min = len - int(p.num_q_tokens) + 1;  // of every row of the block: the first query token's
   const int packed_end_min = visible_min - window;
   const int packed_begin_max = swa ? max(sink, len - swa) : sink;  // the last query token's
@@ -420,14 +454,13 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
     for (int i = 0; i < MTO; ++i) o[rr][i][0] = o[rr][i][1] = o[rr][i][2] = o[rr][i][3] = 0.0f;
   SoftmaxState sstate[R];  // query row g of each m-tile, over this thread's tokens of it (its quad holds the rest)
+  // (KM: m is row t's, over every token of the warp's tiles; d is row g's, as above.)
 
   // One step: N 16-token tiles (1, or kStepTiles), their bytes already in `cur`, except the values
   // of float caches and of a two-tile step, which late_values() loads after the softmax (keeping
   // their registers out of the score phase). The tiles of a step share one online-softmax update.
   auto process = [&](auto& cur, const auto& T0, auto&& late_values) {  // Tile cur[N], int T0[N]
     constexpr int N = int(std::extent_v<std::remove_reference_t<decltype(cur)>>);
-    // ---- S = Q K^T for tokens T0[n] + [0, 16): n-tile nn holds token g + 8nn ----
-    float x[N][R][4];  // row g's scores (of each m-tile) for tokens 2t, 2t+1, 2t+8, 2t+9 of tile n (int8 keys: / s_scale)
     bool full[N];
     // Whether token e of tile n is visible to row g of m-tile rr; asked only of tiles that are not
     // full, and computed where it is asked: kept in registers between the two masks below, the
@@ -436,42 +469,14 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       const int tok = T0[n] + 2 * t + (e & 1) + 8 * (e >> 1);
       return tok >= packed_begin[rr] && tok < end && tok < packed_end[rr];
     };
-#pragma unroll
-    for (int n = 0; n < N; ++n) {
-      keys.scores(cur[n], sm.qa, lane, t, sm.lut_k, x[n]);
-      // Tokens past the split's end or the row's causal limit are masked; most tiles have none
-      // (a warp-uniform test), which saves the per-token compares.
-      // (& rather than &&: the compiler keeps this test predicated, as it did before R existed)
-      full[n] = (T0[n] >= packed_begin_max) & (T0[n] + kTile <= end) & (T0[n] + kTile <= packed_end_min);
-      keys.scale(cur[n], x[n]);  // key norms
-      if (!full[n]) {
-#pragma unroll
-        for (int rr = 0; rr < R; ++rr)
-#pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if (!live(n, rr, e)) x[n][rr][e] = -INFINITY;
-      }
-    }
-    float pv[N][R][4];
-    uint32_t pb_hi[N][R][2];
-    [[maybe_unused]] uint32_t pb_lo[N][R][2];
-#pragma unroll
-    for (int rr = 0; rr < R; ++rr) {
-      float mx = fmaxf(fmaxf(x[0][rr][0], x[0][rr][1]), fmaxf(x[0][rr][2], x[0][rr][3]));
-#pragma unroll
-      for (int n = 1; n < N; ++n) mx = fmaxf(mx, fmaxf(fmaxf(x[n][rr][0], x[n][rr][1]), fmaxf(x[n][rr][2], x[n][rr][3])));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      mx *= s_scale[rr];  // S's scale (> 0) commutes with the max
-      // A row with nothing visible yet keeps m = -inf and p = 0 (SoftmaxState::base_of). (No early
-      // exit: the MMAs below need the whole warp.)
-      const SoftmaxState::Step sstep = sstate[rr].update(mx, dev::FastExp2{});
-      const float alpha = sstep.scale;
-#pragma unroll
-      for (int n = 0; n < N; ++n)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) pv[n][rr][e] = dev::fast_exp2(fmaf(x[n][rr][e], s_scale[rr], -sstep.base));
-      sstate[rr].add(tree_sum<N>(pv, rr));  // a tree: a chain of 4N dependent FADDs was the tile's longest wait
+    // Tokens past the split's end or the row's causal limit are masked; most tiles have none
+    // (a warp-uniform test), which saves the per-token compares.
+    // (& rather than &&: the compiler keeps this test predicated, as it did before R existed)
+    auto is_full = [&](int n) { return (T0[n] >= packed_begin_max) & (T0[n] + kTile <= end) & (T0[n] + kTile <= packed_end_min); };
+    float pv[N][R][4];  // row g's P (of each m-tile) for tokens 2t, 2t+1, 2t+8, 2t+9 of tile n
+    // P's value norms (the fp8 scale), and zeros where masked: rows past the end may hold anything,
+    // never let them reach the MMA.
+    auto finish_p = [&](int rr) {
 #pragma unroll
       for (int n = 0; n < N; ++n) {
         if constexpr (KIND == Kind::kTq) scale_by_norms(cur[n].vn, pv[n][rr]);  // their 1/sqrt(D) is applied once, at the end
@@ -481,20 +486,104 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         if (!full[n]) {
 #pragma unroll
           for (int e = 0; e < 4; ++e)
-            if (!live(n, rr, e)) pv[n][rr][e] = 0.0f;  // rows past the end may hold anything: never let them reach the MMA
+            if (!live(n, rr, e)) pv[n][rr][e] = 0.0f;
         }
       }
-      if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // rescale: the accumulators are query rows 2t, 2t+1
-        const float a_even = __shfl_sync(0xffffffffu, alpha, 8 * t), a_odd = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+    };
+    // The accumulators are query rows 2t, 2t+1: their rows' scales.
+    auto rescale = [&](int rr, float a_even, float a_odd) {
 #pragma unroll
-        for (int i = 0; i < MTO; ++i) {
-          o[rr][i][0] *= a_even;
-          o[rr][i][1] *= a_odd;
-          o[rr][i][2] *= a_even;
-          o[rr][i][3] *= a_odd;
+      for (int i = 0; i < MTO; ++i) {
+        o[rr][i][0] *= a_even;
+        o[rr][i][1] *= a_odd;
+        o[rr][i][2] *= a_even;
+        o[rr][i][3] *= a_odd;
+      }
+    };
+    if constexpr (KM) {
+      // ---- S^T = K Q^T: row t's scores of tokens g and g + 8 of tile n ----
+      float x[N][2];
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        keys.scores_km(cur[n], qb, x[n]);
+        full[n] = is_full(n);
+        keys.scale_km(cur[n], x[n]);  // key norms
+        if (!full[n]) {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int tok = T0[n] + g + 8 * e;
+            if (!(tok >= packed_begin_t && tok < end && tok < packed_end_t)) x[n][e] = -INFINITY;
+          }
         }
+      }
+      float mx = fmaxf(x[0][0], x[0][1]);
+#pragma unroll
+      for (int n = 1; n < N; ++n) mx = fmaxf(mx, fmaxf(x[n][0], x[n][1]));
+#pragma unroll
+      for (int m = 4; m < 32; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
+      mx *= s_scale[0];
+      float unused = 0.0f;  // (row t's sum is not kept: row g's is, below)
+      const SoftmaxState::Step sstep = SoftmaxState::update(sstate[0].m, unused, mx, dev::FastExp2{});
+      const float alpha = sstep.scale;  // row t's
+      if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // row t's scale sits in lanes 4g' + t (rows 4-7 are no row's)
+        sstate[0].d *= __shfl_sync(0xffffffffu, alpha, g & 3);
+        rescale(0, __shfl_sync(0xffffffffu, alpha, 2 * t), __shfl_sync(0xffffffffu, alpha, 2 * t + 1));
+      }
+      // Row g's P of tokens 2t, 2t + 8 from lane 4 (2t) + g, of 2t + 1, 2t + 9 from lane 4 (2t + 1) + g
+      // (rows 4-7, which no output reads, take rows 0-3's).
+      const int from_even = 8 * t + (g & 3), from_odd = from_even + 4;
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        float pt[2];
+#pragma unroll
+        for (int e = 0; e < 2; ++e) pt[e] = dev::fast_exp2(fmaf(x[n][e], s_scale[0], -sstep.base));
+        pv[n][0][0] = __shfl_sync(0xffffffffu, pt[0], from_even);
+        pv[n][0][1] = __shfl_sync(0xffffffffu, pt[0], from_odd);
+        pv[n][0][2] = __shfl_sync(0xffffffffu, pt[1], from_even);
+        pv[n][0][3] = __shfl_sync(0xffffffffu, pt[1], from_odd);
+      }
+      sstate[0].add(tree_sum<N>(pv, 0));
+      finish_p(0);
+    } else {
+      // ---- S = Q K^T for tokens T0[n] + [0, 16): n-tile nn holds token g + 8nn ----
+      float x[N][R][4];  // row g's scores (of each m-tile) for tokens 2t, 2t+1, 2t+8, 2t+9 of tile n (int8 keys: / s_scale)
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        keys.scores(cur[n], sm.qa, lane, t, sm.lut_k, x[n]);
+        full[n] = is_full(n);
+        keys.scale(cur[n], x[n]);  // key norms
+        if (!full[n]) {
+#pragma unroll
+          for (int rr = 0; rr < R; ++rr)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              if (!live(n, rr, e)) x[n][rr][e] = -INFINITY;
+        }
+      }
+#pragma unroll
+      for (int rr = 0; rr < R; ++rr) {
+        float mx = fmaxf(fmaxf(x[0][rr][0], x[0][rr][1]), fmaxf(x[0][rr][2], x[0][rr][3]));
+#pragma unroll
+        for (int n = 1; n < N; ++n) mx = fmaxf(mx, fmaxf(fmaxf(x[n][rr][0], x[n][rr][1]), fmaxf(x[n][rr][2], x[n][rr][3])));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        mx *= s_scale[rr];  // S's scale (> 0) commutes with the max
+        // A row with nothing visible yet keeps m = -inf and p = 0 (SoftmaxState::base_of). (No early
+        // exit: the MMAs below need the whole warp.)
+        const SoftmaxState::Step sstep = sstate[rr].update(mx, dev::FastExp2{});
+        const float alpha = sstep.scale;
+#pragma unroll
+        for (int n = 0; n < N; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) pv[n][rr][e] = dev::fast_exp2(fmaf(x[n][rr][e], s_scale[rr], -sstep.base));
+        sstate[rr].add(tree_sum<N>(pv, rr));  // a tree: a chain of 4N dependent FADDs was the tile's longest wait
+        finish_p(rr);
+        if (__any_sync(0xffffffffu, alpha != 1.0f))
+          rescale(rr, __shfl_sync(0xffffffffu, alpha, 8 * t), __shfl_sync(0xffffffffu, alpha, 8 * t + 4));
       }
     }
+    uint32_t pb_hi[N][R][2];
+    [[maybe_unused]] uint32_t pb_lo[N][R][2];
 #pragma unroll
     for (int n = 0; n < N; ++n) late_values(n, cur[n]);
     // B = P^T (k = token, n = query row g): exactly this thread's P entries. fp16 P alone (relative
@@ -702,7 +791,10 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   for (int rr = 0; rr < R; ++rr) {
     sstate[rr].d += __shfl_xor_sync(0xffffffffu, sstate[rr].d, 1);
     sstate[rr].d += __shfl_xor_sync(0xffffffffu, sstate[rr].d, 2);
-    if (t == 0) {
+    if constexpr (KM) {  // m is row t's (rows 4-7, which no one reads, keep none)
+      if (g == 0) sm.m[warp][t] = sstate[rr].m;
+      if (t == 0) sm.l[warp][g] = sstate[rr].d;
+    } else if (t == 0) {
       sm.m[warp][rr * kRows + g] = sstate[rr].m;
       sm.l[warp][rr * kRows + g] = sstate[rr].d;
     }
@@ -760,13 +852,13 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 // mtiles: the blocks' m-tiles (of R * 8 rows) per KV head; grid (splits + side blocks, kv_heads * mtiles, seqs).
 // C: the compact kernel of a float cache (FloatStaging). A build for an architecture that never
 // runs this variant (variants.h) compiles it empty, trapping if launched.
-template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false>
+template <int D, Kind KIND, int KB, int VB, int R = 1, bool C = false, bool KM = false>
 __global__ void __launch_bounds__(kThreads, (resident_blocks<D, KIND, KB, VB, R, C>()))
     decode_kernel(const DecodeParams p, int tokens_per_split, int mtiles, float* __restrict__ ws_o, float2* __restrict__ ws_ml,
                   const float* ws_q, bool inputs_ready) {  // ws_q: prepare_queries' output (no __restrict__: see merge_kernel)
 #ifdef __CUDA_ARCH__
   if constexpr (variant_carried(__CUDA_ARCH__ / 10, kDecodeHasCompact<D, KIND>, C))
-    decode_block<D, KIND, KB, VB, R, C>(p, tokens_per_split, mtiles, ws_o, ws_ml, ws_q, inputs_ready);
+    decode_block<D, KIND, KB, VB, R, C, KM>(p, tokens_per_split, mtiles, ws_o, ws_ml, ws_q, inputs_ready);
   else
     __trap();
 #endif

@@ -142,6 +142,36 @@ struct KeyOps<D, Kind::kTq, KB, R, true> {
 #pragma unroll
     for (int r = 0; r < R; ++r) scale_by_norms(cur.kn, x[r]);
   }
+  // Keys as M (S^T = K Q^T, blocks of at most 4 query rows: decode_kernel.cuh's KM): the tile's
+  // 16 tokens are A's rows, and the key operands above are exactly A's fragments (token g's octet
+  // halves a0, a2; token g + 8's a1, a3); the query is B, column n = row n / 2's high (n even) or
+  // low bytes (qb[j]: this thread's column g, k-tile j). One MMA a k-tile gives thread (g, t) row
+  // t's two parts for tokens g and g + 8, S = 2^8 hi + lo: the same integers as scores() (exact).
+  template <class TileT>
+  __device__ __forceinline__ void scores_km(const TileT& cur, const uint32_t (&qb)[D / 32][2], float (&x)[2]) const {
+    int acc[4] = {};  // (token g: row t's high, low part), (token g + 8: high, low)
+#pragma unroll
+    for (int j = 0; j < D / 32; ++j) {
+      static_assert(TileT::kHalfGroup || D != 64, "keys as M at D = 64: tiles of the thread's half group");
+      const int og = TileT::kHalfGroup ? j : j % 4;
+      uint32_t a[4];
+#pragma unroll
+      for (int nn = 0; nn < 2; ++nn) {
+        const uint32_t sel = cur.key_selector(nn, KeyOctet<D>::group(j), og);
+        a[nn] = dev::lookup_s8(lut, sel);
+        a[nn + 2] = dev::lookup_s8(lut, sel >> 16);
+      }
+      dev::mma_s8(acc, a, qb[j][0], qb[j][1]);
+    }
+    x[0] = float(acc[0] * 256 + acc[1]);
+    x[1] = float(acc[2] * 256 + acc[3]);
+  }
+  // Their key norms: of tokens g and g + 8 (the tile's kng).
+  template <class TileT>
+  __device__ __forceinline__ static void scale_km(const TileT& cur, float (&x)[2]) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) x[e] *= __half2float(__ushort_as_half(uint16_t(cur.kng[e])));
+  }
 };
 
 // Keys as fp16 (bf16) B operands of m16n8k16 MMAs: TurboQuant 4-bit codes looked up in the

@@ -306,6 +306,9 @@ struct Tile<D, Kind::kTq, KB, VB> {
   }
   uint32_t v[4][ValueWordsOf<D, VB>::kWords];  // per token, the words of the thread's value coordinates
   uint32_t kn[2], vn[2];       // fp16 norms of tokens (2t, 2t+1) and (2t+8, 2t+9), two to a register
+  // Keys as M (decode_kernel.cuh's KM): the fp16 key norms of tokens g and g + 8, in the low halves.
+  // Loaded for every kernel; those that never read them (the others) lose the loads to the compiler.
+  uint32_t kng[2];
 };
 template <int D, int KB, int VB>
 struct Tile<D, Kind::kF16, KB, VB> {
@@ -362,6 +365,7 @@ __device__ __forceinline__ void load_keys(const DecodeParams& p, const int32_t* 
     if constexpr (KIND == Kind::kTq) {
       const int gk = t * D / 128;  // its (first) group
       tile.load_key_words(nn, reinterpret_cast<const uint32_t*>(row) + gk * stored_bits(KB), gk == 0, t & 1);
+      tile.kng[nn] = reinterpret_cast<const uint16_t*>(a.block + L.k_norms)[a.row];
     } else {  // units t + 4j (FloatUnits)
       const uint4* src = reinterpret_cast<const uint4*>(row);
 #pragma unroll
@@ -418,6 +422,7 @@ struct TqStager {
   uint32_t last;              // nonzero: this lane copies a piece in the last round (which has fewer than 32)
   uint32_t k_at, v_at, n_at;  // this thread's words in a stage, as byte offsets from the block's ring:
   int og0;                    // key rows g, g+8 at its k-slice, value rows 2t (+1, +8, +9) at its v-slice, norm pairs
+  uint32_t kg_at;             // the key norm of token g (Tile::kng)
   int k_half;                 // its half of its key group (D = 64: Tile::kHalfGroup)
   bool k_first, v_first;      // its key (value) coordinates start the row (trellis codes: carries from its last group)
   // head_at: the KV head's block within a page (kvh x the block's bytes).
@@ -442,6 +447,7 @@ struct TqStager {
     k_first = t * D / 128 == 0;
     v_first = g == 0;
     n_at = ring_at + kTile * (St::kRowK + St::kRowV) + 2 * int(kNormBytes) * t;
+    kg_at = ring_at + kTile * (St::kRowK + St::kRowV) + int(kNormBytes) * g;
     og0 = (g * D / 64) % 4;
     k_half = t & 1;
     asm volatile("" : "+r"(k_at), "+r"(v_at), "+r"(n_at));
@@ -497,6 +503,9 @@ struct TqStager {
     cur.kn[1] = norms[k8];
     cur.vn[0] = norms[kV];
     cur.vn[1] = norms[kV + k8];
+    const uint16_t* kg = reinterpret_cast<const uint16_t*>(stage + kg_at);  // tokens g, g + 8 (kNormBytes each)
+    cur.kng[0] = kg[0];
+    cur.kng[1] = kg[8 * int(kNormBytes) / 2];
   }
 };
 

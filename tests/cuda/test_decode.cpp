@@ -316,7 +316,8 @@ struct DecodeSetup {
 // need (sized under the same settings as the launch), the output poisoned first. Returns it.
 // A CUDA error fails the test and gives NaN rows.
 // ws_out: where the workspace is downloaded to after the call (the decode kernel's per-split partials).
-std::vector<float> run_on_gpu(const DecodeSetup& s, const DecodeCase& c, std::vector<uint8_t>* ws_out = nullptr) {
+// block_rows: where set, the query rows a decode block of the call holds (decode_block_rows).
+std::vector<float> run_on_gpu(const DecodeSetup& s, const DecodeCase& c, std::vector<uint8_t>* ws_out = nullptr, uint32_t* block_rows = nullptr) {
   const auto failed = [&](cudaError_t e) {
     if (e != cudaSuccess) ADD_FAILURE() << case_name(c) << ": " << cudaGetErrorString(e);
     return e != cudaSuccess;
@@ -331,6 +332,7 @@ std::vector<float> run_on_gpu(const DecodeSetup& s, const DecodeCase& c, std::ve
   if (c.split_tokens) p.split_tokens = c.split_tokens, p.num_splits = (p.max_seq_len + c.split_tokens - 1) / c.split_tokens;
   test::DeviceBuffer<uint8_t> ws(c.prefill ? cuda::prefill_workspace_bytes(p) : cuda::decode_workspace_bytes(p));
   p.workspace = ws.ptr;
+  if (block_rows) *block_rows = c.prefill ? 0u : cuda::decode_block_rows(p);
   ws.poison();  // NaN: a partial or a row read before it is written shows as a non-finite output
   out.poison();
   if (c.prefill)
@@ -492,10 +494,11 @@ INSTANTIATE_TEST_SUITE_P(All, Decode, ::testing::ValuesIn(cases()), [](const aut
 
 
 // run_on_gpu with TQ_DECODE_ROWS set to `rows` ("8" or "16"; nullptr: the plan's own choice).
-std::vector<float> run_with_rows(const DecodeSetup& s, const DecodeCase& c, const char* rows, std::vector<uint8_t>* ws = nullptr) {
+std::vector<float> run_with_rows(const DecodeSetup& s, const DecodeCase& c, const char* rows, std::vector<uint8_t>* ws = nullptr,
+                                 uint32_t* block_rows = nullptr) {
   std::optional<ScopedEnv> forced;
   if (rows) forced.emplace("TQ_DECODE_ROWS", rows);
-  return run_on_gpu(s, c, ws);
+  return run_on_gpu(s, c, ws, block_rows);
 }
 
 // Where two decodes of one case differ: each output row (seq, query token, head) whose bits
@@ -541,17 +544,25 @@ std::string describe_differences(const DecodeSetup& s, const DecodeCase& c, cons
 // A block of two 8-row m-tiles decodes each packed tile once for both; every row's MMAs, softmax
 // and merge are the 8-row block's, so the output is the same bits (at the same splits). This is
 // what lets a speculative step's verification (16-row blocks) agree with one-token steps.
-void expect_rows_agree(const DecodeCase& c) {
+// The same for blocks of at most 4 rows that compute with the keys as M (decode_kernel.cuh's KM):
+// the same exponents, shuffled to the 8-row block's layout, and from there its sums and MMAs
+// (rows: nullptr, the plan's own choice, which must be 4-row blocks: `want`).
+void expect_rows_agree(const DecodeCase& c, const char* rows = "16", uint32_t want = 0) {
   DecodeSetup s(c, 11);
-  std::vector<uint8_t> ws16, ws8;
-  const std::vector<float> paired = run_with_rows(s, c, "16", &ws16), single = run_with_rows(s, c, "8", &ws8);
-  ASSERT_EQ(paired.size(), single.size());
+  std::vector<uint8_t> ws_a, ws8;
+  uint32_t rows_a = 0, rows8 = 0;
+  const std::vector<float> a = run_with_rows(s, c, rows, &ws_a, &rows_a), single = run_with_rows(s, c, "8", &ws8, &rows8);
+  ASSERT_EQ(a.size(), single.size());
+  if (want) {
+    EXPECT_EQ(rows_a, want) << case_name(c) << ": the blocks compared are not the ones meant";
+    EXPECT_EQ(rows8, 8u) << case_name(c);
+  }
   const std::vector<float> ref = s.reference();  // (a double-precision pass over the cache: once)
   size_t differ = 0;
-  for (size_t i = 0; i < paired.size(); ++i) differ += std::memcmp(&paired[i], &single[i], sizeof(float)) != 0;
-  EXPECT_EQ(differ, 0u) << case_name(c) << ": elements whose bits differ between 16- and 8-row blocks (errors: 16- / 8-row)"
-                        << (differ ? describe_differences(s, c, ref, paired, single, ws16, ws8) : std::string());
-  EXPECT_LE(test::worst_row_error(paired, ref, s.d), s.bound(ref)) << case_name(c);
+  for (size_t i = 0; i < a.size(); ++i) differ += std::memcmp(&a[i], &single[i], sizeof(float)) != 0;
+  EXPECT_EQ(differ, 0u) << case_name(c) << ": elements whose bits differ between " << rows_a << "- and 8-row blocks (errors: " << rows_a
+                        << "- / 8-row)" << (differ ? describe_differences(s, c, ref, a, single, ws_a, ws8) : std::string());
+  EXPECT_LE(test::worst_row_error(a, ref, s.d), s.bound(ref)) << case_name(c);
 }
 
 TEST(DecodeRows, SixteenRowBlocksGiveEachRowTheEightRowBlocksBits) {
@@ -578,6 +589,34 @@ TEST(DecodeRows, HeadDim64Int8KeysGiveTheEightRowBlocksBits) {
                                    {"k3v2", 64, 4, 3, {1000}, 1},        {"k3v2", 64, 4, 3, {700}, 2},
                                    {"k3v2", 64, 4, 3, {900}, 2},         {"k3v2", 64, 4, 3, {1100}, 2}};
   for (const DecodeCase& c : cs) expect_rows_agree(c);
+}
+
+// Blocks of at most 4 rows (the GQA group times the query tokens) with plain keys of 2 or 3 bits
+// up to D = 128 compute S^T = K Q^T (the plan's choice there; decode_block_rows says 4): every
+// value path (2, 3, 4 bits), both head dims (D = 64: the half-group key tiles), padded rows (a
+// group of 2, head dim 112), query tokens causal among themselves (2 x 2 rows, 1 x 3), a
+// warp's tiles in two-tile steps and the last one alone, masked tiles, pages that hold no whole
+// tile (the unstaged loads), dense rotations (prepared queries), sliding windows and fixed cuts.
+TEST(DecodeRows, FourRowBlocksWithTheKeysAsMGiveTheEightRowBlocksBits) {
+  TQ_REQUIRE_GPU();
+  std::vector<DecodeCase> cs{{"k3v2", 128, 4, 1, {1, 17, 97, 4097, 300}},
+                             {"k3v2", 64, 4, 1, {9, 97, 1000, 2048}, 2},
+                             {"k2v2", 64, 4, 1, {700, 900, 1100}, 3},
+                             {"k2v2", 128, 2, 2, {3, 17, 97, 1000}, 2},
+                             {"k3v3", 64, 1, 3, {9, 97, 1000}, 2},
+                             {"k3v4", 112, 2, 1, {17, 300}, 3},
+                             {"k2v3:page=7", 128, 4, 1, {3, 17, 97}, 2},
+                             {"k3v2:page=7", 64, 4, 1, {2, 17, 97}, 2},
+                             {"k3v2:page=48", 64, 4, 1, {9, 97, 1000}, 2},
+                             {"k3v2:rot=dense", 128, 4, 1, {17, 97}, 1},
+                             {"k3v2", 128, 4, 1, {4097}, 37}};
+  DecodeCase window{"k3v2", 128, 4, 1, {40, 300, 1000}};
+  window.swa = 64;
+  DecodeCase cuts{"k3v2", 64, 4, 1, {300, 1000}};
+  cuts.split_tokens = 256;
+  cs.push_back(window);
+  cs.push_back(cuts);
+  for (const DecodeCase& c : cs) expect_rows_agree(c, nullptr, 4);
 }
 
 // The plan's own choice there (16-row blocks where a warp gets 8 tiles or more: 2048 tokens in 2

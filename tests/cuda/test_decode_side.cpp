@@ -254,6 +254,9 @@ std::vector<SideCase> side_cases() {
   v.push_back({"k2v2:sink=2:window=5", 64, 2, 9, {9, 40}, false, 0, "16"});
   v.push_back({"k3v2:rot=dense:sink=4:window=16", 128, 4, 3, {17, 97}, false, 0, "16"});
   v.push_back({"k3v2:sink=4:window=16", 128, 4, 8, {8, 4097}, false, 4});  // 4 splits of 4K: the kernels' choice is 16-row blocks
+  // Up to 4 rows, the kernels' choice is 4-row blocks with the keys as M (above); the 8-row ones too.
+  v.push_back({"k3v2:sink=4:window=16", 128, 4, 1, mixed, false, 0, "8"});
+  v.push_back({"k2v3:sink=1:window=3", 64, 2, 2, {2, 17, 97}, false, 0, "8"});
   // Chunked prefill: each query of the chunk has its own window, partly in the chunk itself.
   v.push_back({"k3v2:sink=4:window=64", 128, 4, 100, {100, 300, 1000}, true});
   v.push_back({"k3v2:sink=4:window=16", 64, 2, 17, {17, 97}, true});
@@ -266,6 +269,7 @@ std::vector<SideCase> side_cases() {
   // Sliding-window layers: the sink falls out of a row's window, and so does the side window's
   // start where the layer's window is the shorter; decode (16-row blocks too) and prefill.
   v.push_back({"k3v2:sink=4:window=16", 128, 4, 1, mixed, false, 0, nullptr, 40});
+  v.push_back({"k3v2:sink=4:window=16", 64, 4, 1, mixed, false, 0, "8", 40});
   v.push_back({"k3v2:sink=4:window=64", 256, 2, 1, {1, 20, 70, 100, 600}, false, 0, nullptr, 30});
   v.push_back({"k3v2:sink=4:window=16", 128, 4, 8, {8, 17, 300}, false, 0, "16", 12});
   v.push_back({"bf16:sink=4:window=16", 64, 4, 3, {3, 40, 97}, false, 0, nullptr, 25});

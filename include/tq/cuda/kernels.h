@@ -122,6 +122,11 @@ void quantize_store_and_decode(const QuantizeStoreParams& store, const DecodePar
 // Splits the decode launch will use, and the workspace decode_attention (prefill_attention) needs
 // (computed on the host, no device calls except a cached device-property query on first use).
 uint32_t decode_num_splits(const DecodeParams& p);
+// The query rows a decode block holds: 4 where its rows (GQA group x query tokens) are at most 4
+// and the keys are plain TurboQuant of 2 or 3 bits, up to head dim 128 (the tile's tokens are then
+// the score MMA's M: half an 8-row block's score work, the same bits); else 8, or 16 (packed
+// caches with more than 8 rows where a warp has enough tiles). TQ_DECODE_ROWS=8 or 16 forces one.
+uint32_t decode_block_rows(const DecodeParams& p);
 size_t decode_workspace_bytes(const DecodeParams& p);
 size_t prefill_workspace_bytes(const DecodeParams& p);
 void decode_attention(const DecodeParams& p, Stream stream);
