@@ -129,7 +129,7 @@ Plan make_plan(const DecodeParams& p, int R) {
 Plan make_plan(const DecodeParams& p) {
   const int D = kernel_dim(p.cache), rows = int(p.q_heads / p.cache.kv_heads * p.num_q_tokens);
   const int forced = forced_rows();
-  if (is_tq(p.cache.k.enc) && key_width(p.cache) <= 3 && D <= 128 && rows <= 4 && forced != 8) {
+  if (keys_as_m(is_tq(p.cache.k.enc), key_width(p.cache), D, rows, forced)) {
     Plan pl = make_plan(p, 1);
     pl.km = true;
     return pl;

@@ -91,9 +91,10 @@ __device__ __forceinline__ float tree_sum(const float (&p)[N][R][4], int rr) {
 // the same floats (the same integers S, norms, max and base); four shuffles a tile then bring
 // them to the layout the P V MMA takes (row g's tokens 2t, 2t + 1, 2t + 8, 2t + 9), where the
 // sums, value norms and MMAs are the 8-row block's, in its order: a row gets the same bits from
-// both (DecodeRows tests it). Plain int8 keys (2 and 3 bits), packed caches up to D = 128.
+// both (DecodeRows tests it). Plain int8 keys (2 and 3 bits), packed caches up to D = 128: the
+// instances of split_plan.h's keys_as_m, which make_plan asks.
 template <int D, Kind KIND, int KB>
-constexpr bool kDecodeKeysAsM = KIND == Kind::kTq && D <= 128 && !tcq_width(KB) && KB <= 3;
+constexpr bool kDecodeKeysAsM = KIND == Kind::kTq && attention::keys_as_m(true, KB, D, attention::kKeysAsMRows, 0);
 
 // The body of decode_kernel (below).
 template <int D, Kind KIND, int KB, int VB, int R, bool C, bool KM>

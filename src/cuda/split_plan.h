@@ -109,4 +109,14 @@ inline size_t smem_holding_in(size_t sm_bytes, int blocks, size_t smem, size_t m
   return more - kBlockReserve;
 }
 
+// Where make_plan takes blocks of at most 4 query rows that compute with the keys as the MMA's
+// M (decode_kernel.cuh's KM, the same bits as 8-row blocks): packed caches whose keys are plain
+// TurboQuant of 2 or 3 bits (key_width: widths.h's parameter, trellis-coded ones are >= kTcq), at
+// kernel head dims up to 128, blocks of at most 4 rows (the GQA group times the query tokens),
+// unless TQ_DECODE_ROWS forces 8-row blocks (forced_rows: 8, 16, or 0 when not set).
+constexpr int kKeysAsMRows = 4;
+constexpr bool keys_as_m(bool packed, int key_width, int D, int rows, int forced_rows) {
+  return packed && key_width >= 2 && key_width <= 3 && D <= 128 && rows <= kKeysAsMRows && forced_rows != 8;
+}
+
 }  // namespace tq::cuda::attention

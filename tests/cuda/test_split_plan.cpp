@@ -7,6 +7,7 @@
 #include <random>
 
 #include "split_plan.h"
+#include "widths.h"
 
 namespace tq::cuda::attention {
 namespace {
@@ -104,6 +105,23 @@ TEST(SplitPlan, PaddingHoldsAnSmToTheBlocksAsked) {
       ASSERT_EQ(blocks_fitting(sm, s), blocks) << sm << " " << blocks << " " << smem;
     }
   }
+}
+
+// Blocks of at most 4 rows compute with the keys as M where the keys are int8 operands of plain
+// codes (2 or 3 bits) up to head dim 128; TQ_DECODE_ROWS=8 turns them off, 16 does not (no
+// block of 4 rows has two m-tiles).
+TEST(SplitPlan, KeysAsMWhereABlockHasAtMostFourRowsOfPlainTwoOrThreeBitKeys) {
+  EXPECT_TRUE(keys_as_m(true, 3, 128, 4, 0));  // k3v2, 32 query / 8 KV heads, one query token
+  EXPECT_TRUE(keys_as_m(true, 2, 64, 3, 0));   // k2v*, 9 / 3 heads (SmolLM2-135M)
+  EXPECT_TRUE(keys_as_m(true, 3, 64, 1, 0));
+  EXPECT_TRUE(keys_as_m(true, 3, 128, 4, 16));
+  EXPECT_FALSE(keys_as_m(true, 3, 128, 4, 8));           // 8-row blocks forced
+  EXPECT_FALSE(keys_as_m(true, 3, 128, 5, 0));           // 5 rows: 8-row blocks
+  EXPECT_FALSE(keys_as_m(true, 3, 128, 8, 0));           // 4 heads x 2 query tokens
+  EXPECT_FALSE(keys_as_m(true, 4, 128, 4, 0));           // 4-bit keys: fp16 MMAs
+  EXPECT_FALSE(keys_as_m(true, 3, 256, 4, 0));           // no D 256 instance
+  EXPECT_FALSE(keys_as_m(true, width_param(true, 2), 128, 4, 0));  // trellis-coded keys
+  EXPECT_FALSE(keys_as_m(false, 0, 128, 4, 0));          // float caches
 }
 
 }  // namespace
