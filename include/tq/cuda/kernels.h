@@ -125,7 +125,8 @@ uint32_t decode_num_splits(const DecodeParams& p);
 // The query rows a decode block holds: 4 where its rows (GQA group x query tokens) are at most 4
 // and the keys are plain TurboQuant of 2 or 3 bits, up to head dim 128 (the tile's tokens are then
 // the score MMA's M: half an 8-row block's score work, the same bits); else 8, or 16 (packed
-// caches with more than 8 rows where a warp has enough tiles). TQ_DECODE_ROWS=8 or 16 forces one.
+// caches with more than 8 rows where a warp has enough tiles). TQ_DECODE_ROWS=8 forces 8-row
+// blocks, 16 two m-tiles a block where there are more than 8 rows.
 uint32_t decode_block_rows(const DecodeParams& p);
 size_t decode_workspace_bytes(const DecodeParams& p);
 size_t prefill_workspace_bytes(const DecodeParams& p);
