@@ -505,7 +505,7 @@ struct TqStager {
     cur.vn[1] = norms[kV + k8];
     const uint16_t* kg = reinterpret_cast<const uint16_t*>(stage + kg_at);  // tokens g, g + 8 (kNormBytes each)
     cur.kng[0] = kg[0];
-    cur.kng[1] = kg[8 * int(kNormBytes) / 2];
+    cur.kng[1] = kg[8 * int(kNormBytes) / int(sizeof(uint16_t))];
   }
 };
 
