@@ -420,23 +420,19 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   dev::Lut8 lut_v{};
   if constexpr (KIND == Kind::kTq && VB != 2) lut_v = dev::make_lut8(sm.lut_v);  // 2-bit values need no table
 
-  // Causal limit of this thread's row g of each m-tile: query token j sees positions < len - ntok + j + 1;
-  // in a sliding-window layer, from visible - swa on.
-  int packed_begin[R], packed_end[R];  // the rows' packed range
+  // The packed range [b, e) of the block's query row `row`: query token j sees positions < len -
+  // ntok + j + 1; in a sliding-window layer, from visible - swa on.
+  const auto packed_range = [&](int row, int& b, int& e) {
+    const int visible = row < rows_total ? len - int(p.num_q_tokens) + int(uint32_t(row) / uint32_t(group)) + 1 : len;
+    b = swa ? max(sink, visible - swa) : sink;
+    e = visible - window;
+  };
+  int packed_begin[R], packed_end[R];  // this thread's row g of each m-tile
 #pragma unroll
-  for (int rr = 0; rr < R; ++rr) {
-    const int my_row = (mt * R + rr) * kRows + g;
-    const int visible = my_row < rows_total ? len - int(p.num_q_tokens) + int(uint32_t(my_row) / uint32_t(group)) + 1 : len;
-    packed_begin[rr] = swa ? max(sink, visible - swa) : sink;
-    packed_end[rr] = visible - window;
-  }
-  // KM: the same for row t, whose scores this thread computes (the range above masks row g's P).
+  for (int rr = 0; rr < R; ++rr) packed_range((mt * R + rr) * kRows + g, packed_begin[rr], packed_end[rr]);
+  // KM: row t's, whose scores this thread computes (the range above masks row g's P).
   int packed_begin_t = 0, packed_end_t = 0;
-  if constexpr (KM) {
-    const int visible = t < rows_total ? len - int(p.num_q_tokens) + int(uint32_t(t) / uint32_t(group)) + 1 : len;
-    packed_begin_t = swa ? max(sink, visible - swa) : sink;
-    packed_end_t = visible - window;
-  }
+  if constexpr (KM) packed_range(t, packed_begin_t, packed_end_t);
   const int visible_min = len - int(p.num_q_tokens) + 1;  // of every row of the block: the first query token's
   const int packed_end_min = visible_min - window;
   const int packed_begin_max = swa ? max(sink, len - swa) : sink;  // the last query token's
@@ -466,10 +462,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
     // Whether token e of tile n is visible to row g of m-tile rr; asked only of tiles that are not
     // full, and computed where it is asked: kept in registers between the two masks below, the
     // flags cost a move each on every tile, masked or not (SASS).
-    auto live = [&](int n, int rr, int e) {
-      const int tok = T0[n] + 2 * t + (e & 1) + 8 * (e >> 1);
-      return tok >= packed_begin[rr] && tok < end && tok < packed_end[rr];
-    };
+    auto in_range = [&](int tok, int b, int e) { return tok >= b && tok < end && tok < e; };  // within the split and [b, e)
+    auto live = [&](int n, int rr, int e) { return in_range(T0[n] + 2 * t + (e & 1) + 8 * (e >> 1), packed_begin[rr], packed_end[rr]); };
     // Tokens past the split's end or the row's causal limit are masked; most tiles have none
     // (a warp-uniform test), which saves the per-token compares.
     // (& rather than &&: the compiler keeps this test predicated, as it did before R existed)
@@ -506,15 +500,13 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       float x[N][2];
 #pragma unroll
       for (int n = 0; n < N; ++n) {
-        keys.scores_km(cur[n], qb, x[n]);
+        keys.scores_km(cur[n], qb, t, x[n]);
         full[n] = is_full(n);
         keys.scale_km(cur[n], x[n]);  // key norms
         if (!full[n]) {
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int tok = T0[n] + g + 8 * e;
-            if (!(tok >= packed_begin_t && tok < end && tok < packed_end_t)) x[n][e] = -INFINITY;
-          }
+          for (int e = 0; e < 2; ++e)
+            if (!in_range(T0[n] + g + 8 * e, packed_begin_t, packed_end_t)) x[n][e] = -INFINITY;
         }
       }
       float mx = fmaxf(x[0][0], x[0][1]);

@@ -148,12 +148,12 @@ struct KeyOps<D, Kind::kTq, KB, R, true> {
   // low bytes (qb[j]: this thread's column g, k-tile j). One MMA a k-tile gives thread (g, t) row
   // t's two parts for tokens g and g + 8, S = 2^8 hi + lo: the same integers as scores() (exact).
   template <class TileT>
-  __device__ __forceinline__ void scores_km(const TileT& cur, const uint32_t (&qb)[D / 32][2], float (&x)[2]) const {
+  __device__ __forceinline__ void scores_km(const TileT& cur, const uint32_t (&qb)[D / 32][2], int t, float (&x)[2]) const {
     static_assert(TileT::kHalfGroup || D != 64, "keys as M at D = 64: tiles of the thread's half group");
     int acc[4] = {};  // (token g: row t's high, low part), (token g + 8: high, low)
 #pragma unroll
     for (int j = 0; j < D / 32; ++j) {
-      const int og = TileT::kHalfGroup ? j : j % 4;  // (D = 128: KeyOctet::octet)
+      const int og = TileT::kHalfGroup ? j : KeyOctet<D>::octet(j, t);  // as scores()
       uint32_t a[4];
 #pragma unroll
       for (int nn = 0; nn < 2; ++nn) {
