@@ -49,15 +49,50 @@ __device__ __forceinline__ uint32_t word_bits(uint32_t code, uint32_t i, uint32_
   return out;
 }
 
+// The bits a lane's E codes put in the W-bit plane whose first code bit is word0 (plane_word0),
+// where 8 % E == 0: the lane's coordinates [i0, i0 + E) of their group of 32 (i0 a multiple of E)
+// then sit in one word of the plane, i0 / (32 / W), at consecutive nibbles: plane_bit(W, i0 + e)
+// = 4 e + plane_bit(W, i0). So the fields are placed by shifts known at compile time and the lane's
+// share moved once by the lane's own.
+template <int E, int W>
+__device__ __forceinline__ uint32_t plane_share(const uint32_t (&codes)[E], uint32_t word0, uint32_t i0) {
+  static_assert(8 % E == 0 && W <= 4, "plane_share: a lane's coordinates within one nibble run");
+  uint32_t v = 0;
+#pragma unroll
+  for (int e = 0; e < E; ++e) v |= ((codes[e] >> word0) & ((1u << W) - 1u)) << (4 * e);
+  return v << plane_bit(W, i0);
+}
+
+// One W-bit plane of a group held by G = 32 / E lanes (8 % E == 0): the plane's W words take
+// G / W neighbouring lanes each (the word of lane i0 / E is i0 / (32 / W)), which OR their shares
+// by log2(G / W) shuffles; the first of them stores the word where `write`.
+template <int E, int W>
+__device__ __forceinline__ void pack_plane(const uint32_t (&codes)[E], uint32_t word0, int sub, uint32_t* group_words, bool write) {
+  constexpr int G = 32 / E, N = G / W;  // lanes a group, lanes a word
+  const uint32_t i0 = uint32_t(sub % G) * E;
+  uint32_t v = plane_share<E, W>(codes, word0, i0);
+#pragma unroll
+  for (int o = 1; o < N; o *= 2) v |= __shfl_xor_sync(0xffffffffu, v, o);
+  if (write && sub % N == 0) group_words[word0 + plane_word(W, i0)] = v;
+}
+
 // Packs a row's codes into its words (E codes a lane, coordinates [sub E, (sub+1) E) of the row
-// its L lanes hold; sub: the lane within them) with the width B known at compile time. When E
-// divides 32, a group of 32 coordinates is G = 32 / E neighbouring lanes: each lane builds its
-// share of the group's B words, the group ORs them with log2(G) shuffles, and its first lane
-// stores them where `write`. (At padded dim 96 a lane's coordinates may straddle two groups:
-// every word is then the OR over the warp, a row a warp.) Every lane of the warp calls it.
+// its L lanes hold; sub: the lane within them) with the width B known at compile time: the
+// planes of widths 4, 2, 1 of B (widest first, as plane_width orders them) by pack_plane where a
+// lane's codes sit in one nibble run (8 % E == 0, B < 8). Else, when E divides 32, a group of 32
+// coordinates is G = 32 / E neighbouring lanes: each lane builds its share of the group's B
+// words, the group ORs them with log2(G) shuffles, and its first lane stores them where `write`.
+// (At padded dim 96 a lane's coordinates may straddle two groups: every word is then the OR over
+// the warp, a row a warp.) Every lane of the warp calls it.
 template <int E, int B, int L>
 __device__ __forceinline__ void pack_row(const uint32_t (&codes)[E], int sub, uint32_t* words, bool write) {
-  if constexpr (32 % E == 0) {
+  if constexpr (8 % E == 0 && B < 8) {
+    static_assert(L % (32 / E) == 0, "pack_row: a group's lanes within the row's");
+    uint32_t* group = words + (sub / (32 / E)) * B;
+    if constexpr ((B & 4) != 0) pack_plane<E, 4>(codes, 0, sub, group, write);
+    if constexpr ((B & 2) != 0) pack_plane<E, 2>(codes, B & 4, sub, group, write);
+    if constexpr ((B & 1) != 0) pack_plane<E, 1>(codes, B & 6, sub, group, write);
+  } else if constexpr (32 % E == 0) {
     constexpr int G = 32 / E;
     static_assert(L % G == 0, "pack_row: a group's lanes within the row's");
     const int grp = sub / G, i0 = (sub % G) * E;
@@ -406,12 +441,15 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
       }
     }
     codes[e] = lo;
-    if (nc || ip) {
+  }
+  if ((nc || ip) && !coded) {  // (a loop apart from the codes': one branch, not one a coordinate)
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
       float cv = 0.0f;
-      if constexpr (kSmall) {  // from lane lo of the row (the warp is whole here: every return above is the warp's)
-        cv = __shfl_sync(0xffffffffu, lane_cent, int(lo), L);
+      if constexpr (kSmall) {  // from lane codes[e] of the row (the warp is whole here: every return above is the warp's)
+        cv = __shfl_sync(0xffffffffu, lane_cent, int(codes[e]), L);
       } else {
-        cv = tab.centroids[lo];
+        cv = tab.centroids[codes[e]];
       }
       cc += double(cv) * double(ip ? y[e] : cv);
     }
