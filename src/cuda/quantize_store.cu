@@ -319,19 +319,18 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
   uint8_t* block = c.data + (size_t(page) * c.kv_heads + head) * c.layout.bytes;
   const uint32_t row_bytes = is_v ? c.layout.v_row : c.layout.k_row;
   uint8_t* row = block + (is_v ? c.layout.v_codes : c.layout.k_codes) + size_t(off) * row_bytes;
-  bool finite = true;  // and storable: fp16 and bf16 caches refuse what they would turn into inf, as the CPU does
-#pragma unroll
-  for (int e = 0; e < E; ++e)
-    finite &= isfinite(x[e]) && (kSmall || ((code.enc != Encoding::kFp16 || fabsf(x[e]) <= kF16Max) &&
-                                            (code.enc != Encoding::kBf16 || (f32_to_bf16(x[e]) & 0x7FFFu) != 0x7F80u)));
-  if (row_any(row_lanes, !finite) && write) {
-    if (sub == 0) flag_error(p);
-    write = false;
-  }
-  if (!__any_sync(0xffffffffu, write)) return;
-
   if constexpr (!kSmall) {
     if (!is_tq(code.enc)) {  // float encodings: store the elements (a row a warp: ROWS is 1 here)
+      bool storable = true;  // finite, and fp16 and bf16 caches refuse what they would turn into inf, as the CPU does
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        storable &= isfinite(x[e]) && (code.enc != Encoding::kFp16 || fabsf(x[e]) <= kF16Max) &&
+                    (code.enc != Encoding::kBf16 || (f32_to_bf16(x[e]) & 0x7FFFu) != 0x7F80u);
+      if (row_any(row_lanes, !storable) && write) {
+        if (sub == 0) flag_error(p);
+        write = false;
+      }
+      if (!write) return;  // (the warp's one row)
       const void* src = is_v ? p.v : p.k;
       for (uint32_t col = lane; col < c.head_dim; col += 32) {
         const float v = load_elem(src, p.dtype, src0 + col);
@@ -351,8 +350,10 @@ __device__ __forceinline__ void store_row(const QuantizeStoreParams& p, uint32_t
   for (int e = 0; e < E; ++e) ss += double(x[e]) * double(x[e]);
 #pragma unroll
   for (int o = L / 2; o >= 1; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  // Not storable: a NaN or infinite coordinate (the sum is then NaN or infinite: squares of floats
+  // cannot overflow a double, so this is the rows' finiteness test) or a norm past fp16's.
   const double norm = sqrt(ss);
-  if (norm > double(kF16Max) && write) {
+  if (!(norm <= double(kF16Max)) && write) {
     if (sub == 0) flag_error(p);
     write = false;
   }
