@@ -269,41 +269,55 @@ TEST(QuantizeStoreUnitRow, TheReciprocalGivesTheDivisionsFloat) {
   EXPECT_LT(declined, count);
 }
 
+// A NaN, an infinity of either sign, or a norm past fp16's in a K or a V row: flagged (1), that
+// row's codes and norm not written, for every kernel instance that stores TurboQuant rows (two
+// rows a warp at widths 2 and 3, a row a warp at other widths, trellis-coded rows, the dense
+// rotation, a padded dim of 96): their finiteness test is the norm's (a NaN or infinite sum).
 TEST(QuantizeStoreErrors, NonFiniteAndHugeRowsAreFlaggedAndNotWritten) {
   TQ_REQUIRE_GPU();
-  const uint32_t d = 128;
-  PagedKvCache cpu(CacheShape{1, 1, d, 2}, parse_kv_spec("k3v2").format);
-  cuda::DeviceFormat codecs(cpu.format());
-  test::DeviceBuffer<uint8_t> cache(cpu.bytes());
-  for (float bad : {NAN, INFINITY, 60000.0f}) {  // 60000 in every coordinate: norm ~6.8e5 > fp16 max
-    CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
-    std::vector<uint16_t> k(d, f32_to_f16(0.5f)), v(d, f32_to_f16(0.25f));
-    if (bad == 60000.0f) {
-      std::fill(k.begin(), k.end(), f32_to_f16(bad));
-    } else {
-      k[17] = f32_to_f16(bad);
-    }
-    test::DeviceBuffer<uint16_t> dk(k), dv(v);
-    test::DeviceBuffer<int64_t> ds(std::vector<int64_t>{3});
-    test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+  for (const auto& [spec, d] : {std::pair{"k3v2", 128u}, std::pair{"k4v4", 128u}, std::pair{"k3tv2t", 64u}, std::pair{"k3v2:rot=dense", 64u},
+                                std::pair{"k8v1:nc", 96u}, std::pair{"k2v3:ip", 32u}}) {
+    PagedKvCache cpu(CacheShape{1, 1, d, 2}, parse_kv_spec(spec).format);
+    cuda::DeviceFormat codecs(cpu.format());
+    test::DeviceBuffer<uint8_t> cache(cpu.bytes());
+    const BlockLayout& L = cpu.layout();
+    for (const bool in_v : {false, true})
+      for (float bad : {NAN, INFINITY, -INFINITY, 60000.0f}) {  // 60000 in every coordinate: norm ~6.8e5 > fp16 max
+        SCOPED_TRACE(std::string(spec) + (in_v ? " V " : " K ") + std::to_string(bad));
+        CUDA_OK(cudaMemset(cache.ptr, 0, cpu.bytes()));
+        std::vector<uint16_t> k(d, f32_to_f16(0.5f)), v(d, f32_to_f16(0.25f));
+        auto& row = in_v ? v : k;
+        if (bad == 60000.0f) {
+          std::fill(row.begin(), row.end(), f32_to_f16(bad));
+        } else {
+          row[17] = f32_to_f16(bad);
+        }
+        test::DeviceBuffer<uint16_t> dk(k), dv(v);
+        test::DeviceBuffer<int64_t> ds(std::vector<int64_t>{3});
+        test::DeviceBuffer<int32_t> flag(std::vector<int32_t>{0});
+        cuda::QuantizeStoreParams p;
+        p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
+        p.k = dk.ptr;
+        p.v = dv.ptr;
+        p.slot_mapping = ds.ptr;
+        p.num_tokens = 1;
+        p.error_flag = flag.ptr;
+        cuda::quantize_store(p, nullptr);
+        CUDA_OK(cudaDeviceSynchronize());
+        EXPECT_EQ(flag.download()[0], 1);
+        const auto got = cache.download();
+        const uint32_t codes = in_v ? L.v_codes : L.k_codes, row_bytes = in_v ? L.v_row : L.k_row, norms = in_v ? L.v_norms : L.k_norms;
+        for (uint32_t i = 0; i < row_bytes; ++i) ASSERT_EQ(got[codes + 3 * row_bytes + i], 0) << "the row was written";
+        EXPECT_EQ(got[norms + 2 * 3], 0);
+        EXPECT_EQ(got[norms + 2 * 3 + 1], 0);
+        const uint32_t other = in_v ? L.k_norms : L.v_norms;  // the other kind's row: stored
+        EXPECT_NE(got[other + 2 * 3] | got[other + 2 * 3 + 1], 0) << "the other row was not written";
+      }
+    // Bad parameters are refused on the host, naming the problem.
     cuda::QuantizeStoreParams p;
     p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
-    p.k = dk.ptr;
-    p.v = dv.ptr;
-    p.slot_mapping = ds.ptr;
-    p.num_tokens = 1;
-    p.error_flag = flag.ptr;
-    cuda::quantize_store(p, nullptr);
-    CUDA_OK(cudaDeviceSynchronize());
-    EXPECT_EQ(flag.download()[0], 1) << bad;
-    const auto got = cache.download();
-    const BlockLayout& L = cpu.layout();
-    for (uint32_t i = 0; i < L.k_row; ++i) EXPECT_EQ(got[L.k_codes + 3 * L.k_row + i], 0) << "K row written for " << bad;
+    EXPECT_THROW(cuda::quantize_store(p, nullptr), Error);
   }
-  // Bad parameters are refused on the host, naming the problem.
-  cuda::QuantizeStoreParams p;
-  p.cache = codecs.view(0, cache.ptr, cpu.shape().num_pages);
-  EXPECT_THROW(cuda::quantize_store(p, nullptr), Error);
 }
 
 // A slot past the cache's pages is skipped and flagged 2, apart from a row the cache cannot hold
