@@ -54,9 +54,15 @@ __device__ __forceinline__ uint32_t word_bits(uint32_t code, uint32_t i, uint32_
 // then sit in one word of the plane, i0 / (32 / W), at consecutive nibbles: plane_bit(W, i0 + e)
 // = 4 e + plane_bit(W, i0). So the fields are placed by shifts known at compile time and the lane's
 // share moved once by the lane's own.
+constexpr bool nibble_runs(uint32_t E, uint32_t W) {  // that premise, for every lane's i0
+  for (uint32_t i0 = 0; i0 < 32; i0 += E)
+    for (uint32_t e = 0; e < E; ++e)
+      if (plane_word(W, i0 + e) != plane_word(W, i0) || plane_bit(W, i0 + e) != 4 * e + plane_bit(W, i0)) return false;
+  return true;
+}
 template <int E, int W>
 __device__ __forceinline__ uint32_t plane_share(const uint32_t (&codes)[E], uint32_t word0, uint32_t i0) {
-  static_assert(8 % E == 0 && W <= 4, "plane_share: a lane's coordinates within one nibble run");
+  static_assert(8 % E == 0 && W <= 4 && nibble_runs(E, W), "plane_share: a lane's coordinates within one nibble run of one word");
   uint32_t v = 0;
 #pragma unroll
   for (int e = 0; e < E; ++e) v |= ((codes[e] >> word0) & ((1u << W) - 1u)) << (4 * e);
