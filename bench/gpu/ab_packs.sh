@@ -7,6 +7,8 @@
 # Carry both packs. BASE and HEAD: the packs' folders; ARGS: bench_decode.py's options (default:
 # the targets' shapes, k3v2 at HEAD_DIM, default 128). Results in $OUT (or ./gpu-out).
 #   BASE=.stage/capi HEAD=.stage/five HEAD_DIM=64 bash bench/gpu/ab_packs.sh
+# A store change: the bulk store and whole prompts (dense, the store beside it) instead of decode:
+#   ARGS="--prefill-only --no-prefill --whole 4096,8192 --dense --specs k3v2" BASE=... HEAD=... ROUNDS=3 bash bench/gpu/ab_packs.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$PWD/gpu-out}

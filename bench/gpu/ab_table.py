@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The A/B tables of bench/gpu/two_trees.sh's runs, from their JSON files in one folder: decode
-(decode_{base,h200}_{ROUND or dHD}.json) as µs a call in a CUDA graph, round by round, and the
-head's median over the base's; prefill (prefill{,256}_{base,h200}.json) as ms in a graph, the
-head over the base, and each against torch's row of its own process. Markdown, ready for
+"""The A/B tables of bench/gpu/two_trees.sh's and ab_packs.sh's runs, from their JSON files in one
+folder: decode (decode_{base,h200}_{ROUND or dHD}.json) as µs a call in a CUDA graph, round by
+round, and the head's median over the base's, then the same rounds' whole prompts and bulk store;
+prefill (prefill{,256}_{base,h200}.json) as ms in a graph, the head over the base, and each
+against torch's row of its own process. Markdown, ready for
 bench/results. Base and head must come from one machine: the device names are checked.
     python3 bench/gpu/ab_table.py OUT
 """
@@ -13,7 +14,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-from bench_rows import torch_key  # this script's folder is on sys.path
+from bench_rows import cell, torch_key  # this script's folder is on sys.path
 
 TREES = {"base": "base", "h200": "head"}  # two_trees.sh's build folders: the baseline, this tree
 
@@ -33,7 +34,7 @@ def decode_tables(folder, devices):
         dev, rows = load(os.path.join(folder, name))
         devices.add(dev)
         runs[(m.group(1), m.group(2))] = {(r["batch"], r["context"], r["head_dim"], r["kv"]): 1e3 * r["graph_ms"]
-                                          for r in rows if r.get("graph_ms")}
+                                          for r in rows if r.get("graph_ms") and "batch" in r}
     out = []
     for hd in sorted({k[2] for v in runs.values() for k in v}):
         cols = [c for c in sorted(runs, key=lambda c: (c[0] != "base", c[1])) if any(k[2] == hd for k in runs[c])]
@@ -48,6 +49,45 @@ def decode_tables(folder, devices):
             ratio = f"{statistics.median(head) / statistics.median(base):.3f}" if base and head else ""
             cells = " | ".join("" if v is None else f"{v:.1f}" for v in vals)
             out.append(f"| {k[0]} × {k[1] // 1024}K | {k[3]} | {cells} | {ratio} |")
+    return out
+
+
+def prompt_tables(folder, devices):
+    """The same rounds' whole prompts and bulk store (bench_decode.py --whole, --dense and its bulk
+    quantize_store row; ab_packs.sh with ARGS="--prefill-only --no-prefill --whole 4096 --dense"):
+    µs a call, in a CUDA graph but for the bulk store's, round by round, and the head's median
+    over the base's. A dense row's store_ms is its store alone ("SPEC store alone")."""
+    runs = defaultdict(dict)  # (tree, label) -> {(shape, kv): µs}
+    for name in sorted(os.listdir(folder)):
+        m = re.fullmatch(r"decode_(base|h200)_(\w+)\.json", name)
+        if not m:
+            continue
+        dev, rows = load(os.path.join(folder, name))
+        got = {}
+        for r in rows:
+            if "whole_prompt" in r:
+                shape = f"whole {r['whole_prompt'] // 1024}K"
+                got[(shape, r["kv"])] = 1e3 * r["graph_ms"]
+                if "store_ms" in r:
+                    got[(shape, r["kv"].split(" dense")[0] + " store alone")] = 1e3 * r["store_ms"]
+            elif "quantize_store_bulk_tokens" in r:
+                got[(f"bulk store, {r['quantize_store_bulk_tokens']} tokens", r["kv"])] = 1e3 * r["ms"]
+        if got:
+            devices.add(dev)
+            runs[(m.group(1), m.group(2))] = got
+    if not runs:
+        return []
+    cols = sorted(runs, key=lambda c: (c[0] != "base", c[1]))
+    keys = list(dict.fromkeys(k for c in cols for k in runs[c]))  # in the order the runs print them
+    out = ["\nWhole prompts and the bulk store: µs a call (in a CUDA graph but the bulk store's)\n",
+           "| shape | kv | " + " | ".join(f"{TREES[t]} {lab}" for t, lab in cols) + " | head / base (medians) |",
+           "|---|---|" + "---|" * len(cols) + "---|"]
+    for k in keys:
+        vals = [runs[c].get(k) for c in cols]
+        base = [v for c, v in zip(cols, vals) if c[0] == "base" and v is not None]
+        head = [v for c, v in zip(cols, vals) if c[0] == "h200" and v is not None]
+        ratio = f"{statistics.median(head) / statistics.median(base):.3f}" if base and head else ""
+        out.append(f"| {k[0]} | {cell(k[1])} | " + " | ".join("" if v is None else f"{v:.1f}" for v in vals) + f" | {ratio} |")
     return out
 
 
@@ -88,9 +128,9 @@ def prefill_tables(folder, devices):
 
 def main(folder):
     devices = set()
-    lines = decode_tables(folder, devices) + prefill_tables(folder, devices)
+    lines = decode_tables(folder, devices) + prompt_tables(folder, devices) + prefill_tables(folder, devices)
     if not lines:
-        sys.exit(f"{folder}: no decode_*.json or prefill*.json of two_trees.sh")
+        sys.exit(f"{folder}: no decode_*.json or prefill*.json of two_trees.sh or ab_packs.sh")
     if len(devices) > 1:
         sys.exit(f"{folder}: runs from different devices ({', '.join(sorted(devices))}): no A/B")
     print(f"Device: {devices.pop()}")

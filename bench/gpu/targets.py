@@ -9,7 +9,7 @@ for bench/results; the device named in the files heads it (they must agree).
 import json
 import sys
 
-from bench_rows import torch_key  # this script's folder is on sys.path
+from bench_rows import cell, torch_key  # this script's folder is on sys.path
 
 # (batch, context) of the decode targets at head dim 128
 RATIO4 = [(16, 32768), (4, 131072)]  # k3v2 >= 4x torch (<= 120 us on an H200), >= 2x fp8
@@ -86,7 +86,7 @@ def targets(rows):
         for kv in sorted(kv for t, kv in pre if t == s and kv.startswith("k3v2 dense") and (s, "torch") in pre):
             v = pre[(s, "torch")] / pre[(s, kv)]
             cache = f"; {pre[(s, 'torch + cache')] / pre[(s, kv)]:.2f}× torch with its bf16 cache written" if (s, "torch + cache") in pre else ""
-            lines.append(f"| prefill {s}, {kv.removeprefix('k3v2 ')}: k3v2 ≥ 0.9× torch | {v:.2f}× ({1e3 * pre[(s, kv)]:.1f} µs, "
+            lines.append(f"| prefill {s}, {cell(kv.removeprefix('k3v2 '))}: k3v2 ≥ 0.9× torch | {v:.2f}× ({1e3 * pre[(s, kv)]:.1f} µs, "
                          f"torch {1e3 * pre[(s, 'torch')]:.1f}{cache}) | {yes(v >= 0.9)} |")
     if not shapes:
         lines.append("| prefill: k3v2 ≥ 0.9× torch | missing (run without --no-prefill, with --whole) | |")
