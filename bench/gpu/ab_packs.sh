@@ -22,8 +22,10 @@ for P in "$BASE" "$HEAD"; do
   if [ -f "$P/libtq_capi.so.xz" ]; then xz -d -f "$P/libtq_capi.so.xz" || exit 1; fi
 done
 rm -rf "$OUT/ab" && mkdir -p "$OUT/ab"  # this call's runs only
-# The packs' own libraries (prebuild.sh's lib/: the same cuDNN-free runtime for both) and the toolkit's.
-export LD_LIBRARY_PATH=$PWD/$BASE/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# The packs' own libraries (prebuild.sh's lib/: the same cuDNN-free runtime for both), cuDNN for
+# --dense (torch's, PyPI nvidia-cudnn-cu13, as run_prebuilt.sh finds it) and the toolkit's.
+cudnn=$(python3 -c 'import nvidia.cudnn as m; print(list(m.__path__)[0])' 2>/dev/null)
+export LD_LIBRARY_PATH=$PWD/$BASE/lib${cudnn:+:$cudnn/lib}:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 ARGS=${ARGS:---head-dim $HEAD_DIM --specs k3v2 --shapes $(python3 bench/gpu/targets.py --shapes) --no-bulk --no-prefill}
 for round in $(seq 1 "$ROUNDS"); do
   order="base h200"
