@@ -515,8 +515,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
 #pragma unroll
       for (int m = 4; m < 32; m *= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, m));
       mx *= s_scale[0];
-      float unused = 0.0f;  // (row t's sum is not kept: row g's is, below)
-      const SoftmaxState::Step sstep = SoftmaxState::update(sstate[0].m, unused, mx, dev::FastExp2{});
+      const SoftmaxState::Step sstep = sstate[0].advance(mx, dev::FastExp2{});  // (row t's max; the sum, row g's, below)
       const float alpha = sstep.scale;  // row t's
       float alpha_g = 1.0f;             // row g's: exactly 1 where no row's scale differs from it
       if (__any_sync(0xffffffffu, alpha != 1.0f)) {  // row t's scale sits in lanes 4g' + t (rows 4-7 are no row's)
@@ -536,7 +535,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         pv[n][0][2] = __shfl_sync(0xffffffffu, pt[1], from_even);
         pv[n][0][3] = __shfl_sync(0xffffffffu, pt[1], from_odd);
       }
-      sstate[0].d = fmaf(sstate[0].d, alpha_g, tree_sum<N>(pv, 0));  // (as the 8-row block's, below)
+      sstate[0].add_scaled(alpha_g, tree_sum<N>(pv, 0));  // (as the 8-row block's, below)
       finish_p(0);
     } else {
       // ---- S = Q K^T for tokens T0[n] + [0, 16): n-tile nn holds token g + 8nn ----
@@ -564,18 +563,17 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
         mx *= s_scale[rr];  // S's scale (> 0) commutes with the max
         // A row with nothing visible yet keeps m = -inf and p = 0 (SoftmaxState::base_of). (No early
         // exit: the MMAs below need the whole warp.)
-        float unused = 0.0f;  // (the sum is rescaled below)
-        const SoftmaxState::Step sstep = SoftmaxState::update(sstate[rr].m, unused, mx, dev::FastExp2{});
+        const SoftmaxState::Step sstep = sstate[rr].advance(mx, dev::FastExp2{});  // (the sum is rescaled below)
         const float alpha = sstep.scale;
 #pragma unroll
         for (int n = 0; n < N; ++n)
 #pragma unroll
           for (int e = 0; e < 4; ++e) pv[n][rr][e] = dev::fast_exp2(fmaf(x[n][rr][e], s_scale[rr], -sstep.base));
-        // The sum rescaled and the step's added in one rounding, written out: left to the compiler
+        // The sum rescaled and the step's added in one rounding (add_scaled): left to the compiler
         // (d *= scale, then d += sum), it was fused or not depending on the code around it, and
         // blocks of 4 rows (which rescale only when some row's scale is not 1) got other bits.
         // A tree: a chain of 4N dependent FADDs was the tile's longest wait.
-        sstate[rr].d = fmaf(sstate[rr].d, alpha, tree_sum<N>(pv, rr));
+        sstate[rr].add_scaled(alpha, tree_sum<N>(pv, rr));
         finish_p(rr);
         if (__any_sync(0xffffffffu, alpha != 1.0f))
           rescale(rr, __shfl_sync(0xffffffffu, alpha, 8 * t), __shfl_sync(0xffffffffu, alpha, 8 * t + 4));

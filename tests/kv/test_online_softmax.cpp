@@ -206,6 +206,28 @@ TEST(OnlineSoftmax, HugeAndTinyScores) {
   }
 }
 
+// advance() is update() with the sum left for add_scaled(), which rescales it and adds a block's
+// sum in one rounding: the same max and step as update(), and d * scale + p rounded once.
+TEST(OnlineSoftmax, AdvanceThenAddScaledIsOneRounding) {
+  SoftmaxState a, b;
+  a.update(1.0f, exp2_f);
+  a.add(1.0f + 0x1p-23f);
+  b = a;
+  const SoftmaxState::Step sa = a.update(2.5f, exp2_f), sb = b.advance(2.5f, exp2_f);
+  EXPECT_EQ(sb.scale, sa.scale);
+  EXPECT_EQ(sb.base, sa.base);
+  EXPECT_EQ(b.m, a.m);
+  EXPECT_EQ(b.d, 1.0f + 0x1p-23f);  // left as it was
+  b.add_scaled(sb.scale, 0.5f);
+  EXPECT_EQ(b.d, std::fma(1.0f + 0x1p-23f, sb.scale, 0.5f));
+  // One rounding: (1 + 2^-12)^2 - 1 = 2^-11 + 2^-24 exactly, where rounding the product first
+  // (1 + 2^-11 + 2^-24 is a tie, to even: 1 + 2^-11) would leave 2^-11.
+  SoftmaxState c;
+  c.d = 1.0f + 0x1p-12f;
+  c.add_scaled(1.0f + 0x1p-12f, -1.0f);
+  EXPECT_EQ(c.d, 0x1p-11f + 0x1p-24f);
+}
+
 TEST(OnlineSoftmax, StepAndMergeEdgeCases) {
   SoftmaxState st;
   // A first block with nothing visible: base 0, so 2^(-inf - base) = 0 and no NaN anywhere.

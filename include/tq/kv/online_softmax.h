@@ -75,6 +75,22 @@ struct SoftmaxState {
   // Adds exponents exp(s - base) (one or a block's sum) of the block last passed to update().
   TQ_HD void add(float p) { d += p; }
 
+  // update() leaving d as it is, and add_scaled() to rescale it and add the block's sum in one
+  // rounding: for a kernel that must round the two alike whether or not it rescales in a branch
+  // (the decode kernel's 4- and 8-row blocks, whose rows get the same bits).
+  template <class Exp>
+  TQ_HD Step advance(float block_max, Exp&& exp) {
+    float kept = d;
+    return update(m, kept, block_max, exp);
+  }
+  TQ_HD void add_scaled(float scale, float p) {
+#if defined(__CUDA_ARCH__)
+    d = fmaf(d, scale, p);
+#else
+    d = std::fma(d, scale, p);
+#endif
+  }
+
   // The weight of a partial state of max m_part in a combination whose max is m_all (the max
   // over the parts, >= m_part): exp(m_part - m_all), or 0 for a part that saw nothing visible.
   template <class Exp>
