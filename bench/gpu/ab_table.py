@@ -12,7 +12,6 @@ import os
 import re
 import statistics
 import sys
-from collections import defaultdict
 
 from bench_rows import cell, torch_key  # this script's folder is on sys.path
 
@@ -25,44 +24,51 @@ def load(path):
     return d.get("device", "?"), d["rows"]
 
 
-def decode_tables(folder, devices):
-    runs = defaultdict(dict)  # (tree, label) -> {(batch, context, head_dim, kv): µs}
+def rounds(folder, devices):
+    """{(tree, label): rows} of the folder's decode_{base,h200}_{ROUND or dHD}.json files, each
+    file's device added to `devices`."""
+    out = {}
     for name in sorted(os.listdir(folder)):
         m = re.fullmatch(r"decode_(base|h200)_(\w+)\.json", name)
-        if not m:
-            continue
-        dev, rows = load(os.path.join(folder, name))
-        devices.add(dev)
-        runs[(m.group(1), m.group(2))] = {(r["batch"], r["context"], r["head_dim"], r["kv"]): 1e3 * r["graph_ms"]
-                                          for r in rows if r.get("graph_ms") and "batch" in r}
+        if m:
+            dev, out[(m.group(1), m.group(2))] = load(os.path.join(folder, name))
+            devices.add(dev)
+    return out
+
+
+def round_table(title, first, runs, cols, keys, names):
+    """A Markdown table: a row a key (its first two cells names(key); `first` heads the first), µs
+    a round in `cols` (runs[col][key]), and the head's median over the base's."""
+    out = [title, f"| {first} | kv | " + " | ".join(f"{TREES[t]} {lab}" for t, lab in cols) + " | head / base (medians) |",
+           "|---|---|" + "---|" * len(cols) + "---|"]
+    for k in keys:
+        vals = [runs[c].get(k) for c in cols]
+        base = [v for c, v in zip(cols, vals) if c[0] == "base" and v is not None]
+        head = [v for c, v in zip(cols, vals) if c[0] == "h200" and v is not None]
+        ratio = f"{statistics.median(head) / statistics.median(base):.3f}" if base and head else ""
+        out.append(f"| {names(k)} | " + " | ".join("" if v is None else f"{v:.1f}" for v in vals) + f" | {ratio} |")
+    return out
+
+
+def decode_tables(rounds_rows):
+    runs = {c: {(r["batch"], r["context"], r["head_dim"], r["kv"]): 1e3 * r["graph_ms"] for r in rows if r.get("graph_ms") and "batch" in r}
+            for c, rows in rounds_rows.items()}  # (tree, label) -> {(batch, context, head_dim, kv): µs}
     out = []
     for hd in sorted({k[2] for v in runs.values() for k in v}):
         cols = [c for c in sorted(runs, key=lambda c: (c[0] != "base", c[1])) if any(k[2] == hd for k in runs[c])]
         keys = sorted({k for c in cols for k in runs[c] if k[2] == hd}, key=lambda k: (-k[0] * k[1], -k[0], k[3]))
-        out.append(f"\nDecode, head dim {hd}: µs a call in a CUDA graph\n")
-        out.append("| batch × context | kv | " + " | ".join(f"{TREES[t]} {lab}" for t, lab in cols) + " | head / base (medians) |")
-        out.append("|---|---|" + "---|" * len(cols) + "---|")
-        for k in keys:
-            vals = [runs[c].get(k) for c in cols]
-            base = [v for c, v in zip(cols, vals) if c[0] == "base" and v is not None]
-            head = [v for c, v in zip(cols, vals) if c[0] == "h200" and v is not None]
-            ratio = f"{statistics.median(head) / statistics.median(base):.3f}" if base and head else ""
-            cells = " | ".join("" if v is None else f"{v:.1f}" for v in vals)
-            out.append(f"| {k[0]} × {k[1] // 1024}K | {k[3]} | {cells} | {ratio} |")
+        out += round_table(f"\nDecode, head dim {hd}: µs a call in a CUDA graph\n", "batch × context", runs, cols, keys,
+                           lambda k: f"{k[0]} × {k[1] // 1024}K | {cell(k[3])}")
     return out
 
 
-def prompt_tables(folder, devices):
+def prompt_tables(rounds_rows):
     """The same rounds' whole prompts and bulk store (bench_decode.py --whole, --dense and its bulk
     quantize_store row; ab_packs.sh with ARGS="--prefill-only --no-prefill --whole 4096 --dense"):
     µs a call, in a CUDA graph but for the bulk store's, round by round, and the head's median
     over the base's. A dense row's store_ms is its store alone ("SPEC store alone")."""
-    runs = defaultdict(dict)  # (tree, label) -> {(shape, kv): µs}
-    for name in sorted(os.listdir(folder)):
-        m = re.fullmatch(r"decode_(base|h200)_(\w+)\.json", name)
-        if not m:
-            continue
-        dev, rows = load(os.path.join(folder, name))
+    runs = {}  # (tree, label) -> {(shape, kv): µs}
+    for c, rows in rounds_rows.items():
         got = {}
         for r in rows:
             if "whole_prompt" in r:
@@ -73,22 +79,13 @@ def prompt_tables(folder, devices):
             elif "quantize_store_bulk_tokens" in r:
                 got[(f"bulk store, {r['quantize_store_bulk_tokens']} tokens", r["kv"])] = 1e3 * r["ms"]
         if got:
-            devices.add(dev)
-            runs[(m.group(1), m.group(2))] = got
+            runs[c] = got
     if not runs:
         return []
     cols = sorted(runs, key=lambda c: (c[0] != "base", c[1]))
     keys = list(dict.fromkeys(k for c in cols for k in runs[c]))  # in the order the runs print them
-    out = ["\nWhole prompts and the bulk store: µs a call (in a CUDA graph but the bulk store's)\n",
-           "| shape | kv | " + " | ".join(f"{TREES[t]} {lab}" for t, lab in cols) + " | head / base (medians) |",
-           "|---|---|" + "---|" * len(cols) + "---|"]
-    for k in keys:
-        vals = [runs[c].get(k) for c in cols]
-        base = [v for c, v in zip(cols, vals) if c[0] == "base" and v is not None]
-        head = [v for c, v in zip(cols, vals) if c[0] == "h200" and v is not None]
-        ratio = f"{statistics.median(head) / statistics.median(base):.3f}" if base and head else ""
-        out.append(f"| {k[0]} | {cell(k[1])} | " + " | ".join("" if v is None else f"{v:.1f}" for v in vals) + f" | {ratio} |")
-    return out
+    return round_table("\nWhole prompts and the bulk store: µs a call (in a CUDA graph but the bulk store's)\n", "shape", runs, cols,
+                       keys, lambda k: f"{k[0]} | {cell(k[1])}")
 
 
 def prefill_rows(rows):
@@ -128,7 +125,8 @@ def prefill_tables(folder, devices):
 
 def main(folder):
     devices = set()
-    lines = decode_tables(folder, devices) + prompt_tables(folder, devices) + prefill_tables(folder, devices)
+    runs = rounds(folder, devices)
+    lines = decode_tables(runs) + prompt_tables(runs) + prefill_tables(folder, devices)
     if not lines:
         sys.exit(f"{folder}: no decode_*.json or prefill*.json of two_trees.sh or ab_packs.sh")
     if len(devices) > 1:
