@@ -36,6 +36,15 @@ def rounds(folder, devices):
     return out
 
 
+def prompt_shape(r):
+    """A prefill row's shape: "512 on 8K" (a chunk on a prefix) or "whole 4K"; None for other rows."""
+    if "prefill_chunk" in r:
+        return f"{r['prefill_chunk']} on {r['prefill_prefix'] // 1024}K"
+    if "whole_prompt" in r:
+        return f"whole {r['whole_prompt'] // 1024}K"
+    return None
+
+
 def round_table(title, first, runs, cols, keys, names):
     """A Markdown table: a row a key (its first two cells names(key); `first` heads the first), µs
     a round in `cols` (runs[col][key]), and the head's median over the base's."""
@@ -72,7 +81,7 @@ def prompt_tables(rounds_rows):
         got = {}
         for r in rows:
             if "whole_prompt" in r:
-                shape = f"whole {r['whole_prompt'] // 1024}K"
+                shape = prompt_shape(r)
                 got[(shape, r["kv"])] = 1e3 * r["graph_ms"]
                 if "store_ms" in r:
                     got[(shape, r["kv"].split(" dense")[0] + " store alone")] = 1e3 * r["store_ms"]
@@ -92,10 +101,9 @@ def prefill_rows(rows):
     """{(shape, kv): ms in a graph}, torch's attention alone under kv 'torch' (bench_rows.torch_key)."""
     got = {}
     for r in rows:
-        if "prefill_chunk" not in r and "whole_prompt" not in r:
-            continue  # the bulk quantize_store row
-        shape = f"{r['prefill_chunk']} on {r['prefill_prefix'] // 1024}K" if "prefill_chunk" in r else f"whole {r['whole_prompt'] // 1024}K"
-        got[(shape, torch_key(r["kv"]))] = r["graph_ms"]
+        shape = prompt_shape(r)
+        if shape is not None:  # (not the bulk quantize_store row)
+            got[(shape, torch_key(r["kv"]))] = r["graph_ms"]
     return got
 
 
