@@ -445,6 +445,11 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // 2-bit values: one more m-tile, o[rr][MT], whose A is all ones: the sums of P (as the MMAs
   // read it) that the values' offset is taken off with at the end (dev::subnormal2_pair).
   constexpr int MT = D / 16, MTO = MT + (KIND == Kind::kTq && VB == 2 ? 1 : 0);
+  // 2-bit values of one octet a thread (ValueWords::kInPlace: D = 64) are masked where they lie,
+  // 2 places higher where og0 = g mod 4 is odd; the end takes that 2^2 off with the rest (exact).
+  constexpr bool kVInPlace = KIND == Kind::kTq && VB == 2 && ValueWords<D, 2>::kInPlace;
+  const int vp = kVInPlace ? 2 * (g & 1) : 0;
+  [[maybe_unused]] const float vp_unplace = vp ? 0.25f : 1.0f;
   float o[R][MTO][4];  // [the block's m-tile]
 #pragma unroll
   for (int rr = 0; rr < R; ++rr)
@@ -640,8 +645,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
             for (int pr = 0; pr < 2; ++pr)
 #pragma unroll
               for (int i = 0; i < 4; ++i) {  // byte i: coordinates 8j + 2i (even) and + 1 (odd)
-                ev[pr][i] = dev::subnormal2_pair(Y[pr][i], 2 * jj);
-                od[pr][i] = dev::subnormal2_pair(Y[pr][i], 2 * (jj + 2));
+                ev[pr][i] = dev::subnormal2_pair(Y[pr][i], 2 * jj + vp);
+                od[pr][i] = dev::subnormal2_pair(Y[pr][i], 2 * (jj + 2) + vp);
               }
 #pragma unroll
             for (int i = 0; i < 4; ++i) pv_mma(n, 4 * j + i, ev[0][i], od[0][i], ev[1][i], od[1][i]);
@@ -800,7 +805,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
       const int c0 = KIND == Kind::kTq ? g * (D / 8) + 2 * i : FloatUnits<D, KIND>::value_coord(g, 2 * i);
       float e[4] = {o[rr][i][0], o[rr][i][1], o[rr][i][2], o[rr][i][3]};
       if constexpr (KIND == Kind::kTq && VB == 2) {  // 2-bit values: sum P (c 2^(p - 24)) to sum P (c - 1.5)
-        const float s0 = dev::subnormal2_unplace(2 * i), s1 = dev::subnormal2_unplace(2 * i + 1);
+        const float s0 = dev::subnormal2_unplace(2 * i) * vp_unplace, s1 = dev::subnormal2_unplace(2 * i + 1) * vp_unplace;
         e[0] = fmaf(e[0], s0, -1.5f * o[rr][MT][0]);
         e[1] = fmaf(e[1], s0, -1.5f * o[rr][MT][1]);
         e[2] = fmaf(e[2], s1, -1.5f * o[rr][MT][2]);

@@ -188,6 +188,8 @@ __device__ __forceinline__ TokenAddr token_addr(const DecodeParams& p, const int
 // A thread's value coordinates [g D/8, (g+1) D/8) are kOct octets of one group of 32 codes,
 // starting at octet og0 = (g D/64) mod 4. Per token the thread keeps only the words that hold them,
 // shifted at load time so that octet j is then at a compile-time shift (no run-time word picks).
+// Except 2-bit values of one octet a thread (kInPlace: D = 64), which the kernel masks in place,
+// its octet 2 places higher where og0 is odd (decode_kernel.cuh: `vp`), so no token's word is shifted.
 // Planes as in docs/format.md: 4-bit words first, then 2-bit, then 1-bit.
 template <int D, int VB>
 struct ValueWords {
@@ -195,6 +197,7 @@ struct ValueWords {
   static constexpr int kOct = D >= 64 ? D / 64 : 1;
   static constexpr int kW4 = (VB & 4) ? kOct : 0, kW2 = (VB & 2) ? (kOct + 1) / 2 : 0, kW1 = VB & 1;
   static constexpr int kWords = kW4 + kW2 + kW1;
+  static constexpr bool kInPlace = VB == 2 && kOct == 1;
   __device__ static void load(const uint32_t* group, int og0, uint32_t (&x)[kWords]) {
     int i = 0, plane = 0;
     if constexpr ((VB & 4) != 0) {
@@ -203,7 +206,7 @@ struct ValueWords {
       plane += 4;
     }
     if constexpr ((VB & 2) != 0) {
-      const int sh = kOct == 1 ? 2 * (og0 & 1) : 0;
+      const int sh = kOct == 1 && !kInPlace ? 2 * (og0 & 1) : 0;
 #pragma unroll
       for (int j = 0; j < kW2; ++j) x[i++] = group[plane + og0 / 2 + j] >> sh;
       plane += 2;
