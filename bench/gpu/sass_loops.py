@@ -4,11 +4,14 @@ source of src/cuda for sm_90a as bench/gpu/prebuild.sh's build does (or reads an
 prints what ptxas said of the instance (registers, spills) and each of its loops (a backward
 branch: from its target to the branch), largest first, with their instruction counts by opcode.
 The counts are static: a loop's masked branches (which full tiles skip) are in them. They are the
-figures the results files quote as "the step loops N / M static instructions".
+figures the results files quote as "the step loops N / M static instructions". Beside each, the
+instructions on the loop's path that takes every forward branch within it: in the decode step
+loops, a two-tile step of unmasked tiles with no rescale (the masks, the rescale and the one-tile
+step are what those branches skip), the figure docs/cuda.md quotes as "on the step's path".
     python3 bench/gpu/sass_loops.py src/cuda/attention_d64.cu
     python3 bench/gpu/sass_loops.py OBJ.o --function 'decode_kernelILi128ELNS1_4KindE0ELi3ELi2ELi1ELb0E' --loops 3
 --function: a piece of the instance's mangled name (default: k3v2 decode at the source's head dim,
-one m-tile). cuobjdump and nvdisasm come from PATH, the CUDA toolkit or the .venv's triton.
+one m-tile, as the targets' 32 / 8 heads run it: the keys as M up to D = 128). cuobjdump and nvdisasm come from PATH, the CUDA toolkit or the .venv's triton.
 """
 import argparse
 import collections
@@ -61,6 +64,22 @@ def loops(instrs):
     return sorted(out, key=lambda x: (-x[0], x[1]))
 
 
+def taken_path(instrs, first, last):
+    """The instructions from first to the loop's branch at last, taking every forward branch whose
+    target is within them (and none that leaves them)."""
+    at = {a: i for i, (a, _) in enumerate(instrs)}
+    i, out = at[first], []
+    while i < len(instrs) and instrs[i][0] <= last:
+        a, text = instrs[i]
+        out.append((a, text))
+        m = BACK.search(text) if opcode(text) == "BRA" else None
+        if m and a < int(m.group(1), 16) <= last:
+            i = at[int(m.group(1), 16)]
+        else:
+            i += 1
+    return out
+
+
 def ptxas_lines(log, function):
     """ptxas -v's lines for the instance (its registers and spills)."""
     out, keep = [], False
@@ -87,7 +106,8 @@ def main():
         m = re.search(r"attention_d(\d+)\.cu$", src.name)
         if not m:
             sys.exit("sass_loops.py: --function is needed unless the input is src/cuda/attention_d<HEAD DIM>.cu")
-        function = f"decode_kernelILi{m.group(1)}ELNS1_4KindE0ELi3ELi2ELi1ELb0E"
+        d = int(m.group(1))
+        function = f"decode_kernelILi{d}ELNS1_4KindE0ELi3ELi2ELi1ELb0ELb{int(d <= 128)}E"
     with tempfile.TemporaryDirectory() as tmp:
         obj, log = src, ""
         if src.suffix == ".cu":
@@ -114,7 +134,9 @@ def main():
     for line in ptxas_lines(log, name):
         print("  ptxas:", line)
     for size, first, last, ops in loops(instrs)[:a.loops]:
-        print(f"loop {first:#x}-{last:#x}: {size} instructions; " + ", ".join(f"{o} {n}" for o, n in ops.most_common(a.top)))
+        path = len(taken_path(instrs, first, last))
+        print(f"loop {first:#x}-{last:#x}: {size} instructions ({path} on the path taking its forward branches); " +
+              ", ".join(f"{o} {n}" for o, n in ops.most_common(a.top)))
 
 
 if __name__ == "__main__":

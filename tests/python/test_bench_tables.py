@@ -220,3 +220,29 @@ def test_sass_loops_counts_each_backward_branch_body():
     got = [(size, first, last, dict(ops)) for size, first, last, ops in m.loops(instrs)]
     # 0x30's forward branch is no loop; 0x50 -> 0x10 and the predicated 0x70 -> 0x60 are
     assert got == [(5, 0x10, 0x50, {"ISETP": 1, "IMAD": 1, "BRA": 2, "LOP3": 1}), (2, 0x60, 0x70, {"FADD": 1, "BRA": 1})]
+    # 0x30 -> 0x70 leaves the loop 0x10-0x50, so its path is the whole body
+    assert [a for a, _ in m.taken_path(instrs, 0x10, 0x50)] == [0x10, 0x20, 0x30, 0x40, 0x50]
+
+
+def test_sass_loops_path_takes_the_forward_branches_within_a_loop():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sass_loops", ROOT / "bench" / "gpu" / "sass_loops.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    listing = """
+        /*0000*/                   ISETP.GE.AND P0, PT, R0, R1, PT ;
+        /*0010*/              @!P0 BRA 0x40 ;
+        /*0020*/                   FADD R6, R6, R7 ;
+        /*0030*/                   BRA 0x60 ;
+        /*0040*/                   LOP3.LUT R5, R2, 0x3, RZ, 0xc0, !PT ;
+        /*0050*/               @P1 BRA P2, 0x70 ;
+        /*0060*/                   FMUL R6, R6, R7 ;
+        /*0070*/              @!P3 BRA 0x0 ;
+        /*0080*/              @!P4 BRA 0x10 ;
+        /*0090*/                   EXIT ;
+"""
+    instrs = m.instructions(listing)
+    # the loop 0x0-0x70 takes 0x10 -> 0x40 and 0x50 -> 0x70, never reaching 0x20, 0x30 or 0x60
+    assert [a for a, _ in m.taken_path(instrs, 0x0, 0x70)] == [0x0, 0x10, 0x40, 0x50, 0x70]
+    # the loop 0x10-0x80 holds the backward branch 0x70 -> 0x0, which the path does not take
+    assert [a for a, _ in m.taken_path(instrs, 0x10, 0x80)] == [0x10, 0x40, 0x50, 0x70, 0x80]
