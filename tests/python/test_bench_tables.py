@@ -1,7 +1,7 @@
 """The GPU benchmarks' tables on synthetic runs: bench/gpu/ab_table.py (two_trees.sh's A/B: medians
 and ratios, runs of two devices refused) and bench/gpu/targets.py (issue 15's targets, met, not met
 or missing); bench/gpu/prefill_dense_probe.py's chunking, ab_packs.sh's refusals and
-sass_loops.py's loops of a SASS listing, on the CPU."""
+sass_loops.py's loops of a SASS listing and their paths, on the CPU."""
 
 import json
 import os
@@ -198,11 +198,17 @@ def test_ab_packs_refuses_what_it_cannot_run(tmp_path, env, message):
     assert message in r.stdout + r.stderr
 
 
-def test_sass_loops_counts_each_backward_branch_body():
+def _sass_loops():
+    """bench/gpu/sass_loops.py as a module (a script, not a package)."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("sass_loops", ROOT / "bench" / "gpu" / "sass_loops.py")
     m = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(m)
+    return m
+
+
+def test_sass_loops_counts_each_backward_branch_body():
+    m = _sass_loops()
     listing = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;                   /* 0x00000a00ff017b82 */
         /*0010*/                   ISETP.GE.AND P0, PT, R0, R1, PT ;        /* 0x000000010000720c */
@@ -225,10 +231,7 @@ def test_sass_loops_counts_each_backward_branch_body():
 
 
 def test_sass_loops_path_takes_the_forward_branches_within_a_loop():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("sass_loops", ROOT / "bench" / "gpu" / "sass_loops.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
+    m = _sass_loops()
     listing = """
         /*0000*/                   ISETP.GE.AND P0, PT, R0, R1, PT ;
         /*0010*/              @!P0 BRA 0x40 ;
