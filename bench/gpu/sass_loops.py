@@ -9,9 +9,10 @@ instructions on the loop's path that takes every forward branch within it: in th
 loops, a two-tile step of unmasked tiles with no rescale (the masks, the rescale and the one-tile
 step are what those branches skip), the figure docs/cuda.md quotes as "on the step's path".
     python3 bench/gpu/sass_loops.py src/cuda/attention_d64.cu
-    python3 bench/gpu/sass_loops.py OBJ.o --function 'decode_kernelILi128ELNS1_4KindE0ELi3ELi2ELi1ELb0E' --loops 3
+    python3 bench/gpu/sass_loops.py OBJ.o --function 'decode_kernelILi128ELNS1_4KindE0ELi3ELi2ELi1ELb0ELb1E' --loops 3
 --function: a piece of the instance's mangled name (default: k3v2 decode at the source's head dim,
-one m-tile, as the targets' 32 / 8 heads run it: the keys as M up to D = 128). cuobjdump and nvdisasm come from PATH, the CUDA toolkit or the .venv's triton.
+one m-tile, as the targets' 32 / 8 heads run it: the keys as M up to D = 128). cuobjdump and
+nvdisasm come from PATH, the CUDA toolkit or the .venv's triton.
 """
 import argparse
 import collections
