@@ -53,15 +53,21 @@ def opcode(text):
     return words[0].split(".")[0] if words else ""
 
 
+def branch_target(text):
+    """A branch's target address, or None for an instruction that is no branch."""
+    m = BACK.search(text) if opcode(text) == "BRA" else None
+    return int(m.group(1), 16) if m else None
+
+
 def loops(instrs):
     """Each backward branch's body as (size, first address, branch address, Counter of opcodes), largest first."""
     at = {a: i for i, (a, _) in enumerate(instrs)}
     out = []
     for i, (a, text) in enumerate(instrs):
-        m = BACK.search(text) if opcode(text) == "BRA" else None
-        if m and int(m.group(1), 16) < a and int(m.group(1), 16) in at:
-            body = instrs[at[int(m.group(1), 16)]:i + 1]
-            out.append((len(body), body[0][0], a, collections.Counter(opcode(t) for _, t in body)))
+        t = branch_target(text)
+        if t is not None and t < a and t in at:
+            body = instrs[at[t]:i + 1]
+            out.append((len(body), body[0][0], a, collections.Counter(opcode(x) for _, x in body)))
     return sorted(out, key=lambda x: (-x[0], x[1]))
 
 
@@ -73,9 +79,9 @@ def taken_path(instrs, first, last):
     while i < len(instrs) and instrs[i][0] <= last:
         a, text = instrs[i]
         out.append((a, text))
-        m = BACK.search(text) if opcode(text) == "BRA" else None
-        if m and a < int(m.group(1), 16) <= last:
-            i = at[int(m.group(1), 16)]
+        t = branch_target(text)
+        if t is not None and a < t <= last:
+            i = at[t]
         else:
             i += 1
     return out
