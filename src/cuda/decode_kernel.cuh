@@ -213,7 +213,8 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   // loaded one tile ahead of its use, which hides that load's latency behind a tile.
   // Pages of one tile (one_page: page_size = kTile, the default) keep the row at 0 and move the
   // page by kWarps a tile: the loop below is compiled for them apart, without the row's
-  // arithmetic (its multiplies, the wrap test and the page-id index it moves).
+  // arithmetic (its multiplies, the wrap test and the page-id index it moves), and where a page
+  // block is laid out as a stage (TqStager::copy_page), with one source address a tile.
   int cur_T = first, cur_page = page0, cur_row = row0;
   const int32_t* ids_at = nullptr;  // one_page: &bt[cur_page], moved in its place
   auto advance = [&](auto one_page) {
@@ -235,7 +236,10 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
   auto issue = [&](int32_t page, auto one_page, auto wait) {
     if (cur_T < end) {
       if constexpr (wait) dev::wait_prerequisites_if_greater(cur_T, wait_after);
-      stager.copy(issue_at, uint32_t(page), page_stride, one_page ? 0 : cur_row);
+      if constexpr (one_page)
+        stager.copy_page(issue_at, uint32_t(page), page_stride);
+      else
+        stager.copy(issue_at, uint32_t(page), page_stride, cur_row);
       advance(one_page);
     }
     issue_at = issue_at == (S - 1) * SP::kStride ? 0 : issue_at + SP::kStride;
@@ -763,7 +767,7 @@ __device__ __forceinline__ void decode_block(const DecodeParams& p, int tokens_p
           st = st + kStep == S ? 0 : st + kStep;
         }
       };
-      if (ps == kTile)
+      if (ps == kTile && stager.page_is_stage)
         loop(std::true_type{});
       else
         loop(std::false_type{});

@@ -168,6 +168,13 @@ constexpr bool blocks_held_agrees() {
 __device__ __forceinline__ void cp_async16(uint32_t smem, const void* gmem) {  // smem: a shared-window address
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
 }
+// The same, reading nothing when `skip` (PTX's ignore-src: the 16 bytes become zeros), so that a
+// lane may name a source past the cache's end without touching it.
+__device__ __forceinline__ void cp_async16_unless(uint32_t smem, const void* gmem, bool skip) {
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %2, 0;\n cp.async.cg.shared.global [%0], [%1], 16, p;\n}\n" ::"r"(smem), "l"(gmem),
+      "r"(uint32_t(skip)));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -421,6 +428,8 @@ struct TqStager {
   using St = Staging<D, KB, VB>;
   const uint8_t* src[St::kRounds];
   uint32_t per_row[St::kRounds];
+  const uint8_t* whole;       // this lane's first piece when a page block is laid out as a stage (copy_page)
+  bool page_is_stage;         // a page block of kTile rows is laid out as a stage: [K codes][V codes][K norms][V norms]
   uint32_t dst;               // shared-window address of this lane's first piece in the warp's ring
   uint32_t last;              // nonzero: this lane copies a piece in the last round (which has fewer than 32)
   uint32_t k_at, v_at, n_at;  // this thread's words in a stage, as byte offsets from the block's ring:
@@ -441,6 +450,10 @@ struct TqStager {
       per_row[r] = i < nk ? nk : i < nk + nv ? nv : kNormBytes;
       asm volatile("" : "+l"(src[r]), "+r"(per_row[r]));
     }
+    whole = data + head_at + 16 * lane;
+    page_is_stage = L.k_codes == 0 && L.v_codes == uint32_t(kTile * nk) && L.k_norms == uint32_t(kTile * (nk + nv)) &&
+                    L.v_norms == L.k_norms + kTile * kNormBytes;
+    asm volatile("" : "+l"(whole));
     const int g = lane / 4, t = lane % 4;
     dst = ring_s + 16 * lane;
     last = lane + 32 * (St::kRounds - 1) < St::kChunks;
@@ -462,6 +475,22 @@ struct TqStager {
     for (int r = 0; r < St::kRounds; ++r)
       if (r + 1 < St::kRounds || St::kPad || last)
         cp_async16(dst + stage_at + 32 * 16 * r, dev::mad_wide(page, page_stride, src[r]) + uint32_t(row0) * per_row[r]);
+  }
+  // copy for a page of one tile laid out as a stage (page_is_stage): a lane's pieces are 512 bytes
+  // apart in the page as in the stage, so one address a tile serves them all (copy computes one a
+  // piece). The lanes with no piece in a padded last round read nothing: their address is past the
+  // tile, possibly past the cache.
+  __device__ void copy_page(uint32_t stage_at, uint32_t page, uint32_t page_stride) const {
+    const uint8_t* at = dev::mad_wide(page, page_stride, whole);
+#pragma unroll
+    for (int r = 0; r < St::kRounds; ++r) {
+      if (r + 1 < St::kRounds)
+        cp_async16(dst + stage_at + 32 * 16 * r, at + 32 * 16 * r);
+      else if (St::kPad)
+        cp_async16_unless(dst + stage_at + 32 * 16 * r, at + 32 * 16 * r, last == 0);
+      else if (last)
+        cp_async16(dst + stage_at + 32 * 16 * r, at + 32 * 16 * r);
+    }
   }
   // A tile's key words, value words and norms. A step of two tiles (kStepTiles) reads them in two
   // parts: load_keys (key words and both norms) before the scores, load_value_words after the
@@ -543,6 +572,8 @@ struct FloatStager {
     // value unit g + 8j of row 2t (+1, +8, +9) sits at 16 ((g + 8j) ^ 2t) = 16 (g ^ 2t) + 128 j
     v_rd = ring_at + (kTile + 2 * t) * kRow + 16 * (g ^ (2 * t));
   }
+  static constexpr bool page_is_stage = true;  // copy_page is copy from row 0
+  __device__ void copy_page(uint32_t at, uint32_t page, uint32_t page_stride) const { copy(at, page, page_stride, 0); }
   __device__ void copy(uint32_t at, uint32_t page, uint32_t page_stride, int row0) const {  // as TqStager::copy
     const uint8_t* k = dev::mad_wide(page, page_stride, k_src) + uint32_t(row0) * kRow;
     const uint8_t* v = dev::mad_wide(page, page_stride, v_src) + uint32_t(row0) * kRow;
@@ -581,7 +612,9 @@ using Stager = std::conditional_t<KIND == Kind::kTq, TqStager<D, KB, VB>, FloatS
 // The stager of a kernel without a staged loop (the compact float kernels): copies nothing.
 struct NoStager {
   __device__ NoStager(const uint8_t*, const BlockLayout&, uint32_t, uint32_t, int, uint32_t) {}
+  static constexpr bool page_is_stage = false;
   __device__ void copy(uint32_t, uint32_t, uint32_t, int) const {}
+  __device__ void copy_page(uint32_t, uint32_t, uint32_t) const {}
 };
 
 }  // namespace tq::cuda::decode
