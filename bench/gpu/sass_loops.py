@@ -110,11 +110,12 @@ def main():
         sys.exit(f"sass_loops.py: no file {src}")
     function = a.function
     if function is None:
-        m = re.search(r"attention_d(\d+)\.cu$", src.name)
+        m = re.search(r"attention_d(\d+)\.cu(\.o)?$", src.name)  # a source, or its object in a build folder
         if not m:
-            sys.exit("sass_loops.py: --function is needed unless the input is src/cuda/attention_d<HEAD DIM>.cu")
+            sys.exit("sass_loops.py: --function is needed unless the input is src/cuda/attention_d<HEAD DIM>.cu or its .cu.o")
         d = int(m.group(1))
         function = f"decode_kernelILi{d}ELNS1_4KindE0ELi3ELi2ELi1ELb0ELb{int(d <= 128)}E"
+    cuobjdump, nvdisasm = tool("cuobjdump"), tool("nvdisasm")  # before a compile of minutes, not after it
     with tempfile.TemporaryDirectory() as tmp:
         obj, log = src, ""
         if src.suffix == ".cu":
@@ -125,8 +126,8 @@ def main():
             if r.returncode != 0:
                 sys.exit(f"sass_loops.py: nvcc failed:\n{r.stderr[-3000:]}")
             log = r.stdout + r.stderr
-        env = dict(os.environ, PATH=f"{Path(tool('nvdisasm')).parent}:{os.environ.get('PATH', '')}")
-        r = subprocess.run([tool("cuobjdump"), "-sass", str(obj)], capture_output=True, text=True, env=env)
+        env = dict(os.environ, PATH=f"{Path(nvdisasm).parent}:{os.environ.get('PATH', '')}")
+        r = subprocess.run([cuobjdump, "-sass", str(obj)], capture_output=True, text=True, env=env)
         if r.returncode != 0:
             sys.exit(f"sass_loops.py: cuobjdump failed: {r.stderr.strip()}")
     # the listing's functions, each from its "Function :" line to the next
