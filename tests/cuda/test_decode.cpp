@@ -247,16 +247,11 @@ struct DecodeSetup {
     Rng r(seed);
     for (uint32_t i = pages - 1; i > 0; --i) std::swap(pool[i], pool[r.next() % (i + 1)]);
     // The cache's last page (its last block, the last KV head's) is the last page of the first
-    // sequence that has tokens, which every case reads: a copy that strays past a block's end then
-    // reads past the cache's, which compute-sanitizer's memcheck reports.
-    size_t first_pages = 0;  // pages the sequences before that one take
-    for (int32_t l : lens) {
-      if (l > 0) {
-        std::swap(*std::find(pool.begin(), pool.end(), int32_t(pages - 1)), pool[first_pages + (l + ps - 1) / ps - 1]);
-        break;
-      }
-      first_pages += (l + ps - 1) / ps;
-    }
+    // sequence that has tokens (the empty ones before it take no page), which every case reads: a
+    // copy that strays past a block's end then reads past the cache's, which compute-sanitizer's
+    // memcheck reports.
+    const auto first = std::find_if(lens.begin(), lens.end(), [](int32_t l) { return l > 0; });
+    if (first != lens.end()) std::swap(*std::find(pool.begin(), pool.end(), int32_t(pages - 1)), pool[(*first + ps - 1) / ps - 1]);
     bt.assign(lens.size() * max_pages, 0);
     size_t next = 0;
     for (size_t s = 0; s < lens.size(); ++s) {
